@@ -1,0 +1,269 @@
+//! Ledgers as currencies, and exact conversion between minor units and decimals.
+//!
+//! A ledger number is read as an ISO 4217 numeric code with that currency's scale
+//! (156 = CNY, 2 decimals; 392 = JPY, 0 decimals; ...). Conversion never rounds: a value
+//! that needs more fraction digits than the scale, a negative value or a value past
+//! `u128` is an error.
+
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Most fraction digits a currency may have (10^19 still fits comfortably in u128 maths).
+pub const SCALE_MAX: u32 = 18;
+
+/// A currency known to the engine: its ISO 4217 letters and its scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Currency {
+    pub ledger: u32,
+    pub alpha: &'static str,
+    /// Digits after the decimal point in the currency's usual notation.
+    pub scale: u32,
+}
+
+/// The ISO 4217 currencies Tally knows by default.
+pub const ISO_4217_DEFAULTS: &[Currency] = &[
+    Currency { ledger: 156, alpha: "CNY", scale: 2 },
+    Currency { ledger: 840, alpha: "USD", scale: 2 },
+    Currency { ledger: 978, alpha: "EUR", scale: 2 },
+    Currency { ledger: 826, alpha: "GBP", scale: 2 },
+    Currency { ledger: 344, alpha: "HKD", scale: 2 },
+    Currency { ledger: 392, alpha: "JPY", scale: 0 },
+    Currency { ledger: 410, alpha: "KRW", scale: 0 },
+    Currency { ledger: 48, alpha: "BHD", scale: 3 },
+];
+
+/// Why an amount could not be converted exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmountError {
+    /// Not a plain decimal number (`"12.50"`).
+    Malformed(String),
+    /// Below zero.
+    Negative(String),
+    /// Needs more fraction digits than the ledger's scale.
+    TooManyDecimals { text: String, scale: u32 },
+    /// Larger than `u128::MAX` minor units.
+    TooLarge(String),
+}
+
+impl fmt::Display for AmountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AmountError::Malformed(text) => write!(f, "\"{text}\" is not a decimal amount"),
+            AmountError::Negative(text) => write!(f, "\"{text}\" is negative"),
+            AmountError::TooManyDecimals { text, scale } => write!(
+                f,
+                "\"{text}\" has more than {scale} decimal place(s) for this ledger; amounts are never rounded"
+            ),
+            AmountError::TooLarge(text) => write!(f, "\"{text}\" is too large for a u128 amount"),
+        }
+    }
+}
+
+impl std::error::Error for AmountError {}
+
+/// Why a currency could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    LedgerZero,
+    ScaleTooLarge(u32),
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegisterError::LedgerZero => f.write_str("ledger 0 is reserved"),
+            RegisterError::ScaleTooLarge(scale) => {
+                write!(f, "scale {scale} is larger than the maximum {SCALE_MAX}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegisterError {}
+
+/// Ledger number → scale. Starts with [`ISO_4217_DEFAULTS`]; an embedding application
+/// may register more. Unknown ledgers have scale 0.
+#[derive(Debug, Clone)]
+pub struct CurrencyTable {
+    scales: HashMap<u32, u32>,
+}
+
+impl Default for CurrencyTable {
+    fn default() -> Self {
+        let scales = ISO_4217_DEFAULTS
+            .iter()
+            .map(|currency| (currency.ledger, currency.scale))
+            .collect();
+        CurrencyTable { scales }
+    }
+}
+
+impl CurrencyTable {
+    /// Registers (or re-registers) the scale of `ledger`.
+    pub fn register(&mut self, ledger: u32, scale: u32) -> Result<(), RegisterError> {
+        if ledger == 0 {
+            return Err(RegisterError::LedgerZero);
+        }
+        if scale > SCALE_MAX {
+            return Err(RegisterError::ScaleTooLarge(scale));
+        }
+        self.scales.insert(ledger, scale);
+        Ok(())
+    }
+
+    /// The scale of `ledger`: its registered or ISO 4217 scale, else 0.
+    pub fn scale(&self, ledger: u32) -> u32 {
+        self.scales.get(&ledger).copied().unwrap_or(0)
+    }
+}
+
+/// Parses a decimal string (`"12.50"`, `"7"`) into minor units at `scale`, exactly.
+/// Trailing fraction zeros past the scale are fine (`"12.500"` on scale 2); any other
+/// digit past the scale is an error, never a rounding.
+pub fn parse_amount(text: &str, scale: u32) -> Result<u128, AmountError> {
+    debug_assert!(scale <= SCALE_MAX);
+    let malformed = || AmountError::Malformed(text.to_string());
+    if text.starts_with('-') {
+        let rest = &text[1..];
+        let is_number = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        return Err(if is_number && rest.bytes().any(|b| b != b'0' && b != b'.') {
+            AmountError::Negative(text.to_string())
+        } else {
+            malformed()
+        });
+    }
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, fraction),
+        None => (text, ""),
+    };
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits_only(whole) || !digits_only(fraction) {
+        return Err(malformed());
+    }
+    if text.contains('.') && fraction.is_empty() {
+        return Err(malformed());
+    }
+    let scale_digits = scale as usize;
+    let (kept, dropped) = if fraction.len() > scale_digits {
+        fraction.split_at(scale_digits)
+    } else {
+        (fraction, "")
+    };
+    if dropped.bytes().any(|b| b != b'0') {
+        return Err(AmountError::TooManyDecimals { text: text.to_string(), scale });
+    }
+    let too_large = || AmountError::TooLarge(text.to_string());
+    let mut minor: u128 = 0;
+    for digit in whole.bytes().chain(kept.bytes()) {
+        minor = minor
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(u128::from(digit - b'0')))
+            .ok_or_else(too_large)?;
+    }
+    for _ in kept.len()..scale_digits {
+        minor = minor.checked_mul(10).ok_or_else(too_large)?;
+    }
+    Ok(minor)
+}
+
+/// Formats minor units with exactly `scale` fraction digits (`1250` at scale 2 → `"12.50"`).
+pub fn format_amount(minor: u128, scale: u32) -> String {
+    let digits = minor.to_string();
+    let scale_digits = scale as usize;
+    if scale_digits == 0 {
+        return digits;
+    }
+    let padded = if digits.len() <= scale_digits {
+        format!("{}{}", "0".repeat(scale_digits + 1 - digits.len()), digits)
+    } else {
+        digits
+    };
+    let (whole, fraction) = padded.split_at(padded.len() - scale_digits);
+    format!("{whole}.{fraction}")
+}
+
+/// Converts a `rust_decimal::Decimal` into minor units at `scale`, exactly.
+pub fn decimal_to_minor(value: Decimal, scale: u32) -> Result<u128, AmountError> {
+    parse_amount(&value.to_string(), scale)
+}
+
+/// Converts minor units into a `Decimal` at `scale`; `None` when the value is past
+/// `Decimal`'s 96-bit range (use [`format_amount`] for those).
+pub fn minor_to_decimal(minor: u128, scale: u32) -> Option<Decimal> {
+    let mantissa = i128::try_from(minor).ok()?;
+    Decimal::try_from_i128_with_scale(mantissa, scale).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn exact_conversion_on_the_spec_examples() {
+        assert_eq!(parse_amount("12.50", 2), Ok(1250));
+        assert_eq!(parse_amount("12.500", 2), Ok(1250));
+        assert_eq!(parse_amount("12", 2), Ok(1200));
+        assert_eq!(parse_amount("0.01", 2), Ok(1));
+        assert_eq!(parse_amount("1000", 0), Ok(1000));
+        assert_eq!(parse_amount("1.005", 3), Ok(1005));
+        assert!(matches!(
+            parse_amount("1.005", 2),
+            Err(AmountError::TooManyDecimals { scale: 2, .. })
+        ));
+        assert!(matches!(parse_amount("1.5", 0), Err(AmountError::TooManyDecimals { .. })));
+        assert!(matches!(parse_amount("-1.00", 2), Err(AmountError::Negative(_))));
+        for bad in ["", ".", "1.", ".5", "1e3", "+1", "1.2.3", " 1", "1,00", "0x10", "-"] {
+            assert!(matches!(parse_amount(bad, 2), Err(AmountError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn u128_edges() {
+        let max = u128::MAX.to_string();
+        assert_eq!(parse_amount(&max, 0), Ok(u128::MAX));
+        assert!(matches!(parse_amount(&format!("{max}0"), 0), Err(AmountError::TooLarge(_))));
+        assert!(matches!(parse_amount(&max, 2), Err(AmountError::TooLarge(_))));
+        assert_eq!(format_amount(u128::MAX, 0), max);
+    }
+
+    #[test]
+    fn formatting_uses_exactly_the_scale() {
+        assert_eq!(format_amount(1250, 2), "12.50");
+        assert_eq!(format_amount(5, 2), "0.05");
+        assert_eq!(format_amount(0, 2), "0.00");
+        assert_eq!(format_amount(0, 0), "0");
+        assert_eq!(format_amount(1, 3), "0.001");
+    }
+
+    #[test]
+    fn table_defaults_and_registration() {
+        let mut table = CurrencyTable::default();
+        assert_eq!(table.scale(156), 2);
+        assert_eq!(table.scale(392), 0);
+        assert_eq!(table.scale(48), 3);
+        assert_eq!(table.scale(999), 0);
+        table.register(999, 4).expect("valid registration");
+        assert_eq!(table.scale(999), 4);
+        assert_eq!(table.register(0, 2), Err(RegisterError::LedgerZero));
+        assert_eq!(table.register(1, 19), Err(RegisterError::ScaleTooLarge(19)));
+    }
+
+    #[test]
+    fn decimals_convert_exactly() {
+        let d: Decimal = "12.50".parse().expect("decimal");
+        assert_eq!(decimal_to_minor(d, 2), Ok(1250));
+        let d: Decimal = "1.005".parse().expect("decimal");
+        assert!(decimal_to_minor(d, 2).is_err());
+        assert!(decimal_to_minor(Decimal::NEGATIVE_ONE, 2).is_err());
+        assert_eq!(minor_to_decimal(1250, 2).map(|d| d.to_string()), Some("12.50".into()));
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_round_trips(minor in any::<u128>(), scale in 0u32..=SCALE_MAX) {
+            prop_assert_eq!(parse_amount(&format_amount(minor, scale), scale), Ok(minor));
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Tally's domain types: the vocabulary every other crate speaks.
+//!
+//! * ids and amounts are `u128`; amounts are integer **minor units** of a ledger's
+//!   currency (fen, cents, yen). Floating point never touches money.
+//! * [`currency`] converts between minor units and decimals, exactly, with a ledger's scale.
+//! * [`Account`] and [`Transfer`] are the two records; [`ResultCode`] is every answer an
+//!   event can get; [`Batch`] is what a client submits.
+//! * [`codec`] is the fixed 128-byte little-endian layout of both records, shared by the
+//!   write-ahead log and snapshots.
+//!
+//! Invariant: this crate does no I/O and holds no state.
+
+pub mod codec;
+pub mod currency;
+mod flags;
+mod records;
+mod result;
+
+pub use flags::{AccountFlags, FlagsError, TransferFlags};
+pub use records::{
+    Account, AccountFilter, Batch, BatchKind, Transfer, TransferKind, ACCOUNT_FILTER_LIMIT_MAX,
+};
+pub use result::{ResultCode, UnknownResultCode};
+
+/// Largest number of events in one batch; a larger batch is rejected whole.
+pub const BATCH_EVENTS_MAX: usize = 8_190;
+
+/// Nanoseconds in one second, for pending-transfer timeouts given in seconds.
+pub const NS_PER_S: u64 = 1_000_000_000;
+
+/// True when `id` may name an account or a transfer: zero and `u128::MAX` are reserved.
+pub fn id_is_valid(id: u128) -> bool {
+    id != 0 && id != u128::MAX
+}

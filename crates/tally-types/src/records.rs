@@ -1,0 +1,212 @@
+//! The two records of the ledger, the batch a client submits, and the history filter.
+
+use crate::flags::{AccountFlags, TransferFlags};
+
+/// An account: a balance in one ledger (currency), changed only by transfers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Account {
+    pub id: u128,
+    pub debits_pending: u128,
+    pub debits_posted: u128,
+    pub credits_pending: u128,
+    pub credits_posted: u128,
+    pub user_data_128: u128,
+    pub user_data_64: u64,
+    pub user_data_32: u32,
+    pub ledger: u32,
+    pub code: u16,
+    pub flags: AccountFlags,
+    /// Nanoseconds; assigned by the engine at creation.
+    pub timestamp: u64,
+}
+
+impl Account {
+    /// Available balance of a no-overdraft wallet: what it may still spend.
+    /// Saturates at zero for accounts without that flag whose debits exceed credits.
+    pub fn available_credits(&self) -> u128 {
+        self.credits_posted
+            .saturating_sub(self.debits_posted)
+            .saturating_sub(self.debits_pending)
+    }
+}
+
+/// The kind of a transfer, from its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferKind {
+    /// Moves money now.
+    SinglePhase,
+    /// Reserves money until posted, voided or expired.
+    Pending,
+    /// Posts (part of) a pending transfer.
+    PostPending,
+    /// Releases a pending transfer.
+    VoidPending,
+    /// Sends (part of) an earlier transfer's money back.
+    Refund,
+}
+
+/// A transfer: moves `amount` minor units from `debit_account_id` to `credit_account_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Transfer {
+    /// Chosen by the client; the idempotency key.
+    pub id: u128,
+    pub debit_account_id: u128,
+    pub credit_account_id: u128,
+    pub amount: u128,
+    /// For post/void: the pending transfer acted on. For a refund this same field holds
+    /// `refund_of`, the transfer refunded (see [`Transfer::refund_of`]).
+    pub pending_id: u128,
+    pub user_data_128: u128,
+    pub user_data_64: u64,
+    pub user_data_32: u32,
+    /// Seconds; only on pending transfers; 0 = never expires.
+    pub timeout: u32,
+    pub ledger: u32,
+    pub code: u16,
+    pub flags: TransferFlags,
+    /// Nanoseconds; assigned by the engine when applied.
+    pub timestamp: u64,
+}
+
+impl Transfer {
+    /// The transfer refunded, for a refund (shares storage with `pending_id`).
+    pub fn refund_of(&self) -> u128 {
+        self.pending_id
+    }
+
+    /// The kind picked by the flags, or `None` when more than one kind flag is set.
+    pub fn kind(&self) -> Option<TransferKind> {
+        let kind_flags = self.flags.bits() & TransferFlags::KIND_MASK.bits();
+        if kind_flags.count_ones() > 1 {
+            return None;
+        }
+        Some(if self.flags.contains(TransferFlags::PENDING) {
+            TransferKind::Pending
+        } else if self.flags.contains(TransferFlags::POST_PENDING_TRANSFER) {
+            TransferKind::PostPending
+        } else if self.flags.contains(TransferFlags::VOID_PENDING_TRANSFER) {
+            TransferKind::VoidPending
+        } else if self.flags.contains(TransferFlags::REFUND) {
+            TransferKind::Refund
+        } else {
+            TransferKind::SinglePhase
+        })
+    }
+}
+
+/// Which operation a batch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchKind {
+    CreateAccounts,
+    CreateTransfers,
+}
+
+/// One client submission: up to [`crate::BATCH_EVENTS_MAX`] events of one kind,
+/// applied in order as one unit of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    CreateAccounts(Vec<Account>),
+    CreateTransfers(Vec<Transfer>),
+}
+
+impl Batch {
+    pub fn kind(&self) -> BatchKind {
+        match self {
+            Batch::CreateAccounts(_) => BatchKind::CreateAccounts,
+            Batch::CreateTransfers(_) => BatchKind::CreateTransfers,
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::CreateAccounts(events) => events.len(),
+            Batch::CreateTransfers(events) => events.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Most transfers one `get_account_transfers` call returns.
+pub const ACCOUNT_FILTER_LIMIT_MAX: u32 = crate::BATCH_EVENTS_MAX as u32;
+
+/// Filter of `get_account_transfers`: an account's history, in timestamp order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountFilter {
+    pub account_id: u128,
+    /// Inclusive lower bound on the transfer timestamp; 0 = unbounded.
+    pub timestamp_min: u64,
+    /// Inclusive upper bound on the transfer timestamp; 0 = unbounded.
+    pub timestamp_max: u64,
+    /// Most transfers to return; 0 means [`ACCOUNT_FILTER_LIMIT_MAX`], larger values
+    /// are capped to it.
+    pub limit: u32,
+    /// Include transfers that debit the account.
+    pub debits: bool,
+    /// Include transfers that credit the account.
+    pub credits: bool,
+    /// Newest first.
+    pub reversed: bool,
+}
+
+impl AccountFilter {
+    /// Both directions, whole history, oldest first, the largest page.
+    pub fn new(account_id: u128) -> Self {
+        AccountFilter {
+            account_id,
+            timestamp_min: 0,
+            timestamp_max: 0,
+            limit: 0,
+            debits: true,
+            credits: true,
+            reversed: false,
+        }
+    }
+
+    /// The page size this filter asks for, within bounds.
+    pub fn limit_effective(&self) -> usize {
+        if self.limit == 0 {
+            ACCOUNT_FILTER_LIMIT_MAX as usize
+        } else {
+            self.limit.min(ACCOUNT_FILTER_LIMIT_MAX) as usize
+        }
+    }
+
+    /// True when `transfer` (which touches this account) passes the filter's
+    /// direction and time range.
+    pub fn matches(&self, transfer: &Transfer) -> bool {
+        let direction = (self.debits && transfer.debit_account_id == self.account_id)
+            || (self.credits && transfer.credit_account_id == self.account_id);
+        let after_min = transfer.timestamp >= self.timestamp_min;
+        let before_max = self.timestamp_max == 0 || transfer.timestamp <= self.timestamp_max;
+        direction && after_min && before_max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_follows_flags_and_rejects_two_kinds() {
+        let mut t = Transfer::default();
+        assert_eq!(t.kind(), Some(TransferKind::SinglePhase));
+        t.flags = TransferFlags::LINKED.with(TransferFlags::REFUND);
+        assert_eq!(t.kind(), Some(TransferKind::Refund));
+        t.flags = TransferFlags::PENDING.with(TransferFlags::VOID_PENDING_TRANSFER);
+        assert_eq!(t.kind(), None);
+    }
+
+    #[test]
+    fn filter_limit_is_bounded() {
+        let mut f = AccountFilter::new(7);
+        assert_eq!(f.limit_effective(), 8_190);
+        f.limit = 10;
+        assert_eq!(f.limit_effective(), 10);
+        f.limit = u32::MAX;
+        assert_eq!(f.limit_effective(), 8_190);
+    }
+}
