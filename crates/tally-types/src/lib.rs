@@ -13,10 +13,12 @@
 pub mod codec;
 pub mod currency;
 mod flags;
+mod image;
 mod records;
 mod result;
 
 pub use flags::{AccountFlags, FlagsError, TransferFlags};
+pub use image::{PendingStatus, StateImage};
 pub use records::{
     Account, AccountFilter, Batch, BatchKind, Transfer, TransferKind, ACCOUNT_FILTER_LIMIT_MAX,
 };

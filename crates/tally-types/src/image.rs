@@ -1,0 +1,48 @@
+//! The whole ledger state as plain data: what a snapshot stores and what the state
+//! machine is rebuilt from. Kept here (not in the state machine) so the log crate can
+//! encode it without knowing the state machine's internals.
+
+use crate::records::{Account, Transfer};
+
+/// Where a pending transfer stands. Stored in snapshots as its `u8` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PendingStatus {
+    /// Still reserving its amount.
+    Pending = 0,
+    /// Posted (wholly or in part) by a `post_pending_transfer`.
+    Posted = 1,
+    /// Released by a `void_pending_transfer`.
+    Voided = 2,
+    /// Released by its timeout.
+    Expired = 3,
+}
+
+impl PendingStatus {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(PendingStatus::Pending),
+            1 => Some(PendingStatus::Posted),
+            2 => Some(PendingStatus::Voided),
+            3 => Some(PendingStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A full copy of the ledger state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateImage {
+    /// Timestamp of the last event applied (0 for an empty ledger).
+    pub last_timestamp: u64,
+    /// Every account, in creation (timestamp) order.
+    pub accounts: Vec<Account>,
+    /// Every stored transfer, in timestamp order.
+    pub transfers: Vec<Transfer>,
+    /// The status of every transfer flagged `pending`, by its id.
+    pub pending_statuses: Vec<(u128, PendingStatus)>,
+    /// For every refunded transfer: the total refunded so far, by its id.
+    pub refunded: Vec<(u128, u128)>,
+    /// Transfer ids burned by a transient failure (`id_already_failed` on reuse).
+    pub failed_ids: Vec<u128>,
+}
