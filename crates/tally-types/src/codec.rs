@@ -113,7 +113,10 @@ impl Reader<'_> {
 
 /// Encodes an account into its 128-byte layout.
 pub fn encode_account(account: &Account, out: &mut [u8; RECORD_SIZE]) {
-    let mut w = Writer { bytes: out, offset: 0 };
+    let mut w = Writer {
+        bytes: out,
+        offset: 0,
+    };
     w.put(&account.id.to_le_bytes());
     w.put(&account.debits_pending.to_le_bytes());
     w.put(&account.debits_posted.to_le_bytes());
@@ -171,7 +174,10 @@ pub fn decode_account(bytes: &[u8; RECORD_SIZE]) -> Result<Account, DecodeError>
 
 /// Encodes a transfer into its 128-byte layout.
 pub fn encode_transfer(transfer: &Transfer, out: &mut [u8; RECORD_SIZE]) {
-    let mut w = Writer { bytes: out, offset: 0 };
+    let mut w = Writer {
+        bytes: out,
+        offset: 0,
+    };
     w.put(&transfer.id.to_le_bytes());
     w.put(&transfer.debit_account_id.to_le_bytes());
     w.put(&transfer.credit_account_id.to_le_bytes());
@@ -346,8 +352,14 @@ mod tests {
     fn strict_decoding_rejects_unknown_bits_and_reserved_bytes() {
         let mut bytes = [0u8; RECORD_SIZE];
         bytes[118] = 0x80;
-        assert!(matches!(decode_account(&bytes), Err(DecodeError::UnknownFlags { .. })));
-        assert!(matches!(decode_transfer(&bytes), Err(DecodeError::UnknownFlags { .. })));
+        assert!(matches!(
+            decode_account(&bytes),
+            Err(DecodeError::UnknownFlags { .. })
+        ));
+        assert!(matches!(
+            decode_transfer(&bytes),
+            Err(DecodeError::UnknownFlags { .. })
+        ));
         let mut bytes = [0u8; RECORD_SIZE];
         bytes[109] = 1;
         assert_eq!(decode_account(&bytes), Err(DecodeError::ReservedNotZero));

@@ -23,14 +23,46 @@ pub struct Currency {
 
 /// The ISO 4217 currencies Tally knows by default.
 pub const ISO_4217_DEFAULTS: &[Currency] = &[
-    Currency { ledger: 156, alpha: "CNY", scale: 2 },
-    Currency { ledger: 840, alpha: "USD", scale: 2 },
-    Currency { ledger: 978, alpha: "EUR", scale: 2 },
-    Currency { ledger: 826, alpha: "GBP", scale: 2 },
-    Currency { ledger: 344, alpha: "HKD", scale: 2 },
-    Currency { ledger: 392, alpha: "JPY", scale: 0 },
-    Currency { ledger: 410, alpha: "KRW", scale: 0 },
-    Currency { ledger: 48, alpha: "BHD", scale: 3 },
+    Currency {
+        ledger: 156,
+        alpha: "CNY",
+        scale: 2,
+    },
+    Currency {
+        ledger: 840,
+        alpha: "USD",
+        scale: 2,
+    },
+    Currency {
+        ledger: 978,
+        alpha: "EUR",
+        scale: 2,
+    },
+    Currency {
+        ledger: 826,
+        alpha: "GBP",
+        scale: 2,
+    },
+    Currency {
+        ledger: 344,
+        alpha: "HKD",
+        scale: 2,
+    },
+    Currency {
+        ledger: 392,
+        alpha: "JPY",
+        scale: 0,
+    },
+    Currency {
+        ledger: 410,
+        alpha: "KRW",
+        scale: 0,
+    },
+    Currency {
+        ledger: 48,
+        alpha: "BHD",
+        scale: 3,
+    },
 ];
 
 /// Why an amount could not be converted exactly.
@@ -127,11 +159,13 @@ pub fn parse_amount(text: &str, scale: u32) -> Result<u128, AmountError> {
     if text.starts_with('-') {
         let rest = &text[1..];
         let is_number = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        return Err(if is_number && rest.bytes().any(|b| b != b'0' && b != b'.') {
-            AmountError::Negative(text.to_string())
-        } else {
-            malformed()
-        });
+        return Err(
+            if is_number && rest.bytes().any(|b| b != b'0' && b != b'.') {
+                AmountError::Negative(text.to_string())
+            } else {
+                malformed()
+            },
+        );
     }
     let (whole, fraction) = match text.split_once('.') {
         Some((whole, fraction)) => (whole, fraction),
@@ -151,7 +185,10 @@ pub fn parse_amount(text: &str, scale: u32) -> Result<u128, AmountError> {
         (fraction, "")
     };
     if dropped.bytes().any(|b| b != b'0') {
-        return Err(AmountError::TooManyDecimals { text: text.to_string(), scale });
+        return Err(AmountError::TooManyDecimals {
+            text: text.to_string(),
+            scale,
+        });
     }
     let too_large = || AmountError::TooLarge(text.to_string());
     let mut minor: u128 = 0;
@@ -212,10 +249,21 @@ mod tests {
             parse_amount("1.005", 2),
             Err(AmountError::TooManyDecimals { scale: 2, .. })
         ));
-        assert!(matches!(parse_amount("1.5", 0), Err(AmountError::TooManyDecimals { .. })));
-        assert!(matches!(parse_amount("-1.00", 2), Err(AmountError::Negative(_))));
-        for bad in ["", ".", "1.", ".5", "1e3", "+1", "1.2.3", " 1", "1,00", "0x10", "-"] {
-            assert!(matches!(parse_amount(bad, 2), Err(AmountError::Malformed(_))), "{bad}");
+        assert!(matches!(
+            parse_amount("1.5", 0),
+            Err(AmountError::TooManyDecimals { .. })
+        ));
+        assert!(matches!(
+            parse_amount("-1.00", 2),
+            Err(AmountError::Negative(_))
+        ));
+        for bad in [
+            "", ".", "1.", ".5", "1e3", "+1", "1.2.3", " 1", "1,00", "0x10", "-",
+        ] {
+            assert!(
+                matches!(parse_amount(bad, 2), Err(AmountError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -223,8 +271,14 @@ mod tests {
     fn u128_edges() {
         let max = u128::MAX.to_string();
         assert_eq!(parse_amount(&max, 0), Ok(u128::MAX));
-        assert!(matches!(parse_amount(&format!("{max}0"), 0), Err(AmountError::TooLarge(_))));
-        assert!(matches!(parse_amount(&max, 2), Err(AmountError::TooLarge(_))));
+        assert!(matches!(
+            parse_amount(&format!("{max}0"), 0),
+            Err(AmountError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_amount(&max, 2),
+            Err(AmountError::TooLarge(_))
+        ));
         assert_eq!(format_amount(u128::MAX, 0), max);
     }
 
@@ -257,7 +311,10 @@ mod tests {
         let d: Decimal = "1.005".parse().expect("decimal");
         assert!(decimal_to_minor(d, 2).is_err());
         assert!(decimal_to_minor(Decimal::NEGATIVE_ONE, 2).is_err());
-        assert_eq!(minor_to_decimal(1250, 2).map(|d| d.to_string()), Some("12.50".into()));
+        assert_eq!(
+            minor_to_decimal(1250, 2).map(|d| d.to_string()),
+            Some("12.50".into())
+        );
     }
 
     proptest! {

@@ -20,7 +20,7 @@ mod result;
 pub use flags::{AccountFlags, FlagsError, TransferFlags};
 pub use image::{PendingStatus, StateImage};
 pub use records::{
-    Account, AccountFilter, Batch, BatchKind, Transfer, TransferKind, ACCOUNT_FILTER_LIMIT_MAX,
+    ACCOUNT_FILTER_LIMIT_MAX, Account, AccountFilter, Batch, BatchKind, Transfer, TransferKind,
 };
 pub use result::{ResultCode, UnknownResultCode};
 

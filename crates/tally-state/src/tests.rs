@@ -1,0 +1,782 @@
+#![allow(clippy::unwrap_used)]
+
+use crate::StateMachine;
+use proptest::prelude::*;
+use std::collections::HashSet;
+use tally_types::{
+    Account, AccountFilter, AccountFlags as AF, Batch, PendingStatus, ResultCode as R, Transfer,
+    TransferFlags as TF,
+};
+
+const SECOND: u64 = 1_000_000_000;
+const T0: u64 = 1_000 * SECOND;
+
+fn account(id: u128, ledger: u32, flags: AF) -> Account {
+    Account {
+        id,
+        ledger,
+        code: 1,
+        flags,
+        ..Account::default()
+    }
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: 156,
+        code: 1,
+        ..Transfer::default()
+    }
+}
+
+fn pending(id: u128, debit: u128, credit: u128, amount: u128, timeout: u32) -> Transfer {
+    Transfer {
+        flags: TF::PENDING,
+        timeout,
+        ..transfer(id, debit, credit, amount)
+    }
+}
+
+fn second_phase(id: u128, pending_id: u128, amount: u128, flag: TF) -> Transfer {
+    Transfer {
+        id,
+        pending_id,
+        amount,
+        flags: flag,
+        ..Transfer::default()
+    }
+}
+
+fn refund(id: u128, refund_of: u128, amount: u128) -> Transfer {
+    Transfer {
+        id,
+        pending_id: refund_of,
+        amount,
+        flags: TF::REFUND,
+        ..Transfer::default()
+    }
+}
+
+/// Applies `events` as one transfer batch at `at` and returns the results.
+fn transfers(sm: &mut StateMachine, at: u64, events: Vec<Transfer>) -> Vec<R> {
+    sm.apply(at, &Batch::CreateTransfers(events))
+}
+
+/// A ledger with a funded wallet, some pending transfers in every state, a refund and
+/// accounts near u128::MAX, all on ledger 156 unless noted.
+///  1: plain source    2: wallet (no overdraft), funded 1000 by #100
+///  3: credits_must_not_exceed_debits    4: ledger 840    5: plain sink
+///  6→7: u128::MAX posted    8→9: u128::MAX pending
+/// #101 pending 50 (open) #102 pending 60 posted by #103 #104 pending 70 voided by #105
+/// #106 pending 80 timeout 1 s (expired)  #107 refund 10 of #100
+fn fixture() -> (StateMachine, u64) {
+    let mut sm = StateMachine::new();
+    let accounts = vec![
+        account(1, 156, AF::empty()),
+        account(2, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(3, 156, AF::CREDITS_MUST_NOT_EXCEED_DEBITS),
+        account(4, 840, AF::empty()),
+        account(5, 156, AF::empty()),
+        account(6, 156, AF::empty()),
+        account(7, 156, AF::empty()),
+        account(8, 156, AF::empty()),
+        account(9, 156, AF::empty()),
+    ];
+    assert!(
+        sm.apply(T0, &Batch::CreateAccounts(accounts))
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    let setup = vec![
+        transfer(100, 1, 2, 1000),
+        pending(101, 1, 5, 50, 0),
+        pending(102, 1, 5, 60, 0),
+        second_phase(103, 102, 0, TF::POST_PENDING_TRANSFER),
+        pending(104, 1, 5, 70, 0),
+        second_phase(105, 104, 0, TF::VOID_PENDING_TRANSFER),
+        pending(106, 1, 5, 80, 1),
+        refund(107, 100, 10),
+        transfer(108, 6, 7, u128::MAX),
+        pending(109, 8, 9, u128::MAX, 0),
+    ];
+    let results = transfers(&mut sm, T0 + SECOND, setup);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    // An empty batch two seconds later lets #106 expire.
+    transfers(&mut sm, T0 + 3 * SECOND, vec![]);
+    assert_eq!(sm.pending_status(106), Some(PendingStatus::Expired));
+    (sm, T0 + 10 * SECOND)
+}
+
+/// Applies one event to a fresh fixture, checks its result, and checks that a failure
+/// left the state untouched (burned ids aside).
+fn check(event: Transfer, expected: R) {
+    check_at(event, expected, None);
+}
+
+fn check_at(event: Transfer, expected: R, at: Option<u64>) {
+    let (mut sm, now) = fixture();
+    let before = sm.image();
+    let results = transfers(&mut sm, at.unwrap_or(now), vec![event]);
+    assert_eq!(results, vec![expected], "event {event:?}");
+    if !expected.is_ok() {
+        let mut after = sm.image();
+        assert_eq!(
+            after.failed_ids.contains(&event.id),
+            expected.is_transient()
+        );
+        after.failed_ids.retain(|id| *id != event.id);
+        after.last_timestamp = before.last_timestamp;
+        assert_eq!(after, before, "a failed event changed the state");
+    }
+}
+
+fn check_account(event: Account, expected: R) {
+    let (mut sm, now) = fixture();
+    let results = sm.apply(now, &Batch::CreateAccounts(vec![event]));
+    assert_eq!(results, vec![expected], "event {event:?}");
+}
+
+#[test]
+fn every_account_result_code() {
+    let a = |id| account(id, 156, AF::empty());
+    check_account(a(10), R::Ok);
+    check_account(a(0), R::IdMustNotBeZero);
+    check_account(a(u128::MAX), R::IdMustNotBeIntMax);
+    let both = AF::DEBITS_MUST_NOT_EXCEED_CREDITS.with(AF::CREDITS_MUST_NOT_EXCEED_DEBITS);
+    check_account(account(10, 156, both), R::FlagsAreMutuallyExclusive);
+    check_account(account(10, 0, AF::empty()), R::LedgerMustNotBeZero);
+    check_account(Account { code: 0, ..a(10) }, R::CodeMustNotBeZero);
+    check_account(a(2), R::ExistsWithDifferentFlags);
+    check_account(account(1, 840, AF::empty()), R::ExistsWithDifferentLedger);
+    check_account(Account { code: 2, ..a(1) }, R::ExistsWithDifferentCode);
+    check_account(
+        Account {
+            user_data_128: 1,
+            ..a(1)
+        },
+        R::ExistsWithDifferentUserData128,
+    );
+    check_account(
+        Account {
+            user_data_64: 1,
+            ..a(1)
+        },
+        R::ExistsWithDifferentUserData64,
+    );
+    check_account(
+        Account {
+            user_data_32: 1,
+            ..a(1)
+        },
+        R::ExistsWithDifferentUserData32,
+    );
+    check_account(a(1), R::Exists);
+    check_account(account(1, 156, AF::LINKED), R::LinkedEventChainOpen);
+}
+
+#[test]
+fn every_common_and_single_phase_transfer_result_code() {
+    check(transfer(200, 1, 5, 1), R::Ok);
+    check(transfer(0, 1, 5, 1), R::IdMustNotBeZero);
+    check(transfer(u128::MAX, 1, 5, 1), R::IdMustNotBeIntMax);
+    let two_kinds = TF::PENDING.with(TF::REFUND);
+    check(
+        Transfer {
+            flags: two_kinds,
+            ..transfer(200, 1, 5, 1)
+        },
+        R::FlagsAreMutuallyExclusive,
+    );
+    let t100 = transfer(100, 1, 2, 1000);
+    check(
+        Transfer {
+            flags: TF::PENDING,
+            ..t100
+        },
+        R::ExistsWithDifferentFlags,
+    );
+    check(
+        Transfer {
+            debit_account_id: 5,
+            ..t100
+        },
+        R::ExistsWithDifferentDebitAccountId,
+    );
+    check(
+        Transfer {
+            credit_account_id: 5,
+            ..t100
+        },
+        R::ExistsWithDifferentCreditAccountId,
+    );
+    check(Transfer { amount: 1, ..t100 }, R::ExistsWithDifferentAmount);
+    check(
+        Transfer {
+            ledger: 840,
+            ..t100
+        },
+        R::ExistsWithDifferentLedger,
+    );
+    check(Transfer { code: 2, ..t100 }, R::ExistsWithDifferentCode);
+    check(
+        Transfer {
+            user_data_128: 1,
+            ..t100
+        },
+        R::ExistsWithDifferentUserData128,
+    );
+    check(
+        Transfer {
+            user_data_64: 1,
+            ..t100
+        },
+        R::ExistsWithDifferentUserData64,
+    );
+    check(
+        Transfer {
+            user_data_32: 1,
+            ..t100
+        },
+        R::ExistsWithDifferentUserData32,
+    );
+    check(
+        Transfer {
+            flags: TF::LINKED,
+            ..t100
+        },
+        R::LinkedEventChainOpen,
+    );
+    check(t100, R::Exists);
+    check(pending(101, 1, 5, 50, 7), R::ExistsWithDifferentTimeout);
+    check(
+        second_phase(103, 101, 0, TF::POST_PENDING_TRANSFER),
+        R::ExistsWithDifferentPendingId,
+    );
+    check(refund(107, 103, 10), R::ExistsWithDifferentRefundOf);
+    check(transfer(200, 0, 5, 1), R::DebitAccountIdMustNotBeZero);
+    check(
+        transfer(200, u128::MAX, 5, 1),
+        R::DebitAccountIdMustNotBeIntMax,
+    );
+    check(transfer(200, 1, 0, 1), R::CreditAccountIdMustNotBeZero);
+    check(
+        transfer(200, 1, u128::MAX, 1),
+        R::CreditAccountIdMustNotBeIntMax,
+    );
+    check(transfer(200, 1, 1, 1), R::AccountsMustBeDifferent);
+    check(
+        Transfer {
+            pending_id: 101,
+            ..transfer(200, 1, 5, 1)
+        },
+        R::PendingIdMustBeZero,
+    );
+    check(
+        Transfer {
+            timeout: 1,
+            ..transfer(200, 1, 5, 1)
+        },
+        R::TimeoutReservedForPendingTransfer,
+    );
+    check(
+        Transfer {
+            ledger: 0,
+            ..transfer(200, 1, 5, 1)
+        },
+        R::LedgerMustNotBeZero,
+    );
+    check(
+        Transfer {
+            code: 0,
+            ..transfer(200, 1, 5, 1)
+        },
+        R::CodeMustNotBeZero,
+    );
+    check(transfer(200, 1, 5, 0), R::AmountMustNotBeZero);
+    check(transfer(200, 99, 5, 1), R::DebitAccountNotFound);
+    check(transfer(200, 1, 99, 1), R::CreditAccountNotFound);
+    check(transfer(200, 1, 4, 1), R::AccountsMustHaveTheSameLedger);
+    check(
+        Transfer {
+            ledger: 840,
+            ..transfer(200, 1, 5, 1)
+        },
+        R::TransferMustHaveTheSameLedgerAsAccounts,
+    );
+    check(pending(200, 8, 5, 1, 0), R::OverflowsDebitsPending);
+    check(pending(200, 5, 9, 1, 0), R::OverflowsCreditsPending);
+    check(transfer(200, 6, 5, 1), R::OverflowsDebitsPosted);
+    check(transfer(200, 5, 7, 1), R::OverflowsCreditsPosted);
+    check(transfer(200, 8, 5, 1), R::OverflowsDebits);
+    check(transfer(200, 5, 9, 1), R::OverflowsCredits);
+    check_at(
+        pending(200, 1, 5, 1, u32::MAX),
+        R::OverflowsTimeout,
+        Some(u64::MAX - 10 * SECOND),
+    );
+    check(transfer(200, 2, 5, 991), R::ExceedsCredits);
+    check(transfer(200, 2, 5, 990), R::Ok);
+    check(transfer(200, 5, 3, 1), R::ExceedsDebits);
+}
+
+#[test]
+fn every_post_void_and_refund_result_code() {
+    let post = |id, p, amount| second_phase(id, p, amount, TF::POST_PENDING_TRANSFER);
+    let void = |id, p, amount| second_phase(id, p, amount, TF::VOID_PENDING_TRANSFER);
+    check(post(200, 101, 0), R::Ok);
+    check(void(200, 101, 50), R::Ok);
+    check(post(200, 0, 0), R::PendingIdMustNotBeZero);
+    check(post(200, u128::MAX, 0), R::PendingIdMustNotBeIntMax);
+    check(post(200, 200, 0), R::PendingIdMustBeDifferent);
+    check(
+        Transfer {
+            timeout: 1,
+            ..post(200, 101, 0)
+        },
+        R::TimeoutReservedForPendingTransfer,
+    );
+    check(post(200, 999, 0), R::PendingTransferNotFound);
+    check(post(200, 100, 0), R::PendingTransferNotPending);
+    let given = post(200, 101, 0);
+    check(
+        Transfer {
+            debit_account_id: 2,
+            ..given
+        },
+        R::PendingTransferHasDifferentDebitAccountId,
+    );
+    check(
+        Transfer {
+            credit_account_id: 2,
+            ..given
+        },
+        R::PendingTransferHasDifferentCreditAccountId,
+    );
+    check(
+        Transfer {
+            ledger: 840,
+            ..given
+        },
+        R::PendingTransferHasDifferentLedger,
+    );
+    check(
+        Transfer { code: 9, ..given },
+        R::PendingTransferHasDifferentCode,
+    );
+    check(post(200, 101, 51), R::ExceedsPendingTransferAmount);
+    check(void(200, 101, 49), R::PendingTransferHasDifferentAmount);
+    check(post(200, 102, 0), R::PendingTransferAlreadyPosted);
+    check(post(200, 104, 0), R::PendingTransferAlreadyVoided);
+    check(void(200, 106, 0), R::PendingTransferExpired);
+    check(refund(200, 100, 5), R::Ok);
+    check(refund(200, 103, 60), R::Ok);
+    check(refund(200, 0, 5), R::RefundOfMustNotBeZero);
+    check(refund(200, u128::MAX, 5), R::RefundOfMustNotBeIntMax);
+    check(
+        Transfer {
+            timeout: 1,
+            ..refund(200, 100, 5)
+        },
+        R::TimeoutReservedForPendingTransfer,
+    );
+    check(refund(200, 999, 5), R::OriginalTransferNotFound);
+    for not_refundable in [101, 105, 106, 107] {
+        check(
+            refund(200, not_refundable, 5),
+            R::OriginalTransferNotRefundable,
+        );
+    }
+    let given = refund(200, 100, 5);
+    check(
+        Transfer {
+            debit_account_id: 1,
+            ..given
+        },
+        R::RefundHasDifferentDebitAccountId,
+    );
+    check(
+        Transfer {
+            credit_account_id: 2,
+            ..given
+        },
+        R::RefundHasDifferentCreditAccountId,
+    );
+    check(
+        Transfer {
+            ledger: 840,
+            ..given
+        },
+        R::RefundHasDifferentLedger,
+    );
+    check(refund(200, 100, 0), R::AmountMustNotBeZero);
+    check(refund(200, 100, 991), R::ExceedsRefundableAmount);
+    check(refund(200, 100, 990), R::Ok);
+    check(refund(200, 108, 1), R::Ok);
+}
+
+#[test]
+fn transient_failure_burns_the_id_and_a_retry_gets_id_already_failed() {
+    let (mut sm, now) = fixture();
+    assert_eq!(
+        transfers(&mut sm, now, vec![transfer(200, 2, 5, 5000)]),
+        vec![R::ExceedsCredits]
+    );
+    // Funding the wallet would now let the same payment pass: the id must stay burned.
+    assert_eq!(
+        transfers(&mut sm, now + 1, vec![transfer(201, 1, 2, 9000)]),
+        vec![R::Ok]
+    );
+    let retry = transfers(&mut sm, now + 2, vec![transfer(200, 2, 5, 5000)]);
+    assert_eq!(retry, vec![R::IdAlreadyFailed]);
+    // A validation failure does not burn: the id can be used once fixed.
+    assert_eq!(
+        transfers(&mut sm, now + 3, vec![transfer(202, 2, 5, 0)]),
+        vec![R::AmountMustNotBeZero]
+    );
+    assert_eq!(
+        transfers(&mut sm, now + 4, vec![transfer(202, 2, 5, 1)]),
+        vec![R::Ok]
+    );
+}
+
+#[test]
+fn post_amounts_fill_in_and_release_the_whole_reservation() {
+    let (mut sm, now) = fixture();
+    let partial = second_phase(200, 101, 20, TF::POST_PENDING_TRANSFER);
+    assert_eq!(transfers(&mut sm, now, vec![partial]), vec![R::Ok]);
+    let stored = *sm.lookup_transfer(200).unwrap();
+    assert_eq!(
+        (
+            stored.debit_account_id,
+            stored.credit_account_id,
+            stored.amount
+        ),
+        (1, 5, 20)
+    );
+    assert_eq!((stored.ledger, stored.code), (156, 1));
+    let sink = sm.lookup_account(5).unwrap();
+    assert_eq!(
+        sink.credits_pending, 0,
+        "the rest of the reservation is released"
+    );
+    assert_eq!(sink.credits_posted, 60 + 20);
+    // Resubmitting with the filled-in fields given as 0 is `exists`.
+    assert_eq!(transfers(&mut sm, now + 1, vec![partial]), vec![R::Exists]);
+    assert!(sm.check_invariants().is_empty());
+}
+
+#[test]
+fn expiry_happens_before_the_first_batch_at_or_after_its_instant_never_earlier() {
+    let (mut sm, now) = fixture();
+    assert_eq!(
+        transfers(&mut sm, now, vec![pending(200, 1, 5, 30, 5)]),
+        vec![R::Ok]
+    );
+    transfers(&mut sm, now + 5 * SECOND - 1, vec![]);
+    assert_eq!(sm.pending_status(200), Some(PendingStatus::Pending));
+    assert_eq!(sm.lookup_account(5).unwrap().credits_pending, 50 + 30);
+    let late_post = second_phase(201, 200, 0, TF::POST_PENDING_TRANSFER);
+    assert_eq!(
+        transfers(&mut sm, now + 5 * SECOND, vec![late_post]),
+        vec![R::PendingTransferExpired]
+    );
+    assert_eq!(sm.pending_status(200), Some(PendingStatus::Expired));
+    assert_eq!(sm.lookup_account(5).unwrap().credits_pending, 50);
+    assert!(sm.check_invariants().is_empty());
+}
+
+#[test]
+fn a_failing_event_rolls_back_its_whole_chain() {
+    let (mut sm, now) = fixture();
+    let before = sm.image();
+    let linked = |t: Transfer| Transfer {
+        flags: t.flags.with(TF::LINKED),
+        ..t
+    };
+    let chain = vec![
+        linked(transfer(200, 1, 2, 100)),
+        linked(pending(201, 2, 5, 50, 0)),
+        linked(second_phase(202, 201, 0, TF::POST_PENDING_TRANSFER)),
+        linked(transfer(203, 2, 5, 10_000)), // exceeds_credits: fails the chain
+        transfer(204, 1, 5, 1),
+        transfer(205, 1, 5, 1), // after the chain: applied
+    ];
+    let results = transfers(&mut sm, now, chain);
+    assert_eq!(
+        results,
+        vec![
+            R::LinkedEventFailed,
+            R::LinkedEventFailed,
+            R::LinkedEventFailed,
+            R::ExceedsCredits,
+            R::LinkedEventFailed,
+            R::Ok
+        ]
+    );
+    for id in 200..=204 {
+        assert!(
+            sm.lookup_transfer(id).is_none(),
+            "transfer {id} was rolled back"
+        );
+    }
+    assert!(
+        sm.id_failed(203),
+        "the transient failure burns its id even in a chain"
+    );
+    assert!(!sm.id_failed(200));
+    let after = sm.image();
+    assert_eq!(
+        after.accounts.iter().find(|a| a.id == 2),
+        before.accounts.iter().find(|a| a.id == 2)
+    );
+    assert!(sm.check_invariants().is_empty());
+}
+
+#[test]
+fn later_chain_members_see_earlier_ones_and_a_whole_chain_commits() {
+    let (mut sm, now) = fixture();
+    let linked = |t: Transfer| Transfer {
+        flags: t.flags.with(TF::LINKED),
+        ..t
+    };
+    let chain = vec![
+        linked(pending(200, 1, 5, 40, 0)),
+        linked(second_phase(201, 200, 30, TF::POST_PENDING_TRANSFER)),
+        refund(202, 201, 30),
+    ];
+    assert_eq!(transfers(&mut sm, now, chain), vec![R::Ok, R::Ok, R::Ok]);
+    assert_eq!(sm.pending_status(200), Some(PendingStatus::Posted));
+    assert_eq!(sm.refunded_amount(201), 30);
+}
+
+#[test]
+fn an_open_chain_at_the_end_of_a_batch_fails() {
+    let (mut sm, now) = fixture();
+    let linked = |t: Transfer| Transfer {
+        flags: TF::LINKED,
+        ..t
+    };
+    let results = transfers(
+        &mut sm,
+        now,
+        vec![
+            transfer(200, 1, 5, 1),
+            linked(transfer(201, 1, 5, 1)),
+            linked(transfer(202, 1, 5, 1)),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![R::Ok, R::LinkedEventFailed, R::LinkedEventChainOpen]
+    );
+    assert!(sm.lookup_transfer(200).is_some());
+    assert!(sm.lookup_transfer(201).is_none());
+    assert!(sm.lookup_transfer(202).is_none());
+    let accounts = vec![
+        Account {
+            flags: AF::LINKED,
+            ..account(20, 156, AF::empty())
+        },
+        Account {
+            flags: AF::LINKED,
+            ..account(21, 156, AF::empty())
+        },
+    ];
+    let results = sm.apply(now + 10, &Batch::CreateAccounts(accounts));
+    assert_eq!(results, vec![R::LinkedEventFailed, R::LinkedEventChainOpen]);
+    assert!(sm.lookup_account(20).is_none());
+}
+
+#[test]
+fn account_history_is_filtered_ordered_and_bounded() {
+    let (sm, _) = fixture();
+    let mut filter = AccountFilter::new(5);
+    let all: Vec<u128> = sm.account_transfers(&filter).iter().map(|t| t.id).collect();
+    assert_eq!(all, vec![101, 102, 103, 104, 105, 106]);
+    filter.reversed = true;
+    filter.limit = 2;
+    let newest: Vec<u128> = sm.account_transfers(&filter).iter().map(|t| t.id).collect();
+    assert_eq!(newest, vec![106, 105]);
+    let mut credits_of_2 = AccountFilter::new(2);
+    credits_of_2.debits = false;
+    let ids: Vec<u128> = sm
+        .account_transfers(&credits_of_2)
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, vec![100]);
+    let mut window = AccountFilter::new(5);
+    let t103 = sm.lookup_transfer(103).unwrap().timestamp;
+    window.timestamp_min = t103;
+    window.timestamp_max = t103 + 1;
+    let ids: Vec<u128> = sm.account_transfers(&window).iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![103, 104]);
+    assert!(sm.account_transfers(&AccountFilter::new(999)).is_empty());
+}
+
+#[test]
+fn timestamps_are_unique_increasing_and_lookups_skip_unknown_ids() {
+    let (mut sm, now) = fixture();
+    let results = transfers(
+        &mut sm,
+        now,
+        vec![transfer(200, 1, 5, 1), transfer(201, 1, 5, 1)],
+    );
+    assert_eq!(results, vec![R::Ok, R::Ok]);
+    assert_eq!(sm.lookup_transfer(200).unwrap().timestamp, now);
+    assert_eq!(sm.lookup_transfer(201).unwrap().timestamp, now + 1);
+    assert_eq!(sm.last_timestamp(), now + 1);
+    let found: Vec<u128> = sm
+        .lookup_transfers(&[201, 999, 200])
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(found, vec![201, 200]);
+    assert_eq!(sm.lookup_accounts(&[999, 2]).len(), 1);
+}
+
+#[test]
+fn image_round_trip_reproduces_the_state_and_its_behaviour() {
+    let (mut sm, now) = fixture();
+    let mut restored = StateMachine::from_image(sm.image()).unwrap();
+    assert_eq!(restored.image(), sm.image());
+    let next = vec![
+        transfer(300, 2, 5, 5000),
+        pending(301, 1, 5, 1, 1),
+        refund(302, 100, 990),
+    ];
+    let later = vec![
+        second_phase(303, 301, 0, TF::POST_PENDING_TRANSFER),
+        transfer(300, 2, 5, 5000),
+    ];
+    for sm in [&mut sm, &mut restored] {
+        assert_eq!(
+            transfers(sm, now, next.clone()),
+            vec![R::ExceedsCredits, R::Ok, R::Ok]
+        );
+        let results = transfers(sm, now + 2 * SECOND, later.clone());
+        assert_eq!(results, vec![R::PendingTransferExpired, R::IdAlreadyFailed]);
+    }
+    assert_eq!(restored.image(), sm.image());
+}
+
+// ---- property tests ----
+
+/// A random event over a small id space, so that collisions, chains, second phases and
+/// refunds happen often.
+fn any_transfer() -> impl Strategy<Value = Transfer> {
+    (
+        1u128..40,
+        0u128..7,
+        0u128..7,
+        prop_oneof![Just(0u128), 1u128..200, Just(u128::MAX - 5)],
+        0u8..8,
+        1u128..40,
+        prop_oneof![Just(0u32), Just(1u32), Just(3u32)],
+        any::<bool>(),
+        prop_oneof![Just(156u32), Just(840), Just(0)],
+    )
+        .prop_map(
+            |(id, debit, credit, amount, kind, target, timeout, linked, ledger)| {
+                let mut t = transfer(id, debit, credit, amount);
+                t.ledger = ledger;
+                match kind {
+                    0..=2 => {}
+                    3 => {
+                        t.flags = TF::PENDING;
+                        t.timeout = timeout;
+                    }
+                    4 => t = second_phase(id, target, amount % 3, TF::POST_PENDING_TRANSFER),
+                    5 => t = second_phase(id, target, 0, TF::VOID_PENDING_TRANSFER),
+                    _ => t = refund(id, target, amount),
+                }
+                if linked {
+                    t.flags = t.flags.with(TF::LINKED);
+                }
+                t
+            },
+        )
+}
+
+fn property_ledger() -> StateMachine {
+    let mut sm = StateMachine::new();
+    let accounts = vec![
+        account(1, 156, AF::empty()),
+        account(2, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(3, 156, AF::CREDITS_MUST_NOT_EXCEED_DEBITS),
+        account(4, 840, AF::empty()),
+        account(5, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(6, 156, AF::empty()),
+    ];
+    sm.apply(T0, &Batch::CreateAccounts(accounts));
+    sm
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Conservation, balance limits, idempotency and "a failure changes nothing" hold
+    /// after every batch of random events.
+    #[test]
+    fn random_batches_keep_every_invariant(
+        batches in proptest::collection::vec((proptest::collection::vec(any_transfer(), 0..12), 0u64..3), 1..8)
+    ) {
+        let mut sm = property_ledger();
+        let mut now = T0 + SECOND;
+        let mut applied_ids: HashSet<u128> = HashSet::new();
+        for (events, gap_s) in batches {
+            now += gap_s * SECOND + 100;
+            let before = sm.clone();
+            let results = transfers(&mut sm, now, events.clone());
+            prop_assert_eq!(results.len(), events.len());
+            for (event, result) in events.iter().zip(&results) {
+                if result.is_ok() {
+                    prop_assert!(applied_ids.insert(event.id), "transfer {} applied twice", event.id);
+                    prop_assert!(before.lookup_transfer(event.id).is_none());
+                }
+            }
+            // Replaying the same batch on the prior state is deterministic.
+            let mut again = before.clone();
+            prop_assert_eq!(transfers(&mut again, now, events.clone()), results.clone());
+            if results.iter().all(|r| !r.is_ok()) {
+                // Nothing applied: only expiries and burned ids may differ.
+                let mut expected = before.clone();
+                transfers(&mut expected, now, vec![]);
+                prop_assert_eq!(sm.accounts(), expected.accounts());
+                prop_assert_eq!(sm.transfers(), expected.transfers());
+            }
+            let violations = sm.check_invariants();
+            prop_assert!(violations.is_empty(), "{:?}", violations);
+        }
+        for transfer in sm.transfers() {
+            prop_assert!(applied_ids.contains(&transfer.id));
+        }
+    }
+
+    /// A batch with a failing chain leaves exactly the state of the same batch with the
+    /// chain removed (burned ids aside).
+    #[test]
+    fn a_failed_chain_leaves_no_trace(prefix in proptest::collection::vec(any_transfer(), 0..6)) {
+        // Small amounts, so the chain itself cannot overflow the accounts.
+        let mut prefix: Vec<Transfer> = prefix.into_iter().map(|t| Transfer { flags: t.flags.without(TF::LINKED), amount: t.amount % 1_000, ..t }).collect();
+        for (offset, t) in prefix.iter_mut().enumerate() { t.id = 1_000 + offset as u128; }
+        let chain = vec![
+            Transfer { flags: TF::LINKED, ..transfer(500, 1, 6, 7) },
+            Transfer { flags: TF::LINKED, ..transfer(501, 6, 1, 3) },
+            transfer(0, 1, 6, 1), // id_must_not_be_zero
+        ];
+        let mut with_chain = property_ledger();
+        let mut without_chain = property_ledger();
+        let mut events = prefix.clone();
+        events.extend(chain);
+        let results = transfers(&mut with_chain, T0 + SECOND, events);
+        transfers(&mut without_chain, T0 + SECOND, prefix.clone());
+        prop_assert_eq!(&results[prefix.len()..], &[R::LinkedEventFailed, R::LinkedEventFailed, R::IdMustNotBeZero]);
+        prop_assert_eq!(with_chain.accounts(), without_chain.accounts());
+        prop_assert_eq!(with_chain.transfers(), without_chain.transfers());
+    }
+}
