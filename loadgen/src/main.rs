@@ -1,1 +1,3 @@
+//! `loadgen`: replays Singles' Day traffic against Tally and measures it.
+
 fn main() {}

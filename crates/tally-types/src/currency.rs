@@ -156,8 +156,7 @@ impl CurrencyTable {
 pub fn parse_amount(text: &str, scale: u32) -> Result<u128, AmountError> {
     debug_assert!(scale <= SCALE_MAX);
     let malformed = || AmountError::Malformed(text.to_string());
-    if text.starts_with('-') {
-        let rest = &text[1..];
+    if let Some(rest) = text.strip_prefix('-') {
         let is_number = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         return Err(
             if is_number && rest.bytes().any(|b| b != b'0' && b != b'.') {
