@@ -99,13 +99,11 @@ impl StateMachine {
                 execute(self, event, timestamp + index as u64)
             };
             results.push(result);
-            if result != R::Ok {
-                if let Some(start) = chain_start.filter(|_| !chain_broken) {
-                    chain_broken = true;
-                    self.rollback_to(0);
-                    for earlier in &mut results[start..index] {
-                        *earlier = R::LinkedEventFailed;
-                    }
+            if let Some(start) = chain_start.filter(|_| result != R::Ok && !chain_broken) {
+                chain_broken = true;
+                self.rollback_to(0);
+                for earlier in &mut results[start..index] {
+                    *earlier = R::LinkedEventFailed;
                 }
             }
             if !event.linked() || index == events.len() - 1 {
