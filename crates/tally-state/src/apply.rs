@@ -28,7 +28,8 @@ impl Event for Transfer {
 impl StateMachine {
     /// Applies one batch stamped `timestamp`: first releases every pending transfer that
     /// has expired by then, then applies the events in order, event `i` stamped
-    /// `timestamp + i`. Returns one result per event.
+    /// `timestamp + i`. Returns one result per event. Afterwards `last_timestamp` is the
+    /// last event's stamp (`timestamp` itself for an empty batch).
     ///
     /// Panics if `timestamp` does not move time forward or the batch is larger than
     /// [`BATCH_EVENTS_MAX`]: the engine rejects those before they reach the log.
@@ -50,9 +51,8 @@ impl StateMachine {
                 self.apply_chained(timestamp, events, Self::create_transfer)
             }
         };
-        if !batch.is_empty() {
-            self.last_timestamp = last;
-        }
+        // An empty batch still takes its stamp: every batch moves time forward.
+        self.last_timestamp = last;
         debug_assert!(self.undo_log.is_empty());
         results
     }

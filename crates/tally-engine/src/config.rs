@@ -1,0 +1,65 @@
+//! How a ledger is opened.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tally_log::SyncMode;
+
+/// What a submitter gets when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Fail at once with [`crate::SubmitError::Busy`].
+    Busy,
+    /// Wait up to this long for room, then fail with `Busy`.
+    Wait(Duration),
+}
+
+/// Ledger configuration. [`Config::new`] gives production defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory (created if missing). Only one process may open it.
+    pub data_dir: PathBuf,
+    /// Requested shard count; 0 = fitted to the machine. Results never depend on it.
+    /// This version executes every shard's events on the commit thread (see
+    /// ARCHITECTURE.md); the value is validated and reported.
+    pub shards: usize,
+    /// `Fdatasync` (the default) or the unsafe no-sync mode for benchmarks only.
+    pub sync: SyncMode,
+    /// Most batches waiting in the submission queue.
+    pub queue_batches_max: usize,
+    /// Most events the commit thread takes into one group commit.
+    pub group_events_max: usize,
+    /// What a submitter gets when the queue is full.
+    pub backpressure: Backpressure,
+    /// Stamp batches from the time each request gives (tests and replay tools) instead
+    /// of the wall clock.
+    pub manual_clock: bool,
+    /// Write a snapshot after this many events since the last one; 0 = never.
+    pub snapshot_events_interval: u64,
+    /// Rotate log segments past this size.
+    pub segment_bytes_max: u64,
+}
+
+impl Config {
+    pub fn new(data_dir: impl AsRef<Path>) -> Self {
+        Config {
+            data_dir: data_dir.as_ref().to_path_buf(),
+            shards: 0,
+            sync: SyncMode::Fdatasync,
+            queue_batches_max: 65_536,
+            group_events_max: 65_536,
+            backpressure: Backpressure::Wait(Duration::from_millis(100)),
+            manual_clock: false,
+            snapshot_events_interval: 20_000_000,
+            segment_bytes_max: 256 * 1024 * 1024,
+        }
+    }
+
+    /// The shard count in force: the requested one, or the machine's parallelism.
+    pub fn shards_effective(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The embedding API: open, submit (blocking or async), read, shut down.
+
+use crate::config::{Backpressure, Config};
+use crate::error::{EngineError, SubmitError};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::pipeline::{CommitThread, Request};
+use crossbeam_queue::ArrayQueue;
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+use tally_log::{DirLock, LogOptions, Wal};
+use tally_state::{InvariantViolation, LedgerTotals, StateMachine};
+use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
+use tokio::sync::oneshot;
+
+/// The result of one event: its code, and its timestamp when it was applied (`Ok`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventResult {
+    pub code: ResultCode,
+    /// The event's engine timestamp; 0 unless `code` is `Ok`.
+    pub timestamp: u64,
+}
+
+/// What the submitters, the readers and the commit thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    pub queue: ArrayQueue<Request>,
+    pub state: RwLock<StateMachine>,
+    pub metrics: Metrics,
+    /// Set once the log failed: every later write is refused with this message.
+    pub failure: Mutex<Option<String>>,
+    /// No new submissions are admitted.
+    pub stopping: AtomicBool,
+    /// The commit thread may exit once the queue is empty.
+    pub draining: AtomicBool,
+    /// Submitters between their `stopping` check and their push (see `admit`).
+    pub admitting: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+    commit_thread: Thread,
+    join: Mutex<Option<JoinHandle<()>>>,
+    _lock: DirLock,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+impl Handle {
+    fn stop(&self) -> Result<(), EngineError> {
+        let Some(join) = self.join.lock().take() else {
+            return Ok(());
+        };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wait out submitters that passed the `stopping` check: after this no push can
+        // happen, so the drain below answers every admitted request.
+        while self.shared.admitting.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.commit_thread.unpark();
+        join.join()
+            .map_err(|_| EngineError::Thread("the commit thread panicked".into()))?;
+        match self.shared.failure.lock().clone() {
+            Some(message) => Err(EngineError::Recovery(format!("log failed: {message}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An open ledger. Cheap to clone; every clone submits to the same engine. The data
+/// directory stays locked until the last clone is dropped or [`Ledger::shutdown`].
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    handle: Arc<Handle>,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `config.data_dir`: takes the directory lock,
+    /// loads the newest valid snapshot, replays the log after it, and starts the commit
+    /// thread.
+    pub fn open(config: Config) -> Result<Ledger, EngineError> {
+        if config.queue_batches_max == 0 || config.group_events_max < BATCH_EVENTS_MAX {
+            return Err(EngineError::Config(format!(
+                "queue_batches_max must be > 0 and group_events_max >= {BATCH_EVENTS_MAX}"
+            )));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            EngineError::Config(format!(
+                "cannot create {}: {source}",
+                config.data_dir.display()
+            ))
+        })?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let options = LogOptions {
+            segment_bytes_max: config.segment_bytes_max,
+            sync: config.sync,
+        };
+        let (wal, recovered) = Wal::open(&config.data_dir, options)?;
+        let (state, sequence_last) = recover_state(recovered)?;
+        assert_eq!(
+            wal.next_sequence(),
+            sequence_last + 1,
+            "log and replay agree"
+        );
+        let timestamp_last = state.last_timestamp();
+        let shared = Arc::new(Shared {
+            queue: ArrayQueue::new(config.queue_batches_max),
+            config,
+            state: RwLock::new(state),
+            metrics: Metrics::new(),
+            failure: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            admitting: AtomicUsize::new(0),
+        });
+        let commit = CommitThread {
+            shared: Arc::clone(&shared),
+            wal,
+            sequence_last,
+            timestamp_last,
+            events_since_snapshot: 0,
+        };
+        let join = std::thread::Builder::new()
+            .name("tally-commit".into())
+            .spawn(move || commit.run())
+            .map_err(|error| EngineError::Thread(error.to_string()))?;
+        let commit_thread = join.thread().clone();
+        Ok(Ledger {
+            handle: Arc::new(Handle {
+                shared,
+                commit_thread,
+                join: Mutex::new(Some(join)),
+                _lock: lock,
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// Submits a batch and blocks until it is durable; one result per event, in order.
+    /// Must not be called from inside an async runtime: use [`Ledger::submit_async`].
+    pub fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, SubmitError> {
+        self.submit_at(batch, None)
+    }
+
+    /// [`Ledger::submit`] with a requested stamp (manual clock only).
+    pub fn submit_at(
+        &self,
+        batch: Batch,
+        now: Option<u64>,
+    ) -> Result<Vec<EventResult>, SubmitError> {
+        let receiver = self.admit(batch, now)?;
+        receiver
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit thread stopped".into())))
+    }
+
+    /// Submits a batch from async code; resolves once it is durable.
+    pub async fn submit_async(&self, batch: Batch) -> Result<Vec<EventResult>, SubmitError> {
+        let receiver = self.admit(batch, None)?;
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit thread stopped".into())))
+    }
+
+    pub fn create_accounts(&self, accounts: Vec<Account>) -> Result<Vec<EventResult>, SubmitError> {
+        self.submit(Batch::CreateAccounts(accounts))
+    }
+
+    pub fn create_transfers(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<EventResult>, SubmitError> {
+        self.submit(Batch::CreateTransfers(transfers))
+    }
+
+    /// Validates a batch and puts it on the queue, honouring the backpressure setting.
+    fn admit(
+        &self,
+        batch: Batch,
+        now: Option<u64>,
+    ) -> Result<oneshot::Receiver<Result<Vec<EventResult>, SubmitError>>, SubmitError> {
+        validate(&batch)?;
+        let shared = self.shared();
+        if now.is_some() && !shared.config.manual_clock {
+            return Err(SubmitError::ManualClockDisabled);
+        }
+        if let Some(message) = shared.failure.lock().clone() {
+            return Err(SubmitError::Failed(message));
+        }
+        let (reply, receiver) = oneshot::channel();
+        let mut request = Request {
+            batch,
+            now,
+            reply,
+            enqueued: Instant::now(),
+        };
+        shared.admitting.fetch_add(1, Ordering::SeqCst);
+        let pushed = if shared.stopping.load(Ordering::SeqCst) {
+            Err(SubmitError::Stopped)
+        } else {
+            let deadline = match shared.config.backpressure {
+                Backpressure::Busy => None,
+                Backpressure::Wait(wait) => Some(Instant::now() + wait),
+            };
+            loop {
+                match shared.queue.push(request) {
+                    Ok(()) => break Ok(()),
+                    Err(back) => request = back,
+                }
+                if deadline.is_none_or(|d| Instant::now() >= d) {
+                    shared
+                        .metrics
+                        .busy_rejections
+                        .fetch_add(1, Ordering::Relaxed);
+                    break Err(SubmitError::Busy);
+                }
+                self.handle.commit_thread.unpark();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        };
+        shared.admitting.fetch_sub(1, Ordering::SeqCst);
+        pushed?;
+        self.handle.commit_thread.unpark();
+        Ok(receiver)
+    }
+
+    /// `lookup_accounts`: the accounts that exist, in request order.
+    pub fn lookup_accounts(&self, ids: &[u128]) -> Vec<Account> {
+        self.shared().state.read().lookup_accounts(ids)
+    }
+
+    /// `lookup_transfers`: the transfers that exist, in request order.
+    pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
+        self.shared().state.read().lookup_transfers(ids)
+    }
+
+    /// `get_account_transfers`: an account's history, filtered and bounded.
+    pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
+        self.shared().state.read().account_transfers(filter)
+    }
+
+    /// Per ledger, the sums of all balances, read consistently.
+    pub fn ledger_totals(&self) -> BTreeMap<u32, LedgerTotals> {
+        self.shared().state.read().ledger_totals()
+    }
+
+    /// Checks conservation and every balance limit over the whole state.
+    pub fn check_invariants(&self) -> Vec<InvariantViolation> {
+        self.shared().state.read().check_invariants()
+    }
+
+    /// Calls `visit` with the state under the read lock (dumps, verification).
+    pub fn with_state<R>(&self, visit: impl FnOnce(&StateMachine) -> R) -> R {
+        visit(&self.shared().state.read())
+    }
+
+    /// The shard count in force.
+    pub fn shards(&self) -> usize {
+        self.shared().config.shards_effective()
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let shared = self.shared();
+        shared
+            .metrics
+            .snapshot(shared.queue.len(), shared.queue.capacity())
+    }
+
+    /// Stops admitting, drains the queue (every admitted batch is logged, synced and
+    /// answered), and stops the commit thread. Later submissions get `Stopped`.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        self.handle.stop()
+    }
+}
+
+/// Rejects batches the log must never see: too large, or carrying engine-owned fields.
+fn validate(batch: &Batch) -> Result<(), SubmitError> {
+    if batch.len() > BATCH_EVENTS_MAX {
+        return Err(SubmitError::BatchTooLarge {
+            events: batch.len(),
+            max: BATCH_EVENTS_MAX,
+        });
+    }
+    let invalid = |index, reason: &str| SubmitError::InvalidEvent {
+        index,
+        reason: reason.to_string(),
+    };
+    match batch {
+        Batch::CreateAccounts(accounts) => {
+            for (index, a) in accounts.iter().enumerate() {
+                let balances = [
+                    a.debits_pending,
+                    a.debits_posted,
+                    a.credits_pending,
+                    a.credits_posted,
+                ];
+                if balances.iter().any(|b| *b != 0) {
+                    return Err(invalid(
+                        index,
+                        "balances start at zero and are set only by transfers",
+                    ));
+                }
+                if a.timestamp != 0 {
+                    return Err(invalid(index, "timestamp is assigned by the engine"));
+                }
+            }
+        }
+        Batch::CreateTransfers(transfers) => {
+            for (index, t) in transfers.iter().enumerate() {
+                if t.timestamp != 0 {
+                    return Err(invalid(index, "timestamp is assigned by the engine"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the state: the snapshot, then every logged batch after it, in order.
+fn recover_state(recovered: tally_log::Recovered) -> Result<(StateMachine, u64), EngineError> {
+    let (mut state, mut sequence_last) = match recovered.snapshot {
+        Some((sequence, image)) => {
+            let state = StateMachine::from_image(image)
+                .map_err(|error| EngineError::Recovery(error.to_string()))?;
+            (state, sequence)
+        }
+        None => (StateMachine::new(), 0),
+    };
+    for record in recovered.records {
+        if record.sequence != sequence_last + 1 || record.timestamp <= state.last_timestamp() {
+            return Err(EngineError::Recovery(format!(
+                "log record {} does not follow {} (timestamp {} after {})",
+                record.sequence,
+                sequence_last,
+                record.timestamp,
+                state.last_timestamp()
+            )));
+        }
+        state.apply(record.timestamp, &record.batch);
+        sequence_last = record.sequence;
+    }
+    Ok((state, sequence_last))
+}

@@ -1,0 +1,135 @@
+//! Counters a service can read or scrape. Hot counters are relaxed atomics written by
+//! the commit thread; histograms are updated once per group under a cold-path lock.
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tally_types::ResultCode;
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub batches_committed: AtomicU64,
+    pub events_committed: AtomicU64,
+    pub groups_committed: AtomicU64,
+    pub busy_rejections: AtomicU64,
+    pub result_counts: Vec<AtomicU64>,
+    /// Microseconds from the first batch of a group taken to the group synced.
+    pub commit_latency_us: Mutex<Histogram<u64>>,
+    /// Events per group commit.
+    pub group_events: Mutex<Histogram<u64>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            batches_committed: AtomicU64::new(0),
+            events_committed: AtomicU64::new(0),
+            groups_committed: AtomicU64::new(0),
+            busy_rejections: AtomicU64::new(0),
+            result_counts: ResultCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            commit_latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
+            ),
+            group_events: Mutex::new(
+                Histogram::new_with_bounds(1, 10_000_000, 3).expect("static histogram bounds"),
+            ),
+        }
+    }
+
+    pub fn count_results(&self, results: &[ResultCode]) {
+        for code in results {
+            self.result_counts[*code as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A point-in-time copy of the ledger's metrics.
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub batches_committed: u64,
+    pub events_committed: u64,
+    pub groups_committed: u64,
+    pub busy_rejections: u64,
+    /// Count per result code (only codes seen at least once).
+    pub result_counts: Vec<(ResultCode, u64)>,
+    pub commit_latency_us_p50: u64,
+    pub commit_latency_us_p99: u64,
+    pub commit_latency_us_max: u64,
+    pub group_events_mean: f64,
+}
+
+impl MetricsSnapshot {
+    /// Prometheus text exposition of these figures.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, value: String| {
+            out.push_str(&format!(
+                "# TYPE tally_{name} gauge\ntally_{name} {value}\n"
+            ));
+        };
+        gauge(&mut out, "queue_depth", self.queue_depth.to_string());
+        gauge(
+            &mut out,
+            "batches_committed_total",
+            self.batches_committed.to_string(),
+        );
+        gauge(
+            &mut out,
+            "events_committed_total",
+            self.events_committed.to_string(),
+        );
+        gauge(
+            &mut out,
+            "groups_committed_total",
+            self.groups_committed.to_string(),
+        );
+        gauge(
+            &mut out,
+            "busy_rejections_total",
+            self.busy_rejections.to_string(),
+        );
+        gauge(
+            &mut out,
+            "commit_latency_us_p99",
+            self.commit_latency_us_p99.to_string(),
+        );
+        for (code, count) in &self.result_counts {
+            out.push_str(&format!(
+                "tally_results_total{{result=\"{}\"}} {count}\n",
+                code.name()
+            ));
+        }
+        out
+    }
+}
+
+impl Metrics {
+    pub fn snapshot(&self, queue_depth: usize, queue_capacity: usize) -> MetricsSnapshot {
+        let latency = self.commit_latency_us.lock();
+        let groups = self.group_events.lock();
+        MetricsSnapshot {
+            queue_depth,
+            queue_capacity,
+            batches_committed: self.batches_committed.load(Ordering::Relaxed),
+            events_committed: self.events_committed.load(Ordering::Relaxed),
+            groups_committed: self.groups_committed.load(Ordering::Relaxed),
+            busy_rejections: self.busy_rejections.load(Ordering::Relaxed),
+            result_counts: ResultCode::ALL
+                .iter()
+                .map(|code| {
+                    (
+                        *code,
+                        self.result_counts[*code as usize].load(Ordering::Relaxed),
+                    )
+                })
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+            commit_latency_us_p50: latency.value_at_quantile(0.5),
+            commit_latency_us_p99: latency.value_at_quantile(0.99),
+            commit_latency_us_max: latency.max(),
+            group_events_mean: groups.mean(),
+        }
+    }
+}

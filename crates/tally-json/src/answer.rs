@@ -1,0 +1,215 @@
+//! Formatting answers: one JSON line per request, fields in the order SPEC §4 shows.
+//!
+//! The records cross the JSON boundary as [`AccountJson`] and [`TransferJson`], separate
+//! from the internal types: ids and u64 values as decimal strings (exact in every JSON
+//! tool), amounts as decimal strings with exactly the ledger's scale digits, ledger,
+//! code, timeout and user_data_32 as integers, flags as name arrays.
+
+use serde::{Deserialize, Serialize};
+use tally_types::currency::{CurrencyTable, format_amount};
+use tally_types::{Account, ResultCode, Transfer, TransferFlags};
+
+/// The result of one event, as the engine returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventOutcome {
+    pub code: ResultCode,
+    /// The event's timestamp; shown only when `code` is `ok`.
+    pub timestamp: u64,
+}
+
+/// An account as it appears in answers and dumps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountJson {
+    pub id: String,
+    pub ledger: u32,
+    pub code: u16,
+    pub flags: Vec<String>,
+    pub debits_pending: String,
+    pub debits_posted: String,
+    pub credits_pending: String,
+    pub credits_posted: String,
+    pub user_data_128: String,
+    pub user_data_64: String,
+    pub user_data_32: u32,
+    pub timestamp: String,
+}
+
+impl AccountJson {
+    pub fn new(account: &Account, currencies: &CurrencyTable) -> Self {
+        let scale = currencies.scale(account.ledger);
+        AccountJson {
+            id: account.id.to_string(),
+            ledger: account.ledger,
+            code: account.code,
+            flags: account
+                .flags
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            debits_pending: format_amount(account.debits_pending, scale),
+            debits_posted: format_amount(account.debits_posted, scale),
+            credits_pending: format_amount(account.credits_pending, scale),
+            credits_posted: format_amount(account.credits_posted, scale),
+            user_data_128: account.user_data_128.to_string(),
+            user_data_64: account.user_data_64.to_string(),
+            user_data_32: account.user_data_32,
+            timestamp: account.timestamp.to_string(),
+        }
+    }
+}
+
+/// A transfer as it appears in answers and dumps. `pending_id` and `refund_of` share
+/// storage; a refund shows its value as `refund_of` (`pending_id` "0"), any other
+/// transfer as `pending_id` (`refund_of` "0").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferJson {
+    pub id: String,
+    pub debit_account_id: String,
+    pub credit_account_id: String,
+    pub amount: String,
+    pub pending_id: String,
+    pub refund_of: String,
+    pub ledger: u32,
+    pub code: u16,
+    pub flags: Vec<String>,
+    pub timeout: u32,
+    pub user_data_128: String,
+    pub user_data_64: String,
+    pub user_data_32: u32,
+    pub timestamp: String,
+}
+
+impl TransferJson {
+    pub fn new(transfer: &Transfer, currencies: &CurrencyTable) -> Self {
+        let (pending_id, refund_of) = if transfer.flags.contains(TransferFlags::REFUND) {
+            (0, transfer.refund_of())
+        } else {
+            (transfer.pending_id, 0)
+        };
+        TransferJson {
+            id: transfer.id.to_string(),
+            debit_account_id: transfer.debit_account_id.to_string(),
+            credit_account_id: transfer.credit_account_id.to_string(),
+            amount: format_amount(transfer.amount, currencies.scale(transfer.ledger)),
+            pending_id: pending_id.to_string(),
+            refund_of: refund_of.to_string(),
+            ledger: transfer.ledger,
+            code: transfer.code,
+            flags: transfer
+                .flags
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            timeout: transfer.timeout,
+            user_data_128: transfer.user_data_128.to_string(),
+            user_data_64: transfer.user_data_64.to_string(),
+            user_data_32: transfer.user_data_32,
+            timestamp: transfer.timestamp.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResultJson {
+    index: usize,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResultsAnswer {
+    results: Vec<ResultJson>,
+}
+
+#[derive(Serialize)]
+struct AccountsAnswer {
+    accounts: Vec<AccountJson>,
+}
+
+#[derive(Serialize)]
+struct TransfersAnswer {
+    transfers: Vec<TransferJson>,
+}
+
+#[derive(Serialize)]
+struct ErrorAnswer<'a> {
+    error: &'a str,
+}
+
+/// Serializes one of this module's plain structs on one line.
+fn line<T: Serialize>(value: &T) -> String {
+    // serde_json fails only on non-string map keys or a failing custom Serialize; these
+    // structs have neither, so a failure is a bug here, not an operating error.
+    #[allow(clippy::expect_used)]
+    serde_json::to_string(value).expect("answer structs always serialize")
+}
+
+/// `{"results": [{"index": 0, "result": "ok", "timestamp": "…"}, …]}`, one entry per event
+/// in input order; the timestamp only on `ok`.
+pub fn results_answer(outcomes: &[EventOutcome]) -> String {
+    let results = outcomes
+        .iter()
+        .enumerate()
+        .map(|(index, outcome)| ResultJson {
+            index,
+            result: outcome.code.name(),
+            timestamp: outcome.code.is_ok().then(|| outcome.timestamp.to_string()),
+        })
+        .collect();
+    line(&ResultsAnswer { results })
+}
+
+/// `{"accounts": [...]}`.
+pub fn accounts_answer(accounts: &[Account], currencies: &CurrencyTable) -> String {
+    let accounts = accounts
+        .iter()
+        .map(|a| AccountJson::new(a, currencies))
+        .collect();
+    line(&AccountsAnswer { accounts })
+}
+
+/// `{"transfers": [...]}`.
+pub fn transfers_answer(transfers: &[Transfer], currencies: &CurrencyTable) -> String {
+    let transfers = transfers
+        .iter()
+        .map(|t| TransferJson::new(t, currencies))
+        .collect();
+    line(&TransfersAnswer { transfers })
+}
+
+/// `{"error": "..."}`, the message escaped as JSON.
+pub fn error_answer(message: &str) -> String {
+    line(&ErrorAnswer { error: message })
+}
+
+/// One account as a JSON value. Note `serde_json::Value` objects sort their keys; use
+/// [`account_line`] where the SPEC field order matters (dumps).
+pub fn account_json(account: &Account, currencies: &CurrencyTable) -> serde_json::Value {
+    value(&AccountJson::new(account, currencies))
+}
+
+/// One transfer as a JSON value (keys sorted; see [`transfer_line`]).
+pub fn transfer_json(transfer: &Transfer, currencies: &CurrencyTable) -> serde_json::Value {
+    value(&TransferJson::new(transfer, currencies))
+}
+
+/// One account on one line, fields in SPEC order: a line of `tally accounts`.
+pub fn account_line(account: &Account, currencies: &CurrencyTable) -> String {
+    line(&AccountJson::new(account, currencies))
+}
+
+/// One transfer on one line, fields in SPEC order: a line of `tally transfers`.
+pub fn transfer_line(transfer: &Transfer, currencies: &CurrencyTable) -> String {
+    line(&TransferJson::new(transfer, currencies))
+}
+
+fn value<T: Serialize>(record: &T) -> serde_json::Value {
+    // As for `line`: these structs always serialize.
+    #[allow(clippy::expect_used)]
+    serde_json::to_value(record).expect("record structs always serialize")
+}
