@@ -1,0 +1,257 @@
+//! Drives the real `tally` binary with JSON Lines (SPEC.md §4).
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn tally() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+}
+
+/// Runs `tally apply` on `dir` with `lines`, returns one parsed answer per line.
+fn apply(dir: &Path, lines: &[&str], manual_clock: bool) -> Vec<Value> {
+    let mut command = tally();
+    command.args(["apply", "--data"]).arg(dir);
+    if manual_clock {
+        command.arg("--manual-clock");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "tally apply failed");
+    let answers: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(answers.len(), lines.len(), "one answer per request line");
+    answers
+}
+
+fn results(answer: &Value) -> Vec<String> {
+    answer["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a results answer: {answer}"))
+        .iter()
+        .map(|r| r["result"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const ACCOUNTS: &str = r#"{"create_accounts": [{"id": "1", "ledger": 156, "code": 1, "flags": ["debits_must_not_exceed_credits"]}, {"id": "2", "ledger": 156, "code": 1}, {"id": "3", "ledger": 392, "code": 1}, {"id": "4", "ledger": 392, "code": 1}]}"#;
+
+#[test]
+fn the_spec_examples_answer_as_specified() {
+    let dir = tempfile::tempdir().unwrap();
+    let answers = apply(
+        dir.path(),
+        &[
+            ACCOUNTS,
+            r#"{"create_transfers": [{"id": "9", "debit_account_id": "2", "credit_account_id": "1", "amount": "12.50", "ledger": 156, "code": 1}, {"id": "10", "debit_account_id": "1", "credit_account_id": "2", "amount": "100", "ledger": 156, "code": 1}]}"#,
+            r#"{"lookup_accounts": ["1", "2", "99"]}"#,
+            r#"{"lookup_transfers": ["9"]}"#,
+            r#"{"get_account_transfers": {"account_id": "1", "limit": 10}}"#,
+        ],
+        false,
+    );
+    assert_eq!(results(&answers[0]), vec!["ok"; 4]);
+    assert_eq!(results(&answers[1]), vec!["ok", "exceeds_credits"]);
+    assert!(
+        answers[1]["results"][0]["timestamp"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert!(answers[1]["results"][1].get("timestamp").is_none());
+    let accounts = answers[2]["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 2, "unknown ids are skipped");
+    assert_eq!(accounts[0]["credits_posted"], json!("12.50"));
+    assert_eq!(accounts[0]["debits_posted"], json!("0.00"));
+    assert_eq!(
+        accounts[0]["flags"],
+        json!(["debits_must_not_exceed_credits"])
+    );
+    assert_eq!(accounts[1]["debits_posted"], json!("12.50"));
+    assert_eq!(answers[3]["transfers"][0]["amount"], json!("12.50"));
+    assert_eq!(answers[4]["transfers"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn malformed_lines_are_rejected_whole_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = [
+        "not json",
+        r#"{"create_transfers": [{"id": "20", "debit_account_id": "2", "credit_account_id": "1", "amount": "1.005", "ledger": 156, "code": 1}]}"#,
+        r#"{"create_transfers": [{"id": "21", "debit_account_id": "2", "credit_account_id": "1", "amount": "1", "ledger": 156, "code": 1, "colour": "red"}]}"#,
+        r#"{"create_transfers": [{"id": "340282366920938463463374607431768211456", "debit_account_id": "2", "credit_account_id": "1", "amount": "1", "ledger": 156, "code": 1}]}"#,
+        r#"{"create_transfers": [{"id": "22", "debit_account_id": "2", "credit_account_id": "1", "amount": "1", "ledger": 156, "code": 1, "flags": ["instant"]}]}"#,
+        // Half valid: the first event is fine, the second is not; nothing is applied.
+        r#"{"create_transfers": [{"id": "23", "debit_account_id": "2", "credit_account_id": "1", "amount": "5", "ledger": 156, "code": 1}, {"id": "24", "debit_account_id": "2", "credit_account_id": "1", "amount": "-5", "ledger": 156, "code": 1}]}"#,
+        r#"{"create_transfers": [], "now": "5"}"#,
+    ];
+    let mut lines = vec![ACCOUNTS];
+    lines.extend(bad);
+    lines.push(r#"{"lookup_transfers": ["20", "21", "22", "23", "24"]}"#);
+    let answers = apply(dir.path(), &lines, false);
+    let expected_fields = [
+        "malformed JSON",
+        "amount",
+        "colour",
+        "id",
+        "flags",
+        "amount",
+        "now",
+    ];
+    for (answer, field) in answers[1..=bad.len()].iter().zip(expected_fields) {
+        let message = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {answer}"));
+        assert!(message.contains(field), "{message:?} should name {field}");
+    }
+    assert_eq!(answers.last().unwrap()["transfers"], json!([]));
+    let accounts = apply(dir.path(), &[r#"{"lookup_accounts": ["1", "2"]}"#], false);
+    assert_eq!(accounts[0]["accounts"][0]["credits_posted"], json!("0.00"));
+}
+
+#[test]
+fn the_manual_clock_stamps_batches_and_drives_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let answers = apply(
+        dir.path(),
+        &[
+            r#"{"create_accounts": [{"id": "1", "ledger": 156, "code": 1}, {"id": "2", "ledger": 156, "code": 1}], "now": "1000000000000"}"#,
+            r#"{"create_transfers": [{"id": "5", "debit_account_id": "1", "credit_account_id": "2", "amount": "3.00", "ledger": 156, "code": 1, "flags": ["pending"], "timeout": 2}], "now": "2000000000000"}"#,
+            r#"{"create_transfers": [{"id": "6", "pending_id": "5", "flags": ["post_pending_transfer"]}], "now": "2002000000000"}"#,
+            r#"{"lookup_accounts": ["2"]}"#,
+            r#"{"create_accounts": [], "now": "5"}"#,
+        ],
+        true,
+    );
+    assert_eq!(
+        answers[0]["results"][0]["timestamp"],
+        json!("1000000000000")
+    );
+    assert_eq!(
+        answers[0]["results"][1]["timestamp"],
+        json!("1000000000001")
+    );
+    assert_eq!(
+        answers[1]["results"][0]["timestamp"],
+        json!("2000000000000")
+    );
+    assert_eq!(results(&answers[2]), vec!["pending_transfer_expired"]);
+    assert_eq!(answers[3]["accounts"][0]["credits_pending"], json!("0.00"));
+    // Time never goes backwards: a "now" in the past stamps just after the last event.
+    assert_eq!(answers[4]["results"], json!([]));
+}
+
+#[test]
+fn state_survives_a_restart_and_resubmission_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pay = r#"{"create_transfers": [{"id": "7", "debit_account_id": "3", "credit_account_id": "4", "amount": "500", "ledger": 392, "code": 1}]}"#;
+    let first = apply(dir.path(), &[ACCOUNTS, pay], false);
+    assert_eq!(results(&first[1]), vec!["ok"]);
+    let second = apply(dir.path(), &[pay, r#"{"lookup_accounts": ["4"]}"#], false);
+    assert_eq!(results(&second[0]), vec!["exists"]);
+    assert_eq!(second[1]["accounts"][0]["credits_posted"], json!("500"));
+    let dump = tally()
+        .args(["transfers", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let lines: Vec<Value> = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["id"], json!("7"));
+    let verify = tally()
+        .args(["verify", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn a_second_process_on_the_same_directory_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = tally()
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first process answers, so it surely holds the lock.
+    let mut stdin = first.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"lookup_accounts": []}}"#).unwrap();
+    let mut stdout = std::io::BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let second = tally()
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        message.contains("lock") || message.contains("in use"),
+        "{message}"
+    );
+    drop(stdin);
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn verify_fails_on_a_flipped_bit_inside_the_committed_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let pay = |id: u32| {
+        format!(
+            r#"{{"create_transfers": [{{"id": "{id}", "debit_account_id": "3", "credit_account_id": "4", "amount": "5", "ledger": 392, "code": 1}}]}}"#
+        )
+    };
+    let lines: Vec<String> = std::iter::once(ACCOUNTS.to_string())
+        .chain((100..110).map(pay))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    apply(dir.path(), &refs, false);
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&segment, bytes).unwrap();
+    let verify = tally()
+        .args(["verify", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!verify.status.success());
+    let message = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        message.contains(".log") && message.contains("offset"),
+        "{message}"
+    );
+}
