@@ -46,7 +46,8 @@ struct Handle {
     shared: Arc<Shared>,
     commit_thread: Thread,
     join: Mutex<Option<JoinHandle<()>>>,
-    _lock: DirLock,
+    /// Released at shutdown, once the commit thread (and its log) is gone.
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Drop for Handle {
@@ -68,8 +69,10 @@ impl Handle {
         }
         self.shared.draining.store(true, Ordering::SeqCst);
         self.commit_thread.unpark();
-        join.join()
-            .map_err(|_| EngineError::Thread("the commit thread panicked".into()))?;
+        let joined = join.join();
+        // The commit thread dropped the log; now let another process in.
+        self.lock.lock().take();
+        joined.map_err(|_| EngineError::Thread("the commit thread panicked".into()))?;
         match self.shared.failure.lock().clone() {
             Some(message) => Err(EngineError::Recovery(format!("log failed: {message}"))),
             None => Ok(()),
@@ -78,7 +81,7 @@ impl Handle {
 }
 
 /// An open ledger. Cheap to clone; every clone submits to the same engine. The data
-/// directory stays locked until the last clone is dropped or [`Ledger::shutdown`].
+/// directory stays locked until [`Ledger::shutdown`] or the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     handle: Arc<Handle>,
@@ -140,7 +143,7 @@ impl Ledger {
                 shared,
                 commit_thread,
                 join: Mutex::new(Some(join)),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }

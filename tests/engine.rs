@@ -1,0 +1,377 @@
+//! The engine against the reference state machine, under concurrency and overload.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tally::engine::{Backpressure, EventResult};
+use tally::log::{LogOptions, Wal};
+use tally::state::StateMachine;
+use tally::types::{Account, AccountFlags, Batch, ResultCode, Transfer, TransferFlags};
+use tally::{Config, Ledger, SubmitError};
+
+/// Small deterministic RNG (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const ACCOUNTS: u128 = 12;
+
+fn accounts() -> Batch {
+    Batch::CreateAccounts(
+        (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 156,
+                code: 1,
+                flags: match id % 3 {
+                    0 => AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                    1 => AccountFlags::empty(),
+                    _ => AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+                },
+                ..Account::default()
+            })
+            .collect(),
+    )
+}
+
+/// A random batch over a small id space: collisions, chains, second phases, refunds and
+/// failures are common. `tag` makes every batch's content unique.
+fn random_batch(rng: &mut Rng, tag: u64) -> Batch {
+    let len = 1 + rng.below(12) as usize;
+    let events = (0..len)
+        .map(|_| {
+            let id = 1 + u128::from(rng.below(400));
+            let target = 1 + u128::from(rng.below(400));
+            let mut t = Transfer {
+                id,
+                debit_account_id: 1 + u128::from(rng.below(ACCOUNTS as u64)),
+                credit_account_id: 1 + u128::from(rng.below(ACCOUNTS as u64)),
+                amount: u128::from(rng.below(300)),
+                ledger: 156,
+                code: 1,
+                user_data_64: tag,
+                ..Transfer::default()
+            };
+            match rng.below(10) {
+                0..=4 => {}
+                5 => {
+                    t.flags = TransferFlags::PENDING;
+                    t.timeout = rng.below(2) as u32;
+                }
+                6 => {
+                    t = Transfer {
+                        pending_id: target,
+                        flags: TransferFlags::POST_PENDING_TRANSFER,
+                        amount: 0,
+                        ..blank(id, tag)
+                    }
+                }
+                7 => {
+                    t = Transfer {
+                        pending_id: target,
+                        flags: TransferFlags::VOID_PENDING_TRANSFER,
+                        ..blank(id, tag)
+                    }
+                }
+                _ => {
+                    t = Transfer {
+                        pending_id: target,
+                        flags: TransferFlags::REFUND,
+                        amount: u128::from(rng.below(50)),
+                        ..blank(id, tag)
+                    }
+                }
+            }
+            if rng.below(4) == 0 {
+                t.flags = t.flags.with(TransferFlags::LINKED);
+            }
+            t
+        })
+        .collect();
+    Batch::CreateTransfers(events)
+}
+
+fn blank(id: u128, tag: u64) -> Transfer {
+    Transfer {
+        id,
+        user_data_64: tag,
+        ..Transfer::default()
+    }
+}
+
+/// Replays the directory's log into the reference machine, returning the results of
+/// every logged batch and the final reference state.
+fn replay_reference(dir: &std::path::Path) -> (Vec<(Batch, Vec<ResultCode>)>, StateMachine) {
+    let (_wal, recovered) = Wal::open(dir, LogOptions::default()).unwrap();
+    assert!(recovered.snapshot.is_none());
+    let mut reference = StateMachine::new();
+    let mut logged = Vec::new();
+    for record in recovered.records {
+        let results = reference.apply(record.timestamp, &record.batch);
+        logged.push((record.batch, results));
+    }
+    (logged, reference)
+}
+
+#[test]
+fn concurrent_submitters_get_exactly_the_reference_results_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    assert!(
+        ledger
+            .submit(accounts())
+            .unwrap()
+            .iter()
+            .all(|r| r.code == ResultCode::Ok)
+    );
+    // Fund the no-overdraft accounts so that limits pass and fail both.
+    let funding: Vec<Transfer> = (1..=ACCOUNTS)
+        .filter(|id| id % 3 == 0)
+        .map(|id| Transfer {
+            id: 10_000 + id,
+            debit_account_id: 1,
+            credit_account_id: id,
+            amount: 500,
+            ledger: 156,
+            code: 1,
+            ..Transfer::default()
+        })
+        .collect();
+    ledger.submit(Batch::CreateTransfers(funding)).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (ledger, done) = (ledger.clone(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                for (ledger_id, totals) in ledger.ledger_totals() {
+                    assert!(
+                        totals.balanced(),
+                        "ledger {ledger_id} unbalanced at a read: {totals:?}"
+                    );
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let submitters: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x5eed + thread);
+                (0..60)
+                    .map(|n| {
+                        let batch = random_batch(&mut rng, (thread << 32) | n);
+                        let results = ledger.submit(batch.clone()).unwrap();
+                        (batch, results)
+                    })
+                    .collect::<Vec<(Batch, Vec<EventResult>)>>()
+            })
+        })
+        .collect();
+    let answered: Vec<(Batch, Vec<EventResult>)> = submitters
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let engine_image = ledger.with_state(StateMachine::image);
+    ledger.shutdown().unwrap();
+
+    let (logged, reference) = replay_reference(dir.path());
+    assert_eq!(
+        logged.len(),
+        2 + answered.len(),
+        "every answered batch is in the log once"
+    );
+    let by_content: HashMap<String, &Vec<ResultCode>> = logged
+        .iter()
+        .map(|(batch, results)| (format!("{batch:?}"), results))
+        .collect();
+    let mut ok = 0;
+    for (batch, results) in &answered {
+        let expected = by_content[&format!("{batch:?}")];
+        let got: Vec<ResultCode> = results.iter().map(|r| r.code).collect();
+        assert_eq!(&got, expected, "engine and reference disagree on {batch:?}");
+        ok += got.iter().filter(|c| c.is_ok()).count();
+    }
+    assert!(
+        ok > 50,
+        "the workload should apply a fair share of events, applied {ok}"
+    );
+    assert_eq!(engine_image, reference.image(), "final states differ");
+    assert!(reference.check_invariants().is_empty());
+}
+
+#[test]
+fn async_submitters_far_past_capacity_get_busy_and_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.queue_batches_max = 8;
+    config.backpressure = Backpressure::Busy;
+    let ledger = Ledger::open(config).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let outcomes: Vec<(u128, Result<Vec<EventResult>, SubmitError>)> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..2_000u128)
+            .map(|n| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let t = Transfer {
+                        id: 50_000 + n,
+                        debit_account_id: 1,
+                        credit_account_id: 4,
+                        amount: 1,
+                        ledger: 156,
+                        code: 1,
+                        ..Transfer::default()
+                    };
+                    (
+                        t.id,
+                        ledger.submit_async(Batch::CreateTransfers(vec![t])).await,
+                    )
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    });
+    let busy = outcomes
+        .iter()
+        .filter(|(_, r)| matches!(r, Err(SubmitError::Busy)))
+        .count();
+    let acknowledged: Vec<u128> = outcomes
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(
+        busy + acknowledged.len(),
+        outcomes.len(),
+        "only busy or durable answers"
+    );
+    assert!(
+        busy > 0,
+        "2,000 concurrent submissions must overflow a queue of 8"
+    );
+    assert!(!acknowledged.is_empty());
+    assert_eq!(ledger.metrics().busy_rejections as usize, busy);
+    ledger.shutdown().unwrap();
+    let reopened = Ledger::open(Config::new(dir.path())).unwrap();
+    assert_eq!(
+        reopened.lookup_transfers(&acknowledged).len(),
+        acknowledged.len()
+    );
+    let all: Vec<u128> = outcomes.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        reopened.lookup_transfers(&all).len(),
+        acknowledged.len(),
+        "busy batches were never applied"
+    );
+}
+
+#[test]
+fn oversized_batches_and_engine_owned_fields_are_rejected_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let too_many = vec![Transfer::default(); tally::types::BATCH_EVENTS_MAX + 1];
+    assert_eq!(
+        ledger.submit(Batch::CreateTransfers(too_many)),
+        Err(SubmitError::BatchTooLarge {
+            events: 8_191,
+            max: 8_190
+        })
+    );
+    let with_balance = Account {
+        id: 1,
+        ledger: 156,
+        code: 1,
+        credits_posted: 5,
+        ..Account::default()
+    };
+    assert!(matches!(
+        ledger.submit(Batch::CreateAccounts(vec![with_balance])),
+        Err(SubmitError::InvalidEvent { index: 0, .. })
+    ));
+    assert_eq!(
+        ledger.submit_at(Batch::CreateAccounts(vec![]), Some(5)),
+        Err(SubmitError::ManualClockDisabled)
+    );
+    assert!(ledger.lookup_accounts(&[1]).is_empty());
+    assert_eq!(
+        ledger.metrics().batches_committed,
+        0,
+        "nothing reached the log"
+    );
+    ledger.shutdown().unwrap();
+    assert_eq!(
+        ledger.submit(Batch::CreateAccounts(vec![])),
+        Err(SubmitError::Stopped)
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ledger::open(Config::new(dir.path())).unwrap();
+    let second = Ledger::open(Config::new(dir.path())).unwrap_err();
+    assert!(
+        second
+            .to_string()
+            .contains(&dir.path().display().to_string()),
+        "{second}"
+    );
+    first.shutdown().unwrap();
+    drop(first);
+    Ledger::open(Config::new(dir.path()))
+        .unwrap()
+        .shutdown()
+        .unwrap();
+}
+
+#[test]
+fn snapshots_bound_replay_and_reproduce_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.snapshot_events_interval = 50;
+    let ledger = Ledger::open(config.clone()).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let mut rng = Rng(99);
+    for n in 0..40 {
+        ledger.submit(random_batch(&mut rng, n)).unwrap();
+    }
+    let image = ledger.with_state(StateMachine::image);
+    ledger.shutdown().unwrap();
+    drop(ledger);
+    let snapshots = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("snap")
+        })
+        .count();
+    assert!(snapshots >= 1, "a snapshot was written");
+    let reopened = Ledger::open(config).unwrap();
+    assert_eq!(reopened.with_state(StateMachine::image), image);
+}
