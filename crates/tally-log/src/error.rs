@@ -1,0 +1,100 @@
+//! The one error type of the log crate. Every variant names the file (and, for damage,
+//! the byte offset) so that an operator can find it.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why a log operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LogError {
+    /// An operating-system call failed (EIO, ENOSPC, permission, ...).
+    Io {
+        path: PathBuf,
+        /// The operation: "append", "fdatasync", "rename", ...
+        op: &'static str,
+        source: io::Error,
+    },
+    /// Another holder (this process or another) has the data directory locked.
+    Locked { dir: PathBuf },
+    /// Checksummed data is damaged or inconsistent inside the committed log or a snapshot.
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A segment the log needs is not there: a gap in the sequence of segments.
+    MissingSegment {
+        /// The file that should hold `first_sequence`.
+        file: PathBuf,
+        first_sequence: u64,
+        reason: String,
+    },
+    /// An earlier append hit an I/O error; the log refuses writes until it is reopened.
+    Poisoned,
+    /// No usable snapshot, and the log does not reach back far enough to do without one.
+    Snapshot { file: PathBuf, reason: String },
+}
+
+impl LogError {
+    pub(crate) fn io(path: PathBuf, op: &'static str, source: io::Error) -> LogError {
+        LogError::Io { path, op, source }
+    }
+
+    pub(crate) fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> LogError {
+        LogError::Corrupt {
+            file,
+            offset,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Io { path, op, source } => {
+                write!(f, "{op} failed on {}: {source}", path.display())
+            }
+            LogError::Locked { dir } => write!(
+                f,
+                "data directory {} is locked by another writer (only one process may open it)",
+                dir.display()
+            ),
+            LogError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "corrupt log data in {} at byte offset {offset}: {reason}",
+                file.display()
+            ),
+            LogError::MissingSegment {
+                file,
+                first_sequence,
+                reason,
+            } => write!(
+                f,
+                "missing log segment {} (should start at sequence {first_sequence}): {reason}",
+                file.display()
+            ),
+            LogError::Poisoned => f.write_str(
+                "the write-ahead log refused the write: an earlier I/O error left its durability unknown; reopen the data directory",
+            ),
+            LogError::Snapshot { file, reason } => {
+                write!(f, "no usable snapshot ({}): {reason}", file.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LogError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Reading the log back: listing the directory, checking segments frame by frame, and
+//! telling a torn tail (cut it) from damage inside the committed log (stop). Shared by
+//! recovery ([`crate::Wal::open`]) and [`crate::verify`].
+
+use crate::LogRecord;
+use crate::error::LogError;
+use crate::format::{self, FrameError, HeaderError};
+use crate::storage::Storage;
+use std::path::Path;
+
+/// A segment file present in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentFile {
+    pub first_sequence: u64,
+    pub name: String,
+}
+
+/// What the directory holds, sorted by sequence.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub segments: Vec<SegmentFile>,
+    /// (last sequence included, file name), oldest first.
+    pub snapshots: Vec<(u64, String)>,
+    /// Snapshots whose writer crashed before the rename.
+    pub temps: Vec<String>,
+}
+
+pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
+    let names = storage
+        .list()
+        .map_err(|e| LogError::io(storage.path(""), "list data directory", e))?;
+    let mut listing = Listing::default();
+    for name in names {
+        if let Some(first_sequence) = format::parse_segment_name(&name) {
+            listing.segments.push(SegmentFile {
+                first_sequence,
+                name,
+            });
+        } else if let Some(sequence) = format::parse_snapshot_name(&name) {
+            listing.snapshots.push((sequence, name));
+        } else if name
+            .strip_suffix(format::TEMP_SUFFIX)
+            .and_then(format::parse_snapshot_name)
+            .is_some()
+        {
+            listing.temps.push(name);
+        }
+    }
+    listing.segments.sort_by_key(|s| s.first_sequence);
+    listing.snapshots.sort_by_key(|s| s.0);
+    Ok(listing)
+}
+
+/// How the end of a segment looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    Clean,
+    /// A crash left a partial or unchecksummable frame at `valid_bytes` with nothing
+    /// valid after it: the last `cut_bytes` are to be truncated.
+    Torn {
+        valid_bytes: u64,
+        cut_bytes: u64,
+    },
+    /// The segment's own header never made it to disk whole (crash during rotation):
+    /// the whole file is to be removed.
+    TornHeader {
+        cut_bytes: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentScan {
+    /// One past the last valid frame's sequence.
+    pub next_sequence: u64,
+    /// Header plus whole valid frames.
+    pub valid_bytes: u64,
+    pub frames: u64,
+    pub events: u64,
+    pub tail: Tail,
+}
+
+/// What to do with each valid frame.
+pub(crate) enum Collect<'a> {
+    /// Decode and keep the records after `base` (recovery after a snapshot at `base`).
+    After {
+        base: u64,
+        out: &'a mut Vec<LogRecord>,
+    },
+    /// Decode every record and drop it (verify).
+    DecodeAll,
+}
+
+/// Checks one segment's bytes. Only the last segment may end in a torn tail.
+pub(crate) fn scan_segment(
+    path: &Path,
+    bytes: &[u8],
+    name_sequence: u64,
+    is_last: bool,
+    collect: &mut Collect<'_>,
+) -> Result<SegmentScan, LogError> {
+    let corrupt = |offset: usize, reason: String| {
+        LogError::corrupt(path.to_path_buf(), offset as u64, reason)
+    };
+    match format::decode_segment_header(bytes) {
+        Ok(first_sequence) if first_sequence != name_sequence => {
+            return Err(corrupt(
+                16,
+                format!(
+                    "header says first sequence {first_sequence}, the file name {name_sequence}"
+                ),
+            ));
+        }
+        Ok(_) => {}
+        Err(HeaderError::Unsupported(why)) => return Err(corrupt(0, why)),
+        Err(error) => {
+            if !is_last {
+                return Err(corrupt(0, format!("segment {error}")));
+            }
+            if let Some(valid) = format::find_valid_frame_header(bytes, 0) {
+                return Err(corrupt(
+                    0,
+                    format!("segment {error}, but a valid frame follows at byte {valid}"),
+                ));
+            }
+            return Ok(SegmentScan {
+                next_sequence: name_sequence,
+                valid_bytes: 0,
+                frames: 0,
+                events: 0,
+                tail: Tail::TornHeader {
+                    cut_bytes: bytes.len() as u64,
+                },
+            });
+        }
+    }
+    let mut scan = SegmentScan {
+        next_sequence: name_sequence,
+        valid_bytes: format::SEGMENT_HEADER_SIZE as u64,
+        frames: 0,
+        events: 0,
+        tail: Tail::Clean,
+    };
+    let mut offset = format::SEGMENT_HEADER_SIZE;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let checked = format::decode_frame_header(rest)
+            .and_then(|header| format::check_frame_body(&header, rest).map(|body| (header, body)));
+        let (header, body) = match checked {
+            Ok(frame) => frame,
+            Err(error) => {
+                let cut = torn_tail(bytes, offset, is_last, &error)
+                    .map_err(|why| corrupt(offset, why))?;
+                scan.tail = cut;
+                return Ok(scan);
+            }
+        };
+        if header.sequence != scan.next_sequence {
+            return Err(corrupt(
+                offset,
+                format!(
+                    "frame has sequence {}, expected {}",
+                    header.sequence, scan.next_sequence
+                ),
+            ));
+        }
+        let decoded = match collect {
+            Collect::After { base, out } if header.sequence > *base => {
+                format::decode_body(&header, body).map(|batch| {
+                    out.push(LogRecord {
+                        sequence: header.sequence,
+                        timestamp: header.timestamp,
+                        batch,
+                    })
+                })
+            }
+            Collect::After { .. } => Ok(()),
+            Collect::DecodeAll => format::decode_body(&header, body).map(drop),
+        };
+        decoded.map_err(|error| corrupt(offset, error.to_string()))?;
+        offset += header.frame_bytes as usize;
+        scan.next_sequence += 1;
+        scan.valid_bytes = offset as u64;
+        scan.frames += 1;
+        scan.events += u64::from(header.event_count);
+    }
+    assert_eq!(
+        offset,
+        bytes.len(),
+        "frames end exactly at the end of the file"
+    );
+    Ok(scan)
+}
+
+/// Decides whether a bad frame at `offset` is a torn tail (returns the cut) or damage
+/// inside the committed log (returns why).
+fn torn_tail(
+    bytes: &[u8],
+    offset: usize,
+    is_last: bool,
+    error: &FrameError,
+) -> Result<Tail, String> {
+    if !error.may_be_torn_write() {
+        return Err(error.to_string());
+    }
+    if !is_last {
+        return Err(format!("{error}, in a segment that is not the last"));
+    }
+    if let Some(valid) = format::find_valid_frame_header(bytes, offset + 1) {
+        return Err(format!(
+            "{error}, but a valid frame follows at byte {valid}: damage inside the committed log"
+        ));
+    }
+    Ok(Tail::Torn {
+        valid_bytes: offset as u64,
+        cut_bytes: (bytes.len() - offset) as u64,
+    })
+}
+
+/// Totals over the segments read, and how the last one ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogScan {
+    pub next_sequence: u64,
+    pub segments: u64,
+    pub frames: u64,
+    pub events: u64,
+    pub bytes: u64,
+    /// The last segment's scan, if any segment was read.
+    pub last: Option<SegmentScan>,
+}
+
+/// Reads `segments[start..]` in order, checking that sequences run on without gaps from
+/// at most `base + 1` (the first record after the snapshot) to the end.
+pub(crate) fn scan_log(
+    storage: &mut dyn Storage,
+    segments: &[SegmentFile],
+    start: usize,
+    base: u64,
+    collect: &mut Collect<'_>,
+) -> Result<LogScan, LogError> {
+    let mut log = LogScan {
+        next_sequence: base + 1,
+        segments: 0,
+        frames: 0,
+        events: 0,
+        bytes: 0,
+        last: None,
+    };
+    let Some(first) = segments.get(start) else {
+        return Ok(log);
+    };
+    if first.first_sequence > base + 1 {
+        return Err(missing(
+            storage,
+            base + 1,
+            format!(
+                "the oldest segment present is {}, but sequence {} is needed{}",
+                first.name,
+                base + 1,
+                if base == 0 {
+                    String::new()
+                } else {
+                    format!(" after the snapshot at {base}")
+                }
+            ),
+        ));
+    }
+    log.next_sequence = first.first_sequence;
+    let mut buffer = Vec::new();
+    for (index, segment) in segments.iter().enumerate().skip(start) {
+        let path = storage.path(&segment.name);
+        if segment.first_sequence > log.next_sequence {
+            return Err(missing(
+                storage,
+                log.next_sequence,
+                format!(
+                    "the segment before ends at sequence {}, the next present is {}",
+                    log.next_sequence - 1,
+                    segment.name
+                ),
+            ));
+        }
+        if segment.first_sequence < log.next_sequence {
+            return Err(LogError::corrupt(
+                path,
+                16,
+                format!(
+                    "segment starts at sequence {}, but the one before already reaches {}",
+                    segment.first_sequence,
+                    log.next_sequence - 1
+                ),
+            ));
+        }
+        read_whole(storage, &segment.name, &mut buffer)?;
+        let is_last = index + 1 == segments.len();
+        let scan = scan_segment(&path, &buffer, segment.first_sequence, is_last, collect)?;
+        assert!(
+            is_last || scan.tail == Tail::Clean,
+            "only the last segment may be torn"
+        );
+        log.next_sequence = scan.next_sequence;
+        log.segments += 1;
+        log.frames += scan.frames;
+        log.events += scan.events;
+        log.bytes += buffer.len() as u64;
+        log.last = Some(scan);
+    }
+    if log.next_sequence <= base {
+        let last = segments.last().expect("at least one segment was read");
+        return Err(LogError::corrupt(
+            storage.path(&last.name),
+            log.last.map_or(0, |scan| scan.valid_bytes),
+            format!(
+                "the log ends at sequence {}, before the snapshot at {base}: synced frames are gone",
+                log.next_sequence - 1
+            ),
+        ));
+    }
+    Ok(log)
+}
+
+fn missing(storage: &dyn Storage, first_sequence: u64, reason: String) -> LogError {
+    LogError::MissingSegment {
+        file: storage.path(&format::segment_name(first_sequence)),
+        first_sequence,
+        reason,
+    }
+}
+
+/// Reads a whole segment into `buffer` (reused across segments), bounded by
+/// [`format::SEGMENT_FILE_BYTES_MAX`].
+fn read_whole(storage: &mut dyn Storage, name: &str, buffer: &mut Vec<u8>) -> Result<(), LogError> {
+    let path = storage.path(name);
+    let len = storage
+        .len(name)
+        .map_err(|e| LogError::io(path.clone(), "stat segment", e))?;
+    if len > format::SEGMENT_FILE_BYTES_MAX {
+        return Err(LogError::corrupt(
+            path,
+            0,
+            format!(
+                "segment is {len} bytes, more than the {} a segment may hold",
+                format::SEGMENT_FILE_BYTES_MAX
+            ),
+        ));
+    }
+    buffer.clear();
+    buffer.resize(len as usize, 0);
+    storage
+        .read_at(name, 0, buffer)
+        .map_err(|e| LogError::io(path, "read segment", e))
+}

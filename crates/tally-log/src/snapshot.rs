@@ -1,0 +1,359 @@
+//! Snapshot files: a [`StateImage`] as header, five sections of fixed-size items in
+//! checksummed chunks, and a footer. See `docs/log-format.md` for the bytes.
+//!
+//! Chunks (8,192 items, 1 MiB of accounts) keep every buffer bounded and let a
+//! snapshot of millions of accounts stream through without one giant CRC or allocation.
+
+use crate::error::LogError;
+use crate::format::{self, HeaderError, le_u32, le_u64, le_u128};
+use crate::storage::Storage;
+use std::io;
+use std::path::PathBuf;
+use tally_types::codec::{
+    RECORD_LAYOUT_VERSION, RECORD_SIZE, decode_account, decode_transfer, encode_account,
+    encode_transfer,
+};
+use tally_types::{PendingStatus, StateImage};
+
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYSNP";
+pub const SNAPSHOT_HEADER_SIZE: usize = 64;
+pub const SECTION_MAGIC: [u8; 4] = *b"SECT";
+pub const SECTION_HEADER_SIZE: usize = 32;
+pub const FOOTER_MAGIC: [u8; 8] = *b"TALLYEND";
+pub const FOOTER_SIZE: usize = 16;
+/// Items per chunk the writer uses.
+pub const CHUNK_ITEMS: u32 = 8_192;
+/// Most items per chunk a reader accepts: bounds the read buffer (8 MiB of records).
+pub const CHUNK_ITEMS_MAX: u32 = 65_536;
+
+/// The sections, in file order: (id, item bytes, name).
+const SECTIONS: [(u16, usize, &str); 5] = [
+    (1, RECORD_SIZE, "accounts"),
+    (2, RECORD_SIZE, "transfers"),
+    (3, 32, "pending_statuses"),
+    (4, 32, "refunded"),
+    (5, 16, "failed_ids"),
+];
+
+fn section_len(image: &StateImage, id: u16) -> usize {
+    match id {
+        1 => image.accounts.len(),
+        2 => image.transfers.len(),
+        3 => image.pending_statuses.len(),
+        4 => image.refunded.len(),
+        5 => image.failed_ids.len(),
+        _ => unreachable!("section ids are fixed"),
+    }
+}
+
+fn encode_item(image: &StateImage, id: u16, index: usize, out: &mut [u8]) {
+    match id {
+        1 => encode_account(&image.accounts[index], out.try_into().expect("record size")),
+        2 => encode_transfer(
+            &image.transfers[index],
+            out.try_into().expect("record size"),
+        ),
+        3 => {
+            let (transfer_id, status) = image.pending_statuses[index];
+            out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
+            out[16] = status as u8;
+        }
+        4 => {
+            let (transfer_id, amount) = image.refunded[index];
+            out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
+            out[16..32].copy_from_slice(&amount.to_le_bytes());
+        }
+        5 => out.copy_from_slice(&image.failed_ids[index].to_le_bytes()),
+        _ => unreachable!("section ids are fixed"),
+    }
+}
+
+/// Decodes one item into `image` (or only checks it when `image` is `None`).
+fn decode_item(id: u16, bytes: &[u8], image: Option<&mut StateImage>) -> Result<(), String> {
+    match id {
+        1 => {
+            let account = decode_account(bytes.try_into().map_err(|_| "item size")?)
+                .map_err(|e| e.to_string())?;
+            if let Some(image) = image {
+                image.accounts.push(account);
+            }
+        }
+        2 => {
+            let transfer = decode_transfer(bytes.try_into().map_err(|_| "item size")?)
+                .map_err(|e| e.to_string())?;
+            if let Some(image) = image {
+                image.transfers.push(transfer);
+            }
+        }
+        3 => {
+            let status = PendingStatus::from_u8(bytes[16])
+                .ok_or_else(|| format!("unknown pending status {}", bytes[16]))?;
+            if bytes[17..32].iter().any(|&b| b != 0) {
+                return Err("reserved bytes are not zero".into());
+            }
+            if let Some(image) = image {
+                image.pending_statuses.push((le_u128(bytes, 0), status));
+            }
+        }
+        4 => {
+            if let Some(image) = image {
+                image.refunded.push((le_u128(bytes, 0), le_u128(bytes, 16)));
+            }
+        }
+        5 => {
+            if let Some(image) = image {
+                image.failed_ids.push(le_u128(bytes, 0));
+            }
+        }
+        _ => unreachable!("section ids are fixed"),
+    }
+    Ok(())
+}
+
+/// CRC of a chunk, seeded with its section and index so that a chunk moved or swapped
+/// within the file does not pass.
+fn chunk_crc(section_id: u16, chunk_index: u64, bytes: &[u8]) -> u32 {
+    let mut seed = [0u8; 16];
+    seed[0..8].copy_from_slice(&u64::from(section_id).to_le_bytes());
+    seed[8..16].copy_from_slice(&chunk_index.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&seed), bytes)
+}
+
+fn encode_header(sequence: u64, last_timestamp: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
+    let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
+    header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..10].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
+    header[10..12].copy_from_slice(&RECORD_LAYOUT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(SNAPSHOT_HEADER_SIZE as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&sequence.to_le_bytes());
+    header[24..32].copy_from_slice(&last_timestamp.to_le_bytes());
+    header[32..36].copy_from_slice(&(SECTIONS.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&header[0..60]);
+    header[60..64].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Writes the whole snapshot to `name` with appends of at most one chunk each. The
+/// caller syncs and renames. Returns the bytes written.
+pub(crate) fn write(
+    storage: &mut dyn Storage,
+    name: &str,
+    sequence: u64,
+    image: &StateImage,
+) -> io::Result<u64> {
+    let mut written = 0u64;
+    let mut put = |storage: &mut dyn Storage, bytes: &[u8]| -> io::Result<()> {
+        storage.append(name, bytes)?;
+        written += bytes.len() as u64;
+        Ok(())
+    };
+    put(storage, &encode_header(sequence, image.last_timestamp))?;
+    let mut chunk = Vec::with_capacity(CHUNK_ITEMS as usize * RECORD_SIZE + 4);
+    for (id, item_bytes, _) in SECTIONS {
+        let count = section_len(image, id);
+        let mut header = [0u8; SECTION_HEADER_SIZE];
+        header[0..4].copy_from_slice(&SECTION_MAGIC);
+        header[4..6].copy_from_slice(&id.to_le_bytes());
+        header[6..8].copy_from_slice(&(item_bytes as u16).to_le_bytes());
+        header[8..16].copy_from_slice(&(count as u64).to_le_bytes());
+        header[16..20].copy_from_slice(&CHUNK_ITEMS.to_le_bytes());
+        let crc = crc32c::crc32c(&header[0..28]);
+        header[28..32].copy_from_slice(&crc.to_le_bytes());
+        put(storage, &header)?;
+        for (chunk_index, start) in (0..count).step_by(CHUNK_ITEMS as usize).enumerate() {
+            let end = count.min(start + CHUNK_ITEMS as usize);
+            chunk.clear();
+            chunk.resize((end - start) * item_bytes, 0);
+            for (index, out) in (start..end).zip(chunk.chunks_exact_mut(item_bytes)) {
+                encode_item(image, id, index, out);
+            }
+            let crc = chunk_crc(id, chunk_index as u64, &chunk);
+            chunk.extend_from_slice(&crc.to_le_bytes());
+            put(storage, &chunk)?;
+        }
+    }
+    let mut footer = [0u8; FOOTER_SIZE];
+    footer[0..8].copy_from_slice(&FOOTER_MAGIC);
+    footer[8..12].copy_from_slice(&(SECTIONS.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&footer[0..12]);
+    footer[12..16].copy_from_slice(&crc.to_le_bytes());
+    put(storage, &footer)?;
+    Ok(written)
+}
+
+/// Reads a snapshot sequentially, bounds-checking every length against the file size.
+struct Reader<'a> {
+    storage: &'a mut dyn Storage,
+    name: &'a str,
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+}
+
+impl Reader<'_> {
+    fn corrupt(&self, offset: u64, reason: impl Into<String>) -> LogError {
+        LogError::corrupt(self.path.clone(), offset, reason)
+    }
+
+    fn take(&mut self, n: usize, buf: &mut Vec<u8>) -> Result<u64, LogError> {
+        let at = self.offset;
+        if self.len - self.offset < n as u64 {
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "snapshot ends at byte {} but {n} more bytes are expected",
+                    self.len
+                ),
+            ));
+        }
+        buf.clear();
+        buf.resize(n, 0);
+        self.storage
+            .read_at(self.name, at, buf)
+            .map_err(|e| LogError::io(self.path.clone(), "read snapshot", e))?;
+        self.offset += n as u64;
+        Ok(at)
+    }
+}
+
+/// What a snapshot file holds: its sequence and, when asked for, the image.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub sequence: u64,
+    pub image: Option<StateImage>,
+}
+
+/// Reads and checks every checksum of snapshot `name`; builds the image when `keep`.
+pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<Loaded, LogError> {
+    let path = storage.path(name);
+    let len = storage
+        .len(name)
+        .map_err(|e| LogError::io(path.clone(), "stat snapshot", e))?;
+    let mut reader = Reader {
+        storage,
+        name,
+        path,
+        offset: 0,
+        len,
+    };
+    let mut buf = Vec::new();
+    reader.take(SNAPSHOT_HEADER_SIZE, &mut buf)?;
+    let (sequence, last_timestamp) =
+        decode_header(&buf).map_err(|e| reader.corrupt(0, e.to_string()))?;
+    if format::parse_snapshot_name(name) != Some(sequence) {
+        return Err(reader.corrupt(
+            16,
+            format!("header says sequence {sequence}, name disagrees"),
+        ));
+    }
+    let mut image = keep.then(|| StateImage {
+        last_timestamp,
+        ..StateImage::default()
+    });
+    for (id, item_bytes, section) in SECTIONS {
+        read_section(
+            &mut reader,
+            &mut buf,
+            id,
+            item_bytes,
+            section,
+            image.as_mut(),
+        )?;
+    }
+    let at = reader.take(FOOTER_SIZE, &mut buf)?;
+    if buf[0..8] != FOOTER_MAGIC
+        || le_u32(&buf, 8) as usize != SECTIONS.len()
+        || crc32c::crc32c(&buf[0..12]) != le_u32(&buf, 12)
+    {
+        return Err(reader.corrupt(at, "snapshot footer is damaged"));
+    }
+    if reader.offset != reader.len {
+        return Err(reader.corrupt(reader.offset, "bytes after the snapshot footer"));
+    }
+    Ok(Loaded { sequence, image })
+}
+
+fn decode_header(header: &[u8]) -> Result<(u64, u64), HeaderError> {
+    if header[0..8] != SNAPSHOT_MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    if crc32c::crc32c(&header[0..60]) != le_u32(header, 60) {
+        return Err(HeaderError::BadChecksum);
+    }
+    format::check_versions(header)?;
+    if le_u32(header, 12) as usize != SNAPSHOT_HEADER_SIZE
+        || le_u32(header, 32) as usize != SECTIONS.len()
+        || header[36..60].iter().any(|&b| b != 0)
+    {
+        return Err(HeaderError::Unsupported("unexpected header fields".into()));
+    }
+    Ok((le_u64(header, 16), le_u64(header, 24)))
+}
+
+fn read_section(
+    reader: &mut Reader<'_>,
+    buf: &mut Vec<u8>,
+    id: u16,
+    item_bytes: usize,
+    section: &str,
+    mut image: Option<&mut StateImage>,
+) -> Result<(), LogError> {
+    let at = reader.take(SECTION_HEADER_SIZE, buf)?;
+    if buf[0..4] != SECTION_MAGIC || crc32c::crc32c(&buf[0..28]) != le_u32(buf, 28) {
+        return Err(reader.corrupt(at, format!("{section} section header is damaged")));
+    }
+    let count = le_u64(buf, 8);
+    let chunk_items = le_u32(buf, 16);
+    if format::le_u16(buf, 4) != id
+        || format::le_u16(buf, 6) as usize != item_bytes
+        || !(1..=CHUNK_ITEMS_MAX).contains(&chunk_items)
+        || buf[20..28].iter().any(|&b| b != 0)
+    {
+        return Err(reader.corrupt(
+            at,
+            format!("{section} section header has unexpected fields"),
+        ));
+    }
+    // Refuse a count the file cannot hold before allocating anything for it.
+    let remaining = reader.len - reader.offset;
+    if count
+        .checked_mul(item_bytes as u64)
+        .is_none_or(|bytes| bytes > remaining)
+    {
+        return Err(reader.corrupt(at, format!("{section} count {count} exceeds the file")));
+    }
+    if let Some(image) = image.as_deref_mut() {
+        let count = count as usize; // bounded by the file size just above
+        match id {
+            1 => image.accounts.reserve_exact(count),
+            2 => image.transfers.reserve_exact(count),
+            3 => image.pending_statuses.reserve_exact(count),
+            4 => image.refunded.reserve_exact(count),
+            _ => image.failed_ids.reserve_exact(count),
+        }
+    }
+    let mut done = 0u64;
+    let mut chunk_index = 0u64;
+    while done < count {
+        let items = (count - done).min(u64::from(chunk_items)) as usize;
+        let chunk_at = reader.take(items * item_bytes + 4, buf)?;
+        let (items_bytes, crc) = buf.split_at(items * item_bytes);
+        if chunk_crc(id, chunk_index, items_bytes) != le_u32(crc, 0) {
+            return Err(reader.corrupt(
+                chunk_at,
+                format!("{section} chunk {chunk_index} CRC32C does not match"),
+            ));
+        }
+        for (index, item) in items_bytes.chunks_exact(item_bytes).enumerate() {
+            decode_item(id, item, image.as_deref_mut()).map_err(|why| {
+                reader.corrupt(
+                    chunk_at + (index * item_bytes) as u64,
+                    format!("{section} item {}: {why}", done + index as u64),
+                )
+            })?;
+        }
+        done += items as u64;
+        chunk_index += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! Recovery: round trips across rotations, torn tails, and one test per corruption shape.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use tally_log::format::{self, FRAME_HEADER_SIZE};
+use tally_log::{LogError, Wal, verify_storage};
+use tally_types::codec::RECORD_SIZE;
+
+fn expect_corrupt(
+    result: Result<(Wal, tally_log::Recovered), LogError>,
+    file_name: &str,
+    offset_expected: u64,
+) -> String {
+    match result {
+        Err(LogError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(file.file_name().unwrap(), file_name, "{reason}");
+            assert_eq!(offset, offset_expected, "{reason}");
+            let message = LogError::Corrupt {
+                file,
+                offset,
+                reason,
+            }
+            .to_string();
+            assert!(message.contains(file_name) && message.contains(&offset_expected.to_string()));
+            message
+        }
+        Err(other) => panic!("expected Corrupt in {file_name} at {offset_expected}, got {other}"),
+        Ok(_) => panic!("expected Corrupt in {file_name} at {offset_expected}, open succeeded"),
+    }
+}
+
+#[test]
+fn many_batches_round_trip_across_segment_rotations() {
+    let written = records(1, 300);
+    let storage = build_log(&written, 7, 4096);
+    assert!(
+        segment_names(&storage).len() >= 10,
+        "small segments rotate often"
+    );
+    let (wal, recovered) = open(&storage, options(4096)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(recovered.torn_tail_bytes_cut, 0);
+    assert!(recovered.snapshot.is_none());
+    assert_eq!(wal.next_sequence(), 301);
+
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert_eq!(report.records, 300);
+    assert_eq!(report.segments as usize, segment_names(&storage).len());
+    assert_eq!(
+        report.events,
+        written.iter().map(|r| r.batch.len() as u64).sum::<u64>()
+    );
+    assert_eq!((report.sequence_first, report.sequence_last), (1, 300));
+    assert!(report.is_clean());
+}
+
+#[test]
+fn appends_continue_after_reopen_and_a_group_never_spans_segments() {
+    let storage = build_log(&records(1, 40), 40, 1024);
+    let (mut wal, recovered) = open(&storage, options(1024)).unwrap();
+    assert_eq!(recovered.records.len(), 40);
+    wal.append(&records(41, 10)).unwrap();
+    drop(wal);
+    let (_, recovered) = open(&storage, options(1024)).unwrap();
+    assert_eq!(recovered.records, records(1, 50));
+    // The first group (40 records, far past 1 KiB) sits whole in segment 1.
+    assert_eq!(segment_names(&storage)[1], format::segment_name(41));
+}
+
+#[test]
+fn real_files_round_trip_with_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = records(1, 120);
+    {
+        let (mut wal, recovered) = Wal::open(dir.path(), options(8 * 1024)).unwrap();
+        assert!(recovered.records.is_empty());
+        for chunk in written.chunks(5) {
+            wal.append(chunk).unwrap();
+        }
+    }
+    let (wal, recovered) = Wal::open(dir.path(), options(8 * 1024)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(wal.next_sequence(), 121);
+    let report = tally_log::verify(dir.path()).unwrap();
+    assert!(report.segments > 3);
+    assert_eq!(report.records, 120);
+}
+
+/// The last record has 3 events, so its frame is 48 + 384 bytes.
+fn log_with_known_last_frame() -> (Vec<tally_log::LogRecord>, usize) {
+    let mut written = records(1, 20);
+    written.push(record(21, 3));
+    (written, FRAME_HEADER_SIZE + 3 * RECORD_SIZE)
+}
+
+#[test]
+fn torn_tail_at_every_byte_of_the_last_frame_recovers_exactly_the_prior_records() {
+    let (written, frame_len) = log_with_known_last_frame();
+    let original = build_log(&written, 1, 2048);
+    let last = segment_names(&original).pop().unwrap();
+    let full = original.read_file(&last).unwrap();
+    for kept in 0..frame_len {
+        let storage = copy_storage(&original);
+        storage.write_file_durable(&last, &full[..full.len() - frame_len + kept]);
+        let (mut wal, recovered) = open(&storage, options(2048)).unwrap();
+        assert_eq!(
+            recovered.records,
+            written[..20],
+            "kept {kept} bytes of the last frame"
+        );
+        assert_eq!(recovered.torn_tail_bytes_cut, kept as u64);
+        assert_eq!(wal.next_sequence(), 21);
+        // The cut is durable and the log continues cleanly from it.
+        wal.append(&written[20..]).unwrap();
+        storage.crash();
+        let (_, recovered) = open(&storage, options(2048)).unwrap();
+        assert_eq!(recovered.records, written);
+        assert_eq!(recovered.torn_tail_bytes_cut, 0);
+    }
+}
+
+#[test]
+fn torn_tail_at_every_byte_on_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (written, frame_len) = log_with_known_last_frame();
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options(1 << 20)).unwrap();
+        wal.append(&written).unwrap();
+    }
+    let segment = dir.path().join(format::segment_name(1));
+    let full_len = std::fs::metadata(&segment).unwrap().len();
+    for kept in 0..frame_len as u64 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.set_len(full_len - frame_len as u64 + kept).unwrap();
+        drop(file);
+        let (mut wal, recovered) = Wal::open(dir.path(), options(1 << 20)).unwrap();
+        assert_eq!(recovered.records, written[..20], "kept {kept}");
+        assert_eq!(recovered.torn_tail_bytes_cut, kept);
+        wal.append(&written[20..]).unwrap();
+    }
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), full_len);
+}
+
+#[test]
+fn zeroed_or_garbage_tail_is_cut() {
+    let written = records(1, 10);
+    for tail in [vec![0u8; 4096], vec![0xA5; 100], b"TLFR garbage".to_vec()] {
+        let storage = build_log(&written, 3, 1 << 20);
+        let name = format::segment_name(1);
+        let mut bytes = storage.read_file(&name).unwrap();
+        bytes.extend_from_slice(&tail);
+        storage.write_file_durable(&name, &bytes);
+        let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+        assert_eq!(recovered.records, written);
+        assert_eq!(recovered.torn_tail_bytes_cut, tail.len() as u64);
+    }
+}
+
+#[test]
+fn bad_crc_in_the_final_frame_with_nothing_after_is_a_torn_tail() {
+    let written = records(1, 10);
+    let storage = build_log(&written, 1, 1 << 20);
+    let name = format::segment_name(1);
+    let bytes = storage.read_file(&name).unwrap();
+    let last = *frame_offsets(&bytes).last().unwrap();
+    storage.flip_bit(&name, bytes.len() - 1, 0);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records, written[..9]);
+    assert_eq!(recovered.torn_tail_bytes_cut, (bytes.len() - last) as u64);
+}
+
+#[test]
+fn bit_flip_in_a_middle_frame_body_stops_open_naming_file_and_offset() {
+    let storage = build_log(&records(1, 10), 1, 1 << 20);
+    let name = format::segment_name(1);
+    let offsets = frame_offsets(&storage.read_file(&name).unwrap());
+    // Record 4 has 28 % 13 = 2 events; flip a bit inside its body.
+    storage.flip_bit(&name, offsets[3] + FRAME_HEADER_SIZE + 5, 3);
+    let message = expect_corrupt(open(&storage, options(1 << 20)), &name, offsets[3] as u64);
+    assert!(message.contains("valid frame follows"), "{message}");
+    assert!(verify_storage(&mut storage.clone()).is_err());
+}
+
+#[test]
+fn bit_flip_in_a_middle_frame_header_stops_open() {
+    let storage = build_log(&records(1, 10), 1, 1 << 20);
+    let name = format::segment_name(1);
+    let offsets = frame_offsets(&storage.read_file(&name).unwrap());
+    // The size field: without the header CRC this would look like a short tail.
+    storage.flip_bit(&name, offsets[5] + 6, 1);
+    expect_corrupt(open(&storage, options(1 << 20)), &name, offsets[5] as u64);
+}
+
+#[test]
+fn bad_frame_in_a_segment_that_is_not_the_last_stops_open() {
+    let storage = build_log(&records(1, 60), 1, 1024);
+    let first = format::segment_name(1);
+    let bytes = storage.read_file(&first).unwrap();
+    let last_frame = *frame_offsets(&bytes).last().unwrap();
+    storage.flip_bit(&first, bytes.len() - 1, 7);
+    let message = expect_corrupt(open(&storage, options(1024)), &first, last_frame as u64);
+    assert!(message.contains("not the last"), "{message}");
+}
+
+#[test]
+fn bit_flip_in_a_segment_header_stops_open() {
+    let storage = build_log(&records(1, 60), 1, 1024);
+    let names = segment_names(&storage);
+    assert!(names.len() >= 3);
+    for name in [&names[1], names.last().unwrap()] {
+        let damaged = copy_storage(&storage);
+        damaged.flip_bit(name, 20, 0); // first sequence
+        expect_corrupt(open(&damaged, options(1024)), name, 0);
+        let damaged = copy_storage(&storage);
+        damaged.flip_bit(name, 0, 0); // magic
+        expect_corrupt(open(&damaged, options(1024)), name, 0);
+    }
+}
+
+#[test]
+fn header_and_name_that_disagree_stop_open() {
+    let storage = build_log(&records(1, 5), 5, 1 << 20);
+    // A segment named for sequence 6 whose header claims 7.
+    let mut bytes = format::encode_segment_header(7).to_vec();
+    format::encode_frame(&record(7, 1), &mut bytes);
+    storage.write_file_durable(&format::segment_name(6), &bytes);
+    expect_corrupt(
+        open(&storage, options(1 << 20)),
+        &format::segment_name(6),
+        16,
+    );
+}
+
+#[test]
+fn torn_header_of_a_fresh_last_segment_is_removed_and_recreated() {
+    let written = records(1, 30);
+    let storage = build_log(&written, 1, 1024);
+    // A crash during rotation: the new segment exists but its header is cut short.
+    let next = format::segment_name(31);
+    storage.write_file_durable(&next, &format::encode_segment_header(31)[..30]);
+    let (mut wal, recovered) = open(&storage, options(1024)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(recovered.torn_tail_bytes_cut, 30);
+    wal.append(&records(31, 1)).unwrap();
+    let (_, recovered) = open(&storage, options(1024)).unwrap();
+    assert_eq!(recovered.records, records(1, 31));
+}
+
+#[test]
+fn a_sequence_gap_inside_a_segment_stops_open() {
+    let storage = build_log(&records(1, 5), 5, 1 << 20);
+    let name = format::segment_name(1);
+    let mut bytes = storage.read_file(&name).unwrap();
+    let gap_at = bytes.len();
+    format::encode_frame(&record(7, 1), &mut bytes);
+    storage.write_file_durable(&name, &bytes);
+    let message = expect_corrupt(open(&storage, options(1 << 20)), &name, gap_at as u64);
+    assert!(message.contains("expected 6"), "{message}");
+}
+
+#[test]
+fn a_missing_middle_segment_stops_open_naming_it() {
+    let storage = build_log(&records(1, 60), 1, 1024);
+    let names = segment_names(&storage);
+    let missing = names[2].clone();
+    storage.remove_file_durable(&missing);
+    match open(&storage, options(1024)) {
+        Err(LogError::MissingSegment {
+            file,
+            first_sequence,
+            reason,
+        }) => {
+            assert_eq!(file.file_name().unwrap(), missing.as_str(), "{reason}");
+            assert_eq!(format::segment_name(first_sequence), missing);
+        }
+        other => panic!("expected MissingSegment, got {:?}", other.map(|_| ())),
+    }
+    assert!(matches!(
+        verify_storage(&mut storage.clone()),
+        Err(LogError::MissingSegment { .. })
+    ));
+}
+
+#[test]
+fn a_missing_first_segment_stops_open() {
+    let storage = build_log(&records(1, 60), 1, 1024);
+    storage.remove_file_durable(&format::segment_name(1));
+    let error = open(&storage, options(1024)).err().unwrap();
+    assert!(
+        matches!(
+            error,
+            LogError::MissingSegment {
+                first_sequence: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&format::segment_name(1)));
+}
+
+#[test]
+fn overlapping_segments_stop_open() {
+    let storage = build_log(&records(1, 10), 10, 1 << 20);
+    let mut bytes = format::encode_segment_header(5).to_vec();
+    format::encode_frame(&record(5, 1), &mut bytes);
+    storage.write_file_durable(&format::segment_name(5), &bytes);
+    expect_corrupt(
+        open(&storage, options(1 << 20)),
+        &format::segment_name(5),
+        16,
+    );
+}
+
+#[test]
+fn files_that_are_not_ours_are_left_alone() {
+    let storage = build_log(&records(1, 3), 3, 1 << 20);
+    storage.write_file_durable("LOCK", b"");
+    storage.write_file_durable("notes.txt", b"hello");
+    storage.write_file_durable("wal-1.log", b"not a 20-digit name");
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records.len(), 3);
+    assert!(storage.file_names().contains(&"notes.txt".to_string()));
+}
+
+#[test]
+fn verify_reports_a_torn_tail_without_repairing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options(1 << 20)).unwrap();
+        wal.append(&records(1, 4)).unwrap();
+    }
+    let segment = dir.path().join(format::segment_name(1));
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&[1, 2, 3]);
+    std::fs::write(&segment, &bytes).unwrap();
+    let report = tally_log::verify(dir.path()).unwrap();
+    assert_eq!(report.torn_tail_bytes, 3);
+    assert!(!report.is_clean());
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        len + 3,
+        "verify changed nothing"
+    );
+    assert!(tally_log::verify(Path::new("/nonexistent/tally")).is_err());
+}
+
+#[test]
+fn format_is_pinned() {
+    // Pins the on-disk bytes: if this changes, FORMAT_VERSION must change too.
+    let mut bytes = format::encode_segment_header(1).to_vec();
+    format::encode_frame(&record(1, 2), &mut bytes);
+    format::encode_frame(&record(2, 1), &mut bytes);
+    assert_eq!(bytes.len(), 64 + 48 + 256 + 48 + 128);
+    assert_eq!(crc32c::crc32c(&bytes), PINNED_CRC, "on-disk format changed");
+}
+
+const PINNED_CRC: u32 = 73_076_648;

@@ -1,0 +1,261 @@
+//! Snapshots: round trip, atomic writing, fallback past a damaged one, retirement.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use tally_log::faulty::FaultyStorage;
+use tally_log::format::{self, snapshot_name};
+use tally_log::{LogError, Wal, verify_storage};
+use tally_types::{Account, AccountFlags, PendingStatus, StateImage, Transfer, TransferFlags};
+
+fn image(accounts: usize, transfers: usize) -> StateImage {
+    StateImage {
+        last_timestamp: 123_456_789,
+        accounts: (0..accounts)
+            .map(|i| Account {
+                id: i as u128 + 1,
+                credits_posted: i as u128 * 3,
+                debits_pending: u128::MAX - i as u128,
+                ledger: 156,
+                code: 1,
+                flags: AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+                timestamp: i as u64,
+                ..Account::default()
+            })
+            .collect(),
+        transfers: (0..transfers)
+            .map(|i| Transfer {
+                id: (i as u128) << 64 | 9,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: i as u128,
+                timeout: 60,
+                ledger: 156,
+                code: 3,
+                flags: TransferFlags::PENDING,
+                timestamp: i as u64 + 1,
+                ..Transfer::default()
+            })
+            .collect(),
+        pending_statuses: (0..transfers)
+            .map(|i| {
+                let status = PendingStatus::from_u8((i % 4) as u8).unwrap();
+                ((i as u128) << 64 | 9, status)
+            })
+            .collect(),
+        refunded: (0..transfers / 3)
+            .map(|i| (i as u128, u128::MAX / (i as u128 + 1)))
+            .collect(),
+        failed_ids: (0..transfers / 2).map(|i| i as u128 * 5 + 1).collect(),
+    }
+}
+
+#[test]
+fn a_large_snapshot_round_trips_on_real_files() {
+    // 20,000 accounts and transfers cross several 8,192-item chunks per section.
+    let dir = tempfile::tempdir().unwrap();
+    let state = image(20_000, 20_000);
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options(1 << 20)).unwrap();
+        wal.append(&records(1, 10)).unwrap();
+        wal.write_snapshot(10, &state).unwrap();
+        wal.append(&records(11, 3)).unwrap();
+    }
+    let (wal, recovered) = Wal::open(dir.path(), options(1 << 20)).unwrap();
+    let (sequence, loaded) = recovered.snapshot.unwrap();
+    assert_eq!(sequence, 10);
+    assert_eq!(loaded, state);
+    assert_eq!(recovered.records, records(11, 3));
+    assert_eq!(wal.next_sequence(), 14);
+    let report = tally_log::verify(dir.path()).unwrap();
+    assert_eq!(report.snapshot_sequence, Some(10));
+    assert!(report.is_clean());
+}
+
+#[test]
+fn an_empty_image_round_trips() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 1)).unwrap();
+    wal.write_snapshot(1, &StateImage::default()).unwrap();
+    drop(wal);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.snapshot, Some((1, StateImage::default())));
+    assert!(recovered.records.is_empty());
+}
+
+/// Appends 1..=30 in 600-byte segments with snapshots at 10, 20 and 30, then 31..=35.
+fn log_with_three_snapshots() -> FaultyStorage {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(600)).unwrap();
+    for sequence in (1..=30).step_by(10) {
+        wal.append(&records(sequence, 10)).unwrap();
+        let state = image(sequence as usize, 2);
+        wal.write_snapshot(sequence + 9, &state).unwrap();
+    }
+    wal.append(&records(31, 5)).unwrap();
+    storage
+}
+
+#[test]
+fn snapshots_retire_the_oldest_snapshot_and_the_segments_the_previous_one_covers() {
+    let storage = log_with_three_snapshots();
+    let names = storage.file_names();
+    assert!(!names.contains(&snapshot_name(10)), "{names:?}");
+    assert!(names.contains(&snapshot_name(20)) && names.contains(&snapshot_name(30)));
+    let segments = segment_names(&storage);
+    let first = format::parse_segment_name(&segments[0]).unwrap();
+    assert!(
+        first > 1 && first <= 21,
+        "kept segments start at {first}: {segments:?}"
+    );
+
+    let (_, recovered) = open(&storage, options(600)).unwrap();
+    assert_eq!(recovered.snapshot.as_ref().map(|s| s.0), Some(30));
+    assert_eq!(recovered.snapshot.unwrap().1, image(21, 2));
+    assert_eq!(recovered.records, records(31, 5));
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let storage = log_with_three_snapshots();
+    let newest = snapshot_name(30);
+    let len = storage.read_file(&newest).unwrap().len();
+    storage.flip_bit(&newest, len / 2, 4);
+    let (wal, recovered) = open(&storage, options(600)).unwrap();
+    assert_eq!(recovered.snapshot.as_ref().map(|s| s.0), Some(20));
+    assert_eq!(recovered.records, records(21, 15));
+    assert_eq!(wal.snapshots_damaged().len(), 1);
+    assert!(wal.snapshots_damaged()[0].ends_with(&newest));
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert_eq!(report.snapshot_sequence, Some(20));
+    assert_eq!(report.snapshots_damaged.len(), 1);
+    assert!(report.snapshots_damaged[0].contains(&newest));
+}
+
+#[test]
+fn a_bit_flip_anywhere_in_a_snapshot_is_caught() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 2)).unwrap();
+    wal.write_snapshot(1, &image(3, 3)).unwrap();
+    wal.write_snapshot(2, &image(4, 4)).unwrap();
+    drop(wal);
+    let newest = snapshot_name(2);
+    let bytes = storage.read_file(&newest).unwrap();
+    for offset in 0..bytes.len() {
+        let damaged = copy_storage(&storage);
+        damaged.flip_bit(&newest, offset, (offset % 8) as u8);
+        let (_, recovered) = open(&damaged, options(1 << 20)).unwrap();
+        assert_eq!(
+            recovered.snapshot.map(|s| s.0),
+            Some(1),
+            "flip at byte {offset}"
+        );
+        assert_eq!(recovered.records, records(2, 1));
+    }
+}
+
+#[test]
+fn the_only_snapshot_damaged_replays_the_whole_log() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(600)).unwrap();
+    wal.append(&records(1, 20)).unwrap();
+    wal.write_snapshot(20, &image(5, 5)).unwrap();
+    drop(wal);
+    storage.flip_bit(&snapshot_name(20), 70, 0);
+    let (_, recovered) = open(&storage, options(600)).unwrap();
+    assert!(recovered.snapshot.is_none());
+    assert_eq!(recovered.records, records(1, 20));
+}
+
+#[test]
+fn every_snapshot_damaged_without_the_log_to_replace_them_is_a_clear_error() {
+    let storage = log_with_three_snapshots();
+    storage.flip_bit(&snapshot_name(30), 100, 1);
+    storage.flip_bit(&snapshot_name(20), 100, 1);
+    match open(&storage, options(600)) {
+        Err(error @ LogError::Snapshot { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&snapshot_name(30)), "{message}");
+        }
+        other => panic!("expected a Snapshot error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_crash_while_writing_a_snapshot_leaves_no_trace_after_open() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 3)).unwrap();
+    // The temp file exists durably but holds half a snapshot.
+    let temp = format!("{}.tmp", snapshot_name(3));
+    storage.write_file_durable(&temp, b"TALLYSNP half written");
+    drop(wal);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert!(recovered.snapshot.is_none());
+    assert_eq!(recovered.records, records(1, 3));
+    assert!(!storage.file_names().contains(&temp));
+}
+
+#[test]
+fn a_written_snapshot_survives_a_crash_because_its_rename_was_synced() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 3)).unwrap();
+    wal.write_snapshot(3, &image(2, 2)).unwrap();
+    storage.crash();
+    drop(wal);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(
+        recovered.snapshot.map(|s| s.0),
+        Some(3),
+        "write_snapshot synced the rename"
+    );
+}
+
+#[test]
+fn a_hostile_section_count_is_refused_before_allocating() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 1)).unwrap();
+    wal.write_snapshot(1, &StateImage::default()).unwrap();
+    drop(wal);
+    let name = snapshot_name(1);
+    let mut bytes = storage.read_file(&name).unwrap();
+    // The accounts section header sits right after the 64-byte file header.
+    bytes[64 + 8..64 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[64..64 + 28]);
+    bytes[64 + 28..64 + 32].copy_from_slice(&crc.to_le_bytes());
+    storage.write_file_durable(&name, &bytes);
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert!(
+        report.snapshots_damaged[0].contains("exceeds the file"),
+        "{report:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn garbage_snapshot_or_segment_files_never_panic_open(
+        garbage in proptest::collection::vec(any::<u8>(), 0..400),
+        prefix_keep in 0usize..200,
+        as_snapshot in any::<bool>(),
+    ) {
+        let storage = FaultyStorage::new();
+        let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+        wal.append(&records(1, 2)).unwrap();
+        wal.write_snapshot(2, &image(1, 1)).unwrap();
+        drop(wal);
+        let name = if as_snapshot { snapshot_name(2) } else { format::segment_name(1) };
+        let mut bytes = storage.read_file(&name).unwrap();
+        bytes.truncate(prefix_keep.min(bytes.len()));
+        bytes.extend_from_slice(&garbage);
+        storage.write_file_durable(&name, &bytes);
+        let _ = open(&storage, options(1 << 20));
+        let _ = verify_storage(&mut storage.clone());
+    }
+}
