@@ -27,6 +27,9 @@ impl Rng {
 }
 
 const KILLS: u64 = 60;
+
+/// Every batch sent, by its first id: (size, acknowledged (result, timestamp) per event).
+type Sent = BTreeMap<u64, (u64, Option<Vec<(String, Option<String>)>>)>;
 const ACCOUNTS: u64 = 8;
 
 fn apply_child(dir: &Path) -> std::process::Child {
@@ -69,7 +72,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
         .collect();
     let setup = format!(r#"{{"create_accounts": [{}]}}"#, accounts.join(", "));
     // Every batch sent, by its first id: (size, acknowledged results if any).
-    let mut sent: BTreeMap<u64, (u64, Option<Vec<(String, Option<String>)>>)> = BTreeMap::new();
+    let mut sent: Sent = BTreeMap::new();
     let mut next_id = 1_000u64;
     let mut acknowledged_batches = 0;
     for kill in 0..KILLS {
@@ -135,11 +138,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
 }
 
 /// Restarts on `dir` and checks every batch sent so far against what is on disk.
-fn check_recovered_state(
-    dir: &Path,
-    sent: &BTreeMap<u64, (u64, Option<Vec<(String, Option<String>)>>)>,
-    kill: u64,
-) {
+fn check_recovered_state(dir: &Path, sent: &Sent, kill: u64) {
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["transfers", "--data"])
         .arg(dir)
