@@ -1,3 +1,448 @@
 //! `loadgen`: replays Singles' Day traffic against Tally and measures it.
+//!
+//! ```text
+//! loadgen                                   # festival: the default curve, 1M users, open loop
+//! loadgen --mode max --duration 60          # closed loop, pre-built batches
+//! loadgen --record day.trace                # record the request stream
+//! loadgen --replay day.trace --report r.json --chart r.svg
+//! ```
+//! Exit status: 0 when the run verified, 1 when the ledger failed verification (or
+//! requests never got a result), 2 on a usage, setup or I/O error.
 
-fn main() {}
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_loadgen::curve::Curve;
+use tally_loadgen::memory::MemoryTarget;
+use tally_loadgen::mix::{Generator, MixSpec, Request};
+use tally_loadgen::model::Model;
+use tally_loadgen::population::{Population, PopulationSpec};
+use tally_loadgen::report::{Machine, Report};
+use tally_loadgen::runner::{self, RunResult};
+use tally_loadgen::target::Target;
+use tally_loadgen::trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    /// Open loop: the curve schedules each payment; one submission per payment.
+    Festival,
+    /// Closed loop: pre-built batches back to back, to find the maximum throughput.
+    Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetKind {
+    /// Tally's engine, embedded, durable (fdatasync) on --data.
+    Engine,
+    /// An in-memory fake ledger (not durable): tries the load generator alone.
+    Memory,
+}
+
+/// Tally's festival load generator.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about)]
+struct Cli {
+    /// festival (open loop, per-payment submissions) or max (closed loop, batches).
+    #[arg(long, value_enum, default_value = "festival")]
+    mode: Mode,
+    /// What to drive.
+    #[arg(long, value_enum, default_value = "engine")]
+    target: TargetKind,
+    /// Seconds of curve (festival) or of load (max). The curve is time-compressed to it.
+    #[arg(long, default_value_t = 45.0)]
+    duration: f64,
+    /// Peak offered payments (submissions) per second.
+    #[arg(long, default_value_t = 120_000.0)]
+    peak: f64,
+    /// Multiplies every rate of the curve (after --peak), e.g. 0.1 for a small machine.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// A curve file: `seconds,rate` per line; rescaled to --duration and --peak when
+    /// those are given explicitly.
+    #[arg(long)]
+    curve: Option<PathBuf>,
+    /// Second-scale jitter of the curve (standard deviation of a per-second factor).
+    #[arg(long, default_value_t = 0.05)]
+    jitter: f64,
+    /// User accounts (each funded before midnight).
+    #[arg(long, default_value_t = 1_000_000)]
+    accounts: u64,
+    /// Merchant accounts.
+    #[arg(long, default_value_t = 10_000)]
+    merchants: u64,
+    /// Zipf exponent of merchant popularity.
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// Engine shards (0 = fitted to the machine).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Data directory (wiped at start unless --keep).
+    #[arg(long, default_value = "tally-data/loadgen")]
+    data: PathBuf,
+    /// Keep the data directory: existing accounts become the model's baseline.
+    #[arg(long)]
+    keep: bool,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 20_161_111)]
+    seed: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write an SVG chart of offered/achieved rate and latency over time.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Record the request stream to a trace file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Replay a recorded trace (its population and requests; rate flags are ignored).
+    #[arg(long, conflicts_with = "record")]
+    replay: Option<PathBuf>,
+    /// Max mode: concurrent callers.
+    #[arg(long, default_value_t = 4)]
+    callers: usize,
+    /// Max mode: events per pre-built batch.
+    #[arg(long, default_value_t = 8_190)]
+    batch: usize,
+    /// Tokio worker threads of the festival callers (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// BENCHMARK ONLY: open the engine without fdatasync (acknowledged data is not
+    /// durable). The report says so.
+    #[arg(long)]
+    unsafe_no_sync: bool,
+}
+
+/// The run's parameters, recorded in traces (JSON inside the wincode meta frame).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunConfig {
+    mode: Mode,
+    seed: u64,
+    duration_s: f64,
+    curve_points: Vec<(f64, f64)>,
+    jitter: f64,
+    population: PopulationSpec,
+    mix: MixSpec,
+}
+
+/// About how many transfers the run will store: funding plus the curve's expected
+/// submissions (a fifth of them are two-transfer chains). Max mode: capped guess.
+fn transfers_hint(config: &RunConfig) -> usize {
+    let funding = config.population.users as f64 + 1.0;
+    let run = match config.mode {
+        Mode::Festival => Curve::from_points(config.curve_points.clone())
+            .map_or(0.0, |curve| curve.expected_total() * 1.2),
+        Mode::Max => (config.duration_s * 200_000.0).min(8_000_000.0),
+    };
+    (funding + run) as usize
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("loadgen: {message}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(verified) if verified => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!("loadgen: the run FAILED its verification");
+            ExitCode::from(1)
+        }
+        Err(message) => fail(message),
+    }
+}
+
+fn validate(cli: &Cli) -> Result<(), String> {
+    let positive = |value: f64, name: &str| {
+        if value.is_finite() && value > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("--{name} must be > 0"))
+        }
+    };
+    positive(cli.duration, "duration")?;
+    positive(cli.peak, "peak")?;
+    positive(cli.scale, "scale")?;
+    if !(cli.zipf.is_finite() && cli.zipf >= 0.0) {
+        return Err("--zipf must be >= 0".into());
+    }
+    if !(1..=10_000_000).contains(&cli.accounts) {
+        return Err("--accounts must be 1..=10,000,000".into());
+    }
+    if !(1..=1_000_000).contains(&cli.merchants) {
+        return Err("--merchants must be 1..=1,000,000".into());
+    }
+    Ok(())
+}
+
+fn config_from_cli(cli: &Cli) -> Result<RunConfig, String> {
+    validate(cli)?;
+    let curve = match &cli.curve {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading curve {}: {e}", path.display()))?;
+            let curve = Curve::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            curve.with_duration(cli.duration).with_peak(cli.peak)
+        }
+        None => Curve::singles_day(cli.duration, cli.peak),
+    };
+    let curve = curve.scaled(cli.scale);
+    let population = PopulationSpec {
+        users: cli.accounts,
+        merchants: cli.merchants,
+        seed: cli.seed,
+        ..PopulationSpec::default()
+    };
+    let mix = MixSpec {
+        zipf_s: cli.zipf,
+        ..MixSpec::default()
+    };
+    Ok(RunConfig {
+        mode: cli.mode,
+        seed: cli.seed,
+        duration_s: cli.duration,
+        curve_points: curve.points().to_vec(),
+        jitter: cli.jitter,
+        population,
+        mix,
+    })
+}
+
+/// Wipes the data directory unless --keep; refuses to wipe a directory that is not ours.
+fn prepare_data_dir(dir: &Path, keep: bool) -> Result<PathBuf, String> {
+    const MARKER: &str = ".tally-loadgen";
+    let exists = dir.exists();
+    if exists && !keep {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let empty = entries.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(format!(
+                "refusing to wipe {}: it is not empty and was not made by loadgen",
+                dir.display()
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| format!("wiping {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by tally loadgen; wiped at each run unless --keep\n",
+    )
+    .map_err(|e| format!("writing the marker in {}: {e}", dir.display()))?;
+    Ok(dir.join("ledger"))
+}
+
+fn run(cli: &Cli) -> Result<bool, String> {
+    let (config, replay) = match &cli.replay {
+        Some(path) => {
+            let reader = TraceReader::open(path).map_err(|e| e.to_string())?;
+            let config: RunConfig = serde_json::from_str(&reader.meta().config_json)
+                .map_err(|e| format!("trace {}: bad run configuration: {e}", path.display()))?;
+            (
+                RunConfig {
+                    mode: cli.mode,
+                    ..config
+                },
+                Some(reader),
+            )
+        }
+        None => (config_from_cli(cli)?, None),
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    match cli.target {
+        TargetKind::Memory => {
+            let accounts = Population::new(config.population.clone()).account_count();
+            let target = MemoryTarget::with_capacity(accounts, transfers_hint(&config));
+            let name = "memory (in-process fake, not durable)";
+            drive(cli, config, replay, Arc::new(target), name, command)
+        }
+        TargetKind::Engine => {
+            let ledger_dir = prepare_data_dir(&cli.data, cli.keep)?;
+            let target = engine_target(cli, &ledger_dir)?;
+            let durability = if cli.unsafe_no_sync {
+                "UNSAFE no-sync, NOT durable"
+            } else {
+                "fdatasync"
+            };
+            let name = format!("tally-engine ({durability}) in {}", ledger_dir.display());
+            drive(cli, config, replay, Arc::new(target), &name, command)
+        }
+    }
+}
+
+fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineTarget, String> {
+    let options = tally_loadgen::engine::EngineOptions {
+        shards: cli.shards,
+        busy_immediately: cli.mode == Mode::Festival,
+        unsafe_no_sync: cli.unsafe_no_sync,
+    };
+    tally_loadgen::engine::EngineTarget::open(dir, options)
+}
+
+fn drive<T: Target>(
+    cli: &Cli,
+    config: RunConfig,
+    replay: Option<TraceReader>,
+    target: Arc<T>,
+    target_name: &str,
+    command: String,
+) -> Result<bool, String> {
+    let population = Population::new(config.population.clone());
+    let mut model = Model::with_capacity(population.clone(), transfers_hint(&config));
+    eprintln!(
+        "loadgen: setup: {} accounts, {} users funded before midnight",
+        population.account_count(),
+        population.spec.users
+    );
+    let setup = runner::setup(&*target, &population, &mut model, cli.keep)?;
+    let model = Arc::new(Mutex::new(model));
+    let trace = match &cli.record {
+        Some(path) => {
+            let config_json = serde_json::to_string(&config).map_err(|e| e.to_string())?;
+            let meta = TraceMeta {
+                seed: config.seed,
+                config_json,
+            };
+            Some(TraceWriter::create(path, &meta).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let curve = Curve::from_points(config.curve_points.clone())
+        .map_err(|e| e.to_string())?
+        .with_jitter(config.jitter, config.seed);
+    let generator = Generator::new(population.clone(), config.mix.clone(), config.seed);
+    let workers = if cli.workers == 0 {
+        std::thread::available_parallelism().map_or(2, usize::from)
+    } else {
+        cli.workers
+    };
+    eprintln!(
+        "loadgen: {:?} mode starts ({:.0} s)",
+        config.mode, config.duration_s
+    );
+    let (result, trace) = match config.mode {
+        Mode::Festival => {
+            let seconds = curve.duration_s().ceil() as usize + 1;
+            let source: Box<dyn Iterator<Item = Result<Request, TraceError>>> = match replay {
+                Some(reader) => Box::new(reader),
+                None => {
+                    let mut generator = generator;
+                    Box::new(
+                        curve
+                            .arrivals(config.seed)
+                            .map(move |t| Ok(generator.next_at(t))),
+                    )
+                }
+            };
+            runner::run_festival(
+                target.clone(),
+                source,
+                seconds,
+                model.clone(),
+                trace,
+                workers,
+            )?
+        }
+        Mode::Max => {
+            let duration = Duration::from_secs_f64(config.duration_s);
+            let batch = cli.batch;
+            match replay {
+                Some(reader) => runner::run_max(
+                    target.clone(),
+                    reader,
+                    duration,
+                    cli.callers,
+                    batch,
+                    model.clone(),
+                    trace,
+                )?,
+                None => runner::run_max(
+                    target.clone(),
+                    runner::virtual_stream(generator),
+                    duration,
+                    cli.callers,
+                    batch,
+                    model.clone(),
+                    trace,
+                )?,
+            }
+        }
+    };
+    if let Some(writer) = trace {
+        let requests = writer.finish().map_err(|e| e.to_string())?;
+        eprintln!("loadgen: recorded {requests} requests");
+    }
+    finish(
+        cli,
+        &config,
+        &*target,
+        target_name,
+        &population,
+        model,
+        setup,
+        result,
+        command,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish<T: Target>(
+    cli: &Cli,
+    config: &RunConfig,
+    target: &T,
+    target_name: &str,
+    population: &Population,
+    model: Arc<Mutex<Model>>,
+    setup: runner::SetupReport,
+    result: RunResult,
+    command: String,
+) -> Result<bool, String> {
+    eprintln!("loadgen: run done; sweeping expiries and verifying the ledger");
+    let mut model = model
+        .lock()
+        .map_err(|_| "model lock poisoned".to_string())?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let (expired, pending_left) = runner::sweep(
+        target,
+        population,
+        &mut model,
+        config.mix.expiring_timeout_s,
+        nonce,
+    )?;
+    let verification = model.verify(target, expired, pending_left);
+    target.shutdown()?;
+    let mut report = Report {
+        mode: format!("{:?}", config.mode).to_lowercase(),
+        submission: match config.mode {
+            Mode::Festival => "open loop: each payment (one transfer or one linked chain) is its own submission from a tokio task spawned at its scheduled instant; latency from the scheduled instant to the durable result".into(),
+            Mode::Max => format!("closed loop: PRE-BUILT BATCHES of up to {} events from {} callers; latency per batch from submit to durable result", cli.batch, cli.callers),
+        },
+        target: target_name.to_string(),
+        shards: target.shards(),
+        setup,
+        expiry_policy: "short-timeout authorisations left to expire: waited past their expiry, then one sweep transfer; expired iff timestamp + timeout <= the sweep's timestamp, else expected still pending".into(),
+        machine: Machine::probe(),
+        command,
+        ..Report::default()
+    };
+    report.measure(&result);
+    report.conservation_ok = verification.conservation_ok;
+    report.verified_ok = verification.verified_ok && result.unfinished == 0;
+    report.verification = verification;
+    print!("{}", report.text());
+    if let Some(path) = &cli.report {
+        report.write_json(path)?;
+    }
+    if let Some(path) = &cli.chart {
+        report.write_chart(path)?;
+    }
+    Ok(report.verified_ok)
+}

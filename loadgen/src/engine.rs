@@ -1,0 +1,81 @@
+//! The real target: Tally's engine, embedded.
+
+use crate::target::{Outcome, SubmitFailure, Target};
+use std::path::Path;
+use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
+use tally_types::{Account, Batch, Transfer};
+
+/// A [`Ledger`] opened on the load generator's data directory.
+#[derive(Debug)]
+pub struct EngineTarget {
+    ledger: Ledger,
+}
+
+/// How the engine is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    pub shards: usize,
+    /// Festival callers must never block a tokio worker: `busy` at once on a full queue.
+    /// Max mode's plain caller threads may wait briefly.
+    pub busy_immediately: bool,
+    /// Benchmarks only: no fdatasync. Reported as such.
+    pub unsafe_no_sync: bool,
+}
+
+impl EngineTarget {
+    pub fn open(data_dir: &Path, options: EngineOptions) -> Result<EngineTarget, String> {
+        let mut config = Config::new(data_dir);
+        config.shards = options.shards;
+        config.backpressure = if options.busy_immediately {
+            Backpressure::Busy
+        } else {
+            Backpressure::Wait(std::time::Duration::from_millis(100))
+        };
+        if options.unsafe_no_sync {
+            config.sync = SyncMode::UnsafeNoSync;
+        }
+        let ledger = Ledger::open(config)
+            .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
+        Ok(EngineTarget { ledger })
+    }
+}
+
+fn outcomes(result: Result<Vec<EventResult>, SubmitError>) -> Result<Vec<Outcome>, SubmitFailure> {
+    match result {
+        Ok(results) => Ok(results
+            .into_iter()
+            .map(|r| Outcome {
+                code: r.code,
+                timestamp: r.timestamp,
+            })
+            .collect()),
+        Err(SubmitError::Busy) => Err(SubmitFailure::Busy),
+        Err(other) => Err(SubmitFailure::Other(other.to_string())),
+    }
+}
+
+impl Target for EngineTarget {
+    async fn submit(&self, batch: Batch) -> Result<Vec<Outcome>, SubmitFailure> {
+        outcomes(self.ledger.submit_async(batch).await)
+    }
+
+    fn submit_blocking(&self, batch: Batch) -> Result<Vec<Outcome>, SubmitFailure> {
+        outcomes(self.ledger.submit(batch))
+    }
+
+    fn lookup_accounts(&self, ids: &[u128]) -> Vec<Account> {
+        self.ledger.lookup_accounts(ids)
+    }
+
+    fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
+        self.ledger.lookup_transfers(ids)
+    }
+
+    fn shutdown(&self) -> Result<(), String> {
+        self.ledger.shutdown().map_err(|error| error.to_string())
+    }
+
+    fn shards(&self) -> usize {
+        self.ledger.shards()
+    }
+}

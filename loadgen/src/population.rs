@@ -1,0 +1,339 @@
+//! Who pays whom: users, merchants, system accounts and the foreign-currency ledgers,
+//! with their ids, and the setup (account creation and pre-midnight funding).
+//!
+//! Ids are dense per kind so that an account's slot in the load generator's own
+//! balance model is computed from its id, not looked up:
+//! `id = (kind << 64) | (ledger << 32) | (index + 1)`.
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tally_types::currency::{CurrencyTable, decimal_to_minor};
+use tally_types::{Account, AccountFlags, BATCH_EVENTS_MAX, Batch, Transfer};
+
+/// The CNY ledger (ISO 4217 156): users, merchants and the domestic system accounts.
+pub const LEDGER_CNY: u32 = 156;
+
+/// Foreign ledgers for cross-border orders, with the CNY price of one unit (2016-ish).
+pub const FOREIGN: &[(u32, &str, &str)] = &[
+    (840, "USD", "6.85"),
+    (978, "EUR", "7.35"),
+    (392, "JPY", "0.0625"),
+    (344, "HKD", "0.88"),
+];
+
+/// Account codes (the account's type).
+pub mod account_code {
+    pub const USER: u16 = 1;
+    pub const MERCHANT: u16 = 2;
+    pub const BANK: u16 = 10;
+    pub const INSURER: u16 = 11;
+    pub const MONEY_MARKET_FUND: u16 = 12;
+    pub const LOAN_BOOK: u16 = 13;
+    pub const FX_DESK: u16 = 14;
+    pub const FOREIGN_MERCHANT: u16 = 15;
+}
+
+/// The system accounts on the CNY ledger, by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// Where pre-midnight top-ups come from (the banks' settlement account).
+    Bank = 0,
+    /// Return-shipping insurance premiums go here.
+    Insurer = 1,
+    /// The money-market fund (Yu'e Bao): subscriptions in, redemptions out.
+    MoneyMarketFund = 2,
+    /// Small-business loans are disbursed from here.
+    LoanBook = 3,
+    /// CNY side of cross-border orders.
+    FxDesk = 4,
+}
+
+const SYSTEM_COUNT: u64 = 5;
+const KIND_USER: u128 = 1;
+const KIND_MERCHANT: u128 = 2;
+const KIND_SYSTEM: u128 = 3;
+const KIND_FOREIGN_DESK: u128 = 4;
+const KIND_FOREIGN_MERCHANT: u128 = 5;
+
+/// Transfer ids: `(tag << 64) | sequence`.
+pub const TRANSFER_TAG_FUNDING: u128 = 1;
+pub const TRANSFER_TAG_RUN: u128 = 2;
+pub const TRANSFER_TAG_SWEEP: u128 = 3;
+
+/// Transfer codes (the transfer's reason).
+pub mod transfer_code {
+    pub const TOP_UP: u16 = 1;
+    pub const PAYMENT: u16 = 2;
+    pub const PREMIUM: u16 = 3;
+    pub const AUTHORISATION: u16 = 4;
+    pub const REFUND: u16 = 5;
+    pub const MMF_SUBSCRIBE: u16 = 6;
+    pub const MMF_REDEEM: u16 = 7;
+    pub const LOAN: u16 = 8;
+    pub const CROSS_BORDER_CNY: u16 = 9;
+    pub const CROSS_BORDER_PAYOUT: u16 = 10;
+    pub const FUND_FLOAT: u16 = 11;
+    pub const SWEEP: u16 = 12;
+}
+
+/// The population's parameters; recorded in traces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PopulationSpec {
+    pub users: u64,
+    pub merchants: u64,
+    /// Foreign merchants per foreign ledger.
+    pub foreign_merchants: u64,
+    /// Share of users funded only a little (they fail with exceeds_credits), in 1/10000.
+    pub poor_users_bp: u32,
+    pub seed: u64,
+}
+
+impl Default for PopulationSpec {
+    fn default() -> Self {
+        PopulationSpec {
+            users: 1_000_000,
+            merchants: 10_000,
+            foreign_merchants: 200,
+            poor_users_bp: 500,
+            seed: 20_161_111,
+        }
+    }
+}
+
+/// Ids and slots of the population.
+#[derive(Debug, Clone)]
+pub struct Population {
+    pub spec: PopulationSpec,
+}
+
+fn id(kind: u128, ledger: u32, index: u64) -> u128 {
+    (kind << 64) | (u128::from(ledger) << 32) | u128::from(index + 1)
+}
+
+impl Population {
+    pub fn new(spec: PopulationSpec) -> Population {
+        assert!(spec.users >= 1 && spec.merchants >= 1 && spec.foreign_merchants >= 1);
+        assert!(spec.users < 1 << 32 && spec.merchants < 1 << 32);
+        Population { spec }
+    }
+
+    pub fn user(&self, index: u64) -> u128 {
+        debug_assert!(index < self.spec.users);
+        id(KIND_USER, 0, index)
+    }
+
+    pub fn merchant(&self, index: u64) -> u128 {
+        debug_assert!(index < self.spec.merchants);
+        id(KIND_MERCHANT, 0, index)
+    }
+
+    pub fn system(&self, which: System) -> u128 {
+        id(KIND_SYSTEM, 0, which as u64)
+    }
+
+    pub fn foreign_desk(&self, ledger: u32) -> u128 {
+        id(KIND_FOREIGN_DESK, ledger, 0)
+    }
+
+    pub fn foreign_merchant(&self, ledger: u32, index: u64) -> u128 {
+        debug_assert!(index < self.spec.foreign_merchants);
+        id(KIND_FOREIGN_MERCHANT, ledger, index)
+    }
+
+    /// Every account, in a fixed order: users, merchants, system, then per foreign ledger
+    /// its desk and merchants. An account's position here is its slot.
+    pub fn account_count(&self) -> usize {
+        let foreign = FOREIGN.len() as u64 * (1 + self.spec.foreign_merchants);
+        (self.spec.users + self.spec.merchants + SYSTEM_COUNT + foreign) as usize
+    }
+
+    /// The slot of an account id, or `None` for an id outside the population.
+    pub fn slot(&self, account_id: u128) -> Option<usize> {
+        let kind = account_id >> 64;
+        let ledger = ((account_id >> 32) & 0xffff_ffff) as u32;
+        let index = (account_id & 0xffff_ffff) as u64;
+        let index = index.checked_sub(1)?;
+        let users = self.spec.users;
+        let merchants = self.spec.merchants;
+        let per_foreign = 1 + self.spec.foreign_merchants;
+        let foreign_base = users + merchants + SYSTEM_COUNT;
+        let foreign_position = |ledger: u32| FOREIGN.iter().position(|f| f.0 == ledger);
+        let slot = match kind {
+            KIND_USER if ledger == 0 && index < users => index,
+            KIND_MERCHANT if ledger == 0 && index < merchants => users + index,
+            KIND_SYSTEM if ledger == 0 && index < SYSTEM_COUNT => users + merchants + index,
+            KIND_FOREIGN_DESK if index == 0 => {
+                foreign_base + foreign_position(ledger)? as u64 * per_foreign
+            }
+            KIND_FOREIGN_MERCHANT if index < self.spec.foreign_merchants => {
+                foreign_base + foreign_position(ledger)? as u64 * per_foreign + 1 + index
+            }
+            _ => return None,
+        };
+        Some(slot as usize)
+    }
+
+    /// The account at `slot` (inverse of [`Population::slot`]), as created at setup.
+    pub fn account_at(&self, slot: usize) -> Account {
+        let slot = slot as u64;
+        let users = self.spec.users;
+        let merchants = self.spec.merchants;
+        let foreign_base = users + merchants + SYSTEM_COUNT;
+        let no_overdraft = AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS;
+        let (id, ledger, code, flags) = if slot < users {
+            (
+                self.user(slot),
+                LEDGER_CNY,
+                account_code::USER,
+                no_overdraft,
+            )
+        } else if slot < users + merchants {
+            (
+                self.merchant(slot - users),
+                LEDGER_CNY,
+                account_code::MERCHANT,
+                AccountFlags::empty(),
+            )
+        } else if slot < foreign_base {
+            let index = slot - users - merchants;
+            let (code, flags) = match index {
+                0 => (account_code::BANK, AccountFlags::empty()),
+                1 => (account_code::INSURER, AccountFlags::empty()),
+                2 => (account_code::MONEY_MARKET_FUND, no_overdraft),
+                3 => (account_code::LOAN_BOOK, AccountFlags::empty()),
+                _ => (account_code::FX_DESK, AccountFlags::empty()),
+            };
+            (id(KIND_SYSTEM, 0, index), LEDGER_CNY, code, flags)
+        } else {
+            let rest = slot - foreign_base;
+            let per_foreign = 1 + self.spec.foreign_merchants;
+            let ledger = FOREIGN[(rest / per_foreign) as usize].0;
+            match rest % per_foreign {
+                0 => (
+                    self.foreign_desk(ledger),
+                    ledger,
+                    account_code::FX_DESK,
+                    AccountFlags::empty(),
+                ),
+                m => (
+                    self.foreign_merchant(ledger, m - 1),
+                    ledger,
+                    account_code::FOREIGN_MERCHANT,
+                    AccountFlags::empty(),
+                ),
+            }
+        };
+        Account {
+            id,
+            ledger,
+            code,
+            flags,
+            ..Account::default()
+        }
+    }
+
+    /// Account creation batches (full batches of up to 8,190).
+    pub fn account_batches(&self) -> impl Iterator<Item = Batch> + '_ {
+        let count = self.account_count();
+        (0..count).step_by(BATCH_EVENTS_MAX).map(move |start| {
+            let end = (start + BATCH_EVENTS_MAX).min(count);
+            Batch::CreateAccounts((start..end).map(|slot| self.account_at(slot)).collect())
+        })
+    }
+
+    /// Pre-midnight funding: every user topped up from the bank; the money-market fund
+    /// seeded with its float. Amounts drawn in yuan; seeded.
+    pub fn funding_transfers(&self) -> Vec<Transfer> {
+        let scale = CurrencyTable::default().scale(LEDGER_CNY);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.spec.seed ^ 0xf00d);
+        let bank = self.system(System::Bank);
+        let mut transfers = Vec::with_capacity(self.spec.users as usize + 1);
+        for index in 0..self.spec.users {
+            let poor = rng.random_range(0..10_000) < self.spec.poor_users_bp;
+            // Poor users hold RMB 0.01-60.00; the rest RMB 300.00-6,000.00.
+            let fen: i64 = if poor {
+                rng.random_range(1..=6_000)
+            } else {
+                rng.random_range(30_000..=600_000)
+            };
+            let amount = Decimal::new(fen, 2);
+            transfers.push(Transfer {
+                id: (TRANSFER_TAG_FUNDING << 64) | u128::from(index + 1),
+                debit_account_id: bank,
+                credit_account_id: self.user(index),
+                amount: minor(amount, scale),
+                ledger: LEDGER_CNY,
+                code: transfer_code::TOP_UP,
+                ..Transfer::default()
+            });
+        }
+        // The fund's float, so redemptions never exceed what it holds.
+        transfers.push(Transfer {
+            id: (TRANSFER_TAG_FUNDING << 64) | u128::from(self.spec.users + 1),
+            debit_account_id: bank,
+            credit_account_id: self.system(System::MoneyMarketFund),
+            amount: minor(Decimal::new(10_000_000_000, 0), scale),
+            ledger: LEDGER_CNY,
+            code: transfer_code::FUND_FLOAT,
+            ..Transfer::default()
+        });
+        transfers
+    }
+}
+
+/// Converts a drawn decimal to minor units. The generator only draws values with at most
+/// the ledger's scale digits, so a failure here is a bug in the generator.
+pub fn minor(amount: Decimal, scale: u32) -> u128 {
+    match decimal_to_minor(amount, scale) {
+        Ok(value) => value,
+        Err(error) => panic!("generator drew an inexact amount {amount} at scale {scale}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Population {
+        Population::new(PopulationSpec {
+            users: 100,
+            merchants: 10,
+            foreign_merchants: 3,
+            poor_users_bp: 1_000,
+            seed: 1,
+        })
+    }
+
+    #[test]
+    fn slots_are_dense_and_invert_ids() {
+        let population = small();
+        let count = population.account_count();
+        assert_eq!(count, 100 + 10 + 5 + 4 * 4);
+        let mut ids = std::collections::HashSet::new();
+        for slot in 0..count {
+            let account = population.account_at(slot);
+            assert_eq!(population.slot(account.id), Some(slot), "slot {slot}");
+            assert!(tally_types::id_is_valid(account.id));
+            assert!(ids.insert(account.id));
+        }
+        assert_eq!(population.slot(0), None);
+        assert_eq!(population.slot(id(KIND_USER, 0, 100)), None);
+        assert_eq!(population.slot(id(KIND_FOREIGN_DESK, 999, 0)), None);
+    }
+
+    #[test]
+    fn funding_is_seeded_and_leaves_some_users_poor() {
+        let population = small();
+        let funding = population.funding_transfers();
+        assert_eq!(funding, population.funding_transfers());
+        let poor = funding[..100].iter().filter(|t| t.amount <= 6_000).count();
+        assert!((3..=25).contains(&poor), "{poor} poor users of 100");
+        let batches: Vec<Batch> = population.account_batches().collect();
+        assert_eq!(
+            batches.iter().map(Batch::len).sum::<usize>(),
+            population.account_count()
+        );
+    }
+}

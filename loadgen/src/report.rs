@@ -1,0 +1,399 @@
+//! The final report: text on stdout, JSON (`--report`), SVG chart (`--chart`).
+
+use crate::model::Verification;
+use crate::runner::{RunResult, SetupReport};
+use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use tally_types::ResultCode;
+
+/// A latency line of the chart: name, colour, value per second.
+type Line = (&'static str, plotters::style::RGBColor, fn(&Second) -> u64);
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        if histogram.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            p9999: histogram.value_at_quantile(0.9999),
+            max: histogram.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_total_bytes: u64,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    /// From /proc where available; zeros elsewhere.
+    pub fn probe() -> Machine {
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_total_bytes = meminfo
+            .lines()
+            .find(|line| line.starts_with("MemTotal:"))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("model name"))
+            .and_then(|line| line.split(':').nth(1))
+            .map_or(String::new(), |model| model.trim().to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or(String::new(), |k| k.trim().to_string());
+        Machine {
+            cores,
+            memory_total_bytes,
+            cpu_model,
+            kernel,
+        }
+    }
+}
+
+/// One second of the run, for the chart and the JSON.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Second {
+    pub second: usize,
+    pub offered_tps: u64,
+    pub achieved_tps: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p9999_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub mode: String,
+    /// How the load was submitted (open loop per payment, or closed loop batches).
+    pub submission: String,
+    pub target: String,
+    pub shards: usize,
+    pub duration_s: f64,
+    pub offered_tps: f64,
+    pub achieved_tps: f64,
+    pub peak_offered_tps: u64,
+    pub peak_achieved_tps: u64,
+    pub requests_submitted: u64,
+    pub transfers_submitted: u64,
+    pub transfers_acknowledged: u64,
+    pub transfers_ok: u64,
+    pub unfinished_requests: u64,
+    pub scheduler_late_us_max: u64,
+    /// Microseconds, from the scheduled instant (festival) or from submit (max).
+    pub latency_us: Latency,
+    pub results: BTreeMap<String, u64>,
+    pub setup: SetupReport,
+    pub conservation_ok: bool,
+    pub verified_ok: bool,
+    pub verification: Verification,
+    pub expiry_policy: String,
+    pub machine: Machine,
+    pub seconds: Vec<Second>,
+    pub command: String,
+}
+
+impl Report {
+    /// Fills the measured part from the run.
+    pub fn measure(&mut self, run: &RunResult) {
+        let stats = &run.stats;
+        let (overall, per_second) = stats.merged();
+        self.duration_s = run.elapsed_s;
+        self.requests_submitted = Stats::load(&stats.submitted_requests);
+        self.transfers_submitted = Stats::load(&stats.submitted_transfers);
+        self.transfers_acknowledged = Stats::load(&stats.acknowledged_transfers);
+        self.transfers_ok = Stats::load(&stats.results[ResultCode::Ok as usize]);
+        self.unfinished_requests = run.unfinished;
+        self.scheduler_late_us_max = run.scheduler_late_us_max;
+        let elapsed = run.elapsed_s.max(1e-9);
+        self.offered_tps = self.transfers_submitted as f64 / elapsed;
+        self.achieved_tps = self.transfers_acknowledged as f64 / elapsed;
+        self.latency_us = Latency::of(&overall);
+        for (slot, counter) in stats.results.iter().enumerate() {
+            let count = Stats::load(counter);
+            if count == 0 {
+                continue;
+            }
+            let name = match slot {
+                RESULT_BUSY => "busy".to_string(),
+                RESULT_SUBMIT_FAILED => "submit_failed".to_string(),
+                _ => ResultCode::ALL
+                    .get(slot)
+                    .map_or("unknown".into(), |c| c.name().to_string()),
+            };
+            self.results.insert(name, count);
+        }
+        let last = stats
+            .offered_per_second
+            .iter()
+            .zip(&stats.acknowledged_per_second)
+            .rposition(|(o, a)| Stats::load(o) + Stats::load(a) > 0)
+            .map_or(0, |p| p + 1);
+        self.seconds = (0..last)
+            .map(|second| {
+                let latency = per_second.get(second).map(Latency::of).unwrap_or_default();
+                Second {
+                    second,
+                    offered_tps: Stats::load(&stats.offered_per_second[second]),
+                    achieved_tps: Stats::load(&stats.acknowledged_per_second[second]),
+                    p50_us: latency.p50,
+                    p99_us: latency.p99,
+                    p9999_us: latency.p9999,
+                    max_us: latency.max,
+                }
+            })
+            .collect();
+        self.peak_offered_tps = self
+            .seconds
+            .iter()
+            .map(|s| s.offered_tps)
+            .max()
+            .unwrap_or(0);
+        self.peak_achieved_tps = self
+            .seconds
+            .iter()
+            .map(|s| s.achieved_tps)
+            .max()
+            .unwrap_or(0);
+    }
+
+    pub fn text(&self) -> String {
+        let ms = |us: u64| format!("{:.3} ms", us as f64 / 1e3);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tally loadgen: {} mode against {} ({} shards)",
+            self.mode, self.target, self.shards
+        );
+        let _ = writeln!(out, "  submission        {}", self.submission);
+        let _ = writeln!(
+            out,
+            "  machine           {} cores, {:.1} GiB, {} (kernel {})",
+            self.machine.cores,
+            self.machine.memory_total_bytes as f64 / (1u64 << 30) as f64,
+            self.machine.cpu_model,
+            self.machine.kernel
+        );
+        let _ = writeln!(
+            out,
+            "  setup             {} accounts, {} funding transfers in {:.2} s",
+            self.setup.accounts, self.setup.funding_transfers, self.setup.seconds
+        );
+        let _ = writeln!(out, "  duration          {:.2} s", self.duration_s);
+        let _ = writeln!(
+            out,
+            "  offered           {:.0} transfers/s mean, {} peak second ({} requests, {} transfers)",
+            self.offered_tps,
+            self.peak_offered_tps,
+            self.requests_submitted,
+            self.transfers_submitted
+        );
+        let _ = writeln!(
+            out,
+            "  achieved          {:.0} transfers/s mean, {} peak second ({} acknowledged, {} ok)",
+            self.achieved_tps,
+            self.peak_achieved_tps,
+            self.transfers_acknowledged,
+            self.transfers_ok
+        );
+        let l = &self.latency_us;
+        let _ = writeln!(
+            out,
+            "  latency           p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.p9999),
+            ms(l.max)
+        );
+        if self.unfinished_requests > 0 {
+            let _ = writeln!(
+                out,
+                "  UNFINISHED        {} requests had no result at the end",
+                self.unfinished_requests
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  scheduler lag     max {}",
+            ms(self.scheduler_late_us_max)
+        );
+        let _ = writeln!(out, "  results:");
+        let mut results: Vec<_> = self.results.iter().collect();
+        results.sort_by(|a, b| b.1.cmp(a.1));
+        for (name, count) in results {
+            let _ = writeln!(out, "    {name:<40} {count}");
+        }
+        let v = &self.verification;
+        let ledgers: Vec<String> = v
+            .conservation
+            .iter()
+            .map(|(ledger, ok)| format!("{ledger}:{}", if *ok { "ok" } else { "BROKEN" }))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  conservation      {} ({})",
+            if self.conservation_ok { "ok" } else { "FAILED" },
+            ledgers.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "  verification      {}: {} accounts ({} missing, {} differ), {} transfers ({} missing, {} differ)",
+            if self.verified_ok { "ok" } else { "FAILED" },
+            v.accounts_checked,
+            v.accounts_missing,
+            v.accounts_mismatched,
+            v.transfers_checked,
+            v.transfers_missing,
+            v.transfers_mismatched
+        );
+        let _ = writeln!(
+            out,
+            "  expiry            {} expired, {} still pending; {}",
+            v.expired, v.pending_left, self.expiry_policy
+        );
+        for anomaly in &v.anomalies {
+            let _ = writeln!(out, "    ! {anomaly}");
+        }
+        out
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<(), String> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| format!("report JSON: {e}"))?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// Offered vs achieved rate, and latency percentiles, per second.
+    pub fn write_chart(&self, path: &Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let fail = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
+        let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let (upper, lower) = root.split_vertically(400);
+        let seconds = self.seconds.len().max(1) as f64;
+        let rate_max = self
+            .seconds
+            .iter()
+            .map(|s| s.offered_tps.max(s.achieved_tps))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64
+            * 1.1;
+        let mut rates = ChartBuilder::on(&upper)
+            .caption(
+                format!("Tally {} mode: transfers/s", self.mode),
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..seconds, 0f64..rate_max)
+            .map_err(|e| fail(&e))?;
+        rates
+            .configure_mesh()
+            .x_desc("second")
+            .y_desc("transfers/s")
+            .draw()
+            .map_err(|e| fail(&e))?;
+        let offered = self
+            .seconds
+            .iter()
+            .map(|s| (s.second as f64 + 0.5, s.offered_tps as f64));
+        rates
+            .draw_series(LineSeries::new(offered, &BLUE))
+            .map_err(|e| fail(&e))?
+            .label("offered")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        let achieved = self
+            .seconds
+            .iter()
+            .map(|s| (s.second as f64 + 0.5, s.achieved_tps as f64));
+        rates
+            .draw_series(LineSeries::new(achieved, &RED))
+            .map_err(|e| fail(&e))?
+            .label("achieved")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        rates
+            .configure_series_labels()
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(&e))?;
+        let latency_max = self
+            .seconds
+            .iter()
+            .map(|s| s.max_us)
+            .max()
+            .unwrap_or(1)
+            .max(10) as f64;
+        let mut latency = ChartBuilder::on(&lower)
+            .caption(
+                "latency per scheduled second (ms, log scale)",
+                ("sans-serif", 20),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                0f64..seconds,
+                (0.001f64..latency_max / 1e3 * 2.0).log_scale(),
+            )
+            .map_err(|e| fail(&e))?;
+        latency
+            .configure_mesh()
+            .x_desc("second")
+            .y_desc("ms")
+            .draw()
+            .map_err(|e| fail(&e))?;
+        let lines: [Line; 4] = [
+            ("p50", GREEN, |s| s.p50_us),
+            ("p99", BLUE, |s| s.p99_us),
+            ("p99.99", MAGENTA, |s| s.p9999_us),
+            ("max", RED, |s| s.max_us),
+        ];
+        for (name, color, value) in lines {
+            let points = self
+                .seconds
+                .iter()
+                .filter(|s| value(s) > 0)
+                .map(|s| (s.second as f64 + 0.5, value(s) as f64 / 1e3));
+            latency
+                .draw_series(LineSeries::new(points, &color))
+                .map_err(|e| fail(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        latency
+            .configure_series_labels()
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(&e))?;
+        root.present().map_err(|e| fail(&e))?;
+        Ok(())
+    }
+}
