@@ -6,7 +6,7 @@
 //! second-scale jitter. A curve is a list of (seconds, rate) points, linearly
 //! interpolated; a curve file holds one `seconds,rate` pair a line (`#` comments).
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_distr::{Distribution, Exp1, Normal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::fmt;
@@ -253,11 +253,6 @@ impl Iterator for Arrivals<'_> {
         }
         Some((self.t_s * 1e9) as u64)
     }
-}
-
-/// A uniform draw in [0, 1) from any RNG; kept here so every module draws the same way.
-pub fn unit(rng: &mut impl Rng) -> f64 {
-    rng.random::<f64>()
 }
 
 #[cfg(test)]
