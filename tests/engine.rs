@@ -375,3 +375,49 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     let reopened = Ledger::open(config).unwrap();
     assert_eq!(reopened.with_state(StateMachine::image), image);
 }
+
+#[test]
+fn a_failed_sync_stops_writes_with_a_clear_error_and_loses_nothing_acknowledged() {
+    use tally::log::faulty::{Fault, FaultyStorage};
+    let disk = FaultyStorage::new();
+    let config = Config::new("unused-with-injected-storage");
+    let ledger = Ledger::open_with_storage(config.clone(), Box::new(disk.clone())).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let pay = |id: u128| {
+        Batch::CreateTransfers(vec![Transfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: 4,
+            amount: 1,
+            ledger: 156,
+            code: 1,
+            ..Transfer::default()
+        }])
+    };
+    assert_eq!(ledger.submit(pay(1)).unwrap()[0].code, ResultCode::Ok);
+    disk.fail_sync(1, Fault::Eio);
+    assert!(
+        matches!(ledger.submit(pay(2)), Err(SubmitError::Failed(_))),
+        "the failed group is not acknowledged"
+    );
+    // Never retried as if nothing happened: every later write is refused too.
+    assert!(matches!(ledger.submit(pay(3)), Err(SubmitError::Failed(_))));
+    assert_eq!(
+        ledger.lookup_transfers(&[2, 3]),
+        vec![],
+        "nothing unsynced is visible"
+    );
+    assert!(
+        ledger.shutdown().is_err(),
+        "shutdown reports the log failure"
+    );
+    disk.crash();
+    let reopened = Ledger::open_with_storage(config, Box::new(disk)).unwrap();
+    assert_eq!(
+        reopened.lookup_transfers(&[1]).len(),
+        1,
+        "the acknowledged transfer survived"
+    );
+    assert_eq!(reopened.lookup_transfers(&[2, 3]).len(), 0);
+    reopened.shutdown().unwrap();
+}

@@ -3,7 +3,7 @@
 use crate::config::{Backpressure, Config};
 use crate::error::{EngineError, SubmitError};
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::pipeline::{CommitThread, Request};
+use crate::pipeline::{ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, Request};
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
-use tally_log::{DirLock, LogOptions, Wal};
+use tally_log::{DirLock, FsStorage, LogOptions, Storage};
 use tally_state::{InvariantViolation, LedgerTotals, StateMachine};
 use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
 use tokio::sync::oneshot;
@@ -24,7 +24,7 @@ pub struct EventResult {
     pub timestamp: u64,
 }
 
-/// What the submitters, the readers and the commit thread share.
+/// What the submitters, the readers and the two commit threads share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: Config,
@@ -44,9 +44,10 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    commit_thread: Thread,
-    join: Mutex<Option<JoinHandle<()>>>,
-    /// Released at shutdown, once the commit thread (and its log) is gone.
+    log_thread: Thread,
+    /// The log thread, then the apply thread.
+    join: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// Released at shutdown, once the log thread (and its log) is gone.
     lock: Mutex<Option<DirLock>>,
 }
 
@@ -58,7 +59,7 @@ impl Drop for Handle {
 
 impl Handle {
     fn stop(&self) -> Result<(), EngineError> {
-        let Some(join) = self.join.lock().take() else {
+        let Some((log_join, apply_join)) = self.join.lock().take() else {
             return Ok(());
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
@@ -68,11 +69,13 @@ impl Handle {
             std::thread::yield_now();
         }
         self.shared.draining.store(true, Ordering::SeqCst);
-        self.commit_thread.unpark();
-        let joined = join.join();
+        self.log_thread.unpark();
+        // The log thread drains the queue and exits; the apply thread then finishes
+        // the groups in flight and exits when its channel closes.
+        let joined = log_join.join().and(apply_join.join());
         // The commit thread dropped the log; now let another process in.
         self.lock.lock().take();
-        joined.map_err(|_| EngineError::Thread("the commit thread panicked".into()))?;
+        joined.map_err(|_| EngineError::Thread("a commit thread panicked".into()))?;
         match self.shared.failure.lock().clone() {
             Some(message) => Err(EngineError::Recovery(format!("log failed: {message}"))),
             None => Ok(()),
@@ -89,33 +92,41 @@ pub struct Ledger {
 
 impl Ledger {
     /// Opens (or creates) the ledger in `config.data_dir`: takes the directory lock,
-    /// loads the newest valid snapshot, replays the log after it, and starts the commit
-    /// thread.
+    /// loads the newest valid snapshot, replays the log after it, and starts the log and
+    /// apply threads.
     pub fn open(config: Config) -> Result<Ledger, EngineError> {
-        if config.queue_batches_max == 0 || config.group_events_max < BATCH_EVENTS_MAX {
-            return Err(EngineError::Config(format!(
-                "queue_batches_max must be > 0 and group_events_max >= {BATCH_EVENTS_MAX}"
-            )));
-        }
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+        validate_config(&config)?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let storage = FsStorage::create_dir(&config.data_dir).map_err(|source| {
             EngineError::Config(format!(
                 "cannot create {}: {source}",
                 config.data_dir.display()
             ))
         })?;
-        let lock = DirLock::acquire(&config.data_dir)?;
+        Self::start(config, Box::new(storage), Some(lock))
+    }
+
+    /// Opens a ledger over any storage (tests inject faults with
+    /// `tally_log::faulty::FaultyStorage`). No directory lock is taken:
+    /// the caller owns the storage exclusively. `config.data_dir` is not used.
+    pub fn open_with_storage(
+        config: Config,
+        storage: Box<dyn Storage>,
+    ) -> Result<Ledger, EngineError> {
+        validate_config(&config)?;
+        Self::start(config, storage, None)
+    }
+
+    fn start(
+        config: Config,
+        storage: Box<dyn Storage>,
+        lock: Option<DirLock>,
+    ) -> Result<Ledger, EngineError> {
         let options = LogOptions {
             segment_bytes_max: config.segment_bytes_max,
             sync: config.sync,
         };
-        let (wal, recovered) = Wal::open(&config.data_dir, options)?;
-        let (state, sequence_last) = recover_state(recovered)?;
-        assert_eq!(
-            wal.next_sequence(),
-            sequence_last + 1,
-            "log and replay agree"
-        );
-        let timestamp_last = state.last_timestamp();
+        let (logger, applier, state) = crate::core::recover(storage, options)?;
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_batches_max),
             config,
@@ -126,24 +137,35 @@ impl Ledger {
             draining: AtomicBool::new(false),
             admitting: AtomicUsize::new(0),
         });
-        let commit = CommitThread {
+        let (to_apply, from_log) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT_MAX);
+        let (snapshots_to_log, snapshots) = std::sync::mpsc::channel();
+        let apply = ApplyThread {
             shared: Arc::clone(&shared),
-            wal,
-            sequence_last,
-            timestamp_last,
-            events_since_snapshot: 0,
+            applier,
+            from_log,
+            snapshots: snapshots_to_log,
         };
-        let join = std::thread::Builder::new()
-            .name("tally-commit".into())
-            .spawn(move || commit.run())
-            .map_err(|error| EngineError::Thread(error.to_string()))?;
-        let commit_thread = join.thread().clone();
+        let log = LogThread {
+            shared: Arc::clone(&shared),
+            logger,
+            to_apply,
+            snapshots,
+        };
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .map_err(|error| EngineError::Thread(error.to_string()))
+        };
+        let apply_join = spawn("tally-apply", Box::new(move || apply.run()))?;
+        let log_join = spawn("tally-log", Box::new(move || log.run()))?;
+        let log_thread = log_join.thread().clone();
         Ok(Ledger {
             handle: Arc::new(Handle {
                 shared,
-                commit_thread,
-                join: Mutex::new(Some(join)),
-                lock: Mutex::new(Some(lock)),
+                log_thread,
+                join: Mutex::new(Some((log_join, apply_join))),
+                lock: Mutex::new(lock),
             }),
         })
     }
@@ -167,7 +189,7 @@ impl Ledger {
         let receiver = self.admit(batch, now)?;
         receiver
             .blocking_recv()
-            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit thread stopped".into())))
+            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit threads stopped".into())))
     }
 
     /// Submits a batch from async code; resolves once it is durable.
@@ -175,7 +197,7 @@ impl Ledger {
         let receiver = self.admit(batch, None)?;
         receiver
             .await
-            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit thread stopped".into())))
+            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit threads stopped".into())))
     }
 
     pub fn create_accounts(&self, accounts: Vec<Account>) -> Result<Vec<EventResult>, SubmitError> {
@@ -230,13 +252,13 @@ impl Ledger {
                         .fetch_add(1, Ordering::Relaxed);
                     break Err(SubmitError::Busy);
                 }
-                self.handle.commit_thread.unpark();
+                self.handle.log_thread.unpark();
                 std::thread::sleep(Duration::from_micros(50));
             }
         };
         shared.admitting.fetch_sub(1, Ordering::SeqCst);
         pushed?;
-        self.handle.commit_thread.unpark();
+        self.handle.log_thread.unpark();
         Ok(receiver)
     }
 
@@ -332,28 +354,11 @@ fn validate(batch: &Batch) -> Result<(), SubmitError> {
     Ok(())
 }
 
-/// Rebuilds the state: the snapshot, then every logged batch after it, in order.
-fn recover_state(recovered: tally_log::Recovered) -> Result<(StateMachine, u64), EngineError> {
-    let (mut state, mut sequence_last) = match recovered.snapshot {
-        Some((sequence, image)) => {
-            let state = StateMachine::from_image(image)
-                .map_err(|error| EngineError::Recovery(error.to_string()))?;
-            (state, sequence)
-        }
-        None => (StateMachine::new(), 0),
-    };
-    for record in recovered.records {
-        if record.sequence != sequence_last + 1 || record.timestamp <= state.last_timestamp() {
-            return Err(EngineError::Recovery(format!(
-                "log record {} does not follow {} (timestamp {} after {})",
-                record.sequence,
-                sequence_last,
-                record.timestamp,
-                state.last_timestamp()
-            )));
-        }
-        state.apply(record.timestamp, &record.batch);
-        sequence_last = record.sequence;
+fn validate_config(config: &Config) -> Result<(), EngineError> {
+    if config.queue_batches_max == 0 || config.group_events_max < BATCH_EVENTS_MAX {
+        return Err(EngineError::Config(format!(
+            "queue_batches_max must be > 0 and group_events_max >= {BATCH_EVENTS_MAX}"
+        )));
     }
-    Ok((state, sequence_last))
+    Ok(())
 }

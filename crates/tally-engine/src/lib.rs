@@ -2,10 +2,10 @@
 //!
 //! A payment service opens a [`Ledger`] on a data directory and shares the handle
 //! (`Send + Sync + Clone`) among its request handlers. Each [`Ledger::submit`] puts a
-//! batch on a bounded lock-free queue; the commit thread takes every batch waiting,
-//! stamps them, writes them to the write-ahead log with **one** `fdatasync` (group
-//! commit), applies them to the state machine, and only then answers. Nothing a caller
-//! sees was not durable first.
+//! batch on a bounded lock-free queue; the log thread takes every batch waiting, stamps
+//! them and writes them to the write-ahead log with **one** `fdatasync` (group commit);
+//! the apply thread then applies the synced group to the state machine and answers,
+//! while the next group is being synced. Nothing a caller sees was not durable first.
 //!
 //! ```
 //! use tally_engine::{Config, Ledger};
@@ -26,11 +26,12 @@
 //! ```
 //!
 //! Invariant: a result is returned only after its batch is synced to the log.
-//! Invariant: reads take the state lock, which the commit thread holds while it applies a
+//! Invariant: reads take the state lock, which the apply thread holds while it applies a
 //! whole group, so a read never sees half a batch or half a chain.
 
 mod clock;
 mod config;
+pub mod core;
 mod error;
 mod ledger;
 mod metrics;

@@ -36,9 +36,9 @@ impl Metrics {
         }
     }
 
-    pub fn count_results(&self, results: &[ResultCode]) {
+    pub fn count_results(&self, results: impl Iterator<Item = ResultCode>) {
         for code in results {
-            self.result_counts[*code as usize].fetch_add(1, Ordering::Relaxed);
+            self.result_counts[code as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 }

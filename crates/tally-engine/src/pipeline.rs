@@ -1,13 +1,23 @@
-//! The commit thread: take every waiting batch, stamp it, log the group with one sync,
-//! apply it under the state lock, answer.
+//! The two commit threads, pipelined:
+//!
+//! * the **log thread** takes every waiting batch, stamps it and appends the group to
+//!   the log with one sync ([`Logger::log`]);
+//! * the **apply thread** applies each synced group under the state write lock and
+//!   answers ([`Applier::apply`]).
+//!
+//! While group n is applied, group n+1 is being synced. The hand-off is a bounded
+//! channel of [`GROUPS_IN_FLIGHT_MAX`] groups, so a slow applier pushes back on the log
+//! thread, which pushes back on submitters through the bounded queue.
 
-use crate::clock::{batch_stamp, wall_clock_ns};
+use crate::clock::wall_clock_ns;
+use crate::core::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::error::SubmitError;
 use crate::ledger::{EventResult, Shared};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
-use tally_log::{LogRecord, Wal};
-use tally_types::Batch;
+use tally_types::{Batch, StateImage};
 use tokio::sync::oneshot;
 
 /// The answer channel of one submission.
@@ -24,39 +34,54 @@ pub(crate) struct Request {
     pub enqueued: Instant,
 }
 
-/// State owned by the commit thread alone.
-pub(crate) struct CommitThread {
-    pub shared: std::sync::Arc<Shared>,
-    pub wal: Wal,
-    /// Sequence of the last batch logged.
-    pub sequence_last: u64,
-    /// Stamp of the last event logged (what the state machine will have applied).
-    pub timestamp_last: u64,
-    pub events_since_snapshot: u64,
+/// Synced groups waiting for the apply thread.
+pub(crate) const GROUPS_IN_FLIGHT_MAX: usize = 2;
+
+/// A synced group on its way to the apply thread, with the replies of its batches.
+pub(crate) struct SyncedGroup {
+    group: LoggedGroup,
+    replies: Vec<Reply>,
+    started: Instant,
 }
 
-/// How long the idle commit thread sleeps before re-checking the queue. Submitters
-/// unpark it, so this bounds only a missed wake-up, never normal latency.
+/// A snapshot image the apply thread made, for the log thread to write.
+pub(crate) type SnapshotImage = (u64, StateImage);
+
+/// How long an idle log thread sleeps before re-checking the queue. Submitters unpark
+/// it, so this bounds only a missed wake-up, never normal latency.
 const IDLE_PARK: Duration = Duration::from_millis(5);
 
-impl CommitThread {
+pub(crate) struct LogThread {
+    pub shared: Arc<Shared>,
+    pub logger: Logger,
+    pub to_apply: SyncSender<SyncedGroup>,
+    pub snapshots: Receiver<SnapshotImage>,
+}
+
+impl LogThread {
     pub fn run(mut self) {
-        let mut group: Vec<Request> = Vec::new();
+        let mut requests: Vec<Request> = Vec::new();
         loop {
-            self.take_group(&mut group);
-            if group.is_empty() {
+            while let Ok((sequence, image)) = self.snapshots.try_recv() {
+                let _ = self.logger.write_snapshot(sequence, &image);
+                self.publish_failure();
+            }
+            self.take_group(&mut requests);
+            if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
-                    return;
+                    return; // dropping `to_apply` lets the apply thread finish and exit
                 }
                 std::thread::park_timeout(IDLE_PARK);
                 continue;
             }
-            self.commit(&mut group);
+            if self.log_group(&mut requests).is_err() {
+                return; // the apply thread is gone (it panicked); submitters see `Failed`
+            }
         }
     }
 
     /// Takes waiting requests until the queue is empty or the group is full.
-    fn take_group(&mut self, group: &mut Vec<Request>) {
+    fn take_group(&mut self, requests: &mut Vec<Request>) {
         let events_max = self.shared.config.group_events_max;
         let mut events = 0;
         while events < events_max {
@@ -64,102 +89,109 @@ impl CommitThread {
                 break;
             };
             events += request.batch.len();
-            group.push(request);
+            requests.push(request);
         }
     }
 
-    fn commit(&mut self, group: &mut Vec<Request>) {
-        let group_started = group
+    fn log_group(&mut self, requests: &mut Vec<Request>) -> Result<(), ()> {
+        let started = requests
             .iter()
             .map(|r| r.enqueued)
             .min()
             .unwrap_or_else(Instant::now);
-        if let Some(message) = self.shared.failure.lock().clone() {
-            for request in group.drain(..) {
-                let _ = request
-                    .reply
-                    .send(Err(SubmitError::Failed(message.clone())));
+        let clock = if self.shared.config.manual_clock {
+            Clock::Manual
+        } else {
+            Clock::Wall(wall_clock_ns())
+        };
+        let mut replies = Vec::with_capacity(requests.len());
+        let submissions = requests
+            .drain(..)
+            .map(|request| {
+                replies.push(request.reply);
+                Submission {
+                    batch: request.batch,
+                    now: request.now,
+                }
+            })
+            .collect();
+        let (group, outcomes) = self.logger.log(submissions, clock);
+        self.publish_failure();
+        let mut logged_replies = Vec::with_capacity(group.records.len());
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            match outcome {
+                None => logged_replies.push(reply),
+                Some(error) => {
+                    let _ = reply.send(Err(error));
+                }
             }
-            return;
         }
-        let mut records = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
-        let wall_now = wall_clock_ns();
-        for request in group.drain(..) {
-            let requested = if self.shared.config.manual_clock {
-                request.now.unwrap_or(0)
-            } else {
-                wall_now
-            };
-            let Some(stamp) = batch_stamp(requested, self.timestamp_last, request.batch.len())
-            else {
-                let now = request.now.unwrap_or(requested);
-                let _ = request.reply.send(Err(SubmitError::TimeOutOfRange { now }));
-                continue;
-            };
-            self.sequence_last += 1;
-            self.timestamp_last = stamp + request.batch.len().saturating_sub(1) as u64;
-            records.push(LogRecord {
-                sequence: self.sequence_last,
-                timestamp: stamp,
-                batch: request.batch,
-            });
-            replies.push(request.reply);
+        if group.records.is_empty() {
+            return Ok(());
         }
-        if records.is_empty() {
-            return;
-        }
-        if let Err(error) = self.wal.append(&records) {
-            // The page cache may have dropped the data: never retry, never answer ok.
-            let message = error.to_string();
-            *self.shared.failure.lock() = Some(message.clone());
-            for reply in replies {
-                let _ = reply.send(Err(SubmitError::Failed(message.clone())));
-            }
-            return;
-        }
-        let mut answers = Vec::with_capacity(records.len());
-        {
-            let mut state = self.shared.state.write();
-            for record in &records {
-                let codes = state.apply(record.timestamp, &record.batch);
-                self.shared.metrics.count_results(&codes);
-                answers.push(
-                    codes
-                        .into_iter()
-                        .enumerate()
-                        .map(|(index, code)| EventResult {
-                            code,
-                            timestamp: if code.is_ok() {
-                                record.timestamp + index as u64
-                            } else {
-                                0
-                            },
-                        })
-                        .collect::<Vec<_>>(),
-                );
-            }
-            assert_eq!(
-                state.last_timestamp(),
-                self.timestamp_last,
-                "log and state agree"
-            );
-        }
-        let events: usize = records.iter().map(|r| r.batch.len()).sum();
-        self.record_metrics(&records, events, group_started);
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // A submitter that gave up waiting dropped its receiver; its batch is still in.
-            let _ = reply.send(Ok(answer));
-        }
-        self.events_since_snapshot += events as u64;
-        self.maybe_snapshot();
+        self.to_apply
+            .send(SyncedGroup {
+                group,
+                replies: logged_replies,
+                started,
+            })
+            .map_err(|_| ())
     }
 
-    fn record_metrics(&self, records: &[LogRecord], events: usize, started: Instant) {
+    fn publish_failure(&self) {
+        if let Some(message) = self.logger.failure() {
+            let mut failure = self.shared.failure.lock();
+            if failure.is_none() {
+                *failure = Some(message.to_string());
+            }
+        }
+    }
+}
+
+pub(crate) struct ApplyThread {
+    pub shared: Arc<Shared>,
+    pub applier: Applier,
+    pub from_log: Receiver<SyncedGroup>,
+    pub snapshots: std::sync::mpsc::Sender<SnapshotImage>,
+}
+
+impl ApplyThread {
+    pub fn run(mut self) {
+        while let Ok(SyncedGroup {
+            group,
+            replies,
+            started,
+        }) = self.from_log.recv()
+        {
+            let answers = {
+                let mut state = self.shared.state.write();
+                self.applier.apply(&mut state, &group)
+            };
+            self.record_metrics(&group, &answers, started);
+            assert_eq!(answers.len(), replies.len(), "one answer per logged batch");
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // A submitter that gave up waiting dropped its receiver; its batch is in.
+                let _ = reply.send(Ok(answer));
+            }
+            if self
+                .applier
+                .snapshot_due(self.shared.config.snapshot_events_interval)
+            {
+                let image = self.shared.state.read().image();
+                let _ = self.snapshots.send((self.applier.sequence_applied, image));
+            }
+        }
+    }
+
+    fn record_metrics(&self, group: &LoggedGroup, answers: &[Vec<EventResult>], started: Instant) {
         let metrics = &self.shared.metrics;
+        let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
+        for answer in answers {
+            metrics.count_results(answer.iter().map(|r| r.code));
+        }
         metrics
             .batches_committed
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+            .fetch_add(group.records.len() as u64, Ordering::Relaxed);
         metrics
             .events_committed
             .fetch_add(events as u64, Ordering::Relaxed);
@@ -167,20 +199,5 @@ impl CommitThread {
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let _ = metrics.commit_latency_us.lock().record(latency_us.max(1));
         let _ = metrics.group_events.lock().record((events as u64).max(1));
-    }
-
-    fn maybe_snapshot(&mut self) {
-        let interval = self.shared.config.snapshot_events_interval;
-        if interval == 0 || self.events_since_snapshot < interval {
-            return;
-        }
-        self.events_since_snapshot = 0;
-        let image = self.shared.state.read().image();
-        if let Err(error) = self.wal.write_snapshot(self.sequence_last, &image) {
-            // The log still holds everything; only a poisoned log stops the ledger.
-            if self.wal.is_poisoned() {
-                *self.shared.failure.lock() = Some(error.to_string());
-            }
-        }
     }
 }

@@ -1,0 +1,290 @@
+//! The commit path without threads, in two phases that the engine pipelines:
+//!
+//! 1. [`Logger::log`]: stamp each batch, append the group to the log, one sync.
+//! 2. [`Applier::apply`]: apply the logged group to the state machine, produce results.
+//!
+//! The engine runs phase 1 of group n+1 while phase 2 of group n runs on another thread.
+//! [`Committer`] runs both in turn on the caller's thread: deterministic, for the
+//! simulation tests and for tools.
+//!
+//! Invariant: a group reaches the applier only after its sync succeeded, so the state
+//! (and every read of it) holds only durable batches.
+
+use crate::clock::batch_stamp;
+use crate::error::{EngineError, SubmitError};
+use crate::ledger::EventResult;
+use tally_log::{LogOptions, LogRecord, Recovered, Storage, Wal};
+use tally_state::StateMachine;
+use tally_types::{Batch, ResultCode, StateImage};
+
+/// One batch to commit, with its requested stamp (manual clock only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub batch: Batch,
+    pub now: Option<u64>,
+}
+
+/// How batches are stamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Every batch of the group is stamped from this wall-clock reading (ns).
+    Wall(u64),
+    /// Each batch is stamped from its own `now` (missing = just after the last event).
+    Manual,
+}
+
+/// A group that is durable in the log and not yet applied.
+#[derive(Debug)]
+pub(crate) struct LoggedGroup {
+    pub records: Vec<LogRecord>,
+}
+
+/// Phase 1: owns the log, the sequence and the clock.
+#[derive(Debug)]
+pub(crate) struct Logger {
+    wal: Wal,
+    sequence_last: u64,
+    timestamp_last: u64,
+    failure: Option<String>,
+}
+
+impl Logger {
+    /// Stamps every submission and appends the group with one sync. Returns the logged
+    /// group and, per submission, `None` if it was logged or the error it got.
+    pub fn log(
+        &mut self,
+        submissions: Vec<Submission>,
+        clock: Clock,
+    ) -> (LoggedGroup, Vec<Option<SubmitError>>) {
+        let mut outcomes = Vec::with_capacity(submissions.len());
+        let mut records = Vec::with_capacity(submissions.len());
+        if let Some(message) = &self.failure {
+            let failed = submissions
+                .iter()
+                .map(|_| Some(SubmitError::Failed(message.clone())));
+            return (LoggedGroup { records }, failed.collect());
+        }
+        let (sequence_before, timestamp_before) = (self.sequence_last, self.timestamp_last);
+        for Submission { batch, now } in submissions {
+            let requested = match clock {
+                Clock::Wall(now_ns) => now_ns,
+                Clock::Manual => now.unwrap_or(0),
+            };
+            let Some(stamp) = batch_stamp(requested, self.timestamp_last, batch.len()) else {
+                outcomes.push(Some(SubmitError::TimeOutOfRange { now: requested }));
+                continue;
+            };
+            self.sequence_last += 1;
+            self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
+            records.push(LogRecord {
+                sequence: self.sequence_last,
+                timestamp: stamp,
+                batch,
+            });
+            outcomes.push(None);
+        }
+        if records.is_empty() {
+            return (LoggedGroup { records }, outcomes);
+        }
+        if let Err(error) = self.wal.append(&records) {
+            // The page cache may have dropped the data: never retry, never answer ok.
+            let message = error.to_string();
+            self.failure = Some(message.clone());
+            self.sequence_last = sequence_before;
+            self.timestamp_last = timestamp_before;
+            for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *outcome = Some(SubmitError::Failed(message.clone()));
+            }
+            records.clear();
+        }
+        (LoggedGroup { records }, outcomes)
+    }
+
+    /// The message of the log failure that stopped writes, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Writes a snapshot of the state as of `sequence` (already applied by the caller).
+    /// A failed snapshot loses nothing (the log still holds every batch); only a
+    /// poisoned log stops the ledger.
+    pub fn write_snapshot(&mut self, sequence: u64, image: &StateImage) -> Result<(), EngineError> {
+        let written = self.wal.write_snapshot(sequence, image);
+        if self.wal.is_poisoned() && self.failure.is_none() {
+            self.failure = Some("the log failed while writing a snapshot".to_string());
+        }
+        written.map_err(EngineError::Log)
+    }
+}
+
+/// Phase 2: owns nothing but the knowledge of where the state stands; the state itself
+/// is passed in (the engine keeps it under its read/write lock).
+#[derive(Debug, Default)]
+pub(crate) struct Applier {
+    pub sequence_applied: u64,
+    pub events_since_snapshot: u64,
+}
+
+impl Applier {
+    /// Applies a logged group in log order; one result list per record.
+    pub fn apply(
+        &mut self,
+        state: &mut StateMachine,
+        group: &LoggedGroup,
+    ) -> Vec<Vec<EventResult>> {
+        group
+            .records
+            .iter()
+            .map(|record| {
+                assert_eq!(
+                    record.sequence,
+                    self.sequence_applied + 1,
+                    "groups apply in log order"
+                );
+                self.sequence_applied = record.sequence;
+                self.events_since_snapshot += record.batch.len() as u64;
+                let codes = state.apply(record.timestamp, &record.batch);
+                event_results(record.timestamp, codes)
+            })
+            .collect()
+    }
+
+    /// True when a snapshot is due after `interval` events (0 = never); resets the count.
+    pub fn snapshot_due(&mut self, interval: u64) -> bool {
+        if interval == 0 || self.events_since_snapshot < interval {
+            return false;
+        }
+        self.events_since_snapshot = 0;
+        true
+    }
+}
+
+fn event_results(timestamp: u64, codes: Vec<ResultCode>) -> Vec<EventResult> {
+    codes
+        .into_iter()
+        .enumerate()
+        .map(|(index, code)| EventResult {
+            code,
+            timestamp: if code.is_ok() {
+                timestamp + index as u64
+            } else {
+                0
+            },
+        })
+        .collect()
+}
+
+/// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
+/// every logged batch after it, in order.
+pub(crate) fn recover(
+    storage: Box<dyn Storage>,
+    options: LogOptions,
+) -> Result<(Logger, Applier, StateMachine), EngineError> {
+    let (wal, recovered) = Wal::open_with_storage(storage, options)?;
+    let (state, sequence_last) = replay(recovered)?;
+    assert_eq!(
+        wal.next_sequence(),
+        sequence_last + 1,
+        "log and replay agree"
+    );
+    let logger = Logger {
+        wal,
+        sequence_last,
+        timestamp_last: state.last_timestamp(),
+        failure: None,
+    };
+    let applier = Applier {
+        sequence_applied: sequence_last,
+        events_since_snapshot: 0,
+    };
+    Ok((logger, applier, state))
+}
+
+fn replay(recovered: Recovered) -> Result<(StateMachine, u64), EngineError> {
+    let (mut state, mut sequence_last) = match recovered.snapshot {
+        Some((sequence, image)) => {
+            let state = StateMachine::from_image(image)
+                .map_err(|error| EngineError::Recovery(error.to_string()))?;
+            (state, sequence)
+        }
+        None => (StateMachine::new(), 0),
+    };
+    for record in recovered.records {
+        if record.sequence != sequence_last + 1 || record.timestamp <= state.last_timestamp() {
+            return Err(EngineError::Recovery(format!(
+                "log record {} does not follow {} (timestamp {} after {})",
+                record.sequence,
+                sequence_last,
+                record.timestamp,
+                state.last_timestamp()
+            )));
+        }
+        state.apply(record.timestamp, &record.batch);
+        sequence_last = record.sequence;
+    }
+    Ok((state, sequence_last))
+}
+
+/// Both phases on the caller's thread: log a group, then apply it. Deterministic given
+/// its inputs, so a simulation can drive it over a fault-injecting storage.
+#[derive(Debug)]
+pub struct Committer {
+    logger: Logger,
+    applier: Applier,
+    state: StateMachine,
+    snapshot_events_interval: u64,
+}
+
+impl Committer {
+    /// Opens (recovers) a ledger over `storage`. No directory lock: the caller owns the
+    /// storage exclusively.
+    pub fn open(
+        storage: Box<dyn Storage>,
+        options: LogOptions,
+        snapshot_events_interval: u64,
+    ) -> Result<Committer, EngineError> {
+        let (logger, applier, state) = recover(storage, options)?;
+        Ok(Committer {
+            logger,
+            applier,
+            state,
+            snapshot_events_interval,
+        })
+    }
+
+    /// Commits a group: one result per submission, in order. `Ok` results are durable.
+    pub fn commit(
+        &mut self,
+        submissions: Vec<Submission>,
+        clock: Clock,
+    ) -> Vec<Result<Vec<EventResult>, SubmitError>> {
+        let (group, outcomes) = self.logger.log(submissions, clock);
+        let mut applied = self.applier.apply(&mut self.state, &group).into_iter();
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Some(error) => Err(error),
+                None => Ok(applied.next().expect("one result list per logged record")),
+            })
+            .collect();
+        assert!(applied.next().is_none());
+        if self.applier.snapshot_due(self.snapshot_events_interval) {
+            let image = self.state.image();
+            // A failed snapshot is not a lost batch; a poisoned log shows in `failure`.
+            let _ = self
+                .logger
+                .write_snapshot(self.applier.sequence_applied, &image);
+        }
+        results
+    }
+
+    /// The state, holding exactly the committed batches.
+    pub fn state(&self) -> &StateMachine {
+        &self.state
+    }
+
+    /// The log failure that stopped writes, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.logger.failure()
+    }
+}
