@@ -38,7 +38,7 @@ enum Mode {
 enum TargetKind {
     /// Tally's engine, embedded, durable (fdatasync) on --data.
     Engine,
-    /// An in-memory fake ledger (not durable): tries the load generator alone.
+    /// The reference state machine in memory (not durable): tries the load generator alone.
     Memory,
 }
 
@@ -256,9 +256,8 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.target {
         TargetKind::Memory => {
-            let accounts = Population::new(config.population.clone()).account_count();
-            let target = MemoryTarget::with_capacity(accounts, transfers_hint(&config));
-            let name = "memory (in-process fake, not durable)";
+            let target = MemoryTarget::new();
+            let name = "memory (reference state machine in process, not durable)";
             drive(cli, config, replay, Arc::new(target), name, command)
         }
         TargetKind::Engine => {

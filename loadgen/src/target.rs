@@ -1,5 +1,5 @@
 //! What the load generator drives: a small trait, so the runner can be tested against
-//! fakes (an in-memory ledger, a stalling target) and wired to the real engine by one
+//! fakes (the in-memory reference ledger, a stalling target) and wired to the real engine by one
 //! adapter ([`EngineTarget`], behind the `engine` module).
 
 use std::future::Future;
