@@ -253,7 +253,7 @@ impl StateMachine {
         self.set_balances(dr_index, dr_after);
         self.set_balances(cr_index, cr_after);
         let stored = Transfer { timestamp, ..*t };
-        self.insert_transfer(stored);
+        self.insert_transfer(stored, dr_index, cr_index);
         if pending {
             self.set_pending_status(t.id, PendingStatus::Pending);
             if t.timeout != 0 {
@@ -329,7 +329,7 @@ impl StateMachine {
                 return R::OverflowsCreditsPosted;
             }
         }
-        self.release_pending(&p, amount_posted);
+        let (dr_index, cr_index) = self.release_pending(&p, amount_posted);
         self.set_pending_status(
             p.id,
             if post {
@@ -341,21 +341,26 @@ impl StateMachine {
         if p.timeout != 0 {
             self.remove_expiry((expires_at(&p), p.id));
         }
-        self.insert_transfer(Transfer {
-            debit_account_id: p.debit_account_id,
-            credit_account_id: p.credit_account_id,
-            ledger: p.ledger,
-            code: p.code,
-            amount: if post { amount_posted } else { p.amount },
-            timestamp,
-            ..*t
-        });
+        self.insert_transfer(
+            Transfer {
+                debit_account_id: p.debit_account_id,
+                credit_account_id: p.credit_account_id,
+                ledger: p.ledger,
+                code: p.code,
+                amount: if post { amount_posted } else { p.amount },
+                timestamp,
+                ..*t
+            },
+            dr_index,
+            cr_index,
+        );
         R::Ok
     }
 
     /// Takes pending transfer `p`'s whole reservation out of the pending balances and
-    /// posts `amount_posted` of it (0 for a void or an expiry).
-    fn release_pending(&mut self, p: &Transfer, amount_posted: u128) {
+    /// posts `amount_posted` of it (0 for a void or an expiry). Returns the positions of
+    /// its debit and credit accounts.
+    fn release_pending(&mut self, p: &Transfer, amount_posted: u128) -> (u32, u32) {
         assert!(amount_posted <= p.amount);
         let dr_index = self
             .account_position(p.debit_account_id)
@@ -377,6 +382,7 @@ impl StateMachine {
             .expect("checked");
         self.set_balances(dr_index, dr);
         self.set_balances(cr_index, cr);
+        (dr_index, cr_index)
     }
 
     fn refund(&mut self, t: &Transfer, timestamp: u64) -> ResultCode {
@@ -434,14 +440,18 @@ impl StateMachine {
         self.set_balances(dr_index, dr_after);
         self.set_balances(cr_index, cr_after);
         self.set_refunded(o.id, refunded_total);
-        self.insert_transfer(Transfer {
-            debit_account_id: o.credit_account_id,
-            credit_account_id: o.debit_account_id,
-            ledger: o.ledger,
-            code: if t.code == 0 { o.code } else { t.code },
-            timestamp,
-            ..*t
-        });
+        self.insert_transfer(
+            Transfer {
+                debit_account_id: o.credit_account_id,
+                credit_account_id: o.debit_account_id,
+                ledger: o.ledger,
+                code: if t.code == 0 { o.code } else { t.code },
+                timestamp,
+                ..*t
+            },
+            dr_index,
+            cr_index,
+        );
         R::Ok
     }
 }

@@ -11,7 +11,10 @@ use tally_types::{
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Undo {
     AccountCreated,
-    TransferCreated,
+    TransferCreated {
+        debit_index: u32,
+        credit_index: u32,
+    },
     Balances {
         account_index: u32,
         before: Balances,
@@ -68,8 +71,9 @@ pub struct StateMachine {
     /// Transfers in timestamp order; `transfer_index` maps an id to its position.
     pub(crate) transfers: Vec<Transfer>,
     pub(crate) transfer_index: HashMap<u128, u32>,
-    /// Per account, positions in `transfers` of the transfers touching it, ascending.
-    pub(crate) account_transfers: HashMap<u128, Vec<u32>>,
+    /// Per account (same position as in `accounts`), positions in `transfers` of the
+    /// transfers touching it, ascending. Indexed by position, not id: no hash lookup.
+    pub(crate) account_history: Vec<Vec<u32>>,
     pub(crate) pending_status: HashMap<u128, PendingStatus>,
     /// Pending transfers with a timeout, by (expiry instant in ns, id).
     pub(crate) expiries: BTreeSet<(u64, u128)>,
@@ -166,9 +170,10 @@ impl StateMachine {
     /// `get_account_transfers`: the account's transfers in timestamp order (or newest
     /// first when `reversed`), filtered by direction and time range, at most the limit.
     pub fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        let Some(positions) = self.account_transfers.get(&filter.account_id) else {
+        let Some(account_index) = self.account_position(filter.account_id) else {
             return Vec::new();
         };
+        let positions = &self.account_history[account_index as usize];
         let limit = filter.limit_effective();
         let matching = positions
             .iter()
@@ -191,10 +196,25 @@ impl StateMachine {
         let previous = self.account_index.insert(account.id, index);
         assert!(previous.is_none(), "account id inserted twice");
         self.accounts.push(account);
+        self.account_history.push(Vec::new());
         self.undo_log.push(Undo::AccountCreated);
     }
 
-    pub(crate) fn insert_transfer(&mut self, transfer: Transfer) {
+    /// Stores a transfer; `debit_index` and `credit_index` are its accounts' positions.
+    pub(crate) fn insert_transfer(
+        &mut self,
+        transfer: Transfer,
+        debit_index: u32,
+        credit_index: u32,
+    ) {
+        debug_assert_eq!(
+            self.accounts[debit_index as usize].id,
+            transfer.debit_account_id
+        );
+        debug_assert_eq!(
+            self.accounts[credit_index as usize].id,
+            transfer.credit_account_id
+        );
         assert!(
             self.transfers
                 .last()
@@ -205,13 +225,13 @@ impl StateMachine {
         let previous = self.transfer_index.insert(transfer.id, index);
         assert!(previous.is_none(), "transfer id inserted twice");
         self.transfers.push(transfer);
-        for account in [transfer.debit_account_id, transfer.credit_account_id] {
-            self.account_transfers
-                .entry(account)
-                .or_default()
-                .push(index);
+        for account_index in [debit_index, credit_index] {
+            self.account_history[account_index as usize].push(index);
         }
-        self.undo_log.push(Undo::TransferCreated);
+        self.undo_log.push(Undo::TransferCreated {
+            debit_index,
+            credit_index,
+        });
     }
 
     pub(crate) fn account_position(&self, id: u128) -> Option<u32> {
@@ -259,20 +279,18 @@ impl StateMachine {
                 Undo::AccountCreated => {
                     let account = self.accounts.pop().expect("undo of a created account");
                     self.account_index.remove(&account.id);
+                    let history = self.account_history.pop();
+                    assert_eq!(history, Some(Vec::new()), "a new account has no history");
                 }
-                Undo::TransferCreated => {
+                Undo::TransferCreated {
+                    debit_index,
+                    credit_index,
+                } => {
                     let transfer = self.transfers.pop().expect("undo of a created transfer");
                     self.transfer_index.remove(&transfer.id);
-                    for account in [transfer.debit_account_id, transfer.credit_account_id] {
-                        let positions = self
-                            .account_transfers
-                            .get_mut(&account)
-                            .expect("indexed account");
-                        let popped = positions.pop();
-                        assert_eq!(popped as Option<u32>, Some(self.transfers.len() as u32));
-                        if positions.is_empty() {
-                            self.account_transfers.remove(&account);
-                        }
+                    for account_index in [debit_index, credit_index] {
+                        let popped = self.account_history[account_index as usize].pop();
+                        assert_eq!(popped, Some(self.transfers.len() as u32));
                     }
                 }
                 Undo::Balances {
@@ -371,7 +389,16 @@ impl StateMachine {
                     transfer.id
                 )));
             }
-            machine.insert_transfer(transfer);
+            let (Some(debit_index), Some(credit_index)) = (
+                machine.account_position(transfer.debit_account_id),
+                machine.account_position(transfer.credit_account_id),
+            ) else {
+                return Err(ImageError(format!(
+                    "transfer {} names an unknown account",
+                    transfer.id
+                )));
+            };
+            machine.insert_transfer(transfer, debit_index, credit_index);
         }
         for (id, status) in image.pending_statuses {
             let pending = machine

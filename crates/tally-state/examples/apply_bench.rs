@@ -1,0 +1,79 @@
+//! Times `StateMachine::apply` on full batches of single-phase transfers.
+//!
+//! `cargo run --release -p tally-state --example apply_bench -- [ACCOUNTS] [TRANSFERS]`
+
+use std::time::Instant;
+use tally_state::StateMachine;
+use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let accounts: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let transfers: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4_000_000);
+    let mut state = StateMachine::new();
+    let mut now = 1u64;
+    let ids: Vec<u128> = (1..=u128::from(accounts)).collect();
+    for chunk in ids.chunks(BATCH_EVENTS_MAX) {
+        let batch: Vec<Account> = chunk
+            .iter()
+            .map(|&id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        state.apply(now, &Batch::CreateAccounts(batch));
+        now = state.last_timestamp() + 1;
+    }
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut id = 0u128;
+    let batches: Vec<Batch> = (0..transfers.div_ceil(BATCH_EVENTS_MAX as u64))
+        .map(|_| {
+            Batch::CreateTransfers(
+                (0..BATCH_EVENTS_MAX)
+                    .map(|_| {
+                        id += 1;
+                        let debit = 1 + next() % accounts;
+                        let credit = 1 + (debit + next() % (accounts - 1)) % accounts;
+                        Transfer {
+                            id,
+                            debit_account_id: u128::from(debit),
+                            credit_account_id: u128::from(credit),
+                            amount: 1,
+                            ledger: 1,
+                            code: 1,
+                            ..Transfer::default()
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let mut ok = 0usize;
+    for batch in &batches {
+        ok += state.apply(now, batch).iter().filter(|r| r.is_ok()).count();
+        now = state.last_timestamp() + 1;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(ok as u64, batches.len() as u64 * BATCH_EVENTS_MAX as u64);
+    println!(
+        "{ok} transfers over {accounts} accounts in {:.2} s: {:.0} ns/transfer, {:.0} transfers/s",
+        elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / ok as f64,
+        ok as f64 / elapsed.as_secs_f64()
+    );
+}
