@@ -1,4 +1,5 @@
-//! Times `StateMachine::apply` on full batches of single-phase transfers.
+//! Times `StateMachine::apply` on full batches of single-phase transfers, and reports
+//! resident memory per account and per stored transfer (from /proc/self/statm).
 //!
 //! `cargo run --release -p tally-state --example apply_bench -- [ACCOUNTS] [TRANSFERS]`
 
@@ -16,6 +17,7 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(4_000_000);
+    let resident_start = resident_bytes();
     let mut state = StateMachine::new();
     let mut now = 1u64;
     let ids: Vec<u128> = (1..=u128::from(accounts)).collect();
@@ -32,6 +34,7 @@ fn main() {
         state.apply(now, &Batch::CreateAccounts(batch));
         now = state.last_timestamp() + 1;
     }
+    let resident_accounts = resident_bytes();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng >> 12;
@@ -62,6 +65,7 @@ fn main() {
             )
         })
         .collect();
+    let resident_before_transfers = resident_bytes();
     let started = Instant::now();
     let mut ok = 0usize;
     for batch in &batches {
@@ -70,10 +74,27 @@ fn main() {
     }
     let elapsed = started.elapsed();
     assert_eq!(ok as u64, batches.len() as u64 * BATCH_EVENTS_MAX as u64);
+    let resident_end = resident_bytes();
     println!(
         "{ok} transfers over {accounts} accounts in {:.2} s: {:.0} ns/transfer, {:.0} transfers/s",
         elapsed.as_secs_f64(),
         elapsed.as_nanos() as f64 / ok as f64,
         ok as f64 / elapsed.as_secs_f64()
     );
+    println!(
+        "resident: {:.0} bytes/account, {:.0} bytes/stored transfer (input batches excluded)",
+        resident_accounts.saturating_sub(resident_start) as f64 / accounts as f64,
+        resident_end.saturating_sub(resident_before_transfers) as f64 / ok as f64
+    );
+}
+
+/// Resident set size of this process, in bytes (0 where /proc is unavailable).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
