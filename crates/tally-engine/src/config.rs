@@ -19,14 +19,14 @@ pub struct Config {
     /// The data directory (created if missing). Only one process may open it.
     pub data_dir: PathBuf,
     /// Requested shard count; 0 = fitted to the machine. Results never depend on it.
-    /// This version executes every shard's events on the commit thread (see
+    /// This version executes every shard's events on the apply thread (see
     /// ARCHITECTURE.md); the value is validated and reported.
     pub shards: usize,
     /// `Fdatasync` (the default) or the unsafe no-sync mode for benchmarks only.
     pub sync: SyncMode,
     /// Most batches waiting in the submission queue.
     pub queue_batches_max: usize,
-    /// Most events the commit thread takes into one group commit.
+    /// Most events the log thread takes into one group commit.
     pub group_events_max: usize,
     /// What a submitter gets when the queue is full.
     pub backpressure: Backpressure,

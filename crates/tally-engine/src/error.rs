@@ -14,7 +14,7 @@ pub enum EngineError {
     Recovery(String),
     /// The configuration is invalid.
     Config(String),
-    /// The commit thread could not be started or joined.
+    /// A commit thread (log or apply) could not be started or joined.
     Thread(String),
 }
 

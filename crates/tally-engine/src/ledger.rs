@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     pub failure: Mutex<Option<String>>,
     /// No new submissions are admitted.
     pub stopping: AtomicBool,
-    /// The commit thread may exit once the queue is empty.
+    /// The log thread may exit once the queue is empty.
     pub draining: AtomicBool,
     /// Submitters between their `stopping` check and their push (see `admit`).
     pub admitting: AtomicUsize,
@@ -73,7 +73,7 @@ impl Handle {
         // The log thread drains the queue and exits; the apply thread then finishes
         // the groups in flight and exits when its channel closes.
         let joined = log_join.join().and(apply_join.join());
-        // The commit thread dropped the log; now let another process in.
+        // The log thread dropped the log; now let another process in.
         self.lock.lock().take();
         joined.map_err(|_| EngineError::Thread("a commit thread panicked".into()))?;
         match self.shared.failure.lock().clone() {
