@@ -17,10 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let ledger = Ledger::open(Config::new(&dir))?;
     let accounts: Vec<Account> = (1..=1_000u128)
-        .map(|id| Account { id, ledger: 1, code: 1, ..Account::default() })
+        .map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Account::default()
+        })
         .collect();
     ledger.submit(Batch::CreateAccounts(accounts))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -33,8 +41,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     while Instant::now() < deadline {
                         id += 1;
                         let debit = 1 + (id % 1_000);
-                        let t = Transfer { id, debit_account_id: debit, credit_account_id: 1 + (debit % 1_000), amount: 1, ledger: 1, code: 1, ..Transfer::default() };
-                        if ledger.submit_async(Batch::CreateTransfers(vec![t])).await.is_ok() {
+                        let t = Transfer {
+                            id,
+                            debit_account_id: debit,
+                            credit_account_id: 1 + (debit % 1_000),
+                            amount: 1,
+                            ledger: 1,
+                            code: 1,
+                            ..Transfer::default()
+                        };
+                        if ledger
+                            .submit_async(Batch::CreateTransfers(vec![t]))
+                            .await
+                            .is_ok()
+                        {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                     }

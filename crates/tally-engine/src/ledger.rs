@@ -305,7 +305,7 @@ impl Ledger {
     }
 
     /// Stops admitting, drains the queue (every admitted batch is logged, synced and
-    /// answered), and stops the commit thread. Later submissions get `Stopped`.
+    /// answered), and stops the log and apply threads. Later submissions get `Stopped`.
     pub fn shutdown(&self) -> Result<(), EngineError> {
         self.handle.stop()
     }

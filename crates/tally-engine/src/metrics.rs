@@ -1,5 +1,5 @@
 //! Counters a service can read or scrape. Hot counters are relaxed atomics written by
-//! the commit thread; histograms are updated once per group under a cold-path lock.
+//! the apply thread; histograms are updated once per group under a cold-path lock.
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
