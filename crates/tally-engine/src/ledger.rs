@@ -2,13 +2,14 @@
 
 use crate::config::{Backpressure, Config};
 use crate::error::{EngineError, SubmitError};
+use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pipeline::{ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, Request};
+use crate::sync::{AtomicBool, Ordering};
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
@@ -33,12 +34,10 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// Set once the log failed: every later write is refused with this message.
     pub failure: Mutex<Option<String>>,
-    /// No new submissions are admitted.
-    pub stopping: AtomicBool,
     /// The log thread may exit once the queue is empty.
     pub draining: AtomicBool,
-    /// Submitters between their `stopping` check and their push (see `admit`).
-    pub admitting: AtomicUsize,
+    /// Admission: closed at shutdown, which then waits for submitters mid-push.
+    pub gate: Gate,
 }
 
 #[derive(Debug)]
@@ -62,12 +61,9 @@ impl Handle {
         let Some((log_join, apply_join)) = self.join.lock().take() else {
             return Ok(());
         };
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wait out submitters that passed the `stopping` check: after this no push can
+        // Close the gate and wait out submitters already inside: after this no push can
         // happen, so the drain below answers every admitted request.
-        while self.shared.admitting.load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
-        }
+        self.shared.gate.close();
         self.shared.draining.store(true, Ordering::SeqCst);
         self.log_thread.unpark();
         // The log thread drains the queue and exits; the apply thread then finishes
@@ -133,9 +129,8 @@ impl Ledger {
             state: RwLock::new(state),
             metrics: Metrics::new(),
             failure: Mutex::new(None),
-            stopping: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            admitting: AtomicUsize::new(0),
+            gate: Gate::new(),
         });
         let (to_apply, from_log) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT_MAX);
         let (snapshots_to_log, snapshots) = std::sync::mpsc::channel();
@@ -232,31 +227,30 @@ impl Ledger {
             reply,
             enqueued: Instant::now(),
         };
-        shared.admitting.fetch_add(1, Ordering::SeqCst);
-        let pushed = if shared.stopping.load(Ordering::SeqCst) {
-            Err(SubmitError::Stopped)
-        } else {
-            let deadline = match shared.config.backpressure {
-                Backpressure::Busy => None,
-                Backpressure::Wait(wait) => Some(Instant::now() + wait),
-            };
-            loop {
-                match shared.queue.push(request) {
-                    Ok(()) => break Ok(()),
-                    Err(back) => request = back,
-                }
-                if deadline.is_none_or(|d| Instant::now() >= d) {
-                    shared
-                        .metrics
-                        .busy_rejections
-                        .fetch_add(1, Ordering::Relaxed);
-                    break Err(SubmitError::Busy);
-                }
-                self.handle.log_thread.unpark();
-                std::thread::sleep(Duration::from_micros(50));
-            }
+        // Holding the pass keeps shutdown from draining until this push is done.
+        let Some(pass) = shared.gate.enter() else {
+            return Err(SubmitError::Stopped);
         };
-        shared.admitting.fetch_sub(1, Ordering::SeqCst);
+        let deadline = match shared.config.backpressure {
+            Backpressure::Busy => None,
+            Backpressure::Wait(wait) => Some(Instant::now() + wait),
+        };
+        let pushed = loop {
+            match shared.queue.push(request) {
+                Ok(()) => break Ok(()),
+                Err(back) => request = back,
+            }
+            if deadline.is_none_or(|d| Instant::now() >= d) {
+                shared
+                    .metrics
+                    .busy_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                break Err(SubmitError::Busy);
+            }
+            self.handle.log_thread.unpark();
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        drop(pass);
         pushed?;
         self.handle.log_thread.unpark();
         Ok(receiver)

@@ -33,9 +33,12 @@ mod clock;
 mod config;
 pub mod core;
 mod error;
+#[doc(hidden)]
+pub mod gate;
 mod ledger;
 mod metrics;
 mod pipeline;
+mod sync;
 
 pub use config::{Backpressure, Config};
 pub use error::{EngineError, SubmitError};

@@ -2,6 +2,11 @@
 //! also records how to undo it, so a failed linked chain can be rolled back exactly.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
+/// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
+/// chosen ids impractical.
+type IdHasher = foldhash::fast::RandomState;
 use std::fmt;
 use tally_types::{
     Account, AccountFilter, PendingStatus, StateImage, Transfer, TransferFlags, TransferKind,
@@ -67,20 +72,20 @@ impl Balances {
 pub struct StateMachine {
     /// Accounts in creation order; `account_index` maps an id to its position.
     pub(crate) accounts: Vec<Account>,
-    pub(crate) account_index: HashMap<u128, u32>,
+    pub(crate) account_index: HashMap<u128, u32, IdHasher>,
     /// Transfers in timestamp order; `transfer_index` maps an id to its position.
     pub(crate) transfers: Vec<Transfer>,
-    pub(crate) transfer_index: HashMap<u128, u32>,
+    pub(crate) transfer_index: HashMap<u128, u32, IdHasher>,
     /// Per account (same position as in `accounts`), positions in `transfers` of the
     /// transfers touching it, ascending. Indexed by position, not id: no hash lookup.
     pub(crate) account_history: Vec<Vec<u32>>,
-    pub(crate) pending_status: HashMap<u128, PendingStatus>,
+    pub(crate) pending_status: HashMap<u128, PendingStatus, IdHasher>,
     /// Pending transfers with a timeout, by (expiry instant in ns, id).
     pub(crate) expiries: BTreeSet<(u64, u128)>,
     /// Total refunded so far, by original transfer id.
-    pub(crate) refunded: HashMap<u128, u128>,
+    pub(crate) refunded: HashMap<u128, u128, IdHasher>,
     /// Ids burned by a transient failure. Never rolled back.
-    pub(crate) failed_ids: HashSet<u128>,
+    pub(crate) failed_ids: HashSet<u128, IdHasher>,
     pub(crate) last_timestamp: u64,
     pub(crate) undo_log: Vec<Undo>,
 }

@@ -1,0 +1,115 @@
+//! The engine end to end: `Ledger::submit` of one batch from one thread, returning once
+//! the batch is durable (`fdatasync`, the default `Config`). Two sizes: 1 transfer (the
+//! latency of one queue hop, one write, one sync, one apply and one answer) and 8,190
+//! transfers (a full batch). Throughput is transfers (events) per second.
+//!
+//! One submitter means no group commit beyond the single batch: this is the per-batch
+//! floor, not the engine's throughput under many submitters (that is the load
+//! generator's job). The data directory is under Cargo's `CARGO_TARGET_TMPDIR`
+//! (`target/tmp`, on the disk, not a tmpfs). Past [`TRANSFERS_RESET`] transfers the
+//! ledger is shut down and reopened on a fresh directory, outside the clock, so memory
+//! and disk stay bounded.
+//!
+//! Full run: `cargo bench --bench engine`.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tally::types::{Account, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
+use tally::{Config, Ledger};
+
+const LEDGER: u32 = 156;
+const ACCOUNTS: u64 = BATCH_EVENTS_MAX as u64;
+const TRANSFERS_RESET: u64 = 1_000_000;
+
+fn remove_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => panic!("cannot remove {}: {error}", dir.display()),
+    }
+}
+
+/// A fresh durable ledger in `dir` holding [`ACCOUNTS`] plain accounts.
+fn open_fresh(dir: &Path) -> Ledger {
+    remove_dir(dir);
+    let config = Config::new(dir);
+    assert_eq!(config.sync, tally::engine::SyncMode::Fdatasync);
+    let ledger = Ledger::open(config).expect("open the bench ledger");
+    let accounts = (1..=u128::from(ACCOUNTS))
+        .map(|id| Account {
+            id,
+            ledger: LEDGER,
+            code: 1,
+            ..Account::default()
+        })
+        .collect();
+    let results = ledger
+        .submit(Batch::CreateAccounts(accounts))
+        .expect("accounts durable");
+    assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+    ledger
+}
+
+fn transfers(first_id: u128, len: usize) -> Batch {
+    Batch::CreateTransfers(
+        (0..len as u128)
+            .map(|i| {
+                let debit = 1 + (first_id + i) % u128::from(ACCOUNTS);
+                Transfer {
+                    id: first_id + i,
+                    debit_account_id: debit,
+                    credit_account_id: 1 + debit % u128::from(ACCOUNTS),
+                    amount: 1 + i % 1_000,
+                    ledger: LEDGER,
+                    code: 1,
+                    ..Transfer::default()
+                }
+            })
+            .collect(),
+    )
+}
+
+fn bench_submit(c: &mut Criterion, events: usize) {
+    let name = format!("submit_durable/{events}");
+    let dir: PathBuf =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-engine-{events}"));
+    let mut ledger = open_fresh(&dir);
+    let mut next_id: u128 = 1;
+    let mut group = c.benchmark_group("engine");
+    group.throughput(Throughput::Elements(events as u64));
+    if events > 1 {
+        group.sample_size(20);
+    }
+    group.bench_function(&name, |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                if next_id > u128::from(TRANSFERS_RESET) {
+                    ledger.shutdown().expect("clean shutdown");
+                    ledger = open_fresh(&dir);
+                    next_id = 1;
+                }
+                let batch = transfers(next_id, events);
+                next_id += events as u128;
+                let start = Instant::now();
+                let results = ledger.submit(black_box(batch)).expect("durable submit");
+                elapsed += start.elapsed();
+                assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+            }
+            elapsed
+        });
+    });
+    group.finish();
+    ledger.shutdown().expect("clean shutdown");
+    remove_dir(&dir);
+}
+
+fn engine(c: &mut Criterion) {
+    bench_submit(c, 1);
+    bench_submit(c, BATCH_EVENTS_MAX);
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);
