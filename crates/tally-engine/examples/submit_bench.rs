@@ -1,7 +1,7 @@
-//! Closed-loop submit benchmark: CALLERS tokio tasks each submit one-transfer batches
-//! back to back for SECONDS, durable (fdatasync). Prints transfers/s.
+//! Closed-loop submit benchmark: CALLERS tokio tasks each submit batches of BATCH
+//! transfers back to back for SECONDS, durable (fdatasync). Prints transfers/s.
 //!
-//! `cargo run --release -p tally-engine --example submit_bench -- [CALLERS] [SECONDS]`
+//! `cargo run --release -p tally-engine --example submit_bench -- [CALLERS] [SECONDS] [BATCH]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let callers: u64 = args.next().map_or(Ok(256), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse())?;
+    let batch_events: u64 = args.next().map_or(Ok(1), |a| a.parse())?;
     let dir = std::env::current_dir()?.join("target/submit-bench");
     let _ = std::fs::remove_dir_all(&dir);
     let ledger = Ledger::open(Config::new(&dir))?;
@@ -39,23 +40,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokio::spawn(async move {
                     let mut id = u128::from(caller) << 64;
                     while Instant::now() < deadline {
-                        id += 1;
-                        let debit = 1 + (id % 1_000);
-                        let t = Transfer {
-                            id,
-                            debit_account_id: debit,
-                            credit_account_id: 1 + (debit % 1_000),
-                            amount: 1,
-                            ledger: 1,
-                            code: 1,
-                            ..Transfer::default()
-                        };
+                        let transfers: Vec<Transfer> = (0..batch_events)
+                            .map(|_| {
+                                id += 1;
+                                let debit = 1 + (id % 1_000);
+                                Transfer {
+                                    id,
+                                    debit_account_id: debit,
+                                    credit_account_id: 1 + (debit % 1_000),
+                                    amount: 1,
+                                    ledger: 1,
+                                    code: 1,
+                                    ..Transfer::default()
+                                }
+                            })
+                            .collect();
                         if ledger
-                            .submit_async(Batch::CreateTransfers(vec![t]))
+                            .submit_async(Batch::CreateTransfers(transfers))
                             .await
                             .is_ok()
                         {
-                            done.fetch_add(1, Ordering::Relaxed);
+                            done.fetch_add(batch_events, Ordering::Relaxed);
                         }
                     }
                 })
