@@ -20,7 +20,7 @@ use tally::types::{
     Account, AccountFlags, Batch, NS_PER_S, ResultCode, StateImage, Transfer, TransferFlags,
 };
 
-const SEEDS_DEFAULT: u64 = 24;
+const SEEDS_DEFAULT: u64 = 48;
 const STEPS_PER_SEED: u64 = 120;
 const ACCOUNT_IDS: u64 = 10;
 const TRANSFER_IDS: u64 = 160;
