@@ -20,12 +20,17 @@ pub struct EngineOptions {
     pub busy_immediately: bool,
     /// Benchmarks only: no fdatasync. Reported as such.
     pub unsafe_no_sync: bool,
+    /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
+    pub accounts_capacity: usize,
+    pub transfers_capacity: usize,
 }
 
 impl EngineTarget {
     pub fn open(data_dir: &Path, options: EngineOptions) -> Result<EngineTarget, String> {
         let mut config = Config::new(data_dir);
         config.shards = options.shards;
+        config.accounts_capacity = options.accounts_capacity;
+        config.transfers_capacity = options.transfers_capacity;
         config.backpressure = if options.busy_immediately {
             Backpressure::Busy
         } else {

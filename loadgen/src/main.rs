@@ -274,11 +274,31 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
 }
 
+/// Headroom for the foreign-currency and system accounts the population adds.
+const FOREIGN_ACCOUNTS_RESERVE: u64 = 100_000;
+
+/// A reservation size, capped so that a hint never asks for absurd memory.
+fn capacity(wanted: u64) -> usize {
+    usize::try_from(wanted.min(200_000_000)).unwrap_or(200_000_000)
+}
+
 fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineTarget, String> {
     let options = tally_loadgen::engine::EngineOptions {
         shards: cli.shards,
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
+        accounts_capacity: capacity(cli.accounts + cli.merchants + FOREIGN_ACCOUNTS_RESERVE),
+        // Funding transfers, plus the run at a generous rate: festival at its peak
+        // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger
+        // grows past it (with a pause) if the run outdoes it.
+        transfers_capacity: capacity(
+            cli.accounts
+                + (cli.duration.max(0.0)
+                    * match cli.mode {
+                        Mode::Festival => cli.peak * cli.scale,
+                        Mode::Max => 800_000.0,
+                    }) as u64,
+        ),
     };
     tally_loadgen::engine::EngineTarget::open(dir, options)
 }

@@ -610,6 +610,8 @@ mod tests {
             shards: 2,
             busy_immediately: true,
             unsafe_no_sync: false,
+            accounts_capacity: 0,
+            transfers_capacity: 0,
         };
         let engine = crate::engine::EngineTarget::open(dir.path(), options).expect("open");
         let engine = Arc::new(engine);

@@ -37,6 +37,12 @@ pub struct Config {
     pub snapshot_events_interval: u64,
     /// Rotate log segments past this size.
     pub segment_bytes_max: u64,
+    /// Accounts to reserve room for at start-up (0 = grow as needed). Growing past
+    /// the reservation works, but pauses to rehash the id index.
+    pub accounts_capacity: usize,
+    /// Transfers to reserve room for at start-up (0 = grow as needed). At tens of
+    /// millions, growing pauses the apply thread for seconds (index rehash, store copy).
+    pub transfers_capacity: usize,
 }
 
 impl Config {
@@ -51,6 +57,8 @@ impl Config {
             manual_clock: false,
             snapshot_events_interval: 20_000_000,
             segment_bytes_max: 256 * 1024 * 1024,
+            accounts_capacity: 0,
+            transfers_capacity: 0,
         }
     }
 

@@ -105,6 +105,24 @@ impl Logger {
         self.failure.as_deref()
     }
 
+    /// Starts a snapshot at `sequence` to be written off this thread (see
+    /// [`tally_log::SnapshotJob`]); `None` once the log has failed.
+    pub fn snapshot_job(&self, sequence: u64) -> Option<tally_log::SnapshotJob> {
+        if self.failure.is_some() {
+            return None;
+        }
+        self.wal.snapshot_job(sequence).ok()
+    }
+
+    /// Records a snapshot a job wrote, retiring the segments it makes unnecessary.
+    pub fn snapshot_written(&mut self, sequence: u64) -> Result<(), EngineError> {
+        let retired = self.wal.snapshot_written(sequence);
+        if self.wal.is_poisoned() && self.failure.is_none() {
+            self.failure = Some("the log failed while retiring segments".to_string());
+        }
+        retired.map_err(EngineError::Log)
+    }
+
     /// Writes a snapshot of the state as of `sequence` (already applied by the caller).
     /// A failed snapshot loses nothing (the log still holds every batch); only a
     /// poisoned log stops the ledger.
@@ -179,9 +197,10 @@ fn event_results(timestamp: u64, codes: Vec<ResultCode>) -> Vec<EventResult> {
 pub(crate) fn recover(
     storage: Box<dyn Storage>,
     options: LogOptions,
+    capacity: Capacity,
 ) -> Result<(Logger, Applier, StateMachine), EngineError> {
     let (wal, recovered) = Wal::open_with_storage(storage, options)?;
-    let (state, sequence_last) = replay(recovered)?;
+    let (state, sequence_last) = replay(recovered, capacity)?;
     assert_eq!(
         wal.next_sequence(),
         sequence_last + 1,
@@ -200,14 +219,24 @@ pub(crate) fn recover(
     Ok((logger, applier, state))
 }
 
-fn replay(recovered: Recovered) -> Result<(StateMachine, u64), EngineError> {
+/// Room to reserve in the state at start-up (see `StateMachine::with_capacity`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub accounts: usize,
+    pub transfers: usize,
+}
+
+fn replay(recovered: Recovered, capacity: Capacity) -> Result<(StateMachine, u64), EngineError> {
     let (mut state, mut sequence_last) = match recovered.snapshot {
         Some((sequence, image)) => {
             let state = StateMachine::from_image(image)
                 .map_err(|error| EngineError::Recovery(error.to_string()))?;
             (state, sequence)
         }
-        None => (StateMachine::new(), 0),
+        None => (
+            StateMachine::with_capacity(capacity.accounts, capacity.transfers),
+            0,
+        ),
     };
     for record in recovered.records {
         if record.sequence != sequence_last + 1 || record.timestamp <= state.last_timestamp() {
@@ -243,7 +272,7 @@ impl Committer {
         options: LogOptions,
         snapshot_events_interval: u64,
     ) -> Result<Committer, EngineError> {
-        let (logger, applier, state) = recover(storage, options)?;
+        let (logger, applier, state) = recover(storage, options, Capacity::default())?;
         Ok(Committer {
             logger,
             applier,

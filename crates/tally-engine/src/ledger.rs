@@ -122,7 +122,11 @@ impl Ledger {
             segment_bytes_max: config.segment_bytes_max,
             sync: config.sync,
         };
-        let (logger, applier, state) = crate::core::recover(storage, options)?;
+        let capacity = crate::core::Capacity {
+            accounts: config.accounts_capacity,
+            transfers: config.transfers_capacity,
+        };
+        let (logger, applier, state) = crate::core::recover(storage, options, capacity)?;
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_batches_max),
             config,
@@ -145,6 +149,7 @@ impl Ledger {
             logger,
             to_apply,
             snapshots,
+            snapshot_in_flight: None,
         };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()

@@ -16,6 +16,7 @@ use crate::ledger::{EventResult, Shared};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tally_types::{Batch, StateImage};
 use tokio::sync::oneshot;
@@ -56,19 +57,19 @@ pub(crate) struct LogThread {
     pub logger: Logger,
     pub to_apply: SyncSender<SyncedGroup>,
     pub snapshots: Receiver<SnapshotImage>,
+    /// The snapshot being written on its own thread, if any: at most one at a time.
+    pub snapshot_in_flight: Option<JoinHandle<Result<u64, tally_log::LogError>>>,
 }
 
 impl LogThread {
     pub fn run(mut self) {
         let mut requests: Vec<Request> = Vec::new();
         loop {
-            while let Ok((sequence, image)) = self.snapshots.try_recv() {
-                let _ = self.logger.write_snapshot(sequence, &image);
-                self.publish_failure();
-            }
+            self.tend_snapshots(false);
             self.take_group(&mut requests);
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
+                    self.tend_snapshots(true);
                     return; // dropping `to_apply` lets the apply thread finish and exit
                 }
                 std::thread::park_timeout(IDLE_PARK);
@@ -77,6 +78,32 @@ impl LogThread {
             if self.log_group(&mut requests).is_err() {
                 return; // the apply thread is gone (it panicked); submitters see `Failed`
             }
+        }
+    }
+
+    /// Snapshots are written on a thread of their own, so a multi-gigabyte image never
+    /// stops appends: start one for the newest image waiting, and record it once
+    /// written. Images that arrive while one is in flight are dropped (the next
+    /// interval brings a newer one). `finish` waits for the one in flight (shutdown).
+    fn tend_snapshots(&mut self, finish: bool) {
+        let done = self
+            .snapshot_in_flight
+            .take_if(|job| finish || job.is_finished());
+        // A failed snapshot loses nothing: the log still has every batch.
+        if let Some(job) = done
+            && let Ok(Ok(sequence)) = job.join()
+        {
+            let _ = self.logger.snapshot_written(sequence);
+            self.publish_failure();
+        }
+        let newest = self.snapshots.try_iter().last();
+        if let Some((sequence, image)) = newest.filter(|_| self.snapshot_in_flight.is_none())
+            && let Some(job) = self.logger.snapshot_job(sequence)
+        {
+            let spawned = std::thread::Builder::new()
+                .name("tally-snapshot".into())
+                .spawn(move || job.write(&image));
+            self.snapshot_in_flight = spawned.ok();
         }
     }
 

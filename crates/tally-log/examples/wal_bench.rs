@@ -68,6 +68,9 @@ impl Storage for TimedStorage {
     fn close(&mut self, name: &str) {
         self.inner.close(name)
     }
+    fn another_handle(&self) -> io::Result<Box<dyn Storage>> {
+        self.inner.another_handle()
+    }
 }
 
 fn batch(events: usize) -> Batch {

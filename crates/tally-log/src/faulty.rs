@@ -321,6 +321,11 @@ impl Storage for FaultyStorage {
     }
 
     fn close(&mut self, _name: &str) {}
+
+    fn another_handle(&self) -> io::Result<Box<dyn Storage>> {
+        // Clones share the same files and fault plan: one disk, two handles.
+        Ok(Box::new(self.clone()))
+    }
 }
 
 #[cfg(test)]

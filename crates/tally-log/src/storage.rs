@@ -35,6 +35,9 @@ pub trait Storage: Send + fmt::Debug {
     fn sync_dir(&mut self) -> io::Result<()>;
     /// Releases any handle kept open on `name`; a hint, never an error.
     fn close(&mut self, name: &str);
+    /// A second, independent handle on the same directory, so a snapshot can be written
+    /// on another thread while the log keeps appending through this one.
+    fn another_handle(&self) -> io::Result<Box<dyn Storage>>;
 }
 
 /// Real files in a directory. `sync_data` is `fdatasync(2)` (`File::sync_data`).
@@ -168,6 +171,10 @@ impl Storage for FsStorage {
 
     fn close(&mut self, name: &str) {
         self.open.remove(name);
+    }
+
+    fn another_handle(&self) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(FsStorage::existing(&self.dir)))
     }
 }
 

@@ -295,6 +295,15 @@ impl Wal {
     /// # Panics
     /// If `sequence` has not been appended yet, or is older than the newest snapshot.
     pub fn write_snapshot(&mut self, sequence: u64, image: &StateImage) -> Result<(), LogError> {
+        let job = self.snapshot_job(sequence)?;
+        let written = job.write(image)?;
+        self.snapshot_written(written)
+    }
+
+    /// Starts a snapshot at `sequence` that [`SnapshotJob::write`] can write on another
+    /// thread while this log keeps appending; hand its result to
+    /// [`Wal::snapshot_written`]. One job at a time.
+    pub fn snapshot_job(&self, sequence: u64) -> Result<SnapshotJob, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
@@ -309,22 +318,31 @@ impl Wal {
                 .is_none_or(|&newest| newest <= sequence),
             "snapshot at {sequence} is older than the newest snapshot"
         );
-        let name = format::snapshot_name(sequence);
-        let temp = format!("{name}{}", format::TEMP_SUFFIX);
-        if let Err(error) =
-            write_snapshot_atomically(&mut *self.storage, &temp, &name, sequence, image)
-        {
-            // Best effort: a leftover temp file is removed at the next open anyway.
-            let _ = self.storage.remove(&temp);
-            return Err(error);
+        let storage = self
+            .storage
+            .another_handle()
+            .map_err(|e| LogError::io(self.storage.path(""), "open a snapshot handle", e))?;
+        Ok(SnapshotJob { storage, sequence })
+    }
+
+    /// Records a snapshot written by a [`SnapshotJob`] and retires the segments that the
+    /// older kept snapshot covers.
+    pub fn snapshot_written(&mut self, sequence: u64) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
         }
+        assert!(
+            self.snapshots_good
+                .last()
+                .is_none_or(|&newest| newest <= sequence),
+            "snapshot at {sequence} is older than the newest snapshot"
+        );
         if self.snapshots_good.last() != Some(&sequence) {
             self.snapshots_good.push(sequence);
         }
         self.retire()
     }
 
-    /// Removes what the previous good snapshot no longer needs.
     fn retire(&mut self) -> Result<(), LogError> {
         let count = self.snapshots_good.len();
         if count < 2 {
@@ -421,4 +439,29 @@ fn remove_temps(storage: &mut dyn Storage, temps: &[String]) -> Result<(), LogEr
             .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
     }
     Ok(())
+}
+
+/// A snapshot being written through its own storage handle, off the log's thread.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    storage: Box<dyn Storage>,
+    sequence: u64,
+}
+
+impl SnapshotJob {
+    /// Writes the snapshot atomically (temp file, sync, rename, sync the directory) and
+    /// returns its sequence for [`Wal::snapshot_written`]. A failure leaves the log as
+    /// it was: the previous snapshot and every segment are still there.
+    pub fn write(mut self, image: &StateImage) -> Result<u64, LogError> {
+        let name = format::snapshot_name(self.sequence);
+        let temp = format!("{name}{}", format::TEMP_SUFFIX);
+        if let Err(error) =
+            write_snapshot_atomically(&mut *self.storage, &temp, &name, self.sequence, image)
+        {
+            // Best effort: a leftover temp file is removed at the next open anyway.
+            let _ = self.storage.remove(&temp);
+            return Err(error);
+        }
+        Ok(self.sequence)
+    }
 }

@@ -259,3 +259,30 @@ proptest! {
         let _ = verify_storage(&mut storage.clone());
     }
 }
+
+/// A snapshot job runs on its own thread and storage handle while the log keeps
+/// appending (and rotating); once recorded, recovery loads it and replays only the tail.
+#[test]
+fn a_snapshot_written_on_another_thread_while_appends_go_on_recovers_exactly() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(600)).unwrap();
+    wal.append(&records(1, 10)).unwrap();
+    let job = wal.snapshot_job(10).unwrap();
+    let state = image(10, 3);
+    let writer = {
+        let state = state.clone();
+        std::thread::spawn(move || job.write(&state))
+    };
+    for first in (11..=40).step_by(5) {
+        wal.append(&records(first, 5)).unwrap();
+    }
+    let written = writer.join().unwrap().unwrap();
+    assert_eq!(written, 10);
+    wal.snapshot_written(written).unwrap();
+    wal.append(&records(41, 2)).unwrap();
+    drop(wal);
+    storage.crash();
+    let (_, recovered) = open(&storage, options(600)).unwrap();
+    assert_eq!(recovered.snapshot, Some((10, state)));
+    assert_eq!(recovered.records, records(11, 32));
+}
