@@ -19,31 +19,19 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tally::state::StateMachine;
 use tally::types::{Account, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer, TransferFlags};
+use tally_testkit::SeededRng as Rng;
 
 const ACCOUNTS: u64 = 100_000;
 const LEDGER: u32 = 156;
 /// Bounds the state's memory: about 200 bytes per stored transfer, so ~400 MB at most.
 const TRANSFERS_RESET: usize = 2_000_000;
 
-/// Small deterministic RNG (xorshift64*): portable and seeded, so every run sees the
-/// same account pairs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Two different account ids in `1..=ACCOUNTS`.
-    fn account_pair(&mut self) -> (u128, u128) {
-        let debit = 1 + self.next() % ACCOUNTS;
-        let credit = 1 + (debit + self.next() % (ACCOUNTS - 1)) % ACCOUNTS;
-        assert_ne!(debit, credit);
-        (u128::from(debit), u128::from(credit))
-    }
+/// Two different account ids in `1..=ACCOUNTS`.
+fn account_pair(rng: &mut Rng) -> (u128, u128) {
+    let debit = 1 + rng.below(ACCOUNTS);
+    let credit = 1 + (debit + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+    assert_ne!(debit, credit);
+    (u128::from(debit), u128::from(credit))
 }
 
 /// Plain accounts (no balance limits), created in batches of at most 8,190.
@@ -68,12 +56,12 @@ fn state_with_accounts() -> StateMachine {
 }
 
 fn single_phase(id: u128, rng: &mut Rng) -> Transfer {
-    let (debit_account_id, credit_account_id) = rng.account_pair();
+    let (debit_account_id, credit_account_id) = account_pair(rng);
     Transfer {
         id,
         debit_account_id,
         credit_account_id,
-        amount: 1 + u128::from(rng.next() % 10_000),
+        amount: 1 + u128::from(rng.below(10_000)),
         ledger: LEDGER,
         code: 1,
         ..Transfer::default()
@@ -132,7 +120,7 @@ fn bench_shape(c: &mut Criterion, base: &StateMachine, name: &str, make: MakeBat
     let mut group = c.benchmark_group("state_machine");
     group.throughput(Throughput::Elements(BATCH_EVENTS_MAX as u64));
     let mut state = base.clone();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x5eed);
     let mut next_id: u128 = 0;
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {

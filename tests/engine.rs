@@ -9,21 +9,7 @@ use tally::log::{LogOptions, Wal};
 use tally::state::StateMachine;
 use tally::types::{Account, AccountFlags, Batch, ResultCode, Transfer, TransferFlags};
 use tally::{Config, Ledger, SubmitError};
-
-/// Small deterministic RNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use tally_testkit::SeededRng as Rng;
 
 const ACCOUNTS: u128 = 12;
 
@@ -170,7 +156,7 @@ fn concurrent_submitters_get_exactly_the_reference_results_in_log_order() {
         .map(|thread| {
             let ledger = ledger.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x5eed + thread);
+                let mut rng = Rng::new(0x5eed + thread);
                 (0..60)
                     .map(|n| {
                         let batch = random_batch(&mut rng, (thread << 32) | n);
@@ -354,7 +340,7 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     config.snapshot_events_interval = 50;
     let ledger = Ledger::open(config.clone()).unwrap();
     ledger.submit(accounts()).unwrap();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for n in 0..40 {
         ledger.submit(random_batch(&mut rng, n)).unwrap();
     }

@@ -19,30 +19,12 @@ use tally::state::StateMachine;
 use tally::types::{
     Account, AccountFlags, Batch, NS_PER_S, ResultCode, StateImage, Transfer, TransferFlags,
 };
+use tally_testkit::SeededRng as Rng;
 
 const SEEDS_DEFAULT: u64 = 48;
 const STEPS_PER_SEED: u64 = 120;
 const ACCOUNT_IDS: u64 = 10;
 const TRANSFER_IDS: u64 = 160;
-
-/// splitmix64: portable and seeded, so a failing seed replays the same failure anywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
@@ -105,7 +87,7 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let storage = FaultyStorage::new();
         let options = LogOptions {
             // Small segments so that rotation happens (and can fail) often.

@@ -10,21 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Small deterministic RNG (xorshift64*), so a failing round can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use tally_testkit::SeededRng as Rng;
 
 const KILLS: u64 = 60;
 
@@ -66,7 +52,7 @@ fn batch_line(first_id: u64, size: u64, rng: &mut Rng) -> String {
 #[test]
 fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(0x7a11_7a11_7a11_7a11);
+    let mut rng = Rng::new(0x7a11_7a11_7a11_7a11);
     let accounts: Vec<String> = (1..=ACCOUNTS)
         .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
         .collect();

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use tally_log::faulty::{Fault, FaultyStorage};
 use tally_log::{LogError, LogRecord, Wal};
+use tally_testkit::SeededRng as Rng;
 use tally_types::StateImage;
 
 /// Arms a fault, makes one append fail with it, checks the poisoning, crashes (keeping

@@ -21,7 +21,19 @@ fn a_second_lock_in_the_same_process_is_refused_until_the_first_is_dropped() {
         other => panic!("expected Locked, got {other:?}"),
     }
     drop(first);
-    let _again = DirLock::acquire(&data).unwrap();
+    // flock belongs to the open file description: a child forked by the test running
+    // beside this one shares it until its exec closes it (close-on-exec). So the lock
+    // is free again at the latest a moment later; wait for that, boundedly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let again = loop {
+        match DirLock::acquire(&data) {
+            Err(LogError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    };
+    assert!(again.is_ok(), "the lock was not released: {again:?}");
 }
 
 #[test]

@@ -35,13 +35,8 @@ fn main() {
         now = state.last_timestamp() + 1;
     }
     let resident_accounts = resident_bytes();
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
+    let mut rng = tally_testkit::SeededRng::new(0x5eed);
+    let mut next = move || rng.next_u64();
     let mut id = 0u128;
     let batches: Vec<Batch> = (0..transfers.div_ceil(BATCH_EVENTS_MAX as u64))
         .map(|_| {

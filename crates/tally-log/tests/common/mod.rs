@@ -87,24 +87,6 @@ pub fn build_log(records: &[LogRecord], group: usize, segment_bytes_max: u64) ->
     storage
 }
 
-/// Tiny seeded RNG (xorshift64*), so the crash tests are reproducible without deps.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A second, independent storage holding durable copies of every file of `source`.
 pub fn copy_storage(source: &FaultyStorage) -> FaultyStorage {
     let copy = FaultyStorage::new();
