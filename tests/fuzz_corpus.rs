@@ -5,15 +5,7 @@
 
 use std::path::Path;
 use tally::fuzz_targets::TARGETS;
-
-/// splitmix64: a portable seeded RNG, so a failing input can be rebuilt from its seed.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use tally_testkit::SeededRng;
 
 #[test]
 fn every_committed_corpus_file_passes_its_target() {
@@ -23,9 +15,9 @@ fn every_committed_corpus_file_passes_its_target() {
     let mut total = 0;
     for (name, target) in TARGETS {
         let dir = root.join(name);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
+        // A missing corpus would make this test pass on nothing: it is an error.
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|error| panic!("{name}: no corpus at {}: {error}", dir.display()));
         let mut paths: Vec<_> = entries.map(|entry| entry.unwrap().path()).collect();
         paths.sort();
         for path in paths {
@@ -39,6 +31,7 @@ fn every_committed_corpus_file_passes_its_target() {
             total += 1;
         }
     }
+    assert!(total > 0, "no corpus file replayed");
     println!("replayed {total} corpus files");
 }
 
@@ -46,9 +39,9 @@ fn every_committed_corpus_file_passes_its_target() {
 fn seeded_random_inputs_pass_every_target() {
     for (name, target) in TARGETS {
         for seed in 0..200u64 {
-            let mut state = seed ^ 0xC0FF_EE00;
-            let len = (splitmix(&mut state) % 512) as usize;
-            let data: Vec<u8> = (0..len).map(|_| splitmix(&mut state) as u8).collect();
+            let mut rng = SeededRng::new(seed ^ 0xC0FF_EE00);
+            let len = rng.below(512) as usize;
+            let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let outcome = std::panic::catch_unwind(|| target(&data));
             assert!(outcome.is_ok(), "{name}: seed {seed} fails");
         }
