@@ -100,6 +100,13 @@ impl Logger {
         (LoggedGroup { records }, outcomes)
     }
 
+    /// Refuses every later write with `message` (the engine can no longer apply).
+    pub fn stop(&mut self, message: &str) {
+        if self.failure.is_none() {
+            self.failure = Some(message.to_string());
+        }
+    }
+
     /// The message of the log failure that stopped writes, if any.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()

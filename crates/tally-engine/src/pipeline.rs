@@ -76,7 +76,10 @@ impl LogThread {
                 continue;
             }
             if self.log_group(&mut requests).is_err() {
-                return; // the apply thread is gone (it panicked); submitters see `Failed`
+                // The apply thread is gone (it panicked). Log nothing more: every later
+                // submitter gets `Failed` at once instead of waiting for an answer.
+                self.logger.stop("the apply thread stopped");
+                self.publish_failure();
             }
         }
     }
