@@ -12,63 +12,27 @@
 //!
 //! Full run: `cargo bench --bench engine`.
 
+mod common;
+
+use common::{accounts, remove_dir, transfers};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tally::types::{Account, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
+use tally::types::{BATCH_EVENTS_MAX, ResultCode};
 use tally::{Config, Ledger};
 
-const LEDGER: u32 = 156;
-const ACCOUNTS: u64 = BATCH_EVENTS_MAX as u64;
 const TRANSFERS_RESET: u64 = 1_000_000;
 
-fn remove_dir(dir: &Path) {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => panic!("cannot remove {}: {error}", dir.display()),
-    }
-}
-
-/// A fresh durable ledger in `dir` holding [`ACCOUNTS`] plain accounts.
+/// A fresh durable ledger in `dir` holding [`common::ACCOUNTS`] plain accounts.
 fn open_fresh(dir: &Path) -> Ledger {
     remove_dir(dir);
     let config = Config::new(dir);
     assert_eq!(config.sync, tally::engine::SyncMode::Fdatasync);
     let ledger = Ledger::open(config).expect("open the bench ledger");
-    let accounts = (1..=u128::from(ACCOUNTS))
-        .map(|id| Account {
-            id,
-            ledger: LEDGER,
-            code: 1,
-            ..Account::default()
-        })
-        .collect();
-    let results = ledger
-        .submit(Batch::CreateAccounts(accounts))
-        .expect("accounts durable");
+    let results = ledger.submit(accounts()).expect("accounts durable");
     assert!(results.iter().all(|r| r.code == ResultCode::Ok));
     ledger
-}
-
-fn transfers(first_id: u128, len: usize) -> Batch {
-    Batch::CreateTransfers(
-        (0..len as u128)
-            .map(|i| {
-                let debit = 1 + (first_id + i) % u128::from(ACCOUNTS);
-                Transfer {
-                    id: first_id + i,
-                    debit_account_id: debit,
-                    credit_account_id: 1 + debit % u128::from(ACCOUNTS),
-                    amount: 1 + i % 1_000,
-                    ledger: LEDGER,
-                    code: 1,
-                    ..Transfer::default()
-                }
-            })
-            .collect(),
-    )
 }
 
 fn bench_submit(c: &mut Criterion, events: usize) {

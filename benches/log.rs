@@ -17,16 +17,17 @@
 //!
 //! Full run: `cargo bench --bench log`.
 
+mod common;
+
+use common::{ACCOUNTS, accounts, remove_dir, transfers};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tally::log::{LogOptions, LogRecord, SyncMode, Wal};
 use tally::state::StateMachine;
-use tally::types::{Account, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
+use tally::types::{BATCH_EVENTS_MAX, Batch, ResultCode};
 
-const LEDGER: u32 = 156;
-const ACCOUNTS: u64 = BATCH_EVENTS_MAX as u64;
 const RECOVERY_TRANSFER_BATCHES: u64 = 16;
 /// Bounds the disk used by the append benches.
 const LOG_BYTES_RESET: u64 = 256 * 1024 * 1024;
@@ -40,52 +41,11 @@ fn bench_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn remove_dir(dir: &Path) {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => panic!("cannot remove {}: {error}", dir.display()),
-    }
-}
-
 fn open_empty(dir: &Path) -> Wal {
     let (wal, recovered) = Wal::open(dir, LogOptions::default()).expect("open the bench log");
     assert!(recovered.records.is_empty() && recovered.snapshot.is_none());
     assert_eq!(LogOptions::default().sync, SyncMode::Fdatasync);
     wal
-}
-
-fn accounts() -> Batch {
-    Batch::CreateAccounts(
-        (1..=u128::from(ACCOUNTS))
-            .map(|id| Account {
-                id,
-                ledger: LEDGER,
-                code: 1,
-                ..Account::default()
-            })
-            .collect(),
-    )
-}
-
-/// `len` valid transfers between the accounts of [`accounts`], ids from `first_id`.
-fn transfers(first_id: u128, len: usize) -> Batch {
-    Batch::CreateTransfers(
-        (0..len as u128)
-            .map(|i| {
-                let debit = 1 + (first_id + i) % u128::from(ACCOUNTS);
-                Transfer {
-                    id: first_id + i,
-                    debit_account_id: debit,
-                    credit_account_id: 1 + debit % u128::from(ACCOUNTS),
-                    amount: 1 + i % 1_000,
-                    ledger: LEDGER,
-                    code: 1,
-                    ..Transfer::default()
-                }
-            })
-            .collect(),
-    )
 }
 
 /// Times `append` of `batches` batches of `events` transfers each, one call per iteration.
