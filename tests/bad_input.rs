@@ -14,6 +14,7 @@ use tally::types::{
 };
 use tally::{Config, Ledger};
 use tally_json::{NoLedgers, Request, parse_line};
+use tally_testkit::{account, transfer};
 
 use ResultCode as R;
 
@@ -30,28 +31,6 @@ const MISSING: u128 = 99;
 struct Fixture {
     committer: Committer,
     now: u64,
-}
-
-fn account(id: u128, ledger: u32, flags: AccountFlags) -> Account {
-    Account {
-        id,
-        ledger,
-        code: 1,
-        flags,
-        ..Account::default()
-    }
-}
-
-fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
-    Transfer {
-        id,
-        debit_account_id: debit,
-        credit_account_id: credit,
-        amount,
-        ledger: 156,
-        code: 1,
-        ..Transfer::default()
-    }
 }
 
 fn pending(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {

@@ -138,38 +138,17 @@ impl<T: Target> Target for StallingTarget<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_testkit::{account, transfer};
     use tally_types::{AccountFlags, ResultCode, TransferFlags};
-
-    fn account(id: u128, flags: AccountFlags) -> Account {
-        Account {
-            id,
-            ledger: 156,
-            code: 1,
-            flags,
-            ..Account::default()
-        }
-    }
-
-    fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
-        Transfer {
-            id,
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            ledger: 156,
-            code: 1,
-            ..Transfer::default()
-        }
-    }
 
     #[test]
     fn chains_are_all_or_nothing_and_limits_hold() {
         let target = MemoryTarget::new();
         let limited = AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS;
         let accounts = vec![
-            account(1, AccountFlags::empty()),
-            account(2, limited),
-            account(3, AccountFlags::empty()),
+            account(1, 156, AccountFlags::empty()),
+            account(2, 156, limited),
+            account(3, 156, AccountFlags::empty()),
         ];
         let codes = |o: Vec<Outcome>| o.into_iter().map(|o| o.code).collect::<Vec<_>>();
         let created = target

@@ -3,6 +3,7 @@
 use crate::StateMachine;
 use proptest::prelude::*;
 use std::collections::HashSet;
+use tally_testkit::{account, transfer};
 use tally_types::{
     Account, AccountFilter, AccountFlags as AF, Batch, PendingStatus, ResultCode as R, Transfer,
     TransferFlags as TF,
@@ -10,28 +11,6 @@ use tally_types::{
 
 const SECOND: u64 = 1_000_000_000;
 const T0: u64 = 1_000 * SECOND;
-
-fn account(id: u128, ledger: u32, flags: AF) -> Account {
-    Account {
-        id,
-        ledger,
-        code: 1,
-        flags,
-        ..Account::default()
-    }
-}
-
-fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
-    Transfer {
-        id,
-        debit_account_id: debit,
-        credit_account_id: credit,
-        amount,
-        ledger: 156,
-        code: 1,
-        ..Transfer::default()
-    }
-}
 
 fn pending(id: u128, debit: u128, credit: u128, amount: u128, timeout: u32) -> Transfer {
     Transfer {

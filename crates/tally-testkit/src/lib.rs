@@ -1,5 +1,34 @@
 //! Helpers shared by Tally's tests, benches and examples (never by production code).
 
+use tally_types::{Account, AccountFlags, Transfer};
+
+/// The ledger the builders use unless told otherwise: CNY, 2 decimals.
+pub const TEST_LEDGER: u32 = 156;
+
+/// An account with code 1 and zero balances.
+pub fn account(id: u128, ledger: u32, flags: AccountFlags) -> Account {
+    Account {
+        id,
+        ledger,
+        code: 1,
+        flags,
+        ..Account::default()
+    }
+}
+
+/// A single-phase transfer on [`TEST_LEDGER`] with code 1.
+pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: TEST_LEDGER,
+        code: 1,
+        ..Transfer::default()
+    }
+}
+
 /// splitmix64: a tiny portable RNG. The same seed gives the same sequence on every
 /// machine, so a failing seed replays the same failure anywhere. Any seed works,
 /// zero included.
