@@ -1,6 +1,12 @@
 //! Applying batches: expiry, linked chains, and every check of SPEC.md §2 in order.
+//!
+//! The checks are written once, over [`Parts`]: the whole state on one thread (the
+//! reference, and replay), or only the parts a shard thread holds for one unit of a plan
+//! (`crate::plan`). Every access routes by id with [`part_of`]; a unit that touches a
+//! part it was not planned to hold panics instead of reading the wrong data.
 
-use crate::state::{Balances, StateMachine, expires_at};
+use crate::part::{Balances, Part, expires_at, part_of};
+use crate::state::StateMachine;
 use tally_types::{
     Account, AccountFlags, BATCH_EVENTS_MAX, Batch, NS_PER_S, PendingStatus, ResultCode, Transfer,
     TransferFlags, TransferKind,
@@ -8,8 +14,103 @@ use tally_types::{
 
 use ResultCode as R;
 
+/// The parts an apply step can reach.
+pub trait Parts {
+    /// The number of parts the state has (held or not).
+    fn count(&self) -> usize;
+    fn get(&self, part: usize) -> &Part;
+    fn get_mut(&mut self, part: usize) -> &mut Part;
+    /// Runs `visit` on every part held.
+    fn each_held(&mut self, visit: impl FnMut(&mut Part));
+}
+
+impl Parts for [Box<Part>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    #[inline]
+    fn get(&self, part: usize) -> &Part {
+        &self[part]
+    }
+
+    #[inline]
+    fn get_mut(&mut self, part: usize) -> &mut Part {
+        &mut self[part]
+    }
+
+    fn each_held(&mut self, visit: impl FnMut(&mut Part)) {
+        self.iter_mut().map(|part| &mut **part).for_each(visit);
+    }
+}
+
+/// The parts one shard thread holds while it runs a unit: its own, plus the ones other
+/// shards lent it for a unit that spans several parts.
+#[derive(Debug)]
+pub struct Held {
+    slots: Vec<Option<Box<Part>>>,
+}
+
+impl Held {
+    /// Holding nothing yet, of a state with `count` parts.
+    pub fn new(count: usize) -> Held {
+        Held {
+            slots: (0..count).map(|_| None).collect(),
+        }
+    }
+
+    /// Takes `part` in; its slot must be free.
+    pub fn insert(&mut self, part: Box<Part>) {
+        let slot = &mut self.slots[part.index()];
+        assert!(slot.is_none(), "part {} held twice", part.index());
+        *slot = Some(part);
+    }
+
+    /// Gives part `index` up; it must be held.
+    pub fn take(&mut self, index: usize) -> Box<Part> {
+        self.slots[index]
+            .take()
+            .unwrap_or_else(|| panic!("part {index} is not held"))
+    }
+
+    /// True when part `index` is held.
+    pub fn holds(&self, index: usize) -> bool {
+        self.slots[index].is_some()
+    }
+}
+
+impl Parts for Held {
+    fn count(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline]
+    fn get(&self, part: usize) -> &Part {
+        match &self.slots[part] {
+            Some(held) => held,
+            None => panic!("a unit reached part {part}, which its plan did not give it"),
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, part: usize) -> &mut Part {
+        match &mut self.slots[part] {
+            Some(held) => held,
+            None => panic!("a unit reached part {part}, which its plan did not give it"),
+        }
+    }
+
+    fn each_held(&mut self, visit: impl FnMut(&mut Part)) {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .map(|p| &mut **p)
+            .for_each(visit);
+    }
+}
+
 /// Something with a `linked` flag, so chains work the same for both batch kinds.
-trait Event {
+pub(crate) trait Event {
     fn linked(&self) -> bool;
 }
 
@@ -25,6 +126,26 @@ impl Event for Transfer {
     }
 }
 
+/// The units of a batch, as event ranges: an event that is not linked alone, or a whole
+/// linked chain (its linked events and the first unlinked one that closes it; an open
+/// chain runs to the end of the batch). Units are what runs all or nothing.
+pub(crate) fn unit_ranges<E: Event>(events: &[E]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= events.len() {
+            return None;
+        }
+        let mut end = start;
+        while end < events.len() && events[end].linked() {
+            end += 1;
+        }
+        let end = (end + 1).min(events.len());
+        let range = (start, end);
+        start = end;
+        Some(range)
+    })
+}
+
 impl StateMachine {
     /// Applies one batch stamped `timestamp`: first releases every pending transfer that
     /// has expired by then, then applies the events in order, event `i` stamped
@@ -38,422 +159,530 @@ impl StateMachine {
             batch.len() <= BATCH_EVENTS_MAX,
             "batch larger than the maximum"
         );
+        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         assert!(timestamp > self.last_timestamp, "time must move forward");
         let last = timestamp
             .checked_add(batch.len().saturating_sub(1) as u64)
             .expect("timestamps fit in u64");
-        self.expire_pending(timestamp);
-        let results = match batch {
+        let parts = self.parts.as_mut_slice();
+        expire_due(parts, timestamp);
+        let mut results = vec![R::Ok; batch.len()];
+        match batch {
             Batch::CreateAccounts(events) => {
-                self.apply_chained(timestamp, events, Self::create_account)
-            }
-            Batch::CreateTransfers(events) => {
-                self.apply_chained(timestamp, events, Self::create_transfer)
-            }
-        };
-        // An empty batch still takes its stamp: every batch moves time forward.
-        self.last_timestamp = last;
-        debug_assert!(self.undo_log.is_empty());
-        results
-    }
-
-    /// Releases every pending transfer whose expiry instant is at or before `now`.
-    /// Returns how many expired. Called by [`StateMachine::apply`] before each batch.
-    fn expire_pending(&mut self, now: u64) -> usize {
-        let mut expired = 0;
-        while let Some(&(at, id)) = self.expiries.first() {
-            if at > now {
-                break;
-            }
-            self.expiries.pop_first();
-            let pending = *self.lookup_transfer(id).expect("expiring transfer exists");
-            assert_eq!(self.pending_status.get(&id), Some(&PendingStatus::Pending));
-            self.release_pending(&pending, 0);
-            self.pending_status.insert(id, PendingStatus::Expired);
-            expired += 1;
-        }
-        self.undo_log.clear();
-        expired
-    }
-
-    fn apply_chained<E: Event>(
-        &mut self,
-        timestamp: u64,
-        events: &[E],
-        execute: fn(&mut Self, &E, u64) -> ResultCode,
-    ) -> Vec<ResultCode> {
-        let mut results = Vec::with_capacity(events.len());
-        let mut chain_start: Option<usize> = None;
-        let mut chain_broken = false;
-        for (index, event) in events.iter().enumerate() {
-            if event.linked() && chain_start.is_none() {
-                chain_start = Some(index);
-                chain_broken = false;
-                assert!(self.undo_log.is_empty());
-            }
-            let result = if event.linked() && index == events.len() - 1 {
-                R::LinkedEventChainOpen
-            } else if chain_broken {
-                R::LinkedEventFailed
-            } else {
-                execute(self, event, timestamp + index as u64)
-            };
-            results.push(result);
-            if let Some(start) = chain_start.filter(|_| result != R::Ok && !chain_broken) {
-                chain_broken = true;
-                self.rollback_to(0);
-                for earlier in &mut results[start..index] {
-                    *earlier = R::LinkedEventFailed;
+                for (start, end) in unit_ranges(events) {
+                    apply_unit(
+                        parts,
+                        timestamp,
+                        events,
+                        start,
+                        end,
+                        create_account,
+                        &mut results[start..end],
+                    );
                 }
             }
-            if !event.linked() || index == events.len() - 1 {
-                chain_start = None;
-                chain_broken = false;
-                self.undo_log.clear();
+            Batch::CreateTransfers(events) => {
+                for (start, end) in unit_ranges(events) {
+                    apply_unit(
+                        parts,
+                        timestamp,
+                        events,
+                        start,
+                        end,
+                        create_transfer,
+                        &mut results[start..end],
+                    );
+                }
             }
         }
+        // An empty batch still takes its stamp: every batch moves time forward.
+        self.last_timestamp = last;
         results
     }
+}
 
-    fn create_account(&mut self, a: &Account, timestamp: u64) -> ResultCode {
-        if a.id == 0 {
-            return R::IdMustNotBeZero;
-        }
-        if a.id == u128::MAX {
-            return R::IdMustNotBeIntMax;
-        }
-        if a.flags
-            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-            && a.flags
-                .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
-        {
-            return R::FlagsAreMutuallyExclusive;
-        }
-        if a.ledger == 0 {
-            return R::LedgerMustNotBeZero;
-        }
-        if a.code == 0 {
-            return R::CodeMustNotBeZero;
-        }
-        if let Some(existing) = self.lookup_account(a.id) {
-            return account_exists_result(a, existing);
-        }
-        // The engine owns balances and timestamps; whatever the input carried is ignored.
-        let account = Account {
-            debits_pending: 0,
-            debits_posted: 0,
-            credits_pending: 0,
-            credits_posted: 0,
-            timestamp,
-            ..*a
-        };
-        self.insert_account(account);
-        R::Ok
-    }
-
-    fn create_transfer(&mut self, t: &Transfer, timestamp: u64) -> ResultCode {
-        if t.id == 0 {
-            return R::IdMustNotBeZero;
-        }
-        if t.id == u128::MAX {
-            return R::IdMustNotBeIntMax;
-        }
-        let Some(kind) = t.kind() else {
-            return R::FlagsAreMutuallyExclusive;
-        };
-        if let Some(existing) = self.lookup_transfer(t.id) {
-            return transfer_exists_result(t, kind, existing);
-        }
-        if self.failed_ids.contains(&t.id) {
-            return R::IdAlreadyFailed;
-        }
-        let result = match kind {
-            TransferKind::SinglePhase | TransferKind::Pending => {
-                self.create_single_or_pending(t, kind, timestamp)
-            }
-            TransferKind::PostPending | TransferKind::VoidPending => {
-                self.post_or_void(t, kind, timestamp)
-            }
-            TransferKind::Refund => self.refund(t, timestamp),
-        };
-        if result.is_transient() {
-            // Burned for good, even inside a chain that rolls back: a retry must always
-            // get the first outcome's meaning.
-            self.failed_ids.insert(t.id);
-        }
-        result
-    }
-
-    fn create_single_or_pending(
-        &mut self,
-        t: &Transfer,
-        kind: TransferKind,
-        timestamp: u64,
-    ) -> ResultCode {
-        if t.debit_account_id == 0 {
-            return R::DebitAccountIdMustNotBeZero;
-        }
-        if t.debit_account_id == u128::MAX {
-            return R::DebitAccountIdMustNotBeIntMax;
-        }
-        if t.credit_account_id == 0 {
-            return R::CreditAccountIdMustNotBeZero;
-        }
-        if t.credit_account_id == u128::MAX {
-            return R::CreditAccountIdMustNotBeIntMax;
-        }
-        if t.debit_account_id == t.credit_account_id {
-            return R::AccountsMustBeDifferent;
-        }
-        if t.pending_id != 0 {
-            return R::PendingIdMustBeZero;
-        }
-        let pending = kind == TransferKind::Pending;
-        if t.timeout != 0 && !pending {
-            return R::TimeoutReservedForPendingTransfer;
-        }
-        if t.ledger == 0 {
-            return R::LedgerMustNotBeZero;
-        }
-        if t.code == 0 {
-            return R::CodeMustNotBeZero;
-        }
-        if t.amount == 0 {
-            return R::AmountMustNotBeZero;
-        }
-        let Some(dr_index) = self.account_position(t.debit_account_id) else {
-            return R::DebitAccountNotFound;
-        };
-        let Some(cr_index) = self.account_position(t.credit_account_id) else {
-            return R::CreditAccountNotFound;
-        };
-        let dr = self.accounts[dr_index as usize];
-        let cr = self.accounts[cr_index as usize];
-        if dr.ledger != cr.ledger {
-            return R::AccountsMustHaveTheSameLedger;
-        }
-        if t.ledger != dr.ledger {
-            return R::TransferMustHaveTheSameLedgerAsAccounts;
-        }
-        let (dr_after, cr_after) = match movement_checks(&dr, &cr, t.amount, pending) {
-            Ok(after) => after,
-            Err(code) => return code,
-        };
-        if pending
-            && t.timeout != 0
-            && timestamp
-                .checked_add(u64::from(t.timeout) * NS_PER_S)
-                .is_none()
-        {
-            return R::OverflowsTimeout;
-        }
-        if let Err(code) = limit_checks(&dr, &cr, t.amount) {
-            return code;
-        }
-        self.set_balances(dr_index, dr_after);
-        self.set_balances(cr_index, cr_after);
-        let stored = Transfer { timestamp, ..*t };
-        self.insert_transfer(stored, dr_index, cr_index);
-        if pending {
-            self.set_pending_status(t.id, PendingStatus::Pending);
-            if t.timeout != 0 {
-                self.insert_expiry((expires_at(&stored), t.id));
+/// Releases, in (instant, id) order, every pending transfer of any part whose expiry
+/// instant is at or before `now`. The reference runs this before each batch; a plan
+/// turns each such expiry into a unit of its own ([`expire_one`]).
+fn expire_due<P: Parts + ?Sized>(parts: &mut P, now: u64) {
+    loop {
+        let mut next: Option<(u64, u128)> = None;
+        for index in 0..parts.count() {
+            if let Some(&key) = parts.get(index).expiries.first()
+                && key.0 <= now
+                && next.is_none_or(|best| key < best)
+            {
+                next = Some(key);
             }
         }
-        R::Ok
-    }
-
-    fn post_or_void(&mut self, t: &Transfer, kind: TransferKind, timestamp: u64) -> ResultCode {
-        let post = kind == TransferKind::PostPending;
-        if t.pending_id == 0 {
-            return R::PendingIdMustNotBeZero;
-        }
-        if t.pending_id == u128::MAX {
-            return R::PendingIdMustNotBeIntMax;
-        }
-        if t.pending_id == t.id {
-            return R::PendingIdMustBeDifferent;
-        }
-        if t.timeout != 0 {
-            return R::TimeoutReservedForPendingTransfer;
-        }
-        let Some(p) = self.lookup_transfer(t.pending_id).copied() else {
-            return R::PendingTransferNotFound;
+        let Some(key) = next else {
+            break;
         };
-        if !p.flags.contains(TransferFlags::PENDING) {
-            return R::PendingTransferNotPending;
-        }
-        if t.debit_account_id != 0 && t.debit_account_id != p.debit_account_id {
-            return R::PendingTransferHasDifferentDebitAccountId;
-        }
-        if t.credit_account_id != 0 && t.credit_account_id != p.credit_account_id {
-            return R::PendingTransferHasDifferentCreditAccountId;
-        }
-        if t.ledger != 0 && t.ledger != p.ledger {
-            return R::PendingTransferHasDifferentLedger;
-        }
-        if t.code != 0 && t.code != p.code {
-            return R::PendingTransferHasDifferentCode;
-        }
-        if post && t.amount > p.amount {
-            return R::ExceedsPendingTransferAmount;
-        }
-        if !post && t.amount != 0 && t.amount != p.amount {
-            return R::PendingTransferHasDifferentAmount;
-        }
-        match self.pending_status.get(&p.id) {
-            Some(PendingStatus::Pending) => {}
-            Some(PendingStatus::Posted) => return R::PendingTransferAlreadyPosted,
-            Some(PendingStatus::Voided) => return R::PendingTransferAlreadyVoided,
-            Some(PendingStatus::Expired) => return R::PendingTransferExpired,
-            None => unreachable!("every pending transfer has a status"),
-        }
-        let amount_posted = if !post {
-            0
-        } else if t.amount == 0 {
-            p.amount
+        let expired = expire_one(parts, key);
+        assert!(expired, "a due expiry is still listed");
+    }
+}
+
+/// Expires pending transfer `key.1` if it is still waiting on expiry instant `key.0`
+/// (a post or void earlier in the group may have settled it). Returns whether it did.
+pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> bool {
+    let count = parts.count();
+    let (_, id) = key;
+    let home = parts.get_mut(part_of(id, count));
+    if !home.expiries.remove(&key) {
+        return false;
+    }
+    let pending = *home.lookup_transfer(id).expect("expiring transfer exists");
+    assert_eq!(home.pending_status.get(&id), Some(&PendingStatus::Pending));
+    home.pending_status.insert(id, PendingStatus::Expired);
+    release_pending(parts, &pending, 0);
+    parts.each_held(|part| part.undo_log.clear());
+    true
+}
+
+/// Runs one unit of `events` (see [`unit_ranges`]): event `i` stamped `timestamp + i`,
+/// writing its result to `results[i - start]`. A chain is all or nothing: on the first
+/// failure every part it held rolls back.
+pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
+    parts: &mut P,
+    timestamp: u64,
+    events: &[E],
+    start: usize,
+    end: usize,
+    execute: fn(&mut P, &E, u64) -> ResultCode,
+    results: &mut [ResultCode],
+) {
+    debug_assert_eq!(results.len(), end - start);
+    let last_index = events.len() - 1;
+    if !events[start].linked() {
+        debug_assert_eq!(end, start + 1);
+        results[0] = execute(parts, &events[start], timestamp + start as u64);
+        parts.each_held(|part| part.undo_log.clear());
+        return;
+    }
+    parts.each_held(|part| assert!(part.undo_log.is_empty(), "a chain starts clean"));
+    let mut broken = false;
+    for index in start..end {
+        let event = &events[index];
+        let result = if event.linked() && index == last_index {
+            R::LinkedEventChainOpen
+        } else if broken {
+            R::LinkedEventFailed
         } else {
-            t.amount
+            execute(parts, event, timestamp + index as u64)
         };
-        if post {
-            let dr = self
-                .lookup_account(p.debit_account_id)
-                .expect("pending's debit account");
-            if dr.debits_posted.checked_add(amount_posted).is_none() {
-                return R::OverflowsDebitsPosted;
-            }
-            let cr = self
-                .lookup_account(p.credit_account_id)
-                .expect("pending's credit account");
-            if cr.credits_posted.checked_add(amount_posted).is_none() {
-                return R::OverflowsCreditsPosted;
+        results[index - start] = result;
+        if result != R::Ok && !broken {
+            broken = true;
+            parts.each_held(|part| part.rollback_to(0));
+            for earlier in &mut results[..index - start] {
+                *earlier = R::LinkedEventFailed;
             }
         }
-        let (dr_index, cr_index) = self.release_pending(&p, amount_posted);
-        self.set_pending_status(
-            p.id,
-            if post {
-                PendingStatus::Posted
-            } else {
-                PendingStatus::Voided
-            },
-        );
-        if p.timeout != 0 {
-            self.remove_expiry((expires_at(&p), p.id));
-        }
-        self.insert_transfer(
-            Transfer {
-                debit_account_id: p.debit_account_id,
-                credit_account_id: p.credit_account_id,
-                ledger: p.ledger,
-                code: p.code,
-                amount: if post { amount_posted } else { p.amount },
-                timestamp,
-                ..*t
-            },
-            dr_index,
-            cr_index,
-        );
-        R::Ok
     }
+    parts.each_held(|part| part.undo_log.clear());
+}
 
-    /// Takes pending transfer `p`'s whole reservation out of the pending balances and
-    /// posts `amount_posted` of it (0 for a void or an expiry). Returns the positions of
-    /// its debit and credit accounts.
-    fn release_pending(&mut self, p: &Transfer, amount_posted: u128) -> (u32, u32) {
-        assert!(amount_posted <= p.amount);
-        let dr_index = self
-            .account_position(p.debit_account_id)
-            .expect("debit account");
-        let cr_index = self
-            .account_position(p.credit_account_id)
-            .expect("credit account");
-        let mut dr = Balances::of(&self.accounts[dr_index as usize]);
-        let mut cr = Balances::of(&self.accounts[cr_index as usize]);
-        dr.debits_pending = dr.debits_pending.checked_sub(p.amount).expect("reserved");
-        cr.credits_pending = cr.credits_pending.checked_sub(p.amount).expect("reserved");
-        dr.debits_posted = dr
-            .debits_posted
-            .checked_add(amount_posted)
-            .expect("checked");
-        cr.credits_posted = cr
-            .credits_posted
-            .checked_add(amount_posted)
-            .expect("checked");
-        self.set_balances(dr_index, dr);
-        self.set_balances(cr_index, cr);
-        (dr_index, cr_index)
+/// An account's part and position.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    part: usize,
+    index: u32,
+}
+
+fn account_slot<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Slot> {
+    let part = part_of(id, parts.count());
+    let index = parts.get(part).account_position(id)?;
+    Some(Slot { part, index })
+}
+
+fn account_at<P: Parts + ?Sized>(parts: &P, slot: Slot) -> Account {
+    parts.get(slot.part).accounts[slot.index as usize]
+}
+
+fn set_balances<P: Parts + ?Sized>(parts: &mut P, slot: Slot, balances: Balances) {
+    parts.get_mut(slot.part).set_balances(slot.index, balances);
+}
+
+fn lookup_transfer<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Transfer> {
+    parts
+        .get(part_of(id, parts.count()))
+        .lookup_transfer(id)
+        .copied()
+}
+
+fn home_mut<P: Parts + ?Sized>(parts: &mut P, id: u128) -> &mut Part {
+    let part = part_of(id, parts.count());
+    parts.get_mut(part)
+}
+
+/// Stores a transfer in its id's part and appends it to both accounts' histories.
+fn insert_transfer<P: Parts + ?Sized>(
+    parts: &mut P,
+    transfer: Transfer,
+    debit: Slot,
+    credit: Slot,
+) {
+    debug_assert_eq!(account_at(parts, debit).id, transfer.debit_account_id);
+    debug_assert_eq!(account_at(parts, credit).id, transfer.credit_account_id);
+    let transfer_ref = home_mut(parts, transfer.id).store_transfer(transfer);
+    for slot in [debit, credit] {
+        parts
+            .get_mut(slot.part)
+            .append_history(slot.index, transfer_ref);
     }
+}
 
-    fn refund(&mut self, t: &Transfer, timestamp: u64) -> ResultCode {
-        let refund_of = t.refund_of();
-        if refund_of == 0 {
-            return R::RefundOfMustNotBeZero;
+pub(crate) fn create_account<P: Parts + ?Sized>(
+    parts: &mut P,
+    a: &Account,
+    timestamp: u64,
+) -> ResultCode {
+    if a.id == 0 {
+        return R::IdMustNotBeZero;
+    }
+    if a.id == u128::MAX {
+        return R::IdMustNotBeIntMax;
+    }
+    if a.flags
+        .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+        && a.flags
+            .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+    {
+        return R::FlagsAreMutuallyExclusive;
+    }
+    if a.ledger == 0 {
+        return R::LedgerMustNotBeZero;
+    }
+    if a.code == 0 {
+        return R::CodeMustNotBeZero;
+    }
+    let home = home_mut(parts, a.id);
+    if let Some(existing) = home.lookup_account(a.id) {
+        return account_exists_result(a, existing);
+    }
+    // The engine owns balances and timestamps; whatever the input carried is ignored.
+    let account = Account {
+        debits_pending: 0,
+        debits_posted: 0,
+        credits_pending: 0,
+        credits_posted: 0,
+        timestamp,
+        ..*a
+    };
+    home.insert_account(account);
+    R::Ok
+}
+
+pub(crate) fn create_transfer<P: Parts + ?Sized>(
+    parts: &mut P,
+    t: &Transfer,
+    timestamp: u64,
+) -> ResultCode {
+    if t.id == 0 {
+        return R::IdMustNotBeZero;
+    }
+    if t.id == u128::MAX {
+        return R::IdMustNotBeIntMax;
+    }
+    let Some(kind) = t.kind() else {
+        return R::FlagsAreMutuallyExclusive;
+    };
+    let home = home_mut(parts, t.id);
+    if let Some(existing) = home.lookup_transfer(t.id) {
+        return transfer_exists_result(t, kind, existing);
+    }
+    if home.failed_ids.contains(&t.id) {
+        return R::IdAlreadyFailed;
+    }
+    let result = match kind {
+        TransferKind::SinglePhase | TransferKind::Pending => {
+            create_single_or_pending(parts, t, kind, timestamp)
         }
-        if refund_of == u128::MAX {
-            return R::RefundOfMustNotBeIntMax;
+        TransferKind::PostPending | TransferKind::VoidPending => {
+            post_or_void(parts, t, kind, timestamp)
         }
+        TransferKind::Refund => refund(parts, t, timestamp),
+    };
+    if result.is_transient() {
+        // Burned for good, even inside a chain that rolls back: a retry must always
+        // get the first outcome's meaning.
+        home_mut(parts, t.id).failed_ids.insert(t.id);
+    }
+    result
+}
+
+fn create_single_or_pending<P: Parts + ?Sized>(
+    parts: &mut P,
+    t: &Transfer,
+    kind: TransferKind,
+    timestamp: u64,
+) -> ResultCode {
+    if t.debit_account_id == 0 {
+        return R::DebitAccountIdMustNotBeZero;
+    }
+    if t.debit_account_id == u128::MAX {
+        return R::DebitAccountIdMustNotBeIntMax;
+    }
+    if t.credit_account_id == 0 {
+        return R::CreditAccountIdMustNotBeZero;
+    }
+    if t.credit_account_id == u128::MAX {
+        return R::CreditAccountIdMustNotBeIntMax;
+    }
+    if t.debit_account_id == t.credit_account_id {
+        return R::AccountsMustBeDifferent;
+    }
+    if t.pending_id != 0 {
+        return R::PendingIdMustBeZero;
+    }
+    let pending = kind == TransferKind::Pending;
+    if t.timeout != 0 && !pending {
+        return R::TimeoutReservedForPendingTransfer;
+    }
+    if t.ledger == 0 {
+        return R::LedgerMustNotBeZero;
+    }
+    if t.code == 0 {
+        return R::CodeMustNotBeZero;
+    }
+    if t.amount == 0 {
+        return R::AmountMustNotBeZero;
+    }
+    let Some(dr_slot) = account_slot(parts, t.debit_account_id) else {
+        return R::DebitAccountNotFound;
+    };
+    let Some(cr_slot) = account_slot(parts, t.credit_account_id) else {
+        return R::CreditAccountNotFound;
+    };
+    let dr = account_at(parts, dr_slot);
+    let cr = account_at(parts, cr_slot);
+    if dr.ledger != cr.ledger {
+        return R::AccountsMustHaveTheSameLedger;
+    }
+    if t.ledger != dr.ledger {
+        return R::TransferMustHaveTheSameLedgerAsAccounts;
+    }
+    let (dr_after, cr_after) = match movement_checks(&dr, &cr, t.amount, pending) {
+        Ok(after) => after,
+        Err(code) => return code,
+    };
+    if pending
+        && t.timeout != 0
+        && timestamp
+            .checked_add(u64::from(t.timeout) * NS_PER_S)
+            .is_none()
+    {
+        return R::OverflowsTimeout;
+    }
+    if let Err(code) = limit_checks(&dr, &cr, t.amount) {
+        return code;
+    }
+    set_balances(parts, dr_slot, dr_after);
+    set_balances(parts, cr_slot, cr_after);
+    let stored = Transfer { timestamp, ..*t };
+    insert_transfer(parts, stored, dr_slot, cr_slot);
+    if pending {
+        let home = home_mut(parts, t.id);
+        home.set_pending_status(t.id, PendingStatus::Pending);
         if t.timeout != 0 {
-            return R::TimeoutReservedForPendingTransfer;
+            home.insert_expiry((expires_at(&stored), t.id));
         }
-        let Some(o) = self.lookup_transfer(refund_of).copied() else {
-            return R::OriginalTransferNotFound;
-        };
-        let refundable = matches!(
-            o.kind(),
-            Some(TransferKind::SinglePhase) | Some(TransferKind::PostPending)
-        );
-        if !refundable {
-            return R::OriginalTransferNotRefundable;
-        }
-        if t.debit_account_id != 0 && t.debit_account_id != o.credit_account_id {
-            return R::RefundHasDifferentDebitAccountId;
-        }
-        if t.credit_account_id != 0 && t.credit_account_id != o.debit_account_id {
-            return R::RefundHasDifferentCreditAccountId;
-        }
-        if t.ledger != 0 && t.ledger != o.ledger {
-            return R::RefundHasDifferentLedger;
-        }
-        if t.amount == 0 {
-            return R::AmountMustNotBeZero;
-        }
-        let refunded_total = match self.refunded_amount(o.id).checked_add(t.amount) {
-            Some(total) if total <= o.amount => total,
-            _ => return R::ExceedsRefundableAmount,
-        };
-        let dr_index = self
-            .account_position(o.credit_account_id)
-            .expect("original's credit");
-        let cr_index = self
-            .account_position(o.debit_account_id)
-            .expect("original's debit");
-        let dr = self.accounts[dr_index as usize];
-        let cr = self.accounts[cr_index as usize];
-        let (dr_after, cr_after) = match movement_checks(&dr, &cr, t.amount, false) {
-            Ok(after) => after,
-            Err(code) => return code,
-        };
-        if let Err(code) = limit_checks(&dr, &cr, t.amount) {
-            return code;
-        }
-        self.set_balances(dr_index, dr_after);
-        self.set_balances(cr_index, cr_after);
-        self.set_refunded(o.id, refunded_total);
-        self.insert_transfer(
-            Transfer {
-                debit_account_id: o.credit_account_id,
-                credit_account_id: o.debit_account_id,
-                ledger: o.ledger,
-                code: if t.code == 0 { o.code } else { t.code },
-                timestamp,
-                ..*t
-            },
-            dr_index,
-            cr_index,
-        );
-        R::Ok
     }
+    R::Ok
+}
+
+fn post_or_void<P: Parts + ?Sized>(
+    parts: &mut P,
+    t: &Transfer,
+    kind: TransferKind,
+    timestamp: u64,
+) -> ResultCode {
+    let post = kind == TransferKind::PostPending;
+    if t.pending_id == 0 {
+        return R::PendingIdMustNotBeZero;
+    }
+    if t.pending_id == u128::MAX {
+        return R::PendingIdMustNotBeIntMax;
+    }
+    if t.pending_id == t.id {
+        return R::PendingIdMustBeDifferent;
+    }
+    if t.timeout != 0 {
+        return R::TimeoutReservedForPendingTransfer;
+    }
+    let Some(p) = lookup_transfer(parts, t.pending_id) else {
+        return R::PendingTransferNotFound;
+    };
+    if !p.flags.contains(TransferFlags::PENDING) {
+        return R::PendingTransferNotPending;
+    }
+    if t.debit_account_id != 0 && t.debit_account_id != p.debit_account_id {
+        return R::PendingTransferHasDifferentDebitAccountId;
+    }
+    if t.credit_account_id != 0 && t.credit_account_id != p.credit_account_id {
+        return R::PendingTransferHasDifferentCreditAccountId;
+    }
+    if t.ledger != 0 && t.ledger != p.ledger {
+        return R::PendingTransferHasDifferentLedger;
+    }
+    if t.code != 0 && t.code != p.code {
+        return R::PendingTransferHasDifferentCode;
+    }
+    if post && t.amount > p.amount {
+        return R::ExceedsPendingTransferAmount;
+    }
+    if !post && t.amount != 0 && t.amount != p.amount {
+        return R::PendingTransferHasDifferentAmount;
+    }
+    match home_mut(parts, p.id).pending_status.get(&p.id) {
+        Some(PendingStatus::Pending) => {}
+        Some(PendingStatus::Posted) => return R::PendingTransferAlreadyPosted,
+        Some(PendingStatus::Voided) => return R::PendingTransferAlreadyVoided,
+        Some(PendingStatus::Expired) => return R::PendingTransferExpired,
+        None => unreachable!("every pending transfer has a status"),
+    }
+    let amount_posted = if !post {
+        0
+    } else if t.amount == 0 {
+        p.amount
+    } else {
+        t.amount
+    };
+    let dr_slot = account_slot(parts, p.debit_account_id).expect("pending's debit account");
+    let cr_slot = account_slot(parts, p.credit_account_id).expect("pending's credit account");
+    if post {
+        let dr = account_at(parts, dr_slot);
+        if dr.debits_posted.checked_add(amount_posted).is_none() {
+            return R::OverflowsDebitsPosted;
+        }
+        let cr = account_at(parts, cr_slot);
+        if cr.credits_posted.checked_add(amount_posted).is_none() {
+            return R::OverflowsCreditsPosted;
+        }
+    }
+    release_pending(parts, &p, amount_posted);
+    let home = home_mut(parts, p.id);
+    home.set_pending_status(
+        p.id,
+        if post {
+            PendingStatus::Posted
+        } else {
+            PendingStatus::Voided
+        },
+    );
+    if p.timeout != 0 {
+        home.remove_expiry((expires_at(&p), p.id));
+    }
+    insert_transfer(
+        parts,
+        Transfer {
+            debit_account_id: p.debit_account_id,
+            credit_account_id: p.credit_account_id,
+            ledger: p.ledger,
+            code: p.code,
+            amount: if post { amount_posted } else { p.amount },
+            timestamp,
+            ..*t
+        },
+        dr_slot,
+        cr_slot,
+    );
+    R::Ok
+}
+
+/// Takes pending transfer `p`'s whole reservation out of the pending balances and posts
+/// `amount_posted` of it (0 for a void or an expiry).
+fn release_pending<P: Parts + ?Sized>(parts: &mut P, p: &Transfer, amount_posted: u128) {
+    assert!(amount_posted <= p.amount);
+    let dr_slot = account_slot(parts, p.debit_account_id).expect("debit account");
+    let cr_slot = account_slot(parts, p.credit_account_id).expect("credit account");
+    let mut dr = Balances::of(&account_at(parts, dr_slot));
+    let mut cr = Balances::of(&account_at(parts, cr_slot));
+    dr.debits_pending = dr.debits_pending.checked_sub(p.amount).expect("reserved");
+    cr.credits_pending = cr.credits_pending.checked_sub(p.amount).expect("reserved");
+    dr.debits_posted = dr
+        .debits_posted
+        .checked_add(amount_posted)
+        .expect("checked");
+    cr.credits_posted = cr
+        .credits_posted
+        .checked_add(amount_posted)
+        .expect("checked");
+    set_balances(parts, dr_slot, dr);
+    set_balances(parts, cr_slot, cr);
+}
+
+fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, timestamp: u64) -> ResultCode {
+    let refund_of = t.refund_of();
+    if refund_of == 0 {
+        return R::RefundOfMustNotBeZero;
+    }
+    if refund_of == u128::MAX {
+        return R::RefundOfMustNotBeIntMax;
+    }
+    if t.timeout != 0 {
+        return R::TimeoutReservedForPendingTransfer;
+    }
+    let Some(o) = lookup_transfer(parts, refund_of) else {
+        return R::OriginalTransferNotFound;
+    };
+    let refundable = matches!(
+        o.kind(),
+        Some(TransferKind::SinglePhase) | Some(TransferKind::PostPending)
+    );
+    if !refundable {
+        return R::OriginalTransferNotRefundable;
+    }
+    if t.debit_account_id != 0 && t.debit_account_id != o.credit_account_id {
+        return R::RefundHasDifferentDebitAccountId;
+    }
+    if t.credit_account_id != 0 && t.credit_account_id != o.debit_account_id {
+        return R::RefundHasDifferentCreditAccountId;
+    }
+    if t.ledger != 0 && t.ledger != o.ledger {
+        return R::RefundHasDifferentLedger;
+    }
+    if t.amount == 0 {
+        return R::AmountMustNotBeZero;
+    }
+    let refunded_before = home_mut(parts, o.id)
+        .refunded
+        .get(&o.id)
+        .copied()
+        .unwrap_or(0);
+    let refunded_total = match refunded_before.checked_add(t.amount) {
+        Some(total) if total <= o.amount => total,
+        _ => return R::ExceedsRefundableAmount,
+    };
+    let dr_slot = account_slot(parts, o.credit_account_id).expect("original's credit");
+    let cr_slot = account_slot(parts, o.debit_account_id).expect("original's debit");
+    let dr = account_at(parts, dr_slot);
+    let cr = account_at(parts, cr_slot);
+    let (dr_after, cr_after) = match movement_checks(&dr, &cr, t.amount, false) {
+        Ok(after) => after,
+        Err(code) => return code,
+    };
+    if let Err(code) = limit_checks(&dr, &cr, t.amount) {
+        return code;
+    }
+    set_balances(parts, dr_slot, dr_after);
+    set_balances(parts, cr_slot, cr_after);
+    home_mut(parts, o.id).set_refunded(o.id, refunded_total);
+    insert_transfer(
+        parts,
+        Transfer {
+            debit_account_id: o.credit_account_id,
+            credit_account_id: o.debit_account_id,
+            ledger: o.ledger,
+            code: if t.code == 0 { o.code } else { t.code },
+            timestamp,
+            ..*t
+        },
+        dr_slot,
+        cr_slot,
+    );
+    R::Ok
 }
 
 /// The overflow checks of a money movement, in SPEC order; on success, the balances

@@ -63,7 +63,7 @@ impl StateMachine {
     /// Per ledger, the sums of every account's balances.
     pub fn ledger_totals(&self) -> BTreeMap<u32, LedgerTotals> {
         let mut totals: BTreeMap<u32, LedgerTotals> = BTreeMap::new();
-        for account in &self.accounts {
+        for account in self.accounts() {
             let t = totals.entry(account.ledger).or_default();
             t.debits_pending.add(account.debits_pending);
             t.debits_posted.add(account.debits_posted);
@@ -89,7 +89,7 @@ impl StateMachine {
                 )));
             }
         }
-        for account in &self.accounts {
+        for account in self.accounts() {
             let debits = account.debits_pending.checked_add(account.debits_posted);
             let credits = account.credits_pending.checked_add(account.credits_posted);
             let (Some(debits), Some(credits)) = (debits, credits) else {
@@ -121,7 +121,7 @@ impl StateMachine {
             }
         }
         let mut reserved: BTreeMap<u128, (u128, u128)> = BTreeMap::new();
-        for transfer in &self.transfers {
+        for transfer in self.transfers() {
             if transfer.kind() == Some(TransferKind::Pending)
                 && self.pending_status(transfer.id) == Some(PendingStatus::Pending)
             {
@@ -129,7 +129,7 @@ impl StateMachine {
                 reserved.entry(transfer.credit_account_id).or_default().1 += transfer.amount;
             }
         }
-        for account in &self.accounts {
+        for account in self.accounts() {
             let (debits, credits) = reserved.get(&account.id).copied().unwrap_or_default();
             if (debits, credits) != (account.debits_pending, account.credits_pending) {
                 violations.push(InvariantViolation(format!(
@@ -138,7 +138,7 @@ impl StateMachine {
                 )));
             }
         }
-        for (id, total) in &self.refunded {
+        for (id, total) in self.parts.iter().flat_map(|part| part.refunded.iter()) {
             match self.lookup_transfer(*id) {
                 Some(original) if *total <= original.amount => {}
                 _ => violations.push(InvariantViolation(format!(

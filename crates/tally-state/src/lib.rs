@@ -11,9 +11,14 @@
 
 mod apply;
 mod check;
+mod part;
+mod plan;
 mod state;
 
+pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
+pub use part::{PARTS_MAX, Part, part_of};
+pub use plan::{Plan, Serial, Unit, Work, plan, run_unit};
 pub use state::{ImageError, StateMachine};
 
 #[cfg(test)]

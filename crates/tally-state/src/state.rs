@@ -1,93 +1,27 @@
-//! The state and its storage primitives: every mutation goes through a method here that
-//! also records how to undo it, so a failed linked chain can be rolled back exactly.
+//! The whole state: one or more [`Part`]s, and the reads that route by id or merge the
+//! parts back into one view. With one part this is the plain reference state machine;
+//! with more, the engine's shard threads each take one part (see `crate::plan`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-
-/// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
-/// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
-/// chosen ids impractical.
-type IdHasher = foldhash::fast::RandomState;
+use crate::part::{PARTS_MAX, Part, TransferRef, expires_at, part_of};
 use std::fmt;
 use tally_types::{
     Account, AccountFilter, PendingStatus, StateImage, Transfer, TransferFlags, TransferKind,
 };
 
-/// One mutation, remembered so that a failing chain can undo it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Undo {
-    AccountCreated,
-    TransferCreated {
-        debit_index: u32,
-        credit_index: u32,
-    },
-    Balances {
-        account_index: u32,
-        before: Balances,
-    },
-    PendingStatus {
-        id: u128,
-        before: Option<PendingStatus>,
-    },
-    ExpiryInserted {
-        key: (u64, u128),
-    },
-    ExpiryRemoved {
-        key: (u64, u128),
-    },
-    Refunded {
-        id: u128,
-        before: Option<u128>,
-    },
-}
-
-/// The four balances of an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Balances {
-    pub debits_pending: u128,
-    pub debits_posted: u128,
-    pub credits_pending: u128,
-    pub credits_posted: u128,
-}
-
-impl Balances {
-    pub(crate) fn of(account: &Account) -> Self {
-        Balances {
-            debits_pending: account.debits_pending,
-            debits_posted: account.debits_posted,
-            credits_pending: account.credits_pending,
-            credits_posted: account.credits_posted,
-        }
-    }
-
-    pub(crate) fn store(self, account: &mut Account) {
-        account.debits_pending = self.debits_pending;
-        account.debits_posted = self.debits_posted;
-        account.credits_pending = self.credits_pending;
-        account.credits_posted = self.credits_posted;
-    }
-}
-
-/// The reference ledger: accounts, transfers and the side tables the rules need.
-#[derive(Debug, Default, Clone)]
+/// The ledger state: accounts, transfers and the side tables the rules need, split into
+/// parts by id. Results and state never depend on the number of parts.
+#[derive(Debug, Clone)]
 pub struct StateMachine {
-    /// Accounts in creation order; `account_index` maps an id to its position.
-    pub(crate) accounts: Vec<Account>,
-    pub(crate) account_index: HashMap<u128, u32, IdHasher>,
-    /// Transfers in timestamp order; `transfer_index` maps an id to its position.
-    pub(crate) transfers: Vec<Transfer>,
-    pub(crate) transfer_index: HashMap<u128, u32, IdHasher>,
-    /// Per account (same position as in `accounts`), positions in `transfers` of the
-    /// transfers touching it, ascending. Indexed by position, not id: no hash lookup.
-    pub(crate) account_history: Vec<Vec<u32>>,
-    pub(crate) pending_status: HashMap<u128, PendingStatus, IdHasher>,
-    /// Pending transfers with a timeout, by (expiry instant in ns, id).
-    pub(crate) expiries: BTreeSet<(u64, u128)>,
-    /// Total refunded so far, by original transfer id.
-    pub(crate) refunded: HashMap<u128, u128, IdHasher>,
-    /// Ids burned by a transient failure. Never rolled back.
-    pub(crate) failed_ids: HashSet<u128, IdHasher>,
+    /// Boxed: parts travel to shard threads and back by pointer, once per group.
+    #[allow(clippy::vec_box)]
+    pub(crate) parts: Vec<Box<Part>>,
     pub(crate) last_timestamp: u64,
-    pub(crate) undo_log: Vec<Undo>,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        Self::with_parts(1)
+    }
 }
 
 /// Why a [`StateImage`] cannot be loaded.
@@ -103,9 +37,21 @@ impl fmt::Display for ImageError {
 impl std::error::Error for ImageError {}
 
 impl StateMachine {
-    /// An empty ledger.
+    /// An empty ledger in one part.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty ledger split into `parts` parts (1 to [`PARTS_MAX`]).
+    pub fn with_parts(parts: usize) -> Self {
+        assert!(
+            (1..=PARTS_MAX).contains(&parts),
+            "between 1 and {PARTS_MAX} parts, not {parts}"
+        );
+        StateMachine {
+            parts: (0..parts).map(|i| Box::new(Part::new(i, parts))).collect(),
+            last_timestamp: 0,
+        }
     }
 
     /// An empty ledger with room for `accounts` accounts and `transfers` transfers
@@ -113,13 +59,51 @@ impl StateMachine {
     /// or copy the transfer store (seconds at tens of millions of entries). Reserved,
     /// untouched memory is not resident.
     pub fn with_capacity(accounts: usize, transfers: usize) -> Self {
-        let mut machine = Self::default();
-        machine.accounts.reserve(accounts);
-        machine.account_history.reserve(accounts);
-        machine.account_index.reserve(accounts);
-        machine.transfers.reserve(transfers);
-        machine.transfer_index.reserve(transfers);
+        Self::with_capacity_in_parts(accounts, transfers, 1)
+    }
+
+    /// [`StateMachine::with_capacity`] split into `parts` parts.
+    pub fn with_capacity_in_parts(accounts: usize, transfers: usize, parts: usize) -> Self {
+        let mut machine = Self::with_parts(parts);
+        for part in &mut machine.parts {
+            // Ids spread evenly over parts; a little slack absorbs the unevenness.
+            part.reserve(
+                accounts / parts + accounts / 64,
+                transfers / parts + transfers / 64,
+            );
+        }
         machine
+    }
+
+    /// The number of parts.
+    pub fn part_count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Takes every part out, for shard threads to own while they apply one group. The
+    /// state must get them back ([`StateMachine::restore_parts`]) before any other use.
+    pub fn take_parts(&mut self) -> Vec<Box<Part>> {
+        std::mem::take(&mut self.parts)
+    }
+
+    /// Puts back the parts [`StateMachine::take_parts`] took, in any order, and moves
+    /// time to `last_timestamp` (the last stamp of the group they applied).
+    pub fn restore_parts(&mut self, mut parts: Vec<Box<Part>>, last_timestamp: u64) {
+        assert!(self.parts.is_empty(), "parts restored twice");
+        parts.sort_unstable_by_key(|part| part.index());
+        assert!(
+            parts.iter().enumerate().all(|(i, part)| part.index() == i
+                && part.count as usize == parts.len()
+                && part.undo_log.is_empty()),
+            "every part back exactly once, with no pending undo"
+        );
+        assert!(last_timestamp >= self.last_timestamp, "time moves forward");
+        self.parts = parts;
+        self.last_timestamp = last_timestamp;
+    }
+
+    fn part(&self, id: u128) -> &Part {
+        &self.parts[part_of(id, self.parts.len())]
     }
 
     /// Timestamp of the last event applied; 0 for an empty ledger.
@@ -128,21 +112,19 @@ impl StateMachine {
     }
 
     pub fn account_count(&self) -> usize {
-        self.accounts.len()
+        self.parts.iter().map(|part| part.accounts.len()).sum()
     }
 
     pub fn transfer_count(&self) -> usize {
-        self.transfers.len()
+        self.parts.iter().map(|part| part.transfers.len()).sum()
     }
 
     pub fn lookup_account(&self, id: u128) -> Option<&Account> {
-        let index = *self.account_index.get(&id)?;
-        Some(&self.accounts[index as usize])
+        self.part(id).lookup_account(id)
     }
 
     pub fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
-        let index = *self.transfer_index.get(&id)?;
-        Some(&self.transfers[index as usize])
+        self.part(id).lookup_transfer(id)
     }
 
     /// `lookup_accounts`: the accounts that exist, in request order, unknown ids skipped.
@@ -163,40 +145,52 @@ impl StateMachine {
 
     /// Where a pending transfer stands; `None` for ids that are not pending transfers.
     pub fn pending_status(&self, id: u128) -> Option<PendingStatus> {
-        self.pending_status.get(&id).copied()
+        self.part(id).pending_status.get(&id).copied()
     }
 
     /// Total refunded so far of transfer `id`.
     pub fn refunded_amount(&self, id: u128) -> u128 {
-        self.refunded.get(&id).copied().unwrap_or(0)
+        self.part(id).refunded.get(&id).copied().unwrap_or(0)
     }
 
     /// True when `id` was burned by a transient failure.
     pub fn id_failed(&self, id: u128) -> bool {
-        self.failed_ids.contains(&id)
+        self.part(id).failed_ids.contains(&id)
     }
 
     /// Every account, in creation order.
-    pub fn accounts(&self) -> &[Account] {
-        &self.accounts
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> + '_ {
+        MergeByTimestamp::new(
+            self.parts.iter().map(|part| part.accounts.as_slice()),
+            |account: &Account| account.timestamp,
+        )
     }
 
     /// Every stored transfer, in timestamp order.
-    pub fn transfers(&self) -> &[Transfer] {
-        &self.transfers
+    pub fn transfers(&self) -> impl Iterator<Item = &Transfer> + '_ {
+        MergeByTimestamp::new(
+            self.parts.iter().map(|part| part.transfers.as_slice()),
+            |transfer: &Transfer| transfer.timestamp,
+        )
+    }
+
+    fn transfer_by_ref(&self, transfer_ref: TransferRef) -> &Transfer {
+        let (part, position) = Part::decode_ref(transfer_ref, self.parts.len());
+        &self.parts[part].transfers[position]
     }
 
     /// `get_account_transfers`: the account's transfers in timestamp order (or newest
     /// first when `reversed`), filtered by direction and time range, at most the limit.
     pub fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        let Some(account_index) = self.account_position(filter.account_id) else {
+        let part = self.part(filter.account_id);
+        let Some(&account_index) = part.account_index.get(&filter.account_id) else {
             return Vec::new();
         };
-        let positions = &self.account_history[account_index as usize];
+        let history = &part.account_history[account_index as usize];
         let limit = filter.limit_effective();
-        let matching = positions
+        let matching = history
             .iter()
-            .map(|position| &self.transfers[*position as usize])
+            .map(|transfer_ref| self.transfer_by_ref(*transfer_ref))
             .filter(|transfer| filter.matches(transfer));
         if filter.reversed {
             let mut newest_first: Vec<Transfer> = matching.copied().collect();
@@ -208,164 +202,36 @@ impl StateMachine {
         }
     }
 
-    // ---- mutations, each recording its undo ----
-
-    pub(crate) fn insert_account(&mut self, account: Account) {
-        let index = u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts");
-        let previous = self.account_index.insert(account.id, index);
-        assert!(previous.is_none(), "account id inserted twice");
-        self.accounts.push(account);
-        self.account_history.push(Vec::new());
-        self.undo_log.push(Undo::AccountCreated);
-    }
-
-    /// Stores a transfer; `debit_index` and `credit_index` are its accounts' positions.
-    pub(crate) fn insert_transfer(
-        &mut self,
-        transfer: Transfer,
-        debit_index: u32,
-        credit_index: u32,
-    ) {
-        debug_assert_eq!(
-            self.accounts[debit_index as usize].id,
-            transfer.debit_account_id
-        );
-        debug_assert_eq!(
-            self.accounts[credit_index as usize].id,
-            transfer.credit_account_id
-        );
-        assert!(
-            self.transfers
-                .last()
-                .is_none_or(|last| last.timestamp < transfer.timestamp),
-            "transfers are stored in timestamp order"
-        );
-        let index = u32::try_from(self.transfers.len()).expect("fewer than 2^32 transfers");
-        let previous = self.transfer_index.insert(transfer.id, index);
-        assert!(previous.is_none(), "transfer id inserted twice");
-        self.transfers.push(transfer);
-        for account_index in [debit_index, credit_index] {
-            self.account_history[account_index as usize].push(index);
-        }
-        self.undo_log.push(Undo::TransferCreated {
-            debit_index,
-            credit_index,
-        });
-    }
-
-    pub(crate) fn account_position(&self, id: u128) -> Option<u32> {
-        self.account_index.get(&id).copied()
-    }
-
-    pub(crate) fn set_balances(&mut self, account_index: u32, balances: Balances) {
-        let account = &mut self.accounts[account_index as usize];
-        self.undo_log.push(Undo::Balances {
-            account_index,
-            before: Balances::of(account),
-        });
-        balances.store(account);
-    }
-
-    pub(crate) fn set_pending_status(&mut self, id: u128, status: PendingStatus) {
-        let before = self.pending_status.insert(id, status);
-        self.undo_log.push(Undo::PendingStatus { id, before });
-    }
-
-    pub(crate) fn insert_expiry(&mut self, key: (u64, u128)) {
-        let inserted = self.expiries.insert(key);
-        assert!(inserted, "expiry inserted twice");
-        self.undo_log.push(Undo::ExpiryInserted { key });
-    }
-
-    pub(crate) fn remove_expiry(&mut self, key: (u64, u128)) {
-        if self.expiries.remove(&key) {
-            self.undo_log.push(Undo::ExpiryRemoved { key });
-        }
-    }
-
-    pub(crate) fn set_refunded(&mut self, id: u128, total: u128) {
-        let before = self.refunded.insert(id, total);
-        self.undo_log.push(Undo::Refunded { id, before });
-    }
-
-    /// Undoes every mutation recorded after `mark`, newest first.
-    pub(crate) fn rollback_to(&mut self, mark: usize) {
-        while self.undo_log.len() > mark {
-            let Some(undo) = self.undo_log.pop() else {
-                break;
-            };
-            match undo {
-                Undo::AccountCreated => {
-                    let account = self.accounts.pop().expect("undo of a created account");
-                    self.account_index.remove(&account.id);
-                    let history = self.account_history.pop();
-                    assert_eq!(history, Some(Vec::new()), "a new account has no history");
-                }
-                Undo::TransferCreated {
-                    debit_index,
-                    credit_index,
-                } => {
-                    let transfer = self.transfers.pop().expect("undo of a created transfer");
-                    self.transfer_index.remove(&transfer.id);
-                    for account_index in [debit_index, credit_index] {
-                        let popped = self.account_history[account_index as usize].pop();
-                        assert_eq!(popped, Some(self.transfers.len() as u32));
-                    }
-                }
-                Undo::Balances {
-                    account_index,
-                    before,
-                } => {
-                    before.store(&mut self.accounts[account_index as usize]);
-                }
-                Undo::PendingStatus { id, before } => match before {
-                    Some(status) => {
-                        self.pending_status.insert(id, status);
-                    }
-                    None => {
-                        self.pending_status.remove(&id);
-                    }
-                },
-                Undo::ExpiryInserted { key } => {
-                    self.expiries.remove(&key);
-                }
-                Undo::ExpiryRemoved { key } => {
-                    self.expiries.insert(key);
-                }
-                Undo::Refunded { id, before } => match before {
-                    Some(total) => {
-                        self.refunded.insert(id, total);
-                    }
-                    None => {
-                        self.refunded.remove(&id);
-                    }
-                },
-            }
-        }
-    }
-
     // ---- whole-state images, for snapshots ----
 
-    /// A full copy of the state as plain data (what a snapshot stores).
+    /// A full copy of the state as plain data (what a snapshot stores). The same for
+    /// any number of parts.
     pub fn image(&self) -> StateImage {
         let mut pending_statuses: Vec<(u128, PendingStatus)> = self
-            .pending_status
+            .parts
             .iter()
+            .flat_map(|part| part.pending_status.iter())
             .map(|(id, status)| (*id, *status))
             .collect();
         pending_statuses.sort_unstable_by_key(|(id, _)| *id);
         let mut refunded: Vec<(u128, u128)> = self
-            .refunded
+            .parts
             .iter()
+            .flat_map(|part| part.refunded.iter())
             .map(|(id, total)| (*id, *total))
             .collect();
         refunded.sort_unstable_by_key(|(id, _)| *id);
-        let mut failed_ids: Vec<u128> = self.failed_ids.iter().copied().collect();
+        let mut failed_ids: Vec<u128> = self
+            .parts
+            .iter()
+            .flat_map(|part| part.failed_ids.iter())
+            .copied()
+            .collect();
         failed_ids.sort_unstable();
         StateImage {
             last_timestamp: self.last_timestamp,
-            accounts: self.accounts.clone(),
-            transfers: self.transfers.clone(),
+            accounts: self.accounts().copied().collect(),
+            transfers: self.transfers().copied().collect(),
             pending_statuses,
             refunded,
             failed_ids,
@@ -374,50 +240,60 @@ impl StateMachine {
 
     /// Rebuilds the state from an image, checking that it is self-consistent.
     pub fn from_image(image: StateImage) -> Result<Self, ImageError> {
-        let mut machine = StateMachine {
-            last_timestamp: image.last_timestamp,
-            ..Self::default()
-        };
+        Self::from_image_in_parts(image, 1)
+    }
+
+    /// [`StateMachine::from_image`] into `parts` parts.
+    pub fn from_image_in_parts(image: StateImage, parts: usize) -> Result<Self, ImageError> {
+        let mut machine = StateMachine::with_capacity_in_parts(
+            image.accounts.len(),
+            image.transfers.len(),
+            parts,
+        );
+        machine.last_timestamp = image.last_timestamp;
+        let count = machine.parts.len();
+        let mut last_account = 0;
         for account in image.accounts {
-            if machine.account_index.contains_key(&account.id) {
+            let part = &mut machine.parts[part_of(account.id, count)];
+            if part.account_index.contains_key(&account.id) {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
-            if account.timestamp > image.last_timestamp {
+            if account.timestamp > image.last_timestamp || account.timestamp <= last_account {
                 return Err(ImageError(format!(
-                    "account {} is from the future",
+                    "account {} is out of order",
                     account.id
                 )));
             }
-            machine.insert_account(account);
+            last_account = account.timestamp;
+            part.insert_account(account);
         }
+        let mut last_transfer = 0;
         for transfer in image.transfers {
-            if machine.transfer_index.contains_key(&transfer.id) {
+            if machine.lookup_transfer(transfer.id).is_some() {
                 return Err(ImageError(format!(
                     "transfer {} appears twice",
                     transfer.id
                 )));
             }
-            if machine
-                .transfers
-                .last()
-                .is_some_and(|last| last.timestamp >= transfer.timestamp)
-                || transfer.timestamp > image.last_timestamp
-            {
+            if transfer.timestamp <= last_transfer || transfer.timestamp > image.last_timestamp {
                 return Err(ImageError(format!(
                     "transfer {} is out of order",
                     transfer.id
                 )));
             }
-            let (Some(debit_index), Some(credit_index)) = (
-                machine.account_position(transfer.debit_account_id),
-                machine.account_position(transfer.credit_account_id),
-            ) else {
+            last_transfer = transfer.timestamp;
+            let debit = machine.account_slot(transfer.debit_account_id);
+            let credit = machine.account_slot(transfer.credit_account_id);
+            let (Some(debit), Some(credit)) = (debit, credit) else {
                 return Err(ImageError(format!(
                     "transfer {} names an unknown account",
                     transfer.id
                 )));
             };
-            machine.insert_transfer(transfer, debit_index, credit_index);
+            let transfer_ref = machine.parts[part_of(transfer.id, count)].store_transfer(transfer);
+            for (part, index) in [debit, credit] {
+                machine.parts[part].append_history(index, transfer_ref);
+            }
         }
         for (id, status) in image.pending_statuses {
             let pending = machine
@@ -425,17 +301,18 @@ impl StateMachine {
                 .filter(|transfer| transfer.flags.contains(TransferFlags::PENDING))
                 .copied()
                 .ok_or_else(|| ImageError(format!("status for {id}, not a pending transfer")))?;
-            machine.pending_status.insert(id, status);
+            let part = &mut machine.parts[part_of(id, count)];
+            part.pending_status.insert(id, status);
             if status == PendingStatus::Pending && pending.timeout > 0 {
-                machine.expiries.insert((expires_at(&pending), id));
+                part.expiries.insert((expires_at(&pending), id));
             }
         }
         let pending_count = machine
-            .transfers
-            .iter()
+            .transfers()
             .filter(|t| t.kind() == Some(TransferKind::Pending))
             .count();
-        if pending_count != machine.pending_status.len() {
+        let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
+        if pending_count != status_count {
             return Err(ImageError("a pending transfer has no status".to_string()));
         }
         for (id, total) in image.refunded {
@@ -444,19 +321,61 @@ impl StateMachine {
                     "refund total for unknown transfer {id}"
                 )));
             }
-            machine.refunded.insert(id, total);
+            machine.parts[part_of(id, count)].refunded.insert(id, total);
         }
-        machine.failed_ids = image.failed_ids.into_iter().collect();
-        machine.undo_log.clear();
+        for id in image.failed_ids {
+            machine.parts[part_of(id, count)].failed_ids.insert(id);
+        }
+        for part in &mut machine.parts {
+            part.undo_log.clear();
+        }
         Ok(machine)
+    }
+
+    /// The part and position of an account.
+    fn account_slot(&self, id: u128) -> Option<(usize, u32)> {
+        let part = part_of(id, self.parts.len());
+        let index = *self.parts[part].account_index.get(&id)?;
+        Some((part, index))
     }
 }
 
-/// Instant (ns) at which a pending transfer with a timeout expires. Creation checked
-/// that this does not overflow (`overflows_timeout`).
-pub(crate) fn expires_at(pending: &Transfer) -> u64 {
-    debug_assert!(pending.timeout > 0);
-    pending
-        .timestamp
-        .saturating_add(u64::from(pending.timeout) * tally_types::NS_PER_S)
+/// Merges per-part lists that are each sorted by timestamp into one sorted stream.
+/// Timestamps are unique across parts (one per event), so the order is total.
+struct MergeByTimestamp<'a, T, K: Fn(&T) -> u64> {
+    heads: Vec<&'a [T]>,
+    key: K,
+}
+
+impl<'a, T, K: Fn(&T) -> u64> MergeByTimestamp<'a, T, K> {
+    fn new(lists: impl Iterator<Item = &'a [T]>, key: K) -> Self {
+        MergeByTimestamp {
+            heads: lists.filter(|list| !list.is_empty()).collect(),
+            key,
+        }
+    }
+}
+
+impl<'a, T, K: Fn(&T) -> u64> Iterator for MergeByTimestamp<'a, T, K> {
+    type Item = &'a T;
+
+    fn next(&mut self) -> Option<&'a T> {
+        let (which, _) = self
+            .heads
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, list)| (self.key)(&list[0]))?;
+        let (first, rest) = self.heads[which].split_first()?;
+        if rest.is_empty() {
+            self.heads.swap_remove(which);
+        } else {
+            self.heads[which] = rest;
+        }
+        Some(first)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left: usize = self.heads.iter().map(|list| list.len()).sum();
+        (left, Some(left))
+    }
 }

@@ -2,6 +2,8 @@
 
 use tally_types::{Account, AccountFlags, Transfer};
 
+pub mod workload;
+
 /// The ledger the builders use unless told otherwise: CNY, 2 decimals.
 pub const TEST_LEDGER: u32 = 156;
 

@@ -1,0 +1,311 @@
+//! One partition of the state and its storage primitives: every mutation goes through a
+//! method here that also records how to undo it, so a failed linked chain can be rolled
+//! back exactly. A [`crate::StateMachine`] is one or more parts; each id lives in the part
+//! [`part_of`] names.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
+/// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
+/// chosen ids impractical.
+type IdHasher = foldhash::fast::RandomState;
+use tally_types::{Account, PendingStatus, Transfer};
+
+/// One mutation, remembered so that a failing chain can undo it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Undo {
+    AccountCreated,
+    TransferStored,
+    HistoryAppended {
+        account_index: u32,
+        transfer_ref: u32,
+    },
+    Balances {
+        account_index: u32,
+        before: Balances,
+    },
+    PendingStatus {
+        id: u128,
+        before: Option<PendingStatus>,
+    },
+    ExpiryInserted {
+        key: (u64, u128),
+    },
+    ExpiryRemoved {
+        key: (u64, u128),
+    },
+    Refunded {
+        id: u128,
+        before: Option<u128>,
+    },
+}
+
+/// The four balances of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Balances {
+    pub debits_pending: u128,
+    pub debits_posted: u128,
+    pub credits_pending: u128,
+    pub credits_posted: u128,
+}
+
+impl Balances {
+    pub(crate) fn of(account: &Account) -> Self {
+        Balances {
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+        }
+    }
+
+    pub(crate) fn store(self, account: &mut Account) {
+        account.debits_pending = self.debits_pending;
+        account.debits_posted = self.debits_posted;
+        account.credits_pending = self.credits_pending;
+        account.credits_posted = self.credits_posted;
+    }
+}
+
+/// One partition: the accounts and transfers whose ids [`part_of`] maps here, with the
+/// side tables of those ids. Account history lists transfers of any part by
+/// [`TransferRef`].
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// This part's number and the number of parts, for [`TransferRef`]s.
+    pub(crate) index: u32,
+    pub(crate) count: u32,
+    /// Accounts in creation order; `account_index` maps an id to its position.
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) account_index: HashMap<u128, u32, IdHasher>,
+    /// Transfers in timestamp order; `transfer_index` maps an id to its position.
+    pub(crate) transfers: Vec<Transfer>,
+    pub(crate) transfer_index: HashMap<u128, u32, IdHasher>,
+    /// Per account (same position as in `accounts`), the transfers touching it, oldest
+    /// first. By reference, not id: no hash lookup.
+    pub(crate) account_history: Vec<Vec<TransferRef>>,
+    pub(crate) pending_status: HashMap<u128, PendingStatus, IdHasher>,
+    /// Pending transfers with a timeout, by (expiry instant in ns, id).
+    pub(crate) expiries: BTreeSet<(u64, u128)>,
+    /// Total refunded so far, by original transfer id.
+    pub(crate) refunded: HashMap<u128, u128, IdHasher>,
+    /// Ids burned by a transient failure. Never rolled back.
+    pub(crate) failed_ids: HashSet<u128, IdHasher>,
+    pub(crate) undo_log: Vec<Undo>,
+}
+
+/// Where a stored transfer lives: `position * parts + part`, in one u32 so that history
+/// costs 4 bytes per entry whatever the number of parts.
+pub(crate) type TransferRef = u32;
+
+/// The most parts a state can have (plan masks are one u64).
+pub const PARTS_MAX: usize = 64;
+
+/// The part that holds id `id` (an account's or a transfer's) among `count` parts. A
+/// fixed function of the id, so that a plan made on one thread routes like the state.
+#[inline]
+pub fn part_of(id: u128, count: usize) -> usize {
+    if count == 1 {
+        return 0;
+    }
+    // splitmix64's finaliser over both halves, then a multiply-shift into [0, count).
+    let mut x = (id as u64) ^ ((id >> 64) as u64).rotate_left(32);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (((x >> 32) * count as u64) >> 32) as usize
+}
+
+impl Part {
+    pub(crate) fn new(index: usize, count: usize) -> Part {
+        assert!(
+            index < count && count <= PARTS_MAX,
+            "part {index} of {count}"
+        );
+        Part {
+            index: index as u32,
+            count: count as u32,
+            accounts: Vec::new(),
+            account_index: HashMap::default(),
+            transfers: Vec::new(),
+            transfer_index: HashMap::default(),
+            account_history: Vec::new(),
+            pending_status: HashMap::default(),
+            expiries: BTreeSet::new(),
+            refunded: HashMap::default(),
+            failed_ids: HashSet::default(),
+            undo_log: Vec::new(),
+        }
+    }
+
+    /// This part's number.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    pub(crate) fn reserve(&mut self, accounts: usize, transfers: usize) {
+        self.accounts.reserve(accounts);
+        self.account_history.reserve(accounts);
+        self.account_index.reserve(accounts);
+        self.transfers.reserve(transfers);
+        self.transfer_index.reserve(transfers);
+    }
+
+    pub(crate) fn lookup_account(&self, id: u128) -> Option<&Account> {
+        let index = *self.account_index.get(&id)?;
+        Some(&self.accounts[index as usize])
+    }
+
+    pub(crate) fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
+        let index = *self.transfer_index.get(&id)?;
+        Some(&self.transfers[index as usize])
+    }
+
+    /// The part and position a [`TransferRef`] names.
+    pub(crate) fn decode_ref(transfer_ref: TransferRef, count: usize) -> (usize, usize) {
+        let transfer_ref = transfer_ref as usize;
+        (transfer_ref % count, transfer_ref / count)
+    }
+
+    // ---- mutations, each recording its undo ----
+
+    pub(crate) fn insert_account(&mut self, account: Account) {
+        let index = u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts");
+        let previous = self.account_index.insert(account.id, index);
+        assert!(previous.is_none(), "account id inserted twice");
+        self.accounts.push(account);
+        self.account_history.push(Vec::new());
+        self.undo_log.push(Undo::AccountCreated);
+    }
+
+    /// Stores a transfer whose id belongs to this part; returns its reference for the
+    /// history of its accounts ([`Part::append_history`], in their parts).
+    pub(crate) fn store_transfer(&mut self, transfer: Transfer) -> TransferRef {
+        assert!(
+            self.transfers
+                .last()
+                .is_none_or(|last| last.timestamp < transfer.timestamp),
+            "transfers are stored in timestamp order"
+        );
+        let position = self.transfers.len();
+        let transfer_ref = position
+            .checked_mul(self.count as usize)
+            .and_then(|scaled| scaled.checked_add(self.index as usize))
+            .and_then(|r| u32::try_from(r).ok())
+            .expect("fewer than 2^32 transfers over all parts");
+        let previous = self.transfer_index.insert(transfer.id, position as u32);
+        assert!(previous.is_none(), "transfer id inserted twice");
+        self.transfers.push(transfer);
+        self.undo_log.push(Undo::TransferStored);
+        transfer_ref
+    }
+
+    /// Adds a transfer to the end of an account's history.
+    pub(crate) fn append_history(&mut self, account_index: u32, transfer_ref: TransferRef) {
+        self.account_history[account_index as usize].push(transfer_ref);
+        self.undo_log.push(Undo::HistoryAppended {
+            account_index,
+            transfer_ref,
+        });
+    }
+
+    pub(crate) fn account_position(&self, id: u128) -> Option<u32> {
+        self.account_index.get(&id).copied()
+    }
+
+    pub(crate) fn set_balances(&mut self, account_index: u32, balances: Balances) {
+        let account = &mut self.accounts[account_index as usize];
+        self.undo_log.push(Undo::Balances {
+            account_index,
+            before: Balances::of(account),
+        });
+        balances.store(account);
+    }
+
+    pub(crate) fn set_pending_status(&mut self, id: u128, status: PendingStatus) {
+        let before = self.pending_status.insert(id, status);
+        self.undo_log.push(Undo::PendingStatus { id, before });
+    }
+
+    pub(crate) fn insert_expiry(&mut self, key: (u64, u128)) {
+        let inserted = self.expiries.insert(key);
+        assert!(inserted, "expiry inserted twice");
+        self.undo_log.push(Undo::ExpiryInserted { key });
+    }
+
+    pub(crate) fn remove_expiry(&mut self, key: (u64, u128)) {
+        if self.expiries.remove(&key) {
+            self.undo_log.push(Undo::ExpiryRemoved { key });
+        }
+    }
+
+    pub(crate) fn set_refunded(&mut self, id: u128, total: u128) {
+        let before = self.refunded.insert(id, total);
+        self.undo_log.push(Undo::Refunded { id, before });
+    }
+
+    /// Undoes every mutation recorded after `mark`, newest first.
+    pub(crate) fn rollback_to(&mut self, mark: usize) {
+        while self.undo_log.len() > mark {
+            let Some(undo) = self.undo_log.pop() else {
+                break;
+            };
+            match undo {
+                Undo::AccountCreated => {
+                    let account = self.accounts.pop().expect("undo of a created account");
+                    self.account_index.remove(&account.id);
+                    let history = self.account_history.pop();
+                    assert_eq!(history, Some(Vec::new()), "a new account has no history");
+                }
+                Undo::TransferStored => {
+                    let transfer = self.transfers.pop().expect("undo of a stored transfer");
+                    self.transfer_index.remove(&transfer.id);
+                }
+                Undo::HistoryAppended {
+                    account_index,
+                    transfer_ref,
+                } => {
+                    let popped = self.account_history[account_index as usize].pop();
+                    assert_eq!(popped, Some(transfer_ref), "history undone in order");
+                }
+                Undo::Balances {
+                    account_index,
+                    before,
+                } => {
+                    before.store(&mut self.accounts[account_index as usize]);
+                }
+                Undo::PendingStatus { id, before } => match before {
+                    Some(status) => {
+                        self.pending_status.insert(id, status);
+                    }
+                    None => {
+                        self.pending_status.remove(&id);
+                    }
+                },
+                Undo::ExpiryInserted { key } => {
+                    self.expiries.remove(&key);
+                }
+                Undo::ExpiryRemoved { key } => {
+                    self.expiries.insert(key);
+                }
+                Undo::Refunded { id, before } => match before {
+                    Some(total) => {
+                        self.refunded.insert(id, total);
+                    }
+                    None => {
+                        self.refunded.remove(&id);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Instant (ns) at which a pending transfer with a timeout expires. Creation checked
+/// that this does not overflow (`overflows_timeout`).
+pub(crate) fn expires_at(pending: &Transfer) -> u64 {
+    debug_assert!(pending.timeout > 0);
+    pending
+        .timestamp
+        .saturating_add(u64::from(pending.timeout) * tally_types::NS_PER_S)
+}

@@ -1,0 +1,118 @@
+//! Sequential equivalence of planned execution (SPEC §3.1): random groups applied by
+//! plan on 2, 3, 4 and 8 parts, with the ready units run in random legal orders, give
+//! the reference's results and state, batch for batch.
+#![allow(clippy::unwrap_used)]
+
+use tally_state::{Serial, StateMachine, plan};
+use tally_testkit::SeededRng;
+use tally_testkit::workload::{Accounts, Workload};
+use tally_types::{Batch, NS_PER_S};
+
+#[derive(Debug, Default)]
+struct Seen {
+    planned_groups: u64,
+    serial_groups: u64,
+    units: u64,
+    spanning_units: u64,
+}
+
+fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
+    let mut workload = Workload::new(seed, skew);
+    let mut rng = SeededRng::new(seed ^ 0x5eed);
+    let mut reference = StateMachine::new();
+    let mut sharded = StateMachine::with_parts(parts);
+    let mut now = 1_000 * NS_PER_S;
+    for group_index in 0..60 {
+        let batches: Vec<Batch> = (0..1 + rng.below(6)).map(|_| workload.batch()).collect();
+        let mut stamped = Vec::new();
+        for batch in &batches {
+            stamped.push((now, batch));
+            now += batch.len().max(1) as u64;
+            // Mostly microseconds apart; now and then seconds, so timeouts come due
+            // between groups and (serial fallback) inside one.
+            now += if rng.chance(10) {
+                NS_PER_S * rng.below(3)
+            } else {
+                1_000
+            };
+        }
+        let expected: Vec<_> = stamped
+            .iter()
+            .map(|(stamp, batch)| reference.apply(*stamp, batch))
+            .collect();
+        let got = match plan(&sharded, &stamped) {
+            Ok(plan) => {
+                seen.planned_groups += 1;
+                seen.units += plan.units.len() as u64;
+                seen.spanning_units += plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
+                sharded.apply_planned(&stamped, &plan, |ready| rng.below(ready as u64) as usize)
+            }
+            Err(Serial::ExpiryInsideGroup) => {
+                seen.serial_groups += 1;
+                stamped
+                    .iter()
+                    .map(|(stamp, batch)| sharded.apply(*stamp, batch))
+                    .collect()
+            }
+            Err(Serial::OnePart) => unreachable!("several parts"),
+        };
+        assert_eq!(
+            got, expected,
+            "seed {seed}, {parts} parts, group {group_index}: results differ"
+        );
+        assert_eq!(
+            sharded.image(),
+            reference.image(),
+            "seed {seed}, {parts} parts, group {group_index}: state differs"
+        );
+    }
+    assert!(reference.check_invariants().is_empty());
+    assert!(sharded.check_invariants().is_empty());
+    assert_eq!(sharded.ledger_totals(), reference.ledger_totals());
+}
+
+#[test]
+fn planned_groups_equal_the_reference_on_any_number_of_parts() {
+    let mut seen = Seen::default();
+    for parts in [2, 3, 4, 8] {
+        for seed in 0..12 {
+            for skew in [Accounts::Uniform, Accounts::Hot] {
+                run(seed, parts, skew, &mut seen);
+            }
+        }
+    }
+    // The test must exercise what it claims: plans, serial fallbacks, and units that
+    // span parts.
+    assert!(seen.planned_groups > 1_000, "{seen:?}");
+    assert!(seen.serial_groups > 10, "{seen:?}");
+    assert!(seen.spanning_units > seen.units / 4, "{seen:?}");
+}
+
+#[test]
+fn an_image_loads_into_any_number_of_parts_and_reads_the_same() {
+    let mut workload = Workload::new(99, Accounts::Hot);
+    let mut reference = StateMachine::new();
+    let mut now = NS_PER_S;
+    for _ in 0..200 {
+        let batch = workload.batch();
+        reference.apply(now, &batch);
+        now += 2 * NS_PER_S;
+    }
+    let image = reference.image();
+    for parts in [1, 2, 5, 8] {
+        let loaded = StateMachine::from_image_in_parts(image.clone(), parts).unwrap();
+        assert_eq!(loaded.part_count(), parts);
+        assert_eq!(loaded.image(), image);
+        for id in 0..40u128 {
+            assert_eq!(loaded.lookup_account(id), reference.lookup_account(id));
+            let filter = tally_types::AccountFilter {
+                limit: 50,
+                ..tally_types::AccountFilter::new(id)
+            };
+            assert_eq!(
+                loaded.account_transfers(&filter),
+                reference.account_transfers(&filter)
+            );
+        }
+    }
+}
