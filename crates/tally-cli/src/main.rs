@@ -81,8 +81,11 @@ fn main() -> ExitCode {
 fn open(data: PathBuf, shards: Option<usize>, manual_clock: bool) -> Result<Ledger, String> {
     let mut config = Config::new(data);
     if let Some(shards) = shards {
-        if shards == 0 || shards > 1024 {
-            return Err(format!("--shards {shards}: give a number from 1 to 1024"));
+        if shards == 0 || shards > tally_engine::SHARDS_MAX {
+            return Err(format!(
+                "--shards {shards}: give a number from 1 to {}",
+                tally_engine::SHARDS_MAX
+            ));
         }
         config.shards = shards;
     }

@@ -13,6 +13,7 @@
 use crate::clock::batch_stamp;
 use crate::error::{EngineError, SubmitError};
 use crate::ledger::EventResult;
+use crate::shards::ShardPool;
 use tally_log::{LogOptions, LogRecord, Recovered, Storage, Wal};
 use tally_state::StateMachine;
 use tally_types::{Batch, ResultCode, StateImage};
@@ -142,35 +143,52 @@ impl Logger {
     }
 }
 
-/// Phase 2: owns nothing but the knowledge of where the state stands; the state itself
-/// is passed in (the engine keeps it under its read/write lock).
-#[derive(Debug, Default)]
+/// Phase 2: owns the shard threads (none with one shard) and the knowledge of where the
+/// state stands; the state itself is passed in (the engine keeps it under its
+/// read/write lock).
+#[derive(Default)]
 pub(crate) struct Applier {
     pub sequence_applied: u64,
     pub events_since_snapshot: u64,
+    /// The shard threads, when the state has more than one part.
+    pub shards: Option<ShardPool>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("sequence_applied", &self.sequence_applied)
+            .field("shards", &self.shards.is_some())
+            .finish()
+    }
 }
 
 impl Applier {
-    /// Applies a logged group in log order; one result list per record.
-    pub fn apply(
-        &mut self,
-        state: &mut StateMachine,
-        group: &LoggedGroup,
-    ) -> Vec<Vec<EventResult>> {
-        group
-            .records
-            .iter()
-            .map(|record| {
-                assert_eq!(
-                    record.sequence,
-                    self.sequence_applied + 1,
-                    "groups apply in log order"
-                );
-                self.sequence_applied = record.sequence;
-                self.events_since_snapshot += record.batch.len() as u64;
-                let codes = state.apply(record.timestamp, &record.batch);
-                event_results(record.timestamp, codes)
-            })
+    /// Applies a logged group, with results as if in log order; one result list per
+    /// record.
+    pub fn apply(&mut self, state: &mut StateMachine, group: LoggedGroup) -> Vec<Vec<EventResult>> {
+        for record in &group.records {
+            assert_eq!(
+                record.sequence,
+                self.sequence_applied + 1,
+                "groups apply in log order"
+            );
+            self.sequence_applied = record.sequence;
+            self.events_since_snapshot += record.batch.len() as u64;
+        }
+        let stamps: Vec<u64> = group.records.iter().map(|r| r.timestamp).collect();
+        let codes: Vec<Vec<ResultCode>> = match &self.shards {
+            Some(pool) => pool.apply(state, group.records),
+            None => group
+                .records
+                .iter()
+                .map(|record| state.apply(record.timestamp, &record.batch))
+                .collect(),
+        };
+        stamps
+            .into_iter()
+            .zip(codes)
+            .map(|(timestamp, codes)| event_results(timestamp, codes))
             .collect()
     }
 
@@ -222,6 +240,7 @@ pub(crate) fn recover(
     let applier = Applier {
         sequence_applied: sequence_last,
         events_since_snapshot: 0,
+        shards: None,
     };
     Ok((logger, applier, state))
 }
@@ -231,17 +250,23 @@ pub(crate) fn recover(
 pub struct Capacity {
     pub accounts: usize,
     pub transfers: usize,
+    /// Parts to split the state into, one per shard (0 counts as 1).
+    pub parts: usize,
 }
 
 fn replay(recovered: Recovered, capacity: Capacity) -> Result<(StateMachine, u64), EngineError> {
     let (mut state, mut sequence_last) = match recovered.snapshot {
         Some((sequence, image)) => {
-            let state = StateMachine::from_image(image)
+            let state = StateMachine::from_image_in_parts(image, capacity.parts.max(1))
                 .map_err(|error| EngineError::Recovery(error.to_string()))?;
             (state, sequence)
         }
         None => (
-            StateMachine::with_capacity(capacity.accounts, capacity.transfers),
+            StateMachine::with_capacity_in_parts(
+                capacity.accounts,
+                capacity.transfers,
+                capacity.parts.max(1),
+            ),
             0,
         ),
     };
@@ -295,7 +320,7 @@ impl Committer {
         clock: Clock,
     ) -> Vec<Result<Vec<EventResult>, SubmitError>> {
         let (group, outcomes) = self.logger.log(submissions, clock);
-        let mut applied = self.applier.apply(&mut self.state, &group).into_iter();
+        let mut applied = self.applier.apply(&mut self.state, group).into_iter();
         let results = outcomes
             .into_iter()
             .map(|outcome| match outcome {

@@ -5,6 +5,7 @@ use crate::error::{EngineError, SubmitError};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pipeline::{ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, Request};
+use crate::shards::{ShardCounters, ShardPool};
 use crate::sync::{AtomicBool, Ordering};
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock};
@@ -122,16 +123,24 @@ impl Ledger {
             segment_bytes_max: config.segment_bytes_max,
             sync: config.sync,
         };
+        let shards = config.shards_effective();
         let capacity = crate::core::Capacity {
             accounts: config.accounts_capacity,
             transfers: config.transfers_capacity,
+            parts: shards,
         };
-        let (logger, applier, state) = crate::core::recover(storage, options, capacity)?;
+        let (logger, mut applier, state) = crate::core::recover(storage, options, capacity)?;
+        let shard_counters = Arc::new(ShardCounters::default());
+        if shards > 1 {
+            let pool = ShardPool::start(shards, Arc::clone(&shard_counters))
+                .map_err(|error| EngineError::Thread(error.to_string()))?;
+            applier.shards = Some(pool);
+        }
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_batches_max),
             config,
             state: RwLock::new(state),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(shard_counters),
             failure: Mutex::new(None),
             draining: AtomicBool::new(false),
             gate: Gate::new(),
@@ -357,6 +366,13 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
     if config.queue_batches_max == 0 || config.group_events_max < BATCH_EVENTS_MAX {
         return Err(EngineError::Config(format!(
             "queue_batches_max must be > 0 and group_events_max >= {BATCH_EVENTS_MAX}"
+        )));
+    }
+    if config.shards > tally_state::PARTS_MAX {
+        return Err(EngineError::Config(format!(
+            "shards must be at most {} (0 = fitted to the machine), not {}",
+            tally_state::PARTS_MAX,
+            config.shards
         )));
     }
     Ok(())

@@ -38,6 +38,7 @@ pub mod gate;
 mod ledger;
 mod metrics;
 mod pipeline;
+mod shards;
 mod sync;
 
 pub use config::{Backpressure, Config};
@@ -45,4 +46,7 @@ pub use error::{EngineError, SubmitError};
 pub use ledger::{EventResult, Ledger};
 pub use metrics::MetricsSnapshot;
 pub use tally_log::SyncMode;
+
+/// The most shards a ledger can run (one state part per shard).
+pub const SHARDS_MAX: usize = tally_state::PARTS_MAX;
 pub use tally_state::{InvariantViolation, LedgerTotals};

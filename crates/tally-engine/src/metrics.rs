@@ -1,8 +1,10 @@
 //! Counters a service can read or scrape. Hot counters are relaxed atomics written by
 //! the apply thread; histograms are updated once per group under a cold-path lock.
 
+use crate::shards::ShardCounters;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tally_types::ResultCode;
 
@@ -17,11 +19,14 @@ pub(crate) struct Metrics {
     pub commit_latency_us: Mutex<Histogram<u64>>,
     /// Events per group commit.
     pub group_events: Mutex<Histogram<u64>>,
+    /// Written by the shard threads.
+    pub shards: Arc<ShardCounters>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(shards: Arc<ShardCounters>) -> Self {
         Metrics {
+            shards,
             batches_committed: AtomicU64::new(0),
             events_committed: AtomicU64::new(0),
             groups_committed: AtomicU64::new(0),
@@ -58,6 +63,15 @@ pub struct MetricsSnapshot {
     pub commit_latency_us_p99: u64,
     pub commit_latency_us_max: u64,
     pub group_events_mean: f64,
+    /// Units (events, chains, expiries) the shard threads ran by plan.
+    pub shard_units: u64,
+    /// Of those, units that spanned two or more shards (a part was lent).
+    pub shard_units_spanning: u64,
+    /// Of those, units whose owning shard had to wait for a lent part.
+    pub shard_units_waited: u64,
+    /// Groups applied on the apply thread alone although shards exist (an expiry
+    /// inside the group; see `tally_state::Serial`).
+    pub groups_serial: u64,
 }
 
 impl MetricsSnapshot {
@@ -95,6 +109,17 @@ impl MetricsSnapshot {
             "commit_latency_us_p99",
             self.commit_latency_us_p99.to_string(),
         );
+        gauge(&mut out, "shard_units_total", self.shard_units.to_string());
+        gauge(
+            &mut out,
+            "shard_units_spanning_total",
+            self.shard_units_spanning.to_string(),
+        );
+        gauge(
+            &mut out,
+            "shard_units_waited_total",
+            self.shard_units_waited.to_string(),
+        );
         for (code, count) in &self.result_counts {
             out.push_str(&format!(
                 "tally_results_total{{result=\"{}\"}} {count}\n",
@@ -130,6 +155,10 @@ impl Metrics {
             commit_latency_us_p99: latency.value_at_quantile(0.99),
             commit_latency_us_max: latency.max(),
             group_events_mean: groups.mean(),
+            shard_units: self.shards.units.load(Ordering::Relaxed),
+            shard_units_spanning: self.shards.units_spanning.load(Ordering::Relaxed),
+            shard_units_waited: self.shards.units_waited.load(Ordering::Relaxed),
+            groups_serial: self.shards.groups_serial.load(Ordering::Relaxed),
         }
     }
 }

@@ -193,11 +193,13 @@ impl ApplyThread {
             started,
         }) = self.from_log.recv()
         {
+            let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
+            let batches = group.records.len();
             let answers = {
                 let mut state = self.shared.state.write();
-                self.applier.apply(&mut state, &group)
+                self.applier.apply(&mut state, group)
             };
-            self.record_metrics(&group, &answers, started);
+            self.record_metrics(batches, events, &answers, started);
             assert_eq!(answers.len(), replies.len(), "one answer per logged batch");
             for (reply, answer) in replies.into_iter().zip(answers) {
                 // A submitter that gave up waiting dropped its receiver; its batch is in.
@@ -213,15 +215,20 @@ impl ApplyThread {
         }
     }
 
-    fn record_metrics(&self, group: &LoggedGroup, answers: &[Vec<EventResult>], started: Instant) {
+    fn record_metrics(
+        &self,
+        batches: usize,
+        events: usize,
+        answers: &[Vec<EventResult>],
+        started: Instant,
+    ) {
         let metrics = &self.shared.metrics;
-        let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
         for answer in answers {
             metrics.count_results(answer.iter().map(|r| r.code));
         }
         metrics
             .batches_committed
-            .fetch_add(group.records.len() as u64, Ordering::Relaxed);
+            .fetch_add(batches as u64, Ordering::Relaxed);
         metrics
             .events_committed
             .fetch_add(events as u64, Ordering::Relaxed);

@@ -1,0 +1,226 @@
+//! The sharded engine against the reference state machine (SPEC §3.1): the same random
+//! traffic on 1, 2, 3, 4 and 8 shards gives, batch for batch, the results the reference
+//! gives when it applies the log in order, and the same final state.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tally::engine::EventResult;
+use tally::log::{LogOptions, Wal};
+use tally::state::StateMachine;
+use tally::types::{Batch, NS_PER_S, ResultCode};
+use tally::{Config, Ledger};
+use tally_testkit::workload::{Accounts, Workload};
+
+/// Marks every event of a batch with `tag`, so that each submitted batch is unique and
+/// can be found in the log by content.
+fn tagged(mut batch: Batch, tag: u64) -> Batch {
+    match &mut batch {
+        Batch::CreateAccounts(events) => events.iter_mut().for_each(|a| a.user_data_64 = tag),
+        Batch::CreateTransfers(events) => events.iter_mut().for_each(|t| t.user_data_64 = tag),
+    }
+    batch
+}
+
+/// The log of `dir` replayed into a fresh reference: every record's batch and results.
+fn replay(dir: &std::path::Path) -> (Vec<(Batch, Vec<ResultCode>)>, StateMachine) {
+    let (_wal, recovered) = Wal::open(dir, LogOptions::default()).unwrap();
+    let mut reference = StateMachine::new();
+    let logged = recovered
+        .records
+        .into_iter()
+        .map(|record| {
+            let results = reference.apply(record.timestamp, &record.batch);
+            (record.batch, results)
+        })
+        .collect();
+    (logged, reference)
+}
+
+fn codes(results: &[EventResult]) -> Vec<ResultCode> {
+    results.iter().map(|r| r.code).collect()
+}
+
+/// Checks every answered batch against the reference's results for it, in log order,
+/// and the final states. Returns how many events were applied.
+fn check_against_log(
+    dir: &std::path::Path,
+    answered: &[(Batch, Vec<EventResult>)],
+    engine_image: &tally::types::StateImage,
+) -> usize {
+    let (logged, reference) = replay(dir);
+    assert_eq!(
+        logged.len(),
+        answered.len(),
+        "every answered batch logged once"
+    );
+    let by_content: HashMap<String, &Vec<ResultCode>> = logged
+        .iter()
+        .map(|(batch, results)| (format!("{batch:?}"), results))
+        .collect();
+    let mut ok = 0;
+    for (batch, results) in answered {
+        let expected = by_content[&format!("{batch:?}")];
+        assert_eq!(
+            &codes(results),
+            expected,
+            "engine and reference disagree on {batch:?}"
+        );
+        ok += results.iter().filter(|r| r.code.is_ok()).count();
+    }
+    assert_eq!(engine_image, &reference.image(), "final states differ");
+    assert!(reference.check_invariants().is_empty());
+    ok
+}
+
+fn concurrent_run(shards: usize, skew: Accounts) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.shards = shards;
+    let ledger = Ledger::open(config).unwrap();
+    assert_eq!(ledger.shards(), shards);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (ledger, done) = (ledger.clone(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                for (id, totals) in ledger.ledger_totals() {
+                    assert!(
+                        totals.balanced(),
+                        "ledger {id} unbalanced at a read: {totals:?}"
+                    );
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let mut workload = Workload::new(100 + thread, skew);
+                (0..80u64)
+                    .map(|n| {
+                        let batch = tagged(workload.batch(), (thread << 32) | n);
+                        let results = ledger.submit(batch.clone()).unwrap();
+                        (batch, results)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Tokio tasks submit at the same time as the threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let tasks: Vec<(Batch, Vec<EventResult>)> = runtime.block_on(async {
+        let handles: Vec<_> = (0..4u64)
+            .map(|task| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let mut workload = Workload::new(200 + task, skew);
+                    let mut answered = Vec::new();
+                    for n in 0..40u64 {
+                        let batch = tagged(workload.batch(), ((task + 8) << 32) | n);
+                        let results = ledger.submit_async(batch.clone()).await.unwrap();
+                        answered.push((batch, results));
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            all.extend(handle.await.unwrap());
+        }
+        all
+    });
+    let mut answered: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    answered.extend(tasks);
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let image = ledger.with_state(StateMachine::image);
+    let metrics = ledger.metrics();
+    ledger.shutdown().unwrap();
+    let ok = check_against_log(dir.path(), &answered, &image);
+    assert!(ok > 500, "{shards} shards: only {ok} events applied");
+    if shards > 1 {
+        assert!(metrics.shard_units > 1_000, "{metrics:?}");
+        assert!(metrics.shard_units_spanning > 0, "{metrics:?}");
+    } else {
+        assert_eq!(metrics.shard_units, 0);
+    }
+}
+
+#[test]
+fn concurrent_traffic_matches_the_reference_on_1_2_3_4_and_8_shards() {
+    for shards in [1, 2, 3, 4, 8] {
+        concurrent_run(shards, Accounts::Uniform);
+        concurrent_run(shards, Accounts::Hot);
+    }
+}
+
+/// A manual clock moves time by seconds now and then, so pending transfers expire
+/// between batches (expiry units in plans) and inside groups (the serial fallback).
+#[test]
+fn expiry_across_shards_matches_the_reference() {
+    for shards in [2, 3, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.shards = shards;
+        config.manual_clock = true;
+        let ledger = Ledger::open(config).unwrap();
+        let mut workload = Workload::new(7 + shards as u64, Accounts::Hot);
+        let mut rng = tally_testkit::SeededRng::new(shards as u64);
+        let mut now = 1_000 * NS_PER_S;
+        let mut answered = Vec::new();
+        for n in 0..400u64 {
+            let batch = tagged(workload.batch(), n);
+            now += if rng.chance(20) { NS_PER_S } else { 100_000 };
+            let results = ledger.submit_at(batch.clone(), Some(now)).unwrap();
+            now = now.max(results.iter().map(|r| r.timestamp).max().unwrap_or(0));
+            answered.push((batch, results));
+        }
+        let image = ledger.with_state(StateMachine::image);
+        ledger.shutdown().unwrap();
+        let expired = image
+            .pending_statuses
+            .iter()
+            .filter(|(_, s)| *s == tally::types::PendingStatus::Expired)
+            .count();
+        assert!(expired > 5, "{shards} shards: only {expired} expiries");
+        check_against_log(dir.path(), &answered, &image);
+    }
+}
+
+/// A ledger written with one shard count reopens with another: the log and snapshots
+/// do not depend on it, and neither does anything read back.
+#[test]
+fn a_ledger_reopens_with_a_different_shard_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut workload = Workload::new(3, Accounts::Uniform);
+    let mut image = None;
+    for shards in [1, 4, 2, 8, 1] {
+        let mut config = Config::new(dir.path());
+        config.shards = shards;
+        // A small interval, so that some reopenings start from a snapshot.
+        config.snapshot_events_interval = 300;
+        let ledger = Ledger::open(config).unwrap();
+        let reopened = ledger.with_state(StateMachine::image);
+        if let Some(before) = &image {
+            assert_eq!(&reopened, before, "reopened on {shards} shards");
+        }
+        for _ in 0..50 {
+            ledger.submit(workload.batch()).unwrap();
+        }
+        image = Some(ledger.with_state(StateMachine::image));
+        ledger.shutdown().unwrap();
+    }
+}
