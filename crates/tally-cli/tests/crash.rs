@@ -1,7 +1,7 @@
 //! Crash tests with real processes (SPEC.md §3.3): a `tally apply` child applies
 //! batches and acknowledges each one on its stdout; the parent SIGKILLs it at random
 //! moments, restarts it, and checks that every acknowledged result is there, exactly,
-//! and that no unacknowledged batch is half-applied.
+//! and that no unacknowledged batch is half-applied. Each restart runs on 1 to 4 shards.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
@@ -18,9 +18,11 @@ const KILLS: u64 = 60;
 type Sent = BTreeMap<u64, (u64, Option<Vec<(String, Option<String>)>>)>;
 const ACCOUNTS: u64 = 8;
 
-fn apply_child(dir: &Path) -> std::process::Child {
+/// A `tally apply` child on `shards` shards. The shard count changes from one restart
+/// to the next: recovery and results must not depend on it.
+fn apply_child(dir: &Path, shards: u64) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["apply", "--data"])
+        .args(["apply", "--shards", &shards.to_string(), "--data"])
         .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -62,7 +64,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
     let mut next_id = 1_000u64;
     let mut acknowledged_batches = 0;
     for kill in 0..KILLS {
-        let mut child = apply_child(dir.path());
+        let mut child = apply_child(dir.path(), 1 + kill % 4);
         let mut stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let batches = 5 + rng.below(40);

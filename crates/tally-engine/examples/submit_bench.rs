@@ -1,7 +1,8 @@
 //! Closed-loop submit benchmark: CALLERS tokio tasks each submit batches of BATCH
-//! transfers back to back for SECONDS, durable (fdatasync). Prints transfers/s.
+//! transfers back to back for SECONDS, durable (fdatasync), on SHARDS shards (0 =
+//! fitted to the machine). Prints transfers/s and how much work spanned shards.
 //!
-//! `cargo run --release -p tally-engine --example submit_bench -- [CALLERS] [SECONDS] [BATCH]`
+//! `cargo run --release -p tally-engine --example submit_bench -- [CALLERS] [SECONDS] [BATCH] [SHARDS]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +15,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let callers: u64 = args.next().map_or(Ok(256), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse())?;
     let batch_events: u64 = args.next().map_or(Ok(1), |a| a.parse())?;
+    let shards: usize = args.next().map_or(Ok(0), |a| a.parse())?;
     let dir = std::env::current_dir()?.join("target/submit-bench");
     let _ = std::fs::remove_dir_all(&dir);
-    let ledger = Ledger::open(Config::new(&dir))?;
+    let mut config = Config::new(&dir);
+    config.shards = shards;
+    let ledger = Ledger::open(config)?;
     let accounts: Vec<Account> = (1..=1_000u128)
         .map(|id| Account {
             id,
@@ -81,6 +85,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         metrics.commit_latency_us_p50,
         metrics.commit_latency_us_p99
     );
+    if ledger.shards() > 1 {
+        let share = |n: u64| 100.0 * n as f64 / metrics.shard_units.max(1) as f64;
+        println!(
+            "{} shards: {} units, {:.1}% spanned shards, {:.1}% waited for a lent part",
+            ledger.shards(),
+            metrics.shard_units,
+            share(metrics.shard_units_spanning),
+            share(metrics.shard_units_waited),
+        );
+    }
     ledger.shutdown()?;
     Ok(())
 }

@@ -2,26 +2,27 @@
 //! the state, with results equal to the serial reference (SPEC §3.1).
 //!
 //! The apply thread plans the group ([`tally_state::plan`]): units in log order, each
-//! with the mask of parts it touches. It then moves each part, by pointer, to its shard
-//! thread through that thread's bounded queue, with the shared plan. Every shard runs the
-//! units of its mask in log order:
+//! with the mask of parts it touches and an *executor*, the shard of its lowest part.
+//! Each shard runs the units it executes in log order. A part is a token: it is always
+//! held by exactly one thread, and moves, by pointer, through the receiver's bounded
+//! queue. After a unit runs, each of its parts goes straight to the executor of that
+//! part's next unit (or stays, if that is the same shard, or goes back to the apply
+//! thread after its last unit). A unit runs once its executor holds all its parts.
 //!
-//! * a unit on its part alone runs at once, with no coordination;
-//! * a unit spanning parts runs on the thread of its lowest part (the *owner*). Every
-//!   other shard of the unit, on reaching it, **lends** its part to the owner through
-//!   the owner's queue and waits for it to come back. The owner runs the unit once it
-//!   holds every part, then returns them.
+//! * A unit on one part whose neighbours in that part's list run on the same shard
+//!   costs no coordination at all.
+//! * A run of units spanning the same parts keeps the parts on one shard: they move
+//!   only when the next unit of a part runs elsewhere.
 //!
-//! No locks: a part is only ever reachable from the one thread that holds its `Box`, and
-//! a box changes threads only through a channel (which orders the memory accesses).
+//! No locks: a part is reachable only from the thread that holds its `Box`, and a box
+//! changes threads only through a channel (which orders the memory accesses).
 //!
-//! No deadlock: take the earliest unit not yet run. Each of its shards has finished
-//! every earlier unit of its own, so each reaches it, lends (or, the owner, collects),
-//! and it runs. By induction every unit runs.
+//! No deadlock: take the earliest unit not yet run. Every earlier unit of each of its
+//! parts has run, so each part was sent to its executor; the executor has run all its
+//! earlier units; so it runs. By induction every unit runs.
 //!
-//! Bounded: a shard's queue holds at most the group start, one lent part from each other
-//! shard (a lender blocks until its part comes back), and one returned part, so a queue
-//! of `shards + 2` never fills (the stop message comes only between groups).
+//! Bounded: a shard's queue holds at most the group start, the N parts (each part is in
+//! one place), and the stop message, so a queue of `shards + 2` never fills.
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::Arc;
@@ -33,32 +34,76 @@ use tally_types::ResultCode;
 
 /// What a shard thread receives.
 enum Message {
-    /// Apply a group: its records and plan, and this shard's part.
-    Group(Arc<Group>, Box<Part>),
-    /// Another shard's part, lent for unit `unit` (owned by this shard).
-    Lend { unit: u32, part: Box<Part> },
-    /// This shard's own part, back from the owner of a spanning unit.
-    Return(Box<Part>),
+    /// Apply a group: its records, plan and part forwarding.
+    Group(Arc<Group>),
+    /// A part, for the next unit of it that this shard executes.
+    Part(Box<Part>),
     /// Exit (sent between groups, when the pool is dropped). Needed because every
     /// shard holds senders to every queue, its own included, so queues never close.
     Stop,
 }
 
+/// What goes back to the apply thread.
+enum Back {
+    /// A part whose units in this group have all run.
+    Part(Box<Part>),
+    /// A shard has run all its units: the results of its events.
+    Done {
+        results: Vec<ResultSlot>,
+        units: u64,
+        spanning: u64,
+        waited: u64,
+    },
+}
+
+/// No next unit.
+const NONE: u32 = u32::MAX;
+
 /// A group on its way through the shards.
 struct Group {
     records: Vec<LogRecord>,
     plan: Plan,
+    /// For unit `u`, `forward[offsets[u]..offsets[u + 1]]`: for each part of its mask
+    /// (lowest first), the next unit of that part, or [`NONE`].
+    forward: Vec<u32>,
+    offsets: Vec<u32>,
+    /// Each part's first unit, or [`NONE`].
+    first: Vec<u32>,
+}
+
+impl Group {
+    fn new(records: Vec<LogRecord>, plan: Plan, parts: usize) -> Group {
+        let units = &plan.units;
+        let mut offsets = Vec::with_capacity(units.len() + 1);
+        offsets.push(0u32);
+        for unit in units {
+            let last = offsets.last().copied().unwrap_or(0);
+            offsets.push(last + unit.mask.count_ones());
+        }
+        let mut forward = vec![NONE; offsets.last().copied().unwrap_or(0) as usize];
+        let mut next = vec![NONE; parts];
+        for (u, unit) in units.iter().enumerate().rev() {
+            let mut slot = offsets[u] as usize;
+            for (part, next) in next.iter_mut().enumerate() {
+                if unit.mask & (1 << part) != 0 {
+                    forward[slot] = *next;
+                    *next = u as u32;
+                    slot += 1;
+                }
+            }
+        }
+        Group {
+            records,
+            plan,
+            forward,
+            offsets,
+            first: next,
+        }
+    }
 }
 
 /// One event's result: (batch in the group, event in the batch, code).
 type ResultSlot = (u32, u32, ResultCode);
-
-/// What a shard thread sends back at the end of a group.
-struct Finished {
-    part: Box<Part>,
-    /// (batch, event, code) for each event this shard ran.
-    results: Vec<ResultSlot>,
-}
 
 /// Counts a service can read: how much of the work spanned shards.
 #[derive(Debug, Default)]
@@ -67,7 +112,7 @@ pub(crate) struct ShardCounters {
     pub units: AtomicU64,
     /// Of those, units that spanned two or more shards.
     pub units_spanning: AtomicU64,
-    /// Of those, units whose owner had to wait for a lent part (it was not there yet).
+    /// Of those, units whose executor had to wait for a part to arrive.
     pub units_waited: AtomicU64,
     /// Groups that ran on the apply thread alone (see [`tally_state::Serial`]).
     pub groups_serial: AtomicU64,
@@ -76,7 +121,7 @@ pub(crate) struct ShardCounters {
 /// The shard threads of one ledger.
 pub(crate) struct ShardPool {
     inboxes: Vec<Sender<Message>>,
-    finished: Receiver<Finished>,
+    back: Receiver<Back>,
     threads: Vec<JoinHandle<()>>,
     pub counters: Arc<ShardCounters>,
 }
@@ -85,7 +130,8 @@ impl ShardPool {
     /// Starts `shards` threads (2 to [`tally_state::PARTS_MAX`]).
     pub fn start(shards: usize, counters: Arc<ShardCounters>) -> std::io::Result<ShardPool> {
         assert!((2..=tally_state::PARTS_MAX).contains(&shards));
-        let (finished_tx, finished) = bounded(shards);
+        // Per group: every part once and one `Done` per shard.
+        let (back_tx, back) = bounded(2 * shards);
         let (inboxes, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| bounded(shards + 2)).unzip();
         let mut threads = Vec::with_capacity(shards);
@@ -94,8 +140,7 @@ impl ShardPool {
                 index,
                 inbox,
                 peers: inboxes.clone(),
-                finished: finished_tx.clone(),
-                counters: Arc::clone(&counters),
+                back: back_tx.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -105,7 +150,7 @@ impl ShardPool {
         }
         Ok(ShardPool {
             inboxes,
-            finished,
+            back,
             threads,
             counters,
         })
@@ -115,7 +160,8 @@ impl ShardPool {
     /// shards): by plan on the shard threads, or serially when the plan says so.
     /// Returns one result list per record.
     pub fn apply(&self, state: &mut StateMachine, records: Vec<LogRecord>) -> Vec<Vec<ResultCode>> {
-        assert_eq!(state.part_count(), self.inboxes.len(), "one part per shard");
+        let shards = self.inboxes.len();
+        assert_eq!(state.part_count(), shards, "one part per shard");
         let stamped: Vec<_> = records.iter().map(|r| (r.timestamp, &r.batch)).collect();
         let plan = match tally_state::plan(state, &stamped) {
             Ok(plan) => plan,
@@ -136,25 +182,50 @@ impl ShardPool {
         let last_timestamp = plan.last_timestamp;
         let mut results: Vec<Vec<Option<ResultCode>>> =
             records.iter().map(|r| vec![None; r.batch.len()]).collect();
-        let group = Arc::new(Group { records, plan });
-        let shards = self.inboxes.len();
-        for (inbox, part) in self.inboxes.iter().zip(state.take_parts()) {
+        let group = Arc::new(Group::new(records, plan, shards));
+        for inbox in &self.inboxes {
             inbox
-                .send(Message::Group(Arc::clone(&group), part))
+                .send(Message::Group(Arc::clone(&group)))
                 .expect("shard threads live as long as the pool");
         }
         let mut parts = Vec::with_capacity(shards);
-        for _ in 0..shards {
-            let finished = self
-                .finished
-                .recv()
-                .expect("a shard thread died while applying a group");
-            for (batch, event, code) in finished.results {
-                let slot = &mut results[batch as usize][event as usize];
-                assert!(slot.is_none(), "each event runs once");
-                *slot = Some(code);
+        for part in state.take_parts() {
+            match group.first[part.index()] {
+                NONE => parts.push(part),
+                u => self.inboxes[group.plan.units[u as usize].owner()]
+                    .send(Message::Part(part))
+                    .expect("shard threads live as long as the pool"),
             }
-            parts.push(finished.part);
+        }
+        let mut done = 0;
+        while done < shards || parts.len() < shards {
+            match self
+                .back
+                .recv()
+                .expect("a shard thread died while applying a group")
+            {
+                Back::Part(part) => parts.push(part),
+                Back::Done {
+                    results: slots,
+                    units,
+                    spanning,
+                    waited,
+                } => {
+                    done += 1;
+                    for (batch, event, code) in slots {
+                        let slot = &mut results[batch as usize][event as usize];
+                        assert!(slot.is_none(), "each event runs once");
+                        *slot = Some(code);
+                    }
+                    self.counters.units.fetch_add(units, Ordering::Relaxed);
+                    self.counters
+                        .units_spanning
+                        .fetch_add(spanning, Ordering::Relaxed);
+                    self.counters
+                        .units_waited
+                        .fetch_add(waited, Ordering::Relaxed);
+                }
+            }
         }
         state.restore_parts(parts, last_timestamp);
         results
@@ -185,123 +256,97 @@ struct Shard {
     inbox: Receiver<Message>,
     /// Every shard's queue, this one's included (indexed by shard).
     peers: Vec<Sender<Message>>,
-    finished: Sender<Finished>,
-    counters: Arc<ShardCounters>,
+    back: Sender<Back>,
 }
 
 impl Shard {
     fn run(self) {
         while let Ok(message) = self.inbox.recv() {
-            let (group, part) = match message {
-                Message::Group(group, part) => (group, part),
-                Message::Stop => return,
-                Message::Lend { .. } | Message::Return(_) => {
-                    panic!("shard {}: a part arrived outside a group", self.index)
+            match message {
+                Message::Group(group) => {
+                    if !self.apply_group(&group) {
+                        return;
+                    }
                 }
-            };
-            let (part, results) = self.apply_group(&group, part);
-            if self.finished.send(Finished { part, results }).is_err() {
-                return;
+                Message::Stop => return,
+                Message::Part(part) => {
+                    panic!(
+                        "shard {}: part {} arrived outside a group",
+                        self.index,
+                        part.index()
+                    )
+                }
             }
         }
     }
 
-    fn apply_group(&self, group: &Group, own: Box<Part>) -> (Box<Part>, Vec<ResultSlot>) {
-        let me = 1u64 << self.index;
+    /// Runs this shard's units of the group. False when the apply thread is gone.
+    fn apply_group(&self, group: &Group) -> bool {
         let mut held = Held::new(self.peers.len());
-        held.insert(own);
-        // Parts lent for units this shard owns but has not reached yet.
-        let mut early: Vec<(u32, Box<Part>)> = Vec::new();
         let mut results = Vec::new();
         let mut scratch = Vec::new();
         let (mut units, mut spanning, mut waited) = (0, 0, 0);
         for (u, unit) in group.plan.units.iter().enumerate() {
-            if unit.mask & me == 0 {
+            if unit.owner() != self.index {
                 continue;
             }
-            let u = u as u32;
-            let owner = unit.owner();
-            if owner == self.index {
-                units += 1;
-                if unit.spans_parts() {
-                    spanning += 1;
-                    if self.collect_lends(u, unit, &mut held, &mut early) {
-                        waited += 1;
-                    }
-                }
-                self.run_unit(group, unit, &mut held, &mut results, &mut scratch);
-                for part in 0..self.peers.len() {
-                    if part != self.index && unit.mask & (1 << part) != 0 {
-                        self.peers[part]
-                            .send(Message::Return(held.take(part)))
-                            .expect("lender waits for its part");
-                    }
-                }
-            } else {
-                let part = held.take(self.index);
-                self.peers[owner]
-                    .send(Message::Lend { unit: u, part })
-                    .expect("owner shard is alive");
-                loop {
-                    match self.inbox.recv().expect("the pool outlives a group") {
-                        Message::Return(part) => {
-                            held.insert(part);
-                            break;
-                        }
-                        Message::Lend { unit, part } => early.push((unit, part)),
-                        Message::Group(..) | Message::Stop => {
-                            panic!("a group started or stopped inside a group")
-                        }
+            units += 1;
+            spanning += u64::from(unit.spans_parts());
+            let mut had_to_wait = false;
+            while let Some(missing) = (0..self.peers.len())
+                .find(|&part| unit.mask & (1 << part) != 0 && !held.holds(part))
+            {
+                had_to_wait = true;
+                match self.inbox.recv().expect("the pool outlives a group") {
+                    Message::Part(part) => held.insert(part),
+                    Message::Group(..) | Message::Stop => {
+                        panic!(
+                            "shard {}: waiting for part {missing}, got a new group or stop",
+                            self.index
+                        )
                     }
                 }
             }
+            waited += u64::from(had_to_wait && unit.spans_parts());
+            self.run_unit(group, unit, &mut held, &mut results, &mut scratch);
+            self.forward(group, u, unit, &mut held);
         }
-        assert!(early.is_empty(), "every lent part was used");
-        self.counters.units.fetch_add(units, Ordering::Relaxed);
-        self.counters
-            .units_spanning
-            .fetch_add(spanning, Ordering::Relaxed);
-        self.counters
-            .units_waited
-            .fetch_add(waited, Ordering::Relaxed);
-        (held.take(self.index), results)
+        assert!(
+            (0..self.peers.len()).all(|part| !held.holds(part)),
+            "every part moved on after its last unit here"
+        );
+        self.back
+            .send(Back::Done {
+                results,
+                units,
+                spanning,
+                waited,
+            })
+            .is_ok()
     }
 
-    /// Gathers the parts of unit `u` lent by the other shards of its mask. Returns true
-    /// when at least one was not there yet (the owner had to wait).
-    fn collect_lends(
-        &self,
-        u: u32,
-        unit: &Unit,
-        held: &mut Held,
-        early: &mut Vec<(u32, Box<Part>)>,
-    ) -> bool {
-        let mut missing = (unit.mask & !(1 << self.index)).count_ones();
-        let mut index = 0;
-        while index < early.len() {
-            if early[index].0 == u {
-                let (_, part) = early.swap_remove(index);
-                held.insert(part);
-                missing -= 1;
-            } else {
-                index += 1;
+    /// Sends each part of unit `u` to the executor of that part's next unit, keeps it
+    /// when that is this shard, or returns it after its last unit.
+    fn forward(&self, group: &Group, u: usize, unit: &Unit, held: &mut Held) {
+        let mut slot = group.offsets[u] as usize;
+        for part in 0..self.peers.len() {
+            if unit.mask & (1 << part) == 0 {
+                continue;
+            }
+            let next = group.forward[slot];
+            slot += 1;
+            if next == NONE {
+                let _ = self.back.send(Back::Part(held.take(part)));
+                continue;
+            }
+            let executor = group.plan.units[next as usize].owner();
+            if executor != self.index {
+                self.peers[executor]
+                    .send(Message::Part(held.take(part)))
+                    .expect("shard threads live as long as the pool");
             }
         }
-        let waited = missing > 0;
-        while missing > 0 {
-            match self.inbox.recv().expect("the pool outlives a group") {
-                Message::Lend { unit, part } if unit == u => {
-                    held.insert(part);
-                    missing -= 1;
-                }
-                Message::Lend { unit, part } => early.push((unit, part)),
-                Message::Return(_) => panic!("a part returned to a shard that lent none"),
-                Message::Group(..) | Message::Stop => {
-                    panic!("a group started or stopped inside a group")
-                }
-            }
-        }
-        waited
+        debug_assert_eq!(slot, group.offsets[u + 1] as usize);
     }
 
     fn run_unit(

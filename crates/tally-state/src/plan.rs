@@ -18,7 +18,9 @@
 use crate::apply::{Held, apply_unit, create_account, create_transfer, expire_one, unit_ranges};
 use crate::part::part_of;
 use crate::state::StateMachine;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use tally_types::{Batch, NS_PER_S, ResultCode, TransferKind};
 
 /// What a unit does.
@@ -89,9 +91,11 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
     }
     let bit = |id: u128| 1u64 << part_of(id, count);
     let mut due = due_expiries(state, last_timestamp).into_iter().peekable();
-    // Ids created earlier in this group (not committed): the parts of their accounts.
-    let mut created: HashMap<u128, u64> = HashMap::new();
-    let accounts_of = |id: u128, created: &HashMap<u128, u64>| match state.lookup_transfer(id) {
+    // Ids created in this group that a later event of it may reference: the parts of
+    // their accounts. Only referenced ids are recorded (most groups reference few).
+    let referenced = referenced_ids(batches);
+    let mut created: IdMap<u128, u64> = IdMap::default();
+    let accounts_of = |id: u128, created: &IdMap<u128, u64>| match state.lookup_transfer(id) {
         Some(t) => bit(t.debit_account_id) | bit(t.credit_account_id),
         None => created.get(&id).copied().unwrap_or(0),
     };
@@ -141,9 +145,9 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
                             }
                         };
                         mask |= bit(t.id) | accounts;
-                        if state.lookup_transfer(t.id).is_none() {
-                            // For a post, void or refund this includes the referenced id's part
-                            // too: a superset, which is allowed.
+                        if referenced.contains(&t.id) {
+                            // For a post, void or refund this includes the referenced id's
+                            // part too: a superset, which is allowed.
                             *created.entry(t.id).or_default() |= accounts;
                         }
                     }
@@ -157,6 +161,21 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
         units,
         last_timestamp,
     })
+}
+
+/// Ids that a post, void or refund of the group references.
+fn referenced_ids(batches: &[(u64, &Batch)]) -> HashSet<u128, foldhash::fast::RandomState> {
+    let mut referenced = HashSet::default();
+    for (_, batch) in batches {
+        if let Batch::CreateTransfers(events) = batch {
+            referenced.extend(events.iter().filter_map(|t| match t.kind() {
+                Some(TransferKind::PostPending | TransferKind::VoidPending) => Some(t.pending_id),
+                Some(TransferKind::Refund) => Some(t.refund_of()),
+                _ => None,
+            }));
+        }
+    }
+    referenced
 }
 
 /// True when a pending transfer with a timeout, created in the group, would come due at
