@@ -1,7 +1,8 @@
 //! The engine end to end: `Ledger::submit` of one batch from one thread, returning once
 //! the batch is durable (`fdatasync`, the default `Config`). Two sizes: 1 transfer (the
 //! latency of one queue hop, one write, one sync, one apply and one answer) and 8,190
-//! transfers (a full batch). Throughput is transfers (events) per second.
+//! transfers (a full batch), on one shard; and the full batch on 2 shards (the sharded
+//! executor's plan and hand-offs). Throughput is transfers (events) per second.
 //!
 //! One submitter means no group commit beyond the single batch: this is the per-batch
 //! floor, not the engine's throughput under many submitters (that is the load
@@ -24,10 +25,12 @@ use tally::{Config, Ledger};
 
 const TRANSFERS_RESET: u64 = 1_000_000;
 
-/// A fresh durable ledger in `dir` holding [`common::ACCOUNTS`] plain accounts.
-fn open_fresh(dir: &Path) -> Ledger {
+/// A fresh durable ledger on `shards` shards in `dir` holding [`common::ACCOUNTS`]
+/// plain accounts.
+fn open_fresh(dir: &Path, shards: usize) -> Ledger {
     remove_dir(dir);
-    let config = Config::new(dir);
+    let mut config = Config::new(dir);
+    config.shards = shards;
     assert_eq!(config.sync, tally::engine::SyncMode::Fdatasync);
     let ledger = Ledger::open(config).expect("open the bench ledger");
     let results = ledger.submit(accounts()).expect("accounts durable");
@@ -35,11 +38,14 @@ fn open_fresh(dir: &Path) -> Ledger {
     ledger
 }
 
-fn bench_submit(c: &mut Criterion, events: usize) {
-    let name = format!("submit_durable/{events}");
-    let dir: PathBuf =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-engine-{events}"));
-    let mut ledger = open_fresh(&dir);
+fn bench_submit(c: &mut Criterion, events: usize, shards: usize) {
+    let name = match shards {
+        1 => format!("submit_durable/{events}"),
+        _ => format!("submit_durable_{shards}_shards/{events}"),
+    };
+    let dir: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-engine-{events}-{shards}"));
+    let mut ledger = open_fresh(&dir, shards);
     let mut next_id: u128 = 1;
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(events as u64));
@@ -52,7 +58,7 @@ fn bench_submit(c: &mut Criterion, events: usize) {
             for _ in 0..iters {
                 if next_id > u128::from(TRANSFERS_RESET) {
                     ledger.shutdown().expect("clean shutdown");
-                    ledger = open_fresh(&dir);
+                    ledger = open_fresh(&dir, shards);
                     next_id = 1;
                 }
                 let batch = transfers(next_id, events);
@@ -71,8 +77,9 @@ fn bench_submit(c: &mut Criterion, events: usize) {
 }
 
 fn engine(c: &mut Criterion) {
-    bench_submit(c, 1);
-    bench_submit(c, BATCH_EVENTS_MAX);
+    bench_submit(c, 1, 1);
+    bench_submit(c, BATCH_EVENTS_MAX, 1);
+    bench_submit(c, BATCH_EVENTS_MAX, 2);
 }
 
 criterion_group!(benches, engine);

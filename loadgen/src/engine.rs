@@ -83,4 +83,16 @@ impl Target for EngineTarget {
     fn shards(&self) -> usize {
         self.ledger.shards()
     }
+
+    fn shard_stats(&self) -> Option<crate::report::ShardStats> {
+        let metrics = self.ledger.metrics();
+        Some(crate::report::ShardStats {
+            units: metrics.shard_units,
+            units_spanning: metrics.shard_units_spanning,
+            units_waited: metrics.shard_units_waited,
+            groups_serial: metrics.groups_serial,
+            groups: metrics.groups_committed,
+            group_events_mean: metrics.group_events_mean,
+        })
+    }
 }

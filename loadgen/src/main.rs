@@ -437,6 +437,7 @@ fn finish<T: Target>(
         nonce,
     )?;
     let verification = model.verify(target, expired, pending_left);
+    let engine = target.shard_stats();
     target.shutdown()?;
     let mut report = Report {
         mode: format!("{:?}", config.mode).to_lowercase(),
@@ -446,6 +447,7 @@ fn finish<T: Target>(
         },
         target: target_name.to_string(),
         shards: target.shards(),
+        engine,
         setup,
         expiry_policy: "short-timeout authorisations left to expire: waited past their expiry, then one sweep transfer; expired iff timestamp + timeout <= the sweep's timestamp, else expected still pending".into(),
         machine: Machine::probe(),

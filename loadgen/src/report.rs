@@ -87,6 +87,22 @@ pub struct Second {
     pub max_us: u64,
 }
 
+/// The engine's own counters at the end of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardStats {
+    /// Units (events, chains, expiries) the shard threads ran by plan; 0 with 1 shard.
+    pub units: u64,
+    /// Of those, units that spanned two or more shards.
+    pub units_spanning: u64,
+    /// Of those, units whose executing shard had to wait for a part to arrive.
+    pub units_waited: u64,
+    /// Groups applied serially although shards exist (an expiry inside the group).
+    pub groups_serial: u64,
+    /// Group commits, and their mean size in events.
+    pub groups: u64,
+    pub group_events_mean: f64,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub mode: String,
@@ -94,6 +110,7 @@ pub struct Report {
     pub submission: String,
     pub target: String,
     pub shards: usize,
+    pub engine: Option<ShardStats>,
     pub duration_s: f64,
     pub offered_tps: f64,
     pub achieved_tps: f64,
@@ -232,6 +249,19 @@ impl Report {
             ms(l.p9999),
             ms(l.max)
         );
+        if let Some(e) = &self.engine {
+            let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "  engine            {} group commits, mean {:.0} events; shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+                e.groups,
+                e.group_events_mean,
+                e.units,
+                share(e.units_spanning),
+                share(e.units_waited),
+                e.groups_serial
+            );
+        }
         if self.unfinished_requests > 0 {
             let _ = writeln!(
                 out,

@@ -57,4 +57,9 @@ pub trait Target: Send + Sync + 'static {
     fn shards(&self) -> usize {
         0
     }
+
+    /// How much of the work spanned shards, for the report (`None`: not applicable).
+    fn shard_stats(&self) -> Option<crate::report::ShardStats> {
+        None
+    }
 }

@@ -25,6 +25,42 @@
 //! ledger.shutdown().expect("clean shutdown");
 //! ```
 //!
+//! With several shards ([`Config::shards`]) the state is split into parts, one per shard
+//! thread, and each durable group is applied by plan on all of them at once; results
+//! and state are the same as with one shard. Async services share the same handle:
+//!
+//! ```
+//! use tally_engine::{Config, Ledger};
+//! use tally_types::{Account, AccountFilter, Batch, ResultCode, Transfer};
+//!
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let mut config = Config::new(dir.path());
+//! config.shards = 4;
+//! let ledger = Ledger::open(config).expect("open");
+//! let accounts = (1..=8).map(|id| Account { id, ledger: 156, code: 1, ..Account::default() });
+//! ledger.submit(Batch::CreateAccounts(accounts.collect())).expect("durable");
+//!
+//! let runtime = tokio::runtime::Builder::new_multi_thread().build().expect("runtime");
+//! runtime.block_on(async {
+//!     let payments = (1..=8u128).map(|n| {
+//!         let ledger = ledger.clone();
+//!         tokio::spawn(async move {
+//!             let pay = Transfer { id: 100 + n, debit_account_id: n, credit_account_id: 1 + n % 8, amount: 5, ledger: 156, code: 1, ..Transfer::default() };
+//!             ledger.submit_async(Batch::CreateTransfers(vec![pay])).await
+//!         })
+//!     });
+//!     for payment in payments.collect::<Vec<_>>() {
+//!         let results = payment.await.expect("task").expect("durable");
+//!         assert_eq!(results[0].code, ResultCode::Ok);
+//!     }
+//! });
+//! // Account 3 paid once and was paid once, whichever shards those transfers ran on.
+//! let history = ledger.get_account_transfers(&AccountFilter::new(3));
+//! assert_eq!(history.len(), 2);
+//! assert!(ledger.ledger_totals()[&156].balanced());
+//! ledger.shutdown().expect("clean shutdown");
+//! ```
+//!
 //! Invariant: a result is returned only after its batch is synced to the log.
 //! Invariant: reads take the state lock, which the apply thread holds while it applies a
 //! whole group, so a read never sees half a batch or half a chain.
