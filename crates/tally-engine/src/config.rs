@@ -41,7 +41,8 @@ pub struct Config {
     /// the reservation works, but pauses to rehash the id index.
     pub accounts_capacity: usize,
     /// Transfers to reserve room for at start-up (0 = grow as needed). At tens of
-    /// millions, growing pauses the apply thread for seconds (index rehash, store copy).
+    /// millions, growing pauses the apply thread for seconds (the id index rehashes; the
+    /// transfer store itself grows by chunks and never copies).
     pub transfers_capacity: usize,
 }
 

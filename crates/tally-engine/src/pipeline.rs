@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tally_types::{Batch, StateImage};
+use tally_state::FrozenState;
+use tally_types::Batch;
 use tokio::sync::oneshot;
 
 /// The answer channel of one submission.
@@ -45,8 +46,10 @@ pub(crate) struct SyncedGroup {
     started: Instant,
 }
 
-/// A snapshot image the apply thread made, for the log thread to write.
-pub(crate) type SnapshotImage = (u64, StateImage);
+/// A frozen copy of the state the apply thread took, for the log thread to have written.
+/// Freezing shares the stored transfers instead of copying them; the image is built on
+/// the snapshot thread.
+pub(crate) type SnapshotImage = (u64, FrozenState);
 
 /// How long an idle log thread sleeps before re-checking the queue. Submitters unpark
 /// it, so this bounds only a missed wake-up, never normal latency.
@@ -100,12 +103,12 @@ impl LogThread {
             self.publish_failure();
         }
         let newest = self.snapshots.try_iter().last();
-        if let Some((sequence, image)) = newest.filter(|_| self.snapshot_in_flight.is_none())
+        if let Some((sequence, frozen)) = newest.filter(|_| self.snapshot_in_flight.is_none())
             && let Some(job) = self.logger.snapshot_job(sequence)
         {
             let spawned = std::thread::Builder::new()
                 .name("tally-snapshot".into())
-                .spawn(move || job.write(&image));
+                .spawn(move || job.write(&frozen.image()));
             self.snapshot_in_flight = spawned.ok();
         }
     }
@@ -209,8 +212,8 @@ impl ApplyThread {
                 .applier
                 .snapshot_due(self.shared.config.snapshot_events_interval)
             {
-                let image = self.shared.state.read().image();
-                let _ = self.snapshots.send((self.applier.sequence_applied, image));
+                let frozen = self.shared.state.read().freeze();
+                let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
             }
         }
     }

@@ -14,12 +14,13 @@ mod check;
 mod part;
 mod plan;
 mod state;
+mod store;
 
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use part::{PARTS_MAX, Part, part_of};
 pub use plan::{Plan, Serial, Unit, Work, plan, run_unit};
-pub use state::{ImageError, StateMachine};
+pub use state::{FrozenState, ImageError, StateMachine};
 
 #[cfg(test)]
 mod tests;

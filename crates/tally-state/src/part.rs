@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
 /// chosen ids impractical.
 type IdHasher = foldhash::fast::RandomState;
+use crate::store::TransferStore;
 use tally_types::{Account, PendingStatus, Transfer};
 
 /// One mutation, remembered so that a failing chain can undo it.
@@ -79,7 +80,7 @@ pub struct Part {
     pub(crate) accounts: Vec<Account>,
     pub(crate) account_index: HashMap<u128, u32, IdHasher>,
     /// Transfers in timestamp order; `transfer_index` maps an id to its position.
-    pub(crate) transfers: Vec<Transfer>,
+    pub(crate) transfers: TransferStore,
     pub(crate) transfer_index: HashMap<u128, u32, IdHasher>,
     /// Per account (same position as in `accounts`), the transfers touching it, oldest
     /// first. By reference, not id: no hash lookup.
@@ -127,7 +128,7 @@ impl Part {
             count: count as u32,
             accounts: Vec::new(),
             account_index: HashMap::default(),
-            transfers: Vec::new(),
+            transfers: TransferStore::default(),
             transfer_index: HashMap::default(),
             account_history: Vec::new(),
             pending_status: HashMap::default(),
@@ -147,7 +148,6 @@ impl Part {
         self.accounts.reserve(accounts);
         self.account_history.reserve(accounts);
         self.account_index.reserve(accounts);
-        self.transfers.reserve(transfers);
         self.transfer_index.reserve(transfers);
     }
 
@@ -158,7 +158,7 @@ impl Part {
 
     pub(crate) fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
         let index = *self.transfer_index.get(&id)?;
-        Some(&self.transfers[index as usize])
+        Some(self.transfers.get(index as usize))
     }
 
     /// The part and position a [`TransferRef`] names.

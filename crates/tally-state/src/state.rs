@@ -3,6 +3,7 @@
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
 use crate::part::{PARTS_MAX, Part, TransferRef, expires_at, part_of};
+use crate::store::FrozenTransfers;
 use std::fmt;
 use tally_types::{
     Account, AccountFilter, PendingStatus, StateImage, Transfer, TransferFlags, TransferKind,
@@ -161,22 +162,22 @@ impl StateMachine {
     /// Every account, in creation order.
     pub fn accounts(&self) -> impl Iterator<Item = &Account> + '_ {
         MergeByTimestamp::new(
-            self.parts.iter().map(|part| part.accounts.as_slice()),
-            |account: &Account| account.timestamp,
+            self.parts.iter().map(|part| part.accounts.iter()),
+            |account: &&Account| account.timestamp,
         )
     }
 
     /// Every stored transfer, in timestamp order.
     pub fn transfers(&self) -> impl Iterator<Item = &Transfer> + '_ {
         MergeByTimestamp::new(
-            self.parts.iter().map(|part| part.transfers.as_slice()),
-            |transfer: &Transfer| transfer.timestamp,
+            self.parts.iter().map(|part| part.transfers.iter()),
+            |transfer: &&Transfer| transfer.timestamp,
         )
     }
 
     fn transfer_by_ref(&self, transfer_ref: TransferRef) -> &Transfer {
         let (part, position) = Part::decode_ref(transfer_ref, self.parts.len());
-        &self.parts[part].transfers[position]
+        self.parts[part].transfers.get(position)
     }
 
     /// `get_account_transfers`: the account's transfers in timestamp order (or newest
@@ -207,34 +208,35 @@ impl StateMachine {
     /// A full copy of the state as plain data (what a snapshot stores). The same for
     /// any number of parts.
     pub fn image(&self) -> StateImage {
-        let mut pending_statuses: Vec<(u128, PendingStatus)> = self
-            .parts
-            .iter()
-            .flat_map(|part| part.pending_status.iter())
-            .map(|(id, status)| (*id, *status))
-            .collect();
-        pending_statuses.sort_unstable_by_key(|(id, _)| *id);
-        let mut refunded: Vec<(u128, u128)> = self
-            .parts
-            .iter()
-            .flat_map(|part| part.refunded.iter())
-            .map(|(id, total)| (*id, *total))
-            .collect();
-        refunded.sort_unstable_by_key(|(id, _)| *id);
-        let mut failed_ids: Vec<u128> = self
-            .parts
-            .iter()
-            .flat_map(|part| part.failed_ids.iter())
-            .copied()
-            .collect();
-        failed_ids.sort_unstable();
-        StateImage {
+        self.freeze().image()
+    }
+
+    /// A point-in-time copy for a snapshot, cheap enough to take on the apply thread:
+    /// stored transfers are shared, not copied (full chunks of the transfer store are
+    /// immutable); accounts and the side tables are copied. [`FrozenState::image`]
+    /// then builds the [`StateImage`], on whichever thread writes the snapshot.
+    pub fn freeze(&self) -> FrozenState {
+        FrozenState {
             last_timestamp: self.last_timestamp,
-            accounts: self.accounts().copied().collect(),
-            transfers: self.transfers().copied().collect(),
-            pending_statuses,
-            refunded,
-            failed_ids,
+            parts: self
+                .parts
+                .iter()
+                .map(|part| FrozenPart {
+                    accounts: part.accounts.clone(),
+                    transfers: part.transfers.freeze(),
+                    pending_statuses: part
+                        .pending_status
+                        .iter()
+                        .map(|(id, s)| (*id, *s))
+                        .collect(),
+                    refunded: part
+                        .refunded
+                        .iter()
+                        .map(|(id, total)| (*id, *total))
+                        .collect(),
+                    failed_ids: part.failed_ids.iter().copied().collect(),
+                })
+                .collect(),
         }
     }
 
@@ -340,42 +342,104 @@ impl StateMachine {
     }
 }
 
-/// Merges per-part lists that are each sorted by timestamp into one sorted stream.
+/// A point-in-time copy of a [`StateMachine`] ([`StateMachine::freeze`]).
+#[derive(Debug, Clone)]
+pub struct FrozenState {
+    last_timestamp: u64,
+    parts: Vec<FrozenPart>,
+}
+
+#[derive(Debug, Clone)]
+struct FrozenPart {
+    accounts: Vec<Account>,
+    transfers: FrozenTransfers,
+    pending_statuses: Vec<(u128, PendingStatus)>,
+    refunded: Vec<(u128, u128)>,
+    failed_ids: Vec<u128>,
+}
+
+impl FrozenState {
+    /// The plain-data image of the frozen state: accounts in creation order, transfers
+    /// in timestamp order, side tables sorted by id. Equal to `image()` of the state at
+    /// the moment it was frozen, for any number of parts.
+    pub fn image(&self) -> StateImage {
+        let mut pending_statuses: Vec<(u128, PendingStatus)> = self
+            .parts
+            .iter()
+            .flat_map(|part| part.pending_statuses.iter().copied())
+            .collect();
+        pending_statuses.sort_unstable_by_key(|(id, _)| *id);
+        let mut refunded: Vec<(u128, u128)> = self
+            .parts
+            .iter()
+            .flat_map(|part| part.refunded.iter().copied())
+            .collect();
+        refunded.sort_unstable_by_key(|(id, _)| *id);
+        let mut failed_ids: Vec<u128> = self
+            .parts
+            .iter()
+            .flat_map(|part| part.failed_ids.iter().copied())
+            .collect();
+        failed_ids.sort_unstable();
+        let transfers_len = self.parts.iter().map(|part| part.transfers.len()).sum();
+        let mut transfers = Vec::with_capacity(transfers_len);
+        transfers.extend(
+            MergeByTimestamp::new(
+                self.parts.iter().map(|part| part.transfers.iter()),
+                |transfer: &&Transfer| transfer.timestamp,
+            )
+            .copied(),
+        );
+        StateImage {
+            last_timestamp: self.last_timestamp,
+            accounts: MergeByTimestamp::new(
+                self.parts.iter().map(|part| part.accounts.iter()),
+                |account: &&Account| account.timestamp,
+            )
+            .copied()
+            .collect(),
+            transfers,
+            pending_statuses,
+            refunded,
+            failed_ids,
+        }
+    }
+}
+
+/// Merges per-part streams that are each sorted by timestamp into one sorted stream.
 /// Timestamps are unique across parts (one per event), so the order is total.
-struct MergeByTimestamp<'a, T, K: Fn(&T) -> u64> {
-    heads: Vec<&'a [T]>,
+struct MergeByTimestamp<I: Iterator, K: Fn(&I::Item) -> u64> {
+    heads: Vec<std::iter::Peekable<I>>,
     key: K,
 }
 
-impl<'a, T, K: Fn(&T) -> u64> MergeByTimestamp<'a, T, K> {
-    fn new(lists: impl Iterator<Item = &'a [T]>, key: K) -> Self {
+impl<I: Iterator, K: Fn(&I::Item) -> u64> MergeByTimestamp<I, K> {
+    fn new(streams: impl Iterator<Item = I>, key: K) -> Self {
         MergeByTimestamp {
-            heads: lists.filter(|list| !list.is_empty()).collect(),
+            heads: streams.map(Iterator::peekable).collect(),
             key,
         }
     }
 }
 
-impl<'a, T, K: Fn(&T) -> u64> Iterator for MergeByTimestamp<'a, T, K> {
-    type Item = &'a T;
+impl<I: Iterator, K: Fn(&I::Item) -> u64> Iterator for MergeByTimestamp<I, K> {
+    type Item = I::Item;
 
-    fn next(&mut self) -> Option<&'a T> {
-        let (which, _) = self
-            .heads
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, list)| (self.key)(&list[0]))?;
-        let (first, rest) = self.heads[which].split_first()?;
-        if rest.is_empty() {
-            self.heads.swap_remove(which);
-        } else {
-            self.heads[which] = rest;
+    fn next(&mut self) -> Option<I::Item> {
+        if self.heads.len() == 1 {
+            return self.heads[0].next();
         }
-        Some(first)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left: usize = self.heads.iter().map(|list| list.len()).sum();
-        (left, Some(left))
+        let key = &self.key;
+        let mut best: Option<(usize, u64)> = None;
+        for (index, head) in self.heads.iter_mut().enumerate() {
+            if let Some(item) = head.peek() {
+                let at = key(item);
+                if best.is_none_or(|(_, best_at)| at < best_at) {
+                    best = Some((index, at));
+                }
+            }
+        }
+        let (index, _) = best?;
+        self.heads[index].next()
     }
 }
