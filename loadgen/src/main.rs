@@ -135,7 +135,7 @@ fn transfers_hint(config: &RunConfig) -> usize {
     let run = match config.mode {
         Mode::Festival => Curve::from_points(config.curve_points.clone())
             .map_or(0.0, |curve| curve.expected_total() * 1.2),
-        Mode::Max => (config.duration_s * 200_000.0).min(8_000_000.0),
+        Mode::Max => (config.duration_s * 400_000.0).min(40_000_000.0),
     };
     (funding + run) as usize
 }
