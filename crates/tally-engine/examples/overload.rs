@@ -104,7 +104,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             ..Transfer::default()
                         };
                         counts.offered.fetch_add(1, Ordering::Relaxed);
-                        match ledger.submit_async(Batch::CreateTransfers(vec![transfer])).await {
+                        match ledger
+                            .submit_async(Batch::CreateTransfers(vec![transfer]))
+                            .await
+                        {
                             Ok(_) => {
                                 counts.acknowledged.fetch_add(1, Ordering::Relaxed);
                                 acknowledged.push(id);
@@ -149,7 +152,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "after reopening: {found} of {} acknowledged transfers found; {stored} stored in all (busy ones never applied: {})",
         acknowledged.len(),
-        if stored == acknowledged.len() { "yes" } else { "NO" }
+        if stored == acknowledged.len() {
+            "yes"
+        } else {
+            "NO"
+        }
     );
     if found != acknowledged.len() || stored != acknowledged.len() {
         return Err("acknowledged transfers lost, or busy ones applied".into());
@@ -161,6 +168,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
