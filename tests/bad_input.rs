@@ -498,7 +498,7 @@ fn u128_edge_values_are_stored_exactly() {
         ..transfer(u128::MAX - 1, BANK, SPARE, 1)
     };
     f.check("edge transfer", Batch::CreateTransfers(vec![t]), &[R::Ok]);
-    let stored = *f.committer.state().lookup_transfer(u128::MAX - 1).unwrap();
+    let stored = f.committer.state().lookup_transfer(u128::MAX - 1).unwrap();
     assert_eq!((stored.user_data_128, stored.code), (u128::MAX, u16::MAX));
 }
 

@@ -201,7 +201,7 @@ fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
             }
             Dump::Transfers => {
                 for transfer in state.transfers() {
-                    writeln!(out, "{}", tally_json::transfer_line(transfer, &currencies))?;
+                    writeln!(out, "{}", tally_json::transfer_line(&transfer, &currencies))?;
                 }
             }
         }

@@ -232,7 +232,7 @@ pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> 
     if !home.expiries.remove(&key) {
         return false;
     }
-    let pending = *home.lookup_transfer(id).expect("expiring transfer exists");
+    let pending = home.lookup_transfer(id).expect("expiring transfer exists");
     assert_eq!(home.pending_status.get(&id), Some(&PendingStatus::Pending));
     home.pending_status.insert(id, PendingStatus::Expired);
     release_pending(parts, &pending, 0);
@@ -305,10 +305,7 @@ fn set_balances<P: Parts + ?Sized>(parts: &mut P, slot: Slot, balances: Balances
 }
 
 fn lookup_transfer<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Transfer> {
-    parts
-        .get(part_of(id, parts.count()))
-        .lookup_transfer(id)
-        .copied()
+    parts.get(part_of(id, parts.count())).lookup_transfer(id)
 }
 
 fn home_mut<P: Parts + ?Sized>(parts: &mut P, id: u128) -> &mut Part {
@@ -390,7 +387,7 @@ pub(crate) fn create_transfer<P: Parts + ?Sized>(
     };
     let home = home_mut(parts, t.id);
     if let Some(existing) = home.lookup_transfer(t.id) {
-        return transfer_exists_result(t, kind, existing);
+        return transfer_exists_result(t, kind, &existing);
     }
     if home.failed_ids.contains(&t.id) {
         return R::IdAlreadyFailed;

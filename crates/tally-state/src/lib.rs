@@ -11,6 +11,7 @@
 
 mod apply;
 mod check;
+mod index;
 mod part;
 mod plan;
 mod state;

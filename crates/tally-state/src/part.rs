@@ -3,6 +3,7 @@
 //! back exactly. A [`crate::StateMachine`] is one or more parts; each id lives in the part
 //! [`part_of`] names.
 
+use crate::index::IdIndex;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
@@ -78,10 +79,10 @@ pub struct Part {
     pub(crate) count: u32,
     /// Accounts in creation order; `account_index` maps an id to its position.
     pub(crate) accounts: Vec<Account>,
-    pub(crate) account_index: HashMap<u128, u32, IdHasher>,
+    pub(crate) account_index: IdIndex,
     /// Transfers in timestamp order; `transfer_index` maps an id to its position.
     pub(crate) transfers: TransferStore,
-    pub(crate) transfer_index: HashMap<u128, u32, IdHasher>,
+    pub(crate) transfer_index: IdIndex,
     /// Per account (same position as in `accounts`), the transfers touching it, oldest
     /// first. By reference, not id: no hash lookup.
     pub(crate) account_history: Vec<Vec<TransferRef>>,
@@ -127,9 +128,9 @@ impl Part {
             index: index as u32,
             count: count as u32,
             accounts: Vec::new(),
-            account_index: HashMap::default(),
+            account_index: IdIndex::default(),
             transfers: TransferStore::default(),
-            transfer_index: HashMap::default(),
+            transfer_index: IdIndex::default(),
             account_history: Vec::new(),
             pending_status: HashMap::default(),
             expiries: BTreeSet::new(),
@@ -152,12 +153,15 @@ impl Part {
     }
 
     pub(crate) fn lookup_account(&self, id: u128) -> Option<&Account> {
-        let index = *self.account_index.get(&id)?;
+        let index = self.account_position(id)?;
         Some(&self.accounts[index as usize])
     }
 
-    pub(crate) fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
-        let index = *self.transfer_index.get(&id)?;
+    /// A stored transfer, unpacked (the store keeps records packed).
+    pub(crate) fn lookup_transfer(&self, id: u128) -> Option<Transfer> {
+        let index = self
+            .transfer_index
+            .get(id, |p| self.transfers.id_at(p as usize))?;
         Some(self.transfers.get(index as usize))
     }
 
@@ -171,9 +175,10 @@ impl Part {
 
     pub(crate) fn insert_account(&mut self, account: Account) {
         let index = u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts");
-        let previous = self.account_index.insert(account.id, index);
-        assert!(previous.is_none(), "account id inserted twice");
         self.accounts.push(account);
+        let accounts = &self.accounts;
+        self.account_index
+            .insert(account.id, index, |p| accounts[p as usize].id);
         self.account_history.push(Vec::new());
         self.undo_log.push(Undo::AccountCreated);
     }
@@ -182,9 +187,7 @@ impl Part {
     /// history of its accounts ([`Part::append_history`], in their parts).
     pub(crate) fn store_transfer(&mut self, transfer: Transfer) -> TransferRef {
         assert!(
-            self.transfers
-                .last()
-                .is_none_or(|last| last.timestamp < transfer.timestamp),
+            self.transfers.len() == 0 || self.transfers.last_timestamp() < transfer.timestamp,
             "transfers are stored in timestamp order"
         );
         let position = self.transfers.len();
@@ -193,9 +196,12 @@ impl Part {
             .and_then(|scaled| scaled.checked_add(self.index as usize))
             .and_then(|r| u32::try_from(r).ok())
             .expect("fewer than 2^32 transfers over all parts");
-        let previous = self.transfer_index.insert(transfer.id, position as u32);
-        assert!(previous.is_none(), "transfer id inserted twice");
-        self.transfers.push(transfer);
+        self.transfers.push(&transfer);
+        let transfers = &self.transfers;
+        self.transfer_index
+            .insert(transfer.id, position as u32, |p| {
+                transfers.id_at(p as usize)
+            });
         self.undo_log.push(Undo::TransferStored);
         transfer_ref
     }
@@ -210,7 +216,8 @@ impl Part {
     }
 
     pub(crate) fn account_position(&self, id: u128) -> Option<u32> {
-        self.account_index.get(&id).copied()
+        let accounts = &self.accounts;
+        self.account_index.get(id, |p| accounts[p as usize].id)
     }
 
     pub(crate) fn set_balances(&mut self, account_index: u32, balances: Balances) {
@@ -252,14 +259,21 @@ impl Part {
             };
             match undo {
                 Undo::AccountCreated => {
-                    let account = self.accounts.pop().expect("undo of a created account");
-                    self.account_index.remove(&account.id);
+                    let id = self.accounts.last().expect("undo of a created account").id;
+                    let accounts = &self.accounts;
+                    self.account_index.remove(id, |p| accounts[p as usize].id);
+                    self.accounts.pop();
                     let history = self.account_history.pop();
                     assert_eq!(history, Some(Vec::new()), "a new account has no history");
                 }
                 Undo::TransferStored => {
-                    let transfer = self.transfers.pop().expect("undo of a stored transfer");
-                    self.transfer_index.remove(&transfer.id);
+                    let last = self.transfers.len().checked_sub(1);
+                    let last = last.expect("undo of a stored transfer");
+                    let id = self.transfers.id_at(last);
+                    let transfers = &self.transfers;
+                    self.transfer_index
+                        .remove(id, |p| transfers.id_at(p as usize));
+                    self.transfers.pop();
                 }
                 Undo::HistoryAppended {
                     account_index,

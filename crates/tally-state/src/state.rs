@@ -124,7 +124,7 @@ impl StateMachine {
         self.part(id).lookup_account(id)
     }
 
-    pub fn lookup_transfer(&self, id: u128) -> Option<&Transfer> {
+    pub fn lookup_transfer(&self, id: u128) -> Option<Transfer> {
         self.part(id).lookup_transfer(id)
     }
 
@@ -140,7 +140,6 @@ impl StateMachine {
     pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
         ids.iter()
             .filter_map(|id| self.lookup_transfer(*id))
-            .copied()
             .collect()
     }
 
@@ -167,15 +166,15 @@ impl StateMachine {
         )
     }
 
-    /// Every stored transfer, in timestamp order.
-    pub fn transfers(&self) -> impl Iterator<Item = &Transfer> + '_ {
+    /// Every stored transfer, in timestamp order (unpacked as it goes).
+    pub fn transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
         MergeByTimestamp::new(
             self.parts.iter().map(|part| part.transfers.iter()),
-            |transfer: &&Transfer| transfer.timestamp,
+            |transfer: &Transfer| transfer.timestamp,
         )
     }
 
-    fn transfer_by_ref(&self, transfer_ref: TransferRef) -> &Transfer {
+    fn transfer_by_ref(&self, transfer_ref: TransferRef) -> Transfer {
         let (part, position) = Part::decode_ref(transfer_ref, self.parts.len());
         self.parts[part].transfers.get(position)
     }
@@ -184,22 +183,24 @@ impl StateMachine {
     /// first when `reversed`), filtered by direction and time range, at most the limit.
     pub fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
         let part = self.part(filter.account_id);
-        let Some(&account_index) = part.account_index.get(&filter.account_id) else {
+        let Some(account_index) = part.account_position(filter.account_id) else {
             return Vec::new();
         };
         let history = &part.account_history[account_index as usize];
         let limit = filter.limit_effective();
-        let matching = history
-            .iter()
-            .map(|transfer_ref| self.transfer_by_ref(*transfer_ref))
-            .filter(|transfer| filter.matches(transfer));
+        let matching = |transfer_ref: &TransferRef| {
+            let transfer = self.transfer_by_ref(*transfer_ref);
+            filter.matches(&transfer).then_some(transfer)
+        };
         if filter.reversed {
-            let mut newest_first: Vec<Transfer> = matching.copied().collect();
-            newest_first.reverse();
-            newest_first.truncate(limit);
-            newest_first
+            history
+                .iter()
+                .rev()
+                .filter_map(matching)
+                .take(limit)
+                .collect()
         } else {
-            matching.take(limit).copied().collect()
+            history.iter().filter_map(matching).take(limit).collect()
         }
     }
 
@@ -257,7 +258,7 @@ impl StateMachine {
         let mut last_account = 0;
         for account in image.accounts {
             let part = &mut machine.parts[part_of(account.id, count)];
-            if part.account_index.contains_key(&account.id) {
+            if part.account_position(account.id).is_some() {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
             if account.timestamp > image.last_timestamp || account.timestamp <= last_account {
@@ -301,7 +302,6 @@ impl StateMachine {
             let pending = machine
                 .lookup_transfer(id)
                 .filter(|transfer| transfer.flags.contains(TransferFlags::PENDING))
-                .copied()
                 .ok_or_else(|| ImageError(format!("status for {id}, not a pending transfer")))?;
             let part = &mut machine.parts[part_of(id, count)];
             part.pending_status.insert(id, status);
@@ -337,7 +337,7 @@ impl StateMachine {
     /// The part and position of an account.
     fn account_slot(&self, id: u128) -> Option<(usize, u32)> {
         let part = part_of(id, self.parts.len());
-        let index = *self.parts[part].account_index.get(&id)?;
+        let index = self.parts[part].account_position(id)?;
         Some((part, index))
     }
 }
@@ -383,13 +383,10 @@ impl FrozenState {
         failed_ids.sort_unstable();
         let transfers_len = self.parts.iter().map(|part| part.transfers.len()).sum();
         let mut transfers = Vec::with_capacity(transfers_len);
-        transfers.extend(
-            MergeByTimestamp::new(
-                self.parts.iter().map(|part| part.transfers.iter()),
-                |transfer: &&Transfer| transfer.timestamp,
-            )
-            .copied(),
-        );
+        transfers.extend(MergeByTimestamp::new(
+            self.parts.iter().map(|part| part.transfers.iter()),
+            |transfer: &Transfer| transfer.timestamp,
+        ));
         StateImage {
             last_timestamp: self.last_timestamp,
             accounts: MergeByTimestamp::new(

@@ -1,74 +1,126 @@
-//! The transfer store: transfers in timestamp order, in fixed-size chunks that never
-//! move. Full chunks are frozen (immutable, shared by `Arc`), so a snapshot keeps them
-//! without copying, and growing never copies the store (a `Vec` of 20 M transfers would
-//! copy 2.5 GB on its next doubling).
+//! The transfer store: transfers in timestamp order, packed, in fixed-size chunks that
+//! never move.
+//!
+//! * **Packed.** A transfer is 128 bytes on the wire and on disk, but most of it is
+//!   zeros or small numbers (user data, pending id, timeout; ids and amounts far below
+//!   2^128). In memory each record is a presence byte, LEB128 varints for the integer
+//!   fields, and the 8-byte timestamp: about 30–40 bytes for a payment. This is an
+//!   in-memory layout only; snapshots and the log keep the fixed 128-byte layout.
+//! * **Chunked.** Full chunks are frozen (immutable, shared by `Arc`), so a snapshot
+//!   keeps them without copying, and growing never copies the store.
 
 use std::sync::Arc;
-use tally_types::Transfer;
+use tally_types::{Transfer, TransferFlags};
 
-/// Transfers per chunk: 65,536 × 128 bytes = 8 MiB.
+/// Transfers per chunk.
 pub(crate) const CHUNK: usize = 1 << 16;
+
+/// Packed records and where each starts.
+#[derive(Debug, Clone, Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    starts: Vec<u32>,
+}
+
+impl Chunk {
+    fn get(&self, index: usize) -> Transfer {
+        let start = self.starts[index] as usize;
+        decode(&self.bytes[start..]).0
+    }
+
+    /// The id of record `index`, without unpacking the rest.
+    fn id_at(&self, index: usize) -> u128 {
+        let start = self.starts[index] as usize;
+        take(&self.bytes[start + 1..]).0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
+        let mut rest = self.bytes.as_slice();
+        (0..self.starts.len()).map(move |_| {
+            let (transfer, used) = decode(rest);
+            rest = &rest[used..];
+            transfer
+        })
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TransferStore {
-    /// Full chunks, each exactly [`CHUNK`] long.
-    frozen: Vec<Arc<Vec<Transfer>>>,
-    /// The chunk being filled (shorter than [`CHUNK`]).
-    tail: Vec<Transfer>,
+    /// Full chunks, each exactly [`CHUNK`] records.
+    frozen: Vec<Arc<Chunk>>,
+    /// The chunk being filled (fewer than [`CHUNK`] records).
+    tail: Chunk,
+    /// The newest record's timestamp (0 when empty), so appends check order cheaply.
+    last_timestamp: u64,
 }
 
 impl TransferStore {
     pub fn len(&self) -> usize {
-        self.frozen.len() * CHUNK + self.tail.len()
+        self.frozen.len() * CHUNK + self.tail.starts.len()
     }
 
     #[inline]
-    pub fn get(&self, position: usize) -> &Transfer {
-        let chunk = position / CHUNK;
-        match self.frozen.get(chunk) {
-            Some(frozen) => &frozen[position % CHUNK],
-            None => &self.tail[position - self.frozen.len() * CHUNK],
+    pub fn get(&self, position: usize) -> Transfer {
+        match self.frozen.get(position / CHUNK) {
+            Some(frozen) => frozen.get(position % CHUNK),
+            None => self.tail.get(position - self.frozen.len() * CHUNK),
         }
     }
 
-    pub fn last(&self) -> Option<&Transfer> {
-        self.tail
-            .last()
-            .or_else(|| self.frozen.last().and_then(|chunk| chunk.last()))
+    /// The id of the transfer at `position`, without unpacking the rest.
+    #[inline]
+    pub fn id_at(&self, position: usize) -> u128 {
+        match self.frozen.get(position / CHUNK) {
+            Some(frozen) => frozen.id_at(position % CHUNK),
+            None => self.tail.id_at(position - self.frozen.len() * CHUNK),
+        }
     }
 
-    pub fn push(&mut self, transfer: Transfer) {
-        if self.tail.capacity() == 0 {
-            self.tail.reserve_exact(CHUNK);
-        }
-        self.tail.push(transfer);
-        if self.tail.len() == CHUNK {
-            let full = std::mem::take(&mut self.tail);
+    /// Timestamp of the newest record, 0 when empty.
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+
+    pub fn push(&mut self, transfer: &Transfer) {
+        let start = u32::try_from(self.tail.bytes.len()).expect("a chunk stays under 4 GiB");
+        self.tail.starts.push(start);
+        encode(transfer, &mut self.tail.bytes);
+        self.last_timestamp = transfer.timestamp;
+        if self.tail.starts.len() == CHUNK {
+            let mut full = std::mem::take(&mut self.tail);
+            full.bytes.shrink_to_fit();
             self.frozen.push(Arc::new(full));
         }
-        debug_assert!(self.tail.len() < CHUNK);
+        debug_assert!(self.tail.starts.len() < CHUNK);
     }
 
     /// Removes the newest transfer (chain rollback).
     pub fn pop(&mut self) -> Option<Transfer> {
-        if self.tail.is_empty() {
+        if self.tail.starts.is_empty() {
             // Undo across a chunk boundary: thaw the last chunk (a copy only if a
             // snapshot still holds it).
             let last = self.frozen.pop()?;
             self.tail = Arc::try_unwrap(last).unwrap_or_else(|shared| shared.as_ref().clone());
         }
-        self.tail.pop()
+        let start = self.tail.starts.pop()? as usize;
+        let (transfer, _) = decode(&self.tail.bytes[start..]);
+        self.tail.bytes.truncate(start);
+        self.last_timestamp = match self.len() {
+            0 => 0,
+            len => self.get(len - 1).timestamp,
+        };
+        Some(transfer)
     }
 
     /// Every transfer, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Transfer> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
         self.frozen
             .iter()
             .flat_map(|chunk| chunk.iter())
             .chain(self.tail.iter())
     }
 
-    /// A copy that shares the full chunks and copies only the tail (at most 8 MiB).
+    /// A copy that shares the full chunks and copies only the tail.
     pub fn freeze(&self) -> FrozenTransfers {
         FrozenTransfers {
             chunks: self.frozen.clone(),
@@ -80,12 +132,12 @@ impl TransferStore {
 /// A point-in-time copy of a [`TransferStore`], cheap to take.
 #[derive(Debug, Clone)]
 pub(crate) struct FrozenTransfers {
-    chunks: Vec<Arc<Vec<Transfer>>>,
-    tail: Vec<Transfer>,
+    chunks: Vec<Arc<Chunk>>,
+    tail: Chunk,
 }
 
 impl FrozenTransfers {
-    pub fn iter(&self) -> impl Iterator<Item = &Transfer> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
         self.chunks
             .iter()
             .flat_map(|chunk| chunk.iter())
@@ -93,8 +145,122 @@ impl FrozenTransfers {
     }
 
     pub fn len(&self) -> usize {
-        self.chunks.len() * CHUNK + self.tail.len()
+        self.chunks.len() * CHUNK + self.tail.starts.len()
     }
+}
+
+// ---- the packed record ----
+
+const HAS_PENDING_ID: u8 = 1;
+const HAS_USER_DATA_128: u8 = 1 << 1;
+const HAS_USER_DATA_64: u8 = 1 << 2;
+const HAS_USER_DATA_32: u8 = 1 << 3;
+const HAS_TIMEOUT: u8 = 1 << 4;
+
+fn put(out: &mut Vec<u8>, mut value: u128) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Reads one LEB128 varint written by [`put`]; returns it and the bytes used.
+fn take(bytes: &[u8]) -> (u128, usize) {
+    let mut value: u128 = 0;
+    for (index, byte) in bytes.iter().enumerate() {
+        value |= u128::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return (value, index + 1);
+        }
+    }
+    unreachable!("the store only reads records it wrote")
+}
+
+fn encode(t: &Transfer, out: &mut Vec<u8>) {
+    let mut present = 0;
+    for (bit, nonzero) in [
+        (HAS_PENDING_ID, t.pending_id != 0),
+        (HAS_USER_DATA_128, t.user_data_128 != 0),
+        (HAS_USER_DATA_64, t.user_data_64 != 0),
+        (HAS_USER_DATA_32, t.user_data_32 != 0),
+        (HAS_TIMEOUT, t.timeout != 0),
+    ] {
+        if nonzero {
+            present |= bit;
+        }
+    }
+    out.push(present);
+    put(out, t.id);
+    put(out, t.debit_account_id);
+    put(out, t.credit_account_id);
+    put(out, t.amount);
+    if t.pending_id != 0 {
+        put(out, t.pending_id);
+    }
+    if t.user_data_128 != 0 {
+        put(out, t.user_data_128);
+    }
+    if t.user_data_64 != 0 {
+        put(out, t.user_data_64.into());
+    }
+    if t.user_data_32 != 0 {
+        put(out, t.user_data_32.into());
+    }
+    if t.timeout != 0 {
+        put(out, t.timeout.into());
+    }
+    put(out, t.ledger.into());
+    put(out, t.code.into());
+    put(out, t.flags.bits().into());
+    out.extend_from_slice(&t.timestamp.to_le_bytes());
+}
+
+/// Decodes one record written by [`encode`]; returns it and the bytes used.
+fn decode(bytes: &[u8]) -> (Transfer, usize) {
+    let present = bytes[0];
+    let mut at = 1;
+    let mut next = || {
+        let (value, used) = take(&bytes[at..]);
+        at += used;
+        value
+    };
+    let id = next();
+    let debit_account_id = next();
+    let credit_account_id = next();
+    let amount = next();
+    let mut optional = |bit: u8| if present & bit != 0 { next() } else { 0 };
+    let pending_id = optional(HAS_PENDING_ID);
+    let user_data_128 = optional(HAS_USER_DATA_128);
+    let user_data_64 = optional(HAS_USER_DATA_64) as u64;
+    let user_data_32 = optional(HAS_USER_DATA_32) as u32;
+    let timeout = optional(HAS_TIMEOUT) as u32;
+    let ledger = next() as u32;
+    let code = next() as u16;
+    let flags = next() as u16;
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&bytes[at..at + 8]);
+    let transfer = Transfer {
+        id,
+        debit_account_id,
+        credit_account_id,
+        amount,
+        pending_id,
+        user_data_128,
+        user_data_64,
+        user_data_32,
+        timeout,
+        ledger,
+        code,
+        // Only records that passed validation are stored, so the bits are known flags.
+        flags: TransferFlags::from_bits(flags).expect("stored flags are valid"),
+        timestamp: u64::from_le_bytes(stamp),
+    };
+    (transfer, at + 8)
 }
 
 #[cfg(test)]
@@ -113,7 +279,7 @@ mod tests {
     fn positions_survive_chunk_boundaries_pops_and_freezes() {
         let mut store = TransferStore::default();
         for n in 0..CHUNK + 10 {
-            store.push(transfer(n));
+            store.push(&transfer(n));
         }
         assert_eq!(store.len(), CHUNK + 10);
         assert_eq!(store.get(CHUNK - 1).id, (CHUNK - 1) as u128);
@@ -124,11 +290,76 @@ mod tests {
             assert_eq!(store.pop().map(|t| t.id), Some(n as u128));
         }
         assert_eq!(store.len(), CHUNK - 5);
-        assert_eq!(store.last().map(|t| t.id), Some((CHUNK - 6) as u128));
+        assert_eq!(store.last_timestamp(), (CHUNK - 6) as u64);
         // The snapshot still sees what it froze.
         assert_eq!(frozen.len(), CHUNK + 10);
         assert!(frozen.iter().enumerate().all(|(n, t)| t.id == n as u128));
-        store.push(transfer(7));
+        store.push(&transfer(CHUNK + 100));
         assert_eq!(store.iter().count(), CHUNK - 4);
+        while store.pop().is_some() {}
+        assert_eq!((store.len(), store.last_timestamp()), (0, 0));
+    }
+
+    #[test]
+    fn every_field_round_trips_at_its_extremes() {
+        let full = Transfer {
+            id: u128::MAX,
+            debit_account_id: u128::MAX - 1,
+            credit_account_id: 1,
+            amount: u128::MAX,
+            pending_id: u128::MAX,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            timeout: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags: TransferFlags::PENDING.with(TransferFlags::LINKED),
+            timestamp: u64::MAX,
+        };
+        let mut rng = tally_testkit::SeededRng::new(5);
+        let mut samples = vec![full, Transfer::default()];
+        for _ in 0..2_000 {
+            let mut wide = || {
+                let bits = rng.below(129) as u32;
+                let value = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+                if bits == 0 { 0 } else { value >> (128 - bits) }
+            };
+            samples.push(Transfer {
+                id: wide(),
+                debit_account_id: wide(),
+                credit_account_id: wide(),
+                amount: wide(),
+                pending_id: wide(),
+                user_data_128: wide(),
+                user_data_64: wide() as u64,
+                user_data_32: wide() as u32,
+                timeout: wide() as u32,
+                ledger: wide() as u32,
+                code: wide() as u16,
+                flags: TransferFlags::POST_PENDING_TRANSFER,
+                timestamp: wide() as u64,
+            });
+        }
+        let mut bytes = Vec::new();
+        for sample in &samples {
+            bytes.clear();
+            encode(sample, &mut bytes);
+            assert_eq!(decode(&bytes), (*sample, bytes.len()));
+        }
+        // A typical payment packs to under a third of its 128 bytes.
+        let payment = Transfer {
+            id: 123_456_789,
+            debit_account_id: 500_000,
+            credit_account_id: 1_000_042,
+            amount: 19_999,
+            ledger: 156,
+            code: 1,
+            timestamp: 1_479_000_000_000_000_000,
+            ..Transfer::default()
+        };
+        bytes.clear();
+        encode(&payment, &mut bytes);
+        assert!(bytes.len() <= 32, "{} bytes", bytes.len());
     }
 }

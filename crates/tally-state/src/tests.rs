@@ -427,7 +427,7 @@ fn post_amounts_fill_in_and_release_the_whole_reservation() {
     let (mut sm, now) = fixture();
     let partial = second_phase(200, 101, 20, TF::POST_PENDING_TRANSFER);
     assert_eq!(transfers(&mut sm, now, vec![partial]), vec![R::Ok]);
-    let stored = *sm.lookup_transfer(200).unwrap();
+    let stored = sm.lookup_transfer(200).unwrap();
     assert_eq!(
         (
             stored.debit_account_id,
