@@ -42,13 +42,23 @@ impl IdIndex {
             .map(|&(position, _)| position)
     }
 
-    /// Adds `id` at `position`. Panics if `id` is already indexed.
-    pub fn insert(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) {
-        assert!(self.get(id, &id_at).is_none(), "id indexed twice");
+    /// Adds `id` at `position`, in one probe; false (and nothing changed) when `id` is
+    /// already indexed. The record at `position` must already carry `id`.
+    pub fn insert(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
         debug_assert_eq!(id_at(position), id);
         let bits = self.bits(id);
-        self.table
-            .insert_unique(spread(bits), (position, bits), |&(_, b)| spread(b));
+        let entry = self.table.entry(
+            spread(bits),
+            |&(p, b)| b == bits && id_at(p) == id,
+            |&(_, b)| spread(b),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert((position, bits));
+                true
+            }
+        }
     }
 
     /// Removes `id` (its record must still be readable through `id_at`).
@@ -77,8 +87,12 @@ mod tests {
         let ids: Vec<u128> = (0..50_000u128).map(|n| n * 7_919 + (n << 70)).collect();
         let mut index = IdIndex::default();
         for (position, id) in ids.iter().enumerate() {
-            index.insert(*id, position as u32, |p| ids[p as usize]);
+            assert!(index.insert(*id, position as u32, |p| ids[p as usize]));
         }
+        assert!(
+            !index.insert(ids[5], 5, |p| ids[p as usize]),
+            "a second insert is refused"
+        );
         for (position, id) in ids.iter().enumerate() {
             assert_eq!(index.get(*id, |p| ids[p as usize]), Some(position as u32));
         }

@@ -174,18 +174,38 @@ impl Part {
     // ---- mutations, each recording its undo ----
 
     pub(crate) fn insert_account(&mut self, account: Account) {
+        let inserted = self.try_insert_account(account);
+        assert!(inserted, "account id inserted twice");
+    }
+
+    /// Adds an account unless its id exists (then false, nothing changed): one index
+    /// probe, for loading images.
+    pub(crate) fn try_insert_account(&mut self, account: Account) -> bool {
         let index = u32::try_from(self.accounts.len()).expect("fewer than 2^32 accounts");
         self.accounts.push(account);
         let accounts = &self.accounts;
-        self.account_index
-            .insert(account.id, index, |p| accounts[p as usize].id);
+        if !self
+            .account_index
+            .insert(account.id, index, |p| accounts[p as usize].id)
+        {
+            self.accounts.pop();
+            return false;
+        }
         self.account_history.push(Vec::new());
         self.undo_log.push(Undo::AccountCreated);
+        true
     }
 
     /// Stores a transfer whose id belongs to this part; returns its reference for the
     /// history of its accounts ([`Part::append_history`], in their parts).
     pub(crate) fn store_transfer(&mut self, transfer: Transfer) -> TransferRef {
+        self.try_store_transfer(transfer)
+            .expect("transfer id inserted twice")
+    }
+
+    /// [`Part::store_transfer`] unless the id exists (then `None`, nothing changed):
+    /// one index probe, for loading images.
+    pub(crate) fn try_store_transfer(&mut self, transfer: Transfer) -> Option<TransferRef> {
         assert!(
             self.transfers.len() == 0 || self.transfers.last_timestamp() < transfer.timestamp,
             "transfers are stored in timestamp order"
@@ -198,12 +218,17 @@ impl Part {
             .expect("fewer than 2^32 transfers over all parts");
         self.transfers.push(&transfer);
         let transfers = &self.transfers;
-        self.transfer_index
+        if !self
+            .transfer_index
             .insert(transfer.id, position as u32, |p| {
                 transfers.id_at(p as usize)
-            });
+            })
+        {
+            self.transfers.pop();
+            return None;
+        }
         self.undo_log.push(Undo::TransferStored);
-        transfer_ref
+        Some(transfer_ref)
     }
 
     /// Adds a transfer to the end of an account's history.

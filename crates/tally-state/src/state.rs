@@ -257,10 +257,6 @@ impl StateMachine {
         let count = machine.parts.len();
         let mut last_account = 0;
         for account in image.accounts {
-            let part = &mut machine.parts[part_of(account.id, count)];
-            if part.account_position(account.id).is_some() {
-                return Err(ImageError(format!("account {} appears twice", account.id)));
-            }
             if account.timestamp > image.last_timestamp || account.timestamp <= last_account {
                 return Err(ImageError(format!(
                     "account {} is out of order",
@@ -268,16 +264,14 @@ impl StateMachine {
                 )));
             }
             last_account = account.timestamp;
-            part.insert_account(account);
+            let part = &mut machine.parts[part_of(account.id, count)];
+            if !part.try_insert_account(account) {
+                return Err(ImageError(format!("account {} appears twice", account.id)));
+            }
+            part.undo_log.clear();
         }
         let mut last_transfer = 0;
         for transfer in image.transfers {
-            if machine.lookup_transfer(transfer.id).is_some() {
-                return Err(ImageError(format!(
-                    "transfer {} appears twice",
-                    transfer.id
-                )));
-            }
             if transfer.timestamp <= last_transfer || transfer.timestamp > image.last_timestamp {
                 return Err(ImageError(format!(
                     "transfer {} is out of order",
@@ -293,9 +287,18 @@ impl StateMachine {
                     transfer.id
                 )));
             };
-            let transfer_ref = machine.parts[part_of(transfer.id, count)].store_transfer(transfer);
+            let id = transfer.id;
+            let Some(transfer_ref) = machine.parts[part_of(id, count)].try_store_transfer(transfer)
+            else {
+                return Err(ImageError(format!("transfer {id} appears twice")));
+            };
             for (part, index) in [debit, credit] {
                 machine.parts[part].append_history(index, transfer_ref);
+            }
+            // Nothing here is ever undone; without this the undo entries of tens of
+            // millions of transfers would outweigh the state while it loads.
+            for part in &mut machine.parts {
+                part.undo_log.clear();
             }
         }
         for (id, status) in image.pending_statuses {
