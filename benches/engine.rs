@@ -43,8 +43,8 @@ fn bench_submit(c: &mut Criterion, events: usize, shards: usize) {
         1 => format!("submit_durable/{events}"),
         _ => format!("submit_durable_{shards}_shards/{events}"),
     };
-    let dir: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-engine-{events}-{shards}"));
+    let dir: PathBuf =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-engine-{events}-{shards}"));
     let mut ledger = open_fresh(&dir, shards);
     let mut next_id: u128 = 1;
     let mut group = c.benchmark_group("engine");
