@@ -18,11 +18,13 @@ pub(crate) struct IdIndex {
     hasher: foldhash::fast::RandomState,
 }
 
-/// The table's 64-bit hash from the 32 stored bits: hashbrown takes the bucket from
-/// the low bits and the 7-bit tag from the top ones, so both halves carry them.
+/// The table's 64-bit hash from the 32 stored bits: hashbrown takes the bucket from the
+/// low bits and the 7-bit tag from the top ones. The top half is an odd multiple of the
+/// bits (a bijection whose top bits depend on all 32), so the tag stays informative
+/// even when the bucket index uses many of the low bits.
 #[inline]
 fn spread(bits: u32) -> u64 {
-    (u64::from(bits) << 32) | u64::from(bits)
+    (u64::from(bits.wrapping_mul(0x9e37_79b1)) << 32) | u64::from(bits)
 }
 
 impl IdIndex {

@@ -1,10 +1,15 @@
-//! The reference ledger state machine.
+//! The ledger state machine.
 //!
-//! A plain, single-threaded implementation of every rule of SPEC.md sections 1 and 2:
-//! batches of `create_accounts` or `create_transfers` are applied event by event, each
-//! check in the order the spec lists, linked chains all or nothing. It is the yardstick
-//! the sharded engine is tested against (sequential equivalence) and the executor that
-//! replays the write-ahead log.
+//! Every rule of SPEC.md sections 1 and 2: batches of `create_accounts` or
+//! `create_transfers` are applied event by event, each check in the order the spec
+//! lists, linked chains all or nothing. [`StateMachine::apply`] on one thread is the
+//! reference: the yardstick the sharded engine is tested against (sequential
+//! equivalence) and what replays the write-ahead log.
+//!
+//! The state is split into parts by id ([`part_of`]); one part is the plain reference.
+//! A [`Plan`] cuts a group of batches into units with the parts each may touch, so that
+//! shard threads, each holding some parts ([`Held`]), can apply the group in parallel
+//! with the serial results ([`run_unit`]).
 //!
 //! Invariant: no I/O, no threads, no clock. The caller passes the batch timestamp; the
 //! same batches with the same timestamps always give the same results and state.

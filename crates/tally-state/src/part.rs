@@ -70,8 +70,8 @@ impl Balances {
 }
 
 /// One partition: the accounts and transfers whose ids [`part_of`] maps here, with the
-/// side tables of those ids. Account history lists transfers of any part by
-/// [`TransferRef`].
+/// side tables of those ids. Account history lists transfers of any part by reference
+/// (`position × parts + part`).
 #[derive(Debug, Clone)]
 pub struct Part {
     /// This part's number and the number of parts, for [`TransferRef`]s.

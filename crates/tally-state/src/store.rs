@@ -44,6 +44,13 @@ impl Chunk {
     }
 }
 
+/// Every record of full chunks then a tail, unpacked, oldest first.
+fn records<'a>(full: &'a [Arc<Chunk>], tail: &'a Chunk) -> impl Iterator<Item = Transfer> + 'a {
+    full.iter()
+        .flat_map(|chunk| chunk.iter())
+        .chain(tail.iter())
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TransferStore {
     /// Full chunks, each exactly [`CHUNK`] records.
@@ -114,10 +121,7 @@ impl TransferStore {
 
     /// Every transfer, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
-        self.frozen
-            .iter()
-            .flat_map(|chunk| chunk.iter())
-            .chain(self.tail.iter())
+        records(&self.frozen, &self.tail)
     }
 
     /// A copy that shares the full chunks and copies only the tail.
@@ -138,10 +142,7 @@ pub(crate) struct FrozenTransfers {
 
 impl FrozenTransfers {
     pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
-        self.chunks
-            .iter()
-            .flat_map(|chunk| chunk.iter())
-            .chain(self.tail.iter())
+        records(&self.chunks, &self.tail)
     }
 
     pub fn len(&self) -> usize {
