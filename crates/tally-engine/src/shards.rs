@@ -44,6 +44,9 @@ enum Message {
 
 /// What goes back to the apply thread.
 enum Back {
+    /// A shard thread panicked (a broken invariant): the group can never finish, and
+    /// the apply thread must fail instead of waiting for it.
+    Died(usize),
     /// A part whose units in this group have all run.
     Part(Box<Part>),
     /// A shard has run all its units: the results of its events.
@@ -205,6 +208,7 @@ impl ShardPool {
                 .expect("a shard thread died while applying a group")
             {
                 Back::Part(part) => parts.push(part),
+                Back::Died(shard) => panic!("shard thread {shard} panicked while applying a group"),
                 Back::Done {
                     results: slots,
                     units,
@@ -259,8 +263,26 @@ struct Shard {
     back: Sender<Back>,
 }
 
+/// Tells the apply thread when its shard thread unwinds from a panic.
+struct DeathNotice {
+    index: usize,
+    back: Sender<Back>,
+}
+
+impl Drop for DeathNotice {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.back.send(Back::Died(self.index));
+        }
+    }
+}
+
 impl Shard {
     fn run(self) {
+        let _notice = DeathNotice {
+            index: self.index,
+            back: self.back.clone(),
+        };
         while let Ok(message) = self.inbox.recv() {
             match message {
                 Message::Group(group) => {
