@@ -176,6 +176,17 @@ impl ShardPool {
                     .collect();
             }
         };
+        self.run_plan(state, records, plan)
+    }
+
+    /// Runs `plan` (made for `records` against `state`) on the shard threads.
+    fn run_plan(
+        &self,
+        state: &mut StateMachine,
+        records: Vec<LogRecord>,
+        plan: Plan,
+    ) -> Vec<Vec<ResultCode>> {
+        let shards = self.inboxes.len();
         if let Some(first) = records.first() {
             assert!(
                 first.timestamp > state.last_timestamp(),
@@ -394,6 +405,61 @@ impl Shard {
                 );
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use tally_types::{Account, Batch, Transfer};
+
+    /// A plan that misses a part the unit touches makes a shard thread panic; the apply
+    /// thread must then fail too (the engine fails closed), not wait forever.
+    #[test]
+    fn a_shard_that_panics_fails_the_group_instead_of_hanging_it() {
+        let parts = 2;
+        let in_part = |part: usize| {
+            (1u128..)
+                .find(|id| tally_state::part_of(*id, parts) == part)
+                .expect("an id in every part")
+        };
+        let (a, b) = (in_part(0), in_part(1));
+        let mut state = StateMachine::with_parts(parts);
+        let accounts = [a, b].map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Account::default()
+        });
+        state.apply(1, &Batch::CreateAccounts(accounts.to_vec()));
+        let pay = Transfer {
+            id: a,
+            debit_account_id: a,
+            credit_account_id: b,
+            amount: 1,
+            ledger: 1,
+            code: 1,
+            ..Transfer::default()
+        };
+        let records = vec![LogRecord {
+            sequence: 2,
+            timestamp: 10,
+            batch: Batch::CreateTransfers(vec![pay]),
+        }];
+        let stamped: Vec<_> = records.iter().map(|r| (r.timestamp, &r.batch)).collect();
+        let mut plan = tally_state::plan(&state, &stamped).expect("a plan");
+        assert_eq!(plan.units[0].mask, 0b11, "the payment spans both parts");
+        plan.units[0].mask = 0b01; // broken: part 1 (the credit account) left out
+        let pool = ShardPool::start(parts, Arc::new(ShardCounters::default())).expect("start");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run_plan(&mut state, records, plan)
+        }));
+        let message = outcome.expect_err("the group must fail");
+        let text = message
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(text.contains("shard thread 0 panicked"), "{text}");
     }
 }
 
