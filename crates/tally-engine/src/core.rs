@@ -223,9 +223,10 @@ pub(crate) fn recover(
     storage: Box<dyn Storage>,
     options: LogOptions,
     capacity: Capacity,
+    shards: Option<&ShardPool>,
 ) -> Result<(Logger, Applier, StateMachine), EngineError> {
     let (wal, recovered) = Wal::open_with_storage(storage, options)?;
-    let (state, sequence_last) = replay(recovered, capacity)?;
+    let (state, sequence_last) = replay(recovered, capacity, shards)?;
     assert_eq!(
         wal.next_sequence(),
         sequence_last + 1,
@@ -254,7 +255,15 @@ pub struct Capacity {
     pub parts: usize,
 }
 
-fn replay(recovered: Recovered, capacity: Capacity) -> Result<(StateMachine, u64), EngineError> {
+/// Events replayed per group on the shard threads: large enough that planning and
+/// hand-offs are amortised, small enough to bound the plan's memory.
+const REPLAY_GROUP_EVENTS: usize = 65_536;
+
+fn replay(
+    recovered: Recovered,
+    capacity: Capacity,
+    shards: Option<&ShardPool>,
+) -> Result<(StateMachine, u64), EngineError> {
     let (mut state, mut sequence_last) = match recovered.snapshot {
         Some((sequence, image)) => {
             let state = StateMachine::from_image_in_parts(image, capacity.parts.max(1))
@@ -270,20 +279,50 @@ fn replay(recovered: Recovered, capacity: Capacity) -> Result<(StateMachine, u64
             0,
         ),
     };
+    // Replay in groups, as the engine applied them live: on the shard threads when there
+    // are some (results do not depend on how the log is cut into groups).
+    let mut group: Vec<LogRecord> = Vec::new();
+    let mut group_events = 0;
+    let mut timestamp_last = state.last_timestamp();
     for record in recovered.records {
-        if record.sequence != sequence_last + 1 || record.timestamp <= state.last_timestamp() {
+        if record.sequence != sequence_last + 1 || record.timestamp <= timestamp_last {
             return Err(EngineError::Recovery(format!(
                 "log record {} does not follow {} (timestamp {} after {})",
-                record.sequence,
-                sequence_last,
-                record.timestamp,
-                state.last_timestamp()
+                record.sequence, sequence_last, record.timestamp, timestamp_last
             )));
         }
-        state.apply(record.timestamp, &record.batch);
         sequence_last = record.sequence;
+        timestamp_last = record.timestamp + record.batch.len().saturating_sub(1) as u64;
+        group_events += record.batch.len();
+        group.push(record);
+        if group_events >= REPLAY_GROUP_EVENTS {
+            replay_group(&mut state, std::mem::take(&mut group), shards);
+            group_events = 0;
+        }
     }
+    replay_group(&mut state, group, shards);
+    assert_eq!(
+        state.last_timestamp(),
+        timestamp_last,
+        "replay reached the log's end"
+    );
     Ok((state, sequence_last))
+}
+
+fn replay_group(state: &mut StateMachine, group: Vec<LogRecord>, shards: Option<&ShardPool>) {
+    if group.is_empty() {
+        return;
+    }
+    match shards {
+        Some(pool) => {
+            pool.apply(state, group);
+        }
+        None => {
+            for record in &group {
+                state.apply(record.timestamp, &record.batch);
+            }
+        }
+    }
 }
 
 /// Both phases on the caller's thread: log a group, then apply it. Deterministic given
@@ -304,7 +343,7 @@ impl Committer {
         options: LogOptions,
         snapshot_events_interval: u64,
     ) -> Result<Committer, EngineError> {
-        let (logger, applier, state) = recover(storage, options, Capacity::default())?;
+        let (logger, applier, state) = recover(storage, options, Capacity::default(), None)?;
         Ok(Committer {
             logger,
             applier,

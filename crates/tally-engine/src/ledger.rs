@@ -129,13 +129,19 @@ impl Ledger {
             transfers: config.transfers_capacity,
             parts: shards,
         };
-        let (logger, mut applier, state) = crate::core::recover(storage, options, capacity)?;
         let shard_counters = Arc::new(ShardCounters::default());
-        if shards > 1 {
-            let pool = ShardPool::start(shards, Arc::clone(&shard_counters))
-                .map_err(|error| EngineError::Thread(error.to_string()))?;
-            applier.shards = Some(pool);
-        }
+        let pool = match shards {
+            1 => None,
+            _ => Some(
+                ShardPool::start(shards, Arc::clone(&shard_counters))
+                    .map_err(|error| EngineError::Thread(error.to_string()))?,
+            ),
+        };
+        // Recovery replays on the shard threads too.
+        let (logger, mut applier, state) =
+            crate::core::recover(storage, options, capacity, pool.as_ref())?;
+        applier.shards = pool;
+        shard_counters.reset();
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_batches_max),
             config,

@@ -121,6 +121,20 @@ pub(crate) struct ShardCounters {
     pub groups_serial: AtomicU64,
 }
 
+impl ShardCounters {
+    /// Back to zero (after recovery, so that the counts describe live traffic only).
+    pub fn reset(&self) {
+        for counter in [
+            &self.units,
+            &self.units_spanning,
+            &self.units_waited,
+            &self.groups_serial,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The shard threads of one ledger.
 pub(crate) struct ShardPool {
     inboxes: Vec<Sender<Message>>,
