@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
 /// chosen ids impractical.
 type IdHasher = foldhash::fast::RandomState;
-use crate::store::TransferStore;
+use crate::store::{AccountStore, TransferStore};
 use tally_types::{Account, PendingStatus, Transfer};
 
 /// One mutation, remembered so that a failing chain can undo it.
@@ -78,7 +78,7 @@ pub struct Part {
     pub(crate) index: u32,
     pub(crate) count: u32,
     /// Accounts in creation order; `account_index` maps an id to its position.
-    pub(crate) accounts: Vec<Account>,
+    pub(crate) accounts: AccountStore,
     pub(crate) account_index: IdIndex,
     /// Transfers in timestamp order; `transfer_index` maps an id to its position.
     pub(crate) transfers: TransferStore,
@@ -127,7 +127,7 @@ impl Part {
         Part {
             index: index as u32,
             count: count as u32,
-            accounts: Vec::new(),
+            accounts: AccountStore::default(),
             account_index: IdIndex::default(),
             transfers: TransferStore::default(),
             transfer_index: IdIndex::default(),
@@ -146,7 +146,6 @@ impl Part {
     }
 
     pub(crate) fn reserve(&mut self, accounts: usize, transfers: usize) {
-        self.accounts.reserve(accounts);
         self.account_history.reserve(accounts);
         self.account_index.reserve(accounts);
         self.transfer_index.reserve(transfers);
@@ -246,7 +245,7 @@ impl Part {
     }
 
     pub(crate) fn set_balances(&mut self, account_index: u32, balances: Balances) {
-        let account = &mut self.accounts[account_index as usize];
+        let account = self.accounts.get_mut(account_index as usize);
         self.undo_log.push(Undo::Balances {
             account_index,
             before: Balances::of(account),
@@ -311,7 +310,7 @@ impl Part {
                     account_index,
                     before,
                 } => {
-                    before.store(&mut self.accounts[account_index as usize]);
+                    before.store(self.accounts.get_mut(account_index as usize));
                 }
                 Undo::PendingStatus { id, before } => match before {
                     Some(status) => {

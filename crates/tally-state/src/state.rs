@@ -3,7 +3,7 @@
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
 use crate::part::{PARTS_MAX, Part, TransferRef, expires_at, part_of};
-use crate::store::FrozenTransfers;
+use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
 use tally_types::{
     Account, AccountFilter, PendingStatus, StateImage, Transfer, TransferFlags, TransferKind,
@@ -214,7 +214,8 @@ impl StateMachine {
 
     /// A point-in-time copy for a snapshot, cheap enough to take on the apply thread:
     /// stored transfers are shared, not copied (full chunks of the transfer store are
-    /// immutable); accounts and the side tables are copied. [`FrozenState::image`]
+    /// immutable); accounts are shared copy-on-write by chunk; only the side tables
+    /// (pending statuses, refund totals, burned ids) are copied. [`FrozenState::image`]
     /// then builds the [`StateImage`], on whichever thread writes the snapshot.
     pub fn freeze(&self) -> FrozenState {
         FrozenState {
@@ -223,7 +224,7 @@ impl StateMachine {
                 .parts
                 .iter()
                 .map(|part| FrozenPart {
-                    accounts: part.accounts.clone(),
+                    accounts: part.accounts.freeze(),
                     transfers: part.transfers.freeze(),
                     pending_statuses: part
                         .pending_status
@@ -354,7 +355,7 @@ pub struct FrozenState {
 
 #[derive(Debug, Clone)]
 struct FrozenPart {
-    accounts: Vec<Account>,
+    accounts: FrozenAccounts,
     transfers: FrozenTransfers,
     pending_statuses: Vec<(u128, PendingStatus)>,
     refunded: Vec<(u128, u128)>,

@@ -10,7 +10,7 @@
 //!   keeps them without copying, and growing never copies the store.
 
 use std::sync::Arc;
-use tally_types::{Transfer, TransferFlags};
+use tally_types::{Account, Transfer, TransferFlags};
 
 /// Transfers per chunk.
 pub(crate) const CHUNK: usize = 1 << 16;
@@ -362,5 +362,126 @@ mod tests {
         bytes.clear();
         encode(&payment, &mut bytes);
         assert!(bytes.len() <= 32, "{} bytes", bytes.len());
+    }
+}
+
+/// Accounts per chunk of the account store: 4,096 × 128 bytes = 512 KiB.
+pub(crate) const ACCOUNT_CHUNK: usize = 1 << 12;
+
+/// Accounts in creation order, in chunks shared copy-on-write: freezing the store for
+/// a snapshot clones only the chunk pointers, and the first write to a chunk that a
+/// frozen copy still holds copies that one chunk (512 KiB) instead of the whole store
+/// (1.28 GB at 10 M accounts) up front.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AccountStore {
+    /// Every chunk full but the last.
+    chunks: Vec<Arc<Vec<Account>>>,
+    len: usize,
+}
+
+impl AccountStore {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, index: usize) -> &mut Account {
+        assert!(index < self.len, "account {index} of {}", self.len);
+        let chunk = &mut self.chunks[index / ACCOUNT_CHUNK];
+        &mut Arc::make_mut(chunk)[index % ACCOUNT_CHUNK]
+    }
+
+    pub fn last(&self) -> Option<&Account> {
+        self.chunks.last().and_then(|chunk| chunk.last())
+    }
+
+    pub fn push(&mut self, account: Account) {
+        if self.len % ACCOUNT_CHUNK == 0 {
+            self.chunks
+                .push(Arc::new(Vec::with_capacity(ACCOUNT_CHUNK)));
+        }
+        let last = self.chunks.last_mut().expect("a chunk with room");
+        Arc::make_mut(last).push(account);
+        self.len += 1;
+    }
+
+    pub fn pop(&mut self) -> Option<Account> {
+        let last = self.chunks.last_mut()?;
+        let account = Arc::make_mut(last).pop();
+        if last.is_empty() {
+            self.chunks.pop();
+        }
+        self.len -= usize::from(account.is_some());
+        account
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Account> + '_ {
+        self.chunks.iter().flat_map(|chunk| chunk.iter())
+    }
+
+    /// A point-in-time copy sharing every chunk.
+    pub fn freeze(&self) -> FrozenAccounts {
+        FrozenAccounts {
+            chunks: self.chunks.clone(),
+        }
+    }
+}
+
+impl std::ops::Index<usize> for AccountStore {
+    type Output = Account;
+
+    #[inline]
+    fn index(&self, index: usize) -> &Account {
+        &self.chunks[index / ACCOUNT_CHUNK][index % ACCOUNT_CHUNK]
+    }
+}
+
+/// A point-in-time copy of an [`AccountStore`] ([`AccountStore::freeze`]).
+#[derive(Debug, Clone)]
+pub(crate) struct FrozenAccounts {
+    chunks: Vec<Arc<Vec<Account>>>,
+}
+
+impl FrozenAccounts {
+    pub fn iter(&self) -> impl Iterator<Item = &Account> + '_ {
+        self.chunks.iter().flat_map(|chunk| chunk.iter())
+    }
+}
+
+#[cfg(test)]
+mod account_tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_copy_keeps_its_balances_while_the_store_changes() {
+        let mut store = AccountStore::default();
+        for id in 0..(ACCOUNT_CHUNK + 3) as u128 {
+            store.push(Account {
+                id,
+                ..Account::default()
+            });
+        }
+        let frozen = store.freeze();
+        store.get_mut(5).credits_posted = 99;
+        store.get_mut(ACCOUNT_CHUNK + 1).debits_posted = 7;
+        store.push(Account {
+            id: 10_000,
+            ..Account::default()
+        });
+        assert_eq!(store[5].credits_posted, 99);
+        assert_eq!(store[ACCOUNT_CHUNK + 1].debits_posted, 7);
+        assert!(
+            frozen
+                .iter()
+                .all(|a| a.credits_posted == 0 && a.debits_posted == 0)
+        );
+        assert_eq!(frozen.iter().count(), ACCOUNT_CHUNK + 3);
+        assert_eq!(store.len(), ACCOUNT_CHUNK + 4);
+        for _ in 0..4 {
+            store.pop();
+        }
+        assert_eq!(store.len(), ACCOUNT_CHUNK);
+        assert_eq!(store.last().map(|a| a.id), Some(ACCOUNT_CHUNK as u128 - 1));
+        assert_eq!(store.iter().count(), ACCOUNT_CHUNK);
     }
 }
