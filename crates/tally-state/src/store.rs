@@ -396,7 +396,7 @@ impl AccountStore {
     }
 
     pub fn push(&mut self, account: Account) {
-        if self.len % ACCOUNT_CHUNK == 0 {
+        if self.len.is_multiple_of(ACCOUNT_CHUNK) {
             self.chunks
                 .push(Arc::new(Vec::with_capacity(ACCOUNT_CHUNK)));
         }
