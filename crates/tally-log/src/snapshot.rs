@@ -133,8 +133,14 @@ fn encode_header(sequence: u64, last_timestamp: u64) -> [u8; SNAPSHOT_HEADER_SIZ
     header
 }
 
-/// Writes the whole snapshot to `name` with appends of at most one chunk each. The
-/// caller syncs and renames. Returns the bytes written.
+/// Dirty snapshot bytes allowed before an intermediate `fdatasync`. Without it a
+/// multi-gigabyte snapshot reaches the disk in one final sync, and every log sync
+/// queued behind it waits: a 1.2 s commit stall in a 60 s max run at 20 M transfers.
+const SNAPSHOT_SYNC_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Writes the whole snapshot to `name` with appends of at most one chunk each, syncing
+/// every [`SNAPSHOT_SYNC_BYTES`]. The caller syncs the rest and renames. Returns the
+/// bytes written.
 pub(crate) fn write(
     storage: &mut dyn Storage,
     name: &str,
@@ -142,9 +148,15 @@ pub(crate) fn write(
     image: &StateImage,
 ) -> io::Result<u64> {
     let mut written = 0u64;
+    let mut unsynced = 0u64;
     let mut put = |storage: &mut dyn Storage, bytes: &[u8]| -> io::Result<()> {
         storage.append(name, bytes)?;
         written += bytes.len() as u64;
+        unsynced += bytes.len() as u64;
+        if unsynced >= SNAPSHOT_SYNC_BYTES {
+            storage.sync_data(name)?;
+            unsynced = 0;
+        }
         Ok(())
     };
     put(storage, &encode_header(sequence, image.last_timestamp))?;
