@@ -172,9 +172,41 @@ pub fn assert_chains_atomic(batch: &Batch, codes: &[ResultCode]) {
 }
 
 /// The state machine fed batches derived from the bytes keeps every invariant.
+/// Applies the buffered group to `sharded` by plan (or serially when the plan says so)
+/// and checks every batch's results against the reference's, recorded in the group.
+fn apply_group_sharded(
+    sharded: &mut StateMachine,
+    group: &mut Vec<(u64, Batch, Vec<ResultCode>)>,
+    picks: &mut u64,
+) {
+    let stamped: Vec<(u64, &Batch)> = group.iter().map(|(t, b, _)| (*t, b)).collect();
+    let got: Vec<Vec<ResultCode>> = match tally_state::plan(sharded, &stamped) {
+        Ok(plan) => sharded.apply_planned(&stamped, &plan, |ready| {
+            // xorshift64: any legal order must do.
+            *picks ^= *picks << 13;
+            *picks ^= *picks >> 7;
+            *picks ^= *picks << 17;
+            (*picks % ready as u64) as usize
+        }),
+        Err(_) => stamped.iter().map(|(t, b)| sharded.apply(*t, b)).collect(),
+    };
+    for ((_, batch, expected), got) in group.iter().zip(&got) {
+        assert_eq!(
+            got, expected,
+            "3 parts and the reference differ on {batch:?}"
+        );
+    }
+    group.clear();
+}
+
 pub fn state_machine(data: &[u8]) {
     let mut input = Input::new(data);
     let mut state = StateMachine::new();
+    // The same batches, grouped, applied by plan to a 3-part state in a pseudo-random
+    // legal interleaving: results and state must equal the reference's (SPEC §3.1).
+    let mut sharded = StateMachine::with_parts(3);
+    let mut group: Vec<(u64, Batch, Vec<ResultCode>)> = Vec::new();
+    let mut picks = data.len() as u64 | 1;
     let mut timestamp: u64 = 1;
     let mut applied: Vec<Transfer> = Vec::new();
     let mut sequence = 0;
@@ -203,10 +235,21 @@ pub fn state_machine(data: &[u8]) {
         assert_frame_round_trip(&LogRecord {
             sequence,
             timestamp,
-            batch,
+            batch: batch.clone(),
         });
+        let batch_stamp = timestamp;
         timestamp += codes.len() as u64;
+        group.push((batch_stamp, batch, codes));
+        if input.below(3) == 0 {
+            apply_group_sharded(&mut sharded, &mut group, &mut picks);
+        }
     }
+    apply_group_sharded(&mut sharded, &mut group, &mut picks);
+    assert_eq!(
+        sharded.image(),
+        state.image(),
+        "3 parts and the reference differ"
+    );
 
     let image = state.image();
     let rebuilt = StateMachine::from_image(image.clone()).expect("an image of a state loads");
