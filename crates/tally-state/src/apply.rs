@@ -235,7 +235,9 @@ pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> 
     let pending = home.lookup_transfer(id).expect("expiring transfer exists");
     assert_eq!(home.pending_status.get(&id), Some(&PendingStatus::Pending));
     home.pending_status.insert(id, PendingStatus::Expired);
-    release_pending(parts, &pending, 0);
+    let dr_slot = account_slot(parts, pending.debit_account_id).expect("debit account");
+    let cr_slot = account_slot(parts, pending.credit_account_id).expect("credit account");
+    release_pending(parts, &pending, 0, dr_slot, cr_slot);
     parts.each_held(|part| part.undo_log.clear());
     true
 }
@@ -285,12 +287,12 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
 
 /// An account's part and position.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    part: usize,
-    index: u32,
+pub(crate) struct Slot {
+    pub part: usize,
+    pub index: u32,
 }
 
-fn account_slot<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Slot> {
+pub(crate) fn account_slot<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Slot> {
     let part = part_of(id, parts.count());
     let index = parts.get(part).account_position(id)?;
     Some(Slot { part, index })
@@ -558,7 +560,7 @@ fn post_or_void<P: Parts + ?Sized>(
             return R::OverflowsCreditsPosted;
         }
     }
-    release_pending(parts, &p, amount_posted);
+    release_pending(parts, &p, amount_posted, dr_slot, cr_slot);
     let home = home_mut(parts, p.id);
     home.set_pending_status(
         p.id,
@@ -589,11 +591,18 @@ fn post_or_void<P: Parts + ?Sized>(
 }
 
 /// Takes pending transfer `p`'s whole reservation out of the pending balances and posts
-/// `amount_posted` of it (0 for a void or an expiry).
-fn release_pending<P: Parts + ?Sized>(parts: &mut P, p: &Transfer, amount_posted: u128) {
+/// `amount_posted` of it (0 for a void or an expiry). `dr_slot` and `cr_slot` are its
+/// accounts, which the caller has already found.
+fn release_pending<P: Parts + ?Sized>(
+    parts: &mut P,
+    p: &Transfer,
+    amount_posted: u128,
+    dr_slot: Slot,
+    cr_slot: Slot,
+) {
     assert!(amount_posted <= p.amount);
-    let dr_slot = account_slot(parts, p.debit_account_id).expect("debit account");
-    let cr_slot = account_slot(parts, p.credit_account_id).expect("credit account");
+    debug_assert_eq!(account_at(parts, dr_slot).id, p.debit_account_id);
+    debug_assert_eq!(account_at(parts, cr_slot).id, p.credit_account_id);
     let mut dr = Balances::of(&account_at(parts, dr_slot));
     let mut cr = Balances::of(&account_at(parts, cr_slot));
     dr.debits_pending = dr.debits_pending.checked_sub(p.amount).expect("reserved");

@@ -2,6 +2,7 @@
 //! parts back into one view. With one part this is the plain reference state machine;
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
+use crate::apply::account_slot;
 use crate::part::{PARTS_MAX, Part, TransferRef, expires_at, part_of};
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
@@ -280,8 +281,8 @@ impl StateMachine {
                 )));
             }
             last_transfer = transfer.timestamp;
-            let debit = machine.account_slot(transfer.debit_account_id);
-            let credit = machine.account_slot(transfer.credit_account_id);
+            let debit = account_slot(machine.parts.as_slice(), transfer.debit_account_id);
+            let credit = account_slot(machine.parts.as_slice(), transfer.credit_account_id);
             let (Some(debit), Some(credit)) = (debit, credit) else {
                 return Err(ImageError(format!(
                     "transfer {} names an unknown account",
@@ -293,8 +294,8 @@ impl StateMachine {
             else {
                 return Err(ImageError(format!("transfer {id} appears twice")));
             };
-            for (part, index) in [debit, credit] {
-                machine.parts[part].append_history(index, transfer_ref);
+            for slot in [debit, credit] {
+                machine.parts[slot.part].append_history(slot.index, transfer_ref);
             }
             // Nothing here is ever undone; without this the undo entries of tens of
             // millions of transfers would outweigh the state while it loads.
@@ -336,13 +337,6 @@ impl StateMachine {
             part.undo_log.clear();
         }
         Ok(machine)
-    }
-
-    /// The part and position of an account.
-    fn account_slot(&self, id: u128) -> Option<(usize, u32)> {
-        let part = part_of(id, self.parts.len());
-        let index = self.parts[part].account_position(id)?;
-        Some((part, index))
     }
 }
 

@@ -66,21 +66,26 @@ impl TransferStore {
         self.frozen.len() * CHUNK + self.tail.starts.len()
     }
 
+    /// The chunk holding `position`, and the record's index in it.
+    #[inline]
+    fn locate(&self, position: usize) -> (&Chunk, usize) {
+        match self.frozen.get(position / CHUNK) {
+            Some(frozen) => (frozen, position % CHUNK),
+            None => (&self.tail, position - self.frozen.len() * CHUNK),
+        }
+    }
+
     #[inline]
     pub fn get(&self, position: usize) -> Transfer {
-        match self.frozen.get(position / CHUNK) {
-            Some(frozen) => frozen.get(position % CHUNK),
-            None => self.tail.get(position - self.frozen.len() * CHUNK),
-        }
+        let (chunk, index) = self.locate(position);
+        chunk.get(index)
     }
 
     /// The id of the transfer at `position`, without unpacking the rest.
     #[inline]
     pub fn id_at(&self, position: usize) -> u128 {
-        match self.frozen.get(position / CHUNK) {
-            Some(frozen) => frozen.id_at(position % CHUNK),
-            None => self.tail.id_at(position - self.frozen.len() * CHUNK),
-        }
+        let (chunk, index) = self.locate(position);
+        chunk.id_at(index)
     }
 
     /// Timestamp of the newest record, 0 when empty.
