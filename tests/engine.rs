@@ -407,3 +407,60 @@ fn a_failed_sync_stops_writes_with_a_clear_error_and_loses_nothing_acknowledged(
     assert_eq!(reopened.lookup_transfers(&[2, 3]).len(), 0);
     reopened.shutdown().unwrap();
 }
+
+#[test]
+fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
+    const INTERVAL_MS: u128 = 20;
+    const THREADS: u64 = 8;
+    const ROUNDS: u64 = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.commit_interval_min = std::time::Duration::from_millis(INTERVAL_MS as u64);
+    let ledger = Ledger::open(config).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let before = ledger.metrics().groups_committed;
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let ledger = &ledger;
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    let id = u128::from(1_000 + thread * ROUNDS + round);
+                    let answer = ledger
+                        .submit(Batch::CreateTransfers(vec![Transfer {
+                            amount: 1,
+                            debit_account_id: 2,
+                            credit_account_id: 4,
+                            ledger: 156,
+                            code: 1,
+                            ..blank(id, 0)
+                        }]))
+                        .unwrap();
+                    assert_eq!(answer[0].code, ResultCode::Ok);
+                }
+            });
+        }
+    });
+    let elapsed_ms = started.elapsed().as_millis();
+    let groups = u128::from(ledger.metrics().groups_committed - before);
+    // Commit starts are at least INTERVAL apart, and the first may come at once.
+    assert!(
+        groups <= 1 + elapsed_ms / INTERVAL_MS,
+        "{groups} group commits in {elapsed_ms} ms"
+    );
+    // So submitters waiting together shared syncs.
+    assert!(
+        groups < u128::from(THREADS * ROUNDS),
+        "{groups} group commits"
+    );
+    ledger.shutdown().unwrap();
+}
+
+#[test]
+fn a_commit_interval_past_the_maximum_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.commit_interval_min = tally::engine::COMMIT_INTERVAL_MAX * 2;
+    let error = Ledger::open(config).unwrap_err();
+    assert!(error.to_string().contains("commit_interval_min"), "{error}");
+}

@@ -20,6 +20,8 @@ pub struct EngineOptions {
     pub busy_immediately: bool,
     /// Benchmarks only: no fdatasync. Reported as such.
     pub unsafe_no_sync: bool,
+    /// The engine's group commit pacing; `None` keeps the engine's default.
+    pub commit_interval: Option<std::time::Duration>,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
     pub transfers_capacity: usize,
@@ -39,9 +41,17 @@ impl EngineTarget {
         if options.unsafe_no_sync {
             config.sync = SyncMode::UnsafeNoSync;
         }
+        if let Some(interval) = options.commit_interval {
+            config.commit_interval_min = interval;
+        }
         let ledger = Ledger::open(config)
             .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
         Ok(EngineTarget { ledger })
+    }
+
+    /// The group commit pacing in force.
+    pub fn commit_interval(&self) -> std::time::Duration {
+        self.ledger.config().commit_interval_min
     }
 }
 
@@ -93,6 +103,9 @@ impl Target for EngineTarget {
             groups_serial: metrics.groups_serial,
             groups: metrics.groups_committed,
             group_events_mean: metrics.group_events_mean,
+            group_latency_us_p50: metrics.commit_latency_us_p50,
+            group_latency_us_p99: metrics.commit_latency_us_p99,
+            group_latency_us_max: metrics.commit_latency_us_max,
         })
     }
 }

@@ -101,6 +101,11 @@ pub struct ShardStats {
     /// Group commits, and their mean size in events.
     pub groups: u64,
     pub group_events_mean: f64,
+    /// The engine's own commit latency per group (oldest submission enqueued to the
+    /// group applied), in microseconds: separates the engine's time from the generator's.
+    pub group_latency_us_p50: u64,
+    pub group_latency_us_p99: u64,
+    pub group_latency_us_max: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -253,9 +258,12 @@ impl Report {
             let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
             let _ = writeln!(
                 out,
-                "  engine            {} group commits, mean {:.0} events; shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
                 e.groups,
                 e.group_events_mean,
+                ms(e.group_latency_us_p50),
+                ms(e.group_latency_us_p99),
+                ms(e.group_latency_us_max),
                 e.units,
                 share(e.units_spanning),
                 share(e.units_waited),

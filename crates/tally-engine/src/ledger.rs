@@ -1,6 +1,6 @@
 //! The embedding API: open, submit (blocking or async), read, shut down.
 
-use crate::config::{Backpressure, Config};
+use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 use crate::error::{EngineError, SubmitError};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -311,6 +311,11 @@ impl Ledger {
         self.shared().config.shards_effective()
     }
 
+    /// The configuration the ledger was opened with.
+    pub fn config(&self) -> &Config {
+        &self.shared().config
+    }
+
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = self.shared();
         shared
@@ -372,6 +377,12 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
     if config.queue_batches_max == 0 || config.group_events_max < BATCH_EVENTS_MAX {
         return Err(EngineError::Config(format!(
             "queue_batches_max must be > 0 and group_events_max >= {BATCH_EVENTS_MAX}"
+        )));
+    }
+    if config.commit_interval_min > COMMIT_INTERVAL_MAX {
+        return Err(EngineError::Config(format!(
+            "commit_interval_min must be at most {COMMIT_INTERVAL_MAX:?}, not {:?}",
+            config.commit_interval_min
         )));
     }
     if config.shards > tally_state::PARTS_MAX {

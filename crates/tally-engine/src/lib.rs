@@ -77,7 +77,7 @@ mod pipeline;
 mod shards;
 mod sync;
 
-pub use config::{Backpressure, Config};
+pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 pub use error::{EngineError, SubmitError};
 pub use ledger::{EventResult, Ledger};
 pub use metrics::MetricsSnapshot;

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tally_log::SyncMode;
 use tally_state::FrozenState;
 use tally_types::Batch;
 use tokio::sync::oneshot;
@@ -67,8 +68,10 @@ pub(crate) struct LogThread {
 impl LogThread {
     pub fn run(mut self) {
         let mut requests: Vec<Request> = Vec::new();
+        let mut last_commit: Option<Instant> = None;
         loop {
             self.tend_snapshots(false);
+            self.pace(last_commit);
             self.take_group(&mut requests);
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
@@ -78,6 +81,7 @@ impl LogThread {
                 std::thread::park_timeout(IDLE_PARK);
                 continue;
             }
+            last_commit = Some(Instant::now());
             if self.log_group(&mut requests).is_err() {
                 // The apply thread is gone (it panicked). Log nothing more: every later
                 // submitter gets `Failed` at once instead of waiting for an answer.
@@ -110,6 +114,23 @@ impl LogThread {
                 .name("tally-snapshot".into())
                 .spawn(move || job.write(&frozen.image()));
             self.snapshot_in_flight = spawned.ok();
+        }
+    }
+
+    /// Group commit pacing: waits until [`crate::Config::commit_interval_min`] has
+    /// passed since the last commit started, so that syncs come at most once per
+    /// interval and the batches arriving meanwhile share the next one. A commit due
+    /// after a quiet spell starts at once.
+    fn pace(&self, last_commit: Option<Instant>) {
+        let config = &self.shared.config;
+        if config.sync == SyncMode::UnsafeNoSync {
+            return;
+        }
+        if let Some(next) = last_commit.map(|at| at + config.commit_interval_min) {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
         }
     }
 
