@@ -610,6 +610,7 @@ mod tests {
             shards: 2,
             busy_immediately: true,
             unsafe_no_sync: false,
+            commit_interval: None,
             accounts_capacity: 0,
             transfers_capacity: 0,
         };
