@@ -158,10 +158,14 @@ impl Part {
 
     /// A stored transfer, unpacked (the store keeps records packed).
     pub(crate) fn lookup_transfer(&self, id: u128) -> Option<Transfer> {
-        let index = self
-            .transfer_index
-            .get(id, |p| self.transfers.id_at(p as usize))?;
+        let index = self.transfer_position(id)?;
         Some(self.transfers.get(index as usize))
+    }
+
+    /// Where transfer `id` is stored in this part, if it is.
+    pub(crate) fn transfer_position(&self, id: u128) -> Option<u32> {
+        self.transfer_index
+            .get(id, |p| self.transfers.id_at(p as usize))
     }
 
     /// The part and position a [`TransferRef`] names.
