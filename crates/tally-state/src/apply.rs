@@ -210,14 +210,14 @@ impl StateMachine {
 }
 
 /// Transfers whose lookups [`warm`] runs back to back before they are applied.
-const WARM_BLOCK: usize = 16;
+pub(crate) const WARM_BLOCK: usize = 16;
 
 /// Reads, and changes nothing, what applying `t` will look up first: its id in the
 /// transfer index, each account's index slot, record and history tail, and the pending
 /// transfer a post, void or refund names. With a million accounts each is a cache miss;
 /// looked up for a block of transfers in a tight loop, the misses overlap instead of
 /// coming one after another inside the checks.
-fn warm<P: Parts + ?Sized>(parts: &P, t: &Transfer) {
+pub(crate) fn warm<P: Parts + ?Sized>(parts: &P, t: &Transfer) {
     let count = parts.count();
     for id in [t.id, t.pending_id] {
         if id != 0 {
