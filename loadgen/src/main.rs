@@ -271,7 +271,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
                 "UNSAFE no-sync, NOT durable".to_string()
             } else {
                 format!(
-                    "fdatasync, at most one per {} us",
+                    "fdatasync, concurrent commits paced {} us apart",
                     target.commit_interval().as_micros()
                 )
             };

@@ -32,14 +32,16 @@ pub struct Config {
     pub queue_batches_max: usize,
     /// Most events the log thread takes into one group commit.
     pub group_events_max: usize,
-    /// The least time between the starts of two group commits (at most
-    /// [`COMMIT_INTERVAL_MAX`]; zero = commit as soon as anything waits). It caps syncs
-    /// at one per interval, so batches arriving meanwhile share the next sync; below one
-    /// batch per interval it adds nothing. Each `fdatasync` costs the host as well as the
-    /// disk: on the 2-core development VM, thousands of syncs a second used up its CPU
-    /// allowance and froze both cores for about 13 ms every 100 ms; one sync per
-    /// millisecond cut festival p99 at 15,000 payments/s from 17 ms to 1.8 ms (README,
-    /// "Group commit pacing"). Ignored in the unsafe no-sync mode.
+    /// The least time between the starts of two group commits when submitters are
+    /// concurrent (at most [`COMMIT_INTERVAL_MAX`]; zero = commit as soon as anything
+    /// waits). After a commit that several submissions shared, the next waits out the
+    /// interval, so the batches arriving meanwhile share its sync; after a commit that
+    /// carried one submission alone (a lone caller, nothing to share) or a quiet spell,
+    /// the next starts at once. Each `fdatasync` costs the host as well as the disk: on
+    /// the 2-core development VM, thousands of syncs a second used up its CPU allowance
+    /// and froze both cores for about 13 ms every 100 ms; one sync per millisecond cut
+    /// festival p99 at 15,000 payments/s from 17 ms to 1.8 ms (README, "Group commit
+    /// pacing"). Ignored in the unsafe no-sync mode.
     pub commit_interval_min: Duration,
     /// What a submitter gets when the queue is full.
     pub backpressure: Backpressure,

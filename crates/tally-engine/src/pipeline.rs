@@ -68,7 +68,8 @@ pub(crate) struct LogThread {
 impl LogThread {
     pub fn run(mut self) {
         let mut requests: Vec<Request> = Vec::new();
-        let mut last_commit: Option<Instant> = None;
+        // When the last commit started, and whether it carried more than one submission.
+        let mut last_commit: Option<(Instant, bool)> = None;
         loop {
             self.tend_snapshots(false);
             self.pace(last_commit);
@@ -81,7 +82,7 @@ impl LogThread {
                 std::thread::park_timeout(IDLE_PARK);
                 continue;
             }
-            last_commit = Some(Instant::now());
+            last_commit = Some((Instant::now(), requests.len() > 1));
             if self.log_group(&mut requests).is_err() {
                 // The apply thread is gone (it panicked). Log nothing more: every later
                 // submitter gets `Failed` at once instead of waiting for an answer.
@@ -117,16 +118,19 @@ impl LogThread {
         }
     }
 
-    /// Group commit pacing: waits until [`crate::Config::commit_interval_min`] has
-    /// passed since the last commit started, so that syncs come at most once per
-    /// interval and the batches arriving meanwhile share the next one. A commit due
-    /// after a quiet spell starts at once.
-    fn pace(&self, last_commit: Option<Instant>) {
+    /// Group commit pacing: after a commit that several submissions shared, waits until
+    /// [`crate::Config::commit_interval_min`] has passed since it started, so that syncs
+    /// come at most once per interval while submitters are concurrent and the batches
+    /// arriving meanwhile share the next one. After a commit that carried one submission
+    /// alone (a lone caller waiting for each answer before the next request: nothing
+    /// would share its sync) or after a quiet spell, the next commit starts at once.
+    fn pace(&self, last_commit: Option<(Instant, bool)>) {
         let config = &self.shared.config;
         if config.sync == SyncMode::UnsafeNoSync {
             return;
         }
-        if let Some(next) = last_commit.map(|at| at + config.commit_interval_min) {
+        let shared_sync = last_commit.filter(|&(_, shared)| shared);
+        if let Some(next) = shared_sync.map(|(at, _)| at + config.commit_interval_min) {
             let now = Instant::now();
             if next > now {
                 std::thread::sleep(next - now);
