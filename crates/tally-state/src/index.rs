@@ -211,8 +211,8 @@ mod tests {
         let mut index = IdIndex::default();
         let mut model: HashMap<u128, u32> = HashMap::new();
         for step in 0..200_000u32 {
-            let id = ids[rng.below(ids.len() as u64) as usize];
-            let position = ids.iter().position(|&x| x == id).unwrap() as u32;
+            let position = rng.below(ids.len() as u64) as u32;
+            let id = ids[position as usize];
             if rng.below(3) == 0 {
                 index.remove(id, |p| ids[p as usize]);
                 model.remove(&id);
