@@ -184,7 +184,7 @@ impl StateMachine {
             Batch::CreateTransfers(events) => {
                 let mut warmed = 0;
                 for (start, end) in unit_ranges(events) {
-                    while warmed < end.min(events.len()) {
+                    while warmed < end {
                         let block_end = (warmed + WARM_BLOCK).min(events.len());
                         for event in &events[warmed..block_end] {
                             warm(parts, event);
