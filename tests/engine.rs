@@ -408,6 +408,21 @@ fn a_failed_sync_stops_writes_with_a_clear_error_and_loses_nothing_acknowledged(
     reopened.shutdown().unwrap();
 }
 
+/// Submits one payment of 1 from account 2 to account 4 alone, and checks it is `ok`.
+fn pay_one(ledger: &Ledger, id: u128) {
+    let answer = ledger
+        .submit(Batch::CreateTransfers(vec![Transfer {
+            amount: 1,
+            debit_account_id: 2,
+            credit_account_id: 4,
+            ledger: 156,
+            code: 1,
+            ..blank(id, 0)
+        }]))
+        .unwrap();
+    assert_eq!(answer[0].code, ResultCode::Ok);
+}
+
 #[test]
 fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
     const INTERVAL_MS: u128 = 20;
@@ -427,18 +442,7 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
             scope.spawn(move || {
                 start_together.wait();
                 for round in 0..ROUNDS {
-                    let id = u128::from(1_000 + thread * ROUNDS + round);
-                    let answer = ledger
-                        .submit(Batch::CreateTransfers(vec![Transfer {
-                            amount: 1,
-                            debit_account_id: 2,
-                            credit_account_id: 4,
-                            ledger: 156,
-                            code: 1,
-                            ..blank(id, 0)
-                        }]))
-                        .unwrap();
-                    assert_eq!(answer[0].code, ResultCode::Ok);
+                    pay_one(ledger, u128::from(1_000 + thread * ROUNDS + round));
                 }
             });
         }
@@ -458,6 +462,14 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
         groups < u128::from(THREADS * ROUNDS),
         "{groups} group commits"
     );
+    // Each pause follows a commit that several submissions shared.
+    let metrics = ledger.metrics();
+    assert!(metrics.commit_pauses > 0 && metrics.commit_pauses <= metrics.groups_committed);
+    assert!(metrics.commit_pause_us > 0);
+    assert!(metrics.to_prometheus().contains(&format!(
+        "tally_commit_pauses_total {}",
+        metrics.commit_pauses
+    )));
     ledger.shutdown().unwrap();
 }
 
@@ -480,17 +492,7 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
     ledger.submit(accounts()).unwrap();
     let started = std::time::Instant::now();
     for round in 0..SUBMITS {
-        let answer = ledger
-            .submit(Batch::CreateTransfers(vec![Transfer {
-                amount: 1,
-                debit_account_id: 2,
-                credit_account_id: 4,
-                ledger: 156,
-                code: 1,
-                ..blank(u128::from(5_000 + round), 0)
-            }]))
-            .unwrap();
-        assert_eq!(answer[0].code, ResultCode::Ok);
+        pay_one(&ledger, u128::from(5_000 + round));
     }
     // Paced, each submit would wait out the interval: at least 3 s in all. Each carried
     // its commit alone, so none waited.
@@ -500,9 +502,14 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
         "{SUBMITS} sequential submits took {:?}",
         started.elapsed()
     );
+    let metrics = ledger.metrics();
     assert_eq!(
-        ledger.metrics().events_committed,
+        metrics.events_committed,
         ACCOUNTS as u64 + u64::from(SUBMITS)
+    );
+    assert_eq!(
+        metrics.commit_pauses, 0,
+        "a lone caller's commits never pause"
     );
     ledger.shutdown().unwrap();
 }

@@ -106,9 +106,9 @@ impl Target for EngineTarget {
             group_latency_us_p50: metrics.commit_latency_us_p50,
             group_latency_us_p99: metrics.commit_latency_us_p99,
             group_latency_us_max: metrics.commit_latency_us_max,
-            commits_paced: metrics.commits_paced,
-            commit_pacing_us_mean: metrics.commit_pacing_us as f64
-                / metrics.commits_paced.max(1) as f64,
+            commit_pauses: metrics.commit_pauses,
+            commit_pause_us_mean: metrics.commit_pause_us as f64
+                / metrics.commit_pauses.max(1) as f64,
         })
     }
 }

@@ -114,8 +114,9 @@ struct Cli {
     /// durable). The report says so.
     #[arg(long)]
     unsafe_no_sync: bool,
-    /// The engine's group commit pacing: least microseconds between the starts of two
-    /// syncs (0 = sync as soon as anything waits; default: the engine's own, 1,000).
+    /// The engine's group commit pacing: after a commit several payments shared, the
+    /// least microseconds before the next one starts (0 = commit as soon as anything
+    /// waits; default: the engine's own, 1,000).
     #[arg(long)]
     commit_interval_us: Option<u64>,
 }

@@ -106,9 +106,9 @@ pub struct ShardStats {
     pub group_latency_us_p50: u64,
     pub group_latency_us_p99: u64,
     pub group_latency_us_max: u64,
-    /// Commits the engine held back to pace its syncs, and their mean wait.
-    pub commits_paced: u64,
-    pub commit_pacing_us_mean: f64,
+    /// Pauses the engine's log thread made to pace its syncs, and their mean length.
+    pub commit_pauses: u64,
+    pub commit_pause_us_mean: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -261,14 +261,14 @@ impl Report {
             let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
             let _ = writeln!(
                 out,
-                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} paced (mean wait {:.0} us); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
                 e.groups,
                 e.group_events_mean,
                 ms(e.group_latency_us_p50),
                 ms(e.group_latency_us_p99),
                 ms(e.group_latency_us_max),
-                e.commits_paced,
-                e.commit_pacing_us_mean,
+                e.commit_pauses,
+                e.commit_pause_us_mean,
                 e.units,
                 share(e.units_spanning),
                 share(e.units_waited),

@@ -14,10 +14,11 @@ pub(crate) struct Metrics {
     pub events_committed: AtomicU64,
     pub groups_committed: AtomicU64,
     pub busy_rejections: AtomicU64,
-    /// Commits the log thread held back to pace syncs, and the microseconds it waited
-    /// in all (`Config::commit_interval_min`). Written by the log thread.
-    pub commits_paced: AtomicU64,
-    pub commit_pacing_us: AtomicU64,
+    /// Pauses the log thread made to pace syncs (each after a commit that several
+    /// submissions shared; `Config::commit_interval_min`), and the microseconds they
+    /// lasted in all. Written by the log thread.
+    pub commit_pauses: AtomicU64,
+    pub commit_pause_us: AtomicU64,
     pub result_counts: Vec<AtomicU64>,
     /// Microseconds from the first batch of a group taken to the group synced.
     pub commit_latency_us: Mutex<Histogram<u64>>,
@@ -35,8 +36,8 @@ impl Metrics {
             events_committed: AtomicU64::new(0),
             groups_committed: AtomicU64::new(0),
             busy_rejections: AtomicU64::new(0),
-            commits_paced: AtomicU64::new(0),
-            commit_pacing_us: AtomicU64::new(0),
+            commit_pauses: AtomicU64::new(0),
+            commit_pause_us: AtomicU64::new(0),
             result_counts: ResultCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             commit_latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
@@ -63,9 +64,9 @@ pub struct MetricsSnapshot {
     pub events_committed: u64,
     pub groups_committed: u64,
     pub busy_rejections: u64,
-    /// Commits held back to pace syncs, and the total microseconds waited for that.
-    pub commits_paced: u64,
-    pub commit_pacing_us: u64,
+    /// Pauses the log thread made to pace syncs, and their total microseconds.
+    pub commit_pauses: u64,
+    pub commit_pause_us: u64,
     /// Count per result code (only codes seen at least once).
     pub result_counts: Vec<(ResultCode, u64)>,
     pub commit_latency_us_p50: u64,
@@ -115,13 +116,13 @@ impl MetricsSnapshot {
         );
         gauge(
             &mut out,
-            "commits_paced_total",
-            self.commits_paced.to_string(),
+            "commit_pauses_total",
+            self.commit_pauses.to_string(),
         );
         gauge(
             &mut out,
-            "commit_pacing_us_total",
-            self.commit_pacing_us.to_string(),
+            "commit_pause_us_total",
+            self.commit_pause_us.to_string(),
         );
         gauge(
             &mut out,
@@ -160,8 +161,8 @@ impl Metrics {
             events_committed: self.events_committed.load(Ordering::Relaxed),
             groups_committed: self.groups_committed.load(Ordering::Relaxed),
             busy_rejections: self.busy_rejections.load(Ordering::Relaxed),
-            commits_paced: self.commits_paced.load(Ordering::Relaxed),
-            commit_pacing_us: self.commit_pacing_us.load(Ordering::Relaxed),
+            commit_pauses: self.commit_pauses.load(Ordering::Relaxed),
+            commit_pause_us: self.commit_pause_us.load(Ordering::Relaxed),
             result_counts: ResultCode::ALL
                 .iter()
                 .map(|code| {

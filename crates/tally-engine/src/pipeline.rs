@@ -135,10 +135,10 @@ impl LogThread {
             if next > now {
                 std::thread::sleep(next - now);
                 let metrics = &self.shared.metrics;
-                metrics.commits_paced.fetch_add(1, Ordering::Relaxed);
+                metrics.commit_pauses.fetch_add(1, Ordering::Relaxed);
                 let waited_us = u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX);
                 metrics
-                    .commit_pacing_us
+                    .commit_pause_us
                     .fetch_add(waited_us, Ordering::Relaxed);
             }
         }
