@@ -240,16 +240,26 @@ impl Ledger {
         if let Some(message) = shared.failure.lock().clone() {
             return Err(SubmitError::Failed(message));
         }
+        // Holding the pass keeps shutdown from draining until this push is done.
+        let Some(pass) = shared.gate.enter() else {
+            return Err(SubmitError::Stopped);
+        };
+        // Under overload most submissions are turned away: do it before allocating
+        // anything, so that rejecting costs the committed work as little as possible.
+        if shared.config.backpressure == Backpressure::Busy && shared.queue.is_full() {
+            drop(pass);
+            shared
+                .metrics
+                .busy_rejections
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Busy);
+        }
         let (reply, receiver) = oneshot::channel();
         let mut request = Request {
             batch,
             now,
             reply,
             enqueued: Instant::now(),
-        };
-        // Holding the pass keeps shutdown from draining until this push is done.
-        let Some(pass) = shared.gate.enter() else {
-            return Err(SubmitError::Stopped);
         };
         let deadline = match shared.config.backpressure {
             Backpressure::Busy => None,
