@@ -244,15 +244,17 @@ impl Ledger {
         let Some(pass) = shared.gate.enter() else {
             return Err(SubmitError::Stopped);
         };
-        // Under overload most submissions are turned away: do it before allocating
-        // anything, so that rejecting costs the committed work as little as possible.
-        if shared.config.backpressure == Backpressure::Busy && shared.queue.is_full() {
-            drop(pass);
+        let busy = || {
             shared
                 .metrics
                 .busy_rejections
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::Busy);
+            SubmitError::Busy
+        };
+        // Under overload most submissions are turned away: do it before allocating
+        // anything, so that rejecting costs the committed work as little as possible.
+        if shared.config.backpressure == Backpressure::Busy && shared.queue.is_full() {
+            return Err(busy());
         }
         let (reply, receiver) = oneshot::channel();
         let mut request = Request {
@@ -271,11 +273,7 @@ impl Ledger {
                 Err(back) => request = back,
             }
             if deadline.is_none_or(|d| Instant::now() >= d) {
-                shared
-                    .metrics
-                    .busy_rejections
-                    .fetch_add(1, Ordering::Relaxed);
-                break Err(SubmitError::Busy);
+                break Err(busy());
             }
             self.handle.log_thread.unpark();
             std::thread::sleep(Duration::from_micros(50));
