@@ -88,58 +88,24 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, value: String| {
+        let gauges: [(&str, u64); 11] = [
+            ("queue_depth", self.queue_depth as u64),
+            ("batches_committed_total", self.batches_committed),
+            ("events_committed_total", self.events_committed),
+            ("groups_committed_total", self.groups_committed),
+            ("busy_rejections_total", self.busy_rejections),
+            ("commit_pauses_total", self.commit_pauses),
+            ("commit_pause_us_total", self.commit_pause_us),
+            ("commit_latency_us_p99", self.commit_latency_us_p99),
+            ("shard_units_total", self.shard_units),
+            ("shard_units_spanning_total", self.shard_units_spanning),
+            ("shard_units_waited_total", self.shard_units_waited),
+        ];
+        for (name, value) in gauges {
             out.push_str(&format!(
                 "# TYPE tally_{name} gauge\ntally_{name} {value}\n"
             ));
-        };
-        gauge(&mut out, "queue_depth", self.queue_depth.to_string());
-        gauge(
-            &mut out,
-            "batches_committed_total",
-            self.batches_committed.to_string(),
-        );
-        gauge(
-            &mut out,
-            "events_committed_total",
-            self.events_committed.to_string(),
-        );
-        gauge(
-            &mut out,
-            "groups_committed_total",
-            self.groups_committed.to_string(),
-        );
-        gauge(
-            &mut out,
-            "busy_rejections_total",
-            self.busy_rejections.to_string(),
-        );
-        gauge(
-            &mut out,
-            "commit_pauses_total",
-            self.commit_pauses.to_string(),
-        );
-        gauge(
-            &mut out,
-            "commit_pause_us_total",
-            self.commit_pause_us.to_string(),
-        );
-        gauge(
-            &mut out,
-            "commit_latency_us_p99",
-            self.commit_latency_us_p99.to_string(),
-        );
-        gauge(&mut out, "shard_units_total", self.shard_units.to_string());
-        gauge(
-            &mut out,
-            "shard_units_spanning_total",
-            self.shard_units_spanning.to_string(),
-        );
-        gauge(
-            &mut out,
-            "shard_units_waited_total",
-            self.shard_units_waited.to_string(),
-        );
+        }
         for (code, count) in &self.result_counts {
             out.push_str(&format!(
                 "tally_results_total{{result=\"{}\"}} {count}\n",
