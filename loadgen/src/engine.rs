@@ -22,6 +22,8 @@ pub struct EngineOptions {
     pub unsafe_no_sync: bool,
     /// The engine's group commit pacing; `None` keeps the engine's default.
     pub commit_interval: Option<std::time::Duration>,
+    /// Write frames into preallocated segments (the engine's default).
+    pub preallocate_segments: bool,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
     pub transfers_capacity: usize,
@@ -44,6 +46,7 @@ impl EngineTarget {
         if let Some(interval) = options.commit_interval {
             config.commit_interval_min = interval;
         }
+        config.preallocate_segments = options.preallocate_segments;
         let ledger = Ledger::open(config)
             .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
         Ok(EngineTarget { ledger })
@@ -52,6 +55,11 @@ impl EngineTarget {
     /// The group commit pacing in force.
     pub fn commit_interval(&self) -> std::time::Duration {
         self.ledger.config().commit_interval_min
+    }
+
+    /// Whether the log writes into preallocated segments.
+    pub fn preallocates(&self) -> bool {
+        self.ledger.config().preallocate_segments
     }
 }
 

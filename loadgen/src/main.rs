@@ -119,6 +119,10 @@ struct Cli {
     /// waits; default: the engine's own, 1,000).
     #[arg(long)]
     commit_interval_us: Option<u64>,
+    /// Have the engine extend its log files as it writes, instead of writing its frames
+    /// into zero-filled segments prepared ahead (for comparisons).
+    #[arg(long)]
+    no_preallocate: bool,
 }
 
 /// The run's parameters, recorded in traces (JSON inside the wincode meta frame).
@@ -272,8 +276,13 @@ fn run(cli: &Cli) -> Result<bool, String> {
                 "UNSAFE no-sync, NOT durable".to_string()
             } else {
                 format!(
-                    "fdatasync, concurrent commits paced {} us apart",
-                    target.commit_interval().as_micros()
+                    "fdatasync, concurrent commits paced {} us apart, segments {}",
+                    target.commit_interval().as_micros(),
+                    if target.preallocates() {
+                        "preallocated"
+                    } else {
+                        "extended as written"
+                    }
                 )
             };
             let name = format!("tally-engine ({durability}) in {}", ledger_dir.display());
@@ -296,6 +305,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineT
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),
+        preallocate_segments: !cli.no_preallocate,
         accounts_capacity: capacity(cli.accounts + cli.merchants + FOREIGN_ACCOUNTS_RESERVE),
         // Funding transfers, plus the run at a generous rate: festival at its peak
         // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger

@@ -606,6 +606,7 @@ mod tests {
             busy_immediately: true,
             unsafe_no_sync: false,
             commit_interval: None,
+            preallocate_segments: true,
             accounts_capacity: 0,
             transfers_capacity: 0,
         };

@@ -224,11 +224,12 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
     require_dir(&data)?;
     let report = tally_log::verify(&data).map_err(|error| format!("log check failed: {error}"))?;
     println!(
-        "log: {} segment(s), {} batch(es), {} event(s), {} byte(s), sequences {}..={}, snapshot {}",
+        "log: {} segment(s), {} batch(es), {} event(s), {} byte(s) ({} preallocated), sequences {}..={}, snapshot {}",
         report.segments,
         report.records,
         report.events,
         report.bytes,
+        report.preallocated_bytes,
         report.sequence_first,
         report.sequence_last,
         report

@@ -52,6 +52,12 @@ pub struct Config {
     pub snapshot_events_interval: u64,
     /// Rotate log segments past this size.
     pub segment_bytes_max: u64,
+    /// Write frames in place into zero-filled segments prepared off the commit path
+    /// (`tally_log::Wal::spare_job`), once the ledger has logged a few MB since open. A
+    /// sync then need not make a new file length durable: 0.16 instead of 0.24 ms per
+    /// `fdatasync` on the development VM. Costs one extra segment of disk (a spare
+    /// waiting for the next rotation) and writing each segment twice.
+    pub preallocate_segments: bool,
     /// Accounts to reserve room for at start-up (0 = grow as needed). Growing past
     /// the reservation works, but pauses to rehash the id index.
     pub accounts_capacity: usize,
@@ -74,6 +80,7 @@ impl Config {
             manual_clock: false,
             snapshot_events_interval: 20_000_000,
             segment_bytes_max: 256 * 1024 * 1024,
+            preallocate_segments: true,
             accounts_capacity: 0,
             transfers_capacity: 0,
         }

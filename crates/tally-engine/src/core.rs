@@ -14,6 +14,7 @@ use crate::clock::batch_stamp;
 use crate::error::{EngineError, SubmitError};
 use crate::ledger::EventResult;
 use crate::shards::ShardPool;
+use std::sync::atomic::AtomicBool;
 use tally_log::{LogOptions, LogRecord, Recovered, Storage, Wal};
 use tally_state::StateMachine;
 use tally_types::{Batch, ResultCode, StateImage};
@@ -111,6 +112,20 @@ impl Logger {
     /// The message of the log failure that stopped writes, if any.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// A spare segment to write off this thread (see [`tally_log::SpareJob`]), when the
+    /// log wants one; `None` once the log has failed.
+    pub fn spare_job(&mut self) -> Option<tally_log::SpareJob> {
+        if self.failure.is_some() {
+            return None;
+        }
+        self.wal.spare_job()
+    }
+
+    /// Records what a spare job did (`None`: failed or cancelled).
+    pub fn spare_written(&mut self, bytes: Option<u64>) {
+        self.wal.spare_written(bytes);
     }
 
     /// Starts a snapshot at `sequence` to be written off this thread (see
@@ -374,6 +389,11 @@ impl Committer {
             let _ = self
                 .logger
                 .write_snapshot(self.applier.sequence_applied, &image);
+        }
+        // The spare, when the log wants one, is written here in turn: deterministic.
+        if let Some(job) = self.logger.spare_job() {
+            let written = job.write(&AtomicBool::new(false));
+            self.logger.spare_written(written.ok().flatten());
         }
         results
     }

@@ -165,6 +165,8 @@ impl Ledger {
             to_apply,
             snapshots,
             snapshot_in_flight: None,
+            spare_in_flight: None,
+            spare_cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()

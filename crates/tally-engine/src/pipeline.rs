@@ -14,7 +14,7 @@ use crate::core::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::error::SubmitError;
 use crate::ledger::{EventResult, Shared};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -63,6 +63,9 @@ pub(crate) struct LogThread {
     pub snapshots: Receiver<SnapshotImage>,
     /// The snapshot being written on its own thread, if any: at most one at a time.
     pub snapshot_in_flight: Option<JoinHandle<Result<u64, tally_log::LogError>>>,
+    /// The spare segment being written on its own thread, if any, and its cancel flag.
+    pub spare_in_flight: Option<JoinHandle<Option<u64>>>,
+    pub spare_cancel: Arc<AtomicBool>,
 }
 
 impl LogThread {
@@ -72,11 +75,13 @@ impl LogThread {
         let mut last_commit: Option<(Instant, bool)> = None;
         loop {
             self.tend_snapshots(false);
+            self.tend_spare(false);
             self.pace(last_commit);
             self.take_group(&mut requests);
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
                     self.tend_snapshots(true);
+                    self.tend_spare(true);
                     return; // dropping `to_apply` lets the apply thread finish and exit
                 }
                 std::thread::park_timeout(IDLE_PARK);
@@ -115,6 +120,36 @@ impl LogThread {
                 .name("tally-snapshot".into())
                 .spawn(move || job.write(&frozen.image()));
             self.snapshot_in_flight = spawned.ok();
+        }
+    }
+
+    /// The spare segment (see [`crate::Config::preallocate_segments`]) is written on a
+    /// thread of its own: start one when the log wants it, record it once written.
+    /// `finish` cancels the one in flight and waits for it (shutdown), so no thread
+    /// writes into the directory after the ledger closed.
+    fn tend_spare(&mut self, finish: bool) {
+        if finish {
+            self.spare_cancel.store(true, Ordering::Relaxed);
+        }
+        let done = self
+            .spare_in_flight
+            .take_if(|job| finish || job.is_finished());
+        if let Some(job) = done {
+            // A panicked job counts as a failed one: the log just keeps extending files.
+            self.logger.spare_written(job.join().ok().flatten());
+        }
+        if finish || !self.shared.config.preallocate_segments || self.spare_in_flight.is_some() {
+            return;
+        }
+        if let Some(job) = self.logger.spare_job() {
+            let cancel = Arc::clone(&self.spare_cancel);
+            let spawned = std::thread::Builder::new()
+                .name("tally-spare".into())
+                .spawn(move || job.write(&cancel).ok().flatten());
+            match spawned {
+                Ok(handle) => self.spare_in_flight = Some(handle),
+                Err(_) => self.logger.spare_written(None),
+            }
         }
     }
 

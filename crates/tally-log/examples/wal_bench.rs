@@ -43,6 +43,9 @@ impl Storage for TimedStorage {
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.inner.append(name, bytes)
     }
+    fn write_at(&mut self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_at(name, offset, bytes)
+    }
     fn sync_data(&mut self, name: &str) -> io::Result<()> {
         let start = Instant::now();
         let result = self.inner.sync_data(name);

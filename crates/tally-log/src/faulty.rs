@@ -4,8 +4,8 @@
 //! survives a crash: the content at its last successful `sync_data`). The directory keeps
 //! two name tables the same way (`sync_dir` makes the current one durable). [`crash`]
 //! throws away everything not durable, optionally keeping a prefix of the last unsynced
-//! append to model a torn write. Faults (EIO, ENOSPC) can be armed for the Nth append
-//! or the Nth sync.
+//! write (an append or an in-place `write_at`) to model a torn write. Faults (EIO,
+//! ENOSPC) can be armed for the Nth write or the Nth sync.
 //!
 //! A `FaultyStorage` is a cheap handle: clones share the same files, so a test keeps one
 //! clone to crash and inspect while the [`crate::Wal`] owns another.
@@ -62,7 +62,7 @@ struct State {
     syncs: u64,
     write_fault: Option<WriteFault>,
     sync_fault: Option<(u64, Fault)>,
-    /// The most recent append not yet covered by a sync: (inode, offset, length).
+    /// The most recent write not yet covered by a sync: (inode, offset, length).
     append_unsynced_last: Option<(u64, usize, usize)>,
 }
 
@@ -105,8 +105,10 @@ impl FaultyStorage {
         self.crash_keeping_unsynced_bytes(0);
     }
 
-    /// Power loss that tears the last unsynced append: its first `bytes_kept` bytes (and
-    /// any unsynced appends before it in the same file) reach the disk, the rest do not.
+    /// Power loss that tears the last unsynced write: its first `bytes_kept` bytes reach
+    /// the disk, the rest do not. For a write past the durable end (an append), unsynced
+    /// writes before it in the same file reach the disk too; for a write in place, only
+    /// its own kept bytes do.
     pub fn crash_keeping_unsynced_bytes(&self, bytes_kept: usize) {
         let mut state = self.lock();
         if let Some((inode, offset, len)) = state.append_unsynced_last
@@ -114,8 +116,16 @@ impl FaultyStorage {
             && let Some(images) = state.files.get_mut(&inode)
         {
             let keep_end = offset + bytes_kept.min(len);
-            if images.durable.len() <= offset && images.written.len() >= keep_end {
-                images.durable = images.written[..keep_end].to_vec();
+            if images.written.len() >= keep_end {
+                if images.durable.len() <= offset {
+                    images.durable = images.written[..keep_end].to_vec();
+                } else {
+                    if images.durable.len() < keep_end {
+                        images.durable.resize(keep_end, 0);
+                    }
+                    images.durable[offset..keep_end]
+                        .copy_from_slice(&images.written[offset..keep_end]);
+                }
             }
         }
         state.names = state.names_durable.clone();
@@ -129,12 +139,13 @@ impl FaultyStorage {
         state.sync_fault = None;
     }
 
-    /// Arms a fault on the `nth` append from now (1 = the next one); nothing of it lands.
+    /// Arms a fault on the `nth` write (append or `write_at`) from now (1 = the next
+    /// one); nothing of it lands.
     pub fn fail_append(&self, nth: u64, fault: Fault) {
         self.fail_append_torn(nth, fault, 0);
     }
 
-    /// Arms a fault on the `nth` append from now, after `bytes_written` of it landed.
+    /// Arms a fault on the `nth` write from now, after `bytes_written` of it landed.
     pub fn fail_append_torn(&self, nth: u64, fault: Fault, bytes_written: usize) {
         assert!(nth >= 1, "nth counts from 1");
         let mut state = self.lock();
@@ -205,10 +216,40 @@ impl FaultyStorage {
         state.names_durable.remove(name);
     }
 
-    /// Appends and syncs counted so far.
+    /// Writes (appends and `write_at`s) and syncs counted so far.
     pub fn counts(&self) -> (u64, u64) {
         let state = self.lock();
         (state.appends, state.syncs)
+    }
+
+    /// One write, at the end (`offset` `None`) or in place; an armed fault lands only a
+    /// prefix of it.
+    fn write(&mut self, name: &str, offset: Option<usize>, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        let inode = state.inode(name)?;
+        state.appends += 1;
+        let fault = state.write_fault.filter(|f| f.at == state.appends);
+        let landed = match fault {
+            Some(f) => &bytes[..f.bytes_written.min(bytes.len())],
+            None => bytes,
+        };
+        let images = state.images(name)?;
+        let offset = offset.unwrap_or(images.written.len());
+        let end = offset + landed.len();
+        if images.written.len() < end {
+            images.written.resize(end, 0);
+        }
+        images.written[offset..end].copy_from_slice(landed);
+        if !landed.is_empty() {
+            state.append_unsynced_last = Some((inode, offset, landed.len()));
+        }
+        match fault {
+            Some(f) => {
+                state.write_fault = None;
+                Err(f.fault.error())
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -247,27 +288,12 @@ impl Storage for FaultyStorage {
     }
 
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.lock();
-        let inode = state.inode(name)?;
-        state.appends += 1;
-        let fault = state.write_fault.filter(|f| f.at == state.appends);
-        let landed = match fault {
-            Some(f) => &bytes[..f.bytes_written.min(bytes.len())],
-            None => bytes,
-        };
-        let images = state.images(name)?;
-        let offset = images.written.len();
-        images.written.extend_from_slice(landed);
-        if !landed.is_empty() {
-            state.append_unsynced_last = Some((inode, offset, landed.len()));
-        }
-        match fault {
-            Some(f) => {
-                state.write_fault = None;
-                Err(f.fault.error())
-            }
-            None => Ok(()),
-        }
+        self.write(name, None, bytes)
+    }
+
+    fn write_at(&mut self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let offset = usize::try_from(offset).map_err(io::Error::other)?;
+        self.write(name, Some(offset), bytes)
     }
 
     fn sync_data(&mut self, name: &str) -> io::Result<()> {
@@ -355,6 +381,29 @@ mod tests {
             b"hello wo",
             "tear became durable"
         );
+    }
+
+    #[test]
+    fn a_torn_write_in_place_keeps_only_its_own_prefix() {
+        let mut storage = FaultyStorage::new();
+        storage.create("a").unwrap();
+        storage.sync_dir().unwrap();
+        storage.append("a", &[0; 8]).unwrap();
+        storage.sync_data("a").unwrap();
+        storage.write_at("a", 1, b"xy").unwrap();
+        storage.sync_data("a").unwrap();
+        storage.write_at("a", 6, b"zz").unwrap(); // lost: not the last write
+        storage.write_at("a", 3, b"pqr").unwrap();
+        storage.crash_keeping_unsynced_bytes(2);
+        assert_eq!(storage.read_file("a").unwrap(), b"\0xypq\0\0\0");
+        storage.write_at("a", 10, b"w").unwrap();
+        assert_eq!(
+            storage.read_file("a").unwrap().len(),
+            11,
+            "a gap reads as zeros"
+        );
+        storage.crash_keeping_unsynced_bytes(1);
+        assert_eq!(storage.read_file("a").unwrap(), b"\0xypq\0\0\0\0\0w");
     }
 
     #[test]

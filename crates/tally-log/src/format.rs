@@ -37,8 +37,14 @@ use tally_types::codec::{
 };
 use tally_types::{BATCH_EVENTS_MAX, Batch, BatchKind};
 
-/// Version of the segment, frame and snapshot containers; bump on any change.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the segment, frame and snapshot containers that this build writes; bump
+/// on any change. Version 2 added preallocated segments: a segment's frames may be
+/// followed by zeros up to the end of the file.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest format version this build still reads. Version 1 differs only in that its
+/// segments never end in zeros, which a version-2 reader accepts.
+pub const FORMAT_VERSION_READ_OLDEST: u16 = 1;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYWAL";
 pub const SEGMENT_HEADER_SIZE: usize = 64;
@@ -81,8 +87,22 @@ pub fn parse_snapshot_name(name: &str) -> Option<u64> {
     parse_numbered(name, "snapshot-", ".snap")
 }
 
-/// Suffix of a snapshot still being written; leftovers are removed at open.
+/// Suffix of a snapshot or spare segment still being written; leftovers are removed at
+/// open.
 pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// A zero-filled file waiting to become the next segment (renamed to its segment name,
+/// then given its header). It only exists once whole and durable: it is written as
+/// `SPARE_SEGMENT_NAME` + [`TEMP_SUFFIX`], synced, then renamed.
+pub const SPARE_SEGMENT_NAME: &str = "wal-spare.log";
+
+/// True when every byte is zero: the unwritten, preallocated part of a segment.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    // Word-sized compares: the tail of a preallocated segment can be hundreds of MB.
+    let mut words = bytes.chunks_exact(8);
+    let words_zero = words.by_ref().all(|word| word == [0u8; 8]);
+    words_zero && words.remainder().iter().all(|&b| b == 0)
+}
 
 fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
@@ -181,9 +201,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
 pub(crate) fn check_versions(header: &[u8]) -> Result<(), HeaderError> {
     let format_version = le_u16(header, 8);
     let layout_version = le_u16(header, 10);
-    if format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_READ_OLDEST..=FORMAT_VERSION).contains(&format_version) {
         return Err(HeaderError::Unsupported(format!(
-            "format version {format_version}, this build reads {FORMAT_VERSION}"
+            "format version {format_version}, this build reads \
+             {FORMAT_VERSION_READ_OLDEST} to {FORMAT_VERSION}"
         )));
     }
     if layout_version != RECORD_LAYOUT_VERSION {

@@ -35,7 +35,7 @@ pub use error::LogError;
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use storage::{FsStorage, Storage};
 pub use verify::{VerifyReport, verify, verify_storage};
-pub use wal::{Recovered, SnapshotJob, Wal};
+pub use wal::{Recovered, SPARE_TRIGGER_BYTES, SnapshotJob, SpareJob, Wal};
 
 use tally_types::Batch;
 

@@ -21,8 +21,10 @@ pub(crate) struct Listing {
     pub segments: Vec<SegmentFile>,
     /// (last sequence included, file name), oldest first.
     pub snapshots: Vec<(u64, String)>,
-    /// Snapshots whose writer crashed before the rename.
+    /// Snapshots and spare segments whose writer crashed before the rename.
     pub temps: Vec<String>,
+    /// A whole, durable zero-filled file waiting to become the next segment.
+    pub spare: Option<String>,
 }
 
 pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
@@ -38,11 +40,11 @@ pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
             });
         } else if let Some(sequence) = format::parse_snapshot_name(&name) {
             listing.snapshots.push((sequence, name));
-        } else if name
-            .strip_suffix(format::TEMP_SUFFIX)
-            .and_then(format::parse_snapshot_name)
-            .is_some()
-        {
+        } else if name == format::SPARE_SEGMENT_NAME {
+            listing.spare = Some(name);
+        } else if name.strip_suffix(format::TEMP_SUFFIX).is_some_and(|stem| {
+            format::parse_snapshot_name(stem).is_some() || stem == format::SPARE_SEGMENT_NAME
+        }) {
             listing.temps.push(name);
         }
     }
@@ -54,18 +56,15 @@ pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
 /// How the end of a segment looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tail {
+    /// The frames end at the end of the file, or are followed only by zeros
+    /// (preallocated space, [`SegmentScan::zero_tail_bytes`]).
     Clean,
     /// A crash left a partial or unchecksummable frame at `valid_bytes` with nothing
     /// valid after it: the last `cut_bytes` are to be truncated.
-    Torn {
-        valid_bytes: u64,
-        cut_bytes: u64,
-    },
+    Torn { valid_bytes: u64, cut_bytes: u64 },
     /// The segment's own header never made it to disk whole (crash during rotation):
     /// the whole file is to be removed.
-    TornHeader {
-        cut_bytes: u64,
-    },
+    TornHeader { cut_bytes: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +76,9 @@ pub(crate) struct SegmentScan {
     pub frames: u64,
     pub events: u64,
     pub tail: Tail,
+    /// Zeros after the last frame, up to the end of the file: space preallocated for
+    /// frames not written yet. Part of a clean tail, in any segment.
+    pub zero_tail_bytes: u64,
 }
 
 /// What to do with each valid frame.
@@ -116,7 +118,12 @@ pub(crate) fn scan_segment(
             if !is_last {
                 return Err(corrupt(0, format!("segment {error}")));
             }
-            if let Some(valid) = format::find_valid_frame_header(bytes, 0) {
+            // All zeros: a spare renamed into place whose header never reached the disk.
+            let valid = match format::is_zero(bytes) {
+                true => None,
+                false => format::find_valid_frame_header(bytes, 0),
+            };
+            if let Some(valid) = valid {
                 return Err(corrupt(
                     0,
                     format!("segment {error}, but a valid frame follows at byte {valid}"),
@@ -130,6 +137,7 @@ pub(crate) fn scan_segment(
                 tail: Tail::TornHeader {
                     cut_bytes: bytes.len() as u64,
                 },
+                zero_tail_bytes: 0,
             });
         }
     }
@@ -139,6 +147,7 @@ pub(crate) fn scan_segment(
         frames: 0,
         events: 0,
         tail: Tail::Clean,
+        zero_tail_bytes: 0,
     };
     let mut offset = format::SEGMENT_HEADER_SIZE;
     while offset < bytes.len() {
@@ -147,6 +156,12 @@ pub(crate) fn scan_segment(
             .and_then(|header| format::check_frame_body(&header, rest).map(|body| (header, body)));
         let (header, body) = match checked {
             Ok(frame) => frame,
+            // No frame starts with a zero byte (the magic), so zeros to the end of the
+            // file are preallocated space, not a torn write.
+            Err(_) if format::is_zero(rest) => {
+                scan.zero_tail_bytes = rest.len() as u64;
+                return Ok(scan);
+            }
             Err(error) => {
                 let cut = torn_tail(bytes, offset, is_last, &error)
                     .map_err(|why| corrupt(offset, why))?;
@@ -224,6 +239,8 @@ pub(crate) struct LogScan {
     pub frames: u64,
     pub events: u64,
     pub bytes: u64,
+    /// Zeros after the frames, summed over the segments: preallocated, not yet written.
+    pub zero_tail_bytes: u64,
     /// The last segment's scan, if any segment was read.
     pub last: Option<SegmentScan>,
 }
@@ -243,6 +260,7 @@ pub(crate) fn scan_log(
         frames: 0,
         events: 0,
         bytes: 0,
+        zero_tail_bytes: 0,
         last: None,
     };
     let Some(first) = segments.get(start) else {
@@ -302,6 +320,7 @@ pub(crate) fn scan_log(
         log.frames += scan.frames;
         log.events += scan.events;
         log.bytes += buffer.len() as u64;
+        log.zero_tail_bytes += scan.zero_tail_bytes;
         log.last = Some(scan);
     }
     if log.next_sequence <= base {

@@ -7,12 +7,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// One flat directory of files. Files are only ever appended to, truncated, renamed and
-/// removed; nothing is overwritten in place.
+/// One flat directory of files. Files are appended to, truncated, renamed and removed;
+/// the log writes in place (`write_at`) only over zeros it preallocated itself.
 ///
-/// Durability contract (what the log relies on): `append` and `truncate` reach the disk
-/// only at the next successful `sync_data` of that file; a file's creation, rename or
-/// removal reaches the disk only at the next successful `sync_dir`.
+/// Durability contract (what the log relies on): `append`, `write_at` and `truncate`
+/// reach the disk only at the next successful `sync_data` of that file, and a crash may
+/// keep any prefix of the last unsynced write; a file's creation, rename or removal
+/// reaches the disk only at the next successful `sync_dir`.
 pub trait Storage: Send + fmt::Debug {
     /// The path of `name`, for error messages.
     fn path(&self, name: &str) -> PathBuf;
@@ -25,6 +26,9 @@ pub trait Storage: Send + fmt::Debug {
     fn read_at(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes `bytes` at the end of the file.
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` at `offset`, over what is there, extending the file if it is
+    /// shorter (a gap reads as zeros).
+    fn write_at(&mut self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes the file's content and length durable (`fdatasync`).
     fn sync_data(&mut self, name: &str) -> io::Result<()>;
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
@@ -79,10 +83,11 @@ impl FsStorage {
 
     fn handle(&mut self, name: &str) -> io::Result<&mut File> {
         if !self.open.contains_key(name) {
-            // O_APPEND: every write lands at the current end, whatever a read seeked to.
+            // Not O_APPEND: on Linux that makes `pwrite` ignore its offset, and the log
+            // writes in place into preallocated segments. `append` seeks to the end.
             let file = OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .open(self.dir.join(name))?;
             self.open.insert(name.to_string(), file);
         }
@@ -115,7 +120,7 @@ impl Storage for FsStorage {
         self.open.remove(name);
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
             .truncate(false)
             .open(self.dir.join(name))?;
@@ -143,7 +148,15 @@ impl Storage for FsStorage {
     }
 
     fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.handle(name)?.write_all(bytes)
+        let file = self.handle(name)?;
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(bytes)
+    }
+
+    fn write_at(&mut self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let file = self.handle(name)?;
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(bytes)
     }
 
     fn sync_data(&mut self, name: &str) -> io::Result<()> {

@@ -16,8 +16,10 @@ pub struct VerifyReport {
     /// Frames (client batches) in every segment present.
     pub records: u64,
     pub events: u64,
-    /// Bytes of every segment present.
+    /// Bytes of every segment present, preallocated zeros included.
     pub bytes: u64,
+    /// Of those, zeros after the last frame of a segment: space preallocated for frames.
+    pub preallocated_bytes: u64,
     /// First and last sequence present in the segments (0 and 0 for an empty log).
     pub sequence_first: u64,
     pub sequence_last: u64,
@@ -83,6 +85,7 @@ pub fn verify_storage(storage: &mut dyn Storage) -> Result<VerifyReport, LogErro
     report.records = log.frames;
     report.events = log.events;
     report.bytes = log.bytes;
+    report.preallocated_bytes = log.zero_tail_bytes;
     report.sequence_first = listing.segments[0].first_sequence;
     report.sequence_last = log.next_sequence - 1;
     if report.records == 0 {

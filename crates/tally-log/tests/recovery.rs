@@ -152,9 +152,13 @@ fn torn_tail_at_every_byte_on_real_files() {
 }
 
 #[test]
-fn zeroed_or_garbage_tail_is_cut() {
+fn garbage_tail_is_cut() {
     let written = records(1, 10);
-    for tail in [vec![0u8; 4096], vec![0xA5; 100], b"TLFR garbage".to_vec()] {
+    for tail in [
+        vec![0xA5; 100],
+        b"TLFR garbage".to_vec(),
+        [&[0u8; 64][..], b"x"].concat(),
+    ] {
         let storage = build_log(&written, 3, 1 << 20);
         let name = format::segment_name(1);
         let mut bytes = storage.read_file(&name).unwrap();
@@ -164,6 +168,41 @@ fn zeroed_or_garbage_tail_is_cut() {
         assert_eq!(recovered.records, written);
         assert_eq!(recovered.torn_tail_bytes_cut, tail.len() as u64);
     }
+}
+
+#[test]
+fn zeroed_tail_is_preallocated_space_that_the_next_frames_overwrite() {
+    let written = records(1, 10);
+    let storage = build_log(&written, 3, 1 << 20);
+    let name = format::segment_name(1);
+    let mut bytes = storage.read_file(&name).unwrap();
+    let frames_end = bytes.len();
+    bytes.resize(frames_end + 4096, 0);
+    storage.write_file_durable(&name, &bytes);
+
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.preallocated_bytes, 4096);
+    let (mut wal, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(
+        recovered.torn_tail_bytes_cut, 0,
+        "zeros are not a torn tail"
+    );
+    assert_eq!(wal.preallocated_bytes_left(), 4096);
+
+    let more = records(11, 3);
+    wal.append(&more).unwrap();
+    let after = storage.read_file(&name).unwrap();
+    assert_eq!(
+        after.len(),
+        frames_end + 4096,
+        "written in place, not appended"
+    );
+    assert!(wal.preallocated_bytes_left() < 4096);
+    drop(wal);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records, records(1, 13));
 }
 
 #[test]
@@ -358,12 +397,42 @@ fn verify_reports_a_torn_tail_without_repairing_it() {
 
 #[test]
 fn format_is_pinned() {
-    // Pins the on-disk bytes: if this changes, FORMAT_VERSION must change too.
+    // Pins the on-disk bytes: if this changes, FORMAT_VERSION must change too. Hashed
+    // with FNV-1a, not CRC32C: a CRC over bytes that end in their own CRC is the same
+    // constant whatever they hold, so a CRC pin would miss every header change.
     let mut bytes = format::encode_segment_header(1).to_vec();
     format::encode_frame(&record(1, 2), &mut bytes);
     format::encode_frame(&record(2, 1), &mut bytes);
     assert_eq!(bytes.len(), 64 + 48 + 256 + 48 + 128);
-    assert_eq!(crc32c::crc32c(&bytes), PINNED_CRC, "on-disk format changed");
+    assert_eq!(&bytes[8..10], &[2, 0], "format version 2");
+    assert_eq!(fnv1a(&bytes), PINNED_FNV1A, "on-disk format changed");
 }
 
-const PINNED_CRC: u32 = 73_076_648;
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+const PINNED_FNV1A: u64 = 497_543_969_302_867_074;
+
+#[test]
+fn a_version_1_segment_still_reads() {
+    let written = records(1, 6);
+    let storage = build_log(&written, 2, 1 << 20);
+    let name = format::segment_name(1);
+    let mut bytes = storage.read_file(&name).unwrap();
+    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    storage.write_file_durable(&name, &bytes);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records, written);
+
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    storage.write_file_durable(&name, &bytes);
+    let error = open(&storage, options(1 << 20)).unwrap_err().to_string();
+    assert!(error.contains("format version 3"), "{error}");
+}

@@ -1,0 +1,338 @@
+//! Preallocated segments: spares are written off the log's path, renamed into place at
+//! rotation, written in place, and every crash on the way recovers every acknowledged
+//! record.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::sync::atomic::AtomicBool;
+use tally_log::faulty::{Fault, FaultyStorage};
+use tally_log::format::{self, SPARE_SEGMENT_NAME};
+use tally_log::{LogRecord, Wal, verify_storage};
+
+const SEGMENT: u64 = 4096;
+
+/// Runs the spare job the log asks for, if any, on this thread; true if one was written.
+fn write_spare(wal: &mut Wal) -> bool {
+    let Some(job) = wal.spare_job() else {
+        return false;
+    };
+    let bytes = job.write(&AtomicBool::new(false)).unwrap();
+    wal.spare_written(bytes);
+    bytes.is_some()
+}
+
+fn len(storage: &FaultyStorage, name: &str) -> usize {
+    storage.read_file(name).unwrap().len()
+}
+
+#[test]
+fn a_spare_is_wanted_only_once_the_log_is_busy_and_one_at_a_time() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    assert!(wal.spare_job().is_none(), "nothing logged yet");
+    // The trigger is an eighth of a segment here: 512 bytes.
+    wal.append(&[record(1, 1)]).unwrap();
+    assert!(wal.spare_job().is_none(), "176 bytes logged");
+    wal.append(&[record(2, 4)]).unwrap();
+    let job = wal.spare_job().expect("688 bytes logged");
+    assert!(wal.spare_job().is_none(), "one job at a time");
+    assert!(
+        !storage
+            .file_names()
+            .contains(&SPARE_SEGMENT_NAME.to_string()),
+        "nothing written before the job runs"
+    );
+    let bytes = job.write(&AtomicBool::new(false)).unwrap();
+    assert_eq!(bytes, Some(SEGMENT));
+    wal.spare_written(bytes);
+    assert_eq!(wal.spare_ready(), Some(SEGMENT));
+    assert_eq!(
+        storage.read_file(SPARE_SEGMENT_NAME).unwrap(),
+        vec![0; 4096]
+    );
+    assert!(wal.spare_job().is_none(), "a spare is ready");
+}
+
+#[test]
+fn the_log_moves_onto_a_spare_early_and_then_writes_in_place() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    wal.append(&records(1, 4)).unwrap();
+    assert!(write_spare(&mut wal));
+    // The first segment grows by extending its file; with a spare ready the next group
+    // goes to a new segment made from the spare instead.
+    wal.append(&records(5, 1)).unwrap();
+    let names = segment_names(&storage);
+    assert_eq!(names, [format::segment_name(1), format::segment_name(5)]);
+    assert!(
+        !storage
+            .file_names()
+            .contains(&SPARE_SEGMENT_NAME.to_string())
+    );
+    assert_eq!(
+        len(&storage, &names[1]),
+        SEGMENT as usize,
+        "the spare's length"
+    );
+    assert_eq!(wal.spare_ready(), None);
+
+    let before = wal.preallocated_bytes_left();
+    wal.append(&records(6, 2)).unwrap();
+    assert_eq!(
+        len(&storage, &names[1]),
+        SEGMENT as usize,
+        "written in place"
+    );
+    assert!(wal.preallocated_bytes_left() < before);
+
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.records, 7);
+    assert_eq!(report.preallocated_bytes, wal.preallocated_bytes_left());
+    drop(wal);
+    let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, records(1, 7));
+}
+
+#[test]
+fn many_rotations_through_spares_round_trip() {
+    let storage = FaultyStorage::new();
+    let written = records(1, 400);
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    let mut spares = 0;
+    for chunk in written.chunks(3) {
+        wal.append(chunk).unwrap();
+        spares += usize::from(write_spare(&mut wal));
+    }
+    let names = segment_names(&storage);
+    assert!(spares >= 10 && names.len() >= spares, "{spares} spares");
+    // Every segment but the first began as a spare, and none grew past it.
+    for name in &names[1..] {
+        assert_eq!(len(&storage, name), SEGMENT as usize, "{name}");
+    }
+    drop(wal);
+    let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, written);
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert!(report.is_clean() && report.preallocated_bytes > 0);
+}
+
+#[test]
+fn a_spare_survives_a_restart_and_one_of_another_size_is_removed() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    wal.append(&records(1, 4)).unwrap();
+    assert!(write_spare(&mut wal));
+    drop(wal);
+    let (wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(wal.spare_ready(), Some(SEGMENT));
+    drop(wal);
+    let (wal, recovered) = open(&storage, options(2 * SEGMENT)).unwrap();
+    assert_eq!(wal.spare_ready(), None);
+    assert_eq!(recovered.records, records(1, 4));
+    assert!(
+        !storage
+            .file_names()
+            .contains(&SPARE_SEGMENT_NAME.to_string())
+    );
+}
+
+#[test]
+fn an_unfinished_spare_is_removed_at_open() {
+    let storage = build_log(&records(1, 3), 1, SEGMENT);
+    let temp = format!("{SPARE_SEGMENT_NAME}{}", format::TEMP_SUFFIX);
+    storage.write_file_durable(&temp, &[0; 100]);
+    let (wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, records(1, 3));
+    assert_eq!(wal.spare_ready(), None);
+    assert!(!storage.file_names().contains(&temp));
+}
+
+#[test]
+fn a_cancelled_spare_job_leaves_nothing_and_asks_no_more_until_rotation() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    wal.append(&records(1, 4)).unwrap();
+    let job = wal.spare_job().unwrap();
+    assert_eq!(job.write(&AtomicBool::new(true)).unwrap(), None);
+    wal.spare_written(None);
+    assert!(storage.file_names().iter().all(|n| !n.contains("spare")));
+    assert!(
+        wal.spare_job().is_none(),
+        "no retry before the next rotation"
+    );
+}
+
+#[test]
+fn a_failed_spare_job_does_not_poison_the_log() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    wal.append(&records(1, 4)).unwrap();
+    let job = wal.spare_job().unwrap();
+    storage.fail_sync(1, Fault::Enospc);
+    assert!(job.write(&AtomicBool::new(false)).is_err());
+    wal.spare_written(None);
+    assert!(!wal.is_poisoned());
+    wal.append(&records(5, 2)).unwrap();
+    drop(wal);
+    let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, records(1, 6));
+}
+
+#[test]
+fn a_segment_of_zeros_is_a_spare_renamed_before_its_header_was_durable() {
+    // On a real disk the rename may reach the disk before the header does.
+    let written = records(1, 10);
+    let storage = build_log(&written, 2, SEGMENT);
+    let next = format::segment_name(11);
+    storage.write_file_durable(&next, &vec![0; SEGMENT as usize]);
+    let (mut wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(recovered.torn_tail_bytes_cut, SEGMENT);
+    wal.append(&records(11, 1)).unwrap();
+    drop(wal);
+    let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, records(1, 11));
+}
+
+#[test]
+fn zeros_after_the_frames_of_an_older_segment_are_clean_but_garbage_is_not() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    wal.append(&records(1, 4)).unwrap();
+    assert!(write_spare(&mut wal));
+    wal.append(&records(5, 2)).unwrap();
+    assert!(write_spare(&mut wal));
+    wal.append(&records(7, 40)).unwrap(); // fills the second segment: a third starts
+    drop(wal);
+    let names = segment_names(&storage);
+    assert!(names.len() >= 3);
+    let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+    assert_eq!(recovered.records, records(1, 46));
+
+    let older = &names[1];
+    let bytes = storage.read_file(older).unwrap();
+    assert_eq!(*bytes.last().unwrap(), 0, "the older segment ends in zeros");
+    storage.flip_bit(older, bytes.len() - 1, 3);
+    let error = open(&storage, options(SEGMENT)).unwrap_err().to_string();
+    assert!(error.contains(older), "{error}");
+}
+
+/// Torn writes in place: a crash keeps any prefix of the group being written over the
+/// zeros; recovery keeps the acknowledged frames, cuts the rest, and goes on.
+#[test]
+fn a_torn_write_in_place_recovers_at_every_tear() {
+    for tear in (0..600).step_by(7) {
+        let storage = FaultyStorage::new();
+        let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+        wal.append(&records(1, 4)).unwrap();
+        assert!(write_spare(&mut wal));
+        wal.append(&records(5, 2)).unwrap();
+        assert!(
+            wal.preallocated_bytes_left() > 0,
+            "in a preallocated segment"
+        );
+        storage.fail_sync(1, Fault::Eio);
+        let in_flight = records(7, 3);
+        assert!(wal.append(&in_flight).is_err());
+        drop(wal);
+        storage.crash_keeping_unsynced_bytes(tear);
+        let (mut wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
+        assert_eq!(recovered.records[..6], records(1, 6)[..], "tear {tear}");
+        let extra = &recovered.records[6..];
+        assert_eq!(extra, &in_flight[..extra.len()], "tear {tear}");
+        let next = wal.next_sequence();
+        wal.append(&records(next, 2)).unwrap();
+        drop(wal);
+        let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+        assert_eq!(recovered.records.len() as u64, next + 1, "tear {tear}");
+    }
+}
+
+/// A fault at every write and every sync of a run that writes spares and rotates onto
+/// them, then a crash (keeping a part of the last write): every acknowledged record
+/// survives, and the log goes on.
+#[test]
+fn a_fault_at_any_write_or_sync_around_spares_loses_nothing_acknowledged() {
+    let run = |arm: &dyn Fn(&FaultyStorage), tear: usize| {
+        let storage = FaultyStorage::new();
+        let (mut wal, _) = open(&storage, options(1024)).unwrap();
+        arm(&storage);
+        let mut acked: Vec<LogRecord> = Vec::new();
+        let mut in_flight = Vec::new();
+        for step in 0..30u64 {
+            let group = records(acked.len() as u64 + 1, 1 + step % 3);
+            if wal.append(&group).is_err() {
+                in_flight = group;
+                break;
+            }
+            acked.extend_from_slice(&group);
+            if let Some(job) = wal.spare_job() {
+                let written = job.write(&AtomicBool::new(false));
+                wal.spare_written(written.ok().flatten());
+            }
+        }
+        drop(wal);
+        storage.crash_keeping_unsynced_bytes(tear);
+        let (mut wal, recovered) = open(&storage, options(1024)).unwrap();
+        assert_eq!(recovered.records[..acked.len()], acked[..]);
+        let extra = &recovered.records[acked.len()..];
+        assert_eq!(extra, &in_flight[..extra.len()]);
+        let next = wal.next_sequence();
+        wal.append(&records(next, 1)).unwrap();
+    };
+    let (writes, syncs) = {
+        let storage = FaultyStorage::new();
+        let (mut wal, _) = open(&storage, options(1024)).unwrap();
+        for step in 0..30u64 {
+            wal.append(&records(wal.next_sequence(), 1 + step % 3))
+                .unwrap();
+            write_spare(&mut wal);
+        }
+        assert!(
+            segment_names(&storage).len() > 5,
+            "the run rotates onto spares"
+        );
+        storage.counts()
+    };
+    for nth in 1..=writes + 1 {
+        for tear in [0, 40, 5000] {
+            run(&|s| s.fail_append_torn(nth, Fault::Eio, tear / 2), tear);
+        }
+    }
+    for nth in 1..=syncs + 1 {
+        run(&|s| s.fail_sync(nth, Fault::Eio), 100);
+    }
+}
+
+#[test]
+fn real_files_are_written_in_place_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = records(1, 300);
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options(8 * 1024)).unwrap();
+        for chunk in written.chunks(5) {
+            wal.append(chunk).unwrap();
+            write_spare(&mut wal);
+        }
+    }
+    let mut lens = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if format::parse_segment_name(&name).is_some_and(|first| first > 1) {
+            lens.push(entry.metadata().unwrap().len());
+        }
+    }
+    assert!(lens.len() > 3);
+    assert!(lens.iter().all(|&len| len == 8 * 1024), "{lens:?}");
+    let (wal, recovered) = Wal::open(dir.path(), options(8 * 1024)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert!(wal.preallocated_bytes_left() > 0);
+    let report = tally_log::verify(dir.path()).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.records, 300);
+    assert!(report.preallocated_bytes >= wal.preallocated_bytes_left());
+}
