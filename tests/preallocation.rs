@@ -96,13 +96,17 @@ fn a_busy_ledger_writes_its_frames_into_preallocated_segments() {
     ledger.submit(accounts()).unwrap();
     // 6,000 transfers: about 770 KB of frames, a dozen 64 KiB segments.
     submit_concurrently(&ledger, 1_000, 600);
+    let metrics = ledger.metrics();
     ledger.shutdown().unwrap();
     drop(ledger);
+    // Each spare is 64 KiB, in steps of at most 256 KiB: at least one step per spare.
+    assert!(metrics.spare_steps >= 9, "{metrics:?}");
+    assert!(metrics.spare_step_bytes >= 9 * SEGMENT_BYTES, "{metrics:?}");
 
     let lengths = segment_lengths(dir.path());
     assert!(lengths.len() >= 10, "{lengths:?}");
-    // The spare thread races the log thread, so a segment or two may start as a plain
-    // file; most must have been spares, whole from the start and never extended.
+    // The log thread writes spares in its pauses, so a segment or two may start as a
+    // plain file; most must have been spares, whole from the start and never extended.
     let preallocated = lengths.iter().filter(|&&len| len == SEGMENT_BYTES).count();
     assert!(preallocated * 2 > lengths.len(), "{lengths:?}");
     let report = tally::log::verify(dir.path()).unwrap();
@@ -121,6 +125,7 @@ fn with_preallocation_off_no_spare_is_written() {
     let ledger = Ledger::open(config(dir.path(), false)).unwrap();
     ledger.submit(accounts()).unwrap();
     submit_concurrently(&ledger, 1_000, 600);
+    assert_eq!(ledger.metrics().spare_steps, 0);
     ledger.shutdown().unwrap();
     drop(ledger);
     assert!(!spare_exists(dir.path()));

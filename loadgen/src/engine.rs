@@ -117,6 +117,9 @@ impl Target for EngineTarget {
             commit_pauses: metrics.commit_pauses,
             commit_pause_us_mean: metrics.commit_pause_us as f64
                 / metrics.commit_pauses.max(1) as f64,
+            spare_steps: metrics.spare_steps,
+            spare_step_us_mean: metrics.spare_step_us as f64 / metrics.spare_steps.max(1) as f64,
+            spare_bytes: metrics.spare_step_bytes,
         })
     }
 }

@@ -109,6 +109,11 @@ pub struct ShardStats {
     /// Pauses the engine's log thread made to pace its syncs, and their mean length.
     pub commit_pauses: u64,
     pub commit_pause_us_mean: f64,
+    /// Steps the log thread took to write spare (preallocated) segments, their mean
+    /// length, and the zeros they wrote.
+    pub spare_steps: u64,
+    pub spare_step_us_mean: f64,
+    pub spare_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -261,7 +266,7 @@ impl Report {
             let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
             let _ = writeln!(
                 out,
-                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
                 e.groups,
                 e.group_events_mean,
                 ms(e.group_latency_us_p50),
@@ -269,6 +274,9 @@ impl Report {
                 ms(e.group_latency_us_max),
                 e.commit_pauses,
                 e.commit_pause_us_mean,
+                e.spare_steps,
+                e.spare_step_us_mean,
+                e.spare_bytes / 1_000_000,
                 e.units,
                 share(e.units_spanning),
                 share(e.units_waited),

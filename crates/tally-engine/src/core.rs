@@ -14,7 +14,6 @@ use crate::clock::batch_stamp;
 use crate::error::{EngineError, SubmitError};
 use crate::ledger::EventResult;
 use crate::shards::ShardPool;
-use std::sync::atomic::AtomicBool;
 use tally_log::{LogOptions, LogRecord, Recovered, Storage, Wal};
 use tally_state::StateMachine;
 use tally_types::{Batch, ResultCode, StateImage};
@@ -114,18 +113,22 @@ impl Logger {
         self.failure.as_deref()
     }
 
-    /// A spare segment to write off this thread (see [`tally_log::SpareJob`]), when the
-    /// log wants one; `None` once the log has failed.
-    pub fn spare_job(&mut self) -> Option<tally_log::SpareJob> {
-        if self.failure.is_some() {
-            return None;
-        }
-        self.wal.spare_job()
+    /// True when the log wants a spare segment written (see
+    /// [`tally_log::Wal::spare_wanted`]); never once the log has failed.
+    pub fn spare_wanted(&self) -> bool {
+        self.failure.is_none() && self.wal.spare_wanted()
     }
 
-    /// Records what a spare job did (`None`: failed or cancelled).
-    pub fn spare_written(&mut self, bytes: Option<u64>) {
-        self.wal.spare_written(bytes);
+    /// True when the spare is wanted soon enough to be worth delaying commits for.
+    pub fn spare_urgent(&self) -> bool {
+        self.failure.is_none() && self.wal.spare_urgent()
+    }
+
+    /// Writes one step of the spare segment. A failed step only gives up on the spare.
+    pub fn write_spare_step(&mut self, bytes_max: u64) {
+        if self.failure.is_none() {
+            let _ = self.wal.write_spare_step(bytes_max);
+        }
     }
 
     /// Starts a snapshot at `sequence` to be written off this thread (see
@@ -390,10 +393,10 @@ impl Committer {
                 .logger
                 .write_snapshot(self.applier.sequence_applied, &image);
         }
-        // The spare, when the log wants one, is written here in turn: deterministic.
-        if let Some(job) = self.logger.spare_job() {
-            let written = job.write(&AtomicBool::new(false));
-            self.logger.spare_written(written.ok().flatten());
+        // The spare, when the log wants one, is written here at once: deterministic.
+        while self.logger.spare_wanted() {
+            self.logger
+                .write_spare_step(tally_log::SPARE_STEP_BYTES_MAX);
         }
         results
     }

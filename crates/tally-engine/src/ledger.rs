@@ -165,8 +165,7 @@ impl Ledger {
             to_apply,
             snapshots,
             snapshot_in_flight: None,
-            spare_in_flight: None,
-            spare_cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            spare_step_bytes_per_us: crate::pipeline::SPARE_STEP_BYTES_PER_US_INITIAL,
         };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()

@@ -19,6 +19,11 @@ pub(crate) struct Metrics {
     /// lasted in all. Written by the log thread.
     pub commit_pauses: AtomicU64,
     pub commit_pause_us: AtomicU64,
+    /// Steps the log thread took to write spare segments (zeros, for frames to be
+    /// written in place; `Config::preallocate_segments`), their bytes and microseconds.
+    pub spare_steps: AtomicU64,
+    pub spare_step_bytes: AtomicU64,
+    pub spare_step_us: AtomicU64,
     pub result_counts: Vec<AtomicU64>,
     /// Microseconds from the first batch of a group taken to the group synced.
     pub commit_latency_us: Mutex<Histogram<u64>>,
@@ -38,6 +43,9 @@ impl Metrics {
             busy_rejections: AtomicU64::new(0),
             commit_pauses: AtomicU64::new(0),
             commit_pause_us: AtomicU64::new(0),
+            spare_steps: AtomicU64::new(0),
+            spare_step_bytes: AtomicU64::new(0),
+            spare_step_us: AtomicU64::new(0),
             result_counts: ResultCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             commit_latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
@@ -67,6 +75,10 @@ pub struct MetricsSnapshot {
     /// Pauses the log thread made to pace syncs, and their total microseconds.
     pub commit_pauses: u64,
     pub commit_pause_us: u64,
+    /// Steps written of spare segments, their bytes and their total microseconds.
+    pub spare_steps: u64,
+    pub spare_step_bytes: u64,
+    pub spare_step_us: u64,
     /// Count per result code (only codes seen at least once).
     pub result_counts: Vec<(ResultCode, u64)>,
     pub commit_latency_us_p50: u64,
@@ -88,7 +100,7 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [(&str, u64); 11] = [
+        let gauges: [(&str, u64); 14] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
@@ -96,6 +108,9 @@ impl MetricsSnapshot {
             ("busy_rejections_total", self.busy_rejections),
             ("commit_pauses_total", self.commit_pauses),
             ("commit_pause_us_total", self.commit_pause_us),
+            ("spare_steps_total", self.spare_steps),
+            ("spare_step_bytes_total", self.spare_step_bytes),
+            ("spare_step_us_total", self.spare_step_us),
             ("commit_latency_us_p99", self.commit_latency_us_p99),
             ("shard_units_total", self.shard_units),
             ("shard_units_spanning_total", self.shard_units_spanning),
@@ -129,6 +144,9 @@ impl Metrics {
             busy_rejections: self.busy_rejections.load(Ordering::Relaxed),
             commit_pauses: self.commit_pauses.load(Ordering::Relaxed),
             commit_pause_us: self.commit_pause_us.load(Ordering::Relaxed),
+            spare_steps: self.spare_steps.load(Ordering::Relaxed),
+            spare_step_bytes: self.spare_step_bytes.load(Ordering::Relaxed),
+            spare_step_us: self.spare_step_us.load(Ordering::Relaxed),
             result_counts: ResultCode::ALL
                 .iter()
                 .map(|code| {

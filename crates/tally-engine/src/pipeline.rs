@@ -14,7 +14,7 @@ use crate::core::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::error::SubmitError;
 use crate::ledger::{EventResult, Shared};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +56,14 @@ pub(crate) type SnapshotImage = (u64, FrozenState);
 /// it, so this bounds only a missed wake-up, never normal latency.
 const IDLE_PARK: Duration = Duration::from_millis(5);
 
+/// A spare step is fitted into a pacing pause only if at least this much of it is left:
+/// below it, the step's fixed cost (one `fdatasync`) would overrun the pause.
+const SPARE_STEP_PAUSE_MIN: Duration = Duration::from_micros(300);
+/// The smallest spare step worth a sync, and the first estimate of how many zeros a
+/// step writes per microsecond (it is then measured).
+const SPARE_STEP_BYTES_MIN: u64 = 16 * 1024;
+pub(crate) const SPARE_STEP_BYTES_PER_US_INITIAL: f64 = 100.0;
+
 pub(crate) struct LogThread {
     pub shared: Arc<Shared>,
     pub logger: Logger,
@@ -63,9 +71,9 @@ pub(crate) struct LogThread {
     pub snapshots: Receiver<SnapshotImage>,
     /// The snapshot being written on its own thread, if any: at most one at a time.
     pub snapshot_in_flight: Option<JoinHandle<Result<u64, tally_log::LogError>>>,
-    /// The spare segment being written on its own thread, if any, and its cancel flag.
-    pub spare_in_flight: Option<JoinHandle<Option<u64>>>,
-    pub spare_cancel: Arc<AtomicBool>,
+    /// Zeros a spare step wrote per microsecond, measured (moving average): sizes the
+    /// next step to the pause it must fit in.
+    pub spare_step_bytes_per_us: f64,
 }
 
 impl LogThread {
@@ -73,19 +81,29 @@ impl LogThread {
         let mut requests: Vec<Request> = Vec::new();
         // When the last commit started, and whether it carried more than one submission.
         let mut last_commit: Option<(Instant, bool)> = None;
+        let mut idle_since: Option<Instant> = None;
         loop {
             self.tend_snapshots(false);
-            self.tend_spare(false);
             self.pace(last_commit);
             self.take_group(&mut requests);
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
                     self.tend_snapshots(true);
-                    self.tend_spare(true);
                     return; // dropping `to_apply` lets the apply thread finish and exit
                 }
-                std::thread::park_timeout(IDLE_PARK);
+                // After a quiet spell, an idle log thread writes the spare in full steps.
+                let idle_for = idle_since.get_or_insert_with(Instant::now).elapsed();
+                if idle_for >= IDLE_PARK && self.spare_wanted() {
+                    self.write_spare_step(tally_log::SPARE_STEP_BYTES_MAX);
+                } else {
+                    std::thread::park_timeout(IDLE_PARK);
+                }
                 continue;
+            }
+            idle_since = None;
+            if self.spare_wanted() && self.logger.spare_urgent() {
+                // The segment is three quarters full: no more waiting for pauses.
+                self.write_spare_step(tally_log::SPARE_STEP_BYTES_MAX);
             }
             last_commit = Some((Instant::now(), requests.len() > 1));
             if self.log_group(&mut requests).is_err() {
@@ -123,43 +141,13 @@ impl LogThread {
         }
     }
 
-    /// The spare segment (see [`crate::Config::preallocate_segments`]) is written on a
-    /// thread of its own: start one when the log wants it, record it once written.
-    /// `finish` cancels the one in flight and waits for it (shutdown), so no thread
-    /// writes into the directory after the ledger closed.
-    fn tend_spare(&mut self, finish: bool) {
-        if finish {
-            self.spare_cancel.store(true, Ordering::Relaxed);
-        }
-        let done = self
-            .spare_in_flight
-            .take_if(|job| finish || job.is_finished());
-        if let Some(job) = done {
-            // A panicked job counts as a failed one: the log just keeps extending files.
-            self.logger.spare_written(job.join().ok().flatten());
-        }
-        if finish || !self.shared.config.preallocate_segments || self.spare_in_flight.is_some() {
-            return;
-        }
-        if let Some(job) = self.logger.spare_job() {
-            let cancel = Arc::clone(&self.spare_cancel);
-            let spawned = std::thread::Builder::new()
-                .name("tally-spare".into())
-                .spawn(move || job.write(&cancel).ok().flatten());
-            match spawned {
-                Ok(handle) => self.spare_in_flight = Some(handle),
-                Err(_) => self.logger.spare_written(None),
-            }
-        }
-    }
-
     /// Group commit pacing: after a commit that several submissions shared, waits until
     /// [`crate::Config::commit_interval_min`] has passed since it started, so that syncs
     /// come at most once per interval while submitters are concurrent and the batches
     /// arriving meanwhile share the next one. After a commit that carried one submission
     /// alone (a lone caller waiting for each answer before the next request: nothing
     /// would share its sync) or after a quiet spell, the next commit starts at once.
-    fn pace(&self, last_commit: Option<(Instant, bool)>) {
+    fn pace(&mut self, last_commit: Option<(Instant, bool)>) {
         let config = &self.shared.config;
         if config.sync == SyncMode::UnsafeNoSync {
             return;
@@ -168,7 +156,9 @@ impl LogThread {
         if let Some(next) = shared_sync.map(|(at, _)| at + config.commit_interval_min) {
             let now = Instant::now();
             if next > now {
-                std::thread::sleep(next - now);
+                self.spare_step_within(next - now);
+                let left = next.saturating_duration_since(Instant::now());
+                std::thread::sleep(left);
                 let metrics = &self.shared.metrics;
                 metrics.commit_pauses.fetch_add(1, Ordering::Relaxed);
                 let waited_us = u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -177,6 +167,38 @@ impl LogThread {
                     .fetch_add(waited_us, Ordering::Relaxed);
             }
         }
+    }
+
+    /// True when the log wants a spare segment written and the ledger is configured to.
+    fn spare_wanted(&self) -> bool {
+        self.shared.config.preallocate_segments && self.logger.spare_wanted()
+    }
+
+    /// Writes a step of the spare sized to take half of `pause`, if one fits: spare I/O
+    /// then happens while the log thread would sleep anyway (half, because a sync's
+    /// time varies), not while a commit waits, and never in the disk queue next to a
+    /// commit's `fdatasync`.
+    fn spare_step_within(&mut self, pause: Duration) {
+        if pause < SPARE_STEP_PAUSE_MIN || !self.spare_wanted() {
+            return;
+        }
+        let fits = pause.as_micros() as f64 / 2.0 * self.spare_step_bytes_per_us;
+        let bytes = (fits as u64).min(tally_log::SPARE_STEP_BYTES_MAX);
+        if bytes >= SPARE_STEP_BYTES_MIN {
+            self.write_spare_step(bytes);
+        }
+    }
+
+    fn write_spare_step(&mut self, bytes: u64) {
+        let started = Instant::now();
+        self.logger.write_spare_step(bytes);
+        let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let rate = bytes as f64 / took_us.max(1) as f64;
+        self.spare_step_bytes_per_us = 0.8 * self.spare_step_bytes_per_us + 0.2 * rate;
+        let metrics = &self.shared.metrics;
+        metrics.spare_steps.fetch_add(1, Ordering::Relaxed);
+        metrics.spare_step_bytes.fetch_add(bytes, Ordering::Relaxed);
+        metrics.spare_step_us.fetch_add(took_us, Ordering::Relaxed);
     }
 
     /// Takes waiting requests until the queue is empty or the group is full.

@@ -2,7 +2,9 @@
 //!
 //! * [`Wal`] appends client batches as checksummed frames to segment files, one write and
 //!   one `fdatasync` per group of batches (group commit), and returns only once they are
-//!   durable (SPEC §3.3).
+//!   durable (SPEC §3.3). A busy log writes into *spare* segments zero-filled ahead of
+//!   it ([`Wal::write_spare_step`]), so a sync need not also make a new file size
+//!   durable.
 //! * [`Wal::open`] recovers: it loads the newest readable snapshot, replays the segments
 //!   after it, cuts a torn tail off the last segment, and refuses to start on damage
 //!   inside the committed log (SPEC §3.5).
@@ -35,7 +37,7 @@ pub use error::LogError;
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use storage::{FsStorage, Storage};
 pub use verify::{VerifyReport, verify, verify_storage};
-pub use wal::{Recovered, SPARE_TRIGGER_BYTES, SnapshotJob, SpareJob, Wal};
+pub use wal::{Recovered, SPARE_STEP_BYTES_MAX, SPARE_TRIGGER_BYTES, SnapshotJob, Wal};
 
 use tally_types::Batch;
 

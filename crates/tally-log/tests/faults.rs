@@ -155,12 +155,9 @@ fn random_crashes_never_lose_an_acknowledged_record() {
                 .map(|sequence| record(sequence, rng.below(6) as usize))
                 .collect();
             let choice = rng.below(10);
-            // The spare job runs in turn here, as the engine's spare thread would.
-            if rng.below(3) == 0
-                && let Some(job) = wal.spare_job()
-            {
-                let written = job.write(&std::sync::atomic::AtomicBool::new(false));
-                wal.spare_written(written.ok().flatten());
+            // Spare steps come between appends, as on the engine's log thread.
+            if rng.below(3) == 0 {
+                let _ = wal.write_spare_step(1 + rng.below(2000));
             }
             if choice == 0 && !acked.is_empty() {
                 let sequence = acked.len() as u64;

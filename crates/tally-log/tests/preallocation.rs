@@ -1,26 +1,24 @@
-//! Preallocated segments: spares are written off the log's path, renamed into place at
-//! rotation, written in place, and every crash on the way recovers every acknowledged
-//! record.
+//! Preallocated segments: spares are written in steps between appends, renamed into
+//! place at rotation, written in place, and every crash on the way recovers every
+//! acknowledged record.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::*;
-use std::sync::atomic::AtomicBool;
 use tally_log::faulty::{Fault, FaultyStorage};
 use tally_log::format::{self, SPARE_SEGMENT_NAME};
-use tally_log::{LogRecord, Wal, verify_storage};
+use tally_log::{LogRecord, SPARE_STEP_BYTES_MAX, Wal, verify_storage};
 
 const SEGMENT: u64 = 4096;
 
-/// Runs the spare job the log asks for, if any, on this thread; true if one was written.
+/// Writes the whole spare the log wants, if it wants one; true if one was written.
 fn write_spare(wal: &mut Wal) -> bool {
-    let Some(job) = wal.spare_job() else {
-        return false;
-    };
-    let bytes = job.write(&AtomicBool::new(false)).unwrap();
-    wal.spare_written(bytes);
-    bytes.is_some()
+    let mut ready = None;
+    while wal.spare_wanted() {
+        ready = wal.write_spare_step(SPARE_STEP_BYTES_MAX).unwrap();
+    }
+    ready.is_some()
 }
 
 fn len(storage: &FaultyStorage, name: &str) -> usize {
@@ -28,31 +26,46 @@ fn len(storage: &FaultyStorage, name: &str) -> usize {
 }
 
 #[test]
-fn a_spare_is_wanted_only_once_the_log_is_busy_and_one_at_a_time() {
+fn a_spare_is_wanted_once_the_log_is_busy_and_written_step_by_step() {
     let storage = FaultyStorage::new();
     let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
-    assert!(wal.spare_job().is_none(), "nothing logged yet");
+    assert!(!wal.spare_wanted(), "nothing logged yet");
     // The trigger is an eighth of a segment here: 512 bytes.
     wal.append(&[record(1, 1)]).unwrap();
-    assert!(wal.spare_job().is_none(), "176 bytes logged");
-    wal.append(&[record(2, 4)]).unwrap();
-    let job = wal.spare_job().expect("688 bytes logged");
-    assert!(wal.spare_job().is_none(), "one job at a time");
-    assert!(
-        !storage
-            .file_names()
-            .contains(&SPARE_SEGMENT_NAME.to_string()),
-        "nothing written before the job runs"
+    assert!(!wal.spare_wanted(), "176 bytes logged");
+    assert_eq!(
+        wal.write_spare_step(1000).unwrap(),
+        None,
+        "a step does nothing"
     );
-    let bytes = job.write(&AtomicBool::new(false)).unwrap();
-    assert_eq!(bytes, Some(SEGMENT));
-    wal.spare_written(bytes);
+    assert_eq!(storage.file_names().len(), 1, "nothing written");
+    wal.append(&[record(2, 4)]).unwrap();
+    assert!(wal.spare_wanted(), "688 bytes logged");
+    let temp = format!("{SPARE_SEGMENT_NAME}{}", format::TEMP_SUFFIX);
+    let (writes, syncs) = storage.counts();
+    assert_eq!(wal.write_spare_step(1000).unwrap(), None);
+    assert_eq!(
+        storage.counts(),
+        (writes + 1, syncs + 1),
+        "one write, one sync"
+    );
+    assert_eq!(storage.read_file(&temp).unwrap(), vec![0; 1000]);
+    assert!(wal.spare_wanted(), "a spare half written is still wanted");
+    for _ in 0..3 {
+        assert_eq!(wal.write_spare_step(1000).unwrap(), None);
+    }
+    assert_eq!(
+        wal.write_spare_step(1000).unwrap(),
+        Some(SEGMENT),
+        "the last 96"
+    );
     assert_eq!(wal.spare_ready(), Some(SEGMENT));
     assert_eq!(
         storage.read_file(SPARE_SEGMENT_NAME).unwrap(),
         vec![0; 4096]
     );
-    assert!(wal.spare_job().is_none(), "a spare is ready");
+    assert!(!storage.file_names().contains(&temp));
+    assert!(!wal.spare_wanted(), "a spare is ready");
 }
 
 #[test]
@@ -102,7 +115,9 @@ fn many_rotations_through_spares_round_trip() {
     let written = records(1, 400);
     let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
     let mut spares = 0;
-    for chunk in written.chunks(3) {
+    // One record per group (at most 1.6 KB): a segment is half used before a group
+    // can overflow it, so the spare asked for then is always ready in time.
+    for chunk in written.chunks(1) {
         wal.append(chunk).unwrap();
         spares += usize::from(write_spare(&mut wal));
     }
@@ -151,34 +166,44 @@ fn an_unfinished_spare_is_removed_at_open() {
 }
 
 #[test]
-fn a_cancelled_spare_job_leaves_nothing_and_asks_no_more_until_rotation() {
+fn a_spare_half_written_at_close_is_removed_and_started_again() {
     let storage = FaultyStorage::new();
     let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
     wal.append(&records(1, 4)).unwrap();
-    let job = wal.spare_job().unwrap();
-    assert_eq!(job.write(&AtomicBool::new(true)).unwrap(), None);
-    wal.spare_written(None);
+    wal.write_spare_step(1000).unwrap();
+    drop(wal);
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
     assert!(storage.file_names().iter().all(|n| !n.contains("spare")));
-    assert!(
-        wal.spare_job().is_none(),
-        "no retry before the next rotation"
-    );
+    assert!(!wal.spare_wanted(), "nothing logged since open");
+    wal.append(&records(5, 4)).unwrap();
+    assert!(write_spare(&mut wal));
 }
 
 #[test]
-fn a_failed_spare_job_does_not_poison_the_log() {
+fn a_failed_spare_step_does_not_poison_the_log_and_waits_for_the_next_rotation() {
     let storage = FaultyStorage::new();
     let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
     wal.append(&records(1, 4)).unwrap();
-    let job = wal.spare_job().unwrap();
+    wal.write_spare_step(1000).unwrap();
     storage.fail_sync(1, Fault::Enospc);
-    assert!(job.write(&AtomicBool::new(false)).is_err());
-    wal.spare_written(None);
+    assert!(wal.write_spare_step(1000).is_err());
     assert!(!wal.is_poisoned());
-    wal.append(&records(5, 2)).unwrap();
+    assert!(storage.file_names().iter().all(|n| !n.contains("spare")));
+    assert!(!wal.spare_wanted(), "no retry before the next rotation");
+    let mut sequence = 5;
+    while segment_names(&storage).len() < 2 {
+        wal.append(&[record(sequence, 3)]).unwrap();
+        sequence += 1;
+    }
+    // After the rotation a spare is wanted again, once the new segment is half used.
+    while !wal.spare_wanted() {
+        wal.append(&[record(sequence, 3)]).unwrap();
+        sequence += 1;
+    }
+    assert!(write_spare(&mut wal));
     drop(wal);
     let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
-    assert_eq!(recovered.records, records(1, 6));
+    assert_eq!(recovered.records.len() as u64, sequence - 1);
 }
 
 #[test]
@@ -201,16 +226,21 @@ fn a_segment_of_zeros_is_a_spare_renamed_before_its_header_was_durable() {
 fn zeros_after_the_frames_of_an_older_segment_are_clean_but_garbage_is_not() {
     let storage = FaultyStorage::new();
     let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
-    wal.append(&records(1, 4)).unwrap();
-    assert!(write_spare(&mut wal));
-    wal.append(&records(5, 2)).unwrap();
-    assert!(write_spare(&mut wal));
-    wal.append(&records(7, 40)).unwrap(); // fills the second segment: a third starts
+    let mut sequence = 1;
+    while segment_names(&storage).len() < 3 {
+        wal.append(&[record(sequence, 3)]).unwrap();
+        write_spare(&mut wal);
+        sequence += 1;
+    }
     drop(wal);
     let names = segment_names(&storage);
-    assert!(names.len() >= 3);
+    assert_eq!(
+        len(&storage, &names[1]),
+        SEGMENT as usize,
+        "began as a spare"
+    );
     let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
-    assert_eq!(recovered.records, records(1, 46));
+    assert_eq!(recovered.records.len() as u64, sequence - 1);
 
     let older = &names[1];
     let bytes = storage.read_file(older).unwrap();
@@ -269,10 +299,7 @@ fn a_fault_at_any_write_or_sync_around_spares_loses_nothing_acknowledged() {
                 break;
             }
             acked.extend_from_slice(&group);
-            if let Some(job) = wal.spare_job() {
-                let written = job.write(&AtomicBool::new(false));
-                wal.spare_written(written.ok().flatten());
-            }
+            while wal.spare_wanted() && wal.write_spare_step(700).is_ok() {}
         }
         drop(wal);
         storage.crash_keeping_unsynced_bytes(tear);
@@ -313,7 +340,7 @@ fn real_files_are_written_in_place_and_recover() {
     let written = records(1, 300);
     {
         let (mut wal, _) = Wal::open(dir.path(), options(8 * 1024)).unwrap();
-        for chunk in written.chunks(5) {
+        for chunk in written.chunks(1) {
             wal.append(chunk).unwrap();
             write_spare(&mut wal);
         }

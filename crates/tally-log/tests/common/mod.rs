@@ -72,7 +72,7 @@ pub fn segment_names(storage: &FaultyStorage) -> Vec<String> {
     storage
         .file_names()
         .into_iter()
-        .filter(|name| name.starts_with("wal-"))
+        .filter(|name| tally_log::format::parse_segment_name(name).is_some())
         .collect()
 }
 
