@@ -124,10 +124,12 @@ impl Logger {
         self.failure.is_none() && self.wal.spare_urgent()
     }
 
-    /// Writes one step of the spare segment. A failed step only gives up on the spare.
-    pub fn write_spare_step(&mut self, bytes_max: u64) {
-        if self.failure.is_none() {
-            let _ = self.wal.write_spare_step(bytes_max);
+    /// Writes one step of the spare segment; returns the zeros written. A failed step
+    /// only gives up on the spare.
+    pub fn write_spare_step(&mut self, bytes_max: u64) -> u64 {
+        match self.failure {
+            None => self.wal.write_spare_step(bytes_max).unwrap_or(0),
+            Some(_) => 0,
         }
     }
 

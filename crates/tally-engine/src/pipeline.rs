@@ -101,16 +101,17 @@ impl LogThread {
                 continue;
             }
             idle_since = None;
-            if self.spare_wanted() && self.logger.spare_urgent() {
-                // The segment is three quarters full: no more waiting for pauses.
-                self.write_spare_step(tally_log::SPARE_STEP_BYTES_MAX);
-            }
             last_commit = Some((Instant::now(), requests.len() > 1));
             if self.log_group(&mut requests).is_err() {
                 // The apply thread is gone (it panicked). Log nothing more: every later
                 // submitter gets `Failed` at once instead of waiting for an answer.
                 self.logger.stop("the apply thread stopped");
                 self.publish_failure();
+            }
+            if self.spare_wanted() && self.logger.spare_urgent() {
+                // The segment is three quarters full: a step after every commit, pause
+                // or not, so the spare is ready before the segment is.
+                self.write_spare_step(tally_log::SPARE_STEP_BYTES_MAX);
             }
         }
     }
@@ -189,9 +190,9 @@ impl LogThread {
         }
     }
 
-    fn write_spare_step(&mut self, bytes: u64) {
+    fn write_spare_step(&mut self, bytes_max: u64) {
         let started = Instant::now();
-        self.logger.write_spare_step(bytes);
+        let bytes = self.logger.write_spare_step(bytes_max);
         let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let rate = bytes as f64 / took_us.max(1) as f64;
         self.spare_step_bytes_per_us = 0.8 * self.spare_step_bytes_per_us + 0.2 * rate;

@@ -372,12 +372,13 @@ impl Wal {
     /// [`format::SPARE_SEGMENT_NAME`] and syncs the directory, so a file of that name is
     /// always whole and durable. Does nothing unless [`Wal::spare_wanted`].
     ///
-    /// Returns the spare's bytes once it is ready. An error gives up on this spare
-    /// (its temp file is removed, best effort, and again at the next open) and stops
-    /// spares until the next rotation; it never poisons the log.
-    pub fn write_spare_step(&mut self, bytes_max: u64) -> Result<Option<u64>, LogError> {
+    /// Returns the zeros this step wrote ([`Wal::spare_ready`] tells when the spare is
+    /// whole). An error gives up on this spare (its temp file is removed, best effort,
+    /// and again at the next open) and stops spares until the next rotation; it never
+    /// poisons the log.
+    pub fn write_spare_step(&mut self, bytes_max: u64) -> Result<u64, LogError> {
         if !self.spare_wanted() {
-            return Ok(self.spare_ready);
+            return Ok(0);
         }
         let temp = format!("{}{}", format::SPARE_SEGMENT_NAME, format::TEMP_SUFFIX);
         let result = self.spare_step(&temp, bytes_max.clamp(1, SPARE_STEP_BYTES_MAX));
@@ -386,10 +387,10 @@ impl Wal {
             self.spare_failed = true;
             let _ = self.storage.remove(&temp);
         }
-        result.map(|()| self.spare_ready)
+        result
     }
 
-    fn spare_step(&mut self, temp: &str, bytes_max: u64) -> Result<(), LogError> {
+    fn spare_step(&mut self, temp: &str, bytes_max: u64) -> Result<u64, LogError> {
         let spare_bytes = self.options.segment_bytes_max;
         let storage = &mut *self.storage;
         let path = storage.path(temp);
@@ -413,7 +414,7 @@ impl Wal {
         let written = written + step;
         self.spare_written = Some(written);
         if written < spare_bytes {
-            return Ok(());
+            return Ok(step);
         }
         let len = storage
             .len(temp)
@@ -427,7 +428,7 @@ impl Wal {
             .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
         self.spare_written = None;
         self.spare_ready = Some(spare_bytes);
-        Ok(())
+        Ok(step)
     }
 
     /// Bytes of the spare segment ready for the next rotation, if any.
