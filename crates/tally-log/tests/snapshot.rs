@@ -286,3 +286,24 @@ fn a_snapshot_written_on_another_thread_while_appends_go_on_recovers_exactly() {
     assert_eq!(recovered.snapshot, Some((10, state)));
     assert_eq!(recovered.records, records(11, 32));
 }
+
+#[test]
+fn snapshot_format_is_pinned() {
+    // Pins the snapshot bytes, as `recovery.rs` pins the log's: if this changes,
+    // FORMAT_VERSION must change too. FNV-1a, because every unit ends in its own CRC.
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 1)).unwrap();
+    wal.write_snapshot(1, &image(3, 4)).unwrap();
+    let bytes = storage.read_file(&snapshot_name(1)).unwrap();
+    assert_eq!(&bytes[0..8], b"TALLYSNP");
+    assert_eq!(&bytes[8..10], &format::FORMAT_VERSION.to_le_bytes());
+    let fnv1a = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    assert_eq!(
+        (bytes.len(), fnv1a),
+        (1348, 7_948_656_491_489_090_781),
+        "snapshot format changed"
+    );
+}
