@@ -483,6 +483,33 @@ fn a_commit_interval_past_the_maximum_is_refused_at_open() {
 }
 
 #[test]
+fn a_segment_size_recovery_could_not_read_back_is_refused_at_open() {
+    let file_max = tally::log::format::SEGMENT_FILE_BYTES_MAX;
+    for (bytes, accepted) in [
+        (file_max + 1, false),
+        (0, false),
+        (tally::log::SEGMENT_BYTES_MIN - 1, false),
+        (tally::log::SEGMENT_BYTES_MIN, true),
+        (file_max, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.segment_bytes_max = bytes;
+        match Ledger::open(config) {
+            Ok(ledger) => {
+                assert!(accepted, "{bytes} was accepted");
+                ledger.shutdown().unwrap();
+            }
+            Err(error) => {
+                assert!(!accepted, "{bytes} was refused: {error}");
+                assert!(error.to_string().contains("segment_bytes_max"), "{error}");
+                assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+            }
+        }
+    }
+}
+
+#[test]
 fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
     const SUBMITS: u32 = 30;
     let dir = tempfile::tempdir().unwrap();

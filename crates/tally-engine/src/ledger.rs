@@ -394,6 +394,16 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
             config.commit_interval_min
         )));
     }
+    let segment_bytes = tally_log::SEGMENT_BYTES_MIN..=tally_log::format::SEGMENT_FILE_BYTES_MAX;
+    if !segment_bytes.contains(&config.segment_bytes_max) {
+        // Past the maximum, recovery would refuse to read the segments it wrote.
+        return Err(EngineError::Config(format!(
+            "segment_bytes_max must be from {} to {}, not {}",
+            segment_bytes.start(),
+            segment_bytes.end(),
+            config.segment_bytes_max
+        )));
+    }
     if config.shards > tally_state::PARTS_MAX {
         return Err(EngineError::Config(format!(
             "shards must be at most {} (0 = fitted to the machine), not {}",

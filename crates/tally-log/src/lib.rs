@@ -66,10 +66,15 @@ pub enum SyncMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOptions {
     /// A new segment starts when the next group would take the current one past this.
-    /// A single group larger than this gets a segment of its own.
+    /// A single group larger than this gets a segment of its own. From
+    /// [`SEGMENT_BYTES_MIN`] to [`format::SEGMENT_FILE_BYTES_MAX`]: recovery reads no
+    /// larger segment file, and a spare segment is exactly this long.
     pub segment_bytes_max: u64,
     pub sync: SyncMode,
 }
+
+/// The smallest `segment_bytes_max`: a header and a few frames.
+pub const SEGMENT_BYTES_MIN: u64 = 512;
 
 /// Default segment size: large enough that rotation (two extra syncs) is rare, small
 /// enough that recovery reads a segment into memory in one go.

@@ -92,9 +92,10 @@ impl Wal {
         mut storage: Box<dyn Storage>,
         options: LogOptions,
     ) -> Result<(Wal, Recovered), LogError> {
+        let segment_bytes = crate::SEGMENT_BYTES_MIN..=format::SEGMENT_FILE_BYTES_MAX;
         assert!(
-            options.segment_bytes_max > 0,
-            "segment_bytes_max must be positive"
+            segment_bytes.contains(&options.segment_bytes_max),
+            "segment_bytes_max must be in {segment_bytes:?}: recovery reads no larger file"
         );
         let listing = scan::list(&mut *storage)?;
         remove_temps(&mut *storage, &listing.temps)?;
