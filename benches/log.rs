@@ -5,6 +5,9 @@
 //!   the bytes (128 per transfer plus the frame).
 //! * `group_commit/100x1`: one append of 100 one-transfer batches (what the commit thread
 //!   does when 100 submitters wait): still one write and one `fdatasync`.
+//! * `append_in_place/N`, `group_commit_in_place/100x1`: the same into a preallocated
+//!   segment (frames written over zeros already on disk, as the engine does once its
+//!   spare segments are in use): the `fdatasync` need not make a new file size durable.
 //! * `recovery_replay`: `Wal::open` of a log of 17 batches (8,190 accounts, then
 //!   16 × 8,190 transfers), and the replay of every record into a fresh `StateMachine`.
 //!   The segment is in the page cache after the first run: this measures decoding,
@@ -41,6 +44,10 @@ fn bench_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Zeros after the header of a preallocated bench segment: more than the in-place
+/// benches write before they start again.
+const PREALLOCATED_BYTES: u64 = 64 * 1024 * 1024;
+
 fn open_empty(dir: &Path) -> Wal {
     let (wal, recovered) = Wal::open(dir, LogOptions::default()).expect("open the bench log");
     assert!(recovered.records.is_empty() && recovered.snapshot.is_none());
@@ -48,10 +55,38 @@ fn open_empty(dir: &Path) -> Wal {
     wal
 }
 
-/// Times `append` of `batches` batches of `events` transfers each, one call per iteration.
-fn bench_append(c: &mut Criterion, name: &str, batches: usize, events: usize) {
+/// A log whose first segment is a header followed by [`PREALLOCATED_BYTES`] of zeros,
+/// synced: what a spare segment looks like once renamed into place.
+fn open_preallocated(dir: &Path) -> Wal {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).expect("bench directory");
+    let path = dir.join(tally::log::format::segment_name(1));
+    let mut file = std::fs::File::create(&path).expect("create the bench segment");
+    file.write_all(&tally::log::format::encode_segment_header(1))
+        .expect("write the header");
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..PREALLOCATED_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros).expect("write zeros");
+    }
+    file.sync_all().expect("sync the bench segment");
+    let wal = open_empty(dir);
+    assert_eq!(wal.preallocated_bytes_left(), PREALLOCATED_BYTES);
+    wal
+}
+
+/// Times `append` of `batches` batches of `events` transfers each, one call per
+/// iteration, into a log that extends its file or (`in_place`) writes over zeros.
+fn bench_append(c: &mut Criterion, name: &str, batches: usize, events: usize, in_place: bool) {
     let dir = bench_dir(name);
-    let mut wal = open_empty(&dir);
+    let open = |dir: &Path| match in_place {
+        true => open_preallocated(dir),
+        false => open_empty(dir),
+    };
+    let reset_bytes = match in_place {
+        true => PREALLOCATED_BYTES / 2,
+        false => LOG_BYTES_RESET,
+    };
+    let mut wal = open(&dir);
     let mut bytes_appended: u64 = 0;
     let group_batches: Vec<Batch> = (0..batches)
         .map(|b| transfers(1 + (b * events) as u128, events))
@@ -62,9 +97,9 @@ fn bench_append(c: &mut Criterion, name: &str, batches: usize, events: usize) {
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iters {
-                if bytes_appended >= LOG_BYTES_RESET {
+                if bytes_appended >= reset_bytes {
                     remove_dir(&dir);
-                    wal = open_empty(&dir);
+                    wal = open(&dir);
                     bytes_appended = 0;
                 }
                 // The log does not check content, so the same batches are reused;
@@ -149,9 +184,13 @@ fn bench_recovery(c: &mut Criterion) {
 
 fn log(c: &mut Criterion) {
     for events in [1, 100, 1_000, BATCH_EVENTS_MAX] {
-        bench_append(c, &format!("append/{events}"), 1, events);
+        bench_append(c, &format!("append/{events}"), 1, events, false);
     }
-    bench_append(c, "group_commit/100x1", 100, 1);
+    bench_append(c, "group_commit/100x1", 100, 1, false);
+    for events in [1, 100] {
+        bench_append(c, &format!("append_in_place/{events}"), 1, events, true);
+    }
+    bench_append(c, "group_commit_in_place/100x1", 100, 1, true);
     bench_recovery(c);
 }
 
