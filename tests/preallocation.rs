@@ -89,16 +89,21 @@ fn submit_concurrently(ledger: &Ledger, first: u64, batches: u64) {
     });
 }
 
-#[test]
-fn a_busy_ledger_writes_its_frames_into_preallocated_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(config(dir.path(), true)).unwrap();
+/// Opens a ledger on `dir`, submits 6,000 transfers (about 770 KB of frames, a dozen
+/// 64 KiB segments) from 4 threads, closes it, and returns its metrics.
+fn run_busy_ledger(dir: &Path, preallocate: bool) -> tally::engine::MetricsSnapshot {
+    let ledger = Ledger::open(config(dir, preallocate)).unwrap();
     ledger.submit(accounts()).unwrap();
-    // 6,000 transfers: about 770 KB of frames, a dozen 64 KiB segments.
     submit_concurrently(&ledger, 1_000, 600);
     let metrics = ledger.metrics();
     ledger.shutdown().unwrap();
-    drop(ledger);
+    metrics
+}
+
+#[test]
+fn a_busy_ledger_writes_its_frames_into_preallocated_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = run_busy_ledger(dir.path(), true);
     // Each spare is 64 KiB, in steps of at most 256 KiB: at least one step per spare.
     assert!(metrics.spare_steps >= 9, "{metrics:?}");
     assert!(metrics.spare_step_bytes >= 9 * SEGMENT_BYTES, "{metrics:?}");
@@ -122,12 +127,8 @@ fn a_busy_ledger_writes_its_frames_into_preallocated_segments() {
 #[test]
 fn with_preallocation_off_no_spare_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(config(dir.path(), false)).unwrap();
-    ledger.submit(accounts()).unwrap();
-    submit_concurrently(&ledger, 1_000, 600);
-    assert_eq!(ledger.metrics().spare_steps, 0);
-    ledger.shutdown().unwrap();
-    drop(ledger);
+    let metrics = run_busy_ledger(dir.path(), false);
+    assert_eq!(metrics.spare_steps, 0);
     assert!(!spare_exists(dir.path()));
     let lengths = segment_lengths(dir.path());
     assert!(lengths.len() >= 10, "{lengths:?}");

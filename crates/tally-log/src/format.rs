@@ -96,6 +96,11 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 /// `SPARE_SEGMENT_NAME` + [`TEMP_SUFFIX`], synced, then renamed.
 pub const SPARE_SEGMENT_NAME: &str = "wal-spare.log";
 
+/// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + [`TEMP_SUFFIX`].
+pub const SPARE_SEGMENT_TEMP_NAME: &str = "wal-spare.log.tmp";
+const _: () =
+    assert!(SPARE_SEGMENT_TEMP_NAME.len() == SPARE_SEGMENT_NAME.len() + TEMP_SUFFIX.len());
+
 /// True when every byte is zero: the unwritten, preallocated part of a segment.
 pub fn is_zero(bytes: &[u8]) -> bool {
     // Word-sized compares: the tail of a preallocated segment can be hundreds of MB.
@@ -514,6 +519,14 @@ mod tests {
             damaged[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_segment_header(&damaged).is_err());
         }
+    }
+
+    #[test]
+    fn the_spare_temp_name_is_the_spare_name_and_the_temp_suffix() {
+        assert_eq!(
+            SPARE_SEGMENT_TEMP_NAME,
+            format!("{SPARE_SEGMENT_NAME}{TEMP_SUFFIX}")
+        );
     }
 
     #[test]

@@ -42,9 +42,12 @@ pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
             listing.snapshots.push((sequence, name));
         } else if name == format::SPARE_SEGMENT_NAME {
             listing.spare = Some(name);
-        } else if name.strip_suffix(format::TEMP_SUFFIX).is_some_and(|stem| {
-            format::parse_snapshot_name(stem).is_some() || stem == format::SPARE_SEGMENT_NAME
-        }) {
+        } else if name == format::SPARE_SEGMENT_TEMP_NAME
+            || name
+                .strip_suffix(format::TEMP_SUFFIX)
+                .and_then(format::parse_snapshot_name)
+                .is_some()
+        {
             listing.temps.push(name);
         }
     }

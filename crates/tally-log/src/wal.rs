@@ -381,12 +381,12 @@ impl Wal {
         if !self.spare_wanted() {
             return Ok(0);
         }
-        let temp = format!("{}{}", format::SPARE_SEGMENT_NAME, format::TEMP_SUFFIX);
-        let result = self.spare_step(&temp, bytes_max.clamp(1, SPARE_STEP_BYTES_MAX));
+        let temp = format::SPARE_SEGMENT_TEMP_NAME;
+        let result = self.spare_step(temp, bytes_max.clamp(1, SPARE_STEP_BYTES_MAX));
         if result.is_err() {
             self.spare_written = None;
             self.spare_failed = true;
-            let _ = self.storage.remove(&temp);
+            let _ = self.storage.remove(temp);
         }
         result
     }

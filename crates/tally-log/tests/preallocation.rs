@@ -41,7 +41,7 @@ fn a_spare_is_wanted_once_the_log_is_busy_and_written_step_by_step() {
     assert_eq!(storage.file_names().len(), 1, "nothing written");
     wal.append(&[record(2, 4)]).unwrap();
     assert!(wal.spare_wanted(), "688 bytes logged");
-    let temp = format!("{SPARE_SEGMENT_NAME}{}", format::TEMP_SUFFIX);
+    let temp = format::SPARE_SEGMENT_TEMP_NAME.to_string();
     let (writes, syncs) = storage.counts();
     assert_eq!(wal.write_spare_step(1000).unwrap(), 1000);
     assert_eq!(
@@ -154,7 +154,7 @@ fn a_spare_survives_a_restart_and_one_of_another_size_is_removed() {
 #[test]
 fn an_unfinished_spare_is_removed_at_open() {
     let storage = build_log(&records(1, 3), 1, SEGMENT);
-    let temp = format!("{SPARE_SEGMENT_NAME}{}", format::TEMP_SUFFIX);
+    let temp = format::SPARE_SEGMENT_TEMP_NAME.to_string();
     storage.write_file_durable(&temp, &[0; 100]);
     let (wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
     assert_eq!(recovered.records, records(1, 3));
