@@ -98,8 +98,6 @@ pub const SPARE_SEGMENT_NAME: &str = "wal-spare.log";
 
 /// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + [`TEMP_SUFFIX`].
 pub const SPARE_SEGMENT_TEMP_NAME: &str = "wal-spare.log.tmp";
-const _: () =
-    assert!(SPARE_SEGMENT_TEMP_NAME.len() == SPARE_SEGMENT_NAME.len() + TEMP_SUFFIX.len());
 
 /// True when every byte is zero: the unwritten, preallocated part of a segment.
 pub fn is_zero(bytes: &[u8]) -> bool {
