@@ -602,7 +602,12 @@ fn start_segment(
 }
 
 /// The spare found at open is kept if it has the size this log writes; otherwise it is
-/// removed. It is whole and durable by construction (see [`Wal::write_spare_step`]).
+/// removed. It is whole and durable by construction (see [`Wal::write_spare_step`]), and
+/// all zeros but perhaps its first [`SEGMENT_HEADER_SIZE`] bytes: a rotation that wrote
+/// and synced the header of the segment it was becoming, but crashed before the rename
+/// reached the disk, leaves that header in it. Kept as is, it would give the next
+/// segment made from this spare a stale header until its own header is durable; so a
+/// header found here is zeroed, durably, before the spare is kept.
 fn keep_spare(
     storage: &mut dyn Storage,
     spare: Option<&str>,
@@ -616,6 +621,18 @@ fn keep_spare(
         .len(name)
         .map_err(|e| LogError::io(path.clone(), "stat spare segment", e))?;
     if bytes == options.segment_bytes_max {
+        let mut head = [0u8; SEGMENT_HEADER_SIZE];
+        storage
+            .read_at(name, 0, &mut head)
+            .map_err(|e| LogError::io(path.clone(), "read spare segment", e))?;
+        if !format::is_zero(&head) {
+            storage
+                .write_at(name, 0, &[0u8; SEGMENT_HEADER_SIZE])
+                .map_err(|e| LogError::io(path.clone(), "write spare segment", e))?;
+            storage
+                .sync_data(name)
+                .map_err(|e| LogError::io(path.clone(), "fdatasync", e))?;
+        }
         return Ok(Some(bytes));
     }
     storage

@@ -247,6 +247,79 @@ fn zeros_after_the_frames_of_an_older_segment_are_clean_but_garbage_is_not() {
     assert!(error.contains(older), "{error}");
 }
 
+/// A rotation onto the spare that wrote and synced the new segment's header, then
+/// crashed before its rename reached the disk: `wal-spare.log` now starts with that
+/// header. Returns the storage in that state and the sequence the header names (the
+/// log holds every record before it).
+fn spare_holding_a_stale_header() -> (FaultyStorage, u64) {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    let mut sequence = 1;
+    // Until a spare is ready and the current segment has room for a 1-event record
+    // (176 bytes) but not for a 12-event one (1,584).
+    while !(segment_names(&storage).len() >= 2
+        && wal.spare_ready().is_some()
+        && (176..1584).contains(&wal.preallocated_bytes_left()))
+    {
+        wal.append(&[record(sequence, 3)]).unwrap();
+        sequence += 1;
+        write_spare(&mut wal);
+    }
+    // The rotation writes and syncs the header (write 1), then the group's write fails.
+    storage.fail_append(2, Fault::Eio);
+    assert!(wal.append(&[record(sequence, 12)]).is_err());
+    drop(wal);
+    storage.crash();
+    // Move the crash one step earlier: the rename never reached the disk.
+    let name = format::segment_name(sequence);
+    let bytes = storage.read_file(&name).unwrap();
+    assert_eq!(format::decode_segment_header(&bytes), Ok(sequence));
+    storage.remove_file_durable(&name);
+    storage.write_file_durable(SPARE_SEGMENT_NAME, &bytes);
+    (storage, sequence)
+}
+
+#[test]
+fn a_stale_header_in_a_kept_spare_is_zeroed_so_its_next_rename_recovers() {
+    for early_rename in [false, true] {
+        let (storage, next) = spare_holding_a_stale_header();
+        let (mut wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
+        assert_eq!(recovered.records.len() as u64, next - 1);
+        assert_eq!(wal.spare_ready(), Some(SEGMENT), "the spare is kept");
+        assert_eq!(
+            storage.read_file(SPARE_SEGMENT_NAME).unwrap(),
+            vec![0; SEGMENT as usize],
+            "and is all zeros again"
+        );
+        wal.append(&[record(next, 1)]).unwrap();
+        // The next rotation renames the spare, then fails: either its header's sync
+        // fails and the rename reaches the disk anyway (ext4 may make a rename durable
+        // before the directory's fsync), or the header's write itself fails and the
+        // process restarts without a crash.
+        if early_rename {
+            storage.fail_sync(1, Fault::Eio);
+        } else {
+            storage.fail_append(1, Fault::Eio);
+        }
+        assert!(wal.append(&[record(next + 1, 12)]).is_err());
+        drop(wal);
+        if early_rename {
+            tally_log::Storage::sync_dir(&mut storage.clone()).unwrap();
+            storage.crash();
+        }
+        let (_, recovered) = open(&storage, options(SEGMENT))
+            .unwrap_or_else(|e| panic!("early rename {early_rename}: {e}"));
+        assert_eq!(recovered.records, {
+            let mut expected = Vec::new();
+            for sequence in 1..next {
+                expected.push(record(sequence, 3));
+            }
+            expected.push(record(next, 1));
+            expected
+        });
+    }
+}
+
 /// Torn writes in place: a crash keeps any prefix of the group being written over the
 /// zeros; recovery keeps the acknowledged frames, cuts the rest, and goes on.
 #[test]
