@@ -62,8 +62,12 @@ struct State {
     syncs: u64,
     write_fault: Option<WriteFault>,
     sync_fault: Option<(u64, Fault)>,
+    dir_syncs: u64,
+    dir_sync_fault: Option<(u64, Fault)>,
     /// The most recent write not yet covered by a sync: (inode, offset, length).
     append_unsynced_last: Option<(u64, usize, usize)>,
+    /// Renames reach the disk at once, before any `sync_dir` (ext4 may do this).
+    renames_durable_at_once: bool,
 }
 
 impl State {
@@ -137,6 +141,7 @@ impl FaultyStorage {
         state.append_unsynced_last = None;
         state.write_fault = None;
         state.sync_fault = None;
+        state.dir_sync_fault = None;
     }
 
     /// Arms a fault on the `nth` write (append or `write_at`) from now (1 = the next
@@ -164,6 +169,26 @@ impl FaultyStorage {
         let mut state = self.lock();
         let at = state.syncs + nth;
         state.sync_fault = Some((at, fault));
+    }
+
+    /// Arms a fault on the `nth` `sync_dir` from now (1 = the next one): nothing of the
+    /// directory's changes since the last successful one becomes durable.
+    pub fn fail_sync_dir(&self, nth: u64, fault: Fault) {
+        assert!(nth >= 1, "nth counts from 1");
+        let mut state = self.lock();
+        let at = state.dir_syncs + nth;
+        state.dir_sync_fault = Some((at, fault));
+    }
+
+    /// Directory syncs counted so far.
+    pub fn dir_syncs(&self) -> u64 {
+        self.lock().dir_syncs
+    }
+
+    /// Makes every later rename durable at once, as a file system may before the
+    /// directory is synced, instead of at the next `sync_dir`.
+    pub fn set_renames_durable_at_once(&self, on: bool) {
+        self.lock().renames_durable_at_once = on;
     }
 
     /// Names of the files now visible, sorted.
@@ -330,6 +355,10 @@ impl Storage for FaultyStorage {
         let inode = state.inode(from)?;
         state.names.remove(from);
         state.names.insert(to.to_string(), inode);
+        if state.renames_durable_at_once {
+            state.names_durable.remove(from);
+            state.names_durable.insert(to.to_string(), inode);
+        }
         Ok(())
     }
 
@@ -342,6 +371,13 @@ impl Storage for FaultyStorage {
 
     fn sync_dir(&mut self) -> io::Result<()> {
         let mut state = self.lock();
+        state.dir_syncs += 1;
+        if let Some((at, fault)) = state.dir_sync_fault
+            && at == state.dir_syncs
+        {
+            state.dir_sync_fault = None;
+            return Err(fault.error());
+        }
         state.names_durable = state.names.clone();
         Ok(())
     }
