@@ -145,13 +145,15 @@ impl Sim {
             Fault::Enospc
         };
         let nth = 1 + self.rng.below(4);
-        match self.rng.below(3) {
+        match self.rng.below(4) {
             0 => self.storage.fail_append(nth, fault),
             1 => {
                 let bytes = self.rng.below(400) as usize;
                 self.storage.fail_append_torn(nth, fault, bytes);
             }
-            _ => self.storage.fail_sync(nth, fault),
+            2 => self.storage.fail_sync(nth, fault),
+            // Directory syncs come at rotations, snapshots and spares: rarer, so sooner.
+            _ => self.storage.fail_sync_dir(1 + nth / 2, fault),
         }
         self.fault_pending = true;
         self.totals.faults_armed += 1;
@@ -278,7 +280,11 @@ impl Sim {
         } else {
             self.totals.clean_restarts += 1;
         }
-        // The old engine is gone with the power; only the disk remains.
+        // The old engine is gone with the power; only the disk remains. Half the runs
+        // that follow make renames durable at once, as ext4 may before the directory is
+        // synced (a spare renamed into place can then outlive its header's write).
+        self.storage
+            .set_renames_durable_at_once(self.rng.chance(50));
         self.read_back(step);
         self.committer = Committer::open(
             Box::new(self.storage.clone()),
