@@ -52,6 +52,34 @@ struct WriteFault {
     bytes_written: usize,
 }
 
+/// Counts one kind of sync (of a file's data, or of the directory) and fails the one an
+/// armed fault names.
+#[derive(Debug, Default, Clone, Copy)]
+struct Syncs {
+    count: u64,
+    /// (the count of the sync that fails, how).
+    fault: Option<(u64, Fault)>,
+}
+
+impl Syncs {
+    fn arm(&mut self, nth: u64, fault: Fault) {
+        assert!(nth >= 1, "nth counts from 1");
+        self.fault = Some((self.count + nth, fault));
+    }
+
+    /// Counts a sync; `Err` if it is the one armed to fail (the fault fires once).
+    fn count_one(&mut self) -> io::Result<()> {
+        self.count += 1;
+        match self.fault {
+            Some((at, fault)) if at == self.count => {
+                self.fault = None;
+                Err(fault.error())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     inode_next: u64,
@@ -59,11 +87,9 @@ struct State {
     names: BTreeMap<String, u64>,
     names_durable: BTreeMap<String, u64>,
     appends: u64,
-    syncs: u64,
     write_fault: Option<WriteFault>,
-    sync_fault: Option<(u64, Fault)>,
-    dir_syncs: u64,
-    dir_sync_fault: Option<(u64, Fault)>,
+    syncs: Syncs,
+    dir_syncs: Syncs,
     /// The most recent write not yet covered by a sync: (inode, offset, length).
     append_unsynced_last: Option<(u64, usize, usize)>,
     /// Renames reach the disk at once, before any `sync_dir` (ext4 may do this).
@@ -140,8 +166,8 @@ impl FaultyStorage {
         }
         state.append_unsynced_last = None;
         state.write_fault = None;
-        state.sync_fault = None;
-        state.dir_sync_fault = None;
+        state.syncs.fault = None;
+        state.dir_syncs.fault = None;
     }
 
     /// Arms a fault on the `nth` write (append or `write_at`) from now (1 = the next
@@ -165,24 +191,18 @@ impl FaultyStorage {
     /// Arms a fault on the `nth` `sync_data` from now (1 = the next one). The failed
     /// sync makes nothing durable, as Linux may drop the dirty pages it could not write.
     pub fn fail_sync(&self, nth: u64, fault: Fault) {
-        assert!(nth >= 1, "nth counts from 1");
-        let mut state = self.lock();
-        let at = state.syncs + nth;
-        state.sync_fault = Some((at, fault));
+        self.lock().syncs.arm(nth, fault);
     }
 
     /// Arms a fault on the `nth` `sync_dir` from now (1 = the next one): nothing of the
     /// directory's changes since the last successful one becomes durable.
     pub fn fail_sync_dir(&self, nth: u64, fault: Fault) {
-        assert!(nth >= 1, "nth counts from 1");
-        let mut state = self.lock();
-        let at = state.dir_syncs + nth;
-        state.dir_sync_fault = Some((at, fault));
+        self.lock().dir_syncs.arm(nth, fault);
     }
 
     /// Directory syncs counted so far.
     pub fn dir_syncs(&self) -> u64 {
-        self.lock().dir_syncs
+        self.lock().dir_syncs.count
     }
 
     /// Makes every later rename durable at once, as a file system may before the
@@ -244,7 +264,7 @@ impl FaultyStorage {
     /// Writes (appends and `write_at`s) and syncs counted so far.
     pub fn counts(&self) -> (u64, u64) {
         let state = self.lock();
-        (state.appends, state.syncs)
+        (state.appends, state.syncs.count)
     }
 
     /// One write, at the end (`offset` `None`) or in place; an armed fault lands only a
@@ -324,13 +344,7 @@ impl Storage for FaultyStorage {
     fn sync_data(&mut self, name: &str) -> io::Result<()> {
         let mut state = self.lock();
         let inode = state.inode(name)?;
-        state.syncs += 1;
-        if let Some((at, fault)) = state.sync_fault
-            && at == state.syncs
-        {
-            state.sync_fault = None;
-            return Err(fault.error());
-        }
+        state.syncs.count_one()?;
         let images = state.images(name)?;
         images.durable = images.written.clone();
         if state
@@ -371,13 +385,7 @@ impl Storage for FaultyStorage {
 
     fn sync_dir(&mut self) -> io::Result<()> {
         let mut state = self.lock();
-        state.dir_syncs += 1;
-        if let Some((at, fault)) = state.dir_sync_fault
-            && at == state.dir_syncs
-        {
-            state.dir_sync_fault = None;
-            return Err(fault.error());
-        }
+        state.dir_syncs.count_one()?;
         state.names_durable = state.names.clone();
         Ok(())
     }
