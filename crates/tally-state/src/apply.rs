@@ -269,7 +269,6 @@ pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> 
     let dr_slot = account_slot(parts, pending.debit_account_id).expect("debit account");
     let cr_slot = account_slot(parts, pending.credit_account_id).expect("credit account");
     release_pending(parts, &pending, 0, dr_slot, cr_slot);
-    parts.each_held(|part| part.undo_log.clear());
     true
 }
 
@@ -290,10 +289,9 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
     if !events[start].linked() {
         debug_assert_eq!(end, start + 1);
         results[0] = execute(parts, &events[start], timestamp + start as u64);
-        parts.each_held(|part| part.undo_log.clear());
         return;
     }
-    parts.each_held(|part| assert!(part.undo_log.is_empty(), "a chain starts clean"));
+    parts.each_held(Part::begin_chain);
     let mut broken = false;
     for index in start..end {
         let event = &events[index];
@@ -313,7 +311,7 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
             }
         }
     }
-    parts.each_held(|part| part.undo_log.clear());
+    parts.each_held(Part::end_chain);
 }
 
 /// An account's part and position.
@@ -422,7 +420,7 @@ pub(crate) fn create_transfer<P: Parts + ?Sized>(
     if let Some(existing) = home.lookup_transfer(t.id) {
         return transfer_exists_result(t, kind, &existing);
     }
-    if home.failed_ids.contains(&t.id) {
+    if !home.failed_ids.is_empty() && home.failed_ids.contains(&t.id) {
         return R::IdAlreadyFailed;
     }
     let result = match kind {

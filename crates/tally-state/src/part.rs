@@ -93,7 +93,12 @@ pub struct Part {
     pub(crate) refunded: HashMap<u128, u128, IdHasher>,
     /// Ids burned by a transient failure. Never rolled back.
     pub(crate) failed_ids: HashSet<u128, IdHasher>,
+    /// Mutations since the current chain began, newest last; empty outside a chain.
     pub(crate) undo_log: Vec<Undo>,
+    /// Whether mutations are recorded in `undo_log`: only while a linked chain runs
+    /// ([`Part::begin_chain`]). Outside a chain every check comes before the first
+    /// mutation, so nothing is ever undone and recording would be wasted work.
+    pub(crate) recording: bool,
 }
 
 /// Where a stored transfer lives: `position * parts + part`, in one u32 so that history
@@ -137,6 +142,7 @@ impl Part {
             refunded: HashMap::default(),
             failed_ids: HashSet::default(),
             undo_log: Vec::new(),
+            recording: false,
         }
     }
 
@@ -174,7 +180,29 @@ impl Part {
         (transfer_ref % count, transfer_ref / count)
     }
 
-    // ---- mutations, each recording its undo ----
+    /// Starts recording mutations for a linked chain, which may have to roll back.
+    pub(crate) fn begin_chain(&mut self) {
+        assert!(
+            !self.recording && self.undo_log.is_empty(),
+            "a chain starts clean"
+        );
+        self.recording = true;
+    }
+
+    /// Ends a chain: what it did stands (or was rolled back), and recording stops.
+    pub(crate) fn end_chain(&mut self) {
+        self.undo_log.clear();
+        self.recording = false;
+    }
+
+    #[inline]
+    fn record(&mut self, undo: Undo) {
+        if self.recording {
+            self.undo_log.push(undo);
+        }
+    }
+
+    // ---- mutations, each recording its undo inside a chain ----
 
     pub(crate) fn insert_account(&mut self, account: Account) {
         let inserted = self.try_insert_account(account);
@@ -195,7 +223,7 @@ impl Part {
             return false;
         }
         self.account_history.push(Vec::new());
-        self.undo_log.push(Undo::AccountCreated);
+        self.record(Undo::AccountCreated);
         true
     }
 
@@ -230,14 +258,14 @@ impl Part {
             self.transfers.pop();
             return None;
         }
-        self.undo_log.push(Undo::TransferStored);
+        self.record(Undo::TransferStored);
         Some(transfer_ref)
     }
 
     /// Adds a transfer to the end of an account's history.
     pub(crate) fn append_history(&mut self, account_index: u32, transfer_ref: TransferRef) {
         self.account_history[account_index as usize].push(transfer_ref);
-        self.undo_log.push(Undo::HistoryAppended {
+        self.record(Undo::HistoryAppended {
             account_index,
             transfer_ref,
         });
@@ -249,34 +277,36 @@ impl Part {
     }
 
     pub(crate) fn set_balances(&mut self, account_index: u32, balances: Balances) {
-        let account = self.accounts.get_mut(account_index as usize);
-        self.undo_log.push(Undo::Balances {
-            account_index,
-            before: Balances::of(account),
-        });
-        balances.store(account);
+        if self.recording {
+            let before = Balances::of(&self.accounts[account_index as usize]);
+            self.undo_log.push(Undo::Balances {
+                account_index,
+                before,
+            });
+        }
+        balances.store(self.accounts.get_mut(account_index as usize));
     }
 
     pub(crate) fn set_pending_status(&mut self, id: u128, status: PendingStatus) {
         let before = self.pending_status.insert(id, status);
-        self.undo_log.push(Undo::PendingStatus { id, before });
+        self.record(Undo::PendingStatus { id, before });
     }
 
     pub(crate) fn insert_expiry(&mut self, key: (u64, u128)) {
         let inserted = self.expiries.insert(key);
         assert!(inserted, "expiry inserted twice");
-        self.undo_log.push(Undo::ExpiryInserted { key });
+        self.record(Undo::ExpiryInserted { key });
     }
 
     pub(crate) fn remove_expiry(&mut self, key: (u64, u128)) {
         if self.expiries.remove(&key) {
-            self.undo_log.push(Undo::ExpiryRemoved { key });
+            self.record(Undo::ExpiryRemoved { key });
         }
     }
 
     pub(crate) fn set_refunded(&mut self, id: u128, total: u128) {
         let before = self.refunded.insert(id, total);
-        self.undo_log.push(Undo::Refunded { id, before });
+        self.record(Undo::Refunded { id, before });
     }
 
     /// Undoes every mutation recorded after `mark`, newest first.

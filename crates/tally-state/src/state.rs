@@ -96,7 +96,8 @@ impl StateMachine {
         assert!(
             parts.iter().enumerate().all(|(i, part)| part.index() == i
                 && part.count as usize == parts.len()
-                && part.undo_log.is_empty()),
+                && part.undo_log.is_empty()
+                && !part.recording),
             "every part back exactly once, with no pending undo"
         );
         assert!(last_timestamp >= self.last_timestamp, "time moves forward");
@@ -270,7 +271,6 @@ impl StateMachine {
             if !part.try_insert_account(account) {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
-            part.undo_log.clear();
         }
         let mut last_transfer = 0;
         // Loading looks up both accounts of every transfer: warmed a block at a time,
@@ -306,11 +306,6 @@ impl StateMachine {
                 for slot in [debit, credit] {
                     machine.parts[slot.part].append_history(slot.index, transfer_ref);
                 }
-                // Nothing here is ever undone; without this the undo entries of tens of
-                // millions of transfers would outweigh the state while it loads.
-                for part in &mut machine.parts {
-                    part.undo_log.clear();
-                }
             }
         }
         drop(transfers);
@@ -344,9 +339,7 @@ impl StateMachine {
         for id in image.failed_ids {
             machine.parts[part_of(id, count)].failed_ids.insert(id);
         }
-        for part in &mut machine.parts {
-            part.undo_log.clear();
-        }
+        debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
     }
 }

@@ -12,6 +12,10 @@
 use std::sync::Arc;
 use tally_types::{Account, Transfer, TransferFlags};
 
+/// Bytes a payment takes packed (about 30); a chunk's bytes are reserved for this many
+/// per record.
+const TYPICAL_RECORD_BYTES: usize = 32;
+
 /// Transfers per chunk.
 pub(crate) const CHUNK: usize = 1 << 16;
 
@@ -94,6 +98,12 @@ impl TransferStore {
     }
 
     pub fn push(&mut self, transfer: &Transfer) {
+        if self.tail.starts.is_empty() {
+            // Room for a chunk of typical records up front, so that the tail does not
+            // copy itself as it doubles; it is shrunk to fit when frozen.
+            self.tail.starts.reserve_exact(CHUNK);
+            self.tail.bytes.reserve(CHUNK * TYPICAL_RECORD_BYTES);
+        }
         let start = u32::try_from(self.tail.bytes.len()).expect("a chunk stays under 4 GiB");
         self.tail.starts.push(start);
         encode(transfer, &mut self.tail.bytes);
@@ -163,19 +173,59 @@ const HAS_USER_DATA_64: u8 = 1 << 2;
 const HAS_USER_DATA_32: u8 = 1 << 3;
 const HAS_TIMEOUT: u8 = 1 << 4;
 
-fn put(out: &mut Vec<u8>, mut value: u128) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
+/// The longest packed record: the presence byte, nine varints of at most 19 bytes
+/// (128 bits in 7-bit groups) and the 8-byte stamp.
+const RECORD_BYTES_MAX: usize = 1 + 9 * 19 + 8;
+
+/// One record packed on the stack, then appended to its chunk in one copy: pushing
+/// byte by byte onto the chunk paid a capacity check per byte.
+struct Packed {
+    bytes: [u8; RECORD_BYTES_MAX],
+    len: usize,
+}
+
+impl Packed {
+    /// Appends `value` as a LEB128 varint.
+    #[inline]
+    fn put(&mut self, value: u128) {
+        match u64::try_from(value) {
+            // Ids, amounts and codes mostly fit in 64 bits, where shifts are cheaper.
+            Ok(mut small) => loop {
+                let byte = (small & 0x7f) as u8;
+                small >>= 7;
+                if small == 0 {
+                    self.push(byte);
+                    return;
+                }
+                self.push(byte | 0x80);
+            },
+            Err(_) => {
+                let mut wide = value;
+                loop {
+                    let byte = (wide & 0x7f) as u8;
+                    wide >>= 7;
+                    if wide == 0 {
+                        self.push(byte);
+                        return;
+                    }
+                    self.push(byte | 0x80);
+                }
+            }
         }
-        out.push(byte | 0x80);
+    }
+
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
-/// Reads one LEB128 varint written by [`put`]; returns it and the bytes used.
+/// Reads one LEB128 varint written by [`Packed::put`]; returns it and the bytes used.
 fn take(bytes: &[u8]) -> (u128, usize) {
     let mut value: u128 = 0;
     for (index, byte) in bytes.iter().enumerate() {
@@ -200,30 +250,37 @@ fn encode(t: &Transfer, out: &mut Vec<u8>) {
             present |= bit;
         }
     }
-    out.push(present);
-    put(out, t.id);
-    put(out, t.debit_account_id);
-    put(out, t.credit_account_id);
-    put(out, t.amount);
+    let mut packed = Packed {
+        bytes: [0; RECORD_BYTES_MAX],
+        len: 0,
+    };
+    packed.push(present);
+    packed.put(t.id);
+    packed.put(t.debit_account_id);
+    packed.put(t.credit_account_id);
+    packed.put(t.amount);
     if t.pending_id != 0 {
-        put(out, t.pending_id);
+        packed.put(t.pending_id);
     }
     if t.user_data_128 != 0 {
-        put(out, t.user_data_128);
+        packed.put(t.user_data_128);
     }
     if t.user_data_64 != 0 {
-        put(out, t.user_data_64.into());
+        packed.put(t.user_data_64.into());
     }
     if t.user_data_32 != 0 {
-        put(out, t.user_data_32.into());
+        packed.put(t.user_data_32.into());
     }
     if t.timeout != 0 {
-        put(out, t.timeout.into());
+        packed.put(t.timeout.into());
     }
-    put(out, t.ledger.into());
-    put(out, t.code.into());
-    put(out, t.flags.bits().into());
-    out.extend_from_slice(&t.timestamp.to_le_bytes());
+    packed.put(t.ledger.into());
+    packed.put(t.code.into());
+    packed.put(t.flags.bits().into());
+    for byte in t.timestamp.to_le_bytes() {
+        packed.push(byte);
+    }
+    out.extend_from_slice(packed.as_slice());
 }
 
 /// Decodes one record written by [`encode`]; returns it and the bytes used.
