@@ -412,20 +412,32 @@ fn log_segment_raw(bytes: &[u8]) {
             "sequences are consecutive"
         );
     }
-    let cut = recovered.torn_tail_bytes_cut as usize;
-    if cut == bytes.len() && !bytes.starts_with(&canonical) {
+    if recovered.torn_segment_removed {
         assert!(
             recovered.records.is_empty(),
             "header was recreated over records"
         );
-    } else {
-        assert_eq!(
-            &bytes[..file.len()],
-            &file[..],
-            "recovery changed kept bytes"
-        );
-        assert_eq!(cut, bytes.len() - file.len(), "cut bytes reported");
+        return;
     }
+    assert_eq!(
+        &bytes[..canonical.len()],
+        &file[..canonical.len()],
+        "recovery changed kept bytes"
+    );
+    assert!(
+        file.len() == canonical.len() || file.len() == bytes.len(),
+        "a torn tail is truncated or zeroed in place, nothing else"
+    );
+    // Torn bytes are counted up to the last non-zero one; zeros after them are space.
+    let after_frames = &bytes[canonical.len()..];
+    let torn = after_frames
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1);
+    assert_eq!(
+        recovered.torn_tail_bytes_cut as usize, torn,
+        "cut bytes reported"
+    );
 }
 
 fn log_segment_mutated(input: &mut Input<'_>) {

@@ -107,6 +107,11 @@ pub fn is_zero(bytes: &[u8]) -> bool {
     words_zero && words.remainder().iter().all(|&b| b == 0)
 }
 
+/// How many bytes at the end of `bytes` are zero.
+pub fn zero_suffix_len(bytes: &[u8]) -> usize {
+    bytes.iter().rev().take_while(|&&byte| byte == 0).count()
+}
+
 fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {

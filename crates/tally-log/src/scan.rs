@@ -63,11 +63,19 @@ pub(crate) enum Tail {
     /// (preallocated space, [`SegmentScan::zero_tail_bytes`]).
     Clean,
     /// A crash left a partial or unchecksummable frame at `valid_bytes` with nothing
-    /// valid after it: the last `cut_bytes` are to be truncated.
-    Torn { valid_bytes: u64, cut_bytes: u64 },
+    /// valid after it: `torn_bytes` of it, up to the last non-zero byte, then
+    /// `zero_bytes` of zeros to the end of the file. Zeros after a torn write are
+    /// preallocated space the write did not reach (a write in place); recovery clears
+    /// the torn bytes and keeps that space, or truncates when there is none.
+    Torn {
+        valid_bytes: u64,
+        torn_bytes: u64,
+        zero_bytes: u64,
+    },
     /// The segment's own header never made it to disk whole (crash during rotation):
-    /// the whole file is to be removed.
-    TornHeader { cut_bytes: u64 },
+    /// the whole file is to be removed. `torn_bytes`: its bytes up to the last non-zero
+    /// one (0 for a spare renamed into place before its header was written).
+    TornHeader { torn_bytes: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,7 +146,7 @@ pub(crate) fn scan_segment(
                 frames: 0,
                 events: 0,
                 tail: Tail::TornHeader {
-                    cut_bytes: bytes.len() as u64,
+                    torn_bytes: (bytes.len() - format::zero_suffix_len(bytes)) as u64,
                 },
                 zero_tail_bytes: 0,
             });
@@ -228,9 +236,11 @@ fn torn_tail(
             "{error}, but a valid frame follows at byte {valid}: damage inside the committed log"
         ));
     }
+    let zero_bytes = format::zero_suffix_len(&bytes[offset..]);
     Ok(Tail::Torn {
         valid_bytes: offset as u64,
-        cut_bytes: (bytes.len() - offset) as u64,
+        torn_bytes: (bytes.len() - offset - zero_bytes) as u64,
+        zero_bytes: zero_bytes as u64,
     })
 }
 

@@ -29,14 +29,18 @@ pub struct VerifyReport {
     pub snapshots: u64,
     /// Damaged snapshots, each with the reason; recovery falls back past them.
     pub snapshots_damaged: Vec<String>,
-    /// A torn tail that the next open will cut (normal after a crash).
+    /// Bytes of a torn write at the end of the log, up to its last non-zero byte, that
+    /// the next open will discard (normal after a crash).
     pub torn_tail_bytes: u64,
+    /// The last segment's header never reached the disk (a crash during rotation):
+    /// the next open removes that segment.
+    pub torn_segment: bool,
 }
 
 impl VerifyReport {
     /// True when nothing is damaged and nothing needs repair.
     pub fn is_clean(&self) -> bool {
-        self.snapshots_damaged.is_empty() && self.torn_tail_bytes == 0
+        self.snapshots_damaged.is_empty() && self.torn_tail_bytes == 0 && !self.torn_segment
     }
 }
 
@@ -92,8 +96,12 @@ pub fn verify_storage(storage: &mut dyn Storage) -> Result<VerifyReport, LogErro
         report.sequence_first = 0;
     }
     report.torn_tail_bytes = match log.last.map(|scan| scan.tail) {
-        Some(Tail::Torn { cut_bytes, .. } | Tail::TornHeader { cut_bytes }) => cut_bytes,
+        Some(Tail::Torn { torn_bytes, .. } | Tail::TornHeader { torn_bytes }) => torn_bytes,
         _ => 0,
     };
+    report.torn_segment = matches!(
+        log.last.map(|scan| scan.tail),
+        Some(Tail::TornHeader { .. })
+    );
     Ok(report)
 }

@@ -40,8 +40,13 @@ pub struct Recovered {
     pub snapshot: Option<(u64, StateImage)>,
     /// Every logged record after the snapshot, in sequence order.
     pub records: Vec<LogRecord>,
-    /// Bytes of a torn tail cut off the last segment (0 after a clean shutdown).
+    /// Bytes of a torn write discarded from the end of the log, up to its last
+    /// non-zero byte (0 after a clean shutdown). Zeros after them are preallocated
+    /// space, not counted: after a torn write in place they are kept for later frames.
     pub torn_tail_bytes_cut: u64,
+    /// Whether the last segment was removed because its header never reached the disk
+    /// (a crash during rotation); its bytes, if any were written, count as cut.
+    pub torn_segment_removed: bool,
 }
 
 /// The write-ahead log of one data directory. See the crate docs for its invariants.
@@ -165,6 +170,7 @@ impl Wal {
         };
 
         let mut torn_tail_bytes_cut = 0;
+        let mut torn_segment_removed = false;
         let mut segment_current_bytes = 0;
         let mut segment_current_capacity = 0;
         let mut segment_current_frames = 0;
@@ -174,25 +180,27 @@ impl Wal {
                 Tail::Clean => segment_current_capacity = scan.valid_bytes + scan.zero_tail_bytes,
                 Tail::Torn {
                     valid_bytes,
-                    cut_bytes,
+                    torn_bytes,
+                    zero_bytes,
                 } => {
-                    storage
-                        .truncate(&last.name, valid_bytes)
-                        .map_err(|e| LogError::io(path.clone(), "truncate torn tail", e))?;
-                    storage
-                        .sync_data(&last.name)
-                        .map_err(|e| LogError::io(path.clone(), "fdatasync", e))?;
-                    torn_tail_bytes_cut = cut_bytes;
-                    segment_current_capacity = valid_bytes;
+                    segment_current_capacity = clear_torn_tail(
+                        &mut *storage,
+                        &last.name,
+                        valid_bytes,
+                        torn_bytes,
+                        zero_bytes,
+                    )?;
+                    torn_tail_bytes_cut = torn_bytes;
                 }
-                Tail::TornHeader { cut_bytes } => {
+                Tail::TornHeader { torn_bytes } => {
                     storage
                         .remove(&last.name)
                         .map_err(|e| LogError::io(path.clone(), "remove torn segment", e))?;
                     storage
                         .sync_dir()
                         .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
-                    torn_tail_bytes_cut = cut_bytes;
+                    torn_tail_bytes_cut = torn_bytes;
+                    torn_segment_removed = true;
                     segments.pop();
                 }
             }
@@ -244,6 +252,7 @@ impl Wal {
             snapshot: loaded.map(|s| (s.sequence, s.image.expect("snapshot read with keep"))),
             records,
             torn_tail_bytes_cut,
+            torn_segment_removed,
         };
         Ok((wal, recovered))
     }
@@ -608,6 +617,38 @@ fn start_segment(
 /// reached the disk, leaves that header in it. Kept as is, it would give the next
 /// segment made from this spare a stale header until its own header is durable; so a
 /// header found here is zeroed, durably, before the spare is kept.
+/// Discards a torn write at the end of the last segment and returns the segment's
+/// capacity for frames afterwards. A torn write in place (zeros follow it) is zeroed
+/// where it lies, so the preallocated space after it stays usable; otherwise the file
+/// is truncated to its last whole frame. Either way, once this returns, only zeros
+/// follow the last frame on disk. Zeroing is itself safe to tear: what a crash leaves
+/// of it is a shorter torn tail, found and cleared the same way at the next open.
+fn clear_torn_tail(
+    storage: &mut dyn Storage,
+    name: &str,
+    valid_bytes: u64,
+    torn_bytes: u64,
+    zero_bytes: u64,
+) -> Result<u64, LogError> {
+    let path = storage.path(name);
+    let capacity = if zero_bytes == 0 {
+        storage
+            .truncate(name, valid_bytes)
+            .map_err(|e| LogError::io(path.clone(), "truncate torn tail", e))?;
+        valid_bytes
+    } else {
+        let torn = usize::try_from(torn_bytes).expect("a segment fits in memory");
+        storage
+            .write_at(name, valid_bytes, &vec![0u8; torn])
+            .map_err(|e| LogError::io(path.clone(), "zero torn tail", e))?;
+        valid_bytes + torn_bytes + zero_bytes
+    };
+    storage
+        .sync_data(name)
+        .map_err(|e| LogError::io(path, "fdatasync", e))?;
+    Ok(capacity)
+}
+
 fn keep_spare(
     storage: &mut dyn Storage,
     spare: Option<&str>,

@@ -212,7 +212,8 @@ fn a_segment_of_zeros_is_a_spare_renamed_before_its_header_was_durable() {
     storage.write_file_durable(&next, &vec![0; SEGMENT as usize]);
     let (mut wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
     assert_eq!(recovered.records, written);
-    assert_eq!(recovered.torn_tail_bytes_cut, SEGMENT);
+    assert!(recovered.torn_segment_removed);
+    assert_eq!(recovered.torn_tail_bytes_cut, 0, "zeros are not torn bytes");
     wal.append(&records(11, 1)).unwrap();
     drop(wal);
     let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
@@ -343,11 +344,70 @@ fn a_torn_write_in_place_recovers_at_every_tear() {
         assert_eq!(recovered.records[..6], records(1, 6)[..], "tear {tear}");
         let extra = &recovered.records[6..];
         assert_eq!(extra, &in_flight[..extra.len()], "tear {tear}");
+        assert!(recovered.torn_tail_bytes_cut <= tear as u64, "tear {tear}");
+        assert!(!recovered.torn_segment_removed);
+        // The torn bytes were zeroed in place: the preallocation after them is kept.
+        assert!(wal.preallocated_bytes_left() > 0, "tear {tear}");
         let next = wal.next_sequence();
         wal.append(&records(next, 2)).unwrap();
         drop(wal);
         let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
         assert_eq!(recovered.records.len() as u64, next + 1, "tear {tear}");
+        assert_eq!(recovered.torn_tail_bytes_cut, 0, "tear {tear}");
+    }
+}
+
+/// Recovery zeroes a torn write in place, which may itself be torn by a crash: the
+/// next open finds a shorter torn tail and clears it the same way.
+#[test]
+fn a_crash_while_zeroing_a_torn_tail_is_recovered_at_the_next_open() {
+    for zeroed in [0, 1, 10, 30, 60, 100, 149] {
+        let storage = FaultyStorage::new();
+        let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+        wal.append(&records(1, 4)).unwrap();
+        assert!(write_spare(&mut wal));
+        wal.append(&records(5, 2)).unwrap();
+        drop(wal);
+        // A torn write in place: 150 bytes of a frame that never finished, then zeros.
+        let segment = storage
+            .file_names()
+            .into_iter()
+            .filter(|name| format::parse_segment_name(name).is_some())
+            .max()
+            .unwrap();
+        let report = verify_storage(&mut storage.clone()).unwrap();
+        let mut bytes = storage.read_file(&segment).unwrap();
+        let torn = bytes.len();
+        let frames_end = torn - report.preallocated_bytes as usize;
+        let mut frame_next = Vec::new();
+        format::encode_frame(&records(7, 1)[0], &mut frame_next);
+        assert!(frame_next.len() > 150);
+        bytes[frames_end..frames_end + 150].copy_from_slice(&frame_next[..150]);
+        storage.write_file_durable(&segment, &bytes);
+        storage.fail_append_torn(1, Fault::Eio, zeroed);
+        assert!(open(&storage, options(SEGMENT)).is_err(), "zeroed {zeroed}");
+        storage.crash_keeping_unsynced_bytes(zeroed);
+        let report = verify_storage(&mut storage.clone()).unwrap();
+        // Torn bytes run to the last non-zero byte the zeroing did not reach.
+        let torn_expected = match frame_next[..150].iter().rposition(|&byte| byte != 0) {
+            Some(last) if last >= zeroed => last as u64 + 1,
+            _ => 0,
+        };
+        assert_eq!(report.torn_tail_bytes, torn_expected, "zeroed {zeroed}");
+        assert!(!report.torn_segment);
+        let (mut wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
+        assert_eq!(recovered.records, records(1, 6), "zeroed {zeroed}");
+        assert_eq!(
+            len(&storage, &segment),
+            torn,
+            "the segment keeps its length"
+        );
+        wal.append(&records(7, 1)).unwrap();
+        drop(wal);
+        let report = verify_storage(&mut storage.clone()).unwrap();
+        assert!(report.is_clean(), "zeroed {zeroed}: {report:?}");
+        let (_, recovered) = open(&storage, options(SEGMENT)).unwrap();
+        assert_eq!(recovered.records, records(1, 7), "zeroed {zeroed}");
     }
 }
 

@@ -93,6 +93,15 @@ fn real_files_round_trip_with_rotation() {
     assert_eq!(report.records, 120);
 }
 
+/// Bytes up to and including the last non-zero one: what recovery counts as torn
+/// (zeros after a torn write are space the write did not reach).
+fn torn_extent(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last as u64 + 1)
+}
+
 /// The last record has 3 events, so its frame is 48 + 384 bytes.
 fn log_with_known_last_frame() -> (Vec<tally_log::LogRecord>, usize) {
     let mut written = records(1, 20);
@@ -108,14 +117,18 @@ fn torn_tail_at_every_byte_of_the_last_frame_recovers_exactly_the_prior_records(
     let full = original.read_file(&last).unwrap();
     for kept in 0..frame_len {
         let storage = copy_storage(&original);
-        storage.write_file_durable(&last, &full[..full.len() - frame_len + kept]);
+        let frame_start = full.len() - frame_len;
+        storage.write_file_durable(&last, &full[..frame_start + kept]);
         let (mut wal, recovered) = open(&storage, options(2048)).unwrap();
         assert_eq!(
             recovered.records,
             written[..20],
             "kept {kept} bytes of the last frame"
         );
-        assert_eq!(recovered.torn_tail_bytes_cut, kept as u64);
+        assert_eq!(
+            recovered.torn_tail_bytes_cut,
+            torn_extent(&full[frame_start..frame_start + kept])
+        );
         assert_eq!(wal.next_sequence(), 21);
         // The cut is durable and the log continues cleanly from it.
         wal.append(&written[20..]).unwrap();
@@ -135,7 +148,9 @@ fn torn_tail_at_every_byte_on_real_files() {
         wal.append(&written).unwrap();
     }
     let segment = dir.path().join(format::segment_name(1));
-    let full_len = std::fs::metadata(&segment).unwrap().len();
+    let full = std::fs::read(&segment).unwrap();
+    let full_len = full.len() as u64;
+    let frame_start = full.len() - frame_len;
     for kept in 0..frame_len as u64 {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -145,10 +160,14 @@ fn torn_tail_at_every_byte_on_real_files() {
         drop(file);
         let (mut wal, recovered) = Wal::open(dir.path(), options(1 << 20)).unwrap();
         assert_eq!(recovered.records, written[..20], "kept {kept}");
-        assert_eq!(recovered.torn_tail_bytes_cut, kept);
+        assert_eq!(
+            recovered.torn_tail_bytes_cut,
+            torn_extent(&full[frame_start..frame_start + kept as usize])
+        );
         wal.append(&written[20..]).unwrap();
+        drop(wal);
+        assert_eq!(std::fs::read(&segment).unwrap(), full, "kept {kept}");
     }
-    assert_eq!(std::fs::metadata(&segment).unwrap().len(), full_len);
 }
 
 #[test]
@@ -289,7 +308,9 @@ fn torn_header_of_a_fresh_last_segment_is_removed_and_recreated() {
     storage.write_file_durable(&next, &format::encode_segment_header(31)[..30]);
     let (mut wal, recovered) = open(&storage, options(1024)).unwrap();
     assert_eq!(recovered.records, written);
-    assert_eq!(recovered.torn_tail_bytes_cut, 30);
+    let header = format::encode_segment_header(31);
+    assert_eq!(recovered.torn_tail_bytes_cut, torn_extent(&header[..30]));
+    assert!(recovered.torn_segment_removed);
     wal.append(&records(31, 1)).unwrap();
     let (_, recovered) = open(&storage, options(1024)).unwrap();
     assert_eq!(recovered.records, records(1, 31));
