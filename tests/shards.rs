@@ -224,3 +224,95 @@ fn a_ledger_reopens_with_a_different_shard_count() {
         ledger.shutdown().unwrap();
     }
 }
+
+/// A pending transfer's expiry instant falls inside a batch's span of stamps (the batch
+/// starts 1 ns before it): the transfer is released before the next batch, not that
+/// one, on any number of shards, live and when the log is replayed on reopening. (On 2
+/// or more shards this once tripped an assertion in the planner and stopped the engine.)
+#[test]
+fn an_expiry_inside_a_batch_is_released_before_the_next_batch_on_any_shard_count() {
+    use tally::types::{Account, PendingStatus, Transfer, TransferFlags};
+    let transfer = |id: u128, flags: TransferFlags, timeout: u32| Transfer {
+        id,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 5,
+        ledger: 1,
+        code: 1,
+        flags,
+        timeout,
+        ..Transfer::default()
+    };
+    let single = TransferFlags::default();
+    let mut images = Vec::new();
+    for shards in [1, 2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.shards = shards;
+        config.manual_clock = true;
+        let mut ledger = Ledger::open(config.clone()).unwrap();
+        let accounts = (1..=2)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        let submit = |ledger: &Ledger, batch: Batch, now: u64| {
+            let results = ledger.submit_at(batch, Some(now)).unwrap();
+            assert!(
+                results.iter().all(|r| r.code == ResultCode::Ok),
+                "{shards} shards"
+            );
+            results
+        };
+        submit(&ledger, Batch::CreateAccounts(accounts), NS_PER_S);
+        let pending = transfer(10, TransferFlags::PENDING, 1);
+        let stamp =
+            submit(&ledger, Batch::CreateTransfers(vec![pending]), 2 * NS_PER_S)[0].timestamp;
+        let expires_at = stamp + NS_PER_S;
+        let spanning = (11..=13).map(|id| transfer(id, single, 0)).collect();
+        let results = submit(&ledger, Batch::CreateTransfers(spanning), expires_at - 1);
+        assert!(results[0].timestamp < expires_at && results[2].timestamp > expires_at);
+        let state = |ledger: &Ledger| {
+            ledger.with_state(|s| {
+                (
+                    s.pending_status(10),
+                    s.lookup_account(1)
+                        .map(|a| (a.debits_pending, a.debits_posted)),
+                )
+            })
+        };
+        assert_eq!(
+            state(&ledger),
+            (Some(PendingStatus::Pending), Some((5, 15))),
+            "{shards} shards: not released before the batch that starts before the instant"
+        );
+        // Reopened, the log ends with that batch: replay must leave it pending too.
+        ledger.shutdown().unwrap();
+        ledger = Ledger::open(config.clone()).unwrap();
+        assert_eq!(
+            state(&ledger),
+            (Some(PendingStatus::Pending), Some((5, 15)))
+        );
+        let next = transfer(14, single, 0);
+        submit(&ledger, Batch::CreateTransfers(vec![next]), expires_at + 10);
+        assert_eq!(
+            state(&ledger),
+            (Some(PendingStatus::Expired), Some((0, 20))),
+            "{shards} shards: released before the next batch"
+        );
+        let image = ledger.with_state(StateMachine::image);
+        ledger.shutdown().unwrap();
+        // Replayed as one group on reopening, with every shard count.
+        for reopen_shards in [1, 2, 4] {
+            config.shards = reopen_shards;
+            let ledger = Ledger::open(config.clone()).unwrap();
+            assert_eq!(ledger.with_state(StateMachine::image), image);
+            ledger.shutdown().unwrap();
+        }
+        images.push(image);
+    }
+    assert!(images.windows(2).all(|pair| pair[0] == pair[1]));
+}

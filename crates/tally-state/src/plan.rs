@@ -90,7 +90,9 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
         return Err(Serial::ExpiryInsideGroup);
     }
     let bit = |id: u128| 1u64 << part_of(id, count);
-    let mut due = due_expiries(state, last_timestamp).into_iter().peekable();
+    // Expiries are released before a batch, up to its first stamp (as `apply` does): an
+    // instant inside the last batch's span waits for the next group, as it would serially.
+    let mut due = due_expiries(state, last_stamp).into_iter().peekable();
     // Ids created in this group that a later event of it may reference: the parts of
     // their accounts. Only referenced ids are recorded (most groups reference few).
     let referenced = referenced_ids(batches);

@@ -6,7 +6,7 @@
 use tally_state::{Serial, StateMachine, plan};
 use tally_testkit::SeededRng;
 use tally_testkit::workload::{Accounts, Workload};
-use tally_types::{Batch, NS_PER_S};
+use tally_types::{Batch, NS_PER_S, TransferFlags};
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -22,10 +22,24 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
     let mut reference = StateMachine::new();
     let mut sharded = StateMachine::with_parts(parts);
     let mut now = 1_000 * NS_PER_S;
+    // Expiry instants of pending transfers created so far, to aim batches at.
+    let mut expiries: Vec<u64> = Vec::new();
     for group_index in 0..60 {
         let batches: Vec<Batch> = (0..1 + rng.below(6)).map(|_| workload.batch()).collect();
         let mut stamped = Vec::new();
         for batch in &batches {
+            // Now and then a batch starts just before an expiry instant, so that the
+            // instant falls inside its span of stamps: it is released before the next
+            // batch, not this one.
+            let aimed = expiries
+                .iter()
+                .copied()
+                .filter(|&at| at > now + batch.len() as u64)
+                .min()
+                .filter(|_| rng.chance(4));
+            if let Some(at) = aimed {
+                now = at - rng.below(batch.len().max(1) as u64);
+            }
             stamped.push((now, batch));
             now += batch.len().max(1) as u64;
             // Mostly microseconds apart; now and then seconds, so timeouts come due
@@ -40,6 +54,15 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
             .iter()
             .map(|(stamp, batch)| reference.apply(*stamp, batch))
             .collect();
+        for ((stamp, batch), results) in stamped.iter().zip(&expected) {
+            if let Batch::CreateTransfers(events) = batch {
+                for (index, (t, result)) in events.iter().zip(results).enumerate() {
+                    if t.flags.contains(TransferFlags::PENDING) && t.timeout > 0 && result.is_ok() {
+                        expiries.push(stamp + index as u64 + u64::from(t.timeout) * NS_PER_S);
+                    }
+                }
+            }
+        }
         let got = match plan(&sharded, &stamped) {
             Ok(plan) => {
                 seen.planned_groups += 1;
