@@ -301,6 +301,24 @@ fn oversized_batches_and_engine_owned_fields_are_rejected_whole() {
         ledger.submit_at(Batch::CreateAccounts(vec![]), Some(5)),
         Err(SubmitError::ManualClockDisabled)
     );
+    let mut manual = Config::new(dir.path().join("manual"));
+    manual.manual_clock = true;
+    let manual = Ledger::open(manual).unwrap();
+    assert_eq!(
+        manual.submit_at(
+            Batch::CreateAccounts(vec![]),
+            Some(tally::types::NOW_NS_MAX + 1)
+        ),
+        Err(SubmitError::TimeOutOfRange {
+            now: tally::types::NOW_NS_MAX + 1
+        })
+    );
+    let at_most = manual.submit_at(
+        Batch::CreateAccounts(vec![]),
+        Some(tally::types::NOW_NS_MAX),
+    );
+    assert_eq!(at_most, Ok(vec![]), "the latest accepted time");
+    manual.shutdown().unwrap();
     assert!(ledger.lookup_accounts(&[1]).is_empty());
     assert_eq!(
         ledger.metrics().batches_committed,

@@ -7,8 +7,11 @@
 //! * `tally verify --data DIR`: checks every checksum, replays the log, checks every
 //!   guarantee that can be checked from disk; exits non-zero on any violation.
 
+mod lines;
+
 use clap::{Parser, Subcommand};
-use std::io::{BufRead, BufWriter, Write};
+use lines::{Line, read_line_bounded};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tally_engine::{Config, Ledger};
@@ -119,15 +122,19 @@ fn apply(data: PathBuf, shards: Option<usize>, manual_clock: bool) -> Result<Exi
     let mut out = BufWriter::new(std::io::stdout().lock());
     // Bound the line we hold: the largest legal request is 8,190 events.
     let line_bytes_max = BATCH_EVENTS_MAX * 2_048;
-    for line in stdin.lock().lines() {
-        let line = line.map_err(|error| format!("reading stdin: {error}"))?;
-        let answer = if line.len() > line_bytes_max {
-            tally_json::error_answer(&format!(
-                "line of {} bytes is longer than the maximum {line_bytes_max}",
-                line.len()
-            ))
-        } else {
-            answer_line(&ledger, &line, &currencies, manual_clock)
+    let mut input = stdin.lock();
+    let mut buffer = Vec::new();
+    while let Some(line) = read_line_bounded(&mut input, &mut buffer, line_bytes_max)
+        .map_err(|error| format!("reading stdin: {error}"))?
+    {
+        let answer = match line {
+            Line::Text(line) => answer_line(&ledger, &line, &currencies, manual_clock),
+            Line::TooLong(bytes) => tally_json::error_answer(&format!(
+                "line of {bytes} bytes is longer than the maximum {line_bytes_max}"
+            )),
+            Line::NotUtf8(offset) => {
+                tally_json::error_answer(&format!("line is not valid UTF-8 (at byte {offset})"))
+            }
         };
         writeln!(out, "{answer}")
             .and_then(|()| out.flush())

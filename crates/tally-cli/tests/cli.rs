@@ -124,6 +124,60 @@ fn malformed_lines_are_rejected_whole_and_change_nothing() {
     assert_eq!(accounts[0]["accounts"][0]["credits_posted"], json!("0.00"));
 }
 
+/// A line that is not UTF-8, and one past the length bound, each get an error answer
+/// and change nothing; the lines after them are still read and answered.
+#[test]
+fn a_line_of_bad_bytes_or_too_long_is_answered_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = Vec::new();
+    writeln!(input, "{ACCOUNTS}").unwrap();
+    input.extend_from_slice(
+        b"{\"create_accounts\": [{\"id\": \"7\", \"ledger\": 1, \"code\": 1, \"x\xff\": 1}]}\n",
+    );
+    let long = format!(
+        r#"{{"create_accounts": [{{"id": "8", "ledger": 1, "code": 1, "user_data_64": "{}"}}]}}"#,
+        "1".repeat(17_000_000)
+    );
+    writeln!(input, "{long}").unwrap();
+    input.extend_from_slice(b"{\"lookup_accounts\": [\"1\", \"7\", \"8\"]}\r\n");
+    let mut child = tally()
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success());
+    let answers: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    let error = |answer: &Value| answer["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error(&answers[1]).contains("not valid UTF-8"),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        error(&answers[2]).contains("longer than the maximum"),
+        "{}",
+        answers[2]
+    );
+    let found: Vec<&str> = answers[3]["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, ["1"], "only account 1 exists");
+}
+
 #[test]
 fn the_manual_clock_stamps_batches_and_drives_expiry() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,6 +208,41 @@ fn the_manual_clock_stamps_batches_and_drives_expiry() {
     assert_eq!(answers[3]["accounts"][0]["credits_pending"], json!("0.00"));
     // Time never goes backwards: a "now" in the past stamps just after the last event.
     assert_eq!(answers[4]["results"], json!([]));
+}
+
+/// A `now` past the latest accepted time is refused, naming the field, and cannot
+/// leave the ledger without time for later batches; the latest accepted time still
+/// leaves room for more.
+#[test]
+fn a_now_near_the_end_of_u64_is_refused_and_the_ledger_keeps_stamping() {
+    let dir = tempfile::tempdir().unwrap();
+    let answers = apply(
+        dir.path(),
+        &[
+            r#"{"create_accounts": [], "now": "18446744073709551615"}"#,
+            r#"{"create_accounts": [{"id": "1", "ledger": 1, "code": 1}], "now": "9223372036854775808"}"#,
+            r#"{"create_accounts": [{"id": "2", "ledger": 1, "code": 1}], "now": "9223372036854775807"}"#,
+            r#"{"create_accounts": [{"id": "3", "ledger": 1, "code": 1}], "now": "9223372036854775807"}"#,
+            r#"{"create_accounts": [{"id": "4", "ledger": 1, "code": 1}]}"#,
+        ],
+        true,
+    );
+    for refused in &answers[..2] {
+        let message = refused["error"].as_str().unwrap_or_default();
+        assert!(message.starts_with("now: "), "{refused}");
+    }
+    let stamps: Vec<&Value> = answers[2..]
+        .iter()
+        .map(|answer| &answer["results"][0]["timestamp"])
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            &json!("9223372036854775807"),
+            &json!("9223372036854775808"),
+            &json!("9223372036854775809")
+        ]
+    );
 }
 
 #[test]

@@ -71,7 +71,11 @@ impl Logger {
                 Clock::Wall(now_ns) => now_ns,
                 Clock::Manual => now.unwrap_or(0),
             };
-            let Some(stamp) = batch_stamp(requested, self.timestamp_last, batch.len()) else {
+            let stamp = match requested {
+                requested if requested > tally_types::NOW_NS_MAX => None,
+                requested => batch_stamp(requested, self.timestamp_last, batch.len()),
+            };
+            let Some(stamp) = stamp else {
                 outcomes.push(Some(SubmitError::TimeOutOfRange { now: requested }));
                 continue;
             };

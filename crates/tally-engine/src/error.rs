@@ -49,7 +49,8 @@ pub enum SubmitError {
     InvalidEvent { index: usize, reason: String },
     /// A request time was given, but the ledger runs on the wall clock.
     ManualClockDisabled,
-    /// The requested time would push timestamps past u64.
+    /// The requested time is past [`tally_types::NOW_NS_MAX`], or the ledger's time
+    /// leaves no room for the batch's stamps in u64.
     TimeOutOfRange { now: u64 },
     /// The ledger was shut down.
     Stopped,
@@ -72,7 +73,15 @@ impl fmt::Display for SubmitError {
                 f.write_str("\"now\" requires the manual clock (--manual-clock)")
             }
             SubmitError::TimeOutOfRange { now } => {
-                write!(f, "now {now} would push timestamps past u64")
+                if *now > tally_types::NOW_NS_MAX {
+                    write!(
+                        f,
+                        "now {now} is past the latest time accepted, {} ns (year 2262)",
+                        tally_types::NOW_NS_MAX
+                    )
+                } else {
+                    f.write_str("the ledger's time leaves no room in u64 for this batch's stamps")
+                }
             }
             SubmitError::Stopped => f.write_str("the ledger is shut down"),
             SubmitError::Failed(message) => {

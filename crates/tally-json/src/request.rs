@@ -90,12 +90,14 @@ pub fn parse_line(
                 return Err(LineError("now: given twice".to_string()));
             }
             now_seen = true;
-            now = Some(unsigned::<u64>(
-                value,
-                Loc::top(NOW_KEY),
-                "u64",
-                Width::Wide,
-            )?);
+            let requested = unsigned::<u64>(value, Loc::top(NOW_KEY), "u64", Width::Wide)?;
+            if requested > tally_types::NOW_NS_MAX {
+                return Err(LineError(format!(
+                    "now: {requested} is past the latest time accepted, {} ns (year 2262)",
+                    tally_types::NOW_NS_MAX
+                )));
+            }
+            now = Some(requested);
             continue;
         }
         let Some(known) = REQUEST_KEYS.iter().copied().find(|k| k == key) else {

@@ -30,6 +30,12 @@ pub const BATCH_EVENTS_MAX: usize = 8_190;
 /// Nanoseconds in one second, for pending-transfer timeouts given in seconds.
 pub const NS_PER_S: u64 = 1_000_000_000;
 
+/// The latest time a batch may ask to be stamped from (a manual clock's `now`), in ns
+/// since the Unix epoch: i64::MAX, in the year 2262. Stamps move forward by one per
+/// event, so a ledger can never run out of u64 time (2^63 ns are left above this); a
+/// `now` nearer u64::MAX would leave the ledger unable to stamp any later batch.
+pub const NOW_NS_MAX: u64 = i64::MAX as u64;
+
 /// True when `id` may name an account or a transfer: zero and `u128::MAX` are reserved.
 pub fn id_is_valid(id: u128) -> bool {
     id != 0 && id != u128::MAX
