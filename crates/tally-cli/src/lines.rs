@@ -68,6 +68,7 @@ pub fn read_line_bounded(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
