@@ -36,7 +36,7 @@ mod wal;
 pub use error::LogError;
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use storage::{FsStorage, Storage};
-pub use verify::{VerifyReport, verify, verify_storage};
+pub use verify::{ReadLog, VerifyReport, read_log, read_log_storage, verify, verify_storage};
 pub use wal::{Recovered, SPARE_STEP_BYTES_MAX, SPARE_TRIGGER_BYTES, SnapshotJob, Wal};
 
 use tally_types::Batch;

@@ -1,5 +1,6 @@
 //! `tally verify`'s log half: every checksum of every segment and snapshot, read-only.
 
+use crate::LogRecord;
 use crate::error::LogError;
 use crate::format;
 use crate::scan::{self, Collect, Tail};
@@ -7,6 +8,7 @@ use crate::snapshot;
 use crate::storage::{FsStorage, Storage};
 use std::io;
 use std::path::Path;
+use tally_types::StateImage;
 
 /// What [`verify`] found. Anything that would stop [`crate::Wal::open`] is an error
 /// instead; what open would repair or work around is counted here.
@@ -46,26 +48,74 @@ impl VerifyReport {
 
 /// Checks the data directory `dir` without changing anything.
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
-    if !dir.is_dir() {
-        return Err(LogError::io(
-            dir.to_path_buf(),
-            "open data directory",
-            io::Error::new(io::ErrorKind::NotFound, "not a directory"),
-        ));
-    }
+    existing_dir(dir)?;
     verify_storage(&mut FsStorage::existing(dir))
 }
 
 /// [`verify`] over any storage.
 pub fn verify_storage(storage: &mut dyn Storage) -> Result<VerifyReport, LogError> {
+    check(storage, None)
+}
+
+/// What [`read_log`] found: the state to start from and every record after it.
+#[derive(Debug)]
+pub struct ReadLog {
+    /// The checks of [`verify`], over the same bytes.
+    pub report: VerifyReport,
+    /// The newest readable snapshot: (last sequence included, state).
+    pub snapshot: Option<(u64, StateImage)>,
+    /// Every whole record after the snapshot, in sequence order (a torn tail left out,
+    /// as recovery would cut it).
+    pub records: Vec<LogRecord>,
+}
+
+/// Reads what recovery would recover from `dir`, checking every checksum as [`verify`]
+/// does, and changing nothing: no torn tail is cut, no file made or removed. For
+/// commands that only read a ledger (replaying the records onto the snapshot gives the
+/// state [`crate::Wal::open`] would recover).
+pub fn read_log(dir: &Path) -> Result<ReadLog, LogError> {
+    existing_dir(dir)?;
+    read_log_storage(&mut FsStorage::existing(dir))
+}
+
+/// [`read_log`] over any storage.
+pub fn read_log_storage(storage: &mut dyn Storage) -> Result<ReadLog, LogError> {
+    let mut kept = (None, Vec::new());
+    let report = check(storage, Some(&mut kept))?;
+    let (snapshot, records) = kept;
+    Ok(ReadLog {
+        report,
+        snapshot,
+        records,
+    })
+}
+
+fn existing_dir(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(LogError::io(
+        dir.to_path_buf(),
+        "open data directory",
+        io::Error::new(io::ErrorKind::NotFound, "not a directory"),
+    ))
+}
+
+/// The newest readable snapshot and the records after it, when kept.
+type Kept = (Option<(u64, StateImage)>, Vec<LogRecord>);
+
+/// Checks every snapshot and segment; fills `keep` with the state to recover from.
+fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyReport, LogError> {
     let listing = scan::list(storage)?;
     let mut report = VerifyReport::default();
+    let mut newest_readable = None;
     for (sequence, name) in &listing.snapshots {
         match snapshot::read(storage, name, false) {
             Ok(loaded) => {
                 assert_eq!(loaded.sequence, *sequence);
                 report.snapshots += 1;
                 report.snapshot_sequence = Some(*sequence);
+                newest_readable = Some(name);
             }
             Err(error @ LogError::Corrupt { .. }) => {
                 report.snapshots_damaged.push(error.to_string())
@@ -84,7 +134,18 @@ pub fn verify_storage(storage: &mut dyn Storage) -> Result<VerifyReport, LogErro
         }
         return Ok(report);
     }
-    let log = scan::scan_log(storage, &listing.segments, 0, base, &mut Collect::DecodeAll)?;
+    let log = match keep {
+        None => scan::scan_log(storage, &listing.segments, 0, base, &mut Collect::DecodeAll)?,
+        Some((snapshot, records)) => {
+            if let Some(name) = newest_readable {
+                let loaded = snapshot::read(storage, name, true)?;
+                let image = loaded.image.expect("snapshot read with keep");
+                *snapshot = Some((loaded.sequence, image));
+            }
+            let mut collect = Collect::After { base, out: records };
+            scan::scan_log(storage, &listing.segments, 0, base, &mut collect)?
+        }
+    };
     report.segments = log.segments;
     report.records = log.frames;
     report.events = log.events;

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use tally_log::faulty::{Fault, FaultyStorage};
-use tally_log::{LogError, LogRecord, Wal};
+use tally_log::{LogError, LogRecord, Wal, read_log_storage};
 use tally_testkit::SeededRng as Rng;
 use tally_types::StateImage;
 
@@ -188,9 +188,28 @@ fn random_crashes_never_lose_an_acknowledged_record() {
             };
             storage.crash_keeping_unsynced_bytes(rng.below(1000) as usize);
             drop(wal);
+            // Reading without recovering changes nothing, and finds what open recovers.
+            let files = |storage: &FaultyStorage| {
+                let names = storage.file_names();
+                let bytes: Vec<_> = names.iter().map(|n| storage.read_file(n)).collect();
+                (names, bytes)
+            };
+            let files_before = files(&storage);
+            let read = read_log_storage(&mut storage.clone())
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(
+                files(&storage) == files_before,
+                "seed {seed}: read_log wrote"
+            );
             let recovered;
             (wal, recovered) = open(&storage, options(segment_bytes_max))
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(read.records, recovered.records, "seed {seed}");
+            assert_eq!(read.snapshot, recovered.snapshot, "seed {seed}");
+            assert_eq!(
+                read.report.torn_tail_bytes, recovered.torn_tail_bytes_cut,
+                "seed {seed}"
+            );
             let base = match &recovered.snapshot {
                 Some((sequence, image)) => {
                     assert_eq!(image.last_timestamp, *sequence, "seed {seed}");
