@@ -62,6 +62,19 @@ const FILTER_FIELDS: &[&str] = &[
     "reversed",
     "timestamp_min",
     "timestamp_max",
+    "flags",
+];
+
+/// A filter's flags, as TigerBeetle's account filter spells them: the same choices as
+/// the `debits`, `credits` and `reversed` fields, which a filter gives one way or the
+/// other.
+const FILTER_DEBITS: u8 = 1;
+const FILTER_CREDITS: u8 = 1 << 1;
+const FILTER_REVERSED: u8 = 1 << 2;
+const FILTER_FLAGS: &[(u8, &str)] = &[
+    (FILTER_DEBITS, "debits"),
+    (FILTER_CREDITS, "credits"),
+    (FILTER_REVERSED, "reversed"),
 ];
 
 /// Reads one `tally apply` request line. Any problem rejects the whole line with a
@@ -435,6 +448,8 @@ fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {
     let mut filter = AccountFilter::new(0);
     let mut debits = None;
     let mut credits = None;
+    let mut reversed = None;
+    let mut flag_set = None;
     for (field, value) in event_members(value, loc, "filter", FILTER_FIELDS, unknown)? {
         let at = loc.field(field);
         match field {
@@ -442,12 +457,29 @@ fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {
             "limit" => filter.limit = unsigned(value, at, "u32", Width::Narrow)?,
             "debits" => debits = Some(boolean(value, at)?),
             "credits" => credits = Some(boolean(value, at)?),
-            "reversed" => filter.reversed = boolean(value, at)?,
+            "reversed" => reversed = Some(boolean(value, at)?),
             "timestamp_min" => filter.timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
             "timestamp_max" => filter.timestamp_max = unsigned(value, at, "u64", Width::Wide)?,
+            "flags" => {
+                flag_set = Some(fields::flags(value, at, FILTER_FLAGS, 0, |a, b| a | b)?);
+            }
             _ => unreachable_field(field, at)?,
         }
     }
+    if let Some(set) = flag_set {
+        if debits.is_some() || credits.is_some() || reversed.is_some() {
+            return Err(loc.field("flags").error(
+                "give debits, credits and reversed either as flags or as fields, not both"
+                    .to_string(),
+            ));
+        }
+        if set & (FILTER_DEBITS | FILTER_CREDITS) != 0 {
+            debits = Some(set & FILTER_DEBITS != 0);
+            credits = Some(set & FILTER_CREDITS != 0);
+        }
+        reversed = Some(set & FILTER_REVERSED != 0);
+    }
+    filter.reversed = reversed.unwrap_or(false);
     // Neither direction given: both. One given: the other is its opposite, so that
     // {"debits": true} means debits only and {"debits": false} credits only.
     (filter.debits, filter.credits) = match (debits, credits) {

@@ -212,6 +212,13 @@ fn filter_directions() {
         (r#""credits": false"#, "debits"),
         (r#""debits": true, "credits": true"#, "debits credits"),
         (r#""debits": false, "credits": false"#, ""),
+        // The same choices as TigerBeetle's filter flags.
+        (r#""flags": ["debits"]"#, "debits"),
+        (r#""flags": ["credits"]"#, "credits"),
+        (r#""flags": ["credits", "debits"]"#, "debits credits"),
+        (r#""flags": []"#, "debits credits"),
+        (r#""flags": ["reversed"]"#, "debits credits reversed"),
+        (r#""flags": ["debits", "reversed"]"#, "debits reversed"),
     ];
     for (given, directions) in cases {
         let expected = format!("get_account_transfers account=1 limit=0 {directions} time=0..0")
@@ -221,6 +228,14 @@ fn filter_directions() {
     check(
         r#"{"get_account_transfers": {"account_id": "1", "reversed": "yes"}}"#,
         "error: get_account_transfers.reversed: expected true or false, found a string",
+    );
+    check(
+        r#"{"get_account_transfers": {"account_id": "1", "flags": ["debits"], "reversed": true}}"#,
+        "error: get_account_transfers.flags: give debits, credits and reversed either as flags or as fields, not both",
+    );
+    check(
+        r#"{"get_account_transfers": {"account_id": "1", "flags": ["newest"]}}"#,
+        "error: get_account_transfers.flags[0]: unknown flag \"newest\"; the flags here are debits, credits, reversed",
     );
     check(
         r#"{"get_account_transfers": {"account_id": "1", "order": "asc"}}"#,
