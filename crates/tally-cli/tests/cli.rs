@@ -418,3 +418,36 @@ fn reading_commands_change_nothing_and_verify_reports_a_torn_tail() {
         "verify of an empty directory made a log"
     );
 }
+
+/// `tally apply` closes the log cleanly when its input ends: a bit flipped afterwards in
+/// the newest batch's frame is then damage (verify fails, naming the file and offset),
+/// never a torn tail to cut silently.
+#[test]
+fn after_a_clean_exit_a_flipped_bit_in_the_newest_batch_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pay = r#"{"create_transfers": [{"id": "100", "debit_account_id": "3", "credit_account_id": "4", "amount": "5", "ledger": 392, "code": 1}]}"#;
+    apply(dir.path(), &[ACCOUNTS, pay], false);
+    let segment = dir.path().join(tally_log::format::segment_name(1));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut offset = tally_log::format::SEGMENT_HEADER_SIZE;
+    let mut last = offset;
+    while let Ok(header) = tally_log::format::decode_frame_header(&bytes[offset..]) {
+        last = offset;
+        offset += header.frame_bytes as usize;
+    }
+    bytes[last + 60] ^= 0x04;
+    std::fs::write(&segment, bytes).unwrap();
+    let verify = tally()
+        .args(["verify", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!verify.status.success());
+    let message = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        message.contains("wal-00000000000000000001.log")
+            && message.contains(&format!("offset {last}"))
+            && message.contains("closed cleanly"),
+        "{message}"
+    );
+}

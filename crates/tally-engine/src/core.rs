@@ -50,6 +50,14 @@ pub(crate) struct Logger {
 }
 
 impl Logger {
+    /// Closes the log cleanly at shutdown ([`Wal::close`]), unless it failed.
+    pub fn close(self) -> Result<(), tally_log::LogError> {
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        self.wal.close()
+    }
+
     /// Stamps every submission and appends the group with one sync. Returns the logged
     /// group and, per submission, `None` if it was logged or the error it got.
     pub fn log(

@@ -89,6 +89,10 @@ impl LogThread {
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
                     self.tend_snapshots(true);
+                    // Every admitted batch is logged and synced. If the marker cannot be
+                    // written, recovery just stays as after a crash (a damaged newest
+                    // frame cut as torn): nothing acknowledged depends on it.
+                    let _ = self.logger.close();
                     return; // dropping `to_apply` lets the apply thread finish and exit
                 }
                 // After a quiet spell, an idle log thread writes the spare in full steps.

@@ -96,6 +96,19 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 /// `SPARE_SEGMENT_NAME` + [`TEMP_SUFFIX`], synced, then renamed.
 pub const SPARE_SEGMENT_NAME: &str = "wal-spare.log";
 
+/// Written at a clean close: the last sequence the log held then, so that recovery can
+/// tell damage to the newest frames (an error) from a write torn by a crash (cut).
+pub const CLOSE_MARKER_NAME: &str = "wal-closed";
+
+/// The close marker while it is being written: [`CLOSE_MARKER_NAME`] + [`TEMP_SUFFIX`].
+pub const CLOSE_MARKER_TEMP_NAME: &str = "wal-closed.tmp";
+
+/// Close marker bytes.
+pub const CLOSE_MARKER_SIZE: usize = 64;
+
+/// The close marker's magic.
+pub const CLOSE_MARKER_MAGIC: [u8; 8] = *b"TALLYCLS";
+
 /// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + [`TEMP_SUFFIX`].
 pub const SPARE_SEGMENT_TEMP_NAME: &str = "wal-spare.log.tmp";
 
@@ -177,6 +190,40 @@ pub fn encode_segment_header(first_sequence: u64) -> [u8; SEGMENT_HEADER_SIZE] {
     header[60..64].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(decode_segment_header(&header), Ok(first_sequence));
     header
+}
+
+/// The close marker of a log whose last record was `last_sequence`.
+pub fn encode_close_marker(last_sequence: u64) -> [u8; CLOSE_MARKER_SIZE] {
+    let mut marker = [0u8; CLOSE_MARKER_SIZE];
+    marker[0..8].copy_from_slice(&CLOSE_MARKER_MAGIC);
+    marker[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    marker[10..12].copy_from_slice(&RECORD_LAYOUT_VERSION.to_le_bytes());
+    marker[12..16].copy_from_slice(&(CLOSE_MARKER_SIZE as u32).to_le_bytes());
+    marker[16..24].copy_from_slice(&last_sequence.to_le_bytes());
+    let crc = crc32c::crc32c(&marker[0..60]);
+    marker[60..64].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(decode_close_marker(&marker), Ok(last_sequence));
+    marker
+}
+
+/// Checks a close marker and returns the last sequence it records.
+pub fn decode_close_marker(bytes: &[u8]) -> Result<u64, HeaderError> {
+    if bytes.len() != CLOSE_MARKER_SIZE {
+        return Err(HeaderError::Incomplete);
+    }
+    if bytes[0..8] != CLOSE_MARKER_MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
+        return Err(HeaderError::BadChecksum);
+    }
+    check_versions(bytes)?;
+    if le_u32(bytes, 12) as usize != CLOSE_MARKER_SIZE || bytes[24..60].iter().any(|&b| b != 0) {
+        return Err(HeaderError::Unsupported(
+            "size or reserved bytes are wrong".into(),
+        ));
+    }
+    Ok(le_u64(bytes, 16))
 }
 
 /// Checks a segment header and returns its first sequence.

@@ -25,6 +25,8 @@ pub(crate) struct Listing {
     pub temps: Vec<String>,
     /// A whole, durable zero-filled file waiting to become the next segment.
     pub spare: Option<String>,
+    /// The close marker, when the log was ever closed cleanly.
+    pub close_marker: Option<String>,
 }
 
 pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
@@ -42,7 +44,10 @@ pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
             listing.snapshots.push((sequence, name));
         } else if name == format::SPARE_SEGMENT_NAME {
             listing.spare = Some(name);
+        } else if name == format::CLOSE_MARKER_NAME {
+            listing.close_marker = Some(name);
         } else if name == format::SPARE_SEGMENT_TEMP_NAME
+            || name == format::CLOSE_MARKER_TEMP_NAME
             || name
                 .strip_suffix(format::TEMP_SUFFIX)
                 .and_then(format::parse_snapshot_name)
@@ -348,6 +353,47 @@ pub(crate) fn scan_log(
         ));
     }
     Ok(log)
+}
+
+/// After a clean close every record up to the marker's sequence was whole and synced:
+/// a log that now ends before it lost acknowledged records to damage (a flipped bit in
+/// the newest frame looks like a torn write otherwise), which stops recovery. A marker
+/// left from an earlier close stays true as the log grows, so it is never removed.
+pub(crate) fn check_close_marker(
+    storage: &mut dyn Storage,
+    close_marker: Option<&str>,
+    segments: &[SegmentFile],
+    log: &LogScan,
+) -> Result<(), LogError> {
+    let Some(name) = close_marker else {
+        return Ok(());
+    };
+    let path = storage.path(name);
+    let len = storage
+        .len(name)
+        .map_err(|e| LogError::io(path.clone(), "stat close marker", e))?;
+    let mut bytes = vec![0u8; (len as usize).min(format::CLOSE_MARKER_SIZE + 1)];
+    storage
+        .read_at(name, 0, &mut bytes)
+        .map_err(|e| LogError::io(path.clone(), "read close marker", e))?;
+    let closed_at = format::decode_close_marker(&bytes)
+        .map_err(|error| LogError::corrupt(path, 0, format!("close marker {error}")))?;
+    let log_last = log.next_sequence - 1;
+    if log_last >= closed_at {
+        return Ok(());
+    }
+    let (file, offset) = match (segments.last(), log.last) {
+        (Some(segment), Some(scan)) => (storage.path(&segment.name), scan.valid_bytes),
+        _ => (storage.path(""), 0),
+    };
+    Err(LogError::corrupt(
+        file,
+        offset,
+        format!(
+            "the log was closed cleanly at sequence {closed_at} but ends at {log_last}: \
+             acknowledged frames after it are damaged"
+        ),
+    ))
 }
 
 fn missing(storage: &dyn Storage, first_sequence: u64, reason: String) -> LogError {

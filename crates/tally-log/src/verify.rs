@@ -125,11 +125,11 @@ fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyRep
     }
     let base = report.snapshot_sequence.unwrap_or(0);
     if listing.segments.is_empty() {
-        if !listing.snapshots.is_empty() {
+        if !listing.snapshots.is_empty() || listing.close_marker.is_some() {
             return Err(LogError::MissingSegment {
                 file: storage.path(&format::segment_name(base + 1)),
                 first_sequence: base + 1,
-                reason: "snapshots exist but no log segment does".into(),
+                reason: "snapshots or a close marker exist but no log segment does".into(),
             });
         }
         return Ok(report);
@@ -146,6 +146,12 @@ fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyRep
             scan::scan_log(storage, &listing.segments, 0, base, &mut collect)?
         }
     };
+    scan::check_close_marker(
+        storage,
+        listing.close_marker.as_deref(),
+        &listing.segments,
+        &log,
+    )?;
     report.segments = log.segments;
     report.records = log.frames;
     report.events = log.events;

@@ -168,6 +168,12 @@ impl Wal {
             }
             (Err(error), _) => return Err(error),
         };
+        scan::check_close_marker(
+            &mut *storage,
+            listing.close_marker.as_deref(),
+            &segments,
+            &log,
+        )?;
 
         let mut torn_tail_bytes_cut = 0;
         let mut torn_segment_removed = false;
@@ -255,6 +261,38 @@ impl Wal {
             torn_segment_removed,
         };
         Ok((wal, recovered))
+    }
+
+    /// Closes the log cleanly: records, in a small file of its own (written as a temp
+    /// file, synced, renamed, the directory synced), the last sequence it holds. Every
+    /// record up to there is already synced; from now on recovery treats a log that
+    /// ends before it as damaged instead of torn. Nothing to do for an empty or
+    /// poisoned log (a poisoned log's last frames may not be durable).
+    pub fn close(mut self) -> Result<(), LogError> {
+        let last_sequence = self.sequence_next - 1;
+        if self.poisoned || last_sequence == 0 {
+            return Ok(());
+        }
+        let marker = format::encode_close_marker(last_sequence);
+        let temp = format::CLOSE_MARKER_TEMP_NAME;
+        let storage = &mut *self.storage;
+        let path = storage.path(temp);
+        let io = |what: &'static str| {
+            let path = path.clone();
+            move |e| LogError::io(path, what, e)
+        };
+        storage.create(temp).map_err(io("create close marker"))?;
+        storage
+            .append(temp, &marker)
+            .map_err(io("write close marker"))?;
+        storage.sync_data(temp).map_err(io("fdatasync"))?;
+        storage.close(temp);
+        storage
+            .rename(temp, format::CLOSE_MARKER_NAME)
+            .map_err(io("rename close marker"))?;
+        storage
+            .sync_dir()
+            .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))
     }
 
     /// The sequence the next appended record must carry.

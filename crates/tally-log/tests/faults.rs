@@ -155,6 +155,18 @@ fn random_crashes_never_lose_an_acknowledged_record() {
                 .map(|sequence| record(sequence, rng.below(6) as usize))
                 .collect();
             let choice = rng.below(10);
+            if rng.below(12) == 0 {
+                // A clean close and reopen: the marker must agree with what is there.
+                let closed = wal.close();
+                let recovered;
+                (wal, recovered) = open(&storage, options(segment_bytes_max))
+                    .unwrap_or_else(|e| panic!("seed {seed}: reopen after close: {e}"));
+                if closed.is_ok() {
+                    assert_eq!(recovered.torn_tail_bytes_cut, 0, "seed {seed}");
+                }
+                let base = recovered.snapshot.as_ref().map_or(0, |(s, _)| *s as usize);
+                assert_eq!(recovered.records[..], acked[base..], "seed {seed}");
+            }
             // Spare steps come between appends, as on the engine's log thread.
             if rng.below(3) == 0 {
                 let _ = wal.write_spare_step(1 + rng.below(2000));

@@ -457,3 +457,96 @@ fn a_version_1_segment_still_reads() {
     let error = open(&storage, options(1 << 20)).unwrap_err().to_string();
     assert!(error.contains("format version 3"), "{error}");
 }
+
+/// After a clean close, a flipped bit anywhere in the newest frame is damage, not a
+/// torn write: open and verify stop, naming the segment and the frame's offset. Without
+/// the close (a crash), the same bytes are a torn tail and are cut, as before.
+#[test]
+fn after_a_clean_close_damage_to_the_newest_frame_stops_open() {
+    let written = records(1, 8);
+    let storage = build_log(&written, 2, 1 << 20);
+    let crashed = copy_storage(&storage);
+    let (wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.close().unwrap();
+    assert!(
+        storage
+            .file_names()
+            .contains(&format::CLOSE_MARKER_NAME.to_string())
+    );
+    let name = format::segment_name(1);
+    let clean = storage.read_file(&name).unwrap();
+    let last = *frame_offsets(&clean).last().unwrap();
+    for flip in [
+        last,
+        last + 20,
+        last + FRAME_HEADER_SIZE + 3,
+        clean.len() - 1,
+    ] {
+        for (store, closed) in [
+            (copy_storage(&storage), true),
+            (copy_storage(&crashed), false),
+        ] {
+            store.flip_bit(&name, flip, 2);
+            if closed {
+                let reason = expect_corrupt(open(&store, options(1 << 20)), &name, last as u64);
+                assert!(reason.contains("closed cleanly at sequence 8"), "{reason}");
+                assert!(
+                    verify_storage(&mut store.clone()).is_err(),
+                    "flip at {flip}"
+                );
+            } else {
+                let (_, recovered) = open(&store, options(1 << 20)).unwrap();
+                assert_eq!(recovered.records, written[..7], "flip at {flip}");
+            }
+        }
+    }
+}
+
+/// The marker of an earlier clean close stays true while the log grows: a later crash
+/// that tears the tail is cut as usual; a close writes a newer marker; a marker that
+/// is itself damaged is an error naming it; a marker whose rename never reached the
+/// disk is a temp file, removed.
+#[test]
+fn close_markers_stay_true_and_are_checked() {
+    let storage = build_log(&records(1, 4), 1, 1 << 20);
+    let (wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.close().unwrap();
+    let (mut wal, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records.len(), 4);
+    wal.append(&records(5, 2)).unwrap();
+    storage.fail_sync(1, tally_log::faulty::Fault::Eio);
+    assert!(wal.append(&records(7, 1)).is_err());
+    drop(wal);
+    storage.crash_keeping_unsynced_bytes(100);
+    let (wal, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(
+        recovered.records,
+        records(1, 6),
+        "a stale marker stays true"
+    );
+    wal.close().unwrap();
+    let marker = storage.read_file(format::CLOSE_MARKER_NAME).unwrap();
+    assert_eq!(format::decode_close_marker(&marker), Ok(6));
+
+    let damaged = copy_storage(&storage);
+    damaged.flip_bit(format::CLOSE_MARKER_NAME, 17, 0);
+    expect_corrupt(
+        open(&damaged, options(1 << 20)),
+        format::CLOSE_MARKER_NAME,
+        0,
+    );
+
+    // A close whose directory sync failed: the rename may not be durable, and the
+    // temp file (if that is what the crash left) is removed at open.
+    let (wal, _) = open(&storage, options(1 << 20)).unwrap();
+    storage.fail_sync_dir(1, tally_log::faulty::Fault::Eio);
+    assert!(wal.close().is_err());
+    storage.crash();
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records, records(1, 6));
+    assert!(
+        !storage
+            .file_names()
+            .contains(&format::CLOSE_MARKER_TEMP_NAME.to_string())
+    );
+}
