@@ -197,8 +197,9 @@ enum Dump {
 
 /// A ledger read without changing its directory: what recovery would recover, replayed
 /// onto the newest snapshot, with the checks of the log. The directory lock is held
-/// while reading (one process at a time, SPEC §3.7); no torn tail is cut and no file is
-/// made, so `verify`, `accounts` and `transfers` leave the directory as they found it.
+/// while reading (one process at a time, SPEC §3.7; `LOCK` is created if missing); no
+/// torn tail is cut and no log file is made, so `verify`, `accounts` and `transfers`
+/// leave the log as they found it.
 struct ReadOnly {
     report: tally_log::VerifyReport,
     state: StateMachine,

@@ -147,7 +147,7 @@ impl Logger {
 
     /// Starts a snapshot at `sequence` to be written off this thread (see
     /// [`tally_log::SnapshotJob`]); `None` once the log has failed.
-    pub fn snapshot_job(&self, sequence: u64) -> Option<tally_log::SnapshotJob> {
+    pub fn snapshot_job(&mut self, sequence: u64) -> Option<tally_log::SnapshotJob> {
         if self.failure.is_some() {
             return None;
         }

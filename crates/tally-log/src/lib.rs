@@ -57,8 +57,10 @@ pub enum SyncMode {
     /// One `fdatasync` per appended group; `append` returns only once it succeeded.
     #[default]
     Fdatasync,
-    /// No sync at all: a crash loses acknowledged batches. For benchmarks only; this
-    /// breaks SPEC §3.3 and is named so that nobody picks it by accident.
+    /// No sync per append: a crash loses acknowledged batches. For benchmarks only; this
+    /// breaks SPEC §3.3 and is named so that nobody picks it by accident. Rotations,
+    /// snapshots and a clean close still sync what they rely on, so what a crash leaves
+    /// always opens.
     UnsafeNoSync,
 }
 

@@ -225,6 +225,19 @@ impl Wal {
             segment_current_capacity = capacity;
         }
         assert!(segment_current_capacity >= segment_current_bytes);
+        // What was read back may come from the page cache, not the disk: after a restart
+        // without a machine crash (a failed sync, a killed process) unsynced frames, a
+        // cleared torn tail or a segment's name may not be durable yet. Make them so
+        // before anything is appended after them, acknowledged, or named in a close
+        // marker. (After a failed fsync Linux may drop the dirty pages and report the
+        // next fsync as successful: restart the host, not just the process, then.)
+        let current = &segments.last().expect("a current segment").name;
+        storage
+            .sync_data(current)
+            .map_err(|e| LogError::io(storage.path(current), "fdatasync", e))?;
+        storage
+            .sync_dir()
+            .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
 
         // Paired checks: what recovery hands back is consecutive and starts after the base.
         for (index, record) in records.iter().enumerate() {
@@ -276,6 +289,12 @@ impl Wal {
         let marker = format::encode_close_marker(last_sequence);
         let temp = format::CLOSE_MARKER_TEMP_NAME;
         let storage = &mut *self.storage;
+        // The marker claims every frame durable: make it so even where appends did not
+        // sync (`SyncMode::UnsafeNoSync`; rotation synced the segments before).
+        let current = &self.segments.last().expect("a current segment").name;
+        storage
+            .sync_data(current)
+            .map_err(|e| LogError::io(storage.path(current), "fdatasync", e))?;
         let path = storage.path(temp);
         let io = |what: &'static str| {
             let path = path.clone();
@@ -381,6 +400,14 @@ impl Wal {
     fn rotate(&mut self) -> Result<(), LogError> {
         let spare = self.spare_ready.take();
         self.spare_failed = false;
+        let previous = &self.segments.last().expect("a current segment").name;
+        if self.options.sync == SyncMode::UnsafeNoSync {
+            // Appends did not sync this segment; a snapshot or close marker may later
+            // rely on its frames, and no later sync of the new segment covers them.
+            self.storage
+                .sync_data(previous)
+                .map_err(|e| LogError::io(self.storage.path(previous), "fdatasync", e))?;
+        }
         let (segment, capacity) = start_segment(&mut *self.storage, self.sequence_next, spare)?;
         let previous = self.segments.last().expect("a current segment");
         self.storage.close(&previous.name);
@@ -508,9 +535,17 @@ impl Wal {
     /// Starts a snapshot at `sequence` that [`SnapshotJob::write`] can write on another
     /// thread while this log keeps appending; hand its result to
     /// [`Wal::snapshot_written`]. One job at a time.
-    pub fn snapshot_job(&self, sequence: u64) -> Result<SnapshotJob, LogError> {
+    pub fn snapshot_job(&mut self, sequence: u64) -> Result<SnapshotJob, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
+        }
+        if self.options.sync == SyncMode::UnsafeNoSync {
+            // A durable snapshot past unsynced frames would leave, after a crash, a log
+            // that ends before its snapshot: a directory recovery refuses.
+            let current = &self.segments.last().expect("a current segment").name;
+            self.storage
+                .sync_data(current)
+                .map_err(|e| LogError::io(self.storage.path(current), "fdatasync", e))?;
         }
         assert!(
             sequence < self.sequence_next,
