@@ -278,7 +278,10 @@ impl Sim {
             }
             self.fault_pending = false;
         } else {
+            // A clean stop closes the log, leaving a close marker that every later
+            // recovery (after crashes too) must find true.
             self.totals.clean_restarts += 1;
+            let _ = self.committer.close();
         }
         // The old engine is gone with the power; only the disk remains. Half the runs
         // that follow make renames durable at once, as ext4 may before the directory is

@@ -51,10 +51,11 @@ pub(crate) struct Logger {
 
 impl Logger {
     /// Closes the log cleanly at shutdown ([`Wal::close`]), unless it failed.
-    pub fn close(self) -> Result<(), tally_log::LogError> {
+    pub fn close(&mut self) -> Result<(), tally_log::LogError> {
         if self.failure.is_some() {
             return Ok(());
         }
+        self.failure = Some("the log is closed".to_string());
         self.wal.close()
     }
 
@@ -423,5 +424,10 @@ impl Committer {
     /// The log failure that stopped writes, if any.
     pub fn failure(&self) -> Option<&str> {
         self.logger.failure()
+    }
+
+    /// Closes the log cleanly (see `tally_log::Wal::close`); no commits after it.
+    pub fn close(&mut self) -> Result<(), tally_log::LogError> {
+        self.logger.close()
     }
 }

@@ -281,11 +281,15 @@ impl Wal {
     /// record up to there is already synced; from now on recovery treats a log that
     /// ends before it as damaged instead of torn. Nothing to do for an empty or
     /// poisoned log (a poisoned log's last frames may not be durable).
-    pub fn close(mut self) -> Result<(), LogError> {
+    ///
+    /// Afterwards the log takes no more appends (they fail as on a poisoned log).
+    pub fn close(&mut self) -> Result<(), LogError> {
         let last_sequence = self.sequence_next - 1;
         if self.poisoned || last_sequence == 0 {
+            self.poisoned = true;
             return Ok(());
         }
+        self.poisoned = true;
         let marker = format::encode_close_marker(last_sequence);
         let temp = format::CLOSE_MARKER_TEMP_NAME;
         let storage = &mut *self.storage;

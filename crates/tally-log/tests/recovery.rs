@@ -466,7 +466,7 @@ fn after_a_clean_close_damage_to_the_newest_frame_stops_open() {
     let written = records(1, 8);
     let storage = build_log(&written, 2, 1 << 20);
     let crashed = copy_storage(&storage);
-    let (wal, _) = open(&storage, options(1 << 20)).unwrap();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
     wal.close().unwrap();
     assert!(
         storage
@@ -509,7 +509,7 @@ fn after_a_clean_close_damage_to_the_newest_frame_stops_open() {
 #[test]
 fn close_markers_stay_true_and_are_checked() {
     let storage = build_log(&records(1, 4), 1, 1 << 20);
-    let (wal, _) = open(&storage, options(1 << 20)).unwrap();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
     wal.close().unwrap();
     let (mut wal, recovered) = open(&storage, options(1 << 20)).unwrap();
     assert_eq!(recovered.records.len(), 4);
@@ -518,7 +518,7 @@ fn close_markers_stay_true_and_are_checked() {
     assert!(wal.append(&records(7, 1)).is_err());
     drop(wal);
     storage.crash_keeping_unsynced_bytes(100);
-    let (wal, recovered) = open(&storage, options(1 << 20)).unwrap();
+    let (mut wal, recovered) = open(&storage, options(1 << 20)).unwrap();
     assert_eq!(
         recovered.records,
         records(1, 6),
@@ -538,7 +538,7 @@ fn close_markers_stay_true_and_are_checked() {
 
     // A close whose directory sync failed: the rename may not be durable, and the
     // temp file (if that is what the crash left) is removed at open.
-    let (wal, _) = open(&storage, options(1 << 20)).unwrap();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
     storage.fail_sync_dir(1, tally_log::faulty::Fault::Eio);
     assert!(wal.close().is_err());
     storage.crash();

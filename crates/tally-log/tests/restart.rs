@@ -22,7 +22,7 @@ fn a_close_marker_never_names_a_frame_whose_sync_failed() {
     storage.fail_sync(1, Fault::Eio);
     assert!(wal.append(&records(5, 1)).is_err(), "not acknowledged");
     drop(wal); // the engine stops; a restart (no machine crash) reopens
-    let (wal, recovered) = open(&storage, options(1 << 20)).unwrap();
+    let (mut wal, recovered) = open(&storage, options(1 << 20)).unwrap();
     assert_eq!(
         recovered.records.len(),
         5,
