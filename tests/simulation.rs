@@ -26,6 +26,17 @@ const STEPS_PER_SEED: u64 = 120;
 const ACCOUNT_IDS: u64 = 10;
 const TRANSFER_IDS: u64 = 160;
 
+/// How a simulated engine stops before it is reopened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// Power loss: unsynced writes are gone (or torn).
+    Crash,
+    /// The process restarts on a machine that keeps running: nothing is lost yet.
+    Process,
+    /// A crash or a clean stop, drawn at random (a crash whenever a fault is armed).
+    Any,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
     seeds: u64,
@@ -35,6 +46,7 @@ struct Totals {
     crashes: u64,
     torn_crashes: u64,
     clean_restarts: u64,
+    process_restarts_after_failure: u64,
     faults_armed: u64,
     log_failures_seen: u64,
     unacknowledged_batches_recovered: u64,
@@ -51,6 +63,7 @@ impl Totals {
         self.crashes += other.crashes;
         self.torn_crashes += other.torn_crashes;
         self.clean_restarts += other.clean_restarts;
+        self.process_restarts_after_failure += other.process_restarts_after_failure;
         self.faults_armed += other.faults_armed;
         self.log_failures_seen += other.log_failures_seen;
         self.unacknowledged_batches_recovered += other.unacknowledged_batches_recovered;
@@ -129,12 +142,17 @@ impl Sim {
             if self.committer.failure().is_some() {
                 self.totals.log_failures_seen += 1;
                 self.check_failed_stays_failed(step);
-                self.restart(step, true);
+                let restart = if self.rng.chance(33) {
+                    Restart::Process
+                } else {
+                    Restart::Crash
+                };
+                self.restart(step, restart);
             } else if self.rng.chance(6) {
-                self.restart(step, false);
+                self.restart(step, Restart::Any);
             }
         }
-        self.restart(STEPS_PER_SEED, false);
+        self.restart(STEPS_PER_SEED, Restart::Any);
         self.check_full_replay();
     }
 
@@ -263,11 +281,24 @@ impl Sim {
         );
     }
 
-    /// Crashes (or stops cleanly), reads the log back, reopens and checks everything.
-    fn restart(&mut self, step: u64, must_crash: bool) {
+    /// Crashes (or stops cleanly, or only the process restarts), reads the log back,
+    /// reopens and checks everything.
+    fn restart(&mut self, step: u64, restart: Restart) {
         let seed = self.seed;
-        let crash = must_crash || self.fault_pending || self.rng.chance(80);
-        if crash {
+        let crash = match restart {
+            Restart::Crash => true,
+            Restart::Process => false,
+            Restart::Any => self.fault_pending || self.rng.chance(80),
+        };
+        if restart == Restart::Process {
+            // The process dies after a log failure but the machine does not: the page
+            // cache still holds what was written and never synced, and the next open
+            // reads it. Whatever open hands back must be durable before it is built on
+            // (a later crash must not lose it).
+            self.totals.process_restarts_after_failure += 1;
+            self.storage.disarm();
+            self.fault_pending = false;
+        } else if crash {
             self.totals.crashes += 1;
             if self.rng.chance(50) {
                 self.totals.torn_crashes += 1;

@@ -170,6 +170,15 @@ impl FaultyStorage {
         state.dir_syncs.fault = None;
     }
 
+    /// Clears every armed fault, changing no data: a process restart on a machine that
+    /// keeps running (unsynced writes stay readable, as from the page cache).
+    pub fn disarm(&self) {
+        let mut state = self.lock();
+        state.write_fault = None;
+        state.syncs.fault = None;
+        state.dir_syncs.fault = None;
+    }
+
     /// Arms a fault on the `nth` write (append or `write_at`) from now (1 = the next
     /// one); nothing of it lands.
     pub fn fail_append(&self, nth: u64, fault: Fault) {
