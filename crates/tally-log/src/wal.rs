@@ -285,11 +285,10 @@ impl Wal {
     /// Afterwards the log takes no more appends (they fail as on a poisoned log).
     pub fn close(&mut self) -> Result<(), LogError> {
         let last_sequence = self.sequence_next - 1;
-        if self.poisoned || last_sequence == 0 {
-            self.poisoned = true;
+        let was_poisoned = std::mem::replace(&mut self.poisoned, true);
+        if was_poisoned || last_sequence == 0 {
             return Ok(());
         }
-        self.poisoned = true;
         let marker = format::encode_close_marker(last_sequence);
         let temp = format::CLOSE_MARKER_TEMP_NAME;
         let storage = &mut *self.storage;
@@ -404,17 +403,21 @@ impl Wal {
     fn rotate(&mut self) -> Result<(), LogError> {
         let spare = self.spare_ready.take();
         self.spare_failed = false;
-        let previous = &self.segments.last().expect("a current segment").name;
+        let previous = self
+            .segments
+            .last()
+            .expect("a current segment")
+            .name
+            .clone();
         if self.options.sync == SyncMode::UnsafeNoSync {
             // Appends did not sync this segment; a snapshot or close marker may later
             // rely on its frames, and no later sync of the new segment covers them.
             self.storage
-                .sync_data(previous)
-                .map_err(|e| LogError::io(self.storage.path(previous), "fdatasync", e))?;
+                .sync_data(&previous)
+                .map_err(|e| LogError::io(self.storage.path(&previous), "fdatasync", e))?;
         }
         let (segment, capacity) = start_segment(&mut *self.storage, self.sequence_next, spare)?;
-        let previous = self.segments.last().expect("a current segment");
-        self.storage.close(&previous.name);
+        self.storage.close(&previous);
         self.segments.push(segment);
         self.segment_current_bytes = SEGMENT_HEADER_SIZE as u64;
         self.segment_current_capacity = capacity;
@@ -687,19 +690,13 @@ fn start_segment(
     Ok((segment, capacity))
 }
 
-/// The spare found at open is kept if it has the size this log writes; otherwise it is
-/// removed. It is whole and durable by construction (see [`Wal::write_spare_step`]), and
-/// all zeros but perhaps its first [`SEGMENT_HEADER_SIZE`] bytes: a rotation that wrote
-/// and synced the header of the segment it was becoming, but crashed before the rename
-/// reached the disk, leaves that header in it. Kept as is, it would give the next
-/// segment made from this spare a stale header until its own header is durable; so a
-/// header found here is zeroed, durably, before the spare is kept.
 /// Discards a torn write at the end of the last segment and returns the segment's
 /// capacity for frames afterwards. A torn write in place (zeros follow it) is zeroed
 /// where it lies, so the preallocated space after it stays usable; otherwise the file
-/// is truncated to its last whole frame. Either way, once this returns, only zeros
-/// follow the last frame on disk. Zeroing is itself safe to tear: what a crash leaves
-/// of it is a shorter torn tail, found and cleared the same way at the next open.
+/// is truncated to its last whole frame. Either way only zeros then follow the last
+/// frame; open syncs the segment (it is the current one) before it returns. Zeroing is
+/// itself safe to tear: what a crash leaves of it is a shorter torn tail, found and
+/// cleared the same way at the next open.
 fn clear_torn_tail(
     storage: &mut dyn Storage,
     name: &str,
@@ -717,15 +714,19 @@ fn clear_torn_tail(
         let torn = usize::try_from(torn_bytes).expect("a segment fits in memory");
         storage
             .write_at(name, valid_bytes, &vec![0u8; torn])
-            .map_err(|e| LogError::io(path.clone(), "zero torn tail", e))?;
+            .map_err(|e| LogError::io(path, "zero torn tail", e))?;
         valid_bytes + torn_bytes + zero_bytes
     };
-    storage
-        .sync_data(name)
-        .map_err(|e| LogError::io(path, "fdatasync", e))?;
     Ok(capacity)
 }
 
+/// The spare found at open is kept if it has the size this log writes; otherwise it is
+/// removed. It is whole and durable by construction (see [`Wal::write_spare_step`]), and
+/// all zeros but perhaps its first [`SEGMENT_HEADER_SIZE`] bytes: a rotation that wrote
+/// and synced the header of the segment it was becoming, but crashed before the rename
+/// reached the disk, leaves that header in it. Kept as is, it would give the next
+/// segment made from this spare a stale header until its own header is durable; so a
+/// header found here is zeroed, durably, before the spare is kept.
 fn keep_spare(
     storage: &mut dyn Storage,
     spare: Option<&str>,
