@@ -86,7 +86,7 @@ pub fn parse_line(
     lookup: &dyn LedgerLookup,
     currencies: &CurrencyTable,
 ) -> Result<RequestLine, LineError> {
-    let root = tree::read(line).map_err(|e| LineError(format!("malformed JSON: {e}")))?;
+    let root = tree::read(line).map_err(LineError)?;
     let Json::Object(members) = &root else {
         return Err(LineError(format!(
             "a request line is a JSON object such as {{\"lookup_accounts\": [\"1\"]}}; found {}",

@@ -96,22 +96,74 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_MAX));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+        loop {
+            let index = items.len();
+            match seq.next_element() {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => return Ok(Json::Array(items)),
+                // Only an error already placed inside a member gets the index: one in
+                // the array's own syntax is the array's.
+                Err(error) => return Err(within(error, &format!("[{index}]"), false)),
+            }
         }
-        Ok(Json::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(RESERVE_MAX));
-        while let Some((key, value)) = map.next_entry::<String, Json>()? {
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map
+                .next_value::<Json>()
+                .map_err(|error| within(error, &crate::fields::short(&key), true))?;
             members.push((key, value));
         }
         Ok(Json::Object(members))
     }
 }
 
-/// Reads one JSON document; trailing non-whitespace is an error.
-pub(crate) fn read(text: &str) -> Result<Json, serde_json::Error> {
-    serde_json::from_str(text)
+/// Marks a message that carries the path of the value it is about:
+/// `PLACED path PLACED reason`. Never in JSON text a parser reports (a control byte).
+const PLACED: char = '\u{1}';
+
+/// `error`, raised while reading the value at `step` (a member's key, or `[i]`), with
+/// `step` put in front of its path. An error with no path yet gets one only when
+/// `starts_path` (a member's value: a bad number, literal or string there is that
+/// field's). serde_json appends the position to every error; only the innermost is kept.
+fn within<E: serde::de::Error>(error: E, step: &str, starts_path: bool) -> E {
+    let message = error.to_string();
+    let (path, reason) = match message
+        .strip_prefix(PLACED)
+        .and_then(|m| m.split_once(PLACED))
+    {
+        Some((inner, reason)) if inner.starts_with('[') => (format!("{step}{inner}"), reason),
+        Some((inner, reason)) => (format!("{step}.{inner}"), reason),
+        None if starts_path => (step.to_string(), message.as_str()),
+        None => return error,
+    };
+    E::custom(format!(
+        "{PLACED}{path}{PLACED}{}",
+        without_position(reason)
+    ))
+}
+
+/// `reason` without a trailing " at line L column C" (serde_json adds one again).
+fn without_position(reason: &str) -> &str {
+    match reason.rfind(" at line ") {
+        Some(at) if reason[at..].contains(" column ") => &reason[..at],
+        _ => reason,
+    }
+}
+
+/// Reads one JSON document; trailing non-whitespace is an error. A malformed value
+/// inside an object names where it is (`create_accounts[0].id: number out of range`).
+pub(crate) fn read(text: &str) -> Result<Json, String> {
+    serde_json::from_str(text).map_err(|error: serde_json::Error| {
+        let message = error.to_string();
+        match message
+            .strip_prefix(PLACED)
+            .and_then(|m| m.split_once(PLACED))
+        {
+            Some((path, reason)) => format!("{path}: malformed JSON: {reason}"),
+            None => format!("malformed JSON: {message}"),
+        }
+    })
 }

@@ -308,6 +308,38 @@ fn line_shape_errors() {
         r#"{"create_accounts": ["1"]}"#,
         "error: create_accounts[0]: expected an object of account fields, found a string",
     );
+    // A malformed value inside an object names its field; the line's own syntax does not.
+    for (line, expected) in [
+        (
+            r#"{"create_accounts": [{"ledger": 1, "id": 1e400}]}"#,
+            "create_accounts[0].id: malformed JSON: number out of range at line 1 column",
+        ),
+        (
+            r#"{"create_transfers": [{"id": "1"}, {"amount": tru}]}"#,
+            "create_transfers[1].amount: malformed JSON: expected ident at line 1 column",
+        ),
+        (
+            r#"{"get_account_transfers": {"account_id": "1", "flags": ["debits" "credits"]}}"#,
+            "get_account_transfers.flags: malformed JSON: expected `,` or `]` at line 1 column",
+        ),
+        (
+            r#"{"lookup_accounts": ["1" "2"]}"#,
+            "lookup_accounts: malformed JSON: expected `,` or `]` at line 1 column",
+        ),
+        // A key is shown escaped and cut, like any client text in a message.
+        (
+            r#"{"create_accounts": [{"i\u0001d": 1e400}]}"#,
+            "create_accounts[0].i\\u{1}d: malformed JSON: number out of range",
+        ),
+    ] {
+        check(line, &format!("error: {expected}"));
+        let message = parse_line(line, &Store, &CurrencyTable::default())
+            .err()
+            .unwrap()
+            .0;
+        assert_eq!(message.matches(" at line ").count(), 1, "{message}");
+        assert!(!message.contains('\u{1}'), "{message}");
+    }
     // Nesting past serde_json's recursion limit is refused, not a stack overflow.
     check(
         &"[".repeat(100_000),
