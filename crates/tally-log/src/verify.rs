@@ -108,14 +108,20 @@ type Kept = (Option<(u64, StateImage)>, Vec<LogRecord>);
 fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyReport, LogError> {
     let listing = scan::list(storage)?;
     let mut report = VerifyReport::default();
-    let mut newest_readable = None;
-    for (sequence, name) in &listing.snapshots {
-        match snapshot::read(storage, name, false) {
+    let keep_image = keep.is_some();
+    let mut newest_image = None;
+    // Newest first, so that the one recovery would load is read once, image kept when
+    // asked; every older one is still checked.
+    for (sequence, name) in listing.snapshots.iter().rev() {
+        let newest = report.snapshot_sequence.is_none();
+        match snapshot::read(storage, name, keep_image && newest) {
             Ok(loaded) => {
                 assert_eq!(loaded.sequence, *sequence);
                 report.snapshots += 1;
-                report.snapshot_sequence = Some(*sequence);
-                newest_readable = Some(name);
+                if newest {
+                    report.snapshot_sequence = Some(*sequence);
+                    newest_image = loaded.image.map(|image| (*sequence, image));
+                }
             }
             Err(error @ LogError::Corrupt { .. }) => {
                 report.snapshots_damaged.push(error.to_string())
@@ -123,6 +129,7 @@ fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyRep
             Err(error) => return Err(error),
         }
     }
+    report.snapshots_damaged.reverse(); // oldest first, as listed
     let base = report.snapshot_sequence.unwrap_or(0);
     if listing.segments.is_empty() {
         if !listing.snapshots.is_empty() || listing.close_marker.is_some() {
@@ -137,11 +144,12 @@ fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyRep
     let log = match keep {
         None => scan::scan_log(storage, &listing.segments, 0, base, &mut Collect::DecodeAll)?,
         Some((snapshot, records)) => {
-            if let Some(name) = newest_readable {
-                let loaded = snapshot::read(storage, name, true)?;
-                let image = loaded.image.expect("snapshot read with keep");
-                *snapshot = Some((loaded.sequence, image));
-            }
+            assert_eq!(
+                newest_image.as_ref().map(|(sequence, _)| *sequence),
+                report.snapshot_sequence,
+                "the newest readable snapshot was read with its image"
+            );
+            *snapshot = newest_image;
             let mut collect = Collect::After { base, out: records };
             scan::scan_log(storage, &listing.segments, 0, base, &mut collect)?
         }

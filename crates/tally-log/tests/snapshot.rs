@@ -7,7 +7,7 @@ use common::*;
 use proptest::prelude::*;
 use tally_log::faulty::FaultyStorage;
 use tally_log::format::{self, snapshot_name};
-use tally_log::{LogError, Wal, verify_storage};
+use tally_log::{LogError, Wal, read_log_storage, verify_storage};
 use tally_types::{Account, AccountFlags, PendingStatus, StateImage, Transfer, TransferFlags};
 
 fn image(accounts: usize, transfers: usize) -> StateImage {
@@ -131,8 +131,14 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
     assert!(wal.snapshots_damaged()[0].ends_with(&newest));
     let report = verify_storage(&mut storage.clone()).unwrap();
     assert_eq!(report.snapshot_sequence, Some(20));
+    assert_eq!(report.snapshots, 1, "20 checks (10 was retired)");
     assert_eq!(report.snapshots_damaged.len(), 1);
     assert!(report.snapshots_damaged[0].contains(&newest));
+    // Reading without recovering falls back the same way.
+    let read = read_log_storage(&mut storage.clone()).unwrap();
+    assert_eq!(read.snapshot, recovered.snapshot);
+    assert_eq!(read.records, recovered.records);
+    assert_eq!(read.report, report);
 }
 
 #[test]
