@@ -179,77 +179,71 @@ impl fmt::Display for HeaderError {
     }
 }
 
-pub fn encode_segment_header(first_sequence: u64) -> [u8; SEGMENT_HEADER_SIZE] {
-    let mut header = [0u8; SEGMENT_HEADER_SIZE];
-    header[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header[10..12].copy_from_slice(&RECORD_LAYOUT_VERSION.to_le_bytes());
-    header[12..16].copy_from_slice(&(SEGMENT_HEADER_SIZE as u32).to_le_bytes());
-    header[16..24].copy_from_slice(&first_sequence.to_le_bytes());
-    let crc = crc32c::crc32c(&header[0..60]);
-    header[60..64].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(decode_segment_header(&header), Ok(first_sequence));
-    header
+/// The 64-byte block shared by segment headers and the close marker: magic, format and
+/// record-layout versions, its own size, one sequence, reserved zeros, CRC.
+const BLOCK_SIZE: usize = 64;
+const _: () = assert!(SEGMENT_HEADER_SIZE == BLOCK_SIZE && CLOSE_MARKER_SIZE == BLOCK_SIZE);
+
+fn encode_block(magic: &[u8; 8], sequence: u64) -> [u8; BLOCK_SIZE] {
+    let mut block = [0u8; BLOCK_SIZE];
+    block[0..8].copy_from_slice(magic);
+    block[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    block[10..12].copy_from_slice(&RECORD_LAYOUT_VERSION.to_le_bytes());
+    block[12..16].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
+    block[16..24].copy_from_slice(&sequence.to_le_bytes());
+    let crc = crc32c::crc32c(&block[0..60]);
+    block[60..64].copy_from_slice(&crc.to_le_bytes());
+    block
 }
 
-/// The close marker of a log whose last record was `last_sequence`.
-pub fn encode_close_marker(last_sequence: u64) -> [u8; CLOSE_MARKER_SIZE] {
-    let mut marker = [0u8; CLOSE_MARKER_SIZE];
-    marker[0..8].copy_from_slice(&CLOSE_MARKER_MAGIC);
-    marker[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    marker[10..12].copy_from_slice(&RECORD_LAYOUT_VERSION.to_le_bytes());
-    marker[12..16].copy_from_slice(&(CLOSE_MARKER_SIZE as u32).to_le_bytes());
-    marker[16..24].copy_from_slice(&last_sequence.to_le_bytes());
-    let crc = crc32c::crc32c(&marker[0..60]);
-    marker[60..64].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(decode_close_marker(&marker), Ok(last_sequence));
-    marker
-}
-
-/// Checks a close marker and returns the last sequence it records.
-pub fn decode_close_marker(bytes: &[u8]) -> Result<u64, HeaderError> {
-    if bytes.len() != CLOSE_MARKER_SIZE {
-        return Err(HeaderError::Incomplete);
-    }
-    if bytes[0..8] != CLOSE_MARKER_MAGIC {
+/// Checks the block at the start of `bytes` and returns its sequence.
+fn decode_block(bytes: &[u8], magic: &[u8; 8]) -> Result<u64, HeaderError> {
+    let block = bytes.get(..BLOCK_SIZE).ok_or(HeaderError::Incomplete)?;
+    if block[0..8] != *magic {
         return Err(HeaderError::BadMagic);
     }
-    if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
+    if crc32c::crc32c(&block[0..60]) != le_u32(block, 60) {
         return Err(HeaderError::BadChecksum);
     }
-    check_versions(bytes)?;
-    if le_u32(bytes, 12) as usize != CLOSE_MARKER_SIZE || bytes[24..60].iter().any(|&b| b != 0) {
-        return Err(HeaderError::Unsupported(
-            "size or reserved bytes are wrong".into(),
-        ));
-    }
-    Ok(le_u64(bytes, 16))
-}
-
-/// Checks a segment header and returns its first sequence.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
-    let header = bytes
-        .get(..SEGMENT_HEADER_SIZE)
-        .ok_or(HeaderError::Incomplete)?;
-    if header[0..8] != SEGMENT_MAGIC {
-        return Err(HeaderError::BadMagic);
-    }
-    if crc32c::crc32c(&header[0..60]) != le_u32(header, 60) {
-        return Err(HeaderError::BadChecksum);
-    }
-    check_versions(header)?;
-    if le_u32(header, 12) as usize != SEGMENT_HEADER_SIZE {
+    check_versions(block)?;
+    if le_u32(block, 12) as usize != BLOCK_SIZE {
         return Err(HeaderError::Unsupported(format!(
             "header bytes {}",
-            le_u32(header, 12)
+            le_u32(block, 12)
         )));
     }
-    if header[24..60].iter().any(|&b| b != 0) {
+    if block[24..60].iter().any(|&b| b != 0) {
         return Err(HeaderError::Unsupported(
             "reserved bytes are not zero".into(),
         ));
     }
-    Ok(le_u64(header, 16))
+    Ok(le_u64(block, 16))
+}
+
+pub fn encode_segment_header(first_sequence: u64) -> [u8; SEGMENT_HEADER_SIZE] {
+    let header = encode_block(&SEGMENT_MAGIC, first_sequence);
+    debug_assert_eq!(decode_segment_header(&header), Ok(first_sequence));
+    header
+}
+
+/// Checks a segment header and returns its first sequence.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+    decode_block(bytes, &SEGMENT_MAGIC)
+}
+
+/// The close marker of a log whose last record was `last_sequence`.
+pub fn encode_close_marker(last_sequence: u64) -> [u8; CLOSE_MARKER_SIZE] {
+    let marker = encode_block(&CLOSE_MARKER_MAGIC, last_sequence);
+    debug_assert_eq!(decode_close_marker(&marker), Ok(last_sequence));
+    marker
+}
+
+/// Checks a close marker (the whole file) and returns the last sequence it records.
+pub fn decode_close_marker(bytes: &[u8]) -> Result<u64, HeaderError> {
+    if bytes.len() != CLOSE_MARKER_SIZE {
+        return Err(HeaderError::Incomplete);
+    }
+    decode_block(bytes, &CLOSE_MARKER_MAGIC)
 }
 
 /// Format and record-layout versions at bytes 8..12, shared by segment and snapshot headers.
@@ -553,6 +547,26 @@ mod tests {
                 decode_frame(&damaged).is_err(),
                 "flip of bit {bit} went unnoticed"
             );
+        }
+    }
+
+    #[test]
+    fn close_marker_round_trips_and_is_never_taken_for_a_header() {
+        let marker = encode_close_marker(42);
+        assert_eq!(decode_close_marker(&marker), Ok(42));
+        assert_eq!(decode_segment_header(&marker), Err(HeaderError::BadMagic));
+        let header = encode_segment_header(42);
+        assert_eq!(decode_close_marker(&header), Err(HeaderError::BadMagic));
+        assert_eq!(
+            decode_close_marker(&marker[..63]),
+            Err(HeaderError::Incomplete)
+        );
+        let longer = [&marker[..], &[0u8]].concat();
+        assert_eq!(decode_close_marker(&longer), Err(HeaderError::Incomplete));
+        for bit in 0..CLOSE_MARKER_SIZE * 8 {
+            let mut damaged = marker;
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_close_marker(&damaged).is_err(), "bit {bit}");
         }
     }
 
