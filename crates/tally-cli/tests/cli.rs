@@ -10,6 +10,11 @@ fn tally() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tally"))
 }
 
+/// Runs `tally COMMAND --data DIR` (verify, accounts, transfers) to completion.
+fn tally_on(command: &str, dir: &Path) -> std::process::Output {
+    tally().args([command, "--data"]).arg(dir).output().unwrap()
+}
+
 /// Runs `tally apply` on `dir` with `lines`, returns one parsed answer per line.
 fn apply(dir: &Path, lines: &[&str], manual_clock: bool) -> Vec<Value> {
     let mut command = tally();
@@ -266,11 +271,7 @@ fn state_survives_a_restart_and_resubmission_is_idempotent() {
         .collect();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["id"], json!("7"));
-    let verify = tally()
-        .args(["verify", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let verify = tally_on("verify", dir.path());
     assert!(
         verify.status.success(),
         "{}",
@@ -332,11 +333,7 @@ fn verify_fails_on_a_flipped_bit_inside_the_committed_log() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
     std::fs::write(&segment, bytes).unwrap();
-    let verify = tally()
-        .args(["verify", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let verify = tally_on("verify", dir.path());
     assert!(!verify.status.success());
     let message = String::from_utf8_lossy(&verify.stderr);
     assert!(
@@ -379,13 +376,7 @@ fn reading_commands_change_nothing_and_verify_reports_a_torn_tail() {
     bytes.extend_from_slice(b"TLFRtorn");
     std::fs::write(&path, &bytes).unwrap();
     let before = files(dir.path());
-    let run = |command: &str| {
-        tally()
-            .args([command, "--data"])
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
+    let run = |command: &str| tally_on(command, dir.path());
     let verify = run("verify");
     assert!(verify.status.success());
     let summary = String::from_utf8_lossy(&verify.stdout);
@@ -405,11 +396,7 @@ fn reading_commands_change_nothing_and_verify_reports_a_torn_tail() {
     assert!(!summary.contains("warning"), "{summary}");
 
     let empty = tempfile::tempdir().unwrap();
-    let verify = tally()
-        .args(["verify", "--data"])
-        .arg(empty.path())
-        .output()
-        .unwrap();
+    let verify = tally_on("verify", empty.path());
     assert!(verify.status.success());
     assert!(
         files(empty.path())
@@ -437,11 +424,7 @@ fn after_a_clean_exit_a_flipped_bit_in_the_newest_batch_is_reported() {
     }
     bytes[last + 60] ^= 0x04;
     std::fs::write(&segment, bytes).unwrap();
-    let verify = tally()
-        .args(["verify", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let verify = tally_on("verify", dir.path());
     assert!(!verify.status.success());
     let message = String::from_utf8_lossy(&verify.stderr);
     assert!(

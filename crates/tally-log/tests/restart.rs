@@ -10,11 +10,11 @@ use common::*;
 use tally_log::faulty::{Fault, FaultyStorage};
 use tally_log::{LogOptions, SyncMode};
 
-/// an fdatasync of the newest group fails (the log is poisoned, the batch was never
+/// An fdatasync of the newest group fails (the log is poisoned, the batch was never
 /// acknowledged). The process restarts without a machine crash: recovery reads the
-/// frame from the page cache and hands it back; a clean close then writes a marker
-/// naming it, although nothing ever made it durable. A power loss later leaves a
-/// valid directory (every acknowledged batch is there) that open refuses as Corrupt.
+/// frame from the page cache and hands it back, and a clean close names it in its
+/// marker. Open must have made it durable first, or a later power loss would leave a
+/// valid directory (every acknowledged batch there) that open refuses as Corrupt.
 #[test]
 fn a_close_marker_never_names_a_frame_whose_sync_failed() {
     let storage = build_log(&records(1, 4), 1, 1 << 20);
@@ -38,29 +38,35 @@ fn a_close_marker_never_names_a_frame_whose_sync_failed() {
     );
 }
 
-/// SyncMode::UnsafeNoSync (benchmarks) never syncs frames, but close still writes a
-/// durable marker naming the last one: a crash after a clean shutdown leaves a
-/// directory that can never be opened again (without the marker the unsynced frames
-/// would just be lost, as the mode documents).
-#[test]
-fn a_close_without_syncing_appends_leaves_a_directory_that_opens() {
-    let storage = FaultyStorage::new();
+/// A fresh log on `storage` in `SyncMode::UnsafeNoSync` (benchmarks: appends are never
+/// synced) holding records 1..=3.
+fn no_sync_log_of_three(storage: &FaultyStorage) -> tally_log::Wal {
     let no_sync = LogOptions {
         segment_bytes_max: 1 << 20,
         sync: SyncMode::UnsafeNoSync,
     };
-    let (mut wal, _) = open(&storage, no_sync).unwrap();
+    let (mut wal, _) = open(storage, no_sync).unwrap();
     wal.append(&records(1, 3)).unwrap();
+    wal
+}
+
+/// With appends never synced, a clean close must still name only durable frames: it
+/// syncs before writing its marker, so a crash after it leaves a directory that opens
+/// (before, the marker named frames the crash then took, and open refused).
+#[test]
+fn a_close_without_syncing_appends_leaves_a_directory_that_opens() {
+    let storage = FaultyStorage::new();
+    let mut wal = no_sync_log_of_three(&storage);
     wal.close().unwrap();
     storage.crash();
     let opened = open(&storage, options(1 << 20));
     assert!(opened.is_ok(), "open fails: {:?}", opened.err());
 }
 
-/// a rotation whose directory fsync
-/// fails poisons the log; the restart (no machine crash) finds the new segment, whose
-/// name was never made durable, and appends into it, acknowledging batches; open never
-/// syncs the directory, so a power loss removes the segment and every batch in it.
+/// A rotation whose directory fsync fails poisons the log; the restart (no machine
+/// crash) finds the new segment, whose name was never made durable, and appends into
+/// it, acknowledging batches. Open must sync the directory first, or a power loss
+/// would remove the segment and every acknowledged batch in it.
 #[test]
 fn a_segment_whose_name_was_not_durable_is_made_so_before_appending() {
     // Small segments so that the next group rotates.
@@ -98,12 +104,12 @@ fn a_segment_whose_name_was_not_durable_is_made_so_before_appending() {
     );
 }
 
-/// open clears a torn tail (zeroes it in place, or truncates) but that fdatasync
-/// fails: open returns the error. A second open without a machine crash (a supervisor
-/// restart) reads the cleared tail from the page cache, finds it clean and syncs
-/// nothing; the next group rotates away from the segment, so no later sync of it
-/// happens. After a power loss the torn bytes are back in a segment that is no longer
-/// the last: open refuses the directory as Corrupt, though nothing acknowledged is lost.
+/// Open clears a torn tail (zeroes it in place, or truncates) but its fdatasync fails:
+/// open returns the error. A second open without a machine crash (a supervisor
+/// restart) reads the cleared tail from the page cache and finds it clean, and the next
+/// group rotates away from the segment. That open must sync the segment, or after a
+/// power loss the torn bytes would be back in a segment that is no longer the last,
+/// and open would refuse the directory though nothing acknowledged is lost.
 #[test]
 fn a_torn_tail_cleared_but_not_synced_is_synced_by_the_next_open() {
     for in_place in [true, false] {
@@ -160,17 +166,13 @@ fn a_torn_tail_cleared_but_not_synced_is_synced_by_the_next_open() {
     }
 }
 
-/// UnsafeNoSync + a snapshot (which is
-/// fsynced) + crash: the log ends before the snapshot, open refuses the directory.
+/// With appends never synced, a snapshot (which is synced) must not outlive the frames
+/// it covers: the log syncs first, so a crash after it leaves a directory that opens
+/// (before, the log ended before its snapshot and open refused).
 #[test]
 fn a_snapshot_without_syncing_appends_leaves_a_directory_that_opens() {
     let storage = FaultyStorage::new();
-    let no_sync = LogOptions {
-        segment_bytes_max: 1 << 20,
-        sync: SyncMode::UnsafeNoSync,
-    };
-    let (mut wal, _) = open(&storage, no_sync).unwrap();
-    wal.append(&records(1, 3)).unwrap();
+    let mut wal = no_sync_log_of_three(&storage);
     let image = tally_types::StateImage {
         last_timestamp: 3,
         ..Default::default()
