@@ -200,6 +200,10 @@ enum Dump {
 /// while reading (one process at a time, SPEC §3.7; `LOCK` is created if missing); no
 /// torn tail is cut and no log file is made, so `verify`, `accounts` and `transfers`
 /// leave the log as they found it.
+/// Events replayed at a time by the reading commands: enough for the prefetching to run
+/// across many small batches, few enough that a group is a small part of memory.
+const REPLAY_GROUP_EVENTS: usize = 65_536;
+
 struct ReadOnly {
     report: tally_log::VerifyReport,
     state: StateMachine,
@@ -215,18 +219,33 @@ fn read_only(data: &Path) -> Result<ReadOnly, String> {
             .map_err(|error| format!("snapshot does not load: {}", error.0))?,
         None => StateMachine::new(),
     };
-    // By value: each batch is freed once applied, so the records and the state they
-    // build are not both whole in memory at the end.
-    for record in read.records {
-        if record.timestamp <= state.last_timestamp() {
-            return Err(format!(
-                "log check failed: record {} is stamped {}, not after {}",
-                record.sequence,
-                record.timestamp,
-                state.last_timestamp()
-            ));
+    // In groups, by value: each group is freed once replayed, so the records and the
+    // state they build are not both whole in memory at the end.
+    let mut timestamp_last = state.last_timestamp();
+    let mut records = read.records.into_iter().peekable();
+    while records.peek().is_some() {
+        let mut group = Vec::new();
+        let mut group_events = 0;
+        while group_events < REPLAY_GROUP_EVENTS
+            && let Some(record) = records.next()
+        {
+            if record.timestamp <= timestamp_last {
+                return Err(format!(
+                    "log check failed: record {} is stamped {}, not after {}",
+                    record.sequence, record.timestamp, timestamp_last
+                ));
+            }
+            timestamp_last = record
+                .timestamp
+                .saturating_add(record.batch.len().saturating_sub(1) as u64);
+            group_events += record.batch.len().max(1);
+            group.push(record);
         }
-        state.apply(record.timestamp, &record.batch);
+        let batches: Vec<_> = group
+            .iter()
+            .map(|record| (record.timestamp, &record.batch))
+            .collect();
+        state.replay(&batches);
     }
     Ok(ReadOnly {
         report: read.report,

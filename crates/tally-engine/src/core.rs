@@ -351,9 +351,11 @@ fn replay_group(state: &mut StateMachine, group: Vec<LogRecord>, shards: Option<
             pool.apply(state, group);
         }
         None => {
-            for record in &group {
-                state.apply(record.timestamp, &record.batch);
-            }
+            let batches: Vec<_> = group
+                .iter()
+                .map(|record| (record.timestamp, &record.batch))
+                .collect();
+            state.replay(&batches);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! part it was not planned to hold panics instead of reading the wrong data.
 
 use crate::part::{Balances, Part, expires_at, part_of};
+use crate::prefetch::Prefetcher;
 use crate::state::StateMachine;
 use tally_types::{
     Account, AccountFlags, BATCH_EVENTS_MAX, Batch, NS_PER_S, PendingStatus, ResultCode, Transfer,
@@ -155,10 +156,42 @@ impl StateMachine {
     /// Panics if `timestamp` does not move time forward or the batch is larger than
     /// [`BATCH_EVENTS_MAX`]: the engine rejects those before they reach the log.
     pub fn apply(&mut self, timestamp: u64, batch: &Batch) -> Vec<ResultCode> {
+        let mut results = vec![R::Ok; batch.len()];
+        let mut prefetcher = Prefetcher::new(&self.parts, transfers_of(batch).iter());
+        self.apply_batch(timestamp, batch, &mut results, &mut prefetcher);
+        results
+    }
+
+    /// Applies `batches` in order, each stamped with its timestamp, exactly as
+    /// [`StateMachine::apply`] on each in turn would, and drops the results: replay of a
+    /// log, whose results were answered when it was written. The prefetching runs
+    /// across batch boundaries, so a log of one-payment batches replays with as many
+    /// cache misses in flight as one of full batches.
+    pub fn replay(&mut self, batches: &[(u64, &Batch)]) {
+        let transfers = batches.iter().flat_map(|(_, batch)| transfers_of(batch));
+        let mut prefetcher = Prefetcher::new(&self.parts, transfers);
+        let mut results = Vec::new();
+        for &(timestamp, batch) in batches {
+            results.clear();
+            results.resize(batch.len(), R::Ok);
+            self.apply_batch(timestamp, batch, &mut results, &mut prefetcher);
+        }
+    }
+
+    /// [`StateMachine::apply`] into `results` (one per event, each `Ok` on entry), with
+    /// `prefetcher` positioned at the batch's first transfer.
+    fn apply_batch<'a>(
+        &mut self,
+        timestamp: u64,
+        batch: &Batch,
+        results: &mut [ResultCode],
+        prefetcher: &mut Prefetcher<impl Iterator<Item = &'a Transfer> + Clone>,
+    ) {
         assert!(
             batch.len() <= BATCH_EVENTS_MAX,
             "batch larger than the maximum"
         );
+        assert_eq!(results.len(), batch.len(), "one result per event");
         assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         assert!(timestamp > self.last_timestamp, "time must move forward");
         let last = timestamp
@@ -166,7 +199,6 @@ impl StateMachine {
             .expect("timestamps fit in u64");
         let parts = self.parts.as_mut_slice();
         expire_due(parts, timestamp);
-        let mut results = vec![R::Ok; batch.len()];
         match batch {
             Batch::CreateAccounts(events) => {
                 for (start, end) in unit_ranges(events) {
@@ -182,15 +214,8 @@ impl StateMachine {
                 }
             }
             Batch::CreateTransfers(events) => {
-                let mut warmed = 0;
                 for (start, end) in unit_ranges(events) {
-                    while warmed < end {
-                        let block_end = (warmed + WARM_BLOCK).min(events.len());
-                        for event in &events[warmed..block_end] {
-                            warm(parts, event);
-                        }
-                        warmed = block_end;
-                    }
+                    prefetcher.advance(parts, end - start);
                     apply_unit(
                         parts,
                         timestamp,
@@ -205,30 +230,14 @@ impl StateMachine {
         }
         // An empty batch still takes its stamp: every batch moves time forward.
         self.last_timestamp = last;
-        results
     }
 }
 
-/// Transfers whose lookups [`warm`] runs back to back before they are applied.
-pub(crate) const WARM_BLOCK: usize = 16;
-
-/// Reads, and changes nothing, what applying `t` will look up first: its id in the
-/// transfer index, each account's index slot, record and history tail, and the pending
-/// transfer a post, void or refund names. With a million accounts each is a cache miss;
-/// looked up for a block of transfers in a tight loop, the misses overlap instead of
-/// coming one after another inside the checks.
-pub(crate) fn warm<P: Parts + ?Sized>(parts: &P, t: &Transfer) {
-    let count = parts.count();
-    for id in [t.id, t.pending_id] {
-        if id != 0 {
-            std::hint::black_box(parts.get(part_of(id, count)).transfer_position(id));
-        }
-    }
-    for id in [t.debit_account_id, t.credit_account_id] {
-        if let Some(slot) = account_slot(parts, id) {
-            let part = parts.get(slot.part);
-            std::hint::black_box(part.account_history[slot.index as usize].last());
-        }
+/// The transfers of `batch`; none for a batch of accounts.
+fn transfers_of(batch: &Batch) -> &[Transfer] {
+    match batch {
+        Batch::CreateTransfers(transfers) => transfers,
+        Batch::CreateAccounts(_) => &[],
     }
 }
 

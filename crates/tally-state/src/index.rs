@@ -8,6 +8,7 @@
 //! share one cache line, so at a million accounts a lookup costs one index miss where
 //! hashbrown's split control bytes and slots cost two (apply is memory-bound).
 
+use crate::prefetch::prefetch;
 use std::hash::BuildHasher;
 
 /// An empty slot. Occupied slots store `position + 1` in the low half, never 0.
@@ -86,6 +87,25 @@ impl IdIndex {
     pub fn get(&self, id: u128, id_at: impl Fn(u32) -> u128) -> Option<u32> {
         let bits = self.bits(id);
         self.find(id, bits, id_at)
+            .map(|at| position_of(self.slots[at]))
+    }
+
+    /// Starts loading the cache line of `id`'s home slot (see [`crate::prefetch`]).
+    #[inline]
+    pub fn prefetch_home(&self, id: u128) {
+        if !self.slots.is_empty() {
+            let at = self.bits(id) as usize & self.mask();
+            prefetch(self.slots.as_ptr().wrapping_add(at));
+        }
+    }
+
+    /// The position of the first entry on `id`'s probe path whose hash bits match:
+    /// `id`'s position whenever `id` is indexed, found without reading any record, so
+    /// that the record can be prefetched before the lookup that checks its id. Another
+    /// id's position (or `None`) when `id` is not indexed.
+    #[inline]
+    pub fn candidate(&self, id: u128) -> Option<u32> {
+        self.find(id, self.bits(id), |_| id)
             .map(|at| position_of(self.slots[at]))
     }
 

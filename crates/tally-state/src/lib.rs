@@ -19,6 +19,7 @@ mod check;
 mod index;
 mod part;
 mod plan;
+mod prefetch;
 mod state;
 mod store;
 

@@ -4,6 +4,7 @@
 //! [`part_of`] names.
 
 use crate::index::IdIndex;
+use crate::prefetch::prefetch;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
@@ -172,6 +173,47 @@ impl Part {
     pub(crate) fn transfer_position(&self, id: u128) -> Option<u32> {
         self.transfer_index
             .get(id, |p| self.transfers.id_at(p as usize))
+    }
+
+    /// Prefetch, first step: the index slot that looking up transfer `id` reads first.
+    #[inline]
+    pub(crate) fn prefetch_transfer_slot(&self, id: u128) {
+        self.transfer_index.prefetch_home(id);
+    }
+
+    /// Prefetch, first step: the index slot that looking up account `id` reads first.
+    #[inline]
+    pub(crate) fn prefetch_account_slot(&self, id: u128) {
+        self.account_index.prefetch_home(id);
+    }
+
+    /// Prefetch, second step (once its index slot has arrived): account `id`'s record
+    /// and the head of its history list.
+    #[inline]
+    pub(crate) fn prefetch_account(&self, id: u128) {
+        let Some(position) = self.account_index.candidate(id) else {
+            return;
+        };
+        let position = position as usize;
+        if position < self.accounts.len() {
+            // A record is 128 bytes on a 16-byte boundary: up to three cache lines.
+            let record = std::ptr::from_ref(&self.accounts[position]).cast::<u8>();
+            prefetch(record);
+            prefetch(record.wrapping_add(64));
+            prefetch(record.wrapping_add(127));
+        }
+        prefetch(self.account_history.as_ptr().wrapping_add(position));
+    }
+
+    /// Prefetch, third step (once the history list's head has arrived): where the next
+    /// history entry of account `id` will be written.
+    #[inline]
+    pub(crate) fn prefetch_history_tail(&self, id: u128) {
+        if let Some(position) = self.account_index.candidate(id)
+            && let Some(history) = self.account_history.get(position as usize)
+        {
+            prefetch(history.as_ptr().wrapping_add(history.len()));
+        }
     }
 
     /// The part and position a [`TransferRef`] names.

@@ -2,8 +2,9 @@
 //! parts back into one view. With one part this is the plain reference state machine;
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
-use crate::apply::{WARM_BLOCK, account_slot, warm};
+use crate::apply::account_slot;
 use crate::part::{PARTS_MAX, Part, TransferRef, expires_at, part_of};
+use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
 use tally_types::{
@@ -273,39 +274,34 @@ impl StateMachine {
             }
         }
         let mut last_transfer = 0;
-        // Loading looks up both accounts of every transfer: warmed a block at a time,
-        // as apply does, so that the misses overlap.
+        // Loading looks up both accounts of every transfer: prefetched ahead, as apply
+        // does, so that the misses overlap.
         let transfers = image.transfers;
-        for block in transfers.chunks(WARM_BLOCK) {
-            for transfer in block {
-                warm(machine.parts.as_slice(), transfer);
+        let mut prefetcher = Prefetcher::new(&machine.parts, transfers.iter());
+        for &transfer in &transfers {
+            prefetcher.advance(&machine.parts, 1);
+            if transfer.timestamp <= last_transfer || transfer.timestamp > image.last_timestamp {
+                return Err(ImageError(format!(
+                    "transfer {} is out of order",
+                    transfer.id
+                )));
             }
-            for &transfer in block {
-                if transfer.timestamp <= last_transfer || transfer.timestamp > image.last_timestamp
-                {
-                    return Err(ImageError(format!(
-                        "transfer {} is out of order",
-                        transfer.id
-                    )));
-                }
-                last_transfer = transfer.timestamp;
-                let debit = account_slot(machine.parts.as_slice(), transfer.debit_account_id);
-                let credit = account_slot(machine.parts.as_slice(), transfer.credit_account_id);
-                let (Some(debit), Some(credit)) = (debit, credit) else {
-                    return Err(ImageError(format!(
-                        "transfer {} names an unknown account",
-                        transfer.id
-                    )));
-                };
-                let id = transfer.id;
-                let Some(transfer_ref) =
-                    machine.parts[part_of(id, count)].try_store_transfer(transfer)
-                else {
-                    return Err(ImageError(format!("transfer {id} appears twice")));
-                };
-                for slot in [debit, credit] {
-                    machine.parts[slot.part].append_history(slot.index, transfer_ref);
-                }
+            last_transfer = transfer.timestamp;
+            let debit = account_slot(machine.parts.as_slice(), transfer.debit_account_id);
+            let credit = account_slot(machine.parts.as_slice(), transfer.credit_account_id);
+            let (Some(debit), Some(credit)) = (debit, credit) else {
+                return Err(ImageError(format!(
+                    "transfer {} names an unknown account",
+                    transfer.id
+                )));
+            };
+            let id = transfer.id;
+            let Some(transfer_ref) = machine.parts[part_of(id, count)].try_store_transfer(transfer)
+            else {
+                return Err(ImageError(format!("transfer {id} appears twice")));
+            };
+            for slot in [debit, credit] {
+                machine.parts[slot.part].append_history(slot.index, transfer_ref);
             }
         }
         drop(transfers);

@@ -759,3 +759,41 @@ proptest! {
         prop_assert_eq!(with_chain.transfers().collect::<Vec<_>>(), without_chain.transfers().collect::<Vec<_>>());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `replay` of a run of batches (accounts, transfers and empty ones, with expiries
+    /// between them) leaves exactly the state that `apply` on each in turn leaves, and
+    /// the same history and reads: prefetching across batches changes nothing.
+    #[test]
+    fn replay_of_a_run_equals_applying_each_batch(
+        batches in proptest::collection::vec((proptest::collection::vec(any_transfer(), 0..12), 0u64..3, 0u8..6), 1..10)
+    ) {
+        let mut applied = property_ledger();
+        let mut replayed = property_ledger();
+        let mut now = T0 + SECOND;
+        let mut run = Vec::new();
+        for (index, (events, gap_s, kind)) in batches.into_iter().enumerate() {
+            now += gap_s * SECOND + 100;
+            let batch = if kind == 0 {
+                // New accounts (ids 7..) and repeats of existing ones.
+                Batch::CreateAccounts((0..3).map(|n| account(5 + index as u128 + n, 156, AF::empty())).collect())
+            } else {
+                Batch::CreateTransfers(events)
+            };
+            applied.apply(now, &batch);
+            let len = batch.len() as u64;
+            run.push((now, batch));
+            now += len;
+        }
+        let borrowed: Vec<(u64, &Batch)> = run.iter().map(|(at, batch)| (*at, batch)).collect();
+        replayed.replay(&borrowed);
+        prop_assert_eq!(replayed.image(), applied.image());
+        prop_assert_eq!(replayed.last_timestamp(), applied.last_timestamp());
+        for id in 1u128..20 {
+            let filter = AccountFilter { limit: 1_000, ..AccountFilter::new(id) };
+            prop_assert_eq!(replayed.account_transfers(&filter), applied.account_transfers(&filter));
+        }
+    }
+}
