@@ -187,6 +187,29 @@ impl Part {
         self.account_index.prefetch_home(id);
     }
 
+    /// Prefetch, second step (once its index slot has arrived): where stored transfer
+    /// `id`'s record starts.
+    #[inline]
+    pub(crate) fn prefetch_transfer_start(&self, id: u128) {
+        if let Some(position) = self.transfer_index.candidate(id)
+            && let Some(start) = self.transfers.start_address(position as usize)
+        {
+            prefetch(start);
+        }
+    }
+
+    /// Prefetch, third step (once its start has arrived): stored transfer `id`'s
+    /// packed record (about 30–60 bytes).
+    #[inline]
+    pub(crate) fn prefetch_transfer_record(&self, id: u128) {
+        if let Some(position) = self.transfer_index.candidate(id)
+            && let Some(record) = self.transfers.record_address(position as usize)
+        {
+            prefetch(record);
+            prefetch(record.wrapping_add(63));
+        }
+    }
+
     /// Prefetch, second step (once its index slot has arrived): account `id`'s record
     /// and the head of its history list.
     #[inline]

@@ -33,6 +33,8 @@ pub(crate) fn prefetch<T>(at: *const T) {
 /// transfers themselves first (in a replayed log each batch is its own allocation,
 /// cold), then their index slots, then (once those have arrived) the account records
 /// and history heads they point to, then (once those have arrived) the history tails.
+/// A post, void or refund also prefetches the transfer it names: index slot, then the
+/// offset of its packed record, then the record.
 /// Each step runs far enough behind the one before for its lines to have arrived, and
 /// far enough ahead of the apply for its own to arrive in time.
 const EVENTS_AHEAD: usize = 24;
@@ -91,6 +93,10 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
         let count = parts.len();
         for t in self.slots.by_ref().take(transfers) {
             parts[part_of(t.id, count)].prefetch_transfer_slot(t.id);
+            // The pending transfer a post or void settles, or the one a refund returns.
+            if t.pending_id != 0 {
+                parts[part_of(t.pending_id, count)].prefetch_transfer_slot(t.pending_id);
+            }
             for account in [t.debit_account_id, t.credit_account_id] {
                 parts[part_of(account, count)].prefetch_account_slot(account);
             }
@@ -101,6 +107,9 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
     fn advance_records(&mut self, parts: &[Box<Part>], transfers: usize) {
         let count = parts.len();
         for t in self.records.by_ref().take(transfers) {
+            if t.pending_id != 0 {
+                parts[part_of(t.pending_id, count)].prefetch_transfer_start(t.pending_id);
+            }
             for account in [t.debit_account_id, t.credit_account_id] {
                 parts[part_of(account, count)].prefetch_account(account);
             }
@@ -111,6 +120,9 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
     fn advance_tails(&mut self, parts: &[Box<Part>], transfers: usize) {
         let count = parts.len();
         for t in self.tails.by_ref().take(transfers) {
+            if t.pending_id != 0 {
+                parts[part_of(t.pending_id, count)].prefetch_transfer_record(t.pending_id);
+            }
             for account in [t.debit_account_id, t.credit_account_id] {
                 parts[part_of(account, count)].prefetch_history_tail(account);
             }

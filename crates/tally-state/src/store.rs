@@ -92,6 +92,23 @@ impl TransferStore {
         chunk.id_at(index)
     }
 
+    /// Where the start offset of the record at `position` is kept (for prefetching),
+    /// `None` past the end.
+    #[inline]
+    pub fn start_address(&self, position: usize) -> Option<*const u32> {
+        let (chunk, index) = self.locate(position);
+        chunk.starts.get(index).map(std::ptr::from_ref)
+    }
+
+    /// Where the packed record at `position` begins (for prefetching), `None` past the
+    /// end. Reads its start offset.
+    #[inline]
+    pub fn record_address(&self, position: usize) -> Option<*const u8> {
+        let (chunk, index) = self.locate(position);
+        let start = *chunk.starts.get(index)? as usize;
+        chunk.bytes.get(start).map(std::ptr::from_ref)
+    }
+
     /// Timestamp of the newest record, 0 when empty.
     pub fn last_timestamp(&self) -> u64 {
         self.last_timestamp
