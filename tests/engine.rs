@@ -358,9 +358,12 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     config.snapshot_events_interval = 50;
     let ledger = Ledger::open(config.clone()).unwrap();
     ledger.submit(accounts()).unwrap();
+    let mut events_per_batch = vec![ACCOUNTS as u64];
     let mut rng = Rng::new(99);
     for n in 0..40 {
-        ledger.submit(random_batch(&mut rng, n)).unwrap();
+        let batch = random_batch(&mut rng, n);
+        events_per_batch.push(batch.len() as u64);
+        ledger.submit(batch).unwrap();
     }
     let image = ledger.with_state(StateMachine::image);
     ledger.shutdown().unwrap();
@@ -378,6 +381,57 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     assert!(snapshots >= 1, "a snapshot was written");
     let reopened = Ledger::open(config).unwrap();
     assert_eq!(reopened.with_state(StateMachine::image), image);
+    // Recovery loaded a snapshot and replayed only the batches after it.
+    let recovery = reopened.recovery();
+    let base = recovery
+        .snapshot_sequence
+        .expect("recovery started from a snapshot");
+    assert!((1..=41).contains(&base), "snapshot at {base}");
+    assert_eq!(recovery.sequence_last, 41);
+    assert_eq!(recovery.batches, 41 - base);
+    assert_eq!(
+        recovery.events,
+        events_per_batch[base as usize..].iter().sum::<u64>()
+    );
+    assert_eq!(recovery.torn_tail_bytes_cut, 0);
+}
+
+/// A log several times longer than one replay group (recovery reads it on one thread
+/// and replays it on another, a group at a time) comes back whole, and the counts say so.
+#[test]
+fn a_log_of_many_replay_groups_recovers_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(dir.path());
+    let ledger = Ledger::open(config.clone()).unwrap();
+    let batches = 24u64;
+    for batch in 0..batches {
+        let first = 1 + u128::from(batch) * 8_190;
+        let accounts = (first..first + 8_190)
+            .map(|id| Account {
+                id,
+                ledger: 840,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        assert!(
+            ledger
+                .submit(Batch::CreateAccounts(accounts))
+                .unwrap()
+                .iter()
+                .all(|result| result.code == ResultCode::Ok)
+        );
+    }
+    let image = ledger.with_state(StateMachine::image);
+    ledger.shutdown().unwrap();
+    drop(ledger);
+    let reopened = Ledger::open(config).unwrap();
+    assert_eq!(reopened.with_state(StateMachine::image), image);
+    let recovery = reopened.recovery();
+    assert_eq!(recovery.snapshot_sequence, None);
+    assert_eq!(recovery.batches, batches);
+    assert_eq!(recovery.events, batches * 8_190);
+    assert_eq!(recovery.sequence_last, batches);
 }
 
 #[test]

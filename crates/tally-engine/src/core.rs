@@ -14,7 +14,7 @@ use crate::clock::batch_stamp;
 use crate::error::{EngineError, SubmitError};
 use crate::ledger::EventResult;
 use crate::shards::ShardPool;
-use tally_log::{LogOptions, LogRecord, Recovered, Storage, Wal};
+use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, Wal};
 use tally_state::StateMachine;
 use tally_types::{Batch, ResultCode, StateImage};
 
@@ -251,15 +251,43 @@ fn event_results(timestamp: u64, codes: Vec<ResultCode>) -> Vec<EventResult> {
 }
 
 /// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
-/// every logged batch after it, in order.
+/// every logged batch after it, in order. The log is read on the calling thread and
+/// replayed on a second one as it is read (groups of about [`REPLAY_GROUP_EVENTS`]
+/// events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting), so reading and checksumming
+/// overlap with the replay, and the log is never whole in memory.
 pub(crate) fn recover(
     storage: Box<dyn Storage>,
     options: LogOptions,
     capacity: Capacity,
     shards: Option<&ShardPool>,
-) -> Result<(Logger, Applier, StateMachine), EngineError> {
-    let (wal, recovered) = Wal::open_with_storage(storage, options)?;
-    let (state, sequence_last) = replay(recovered, capacity, shards)?;
+) -> Result<(Logger, Applier, StateMachine, Recovery), EngineError> {
+    let started = std::time::Instant::now();
+    let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
+    let (opened, replayed) = std::thread::scope(|scope| {
+        let replayer = std::thread::Builder::new()
+            .name("tally-replay".into())
+            .spawn_scoped(scope, move || replay(receiver, capacity, shards))
+            .map_err(|error| EngineError::Thread(error.to_string()))?;
+        let mut sink = GroupSender {
+            sender: Some(sender),
+            group: Vec::new(),
+            group_events: 0,
+        };
+        let opened = Wal::open_with_sink(storage, options, &mut sink);
+        sink.flush();
+        // Closes the channel: the replay ends once it has applied every group sent.
+        drop(sink);
+        let replayed = replayer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok::<_, EngineError>((opened, replayed))
+    })?;
+    // An error reading the log comes first: what was replayed before it is dropped.
+    let (wal, repairs) = opened?;
+    let (state, mut recovery) = replayed?;
+    let sequence_last = recovery.sequence_last;
+    recovery.torn_tail_bytes_cut = repairs.torn_tail_bytes_cut;
+    recovery.elapsed = started.elapsed();
     assert_eq!(
         wal.next_sequence(),
         sequence_last + 1,
@@ -276,7 +304,24 @@ pub(crate) fn recover(
         events_since_snapshot: 0,
         shards: None,
     };
-    Ok((logger, applier, state))
+    Ok((logger, applier, state, recovery))
+}
+
+/// What opening a ledger recovered, and how long it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The snapshot loaded (the last sequence it includes), if any.
+    pub snapshot_sequence: Option<u64>,
+    /// Logged batches replayed after it, and their events.
+    pub batches: u64,
+    pub events: u64,
+    /// The last sequence in the log (0 for an empty log).
+    pub sequence_last: u64,
+    /// Bytes of a torn write cut from the log's end (see `tally_log::Repairs`).
+    pub torn_tail_bytes_cut: u64,
+    /// From the start of open to the state rebuilt: reading, checking, loading the
+    /// snapshot and replaying, the last two overlapping the first.
+    pub elapsed: std::time::Duration,
 }
 
 /// Room to reserve in the state at start-up (see `StateMachine::with_capacity`).
@@ -288,16 +333,77 @@ pub struct Capacity {
     pub parts: usize,
 }
 
-/// Events replayed per group on the shard threads: large enough that planning and
-/// hand-offs are amortised, small enough to bound the plan's memory.
+/// Events replayed per group: large enough that the prefetching across batches and (on
+/// shard threads) planning and hand-offs are amortised, small enough to bound memory.
 const REPLAY_GROUP_EVENTS: usize = 65_536;
 
+/// Groups read ahead of the replay, at most: enough to keep it busy while the reader
+/// checks the next, and a bound on the memory a fast reader can fill.
+const REPLAY_GROUPS_IN_FLIGHT: usize = 2;
+
+/// What the reading thread hands the replay thread.
+enum Replayed {
+    /// The snapshot to start from, first and once.
+    Start(Option<(u64, StateImage)>),
+    /// The next records, consecutive.
+    Records(Vec<LogRecord>),
+}
+
+/// Cuts the records recovery reads into groups for the replay thread.
+struct GroupSender {
+    /// `None` once the replay thread has stopped (on an error it reports itself).
+    sender: Option<crossbeam_channel::Sender<Replayed>>,
+    group: Vec<LogRecord>,
+    group_events: usize,
+}
+
+impl GroupSender {
+    fn send(&mut self, message: Replayed) {
+        if let Some(sender) = &self.sender
+            && sender.send(message).is_err()
+        {
+            self.sender = None;
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.group.is_empty() {
+            let group = std::mem::take(&mut self.group);
+            self.group_events = 0;
+            self.send(Replayed::Records(group));
+        }
+    }
+}
+
+impl RecoverySink for GroupSender {
+    fn start(&mut self, snapshot: Option<(u64, StateImage)>) {
+        self.send(Replayed::Start(snapshot));
+    }
+
+    fn record(&mut self, record: LogRecord) {
+        // An empty batch counts as one, so that a run of them still makes groups.
+        self.group_events += record.batch.len().max(1);
+        self.group.push(record);
+        if self.group_events >= REPLAY_GROUP_EVENTS {
+            self.flush();
+        }
+    }
+}
+
+/// The replay thread: builds the state from the snapshot, then applies each group as it
+/// arrives, as the engine applied them live: on the shard threads when there are some
+/// (results do not depend on how the log is cut into groups).
 fn replay(
-    recovered: Recovered,
+    receiver: crossbeam_channel::Receiver<Replayed>,
     capacity: Capacity,
     shards: Option<&ShardPool>,
-) -> Result<(StateMachine, u64), EngineError> {
-    let (mut state, mut sequence_last) = match recovered.snapshot {
+) -> Result<(StateMachine, Recovery), EngineError> {
+    let Ok(Replayed::Start(snapshot)) = receiver.recv() else {
+        // The log could not be read; its error is the one reported.
+        return Err(EngineError::Recovery("the log was not read".into()));
+    };
+    let snapshot_sequence = snapshot.as_ref().map(|(sequence, _)| *sequence);
+    let (mut state, mut sequence_last) = match snapshot {
         Some((sequence, image)) => {
             let state = StateMachine::from_image_in_parts(image, capacity.parts.max(1))
                 .map_err(|error| EngineError::Recovery(error.to_string()))?;
@@ -312,34 +418,38 @@ fn replay(
             0,
         ),
     };
-    // Replay in groups, as the engine applied them live: on the shard threads when there
-    // are some (results do not depend on how the log is cut into groups).
-    let mut group: Vec<LogRecord> = Vec::new();
-    let mut group_events = 0;
+    let mut recovery = Recovery {
+        snapshot_sequence,
+        ..Recovery::default()
+    };
     let mut timestamp_last = state.last_timestamp();
-    for record in recovered.records {
-        if record.sequence != sequence_last + 1 || record.timestamp <= timestamp_last {
-            return Err(EngineError::Recovery(format!(
-                "log record {} does not follow {} (timestamp {} after {})",
-                record.sequence, sequence_last, record.timestamp, timestamp_last
-            )));
+    for message in receiver {
+        let Replayed::Records(group) = message else {
+            unreachable!("the snapshot comes once, first");
+        };
+        for record in &group {
+            if record.sequence != sequence_last + 1 || record.timestamp <= timestamp_last {
+                return Err(EngineError::Recovery(format!(
+                    "log record {} does not follow {} (timestamp {} after {})",
+                    record.sequence, sequence_last, record.timestamp, timestamp_last
+                )));
+            }
+            sequence_last = record.sequence;
+            timestamp_last = record
+                .timestamp
+                .saturating_add(record.batch.len().saturating_sub(1) as u64);
+            recovery.batches += 1;
+            recovery.events += record.batch.len() as u64;
         }
-        sequence_last = record.sequence;
-        timestamp_last = record.timestamp + record.batch.len().saturating_sub(1) as u64;
-        group_events += record.batch.len();
-        group.push(record);
-        if group_events >= REPLAY_GROUP_EVENTS {
-            replay_group(&mut state, std::mem::take(&mut group), shards);
-            group_events = 0;
-        }
+        replay_group(&mut state, group, shards);
     }
-    replay_group(&mut state, group, shards);
     assert_eq!(
         state.last_timestamp(),
         timestamp_last,
         "replay reached the log's end"
     );
-    Ok((state, sequence_last))
+    recovery.sequence_last = sequence_last;
+    Ok((state, recovery))
 }
 
 fn replay_group(state: &mut StateMachine, group: Vec<LogRecord>, shards: Option<&ShardPool>) {
@@ -378,7 +488,7 @@ impl Committer {
         options: LogOptions,
         snapshot_events_interval: u64,
     ) -> Result<Committer, EngineError> {
-        let (logger, applier, state) = recover(storage, options, Capacity::default(), None)?;
+        let (logger, applier, state, _) = recover(storage, options, Capacity::default(), None)?;
         Ok(Committer {
             logger,
             applier,

@@ -1,6 +1,7 @@
 //! The embedding API: open, submit (blocking or async), read, shut down.
 
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
+use crate::core::Recovery;
 use crate::error::{EngineError, SubmitError};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     /// Admission: closed at shutdown, which then waits for submitters mid-push.
     pub gate: Gate,
+    /// What open recovered.
+    pub recovery: Recovery,
 }
 
 #[derive(Debug)]
@@ -138,7 +141,7 @@ impl Ledger {
             ),
         };
         // Recovery replays on the shard threads too.
-        let (logger, mut applier, state) =
+        let (logger, mut applier, state, recovery) =
             crate::core::recover(storage, options, capacity, pool.as_ref())?;
         applier.shards = pool;
         shard_counters.reset();
@@ -150,6 +153,7 @@ impl Ledger {
             failure: Mutex::new(None),
             draining: AtomicBool::new(false),
             gate: Gate::new(),
+            recovery,
         });
         let (to_apply, from_log) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT_MAX);
         let (snapshots_to_log, snapshots) = std::sync::mpsc::channel();
@@ -323,6 +327,12 @@ impl Ledger {
     /// The configuration the ledger was opened with.
     pub fn config(&self) -> &Config {
         &self.shared().config
+    }
+
+    /// What opening this ledger recovered (snapshot, batches and events replayed, torn
+    /// tail cut) and how long it took.
+    pub fn recovery(&self) -> Recovery {
+        self.shared().recovery
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {

@@ -77,6 +77,7 @@ mod pipeline;
 mod shards;
 mod sync;
 
+pub use crate::core::Recovery;
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 pub use error::{EngineError, SubmitError};
 pub use ledger::{EventResult, Ledger};

@@ -99,10 +99,11 @@ pub(crate) struct SegmentScan {
 
 /// What to do with each valid frame.
 pub(crate) enum Collect<'a> {
-    /// Decode and keep the records after `base` (recovery after a snapshot at `base`).
+    /// Decode the records after `base` and hand each to `out`, in sequence order
+    /// (recovery after a snapshot at `base`).
     After {
         base: u64,
-        out: &'a mut Vec<LogRecord>,
+        out: &'a mut dyn FnMut(LogRecord),
     },
     /// Decode every record and drop it (verify).
     DecodeAll,
@@ -197,7 +198,7 @@ pub(crate) fn scan_segment(
         let decoded = match collect {
             Collect::After { base, out } if header.sequence > *base => {
                 format::decode_body(&header, body).map(|batch| {
-                    out.push(LogRecord {
+                    out(LogRecord {
                         sequence: header.sequence,
                         timestamp: header.timestamp,
                         batch,

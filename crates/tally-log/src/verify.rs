@@ -150,7 +150,10 @@ fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyRep
                 "the newest readable snapshot was read with its image"
             );
             *snapshot = newest_image;
-            let mut collect = Collect::After { base, out: records };
+            let mut collect = Collect::After {
+                base,
+                out: &mut |record| records.push(record),
+            };
             scan::scan_log(storage, &listing.segments, 0, base, &mut collect)?
         }
     };

@@ -33,6 +33,50 @@ pub const SPARE_TRIGGER_BYTES: u64 = 8 * 1024 * 1024;
 /// bound keeps it short (about 0.7 ms on the development VM's ~400 MB/s disk).
 pub const SPARE_STEP_BYTES_MAX: u64 = 256 * 1024;
 
+/// Where [`Wal::open_with_sink`] hands what it recovers, as it reads it: a caller can
+/// rebuild its state on another thread while the rest of the log is still being read,
+/// and never holds the whole log in memory.
+pub trait RecoverySink {
+    /// The newest readable snapshot, (last sequence included, state), or `None` to start
+    /// from an empty state. Called exactly once, before any record.
+    fn start(&mut self, snapshot: Option<(u64, StateImage)>);
+    /// The next logged record after the snapshot; sequences are consecutive, starting
+    /// right after the snapshot's. Records already handed over stay valid only if open
+    /// then succeeds: on an error the caller must drop what it built from them.
+    fn record(&mut self, record: LogRecord);
+}
+
+/// What [`Wal::open_with_sink`] repaired: a torn tail left by a crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// Bytes of a torn write discarded from the end of the log, up to its last
+    /// non-zero byte (0 after a clean shutdown). Zeros after them are preallocated
+    /// space, not counted: after a torn write in place they are kept for later frames.
+    pub torn_tail_bytes_cut: u64,
+    /// Whether the last segment was removed because its header never reached the disk
+    /// (a crash during rotation); its bytes, if any were written, count as cut.
+    pub torn_segment_removed: bool,
+    /// Records handed to the sink.
+    pub records: u64,
+}
+
+/// Collects what recovery hands over, for [`Wal::open_with_storage`].
+#[derive(Default)]
+struct Collected {
+    snapshot: Option<(u64, StateImage)>,
+    records: Vec<LogRecord>,
+}
+
+impl RecoverySink for Collected {
+    fn start(&mut self, snapshot: Option<(u64, StateImage)>) {
+        self.snapshot = snapshot;
+    }
+
+    fn record(&mut self, record: LogRecord) {
+        self.records.push(record);
+    }
+}
+
 /// What recovery found.
 #[derive(Debug)]
 pub struct Recovered {
@@ -94,9 +138,28 @@ impl Wal {
 
     /// [`Wal::open`] over any storage (tests use [`crate::faulty::FaultyStorage`]).
     pub fn open_with_storage(
-        mut storage: Box<dyn Storage>,
+        storage: Box<dyn Storage>,
         options: LogOptions,
     ) -> Result<(Wal, Recovered), LogError> {
+        let mut collected = Collected::default();
+        let (wal, repairs) = Wal::open_with_sink(storage, options, &mut collected)?;
+        let recovered = Recovered {
+            snapshot: collected.snapshot,
+            records: collected.records,
+            torn_tail_bytes_cut: repairs.torn_tail_bytes_cut,
+            torn_segment_removed: repairs.torn_segment_removed,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// [`Wal::open_with_storage`], handing the snapshot and each record to `sink` as
+    /// they are read instead of collecting them. Every check and repair is the same;
+    /// on an error, what the sink received must be dropped.
+    pub fn open_with_sink(
+        mut storage: Box<dyn Storage>,
+        options: LogOptions,
+        sink: &mut dyn RecoverySink,
+    ) -> Result<(Wal, Repairs), LogError> {
         let segment_bytes = crate::SEGMENT_BYTES_MIN..=format::SEGMENT_FILE_BYTES_MAX;
         assert!(
             segment_bytes.contains(&options.segment_bytes_max),
@@ -129,30 +192,43 @@ impl Wal {
             reason,
         };
 
+        let snapshots_good: Vec<u64> = loaded.as_ref().map(|s| s.sequence).into_iter().collect();
+        sink.start(loaded.map(|s| (s.sequence, s.image.expect("snapshot read with keep"))));
         let mut segments = listing.segments;
-        let mut records = Vec::new();
+        // Paired check: what recovery hands over is consecutive and starts after the base.
+        let mut records = 0u64;
+        let mut hand_over = |record: LogRecord| {
+            records += 1;
+            assert_eq!(
+                record.sequence,
+                base + records,
+                "recovered records are consecutive"
+            );
+            sink.record(record);
+        };
         let start = segments
             .iter()
             .rposition(|segment| segment.first_sequence <= base + 1)
             .unwrap_or(0);
-        let scanned = if segments.is_empty() && (loaded.is_some() || first_damage.is_some()) {
-            Err(LogError::MissingSegment {
-                file: storage.path(&format::segment_name(base + 1)),
-                first_sequence: base + 1,
-                reason: "snapshots exist but no log segment does".into(),
-            })
-        } else {
-            scan::scan_log(
-                &mut *storage,
-                &segments,
-                start,
-                base,
-                &mut Collect::After {
+        let scanned =
+            if segments.is_empty() && (!snapshots_good.is_empty() || first_damage.is_some()) {
+                Err(LogError::MissingSegment {
+                    file: storage.path(&format::segment_name(base + 1)),
+                    first_sequence: base + 1,
+                    reason: "snapshots exist but no log segment does".into(),
+                })
+            } else {
+                scan::scan_log(
+                    &mut *storage,
+                    &segments,
+                    start,
                     base,
-                    out: &mut records,
-                },
-            )
-        };
+                    &mut Collect::After {
+                        base,
+                        out: &mut hand_over,
+                    },
+                )
+            };
         let log = match (scanned, first_damage) {
             (Ok(log), _) => log,
             (Err(error @ LogError::MissingSegment { .. }), Some(damage)) => {
@@ -239,15 +315,7 @@ impl Wal {
             .sync_dir()
             .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
 
-        // Paired checks: what recovery hands back is consecutive and starts after the base.
-        for (index, record) in records.iter().enumerate() {
-            assert_eq!(
-                record.sequence,
-                base + 1 + index as u64,
-                "recovered records are consecutive"
-            );
-        }
-        assert_eq!(log.next_sequence, base + 1 + records.len() as u64);
+        assert_eq!(log.next_sequence, base + 1 + records);
 
         let wal = Wal {
             storage,
@@ -264,16 +332,15 @@ impl Wal {
             zeros: Vec::new(),
             buffer: Vec::new(),
             poisoned: false,
-            snapshots_good: loaded.as_ref().map(|s| s.sequence).into_iter().collect(),
+            snapshots_good,
             snapshots_damaged,
         };
-        let recovered = Recovered {
-            snapshot: loaded.map(|s| (s.sequence, s.image.expect("snapshot read with keep"))),
-            records,
+        let repairs = Repairs {
             torn_tail_bytes_cut,
             torn_segment_removed,
+            records,
         };
-        Ok((wal, recovered))
+        Ok((wal, repairs))
     }
 
     /// Closes the log cleanly: records, in a small file of its own (written as a temp
