@@ -8,7 +8,7 @@
 //! share one cache line, so at a million accounts a lookup costs one index miss where
 //! hashbrown's split control bytes and slots cost two (apply is memory-bound).
 
-use crate::prefetch::prefetch;
+use crate::hints::{advise_huge_pages, prefetch};
 use std::hash::BuildHasher;
 
 /// An empty slot. Occupied slots store `position + 1` in the low half, never 0.
@@ -184,6 +184,8 @@ impl IdIndex {
         debug_assert!(slots.is_power_of_two() && slots * LOAD_NUM >= self.len * LOAD_DEN);
         self.len_max = slots * LOAD_NUM / LOAD_DEN;
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
+        // Before the first write faults the pages in: lookups land at random.
+        advise_huge_pages(&self.slots);
         let mask = slots - 1;
         for slot in old.into_iter().filter(|&slot| slot != EMPTY) {
             let mut at = bits_of(slot) as usize & mask;

@@ -16,6 +16,7 @@
 
 mod apply;
 mod check;
+mod hints;
 mod index;
 mod part;
 mod plan;

@@ -3,8 +3,8 @@
 //! back exactly. A [`crate::StateMachine`] is one or more parts; each id lives in the part
 //! [`part_of`] names.
 
+use crate::hints::prefetch;
 use crate::index::IdIndex;
-use crate::prefetch::prefetch;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's

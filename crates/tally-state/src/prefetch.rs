@@ -1,33 +1,17 @@
-//! Software prefetch: asks the CPU to start loading a cache line that a later step will
-//! read, without waiting for it.
+//! The prefetch pipeline: walks the transfers still to be applied and prefetches, in
+//! steps, the cache lines that applying each will read.
 //!
 //! At a million accounts a transfer touches about nine cache lines that miss (index
 //! slots, account records, history tails), and each dependent miss stalls the checks
 //! for a round trip to memory. Loads issued ahead of time would stall too: a load that
 //! misses holds up retirement, so the out-of-order window fills within a few hundred
-//! instructions. A prefetch retires at once, so the apply loop can keep the lines of
-//! the next several transfers in flight while it runs the checks of this one.
+//! instructions. A prefetch ([`crate::hints::prefetch`]) retires at once, so the apply
+//! loop keeps the lines of the next dozen transfers in flight while it runs the checks
+//! of this one.
 
+use crate::hints::prefetch;
 use crate::part::{Part, part_of};
 use tally_types::Transfer;
-
-/// Starts loading the cache line holding `at` into every cache level. A hint only:
-/// any address is allowed (null, dangling, past the end), nothing is read
-/// architecturally and nothing faults.
-#[inline(always)]
-#[allow(unsafe_code)] // the one `unsafe` of the project; see SAFETY below
-pub(crate) fn prefetch<T>(at: *const T) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse", not(miri)))]
-    // SAFETY: `_mm_prefetch` is unsafe only because it needs the `sse` target feature,
-    // which the cfg above guarantees is enabled for this build (it is part of the
-    // x86_64 baseline). PREFETCHT0 is a hint that never dereferences architecturally:
-    // it cannot fault, whatever `at` is, and it changes no memory.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at.cast::<i8>());
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse", not(miri))))]
-    let _ = at;
-}
 
 /// How many transfers ahead of the one being applied each prefetch step runs: the
 /// transfers themselves first (in a replayed log each batch is its own allocation,
@@ -127,27 +111,5 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
                 parts[part_of(account, count)].prefetch_history_tail(account);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefetch;
-
-    /// Any address is a valid hint: inside a buffer, one past its end, far past it,
-    /// null, and dangling after the buffer is freed. None may fault or change memory.
-    #[test]
-    fn any_address_is_a_valid_hint_and_nothing_changes() {
-        let data: Vec<u64> = (0..1024).collect();
-        let start = data.as_ptr();
-        prefetch(start);
-        prefetch(start.wrapping_add(512));
-        prefetch(start.wrapping_add(data.len()));
-        prefetch(start.wrapping_add(1 << 40));
-        prefetch(std::ptr::null::<u64>());
-        prefetch(usize::MAX as *const u8);
-        assert_eq!(data, (0..1024).collect::<Vec<u64>>());
-        drop(data);
-        prefetch(start);
     }
 }
