@@ -40,14 +40,15 @@ pub(crate) fn advise_huge_pages<T>(memory: &[T]) {
     {
         const PAGE_BYTES: usize = 4096;
         let start = memory.as_ptr() as usize;
-        // madvise wants a page-aligned start; rounding down reaches at most into the
-        // same page as the table's first byte.
+        // madvise wants a page-aligned start (and rounds the length up to whole pages):
+        // the range reaches at most into the first and last pages the table touches.
         let aligned = start - start % PAGE_BYTES;
         let length = start + bytes - aligned;
         // SAFETY: MADV_HUGEPAGE only sets how the kernel may back the pages of the range
         // (it never changes their contents, mappings or permissions), so no Rust
         // reference anywhere can observe it. The range covers `memory`, a live
-        // allocation borrowed for the call, plus at most the start of its first page.
+        // allocation borrowed for the call, plus at most the rest of its first and last
+        // pages, where the advice is just as harmless.
         // The result is ignored on purpose: EINVAL without THP support is fine.
         unsafe {
             libc::madvise(aligned as *mut libc::c_void, length, libc::MADV_HUGEPAGE);
