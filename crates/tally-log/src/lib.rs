@@ -35,6 +35,7 @@ mod wal;
 
 pub use error::LogError;
 pub use lock::{DirLock, LOCK_FILE_NAME};
+pub use snapshot::SnapshotSource;
 pub use storage::{FsStorage, Storage};
 pub use verify::{ReadLog, VerifyReport, read_log, read_log_storage, verify, verify_storage};
 pub use wal::{

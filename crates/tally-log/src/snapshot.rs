@@ -13,7 +13,7 @@ use tally_types::codec::{
     RECORD_LAYOUT_VERSION, RECORD_SIZE, decode_account, decode_transfer, encode_account,
     encode_transfer,
 };
-use tally_types::{PendingStatus, StateImage};
+use tally_types::{Account, PendingStatus, StateImage, Transfer};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYSNP";
 pub const SNAPSHOT_HEADER_SIZE: usize = 64;
@@ -35,35 +35,113 @@ const SECTIONS: [(u16, usize, &str); 5] = [
     (5, 16, "failed_ids"),
 ];
 
-fn section_len(image: &StateImage, id: u16) -> usize {
-    match id {
-        1 => image.accounts.len(),
-        2 => image.transfers.len(),
-        3 => image.pending_statuses.len(),
-        4 => image.refunded.len(),
-        5 => image.failed_ids.len(),
-        _ => unreachable!("section ids are fixed"),
+/// What a snapshot is written from: a [`StateImage`], or a state read in place (the
+/// engine writes from a frozen state, never building the image's vector of every
+/// transfer). Items come in file order: accounts in creation order, transfers in
+/// timestamp order, side tables sorted by id.
+pub trait SnapshotSource {
+    /// Timestamp of the last event applied (0 for an empty ledger).
+    fn last_timestamp(&self) -> u64;
+    fn accounts_len(&self) -> usize;
+    /// Exactly `accounts_len` accounts, in creation order.
+    fn accounts(&self) -> Box<dyn Iterator<Item = Account> + '_>;
+    fn transfers_len(&self) -> usize;
+    /// Exactly `transfers_len` transfers, in timestamp order.
+    fn transfers(&self) -> Box<dyn Iterator<Item = Transfer> + '_>;
+    fn pending_statuses(&self) -> &[(u128, PendingStatus)];
+    fn refunded(&self) -> &[(u128, u128)];
+    fn failed_ids(&self) -> &[u128];
+}
+
+impl SnapshotSource for StateImage {
+    fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+    fn accounts_len(&self) -> usize {
+        self.accounts.len()
+    }
+    fn accounts(&self) -> Box<dyn Iterator<Item = Account> + '_> {
+        Box::new(self.accounts.iter().copied())
+    }
+    fn transfers_len(&self) -> usize {
+        self.transfers.len()
+    }
+    fn transfers(&self) -> Box<dyn Iterator<Item = Transfer> + '_> {
+        Box::new(self.transfers.iter().copied())
+    }
+    fn pending_statuses(&self) -> &[(u128, PendingStatus)] {
+        &self.pending_statuses
+    }
+    fn refunded(&self) -> &[(u128, u128)] {
+        &self.refunded
+    }
+    fn failed_ids(&self) -> &[u128] {
+        &self.failed_ids
     }
 }
 
-fn encode_item(image: &StateImage, id: u16, index: usize, out: &mut [u8]) {
+/// Encodes the next item of a section into its slot of a chunk.
+type EncodeNext<'a> = Box<dyn FnMut(&mut [u8]) + 'a>;
+
+/// Encodes one section's items in file order, one call per item.
+struct SectionEncoder<'a> {
+    count: usize,
+    encode_next: EncodeNext<'a>,
+}
+
+fn section_encoder(source: &dyn SnapshotSource, id: u16) -> SectionEncoder<'_> {
     match id {
-        1 => encode_account(&image.accounts[index], out.try_into().expect("record size")),
-        2 => encode_transfer(
-            &image.transfers[index],
-            out.try_into().expect("record size"),
-        ),
+        1 => {
+            let mut accounts = source.accounts();
+            SectionEncoder {
+                count: source.accounts_len(),
+                encode_next: Box::new(move |out| {
+                    let account = accounts.next().expect("accounts_len accounts");
+                    encode_account(&account, out.try_into().expect("record size"));
+                }),
+            }
+        }
+        2 => {
+            let mut transfers = source.transfers();
+            SectionEncoder {
+                count: source.transfers_len(),
+                encode_next: Box::new(move |out| {
+                    let transfer = transfers.next().expect("transfers_len transfers");
+                    encode_transfer(&transfer, out.try_into().expect("record size"));
+                }),
+            }
+        }
         3 => {
-            let (transfer_id, status) = image.pending_statuses[index];
-            out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
-            out[16] = status as u8;
+            let mut items = source.pending_statuses().iter();
+            SectionEncoder {
+                count: source.pending_statuses().len(),
+                encode_next: Box::new(move |out| {
+                    let (transfer_id, status) = *items.next().expect("counted");
+                    out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
+                    out[16] = status as u8;
+                }),
+            }
         }
         4 => {
-            let (transfer_id, amount) = image.refunded[index];
-            out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
-            out[16..32].copy_from_slice(&amount.to_le_bytes());
+            let mut items = source.refunded().iter();
+            SectionEncoder {
+                count: source.refunded().len(),
+                encode_next: Box::new(move |out| {
+                    let (transfer_id, amount) = *items.next().expect("counted");
+                    out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
+                    out[16..32].copy_from_slice(&amount.to_le_bytes());
+                }),
+            }
         }
-        5 => out.copy_from_slice(&image.failed_ids[index].to_le_bytes()),
+        5 => {
+            let mut items = source.failed_ids().iter();
+            SectionEncoder {
+                count: source.failed_ids().len(),
+                encode_next: Box::new(move |out| {
+                    out.copy_from_slice(&items.next().expect("counted").to_le_bytes());
+                }),
+            }
+        }
         _ => unreachable!("section ids are fixed"),
     }
 }
@@ -145,7 +223,7 @@ pub(crate) fn write(
     storage: &mut dyn Storage,
     name: &str,
     sequence: u64,
-    image: &StateImage,
+    source: &dyn SnapshotSource,
 ) -> io::Result<u64> {
     let mut written = 0u64;
     let mut unsynced = 0u64;
@@ -159,10 +237,13 @@ pub(crate) fn write(
         }
         Ok(())
     };
-    put(storage, &encode_header(sequence, image.last_timestamp))?;
+    put(storage, &encode_header(sequence, source.last_timestamp()))?;
     let mut chunk = Vec::with_capacity(CHUNK_ITEMS as usize * RECORD_SIZE + 4);
     for (id, item_bytes, _) in SECTIONS {
-        let count = section_len(image, id);
+        let SectionEncoder {
+            count,
+            mut encode_next,
+        } = section_encoder(source, id);
         let mut header = [0u8; SECTION_HEADER_SIZE];
         header[0..4].copy_from_slice(&SECTION_MAGIC);
         header[4..6].copy_from_slice(&id.to_le_bytes());
@@ -176,9 +257,9 @@ pub(crate) fn write(
             let end = count.min(start + CHUNK_ITEMS as usize);
             chunk.clear();
             chunk.resize((end - start) * item_bytes, 0);
-            for (index, out) in (start..end).zip(chunk.chunks_exact_mut(item_bytes)) {
-                encode_item(image, id, index, out);
-            }
+            chunk
+                .chunks_exact_mut(item_bytes)
+                .for_each(&mut encode_next);
             let crc = chunk_crc(id, chunk_index as u64, &chunk);
             chunk.extend_from_slice(&crc.to_le_bytes());
             put(storage, &chunk)?;

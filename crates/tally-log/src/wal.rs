@@ -17,7 +17,7 @@
 use crate::error::LogError;
 use crate::format::{self, APPEND_BYTES_MAX, SEGMENT_HEADER_SIZE};
 use crate::scan::{self, Collect, SegmentFile, Tail};
-use crate::snapshot;
+use crate::snapshot::{self, SnapshotSource};
 use crate::storage::{FsStorage, Storage};
 use crate::{LogOptions, LogRecord, SyncMode};
 use std::path::{Path, PathBuf};
@@ -692,13 +692,13 @@ fn write_snapshot_atomically(
     temp: &str,
     name: &str,
     sequence: u64,
-    image: &StateImage,
+    source: &dyn SnapshotSource,
 ) -> Result<(), LogError> {
     let path = storage.path(temp);
     storage
         .create(temp)
         .map_err(|e| LogError::io(path.clone(), "create snapshot", e))?;
-    let bytes = snapshot::write(storage, temp, sequence, image)
+    let bytes = snapshot::write(storage, temp, sequence, source)
         .map_err(|e| LogError::io(path.clone(), "write snapshot", e))?;
     let len = storage
         .len(temp)
@@ -855,11 +855,11 @@ impl SnapshotJob {
     /// Writes the snapshot atomically (temp file, sync, rename, sync the directory) and
     /// returns its sequence for [`Wal::snapshot_written`]. A failure leaves the log as
     /// it was: the previous snapshot and every segment are still there.
-    pub fn write(mut self, image: &StateImage) -> Result<u64, LogError> {
+    pub fn write(mut self, source: &dyn SnapshotSource) -> Result<u64, LogError> {
         let name = format::snapshot_name(self.sequence);
         let temp = format!("{name}{}", format::TEMP_SUFFIX);
         if let Err(error) =
-            write_snapshot_atomically(&mut *self.storage, &temp, &name, self.sequence, image)
+            write_snapshot_atomically(&mut *self.storage, &temp, &name, self.sequence, source)
         {
             // Best effort: a leftover temp file is removed at the next open anyway.
             let _ = self.storage.remove(&temp);

@@ -356,11 +356,70 @@ struct FrozenPart {
     failed_ids: Vec<u128>,
 }
 
+/// The side tables of a [`FrozenState`], each sorted by id, as a snapshot stores them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SideTables {
+    pub pending_statuses: Vec<(u128, PendingStatus)>,
+    pub refunded: Vec<(u128, u128)>,
+    pub failed_ids: Vec<u128>,
+}
+
 impl FrozenState {
     /// The plain-data image of the frozen state: accounts in creation order, transfers
     /// in timestamp order, side tables sorted by id. Equal to `image()` of the state at
-    /// the moment it was frozen, for any number of parts.
+    /// the moment it was frozen, for any number of parts. A snapshot need not build it:
+    /// the accessors below give the same items in the same order, read in place.
     pub fn image(&self) -> StateImage {
+        let SideTables {
+            pending_statuses,
+            refunded,
+            failed_ids,
+        } = self.side_tables();
+        let mut transfers = Vec::with_capacity(self.transfers_len());
+        transfers.extend(self.transfers());
+        StateImage {
+            last_timestamp: self.last_timestamp,
+            accounts: self.accounts().collect(),
+            transfers,
+            pending_statuses,
+            refunded,
+            failed_ids,
+        }
+    }
+
+    /// Timestamp of the last event applied when frozen.
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+
+    pub fn accounts_len(&self) -> usize {
+        self.parts.iter().map(|part| part.accounts.len()).sum()
+    }
+
+    /// Every account, in creation order (merged across parts).
+    pub fn accounts(&self) -> impl Iterator<Item = Account> + '_ {
+        MergeByTimestamp::new(
+            self.parts.iter().map(|part| part.accounts.iter()),
+            |account: &&Account| account.timestamp,
+        )
+        .copied()
+    }
+
+    pub fn transfers_len(&self) -> usize {
+        self.parts.iter().map(|part| part.transfers.len()).sum()
+    }
+
+    /// Every stored transfer, in timestamp order (merged across parts), unpacked one
+    /// at a time.
+    pub fn transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
+        MergeByTimestamp::new(
+            self.parts.iter().map(|part| part.transfers.iter()),
+            |transfer: &Transfer| transfer.timestamp,
+        )
+    }
+
+    /// The side tables, gathered from every part and sorted by id.
+    pub fn side_tables(&self) -> SideTables {
         let mut pending_statuses: Vec<(u128, PendingStatus)> = self
             .parts
             .iter()
@@ -379,21 +438,7 @@ impl FrozenState {
             .flat_map(|part| part.failed_ids.iter().copied())
             .collect();
         failed_ids.sort_unstable();
-        let transfers_len = self.parts.iter().map(|part| part.transfers.len()).sum();
-        let mut transfers = Vec::with_capacity(transfers_len);
-        transfers.extend(MergeByTimestamp::new(
-            self.parts.iter().map(|part| part.transfers.iter()),
-            |transfer: &Transfer| transfer.timestamp,
-        ));
-        StateImage {
-            last_timestamp: self.last_timestamp,
-            accounts: MergeByTimestamp::new(
-                self.parts.iter().map(|part| part.accounts.iter()),
-                |account: &&Account| account.timestamp,
-            )
-            .copied()
-            .collect(),
-            transfers,
+        SideTables {
             pending_statuses,
             refunded,
             failed_ids,

@@ -525,6 +525,10 @@ impl FrozenAccounts {
     pub fn iter(&self) -> impl Iterator<Item = &Account> + '_ {
         self.chunks.iter().flat_map(|chunk| chunk.iter())
     }
+
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|chunk| chunk.len()).sum()
+    }
 }
 
 #[cfg(test)]
