@@ -274,6 +274,8 @@ impl StateMachine {
             }
         }
         let mut last_transfer = 0;
+        // Counted here, as they go by: every one must get a status below.
+        let mut pending_count = 0usize;
         // Loading looks up both accounts of every transfer: prefetched ahead, as apply
         // does, so that the misses overlap.
         let transfers = image.transfers;
@@ -287,6 +289,9 @@ impl StateMachine {
                 )));
             }
             last_transfer = transfer.timestamp;
+            if transfer.kind() == Some(TransferKind::Pending) {
+                pending_count += 1;
+            }
             let debit = account_slot(machine.parts.as_slice(), transfer.debit_account_id);
             let credit = account_slot(machine.parts.as_slice(), transfer.credit_account_id);
             let (Some(debit), Some(credit)) = (debit, credit) else {
@@ -305,6 +310,12 @@ impl StateMachine {
             }
         }
         drop(transfers);
+        for part in &mut machine.parts {
+            // Ids spread evenly over parts: room for a share each, so loading a million
+            // statuses does not rehash as it goes.
+            part.pending_status
+                .reserve(image.pending_statuses.len() / count + 1);
+        }
         for (id, status) in image.pending_statuses {
             let pending = machine
                 .lookup_transfer(id)
@@ -316,10 +327,6 @@ impl StateMachine {
                 part.expiries.insert((expires_at(&pending), id));
             }
         }
-        let pending_count = machine
-            .transfers()
-            .filter(|t| t.kind() == Some(TransferKind::Pending))
-            .count();
         let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
         if pending_count != status_count {
             return Err(ImageError("a pending transfer has no status".to_string()));

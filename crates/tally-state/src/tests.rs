@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use std::collections::HashSet;
 use tally_testkit::{account, transfer};
 use tally_types::{
-    Account, AccountFilter, AccountFlags as AF, Batch, PendingStatus, ResultCode as R, Transfer,
-    TransferFlags as TF,
+    Account, AccountFilter, AccountFlags as AF, Batch, PendingStatus, ResultCode as R, StateImage,
+    Transfer, TransferFlags as TF,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -616,6 +616,78 @@ fn timestamps_are_unique_increasing_and_lookups_skip_unknown_ids() {
         .collect();
     assert_eq!(found, vec![201, 200]);
     assert_eq!(sm.lookup_accounts(&[999, 2]).len(), 1);
+}
+
+/// An image that no ledger could have produced (a snapshot whose checksums pass but
+/// whose content does not hang together) is refused with an error naming what is
+/// wrong, on one part and on several.
+#[test]
+fn an_inconsistent_image_is_refused_with_a_reason() {
+    let (sm, _) = fixture();
+    let good = sm.image();
+    let pending_index = good
+        .transfers
+        .iter()
+        .position(|t| t.flags.contains(TF::PENDING))
+        .expect("the fixture has a pending transfer");
+    let single_index = good
+        .transfers
+        .iter()
+        .position(|t| t.flags.is_empty())
+        .expect("the fixture has a single-phase transfer");
+    type Damage = Box<dyn Fn(&mut StateImage)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        ("out of order", Box::new(|image| image.transfers.swap(0, 1))),
+        (
+            "unknown account",
+            Box::new(move |image| image.transfers[single_index].debit_account_id = 999),
+        ),
+        (
+            "appears twice",
+            Box::new(move |image| {
+                let mut copy = image.transfers[single_index];
+                copy.timestamp = image.last_timestamp;
+                image.transfers.retain(|t| t.timestamp != copy.timestamp);
+                image.transfers.push(copy);
+            }),
+        ),
+        (
+            "has no status",
+            Box::new(move |image| {
+                let id = image.transfers[pending_index].id;
+                image
+                    .pending_statuses
+                    .retain(|(status_id, _)| *status_id != id);
+            }),
+        ),
+        (
+            "not a pending transfer",
+            Box::new(move |image| {
+                let id = image.transfers[single_index].id;
+                image.pending_statuses.push((id, PendingStatus::Posted));
+                image.pending_statuses.sort_unstable_by_key(|(id, _)| *id);
+            }),
+        ),
+        (
+            "refund total for unknown transfer",
+            Box::new(|image| image.refunded.push((777_777, 1))),
+        ),
+    ];
+    for parts in [1, 3] {
+        assert!(StateMachine::from_image_in_parts(good.clone(), parts).is_ok());
+        for (reason, break_it) in &cases {
+            let mut image = good.clone();
+            break_it(&mut image);
+            let error = StateMachine::from_image_in_parts(image, parts)
+                .err()
+                .unwrap_or_else(|| panic!("{reason}: accepted on {parts} part(s)"));
+            assert!(
+                error.0.contains(reason),
+                "{reason} on {parts} part(s): got {:?}",
+                error.0
+            );
+        }
+    }
 }
 
 #[test]
