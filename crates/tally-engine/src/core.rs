@@ -274,7 +274,9 @@ pub(crate) fn recover(
             group_events: 0,
         };
         let opened = Wal::open_with_sink(storage, options, &mut sink);
-        sink.flush();
+        if opened.is_ok() {
+            sink.flush();
+        }
         // Closes the channel: the replay ends once it has applied every group sent.
         drop(sink);
         let replayed = replayer

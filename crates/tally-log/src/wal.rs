@@ -46,7 +46,8 @@ pub trait RecoverySink {
     fn record(&mut self, record: LogRecord);
 }
 
-/// What [`Wal::open_with_sink`] repaired: a torn tail left by a crash.
+/// What [`Wal::open_with_sink`] did besides handing records over: the torn tail left by
+/// a crash that it cut, if any, and how many records it handed over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Repairs {
     /// Bytes of a torn write discarded from the end of the log, up to its last
