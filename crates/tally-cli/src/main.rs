@@ -14,7 +14,7 @@ use lines::{Line, read_line_bounded};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tally_engine::{Config, Ledger};
+use tally_engine::{Config, EngineError, Ledger};
 use tally_json::{LedgerLookup, Request, RequestLine};
 use tally_state::StateMachine;
 use tally_types::currency::CurrencyTable;
@@ -199,11 +199,8 @@ enum Dump {
 /// onto the newest snapshot, with the checks of the log. The directory lock is held
 /// while reading (one process at a time, SPEC §3.7; `LOCK` is created if missing); no
 /// torn tail is cut and no log file is made, so `verify`, `accounts` and `transfers`
-/// leave the log as they found it.
-/// Events replayed at a time by the reading commands: enough for the prefetching to run
-/// across many small batches, few enough that a group is a small part of memory.
-const REPLAY_GROUP_EVENTS: usize = 65_536;
-
+/// leave the log as they found it. The log is read on one thread and replayed on
+/// another as it is read, as at start-up, and is never whole in memory.
 struct ReadOnly {
     report: tally_log::VerifyReport,
     state: StateMachine,
@@ -213,42 +210,12 @@ struct ReadOnly {
 fn read_only(data: &Path) -> Result<ReadOnly, String> {
     require_dir(data)?;
     let lock = tally_log::DirLock::acquire(data).map_err(|error| error.to_string())?;
-    let read = tally_log::read_log(data).map_err(|error| format!("log check failed: {error}"))?;
-    let mut state = match read.snapshot {
-        Some((_, image)) => StateMachine::from_image(image)
-            .map_err(|error| format!("snapshot does not load: {}", error.0))?,
-        None => StateMachine::new(),
-    };
-    // In groups, by value: each group is freed once replayed, so the records and the
-    // state they build are not both whole in memory at the end.
-    let mut timestamp_last = state.last_timestamp();
-    let mut records = read.records.into_iter().peekable();
-    while records.peek().is_some() {
-        let mut group = Vec::new();
-        let mut group_events = 0;
-        while group_events < REPLAY_GROUP_EVENTS
-            && let Some(record) = records.next()
-        {
-            if record.timestamp <= timestamp_last {
-                return Err(format!(
-                    "log check failed: record {} is stamped {}, not after {}",
-                    record.sequence, record.timestamp, timestamp_last
-                ));
-            }
-            timestamp_last = record
-                .timestamp
-                .saturating_add(record.batch.len().saturating_sub(1) as u64);
-            group_events += record.batch.len().max(1);
-            group.push(record);
-        }
-        let batches: Vec<_> = group
-            .iter()
-            .map(|record| (record.timestamp, &record.batch))
-            .collect();
-        state.replay(&batches);
-    }
+    let (report, state) = tally_engine::core::read_only(data).map_err(|error| match error {
+        EngineError::Log(error) => format!("log check failed: {error}"),
+        other => other.to_string(),
+    })?;
     Ok(ReadOnly {
-        report: read.report,
+        report,
         state,
         _lock: lock,
     })

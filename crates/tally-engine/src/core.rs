@@ -14,7 +14,7 @@ use crate::clock::batch_stamp;
 use crate::error::{EngineError, SubmitError};
 use crate::ledger::EventResult;
 use crate::shards::ShardPool;
-use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, Wal};
+use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal, read_log_into};
 use tally_state::StateMachine;
 use tally_types::{Batch, ResultCode, StateImage};
 
@@ -262,28 +262,11 @@ pub(crate) fn recover(
     shards: Option<&ShardPool>,
 ) -> Result<(Logger, Applier, StateMachine, Recovery), EngineError> {
     let started = std::time::Instant::now();
-    let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
-    let (opened, replayed) = std::thread::scope(|scope| {
-        let replayer = std::thread::Builder::new()
-            .name("tally-replay".into())
-            .spawn_scoped(scope, move || replay(receiver, capacity, shards))
-            .map_err(|error| EngineError::Thread(error.to_string()))?;
-        let mut sink = GroupSender {
-            sender: Some(sender),
-            group: Vec::new(),
-            group_events: 0,
-        };
-        let opened = Wal::open_with_sink(storage, options, &mut sink);
-        if opened.is_ok() {
-            sink.flush();
-        }
-        // Closes the channel: the replay ends once it has applied every group sent.
-        drop(sink);
-        let replayed = replayer
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        Ok::<_, EngineError>((opened, replayed))
-    })?;
+    let (opened, replayed) = read_and_replay(
+        |sink| Wal::open_with_sink(storage, options, sink),
+        capacity,
+        shards,
+    )?;
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
     let (state, mut recovery) = replayed?;
@@ -307,6 +290,57 @@ pub(crate) fn recover(
         shards: None,
     };
     Ok((logger, applier, state, recovery))
+}
+
+/// What the replay thread built: the state and what it replayed, or why it stopped.
+type ReplayOutcome = Result<(StateMachine, Recovery), EngineError>;
+
+/// Runs `read`, which reads a log and hands what it reads to a sink, on the calling
+/// thread, and replays what it hands over on a second thread as it comes (groups of
+/// about [`REPLAY_GROUP_EVENTS`] events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting).
+/// Returns what `read` returned and what the replay built; when `read` failed, the
+/// caller must drop the latter.
+fn read_and_replay<T, E>(
+    read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E>,
+    capacity: Capacity,
+    shards: Option<&ShardPool>,
+) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
+    let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let replayer = std::thread::Builder::new()
+            .name("tally-replay".into())
+            .spawn_scoped(scope, move || replay(receiver, capacity, shards))
+            .map_err(|error| EngineError::Thread(error.to_string()))?;
+        let mut sink = GroupSender {
+            sender: Some(sender),
+            group: Vec::new(),
+            group_events: 0,
+        };
+        let read = read(&mut sink);
+        if read.is_ok() {
+            sink.flush();
+        }
+        // Closes the channel: the replay ends once it has applied every group sent.
+        drop(sink);
+        let replayed = replayer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok((read, replayed))
+    })
+}
+
+/// Reads the ledger in `dir` without changing it (`tally_log::read_log`: every
+/// checksum checked, nothing repaired, no file made) and replays it as [`Ledger::open`]
+/// would, reading and replaying on two threads: what the `tally` reading commands show.
+/// The caller holds the directory's lock.
+///
+/// [`Ledger::open`]: crate::Ledger::open
+pub fn read_only(dir: &std::path::Path) -> Result<(VerifyReport, StateMachine), EngineError> {
+    let (read, replayed) =
+        read_and_replay(|sink| read_log_into(dir, sink), Capacity::default(), None)?;
+    let report = read?;
+    let (state, _) = replayed?;
+    Ok((report, state))
 }
 
 /// What opening a ledger recovered, and how long it took.

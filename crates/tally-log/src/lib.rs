@@ -37,7 +37,9 @@ pub use error::LogError;
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use snapshot::SnapshotSource;
 pub use storage::{FsStorage, Storage};
-pub use verify::{ReadLog, VerifyReport, read_log, read_log_storage, verify, verify_storage};
+pub use verify::{
+    ReadLog, VerifyReport, read_log, read_log_into, read_log_storage, verify, verify_storage,
+};
 pub use wal::{
     Recovered, RecoverySink, Repairs, SPARE_STEP_BYTES_MAX, SPARE_TRIGGER_BYTES, SnapshotJob, Wal,
 };

@@ -6,6 +6,7 @@ use crate::format;
 use crate::scan::{self, Collect, Tail};
 use crate::snapshot;
 use crate::storage::{FsStorage, Storage};
+use crate::wal::{Collected, RecoverySink};
 use std::io;
 use std::path::Path;
 use tally_types::StateImage;
@@ -80,14 +81,21 @@ pub fn read_log(dir: &Path) -> Result<ReadLog, LogError> {
 
 /// [`read_log`] over any storage.
 pub fn read_log_storage(storage: &mut dyn Storage) -> Result<ReadLog, LogError> {
-    let mut kept = (None, Vec::new());
-    let report = check(storage, Some(&mut kept))?;
-    let (snapshot, records) = kept;
+    let mut collected = Collected::default();
+    let report = check(storage, Some(&mut collected))?;
     Ok(ReadLog {
         report,
-        snapshot,
-        records,
+        snapshot: collected.snapshot,
+        records: collected.records,
     })
+}
+
+/// [`read_log`], handing the snapshot and each record to `sink` as they are read (as
+/// [`crate::Wal::open_with_sink`] does) instead of collecting them. On an error, what
+/// the sink received must be dropped.
+pub fn read_log_into(dir: &Path, sink: &mut dyn RecoverySink) -> Result<VerifyReport, LogError> {
+    existing_dir(dir)?;
+    check(&mut FsStorage::existing(dir), Some(sink))
 }
 
 fn existing_dir(dir: &Path) -> Result<(), LogError> {
@@ -101,11 +109,11 @@ fn existing_dir(dir: &Path) -> Result<(), LogError> {
     ))
 }
 
-/// The newest readable snapshot and the records after it, when kept.
-type Kept = (Option<(u64, StateImage)>, Vec<LogRecord>);
-
-/// Checks every snapshot and segment; fills `keep` with the state to recover from.
-fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyReport, LogError> {
+/// Checks every snapshot and segment; hands `keep` the state to recover from.
+fn check(
+    storage: &mut dyn Storage,
+    keep: Option<&mut dyn RecoverySink>,
+) -> Result<VerifyReport, LogError> {
     let listing = scan::list(storage)?;
     let mut report = VerifyReport::default();
     let keep_image = keep.is_some();
@@ -139,20 +147,24 @@ fn check(storage: &mut dyn Storage, keep: Option<&mut Kept>) -> Result<VerifyRep
                 reason: "snapshots or a close marker exist but no log segment does".into(),
             });
         }
+        // An empty ledger: nothing to replay.
+        if let Some(sink) = keep {
+            sink.start(None);
+        }
         return Ok(report);
     }
     let log = match keep {
         None => scan::scan_log(storage, &listing.segments, 0, base, &mut Collect::DecodeAll)?,
-        Some((snapshot, records)) => {
+        Some(sink) => {
             assert_eq!(
                 newest_image.as_ref().map(|(sequence, _)| *sequence),
                 report.snapshot_sequence,
                 "the newest readable snapshot was read with its image"
             );
-            *snapshot = newest_image;
+            sink.start(newest_image);
             let mut collect = Collect::After {
                 base,
-                out: &mut |record| records.push(record),
+                out: &mut |record| sink.record(record),
             };
             scan::scan_log(storage, &listing.segments, 0, base, &mut collect)?
         }

@@ -61,11 +61,12 @@ pub struct Repairs {
     pub records: u64,
 }
 
-/// Collects what recovery hands over, for [`Wal::open_with_storage`].
+/// Collects what recovery hands over, for [`Wal::open_with_storage`] and
+/// [`crate::read_log`].
 #[derive(Default)]
-struct Collected {
-    snapshot: Option<(u64, StateImage)>,
-    records: Vec<LogRecord>,
+pub(crate) struct Collected {
+    pub snapshot: Option<(u64, StateImage)>,
+    pub records: Vec<LogRecord>,
 }
 
 impl RecoverySink for Collected {
