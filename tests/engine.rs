@@ -367,6 +367,9 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     }
     let image = ledger.with_state(StateMachine::image);
     ledger.shutdown().unwrap();
+    let metrics = ledger.metrics();
+    assert!(metrics.snapshots_written >= 1, "{metrics:?}");
+    assert_eq!(metrics.snapshots_failed, 0);
     drop(ledger);
     let snapshots = std::fs::read_dir(dir.path())
         .unwrap()

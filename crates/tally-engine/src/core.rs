@@ -272,6 +272,11 @@ pub(crate) fn recover(
     let (state, mut recovery) = replayed?;
     let sequence_last = recovery.sequence_last;
     recovery.torn_tail_bytes_cut = repairs.torn_tail_bytes_cut;
+    recovery.torn_segment_removed = repairs.torn_segment_removed;
+    assert_eq!(
+        repairs.records, recovery.batches,
+        "every record read was replayed"
+    );
     recovery.elapsed = started.elapsed();
     assert_eq!(
         wal.next_sequence(),
@@ -355,6 +360,8 @@ pub struct Recovery {
     pub sequence_last: u64,
     /// Bytes of a torn write cut from the log's end (see `tally_log::Repairs`).
     pub torn_tail_bytes_cut: u64,
+    /// Whether the last segment was removed because its header never reached the disk.
+    pub torn_segment_removed: bool,
     /// From the start of open to the state rebuilt: reading, checking, loading the
     /// snapshot and replaying, the last two overlapping the first.
     pub elapsed: std::time::Duration,

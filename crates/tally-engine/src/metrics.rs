@@ -24,6 +24,11 @@ pub(crate) struct Metrics {
     pub spare_steps: AtomicU64,
     pub spare_step_bytes: AtomicU64,
     pub spare_step_us: AtomicU64,
+    /// Snapshots written, and snapshots that failed (an I/O error, or a panic of the
+    /// snapshot thread). A failure loses nothing (the log keeps every batch since the
+    /// last snapshot) but lets replay at start-up grow. Written by the log thread.
+    pub snapshots_written: AtomicU64,
+    pub snapshots_failed: AtomicU64,
     pub result_counts: Vec<AtomicU64>,
     /// Microseconds from the first batch of a group taken to the group synced.
     pub commit_latency_us: Mutex<Histogram<u64>>,
@@ -46,6 +51,8 @@ impl Metrics {
             spare_steps: AtomicU64::new(0),
             spare_step_bytes: AtomicU64::new(0),
             spare_step_us: AtomicU64::new(0),
+            snapshots_written: AtomicU64::new(0),
+            snapshots_failed: AtomicU64::new(0),
             result_counts: ResultCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             commit_latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
@@ -79,6 +86,9 @@ pub struct MetricsSnapshot {
     pub spare_steps: u64,
     pub spare_step_bytes: u64,
     pub spare_step_us: u64,
+    /// Snapshots written, and snapshots that failed.
+    pub snapshots_written: u64,
+    pub snapshots_failed: u64,
     /// Count per result code (only codes seen at least once).
     pub result_counts: Vec<(ResultCode, u64)>,
     pub commit_latency_us_p50: u64,
@@ -100,7 +110,7 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [(&str, u64); 14] = [
+        let gauges: [(&str, u64); 16] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
@@ -111,6 +121,8 @@ impl MetricsSnapshot {
             ("spare_steps_total", self.spare_steps),
             ("spare_step_bytes_total", self.spare_step_bytes),
             ("spare_step_us_total", self.spare_step_us),
+            ("snapshots_written_total", self.snapshots_written),
+            ("snapshots_failed_total", self.snapshots_failed),
             ("commit_latency_us_p99", self.commit_latency_us_p99),
             ("shard_units_total", self.shard_units),
             ("shard_units_spanning_total", self.shard_units_spanning),
@@ -147,6 +159,8 @@ impl Metrics {
             spare_steps: self.spare_steps.load(Ordering::Relaxed),
             spare_step_bytes: self.spare_step_bytes.load(Ordering::Relaxed),
             spare_step_us: self.spare_step_us.load(Ordering::Relaxed),
+            snapshots_written: self.snapshots_written.load(Ordering::Relaxed),
+            snapshots_failed: self.snapshots_failed.load(Ordering::Relaxed),
             result_counts: ResultCode::ALL
                 .iter()
                 .map(|code| {

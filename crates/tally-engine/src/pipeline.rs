@@ -128,12 +128,20 @@ impl LogThread {
         let done = self
             .snapshot_in_flight
             .take_if(|job| finish || job.is_finished());
-        // A failed snapshot loses nothing: the log still has every batch.
-        if let Some(job) = done
-            && let Ok(Ok(sequence)) = job.join()
-        {
-            let _ = self.logger.snapshot_written(sequence);
-            self.publish_failure();
+        // A failed snapshot loses nothing: the log still has every batch. It is
+        // counted, never silent: replay at start-up grows until one succeeds.
+        if let Some(job) = done {
+            let metrics = &self.shared.metrics;
+            match job.join() {
+                Ok(Ok(sequence)) => {
+                    let _ = self.logger.snapshot_written(sequence);
+                    self.publish_failure();
+                    metrics.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    metrics.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         let newest = self.snapshots.try_iter().last();
         if let Some((sequence, frozen)) = newest.filter(|_| self.snapshot_in_flight.is_none())

@@ -80,68 +80,81 @@ impl SnapshotSource for StateImage {
     }
 }
 
-/// Encodes the next item of a section into its slot of a chunk.
-type EncodeNext<'a> = Box<dyn FnMut(&mut [u8]) + 'a>;
-
-/// Encodes one section's items in file order, one call per item.
-struct SectionEncoder<'a> {
-    count: usize,
-    encode_next: EncodeNext<'a>,
+/// One section's items in file order, encoded one at a time into a chunk's slots.
+trait SectionItems {
+    fn encode_next(&mut self, out: &mut [u8]);
+    /// Whether every item has been encoded (the count in the section header was right).
+    fn is_exhausted(&mut self) -> bool;
 }
 
-fn section_encoder(source: &dyn SnapshotSource, id: u16) -> SectionEncoder<'_> {
+/// [`SectionItems`] over an iterator and an encoding of one item.
+struct Items<I, F> {
+    items: I,
+    encode: F,
+}
+
+impl<T, I: Iterator<Item = T>, F: FnMut(T, &mut [u8])> SectionItems for Items<I, F> {
+    fn encode_next(&mut self, out: &mut [u8]) {
+        let item = self
+            .items
+            .next()
+            .expect("a snapshot source yields as many items as it counts");
+        (self.encode)(item, out);
+    }
+
+    fn is_exhausted(&mut self) -> bool {
+        self.items.next().is_none()
+    }
+}
+
+/// Section `id`'s item count and items.
+fn section_items(source: &dyn SnapshotSource, id: u16) -> (usize, Box<dyn SectionItems + '_>) {
     match id {
-        1 => {
-            let mut accounts = source.accounts();
-            SectionEncoder {
-                count: source.accounts_len(),
-                encode_next: Box::new(move |out| {
-                    let account = accounts.next().expect("accounts_len accounts");
+        1 => (
+            source.accounts_len(),
+            Box::new(Items {
+                items: source.accounts(),
+                encode: |account: Account, out: &mut [u8]| {
                     encode_account(&account, out.try_into().expect("record size"));
-                }),
-            }
-        }
-        2 => {
-            let mut transfers = source.transfers();
-            SectionEncoder {
-                count: source.transfers_len(),
-                encode_next: Box::new(move |out| {
-                    let transfer = transfers.next().expect("transfers_len transfers");
+                },
+            }),
+        ),
+        2 => (
+            source.transfers_len(),
+            Box::new(Items {
+                items: source.transfers(),
+                encode: |transfer: Transfer, out: &mut [u8]| {
                     encode_transfer(&transfer, out.try_into().expect("record size"));
-                }),
-            }
-        }
-        3 => {
-            let mut items = source.pending_statuses().iter();
-            SectionEncoder {
-                count: source.pending_statuses().len(),
-                encode_next: Box::new(move |out| {
-                    let (transfer_id, status) = *items.next().expect("counted");
+                },
+            }),
+        ),
+        3 => (
+            source.pending_statuses().len(),
+            Box::new(Items {
+                items: source.pending_statuses().iter(),
+                encode: |&(transfer_id, status): &(u128, PendingStatus), out: &mut [u8]| {
                     out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
                     out[16] = status as u8;
-                }),
-            }
-        }
-        4 => {
-            let mut items = source.refunded().iter();
-            SectionEncoder {
-                count: source.refunded().len(),
-                encode_next: Box::new(move |out| {
-                    let (transfer_id, amount) = *items.next().expect("counted");
+                },
+            }),
+        ),
+        4 => (
+            source.refunded().len(),
+            Box::new(Items {
+                items: source.refunded().iter(),
+                encode: |&(transfer_id, amount): &(u128, u128), out: &mut [u8]| {
                     out[0..16].copy_from_slice(&transfer_id.to_le_bytes());
                     out[16..32].copy_from_slice(&amount.to_le_bytes());
-                }),
-            }
-        }
-        5 => {
-            let mut items = source.failed_ids().iter();
-            SectionEncoder {
-                count: source.failed_ids().len(),
-                encode_next: Box::new(move |out| {
-                    out.copy_from_slice(&items.next().expect("counted").to_le_bytes());
-                }),
-            }
-        }
+                },
+            }),
+        ),
+        5 => (
+            source.failed_ids().len(),
+            Box::new(Items {
+                items: source.failed_ids().iter(),
+                encode: |id: &u128, out: &mut [u8]| out.copy_from_slice(&id.to_le_bytes()),
+            }),
+        ),
         _ => unreachable!("section ids are fixed"),
     }
 }
@@ -240,10 +253,7 @@ pub(crate) fn write(
     put(storage, &encode_header(sequence, source.last_timestamp()))?;
     let mut chunk = Vec::with_capacity(CHUNK_ITEMS as usize * RECORD_SIZE + 4);
     for (id, item_bytes, _) in SECTIONS {
-        let SectionEncoder {
-            count,
-            mut encode_next,
-        } = section_encoder(source, id);
+        let (count, mut items) = section_items(source, id);
         let mut header = [0u8; SECTION_HEADER_SIZE];
         header[0..4].copy_from_slice(&SECTION_MAGIC);
         header[4..6].copy_from_slice(&id.to_le_bytes());
@@ -257,13 +267,19 @@ pub(crate) fn write(
             let end = count.min(start + CHUNK_ITEMS as usize);
             chunk.clear();
             chunk.resize((end - start) * item_bytes, 0);
-            chunk
-                .chunks_exact_mut(item_bytes)
-                .for_each(&mut encode_next);
+            for out in chunk.chunks_exact_mut(item_bytes) {
+                items.encode_next(out);
+            }
             let crc = chunk_crc(id, chunk_index as u64, &chunk);
             chunk.extend_from_slice(&crc.to_le_bytes());
             put(storage, &chunk)?;
         }
+        // Paired with the count in the section header: a source that yields more items
+        // than it counts would otherwise leave a snapshot silently short.
+        assert!(
+            items.is_exhausted(),
+            "section {id} has more items than counted"
+        );
     }
     let mut footer = [0u8; FOOTER_SIZE];
     footer[0..8].copy_from_slice(&FOOTER_MAGIC);

@@ -156,6 +156,7 @@ impl StateMachine {
     /// Panics if `timestamp` does not move time forward or the batch is larger than
     /// [`BATCH_EVENTS_MAX`]: the engine rejects those before they reach the log.
     pub fn apply(&mut self, timestamp: u64, batch: &Batch) -> Vec<ResultCode> {
+        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         let mut results = vec![R::Ok; batch.len()];
         let mut prefetcher = Prefetcher::new(&self.parts, transfers_of(batch).iter());
         self.apply_batch(timestamp, batch, &mut results, &mut prefetcher);
@@ -168,6 +169,7 @@ impl StateMachine {
     /// across batch boundaries, so a log of one-payment batches replays with as many
     /// cache misses in flight as one of full batches.
     pub fn replay(&mut self, batches: &[(u64, &Batch)]) {
+        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         let transfers = batches.iter().flat_map(|(_, batch)| transfers_of(batch));
         let mut prefetcher = Prefetcher::new(&self.parts, transfers);
         let mut results = Vec::new();

@@ -10,10 +10,11 @@
 #[allow(unsafe_code)] // see SAFETY below
 pub(crate) fn prefetch<T>(at: *const T) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse", not(miri)))]
-    // SAFETY: `_mm_prefetch` is unsafe only because it needs the `sse` target feature,
-    // which the cfg above guarantees is enabled for this build (it is part of the
-    // x86_64 baseline). PREFETCHT0 is a hint that never dereferences architecturally:
-    // it cannot fault, whatever `at` is, and it changes no memory.
+    // SAFETY: `_mm_prefetch` is unsafe because it needs the `sse` target feature and
+    // takes a raw pointer. The cfg above guarantees the feature for this build (it is
+    // part of the x86_64 baseline). The pointer is never dereferenced: PREFETCHT0 is a
+    // hint that reads nothing architecturally, cannot fault whatever `at` is, and
+    // changes no memory.
     unsafe {
         core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at.cast::<i8>());
     }
@@ -29,7 +30,11 @@ const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// then costs one TLB entry per 2 MiB instead of per 4 KiB, so its misses are not
 /// doubled by page walks. Useful when the host's THP mode is `madvise` (the default
 /// of many distributions); a no-op where THP is off or unsupported, and for tables
-/// smaller than a huge page. Advice only: it cannot fail in a way that matters.
+/// smaller than a huge page. Advice only: it cannot fail in a way that matters (on a
+/// kernel whose base pages are not 4 KiB the start is misaligned and the kernel refuses
+/// the advice with EINVAL: a no-op). The pages must not have been touched yet for the
+/// advice to take at once: true of a table just allocated zeroed, which the allocator
+/// maps fresh.
 #[allow(unsafe_code)] // see SAFETY below
 pub(crate) fn advise_huge_pages<T>(memory: &[T]) {
     let bytes = std::mem::size_of_val(memory);

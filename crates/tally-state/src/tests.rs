@@ -869,3 +869,68 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// `replay` on one part or three, with the run cut anywhere into two calls, chains
+    /// left open at a batch's end, empty batches of both kinds and account batches
+    /// between transfers, equals `apply` batch by batch, and both go on identically.
+    #[test]
+    fn replay_split_anywhere_on_parts_equals_apply(
+        batches in proptest::collection::vec(
+            (proptest::collection::vec(any_transfer(), 0..14), 0u64..4, 0u8..8, any::<bool>()),
+            1..14),
+        parts in prop_oneof![Just(1usize), Just(3usize)],
+        split in 0usize..14,
+    ) {
+        let new = || {
+            let mut sm = StateMachine::with_capacity_in_parts(0, 0, parts);
+            let accounts = vec![
+                account(1, 156, AF::empty()),
+                account(2, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
+                account(3, 156, AF::CREDITS_MUST_NOT_EXCEED_DEBITS),
+                account(4, 840, AF::empty()),
+                account(5, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
+                account(6, 156, AF::empty()),
+            ];
+            sm.apply(T0, &Batch::CreateAccounts(accounts));
+            sm
+        };
+        let mut applied = new();
+        let mut replayed = new();
+        let mut now = T0 + 6;
+        let mut run = Vec::new();
+        for (index, (mut events, gap_s, kind, open_chain)) in batches.into_iter().enumerate() {
+            now += gap_s * SECOND + 1;
+            let batch = match kind {
+                0 => Batch::CreateAccounts((0..3).map(|n| account(5 + index as u128 + n, 156, AF::empty())).collect()),
+                1 => Batch::CreateTransfers(Vec::new()),
+                2 => Batch::CreateAccounts(Vec::new()),
+                _ => {
+                    if open_chain && let Some(last) = events.last_mut() {
+                        last.flags = last.flags.with(TF::LINKED);
+                    }
+                    Batch::CreateTransfers(events)
+                }
+            };
+            applied.apply(now, &batch);
+            let len = batch.len() as u64;
+            run.push((now, batch));
+            now += len.saturating_sub(1);
+        }
+        let borrowed: Vec<(u64, &Batch)> = run.iter().map(|(at, batch)| (*at, batch)).collect();
+        let split = split.min(borrowed.len());
+        replayed.replay(&borrowed[..split]);
+        replayed.replay(&borrowed[split..]);
+        prop_assert_eq!(replayed.image(), applied.image());
+        prop_assert_eq!(replayed.last_timestamp(), applied.last_timestamp());
+        for id in 1u128..30 {
+            let filter = AccountFilter { limit: 1_000, ..AccountFilter::new(id) };
+            prop_assert_eq!(replayed.account_transfers(&filter), applied.account_transfers(&filter));
+        }
+        let next = Batch::CreateTransfers(vec![transfer(7_777, 1, 6, 5)]);
+        prop_assert_eq!(applied.apply(now + 10 * SECOND, &next), replayed.apply(now + 10 * SECOND, &next));
+        prop_assert_eq!(replayed.image(), applied.image());
+    }
+}
