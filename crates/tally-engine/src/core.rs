@@ -251,10 +251,9 @@ fn event_results(timestamp: u64, codes: Vec<ResultCode>) -> Vec<EventResult> {
 }
 
 /// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
-/// every logged batch after it, in order. The log is read on the calling thread and
-/// replayed on a second one as it is read (groups of about [`REPLAY_GROUP_EVENTS`]
-/// events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting), so reading and checksumming
-/// overlap with the replay, and the log is never whole in memory.
+/// every logged batch after it, in order. The log is read on a second thread and
+/// replayed on the calling one as it is read ([`read_and_replay`]), so reading and
+/// checksumming overlap with the replay, and the log is never whole in memory.
 pub(crate) fn recover(
     storage: Box<dyn Storage>,
     options: LogOptions,
@@ -297,37 +296,43 @@ pub(crate) fn recover(
     Ok((logger, applier, state, recovery))
 }
 
-/// What the replay thread built: the state and what it replayed, or why it stopped.
+/// What the replay built: the state and what it replayed, or why it stopped.
 type ReplayOutcome = Result<(StateMachine, Recovery), EngineError>;
 
-/// Runs `read`, which reads a log and hands what it reads to a sink, on the calling
-/// thread, and replays what it hands over on a second thread as it comes (groups of
+/// Runs `read`, which reads a log and hands what it reads to a sink, on a second
+/// thread, and replays what it hands over on the calling thread as it comes (groups of
 /// about [`REPLAY_GROUP_EVENTS`] events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting).
-/// Returns what `read` returned and what the replay built; when `read` failed, the
-/// caller must drop the latter.
-fn read_and_replay<T, E>(
-    read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E>,
+/// The replay stays on the calling thread because it may drive the shard pool, which
+/// is not shared between threads. Returns what `read` returned and what the replay
+/// built; when `read` failed, the caller must drop the latter.
+fn read_and_replay<T: Send, E: Send>(
+    read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E> + Send,
     capacity: Capacity,
     shards: Option<&ShardPool>,
 ) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
     let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
     std::thread::scope(|scope| {
-        let replayer = std::thread::Builder::new()
-            .name("tally-replay".into())
-            .spawn_scoped(scope, move || replay(receiver, capacity, shards))
+        let reader = std::thread::Builder::new()
+            .name("tally-read-log".into())
+            .spawn_scoped(scope, move || {
+                let mut sink = GroupSender {
+                    sender: Some(sender),
+                    group: Vec::new(),
+                    group_events: 0,
+                };
+                let read = read(&mut sink);
+                if read.is_ok() {
+                    sink.flush();
+                }
+                // Dropping the sink closes the channel: the replay ends once it has
+                // applied every group sent.
+                read
+            })
             .map_err(|error| EngineError::Thread(error.to_string()))?;
-        let mut sink = GroupSender {
-            sender: Some(sender),
-            group: Vec::new(),
-            group_events: 0,
-        };
-        let read = read(&mut sink);
-        if read.is_ok() {
-            sink.flush();
-        }
-        // Closes the channel: the replay ends once it has applied every group sent.
-        drop(sink);
-        let replayed = replayer
+        // Returning drops the receiver: a reader still sending then stops handing
+        // groups over and only finishes its checks.
+        let replayed = replay(receiver, capacity, shards);
+        let read = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         Ok((read, replayed))
@@ -384,7 +389,7 @@ const REPLAY_GROUP_EVENTS: usize = 65_536;
 /// checks the next, and a bound on the memory a fast reader can fill.
 const REPLAY_GROUPS_IN_FLIGHT: usize = 2;
 
-/// What the reading thread hands the replay thread.
+/// What the reader thread hands the replaying thread.
 enum Replayed {
     /// The snapshot to start from, first and once.
     Start(Option<(u64, StateImage)>),
@@ -392,9 +397,9 @@ enum Replayed {
     Records(Vec<LogRecord>),
 }
 
-/// Cuts the records recovery reads into groups for the replay thread.
+/// Cuts the records recovery reads into groups for the replaying thread.
 struct GroupSender {
-    /// `None` once the replay thread has stopped (on an error it reports itself).
+    /// `None` once the replay has stopped (on an error it reports itself).
     sender: Option<crossbeam_channel::Sender<Replayed>>,
     group: Vec<LogRecord>,
     group_events: usize,
@@ -433,7 +438,7 @@ impl RecoverySink for GroupSender {
     }
 }
 
-/// The replay thread: builds the state from the snapshot, then applies each group as it
+/// The replay: builds the state from the snapshot, then applies each group as it
 /// arrives, as the engine applied them live: on the shard threads when there are some
 /// (results do not depend on how the log is cut into groups).
 fn replay(
