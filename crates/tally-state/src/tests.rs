@@ -754,7 +754,12 @@ fn any_transfer() -> impl Strategy<Value = Transfer> {
 }
 
 fn property_ledger() -> StateMachine {
-    let mut sm = StateMachine::new();
+    property_ledger_in_parts(1)
+}
+
+/// Six accounts over two ledgers, with each balance-limit flag, split into `parts`.
+fn property_ledger_in_parts(parts: usize) -> StateMachine {
+    let mut sm = StateMachine::with_capacity_in_parts(0, 0, parts);
     let accounts = vec![
         account(1, 156, AF::empty()),
         account(2, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
@@ -884,21 +889,8 @@ proptest! {
         parts in prop_oneof![Just(1usize), Just(3usize)],
         split in 0usize..14,
     ) {
-        let new = || {
-            let mut sm = StateMachine::with_capacity_in_parts(0, 0, parts);
-            let accounts = vec![
-                account(1, 156, AF::empty()),
-                account(2, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
-                account(3, 156, AF::CREDITS_MUST_NOT_EXCEED_DEBITS),
-                account(4, 840, AF::empty()),
-                account(5, 156, AF::DEBITS_MUST_NOT_EXCEED_CREDITS),
-                account(6, 156, AF::empty()),
-            ];
-            sm.apply(T0, &Batch::CreateAccounts(accounts));
-            sm
-        };
-        let mut applied = new();
-        let mut replayed = new();
+        let mut applied = property_ledger_in_parts(parts);
+        let mut replayed = property_ledger_in_parts(parts);
         let mut now = T0 + 6;
         let mut run = Vec::new();
         for (index, (mut events, gap_s, kind, open_chain)) in batches.into_iter().enumerate() {
