@@ -175,19 +175,19 @@ impl Part {
             .get(id, |p| self.transfers.id_at(p as usize))
     }
 
-    /// Prefetch, first step: the index slot that looking up transfer `id` reads first.
+    /// Prefetch, slots step: the index slot that looking up transfer `id` reads first.
     #[inline]
     pub(crate) fn prefetch_transfer_slot(&self, id: u128) {
         self.transfer_index.prefetch_home(id);
     }
 
-    /// Prefetch, first step: the index slot that looking up account `id` reads first.
+    /// Prefetch, slots step: the index slot that looking up account `id` reads first.
     #[inline]
     pub(crate) fn prefetch_account_slot(&self, id: u128) {
         self.account_index.prefetch_home(id);
     }
 
-    /// Prefetch, second step (once its index slot has arrived): where stored transfer
+    /// Prefetch, records step (once its index slot has arrived): where stored transfer
     /// `id`'s record starts.
     #[inline]
     pub(crate) fn prefetch_transfer_start(&self, id: u128) {
@@ -198,7 +198,7 @@ impl Part {
         }
     }
 
-    /// Prefetch, third step (once its start has arrived): stored transfer `id`'s
+    /// Prefetch, tails step (once its start has arrived): stored transfer `id`'s
     /// packed record (about 30–60 bytes).
     #[inline]
     pub(crate) fn prefetch_transfer_record(&self, id: u128) {
@@ -210,7 +210,7 @@ impl Part {
         }
     }
 
-    /// Prefetch, second step (once its index slot has arrived): account `id`'s record
+    /// Prefetch, records step (once its index slot has arrived): account `id`'s record
     /// and the head of its history list.
     #[inline]
     pub(crate) fn prefetch_account(&self, id: u128) {
@@ -228,7 +228,7 @@ impl Part {
         prefetch(self.account_history.as_ptr().wrapping_add(position));
     }
 
-    /// Prefetch, third step (once the history list's head has arrived): where the next
+    /// Prefetch, tails step (once the history list's head has arrived): where the next
     /// history entry of account `id` will be written.
     #[inline]
     pub(crate) fn prefetch_history_tail(&self, id: u128) {

@@ -90,27 +90,45 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
 
     #[inline]
     fn advance_records(&mut self, parts: &[Box<Part>], transfers: usize) {
-        let count = parts.len();
-        for t in self.records.by_ref().take(transfers) {
-            if t.pending_id != 0 {
-                parts[part_of(t.pending_id, count)].prefetch_transfer_start(t.pending_id);
-            }
-            for account in [t.debit_account_id, t.credit_account_id] {
-                parts[part_of(account, count)].prefetch_account(account);
-            }
-        }
+        step(
+            &mut self.records,
+            parts,
+            transfers,
+            Part::prefetch_transfer_start,
+            Part::prefetch_account,
+        );
     }
 
     #[inline]
     fn advance_tails(&mut self, parts: &[Box<Part>], transfers: usize) {
-        let count = parts.len();
-        for t in self.tails.by_ref().take(transfers) {
-            if t.pending_id != 0 {
-                parts[part_of(t.pending_id, count)].prefetch_transfer_record(t.pending_id);
-            }
-            for account in [t.debit_account_id, t.credit_account_id] {
-                parts[part_of(account, count)].prefetch_history_tail(account);
-            }
+        step(
+            &mut self.tails,
+            parts,
+            transfers,
+            Part::prefetch_transfer_record,
+            Part::prefetch_history_tail,
+        );
+    }
+}
+
+/// One prefetch step over the next `transfers` of `cursor`: `named` for the transfer a
+/// post, void or refund names, `account` for both accounts, each on the part its id
+/// belongs to.
+#[inline]
+fn step<'a>(
+    cursor: &mut impl Iterator<Item = &'a Transfer>,
+    parts: &[Box<Part>],
+    transfers: usize,
+    named: impl Fn(&Part, u128),
+    account: impl Fn(&Part, u128),
+) {
+    let count = parts.len();
+    for t in cursor.take(transfers) {
+        if t.pending_id != 0 {
+            named(&parts[part_of(t.pending_id, count)], t.pending_id);
+        }
+        for id in [t.debit_account_id, t.credit_account_id] {
+            account(&parts[part_of(id, count)], id);
         }
     }
 }
