@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tally_log::{SnapshotSource, SyncMode};
 use tally_state::{FrozenState, SideTables};
-use tally_types::{Account, Batch, PendingStatus, Transfer};
+use tally_types::{Account, Batch, PendingStatus};
 use tokio::sync::oneshot;
 
 /// The answer channel of one submission.
@@ -374,8 +374,11 @@ impl SnapshotSource for FrozenSource<'_> {
     fn transfers_len(&self) -> usize {
         self.frozen.transfers_len()
     }
-    fn transfers(&self) -> Box<dyn Iterator<Item = Transfer> + '_> {
-        Box::new(self.frozen.transfers())
+    fn packed_transfer_runs(
+        &self,
+        run: &mut dyn FnMut(usize, &[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.frozen.for_each_packed_run(run)
     }
     fn pending_statuses(&self) -> &[(u128, PendingStatus)] {
         &self.side_tables.pending_statuses
@@ -412,58 +415,75 @@ mod tests {
     }
 
     /// A snapshot written from the frozen state in place is byte for byte the one
-    /// written from its image, on several parts (whose accounts and transfers are
-    /// merged by timestamp) and with every side table filled.
+    /// written from its image: on one part (the store's packed chunks written as they
+    /// are) and on three (accounts and transfers merged by timestamp and packed again),
+    /// with more transfers than one packed run holds and every side table filled.
     #[test]
     fn a_snapshot_read_in_place_is_the_image_s_snapshot_byte_for_byte() {
-        let mut state = StateMachine::with_capacity_in_parts(0, 0, 3);
-        let accounts = (1..=40)
-            .map(|id| Account {
+        for parts in [1, 3] {
+            let mut state = StateMachine::with_capacity_in_parts(0, 0, parts);
+            let accounts = (1..=40)
+                .map(|id| Account {
+                    id,
+                    ledger: 156,
+                    code: 1,
+                    ..Account::default()
+                })
+                .collect();
+            state.apply(10, &Batch::CreateAccounts(accounts));
+            let transfer = |id: u128, debit: u128, credit: u128, amount: u128| Transfer {
                 id,
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
                 ledger: 156,
                 code: 1,
-                ..Account::default()
-            })
-            .collect();
-        state.apply(10, &Batch::CreateAccounts(accounts));
-        let transfer = |id: u128, debit: u128, credit: u128, amount: u128| Transfer {
-            id,
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            ledger: 156,
-            code: 1,
-            ..Transfer::default()
-        };
-        let mut events: Vec<Transfer> = (0..300u128)
-            .map(|n| transfer(1_000 + n, 1 + n % 40, 1 + (n + 7) % 40, 1 + n))
-            .collect();
-        events.push(Transfer {
-            flags: TransferFlags::PENDING,
-            timeout: 60,
-            ..transfer(5_000, 1, 2, 50)
-        });
-        events.push(Transfer {
-            flags: TransferFlags::PENDING,
-            ..transfer(5_001, 3, 4, 70)
-        });
-        events.push(Transfer {
-            flags: TransferFlags::REFUND,
-            pending_id: 1_000,
-            ..transfer(5_002, 0, 0, 1)
-        });
-        // Burns its id: the debit account does not exist.
-        events.push(transfer(5_003, 999, 2, 5));
-        state.apply(1_000, &Batch::CreateTransfers(events));
-        let frozen = state.freeze();
-        let image = frozen.image();
-        assert!(
-            !image.pending_statuses.is_empty()
-                && !image.refunded.is_empty()
-                && !image.failed_ids.is_empty()
-        );
-        let in_place = snapshot_bytes(&FrozenSource::new(&frozen));
-        assert_eq!(in_place, snapshot_bytes(&image));
-        assert!(in_place.len() > 300 * 128, "every transfer is in the file");
+                ..Transfer::default()
+            };
+            let bulk = tally_types::packed::PACKED_RUN_RECORDS as u128 + 4_000;
+            let mut timestamp = 1_000;
+            for first in (0..bulk).step_by(8_000) {
+                let events = (first..bulk.min(first + 8_000))
+                    .map(|n| transfer(1_000 + n, 1 + n % 40, 1 + (n + 7) % 40, 1 + n % 1_000))
+                    .collect::<Vec<_>>();
+                let count = events.len() as u64;
+                state.apply(timestamp, &Batch::CreateTransfers(events));
+                timestamp += count + 1;
+            }
+            let events = vec![
+                Transfer {
+                    flags: TransferFlags::PENDING,
+                    timeout: 60,
+                    ..transfer(500_000, 1, 2, 50)
+                },
+                Transfer {
+                    flags: TransferFlags::PENDING,
+                    user_data_128: u128::MAX,
+                    ..transfer(500_001, 3, 4, 70)
+                },
+                Transfer {
+                    flags: TransferFlags::REFUND,
+                    pending_id: 1_000,
+                    ..transfer(500_002, 0, 0, 1)
+                },
+                // Burns its id: the debit account does not exist.
+                transfer(500_003, 999, 2, 5),
+            ];
+            state.apply(timestamp, &Batch::CreateTransfers(events));
+            let frozen = state.freeze();
+            let image = frozen.image();
+            assert!(
+                !image.pending_statuses.is_empty()
+                    && !image.refunded.is_empty()
+                    && !image.failed_ids.is_empty()
+            );
+            assert_eq!(image.transfers.len() as u128, bulk + 3, "{parts} parts");
+            let in_place = snapshot_bytes(&FrozenSource::new(&frozen));
+            assert_eq!(in_place, snapshot_bytes(&image), "{parts} parts");
+            assert!(
+                in_place.len() as u128 > bulk * 16,
+                "every transfer is in the file"
+            );
+        }
     }
 }

@@ -35,7 +35,7 @@ mod wal;
 
 pub use error::LogError;
 pub use lock::{DirLock, LOCK_FILE_NAME};
-pub use snapshot::SnapshotSource;
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotSource};
 pub use storage::{FsStorage, Storage};
 pub use verify::{
     ReadLog, VerifyReport, read_log, read_log_into, read_log_storage, verify, verify_storage,

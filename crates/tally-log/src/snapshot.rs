@@ -1,8 +1,11 @@
-//! Snapshot files: a [`StateImage`] as header, five sections of fixed-size items in
-//! checksummed chunks, and a footer. See `docs/log-format.md` for the bytes.
+//! Snapshot files: a [`StateImage`] as header, five sections of items in checksummed
+//! chunks, and a footer. See `docs/log-format.md` for the bytes.
 //!
-//! Chunks (8,192 items, 1 MiB of accounts) keep every buffer bounded and let a
-//! snapshot of millions of accounts stream through without one giant CRC or allocation.
+//! Chunks (8,192 items, 1 MiB of accounts; 65,536 packed transfers, about 2 MiB) keep
+//! every buffer bounded and let a snapshot of millions of accounts stream through
+//! without one giant CRC or allocation. Transfers are stored in the packed layout of
+//! [`tally_types::packed`] (format 3), the state machine's own: a snapshot writes the
+//! store's chunks as they are, about a quarter of the fixed layout's bytes.
 
 use crate::error::LogError;
 use crate::format::{self, HeaderError, le_u32, le_u64, le_u128};
@@ -11,11 +14,22 @@ use std::io;
 use std::path::PathBuf;
 use tally_types::codec::{
     RECORD_LAYOUT_VERSION, RECORD_SIZE, decode_account, decode_transfer, encode_account,
-    encode_transfer,
 };
-use tally_types::{Account, PendingStatus, StateImage, Transfer};
+use tally_types::packed::{self, PACKED_RUN_RECORDS, PACKED_TRANSFER_BYTES_MAX};
+use tally_types::{Account, PendingStatus, StateImage};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYSNP";
+/// Version of the snapshot layout written. Version 3 stores transfers packed; versions
+/// 1 and 2 (the log's format version, then shared) stored them in the fixed 128-byte
+/// layout, and are still read.
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 3;
+pub const SNAPSHOT_FORMAT_VERSION_READ_OLDEST: u16 = 1;
+/// The first snapshot version whose transfers section is packed.
+const PACKED_TRANSFERS_SINCE: u16 = 3;
+/// The fewest bytes a packed transfer takes: presence, four one-byte varints (id,
+/// accounts, amount), three (ledger, code, flags) and the stamp. Bounds a section's
+/// count against the file before anything is allocated for it.
+const PACKED_TRANSFER_BYTES_MIN: usize = 1 + 4 + 3 + 8;
 pub const SNAPSHOT_HEADER_SIZE: usize = 64;
 pub const SECTION_MAGIC: [u8; 4] = *b"SECT";
 pub const SECTION_HEADER_SIZE: usize = 32;
@@ -23,13 +37,17 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"TALLYEND";
 pub const FOOTER_SIZE: usize = 16;
 /// Items per chunk the writer uses.
 pub const CHUNK_ITEMS: u32 = 8_192;
-/// Most items per chunk a reader accepts: bounds the read buffer (8 MiB of records).
+/// Most items per chunk a reader accepts: bounds the read buffer (8 MiB of fixed
+/// records, 11.25 MiB of packed transfers at their longest).
 pub const CHUNK_ITEMS_MAX: u32 = 65_536;
+/// Packed transfers per chunk the writer uses: one chunk of the state machine's store.
+const PACKED_CHUNK_ITEMS: u32 = PACKED_RUN_RECORDS as u32;
 
 /// The sections, in file order: (id, item bytes, name).
 const SECTIONS: [(u16, usize, &str); 5] = [
     (1, RECORD_SIZE, "accounts"),
-    (2, RECORD_SIZE, "transfers"),
+    // Item bytes 0: packed, variable length (format 3; RECORD_SIZE before).
+    (2, 0, "transfers"),
     (3, 32, "pending_statuses"),
     (4, 32, "refunded"),
     (5, 16, "failed_ids"),
@@ -46,8 +64,14 @@ pub trait SnapshotSource {
     /// Exactly `accounts_len` accounts, in creation order.
     fn accounts(&self) -> Box<dyn Iterator<Item = Account> + '_>;
     fn transfers_len(&self) -> usize;
-    /// Exactly `transfers_len` transfers, in timestamp order.
-    fn transfers(&self) -> Box<dyn Iterator<Item = Transfer> + '_>;
+    /// Hands `run` exactly `transfers_len` transfers in timestamp order, packed
+    /// ([`tally_types::packed`]), as `(records, bytes)` runs of
+    /// [`PACKED_RUN_RECORDS`] records, the last one shorter, none when empty; stops at
+    /// the first error `run` returns.
+    fn packed_transfer_runs(
+        &self,
+        run: &mut dyn FnMut(usize, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()>;
     fn pending_statuses(&self) -> &[(u128, PendingStatus)];
     fn refunded(&self) -> &[(u128, u128)];
     fn failed_ids(&self) -> &[u128];
@@ -66,8 +90,11 @@ impl SnapshotSource for StateImage {
     fn transfers_len(&self) -> usize {
         self.transfers.len()
     }
-    fn transfers(&self) -> Box<dyn Iterator<Item = Transfer> + '_> {
-        Box::new(self.transfers.iter().copied())
+    fn packed_transfer_runs(
+        &self,
+        run: &mut dyn FnMut(usize, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        packed::pack_in_runs(self.transfers.iter().copied(), run)
     }
     fn pending_statuses(&self) -> &[(u128, PendingStatus)] {
         &self.pending_statuses
@@ -107,7 +134,7 @@ impl<T, I: Iterator<Item = T>, F: FnMut(T, &mut [u8])> SectionItems for Items<I,
     }
 }
 
-/// Section `id`'s item count and items.
+/// Section `id`'s item count and items (every section but the packed transfers).
 fn section_items(source: &dyn SnapshotSource, id: u16) -> (usize, Box<dyn SectionItems + '_>) {
     match id {
         1 => (
@@ -116,15 +143,6 @@ fn section_items(source: &dyn SnapshotSource, id: u16) -> (usize, Box<dyn Sectio
                 items: source.accounts(),
                 encode: |account: Account, out: &mut [u8]| {
                     encode_account(&account, out.try_into().expect("record size"));
-                },
-            }),
-        ),
-        2 => (
-            source.transfers_len(),
-            Box::new(Items {
-                items: source.transfers(),
-                encode: |transfer: Transfer, out: &mut [u8]| {
-                    encode_transfer(&transfer, out.try_into().expect("record size"));
                 },
             }),
         ),
@@ -170,6 +188,7 @@ fn decode_item(id: u16, bytes: &[u8], image: Option<&mut StateImage>) -> Result<
             }
         }
         2 => {
+            // Versions 1 and 2 only: the fixed layout.
             let transfer = decode_transfer(bytes.try_into().map_err(|_| "item size")?)
                 .map_err(|e| e.to_string())?;
             if let Some(image) = image {
@@ -210,10 +229,19 @@ fn chunk_crc(section_id: u16, chunk_index: u64, bytes: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&seed), bytes)
 }
 
+/// CRC of a packed chunk: seeded like [`chunk_crc`], over its length field and bytes.
+fn packed_chunk_crc(chunk_index: u64, length: [u8; 4], bytes: &[u8]) -> u32 {
+    let mut seed = [0u8; 20];
+    seed[0..8].copy_from_slice(&2u64.to_le_bytes());
+    seed[8..16].copy_from_slice(&chunk_index.to_le_bytes());
+    seed[16..20].copy_from_slice(&length);
+    crc32c::crc32c_append(crc32c::crc32c(&seed), bytes)
+}
+
 fn encode_header(sequence: u64, last_timestamp: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
     let mut header = [0u8; SNAPSHOT_HEADER_SIZE];
     header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    header[8..10].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
+    header[8..10].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     header[10..12].copy_from_slice(&RECORD_LAYOUT_VERSION.to_le_bytes());
     header[12..16].copy_from_slice(&(SNAPSHOT_HEADER_SIZE as u32).to_le_bytes());
     header[16..24].copy_from_slice(&sequence.to_le_bytes());
@@ -221,6 +249,23 @@ fn encode_header(sequence: u64, last_timestamp: u64) -> [u8; SNAPSHOT_HEADER_SIZ
     header[32..36].copy_from_slice(&(SECTIONS.len() as u32).to_le_bytes());
     let crc = crc32c::crc32c(&header[0..60]);
     header[60..64].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+fn section_header(
+    id: u16,
+    item_bytes: usize,
+    count: usize,
+    chunk_items: u32,
+) -> [u8; SECTION_HEADER_SIZE] {
+    let mut header = [0u8; SECTION_HEADER_SIZE];
+    header[0..4].copy_from_slice(&SECTION_MAGIC);
+    header[4..6].copy_from_slice(&id.to_le_bytes());
+    header[6..8].copy_from_slice(&(item_bytes as u16).to_le_bytes());
+    header[8..16].copy_from_slice(&(count as u64).to_le_bytes());
+    header[16..20].copy_from_slice(&chunk_items.to_le_bytes());
+    let crc = crc32c::crc32c(&header[0..28]);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
     header
 }
 
@@ -253,16 +298,46 @@ pub(crate) fn write(
     put(storage, &encode_header(sequence, source.last_timestamp()))?;
     let mut chunk = Vec::with_capacity(CHUNK_ITEMS as usize * RECORD_SIZE + 4);
     for (id, item_bytes, _) in SECTIONS {
+        if id == 2 {
+            let count = source.transfers_len();
+            put(
+                storage,
+                &section_header(id, item_bytes, count, PACKED_CHUNK_ITEMS),
+            )?;
+            let mut chunk_index = 0u64;
+            let mut records_written = 0usize;
+            let mut run_short = false;
+            source.packed_transfer_runs(&mut |records, bytes| {
+                // Every run but the last is whole, as the section header's chunk size
+                // promises a reader.
+                assert!(
+                    !run_short && (1..=PACKED_RUN_RECORDS).contains(&records),
+                    "a packed run of {records} records after a short one or too long"
+                );
+                assert!(bytes.len() <= records * PACKED_TRANSFER_BYTES_MAX);
+                run_short = records < PACKED_RUN_RECORDS;
+                let length = u32::try_from(bytes.len())
+                    .expect("a packed run is under 12 MiB")
+                    .to_le_bytes();
+                chunk.clear();
+                chunk.extend_from_slice(&length);
+                chunk.extend_from_slice(bytes);
+                let crc = packed_chunk_crc(chunk_index, length, bytes);
+                chunk.extend_from_slice(&crc.to_le_bytes());
+                put(storage, &chunk)?;
+                chunk_index += 1;
+                records_written += records;
+                Ok(())
+            })?;
+            // Paired with the count in the section header, as for the other sections.
+            assert_eq!(
+                records_written, count,
+                "packed transfers written differ from the count"
+            );
+            continue;
+        }
         let (count, mut items) = section_items(source, id);
-        let mut header = [0u8; SECTION_HEADER_SIZE];
-        header[0..4].copy_from_slice(&SECTION_MAGIC);
-        header[4..6].copy_from_slice(&id.to_le_bytes());
-        header[6..8].copy_from_slice(&(item_bytes as u16).to_le_bytes());
-        header[8..16].copy_from_slice(&(count as u64).to_le_bytes());
-        header[16..20].copy_from_slice(&CHUNK_ITEMS.to_le_bytes());
-        let crc = crc32c::crc32c(&header[0..28]);
-        header[28..32].copy_from_slice(&crc.to_le_bytes());
-        put(storage, &header)?;
+        put(storage, &section_header(id, item_bytes, count, CHUNK_ITEMS))?;
         for (chunk_index, start) in (0..count).step_by(CHUNK_ITEMS as usize).enumerate() {
             let end = count.min(start + CHUNK_ITEMS as usize);
             chunk.clear();
@@ -347,7 +422,7 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
     };
     let mut buf = Vec::new();
     reader.take(SNAPSHOT_HEADER_SIZE, &mut buf)?;
-    let (sequence, last_timestamp) =
+    let (version, sequence, last_timestamp) =
         decode_header(&buf).map_err(|e| reader.corrupt(0, e.to_string()))?;
     if format::parse_snapshot_name(name) != Some(sequence) {
         return Err(reader.corrupt(
@@ -360,6 +435,12 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
         ..StateImage::default()
     });
     for (id, item_bytes, section) in SECTIONS {
+        if id == 2 && version >= PACKED_TRANSFERS_SINCE {
+            read_packed_transfers(&mut reader, &mut buf, image.as_mut())?;
+            continue;
+        }
+        // Before format 3 the transfers section held fixed 128-byte records.
+        let item_bytes = if id == 2 { RECORD_SIZE } else { item_bytes };
         read_section(
             &mut reader,
             &mut buf,
@@ -382,21 +463,119 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
     Ok(Loaded { sequence, image })
 }
 
-fn decode_header(header: &[u8]) -> Result<(u64, u64), HeaderError> {
+/// The header's format version, sequence and last timestamp.
+fn decode_header(header: &[u8]) -> Result<(u16, u64, u64), HeaderError> {
     if header[0..8] != SNAPSHOT_MAGIC {
         return Err(HeaderError::BadMagic);
     }
     if crc32c::crc32c(&header[0..60]) != le_u32(header, 60) {
         return Err(HeaderError::BadChecksum);
     }
-    format::check_versions(header)?;
+    let version = format::le_u16(header, 8);
+    if !(SNAPSHOT_FORMAT_VERSION_READ_OLDEST..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
+        return Err(HeaderError::Unsupported(format!(
+            "snapshot format version {version}, this build reads \
+             {SNAPSHOT_FORMAT_VERSION_READ_OLDEST} to {SNAPSHOT_FORMAT_VERSION}"
+        )));
+    }
+    if format::le_u16(header, 10) != RECORD_LAYOUT_VERSION {
+        return Err(HeaderError::Unsupported(format!(
+            "record layout version {}, this build reads {RECORD_LAYOUT_VERSION}",
+            format::le_u16(header, 10)
+        )));
+    }
     if le_u32(header, 12) as usize != SNAPSHOT_HEADER_SIZE
         || le_u32(header, 32) as usize != SECTIONS.len()
         || header[36..60].iter().any(|&b| b != 0)
     {
         return Err(HeaderError::Unsupported("unexpected header fields".into()));
     }
-    Ok((le_u64(header, 16), le_u64(header, 24)))
+    Ok((version, le_u64(header, 16), le_u64(header, 24)))
+}
+
+/// Reads and checks the packed transfers section (format 3): every chunk's length
+/// against its item count and the file, its CRC, and every record, which must fill the
+/// chunk exactly.
+fn read_packed_transfers(
+    reader: &mut Reader<'_>,
+    buf: &mut Vec<u8>,
+    mut image: Option<&mut StateImage>,
+) -> Result<(), LogError> {
+    let section = "transfers";
+    let at = reader.take(SECTION_HEADER_SIZE, buf)?;
+    if buf[0..4] != SECTION_MAGIC || crc32c::crc32c(&buf[0..28]) != le_u32(buf, 28) {
+        return Err(reader.corrupt(at, format!("{section} section header is damaged")));
+    }
+    let count = le_u64(buf, 8);
+    let chunk_items = le_u32(buf, 16);
+    if format::le_u16(buf, 4) != 2
+        || format::le_u16(buf, 6) != 0
+        || !(1..=CHUNK_ITEMS_MAX).contains(&chunk_items)
+        || buf[20..28].iter().any(|&b| b != 0)
+    {
+        return Err(reader.corrupt(
+            at,
+            format!("{section} section header has unexpected fields"),
+        ));
+    }
+    // Refuse a count the file cannot hold before allocating anything for it.
+    let remaining = reader.len - reader.offset;
+    if count
+        .checked_mul(PACKED_TRANSFER_BYTES_MIN as u64)
+        .is_none_or(|bytes| bytes > remaining)
+    {
+        return Err(reader.corrupt(at, format!("{section} count {count} exceeds the file")));
+    }
+    if let Some(image) = image.as_deref_mut() {
+        image.transfers.reserve_exact(count as usize); // bounded by the file just above
+    }
+    let mut done = 0u64;
+    let mut chunk_index = 0u64;
+    while done < count {
+        let items = (count - done).min(u64::from(chunk_items)) as usize;
+        let chunk_at = reader.take(4, buf)?;
+        let length: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
+        let bytes = u32::from_le_bytes(length) as usize;
+        if !(items * PACKED_TRANSFER_BYTES_MIN..=items * PACKED_TRANSFER_BYTES_MAX).contains(&bytes)
+        {
+            return Err(reader.corrupt(
+                chunk_at,
+                format!(
+                    "{section} chunk {chunk_index} length {bytes} does not fit {items} records"
+                ),
+            ));
+        }
+        let items_at = reader.take(bytes + 4, buf)?;
+        let (records, crc) = buf.split_at(bytes);
+        if packed_chunk_crc(chunk_index, length, records) != le_u32(crc, 0) {
+            return Err(reader.corrupt(
+                chunk_at,
+                format!("{section} chunk {chunk_index} CRC32C does not match"),
+            ));
+        }
+        let mut offset = 0;
+        for index in 0..items {
+            let (transfer, used) = packed::decode_transfer(&records[offset..]).map_err(|why| {
+                reader.corrupt(
+                    items_at + offset as u64,
+                    format!("{section} item {}: {why}", done + index as u64),
+                )
+            })?;
+            if let Some(image) = image.as_deref_mut() {
+                image.transfers.push(transfer);
+            }
+            offset += used;
+        }
+        if offset != bytes {
+            return Err(reader.corrupt(
+                items_at + offset as u64,
+                format!("{section} chunk {chunk_index} has bytes after its {items} records"),
+            ));
+        }
+        done += items as u64;
+        chunk_index += 1;
+    }
+    Ok(())
 }
 
 fn read_section(

@@ -296,20 +296,133 @@ fn a_snapshot_written_on_another_thread_while_appends_go_on_recovers_exactly() {
 #[test]
 fn snapshot_format_is_pinned() {
     // Pins the snapshot bytes, as `recovery.rs` pins the log's: if this changes,
-    // FORMAT_VERSION must change too. FNV-1a, because every unit ends in its own CRC.
+    // SNAPSHOT_FORMAT_VERSION must change too. FNV-1a, because every unit ends in its
+    // own CRC.
     let storage = FaultyStorage::new();
     let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
     wal.append(&records(1, 1)).unwrap();
     wal.write_snapshot(1, &image(3, 4)).unwrap();
     let bytes = storage.read_file(&snapshot_name(1)).unwrap();
     assert_eq!(&bytes[0..8], b"TALLYSNP");
-    assert_eq!(&bytes[8..10], &format::FORMAT_VERSION.to_le_bytes());
+    assert_eq!(
+        &bytes[8..10],
+        &tally_log::SNAPSHOT_FORMAT_VERSION.to_le_bytes()
+    );
     let fnv1a = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
     assert_eq!(
         (bytes.len(), fnv1a),
-        (1348, 7_948_656_491_489_090_781),
+        (939, 8_307_663_993_239_503_372),
         "snapshot format changed"
     );
+}
+
+/// A format-2 snapshot (transfers in the fixed 128-byte layout), written by the last
+/// build before format 3, is still read: `image(3, 4)` at sequence 1.
+#[test]
+fn a_format_2_snapshot_is_still_read() {
+    let fixture = include_bytes!("data/snapshot-v2.snap");
+    assert_eq!(&fixture[8..10], &2u16.to_le_bytes());
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 2)).unwrap();
+    drop(wal);
+    storage.write_file_durable(&snapshot_name(1), fixture);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.snapshot, Some((1, image(3, 4))));
+    assert_eq!(recovered.records, records(2, 1));
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// The snapshot of `image(3, transfers)` at sequence 1, and the offset of its packed
+/// transfers section header (after the file header, the accounts section header and
+/// its one chunk of three accounts).
+fn packed_snapshot(transfers: usize) -> (FaultyStorage, Vec<u8>, usize) {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 1)).unwrap();
+    wal.write_snapshot(1, &image(3, transfers)).unwrap();
+    drop(wal);
+    let bytes = storage.read_file(&snapshot_name(1)).unwrap();
+    let section = 64 + 32 + 3 * 128 + 4;
+    assert_eq!(&bytes[section..section + 4], b"SECT");
+    assert_eq!(&bytes[section + 4..section + 6], &2u16.to_le_bytes());
+    (storage, bytes, section)
+}
+
+/// Rewrites the first packed chunk (at `chunk`, `length` bytes of records) with a CRC
+/// that matches, so that only the record checks can catch what `damage` did.
+fn reseal_first_chunk(bytes: &mut [u8], chunk: usize, length: usize) {
+    let length_field: [u8; 4] = (length as u32).to_le_bytes();
+    bytes[chunk..chunk + 4].copy_from_slice(&length_field);
+    let mut seed = [0u8; 20];
+    seed[0..8].copy_from_slice(&2u64.to_le_bytes());
+    seed[16..20].copy_from_slice(&length_field);
+    let records = &bytes[chunk + 4..chunk + 4 + length];
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&seed), records);
+    bytes[chunk + 4 + length..chunk + 8 + length].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn packed_transfers_are_checked_record_by_record_behind_their_crc() {
+    let (storage, good, section) = packed_snapshot(5);
+    let chunk = section + 32;
+    let length = u32::from_le_bytes(good[chunk..chunk + 4].try_into().unwrap()) as usize;
+    assert_eq!(
+        good.len(),
+        chunk + 4 + length + 4 + (32 + 5 * 32 + 4) + (32 + 32 + 4) + (32 + 2 * 16 + 4) + 16
+    );
+    let verdict = |damage: &dyn Fn(&mut Vec<u8>)| -> String {
+        let mut bytes = good.clone();
+        damage(&mut bytes);
+        let damaged = copy_storage(&storage);
+        damaged.write_file_durable(&snapshot_name(1), &bytes);
+        let report = verify_storage(&mut damaged.clone()).unwrap();
+        assert_eq!(report.snapshots_damaged.len(), 1, "{report:?}");
+        // The log reaches back to the start, so open falls back to replaying it.
+        let (_, recovered) = open(&damaged, options(1 << 20)).unwrap();
+        assert_eq!(recovered.snapshot, None);
+        report.snapshots_damaged[0].clone()
+    };
+    // A record's reserved presence bit, sealed with a good CRC.
+    let why = verdict(&|b| {
+        b[chunk + 4] |= 0x80;
+        reseal_first_chunk(b, chunk, length);
+    });
+    assert!(why.contains("transfers item 0: reserved"), "{why}");
+    // A stray byte after the last record, counted in the length and sealed.
+    let why = verdict(&|b| {
+        b.insert(chunk + 4 + length, 0);
+        reseal_first_chunk(b, chunk, length + 1);
+    });
+    assert!(why.contains("bytes after its 5 records"), "{why}");
+    // A length too short for the records it must hold.
+    let why = verdict(&|b| b[chunk..chunk + 4].copy_from_slice(&10u32.to_le_bytes()));
+    assert!(why.contains("does not fit 5 records"), "{why}");
+    // A length the bound allows but the CRC does not.
+    let why =
+        verdict(&|b| b[chunk..chunk + 4].copy_from_slice(&((length + 1) as u32).to_le_bytes()));
+    assert!(why.contains("CRC32C"), "{why}");
+    // A count the file cannot hold, with a good header CRC.
+    let why = verdict(&|b| {
+        b[section + 8..section + 16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let crc = crc32c::crc32c(&b[section..section + 28]);
+        b[section + 28..section + 32].copy_from_slice(&crc.to_le_bytes());
+    });
+    assert!(why.contains("exceeds the file"), "{why}");
+}
+
+#[test]
+fn packed_transfer_chunks_split_at_the_run_size() {
+    // One more transfer than a run: two chunks, the second of one record.
+    let run = tally_types::packed::PACKED_RUN_RECORDS;
+    let (storage, bytes, section) = packed_snapshot(run + 1);
+    assert_eq!(
+        u32::from_le_bytes(bytes[section + 16..section + 20].try_into().unwrap()) as usize,
+        run
+    );
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.snapshot, Some((1, image(3, run + 1))));
 }

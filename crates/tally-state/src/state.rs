@@ -425,6 +425,24 @@ impl FrozenState {
         )
     }
 
+    /// Every stored transfer in timestamp order, in the packed layout
+    /// ([`tally_types::packed`]), handed to `run` in runs of
+    /// [`tally_types::packed::PACKED_RUN_RECORDS`] records (the last one shorter, none
+    /// when empty) as `(records, bytes)`. With one part these are the store's own chunk
+    /// bytes, uncopied; with several, the parts are merged and packed again.
+    pub fn for_each_packed_run<E>(
+        &self,
+        mut run: impl FnMut(usize, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if let [part] = self.parts.as_slice() {
+            for (records, bytes) in part.transfers.packed_chunks() {
+                run(records, bytes)?;
+            }
+            return Ok(());
+        }
+        tally_types::packed::pack_in_runs(self.transfers(), run)
+    }
+
     /// The side tables, gathered from every part and sorted by id.
     pub fn side_tables(&self) -> SideTables {
         let mut pending_statuses: Vec<(u128, PendingStatus)> = self

@@ -1,23 +1,26 @@
 //! The transfer store: transfers in timestamp order, packed, in fixed-size chunks that
 //! never move.
 //!
-//! * **Packed.** A transfer is 128 bytes on the wire and on disk, but most of it is
-//!   zeros or small numbers (user data, pending id, timeout; ids and amounts far below
-//!   2^128). In memory each record is a presence byte, LEB128 varints for the integer
-//!   fields, and the 8-byte timestamp: about 30–40 bytes for a payment. This is an
-//!   in-memory layout only; snapshots and the log keep the fixed 128-byte layout.
+//! * **Packed.** A transfer is 128 bytes in the log, but most of it is zeros or small
+//!   numbers. In memory each record is in the packed layout of [`tally_types::packed`]
+//!   (a presence byte, varints, the 8-byte timestamp): about 30–40 bytes for a payment.
+//!   Snapshots store the same layout, so a chunk's bytes are written out as they are.
 //! * **Chunked.** Full chunks are frozen (immutable, shared by `Arc`), so a snapshot
 //!   keeps them without copying, and growing never copies the store.
 
 use std::sync::Arc;
-use tally_types::{Account, Transfer, TransferFlags};
+use tally_types::packed::{
+    decode_transfer_trusted as decode, encode_transfer, transfer_id_trusted,
+};
+use tally_types::{Account, Transfer};
 
 /// Bytes a payment takes packed (about 30); a chunk's bytes are reserved for this many
 /// per record.
 const TYPICAL_RECORD_BYTES: usize = 32;
 
-/// Transfers per chunk.
-pub(crate) const CHUNK: usize = 1 << 16;
+/// Transfers per chunk: a snapshot's run of packed transfers, so that it writes full
+/// chunks as they are.
+pub(crate) const CHUNK: usize = tally_types::packed::PACKED_RUN_RECORDS;
 
 /// Packed records and where each starts.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +38,7 @@ impl Chunk {
     /// The id of record `index`, without unpacking the rest.
     fn id_at(&self, index: usize) -> u128 {
         let start = self.starts[index] as usize;
-        take(&self.bytes[start + 1..]).0
+        transfer_id_trusted(&self.bytes[start..])
     }
 
     fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
@@ -123,7 +126,7 @@ impl TransferStore {
         }
         let start = u32::try_from(self.tail.bytes.len()).expect("a chunk stays under 4 GiB");
         self.tail.starts.push(start);
-        encode(transfer, &mut self.tail.bytes);
+        encode_transfer(transfer, &mut self.tail.bytes);
         self.last_timestamp = transfer.timestamp;
         if self.tail.starts.len() == CHUNK {
             let mut full = std::mem::take(&mut self.tail);
@@ -180,172 +183,26 @@ impl FrozenTransfers {
     pub fn len(&self) -> usize {
         self.chunks.len() * CHUNK + self.tail.starts.len()
     }
-}
 
-// ---- the packed record ----
-
-const HAS_PENDING_ID: u8 = 1;
-const HAS_USER_DATA_128: u8 = 1 << 1;
-const HAS_USER_DATA_64: u8 = 1 << 2;
-const HAS_USER_DATA_32: u8 = 1 << 3;
-const HAS_TIMEOUT: u8 = 1 << 4;
-
-/// The longest packed record: the presence byte, nine varints of at most 19 bytes
-/// (128 bits in 7-bit groups) and the 8-byte stamp.
-const RECORD_BYTES_MAX: usize = 1 + 9 * 19 + 8;
-
-/// One record packed on the stack, then appended to its chunk in one copy: pushing
-/// byte by byte onto the chunk paid a capacity check per byte.
-struct Packed {
-    bytes: [u8; RECORD_BYTES_MAX],
-    len: usize,
-}
-
-impl Packed {
-    /// Appends `value` as a LEB128 varint.
-    #[inline]
-    fn put(&mut self, value: u128) {
-        match u64::try_from(value) {
-            // Ids, amounts and codes mostly fit in 64 bits, where shifts are cheaper.
-            Ok(mut small) => loop {
-                let byte = (small & 0x7f) as u8;
-                small >>= 7;
-                if small == 0 {
-                    self.push(byte);
-                    return;
-                }
-                self.push(byte | 0x80);
-            },
-            Err(_) => {
-                let mut wide = value;
-                loop {
-                    let byte = (wide & 0x7f) as u8;
-                    wide >>= 7;
-                    if wide == 0 {
-                        self.push(byte);
-                        return;
-                    }
-                    self.push(byte | 0x80);
-                }
-            }
-        }
+    /// The packed bytes of every chunk in order, with its record count: full chunks of
+    /// [`CHUNK`] records, then the tail (skipped when empty).
+    pub fn packed_chunks(&self) -> impl Iterator<Item = (usize, &[u8])> + '_ {
+        self.chunks
+            .iter()
+            .map(|chunk| chunk.as_ref())
+            .chain(std::iter::once(&self.tail))
+            .filter(|chunk| !chunk.starts.is_empty())
+            .map(|chunk| {
+                debug_assert_eq!(chunk.starts.first(), Some(&0));
+                (chunk.starts.len(), chunk.bytes.as_slice())
+            })
     }
-
-    #[inline]
-    fn push(&mut self, byte: u8) {
-        self.bytes[self.len] = byte;
-        self.len += 1;
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-/// Reads one LEB128 varint written by [`Packed::put`]; returns it and the bytes used.
-fn take(bytes: &[u8]) -> (u128, usize) {
-    let mut value: u128 = 0;
-    for (index, byte) in bytes.iter().enumerate() {
-        value |= u128::from(byte & 0x7f) << (7 * index);
-        if byte & 0x80 == 0 {
-            return (value, index + 1);
-        }
-    }
-    unreachable!("the store only reads records it wrote")
-}
-
-fn encode(t: &Transfer, out: &mut Vec<u8>) {
-    let mut present = 0;
-    for (bit, nonzero) in [
-        (HAS_PENDING_ID, t.pending_id != 0),
-        (HAS_USER_DATA_128, t.user_data_128 != 0),
-        (HAS_USER_DATA_64, t.user_data_64 != 0),
-        (HAS_USER_DATA_32, t.user_data_32 != 0),
-        (HAS_TIMEOUT, t.timeout != 0),
-    ] {
-        if nonzero {
-            present |= bit;
-        }
-    }
-    let mut packed = Packed {
-        bytes: [0; RECORD_BYTES_MAX],
-        len: 0,
-    };
-    packed.push(present);
-    packed.put(t.id);
-    packed.put(t.debit_account_id);
-    packed.put(t.credit_account_id);
-    packed.put(t.amount);
-    if t.pending_id != 0 {
-        packed.put(t.pending_id);
-    }
-    if t.user_data_128 != 0 {
-        packed.put(t.user_data_128);
-    }
-    if t.user_data_64 != 0 {
-        packed.put(t.user_data_64.into());
-    }
-    if t.user_data_32 != 0 {
-        packed.put(t.user_data_32.into());
-    }
-    if t.timeout != 0 {
-        packed.put(t.timeout.into());
-    }
-    packed.put(t.ledger.into());
-    packed.put(t.code.into());
-    packed.put(t.flags.bits().into());
-    for byte in t.timestamp.to_le_bytes() {
-        packed.push(byte);
-    }
-    out.extend_from_slice(packed.as_slice());
-}
-
-/// Decodes one record written by [`encode`]; returns it and the bytes used.
-fn decode(bytes: &[u8]) -> (Transfer, usize) {
-    let present = bytes[0];
-    let mut at = 1;
-    let mut next = || {
-        let (value, used) = take(&bytes[at..]);
-        at += used;
-        value
-    };
-    let id = next();
-    let debit_account_id = next();
-    let credit_account_id = next();
-    let amount = next();
-    let mut optional = |bit: u8| if present & bit != 0 { next() } else { 0 };
-    let pending_id = optional(HAS_PENDING_ID);
-    let user_data_128 = optional(HAS_USER_DATA_128);
-    let user_data_64 = optional(HAS_USER_DATA_64) as u64;
-    let user_data_32 = optional(HAS_USER_DATA_32) as u32;
-    let timeout = optional(HAS_TIMEOUT) as u32;
-    let ledger = next() as u32;
-    let code = next() as u16;
-    let flags = next() as u16;
-    let mut stamp = [0u8; 8];
-    stamp.copy_from_slice(&bytes[at..at + 8]);
-    let transfer = Transfer {
-        id,
-        debit_account_id,
-        credit_account_id,
-        amount,
-        pending_id,
-        user_data_128,
-        user_data_64,
-        user_data_32,
-        timeout,
-        ledger,
-        code,
-        // Only records that passed validation are stored, so the bits are known flags.
-        flags: TransferFlags::from_bits(flags).expect("stored flags are valid"),
-        timestamp: u64::from_le_bytes(stamp),
-    };
-    (transfer, at + 8)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_types::TransferFlags;
 
     fn transfer(n: usize) -> Transfer {
         Transfer {
@@ -424,8 +281,12 @@ mod tests {
         let mut bytes = Vec::new();
         for sample in &samples {
             bytes.clear();
-            encode(sample, &mut bytes);
+            encode_transfer(sample, &mut bytes);
             assert_eq!(decode(&bytes), (*sample, bytes.len()));
+            assert_eq!(
+                tally_types::packed::decode_transfer(&bytes),
+                Ok((*sample, bytes.len()))
+            );
         }
         // A typical payment packs to under a third of its 128 bytes.
         let payment = Transfer {
@@ -439,7 +300,7 @@ mod tests {
             ..Transfer::default()
         };
         bytes.clear();
-        encode(&payment, &mut bytes);
+        encode_transfer(&payment, &mut bytes);
         assert!(bytes.len() <= 32, "{} bytes", bytes.len());
     }
 }

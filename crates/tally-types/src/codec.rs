@@ -52,9 +52,25 @@ pub const RECORD_LAYOUT_VERSION: u16 = 1;
 /// Why 128 bytes are not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    UnknownFlags { field: &'static str, bits: u16 },
+    UnknownFlags {
+        field: &'static str,
+        bits: u16,
+    },
     ReservedNotZero,
-    WrongLength { expected: usize, actual: usize },
+    WrongLength {
+        expected: usize,
+        actual: usize,
+    },
+    /// A packed record runs past the end of its buffer.
+    Truncated,
+    /// A packed varint is longer than its field allows.
+    FieldTooWide {
+        field: &'static str,
+    },
+    /// A packed optional field is marked present but is zero (never written so).
+    PresentButZero {
+        field: &'static str,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -66,6 +82,13 @@ impl fmt::Display for DecodeError {
             DecodeError::ReservedNotZero => f.write_str("reserved bytes are not zero"),
             DecodeError::WrongLength { expected, actual } => {
                 write!(f, "record is {actual} bytes, expected {expected}")
+            }
+            DecodeError::Truncated => f.write_str("packed record runs past its chunk"),
+            DecodeError::FieldTooWide { field } => {
+                write!(f, "packed {field} is wider than its field")
+            }
+            DecodeError::PresentButZero { field } => {
+                write!(f, "packed {field} is marked present but is zero")
             }
         }
     }

@@ -6,7 +6,8 @@
 //! * [`Account`] and [`Transfer`] are the two records; [`ResultCode`] is every answer an
 //!   event can get; [`Batch`] is what a client submits.
 //! * [`codec`] is the fixed 128-byte little-endian layout of both records, shared by the
-//!   write-ahead log and snapshots.
+//!   write-ahead log and snapshots; [`packed`] is the compact layout of a transfer kept
+//!   in memory and in snapshots.
 //!
 //! Invariant: this crate does no I/O and holds no state.
 
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod currency;
 mod flags;
 mod image;
+pub mod packed;
 mod records;
 mod result;
 

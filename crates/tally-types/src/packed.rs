@@ -1,0 +1,486 @@
+//! The packed layout of a [`Transfer`]: what the state machine keeps in memory and what
+//! snapshots (format 3) store. `docs/log-format.md` §3.6 repeats it.
+//!
+//! A transfer is 128 bytes in the fixed layout ([`crate::codec`]), but most of it is
+//! zeros or small numbers (user data, pending id, timeout; ids and amounts far below
+//! 2^128). Packed, a payment takes about 30 bytes:
+//!
+//! | field | bytes |
+//! |---|---|
+//! | presence | 1: bit 0 pending_id, 1 user_data_128, 2 user_data_64, 3 user_data_32, 4 timeout; bits 5–7 zero |
+//! | id, debit_account_id, credit_account_id, amount | a varint each |
+//! | pending_id, user_data_128, user_data_64, user_data_32, timeout | a varint each, only when its presence bit is set (and then never zero) |
+//! | ledger, code, flags | a varint each |
+//! | timestamp | 8, little-endian |
+//!
+//! A varint is unsigned LEB128: 7 bits a byte, least significant group first, the top
+//! bit set on every byte but the last; at most 19 bytes for 128 bits. Records follow one
+//! another with nothing between them.
+//!
+//! [`decode_transfer`] is strict (for bytes read from disk): a record that runs past its
+//! buffer, a varint too long or too wide for its field, a presence bit set on a zero
+//! value, a reserved presence bit or an unknown flag bit is an error.
+//! [`decode_transfer_trusted`] skips those checks for bytes the caller wrote itself.
+
+use crate::codec::DecodeError;
+use crate::flags::TransferFlags;
+use crate::records::Transfer;
+
+const HAS_PENDING_ID: u8 = 1;
+const HAS_USER_DATA_128: u8 = 1 << 1;
+const HAS_USER_DATA_64: u8 = 1 << 2;
+const HAS_USER_DATA_32: u8 = 1 << 3;
+const HAS_TIMEOUT: u8 = 1 << 4;
+const PRESENCE_KNOWN: u8 =
+    HAS_PENDING_ID | HAS_USER_DATA_128 | HAS_USER_DATA_64 | HAS_USER_DATA_32 | HAS_TIMEOUT;
+
+/// Bytes of the longest varint: 128 bits in 7-bit groups.
+const VARINT_BYTES_MAX: usize = 19;
+
+/// The longest packed record: the presence byte, nine varints and the 8-byte stamp.
+pub const PACKED_TRANSFER_BYTES_MAX: usize = 1 + 9 * VARINT_BYTES_MAX + 8;
+
+/// Records per run of packed transfers: a chunk of the state machine's transfer store,
+/// and a chunk of a snapshot's transfers section, so that a snapshot writes the store's
+/// chunks as they are.
+pub const PACKED_RUN_RECORDS: usize = 1 << 16;
+
+/// One record packed on the stack, then appended in one copy: pushing byte by byte
+/// onto a vector paid a capacity check per byte.
+struct Packed {
+    bytes: [u8; PACKED_TRANSFER_BYTES_MAX],
+    len: usize,
+}
+
+impl Packed {
+    /// Appends `value` as a varint.
+    #[inline]
+    fn put(&mut self, value: u128) {
+        match u64::try_from(value) {
+            // Ids, amounts and codes mostly fit in 64 bits, where shifts are cheaper.
+            Ok(mut small) => loop {
+                let byte = (small & 0x7f) as u8;
+                small >>= 7;
+                if small == 0 {
+                    self.push(byte);
+                    return;
+                }
+                self.push(byte | 0x80);
+            },
+            Err(_) => {
+                let mut wide = value;
+                loop {
+                    let byte = (wide & 0x7f) as u8;
+                    wide >>= 7;
+                    if wide == 0 {
+                        self.push(byte);
+                        return;
+                    }
+                    self.push(byte | 0x80);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+}
+
+/// Appends `transfer`, packed, to `out`; returns the bytes it took.
+pub fn encode_transfer(t: &Transfer, out: &mut Vec<u8>) -> usize {
+    let mut present = 0;
+    for (bit, nonzero) in [
+        (HAS_PENDING_ID, t.pending_id != 0),
+        (HAS_USER_DATA_128, t.user_data_128 != 0),
+        (HAS_USER_DATA_64, t.user_data_64 != 0),
+        (HAS_USER_DATA_32, t.user_data_32 != 0),
+        (HAS_TIMEOUT, t.timeout != 0),
+    ] {
+        if nonzero {
+            present |= bit;
+        }
+    }
+    let mut packed = Packed {
+        bytes: [0; PACKED_TRANSFER_BYTES_MAX],
+        len: 0,
+    };
+    packed.push(present);
+    packed.put(t.id);
+    packed.put(t.debit_account_id);
+    packed.put(t.credit_account_id);
+    packed.put(t.amount);
+    if t.pending_id != 0 {
+        packed.put(t.pending_id);
+    }
+    if t.user_data_128 != 0 {
+        packed.put(t.user_data_128);
+    }
+    if t.user_data_64 != 0 {
+        packed.put(t.user_data_64.into());
+    }
+    if t.user_data_32 != 0 {
+        packed.put(t.user_data_32.into());
+    }
+    if t.timeout != 0 {
+        packed.put(t.timeout.into());
+    }
+    packed.put(t.ledger.into());
+    packed.put(t.code.into());
+    packed.put(t.flags.bits().into());
+    for byte in t.timestamp.to_le_bytes() {
+        packed.push(byte);
+    }
+    out.extend_from_slice(&packed.bytes[..packed.len]);
+    packed.len
+}
+
+/// Packs `transfers` into runs of [`PACKED_RUN_RECORDS`] records and
+/// hands each to `run` as `(records, bytes)`; the last run is shorter, none when empty.
+pub fn pack_in_runs<E>(
+    transfers: impl Iterator<Item = Transfer>,
+    mut run: impl FnMut(usize, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut bytes = Vec::new();
+    let mut records = 0;
+    for transfer in transfers {
+        encode_transfer(&transfer, &mut bytes);
+        records += 1;
+        if records == PACKED_RUN_RECORDS {
+            run(records, &bytes)?;
+            bytes.clear();
+            records = 0;
+        }
+    }
+    if records > 0 {
+        run(records, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Reads one varint written by [`Packed::put`], trusting it; returns it and its bytes.
+#[inline]
+fn take_trusted(bytes: &[u8]) -> (u128, usize) {
+    let mut value: u128 = 0;
+    for (index, byte) in bytes.iter().enumerate() {
+        value |= u128::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return (value, index + 1);
+        }
+    }
+    unreachable!("a trusted record ends within its buffer")
+}
+
+/// Reads one varint, checking its length and that it fits in `bits` bits.
+fn take_checked(
+    bytes: &[u8],
+    bits: u32,
+    field: &'static str,
+) -> Result<(u128, usize), DecodeError> {
+    let mut value: u128 = 0;
+    for (index, &byte) in bytes.iter().enumerate().take(VARINT_BYTES_MAX) {
+        let group = u128::from(byte & 0x7f);
+        let shift = 7 * index as u32;
+        // The group must not carry bits past 128 (only 2 fit in the 19th byte).
+        if shift > 0
+            && group
+                .checked_shl(shift)
+                .is_none_or(|shifted| shifted >> shift != group)
+        {
+            return Err(DecodeError::FieldTooWide { field });
+        }
+        value |= group << shift;
+        if byte & 0x80 == 0 {
+            if bits < 128 && value >> bits != 0 {
+                return Err(DecodeError::FieldTooWide { field });
+            }
+            return Ok((value, index + 1));
+        }
+    }
+    if bytes.len() < VARINT_BYTES_MAX {
+        Err(DecodeError::Truncated)
+    } else {
+        Err(DecodeError::FieldTooWide { field })
+    }
+}
+
+/// The id of the packed record at the start of `bytes`, trusting it, without unpacking
+/// the rest.
+#[inline]
+pub fn transfer_id_trusted(bytes: &[u8]) -> u128 {
+    take_trusted(&bytes[1..]).0
+}
+
+/// Decodes one record this process packed itself; returns it and the bytes used.
+#[inline]
+pub fn decode_transfer_trusted(bytes: &[u8]) -> (Transfer, usize) {
+    let present = bytes[0];
+    let mut at = 1;
+    let mut next = || {
+        let (value, used) = take_trusted(&bytes[at..]);
+        at += used;
+        value
+    };
+    let id = next();
+    let debit_account_id = next();
+    let credit_account_id = next();
+    let amount = next();
+    let mut optional = |bit: u8| if present & bit != 0 { next() } else { 0 };
+    let pending_id = optional(HAS_PENDING_ID);
+    let user_data_128 = optional(HAS_USER_DATA_128);
+    let user_data_64 = optional(HAS_USER_DATA_64) as u64;
+    let user_data_32 = optional(HAS_USER_DATA_32) as u32;
+    let timeout = optional(HAS_TIMEOUT) as u32;
+    let ledger = next() as u32;
+    let code = next() as u16;
+    let flags = next() as u16;
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&bytes[at..at + 8]);
+    let transfer = Transfer {
+        id,
+        debit_account_id,
+        credit_account_id,
+        amount,
+        pending_id,
+        user_data_128,
+        user_data_64,
+        user_data_32,
+        timeout,
+        ledger,
+        code,
+        // Only records that passed validation are packed, so the bits are known flags.
+        flags: TransferFlags::from_bits(flags).expect("packed flags are valid"),
+        timestamp: u64::from_le_bytes(stamp),
+    };
+    (transfer, at + 8)
+}
+
+/// Decodes one packed record from untrusted bytes (a snapshot), checking every field;
+/// returns it and the bytes used.
+pub fn decode_transfer(bytes: &[u8]) -> Result<(Transfer, usize), DecodeError> {
+    let present = *bytes.first().ok_or(DecodeError::Truncated)?;
+    if present & !PRESENCE_KNOWN != 0 {
+        return Err(DecodeError::ReservedNotZero);
+    }
+    let mut at = 1;
+    let mut next = |bits: u32, field: &'static str| -> Result<u128, DecodeError> {
+        let (value, used) = take_checked(&bytes[at..], bits, field)?;
+        at += used;
+        Ok(value)
+    };
+    let id = next(128, "id")?;
+    let debit_account_id = next(128, "debit_account_id")?;
+    let credit_account_id = next(128, "credit_account_id")?;
+    let amount = next(128, "amount")?;
+    let mut optional = |bit: u8, bits: u32, field: &'static str| -> Result<u128, DecodeError> {
+        if present & bit == 0 {
+            return Ok(0);
+        }
+        match next(bits, field)? {
+            0 => Err(DecodeError::PresentButZero { field }),
+            value => Ok(value),
+        }
+    };
+    let pending_id = optional(HAS_PENDING_ID, 128, "pending_id")?;
+    let user_data_128 = optional(HAS_USER_DATA_128, 128, "user_data_128")?;
+    let user_data_64 = optional(HAS_USER_DATA_64, 64, "user_data_64")? as u64;
+    let user_data_32 = optional(HAS_USER_DATA_32, 32, "user_data_32")? as u32;
+    let timeout = optional(HAS_TIMEOUT, 32, "timeout")? as u32;
+    let ledger = next(32, "ledger")? as u32;
+    let code = next(16, "code")? as u16;
+    let flag_bits = next(16, "flags")? as u16;
+    let flags = TransferFlags::from_bits(flag_bits).map_err(|_| DecodeError::UnknownFlags {
+        field: "transfer.flags",
+        bits: flag_bits,
+    })?;
+    let stamp: [u8; 8] = bytes
+        .get(at..at + 8)
+        .and_then(|slice| slice.try_into().ok())
+        .ok_or(DecodeError::Truncated)?;
+    let transfer = Transfer {
+        id,
+        debit_account_id,
+        credit_account_id,
+        amount,
+        pending_id,
+        user_data_128,
+        user_data_64,
+        user_data_32,
+        timeout,
+        ledger,
+        code,
+        flags,
+        timestamp: u64::from_le_bytes(stamp),
+    };
+    Ok((transfer, at + 8))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_transfer() -> impl Strategy<Value = Transfer> {
+        // Widths from 0 to 128 bits, so every varint length shows up.
+        let wide = || {
+            (0u32..=128, any::<u128>())
+                .prop_map(|(bits, v)| if bits == 0 { 0 } else { v >> (128 - bits) })
+        };
+        (
+            (wide(), wide(), wide(), wide(), wide(), wide()),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u16>(),
+                any::<u64>(),
+            ),
+            0u16..(1 << 8),
+        )
+            .prop_map(
+                |(
+                    (id, debit, credit, amount, pending, ud128),
+                    (ud64, ud32, timeout, ledger, code, ts),
+                    flags,
+                )| Transfer {
+                    id,
+                    debit_account_id: debit,
+                    credit_account_id: credit,
+                    amount,
+                    pending_id: pending,
+                    user_data_128: ud128,
+                    user_data_64: if ud64 % 3 == 0 { 0 } else { ud64 },
+                    user_data_32: if ud32 % 3 == 0 { 0 } else { ud32 },
+                    timeout: if timeout % 2 == 0 { 0 } else { timeout },
+                    ledger,
+                    code,
+                    flags: TransferFlags::from_bits(flags & TransferFlags::ALL.bits()).unwrap(),
+                    timestamp: ts,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn packed_round_trips_through_both_decoders(transfers in proptest::collection::vec(any_transfer(), 1..20)) {
+            let mut bytes = Vec::new();
+            let mut lengths = Vec::new();
+            for transfer in &transfers {
+                lengths.push(encode_transfer(transfer, &mut bytes));
+            }
+            let mut rest = bytes.as_slice();
+            for (transfer, &length) in transfers.iter().zip(&lengths) {
+                prop_assert!(length <= PACKED_TRANSFER_BYTES_MAX);
+                let (checked, used) = decode_transfer(rest).unwrap();
+                let (trusted, used_trusted) = decode_transfer_trusted(rest);
+                prop_assert_eq!((checked, used), (*transfer, length));
+                prop_assert_eq!((trusted, used_trusted), (*transfer, length));
+                prop_assert_eq!(transfer_id_trusted(rest), transfer.id);
+                rest = &rest[used..];
+            }
+            prop_assert!(rest.is_empty());
+        }
+
+        #[test]
+        fn every_cut_record_is_an_error(transfer in any_transfer()) {
+            let mut bytes = Vec::new();
+            let length = encode_transfer(&transfer, &mut bytes);
+            for cut in 0..length {
+                prop_assert!(decode_transfer(&bytes[..cut]).is_err(), "cut at {}", cut);
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_record_is_the_bound() {
+        let widest = Transfer {
+            id: u128::MAX,
+            debit_account_id: u128::MAX,
+            credit_account_id: u128::MAX,
+            amount: u128::MAX,
+            pending_id: u128::MAX,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            timeout: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags: TransferFlags::ALL,
+            timestamp: u64::MAX,
+        };
+        let mut bytes = Vec::new();
+        let length = encode_transfer(&widest, &mut bytes);
+        // Only the six 128-bit fields take 19 bytes; the bound counts nine, loose but safe.
+        assert!(length <= PACKED_TRANSFER_BYTES_MAX);
+        assert_eq!(length, 1 + 6 * 19 + 10 + 5 + 5 + 5 + 3 + 1 + 8);
+        assert_eq!(decode_transfer(&bytes).unwrap(), (widest, length));
+    }
+
+    #[test]
+    fn damaged_records_are_refused_with_a_reason() {
+        let transfer = Transfer {
+            id: 7,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 300,
+            timeout: 5,
+            ledger: 156,
+            code: 1,
+            timestamp: 99,
+            ..Transfer::default()
+        };
+        let mut good = Vec::new();
+        encode_transfer(&transfer, &mut good);
+        let check = |mutate: &dyn Fn(&mut Vec<u8>), expected: DecodeError| {
+            let mut bytes = good.clone();
+            mutate(&mut bytes);
+            assert_eq!(decode_transfer(&bytes), Err(expected));
+        };
+        // A reserved presence bit.
+        check(&|b| b[0] |= 1 << 7, DecodeError::ReservedNotZero);
+        // The timeout's presence bit with a zero value: [presence, 7, 1, 2, 172 2, 5, ...].
+        check(
+            &|b| b[6] = 0,
+            DecodeError::PresentButZero { field: "timeout" },
+        );
+        // A code wider than 16 bits.
+        check(
+            &|b| {
+                // ledger 156 is [0x9c, 0x01] at 7..9; code at 9.
+                b.splice(9..10, [0xff, 0xff, 0x7f]);
+            },
+            DecodeError::FieldTooWide { field: "code" },
+        );
+        // An unknown flag bit.
+        check(
+            &|b| b[10] = 0x7f,
+            DecodeError::UnknownFlags {
+                field: "transfer.flags",
+                bits: 0x7f,
+            },
+        );
+        // A varint that never ends.
+        check(
+            &|b| {
+                b.truncate(1);
+                b.extend([0x80; 25]);
+            },
+            DecodeError::FieldTooWide { field: "id" },
+        );
+        // A 19th byte carrying more than the two bits that fit in 128.
+        check(
+            &|b| {
+                b.truncate(1);
+                b.extend([0xff; 18]);
+                b.push(0x04);
+            },
+            DecodeError::FieldTooWide { field: "id" },
+        );
+        // Cut inside the timestamp.
+        check(&|b| b.truncate(b.len() - 1), DecodeError::Truncated);
+    }
+}
