@@ -120,6 +120,10 @@ impl Target for EngineTarget {
             spare_steps: metrics.spare_steps,
             spare_step_us_mean: metrics.spare_step_us as f64 / metrics.spare_steps.max(1) as f64,
             spare_bytes: metrics.spare_step_bytes,
+            snapshots_written: metrics.snapshots_written,
+            snapshots_failed: metrics.snapshots_failed,
+            snapshot_freeze_us_max: metrics.snapshot_freeze_us_max,
+            snapshot_write_ms_max: metrics.snapshot_write_ms_max,
         })
     }
 }

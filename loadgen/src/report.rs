@@ -114,6 +114,12 @@ pub struct ShardStats {
     pub spare_steps: u64,
     pub spare_step_us_mean: f64,
     pub spare_bytes: u64,
+    /// Snapshots written and failed; the longest freeze of the state for one (the
+    /// apply thread waits for it) and the longest write (on the snapshot thread).
+    pub snapshots_written: u64,
+    pub snapshots_failed: u64,
+    pub snapshot_freeze_us_max: u64,
+    pub snapshot_write_ms_max: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -281,6 +287,14 @@ impl Report {
                 share(e.units_spanning),
                 share(e.units_waited),
                 e.groups_serial
+            );
+            let _ = writeln!(
+                out,
+                "  snapshots         {} written, {} failed; longest freeze {} (apply thread), longest write {:.1} s",
+                e.snapshots_written,
+                e.snapshots_failed,
+                ms(e.snapshot_freeze_us_max),
+                e.snapshot_write_ms_max as f64 / 1_000.0
             );
         }
         if self.unfinished_requests > 0 {

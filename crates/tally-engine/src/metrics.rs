@@ -29,6 +29,10 @@ pub(crate) struct Metrics {
     /// last snapshot) but lets replay at start-up grow. Written by the log thread.
     pub snapshots_written: AtomicU64,
     pub snapshots_failed: AtomicU64,
+    /// The longest freeze of the state for a snapshot (the apply thread waits for it),
+    /// and the longest snapshot write (on its own thread), written or failed.
+    pub snapshot_freeze_us_max: AtomicU64,
+    pub snapshot_write_ms_max: AtomicU64,
     pub result_counts: Vec<AtomicU64>,
     /// Microseconds from the first batch of a group taken to the group synced.
     pub commit_latency_us: Mutex<Histogram<u64>>,
@@ -53,6 +57,8 @@ impl Metrics {
             spare_step_us: AtomicU64::new(0),
             snapshots_written: AtomicU64::new(0),
             snapshots_failed: AtomicU64::new(0),
+            snapshot_freeze_us_max: AtomicU64::new(0),
+            snapshot_write_ms_max: AtomicU64::new(0),
             result_counts: ResultCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             commit_latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
@@ -89,6 +95,10 @@ pub struct MetricsSnapshot {
     /// Snapshots written, and snapshots that failed.
     pub snapshots_written: u64,
     pub snapshots_failed: u64,
+    /// The longest freeze for a snapshot on the apply thread (µs), and the longest
+    /// snapshot write (ms).
+    pub snapshot_freeze_us_max: u64,
+    pub snapshot_write_ms_max: u64,
     /// Count per result code (only codes seen at least once).
     pub result_counts: Vec<(ResultCode, u64)>,
     pub commit_latency_us_p50: u64,
@@ -110,7 +120,7 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [(&str, u64); 16] = [
+        let gauges: [(&str, u64); 18] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
@@ -123,6 +133,8 @@ impl MetricsSnapshot {
             ("spare_step_us_total", self.spare_step_us),
             ("snapshots_written_total", self.snapshots_written),
             ("snapshots_failed_total", self.snapshots_failed),
+            ("snapshot_freeze_us_max", self.snapshot_freeze_us_max),
+            ("snapshot_write_ms_max", self.snapshot_write_ms_max),
             ("commit_latency_us_p99", self.commit_latency_us_p99),
             ("shard_units_total", self.shard_units),
             ("shard_units_spanning_total", self.shard_units_spanning),
@@ -161,6 +173,8 @@ impl Metrics {
             spare_step_us: self.spare_step_us.load(Ordering::Relaxed),
             snapshots_written: self.snapshots_written.load(Ordering::Relaxed),
             snapshots_failed: self.snapshots_failed.load(Ordering::Relaxed),
+            snapshot_freeze_us_max: self.snapshot_freeze_us_max.load(Ordering::Relaxed),
+            snapshot_write_ms_max: self.snapshot_write_ms_max.load(Ordering::Relaxed),
             result_counts: ResultCode::ALL
                 .iter()
                 .map(|code| {

@@ -147,9 +147,19 @@ impl LogThread {
         if let Some((sequence, frozen)) = newest.filter(|_| self.snapshot_in_flight.is_none())
             && let Some(job) = self.logger.snapshot_job(sequence)
         {
+            let shared = Arc::clone(&self.shared);
             let spawned = std::thread::Builder::new()
                 .name("tally-snapshot".into())
-                .spawn(move || job.write(&FrozenSource::new(&frozen)));
+                .spawn(move || {
+                    let writing = Instant::now();
+                    let written = job.write(&FrozenSource::new(&frozen));
+                    let write_ms = u64::try_from(writing.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    shared
+                        .metrics
+                        .snapshot_write_ms_max
+                        .fetch_max(write_ms, Ordering::Relaxed);
+                    written
+                });
             self.snapshot_in_flight = spawned.ok();
         }
     }
@@ -313,7 +323,13 @@ impl ApplyThread {
                 .applier
                 .snapshot_due(self.shared.config.snapshot_events_interval)
             {
+                let freezing = Instant::now();
                 let frozen = self.shared.state.read().freeze();
+                let freeze_us = u64::try_from(freezing.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.shared
+                    .metrics
+                    .snapshot_freeze_us_max
+                    .fetch_max(freeze_us, Ordering::Relaxed);
                 let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
             }
         }

@@ -15,6 +15,7 @@
 //! same batches with the same timestamps always give the same results and state.
 
 mod apply;
+mod burned;
 mod check;
 mod hints;
 mod index;

@@ -3,14 +3,15 @@
 //! back exactly. A [`crate::StateMachine`] is one or more parts; each id lives in the part
 //! [`part_of`] names.
 
+use crate::burned::BurnedIds;
 use crate::hints::prefetch;
 use crate::index::IdIndex;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
 /// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
 /// chosen ids impractical.
-type IdHasher = foldhash::fast::RandomState;
+pub(crate) type IdHasher = foldhash::fast::RandomState;
 use crate::store::{AccountStore, TransferStore};
 use tally_types::{Account, PendingStatus, Transfer};
 
@@ -93,7 +94,7 @@ pub struct Part {
     /// Total refunded so far, by original transfer id.
     pub(crate) refunded: HashMap<u128, u128, IdHasher>,
     /// Ids burned by a transient failure. Never rolled back.
-    pub(crate) failed_ids: HashSet<u128, IdHasher>,
+    pub(crate) failed_ids: BurnedIds,
     /// Mutations since the current chain began, newest last; empty outside a chain.
     pub(crate) undo_log: Vec<Undo>,
     /// Whether mutations are recorded in `undo_log`: only while a linked chain runs
@@ -141,7 +142,7 @@ impl Part {
             pending_status: HashMap::default(),
             expiries: BTreeSet::new(),
             refunded: HashMap::default(),
-            failed_ids: HashSet::default(),
+            failed_ids: BurnedIds::default(),
             undo_log: Vec::new(),
             recording: false,
         }

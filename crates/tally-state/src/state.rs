@@ -3,9 +3,11 @@
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
 use crate::apply::account_slot;
-use crate::part::{PARTS_MAX, Part, TransferRef, expires_at, part_of};
+use crate::burned::FrozenBurnedIds;
+use crate::part::{IdHasher, PARTS_MAX, Part, TransferRef, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
+use std::collections::HashMap;
 use std::fmt;
 use tally_types::{
     Account, AccountFilter, PendingStatus, StateImage, Transfer, TransferFlags, TransferKind,
@@ -216,10 +218,11 @@ impl StateMachine {
     }
 
     /// A point-in-time copy for a snapshot, cheap enough to take on the apply thread:
-    /// stored transfers are shared, not copied (full chunks of the transfer store are
-    /// immutable); accounts are shared copy-on-write by chunk; only the side tables
-    /// (pending statuses, refund totals, burned ids) are copied. [`FrozenState::image`]
-    /// then builds the [`StateImage`], on whichever thread writes the snapshot.
+    /// stored transfers and burned ids are shared, not copied (their full chunks are
+    /// immutable); accounts are shared copy-on-write by chunk; the pending statuses and
+    /// refund totals are copied table for table (a copy of the hash table's memory, no
+    /// rehashing). [`FrozenState::image`] then builds the [`StateImage`], on whichever
+    /// thread writes the snapshot.
     pub fn freeze(&self) -> FrozenState {
         FrozenState {
             last_timestamp: self.last_timestamp,
@@ -229,17 +232,9 @@ impl StateMachine {
                 .map(|part| FrozenPart {
                     accounts: part.accounts.freeze(),
                     transfers: part.transfers.freeze(),
-                    pending_statuses: part
-                        .pending_status
-                        .iter()
-                        .map(|(id, s)| (*id, *s))
-                        .collect(),
-                    refunded: part
-                        .refunded
-                        .iter()
-                        .map(|(id, total)| (*id, *total))
-                        .collect(),
-                    failed_ids: part.failed_ids.iter().copied().collect(),
+                    pending_statuses: part.pending_status.clone(),
+                    refunded: part.refunded.clone(),
+                    failed_ids: part.failed_ids.freeze(),
                 })
                 .collect(),
         }
@@ -339,6 +334,9 @@ impl StateMachine {
             }
             machine.parts[part_of(id, count)].refunded.insert(id, total);
         }
+        for part in &mut machine.parts {
+            part.failed_ids.reserve(image.failed_ids.len() / count + 1);
+        }
         for id in image.failed_ids {
             machine.parts[part_of(id, count)].failed_ids.insert(id);
         }
@@ -358,9 +356,9 @@ pub struct FrozenState {
 struct FrozenPart {
     accounts: FrozenAccounts,
     transfers: FrozenTransfers,
-    pending_statuses: Vec<(u128, PendingStatus)>,
-    refunded: Vec<(u128, u128)>,
-    failed_ids: Vec<u128>,
+    pending_statuses: HashMap<u128, PendingStatus, IdHasher>,
+    refunded: HashMap<u128, u128, IdHasher>,
+    failed_ids: FrozenBurnedIds,
 }
 
 /// The side tables of a [`FrozenState`], each sorted by id, as a snapshot stores them.
@@ -448,20 +446,25 @@ impl FrozenState {
         let mut pending_statuses: Vec<(u128, PendingStatus)> = self
             .parts
             .iter()
-            .flat_map(|part| part.pending_statuses.iter().copied())
+            .flat_map(|part| {
+                part.pending_statuses
+                    .iter()
+                    .map(|(id, status)| (*id, *status))
+            })
             .collect();
         pending_statuses.sort_unstable_by_key(|(id, _)| *id);
         let mut refunded: Vec<(u128, u128)> = self
             .parts
             .iter()
-            .flat_map(|part| part.refunded.iter().copied())
+            .flat_map(|part| part.refunded.iter().map(|(id, total)| (*id, *total)))
             .collect();
         refunded.sort_unstable_by_key(|(id, _)| *id);
-        let mut failed_ids: Vec<u128> = self
-            .parts
-            .iter()
-            .flat_map(|part| part.failed_ids.iter().copied())
-            .collect();
+        let mut failed_ids = Vec::with_capacity(
+            self.parts.iter().map(|part| part.failed_ids.len()).sum(),
+        );
+        for part in &self.parts {
+            failed_ids.extend(part.failed_ids.iter());
+        }
         failed_ids.sort_unstable();
         SideTables {
             pending_statuses,
