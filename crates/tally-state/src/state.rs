@@ -459,9 +459,8 @@ impl FrozenState {
             .flat_map(|part| part.refunded.iter().map(|(id, total)| (*id, *total)))
             .collect();
         refunded.sort_unstable_by_key(|(id, _)| *id);
-        let mut failed_ids = Vec::with_capacity(
-            self.parts.iter().map(|part| part.failed_ids.len()).sum(),
-        );
+        let mut failed_ids =
+            Vec::with_capacity(self.parts.iter().map(|part| part.failed_ids.len()).sum());
         for part in &self.parts {
             failed_ids.extend(part.failed_ids.iter());
         }
