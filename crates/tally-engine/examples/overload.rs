@@ -1,12 +1,15 @@
-//! Overload: TASKS tokio tasks submit one-transfer batches as fast as they can for
-//! SECONDS into a queue of QUEUE batches, never waiting for room (`Backpressure::Busy`:
-//! a full queue answers at once, and the task retries at once), so with more tasks than
-//! queue room the offered load is far past what the engine can take. Prints, per second, the
-//! submissions offered, the transfers acknowledged (durable), the `busy` answers and
-//! the resident memory; then reopens the directory and checks that every acknowledged
-//! transfer is there and no busy one is.
+//! Overload: TASKS tokio tasks submit batches of BATCH transfers (default 1) as fast as
+//! they can for SECONDS into a queue of QUEUE batches, never waiting for room
+//! (`Backpressure::Busy`: a full queue answers at once, and the task retries at once),
+//! so with more tasks than queue room the offered load is far past what the engine can
+//! take. Prints, per second, the transfers offered, the transfers acknowledged
+//! (durable), the `busy` answers and the resident memory; then reopens the directory
+//! and checks that every acknowledged transfer is there and no busy one is.
 //!
-//! `cargo run --release -p tally-engine --example overload -- [TASKS] [SECONDS] [QUEUE] [SHARDS]`
+//! With BATCH above 1 a rejected offer costs the generator little per transfer, so two
+//! cores can offer ten times what the engine commits.
+//!
+//! `cargo run --release -p tally-engine --example overload -- [TASKS] [SECONDS] [QUEUE] [SHARDS] [BATCH]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.next().map_or(Ok(20), |a| a.parse())?;
     let queue: usize = args.next().map_or(Ok(1_024), |a| a.parse())?;
     let shards: usize = args.next().map_or(Ok(1), |a| a.parse())?;
+    let batch: u64 = args.next().map_or(Ok(1), |a| a.parse())?;
+    if !(1..=tally_types::BATCH_EVENTS_MAX as u64).contains(&batch) {
+        return Err(format!("BATCH must be 1 to {}", tally_types::BATCH_EVENTS_MAX).into());
+    }
     let dir = std::env::current_dir()?.join("target/overload");
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::new(&dir);
@@ -55,10 +62,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     println!(
-        "{tasks} tasks, queue of {queue_capacity} batches, busy answered at once, {} shard(s)",
+        "{tasks} tasks, batches of {batch} transfers, queue of {queue_capacity} batches, busy answered at once, {} shard(s)",
         ledger.shards()
     );
-    println!("second  offered/s  acknowledged/s  busy/s  resident MiB");
+    println!("second  offered transfers/s  acknowledged transfers/s  busy batches/s  resident MiB");
     let acknowledged_ids: Vec<Vec<u128>> = runtime.block_on(async {
         let sampler = {
             let counts = Arc::clone(&counts);
@@ -74,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         counts.busy.load(Ordering::Relaxed),
                     );
                     println!(
-                        "{second:>6}  {:>9}  {:>14}  {:>6}  {:>12.0}",
+                        "{second:>6}  {:>19}  {:>24}  {:>14}  {:>12.0}",
                         now.0 - last.0,
                         now.1 - last.1,
                         now.2 - last.2,
@@ -91,30 +98,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut acknowledged = Vec::new();
                     let mut n: u128 = 0;
                     while Instant::now() < deadline {
-                        n += 1;
-                        let id = (u128::from(task) << 64) | n;
-                        let debit = 1 + id % ACCOUNTS;
-                        let transfer = Transfer {
-                            id,
-                            debit_account_id: debit,
-                            credit_account_id: 1 + (debit % ACCOUNTS),
-                            amount: 1,
-                            ledger: 1,
-                            code: 1,
-                            ..Transfer::default()
-                        };
-                        counts.offered.fetch_add(1, Ordering::Relaxed);
-                        match ledger
-                            .submit_async(Batch::CreateTransfers(vec![transfer]))
-                            .await
-                        {
+                        let first = n + 1;
+                        let transfers: Vec<Transfer> = (first..first + u128::from(batch))
+                            .map(|n| {
+                                let id = (u128::from(task) << 64) | n;
+                                let debit = 1 + id % ACCOUNTS;
+                                Transfer {
+                                    id,
+                                    debit_account_id: debit,
+                                    credit_account_id: 1 + (debit % ACCOUNTS),
+                                    amount: 1,
+                                    ledger: 1,
+                                    code: 1,
+                                    ..Transfer::default()
+                                }
+                            })
+                            .collect();
+                        n += u128::from(batch);
+                        counts.offered.fetch_add(batch, Ordering::Relaxed);
+                        match ledger.submit_async(Batch::CreateTransfers(transfers)).await {
                             Ok(_) => {
-                                counts.acknowledged.fetch_add(1, Ordering::Relaxed);
-                                acknowledged.push(id);
+                                counts.acknowledged.fetch_add(batch, Ordering::Relaxed);
+                                acknowledged.push((u128::from(task) << 64) | first);
                             }
                             Err(SubmitError::Busy) => {
                                 counts.busy.fetch_add(1, Ordering::Relaxed);
-                                // Let other tasks run; retry at once with a new id.
+                                // Let other tasks run; retry at once with new ids.
                                 tokio::task::yield_now().await;
                             }
                             Err(error) => panic!("unexpected answer: {error}"),
@@ -133,7 +142,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let metrics = ledger.metrics();
     ledger.shutdown()?;
-    let acknowledged: Vec<u128> = acknowledged_ids.into_iter().flatten().collect();
+    // Each acknowledged batch is kept as its first id; its transfers follow it.
+    let acknowledged: Vec<u128> = acknowledged_ids
+        .into_iter()
+        .flatten()
+        .flat_map(|first| first..first + u128::from(batch))
+        .collect();
     let reopened = Ledger::open(config)?;
     let found = acknowledged
         .chunks(8_000)
@@ -142,7 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stored = reopened.with_state(|state| state.transfer_count());
     reopened.shutdown()?;
     println!(
-        "total: {} offered, {} acknowledged, {} busy; commit p50 {} us, p99 {} us",
+        "total: {} transfers offered, {} acknowledged, {} busy batches; commit p50 {} us, p99 {} us",
         counts.offered.load(Ordering::Relaxed),
         acknowledged.len(),
         counts.busy.load(Ordering::Relaxed),
