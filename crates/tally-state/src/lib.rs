@@ -18,6 +18,7 @@ mod apply;
 mod burned;
 mod check;
 mod hints;
+mod history;
 mod index;
 mod part;
 mod plan;

@@ -5,6 +5,7 @@
 
 use crate::burned::BurnedIds;
 use crate::hints::prefetch;
+use crate::history::Histories;
 use crate::index::IdIndex;
 use std::collections::{BTreeSet, HashMap};
 
@@ -87,7 +88,7 @@ pub struct Part {
     pub(crate) transfer_index: IdIndex,
     /// Per account (same position as in `accounts`), the transfers touching it, oldest
     /// first. By reference, not id: no hash lookup.
-    pub(crate) account_history: Vec<Vec<TransferRef>>,
+    pub(crate) account_history: Histories,
     pub(crate) pending_status: HashMap<u128, PendingStatus, IdHasher>,
     /// Pending transfers with a timeout, by (expiry instant in ns, id).
     pub(crate) expiries: BTreeSet<(u64, u128)>,
@@ -138,7 +139,7 @@ impl Part {
             account_index: IdIndex::default(),
             transfers: TransferStore::default(),
             transfer_index: IdIndex::default(),
-            account_history: Vec::new(),
+            account_history: Histories::default(),
             pending_status: HashMap::default(),
             expiries: BTreeSet::new(),
             refunded: HashMap::default(),
@@ -154,7 +155,7 @@ impl Part {
     }
 
     pub(crate) fn reserve(&mut self, accounts: usize, transfers: usize) {
-        self.account_history.reserve(accounts);
+        self.account_history.reserve_accounts(accounts);
         self.account_index.reserve(accounts);
         self.transfer_index.reserve(transfers);
     }
@@ -226,17 +227,15 @@ impl Part {
             prefetch(record.wrapping_add(64));
             prefetch(record.wrapping_add(127));
         }
-        prefetch(self.account_history.as_ptr().wrapping_add(position));
+        self.account_history.prefetch_head(position);
     }
 
     /// Prefetch, tails step (once the history list's head has arrived): where the next
     /// history entry of account `id` will be written.
     #[inline]
     pub(crate) fn prefetch_history_tail(&self, id: u128) {
-        if let Some(position) = self.account_index.candidate(id)
-            && let Some(history) = self.account_history.get(position as usize)
-        {
-            prefetch(history.as_ptr().wrapping_add(history.len()));
+        if let Some(position) = self.account_index.candidate(id) {
+            self.account_history.prefetch_tail(position as usize);
         }
     }
 
@@ -288,7 +287,7 @@ impl Part {
             self.accounts.pop();
             return false;
         }
-        self.account_history.push(Vec::new());
+        self.account_history.push_account();
         self.record(Undo::AccountCreated);
         true
     }
@@ -330,7 +329,7 @@ impl Part {
 
     /// Adds a transfer to the end of an account's history.
     pub(crate) fn append_history(&mut self, account_index: u32, transfer_ref: TransferRef) {
-        self.account_history[account_index as usize].push(transfer_ref);
+        self.account_history.append(account_index, transfer_ref);
         self.record(Undo::HistoryAppended {
             account_index,
             transfer_ref,
@@ -387,8 +386,7 @@ impl Part {
                     let accounts = &self.accounts;
                     self.account_index.remove(id, |p| accounts[p as usize].id);
                     self.accounts.pop();
-                    let history = self.account_history.pop();
-                    assert_eq!(history, Some(Vec::new()), "a new account has no history");
+                    self.account_history.pop_account();
                 }
                 Undo::TransferStored => {
                     let last = self.transfers.len().checked_sub(1);
@@ -403,7 +401,7 @@ impl Part {
                     account_index,
                     transfer_ref,
                 } => {
-                    let popped = self.account_history[account_index as usize].pop();
+                    let popped = self.account_history.pop(account_index);
                     assert_eq!(popped, Some(transfer_ref), "history undone in order");
                 }
                 Undo::Balances {

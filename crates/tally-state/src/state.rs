@@ -191,21 +191,24 @@ impl StateMachine {
         let Some(account_index) = part.account_position(filter.account_id) else {
             return Vec::new();
         };
-        let history = &part.account_history[account_index as usize];
+        let history = &part.account_history;
         let limit = filter.limit_effective();
-        let matching = |transfer_ref: &TransferRef| {
-            let transfer = self.transfer_by_ref(*transfer_ref);
+        let matching = |transfer_ref: TransferRef| {
+            let transfer = self.transfer_by_ref(transfer_ref);
             filter.matches(&transfer).then_some(transfer)
         };
         if filter.reversed {
             history
-                .iter()
-                .rev()
+                .newest_first(account_index)
                 .filter_map(matching)
                 .take(limit)
                 .collect()
         } else {
-            history.iter().filter_map(matching).take(limit).collect()
+            history
+                .oldest_first(account_index)
+                .filter_map(matching)
+                .take(limit)
+                .collect()
         }
     }
 
