@@ -16,7 +16,7 @@ use crate::ledger::EventResult;
 use crate::shards::ShardPool;
 use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal, read_log_into};
 use tally_state::StateMachine;
-use tally_types::{Batch, ResultCode, StateImage};
+use tally_types::{Batch, LoadedImage, ResultCode, StateImage};
 
 /// One batch to commit, with its requested stamp (manual clock only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,7 +392,7 @@ const REPLAY_GROUPS_IN_FLIGHT: usize = 2;
 /// What the reader thread hands the replaying thread.
 enum Replayed {
     /// The snapshot to start from, first and once.
-    Start(Option<(u64, StateImage)>),
+    Start(Option<(u64, LoadedImage)>),
     /// The next records, consecutive.
     Records(Vec<LogRecord>),
 }
@@ -424,7 +424,7 @@ impl GroupSender {
 }
 
 impl RecoverySink for GroupSender {
-    fn start(&mut self, snapshot: Option<(u64, StateImage)>) {
+    fn start(&mut self, snapshot: Option<(u64, LoadedImage)>) {
         self.send(Replayed::Start(snapshot));
     }
 
@@ -453,7 +453,7 @@ fn replay(
     let snapshot_sequence = snapshot.as_ref().map(|(sequence, _)| *sequence);
     let (mut state, mut sequence_last) = match snapshot {
         Some((sequence, image)) => {
-            let state = StateMachine::from_image_in_parts(image, capacity.parts.max(1))
+            let state = StateMachine::from_loaded_image_in_parts(image, capacity.parts.max(1))
                 .map_err(|error| EngineError::Recovery(error.to_string()))?;
             (state, sequence)
         }

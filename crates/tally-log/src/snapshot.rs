@@ -15,8 +15,10 @@ use std::path::PathBuf;
 use tally_types::codec::{
     RECORD_LAYOUT_VERSION, RECORD_SIZE, decode_account, decode_transfer, encode_account,
 };
-use tally_types::packed::{self, PACKED_RUN_RECORDS, PACKED_TRANSFER_BYTES_MAX};
-use tally_types::{Account, PendingStatus, StateImage};
+use tally_types::packed::{
+    self, PACKED_RUN_RECORDS, PACKED_TRANSFER_BYTES_MAX, PackedRun, RunError,
+};
+use tally_types::{Account, LoadedImage, PendingStatus, StateImage};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYSNP";
 /// Version of the snapshot layout written. Version 3 stores transfers packed; versions
@@ -400,11 +402,12 @@ impl Reader<'_> {
     }
 }
 
-/// What a snapshot file holds: its sequence and, when asked for, the image.
+/// What a snapshot file holds: its sequence and, when asked for, the state (transfers
+/// still packed in format 3).
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub sequence: u64,
-    pub image: Option<StateImage>,
+    pub image: Option<LoadedImage>,
 }
 
 /// Reads and checks every checksum of snapshot `name`; builds the image when `keep`.
@@ -430,13 +433,17 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
             format!("header says sequence {sequence}, name disagrees"),
         ));
     }
-    let mut image = keep.then(|| StateImage {
-        last_timestamp,
-        ..StateImage::default()
+    let mut image = keep.then(|| LoadedImage {
+        image: StateImage {
+            last_timestamp,
+            ..StateImage::default()
+        },
+        packed_transfers: Vec::new(),
     });
     for (id, item_bytes, section) in SECTIONS {
         if id == 2 && version >= PACKED_TRANSFERS_SINCE {
-            read_packed_transfers(&mut reader, &mut buf, image.as_mut())?;
+            let runs = image.as_mut().map(|image| &mut image.packed_transfers);
+            read_packed_transfers(&mut reader, &mut buf, runs)?;
             continue;
         }
         // Before format 3 the transfers section held fixed 128-byte records.
@@ -447,7 +454,7 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
             id,
             item_bytes,
             section,
-            image.as_mut(),
+            image.as_mut().map(|image| &mut image.image),
         )?;
     }
     let at = reader.take(FOOTER_SIZE, &mut buf)?;
@@ -495,11 +502,11 @@ fn decode_header(header: &[u8]) -> Result<(u16, u64, u64), HeaderError> {
 
 /// Reads and checks the packed transfers section (format 3): every chunk's length
 /// against its item count and the file, its CRC, and every record, which must fill the
-/// chunk exactly.
+/// chunk exactly. Keeps each chunk as a [`PackedRun`] in `runs` when given.
 fn read_packed_transfers(
     reader: &mut Reader<'_>,
     buf: &mut Vec<u8>,
-    mut image: Option<&mut StateImage>,
+    mut runs: Option<&mut Vec<PackedRun>>,
 ) -> Result<(), LogError> {
     let section = "transfers";
     let at = reader.take(SECTION_HEADER_SIZE, buf)?;
@@ -526,9 +533,6 @@ fn read_packed_transfers(
     {
         return Err(reader.corrupt(at, format!("{section} count {count} exceeds the file")));
     }
-    if let Some(image) = image.as_deref_mut() {
-        image.transfers.reserve_exact(count as usize); // bounded by the file just above
-    }
     let mut done = 0u64;
     let mut chunk_index = 0u64;
     while done < count {
@@ -553,25 +557,24 @@ fn read_packed_transfers(
                 format!("{section} chunk {chunk_index} CRC32C does not match"),
             ));
         }
-        let mut offset = 0;
-        for index in 0..items {
-            let (transfer, used) = packed::decode_transfer(&records[offset..]).map_err(|why| {
-                reader.corrupt(
-                    items_at + offset as u64,
-                    format!("{section} item {}: {why}", done + index as u64),
-                )
-            })?;
-            if let Some(image) = image.as_deref_mut() {
-                image.transfers.push(transfer);
-            }
-            offset += used;
-        }
-        if offset != bytes {
-            return Err(reader.corrupt(
+        let checked = match runs.as_deref_mut() {
+            Some(runs) => PackedRun::new(items, records.to_vec()).map(|run| runs.push(run)),
+            None => packed::check_run(items, records, |_| {}),
+        };
+        checked.map_err(|error| match error {
+            RunError::Record {
+                index,
+                offset,
+                error,
+            } => reader.corrupt(
+                items_at + offset as u64,
+                format!("{section} item {}: {error}", done + index as u64),
+            ),
+            RunError::BytesAfterRecords { offset } => reader.corrupt(
                 items_at + offset as u64,
                 format!("{section} chunk {chunk_index} has bytes after its {items} records"),
-            ));
-        }
+            ),
+        })?;
         done += items as u64;
         chunk_index += 1;
     }

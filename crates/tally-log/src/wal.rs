@@ -21,7 +21,7 @@ use crate::snapshot::{self, SnapshotSource};
 use crate::storage::{FsStorage, Storage};
 use crate::{LogOptions, LogRecord, SyncMode};
 use std::path::{Path, PathBuf};
-use tally_types::StateImage;
+use tally_types::{LoadedImage, StateImage};
 
 /// A spare segment is wanted only once this much has been logged since open (or an
 /// eighth of a segment, if less): a ledger that logs little (a test, a tool) never
@@ -38,8 +38,10 @@ pub const SPARE_STEP_BYTES_MAX: u64 = 256 * 1024;
 /// and never holds the whole log in memory.
 pub trait RecoverySink {
     /// The newest readable snapshot, (last sequence included, state), or `None` to start
-    /// from an empty state. Called exactly once, before any record.
-    fn start(&mut self, snapshot: Option<(u64, StateImage)>);
+    /// from an empty state. Called exactly once, before any record. The state's stored
+    /// transfers come packed, as the file holds them (format 3), so that loading never
+    /// holds them all unpacked; [`LoadedImage::unpack`] gives the plain image.
+    fn start(&mut self, snapshot: Option<(u64, LoadedImage)>);
     /// The next logged record after the snapshot; sequences are consecutive, starting
     /// right after the snapshot's. Records already handed over stay valid only if open
     /// then succeeds: on an error the caller must drop what it built from them.
@@ -70,8 +72,8 @@ pub(crate) struct Collected {
 }
 
 impl RecoverySink for Collected {
-    fn start(&mut self, snapshot: Option<(u64, StateImage)>) {
-        self.snapshot = snapshot;
+    fn start(&mut self, snapshot: Option<(u64, LoadedImage)>) {
+        self.snapshot = snapshot.map(|(sequence, loaded)| (sequence, loaded.unpack()));
     }
 
     fn record(&mut self, record: LogRecord) {

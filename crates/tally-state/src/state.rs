@@ -10,7 +10,8 @@ use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::collections::HashMap;
 use std::fmt;
 use tally_types::{
-    Account, AccountFilter, PendingStatus, StateImage, Transfer, TransferFlags, TransferKind,
+    Account, AccountFilter, LoadedImage, PendingStatus, StateImage, Transfer, TransferFlags,
+    TransferKind,
 };
 
 /// The ledger state: accounts, transfers and the side tables the rules need, split into
@@ -250,11 +251,24 @@ impl StateMachine {
 
     /// [`StateMachine::from_image`] into `parts` parts.
     pub fn from_image_in_parts(image: StateImage, parts: usize) -> Result<Self, ImageError> {
-        let mut machine = StateMachine::with_capacity_in_parts(
-            image.accounts.len(),
-            image.transfers.len(),
-            parts,
-        );
+        Self::from_loaded_image_in_parts(LoadedImage::from(image), parts)
+    }
+
+    /// Rebuilds the state from a snapshot as read ([`LoadedImage`]: its transfers may
+    /// still be packed) into `parts` parts, checking that it is self-consistent. Packed
+    /// transfers are unpacked one run at a time, so loading never holds them all
+    /// unpacked: a hundred million would be 12.8 GB.
+    pub fn from_loaded_image_in_parts(
+        loaded: LoadedImage,
+        parts: usize,
+    ) -> Result<Self, ImageError> {
+        let transfers_len = loaded.transfers_len();
+        let LoadedImage {
+            image,
+            packed_transfers,
+        } = loaded;
+        let mut machine =
+            StateMachine::with_capacity_in_parts(image.accounts.len(), transfers_len, parts);
         machine.last_timestamp = image.last_timestamp;
         let count = machine.parts.len();
         let mut last_account = 0;
@@ -271,43 +285,22 @@ impl StateMachine {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
         }
-        let mut last_transfer = 0;
-        // Counted here, as they go by: every one must get a status below.
-        let mut pending_count = 0usize;
-        // Loading looks up both accounts of every transfer: prefetched ahead, as apply
-        // does, so that the misses overlap.
-        let transfers = image.transfers;
-        let mut prefetcher = Prefetcher::new(&machine.parts, transfers.iter());
-        for &transfer in &transfers {
-            prefetcher.advance(&machine.parts, 1);
-            if transfer.timestamp <= last_transfer || transfer.timestamp > image.last_timestamp {
-                return Err(ImageError(format!(
-                    "transfer {} is out of order",
-                    transfer.id
-                )));
-            }
-            last_transfer = transfer.timestamp;
-            if transfer.kind() == Some(TransferKind::Pending) {
-                pending_count += 1;
-            }
-            let debit = account_slot(machine.parts.as_slice(), transfer.debit_account_id);
-            let credit = account_slot(machine.parts.as_slice(), transfer.credit_account_id);
-            let (Some(debit), Some(credit)) = (debit, credit) else {
-                return Err(ImageError(format!(
-                    "transfer {} names an unknown account",
-                    transfer.id
-                )));
-            };
-            let id = transfer.id;
-            let Some(transfer_ref) = machine.parts[part_of(id, count)].try_store_transfer(transfer)
-            else {
-                return Err(ImageError(format!("transfer {id} appears twice")));
-            };
-            for slot in [debit, credit] {
-                machine.parts[slot.part].append_history(slot.index, transfer_ref);
-            }
+        let mut loading = TransferLoad {
+            last_timestamp: image.last_timestamp,
+            last_transfer: 0,
+            pending_count: 0,
+        };
+        loading.load(&mut machine, &image.transfers)?;
+        drop(image.transfers);
+        let mut unpacked = Vec::with_capacity(tally_types::packed::PACKED_RUN_RECORDS);
+        for run in packed_transfers {
+            unpacked.clear();
+            unpacked.extend(run.iter());
+            drop(run);
+            loading.load(&mut machine, &unpacked)?;
         }
-        drop(transfers);
+        drop(unpacked);
+        let pending_count = loading.pending_count;
         for part in &mut machine.parts {
             // Ids spread evenly over parts: room for a share each, so loading a million
             // statuses does not rehash as it goes.
@@ -345,6 +338,59 @@ impl StateMachine {
         }
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
+    }
+}
+
+/// Loading an image's stored transfers, slice after slice (the image's own, then each
+/// packed run unpacked): the order checks and the pending count run across slices.
+struct TransferLoad {
+    last_timestamp: u64,
+    last_transfer: u64,
+    /// Counted as they go by: every one must get a status.
+    pending_count: usize,
+}
+
+impl TransferLoad {
+    fn load(
+        &mut self,
+        machine: &mut StateMachine,
+        transfers: &[Transfer],
+    ) -> Result<(), ImageError> {
+        let count = machine.parts.len();
+        // Loading looks up both accounts of every transfer: prefetched ahead, as apply
+        // does, so that the misses overlap.
+        let mut prefetcher = Prefetcher::new(&machine.parts, transfers.iter());
+        for &transfer in transfers {
+            prefetcher.advance(&machine.parts, 1);
+            if transfer.timestamp <= self.last_transfer || transfer.timestamp > self.last_timestamp
+            {
+                return Err(ImageError(format!(
+                    "transfer {} is out of order",
+                    transfer.id
+                )));
+            }
+            self.last_transfer = transfer.timestamp;
+            if transfer.kind() == Some(TransferKind::Pending) {
+                self.pending_count += 1;
+            }
+            let debit = account_slot(machine.parts.as_slice(), transfer.debit_account_id);
+            let credit = account_slot(machine.parts.as_slice(), transfer.credit_account_id);
+            let (Some(debit), Some(credit)) = (debit, credit) else {
+                return Err(ImageError(format!(
+                    "transfer {} names an unknown account",
+                    transfer.id
+                )));
+            };
+            let id = transfer.id;
+            let Some(transfer_ref) = machine.parts[part_of(id, count)].try_store_transfer(transfer)
+            else {
+                return Err(ImageError(format!("transfer {id} appears twice")));
+            };
+            for slot in [debit, credit] {
+                machine.parts[slot.part].append_history(slot.index, transfer_ref);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use std::collections::HashSet;
 use tally_testkit::{account, transfer};
 use tally_types::{
-    Account, AccountFilter, AccountFlags as AF, Batch, PendingStatus, ResultCode as R, StateImage,
-    Transfer, TransferFlags as TF,
+    Account, AccountFilter, AccountFlags as AF, Batch, LoadedImage, PendingStatus, ResultCode as R,
+    StateImage, Transfer, TransferFlags as TF,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -678,14 +678,63 @@ fn an_inconsistent_image_is_refused_with_a_reason() {
         for (reason, break_it) in &cases {
             let mut image = good.clone();
             break_it(&mut image);
-            let error = StateMachine::from_image_in_parts(image, parts)
-                .err()
-                .unwrap_or_else(|| panic!("{reason}: accepted on {parts} part(s)"));
-            assert!(
-                error.0.contains(reason),
-                "{reason} on {parts} part(s): got {:?}",
-                error.0
+            // Unpacked, and packed in runs of two as a snapshot's reader hands them over:
+            // the same refusal either way, even where the damage straddles two runs.
+            for loaded in [LoadedImage::from(image.clone()), packed_in_runs(image, 2)] {
+                let error = StateMachine::from_loaded_image_in_parts(loaded, parts)
+                    .err()
+                    .unwrap_or_else(|| panic!("{reason}: accepted on {parts} part(s)"));
+                assert!(
+                    error.0.contains(reason),
+                    "{reason} on {parts} part(s): got {:?}",
+                    error.0
+                );
+            }
+        }
+    }
+}
+
+/// `image` as a snapshot's reader gives it: transfers packed, `run` records a run.
+fn packed_in_runs(mut image: StateImage, run: usize) -> LoadedImage {
+    let transfers = std::mem::take(&mut image.transfers);
+    let packed_transfers = transfers
+        .chunks(run)
+        .map(|records| {
+            let mut bytes = Vec::new();
+            for transfer in records {
+                tally_types::packed::encode_transfer(transfer, &mut bytes);
+            }
+            tally_types::packed::PackedRun::new(records.len(), bytes).unwrap()
+        })
+        .collect();
+    LoadedImage {
+        image,
+        packed_transfers,
+    }
+}
+
+/// Loading packed transfers, whatever the runs' size and the number of parts, builds
+/// the state that loading them unpacked does, and it behaves the same afterwards.
+#[test]
+fn a_packed_image_loads_as_its_unpacked_self() {
+    let (sm, now) = fixture();
+    let image = sm.image();
+    assert!(image.transfers.len() > 4);
+    for parts in [1, 3] {
+        let unpacked = StateMachine::from_image_in_parts(image.clone(), parts).unwrap();
+        for run in [1, 3, image.transfers.len()] {
+            let loaded = packed_in_runs(image.clone(), run);
+            assert_eq!(loaded.transfers_len(), image.transfers.len());
+            assert_eq!(loaded.clone().unpack(), image);
+            let mut packed = StateMachine::from_loaded_image_in_parts(loaded, parts).unwrap();
+            assert_eq!(packed.image(), image, "runs of {run} on {parts} part(s)");
+            let mut reference = unpacked.clone();
+            let next = vec![transfer(900, 2, 5, 5000), transfer(901, 1, 5, 1)];
+            assert_eq!(
+                transfers(&mut packed, now + 1_000, next.clone()),
+                transfers(&mut reference, now + 1_000, next)
             );
+            assert_eq!(packed.image(), reference.image());
         }
     }
 }

@@ -2,6 +2,7 @@
 //! machine is rebuilt from. Kept here (not in the state machine) so the log crate can
 //! encode it without knowing the state machine's internals.
 
+use crate::packed::PackedRun;
 use crate::records::{Account, Transfer};
 
 /// Where a pending transfer stands. Stored in snapshots as its `u8` value.
@@ -45,4 +46,54 @@ pub struct StateImage {
     pub refunded: Vec<(u128, u128)>,
     /// Transfer ids burned by a transient failure (`id_already_failed` on reuse).
     pub failed_ids: Vec<u128>,
+}
+
+/// A snapshot's state as read from disk. Format 3 keeps the stored transfers packed, as
+/// the file holds them (about a quarter of the bytes of [`Transfer`]s): they are in
+/// `packed_transfers` and `image.transfers` is empty. Older formats give them
+/// unpacked, in `image.transfers`, and `packed_transfers` is empty. Either way the
+/// transfers are in timestamp order, the image's first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedImage {
+    pub image: StateImage,
+    pub packed_transfers: Vec<PackedRun>,
+}
+
+impl LoadedImage {
+    /// Stored transfers, packed or not.
+    pub fn transfers_len(&self) -> usize {
+        self.image.transfers.len()
+            + self
+                .packed_transfers
+                .iter()
+                .map(PackedRun::records)
+                .sum::<usize>()
+    }
+
+    /// The plain image, every transfer unpacked.
+    pub fn unpack(self) -> StateImage {
+        let LoadedImage {
+            mut image,
+            packed_transfers,
+        } = self;
+        image.transfers.reserve_exact(
+            packed_transfers
+                .iter()
+                .map(PackedRun::records)
+                .sum::<usize>(),
+        );
+        for run in &packed_transfers {
+            image.transfers.extend(run.iter());
+        }
+        image
+    }
+}
+
+impl From<StateImage> for LoadedImage {
+    fn from(image: StateImage) -> LoadedImage {
+        LoadedImage {
+            image,
+            packed_transfers: Vec::new(),
+        }
+    }
 }

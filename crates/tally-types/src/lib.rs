@@ -20,7 +20,7 @@ mod records;
 mod result;
 
 pub use flags::{AccountFlags, FlagsError, TransferFlags};
-pub use image::{PendingStatus, StateImage};
+pub use image::{LoadedImage, PendingStatus, StateImage};
 pub use records::{
     ACCOUNT_FILTER_LIMIT_MAX, Account, AccountFilter, Batch, BatchKind, Transfer, TransferKind,
 };

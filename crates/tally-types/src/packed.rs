@@ -160,6 +160,90 @@ pub fn pack_in_runs<E>(
     Ok(())
 }
 
+/// A run of packed transfers whose bytes hold exactly `records` valid records, checked
+/// when it is made: it can then be unpacked without checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedRun {
+    records: usize,
+    bytes: Vec<u8>,
+}
+
+/// Why bytes are not a run of `records` packed transfers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// Record `index` (at byte `offset` of the run) does not decode.
+    Record {
+        index: usize,
+        offset: usize,
+        error: DecodeError,
+    },
+    /// The records end at byte `offset`, before the run does.
+    BytesAfterRecords { offset: usize },
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Record { index, error, .. } => write!(f, "item {index}: {error}"),
+            RunError::BytesAfterRecords { offset } => {
+                write!(f, "bytes after its records, from byte {offset}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Checks that `bytes` hold exactly `records` valid packed transfers, decoding each
+/// strictly and handing it to `each`.
+pub fn check_run(
+    records: usize,
+    bytes: &[u8],
+    mut each: impl FnMut(Transfer),
+) -> Result<(), RunError> {
+    let mut offset = 0;
+    for index in 0..records {
+        let (transfer, used) =
+            decode_transfer(&bytes[offset..]).map_err(|error| RunError::Record {
+                index,
+                offset,
+                error,
+            })?;
+        each(transfer);
+        offset += used;
+    }
+    if offset != bytes.len() {
+        return Err(RunError::BytesAfterRecords { offset });
+    }
+    Ok(())
+}
+
+impl PackedRun {
+    /// A run of `records` records in `bytes`, checked strictly ([`check_run`]).
+    pub fn new(records: usize, bytes: Vec<u8>) -> Result<PackedRun, RunError> {
+        check_run(records, &bytes, |_| {})?;
+        Ok(PackedRun { records, bytes })
+    }
+
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The records, unpacked, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
+        let mut rest = self.bytes.as_slice();
+        (0..self.records).map(move |_| {
+            let (transfer, used) = decode_transfer_trusted(rest);
+            rest = &rest[used..];
+            transfer
+        })
+    }
+}
+
 /// Reads one varint written by [`Packed::put`], trusting it; returns it and its bytes.
 #[inline]
 fn take_trusted(bytes: &[u8]) -> (u128, usize) {
@@ -393,6 +477,57 @@ mod tests {
                 prop_assert!(decode_transfer(&bytes[..cut]).is_err(), "cut at {}", cut);
             }
         }
+    }
+
+    #[test]
+    fn a_run_must_hold_exactly_its_records() {
+        let transfers: Vec<Transfer> = (1..=3u128)
+            .map(|id| Transfer {
+                id,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: id * 100,
+                ledger: 840,
+                code: 1,
+                timestamp: id as u64,
+                ..Transfer::default()
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        let lengths: Vec<usize> = transfers
+            .iter()
+            .map(|t| encode_transfer(t, &mut bytes))
+            .collect();
+        let run = PackedRun::new(3, bytes.clone()).unwrap();
+        assert_eq!(run.records(), 3);
+        assert!(run.iter().eq(transfers.iter().copied()));
+        // Fewer records claimed than the bytes hold: bytes left over.
+        assert_eq!(
+            PackedRun::new(2, bytes.clone()),
+            Err(RunError::BytesAfterRecords {
+                offset: lengths[0] + lengths[1]
+            })
+        );
+        // More claimed than there are: the fourth runs past the end.
+        assert_eq!(
+            PackedRun::new(4, bytes.clone()),
+            Err(RunError::Record {
+                index: 3,
+                offset: bytes.len(),
+                error: DecodeError::Truncated
+            })
+        );
+        // A damaged second record is named by its index and offset.
+        let mut damaged = bytes.clone();
+        damaged[lengths[0]] |= 0x80;
+        assert_eq!(
+            PackedRun::new(3, damaged),
+            Err(RunError::Record {
+                index: 1,
+                offset: lengths[0],
+                error: DecodeError::ReservedNotZero
+            })
+        );
     }
 
     #[test]
