@@ -5,7 +5,7 @@
 //! (`crate::plan`). Every access routes by id with [`part_of`]; a unit that touches a
 //! part it was not planned to hold panics instead of reading the wrong data.
 
-use crate::part::{Balances, Part, expires_at, part_of};
+use crate::part::{Balances, Part, TransferEntry, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::state::StateMachine;
 use tally_types::{
@@ -428,11 +428,13 @@ pub(crate) fn create_transfer<P: Parts + ?Sized>(
         return R::FlagsAreMutuallyExclusive;
     };
     let home = home_mut(parts, t.id);
-    if let Some(existing) = home.lookup_transfer(t.id) {
-        return transfer_exists_result(t, kind, &existing);
-    }
-    if !home.failed_ids.is_empty() && home.failed_ids.contains(&t.id) {
-        return R::IdAlreadyFailed;
+    match home.transfer_entry(t.id) {
+        Some(TransferEntry::Stored(position)) => {
+            let existing = home.transfers.get(position as usize);
+            return transfer_exists_result(t, kind, &existing);
+        }
+        Some(TransferEntry::Burned) => return R::IdAlreadyFailed,
+        None => {}
     }
     let result = match kind {
         TransferKind::SinglePhase | TransferKind::Pending => {
@@ -446,7 +448,11 @@ pub(crate) fn create_transfer<P: Parts + ?Sized>(
     if result.is_transient() {
         // Burned for good, even inside a chain that rolls back: a retry must always
         // get the first outcome's meaning.
-        home_mut(parts, t.id).failed_ids.insert(t.id);
+        let burned = home_mut(parts, t.id).burn(t.id);
+        assert!(
+            burned,
+            "a failed transfer's id was neither stored nor burned"
+        );
     }
     result
 }

@@ -1,14 +1,16 @@
-//! Ids burned by a transient failure (`id_already_failed` for any later use).
+//! Ids burned by a transient failure (`id_already_failed` for any later use), in burn
+//! order.
 //!
-//! A set answers lookups; the same ids are also kept in burn order, in chunks that
-//! never change once full, so that freezing the state for a snapshot shares the chunks
-//! instead of copying the ids on the apply thread. A max-mode run burns millions (users
-//! who run dry burn their payments' ids): copying 9.5 M of them stalled the apply thread
-//! for 447 ms a snapshot. Burned ids are never un-burned, not even by a chain's
-//! rollback, so the list only grows.
+//! Lookups do not come here: a burned id is an entry of its part's transfer index that
+//! names its place in this list ([`crate::part`]), so that checking a new transfer's id
+//! is one probe whether it is stored, burned or new. (A separate hash set cost every
+//! transfer a second, unprefetched miss once any id was burned.) The list is kept in
+//! chunks that never change once full, so that freezing the state for a snapshot shares
+//! them instead of copying the ids on the apply thread: a max-mode run burns millions
+//! (users who run dry burn their payments' ids), and copying 9.5 M of them stalled the
+//! apply thread for 447 ms a snapshot. Burned ids are never un-burned, not even by a
+//! chain's rollback, so the list only grows.
 
-use crate::part::IdHasher;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Ids per chunk: 1 MiB.
@@ -16,7 +18,6 @@ const CHUNK: usize = 1 << 16;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BurnedIds {
-    set: HashSet<u128, IdHasher>,
     /// Full chunks, each exactly [`CHUNK`] ids, in burn order.
     full: Vec<Arc<Vec<u128>>>,
     /// The chunk being filled (fewer than [`CHUNK`] ids).
@@ -24,27 +25,23 @@ pub(crate) struct BurnedIds {
 }
 
 impl BurnedIds {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.full.len() * CHUNK + self.tail.len()
     }
 
-    pub fn contains(&self, id: &u128) -> bool {
-        self.set.contains(id)
-    }
-
-    pub fn reserve(&mut self, additional: usize) {
-        self.set.reserve(additional);
-    }
-
-    /// Burns `id`; false if it was burned already.
-    pub fn insert(&mut self, id: u128) -> bool {
-        if !self.set.insert(id) {
-            return false;
+    /// The id burned `index`-th.
+    #[inline]
+    pub fn id_at(&self, index: u32) -> u128 {
+        let index = index as usize;
+        match self.full.get(index / CHUNK) {
+            Some(chunk) => chunk[index % CHUNK],
+            None => self.tail[index - self.full.len() * CHUNK],
         }
+    }
+
+    /// Appends `id`; returns its index. The caller indexes it (once only).
+    pub fn push(&mut self, id: u128) -> u32 {
+        let index = u32::try_from(self.len()).expect("fewer than 2^32 burned ids");
         if self.tail.is_empty() {
             self.tail.reserve_exact(CHUNK);
         }
@@ -52,8 +49,8 @@ impl BurnedIds {
         if self.tail.len() == CHUNK {
             self.full.push(Arc::new(std::mem::take(&mut self.tail)));
         }
-        debug_assert_eq!(self.full.len() * CHUNK + self.tail.len(), self.set.len());
-        true
+        debug_assert_eq!(self.id_at(index), id);
+        index
     }
 
     /// A copy that shares the full chunks and copies only the tail (1 MiB at most).
@@ -62,8 +59,11 @@ impl BurnedIds {
             full: self.full.clone(),
             tail: self.tail.clone(),
         };
-        // Paired with the set: every burned id is in the list once.
-        assert_eq!(frozen.len(), self.len(), "burned ids and their list agree");
+        assert_eq!(
+            frozen.len(),
+            self.len(),
+            "a frozen copy holds every burned id"
+        );
         frozen
     }
 }
@@ -97,20 +97,20 @@ mod tests {
     fn a_frozen_copy_keeps_its_ids_across_chunk_boundaries_while_burning_goes_on() {
         let mut burned = BurnedIds::default();
         let ids = |range: std::ops::Range<usize>| range.map(|n| n as u128 * 7 + 1);
-        for id in ids(0..CHUNK + 5) {
-            assert!(burned.insert(id));
+        for (index, id) in ids(0..CHUNK + 5).enumerate() {
+            assert_eq!(burned.push(id), index as u32);
         }
-        assert!(!burned.insert(1), "burning twice is refused");
         let frozen = burned.freeze();
         for id in ids(CHUNK + 5..2 * CHUNK + 9) {
-            assert!(burned.insert(id));
+            burned.push(id);
         }
         assert_eq!(frozen.len(), CHUNK + 5);
         assert!(frozen.iter().eq(ids(0..CHUNK + 5)));
         let later = burned.freeze();
         assert_eq!(later.len(), burned.len());
         assert!(later.iter().eq(ids(0..2 * CHUNK + 9)));
-        assert!(burned.contains(&(7 * (2 * CHUNK as u128 + 8) + 1)));
-        assert!(!burned.contains(&2));
+        for index in [0, CHUNK - 1, CHUNK, 2 * CHUNK, 2 * CHUNK + 8] {
+            assert_eq!(burned.id_at(index as u32), index as u128 * 7 + 1);
+        }
     }
 }

@@ -94,7 +94,8 @@ pub struct Part {
     pub(crate) expiries: BTreeSet<(u64, u128)>,
     /// Total refunded so far, by original transfer id.
     pub(crate) refunded: HashMap<u128, u128, IdHasher>,
-    /// Ids burned by a transient failure. Never rolled back.
+    /// Ids burned by a transient failure, in burn order; `transfer_index` maps each to
+    /// its place here ([`Part::burn`]). Never rolled back.
     pub(crate) failed_ids: BurnedIds,
     /// Mutations since the current chain began, newest last; empty outside a chain.
     pub(crate) undo_log: Vec<Undo>,
@@ -102,6 +103,29 @@ pub struct Part {
     /// ([`Part::begin_chain`]). Outside a chain every check comes before the first
     /// mutation, so nothing is ever undone and recording would be wasted work.
     pub(crate) recording: bool,
+}
+
+/// A transfer index entry with this bit set names a burned id (its index in the part's
+/// burned list), not a stored transfer's position.
+const BURNED: u32 = 1 << 31;
+
+/// What a part's transfer index holds for an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransferEntry {
+    /// A stored transfer, at this position of the part's store.
+    Stored(u32),
+    /// An id burned by a transient failure.
+    Burned,
+}
+
+/// The id a transfer index entry names: a stored transfer's, or a burned id.
+#[inline]
+fn indexed_id(transfers: &TransferStore, burned: &BurnedIds, entry: u32) -> u128 {
+    if entry & BURNED == 0 {
+        transfers.id_at(entry as usize)
+    } else {
+        burned.id_at(entry & !BURNED)
+    }
 }
 
 /// Where a stored transfer lives: `position * parts + part`, in one u32 so that history
@@ -171,10 +195,44 @@ impl Part {
         Some(self.transfers.get(index as usize))
     }
 
-    /// Where transfer `id` is stored in this part, if it is.
+    /// Where transfer `id` is stored in this part, if it is (not if it is burned).
     pub(crate) fn transfer_position(&self, id: u128) -> Option<u32> {
-        self.transfer_index
-            .get(id, |p| self.transfers.id_at(p as usize))
+        match self.transfer_entry(id)? {
+            TransferEntry::Stored(position) => Some(position),
+            TransferEntry::Burned => None,
+        }
+    }
+
+    /// What the transfer index holds for `id`: a stored transfer, a burned id, or
+    /// nothing. One probe answers both questions a new transfer's id raises.
+    #[inline]
+    pub(crate) fn transfer_entry(&self, id: u128) -> Option<TransferEntry> {
+        let (transfers, burned) = (&self.transfers, &self.failed_ids);
+        let entry = self
+            .transfer_index
+            .get(id, |p| indexed_id(transfers, burned, p))?;
+        Some(if entry & BURNED == 0 {
+            TransferEntry::Stored(entry)
+        } else {
+            TransferEntry::Burned
+        })
+    }
+
+    /// Burns `id` for good (`id_already_failed` on any later use; never rolled back),
+    /// unless the index already holds it (then false, nothing changed).
+    pub(crate) fn burn(&mut self, id: u128) -> bool {
+        if self.transfer_entry(id).is_some() {
+            return false;
+        }
+        let index = self.failed_ids.push(id);
+        // The index stores entries below u32::MAX.
+        assert!(index < BURNED - 1, "fewer than 2^31 burned ids per part");
+        let (transfers, burned) = (&self.transfers, &self.failed_ids);
+        let inserted = self
+            .transfer_index
+            .insert(id, BURNED | index, |p| indexed_id(transfers, burned, p));
+        assert!(inserted, "checked absent just above");
+        true
     }
 
     /// Prefetch, slots step: the index slot that looking up transfer `id` reads first.
@@ -194,6 +252,7 @@ impl Part {
     #[inline]
     pub(crate) fn prefetch_transfer_start(&self, id: u128) {
         if let Some(position) = self.transfer_index.candidate(id)
+            && position & BURNED == 0
             && let Some(start) = self.transfers.start_address(position as usize)
         {
             prefetch(start);
@@ -205,6 +264,7 @@ impl Part {
     #[inline]
     pub(crate) fn prefetch_transfer_record(&self, id: u128) {
         if let Some(position) = self.transfer_index.candidate(id)
+            && position & BURNED == 0
             && let Some(record) = self.transfers.record_address(position as usize)
         {
             prefetch(record);
@@ -312,12 +372,16 @@ impl Part {
             .and_then(|scaled| scaled.checked_add(self.index as usize))
             .and_then(|r| u32::try_from(r).ok())
             .expect("fewer than 2^32 transfers over all parts");
+        assert!(
+            position < BURNED as usize,
+            "fewer than 2^31 stored transfers per part"
+        );
         self.transfers.push(&transfer);
-        let transfers = &self.transfers;
+        let (transfers, burned) = (&self.transfers, &self.failed_ids);
         if !self
             .transfer_index
             .insert(transfer.id, position as u32, |p| {
-                transfers.id_at(p as usize)
+                indexed_id(transfers, burned, p)
             })
         {
             self.transfers.pop();
@@ -392,9 +456,9 @@ impl Part {
                     let last = self.transfers.len().checked_sub(1);
                     let last = last.expect("undo of a stored transfer");
                     let id = self.transfers.id_at(last);
-                    let transfers = &self.transfers;
+                    let (transfers, burned) = (&self.transfers, &self.failed_ids);
                     self.transfer_index
-                        .remove(id, |p| transfers.id_at(p as usize));
+                        .remove(id, |p| indexed_id(transfers, burned, p));
                     self.transfers.pop();
                 }
                 Undo::HistoryAppended {

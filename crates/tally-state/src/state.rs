@@ -4,7 +4,7 @@
 
 use crate::apply::account_slot;
 use crate::burned::FrozenBurnedIds;
-use crate::part::{IdHasher, PARTS_MAX, Part, TransferRef, expires_at, part_of};
+use crate::part::{IdHasher, PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::collections::HashMap;
@@ -161,7 +161,7 @@ impl StateMachine {
 
     /// True when `id` was burned by a transient failure.
     pub fn id_failed(&self, id: u128) -> bool {
-        self.part(id).failed_ids.contains(&id)
+        self.part(id).transfer_entry(id) == Some(TransferEntry::Burned)
     }
 
     /// Every account, in creation order.
@@ -331,10 +331,15 @@ impl StateMachine {
             machine.parts[part_of(id, count)].refunded.insert(id, total);
         }
         for part in &mut machine.parts {
-            part.failed_ids.reserve(image.failed_ids.len() / count + 1);
+            part.transfer_index
+                .reserve(image.failed_ids.len() / count + 1);
         }
         for id in image.failed_ids {
-            machine.parts[part_of(id, count)].failed_ids.insert(id);
+            if !machine.parts[part_of(id, count)].burn(id) {
+                return Err(ImageError(format!(
+                    "burned id {id} appears twice, or is a stored transfer's"
+                )));
+            }
         }
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)

@@ -672,6 +672,17 @@ fn an_inconsistent_image_is_refused_with_a_reason() {
             "refund total for unknown transfer",
             Box::new(|image| image.refunded.push((777_777, 1))),
         ),
+        (
+            "is a stored transfer's",
+            Box::new(move |image| {
+                let id = image.transfers[single_index].id;
+                image.failed_ids.push(id);
+            }),
+        ),
+        (
+            "appears twice",
+            Box::new(|image| image.failed_ids.extend([424_242, 424_242])),
+        ),
     ];
     for parts in [1, 3] {
         assert!(StateMachine::from_image_in_parts(good.clone(), parts).is_ok());
