@@ -155,8 +155,12 @@ impl Logger {
         self.wal.snapshot_job(sequence).ok()
     }
 
-    /// Records a snapshot a job wrote, retiring the segments it makes unnecessary.
-    pub fn snapshot_written(&mut self, sequence: u64) -> Result<(), EngineError> {
+    /// Records a snapshot a job wrote; returns the removal of the files it makes
+    /// unnecessary, to run off the log thread ([`tally_log::Retirement`]).
+    pub fn snapshot_written(
+        &mut self,
+        sequence: u64,
+    ) -> Result<Option<tally_log::Retirement>, EngineError> {
         let retired = self.wal.snapshot_written(sequence);
         if self.wal.is_poisoned() && self.failure.is_none() {
             self.failure = Some("the log failed while retiring segments".to_string());

@@ -169,6 +169,7 @@ impl Ledger {
             to_apply,
             snapshots,
             snapshot_in_flight: None,
+            retirement_in_flight: None,
             spare_step_bytes_per_us: crate::pipeline::SPARE_STEP_BYTES_PER_US_INITIAL,
         };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {

@@ -71,6 +71,9 @@ pub(crate) struct LogThread {
     pub snapshots: Receiver<SnapshotImage>,
     /// The snapshot being written on its own thread, if any: at most one at a time.
     pub snapshot_in_flight: Option<JoinHandle<Result<u64, tally_log::LogError>>>,
+    /// Old segments and snapshots being removed after a snapshot (on their own thread:
+    /// deleting gigabytes stalled the log thread's syncs for up to 1.9 s).
+    pub retirement_in_flight: Option<JoinHandle<Result<usize, tally_log::LogError>>>,
     /// Zeros a spare step wrote per microsecond, measured (moving average): sizes the
     /// next step to the pause it must fit in.
     pub spare_step_bytes_per_us: f64,
@@ -89,6 +92,9 @@ impl LogThread {
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
                     self.tend_snapshots(true);
+                    if let Some(retirement) = self.retirement_in_flight.take() {
+                        let _ = retirement.join();
+                    }
                     // Every admitted batch is logged and synced. If the marker cannot be
                     // written, recovery just stays as after a crash (a damaged newest
                     // frame cut as torn): nothing acknowledged depends on it.
@@ -134,7 +140,20 @@ impl LogThread {
             let metrics = &self.shared.metrics;
             match job.join() {
                 Ok(Ok(sequence)) => {
-                    let _ = self.logger.snapshot_written(sequence);
+                    if let Ok(Some(retirement)) = self.logger.snapshot_written(sequence) {
+                        // One at a time: a retirement still running when the next
+                        // snapshot is done (gigabytes behind) is waited for here.
+                        if let Some(previous) = self.retirement_in_flight.take() {
+                            let _ = previous.join();
+                        }
+                        // A retirement that fails loses nothing: the files it leaves are
+                        // ones recovery skips, listed again at the next open and removed
+                        // by a later retirement.
+                        self.retirement_in_flight = std::thread::Builder::new()
+                            .name("tally-retire".into())
+                            .spawn(move || retirement.run())
+                            .ok();
+                    }
                     self.publish_failure();
                     metrics.snapshots_written.fetch_add(1, Ordering::Relaxed);
                 }

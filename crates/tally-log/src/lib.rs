@@ -41,7 +41,8 @@ pub use verify::{
     ReadLog, VerifyReport, read_log, read_log_into, read_log_storage, verify, verify_storage,
 };
 pub use wal::{
-    Recovered, RecoverySink, Repairs, SPARE_STEP_BYTES_MAX, SPARE_TRIGGER_BYTES, SnapshotJob, Wal,
+    Recovered, RecoverySink, Repairs, Retirement, SPARE_STEP_BYTES_MAX, SPARE_TRIGGER_BYTES,
+    SnapshotJob, Wal,
 };
 
 use tally_types::Batch;

@@ -607,7 +607,10 @@ impl Wal {
     pub fn write_snapshot(&mut self, sequence: u64, image: &StateImage) -> Result<(), LogError> {
         let job = self.snapshot_job(sequence)?;
         let written = job.write(image)?;
-        self.snapshot_written(written)
+        match self.snapshot_written(written)? {
+            Some(retirement) => retirement.run().map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Starts a snapshot at `sequence` that [`SnapshotJob::write`] can write on another
@@ -643,9 +646,10 @@ impl Wal {
         Ok(SnapshotJob { storage, sequence })
     }
 
-    /// Records a snapshot written by a [`SnapshotJob`] and retires the segments that the
-    /// older kept snapshot covers.
-    pub fn snapshot_written(&mut self, sequence: u64) -> Result<(), LogError> {
+    /// Records a snapshot written by a [`SnapshotJob`]. The segments that the older kept
+    /// snapshot covers, and any snapshot older than it, leave the log at once; the
+    /// returned [`Retirement`] removes their files, on whichever thread runs it.
+    pub fn snapshot_written(&mut self, sequence: u64) -> Result<Option<Retirement>, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
@@ -658,25 +662,52 @@ impl Wal {
         if self.snapshots_good.last() != Some(&sequence) {
             self.snapshots_good.push(sequence);
         }
-        self.retire()
-    }
-
-    fn retire(&mut self) -> Result<(), LogError> {
         let count = self.snapshots_good.len();
         if count < 2 {
-            return Ok(());
+            return Ok(None);
         }
         let previous = self.snapshots_good[count - 2];
         self.snapshots_good.drain(..count - 2);
+        let mut segments = Vec::new();
+        while self.segments.len() > 1 && self.segments[1].first_sequence <= previous + 1 {
+            segments.push(self.segments.remove(0).name);
+        }
+        let storage = self
+            .storage
+            .another_handle()
+            .map_err(|e| LogError::io(self.storage.path(""), "open a retirement handle", e))?;
+        Ok(Some(Retirement {
+            storage,
+            snapshots_before: previous,
+            segments,
+        }))
+    }
+}
+
+/// Files a snapshot made unnecessary ([`Wal::snapshot_written`]): the segments whose
+/// records all precede the older kept snapshot, and the snapshots older than it. The
+/// log no longer reads them, so they may be removed on another thread: deleting a
+/// gigabyte of segments can keep the file system busy for a second, and the log's
+/// next sync would wait behind it on the log's own thread. A crash before they are
+/// gone leaves only files recovery skips (segments wholly before its snapshot, older
+/// snapshots), removed at the next retirement.
+#[derive(Debug)]
+pub struct Retirement {
+    storage: Box<dyn Storage>,
+    snapshots_before: u64,
+    segments: Vec<String>,
+}
+
+impl Retirement {
+    /// Removes the files and syncs the directory; returns how many were removed.
+    pub fn run(mut self) -> Result<usize, LogError> {
         let mut removed = Vec::new();
         for (sequence, name) in scan::list(&mut *self.storage)?.snapshots {
-            if sequence < previous {
+            if sequence < self.snapshots_before {
                 removed.push(name);
             }
         }
-        while self.segments.len() > 1 && self.segments[1].first_sequence <= previous + 1 {
-            removed.push(self.segments.remove(0).name);
-        }
+        removed.append(&mut self.segments);
         for name in &removed {
             self.storage
                 .remove(name)
@@ -687,7 +718,7 @@ impl Wal {
                 .sync_dir()
                 .map_err(|e| LogError::io(self.storage.path(""), "fsync directory", e))?;
         }
-        Ok(())
+        Ok(removed.len())
     }
 }
 

@@ -284,7 +284,10 @@ fn a_snapshot_written_on_another_thread_while_appends_go_on_recovers_exactly() {
     }
     let written = writer.join().unwrap().unwrap();
     assert_eq!(written, 10);
-    wal.snapshot_written(written).unwrap();
+    assert!(
+        wal.snapshot_written(written).unwrap().is_none(),
+        "the first snapshot retires nothing"
+    );
     wal.append(&records(41, 2)).unwrap();
     drop(wal);
     storage.crash();
@@ -425,4 +428,39 @@ fn packed_transfer_chunks_split_at_the_run_size() {
     );
     let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
     assert_eq!(recovered.snapshot, Some((1, image(3, run + 1))));
+}
+
+/// A retirement is only file removal: one that never runs (a crash right after the
+/// snapshot) changes nothing recovery finds, and a later snapshot's retirement, after
+/// the restart, removes what it left.
+#[test]
+fn a_retirement_left_undone_loses_nothing_and_a_later_one_cleans_up() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(600)).unwrap();
+    for sequence in [1, 11] {
+        wal.append(&records(sequence, 10)).unwrap();
+        let job = wal.snapshot_job(sequence + 9).unwrap();
+        let written = job.write(&image(sequence as usize, 2)).unwrap();
+        // Never run.
+        let retirement = wal.snapshot_written(written).unwrap();
+        assert_eq!(retirement.is_some(), sequence == 11);
+    }
+    wal.append(&records(21, 5)).unwrap();
+    drop(wal);
+    storage.crash();
+    let first_segment =
+        |storage: &FaultyStorage| format::parse_segment_name(&segment_names(storage)[0]).unwrap();
+    assert_eq!(first_segment(&storage), 1, "nothing was removed");
+    let (mut wal, recovered) = open(&storage, options(600)).unwrap();
+    assert_eq!(recovered.snapshot, Some((20, image(11, 2))));
+    assert_eq!(recovered.records, records(21, 5));
+    wal.append(&records(26, 5)).unwrap();
+    wal.write_snapshot(30, &image(26, 2)).unwrap();
+    let names = storage.file_names();
+    assert!(!names.contains(&snapshot_name(10)), "{names:?}");
+    assert!(first_segment(&storage) > 1, "{names:?}");
+    drop(wal);
+    let (_, recovered) = open(&storage, options(600)).unwrap();
+    assert_eq!(recovered.snapshot, Some((30, image(26, 2))));
+    assert!(recovered.records.is_empty());
 }
