@@ -146,9 +146,9 @@ impl LogThread {
                         if let Some(previous) = self.retirement_in_flight.take() {
                             let _ = previous.join();
                         }
-                        // A retirement that fails loses nothing: the files it leaves are
-                        // ones recovery skips, listed again at the next open and removed
-                        // by a later retirement.
+                        // A retirement that fails, or whose thread cannot start, loses
+                        // nothing: the files it leaves are ones recovery skips, listed
+                        // again at the next open and removed by a later retirement.
                         self.retirement_in_flight = std::thread::Builder::new()
                             .name("tally-retire".into())
                             .spawn(move || retirement.run())
@@ -342,8 +342,11 @@ impl ApplyThread {
                 .applier
                 .snapshot_due(self.shared.config.snapshot_events_interval)
             {
+                let state = self.shared.state.read();
+                // Timed once the lock is held: the freeze alone, not a reader's turn.
                 let freezing = Instant::now();
-                let frozen = self.shared.state.read().freeze();
+                let frozen = state.freeze();
+                drop(state);
                 let freeze_us = u64::try_from(freezing.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.shared
                     .metrics

@@ -666,16 +666,18 @@ impl Wal {
         if count < 2 {
             return Ok(None);
         }
+        // The handle first: if it cannot be had, the log still lists every file, and a
+        // later retirement removes them.
+        let storage = self
+            .storage
+            .another_handle()
+            .map_err(|e| LogError::io(self.storage.path(""), "open a retirement handle", e))?;
         let previous = self.snapshots_good[count - 2];
         self.snapshots_good.drain(..count - 2);
         let mut segments = Vec::new();
         while self.segments.len() > 1 && self.segments[1].first_sequence <= previous + 1 {
             segments.push(self.segments.remove(0).name);
         }
-        let storage = self
-            .storage
-            .another_handle()
-            .map_err(|e| LogError::io(self.storage.path(""), "open a retirement handle", e))?;
         Ok(Some(Retirement {
             storage,
             snapshots_before: previous,
@@ -699,26 +701,45 @@ pub struct Retirement {
 }
 
 impl Retirement {
-    /// Removes the files and syncs the directory; returns how many were removed.
+    /// Removes the files and syncs the directory; returns how many were removed. A
+    /// file that cannot be removed does not stop the others; the first error is
+    /// returned at the end.
     pub fn run(mut self) -> Result<usize, LogError> {
-        let mut removed = Vec::new();
-        for (sequence, name) in scan::list(&mut *self.storage)?.snapshots {
-            if sequence < self.snapshots_before {
-                removed.push(name);
+        let mut names = std::mem::take(&mut self.segments);
+        let listed = scan::list(&mut *self.storage);
+        let mut first_error = None;
+        match listed {
+            Ok(listing) => names.extend(
+                listing
+                    .snapshots
+                    .into_iter()
+                    .filter(|(sequence, _)| *sequence < self.snapshots_before)
+                    .map(|(_, name)| name),
+            ),
+            Err(error) => first_error = Some(error),
+        }
+        let mut removed = 0;
+        for name in &names {
+            match self.storage.remove(name) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    first_error.get_or_insert(LogError::io(
+                        self.storage.path(name),
+                        "remove retired file",
+                        e,
+                    ));
+                }
             }
         }
-        removed.append(&mut self.segments);
-        for name in &removed {
-            self.storage
-                .remove(name)
-                .map_err(|e| LogError::io(self.storage.path(name), "remove retired file", e))?;
+        if removed > 0
+            && let Err(e) = self.storage.sync_dir()
+        {
+            first_error.get_or_insert(LogError::io(self.storage.path(""), "fsync directory", e));
         }
-        if !removed.is_empty() {
-            self.storage
-                .sync_dir()
-                .map_err(|e| LogError::io(self.storage.path(""), "fsync directory", e))?;
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(removed),
         }
-        Ok(removed.len())
     }
 }
 

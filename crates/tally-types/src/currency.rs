@@ -338,6 +338,16 @@ mod tests {
         );
     }
 
+    #[test]
+    fn negative_zero_is_zero_as_a_decimal() {
+        // A Decimal's sign on zero carries no value; the text "-0" is refused as malformed.
+        let mut negative_zero = Decimal::new(0, 2);
+        negative_zero.set_sign_negative(true);
+        assert!(negative_zero.is_zero() && negative_zero.is_sign_negative());
+        assert_eq!(decimal_to_minor(negative_zero, 2), Ok(0));
+        assert!(parse_amount("-0", 2).is_err());
+    }
+
     proptest! {
         #[test]
         fn format_then_parse_round_trips(minor in any::<u128>(), scale in 0u32..=SCALE_MAX) {
