@@ -500,6 +500,44 @@ fn decode_header(header: &[u8]) -> Result<(u16, u64, u64), HeaderError> {
     Ok((version, le_u64(header, 16), le_u64(header, 24)))
 }
 
+/// Reads and checks a section header: magic, CRC, the expected id and item-bytes field,
+/// the chunk size, reserved bytes; and that `count` items of at least `item_bytes_min`
+/// bytes fit in the rest of the file, before anything is allocated for them. Returns
+/// the count and the items per chunk.
+fn read_section_header(
+    reader: &mut Reader<'_>,
+    buf: &mut Vec<u8>,
+    id: u16,
+    item_bytes_field: usize,
+    item_bytes_min: usize,
+    section: &str,
+) -> Result<(u64, u32), LogError> {
+    let at = reader.take(SECTION_HEADER_SIZE, buf)?;
+    if buf[0..4] != SECTION_MAGIC || crc32c::crc32c(&buf[0..28]) != le_u32(buf, 28) {
+        return Err(reader.corrupt(at, format!("{section} section header is damaged")));
+    }
+    let count = le_u64(buf, 8);
+    let chunk_items = le_u32(buf, 16);
+    if format::le_u16(buf, 4) != id
+        || format::le_u16(buf, 6) as usize != item_bytes_field
+        || !(1..=CHUNK_ITEMS_MAX).contains(&chunk_items)
+        || buf[20..28].iter().any(|&b| b != 0)
+    {
+        return Err(reader.corrupt(
+            at,
+            format!("{section} section header has unexpected fields"),
+        ));
+    }
+    let remaining = reader.len - reader.offset;
+    if count
+        .checked_mul(item_bytes_min as u64)
+        .is_none_or(|bytes| bytes > remaining)
+    {
+        return Err(reader.corrupt(at, format!("{section} count {count} exceeds the file")));
+    }
+    Ok((count, chunk_items))
+}
+
 /// Reads and checks the packed transfers section (format 3): every chunk's length
 /// against its item count and the file, its CRC, and every record, which must fill the
 /// chunk exactly. Keeps each chunk as a [`PackedRun`] in `runs` when given.
@@ -509,30 +547,9 @@ fn read_packed_transfers(
     mut runs: Option<&mut Vec<PackedRun>>,
 ) -> Result<(), LogError> {
     let section = "transfers";
-    let at = reader.take(SECTION_HEADER_SIZE, buf)?;
-    if buf[0..4] != SECTION_MAGIC || crc32c::crc32c(&buf[0..28]) != le_u32(buf, 28) {
-        return Err(reader.corrupt(at, format!("{section} section header is damaged")));
-    }
-    let count = le_u64(buf, 8);
-    let chunk_items = le_u32(buf, 16);
-    if format::le_u16(buf, 4) != 2
-        || format::le_u16(buf, 6) != 0
-        || !(1..=CHUNK_ITEMS_MAX).contains(&chunk_items)
-        || buf[20..28].iter().any(|&b| b != 0)
-    {
-        return Err(reader.corrupt(
-            at,
-            format!("{section} section header has unexpected fields"),
-        ));
-    }
-    // Refuse a count the file cannot hold before allocating anything for it.
-    let remaining = reader.len - reader.offset;
-    if count
-        .checked_mul(PACKED_TRANSFER_BYTES_MIN as u64)
-        .is_none_or(|bytes| bytes > remaining)
-    {
-        return Err(reader.corrupt(at, format!("{section} count {count} exceeds the file")));
-    }
+    // Item bytes 0 in the header: variable; each takes at least the shortest record.
+    let (count, chunk_items) =
+        read_section_header(reader, buf, 2, 0, PACKED_TRANSFER_BYTES_MIN, section)?;
     let mut done = 0u64;
     let mut chunk_index = 0u64;
     while done < count {
@@ -589,30 +606,8 @@ fn read_section(
     section: &str,
     mut image: Option<&mut StateImage>,
 ) -> Result<(), LogError> {
-    let at = reader.take(SECTION_HEADER_SIZE, buf)?;
-    if buf[0..4] != SECTION_MAGIC || crc32c::crc32c(&buf[0..28]) != le_u32(buf, 28) {
-        return Err(reader.corrupt(at, format!("{section} section header is damaged")));
-    }
-    let count = le_u64(buf, 8);
-    let chunk_items = le_u32(buf, 16);
-    if format::le_u16(buf, 4) != id
-        || format::le_u16(buf, 6) as usize != item_bytes
-        || !(1..=CHUNK_ITEMS_MAX).contains(&chunk_items)
-        || buf[20..28].iter().any(|&b| b != 0)
-    {
-        return Err(reader.corrupt(
-            at,
-            format!("{section} section header has unexpected fields"),
-        ));
-    }
-    // Refuse a count the file cannot hold before allocating anything for it.
-    let remaining = reader.len - reader.offset;
-    if count
-        .checked_mul(item_bytes as u64)
-        .is_none_or(|bytes| bytes > remaining)
-    {
-        return Err(reader.corrupt(at, format!("{section} count {count} exceeds the file")));
-    }
+    let (count, chunk_items) =
+        read_section_header(reader, buf, id, item_bytes, item_bytes, section)?;
     if let Some(image) = image.as_deref_mut() {
         let count = count as usize; // bounded by the file size just above
         match id {

@@ -292,9 +292,11 @@ impl StateMachine {
         };
         loading.load(&mut machine, &image.transfers)?;
         drop(image.transfers);
-        let mut unpacked = Vec::with_capacity(tally_types::packed::PACKED_RUN_RECORDS);
+        // One run unpacked at a time, in a buffer sized by the largest run so far.
+        let mut unpacked = Vec::new();
         for run in packed_transfers {
             unpacked.clear();
+            unpacked.reserve(run.records());
             unpacked.extend(run.iter());
             drop(run);
             loading.load(&mut machine, &unpacked)?;

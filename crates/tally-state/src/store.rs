@@ -202,7 +202,6 @@ impl FrozenTransfers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_types::TransferFlags;
 
     fn transfer(n: usize) -> Transfer {
         Transfer {
@@ -235,73 +234,6 @@ mod tests {
         assert_eq!(store.iter().count(), CHUNK - 4);
         while store.pop().is_some() {}
         assert_eq!((store.len(), store.last_timestamp()), (0, 0));
-    }
-
-    #[test]
-    fn every_field_round_trips_at_its_extremes() {
-        let full = Transfer {
-            id: u128::MAX,
-            debit_account_id: u128::MAX - 1,
-            credit_account_id: 1,
-            amount: u128::MAX,
-            pending_id: u128::MAX,
-            user_data_128: u128::MAX,
-            user_data_64: u64::MAX,
-            user_data_32: u32::MAX,
-            timeout: u32::MAX,
-            ledger: u32::MAX,
-            code: u16::MAX,
-            flags: TransferFlags::PENDING.with(TransferFlags::LINKED),
-            timestamp: u64::MAX,
-        };
-        let mut rng = tally_testkit::SeededRng::new(5);
-        let mut samples = vec![full, Transfer::default()];
-        for _ in 0..2_000 {
-            let mut wide = || {
-                let bits = rng.below(129) as u32;
-                let value = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
-                if bits == 0 { 0 } else { value >> (128 - bits) }
-            };
-            samples.push(Transfer {
-                id: wide(),
-                debit_account_id: wide(),
-                credit_account_id: wide(),
-                amount: wide(),
-                pending_id: wide(),
-                user_data_128: wide(),
-                user_data_64: wide() as u64,
-                user_data_32: wide() as u32,
-                timeout: wide() as u32,
-                ledger: wide() as u32,
-                code: wide() as u16,
-                flags: TransferFlags::POST_PENDING_TRANSFER,
-                timestamp: wide() as u64,
-            });
-        }
-        let mut bytes = Vec::new();
-        for sample in &samples {
-            bytes.clear();
-            encode_transfer(sample, &mut bytes);
-            assert_eq!(decode(&bytes), (*sample, bytes.len()));
-            assert_eq!(
-                tally_types::packed::decode_transfer(&bytes),
-                Ok((*sample, bytes.len()))
-            );
-        }
-        // A typical payment packs to under a third of its 128 bytes.
-        let payment = Transfer {
-            id: 123_456_789,
-            debit_account_id: 500_000,
-            credit_account_id: 1_000_042,
-            amount: 19_999,
-            ledger: 156,
-            code: 1,
-            timestamp: 1_479_000_000_000_000_000,
-            ..Transfer::default()
-        };
-        bytes.clear();
-        encode_transfer(&payment, &mut bytes);
-        assert!(bytes.len() <= 32, "{} bytes", bytes.len());
     }
 }
 
