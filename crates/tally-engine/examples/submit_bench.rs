@@ -1,8 +1,10 @@
 //! Closed-loop submit benchmark: CALLERS tokio tasks each submit batches of BATCH
 //! transfers back to back for SECONDS, durable (fdatasync), on SHARDS shards (0 =
-//! fitted to the machine). Prints transfers/s and how much work spanned shards.
+//! fitted to the machine), between ACCOUNTS accounts (default 1,000: cache-resident;
+//! more, and each transfer picks its accounts scattered over them). Prints transfers/s
+//! and how much work spanned shards.
 //!
-//! `cargo run --release -p tally-engine --example submit_bench -- [CALLERS] [SECONDS] [BATCH] [SHARDS]`
+//! `cargo run --release -p tally-engine --example submit_bench -- [CALLERS] [SECONDS] [BATCH] [SHARDS] [ACCOUNTS]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,20 +18,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse())?;
     let batch_events: u64 = args.next().map_or(Ok(1), |a| a.parse())?;
     let shards: usize = args.next().map_or(Ok(0), |a| a.parse())?;
+    let account_count: u128 = args.next().map_or(Ok(1_000), |a| a.parse())?;
+    if account_count < 2 {
+        return Err("ACCOUNTS must be at least 2".into());
+    }
     let dir = std::env::current_dir()?.join("target/submit-bench");
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::new(&dir);
     config.shards = shards;
     let ledger = Ledger::open(config)?;
-    let accounts: Vec<Account> = (1..=1_000u128)
-        .map(|id| Account {
-            id,
-            ledger: 1,
-            code: 1,
-            ..Account::default()
-        })
-        .collect();
-    ledger.submit(Batch::CreateAccounts(accounts))?;
+    let ids: Vec<u128> = (1..=account_count).collect();
+    for chunk in ids.chunks(tally_types::BATCH_EVENTS_MAX) {
+        let accounts: Vec<Account> = chunk
+            .iter()
+            .map(|&id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        ledger.submit(Batch::CreateAccounts(accounts))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -47,11 +57,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let transfers: Vec<Transfer> = (0..batch_events)
                             .map(|_| {
                                 id += 1;
-                                let debit = 1 + (id % 1_000);
+                                // Scattered (a multiplicative hash of the id) so that
+                                // consecutive transfers do not share cache lines.
+                                let scattered = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 64;
+                                let debit = 1 + (scattered % account_count);
                                 Transfer {
                                     id,
                                     debit_account_id: debit,
-                                    credit_account_id: 1 + (debit % 1_000),
+                                    credit_account_id: 1 + (debit % account_count),
                                     amount: 1,
                                     ledger: 1,
                                     code: 1,

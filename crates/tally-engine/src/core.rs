@@ -216,11 +216,16 @@ impl Applier {
         let stamps: Vec<u64> = group.records.iter().map(|r| r.timestamp).collect();
         let codes: Vec<Vec<ResultCode>> = match &self.shards {
             Some(pool) => pool.apply(state, group.records),
-            None => group
-                .records
-                .iter()
-                .map(|record| state.apply(record.timestamp, &record.batch))
-                .collect(),
+            None => {
+                // One run for the whole group: its prefetching spans the records, which
+                // matters when each is a single payment.
+                let batches: Vec<_> = group
+                    .records
+                    .iter()
+                    .map(|record| (record.timestamp, &record.batch))
+                    .collect();
+                state.apply_run(&batches)
+            }
         };
         stamps
             .into_iter()

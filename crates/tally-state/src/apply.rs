@@ -164,11 +164,24 @@ impl StateMachine {
     }
 
     /// Applies `batches` in order, each stamped with its timestamp, exactly as
-    /// [`StateMachine::apply`] on each in turn would, and drops the results: replay of a
-    /// log, whose results were answered when it was written. The prefetching runs
-    /// across batch boundaries, so a log of one-payment batches replays with as many
-    /// cache misses in flight as one of full batches.
+    /// [`StateMachine::apply`] on each in turn would, and returns each batch's results.
+    /// The prefetching runs across batch boundaries, so a group of one-payment
+    /// submissions applies with as many cache misses in flight as one full batch.
+    pub fn apply_run(&mut self, batches: &[(u64, &Batch)]) -> Vec<Vec<ResultCode>> {
+        let mut all = Vec::with_capacity(batches.len());
+        self.apply_run_with(batches, |results| all.push(results.to_vec()));
+        all
+    }
+
+    /// [`StateMachine::apply_run`] without the results: replay of a log, whose results
+    /// were answered when it was written.
     pub fn replay(&mut self, batches: &[(u64, &Batch)]) {
+        self.apply_run_with(batches, |_| {});
+    }
+
+    /// Applies `batches` in order with one prefetcher over all their transfers, handing
+    /// each batch's results to `done` as soon as the batch is applied.
+    fn apply_run_with(&mut self, batches: &[(u64, &Batch)], mut done: impl FnMut(&[ResultCode])) {
         assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         let transfers = batches.iter().flat_map(|(_, batch)| transfers_of(batch));
         let mut prefetcher = Prefetcher::new(&self.parts, transfers);
@@ -177,6 +190,7 @@ impl StateMachine {
             results.clear();
             results.resize(batch.len(), R::Ok);
             self.apply_batch(timestamp, batch, &mut results, &mut prefetcher);
+            done(&results);
         }
     }
 

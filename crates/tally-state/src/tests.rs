@@ -900,15 +900,18 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// `replay` of a run of batches (accounts, transfers and empty ones, with expiries
-    /// between them) leaves exactly the state that `apply` on each in turn leaves, and
-    /// the same history and reads: prefetching across batches changes nothing.
+    /// `replay` and `apply_run` of a run of batches (accounts, transfers and empty ones,
+    /// with expiries between them) leave exactly the state that `apply` on each in turn
+    /// leaves, with the same history and reads, and `apply_run` gives each batch the
+    /// results `apply` gave it: prefetching across batches changes nothing.
     #[test]
     fn replay_of_a_run_equals_applying_each_batch(
         batches in proptest::collection::vec((proptest::collection::vec(any_transfer(), 0..12), 0u64..3, 0u8..6), 1..10)
     ) {
         let mut applied = property_ledger();
         let mut replayed = property_ledger();
+        let mut run_applied = property_ledger();
+        let mut results = Vec::new();
         let mut now = T0 + SECOND;
         let mut run = Vec::new();
         for (index, (events, gap_s, kind)) in batches.into_iter().enumerate() {
@@ -919,7 +922,7 @@ proptest! {
             } else {
                 Batch::CreateTransfers(events)
             };
-            applied.apply(now, &batch);
+            results.push(applied.apply(now, &batch));
             let len = batch.len() as u64;
             run.push((now, batch));
             now += len;
@@ -927,6 +930,10 @@ proptest! {
         let borrowed: Vec<(u64, &Batch)> = run.iter().map(|(at, batch)| (*at, batch)).collect();
         replayed.replay(&borrowed);
         prop_assert_eq!(replayed.image(), applied.image());
+        // The same run applied with its results: each batch's, as `apply` gave them.
+        prop_assert_eq!(run_applied.apply_run(&borrowed), results);
+        prop_assert_eq!(run_applied.image(), applied.image());
+        prop_assert_eq!(run_applied.last_timestamp(), applied.last_timestamp());
         prop_assert_eq!(replayed.last_timestamp(), applied.last_timestamp());
         for id in 1u128..20 {
             let filter = AccountFilter { limit: 1_000, ..AccountFilter::new(id) };
