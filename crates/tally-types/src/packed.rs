@@ -57,16 +57,14 @@ struct Packed {
 }
 
 /// The low 56 bits of `value` as eight 7-bit groups, one a byte, least significant
-/// first, every top bit clear.
+/// first, every top bit clear: halves of 28 bits into 32-bit lanes, quarters of 14 into
+/// 16-bit lanes, then groups of 7 into bytes.
 #[inline]
 fn spread_groups(value: u64) -> u64 {
-    let mut word = 0;
-    let mut group = 0;
-    while group < 8 {
-        word |= (value & (0x7f << (7 * group))) << group;
-        group += 1;
-    }
-    word
+    let x = value & 0x00ff_ffff_ffff_ffff;
+    let x = ((x & 0x00ff_ffff_f000_0000) << 4) | (x & 0x0fff_ffff);
+    let x = ((x & 0x0fff_c000_0fff_c000) << 2) | (x & 0x0000_3fff_0000_3fff);
+    ((x & 0x3f80_3f80_3f80_3f80) << 1) | (x & 0x007f_007f_007f_007f)
 }
 
 impl Packed {
