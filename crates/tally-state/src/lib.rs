@@ -17,6 +17,7 @@
 mod apply;
 mod burned;
 mod check;
+mod cow_map;
 mod hints;
 mod history;
 mod index;

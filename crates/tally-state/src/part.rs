@@ -4,10 +4,11 @@
 //! [`part_of`] names.
 
 use crate::burned::BurnedIds;
+use crate::cow_map::CowIdMap;
 use crate::hints::prefetch;
 use crate::history::Histories;
 use crate::index::IdIndex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
 /// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
@@ -89,11 +90,11 @@ pub struct Part {
     /// Per account (same position as in `accounts`), the transfers touching it, oldest
     /// first. By reference, not id: no hash lookup.
     pub(crate) account_history: Histories,
-    pub(crate) pending_status: HashMap<u128, PendingStatus, IdHasher>,
+    pub(crate) pending_status: CowIdMap<PendingStatus>,
     /// Pending transfers with a timeout, by (expiry instant in ns, id).
     pub(crate) expiries: BTreeSet<(u64, u128)>,
     /// Total refunded so far, by original transfer id.
-    pub(crate) refunded: HashMap<u128, u128, IdHasher>,
+    pub(crate) refunded: CowIdMap<u128>,
     /// Ids burned by a transient failure, in burn order; `transfer_index` maps each to
     /// its place here ([`Part::burn`]). Never rolled back.
     pub(crate) failed_ids: BurnedIds,
@@ -164,9 +165,9 @@ impl Part {
             transfers: TransferStore::default(),
             transfer_index: IdIndex::default(),
             account_history: Histories::default(),
-            pending_status: HashMap::default(),
+            pending_status: CowIdMap::default(),
             expiries: BTreeSet::new(),
-            refunded: HashMap::default(),
+            refunded: CowIdMap::default(),
             failed_ids: BurnedIds::default(),
             undo_log: Vec::new(),
             recording: false,

@@ -4,10 +4,10 @@
 
 use crate::apply::account_slot;
 use crate::burned::FrozenBurnedIds;
-use crate::part::{IdHasher, PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
+use crate::cow_map::FrozenIdMap;
+use crate::part::{PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
-use std::collections::HashMap;
 use std::fmt;
 use tally_types::{
     Account, AccountFilter, LoadedImage, PendingStatus, StateImage, Transfer, TransferFlags,
@@ -223,10 +223,10 @@ impl StateMachine {
 
     /// A point-in-time copy for a snapshot, cheap enough to take on the apply thread:
     /// stored transfers and burned ids are shared, not copied (their full chunks are
-    /// immutable); accounts are shared copy-on-write by chunk; the pending statuses and
-    /// refund totals are copied table for table (a copy of the hash table's memory, no
-    /// rehashing). [`FrozenState::image`] then builds the [`StateImage`], on whichever
-    /// thread writes the snapshot.
+    /// immutable); accounts are shared copy-on-write by chunk, and the pending statuses
+    /// and refund totals by shard ([`crate::cow_map`]): nothing is copied that grows with
+    /// the ledger but the lists of chunk pointers. [`FrozenState::image`] then builds the
+    /// [`StateImage`], on whichever thread writes the snapshot.
     pub fn freeze(&self) -> FrozenState {
         FrozenState {
             last_timestamp: self.last_timestamp,
@@ -236,8 +236,8 @@ impl StateMachine {
                 .map(|part| FrozenPart {
                     accounts: part.accounts.freeze(),
                     transfers: part.transfers.freeze(),
-                    pending_statuses: part.pending_status.clone(),
-                    refunded: part.refunded.clone(),
+                    pending_statuses: part.pending_status.freeze(),
+                    refunded: part.refunded.freeze(),
                     failed_ids: part.failed_ids.freeze(),
                 })
                 .collect(),
@@ -412,8 +412,8 @@ pub struct FrozenState {
 struct FrozenPart {
     accounts: FrozenAccounts,
     transfers: FrozenTransfers,
-    pending_statuses: HashMap<u128, PendingStatus, IdHasher>,
-    refunded: HashMap<u128, u128, IdHasher>,
+    pending_statuses: FrozenIdMap<PendingStatus>,
+    refunded: FrozenIdMap<u128>,
     failed_ids: FrozenBurnedIds,
 }
 
