@@ -60,6 +60,7 @@ const FILTER_FIELDS: &[&str] = &[
     "debits",
     "credits",
     "reversed",
+    "reverse",
     "timestamp_min",
     "timestamp_max",
     "flags",
@@ -71,10 +72,13 @@ const FILTER_FIELDS: &[&str] = &[
 const FILTER_DEBITS: u8 = 1;
 const FILTER_CREDITS: u8 = 1 << 1;
 const FILTER_REVERSED: u8 = 1 << 2;
+/// `reverse` is accepted as another name for `reversed`: SPEC §2 calls it "a reverse
+/// option".
 const FILTER_FLAGS: &[(u8, &str)] = &[
     (FILTER_DEBITS, "debits"),
     (FILTER_CREDITS, "credits"),
     (FILTER_REVERSED, "reversed"),
+    (FILTER_REVERSED, "reverse"),
 ];
 
 /// Reads one `tally apply` request line. Any problem rejects the whole line with a
@@ -457,7 +461,12 @@ fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {
             "limit" => filter.limit = unsigned(value, at, "u32", Width::Narrow)?,
             "debits" => debits = Some(boolean(value, at)?),
             "credits" => credits = Some(boolean(value, at)?),
-            "reversed" => reversed = Some(boolean(value, at)?),
+            "reversed" | "reverse" => {
+                if reversed.is_some() {
+                    return Err(at.error("give reversed or reverse, not both".to_string()));
+                }
+                reversed = Some(boolean(value, at)?);
+            }
             "timestamp_min" => filter.timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
             "timestamp_max" => filter.timestamp_max = unsigned(value, at, "u64", Width::Wide)?,
             "flags" => {

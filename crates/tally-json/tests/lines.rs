@@ -219,6 +219,10 @@ fn filter_directions() {
         (r#""flags": []"#, "debits credits"),
         (r#""flags": ["reversed"]"#, "debits credits reversed"),
         (r#""flags": ["debits", "reversed"]"#, "debits reversed"),
+        // SPEC §2 calls it "a reverse option": `reverse` is the same as `reversed`.
+        (r#""reverse": true"#, "debits credits reversed"),
+        (r#""reverse": false"#, "debits credits"),
+        (r#""flags": ["reverse"]"#, "debits credits reversed"),
     ];
     for (given, directions) in cases {
         let expected = format!("get_account_transfers account=1 limit=0 {directions} time=0..0")
@@ -235,7 +239,11 @@ fn filter_directions() {
     );
     check(
         r#"{"get_account_transfers": {"account_id": "1", "flags": ["newest"]}}"#,
-        "error: get_account_transfers.flags[0]: unknown flag \"newest\"; the flags here are debits, credits, reversed",
+        "error: get_account_transfers.flags[0]: unknown flag \"newest\"; the flags here are debits, credits, reversed, reverse",
+    );
+    check(
+        r#"{"get_account_transfers": {"account_id": "1", "reversed": true, "reverse": true}}"#,
+        "error: get_account_transfers.reverse: give reversed or reverse, not both",
     );
     check(
         r#"{"get_account_transfers": {"account_id": "1", "order": "asc"}}"#,
