@@ -57,10 +57,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let transfers: Vec<Transfer> = (0..batch_events)
                             .map(|_| {
                                 id += 1;
-                                // Scattered (a multiplicative hash of the id) so that
-                                // consecutive transfers do not share cache lines.
-                                let scattered = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 64;
-                                let debit = 1 + (scattered % account_count);
+                                // Scattered (splitmix64's finaliser over the id, then
+                                // scaled to the range) so that consecutive transfers
+                                // touch unrelated accounts.
+                                let mut h = (id as u64) ^ ((id >> 64) as u64);
+                                h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                                h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                                h ^= h >> 31;
+                                let debit = 1 + ((u128::from(h) * account_count) >> 64);
                                 Transfer {
                                     id,
                                     debit_account_id: debit,

@@ -45,14 +45,10 @@ pub const PACKED_TRANSFER_BYTES_MAX: usize = 1 + 9 * VARINT_BYTES_MAX + 8;
 /// chunks as they are.
 pub const PACKED_RUN_RECORDS: usize = 1 << 16;
 
-/// Bytes the record buffer holds past the longest record: every write stores a whole
-/// 8-byte word and then advances by only the bytes that belong to the record.
-const WORD_SLACK: usize = 8;
-
 /// One record packed on the stack, then appended in one copy: pushing byte by byte
 /// onto a vector paid a capacity check per byte.
 struct Packed {
-    bytes: [u8; PACKED_TRANSFER_BYTES_MAX + WORD_SLACK],
+    bytes: [u8; PACKED_TRANSFER_BYTES_MAX],
     len: usize,
 }
 
@@ -98,18 +94,17 @@ impl Packed {
         let mut rest = value;
         while rest >> 64 != 0 {
             // More groups follow: all eight carry the continuation bit.
-            self.put_word(spread_groups(rest as u64) | 0x8080_8080_8080_8080, 8);
+            self.put_word(spread_groups(rest as u64) | 0x8080_8080_8080_8080);
             rest >>= EIGHT_GROUPS;
         }
         self.put_u64(rest as u64);
     }
 
-    /// Stores the 8 bytes of `word`, little-endian, and keeps the first `len`.
+    /// Appends the 8 bytes of `word`, little-endian.
     #[inline]
-    fn put_word(&mut self, word: u64, len: usize) {
-        debug_assert!((1..=8).contains(&len));
+    fn put_word(&mut self, word: u64) {
         self.bytes[self.len..self.len + 8].copy_from_slice(&word.to_le_bytes());
-        self.len += len;
+        self.len += 8;
     }
 
     #[inline]
@@ -134,7 +129,7 @@ pub fn encode_transfer(t: &Transfer, out: &mut Vec<u8>) -> usize {
         }
     }
     let mut packed = Packed {
-        bytes: [0; PACKED_TRANSFER_BYTES_MAX + WORD_SLACK],
+        bytes: [0; PACKED_TRANSFER_BYTES_MAX],
         len: 0,
     };
     packed.push(present);
@@ -160,7 +155,7 @@ pub fn encode_transfer(t: &Transfer, out: &mut Vec<u8>) -> usize {
     packed.put(t.ledger.into());
     packed.put(t.code.into());
     packed.put(t.flags.bits().into());
-    packed.put_word(t.timestamp, 8);
+    packed.put_word(t.timestamp);
     debug_assert!(packed.len <= PACKED_TRANSFER_BYTES_MAX);
     out.extend_from_slice(&packed.bytes[..packed.len]);
     packed.len
