@@ -5,6 +5,7 @@
 use crate::apply::account_slot;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
+use crate::history::Histories;
 use crate::part::{PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
@@ -290,18 +291,37 @@ impl StateMachine {
             last_transfer: 0,
             pending_count: 0,
         };
-        loading.load(&mut machine, &image.transfers)?;
-        drop(image.transfers);
-        // One run unpacked at a time, in a buffer sized by the largest run so far.
-        let mut unpacked = Vec::new();
-        for run in packed_transfers {
-            unpacked.clear();
-            unpacked.reserve(run.records());
-            unpacked.extend(run.iter());
-            drop(run);
-            loading.load(&mut machine, &unpacked)?;
+        let histories = machine
+            .parts
+            .iter_mut()
+            .map(|part| std::mem::take(&mut part.account_history))
+            .collect();
+        let image_transfers = image.transfers;
+        let (loaded, histories) = with_history_builder(histories, |histories_out| {
+            let mut appends = Vec::new();
+            // In slices the size of a packed run, so the helper starts on the first
+            // while this thread goes on with the next.
+            for slice in image_transfers.chunks(tally_types::packed::PACKED_RUN_RECORDS) {
+                loading.load(&mut machine, slice, &mut appends)?;
+                histories_out(std::mem::take(&mut appends));
+            }
+            drop(image_transfers);
+            // One run unpacked at a time, in a buffer sized by the largest run so far.
+            let mut unpacked = Vec::new();
+            for run in packed_transfers {
+                unpacked.clear();
+                unpacked.reserve(run.records());
+                unpacked.extend(run.iter());
+                drop(run);
+                loading.load(&mut machine, &unpacked, &mut appends)?;
+                histories_out(std::mem::take(&mut appends));
+            }
+            Ok::<(), ImageError>(())
+        });
+        loaded?;
+        for (part, history) in machine.parts.iter_mut().zip(histories) {
+            part.account_history = history;
         }
-        drop(unpacked);
         let pending_count = loading.pending_count;
         for part in &mut machine.parts {
             // Ids spread evenly over parts: room for a share each, so loading a million
@@ -348,6 +368,69 @@ impl StateMachine {
     }
 }
 
+/// One entry of an account's history, to append while loading an image: the account's
+/// part and position there, and the transfer.
+type HistoryAppend = (u32, u32, TransferRef);
+
+/// Runs `load` on this thread while a helper thread appends, to `histories`, the
+/// entries `load` hands over (a run's worth at a time), and returns both once all are
+/// in. The checks never read a history, so building them beside the index and the
+/// store changes only the time a load takes. Where no thread can be started, the
+/// entries are appended here as they come.
+fn with_history_builder<T>(
+    mut histories: Vec<Histories>,
+    load: impl FnOnce(&mut dyn FnMut(Vec<HistoryAppend>)) -> T,
+) -> (T, Vec<Histories>) {
+    std::thread::scope(|scope| {
+        // The histories go to the helper only once it runs, so that they are still
+        // here if it cannot be started.
+        let (give, take) = std::sync::mpsc::sync_channel::<Vec<Histories>>(1);
+        // Two runs in flight at most: about 3 MB of entries.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<HistoryAppend>>(2);
+        let spawned = std::thread::Builder::new()
+            .name("tally-history".into())
+            .spawn_scoped(scope, move || {
+                let mut histories = take.recv().ok()?;
+                for appends in receiver {
+                    append_all(&mut histories, &appends);
+                }
+                Some(histories)
+            });
+        let Ok(builder) = spawned else {
+            let result = load(&mut |appends| append_all(&mut histories, &appends));
+            return (result, histories);
+        };
+        give.send(histories)
+            .expect("the helper waits for the histories before anything else");
+        let result = load(&mut |appends| {
+            // Fails only if the helper panicked: the join below reports that.
+            let _ = sender.send(appends);
+        });
+        drop(sender);
+        match builder.join() {
+            Ok(Some(histories)) => (result, histories),
+            Ok(None) => unreachable!("the histories were given before the helper could stop"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Appends `appends` in order, prefetching each account's head, then its tail block,
+/// a few entries ahead (the tails of a million accounts are far from the cache).
+fn append_all(histories: &mut [Histories], appends: &[HistoryAppend]) {
+    const HEADS_AHEAD: usize = 16;
+    const TAILS_AHEAD: usize = 8;
+    for (at, &(part, account, transfer_ref)) in appends.iter().enumerate() {
+        if let Some(&(part, account, _)) = appends.get(at + HEADS_AHEAD) {
+            histories[part as usize].prefetch_head(account as usize);
+        }
+        if let Some(&(part, account, _)) = appends.get(at + TAILS_AHEAD) {
+            histories[part as usize].prefetch_tail(account as usize);
+        }
+        histories[part as usize].append(account, transfer_ref);
+    }
+}
+
 /// Loading an image's stored transfers, slice after slice (the image's own, then each
 /// packed run unpacked): the order checks and the pending count run across slices.
 struct TransferLoad {
@@ -358,10 +441,13 @@ struct TransferLoad {
 }
 
 impl TransferLoad {
+    /// Stores `transfers` and indexes their ids; their history entries go to
+    /// `appends`, for [`with_history_builder`].
     fn load(
         &mut self,
         machine: &mut StateMachine,
         transfers: &[Transfer],
+        appends: &mut Vec<HistoryAppend>,
     ) -> Result<(), ImageError> {
         let count = machine.parts.len();
         // Loading looks up both accounts of every transfer: prefetched ahead, as apply
@@ -394,7 +480,7 @@ impl TransferLoad {
                 return Err(ImageError(format!("transfer {id} appears twice")));
             };
             for slot in [debit, credit] {
-                machine.parts[slot.part].append_history(slot.index, transfer_ref);
+                appends.push((slot.part as u32, slot.index, transfer_ref));
             }
         }
         Ok(())

@@ -739,6 +739,22 @@ fn a_packed_image_loads_as_its_unpacked_self() {
             assert_eq!(loaded.clone().unpack(), image);
             let mut packed = StateMachine::from_loaded_image_in_parts(loaded, parts).unwrap();
             assert_eq!(packed.image(), image, "runs of {run} on {parts} part(s)");
+            // Histories, built beside the load, hold what the original's hold.
+            for account in &image.accounts {
+                for reversed in [false, true] {
+                    let filter = AccountFilter {
+                        limit: 1_000,
+                        reversed,
+                        ..AccountFilter::new(account.id)
+                    };
+                    assert_eq!(
+                        packed.account_transfers(&filter),
+                        sm.account_transfers(&filter),
+                        "account {} on {parts} part(s), runs of {run}",
+                        account.id
+                    );
+                }
+            }
             let mut reference = unpacked.clone();
             let next = vec![transfer(900, 2, 5, 5000), transfer(901, 1, 5, 1)];
             assert_eq!(
