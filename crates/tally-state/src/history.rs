@@ -162,10 +162,13 @@ impl Histories {
         Some(popped)
     }
 
-    /// Where `account`'s head is kept (prefetch, records step).
+    /// Where `account`'s head is kept (prefetch, records step). Nothing for a position
+    /// past the heads (histories taken out while an image loads, or a stale candidate).
     #[inline]
     pub fn prefetch_head(&self, account: usize) {
-        prefetch(self.heads.as_ptr().wrapping_add(account));
+        if account < self.heads.len() {
+            prefetch(self.heads.as_ptr().wrapping_add(account));
+        }
     }
 
     /// The cache line the next entry of `account` goes to, once its head has arrived
