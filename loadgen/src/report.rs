@@ -462,3 +462,140 @@ impl Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small report that reaches every line `text` can write.
+    fn sample() -> Report {
+        let mut results = BTreeMap::new();
+        results.insert("ok".to_string(), 900);
+        results.insert("busy".to_string(), 70);
+        results.insert("exceeds_credits".to_string(), 30);
+        Report {
+            mode: "festival".into(),
+            submission: "open loop".into(),
+            target: "memory".into(),
+            shards: 2,
+            engine: Some(ShardStats {
+                units: 1_000,
+                units_spanning: 250,
+                units_waited: 10,
+                groups_serial: 3,
+                groups: 40,
+                group_events_mean: 24.5,
+                group_latency_us_p50: 1_200,
+                group_latency_us_p99: 4_500,
+                group_latency_us_max: 9_001,
+                commit_pauses: 7,
+                commit_pause_us_mean: 812.4,
+                spare_steps: 5,
+                spare_step_us_mean: 95.6,
+                spare_bytes: 67_108_864,
+                snapshots_written: 2,
+                snapshots_failed: 1,
+                snapshot_freeze_us_max: 15_000,
+                snapshot_write_ms_max: 2_345,
+            }),
+            duration_s: 12.345,
+            offered_tps: 1_000.4,
+            achieved_tps: 999.6,
+            peak_offered_tps: 1_500,
+            peak_achieved_tps: 1_490,
+            requests_submitted: 800,
+            transfers_submitted: 1_000,
+            transfers_acknowledged: 930,
+            transfers_ok: 900,
+            unfinished_requests: 4,
+            scheduler_late_us_max: 61,
+            latency_us: Latency {
+                p50: 800,
+                p90: 1_500,
+                p99: 3_000,
+                p999: 7_000,
+                p9999: 12_000,
+                max: 20_000,
+            },
+            results,
+            setup: SetupReport {
+                accounts: 2_100,
+                funding_transfers: 2_000,
+                seconds: 0.5,
+            },
+            conservation_ok: true,
+            verified_ok: false,
+            verification: Verification {
+                accounts_checked: 2_100,
+                accounts_missing: 1,
+                accounts_mismatched: 2,
+                transfers_checked: 2_900,
+                transfers_missing: 3,
+                transfers_mismatched: 4,
+                conservation: vec![(156, true), (840, false)],
+                conservation_ok: false,
+                pending_left: 6,
+                expired: 5,
+                anomalies: vec!["post before pending".into()],
+                verified_ok: false,
+            },
+            expiry_policy: "swept".into(),
+            machine: Machine {
+                cores: 2,
+                memory_total_bytes: 8 << 30,
+                cpu_model: "Test CPU".into(),
+                kernel: "6.1".into(),
+            },
+            seconds: Vec::new(),
+            command: "loadgen".into(),
+        }
+    }
+
+    /// Every line of [`sample`]'s text, in order.
+    const SAMPLE_TEXT: [&str; 20] = [
+        "tally loadgen: festival mode against memory (2 shards)\n",
+        "  submission        open loop\n",
+        "  machine           2 cores, 8.0 GiB, Test CPU (kernel 6.1)\n",
+        "  setup             2100 accounts, 2000 funding transfers in 0.50 s\n",
+        "  duration          12.35 s\n",
+        "  offered           1000 transfers/s mean, 1500 peak second (800 requests, 1000 transfers)\n",
+        "  achieved          1000 transfers/s mean, 1490 peak second (930 acknowledged, 900 ok)\n",
+        "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
+        "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
+        "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
+        "  UNFINISHED        4 requests had no result at the end\n",
+        "  scheduler lag     max 0.061 ms\n",
+        "  results:\n",
+        "    ok                                       900\n",
+        "    busy                                     70\n",
+        "    exceeds_credits                          30\n",
+        "  conservation      ok (156:ok 840:BROKEN)\n",
+        "  verification      FAILED: 2100 accounts (1 missing, 2 differ), 2900 transfers (3 missing, 4 differ)\n",
+        "  expiry            5 expired, 6 still pending; swept\n",
+        "    ! post before pending\n",
+    ];
+
+    #[test]
+    fn the_text_report_is_pinned() {
+        assert_eq!(sample().text(), SAMPLE_TEXT.concat());
+    }
+
+    #[test]
+    fn the_text_report_leaves_out_the_engine_and_unfinished_lines_when_absent() {
+        let report = Report {
+            engine: None,
+            unfinished_requests: 0,
+            ..sample()
+        };
+        let expected: String = SAMPLE_TEXT
+            .iter()
+            .filter(|line| {
+                !["  engine ", "  snapshots ", "  UNFINISHED "]
+                    .iter()
+                    .any(|prefix| line.starts_with(prefix))
+            })
+            .copied()
+            .collect();
+        assert_eq!(report.text(), expected);
+    }
+}
