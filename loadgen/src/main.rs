@@ -16,13 +16,14 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally_loadgen::curve::Curve;
-use tally_loadgen::memory::MemoryTarget;
 use tally_loadgen::mix::{Generator, MixSpec, Request};
 use tally_loadgen::model::Model;
 use tally_loadgen::population::{Population, PopulationSpec};
 use tally_loadgen::report::{Machine, Report};
 use tally_loadgen::runner::{self, RunResult};
 use tally_loadgen::target::Target;
+use tally_loadgen::target::engine::{EngineOptions, EngineTarget};
+use tally_loadgen::target::memory::MemoryTarget;
 use tally_loadgen::trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -299,8 +300,8 @@ fn capacity(wanted: u64) -> usize {
     usize::try_from(wanted.min(200_000_000)).unwrap_or(200_000_000)
 }
 
-fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineTarget, String> {
-    let options = tally_loadgen::engine::EngineOptions {
+fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
+    let options = EngineOptions {
         shards: cli.shards,
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
@@ -319,7 +320,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineT
                     }) as u64,
         ),
     };
-    tally_loadgen::engine::EngineTarget::open(dir, options)
+    EngineTarget::open(dir, options)
 }
 
 fn drive<T: Target>(

@@ -3,6 +3,7 @@
 use crate::model::Verification;
 use crate::runner::{RunResult, SetupReport};
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
+use crate::target::ShardStats;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -85,41 +86,6 @@ pub struct Second {
     pub p99_us: u64,
     pub p9999_us: u64,
     pub max_us: u64,
-}
-
-/// The engine's own counters at the end of the run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ShardStats {
-    /// Units (events, chains, expiries) the shard threads ran by plan; 0 with 1 shard.
-    pub units: u64,
-    /// Of those, units that spanned two or more shards.
-    pub units_spanning: u64,
-    /// Of those, units whose executing shard had to wait for a part to arrive.
-    pub units_waited: u64,
-    /// Groups applied serially although shards exist (an expiry inside the group).
-    pub groups_serial: u64,
-    /// Group commits, and their mean size in events.
-    pub groups: u64,
-    pub group_events_mean: f64,
-    /// The engine's own commit latency per group (oldest submission enqueued to the
-    /// group applied), in microseconds: separates the engine's time from the generator's.
-    pub group_latency_us_p50: u64,
-    pub group_latency_us_p99: u64,
-    pub group_latency_us_max: u64,
-    /// Pauses the engine's log thread made to pace its syncs, and their mean length.
-    pub commit_pauses: u64,
-    pub commit_pause_us_mean: f64,
-    /// Steps the log thread took to write spare (preallocated) segments, their mean
-    /// length, and the zeros they wrote.
-    pub spare_steps: u64,
-    pub spare_step_us_mean: f64,
-    pub spare_bytes: u64,
-    /// Snapshots written and failed; the longest freeze of the state for one (the
-    /// apply thread waits for it) and the longest write (on the snapshot thread).
-    pub snapshots_written: u64,
-    pub snapshots_failed: u64,
-    pub snapshot_freeze_us_max: u64,
-    pub snapshot_write_ms_max: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -509,10 +509,10 @@ pub fn sweep<T: Target>(
 mod tests {
     use super::*;
     use crate::curve::Curve;
-    use crate::memory::{MemoryTarget, StallingTarget};
     use crate::mix::MixSpec;
     use crate::population::PopulationSpec;
     use crate::target::Outcome;
+    use crate::target::memory::{MemoryTarget, StallingTarget};
     use tally_types::{Account, Batch};
 
     fn population() -> Population {
@@ -601,7 +601,7 @@ mod tests {
     #[test]
     fn the_real_engine_verifies_against_the_model() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = crate::engine::EngineOptions {
+        let options = crate::target::engine::EngineOptions {
             shards: 2,
             busy_immediately: true,
             unsafe_no_sync: false,
@@ -610,7 +610,7 @@ mod tests {
             accounts_capacity: 0,
             transfers_capacity: 0,
         };
-        let engine = crate::engine::EngineTarget::open(dir.path(), options).expect("open");
+        let engine = crate::target::engine::EngineTarget::open(dir.path(), options).expect("open");
         let engine = Arc::new(engine);
         let (run, verification) = festival(engine.clone(), 2_000.0, 1.5);
         assert!(verification.verified_ok, "{verification:?}");

@@ -2,6 +2,9 @@
 //! fakes (the in-memory reference ledger, a stalling target) and wired to the real engine by one
 //! adapter ([`EngineTarget`], behind the `engine` module).
 
+pub mod engine;
+pub mod memory;
+
 use std::future::Future;
 use tally_types::{Account, Batch, ResultCode, Transfer};
 
@@ -59,7 +62,42 @@ pub trait Target: Send + Sync + 'static {
     }
 
     /// How much of the work spanned shards, for the report (`None`: not applicable).
-    fn shard_stats(&self) -> Option<crate::report::ShardStats> {
+    fn shard_stats(&self) -> Option<ShardStats> {
         None
     }
+}
+
+/// The engine's own counters at the end of the run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ShardStats {
+    /// Units (events, chains, expiries) the shard threads ran by plan; 0 with 1 shard.
+    pub units: u64,
+    /// Of those, units that spanned two or more shards.
+    pub units_spanning: u64,
+    /// Of those, units whose executing shard had to wait for a part to arrive.
+    pub units_waited: u64,
+    /// Groups applied serially although shards exist (an expiry inside the group).
+    pub groups_serial: u64,
+    /// Group commits, and their mean size in events.
+    pub groups: u64,
+    pub group_events_mean: f64,
+    /// The engine's own commit latency per group (oldest submission enqueued to the
+    /// group applied), in microseconds: separates the engine's time from the generator's.
+    pub group_latency_us_p50: u64,
+    pub group_latency_us_p99: u64,
+    pub group_latency_us_max: u64,
+    /// Pauses the engine's log thread made to pace its syncs, and their mean length.
+    pub commit_pauses: u64,
+    pub commit_pause_us_mean: f64,
+    /// Steps the log thread took to write spare (preallocated) segments, their mean
+    /// length, and the zeros they wrote.
+    pub spare_steps: u64,
+    pub spare_step_us_mean: f64,
+    pub spare_bytes: u64,
+    /// Snapshots written and failed; the longest freeze of the state for one (the
+    /// apply thread waits for it) and the longest write (on the snapshot thread).
+    pub snapshots_written: u64,
+    pub snapshots_failed: u64,
+    pub snapshot_freeze_us_max: u64,
+    pub snapshot_write_ms_max: u64,
 }

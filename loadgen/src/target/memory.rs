@@ -7,7 +7,7 @@
 //! check, chain and expiry is the state machine's. It is not durable and has no queue,
 //! so it never answers `busy`.
 
-use crate::target::{Outcome, SubmitFailure, Target};
+use super::{Outcome, SubmitFailure, Target};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tally_state::StateMachine;

@@ -1,6 +1,6 @@
 //! The real target: Tally's engine, embedded.
 
-use crate::target::{Outcome, SubmitFailure, Target};
+use super::{Outcome, ShardStats, SubmitFailure, Target};
 use std::path::Path;
 use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
 use tally_types::{Account, Batch, Transfer};
@@ -102,9 +102,9 @@ impl Target for EngineTarget {
         self.ledger.shards()
     }
 
-    fn shard_stats(&self) -> Option<crate::report::ShardStats> {
+    fn shard_stats(&self) -> Option<ShardStats> {
         let metrics = self.ledger.metrics();
-        Some(crate::report::ShardStats {
+        Some(ShardStats {
             units: metrics.shard_units,
             units_spanning: metrics.shard_units_spanning,
             units_waited: metrics.shard_units_waited,
