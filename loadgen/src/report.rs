@@ -5,14 +5,18 @@ use crate::runner::{RunResult, SetupReport};
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
 use crate::target::ShardStats;
 use hdrhistogram::Histogram;
+use plotters::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::Path;
 use tally_types::ResultCode;
 
-/// A latency line of the chart: name, colour, value per second.
-type Line = (&'static str, plotters::style::RGBColor, fn(&Second) -> u64);
+/// One half of the chart.
+type ChartArea<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A line of the chart: name, colour, value per second.
+type Line = (&'static str, RGBColor, fn(&Second) -> u64);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
@@ -184,47 +188,80 @@ impl Report {
             .unwrap_or(0);
     }
 
+    /// The report as the text printed on stdout.
     pub fn text(&self) -> String {
-        let ms = |us: u64| format!("{:.3} ms", us as f64 / 1e3);
         let mut out = String::new();
-        let _ = writeln!(
+        // Writing into a `String` cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> fmt::Result {
+        self.write_run(out)?;
+        self.write_throughput(out)?;
+        if let Some(engine) = &self.engine {
+            write_engine(out, engine)?;
+        }
+        if self.unfinished_requests > 0 {
+            writeln!(
+                out,
+                "  UNFINISHED        {} requests had no result at the end",
+                self.unfinished_requests
+            )?;
+        }
+        writeln!(
+            out,
+            "  scheduler lag     max {}",
+            ms(self.scheduler_late_us_max)
+        )?;
+        self.write_results(out)?;
+        self.write_verification(out)
+    }
+
+    /// What ran where: mode, target, submission, machine, setup, duration.
+    fn write_run(&self, out: &mut String) -> fmt::Result {
+        writeln!(
             out,
             "tally loadgen: {} mode against {} ({} shards)",
             self.mode, self.target, self.shards
-        );
-        let _ = writeln!(out, "  submission        {}", self.submission);
-        let _ = writeln!(
+        )?;
+        writeln!(out, "  submission        {}", self.submission)?;
+        writeln!(
             out,
             "  machine           {} cores, {:.1} GiB, {} (kernel {})",
             self.machine.cores,
             self.machine.memory_total_bytes as f64 / (1u64 << 30) as f64,
             self.machine.cpu_model,
             self.machine.kernel
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  setup             {} accounts, {} funding transfers in {:.2} s",
             self.setup.accounts, self.setup.funding_transfers, self.setup.seconds
-        );
-        let _ = writeln!(out, "  duration          {:.2} s", self.duration_s);
-        let _ = writeln!(
+        )?;
+        writeln!(out, "  duration          {:.2} s", self.duration_s)
+    }
+
+    /// Offered and achieved rates, and the latency percentiles.
+    fn write_throughput(&self, out: &mut String) -> fmt::Result {
+        writeln!(
             out,
             "  offered           {:.0} transfers/s mean, {} peak second ({} requests, {} transfers)",
             self.offered_tps,
             self.peak_offered_tps,
             self.requests_submitted,
             self.transfers_submitted
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  achieved          {:.0} transfers/s mean, {} peak second ({} acknowledged, {} ok)",
             self.achieved_tps,
             self.peak_achieved_tps,
             self.transfers_acknowledged,
             self.transfers_ok
-        );
+        )?;
         let l = &self.latency_us;
-        let _ = writeln!(
+        writeln!(
             out,
             "  latency           p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
             ms(l.p50),
@@ -233,67 +270,35 @@ impl Report {
             ms(l.p999),
             ms(l.p9999),
             ms(l.max)
-        );
-        if let Some(e) = &self.engine {
-            let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
-            let _ = writeln!(
-                out,
-                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
-                e.groups,
-                e.group_events_mean,
-                ms(e.group_latency_us_p50),
-                ms(e.group_latency_us_p99),
-                ms(e.group_latency_us_max),
-                e.commit_pauses,
-                e.commit_pause_us_mean,
-                e.spare_steps,
-                e.spare_step_us_mean,
-                e.spare_bytes / 1_000_000,
-                e.units,
-                share(e.units_spanning),
-                share(e.units_waited),
-                e.groups_serial
-            );
-            let _ = writeln!(
-                out,
-                "  snapshots         {} written, {} failed; longest freeze {} (apply thread), longest write {:.1} s",
-                e.snapshots_written,
-                e.snapshots_failed,
-                ms(e.snapshot_freeze_us_max),
-                e.snapshot_write_ms_max as f64 / 1_000.0
-            );
-        }
-        if self.unfinished_requests > 0 {
-            let _ = writeln!(
-                out,
-                "  UNFINISHED        {} requests had no result at the end",
-                self.unfinished_requests
-            );
-        }
-        let _ = writeln!(
-            out,
-            "  scheduler lag     max {}",
-            ms(self.scheduler_late_us_max)
-        );
-        let _ = writeln!(out, "  results:");
+        )
+    }
+
+    /// Result counts, the most frequent first.
+    fn write_results(&self, out: &mut String) -> fmt::Result {
+        writeln!(out, "  results:")?;
         let mut results: Vec<_> = self.results.iter().collect();
         results.sort_by(|a, b| b.1.cmp(a.1));
         for (name, count) in results {
-            let _ = writeln!(out, "    {name:<40} {count}");
+            writeln!(out, "    {name:<40} {count}")?;
         }
+        Ok(())
+    }
+
+    /// Conservation, the balance and presence checks, expiry, and any anomalies.
+    fn write_verification(&self, out: &mut String) -> fmt::Result {
         let v = &self.verification;
         let ledgers: Vec<String> = v
             .conservation
             .iter()
             .map(|(ledger, ok)| format!("{ledger}:{}", if *ok { "ok" } else { "BROKEN" }))
             .collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "  conservation      {} ({})",
             if self.conservation_ok { "ok" } else { "FAILED" },
             ledgers.join(" ")
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  verification      {}: {} accounts ({} missing, {} differ), {} transfers ({} missing, {} differ)",
             if self.verified_ok { "ok" } else { "FAILED" },
@@ -303,31 +308,44 @@ impl Report {
             v.transfers_checked,
             v.transfers_missing,
             v.transfers_mismatched
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  expiry            {} expired, {} still pending; {}",
             v.expired, v.pending_left, self.expiry_policy
-        );
+        )?;
         for anomaly in &v.anomalies {
-            let _ = writeln!(out, "    ! {anomaly}");
+            writeln!(out, "    ! {anomaly}")?;
         }
-        out
+        Ok(())
     }
 
+    /// Writes the report as pretty-printed JSON to `path`.
     pub fn write_json(&self, path: &Path) -> Result<(), String> {
         let json = serde_json::to_string_pretty(self).map_err(|e| format!("report JSON: {e}"))?;
         std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
     }
 
-    /// Offered vs achieved rate, and latency percentiles, per second.
+    /// Writes an SVG chart to `path`: offered vs achieved rate (top) and latency
+    /// percentiles (bottom), per second.
     pub fn write_chart(&self, path: &Path) -> Result<(), String> {
-        use plotters::prelude::*;
-        let fail = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
+        let fail = |e: String| format!("chart {}: {e}", path.display());
         let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
         let (upper, lower) = root.split_vertically(400);
-        let seconds = self.seconds.len().max(1) as f64;
+        self.draw_rates(&upper).map_err(fail)?;
+        self.draw_latency(&lower).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The chart's x range: one unit per second of the run.
+    fn chart_seconds(&self) -> f64 {
+        self.seconds.len().max(1) as f64
+    }
+
+    /// Offered and achieved transfers/s per second.
+    fn draw_rates(&self, area: &ChartArea<'_>) -> Result<(), String> {
         let rate_max = self
             .seconds
             .iter()
@@ -336,7 +354,7 @@ impl Report {
             .unwrap_or(1)
             .max(1) as f64
             * 1.1;
-        let mut rates = ChartBuilder::on(&upper)
+        let mut rates = ChartBuilder::on(area)
             .caption(
                 format!("Tally {} mode: transfers/s", self.mode),
                 ("sans-serif", 20),
@@ -344,37 +362,38 @@ impl Report {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..seconds, 0f64..rate_max)
-            .map_err(|e| fail(&e))?;
+            .build_cartesian_2d(0f64..self.chart_seconds(), 0f64..rate_max)
+            .map_err(|e| e.to_string())?;
         rates
             .configure_mesh()
             .x_desc("second")
             .y_desc("transfers/s")
             .draw()
-            .map_err(|e| fail(&e))?;
-        let offered = self
-            .seconds
-            .iter()
-            .map(|s| (s.second as f64 + 0.5, s.offered_tps as f64));
-        rates
-            .draw_series(LineSeries::new(offered, &BLUE))
-            .map_err(|e| fail(&e))?
-            .label("offered")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-        let achieved = self
-            .seconds
-            .iter()
-            .map(|s| (s.second as f64 + 0.5, s.achieved_tps as f64));
-        rates
-            .draw_series(LineSeries::new(achieved, &RED))
-            .map_err(|e| fail(&e))?
-            .label("achieved")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            .map_err(|e| e.to_string())?;
+        let lines: [Line; 2] = [
+            ("offered", BLUE, |s| s.offered_tps),
+            ("achieved", RED, |s| s.achieved_tps),
+        ];
+        for (name, color, value) in lines {
+            let points = self
+                .seconds
+                .iter()
+                .map(|s| (s.second as f64 + 0.5, value(s) as f64));
+            rates
+                .draw_series(LineSeries::new(points, &color))
+                .map_err(|e| e.to_string())?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
         rates
             .configure_series_labels()
             .border_style(BLACK)
             .draw()
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// p50, p99, p99.99 and max latency per scheduled second, on a log scale.
+    fn draw_latency(&self, area: &ChartArea<'_>) -> Result<(), String> {
         let latency_max = self
             .seconds
             .iter()
@@ -382,7 +401,7 @@ impl Report {
             .max()
             .unwrap_or(1)
             .max(10) as f64;
-        let mut latency = ChartBuilder::on(&lower)
+        let mut latency = ChartBuilder::on(area)
             .caption(
                 "latency per scheduled second (ms, log scale)",
                 ("sans-serif", 20),
@@ -391,16 +410,16 @@ impl Report {
             .x_label_area_size(30)
             .y_label_area_size(70)
             .build_cartesian_2d(
-                0f64..seconds,
+                0f64..self.chart_seconds(),
                 (0.001f64..latency_max / 1e3 * 2.0).log_scale(),
             )
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| e.to_string())?;
         latency
             .configure_mesh()
             .x_desc("second")
             .y_desc("ms")
             .draw()
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| e.to_string())?;
         let lines: [Line; 4] = [
             ("p50", GREEN, |s| s.p50_us),
             ("p99", BLUE, |s| s.p99_us),
@@ -415,7 +434,7 @@ impl Report {
                 .map(|s| (s.second as f64 + 0.5, value(s) as f64 / 1e3));
             latency
                 .draw_series(LineSeries::new(points, &color))
-                .map_err(|e| fail(&e))?
+                .map_err(|e| e.to_string())?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
@@ -423,10 +442,44 @@ impl Report {
             .configure_series_labels()
             .border_style(BLACK)
             .draw()
-            .map_err(|e| fail(&e))?;
-        root.present().map_err(|e| fail(&e))?;
-        Ok(())
+            .map_err(|e| e.to_string())
     }
+}
+
+/// Microseconds as milliseconds with three decimals: `1.500 ms`.
+fn ms(us: u64) -> String {
+    format!("{:.3} ms", us as f64 / 1e3)
+}
+
+/// The engine's group commits, pacing, spare segments, shard units and snapshots.
+fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
+    let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
+    writeln!(
+        out,
+        "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+        e.groups,
+        e.group_events_mean,
+        ms(e.group_latency_us_p50),
+        ms(e.group_latency_us_p99),
+        ms(e.group_latency_us_max),
+        e.commit_pauses,
+        e.commit_pause_us_mean,
+        e.spare_steps,
+        e.spare_step_us_mean,
+        e.spare_bytes / 1_000_000,
+        e.units,
+        share(e.units_spanning),
+        share(e.units_waited),
+        e.groups_serial
+    )?;
+    writeln!(
+        out,
+        "  snapshots         {} written, {} failed; longest freeze {} (apply thread), longest write {:.1} s",
+        e.snapshots_written,
+        e.snapshots_failed,
+        ms(e.snapshot_freeze_us_max),
+        e.snapshot_write_ms_max as f64 / 1_000.0
+    )
 }
 
 #[cfg(test)]
