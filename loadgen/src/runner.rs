@@ -251,13 +251,46 @@ fn count_outcomes(stats: &Stats, outcomes: &Result<Vec<Outcome>, SubmitFailure>,
     }
 }
 
-/// Waits until `due` by sleeping, never spinning. The kernel wakes the thread up to
-/// ~60 us late (timer slack); the requests due by then go out together, and the
-/// lateness is not hidden: latency counts from `due`, and the report shows the
-/// scheduler's worst lag. Spinning through short gaps was measured to be far worse on
-/// the 2-core VM: a spinning thread spends the CPU allowance the host gives the VM, and
-/// once it is spent both cores stop for ~13 ms. At a flat 140,000 payments/s the
-/// spinning scheduler alone (no engine) reached p90 489 ms; sleeping, p99 3.1 ms.
+/// Counts one submission of `events` transfers offered in `second`.
+fn count_submission(stats: &Stats, second: usize, events: u64) {
+    stats.submitted_requests.fetch_add(1, Ordering::Relaxed);
+    stats
+        .submitted_transfers
+        .fetch_add(events, Ordering::Relaxed);
+    Stats::bump(&stats.offered_per_second, second, events);
+}
+
+/// Counts one answered submission. A durable answer also gives a latency sample (in
+/// the submission's `second`), acknowledged transfers (in `completed_second`) and its
+/// effect on the model; `busy` and failures are counted as results only, never as fast
+/// successes.
+fn count_completion(
+    stats: &Stats,
+    model: &Mutex<Model>,
+    transfers: &[Transfer],
+    outcomes: &Result<Vec<Outcome>, SubmitFailure>,
+    second: usize,
+    latency_us: u64,
+    completed_second: usize,
+) {
+    let events = transfers.len() as u64;
+    count_outcomes(stats, outcomes, events);
+    if let Ok(outcomes) = outcomes {
+        stats.record_latency(second, latency_us);
+        Stats::bump(&stats.acknowledged_per_second, completed_second, events);
+        if let Ok(mut model) = model.lock() {
+            model.apply(transfers, outcomes);
+        }
+    }
+    stats.completed_requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waits until `due` by sleeping, never spinning. The kernel wakes the thread a little
+/// late (timer slack); the requests due by then go out together, and the lateness is
+/// not hidden: latency counts from `due`, and the report shows the scheduler's worst
+/// lag. A spinning scheduler would take CPU time from the engine it measures on a
+/// machine with few cores, which costs far more latency than the slack (figures in
+/// docs/performance.md).
 fn wait_until(due: Instant) {
     let now = Instant::now();
     if due > now {
@@ -293,13 +326,8 @@ pub fn run_festival<T: Target>(
         if let Some(writer) = trace.as_mut() {
             writer.push(&request).map_err(|error| error.to_string())?;
         }
-        let events = request.transfers.len() as u64;
         let second = (request.offset_ns / 1_000_000_000) as usize;
-        stats.submitted_requests.fetch_add(1, Ordering::Relaxed);
-        stats
-            .submitted_transfers
-            .fetch_add(events, Ordering::Relaxed);
-        Stats::bump(&stats.offered_per_second, second, events);
+        count_submission(&stats, second, request.transfers.len() as u64);
         in_flight.fetch_add(1, Ordering::Relaxed);
         let (target, stats, model, in_flight) = (
             target.clone(),
@@ -313,21 +341,17 @@ pub fn run_festival<T: Target>(
                 .submit(Batch::CreateTransfers(transfers.clone()))
                 .await;
             let now = Instant::now();
-            count_outcomes(&stats, &outcomes, events);
-            if let Ok(outcomes) = &outcomes {
-                // Latency of durable results only: a `busy` answer is counted as an
-                // error, not as a fast success.
-                stats.record_latency(
-                    second,
-                    now.saturating_duration_since(due).as_micros() as u64,
-                );
-                let completed_second = now.saturating_duration_since(start).as_secs() as usize;
-                Stats::bump(&stats.acknowledged_per_second, completed_second, events);
-                if let Ok(mut model) = model.lock() {
-                    model.apply(&transfers, outcomes);
-                }
-            }
-            stats.completed_requests.fetch_add(1, Ordering::Relaxed);
+            let latency_us = now.saturating_duration_since(due).as_micros() as u64;
+            let completed_second = now.saturating_duration_since(start).as_secs() as usize;
+            count_completion(
+                &stats,
+                &model,
+                &transfers,
+                &outcomes,
+                second,
+                latency_us,
+                completed_second,
+            );
             in_flight.fetch_sub(1, Ordering::Release);
         });
     }
@@ -358,7 +382,7 @@ pub fn run_max<T: Target>(
     callers: usize,
     batch_events: usize,
     model: Arc<Mutex<Model>>,
-    mut trace: Option<TraceWriter>,
+    trace: Option<TraceWriter>,
 ) -> Result<(RunResult, Option<TraceWriter>), String> {
     let seconds = duration.as_secs() as usize + 2;
     let stats = Arc::new(Stats::new(seconds + 30));
@@ -367,41 +391,8 @@ pub fn run_max<T: Target>(
     let (sender, receiver) = mpsc::sync_channel::<Vec<Transfer>>(callers * 2);
     let receiver = Arc::new(Mutex::new(receiver));
     let producer_stop = stop.clone();
-    let producer = std::thread::spawn(move || -> Result<Option<TraceWriter>, String> {
-        let mut source = source;
-        let mut pending: Option<Request> = None;
-        let mut exhausted = false;
-        while !producer_stop.load(Ordering::Relaxed) && !exhausted {
-            let mut batch = Vec::with_capacity(batch_events);
-            loop {
-                let request = match pending.take() {
-                    Some(request) => request,
-                    None => match source.next() {
-                        Some(request) => request.map_err(|error| error.to_string())?,
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
-                };
-                if batch.len() + request.transfers.len() > batch_events {
-                    pending = Some(request);
-                    break;
-                }
-                if let Some(writer) = trace.as_mut() {
-                    writer.push(&request).map_err(|error| error.to_string())?;
-                }
-                batch.extend_from_slice(&request.transfers);
-            }
-            if batch.is_empty() {
-                break;
-            }
-            if sender.send(batch).is_err() {
-                break;
-            }
-        }
-        drop(sender);
-        Ok(trace)
+    let producer = std::thread::spawn(move || {
+        produce_batches(source, batch_events, &sender, &producer_stop, trace)
     });
     let start = Instant::now();
     let deadline = start + duration;
@@ -415,32 +406,7 @@ pub fn run_max<T: Target>(
                 receiver.clone(),
             );
             scope.spawn(move || {
-                while Instant::now() < deadline {
-                    let batch = match receiver.lock().map(|r| r.recv()) {
-                        Ok(Ok(batch)) => batch,
-                        _ => break,
-                    };
-                    let events = batch.len() as u64;
-                    let submitted = Instant::now();
-                    let second = submitted.saturating_duration_since(start).as_secs() as usize;
-                    stats.submitted_requests.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .submitted_transfers
-                        .fetch_add(events, Ordering::Relaxed);
-                    Stats::bump(&stats.offered_per_second, second, events);
-                    let outcomes = target.submit_blocking(Batch::CreateTransfers(batch.clone()));
-                    let now = Instant::now();
-                    count_outcomes(&stats, &outcomes, events);
-                    if let Ok(outcomes) = &outcomes {
-                        stats.record_latency(second, (now - submitted).as_micros() as u64);
-                        let completed = now.saturating_duration_since(start).as_secs() as usize;
-                        Stats::bump(&stats.acknowledged_per_second, completed, events);
-                        if let Ok(mut model) = model.lock() {
-                            model.apply(&batch, outcomes);
-                        }
-                    }
-                    stats.completed_requests.fetch_add(1, Ordering::Relaxed);
-                }
+                submit_back_to_back(&*target, &stats, &model, &receiver, start, deadline);
             });
         }
     });
@@ -464,6 +430,84 @@ pub fn run_max<T: Target>(
         },
         trace,
     ))
+}
+
+/// Max mode's producer: packs the stream into batches of at most `batch_events` and
+/// sends them until the stream ends, `stop` is set or the callers hang up. Returns the
+/// trace writer, which has recorded every request packed.
+fn produce_batches(
+    mut source: impl Iterator<Item = Result<Request, TraceError>>,
+    batch_events: usize,
+    sender: &mpsc::SyncSender<Vec<Transfer>>,
+    stop: &AtomicBool,
+    mut trace: Option<TraceWriter>,
+) -> Result<Option<TraceWriter>, String> {
+    let mut pending: Option<Request> = None;
+    let mut exhausted = false;
+    while !stop.load(Ordering::Relaxed) && !exhausted {
+        let mut batch = Vec::with_capacity(batch_events);
+        loop {
+            let request = match pending.take() {
+                Some(request) => request,
+                None => match source.next() {
+                    Some(request) => request.map_err(|error| error.to_string())?,
+                    None => {
+                        exhausted = true;
+                        break;
+                    }
+                },
+            };
+            if batch.len() + request.transfers.len() > batch_events {
+                pending = Some(request);
+                break;
+            }
+            if let Some(writer) = trace.as_mut() {
+                writer.push(&request).map_err(|error| error.to_string())?;
+            }
+            batch.extend_from_slice(&request.transfers);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        if sender.send(batch).is_err() {
+            break;
+        }
+    }
+    Ok(trace)
+}
+
+/// One max-mode caller: takes batches from the producer and submits them one after the
+/// other until `deadline`. Latency is per batch, from submit to result.
+fn submit_back_to_back<T: Target>(
+    target: &T,
+    stats: &Stats,
+    model: &Mutex<Model>,
+    receiver: &Mutex<mpsc::Receiver<Vec<Transfer>>>,
+    start: Instant,
+    deadline: Instant,
+) {
+    while Instant::now() < deadline {
+        let batch = match receiver.lock().map(|r| r.recv()) {
+            Ok(Ok(batch)) => batch,
+            _ => break,
+        };
+        let submitted = Instant::now();
+        let second = submitted.saturating_duration_since(start).as_secs() as usize;
+        count_submission(stats, second, batch.len() as u64);
+        let outcomes = target.submit_blocking(Batch::CreateTransfers(batch.clone()));
+        let now = Instant::now();
+        let latency_us = (now - submitted).as_micros() as u64;
+        let completed_second = now.saturating_duration_since(start).as_secs() as usize;
+        count_completion(
+            stats,
+            model,
+            &batch,
+            &outcomes,
+            second,
+            latency_us,
+            completed_second,
+        );
+    }
 }
 
 /// After the run: let short-timeout authorisations expire, submit the sweep transfer
