@@ -610,7 +610,7 @@ fn unreachable_zipf<T>() -> T {
 mod tests {
     use super::*;
     use crate::population::PopulationSpec;
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     fn generator(seed: u64) -> Generator {
         let spec = PopulationSpec {
@@ -634,12 +634,27 @@ mod tests {
     #[test]
     fn mix_proportions_match_the_spec() {
         let requests = draw(11);
+        let mix = MixSpec::default();
+        new_submissions_match_the_weights(&requests, &mix);
+        follow_ups_match_their_shares(&requests, &mix);
+        insured_and_cross_border_requests_are_linked_pairs(&requests);
+    }
+
+    /// Asserts that `actual` is within 0.01 of `expected`.
+    fn close(actual: f64, expected: f64, what: &str) {
+        assert!(
+            (actual - expected).abs() < 0.01,
+            "{what}: {actual:.4} vs {expected:.4}"
+        );
+    }
+
+    /// Each kind's share of new submissions (follow-ups left out) is its weight.
+    fn new_submissions_match_the_weights(requests: &[Request], mix: &MixSpec) {
         let mut counts: HashMap<Kind, f64> = HashMap::new();
-        for request in &requests {
+        for request in requests {
             *counts.entry(request.kind).or_default() += 1.0;
         }
         let count = |kind| counts.get(&kind).copied().unwrap_or(0.0);
-        let mix = MixSpec::default();
         let new_total: f64 = [
             Kind::Payment,
             Kind::InsuredPayment,
@@ -653,12 +668,6 @@ mod tests {
         .map(|k| count(*k))
         .sum();
         let share = |value: f64| value / new_total;
-        let close = |actual: f64, expected: f64, what: &str| {
-            assert!(
-                (actual - expected).abs() < 0.01,
-                "{what}: {actual:.4} vs {expected:.4}"
-            );
-        };
         let payments = count(Kind::Payment) + count(Kind::InsuredPayment);
         close(share(payments), mix.weight_payment, "payments");
         close(
@@ -687,21 +696,24 @@ mod tests {
             mix.weight_cross_border,
             "cross-border",
         );
-        // Follow-ups: posts and voids per authorisation; refunds per payment (plus the
-        // repeated full refunds after partial ones). Only originals early enough that
-        // every follow-up (at most 3 s, or 2 x 8 s for refunds) fell inside the 20 s.
+    }
+
+    /// Posts and voids per authorisation; refunds per payment (plus the repeated full
+    /// refunds after partial ones). Only originals early enough that every follow-up
+    /// (at most 3 s, or 2 x 8 s for refunds) fell inside the 20 s are counted.
+    fn follow_ups_match_their_shares(requests: &[Request], mix: &MixSpec) {
         let early = |request: &&Request, s: u64| request.offset_ns < s * 1_000_000_000;
-        let authorisations: std::collections::HashSet<u128> = requests
+        let authorisations: HashSet<u128> = requests
             .iter()
             .filter(|r| r.kind == Kind::Authorisation && early(r, 15))
             .map(|r| r.transfers[0].id)
             .collect();
-        let payments_early: std::collections::HashSet<u128> = requests
+        let payments_early: HashSet<u128> = requests
             .iter()
             .filter(|r| matches!(r.kind, Kind::Payment | Kind::InsuredPayment) && early(r, 3))
             .map(|r| r.transfers[0].id)
             .collect();
-        let follow_ups = |kind: Kind, originals: &std::collections::HashSet<u128>| {
+        let follow_ups = |kind: Kind, originals: &HashSet<u128>| {
             let n = requests
                 .iter()
                 .filter(|r| r.kind == kind && originals.contains(&r.transfers[0].pending_id))
@@ -725,8 +737,11 @@ mod tests {
             (refunds - refunds_expected).abs() < 0.005,
             "refunds {refunds}"
         );
-        // Chains: insured payments and cross-border orders are linked pairs.
-        for request in &requests {
+    }
+
+    /// Insured payments and cross-border orders are linked pairs; the rest are single.
+    fn insured_and_cross_border_requests_are_linked_pairs(requests: &[Request]) {
+        for request in requests {
             let linked = request
                 .transfers
                 .iter()
@@ -767,7 +782,7 @@ mod tests {
         let first = draw(42);
         assert_eq!(first, draw(42));
         assert_ne!(first, draw(43));
-        let mut ids = std::collections::HashSet::new();
+        let mut ids = HashSet::new();
         for transfer in first.iter().flat_map(|r| &r.transfers) {
             assert!(ids.insert(transfer.id), "duplicate id");
             assert!(tally_types::id_is_valid(transfer.id));
