@@ -12,6 +12,8 @@
 //! report → model, runner, stats, target · the binary (main.rs) → all of them
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod curve;
 pub mod mix;
 pub mod model;

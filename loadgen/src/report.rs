@@ -19,12 +19,19 @@ type ChartArea<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 type Line = (&'static str, RGBColor, fn(&Second) -> u64);
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// Latency percentiles of a histogram, in the histogram's unit (microseconds).
 pub struct Latency {
+    /// Median.
     pub p50: u64,
+    /// 90th percentile.
     pub p90: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile.
     pub p999: u64,
+    /// 99.99th percentile.
     pub p9999: u64,
+    /// Largest value recorded.
     pub max: u64,
 }
 
@@ -45,10 +52,15 @@ impl Latency {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// The machine the run ran on.
 pub struct Machine {
+    /// Logical CPUs available to the process.
     pub cores: usize,
+    /// Total memory (`MemTotal`).
     pub memory_total_bytes: u64,
+    /// The CPU's model name.
     pub cpu_model: String,
+    /// The kernel release.
     pub kernel: String,
 }
 
@@ -83,44 +95,76 @@ impl Machine {
 /// One second of the run, for the chart and the JSON.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Second {
+    /// Index of the second, from the start of the run.
     pub second: usize,
+    /// Transfers offered (scheduled) in this second.
     pub offered_tps: u64,
+    /// Transfers acknowledged in this second.
     pub achieved_tps: u64,
+    /// Median latency of the requests scheduled in this second.
     pub p50_us: u64,
+    /// 99th percentile latency of the requests scheduled in this second.
     pub p99_us: u64,
+    /// 99.99th percentile latency of the requests scheduled in this second.
     pub p9999_us: u64,
+    /// Largest latency of the requests scheduled in this second.
     pub max_us: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// Everything a run reports: what ran, what it measured and what the verification found.
 pub struct Report {
+    /// `festival` or `max`.
     pub mode: String,
     /// How the load was submitted (open loop per payment, or closed loop batches).
     pub submission: String,
+    /// What was driven, with its durability settings.
     pub target: String,
+    /// Engine shards in use (0 for the in-memory target).
     pub shards: usize,
+    /// The engine's own counters; `None` for the in-memory target.
     pub engine: Option<ShardStats>,
+    /// Length of the run, seconds.
     pub duration_s: f64,
+    /// Transfers submitted per second, over the run.
     pub offered_tps: f64,
+    /// Transfers acknowledged per second, over the run.
     pub achieved_tps: f64,
+    /// Most transfers offered in one second.
     pub peak_offered_tps: u64,
+    /// Most transfers acknowledged in one second.
     pub peak_achieved_tps: u64,
+    /// Submissions (payments in festival mode, batches in max mode).
     pub requests_submitted: u64,
+    /// Transfers in those submissions.
     pub transfers_submitted: u64,
+    /// Transfers that got a durable result.
     pub transfers_acknowledged: u64,
+    /// Transfers whose result was `ok`.
     pub transfers_ok: u64,
+    /// Requests still without a result when the run ended.
     pub unfinished_requests: u64,
+    /// Worst lateness of the scheduler against a request's scheduled instant.
     pub scheduler_late_us_max: u64,
     /// Microseconds, from the scheduled instant (festival) or from submit (max).
     pub latency_us: Latency,
+    /// Count per result name (result codes, `busy`, `submit_failed`).
     pub results: BTreeMap<String, u64>,
+    /// What setup did before the run.
     pub setup: SetupReport,
+    /// Every ledger conserves money.
     pub conservation_ok: bool,
+    /// The ledger matches the model and every request got a result.
     pub verified_ok: bool,
+    /// The verification's details.
     pub verification: Verification,
+    /// How expiring authorisations were judged.
     pub expiry_policy: String,
+    /// The machine the run ran on.
     pub machine: Machine,
+    /// Per second of the run.
     pub seconds: Vec<Second>,
+    /// The command line.
     pub command: String,
 }
 

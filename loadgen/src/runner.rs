@@ -44,8 +44,11 @@ pub fn virtual_stream(
 /// What setup did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SetupReport {
+    /// Accounts created (or found, with `--keep`).
     pub accounts: u64,
+    /// Funding transfers submitted.
     pub funding_transfers: u64,
+    /// Wall-clock time of setup.
     pub seconds: f64,
 }
 
@@ -171,9 +174,13 @@ fn baseline_from_ledger<T: Target>(target: &T, population: &Population, model: &
 /// What a run measured (the report adds the verification and the machine).
 #[derive(Debug)]
 pub struct RunResult {
+    /// Counters and latency histograms.
     pub stats: Arc<Stats>,
+    /// Wall-clock length of the run, seconds.
     pub elapsed_s: f64,
+    /// Requests still without a result at the end (festival mode).
     pub unfinished: u64,
+    /// Worst lateness of the scheduler, microseconds (festival mode).
     pub scheduler_late_us_max: u64,
 }
 
@@ -512,7 +519,7 @@ fn submit_back_to_back<T: Target>(
 
 /// After the run: let short-timeout authorisations expire, submit the sweep transfer
 /// (its timestamp decides, per the spec, which pending transfers have expired), and
-/// release those in the model. Returns (expired, still pending, sweep timestamp).
+/// release those in the model. Returns (expired, still pending).
 pub fn sweep<T: Target>(
     target: &T,
     population: &Population,

@@ -14,6 +14,7 @@ pub struct EngineTarget {
 /// How the engine is opened.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
+    /// Engine shards (0 = fitted to the machine).
     pub shards: usize,
     /// Festival callers must never block a tokio worker: `busy` at once on a full queue.
     /// Max mode's plain caller threads may wait briefly.
@@ -26,10 +27,12 @@ pub struct EngineOptions {
     pub preallocate_segments: bool,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
+    /// Transfers reserved at start-up.
     pub transfers_capacity: usize,
 }
 
 impl EngineTarget {
+    /// Opens (or creates) the ledger in `data_dir`.
     pub fn open(data_dir: &Path, options: EngineOptions) -> Result<EngineTarget, String> {
         let mut config = Config::new(data_dir);
         config.shards = options.shards;

@@ -26,6 +26,7 @@ fn wall_ns() -> u64 {
 }
 
 impl MemoryTarget {
+    /// An empty ledger.
     pub fn new() -> MemoryTarget {
         MemoryTarget::default()
     }
@@ -97,6 +98,7 @@ pub struct StallingTarget<T> {
 }
 
 impl<T: Target> StallingTarget<T> {
+    /// Freezes `inner` for `length`, starting `from` after the first async submission.
     pub fn new(inner: T, from: Duration, length: Duration) -> StallingTarget<T> {
         StallingTarget {
             inner,

@@ -1,6 +1,7 @@
-//! What the load generator drives: a small trait, so the runner can be tested against
-//! fakes (the in-memory reference ledger, a stalling target) and wired to the real engine by one
-//! adapter ([`EngineTarget`], behind the `engine` module).
+//! What the load generator drives: the [`Target`] trait and its adapters, so the runner
+//! is wired to the real engine by one adapter ([`engine::EngineTarget`]) and tested
+//! against fakes ([`memory::MemoryTarget`], the in-memory reference ledger, and
+//! [`memory::StallingTarget`], which freezes another target for a while).
 
 pub mod engine;
 pub mod memory;
@@ -11,6 +12,7 @@ use tally_types::{Account, Batch, ResultCode, Transfer};
 /// One event's answer, as the load generator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// The event's result.
     pub code: ResultCode,
     /// Engine timestamp of the event (ns); meaningful for `ok` events.
     pub timestamp: u64,
@@ -78,26 +80,33 @@ pub struct ShardStats {
     pub units_waited: u64,
     /// Groups applied serially although shards exist (an expiry inside the group).
     pub groups_serial: u64,
-    /// Group commits, and their mean size in events.
+    /// Group commits.
     pub groups: u64,
+    /// Mean events per group commit.
     pub group_events_mean: f64,
-    /// The engine's own commit latency per group (oldest submission enqueued to the
-    /// group applied), in microseconds: separates the engine's time from the generator's.
+    /// Median of the engine's own commit latency per group (oldest submission enqueued
+    /// to the group applied): separates the engine's time from the generator's.
     pub group_latency_us_p50: u64,
+    /// 99th percentile of the engine's commit latency per group.
     pub group_latency_us_p99: u64,
+    /// Largest commit latency of a group.
     pub group_latency_us_max: u64,
-    /// Pauses the engine's log thread made to pace its syncs, and their mean length.
+    /// Pauses the engine's log thread made to pace its syncs.
     pub commit_pauses: u64,
+    /// Mean length of a pacing pause, microseconds.
     pub commit_pause_us_mean: f64,
-    /// Steps the log thread took to write spare (preallocated) segments, their mean
-    /// length, and the zeros they wrote.
+    /// Steps the log thread took to write spare (preallocated) segments.
     pub spare_steps: u64,
+    /// Mean length of a spare-segment step, microseconds.
     pub spare_step_us_mean: f64,
+    /// Zero bytes the spare-segment steps wrote.
     pub spare_bytes: u64,
-    /// Snapshots written and failed; the longest freeze of the state for one (the
-    /// apply thread waits for it) and the longest write (on the snapshot thread).
+    /// Snapshots written.
     pub snapshots_written: u64,
+    /// Snapshots that failed.
     pub snapshots_failed: u64,
+    /// Longest freeze of the state for a snapshot (the apply thread waits for it).
     pub snapshot_freeze_us_max: u64,
+    /// Longest snapshot write (on the snapshot thread).
     pub snapshot_write_ms_max: u64,
 }
