@@ -17,10 +17,25 @@ const RATE_MIN_PER_S: f64 = 1.0;
 /// Why a curve is not usable.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CurveError {
+    /// Fewer than two points.
     TooFewPoints,
-    NotIncreasing { line: usize },
-    BadLine { line: usize, text: String },
-    BadRate { line: usize },
+    /// A point's time is not after the previous point's.
+    NotIncreasing {
+        /// The point, counted from 1.
+        line: usize,
+    },
+    /// A line is not `seconds,rate`.
+    BadLine {
+        /// The line, counted from 1.
+        line: usize,
+        /// The line as read.
+        text: String,
+    },
+    /// A rate is negative or not finite.
+    BadRate {
+        /// The point, counted from 1.
+        line: usize,
+    },
 }
 
 impl fmt::Display for CurveError {

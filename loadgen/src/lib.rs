@@ -1,10 +1,20 @@
 //! Tally's festival load generator: the Singles' Day traffic model, an open-loop runner
 //! with coordinated-omission-free latency, a closed-loop max mode, traces, and the
 //! post-run verification of the ledger against the generator's own balance model.
+//!
+//! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats`, `population` and
+//! `target` (the [`target::Target`] trait with its engine and in-memory adapters) use no
+//! other module:
+//!
+//! ```text
+//! mix → population · trace → mix · model → population, target
+//! runner → mix, model, population, stats, target, trace
+//! report → model, runner, stats, target · the binary (main.rs) → all of them
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod curve;
-pub mod engine;
-pub mod memory;
 pub mod mix;
 pub mod model;
 pub mod population;

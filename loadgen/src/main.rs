@@ -16,13 +16,14 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally_loadgen::curve::Curve;
-use tally_loadgen::memory::MemoryTarget;
 use tally_loadgen::mix::{Generator, MixSpec, Request};
 use tally_loadgen::model::Model;
 use tally_loadgen::population::{Population, PopulationSpec};
 use tally_loadgen::report::{Machine, Report};
 use tally_loadgen::runner::{self, RunResult};
 use tally_loadgen::target::Target;
+use tally_loadgen::target::engine::{EngineOptions, EngineTarget};
+use tally_loadgen::target::memory::MemoryTarget;
 use tally_loadgen::trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -299,8 +300,8 @@ fn capacity(wanted: u64) -> usize {
     usize::try_from(wanted.min(200_000_000)).unwrap_or(200_000_000)
 }
 
-fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineTarget, String> {
-    let options = tally_loadgen::engine::EngineOptions {
+fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
+    let options = EngineOptions {
         shards: cli.shards,
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
@@ -319,7 +320,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<tally_loadgen::engine::EngineT
                     }) as u64,
         ),
     };
-    tally_loadgen::engine::EngineTarget::open(dir, options)
+    EngineTarget::open(dir, options)
 }
 
 fn drive<T: Target>(
@@ -339,26 +340,11 @@ fn drive<T: Target>(
     );
     let setup = runner::setup(&*target, &population, &mut model, cli.keep)?;
     let model = Arc::new(Mutex::new(model));
-    let trace = match &cli.record {
-        Some(path) => {
-            let config_json = serde_json::to_string(&config).map_err(|e| e.to_string())?;
-            let meta = TraceMeta {
-                seed: config.seed,
-                config_json,
-            };
-            Some(TraceWriter::create(path, &meta).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
+    let trace = create_trace(cli, &config)?;
     let curve = Curve::from_points(config.curve_points.clone())
         .map_err(|e| e.to_string())?
         .with_jitter(config.jitter, config.seed);
     let generator = Generator::new(population.clone(), config.mix.clone(), config.seed);
-    let workers = if cli.workers == 0 {
-        std::thread::available_parallelism().map_or(2, usize::from)
-    } else {
-        cli.workers
-    };
     eprintln!(
         "loadgen: {:?} mode starts ({:.0} s)",
         config.mode, config.duration_s
@@ -366,50 +352,17 @@ fn drive<T: Target>(
     let (result, trace) = match config.mode {
         Mode::Festival => {
             let seconds = curve.duration_s().ceil() as usize + 1;
-            let source: Box<dyn Iterator<Item = Result<Request, TraceError>>> = match replay {
-                Some(reader) => Box::new(reader),
-                None => {
-                    let mut generator = generator;
-                    Box::new(
-                        curve
-                            .arrivals(config.seed)
-                            .map(move |t| Ok(generator.next_at(t))),
-                    )
-                }
-            };
+            let source = festival_source(replay, &curve, generator, config.seed);
             runner::run_festival(
                 target.clone(),
                 source,
                 seconds,
                 model.clone(),
                 trace,
-                workers,
+                festival_workers(cli),
             )?
         }
-        Mode::Max => {
-            let duration = Duration::from_secs_f64(config.duration_s);
-            let batch = cli.batch;
-            match replay {
-                Some(reader) => runner::run_max(
-                    target.clone(),
-                    reader,
-                    duration,
-                    cli.callers,
-                    batch,
-                    model.clone(),
-                    trace,
-                )?,
-                None => runner::run_max(
-                    target.clone(),
-                    runner::virtual_stream(generator),
-                    duration,
-                    cli.callers,
-                    batch,
-                    model.clone(),
-                    trace,
-                )?,
-            }
-        }
+        Mode::Max => run_max(cli, &config, replay, generator, &target, &model, trace)?,
     };
     if let Some(writer) = trace {
         let requests = writer.finish().map_err(|e| e.to_string())?;
@@ -426,6 +379,78 @@ fn drive<T: Target>(
         result,
         command,
     )
+}
+
+/// The trace writer for `--record`, its meta frame holding the run configuration.
+fn create_trace(cli: &Cli, config: &RunConfig) -> Result<Option<TraceWriter>, String> {
+    let Some(path) = &cli.record else {
+        return Ok(None);
+    };
+    let config_json = serde_json::to_string(config).map_err(|e| e.to_string())?;
+    let meta = TraceMeta {
+        seed: config.seed,
+        config_json,
+    };
+    TraceWriter::create(path, &meta)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Festival mode's requests: the replayed trace, or the generator on the curve's
+/// arrivals.
+fn festival_source<'a>(
+    replay: Option<TraceReader>,
+    curve: &'a Curve,
+    mut generator: Generator,
+    seed: u64,
+) -> Box<dyn Iterator<Item = Result<Request, TraceError>> + 'a> {
+    match replay {
+        Some(reader) => Box::new(reader),
+        None => Box::new(curve.arrivals(seed).map(move |t| Ok(generator.next_at(t)))),
+    }
+}
+
+/// Tokio worker threads for the festival callers: `--workers`, or one per core.
+fn festival_workers(cli: &Cli) -> usize {
+    if cli.workers == 0 {
+        std::thread::available_parallelism().map_or(2, usize::from)
+    } else {
+        cli.workers
+    }
+}
+
+/// Max mode: the replayed trace, or the generator on a virtual clock.
+fn run_max<T: Target>(
+    cli: &Cli,
+    config: &RunConfig,
+    replay: Option<TraceReader>,
+    generator: Generator,
+    target: &Arc<T>,
+    model: &Arc<Mutex<Model>>,
+    trace: Option<TraceWriter>,
+) -> Result<(RunResult, Option<TraceWriter>), String> {
+    let duration = Duration::from_secs_f64(config.duration_s);
+    let batch = cli.batch;
+    match replay {
+        Some(reader) => runner::run_max(
+            target.clone(),
+            reader,
+            duration,
+            cli.callers,
+            batch,
+            model.clone(),
+            trace,
+        ),
+        None => runner::run_max(
+            target.clone(),
+            runner::virtual_stream(generator),
+            duration,
+            cli.callers,
+            batch,
+            model.clone(),
+            trace,
+        ),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

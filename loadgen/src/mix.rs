@@ -32,19 +32,30 @@ use tally_types::{Transfer, TransferFlags};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Kind {
+    /// A plain payment: user → merchant.
     Payment = 0,
+    /// A payment linked with a return-shipping insurance premium (a two-transfer chain).
     InsuredPayment = 1,
+    /// A two-phase authorisation (pending transfer), posted, voided or left to expire.
     Authorisation = 2,
+    /// Posts an earlier authorisation, in full or in part.
     Post = 3,
+    /// Voids an earlier authorisation.
     Void = 4,
+    /// Refunds an earlier payment, in full or in part.
     Refund = 5,
+    /// A money-market fund subscription: user → fund.
     MmfSubscribe = 6,
+    /// A money-market fund redemption: fund → user.
     MmfRedeem = 7,
+    /// A small-business loan: loan book → merchant.
     Loan = 8,
+    /// A cross-border order: user → FX desk in CNY, linked with FX desk → foreign merchant.
     CrossBorder = 9,
 }
 
 impl Kind {
+    /// Every kind, in the order of its `u8` value.
     pub const ALL: [Kind; 10] = [
         Kind::Payment,
         Kind::InsuredPayment,
@@ -58,6 +69,7 @@ impl Kind {
         Kind::CrossBorder,
     ];
 
+    /// The kind's name in reports and traces (`snake_case`).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Payment => "payment",
@@ -73,6 +85,7 @@ impl Kind {
         }
     }
 
+    /// The kind stored as `value` in a trace, if any.
     pub fn from_u8(value: u8) -> Option<Kind> {
         Kind::ALL.get(usize::from(value)).copied()
     }
@@ -83,38 +96,49 @@ impl Kind {
 pub struct Request {
     /// Scheduled instant, nanoseconds from the start of the curve.
     pub offset_ns: u64,
+    /// What the submission is.
     pub kind: Kind,
+    /// The transfers, in order; a linked chain when more than one.
     pub transfers: Vec<Transfer>,
 }
 
 /// Proportions and timings of the mix; recorded in traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MixSpec {
-    /// Weights of the new (non-follow-up) submissions; normalised.
+    /// Weight of payments among the new (non-follow-up) submissions; the weights are
+    /// normalised.
     pub weight_payment: f64,
+    /// Weight of two-phase authorisations.
     pub weight_authorisation: f64,
+    /// Weight of money-market fund subscriptions.
     pub weight_mmf_subscribe: f64,
+    /// Weight of money-market fund redemptions.
     pub weight_mmf_redeem: f64,
+    /// Weight of small-business loans.
     pub weight_loan: f64,
+    /// Weight of cross-border orders.
     pub weight_cross_border: f64,
     /// Share of payments that carry a linked insurance premium.
     pub insured_share: f64,
-    /// Share of payments refunded later; of those, the share refunded in part; of the
-    /// partial ones, the share followed by a (failing) full refund request.
+    /// Share of payments refunded later.
     pub refund_share: f64,
+    /// Of the refunded payments, the share refunded in part.
     pub refund_partial_share: f64,
+    /// Of the partial refunds, the share followed by a (failing) full refund request.
     pub refund_again_share: f64,
-    /// Fate of authorisations: posted, voided, else left to expire; share of posts that
-    /// post only part of the amount.
+    /// Share of authorisations posted (the rest not voided are left to expire).
     pub post_share: f64,
+    /// Share of authorisations voided.
     pub void_share: f64,
+    /// Share of posts that post only part of the amount.
     pub post_partial_share: f64,
-    /// Delay before a post or void, and before a refund (ms of curve time).
+    /// Range of the delay before a post or void (ms of curve time).
     pub settle_delay_ms: (u64, u64),
+    /// Range of the delay before a refund (ms of curve time).
     pub refund_delay_ms: (u64, u64),
-    /// Timeouts (engine seconds) of authorisations meant to settle and of those left
-    /// to expire.
+    /// Timeout (engine seconds) of authorisations meant to be posted or voided.
     pub authorisation_timeout_s: u32,
+    /// Timeout (engine seconds) of authorisations left to expire.
     pub expiring_timeout_s: u32,
     /// Zipf exponent of merchant popularity.
     pub zipf_s: f64,
@@ -222,6 +246,8 @@ const PRICE_POINTS_FEN: &[i64] = &[
 ];
 
 impl Generator {
+    /// A generator over `population` with the proportions of `mix`, seeded by `seed`: the same
+    /// arguments give the same request stream.
     pub fn new(population: Population, mix: MixSpec, seed: u64) -> Generator {
         let merchant_count = population.spec.merchants as f64;
         let foreign_count = population.spec.foreign_merchants as f64;
@@ -610,7 +636,7 @@ fn unreachable_zipf<T>() -> T {
 mod tests {
     use super::*;
     use crate::population::PopulationSpec;
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     fn generator(seed: u64) -> Generator {
         let spec = PopulationSpec {
@@ -634,12 +660,27 @@ mod tests {
     #[test]
     fn mix_proportions_match_the_spec() {
         let requests = draw(11);
+        let mix = MixSpec::default();
+        new_submissions_match_the_weights(&requests, &mix);
+        follow_ups_match_their_shares(&requests, &mix);
+        insured_and_cross_border_requests_are_linked_pairs(&requests);
+    }
+
+    /// Asserts that `actual` is within 0.01 of `expected`.
+    fn close(actual: f64, expected: f64, what: &str) {
+        assert!(
+            (actual - expected).abs() < 0.01,
+            "{what}: {actual:.4} vs {expected:.4}"
+        );
+    }
+
+    /// Each kind's share of new submissions (follow-ups left out) is its weight.
+    fn new_submissions_match_the_weights(requests: &[Request], mix: &MixSpec) {
         let mut counts: HashMap<Kind, f64> = HashMap::new();
-        for request in &requests {
+        for request in requests {
             *counts.entry(request.kind).or_default() += 1.0;
         }
         let count = |kind| counts.get(&kind).copied().unwrap_or(0.0);
-        let mix = MixSpec::default();
         let new_total: f64 = [
             Kind::Payment,
             Kind::InsuredPayment,
@@ -653,12 +694,6 @@ mod tests {
         .map(|k| count(*k))
         .sum();
         let share = |value: f64| value / new_total;
-        let close = |actual: f64, expected: f64, what: &str| {
-            assert!(
-                (actual - expected).abs() < 0.01,
-                "{what}: {actual:.4} vs {expected:.4}"
-            );
-        };
         let payments = count(Kind::Payment) + count(Kind::InsuredPayment);
         close(share(payments), mix.weight_payment, "payments");
         close(
@@ -687,21 +722,24 @@ mod tests {
             mix.weight_cross_border,
             "cross-border",
         );
-        // Follow-ups: posts and voids per authorisation; refunds per payment (plus the
-        // repeated full refunds after partial ones). Only originals early enough that
-        // every follow-up (at most 3 s, or 2 x 8 s for refunds) fell inside the 20 s.
+    }
+
+    /// Posts and voids per authorisation; refunds per payment (plus the repeated full
+    /// refunds after partial ones). Only originals early enough that every follow-up
+    /// (at most 3 s, or 2 x 8 s for refunds) fell inside the 20 s are counted.
+    fn follow_ups_match_their_shares(requests: &[Request], mix: &MixSpec) {
         let early = |request: &&Request, s: u64| request.offset_ns < s * 1_000_000_000;
-        let authorisations: std::collections::HashSet<u128> = requests
+        let authorisations: HashSet<u128> = requests
             .iter()
             .filter(|r| r.kind == Kind::Authorisation && early(r, 15))
             .map(|r| r.transfers[0].id)
             .collect();
-        let payments_early: std::collections::HashSet<u128> = requests
+        let payments_early: HashSet<u128> = requests
             .iter()
             .filter(|r| matches!(r.kind, Kind::Payment | Kind::InsuredPayment) && early(r, 3))
             .map(|r| r.transfers[0].id)
             .collect();
-        let follow_ups = |kind: Kind, originals: &std::collections::HashSet<u128>| {
+        let follow_ups = |kind: Kind, originals: &HashSet<u128>| {
             let n = requests
                 .iter()
                 .filter(|r| r.kind == kind && originals.contains(&r.transfers[0].pending_id))
@@ -725,8 +763,11 @@ mod tests {
             (refunds - refunds_expected).abs() < 0.005,
             "refunds {refunds}"
         );
-        // Chains: insured payments and cross-border orders are linked pairs.
-        for request in &requests {
+    }
+
+    /// Insured payments and cross-border orders are linked pairs; the rest are single.
+    fn insured_and_cross_border_requests_are_linked_pairs(requests: &[Request]) {
+        for request in requests {
             let linked = request
                 .transfers
                 .iter()
@@ -767,7 +808,7 @@ mod tests {
         let first = draw(42);
         assert_eq!(first, draw(42));
         assert_ne!(first, draw(43));
-        let mut ids = std::collections::HashSet::new();
+        let mut ids = HashSet::new();
         for transfer in first.iter().flat_map(|r| &r.transfers) {
             assert!(ids.insert(transfer.id), "duplicate id");
             assert!(tally_types::id_is_valid(transfer.id));

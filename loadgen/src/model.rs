@@ -6,7 +6,7 @@
 //! order, which may differ from the engine's order, so a post or void whose pending
 //! transfer has not been seen yet is parked until it is.
 //!
-//! Expiry, honestly: after the run the runner waits until every unresolved short-timeout
+//! Expiry: after the run the runner waits until every unresolved short-timeout
 //! authorisation is past its expiry and submits one last "sweep" transfer. Per the spec,
 //! expiries are released before the first batch stamped at or after their time, so an
 //! unresolved pending transfer P is expired exactly when
@@ -45,9 +45,9 @@ const DPO: usize = 1;
 const CP: usize = 2;
 const CPO: usize = 3;
 
-/// The model's maps are keyed by ids the generator chose itself: foldhash (fast, still
-/// seeded per map) instead of SipHash, which took a few percent of the core that the
-/// engine's apply thread shares with the generator on a 2-core machine.
+/// The model's maps are keyed by ids the generator chose itself, so they need no
+/// protection against chosen keys: foldhash (fast, still seeded per map) instead of
+/// SipHash leaves more CPU to the engine that shares the machine with the generator.
 type IdHash = foldhash::fast::RandomState;
 
 /// Expected ledger state.
@@ -66,24 +66,36 @@ pub struct Model {
 /// What the verification found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Verification {
+    /// Accounts looked up.
     pub accounts_checked: u64,
+    /// Accounts the ledger does not have.
     pub accounts_missing: u64,
+    /// Accounts whose balances differ from the model's.
     pub accounts_mismatched: u64,
+    /// Acknowledged `ok` transfers looked up.
     pub transfers_checked: u64,
+    /// Acknowledged `ok` transfers the ledger does not have.
     pub transfers_missing: u64,
+    /// Transfers stored with other accounts or another amount than submitted.
     pub transfers_mismatched: u64,
     /// Per ledger: (ledger, debits_posted == credits_posted && pending likewise).
     pub conservation: Vec<(u32, bool)>,
+    /// Every ledger conserves money (and at least one ledger was checked).
     pub conservation_ok: bool,
+    /// Short-timeout authorisations the model expects still pending after the sweep.
     pub pending_left: u64,
+    /// Short-timeout authorisations the model expects expired by the sweep.
     pub expired: u64,
+    /// Inconsistencies found while applying results or verifying (the first few).
     pub anomalies: Vec<String>,
+    /// Conservation holds, nothing is missing or different, and no anomaly was found.
     pub verified_ok: bool,
 }
 
 const ANOMALIES_KEPT: usize = 20;
 
 impl Model {
+    /// An empty model of `population` (all balances zero).
     pub fn new(population: Population) -> Model {
         Model::with_capacity(population, 0)
     }
@@ -276,6 +288,7 @@ impl Model {
         }
     }
 
+    /// Acknowledged `ok` transfers the model holds.
     pub fn acknowledged_ok(&self) -> u64 {
         self.acknowledged.len() as u64
     }

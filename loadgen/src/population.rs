@@ -25,13 +25,21 @@ pub const FOREIGN: &[(u32, &str, &str)] = &[
 
 /// Account codes (the account's type).
 pub mod account_code {
+    /// A shopper.
     pub const USER: u16 = 1;
+    /// A domestic merchant.
     pub const MERCHANT: u16 = 2;
+    /// The banks' settlement account.
     pub const BANK: u16 = 10;
+    /// The return-shipping insurer.
     pub const INSURER: u16 = 11;
+    /// The money-market fund.
     pub const MONEY_MARKET_FUND: u16 = 12;
+    /// The small-business loan book.
     pub const LOAN_BOOK: u16 = 13;
+    /// A foreign-exchange desk (one on CNY, one per foreign ledger).
     pub const FX_DESK: u16 = 14;
+    /// A merchant on a foreign ledger.
     pub const FOREIGN_MERCHANT: u16 = 15;
 }
 
@@ -59,34 +67,51 @@ const KIND_FOREIGN_MERCHANT: u128 = 5;
 
 /// Transfer ids: `(tag << 64) | sequence`.
 pub const TRANSFER_TAG_FUNDING: u128 = 1;
+/// Tag of the transfers of the run itself.
 pub const TRANSFER_TAG_RUN: u128 = 2;
+/// Tag of the sweep transfer submitted after the run.
 pub const TRANSFER_TAG_SWEEP: u128 = 3;
 
 /// Transfer codes (the transfer's reason).
 pub mod transfer_code {
+    /// Pre-midnight funding of a user.
     pub const TOP_UP: u16 = 1;
+    /// A payment to a merchant.
     pub const PAYMENT: u16 = 2;
+    /// A return-shipping insurance premium.
     pub const PREMIUM: u16 = 3;
+    /// A two-phase authorisation.
     pub const AUTHORISATION: u16 = 4;
+    /// A refund.
     pub const REFUND: u16 = 5;
+    /// A money-market fund subscription.
     pub const MMF_SUBSCRIBE: u16 = 6;
+    /// A money-market fund redemption.
     pub const MMF_REDEEM: u16 = 7;
+    /// A small-business loan.
     pub const LOAN: u16 = 8;
+    /// The CNY leg of a cross-border order.
     pub const CROSS_BORDER_CNY: u16 = 9;
+    /// The foreign-currency leg of a cross-border order.
     pub const CROSS_BORDER_PAYOUT: u16 = 10;
+    /// The money-market fund's float, funded at setup so redemptions never exceed it.
     pub const FUND_FLOAT: u16 = 11;
+    /// The sweep transfer after the run.
     pub const SWEEP: u16 = 12;
 }
 
 /// The population's parameters; recorded in traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PopulationSpec {
+    /// Users (shoppers), each funded before midnight.
     pub users: u64,
+    /// Domestic merchants.
     pub merchants: u64,
     /// Foreign merchants per foreign ledger.
     pub foreign_merchants: u64,
     /// Share of users funded only a little (they fail with exceeds_credits), in 1/10000.
     pub poor_users_bp: u32,
+    /// Seed of the funding amounts.
     pub seed: u64,
 }
 
@@ -105,6 +130,7 @@ impl Default for PopulationSpec {
 /// Ids and slots of the population.
 #[derive(Debug, Clone)]
 pub struct Population {
+    /// The parameters the ids derive from.
     pub spec: PopulationSpec,
 }
 
@@ -113,30 +139,39 @@ fn id(kind: u128, ledger: u32, index: u64) -> u128 {
 }
 
 impl Population {
+    /// The population of `spec`.
+    ///
+    /// # Panics
+    /// If a count is zero or users or merchants reach 2^32.
     pub fn new(spec: PopulationSpec) -> Population {
         assert!(spec.users >= 1 && spec.merchants >= 1 && spec.foreign_merchants >= 1);
         assert!(spec.users < 1 << 32 && spec.merchants < 1 << 32);
         Population { spec }
     }
 
+    /// Id of user `index` (0-based).
     pub fn user(&self, index: u64) -> u128 {
         debug_assert!(index < self.spec.users);
         id(KIND_USER, 0, index)
     }
 
+    /// Id of merchant `index` (0-based).
     pub fn merchant(&self, index: u64) -> u128 {
         debug_assert!(index < self.spec.merchants);
         id(KIND_MERCHANT, 0, index)
     }
 
+    /// Id of a system account.
     pub fn system(&self, which: System) -> u128 {
         id(KIND_SYSTEM, 0, which as u64)
     }
 
+    /// Id of the FX desk on foreign `ledger`.
     pub fn foreign_desk(&self, ledger: u32) -> u128 {
         id(KIND_FOREIGN_DESK, ledger, 0)
     }
 
+    /// Id of merchant `index` (0-based) on foreign `ledger`.
     pub fn foreign_merchant(&self, ledger: u32, index: u64) -> u128 {
         debug_assert!(index < self.spec.foreign_merchants);
         id(KIND_FOREIGN_MERCHANT, ledger, index)

@@ -3,23 +3,35 @@
 use crate::model::Verification;
 use crate::runner::{RunResult, SetupReport};
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
+use crate::target::ShardStats;
 use hdrhistogram::Histogram;
+use plotters::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::Path;
 use tally_types::ResultCode;
 
-/// A latency line of the chart: name, colour, value per second.
-type Line = (&'static str, plotters::style::RGBColor, fn(&Second) -> u64);
+/// One half of the chart.
+type ChartArea<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A line of the chart: name, colour, value per second.
+type Line = (&'static str, RGBColor, fn(&Second) -> u64);
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// Latency percentiles of a histogram, in the histogram's unit (microseconds).
 pub struct Latency {
+    /// Median.
     pub p50: u64,
+    /// 90th percentile.
     pub p90: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile.
     pub p999: u64,
+    /// 99.99th percentile.
     pub p9999: u64,
+    /// Largest value recorded.
     pub max: u64,
 }
 
@@ -40,10 +52,15 @@ impl Latency {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// The machine the run ran on.
 pub struct Machine {
+    /// Logical CPUs available to the process.
     pub cores: usize,
+    /// Total memory (`MemTotal`).
     pub memory_total_bytes: u64,
+    /// The CPU's model name.
     pub cpu_model: String,
+    /// The kernel release.
     pub kernel: String,
 }
 
@@ -78,79 +95,76 @@ impl Machine {
 /// One second of the run, for the chart and the JSON.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Second {
+    /// Index of the second, from the start of the run.
     pub second: usize,
+    /// Transfers offered (scheduled) in this second.
     pub offered_tps: u64,
+    /// Transfers acknowledged in this second.
     pub achieved_tps: u64,
+    /// Median latency of the requests scheduled in this second.
     pub p50_us: u64,
+    /// 99th percentile latency of the requests scheduled in this second.
     pub p99_us: u64,
+    /// 99.99th percentile latency of the requests scheduled in this second.
     pub p9999_us: u64,
+    /// Largest latency of the requests scheduled in this second.
     pub max_us: u64,
 }
 
-/// The engine's own counters at the end of the run.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ShardStats {
-    /// Units (events, chains, expiries) the shard threads ran by plan; 0 with 1 shard.
-    pub units: u64,
-    /// Of those, units that spanned two or more shards.
-    pub units_spanning: u64,
-    /// Of those, units whose executing shard had to wait for a part to arrive.
-    pub units_waited: u64,
-    /// Groups applied serially although shards exist (an expiry inside the group).
-    pub groups_serial: u64,
-    /// Group commits, and their mean size in events.
-    pub groups: u64,
-    pub group_events_mean: f64,
-    /// The engine's own commit latency per group (oldest submission enqueued to the
-    /// group applied), in microseconds: separates the engine's time from the generator's.
-    pub group_latency_us_p50: u64,
-    pub group_latency_us_p99: u64,
-    pub group_latency_us_max: u64,
-    /// Pauses the engine's log thread made to pace its syncs, and their mean length.
-    pub commit_pauses: u64,
-    pub commit_pause_us_mean: f64,
-    /// Steps the log thread took to write spare (preallocated) segments, their mean
-    /// length, and the zeros they wrote.
-    pub spare_steps: u64,
-    pub spare_step_us_mean: f64,
-    pub spare_bytes: u64,
-    /// Snapshots written and failed; the longest freeze of the state for one (the
-    /// apply thread waits for it) and the longest write (on the snapshot thread).
-    pub snapshots_written: u64,
-    pub snapshots_failed: u64,
-    pub snapshot_freeze_us_max: u64,
-    pub snapshot_write_ms_max: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
+/// Everything a run reports: what ran, what it measured and what the verification found.
 pub struct Report {
+    /// `festival` or `max`.
     pub mode: String,
     /// How the load was submitted (open loop per payment, or closed loop batches).
     pub submission: String,
+    /// What was driven, with its durability settings.
     pub target: String,
+    /// Engine shards in use (0 for the in-memory target).
     pub shards: usize,
+    /// The engine's own counters; `None` for the in-memory target.
     pub engine: Option<ShardStats>,
+    /// Length of the run, seconds.
     pub duration_s: f64,
+    /// Transfers submitted per second, over the run.
     pub offered_tps: f64,
+    /// Transfers acknowledged per second, over the run.
     pub achieved_tps: f64,
+    /// Most transfers offered in one second.
     pub peak_offered_tps: u64,
+    /// Most transfers acknowledged in one second.
     pub peak_achieved_tps: u64,
+    /// Submissions (payments in festival mode, batches in max mode).
     pub requests_submitted: u64,
+    /// Transfers in those submissions.
     pub transfers_submitted: u64,
+    /// Transfers that got a durable result.
     pub transfers_acknowledged: u64,
+    /// Transfers whose result was `ok`.
     pub transfers_ok: u64,
+    /// Requests still without a result when the run ended.
     pub unfinished_requests: u64,
+    /// Worst lateness of the scheduler against a request's scheduled instant.
     pub scheduler_late_us_max: u64,
     /// Microseconds, from the scheduled instant (festival) or from submit (max).
     pub latency_us: Latency,
+    /// Count per result name (result codes, `busy`, `submit_failed`).
     pub results: BTreeMap<String, u64>,
+    /// What setup did before the run.
     pub setup: SetupReport,
+    /// Every ledger conserves money.
     pub conservation_ok: bool,
+    /// The ledger matches the model and every request got a result.
     pub verified_ok: bool,
+    /// The verification's details.
     pub verification: Verification,
+    /// How expiring authorisations were judged.
     pub expiry_policy: String,
+    /// The machine the run ran on.
     pub machine: Machine,
+    /// Per second of the run.
     pub seconds: Vec<Second>,
+    /// The command line.
     pub command: String,
 }
 
@@ -218,47 +232,80 @@ impl Report {
             .unwrap_or(0);
     }
 
+    /// The report as the text printed on stdout.
     pub fn text(&self) -> String {
-        let ms = |us: u64| format!("{:.3} ms", us as f64 / 1e3);
         let mut out = String::new();
-        let _ = writeln!(
+        // Writing into a `String` cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> fmt::Result {
+        self.write_run(out)?;
+        self.write_throughput(out)?;
+        if let Some(engine) = &self.engine {
+            write_engine(out, engine)?;
+        }
+        if self.unfinished_requests > 0 {
+            writeln!(
+                out,
+                "  UNFINISHED        {} requests had no result at the end",
+                self.unfinished_requests
+            )?;
+        }
+        writeln!(
+            out,
+            "  scheduler lag     max {}",
+            ms(self.scheduler_late_us_max)
+        )?;
+        self.write_results(out)?;
+        self.write_verification(out)
+    }
+
+    /// What ran where: mode, target, submission, machine, setup, duration.
+    fn write_run(&self, out: &mut String) -> fmt::Result {
+        writeln!(
             out,
             "tally loadgen: {} mode against {} ({} shards)",
             self.mode, self.target, self.shards
-        );
-        let _ = writeln!(out, "  submission        {}", self.submission);
-        let _ = writeln!(
+        )?;
+        writeln!(out, "  submission        {}", self.submission)?;
+        writeln!(
             out,
             "  machine           {} cores, {:.1} GiB, {} (kernel {})",
             self.machine.cores,
             self.machine.memory_total_bytes as f64 / (1u64 << 30) as f64,
             self.machine.cpu_model,
             self.machine.kernel
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  setup             {} accounts, {} funding transfers in {:.2} s",
             self.setup.accounts, self.setup.funding_transfers, self.setup.seconds
-        );
-        let _ = writeln!(out, "  duration          {:.2} s", self.duration_s);
-        let _ = writeln!(
+        )?;
+        writeln!(out, "  duration          {:.2} s", self.duration_s)
+    }
+
+    /// Offered and achieved rates, and the latency percentiles.
+    fn write_throughput(&self, out: &mut String) -> fmt::Result {
+        writeln!(
             out,
             "  offered           {:.0} transfers/s mean, {} peak second ({} requests, {} transfers)",
             self.offered_tps,
             self.peak_offered_tps,
             self.requests_submitted,
             self.transfers_submitted
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  achieved          {:.0} transfers/s mean, {} peak second ({} acknowledged, {} ok)",
             self.achieved_tps,
             self.peak_achieved_tps,
             self.transfers_acknowledged,
             self.transfers_ok
-        );
+        )?;
         let l = &self.latency_us;
-        let _ = writeln!(
+        writeln!(
             out,
             "  latency           p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
             ms(l.p50),
@@ -267,67 +314,35 @@ impl Report {
             ms(l.p999),
             ms(l.p9999),
             ms(l.max)
-        );
-        if let Some(e) = &self.engine {
-            let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
-            let _ = writeln!(
-                out,
-                "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
-                e.groups,
-                e.group_events_mean,
-                ms(e.group_latency_us_p50),
-                ms(e.group_latency_us_p99),
-                ms(e.group_latency_us_max),
-                e.commit_pauses,
-                e.commit_pause_us_mean,
-                e.spare_steps,
-                e.spare_step_us_mean,
-                e.spare_bytes / 1_000_000,
-                e.units,
-                share(e.units_spanning),
-                share(e.units_waited),
-                e.groups_serial
-            );
-            let _ = writeln!(
-                out,
-                "  snapshots         {} written, {} failed; longest freeze {} (apply thread), longest write {:.1} s",
-                e.snapshots_written,
-                e.snapshots_failed,
-                ms(e.snapshot_freeze_us_max),
-                e.snapshot_write_ms_max as f64 / 1_000.0
-            );
-        }
-        if self.unfinished_requests > 0 {
-            let _ = writeln!(
-                out,
-                "  UNFINISHED        {} requests had no result at the end",
-                self.unfinished_requests
-            );
-        }
-        let _ = writeln!(
-            out,
-            "  scheduler lag     max {}",
-            ms(self.scheduler_late_us_max)
-        );
-        let _ = writeln!(out, "  results:");
+        )
+    }
+
+    /// Result counts, the most frequent first.
+    fn write_results(&self, out: &mut String) -> fmt::Result {
+        writeln!(out, "  results:")?;
         let mut results: Vec<_> = self.results.iter().collect();
         results.sort_by(|a, b| b.1.cmp(a.1));
         for (name, count) in results {
-            let _ = writeln!(out, "    {name:<40} {count}");
+            writeln!(out, "    {name:<40} {count}")?;
         }
+        Ok(())
+    }
+
+    /// Conservation, the balance and presence checks, expiry, and any anomalies.
+    fn write_verification(&self, out: &mut String) -> fmt::Result {
         let v = &self.verification;
         let ledgers: Vec<String> = v
             .conservation
             .iter()
             .map(|(ledger, ok)| format!("{ledger}:{}", if *ok { "ok" } else { "BROKEN" }))
             .collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "  conservation      {} ({})",
             if self.conservation_ok { "ok" } else { "FAILED" },
             ledgers.join(" ")
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  verification      {}: {} accounts ({} missing, {} differ), {} transfers ({} missing, {} differ)",
             if self.verified_ok { "ok" } else { "FAILED" },
@@ -337,31 +352,44 @@ impl Report {
             v.transfers_checked,
             v.transfers_missing,
             v.transfers_mismatched
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "  expiry            {} expired, {} still pending; {}",
             v.expired, v.pending_left, self.expiry_policy
-        );
+        )?;
         for anomaly in &v.anomalies {
-            let _ = writeln!(out, "    ! {anomaly}");
+            writeln!(out, "    ! {anomaly}")?;
         }
-        out
+        Ok(())
     }
 
+    /// Writes the report as pretty-printed JSON to `path`.
     pub fn write_json(&self, path: &Path) -> Result<(), String> {
         let json = serde_json::to_string_pretty(self).map_err(|e| format!("report JSON: {e}"))?;
         std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
     }
 
-    /// Offered vs achieved rate, and latency percentiles, per second.
+    /// Writes an SVG chart to `path`: offered vs achieved rate (top) and latency
+    /// percentiles (bottom), per second.
     pub fn write_chart(&self, path: &Path) -> Result<(), String> {
-        use plotters::prelude::*;
-        let fail = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
+        let fail = |e: String| format!("chart {}: {e}", path.display());
         let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
         let (upper, lower) = root.split_vertically(400);
-        let seconds = self.seconds.len().max(1) as f64;
+        self.draw_rates(&upper).map_err(fail)?;
+        self.draw_latency(&lower).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The chart's x range: one unit per second of the run.
+    fn chart_seconds(&self) -> f64 {
+        self.seconds.len().max(1) as f64
+    }
+
+    /// Offered and achieved transfers/s per second.
+    fn draw_rates(&self, area: &ChartArea<'_>) -> Result<(), String> {
         let rate_max = self
             .seconds
             .iter()
@@ -370,7 +398,7 @@ impl Report {
             .unwrap_or(1)
             .max(1) as f64
             * 1.1;
-        let mut rates = ChartBuilder::on(&upper)
+        let mut rates = ChartBuilder::on(area)
             .caption(
                 format!("Tally {} mode: transfers/s", self.mode),
                 ("sans-serif", 20),
@@ -378,37 +406,38 @@ impl Report {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..seconds, 0f64..rate_max)
-            .map_err(|e| fail(&e))?;
+            .build_cartesian_2d(0f64..self.chart_seconds(), 0f64..rate_max)
+            .map_err(|e| e.to_string())?;
         rates
             .configure_mesh()
             .x_desc("second")
             .y_desc("transfers/s")
             .draw()
-            .map_err(|e| fail(&e))?;
-        let offered = self
-            .seconds
-            .iter()
-            .map(|s| (s.second as f64 + 0.5, s.offered_tps as f64));
-        rates
-            .draw_series(LineSeries::new(offered, &BLUE))
-            .map_err(|e| fail(&e))?
-            .label("offered")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-        let achieved = self
-            .seconds
-            .iter()
-            .map(|s| (s.second as f64 + 0.5, s.achieved_tps as f64));
-        rates
-            .draw_series(LineSeries::new(achieved, &RED))
-            .map_err(|e| fail(&e))?
-            .label("achieved")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            .map_err(|e| e.to_string())?;
+        let lines: [Line; 2] = [
+            ("offered", BLUE, |s| s.offered_tps),
+            ("achieved", RED, |s| s.achieved_tps),
+        ];
+        for (name, color, value) in lines {
+            let points = self
+                .seconds
+                .iter()
+                .map(|s| (s.second as f64 + 0.5, value(s) as f64));
+            rates
+                .draw_series(LineSeries::new(points, &color))
+                .map_err(|e| e.to_string())?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
         rates
             .configure_series_labels()
             .border_style(BLACK)
             .draw()
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// p50, p99, p99.99 and max latency per scheduled second, on a log scale.
+    fn draw_latency(&self, area: &ChartArea<'_>) -> Result<(), String> {
         let latency_max = self
             .seconds
             .iter()
@@ -416,7 +445,7 @@ impl Report {
             .max()
             .unwrap_or(1)
             .max(10) as f64;
-        let mut latency = ChartBuilder::on(&lower)
+        let mut latency = ChartBuilder::on(area)
             .caption(
                 "latency per scheduled second (ms, log scale)",
                 ("sans-serif", 20),
@@ -425,16 +454,16 @@ impl Report {
             .x_label_area_size(30)
             .y_label_area_size(70)
             .build_cartesian_2d(
-                0f64..seconds,
+                0f64..self.chart_seconds(),
                 (0.001f64..latency_max / 1e3 * 2.0).log_scale(),
             )
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| e.to_string())?;
         latency
             .configure_mesh()
             .x_desc("second")
             .y_desc("ms")
             .draw()
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| e.to_string())?;
         let lines: [Line; 4] = [
             ("p50", GREEN, |s| s.p50_us),
             ("p99", BLUE, |s| s.p99_us),
@@ -449,7 +478,7 @@ impl Report {
                 .map(|s| (s.second as f64 + 0.5, value(s) as f64 / 1e3));
             latency
                 .draw_series(LineSeries::new(points, &color))
-                .map_err(|e| fail(&e))?
+                .map_err(|e| e.to_string())?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
@@ -457,8 +486,179 @@ impl Report {
             .configure_series_labels()
             .border_style(BLACK)
             .draw()
-            .map_err(|e| fail(&e))?;
-        root.present().map_err(|e| fail(&e))?;
-        Ok(())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Microseconds as milliseconds with three decimals: `1.500 ms`.
+fn ms(us: u64) -> String {
+    format!("{:.3} ms", us as f64 / 1e3)
+}
+
+/// The engine's group commits, pacing, spare segments, shard units and snapshots.
+fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
+    let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
+    writeln!(
+        out,
+        "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+        e.groups,
+        e.group_events_mean,
+        ms(e.group_latency_us_p50),
+        ms(e.group_latency_us_p99),
+        ms(e.group_latency_us_max),
+        e.commit_pauses,
+        e.commit_pause_us_mean,
+        e.spare_steps,
+        e.spare_step_us_mean,
+        e.spare_bytes / 1_000_000,
+        e.units,
+        share(e.units_spanning),
+        share(e.units_waited),
+        e.groups_serial
+    )?;
+    writeln!(
+        out,
+        "  snapshots         {} written, {} failed; longest freeze {} (apply thread), longest write {:.1} s",
+        e.snapshots_written,
+        e.snapshots_failed,
+        ms(e.snapshot_freeze_us_max),
+        e.snapshot_write_ms_max as f64 / 1_000.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small report that reaches every line `text` can write.
+    fn sample() -> Report {
+        let mut results = BTreeMap::new();
+        results.insert("ok".to_string(), 900);
+        results.insert("busy".to_string(), 70);
+        results.insert("exceeds_credits".to_string(), 30);
+        Report {
+            mode: "festival".into(),
+            submission: "open loop".into(),
+            target: "memory".into(),
+            shards: 2,
+            engine: Some(ShardStats {
+                units: 1_000,
+                units_spanning: 250,
+                units_waited: 10,
+                groups_serial: 3,
+                groups: 40,
+                group_events_mean: 24.5,
+                group_latency_us_p50: 1_200,
+                group_latency_us_p99: 4_500,
+                group_latency_us_max: 9_001,
+                commit_pauses: 7,
+                commit_pause_us_mean: 812.4,
+                spare_steps: 5,
+                spare_step_us_mean: 95.6,
+                spare_bytes: 67_108_864,
+                snapshots_written: 2,
+                snapshots_failed: 1,
+                snapshot_freeze_us_max: 15_000,
+                snapshot_write_ms_max: 2_345,
+            }),
+            duration_s: 12.345,
+            offered_tps: 1_000.4,
+            achieved_tps: 999.6,
+            peak_offered_tps: 1_500,
+            peak_achieved_tps: 1_490,
+            requests_submitted: 800,
+            transfers_submitted: 1_000,
+            transfers_acknowledged: 930,
+            transfers_ok: 900,
+            unfinished_requests: 4,
+            scheduler_late_us_max: 61,
+            latency_us: Latency {
+                p50: 800,
+                p90: 1_500,
+                p99: 3_000,
+                p999: 7_000,
+                p9999: 12_000,
+                max: 20_000,
+            },
+            results,
+            setup: SetupReport {
+                accounts: 2_100,
+                funding_transfers: 2_000,
+                seconds: 0.5,
+            },
+            conservation_ok: true,
+            verified_ok: false,
+            verification: Verification {
+                accounts_checked: 2_100,
+                accounts_missing: 1,
+                accounts_mismatched: 2,
+                transfers_checked: 2_900,
+                transfers_missing: 3,
+                transfers_mismatched: 4,
+                conservation: vec![(156, true), (840, false)],
+                conservation_ok: false,
+                pending_left: 6,
+                expired: 5,
+                anomalies: vec!["post before pending".into()],
+                verified_ok: false,
+            },
+            expiry_policy: "swept".into(),
+            machine: Machine {
+                cores: 2,
+                memory_total_bytes: 8 << 30,
+                cpu_model: "Test CPU".into(),
+                kernel: "6.1".into(),
+            },
+            seconds: Vec::new(),
+            command: "loadgen".into(),
+        }
+    }
+
+    /// Every line of [`sample`]'s text, in order.
+    const SAMPLE_TEXT: [&str; 20] = [
+        "tally loadgen: festival mode against memory (2 shards)\n",
+        "  submission        open loop\n",
+        "  machine           2 cores, 8.0 GiB, Test CPU (kernel 6.1)\n",
+        "  setup             2100 accounts, 2000 funding transfers in 0.50 s\n",
+        "  duration          12.35 s\n",
+        "  offered           1000 transfers/s mean, 1500 peak second (800 requests, 1000 transfers)\n",
+        "  achieved          1000 transfers/s mean, 1490 peak second (930 acknowledged, 900 ok)\n",
+        "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
+        "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
+        "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
+        "  UNFINISHED        4 requests had no result at the end\n",
+        "  scheduler lag     max 0.061 ms\n",
+        "  results:\n",
+        "    ok                                       900\n",
+        "    busy                                     70\n",
+        "    exceeds_credits                          30\n",
+        "  conservation      ok (156:ok 840:BROKEN)\n",
+        "  verification      FAILED: 2100 accounts (1 missing, 2 differ), 2900 transfers (3 missing, 4 differ)\n",
+        "  expiry            5 expired, 6 still pending; swept\n",
+        "    ! post before pending\n",
+    ];
+
+    #[test]
+    fn the_text_report_is_pinned() {
+        assert_eq!(sample().text(), SAMPLE_TEXT.concat());
+    }
+
+    #[test]
+    fn the_text_report_leaves_out_the_engine_and_unfinished_lines_when_absent() {
+        let report = Report {
+            engine: None,
+            unfinished_requests: 0,
+            ..sample()
+        };
+        let expected: String = SAMPLE_TEXT
+            .iter()
+            .filter(|line| {
+                !["  engine ", "  snapshots ", "  UNFINISHED "]
+                    .iter()
+                    .any(|prefix| line.starts_with(prefix))
+            })
+            .copied()
+            .collect();
+        assert_eq!(report.text(), expected);
     }
 }

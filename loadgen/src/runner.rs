@@ -44,8 +44,11 @@ pub fn virtual_stream(
 /// What setup did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SetupReport {
+    /// Accounts created (or found, with `--keep`).
     pub accounts: u64,
+    /// Funding transfers submitted.
     pub funding_transfers: u64,
+    /// Wall-clock time of setup.
     pub seconds: f64,
 }
 
@@ -171,9 +174,13 @@ fn baseline_from_ledger<T: Target>(target: &T, population: &Population, model: &
 /// What a run measured (the report adds the verification and the machine).
 #[derive(Debug)]
 pub struct RunResult {
+    /// Counters and latency histograms.
     pub stats: Arc<Stats>,
+    /// Wall-clock length of the run, seconds.
     pub elapsed_s: f64,
+    /// Requests still without a result at the end (festival mode).
     pub unfinished: u64,
+    /// Worst lateness of the scheduler, microseconds (festival mode).
     pub scheduler_late_us_max: u64,
 }
 
@@ -251,13 +258,46 @@ fn count_outcomes(stats: &Stats, outcomes: &Result<Vec<Outcome>, SubmitFailure>,
     }
 }
 
-/// Waits until `due` by sleeping, never spinning. The kernel wakes the thread up to
-/// ~60 us late (timer slack); the requests due by then go out together, and the
-/// lateness is not hidden: latency counts from `due`, and the report shows the
-/// scheduler's worst lag. Spinning through short gaps was measured to be far worse on
-/// the 2-core VM: a spinning thread spends the CPU allowance the host gives the VM, and
-/// once it is spent both cores stop for ~13 ms. At a flat 140,000 payments/s the
-/// spinning scheduler alone (no engine) reached p90 489 ms; sleeping, p99 3.1 ms.
+/// Counts one submission of `events` transfers offered in `second`.
+fn count_submission(stats: &Stats, second: usize, events: u64) {
+    stats.submitted_requests.fetch_add(1, Ordering::Relaxed);
+    stats
+        .submitted_transfers
+        .fetch_add(events, Ordering::Relaxed);
+    Stats::bump(&stats.offered_per_second, second, events);
+}
+
+/// Counts one answered submission. A durable answer also gives a latency sample (in
+/// the submission's `second`), acknowledged transfers (in `completed_second`) and its
+/// effect on the model; `busy` and failures are counted as results only, never as fast
+/// successes.
+fn count_completion(
+    stats: &Stats,
+    model: &Mutex<Model>,
+    transfers: &[Transfer],
+    outcomes: &Result<Vec<Outcome>, SubmitFailure>,
+    second: usize,
+    latency_us: u64,
+    completed_second: usize,
+) {
+    let events = transfers.len() as u64;
+    count_outcomes(stats, outcomes, events);
+    if let Ok(outcomes) = outcomes {
+        stats.record_latency(second, latency_us);
+        Stats::bump(&stats.acknowledged_per_second, completed_second, events);
+        if let Ok(mut model) = model.lock() {
+            model.apply(transfers, outcomes);
+        }
+    }
+    stats.completed_requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waits until `due` by sleeping, never spinning. The kernel wakes the thread a little
+/// late (timer slack); the requests due by then go out together, and the lateness is
+/// not hidden: latency counts from `due`, and the report shows the scheduler's worst
+/// lag. A spinning scheduler would take CPU time from the engine it measures on a
+/// machine with few cores, which costs far more latency than the slack (figures in
+/// docs/performance.md).
 fn wait_until(due: Instant) {
     let now = Instant::now();
     if due > now {
@@ -293,13 +333,8 @@ pub fn run_festival<T: Target>(
         if let Some(writer) = trace.as_mut() {
             writer.push(&request).map_err(|error| error.to_string())?;
         }
-        let events = request.transfers.len() as u64;
         let second = (request.offset_ns / 1_000_000_000) as usize;
-        stats.submitted_requests.fetch_add(1, Ordering::Relaxed);
-        stats
-            .submitted_transfers
-            .fetch_add(events, Ordering::Relaxed);
-        Stats::bump(&stats.offered_per_second, second, events);
+        count_submission(&stats, second, request.transfers.len() as u64);
         in_flight.fetch_add(1, Ordering::Relaxed);
         let (target, stats, model, in_flight) = (
             target.clone(),
@@ -313,21 +348,17 @@ pub fn run_festival<T: Target>(
                 .submit(Batch::CreateTransfers(transfers.clone()))
                 .await;
             let now = Instant::now();
-            count_outcomes(&stats, &outcomes, events);
-            if let Ok(outcomes) = &outcomes {
-                // Latency of durable results only: a `busy` answer is counted as an
-                // error, not as a fast success.
-                stats.record_latency(
-                    second,
-                    now.saturating_duration_since(due).as_micros() as u64,
-                );
-                let completed_second = now.saturating_duration_since(start).as_secs() as usize;
-                Stats::bump(&stats.acknowledged_per_second, completed_second, events);
-                if let Ok(mut model) = model.lock() {
-                    model.apply(&transfers, outcomes);
-                }
-            }
-            stats.completed_requests.fetch_add(1, Ordering::Relaxed);
+            let latency_us = now.saturating_duration_since(due).as_micros() as u64;
+            let completed_second = now.saturating_duration_since(start).as_secs() as usize;
+            count_completion(
+                &stats,
+                &model,
+                &transfers,
+                &outcomes,
+                second,
+                latency_us,
+                completed_second,
+            );
             in_flight.fetch_sub(1, Ordering::Release);
         });
     }
@@ -358,7 +389,7 @@ pub fn run_max<T: Target>(
     callers: usize,
     batch_events: usize,
     model: Arc<Mutex<Model>>,
-    mut trace: Option<TraceWriter>,
+    trace: Option<TraceWriter>,
 ) -> Result<(RunResult, Option<TraceWriter>), String> {
     let seconds = duration.as_secs() as usize + 2;
     let stats = Arc::new(Stats::new(seconds + 30));
@@ -367,41 +398,8 @@ pub fn run_max<T: Target>(
     let (sender, receiver) = mpsc::sync_channel::<Vec<Transfer>>(callers * 2);
     let receiver = Arc::new(Mutex::new(receiver));
     let producer_stop = stop.clone();
-    let producer = std::thread::spawn(move || -> Result<Option<TraceWriter>, String> {
-        let mut source = source;
-        let mut pending: Option<Request> = None;
-        let mut exhausted = false;
-        while !producer_stop.load(Ordering::Relaxed) && !exhausted {
-            let mut batch = Vec::with_capacity(batch_events);
-            loop {
-                let request = match pending.take() {
-                    Some(request) => request,
-                    None => match source.next() {
-                        Some(request) => request.map_err(|error| error.to_string())?,
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
-                };
-                if batch.len() + request.transfers.len() > batch_events {
-                    pending = Some(request);
-                    break;
-                }
-                if let Some(writer) = trace.as_mut() {
-                    writer.push(&request).map_err(|error| error.to_string())?;
-                }
-                batch.extend_from_slice(&request.transfers);
-            }
-            if batch.is_empty() {
-                break;
-            }
-            if sender.send(batch).is_err() {
-                break;
-            }
-        }
-        drop(sender);
-        Ok(trace)
+    let producer = std::thread::spawn(move || {
+        produce_batches(source, batch_events, &sender, &producer_stop, trace)
     });
     let start = Instant::now();
     let deadline = start + duration;
@@ -415,32 +413,7 @@ pub fn run_max<T: Target>(
                 receiver.clone(),
             );
             scope.spawn(move || {
-                while Instant::now() < deadline {
-                    let batch = match receiver.lock().map(|r| r.recv()) {
-                        Ok(Ok(batch)) => batch,
-                        _ => break,
-                    };
-                    let events = batch.len() as u64;
-                    let submitted = Instant::now();
-                    let second = submitted.saturating_duration_since(start).as_secs() as usize;
-                    stats.submitted_requests.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .submitted_transfers
-                        .fetch_add(events, Ordering::Relaxed);
-                    Stats::bump(&stats.offered_per_second, second, events);
-                    let outcomes = target.submit_blocking(Batch::CreateTransfers(batch.clone()));
-                    let now = Instant::now();
-                    count_outcomes(&stats, &outcomes, events);
-                    if let Ok(outcomes) = &outcomes {
-                        stats.record_latency(second, (now - submitted).as_micros() as u64);
-                        let completed = now.saturating_duration_since(start).as_secs() as usize;
-                        Stats::bump(&stats.acknowledged_per_second, completed, events);
-                        if let Ok(mut model) = model.lock() {
-                            model.apply(&batch, outcomes);
-                        }
-                    }
-                    stats.completed_requests.fetch_add(1, Ordering::Relaxed);
-                }
+                submit_back_to_back(&*target, &stats, &model, &receiver, start, deadline);
             });
         }
     });
@@ -466,9 +439,87 @@ pub fn run_max<T: Target>(
     ))
 }
 
+/// Max mode's producer: packs the stream into batches of at most `batch_events` and
+/// sends them until the stream ends, `stop` is set or the callers hang up. Returns the
+/// trace writer, which has recorded every request packed.
+fn produce_batches(
+    mut source: impl Iterator<Item = Result<Request, TraceError>>,
+    batch_events: usize,
+    sender: &mpsc::SyncSender<Vec<Transfer>>,
+    stop: &AtomicBool,
+    mut trace: Option<TraceWriter>,
+) -> Result<Option<TraceWriter>, String> {
+    let mut pending: Option<Request> = None;
+    let mut exhausted = false;
+    while !stop.load(Ordering::Relaxed) && !exhausted {
+        let mut batch = Vec::with_capacity(batch_events);
+        loop {
+            let request = match pending.take() {
+                Some(request) => request,
+                None => match source.next() {
+                    Some(request) => request.map_err(|error| error.to_string())?,
+                    None => {
+                        exhausted = true;
+                        break;
+                    }
+                },
+            };
+            if batch.len() + request.transfers.len() > batch_events {
+                pending = Some(request);
+                break;
+            }
+            if let Some(writer) = trace.as_mut() {
+                writer.push(&request).map_err(|error| error.to_string())?;
+            }
+            batch.extend_from_slice(&request.transfers);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        if sender.send(batch).is_err() {
+            break;
+        }
+    }
+    Ok(trace)
+}
+
+/// One max-mode caller: takes batches from the producer and submits them one after the
+/// other until `deadline`. Latency is per batch, from submit to result.
+fn submit_back_to_back<T: Target>(
+    target: &T,
+    stats: &Stats,
+    model: &Mutex<Model>,
+    receiver: &Mutex<mpsc::Receiver<Vec<Transfer>>>,
+    start: Instant,
+    deadline: Instant,
+) {
+    while Instant::now() < deadline {
+        let batch = match receiver.lock().map(|r| r.recv()) {
+            Ok(Ok(batch)) => batch,
+            _ => break,
+        };
+        let submitted = Instant::now();
+        let second = submitted.saturating_duration_since(start).as_secs() as usize;
+        count_submission(stats, second, batch.len() as u64);
+        let outcomes = target.submit_blocking(Batch::CreateTransfers(batch.clone()));
+        let now = Instant::now();
+        let latency_us = (now - submitted).as_micros() as u64;
+        let completed_second = now.saturating_duration_since(start).as_secs() as usize;
+        count_completion(
+            stats,
+            model,
+            &batch,
+            &outcomes,
+            second,
+            latency_us,
+            completed_second,
+        );
+    }
+}
+
 /// After the run: let short-timeout authorisations expire, submit the sweep transfer
 /// (its timestamp decides, per the spec, which pending transfers have expired), and
-/// release those in the model. Returns (expired, still pending, sweep timestamp).
+/// release those in the model. Returns (expired, still pending).
 pub fn sweep<T: Target>(
     target: &T,
     population: &Population,
@@ -509,10 +560,10 @@ pub fn sweep<T: Target>(
 mod tests {
     use super::*;
     use crate::curve::Curve;
-    use crate::memory::{MemoryTarget, StallingTarget};
     use crate::mix::MixSpec;
     use crate::population::PopulationSpec;
     use crate::target::Outcome;
+    use crate::target::memory::{MemoryTarget, StallingTarget};
     use tally_types::{Account, Batch};
 
     fn population() -> Population {
@@ -601,7 +652,7 @@ mod tests {
     #[test]
     fn the_real_engine_verifies_against_the_model() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = crate::engine::EngineOptions {
+        let options = crate::target::engine::EngineOptions {
             shards: 2,
             busy_immediately: true,
             unsafe_no_sync: false,
@@ -610,7 +661,7 @@ mod tests {
             accounts_capacity: 0,
             transfers_capacity: 0,
         };
-        let engine = crate::engine::EngineTarget::open(dir.path(), options).expect("open");
+        let engine = crate::target::engine::EngineTarget::open(dir.path(), options).expect("open");
         let engine = Arc::new(engine);
         let (run, verification) = festival(engine.clone(), 2_000.0, 1.5);
         assert!(verification.verified_ok, "{verification:?}");

@@ -14,15 +14,20 @@ use tally_types::ResultCode;
 /// Largest latency the histograms hold: one hour in microseconds (saturating above).
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 
-/// Extra result names besides the result codes.
+/// Result slot of submissions answered `busy` (counted per transfer); the slots before
+/// it are the result codes.
 pub const RESULT_BUSY: usize = ResultCode::ALL.len();
+/// Result slot of submissions that failed otherwise (counted per transfer).
 pub const RESULT_SUBMIT_FAILED: usize = ResultCode::ALL.len() + 1;
+/// Result slots: every result code, then `busy` and `submit_failed`.
 pub const RESULT_SLOTS: usize = ResultCode::ALL.len() + 2;
 
 /// One thread's latencies.
 #[derive(Debug)]
 pub struct Recorder {
+    /// Every latency the thread recorded.
     pub overall: Histogram<u64>,
+    /// Latencies by scheduled second; `None` for seconds without any.
     pub per_second: Vec<Option<Histogram<u64>>>,
 }
 
@@ -41,6 +46,7 @@ impl Recorder {
         }
     }
 
+    /// Records `latency_us` (at least 1) overall and in `second`.
     pub fn record(&mut self, second: usize, latency_us: u64) {
         let value = latency_us.max(1);
         self.overall.saturating_record(value);
@@ -58,11 +64,17 @@ impl Recorder {
 pub struct Stats {
     run_id: u64,
     recorders: Mutex<Vec<Arc<Mutex<Recorder>>>>,
+    /// Submissions made.
     pub submitted_requests: AtomicU64,
+    /// Transfers in those submissions.
     pub submitted_transfers: AtomicU64,
+    /// Submissions answered (durable result, `busy` or failure).
     pub completed_requests: AtomicU64,
+    /// Transfers with a durable result.
     pub acknowledged_transfers: AtomicU64,
+    /// Transfers counted under any result but `ok`.
     pub errors: AtomicU64,
+    /// Transfers per result slot (see [`RESULT_SLOTS`]).
     pub results: Vec<AtomicU64>,
     /// Transfers offered (scheduled) per second.
     pub offered_per_second: Vec<AtomicU64>,
@@ -77,6 +89,7 @@ thread_local! {
 }
 
 impl Stats {
+    /// Zeroed counters for a run of `seconds` seconds (later events count in the last).
     pub fn new(seconds: usize) -> Stats {
         let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
         Stats {
@@ -113,6 +126,7 @@ impl Stats {
         });
     }
 
+    /// Counts `n` transfers under result `slot`.
     pub fn count_result(&self, slot: usize, n: u64) {
         self.results[slot].fetch_add(n, Ordering::Relaxed);
         if slot != ResultCode::Ok as usize {
@@ -120,6 +134,7 @@ impl Stats {
         }
     }
 
+    /// Adds `n` to `counters[second]`, or to the last counter past the end.
     pub fn bump(counters: &[AtomicU64], second: usize, n: u64) {
         if let Some(counter) = counters.get(second).or(counters.last()) {
             counter.fetch_add(n, Ordering::Relaxed);
@@ -163,6 +178,7 @@ impl Stats {
         (!merged.is_empty()).then(|| merged.value_at_quantile(0.99))
     }
 
+    /// Reads a counter.
     pub fn load(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use tally_types::{Transfer, TransferFlags};
 use wincode::{SchemaRead, SchemaWrite};
 
+/// The first eight bytes of every trace file.
 pub const TRACE_MAGIC: [u8; 8] = *b"TALLYTRC";
+/// The trace format version this load generator writes and reads.
 pub const TRACE_VERSION: u16 = 1;
 const HEADER_SIZE: usize = 16;
 const FRAME_HEADER_SIZE: usize = 12;
@@ -46,7 +48,9 @@ const FRAME_END: u8 = 3;
 /// JSON), `seed` the generator seed.
 #[derive(Debug, Clone, PartialEq, SchemaWrite, SchemaRead)]
 pub struct TraceMeta {
+    /// Seed of the request generator.
     pub seed: u64,
+    /// The run configuration as JSON.
     pub config_json: String,
 }
 
@@ -87,24 +91,39 @@ struct TraceEnd {
 /// Why a trace could not be written or read.
 #[derive(Debug)]
 pub enum TraceError {
+    /// Opening, reading or writing the file failed.
     Io {
+        /// The trace file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
+    /// The file does not start with [`TRACE_MAGIC`].
     BadMagic {
+        /// The file.
         path: PathBuf,
     },
+    /// The file is a trace of another format version.
     UnsupportedVersion {
+        /// The trace file.
         path: PathBuf,
+        /// The version the file says it has.
         version: u16,
     },
+    /// A checksum, frame or payload is wrong.
     Corrupt {
+        /// The trace file.
         path: PathBuf,
+        /// Byte offset of the bad header or frame.
         offset: u64,
+        /// What is wrong.
         what: String,
     },
+    /// The file ends before its end frame.
     Truncated {
+        /// The trace file.
         path: PathBuf,
+        /// Byte offset where the file ends.
         offset: u64,
     },
 }
@@ -187,6 +206,7 @@ pub struct TraceWriter {
 }
 
 impl TraceWriter {
+    /// Creates the trace file at `path` and writes its header and meta frame.
     pub fn create(path: &Path, meta: &TraceMeta) -> Result<TraceWriter, TraceError> {
         let io = |error| TraceError::Io {
             path: path.to_path_buf(),
@@ -240,6 +260,7 @@ impl TraceWriter {
         self.out.write_all(&payload).map_err(io)
     }
 
+    /// Appends one request; full chunks are written as they fill.
     pub fn push(&mut self, request: &Request) -> Result<(), TraceError> {
         self.requests += 1;
         self.transfers += request.transfers.len() as u64;
@@ -303,6 +324,7 @@ pub struct TraceReader {
 }
 
 impl TraceReader {
+    /// Opens a trace, checks its header and reads its meta frame.
     pub fn open(path: &Path) -> Result<TraceReader, TraceError> {
         let file = File::open(path).map_err(|error| TraceError::Io {
             path: path.into(),
@@ -351,6 +373,7 @@ impl TraceReader {
         Ok(reader)
     }
 
+    /// The run parameters recorded in the trace.
     pub fn meta(&self) -> &TraceMeta {
         &self.meta
     }

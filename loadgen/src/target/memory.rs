@@ -7,7 +7,7 @@
 //! check, chain and expiry is the state machine's. It is not durable and has no queue,
 //! so it never answers `busy`.
 
-use crate::target::{Outcome, SubmitFailure, Target};
+use super::{Outcome, SubmitFailure, Target};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tally_state::StateMachine;
@@ -26,6 +26,7 @@ fn wall_ns() -> u64 {
 }
 
 impl MemoryTarget {
+    /// An empty ledger.
     pub fn new() -> MemoryTarget {
         MemoryTarget::default()
     }
@@ -97,6 +98,7 @@ pub struct StallingTarget<T> {
 }
 
 impl<T: Target> StallingTarget<T> {
+    /// Freezes `inner` for `length`, starting `from` after the first async submission.
     pub fn new(inner: T, from: Duration, length: Duration) -> StallingTarget<T> {
         StallingTarget {
             inner,

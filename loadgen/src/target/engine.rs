@@ -1,6 +1,6 @@
 //! The real target: Tally's engine, embedded.
 
-use crate::target::{Outcome, SubmitFailure, Target};
+use super::{Outcome, ShardStats, SubmitFailure, Target};
 use std::path::Path;
 use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
 use tally_types::{Account, Batch, Transfer};
@@ -14,6 +14,7 @@ pub struct EngineTarget {
 /// How the engine is opened.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
+    /// Engine shards (0 = fitted to the machine).
     pub shards: usize,
     /// Festival callers must never block a tokio worker: `busy` at once on a full queue.
     /// Max mode's plain caller threads may wait briefly.
@@ -26,10 +27,12 @@ pub struct EngineOptions {
     pub preallocate_segments: bool,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
+    /// Transfers reserved at start-up.
     pub transfers_capacity: usize,
 }
 
 impl EngineTarget {
+    /// Opens (or creates) the ledger in `data_dir`.
     pub fn open(data_dir: &Path, options: EngineOptions) -> Result<EngineTarget, String> {
         let mut config = Config::new(data_dir);
         config.shards = options.shards;
@@ -102,9 +105,9 @@ impl Target for EngineTarget {
         self.ledger.shards()
     }
 
-    fn shard_stats(&self) -> Option<crate::report::ShardStats> {
+    fn shard_stats(&self) -> Option<ShardStats> {
         let metrics = self.ledger.metrics();
-        Some(crate::report::ShardStats {
+        Some(ShardStats {
             units: metrics.shard_units,
             units_spanning: metrics.shard_units_spanning,
             units_waited: metrics.shard_units_waited,
