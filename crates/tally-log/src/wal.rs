@@ -140,7 +140,7 @@ impl Wal {
         Wal::open_with_storage(Box::new(storage), options)
     }
 
-    /// [`Wal::open`] over any storage (tests use [`crate::faulty::FaultyStorage`]).
+    /// [`Wal::open`] over any storage (tests use `faulty::FaultyStorage`, behind the `fault-injection` feature).
     pub fn open_with_storage(
         storage: Box<dyn Storage>,
         options: LogOptions,
