@@ -5,7 +5,6 @@
 //! [`log`] (write-ahead log and snapshots) → [`engine`] (the embeddable [`Ledger`]).
 //! See ARCHITECTURE.md for the life of a transfer.
 
-pub mod fuzz_targets;
 pub use tally_engine as engine;
 pub use tally_log as log;
 pub use tally_state as state;

@@ -34,4 +34,6 @@ pub use plan::{Plan, Serial, Unit, Work, plan, run_unit};
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

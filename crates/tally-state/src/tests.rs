@@ -3,7 +3,7 @@
 use crate::StateMachine;
 use proptest::prelude::*;
 use std::collections::HashSet;
-use tally_testkit::{account, transfer};
+use crate::test_support::{account, transfer};
 use tally_types::{
     Account, AccountFilter, AccountFlags as AF, Batch, LoadedImage, PendingStatus, ResultCode as R,
     StateImage, Transfer, TransferFlags as TF,
