@@ -278,7 +278,8 @@ fn section_header(
 
 /// Dirty snapshot bytes allowed before an intermediate `fdatasync`. Without it a
 /// multi-gigabyte snapshot reaches the disk in one final sync, and every log sync
-/// queued behind it waits: a 1.2 s commit stall in a 60 s max run at 20 M transfers.
+/// queued behind it waits: a commit stall of a second or more under full load (figures:
+/// docs/performance.md).
 const SNAPSHOT_SYNC_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Writes the whole snapshot to `name` with appends of at most one chunk each, syncing

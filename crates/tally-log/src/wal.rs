@@ -8,10 +8,10 @@
 //!
 //! Preallocated segments: a sync after an append must also make the file's new length
 //! durable (a journal commit on ext4); a sync after a write over bytes already on disk
-//! need not, and costs less (median 0.22 vs 0.32–0.45 ms for a 3.2 KB write and its
-//! sync on the development VM, and less of the host's CPU). So a busy log writes its frames in place into a *spare*: a zero-filled
-//! segment-sized file written in small steps between commits ([`Wal::write_spare_step`])
-//! and renamed into place at rotation. Recovery reads zeros after the last frame as
+//! need not, and costs less latency and less CPU (figures: docs/performance.md). So a
+//! busy log writes its frames in place into a *spare*: a zero-filled segment-sized file
+//! written in small steps between commits ([`Wal::write_spare_step`]) and renamed into
+//! place at rotation. Recovery reads zeros after the last frame as
 //! unwritten space.
 
 use crate::error::LogError;
@@ -30,7 +30,8 @@ pub const SPARE_TRIGGER_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Most zeros one [`Wal::write_spare_step`] writes (and syncs). A step runs on the log's
 /// own thread between commits, so it never contends with a commit for the disk; this
-/// bound keeps it short (about 0.7 ms on the development VM's ~400 MB/s disk).
+/// bound keeps it short: well under a commit interval on a common disk (figures:
+/// docs/performance.md).
 pub const SPARE_STEP_BYTES_MAX: u64 = 256 * 1024;
 
 /// Where [`Wal::open_with_sink`] hands what it recovers, as it reads it: a caller can

@@ -13,6 +13,7 @@
 //!
 //! Invariant: no I/O, no threads, no clock. The caller passes the batch timestamp; the
 //! same batches with the same timestamps always give the same results and state.
+#![deny(missing_docs)]
 
 mod apply;
 mod burned;

@@ -119,18 +119,22 @@ impl StateMachine {
         self.last_timestamp
     }
 
+    /// How many accounts exist.
     pub fn account_count(&self) -> usize {
         self.parts.iter().map(|part| part.accounts.len()).sum()
     }
 
+    /// How many transfers are stored.
     pub fn transfer_count(&self) -> usize {
         self.parts.iter().map(|part| part.transfers.len()).sum()
     }
 
+    /// The account with this id, if it exists.
     pub fn lookup_account(&self, id: u128) -> Option<&Account> {
         self.part(id).lookup_account(id)
     }
 
+    /// The stored transfer with this id, if any.
     pub fn lookup_transfer(&self, id: u128) -> Option<Transfer> {
         self.part(id).lookup_transfer(id)
     }
@@ -506,8 +510,11 @@ struct FrozenPart {
 /// The side tables of a [`FrozenState`], each sorted by id, as a snapshot stores them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SideTables {
+    /// The status of every transfer flagged `pending`, by id.
     pub pending_statuses: Vec<(u128, PendingStatus)>,
+    /// For every refunded transfer: the total refunded so far, by id.
     pub refunded: Vec<(u128, u128)>,
+    /// Transfer ids burned by a transient failure.
     pub failed_ids: Vec<u128>,
 }
 
@@ -539,6 +546,7 @@ impl FrozenState {
         self.last_timestamp
     }
 
+    /// How many accounts [`FrozenState::accounts`] yields.
     pub fn accounts_len(&self) -> usize {
         self.parts.iter().map(|part| part.accounts.len()).sum()
     }
@@ -552,6 +560,7 @@ impl FrozenState {
         .copied()
     }
 
+    /// How many transfers [`FrozenState::transfers`] yields.
     pub fn transfers_len(&self) -> usize {
         self.parts.iter().map(|part| part.transfers.len()).sum()
     }

@@ -1,4 +1,4 @@
-//! Helpers for this crate's unit tests: copies of `tally_testkit`'s builders and RNG.
+//! Builders and an RNG for this crate's unit tests: copies of `tally_testkit`'s builders and RNG.
 //!
 //! tally-testkit depends on this crate (its fuzz targets drive the state machine), so
 //! unit tests that used it would link a second copy of this crate. The integration

@@ -1,4 +1,4 @@
-//! Helpers shared by Tally's tests, benches and fuzzing (never by production code).
+//! Support code shared by Tally's tests, benches and fuzzing (never by production code).
 //!
 //! * [`SeededRng`]: a tiny portable RNG, so a failing seed replays anywhere.
 //! * [`account`] and [`transfer`]: record builders with test defaults.
