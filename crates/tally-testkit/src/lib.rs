@@ -40,6 +40,25 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     }
 }
 
+/// The arguments of a benchmark program (`[[bench]] harness = false`), without the
+/// `--bench` that `cargo bench` adds, and whether `--test` asked for a smoke run (as
+/// `cargo bench -- --test` does): then the program runs a tiny configuration.
+pub fn bench_arguments() -> (Vec<String>, bool) {
+    let mut smoke = false;
+    let arguments = std::env::args()
+        .skip(1)
+        .filter(|argument| match argument.as_str() {
+            "--bench" => false,
+            "--test" => {
+                smoke = true;
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (arguments, smoke)
+}
+
 /// splitmix64: a tiny portable RNG. The same seed gives the same sequence on every
 /// machine, so a failing seed replays the same failure anywhere. Any seed works,
 /// zero included.
