@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use tally_testkit::fuzz::TARGETS;
 use tally_testkit::SeededRng;
+use tally_testkit::fuzz::TARGETS;
 
 #[test]
 fn every_committed_corpus_file_passes_its_target() {
