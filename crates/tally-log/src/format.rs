@@ -95,14 +95,14 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// A zero-filled file waiting to become the next segment (renamed to its segment name,
 /// then given its header). It only exists once whole and durable: it is written as
-/// `SPARE_SEGMENT_NAME` + [`TEMP_SUFFIX`], synced, then renamed.
+/// `SPARE_SEGMENT_NAME` + `.tmp`, synced, then renamed.
 pub const SPARE_SEGMENT_NAME: &str = "wal-spare.log";
 
 /// Written at a clean close: the last sequence the log held then, so that recovery can
 /// tell damage to the newest frames (an error) from a write torn by a crash (cut).
 pub const CLOSE_MARKER_NAME: &str = "wal-closed";
 
-/// The close marker while it is being written: [`CLOSE_MARKER_NAME`] + [`TEMP_SUFFIX`].
+/// The close marker while it is being written: [`CLOSE_MARKER_NAME`] + `.tmp`.
 pub const CLOSE_MARKER_TEMP_NAME: &str = "wal-closed.tmp";
 
 /// Close marker bytes.
@@ -111,7 +111,7 @@ pub const CLOSE_MARKER_SIZE: usize = 64;
 /// The close marker's magic.
 pub const CLOSE_MARKER_MAGIC: [u8; 8] = *b"TALLYCLS";
 
-/// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + [`TEMP_SUFFIX`].
+/// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + `.tmp`.
 pub const SPARE_SEGMENT_TEMP_NAME: &str = "wal-spare.log.tmp";
 
 /// True when every byte is zero: the unwritten, preallocated part of a segment.

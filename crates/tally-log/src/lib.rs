@@ -46,7 +46,7 @@ mod verify;
 mod wal;
 
 pub use error::LogError;
-pub use format::{SEGMENT_FILE_BYTES_MAX, segment_name, snapshot_name};
+pub use format::{APPEND_BYTES_MAX, SEGMENT_FILE_BYTES_MAX, segment_name, snapshot_name};
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotSource};
 pub use storage::{FsStorage, Storage};

@@ -230,7 +230,7 @@ impl StateMachine {
     /// A point-in-time copy for a snapshot, cheap enough to take on the apply thread:
     /// stored transfers and burned ids are shared, not copied (their full chunks are
     /// immutable); accounts are shared copy-on-write by chunk, and the pending statuses
-    /// and refund totals by shard ([`crate::cow_map`]): nothing is copied that grows with
+    /// and refund totals by shard (`cow_map`): nothing is copied that grows with
     /// the ledger but the lists of chunk pointers. [`FrozenState::image`] then builds the
     /// [`StateImage`], on whichever thread writes the snapshot.
     pub fn freeze(&self) -> FrozenState {
