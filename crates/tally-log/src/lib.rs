@@ -16,19 +16,19 @@
 //! The bytes on disk are specified in `docs/log-format.md`; the crate's private `format`
 //! module is that document in code.
 //!
-//! # Features
-//!
-//! * `fault-injection` (off by default): the `faulty` module (an in-memory [`Storage`]
-//!   that tears writes, drops unsynced data and injects EIO/ENOSPC) and the `layout`
-//!   module (byte-level access to segment, frame and close-marker bytes). For tests and
-//!   fuzzing only: a production build never carries them.
-//!
 //! Invariant: sequences are consecutive, one per client batch, across segments and after
 //! the snapshot; a gap anywhere is an error, never skipped.
 //! Invariant: after any I/O error on the append path the [`Wal`] is poisoned and refuses
 //! every later append: an fsync is never retried as if nothing had happened.
 //! Invariant: `Wal::open` takes no lock; the caller holds a [`DirLock`] on the directory
 //! for as long as the [`Wal`] lives.
+//!
+//! # Features
+//!
+//! * `fault-injection` (off by default): the `faulty` module (an in-memory [`Storage`]
+//!   that tears writes, drops unsynced data and injects EIO/ENOSPC) and the `layout`
+//!   module (byte-level access to segment, frame and close-marker bytes). For tests and
+//!   fuzzing only: a production build never carries them.
 
 #![deny(missing_docs)]
 
