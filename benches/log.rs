@@ -60,9 +60,9 @@ fn open_empty(dir: &Path) -> Wal {
 fn open_preallocated(dir: &Path) -> Wal {
     use std::io::Write;
     std::fs::create_dir_all(dir).expect("bench directory");
-    let path = dir.join(tally::log::format::segment_name(1));
+    let path = dir.join(tally::log::layout::segment_name(1));
     let mut file = std::fs::File::create(&path).expect("create the bench segment");
-    file.write_all(&tally::log::format::encode_segment_header(1))
+    file.write_all(&tally::log::layout::encode_segment_header(1))
         .expect("write the header");
     let zeros = vec![0u8; 1024 * 1024];
     for _ in 0..PREALLOCATED_BYTES / zeros.len() as u64 {

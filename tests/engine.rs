@@ -559,7 +559,7 @@ fn a_commit_interval_past_the_maximum_is_refused_at_open() {
 
 #[test]
 fn a_segment_size_recovery_could_not_read_back_is_refused_at_open() {
-    let file_max = tally::log::format::SEGMENT_FILE_BYTES_MAX;
+    let file_max = tally::log::SEGMENT_FILE_BYTES_MAX;
     for (bytes, accepted) in [
         (file_max + 1, false),
         (0, false),

@@ -63,7 +63,7 @@ fn segment_lengths(dir: &Path) -> Vec<u64> {
         .map(|entry| entry.unwrap())
         .filter_map(|entry| {
             let name = entry.file_name().into_string().unwrap();
-            let first = tally::log::format::parse_segment_name(&name)?;
+            let first = tally::log::layout::parse_segment_name(&name)?;
             Some((first, entry.metadata().unwrap().len()))
         })
         .collect();
@@ -72,7 +72,7 @@ fn segment_lengths(dir: &Path) -> Vec<u64> {
 }
 
 fn spare_exists(dir: &Path) -> bool {
-    dir.join(tally::log::format::SPARE_SEGMENT_NAME).exists()
+    dir.join(tally::log::layout::SPARE_SEGMENT_NAME).exists()
 }
 
 /// Submits `batches` batches from 4 threads at once (so groups are shared).

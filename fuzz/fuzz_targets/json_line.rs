@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| tally::fuzz_targets::json_line(data));
+fuzz_target!(|data: &[u8]| tally_testkit::fuzz::json_line(data));

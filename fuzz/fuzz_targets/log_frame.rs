@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| tally::fuzz_targets::log_frame(data));
+fuzz_target!(|data: &[u8]| tally_testkit::fuzz::log_frame(data));

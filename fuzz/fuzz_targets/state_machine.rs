@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| tally::fuzz_targets::state_machine(data));
+fuzz_target!(|data: &[u8]| tally_testkit::fuzz::state_machine(data));

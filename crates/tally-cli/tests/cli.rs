@@ -414,11 +414,11 @@ fn after_a_clean_exit_a_flipped_bit_in_the_newest_batch_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let pay = r#"{"create_transfers": [{"id": "100", "debit_account_id": "3", "credit_account_id": "4", "amount": "5", "ledger": 392, "code": 1}]}"#;
     apply(dir.path(), &[ACCOUNTS, pay], false);
-    let segment = dir.path().join(tally_log::format::segment_name(1));
+    let segment = dir.path().join(tally_log::layout::segment_name(1));
     let mut bytes = std::fs::read(&segment).unwrap();
-    let mut offset = tally_log::format::SEGMENT_HEADER_SIZE;
+    let mut offset = tally_log::layout::SEGMENT_HEADER_SIZE;
     let mut last = offset;
-    while let Ok(header) = tally_log::format::decode_frame_header(&bytes[offset..]) {
+    while let Ok(header) = tally_log::layout::decode_frame_header(&bytes[offset..]) {
         last = offset;
         offset += header.frame_bytes as usize;
     }

@@ -405,7 +405,7 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
             config.commit_interval_min
         )));
     }
-    let segment_bytes = tally_log::SEGMENT_BYTES_MIN..=tally_log::format::SEGMENT_FILE_BYTES_MAX;
+    let segment_bytes = tally_log::SEGMENT_BYTES_MIN..=tally_log::SEGMENT_FILE_BYTES_MAX;
     if !segment_bytes.contains(&config.segment_bytes_max) {
         // Past the maximum, recovery would refuse to read the segments it wrote.
         return Err(EngineError::Config(format!(

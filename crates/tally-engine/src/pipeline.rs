@@ -449,7 +449,7 @@ mod tests {
         wal.append(&[record]).unwrap();
         let job = wal.snapshot_job(1).unwrap();
         let sequence = job.write(source).unwrap();
-        std::fs::read(dir.path().join(tally_log::format::snapshot_name(sequence))).unwrap()
+        std::fs::read(dir.path().join(tally_log::snapshot_name(sequence))).unwrap()
     }
 
     /// A snapshot written from the frozen state in place is byte for byte the one

@@ -12,6 +12,7 @@ use tally_types::{Account, ResultCode, Transfer, TransferFlags};
 /// The result of one event, as the engine returned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventOutcome {
+    /// `ok` or the first failing check.
     pub code: ResultCode,
     /// The event's timestamp; shown only when `code` is `ok`.
     pub timestamp: u64,
@@ -21,21 +22,34 @@ pub struct EventOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountJson {
+    /// Decimal string.
     pub id: String,
+    /// The ledger (currency) number.
     pub ledger: u32,
+    /// The client's code; not 0.
     pub code: u16,
+    /// Names of the flags set, in bit order.
     pub flags: Vec<String>,
+    /// Amount with the ledger's scale digits ("12.50").
     pub debits_pending: String,
+    /// Amount with the ledger's scale digits ("12.50").
     pub debits_posted: String,
+    /// Amount with the ledger's scale digits ("12.50").
     pub credits_pending: String,
+    /// Amount with the ledger's scale digits ("12.50").
     pub credits_posted: String,
+    /// Decimal string.
     pub user_data_128: String,
+    /// Decimal string.
     pub user_data_64: String,
+    /// Opaque to the ledger.
     pub user_data_32: u32,
+    /// Nanoseconds, decimal string; assigned by the ledger.
     pub timestamp: String,
 }
 
 impl AccountJson {
+    /// The JSON form of `account`, amounts with its ledger's scale.
     pub fn new(account: &Account, currencies: &CurrencyTable) -> Self {
         let scale = currencies.scale(account.ledger);
         AccountJson {
@@ -66,23 +80,38 @@ impl AccountJson {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferJson {
+    /// Decimal string.
     pub id: String,
+    /// Decimal string.
     pub debit_account_id: String,
+    /// Decimal string.
     pub credit_account_id: String,
+    /// Amount with the ledger's scale digits ("12.50").
     pub amount: String,
+    /// Decimal string; "0" for a refund.
     pub pending_id: String,
+    /// Decimal string; "0" unless the transfer is a refund.
     pub refund_of: String,
+    /// The ledger (currency) number.
     pub ledger: u32,
+    /// The client's code; not 0.
     pub code: u16,
+    /// Names of the flags set, in bit order.
     pub flags: Vec<String>,
+    /// Seconds; pending transfers only.
     pub timeout: u32,
+    /// Decimal string.
     pub user_data_128: String,
+    /// Decimal string.
     pub user_data_64: String,
+    /// Opaque to the ledger.
     pub user_data_32: u32,
+    /// Nanoseconds, decimal string; assigned by the ledger.
     pub timestamp: String,
 }
 
 impl TransferJson {
+    /// The JSON form of `transfer`, the amount with its ledger's scale.
     pub fn new(transfer: &Transfer, currencies: &CurrencyTable) -> Self {
         let (pending_id, refund_of) = if transfer.flags.contains(TransferFlags::REFUND) {
             (0, transfer.refund_of())

@@ -17,6 +17,7 @@
 //!
 //! Invariant: this crate does no I/O and knows nothing of the engine; the caller answers
 //! [`LedgerLookup`] from whatever state it holds.
+#![deny(missing_docs)]
 
 mod answer;
 mod fields;
@@ -58,10 +59,15 @@ impl LedgerLookup for NoLedgers {
 /// One request of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// `create_accounts`: the accounts, in order.
     CreateAccounts(Vec<Account>),
+    /// `create_transfers`: the transfers, in order.
     CreateTransfers(Vec<Transfer>),
+    /// `lookup_accounts`: the ids.
     LookupAccounts(Vec<u128>),
+    /// `lookup_transfers`: the ids.
     LookupTransfers(Vec<u128>),
+    /// `get_account_transfers`: the filter.
     GetAccountTransfers(AccountFilter),
 }
 
@@ -69,7 +75,9 @@ pub enum Request {
 /// returns `now`; whether it is allowed (`--manual-clock`) is the caller's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestLine {
+    /// What the line asks for.
     pub request: Request,
+    /// The line's `"now"` in nanoseconds, if it gives one.
     pub now: Option<u64>,
 }
 

@@ -11,30 +11,45 @@ use std::path::PathBuf;
 pub enum LogError {
     /// An operating-system call failed (EIO, ENOSPC, permission, ...).
     Io {
+        /// The file or directory the call was about.
         path: PathBuf,
         /// The operation: "append", "fdatasync", "rename", ...
         op: &'static str,
+        /// The operating system's error.
         source: io::Error,
     },
     /// Another holder (this process or another) has the data directory locked.
-    Locked { dir: PathBuf },
+    Locked {
+        /// The locked data directory.
+        dir: PathBuf,
+    },
     /// Checksummed data is damaged or inconsistent inside the committed log or a snapshot.
     Corrupt {
+        /// The damaged file.
         file: PathBuf,
+        /// Byte offset of the damage in `file`.
         offset: u64,
+        /// What is wrong there.
         reason: String,
     },
     /// A segment the log needs is not there: a gap in the sequence of segments.
     MissingSegment {
         /// The file that should hold `first_sequence`.
         file: PathBuf,
+        /// The first sequence the missing segment would hold.
         first_sequence: u64,
+        /// How the gap was found.
         reason: String,
     },
     /// An earlier append hit an I/O error; the log refuses writes until it is reopened.
     Poisoned,
     /// No usable snapshot, and the log does not reach back far enough to do without one.
-    Snapshot { file: PathBuf, reason: String },
+    Snapshot {
+        /// The newest snapshot file found, or the directory when there is none.
+        file: PathBuf,
+        /// Why no snapshot could be used.
+        reason: String,
+    },
 }
 
 impl LogError {

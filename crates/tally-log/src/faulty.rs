@@ -119,6 +119,7 @@ pub struct FaultyStorage {
 }
 
 impl FaultyStorage {
+    /// An empty directory with no fault armed.
     pub fn new() -> FaultyStorage {
         FaultyStorage::default()
     }

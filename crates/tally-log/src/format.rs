@@ -47,9 +47,11 @@ pub const FORMAT_VERSION: u16 = 2;
 pub const FORMAT_VERSION_READ_OLDEST: u16 = 1;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYWAL";
+/// Bytes of a segment header; the first frame starts right after it.
 pub const SEGMENT_HEADER_SIZE: usize = 64;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"TLFR";
+/// Bytes of a frame header; the frame's records follow it.
 pub const FRAME_HEADER_SIZE: usize = 48;
 /// The largest frame: a full batch. Every frame buffer is bounded by this.
 pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_SIZE + BATCH_EVENTS_MAX * RECORD_SIZE;
@@ -93,14 +95,14 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 
 /// A zero-filled file waiting to become the next segment (renamed to its segment name,
 /// then given its header). It only exists once whole and durable: it is written as
-/// `SPARE_SEGMENT_NAME` + [`TEMP_SUFFIX`], synced, then renamed.
+/// `SPARE_SEGMENT_NAME` + `.tmp`, synced, then renamed.
 pub const SPARE_SEGMENT_NAME: &str = "wal-spare.log";
 
 /// Written at a clean close: the last sequence the log held then, so that recovery can
 /// tell damage to the newest frames (an error) from a write torn by a crash (cut).
 pub const CLOSE_MARKER_NAME: &str = "wal-closed";
 
-/// The close marker while it is being written: [`CLOSE_MARKER_NAME`] + [`TEMP_SUFFIX`].
+/// The close marker while it is being written: [`CLOSE_MARKER_NAME`] + `.tmp`.
 pub const CLOSE_MARKER_TEMP_NAME: &str = "wal-closed.tmp";
 
 /// Close marker bytes.
@@ -109,7 +111,7 @@ pub const CLOSE_MARKER_SIZE: usize = 64;
 /// The close marker's magic.
 pub const CLOSE_MARKER_MAGIC: [u8; 8] = *b"TALLYCLS";
 
-/// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + [`TEMP_SUFFIX`].
+/// The spare while it is being written: [`SPARE_SEGMENT_NAME`] + `.tmp`.
 pub const SPARE_SEGMENT_TEMP_NAME: &str = "wal-spare.log.tmp";
 
 /// True when every byte is zero: the unwritten, preallocated part of a segment.
@@ -162,7 +164,9 @@ pub(crate) fn le_u128(bytes: &[u8], offset: usize) -> u128 {
 pub enum HeaderError {
     /// Fewer bytes than a header.
     Incomplete,
+    /// The first 8 bytes are not the expected magic.
     BadMagic,
+    /// The header's CRC32C does not match its bytes.
     BadChecksum,
     /// The checksum is good but the content is not something this build reads.
     Unsupported(String),
@@ -220,6 +224,7 @@ fn decode_block(bytes: &[u8], magic: &[u8; 8]) -> Result<u64, HeaderError> {
     Ok(le_u64(block, 16))
 }
 
+/// The header of a segment whose first frame holds `first_sequence`.
 pub fn encode_segment_header(first_sequence: u64) -> [u8; SEGMENT_HEADER_SIZE] {
     let header = encode_block(&SEGMENT_MAGIC, first_sequence);
     debug_assert_eq!(decode_segment_header(&header), Ok(first_sequence));
@@ -267,11 +272,17 @@ pub(crate) fn check_versions(header: &[u8]) -> Result<(), HeaderError> {
 /// A checked frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// Bytes of the whole frame, header included.
     pub frame_bytes: u32,
+    /// The record's sequence.
     pub sequence: u64,
+    /// Timestamp of the first event.
     pub timestamp: u64,
+    /// Records in the body.
     pub event_count: u32,
+    /// Accounts or transfers.
     pub kind: BatchKind,
+    /// CRC32C of the body.
     pub body_crc: u32,
 }
 
@@ -280,17 +291,24 @@ pub struct FrameHeader {
 pub enum FrameError {
     /// Fewer bytes than the header, or than the body the header announces.
     Incomplete {
+        /// Bytes the header or frame needs.
         needed: usize,
+        /// Bytes there are.
         available: usize,
     },
+    /// The first 4 bytes are not the frame magic.
     BadMagic,
+    /// The header's own CRC32C does not match.
     BadHeaderChecksum,
+    /// The body's CRC32C does not match the header's `body_crc`.
     BadBodyChecksum,
     /// The header checksum is good but a field is out of range: damage or a newer writer.
     Invalid(String),
     /// The body checksum is good but a record does not decode.
     BadRecord {
+        /// Position of the record in the frame.
         index: usize,
+        /// Why it does not decode.
         error: DecodeError,
     },
 }
@@ -465,7 +483,9 @@ pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Batch, FrameErro
 }
 
 /// Decodes one whole frame at the start of `bytes`: the record and the bytes it took.
-/// Never panics, whatever the bytes.
+/// Never panics, whatever the bytes. The log reads frames piecewise (header, checks,
+/// body); this whole-frame form serves the `layout` module's users and the tests.
+#[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
 pub fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), FrameError> {
     let header = decode_frame_header(bytes)?;
     let body = check_frame_body(&header, bytes)?;

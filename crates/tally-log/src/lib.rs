@@ -11,10 +11,10 @@
 //! * [`DirLock`] keeps a second process out of a data directory (SPEC §3.7).
 //! * [`verify`] checks every checksum of a directory without changing it.
 //! * [`Storage`] is the small file layer under all of it: [`FsStorage`] for real files,
-//!   [`faulty::FaultyStorage`] for crash and fault-injection tests.
+//!   `faulty::FaultyStorage` for crash and fault-injection tests.
 //!
-//! The bytes on disk are specified in `docs/log-format.md`; [`format`](mod@format) is that document in
-//! code.
+//! The bytes on disk are specified in `docs/log-format.md`; the crate's private `format`
+//! module is that document in code.
 //!
 //! Invariant: sequences are consecutive, one per client batch, across segments and after
 //! the snapshot; a gap anywhere is an error, never skipped.
@@ -22,10 +22,22 @@
 //! every later append: an fsync is never retried as if nothing had happened.
 //! Invariant: `Wal::open` takes no lock; the caller holds a [`DirLock`] on the directory
 //! for as long as the [`Wal`] lives.
+//!
+//! # Features
+//!
+//! * `fault-injection` (off by default): the `faulty` module (an in-memory [`Storage`]
+//!   that tears writes, drops unsynced data and injects EIO/ENOSPC) and the `layout`
+//!   module (byte-level access to segment, frame and close-marker bytes). For tests and
+//!   fuzzing only: a production build never carries them.
+
+#![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "fault-injection")]
 pub mod faulty;
-pub mod format;
+mod format;
+#[cfg(feature = "fault-injection")]
+pub mod layout;
 mod lock;
 mod scan;
 mod snapshot;
@@ -34,6 +46,7 @@ mod verify;
 mod wal;
 
 pub use error::LogError;
+pub use format::{APPEND_BYTES_MAX, SEGMENT_FILE_BYTES_MAX, segment_name, snapshot_name};
 pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotSource};
 pub use storage::{FsStorage, Storage};
@@ -54,6 +67,7 @@ pub struct LogRecord {
     pub sequence: u64,
     /// Timestamp of the batch's first event; event `i` is stamped `timestamp + i`.
     pub timestamp: u64,
+    /// The client's events, in submission order.
     pub batch: Batch,
 }
 
@@ -75,9 +89,10 @@ pub enum SyncMode {
 pub struct LogOptions {
     /// A new segment starts when the next group would take the current one past this.
     /// A single group larger than this gets a segment of its own. From
-    /// [`SEGMENT_BYTES_MIN`] to [`format::SEGMENT_FILE_BYTES_MAX`]: recovery reads no
+    /// [`SEGMENT_BYTES_MIN`] to [`SEGMENT_FILE_BYTES_MAX`]: recovery reads no
     /// larger segment file, and a spare segment is exactly this long.
     pub segment_bytes_max: u64,
+    /// How each append is made durable.
     pub sync: SyncMode,
 }
 

@@ -45,6 +45,7 @@ impl DirLock {
         }
     }
 
+    /// The locked data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -4,7 +4,7 @@
 
 use crate::LogRecord;
 use crate::error::LogError;
-use crate::format::{self, FrameError, HeaderError};
+use crate::format::{self, FrameError, FrameHeader, HeaderError};
 use crate::storage::Storage;
 use std::path::Path;
 
@@ -117,46 +117,9 @@ pub(crate) fn scan_segment(
     is_last: bool,
     collect: &mut Collect<'_>,
 ) -> Result<SegmentScan, LogError> {
-    let corrupt = |offset: usize, reason: String| {
-        LogError::corrupt(path.to_path_buf(), offset as u64, reason)
-    };
-    match format::decode_segment_header(bytes) {
-        Ok(first_sequence) if first_sequence != name_sequence => {
-            return Err(corrupt(
-                16,
-                format!(
-                    "header says first sequence {first_sequence}, the file name {name_sequence}"
-                ),
-            ));
-        }
-        Ok(_) => {}
-        Err(HeaderError::Unsupported(why)) => return Err(corrupt(0, why)),
-        Err(error) => {
-            if !is_last {
-                return Err(corrupt(0, format!("segment {error}")));
-            }
-            // All zeros: a spare renamed into place whose header never reached the disk.
-            let valid = match format::is_zero(bytes) {
-                true => None,
-                false => format::find_valid_frame_header(bytes, 0),
-            };
-            if let Some(valid) = valid {
-                return Err(corrupt(
-                    0,
-                    format!("segment {error}, but a valid frame follows at byte {valid}"),
-                ));
-            }
-            return Ok(SegmentScan {
-                next_sequence: name_sequence,
-                valid_bytes: 0,
-                frames: 0,
-                events: 0,
-                tail: Tail::TornHeader {
-                    torn_bytes: (bytes.len() - format::zero_suffix_len(bytes)) as u64,
-                },
-                zero_tail_bytes: 0,
-            });
-        }
+    let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
+    if let Some(torn_header) = check_segment_header(path, bytes, name_sequence, is_last)? {
+        return Ok(torn_header);
     }
     let mut scan = SegmentScan {
         next_sequence: name_sequence,
@@ -195,20 +158,8 @@ pub(crate) fn scan_segment(
                 ),
             ));
         }
-        let decoded = match collect {
-            Collect::After { base, out } if header.sequence > *base => {
-                format::decode_body(&header, body).map(|batch| {
-                    out(LogRecord {
-                        sequence: header.sequence,
-                        timestamp: header.timestamp,
-                        batch,
-                    })
-                })
-            }
-            Collect::After { .. } => Ok(()),
-            Collect::DecodeAll => format::decode_body(&header, body).map(drop),
-        };
-        decoded.map_err(|error| corrupt(offset, error.to_string()))?;
+        collect_frame(collect, &header, body)
+            .map_err(|error| corrupt(offset, error.to_string()))?;
         offset += header.frame_bytes as usize;
         scan.next_sequence += 1;
         scan.valid_bytes = offset as u64;
@@ -221,6 +172,82 @@ pub(crate) fn scan_segment(
         "frames end exactly at the end of the file"
     );
     Ok(scan)
+}
+
+fn corrupt_at(path: &Path, offset: usize, reason: String) -> LogError {
+    LogError::corrupt(path.to_path_buf(), offset as u64, reason)
+}
+
+/// Checks a segment's header against its file name. `Ok(None)`: the frames follow.
+/// `Ok(Some(scan))`: the last segment's header never reached the disk whole and nothing
+/// valid follows it, so the whole file is a torn tail ([`Tail::TornHeader`]).
+fn check_segment_header(
+    path: &Path,
+    bytes: &[u8],
+    name_sequence: u64,
+    is_last: bool,
+) -> Result<Option<SegmentScan>, LogError> {
+    let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
+    let error = match format::decode_segment_header(bytes) {
+        Ok(first_sequence) if first_sequence != name_sequence => {
+            return Err(corrupt(
+                16,
+                format!(
+                    "header says first sequence {first_sequence}, the file name {name_sequence}"
+                ),
+            ));
+        }
+        Ok(_) => return Ok(None),
+        Err(HeaderError::Unsupported(why)) => return Err(corrupt(0, why)),
+        Err(error) => error,
+    };
+    if !is_last {
+        return Err(corrupt(0, format!("segment {error}")));
+    }
+    // All zeros: a spare renamed into place whose header never reached the disk.
+    let valid = match format::is_zero(bytes) {
+        true => None,
+        false => format::find_valid_frame_header(bytes, 0),
+    };
+    if let Some(valid) = valid {
+        return Err(corrupt(
+            0,
+            format!("segment {error}, but a valid frame follows at byte {valid}"),
+        ));
+    }
+    Ok(Some(SegmentScan {
+        next_sequence: name_sequence,
+        valid_bytes: 0,
+        frames: 0,
+        events: 0,
+        tail: Tail::TornHeader {
+            torn_bytes: (bytes.len() - format::zero_suffix_len(bytes)) as u64,
+        },
+        zero_tail_bytes: 0,
+    }))
+}
+
+/// Does with one valid frame what `collect` asks: decodes its records and hands on
+/// those after the base, or decodes and drops them. A body that does not decode is an
+/// error.
+fn collect_frame(
+    collect: &mut Collect<'_>,
+    header: &FrameHeader,
+    body: &[u8],
+) -> Result<(), FrameError> {
+    match collect {
+        Collect::After { base, out } if header.sequence > *base => {
+            format::decode_body(header, body).map(|batch| {
+                out(LogRecord {
+                    sequence: header.sequence,
+                    timestamp: header.timestamp,
+                    batch,
+                })
+            })
+        }
+        Collect::After { .. } => Ok(()),
+        Collect::DecodeAll => format::decode_body(header, body).map(drop),
+    }
 }
 
 /// Decides whether a bad frame at `offset` is a torn tail (returns the cut) or damage

@@ -62,9 +62,11 @@ const SECTIONS: [(u16, usize, &str); 5] = [
 pub trait SnapshotSource {
     /// Timestamp of the last event applied (0 for an empty ledger).
     fn last_timestamp(&self) -> u64;
+    /// How many accounts [`SnapshotSource::accounts`] yields.
     fn accounts_len(&self) -> usize;
     /// Exactly `accounts_len` accounts, in creation order.
     fn accounts(&self) -> Box<dyn Iterator<Item = Account> + '_>;
+    /// How many transfers [`SnapshotSource::packed_transfer_runs`] hands out.
     fn transfers_len(&self) -> usize;
     /// Hands `run` exactly `transfers_len` transfers in timestamp order, packed
     /// ([`tally_types::packed`]), as `(records, bytes)` runs of
@@ -74,8 +76,11 @@ pub trait SnapshotSource {
         &self,
         run: &mut dyn FnMut(usize, &[u8]) -> io::Result<()>,
     ) -> io::Result<()>;
+    /// The status of every transfer flagged `pending`, sorted by id.
     fn pending_statuses(&self) -> &[(u128, PendingStatus)];
+    /// `(transfer id, total refunded so far)` for every refunded transfer, sorted by id.
     fn refunded(&self) -> &[(u128, u128)];
+    /// Transfer ids burned by a transient failure, sorted.
     fn failed_ids(&self) -> &[u128];
 }
 
@@ -273,7 +278,8 @@ fn section_header(
 
 /// Dirty snapshot bytes allowed before an intermediate `fdatasync`. Without it a
 /// multi-gigabyte snapshot reaches the disk in one final sync, and every log sync
-/// queued behind it waits: a 1.2 s commit stall in a 60 s max run at 20 M transfers.
+/// queued behind it waits: a commit stall of a second or more under full load (figures:
+/// docs/performance.md).
 const SNAPSHOT_SYNC_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Writes the whole snapshot to `name` with appends of at most one chunk each, syncing

@@ -1,5 +1,5 @@
 //! The file layer under the log: one flat directory of named files. Small on purpose, so
-//! that [`crate::faulty::FaultyStorage`] can model every call's durability exactly.
+//! that `faulty::FaultyStorage` (feature `fault-injection`) can model every call's durability exactly.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +21,7 @@ pub trait Storage: Send + fmt::Debug {
     fn list(&mut self) -> io::Result<Vec<String>>;
     /// Creates `name` empty, replacing any file of that name.
     fn create(&mut self, name: &str) -> io::Result<()>;
+    /// The file's length in bytes.
     fn len(&mut self, name: &str) -> io::Result<u64>;
     /// Fills `buf` from `offset`; a short file is an `UnexpectedEof` error.
     fn read_at(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()>;
@@ -31,9 +32,11 @@ pub trait Storage: Send + fmt::Debug {
     fn write_at(&mut self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes the file's content and length durable (`fdatasync`).
     fn sync_data(&mut self, name: &str) -> io::Result<()>;
+    /// Cuts the file to `len` bytes (or extends it with zeros).
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
     /// Renames `from` to `to`, atomically replacing `to`.
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes `name`.
     fn remove(&mut self, name: &str) -> io::Result<()>;
     /// Makes creations, renames and removals durable (`fsync` of the directory).
     fn sync_dir(&mut self) -> io::Result<()>;
@@ -77,6 +80,7 @@ impl FsStorage {
         }
     }
 
+    /// The directory this storage works in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

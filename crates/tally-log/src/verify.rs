@@ -15,9 +15,11 @@ use tally_types::StateImage;
 /// instead; what open would repair or work around is counted here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Segment files present.
     pub segments: u64,
     /// Frames (client batches) in every segment present.
     pub records: u64,
+    /// Events (accounts and transfers) in those frames.
     pub events: u64,
     /// Bytes of every segment present, preallocated zeros included.
     pub bytes: u64,
@@ -25,6 +27,7 @@ pub struct VerifyReport {
     pub preallocated_bytes: u64,
     /// First and last sequence present in the segments (0 and 0 for an empty log).
     pub sequence_first: u64,
+    /// See `sequence_first`.
     pub sequence_last: u64,
     /// The newest readable snapshot's last sequence.
     pub snapshot_sequence: Option<u64>,

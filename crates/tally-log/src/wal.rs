@@ -8,10 +8,10 @@
 //!
 //! Preallocated segments: a sync after an append must also make the file's new length
 //! durable (a journal commit on ext4); a sync after a write over bytes already on disk
-//! need not, and costs less (median 0.22 vs 0.32–0.45 ms for a 3.2 KB write and its
-//! sync on the development VM, and less of the host's CPU). So a busy log writes its frames in place into a *spare*: a zero-filled
-//! segment-sized file written in small steps between commits ([`Wal::write_spare_step`])
-//! and renamed into place at rotation. Recovery reads zeros after the last frame as
+//! need not, and costs less latency and less CPU (figures: docs/performance.md). So a
+//! busy log writes its frames in place into a *spare*: a zero-filled segment-sized file
+//! written in small steps between commits ([`Wal::write_spare_step`]) and renamed into
+//! place at rotation. Recovery reads zeros after the last frame as
 //! unwritten space.
 
 use crate::error::LogError;
@@ -30,7 +30,8 @@ pub const SPARE_TRIGGER_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Most zeros one [`Wal::write_spare_step`] writes (and syncs). A step runs on the log's
 /// own thread between commits, so it never contends with a commit for the disk; this
-/// bound keeps it short (about 0.7 ms on the development VM's ~400 MB/s disk).
+/// bound keeps it short: well under a commit interval on a common disk (figures:
+/// docs/performance.md).
 pub const SPARE_STEP_BYTES_MAX: u64 = 256 * 1024;
 
 /// Where [`Wal::open_with_sink`] hands what it recovers, as it reads it: a caller can
@@ -140,7 +141,7 @@ impl Wal {
         Wal::open_with_storage(Box::new(storage), options)
     }
 
-    /// [`Wal::open`] over any storage (tests use [`crate::faulty::FaultyStorage`]).
+    /// [`Wal::open`] over any storage (tests use `faulty::FaultyStorage`, behind the `fault-injection` feature).
     pub fn open_with_storage(
         storage: Box<dyn Storage>,
         options: LogOptions,
@@ -171,83 +172,25 @@ impl Wal {
         );
         let listing = scan::list(&mut *storage)?;
         remove_temps(&mut *storage, &listing.temps)?;
-        let spare_ready = keep_spare(&mut *storage, listing.spare.as_deref(), &options)?;
+        let mut spare_ready = keep_spare(&mut *storage, listing.spare.as_deref(), &options)?;
 
-        let mut snapshots_damaged = Vec::new();
-        let mut first_damage = None;
-        let mut loaded = None;
-        for (_, name) in listing.snapshots.iter().rev() {
-            match snapshot::read(&mut *storage, name, true) {
-                Ok(snapshot) => {
-                    loaded = Some(snapshot);
-                    break;
-                }
-                Err(error @ LogError::Corrupt { .. }) => {
-                    snapshots_damaged.push(storage.path(name));
-                    first_damage.get_or_insert(error);
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let SnapshotChoice {
+            loaded,
+            damaged: snapshots_damaged,
+            first_damage,
+        } = newest_snapshot(&mut *storage, &listing.snapshots)?;
         let base = loaded.as_ref().map_or(0, |snapshot| snapshot.sequence);
-        // A damaged snapshot with no fallback is its own error, clearer than the gap it leaves.
-        let no_fallback = |reason: String| LogError::Snapshot {
-            file: snapshots_damaged.first().cloned().unwrap_or_default(),
-            reason,
-        };
-
         let snapshots_good: Vec<u64> = loaded.as_ref().map(|s| s.sequence).into_iter().collect();
+        let snapshots_exist = !snapshots_good.is_empty() || first_damage.is_some();
         sink.start(loaded.map(|s| (s.sequence, s.image.expect("snapshot read with keep"))));
         let mut segments = listing.segments;
-        // Paired check: what recovery hands over is consecutive and starts after the base.
-        let mut records = 0u64;
-        let mut hand_over = |record: LogRecord| {
-            records += 1;
-            assert_eq!(
-                record.sequence,
-                base + records,
-                "recovered records are consecutive"
-            );
-            sink.record(record);
-        };
-        let start = segments
-            .iter()
-            .rposition(|segment| segment.first_sequence <= base + 1)
-            .unwrap_or(0);
-        let scanned =
-            if segments.is_empty() && (!snapshots_good.is_empty() || first_damage.is_some()) {
-                Err(LogError::MissingSegment {
-                    file: storage.path(&format::segment_name(base + 1)),
-                    first_sequence: base + 1,
-                    reason: "snapshots exist but no log segment does".into(),
-                })
-            } else {
-                scan::scan_log(
-                    &mut *storage,
-                    &segments,
-                    start,
-                    base,
-                    &mut Collect::After {
-                        base,
-                        out: &mut hand_over,
-                    },
-                )
+        let (log, records) =
+            match replay_after(&mut *storage, &segments, base, snapshots_exist, sink) {
+                Ok(replayed) => replayed,
+                Err(error) => {
+                    return Err(explain_gap(error, first_damage, base, &snapshots_damaged));
+                }
             };
-        let log = match (scanned, first_damage) {
-            (Ok(log), _) => log,
-            (Err(error @ LogError::MissingSegment { .. }), Some(damage)) => {
-                return Err(no_fallback(format!(
-                    "{damage}; falling back to {} needs the log from sequence {}: {error}",
-                    if base == 0 {
-                        "no snapshot".to_string()
-                    } else {
-                        format!("snapshot {base}")
-                    },
-                    base + 1
-                )));
-            }
-            (Err(error), _) => return Err(error),
-        };
         scan::check_close_marker(
             &mut *storage,
             listing.close_marker.as_deref(),
@@ -255,69 +198,17 @@ impl Wal {
             &log,
         )?;
 
-        let mut torn_tail_bytes_cut = 0;
-        let mut torn_segment_removed = false;
-        let mut segment_current_bytes = 0;
-        let mut segment_current_capacity = 0;
-        let mut segment_current_frames = 0;
-        if let (Some(last), Some(scan)) = (segments.last(), log.last) {
-            let path = storage.path(&last.name);
-            match scan.tail {
-                Tail::Clean => segment_current_capacity = scan.valid_bytes + scan.zero_tail_bytes,
-                Tail::Torn {
-                    valid_bytes,
-                    torn_bytes,
-                    zero_bytes,
-                } => {
-                    segment_current_capacity = clear_torn_tail(
-                        &mut *storage,
-                        &last.name,
-                        valid_bytes,
-                        torn_bytes,
-                        zero_bytes,
-                    )?;
-                    torn_tail_bytes_cut = torn_bytes;
-                }
-                Tail::TornHeader { torn_bytes } => {
-                    storage
-                        .remove(&last.name)
-                        .map_err(|e| LogError::io(path.clone(), "remove torn segment", e))?;
-                    storage
-                        .sync_dir()
-                        .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
-                    torn_tail_bytes_cut = torn_bytes;
-                    torn_segment_removed = true;
-                    segments.pop();
-                }
-            }
-            if !matches!(scan.tail, Tail::TornHeader { .. }) {
-                segment_current_bytes = scan.valid_bytes;
-                segment_current_frames = scan.frames;
-            }
-        }
-        let mut spare_ready = spare_ready;
-        if segments.is_empty() || segment_current_bytes == 0 {
-            let first_sequence = log.next_sequence;
+        let (mut current, repairs) = repair_tail(&mut *storage, &mut segments, log.last)?;
+        if segments.is_empty() || current.bytes == 0 {
             let (segment, capacity) =
-                start_segment(&mut *storage, first_sequence, spare_ready.take())?;
+                start_segment(&mut *storage, log.next_sequence, spare_ready.take())?;
             segments.push(segment);
-            segment_current_bytes = SEGMENT_HEADER_SIZE as u64;
-            segment_current_capacity = capacity;
+            current.bytes = SEGMENT_HEADER_SIZE as u64;
+            current.capacity = capacity;
         }
-        assert!(segment_current_capacity >= segment_current_bytes);
-        // What was read back may come from the page cache, not the disk: after a restart
-        // without a machine crash (a failed sync, a killed process) unsynced frames, a
-        // cleared torn tail or a segment's name may not be durable yet. Make them so
-        // before anything is appended after them, acknowledged, or named in a close
-        // marker. (After a failed fsync Linux may drop the dirty pages and report the
-        // next fsync as successful: restart the host, not just the process, then.)
-        let current = &segments.last().expect("a current segment").name;
-        storage
-            .sync_data(current)
-            .map_err(|e| LogError::io(storage.path(current), "fdatasync", e))?;
-        storage
-            .sync_dir()
-            .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
+        assert!(current.capacity >= current.bytes);
+        let current_name = &segments.last().expect("a current segment").name;
+        sync_recovered(&mut *storage, current_name)?;
 
         assert_eq!(log.next_sequence, base + 1 + records);
 
@@ -325,9 +216,9 @@ impl Wal {
             storage,
             options,
             segments,
-            segment_current_bytes,
-            segment_current_capacity,
-            segment_current_frames,
+            segment_current_bytes: current.bytes,
+            segment_current_capacity: current.capacity,
+            segment_current_frames: current.frames,
             sequence_next: log.next_sequence,
             bytes_logged: 0,
             spare_ready,
@@ -339,12 +230,7 @@ impl Wal {
             snapshots_good,
             snapshots_damaged,
         };
-        let repairs = Repairs {
-            torn_tail_bytes_cut,
-            torn_segment_removed,
-            records,
-        };
-        Ok((wal, repairs))
+        Ok((wal, Repairs { records, ..repairs }))
     }
 
     /// Closes the log cleanly: records, in a small file of its own (written as a temp
@@ -521,9 +407,8 @@ impl Wal {
     }
 
     /// Writes the next at most `bytes_max` (≤ [`SPARE_STEP_BYTES_MAX`]) zeros of the
-    /// spare and syncs them; the last step renames the temp file to
-    /// [`format::SPARE_SEGMENT_NAME`] and syncs the directory, so a file of that name is
-    /// always whole and durable. Does nothing unless [`Wal::spare_wanted`].
+    /// spare and syncs them; the last step renames the temp file to `wal-spare.log` and
+    /// syncs the directory, so a file of that name is always whole and durable. Does nothing unless [`Wal::spare_wanted`].
     ///
     /// Returns the zeros this step wrote ([`Wal::spare_ready`] tells when the spare is
     /// whole). An error gives up on this spare (its temp file is removed, best effort,
@@ -811,6 +696,186 @@ fn start_segment(
         name,
     };
     Ok((segment, capacity))
+}
+
+/// What recovery found among the snapshots: the newest one that reads back whole (its
+/// state kept), the damaged ones newer than it, and the first damage found.
+struct SnapshotChoice {
+    loaded: Option<snapshot::Loaded>,
+    damaged: Vec<PathBuf>,
+    first_damage: Option<LogError>,
+}
+
+/// Reads the snapshots newest first until one reads back whole. Damage moves on to the
+/// next older one; any other error stops recovery.
+fn newest_snapshot(
+    storage: &mut dyn Storage,
+    snapshots: &[(u64, String)],
+) -> Result<SnapshotChoice, LogError> {
+    let mut choice = SnapshotChoice {
+        loaded: None,
+        damaged: Vec::new(),
+        first_damage: None,
+    };
+    for (_, name) in snapshots.iter().rev() {
+        match snapshot::read(storage, name, true) {
+            Ok(snapshot) => {
+                choice.loaded = Some(snapshot);
+                break;
+            }
+            Err(error @ LogError::Corrupt { .. }) => {
+                choice.damaged.push(storage.path(name));
+                choice.first_damage.get_or_insert(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(choice)
+}
+
+/// Hands every logged record after `base` to `sink`, reading from the segment that
+/// holds `base + 1`; returns the scan and how many records were handed over.
+/// `snapshots_exist`: a snapshot (whole or damaged) is present, so an empty log is a
+/// missing segment, not a new ledger.
+fn replay_after(
+    storage: &mut dyn Storage,
+    segments: &[SegmentFile],
+    base: u64,
+    snapshots_exist: bool,
+    sink: &mut dyn RecoverySink,
+) -> Result<(scan::LogScan, u64), LogError> {
+    // Paired check: what recovery hands over is consecutive and starts after the base.
+    let mut records = 0u64;
+    let mut hand_over = |record: LogRecord| {
+        records += 1;
+        assert_eq!(
+            record.sequence,
+            base + records,
+            "recovered records are consecutive"
+        );
+        sink.record(record);
+    };
+    if segments.is_empty() && snapshots_exist {
+        return Err(LogError::MissingSegment {
+            file: storage.path(&format::segment_name(base + 1)),
+            first_sequence: base + 1,
+            reason: "snapshots exist but no log segment does".into(),
+        });
+    }
+    let start = segments
+        .iter()
+        .rposition(|segment| segment.first_sequence <= base + 1)
+        .unwrap_or(0);
+    let log = scan::scan_log(
+        storage,
+        segments,
+        start,
+        base,
+        &mut Collect::After {
+            base,
+            out: &mut hand_over,
+        },
+    )?;
+    Ok((log, records))
+}
+
+/// A damaged snapshot with no fallback is its own error, clearer than the gap it leaves:
+/// a missing segment after a snapshot was skipped as damaged becomes a snapshot error.
+fn explain_gap(
+    error: LogError,
+    first_damage: Option<LogError>,
+    base: u64,
+    snapshots_damaged: &[PathBuf],
+) -> LogError {
+    match (error, first_damage) {
+        (error @ LogError::MissingSegment { .. }, Some(damage)) => LogError::Snapshot {
+            file: snapshots_damaged.first().cloned().unwrap_or_default(),
+            reason: format!(
+                "{damage}; falling back to {} needs the log from sequence {}: {error}",
+                if base == 0 {
+                    "no snapshot".to_string()
+                } else {
+                    format!("snapshot {base}")
+                },
+                base + 1
+            ),
+        },
+        (error, _) => error,
+    }
+}
+
+/// Where appends continue in the current (last) segment.
+#[derive(Debug, Clone, Copy, Default)]
+struct CurrentSegment {
+    /// Header plus whole frames.
+    bytes: u64,
+    /// The file's length: frames may be written in place up to it.
+    capacity: u64,
+    frames: u64,
+}
+
+/// Repairs the end of the last segment as its scan found it: a torn write is cleared
+/// (zeroed in place, or cut off), a segment whose header is torn is removed. Returns
+/// where appends continue (all zero when there is no segment to continue) and what was
+/// repaired (`records` left 0 for the caller).
+fn repair_tail(
+    storage: &mut dyn Storage,
+    segments: &mut Vec<SegmentFile>,
+    last_scan: Option<scan::SegmentScan>,
+) -> Result<(CurrentSegment, Repairs), LogError> {
+    let mut current = CurrentSegment::default();
+    let mut repairs = Repairs {
+        torn_tail_bytes_cut: 0,
+        torn_segment_removed: false,
+        records: 0,
+    };
+    let (Some(last), Some(scan)) = (segments.last(), last_scan) else {
+        return Ok((current, repairs));
+    };
+    let path = storage.path(&last.name);
+    match scan.tail {
+        Tail::Clean => current.capacity = scan.valid_bytes + scan.zero_tail_bytes,
+        Tail::Torn {
+            valid_bytes,
+            torn_bytes,
+            zero_bytes,
+        } => {
+            current.capacity =
+                clear_torn_tail(storage, &last.name, valid_bytes, torn_bytes, zero_bytes)?;
+            repairs.torn_tail_bytes_cut = torn_bytes;
+        }
+        Tail::TornHeader { torn_bytes } => {
+            storage
+                .remove(&last.name)
+                .map_err(|e| LogError::io(path.clone(), "remove torn segment", e))?;
+            storage
+                .sync_dir()
+                .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
+            repairs.torn_tail_bytes_cut = torn_bytes;
+            repairs.torn_segment_removed = true;
+            segments.pop();
+        }
+    }
+    if !matches!(scan.tail, Tail::TornHeader { .. }) {
+        current.bytes = scan.valid_bytes;
+        current.frames = scan.frames;
+    }
+    Ok((current, repairs))
+}
+
+/// What was read back may come from the page cache, not the disk: after a restart
+/// without a machine crash (a failed sync, a killed process) unsynced frames, a cleared
+/// torn tail or a segment's name may not be durable yet. Make them so before anything
+/// is appended after them, acknowledged, or named in a close marker. (After a failed
+/// fsync Linux may drop the dirty pages and report the next fsync as successful:
+/// restart the host, not just the process, then.)
+fn sync_recovered(storage: &mut dyn Storage, current: &str) -> Result<(), LogError> {
+    storage
+        .sync_data(current)
+        .map_err(|e| LogError::io(storage.path(current), "fdatasync", e))?;
+    storage
+        .sync_dir()
+        .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))
 }
 
 /// Discards a torn write at the end of the last segment and returns the segment's

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use tally_log::faulty::{Fault, FaultyStorage};
-use tally_log::format::{self, SPARE_SEGMENT_NAME};
+use tally_log::layout::{self, SPARE_SEGMENT_NAME};
 use tally_log::{LogRecord, SPARE_STEP_BYTES_MAX, Wal, verify_storage};
 
 const SEGMENT: u64 = 4096;
@@ -41,7 +41,7 @@ fn a_spare_is_wanted_once_the_log_is_busy_and_written_step_by_step() {
     assert_eq!(storage.file_names().len(), 1, "nothing written");
     wal.append(&[record(2, 4)]).unwrap();
     assert!(wal.spare_wanted(), "688 bytes logged");
-    let temp = format::SPARE_SEGMENT_TEMP_NAME.to_string();
+    let temp = layout::SPARE_SEGMENT_TEMP_NAME.to_string();
     let (writes, syncs) = storage.counts();
     assert_eq!(wal.write_spare_step(1000).unwrap(), 1000);
     assert_eq!(
@@ -75,7 +75,7 @@ fn the_log_moves_onto_a_spare_early_and_then_writes_in_place() {
     // goes to a new segment made from the spare instead.
     wal.append(&records(5, 1)).unwrap();
     let names = segment_names(&storage);
-    assert_eq!(names, [format::segment_name(1), format::segment_name(5)]);
+    assert_eq!(names, [layout::segment_name(1), layout::segment_name(5)]);
     assert!(
         !storage
             .file_names()
@@ -154,7 +154,7 @@ fn a_spare_survives_a_restart_and_one_of_another_size_is_removed() {
 #[test]
 fn an_unfinished_spare_is_removed_at_open() {
     let storage = build_log(&records(1, 3), 1, SEGMENT);
-    let temp = format::SPARE_SEGMENT_TEMP_NAME.to_string();
+    let temp = layout::SPARE_SEGMENT_TEMP_NAME.to_string();
     storage.write_file_durable(&temp, &[0; 100]);
     let (wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
     assert_eq!(recovered.records, records(1, 3));
@@ -208,7 +208,7 @@ fn a_segment_of_zeros_is_a_spare_renamed_before_its_header_was_durable() {
     // On a real disk the rename may reach the disk before the header does.
     let written = records(1, 10);
     let storage = build_log(&written, 2, SEGMENT);
-    let next = format::segment_name(11);
+    let next = layout::segment_name(11);
     storage.write_file_durable(&next, &vec![0; SEGMENT as usize]);
     let (mut wal, recovered) = open(&storage, options(SEGMENT)).unwrap();
     assert_eq!(recovered.records, written);
@@ -272,9 +272,9 @@ fn spare_holding_a_stale_header() -> (FaultyStorage, u64) {
     drop(wal);
     storage.crash();
     // Move the crash one step earlier: the rename never reached the disk.
-    let name = format::segment_name(sequence);
+    let name = layout::segment_name(sequence);
     let bytes = storage.read_file(&name).unwrap();
-    assert_eq!(format::decode_segment_header(&bytes), Ok(sequence));
+    assert_eq!(layout::decode_segment_header(&bytes), Ok(sequence));
     storage.remove_file_durable(&name);
     storage.write_file_durable(SPARE_SEGMENT_NAME, &bytes);
     (storage, sequence)
@@ -372,7 +372,7 @@ fn a_crash_while_zeroing_a_torn_tail_is_recovered_at_the_next_open() {
         let segment = storage
             .file_names()
             .into_iter()
-            .filter(|name| format::parse_segment_name(name).is_some())
+            .filter(|name| layout::parse_segment_name(name).is_some())
             .max()
             .unwrap();
         let report = verify_storage(&mut storage.clone()).unwrap();
@@ -380,7 +380,7 @@ fn a_crash_while_zeroing_a_torn_tail_is_recovered_at_the_next_open() {
         let torn = bytes.len();
         let frames_end = torn - report.preallocated_bytes as usize;
         let mut frame_next = Vec::new();
-        format::encode_frame(&records(7, 1)[0], &mut frame_next);
+        layout::encode_frame(&records(7, 1)[0], &mut frame_next);
         assert!(frame_next.len() > 150);
         bytes[frames_end..frames_end + 150].copy_from_slice(&frame_next[..150]);
         storage.write_file_durable(&segment, &bytes);
@@ -499,7 +499,7 @@ fn real_files_are_written_in_place_and_recover() {
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
-        if format::parse_segment_name(&name).is_some_and(|first| first > 1) {
+        if layout::parse_segment_name(&name).is_some_and(|first| first > 1) {
             lens.push(entry.metadata().unwrap().len());
         }
     }

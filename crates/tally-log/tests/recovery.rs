@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use tally_log::format::{self, FRAME_HEADER_SIZE};
+use tally_log::layout::{self, FRAME_HEADER_SIZE};
 use tally_log::{LogError, Wal, verify_storage};
 use tally_types::codec::RECORD_SIZE;
 
@@ -71,7 +71,7 @@ fn appends_continue_after_reopen_and_a_group_never_spans_segments() {
     let (_, recovered) = open(&storage, options(1024)).unwrap();
     assert_eq!(recovered.records, records(1, 50));
     // The first group (40 records, far past 1 KiB) sits whole in segment 1.
-    assert_eq!(segment_names(&storage)[1], format::segment_name(41));
+    assert_eq!(segment_names(&storage)[1], layout::segment_name(41));
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn torn_tail_at_every_byte_on_real_files() {
         let (mut wal, _) = Wal::open(dir.path(), options(1 << 20)).unwrap();
         wal.append(&written).unwrap();
     }
-    let segment = dir.path().join(format::segment_name(1));
+    let segment = dir.path().join(layout::segment_name(1));
     let full = std::fs::read(&segment).unwrap();
     let full_len = full.len() as u64;
     let frame_start = full.len() - frame_len;
@@ -179,7 +179,7 @@ fn garbage_tail_is_cut() {
         [&[0u8; 64][..], b"x"].concat(),
     ] {
         let storage = build_log(&written, 3, 1 << 20);
-        let name = format::segment_name(1);
+        let name = layout::segment_name(1);
         let mut bytes = storage.read_file(&name).unwrap();
         bytes.extend_from_slice(&tail);
         storage.write_file_durable(&name, &bytes);
@@ -193,7 +193,7 @@ fn garbage_tail_is_cut() {
 fn zeroed_tail_is_preallocated_space_that_the_next_frames_overwrite() {
     let written = records(1, 10);
     let storage = build_log(&written, 3, 1 << 20);
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let mut bytes = storage.read_file(&name).unwrap();
     let frames_end = bytes.len();
     bytes.resize(frames_end + 4096, 0);
@@ -228,7 +228,7 @@ fn zeroed_tail_is_preallocated_space_that_the_next_frames_overwrite() {
 fn bad_crc_in_the_final_frame_with_nothing_after_is_a_torn_tail() {
     let written = records(1, 10);
     let storage = build_log(&written, 1, 1 << 20);
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let bytes = storage.read_file(&name).unwrap();
     let last = *frame_offsets(&bytes).last().unwrap();
     storage.flip_bit(&name, bytes.len() - 1, 0);
@@ -240,7 +240,7 @@ fn bad_crc_in_the_final_frame_with_nothing_after_is_a_torn_tail() {
 #[test]
 fn bit_flip_in_a_middle_frame_body_stops_open_naming_file_and_offset() {
     let storage = build_log(&records(1, 10), 1, 1 << 20);
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let offsets = frame_offsets(&storage.read_file(&name).unwrap());
     // Record 4 has 28 % 13 = 2 events; flip a bit inside its body.
     storage.flip_bit(&name, offsets[3] + FRAME_HEADER_SIZE + 5, 3);
@@ -252,7 +252,7 @@ fn bit_flip_in_a_middle_frame_body_stops_open_naming_file_and_offset() {
 #[test]
 fn bit_flip_in_a_middle_frame_header_stops_open() {
     let storage = build_log(&records(1, 10), 1, 1 << 20);
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let offsets = frame_offsets(&storage.read_file(&name).unwrap());
     // The size field: without the header CRC this would look like a short tail.
     storage.flip_bit(&name, offsets[5] + 6, 1);
@@ -262,7 +262,7 @@ fn bit_flip_in_a_middle_frame_header_stops_open() {
 #[test]
 fn bad_frame_in_a_segment_that_is_not_the_last_stops_open() {
     let storage = build_log(&records(1, 60), 1, 1024);
-    let first = format::segment_name(1);
+    let first = layout::segment_name(1);
     let bytes = storage.read_file(&first).unwrap();
     let last_frame = *frame_offsets(&bytes).last().unwrap();
     storage.flip_bit(&first, bytes.len() - 1, 7);
@@ -289,12 +289,12 @@ fn bit_flip_in_a_segment_header_stops_open() {
 fn header_and_name_that_disagree_stop_open() {
     let storage = build_log(&records(1, 5), 5, 1 << 20);
     // A segment named for sequence 6 whose header claims 7.
-    let mut bytes = format::encode_segment_header(7).to_vec();
-    format::encode_frame(&record(7, 1), &mut bytes);
-    storage.write_file_durable(&format::segment_name(6), &bytes);
+    let mut bytes = layout::encode_segment_header(7).to_vec();
+    layout::encode_frame(&record(7, 1), &mut bytes);
+    storage.write_file_durable(&layout::segment_name(6), &bytes);
     expect_corrupt(
         open(&storage, options(1 << 20)),
-        &format::segment_name(6),
+        &layout::segment_name(6),
         16,
     );
 }
@@ -304,11 +304,11 @@ fn torn_header_of_a_fresh_last_segment_is_removed_and_recreated() {
     let written = records(1, 30);
     let storage = build_log(&written, 1, 1024);
     // A crash during rotation: the new segment exists but its header is cut short.
-    let next = format::segment_name(31);
-    storage.write_file_durable(&next, &format::encode_segment_header(31)[..30]);
+    let next = layout::segment_name(31);
+    storage.write_file_durable(&next, &layout::encode_segment_header(31)[..30]);
     let (mut wal, recovered) = open(&storage, options(1024)).unwrap();
     assert_eq!(recovered.records, written);
-    let header = format::encode_segment_header(31);
+    let header = layout::encode_segment_header(31);
     assert_eq!(recovered.torn_tail_bytes_cut, torn_extent(&header[..30]));
     assert!(recovered.torn_segment_removed);
     wal.append(&records(31, 1)).unwrap();
@@ -319,10 +319,10 @@ fn torn_header_of_a_fresh_last_segment_is_removed_and_recreated() {
 #[test]
 fn a_sequence_gap_inside_a_segment_stops_open() {
     let storage = build_log(&records(1, 5), 5, 1 << 20);
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let mut bytes = storage.read_file(&name).unwrap();
     let gap_at = bytes.len();
-    format::encode_frame(&record(7, 1), &mut bytes);
+    layout::encode_frame(&record(7, 1), &mut bytes);
     storage.write_file_durable(&name, &bytes);
     let message = expect_corrupt(open(&storage, options(1 << 20)), &name, gap_at as u64);
     assert!(message.contains("expected 6"), "{message}");
@@ -341,7 +341,7 @@ fn a_missing_middle_segment_stops_open_naming_it() {
             reason,
         }) => {
             assert_eq!(file.file_name().unwrap(), missing.as_str(), "{reason}");
-            assert_eq!(format::segment_name(first_sequence), missing);
+            assert_eq!(layout::segment_name(first_sequence), missing);
         }
         other => panic!("expected MissingSegment, got {:?}", other.map(|_| ())),
     }
@@ -354,7 +354,7 @@ fn a_missing_middle_segment_stops_open_naming_it() {
 #[test]
 fn a_missing_first_segment_stops_open() {
     let storage = build_log(&records(1, 60), 1, 1024);
-    storage.remove_file_durable(&format::segment_name(1));
+    storage.remove_file_durable(&layout::segment_name(1));
     let error = open(&storage, options(1024)).err().unwrap();
     assert!(
         matches!(
@@ -366,18 +366,18 @@ fn a_missing_first_segment_stops_open() {
         ),
         "{error}"
     );
-    assert!(error.to_string().contains(&format::segment_name(1)));
+    assert!(error.to_string().contains(&layout::segment_name(1)));
 }
 
 #[test]
 fn overlapping_segments_stop_open() {
     let storage = build_log(&records(1, 10), 10, 1 << 20);
-    let mut bytes = format::encode_segment_header(5).to_vec();
-    format::encode_frame(&record(5, 1), &mut bytes);
-    storage.write_file_durable(&format::segment_name(5), &bytes);
+    let mut bytes = layout::encode_segment_header(5).to_vec();
+    layout::encode_frame(&record(5, 1), &mut bytes);
+    storage.write_file_durable(&layout::segment_name(5), &bytes);
     expect_corrupt(
         open(&storage, options(1 << 20)),
-        &format::segment_name(5),
+        &layout::segment_name(5),
         16,
     );
 }
@@ -400,7 +400,7 @@ fn verify_reports_a_torn_tail_without_repairing_it() {
         let (mut wal, _) = Wal::open(dir.path(), options(1 << 20)).unwrap();
         wal.append(&records(1, 4)).unwrap();
     }
-    let segment = dir.path().join(format::segment_name(1));
+    let segment = dir.path().join(layout::segment_name(1));
     let len = std::fs::metadata(&segment).unwrap().len();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes.extend_from_slice(&[1, 2, 3]);
@@ -421,9 +421,9 @@ fn format_is_pinned() {
     // Pins the on-disk bytes: if this changes, FORMAT_VERSION must change too. Hashed
     // with FNV-1a, not CRC32C: a CRC over bytes that end in their own CRC is the same
     // constant whatever they hold, so a CRC pin would miss every header change.
-    let mut bytes = format::encode_segment_header(1).to_vec();
-    format::encode_frame(&record(1, 2), &mut bytes);
-    format::encode_frame(&record(2, 1), &mut bytes);
+    let mut bytes = layout::encode_segment_header(1).to_vec();
+    layout::encode_frame(&record(1, 2), &mut bytes);
+    layout::encode_frame(&record(2, 1), &mut bytes);
     assert_eq!(bytes.len(), 64 + 48 + 256 + 48 + 128);
     assert_eq!(&bytes[8..10], &[2, 0], "format version 2");
     assert_eq!(fnv1a(&bytes), PINNED_FNV1A, "on-disk format changed");
@@ -441,7 +441,7 @@ const PINNED_FNV1A: u64 = 497_543_969_302_867_074;
 fn a_version_1_segment_still_reads() {
     let written = records(1, 6);
     let storage = build_log(&written, 2, 1 << 20);
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let mut bytes = storage.read_file(&name).unwrap();
     bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..60]);
@@ -471,9 +471,9 @@ fn after_a_clean_close_damage_to_the_newest_frame_stops_open() {
     assert!(
         storage
             .file_names()
-            .contains(&format::CLOSE_MARKER_NAME.to_string())
+            .contains(&layout::CLOSE_MARKER_NAME.to_string())
     );
-    let name = format::segment_name(1);
+    let name = layout::segment_name(1);
     let clean = storage.read_file(&name).unwrap();
     let last = *frame_offsets(&clean).last().unwrap();
     for flip in [
@@ -525,14 +525,14 @@ fn close_markers_stay_true_and_are_checked() {
         "a stale marker stays true"
     );
     wal.close().unwrap();
-    let marker = storage.read_file(format::CLOSE_MARKER_NAME).unwrap();
-    assert_eq!(format::decode_close_marker(&marker), Ok(6));
+    let marker = storage.read_file(layout::CLOSE_MARKER_NAME).unwrap();
+    assert_eq!(layout::decode_close_marker(&marker), Ok(6));
 
     let damaged = copy_storage(&storage);
-    damaged.flip_bit(format::CLOSE_MARKER_NAME, 17, 0);
+    damaged.flip_bit(layout::CLOSE_MARKER_NAME, 17, 0);
     expect_corrupt(
         open(&damaged, options(1 << 20)),
-        format::CLOSE_MARKER_NAME,
+        layout::CLOSE_MARKER_NAME,
         0,
     );
 
@@ -547,6 +547,6 @@ fn close_markers_stay_true_and_are_checked() {
     assert!(
         !storage
             .file_names()
-            .contains(&format::CLOSE_MARKER_TEMP_NAME.to_string())
+            .contains(&layout::CLOSE_MARKER_TEMP_NAME.to_string())
     );
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use tally_log::faulty::FaultyStorage;
-use tally_log::format::{self, snapshot_name};
+use tally_log::layout::{self, snapshot_name};
 use tally_log::{LogError, Wal, read_log_storage, verify_storage};
 use tally_types::{Account, AccountFlags, PendingStatus, StateImage, Transfer, TransferFlags};
 
@@ -106,7 +106,7 @@ fn snapshots_retire_the_oldest_snapshot_and_the_segments_the_previous_one_covers
     assert!(!names.contains(&snapshot_name(10)), "{names:?}");
     assert!(names.contains(&snapshot_name(20)) && names.contains(&snapshot_name(30)));
     let segments = segment_names(&storage);
-    let first = format::parse_segment_name(&segments[0]).unwrap();
+    let first = layout::parse_segment_name(&segments[0]).unwrap();
     assert!(
         first > 1 && first <= 21,
         "kept segments start at {first}: {segments:?}"
@@ -256,7 +256,7 @@ proptest! {
         wal.append(&records(1, 2)).unwrap();
         wal.write_snapshot(2, &image(1, 1)).unwrap();
         drop(wal);
-        let name = if as_snapshot { snapshot_name(2) } else { format::segment_name(1) };
+        let name = if as_snapshot { snapshot_name(2) } else { layout::segment_name(1) };
         let mut bytes = storage.read_file(&name).unwrap();
         bytes.truncate(prefix_keep.min(bytes.len()));
         bytes.extend_from_slice(&garbage);
@@ -449,7 +449,7 @@ fn a_retirement_left_undone_loses_nothing_and_a_later_one_cleans_up() {
     drop(wal);
     storage.crash();
     let first_segment =
-        |storage: &FaultyStorage| format::parse_segment_name(&segment_names(storage)[0]).unwrap();
+        |storage: &FaultyStorage| layout::parse_segment_name(&segment_names(storage)[0]).unwrap();
     assert_eq!(first_segment(&storage), 1, "nothing was removed");
     let (mut wal, recovered) = open(&storage, options(600)).unwrap();
     assert_eq!(recovered.snapshot, Some((20, image(11, 2))));

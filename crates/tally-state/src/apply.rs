@@ -19,7 +19,9 @@ use ResultCode as R;
 pub trait Parts {
     /// The number of parts the state has (held or not).
     fn count(&self) -> usize;
+    /// Part `part`, which must be held.
     fn get(&self, part: usize) -> &Part;
+    /// Part `part`, which must be held, for writing.
     fn get_mut(&mut self, part: usize) -> &mut Part;
     /// Runs `visit` on every part held.
     fn each_held(&mut self, visit: impl FnMut(&mut Part));

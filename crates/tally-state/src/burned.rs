@@ -6,9 +6,10 @@
 //! is one probe whether it is stored, burned or new. (A separate hash set cost every
 //! transfer a second, unprefetched miss once any id was burned.) The list is kept in
 //! chunks that never change once full, so that freezing the state for a snapshot shares
-//! them instead of copying the ids on the apply thread: a max-mode run burns millions
-//! (users who run dry burn their payments' ids), and copying 9.5 M of them stalled the
-//! apply thread for 447 ms a snapshot. Burned ids are never un-burned, not even by a
+//! them instead of copying the ids on the apply thread: a ledger under full load burns
+//! millions (users who run dry burn their payments' ids), and copying them all stalled
+//! the apply thread for hundreds of milliseconds a snapshot (figures:
+//! docs/performance.md). Burned ids are never un-burned, not even by a
 //! chain's rollback, so the list only grows.
 
 use std::sync::Arc;

@@ -9,11 +9,14 @@ use tally_types::{AccountFlags, PendingStatus, TransferKind};
 /// A 256-bit sum, so that adding up many u128 balances can never overflow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Sum256 {
+    /// Multiples of 2^128.
     pub high: u128,
+    /// The rest.
     pub low: u128,
 }
 
 impl Sum256 {
+    /// Adds `value`, carrying into `high`.
     pub fn add(&mut self, value: u128) {
         let (low, carry) = self.low.overflowing_add(value);
         self.low = low;
@@ -34,9 +37,13 @@ impl fmt::Display for Sum256 {
 /// Per-ledger sums of the four balances over every account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LedgerTotals {
+    /// Sum of every account's `debits_pending`.
     pub debits_pending: Sum256,
+    /// Sum of every account's `debits_posted`.
     pub debits_posted: Sum256,
+    /// Sum of every account's `credits_pending`.
     pub credits_pending: Sum256,
+    /// Sum of every account's `credits_posted`.
     pub credits_posted: Sum256,
 }
 

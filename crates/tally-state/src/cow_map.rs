@@ -2,7 +2,8 @@
 //!
 //! The pending-status and refund tables grow with every pending transfer and every
 //! refunded one, to millions of entries. A snapshot's freeze copied each table whole on
-//! the apply thread (261 ms at 40 M events in max mode), and a table that outgrew its
+//! the apply thread, a stall of hundreds of milliseconds at tens of millions of events
+//! (figures: docs/performance.md), and a table that outgrew its
 //! capacity rehashed all of it in one go. Split into [`SHARDS`] shards, each behind an
 //! `Arc`, a freeze clones only the shard pointers; the first write to a shard that a
 //! frozen copy still holds copies that shard alone (1/256 of the table), and growth

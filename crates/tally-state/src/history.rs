@@ -235,7 +235,7 @@ mod tests {
     /// with freed blocks reused.
     #[test]
     fn histories_match_a_vec_per_account() {
-        let mut rng = tally_testkit::SeededRng::new(17);
+        let mut rng = crate::test_support::SeededRng::new(17);
         let mut histories = Histories::default();
         let mut model: Vec<Vec<TransferRef>> = Vec::new();
         let mut next_ref = 0;

@@ -234,7 +234,7 @@ mod tests {
     /// even where runs wrap around the end of the table.
     #[test]
     fn matches_a_hash_map_through_random_inserts_and_removes() {
-        let mut rng = tally_testkit::SeededRng::new(7);
+        let mut rng = crate::test_support::SeededRng::new(7);
         // Few distinct ids, so inserts collide with present ones and removes hit.
         let ids: Vec<u128> = (0..300u128).map(|n| (n << 64) | (n * 31)).collect();
         let mut index = IdIndex::default();

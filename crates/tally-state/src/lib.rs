@@ -13,6 +13,7 @@
 //!
 //! Invariant: no I/O, no threads, no clock. The caller passes the batch timestamp; the
 //! same batches with the same timestamps always give the same results and state.
+#![deny(missing_docs)]
 
 mod apply;
 mod burned;
@@ -33,5 +34,7 @@ pub use part::{PARTS_MAX, Part, part_of};
 pub use plan::{Plan, Serial, Unit, Work, plan, run_unit};
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;

@@ -27,9 +27,19 @@ use tally_types::{Batch, NS_PER_S, ResultCode, TransferKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
     /// Expire pending transfer `id` (due at `at`), unless settled earlier in the group.
-    Expire { at: u64, id: u128 },
+    Expire {
+        /// When it is due, in nanoseconds.
+        at: u64,
+        /// The pending transfer.
+        id: u128,
+    },
     /// Apply events `start..end` of the batch: one unlinked event or one whole chain.
-    Events { start: u32, end: u32 },
+    Events {
+        /// The first event.
+        start: u32,
+        /// One past the last event.
+        end: u32,
+    },
 }
 
 /// One step of a plan.
@@ -37,6 +47,7 @@ pub enum Work {
 pub struct Unit {
     /// Which batch of the group (index into the planned batches).
     pub batch: u32,
+    /// What the unit does.
     pub work: Work,
     /// Bit `p` set: the unit may touch part `p`.
     pub mask: u64,
@@ -57,6 +68,7 @@ impl Unit {
 /// The units of one group, in log order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// The units, in log order.
     pub units: Vec<Unit>,
     /// The stamp of the group's last event: the state's `last_timestamp` afterwards.
     pub last_timestamp: u64,

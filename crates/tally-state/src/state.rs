@@ -10,6 +10,7 @@ use crate::part::{PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
+use tally_types::packed::PackedRun;
 use tally_types::{
     Account, AccountFilter, LoadedImage, PendingStatus, StateImage, Transfer, TransferFlags,
     TransferKind,
@@ -119,18 +120,22 @@ impl StateMachine {
         self.last_timestamp
     }
 
+    /// How many accounts exist.
     pub fn account_count(&self) -> usize {
         self.parts.iter().map(|part| part.accounts.len()).sum()
     }
 
+    /// How many transfers are stored.
     pub fn transfer_count(&self) -> usize {
         self.parts.iter().map(|part| part.transfers.len()).sum()
     }
 
+    /// The account with this id, if it exists.
     pub fn lookup_account(&self, id: u128) -> Option<&Account> {
         self.part(id).lookup_account(id)
     }
 
+    /// The stored transfer with this id, if any.
     pub fn lookup_transfer(&self, id: u128) -> Option<Transfer> {
         self.part(id).lookup_transfer(id)
     }
@@ -225,7 +230,7 @@ impl StateMachine {
     /// A point-in-time copy for a snapshot, cheap enough to take on the apply thread:
     /// stored transfers and burned ids are shared, not copied (their full chunks are
     /// immutable); accounts are shared copy-on-write by chunk, and the pending statuses
-    /// and refund totals by shard ([`crate::cow_map`]): nothing is copied that grows with
+    /// and refund totals by shard (`cow_map`): nothing is copied that grows with
     /// the ledger but the lists of chunk pointers. [`FrozenState::image`] then builds the
     /// [`StateImage`], on whichever thread writes the snapshot.
     pub fn freeze(&self) -> FrozenState {
@@ -271,38 +276,64 @@ impl StateMachine {
         let mut machine =
             StateMachine::with_capacity_in_parts(image.accounts.len(), transfers_len, parts);
         machine.last_timestamp = image.last_timestamp;
-        let count = machine.parts.len();
+        machine.load_accounts(image.accounts)?;
+        let pending_count = machine.load_transfers(image.transfers, packed_transfers)?;
+        machine.load_pending_statuses(image.pending_statuses)?;
+        let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
+        if pending_count != status_count {
+            return Err(ImageError("a pending transfer has no status".to_string()));
+        }
+        machine.load_refunded(image.refunded)?;
+        machine.load_failed_ids(image.failed_ids)?;
+        debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
+        Ok(machine)
+    }
+
+    /// Loads an image's accounts, which must come in creation order, none after the
+    /// image's last timestamp, each id once.
+    fn load_accounts(&mut self, accounts: Vec<Account>) -> Result<(), ImageError> {
+        let count = self.parts.len();
         let mut last_account = 0;
-        for account in image.accounts {
-            if account.timestamp > image.last_timestamp || account.timestamp <= last_account {
+        for account in accounts {
+            if account.timestamp > self.last_timestamp || account.timestamp <= last_account {
                 return Err(ImageError(format!(
                     "account {} is out of order",
                     account.id
                 )));
             }
             last_account = account.timestamp;
-            let part = &mut machine.parts[part_of(account.id, count)];
+            let part = &mut self.parts[part_of(account.id, count)];
             if !part.try_insert_account(account) {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
         }
+        Ok(())
+    }
+
+    /// Loads an image's transfers (the plain ones, then the packed runs, all in
+    /// timestamp order) while a second thread builds the account histories. Returns how
+    /// many are pending: each must get a status.
+    fn load_transfers(
+        &mut self,
+        image_transfers: Vec<Transfer>,
+        packed_transfers: Vec<PackedRun>,
+    ) -> Result<usize, ImageError> {
         let mut loading = TransferLoad {
-            last_timestamp: image.last_timestamp,
+            last_timestamp: self.last_timestamp,
             last_transfer: 0,
             pending_count: 0,
         };
-        let histories = machine
+        let histories = self
             .parts
             .iter_mut()
             .map(|part| std::mem::take(&mut part.account_history))
             .collect();
-        let image_transfers = image.transfers;
         let (loaded, histories) = with_history_builder(histories, |histories_out| {
             let mut appends = Vec::new();
-            // In slices the size of a packed run, so the helper starts on the first
-            // while this thread goes on with the next.
+            // In slices the size of a packed run, so the history thread starts on the
+            // first while this thread goes on with the next.
             for slice in image_transfers.chunks(tally_types::packed::PACKED_RUN_RECORDS) {
-                loading.load(&mut machine, slice, &mut appends)?;
+                loading.load(self, slice, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
             }
             drop(image_transfers);
@@ -313,58 +344,72 @@ impl StateMachine {
                 unpacked.reserve(run.records());
                 unpacked.extend(run.iter());
                 drop(run);
-                loading.load(&mut machine, &unpacked, &mut appends)?;
+                loading.load(self, &unpacked, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
             }
             Ok::<(), ImageError>(())
         });
         loaded?;
-        for (part, history) in machine.parts.iter_mut().zip(histories) {
+        for (part, history) in self.parts.iter_mut().zip(histories) {
             part.account_history = history;
         }
-        let pending_count = loading.pending_count;
-        for part in &mut machine.parts {
+        Ok(loading.pending_count)
+    }
+
+    /// Loads the statuses of pending transfers (each of a stored pending transfer) and
+    /// schedules the expiry of those still pending with a timeout.
+    fn load_pending_statuses(
+        &mut self,
+        statuses: Vec<(u128, PendingStatus)>,
+    ) -> Result<(), ImageError> {
+        let count = self.parts.len();
+        for part in &mut self.parts {
             // Ids spread evenly over parts: room for a share each, so loading a million
             // statuses does not rehash as it goes.
-            part.pending_status
-                .reserve(image.pending_statuses.len() / count + 1);
+            part.pending_status.reserve(statuses.len() / count + 1);
         }
-        for (id, status) in image.pending_statuses {
-            let pending = machine
+        for (id, status) in statuses {
+            let pending = self
                 .lookup_transfer(id)
                 .filter(|transfer| transfer.flags.contains(TransferFlags::PENDING))
                 .ok_or_else(|| ImageError(format!("status for {id}, not a pending transfer")))?;
-            let part = &mut machine.parts[part_of(id, count)];
+            let part = &mut self.parts[part_of(id, count)];
             part.pending_status.insert(id, status);
             if status == PendingStatus::Pending && pending.timeout > 0 {
                 part.expiries.insert((expires_at(&pending), id));
             }
         }
-        let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
-        if pending_count != status_count {
-            return Err(ImageError("a pending transfer has no status".to_string()));
-        }
-        for (id, total) in image.refunded {
-            if machine.lookup_transfer(id).is_none() {
+        Ok(())
+    }
+
+    /// Loads the refund totals, each of a stored transfer.
+    fn load_refunded(&mut self, refunded: Vec<(u128, u128)>) -> Result<(), ImageError> {
+        let count = self.parts.len();
+        for (id, total) in refunded {
+            if self.lookup_transfer(id).is_none() {
                 return Err(ImageError(format!(
                     "refund total for unknown transfer {id}"
                 )));
             }
-            machine.parts[part_of(id, count)].refunded.insert(id, total);
+            self.parts[part_of(id, count)].refunded.insert(id, total);
         }
-        for part in &mut machine.parts {
-            part.transfer_index
-                .reserve(image.failed_ids.len() / count + 1);
+        Ok(())
+    }
+
+    /// Loads the burned ids, each once and none a stored transfer's.
+    fn load_failed_ids(&mut self, failed_ids: Vec<u128>) -> Result<(), ImageError> {
+        let count = self.parts.len();
+        for part in &mut self.parts {
+            part.transfer_index.reserve(failed_ids.len() / count + 1);
         }
-        for id in image.failed_ids {
-            if !machine.parts[part_of(id, count)].burn(id) {
+        for id in failed_ids {
+            if !self.parts[part_of(id, count)].burn(id) {
                 return Err(ImageError(format!(
                     "burned id {id} appears twice, or is a stored transfer's"
                 )));
             }
         }
-        debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
-        Ok(machine)
+        Ok(())
     }
 }
 
@@ -506,8 +551,11 @@ struct FrozenPart {
 /// The side tables of a [`FrozenState`], each sorted by id, as a snapshot stores them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SideTables {
+    /// The status of every transfer flagged `pending`, by id.
     pub pending_statuses: Vec<(u128, PendingStatus)>,
+    /// For every refunded transfer: the total refunded so far, by id.
     pub refunded: Vec<(u128, u128)>,
+    /// Transfer ids burned by a transient failure.
     pub failed_ids: Vec<u128>,
 }
 
@@ -539,6 +587,7 @@ impl FrozenState {
         self.last_timestamp
     }
 
+    /// How many accounts [`FrozenState::accounts`] yields.
     pub fn accounts_len(&self) -> usize {
         self.parts.iter().map(|part| part.accounts.len()).sum()
     }
@@ -552,6 +601,7 @@ impl FrozenState {
         .copied()
     }
 
+    /// How many transfers [`FrozenState::transfers`] yields.
     pub fn transfers_len(&self) -> usize {
         self.parts.iter().map(|part| part.transfers.len()).sum()
     }

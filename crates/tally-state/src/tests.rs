@@ -1,9 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::StateMachine;
+use crate::test_support::{account, transfer};
 use proptest::prelude::*;
 use std::collections::HashSet;
-use tally_testkit::{account, transfer};
 use tally_types::{
     Account, AccountFilter, AccountFlags as AF, Batch, LoadedImage, PendingStatus, ResultCode as R,
     StateImage, Transfer, TransferFlags as TF,
@@ -159,6 +159,14 @@ fn every_account_result_code() {
 
 #[test]
 fn every_common_and_single_phase_transfer_result_code() {
+    single_phase_id_and_flags_codes();
+    single_phase_exists_codes();
+    single_phase_field_codes();
+    single_phase_account_and_balance_codes();
+}
+
+/// The event's own id and kind flags: ok, id_must_not_be_*, flags_are_mutually_exclusive.
+fn single_phase_id_and_flags_codes() {
     check(transfer(200, 1, 5, 1), R::Ok);
     check(transfer(0, 1, 5, 1), R::IdMustNotBeZero);
     check(transfer(u128::MAX, 1, 5, 1), R::IdMustNotBeIntMax);
@@ -170,6 +178,10 @@ fn every_common_and_single_phase_transfer_result_code() {
         },
         R::FlagsAreMutuallyExclusive,
     );
+}
+
+/// A resubmitted id: exists, or exists_with_different_* naming the first differing field.
+fn single_phase_exists_codes() {
     let t100 = transfer(100, 1, 2, 1000);
     check(
         Transfer {
@@ -236,6 +248,10 @@ fn every_common_and_single_phase_transfer_result_code() {
         R::ExistsWithDifferentPendingId,
     );
     check(refund(107, 103, 10), R::ExistsWithDifferentRefundOf);
+}
+
+/// Fields checked before any account is read: account ids, pending_id, timeout, ledger, code, amount.
+fn single_phase_field_codes() {
     check(transfer(200, 0, 5, 1), R::DebitAccountIdMustNotBeZero);
     check(
         transfer(200, u128::MAX, 5, 1),
@@ -276,6 +292,10 @@ fn every_common_and_single_phase_transfer_result_code() {
         R::CodeMustNotBeZero,
     );
     check(transfer(200, 1, 5, 0), R::AmountMustNotBeZero);
+}
+
+/// The accounts and their balances: not found, ledgers, overflows, limits.
+fn single_phase_account_and_balance_codes() {
     check(transfer(200, 99, 5, 1), R::DebitAccountNotFound);
     check(transfer(200, 1, 99, 1), R::CreditAccountNotFound);
     check(transfer(200, 1, 4, 1), R::AccountsMustHaveTheSameLedger);

@@ -1,7 +1,16 @@
-//! Helpers shared by Tally's tests, benches and examples (never by production code).
+//! Support code shared by Tally's tests, benches and fuzzing (never by production code).
+//!
+//! * [`SeededRng`]: a tiny portable RNG, so a failing seed replays anywhere.
+//! * [`account`] and [`transfer`]: record builders with test defaults.
+//! * [`workload`]: seeded random ledger traffic for differential tests.
+//! * `fuzz` (feature `fuzz`): the fuzz targets, shared by the cargo-fuzz project in
+//!   `fuzz/` and this crate's corpus replay test.
+#![deny(missing_docs)]
 
 use tally_types::{Account, AccountFlags, Transfer};
 
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod workload;
 
 /// The ledger the builders use unless told otherwise: CNY, 2 decimals.
@@ -31,6 +40,25 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     }
 }
 
+/// The arguments of a benchmark program (`[[bench]] harness = false`), without the
+/// `--bench` that `cargo bench` adds, and whether `--test` asked for a smoke run (as
+/// `cargo bench -- --test` does): then the program runs a tiny configuration.
+pub fn bench_arguments() -> (Vec<String>, bool) {
+    let mut smoke = false;
+    let arguments = std::env::args()
+        .skip(1)
+        .filter(|argument| match argument.as_str() {
+            "--bench" => false,
+            "--test" => {
+                smoke = true;
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (arguments, smoke)
+}
+
 /// splitmix64: a tiny portable RNG. The same seed gives the same sequence on every
 /// machine, so a failing seed replays the same failure anywhere. Any seed works,
 /// zero included.
@@ -38,10 +66,12 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
 pub struct SeededRng(u64);
 
 impl SeededRng {
+    /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> SeededRng {
         SeededRng(seed)
     }
 
+    /// The next value of the sequence, uniform over `u64`.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -30,6 +30,7 @@ pub struct Workload {
 const HOT: u128 = 3;
 
 impl Workload {
+    /// A workload whose batches are fixed by `seed`, choosing accounts by `skew`.
     pub fn new(seed: u64, skew: Accounts) -> Workload {
         Workload {
             rng: SeededRng::new(seed),

@@ -52,23 +52,32 @@ pub const RECORD_LAYOUT_VERSION: u16 = 1;
 /// Why 128 bytes are not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
+    /// A flags field has bits this build does not know.
     UnknownFlags {
+        /// The flags field.
         field: &'static str,
+        /// Its value.
         bits: u16,
     },
+    /// Reserved bytes are not zero.
     ReservedNotZero,
+    /// The buffer is not one record long.
     WrongLength {
+        /// Bytes of a record.
         expected: usize,
+        /// Bytes given.
         actual: usize,
     },
     /// A packed record runs past the end of its buffer.
     Truncated,
     /// A packed varint is longer than its field allows.
     FieldTooWide {
+        /// The field.
         field: &'static str,
     },
     /// A packed optional field is marked present but is zero (never written so).
     PresentButZero {
+        /// The field.
         field: &'static str,
     },
 }

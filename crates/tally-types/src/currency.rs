@@ -15,7 +15,9 @@ pub const SCALE_MAX: u32 = 18;
 /// A currency known to the engine: its ISO 4217 letters and its scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Currency {
+    /// The ledger number: the ISO 4217 numeric code (156 for CNY).
     pub ledger: u32,
+    /// The ISO 4217 letters ("CNY").
     pub alpha: &'static str,
     /// Digits after the decimal point in the currency's usual notation.
     pub scale: u32,
@@ -73,7 +75,12 @@ pub enum AmountError {
     /// Below zero.
     Negative(String),
     /// Needs more fraction digits than the ledger's scale.
-    TooManyDecimals { text: String, scale: u32 },
+    TooManyDecimals {
+        /// The amount as given.
+        text: String,
+        /// The ledger's scale.
+        scale: u32,
+    },
     /// Larger than `u128::MAX` minor units.
     TooLarge(String),
 }
@@ -97,7 +104,9 @@ impl std::error::Error for AmountError {}
 /// Why a currency could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterError {
+    /// Ledger 0 is reserved: no currency may use it.
     LedgerZero,
+    /// The scale is past [`SCALE_MAX`].
     ScaleTooLarge(u32),
 }
 

@@ -20,6 +20,7 @@ pub enum PendingStatus {
 }
 
 impl PendingStatus {
+    /// The status with this on-disk value.
     pub fn from_u8(value: u8) -> Option<Self> {
         match value {
             0 => Some(PendingStatus::Pending),
@@ -55,7 +56,9 @@ pub struct StateImage {
 /// transfers are in timestamp order, the image's first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadedImage {
+    /// Everything but the packed transfers.
     pub image: StateImage,
+    /// The transfers as the file packs them, in timestamp order (empty for older formats).
     pub packed_transfers: Vec<PackedRun>,
 }
 

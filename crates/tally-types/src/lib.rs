@@ -10,6 +10,7 @@
 //!   in memory and in snapshots.
 //!
 //! Invariant: this crate does no I/O and holds no state.
+#![deny(missing_docs)]
 
 pub mod codec;
 pub mod currency;

@@ -197,12 +197,18 @@ pub struct PackedRun {
 pub enum RunError {
     /// Record `index` (at byte `offset` of the run) does not decode.
     Record {
+        /// Position of the record in the run.
         index: usize,
+        /// Its first byte in the run.
         offset: usize,
+        /// Why it does not decode.
         error: DecodeError,
     },
     /// The records end at byte `offset`, before the run does.
-    BytesAfterRecords { offset: usize },
+    BytesAfterRecords {
+        /// Where the records end.
+        offset: usize,
+    },
 }
 
 impl std::fmt::Display for RunError {
@@ -249,10 +255,12 @@ impl PackedRun {
         Ok(PackedRun { records, bytes })
     }
 
+    /// How many records the run holds.
     pub fn records(&self) -> usize {
         self.records
     }
 
+    /// The packed bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }

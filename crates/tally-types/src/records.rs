@@ -5,16 +5,27 @@ use crate::flags::{AccountFlags, TransferFlags};
 /// An account: a balance in one ledger (currency), changed only by transfers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Account {
+    /// Chosen by the client; unique among accounts; neither 0 nor `u128::MAX`.
     pub id: u128,
+    /// Minor units reserved by pending transfers that debit this account.
     pub debits_pending: u128,
+    /// Minor units debited by posted transfers.
     pub debits_posted: u128,
+    /// Minor units reserved by pending transfers that credit this account.
     pub credits_pending: u128,
+    /// Minor units credited by posted transfers.
     pub credits_posted: u128,
+    /// Opaque to the ledger: for the client's own references.
     pub user_data_128: u128,
+    /// Opaque to the ledger: for the client's own references.
     pub user_data_64: u64,
+    /// Opaque to the ledger: for the client's own references.
     pub user_data_32: u32,
+    /// The ledger (currency) the account holds; transfers stay within one ledger.
     pub ledger: u32,
+    /// The client's account type (chart-of-accounts code); not 0.
     pub code: u16,
+    /// Balance limits and history; see [`AccountFlags`].
     pub flags: AccountFlags,
     /// Nanoseconds; assigned by the engine at creation.
     pub timestamp: u64,
@@ -50,19 +61,28 @@ pub enum TransferKind {
 pub struct Transfer {
     /// Chosen by the client; the idempotency key.
     pub id: u128,
+    /// The account debited.
     pub debit_account_id: u128,
+    /// The account credited.
     pub credit_account_id: u128,
+    /// Minor units moved (or reserved, for a pending transfer).
     pub amount: u128,
     /// For post/void: the pending transfer acted on. For a refund this same field holds
     /// `refund_of`, the transfer refunded (see [`Transfer::refund_of`]).
     pub pending_id: u128,
+    /// Opaque to the ledger: for the client's own references.
     pub user_data_128: u128,
+    /// Opaque to the ledger: for the client's own references.
     pub user_data_64: u64,
+    /// Opaque to the ledger: for the client's own references.
     pub user_data_32: u32,
     /// Seconds; only on pending transfers; 0 = never expires.
     pub timeout: u32,
+    /// The ledger (currency); both accounts must hold it.
     pub ledger: u32,
+    /// The client's reason for the transfer; not 0.
     pub code: u16,
+    /// Kind, chain link and balancing options; see [`TransferFlags`].
     pub flags: TransferFlags,
     /// Nanoseconds; assigned by the engine when applied.
     pub timestamp: u64,
@@ -97,7 +117,9 @@ impl Transfer {
 /// Which operation a batch carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BatchKind {
+    /// `create_accounts`.
     CreateAccounts,
+    /// `create_transfers`.
     CreateTransfers,
 }
 
@@ -105,11 +127,14 @@ pub enum BatchKind {
 /// applied in order as one unit of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Batch {
+    /// Accounts to create, in order.
     CreateAccounts(Vec<Account>),
+    /// Transfers to apply, in order.
     CreateTransfers(Vec<Transfer>),
 }
 
 impl Batch {
+    /// Which operation the batch carries.
     pub fn kind(&self) -> BatchKind {
         match self {
             Batch::CreateAccounts(_) => BatchKind::CreateAccounts,
@@ -125,6 +150,7 @@ impl Batch {
         }
     }
 
+    /// True when the batch holds no event.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -136,6 +162,7 @@ pub const ACCOUNT_FILTER_LIMIT_MAX: u32 = crate::BATCH_EVENTS_MAX as u32;
 /// Filter of `get_account_transfers`: an account's history, in timestamp order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccountFilter {
+    /// The account whose transfers (debits and credits) are listed.
     pub account_id: u128,
     /// Inclusive lower bound on the transfer timestamp; 0 = unbounded.
     pub timestamp_min: u64,

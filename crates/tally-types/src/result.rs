@@ -10,7 +10,10 @@ macro_rules! result_codes {
         #[repr(u8)]
         #[non_exhaustive]
         pub enum ResultCode {
-            $($variant = $value,)*
+            $(
+                #[doc = concat!("`", $name, "` (on-disk value ", stringify!($value), ").")]
+                $variant = $value,
+            )*
         }
 
         impl ResultCode {

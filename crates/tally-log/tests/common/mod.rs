@@ -72,7 +72,7 @@ pub fn segment_names(storage: &FaultyStorage) -> Vec<String> {
     storage
         .file_names()
         .into_iter()
-        .filter(|name| tally_log::format::parse_segment_name(name).is_some())
+        .filter(|name| tally_log::layout::parse_segment_name(name).is_some())
         .collect()
 }
 
@@ -99,10 +99,10 @@ pub fn copy_storage(source: &FaultyStorage) -> FaultyStorage {
 /// Byte offsets of every frame of a segment's bytes (which must be clean).
 pub fn frame_offsets(segment: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
-    let mut offset = tally_log::format::SEGMENT_HEADER_SIZE;
+    let mut offset = tally_log::layout::SEGMENT_HEADER_SIZE;
     while offset < segment.len() {
         offsets.push(offset);
-        let header = tally_log::format::decode_frame_header(&segment[offset..]).unwrap();
+        let header = tally_log::layout::decode_frame_header(&segment[offset..]).unwrap();
         offset += header.frame_bytes as usize;
     }
     assert_eq!(offset, segment.len());

@@ -1,7 +1,7 @@
 //! Fuzz targets: one `pub fn NAME(data: &[u8])` per decoder or state-machine property.
 //!
 //! The cargo-fuzz project in `fuzz/` calls these from libFuzzer on nightly;
-//! `tests/fuzz_corpus.rs` replays every committed corpus file through them on stable
+//! this crate's `tests/fuzz_corpus.rs` replays every committed corpus file through them on stable
 //! (the short bounded run in CI). Each function must never panic on any input except
 //! when a property is violated: then it panics with a message saying which, because a
 //! panic is how libFuzzer and the test harness learn of a failure.
@@ -18,14 +18,15 @@
 //! * [`state_machine`]: batches derived from the bytes applied to the reference state
 //!   machine: conservation, balance limits, chain atomicity, snapshot-image round trip,
 //!   frame round trip and idempotent resubmission all hold.
-#![doc(hidden)]
+//!
+//! Only with this crate's `fuzz` feature.
 // Fuzz targets report a violated property by panicking, so `expect` on "cannot happen"
 // paths is deliberate here; there is no `unwrap()` on input.
 #![allow(clippy::expect_used)]
 
 use tally_json::{NoLedgers, Request};
 use tally_log::faulty::FaultyStorage;
-use tally_log::format::{
+use tally_log::layout::{
     self, FRAME_HEADER_SIZE, decode_frame, decode_frame_header, encode_frame,
     encode_segment_header, find_valid_frame_header,
 };
@@ -171,7 +172,6 @@ pub fn assert_chains_atomic(batch: &Batch, codes: &[ResultCode]) {
     }
 }
 
-/// The state machine fed batches derived from the bytes keeps every invariant.
 /// Applies the buffered group to `sharded` by plan (or serially when the plan says so)
 /// and checks every batch's results against the reference's, recorded in the group.
 fn apply_group_sharded(
@@ -199,6 +199,7 @@ fn apply_group_sharded(
     group.clear();
 }
 
+/// The state machine fed batches derived from the bytes keeps every invariant.
 pub fn state_machine(data: &[u8]) {
     let mut input = Input::new(data);
     let mut state = StateMachine::new();
@@ -376,19 +377,19 @@ pub fn log_segment(data: &[u8]) {
 
 fn log_segment_raw(bytes: &[u8]) {
     let storage = FaultyStorage::new();
-    storage.write_file_durable(&format::segment_name(1), bytes);
+    storage.write_file_durable(&layout::segment_name(1), bytes);
     let Ok((wal, recovered)) = open(&storage) else {
         return;
     };
     drop(wal);
     let (canonical, _) = segment_bytes(&recovered.records);
     let file = storage
-        .read_file(&format::segment_name(1))
+        .read_file(&layout::segment_name(1))
         .expect("segment 1 exists after open");
     // The header may be an older format version's; the frames are canonical; only zeros
     // (preallocated space) may follow them.
     assert_eq!(
-        format::decode_segment_header(&file),
+        layout::decode_segment_header(&file),
         Ok(1),
         "segment header"
     );
@@ -397,12 +398,12 @@ fn log_segment_raw(bytes: &[u8]) {
         "recovered segment lost frames"
     );
     assert_eq!(
-        file[format::SEGMENT_HEADER_SIZE..canonical.len()],
-        canonical[format::SEGMENT_HEADER_SIZE..],
+        file[layout::SEGMENT_HEADER_SIZE..canonical.len()],
+        canonical[layout::SEGMENT_HEADER_SIZE..],
         "recovered frames are not canonical"
     );
     assert!(
-        format::is_zero(&file[canonical.len()..]),
+        layout::is_zero(&file[canonical.len()..]),
         "recovered segment has more than zeros after its frames"
     );
     for (index, record) in recovered.records.iter().enumerate() {
@@ -458,7 +459,7 @@ fn log_segment_mutated(input: &mut Input<'_>) {
     let (original, offsets) = segment_bytes(&records);
     let mutated = mutate(input, &original);
     let storage = FaultyStorage::new();
-    storage.write_file_durable(&format::segment_name(1), &mutated);
+    storage.write_file_durable(&layout::segment_name(1), &mutated);
     let opened = open(&storage);
     let Some(damage) = first_difference(&original, &mutated) else {
         let (_, recovered) = opened.expect("an undamaged log opens");

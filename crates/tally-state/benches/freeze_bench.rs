@@ -3,17 +3,19 @@
 //! in the proportions of a max-mode run at 40 M events (9.5 M burned, 1.6 M pending,
 //! 0.6 M refunded, scaled by `EVENTS`).
 //!
-//! `cargo run --release -p tally-state --example freeze_bench -- [EVENTS]`
+//! `cargo bench -p tally-state --bench freeze_bench -- [EVENTS]`
+//! (`-- --test`: a smoke run at 40 000 events)
 
 use std::time::Instant;
 use tally_state::StateMachine;
 use tally_types::{Account, AccountFlags, BATCH_EVENTS_MAX, Batch, Transfer, TransferFlags};
 
 fn main() {
-    let events: u64 = std::env::args()
-        .nth(1)
+    let (arguments, smoke) = tally_testkit::bench_arguments();
+    let events: u64 = arguments
+        .first()
         .and_then(|a| a.parse().ok())
-        .unwrap_or(40_000_000);
+        .unwrap_or(if smoke { 40_000 } else { 40_000_000 });
     let burned = events * 95 / 400;
     let pending = events * 16 / 400;
     let refunded = events * 6 / 400;

@@ -2,7 +2,8 @@
 //! filesystem, for groups of one batch of 1, 100, 1000 and 8190 transfers, and for groups
 //! of several batches.
 //!
-//! Run: `cargo run --release -p tally-log --example wal_bench -- [seconds per case]`
+//! Run: `cargo bench -p tally-log --bench wal_bench -- [seconds per case]`
+//! (`-- --test`: a smoke run of 0.02 s per case)
 //!
 //! Files go to `<workspace>/target/wal-bench` (not /tmp, which may be tmpfs and would
 //! make fdatasync free). Closed loop, one writer: each append waits for its own sync,
@@ -158,10 +159,11 @@ fn run(
 }
 
 fn main() -> io::Result<()> {
-    let seconds: f64 = std::env::args()
-        .nth(1)
+    let (arguments, smoke) = tally_testkit::bench_arguments();
+    let seconds: f64 = arguments
+        .first()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+        .unwrap_or(if smoke { 0.02 } else { 3.0 });
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wal-bench");
     println!(
         "wal_bench: {} s per case, one writer, fdatasync per group, dir {}",

@@ -1,22 +1,28 @@
 //! Times `StateMachine::apply` on full batches of single-phase transfers, and reports
 //! resident memory per account and per stored transfer (from /proc/self/statm).
 //!
-//! `cargo run --release -p tally-state --example apply_bench -- [ACCOUNTS] [TRANSFERS]`
+//! `cargo bench -p tally-state --bench apply_bench -- [ACCOUNTS] [TRANSFERS]`
+//! (`-- --test`: a smoke run of a thousand accounts and ten thousand transfers)
 
 use std::time::Instant;
 use tally_state::StateMachine;
 use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let (arguments, smoke) = tally_testkit::bench_arguments();
+    let (accounts_default, transfers_default) = match smoke {
+        true => (1_000, 10_000),
+        false => (1_000_000, 4_000_000),
+    };
+    let mut args = arguments.into_iter();
     let accounts: u64 = args
         .next()
         .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(accounts_default);
     let transfers: u64 = args
         .next()
         .and_then(|a| a.parse().ok())
-        .unwrap_or(4_000_000);
+        .unwrap_or(transfers_default);
     let resident_start = resident_bytes();
     let mut state = StateMachine::new();
     let mut now = 1u64;
