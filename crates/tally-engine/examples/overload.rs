@@ -121,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 counts.acknowledged.fetch_add(batch, Ordering::Relaxed);
                                 acknowledged.push((u128::from(task) << 64) | first);
                             }
-                            Err(SubmitError::Busy) => {
+                            Err(SubmitError::Busy(_)) => {
                                 counts.busy.fetch_add(1, Ordering::Relaxed);
                                 // Let other tasks run; retry at once with new ids.
                                 tokio::task::yield_now().await;

@@ -40,7 +40,7 @@
 //! let accounts = (1..=8).map(|id| Account { id, ledger: 156, code: 1, ..Account::default() });
 //! ledger.submit(Batch::CreateAccounts(accounts.collect())).expect("durable");
 //!
-//! let runtime = tokio::runtime::Builder::new_multi_thread().build().expect("runtime");
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 //! runtime.block_on(async {
 //!     let payments = (1..=8u128).map(|n| {
 //!         let ledger = ledger.clone();
@@ -65,25 +65,37 @@
 //! Invariant: reads take the state lock, which the apply thread holds while it applies a
 //! whole group, so a read never sees half a batch or half a chain.
 
+mod admission;
 mod clock;
+mod commit;
 mod config;
-pub mod core;
 mod error;
 #[doc(hidden)]
 pub mod gate;
+pub mod inspect;
 mod ledger;
 mod metrics;
-mod pipeline;
+mod recovery;
+mod request;
 mod shards;
+mod shared;
+pub mod simulation;
+mod snapshot_source;
 mod sync;
+mod threads;
 
-pub use crate::core::Recovery;
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
-pub use error::{EngineError, SubmitError};
-pub use ledger::{EventResult, Ledger};
+pub use error::{EngineError, RecoveryError, SubmitError};
+pub use ledger::Ledger;
 pub use metrics::MetricsSnapshot;
+pub use recovery::Recovery;
+pub use request::EventResult;
 pub use tally_log::SyncMode;
+pub use tally_state::{InvariantViolation, LedgerTotals};
+pub use tally_types::{
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer,
+    TransferFlags,
+};
 
 /// The most shards a ledger can run (one state part per shard).
 pub const SHARDS_MAX: usize = tally_state::PARTS_MAX;
-pub use tally_state::{InvariantViolation, LedgerTotals};

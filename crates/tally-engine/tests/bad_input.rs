@@ -4,17 +4,17 @@
 //! and that nothing changed.
 #![allow(clippy::unwrap_used)]
 
-use tally::engine::core::{Clock, Committer, Submission};
-use tally::engine::{EventResult, SubmitError};
-use tally::log::LogOptions;
-use tally::log::faulty::FaultyStorage;
-use tally::types::currency::{AmountError, parse_amount};
-use tally::types::{
+use tally_engine::simulation::{Clock, Committer, Submission};
+use tally_engine::{Config, Ledger};
+use tally_engine::{EventResult, SubmitError};
+use tally_json::{NoLedgers, Request, parse_line};
+use tally_log::LogOptions;
+use tally_log::faulty::FaultyStorage;
+use tally_testkit::{account, transfer};
+use tally_types::currency::{AmountError, parse_amount};
+use tally_types::{
     Account, AccountFlags, BATCH_EVENTS_MAX, Batch, ResultCode, StateImage, Transfer, TransferFlags,
 };
-use tally::{Config, Ledger};
-use tally_json::{NoLedgers, Request, parse_line};
-use tally_testkit::{account, transfer};
 
 use ResultCode as R;
 
@@ -571,13 +571,13 @@ fn a_now_past_the_latest_time_is_refused_and_the_longest_timeout_fits() {
     // tests); through the engine no batch can be stamped late enough for that: a `now`
     // past NOW_NS_MAX is refused, and at NOW_NS_MAX the longest timeout still fits.
     let mut f = Fixture::new();
-    f.now = tally::types::NOW_NS_MAX;
+    f.now = tally_types::NOW_NS_MAX;
     let refused = f.commit(Batch::CreateTransfers(vec![pending(61, BANK, SPARE, 1)]));
     assert!(
         matches!(refused, Err(SubmitError::TimeOutOfRange { .. })),
         "{refused:?}"
     );
-    f.now = tally::types::NOW_NS_MAX - 1_000_000;
+    f.now = tally_types::NOW_NS_MAX - 1_000_000;
     let t = Transfer {
         timeout: u32::MAX,
         ..pending(60, BANK, SPARE, 1)
@@ -770,7 +770,7 @@ fn amounts_with_too_many_decimals_or_past_u128_are_errors_never_roundings() {
 
 #[test]
 fn bad_json_rejects_the_whole_line_naming_the_field() {
-    let currencies = tally::types::currency::CurrencyTable::default();
+    let currencies = tally_types::currency::CurrencyTable::default();
     let cases: &[(&str, &str)] = &[
         (
             r#"{"create_transfers": [{"id": "1", "debit_account_id": "2", "credit_account_id": "3", "amount": "1.00", "ledger": 156, "code": 1}, {"id": "2", "amount": "1.005", "ledger": 156}]}"#,
