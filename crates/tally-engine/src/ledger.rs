@@ -586,3 +586,7 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod admission_tests;
