@@ -83,7 +83,15 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (or creates) the ledger in `config.data_dir`: takes the directory lock,
     /// loads the newest valid snapshot, replays the log after it, and starts the log and
-    /// apply threads.
+    /// apply threads (and the shard threads, with more than one shard).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Config`] for a field out of range, [`EngineError::Log`] when the
+    /// directory is locked by another process or a file does not read or check,
+    /// [`EngineError::Recovery`] when the recovered state does not load, and
+    /// [`EngineError::DataDir`] or [`EngineError::Thread`] for the operating system's
+    /// refusals.
     pub fn open(config: Config) -> Result<Ledger, EngineError> {
         validate_config(&config)?;
         let lock = DirLock::acquire(&config.data_dir)?;
@@ -469,6 +477,22 @@ impl Ledger {
         self.shared().recovery
     }
 
+    /// A point-in-time copy of the ledger's counters and latency figures
+    /// ([`MetricsSnapshot::to_prometheus`] renders them for a scrape).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, Config, Ledger};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// ledger.create_accounts(vec![Account { id: 1, ledger: 1, code: 1, ..Account::default() }])
+    ///     .expect("durable");
+    /// let metrics = ledger.metrics();
+    /// assert_eq!(metrics.events_committed, 1);
+    /// assert!(metrics.to_prometheus().contains("tally_events_committed_total 1"));
+    /// ```
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = self.shared();
         shared

@@ -8,8 +8,7 @@
 //! while the next group is being synced. Nothing a caller sees was not durable first.
 //!
 //! ```
-//! use tally_engine::{Config, Ledger};
-//! use tally_types::{Account, AccountFlags, Batch, ResultCode, Transfer};
+//! use tally_engine::prelude::*;
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let ledger = Ledger::open(Config::new(dir.path())).expect("open");
@@ -30,8 +29,7 @@
 //! and state are the same as with one shard. Async services share the same handle:
 //!
 //! ```
-//! use tally_engine::{Config, Ledger};
-//! use tally_types::{Account, AccountFilter, Batch, ResultCode, Transfer};
+//! use tally_engine::{Account, AccountFilter, Batch, Config, Ledger, ResultCode, Transfer};
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let mut config = Config::new(dir.path());
@@ -65,6 +63,8 @@
 //! Invariant: reads take the state lock, which the apply thread holds while it applies a
 //! whole group, so a read never sees half a batch or half a chain.
 
+#![deny(missing_docs)]
+
 mod admission;
 mod clock;
 mod commit;
@@ -96,6 +96,15 @@ pub use tally_types::{
     Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer,
     TransferFlags,
 };
+
+/// What an embedding service usually needs, in one import:
+/// `use tally_engine::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Account, AccountFilter, AccountFlags, Backpressure, Batch, Config, EngineError,
+        EventResult, Ledger, ResultCode, SubmitError, Transfer, TransferFlags,
+    };
+}
 
 /// The most shards a ledger can run (one state part per shard).
 pub const SHARDS_MAX: usize = tally_state::PARTS_MAX;
