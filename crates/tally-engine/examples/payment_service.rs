@@ -94,7 +94,11 @@ fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
     show_balances(&ledger);
     let history = ledger.get_account_transfers(&AccountFilter::new(ALICE));
     println!("Alice's history: {} transfers", history.len());
-    assert_eq!(history.len(), 5, "top-up, payment, authorisation, capture, refund");
+    assert_eq!(
+        history.len(),
+        5,
+        "top-up, payment, authorisation, capture, refund"
+    );
     assert!(
         ledger.check_invariants().is_empty(),
         "every balance adds up"
