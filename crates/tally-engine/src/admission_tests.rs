@@ -5,6 +5,7 @@
 use super::Ledger;
 use crate::config::{Backpressure, Config};
 use crate::error::SubmitError;
+use crate::request::Answer;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ impl Stall {
 fn submit_on_threads(
     ledger: &Ledger,
     ids: std::ops::Range<u128>,
-) -> Vec<JoinHandle<(Batch, Result<Vec<crate::EventResult>, SubmitError>)>> {
+) -> Vec<JoinHandle<(Batch, Answer)>> {
     ids.map(|id| {
         let ledger = ledger.clone();
         std::thread::spawn(move || (pay(id), ledger.submit(pay(id))))
