@@ -210,7 +210,7 @@ struct ReadOnly {
 fn read_only(data: &Path) -> Result<ReadOnly, String> {
     require_dir(data)?;
     let lock = tally_log::DirLock::acquire(data).map_err(|error| error.to_string())?;
-    let (report, state) = tally_engine::core::read_only(data).map_err(|error| match error {
+    let (report, state) = tally_engine::inspect::read_only(data).map_err(|error| match error {
         EngineError::Log(error) => format!("log check failed: {error}"),
         other => other.to_string(),
     })?;

@@ -9,7 +9,8 @@ use tally_log::SyncMode;
 pub enum Backpressure {
     /// Fail at once with [`crate::SubmitError::Busy`].
     Busy,
-    /// Wait up to this long for room, then fail with `Busy`.
+    /// Wait up to this long for room, then fail with `Busy`. The wait parks a blocking
+    /// submitter and suspends an async one ([`crate::Ledger::submit_async`]).
     Wait(Duration),
 }
 
@@ -37,11 +38,9 @@ pub struct Config {
     /// waits). After a commit that several submissions shared, the next waits out the
     /// interval, so the batches arriving meanwhile share its sync; after a commit that
     /// carried one submission alone (a lone caller, nothing to share) or a quiet spell,
-    /// the next starts at once. Each `fdatasync` costs the host as well as the disk: on
-    /// the 2-core development VM, thousands of syncs a second used up its CPU allowance
-    /// and froze both cores for about 13 ms every 100 ms; one sync per millisecond cut
-    /// festival p99 at 15,000 payments/s from 17 ms to 1.8 ms (README, "Group commit
-    /// pacing"). Ignored in the unsafe no-sync mode.
+    /// the next starts at once. Each `fdatasync` also costs host CPU; pacing shares
+    /// syncs between concurrent submitters (measured effect in docs/performance.md).
+    /// Ignored in the unsafe no-sync mode.
     pub commit_interval_min: Duration,
     /// What a submitter gets when the queue is full.
     pub backpressure: Backpressure,
@@ -55,9 +54,9 @@ pub struct Config {
     /// Write frames in place into zero-filled segments that the log thread prepares in
     /// small steps while it would otherwise sleep (pacing pauses, quiet spells), once
     /// the ledger has logged a few MB since open (`tally_log::Wal::write_spare_step`).
-    /// A sync then need not make a new file length durable: 0.22 instead of 0.32–0.45
-    /// ms per `fdatasync` on the development VM. Costs one extra segment of disk (a
-    /// spare waiting for the next rotation) and writing each segment twice.
+    /// A sync then need not make a new file length durable, which makes it cheaper
+    /// (measured in docs/performance.md). Costs one extra segment of disk (a spare
+    /// waiting for the next rotation) and writing each segment twice.
     pub preallocate_segments: bool,
     /// Accounts to reserve room for at start-up (0 = grow as needed). Growing past
     /// the reservation works, but pauses to rehash the id index.
@@ -69,6 +68,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// Production defaults for a ledger in `data_dir`: shards fitted to the machine,
+    /// `fdatasync`, 1 ms commit pacing, a 100 ms wait for room in a full queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tally_engine::{Backpressure, Config};
+    ///
+    /// let mut config = Config::new("/var/lib/payments/ledger");
+    /// config.backpressure = Backpressure::Wait(Duration::from_millis(20));
+    /// assert_eq!(config.shards, 0);
+    /// ```
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
         Config {
             data_dir: data_dir.as_ref().to_path_buf(),
@@ -90,8 +102,8 @@ impl Config {
     /// The shard count in force: the requested one, or fitted to the machine: one
     /// shard per four hardware threads, at most 8, so that the log thread, the planning
     /// apply thread and the callers keep cores of their own. That is 1 below 8 hardware
-    /// threads: on 2 cores every extra shard was measured to cost more in hand-offs
-    /// than it gains (README, "Shards").
+    /// threads, where an extra shard costs more in hand-offs than it gains (measured in
+    /// docs/performance.md).
     pub fn shards_effective(&self) -> usize {
         if self.shards > 0 {
             return self.shards;

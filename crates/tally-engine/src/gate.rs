@@ -11,12 +11,14 @@
 //! order: an enter ordered before the close is counted and waited for; an enter ordered
 //! after it sees CLOSED and turns back. (A two-variable Dekker handshake would need
 //! SeqCst's global order, which loom cannot check; this needs only AcqRel.)
+//! Public (and hidden) only for that model check: not part of the API.
 //! `tests/loom_gate.rs` checks every interleaving with loom (`RUSTFLAGS="--cfg loom"`).
 
 use crate::sync::{AtomicUsize, Ordering, yield_now};
 
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
+/// The admission gate (see the module documentation).
 #[derive(Debug, Default)]
 pub struct Gate {
     word: AtomicUsize,
@@ -36,6 +38,7 @@ impl Drop for Pass<'_> {
 }
 
 impl Gate {
+    /// An open gate with nobody inside.
     pub fn new() -> Self {
         Self::default()
     }
@@ -63,6 +66,7 @@ impl Gate {
         }
     }
 
+    /// True once [`Gate::close`] has begun.
     pub fn is_closed(&self) -> bool {
         self.word.load(Ordering::Acquire) & CLOSED != 0
     }

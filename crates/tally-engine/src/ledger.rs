@@ -1,48 +1,28 @@
 //! The embedding API: open, submit (blocking or async), read, shut down.
 
+use crate::admission::Room;
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
-use crate::core::Recovery;
 use crate::error::{EngineError, SubmitError};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::pipeline::{ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, Request};
+use crate::recovery::{Capacity, Recovery, recover};
+use crate::request::{Answer, EventResult, Request};
 use crate::shards::{ShardCounters, ShardPool};
+use crate::shared::Shared;
 use crate::sync::{AtomicBool, Ordering};
+use crate::threads::{
+    ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, SPARE_STEP_BYTES_PER_US_INITIAL,
+};
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
 use tally_state::{InvariantViolation, LedgerTotals, StateMachine};
-use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
+use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, Transfer};
 use tokio::sync::oneshot;
-
-/// The result of one event: its code, and its timestamp when it was applied (`Ok`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventResult {
-    pub code: ResultCode,
-    /// The event's engine timestamp; 0 unless `code` is `Ok`.
-    pub timestamp: u64,
-}
-
-/// What the submitters, the readers and the two commit threads share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: Config,
-    pub queue: ArrayQueue<Request>,
-    pub state: RwLock<StateMachine>,
-    pub metrics: Metrics,
-    /// Set once the log failed: every later write is refused with this message.
-    pub failure: Mutex<Option<String>>,
-    /// The log thread may exit once the queue is empty.
-    pub draining: AtomicBool,
-    /// Admission: closed at shutdown, which then waits for submitters mid-push.
-    pub gate: Gate,
-    /// What open recovered.
-    pub recovery: Recovery,
-}
 
 #[derive(Debug)]
 struct Handle {
@@ -66,18 +46,28 @@ impl Handle {
             return Ok(());
         };
         // Close the gate and wait out submitters already inside: after this no push can
-        // happen, so the drain below answers every admitted request.
+        // happen, so the drain below answers every admitted request. Submitters waiting
+        // for room hold no pass; woken, they find the gate closed.
         self.shared.gate.close();
+        self.shared.room.wake_all();
         self.shared.draining.store(true, Ordering::SeqCst);
         self.log_thread.unpark();
         // The log thread drains the queue and exits; the apply thread then finishes
         // the groups in flight and exits when its channel closes.
-        let joined = log_join.join().and(apply_join.join());
+        let log_joined = log_join.join();
+        let apply_joined = apply_join.join();
         // The log thread dropped the log; now let another process in.
         self.lock.lock().take();
-        joined.map_err(|_| EngineError::Thread("a commit thread panicked".into()))?;
+        if log_joined.is_err() {
+            return Err(EngineError::ThreadPanicked { name: "tally-log" });
+        }
+        if apply_joined.is_err() {
+            return Err(EngineError::ThreadPanicked {
+                name: "tally-apply",
+            });
+        }
         match self.shared.failure.lock().clone() {
-            Some(message) => Err(EngineError::Recovery(format!("log failed: {message}"))),
+            Some(message) => Err(EngineError::LogFailed { message }),
             None => Ok(()),
         }
     }
@@ -93,16 +83,23 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (or creates) the ledger in `config.data_dir`: takes the directory lock,
     /// loads the newest valid snapshot, replays the log after it, and starts the log and
-    /// apply threads.
+    /// apply threads (and the shard threads, with more than one shard).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Config`] for a field out of range, [`EngineError::Log`] when the
+    /// directory is locked by another process or a file does not read or check,
+    /// [`EngineError::Recovery`] when the recovered state does not load, and
+    /// [`EngineError::DataDir`] or [`EngineError::Thread`] for the operating system's
+    /// refusals.
     pub fn open(config: Config) -> Result<Ledger, EngineError> {
         validate_config(&config)?;
         let lock = DirLock::acquire(&config.data_dir)?;
-        let storage = FsStorage::create_dir(&config.data_dir).map_err(|source| {
-            EngineError::Config(format!(
-                "cannot create {}: {source}",
-                config.data_dir.display()
-            ))
-        })?;
+        let storage =
+            FsStorage::create_dir(&config.data_dir).map_err(|source| EngineError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         Self::start(config, Box::new(storage), Some(lock))
     }
 
@@ -127,7 +124,7 @@ impl Ledger {
             sync: config.sync,
         };
         let shards = config.shards_effective();
-        let capacity = crate::core::Capacity {
+        let capacity = Capacity {
             accounts: config.accounts_capacity,
             transfers: config.transfers_capacity,
             parts: shards,
@@ -136,17 +133,22 @@ impl Ledger {
         let pool = match shards {
             1 => None,
             _ => Some(
-                ShardPool::start(shards, Arc::clone(&shard_counters))
-                    .map_err(|error| EngineError::Thread(error.to_string()))?,
+                ShardPool::start(shards, Arc::clone(&shard_counters)).map_err(|source| {
+                    EngineError::Thread {
+                        name: "tally-shard",
+                        source,
+                    }
+                })?,
             ),
         };
         // Recovery replays on the shard threads too.
         let (logger, mut applier, state, recovery) =
-            crate::core::recover(storage, options, capacity, pool.as_ref())?;
+            recover(storage, options, capacity, pool.as_ref())?;
         applier.shards = pool;
         shard_counters.reset();
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_batches_max),
+            room: Room::default(),
             config,
             state: RwLock::new(state),
             metrics: Metrics::new(shard_counters),
@@ -170,13 +172,13 @@ impl Ledger {
             snapshots,
             snapshot_in_flight: None,
             retirement_in_flight: None,
-            spare_step_bytes_per_us: crate::pipeline::SPARE_STEP_BYTES_PER_US_INITIAL,
+            spare_step_bytes_per_us: SPARE_STEP_BYTES_PER_US_INITIAL,
         };
-        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+        let spawn = |name: &'static str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(run)
-                .map_err(|error| EngineError::Thread(error.to_string()))
+                .map_err(|source| EngineError::Thread { name, source })
         };
         let apply_join = spawn("tally-apply", Box::new(move || apply.run()))?;
         let log_join = spawn("tally-log", Box::new(move || log.run()))?;
@@ -196,35 +198,147 @@ impl Ledger {
     }
 
     /// Submits a batch and blocks until it is durable; one result per event, in order.
-    /// Must not be called from inside an async runtime: use [`Ledger::submit_async`].
+    ///
+    /// When the queue is full, [`Config::backpressure`] decides: fail at once with
+    /// [`SubmitError::Busy`], or block (parked, not polling) until room appears or the
+    /// configured wait has passed. `Busy` hands the batch back for a retry. Must not be
+    /// called from inside an async runtime: use [`Ledger::submit_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, Batch, Config, Ledger, ResultCode};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// let account = Account { id: 1, ledger: 840, code: 1, ..Account::default() };
+    /// let results = ledger.submit(Batch::CreateAccounts(vec![account])).expect("durable");
+    /// assert_eq!(results[0].code, ResultCode::Ok);
+    /// ```
     pub fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, SubmitError> {
         self.submit_at(batch, None)
     }
 
-    /// [`Ledger::submit`] with a requested stamp (manual clock only).
+    /// [`Ledger::submit`] with a requested stamp (a ledger opened with
+    /// [`Config::manual_clock`] only; otherwise [`SubmitError::ManualClockDisabled`]).
     pub fn submit_at(
         &self,
         batch: Batch,
         now: Option<u64>,
     ) -> Result<Vec<EventResult>, SubmitError> {
-        let receiver = self.admit(batch, now)?;
+        let receiver = match self.enqueue(batch, now)? {
+            Enqueued::Queued(receiver) => receiver,
+            Enqueued::Full(request, receiver, deadline) => {
+                let mut request = Some(request);
+                let room = &self.shared().room;
+                let pushed = room.wait_blocking(deadline, || self.try_push(&mut request));
+                self.waited(pushed, request)?;
+                receiver
+            }
+        };
         receiver
             .blocking_recv()
-            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit threads stopped".into())))
+            .unwrap_or_else(|_| Err(threads_stopped()))
     }
 
     /// Submits a batch from async code; resolves once it is durable.
+    ///
+    /// When the queue is full and [`Config::backpressure`] is
+    /// [`Backpressure::Wait`], the task waits for room without blocking its thread, at
+    /// most the configured wait, then gets [`SubmitError::Busy`] with the batch handed
+    /// back. That wait uses a tokio timer: the runtime needs its time driver
+    /// (`enable_time` or `enable_all`, as `#[tokio::main]` sets).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the batch is admitted to the queue (while it waits
+    /// for room) leaves nothing queued: the batch is dropped with the future and never
+    /// logged. Once admitted, the batch is logged and applied whether or not the future
+    /// is still polled; dropping it only loses the answer. To learn the outcome after a
+    /// cancellation, submit the same events again: a transfer id that exists answers
+    /// `exists` and is never applied twice.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, Batch, Config, Ledger, ResultCode};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// let runtime = tokio::runtime::Builder::new_current_thread()
+    ///     .enable_all()
+    ///     .build()
+    ///     .expect("runtime");
+    /// let account = Account { id: 1, ledger: 840, code: 1, ..Account::default() };
+    /// let results = runtime
+    ///     .block_on(ledger.submit_async(Batch::CreateAccounts(vec![account])))
+    ///     .expect("durable");
+    /// assert_eq!(results[0].code, ResultCode::Ok);
+    /// ```
     pub async fn submit_async(&self, batch: Batch) -> Result<Vec<EventResult>, SubmitError> {
-        let receiver = self.admit(batch, None)?;
-        receiver
-            .await
-            .unwrap_or_else(|_| Err(SubmitError::Failed("the commit threads stopped".into())))
+        let receiver = match self.enqueue(batch, None)? {
+            Enqueued::Queued(receiver) => receiver,
+            Enqueued::Full(request, receiver, deadline) => {
+                let mut request = Some(request);
+                let room = &self.shared().room;
+                let pushed = room
+                    .wait_async(deadline, || self.try_push(&mut request))
+                    .await;
+                self.waited(pushed, request)?;
+                receiver
+            }
+        };
+        receiver.await.unwrap_or_else(|_| Err(threads_stopped()))
     }
 
+    /// Creates accounts: [`Ledger::submit`] of a [`Batch::CreateAccounts`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, AccountFlags, Config, Ledger, ResultCode};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// let wallet = Account {
+    ///     id: 1,
+    ///     ledger: 978,
+    ///     code: 1,
+    ///     flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+    ///     ..Account::default()
+    /// };
+    /// let results = ledger.create_accounts(vec![wallet]).expect("durable");
+    /// assert_eq!(results[0].code, ResultCode::Ok);
+    /// ```
     pub fn create_accounts(&self, accounts: Vec<Account>) -> Result<Vec<EventResult>, SubmitError> {
         self.submit(Batch::CreateAccounts(accounts))
     }
 
+    /// Creates transfers: [`Ledger::submit`] of a [`Batch::CreateTransfers`]. A refused
+    /// transfer is a result code (`exceeds_credits`, `exists`, ...), not an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, Config, Ledger, ResultCode, Transfer};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// let account = |id| Account { id, ledger: 978, code: 1, ..Account::default() };
+    /// ledger.create_accounts(vec![account(1), account(2)]).expect("durable");
+    /// let pay = Transfer {
+    ///     id: 10,
+    ///     debit_account_id: 1,
+    ///     credit_account_id: 2,
+    ///     amount: 500,
+    ///     ledger: 978,
+    ///     code: 1,
+    ///     ..Transfer::default()
+    /// };
+    /// assert_eq!(ledger.create_transfers(vec![pay]).expect("durable")[0].code, ResultCode::Ok);
+    /// // The same id again is not applied twice.
+    /// assert_eq!(ledger.create_transfers(vec![pay]).expect("durable")[0].code, ResultCode::Exists);
+    /// ```
     pub fn create_transfers(
         &self,
         transfers: Vec<Transfer>,
@@ -232,12 +346,9 @@ impl Ledger {
         self.submit(Batch::CreateTransfers(transfers))
     }
 
-    /// Validates a batch and puts it on the queue, honouring the backpressure setting.
-    fn admit(
-        &self,
-        batch: Batch,
-        now: Option<u64>,
-    ) -> Result<oneshot::Receiver<Result<Vec<EventResult>, SubmitError>>, SubmitError> {
+    /// Validates a batch and tries once to put it on the queue. A full queue under
+    /// [`Backpressure::Wait`] hands the request back with the deadline of its wait.
+    fn enqueue(&self, batch: Batch, now: Option<u64>) -> Result<Enqueued, SubmitError> {
         validate(&batch)?;
         let shared = self.shared();
         if now.is_some() && !shared.config.manual_clock {
@@ -246,48 +357,78 @@ impl Ledger {
         if let Some(message) = shared.failure.lock().clone() {
             return Err(SubmitError::Failed(message));
         }
-        // Holding the pass keeps shutdown from draining until this push is done.
-        let Some(pass) = shared.gate.enter() else {
+        if shared.gate.is_closed() {
             return Err(SubmitError::Stopped);
-        };
-        let busy = || {
-            shared
-                .metrics
-                .busy_rejections
-                .fetch_add(1, Ordering::Relaxed);
-            SubmitError::Busy
-        };
+        }
         // Under overload most submissions are turned away: do it before allocating
         // anything, so that rejecting costs the committed work as little as possible.
         if shared.config.backpressure == Backpressure::Busy && shared.queue.is_full() {
-            return Err(busy());
+            return Err(self.busy(batch));
         }
         let (reply, receiver) = oneshot::channel();
-        let mut request = Request {
+        let mut request = Some(Request {
             batch,
             now,
             reply,
             enqueued: Instant::now(),
-        };
-        let deadline = match shared.config.backpressure {
-            Backpressure::Busy => None,
-            Backpressure::Wait(wait) => Some(Instant::now() + wait),
-        };
-        let pushed = loop {
-            match shared.queue.push(request) {
-                Ok(()) => break Ok(()),
-                Err(back) => request = back,
+        });
+        match self.try_push(&mut request) {
+            Some(pushed) => pushed.map(|()| Enqueued::Queued(receiver)),
+            None => {
+                let request = request.expect("a full queue hands the request back");
+                match shared.config.backpressure {
+                    Backpressure::Busy => Err(self.busy(request.batch)),
+                    Backpressure::Wait(wait) => {
+                        Ok(Enqueued::Full(request, receiver, Instant::now() + wait))
+                    }
+                }
             }
-            if deadline.is_none_or(|d| Instant::now() >= d) {
-                break Err(busy());
-            }
-            self.handle.log_thread.unpark();
-            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// One try to push `request`: `Some(Ok)` once pushed (`request` taken),
+    /// `Some(Err(Stopped))` after shutdown, `None` while the queue is full (`request`
+    /// kept). The admission pass is held for the push only, never across a wait.
+    fn try_push(&self, request: &mut Option<Request>) -> Option<Result<(), SubmitError>> {
+        let shared = self.shared();
+        // Holding the pass keeps shutdown from draining until this push is done.
+        let Some(pass) = shared.gate.enter() else {
+            return Some(Err(SubmitError::Stopped));
         };
+        let pushed = shared
+            .queue
+            .push(request.take().expect("a request to push"));
         drop(pass);
-        pushed?;
         self.handle.log_thread.unpark();
-        Ok(receiver)
+        match pushed {
+            Ok(()) => Some(Ok(())),
+            Err(back) => {
+                *request = Some(back);
+                None
+            }
+        }
+    }
+
+    /// The end of a wait for room: the answer's receiver once pushed, or `Busy` with
+    /// the batch back.
+    fn waited(
+        &self,
+        pushed: Option<Result<(), SubmitError>>,
+        request: Option<Request>,
+    ) -> Result<(), SubmitError> {
+        match (pushed, request) {
+            (Some(pushed), _) => pushed,
+            (None, Some(request)) => Err(self.busy(request.batch)),
+            (None, None) => unreachable!("a full queue hands the request back"),
+        }
+    }
+
+    fn busy(&self, batch: Batch) -> SubmitError {
+        self.shared()
+            .metrics
+            .busy_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        SubmitError::Busy(batch)
     }
 
     /// `lookup_accounts`: the accounts that exist, in request order.
@@ -336,6 +477,22 @@ impl Ledger {
         self.shared().recovery
     }
 
+    /// A point-in-time copy of the ledger's counters and latency figures
+    /// ([`MetricsSnapshot::to_prometheus`] renders them for a scrape).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, Config, Ledger};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// ledger.create_accounts(vec![Account { id: 1, ledger: 1, code: 1, ..Account::default() }])
+    ///     .expect("durable");
+    /// let metrics = ledger.metrics();
+    /// assert_eq!(metrics.events_committed, 1);
+    /// assert!(metrics.to_prometheus().contains("tally_events_committed_total 1"));
+    /// ```
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = self.shared();
         shared
@@ -348,6 +505,18 @@ impl Ledger {
     pub fn shutdown(&self) -> Result<(), EngineError> {
         self.handle.stop()
     }
+}
+
+/// What one try to enqueue left: the answer's receiver, or (the queue full, under
+/// `Backpressure::Wait`) the request, its receiver and the end of its wait.
+enum Enqueued {
+    Queued(oneshot::Receiver<Answer>),
+    Full(Request, oneshot::Receiver<Answer>, Instant),
+}
+
+/// The answer of a submission whose commit threads stopped without answering.
+fn threads_stopped() -> SubmitError {
+    SubmitError::Failed("the commit threads stopped".into())
 }
 
 /// Rejects batches the log must never see: too large, or carrying engine-owned fields.
@@ -394,33 +563,54 @@ fn validate(batch: &Batch) -> Result<(), SubmitError> {
 }
 
 fn validate_config(config: &Config) -> Result<(), EngineError> {
-    if config.queue_batches_max == 0 || config.group_events_max < BATCH_EVENTS_MAX {
-        return Err(EngineError::Config(format!(
-            "queue_batches_max must be > 0 and group_events_max >= {BATCH_EVENTS_MAX}"
-        )));
+    let invalid = |field, reason| Err(EngineError::Config { field, reason });
+    if config.queue_batches_max == 0 {
+        return invalid("queue_batches_max", "must be > 0".to_string());
+    }
+    if config.group_events_max < BATCH_EVENTS_MAX {
+        return invalid(
+            "group_events_max",
+            format!(
+                "must be at least {BATCH_EVENTS_MAX}, not {}",
+                config.group_events_max
+            ),
+        );
     }
     if config.commit_interval_min > COMMIT_INTERVAL_MAX {
-        return Err(EngineError::Config(format!(
-            "commit_interval_min must be at most {COMMIT_INTERVAL_MAX:?}, not {:?}",
-            config.commit_interval_min
-        )));
+        return invalid(
+            "commit_interval_min",
+            format!(
+                "must be at most {COMMIT_INTERVAL_MAX:?}, not {:?}",
+                config.commit_interval_min
+            ),
+        );
     }
     let segment_bytes = tally_log::SEGMENT_BYTES_MIN..=tally_log::SEGMENT_FILE_BYTES_MAX;
     if !segment_bytes.contains(&config.segment_bytes_max) {
         // Past the maximum, recovery would refuse to read the segments it wrote.
-        return Err(EngineError::Config(format!(
-            "segment_bytes_max must be from {} to {}, not {}",
-            segment_bytes.start(),
-            segment_bytes.end(),
-            config.segment_bytes_max
-        )));
+        return invalid(
+            "segment_bytes_max",
+            format!(
+                "must be from {} to {}, not {}",
+                segment_bytes.start(),
+                segment_bytes.end(),
+                config.segment_bytes_max
+            ),
+        );
     }
     if config.shards > tally_state::PARTS_MAX {
-        return Err(EngineError::Config(format!(
-            "shards must be at most {} (0 = fitted to the machine), not {}",
-            tally_state::PARTS_MAX,
-            config.shards
-        )));
+        return invalid(
+            "shards",
+            format!(
+                "must be at most {} (0 = fitted to the machine), not {}",
+                tally_state::PARTS_MAX,
+                config.shards
+            ),
+        );
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod admission_tests;

@@ -8,8 +8,7 @@
 //! while the next group is being synced. Nothing a caller sees was not durable first.
 //!
 //! ```
-//! use tally_engine::{Config, Ledger};
-//! use tally_types::{Account, AccountFlags, Batch, ResultCode, Transfer};
+//! use tally_engine::prelude::*;
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let ledger = Ledger::open(Config::new(dir.path())).expect("open");
@@ -30,8 +29,7 @@
 //! and state are the same as with one shard. Async services share the same handle:
 //!
 //! ```
-//! use tally_engine::{Config, Ledger};
-//! use tally_types::{Account, AccountFilter, Batch, ResultCode, Transfer};
+//! use tally_engine::{Account, AccountFilter, Batch, Config, Ledger, ResultCode, Transfer};
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let mut config = Config::new(dir.path());
@@ -40,7 +38,7 @@
 //! let accounts = (1..=8).map(|id| Account { id, ledger: 156, code: 1, ..Account::default() });
 //! ledger.submit(Batch::CreateAccounts(accounts.collect())).expect("durable");
 //!
-//! let runtime = tokio::runtime::Builder::new_multi_thread().build().expect("runtime");
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 //! runtime.block_on(async {
 //!     let payments = (1..=8u128).map(|n| {
 //!         let ledger = ledger.clone();
@@ -65,25 +63,48 @@
 //! Invariant: reads take the state lock, which the apply thread holds while it applies a
 //! whole group, so a read never sees half a batch or half a chain.
 
+#![deny(missing_docs)]
+
+mod admission;
 mod clock;
+mod commit;
 mod config;
-pub mod core;
 mod error;
 #[doc(hidden)]
 pub mod gate;
+pub mod inspect;
 mod ledger;
 mod metrics;
-mod pipeline;
+mod recovery;
+mod request;
 mod shards;
+mod shared;
+pub mod simulation;
+mod snapshot_source;
 mod sync;
+mod threads;
 
-pub use crate::core::Recovery;
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
-pub use error::{EngineError, SubmitError};
-pub use ledger::{EventResult, Ledger};
+pub use error::{EngineError, RecoveryError, SubmitError};
+pub use ledger::Ledger;
 pub use metrics::MetricsSnapshot;
+pub use recovery::Recovery;
+pub use request::EventResult;
 pub use tally_log::SyncMode;
+pub use tally_state::{InvariantViolation, LedgerTotals};
+pub use tally_types::{
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer,
+    TransferFlags,
+};
+
+/// What an embedding service usually needs, in one import:
+/// `use tally_engine::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Account, AccountFilter, AccountFlags, Backpressure, Batch, Config, EngineError,
+        EventResult, Ledger, ResultCode, SubmitError, Transfer, TransferFlags,
+    };
+}
 
 /// The most shards a ledger can run (one state part per shard).
 pub const SHARDS_MAX: usize = tally_state::PARTS_MAX;
-pub use tally_state::{InvariantViolation, LedgerTotals};

@@ -79,31 +79,45 @@ impl Metrics {
 /// A point-in-time copy of the ledger's metrics.
 #[derive(Debug, Clone)]
 pub struct MetricsSnapshot {
+    /// Batches waiting in the submission queue.
     pub queue_depth: usize,
+    /// The most batches the queue holds ([`crate::Config::queue_batches_max`]).
     pub queue_capacity: usize,
+    /// Batches logged, applied and answered since open.
     pub batches_committed: u64,
+    /// Events in those batches.
     pub events_committed: u64,
+    /// Group commits (one sync each) since open.
     pub groups_committed: u64,
+    /// Submissions refused with [`crate::SubmitError::Busy`].
     pub busy_rejections: u64,
-    /// Pauses the log thread made to pace syncs, and their total microseconds.
+    /// Pauses the log thread made to pace syncs.
     pub commit_pauses: u64,
+    /// Their total microseconds.
     pub commit_pause_us: u64,
-    /// Steps written of spare segments, their bytes and their total microseconds.
+    /// Steps written of spare segments.
     pub spare_steps: u64,
+    /// Their bytes.
     pub spare_step_bytes: u64,
+    /// Their total microseconds.
     pub spare_step_us: u64,
-    /// Snapshots written, and snapshots that failed.
+    /// Snapshots written.
     pub snapshots_written: u64,
+    /// Snapshots that failed (nothing is lost: the log keeps every batch).
     pub snapshots_failed: u64,
-    /// The longest freeze for a snapshot on the apply thread (µs), and the longest
-    /// snapshot write (ms).
+    /// The longest freeze for a snapshot on the apply thread (µs).
     pub snapshot_freeze_us_max: u64,
+    /// The longest snapshot write (ms).
     pub snapshot_write_ms_max: u64,
     /// Count per result code (only codes seen at least once).
     pub result_counts: Vec<(ResultCode, u64)>,
+    /// Median time from enqueue to answer of a group's oldest batch (µs).
     pub commit_latency_us_p50: u64,
+    /// Its 99th percentile (µs).
     pub commit_latency_us_p99: u64,
+    /// Its maximum (µs).
     pub commit_latency_us_max: u64,
+    /// Mean events per group commit.
     pub group_events_mean: f64,
     /// Units (events, chains, expiries) the shard threads ran by plan.
     pub shard_units: u64,

@@ -75,7 +75,7 @@ fn outcomes(result: Result<Vec<EventResult>, SubmitError>) -> Result<Vec<Outcome
                 timestamp: r.timestamp,
             })
             .collect()),
-        Err(SubmitError::Busy) => Err(SubmitFailure::Busy),
+        Err(SubmitError::Busy(_)) => Err(SubmitFailure::Busy),
         Err(other) => Err(SubmitFailure::Other(other.to_string())),
     }
 }

@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use tally::state::StateMachine;
-use tally::types::{Account, Batch, ResultCode, StateImage, Transfer, TransferFlags};
-use tally::{Config, Ledger};
+use tally_engine::{Config, Ledger};
+use tally_state::StateMachine;
+use tally_types::{Account, Batch, ResultCode, StateImage, Transfer, TransferFlags};
 
 const ACCOUNTS: u128 = 50;
 const BATCHES: u64 = 30;

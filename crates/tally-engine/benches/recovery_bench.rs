@@ -6,18 +6,56 @@
 //! 2. `Ledger::open` on one shard, as a restart does: the log read on one thread and
 //!    replayed on another as it is read (this may cut a torn tail, as any open does).
 //!
-//! `cargo run --release -p tally-engine --example recovery_bench -- DIR`
+//! `cargo bench -p tally-engine --bench recovery_bench -- DIR` (`-- --test`: a small
+//! ledger written to a temporary directory first, as a smoke test).
+
+mod common;
 
 use std::time::Instant;
 use tally_engine::{Config, Ledger};
 use tally_state::StateMachine;
 
 fn main() -> Result<(), String> {
-    let dir = std::env::args()
-        .nth(1)
-        .ok_or("usage: recovery_bench DIR (a ledger's data directory)")?;
-    let dir = std::path::Path::new(&dir);
+    let (args, smoke) = common::args();
+    let (dir, _temp) = match smoke {
+        true => {
+            let (dir, temp) =
+                common::data_dir("recovery-bench", true).map_err(|e| e.to_string())?;
+            write_small_ledger(&dir)?;
+            (dir, temp)
+        }
+        false => {
+            let dir = args
+                .into_iter()
+                .next()
+                .ok_or("usage: recovery_bench DIR (a ledger's data directory)")?;
+            (std::path::PathBuf::from(dir), None)
+        }
+    };
+    read_only_in_two_phases(&dir)?;
+    open_as_a_restart(&dir)
+}
 
+/// A ledger of a few batches, for the smoke run.
+fn write_small_ledger(dir: &std::path::Path) -> Result<(), String> {
+    let ledger = Ledger::open(Config::new(dir)).map_err(|error| error.to_string())?;
+    for id in 1..=100u128 {
+        let account = tally_engine::Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..tally_engine::Account::default()
+        };
+        ledger
+            .create_accounts(vec![account])
+            .map_err(|error| error.to_string())?;
+    }
+    ledger.shutdown().map_err(|error| error.to_string())
+}
+
+/// Reading the log with the directory locked and left as it was, then replaying it,
+/// one after the other.
+fn read_only_in_two_phases(dir: &std::path::Path) -> Result<(), String> {
     {
         let _lock = tally_log::DirLock::acquire(dir).map_err(|error| error.to_string())?;
         let started = Instant::now();
@@ -47,7 +85,11 @@ fn main() -> Result<(), String> {
             rate(read_s + load_s + replay_s),
         );
     }
+    Ok(())
+}
 
+/// `Ledger::open` on one shard, as a restart does.
+fn open_as_a_restart(dir: &std::path::Path) -> Result<(), String> {
     let ledger = Ledger::open(Config {
         shards: 1,
         ..Config::new(dir)

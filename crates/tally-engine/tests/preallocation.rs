@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tally::types::{Account, Batch, ResultCode, Transfer};
-use tally::{Config, Ledger};
+use tally_engine::{Config, Ledger};
 use tally_testkit::SeededRng as Rng;
+use tally_types::{Account, Batch, ResultCode, Transfer};
 
 /// Small segments, so that spares (an eighth of a segment logged, then one segment of
 /// zeros) and rotations come every few hundred transfers.
@@ -63,7 +63,7 @@ fn segment_lengths(dir: &Path) -> Vec<u64> {
         .map(|entry| entry.unwrap())
         .filter_map(|entry| {
             let name = entry.file_name().into_string().unwrap();
-            let first = tally::log::layout::parse_segment_name(&name)?;
+            let first = tally_log::layout::parse_segment_name(&name)?;
             Some((first, entry.metadata().unwrap().len()))
         })
         .collect();
@@ -72,7 +72,7 @@ fn segment_lengths(dir: &Path) -> Vec<u64> {
 }
 
 fn spare_exists(dir: &Path) -> bool {
-    dir.join(tally::log::layout::SPARE_SEGMENT_NAME).exists()
+    dir.join(tally_log::layout::SPARE_SEGMENT_NAME).exists()
 }
 
 /// Submits `batches` batches from 4 threads at once (so groups are shared).
@@ -91,7 +91,7 @@ fn submit_concurrently(ledger: &Ledger, first: u64, batches: u64) {
 
 /// Opens a ledger on `dir`, submits 6,000 transfers (about 770 KB of frames, a dozen
 /// 64 KiB segments) from 4 threads, closes it, and returns its metrics.
-fn run_busy_ledger(dir: &Path, preallocate: bool) -> tally::engine::MetricsSnapshot {
+fn run_busy_ledger(dir: &Path, preallocate: bool) -> tally_engine::MetricsSnapshot {
     let ledger = Ledger::open(config(dir, preallocate)).unwrap();
     ledger.submit(accounts()).unwrap();
     submit_concurrently(&ledger, 1_000, 600);
@@ -114,7 +114,7 @@ fn a_busy_ledger_writes_its_frames_into_preallocated_segments() {
     // plain file; most must have been spares, whole from the start and never extended.
     let preallocated = lengths.iter().filter(|&&len| len == SEGMENT_BYTES).count();
     assert!(preallocated * 2 > lengths.len(), "{lengths:?}");
-    let report = tally::log::verify(dir.path()).unwrap();
+    let report = tally_log::verify(dir.path()).unwrap();
     assert!(report.is_clean());
     assert!(report.preallocated_bytes > 0);
 
@@ -136,10 +136,7 @@ fn with_preallocation_off_no_spare_is_written() {
         lengths.iter().all(|&len| len < SEGMENT_BYTES),
         "{lengths:?}"
     );
-    assert_eq!(
-        tally::log::verify(dir.path()).unwrap().preallocated_bytes,
-        0
-    );
+    assert_eq!(tally_log::verify(dir.path()).unwrap().preallocated_bytes, 0);
 }
 
 /// Real crashes: a child process submits batches from 3 threads into 64 KiB segments
@@ -199,7 +196,7 @@ fn sigkill_while_preallocating_never_loses_an_acknowledged_transfer() {
         drop(ledger);
         first_id += 1_000_000;
     }
-    let report = tally::log::verify(dir.path()).unwrap();
+    let report = tally_log::verify(dir.path()).unwrap();
     assert!(report.segments > 5, "{report:?}");
     assert!(
         acknowledged as u64 > KILLS * 50,

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tally::engine::EventResult;
-use tally::log::{LogOptions, Wal};
-use tally::state::StateMachine;
-use tally::types::{Batch, NS_PER_S, ResultCode};
-use tally::{Config, Ledger};
+use tally_engine::EventResult;
+use tally_engine::{Config, Ledger};
+use tally_log::{LogOptions, Wal};
+use tally_state::StateMachine;
 use tally_testkit::workload::{Accounts, Workload};
+use tally_types::{Batch, NS_PER_S, ResultCode};
 
 /// Marks every event of a batch with `tag`, so that each submitted batch is unique and
 /// can be found in the log by content.
@@ -47,7 +47,7 @@ fn codes(results: &[EventResult]) -> Vec<ResultCode> {
 fn check_against_log(
     dir: &std::path::Path,
     answered: &[(Batch, Vec<EventResult>)],
-    engine_image: &tally::types::StateImage,
+    engine_image: &tally_types::StateImage,
 ) -> usize {
     let (logged, reference) = replay(dir);
     assert_eq!(
@@ -115,6 +115,7 @@ fn concurrent_run(shards: usize, skew: Accounts) {
     // Tokio tasks submit at the same time as the threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
     let tasks: Vec<(Batch, Vec<EventResult>)> = runtime.block_on(async {
@@ -193,7 +194,7 @@ fn expiry_across_shards_matches_the_reference() {
         let expired = image
             .pending_statuses
             .iter()
-            .filter(|(_, s)| *s == tally::types::PendingStatus::Expired)
+            .filter(|(_, s)| *s == tally_types::PendingStatus::Expired)
             .count();
         assert!(expired > 5, "{shards} shards: only {expired} expiries");
         check_against_log(dir.path(), &answered, &image);
@@ -231,7 +232,7 @@ fn a_ledger_reopens_with_a_different_shard_count() {
 /// or more shards this once tripped an assertion in the planner and stopped the engine.)
 #[test]
 fn an_expiry_inside_a_batch_is_released_before_the_next_batch_on_any_shard_count() {
-    use tally::types::{Account, PendingStatus, Transfer, TransferFlags};
+    use tally_types::{Account, PendingStatus, Transfer, TransferFlags};
     let transfer = |id: u128, flags: TransferFlags, timeout: u32| Transfer {
         id,
         debit_account_id: 1,

@@ -11,15 +11,15 @@
 //! One seed: `TALLY_SIM_SEED=1234 cargo test --test simulation -- --nocapture`.
 #![allow(clippy::unwrap_used)]
 
-use tally::engine::core::{Clock, Committer, Submission};
-use tally::engine::{EventResult, SubmitError};
-use tally::log::faulty::{Fault, FaultyStorage};
-use tally::log::{LogOptions, LogRecord, SyncMode, Wal};
-use tally::state::StateMachine;
-use tally::types::{
+use tally_engine::simulation::{Clock, Committer, Submission};
+use tally_engine::{EventResult, SubmitError};
+use tally_log::faulty::{Fault, FaultyStorage};
+use tally_log::{LogOptions, LogRecord, SyncMode, Wal};
+use tally_state::StateMachine;
+use tally_testkit::SeededRng as Rng;
+use tally_types::{
     Account, AccountFlags, Batch, NS_PER_S, ResultCode, StateImage, Transfer, TransferFlags,
 };
-use tally_testkit::SeededRng as Rng;
 
 const SEEDS_DEFAULT: u64 = 48;
 const STEPS_PER_SEED: u64 = 120;

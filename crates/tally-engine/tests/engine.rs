@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tally::engine::{Backpressure, EventResult};
-use tally::log::{LogOptions, Wal};
-use tally::state::StateMachine;
-use tally::types::{Account, AccountFlags, Batch, ResultCode, Transfer, TransferFlags};
-use tally::{Config, Ledger, SubmitError};
+use tally_engine::{Backpressure, EventResult};
+use tally_engine::{Config, Ledger, SubmitError};
+use tally_log::{LogOptions, Wal};
+use tally_state::StateMachine;
 use tally_testkit::SeededRng as Rng;
+use tally_types::{Account, AccountFlags, Batch, ResultCode, Transfer, TransferFlags};
 
 const ACCOUNTS: u128 = 12;
 
@@ -242,7 +242,7 @@ fn async_submitters_far_past_capacity_get_busy_and_lose_nothing_acknowledged() {
     });
     let busy = outcomes
         .iter()
-        .filter(|(_, r)| matches!(r, Err(SubmitError::Busy)))
+        .filter(|(_, r)| matches!(r, Err(SubmitError::Busy(_))))
         .count();
     let acknowledged: Vec<u128> = outcomes
         .iter()
@@ -278,7 +278,7 @@ fn async_submitters_far_past_capacity_get_busy_and_lose_nothing_acknowledged() {
 fn oversized_batches_and_engine_owned_fields_are_rejected_whole() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(Config::new(dir.path())).unwrap();
-    let too_many = vec![Transfer::default(); tally::types::BATCH_EVENTS_MAX + 1];
+    let too_many = vec![Transfer::default(); tally_types::BATCH_EVENTS_MAX + 1];
     assert_eq!(
         ledger.submit(Batch::CreateTransfers(too_many)),
         Err(SubmitError::BatchTooLarge {
@@ -307,16 +307,13 @@ fn oversized_batches_and_engine_owned_fields_are_rejected_whole() {
     assert_eq!(
         manual.submit_at(
             Batch::CreateAccounts(vec![]),
-            Some(tally::types::NOW_NS_MAX + 1)
+            Some(tally_types::NOW_NS_MAX + 1)
         ),
         Err(SubmitError::TimeOutOfRange {
-            now: tally::types::NOW_NS_MAX + 1
+            now: tally_types::NOW_NS_MAX + 1
         })
     );
-    let at_most = manual.submit_at(
-        Batch::CreateAccounts(vec![]),
-        Some(tally::types::NOW_NS_MAX),
-    );
+    let at_most = manual.submit_at(Batch::CreateAccounts(vec![]), Some(tally_types::NOW_NS_MAX));
     assert_eq!(at_most, Ok(vec![]), "the latest accepted time");
     manual.shutdown().unwrap();
     assert!(ledger.lookup_accounts(&[1]).is_empty());
@@ -439,7 +436,7 @@ fn a_log_of_many_replay_groups_recovers_whole() {
 
 #[test]
 fn a_failed_sync_stops_writes_with_a_clear_error_and_loses_nothing_acknowledged() {
-    use tally::log::faulty::{Fault, FaultyStorage};
+    use tally_log::faulty::{Fault, FaultyStorage};
     let disk = FaultyStorage::new();
     let config = Config::new("unused-with-injected-storage");
     let ledger = Ledger::open_with_storage(config.clone(), Box::new(disk.clone())).unwrap();
@@ -552,19 +549,19 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
 fn a_commit_interval_past_the_maximum_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
-    config.commit_interval_min = tally::engine::COMMIT_INTERVAL_MAX * 2;
+    config.commit_interval_min = tally_engine::COMMIT_INTERVAL_MAX * 2;
     let error = Ledger::open(config).unwrap_err();
     assert!(error.to_string().contains("commit_interval_min"), "{error}");
 }
 
 #[test]
 fn a_segment_size_recovery_could_not_read_back_is_refused_at_open() {
-    let file_max = tally::log::SEGMENT_FILE_BYTES_MAX;
+    let file_max = tally_log::SEGMENT_FILE_BYTES_MAX;
     for (bytes, accepted) in [
         (file_max + 1, false),
         (0, false),
-        (tally::log::SEGMENT_BYTES_MIN - 1, false),
-        (tally::log::SEGMENT_BYTES_MIN, true),
+        (tally_log::SEGMENT_BYTES_MIN - 1, false),
+        (tally_log::SEGMENT_BYTES_MIN, true),
         (file_max, true),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -589,7 +586,7 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
     const SUBMITS: u32 = 30;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
-    config.commit_interval_min = tally::engine::COMMIT_INTERVAL_MAX;
+    config.commit_interval_min = tally_engine::COMMIT_INTERVAL_MAX;
     let ledger = Ledger::open(config).unwrap();
     ledger.submit(accounts()).unwrap();
     let started = std::time::Instant::now();
@@ -598,7 +595,7 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
     }
     // Paced, each submit would wait out the interval: at least 3 s in all. Each carried
     // its commit alone, so none waited.
-    let paced = tally::engine::COMMIT_INTERVAL_MAX * (SUBMITS - 1);
+    let paced = tally_engine::COMMIT_INTERVAL_MAX * (SUBMITS - 1);
     assert!(
         started.elapsed() < paced / 2,
         "{SUBMITS} sequential submits took {:?}",

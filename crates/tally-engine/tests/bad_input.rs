@@ -4,17 +4,17 @@
 //! and that nothing changed.
 #![allow(clippy::unwrap_used)]
 
-use tally::engine::core::{Clock, Committer, Submission};
-use tally::engine::{EventResult, SubmitError};
-use tally::log::LogOptions;
-use tally::log::faulty::FaultyStorage;
-use tally::types::currency::{AmountError, parse_amount};
-use tally::types::{
+use tally_engine::simulation::{Clock, Committer, Submission};
+use tally_engine::{Config, Ledger};
+use tally_engine::{EventResult, SubmitError};
+use tally_json::{NoLedgers, Request, parse_line};
+use tally_log::LogOptions;
+use tally_log::faulty::FaultyStorage;
+use tally_testkit::{account, transfer};
+use tally_types::currency::{AmountError, parse_amount};
+use tally_types::{
     Account, AccountFlags, BATCH_EVENTS_MAX, Batch, ResultCode, StateImage, Transfer, TransferFlags,
 };
-use tally::{Config, Ledger};
-use tally_json::{NoLedgers, Request, parse_line};
-use tally_testkit::{account, transfer};
 
 use ResultCode as R;
 
@@ -133,109 +133,141 @@ impl Fixture {
     }
 }
 
+/// Ids, kind flags and accounts of a single-phase transfer.
 #[test]
-fn every_transfer_field_out_of_range_gets_its_own_code() {
+fn every_transfer_id_flag_and_account_field_out_of_range_gets_its_own_code() {
     let mut f = Fixture::new();
     let t = |id| transfer(id, BANK, SPARE, 1);
-    let cases: Vec<(&str, Transfer, ResultCode)> = vec![
-        ("id 0", t(0), R::IdMustNotBeZero),
-        ("id u128::MAX", t(u128::MAX), R::IdMustNotBeIntMax),
-        (
-            "two kind flags",
-            Transfer {
-                flags: TransferFlags::PENDING.with(TransferFlags::REFUND),
-                ..t(20)
-            },
-            R::FlagsAreMutuallyExclusive,
-        ),
-        (
-            "debit 0",
-            transfer(21, 0, SPARE, 1),
-            R::DebitAccountIdMustNotBeZero,
-        ),
-        (
-            "debit MAX",
-            transfer(21, u128::MAX, SPARE, 1),
-            R::DebitAccountIdMustNotBeIntMax,
-        ),
-        (
-            "credit 0",
-            transfer(21, BANK, 0, 1),
-            R::CreditAccountIdMustNotBeZero,
-        ),
-        (
-            "credit MAX",
-            transfer(21, BANK, u128::MAX, 1),
-            R::CreditAccountIdMustNotBeIntMax,
-        ),
-        (
-            "same accounts",
-            transfer(21, BANK, BANK, 1),
-            R::AccountsMustBeDifferent,
-        ),
-        (
-            "pending_id on single-phase",
-            Transfer {
-                pending_id: 10,
-                ..t(21)
-            },
-            R::PendingIdMustBeZero,
-        ),
-        (
-            "timeout on single-phase",
-            Transfer {
-                timeout: 1,
-                ..t(21)
-            },
-            R::TimeoutReservedForPendingTransfer,
-        ),
-        (
-            "ledger 0",
-            Transfer { ledger: 0, ..t(21) },
-            R::LedgerMustNotBeZero,
-        ),
-        (
-            "code 0",
-            Transfer { code: 0, ..t(21) },
-            R::CodeMustNotBeZero,
-        ),
-        ("amount 0", t(21).with_amount(0), R::AmountMustNotBeZero),
-        (
-            "accounts of two ledgers",
-            transfer(21, USD, BANK, 1),
-            R::AccountsMustHaveTheSameLedger,
-        ),
-        (
-            "transfer ledger differs from accounts",
-            Transfer {
-                ledger: 840,
-                ..t(21)
-            },
-            R::TransferMustHaveTheSameLedgerAsAccounts,
-        ),
-        // Transient failures: they burn the id, so each uses a fresh one.
-        (
-            "debit missing",
-            transfer(22, MISSING, SPARE, 1),
-            R::DebitAccountNotFound,
-        ),
-        (
-            "credit missing",
-            transfer(23, BANK, MISSING, 1),
-            R::CreditAccountNotFound,
-        ),
-        (
-            "wallet overdrawn",
-            transfer(24, WALLET, SPARE, 10_001),
-            R::ExceedsCredits,
-        ),
-        (
-            "merchant over-credited",
-            transfer(25, BANK, MERCHANT, 1),
-            R::ExceedsDebits,
-        ),
-        ("burned id reused", t(22), R::IdAlreadyFailed),
-    ];
+    check_each(
+        &mut f,
+        vec![
+            ("id 0", t(0), R::IdMustNotBeZero),
+            ("id u128::MAX", t(u128::MAX), R::IdMustNotBeIntMax),
+            (
+                "two kind flags",
+                Transfer {
+                    flags: TransferFlags::PENDING.with(TransferFlags::REFUND),
+                    ..t(20)
+                },
+                R::FlagsAreMutuallyExclusive,
+            ),
+            (
+                "debit 0",
+                transfer(21, 0, SPARE, 1),
+                R::DebitAccountIdMustNotBeZero,
+            ),
+            (
+                "debit MAX",
+                transfer(21, u128::MAX, SPARE, 1),
+                R::DebitAccountIdMustNotBeIntMax,
+            ),
+            (
+                "credit 0",
+                transfer(21, BANK, 0, 1),
+                R::CreditAccountIdMustNotBeZero,
+            ),
+            (
+                "credit MAX",
+                transfer(21, BANK, u128::MAX, 1),
+                R::CreditAccountIdMustNotBeIntMax,
+            ),
+            (
+                "same accounts",
+                transfer(21, BANK, BANK, 1),
+                R::AccountsMustBeDifferent,
+            ),
+        ],
+    );
+}
+
+/// Second-phase fields, ledger, code and amount of a single-phase transfer.
+#[test]
+fn every_transfer_phase_ledger_and_amount_field_out_of_range_gets_its_own_code() {
+    let mut f = Fixture::new();
+    let t = |id| transfer(id, BANK, SPARE, 1);
+    check_each(
+        &mut f,
+        vec![
+            (
+                "pending_id on single-phase",
+                Transfer {
+                    pending_id: 10,
+                    ..t(21)
+                },
+                R::PendingIdMustBeZero,
+            ),
+            (
+                "timeout on single-phase",
+                Transfer {
+                    timeout: 1,
+                    ..t(21)
+                },
+                R::TimeoutReservedForPendingTransfer,
+            ),
+            (
+                "ledger 0",
+                Transfer { ledger: 0, ..t(21) },
+                R::LedgerMustNotBeZero,
+            ),
+            (
+                "code 0",
+                Transfer { code: 0, ..t(21) },
+                R::CodeMustNotBeZero,
+            ),
+            ("amount 0", t(21).with_amount(0), R::AmountMustNotBeZero),
+            (
+                "accounts of two ledgers",
+                transfer(21, USD, BANK, 1),
+                R::AccountsMustHaveTheSameLedger,
+            ),
+            (
+                "transfer ledger differs from accounts",
+                Transfer {
+                    ledger: 840,
+                    ..t(21)
+                },
+                R::TransferMustHaveTheSameLedgerAsAccounts,
+            ),
+        ],
+    );
+}
+
+/// Missing accounts and balance limits: transient, each burns its id.
+#[test]
+fn transient_transfer_failures_get_their_own_code_and_burn_the_id() {
+    let mut f = Fixture::new();
+    let t = |id| transfer(id, BANK, SPARE, 1);
+    check_each(
+        &mut f,
+        vec![
+            // Transient failures: they burn the id, so each uses a fresh one.
+            (
+                "debit missing",
+                transfer(22, MISSING, SPARE, 1),
+                R::DebitAccountNotFound,
+            ),
+            (
+                "credit missing",
+                transfer(23, BANK, MISSING, 1),
+                R::CreditAccountNotFound,
+            ),
+            (
+                "wallet overdrawn",
+                transfer(24, WALLET, SPARE, 10_001),
+                R::ExceedsCredits,
+            ),
+            (
+                "merchant over-credited",
+                transfer(25, BANK, MERCHANT, 1),
+                R::ExceedsDebits,
+            ),
+            ("burned id reused", t(22), R::IdAlreadyFailed),
+        ],
+    );
+}
+
+/// Runs each case in turn on `f`, in order (later cases may rely on ids burned earlier).
+fn check_each(f: &mut Fixture, cases: Vec<(&str, Transfer, ResultCode)>) {
     for (what, transfer, code) in cases {
         f.check_one(what, transfer, code);
     }
@@ -251,144 +283,176 @@ impl WithAmount for Transfer {
     }
 }
 
-#[test]
-fn every_second_phase_and_refund_field_out_of_range_gets_its_own_code() {
-    let mut f = Fixture::new();
-    let post = |id, pending_id| second_phase(id, TransferFlags::POST_PENDING_TRANSFER, pending_id);
-    let void = |id, pending_id| second_phase(id, TransferFlags::VOID_PENDING_TRANSFER, pending_id);
-    let refund = |id, of, amount| Transfer {
+fn post(id: u128, pending_id: u128) -> Transfer {
+    second_phase(id, TransferFlags::POST_PENDING_TRANSFER, pending_id)
+}
+
+fn void(id: u128, pending_id: u128) -> Transfer {
+    second_phase(id, TransferFlags::VOID_PENDING_TRANSFER, pending_id)
+}
+
+fn refund(id: u128, of: u128, amount: u128) -> Transfer {
+    Transfer {
         amount,
         ..second_phase(id, TransferFlags::REFUND, of)
-    };
-    let cases: Vec<(&str, Transfer, ResultCode)> = vec![
-        ("post pending_id 0", post(30, 0), R::PendingIdMustNotBeZero),
-        (
-            "post pending_id MAX",
-            post(30, u128::MAX),
-            R::PendingIdMustNotBeIntMax,
-        ),
-        ("post itself", post(30, 30), R::PendingIdMustBeDifferent),
-        (
-            "timeout on post",
-            Transfer {
-                timeout: 5,
-                ..post(30, 10)
-            },
-            R::TimeoutReservedForPendingTransfer,
-        ),
-        (
-            "post of a single-phase",
-            post(30, 11),
-            R::PendingTransferNotPending,
-        ),
-        (
-            "post with another debit account",
-            Transfer {
-                debit_account_id: WALLET,
-                ..post(30, 10)
-            },
-            R::PendingTransferHasDifferentDebitAccountId,
-        ),
-        (
-            "post with another credit account",
-            Transfer {
-                credit_account_id: WALLET,
-                ..post(30, 10)
-            },
-            R::PendingTransferHasDifferentCreditAccountId,
-        ),
-        (
-            "post with another ledger",
-            Transfer {
-                ledger: 840,
-                ..post(30, 10)
-            },
-            R::PendingTransferHasDifferentLedger,
-        ),
-        (
-            "post with another code",
-            Transfer {
-                code: 9,
-                ..post(30, 10)
-            },
-            R::PendingTransferHasDifferentCode,
-        ),
-        (
-            "post of more than reserved",
-            post(30, 10).with_amount(501),
-            R::ExceedsPendingTransferAmount,
-        ),
-        (
-            "post of u128::MAX",
-            post(30, 10).with_amount(u128::MAX),
-            R::ExceedsPendingTransferAmount,
-        ),
-        (
-            "void of another amount",
-            void(30, 10).with_amount(499),
-            R::PendingTransferHasDifferentAmount,
-        ),
-        ("refund_of 0", refund(30, 0, 1), R::RefundOfMustNotBeZero),
-        (
-            "refund_of MAX",
-            refund(30, u128::MAX, 1),
-            R::RefundOfMustNotBeIntMax,
-        ),
-        (
-            "refund of a pending transfer",
-            refund(30, 10, 1),
-            R::OriginalTransferNotRefundable,
-        ),
-        (
-            "refund with another debit account",
-            Transfer {
-                debit_account_id: SPARE,
-                ..refund(30, 11, 1)
-            },
-            R::RefundHasDifferentDebitAccountId,
-        ),
-        (
-            "refund with another credit account",
-            Transfer {
-                credit_account_id: SPARE,
-                ..refund(30, 11, 1)
-            },
-            R::RefundHasDifferentCreditAccountId,
-        ),
-        (
-            "refund with another ledger",
-            Transfer {
-                ledger: 840,
-                ..refund(30, 11, 1)
-            },
-            R::RefundHasDifferentLedger,
-        ),
-        ("refund of 0", refund(30, 11, 0), R::AmountMustNotBeZero),
-        (
-            "refund beyond the original",
-            refund(30, 11, 10_001),
-            R::ExceedsRefundableAmount,
-        ),
-        (
-            "refund of u128::MAX",
-            refund(30, 11, u128::MAX),
-            R::ExceedsRefundableAmount,
-        ),
-        // Transient failures burn their ids.
-        (
-            "post of a missing pending",
-            post(31, MISSING),
-            R::PendingTransferNotFound,
-        ),
-        (
-            "refund of a missing original",
-            refund(32, MISSING, 1),
-            R::OriginalTransferNotFound,
-        ),
-    ];
-    for (what, transfer, code) in cases {
-        f.check_one(what, transfer, code);
     }
+}
+
+/// Post and void fields against the pending transfer 10.
+#[test]
+fn every_post_and_void_field_out_of_range_gets_its_own_code() {
+    let mut f = Fixture::new();
+    check_each(
+        &mut f,
+        vec![
+            ("post pending_id 0", post(30, 0), R::PendingIdMustNotBeZero),
+            (
+                "post pending_id MAX",
+                post(30, u128::MAX),
+                R::PendingIdMustNotBeIntMax,
+            ),
+            ("post itself", post(30, 30), R::PendingIdMustBeDifferent),
+            (
+                "timeout on post",
+                Transfer {
+                    timeout: 5,
+                    ..post(30, 10)
+                },
+                R::TimeoutReservedForPendingTransfer,
+            ),
+            (
+                "post of a single-phase",
+                post(30, 11),
+                R::PendingTransferNotPending,
+            ),
+            (
+                "post with another debit account",
+                Transfer {
+                    debit_account_id: WALLET,
+                    ..post(30, 10)
+                },
+                R::PendingTransferHasDifferentDebitAccountId,
+            ),
+            (
+                "post with another credit account",
+                Transfer {
+                    credit_account_id: WALLET,
+                    ..post(30, 10)
+                },
+                R::PendingTransferHasDifferentCreditAccountId,
+            ),
+            (
+                "post with another ledger",
+                Transfer {
+                    ledger: 840,
+                    ..post(30, 10)
+                },
+                R::PendingTransferHasDifferentLedger,
+            ),
+            (
+                "post with another code",
+                Transfer {
+                    code: 9,
+                    ..post(30, 10)
+                },
+                R::PendingTransferHasDifferentCode,
+            ),
+            (
+                "post of more than reserved",
+                post(30, 10).with_amount(501),
+                R::ExceedsPendingTransferAmount,
+            ),
+            (
+                "post of u128::MAX",
+                post(30, 10).with_amount(u128::MAX),
+                R::ExceedsPendingTransferAmount,
+            ),
+            (
+                "void of another amount",
+                void(30, 10).with_amount(499),
+                R::PendingTransferHasDifferentAmount,
+            ),
+        ],
+    );
+}
+
+/// Refund fields against the single-phase transfer 11.
+#[test]
+fn every_refund_field_out_of_range_gets_its_own_code() {
+    let mut f = Fixture::new();
+    check_each(
+        &mut f,
+        vec![
+            ("refund_of 0", refund(30, 0, 1), R::RefundOfMustNotBeZero),
+            (
+                "refund_of MAX",
+                refund(30, u128::MAX, 1),
+                R::RefundOfMustNotBeIntMax,
+            ),
+            (
+                "refund of a pending transfer",
+                refund(30, 10, 1),
+                R::OriginalTransferNotRefundable,
+            ),
+            (
+                "refund with another debit account",
+                Transfer {
+                    debit_account_id: SPARE,
+                    ..refund(30, 11, 1)
+                },
+                R::RefundHasDifferentDebitAccountId,
+            ),
+            (
+                "refund with another credit account",
+                Transfer {
+                    credit_account_id: SPARE,
+                    ..refund(30, 11, 1)
+                },
+                R::RefundHasDifferentCreditAccountId,
+            ),
+            (
+                "refund with another ledger",
+                Transfer {
+                    ledger: 840,
+                    ..refund(30, 11, 1)
+                },
+                R::RefundHasDifferentLedger,
+            ),
+            ("refund of 0", refund(30, 11, 0), R::AmountMustNotBeZero),
+            (
+                "refund beyond the original",
+                refund(30, 11, 10_001),
+                R::ExceedsRefundableAmount,
+            ),
+            (
+                "refund of u128::MAX",
+                refund(30, 11, u128::MAX),
+                R::ExceedsRefundableAmount,
+            ),
+        ],
+    );
+}
+
+/// Missing pending or original transfers (transient); then a post, after which every second phase is refused.
+#[test]
+fn second_phases_of_missing_transfers_burn_their_ids_and_a_post_is_final() {
+    let mut f = Fixture::new();
+    check_each(
+        &mut f,
+        vec![
+            // Transient failures burn their ids.
+            (
+                "post of a missing pending",
+                post(31, MISSING),
+                R::PendingTransferNotFound,
+            ),
+            (
+                "refund of a missing original",
+                refund(32, MISSING, 1),
+                R::OriginalTransferNotFound,
+            ),
+        ],
+    );
     // Finally post it, then every later second phase is refused.
     f.check_one("post", post(33, 10), R::Ok);
     f.check_one("post again", post(34, 10), R::PendingTransferAlreadyPosted);
@@ -571,13 +635,13 @@ fn a_now_past_the_latest_time_is_refused_and_the_longest_timeout_fits() {
     // tests); through the engine no batch can be stamped late enough for that: a `now`
     // past NOW_NS_MAX is refused, and at NOW_NS_MAX the longest timeout still fits.
     let mut f = Fixture::new();
-    f.now = tally::types::NOW_NS_MAX;
+    f.now = tally_types::NOW_NS_MAX;
     let refused = f.commit(Batch::CreateTransfers(vec![pending(61, BANK, SPARE, 1)]));
     assert!(
         matches!(refused, Err(SubmitError::TimeOutOfRange { .. })),
         "{refused:?}"
     );
-    f.now = tally::types::NOW_NS_MAX - 1_000_000;
+    f.now = tally_types::NOW_NS_MAX - 1_000_000;
     let t = Transfer {
         timeout: u32::MAX,
         ..pending(60, BANK, SPARE, 1)
@@ -770,7 +834,7 @@ fn amounts_with_too_many_decimals_or_past_u128_are_errors_never_roundings() {
 
 #[test]
 fn bad_json_rejects_the_whole_line_naming_the_field() {
-    let currencies = tally::types::currency::CurrencyTable::default();
+    let currencies = tally_types::currency::CurrencyTable::default();
     let cases: &[(&str, &str)] = &[
         (
             r#"{"create_transfers": [{"id": "1", "debit_account_id": "2", "credit_account_id": "3", "amount": "1.00", "ledger": 156, "code": 1}, {"id": "2", "amount": "1.005", "ledger": 156}]}"#,

@@ -10,32 +10,17 @@
 //! thread, which pushes back on submitters through the bounded queue.
 
 use crate::clock::wall_clock_ns;
-use crate::core::{Applier, Clock, LoggedGroup, Logger, Submission};
-use crate::error::SubmitError;
-use crate::ledger::{EventResult, Shared};
+use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
+use crate::request::{EventResult, Reply, Request};
+use crate::shared::Shared;
+use crate::snapshot_source::FrozenSource;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tally_log::{SnapshotSource, SyncMode};
-use tally_state::{FrozenState, SideTables};
-use tally_types::{Account, Batch, PendingStatus};
-use tokio::sync::oneshot;
-
-/// The answer channel of one submission.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<EventResult>, SubmitError>>;
-
-/// One submission waiting in the queue.
-#[derive(Debug)]
-pub(crate) struct Request {
-    pub batch: Batch,
-    /// Requested stamp (manual clock only).
-    pub now: Option<u64>,
-    pub reply: Reply,
-    /// When the submitter enqueued it, for the commit-latency histogram.
-    pub enqueued: Instant,
-}
+use tally_log::SyncMode;
+use tally_state::FrozenState;
 
 /// Synced groups waiting for the apply thread.
 pub(crate) const GROUPS_IN_FLIGHT_MAX: usize = 2;
@@ -64,6 +49,7 @@ const SPARE_STEP_PAUSE_MIN: Duration = Duration::from_micros(300);
 const SPARE_STEP_BYTES_MIN: u64 = 16 * 1024;
 pub(crate) const SPARE_STEP_BYTES_PER_US_INITIAL: f64 = 100.0;
 
+/// The log thread: stamps, logs and syncs groups (phase 1).
 pub(crate) struct LogThread {
     pub shared: Arc<Shared>,
     pub logger: Logger,
@@ -254,6 +240,9 @@ impl LogThread {
             events += request.batch.len();
             requests.push(request);
         }
+        if !requests.is_empty() {
+            self.shared.room.freed();
+        }
     }
 
     fn log_group(&mut self, requests: &mut Vec<Request>) -> Result<(), ()> {
@@ -311,6 +300,7 @@ impl LogThread {
     }
 }
 
+/// The apply thread: applies synced groups and answers (phase 2).
 pub(crate) struct ApplyThread {
     pub shared: Arc<Shared>,
     pub applier: Applier,
@@ -378,150 +368,5 @@ impl ApplyThread {
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let _ = metrics.commit_latency_us.lock().record(latency_us.max(1));
         let _ = metrics.group_events.lock().record((events as u64).max(1));
-    }
-}
-
-/// A frozen state as a snapshot's source: accounts and transfers are read in place and
-/// encoded one at a time, so writing a snapshot of tens of millions of transfers never
-/// builds a vector of them all (gigabytes, and the time to fill them, on a machine whose
-/// other core runs the ledger). Only the side tables are gathered and sorted.
-pub(crate) struct FrozenSource<'a> {
-    frozen: &'a FrozenState,
-    side_tables: SideTables,
-}
-
-impl<'a> FrozenSource<'a> {
-    pub(crate) fn new(frozen: &'a FrozenState) -> FrozenSource<'a> {
-        FrozenSource {
-            frozen,
-            side_tables: frozen.side_tables(),
-        }
-    }
-}
-
-impl SnapshotSource for FrozenSource<'_> {
-    fn last_timestamp(&self) -> u64 {
-        self.frozen.last_timestamp()
-    }
-    fn accounts_len(&self) -> usize {
-        self.frozen.accounts_len()
-    }
-    fn accounts(&self) -> Box<dyn Iterator<Item = Account> + '_> {
-        Box::new(self.frozen.accounts())
-    }
-    fn transfers_len(&self) -> usize {
-        self.frozen.transfers_len()
-    }
-    fn packed_transfer_runs(
-        &self,
-        run: &mut dyn FnMut(usize, &[u8]) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        self.frozen.for_each_packed_run(run)
-    }
-    fn pending_statuses(&self) -> &[(u128, PendingStatus)] {
-        &self.side_tables.pending_statuses
-    }
-    fn refunded(&self) -> &[(u128, u128)] {
-        &self.side_tables.refunded
-    }
-    fn failed_ids(&self) -> &[u128] {
-        &self.side_tables.failed_ids
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::FrozenSource;
-    use tally_log::{LogOptions, LogRecord, SnapshotSource, Wal};
-    use tally_state::StateMachine;
-    use tally_types::{Account, Batch, Transfer, TransferFlags};
-
-    /// The snapshot file of `source`, written by the log as the engine writes one.
-    fn snapshot_bytes(source: &dyn SnapshotSource) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), LogOptions::default()).unwrap();
-        let record = LogRecord {
-            sequence: 1,
-            timestamp: 1,
-            batch: Batch::CreateAccounts(Vec::new()),
-        };
-        wal.append(&[record]).unwrap();
-        let job = wal.snapshot_job(1).unwrap();
-        let sequence = job.write(source).unwrap();
-        std::fs::read(dir.path().join(tally_log::snapshot_name(sequence))).unwrap()
-    }
-
-    /// A snapshot written from the frozen state in place is byte for byte the one
-    /// written from its image: on one part (the store's packed chunks written as they
-    /// are) and on three (accounts and transfers merged by timestamp and packed again),
-    /// with more transfers than one packed run holds and every side table filled.
-    #[test]
-    fn a_snapshot_read_in_place_is_the_image_s_snapshot_byte_for_byte() {
-        for parts in [1, 3] {
-            let mut state = StateMachine::with_capacity_in_parts(0, 0, parts);
-            let accounts = (1..=40)
-                .map(|id| Account {
-                    id,
-                    ledger: 156,
-                    code: 1,
-                    ..Account::default()
-                })
-                .collect();
-            state.apply(10, &Batch::CreateAccounts(accounts));
-            let transfer = |id: u128, debit: u128, credit: u128, amount: u128| Transfer {
-                id,
-                debit_account_id: debit,
-                credit_account_id: credit,
-                amount,
-                ledger: 156,
-                code: 1,
-                ..Transfer::default()
-            };
-            let bulk = tally_types::packed::PACKED_RUN_RECORDS as u128 + 4_000;
-            let mut timestamp = 1_000;
-            for first in (0..bulk).step_by(8_000) {
-                let events = (first..bulk.min(first + 8_000))
-                    .map(|n| transfer(1_000 + n, 1 + n % 40, 1 + (n + 7) % 40, 1 + n % 1_000))
-                    .collect::<Vec<_>>();
-                let count = events.len() as u64;
-                state.apply(timestamp, &Batch::CreateTransfers(events));
-                timestamp += count + 1;
-            }
-            let events = vec![
-                Transfer {
-                    flags: TransferFlags::PENDING,
-                    timeout: 60,
-                    ..transfer(500_000, 1, 2, 50)
-                },
-                Transfer {
-                    flags: TransferFlags::PENDING,
-                    user_data_128: u128::MAX,
-                    ..transfer(500_001, 3, 4, 70)
-                },
-                Transfer {
-                    flags: TransferFlags::REFUND,
-                    pending_id: 1_000,
-                    ..transfer(500_002, 0, 0, 1)
-                },
-                // Burns its id: the debit account does not exist.
-                transfer(500_003, 999, 2, 5),
-            ];
-            state.apply(timestamp, &Batch::CreateTransfers(events));
-            let frozen = state.freeze();
-            let image = frozen.image();
-            assert!(
-                !image.pending_statuses.is_empty()
-                    && !image.refunded.is_empty()
-                    && !image.failed_ids.is_empty()
-            );
-            assert_eq!(image.transfers.len() as u128, bulk + 3, "{parts} parts");
-            let in_place = snapshot_bytes(&FrozenSource::new(&frozen));
-            assert_eq!(in_place, snapshot_bytes(&image), "{parts} parts");
-            assert!(
-                in_place.len() as u128 > bulk * 16,
-                "every transfer is in the file"
-            );
-        }
     }
 }

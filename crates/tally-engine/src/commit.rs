@@ -1,0 +1,282 @@
+//! The commit path without threads, in two phases that the engine pipelines:
+//!
+//! 1. [`Logger::log`]: stamp each batch, append the group to the log, one sync.
+//! 2. [`Applier::apply`]: apply the logged group to the state machine, produce results.
+//!
+//! The engine runs phase 1 of group n+1 while phase 2 of group n runs on another thread
+//! (`crate::threads`); `crate::simulation::Committer` runs both in turn on the caller's
+//! thread: deterministic, for the simulation tests and for tools.
+//!
+//! Invariant: a group reaches the applier only after its sync succeeded, so the state
+//! (and every read of it) holds only durable batches.
+
+use crate::clock::batch_stamp;
+use crate::error::{EngineError, SubmitError};
+use crate::request::EventResult;
+use crate::shards::ShardPool;
+use tally_log::{LogRecord, Wal};
+use tally_state::StateMachine;
+use tally_types::{Batch, ResultCode, StateImage};
+
+/// One batch to commit, with its requested stamp (manual clock only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// The events.
+    pub batch: Batch,
+    /// The time to stamp it from, with [`Clock::Manual`]; ignored on the wall clock.
+    pub now: Option<u64>,
+}
+
+/// How batches are stamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Every batch of the group is stamped from this wall-clock reading (ns).
+    Wall(u64),
+    /// Each batch is stamped from its own `now` (missing = just after the last event).
+    Manual,
+}
+
+/// A group that is durable in the log and not yet applied.
+#[derive(Debug)]
+pub(crate) struct LoggedGroup {
+    pub records: Vec<LogRecord>,
+}
+
+/// Phase 1: owns the log, the sequence and the clock.
+#[derive(Debug)]
+pub(crate) struct Logger {
+    wal: Wal,
+    sequence_last: u64,
+    timestamp_last: u64,
+    failure: Option<String>,
+}
+
+impl Logger {
+    /// A logger appending to `wal`, after the recovered `sequence_last` and
+    /// `timestamp_last`.
+    pub fn new(wal: Wal, sequence_last: u64, timestamp_last: u64) -> Logger {
+        Logger {
+            wal,
+            sequence_last,
+            timestamp_last,
+            failure: None,
+        }
+    }
+
+    /// Closes the log cleanly at shutdown ([`Wal::close`]), unless it failed.
+    pub fn close(&mut self) -> Result<(), tally_log::LogError> {
+        if self.failure.is_some() {
+            return Ok(());
+        }
+        self.failure = Some("the log is closed".to_string());
+        self.wal.close()
+    }
+
+    /// Stamps every submission and appends the group with one sync. Returns the logged
+    /// group and, per submission, `None` if it was logged or the error it got.
+    pub fn log(
+        &mut self,
+        submissions: Vec<Submission>,
+        clock: Clock,
+    ) -> (LoggedGroup, Vec<Option<SubmitError>>) {
+        let mut outcomes = Vec::with_capacity(submissions.len());
+        let mut records = Vec::with_capacity(submissions.len());
+        if let Some(message) = &self.failure {
+            let failed = submissions
+                .iter()
+                .map(|_| Some(SubmitError::Failed(message.clone())));
+            return (LoggedGroup { records }, failed.collect());
+        }
+        let (sequence_before, timestamp_before) = (self.sequence_last, self.timestamp_last);
+        for Submission { batch, now } in submissions {
+            let requested = match clock {
+                Clock::Wall(now_ns) => now_ns,
+                Clock::Manual => now.unwrap_or(0),
+            };
+            let stamp = match requested {
+                requested if requested > tally_types::NOW_NS_MAX => None,
+                requested => batch_stamp(requested, self.timestamp_last, batch.len()),
+            };
+            let Some(stamp) = stamp else {
+                outcomes.push(Some(SubmitError::TimeOutOfRange { now: requested }));
+                continue;
+            };
+            self.sequence_last += 1;
+            self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
+            records.push(LogRecord {
+                sequence: self.sequence_last,
+                timestamp: stamp,
+                batch,
+            });
+            outcomes.push(None);
+        }
+        if records.is_empty() {
+            return (LoggedGroup { records }, outcomes);
+        }
+        if let Err(error) = self.wal.append(&records) {
+            // The page cache may have dropped the data: never retry, never answer ok.
+            let message = error.to_string();
+            self.failure = Some(message.clone());
+            self.sequence_last = sequence_before;
+            self.timestamp_last = timestamp_before;
+            for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *outcome = Some(SubmitError::Failed(message.clone()));
+            }
+            records.clear();
+        }
+        (LoggedGroup { records }, outcomes)
+    }
+
+    /// Refuses every later write with `message` (the engine can no longer apply).
+    pub fn stop(&mut self, message: &str) {
+        if self.failure.is_none() {
+            self.failure = Some(message.to_string());
+        }
+    }
+
+    /// The message of the log failure that stopped writes, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// True when the log wants a spare segment written (see
+    /// [`tally_log::Wal::spare_wanted`]); never once the log has failed.
+    pub fn spare_wanted(&self) -> bool {
+        self.failure.is_none() && self.wal.spare_wanted()
+    }
+
+    /// True when the spare is wanted soon enough to be worth delaying commits for.
+    pub fn spare_urgent(&self) -> bool {
+        self.failure.is_none() && self.wal.spare_urgent()
+    }
+
+    /// Writes one step of the spare segment; returns the zeros written. A failed step
+    /// only gives up on the spare.
+    pub fn write_spare_step(&mut self, bytes_max: u64) -> u64 {
+        match self.failure {
+            None => self.wal.write_spare_step(bytes_max).unwrap_or(0),
+            Some(_) => 0,
+        }
+    }
+
+    /// Starts a snapshot at `sequence` to be written off this thread (see
+    /// [`tally_log::SnapshotJob`]); `None` once the log has failed.
+    pub fn snapshot_job(&mut self, sequence: u64) -> Option<tally_log::SnapshotJob> {
+        if self.failure.is_some() {
+            return None;
+        }
+        self.wal.snapshot_job(sequence).ok()
+    }
+
+    /// Records a snapshot a job wrote; returns the removal of the files it makes
+    /// unnecessary, to run off the log thread ([`tally_log::Retirement`]).
+    pub fn snapshot_written(
+        &mut self,
+        sequence: u64,
+    ) -> Result<Option<tally_log::Retirement>, EngineError> {
+        let retired = self.wal.snapshot_written(sequence);
+        if self.wal.is_poisoned() && self.failure.is_none() {
+            self.failure = Some("the log failed while retiring segments".to_string());
+        }
+        retired.map_err(EngineError::Log)
+    }
+
+    /// Writes a snapshot of the state as of `sequence` (already applied by the caller).
+    /// A failed snapshot loses nothing (the log still holds every batch); only a
+    /// poisoned log stops the ledger.
+    pub fn write_snapshot(&mut self, sequence: u64, image: &StateImage) -> Result<(), EngineError> {
+        let written = self.wal.write_snapshot(sequence, image);
+        if self.wal.is_poisoned() && self.failure.is_none() {
+            self.failure = Some("the log failed while writing a snapshot".to_string());
+        }
+        written.map_err(EngineError::Log)
+    }
+}
+
+/// Phase 2: owns the shard threads (none with one shard) and the knowledge of where the
+/// state stands; the state itself is passed in (the engine keeps it under its
+/// read/write lock).
+pub(crate) struct Applier {
+    pub sequence_applied: u64,
+    pub events_since_snapshot: u64,
+    /// The shard threads, when the state has more than one part.
+    pub shards: Option<ShardPool>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("sequence_applied", &self.sequence_applied)
+            .field("shards", &self.shards.is_some())
+            .finish()
+    }
+}
+
+impl Applier {
+    /// An applier whose state holds every record up to `sequence_applied`, with no
+    /// shard threads yet.
+    pub fn new(sequence_applied: u64) -> Applier {
+        Applier {
+            sequence_applied,
+            events_since_snapshot: 0,
+            shards: None,
+        }
+    }
+
+    /// Applies a logged group, with results as if in log order; one result list per
+    /// record.
+    pub fn apply(&mut self, state: &mut StateMachine, group: LoggedGroup) -> Vec<Vec<EventResult>> {
+        for record in &group.records {
+            assert_eq!(
+                record.sequence,
+                self.sequence_applied + 1,
+                "groups apply in log order"
+            );
+            self.sequence_applied = record.sequence;
+            self.events_since_snapshot += record.batch.len() as u64;
+        }
+        let stamps: Vec<u64> = group.records.iter().map(|r| r.timestamp).collect();
+        let codes: Vec<Vec<ResultCode>> = match &self.shards {
+            Some(pool) => pool.apply(state, group.records),
+            None => {
+                // One run for the whole group: its prefetching spans the records, which
+                // matters when each is a single payment.
+                let batches: Vec<_> = group
+                    .records
+                    .iter()
+                    .map(|record| (record.timestamp, &record.batch))
+                    .collect();
+                state.apply_run(&batches)
+            }
+        };
+        stamps
+            .into_iter()
+            .zip(codes)
+            .map(|(timestamp, codes)| event_results(timestamp, codes))
+            .collect()
+    }
+
+    /// True when a snapshot is due after `interval` events (0 = never); resets the count.
+    pub fn snapshot_due(&mut self, interval: u64) -> bool {
+        if interval == 0 || self.events_since_snapshot < interval {
+            return false;
+        }
+        self.events_since_snapshot = 0;
+        true
+    }
+}
+
+fn event_results(timestamp: u64, codes: Vec<ResultCode>) -> Vec<EventResult> {
+    codes
+        .into_iter()
+        .enumerate()
+        .map(|(index, code)| EventResult {
+            code,
+            timestamp: if code.is_ok() {
+                timestamp + index as u64
+            } else {
+                0
+            },
+        })
+        .collect()
+}

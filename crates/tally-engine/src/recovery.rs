@@ -1,0 +1,275 @@
+//! Recovery: rebuilds the state from the newest valid snapshot and the log after it,
+//! reading the log on one thread and replaying it on another as it is read. Used when a
+//! ledger opens, by the read-only inspection (`crate::inspect`) and by the simulation
+//! committer.
+
+use crate::commit::{Applier, Logger};
+use crate::error::{EngineError, RecoveryError};
+use crate::shards::ShardPool;
+use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal, read_log_into};
+use tally_state::StateMachine;
+use tally_types::LoadedImage;
+
+/// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
+/// every logged batch after it, in order. The log is read on a second thread and
+/// replayed on the calling one as it is read ([`read_and_replay`]), so reading and
+/// checksumming overlap with the replay, and the log is never whole in memory.
+pub(crate) fn recover(
+    storage: Box<dyn Storage>,
+    options: LogOptions,
+    capacity: Capacity,
+    shards: Option<&ShardPool>,
+) -> Result<(Logger, Applier, StateMachine, Recovery), EngineError> {
+    let started = std::time::Instant::now();
+    let (opened, replayed) = read_and_replay(
+        |sink| Wal::open_with_sink(storage, options, sink),
+        capacity,
+        shards,
+    )?;
+    // An error reading the log comes first: what was replayed before it is dropped.
+    let (wal, repairs) = opened?;
+    let (state, mut recovery) = replayed?;
+    let sequence_last = recovery.sequence_last;
+    recovery.torn_tail_bytes_cut = repairs.torn_tail_bytes_cut;
+    recovery.torn_segment_removed = repairs.torn_segment_removed;
+    assert_eq!(
+        repairs.records, recovery.batches,
+        "every record read was replayed"
+    );
+    recovery.elapsed = started.elapsed();
+    assert_eq!(
+        wal.next_sequence(),
+        sequence_last + 1,
+        "log and replay agree"
+    );
+    let logger = Logger::new(wal, sequence_last, state.last_timestamp());
+    let applier = Applier::new(sequence_last);
+    Ok((logger, applier, state, recovery))
+}
+
+/// What the replay built: the state and what it replayed, or why it stopped.
+type ReplayOutcome = Result<(StateMachine, Recovery), EngineError>;
+
+/// Runs `read`, which reads a log and hands what it reads to a sink, on a second
+/// thread, and replays what it hands over on the calling thread as it comes (groups of
+/// about [`REPLAY_GROUP_EVENTS`] events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting).
+/// The replay stays on the calling thread because it may drive the shard pool, which
+/// is not shared between threads. Returns what `read` returned and what the replay
+/// built; when `read` failed, the caller must drop the latter.
+fn read_and_replay<T: Send, E: Send>(
+    read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E> + Send,
+    capacity: Capacity,
+    shards: Option<&ShardPool>,
+) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
+    let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("tally-read-log".into())
+            .spawn_scoped(scope, move || {
+                let mut sink = GroupSender {
+                    sender: Some(sender),
+                    group: Vec::new(),
+                    group_events: 0,
+                };
+                let read = read(&mut sink);
+                if read.is_ok() {
+                    sink.flush();
+                }
+                // Dropping the sink closes the channel: the replay ends once it has
+                // applied every group sent.
+                read
+            })
+            .map_err(|source| EngineError::Thread {
+                name: "tally-read-log",
+                source,
+            })?;
+        // Returning drops the receiver: a reader still sending then stops handing
+        // groups over and only finishes its checks.
+        let replayed = replay(receiver, capacity, shards);
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok((read, replayed))
+    })
+}
+
+/// Reads the ledger in `dir` without changing it (`tally_log::read_log_into`) and
+/// replays it, reading and replaying on two threads; see `crate::inspect::read_only`.
+pub(crate) fn replay_read_only(
+    dir: &std::path::Path,
+) -> Result<(VerifyReport, StateMachine), EngineError> {
+    let (read, replayed) =
+        read_and_replay(|sink| read_log_into(dir, sink), Capacity::default(), None)?;
+    let report = read?;
+    let (state, _) = replayed?;
+    Ok((report, state))
+}
+
+/// What opening a ledger recovered, and how long it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The snapshot loaded (the last sequence it includes), if any.
+    pub snapshot_sequence: Option<u64>,
+    /// Logged batches replayed after it.
+    pub batches: u64,
+    /// Events in those batches.
+    pub events: u64,
+    /// The last sequence in the log (0 for an empty log).
+    pub sequence_last: u64,
+    /// Bytes of a torn write cut from the log's end (see `tally_log::Repairs`).
+    pub torn_tail_bytes_cut: u64,
+    /// Whether the last segment was removed because its header never reached the disk.
+    pub torn_segment_removed: bool,
+    /// From the start of open to the state rebuilt: reading, checking, loading the
+    /// snapshot and replaying, the last two overlapping the first.
+    pub elapsed: std::time::Duration,
+}
+
+/// Room to reserve in the state at start-up (see `StateMachine::with_capacity`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Capacity {
+    pub accounts: usize,
+    pub transfers: usize,
+    /// Parts to split the state into, one per shard (0 counts as 1).
+    pub parts: usize,
+}
+
+/// Events replayed per group: large enough that the prefetching across batches and (on
+/// shard threads) planning and hand-offs are amortised, small enough to bound memory.
+const REPLAY_GROUP_EVENTS: usize = 65_536;
+
+/// Groups read ahead of the replay, at most: enough to keep it busy while the reader
+/// checks the next, and a bound on the memory a fast reader can fill.
+const REPLAY_GROUPS_IN_FLIGHT: usize = 2;
+
+/// What the reader thread hands the replaying thread.
+enum Replayed {
+    /// The snapshot to start from, first and once.
+    Start(Option<(u64, LoadedImage)>),
+    /// The next records, consecutive.
+    Records(Vec<LogRecord>),
+}
+
+/// Cuts the records recovery reads into groups for the replaying thread.
+struct GroupSender {
+    /// `None` once the replay has stopped (on an error it reports itself).
+    sender: Option<crossbeam_channel::Sender<Replayed>>,
+    group: Vec<LogRecord>,
+    group_events: usize,
+}
+
+impl GroupSender {
+    fn send(&mut self, message: Replayed) {
+        if let Some(sender) = &self.sender
+            && sender.send(message).is_err()
+        {
+            self.sender = None;
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.group.is_empty() {
+            let group = std::mem::take(&mut self.group);
+            self.group_events = 0;
+            self.send(Replayed::Records(group));
+        }
+    }
+}
+
+impl RecoverySink for GroupSender {
+    fn start(&mut self, snapshot: Option<(u64, LoadedImage)>) {
+        self.send(Replayed::Start(snapshot));
+    }
+
+    fn record(&mut self, record: LogRecord) {
+        // An empty batch counts as one, so that a run of them still makes groups.
+        self.group_events += record.batch.len().max(1);
+        self.group.push(record);
+        if self.group_events >= REPLAY_GROUP_EVENTS {
+            self.flush();
+        }
+    }
+}
+
+/// The replay: builds the state from the snapshot, then applies each group as it
+/// arrives, as the engine applied them live: on the shard threads when there are some
+/// (results do not depend on how the log is cut into groups).
+fn replay(
+    receiver: crossbeam_channel::Receiver<Replayed>,
+    capacity: Capacity,
+    shards: Option<&ShardPool>,
+) -> Result<(StateMachine, Recovery), EngineError> {
+    let Ok(Replayed::Start(snapshot)) = receiver.recv() else {
+        // The log could not be read; its error is the one reported.
+        return Err(RecoveryError::LogNotRead.into());
+    };
+    let snapshot_sequence = snapshot.as_ref().map(|(sequence, _)| *sequence);
+    let (mut state, mut sequence_last) = match snapshot {
+        Some((sequence, image)) => {
+            let state = StateMachine::from_loaded_image_in_parts(image, capacity.parts.max(1))
+                .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
+            (state, sequence)
+        }
+        None => (
+            StateMachine::with_capacity_in_parts(
+                capacity.accounts,
+                capacity.transfers,
+                capacity.parts.max(1),
+            ),
+            0,
+        ),
+    };
+    let mut recovery = Recovery {
+        snapshot_sequence,
+        ..Recovery::default()
+    };
+    let mut timestamp_last = state.last_timestamp();
+    for message in receiver {
+        let Replayed::Records(group) = message else {
+            unreachable!("the snapshot comes once, first");
+        };
+        for record in &group {
+            if record.sequence != sequence_last + 1 || record.timestamp <= timestamp_last {
+                return Err(RecoveryError::RecordOutOfOrder {
+                    sequence: record.sequence,
+                    sequence_before: sequence_last,
+                    timestamp: record.timestamp,
+                    timestamp_before: timestamp_last,
+                }
+                .into());
+            }
+            sequence_last = record.sequence;
+            timestamp_last = record
+                .timestamp
+                .saturating_add(record.batch.len().saturating_sub(1) as u64);
+            recovery.batches += 1;
+            recovery.events += record.batch.len() as u64;
+        }
+        replay_group(&mut state, group, shards);
+    }
+    assert_eq!(
+        state.last_timestamp(),
+        timestamp_last,
+        "replay reached the log's end"
+    );
+    recovery.sequence_last = sequence_last;
+    Ok((state, recovery))
+}
+
+fn replay_group(state: &mut StateMachine, group: Vec<LogRecord>, shards: Option<&ShardPool>) {
+    if group.is_empty() {
+        return;
+    }
+    match shards {
+        Some(pool) => {
+            pool.apply(state, group);
+        }
+        None => {
+            let batches: Vec<_> = group
+                .iter()
+                .map(|record| (record.timestamp, &record.batch))
+                .collect();
+            state.replay(&batches);
+        }
+    }
+}
