@@ -21,7 +21,10 @@
 //! let ledger = Ledger::open(Config::new(dir.path())).expect("open");
 //! let accounts = (1..=2).map(|id| Account { id, ledger: 156, code: 1, ..Account::default() });
 //! ledger.submit(Batch::CreateAccounts(accounts.collect())).expect("durable");
-//! let pay = Transfer { id: 10, debit_account_id: 1, credit_account_id: 2, amount: 1250, ledger: 156, code: 1, ..Transfer::default() };
+//! let pay = Transfer {
+//!     id: 10, debit_account_id: 1, credit_account_id: 2, amount: 1250, ledger: 156, code: 1,
+//!     ..Transfer::default()
+//! };
 //! let results = ledger.submit(Batch::CreateTransfers(vec![pay])).expect("durable");
 //! assert_eq!(results[0].code, ResultCode::Ok);
 //! ledger.shutdown().expect("clean shutdown");

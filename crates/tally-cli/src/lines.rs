@@ -1,7 +1,7 @@
 //! Reads request lines from a byte stream, holding at most a bounded number of bytes of
 //! any one line: a line past the bound is skipped to its end and reported by length,
 //! and a line that is not UTF-8 is reported as such. Neither stops the stream: each bad
-//! line gets its own error answer (SPEC §4: a bad line rejects that line, not the rest).
+//! line gets its own error answer (docs/spec.md §4: a bad line rejects that line, not the rest).
 
 use std::io::{self, BufRead};
 

@@ -1,4 +1,4 @@
-//! `tally`: applies, inspects and checks a ledger on disk (SPEC.md §4).
+//! `tally`: applies, inspects and checks a ledger on disk (docs/spec.md §4).
 //!
 //! * `tally apply --data DIR [--shards N] [--manual-clock]`: JSON Lines requests on
 //!   stdin, one answer line each on stdout, each written and flushed only once its
@@ -197,7 +197,7 @@ enum Dump {
 
 /// A ledger read without changing its directory: what recovery would recover, replayed
 /// onto the newest snapshot, with the checks of the log. The directory lock is held
-/// while reading (one process at a time, SPEC §3.7; `LOCK` is created if missing); no
+/// while reading (one process at a time, docs/spec.md §3.7; `LOCK` is created if missing); no
 /// torn tail is cut and no log file is made, so `verify`, `accounts` and `transfers`
 /// leave the log as they found it. The log is read on one thread and replayed on
 /// another as it is read, as at start-up, and is never whole in memory.

@@ -1,4 +1,4 @@
-//! Drives the real `tally` binary with JSON Lines (SPEC.md §4).
+//! Drives the real `tally` binary with JSON Lines (docs/spec.md §4).
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};

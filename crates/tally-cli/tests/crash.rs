@@ -1,4 +1,4 @@
-//! Crash tests with real processes (SPEC.md §3.3): a `tally apply` child applies
+//! Crash tests with real processes (docs/spec.md §3.3): a `tally apply` child applies
 //! batches and acknowledges each one on its stdout; the parent SIGKILLs it at random
 //! moments, restarts it, and checks that every acknowledged result is there, exactly,
 //! and that no unacknowledged batch is half-applied. Each restart runs on 1 to 4 shards.

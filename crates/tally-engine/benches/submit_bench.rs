@@ -4,7 +4,8 @@
 //! more, and each transfer picks its accounts scattered over them). Prints transfers/s
 //! and how much work spanned shards.
 //!
-//! `cargo bench -p tally-engine --bench submit_bench -- [CALLERS] [SECONDS] [BATCH] [SHARDS] [ACCOUNTS]`
+//! `cargo bench -p tally-engine --bench submit_bench --`
+//! `[CALLERS] [SECONDS] [BATCH] [SHARDS] [ACCOUNTS]`
 //! (`-- --test`: a tiny run on a temporary directory, as a smoke test).
 
 mod common;

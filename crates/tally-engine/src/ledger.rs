@@ -337,7 +337,8 @@ impl Ledger {
     /// };
     /// assert_eq!(ledger.create_transfers(vec![pay]).expect("durable")[0].code, ResultCode::Ok);
     /// // The same id again is not applied twice.
-    /// assert_eq!(ledger.create_transfers(vec![pay]).expect("durable")[0].code, ResultCode::Exists);
+    /// let again = ledger.create_transfers(vec![pay]).expect("durable");
+    /// assert_eq!(again[0].code, ResultCode::Exists);
     /// ```
     pub fn create_transfers(
         &self,

@@ -12,12 +12,19 @@
 //!
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let ledger = Ledger::open(Config::new(dir.path())).expect("open");
-//! let wallet = Account { id: 1, ledger: 156, code: 1, flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS, ..Account::default() };
+//! let wallet = Account {
+//!     id: 1, ledger: 156, code: 1,
+//!     flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+//!     ..Account::default()
+//! };
 //! let bank = Account { id: 2, ledger: 156, code: 1, ..Account::default() };
 //! let results = ledger.submit(Batch::CreateAccounts(vec![wallet, bank])).expect("durable");
 //! assert!(results.iter().all(|r| r.code == ResultCode::Ok));
 //!
-//! let top_up = Transfer { id: 10, debit_account_id: 2, credit_account_id: 1, amount: 1250, ledger: 156, code: 1, ..Transfer::default() };
+//! let top_up = Transfer {
+//!     id: 10, debit_account_id: 2, credit_account_id: 1, amount: 1250, ledger: 156, code: 1,
+//!     ..Transfer::default()
+//! };
 //! let results = ledger.submit(Batch::CreateTransfers(vec![top_up])).expect("durable");
 //! assert_eq!(results[0].code, ResultCode::Ok);
 //! assert_eq!(ledger.lookup_accounts(&[1])[0].credits_posted, 1250);
@@ -38,12 +45,18 @@
 //! let accounts = (1..=8).map(|id| Account { id, ledger: 156, code: 1, ..Account::default() });
 //! ledger.submit(Batch::CreateAccounts(accounts.collect())).expect("durable");
 //!
-//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+//! let runtime = tokio::runtime::Builder::new_multi_thread()
+//!     .enable_all()
+//!     .build()
+//!     .expect("runtime");
 //! runtime.block_on(async {
 //!     let payments = (1..=8u128).map(|n| {
 //!         let ledger = ledger.clone();
 //!         tokio::spawn(async move {
-//!             let pay = Transfer { id: 100 + n, debit_account_id: n, credit_account_id: 1 + n % 8, amount: 5, ledger: 156, code: 1, ..Transfer::default() };
+//!             let pay = Transfer {
+//!                 id: 100 + n, debit_account_id: n, credit_account_id: 1 + n % 8,
+//!                 amount: 5, ledger: 156, code: 1, ..Transfer::default()
+//!             };
 //!             ledger.submit_async(Batch::CreateTransfers(vec![pay])).await
 //!         })
 //!     });

@@ -1,5 +1,5 @@
 //! Shard threads: apply one durable group on N threads at once, each owning one part of
-//! the state, with results equal to the serial reference (SPEC §3.1).
+//! the state, with results equal to the serial reference (docs/spec.md §3.1).
 //!
 //! The apply thread plans the group ([`tally_state::plan`]): units in log order, each
 //! with the mask of parts it touches and an *executor*, the shard of its lowest part.
@@ -480,7 +480,8 @@ mod tests {
 /// Model-checks the hand-off protocol with loom: every interleaving of the shard threads'
 /// queue operations applies a small group that crosses parts, with the serial results,
 /// and never deadlocks (loom fails a model in which every thread blocks). Run:
-/// `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p tally-engine --lib --release loom_`
+/// `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom`
+/// `cargo test -p tally-engine --lib --release loom_`
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! Bad input at the API edge (SPEC §3.5): every field out of range, u128 edges, too many
+//! Bad input at the API edge (docs/spec.md §3.5): every field out of range, u128 edges, too many
 //! decimals, overflow near u128::MAX, empty and maximum-size batches, duplicate ids in a
 //! batch, chains of maximum length. Each case asserts the exact result code (or error)
 //! and that nothing changed.
@@ -433,7 +433,8 @@ fn every_refund_field_out_of_range_gets_its_own_code() {
     );
 }
 
-/// Missing pending or original transfers (transient); then a post, after which every second phase is refused.
+/// Missing pending or original transfers (transient); then a post, after which every second
+/// phase is refused.
 #[test]
 fn second_phases_of_missing_transfers_burn_their_ids_and_a_post_is_final() {
     let mut f = Fixture::new();

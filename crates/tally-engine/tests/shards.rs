@@ -1,4 +1,4 @@
-//! The sharded engine against the reference state machine (SPEC §3.1): the same random
+//! The sharded engine against the reference state machine (docs/spec.md §3.1): the same random
 //! traffic on 1, 2, 3, 4 and 8 shards gives, batch for batch, the results the reference
 //! gives when it applies the log in order, and the same final state.
 #![allow(clippy::unwrap_used)]

@@ -1,7 +1,7 @@
 //! Deterministic simulation: the engine's commit path (`Committer`) driven by a seeded
 //! scheduler over a simulated disk (`FaultyStorage`) that tears writes, loses unsynced
 //! data on crash and returns EIO/ENOSPC, with random crashes and restarts mid-burst.
-//! After every restart the checker proves SPEC §3: sequential equivalence with the
+//! After every restart the checker proves docs/spec.md §3: sequential equivalence with the
 //! reference state machine, every acknowledged batch in the log at its place with the
 //! results it was acknowledged with, conservation and balance limits, and idempotent
 //! resubmission. Everything follows from the seed: a failing seed replays exactly.

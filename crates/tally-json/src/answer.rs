@@ -1,4 +1,4 @@
-//! Formatting answers: one JSON line per request, fields in the order SPEC §4 shows.
+//! Formatting answers: one JSON line per request, fields in the order docs/spec.md §4 shows.
 //!
 //! The records cross the JSON boundary as [`AccountJson`] and [`TransferJson`], separate
 //! from the internal types: ids and u64 values as decimal strings (exact in every JSON
@@ -217,7 +217,7 @@ pub fn error_answer(message: &str) -> String {
 }
 
 /// One account as a JSON value. Note `serde_json::Value` objects sort their keys; use
-/// [`account_line`] where the SPEC field order matters (dumps).
+/// [`account_line`] where the field order of docs/spec.md §4 matters (dumps).
 pub fn account_json(account: &Account, currencies: &CurrencyTable) -> serde_json::Value {
     value(&AccountJson::new(account, currencies))
 }
@@ -227,12 +227,12 @@ pub fn transfer_json(transfer: &Transfer, currencies: &CurrencyTable) -> serde_j
     value(&TransferJson::new(transfer, currencies))
 }
 
-/// One account on one line, fields in SPEC order: a line of `tally accounts`.
+/// One account on one line, fields in the order of docs/spec.md §4: a line of `tally accounts`.
 pub fn account_line(account: &Account, currencies: &CurrencyTable) -> String {
     line(&AccountJson::new(account, currencies))
 }
 
-/// One transfer on one line, fields in SPEC order: a line of `tally transfers`.
+/// One transfer on one line, fields in the order of docs/spec.md §4: a line of `tally transfers`.
 pub fn transfer_line(transfer: &Transfer, currencies: &CurrencyTable) -> String {
     line(&TransferJson::new(transfer, currencies))
 }

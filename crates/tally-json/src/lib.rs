@@ -1,4 +1,4 @@
-//! The JSON edge of `tally apply` (SPEC.md §4): parses request lines and formats answers.
+//! The JSON edge of `tally apply` (docs/spec.md §4): parses request lines and formats answers.
 //!
 //! * [`parse_line`] turns one JSON Lines request into a [`RequestLine`], or rejects the
 //!   whole line with a [`LineError`] naming the field (`create_transfers[3].amount: …`).

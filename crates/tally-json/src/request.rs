@@ -72,7 +72,7 @@ const FILTER_FIELDS: &[&str] = &[
 const FILTER_DEBITS: u8 = 1;
 const FILTER_CREDITS: u8 = 1 << 1;
 const FILTER_REVERSED: u8 = 1 << 2;
-/// `reverse` is accepted as another name for `reversed`: SPEC §2 calls it "a reverse
+/// `reverse` is accepted as another name for `reversed`: docs/spec.md §2 calls it "a reverse
 /// option".
 const FILTER_FLAGS: &[(u8, &str)] = &[
     (FILTER_DEBITS, "debits"),
@@ -362,7 +362,7 @@ enum LedgerSource {
     NotFound,
 }
 
-/// SPEC §4: a transfer that gives no ledger takes its pending or original transfer's
+/// docs/spec.md §4: a transfer that gives no ledger takes its pending or original transfer's
 /// (post, void, refund), else its debit account's, as they stand when the line is read,
 /// earlier events of the same line included; where none is found, none (scale 0).
 fn ledger_taken(

@@ -1,4 +1,4 @@
-//! Answer lines: the SPEC §4 shapes, exact scale digits, field order, refund display,
+//! Answer lines: the docs/spec.md §4 shapes, exact scale digits, field order, refund display,
 //! and properties (formatting round-trips through parsing; no input panics the parser).
 
 #![allow(clippy::unwrap_used)]
@@ -13,7 +13,7 @@ use tally_json::{
 use tally_types::currency::{CurrencyTable, parse_amount};
 use tally_types::{Account, AccountFlags, ResultCode, Transfer, TransferFlags};
 
-/// `actual` must be exactly `expected` (one line, SPEC field order, no spaces).
+/// `actual` must be exactly `expected` (one line, field order of docs/spec.md §4, no spaces).
 fn check(actual: &str, expected: &str) {
     assert_eq!(actual, expected);
     assert!(!actual.contains('\n'), "an answer is one line");

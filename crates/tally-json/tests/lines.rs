@@ -1,4 +1,4 @@
-//! Request lines: every SPEC §4 example, every error shape, the amount scale rule.
+//! Request lines: every docs/spec.md §4 example, every error shape, the amount scale rule.
 //! Each case is one `check(line, expected)`: `expected` is the parsed request rendered
 //! compactly, or `error: <fragment>` that the error message must contain.
 
@@ -76,7 +76,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join(" ")
 }
 
-/// Only the non-zero fields, in SPEC order.
+/// Only the non-zero fields, in the order of docs/spec.md §2.
 fn fields(pairs: &[(&str, String)]) -> String {
     let shown: Vec<String> = pairs
         .iter()
@@ -219,7 +219,7 @@ fn filter_directions() {
         (r#""flags": []"#, "debits credits"),
         (r#""flags": ["reversed"]"#, "debits credits reversed"),
         (r#""flags": ["debits", "reversed"]"#, "debits reversed"),
-        // SPEC §2 calls it "a reverse option": `reverse` is the same as `reversed`.
+        // docs/spec.md §2 calls it "a reverse option": `reverse` is the same as `reversed`.
         (r#""reverse": true"#, "debits credits reversed"),
         (r#""reverse": false"#, "debits credits"),
         (r#""flags": ["reverse"]"#, "debits credits reversed"),

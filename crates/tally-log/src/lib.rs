@@ -2,13 +2,13 @@
 //!
 //! * [`Wal`] appends client batches as checksummed frames to segment files, one write and
 //!   one `fdatasync` per group of batches (group commit), and returns only once they are
-//!   durable (SPEC §3.3). A busy log writes into *spare* segments zero-filled ahead of
+//!   durable (docs/spec.md §3.3). A busy log writes into *spare* segments zero-filled ahead of
 //!   it ([`Wal::write_spare_step`]), so a sync need not also make a new file size
 //!   durable.
 //! * [`Wal::open`] recovers: it loads the newest readable snapshot, replays the segments
 //!   after it, cuts a torn tail off the last segment, and refuses to start on damage
-//!   inside the committed log (SPEC §3.5).
-//! * [`DirLock`] keeps a second process out of a data directory (SPEC §3.7).
+//!   inside the committed log (docs/spec.md §3.5).
+//! * [`DirLock`] keeps a second process out of a data directory (docs/spec.md §3.7).
 //! * [`verify`] checks every checksum of a directory without changing it.
 //! * [`Storage`] is the small file layer under all of it: [`FsStorage`] for real files,
 //!   `faulty::FaultyStorage` for crash and fault-injection tests.
@@ -78,7 +78,7 @@ pub enum SyncMode {
     #[default]
     Fdatasync,
     /// No sync per append: a crash loses acknowledged batches. For benchmarks only; this
-    /// breaks SPEC §3.3 and is named so that nobody picks it by accident. Rotations,
+    /// breaks docs/spec.md §3.3 and is named so that nobody picks it by accident. Rotations,
     /// snapshots and a clean close still sync what they rely on, so what a crash leaves
     /// always opens.
     UnsafeNoSync,

@@ -1,4 +1,4 @@
-//! One writer per data directory (SPEC §3.7): an exclusive advisory lock on `DIR/LOCK`.
+//! One writer per data directory (docs/spec.md §3.7): an exclusive advisory lock on `DIR/LOCK`.
 //!
 //! `File::try_lock` is `flock(LOCK_EX | LOCK_NB)` on Linux: the lock belongs to the open
 //! file description, so a second `open` + `try_lock` fails even inside the same process,

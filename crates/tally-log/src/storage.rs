@@ -1,5 +1,6 @@
 //! The file layer under the log: one flat directory of named files. Small on purpose, so
-//! that `faulty::FaultyStorage` (feature `fault-injection`) can model every call's durability exactly.
+//! that `faulty::FaultyStorage` (feature `fault-injection`) can model every call's durability
+//! exactly.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -141,7 +141,8 @@ impl Wal {
         Wal::open_with_storage(Box::new(storage), options)
     }
 
-    /// [`Wal::open`] over any storage (tests use `faulty::FaultyStorage`, behind the `fault-injection` feature).
+    /// [`Wal::open`] over any storage (tests use `faulty::FaultyStorage`, behind the
+    /// `fault-injection` feature).
     pub fn open_with_storage(
         storage: Box<dyn Storage>,
         options: LogOptions,
@@ -408,7 +409,8 @@ impl Wal {
 
     /// Writes the next at most `bytes_max` (≤ [`SPARE_STEP_BYTES_MAX`]) zeros of the
     /// spare and syncs them; the last step renames the temp file to `wal-spare.log` and
-    /// syncs the directory, so a file of that name is always whole and durable. Does nothing unless [`Wal::spare_wanted`].
+    /// syncs the directory, so a file of that name is always whole and durable. Does nothing
+    /// unless [`Wal::spare_wanted`].
     ///
     /// Returns the zeros this step wrote ([`Wal::spare_ready`] tells when the spare is
     /// whole). An error gives up on this spare (its temp file is removed, best effort,

@@ -1,4 +1,4 @@
-//! One writer per data directory (SPEC §3.7).
+//! One writer per data directory (docs/spec.md §3.7).
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! Applying batches: expiry, linked chains, and every check of SPEC.md §2 in order.
+//! Applying batches: expiry, linked chains, and every check of docs/spec.md §2 in order.
 //!
 //! The checks are written once, over [`Parts`]: the whole state on one thread (the
 //! reference, and replay), or only the parts a shard thread holds for one unit of a plan
@@ -753,7 +753,8 @@ fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, timestamp: u64) -> Res
     R::Ok
 }
 
-/// The overflow checks of a money movement, in SPEC order; on success, the balances
+/// The overflow checks of a money movement, in the order of docs/spec.md §2; on success, the
+/// balances
 /// after the movement (pending or posted).
 fn movement_checks(
     dr: &Account,

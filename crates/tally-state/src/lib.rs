@@ -1,6 +1,6 @@
 //! The ledger state machine.
 //!
-//! Every rule of SPEC.md sections 1 and 2: batches of `create_accounts` or
+//! Every rule of docs/spec.md §1 and §2: batches of `create_accounts` or
 //! `create_transfers` are applied event by event, each check in the order the spec
 //! lists, linked chains all or nothing. [`StateMachine::apply`] on one thread is the
 //! reference: the yardstick the sharded engine is tested against (sequential

@@ -1,5 +1,5 @@
 //! Plans for applying a group of batches on several parts at once, with results equal
-//! to applying them one after another (SPEC §3.1, sequential equivalence).
+//! to applying them one after another (docs/spec.md §3.1, sequential equivalence).
 //!
 //! A plan lists the group's **units** in log order: before each batch, one unit per
 //! pending transfer that expires at that batch's stamp; then each event that is not

@@ -250,7 +250,8 @@ fn single_phase_exists_codes() {
     check(refund(107, 103, 10), R::ExistsWithDifferentRefundOf);
 }
 
-/// Fields checked before any account is read: account ids, pending_id, timeout, ledger, code, amount.
+/// Fields checked before any account is read: account ids, pending_id, timeout, ledger, code,
+/// amount.
 fn single_phase_field_codes() {
     check(transfer(200, 0, 5, 1), R::DebitAccountIdMustNotBeZero);
     check(

@@ -1,4 +1,4 @@
-//! Sequential equivalence of planned execution (SPEC §3.1): random groups applied by
+//! Sequential equivalence of planned execution (docs/spec.md §3.1): random groups applied by
 //! plan on 2, 3, 4 and 8 parts, with the ready units run in random legal orders, give
 //! the reference's results and state, batch for batch.
 #![allow(clippy::unwrap_used)]

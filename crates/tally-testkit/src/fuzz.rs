@@ -204,7 +204,7 @@ pub fn state_machine(data: &[u8]) {
     let mut input = Input::new(data);
     let mut state = StateMachine::new();
     // The same batches, grouped, applied by plan to a 3-part state in a pseudo-random
-    // legal interleaving: results and state must equal the reference's (SPEC §3.1).
+    // legal interleaving: results and state must equal the reference's (docs/spec.md §3.1).
     let mut sharded = StateMachine::with_parts(3);
     let mut group: Vec<(u64, Batch, Vec<ResultCode>)> = Vec::new();
     let mut picks = data.len() as u64 | 1;

@@ -7,9 +7,9 @@
 //!
 //! | field | bytes |
 //! |---|---|
-//! | presence | 1: bit 0 pending_id, 1 user_data_128, 2 user_data_64, 3 user_data_32, 4 timeout; bits 5–7 zero |
+//! | presence | 1: bits 0–4 pending_id, user_data_128, _64, _32, timeout; 5–7 zero |
 //! | id, debit_account_id, credit_account_id, amount | a varint each |
-//! | pending_id, user_data_128, user_data_64, user_data_32, timeout | a varint each, only when its presence bit is set (and then never zero) |
+//! | pending_id, user_data_128/64/32, timeout | a varint each, only if its bit is set (never 0) |
 //! | ledger, code, flags | a varint each |
 //! | timestamp | 8, little-endian |
 //!

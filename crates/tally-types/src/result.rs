@@ -5,7 +5,8 @@ use std::fmt;
 
 macro_rules! result_codes {
     ($($variant:ident = $value:literal, $name:literal;)*) => {
-        /// The result of one event: `Ok` or the first failing check, in SPEC.md order.
+        /// The result of one event: `Ok` or the first failing check, in the order of
+        /// docs/spec.md §2.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
         #[non_exhaustive]
