@@ -7,8 +7,8 @@
 //! resubmission. Everything follows from the seed: a failing seed replays exactly.
 //!
 //! Default: a bounded number of seeds (CI). Many more:
-//! `TALLY_SIM_SEEDS=2000 cargo test --release --test simulation -- --nocapture`
-//! One seed: `TALLY_SIM_SEED=1234 cargo test --test simulation -- --nocapture`.
+//! `TALLY_SIM_SEEDS=2000 cargo test --release -p tally-engine --test simulation -- --nocapture`
+//! One seed: `TALLY_SIM_SEED=1234 cargo test -p tally-engine --test simulation -- --nocapture`.
 #![allow(clippy::unwrap_used)]
 
 use tally_engine::simulation::{Clock, Committer, Submission};
