@@ -1,5 +1,6 @@
-//! Waiting for room in the queue: async waiters do not block their thread, a timed-out
-//! wait hands the same batch back, and a cancelled wait leaves nothing queued.
+//! Waiting for room in the queue: async waiters do not block their thread and need no
+//! runtime timer, a timed-out wait hands the same batch back, a cancelled wait leaves
+//! nothing queued, shutdown answers every waiter, and the deadline thread ends.
 #![allow(clippy::unwrap_used)]
 
 use super::Ledger;
@@ -85,6 +86,14 @@ fn submit_on_threads(
     .collect()
 }
 
+/// A current-thread runtime with no driver enabled (no timer, no I/O): an async wait
+/// for room must work on it.
+fn bare_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
 /// Polls `done` every millisecond for at most ten seconds.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -96,16 +105,13 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 /// On a current-thread runtime, the task that frees the queue runs on the same thread
 /// as the tasks waiting for room: a waiter that slept its thread would stop it, and
-/// every waiter would end `Busy` after the minute's wait.
+/// every waiter would end `Busy` after the minute's wait. The runtime has no timer.
 #[test]
 fn an_async_waiter_is_admitted_when_room_appears_without_blocking_its_thread() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ledger(dir.path(), Duration::from_secs(60));
     let stall = Stall::start(&ledger);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bare_runtime();
     let answers = runtime.block_on(async {
         let tasks: Vec<_> = (100..120u128)
             .map(|id| {
@@ -134,7 +140,8 @@ fn an_async_waiter_is_admitted_when_room_appears_without_blocking_its_thread() {
 }
 
 /// A wait that times out answers `Busy` with the very batch submitted, blocking or
-/// async, and nothing of that batch is applied.
+/// async (on a runtime without a timer, and on a bare executor), and nothing of that
+/// batch is applied.
 #[test]
 fn a_timed_out_wait_hands_the_same_batch_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,14 +151,14 @@ fn a_timed_out_wait_hands_the_same_batch_back() {
     eventually("a submitter is busy", || {
         ledger.metrics().busy_rejections > 0
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let waited = Instant::now();
-    let refused = runtime.block_on(ledger.submit_async(pay(300)));
+    let refused = bare_runtime().block_on(ledger.submit_async(pay(300)));
     assert!(waited.elapsed() >= Duration::from_millis(50));
     assert_eq!(refused, Err(SubmitError::Busy(pay(300))));
+    let waited = Instant::now();
+    let refused = block_on(ledger.submit_async(pay(301)));
+    assert!(waited.elapsed() >= Duration::from_millis(50));
+    assert_eq!(refused, Err(SubmitError::Busy(pay(301))));
     stall.release();
     let mut busy = 0;
     for submitter in submitters {
@@ -173,7 +180,26 @@ fn a_timed_out_wait_hands_the_same_batch_back() {
         busy > 0,
         "a queue of one behind a stalled ledger refuses some"
     );
-    assert!(ledger.lookup_transfers(&[300]).is_empty());
+    assert!(ledger.lookup_transfers(&[300, 301]).is_empty());
+}
+
+/// The smallest executor: polls `future` on this thread, parking between wakes.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
 }
 
 /// Dropping `submit_async` while it waits for room leaves nothing queued; dropping it
@@ -225,4 +251,105 @@ fn a_cancelled_submission_is_queued_only_if_it_was_admitted() {
     }
     assert!(ledger.lookup_transfers(&[600]).is_empty());
     ledger.shutdown().unwrap();
+}
+
+/// Shutdown answers `Stopped` at once to a blocking and an async submitter waiting
+/// for room, though their wait has most of a minute left, and stops the deadline
+/// thread, while the stalled pipeline still keeps shutdown itself from finishing.
+#[test]
+fn shutdown_answers_the_waiters_at_once_and_stops_the_deadline_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(dir.path(), Duration::from_secs(60));
+    let timer = ledger.shared().room.timer_probe();
+    let stall = Stall::start(&ledger);
+    let fillers = submit_on_threads(&ledger, 700..712);
+    eventually("a submitter waits", || ledger.shared().room.waiters() > 0);
+    eventually("the pipeline is stuck", || {
+        let before = ledger.metrics().queue_depth;
+        std::thread::sleep(Duration::from_millis(20));
+        before == 1 && ledger.metrics().queue_depth == 1
+    });
+    let waiters = ledger.shared().room.waiters();
+    let (answered, answers) = mpsc::channel();
+    let blocking = {
+        let (ledger, answered) = (ledger.clone(), answered.clone());
+        std::thread::spawn(move || answered.send(("blocking", ledger.submit(pay(800)))))
+    };
+    let asynchronous = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || {
+            let answer = bare_runtime().block_on(ledger.submit_async(pay(801)));
+            answered.send(("async", answer))
+        })
+    };
+    eventually("both wait", || {
+        ledger.shared().room.waiters() == waiters + 2
+    });
+    assert_eq!(timer.strong_count(), 2, "the deadline thread runs");
+
+    let stopping = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || ledger.shutdown())
+    };
+    for _ in 0..2 {
+        let (who, answer) = answers.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(answer, Err(SubmitError::Stopped), "{who}");
+    }
+    blocking.join().unwrap().unwrap();
+    asynchronous.join().unwrap().unwrap();
+    eventually("every waiter is answered", || {
+        ledger.shared().room.waiters() == 0
+    });
+    eventually("the deadline thread ends", || timer.strong_count() == 1);
+    stall.release();
+    stopping.join().unwrap().unwrap();
+    for filler in fillers {
+        match filler.join().unwrap() {
+            (_, Ok(results)) => assert_eq!(results[0].code, ResultCode::Ok),
+            (_, Err(SubmitError::Stopped)) => {}
+            (_, Err(other)) => panic!("unexpected answer: {other}"),
+        }
+    }
+    assert_eq!(
+        timer.strong_count(),
+        1,
+        "shutdown joined the deadline thread"
+    );
+    assert!(ledger.lookup_transfers(&[800, 801]).is_empty());
+}
+
+/// The deadline thread ends when the ledger is dropped without shutdown, and when a
+/// room is dropped on its own.
+#[test]
+fn the_deadline_thread_ends_when_its_room_is_dropped() {
+    let room = crate::admission::Room::default();
+    let timer = room.timer_probe();
+    let wait = Duration::from_millis(10);
+    let never = bare_runtime().block_on(room.wait_async(Instant::now() + wait, || None::<()>));
+    assert_eq!(never, None);
+    assert_eq!(timer.strong_count(), 2, "the first async wait starts it");
+    drop(room);
+    assert_eq!(timer.strong_count(), 0, "dropping the room joins it");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(dir.path(), wait);
+    let timer = ledger.shared().room.timer_probe();
+    let stall = Stall::start(&ledger);
+    let fillers = submit_on_threads(&ledger, 900..912);
+    eventually("a submitter is busy", || {
+        ledger.metrics().busy_rejections > 0
+    });
+    let refused = bare_runtime().block_on(ledger.submit_async(pay(950)));
+    assert_eq!(refused, Err(SubmitError::Busy(pay(950))));
+    assert_eq!(timer.strong_count(), 2, "an async wait started it");
+    stall.release();
+    for filler in fillers {
+        match filler.join().unwrap() {
+            (_, Ok(results)) => assert_eq!(results[0].code, ResultCode::Ok),
+            (batch, Err(SubmitError::Busy(back))) => assert_eq!(back, batch),
+            (_, Err(other)) => panic!("unexpected answer: {other}"),
+        }
+    }
+    drop(ledger);
+    eventually("the deadline thread ends", || timer.strong_count() == 0);
 }

@@ -58,7 +58,7 @@ impl Gate {
     }
 
     /// Closes the gate and waits until every holder of a [`Pass`] has left. Passes are
-    /// held only for a bounded push (or a bounded backpressure wait), so this ends.
+    /// held only for a bounded push, never across a backpressure wait, so this ends.
     pub fn close(&self) {
         self.word.fetch_or(CLOSED, Ordering::AcqRel);
         while self.word.load(Ordering::Acquire) != CLOSED {

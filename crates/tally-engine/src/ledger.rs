@@ -47,9 +47,11 @@ impl Handle {
         };
         // Close the gate and wait out submitters already inside: after this no push can
         // happen, so the drain below answers every admitted request. Submitters waiting
-        // for room hold no pass; woken, they find the gate closed.
+        // for room hold no pass; woken, they find the gate closed. No async wait needs
+        // its deadline any more.
         self.shared.gate.close();
         self.shared.room.wake_all();
+        self.shared.room.stop_timer();
         self.shared.draining.store(true, Ordering::SeqCst);
         self.log_thread.unpark();
         // The log thread drains the queue and exits; the apply thread then finishes
@@ -246,8 +248,8 @@ impl Ledger {
     /// When the queue is full and [`Config::backpressure`] is
     /// [`Backpressure::Wait`], the task waits for room without blocking its thread, at
     /// most the configured wait, then gets [`SubmitError::Busy`] with the batch handed
-    /// back. That wait uses a tokio timer: the runtime needs its time driver
-    /// (`enable_time` or `enable_all`, as `#[tokio::main]` sets).
+    /// back. The future runs on any executor: it needs no runtime timer or I/O driver
+    /// (the ledger keeps the deadline on a thread of its own).
     ///
     /// # Cancel safety
     ///
@@ -266,7 +268,6 @@ impl Ledger {
     /// let dir = tempfile::tempdir().expect("temp dir");
     /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
     /// let runtime = tokio::runtime::Builder::new_current_thread()
-    ///     .enable_all()
     ///     .build()
     ///     .expect("runtime");
     /// let account = Account { id: 1, ledger: 840, code: 1, ..Account::default() };

@@ -45,10 +45,7 @@
 //! let accounts = (1..=8).map(|id| Account { id, ledger: 156, code: 1, ..Account::default() });
 //! ledger.submit(Batch::CreateAccounts(accounts.collect())).expect("durable");
 //!
-//! let runtime = tokio::runtime::Builder::new_multi_thread()
-//!     .enable_all()
-//!     .build()
-//!     .expect("runtime");
+//! let runtime = tokio::runtime::Builder::new_multi_thread().build().expect("runtime");
 //! runtime.block_on(async {
 //!     let payments = (1..=8u128).map(|n| {
 //!         let ledger = ledger.clone();

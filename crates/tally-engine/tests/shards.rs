@@ -115,7 +115,6 @@ fn concurrent_run(shards: usize, skew: Accounts) {
     // Tokio tasks submit at the same time as the threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_all()
         .build()
         .unwrap();
     let tasks: Vec<(Batch, Vec<EventResult>)> = runtime.block_on(async {
