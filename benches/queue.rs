@@ -6,7 +6,7 @@
 //! makes the consumer spin. Throughput is events per second. The two threads are spawned
 //! per iteration (scoped), which costs tens of microseconds against milliseconds of hops.
 //!
-//! On the 2-core VM both threads get a core only if nothing else runs; the figure is
+//! On a 2-core machine both threads get a core only if nothing else runs; the figure is
 //! noisy there.
 //!
 //! Full run: `cargo bench --bench queue`.
