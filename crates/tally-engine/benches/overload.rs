@@ -37,7 +37,7 @@ struct Run {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (args, smoke) = common::args();
+    let (args, smoke) = tally_testkit::bench_arguments();
     let mut args = args.into_iter();
     let mut run = Run {
         tasks: args.next().map_or(Ok(4_096), |a| a.parse())?,

@@ -16,7 +16,7 @@ use tally_engine::{Config, Ledger};
 use tally_state::StateMachine;
 
 fn main() -> Result<(), String> {
-    let (args, smoke) = common::args();
+    let (args, smoke) = tally_testkit::bench_arguments();
     let (dir, _temp) = match smoke {
         true => {
             let (dir, temp) =

@@ -26,7 +26,7 @@ struct Args {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (args, smoke) = common::args();
+    let (args, smoke) = tally_testkit::bench_arguments();
     let mut args = args.into_iter();
     let mut run = Args {
         callers: args.next().map_or(Ok(256), |a| a.parse())?,

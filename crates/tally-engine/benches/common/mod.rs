@@ -1,20 +1,5 @@
-//! What the engine's benchmark programs share: their arguments as `cargo bench` passes
-//! them.
-
-/// The program's arguments without the `--bench` cargo adds, and whether `--test` was
-/// among them (the smoke run `cargo bench --workspace -- --test`: run a tiny
-/// configuration, fast).
-pub fn args() -> (Vec<String>, bool) {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| arg != "--bench")
-        .collect();
-    let smoke = args.iter().any(|arg| arg == "--test");
-    (
-        args.into_iter().filter(|arg| arg != "--test").collect(),
-        smoke,
-    )
-}
+//! What the engine's benchmark programs share: where they keep their ledger.
+//! Their arguments come from `tally_testkit::bench_arguments`.
 
 /// Where a benchmark keeps its ledger: `target/NAME` in the workspace, emptied first;
 /// a temporary directory for the smoke run (kept alive by the returned guard).
