@@ -1,13 +1,15 @@
 //! Tally's festival load generator: the Singles' Day traffic model, an open-loop runner
 //! with coordinated-omission-free latency, a closed-loop max mode, traces, and the
-//! post-run verification of the ledger against the generator's own balance model.
+//! post-run verification of the ledger against the generator's own balance model. A
+//! second workload, `transfers`, has the shape of TigerBeetle's own `benchmark`.
 //!
 //! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats`, `population` and
 //! `target` (the [`target::Target`] trait with its engine and in-memory adapters) use no
 //! other module:
 //!
 //! ```text
-//! mix → population · trace → mix · model → population, target
+//! mix → population · transfers → mix, population · trace → mix
+//! model → population, target
 //! runner → mix, model, population, stats, target, trace
 //! report → model, runner, stats, target · the binary (main.rs) → all of them
 //! ```
@@ -23,3 +25,4 @@ pub mod runner;
 pub mod stats;
 pub mod target;
 pub mod trace;
+pub mod transfers;

@@ -3,6 +3,7 @@
 //! ```text
 //! loadgen                                   # festival: the default curve, 1M users, open loop
 //! loadgen --mode max --duration 60          # closed loop, pre-built batches
+//! loadgen --mode max --workload transfers   # TigerBeetle's benchmark's shape
 //! loadgen --record day.trace                # record the request stream
 //! loadgen --replay day.trace --report r.json --chart r.svg
 //! ```
@@ -16,15 +17,19 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally_loadgen::curve::Curve;
-use tally_loadgen::mix::{Generator, MixSpec, Request};
+use tally_loadgen::mix::{Generator, MixSpec, Request, RequestStream};
 use tally_loadgen::model::Model;
-use tally_loadgen::population::{Population, PopulationSpec};
+use tally_loadgen::population::{Population, PopulationSpec, Shape};
 use tally_loadgen::report::{Machine, Report};
 use tally_loadgen::runner::{self, RunResult};
 use tally_loadgen::target::Target;
 use tally_loadgen::target::engine::{EngineOptions, EngineTarget};
 use tally_loadgen::target::memory::MemoryTarget;
 use tally_loadgen::trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
+use tally_loadgen::transfers::{self, Distribution, TransfersGenerator, TransfersSpec};
+
+/// Merchants of the festival unless `--merchants` says otherwise.
+const MERCHANTS_DEFAULT: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +38,18 @@ enum Mode {
     Festival,
     /// Closed loop: pre-built batches back to back, to find the maximum throughput.
     Max,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Workload {
+    /// The Singles' Day mix: payments, authorisations, refunds, money-market orders,
+    /// loans and cross-border orders between funded users with limits and merchants.
+    #[default]
+    Festival,
+    /// TigerBeetle's `benchmark` shape: single-phase transfers between two distinct
+    /// accounts without balance limits (see --distribution); every one succeeds.
+    Transfers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -50,6 +67,13 @@ struct Cli {
     /// festival (open loop, per-payment submissions) or max (closed loop, batches).
     #[arg(long, value_enum, default_value = "festival")]
     mode: Mode,
+    /// What the transfers are.
+    #[arg(long, value_enum, default_value = "festival")]
+    workload: Workload,
+    /// --workload transfers: how the debit and credit accounts of each transfer are
+    /// picked [default: zipfian].
+    #[arg(long, value_enum)]
+    distribution: Option<Distribution>,
     /// What to drive.
     #[arg(long, value_enum, default_value = "engine")]
     target: TargetKind,
@@ -69,15 +93,20 @@ struct Cli {
     /// Second-scale jitter of the curve (standard deviation of a per-second factor).
     #[arg(long, default_value_t = 0.05)]
     jitter: f64,
-    /// User accounts (each funded before midnight).
+    /// User accounts (each funded before midnight); with --workload transfers, the
+    /// accounts the transfers move between (no balance limits, no funding).
     #[arg(long, default_value_t = 1_000_000)]
     accounts: u64,
-    /// Merchant accounts.
-    #[arg(long, default_value_t = 10_000)]
-    merchants: u64,
-    /// Zipf exponent of merchant popularity.
-    #[arg(long, default_value_t = 1.1)]
-    zipf: f64,
+    /// Merchant accounts; festival workload only (refused with --workload transfers,
+    /// which has none) [default: 10000].
+    #[arg(long)]
+    merchants: Option<u64>,
+    /// Zipf exponent s: the item of popularity rank k is picked with probability
+    /// proportional to 1/k^s (0: all alike; larger: more skewed). The festival's
+    /// merchants [default: 1.1]; the transfers workload's accounts with zipfian picks
+    /// [default: 0.99, TigerBeetle's].
+    #[arg(long)]
+    zipf: Option<f64>,
     /// Engine shards (0 = fitted to the machine).
     #[arg(long, default_value_t = 0)]
     shards: usize,
@@ -130,6 +159,12 @@ struct Cli {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunConfig {
     mode: Mode,
+    /// Traces written before the transfers workload existed are festivals.
+    #[serde(default)]
+    workload: Workload,
+    /// The transfers workload's parameters (unused by the festival).
+    #[serde(default)]
+    transfers: TransfersSpec,
     seed: u64,
     duration_s: f64,
     curve_points: Vec<(f64, f64)>,
@@ -141,7 +176,10 @@ struct RunConfig {
 /// About how many transfers the run will store: funding plus the curve's expected
 /// submissions (a fifth of them are two-transfer chains). Max mode: capped guess.
 fn transfers_hint(config: &RunConfig) -> usize {
-    let funding = config.population.users as f64 + 1.0;
+    let funding = match config.workload {
+        Workload::Festival => config.population.users as f64 + 1.0,
+        Workload::Transfers => 0.0,
+    };
     let run = match config.mode {
         Mode::Festival => Curve::from_points(config.curve_points.clone())
             .map_or(0.0, |curve| curve.expected_total() * 1.2),
@@ -158,7 +196,7 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(verified) if verified => ExitCode::SUCCESS,
+        Ok(report) if report.verified_ok => ExitCode::SUCCESS,
         Ok(_) => {
             eprintln!("loadgen: the run FAILED its verification");
             ExitCode::from(1)
@@ -178,16 +216,41 @@ fn validate(cli: &Cli) -> Result<(), String> {
     positive(cli.duration, "duration")?;
     positive(cli.peak, "peak")?;
     positive(cli.scale, "scale")?;
-    if !(cli.zipf.is_finite() && cli.zipf >= 0.0) {
+    if cli.zipf.is_some_and(|s| !(s.is_finite() && s >= 0.0)) {
         return Err("--zipf must be >= 0".into());
     }
     if !(1..=10_000_000).contains(&cli.accounts) {
         return Err("--accounts must be 1..=10,000,000".into());
     }
-    if !(1..=1_000_000).contains(&cli.merchants) {
+    if !(1..=1_000_000).contains(&merchants(cli)) {
         return Err("--merchants must be 1..=1,000,000".into());
     }
+    match cli.workload {
+        Workload::Festival if cli.distribution.is_some() => {
+            Err("--distribution applies to --workload transfers only".into())
+        }
+        Workload::Festival => Ok(()),
+        Workload::Transfers => validate_transfers(cli),
+    }
+}
+
+fn validate_transfers(cli: &Cli) -> Result<(), String> {
+    if cli.merchants.is_some() {
+        return Err(
+            "--merchants: the transfers workload has no merchants (only --accounts)".into(),
+        );
+    }
+    if cli.accounts < 2 {
+        return Err("--accounts must be at least 2 with --workload transfers".into());
+    }
+    if cli.distribution == Some(Distribution::Uniform) && cli.zipf.is_some() {
+        return Err("--zipf applies to --distribution zipfian only".into());
+    }
     Ok(())
+}
+
+fn merchants(cli: &Cli) -> u64 {
+    cli.merchants.unwrap_or(MERCHANTS_DEFAULT)
 }
 
 fn config_from_cli(cli: &Cli) -> Result<RunConfig, String> {
@@ -202,18 +265,29 @@ fn config_from_cli(cli: &Cli) -> Result<RunConfig, String> {
         None => Curve::singles_day(cli.duration, cli.peak),
     };
     let curve = curve.scaled(cli.scale);
+    let shape = match cli.workload {
+        Workload::Festival => Shape::Festival,
+        Workload::Transfers => Shape::Plain,
+    };
     let population = PopulationSpec {
+        shape,
         users: cli.accounts,
-        merchants: cli.merchants,
+        merchants: merchants(cli),
         seed: cli.seed,
         ..PopulationSpec::default()
     };
     let mix = MixSpec {
-        zipf_s: cli.zipf,
+        zipf_s: cli.zipf.unwrap_or(MixSpec::default().zipf_s),
         ..MixSpec::default()
+    };
+    let transfers = TransfersSpec {
+        distribution: cli.distribution.unwrap_or(Distribution::Zipfian),
+        zipf_s: cli.zipf.unwrap_or(transfers::ZIPF_S_DEFAULT),
     };
     Ok(RunConfig {
         mode: cli.mode,
+        workload: cli.workload,
+        transfers,
         seed: cli.seed,
         duration_s: cli.duration,
         curve_points: curve.points().to_vec(),
@@ -247,7 +321,7 @@ fn prepare_data_dir(dir: &Path, keep: bool) -> Result<PathBuf, String> {
     Ok(dir.join("ledger"))
 }
 
-fn run(cli: &Cli) -> Result<bool, String> {
+fn run(cli: &Cli) -> Result<Report, String> {
     let (config, replay) = match &cli.replay {
         Some(path) => {
             let reader = TraceReader::open(path).map_err(|e| e.to_string())?;
@@ -307,7 +381,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
         unsafe_no_sync: cli.unsafe_no_sync,
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),
         preallocate_segments: !cli.no_preallocate,
-        accounts_capacity: capacity(cli.accounts + cli.merchants + FOREIGN_ACCOUNTS_RESERVE),
+        accounts_capacity: capacity(cli.accounts + merchants(cli) + FOREIGN_ACCOUNTS_RESERVE),
         // Funding transfers, plus the run at a generous rate: festival at its peak
         // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger
         // grows past it (with a pause) if the run outdoes it.
@@ -330,21 +404,30 @@ fn drive<T: Target>(
     target: Arc<T>,
     target_name: &str,
     command: String,
-) -> Result<bool, String> {
+) -> Result<Report, String> {
     let population = Population::new(config.population.clone());
     let mut model = Model::with_capacity(population.clone(), transfers_hint(&config));
-    eprintln!(
-        "loadgen: setup: {} accounts, {} users funded before midnight",
-        population.account_count(),
-        population.spec.users
-    );
+    if config.workload == Workload::Transfers {
+        model.check_predictions();
+    }
+    match config.workload {
+        Workload::Festival => eprintln!(
+            "loadgen: setup: {} accounts, {} users funded before midnight",
+            population.account_count(),
+            population.spec.users
+        ),
+        Workload::Transfers => eprintln!(
+            "loadgen: setup: {} accounts without limits, none funded",
+            population.account_count()
+        ),
+    }
     let setup = runner::setup(&*target, &population, &mut model, cli.keep)?;
     let model = Arc::new(Mutex::new(model));
     let trace = create_trace(cli, &config)?;
     let curve = Curve::from_points(config.curve_points.clone())
         .map_err(|e| e.to_string())?
         .with_jitter(config.jitter, config.seed);
-    let generator = Generator::new(population.clone(), config.mix.clone(), config.seed);
+    let generator = stream(&config, &population);
     eprintln!(
         "loadgen: {:?} mode starts ({:.0} s)",
         config.mode, config.duration_s
@@ -396,12 +479,25 @@ fn create_trace(cli: &Cli, config: &RunConfig) -> Result<Option<TraceWriter>, St
         .map_err(|e| e.to_string())
 }
 
+/// The workload's request generator.
+fn stream(config: &RunConfig, population: &Population) -> Box<dyn RequestStream + Send> {
+    let population = population.clone();
+    match config.workload {
+        Workload::Festival => Box::new(Generator::new(population, config.mix.clone(), config.seed)),
+        Workload::Transfers => Box::new(TransfersGenerator::new(
+            population,
+            &config.transfers,
+            config.seed,
+        )),
+    }
+}
+
 /// Festival mode's requests: the replayed trace, or the generator on the curve's
-/// arrivals.
+/// arrivals (one submission each).
 fn festival_source<'a>(
     replay: Option<TraceReader>,
     curve: &'a Curve,
-    mut generator: Generator,
+    mut generator: Box<dyn RequestStream + Send>,
     seed: u64,
 ) -> Box<dyn Iterator<Item = Result<Request, TraceError>> + 'a> {
     match replay {
@@ -424,7 +520,7 @@ fn run_max<T: Target>(
     cli: &Cli,
     config: &RunConfig,
     replay: Option<TraceReader>,
-    generator: Generator,
+    generator: Box<dyn RequestStream + Send>,
     target: &Arc<T>,
     model: &Arc<Mutex<Model>>,
     trace: Option<TraceWriter>,
@@ -464,7 +560,7 @@ fn finish<T: Target>(
     setup: runner::SetupReport,
     result: RunResult,
     command: String,
-) -> Result<bool, String> {
+) -> Result<Report, String> {
     eprintln!("loadgen: run done; sweeping expiries and verifying the ledger");
     let mut model = model
         .lock()
@@ -473,13 +569,17 @@ fn finish<T: Target>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
         | 1;
-    let (expired, pending_left) = runner::sweep(
-        target,
-        population,
-        &mut model,
-        config.mix.expiring_timeout_s,
-        nonce,
-    )?;
+    let (expired, pending_left) = match config.workload {
+        Workload::Festival => runner::sweep(
+            target,
+            population,
+            &mut model,
+            config.mix.expiring_timeout_s,
+            nonce,
+        )?,
+        // Nothing is ever pending, so nothing can expire.
+        Workload::Transfers => (0, 0),
+    };
     let verification = model.verify(target, expired, pending_left);
     let engine = target.shard_stats();
     target.shutdown()?;
@@ -489,11 +589,15 @@ fn finish<T: Target>(
             Mode::Festival => "open loop: each payment (one transfer or one linked chain) is its own submission from a tokio task spawned at its scheduled instant; latency from the scheduled instant to the durable result".into(),
             Mode::Max => format!("closed loop: PRE-BUILT BATCHES of up to {} events from {} callers; latency per batch from submit to durable result", cli.batch, cli.callers),
         },
+        workload: workload_text(config),
         target: target_name.to_string(),
         shards: target.shards(),
         engine,
         setup,
-        expiry_policy: "short-timeout authorisations left to expire: waited past their expiry, then one sweep transfer; expired iff timestamp + timeout <= the sweep's timestamp, else expected still pending".into(),
+        expiry_policy: match config.workload {
+            Workload::Festival => "short-timeout authorisations left to expire: waited past their expiry, then one sweep transfer; expired iff timestamp + timeout <= the sweep's timestamp, else expected still pending".into(),
+            Workload::Transfers => "none: the workload has no pending transfers".into(),
+        },
         machine: Machine::probe(),
         command,
         ..Report::default()
@@ -509,5 +613,112 @@ fn finish<T: Target>(
     if let Some(path) = &cli.chart {
         report.write_chart(path)?;
     }
-    Ok(report.verified_ok)
+    Ok(report)
+}
+
+/// The report's workload line.
+fn workload_text(config: &RunConfig) -> String {
+    match config.workload {
+        Workload::Festival => "festival: the Singles' Day mix".into(),
+        Workload::Transfers => {
+            let spec = &config.transfers;
+            let picks = match spec.distribution {
+                Distribution::Uniform => "uniform".to_string(),
+                Distribution::Zipfian => format!("zipfian (s = {})", spec.zipf_s),
+            };
+            format!(
+                "transfers (TigerBeetle benchmark's shape): {} accounts without limits, {picks} picks, every transfer valid",
+                config.population.users
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `loadgen --target memory` with `arguments` after it.
+    fn run_memory(arguments: &[&str]) -> Report {
+        let command = ["loadgen", "--target", "memory", "--seed", "7"];
+        let cli = Cli::parse_from(command.iter().chain(arguments));
+        run(&cli).expect("the run")
+    }
+
+    fn assert_all_ok(report: &Report) {
+        assert!(report.verified_ok, "{}", report.text());
+        assert!(report.transfers_ok > 1_000, "{}", report.text());
+        assert_eq!(report.transfers_failed, 0, "{}", report.text());
+        assert_eq!(report.failed_tps, 0.0);
+        let v = &report.verification;
+        assert_eq!(
+            v.results_predicted, report.transfers_ok,
+            "every result predicted"
+        );
+        assert_eq!(v.results_mispredicted, 0);
+        assert_eq!(v.transfers_checked, report.transfers_ok);
+        assert_eq!(v.accounts_checked, 500);
+        assert_eq!(
+            v.conservation,
+            vec![(tally_loadgen::population::LEDGER_PLAIN, true)]
+        );
+    }
+
+    #[test]
+    fn the_transfers_workload_in_max_mode_succeeds_every_transfer_and_verifies() {
+        let arguments = [
+            "--mode",
+            "max",
+            "--workload",
+            "transfers",
+            "--accounts",
+            "500",
+        ];
+        let more = ["--duration", "0.5", "--callers", "2", "--batch", "1000"];
+        let report = run_memory(&[&arguments[..], &more[..]].concat());
+        assert_all_ok(&report);
+        assert_eq!(report.setup.funding_transfers, 0);
+        assert!(
+            report.workload.contains("zipfian (s = 0.99)"),
+            "{}",
+            report.workload
+        );
+    }
+
+    #[test]
+    fn the_transfers_workload_on_the_festival_curve_verifies_with_uniform_picks() {
+        let arguments = ["--workload", "transfers", "--distribution", "uniform"];
+        let more = ["--accounts", "500", "--duration", "1", "--peak", "3000"];
+        let report = run_memory(&[&arguments[..], &more[..]].concat());
+        assert_all_ok(&report);
+        assert!(
+            report.workload.contains("uniform picks"),
+            "{}",
+            report.workload
+        );
+    }
+
+    #[test]
+    fn festival_only_and_transfers_only_flags_are_refused_with_the_other_workload() {
+        let refused = |arguments: &[&str]| {
+            let command = ["loadgen", "--target", "memory"];
+            let cli = Cli::parse_from(command.iter().chain(arguments));
+            config_from_cli(&cli).expect_err("refused")
+        };
+        let merchants = refused(&["--workload", "transfers", "--merchants", "10"]);
+        assert!(merchants.contains("--merchants"), "{merchants}");
+        let distribution = refused(&["--distribution", "uniform"]);
+        assert!(distribution.contains("--distribution"), "{distribution}");
+        let one = refused(&["--workload", "transfers", "--accounts", "1"]);
+        assert!(one.contains("--accounts"), "{one}");
+        let zipf = refused(&[
+            "--workload",
+            "transfers",
+            "--distribution",
+            "uniform",
+            "--zipf",
+            "1",
+        ]);
+        assert!(zipf.contains("--zipf"), "{zipf}");
+    }
 }

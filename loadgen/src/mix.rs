@@ -14,6 +14,9 @@
 //! * small-business loan disbursement (loan book → merchant);
 //! * cross-border order: user → FX desk in CNY linked with FX desk → foreign merchant on
 //!   the foreign ledger (USD, EUR, JPY, HKD), atomically.
+//!
+//! The transfers workload (`crate::transfers`) has a kind of its own, [`Kind::Transfer`];
+//! both generators are a [`RequestStream`].
 
 use crate::population::{
     FOREIGN, LEDGER_CNY, Population, System, TRANSFER_TAG_RUN, minor, transfer_code,
@@ -52,11 +55,14 @@ pub enum Kind {
     Loan = 8,
     /// A cross-border order: user → FX desk in CNY, linked with FX desk → foreign merchant.
     CrossBorder = 9,
+    /// The transfers workload's only kind: one transfer between two accounts without
+    /// balance limits.
+    Transfer = 10,
 }
 
 impl Kind {
     /// Every kind, in the order of its `u8` value.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Payment,
         Kind::InsuredPayment,
         Kind::Authorisation,
@@ -67,6 +73,7 @@ impl Kind {
         Kind::MmfRedeem,
         Kind::Loan,
         Kind::CrossBorder,
+        Kind::Transfer,
     ];
 
     /// The kind's name in reports and traces (`snake_case`).
@@ -82,6 +89,7 @@ impl Kind {
             Kind::MmfRedeem => "mmf_redeem",
             Kind::Loan => "loan",
             Kind::CrossBorder => "cross_border",
+            Kind::Transfer => "transfer",
         }
     }
 
@@ -100,6 +108,26 @@ pub struct Request {
     pub kind: Kind,
     /// The transfers, in order; a linked chain when more than one.
     pub transfers: Vec<Transfer>,
+}
+
+/// A deterministic stream of submissions: asked for the one at each arrival instant, in
+/// non-decreasing order. The festival's [`Generator`] and the transfers workload's
+/// generator are both one.
+pub trait RequestStream {
+    /// The submission for the arrival at `offset_ns` (nanoseconds from the start).
+    fn next_at(&mut self, offset_ns: u64) -> Request;
+}
+
+impl<S: RequestStream + ?Sized> RequestStream for Box<S> {
+    fn next_at(&mut self, offset_ns: u64) -> Request {
+        (**self).next_at(offset_ns)
+    }
+}
+
+impl RequestStream for Generator {
+    fn next_at(&mut self, offset_ns: u64) -> Request {
+        Generator::next_at(self, offset_ns)
+    }
 }
 
 /// Proportions and timings of the mix; recorded in traces.
@@ -640,6 +668,7 @@ mod tests {
 
     fn generator(seed: u64) -> Generator {
         let spec = PopulationSpec {
+            shape: crate::population::Shape::Festival,
             users: 10_000,
             merchants: 1_000,
             foreign_merchants: 50,

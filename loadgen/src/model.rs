@@ -12,11 +12,19 @@
 //! unresolved pending transfer P is expired exactly when
 //! `P.timestamp + P.timeout s <= sweep.timestamp`; otherwise it must still be pending.
 //! The model decides each one that way, and the engine's pending balances must agree.
+//!
+//! Results: where the model can tell a transfer's result in advance ([`Model::predict`]:
+//! single-phase, fresh, between two distinct accounts without balance limits), a run may
+//! ask it to check each such result ([`Model::check_predictions`]); the transfers
+//! workload does, so every one of its results must be `ok`. The festival's results
+//! depend on the order concurrent submissions meet in, so the festival does not.
 
 use crate::population::Population;
 use crate::target::{Outcome, Target};
 use std::collections::HashMap;
-use tally_types::{BATCH_EVENTS_MAX, NS_PER_S, ResultCode, Transfer, TransferFlags};
+use tally_types::{
+    AccountFlags, BATCH_EVENTS_MAX, NS_PER_S, ResultCode, Transfer, TransferFlags, id_is_valid,
+};
 
 #[derive(Debug, Clone, Copy)]
 struct PendingState {
@@ -59,6 +67,12 @@ pub struct Model {
     /// Posts and voids acknowledged before their pending transfer, by pending id.
     parked: HashMap<u128, Vec<Transfer>, IdHash>,
     acknowledged: Vec<Acknowledged>,
+    /// Check every result [`Model::predict`] can tell against the prediction.
+    predictions_checked: bool,
+    /// Results checked against a prediction.
+    results_predicted: u64,
+    /// Results that differed from their prediction.
+    results_mispredicted: u64,
     /// Inconsistencies met while applying results (an ok event the model cannot explain).
     pub anomalies: Vec<String>,
 }
@@ -86,9 +100,14 @@ pub struct Verification {
     pub pending_left: u64,
     /// Short-timeout authorisations the model expects expired by the sweep.
     pub expired: u64,
+    /// Results checked against the model's prediction (only where the run asked for it).
+    pub results_predicted: u64,
+    /// Results that differed from the model's prediction.
+    pub results_mispredicted: u64,
     /// Inconsistencies found while applying results or verifying (the first few).
     pub anomalies: Vec<String>,
-    /// Conservation holds, nothing is missing or different, and no anomaly was found.
+    /// Conservation holds, nothing is missing or different, every predicted result came
+    /// true, and no anomaly was found.
     pub verified_ok: bool,
 }
 
@@ -110,7 +129,83 @@ impl Model {
             pendings: HashMap::with_capacity_and_hasher(transfers_hint / 10, IdHash::default()),
             parked: HashMap::default(),
             acknowledged: Vec::with_capacity(transfers_hint),
+            predictions_checked: false,
+            results_predicted: 0,
+            results_mispredicted: 0,
             anomalies: Vec::new(),
+        }
+    }
+
+    /// From now on, checks every result [`Model::predict`] can tell: one that differs
+    /// is an anomaly and fails the verification.
+    pub fn check_predictions(&mut self) {
+        self.predictions_checked = true;
+    }
+
+    /// The result `transfer` must get, where the model can tell it in advance: `ok` for
+    /// a valid single-phase transfer between two distinct accounts of the population on
+    /// its ledger, neither with a balance limit, that overflows no balance. `None`
+    /// otherwise (any flag, a limit, an unknown account: the result then depends on what
+    /// the ledger holds). The id must be fresh, which the generators ensure by drawing
+    /// each id once; a reused id would answer `exists`, and a check reports it.
+    pub fn predict(&self, transfer: &Transfer) -> Option<ResultCode> {
+        let valid = id_is_valid(transfer.id)
+            && transfer.flags.is_empty()
+            && transfer.pending_id == 0
+            && transfer.timeout == 0
+            && transfer.ledger != 0
+            && transfer.code != 0
+            && transfer.amount != 0
+            && transfer.debit_account_id != transfer.credit_account_id;
+        if !valid {
+            return None;
+        }
+        let debit = self.population.slot(transfer.debit_account_id)?;
+        let credit = self.population.slot(transfer.credit_account_id)?;
+        let (debit_account, credit_account) = (
+            self.population.account_at(debit),
+            self.population.account_at(credit),
+        );
+        let unlimited = !debit_account
+            .flags
+            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && !credit_account
+                .flags
+                .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS);
+        let same_ledger =
+            debit_account.ledger == transfer.ledger && credit_account.ledger == transfer.ledger;
+        let fits = |balances: &Balances, posted: usize, pending: usize| {
+            balances[posted]
+                .checked_add(transfer.amount)
+                .and_then(|total| total.checked_add(balances[pending]))
+                .is_some()
+        };
+        let no_overflow =
+            fits(&self.balances[debit], DPO, DP) && fits(&self.balances[credit], CPO, CP);
+        (unlimited && same_ledger && no_overflow).then_some(ResultCode::Ok)
+    }
+
+    /// Checks `transfers`' results against their predictions. A transfer in a linked
+    /// chain is not predicted: the chain's other events decide it too.
+    fn check_results(&mut self, transfers: &[Transfer], outcomes: &[Outcome]) {
+        let mut chained = false;
+        for (transfer, outcome) in transfers.iter().zip(outcomes) {
+            let in_chain = chained || transfer.flags.contains(TransferFlags::LINKED);
+            chained = transfer.flags.contains(TransferFlags::LINKED);
+            if in_chain {
+                continue;
+            }
+            let Some(expected) = self.predict(transfer) else {
+                continue;
+            };
+            self.results_predicted += 1;
+            if outcome.code != expected {
+                self.results_mispredicted += 1;
+                self.anomaly(format!(
+                    "transfer {}: the model predicted {expected}, the ledger answered {}",
+                    transfer.id, outcome.code
+                ));
+            }
         }
     }
 
@@ -159,6 +254,9 @@ impl Model {
                 transfers.len()
             ));
             return;
+        }
+        if self.predictions_checked {
+            self.check_results(transfers, outcomes);
         }
         for (transfer, outcome) in transfers.iter().zip(outcomes) {
             if outcome.code == ResultCode::Ok {
@@ -305,6 +403,8 @@ impl Model {
         let mut report = Verification {
             expired,
             pending_left,
+            results_predicted: self.results_predicted,
+            results_mispredicted: self.results_mispredicted,
             ..Verification::default()
         };
         let count = self.population.account_count();
@@ -356,6 +456,7 @@ impl Model {
             && report.accounts_mismatched == 0
             && report.transfers_missing == 0
             && report.transfers_mismatched == 0
+            && report.results_mispredicted == 0
             && self.anomalies.is_empty();
         report
     }
@@ -449,6 +550,48 @@ mod tests {
         assert_eq!(model.balances[10], [0, 0, 0, 300]);
         assert!(model.anomalies.is_empty());
         assert_eq!(model.acknowledged_ok(), 2);
+    }
+
+    #[test]
+    fn a_result_other_than_the_predicted_one_fails_the_check() {
+        let mut model = model();
+        let population = model.population.clone();
+        // A merchant and the loan book have no limits: ok is certain.
+        let loan = Transfer {
+            id: 20,
+            debit_account_id: population.system(crate::population::System::LoanBook),
+            credit_account_id: population.merchant(0),
+            amount: 100,
+            ledger: LEDGER_CNY,
+            code: 8,
+            ..Transfer::default()
+        };
+        // A user may not be overdrawn: the model cannot tell.
+        let payment = Transfer {
+            id: 21,
+            debit_account_id: population.user(0),
+            ..loan
+        };
+        assert_eq!(model.predict(&loan), Some(ResultCode::Ok));
+        assert_eq!(model.predict(&payment), None);
+        let linked = Transfer {
+            flags: TransferFlags::LINKED,
+            ..loan
+        };
+        assert_eq!(model.predict(&linked), None);
+        let failed = |code| Outcome { code, timestamp: 1 };
+        model.apply(&[loan], &[failed(ResultCode::Exists)]);
+        assert!(model.anomalies.is_empty(), "not checked unless asked");
+        model.check_predictions();
+        model.apply(&[payment], &[failed(ResultCode::ExceedsCredits)]);
+        assert!(model.anomalies.is_empty(), "no prediction, no check");
+        model.apply(&[loan], &[ok(2)]);
+        model.apply(&[loan], &[failed(ResultCode::Exists)]);
+        assert_eq!(
+            (model.results_predicted, model.results_mispredicted),
+            (2, 1)
+        );
+        assert_eq!(model.anomalies.len(), 1, "{:?}", model.anomalies);
     }
 
     #[test]

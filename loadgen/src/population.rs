@@ -1,5 +1,7 @@
 //! Who pays whom: users, merchants, system accounts and the foreign-currency ledgers,
-//! with their ids, and the setup (account creation and pre-midnight funding).
+//! with their ids, and the setup (account creation and pre-midnight funding). Or, for the
+//! transfers workload ([`Shape::Plain`]), only accounts without balance limits on one
+//! ledger, never funded.
 //!
 //! Ids are dense per kind so that an account's slot in the load generator's own
 //! balance model is computed from its id, not looked up:
@@ -14,6 +16,10 @@ use tally_types::{Account, AccountFlags, BATCH_EVENTS_MAX, Batch, Transfer};
 
 /// The CNY ledger (ISO 4217 156): users, merchants and the domestic system accounts.
 pub const LEDGER_CNY: u32 = 156;
+
+/// The ledger of the transfers workload's accounts: 2, as in TigerBeetle's `benchmark`
+/// (not a currency, so scale 0).
+pub const LEDGER_PLAIN: u32 = 2;
 
 /// Foreign ledgers for cross-border orders, with the CNY price of one unit (2016-ish).
 pub const FOREIGN: &[(u32, &str, &str)] = &[
@@ -41,6 +47,8 @@ pub mod account_code {
     pub const FX_DESK: u16 = 14;
     /// A merchant on a foreign ledger.
     pub const FOREIGN_MERCHANT: u16 = 15;
+    /// An account of the transfers workload (1, as in TigerBeetle's `benchmark`).
+    pub const PLAIN: u16 = 1;
 }
 
 /// The system accounts on the CNY ledger, by index.
@@ -64,6 +72,7 @@ const KIND_MERCHANT: u128 = 2;
 const KIND_SYSTEM: u128 = 3;
 const KIND_FOREIGN_DESK: u128 = 4;
 const KIND_FOREIGN_MERCHANT: u128 = 5;
+const KIND_PLAIN: u128 = 6;
 
 /// Transfer ids: `(tag << 64) | sequence`.
 pub const TRANSFER_TAG_FUNDING: u128 = 1;
@@ -100,10 +109,26 @@ pub mod transfer_code {
     pub const SWEEP: u16 = 12;
 }
 
+/// Which accounts a population holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// Users, merchants, system accounts and the foreign ledgers (the festival).
+    #[default]
+    Festival,
+    /// `users` accounts on [`LEDGER_PLAIN`] without balance limits and nothing else, never
+    /// funded: a transfer between two of them cannot fail (the transfers workload).
+    Plain,
+}
+
 /// The population's parameters; recorded in traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PopulationSpec {
-    /// Users (shoppers), each funded before midnight.
+    /// Which accounts exist (traces written before it existed are festivals).
+    #[serde(default)]
+    pub shape: Shape,
+    /// Users (shoppers), each funded before midnight; with [`Shape::Plain`], the number
+    /// of accounts.
     pub users: u64,
     /// Domestic merchants.
     pub merchants: u64,
@@ -118,6 +143,7 @@ pub struct PopulationSpec {
 impl Default for PopulationSpec {
     fn default() -> Self {
         PopulationSpec {
+            shape: Shape::Festival,
             users: 1_000_000,
             merchants: 10_000,
             foreign_merchants: 200,
@@ -155,6 +181,12 @@ impl Population {
         id(KIND_USER, 0, index)
     }
 
+    /// Id of account `index` (0-based) of a [`Shape::Plain`] population.
+    pub fn plain(&self, index: u64) -> u128 {
+        debug_assert!(self.spec.shape == Shape::Plain && index < self.spec.users);
+        id(KIND_PLAIN, 0, index)
+    }
+
     /// Id of merchant `index` (0-based).
     pub fn merchant(&self, index: u64) -> u128 {
         debug_assert!(index < self.spec.merchants);
@@ -180,6 +212,9 @@ impl Population {
     /// Every account, in a fixed order: users, merchants, system, then per foreign ledger
     /// its desk and merchants. An account's position here is its slot.
     pub fn account_count(&self) -> usize {
+        if self.spec.shape == Shape::Plain {
+            return self.spec.users as usize;
+        }
         let foreign = FOREIGN.len() as u64 * (1 + self.spec.foreign_merchants);
         (self.spec.users + self.spec.merchants + SYSTEM_COUNT + foreign) as usize
     }
@@ -191,6 +226,10 @@ impl Population {
         let index = (account_id & 0xffff_ffff) as u64;
         let index = index.checked_sub(1)?;
         let users = self.spec.users;
+        if self.spec.shape == Shape::Plain {
+            let plain = kind == KIND_PLAIN && ledger == 0 && index < users;
+            return plain.then_some(index as usize);
+        }
         let merchants = self.spec.merchants;
         let per_foreign = 1 + self.spec.foreign_merchants;
         let foreign_base = users + merchants + SYSTEM_COUNT;
@@ -212,6 +251,9 @@ impl Population {
 
     /// The account at `slot` (inverse of [`Population::slot`]), as created at setup.
     pub fn account_at(&self, slot: usize) -> Account {
+        if self.spec.shape == Shape::Plain {
+            return self.plain_account_at(slot as u64);
+        }
         let slot = slot as u64;
         let users = self.spec.users;
         let merchants = self.spec.merchants;
@@ -269,6 +311,22 @@ impl Population {
         }
     }
 
+    /// Account `slot` of a [`Shape::Plain`] population: no flags, and user data drawn
+    /// from the seed and the slot (TigerBeetle's `benchmark` fills it at random), so
+    /// that the same spec always gives the same accounts.
+    fn plain_account_at(&self, slot: u64) -> Account {
+        let user_data = split_mix(self.spec.seed ^ split_mix(slot));
+        Account {
+            id: self.plain(slot),
+            ledger: LEDGER_PLAIN,
+            code: account_code::PLAIN,
+            user_data_128: u128::from(user_data) << 64 | u128::from(split_mix(user_data)),
+            user_data_64: user_data,
+            user_data_32: (user_data >> 32) as u32,
+            ..Account::default()
+        }
+    }
+
     /// Account creation batches (full batches of up to 8,190).
     pub fn account_batches(&self) -> impl Iterator<Item = Batch> + '_ {
         let count = self.account_count();
@@ -280,7 +338,11 @@ impl Population {
 
     /// Pre-midnight funding: every user topped up from the bank; the money-market fund
     /// seeded with its float. Amounts drawn in yuan; seeded.
+    /// A [`Shape::Plain`] population is never funded: none of its accounts has a limit.
     pub fn funding_transfers(&self) -> Vec<Transfer> {
+        if self.spec.shape == Shape::Plain {
+            return Vec::new();
+        }
         let scale = CurrencyTable::default().scale(LEDGER_CNY);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.spec.seed ^ 0xf00d);
         let bank = self.system(System::Bank);
@@ -318,6 +380,14 @@ impl Population {
     }
 }
 
+/// SplitMix64's finaliser: spreads the bits of `value` (a hash, not a random stream).
+fn split_mix(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Converts a drawn decimal to minor units. The generator only draws values with at most
 /// the ledger's scale digits, so a failure here is a bug in the generator.
 pub fn minor(amount: Decimal, scale: u32) -> u128 {
@@ -333,6 +403,7 @@ mod tests {
 
     fn small() -> Population {
         Population::new(PopulationSpec {
+            shape: Shape::Festival,
             users: 100,
             merchants: 10,
             foreign_merchants: 3,
@@ -356,6 +427,29 @@ mod tests {
         assert_eq!(population.slot(0), None);
         assert_eq!(population.slot(id(KIND_USER, 0, 100)), None);
         assert_eq!(population.slot(id(KIND_FOREIGN_DESK, 999, 0)), None);
+    }
+
+    #[test]
+    fn a_plain_population_is_its_accounts_without_limits_or_funding() {
+        let population = Population::new(PopulationSpec {
+            shape: Shape::Plain,
+            users: 50,
+            ..PopulationSpec::default()
+        });
+        assert_eq!(population.account_count(), 50);
+        let mut ids = std::collections::HashSet::new();
+        for slot in 0..50 {
+            let account = population.account_at(slot);
+            assert_eq!(population.slot(account.id), Some(slot));
+            assert_eq!(account.flags, AccountFlags::empty());
+            assert_eq!(account.ledger, LEDGER_PLAIN);
+            assert!(tally_types::id_is_valid(account.id));
+            assert!(ids.insert(account.id));
+            assert_eq!(account, population.account_at(slot), "the same every time");
+        }
+        assert_eq!(population.slot(id(KIND_USER, 0, 0)), None);
+        assert_eq!(population.slot(id(KIND_PLAIN, 0, 50)), None);
+        assert!(population.funding_transfers().is_empty());
     }
 
     #[test]

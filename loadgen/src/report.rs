@@ -118,6 +118,9 @@ pub struct Report {
     pub mode: String,
     /// How the load was submitted (open loop per payment, or closed loop batches).
     pub submission: String,
+    /// What the transfers are: the festival's mix, or the transfers workload and how it
+    /// picks accounts.
+    pub workload: String,
     /// What was driven, with its durability settings.
     pub target: String,
     /// Engine shards in use (0 for the in-memory target).
@@ -142,6 +145,13 @@ pub struct Report {
     pub transfers_acknowledged: u64,
     /// Transfers whose result was `ok`.
     pub transfers_ok: u64,
+    /// Transfers whose result was anything but `ok`: an error code, `busy` or
+    /// `submit_failed`.
+    pub transfers_failed: u64,
+    /// Transfers whose result was `ok`, per second, over the run.
+    pub successful_tps: f64,
+    /// Transfers whose result was anything but `ok`, per second, over the run.
+    pub failed_tps: f64,
     /// Requests still without a result when the run ended.
     pub unfinished_requests: u64,
     /// Worst lateness of the scheduler against a request's scheduled instant.
@@ -178,11 +188,14 @@ impl Report {
         self.transfers_submitted = Stats::load(&stats.submitted_transfers);
         self.transfers_acknowledged = Stats::load(&stats.acknowledged_transfers);
         self.transfers_ok = Stats::load(&stats.results[ResultCode::Ok as usize]);
+        self.transfers_failed = Stats::load(&stats.errors);
         self.unfinished_requests = run.unfinished;
         self.scheduler_late_us_max = run.scheduler_late_us_max;
         let elapsed = run.elapsed_s.max(1e-9);
         self.offered_tps = self.transfers_submitted as f64 / elapsed;
         self.achieved_tps = self.transfers_acknowledged as f64 / elapsed;
+        self.successful_tps = self.transfers_ok as f64 / elapsed;
+        self.failed_tps = self.transfers_failed as f64 / elapsed;
         self.latency_us = Latency::of(&overall);
         for (slot, counter) in stats.results.iter().enumerate() {
             let count = Stats::load(counter);
@@ -270,6 +283,7 @@ impl Report {
             self.mode, self.target, self.shards
         )?;
         writeln!(out, "  submission        {}", self.submission)?;
+        writeln!(out, "  workload          {}", self.workload)?;
         writeln!(
             out,
             "  machine           {} cores, {:.1} GiB, {} (kernel {})",
@@ -303,6 +317,11 @@ impl Report {
             self.peak_achieved_tps,
             self.transfers_acknowledged,
             self.transfers_ok
+        )?;
+        writeln!(
+            out,
+            "  outcome           successful {:.0} transfers/s, failed {:.0} transfers/s",
+            self.successful_tps, self.failed_tps
         )?;
         let l = &self.latency_us;
         writeln!(
@@ -539,6 +558,7 @@ mod tests {
         Report {
             mode: "festival".into(),
             submission: "open loop".into(),
+            workload: "festival".into(),
             target: "memory".into(),
             shards: 2,
             engine: Some(ShardStats {
@@ -570,6 +590,9 @@ mod tests {
             transfers_submitted: 1_000,
             transfers_acknowledged: 930,
             transfers_ok: 900,
+            transfers_failed: 100,
+            successful_tps: 72.9,
+            failed_tps: 8.1,
             unfinished_requests: 4,
             scheduler_late_us_max: 61,
             latency_us: Latency {
@@ -597,6 +620,8 @@ mod tests {
                 transfers_mismatched: 4,
                 conservation: vec![(156, true), (840, false)],
                 conservation_ok: false,
+                results_predicted: 0,
+                results_mispredicted: 0,
                 pending_left: 6,
                 expired: 5,
                 anomalies: vec!["post before pending".into()],
@@ -615,14 +640,16 @@ mod tests {
     }
 
     /// Every line of [`sample`]'s text, in order.
-    const SAMPLE_TEXT: [&str; 20] = [
+    const SAMPLE_TEXT: [&str; 22] = [
         "tally loadgen: festival mode against memory (2 shards)\n",
         "  submission        open loop\n",
+        "  workload          festival\n",
         "  machine           2 cores, 8.0 GiB, Test CPU (kernel 6.1)\n",
         "  setup             2100 accounts, 2000 funding transfers in 0.50 s\n",
         "  duration          12.35 s\n",
         "  offered           1000 transfers/s mean, 1500 peak second (800 requests, 1000 transfers)\n",
         "  achieved          1000 transfers/s mean, 1490 peak second (930 acknowledged, 900 ok)\n",
+        "  outcome           successful 73 transfers/s, failed 8 transfers/s\n",
         "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
         "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
         "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",

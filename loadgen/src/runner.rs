@@ -11,7 +11,7 @@
 //! `callers` threads submit them back to back (closed loop) for the duration. Latency is
 //! then per batch, from submit to result.
 
-use crate::mix::{Generator, Request};
+use crate::mix::{Request, RequestStream};
 use crate::model::Model;
 use crate::population::{LEDGER_CNY, Population, System, TRANSFER_TAG_SWEEP, transfer_code};
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
@@ -33,9 +33,10 @@ const EXPIRY_WAIT_MAX: Duration = Duration::from_secs(20);
 /// Virtual arrival rate used to space max mode's follow-ups (posts, refunds).
 pub const MAX_MODE_VIRTUAL_RATE_PER_S: u64 = 200_000;
 
-/// Max mode's endless request stream: the generator on a virtual clock.
+/// Max mode's endless request stream: the generator (the festival's or the transfers
+/// workload's) on a virtual clock.
 pub fn virtual_stream(
-    mut generator: Generator,
+    mut generator: impl RequestStream + Send,
 ) -> impl Iterator<Item = Result<Request, TraceError>> + Send {
     let step_ns = 1_000_000_000 / MAX_MODE_VIRTUAL_RATE_PER_S;
     (1u64..).map(move |i| Ok(generator.next_at(i * step_ns)))
@@ -560,7 +561,7 @@ pub fn sweep<T: Target>(
 mod tests {
     use super::*;
     use crate::curve::Curve;
-    use crate::mix::MixSpec;
+    use crate::mix::{Generator, MixSpec};
     use crate::population::PopulationSpec;
     use crate::target::Outcome;
     use crate::target::memory::{MemoryTarget, StallingTarget};
