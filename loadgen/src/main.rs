@@ -561,7 +561,13 @@ fn finish<T: Target>(
     result: RunResult,
     command: String,
 ) -> Result<Report, String> {
-    eprintln!("loadgen: run done; sweeping expiries and verifying the ledger");
+    eprintln!(
+        "loadgen: run done; {}verifying the ledger",
+        match config.workload {
+            Workload::Festival => "sweeping expiries and ",
+            Workload::Transfers => "",
+        }
+    );
     let mut model = model
         .lock()
         .map_err(|_| "model lock poisoned".to_string())?;
