@@ -6,8 +6,9 @@
 //! 2. `Ledger::open` on one shard, as a restart does: the log read on one thread and
 //!    replayed on another as it is read (this may cut a torn tail, as any open does).
 //!
-//! `cargo bench -p tally-engine --bench recovery_bench -- DIR` (`-- --test`: a small
-//! ledger written to a temporary directory first, as a smoke test).
+//! `cargo bench -p tally-engine --bench recovery_bench -- DIR`, DIR absolute (cargo runs
+//! benches from the crate's directory); `-- --test`: a small ledger written to a
+//! temporary directory first, as a smoke test.
 
 mod common;
 
@@ -29,7 +30,17 @@ fn main() -> Result<(), String> {
                 .into_iter()
                 .next()
                 .ok_or("usage: recovery_bench DIR (a ledger's data directory)")?;
-            (std::path::PathBuf::from(dir), None)
+            let dir = std::path::PathBuf::from(dir);
+            // `cargo bench` runs from the crate's directory: a relative path that names
+            // nothing there would otherwise open (and create) an empty ledger.
+            if !dir.is_dir() {
+                return Err(format!(
+                    "{} is not a directory (cargo bench runs from crates/tally-engine: \
+                     give an absolute path, e.g. \"$PWD/tally-data/loadgen/ledger\")",
+                    dir.display()
+                ));
+            }
+            (dir, None)
         }
     };
     read_only_in_two_phases(&dir)?;
