@@ -86,6 +86,18 @@ fn submit_on_threads(
     .collect()
 }
 
+/// Waits until blocking submitters wait for room behind a stalled pipeline (one batch
+/// stuck in the queue); returns how many wait.
+fn waiting_behind_the_stall(ledger: &Ledger) -> usize {
+    eventually("a submitter waits", || ledger.shared().room.waiters() > 0);
+    eventually("the pipeline is stuck", || {
+        let before = ledger.metrics().queue_depth;
+        std::thread::sleep(Duration::from_millis(20));
+        before == 1 && ledger.metrics().queue_depth == 1
+    });
+    ledger.shared().room.waiters()
+}
+
 /// A current-thread runtime with no driver enabled (no timer, no I/O): an async wait
 /// for room must work on it.
 fn bare_runtime() -> tokio::runtime::Runtime {
@@ -231,13 +243,7 @@ fn a_cancelled_submission_is_queued_only_if_it_was_admitted() {
     // Waiting for room, then dropped: nothing queued.
     let stall = Stall::start(&ledger);
     let submitters = submit_on_threads(&ledger, 500..512);
-    eventually("a submitter waits", || ledger.shared().room.waiters() > 0);
-    eventually("the pipeline is stuck", || {
-        let before = ledger.metrics().queue_depth;
-        std::thread::sleep(Duration::from_millis(20));
-        before == 1 && ledger.metrics().queue_depth == 1
-    });
-    let waiters = ledger.shared().room.waiters();
+    let waiters = waiting_behind_the_stall(&ledger);
     poll_briefly(600);
     assert_eq!(
         ledger.shared().room.waiters(),
@@ -263,13 +269,7 @@ fn shutdown_answers_the_waiters_at_once_and_stops_the_deadline_thread() {
     let timer = ledger.shared().room.timer_probe();
     let stall = Stall::start(&ledger);
     let fillers = submit_on_threads(&ledger, 700..712);
-    eventually("a submitter waits", || ledger.shared().room.waiters() > 0);
-    eventually("the pipeline is stuck", || {
-        let before = ledger.metrics().queue_depth;
-        std::thread::sleep(Duration::from_millis(20));
-        before == 1 && ledger.metrics().queue_depth == 1
-    });
-    let waiters = ledger.shared().room.waiters();
+    let waiters = waiting_behind_the_stall(&ledger);
     let (answered, answers) = mpsc::channel();
     let blocking = {
         let (ledger, answered) = (ledger.clone(), answered.clone());
