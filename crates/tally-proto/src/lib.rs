@@ -1,0 +1,24 @@
+//! Tally's gRPC interface, generated from `proto/tally/v1/tally.proto`, and the
+//! conversions between its messages and the ledger's records.
+#![deny(missing_docs)]
+
+/// The generated messages, client and server of package `tally.v1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+pub mod v1 {
+    tonic::include_proto!("tally.v1");
+}
+
+mod convert;
+
+pub use convert::{
+    ConvertError, account_from_proto, account_to_proto, filter_from_proto, filter_to_proto,
+    result_code_from_proto, result_code_to_proto, transfer_from_proto, transfer_to_proto,
+    u128_from_proto, u128_to_proto,
+};
+pub use v1::ledger_client::LedgerClient;
+pub use v1::ledger_server::{Ledger as LedgerService, LedgerServer};
