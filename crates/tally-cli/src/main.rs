@@ -4,10 +4,13 @@
 //!   stdin, one answer line each on stdout, each written and flushed only once its
 //!   request is durable.
 //! * `tally accounts|transfers --data DIR`: dump as JSON Lines.
+//! * `tally serve --data DIR --listen ADDR [--tls-cert F --tls-key F] [--tokens F]`:
+//!   the ledger as a gRPC server until SIGINT or SIGTERM; `tally token` makes a token.
 //! * `tally verify --data DIR`: checks every checksum, replays the log, checks every
 //!   guarantee that can be checked from disk; exits non-zero on any violation.
 
 mod lines;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use lines::{Line, read_line_bounded};
@@ -59,6 +62,10 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Serve the ledger over gRPC (TLS, tokens, limits) until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Make a bearer token: append its hash to a token file, print the token once.
+    Token(serve::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +79,8 @@ fn main() -> ExitCode {
         Command::Accounts { data } => dump(data, Dump::Accounts),
         Command::Transfers { data } => dump(data, Dump::Transfers),
         Command::Verify { data } => verify(data),
+        Command::Serve(args) => serve::serve(args),
+        Command::Token(args) => serve::token(args),
     };
     match outcome {
         Ok(code) => code,
@@ -82,7 +91,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(data: PathBuf, shards: Option<usize>, manual_clock: bool) -> Result<Ledger, String> {
+pub(crate) fn open(
+    data: PathBuf,
+    shards: Option<usize>,
+    manual_clock: bool,
+) -> Result<Ledger, String> {
     let mut config = Config::new(data);
     if let Some(shards) = shards {
         if shards == 0 || shards > tally_engine::SHARDS_MAX {

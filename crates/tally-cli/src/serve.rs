@@ -1,0 +1,226 @@
+//! `tally serve` and `tally token`: the ledger as a gRPC server (docs/spec.md §6,
+//! docs/server.md).
+
+use clap::Args;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tally_server::{Limits, Operation, Rights, Server, ServerConfig, TlsFiles};
+
+/// The flags of `tally serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The data directory (created if missing).
+    #[arg(long)]
+    data: PathBuf,
+    /// The gRPC address; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    /// Number of shards (default: fitted to the machine).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// The server's certificate chain (PEM); with --tls-key, serves TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// The token file (hashed tokens and their rights); without it every caller may
+    /// do everything.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Allow plain text on a non-loopback address.
+    #[arg(long)]
+    insecure: bool,
+    /// Serve Prometheus metrics over HTTP at this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Log lines as JSON instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Largest message in bytes.
+    #[arg(long, default_value_t = Limits::default().message_bytes_max)]
+    message_bytes_max: usize,
+    /// Concurrent calls on one connection.
+    #[arg(long, default_value_t = Limits::default().streams_per_connection_max)]
+    streams_per_connection_max: u32,
+    /// Open connections from one IP address.
+    #[arg(long, default_value_t = Limits::default().connections_per_ip_max)]
+    connections_per_ip_max: usize,
+    /// Open connections in all.
+    #[arg(long, default_value_t = Limits::default().connections_max)]
+    connections_max: usize,
+    /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_s: u64,
+    /// Seconds a new connection has to send its first bytes.
+    #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
+    header_timeout_s: u64,
+}
+
+impl ServeArgs {
+    fn server_config(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(self.listen);
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        config.tokens = self.tokens.clone();
+        config.insecure = self.insecure;
+        config.metrics = self.metrics;
+        config.limits = Limits {
+            message_bytes_max: self.message_bytes_max,
+            streams_per_connection_max: self.streams_per_connection_max,
+            connections_per_ip_max: self.connections_per_ip_max,
+            connections_max: self.connections_max,
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            header_timeout: Duration::from_secs(self.header_timeout_s),
+            ..Limits::default()
+        };
+        config
+    }
+}
+
+/// Runs a server until SIGINT or SIGTERM, then drains and shuts down.
+pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    init_logs(args.log_json);
+    let ledger = crate::open(args.data.clone(), args.shards, false)?;
+    let config = args.server_config();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tally-server")
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    runtime.block_on(async move {
+        let server = match Server::start(ledger.clone(), config).await {
+            Ok(server) => server,
+            Err(error) => {
+                // The ledger is ours to close when the server never took it.
+                let _ = ledger.shutdown();
+                return Err(error.to_string());
+            }
+        };
+        let mut out = std::io::stdout();
+        writeln!(out, "listening on {}", server.local_addr())
+            .and_then(|()| out.flush())
+            .map_err(|error| format!("writing stdout: {error}"))?;
+        wait_for_stop().await?;
+        tracing::info!("stopping: draining calls in flight");
+        server.shutdown().await.map_err(|error| error.to_string())?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_stop() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|error| format!("SIGTERM handler: {error}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|error| format!("SIGINT handler: {error}"))?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The flags of `tally token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// A name for the token (shown in logs, never the secret).
+    #[arg(long)]
+    name: String,
+    /// Operations it may call, comma-separated, or `*` for all.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    operations: Vec<String>,
+    /// Ledgers it may touch, comma-separated, or `*` for all.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    ledgers: Vec<String>,
+    /// Append the hashed line to this token file (created if missing).
+    #[arg(long)]
+    file: PathBuf,
+}
+
+/// Makes a new random token, appends its hashed line to the token file and prints the
+/// token (the only time it is shown).
+pub fn token(args: TokenArgs) -> Result<ExitCode, String> {
+    let rights = token_rights(&args)?;
+    let token = new_token()?;
+    let line = tally_server::auth::token_line(&token, &rights);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.file)
+        .map_err(|error| format!("{}: {error}", args.file.display()))?;
+    writeln!(file, "{line}")
+        .and_then(|()| file.sync_all())
+        .map_err(|error| format!("{}: {error}", args.file.display()))?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_rights(args: &TokenArgs) -> Result<Rights, String> {
+    let mut operations = std::collections::BTreeSet::new();
+    for name in &args.operations {
+        if name == "*" {
+            operations.extend(Operation::ALL);
+        } else {
+            let operation = Operation::from_name(name)
+                .ok_or_else(|| format!("--operations: unknown operation {name:?}"))?;
+            operations.insert(operation);
+        }
+    }
+    let mut ledgers = Some(std::collections::BTreeSet::new());
+    for text in &args.ledgers {
+        if text == "*" {
+            ledgers = None;
+            continue;
+        }
+        let ledger: u32 = text
+            .parse()
+            .ok()
+            .filter(|ledger| *ledger != 0)
+            .ok_or_else(|| format!("--ledgers: {text:?} is not a ledger number or *"))?;
+        if let Some(set) = ledgers.as_mut() {
+            set.insert(ledger);
+        }
+    }
+    Ok(Rights {
+        name: args.name.clone(),
+        operations,
+        ledgers,
+    })
+}
+
+/// `tly_` and 64 hex digits: 256 bits from the operating system's random source.
+fn new_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|error| format!("reading /dev/urandom: {error}"))?;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    Ok(format!("tly_{hex}"))
+}

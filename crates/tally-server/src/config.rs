@@ -1,0 +1,147 @@
+//! What a server is told at start: where to listen, TLS, tokens, limits.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The server's certificate and, for mutual TLS, the CA its clients' certificates
+/// must chain to. All PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// When set, every client must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Bounds on what one client may hold or send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request or response message (bytes). A full batch of 8,190 transfers
+    /// is at most about 1.4 MB.
+    pub message_bytes_max: usize,
+    /// Concurrent calls (HTTP/2 streams) on one connection.
+    pub streams_per_connection_max: u32,
+    /// Open connections from one IP address.
+    pub connections_per_ip_max: usize,
+    /// Open connections in all.
+    pub connections_max: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// A new connection must send its first bytes (TLS hello or HTTP/2 preface)
+    /// within this time.
+    pub header_timeout: Duration,
+    /// Keepalive pings find half-open connections: one is sent after this much
+    /// silence, and the connection is closed when its answer does not come within it.
+    pub keepalive_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            message_bytes_max: 4 << 20,
+            streams_per_connection_max: 256,
+            connections_per_ip_max: 64,
+            connections_max: 1_024,
+            idle_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The gRPC address.
+    pub listen: SocketAddr,
+    /// TLS; `None` serves plain HTTP/2.
+    pub tls: Option<TlsFiles>,
+    /// The token file; `None` lets every caller do everything.
+    pub tokens: Option<PathBuf>,
+    /// Allows a non-loopback `listen` without TLS.
+    pub insecure: bool,
+    /// Prometheus metrics over HTTP at this address.
+    pub metrics: Option<SocketAddr>,
+    /// Bounds per client.
+    pub limits: Limits,
+    /// The hint sent with `RESOURCE_EXHAUSTED` when the engine's queue is full.
+    pub busy_retry_after: Duration,
+}
+
+impl ServerConfig {
+    /// Plain, open, default limits: for tests and local use.
+    pub fn new(listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            listen,
+            tls: None,
+            tokens: None,
+            insecure: false,
+            metrics: None,
+            limits: Limits::default(),
+            busy_retry_after: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Why a server did not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A plain-text listener on a non-loopback address without `insecure`.
+    InsecureListen(SocketAddr),
+    /// A TLS file could not be read.
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// The TLS configuration was refused.
+    Tls(tonic::transport::Error),
+    /// The token file did not load.
+    Tokens(crate::auth::TokenFileError),
+    /// The address could not be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The ledger did not shut down cleanly.
+    Engine(tally_engine::EngineError),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::InsecureListen(addr) => write!(
+                f,
+                "refusing to serve plain text on non-loopback {addr}: give TLS files, \
+                 or --insecure to accept the risk"
+            ),
+            ServerError::TlsFile { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            ServerError::Tls(error) => write!(f, "TLS configuration refused: {error}"),
+            ServerError::Tokens(error) => write!(f, "{error}"),
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Engine(error) => write!(f, "ledger shutdown: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::TlsFile { source, .. } | ServerError::Bind { source, .. } => Some(source),
+            ServerError::Tls(error) => Some(error),
+            ServerError::Tokens(error) => Some(error),
+            ServerError::Engine(error) => Some(error),
+            ServerError::InsecureListen(_) => None,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Starting and stopping a server: bind, TLS, tokens, health, then serve until told to
+//! stop; stopping drains the calls in flight, then shuts the ledger down (its last
+//! group synced).
+
+use crate::auth::Tokens;
+use crate::config::{ServerConfig, ServerError, TlsFiles};
+use crate::service::{Access, LedgerService};
+use crate::stats::ServerStats;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tally_engine::Ledger;
+use tally_proto::LedgerServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+
+/// The gRPC server of one ledger.
+#[derive(Debug)]
+pub struct Server;
+
+/// A server accepting calls. Stop it with [`RunningServer::shutdown`]; dropping it
+/// stops accepting without draining.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    ledger: Ledger,
+    stats: Arc<ServerStats>,
+    health: HealthReporter,
+    stop: Option<oneshot::Sender<()>>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    /// Binds `config.listen` and serves `ledger` on the current tokio runtime.
+    pub async fn start(ledger: Ledger, config: ServerConfig) -> Result<RunningServer, ServerError> {
+        if config.tls.is_none() && !config.insecure && !config.listen.ip().is_loopback() {
+            return Err(ServerError::InsecureListen(config.listen));
+        }
+        let access = match &config.tokens {
+            Some(path) => {
+                Access::Tokens(Arc::new(Tokens::load(path).map_err(ServerError::Tokens)?))
+            }
+            None => Access::open(),
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let stats = Arc::new(ServerStats::default());
+        let service = LedgerService {
+            ledger: ledger.clone(),
+            access,
+            stats: Arc::clone(&stats),
+            busy_retry_after_ms: config.busy_retry_after.as_millis() as u64,
+        };
+        let limits = &config.limits;
+        let grpc = LedgerServer::new(service)
+            .max_decoding_message_size(limits.message_bytes_max)
+            .max_encoding_message_size(limits.message_bytes_max);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<LedgerServer<LedgerService>>().await;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.streams_per_connection_max))
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_interval));
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(server_tls(tls)?)
+                .map_err(ServerError::Tls)?;
+        }
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.inspect(|stream| {
+                // Answers are small and latency matters: never wait to coalesce them.
+                let _ = stream.set_nodelay(true);
+            })
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = builder.add_service(health_service).add_service(grpc);
+        let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%local_addr, tls = config.tls.is_some(), "serving");
+        Ok(RunningServer {
+            local_addr,
+            ledger,
+            stats,
+            health,
+            stop: Some(stop),
+            serving,
+        })
+    }
+}
+
+impl RunningServer {
+    /// The address bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters of answered and refused calls.
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
+    }
+
+    /// The ledger served.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Stops accepting, answers every call in flight, then shuts the ledger down:
+    /// every acknowledged batch is durable, and the data directory is released.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.health
+            .set_not_serving::<LedgerServer<LedgerService>>()
+            .await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.serving).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "server stopped with an error"),
+            Err(error) => tracing::warn!(%error, "server task failed"),
+        }
+        let ledger = self.ledger.clone();
+        let stopped = tokio::task::spawn_blocking(move || ledger.shutdown()).await;
+        match stopped {
+            Ok(result) => result.map_err(ServerError::Engine),
+            Err(_) => Err(ServerError::Engine(
+                tally_engine::EngineError::ThreadPanicked {
+                    name: "tally-server-shutdown",
+                },
+            )),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|source| ServerError::TlsFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+    let identity = Identity::from_pem(read_pem(&files.cert)?, read_pem(&files.key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+    }
+    Ok(tls)
+}

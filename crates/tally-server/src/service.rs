@@ -1,0 +1,243 @@
+//! The gRPC ledger service: each call authenticated, checked against its token's
+//! rights, converted, and submitted to the embedded engine exactly as a library caller
+//! would; a create answers only once its batch is durable.
+
+use crate::auth::{Operation, Rights, Tokens};
+use crate::stats::ServerStats;
+use std::sync::Arc;
+use tally_engine::{EventResult, Ledger, SubmitError};
+use tally_proto::v1;
+use tally_types::{BATCH_EVENTS_MAX, Batch};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+/// Who may call: everyone (no token file) or the holders of known tokens.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    Open(Arc<Rights>),
+    Tokens(Arc<Tokens>),
+}
+
+impl Access {
+    pub(crate) fn open() -> Access {
+        Access::Open(Arc::new(Rights::all()))
+    }
+
+    fn rights<'a, T>(&'a self, request: &Request<T>) -> Result<&'a Rights, Status> {
+        match self {
+            Access::Open(rights) => Ok(rights),
+            Access::Tokens(tokens) => tokens.authenticate(request.metadata()),
+        }
+    }
+}
+
+/// The service behind every connection; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct LedgerService {
+    pub(crate) ledger: Ledger,
+    pub(crate) access: Access,
+    pub(crate) stats: Arc<ServerStats>,
+    /// The hint sent with `RESOURCE_EXHAUSTED` (metadata `retry-after-ms`).
+    pub(crate) busy_retry_after_ms: u64,
+}
+
+impl LedgerService {
+    /// Authenticates the call and checks the operation; counts a refusal.
+    fn admit<'a, T>(
+        &'a self,
+        request: &Request<T>,
+        operation: Operation,
+    ) -> Result<&'a Rights, Status> {
+        let admitted = self
+            .access
+            .rights(request)
+            .and_then(|rights| rights.check_operation(operation).map(|()| rights));
+        if let Err(status) = &admitted {
+            self.stats.refused(operation, status.code());
+            tracing::info!(%operation, code = ?status.code(), reason = status.message(), "refused");
+        }
+        admitted
+    }
+
+    async fn submit(
+        &self,
+        operation: Operation,
+        batch: Batch,
+    ) -> Result<v1::CreateResults, Status> {
+        let events = batch.len();
+        match self.ledger.submit_async(batch).await {
+            Ok(results) => {
+                self.stats.answered(operation, events);
+                Ok(create_results(&results))
+            }
+            Err(error) => {
+                let status = self.submit_status(&error);
+                self.stats.refused(operation, status.code());
+                Err(status)
+            }
+        }
+    }
+
+    fn submit_status(&self, error: &SubmitError) -> Status {
+        match error {
+            SubmitError::Busy(_) => {
+                let mut status = Status::resource_exhausted(format!(
+                    "{error}; retry after {} ms",
+                    self.busy_retry_after_ms
+                ));
+                status.metadata_mut().insert(
+                    "retry-after-ms",
+                    MetadataValue::from(self.busy_retry_after_ms),
+                );
+                status
+            }
+            SubmitError::Stopped | SubmitError::Failed(_) => Status::unavailable(error.to_string()),
+            _ => Status::invalid_argument(error.to_string()),
+        }
+    }
+
+    fn refuse(&self, operation: Operation, status: Status) -> Status {
+        self.stats.refused(operation, status.code());
+        status
+    }
+}
+
+fn create_results(results: &[EventResult]) -> v1::CreateResults {
+    v1::CreateResults {
+        results: results
+            .iter()
+            .map(|result| v1::CreateResult {
+                code: tally_proto::result_code_to_proto(result.code) as i32,
+                timestamp: result.timestamp,
+            })
+            .collect(),
+    }
+}
+
+fn too_many(count: usize) -> Status {
+    Status::invalid_argument(format!(
+        "{count} events or ids is more than the maximum {BATCH_EVENTS_MAX}"
+    ))
+}
+
+fn invalid(error: tally_proto::ConvertError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+#[tonic::async_trait]
+impl tally_proto::LedgerService for LedgerService {
+    async fn create_accounts(
+        &self,
+        request: Request<v1::CreateAccountsRequest>,
+    ) -> Result<Response<v1::CreateResults>, Status> {
+        let operation = Operation::CreateAccounts;
+        let rights = self.admit(&request, operation)?;
+        let wire = &request.get_ref().accounts;
+        if wire.len() > BATCH_EVENTS_MAX {
+            return Err(self.refuse(operation, too_many(wire.len())));
+        }
+        let accounts = wire
+            .iter()
+            .enumerate()
+            .map(|(index, account)| tally_proto::account_from_proto(index, account))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| self.refuse(operation, invalid(error)))?;
+        rights
+            .check_ledgers(accounts.iter().map(|account| account.ledger))
+            .map_err(|status| self.refuse(operation, status))?;
+        let results = self
+            .submit(operation, Batch::CreateAccounts(accounts))
+            .await?;
+        Ok(Response::new(results))
+    }
+
+    async fn create_transfers(
+        &self,
+        request: Request<v1::CreateTransfersRequest>,
+    ) -> Result<Response<v1::CreateResults>, Status> {
+        let operation = Operation::CreateTransfers;
+        let rights = self.admit(&request, operation)?;
+        let wire = &request.get_ref().transfers;
+        if wire.len() > BATCH_EVENTS_MAX {
+            return Err(self.refuse(operation, too_many(wire.len())));
+        }
+        let transfers = wire
+            .iter()
+            .enumerate()
+            .map(|(index, transfer)| tally_proto::transfer_from_proto(index, transfer))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| self.refuse(operation, invalid(error)))?;
+        rights
+            .check_ledgers(transfers.iter().map(|transfer| transfer.ledger))
+            .map_err(|status| self.refuse(operation, status))?;
+        let results = self
+            .submit(operation, Batch::CreateTransfers(transfers))
+            .await?;
+        Ok(Response::new(results))
+    }
+
+    async fn lookup_accounts(
+        &self,
+        request: Request<v1::LookupRequest>,
+    ) -> Result<Response<v1::Accounts>, Status> {
+        let operation = Operation::LookupAccounts;
+        let rights = self.admit(&request, operation)?;
+        let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
+        // Records in ledgers outside the token's rights are answered as not found.
+        let accounts = self
+            .ledger
+            .lookup_accounts(&ids)
+            .iter()
+            .filter(|account| rights.ledger_allowed(account.ledger))
+            .map(tally_proto::account_to_proto)
+            .collect();
+        self.stats.answered(operation, ids.len());
+        Ok(Response::new(v1::Accounts { accounts }))
+    }
+
+    async fn lookup_transfers(
+        &self,
+        request: Request<v1::LookupRequest>,
+    ) -> Result<Response<v1::Transfers>, Status> {
+        let operation = Operation::LookupTransfers;
+        let rights = self.admit(&request, operation)?;
+        let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
+        let transfers = self
+            .ledger
+            .lookup_transfers(&ids)
+            .iter()
+            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
+            .map(tally_proto::transfer_to_proto)
+            .collect();
+        self.stats.answered(operation, ids.len());
+        Ok(Response::new(v1::Transfers { transfers }))
+    }
+
+    async fn get_account_transfers(
+        &self,
+        request: Request<v1::AccountFilter>,
+    ) -> Result<Response<v1::Transfers>, Status> {
+        let operation = Operation::GetAccountTransfers;
+        let rights = self.admit(&request, operation)?;
+        let filter = tally_proto::filter_from_proto(request.get_ref());
+        let transfers = self
+            .ledger
+            .get_account_transfers(&filter)
+            .iter()
+            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
+            .map(tally_proto::transfer_to_proto)
+            .collect();
+        self.stats.answered(operation, 1);
+        Ok(Response::new(v1::Transfers { transfers }))
+    }
+}
+
+fn lookup_ids(wire: &[v1::U128]) -> Result<Vec<u128>, Status> {
+    if wire.len() > BATCH_EVENTS_MAX {
+        return Err(too_many(wire.len()));
+    }
+    Ok(wire
+        .iter()
+        .map(|id| tally_proto::u128_from_proto(Some(*id)))
+        .collect())
+}

@@ -1,0 +1,190 @@
+//! Every operation through a real server on a loopback port, answered as the embedded
+//! ledger answers it.
+
+use tally_engine::{Config, Ledger};
+use tally_proto::v1;
+use tally_proto::{LedgerClient, account_to_proto, transfer_to_proto, u128_to_proto};
+use tally_server::{Server, ServerConfig};
+use tally_types::{Account, AccountFlags, ResultCode, Transfer};
+
+fn account(id: u128) -> Account {
+    Account {
+        id,
+        ledger: 978,
+        code: 1,
+        ..Account::default()
+    }
+}
+
+fn pay(id: u128, from: u128, to: u128, amount: u128) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: from,
+        credit_account_id: to,
+        amount,
+        ledger: 978,
+        code: 1,
+        ..Transfer::default()
+    }
+}
+
+fn codes(results: &v1::CreateResults) -> Vec<ResultCode> {
+    results
+        .results
+        .iter()
+        .map(|r| tally_proto::result_code_from_proto(r.code).expect("known code"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_as_embedded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    let server = Server::start(
+        ledger,
+        ServerConfig::new("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await
+    .expect("start");
+    let url = format!("http://{}", server.local_addr());
+    let mut client = LedgerClient::connect(url).await.expect("connect");
+
+    let wallet = Account {
+        flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+        ..account(2)
+    };
+    let accounts = [account(1), wallet, account(3)]
+        .iter()
+        .map(account_to_proto)
+        .collect();
+    let created = client
+        .create_accounts(v1::CreateAccountsRequest { accounts })
+        .await
+        .expect("create accounts")
+        .into_inner();
+    assert_eq!(codes(&created), vec![ResultCode::Ok; 3]);
+    assert!(created.results.iter().all(|r| r.timestamp > 0));
+
+    let transfers = [pay(10, 1, 2, 500), pay(11, 2, 3, 900), pay(10, 1, 2, 500)]
+        .iter()
+        .map(transfer_to_proto)
+        .collect();
+    let applied = client
+        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .await
+        .expect("create transfers")
+        .into_inner();
+    assert_eq!(
+        codes(&applied),
+        vec![
+            ResultCode::Ok,
+            ResultCode::ExceedsCredits,
+            ResultCode::Exists
+        ]
+    );
+
+    let ids = [2u128, 99, 1]
+        .iter()
+        .filter_map(|id| u128_to_proto(*id))
+        .collect();
+    let found = client
+        .lookup_accounts(v1::LookupRequest { ids })
+        .await
+        .expect("lookup")
+        .into_inner();
+    let balances: Vec<(u128, u128)> = found
+        .accounts
+        .iter()
+        .map(|a| {
+            let id = tally_proto::u128_from_proto(a.id);
+            (id, tally_proto::u128_from_proto(a.credits_posted))
+        })
+        .collect();
+    assert_eq!(balances, vec![(2, 500), (1, 0)]);
+
+    let ids = [10u128, 11]
+        .iter()
+        .filter_map(|id| u128_to_proto(*id))
+        .collect();
+    let transfers = client
+        .lookup_transfers(v1::LookupRequest { ids })
+        .await
+        .expect("lookup transfers")
+        .into_inner();
+    assert_eq!(
+        transfers.transfers.len(),
+        1,
+        "the refused transfer is not stored"
+    );
+
+    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(2));
+    let history = client
+        .get_account_transfers(filter)
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.transfers.len(), 1);
+    assert_eq!(tally_proto::u128_from_proto(history.transfers[0].id), 10);
+
+    server.shutdown().await.expect("clean shutdown");
+    let reopened = Ledger::open(Config::new(dir.path())).expect("reopen");
+    assert_eq!(
+        reopened.lookup_transfers(&[10]).len(),
+        1,
+        "durable before answered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_request_is_refused_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    let server = Server::start(
+        ledger,
+        ServerConfig::new("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await
+    .expect("start");
+    let mut client = LedgerClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .expect("connect");
+    let mut bad = account_to_proto(&account(2));
+    bad.code = 70_000;
+    let accounts = vec![account_to_proto(&account(1)), bad];
+    let refused = client
+        .create_accounts(v1::CreateAccountsRequest { accounts })
+        .await
+        .expect_err("code too wide");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("event 1"),
+        "{}",
+        refused.message()
+    );
+    let mut funded = account_to_proto(&account(3));
+    funded.credits_posted = u128_to_proto(5);
+    let refused = client
+        .create_accounts(v1::CreateAccountsRequest {
+            accounts: vec![funded],
+        })
+        .await
+        .expect_err("balances are the engine's");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        server.ledger().lookup_accounts(&[1, 2, 3]).is_empty(),
+        "nothing changed"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn plain_text_on_a_public_address_needs_insecure() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    let config = ServerConfig::new("0.0.0.0:0".parse().expect("addr"));
+    let refused = Server::start(ledger.clone(), config)
+        .await
+        .expect_err("refused");
+    assert!(refused.to_string().contains("--insecure"), "{refused}");
+    ledger.shutdown().expect("shutdown");
+}
