@@ -341,3 +341,89 @@ async fn the_client_refuses_what_cannot_be_sent() {
         "{refused:?}"
     );
 }
+
+/// A certificate authority and what it signed, as PEM.
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_pem = ca_params.self_signed(&ca_key).expect("CA cert").pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(names).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem,
+        server: leaf(vec!["localhost".to_string()]),
+        client: leaf(vec!["payments.internal".to_string()]),
+    }
+}
+
+/// Over TLS with client certificates required, the client with its certificate is
+/// served; one without a certificate is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = pki();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    };
+    let files = tally_server::TlsFiles {
+        cert: write("server.pem", &pki.server.0),
+        key: write("server.key", &pki.server.1),
+        client_ca: Some(write("ca.pem", &pki.ca_pem)),
+    };
+    let data = dir.path().join("data");
+    let server = serve(&data, loopback(), |config| config.tls = Some(files)).await;
+    let tls = |identity: Option<tally_client::ClientIdentity>| ClientConfig {
+        tls: Some(tally_client::TlsConfig {
+            ca_certificate_pem: pki.ca_pem.clone().into_bytes(),
+            domain_name: Some("localhost".to_string()),
+            identity,
+        }),
+        retry: RetryPolicy {
+            attempts_max: 1,
+            ..RetryPolicy::default()
+        },
+        ..ClientConfig::new(format!("https://{}", server.local_addr()))
+    };
+
+    let identity = tally_client::ClientIdentity {
+        certificate_pem: pki.client.0.clone().into_bytes(),
+        key_pem: pki.client.1.clone().into_bytes(),
+    };
+    let client = Client::connect(tls(Some(identity))).await.expect("connect");
+    open_accounts(&client, &[1, 2]).await;
+    let result = client
+        .create_transfer(pay(1, 1, 2, 9))
+        .await
+        .expect("over TLS");
+    assert_eq!(result.code, ResultCode::Ok);
+
+    let refused = match Client::connect(tls(None)).await {
+        Ok(stranger) => stranger.lookup_accounts([1]).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Connect(_) | ClientError::Unavailable { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(balance_credits(&client, 2).await, 9);
+    server.shutdown().await.expect("shutdown");
+}
