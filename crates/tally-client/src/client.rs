@@ -1,0 +1,356 @@
+//! The client: batch calls straight through, single create calls through the coalescers.
+
+use crate::coalesce::{self, Pending};
+use crate::config::{ClientConfig, prepare};
+use crate::error::ClientError;
+use crate::rpc::{Counters, Rpc};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tally_proto::{LedgerClient, v1};
+use tally_types::{Account, AccountFilter, AccountFlags, ResultCode, Transfer, TransferFlags};
+use tokio::sync::{mpsc, oneshot};
+
+/// The result of one created event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateResult {
+    /// `Ok`, or why the event was refused (docs/spec.md §2).
+    pub code: ResultCode,
+    /// The event's timestamp (ns since the Unix epoch) when `code` is `Ok`, else 0.
+    pub timestamp: u64,
+}
+
+/// Counters of one client (and its clones) since [`Client::connect`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Create calls (batches) sent to the server, coalesced ones included; a retried
+    /// call counts once.
+    pub create_requests: u64,
+    /// Events in those create calls.
+    pub create_events: u64,
+    /// Single create calls ([`Client::create_account`], [`Client::create_transfer`])
+    /// queued for coalescing.
+    pub single_calls: u64,
+    /// Batches the coalescers made of those single calls.
+    pub coalesced_batches: u64,
+    /// Attempts retried after `UNAVAILABLE`, a broken connection or `RESOURCE_EXHAUSTED`.
+    pub retries: u64,
+}
+
+/// An async client of Tally's gRPC server: one HTTP/2 connection, reconnected as needed.
+///
+/// Cheap to clone: clones share the connection, the coalescers and the counters. The
+/// coalescers end when the last clone is dropped, after answering every queued call.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: String,
+    batch_events_max: usize,
+    rpc: Rpc,
+    accounts: mpsc::Sender<Pending<v1::Account>>,
+    transfers: mpsc::Sender<Pending<v1::Transfer>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.inner.endpoint)
+            .field("batch_events_max", &self.inner.batch_events_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Checks `config`, connects to the server and starts the two coalescers (tasks on
+    /// the current tokio runtime).
+    ///
+    /// A connection lost later is made again by the next call; calls that fail meanwhile
+    /// are retried by the [`RetryPolicy`](crate::RetryPolicy).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for settings that cannot work, [`ClientError::Connect`] for
+    /// a bad URL, bad PEM, or a server that cannot be reached within the connect timeout.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let prepared = prepare(&config)?;
+        let channel = prepared
+            .endpoint
+            .connect()
+            .await
+            .map_err(ClientError::Connect)?;
+        let rpc = Rpc {
+            ledger: LedgerClient::new(channel),
+            authorization: prepared.authorization,
+            retry: config.retry,
+            request_timeout: config.request_timeout,
+            counters: Arc::new(Counters::default()),
+        };
+        let batch_events_max = config.batch_events_max;
+        let (accounts, accounts_queue) = mpsc::channel(batch_events_max);
+        let (transfers, transfers_queue) = mpsc::channel(batch_events_max);
+        let sender = rpc.clone();
+        tokio::spawn(coalesce::run(
+            accounts_queue,
+            batch_events_max,
+            move |events| {
+                let rpc = sender.clone();
+                Counters::add(&rpc.counters.coalesced_batches, 1);
+                async move { rpc.create_accounts(events).await }
+            },
+        ));
+        let sender = rpc.clone();
+        tokio::spawn(coalesce::run(
+            transfers_queue,
+            batch_events_max,
+            move |events| {
+                let rpc = sender.clone();
+                Counters::add(&rpc.counters.coalesced_batches, 1);
+                async move { rpc.create_transfers(events).await }
+            },
+        ));
+        let inner = Inner {
+            endpoint: config.endpoint,
+            batch_events_max,
+            rpc,
+            accounts,
+            transfers,
+        };
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Creates accounts, in order, as one batch: one result per account. Linked chains
+    /// (docs/spec.md §2) go through this call.
+    ///
+    /// A retried call (after `UNAVAILABLE`, a broken connection or `RESOURCE_EXHAUSTED`)
+    /// sends the very same accounts again, so an account created by an attempt whose
+    /// answer was lost answers `exists` on the retry.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for more than `batch_events_max` accounts; the
+    /// call's failure otherwise (see [`ClientError`]).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once sent, the batch may be applied although its answer is
+    /// dropped; send it again with the same ids to learn its results.
+    pub async fn create_accounts(
+        &self,
+        accounts: impl AsRef<[Account]>,
+    ) -> Result<Vec<CreateResult>, ClientError> {
+        let accounts = accounts.as_ref();
+        self.check_batch(accounts.len())?;
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wire = accounts.iter().map(tally_proto::account_to_proto).collect();
+        self.inner.rpc.create_accounts(wire).await
+    }
+
+    /// Applies transfers, in order, as one batch: one result per transfer. Linked chains
+    /// (docs/spec.md §2) go through this call.
+    ///
+    /// A retried call (after `UNAVAILABLE`, a broken connection or `RESOURCE_EXHAUSTED`)
+    /// sends the very same transfers again: the id is the idempotency key, so a transfer
+    /// applied by an attempt whose answer was lost answers `exists` on the retry, and is
+    /// never applied twice.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for more than `batch_events_max` transfers; the
+    /// call's failure otherwise (see [`ClientError`]).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once sent, the batch may be applied although its answer is
+    /// dropped; send it again with the same ids to learn its results.
+    pub async fn create_transfers(
+        &self,
+        transfers: impl AsRef<[Transfer]>,
+    ) -> Result<Vec<CreateResult>, ClientError> {
+        let transfers = transfers.as_ref();
+        self.check_batch(transfers.len())?;
+        if transfers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wire = transfers
+            .iter()
+            .map(tally_proto::transfer_to_proto)
+            .collect();
+        self.inner.rpc.create_transfers(wire).await
+    }
+
+    /// Creates one account, coalesced with the single calls of other tasks into one
+    /// batch: at most one such batch is in flight while the next one fills, and a lone
+    /// call leaves at once. Retried like [`Client::create_accounts`], so a retried
+    /// account may answer `exists`.
+    ///
+    /// # Errors
+    /// [`ClientError::LinkedSingle`] when the account has the `linked` flag: a chain
+    /// must not run into other callers' events, so it goes through
+    /// [`Client::create_accounts`]. The batch's failure otherwise.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once queued, the account is sent and may be created although
+    /// its answer is dropped.
+    pub async fn create_account(&self, account: Account) -> Result<CreateResult, ClientError> {
+        if account.flags.contains(AccountFlags::LINKED) {
+            return Err(ClientError::LinkedSingle);
+        }
+        let event = tally_proto::account_to_proto(&account);
+        self.single(&self.inner.accounts, event).await
+    }
+
+    /// Applies one transfer, coalesced with the single calls of other tasks into one
+    /// batch: at most one such batch is in flight while the next one fills, and a lone
+    /// call leaves at once. Retried like [`Client::create_transfers`], so a retried
+    /// transfer may answer `exists`; it is never applied twice.
+    ///
+    /// # Errors
+    /// [`ClientError::LinkedSingle`] when the transfer has the `linked` flag: a chain
+    /// must not run into other callers' events, so it goes through
+    /// [`Client::create_transfers`]. The batch's failure otherwise.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once queued, the transfer is sent and may be applied although
+    /// its answer is dropped.
+    pub async fn create_transfer(&self, transfer: Transfer) -> Result<CreateResult, ClientError> {
+        if transfer.flags.contains(TransferFlags::LINKED) {
+            return Err(ClientError::LinkedSingle);
+        }
+        let event = tally_proto::transfer_to_proto(&transfer);
+        self.single(&self.inner.transfers, event).await
+    }
+
+    /// The accounts with these ids that exist, in the order asked; missing ids are
+    /// skipped.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for more than `batch_events_max` ids; the call's
+    /// failure otherwise.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a lookup changes nothing.
+    pub async fn lookup_accounts(
+        &self,
+        ids: impl AsRef<[u128]>,
+    ) -> Result<Vec<Account>, ClientError> {
+        let request = self.lookup_request(ids.as_ref())?;
+        let answer = self.inner.rpc.lookup_accounts(request).await?;
+        answer
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(index, account)| tally_proto::account_from_proto(index, account))
+            .collect::<Result<_, _>>()
+            .map_err(|error| ClientError::Protocol(format!("account {error}")))
+    }
+
+    /// The transfers with these ids that exist, in the order asked; missing ids are
+    /// skipped.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for more than `batch_events_max` ids; the call's
+    /// failure otherwise.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a lookup changes nothing.
+    pub async fn lookup_transfers(
+        &self,
+        ids: impl AsRef<[u128]>,
+    ) -> Result<Vec<Transfer>, ClientError> {
+        let request = self.lookup_request(ids.as_ref())?;
+        let answer = self.inner.rpc.lookup_transfers(request).await?;
+        transfers_from_proto(answer)
+    }
+
+    /// One account's transfers, in timestamp order (newest first when `reversed`),
+    /// filtered and paged by `filter`.
+    ///
+    /// # Errors
+    /// The call's failure (see [`ClientError`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn get_account_transfers(
+        &self,
+        filter: AccountFilter,
+    ) -> Result<Vec<Transfer>, ClientError> {
+        let request = tally_proto::filter_to_proto(&filter);
+        let answer = self.inner.rpc.get_account_transfers(request).await?;
+        transfers_from_proto(answer)
+    }
+
+    /// The client's counters, summed over its clones.
+    pub fn stats(&self) -> ClientStats {
+        let counters = &self.inner.rpc.counters;
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        ClientStats {
+            create_requests: read(&counters.create_requests),
+            create_events: read(&counters.create_events),
+            single_calls: read(&counters.single_calls),
+            coalesced_batches: read(&counters.coalesced_batches),
+            retries: read(&counters.retries),
+        }
+    }
+
+    /// Most events of one batch, and most ids of one lookup, this client sends.
+    pub fn batch_events_max(&self) -> usize {
+        self.inner.batch_events_max
+    }
+
+    fn check_batch(&self, events: usize) -> Result<(), ClientError> {
+        if events > self.inner.batch_events_max {
+            return Err(ClientError::InvalidArgument(format!(
+                "{events} events in one batch; at most {}",
+                self.inner.batch_events_max
+            )));
+        }
+        Ok(())
+    }
+
+    fn lookup_request(&self, ids: &[u128]) -> Result<v1::LookupRequest, ClientError> {
+        self.check_batch(ids.len())?;
+        let ids = ids
+            .iter()
+            .map(|&id| tally_proto::u128_to_proto(id).unwrap_or_default())
+            .collect();
+        Ok(v1::LookupRequest { ids })
+    }
+
+    /// Queues one event for its coalescer and waits for its own result.
+    async fn single<E>(
+        &self,
+        queue: &mpsc::Sender<Pending<E>>,
+        event: E,
+    ) -> Result<CreateResult, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        Counters::add(&self.inner.rpc.counters.single_calls, 1);
+        queue
+            .send(Pending { event, reply })
+            .await
+            .map_err(|_| coalescer_stopped())?;
+        answer.await.map_err(|_| coalescer_stopped())?
+    }
+}
+
+/// The coalescer's task is gone: its runtime is shutting down.
+fn coalescer_stopped() -> ClientError {
+    ClientError::Other(tonic::Status::cancelled(
+        "the client's coalescer has stopped",
+    ))
+}
+
+fn transfers_from_proto(answer: v1::Transfers) -> Result<Vec<Transfer>, ClientError> {
+    answer
+        .transfers
+        .iter()
+        .enumerate()
+        .map(|(index, transfer)| tally_proto::transfer_from_proto(index, transfer))
+        .collect::<Result<_, _>>()
+        .map_err(|error| ClientError::Protocol(format!("transfer {error}")))
+}

@@ -1,0 +1,243 @@
+//! One gRPC call with its metadata, deadline and retries; the wire results decoded.
+
+use crate::CreateResult;
+use crate::config::RetryPolicy;
+use crate::error::{ClientError, Failure, classify, from_status};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tally_proto::{LedgerClient, v1};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+/// Counters of a client, shared by its clones and its coalescers. Relaxed: each is a
+/// statistic read on its own, never used to order other memory.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) create_requests: AtomicU64,
+    pub(crate) create_events: AtomicU64,
+    pub(crate) single_calls: AtomicU64,
+    pub(crate) coalesced_batches: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+}
+
+/// Sends calls to one server: the generated client, the token, the policy.
+#[derive(Debug, Clone)]
+pub(crate) struct Rpc {
+    pub(crate) ledger: LedgerClient<Channel>,
+    pub(crate) authorization: Option<MetadataValue<Ascii>>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) request_timeout: Duration,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Rpc {
+    fn request<M>(&self, message: M) -> Request<M> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.request_timeout);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
+    }
+
+    /// Runs `call` until it answers, fails for good, or runs out of attempts. Every
+    /// attempt sends the very same message: for a create call, the same events with the
+    /// same ids, so an event the lost attempt applied answers `exists`, never twice.
+    async fn call<M, R, C, F>(&self, message: &M, call: C) -> Result<R, ClientError>
+    where
+        M: Clone,
+        C: Fn(LedgerClient<Channel>, Request<M>) -> F,
+        F: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut attempt: u32 = 1;
+        loop {
+            let request = self.request(message.clone());
+            let answer =
+                tokio::time::timeout(self.request_timeout, call(self.ledger.clone(), request));
+            let status = match answer.await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_elapsed) => {
+                    return Err(ClientError::Timeout {
+                        request_timeout: self.request_timeout,
+                    });
+                }
+            };
+            let retry_after = match classify(&status) {
+                Failure::Final => return Err(from_status(status, self.request_timeout)),
+                Failure::Unavailable => None,
+                Failure::Busy { retry_after } => retry_after,
+            };
+            if attempt >= self.retry.attempts_max {
+                return Err(gave_up(attempt, status));
+            }
+            let wait = self.retry.backoff(attempt, retry_after);
+            tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, code = ?status.code(),
+                message = status.message(), "retrying a call");
+            Counters::add(&self.counters.retries, 1);
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Creates accounts, one batch, retried; one result per account.
+    pub(crate) async fn create_accounts(
+        &self,
+        accounts: Vec<v1::Account>,
+    ) -> Result<Vec<CreateResult>, ClientError> {
+        let events = accounts.len();
+        let message = v1::CreateAccountsRequest { accounts };
+        let answer = self
+            .call(&message, |mut ledger, request| async move {
+                ledger.create_accounts(request).await
+            })
+            .await;
+        self.count_create(events);
+        decode_results(events, answer?)
+    }
+
+    /// Creates transfers, one batch, retried; one result per transfer.
+    pub(crate) async fn create_transfers(
+        &self,
+        transfers: Vec<v1::Transfer>,
+    ) -> Result<Vec<CreateResult>, ClientError> {
+        let events = transfers.len();
+        let message = v1::CreateTransfersRequest { transfers };
+        let answer = self
+            .call(&message, |mut ledger, request| async move {
+                ledger.create_transfers(request).await
+            })
+            .await;
+        self.count_create(events);
+        decode_results(events, answer?)
+    }
+
+    fn count_create(&self, events: usize) {
+        Counters::add(&self.counters.create_requests, 1);
+        Counters::add(&self.counters.create_events, events as u64);
+    }
+
+    /// Looks accounts up by id.
+    pub(crate) async fn lookup_accounts(
+        &self,
+        request: v1::LookupRequest,
+    ) -> Result<v1::Accounts, ClientError> {
+        self.call(&request, |mut ledger, request| async move {
+            ledger.lookup_accounts(request).await
+        })
+        .await
+    }
+
+    /// Looks transfers up by id.
+    pub(crate) async fn lookup_transfers(
+        &self,
+        request: v1::LookupRequest,
+    ) -> Result<v1::Transfers, ClientError> {
+        self.call(&request, |mut ledger, request| async move {
+            ledger.lookup_transfers(request).await
+        })
+        .await
+    }
+
+    /// One account's transfers.
+    pub(crate) async fn get_account_transfers(
+        &self,
+        filter: v1::AccountFilter,
+    ) -> Result<v1::Transfers, ClientError> {
+        self.call(&filter, |mut ledger, request| async move {
+            ledger.get_account_transfers(request).await
+        })
+        .await
+    }
+}
+
+/// The error after the last attempt of a retried failure.
+fn gave_up(attempts: u32, status: Status) -> ClientError {
+    match status.code() {
+        Code::ResourceExhausted => ClientError::Busy { attempts },
+        _ => ClientError::Unavailable { attempts, status },
+    }
+}
+
+/// The results of a create call, checked: one per event, every code known.
+fn decode_results(
+    events: usize,
+    results: v1::CreateResults,
+) -> Result<Vec<CreateResult>, ClientError> {
+    if results.results.len() != events {
+        return Err(ClientError::Protocol(format!(
+            "{} results for a batch of {events} events",
+            results.results.len()
+        )));
+    }
+    results
+        .results
+        .iter()
+        .enumerate()
+        .map(|(index, result)| {
+            let code = tally_proto::result_code_from_proto(result.code).ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "event {index}: unknown result code {}",
+                    result.code
+                ))
+            })?;
+            Ok(CreateResult {
+                code,
+                timestamp: result.timestamp,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_types::ResultCode;
+
+    fn wire(code: i32, timestamp: u64) -> v1::CreateResult {
+        v1::CreateResult { code, timestamp }
+    }
+
+    #[test]
+    fn results_are_checked_before_they_are_trusted() {
+        let results = v1::CreateResults {
+            results: vec![wire(0, 5), wire(ResultCode::Exists as i32, 0)],
+        };
+        let decoded = decode_results(2, results.clone()).expect("two known codes");
+        assert_eq!(decoded[0].code, ResultCode::Ok);
+        assert_eq!(decoded[0].timestamp, 5);
+        assert_eq!(decoded[1].code, ResultCode::Exists);
+        let short = decode_results(3, results);
+        assert!(matches!(short, Err(ClientError::Protocol(_))), "{short:?}");
+        let unknown = v1::CreateResults {
+            results: vec![wire(250, 0)],
+        };
+        let error = decode_results(1, unknown).expect_err("code 250 is unknown");
+        assert!(
+            error.to_string().contains("unknown result code 250"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn giving_up_names_busy_or_unavailable() {
+        let busy = gave_up(5, Status::resource_exhausted("busy"));
+        assert!(matches!(busy, ClientError::Busy { attempts: 5 }), "{busy}");
+        let down = gave_up(2, Status::unavailable("refused"));
+        assert!(
+            matches!(down, ClientError::Unavailable { attempts: 2, .. }),
+            "{down}"
+        );
+    }
+}
