@@ -25,6 +25,7 @@ use tally_loadgen::runner::{self, RunResult};
 use tally_loadgen::target::Target;
 use tally_loadgen::target::engine::{EngineOptions, EngineTarget};
 use tally_loadgen::target::memory::MemoryTarget;
+use tally_loadgen::target::server::ServerTarget;
 use tally_loadgen::trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
 use tally_loadgen::transfers::{self, Distribution, TransfersGenerator, TransfersSpec};
 
@@ -58,6 +59,9 @@ enum TargetKind {
     Engine,
     /// The reference state machine in memory (not durable): tries the load generator alone.
     Memory,
+    /// A `tally serve` endpoint through `tally-client` over TCP: the one at --addr, or
+    /// one this process starts on a loopback port over the engine on --data.
+    Server,
 }
 
 /// Tally's festival load generator.
@@ -77,6 +81,13 @@ struct Cli {
     /// What to drive.
     #[arg(long, value_enum, default_value = "engine")]
     target: TargetKind,
+    /// --target server: the address (`host:port`) of a running `tally serve`; without
+    /// it, the load generator serves its own ledger on a loopback port.
+    #[arg(long)]
+    addr: Option<String>,
+    /// --target server without --addr: tokio worker threads of the local server.
+    #[arg(long, default_value_t = 2)]
+    server_threads: usize,
     /// Seconds of curve (festival) or of load (max). The curve is time-compressed to it.
     #[arg(long, default_value_t = 45.0)]
     duration: f64,
@@ -322,6 +333,9 @@ fn prepare_data_dir(dir: &Path, keep: bool) -> Result<PathBuf, String> {
 }
 
 fn run(cli: &Cli) -> Result<Report, String> {
+    if cli.addr.is_some() && cli.target != TargetKind::Server {
+        return Err("--addr applies to --target server only".into());
+    }
     let (config, replay) = match &cli.replay {
         Some(path) => {
             let reader = TraceReader::open(path).map_err(|e| e.to_string())?;
@@ -361,6 +375,30 @@ fn run(cli: &Cli) -> Result<Report, String> {
                 )
             };
             let name = format!("tally-engine ({durability}) in {}", ledger_dir.display());
+            drive(cli, config, replay, Arc::new(target), &name, command)
+        }
+        TargetKind::Server => {
+            let target = match &cli.addr {
+                Some(addr) => ServerTarget::connect(addr)?,
+                None => {
+                    let ledger_dir = prepare_data_dir(&cli.data, cli.keep)?;
+                    let engine = engine_target(cli, &ledger_dir)?;
+                    ServerTarget::start_local(engine.into_ledger(), cli.server_threads)?
+                }
+            };
+            let name = if target.is_local() {
+                format!(
+                    "tally serve at {} (started by loadgen over the engine in {}, \
+                     fdatasync), through tally-client over loopback TCP",
+                    target.addr(),
+                    cli.data.join("ledger").display()
+                )
+            } else {
+                format!(
+                    "tally serve at {}, through tally-client over TCP",
+                    target.addr()
+                )
+            };
             drive(cli, config, replay, Arc::new(target), &name, command)
         }
     }

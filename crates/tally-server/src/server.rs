@@ -19,6 +19,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
+/// HTTP/2 flow-control window of one call: room for a full batch in one go.
+const WINDOW_STREAM_BYTES: u32 = 4 << 20;
+
+/// HTTP/2 flow-control window of a connection: several full batches in flight.
+const WINDOW_CONNECTION_BYTES: u32 = 16 << 20;
+
 /// The gRPC server of one ledger.
 #[derive(Debug)]
 pub struct Server;
@@ -74,7 +80,11 @@ impl Server {
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.streams_per_connection_max))
             .http2_keepalive_interval(Some(limits.keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.keepalive_interval));
+            .http2_keepalive_timeout(Some(limits.keepalive_interval))
+            // A full batch is about 1.4 MB: with HTTP/2's default 64 KiB windows it
+            // would wait for a window update round trip every 64 KiB.
+            .initial_stream_window_size(Some(WINDOW_STREAM_BYTES))
+            .initial_connection_window_size(Some(WINDOW_CONNECTION_BYTES));
         if let Some(tls) = &config.tls {
             builder = builder
                 .tls_config(server_tls(tls)?)

@@ -55,6 +55,11 @@ impl EngineTarget {
         Ok(EngineTarget { ledger })
     }
 
+    /// The ledger, to serve it over the network instead of driving it directly.
+    pub fn into_ledger(self) -> Ledger {
+        self.ledger
+    }
+
     /// The group commit pacing in force.
     pub fn commit_interval(&self) -> std::time::Duration {
         self.ledger.config().commit_interval_min

@@ -1,10 +1,12 @@
 //! What the load generator drives: the [`Target`] trait and its adapters, so the runner
-//! is wired to the real engine by one adapter ([`engine::EngineTarget`]) and tested
+//! is wired to the real engine by one adapter ([`engine::EngineTarget`]), to a server
+//! over the network by another ([`server::ServerTarget`]), and tested
 //! against fakes ([`memory::MemoryTarget`], the in-memory reference ledger, and
 //! [`memory::StallingTarget`], which freezes another target for a while).
 
 pub mod engine;
 pub mod memory;
+pub mod server;
 
 use std::future::Future;
 use tally_types::{Account, Batch, ResultCode, Transfer};
