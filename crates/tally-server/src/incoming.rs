@@ -184,7 +184,8 @@ pub(crate) struct LimitedStream {
     /// When the current allowance of silence ends.
     deadline: Instant,
     /// The timer, armed at `deadline` or earlier; re-armed lazily when it fires, so a
-    /// busy connection does not touch the timer on every read.
+    /// busy connection does not touch the timer on every read. Invariant: it never
+    /// fires after `deadline`.
     timer: Pin<Box<Sleep>>,
     spoken: bool,
 }
@@ -237,6 +238,12 @@ impl AsyncRead for LimitedStream {
                 if result.is_ok() && buf.filled().len() > filled_before {
                     this.spoken = true;
                     this.deadline = Instant::now() + this.idle_timeout;
+                    // Deadlines only move later, except the first move from the
+                    // header timeout to a shorter idle timeout: re-arm for that one.
+                    if this.deadline < this.timer.deadline() {
+                        let deadline = this.deadline;
+                        this.timer.as_mut().reset(deadline);
+                    }
                 }
                 Poll::Ready(result)
             }

@@ -140,6 +140,10 @@ impl RunningServer {
         self.health
             .set_not_serving::<LedgerServer<LedgerService>>()
             .await;
+        // "" is the whole server in the health protocol.
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
