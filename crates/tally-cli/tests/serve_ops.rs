@@ -151,11 +151,16 @@ async fn sigterm_drains_calls_in_flight_and_exits_cleanly() {
     while let Some(joined) = callers.join_next().await {
         let (ids, status) = joined.unwrap();
         acknowledged.extend(ids);
+        // tonic's client reports a call the server's GOAWAY refused (never started,
+        // safe to retry) as INTERNAL "h2 protocol error" with the GOAWAY as source.
+        let refused_by_goaway =
+            status.code() == tonic::Code::Internal && format!("{status:?}").contains("GoAway");
         assert!(
-            matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-            ),
+            refused_by_goaway
+                || matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                ),
             "a call refused in shutdown: {status:?}"
         );
     }
