@@ -111,6 +111,10 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         };
         let mut out = std::io::stdout();
         writeln!(out, "listening on {}", server.local_addr())
+            .and_then(|()| match server.metrics_addr() {
+                Some(metrics) => writeln!(out, "metrics on http://{metrics}/metrics"),
+                None => Ok(()),
+            })
             .and_then(|()| out.flush())
             .map_err(|error| format!("writing stdout: {error}"))?;
         wait_for_stop().await?;

@@ -20,6 +20,8 @@
 
 pub mod auth;
 mod config;
+mod incoming;
+mod metrics_http;
 mod server;
 mod service;
 mod stats;

@@ -4,6 +4,8 @@
 
 use crate::auth::Tokens;
 use crate::config::{ServerConfig, ServerError, TlsFiles};
+use crate::incoming::Incoming;
+use crate::metrics_http;
 use crate::service::{Access, LedgerService};
 use crate::stats::ServerStats;
 use std::net::SocketAddr;
@@ -14,8 +16,6 @@ use tally_proto::LedgerServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
@@ -34,10 +34,12 @@ pub struct Server;
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     ledger: Ledger,
     stats: Arc<ServerStats>,
     health: HealthReporter,
     stop: Option<oneshot::Sender<()>>,
+    metrics_stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -90,24 +92,32 @@ impl Server {
                 .tls_config(server_tls(tls)?)
                 .map_err(ServerError::Tls)?;
         }
-        let incoming = TcpListenerStream::new(listener).map(|accepted| {
-            accepted.inspect(|stream| {
-                // Answers are small and latency matters: never wait to coalesce them.
-                let _ = stream.set_nodelay(true);
-            })
-        });
+        let (metrics_addr, metrics_stop) = match config.metrics {
+            Some(addr) => {
+                let sources = metrics_http::Sources {
+                    ledger: ledger.clone(),
+                    stats: Arc::clone(&stats),
+                };
+                let (addr, stop) = start_metrics(addr, sources).await?;
+                (Some(addr), Some(stop))
+            }
+            None => (None, None),
+        };
+        let incoming = Incoming::new(listener, limits, Arc::clone(&stats));
         let (stop, stopped) = oneshot::channel::<()>();
         let router = builder.add_service(health_service).add_service(grpc);
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
-        tracing::info!(%local_addr, tls = config.tls.is_some(), "serving");
+        tracing::info!(%local_addr, ?metrics_addr, tls = config.tls.is_some(), "serving");
         Ok(RunningServer {
             local_addr,
+            metrics_addr,
             ledger,
             stats,
             health,
             stop: Some(stop),
+            metrics_stop,
             serving,
         })
     }
@@ -117,6 +127,11 @@ impl RunningServer {
     /// The address bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the Prometheus metrics endpoint, when one was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The counters of answered and refused calls.
@@ -135,7 +150,14 @@ impl RunningServer {
         self.health
             .set_not_serving::<LedgerServer<LedgerService>>()
             .await;
+        // "" is the whole server in the health protocol.
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.metrics_stop.take() {
             let _ = stop.send(());
         }
         match (&mut self.serving).await {
@@ -161,7 +183,23 @@ impl Drop for RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(stop) = self.metrics_stop.take() {
+            let _ = stop.send(());
+        }
     }
+}
+
+/// Binds the metrics address and answers scrapes until the sender is used or dropped.
+async fn start_metrics(
+    addr: SocketAddr,
+    sources: metrics_http::Sources,
+) -> Result<(SocketAddr, oneshot::Sender<()>), ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(metrics_http::serve(listener, sources, stopped));
+    Ok((local_addr, stop))
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, ServerError> {

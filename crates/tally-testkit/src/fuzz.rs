@@ -19,6 +19,10 @@
 //!   machine: conservation, balance limits, chain atomicity, snapshot-image round trip,
 //!   frame round trip and idempotent resubmission all hold.
 //!
+//! * [`grpc_request`]: any bytes decoded as each gRPC request message and converted to
+//!   the ledger's records as the server converts them: a clear error, or records that
+//!   convert back to the wire and again to the same records.
+//!
 //! Only with this crate's `fuzz` feature.
 // Fuzz targets report a violated property by panicking, so `expect` on "cannot happen"
 // paths is deliberate here; there is no `unwrap()` on input.
@@ -633,6 +637,64 @@ pub fn json_line(data: &[u8]) {
     }
 }
 
+/// Any bytes as each request message of `proto/tally/v1/tally.proto`, through the
+/// conversions the server runs: decoding and converting never panic, a refusal says
+/// which event and why, and whatever converts survives the trip back to the wire.
+pub fn grpc_request(data: &[u8]) {
+    use prost::Message;
+    use tally_proto::v1;
+    if let Ok(request) = v1::CreateAccountsRequest::decode(data) {
+        for (index, wire) in request.accounts.iter().enumerate() {
+            match tally_proto::account_from_proto(index, wire) {
+                Ok(account) => {
+                    let again = tally_proto::account_to_proto(&account);
+                    let back = tally_proto::account_from_proto(index, &again)
+                        .expect("an account read from the wire is refused when written back");
+                    assert_eq!(back, account, "account does not round-trip");
+                }
+                Err(error) => assert_refusal(index, &error),
+            }
+        }
+    }
+    if let Ok(request) = v1::CreateTransfersRequest::decode(data) {
+        for (index, wire) in request.transfers.iter().enumerate() {
+            match tally_proto::transfer_from_proto(index, wire) {
+                Ok(transfer) => {
+                    let again = tally_proto::transfer_to_proto(&transfer);
+                    let back = tally_proto::transfer_from_proto(index, &again)
+                        .expect("a transfer read from the wire is refused when written back");
+                    assert_eq!(back, transfer, "transfer does not round-trip");
+                }
+                Err(error) => assert_refusal(index, &error),
+            }
+        }
+    }
+    if let Ok(request) = v1::LookupRequest::decode(data) {
+        for wire in &request.ids {
+            let id = tally_proto::u128_from_proto(Some(*wire));
+            let again = tally_proto::u128_from_proto(tally_proto::u128_to_proto(id));
+            assert_eq!(again, id, "id does not round-trip");
+        }
+    }
+    if let Ok(request) = v1::AccountFilter::decode(data) {
+        let filter = tally_proto::filter_from_proto(&request);
+        let again = tally_proto::filter_from_proto(&tally_proto::filter_to_proto(&filter));
+        assert_eq!(again, filter, "filter does not round-trip");
+        assert!(
+            filter.limit_effective() <= BATCH_EVENTS_MAX,
+            "page over the limit"
+        );
+    }
+}
+
+fn assert_refusal(index: usize, error: &tally_proto::ConvertError) {
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("event {index}")),
+        "a refusal that does not name its event: {message}"
+    );
+}
+
 /// A fuzz target: panics only when a property is violated.
 pub type Target = fn(&[u8]);
 
@@ -643,4 +705,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snapshot", snapshot),
     ("json_line", json_line),
     ("state_machine", state_machine),
+    ("grpc_request", grpc_request),
 ];

@@ -1,0 +1,334 @@
+//! The accepting side of the listener: connection limits and timeouts, below TLS and
+//! HTTP/2.
+//!
+//! Every accepted TCP connection takes a slot: at most `connections_max` in all and
+//! `connections_per_ip_max` per peer address. A connection over either limit is closed
+//! at once (the peer sees the close before any byte), counted and logged; the clients
+//! already connected are untouched. An admitted connection is wrapped in a
+//! [`LimitedStream`], which must see its first bytes within `header_timeout` and is
+//! closed after `idle_timeout` without a byte read; its slot is released when it is
+//! dropped, whatever closed it.
+//!
+//! Invariant: the slot counts equal the number of live `LimitedStream`s (each holds one
+//! [`Slot`], whose drop gives it back).
+
+use crate::config::Limits;
+use crate::stats::ServerStats;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Open connections, in all and per peer address.
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Hands out connection slots within the limits.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    connections_max: usize,
+    connections_per_ip_max: usize,
+    open: Mutex<Open>,
+    stats: Arc<ServerStats>,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: &Limits, stats: Arc<ServerStats>) -> Arc<Admission> {
+        Arc::new(Admission {
+            connections_max: limits.connections_max,
+            connections_per_ip_max: limits.connections_per_ip_max,
+            open: Mutex::new(Open::default()),
+            stats,
+        })
+    }
+
+    /// The map is only counted under the lock, never left half-updated, so a poisoned
+    /// lock still holds consistent counts.
+    fn open(&self) -> MutexGuard<'_, Open> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A slot for a connection from `peer`, or `None` when a limit is reached.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
+        let ip = peer.ip();
+        let mut open = self.open();
+        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        if open.total >= self.connections_max || from_ip >= self.connections_per_ip_max {
+            let (total, connections_max) = (open.total, self.connections_max);
+            drop(open);
+            self.stats.connection_refused();
+            tracing::warn!(
+                %peer,
+                open_total = total,
+                open_from_ip = from_ip,
+                connections_max,
+                connections_per_ip_max = self.connections_per_ip_max,
+                "connection refused: over the connection limit"
+            );
+            return None;
+        }
+        open.total += 1;
+        open.per_ip.insert(ip, from_ip + 1);
+        assert!(open.total <= self.connections_max);
+        drop(open);
+        self.stats.connection_opened();
+        Some(Slot {
+            admission: Arc::clone(self),
+            ip,
+        })
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut open = self.open();
+        assert!(open.total > 0, "a slot released twice");
+        open.total -= 1;
+        match open.per_ip.get_mut(&ip) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                open.per_ip.remove(&ip);
+            }
+            None => panic!("a slot released for {ip}, which holds none"),
+        }
+        drop(open);
+        self.stats.connection_closed();
+    }
+
+    /// Connections open now (for tests and metrics).
+    #[cfg(test)]
+    fn open_total(&self) -> usize {
+        self.open().total
+    }
+}
+
+/// One connection's place within the limits; given back on drop.
+#[derive(Debug)]
+struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.release(self.ip);
+    }
+}
+
+/// The listener as a stream of admitted connections, for
+/// `serve_with_incoming_shutdown`. Refused connections never leave it.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    listener: TcpListener,
+    admission: Arc<Admission>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Incoming {
+    pub(crate) fn new(listener: TcpListener, limits: &Limits, stats: Arc<ServerStats>) -> Self {
+        Incoming {
+            listener,
+            admission: Admission::new(limits, stats),
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<LimitedStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let (stream, peer) = match ready!(this.listener.poll_accept(cx)) {
+                Ok(accepted) => accepted,
+                // tonic logs it and, for descriptor exhaustion, pauses before the next.
+                Err(error) => return Poll::Ready(Some(Err(error))),
+            };
+            let Some(slot) = this.admission.admit(peer) else {
+                // Dropping the stream closes it at once.
+                continue;
+            };
+            // Answers are small and latency matters: never wait to coalesce them.
+            let _ = stream.set_nodelay(true);
+            return Poll::Ready(Some(Ok(LimitedStream::new(
+                stream,
+                slot,
+                this.header_timeout,
+                this.idle_timeout,
+            ))));
+        }
+    }
+}
+
+/// A TCP connection that must speak first within `header_timeout` and keep speaking
+/// at least every `idle_timeout`; reads fail with `TimedOut` past either.
+#[derive(Debug)]
+pub(crate) struct LimitedStream {
+    inner: TcpStream,
+    slot: Slot,
+    idle_timeout: Duration,
+    /// When the current allowance of silence ends.
+    deadline: Instant,
+    /// The timer, armed at `deadline` or earlier; re-armed lazily when it fires, so a
+    /// busy connection does not touch the timer on every read. Invariant: it never
+    /// fires after `deadline`.
+    timer: Pin<Box<Sleep>>,
+    spoken: bool,
+}
+
+impl LimitedStream {
+    fn new(
+        inner: TcpStream,
+        slot: Slot,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> LimitedStream {
+        let deadline = Instant::now() + header_timeout;
+        LimitedStream {
+            inner,
+            slot,
+            idle_timeout,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            spoken: false,
+        }
+    }
+
+    /// Ready with an error once the peer has been silent past its deadline.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            if Instant::now() >= self.deadline {
+                let which = if self.spoken { "idle" } else { "header" };
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{which} timeout: the peer sent nothing in time"),
+                ));
+            }
+            let deadline = self.deadline;
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let filled_before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if result.is_ok() && buf.filled().len() > filled_before {
+                    this.spoken = true;
+                    this.deadline = Instant::now() + this.idle_timeout;
+                    // Deadlines only move later, except the first move from the
+                    // header timeout to a shorter idle timeout: re-arm for that one.
+                    if this.deadline < this.timer.deadline() {
+                        let deadline = this.deadline;
+                        this.timer.as_mut().reset(deadline);
+                    }
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.poll_silence(cx) {
+                Poll::Ready(error) => {
+                    this.slot.admission.stats.connection_timed_out();
+                    tracing::info!(peer = ?this.inner.peer_addr().ok(), %error, "connection closed");
+                    Poll::Ready(Err(error))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for LimitedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(connections_max: usize, connections_per_ip_max: usize) -> Limits {
+        Limits {
+            connections_max,
+            connections_per_ip_max,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn slots_are_bounded_in_all_and_per_address_and_given_back() {
+        let stats = Arc::new(ServerStats::default());
+        let admission = Admission::new(&limits(3, 2), Arc::clone(&stats));
+        let a: SocketAddr = "10.0.0.1:1000".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:1000".parse().expect("addr");
+        let a1 = admission.admit(a).expect("first from a");
+        let a2 = admission.admit(a).expect("second from a");
+        assert!(
+            admission.admit(a).is_none(),
+            "third from a: per-address limit"
+        );
+        let b1 = admission.admit(b).expect("first from b");
+        assert!(admission.admit(b).is_none(), "fourth in all: total limit");
+        assert_eq!(admission.open_total(), 3);
+        drop(a1);
+        let a3 = admission.admit(a).expect("a slot was given back");
+        drop((a2, a3, b1));
+        assert_eq!(admission.open_total(), 0);
+        assert_eq!(stats.connections_refused(), 2);
+        assert_eq!(stats.connections_open(), 0);
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics over HTTP/1.1 (`--metrics ADDR`): `GET /metrics` answers the
+//! engine's figures and the server's counters as Prometheus text; every other path is
+//! 404. A deliberately small responder: one request per connection, the request
+//! bounded in size and in time, a bounded number of scrapes at once.
+
+use crate::stats::ServerStats;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_engine::Ledger;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+
+/// The largest request head read; a scrape's is a few hundred bytes.
+const REQUEST_BYTES_MAX: usize = 8 << 10;
+/// A scraper must send its whole request head within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes answered at once; more wait in the listen backlog.
+const SCRAPES_CONCURRENT_MAX: usize = 8;
+
+/// What a scrape reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Sources {
+    pub(crate) ledger: Ledger,
+    pub(crate) stats: Arc<ServerStats>,
+}
+
+impl Sources {
+    fn render(&self) -> String {
+        let mut text = self.ledger.metrics().to_prometheus();
+        text.push_str(&self.stats.to_prometheus());
+        text
+    }
+}
+
+/// Answers scrapes on `listener` until `stop` fires.
+pub(crate) async fn serve(listener: TcpListener, sources: Sources, stop: oneshot::Receiver<()>) {
+    let permits = Arc::new(Semaphore::new(SCRAPES_CONCURRENT_MAX));
+    let accepting = async {
+        loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics: accept failed");
+                    // Descriptor exhaustion and the like: let it pass before retrying.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let sources = sources.clone();
+            tokio::spawn(async move {
+                if let Err(error) = answer(stream, &sources).await {
+                    tracing::debug!(%peer, %error, "metrics: scrape failed");
+                }
+                drop(permit);
+            });
+        }
+    };
+    tokio::select! {
+        () = accepting => {}
+        _ = stop => {}
+    }
+}
+
+async fn answer(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await;
+    let response = match head {
+        Err(_) => respond(408, "Request Timeout", "request not received in time\n"),
+        Ok(Err(error)) => return Err(error),
+        Ok(Ok(None)) => respond(
+            431,
+            "Request Header Fields Too Large",
+            "request too large\n",
+        ),
+        Ok(Ok(Some(head))) => route(&head, sources),
+    };
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// The request head (through the blank line), or `None` when it exceeds the bound.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&chunk[..read]);
+        if head.windows(4).any(|window| window == b"\r\n\r\n") {
+            return Ok(Some(head));
+        }
+        if head.len() > REQUEST_BYTES_MAX {
+            return Ok(None);
+        }
+    }
+}
+
+fn route(head: &[u8], sources: &Sources) -> Vec<u8> {
+    let line = head.split(|byte| *byte == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|byte| *byte == b' ');
+    let (method, target) = (parts.next(), parts.next());
+    // A scraper may add a query string; the path alone decides.
+    let path = target.map(|target| {
+        target
+            .split(|byte| *byte == b'?')
+            .next()
+            .unwrap_or_default()
+    });
+    match (method, path) {
+        (Some(b"GET"), Some(b"/metrics")) => {
+            let mut response = response_head(200, "OK", "text/plain; version=0.0.4");
+            let body = sources.render();
+            response
+                .extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            response.extend_from_slice(body.as_bytes());
+            response
+        }
+        (Some(b"GET"), Some(_)) => respond(404, "Not Found", "not found: try /metrics\n"),
+        (Some(_), Some(_)) => respond(405, "Method Not Allowed", "only GET\n"),
+        _ => respond(400, "Bad Request", "malformed request line\n"),
+    }
+}
+
+fn response_head(status: u16, reason: &str, content_type: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nConnection: close\r\n")
+        .into_bytes()
+}
+
+fn respond(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    let mut response = response_head(status, reason, "text/plain; charset=utf-8");
+    response.extend_from_slice(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    response
+}

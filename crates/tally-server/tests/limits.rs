@@ -1,0 +1,440 @@
+//! Hostile and careless clients against a real server on loopback: each gets a clear
+//! status or a closed connection, and none disturbs a well-behaved client. Also the
+//! operator's side: health, metrics and the busy hint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::{Buf, BufMut, Bytes};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tally_engine::{Backpressure, Config, Ledger};
+use tally_proto::{LedgerClient, account_to_proto, transfer_to_proto, v1};
+use tally_server::{Limits, RunningServer, Server, ServerConfig};
+use tally_types::{Account, Transfer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: RunningServer,
+}
+
+impl Fixture {
+    async fn start(limits: Limits) -> Fixture {
+        Fixture::start_with(limits, |_| {}).await
+    }
+
+    async fn start_with(limits: Limits, engine: impl FnOnce(&mut Config)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        engine(&mut config);
+        let ledger = Ledger::open(config).unwrap();
+        let mut server_config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        server_config.limits = limits;
+        server_config.metrics = Some("127.0.0.1:0".parse().unwrap());
+        let server = Server::start(ledger, server_config).await.unwrap();
+        Fixture { _dir: dir, server }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    async fn client(&self) -> LedgerClient<Channel> {
+        LedgerClient::connect(format!("http://{}", self.addr()))
+            .await
+            .unwrap()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+fn account(id: u128) -> Account {
+    Account {
+        id,
+        ledger: 978,
+        code: 1,
+        ..Account::default()
+    }
+}
+
+fn pay(id: u128) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 1,
+        ledger: 978,
+        code: 1,
+        ..Transfer::default()
+    }
+}
+
+/// Creates accounts 1 and 2 and pays one transfer: proves the client is served.
+async fn served(client: &mut LedgerClient<Channel>, transfer_id: u128) {
+    let accounts = vec![account_to_proto(&account(1)), account_to_proto(&account(2))];
+    client
+        .create_accounts(v1::CreateAccountsRequest { accounts })
+        .await
+        .expect("create accounts");
+    let transfers = vec![transfer_to_proto(&pay(transfer_id))];
+    let results = client
+        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .await
+        .expect("create transfer")
+        .into_inner();
+    assert_eq!(results.results.len(), 1);
+}
+
+/// Reads until the server closes the connection; returns how long that took.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit, stream.read(&mut buffer)).await {
+            Err(_) => panic!("still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {} // the server's SETTINGS frame, say
+        }
+    }
+}
+
+/// Bytes in, bytes out: sends whatever the test wrote as the message.
+#[derive(Debug, Clone, Copy)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+async fn raw_call(channel: Channel, path: &'static str, message: Bytes) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, RawCodec)
+        .await
+        .expect_err("malformed message accepted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_is_refused_and_the_server_goes_on() {
+    let fixture = Fixture::start(Limits::default()).await;
+    // Field 1 (transfers), length-delimited, with a length far past the end.
+    let garbage = Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01]);
+    let status = raw_call(
+        fixture.channel().await,
+        "/tally.v1.Ledger/CreateTransfers",
+        garbage,
+    )
+    .await;
+    assert!(
+        matches!(status.code(), Code::InvalidArgument | Code::Internal),
+        "{status:?}"
+    );
+    assert!(status.message().contains("decode"), "{}", status.message());
+    served(&mut fixture.client().await, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_is_refused_and_others_are_served() {
+    let limits = Limits {
+        message_bytes_max: 16 << 10,
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut client = fixture.client().await.max_encoding_message_size(usize::MAX);
+    let transfers = (1..=2_000).map(|id| transfer_to_proto(&pay(id))).collect();
+    let status = client
+        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .await
+        .expect_err("over message_bytes_max");
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    served(&mut fixture.client().await, 10).await;
+    served(&mut client, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_event_limit_is_invalid() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let mut client = fixture.client().await;
+    let transfers = (1..=8_191).map(|id| transfer_to_proto(&pay(id))).collect();
+    let status = client
+        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .await
+        .expect_err("8,191 events");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("8191"), "{}", status.message());
+    assert!(fixture.server.ledger().lookup_transfers(&[1]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_address_limit_are_closed_at_once() {
+    let limits = Limits {
+        connections_per_ip_max: 2,
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut first = fixture.client().await;
+    let mut second = fixture.client().await;
+    served(&mut first, 10).await;
+    for _ in 0..3 {
+        let mut third = TcpStream::connect(fixture.addr()).await.unwrap();
+        third
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok();
+        closed_within(&mut third, Duration::from_secs(2)).await;
+    }
+    served(&mut first, 11).await;
+    served(&mut second, 12).await;
+    let stats = fixture.server.stats();
+    assert_eq!(stats.connections_refused(), 3);
+    assert_eq!(stats.connections_open(), 2);
+    // A closed connection gives its slot back.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.connections_open() > 1 {
+        assert!(Instant::now() < deadline, "slot not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    served(&mut fixture.client().await, 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_header_timeout() {
+    let limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut silent = TcpStream::connect(fixture.addr()).await.unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(250), "closed early: {took:?}");
+    assert_eq!(fixture.server.stats().connections_timed_out(), 1);
+    served(&mut fixture.client().await, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gone_quiet_is_closed_after_the_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(400),
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut quiet = TcpStream::connect(fixture.addr()).await.unwrap();
+    quiet
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let took = closed_within(&mut quiet, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(350), "closed early: {took:?}");
+    assert_eq!(fixture.server.stats().connections_timed_out(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_does_not_starve_a_good_client() {
+    let limits = Limits {
+        connections_per_ip_max: 4,
+        connections_max: 16,
+        header_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let addr = fixture.addr();
+    // The flood comes from another loopback address, as an attacker's would.
+    let flood = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(stream) = socket.connect(addr).await {
+                held.push(stream);
+            }
+        }
+        held
+    });
+    let mut client = fixture.client().await;
+    for id in 10..40 {
+        served(&mut client, id).await;
+    }
+    let held = flood.await.unwrap();
+    assert!(held.len() >= 250, "the flood itself failed: {}", held.len());
+    let stats = fixture.server.stats();
+    assert!(
+        stats.connections_refused() >= 250,
+        "{}",
+        stats.connections_refused()
+    );
+    served(&mut fixture.client().await, 99).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_serving_then_not_serving_on_shutdown() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let fixture = Fixture::start(Limits::default()).await;
+    let mut health = HealthClient::new(fixture.channel().await);
+    for service in ["tally.v1.Ledger", ""] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "tally.v1.Ledger".to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let Fixture { _dir, server } = fixture;
+    let stopping = tokio::spawn(server.shutdown());
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    // The watch is a call in flight: shutdown drains it once the client lets go.
+    drop(watch);
+    drop(health);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown drained")
+        .unwrap()
+        .unwrap();
+}
+
+/// One HTTP/1.1 request on a fresh connection; the whole response.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: tally\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_as_prometheus_text() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let mut client = fixture.client().await;
+    served(&mut client, 10).await;
+    let metrics = fixture.server.metrics_addr().expect("metrics address");
+    let response = http_get(metrics, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+    for line in [
+        "tally_events_committed_total 3",
+        "tally_server_calls_total{operation=\"create_transfers\",code=\"OK\"} 1",
+        "tally_server_events_total{operation=\"create_accounts\"} 2",
+        "tally_server_connections_open 1",
+        "tally_server_connections_refused_total 0",
+    ] {
+        assert!(response.contains(line), "missing {line:?} in\n{response}");
+    }
+    let missing = http_get(metrics, "/other").await;
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    // A request head that never ends is cut off, not buffered without bound.
+    let mut endless = TcpStream::connect(metrics).await.unwrap();
+    let chunk = vec![b'a'; 4096];
+    let mut written = 0;
+    while endless.write_all(&chunk).await.is_ok() && written < (1 << 20) {
+        written += chunk.len();
+    }
+    let mut response = String::new();
+    let _ = endless.read_to_string(&mut response).await;
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 431 "),
+        "{response}"
+    );
+    assert!(
+        http_get(metrics, "/metrics")
+            .await
+            .starts_with("HTTP/1.1 200 ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
+    let fixture = Fixture::start_with(Limits::default(), |config| {
+        config.queue_batches_max = 1;
+        config.backpressure = Backpressure::Busy;
+    })
+    .await;
+    let mut client = fixture.client().await;
+    served(&mut client, 1).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for id in 0..256u128 {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            let transfers = vec![transfer_to_proto(&pay(1_000 + id))];
+            client
+                .create_transfers(v1::CreateTransfersRequest { transfers })
+                .await
+        });
+    }
+    let mut busy = None;
+    while let Some(answer) = calls.join_next().await {
+        if let Err(status) = answer.unwrap() {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            busy = Some(status);
+        }
+    }
+    let status = busy.expect("256 concurrent calls never filled a one-batch queue");
+    let hint = status.metadata().get("retry-after-ms").expect("retry hint");
+    assert_eq!(hint.to_str().unwrap(), "5");
+    assert!(
+        status.message().contains("retry after 5 ms"),
+        "{}",
+        status.message()
+    );
+}
