@@ -305,7 +305,7 @@ async fn a_token_may_call_only_its_operations_on_its_ledgers() {
     let mut post = transfer(14, 1, 2, 100, 0);
     post.flags = TransferFlags::POST_PENDING_TRANSFER.bits().into();
     post.pending_id = u128_to_proto(13);
-    let call = payer.create_transfers(create_transfers(vec![post.clone()]));
+    let call = payer.create_transfers(create_transfers(vec![post]));
     denied("payer posts with ledger 0", call.await);
     let mut admin = fixture.client(Auth::bearer(&fixture.admin)).await;
     assert_eq!(found_transfers(&mut admin, &[12, 13, 14]).await, vec![13]);
