@@ -5,7 +5,7 @@
 //! file grants nothing):
 //!
 //! ```text
-//! {"name":"checkout","sha256":"<64 hex>","operations":["create_transfers","lookup_accounts"],"ledgers":[840,978]}
+//! {"name":"checkout","sha256":"<64 hex>","operations":["create_transfers"],"ledgers":[840,978]}
 //! {"name":"ops","sha256":"<64 hex>","operations":["*"],"ledgers":["*"]}
 //! ```
 //!
