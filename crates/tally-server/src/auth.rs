@@ -5,7 +5,7 @@
 //! file grants nothing):
 //!
 //! ```text
-//! {"name":"checkout","sha256":"<64 hex>","operations":["create_transfers","lookup_accounts"],"ledgers":[840,978]}
+//! {"name":"checkout","sha256":"<64 hex>","operations":["create_transfers"],"ledgers":[840,978]}
 //! {"name":"ops","sha256":"<64 hex>","operations":["*"],"ledgers":["*"]}
 //! ```
 //!
@@ -238,8 +238,11 @@ impl Tokens {
         let value = header
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+        // The scheme is case-insensitive (RFC 7235 §2.1); the token is not.
         let token = value
-            .strip_prefix("Bearer ")
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
         self.by_digest
             .get(&token_digest(token.trim()))
@@ -367,6 +370,12 @@ mod tests {
         basic.insert("authorization", "Basic Zm9v".parse().expect("ascii"));
         let scheme = tokens.authenticate(&basic).expect_err("scheme");
         assert_eq!(scheme.code(), tonic::Code::Unauthenticated);
+        let mut lower = MetadataMap::new();
+        lower.insert("authorization", "bearer good".parse().expect("ascii"));
+        assert!(
+            tokens.authenticate(&lower).is_ok(),
+            "the scheme is case-insensitive"
+        );
     }
 
     #[test]

@@ -1,0 +1,460 @@
+//! `tally serve` refuses whoever it must, over real sockets and real TLS: calls
+//! without a known token, calls outside a token's rights, clients without a trusted
+//! certificate, plain text against TLS, and plain text on a public address; and every
+//! refusal leaves the ledger as it was.
+#![allow(clippy::unwrap_used)]
+
+mod tls_fixture;
+
+use std::path::Path;
+use tally_proto::{account_to_proto, transfer_to_proto, u128_from_proto, u128_to_proto, v1};
+use tally_types::{Account, Transfer, TransferFlags};
+use tempfile::TempDir;
+use tls_fixture::{Auth, Client, Dial, Pki, Served, make_token, tally};
+use tonic::Code;
+
+/// Ledger numbers: the limited tokens may touch `USD` only.
+const USD: u32 = 840;
+const EUR: u32 = 978;
+
+/// Whether the server asks clients for certificates signed by its CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mutual {
+    Off,
+    Required,
+}
+
+/// A TLS server with a token file, and the tokens in it.
+struct Fixture {
+    dir: TempDir,
+    pki: Pki,
+    served: Served,
+    /// Every operation, every ledger.
+    admin: String,
+    /// create_accounts, lookup_accounts and lookup_transfers, ledger 840 only.
+    clerk: String,
+    /// create_transfers and get_account_transfers, ledger 840 only.
+    payer: String,
+}
+
+impl Fixture {
+    fn start(mutual: Mutual) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let tokens = dir.path().join("tokens.jsonl");
+        let admin = make_token(&tokens, "admin", "*", "*");
+        let clerk = make_token(
+            &tokens,
+            "clerk",
+            "create_accounts,lookup_accounts,lookup_transfers",
+            "840",
+        );
+        let payer = make_token(
+            &tokens,
+            "payer",
+            "create_transfers,get_account_transfers",
+            "840",
+        );
+        let mut args = vec![
+            "--tls-cert".to_string(),
+            path(&pki.server.cert),
+            "--tls-key".to_string(),
+            path(&pki.server.key),
+            "--tokens".to_string(),
+            path(&tokens),
+        ];
+        if mutual == Mutual::Required {
+            args.extend(["--tls-client-ca".to_string(), path(&pki.ca)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let served = Served::start(&dir.path().join("data"), &args);
+        Fixture {
+            dir,
+            pki,
+            served,
+            admin,
+            clerk,
+            payer,
+        }
+    }
+
+    async fn client(&self, auth: Auth) -> Client {
+        Dial::tls(&self.pki.ca)
+            .connect(self.served.addr, auth)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server; the accounts on disk as (id, ledger, debits_posted,
+    /// credits_posted), from `tally accounts`.
+    fn stop_and_dump(self) -> Vec<(String, u64, String, String)> {
+        self.served.stop();
+        let output = tally()
+            .args(["accounts", "--data"])
+            .arg(self.dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "tally accounts: {output:?}");
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let account: serde_json::Value = serde_json::from_str(line).unwrap();
+                let text = |field: &str| account[field].as_str().unwrap().to_string();
+                let ledger = account["ledger"].as_u64().unwrap();
+                (
+                    text("id"),
+                    ledger,
+                    text("debits_posted"),
+                    text("credits_posted"),
+                )
+            })
+            .collect()
+    }
+}
+
+fn path(path: &Path) -> String {
+    path.to_str().unwrap().to_string()
+}
+
+fn account(id: u128, ledger: u32) -> v1::Account {
+    account_to_proto(&Account {
+        id,
+        ledger,
+        code: 1,
+        ..Account::default()
+    })
+}
+
+fn transfer(id: u128, from: u128, to: u128, amount: u128, ledger: u32) -> v1::Transfer {
+    transfer_to_proto(&Transfer {
+        id,
+        debit_account_id: from,
+        credit_account_id: to,
+        amount,
+        ledger,
+        code: 1,
+        ..Transfer::default()
+    })
+}
+
+fn ids(ids: &[u128]) -> v1::LookupRequest {
+    v1::LookupRequest {
+        ids: ids.iter().filter_map(|id| u128_to_proto(*id)).collect(),
+    }
+}
+
+fn create_accounts(accounts: Vec<v1::Account>) -> v1::CreateAccountsRequest {
+    v1::CreateAccountsRequest { accounts }
+}
+
+fn create_transfers(transfers: Vec<v1::Transfer>) -> v1::CreateTransfersRequest {
+    v1::CreateTransfersRequest { transfers }
+}
+
+fn all_ok(results: &v1::CreateResults, count: usize) {
+    assert_eq!(results.results.len(), count);
+    assert!(
+        results
+            .results
+            .iter()
+            .all(|result| result.code == v1::ResultCode::Ok as i32),
+        "{results:?}"
+    );
+}
+
+async fn found_accounts(client: &mut Client, wanted: &[u128]) -> Vec<u128> {
+    let found = client.lookup_accounts(ids(wanted)).await.unwrap();
+    let found = found.into_inner().accounts;
+    found
+        .iter()
+        .map(|account| u128_from_proto(account.id))
+        .collect()
+}
+
+async fn found_transfers(client: &mut Client, wanted: &[u128]) -> Vec<u128> {
+    let found = client.lookup_transfers(ids(wanted)).await.unwrap();
+    let found = found.into_inner().transfers;
+    found
+        .iter()
+        .map(|transfer| u128_from_proto(transfer.id))
+        .collect()
+}
+
+/// Accounts 1 and 2 in USD, 3 and 4 in EUR, and one transfer in each, made with the
+/// admin token.
+async fn seed(fixture: &Fixture) {
+    let mut admin = fixture.client(Auth::bearer(&fixture.admin)).await;
+    let accounts = vec![
+        account(1, USD),
+        account(2, USD),
+        account(3, EUR),
+        account(4, EUR),
+    ];
+    let created = admin.create_accounts(create_accounts(accounts)).await;
+    all_ok(&created.unwrap().into_inner(), 4);
+    let transfers = vec![transfer(10, 1, 2, 500, USD), transfer(11, 3, 4, 700, EUR)];
+    let applied = admin.create_transfers(create_transfers(transfers)).await;
+    all_ok(&applied.unwrap().into_inner(), 2);
+}
+
+/// The ledger after `seed`, as `tally accounts` prints it (both currencies have two
+/// decimals).
+fn seeded() -> Vec<(String, u64, String, String)> {
+    let row = |id: &str, ledger: u64, debits: &str, credits: &str| {
+        (
+            id.to_string(),
+            ledger,
+            debits.to_string(),
+            credits.to_string(),
+        )
+    };
+    vec![
+        row("1", 840, "5.00", "0.00"),
+        row("2", 840, "0.00", "5.00"),
+        row("3", 978, "7.00", "0.00"),
+        row("4", 978, "0.00", "7.00"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_known_bearer_token_are_unauthenticated() {
+    let fixture = Fixture::start(Mutual::Off);
+    seed(&fixture).await;
+    let unknown = format!("tly_{}", "0".repeat(64));
+    let cases = [
+        ("no header", Auth::none()),
+        ("unknown token", Auth::bearer(&unknown)),
+        ("basic scheme", Auth::header("Basic YWRtaW46YWRtaW4=")),
+        ("token without a scheme", Auth::header(&fixture.admin)),
+        (
+            "bearer scheme, no space",
+            Auth::header(&format!("Bearer{}", fixture.admin)),
+        ),
+        ("empty token", Auth::header("Bearer ")),
+    ];
+    for (case, auth) in cases {
+        let mut client = fixture.client(auth).await;
+        let refused = client
+            .create_accounts(create_accounts(vec![account(5, USD)]))
+            .await
+            .expect_err(case);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{case}: {refused:?}");
+        let refused = client
+            .create_transfers(create_transfers(vec![transfer(12, 1, 2, 1, USD)]))
+            .await
+            .expect_err(case);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{case}: {refused:?}");
+        let refused = client.lookup_accounts(ids(&[1])).await.expect_err(case);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{case}: {refused:?}");
+    }
+    // The scheme is case-insensitive (RFC 7235); the token is not.
+    let mut admin = fixture
+        .client(Auth::header(&format!("bearer {}", fixture.admin)))
+        .await;
+    assert_eq!(found_accounts(&mut admin, &[1]).await, vec![1]);
+    let shouted = format!("Bearer {}", fixture.admin.to_uppercase());
+    let mut client = fixture.client(Auth::header(&shouted)).await;
+    let refused = client
+        .lookup_accounts(ids(&[1]))
+        .await
+        .expect_err("upper-case token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(found_accounts(&mut admin, &[5]).await, Vec::<u128>::new());
+    assert_eq!(found_transfers(&mut admin, &[12]).await, Vec::<u128>::new());
+    assert_eq!(fixture.stop_and_dump(), seeded(), "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_may_call_only_its_operations_on_its_ledgers() {
+    let fixture = Fixture::start(Mutual::Off);
+    seed(&fixture).await;
+    let mut clerk = fixture.client(Auth::bearer(&fixture.clerk)).await;
+    let mut payer = fixture.client(Auth::bearer(&fixture.payer)).await;
+    let denied = |case: &str, result: Result<tonic::Response<v1::CreateResults>, tonic::Status>| {
+        let status = result.expect_err(case);
+        assert_eq!(status.code(), Code::PermissionDenied, "{case}: {status:?}");
+    };
+
+    // Operations outside the rights.
+    let call = clerk.create_transfers(create_transfers(vec![transfer(12, 1, 2, 1, USD)]));
+    denied("clerk creates a transfer", call.await);
+    let call = payer.create_accounts(create_accounts(vec![account(5, USD)]));
+    denied("payer creates an account", call.await);
+    let status = payer
+        .lookup_accounts(ids(&[1]))
+        .await
+        .expect_err("payer looks up");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Ledgers outside the rights: alone, or behind an allowed event of the same batch.
+    let call = clerk.create_accounts(create_accounts(vec![account(5, EUR)]));
+    denied("clerk creates a EUR account", call.await);
+    let call = clerk.create_accounts(create_accounts(vec![account(5, USD), account(6, EUR)]));
+    denied("clerk's mixed batch", call.await);
+    let call = payer.create_transfers(create_transfers(vec![transfer(12, 3, 4, 1, EUR)]));
+    denied("payer moves EUR", call.await);
+
+    // Ledger 0 (taken from the pending transfer) cannot be checked: refused.
+    let mut pending = transfer(13, 1, 2, 100, USD);
+    pending.flags = TransferFlags::PENDING.bits().into();
+    let applied = payer
+        .create_transfers(create_transfers(vec![pending]))
+        .await;
+    all_ok(&applied.unwrap().into_inner(), 1);
+    let mut post = transfer(14, 1, 2, 100, 0);
+    post.flags = TransferFlags::POST_PENDING_TRANSFER.bits().into();
+    post.pending_id = u128_to_proto(13);
+    let call = payer.create_transfers(create_transfers(vec![post]));
+    denied("payer posts with ledger 0", call.await);
+    let mut admin = fixture.client(Auth::bearer(&fixture.admin)).await;
+    assert_eq!(found_transfers(&mut admin, &[12, 13, 14]).await, vec![13]);
+    assert_eq!(
+        found_accounts(&mut admin, &[5, 6]).await,
+        Vec::<u128>::new()
+    );
+
+    // Records of other ledgers are answered as not found.
+    assert_eq!(found_accounts(&mut clerk, &[3, 1, 4, 2]).await, vec![1, 2]);
+    assert_eq!(found_transfers(&mut clerk, &[11, 10]).await, vec![10]);
+    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(3));
+    let history = payer.get_account_transfers(filter).await.unwrap();
+    assert!(
+        history.into_inner().transfers.is_empty(),
+        "EUR history hidden"
+    );
+    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(1));
+    let history = payer.get_account_transfers(filter).await.unwrap();
+    assert_eq!(history.into_inner().transfers.len(), 2, "USD history shown");
+
+    // Voiding the pending transfer (ledger named) puts the balances back as seeded.
+    let mut void = transfer(14, 1, 2, 100, USD);
+    void.flags = TransferFlags::VOID_PENDING_TRANSFER.bits().into();
+    void.pending_id = u128_to_proto(13);
+    let applied = payer.create_transfers(create_transfers(vec![void])).await;
+    all_ok(&applied.unwrap().into_inner(), 1);
+    assert_eq!(fixture.stop_and_dump(), seeded(), "only what was allowed");
+}
+
+/// Connects and makes one lookup; the error, if any, as text.
+async fn try_lookup(dial: &Dial, served: &Served, token: &str) -> Result<(), String> {
+    let mut client = dial.connect(served.addr, Auth::bearer(token)).await?;
+    client
+        .lookup_accounts(ids(&[1]))
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("call: {status:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_its_ca() {
+    let fixture = Fixture::start(Mutual::Required);
+    let (pki, served, token) = (&fixture.pki, &fixture.served, &fixture.admin);
+    let anonymous = Dial::tls(&pki.ca);
+    let refused = try_lookup(&anonymous, served, token).await;
+    let _ = refused.expect_err("a client without a certificate was served");
+    let stranger = Dial::tls(&pki.ca).with_identity(&pki.stranger);
+    let refused = try_lookup(&stranger, served, token).await;
+    let _ = refused.expect_err("a certificate from another CA was accepted");
+    let member = Dial::tls(&pki.ca).with_identity(&pki.client);
+    try_lookup(&member, served, token).await.unwrap();
+    // A trusted certificate does not stand in for the token.
+    let unknown = format!("tly_{}", "1".repeat(64));
+    let refused = try_lookup(&member, served, &unknown).await.unwrap_err();
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    assert!(fixture.stop_and_dump().is_empty(), "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_talks_only_tls_with_its_own_certificate() {
+    let fixture = Fixture::start(Mutual::Off);
+    let (pki, served, token) = (&fixture.pki, &fixture.served, &fixture.admin);
+    let refused = try_lookup(&Dial::plain(), served, token).await;
+    let _ = refused.expect_err("plain text was answered by a TLS server");
+    // A client that does not trust the server's CA does not send its token.
+    let refused = try_lookup(&Dial::tls(&pki.other_ca), served, token).await;
+    let _ = refused.expect_err("a server certificate from an unknown CA was trusted");
+    try_lookup(&Dial::tls(&pki.ca), served, token)
+        .await
+        .unwrap();
+    assert!(fixture.stop_and_dump().is_empty(), "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_on_a_public_address_needs_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tally()
+        .args(["serve", "--shards", "1", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "served plain text on 0.0.0.0");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no listening line");
+
+    let served = Served::start(
+        &dir.path().join("data"),
+        &["--listen", "0.0.0.0:0", "--insecure"],
+    );
+    assert!(served.addr.ip().is_unspecified(), "{}", served.addr);
+    let mut client = Dial::plain()
+        .connect(served.addr, Auth::none())
+        .await
+        .unwrap();
+    let created = client
+        .create_accounts(create_accounts(vec![account(1, USD)]))
+        .await;
+    all_ok(&created.unwrap().into_inner(), 1);
+    served.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_token_create_accounts_and_transfers() {
+    let fixture = Fixture::start(Mutual::Required);
+    let dial = Dial::tls(&fixture.pki.ca).with_identity(&fixture.pki.client);
+    let mut clerk = dial
+        .connect(fixture.served.addr, Auth::bearer(&fixture.clerk))
+        .await
+        .unwrap();
+    let mut payer = dial
+        .connect(fixture.served.addr, Auth::bearer(&fixture.payer))
+        .await
+        .unwrap();
+    let big = (7u128 << 64) | 1;
+    let accounts = vec![account(big, USD), account(big + 1, USD)];
+    let created = clerk.create_accounts(create_accounts(accounts)).await;
+    all_ok(&created.unwrap().into_inner(), 2);
+    let transfers = vec![
+        transfer(big + 2, big, big + 1, 1_250, USD),
+        transfer(big + 3, big + 1, big, 250, USD),
+    ];
+    let applied = payer.create_transfers(create_transfers(transfers)).await;
+    all_ok(&applied.unwrap().into_inner(), 2);
+    let found = clerk.lookup_accounts(ids(&[big, big + 1])).await.unwrap();
+    let balances: Vec<(u128, u128, u128)> = found
+        .into_inner()
+        .accounts
+        .iter()
+        .map(|a| {
+            let posted = (
+                u128_from_proto(a.debits_posted),
+                u128_from_proto(a.credits_posted),
+            );
+            (u128_from_proto(a.id), posted.0, posted.1)
+        })
+        .collect();
+    assert_eq!(balances, vec![(big, 1_250, 250), (big + 1, 250, 1_250)]);
+    let moved = found_transfers(&mut clerk, &[big + 2, big + 3]).await;
+    assert_eq!(moved, vec![big + 2, big + 3]);
+    let dumped = fixture.stop_and_dump();
+    let balances: Vec<(&str, &str)> = dumped
+        .iter()
+        .map(|row| (row.2.as_str(), row.3.as_str()))
+        .collect();
+    assert_eq!(
+        balances,
+        vec![("12.50", "2.50"), ("2.50", "12.50")],
+        "durable"
+    );
+}
