@@ -1,6 +1,6 @@
 //! The client: batch calls straight through, single create calls through the coalescers.
 
-use crate::coalesce::{self, Pending};
+use crate::coalesce::{self, COALESCED_CALL_EVENTS_MAX, Pending};
 use crate::config::{ClientConfig, prepare};
 use crate::error::ClientError;
 use crate::rpc::{Counters, Rpc};
@@ -127,7 +127,8 @@ impl Client {
     }
 
     /// Creates accounts, in order, as one batch: one result per account. Linked chains
-    /// (docs/spec.md §2) go through this call.
+    /// (docs/spec.md §2) go through this call. Small closed batches are coalesced with
+    /// other calls, as for [`Client::create_transfers`].
     ///
     /// A retried call (after `UNAVAILABLE`, a broken connection or `RESOURCE_EXHAUSTED`)
     /// sends the very same accounts again, so an account created by an attempt whose
@@ -149,12 +150,24 @@ impl Client {
         if accounts.is_empty() {
             return Ok(Vec::new());
         }
-        let wire = accounts.iter().map(tally_proto::account_to_proto).collect();
+        let wire: Vec<v1::Account> = accounts.iter().map(tally_proto::account_to_proto).collect();
+        let closed = accounts
+            .last()
+            .is_some_and(|last| !last.flags.contains(AccountFlags::LINKED));
+        if closed && accounts.len() <= COALESCED_CALL_EVENTS_MAX {
+            return self.coalesced(&self.inner.accounts, wire).await;
+        }
         self.inner.rpc.create_accounts(wire).await
     }
 
     /// Applies transfers, in order, as one batch: one result per transfer. Linked chains
     /// (docs/spec.md §2) go through this call.
+    ///
+    /// A small batch (at most 64 transfers) whose last transfer closes its chain is
+    /// coalesced with other tasks' calls into one request, its transfers kept together
+    /// and in order; since no chain crosses from one call into the next, the results
+    /// are the ones the batch would get alone. A larger batch, or one that leaves a chain
+    /// open (answered `linked_event_chain_open`), is sent as its own request.
     ///
     /// A retried call (after `UNAVAILABLE`, a broken connection or `RESOURCE_EXHAUSTED`)
     /// sends the very same transfers again: the id is the idempotency key, so a transfer
@@ -177,10 +190,16 @@ impl Client {
         if transfers.is_empty() {
             return Ok(Vec::new());
         }
-        let wire = transfers
+        let wire: Vec<v1::Transfer> = transfers
             .iter()
             .map(tally_proto::transfer_to_proto)
             .collect();
+        let closed = transfers
+            .last()
+            .is_some_and(|last| !last.flags.contains(TransferFlags::LINKED));
+        if closed && transfers.len() <= COALESCED_CALL_EVENTS_MAX {
+            return self.coalesced(&self.inner.transfers, wire).await;
+        }
         self.inner.rpc.create_transfers(wire).await
     }
 
@@ -328,10 +347,26 @@ impl Client {
         queue: &mpsc::Sender<Pending<E>>,
         event: E,
     ) -> Result<CreateResult, ClientError> {
-        let (reply, answer) = oneshot::channel();
         Counters::add(&self.inner.rpc.counters.single_calls, 1);
+        let results = self.coalesced(queue, vec![event]).await?;
+        match results.as_slice() {
+            [result] => Ok(*result),
+            _ => Err(ClientError::Protocol(format!(
+                "{} results for one event",
+                results.len()
+            ))),
+        }
+    }
+
+    /// Queues a call's events, kept together, for its coalescer; waits for their results.
+    async fn coalesced<E>(
+        &self,
+        queue: &mpsc::Sender<Pending<E>>,
+        events: Vec<E>,
+    ) -> Result<Vec<CreateResult>, ClientError> {
+        let (reply, answer) = oneshot::channel();
         queue
-            .send(Pending { event, reply })
+            .send(Pending { events, reply })
             .await
             .map_err(|_| coalescer_stopped())?;
         answer.await.map_err(|_| coalescer_stopped())?

@@ -1,32 +1,83 @@
-//! Coalescing: single create calls from many tasks gathered into batches, the way
-//! TigerBeetle's clients do it.
+//! Coalescing: create calls from many tasks gathered into batches, the way TigerBeetle's
+//! clients do it.
 //!
 //! One background task per operation (accounts, transfers) owns the receiving end of a
-//! bounded queue of single calls. It keeps at most one batch in flight; while that batch
-//! is out, the calls that arrive fill the next one, which leaves the moment the answer of
-//! the first comes back. There is no timer: a lone call leaves at once.
+//! bounded queue of calls, each a single event or a small batch whose last event closes
+//! its linked chain. It keeps at most one batch in flight; while that batch is out, the
+//! calls that arrive fill the next one, which leaves the moment the answer of the first
+//! comes back. There is no timer: a lone call leaves at once. A call's events stay
+//! contiguous and in order inside the batch, and since its last event is not linked, no
+//! chain runs from one caller's events into another's: each caller gets the results it
+//! would have got alone.
 //!
-//! Bounds, per operation: the queue holds at most `batch_events_max` calls, the filling
-//! batch at most `batch_events_max`, the batch in flight at most `batch_events_max`. A
-//! caller that finds the queue full waits for room (backpressure).
+//! Bounds, per operation: the queue holds at most `batch_events_max` calls of at most
+//! [`COALESCED_CALL_EVENTS_MAX`] events, the filling batch and the batch in flight at
+//! most `batch_events_max` events each. A caller that finds the queue full waits for
+//! room (backpressure).
 //!
 //! Invariant: every call that enters the queue gets exactly one answer, unless its caller
-//! has gone away; the answer of the event at position `i` of a batch goes to the caller
-//! at position `i`.
+//! has gone away; the results at positions `i..i + n` of a batch go to the caller whose
+//! `n` events were placed at `i`.
 
 use crate::CreateResult;
 use crate::error::ClientError;
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
-/// The answer a single caller waits for.
-pub(crate) type Reply = oneshot::Sender<Result<CreateResult, ClientError>>;
+/// Most events of one call that is coalesced; a larger batch fills a request on its
+/// own and goes straight through.
+pub(crate) const COALESCED_CALL_EVENTS_MAX: usize = 64;
 
-/// One single call waiting in the queue: its event and where its answer goes.
+/// The answer a caller waits for: one result per event of its call.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<CreateResult>, ClientError>>;
+
+/// One call waiting in the queue: its events and where their results go.
 #[derive(Debug)]
 pub(crate) struct Pending<E> {
-    pub(crate) event: E,
+    pub(crate) events: Vec<E>,
     pub(crate) reply: Reply,
+}
+
+/// The batch being filled, and the call that did not fit in it.
+struct Filling<E> {
+    calls: Vec<Pending<E>>,
+    events: usize,
+    carry: Option<Pending<E>>,
+    events_max: usize,
+}
+
+impl<E> Filling<E> {
+    /// Adds a call, or holds it over for the next batch when it does not fit.
+    fn add(&mut self, pending: Pending<E>) {
+        assert!(self.carry.is_none());
+        if self.events + pending.events.len() <= self.events_max {
+            self.events += pending.events.len();
+            self.calls.push(pending);
+        } else {
+            self.carry = Some(pending);
+        }
+    }
+
+    /// True while another call may still be added.
+    fn has_room(&self) -> bool {
+        self.carry.is_none() && self.events < self.events_max
+    }
+
+    /// The batch's events and each caller's reply with its count; starts the next batch
+    /// with the call held over.
+    fn take(&mut self) -> (Vec<E>, Vec<(Reply, usize)>) {
+        let mut events = Vec::with_capacity(self.events);
+        let mut replies = Vec::with_capacity(self.calls.len());
+        for pending in self.calls.drain(..) {
+            replies.push((pending.reply, pending.events.len()));
+            events.extend(pending.events);
+        }
+        self.events = 0;
+        if let Some(carried) = self.carry.take() {
+            self.add(carried);
+        }
+        (events, replies)
+    }
 }
 
 /// Runs the coalescer until every sender of `queue` is gone and every queued call is
@@ -40,77 +91,72 @@ pub(crate) async fn run<E, S, F>(
     F: Future<Output = Result<Vec<CreateResult>, ClientError>>,
 {
     assert!(batch_events_max > 0);
-    let mut filling: Vec<Pending<E>> = Vec::with_capacity(batch_events_max);
+    let mut filling = Filling {
+        calls: Vec::new(),
+        events: 0,
+        carry: None,
+        events_max: batch_events_max,
+    };
     let mut queue_open = true;
     loop {
-        if filling.is_empty() {
+        if filling.calls.is_empty() {
             match queue.recv().await {
-                Some(pending) => filling.push(pending),
+                Some(pending) => filling.add(pending),
                 None => return,
             }
         }
-        take_ready(&mut queue, &mut filling, batch_events_max);
-        assert!(!filling.is_empty() && filling.len() <= batch_events_max);
-        let (events, replies): (Vec<E>, Vec<Reply>) = filling
-            .drain(..)
-            .map(|pending| (pending.event, pending.reply))
-            .unzip();
+        while filling.has_room() {
+            match queue.try_recv() {
+                Ok(pending) => filling.add(pending),
+                Err(_) => break,
+            }
+        }
+        let (events, replies) = filling.take();
+        assert!(!events.is_empty() && events.len() <= batch_events_max);
         let in_flight = send(events);
         tokio::pin!(in_flight);
         let answer = loop {
             tokio::select! {
                 biased;
                 answer = &mut in_flight => break answer,
-                pending = queue.recv(), if queue_open && filling.len() < batch_events_max => {
+                pending = queue.recv(), if queue_open && filling.has_room() => {
                     match pending {
-                        Some(pending) => filling.push(pending),
+                        Some(pending) => filling.add(pending),
                         None => queue_open = false,
                     }
                 }
             }
         };
         answer_callers(replies, answer);
-        if !queue_open && filling.is_empty() {
+        if !queue_open && filling.calls.is_empty() {
             return;
         }
     }
 }
 
-/// Moves the calls already queued into `filling`, without waiting, up to the limit.
-fn take_ready<E>(
-    queue: &mut mpsc::Receiver<Pending<E>>,
-    filling: &mut Vec<Pending<E>>,
-    batch_events_max: usize,
-) {
-    while filling.len() < batch_events_max {
-        match queue.try_recv() {
-            Ok(pending) => filling.push(pending),
-            Err(_) => break,
-        }
-    }
-}
-
-/// Hands each caller its own result, or every caller the batch's error.
-fn answer_callers(replies: Vec<Reply>, answer: Result<Vec<CreateResult>, ClientError>) {
+/// Hands each caller its own results, or every caller the batch's error.
+fn answer_callers(replies: Vec<(Reply, usize)>, answer: Result<Vec<CreateResult>, ClientError>) {
+    let events: usize = replies.iter().map(|(_, count)| count).sum();
     match answer {
-        Ok(results) if results.len() == replies.len() => {
-            for (reply, result) in replies.into_iter().zip(results) {
+        Ok(results) if results.len() == events => {
+            let mut results = results.into_iter();
+            for (reply, count) in replies {
+                let own: Vec<CreateResult> = results.by_ref().take(count).collect();
                 // A caller that went away no longer wants its answer.
-                let _ = reply.send(Ok(result));
+                let _ = reply.send(Ok(own));
             }
         }
         Ok(results) => {
             let error = ClientError::Protocol(format!(
-                "{} results for a batch of {} events",
+                "{} results for a batch of {events} events",
                 results.len(),
-                replies.len()
             ));
-            for reply in replies {
+            for (reply, _) in replies {
                 let _ = reply.send(Err(error.duplicate()));
             }
         }
         Err(error) => {
-            for reply in replies {
+            for (reply, _) in replies {
                 let _ = reply.send(Err(error.duplicate()));
             }
         }
@@ -172,9 +218,18 @@ mod tests {
         queue: &mpsc::Sender<Pending<u64>>,
         event: u64,
     ) -> Result<CreateResult, ClientError> {
+        let results = call_batch(queue, vec![event]).await?;
+        assert_eq!(results.len(), 1);
+        Ok(results[0])
+    }
+
+    async fn call_batch(
+        queue: &mpsc::Sender<Pending<u64>>,
+        events: Vec<u64>,
+    ) -> Result<Vec<CreateResult>, ClientError> {
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Pending { event, reply })
+            .send(Pending { events, reply })
             .await
             .expect("coalescer running");
         answer.await.expect("coalescer answers")
@@ -210,7 +265,10 @@ mod tests {
         let mut answers = Vec::new();
         for event in 1..=20 {
             let (reply, answer) = oneshot::channel();
-            let pending = Pending { event, reply };
+            let pending = Pending {
+                events: vec![event],
+                reply,
+            };
             harness
                 .queue
                 .send(pending)
@@ -221,12 +279,44 @@ mod tests {
         harness.gate.add_permits(2);
         assert_eq!(first.await.expect("joined").expect("ok").timestamp, 0);
         for (event, answer) in answers {
-            let result = answer.await.expect("answered").expect("ok");
-            assert_eq!(result.timestamp, event, "own result");
+            let results = answer.await.expect("answered").expect("ok");
+            assert_eq!(results[0].timestamp, event, "own result");
         }
         let batches = batches_sent(&harness, 2).await;
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[1].len(), 20);
+    }
+
+    #[tokio::test]
+    async fn small_batches_stay_whole_and_in_order() {
+        let harness = start(5, 16);
+        let queue = harness.queue.clone();
+        let first = tokio::spawn(async move { call(&queue, 0).await });
+        batches_sent(&harness, 1).await;
+        // While the first flies: calls of 2, 2 and 3 events; the third does not fit
+        // beside the first two (limit 5), so it leaves whole in the batch after.
+        let mut callers = Vec::new();
+        for events in [vec![10, 11], vec![20, 21], vec![30, 31, 32]] {
+            let (reply, answer) = oneshot::channel();
+            let pending = Pending {
+                events: events.clone(),
+                reply,
+            };
+            harness.queue.send(pending).await.expect("running");
+            callers.push((events, answer));
+        }
+        harness.gate.add_permits(3);
+        first.await.expect("joined").expect("ok");
+        for (events, answer) in callers {
+            let results = answer.await.expect("answered").expect("ok");
+            let stamps: Vec<u64> = results.iter().map(|r| r.timestamp).collect();
+            assert_eq!(stamps, events, "each caller gets its own results, in order");
+        }
+        let batches = batches_sent(&harness, 3).await;
+        assert_eq!(
+            batches,
+            vec![vec![0], vec![10, 11, 20, 21], vec![30, 31, 32]]
+        );
     }
 
     #[tokio::test]

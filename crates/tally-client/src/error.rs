@@ -167,8 +167,13 @@ fn retry_after_hint(status: &tonic::Status) -> Option<Duration> {
 }
 
 /// True when the status stands for a broken connection rather than an answer of the
-/// server: a transport or I/O error somewhere in its source chain.
+/// server: a transport or I/O error somewhere in its source chain, or an HTTP/2
+/// protocol error (how a call turned away by a server's GOAWAY at shutdown is reported;
+/// retrying a create is safe in any case, its ids being idempotency keys).
 fn is_connection_error(status: &tonic::Status) -> bool {
+    if status.message().contains("h2 protocol error") {
+        return true;
+    }
     let mut source = status.source();
     while let Some(error) = source {
         if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
@@ -212,6 +217,13 @@ mod tests {
         check(tonic::Status::invalid_argument("flags"), "InvalidArgument");
         check(tonic::Status::deadline_exceeded("late"), "Timeout");
         check(tonic::Status::internal("bug"), "Other");
+    }
+
+    #[test]
+    fn a_call_turned_away_at_shutdown_is_retried() {
+        let goaway = tonic::Status::internal("h2 protocol error: error reading a body");
+        assert_eq!(classify(&goaway), Failure::Unavailable);
+        assert_eq!(classify(&tonic::Status::internal("bug")), Failure::Final);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //!   from many tasks are gathered into batches the way TigerBeetle's clients do it: per
 //!   operation at most one batch is in flight while the next one fills, and the filled
 //!   batch leaves the moment the answer comes back; a lone call leaves at once (no timer).
-//!   Each caller gets its own result. A single call with the `linked` flag is refused
-//!   ([`ClientError::LinkedSingle`]): it would chain other callers' events.
+//!   Each caller gets its own result. Small batches (at most 64 events) whose last
+//!   event closes its linked chain are coalesced the same way, kept whole and in order.
+//!   A single call with the `linked` flag is refused ([`ClientError::LinkedSingle`]): it
+//!   would chain other callers' events.
 //! * **Reads**: [`Client::lookup_accounts`], [`Client::lookup_transfers`],
 //!   [`Client::get_account_transfers`].
 //! * **Safe retries**: `UNAVAILABLE`, a broken connection and `RESOURCE_EXHAUSTED` (the

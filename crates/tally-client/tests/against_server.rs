@@ -130,7 +130,11 @@ async fn concurrent_single_calls_are_coalesced_with_their_own_results() {
         .stats()
         .calls(Operation::CreateTransfers, tonic::Code::Ok);
     assert_eq!(stats.single_calls, 400);
-    assert_eq!(stats.coalesced_batches, rpcs, "{stats:?}");
+    // The small account batch of the setup was coalesced too, on its own coalescer.
+    let account_rpcs = server
+        .stats()
+        .calls(Operation::CreateAccounts, tonic::Code::Ok);
+    assert_eq!(stats.coalesced_batches, rpcs + account_rpcs, "{stats:?}");
     eprintln!("{rpcs} create calls carried 400 single transfers");
     assert!(
         rpcs < 400,
@@ -425,5 +429,49 @@ async fn mutual_tls_with_a_client_certificate() {
         "{refused:?}"
     );
     assert_eq!(balance_credits(&client, 2).await, 9);
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Chains from concurrent callers share requests but never run into each other: a chain
+/// that fails takes down only its own events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_chains_stay_apart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), loopback(), |_| {}).await;
+    let client = connect(&server).await;
+    open_accounts(&client, &[1, 2, 3]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..200u128 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let base = 1_000 + caller * 10;
+            // Odd callers' chains fail on their second event (account 99 is missing).
+            let credit = if caller % 2 == 1 { 99 } else { 3 };
+            let mut first = pay(base, 1, 2, 5);
+            first.flags = TransferFlags::LINKED;
+            let second = pay(base + 1, 2, credit, 5);
+            let results = client.create_transfers([first, second]).await;
+            (caller, results)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (caller, results) = joined.expect("task ran");
+        let codes: Vec<ResultCode> = results.expect("answered").iter().map(|r| r.code).collect();
+        let expected = if caller % 2 == 1 {
+            vec![
+                ResultCode::LinkedEventFailed,
+                ResultCode::CreditAccountNotFound,
+            ]
+        } else {
+            vec![ResultCode::Ok, ResultCode::Ok]
+        };
+        assert_eq!(codes, expected, "caller {caller}");
+    }
+    let stats = client.stats();
+    assert!(
+        stats.coalesced_batches < 201,
+        "200 chains went in fewer requests: {stats:?}"
+    );
+    assert_eq!(balance_credits(&client, 3).await, 100 * 5);
     server.shutdown().await.expect("shutdown");
 }

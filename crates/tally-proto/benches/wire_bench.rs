@@ -33,7 +33,10 @@ fn main() {
     for _ in 0..rounds {
         let start = Instant::now();
         let request = v1::CreateTransfersRequest {
-            transfers: transfers.iter().map(tally_proto::transfer_to_proto).collect(),
+            transfers: transfers
+                .iter()
+                .map(tally_proto::transfer_to_proto)
+                .collect(),
         };
         let wire = request.encode_to_vec();
         phases[0] += start.elapsed();
@@ -76,10 +79,25 @@ fn main() {
     let events = f64::from(rounds) * BATCH_EVENTS_MAX as f64;
     let per_event = |d: Duration| d.as_nanos() as f64 / events;
     println!("wire_bench: {rounds} rounds of {BATCH_EVENTS_MAX} transfers, {bytes} bytes a batch");
-    println!("  client: convert + encode request   {:7.1} ns/event", per_event(phases[0]));
-    println!("  server: decode + convert request   {:7.1} ns/event", per_event(phases[1]));
-    println!("  server: encode results             {:7.1} ns/event", per_event(phases[2]));
-    println!("  client: decode results             {:7.1} ns/event", per_event(phases[3]));
+    println!(
+        "  client: convert + encode request   {:7.1} ns/event",
+        per_event(phases[0])
+    );
+    println!(
+        "  server: decode + convert request   {:7.1} ns/event",
+        per_event(phases[1])
+    );
+    println!(
+        "  server: encode results             {:7.1} ns/event",
+        per_event(phases[2])
+    );
+    println!(
+        "  client: decode results             {:7.1} ns/event",
+        per_event(phases[3])
+    );
     let total: Duration = phases.iter().sum();
-    println!("  total                              {:7.1} ns/event", per_event(total));
+    println!(
+        "  total                              {:7.1} ns/event",
+        per_event(total)
+    );
 }
