@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
+    /// Seconds a graceful stop waits for calls in flight before dropping connections.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout_s: u64,
     /// Seconds a new connection has to send its first bytes.
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
     header_timeout_s: u64,
@@ -77,6 +80,7 @@ impl ServeArgs {
         config.tokens = self.tokens.clone();
         config.insecure = self.insecure;
         config.metrics = self.metrics;
+        config.drain_timeout = Duration::from_secs(self.drain_timeout_s);
         config.limits = Limits {
             message_bytes_max: self.message_bytes_max,
             streams_per_connection_max: self.streams_per_connection_max,

@@ -70,6 +70,11 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The hint sent with `RESOURCE_EXHAUSTED` when the engine's queue is full.
     pub busy_retry_after: Duration,
+    /// The longest a graceful shutdown waits for calls in flight (a client may hold a
+    /// stream open forever); then the connections are dropped. Calls already admitted
+    /// to the ledger are still committed before it closes: their clients retry and get
+    /// `exists`.
+    pub drain_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +88,7 @@ impl ServerConfig {
             metrics: None,
             limits: Limits::default(),
             busy_retry_after: Duration::from_millis(5),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::stats::ServerStats;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tally_engine::Ledger;
 use tally_proto::LedgerServer;
 use tokio::net::TcpListener;
@@ -41,6 +42,7 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     metrics_stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    drain_timeout: Duration,
 }
 
 impl Server {
@@ -119,6 +121,7 @@ impl Server {
             stop: Some(stop),
             metrics_stop,
             serving,
+            drain_timeout: config.drain_timeout,
         })
     }
 }
@@ -160,10 +163,19 @@ impl RunningServer {
         if let Some(stop) = self.metrics_stop.take() {
             let _ = stop.send(());
         }
-        match (&mut self.serving).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "server stopped with an error"),
-            Err(error) => tracing::warn!(%error, "server task failed"),
+        match tokio::time::timeout(self.drain_timeout, &mut self.serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "server task failed"),
+            Err(_) => {
+                // Dropping the task drops every connection; what the ledger admitted is
+                // still committed by its shutdown below.
+                tracing::warn!(
+                    drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+                    "calls still in flight after the drain timeout: dropping connections"
+                );
+                self.serving.abort();
+            }
         }
         let ledger = self.ledger.clone();
         let stopped = tokio::task::spawn_blocking(move || ledger.shutdown()).await;

@@ -353,6 +353,39 @@ async fn health_answers_serving_then_not_serving_on_shutdown() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_held_open_does_not_stop_shutdown() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    config.drain_timeout = Duration::from_millis(300);
+    let server = Server::start(ledger, config).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut watch = health.watch(request).await.unwrap().into_inner();
+    watch.message().await.unwrap().unwrap();
+    // The client never lets go of its watch: the drain timeout ends the wait.
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown ends after the drain timeout")
+        .unwrap();
+    drop(watch);
+    // The ledger was shut down: its directory opens again.
+    Ledger::open(Config::new(dir.path()))
+        .unwrap()
+        .shutdown()
+        .unwrap();
+}
+
 /// One HTTP/1.1 request on a fresh connection; the whole response.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
