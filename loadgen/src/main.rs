@@ -85,6 +85,13 @@ struct Cli {
     /// it, the load generator serves its own ledger on a loopback port.
     #[arg(long)]
     addr: Option<String>,
+    /// --target server --addr: a bearer token for the server (or $TALLY_TOKEN).
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// --target server --addr: the CA certificate (PEM) of a TLS server; the address
+    /// is then reached over https.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// --target server without --addr: tokio worker threads of the local server.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -336,6 +343,9 @@ fn run(cli: &Cli) -> Result<Report, String> {
     if cli.addr.is_some() && cli.target != TargetKind::Server {
         return Err("--addr applies to --target server only".into());
     }
+    if (cli.token.is_some() || cli.tls_ca.is_some()) && cli.addr.is_none() {
+        return Err("--token and --tls-ca apply to --target server --addr only".into());
+    }
     let (config, replay) = match &cli.replay {
         Some(path) => {
             let reader = TraceReader::open(path).map_err(|e| e.to_string())?;
@@ -379,7 +389,16 @@ fn run(cli: &Cli) -> Result<Report, String> {
         }
         TargetKind::Server => {
             let target = match &cli.addr {
-                Some(addr) => ServerTarget::connect(addr)?,
+                Some(addr) => {
+                    let ca = match &cli.tls_ca {
+                        Some(path) => Some(
+                            std::fs::read(path)
+                                .map_err(|error| format!("--tls-ca {}: {error}", path.display()))?,
+                        ),
+                        None => None,
+                    };
+                    ServerTarget::connect(addr, cli.token.clone(), ca)?
+                }
                 None => {
                     let ledger_dir = prepare_data_dir(&cli.data, cli.keep)?;
                     let engine = engine_target(cli, &ledger_dir)?;

@@ -6,7 +6,7 @@ use super::{Outcome, SubmitFailure, Target};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tally_client::{Client, ClientConfig, ClientError, CreateResult, RetryPolicy};
+use tally_client::{Client, ClientConfig, ClientError, CreateResult, RetryPolicy, TlsConfig};
 use tally_engine::Ledger;
 use tally_server::{RunningServer, Server, ServerConfig};
 use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer, TransferFlags};
@@ -39,10 +39,25 @@ fn runtime(name: &str, threads: usize) -> Result<Runtime, String> {
 }
 
 impl ServerTarget {
-    /// Connects to a running server at `addr` (`host:port`; plain text, no token).
-    pub fn connect(addr: &str) -> Result<ServerTarget, String> {
+    /// Connects to a running server at `addr` (`host:port`): plain text, or TLS when
+    /// the CA certificate (PEM) of the server is given; with a bearer token if given.
+    pub fn connect(
+        addr: &str,
+        token: Option<String>,
+        ca_certificate_pem: Option<Vec<u8>>,
+    ) -> Result<ServerTarget, String> {
         let runtime = runtime("loadgen-client", 1)?;
-        let client = runtime.block_on(connect_client(addr))?;
+        let mut config = client_config(addr);
+        config.token = token;
+        if let Some(ca_certificate_pem) = ca_certificate_pem {
+            config.endpoint = format!("https://{addr}");
+            config.tls = Some(TlsConfig {
+                ca_certificate_pem,
+                domain_name: None,
+                identity: None,
+            });
+        }
+        let client = runtime.block_on(connect_client(config))?;
         Ok(ServerTarget {
             runtime,
             client,
@@ -70,7 +85,7 @@ impl ServerTarget {
             server: Mutex::new(Some(server)),
         };
         let runtime = runtime("loadgen-client", 1)?;
-        let client = runtime.block_on(connect_client(&addr))?;
+        let client = runtime.block_on(connect_client(client_config(&addr)))?;
         Ok(ServerTarget {
             runtime,
             client,
@@ -95,8 +110,8 @@ impl ServerTarget {
     }
 }
 
-async fn connect_client(addr: &str) -> Result<Client, String> {
-    let config = ClientConfig {
+fn client_config(addr: &str) -> ClientConfig {
+    ClientConfig {
         // The load generator counts back-pressure and never retries blindly: one
         // attempt per call, so `busy` is reported as the engine target reports it.
         retry: RetryPolicy {
@@ -105,10 +120,14 @@ async fn connect_client(addr: &str) -> Result<Client, String> {
         },
         request_timeout: Duration::from_secs(30),
         ..ClientConfig::new(format!("http://{addr}"))
-    };
+    }
+}
+
+async fn connect_client(config: ClientConfig) -> Result<Client, String> {
+    let endpoint = config.endpoint.clone();
     Client::connect(config)
         .await
-        .map_err(|error| format!("connecting to {addr}: {error}"))
+        .map_err(|error| format!("connecting to {endpoint}: {error}"))
 }
 
 fn failure(error: ClientError) -> SubmitFailure {
