@@ -15,6 +15,10 @@
 //! most `batch_events_max` events each. A caller that finds the queue full waits for
 //! room (backpressure).
 //!
+//! A batch refused as a whole for what one call carried (`INVALID_ARGUMENT`,
+//! `PERMISSION_DENIED`: nothing of it was applied) is sent again call by call, so only
+//! the calls at fault get the error.
+//!
 //! Invariant: every call that enters the queue gets exactly one answer, unless its caller
 //! has gone away; the results at positions `i..i + n` of a batch go to the caller whose
 //! `n` events were placed at `i`.
@@ -87,6 +91,7 @@ pub(crate) async fn run<E, S, F>(
     batch_events_max: usize,
     send: S,
 ) where
+    E: Clone,
     S: Fn(Vec<E>) -> F,
     F: Future<Output = Result<Vec<CreateResult>, ClientError>>,
 {
@@ -113,6 +118,8 @@ pub(crate) async fn run<E, S, F>(
         }
         let (events, replies) = filling.take();
         assert!(!events.is_empty() && events.len() <= batch_events_max);
+        // Kept to send the calls one by one should the batch be refused for one of them.
+        let kept = (replies.len() > 1).then(|| events.clone());
         let in_flight = send(events);
         tokio::pin!(in_flight);
         let answer = loop {
@@ -127,10 +134,28 @@ pub(crate) async fn run<E, S, F>(
                 }
             }
         };
-        answer_callers(replies, answer);
+        match (answer, kept) {
+            (Err(error), Some(events)) if error.is_per_call() => {
+                send_one_by_one(&send, replies, events).await;
+            }
+            (answer, _) => answer_callers(replies, answer),
+        }
         if !queue_open && filling.calls.is_empty() {
             return;
         }
+    }
+}
+
+/// Sends each call of a refused batch on its own and answers each caller.
+async fn send_one_by_one<E, S, F>(send: &S, replies: Vec<(Reply, usize)>, events: Vec<E>)
+where
+    S: Fn(Vec<E>) -> F,
+    F: Future<Output = Result<Vec<CreateResult>, ClientError>>,
+{
+    let mut events = events.into_iter();
+    for (reply, count) in replies {
+        let own: Vec<E> = events.by_ref().take(count).collect();
+        answer_callers(vec![(reply, count)], send(own).await);
     }
 }
 
@@ -348,6 +373,66 @@ mod tests {
         assert!(
             matches!(error, ClientError::Busy { attempts: 3 }),
             "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_one_call_is_sent_again_call_by_call() {
+        let (queue, receiver) = mpsc::channel(8);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sent);
+        let gate = Arc::new(Semaphore::new(0));
+        let permits = Arc::clone(&gate);
+        // Event 13 is invalid: any batch holding it is refused whole.
+        let send = move |events: Vec<u64>| {
+            seen.lock().expect("lock").push(events.clone());
+            let permits = Arc::clone(&permits);
+            async move {
+                permits.acquire().await.expect("open").forget();
+                if events.contains(&13) {
+                    Err(ClientError::InvalidArgument("event 13".into()))
+                } else {
+                    Ok(answer(&events))
+                }
+            }
+        };
+        tokio::spawn(run(receiver, 8, send));
+        let first = queue.clone();
+        let first = tokio::spawn(async move { call(&first, 1).await });
+        while sent.lock().expect("lock").is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut answers = Vec::new();
+        for events in [vec![20, 21], vec![13]] {
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Pending { events, reply })
+                .await
+                .expect("running");
+            answers.push(answer);
+        }
+        gate.add_permits(10);
+        assert!(first.await.expect("joined").is_ok());
+        let mut answers = answers.into_iter();
+        let good = answers.next().expect("two calls");
+        let good = good
+            .await
+            .expect("answered")
+            .expect("the good call is not blamed");
+        assert_eq!(
+            good.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+            vec![20, 21]
+        );
+        let bad = answers.next().expect("two calls");
+        let bad = bad
+            .await
+            .expect("answered")
+            .expect_err("the bad call is refused");
+        assert!(matches!(bad, ClientError::InvalidArgument(_)), "{bad}");
+        let batches = sent.lock().expect("lock").clone();
+        assert_eq!(
+            batches,
+            vec![vec![1], vec![20, 21, 13], vec![20, 21], vec![13]]
         );
     }
 

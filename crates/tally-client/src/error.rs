@@ -10,9 +10,11 @@ use tonic::Code;
 /// A refused *event* is not an error: it is a [`ResultCode`](tally_types::ResultCode) in
 /// its [`CreateResult`](crate::CreateResult). An error means the call as a whole got no
 /// answer; for a create call the server applied none of its events, except after
-/// [`ClientError::Timeout`], [`ClientError::Unavailable`] and
-/// [`ClientError::Protocol`], where the events may or may not have been applied: send
-/// them again with the same ids to find out (an applied event answers `exists`).
+/// [`ClientError::Timeout`], [`ClientError::Unavailable`], [`ClientError::Protocol`] and
+/// [`ClientError::Other`], where the events may or may not have been applied: send
+/// them again with the same ids to find out (an applied event answers `exists`; a
+/// linked chain applied by the lost attempt answers `exists` for its first event and
+/// `linked_event_failed` for the rest).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -37,7 +39,8 @@ pub enum ClientError {
         status: tonic::Status,
     },
     /// An attempt got no answer within the request timeout (or the server answered
-    /// `DEADLINE_EXCEEDED`).
+    /// `DEADLINE_EXCEEDED`, or cancelled the call when its deadline passed). The
+    /// events may or may not have been applied.
     Timeout {
         /// The request timeout of the configuration.
         request_timeout: Duration,
@@ -100,6 +103,16 @@ impl Error for ClientError {
 }
 
 impl ClientError {
+    /// True for an error that one call's events can earn a whole coalesced batch (an
+    /// invalid event, a ledger outside the token's rights); nothing was applied, so the
+    /// calls can be sent again one by one to find whose it is.
+    pub(crate) fn is_per_call(&self) -> bool {
+        matches!(
+            self,
+            ClientError::InvalidArgument(_) | ClientError::PermissionDenied(_)
+        )
+    }
+
     /// The same error for another caller of a coalesced batch. A connect error never
     /// comes out of a call; should one, it is passed on as its text.
     pub(crate) fn duplicate(&self) -> ClientError {
@@ -190,7 +203,9 @@ pub(crate) fn from_status(status: tonic::Status, request_timeout: Duration) -> C
         Code::Unauthenticated => ClientError::Unauthenticated(status.message().to_string()),
         Code::PermissionDenied => ClientError::PermissionDenied(status.message().to_string()),
         Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_string()),
-        Code::DeadlineExceeded => ClientError::Timeout { request_timeout },
+        // The server cancels a call whose deadline (the request timeout) passed, maybe
+        // after its batch was queued: the outcome is unknown, as for a timeout.
+        Code::DeadlineExceeded | Code::Cancelled => ClientError::Timeout { request_timeout },
         _ => ClientError::Other(status),
     }
 }
@@ -216,6 +231,7 @@ mod tests {
         );
         check(tonic::Status::invalid_argument("flags"), "InvalidArgument");
         check(tonic::Status::deadline_exceeded("late"), "Timeout");
+        check(tonic::Status::cancelled("Timeout expired"), "Timeout");
         check(tonic::Status::internal("bug"), "Other");
     }
 
