@@ -84,16 +84,23 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
                 }
             }
         });
-        // Kill after a random delay, while answers are being read.
-        let deadline = Instant::now() + Duration::from_micros(rng.below(60_000));
+        // Kill after a random delay, while answers are being read. The delay counts from
+        // the first answer (the setup's), so a slow start on a loaded machine does not
+        // turn every round into a kill before anything was acknowledged.
+        let (started, first_answer) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut answers = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 answers.push(serde_json::from_str::<Value>(&line).unwrap());
+                if answers.len() == 1 {
+                    let _ = started.send(());
+                }
             }
             answers
         });
+        let _ = first_answer.recv_timeout(Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_micros(rng.below(60_000));
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
         }
