@@ -68,6 +68,7 @@ async fn client(addr: SocketAddr) -> LedgerClient<Channel> {
     client
         .create_accounts(v1::CreateAccountsRequest {
             accounts: vec![account(1), account(2)],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -89,6 +90,7 @@ fn start_callers(
                 let id = 1_000 + u128::from(caller) * 1_000_000 + sequence;
                 let request = v1::CreateTransfersRequest {
                     transfers: vec![pay(id)],
+                    ..Default::default()
                 };
                 match client.create_transfers(request).await {
                     Ok(results) => {
@@ -172,6 +174,7 @@ async fn sigterm_drains_calls_in_flight_and_exits_cleanly() {
     let refused = after
         .create_transfers(v1::CreateTransfersRequest {
             transfers: vec![pay(1)],
+            ..Default::default()
         })
         .await
         .expect_err("a call after shutdown");

@@ -145,11 +145,17 @@ fn ids(ids: &[u128]) -> v1::LookupRequest {
 }
 
 fn create_accounts(accounts: Vec<v1::Account>) -> v1::CreateAccountsRequest {
-    v1::CreateAccountsRequest { accounts }
+    v1::CreateAccountsRequest {
+        accounts,
+        ..Default::default()
+    }
 }
 
 fn create_transfers(transfers: Vec<v1::Transfer>) -> v1::CreateTransfersRequest {
-    v1::CreateTransfersRequest { transfers }
+    v1::CreateTransfersRequest {
+        transfers,
+        ..Default::default()
+    }
 }
 
 fn all_ok(results: &v1::CreateResults, count: usize) {

@@ -51,8 +51,8 @@ struct Inner {
     endpoint: String,
     batch_events_max: usize,
     rpc: Rpc,
-    accounts: mpsc::Sender<Pending<v1::Account>>,
-    transfers: mpsc::Sender<Pending<v1::Transfer>>,
+    accounts: mpsc::Sender<Pending<Account>>,
+    transfers: mpsc::Sender<Pending<Transfer>>,
 }
 
 impl fmt::Debug for Client {
@@ -150,7 +150,7 @@ impl Client {
         if accounts.is_empty() {
             return Ok(Vec::new());
         }
-        let wire: Vec<v1::Account> = accounts.iter().map(tally_proto::account_to_proto).collect();
+        let wire = accounts.to_vec();
         let closed = accounts
             .last()
             .is_some_and(|last| !last.flags.contains(AccountFlags::LINKED));
@@ -190,10 +190,7 @@ impl Client {
         if transfers.is_empty() {
             return Ok(Vec::new());
         }
-        let wire: Vec<v1::Transfer> = transfers
-            .iter()
-            .map(tally_proto::transfer_to_proto)
-            .collect();
+        let wire = transfers.to_vec();
         let closed = transfers
             .last()
             .is_some_and(|last| !last.flags.contains(TransferFlags::LINKED));
@@ -220,8 +217,7 @@ impl Client {
         if account.flags.contains(AccountFlags::LINKED) {
             return Err(ClientError::LinkedSingle);
         }
-        let event = tally_proto::account_to_proto(&account);
-        self.single(&self.inner.accounts, event).await
+        self.single(&self.inner.accounts, account).await
     }
 
     /// Applies one transfer, coalesced with the single calls of other tasks into one
@@ -241,8 +237,7 @@ impl Client {
         if transfer.flags.contains(TransferFlags::LINKED) {
             return Err(ClientError::LinkedSingle);
         }
-        let event = tally_proto::transfer_to_proto(&transfer);
-        self.single(&self.inner.transfers, event).await
+        self.single(&self.inner.transfers, transfer).await
     }
 
     /// The accounts with these ids that exist, in the order asked; missing ids are

@@ -1,5 +1,6 @@
 //! Times the wire cost of a full batch of transfers, per event: the client's conversion
-//! and encoding, the server's decoding and conversion, and the results both ways.
+//! and encoding, the server's decoding and conversion, and the results both ways; with
+//! the transfers as messages and as 128-byte records.
 //!
 //! `cargo bench -p tally-proto --bench wire_bench -- [ROUNDS]` (`-- --test`: one round)
 
@@ -28,7 +29,7 @@ fn main() {
             ..Transfer::default()
         })
         .collect();
-    let mut phases = [Duration::ZERO; 4];
+    let mut phases = [Duration::ZERO; 6];
     let mut bytes = 0;
     for _ in 0..rounds {
         let start = Instant::now();
@@ -37,6 +38,7 @@ fn main() {
                 .iter()
                 .map(tally_proto::transfer_to_proto)
                 .collect(),
+            ..Default::default()
         };
         let wire = request.encode_to_vec();
         phases[0] += start.elapsed();
@@ -52,6 +54,16 @@ fn main() {
             .collect();
         phases[1] += start.elapsed();
         assert_eq!(black_box(&back), &transfers);
+
+        let start = Instant::now();
+        let records = tally_proto::transfers_to_records(&transfers).encode_to_vec();
+        phases[4] += start.elapsed();
+
+        let start = Instant::now();
+        let decoded = v1::CreateTransfersRequest::decode(records.as_slice()).expect("decodes");
+        let from_records = tally_proto::transfers_from_request(&decoded).expect("converts");
+        phases[5] += start.elapsed();
+        assert_eq!(black_box(&from_records), &transfers);
 
         let start = Instant::now();
         let results = v1::CreateResults {
@@ -95,9 +107,23 @@ fn main() {
         "  client: decode results             {:7.1} ns/event",
         per_event(phases[3])
     );
-    let total: Duration = phases.iter().sum();
+    let total: Duration = phases[..4].iter().sum();
     println!(
         "  total                              {:7.1} ns/event",
         per_event(total)
+    );
+    println!("  as records (what tally-client sends):");
+    println!(
+        "  client: encode records             {:7.1} ns/event",
+        per_event(phases[4])
+    );
+    println!(
+        "  server: decode records             {:7.1} ns/event",
+        per_event(phases[5])
+    );
+    let records_total = phases[2] + phases[3] + phases[4] + phases[5];
+    println!(
+        "  total                              {:7.1} ns/event",
+        per_event(records_total)
     );
 }

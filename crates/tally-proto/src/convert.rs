@@ -4,20 +4,26 @@
 
 use crate::v1;
 use std::fmt;
-use tally_types::{Account, AccountFilter, AccountFlags, ResultCode, Transfer, TransferFlags};
+use tally_types::codec::{self, RECORD_SIZE};
+use tally_types::{
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, ResultCode, Transfer, TransferFlags,
+};
 
 /// A wire message that does not fit the ledger's records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertError {
-    /// The event's position in its request.
-    pub index: usize,
+    /// The event's position in its request; `None` for the request as a whole.
+    pub index: Option<usize>,
     /// The field at fault and why.
     pub reason: String,
 }
 
 impl fmt::Display for ConvertError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "event {}: {}", self.index, self.reason)
+        match self.index {
+            Some(index) => write!(f, "event {index}: {}", self.reason),
+            None => write!(f, "request: {}", self.reason),
+        }
     }
 }
 
@@ -38,14 +44,14 @@ pub fn u128_from_proto(value: Option<v1::U128>) -> u128 {
 
 fn code_from_proto(index: usize, code: u32) -> Result<u16, ConvertError> {
     u16::try_from(code).map_err(|_| ConvertError {
-        index,
+        index: Some(index),
         reason: format!("code {code} is above 65535"),
     })
 }
 
 fn flags_bits(index: usize, flags: u32) -> Result<u16, ConvertError> {
     u16::try_from(flags).map_err(|_| ConvertError {
-        index,
+        index: Some(index),
         reason: format!("flags {flags:#x} has unknown bits"),
     })
 }
@@ -72,7 +78,7 @@ pub fn account_to_proto(account: &Account) -> v1::Account {
 pub fn account_from_proto(index: usize, account: &v1::Account) -> Result<Account, ConvertError> {
     let bits = flags_bits(index, account.flags)?;
     let flags = AccountFlags::from_bits(bits).map_err(|error| ConvertError {
-        index,
+        index: Some(index),
         reason: error.0,
     })?;
     Ok(Account {
@@ -117,7 +123,7 @@ pub fn transfer_from_proto(
 ) -> Result<Transfer, ConvertError> {
     let bits = flags_bits(index, transfer.flags)?;
     let flags = TransferFlags::from_bits(bits).map_err(|error| ConvertError {
-        index,
+        index: Some(index),
         reason: error.0,
     })?;
     Ok(Transfer {
@@ -135,6 +141,112 @@ pub fn transfer_from_proto(
         flags,
         timestamp: transfer.timestamp,
     })
+}
+
+/// Why a create request's events do not load.
+fn request_error(reason: String) -> ConvertError {
+    ConvertError {
+        index: None,
+        reason,
+    }
+}
+
+/// The number of records in `bytes`, within the batch limit.
+fn record_count(bytes: &[u8], events_in_messages: usize) -> Result<usize, ConvertError> {
+    if events_in_messages > 0 {
+        return Err(request_error(
+            "the request carries both messages and records; send one of the two".into(),
+        ));
+    }
+    if bytes.len() % RECORD_SIZE != 0 {
+        return Err(request_error(format!(
+            "records are {RECORD_SIZE} bytes each; {} bytes is not a whole number of them",
+            bytes.len()
+        )));
+    }
+    let count = bytes.len() / RECORD_SIZE;
+    if count > BATCH_EVENTS_MAX {
+        return Err(request_error(format!(
+            "{count} events is more than the maximum {BATCH_EVENTS_MAX}"
+        )));
+    }
+    Ok(count)
+}
+
+/// The accounts of a create request, from its messages or its records, in order.
+pub fn accounts_from_request(
+    request: &v1::CreateAccountsRequest,
+) -> Result<Vec<Account>, ConvertError> {
+    if request.account_records.is_empty() {
+        return request
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(index, account)| account_from_proto(index, account))
+            .collect();
+    }
+    let count = record_count(&request.account_records, request.accounts.len())?;
+    (0..count)
+        .map(|index| {
+            codec::record_at(&request.account_records, index)
+                .and_then(codec::decode_account)
+                .map_err(|error| ConvertError {
+                    index: Some(index),
+                    reason: error.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// The transfers of a create request, from its messages or its records, in order.
+pub fn transfers_from_request(
+    request: &v1::CreateTransfersRequest,
+) -> Result<Vec<Transfer>, ConvertError> {
+    if request.transfer_records.is_empty() {
+        return request
+            .transfers
+            .iter()
+            .enumerate()
+            .map(|(index, transfer)| transfer_from_proto(index, transfer))
+            .collect();
+    }
+    let count = record_count(&request.transfer_records, request.transfers.len())?;
+    (0..count)
+        .map(|index| {
+            codec::record_at(&request.transfer_records, index)
+                .and_then(codec::decode_transfer)
+                .map_err(|error| ConvertError {
+                    index: Some(index),
+                    reason: error.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// A create request carrying `accounts` as records.
+pub fn accounts_to_records(accounts: &[Account]) -> v1::CreateAccountsRequest {
+    let mut records = vec![0u8; accounts.len() * RECORD_SIZE];
+    for (account, out) in accounts.iter().zip(records.chunks_exact_mut(RECORD_SIZE)) {
+        let out: &mut [u8; RECORD_SIZE] = out.try_into().expect("chunks are RECORD_SIZE");
+        codec::encode_account(account, out);
+    }
+    v1::CreateAccountsRequest {
+        accounts: Vec::new(),
+        account_records: records,
+    }
+}
+
+/// A create request carrying `transfers` as records.
+pub fn transfers_to_records(transfers: &[Transfer]) -> v1::CreateTransfersRequest {
+    let mut records = vec![0u8; transfers.len() * RECORD_SIZE];
+    for (transfer, out) in transfers.iter().zip(records.chunks_exact_mut(RECORD_SIZE)) {
+        let out: &mut [u8; RECORD_SIZE] = out.try_into().expect("chunks are RECORD_SIZE");
+        codec::encode_transfer(transfer, out);
+    }
+    v1::CreateTransfersRequest {
+        transfers: Vec::new(),
+        transfer_records: records,
+    }
 }
 
 /// A result code for the wire: the same number the log stores.
@@ -245,13 +357,68 @@ mod tests {
     }
 
     #[test]
+    fn records_and_messages_carry_the_same_events() {
+        let transfers: Vec<Transfer> = (1..=3)
+            .map(|id| Transfer {
+                id: id << 80,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: 7,
+                ledger: 978,
+                code: 1,
+                flags: TransferFlags::LINKED,
+                ..Transfer::default()
+            })
+            .collect();
+        let request = transfers_to_records(&transfers);
+        assert_eq!(transfers_from_request(&request), Ok(transfers.clone()));
+        let messages = v1::CreateTransfersRequest {
+            transfers: transfers.iter().map(transfer_to_proto).collect(),
+            transfer_records: Vec::new(),
+        };
+        assert_eq!(transfers_from_request(&messages), Ok(transfers));
+        let accounts = vec![Account {
+            id: 5,
+            ledger: 1,
+            code: 2,
+            ..Account::default()
+        }];
+        assert_eq!(
+            accounts_from_request(&accounts_to_records(&accounts)),
+            Ok(accounts)
+        );
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let one = transfers_to_records(&[Transfer::default()]);
+        let both = v1::CreateTransfersRequest {
+            transfers: vec![v1::Transfer::default()],
+            ..one.clone()
+        };
+        assert!(transfers_from_request(&both).is_err(), "both forms");
+        let mut torn = one.clone();
+        torn.transfer_records.pop();
+        assert!(transfers_from_request(&torn).is_err(), "not whole records");
+        let mut flagged = one;
+        flagged.transfer_records[118] = 0xff;
+        let error = transfers_from_request(&flagged).expect_err("unknown flag bits");
+        assert_eq!(error.index, Some(0));
+        let too_many = transfers_to_records(&vec![Transfer::default(); BATCH_EVENTS_MAX + 1]);
+        assert!(transfers_from_request(&too_many).is_err(), "over the limit");
+        let mut reserved = accounts_to_records(&[Account::default()]);
+        reserved.account_records[108] = 1;
+        assert!(accounts_from_request(&reserved).is_err(), "reserved bytes");
+    }
+
+    #[test]
     fn out_of_range_fields_name_the_event() {
         let wide_code = v1::Account {
             code: 70_000,
             ..v1::Account::default()
         };
         let error = account_from_proto(3, &wide_code).expect_err("code too wide");
-        assert_eq!(error.index, 3);
+        assert_eq!(error.index, Some(3));
         assert!(error.to_string().contains("70000"), "{error}");
         let unknown_flag = v1::Transfer {
             flags: 1 << 9,

@@ -136,11 +136,7 @@ impl tally_proto::LedgerService for LedgerService {
         if wire.len() > BATCH_EVENTS_MAX {
             return Err(self.refuse(operation, too_many(wire.len())));
         }
-        let accounts = wire
-            .iter()
-            .enumerate()
-            .map(|(index, account)| tally_proto::account_from_proto(index, account))
-            .collect::<Result<Vec<_>, _>>()
+        let accounts = tally_proto::accounts_from_request(request.get_ref())
             .map_err(|error| self.refuse(operation, invalid(error)))?;
         rights
             .check_ledgers(accounts.iter().map(|account| account.ledger))
@@ -161,11 +157,7 @@ impl tally_proto::LedgerService for LedgerService {
         if wire.len() > BATCH_EVENTS_MAX {
             return Err(self.refuse(operation, too_many(wire.len())));
         }
-        let transfers = wire
-            .iter()
-            .enumerate()
-            .map(|(index, transfer)| tally_proto::transfer_from_proto(index, transfer))
-            .collect::<Result<Vec<_>, _>>()
+        let transfers = tally_proto::transfers_from_request(request.get_ref())
             .map_err(|error| self.refuse(operation, invalid(error)))?;
         rights
             .check_ledgers(transfers.iter().map(|transfer| transfer.ledger))

@@ -58,7 +58,10 @@ async fn every_operation_answers_as_embedded() {
         .map(account_to_proto)
         .collect();
     let created = client
-        .create_accounts(v1::CreateAccountsRequest { accounts })
+        .create_accounts(v1::CreateAccountsRequest {
+            accounts,
+            ..Default::default()
+        })
         .await
         .expect("create accounts")
         .into_inner();
@@ -70,7 +73,10 @@ async fn every_operation_answers_as_embedded() {
         .map(transfer_to_proto)
         .collect();
     let applied = client
-        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            ..Default::default()
+        })
         .await
         .expect("create transfers")
         .into_inner();
@@ -152,7 +158,10 @@ async fn an_invalid_request_is_refused_whole() {
     bad.code = 70_000;
     let accounts = vec![account_to_proto(&account(1)), bad];
     let refused = client
-        .create_accounts(v1::CreateAccountsRequest { accounts })
+        .create_accounts(v1::CreateAccountsRequest {
+            accounts,
+            ..Default::default()
+        })
         .await
         .expect_err("code too wide");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -166,6 +175,7 @@ async fn an_invalid_request_is_refused_whole() {
     let refused = client
         .create_accounts(v1::CreateAccountsRequest {
             accounts: vec![funded],
+            ..Default::default()
         })
         .await
         .expect_err("balances are the engine's");

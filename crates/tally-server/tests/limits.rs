@@ -82,12 +82,18 @@ fn pay(id: u128) -> Transfer {
 async fn served(client: &mut LedgerClient<Channel>, transfer_id: u128) {
     let accounts = vec![account_to_proto(&account(1)), account_to_proto(&account(2))];
     client
-        .create_accounts(v1::CreateAccountsRequest { accounts })
+        .create_accounts(v1::CreateAccountsRequest {
+            accounts,
+            ..Default::default()
+        })
         .await
         .expect("create accounts");
     let transfers = vec![transfer_to_proto(&pay(transfer_id))];
     let results = client
-        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            ..Default::default()
+        })
         .await
         .expect("create transfer")
         .into_inner();
@@ -183,7 +189,10 @@ async fn an_oversize_message_is_refused_and_others_are_served() {
     let mut client = fixture.client().await.max_encoding_message_size(usize::MAX);
     let transfers = (1..=2_000).map(|id| transfer_to_proto(&pay(id))).collect();
     let status = client
-        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            ..Default::default()
+        })
         .await
         .expect_err("over message_bytes_max");
     assert!(
@@ -205,7 +214,10 @@ async fn a_batch_over_the_event_limit_is_invalid() {
     let mut client = fixture.client().await;
     let transfers = (1..=8_191).map(|id| transfer_to_proto(&pay(id))).collect();
     let status = client
-        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            ..Default::default()
+        })
         .await
         .expect_err("8,191 events");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -451,7 +463,10 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
         calls.spawn(async move {
             let transfers = vec![transfer_to_proto(&pay(1_000 + id))];
             client
-                .create_transfers(v1::CreateTransfersRequest { transfers })
+                .create_transfers(v1::CreateTransfersRequest {
+                    transfers,
+                    ..Default::default()
+                })
                 .await
         });
     }

@@ -668,6 +668,21 @@ pub fn grpc_request(data: &[u8]) {
                 Err(error) => assert_refusal(index, &error),
             }
         }
+        // What the server runs: messages or records, whole or refused.
+        if let Ok(transfers) = tally_proto::transfers_from_request(&request) {
+            let records = tally_proto::transfers_to_records(&transfers);
+            let back = tally_proto::transfers_from_request(&records)
+                .expect("transfers read from a request are refused as records");
+            assert_eq!(back, transfers, "transfer records do not round-trip");
+        }
+    }
+    if let Ok(request) = v1::CreateAccountsRequest::decode(data) {
+        if let Ok(accounts) = tally_proto::accounts_from_request(&request) {
+            let records = tally_proto::accounts_to_records(&accounts);
+            let back = tally_proto::accounts_from_request(&records)
+                .expect("accounts read from a request are refused as records");
+            assert_eq!(back, accounts, "account records do not round-trip");
+        }
     }
     if let Ok(request) = v1::LookupRequest::decode(data) {
         for wire in &request.ids {
