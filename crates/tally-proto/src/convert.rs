@@ -158,7 +158,7 @@ fn record_count(bytes: &[u8], events_in_messages: usize) -> Result<usize, Conver
             "the request carries both messages and records; send one of the two".into(),
         ));
     }
-    if bytes.len() % RECORD_SIZE != 0 {
+    if !bytes.len().is_multiple_of(RECORD_SIZE) {
         return Err(request_error(format!(
             "records are {RECORD_SIZE} bytes each; {} bytes is not a whole number of them",
             bytes.len()
