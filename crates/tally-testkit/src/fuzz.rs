@@ -676,13 +676,14 @@ pub fn grpc_request(data: &[u8]) {
             assert_eq!(back, transfers, "transfer records do not round-trip");
         }
     }
-    if let Ok(request) = v1::CreateAccountsRequest::decode(data) {
-        if let Ok(accounts) = tally_proto::accounts_from_request(&request) {
-            let records = tally_proto::accounts_to_records(&accounts);
-            let back = tally_proto::accounts_from_request(&records)
-                .expect("accounts read from a request are refused as records");
-            assert_eq!(back, accounts, "account records do not round-trip");
-        }
+    let accounts = v1::CreateAccountsRequest::decode(data)
+        .ok()
+        .and_then(|request| tally_proto::accounts_from_request(&request).ok());
+    if let Some(accounts) = accounts {
+        let records = tally_proto::accounts_to_records(&accounts);
+        let back = tally_proto::accounts_from_request(&records)
+            .expect("accounts read from a request are refused as records");
+        assert_eq!(back, accounts, "account records do not round-trip");
     }
     if let Ok(request) = v1::LookupRequest::decode(data) {
         for wire in &request.ids {
