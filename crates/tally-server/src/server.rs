@@ -91,7 +91,7 @@ impl Server {
             .initial_connection_window_size(Some(WINDOW_CONNECTION_BYTES));
         if let Some(tls) = &config.tls {
             builder = builder
-                .tls_config(server_tls(tls)?)
+                .tls_config(server_tls(tls, limits.header_timeout)?)
                 .map_err(ServerError::Tls)?;
         }
         let (metrics_addr, metrics_stop) = match config.metrics {
@@ -221,9 +221,16 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, ServerError> {
     })
 }
 
-fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+/// The TLS settings; a handshake not done within `handshake_timeout` is dropped, so a
+/// peer that sends a few bytes and stalls holds its slot no longer than a silent one.
+fn server_tls(
+    files: &TlsFiles,
+    handshake_timeout: Duration,
+) -> Result<ServerTlsConfig, ServerError> {
     let identity = Identity::from_pem(read_pem(&files.cert)?, read_pem(&files.key)?);
-    let mut tls = ServerTlsConfig::new().identity(identity);
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(handshake_timeout);
     if let Some(ca) = &files.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca)?));
     }
