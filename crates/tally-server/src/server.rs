@@ -20,11 +20,15 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
-/// HTTP/2 flow-control window of one call: room for a full batch in one go.
-const WINDOW_STREAM_BYTES: u32 = 4 << 20;
+/// HTTP/2 flow-control window of one call: room for a full batch (about 1.4 MB) in
+/// one go.
+const WINDOW_STREAM_BYTES: u32 = 2 << 20;
 
-/// HTTP/2 flow-control window of a connection: several full batches in flight.
-const WINDOW_CONNECTION_BYTES: u32 = 16 << 20;
+/// HTTP/2 flow-control window of a connection: two full batches in flight. It bounds
+/// the bytes a connection can make the server hold before a call reads them, so the
+/// worst case in all is `connections_max` × 4 MiB: 4 GiB with the default 1,024
+/// connections. (A message being decoded is bounded by `message_bytes_max`.)
+const WINDOW_CONNECTION_BYTES: u32 = 4 << 20;
 
 /// The gRPC server of one ledger.
 #[derive(Debug)]
