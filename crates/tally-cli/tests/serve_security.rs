@@ -440,6 +440,11 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         &["--listen", "0.0.0.0:0", "--insecure"],
     );
     assert!(served.addr.ip().is_unspecified(), "{}", served.addr);
+    let log = served.log();
+    assert!(
+        log.contains("WARN") && log.contains("no token file on a non-loopback address"),
+        "{log}"
+    );
     let mut client = Dial::plain()
         .connect(served.addr, Auth::none())
         .await

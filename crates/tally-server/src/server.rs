@@ -59,7 +59,16 @@ impl Server {
             Some(path) => {
                 Access::Tokens(Arc::new(Tokens::load(path).map_err(ServerError::Tokens)?))
             }
-            None => Access::open(),
+            None => {
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "no token file on a non-loopback address: anyone who can reach it \
+                         may call every operation on every ledger (pass --tokens)"
+                    );
+                }
+                Access::open()
+            }
         };
         let listener =
             TcpListener::bind(config.listen)
