@@ -15,7 +15,7 @@ use std::time::Duration;
 use tally_engine::Ledger;
 use tally_proto::LedgerServer;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
@@ -46,6 +46,8 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     metrics_stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Set to `true` to make every connection's reads fail (see `incoming`).
+    close_connections: watch::Sender<bool>,
     drain_timeout: Duration,
 }
 
@@ -118,7 +120,8 @@ impl Server {
             }
             None => (None, None),
         };
-        let incoming = Incoming::new(listener, limits, Arc::clone(&stats));
+        let (close_connections, close) = watch::channel(false);
+        let incoming = Incoming::new(listener, limits, Arc::clone(&stats), close);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = builder.add_service(health_service).add_service(grpc);
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -134,6 +137,7 @@ impl Server {
             stop: Some(stop),
             metrics_stop,
             serving,
+            close_connections,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -181,12 +185,16 @@ impl RunningServer {
             Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
             Ok(Err(error)) => tracing::warn!(%error, "server task failed"),
             Err(_) => {
-                // Dropping the task drops every connection; what the ledger admitted is
-                // still committed by its shutdown below.
+                // Each connection is served by a task of its own, which aborting the
+                // accept loop does not reach: the close signal makes every connection's
+                // reads fail, so its task ends and drops it. What the ledger admitted
+                // is still committed by its shutdown below.
                 tracing::warn!(
                     drain_timeout_ms = self.drain_timeout.as_millis() as u64,
                     "calls still in flight after the drain timeout: dropping connections"
                 );
+                // No receiver left means no connection left.
+                let _ = self.close_connections.send(true);
                 self.serving.abort();
             }
         }

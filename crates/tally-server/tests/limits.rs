@@ -375,6 +375,19 @@ async fn a_stream_held_open_does_not_stop_shutdown() {
         .await
         .expect("shutdown ends after the drain timeout")
         .unwrap();
+    // Its connection was closed: the watch ends with an error (after the NOT_SERVING
+    // update sent when the stop began), not with a clean end of stream.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the held watch still open after shutdown");
+    assert!(ended.is_err(), "{ended:?}");
     drop(watch);
     // The ledger was shut down: its directory opens again.
     Ledger::open(Config::new(dir.path()))
