@@ -3,10 +3,11 @@
 //! group synced).
 
 use crate::auth::Tokens;
+use crate::authenticate::{Access, Authenticated};
 use crate::config::{ServerConfig, ServerError, TlsFiles};
 use crate::incoming::Incoming;
 use crate::metrics_http;
-use crate::service::{Access, LedgerService};
+use crate::service::LedgerService;
 use crate::stats::ServerStats;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -86,14 +87,17 @@ impl Server {
         let stats = Arc::new(ServerStats::default());
         let service = LedgerService {
             ledger: ledger.clone(),
-            access,
             stats: Arc::clone(&stats),
             busy_retry_after_ms: config.busy_retry_after.as_millis() as u64,
         };
         let limits = &config.limits;
-        let grpc = LedgerServer::new(service)
-            .max_decoding_message_size(limits.message_bytes_max)
-            .max_encoding_message_size(limits.message_bytes_max);
+        let grpc = Authenticated {
+            inner: LedgerServer::new(service)
+                .max_decoding_message_size(limits.message_bytes_max)
+                .max_encoding_message_size(limits.message_bytes_max),
+            access,
+            stats: Arc::clone(&stats),
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LedgerServer<LedgerService>>().await;
         let mut builder = tonic::transport::Server::builder()
