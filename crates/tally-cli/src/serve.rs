@@ -105,6 +105,15 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
     runtime.block_on(async move {
+        // Installed before the server starts, so a signal sent as soon as the address
+        // is printed is never lost (the default action would kill the process).
+        let stop = match StopSignals::install() {
+            Ok(stop) => stop,
+            Err(error) => {
+                let _ = ledger.shutdown();
+                return Err(error);
+            }
+        };
         let server = match Server::start(ledger.clone(), config).await {
             Ok(server) => server,
             Err(error) => {
@@ -113,33 +122,60 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 return Err(error.to_string());
             }
         };
-        let mut out = std::io::stdout();
-        writeln!(out, "listening on {}", server.local_addr())
-            .and_then(|()| match server.metrics_addr() {
-                Some(metrics) => writeln!(out, "metrics on http://{metrics}/metrics"),
-                None => Ok(()),
-            })
-            .and_then(|()| out.flush())
-            .map_err(|error| format!("writing stdout: {error}"))?;
-        wait_for_stop().await?;
-        tracing::info!("stopping: draining calls in flight");
-        server.shutdown().await.map_err(|error| error.to_string())?;
+        // From here every way out goes through `shutdown`: the ledger's last group is
+        // synced and the data directory released.
+        let printed = print_addresses(&server);
+        if printed.is_ok() {
+            stop.wait().await;
+            tracing::info!("stopping: draining calls in flight");
+        }
+        let stopped = server.shutdown().await.map_err(|error| error.to_string());
+        printed?;
+        stopped?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_stop() -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|error| format!("SIGTERM handler: {error}"))?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|error| format!("SIGINT handler: {error}"))?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// `listening on ADDR` (and the metrics address) on stdout, flushed: what scripts and
+/// tests wait for.
+fn print_addresses(server: &tally_server::RunningServer) -> Result<(), String> {
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on {}", server.local_addr())
+        .and_then(|()| match server.metrics_addr() {
+            Some(metrics) => writeln!(out, "metrics on http://{metrics}/metrics"),
+            None => Ok(()),
+        })
+        .and_then(|()| out.flush())
+        .map_err(|error| format!("writing stdout: {error}"))
+}
+
+/// The SIGTERM and SIGINT handlers.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate =
+            signal(SignalKind::terminate()).map_err(|error| format!("SIGTERM handler: {error}"))?;
+        let interrupt =
+            signal(SignalKind::interrupt()).map_err(|error| format!("SIGINT handler: {error}"))?;
+        Ok(StopSignals {
+            terminate,
+            interrupt,
+        })
     }
-    Ok(())
+
+    /// Until either signal arrives.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 fn init_logs(json: bool) {

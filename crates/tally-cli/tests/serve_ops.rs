@@ -188,6 +188,23 @@ async fn sigterm_drains_calls_in_flight_and_exits_cleanly() {
     assert_durable(dir.path(), &acknowledged);
 }
 
+#[test]
+fn sigterm_at_once_after_the_listening_line_exits_cleanly() {
+    // The handlers are in place before the line is printed: a signal sent the moment
+    // it is read drains and exits 0 instead of killing the process.
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, _addr) = serve(dir.path());
+        terminate(&child);
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}");
+        Ledger::open(Config::new(dir.path()))
+            .unwrap()
+            .shutdown()
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_transfer() {
     let dir = tempfile::tempdir().unwrap();

@@ -386,6 +386,48 @@ async fn a_tls_server_talks_only_tls_with_its_own_certificate() {
     assert!(fixture.stop_and_dump().is_empty(), "nothing changed");
 }
 
+#[test]
+fn a_tls_handshake_that_stalls_is_dropped_after_the_header_timeout() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (cert, key) = (path(&pki.server.cert), path(&pki.server.key));
+    let args = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--header-timeout-s",
+        "1",
+    ];
+    let served = Served::start(&dir.path().join("data"), &args);
+    let mut stalled = std::net::TcpStream::connect(served.addr).unwrap();
+    // A handshake record header promising 512 bytes that never come: the first bytes
+    // arrive in time, the handshake never ends (the idle timeout is 300 s).
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 64];
+    loop {
+        match stalled.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(_) => {} // an alert, say
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("still open after {:?}", started.elapsed())
+            }
+            Err(_) => break,
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(800), "closed early: {took:?}");
+    served.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_text_on_a_public_address_needs_insecure() {
     let dir = tempfile::tempdir().unwrap();
@@ -404,6 +446,11 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         &["--listen", "0.0.0.0:0", "--insecure"],
     );
     assert!(served.addr.ip().is_unspecified(), "{}", served.addr);
+    let log = served.log();
+    assert!(
+        log.contains("WARN") && log.contains("no token file on a non-loopback address"),
+        "{log}"
+    );
     let mut client = Dial::plain()
         .connect(served.addr, Auth::none())
         .await

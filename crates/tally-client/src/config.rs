@@ -129,11 +129,13 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
 }
 
-/// HTTP/2 flow-control window of one call: room for a full batch in one go.
-const WINDOW_STREAM_BYTES: u32 = 4 << 20;
+/// HTTP/2 flow-control window of one call: room for a full batch (about 1.4 MB) in
+/// one go.
+const WINDOW_STREAM_BYTES: u32 = 2 << 20;
 
-/// HTTP/2 flow-control window of the connection: several full batches in flight.
-const WINDOW_CONNECTION_BYTES: u32 = 16 << 20;
+/// HTTP/2 flow-control window of the connection: several full batches in flight. It
+/// bounds the answers the server may send before the client reads them.
+const WINDOW_CONNECTION_BYTES: u32 = 8 << 20;
 
 /// The longest server `retry-after-ms` hint the client honours; a longer one is cut to it.
 pub const RETRY_AFTER_HINT_MAX: Duration = Duration::from_secs(5);

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -139,7 +140,7 @@ impl Rights {
 /// The tokens a server accepts, by the SHA-256 of the token.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    by_digest: HashMap<[u8; 32], Rights>,
+    by_digest: HashMap<[u8; 32], Arc<Rights>>,
 }
 
 /// Why a token file does not load.
@@ -212,7 +213,7 @@ impl Tokens {
             if tokens.by_digest.len() == TOKENS_MAX {
                 return Err(TokenFileError::TooMany);
             }
-            if tokens.by_digest.insert(digest, rights).is_some() {
+            if tokens.by_digest.insert(digest, Arc::new(rights)).is_some() {
                 return Err(error("the same token appears twice".to_string()));
             }
         }
@@ -232,12 +233,27 @@ impl Tokens {
     /// The rights of the call's bearer token: `UNAUTHENTICATED` when the call has no
     /// `authorization: Bearer` header or an unknown token.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<&Rights, Status> {
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer token"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+        let header = metadata.get("authorization");
+        self.authenticate_header(header.map(|value| value.as_encoded_bytes()))
+            .map(|rights| rights.as_ref())
+    }
+
+    /// The rights of the bearer token in an `authorization` header's bytes, as
+    /// [`Tokens::authenticate`].
+    pub(crate) fn authenticate_header(
+        &self,
+        header: Option<&[u8]>,
+    ) -> Result<&Arc<Rights>, Status> {
+        let header =
+            header.ok_or_else(|| Status::unauthenticated("missing authorization: Bearer token"))?;
+        // Visible ASCII, spaces and tabs only, as an HTTP header's text.
+        let text = header
+            .iter()
+            .all(|byte| *byte == b'\t' || (0x20..0x7f).contains(byte));
+        let value = std::str::from_utf8(header)
+            .ok()
+            .filter(|_| text)
+            .ok_or_else(|| Status::unauthenticated("authorization header is not text"))?;
         // The scheme is case-insensitive (RFC 7235 §2.1); the token is not.
         let token = value
             .split_once(' ')

@@ -32,7 +32,7 @@ pub struct Limits {
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     /// A new connection must send its first bytes (TLS hello or HTTP/2 preface)
-    /// within this time.
+    /// within this time; with TLS, its handshake must also be done within it.
     pub header_timeout: Duration,
     /// Keepalive pings find half-open connections: one is sent after this much
     /// silence, and the connection is closed when its answer does not come within it.

@@ -7,7 +7,9 @@
 //! already connected are untouched. An admitted connection is wrapped in a
 //! [`LimitedStream`], which must see its first bytes within `header_timeout` and is
 //! closed after `idle_timeout` without a byte read; its slot is released when it is
-//! dropped, whatever closed it.
+//! dropped, whatever closed it. Every connection also watches one shared close signal:
+//! once it is set (a stop past its drain timeout), its reads fail, so the task serving
+//! it ends and drops it.
 //!
 //! Invariant: the slot counts equal the number of live `LimitedStream`s (each holds one
 //! [`Slot`], whose drop gives it back).
@@ -15,6 +17,7 @@
 use crate::config::Limits;
 use crate::stats::ServerStats;
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -23,6 +26,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -134,15 +138,23 @@ pub(crate) struct Incoming {
     admission: Arc<Admission>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    close: watch::Receiver<bool>,
 }
 
 impl Incoming {
-    pub(crate) fn new(listener: TcpListener, limits: &Limits, stats: Arc<ServerStats>) -> Self {
+    /// Admits connections from `listener`; each is closed once `close` holds `true`.
+    pub(crate) fn new(
+        listener: TcpListener,
+        limits: &Limits,
+        stats: Arc<ServerStats>,
+        close: watch::Receiver<bool>,
+    ) -> Self {
         Incoming {
             listener,
             admission: Admission::new(limits, stats),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
+            close,
         }
     }
 }
@@ -167,15 +179,55 @@ impl Stream for Incoming {
             return Poll::Ready(Some(Ok(LimitedStream::new(
                 stream,
                 slot,
-                this.header_timeout,
-                this.idle_timeout,
+                (this.header_timeout, this.idle_timeout),
+                CloseSignal::new(this.close.clone()),
             ))));
         }
     }
 }
 
+/// Ready once the server closes every connection; never when the server is dropped
+/// without a stop (the sender gone).
+struct CloseSignal {
+    set: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Set once `set` is ready: a finished future must not be polled again.
+    closed: bool,
+}
+
+impl CloseSignal {
+    fn new(mut close: watch::Receiver<bool>) -> CloseSignal {
+        let set = Box::pin(async move {
+            if close.wait_for(|close| *close).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        CloseSignal { set, closed: false }
+    }
+
+    /// Ready with an error once the close signal is set.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.closed {
+            ready!(self.set.as_mut().poll(cx));
+            self.closed = true;
+        }
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the server is stopping and its drain timeout has passed",
+        ))
+    }
+}
+
+impl fmt::Debug for CloseSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloseSignal")
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A TCP connection that must speak first within `header_timeout` and keep speaking
-/// at least every `idle_timeout`; reads fail with `TimedOut` past either.
+/// at least every `idle_timeout`; reads fail with `TimedOut` past either, and with
+/// `ConnectionAborted` once the server closes every connection.
 #[derive(Debug)]
 pub(crate) struct LimitedStream {
     inner: TcpStream,
@@ -188,14 +240,16 @@ pub(crate) struct LimitedStream {
     /// fires after `deadline`.
     timer: Pin<Box<Sleep>>,
     spoken: bool,
+    close: CloseSignal,
 }
 
 impl LimitedStream {
+    /// `timeouts`: the header timeout, then the idle timeout.
     fn new(
         inner: TcpStream,
         slot: Slot,
-        header_timeout: Duration,
-        idle_timeout: Duration,
+        (header_timeout, idle_timeout): (Duration, Duration),
+        close: CloseSignal,
     ) -> LimitedStream {
         let deadline = Instant::now() + header_timeout;
         LimitedStream {
@@ -205,6 +259,7 @@ impl LimitedStream {
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             spoken: false,
+            close,
         }
     }
 
@@ -232,6 +287,10 @@ impl AsyncRead for LimitedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Poll::Ready(error) = this.close.poll_closed(cx) {
+            tracing::info!(peer = ?this.inner.peer_addr().ok(), %error, "connection closed");
+            return Poll::Ready(Err(error));
+        }
         let filled_before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {

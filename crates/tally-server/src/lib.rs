@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod authenticate;
 mod config;
 mod incoming;
 mod metrics_http;

@@ -3,10 +3,11 @@
 //! group synced).
 
 use crate::auth::Tokens;
+use crate::authenticate::{Access, Authenticated};
 use crate::config::{ServerConfig, ServerError, TlsFiles};
 use crate::incoming::Incoming;
 use crate::metrics_http;
-use crate::service::{Access, LedgerService};
+use crate::service::LedgerService;
 use crate::stats::ServerStats;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,16 +16,20 @@ use std::time::Duration;
 use tally_engine::Ledger;
 use tally_proto::LedgerServer;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
-/// HTTP/2 flow-control window of one call: room for a full batch in one go.
-const WINDOW_STREAM_BYTES: u32 = 4 << 20;
+/// HTTP/2 flow-control window of one call: room for a full batch (about 1.4 MB) in
+/// one go.
+const WINDOW_STREAM_BYTES: u32 = 2 << 20;
 
-/// HTTP/2 flow-control window of a connection: several full batches in flight.
-const WINDOW_CONNECTION_BYTES: u32 = 16 << 20;
+/// HTTP/2 flow-control window of a connection: two full batches in flight. It bounds
+/// the bytes a connection can make the server hold before a call reads them, so the
+/// worst case in all is `connections_max` × 4 MiB: 4 GiB with the default 1,024
+/// connections. (A message being decoded is bounded by `message_bytes_max`.)
+const WINDOW_CONNECTION_BYTES: u32 = 4 << 20;
 
 /// The gRPC server of one ledger.
 #[derive(Debug)]
@@ -42,6 +47,8 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     metrics_stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Set to `true` to make every connection's reads fail (see `incoming`).
+    close_connections: watch::Sender<bool>,
     drain_timeout: Duration,
 }
 
@@ -55,7 +62,16 @@ impl Server {
             Some(path) => {
                 Access::Tokens(Arc::new(Tokens::load(path).map_err(ServerError::Tokens)?))
             }
-            None => Access::open(),
+            None => {
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "no token file on a non-loopback address: anyone who can reach it \
+                         may call every operation on every ledger (pass --tokens)"
+                    );
+                }
+                Access::open()
+            }
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -71,14 +87,17 @@ impl Server {
         let stats = Arc::new(ServerStats::default());
         let service = LedgerService {
             ledger: ledger.clone(),
-            access,
             stats: Arc::clone(&stats),
             busy_retry_after_ms: config.busy_retry_after.as_millis() as u64,
         };
         let limits = &config.limits;
-        let grpc = LedgerServer::new(service)
-            .max_decoding_message_size(limits.message_bytes_max)
-            .max_encoding_message_size(limits.message_bytes_max);
+        let grpc = Authenticated {
+            inner: LedgerServer::new(service)
+                .max_decoding_message_size(limits.message_bytes_max)
+                .max_encoding_message_size(limits.message_bytes_max),
+            access,
+            stats: Arc::clone(&stats),
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<LedgerServer<LedgerService>>().await;
         let mut builder = tonic::transport::Server::builder()
@@ -91,7 +110,7 @@ impl Server {
             .initial_connection_window_size(Some(WINDOW_CONNECTION_BYTES));
         if let Some(tls) = &config.tls {
             builder = builder
-                .tls_config(server_tls(tls)?)
+                .tls_config(server_tls(tls, limits.header_timeout)?)
                 .map_err(ServerError::Tls)?;
         }
         let (metrics_addr, metrics_stop) = match config.metrics {
@@ -105,7 +124,8 @@ impl Server {
             }
             None => (None, None),
         };
-        let incoming = Incoming::new(listener, limits, Arc::clone(&stats));
+        let (close_connections, close) = watch::channel(false);
+        let incoming = Incoming::new(listener, limits, Arc::clone(&stats), close);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = builder.add_service(health_service).add_service(grpc);
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -121,6 +141,7 @@ impl Server {
             stop: Some(stop),
             metrics_stop,
             serving,
+            close_connections,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -168,12 +189,16 @@ impl RunningServer {
             Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
             Ok(Err(error)) => tracing::warn!(%error, "server task failed"),
             Err(_) => {
-                // Dropping the task drops every connection; what the ledger admitted is
-                // still committed by its shutdown below.
+                // Each connection is served by a task of its own, which aborting the
+                // accept loop does not reach: the close signal makes every connection's
+                // reads fail, so its task ends and drops it. What the ledger admitted
+                // is still committed by its shutdown below.
                 tracing::warn!(
                     drain_timeout_ms = self.drain_timeout.as_millis() as u64,
                     "calls still in flight after the drain timeout: dropping connections"
                 );
+                // No receiver left means no connection left.
+                let _ = self.close_connections.send(true);
                 self.serving.abort();
             }
         }
@@ -221,9 +246,16 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, ServerError> {
     })
 }
 
-fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+/// The TLS settings; a handshake not done within `handshake_timeout` is dropped, so a
+/// peer that sends a few bytes and stalls holds its slot no longer than a silent one.
+fn server_tls(
+    files: &TlsFiles,
+    handshake_timeout: Duration,
+) -> Result<ServerTlsConfig, ServerError> {
     let identity = Identity::from_pem(read_pem(&files.cert)?, read_pem(&files.key)?);
-    let mut tls = ServerTlsConfig::new().identity(identity);
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(handshake_timeout);
     if let Some(ca) = &files.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca)?));
     }

@@ -1,8 +1,8 @@
-//! The gRPC ledger service: each call authenticated, checked against its token's
-//! rights, converted, and submitted to the embedded engine exactly as a library caller
-//! would; a create answers only once its batch is durable.
+//! The gRPC ledger service: each call (already authenticated, see `authenticate`)
+//! checked against its token's rights, converted, and submitted to the embedded engine
+//! exactly as a library caller would; a create answers only once its batch is durable.
 
-use crate::auth::{Operation, Rights, Tokens};
+use crate::auth::{Operation, Rights};
 use crate::stats::ServerStats;
 use std::sync::Arc;
 use tally_engine::{EventResult, Ledger, SubmitError};
@@ -11,46 +11,28 @@ use tally_types::{BATCH_EVENTS_MAX, Batch};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-/// Who may call: everyone (no token file) or the holders of known tokens.
-#[derive(Debug, Clone)]
-pub(crate) enum Access {
-    Open(Arc<Rights>),
-    Tokens(Arc<Tokens>),
-}
-
-impl Access {
-    pub(crate) fn open() -> Access {
-        Access::Open(Arc::new(Rights::all()))
-    }
-
-    fn rights<'a, T>(&'a self, request: &Request<T>) -> Result<&'a Rights, Status> {
-        match self {
-            Access::Open(rights) => Ok(rights),
-            Access::Tokens(tokens) => tokens.authenticate(request.metadata()),
-        }
-    }
-}
-
 /// The service behind every connection; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct LedgerService {
     pub(crate) ledger: Ledger,
-    pub(crate) access: Access,
     pub(crate) stats: Arc<ServerStats>,
     /// The hint sent with `RESOURCE_EXHAUSTED` (metadata `retry-after-ms`).
     pub(crate) busy_retry_after_ms: u64,
 }
 
 impl LedgerService {
-    /// Authenticates the call and checks the operation; counts a refusal.
+    /// The rights the token check put in the call, checked for the operation; counts
+    /// a refusal.
     fn admit<'a, T>(
-        &'a self,
-        request: &Request<T>,
+        &self,
+        request: &'a Request<T>,
         operation: Operation,
     ) -> Result<&'a Rights, Status> {
-        let admitted = self
-            .access
-            .rights(request)
+        let admitted = request
+            .extensions()
+            .get::<Arc<Rights>>()
+            .map(|rights| rights.as_ref())
+            .ok_or_else(|| Status::internal("the call was not authenticated"))
             .and_then(|rights| rights.check_operation(operation).map(|()| rights));
         if let Err(status) = &admitted {
             self.stats.refused(operation, status.code());

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tally_engine::{Backpressure, Config, Ledger};
 use tally_proto::{LedgerClient, account_to_proto, transfer_to_proto, v1};
-use tally_server::{Limits, RunningServer, Server, ServerConfig};
+use tally_server::auth::token_line;
+use tally_server::{Limits, Operation, Rights, RunningServer, Server, ServerConfig};
 use tally_types::{Account, Transfer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -195,10 +196,7 @@ async fn an_oversize_message_is_refused_and_others_are_served() {
         })
         .await
         .expect_err("over message_bytes_max");
-    assert!(
-        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(
         status.message().contains("too large"),
         "{}",
@@ -206,6 +204,47 @@ async fn an_oversize_message_is_refused_and_others_are_served() {
     );
     served(&mut fixture.client().await, 10).await;
     served(&mut client, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_a_known_token_is_refused_before_its_message_is_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let tokens = files.path().join("tokens.jsonl");
+    std::fs::write(&tokens, token_line("tly_good", &Rights::all())).unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    config.tokens = Some(tokens);
+    config.limits.message_bytes_max = 16 << 10;
+    let server = Server::start(ledger, config).await.unwrap();
+    let mut client = LedgerClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    // Over message_bytes_max: were it decoded first, the answer would be OUT_OF_RANGE.
+    let transfers = (1..=2_000).map(|id| transfer_to_proto(&pay(id))).collect();
+    let status = client
+        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let garbage = Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01]);
+    let channel = Channel::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = raw_call(channel, "/tally.v1.Ledger/CreateAccounts", garbage).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let stats = server.stats();
+    for operation in [Operation::CreateTransfers, Operation::CreateAccounts] {
+        assert_eq!(
+            stats.calls(operation, Code::Unauthenticated),
+            1,
+            "{operation}"
+        );
+    }
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,6 +429,19 @@ async fn a_stream_held_open_does_not_stop_shutdown() {
         .await
         .expect("shutdown ends after the drain timeout")
         .unwrap();
+    // Its connection was closed: the watch ends with an error (after the NOT_SERVING
+    // update sent when the stop began), not with a clean end of stream.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the held watch still open after shutdown");
+    assert!(ended.is_err(), "{ended:?}");
     drop(watch);
     // The ledger was shut down: its directory opens again.
     Ledger::open(Config::new(dir.path()))

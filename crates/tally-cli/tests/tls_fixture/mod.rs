@@ -170,6 +170,11 @@ impl Served {
         }
     }
 
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap()
+    }
+
     /// SIGTERM, then the exit status must be success.
     pub fn stop(mut self) {
         let sent = Command::new("kill")
