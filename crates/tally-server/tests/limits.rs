@@ -224,7 +224,10 @@ async fn a_call_without_a_known_token_is_refused_before_its_message_is_decoded()
     // Over message_bytes_max: were it decoded first, the answer would be OUT_OF_RANGE.
     let transfers = (1..=2_000).map(|id| transfer_to_proto(&pay(id))).collect();
     let status = client
-        .create_transfers(v1::CreateTransfersRequest { transfers })
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            ..Default::default()
+        })
         .await
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
