@@ -173,79 +173,81 @@ fn record_count(bytes: &[u8], events_in_messages: usize) -> Result<usize, Conver
     Ok(count)
 }
 
-/// The accounts of a create request, from its messages or its records, in order.
-pub fn accounts_from_request(
-    request: &v1::CreateAccountsRequest,
-) -> Result<Vec<Account>, ConvertError> {
-    if request.account_records.is_empty() {
-        return request
-            .accounts
+/// The events of a create request: its messages converted by `from_proto`, or its
+/// records decoded by `decode`, in order.
+fn events_from_request<W, T>(
+    messages: &[W],
+    records: &[u8],
+    from_proto: impl Fn(usize, &W) -> Result<T, ConvertError>,
+    decode: impl Fn(&[u8; RECORD_SIZE]) -> Result<T, codec::DecodeError>,
+) -> Result<Vec<T>, ConvertError> {
+    if records.is_empty() {
+        return messages
             .iter()
             .enumerate()
-            .map(|(index, account)| account_from_proto(index, account))
+            .map(|(index, message)| from_proto(index, message))
             .collect();
     }
-    let count = record_count(&request.account_records, request.accounts.len())?;
+    let count = record_count(records, messages.len())?;
     (0..count)
         .map(|index| {
-            codec::record_at(&request.account_records, index)
-                .and_then(codec::decode_account)
+            codec::record_at(records, index)
+                .and_then(&decode)
                 .map_err(|error| ConvertError {
                     index: Some(index),
                     reason: error.to_string(),
                 })
         })
         .collect()
+}
+
+/// The accounts of a create request, from its messages or its records, in order.
+pub fn accounts_from_request(
+    request: &v1::CreateAccountsRequest,
+) -> Result<Vec<Account>, ConvertError> {
+    events_from_request(
+        &request.accounts,
+        &request.account_records,
+        account_from_proto,
+        codec::decode_account,
+    )
 }
 
 /// The transfers of a create request, from its messages or its records, in order.
 pub fn transfers_from_request(
     request: &v1::CreateTransfersRequest,
 ) -> Result<Vec<Transfer>, ConvertError> {
-    if request.transfer_records.is_empty() {
-        return request
-            .transfers
-            .iter()
-            .enumerate()
-            .map(|(index, transfer)| transfer_from_proto(index, transfer))
-            .collect();
+    events_from_request(
+        &request.transfers,
+        &request.transfer_records,
+        transfer_from_proto,
+        codec::decode_transfer,
+    )
+}
+
+/// `events` encoded by `encode` as concatenated records.
+fn encode_records<T>(events: &[T], encode: impl Fn(&T, &mut [u8; RECORD_SIZE])) -> Vec<u8> {
+    let mut records = vec![0u8; events.len() * RECORD_SIZE];
+    for (event, out) in events.iter().zip(records.chunks_exact_mut(RECORD_SIZE)) {
+        let out: &mut [u8; RECORD_SIZE] = out.try_into().expect("chunks are RECORD_SIZE");
+        encode(event, out);
     }
-    let count = record_count(&request.transfer_records, request.transfers.len())?;
-    (0..count)
-        .map(|index| {
-            codec::record_at(&request.transfer_records, index)
-                .and_then(codec::decode_transfer)
-                .map_err(|error| ConvertError {
-                    index: Some(index),
-                    reason: error.to_string(),
-                })
-        })
-        .collect()
+    records
 }
 
 /// A create request carrying `accounts` as records.
 pub fn accounts_to_records(accounts: &[Account]) -> v1::CreateAccountsRequest {
-    let mut records = vec![0u8; accounts.len() * RECORD_SIZE];
-    for (account, out) in accounts.iter().zip(records.chunks_exact_mut(RECORD_SIZE)) {
-        let out: &mut [u8; RECORD_SIZE] = out.try_into().expect("chunks are RECORD_SIZE");
-        codec::encode_account(account, out);
-    }
     v1::CreateAccountsRequest {
         accounts: Vec::new(),
-        account_records: records,
+        account_records: encode_records(accounts, codec::encode_account),
     }
 }
 
 /// A create request carrying `transfers` as records.
 pub fn transfers_to_records(transfers: &[Transfer]) -> v1::CreateTransfersRequest {
-    let mut records = vec![0u8; transfers.len() * RECORD_SIZE];
-    for (transfer, out) in transfers.iter().zip(records.chunks_exact_mut(RECORD_SIZE)) {
-        let out: &mut [u8; RECORD_SIZE] = out.try_into().expect("chunks are RECORD_SIZE");
-        codec::encode_transfer(transfer, out);
-    }
     v1::CreateTransfersRequest {
         transfers: Vec::new(),
-        transfer_records: records,
+        transfer_records: encode_records(transfers, codec::encode_transfer),
     }
 }
 
