@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds since the Unix epoch; 0 if the system clock is before 1970.
-pub(crate) fn wall_clock_ns() -> u64 {
+pub fn wall_clock_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -14,7 +14,7 @@ pub(crate) fn wall_clock_ns() -> u64 {
 /// The stamp of a batch of `events` events: the requested time (or the wall clock),
 /// never at or before `last_timestamp`. `None` if the batch's last event would not fit
 /// in u64.
-pub(crate) fn batch_stamp(requested: u64, last_timestamp: u64, events: usize) -> Option<u64> {
+pub fn batch_stamp(requested: u64, last_timestamp: u64, events: usize) -> Option<u64> {
     let stamp = requested.max(last_timestamp.checked_add(1)?);
     stamp.checked_add(events.saturating_sub(1) as u64)?;
     Some(stamp)

@@ -521,8 +521,9 @@ fn threads_stopped() -> SubmitError {
     SubmitError::Failed("the commit threads stopped".into())
 }
 
-/// Rejects batches the log must never see: too large, or carrying engine-owned fields.
-fn validate(batch: &Batch) -> Result<(), SubmitError> {
+/// Rejects batches the log must never see: too large, or carrying engine-owned fields
+/// (balances, timestamps). A cluster replica checks with it too.
+pub fn validate(batch: &Batch) -> Result<(), SubmitError> {
     if batch.len() > BATCH_EVENTS_MAX {
         return Err(SubmitError::BatchTooLarge {
             events: batch.len(),

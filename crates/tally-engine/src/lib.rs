@@ -76,7 +76,7 @@
 #![deny(missing_docs)]
 
 mod admission;
-mod clock;
+pub mod clock;
 mod commit;
 mod config;
 mod error;
@@ -96,7 +96,7 @@ mod threads;
 
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 pub use error::{EngineError, RecoveryError, SubmitError};
-pub use ledger::Ledger;
+pub use ledger::{Ledger, validate as validate_batch};
 pub use metrics::MetricsSnapshot;
 pub use recovery::Recovery;
 pub use request::EventResult;

@@ -13,6 +13,17 @@ pub mod v1 {
     tonic::include_proto!("tally.v1");
 }
 
+/// The replicas' own service, package `tally.cluster.v1` (`proto/tally/cluster/v1/peer.proto`).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+pub mod peer {
+    tonic::include_proto!("tally.cluster.v1");
+}
+
 mod convert;
 
 pub use convert::{

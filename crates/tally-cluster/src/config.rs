@@ -1,0 +1,124 @@
+//! How a replica is configured: who it is, who its peers are, where its data lives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The configuration of one replica.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This replica's id (non-zero), a key of `members`.
+    pub replica_id: u64,
+    /// The peer address (`host:port`) of every replica of the initial membership,
+    /// this one included. The replicas' own service listens there.
+    pub members: BTreeMap<u64, String>,
+    /// This replica's data directory (its log, its snapshot, its lock).
+    pub data_dir: PathBuf,
+    /// Join a running cluster instead of forming one: the replica starts empty and
+    /// waits to be added (`tally cluster add`). `members` then needs only this replica.
+    pub join: bool,
+    /// A follower that hears nothing from a leader for a random time in this range
+    /// starts an election. Default 500–1,000 ms.
+    pub election_timeout: (Duration, Duration),
+    /// How often the leader sends heartbeats. Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// Entries between snapshots; the log before the snapshot is then purged.
+    /// Default 5,000.
+    pub snapshot_entries: u64,
+    /// Groups proposed and not yet committed at once. Default 8.
+    pub proposals_in_flight: usize,
+    /// Batches waiting to be proposed; past it, submitters wait. Default 4,096.
+    pub proposal_queue: usize,
+}
+
+impl ClusterConfig {
+    /// A replica `replica_id` of `members`, with the defaults.
+    pub fn new(
+        replica_id: u64,
+        members: BTreeMap<u64, String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        ClusterConfig {
+            replica_id,
+            members,
+            data_dir: data_dir.into(),
+            join: false,
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            heartbeat_interval: Duration::from_millis(100),
+            snapshot_entries: 5_000,
+            proposals_in_flight: 8,
+            proposal_queue: 4_096,
+        }
+    }
+
+    /// This replica's peer address.
+    pub fn own_address(&self) -> Option<&str> {
+        self.members.get(&self.replica_id).map(String::as_str)
+    }
+
+    /// Checks the configuration before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replica_id == 0 {
+            return Err("replica ids start at 1".into());
+        }
+        if self.own_address().is_none() {
+            return Err(format!(
+                "replica {} is not in the cluster's members",
+                self.replica_id
+            ));
+        }
+        let (low, high) = self.election_timeout;
+        if low.is_zero() || high <= low {
+            return Err("the election timeout range must be non-empty and above zero".into());
+        }
+        if self.heartbeat_interval >= low {
+            return Err("the heartbeat interval must be shorter than the election timeout".into());
+        }
+        if self.proposals_in_flight == 0 || self.proposal_queue == 0 {
+            return Err("proposals in flight and the proposal queue must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Parses `1=host:port,2=host:port,...`.
+    pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
+        let mut members = BTreeMap::new();
+        for item in text.split(',').filter(|item| !item.trim().is_empty()) {
+            let (id, addr) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}`: expected ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{item}`: the replica id is not a number"))?;
+            let addr = addr.trim();
+            if id == 0 || addr.is_empty() || !addr.contains(':') {
+                return Err(format!("`{item}`: expected ID=HOST:PORT with ID ≥ 1"));
+            }
+            if members.insert(id, addr.to_string()).is_some() {
+                return Err(format!("replica {id} is listed twice"));
+            }
+        }
+        if members.is_empty() {
+            return Err("the cluster lists no replica".into());
+        }
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_parse_and_bad_lists_are_refused() {
+        let members =
+            ClusterConfig::parse_members("1=127.0.0.1:7001, 2=127.0.0.1:7002").expect("parses");
+        assert_eq!(members.len(), 2);
+        for bad in ["", "1", "0=a:1", "x=a:1", "1=a:1,1=b:2", "1=nohost"] {
+            assert!(ClusterConfig::parse_members(bad).is_err(), "{bad}");
+        }
+        let config = ClusterConfig::new(3, members, "/tmp/x");
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! What the replicated log carries: a group of batches with the leader's clock reading,
+//! and what applying it answers. Both travel as bytes: batches as the 128-byte records
+//! of the log format, results as (code, timestamp) pairs.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tally_engine::EventResult;
+use tally_types::codec::{
+    RECORD_SIZE, decode_account, decode_transfer, encode_account, encode_transfer, record_at,
+};
+use tally_types::{Batch, ResultCode};
+
+/// Most events one group carries; larger bursts are split over several groups.
+pub const GROUP_EVENTS_MAX: usize = 16_380;
+
+/// One entry of the replicated log: the batches the leader took together, and the
+/// leader's wall clock when it took them. Every replica stamps batch `i` from
+/// `max(proposed_ns, last timestamp + 1)`, so all apply the very same events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Group {
+    /// The leader's wall clock (ns since the Unix epoch) when it formed the group.
+    pub proposed_ns: u64,
+    /// The batches, in the order they apply.
+    pub batches: Vec<Batch>,
+}
+
+/// What applying one log entry answered: per batch, one result per event, or why the
+/// batch got none (its time did not fit).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupResults {
+    /// Per batch of the group, in order.
+    pub batches: Vec<Result<Vec<EventResult>, BatchRefusal>>,
+}
+
+/// Why a batch of a committed group was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchRefusal {
+    /// The ledger's time leaves no room for the batch's stamps in u64.
+    TimeOutOfRange {
+        /// The leader's clock reading.
+        now: u64,
+    },
+}
+
+const KIND_ACCOUNTS: u8 = 1;
+const KIND_TRANSFERS: u8 = 2;
+
+/// Appends `batch` as kind, count and records.
+pub(crate) fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
+    let mut record = [0u8; RECORD_SIZE];
+    match batch {
+        Batch::CreateAccounts(accounts) => {
+            out.push(KIND_ACCOUNTS);
+            out.extend_from_slice(&(accounts.len() as u32).to_le_bytes());
+            for account in accounts {
+                encode_account(account, &mut record);
+                out.extend_from_slice(&record);
+            }
+        }
+        Batch::CreateTransfers(transfers) => {
+            out.push(KIND_TRANSFERS);
+            out.extend_from_slice(&(transfers.len() as u32).to_le_bytes());
+            for transfer in transfers {
+                encode_transfer(transfer, &mut record);
+                out.extend_from_slice(&record);
+            }
+        }
+    }
+}
+
+/// Reads one batch written by [`encode_batch`] at the start of `bytes`; returns it and
+/// the bytes it took.
+pub(crate) fn decode_batch(bytes: &[u8]) -> Result<(Batch, usize), String> {
+    let (&kind, rest) = bytes.split_first().ok_or("a batch is cut short")?;
+    let count = read_u32(rest)? as usize;
+    let records = rest
+        .get(
+            4..4 + count
+                .checked_mul(RECORD_SIZE)
+                .ok_or("a batch is too long")?,
+        )
+        .ok_or("a batch's records are cut short")?;
+    let batch = match kind {
+        KIND_ACCOUNTS => Batch::CreateAccounts(
+            (0..count)
+                .map(|i| record_at(records, i).and_then(decode_account))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("an account record: {e}"))?,
+        ),
+        KIND_TRANSFERS => Batch::CreateTransfers(
+            (0..count)
+                .map(|i| record_at(records, i).and_then(decode_transfer))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("a transfer record: {e}"))?,
+        ),
+        other => return Err(format!("unknown batch kind {other}")),
+    };
+    Ok((batch, 1 + 4 + records.len()))
+}
+
+fn read_u32(bytes: &[u8]) -> Result<u32, String> {
+    let head: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a length is cut short")?;
+    Ok(u32::from_le_bytes(head))
+}
+
+fn read_u64(bytes: &[u8]) -> Result<u64, String> {
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a number is cut short")?;
+    Ok(u64::from_le_bytes(head))
+}
+
+/// Encodes a list of batches: count, then each batch.
+pub(crate) fn encode_batches(batches: &[Batch], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(batches.len() as u32).to_le_bytes());
+    for batch in batches {
+        encode_batch(batch, out);
+    }
+}
+
+/// Decodes what [`encode_batches`] wrote, refusing trailing bytes.
+pub(crate) fn decode_batches(bytes: &[u8]) -> Result<Vec<Batch>, String> {
+    let count = read_u32(bytes)? as usize;
+    let mut at = 4;
+    let mut batches = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let (batch, used) = decode_batch(&bytes[at..])?;
+        batches.push(batch);
+        at += used;
+    }
+    if at != bytes.len() {
+        return Err("trailing bytes after the batches".into());
+    }
+    Ok(batches)
+}
+
+impl Group {
+    /// Number of events over all batches.
+    pub fn events(&self) -> usize {
+        self.batches.iter().map(Batch::len).sum()
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.events() * RECORD_SIZE + 5 * self.batches.len());
+        out.extend_from_slice(&self.proposed_ns.to_le_bytes());
+        encode_batches(&self.batches, &mut out);
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Group, String> {
+        let proposed_ns = read_u64(bytes)?;
+        let batches = decode_batches(&bytes[8..])?;
+        Ok(Group {
+            proposed_ns,
+            batches,
+        })
+    }
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "group of {} batches, {} events",
+            self.batches.len(),
+            self.events()
+        )
+    }
+}
+
+impl Serialize for Group {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.to_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for Group {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Group, D::Error> {
+        let bytes: Vec<u8> = serde_bytes_vec(deserializer)?;
+        Group::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Encodes results: per batch a tag (0 = results, 1 = time out of range) and its
+/// content; results as (u8 code, u64 timestamp), codes numbered as on disk.
+pub(crate) fn encode_results(results: &GroupResults, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(results.batches.len() as u32).to_le_bytes());
+    for batch in &results.batches {
+        match batch {
+            Ok(events) => {
+                out.push(0);
+                out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+                for event in events {
+                    out.push(event.code as u8);
+                    out.extend_from_slice(&event.timestamp.to_le_bytes());
+                }
+            }
+            Err(BatchRefusal::TimeOutOfRange { now }) => {
+                out.push(1);
+                out.extend_from_slice(&now.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Decodes what [`encode_results`] wrote.
+pub(crate) fn decode_results(bytes: &[u8]) -> Result<GroupResults, String> {
+    let count = read_u32(bytes)? as usize;
+    let mut at = 4;
+    let mut batches = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let tag = *bytes.get(at).ok_or("results are cut short")?;
+        at += 1;
+        match tag {
+            0 => {
+                let events = read_u32(&bytes[at..])? as usize;
+                at += 4;
+                let mut list = Vec::with_capacity(events.min(tally_types::BATCH_EVENTS_MAX));
+                for _ in 0..events {
+                    let raw = *bytes.get(at).ok_or("a result is cut short")?;
+                    let code = ResultCode::from_u8(raw).map_err(|e| e.to_string())?;
+                    let timestamp = read_u64(&bytes[at + 1..])?;
+                    at += 9;
+                    list.push(EventResult { code, timestamp });
+                }
+                batches.push(Ok(list));
+            }
+            1 => {
+                let now = read_u64(&bytes[at..])?;
+                at += 8;
+                batches.push(Err(BatchRefusal::TimeOutOfRange { now }));
+            }
+            other => return Err(format!("unknown result tag {other}")),
+        }
+    }
+    if at != bytes.len() {
+        return Err("trailing bytes after the results".into());
+    }
+    Ok(GroupResults { batches })
+}
+
+impl Serialize for GroupResults {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::new();
+        encode_results(self, &mut out);
+        serializer.serialize_bytes(&out)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupResults {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<GroupResults, D::Error> {
+        let bytes = serde_bytes_vec(deserializer)?;
+        decode_results(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a byte string from any serde format.
+fn serde_bytes_vec<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    struct BytesVisitor;
+    impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(byte) = seq.next_element()? {
+                out.push(byte);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_byte_buf(BytesVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_testkit::{TEST_LEDGER, account, transfer};
+    use tally_types::AccountFlags;
+
+    #[test]
+    fn groups_and_results_round_trip_through_bincode() {
+        let group = Group {
+            proposed_ns: 42,
+            batches: vec![
+                Batch::CreateAccounts(vec![
+                    account(1, TEST_LEDGER, AccountFlags::empty()),
+                    account(2, TEST_LEDGER, AccountFlags::empty()),
+                ]),
+                Batch::CreateTransfers(vec![transfer(9, 1, 2, 5)]),
+            ],
+        };
+        let bytes = bincode::serialize(&group).expect("encodes");
+        let back: Group = bincode::deserialize(&bytes).expect("decodes");
+        assert_eq!(back, group);
+
+        let results = GroupResults {
+            batches: vec![
+                Ok(vec![EventResult {
+                    code: ResultCode::Exists,
+                    timestamp: 0,
+                }]),
+                Err(BatchRefusal::TimeOutOfRange { now: 3 }),
+            ],
+        };
+        let bytes = bincode::serialize(&results).expect("encodes");
+        let back: GroupResults = bincode::deserialize(&bytes).expect("decodes");
+        assert_eq!(back, results);
+    }
+
+    #[test]
+    fn damaged_groups_are_refused() {
+        let group = Group {
+            proposed_ns: 1,
+            batches: vec![Batch::CreateAccounts(vec![account(
+                1,
+                TEST_LEDGER,
+                AccountFlags::empty(),
+            )])],
+        };
+        let bytes = group.to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(Group::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut unknown = bytes.clone();
+        unknown[12] = 9;
+        assert!(Group::from_bytes(&unknown).is_err());
+    }
+}

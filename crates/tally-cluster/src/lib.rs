@@ -1,0 +1,35 @@
+//! Tally replicated on Raft: 3 or 5 replicas that behave as one ledger.
+//!
+//! Consensus is openraft's. What it replicates is what Tally's own log carries: groups
+//! of batches, each group carrying the leader's clock reading so that every replica
+//! stamps and applies the very same events. A group commits once a majority of replicas
+//! has it synced to disk; every replica applies committed groups in log order to its
+//! in-memory ledger, and chains a state digest over them that replicas compare.
+//!
+//! - [`Replica`]: the handle: open, submit, linearizable reads, status, membership.
+//! - [`ClusterConfig`]: who this replica is, its peers, its data directory.
+//! - The replicas talk over the gRPC service `tally.cluster.v1.Peer`
+//!   (`proto/tally/cluster/v1/peer.proto`).
+//!
+//! On disk (the replica's data directory): `replica.log`, the replicated log
+//! (checksummed frames, one `fdatasync` per group of writes), and `replica.snapshot`,
+//! the newest snapshot, after which the log is purged.
+#![deny(missing_docs)]
+
+mod config;
+mod group;
+mod image_codec;
+mod log_store;
+mod network;
+mod peer_service;
+mod replica;
+mod state_machine;
+mod types;
+
+pub use config::ClusterConfig;
+pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
+pub use log_store::LogStore;
+pub use network::{PeerConnection, PeerNetwork};
+pub use replica::{ClusterError, Replica, ReplicaStatus};
+pub use state_machine::{Applied, StateStore};
+pub use types::{Raft, ReplicaId, TallyRaft};

@@ -1,0 +1,489 @@
+//! The replicated log on disk: one append-only file of checksummed frames (entries,
+//! votes, truncations, purges, the commit position), written by one thread that takes
+//! every waiting write and makes them durable with one `fdatasync`: group commit, as
+//! the single-node log does. Entries stay in memory until a snapshot purges them.
+//!
+//! Frame: `len: u32 | crc32c(kind ‖ payload): u32 | kind: u8 | payload`, little-endian.
+//! At start-up a frame that fails its checksum ends the log when nothing valid follows
+//! it (a torn tail: the write was never acknowledged) and stops start-up otherwise.
+//!
+//! Invariant: openraft is told an append is flushed only after the `fdatasync` that
+//! covers it returned; a vote is saved durably before `save_vote` returns.
+
+// openraft's own error type is large; its trait methods return it, so these do too.
+#![allow(clippy::result_large_err)]
+
+use crate::types::{TallyRaft, storage_error};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, Vote};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+/// The log file's name in the replica's directory.
+pub(crate) const LOG_FILE: &str = "replica.log";
+const FRAME_HEADER: usize = 9;
+/// A frame larger than this is damage, not data (a group is at most ~2.1 MB).
+const FRAME_BYTES_MAX: usize = 64 << 20;
+/// The file is rewritten without its purged entries once it is this large and mostly
+/// purged.
+const REWRITE_BYTES_MIN: u64 = 256 << 20;
+
+const KIND_ENTRY: u8 = 1;
+const KIND_VOTE: u8 = 2;
+const KIND_TRUNCATE: u8 = 3;
+const KIND_PURGE: u8 = 4;
+const KIND_COMMITTED: u8 = 5;
+
+/// What the log holds in memory.
+#[derive(Debug, Default)]
+struct Contents {
+    /// Entries after the last purge, each with its frame's size on disk.
+    entries: BTreeMap<u64, (Entry<TallyRaft>, u64)>,
+    last_purged: Option<LogId<u64>>,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
+    /// Bytes of the file, and of the live entries' frames in it.
+    file_bytes: u64,
+    live_bytes: u64,
+}
+
+enum LogWrite {
+    /// Frames to append; `done` is told once they are durable.
+    Frames { bytes: Vec<u8>, done: Done },
+    /// Replace the whole file with these frames.
+    Rewrite { bytes: Vec<u8>, done: Done },
+}
+
+enum Done {
+    Flushed(LogFlushed<TallyRaft>),
+    Reply(std::sync::mpsc::SyncSender<io::Result<()>>),
+    Nothing,
+}
+
+impl Done {
+    fn complete(self, result: &io::Result<()>) {
+        let copy = || match result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+        };
+        match self {
+            Done::Flushed(callback) => callback.log_io_completed(copy()),
+            Done::Reply(sender) => {
+                let _ = sender.send(copy());
+            }
+            Done::Nothing => {}
+        }
+    }
+}
+
+/// The replicated log: cheap to clone (the reader openraft asks for is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    contents: Arc<Mutex<Contents>>,
+    writer: mpsc::Sender<LogWrite>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let contents = self.contents.lock();
+        f.debug_struct("LogStore")
+            .field("entries", &contents.entries.len())
+            .field("last_purged", &contents.last_purged)
+            .finish()
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<LogStore, String> {
+        let path = dir.join(LOG_FILE);
+        let (contents, valid_len) = read_log(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) > valid_len {
+            file.set_len(valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("{}: cutting the torn tail: {e}", path.display()))?;
+        }
+        let (sender, receiver) = mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("tally-raft-log".into())
+            .spawn(move || write_loop(dir, file, receiver))
+            .map_err(|e| format!("starting the log writer: {e}"))?;
+        Ok(LogStore {
+            contents: Arc::new(Mutex::new(contents)),
+            writer: sender,
+        })
+    }
+
+    fn send(&self, write: LogWrite) -> Result<(), StorageError<u64>> {
+        self.writer
+            .send(write)
+            .map_err(|_| storage_error("the log writer stopped".into()))
+    }
+
+    /// Writes `bytes` and waits until they are durable.
+    async fn write_durably(&self, bytes: Vec<u8>) -> Result<(), StorageError<u64>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(LogWrite::Frames {
+            bytes,
+            done: Done::Reply(reply),
+        })?;
+        tokio::task::spawn_blocking(move || answer.recv())
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
+            .map_err(|_| storage_error("the log writer stopped".into()))?
+            .map_err(|e| storage_error(format!("the replica log: {e}")))
+    }
+
+    /// Rewrites the file without purged entries when they make up most of it.
+    fn rewrite_if_mostly_purged(&self, contents: &mut Contents) -> Result<(), StorageError<u64>> {
+        if contents.file_bytes < REWRITE_BYTES_MIN || contents.live_bytes * 2 > contents.file_bytes
+        {
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(contents.live_bytes as usize + 256);
+        if let Some(vote) = &contents.vote {
+            push_frame(&mut bytes, KIND_VOTE, &encode(vote)?);
+        }
+        if let Some(purged) = &contents.last_purged {
+            push_frame(&mut bytes, KIND_PURGE, &encode(purged)?);
+        }
+        if let Some(committed) = &contents.committed {
+            push_frame(&mut bytes, KIND_COMMITTED, &encode(committed)?);
+        }
+        for (entry, _) in contents.entries.values() {
+            push_frame(&mut bytes, KIND_ENTRY, &encode(entry)?);
+        }
+        contents.file_bytes = bytes.len() as u64;
+        self.send(LogWrite::Rewrite {
+            bytes,
+            done: Done::Nothing,
+        })
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError<u64>> {
+    bincode::serialize(value).map_err(|e| storage_error(format!("encoding a log frame: {e}")))
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let mut crc = crc32c::crc32c(&[kind]);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// The frame at `at`: its kind, payload and size; `None` when it is not whole and valid.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+    let header = bytes.get(at..at + FRAME_HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let kind = header[8];
+    if len > FRAME_BYTES_MAX || !(KIND_ENTRY..=KIND_COMMITTED).contains(&kind) {
+        return None;
+    }
+    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload);
+    (actual == crc).then_some((kind, payload, FRAME_HEADER + len))
+}
+
+/// Reads the log file: its contents and how many of its bytes are valid.
+fn read_log(path: &Path) -> Result<(Contents, u64), String> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    }
+    let mut contents = Contents::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some((kind, payload, size)) = frame_at(&bytes, at) else {
+            if (at + 1..bytes.len()).any(|later| frame_at(&bytes, later).is_some()) {
+                return Err(format!(
+                    "{}: damaged frame at offset {at} inside the log",
+                    path.display()
+                ));
+            }
+            break;
+        };
+        apply_frame(&mut contents, kind, payload, size as u64)
+            .map_err(|e| format!("{}: frame at offset {at}: {e}", path.display()))?;
+        at += size;
+    }
+    contents.file_bytes = at as u64;
+    Ok((contents, at as u64))
+}
+
+fn apply_frame(contents: &mut Contents, kind: u8, payload: &[u8], size: u64) -> Result<(), String> {
+    let decode_error = |e: bincode::Error| e.to_string();
+    match kind {
+        KIND_ENTRY => {
+            let entry: Entry<TallyRaft> = bincode::deserialize(payload).map_err(decode_error)?;
+            contents.live_bytes += size;
+            if let Some((_, old)) = contents.entries.insert(entry.log_id.index, (entry, size)) {
+                contents.live_bytes -= old;
+            }
+        }
+        KIND_VOTE => contents.vote = Some(bincode::deserialize(payload).map_err(decode_error)?),
+        KIND_COMMITTED => {
+            contents.committed = Some(bincode::deserialize(payload).map_err(decode_error)?);
+        }
+        KIND_TRUNCATE => {
+            let from: u64 = bincode::deserialize(payload).map_err(decode_error)?;
+            remove_from(contents, from);
+        }
+        KIND_PURGE => {
+            let upto: LogId<u64> = bincode::deserialize(payload).map_err(decode_error)?;
+            purge_upto(contents, upto);
+        }
+        _ => return Err(format!("unknown frame kind {kind}")),
+    }
+    Ok(())
+}
+
+fn remove_from(contents: &mut Contents, from: u64) {
+    for (_, (_, size)) in contents.entries.split_off(&from) {
+        contents.live_bytes -= size;
+    }
+}
+
+fn purge_upto(contents: &mut Contents, upto: LogId<u64>) {
+    let kept = contents.entries.split_off(&(upto.index + 1));
+    for (_, size) in contents.entries.values() {
+        contents.live_bytes -= size;
+    }
+    contents.entries = kept;
+    contents.last_purged = Some(upto);
+}
+
+/// The writer thread: takes every waiting write, one `write`, one `fdatasync`.
+fn write_loop(dir: PathBuf, mut file: File, receiver: mpsc::Receiver<LogWrite>) {
+    let mut failure: Option<String> = None;
+    while let Ok(first) = receiver.recv() {
+        let mut pending = vec![first];
+        pending.extend(receiver.try_iter());
+        let mut buffer = Vec::new();
+        let mut dones = Vec::with_capacity(pending.len());
+        let mut result: io::Result<()> = Ok(());
+        for write in pending {
+            match write {
+                LogWrite::Frames { bytes, done } => {
+                    buffer.extend_from_slice(&bytes);
+                    dones.push(done);
+                }
+                LogWrite::Rewrite { bytes, done } => {
+                    // Everything before the rewrite is in its bytes already.
+                    buffer.clear();
+                    result = rewrite(&dir, &bytes).map(|new_file| file = new_file);
+                    dones.push(done);
+                }
+            }
+        }
+        if let Some(message) = &failure {
+            result = Err(io::Error::other(message.clone()));
+        } else if result.is_ok() {
+            result = file.write_all(&buffer).and_then(|()| file.sync_data());
+        }
+        if let Err(error) = &result {
+            // Data the kernel failed to write may be gone: never write again.
+            tracing::error!(%error, "the replica log failed; the replica stops writing");
+            failure.get_or_insert_with(|| error.to_string());
+        }
+        for done in dones {
+            done.complete(&result);
+        }
+    }
+}
+
+fn rewrite(dir: &Path, bytes: &[u8]) -> io::Result<File> {
+    let temporary = dir.join(format!("{LOG_FILE}.tmp"));
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, dir.join(LOG_FILE))?;
+    File::open(dir)?.sync_all()?;
+    OpenOptions::new().append(true).open(dir.join(LOG_FILE))
+}
+
+impl RaftLogReader<TallyRaft> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TallyRaft>>, StorageError<u64>> {
+        let contents = self.contents.lock();
+        Ok(contents
+            .entries
+            .range(range)
+            .map(|(_, (entry, _))| entry.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TallyRaft> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TallyRaft>, StorageError<u64>> {
+        let contents = self.contents.lock();
+        let last = contents
+            .entries
+            .values()
+            .next_back()
+            .map(|(entry, _)| *entry.get_log_id())
+            .or(contents.last_purged);
+        Ok(LogState {
+            last_purged_log_id: contents.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let mut bytes = Vec::new();
+        push_frame(&mut bytes, KIND_VOTE, &encode(vote)?);
+        {
+            let mut contents = self.contents.lock();
+            contents.file_bytes += bytes.len() as u64;
+        }
+        self.write_durably(bytes).await?;
+        self.contents.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        Ok(self.contents.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        let Some(log_id) = committed else {
+            return Ok(());
+        };
+        let mut contents = self.contents.lock();
+        if contents.committed == committed {
+            return Ok(());
+        }
+        contents.committed = committed;
+        // Not synced by itself: a lower position read back after a crash is safe.
+        let mut bytes = Vec::new();
+        push_frame(&mut bytes, KIND_COMMITTED, &encode(&log_id)?);
+        contents.file_bytes += bytes.len() as u64;
+        self.send(LogWrite::Frames {
+            bytes,
+            done: Done::Nothing,
+        })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self.contents.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TallyRaft>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TallyRaft>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut bytes = Vec::new();
+        let mut contents = self.contents.lock();
+        for entry in entries {
+            let before = bytes.len();
+            push_frame(&mut bytes, KIND_ENTRY, &encode(&entry)?);
+            let size = (bytes.len() - before) as u64;
+            contents.live_bytes += size;
+            if let Some((_, old)) = contents.entries.insert(entry.log_id.index, (entry, size)) {
+                contents.live_bytes -= old;
+            }
+        }
+        contents.file_bytes += bytes.len() as u64;
+        self.send(LogWrite::Frames {
+            bytes,
+            done: Done::Flushed(callback),
+        })
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut bytes = Vec::new();
+        push_frame(&mut bytes, KIND_TRUNCATE, &encode(&log_id.index)?);
+        let mut contents = self.contents.lock();
+        remove_from(&mut contents, log_id.index);
+        contents.file_bytes += bytes.len() as u64;
+        // Rides with the next sync: appends after it are ordered after it in the file.
+        self.send(LogWrite::Frames {
+            bytes,
+            done: Done::Nothing,
+        })
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut bytes = Vec::new();
+        push_frame(&mut bytes, KIND_PURGE, &encode(&log_id)?);
+        let mut contents = self.contents.lock();
+        purge_upto(&mut contents, log_id);
+        contents.file_bytes += bytes.len() as u64;
+        self.send(LogWrite::Frames {
+            bytes,
+            done: Done::Nothing,
+        })?;
+        self.rewrite_if_mostly_purged(&mut contents)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_tail_is_cut_and_inner_damage_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = Vec::new();
+        let vote = Vote::<u64>::new(3, 1);
+        push_frame(
+            &mut bytes,
+            KIND_VOTE,
+            &bincode::serialize(&vote).expect("vote"),
+        );
+        let first = bytes.len();
+        push_frame(
+            &mut bytes,
+            KIND_COMMITTED,
+            &bincode::serialize(&LogId::<u64>::default()).expect("id"),
+        );
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).expect("write");
+        let (contents, valid) = read_log(&path).expect("a torn tail is cut");
+        assert_eq!(valid, first as u64);
+        assert_eq!(contents.vote, Some(vote));
+
+        let mut damaged = bytes.clone();
+        damaged[FRAME_HEADER + 1] ^= 0x40;
+        std::fs::write(&path, &damaged).expect("write");
+        let error = read_log(&path).expect_err("damage inside is refused");
+        assert!(error.contains("offset 0"), "{error}");
+    }
+}

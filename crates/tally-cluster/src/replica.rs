@@ -1,0 +1,608 @@
+//! A replica: the handle a payment service (or `tally serve --cluster`) holds. It
+//! validates batches, groups them, and proposes each group to the leader (itself, or
+//! through the peer service); it answers reads once linearizable.
+//!
+//! Invariant: a write is answered `Ok` only with the results of its committed entry,
+//! which openraft commits once a majority has it synced; every other answer says the
+//! outcome is unknown (`Unavailable`) or that the batch never entered the log.
+
+use crate::config::ClusterConfig;
+use crate::group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
+use crate::log_store::LogStore;
+use crate::network::{PEER_MESSAGE_BYTES_MAX, PeerNetwork, from_frame, peer_client, to_frame};
+use crate::state_machine::{Applied, StateStore};
+use crate::types::Raft;
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_engine::{EventResult, SubmitError, validate_batch};
+use tally_proto::peer::Frame;
+use tally_proto::peer::peer_client::PeerClient;
+use tally_state::StateMachine;
+use tally_types::Batch;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+
+/// How long a call waits for a leader before it answers `Unavailable`.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a replica did not answer a call with results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterError {
+    /// The batch was refused before it was proposed; it changed nothing.
+    Invalid(SubmitError),
+    /// The leader's time leaves no room for the batch's stamps; it changed nothing.
+    TimeOutOfRange {
+        /// The leader's clock reading.
+        now: u64,
+    },
+    /// No leader answered in time, or leadership changed while the call was in
+    /// flight: a write may or may not have been applied. Retry: ids are idempotency
+    /// keys, so a retried event answers `exists` if it was applied.
+    Unavailable(String),
+    /// The replica is shut down.
+    Stopped,
+}
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterError::Invalid(error) => write!(f, "{error}"),
+            ClusterError::TimeOutOfRange { now } => {
+                write!(
+                    f,
+                    "the time {now} leaves no room for the batch's timestamps"
+                )
+            }
+            ClusterError::Unavailable(why) => write!(f, "the cluster is unavailable: {why}"),
+            ClusterError::Stopped => f.write_str("the replica is shut down"),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// Where a replica stands, as `tally cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// This replica.
+    pub replica_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    /// The last index in its log.
+    pub last_log_index: u64,
+    /// The last index applied to its state.
+    pub applied_index: u64,
+    /// The state digest at `applied_index`.
+    pub digest: u64,
+    /// Events applied since the log began.
+    pub events_applied: u64,
+    /// Voting replicas and their peer addresses.
+    pub voters: BTreeMap<u64, String>,
+    /// Non-voting replicas catching up.
+    pub learners: BTreeMap<u64, String>,
+}
+
+/// What the peer service's `Admin` call carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AdminRequest {
+    Status,
+    Add { replica_id: u64, addr: String },
+    Remove { replica_id: u64 },
+}
+
+/// What a forwarded write answers, per batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum WireOutcome {
+    Applied,
+    TimeOutOfRange(u64),
+    Unavailable(String),
+    Stopped,
+}
+
+struct Proposal {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Vec<EventResult>, ClusterError>>,
+}
+
+/// What the proposer, the peer service and the handle share.
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) raft: Raft,
+    pub(crate) applied: Arc<RwLock<Applied>>,
+    peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("id", &self.id).finish()
+    }
+}
+
+enum Leader {
+    Me,
+    Peer(String),
+    Unknown,
+}
+
+impl Core {
+    fn leader(&self) -> Leader {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(id) if id == self.id && metrics.state == ServerState::Leader => Leader::Me,
+            Some(id) if id != self.id => metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map_or(Leader::Unknown, |node| Leader::Peer(node.addr.clone())),
+            _ => Leader::Unknown,
+        }
+    }
+
+    /// Waits until some replica is known to lead, up to [`LEADER_WAIT`].
+    async fn find_leader(&self) -> Result<Leader, ClusterError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.leader() {
+                Leader::Unknown if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Leader::Unknown => {
+                    return Err(ClusterError::Unavailable("no leader elected".into()));
+                }
+                known => return Ok(known),
+            }
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, ClusterError> {
+        let mut peers = self.peers.lock();
+        if let Some(client) = peers.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = peer_client(addr).map_err(ClusterError::Unavailable)?;
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Proposes `batches` as one group, this replica being the leader.
+    pub(crate) async fn propose_here(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+        let count = batches.len();
+        let group = Group {
+            proposed_ns: tally_engine::clock::wall_clock_ns(),
+            batches,
+        };
+        match self.raft.client_write(group).await {
+            Ok(response) => response
+                .data
+                .batches
+                .into_iter()
+                .map(|answer| match answer {
+                    Ok(results) => (WireOutcome::Applied, results),
+                    Err(BatchRefusal::TimeOutOfRange { now }) => {
+                        (WireOutcome::TimeOutOfRange(now), Vec::new())
+                    }
+                })
+                .collect(),
+            Err(error) => {
+                let outcome = match error {
+                    openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped) => {
+                        WireOutcome::Stopped
+                    }
+                    other => WireOutcome::Unavailable(other.to_string()),
+                };
+                vec![(outcome, Vec::new()); count]
+            }
+        }
+    }
+
+    /// Proposes `batches` wherever the leader is.
+    async fn propose(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+        let count = batches.len();
+        let fail = |outcome: WireOutcome| vec![(outcome, Vec::new()); count];
+        let leader = match self.find_leader().await {
+            Ok(leader) => leader,
+            Err(error) => return fail(WireOutcome::Unavailable(error.to_string())),
+        };
+        match leader {
+            Leader::Me => self.propose_here(batches).await,
+            Leader::Unknown => fail(WireOutcome::Unavailable("no leader elected".into())),
+            Leader::Peer(addr) => match self.forward(&addr, batches).await {
+                Ok(outcomes) if outcomes.len() == count => outcomes,
+                Ok(_) => fail(WireOutcome::Unavailable(
+                    "the leader answered the wrong count".into(),
+                )),
+                Err(error) => fail(WireOutcome::Unavailable(error.to_string())),
+            },
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        batches: Vec<Batch>,
+    ) -> Result<Vec<WireOutcomeWith>, ClusterError> {
+        let mut client = self.peer(addr)?;
+        let group = Group {
+            proposed_ns: 0,
+            batches,
+        };
+        let frame = to_frame(&group).map_err(ClusterError::Unavailable)?;
+        let mut request = tonic::Request::new(frame);
+        request.set_timeout(LEADER_WAIT * 2);
+        let answer = client.forward(request).await.map_err(|status| {
+            ClusterError::Unavailable(format!("the leader at {addr}: {}", status.message()))
+        })?;
+        let (outcomes, results): (Vec<WireOutcome>, GroupResults) =
+            from_frame(answer.get_ref()).map_err(ClusterError::Unavailable)?;
+        let mut results = results.batches.into_iter();
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                let events = results.next().and_then(Result::ok).unwrap_or_default();
+                (outcome, events)
+            })
+            .collect())
+    }
+
+    /// Waits until a read here would see every write acknowledged before the call.
+    async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let leader = self.find_leader().await?;
+        let index = match leader {
+            Leader::Me => self
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(|e| ClusterError::Unavailable(e.to_string()))?
+                .map_or(0, |id| id.index),
+            Leader::Peer(addr) => {
+                let mut client = self.peer(&addr)?;
+                let frame = to_frame(&()).map_err(ClusterError::Unavailable)?;
+                let mut request = tonic::Request::new(frame);
+                request.set_timeout(LEADER_WAIT);
+                let answer = client.read_index(request).await.map_err(|status| {
+                    ClusterError::Unavailable(format!("the leader at {addr}: {}", status.message()))
+                })?;
+                let index: Result<u64, String> =
+                    from_frame(answer.get_ref()).map_err(ClusterError::Unavailable)?;
+                index.map_err(ClusterError::Unavailable)?
+            }
+            Leader::Unknown => return Err(ClusterError::Unavailable("no leader elected".into())),
+        };
+        if self.applied.read().applied_index() >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(LEADER_WAIT))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))
+    }
+
+    /// This replica's status.
+    pub(crate) fn status(&self) -> ReplicaStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let applied = self.applied.read();
+        let membership = metrics.membership_config.membership();
+        let voter_ids: BTreeSet<u64> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, node.addr.clone());
+            } else {
+                learners.insert(*id, node.addr.clone());
+            }
+        }
+        ReplicaStatus {
+            replica_id: self.id,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .to_string(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: applied.applied_index(),
+            digest: applied.digest,
+            events_applied: applied.events_applied,
+            voters,
+            learners,
+        }
+    }
+
+    /// Runs a membership change or a status query, on the leader.
+    pub(crate) async fn admin(&self, request: AdminRequest) -> Result<ReplicaStatus, String> {
+        if matches!(request, AdminRequest::Status) {
+            return Ok(self.status());
+        }
+        match self.find_leader().await.map_err(|e| e.to_string())? {
+            Leader::Me => {}
+            Leader::Peer(addr) => {
+                let mut client = self.peer(&addr).map_err(|e| e.to_string())?;
+                let answer = client
+                    .admin(to_frame(&request)?)
+                    .await
+                    .map_err(|status| format!("the leader at {addr}: {}", status.message()))?;
+                let answer: Result<ReplicaStatus, String> = from_frame(answer.get_ref())?;
+                return answer;
+            }
+            Leader::Unknown => return Err("no leader elected".into()),
+        }
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        match request {
+            AdminRequest::Status => {}
+            AdminRequest::Add { replica_id, addr } => {
+                self.raft
+                    .add_learner(replica_id, BasicNode::new(addr), true)
+                    .await
+                    .map_err(|e| format!("adding replica {replica_id} as a learner: {e}"))?;
+                let mut next = voters;
+                next.insert(replica_id);
+                self.raft
+                    .change_membership(next, false)
+                    .await
+                    .map_err(|e| format!("making replica {replica_id} a voter: {e}"))?;
+            }
+            AdminRequest::Remove { replica_id } => {
+                let mut next = voters;
+                if !next.remove(&replica_id) {
+                    return Err(format!("replica {replica_id} is not a voter"));
+                }
+                if next.is_empty() {
+                    return Err("the last replica cannot be removed".into());
+                }
+                self.raft
+                    .change_membership(next, false)
+                    .await
+                    .map_err(|e| format!("removing replica {replica_id}: {e}"))?;
+            }
+        }
+        Ok(self.status())
+    }
+}
+
+/// A forwarded batch's outcome and, when applied, its results.
+pub(crate) type WireOutcomeWith = (WireOutcome, Vec<EventResult>);
+
+fn to_answer((outcome, results): WireOutcomeWith) -> Result<Vec<EventResult>, ClusterError> {
+    match outcome {
+        WireOutcome::Applied => Ok(results),
+        WireOutcome::TimeOutOfRange(now) => Err(ClusterError::TimeOutOfRange { now }),
+        WireOutcome::Unavailable(why) => Err(ClusterError::Unavailable(why)),
+        WireOutcome::Stopped => Err(ClusterError::Stopped),
+    }
+}
+
+/// One replica of a Tally cluster, embedded in this process.
+#[derive(Debug)]
+pub struct Replica {
+    core: Arc<Core>,
+    proposals: mpsc::Sender<Proposal>,
+    server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    peer_addr: std::net::SocketAddr,
+    _lock: tally_log::DirLock,
+}
+
+impl Replica {
+    /// Opens the replica described by `config`: its data directory (created if
+    /// missing), its peer service on its address, and (unless `config.join`) the
+    /// cluster's first membership if its log is empty. Call inside a tokio runtime.
+    pub async fn open(config: ClusterConfig) -> Result<Replica, String> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+        let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
+        let log = LogStore::open(&config.data_dir)?;
+        let state = StateStore::open(&config.data_dir)?;
+        let applied = state.applied();
+        let raft_config = openraft::Config {
+            cluster_name: "tally".into(),
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout: 10_000,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| format!("the Raft configuration: {e}"))?;
+        let raft = Raft::new(
+            config.replica_id,
+            Arc::new(raft_config),
+            PeerNetwork,
+            log,
+            state,
+        )
+        .await
+        .map_err(|e| format!("starting Raft: {e}"))?;
+        let core = Arc::new(Core {
+            id: config.replica_id,
+            raft: raft.clone(),
+            applied,
+            peers: Mutex::new(BTreeMap::new()),
+        });
+        let own = config.own_address().unwrap_or_default().to_string();
+        let listener = tokio::net::TcpListener::bind(&own)
+            .await
+            .map_err(|e| format!("the peer address {own}: {e}"))?;
+        let peer_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let server = crate::peer_service::serve(Arc::clone(&core), listener);
+        if !config.join && !raft.is_initialized().await.map_err(|e| e.to_string())? {
+            let members: BTreeMap<u64, BasicNode> = config
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(error) => return Err(format!("forming the cluster: {error}")),
+            }
+        }
+        let (proposals, queue) = mpsc::channel(config.proposal_queue);
+        tokio::spawn(propose_loop(
+            Arc::clone(&core),
+            queue,
+            config.proposals_in_flight,
+        ));
+        Ok(Replica {
+            core,
+            proposals,
+            server: Mutex::new(Some(server)),
+            peer_addr,
+            _lock: lock,
+        })
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.core.id
+    }
+
+    /// The address the peer service listens on.
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.peer_addr
+    }
+
+    /// Submits a batch; answers once its group is committed on a majority and applied
+    /// here or on the leader.
+    pub async fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, ClusterError> {
+        validate_batch(&batch).map_err(ClusterError::Invalid)?;
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal { batch, reply })
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Runs `read` on the state once every write acknowledged before the call is
+    /// applied here (a read index from the leader).
+    pub async fn read<T>(&self, read: impl FnOnce(&StateMachine) -> T) -> Result<T, ClusterError> {
+        self.core.read_barrier().await?;
+        Ok(read(&self.core.applied.read().state))
+    }
+
+    /// Runs `read` on this replica's state as it is now, without asking the leader
+    /// (may lag behind acknowledged writes).
+    pub fn read_local<T>(&self, read: impl FnOnce(&StateMachine) -> T) -> T {
+        read(&self.core.applied.read().state)
+    }
+
+    /// Where this replica stands.
+    pub fn status(&self) -> ReplicaStatus {
+        self.core.status()
+    }
+
+    /// Adds replica `replica_id` at peer address `addr`: it joins as a learner, catches
+    /// up (from a snapshot if the log was purged), then votes.
+    pub async fn add_replica(
+        &self,
+        replica_id: u64,
+        addr: String,
+    ) -> Result<ReplicaStatus, String> {
+        self.core
+            .admin(AdminRequest::Add { replica_id, addr })
+            .await
+    }
+
+    /// Removes replica `replica_id` from the voters.
+    pub async fn remove_replica(&self, replica_id: u64) -> Result<ReplicaStatus, String> {
+        self.core.admin(AdminRequest::Remove { replica_id }).await
+    }
+
+    /// Stops the peer service and Raft; pending calls answer `Stopped`.
+    pub async fn shutdown(&self) {
+        let server = self.server.lock().take();
+        if let Some((stop, task)) = server {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        let _ = self.core.raft.shutdown().await;
+    }
+}
+
+/// Takes waiting batches into groups and proposes them, a bounded number at a time.
+async fn propose_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Proposal>, in_flight: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let mut events = first.batch.len();
+        let mut proposals = vec![first];
+        while events < GROUP_EVENTS_MAX {
+            match queue.try_recv() {
+                Ok(next) if events + next.batch.len() <= GROUP_EVENTS_MAX => {
+                    events += next.batch.len();
+                    proposals.push(next);
+                }
+                Ok(next) => {
+                    // Too large for this group: it starts the next one.
+                    let core = Arc::clone(&core);
+                    let rest = std::mem::take(&mut proposals);
+                    tokio::spawn(async move { answer_all(&core, rest).await });
+                    events = next.batch.len();
+                    proposals.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let core = Arc::clone(&core);
+        tokio::spawn(async move {
+            answer_all(&core, proposals).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer_all(core: &Core, proposals: Vec<Proposal>) {
+    if proposals.is_empty() {
+        return;
+    }
+    let (batches, replies): (Vec<Batch>, Vec<_>) =
+        proposals.into_iter().map(|p| (p.batch, p.reply)).unzip();
+    let outcomes = core.propose(batches).await;
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(to_answer(outcome));
+    }
+}
+
+/// Settings for the peer service's server, shared with tests.
+pub(crate) fn peer_message_bytes_max() -> usize {
+    PEER_MESSAGE_BYTES_MAX
+}
+
+/// Wraps a forwarded write's outcomes for the wire.
+pub(crate) fn forward_answer(outcomes: Vec<WireOutcomeWith>) -> Result<Frame, String> {
+    let (outcomes, results): (Vec<WireOutcome>, Vec<_>) = outcomes.into_iter().unzip();
+    let results = GroupResults {
+        batches: results.into_iter().map(Ok).collect(),
+    };
+    to_frame(&(outcomes, results))
+}

@@ -1,0 +1,295 @@
+//! The replica's state machine: committed log entries applied to Tally's ledger state,
+//! in log order, each batch stamped from the leader's clock reading the same way on
+//! every replica; the state digest; snapshots to and from disk.
+//!
+//! Invariant: `applied.last_applied` is the position of the last entry whose events are
+//! in `applied.state`, and `applied.digest` is the digest at that position.
+
+use crate::group::{BatchRefusal, Group, GroupResults};
+use crate::image_codec::{self, SnapshotHead};
+use crate::types::{TallyRaft, storage_error};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
+};
+use parking_lot::RwLock;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tally_engine::EventResult;
+use tally_engine::clock::batch_stamp;
+use tally_state::StateMachine;
+use tally_types::Batch;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The file holding the newest snapshot, replaced atomically.
+pub(crate) const SNAPSHOT_FILE: &str = "replica.snapshot";
+
+/// The ledger state of a replica and where in the replicated log it stands.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The ledger.
+    pub state: StateMachine,
+    /// The last entry applied.
+    pub last_applied: Option<LogId<u64>>,
+    /// The membership as of the last membership entry applied.
+    pub membership: StoredMembership<u64, openraft::BasicNode>,
+    /// The state digest at `last_applied`: a hash chained over every applied entry's
+    /// position, every batch's stamp, and every event's id and result.
+    pub digest: u64,
+    /// Events applied since the log began.
+    pub events_applied: u64,
+}
+
+impl Applied {
+    /// The index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.map_or(0, |id| id.index)
+    }
+
+    /// Applies one committed group at `log_id`; answers each batch.
+    fn apply_group(&mut self, log_id: LogId<u64>, group: &Group) -> GroupResults {
+        let mut stamped: Vec<(u64, &Batch)> = Vec::with_capacity(group.batches.len());
+        let mut refused = Vec::with_capacity(group.batches.len());
+        let mut last = self.state.last_timestamp();
+        for batch in &group.batches {
+            match batch_stamp(group.proposed_ns, last, batch.len()) {
+                Some(stamp) if group.proposed_ns <= tally_types::NOW_NS_MAX => {
+                    last = stamp + batch.len().saturating_sub(1) as u64;
+                    stamped.push((stamp, batch));
+                    refused.push(false);
+                }
+                _ => refused.push(true),
+            }
+        }
+        let codes = self.state.apply_run(&stamped);
+        let mut digest = xxh3_64_with_seed(&log_id.index.to_le_bytes(), self.digest);
+        let mut applied = stamped.iter().zip(codes);
+        let mut batches = Vec::with_capacity(group.batches.len());
+        for was_refused in refused {
+            if was_refused {
+                digest = xxh3_64_with_seed(b"refused", digest);
+                batches.push(Err(BatchRefusal::TimeOutOfRange {
+                    now: group.proposed_ns,
+                }));
+                continue;
+            }
+            let Some(((stamp, batch), codes)) = applied.next() else {
+                unreachable!("one result list per stamped batch");
+            };
+            digest = digest_batch(digest, *stamp, batch, &codes);
+            self.events_applied += batch.len() as u64;
+            batches.push(Ok(codes
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| EventResult {
+                    code,
+                    timestamp: if code.is_ok() { stamp + i as u64 } else { 0 },
+                })
+                .collect()));
+        }
+        self.digest = digest;
+        GroupResults { batches }
+    }
+}
+
+/// Chains a batch into the digest: its stamp, then each event's id and result code.
+fn digest_batch(seed: u64, stamp: u64, batch: &Batch, codes: &[tally_types::ResultCode]) -> u64 {
+    let mut bytes = Vec::with_capacity(8 + batch.len() * 17);
+    bytes.extend_from_slice(&stamp.to_le_bytes());
+    let ids: Box<dyn Iterator<Item = u128> + '_> = match batch {
+        Batch::CreateAccounts(accounts) => Box::new(accounts.iter().map(|a| a.id)),
+        Batch::CreateTransfers(transfers) => Box::new(transfers.iter().map(|t| t.id)),
+    };
+    for (id, code) in ids.zip(codes) {
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.push(*code as u8);
+    }
+    xxh3_64_with_seed(&bytes, seed)
+}
+
+type Meta = SnapshotMeta<u64, openraft::BasicNode>;
+
+/// The state machine openraft drives: the shared state, and the snapshot on disk.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    applied: Arc<RwLock<Applied>>,
+    dir: PathBuf,
+    current: Option<(Meta, Arc<Vec<u8>>)>,
+}
+
+impl StateStore {
+    /// Opens the state of the replica in `dir`: its newest snapshot, or empty.
+    pub fn open(dir: &Path) -> Result<StateStore, String> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let mut store = StateStore {
+            applied: Arc::new(RwLock::new(Applied::default())),
+            dir: dir.to_path_buf(),
+            current: None,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let meta = store
+                    .load(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                store.current = Some((meta, Arc::new(bytes)));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("{}: {error}", path.display())),
+        }
+        Ok(store)
+    }
+
+    /// The state, shared with the readers.
+    pub fn applied(&self) -> Arc<RwLock<Applied>> {
+        Arc::clone(&self.applied)
+    }
+
+    /// Replaces the state with a snapshot's.
+    fn load(&mut self, bytes: &[u8]) -> Result<SnapshotMeta<u64, openraft::BasicNode>, String> {
+        let (head, image) = image_codec::decode(bytes)?;
+        let meta: SnapshotMeta<u64, openraft::BasicNode> =
+            bincode::deserialize(&head.meta).map_err(|e| e.to_string())?;
+        let state = StateMachine::from_image(image).map_err(|e| e.to_string())?;
+        *self.applied.write() = Applied {
+            state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            digest: head.digest,
+            events_applied: head.events_applied,
+        };
+        Ok(meta)
+    }
+
+    /// Writes `bytes` as the snapshot file: a new file, synced, renamed over the old.
+    fn persist(&self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let temporary = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, self.dir.join(SNAPSHOT_FILE))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl RaftSnapshotBuilder<TallyRaft> for StateStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TallyRaft>, StorageError<u64>> {
+        let (meta, bytes) = {
+            let applied = self.applied.read();
+            let last = applied.last_applied;
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: applied.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}-{:016x}",
+                    last.map_or(0, |id| id.leader_id.term),
+                    last.map_or(0, |id| id.index),
+                    applied.digest
+                ),
+            };
+            let head = SnapshotHead {
+                meta: bincode::serialize(&meta).map_err(|e| storage_error(e.to_string()))?,
+                digest: applied.digest,
+                events_applied: applied.events_applied,
+            };
+            (meta, image_codec::encode(&head, &applied.state.image()))
+        };
+        let store = self.clone();
+        let bytes = Arc::new(bytes);
+        let written = Arc::clone(&bytes);
+        tokio::task::spawn_blocking(move || store.persist(&written))
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
+            .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
+        self.current = Some((meta.clone(), Arc::clone(&bytes)));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+        })
+    }
+}
+
+impl RaftStateMachine<TallyRaft> for StateStore {
+    type SnapshotBuilder = StateStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<u64>>,
+            StoredMembership<u64, openraft::BasicNode>,
+        ),
+        StorageError<u64>,
+    > {
+        let applied = self.applied.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<GroupResults>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TallyRaft>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut answers = Vec::new();
+        let mut applied = self.applied.write();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => answers.push(GroupResults::default()),
+                EntryPayload::Normal(group) => {
+                    answers.push(applied.apply_group(entry.log_id, &group));
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    answers.push(GroupResults::default());
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateStore {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let bytes = snapshot.into_inner();
+        let loaded = self
+            .load(&bytes)
+            .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
+        if loaded.last_log_id != meta.last_log_id {
+            return Err(storage_error(
+                "the snapshot's contents do not match its metadata".into(),
+            ));
+        }
+        let store = self.clone();
+        let bytes = Arc::new(bytes);
+        let written = Arc::clone(&bytes);
+        tokio::task::spawn_blocking(move || store.persist(&written))
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
+            .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
+        self.current = Some((meta.clone(), bytes));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TallyRaft>>, StorageError<u64>> {
+        Ok(self.current.as_ref().map(|(meta, bytes)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+        }))
+    }
+}
