@@ -5,10 +5,13 @@
 //!   request is durable.
 //! * `tally accounts|transfers --data DIR`: dump as JSON Lines.
 //! * `tally serve --data DIR --listen ADDR [--tls-cert F --tls-key F] [--tokens F]`:
-//!   the ledger as a gRPC server until SIGINT or SIGTERM; `tally token` makes a token.
+//!   the ledger as a gRPC server until SIGINT or SIGTERM; `tally token` makes a token;
+//!   with `--cluster 1=PEER,2=PEER,3=PEER --replica ID`, one replica of a cluster.
+//! * `tally cluster status|add|remove --peer ADDR`: a cluster's replicas and membership.
 //! * `tally verify --data DIR`: checks every checksum, replays the log, checks every
 //!   guarantee that can be checked from disk; exits non-zero on any violation.
 
+mod cluster;
 mod lines;
 mod serve;
 
@@ -63,9 +66,11 @@ enum Command {
         data: PathBuf,
     },
     /// Serve the ledger over gRPC (TLS, tokens, limits) until SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Make a bearer token: append its hash to a token file, print the token once.
     Token(serve::TokenArgs),
+    /// A cluster's replicas: status, add, remove.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,8 +84,9 @@ fn main() -> ExitCode {
         Command::Accounts { data } => dump(data, Dump::Accounts),
         Command::Transfers { data } => dump(data, Dump::Transfers),
         Command::Verify { data } => verify(data),
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Token(args) => serve::token(args),
+        Command::Cluster(args) => cluster::cluster(args),
     };
     match outcome {
         Ok(code) => code,

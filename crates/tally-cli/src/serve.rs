@@ -1,13 +1,14 @@
-//! `tally serve` and `tally token`: the ledger as a gRPC server (docs/spec.md §6,
-//! docs/server.md).
+//! `tally serve` and `tally token`: the ledger, or one replica of a cluster, as a gRPC
+//! server (docs/spec.md §6 and §7, docs/server.md, docs/cluster.md).
 
 use clap::Args;
 use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
-use tally_server::{Limits, Operation, Rights, Server, ServerConfig, TlsFiles};
+use tally_server::{Backend, Limits, Operation, Rights, Server, ServerConfig, TlsFiles};
 
 /// The flags of `tally serve`.
 #[derive(Debug, Args)]
@@ -64,6 +65,20 @@ pub struct ServeArgs {
     /// Seconds a new connection has to send its first bytes.
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
     header_timeout_s: u64,
+    /// Run as one replica of a cluster: the peer address of every replica,
+    /// `1=HOST:PORT,2=HOST:PORT,...` (the replicas' own traffic goes there).
+    #[arg(long, requires = "replica", conflicts_with = "shards")]
+    cluster: Option<String>,
+    /// This replica's id in --cluster.
+    #[arg(long, requires = "cluster")]
+    replica: Option<u64>,
+    /// Join a running cluster (started empty, added with `tally cluster add`)
+    /// instead of forming one.
+    #[arg(long, requires = "cluster")]
+    join: bool,
+    /// The shortest election timeout in milliseconds (the longest is twice it).
+    #[arg(long, default_value_t = 800, requires = "cluster")]
+    election_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -92,12 +107,52 @@ impl ServeArgs {
         };
         config
     }
+
+    /// The cluster configuration, when serving as a replica.
+    fn cluster_config(&self) -> Result<Option<tally_cluster::ClusterConfig>, String> {
+        let (Some(members), Some(replica)) = (&self.cluster, self.replica) else {
+            return Ok(None);
+        };
+        let members = tally_cluster::ClusterConfig::parse_members(members)
+            .map_err(|e| format!("--cluster: {e}"))?;
+        let mut config = tally_cluster::ClusterConfig::new(replica, members, self.data.clone());
+        config.join = self.join;
+        let low = Duration::from_millis(self.election_timeout_ms);
+        config.election_timeout = (low, low * 2);
+        config.heartbeat_interval = (low / 4).max(Duration::from_millis(10));
+        config.validate()?;
+        Ok(Some(config))
+    }
+}
+
+/// Opens what the server serves: the ledger in --data, or a cluster replica.
+async fn open_backend(args: &ServeArgs) -> Result<Backend, String> {
+    match args.cluster_config()? {
+        Some(config) => {
+            let replica = tally_cluster::Replica::open(config).await?;
+            Ok(Backend::Replica(Arc::new(replica)))
+        }
+        None => Ok(Backend::Ledger(crate::open(
+            args.data.clone(),
+            args.shards,
+            false,
+        )?)),
+    }
+}
+
+/// Closes a backend the server never took.
+async fn close_backend(backend: Backend) {
+    match backend {
+        Backend::Ledger(ledger) => {
+            let _ = tokio::task::spawn_blocking(move || ledger.shutdown()).await;
+        }
+        Backend::Replica(replica) => replica.shutdown().await,
+    }
 }
 
 /// Runs a server until SIGINT or SIGTERM, then drains and shuts down.
 pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     init_logs(args.log_json);
-    let ledger = crate::open(args.data.clone(), args.shards, false)?;
     let config = args.server_config();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,18 +162,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     runtime.block_on(async move {
         // Installed before the server starts, so a signal sent as soon as the address
         // is printed is never lost (the default action would kill the process).
-        let stop = match StopSignals::install() {
-            Ok(stop) => stop,
-            Err(error) => {
-                let _ = ledger.shutdown();
-                return Err(error);
-            }
-        };
-        let server = match Server::start(ledger.clone(), config).await {
+        let stop = StopSignals::install()?;
+        let backend = open_backend(&args).await?;
+        let server = match Server::start_backend(backend.clone(), config).await {
             Ok(server) => server,
             Err(error) => {
-                // The ledger is ours to close when the server never took it.
-                let _ = ledger.shutdown();
+                // The backend is ours to close when the server never took it.
+                close_backend(backend).await;
                 return Err(error.to_string());
             }
         };

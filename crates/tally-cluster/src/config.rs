@@ -18,9 +18,11 @@ pub struct ClusterConfig {
     /// waits to be added (`tally cluster add`). `members` then needs only this replica.
     pub join: bool,
     /// A follower that hears nothing from a leader for a random time in this range
-    /// starts an election. Default 500–1,000 ms.
+    /// starts an election. Default 800–1,600 ms.
     pub election_timeout: (Duration, Duration),
-    /// How often the leader sends heartbeats. Default 100 ms.
+    /// How often the leader sends heartbeats. Default 200 ms. It is also the time
+    /// openraft gives one AppendEntries message (up to 8 groups) to be delivered and
+    /// synced by a follower.
     pub heartbeat_interval: Duration,
     /// Entries between snapshots; the log before the snapshot is then purged.
     /// Default 5,000.
@@ -43,8 +45,8 @@ impl ClusterConfig {
             members,
             data_dir: data_dir.into(),
             join: false,
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
+            heartbeat_interval: Duration::from_millis(200),
             snapshot_entries: 5_000,
             proposals_in_flight: 8,
             proposal_queue: 4_096,

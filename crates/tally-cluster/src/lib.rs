@@ -16,6 +16,7 @@
 //! the newest snapshot, after which the log is purged.
 #![deny(missing_docs)]
 
+pub mod admin;
 mod config;
 mod group;
 mod image_codec;

@@ -421,7 +421,7 @@ impl Replica {
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-            max_payload_entries: 64,
+            max_payload_entries: 8,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: 1_000,
             install_snapshot_timeout: 10_000,

@@ -1,4 +1,5 @@
-//! Tally over the network: a [`tally_engine::Ledger`] served as the gRPC service of
+//! Tally over the network: a [`tally_engine::Ledger`] (or a replica of a cluster,
+//! [`tally_cluster::Replica`]) served as the gRPC service of
 //! `proto/tally/v1/tally.proto`, with TLS, bearer tokens and per-client limits.
 //!
 //! A call is answered exactly as an embedded submit would be: a create answers once its
@@ -20,6 +21,7 @@
 
 pub mod auth;
 mod authenticate;
+mod backend;
 mod config;
 mod incoming;
 mod metrics_http;
@@ -28,6 +30,7 @@ mod service;
 mod stats;
 
 pub use auth::{Operation, Rights, Tokens};
+pub use backend::Backend;
 pub use config::{Limits, ServerConfig, ServerError, TlsFiles};
 pub use server::{RunningServer, Server};
 pub use stats::ServerStats;

@@ -3,10 +3,10 @@
 //! 404. A deliberately small responder: one request per connection, the request
 //! bounded in size and in time, a bounded number of scrapes at once.
 
+use crate::backend::Backend;
 use crate::stats::ServerStats;
 use std::sync::Arc;
 use std::time::Duration;
-use tally_engine::Ledger;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -21,13 +21,13 @@ const SCRAPES_CONCURRENT_MAX: usize = 8;
 /// What a scrape reads.
 #[derive(Debug, Clone)]
 pub(crate) struct Sources {
-    pub(crate) ledger: Ledger,
+    pub(crate) backend: Backend,
     pub(crate) stats: Arc<ServerStats>,
 }
 
 impl Sources {
     fn render(&self) -> String {
-        let mut text = self.ledger.metrics().to_prometheus();
+        let mut text = self.backend.metrics_text();
         text.push_str(&self.stats.to_prometheus());
         text
     }

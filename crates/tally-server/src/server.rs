@@ -4,6 +4,7 @@
 
 use crate::auth::Tokens;
 use crate::authenticate::{Access, Authenticated};
+use crate::backend::Backend;
 use crate::config::{ServerConfig, ServerError, TlsFiles};
 use crate::incoming::Incoming;
 use crate::metrics_http;
@@ -41,7 +42,7 @@ pub struct Server;
 pub struct RunningServer {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    ledger: Ledger,
+    backend: Backend,
     stats: Arc<ServerStats>,
     health: HealthReporter,
     stop: Option<oneshot::Sender<()>>,
@@ -55,6 +56,15 @@ pub struct RunningServer {
 impl Server {
     /// Binds `config.listen` and serves `ledger` on the current tokio runtime.
     pub async fn start(ledger: Ledger, config: ServerConfig) -> Result<RunningServer, ServerError> {
+        Server::start_backend(Backend::Ledger(ledger), config).await
+    }
+
+    /// Binds `config.listen` and serves `backend` (a ledger, or a cluster replica) on
+    /// the current tokio runtime.
+    pub async fn start_backend(
+        backend: Backend,
+        config: ServerConfig,
+    ) -> Result<RunningServer, ServerError> {
         if config.tls.is_none() && !config.insecure && !config.listen.ip().is_loopback() {
             return Err(ServerError::InsecureListen(config.listen));
         }
@@ -86,7 +96,7 @@ impl Server {
         })?;
         let stats = Arc::new(ServerStats::default());
         let service = LedgerService {
-            ledger: ledger.clone(),
+            backend: backend.clone(),
             stats: Arc::clone(&stats),
             busy_retry_after_ms: config.busy_retry_after.as_millis() as u64,
         };
@@ -116,7 +126,7 @@ impl Server {
         let (metrics_addr, metrics_stop) = match config.metrics {
             Some(addr) => {
                 let sources = metrics_http::Sources {
-                    ledger: ledger.clone(),
+                    backend: backend.clone(),
                     stats: Arc::clone(&stats),
                 };
                 let (addr, stop) = start_metrics(addr, sources).await?;
@@ -135,7 +145,7 @@ impl Server {
         Ok(RunningServer {
             local_addr,
             metrics_addr,
-            ledger,
+            backend,
             stats,
             health,
             stop: Some(stop),
@@ -163,9 +173,9 @@ impl RunningServer {
         &self.stats
     }
 
-    /// The ledger served.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+    /// What is served: a ledger or a cluster replica.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Stops accepting, answers every call in flight, then shuts the ledger down:
@@ -202,7 +212,13 @@ impl RunningServer {
                 self.serving.abort();
             }
         }
-        let ledger = self.ledger.clone();
+        let ledger = match &self.backend {
+            Backend::Ledger(ledger) => ledger.clone(),
+            Backend::Replica(replica) => {
+                replica.shutdown().await;
+                return Ok(());
+            }
+        };
         let stopped = tokio::task::spawn_blocking(move || ledger.shutdown()).await;
         match stopped {
             Ok(result) => result.map_err(ServerError::Engine),

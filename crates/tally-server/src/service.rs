@@ -1,11 +1,14 @@
 //! The gRPC ledger service: each call (already authenticated, see `authenticate`)
-//! checked against its token's rights, converted, and submitted to the embedded engine
-//! exactly as a library caller would; a create answers only once its batch is durable.
+//! checked against its token's rights, converted, and submitted to the backend (the
+//! embedded engine, or a cluster replica) exactly as a library caller would; a create
+//! answers only once its batch is durable (on a majority of replicas in a cluster).
 
 use crate::auth::{Operation, Rights};
+use crate::backend::{Backend, BackendError};
 use crate::stats::ServerStats;
 use std::sync::Arc;
-use tally_engine::{EventResult, Ledger, SubmitError};
+use tally_cluster::ClusterError;
+use tally_engine::{EventResult, SubmitError};
 use tally_proto::v1;
 use tally_types::{BATCH_EVENTS_MAX, Batch};
 use tonic::metadata::MetadataValue;
@@ -14,7 +17,7 @@ use tonic::{Request, Response, Status};
 /// The service behind every connection; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct LedgerService {
-    pub(crate) ledger: Ledger,
+    pub(crate) backend: Backend,
     pub(crate) stats: Arc<ServerStats>,
     /// The hint sent with `RESOURCE_EXHAUSTED` (metadata `retry-after-ms`).
     pub(crate) busy_retry_after_ms: u64,
@@ -47,7 +50,7 @@ impl LedgerService {
         batch: Batch,
     ) -> Result<v1::CreateResults, Status> {
         let events = batch.len();
-        match self.ledger.submit_async(batch).await {
+        match self.backend.submit(batch).await {
             Ok(results) => {
                 self.stats.answered(operation, events);
                 Ok(create_results(&results))
@@ -60,7 +63,20 @@ impl LedgerService {
         }
     }
 
-    fn submit_status(&self, error: &SubmitError) -> Status {
+    fn submit_status(&self, error: &BackendError) -> Status {
+        match error {
+            BackendError::Submit(error) => self.engine_status(error),
+            BackendError::Cluster(ClusterError::Invalid(error)) => self.engine_status(error),
+            BackendError::Cluster(ClusterError::TimeOutOfRange { .. }) => {
+                Status::invalid_argument(error.to_string())
+            }
+            BackendError::Cluster(
+                error @ (ClusterError::Unavailable(_) | ClusterError::Stopped),
+            ) => Status::unavailable(error.to_string()),
+        }
+    }
+
+    fn engine_status(&self, error: &SubmitError) -> Status {
         match error {
             SubmitError::Busy(_) => {
                 let mut status = Status::resource_exhausted(format!(
@@ -159,8 +175,10 @@ impl tally_proto::LedgerService for LedgerService {
         let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
         // Records in ledgers outside the token's rights are answered as not found.
         let accounts = self
-            .ledger
+            .backend
             .lookup_accounts(&ids)
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
             .iter()
             .filter(|account| rights.ledger_allowed(account.ledger))
             .map(tally_proto::account_to_proto)
@@ -177,8 +195,10 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
         let transfers = self
-            .ledger
+            .backend
             .lookup_transfers(&ids)
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
             .iter()
             .filter(|transfer| rights.ledger_allowed(transfer.ledger))
             .map(tally_proto::transfer_to_proto)
@@ -195,8 +215,10 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::filter_from_proto(request.get_ref());
         let transfers = self
-            .ledger
+            .backend
             .get_account_transfers(&filter)
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
             .iter()
             .filter(|transfer| rights.ledger_allowed(transfer.ledger))
             .map(tally_proto::transfer_to_proto)

@@ -264,7 +264,7 @@ async fn a_batch_over_the_event_limit_is_invalid() {
         .expect_err("8,191 events");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("8191"), "{}", status.message());
-    assert!(fixture.server.ledger().lookup_transfers(&[1]).is_empty());
+    assert!(ledger_of(&fixture.server).lookup_transfers(&[1]).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,4 +540,11 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
         "{}",
         status.message()
     );
+}
+
+fn ledger_of(server: &tally_server::RunningServer) -> &tally_engine::Ledger {
+    match server.backend() {
+        tally_server::Backend::Ledger(ledger) => ledger,
+        other => panic!("a single-node server was expected, not {other:?}"),
+    }
 }

@@ -1,0 +1,143 @@
+//! What a server serves: a ledger embedded in this process, or one replica of a
+//! cluster (which forwards writes to its leader and reads at a read index). The service
+//! speaks to both alike; only the errors differ, and both map to the same statuses.
+
+use std::sync::Arc;
+use tally_cluster::{ClusterError, Replica};
+use tally_engine::{EventResult, Ledger, SubmitError};
+use tally_types::{Account, AccountFilter, Batch, Transfer};
+
+/// The ledger behind a server.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A single-node ledger in this process.
+    Ledger(Ledger),
+    /// One replica of a cluster, in this process.
+    Replica(Arc<Replica>),
+}
+
+/// Why a call got no answer from the backend.
+#[derive(Debug)]
+pub(crate) enum BackendError {
+    /// The single-node engine refused or failed the batch.
+    Submit(SubmitError),
+    /// The cluster refused the batch, or could not answer in time.
+    Cluster(ClusterError),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Submit(error) => write!(f, "{error}"),
+            BackendError::Cluster(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl Backend {
+    pub(crate) async fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => ledger
+                .submit_async(batch)
+                .await
+                .map_err(BackendError::Submit),
+            Backend::Replica(replica) => replica.submit(batch).await.map_err(BackendError::Cluster),
+        }
+    }
+
+    pub(crate) async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => Ok(ledger.lookup_accounts(ids)),
+            Backend::Replica(replica) => replica
+                .read(|state| state.lookup_accounts(ids))
+                .await
+                .map_err(BackendError::Cluster),
+        }
+    }
+
+    pub(crate) async fn lookup_transfers(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Transfer>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => Ok(ledger.lookup_transfers(ids)),
+            Backend::Replica(replica) => replica
+                .read(|state| state.lookup_transfers(ids))
+                .await
+                .map_err(BackendError::Cluster),
+        }
+    }
+
+    pub(crate) async fn get_account_transfers(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<Transfer>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => Ok(ledger.get_account_transfers(filter)),
+            Backend::Replica(replica) => replica
+                .read(|state| state.account_transfers(filter))
+                .await
+                .map_err(BackendError::Cluster),
+        }
+    }
+
+    /// The Prometheus text of the backend's own figures.
+    pub(crate) fn metrics_text(&self) -> String {
+        match self {
+            Backend::Ledger(ledger) => ledger.metrics().to_prometheus(),
+            Backend::Replica(replica) => replica_metrics(&replica.status()),
+        }
+    }
+}
+
+fn replica_metrics(status: &tally_cluster::ReplicaStatus) -> String {
+    let id = status.replica_id;
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{replica=\"{id}\"}} {value}\n"
+        ));
+    };
+    gauge(
+        "tally_replica_term",
+        "The replica's current Raft term.",
+        status.term,
+    );
+    gauge(
+        "tally_replica_leader",
+        "The replica this one knows as leader (0: none).",
+        status.leader.unwrap_or(0),
+    );
+    gauge(
+        "tally_replica_is_leader",
+        "1 when this replica leads.",
+        u64::from(status.role == "leader"),
+    );
+    gauge(
+        "tally_replica_last_log_index",
+        "The last index in the replica's log.",
+        status.last_log_index,
+    );
+    gauge(
+        "tally_replica_applied_index",
+        "The last index applied to the replica's state.",
+        status.applied_index,
+    );
+    gauge(
+        "tally_replica_events_applied",
+        "Events applied since the log began.",
+        status.events_applied,
+    );
+    gauge(
+        "tally_replica_voters",
+        "Voting replicas in the membership.",
+        status.voters.len() as u64,
+    );
+    text.push_str(&format!(
+        "# HELP tally_replica_digest_info The state digest at the applied index (label).\n\
+         # TYPE tally_replica_digest_info gauge\n\
+         tally_replica_digest_info{{replica=\"{id}\",applied_index=\"{}\",digest=\"{:016x}\"}} 1\n",
+        status.applied_index, status.digest
+    ));
+    text
+}
