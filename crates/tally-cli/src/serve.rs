@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// This replica's id in --cluster.
     #[arg(long, requires = "cluster")]
     replica: Option<u64>,
+    /// Bind the peer service here instead of at this replica's address in --cluster
+    /// (when the others reach it through a proxy or a NAT).
+    #[arg(long, requires = "cluster")]
+    peer_listen: Option<String>,
     /// Join a running cluster (started empty, added with `tally cluster add`)
     /// instead of forming one.
     #[arg(long, requires = "cluster")]
@@ -117,6 +121,7 @@ impl ServeArgs {
             .map_err(|e| format!("--cluster: {e}"))?;
         let mut config = tally_cluster::ClusterConfig::new(replica, members, self.data.clone());
         config.join = self.join;
+        config.peer_listen = self.peer_listen.clone();
         let low = Duration::from_millis(self.election_timeout_ms);
         config.election_timeout = (low, low * 2);
         config.heartbeat_interval = (low / 4).max(Duration::from_millis(10));

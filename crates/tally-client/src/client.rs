@@ -6,10 +6,11 @@ use crate::error::ClientError;
 use crate::rpc::{Counters, Rpc};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_proto::{LedgerClient, v1};
 use tally_types::{Account, AccountFilter, AccountFlags, ResultCode, Transfer, TransferFlags};
 use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
 
 /// The result of one created event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +65,40 @@ impl fmt::Debug for Client {
     }
 }
 
+/// Connects to the first endpoint that answers (the others connect when first used);
+/// returns a client per endpoint and the index of the connected one.
+async fn connect_first(
+    endpoints: Vec<Endpoint>,
+) -> Result<(Vec<LedgerClient<Channel>>, usize), ClientError> {
+    let mut connected = None;
+    let mut last_error = None;
+    let mut ledgers = Vec::with_capacity(endpoints.len());
+    for (index, endpoint) in endpoints.into_iter().enumerate() {
+        if connected.is_some() {
+            ledgers.push(LedgerClient::new(endpoint.connect_lazy()));
+            continue;
+        }
+        match endpoint.connect().await {
+            Ok(channel) => {
+                connected = Some(index);
+                ledgers.push(LedgerClient::new(channel));
+            }
+            Err(error) => {
+                last_error = Some(error);
+                ledgers.push(LedgerClient::new(endpoint.connect_lazy()));
+            }
+        }
+    }
+    match (connected, last_error) {
+        (Some(index), _) => Ok((ledgers, index)),
+        (None, Some(error)) => Err(ClientError::Connect(error)),
+        (None, None) => Err(ClientError::Config("no endpoint".into())),
+    }
+}
+
 impl Client {
-    /// Checks `config`, connects to the server and starts the two coalescers (tasks on
+    /// Checks `config`, connects to the server (the first of its endpoints that
+    /// answers) and starts the two coalescers (tasks on
     /// the current tokio runtime).
     ///
     /// A connection lost later is made again by the next call; calls that fail meanwhile
@@ -79,13 +112,10 @@ impl Client {
     /// Outside a tokio runtime.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let prepared = prepare(&config)?;
-        let channel = prepared
-            .endpoint
-            .connect()
-            .await
-            .map_err(ClientError::Connect)?;
+        let (ledgers, current) = connect_first(prepared.endpoints).await?;
         let rpc = Rpc {
-            ledger: LedgerClient::new(channel),
+            ledgers: ledgers.into(),
+            current: Arc::new(AtomicUsize::new(current)),
             authorization: prepared.authorization,
             retry: config.retry,
             request_timeout: config.request_timeout,

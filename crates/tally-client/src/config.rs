@@ -26,6 +26,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 pub struct ClientConfig {
     /// The server's URL: `http://host:port`, or `https://host:port` with [`Self::tls`].
     pub endpoint: String,
+    /// More URLs of the same ledger: the other replicas of a cluster (any replica takes
+    /// any call; a follower passes writes on to the leader). Calls go to one endpoint
+    /// at a time; when it cannot be reached or answers `UNAVAILABLE`, the retry goes to
+    /// the next. Same scheme and TLS settings as `endpoint`. Default: none.
+    pub replicas: Vec<String>,
     /// TLS settings; required for `https://`, refused for `http://`.
     pub tls: Option<TlsConfig>,
     /// A bearer token, sent as `authorization: Bearer <token>` on every call.
@@ -48,6 +53,7 @@ impl ClientConfig {
     pub fn new(endpoint: impl Into<String>) -> ClientConfig {
         ClientConfig {
             endpoint: endpoint.into(),
+            replicas: Vec::new(),
             tls: None,
             token: None,
             request_timeout: Duration::from_secs(10),
@@ -63,6 +69,7 @@ impl fmt::Debug for ClientConfig {
         // The token is a secret: say only whether there is one.
         f.debug_struct("ClientConfig")
             .field("endpoint", &self.endpoint)
+            .field("replicas", &self.replicas)
             .field("tls", &self.tls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("request_timeout", &self.request_timeout)
@@ -167,7 +174,8 @@ impl RetryPolicy {
 
 /// The checked parts of a configuration, ready for the client.
 pub(crate) struct Prepared {
-    pub(crate) endpoint: Endpoint,
+    /// `endpoint`, then each of `replicas`.
+    pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) authorization: Option<MetadataValue<Ascii>>,
 }
 
@@ -189,7 +197,19 @@ pub(crate) fn prepare(config: &ClientConfig) -> Result<Prepared, ClientError> {
         ),
         None => None,
     };
-    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+    let endpoints = std::iter::once(&config.endpoint)
+        .chain(&config.replicas)
+        .map(|url| prepare_endpoint(config, url))
+        .collect::<Result<_, _>>()?;
+    Ok(Prepared {
+        endpoints,
+        authorization,
+    })
+}
+
+/// The endpoint of one URL, with the connection settings and TLS.
+fn prepare_endpoint(config: &ClientConfig, url: &str) -> Result<Endpoint, ClientError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(ClientError::Connect)?
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
@@ -199,7 +219,7 @@ pub(crate) fn prepare(config: &ClientConfig) -> Result<Prepared, ClientError> {
         .initial_connection_window_size(WINDOW_CONNECTION_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let https = config.endpoint.starts_with("https://");
+    let https = url.starts_with("https://");
     match (&config.tls, https) {
         (Some(tls), true) => {
             endpoint = endpoint
@@ -209,21 +229,16 @@ pub(crate) fn prepare(config: &ClientConfig) -> Result<Prepared, ClientError> {
         (None, false) => {}
         (Some(_), false) => {
             return Err(ClientError::Config(format!(
-                "TLS settings given for {}: use https://",
-                config.endpoint
+                "TLS settings given for {url}: use https://"
             )));
         }
         (None, true) => {
             return Err(ClientError::Config(format!(
-                "{} needs TLS settings (the server's CA certificate)",
-                config.endpoint
+                "{url} needs TLS settings (the server's CA certificate)"
             )));
         }
     }
-    Ok(Prepared {
-        endpoint,
-        authorization,
-    })
+    Ok(endpoint)
 }
 
 fn tls_client_config(tls: &TlsConfig) -> ClientTlsConfig {

@@ -5,7 +5,7 @@ use crate::config::RetryPolicy;
 use crate::error::{ClientError, Failure, classify, from_status};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tally_proto::{LedgerClient, v1};
 use tally_types::{Account, Transfer};
@@ -30,10 +30,14 @@ impl Counters {
     }
 }
 
-/// Sends calls to one server: the generated client, the token, the policy.
+/// Sends calls to a server (or one of a cluster's replicas): the generated clients, the
+/// token, the policy.
 #[derive(Debug, Clone)]
 pub(crate) struct Rpc {
-    pub(crate) ledger: LedgerClient<Channel>,
+    /// One client per endpoint; calls go to `ledgers[current]`.
+    pub(crate) ledgers: Arc<[LedgerClient<Channel>]>,
+    /// The endpoint in use; moved on when it is unreachable or unavailable.
+    pub(crate) current: Arc<AtomicUsize>,
     pub(crate) authorization: Option<MetadataValue<Ascii>>,
     pub(crate) retry: RetryPolicy,
     pub(crate) request_timeout: Duration,
@@ -64,8 +68,9 @@ impl Rpc {
         let mut attempt: u32 = 1;
         loop {
             let request = self.request(message.clone());
-            let answer =
-                tokio::time::timeout(self.request_timeout, call(self.ledger.clone(), request));
+            let index = self.current.load(Ordering::Relaxed) % self.ledgers.len();
+            let ledger = self.ledgers[index].clone();
+            let answer = tokio::time::timeout(self.request_timeout, call(ledger, request));
             let status = match answer.await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
@@ -77,7 +82,17 @@ impl Rpc {
             };
             let retry_after = match classify(&status) {
                 Failure::Final => return Err(from_status(status, self.request_timeout)),
-                Failure::Unavailable => None,
+                Failure::Unavailable => {
+                    // Another replica may answer: move on (once, whoever sees it first).
+                    let next = (index + 1) % self.ledgers.len();
+                    let _ = self.current.compare_exchange(
+                        index,
+                        next,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    None
+                }
                 Failure::Busy { retry_after } => retry_after,
             };
             if attempt >= self.retry.attempts_max {

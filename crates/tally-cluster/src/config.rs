@@ -14,6 +14,9 @@ pub struct ClusterConfig {
     pub members: BTreeMap<u64, String>,
     /// This replica's data directory (its log, its snapshot, its lock).
     pub data_dir: PathBuf,
+    /// Where the peer service binds, when not at this replica's address in `members`
+    /// (behind a proxy or a NAT, the address the others dial differs). Default: none.
+    pub peer_listen: Option<String>,
     /// Join a running cluster instead of forming one: the replica starts empty and
     /// waits to be added (`tally cluster add`). `members` then needs only this replica.
     pub join: bool,
@@ -44,6 +47,7 @@ impl ClusterConfig {
             replica_id,
             members,
             data_dir: data_dir.into(),
+            peer_listen: None,
             join: false,
             election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
             heartbeat_interval: Duration::from_millis(200),

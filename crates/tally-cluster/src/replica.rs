@@ -444,7 +444,10 @@ impl Replica {
             applied,
             peers: Mutex::new(BTreeMap::new()),
         });
-        let own = config.own_address().unwrap_or_default().to_string();
+        let own = match &config.peer_listen {
+            Some(listen) => listen.clone(),
+            None => config.own_address().unwrap_or_default().to_string(),
+        };
         let listener = tokio::net::TcpListener::bind(&own)
             .await
             .map_err(|e| format!("the peer address {own}: {e}"))?;
