@@ -1,5 +1,6 @@
-//! Compiles proto/tally/v1/tally.proto and proto/tally/cluster/v1/peer.proto with protox (pure Rust, no protoc needed) and
-//! generates the prost messages and the tonic client and server.
+//! Compiles proto/tally/v1/tally.proto and proto/tally/cluster/v1/peer.proto with protox
+//! (pure Rust, no protoc needed) and generates the prost messages and the tonic clients
+//! and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = "../../proto";
