@@ -29,9 +29,9 @@ pub struct ClusterConfig {
     /// openraft gives one AppendEntries message (up to 8 groups) to be delivered and
     /// synced by a follower.
     pub heartbeat_interval: Duration,
-    /// Entries between snapshots; the log before the snapshot is then purged.
-    /// Default 5,000.
-    pub snapshot_entries: u64,
+    /// A snapshot is taken once the log holds this many bytes of entries; the log
+    /// before it is then purged, which bounds the memory the log holds. Default 256 MiB.
+    pub snapshot_log_bytes: u64,
     /// Groups proposed and not yet committed at once. Default 8.
     pub proposals_in_flight: usize,
     /// Batches waiting to be proposed; past it, submitters wait. Default 4,096.
@@ -53,7 +53,7 @@ impl ClusterConfig {
             join: false,
             election_timeout: (Duration::from_millis(450), Duration::from_millis(900)),
             heartbeat_interval: Duration::from_millis(150),
-            snapshot_entries: 5_000,
+            snapshot_log_bytes: 256 << 20,
             proposals_in_flight: 8,
             proposal_queue: 4_096,
         }

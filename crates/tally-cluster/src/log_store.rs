@@ -127,6 +127,12 @@ impl LogStore {
         })
     }
 
+    /// Bytes of the log's frames that a purge has not yet made obsolete: what the log
+    /// holds in memory, about.
+    pub fn live_bytes(&self) -> u64 {
+        self.contents.lock().live_bytes
+    }
+
     fn send(&self, write: LogWrite) -> Result<(), StorageError<u64>> {
         self.writer
             .send(write)

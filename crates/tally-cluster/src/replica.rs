@@ -197,6 +197,11 @@ impl Core {
                     openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped) => {
                         WireOutcome::Stopped
                     }
+                    openraft::error::RaftError::APIError(
+                        openraft::error::ClientWriteError::ForwardToLeader(_),
+                    ) => WireOutcome::Unavailable(
+                        "this replica stopped leading before the write was proposed".into(),
+                    ),
                     other => WireOutcome::Unavailable(other.to_string()),
                 };
                 vec![(outcome, Vec::new()); count]
@@ -414,6 +419,7 @@ impl Replica {
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
         let log = LogStore::open(&config.data_dir)?;
+        let log_size = log.clone();
         let state = StateStore::open(&config.data_dir)?;
         let applied = state.applied();
         let raft_config = openraft::Config {
@@ -422,8 +428,10 @@ impl Replica {
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             max_payload_entries: 8,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            // Snapshots are triggered by the log's size (see `snapshot_when_large`).
+            snapshot_policy: SnapshotPolicy::Never,
+            // A follower further behind than this gets the snapshot instead.
+            max_in_snapshot_log_to_keep: 64,
             install_snapshot_timeout: 10_000,
             ..openraft::Config::default()
         }
@@ -472,6 +480,11 @@ impl Replica {
             Arc::clone(&core),
             queue,
             config.proposals_in_flight,
+        ));
+        tokio::spawn(snapshot_when_large(
+            Arc::downgrade(&core),
+            log_size,
+            config.snapshot_log_bytes,
         ));
         Ok(Replica {
             core,
@@ -547,6 +560,25 @@ impl Replica {
             let _ = task.await;
         }
         let _ = self.core.raft.shutdown().await;
+    }
+}
+
+/// Asks for a snapshot whenever the log holds more than `bytes_max` of entries; stops
+/// with the replica.
+async fn snapshot_when_large(core: std::sync::Weak<Core>, log: LogStore, bytes_max: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        if log.live_bytes() > bytes_max {
+            if core.raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Give the snapshot time to be built and the log purged before asking again.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     }
 }
 

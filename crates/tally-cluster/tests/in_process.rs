@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tally_cluster::{ClusterConfig, Replica};
+use tally_cluster::{ClusterConfig, ClusterError, Replica};
 use tally_testkit::{TEST_LEDGER, account, transfer};
 use tally_types::{AccountFlags, Batch, ResultCode};
 
@@ -21,6 +21,22 @@ fn members(n: u64) -> BTreeMap<u64, String> {
 async fn open(id: u64, members: &BTreeMap<u64, String>, root: &std::path::Path) -> Replica {
     let config = ClusterConfig::new(id, members.clone(), root.join(format!("r{id}")));
     Replica::open(config).await.expect("opens")
+}
+
+/// Submits until the cluster answers: `Unavailable` (leadership moving) is retried with
+/// the same events, as a client does.
+async fn submit(replica: &Replica, batch: Batch) -> Vec<tally_engine::EventResult> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match replica.submit(batch.clone()).await {
+            Ok(results) => return results,
+            Err(ClusterError::Unavailable(why)) if Instant::now() < deadline => {
+                eprintln!("retrying: {why}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("submit failed: {error}"),
+        }
+    }
 }
 
 async fn wait_for_leader(replicas: &[&Replica]) -> u64 {
@@ -74,16 +90,17 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
         account(1, TEST_LEDGER, AccountFlags::empty()),
         account(2, TEST_LEDGER, AccountFlags::empty()),
     ]);
-    let results = follower.submit(accounts).await.expect("accounts");
+    let results = submit(follower, accounts).await;
     assert!(
         results.iter().all(|r| r.code == ResultCode::Ok),
         "{results:?}"
     );
     for id in 0..100u128 {
-        let results = all[(id % 3) as usize]
-            .submit(Batch::CreateTransfers(vec![transfer(100 + id, 1, 2, 5)]))
-            .await
-            .expect("a transfer");
+        let results = submit(
+            all[(id % 3) as usize],
+            Batch::CreateTransfers(vec![transfer(100 + id, 1, 2, 5)]),
+        )
+        .await;
         assert_eq!(results[0].code, ResultCode::Ok);
     }
     // Every replica reads every acknowledged write.
@@ -113,13 +130,11 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
         "failover took {:?}",
         started.elapsed()
     );
-    let retried = survivors[0]
-        .submit(Batch::CreateTransfers(vec![
-            transfer(100, 1, 2, 5),
-            transfer(500, 1, 2, 5),
-        ]))
-        .await
-        .expect("writes after failover");
+    let retried = submit(
+        survivors[0],
+        Batch::CreateTransfers(vec![transfer(100, 1, 2, 5), transfer(500, 1, 2, 5)]),
+    )
+    .await;
     assert_eq!(retried[0].code, ResultCode::Exists);
     assert_eq!(retried[1].code, ResultCode::Ok);
 
@@ -133,6 +148,65 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
         Some(505)
     );
     for replica in all {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
+    let root = tempfile::tempdir().expect("dir");
+    let mut members = members(3);
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let mut config =
+            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
+        // Tiny, so that the log is snapshotted and purged while the test writes.
+        config.snapshot_log_bytes = 16 << 10;
+        replicas.push(Replica::open(config).await.expect("opens"));
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    wait_for_leader(&all).await;
+    let accounts = Batch::CreateAccounts(vec![
+        account(1, TEST_LEDGER, AccountFlags::empty()),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+    ]);
+    submit(&replicas[0], accounts).await;
+    for round in 0..40u128 {
+        let batch = (0..50)
+            .map(|i| transfer(1_000 + round * 50 + i, 1, 2, 1))
+            .collect();
+        let results = submit(&replicas[1], Batch::CreateTransfers(batch)).await;
+        assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !root.path().join("r1").join("replica.snapshot").exists() {
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Replica 4 starts empty and joins: the log it needs is purged, so it installs a
+    // snapshot, then votes.
+    members.insert(4, format!("127.0.0.1:{}", free_port()));
+    let mut config = ClusterConfig::new(4, members.clone(), root.path().join("r4"));
+    config.join = true;
+    let fourth = Replica::open(config).await.expect("opens");
+    let status = replicas[2]
+        .add_replica(4, members[&4].clone())
+        .await
+        .expect("adds");
+    assert!(status.voters.contains_key(&4), "{status:?}");
+    let removed = replicas[0].remove_replica(3).await.expect("removes");
+    assert!(!removed.voters.contains_key(&3), "{removed:?}");
+    let results = submit(&fourth, Batch::CreateTransfers(vec![transfer(9, 1, 2, 1)])).await;
+    assert_eq!(results[0].code, ResultCode::Ok);
+    let kept = [&replicas[0], &replicas[1], &fourth];
+    wait_converged(&kept).await;
+    assert_eq!(
+        fourth.read_local(|s| s.lookup_account(2).map(|a| a.credits_posted)),
+        Some(2_001)
+    );
+    for replica in replicas.iter().chain([&fourth]) {
         replica.shutdown().await;
     }
 }
