@@ -295,12 +295,13 @@ fn write_loop(dir: PathBuf, mut file: File, receiver: mpsc::Receiver<LogWrite>) 
                     buffer.extend_from_slice(&bytes);
                     dones.push(done);
                 }
-                LogWrite::Rewrite { bytes, done } => {
+                LogWrite::Rewrite { bytes, done } if failure.is_none() => {
                     // Everything before the rewrite is in its bytes already.
                     buffer.clear();
                     result = rewrite(&dir, &bytes).map(|new_file| file = new_file);
                     dones.push(done);
                 }
+                LogWrite::Rewrite { done, .. } => dones.push(done),
             }
         }
         if let Some(message) = &failure {
