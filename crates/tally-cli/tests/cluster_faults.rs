@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use tally_testkit::SeededRng;
 
 /// The longest failover accepted: from the leader's death (or isolation) to a new
-/// leader reported and a write acknowledged again. The election alone takes up to the
-/// longest election timeout, 1.6 s by default, after the last heartbeat; docs/spec.md
-/// §7 asks for under 2 s. The margin is one more election round (1.6 s, when two
-/// candidates split the vote) and 0.4 s for a debug build sharing two cores with the
-/// test's own load: measured failovers are printed, typically 1–2 s.
-const FAILOVER_MAX: Duration = Duration::from_millis(2_000 + 1_600 + 400);
+/// leader reported and a write acknowledged again. With the default 450–900 ms election
+/// timeouts, openraft elects once the leader's lease (900 ms) and an election timeout
+/// have passed since the last heartbeat (sent every 150 ms): at most 1.95 s after the
+/// fault, the 2 s of docs/spec.md §7. The margin: one more election timeout (900 ms)
+/// when two candidates split the vote, and 1.1 s for a debug build sharing two cores
+/// with the load's client tasks and the proxies. Measured: 1.5–2.2 s.
+const FAILOVER_MAX: Duration = Duration::from_millis(2_000 + 900 + 1_100);
 
 /// How long replicas may take to agree once the faults are over.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
@@ -64,7 +65,10 @@ async fn measure_failover(
             if load::send(&client, batch, record).await {
                 return since.elapsed();
             }
-            assert!(since.elapsed() < Duration::from_secs(20), "no write acknowledged");
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "no write acknowledged"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -119,16 +123,19 @@ fn sigkill_of_the_leader_under_load_loses_nothing_acknowledged() {
         let mut cluster = Cluster::start(3, false).await;
         cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0x1ead).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         let leader = leader_by_cli(&cluster.peers(&ALL)).await.expect("a leader");
         let killed_at = Instant::now();
         cluster.kill(leader);
         let survivors = others(&ALL, leader);
         let record = load.record();
         measure_failover(&cluster, &survivors, leader, killed_at, &record).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         cluster.spawn_all(&[leader]).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         finish(&cluster, &ALL, load, started).await;
     });
 }
@@ -140,11 +147,13 @@ fn sigkill_of_a_follower_then_of_the_leader_loses_nothing_acknowledged() {
         let mut cluster = Cluster::start(3, false).await;
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xf011).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         let follower = others(&ALL, leader)[0];
         cluster.kill(follower);
         // One replica down of three: writes go on without a pause.
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(10)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(10))
+            .await;
         cluster.spawn_all(&[follower]).await;
         wait_caught_up(&cluster, follower, leader).await;
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
@@ -152,9 +161,11 @@ fn sigkill_of_a_follower_then_of_the_leader_loses_nothing_acknowledged() {
         cluster.kill(leader);
         let record = load.record();
         measure_failover(&cluster, &others(&ALL, leader), leader, killed_at, &record).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         cluster.spawn_all(&[leader]).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         finish(&cluster, &ALL, load, started).await;
     });
 }
@@ -167,7 +178,8 @@ fn an_isolated_leader_acknowledges_nothing_and_converges_after_healing() {
         let net = cluster.net.clone().unwrap();
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0x150).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         let cut_at = Instant::now();
         net.isolate(leader);
         let majority = others(&ALL, leader);
@@ -190,9 +202,11 @@ fn an_isolated_leader_acknowledges_nothing_and_converges_after_healing() {
             before.applied_index, after.applied_index,
             "the isolated leader applied entries without a majority: {after:?}"
         );
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         net.heal();
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         finish(&cluster, &ALL, load, started).await;
     });
 }
@@ -205,12 +219,14 @@ fn an_isolated_follower_catches_up_after_healing() {
         let net = cluster.net.clone().unwrap();
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xf0).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         let follower = others(&ALL, leader)[0];
         net.isolate(follower);
         // The majority goes on acknowledging; the isolated follower cannot reach the
         // leader, so a write sent to it is not acknowledged.
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(10)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(10))
+            .await;
         let client = cluster.client(&[follower], Duration::from_secs(2)).await;
         let mut rng = SeededRng::new(8);
         let batch = vec![load::transfer(800_000_000_000, &mut rng)];
@@ -218,9 +234,11 @@ fn an_isolated_follower_catches_up_after_healing() {
             !load::send(&client, batch, &load.record()).await,
             "a write to the isolated follower was acknowledged"
         );
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(10)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(10))
+            .await;
         net.heal();
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         finish(&cluster, &ALL, load, started).await;
     });
 }
@@ -233,7 +251,8 @@ fn a_flapping_lossy_network_loses_nothing_acknowledged() {
         let net = cluster.net.clone().unwrap();
         cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xf1a9).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         let mut rng = SeededRng::new(0xf1a9);
         net.reseed(0xf1a9);
         net.set_delay(Duration::from_millis(2));
@@ -251,7 +270,8 @@ fn a_flapping_lossy_network_loses_nothing_acknowledged() {
         );
         net.set_delay(Duration::ZERO);
         net.set_drops(0);
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         finish(&cluster, &ALL, load, started).await;
     });
 }
@@ -283,7 +303,8 @@ fn a_full_disk_stops_one_replica_and_the_others_go_on() {
         cluster.spawn_all(&ALL).await;
         cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xd15c).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         fill(&cluster.nodes[&full].dir, 64 << 10);
         // The replica's log fails on the next writes; the other two go on.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -303,10 +324,14 @@ fn a_full_disk_stops_one_replica_and_the_others_go_on() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!("the replica on the full disk stopped after {:?}", started.elapsed());
+        eprintln!(
+            "the replica on the full disk stopped after {:?}",
+            started.elapsed()
+        );
         let rest = others(&ALL, full);
         cluster.wait_leader(&rest, None, CONVERGE_LIMIT).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         let record = load.stop().await;
         cluster.wait_converged(&rest, CONVERGE_LIMIT).await;
         load::check(&cluster, &rest, &record).await;
@@ -332,26 +357,38 @@ fn a_replica_added_then_an_old_one_removed_under_load() {
         let mut cluster = Cluster::start(3, false).await;
         cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xadd).await;
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(30)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
         cluster.add_joining_node(4);
         cluster.spawn_all(&[4]).await;
         let peer = cluster.nodes[&2].peer_listen.clone();
         let addr = cluster.nodes[&4].peer_advertised.clone();
         let added = tally(
-            ["cluster", "add", "--peer", &peer, "--replica", "4", "--addr", &addr]
-                .map(String::from)
-                .to_vec(),
+            [
+                "cluster",
+                "add",
+                "--peer",
+                &peer,
+                "--replica",
+                "4",
+                "--addr",
+                &addr,
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .await;
         let status: serde_json::Value = serde_json::from_str(added.trim()).unwrap();
         assert!(status["voters"].get("4").is_some(), "{status}");
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         // Caught up: the same digest at the same applied index (the load paused to let
         // the replicas meet).
         load.pause(true);
         cluster.wait_converged(&[1, 2, 3, 4], CONVERGE_LIMIT).await;
         load.pause(false);
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         // Remove replica 1, leader or not, through another replica.
         let removed = tally(
             ["cluster", "remove", "--peer", &peer, "--replica", "1"]
@@ -361,9 +398,11 @@ fn a_replica_added_then_an_old_one_removed_under_load() {
         .await;
         let status: serde_json::Value = serde_json::from_str(removed.trim()).unwrap();
         assert!(status["voters"].get("1").is_none(), "{status}");
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         cluster.terminate(1);
-        load.until_more_acks(ACKS_STEP, Duration::from_secs(20)).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
         let rest = [2, 3, 4];
         let record = load.stop().await;
         let statuses = cluster.wait_converged(&rest, CONVERGE_LIMIT).await;

@@ -292,13 +292,20 @@ pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
 
 fn assert_as_sent(id: u128, sent: &Sent, found: &Transfer, acknowledged: bool) {
     assert_eq!(
-        (found.debit_account_id, found.credit_account_id, found.amount),
+        (
+            found.debit_account_id,
+            found.credit_account_id,
+            found.amount
+        ),
         (sent.debit, sent.credit, sent.amount),
         "transfer {id} changed (acknowledged: {acknowledged})"
     );
     assert_eq!((found.ledger, found.code), (LEDGER, 1), "transfer {id}");
     if let Some(timestamp) = sent.timestamp {
-        assert_eq!(found.timestamp, timestamp, "transfer {id}: its timestamp changed");
+        assert_eq!(
+            found.timestamp, timestamp,
+            "transfer {id}: its timestamp changed"
+        );
     }
 }
 

@@ -147,11 +147,7 @@ impl Cluster {
             if node.join {
                 command.arg("--join");
             }
-            let mut child = command
-                .stdout(Stdio::piped())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
             let stdout = child.stdout.take().unwrap();
             if let Some(net) = &self.net {
                 net.set_pid(*id, child.id());
@@ -385,7 +381,9 @@ pub async fn leader_by_cli(peers: &str) -> Option<u64> {
 /// and timing assertions mean nothing on an overloaded machine.
 pub fn run(test: impl std::future::Future<Output = ()>) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serial = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -90,7 +90,8 @@ impl Net {
     }
 
     pub fn set_drops(&self, per_mille: u64) {
-        self.rules.send_modify(|rules| rules.drop_per_mille = per_mille);
+        self.rules
+            .send_modify(|rules| rules.drop_per_mille = per_mille);
     }
 
     pub fn reseed(&self, seed: u64) {
@@ -111,8 +112,7 @@ impl Net {
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
             fds.filter_map(Result::ok)
                 .any(|fd| {
-                    std::fs::read_link(fd.path())
-                        .is_ok_and(|link| link.to_string_lossy() == wanted)
+                    std::fs::read_link(fd.path()).is_ok_and(|link| link.to_string_lossy() == wanted)
                 })
                 .then_some(id)
         })
@@ -190,7 +190,11 @@ async fn relay(
     }
 }
 
-async fn pump(net: &Net, mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
+async fn pump(
+    net: &Net,
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+) {
     let mut buffer = vec![0u8; 64 << 10];
     loop {
         let read = match from.read(&mut buffer).await {
