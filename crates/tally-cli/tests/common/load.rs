@@ -1,0 +1,320 @@
+//! A load of transfers from concurrent client tasks. Every transfer answered `ok` or
+//! `exists` is recorded as acknowledged, with its timestamp when `ok`; a transfer whose
+//! call failed is recorded as unknown (it may or may not have been applied). After the
+//! faults, [`check`] finds every acknowledged transfer as written and the balances
+//! equal to the sum of the transfers that exist.
+
+use super::Cluster;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tally_client::Client;
+use tally_testkit::SeededRng;
+use tally_types::{Account, ResultCode, Transfer};
+
+/// The accounts transfers move money between (no balance limits: every transfer
+/// succeeds).
+pub const ACCOUNTS: u128 = 8;
+const LEDGER: u32 = 7;
+
+/// What was sent, and what the answer said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub debit: u128,
+    pub credit: u128,
+    pub amount: u128,
+    /// The timestamp of an `ok` answer (an `exists` answer carries none).
+    pub timestamp: Option<u64>,
+}
+
+/// What the load saw.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub acknowledged: BTreeMap<u128, Sent>,
+    pub unknown: BTreeMap<u128, Sent>,
+    /// Answers that are neither `ok` nor `exists`: always a failure.
+    pub wrong: Vec<(u128, ResultCode)>,
+}
+
+/// Running client tasks; [`Load::stop`] ends them and answers what they saw.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    /// Set while the tasks should wait instead of sending.
+    pause: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+    record: Arc<Mutex<Record>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A transfer of `amount` between two accounts picked by `rng`.
+pub fn transfer(id: u128, rng: &mut SeededRng) -> (Transfer, Sent) {
+    let debit = 1 + u128::from(rng.below(ACCOUNTS as u64));
+    let credit = 1 + (debit + u128::from(rng.below(ACCOUNTS as u64 - 1))) % ACCOUNTS;
+    let amount = 1 + u128::from(rng.below(1_000));
+    let transfer = Transfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: LEDGER,
+        code: 1,
+        ..Transfer::default()
+    };
+    let sent = Sent {
+        debit,
+        credit,
+        amount,
+        timestamp: None,
+    };
+    (transfer, sent)
+}
+
+/// Creates the accounts (retried until acknowledged).
+pub async fn create_accounts(client: &Client) {
+    let accounts: Vec<Account> = (1..=ACCOUNTS)
+        .map(|id| Account {
+            id,
+            ledger: LEDGER,
+            code: 1,
+            ..Account::default()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.create_accounts(&accounts).await {
+            Ok(results) => {
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| matches!(r.code, ResultCode::Ok | ResultCode::Exists)),
+                    "{results:?}"
+                );
+                return;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "creating accounts: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends one batch and records what its answer says.
+pub async fn send(client: &Client, batch: Vec<(Transfer, Sent)>, record: &Mutex<Record>) -> bool {
+    let transfers: Vec<Transfer> = batch.iter().map(|(t, _)| *t).collect();
+    let answer = client.create_transfers(&transfers).await;
+    let mut record = record.lock().unwrap();
+    match answer {
+        Ok(results) => {
+            for ((transfer, mut sent), result) in batch.into_iter().zip(results) {
+                match result.code {
+                    ResultCode::Ok => sent.timestamp = Some(result.timestamp),
+                    ResultCode::Exists => {}
+                    code => {
+                        record.wrong.push((transfer.id, code));
+                        continue;
+                    }
+                }
+                record.unknown.remove(&transfer.id);
+                record.acknowledged.insert(transfer.id, sent);
+            }
+            true
+        }
+        Err(_) => {
+            for (transfer, sent) in batch {
+                record.unknown.insert(transfer.id, sent);
+            }
+            false
+        }
+    }
+}
+
+impl Load {
+    /// `tasks` client tasks, task `i` talking to the running replicas starting with
+    /// the `i`-th, each sending batches of 1 to 4 transfers.
+    pub async fn start(cluster: &Cluster, tasks: u64, seed: u64) -> Load {
+        let ids = cluster.running();
+        let client = cluster.client(&ids, Duration::from_secs(3)).await;
+        create_accounts(&client).await;
+        let mut load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            pause: Arc::new(AtomicBool::new(false)),
+            acks: Arc::new(AtomicU64::new(0)),
+            record: Arc::new(Mutex::new(Record::default())),
+            tasks: Vec::new(),
+        };
+        for task in 0..tasks {
+            let mut order = ids.clone();
+            order.rotate_left(task as usize % ids.len());
+            let mut clients = Vec::new();
+            // One client per starting replica: after a failure the task moves on to
+            // the next one (a timed-out call does not make a client fail over).
+            for turn in 0..order.len() {
+                let mut turned = order.clone();
+                turned.rotate_left(turn);
+                clients.push(cluster.client(&turned, Duration::from_secs(3)).await);
+            }
+            load.tasks.push(tokio::spawn(run_task(
+                clients,
+                SeededRng::new(seed ^ (task << 40)),
+                1_000_000 * u128::from(task + 1),
+                Arc::clone(&load.stop),
+                Arc::clone(&load.pause),
+                Arc::clone(&load.acks),
+                Arc::clone(&load.record),
+            )));
+        }
+        load
+    }
+
+    /// Acknowledged transfers so far.
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` more transfers are acknowledged, at most `limit`.
+    pub async fn until_more_acks(&self, more: u64, limit: Duration) {
+        let target = self.acks() + more;
+        let deadline = Instant::now() + limit;
+        while self.acks() < target {
+            assert!(
+                Instant::now() < deadline,
+                "the load got {} of {more} acknowledgements in {limit:?}",
+                more + self.acks() - target
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The record the tasks write to, for calls made beside them.
+    pub fn record(&self) -> Arc<Mutex<Record>> {
+        Arc::clone(&self.record)
+    }
+
+    pub fn pause(&self, paused: bool) {
+        self.pause.store(paused, Ordering::Relaxed);
+    }
+
+    /// Stops the tasks (each finishes its call in flight) and answers the record.
+    pub async fn stop(self) -> Record {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        std::mem::take(&mut *self.record.lock().unwrap())
+    }
+}
+
+async fn run_task(
+    clients: Vec<Client>,
+    mut rng: SeededRng,
+    first_id: u128,
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+    record: Arc<Mutex<Record>>,
+) {
+    let mut next_id = first_id;
+    let mut current = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if pause.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let size = 1 + rng.below(4) as u128;
+        let batch: Vec<(Transfer, Sent)> = (next_id..next_id + size)
+            .map(|id| transfer(id, &mut rng))
+            .collect();
+        next_id += size;
+        if send(&clients[current], batch, &record).await {
+            acks.fetch_add(size as u64, Ordering::Relaxed);
+        } else {
+            current = (current + 1) % clients.len();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Checks, through the replicas `ids`: every acknowledged transfer exists as sent (and
+/// with the timestamp its `ok` answer gave); the unknown ones that exist are as sent;
+/// each account's posted debits and credits are the sums of the transfers that exist.
+/// Answers how many transfers exist.
+pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
+    assert!(record.wrong.is_empty(), "wrong answers: {:?}", record.wrong);
+    assert!(!record.acknowledged.is_empty(), "nothing was acknowledged");
+    let client = cluster.client(ids, Duration::from_secs(10)).await;
+    let stored = lookup(&client, record.acknowledged.keys().copied().collect()).await;
+    let mut lost = Vec::new();
+    for (id, sent) in &record.acknowledged {
+        match stored.get(id) {
+            None => lost.push(*id),
+            Some(found) => assert_as_sent(*id, sent, found, true),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged transfers lost: {:?}",
+        lost.len(),
+        record.acknowledged.len(),
+        &lost[..lost.len().min(20)]
+    );
+    let unknown = lookup(&client, record.unknown.keys().copied().collect()).await;
+    for (id, found) in &unknown {
+        assert_as_sent(*id, &record.unknown[id], found, false);
+    }
+    let mut debits = BTreeMap::new();
+    let mut credits = BTreeMap::new();
+    for transfer in stored.values().chain(unknown.values()) {
+        *debits.entry(transfer.debit_account_id).or_insert(0u128) += transfer.amount;
+        *credits.entry(transfer.credit_account_id).or_insert(0u128) += transfer.amount;
+    }
+    let accounts = client
+        .lookup_accounts((1..=ACCOUNTS).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(accounts.len(), ACCOUNTS as usize);
+    for account in accounts {
+        assert_eq!(
+            account.debits_posted,
+            debits.get(&account.id).copied().unwrap_or(0),
+            "account {} debits",
+            account.id
+        );
+        assert_eq!(
+            account.credits_posted,
+            credits.get(&account.id).copied().unwrap_or(0),
+            "account {} credits",
+            account.id
+        );
+    }
+    stored.len() + unknown.len()
+}
+
+fn assert_as_sent(id: u128, sent: &Sent, found: &Transfer, acknowledged: bool) {
+    assert_eq!(
+        (
+            found.debit_account_id,
+            found.credit_account_id,
+            found.amount
+        ),
+        (sent.debit, sent.credit, sent.amount),
+        "transfer {id} changed (acknowledged: {acknowledged})"
+    );
+    assert_eq!((found.ledger, found.code), (LEDGER, 1), "transfer {id}");
+    if let Some(timestamp) = sent.timestamp {
+        assert_eq!(
+            found.timestamp, timestamp,
+            "transfer {id}: its timestamp changed"
+        );
+    }
+}
+
+/// The transfers with these ids that exist, looked up in chunks.
+async fn lookup(client: &Client, ids: Vec<u128>) -> BTreeMap<u128, Transfer> {
+    let mut found = BTreeMap::new();
+    for chunk in ids.chunks(4_000) {
+        let transfers = client.lookup_transfers(chunk).await.unwrap();
+        found.extend(transfers.into_iter().map(|t| (t.id, t)));
+    }
+    found
+}
