@@ -29,7 +29,8 @@ pub struct ClientConfig {
     /// More URLs of the same ledger: the other replicas of a cluster (any replica takes
     /// any call; a follower passes writes on to the leader). Calls go to one endpoint
     /// at a time; when it cannot be reached or answers `UNAVAILABLE`, the retry goes to
-    /// the next. Same scheme and TLS settings as `endpoint`. Default: none.
+    /// the next, and after a call times out the next call does. Same scheme and TLS
+    /// settings as `endpoint`. Default: none.
     pub replicas: Vec<String>,
     /// TLS settings; required for `https://`, refused for `http://`.
     pub tls: Option<TlsConfig>,

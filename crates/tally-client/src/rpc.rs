@@ -56,6 +56,14 @@ impl Rpc {
         request
     }
 
+    /// Moves the calls to the endpoint after `index` (once, whoever sees it first).
+    fn move_on_from(&self, index: usize) {
+        let next = (index + 1) % self.ledgers.len();
+        let _ = self
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// Runs `call` until it answers, fails for good, or runs out of attempts. Every
     /// attempt sends the very same message: for a create call, the same events with the
     /// same ids, so an event the lost attempt applied answers `exists`, never twice.
@@ -75,6 +83,9 @@ impl Rpc {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
                 Err(_elapsed) => {
+                    // The replica may be cut off from the others: the next call tries
+                    // another. This one's outcome is unknown, so it is the caller's.
+                    self.move_on_from(index);
                     return Err(ClientError::Timeout {
                         request_timeout: self.request_timeout,
                     });
@@ -83,14 +94,7 @@ impl Rpc {
             let retry_after = match classify(&status) {
                 Failure::Final => return Err(from_status(status, self.request_timeout)),
                 Failure::Unavailable => {
-                    // Another replica may answer: move on (once, whoever sees it first).
-                    let next = (index + 1) % self.ledgers.len();
-                    let _ = self.current.compare_exchange(
-                        index,
-                        next,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    self.move_on_from(index);
                     None
                 }
                 Failure::Busy { retry_after } => retry_after,

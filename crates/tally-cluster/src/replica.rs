@@ -29,6 +29,12 @@ use tonic::transport::Channel;
 /// How long a call waits for a leader before it answers `Unavailable`.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a proposed group may wait to be committed before its writes answer
+/// `Unavailable` (outcome unknown): a leader cut off from its majority never commits.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+const CUT_OFF: &str = "this replica leads but has not heard from a majority lately";
+
 /// Why a replica did not answer a call with results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterError {
@@ -116,6 +122,9 @@ struct Proposal {
 pub(crate) struct Core {
     pub(crate) id: u64,
     pub(crate) raft: Raft,
+    /// A leader that has not heard from a majority for this long refuses writes: it is
+    /// probably cut off, and a new leader is being elected on the other side.
+    quorum_silence_max: Duration,
     pub(crate) applied: Arc<RwLock<Applied>>,
     peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
 }
@@ -128,6 +137,8 @@ impl std::fmt::Debug for Core {
 
 enum Leader {
     Me,
+    /// This replica leads but has not heard from a majority lately.
+    CutOff,
     Peer(String),
     Unknown,
 }
@@ -137,7 +148,13 @@ impl Core {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         match metrics.current_leader {
-            Some(id) if id == self.id && metrics.state == ServerState::Leader => Leader::Me,
+            Some(id) if id == self.id && metrics.state == ServerState::Leader => {
+                let silence = metrics.millis_since_quorum_ack.map(Duration::from_millis);
+                match silence {
+                    Some(silence) if silence > self.quorum_silence_max => Leader::CutOff,
+                    _ => Leader::Me,
+                }
+            }
             Some(id) if id != self.id => metrics
                 .membership_config
                 .membership()
@@ -173,14 +190,30 @@ impl Core {
         Ok(client)
     }
 
+    /// Proposes `batches` passed on by a follower: only while this replica leads.
+    pub(crate) async fn propose_forwarded(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+        let refuse =
+            |why: &str| vec![(WireOutcome::Unavailable(why.into()), Vec::new()); batches.len()];
+        match self.leader() {
+            Leader::Me => self.propose_here(batches).await,
+            Leader::CutOff => refuse(CUT_OFF),
+            Leader::Peer(_) | Leader::Unknown => refuse("this replica does not lead"),
+        }
+    }
+
     /// Proposes `batches` as one group, this replica being the leader.
-    pub(crate) async fn propose_here(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+    async fn propose_here(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
         let count = batches.len();
         let group = Group {
             proposed_ns: tally_engine::clock::wall_clock_ns(),
             batches,
         };
-        match self.raft.client_write(group).await {
+        let written = tokio::time::timeout(COMMIT_WAIT, self.raft.client_write(group)).await;
+        let Ok(written) = written else {
+            let why = "the write was not committed in time; it may still be";
+            return vec![(WireOutcome::Unavailable(why.into()), Vec::new()); count];
+        };
+        match written {
             Ok(response) => response
                 .data
                 .batches
@@ -219,6 +252,7 @@ impl Core {
         };
         match leader {
             Leader::Me => self.propose_here(batches).await,
+            Leader::CutOff => fail(WireOutcome::Unavailable(CUT_OFF.into())),
             Leader::Unknown => fail(WireOutcome::Unavailable("no leader elected".into())),
             Leader::Peer(addr) => match self.forward(&addr, batches).await {
                 Ok(outcomes) if outcomes.len() == count => outcomes,
@@ -280,6 +314,7 @@ impl Core {
                     from_frame(answer.get_ref()).map_err(ClusterError::Unavailable)?;
                 index.map_err(ClusterError::Unavailable)?
             }
+            Leader::CutOff => return Err(ClusterError::Unavailable(CUT_OFF.into())),
             Leader::Unknown => return Err(ClusterError::Unavailable("no leader elected".into())),
         };
         if self.applied.read().applied_index() >= index {
@@ -336,6 +371,7 @@ impl Core {
         }
         match self.find_leader().await.map_err(|e| e.to_string())? {
             Leader::Me => {}
+            Leader::CutOff => return Err(CUT_OFF.into()),
             Leader::Peer(addr) => {
                 let mut client = self.peer(&addr).map_err(|e| e.to_string())?;
                 let answer = client
@@ -449,6 +485,7 @@ impl Replica {
         let core = Arc::new(Core {
             id: config.replica_id,
             raft: raft.clone(),
+            quorum_silence_max: config.election_timeout.1,
             applied,
             peers: Mutex::new(BTreeMap::new()),
         });
