@@ -12,7 +12,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
 };
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,7 +125,9 @@ enum SnapshotPlace {
 pub struct StateStore {
     applied: Arc<RwLock<Applied>>,
     place: SnapshotPlace,
-    current: Option<(Meta, Arc<Vec<u8>>)>,
+    /// The newest snapshot, shared with the snapshot builder (a clone): the one it
+    /// builds is the one the leader sends.
+    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
 }
 
 impl StateStore {
@@ -135,14 +137,14 @@ impl StateStore {
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Dir(dir.to_path_buf()),
-            current: None,
+            current: Arc::default(),
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let meta = store
                     .load(&bytes)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                store.current = Some((meta, Arc::new(bytes)));
+                *store.current.lock() = Some((meta, Arc::new(bytes)));
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(format!("{}: {error}", path.display())),
@@ -157,13 +159,13 @@ impl StateStore {
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Simulated(disk.clone()),
-            current: None,
+            current: Arc::default(),
         };
         if let Some(bytes) = disk.snapshot() {
             let meta = store
                 .load(&bytes)
                 .map_err(|e| format!("the simulated snapshot: {e}"))?;
-            store.current = Some((meta, bytes));
+            *store.current.lock() = Some((meta, bytes));
         }
         Ok(store)
     }
@@ -240,7 +242,7 @@ impl RaftSnapshotBuilder<TallyRaft> for StateStore {
         };
         let bytes = Arc::new(bytes);
         self.save(Arc::clone(&bytes)).await?;
-        self.current = Some((meta.clone(), Arc::clone(&bytes)));
+        *self.current.lock() = Some((meta.clone(), Arc::clone(&bytes)));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
@@ -313,14 +315,14 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         }
         let bytes = Arc::new(bytes);
         self.save(Arc::clone(&bytes)).await?;
-        self.current = Some((meta.clone(), bytes));
+        *self.current.lock() = Some((meta.clone(), bytes));
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TallyRaft>>, StorageError<u64>> {
-        Ok(self.current.as_ref().map(|(meta, bytes)| Snapshot {
+        Ok(self.current.lock().as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
         }))
