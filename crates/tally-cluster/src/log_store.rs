@@ -266,7 +266,9 @@ pub(crate) fn parse_log(
     while at < bytes.len() {
         let Some((kind, payload, size)) = frame_at(bytes, at) else {
             if (at + 1..bytes.len()).any(|later| frame_at(bytes, later).is_some()) {
-                return Err(format!("{name}: damaged frame at offset {at} inside the log"));
+                return Err(format!(
+                    "{name}: damaged frame at offset {at} inside the log"
+                ));
             }
             break;
         };

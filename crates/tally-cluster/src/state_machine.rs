@@ -110,6 +110,9 @@ fn digest_batch(seed: u64, stamp: u64, batch: &Batch, codes: &[tally_types::Resu
 
 type Meta = SnapshotMeta<u64, openraft::BasicNode>;
 
+/// A snapshot's metadata and bytes.
+type SnapshotBytes = (Meta, Arc<Vec<u8>>);
+
 /// Where the snapshot is kept.
 #[derive(Debug, Clone)]
 enum SnapshotPlace {
@@ -127,7 +130,7 @@ pub struct StateStore {
     place: SnapshotPlace,
     /// The newest snapshot, shared with the snapshot builder (a clone): the one it
     /// builds is the one the leader sends.
-    current: Arc<Mutex<Option<(Meta, Arc<Vec<u8>>)>>>,
+    current: Arc<Mutex<Option<SnapshotBytes>>>,
 }
 
 impl StateStore {

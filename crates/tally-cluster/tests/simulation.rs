@@ -475,7 +475,7 @@ impl Sim {
 impl Sim {
     /// The workload and the faults, for [`RUN_MS`] of virtual time.
     async fn run(&mut self, seed: u64) -> Result<(), String> {
-        let skew = if seed % 2 == 0 {
+        let skew = if seed.is_multiple_of(2) {
             Accounts::Uniform
         } else {
             Accounts::Hot
