@@ -17,7 +17,7 @@
 //!
 //! # Features
 //!
-//! * `simulation` (off by default): [`sim_disk::SimDisk`], an in-memory disk that
+//! * `simulation` (off by default): `sim_disk::SimDisk`, an in-memory disk that
 //!   keeps written and synced bytes apart, crashes and fails writes and syncs, with
 //!   `LogStore::open_simulated` and `StateStore::open_simulated` to run a replica's
 //!   storage on it: for the deterministic simulation of the cluster in the tests, never
