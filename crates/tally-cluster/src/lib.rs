@@ -14,6 +14,14 @@
 //! On disk (the replica's data directory): `replica.log`, the replicated log
 //! (checksummed frames, one `fdatasync` per group of writes), and `replica.snapshot`,
 //! the newest snapshot, after which the log is purged.
+//!
+//! # Features
+//!
+//! * `simulation` (off by default): `sim_disk::SimDisk`, an in-memory disk that
+//!   keeps written and synced bytes apart, crashes and fails writes and syncs, with
+//!   `LogStore::open_simulated` and `StateStore::open_simulated` to run a replica's
+//!   storage on it: for the deterministic simulation of the cluster in the tests, never
+//!   for production builds.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -24,6 +32,8 @@ mod log_store;
 mod network;
 mod peer_service;
 mod replica;
+#[cfg(feature = "simulation")]
+pub mod sim_disk;
 mod state_machine;
 mod types;
 

@@ -43,15 +43,25 @@ const KIND_COMMITTED: u8 = 5;
 
 /// What the log holds in memory.
 #[derive(Debug, Default)]
-struct Contents {
+pub(crate) struct Contents {
     /// Entries after the last purge, each with its frame's size on disk.
-    entries: BTreeMap<u64, (Entry<TallyRaft>, u64)>,
+    pub(crate) entries: BTreeMap<u64, (Entry<TallyRaft>, u64)>,
     last_purged: Option<LogId<u64>>,
     vote: Option<Vote<u64>>,
     committed: Option<LogId<u64>>,
     /// Bytes of the file, and of the live entries' frames in it.
     file_bytes: u64,
     live_bytes: u64,
+}
+
+/// Where the log's frames go.
+#[derive(Clone)]
+enum Disk {
+    /// The log file, written by the writer thread.
+    File(mpsc::Sender<LogWrite>),
+    /// A simulated disk, written inline (feature `simulation`).
+    #[cfg(feature = "simulation")]
+    Simulated(crate::sim_disk::SimDisk),
 }
 
 enum LogWrite {
@@ -87,7 +97,7 @@ impl Done {
 #[derive(Clone)]
 pub struct LogStore {
     contents: Arc<Mutex<Contents>>,
-    writer: mpsc::Sender<LogWrite>,
+    disk: Disk,
 }
 
 impl Debug for LogStore {
@@ -123,7 +133,24 @@ impl LogStore {
             .map_err(|e| format!("starting the log writer: {e}"))?;
         Ok(LogStore {
             contents: Arc::new(Mutex::new(contents)),
-            writer: sender,
+            disk: Disk::File(sender),
+        })
+    }
+
+    /// Opens the log on a simulated disk (feature `simulation`): what a replica finds
+    /// there after a crash, its torn tail cut. Writes complete inline, without the
+    /// writer thread, each durable write with one sync.
+    #[cfg(feature = "simulation")]
+    pub fn open_simulated(disk: crate::sim_disk::SimDisk) -> Result<LogStore, String> {
+        let bytes = disk.log_bytes();
+        let (contents, valid_len) = parse_log(&bytes, "the simulated log", true)?;
+        if bytes.len() as u64 > valid_len {
+            disk.replace_log(&bytes[..valid_len as usize])
+                .map_err(|e| format!("cutting the torn tail: {e}"))?;
+        }
+        Ok(LogStore {
+            contents: Arc::new(Mutex::new(contents)),
+            disk: Disk::Simulated(disk),
         })
     }
 
@@ -134,9 +161,16 @@ impl LogStore {
     }
 
     fn send(&self, write: LogWrite) -> Result<(), StorageError<u64>> {
-        self.writer
-            .send(write)
-            .map_err(|_| storage_error("the log writer stopped".into()))
+        match &self.disk {
+            Disk::File(writer) => writer
+                .send(write)
+                .map_err(|_| storage_error("the log writer stopped".into())),
+            #[cfg(feature = "simulation")]
+            Disk::Simulated(disk) => {
+                write_simulated(disk, write);
+                Ok(())
+            }
+        }
     }
 
     /// Writes `bytes` and waits until they are durable.
@@ -146,9 +180,14 @@ impl LogStore {
             bytes,
             done: Done::Reply(reply),
         })?;
-        tokio::task::spawn_blocking(move || answer.recv())
-            .await
-            .map_err(|e| storage_error(e.to_string()))?
+        let answer = match &self.disk {
+            Disk::File(_) => tokio::task::spawn_blocking(move || answer.recv())
+                .await
+                .map_err(|e| storage_error(e.to_string()))?,
+            #[cfg(feature = "simulation")]
+            Disk::Simulated(_) => answer.try_recv().map_err(|_| mpsc::RecvError),
+        };
+        answer
             .map_err(|_| storage_error("the log writer stopped".into()))?
             .map_err(|e| storage_error(format!("the replica log: {e}")))
     }
@@ -218,20 +257,31 @@ fn read_log(path: &Path) -> Result<(Contents, u64), String> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(format!("{}: {error}", path.display())),
     }
+    parse_log(&bytes, &path.display().to_string(), true)
+}
+
+/// Reads the log's bytes (`name` says whose, in errors): its contents and how many of
+/// its bytes are valid. Purge frames drop entries only when `apply_purges`.
+pub(crate) fn parse_log(
+    bytes: &[u8],
+    name: &str,
+    apply_purges: bool,
+) -> Result<(Contents, u64), String> {
     let mut contents = Contents::default();
     let mut at = 0;
     while at < bytes.len() {
-        let Some((kind, payload, size)) = frame_at(&bytes, at) else {
-            if (at + 1..bytes.len()).any(|later| frame_at(&bytes, later).is_some()) {
+        let Some((kind, payload, size)) = frame_at(bytes, at) else {
+            if (at + 1..bytes.len()).any(|later| frame_at(bytes, later).is_some()) {
                 return Err(format!(
-                    "{}: damaged frame at offset {at} inside the log",
-                    path.display()
+                    "{name}: damaged frame at offset {at} inside the log"
                 ));
             }
             break;
         };
-        apply_frame(&mut contents, kind, payload, size as u64)
-            .map_err(|e| format!("{}: frame at offset {at}: {e}", path.display()))?;
+        if kind != KIND_PURGE || apply_purges {
+            apply_frame(&mut contents, kind, payload, size as u64)
+                .map_err(|e| format!("{name}: frame at offset {at}: {e}"))?;
+        }
         at += size;
     }
     contents.file_bytes = at as u64;
@@ -318,6 +368,28 @@ fn write_loop(dir: PathBuf, mut file: File, receiver: mpsc::Receiver<LogWrite>) 
             done.complete(&result);
         }
     }
+}
+
+/// One write on a simulated disk, as the writer thread would do it alone: the frames,
+/// then one sync if someone waits for them; after a failure, never again.
+#[cfg(feature = "simulation")]
+fn write_simulated(disk: &crate::sim_disk::SimDisk, write: LogWrite) {
+    let (result, done) = match write {
+        LogWrite::Frames { bytes, done } => {
+            let result = disk.write(&bytes).and_then(|()| match done {
+                Done::Nothing => Ok(()),
+                Done::Flushed(_) | Done::Reply(_) => disk.sync(),
+            });
+            (result, done)
+        }
+        LogWrite::Rewrite { bytes, done } => (disk.replace_log(&bytes), done),
+    };
+    if let Err(error) = &result {
+        tracing::error!(%error, "the replica log failed; the replica stops writing");
+        // Data the disk failed to write may be gone: never write again.
+        disk.refuse_writes();
+    }
+    done.complete(&result);
 }
 
 fn rewrite(dir: &Path, bytes: &[u8]) -> io::Result<File> {

@@ -12,7 +12,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
 };
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,12 +110,27 @@ fn digest_batch(seed: u64, stamp: u64, batch: &Batch, codes: &[tally_types::Resu
 
 type Meta = SnapshotMeta<u64, openraft::BasicNode>;
 
+/// A snapshot's metadata and bytes.
+type SnapshotBytes = (Meta, Arc<Vec<u8>>);
+
+/// Where the snapshot is kept.
+#[derive(Debug, Clone)]
+enum SnapshotPlace {
+    /// [`SNAPSHOT_FILE`] in this directory.
+    Dir(PathBuf),
+    /// A simulated disk (feature `simulation`).
+    #[cfg(feature = "simulation")]
+    Simulated(crate::sim_disk::SimDisk),
+}
+
 /// The state machine openraft drives: the shared state, and the snapshot on disk.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     applied: Arc<RwLock<Applied>>,
-    dir: PathBuf,
-    current: Option<(Meta, Arc<Vec<u8>>)>,
+    place: SnapshotPlace,
+    /// The newest snapshot, shared with the snapshot builder (a clone): the one it
+    /// builds is the one the leader sends.
+    current: Arc<Mutex<Option<SnapshotBytes>>>,
 }
 
 impl StateStore {
@@ -124,18 +139,36 @@ impl StateStore {
         let path = dir.join(SNAPSHOT_FILE);
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
-            dir: dir.to_path_buf(),
-            current: None,
+            place: SnapshotPlace::Dir(dir.to_path_buf()),
+            current: Arc::default(),
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let meta = store
                     .load(&bytes)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                store.current = Some((meta, Arc::new(bytes)));
+                *store.current.lock() = Some((meta, Arc::new(bytes)));
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(format!("{}: {error}", path.display())),
+        }
+        Ok(store)
+    }
+
+    /// Opens the state kept on a simulated disk (feature `simulation`): its snapshot,
+    /// or empty.
+    #[cfg(feature = "simulation")]
+    pub fn open_simulated(disk: &crate::sim_disk::SimDisk) -> Result<StateStore, String> {
+        let mut store = StateStore {
+            applied: Arc::new(RwLock::new(Applied::default())),
+            place: SnapshotPlace::Simulated(disk.clone()),
+            current: Arc::default(),
+        };
+        if let Some(bytes) = disk.snapshot() {
+            let meta = store
+                .load(&bytes)
+                .map_err(|e| format!("the simulated snapshot: {e}"))?;
+            *store.current.lock() = Some((meta, bytes));
         }
         Ok(store)
     }
@@ -161,16 +194,31 @@ impl StateStore {
         Ok(meta)
     }
 
-    /// Writes `bytes` as the snapshot file: a new file, synced, renamed over the old.
-    fn persist(&self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let temporary = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, self.dir.join(SNAPSHOT_FILE))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+    /// Saves `bytes` as the snapshot, durably, before it answers.
+    async fn save(&self, bytes: Arc<Vec<u8>>) -> Result<(), StorageError<u64>> {
+        let result = match &self.place {
+            SnapshotPlace::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || persist(&dir, &bytes))
+                    .await
+                    .map_err(|e| storage_error(e.to_string()))?
+            }
+            #[cfg(feature = "simulation")]
+            SnapshotPlace::Simulated(disk) => disk.save_snapshot(bytes),
+        };
+        result.map_err(|e| storage_error(format!("writing the snapshot: {e}")))
     }
+}
+
+/// Writes `bytes` as the snapshot file in `dir`: a new file, synced, renamed over the old.
+fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl RaftSnapshotBuilder<TallyRaft> for StateStore {
@@ -195,14 +243,9 @@ impl RaftSnapshotBuilder<TallyRaft> for StateStore {
             };
             (meta, image_codec::encode(&head, &applied.state.image()))
         };
-        let store = self.clone();
         let bytes = Arc::new(bytes);
-        let written = Arc::clone(&bytes);
-        tokio::task::spawn_blocking(move || store.persist(&written))
-            .await
-            .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
-        self.current = Some((meta.clone(), Arc::clone(&bytes)));
+        self.save(Arc::clone(&bytes)).await?;
+        *self.current.lock() = Some((meta.clone(), Arc::clone(&bytes)));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
@@ -273,21 +316,16 @@ impl RaftStateMachine<TallyRaft> for StateStore {
                 "the snapshot's contents do not match its metadata".into(),
             ));
         }
-        let store = self.clone();
         let bytes = Arc::new(bytes);
-        let written = Arc::clone(&bytes);
-        tokio::task::spawn_blocking(move || store.persist(&written))
-            .await
-            .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
-        self.current = Some((meta.clone(), bytes));
+        self.save(Arc::clone(&bytes)).await?;
+        *self.current.lock() = Some((meta.clone(), bytes));
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TallyRaft>>, StorageError<u64>> {
-        Ok(self.current.as_ref().map(|(meta, bytes)| Snapshot {
+        Ok(self.current.lock().as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
         }))
