@@ -291,7 +291,7 @@ mod tests {
     use tally_types::AccountFlags;
 
     #[test]
-    fn groups_and_results_round_trip_through_bincode() {
+    fn groups_and_results_round_trip_through_postcard() {
         let group = Group {
             proposed_ns: 42,
             batches: vec![
@@ -302,8 +302,8 @@ mod tests {
                 Batch::CreateTransfers(vec![transfer(9, 1, 2, 5)]),
             ],
         };
-        let bytes = bincode::serialize(&group).expect("encodes");
-        let back: Group = bincode::deserialize(&bytes).expect("decodes");
+        let bytes = postcard::to_allocvec(&group).expect("encodes");
+        let back: Group = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(back, group);
 
         let results = GroupResults {
@@ -315,8 +315,8 @@ mod tests {
                 Err(BatchRefusal::TimeOutOfRange { now: 3 }),
             ],
         };
-        let bytes = bincode::serialize(&results).expect("encodes");
-        let back: GroupResults = bincode::deserialize(&bytes).expect("decodes");
+        let bytes = postcard::to_allocvec(&results).expect("encodes");
+        let back: GroupResults = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(back, results);
     }
 

@@ -12,7 +12,7 @@ const MAGIC: &[u8; 8] = b"TALLYRS1";
 /// What a replica's snapshot holds besides the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SnapshotHead {
-    /// The Raft snapshot metadata (last log id, membership, id), bincode-encoded.
+    /// The Raft snapshot metadata (last log id, membership, id), postcard-encoded.
     pub meta: Vec<u8>,
     /// The state digest after the last applied entry.
     pub digest: u64,

@@ -220,7 +220,7 @@ impl LogStore {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError<u64>> {
-    bincode::serialize(value).map_err(|e| storage_error(format!("encoding a log frame: {e}")))
+    postcard::to_allocvec(value).map_err(|e| storage_error(format!("encoding a log frame: {e}")))
 }
 
 fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
@@ -289,25 +289,25 @@ pub(crate) fn parse_log(
 }
 
 fn apply_frame(contents: &mut Contents, kind: u8, payload: &[u8], size: u64) -> Result<(), String> {
-    let decode_error = |e: bincode::Error| e.to_string();
+    let decode_error = |e: postcard::Error| e.to_string();
     match kind {
         KIND_ENTRY => {
-            let entry: Entry<TallyRaft> = bincode::deserialize(payload).map_err(decode_error)?;
+            let entry: Entry<TallyRaft> = postcard::from_bytes(payload).map_err(decode_error)?;
             contents.live_bytes += size;
             if let Some((_, old)) = contents.entries.insert(entry.log_id.index, (entry, size)) {
                 contents.live_bytes -= old;
             }
         }
-        KIND_VOTE => contents.vote = Some(bincode::deserialize(payload).map_err(decode_error)?),
+        KIND_VOTE => contents.vote = Some(postcard::from_bytes(payload).map_err(decode_error)?),
         KIND_COMMITTED => {
-            contents.committed = Some(bincode::deserialize(payload).map_err(decode_error)?);
+            contents.committed = Some(postcard::from_bytes(payload).map_err(decode_error)?);
         }
         KIND_TRUNCATE => {
-            let from: u64 = bincode::deserialize(payload).map_err(decode_error)?;
+            let from: u64 = postcard::from_bytes(payload).map_err(decode_error)?;
             remove_from(contents, from);
         }
         KIND_PURGE => {
-            let upto: LogId<u64> = bincode::deserialize(payload).map_err(decode_error)?;
+            let upto: LogId<u64> = postcard::from_bytes(payload).map_err(decode_error)?;
             purge_upto(contents, upto);
         }
         _ => return Err(format!("unknown frame kind {kind}")),
@@ -546,13 +546,13 @@ mod tests {
         push_frame(
             &mut bytes,
             KIND_VOTE,
-            &bincode::serialize(&vote).expect("vote"),
+            &postcard::to_allocvec(&vote).expect("vote"),
         );
         let first = bytes.len();
         push_frame(
             &mut bytes,
             KIND_COMMITTED,
-            &bincode::serialize(&LogId::<u64>::default()).expect("id"),
+            &postcard::to_allocvec(&LogId::<u64>::default()).expect("id"),
         );
         std::fs::write(&path, &bytes[..bytes.len() - 2]).expect("write");
         let (contents, valid) = read_log(&path).expect("a torn tail is cut");

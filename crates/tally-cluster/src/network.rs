@@ -1,6 +1,6 @@
 //! The replicas' transport: openraft's messages over the gRPC service
 //! `tally.cluster.v1.Peer` (`proto/tally/cluster/v1/peer.proto`), each message one
-//! bincode frame. A peer that cannot be reached is `Unreachable` to openraft, which
+//! postcard frame. A peer that cannot be reached is `Unreachable` to openraft, which
 //! backs off and retries.
 
 use crate::types::TallyRaft;
@@ -23,14 +23,14 @@ pub(crate) const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 /// Encodes a message as a frame.
 pub(crate) fn to_frame<T: Serialize>(value: &T) -> Result<Frame, String> {
-    bincode::serialize(value)
+    postcard::to_allocvec(value)
         .map(|data| Frame { data })
         .map_err(|e| format!("encoding a peer message: {e}"))
 }
 
 /// Decodes a frame.
 pub(crate) fn from_frame<T: DeserializeOwned>(frame: &Frame) -> Result<T, String> {
-    bincode::deserialize(&frame.data).map_err(|e| format!("decoding a peer message: {e}"))
+    postcard::from_bytes(&frame.data).map_err(|e| format!("decoding a peer message: {e}"))
 }
 
 /// A lazily connected client of the replica at `addr`.

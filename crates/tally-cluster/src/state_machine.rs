@@ -182,7 +182,7 @@ impl StateStore {
     fn load(&mut self, bytes: &[u8]) -> Result<SnapshotMeta<u64, openraft::BasicNode>, String> {
         let (head, image) = image_codec::decode(bytes)?;
         let meta: SnapshotMeta<u64, openraft::BasicNode> =
-            bincode::deserialize(&head.meta).map_err(|e| e.to_string())?;
+            postcard::from_bytes(&head.meta).map_err(|e| e.to_string())?;
         let state = StateMachine::from_image(image).map_err(|e| e.to_string())?;
         *self.applied.write() = Applied {
             state,
@@ -237,7 +237,7 @@ impl RaftSnapshotBuilder<TallyRaft> for StateStore {
                 ),
             };
             let head = SnapshotHead {
-                meta: bincode::serialize(&meta).map_err(|e| storage_error(e.to_string()))?,
+                meta: postcard::to_allocvec(&meta).map_err(|e| storage_error(e.to_string()))?,
                 digest: applied.digest,
                 events_applied: applied.events_applied,
             };
