@@ -3,6 +3,7 @@
 //! of the log format, results as (code, timestamp) pairs.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::{Arc, OnceLock};
 use tally_engine::EventResult;
 use tally_types::codec::{
     RECORD_SIZE, decode_account, decode_transfer, encode_account, encode_transfer, record_at,
@@ -17,13 +18,25 @@ pub const GROUP_EVENTS_MAX: usize = tally_types::BATCH_EVENTS_MAX;
 /// One entry of the replicated log: the batches the leader took together, and the
 /// leader's wall clock when it took them. Every replica stamps batch `i` from
 /// `max(proposed_ns, last timestamp + 1)`, so all apply the very same events.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// Cheap to clone: openraft clones an entry for each follower it sends it to. Its bytes
+/// are made once (or kept as received) and shared by the log and every message.
+#[derive(Debug, Clone, Default)]
 pub struct Group {
     /// The leader's wall clock (ns since the Unix epoch) when it formed the group.
     pub proposed_ns: u64,
     /// The batches, in the order they apply.
-    pub batches: Vec<Batch>,
+    pub batches: Arc<Vec<Batch>>,
+    encoded: Arc<OnceLock<Vec<u8>>>,
 }
+
+impl PartialEq for Group {
+    fn eq(&self, other: &Group) -> bool {
+        self.proposed_ns == other.proposed_ns && self.batches == other.batches
+    }
+}
+
+impl Eq for Group {}
 
 /// What applying one log entry answered: per batch, one result per event, or why the
 /// batch got none (its time did not fit).
@@ -140,6 +153,25 @@ pub(crate) fn decode_batches(bytes: &[u8]) -> Result<Vec<Batch>, String> {
 }
 
 impl Group {
+    /// A group of `batches` formed at `proposed_ns`.
+    pub fn new(proposed_ns: u64, batches: Vec<Batch>) -> Group {
+        Group {
+            proposed_ns,
+            batches: Arc::new(batches),
+            encoded: Arc::default(),
+        }
+    }
+
+    /// The batches, taken out of the group (copied only if a clone still shares them).
+    pub fn into_batches(self) -> Vec<Batch> {
+        Arc::try_unwrap(self.batches).unwrap_or_else(|shared| shared.as_ref().clone())
+    }
+
+    /// The group's bytes: encoded on first use, then shared.
+    fn bytes(&self) -> &[u8] {
+        self.encoded.get_or_init(|| self.to_bytes())
+    }
+
     /// Number of events over all batches.
     pub fn events(&self) -> usize {
         self.batches.iter().map(Batch::len).sum()
@@ -152,12 +184,14 @@ impl Group {
         out
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<Group, String> {
-        let proposed_ns = read_u64(bytes)?;
+    fn from_bytes(bytes: Vec<u8>) -> Result<Group, String> {
+        let proposed_ns = read_u64(&bytes)?;
         let batches = decode_batches(&bytes[8..])?;
         Ok(Group {
             proposed_ns,
-            batches,
+            batches: Arc::new(batches),
+            // Kept: the follower appends the very bytes it received to its log.
+            encoded: Arc::new(OnceLock::from(bytes)),
         })
     }
 }
@@ -175,14 +209,14 @@ impl std::fmt::Display for Group {
 
 impl Serialize for Group {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.to_bytes())
+        serializer.serialize_bytes(self.bytes())
     }
 }
 
 impl<'de> Deserialize<'de> for Group {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Group, D::Error> {
         let bytes: Vec<u8> = serde_bytes_vec(deserializer)?;
-        Group::from_bytes(&bytes).map_err(serde::de::Error::custom)
+        Group::from_bytes(bytes).map_err(serde::de::Error::custom)
     }
 }
 
@@ -292,16 +326,16 @@ mod tests {
 
     #[test]
     fn groups_and_results_round_trip_through_postcard() {
-        let group = Group {
-            proposed_ns: 42,
-            batches: vec![
+        let group = Group::new(
+            42,
+            vec![
                 Batch::CreateAccounts(vec![
                     account(1, TEST_LEDGER, AccountFlags::empty()),
                     account(2, TEST_LEDGER, AccountFlags::empty()),
                 ]),
                 Batch::CreateTransfers(vec![transfer(9, 1, 2, 5)]),
             ],
-        };
+        );
         let bytes = postcard::to_allocvec(&group).expect("encodes");
         let back: Group = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(back, group);
@@ -322,20 +356,23 @@ mod tests {
 
     #[test]
     fn damaged_groups_are_refused() {
-        let group = Group {
-            proposed_ns: 1,
-            batches: vec![Batch::CreateAccounts(vec![account(
+        let group = Group::new(
+            1,
+            vec![Batch::CreateAccounts(vec![account(
                 1,
                 TEST_LEDGER,
                 AccountFlags::empty(),
             )])],
-        };
+        );
         let bytes = group.to_bytes();
         for cut in 0..bytes.len() {
-            assert!(Group::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Group::from_bytes(bytes[..cut].to_vec()).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut unknown = bytes.clone();
         unknown[12] = 9;
-        assert!(Group::from_bytes(&unknown).is_err());
+        assert!(Group::from_bytes(unknown).is_err());
     }
 }

@@ -42,11 +42,11 @@ impl Peer for PeerService {
 
     async fn forward(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let group: Group = decode(&request)?;
-        for batch in &group.batches {
+        for batch in group.batches.iter() {
             tally_engine::validate_batch(batch)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        let outcomes = self.core.propose_forwarded(group.batches).await;
+        let outcomes = self.core.propose_forwarded(group.into_batches()).await;
         forward_answer(outcomes)
             .map(Response::new)
             .map_err(Status::internal)

@@ -204,10 +204,7 @@ impl Core {
     /// Proposes `batches` as one group, this replica being the leader.
     async fn propose_here(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
         let count = batches.len();
-        let group = Group {
-            proposed_ns: tally_engine::clock::wall_clock_ns(),
-            batches,
-        };
+        let group = Group::new(tally_engine::clock::wall_clock_ns(), batches);
         let written = tokio::time::timeout(COMMIT_WAIT, self.raft.client_write(group)).await;
         let Ok(written) = written else {
             let why = "the write was not committed in time; it may still be";
@@ -270,10 +267,7 @@ impl Core {
         batches: Vec<Batch>,
     ) -> Result<Vec<WireOutcomeWith>, ClusterError> {
         let mut client = self.peer(addr)?;
-        let group = Group {
-            proposed_ns: 0,
-            batches,
-        };
+        let group = Group::new(0, batches);
         let frame = to_frame(&group).map_err(ClusterError::Unavailable)?;
         let mut request = tonic::Request::new(frame);
         request.set_timeout(LEADER_WAIT * 2);

@@ -52,7 +52,7 @@ impl Applied {
         let mut stamped: Vec<(u64, &Batch)> = Vec::with_capacity(group.batches.len());
         let mut refused = Vec::with_capacity(group.batches.len());
         let mut last = self.state.last_timestamp();
-        for batch in &group.batches {
+        for batch in group.batches.iter() {
             match batch_stamp(group.proposed_ns, last, batch.len()) {
                 Some(stamp) if group.proposed_ns <= tally_types::NOW_NS_MAX => {
                     last = stamp + batch.len().saturating_sub(1) as u64;

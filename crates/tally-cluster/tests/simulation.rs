@@ -336,10 +336,7 @@ impl Sim {
             return;
         }
         let elapsed_ns = (Instant::now() - self.start).as_nanos() as u64;
-        let group = Group {
-            proposed_ns: EPOCH_NS + elapsed_ns,
-            batches,
-        };
+        let group = Group::new(EPOCH_NS + elapsed_ns, batches);
         let acks = Arc::clone(&self.acks);
         tokio::spawn(async move {
             if let Ok(response) = raft.client_write(group).await {
