@@ -26,7 +26,7 @@ pub struct ClusterConfig {
     /// 1.35–1.8 s after its last heartbeat.
     pub election_timeout: (Duration, Duration),
     /// How often the leader sends heartbeats. Default 150 ms. It is also the time
-    /// openraft gives one AppendEntries message (up to 8 groups) to be delivered and
+    /// openraft gives one AppendEntries message (up to 2 groups) to be delivered and
     /// synced by a follower.
     pub heartbeat_interval: Duration,
     /// A snapshot is taken once the log holds this many bytes of entries; the log

@@ -12,7 +12,7 @@ use tally_types::{Batch, ResultCode};
 
 /// Most events one group carries (one full batch, about 1 MB); larger bursts are split
 /// over several groups. Bounded because openraft gives a whole AppendEntries message
-/// (up to 8 entries) one heartbeat interval to arrive and be synced.
+/// (up to 2 entries) one heartbeat interval to arrive and be synced.
 pub const GROUP_EVENTS_MAX: usize = tally_types::BATCH_EVENTS_MAX;
 
 /// One entry of the replicated log: the batches the leader took together, and the

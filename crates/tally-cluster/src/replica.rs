@@ -457,7 +457,7 @@ impl Replica {
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-            max_payload_entries: 8,
+            max_payload_entries: 2,
             // Snapshots are triggered by the log's size (see `snapshot_when_large`).
             snapshot_policy: SnapshotPolicy::Never,
             // A follower further behind than this gets the snapshot instead.
