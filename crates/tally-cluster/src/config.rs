@@ -25,9 +25,10 @@ pub struct ClusterConfig {
     /// starts an election: with the default 450–900 ms, a leader lost is replaced
     /// 1.35–1.8 s after its last heartbeat.
     pub election_timeout: (Duration, Duration),
-    /// How often the leader sends heartbeats. Default 150 ms. It is also the time
+    /// How often the leader sends heartbeats. Default 300 ms. It is also the time
     /// openraft gives one AppendEntries message (up to 2 groups) to be delivered and
-    /// synced by a follower.
+    /// synced by a follower, so it is as long as failover allows: a follower elects only
+    /// after the lease and an election timeout, 1.35 s at the least by default.
     pub heartbeat_interval: Duration,
     /// A snapshot is taken once the log holds this many bytes of entries; the log
     /// before it is then purged, which bounds the memory the log holds. Default 256 MiB.
@@ -52,7 +53,7 @@ impl ClusterConfig {
             peer_listen: None,
             join: false,
             election_timeout: (Duration::from_millis(450), Duration::from_millis(900)),
-            heartbeat_interval: Duration::from_millis(150),
+            heartbeat_interval: Duration::from_millis(300),
             snapshot_log_bytes: 256 << 20,
             proposals_in_flight: 8,
             proposal_queue: 4_096,
