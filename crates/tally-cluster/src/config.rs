@@ -20,10 +20,12 @@ pub struct ClusterConfig {
     /// Join a running cluster instead of forming one: the replica starts empty and
     /// waits to be added (`tally cluster add`). `members` then needs only this replica.
     pub join: bool,
-    /// A follower that hears nothing from a leader for a random time in this range
-    /// starts an election. Default 800–1,600 ms.
+    /// The election timeout range. A follower that has heard nothing from its leader
+    /// for the longest timeout (the leader's lease) plus a random time in this range
+    /// starts an election: with the default 450–900 ms, a leader lost is replaced
+    /// 1.35–1.8 s after its last heartbeat.
     pub election_timeout: (Duration, Duration),
-    /// How often the leader sends heartbeats. Default 200 ms. It is also the time
+    /// How often the leader sends heartbeats. Default 150 ms. It is also the time
     /// openraft gives one AppendEntries message (up to 8 groups) to be delivered and
     /// synced by a follower.
     pub heartbeat_interval: Duration,
@@ -49,8 +51,8 @@ impl ClusterConfig {
             data_dir: data_dir.into(),
             peer_listen: None,
             join: false,
-            election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
-            heartbeat_interval: Duration::from_millis(200),
+            election_timeout: (Duration::from_millis(450), Duration::from_millis(900)),
+            heartbeat_interval: Duration::from_millis(150),
             snapshot_entries: 5_000,
             proposals_in_flight: 8,
             proposal_queue: 4_096,
