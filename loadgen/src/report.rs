@@ -3,7 +3,7 @@
 use crate::model::Verification;
 use crate::runner::{RunResult, SetupReport};
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
-use crate::target::ShardStats;
+use crate::target::{ClusterStats, ShardStats};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -127,6 +127,8 @@ pub struct Report {
     pub shards: usize,
     /// The engine's own counters; `None` for the in-memory target.
     pub engine: Option<ShardStats>,
+    /// What the cluster went through; `None` for other targets.
+    pub cluster: Option<ClusterStats>,
     /// Length of the run, seconds.
     pub duration_s: f64,
     /// Transfers submitted per second, over the run.
@@ -258,6 +260,9 @@ impl Report {
         self.write_throughput(out)?;
         if let Some(engine) = &self.engine {
             write_engine(out, engine)?;
+        }
+        if let Some(cluster) = &self.cluster {
+            write_cluster(out, cluster)?;
         }
         if self.unfinished_requests > 0 {
             writeln!(
@@ -512,6 +517,38 @@ impl Report {
 /// Microseconds as milliseconds with three decimals: `1.500 ms`.
 fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1e3)
+}
+
+/// The cluster: chaos, failovers, the longest acknowledgement gap, convergence.
+fn write_cluster(out: &mut String, c: &ClusterStats) -> fmt::Result {
+    let failovers = c.failovers.map_or("not watched".into(), |n| n.to_string());
+    writeln!(
+        out,
+        "  cluster           {} replicas; chaos {}; {} leader kills; failovers {failovers}; longest gap between acknowledgements {}",
+        c.replicas,
+        c.chaos,
+        c.leader_kills,
+        ms(c.ack_gap_us_max)
+    )?;
+    for error in &c.chaos_errors {
+        writeln!(out, "    ! chaos: {error}")?;
+    }
+    let ends: Vec<String> = c
+        .replicas_end
+        .iter()
+        .map(|end| match (end.applied_index, end.digest) {
+            (Some(index), Some(digest)) => {
+                format!("{}: applied {index} digest {digest:016x}", end.replica_id)
+            }
+            _ => format!("{}: no answer", end.replica_id),
+        })
+        .collect();
+    let converged = match c.converged {
+        Some(true) => "equal",
+        Some(false) => "DIFFERENT",
+        None => "not checked (no peer addresses)",
+    };
+    writeln!(out, "  replicas          {converged}; {}", ends.join("; "))
 }
 
 /// The engine's group commits, pacing, spare segments, shard units and snapshots.
