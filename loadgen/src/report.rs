@@ -585,6 +585,7 @@ fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::ReplicaEnd;
 
     /// A small report that reaches every line `text` can write.
     fn sample() -> Report {
@@ -617,6 +618,27 @@ mod tests {
                 snapshots_failed: 1,
                 snapshot_freeze_us_max: 15_000,
                 snapshot_write_ms_max: 2_345,
+            }),
+            cluster: Some(ClusterStats {
+                replicas: 3,
+                chaos: "kill-leader".into(),
+                leader_kills: 2,
+                chaos_errors: vec!["no leader".into()],
+                failovers: Some(2),
+                ack_gap_us_max: 1_750_000,
+                replicas_end: vec![
+                    ReplicaEnd {
+                        replica_id: 1,
+                        applied_index: Some(70),
+                        digest: Some(0xabc),
+                    },
+                    ReplicaEnd {
+                        replica_id: 2,
+                        applied_index: None,
+                        digest: None,
+                    },
+                ],
+                converged: Some(false),
             }),
             duration_s: 12.345,
             offered_tps: 1_000.4,
@@ -677,7 +699,7 @@ mod tests {
     }
 
     /// Every line of [`sample`]'s text, in order.
-    const SAMPLE_TEXT: [&str; 22] = [
+    const SAMPLE_TEXT: [&str; 25] = [
         "tally loadgen: festival mode against memory (2 shards)\n",
         "  submission        open loop\n",
         "  workload          festival\n",
@@ -690,6 +712,9 @@ mod tests {
         "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
         "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
         "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
+        "  cluster           3 replicas; chaos kill-leader; 2 leader kills; failovers 2; longest gap between acknowledgements 1750.000 ms\n",
+        "    ! chaos: no leader\n",
+        "  replicas          DIFFERENT; 1: applied 70 digest 0000000000000abc; 2: no answer\n",
         "  UNFINISHED        4 requests had no result at the end\n",
         "  scheduler lag     max 0.061 ms\n",
         "  results:\n",
@@ -708,19 +733,24 @@ mod tests {
     }
 
     #[test]
-    fn the_text_report_leaves_out_the_engine_and_unfinished_lines_when_absent() {
+    fn the_text_report_leaves_out_the_engine_cluster_and_unfinished_lines_when_absent() {
         let report = Report {
             engine: None,
+            cluster: None,
             unfinished_requests: 0,
             ..sample()
         };
+        const ABSENT: [&str; 6] = [
+            "  engine ",
+            "  snapshots ",
+            "  cluster ",
+            "    ! chaos",
+            "  replicas ",
+            "  UNFINISHED ",
+        ];
         let expected: String = SAMPLE_TEXT
             .iter()
-            .filter(|line| {
-                !["  engine ", "  snapshots ", "  UNFINISHED "]
-                    .iter()
-                    .any(|prefix| line.starts_with(prefix))
-            })
+            .filter(|line| !ABSENT.iter().any(|prefix| line.starts_with(prefix)))
             .copied()
             .collect();
         assert_eq!(report.text(), expected);

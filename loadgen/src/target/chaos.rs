@@ -91,6 +91,34 @@ pub(super) async fn leader(peers: &[(u64, String)], timeout: Duration) -> Result
     }
 }
 
+/// Waits up to `timeout` until every replica answers, all in one term and following
+/// one leader: a cluster just started may hold a second election before it settles.
+pub(super) async fn settled(peers: &[(u64, String)], timeout: Duration) -> Result<u64, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answers = statuses(peers).await;
+        let first = answers.first().cloned().flatten();
+        let agreed = first.as_ref().and_then(|first| {
+            let same = answers.iter().all(|answer| {
+                answer
+                    .as_ref()
+                    .is_some_and(|a| a.term == first.term && a.leader == first.leader)
+            });
+            if same { first.leader } else { None }
+        });
+        if let Some(leader) = agreed {
+            return Ok(leader);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the replicas agree on no leader after {} s",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
 /// Counts failovers: each time a leader of a higher term than the last one seen takes
 /// over (the first leader seen is no failover).
 #[derive(Debug)]

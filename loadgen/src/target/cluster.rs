@@ -111,9 +111,10 @@ impl ClusterTarget {
             chaos_done: Mutex::new(chaos::ChaosLog::default()),
         };
         if !target.peers.is_empty() {
+            let peers = &target.peers;
             target
                 .runtime
-                .block_on(chaos::leader(&target.peers, chaos::LEADER_TIMEOUT))?;
+                .block_on(chaos::settled(peers, chaos::LEADER_TIMEOUT))?;
         }
         Ok(target)
     }
