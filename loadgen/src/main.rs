@@ -476,6 +476,11 @@ fn validate_target(cli: &Cli) -> Result<(), String> {
         return Err("--addr applies to --target server and cluster only".into());
     }
     let local_cluster = cli.target == TargetKind::Cluster && cli.addr.is_none();
+    if cli.keep && local_cluster {
+        // The replicas keep their members' addresses in their log, and a new run
+        // starts them on other ports.
+        return Err("--keep does not apply to a cluster loadgen starts".into());
+    }
     if cli.chaos != ChaosKind::None && !local_cluster {
         return Err("--chaos applies to --target cluster without --addr only".into());
     }
