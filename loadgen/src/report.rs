@@ -530,6 +530,11 @@ fn write_cluster(out: &mut String, c: &ClusterStats) -> fmt::Result {
         c.leader_kills,
         ms(c.ack_gap_us_max)
     )?;
+    writeln!(
+        out,
+        "  lost answers      {} submissions sent again; {} events found applied by a lost attempt",
+        c.resubmissions, c.events_recovered
+    )?;
     for error in &c.chaos_errors {
         writeln!(out, "    ! chaos: {error}")?;
     }
@@ -626,6 +631,8 @@ mod tests {
                 chaos_errors: vec!["no leader".into()],
                 failovers: Some(2),
                 ack_gap_us_max: 1_750_000,
+                resubmissions: 12,
+                events_recovered: 3,
                 replicas_end: vec![
                     ReplicaEnd {
                         replica_id: 1,
@@ -699,7 +706,7 @@ mod tests {
     }
 
     /// Every line of [`sample`]'s text, in order.
-    const SAMPLE_TEXT: [&str; 25] = [
+    const SAMPLE_TEXT: [&str; 26] = [
         "tally loadgen: festival mode against memory (2 shards)\n",
         "  submission        open loop\n",
         "  workload          festival\n",
@@ -713,6 +720,7 @@ mod tests {
         "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
         "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
         "  cluster           3 replicas; chaos kill-leader; 2 leader kills; failovers 2; longest gap between acknowledgements 1750.000 ms\n",
+        "  lost answers      12 submissions sent again; 3 events found applied by a lost attempt\n",
         "    ! chaos: no leader\n",
         "  replicas          DIFFERENT; 1: applied 70 digest 0000000000000abc; 2: no answer\n",
         "  UNFINISHED        4 requests had no result at the end\n",
@@ -740,8 +748,9 @@ mod tests {
             unfinished_requests: 0,
             ..sample()
         };
-        const ABSENT: [&str; 6] = [
+        const ABSENT: [&str; 7] = [
             "  engine ",
+            "  lost answers ",
             "  snapshots ",
             "  cluster ",
             "    ! chaos",

@@ -18,6 +18,7 @@ use super::server::{connect_client, failure, outcome, runtime};
 use super::{ClusterStats, Outcome, SubmitFailure, Target};
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tally_client::{Client, ClientConfig, ClientError, CreateResult, RetryPolicy};
 use tally_types::{Account, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer, TransferFlags};
@@ -56,6 +57,11 @@ pub struct ClusterTarget {
     watcher: Mutex<Option<Watcher>>,
     chaos: Mutex<Option<Chaos>>,
     chaos_done: Mutex<chaos::ChaosLog>,
+    /// Submissions sent again after a failure that left their fate open.
+    resubmissions: AtomicU64,
+    /// Events answered `exists` (or `linked_event_failed`) but found stored: applied by
+    /// an attempt whose answer was lost.
+    events_recovered: AtomicU64,
 }
 
 fn client_config(addrs: &[String]) -> ClientConfig {
@@ -109,6 +115,8 @@ impl ClusterTarget {
             watcher: Mutex::new(None),
             chaos: Mutex::new(None),
             chaos_done: Mutex::new(chaos::ChaosLog::default()),
+            resubmissions: AtomicU64::new(0),
+            events_recovered: AtomicU64::new(0),
         };
         if !target.peers.is_empty() {
             let peers = &target.peers;
@@ -195,6 +203,7 @@ impl ClusterTarget {
                 continue;
             }
             if let Some((_, timestamp)) = stored.iter().find(|(stored, _)| stored == id) {
+                self.events_recovered.fetch_add(1, Ordering::Relaxed);
                 *outcome = Outcome {
                     code: ResultCode::Ok,
                     timestamp: *timestamp,
@@ -263,6 +272,7 @@ impl Target for ClusterTarget {
                     return Ok(outcomes);
                 }
                 Err(error) if ambiguous(&error) && Instant::now() < deadline => {
+                    self.resubmissions.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(RESUBMIT_PAUSE).await;
                 }
                 Err(error) => return Err(failure(error)),
@@ -340,6 +350,8 @@ impl Target for ClusterTarget {
             chaos_errors: log.errors,
             failovers,
             ack_gap_us_max: self.acks.lock().gap_max.as_micros() as u64,
+            resubmissions: self.resubmissions.load(Ordering::Relaxed),
+            events_recovered: self.events_recovered.load(Ordering::Relaxed),
             replicas_end,
             converged,
         })

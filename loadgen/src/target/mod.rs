@@ -105,6 +105,11 @@ pub struct ClusterStats {
     pub failovers: Option<u64>,
     /// The longest time between two consecutive acknowledgements during the run.
     pub ack_gap_us_max: u64,
+    /// Submissions sent again because a failure left open whether they were applied.
+    pub resubmissions: u64,
+    /// Events a lost answer had applied: answered `exists` (a chain's later events,
+    /// `linked_event_failed`) when sent again, found stored, counted `ok`.
+    pub events_recovered: u64,
     /// Each replica's applied index and digest at the end.
     pub replicas_end: Vec<ReplicaEnd>,
     /// Every replica reached the same applied index and digest after the run
