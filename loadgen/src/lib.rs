@@ -4,8 +4,8 @@
 //! second workload, `transfers`, has the shape of TigerBeetle's own `benchmark`.
 //!
 //! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats`, `population` and
-//! `target` (the [`target::Target`] trait with its engine and in-memory adapters) use no
-//! other module:
+//! `target` (the [`target::Target`] trait with its engine, server, cluster and in-memory
+//! adapters, and the cluster's processes and chaos) use no other module:
 //!
 //! ```text
 //! mix → population · transfers → mix, population · trace → mix

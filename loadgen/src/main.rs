@@ -6,9 +6,10 @@
 //! loadgen --mode max --workload transfers   # TigerBeetle's benchmark's shape
 //! loadgen --record day.trace                # record the request stream
 //! loadgen --replay day.trace --report r.json --chart r.svg
+//! loadgen --target cluster --replicas 3 --chaos kill-leader   # failover under load
 //! ```
 //! Exit status: 0 when the run verified, 1 when the ledger failed verification (or
-//! requests never got a result), 2 on a usage, setup or I/O error.
+//! requests never got a result, or a cluster's replicas did not converge), 2 on a usage, setup or I/O error.
 
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -23,8 +24,11 @@ use tally_loadgen::population::{Population, PopulationSpec, Shape};
 use tally_loadgen::report::{Machine, Report};
 use tally_loadgen::runner::{self, RunResult};
 use tally_loadgen::target::Target;
+use tally_loadgen::target::chaos::ChaosPlan;
+use tally_loadgen::target::cluster::ClusterTarget;
 use tally_loadgen::target::engine::{EngineOptions, EngineTarget};
 use tally_loadgen::target::memory::MemoryTarget;
+use tally_loadgen::target::replicas::{self, LocalCluster};
 use tally_loadgen::target::server::ServerTarget;
 use tally_loadgen::trace::{TraceError, TraceMeta, TraceReader, TraceWriter};
 use tally_loadgen::transfers::{self, Distribution, TransfersGenerator, TransfersSpec};
@@ -62,6 +66,21 @@ enum TargetKind {
     /// A `tally serve` endpoint through `tally-client` over TCP: the one at --addr, or
     /// one this process starts on a loopback port over the engine on --data.
     Server,
+    /// A cluster through `tally-client`, failing over between its replicas: the one at
+    /// --addr (its replicas' client addresses), or --replicas `tally serve --cluster`
+    /// processes this process starts on loopback ports, with data under --data.
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+enum ChaosKind {
+    /// Nothing happens to the cluster.
+    #[default]
+    None,
+    /// SIGKILL the leader a third into the run (and every --chaos-every-s after);
+    /// once the others have elected a new leader, restart it from its data directory
+    /// --chaos-down-s later.
+    KillLeader,
 }
 
 /// Tally's festival load generator.
@@ -82,9 +101,33 @@ struct Cli {
     #[arg(long, value_enum, default_value = "engine")]
     target: TargetKind,
     /// --target server: the address (`host:port`) of a running `tally serve`; without
-    /// it, the load generator serves its own ledger on a loopback port.
+    /// it, the load generator serves its own ledger on a loopback port. --target
+    /// cluster: the client addresses of a running cluster's replicas, comma-separated;
+    /// without it, the load generator starts its own cluster.
     #[arg(long)]
     addr: Option<String>,
+    /// --target cluster without --addr: replicas of the cluster to start.
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// --target cluster --addr: the replicas' peer addresses (`1=HOST:PORT,2=...`, as
+    /// `tally serve --cluster` takes them), to count failovers and check that the
+    /// replicas converge.
+    #[arg(long)]
+    peers: Option<String>,
+    /// --target cluster without --addr: the `tally` binary [default: the one next to
+    /// this executable].
+    #[arg(long, env = "TALLY_BIN")]
+    tally_bin: Option<PathBuf>,
+    /// --target cluster without --addr: what happens to the cluster during the run.
+    #[arg(long, value_enum, default_value = "none")]
+    chaos: ChaosKind,
+    /// --chaos kill-leader: kill the leader again every so many seconds (default: once).
+    #[arg(long)]
+    chaos_every_s: Option<f64>,
+    /// --chaos kill-leader: seconds a killed leader stays down after the others have
+    /// elected a new one.
+    #[arg(long, default_value_t = 1.0)]
+    chaos_down_s: f64,
     /// --target server --addr: a bearer token for the server (or $TALLY_TOKEN).
     #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -340,10 +383,9 @@ fn prepare_data_dir(dir: &Path, keep: bool) -> Result<PathBuf, String> {
 }
 
 fn run(cli: &Cli) -> Result<Report, String> {
-    if cli.addr.is_some() && cli.target != TargetKind::Server {
-        return Err("--addr applies to --target server only".into());
-    }
-    if (cli.token.is_some() || cli.tls_ca.is_some()) && cli.addr.is_none() {
+    validate_target(cli)?;
+    let server_addr = cli.addr.is_some() && cli.target == TargetKind::Server;
+    if (cli.token.is_some() || cli.tls_ca.is_some()) && !server_addr {
         return Err("--token and --tls-ca apply to --target server --addr only".into());
     }
     let (config, replay) = match &cli.replay {
@@ -420,7 +462,82 @@ fn run(cli: &Cli) -> Result<Report, String> {
             };
             drive(cli, config, replay, Arc::new(target), &name, command)
         }
+        TargetKind::Cluster => {
+            let (target, name) = cluster_target(cli, config.duration_s)?;
+            drive(cli, config, replay, Arc::new(target), &name, command)
+        }
     }
+}
+
+/// Refuses flags that do not apply to the chosen target.
+fn validate_target(cli: &Cli) -> Result<(), String> {
+    let networked = matches!(cli.target, TargetKind::Server | TargetKind::Cluster);
+    if cli.addr.is_some() && !networked {
+        return Err("--addr applies to --target server and cluster only".into());
+    }
+    let local_cluster = cli.target == TargetKind::Cluster && cli.addr.is_none();
+    if cli.keep && local_cluster {
+        // The replicas keep their members' addresses in their log, and a new run
+        // starts them on other ports.
+        return Err("--keep does not apply to a cluster loadgen starts".into());
+    }
+    if cli.chaos != ChaosKind::None && !local_cluster {
+        return Err("--chaos applies to --target cluster without --addr only".into());
+    }
+    if cli.peers.is_some() && (cli.target != TargetKind::Cluster || cli.addr.is_none()) {
+        return Err("--peers applies to --target cluster --addr only".into());
+    }
+    let seconds = |value: Option<f64>, name: &str| match value {
+        Some(value) if !(value.is_finite() && value > 0.0) => Err(format!("--{name} must be > 0")),
+        _ => Ok(()),
+    };
+    seconds(cli.chaos_every_s, "chaos-every-s")?;
+    seconds(Some(cli.chaos_down_s), "chaos-down-s")
+}
+
+/// `--target cluster`: the one at --addr, or one started here; and the report's name.
+fn cluster_target(cli: &Cli, duration_s: f64) -> Result<(ClusterTarget, String), String> {
+    if let Some(addrs) = &cli.addr {
+        let addrs: Vec<String> = addrs.split(',').map(|a| a.trim().to_string()).collect();
+        let peers = match &cli.peers {
+            Some(peers) => tally_cluster::ClusterConfig::parse_members(peers)
+                .map_err(|e| format!("--peers: {e}"))?
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        };
+        let target = ClusterTarget::connect(addrs, peers)?;
+        let name = format!(
+            "tally cluster at {}, through tally-client over TCP",
+            target.addrs().join(",")
+        );
+        return Ok((target, name));
+    }
+    let binary = replicas::tally_binary(cli.tally_bin.as_deref())?;
+    prepare_data_dir(&cli.data, cli.keep)?;
+    eprintln!(
+        "loadgen: starting {} replicas of {}",
+        cli.replicas,
+        binary.display()
+    );
+    let cluster = LocalCluster::start(binary, &cli.data, cli.replicas)?;
+    let plan = match cli.chaos {
+        ChaosKind::None => None,
+        ChaosKind::KillLeader => Some(ChaosPlan {
+            first_after: Duration::from_secs_f64(duration_s / 3.0),
+            every: cli.chaos_every_s.map(Duration::from_secs_f64),
+            down: Duration::from_secs_f64(cli.chaos_down_s),
+        }),
+    };
+    let target = ClusterTarget::start_local(cluster, plan)?;
+    let name = format!(
+        "tally cluster of {} replicas (tally serve --cluster, started by loadgen, data in \
+         {}, fdatasync) at {}, through tally-client over loopback TCP",
+        cli.replicas,
+        cli.data.display(),
+        target.addrs().join(",")
+    );
+    Ok((target, name))
 }
 
 /// Headroom for the foreign-currency and system accounts the population adds.
@@ -489,7 +606,8 @@ fn drive<T: Target>(
         "loadgen: {:?} mode starts ({:.0} s)",
         config.mode, config.duration_s
     );
-    let (result, trace) = match config.mode {
+    target.run_started();
+    let run = match config.mode {
         Mode::Festival => {
             let seconds = curve.duration_s().ceil() as usize + 1;
             let source = festival_source(replay, &curve, generator, config.seed);
@@ -500,10 +618,12 @@ fn drive<T: Target>(
                 model.clone(),
                 trace,
                 festival_workers(cli),
-            )?
+            )
         }
-        Mode::Max => run_max(cli, &config, replay, generator, &target, &model, trace)?,
+        Mode::Max => run_max(cli, &config, replay, generator, &target, &model, trace),
     };
+    target.run_finished();
+    let (result, trace) = run?;
     if let Some(writer) = trace {
         let requests = writer.finish().map_err(|e| e.to_string())?;
         eprintln!("loadgen: recorded {requests} requests");
@@ -645,6 +765,7 @@ fn finish<T: Target>(
     };
     let verification = model.verify(target, expired, pending_left);
     let engine = target.shard_stats();
+    let cluster = target.cluster_stats();
     target.shutdown()?;
     let mut report = Report {
         mode: format!("{:?}", config.mode).to_lowercase(),
@@ -656,6 +777,7 @@ fn finish<T: Target>(
         target: target_name.to_string(),
         shards: target.shards(),
         engine,
+        cluster,
         setup,
         expiry_policy: match config.workload {
             Workload::Festival => "short-timeout authorisations left to expire: waited past their expiry, then one sweep transfer; expired iff timestamp + timeout <= the sweep's timestamp, else expected still pending".into(),
@@ -667,7 +789,9 @@ fn finish<T: Target>(
     };
     report.measure(&result);
     report.conservation_ok = verification.conservation_ok;
-    report.verified_ok = verification.verified_ok && result.unfinished == 0;
+    let converged = report.cluster.as_ref().and_then(|c| c.converged);
+    report.verified_ok =
+        verification.verified_ok && result.unfinished == 0 && converged != Some(false);
     report.verification = verification;
     print!("{}", report.text());
     if let Some(path) = &cli.report {

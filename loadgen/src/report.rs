@@ -3,7 +3,7 @@
 use crate::model::Verification;
 use crate::runner::{RunResult, SetupReport};
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
-use crate::target::ShardStats;
+use crate::target::{ClusterStats, ShardStats};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -127,6 +127,8 @@ pub struct Report {
     pub shards: usize,
     /// The engine's own counters; `None` for the in-memory target.
     pub engine: Option<ShardStats>,
+    /// What the cluster went through; `None` for other targets.
+    pub cluster: Option<ClusterStats>,
     /// Length of the run, seconds.
     pub duration_s: f64,
     /// Transfers submitted per second, over the run.
@@ -258,6 +260,9 @@ impl Report {
         self.write_throughput(out)?;
         if let Some(engine) = &self.engine {
             write_engine(out, engine)?;
+        }
+        if let Some(cluster) = &self.cluster {
+            write_cluster(out, cluster)?;
         }
         if self.unfinished_requests > 0 {
             writeln!(
@@ -514,6 +519,43 @@ fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1e3)
 }
 
+/// The cluster: chaos, failovers, the longest acknowledgement gap, convergence.
+fn write_cluster(out: &mut String, c: &ClusterStats) -> fmt::Result {
+    let failovers = c.failovers.map_or("not watched".into(), |n| n.to_string());
+    writeln!(
+        out,
+        "  cluster           {} replicas; chaos {}; {} leader kills; failovers {failovers}; longest gap between acknowledgements {}",
+        c.replicas,
+        c.chaos,
+        c.leader_kills,
+        ms(c.ack_gap_us_max)
+    )?;
+    writeln!(
+        out,
+        "  lost answers      {} submissions sent again; {} events found applied by a lost attempt",
+        c.resubmissions, c.events_recovered
+    )?;
+    for error in &c.chaos_errors {
+        writeln!(out, "    ! chaos: {error}")?;
+    }
+    let ends: Vec<String> = c
+        .replicas_end
+        .iter()
+        .map(|end| match (end.applied_index, end.digest) {
+            (Some(index), Some(digest)) => {
+                format!("{}: applied {index} digest {digest:016x}", end.replica_id)
+            }
+            _ => format!("{}: no answer", end.replica_id),
+        })
+        .collect();
+    let converged = match c.converged {
+        Some(true) => "equal",
+        Some(false) => "DIFFERENT",
+        None => "not checked (no peer addresses)",
+    };
+    writeln!(out, "  replicas          {converged}; {}", ends.join("; "))
+}
+
 /// The engine's group commits, pacing, spare segments, shard units and snapshots.
 fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
     let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
@@ -548,6 +590,7 @@ fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::ReplicaEnd;
 
     /// A small report that reaches every line `text` can write.
     fn sample() -> Report {
@@ -580,6 +623,29 @@ mod tests {
                 snapshots_failed: 1,
                 snapshot_freeze_us_max: 15_000,
                 snapshot_write_ms_max: 2_345,
+            }),
+            cluster: Some(ClusterStats {
+                replicas: 3,
+                chaos: "kill-leader".into(),
+                leader_kills: 2,
+                chaos_errors: vec!["no leader".into()],
+                failovers: Some(2),
+                ack_gap_us_max: 1_750_000,
+                resubmissions: 12,
+                events_recovered: 3,
+                replicas_end: vec![
+                    ReplicaEnd {
+                        replica_id: 1,
+                        applied_index: Some(70),
+                        digest: Some(0xabc),
+                    },
+                    ReplicaEnd {
+                        replica_id: 2,
+                        applied_index: None,
+                        digest: None,
+                    },
+                ],
+                converged: Some(false),
             }),
             duration_s: 12.345,
             offered_tps: 1_000.4,
@@ -640,7 +706,7 @@ mod tests {
     }
 
     /// Every line of [`sample`]'s text, in order.
-    const SAMPLE_TEXT: [&str; 22] = [
+    const SAMPLE_TEXT: [&str; 26] = [
         "tally loadgen: festival mode against memory (2 shards)\n",
         "  submission        open loop\n",
         "  workload          festival\n",
@@ -653,6 +719,10 @@ mod tests {
         "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
         "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
         "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
+        "  cluster           3 replicas; chaos kill-leader; 2 leader kills; failovers 2; longest gap between acknowledgements 1750.000 ms\n",
+        "  lost answers      12 submissions sent again; 3 events found applied by a lost attempt\n",
+        "    ! chaos: no leader\n",
+        "  replicas          DIFFERENT; 1: applied 70 digest 0000000000000abc; 2: no answer\n",
         "  UNFINISHED        4 requests had no result at the end\n",
         "  scheduler lag     max 0.061 ms\n",
         "  results:\n",
@@ -671,19 +741,25 @@ mod tests {
     }
 
     #[test]
-    fn the_text_report_leaves_out_the_engine_and_unfinished_lines_when_absent() {
+    fn the_text_report_leaves_out_the_engine_cluster_and_unfinished_lines_when_absent() {
         let report = Report {
             engine: None,
+            cluster: None,
             unfinished_requests: 0,
             ..sample()
         };
+        const ABSENT: [&str; 7] = [
+            "  engine ",
+            "  lost answers ",
+            "  snapshots ",
+            "  cluster ",
+            "    ! chaos",
+            "  replicas ",
+            "  UNFINISHED ",
+        ];
         let expected: String = SAMPLE_TEXT
             .iter()
-            .filter(|line| {
-                !["  engine ", "  snapshots ", "  UNFINISHED "]
-                    .iter()
-                    .any(|prefix| line.starts_with(prefix))
-            })
+            .filter(|line| !ABSENT.iter().any(|prefix| line.starts_with(prefix)))
             .copied()
             .collect();
         assert_eq!(report.text(), expected);

@@ -1,11 +1,16 @@
 //! What the load generator drives: the [`Target`] trait and its adapters, so the runner
 //! is wired to the real engine by one adapter ([`engine::EngineTarget`]), to a server
-//! over the network by another ([`server::ServerTarget`]), and tested
+//! over the network by another ([`server::ServerTarget`]), to a replicated cluster by a
+//! third ([`cluster::ClusterTarget`], with its processes in [`replicas`] and what happens
+//! to them during a run in [`chaos`]), and tested
 //! against fakes ([`memory::MemoryTarget`], the in-memory reference ledger, and
 //! [`memory::StallingTarget`], which freezes another target for a while).
 
+pub mod chaos;
+pub mod cluster;
 pub mod engine;
 pub mod memory;
+pub mod replicas;
 pub mod server;
 
 use std::future::Future;
@@ -69,6 +74,58 @@ pub trait Target: Send + Sync + 'static {
     fn shard_stats(&self) -> Option<ShardStats> {
         None
     }
+
+    /// The run's load starts now (setup is done).
+    fn run_started(&self) {}
+
+    /// The run's load is over (the sweep and the verification follow).
+    fn run_finished(&self) {}
+
+    /// What the cluster went through, after the verification: failovers, the longest
+    /// gap between acknowledgements, whether the replicas converged (`None`: not a
+    /// cluster).
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        None
+    }
+}
+
+/// A cluster's run, for the report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterStats {
+    /// Replicas the load was spread over (their client addresses).
+    pub replicas: usize,
+    /// The chaos during the run (`none`, or what was killed when).
+    pub chaos: String,
+    /// Leaders the chaos killed.
+    pub leader_kills: u64,
+    /// What went wrong in the chaos (a leader not found, a restart that failed).
+    pub chaos_errors: Vec<String>,
+    /// Leader changes seen during the run by asking every replica for its status every
+    /// 50 ms (`None`: the replicas' peer addresses are not known).
+    pub failovers: Option<u64>,
+    /// The longest time between two consecutive acknowledgements during the run.
+    pub ack_gap_us_max: u64,
+    /// Submissions sent again because a failure left open whether they were applied.
+    pub resubmissions: u64,
+    /// Events a lost answer had applied: answered `exists` (a chain's later events,
+    /// `linked_event_failed`) when sent again, found stored, counted `ok`.
+    pub events_recovered: u64,
+    /// Each replica's applied index and digest at the end.
+    pub replicas_end: Vec<ReplicaEnd>,
+    /// Every replica reached the same applied index and digest after the run
+    /// (`None`: not checked, the peer addresses are not known).
+    pub converged: Option<bool>,
+}
+
+/// One replica at the end of the run; `None` where it did not answer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplicaEnd {
+    /// The replica.
+    pub replica_id: u64,
+    /// The last index applied to its state.
+    pub applied_index: Option<u64>,
+    /// Its state digest at that index.
+    pub digest: Option<u64>,
 }
 
 /// The engine's own counters at the end of the run.

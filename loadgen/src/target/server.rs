@@ -29,7 +29,7 @@ pub struct ServerTarget {
     local: Option<LocalServer>,
 }
 
-fn runtime(name: &str, threads: usize) -> Result<Runtime, String> {
+pub(super) fn runtime(name: &str, threads: usize) -> Result<Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
@@ -123,21 +123,21 @@ fn client_config(addr: &str) -> ClientConfig {
     }
 }
 
-async fn connect_client(config: ClientConfig) -> Result<Client, String> {
+pub(super) async fn connect_client(config: ClientConfig) -> Result<Client, String> {
     let endpoint = config.endpoint.clone();
     Client::connect(config)
         .await
         .map_err(|error| format!("connecting to {endpoint}: {error}"))
 }
 
-fn failure(error: ClientError) -> SubmitFailure {
+pub(super) fn failure(error: ClientError) -> SubmitFailure {
     match error {
         ClientError::Busy { .. } => SubmitFailure::Busy,
         other => SubmitFailure::Other(other.to_string()),
     }
 }
 
-fn outcome(result: &CreateResult) -> Outcome {
+pub(super) fn outcome(result: &CreateResult) -> Outcome {
     Outcome {
         code: result.code,
         timestamp: result.timestamp,
