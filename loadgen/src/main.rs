@@ -9,7 +9,8 @@
 //! loadgen --target cluster --replicas 3 --chaos kill-leader   # failover under load
 //! ```
 //! Exit status: 0 when the run verified, 1 when the ledger failed verification (or
-//! requests never got a result, or a cluster's replicas did not converge), 2 on a usage, setup or I/O error.
+//! requests never got a result, or a cluster's replicas did not converge), 2 on a usage,
+//! setup or I/O error.
 
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
