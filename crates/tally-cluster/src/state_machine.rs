@@ -110,6 +110,22 @@ fn digest_batch(seed: u64, stamp: u64, batch: &Batch, codes: &[tally_types::Resu
 
 type Meta = SnapshotMeta<u64, openraft::BasicNode>;
 
+/// A snapshot's metadata and the state it holds (seconds for a large ledger: run it off
+/// the async threads).
+fn decode_snapshot(bytes: &[u8]) -> Result<(Meta, Applied), String> {
+    let (head, image) = image_codec::decode(bytes)?;
+    let meta: Meta = postcard::from_bytes(&head.meta).map_err(|e| e.to_string())?;
+    let state = StateMachine::from_image(image).map_err(|e| e.to_string())?;
+    let applied = Applied {
+        state,
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        digest: head.digest,
+        events_applied: head.events_applied,
+    };
+    Ok((meta, applied))
+}
+
 /// A snapshot's metadata and bytes.
 type SnapshotBytes = (Meta, Arc<Vec<u8>>);
 
@@ -179,18 +195,9 @@ impl StateStore {
     }
 
     /// Replaces the state with a snapshot's.
-    fn load(&mut self, bytes: &[u8]) -> Result<SnapshotMeta<u64, openraft::BasicNode>, String> {
-        let (head, image) = image_codec::decode(bytes)?;
-        let meta: SnapshotMeta<u64, openraft::BasicNode> =
-            postcard::from_bytes(&head.meta).map_err(|e| e.to_string())?;
-        let state = StateMachine::from_image(image).map_err(|e| e.to_string())?;
-        *self.applied.write() = Applied {
-            state,
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            digest: head.digest,
-            events_applied: head.events_applied,
-        };
+    fn load(&mut self, bytes: &[u8]) -> Result<Meta, String> {
+        let (meta, applied) = decode_snapshot(bytes)?;
+        *self.applied.write() = applied;
         Ok(meta)
     }
 
@@ -223,7 +230,9 @@ fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl RaftSnapshotBuilder<TallyRaft> for StateStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TallyRaft>, StorageError<u64>> {
-        let (meta, bytes) = {
+        // Under the lock only a frozen copy (chunk pointers, no data) is taken: the image
+        // and its bytes are made on a blocking thread while applying goes on.
+        let (meta, head, frozen) = {
             let applied = self.applied.read();
             let last = applied.last_applied;
             let meta = SnapshotMeta {
@@ -241,8 +250,12 @@ impl RaftSnapshotBuilder<TallyRaft> for StateStore {
                 digest: applied.digest,
                 events_applied: applied.events_applied,
             };
-            (meta, image_codec::encode(&head, &applied.state.image()))
+            (meta, head, applied.state.freeze())
         };
+        let bytes =
+            tokio::task::spawn_blocking(move || image_codec::encode(&head, &frozen.image()))
+                .await
+                .map_err(|e| storage_error(format!("building the snapshot: {e}")))?;
         let bytes = Arc::new(bytes);
         self.save(Arc::clone(&bytes)).await?;
         *self.current.lock() = Some((meta.clone(), Arc::clone(&bytes)));
@@ -307,16 +320,18 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = snapshot.into_inner();
-        let loaded = self
-            .load(&bytes)
+        let bytes = Arc::new(snapshot.into_inner());
+        let decoding = Arc::clone(&bytes);
+        let (loaded, applied) = tokio::task::spawn_blocking(move || decode_snapshot(&decoding))
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
             .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
         if loaded.last_log_id != meta.last_log_id {
             return Err(storage_error(
                 "the snapshot's contents do not match its metadata".into(),
             ));
         }
-        let bytes = Arc::new(bytes);
+        *self.applied.write() = applied;
         self.save(Arc::clone(&bytes)).await?;
         *self.current.lock() = Some((meta.clone(), bytes));
         Ok(())
