@@ -512,10 +512,11 @@ impl Replica {
             queue,
             config.proposals_in_flight,
         ));
+        let stagger = config.snapshot_log_bytes / 4 * (config.replica_id % 4);
         tokio::spawn(snapshot_when_large(
             Arc::downgrade(&core),
             log_size,
-            config.snapshot_log_bytes,
+            config.snapshot_log_bytes.saturating_add(stagger),
         ));
         Ok(Replica {
             core,
