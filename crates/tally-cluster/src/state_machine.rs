@@ -79,14 +79,7 @@ impl Applied {
             };
             digest = digest_batch(digest, *stamp, batch, &codes);
             self.events_applied += batch.len() as u64;
-            batches.push(Ok(codes
-                .iter()
-                .enumerate()
-                .map(|(i, &code)| EventResult {
-                    code,
-                    timestamp: if code.is_ok() { stamp + i as u64 } else { 0 },
-                })
-                .collect()));
+            batches.push(Ok(EventResult::for_batch(*stamp, &codes)));
         }
         self.digest = digest;
         GroupResults { batches }

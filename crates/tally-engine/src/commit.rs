@@ -252,7 +252,7 @@ impl Applier {
         stamps
             .into_iter()
             .zip(codes)
-            .map(|(timestamp, codes)| event_results(timestamp, codes))
+            .map(|(timestamp, codes)| EventResult::for_batch(timestamp, &codes))
             .collect()
     }
 
@@ -264,19 +264,4 @@ impl Applier {
         self.events_since_snapshot = 0;
         true
     }
-}
-
-fn event_results(timestamp: u64, codes: Vec<ResultCode>) -> Vec<EventResult> {
-    codes
-        .into_iter()
-        .enumerate()
-        .map(|(index, code)| EventResult {
-            code,
-            timestamp: if code.is_ok() {
-                timestamp + index as u64
-            } else {
-                0
-            },
-        })
-        .collect()
 }

@@ -15,6 +15,25 @@ pub struct EventResult {
     pub timestamp: u64,
 }
 
+impl EventResult {
+    /// The results of a batch stamped from `stamp`, given its codes in order: event `i`
+    /// applied at `stamp + i`, a refused event with timestamp 0.
+    pub fn for_batch(stamp: u64, codes: &[ResultCode]) -> Vec<EventResult> {
+        codes
+            .iter()
+            .enumerate()
+            .map(|(index, &code)| EventResult {
+                code,
+                timestamp: if code.is_ok() {
+                    stamp + index as u64
+                } else {
+                    0
+                },
+            })
+            .collect()
+    }
+}
+
 /// What a submitter waits for: one result per event, or why the batch got none.
 pub(crate) type Answer = Result<Vec<EventResult>, SubmitError>;
 
