@@ -12,6 +12,7 @@
 //! Invariant: this crate does no I/O and holds no state.
 #![deny(missing_docs)]
 
+mod change;
 pub mod codec;
 pub mod currency;
 mod flags;
@@ -20,6 +21,10 @@ pub mod packed;
 mod records;
 mod result;
 
+pub use change::{
+    CHANGE_EVENT_SIZE, CHANGE_EVENTS_LIMIT_MAX, ChangeDecodeError, ChangeEvent, ChangeKind,
+    decode_change, encode_change,
+};
 pub use flags::{AccountFlags, FlagsError, TransferFlags};
 pub use image::{LoadedImage, PendingStatus, StateImage};
 pub use records::{
