@@ -65,6 +65,14 @@ pub struct Config {
     /// millions, growing pauses the apply thread for seconds (the id index rehashes; the
     /// transfer store itself grows by chunks and never copies).
     pub transfers_capacity: usize,
+    /// Keep change events (docs/spec.md §2) in the event journal, `data_dir/events`,
+    /// for [`crate::Ledger::get_change_events`], [`crate::Ledger::subscribe`] and
+    /// `tally events`. Costs one 400-byte write (not synced) per committed change.
+    pub change_events: bool,
+    /// Bytes of change events kept on disk: past it, the oldest journal segments are
+    /// deleted (a reader asking for events older than those kept gets an error naming
+    /// the oldest kept). Independent of the log, which snapshots retire.
+    pub events_retention_bytes: u64,
 }
 
 impl Config {
@@ -96,6 +104,8 @@ impl Config {
             preallocate_segments: true,
             accounts_capacity: 0,
             transfers_capacity: 0,
+            change_events: true,
+            events_retention_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 

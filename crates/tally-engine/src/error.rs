@@ -46,6 +46,13 @@ pub enum EngineError {
         /// What failed, as the log reported it.
         message: String,
     },
+    /// Change events cannot be read: they are off ([`crate::Config::change_events`], or
+    /// a ledger over injected storage), or writing them failed (they come back, derived
+    /// from the log, when the ledger opens again).
+    ChangeEvents {
+        /// Why.
+        message: String,
+    },
 }
 
 /// Why the state recovered from the log and snapshots does not load.
@@ -73,6 +80,15 @@ pub enum RecoveryError {
     /// The log reader stopped before handing anything over (its own error, reported
     /// instead, says why).
     LogNotRead,
+    /// The change-event journal ends before the snapshot recovery starts from, so the
+    /// events in between can no longer be derived (the journal was damaged or removed
+    /// in part).
+    ChangeEventsBehind {
+        /// The timestamp of the journal's last event.
+        journal_last: u64,
+        /// The last timestamp the snapshot includes.
+        snapshot_last: u64,
+    },
 }
 
 impl fmt::Display for EngineError {
@@ -91,6 +107,7 @@ impl fmt::Display for EngineError {
             }
             EngineError::ThreadPanicked { name } => write!(f, "thread {name} panicked"),
             EngineError::LogFailed { message } => write!(f, "log failed: {message}"),
+            EngineError::ChangeEvents { message } => write!(f, "change events: {message}"),
         }
     }
 }
@@ -105,7 +122,8 @@ impl std::error::Error for EngineError {
             }
             EngineError::Config { .. }
             | EngineError::ThreadPanicked { .. }
-            | EngineError::LogFailed { .. } => None,
+            | EngineError::LogFailed { .. }
+            | EngineError::ChangeEvents { .. } => None,
         }
     }
 }
@@ -138,6 +156,14 @@ impl fmt::Display for RecoveryError {
                 "log record {sequence} does not follow {sequence_before} \
                  (timestamp {timestamp} after {timestamp_before})"
             ),
+            RecoveryError::ChangeEventsBehind {
+                journal_last,
+                snapshot_last,
+            } => write!(
+                f,
+                "the change-event journal ends at timestamp {journal_last}, before the \
+                 snapshot's {snapshot_last}: the events between are lost"
+            ),
             RecoveryError::LogNotRead => f.write_str("the log was not read"),
         }
     }
@@ -147,7 +173,9 @@ impl std::error::Error for RecoveryError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             RecoveryError::Snapshot { source, .. } => Some(source),
-            RecoveryError::RecordOutOfOrder { .. } | RecoveryError::LogNotRead => None,
+            RecoveryError::RecordOutOfOrder { .. }
+            | RecoveryError::LogNotRead
+            | RecoveryError::ChangeEventsBehind { .. } => None,
         }
     }
 }

@@ -3,6 +3,10 @@
 use crate::admission::Room;
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 use crate::error::{EngineError, SubmitError};
+use crate::events::{
+    JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress, check_limit, follow,
+    read as read_events,
+};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::recovery::{Capacity, Recovery, recover};
@@ -19,17 +23,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
+use tally_log::events::{EventJournal, EventReader, JournalOptions};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
 use tally_state::{InvariantViolation, LedgerTotals, StateMachine};
-use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, Transfer};
+use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, Transfer};
 use tokio::sync::oneshot;
+
+type CommitThreads = (JoinHandle<()>, JoinHandle<()>, Option<JoinHandle<()>>);
 
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
     log_thread: Thread,
-    /// The log thread, then the apply thread.
-    join: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// The log thread, then the apply thread, then the journal thread (if any).
+    join: Mutex<Option<CommitThreads>>,
     /// Released at shutdown, once the log thread (and its log) is gone.
     lock: Mutex<Option<DirLock>>,
 }
@@ -42,7 +49,7 @@ impl Drop for Handle {
 
 impl Handle {
     fn stop(&self) -> Result<(), EngineError> {
-        let Some((log_join, apply_join)) = self.join.lock().take() else {
+        let Some((log_join, apply_join, journal_join)) = self.join.lock().take() else {
             return Ok(());
         };
         // Close the gate and wait out submitters already inside: after this no push can
@@ -58,6 +65,8 @@ impl Handle {
         // the groups in flight and exits when its channel closes.
         let log_joined = log_join.join();
         let apply_joined = apply_join.join();
+        // The apply thread dropped its sender: the journal thread writes what is left.
+        let journal_joined = journal_join.map_or(Ok(()), JoinHandle::join);
         // The log thread dropped the log; now let another process in.
         self.lock.lock().take();
         if log_joined.is_err() {
@@ -66,6 +75,11 @@ impl Handle {
         if apply_joined.is_err() {
             return Err(EngineError::ThreadPanicked {
                 name: "tally-apply",
+            });
+        }
+        if journal_joined.is_err() {
+            return Err(EngineError::ThreadPanicked {
+                name: "tally-events",
             });
         }
         match self.shared.failure.lock().clone() {
@@ -102,7 +116,17 @@ impl Ledger {
                 path: config.data_dir.clone(),
                 source,
             })?;
-        Self::start(config, Box::new(storage), Some(lock))
+        let journal = match config.change_events {
+            true => {
+                let options = JournalOptions {
+                    retention_bytes: config.events_retention_bytes,
+                    ..JournalOptions::default()
+                };
+                Some(EventJournal::open(&events_dir(&config.data_dir), options)?)
+            }
+            false => None,
+        };
+        Self::start(config, Box::new(storage), Some(lock), journal)
     }
 
     /// Opens a ledger over any storage (tests inject faults with
@@ -113,13 +137,14 @@ impl Ledger {
         storage: Box<dyn Storage>,
     ) -> Result<Ledger, EngineError> {
         validate_config(&config)?;
-        Self::start(config, storage, None)
+        Self::start(config, storage, None, None)
     }
 
     fn start(
         config: Config,
         storage: Box<dyn Storage>,
         lock: Option<DirLock>,
+        mut journal: Option<EventJournal>,
     ) -> Result<Ledger, EngineError> {
         let options = LogOptions {
             segment_bytes_max: config.segment_bytes_max,
@@ -145,7 +170,13 @@ impl Ledger {
         };
         // Recovery replays on the shard threads too.
         let (logger, mut applier, state, recovery) =
-            recover(storage, options, capacity, pool.as_ref())?;
+            recover(storage, options, capacity, pool.as_ref(), journal.as_mut())?;
+        let events = journal.as_ref().map(|_| {
+            Arc::new(Progress::new(
+                events_dir(&config.data_dir),
+                state.last_timestamp(),
+            ))
+        });
         applier.shards = pool;
         shard_counters.reset();
         let shared = Arc::new(Shared {
@@ -158,7 +189,21 @@ impl Ledger {
             draining: AtomicBool::new(false),
             gate: Gate::new(),
             recovery,
+            events: events.clone(),
         });
+        let (journal_thread, journal) = match (journal, events) {
+            (Some(journal), Some(progress)) => {
+                let (to_journal, from_apply) =
+                    std::sync::mpsc::sync_channel(JOURNAL_GROUPS_IN_FLIGHT_MAX);
+                let thread = JournalThread {
+                    journal,
+                    from_apply,
+                    progress,
+                };
+                (Some(thread), Some(Journal { to_journal }))
+            }
+            _ => (None, None),
+        };
         let (to_apply, from_log) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT_MAX);
         let (snapshots_to_log, snapshots) = std::sync::mpsc::channel();
         let apply = ApplyThread {
@@ -166,6 +211,7 @@ impl Ledger {
             applier,
             from_log,
             snapshots: snapshots_to_log,
+            journal,
         };
         let log = LogThread {
             shared: Arc::clone(&shared),
@@ -182,6 +228,10 @@ impl Ledger {
                 .spawn(run)
                 .map_err(|source| EngineError::Thread { name, source })
         };
+        let journal_join = match journal_thread {
+            Some(thread) => Some(spawn("tally-events", Box::new(move || thread.run()))?),
+            None => None,
+        };
         let apply_join = spawn("tally-apply", Box::new(move || apply.run()))?;
         let log_join = spawn("tally-log", Box::new(move || log.run()))?;
         let log_thread = log_join.thread().clone();
@@ -189,7 +239,7 @@ impl Ledger {
             handle: Arc::new(Handle {
                 shared,
                 log_thread,
-                join: Mutex::new(Some((log_join, apply_join))),
+                join: Mutex::new(Some((log_join, apply_join, journal_join))),
                 lock: Mutex::new(lock),
             }),
         })
@@ -448,6 +498,80 @@ impl Ledger {
         self.shared().state.read().account_transfers(filter)
     }
 
+    /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
+    /// or after `timestamp_min`, in commit order (docs/spec.md §2, "Change events").
+    /// Every change committed before the call is there. Read from the event journal's
+    /// files, so reading never holds up commits. To resume after the last event
+    /// handled, pass its timestamp + 1.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::ChangeEvents`] when change events are off, writing them failed,
+    /// `limit` is out of range, or the events asked for were deleted by retention
+    /// ([`Config::events_retention_bytes`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, ChangeKind, Config, Ledger};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// let account = Account { id: 1, ledger: 840, code: 1, ..Account::default() };
+    /// ledger.create_accounts(vec![account]).expect("durable");
+    /// let events = ledger.get_change_events(0, 100).expect("events");
+    /// assert_eq!(events[0].kind, ChangeKind::AccountCreated);
+    /// ```
+    pub fn get_change_events(
+        &self,
+        timestamp_min: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEvent>, EngineError> {
+        check_limit(limit)?;
+        let progress = self.events_progress()?;
+        let committed = self.shared().state.read().last_timestamp();
+        progress.wait_through(committed)?;
+        let mut reader = EventReader::open(progress.dir())?;
+        read_events(&mut reader, timestamp_min, limit)
+    }
+
+    /// Follows the change events: every event with a timestamp after `after` (0 = from
+    /// the first kept), in commit order, then each new one as it is committed, until
+    /// the ledger shuts down. The stream reads the event journal's files: a slow
+    /// consumer holds no memory of the engine's and never slows commits. A consumer
+    /// that stores the timestamp of the last event it handled and subscribes after it
+    /// again receives every later event exactly once, across restarts and crashes of
+    /// either side.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::ChangeEvents`] when change events are off; an item is an error
+    /// when reading fails (then the stream ends).
+    pub fn subscribe(
+        &self,
+        after: u64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<ChangeEvent, EngineError>> + Send + 'static,
+        EngineError,
+    > {
+        follow(Arc::clone(self.events_progress()?), after)
+    }
+
+    /// The change-event journal's directory (`data_dir/events`), where other processes
+    /// read it (`tally events`), or `None` when change events are off.
+    pub fn events_dir(&self) -> Option<&std::path::Path> {
+        self.shared().events.as_deref().map(Progress::dir)
+    }
+
+    fn events_progress(&self) -> Result<&Arc<Progress>, EngineError> {
+        self.shared()
+            .events
+            .as_ref()
+            .ok_or_else(|| EngineError::ChangeEvents {
+                message: "change events are off for this ledger".to_string(),
+            })
+    }
+
     /// Per ledger, the sums of all balances, read consistently.
     pub fn ledger_totals(&self) -> BTreeMap<u32, LedgerTotals> {
         self.shared().state.read().ledger_totals()
@@ -563,6 +687,11 @@ pub fn validate(batch: &Batch) -> Result<(), SubmitError> {
         }
     }
     Ok(())
+}
+
+/// Where a ledger in `data_dir` keeps its change-event journal.
+pub fn events_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("events")
 }
 
 fn validate_config(config: &Config) -> Result<(), EngineError> {

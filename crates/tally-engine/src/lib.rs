@@ -80,6 +80,7 @@ pub mod clock;
 mod commit;
 mod config;
 mod error;
+mod events;
 #[doc(hidden)]
 pub mod gate;
 pub mod inspect;
@@ -96,23 +97,23 @@ mod threads;
 
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 pub use error::{EngineError, RecoveryError, SubmitError};
-pub use ledger::{Ledger, validate as validate_batch};
+pub use ledger::{Ledger, events_dir, validate as validate_batch};
 pub use metrics::MetricsSnapshot;
 pub use recovery::Recovery;
 pub use request::EventResult;
 pub use tally_log::SyncMode;
 pub use tally_state::{InvariantViolation, LedgerTotals};
 pub use tally_types::{
-    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, ResultCode, Transfer,
-    TransferFlags,
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, CHANGE_EVENTS_LIMIT_MAX,
+    ChangeEvent, ChangeKind, ResultCode, Transfer, TransferFlags,
 };
 
 /// What an embedding service usually needs, in one import:
 /// `use tally_engine::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Account, AccountFilter, AccountFlags, Backpressure, Batch, Config, EngineError,
-        EventResult, Ledger, ResultCode, SubmitError, Transfer, TransferFlags,
+        Account, AccountFilter, AccountFlags, Backpressure, Batch, ChangeEvent, ChangeKind, Config,
+        EngineError, EventResult, Ledger, ResultCode, SubmitError, Transfer, TransferFlags,
     };
 }
 

@@ -6,9 +6,10 @@
 use crate::commit::{Applier, Logger};
 use crate::error::{EngineError, RecoveryError};
 use crate::shards::ShardPool;
+use tally_log::events::EventJournal;
 use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal, read_log_into};
 use tally_state::StateMachine;
-use tally_types::LoadedImage;
+use tally_types::{ChangeEvent, LoadedImage};
 
 /// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
 /// every logged batch after it, in order. The log is read on a second thread and
@@ -19,12 +20,14 @@ pub(crate) fn recover(
     options: LogOptions,
     capacity: Capacity,
     shards: Option<&ShardPool>,
+    journal: Option<&mut EventJournal>,
 ) -> Result<(Logger, Applier, StateMachine, Recovery), EngineError> {
     let started = std::time::Instant::now();
     let (opened, replayed) = read_and_replay(
         |sink| Wal::open_with_sink(storage, options, sink),
         capacity,
         shards,
+        journal,
     )?;
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
@@ -42,7 +45,12 @@ pub(crate) fn recover(
         sequence_last + 1,
         "log and replay agree"
     );
-    let logger = Logger::new(wal, sequence_last, state.last_timestamp());
+    let logger = Logger::new(
+        wal,
+        sequence_last,
+        state.last_timestamp(),
+        state.expiry_instants(),
+    );
     let applier = Applier::new(sequence_last);
     Ok((logger, applier, state, recovery))
 }
@@ -60,6 +68,7 @@ fn read_and_replay<T: Send, E: Send>(
     read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E> + Send,
     capacity: Capacity,
     shards: Option<&ShardPool>,
+    journal: Option<&mut EventJournal>,
 ) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
     let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
     std::thread::scope(|scope| {
@@ -85,7 +94,7 @@ fn read_and_replay<T: Send, E: Send>(
             })?;
         // Returning drops the receiver: a reader still sending then stops handing
         // groups over and only finishes its checks.
-        let replayed = replay(receiver, capacity, shards);
+        let replayed = replay(receiver, capacity, shards, journal);
         let read = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -98,8 +107,12 @@ fn read_and_replay<T: Send, E: Send>(
 pub(crate) fn replay_read_only(
     dir: &std::path::Path,
 ) -> Result<(VerifyReport, StateMachine), EngineError> {
-    let (read, replayed) =
-        read_and_replay(|sink| read_log_into(dir, sink), Capacity::default(), None)?;
+    let (read, replayed) = read_and_replay(
+        |sink| read_log_into(dir, sink),
+        Capacity::default(),
+        None,
+        None,
+    )?;
     let report = read?;
     let (state, _) = replayed?;
     Ok((report, state))
@@ -198,6 +211,7 @@ fn replay(
     receiver: crossbeam_channel::Receiver<Replayed>,
     capacity: Capacity,
     shards: Option<&ShardPool>,
+    mut journal: Option<&mut EventJournal>,
 ) -> Result<(StateMachine, Recovery), EngineError> {
     let Ok(Replayed::Start(snapshot)) = receiver.recv() else {
         // The log could not be read; its error is the one reported.
@@ -224,6 +238,20 @@ fn replay(
         ..Recovery::default()
     };
     let mut timestamp_last = state.last_timestamp();
+    if let Some(journal) = journal.as_deref() {
+        state.set_change_capture(true);
+        // The journal is synced before a snapshot retires the log it came from, so it
+        // reaches at least the snapshot: anything less was damaged on disk.
+        if let Some(journal_last) = journal.last_timestamp()
+            && journal_last < timestamp_last
+        {
+            return Err(RecoveryError::ChangeEventsBehind {
+                journal_last,
+                snapshot_last: timestamp_last,
+            }
+            .into());
+        }
+    }
     for message in receiver {
         let Replayed::Records(group) = message else {
             unreachable!("the snapshot comes once, first");
@@ -246,6 +274,9 @@ fn replay(
             recovery.events += record.batch.len() as u64;
         }
         replay_group(&mut state, group, shards);
+        if let Some(journal) = journal.as_deref_mut() {
+            journal_missing_changes(journal, state.take_changes())?;
+        }
     }
     assert_eq!(
         state.last_timestamp(),
@@ -254,6 +285,21 @@ fn replay(
     );
     recovery.sequence_last = sequence_last;
     Ok((state, recovery))
+}
+
+/// Appends to the journal the replayed changes it does not have yet (those after its
+/// last event: a crash lost them from its unsynced tail, or they were never written).
+fn journal_missing_changes(
+    journal: &mut EventJournal,
+    changes: Vec<ChangeEvent>,
+) -> Result<(), EngineError> {
+    let after = journal.last_timestamp().unwrap_or(0);
+    let missing: Vec<ChangeEvent> = changes
+        .into_iter()
+        .filter(|event| event.timestamp > after)
+        .collect();
+    let missing = crate::events::strictly_increasing(missing);
+    journal.append(&missing).map_err(EngineError::Log)
 }
 
 fn replay_group(state: &mut StateMachine, group: Vec<LogRecord>, shards: Option<&ShardPool>) {

@@ -2,6 +2,7 @@
 
 use crate::admission::Room;
 use crate::config::Config;
+use crate::events::Progress;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::recovery::Recovery;
@@ -28,4 +29,6 @@ pub(crate) struct Shared {
     pub gate: Gate,
     /// What open recovered.
     pub recovery: Recovery,
+    /// Where the change-event journal stands; `None` when change events are off.
+    pub events: Option<std::sync::Arc<Progress>>,
 }

@@ -30,7 +30,8 @@ impl Committer {
         options: LogOptions,
         snapshot_events_interval: u64,
     ) -> Result<Committer, EngineError> {
-        let (logger, applier, state, _) = recover(storage, options, Capacity::default(), None)?;
+        let (logger, applier, state, _) =
+            recover(storage, options, Capacity::default(), None, None)?;
         Ok(Committer {
             logger,
             applier,

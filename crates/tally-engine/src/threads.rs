@@ -11,6 +11,7 @@
 
 use crate::clock::wall_clock_ns;
 use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
+use crate::events::Journal;
 use crate::request::{EventResult, Reply, Request};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
@@ -86,6 +87,11 @@ impl LogThread {
                     // frame cut as torn): nothing acknowledged depends on it.
                     let _ = self.logger.close();
                     return; // dropping `to_apply` lets the apply thread finish and exit
+                }
+                if self.expiry_due() {
+                    requests.push(pulse());
+                    let _ = self.log_group(&mut requests);
+                    continue;
                 }
                 // After a quiet spell, an idle log thread writes the spare in full steps.
                 let idle_for = idle_since.get_or_insert_with(Instant::now).elapsed();
@@ -197,6 +203,18 @@ impl LogThread {
         }
     }
 
+    /// True when, on the wall clock, a pending transfer's expiry instant has passed and
+    /// no batch has come to release it: an idle ledger logs an empty batch (a pulse)
+    /// then, so expiries happen, and their change events appear, at their instant.
+    fn expiry_due(&self) -> bool {
+        !self.shared.config.manual_clock
+            && self.logger.failure().is_none()
+            && self
+                .logger
+                .next_expiry()
+                .is_some_and(|at| at <= wall_clock_ns())
+    }
+
     /// True when the log wants a spare segment written and the ledger is configured to.
     fn spare_wanted(&self) -> bool {
         self.shared.config.preallocate_segments && self.logger.spare_wanted()
@@ -300,12 +318,25 @@ impl LogThread {
     }
 }
 
+/// An empty batch that only moves time forward; nobody waits for its answer.
+fn pulse() -> Request {
+    let (reply, _) = tokio::sync::oneshot::channel();
+    Request {
+        batch: tally_types::Batch::CreateTransfers(Vec::new()),
+        now: None,
+        reply,
+        enqueued: Instant::now(),
+    }
+}
+
 /// The apply thread: applies synced groups and answers (phase 2).
 pub(crate) struct ApplyThread {
     pub shared: Arc<Shared>,
     pub applier: Applier,
     pub from_log: Receiver<SyncedGroup>,
     pub snapshots: std::sync::mpsc::Sender<SnapshotImage>,
+    /// The journal thread, when change events are on.
+    pub journal: Option<Journal>,
 }
 
 impl ApplyThread {
@@ -318,15 +349,23 @@ impl ApplyThread {
         {
             let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
             let batches = group.records.len();
-            let answers = {
+            let (answers, changes) = {
                 let mut state = self.shared.state.write();
-                self.applier.apply(&mut state, group)
+                let answers = self.applier.apply(&mut state, group);
+                let changes = self
+                    .journal
+                    .as_ref()
+                    .map(|_| (state.take_changes(), state.last_timestamp()));
+                (answers, changes)
             };
             self.record_metrics(batches, events, &answers, started);
             assert_eq!(answers.len(), replies.len(), "one answer per logged batch");
             for (reply, answer) in replies.into_iter().zip(answers) {
                 // A submitter that gave up waiting dropped its receiver; its batch is in.
                 let _ = reply.send(Ok(answer));
+            }
+            if let (Some(journal), Some((events, through))) = (&self.journal, changes) {
+                journal.send(events, through);
             }
             if self
                 .applier
@@ -342,7 +381,15 @@ impl ApplyThread {
                     .metrics
                     .snapshot_freeze_us_max
                     .fetch_max(freeze_us, Ordering::Relaxed);
-                let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
+                // The log up to this snapshot may be retired once it is written: the
+                // journal must hold its events on disk first. If it cannot, no snapshot.
+                if self
+                    .journal
+                    .as_ref()
+                    .is_none_or(|journal| journal.sync().is_ok())
+                {
+                    let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
+                }
             }
         }
     }

@@ -69,6 +69,14 @@ pub enum Request {
     LookupTransfers(Vec<u128>),
     /// `get_account_transfers`: the filter.
     GetAccountTransfers(AccountFilter),
+    /// `get_change_events`: events with timestamp at or after `timestamp_min`, at most
+    /// `limit` (1 to 8,190).
+    GetChangeEvents {
+        /// The first timestamp wanted (0 = from the first kept).
+        timestamp_min: u64,
+        /// The most events answered.
+        limit: u32,
+    },
 }
 
 /// A parsed line: the request and its optional `"now"` (nanoseconds). The parser only

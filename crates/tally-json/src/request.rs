@@ -6,7 +6,8 @@ use crate::{LedgerLookup, LineError, Request, RequestLine};
 use std::collections::HashMap;
 use tally_types::currency::{CurrencyTable, parse_amount};
 use tally_types::{
-    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Transfer, TransferFlags,
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, CHANGE_EVENTS_LIMIT_MAX, Transfer,
+    TransferFlags,
 };
 
 /// The request keys, one of which a line carries.
@@ -16,6 +17,7 @@ const REQUEST_KEYS: &[&str] = &[
     "lookup_accounts",
     "lookup_transfers",
     "get_account_transfers",
+    "get_change_events",
 ];
 
 const NOW_KEY: &str = "now";
@@ -146,6 +148,7 @@ pub fn parse_line(
         "create_transfers" => Request::CreateTransfers(transfers(value, loc, lookup, currencies)?),
         "lookup_accounts" => Request::LookupAccounts(ids(value, loc)?),
         "lookup_transfers" => Request::LookupTransfers(ids(value, loc)?),
+        "get_change_events" => change_events_filter(value, loc)?,
         _ => Request::GetAccountTransfers(filter(value, loc)?),
     };
     Ok(RequestLine { request, now })
@@ -440,6 +443,39 @@ fn ids(value: &Json, loc: Loc<'_>) -> Result<Vec<u128>, LineError> {
         ids.push(unsigned(item, loc.at(index), "u128", Width::Wide)?);
     }
     Ok(ids)
+}
+
+const CHANGE_EVENTS_FIELDS: &[&str] = &["timestamp_min", "limit"];
+
+/// `{"timestamp_min": "…", "limit": n}`: both optional (0, and the maximum).
+fn change_events_filter(value: &Json, loc: Loc<'_>) -> Result<Request, LineError> {
+    let unknown = |_key: &str| {
+        format!(
+            "unknown field; get_change_events fields are {}",
+            CHANGE_EVENTS_FIELDS.join(", ")
+        )
+    };
+    let mut timestamp_min = 0;
+    let mut limit = CHANGE_EVENTS_LIMIT_MAX as u32;
+    for (field, value) in event_members(value, loc, "filter", CHANGE_EVENTS_FIELDS, unknown)? {
+        let at = loc.field(field);
+        match field {
+            "timestamp_min" => timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
+            "limit" => {
+                limit = unsigned(value, at, "u32", Width::Narrow)?;
+                if limit == 0 || limit as usize > CHANGE_EVENTS_LIMIT_MAX {
+                    return Err(at.error(format!(
+                        "must be 1 to {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"
+                    )));
+                }
+            }
+            _ => unreachable_field(field, at)?,
+        }
+    }
+    Ok(Request::GetChangeEvents {
+        timestamp_min,
+        limit,
+    })
 }
 
 fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {

@@ -9,8 +9,8 @@ use crate::part::{Balances, Part, TransferEntry, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::state::StateMachine;
 use tally_types::{
-    Account, AccountFlags, BATCH_EVENTS_MAX, Batch, NS_PER_S, PendingStatus, ResultCode, Transfer,
-    TransferFlags, TransferKind,
+    Account, AccountFlags, BATCH_EVENTS_MAX, Batch, ChangeEvent, ChangeKind, NS_PER_S,
+    PendingStatus, ResultCode, Transfer, TransferFlags, TransferKind,
 };
 
 use ResultCode as R;
@@ -296,6 +296,16 @@ pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> 
     let dr_slot = account_slot(parts, pending.debit_account_id).expect("debit account");
     let cr_slot = account_slot(parts, pending.credit_account_id).expect("credit account");
     release_pending(parts, &pending, 0, dr_slot, cr_slot);
+    // Stamped at its instant, which the engine's batch stamping keeps free of events.
+    let (instant, _) = key;
+    record_transfer_change(
+        parts,
+        instant,
+        ChangeKind::TwoPhaseExpired,
+        pending,
+        dr_slot,
+        cr_slot,
+    );
     true
 }
 
@@ -386,6 +396,40 @@ fn insert_transfer<P: Parts + ?Sized>(
             .get_mut(slot.part)
             .append_history(slot.index, transfer_ref);
     }
+    let kind = match transfer.kind() {
+        Some(TransferKind::SinglePhase) => ChangeKind::SinglePhase,
+        Some(TransferKind::Pending) => ChangeKind::TwoPhasePending,
+        Some(TransferKind::PostPending) => ChangeKind::TwoPhasePosted,
+        Some(TransferKind::VoidPending) => ChangeKind::TwoPhaseVoided,
+        Some(TransferKind::Refund) => ChangeKind::Refund,
+        None => unreachable!("a stored transfer has a kind"),
+    };
+    record_transfer_change(parts, transfer.timestamp, kind, transfer, debit, credit);
+}
+
+/// Captures a transfer's change event (when capture is on) in its id's part, with both
+/// accounts as they are now, right after the change.
+fn record_transfer_change<P: Parts + ?Sized>(
+    parts: &mut P,
+    timestamp: u64,
+    kind: ChangeKind,
+    transfer: Transfer,
+    debit: Slot,
+    credit: Slot,
+) {
+    let home = part_of(transfer.id, parts.count());
+    if !parts.get(home).capturing {
+        return;
+    }
+    let debit_account = account_at(parts, debit);
+    let credit_account = account_at(parts, credit);
+    parts.get_mut(home).record_change(|| ChangeEvent {
+        timestamp,
+        kind,
+        transfer,
+        debit_account,
+        credit_account,
+    });
 }
 
 pub(crate) fn create_account<P: Parts + ?Sized>(
@@ -426,6 +470,7 @@ pub(crate) fn create_account<P: Parts + ?Sized>(
         ..*a
     };
     home.insert_account(account);
+    home.record_change(|| ChangeEvent::account_created(account));
     R::Ok
 }
 

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 /// chosen ids impractical.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
 use crate::store::{AccountStore, TransferStore};
-use tally_types::{Account, PendingStatus, Transfer};
+use tally_types::{Account, ChangeEvent, PendingStatus, Transfer};
 
 /// One mutation, remembered so that a failing chain can undo it.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +44,7 @@ pub(crate) enum Undo {
         id: u128,
         before: Option<u128>,
     },
+    ChangeRecorded,
 }
 
 /// The four balances of an account.
@@ -104,6 +105,11 @@ pub struct Part {
     /// ([`Part::begin_chain`]). Outside a chain every check comes before the first
     /// mutation, so nothing is ever undone and recording would be wasted work.
     pub(crate) recording: bool,
+    /// Whether committed changes are captured into `changes` (change events).
+    pub(crate) capturing: bool,
+    /// Change events of the ids homed here, in the order this part applied them, until
+    /// the state hands them out ([`crate::StateMachine::take_changes`]).
+    pub(crate) changes: Vec<ChangeEvent>,
 }
 
 /// A transfer index entry with this bit set names a burned id (its index in the part's
@@ -171,6 +177,8 @@ impl Part {
             failed_ids: BurnedIds::default(),
             undo_log: Vec::new(),
             recording: false,
+            capturing: false,
+            changes: Vec::new(),
         }
     }
 
@@ -330,6 +338,15 @@ impl Part {
 
     // ---- mutations, each recording its undo inside a chain ----
 
+    /// Captures `event` when change capture is on; a failing chain takes it back.
+    #[inline]
+    pub(crate) fn record_change(&mut self, event: impl FnOnce() -> ChangeEvent) {
+        if self.capturing {
+            self.changes.push(event());
+            self.record(Undo::ChangeRecorded);
+        }
+    }
+
     pub(crate) fn insert_account(&mut self, account: Account) {
         let inserted = self.try_insert_account(account);
         assert!(inserted, "account id inserted twice");
@@ -488,6 +505,10 @@ impl Part {
                 }
                 Undo::ExpiryRemoved { key } => {
                     self.expiries.insert(key);
+                }
+                Undo::ChangeRecorded => {
+                    let popped = self.changes.pop();
+                    assert!(popped.is_some(), "a change undone twice");
                 }
                 Undo::Refunded { id, before } => match before {
                     Some(total) => {

@@ -12,8 +12,8 @@ use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
 use tally_types::packed::PackedRun;
 use tally_types::{
-    Account, AccountFilter, LoadedImage, PendingStatus, StateImage, Transfer, TransferFlags,
-    TransferKind,
+    Account, AccountFilter, ChangeEvent, LoadedImage, PendingStatus, StateImage, Transfer,
+    TransferFlags, TransferKind,
 };
 
 /// The ledger state: accounts, transfers and the side tables the rules need, split into
@@ -113,6 +113,44 @@ impl StateMachine {
 
     fn part(&self, id: u128) -> &Part {
         &self.parts[part_of(id, self.parts.len())]
+    }
+
+    /// The instants at which the pending transfers still waiting will expire.
+    pub fn expiry_instants(&self) -> Vec<u64> {
+        self.parts
+            .iter()
+            .flat_map(|part| part.expiries.iter().map(|&(at, _)| at))
+            .collect()
+    }
+
+    /// Turns capturing change events on or off (off by default). While on, every
+    /// committed change leaves a [`ChangeEvent`] for [`StateMachine::take_changes`].
+    pub fn set_change_capture(&mut self, on: bool) {
+        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
+        for part in &mut self.parts {
+            part.capturing = on;
+            if !on {
+                part.changes = Vec::new();
+            }
+        }
+    }
+
+    /// The change events captured since the last call, in commit order (by
+    /// timestamp). Each part holds its own in the order it applied them; with several
+    /// parts they are merged.
+    pub fn take_changes(&mut self) -> Vec<ChangeEvent> {
+        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
+        if let [only] = self.parts.as_mut_slice() {
+            return std::mem::take(&mut only.changes);
+        }
+        let mut changes: Vec<ChangeEvent> =
+            Vec::with_capacity(self.parts.iter().map(|part| part.changes.len()).sum());
+        for part in &mut self.parts {
+            changes.append(&mut part.changes);
+        }
+        // Stable: events of one part keep the order that part applied them in.
+        changes.sort_by_key(|event| event.timestamp);
+        changes
     }
 
     /// Timestamp of the last event applied; 0 for an empty ledger.

@@ -241,7 +241,10 @@ impl EventReader {
                 Err(_) if start + 1 == listed.len() => return Ok(None),
                 Err(reason) => return Err(LogError::corrupt(segment.path.clone(), 0, reason)),
             };
-            if start == 0 && timestamp_min <= header.previous_last_timestamp {
+            if start == 0
+                && header.previous_last_timestamp > 0
+                && timestamp_min <= header.previous_last_timestamp
+            {
                 return Err(self.retired(timestamp_min, oldest.first_timestamp));
             }
             return Ok(Some(Cursor {

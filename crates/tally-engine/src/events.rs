@@ -1,0 +1,332 @@
+//! Change events (docs/spec.md §2): the apply thread captures each group's events and
+//! hands them to the **journal thread**, which appends them to the event journal in
+//! `DATA/events` (`tally_log::events`). Readers — [`crate::Ledger::get_change_events`],
+//! [`crate::Ledger::subscribe`], `tally events` in another process — read the journal's
+//! files, never memory, so a slow or stopped reader holds nothing up.
+//!
+//! The journal is not synced per group: the write-ahead log is the source of truth, and
+//! recovery re-derives whatever the journal's tail lost (`crate::recovery`). It is
+//! synced before a snapshot lets the log be retired ([`Journal::sync`]).
+
+use crate::error::EngineError;
+use parking_lot::{Condvar, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Duration;
+use tally_log::events::{EventJournal, EventReader};
+use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
+use tokio::sync::watch;
+
+/// Groups of events waiting for the journal thread, at most: past it the apply thread
+/// waits (memory stays bounded; the journal writes far faster than commits arrive).
+pub(crate) const JOURNAL_GROUPS_IN_FLIGHT_MAX: usize = 16;
+
+/// How long a read waits for the journal to catch up with the commits before it.
+const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// What the apply thread sends the journal thread.
+pub(crate) enum ToJournal {
+    /// A group's events, and the last timestamp of the group (the journal then holds
+    /// every event up to it).
+    Events {
+        events: Vec<ChangeEvent>,
+        through: u64,
+    },
+    /// Sync everything sent so far to disk, then answer.
+    Sync(SyncSender<Result<(), String>>),
+}
+
+/// Where the journal stands, shared by the journal thread and the readers.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    dir: PathBuf,
+    /// The last timestamp whose events are all in the journal's files, or why writing
+    /// stopped.
+    through: Mutex<Result<u64, String>>,
+    advanced: Condvar,
+    /// The same timestamp, for async subscribers.
+    through_watch: watch::Sender<u64>,
+    /// Set once the journal thread has written its last event (shutdown).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    pub(crate) fn new(dir: PathBuf, through: u64) -> Progress {
+        Progress {
+            dir,
+            through: Mutex::new(Ok(through)),
+            advanced: Condvar::new(),
+            through_watch: watch::Sender::new(through),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the journal finished: followers end once they have read it all.
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.through_watch.send_modify(|_| {});
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The journal's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn advance(&self, through: u64) {
+        let mut state = self.through.lock();
+        if let Ok(current) = state.as_mut() {
+            *current = (*current).max(through);
+        }
+        drop(state);
+        self.advanced.notify_all();
+        self.through_watch.send_if_modified(|current| {
+            let moved = through > *current;
+            *current = (*current).max(through);
+            moved
+        });
+    }
+
+    fn fail(&self, message: String) {
+        *self.through.lock() = Err(message);
+        self.advanced.notify_all();
+        // Wakes subscribers, which then find the failure.
+        self.through_watch.send_modify(|_| {});
+    }
+
+    /// Why writing stopped, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.through.lock().as_ref().err().cloned()
+    }
+
+    /// Waits (bounded) until the journal holds every event up to `timestamp`.
+    pub(crate) fn wait_through(&self, timestamp: u64) -> Result<(), EngineError> {
+        let deadline = std::time::Instant::now() + CATCH_UP_WAIT_MAX;
+        let mut state = self.through.lock();
+        loop {
+            match state.as_ref() {
+                Err(message) => return Err(stopped(message)),
+                Ok(&through) if through >= timestamp => return Ok(()),
+                Ok(_) => {}
+            }
+            if self.advanced.wait_until(&mut state, deadline).timed_out() {
+                return Err(EngineError::ChangeEvents {
+                    message: format!(
+                        "the event journal did not reach timestamp {timestamp} within {} s",
+                        CATCH_UP_WAIT_MAX.as_secs()
+                    ),
+                });
+            }
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.through_watch.subscribe()
+    }
+}
+
+fn stopped(message: &str) -> EngineError {
+    EngineError::ChangeEvents {
+        message: format!("writing them stopped ({message}); reopen the ledger to resume"),
+    }
+}
+
+/// The journal thread's side: appends what the apply thread sends, in order.
+pub(crate) struct JournalThread {
+    pub journal: EventJournal,
+    pub from_apply: Receiver<ToJournal>,
+    pub progress: Arc<Progress>,
+}
+
+impl JournalThread {
+    pub fn run(mut self) {
+        let mut failed = false;
+        for message in &self.from_apply {
+            match message {
+                ToJournal::Events { events, through } => {
+                    if failed {
+                        continue;
+                    }
+                    let events = strictly_increasing_after(events, self.journal.last_timestamp());
+                    match self.journal.append(&events) {
+                        Ok(()) => self.progress.advance(through),
+                        Err(error) => {
+                            // Commits go on (the log has everything); readers get this.
+                            failed = true;
+                            self.progress.fail(error.to_string());
+                        }
+                    }
+                }
+                ToJournal::Sync(reply) => {
+                    let synced = match failed {
+                        true => Err("the event journal failed".to_string()),
+                        false => self.journal.sync().map_err(|error| error.to_string()),
+                    };
+                    let _ = reply.send(synced);
+                }
+            }
+        }
+        if !failed {
+            let _ = self.journal.sync();
+        }
+        self.progress.close();
+    }
+}
+
+/// The apply thread's side of the journal.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    pub to_journal: SyncSender<ToJournal>,
+}
+
+impl Journal {
+    /// Hands a group's events over (waits while the journal thread is far behind).
+    pub fn send(&self, events: Vec<ChangeEvent>, through: u64) {
+        let _ = self.to_journal.send(ToJournal::Events { events, through });
+    }
+
+    /// Syncs every event sent so far; an error means the journal cannot be trusted to
+    /// hold them, so the log must not be retired past them.
+    pub fn sync(&self) -> Result<(), String> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.to_journal
+            .send(ToJournal::Sync(reply))
+            .map_err(|_| "the journal thread is gone".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the journal thread is gone".to_string())?
+    }
+}
+
+/// `events` without any whose timestamp does not move past the one before (or past
+/// `after`). The engine's stamping keeps every timestamp unique; only a log written
+/// before change events existed can hold an expiry that shares one.
+pub(crate) fn strictly_increasing_after(
+    events: Vec<ChangeEvent>,
+    after: Option<u64>,
+) -> Vec<ChangeEvent> {
+    let mut last = after;
+    let mut kept = events;
+    kept.retain(|event| {
+        let keep = last.is_none_or(|last| event.timestamp > last);
+        if keep {
+            last = Some(event.timestamp);
+        }
+        keep
+    });
+    kept
+}
+
+/// [`strictly_increasing_after`] with nothing before.
+pub(crate) fn strictly_increasing(events: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
+    strictly_increasing_after(events, None)
+}
+
+/// Checks a read's limit: 1 to [`CHANGE_EVENTS_LIMIT_MAX`].
+pub(crate) fn check_limit(limit: usize) -> Result<(), EngineError> {
+    if limit == 0 || limit > CHANGE_EVENTS_LIMIT_MAX {
+        return Err(EngineError::ChangeEvents {
+            message: format!("limit must be 1 to {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"),
+        });
+    }
+    Ok(())
+}
+
+/// Reads up to `limit` events with timestamp ≥ `timestamp_min` from the journal files.
+pub(crate) fn read(
+    reader: &mut EventReader,
+    timestamp_min: u64,
+    limit: usize,
+) -> Result<Vec<ChangeEvent>, EngineError> {
+    reader
+        .read(timestamp_min, limit)
+        .map_err(|error| EngineError::ChangeEvents {
+            message: error.to_string(),
+        })
+}
+
+/// The events a subscription reads from disk per step: bounds its memory.
+const SUBSCRIPTION_READ_EVENTS: usize = 1_024;
+
+/// A live follower of the journal: every event after `after`, in order, then each new
+/// one as it is written. Reads the journal's files, so it holds no engine memory and
+/// never slows commits, however far behind it falls.
+pub(crate) fn follow(
+    progress: Arc<Progress>,
+    after: u64,
+) -> Result<
+    impl futures_util::Stream<Item = Result<ChangeEvent, EngineError>> + Send + 'static,
+    EngineError,
+> {
+    let reader = EventReader::open(progress.dir()).map_err(|error| EngineError::ChangeEvents {
+        message: error.to_string(),
+    })?;
+    let state = Follower {
+        changed: progress.subscribe(),
+        progress,
+        reader,
+        buffer: std::collections::VecDeque::new(),
+        next_min: after.saturating_add(1),
+        done: false,
+    };
+    Ok(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            let item = state.next().await?;
+            Some((item, state))
+        },
+    ))
+}
+
+struct Follower {
+    progress: Arc<Progress>,
+    changed: watch::Receiver<u64>,
+    reader: EventReader,
+    buffer: std::collections::VecDeque<ChangeEvent>,
+    next_min: u64,
+    done: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Result<ChangeEvent, EngineError>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            // Mark the current progress seen before reading, so a write that lands
+            // after the read still wakes the wait below.
+            self.changed.borrow_and_update();
+            let closed = self.progress.is_closed();
+            match read(&mut self.reader, self.next_min, SUBSCRIPTION_READ_EVENTS) {
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+                Ok(events) if !events.is_empty() => {
+                    if let Some(last) = events.last() {
+                        self.next_min = last.timestamp.saturating_add(1);
+                    }
+                    self.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            if let Some(message) = self.progress.failure() {
+                self.done = true;
+                return Some(Err(stopped(&message)));
+            }
+            if closed {
+                // The ledger shut down and every event it wrote was read.
+                return None;
+            }
+            let _ = self.changed.changed().await;
+        }
+    }
+}

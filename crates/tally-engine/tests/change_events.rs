@@ -1,0 +1,397 @@
+//! Change events (docs/spec.md §2): for random traffic on 1 to 4 shards, the events the
+//! ledger reports equal what a model derives from the submitted events and their
+//! results (count, order, kinds, timestamps, balances after each); expiries appear at
+//! their exact instant; a journal that lost its tail is re-derived from the log.
+#![allow(clippy::unwrap_used)]
+
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use tally_engine::{
+    Account, Batch, ChangeEvent, ChangeKind, Config, EventResult, Ledger, ResultCode, Transfer,
+};
+use tally_testkit::SeededRng;
+use tally_testkit::workload::{Accounts, Workload};
+use tally_types::{NS_PER_S, TransferFlags, TransferKind};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Balances {
+    debits_pending: u128,
+    debits_posted: u128,
+    credits_pending: u128,
+    credits_posted: u128,
+}
+
+impl Balances {
+    fn of(account: &Account) -> Balances {
+        Balances {
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+        }
+    }
+}
+
+/// A pending transfer the model knows of, and whether it still waits.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    transfer: Transfer,
+    expires_at: Option<u64>,
+    waiting: bool,
+}
+
+/// What the model expects, built from the inputs and their results alone.
+#[derive(Debug, Default)]
+struct Model {
+    balances: HashMap<u128, Balances>,
+    pending: HashMap<u128, Pending>,
+    transfers: HashMap<u128, Transfer>,
+}
+
+impl Model {
+    fn release(&mut self, p: &Transfer, posted: u128) {
+        let dr = self.balances.get_mut(&p.debit_account_id).unwrap();
+        dr.debits_pending -= p.amount;
+        dr.debits_posted += posted;
+        let cr = self.balances.get_mut(&p.credit_account_id).unwrap();
+        cr.credits_pending -= p.amount;
+        cr.credits_posted += posted;
+    }
+
+    fn movement(&mut self, debit: u128, credit: u128, amount: u128, pending: bool) {
+        let dr = self.balances.get_mut(&debit).unwrap();
+        let cr_pending;
+        if pending {
+            dr.debits_pending += amount;
+            cr_pending = true;
+        } else {
+            dr.debits_posted += amount;
+            cr_pending = false;
+        }
+        let cr = self.balances.get_mut(&credit).unwrap();
+        if cr_pending {
+            cr.credits_pending += amount;
+        } else {
+            cr.credits_posted += amount;
+        }
+    }
+
+    /// The event an `ok` transfer must produce: its kind, with the model moved on.
+    fn transfer_ok(&mut self, t: &Transfer, timestamp: u64) -> (ChangeKind, u128, u128) {
+        let kind = t.kind().unwrap();
+        let stored = Transfer { timestamp, ..*t };
+        match kind {
+            TransferKind::SinglePhase => {
+                self.movement(t.debit_account_id, t.credit_account_id, t.amount, false);
+                self.transfers.insert(t.id, stored);
+                (
+                    ChangeKind::SinglePhase,
+                    t.debit_account_id,
+                    t.credit_account_id,
+                )
+            }
+            TransferKind::Pending => {
+                self.movement(t.debit_account_id, t.credit_account_id, t.amount, true);
+                let expires_at =
+                    (t.timeout != 0).then(|| timestamp + u64::from(t.timeout) * NS_PER_S);
+                let pending = Pending {
+                    transfer: stored,
+                    expires_at,
+                    waiting: true,
+                };
+                self.pending.insert(t.id, pending);
+                self.transfers.insert(t.id, stored);
+                (
+                    ChangeKind::TwoPhasePending,
+                    t.debit_account_id,
+                    t.credit_account_id,
+                )
+            }
+            TransferKind::PostPending | TransferKind::VoidPending => {
+                let p = self.pending.get_mut(&t.pending_id).unwrap();
+                assert!(p.waiting, "an ok post or void settles a waiting transfer");
+                p.waiting = false;
+                let p = p.transfer;
+                let post = kind == TransferKind::PostPending;
+                let posted = match (post, t.amount) {
+                    (false, _) => 0,
+                    (true, 0) => p.amount,
+                    (true, amount) => amount,
+                };
+                self.release(&p, posted);
+                let stored = Transfer {
+                    debit_account_id: p.debit_account_id,
+                    credit_account_id: p.credit_account_id,
+                    amount: posted,
+                    ..stored
+                };
+                self.transfers.insert(t.id, stored);
+                let kind = if post {
+                    ChangeKind::TwoPhasePosted
+                } else {
+                    ChangeKind::TwoPhaseVoided
+                };
+                (kind, p.debit_account_id, p.credit_account_id)
+            }
+            TransferKind::Refund => {
+                let o = self.transfers[&t.refund_of()];
+                self.movement(o.credit_account_id, o.debit_account_id, t.amount, false);
+                (ChangeKind::Refund, o.credit_account_id, o.debit_account_id)
+            }
+        }
+    }
+
+    /// Checks one reported event's accounts against the model's balances.
+    fn check_accounts(&self, event: &ChangeEvent, debit: u128, credit: u128, at: usize) {
+        assert_eq!(event.debit_account.id, debit, "event {at}: debit account");
+        assert_eq!(
+            event.credit_account.id, credit,
+            "event {at}: credit account"
+        );
+        assert_eq!(
+            Balances::of(&event.debit_account),
+            self.balances[&debit],
+            "event {at}: debit balances"
+        );
+        assert_eq!(
+            Balances::of(&event.credit_account),
+            self.balances[&credit],
+            "event {at}: credit balances"
+        );
+    }
+}
+
+/// Walks the reported events against the submitted batches and their results, in
+/// order: every `ok` event must come out once, in order, with the model's balances;
+/// in between, only expiries of waiting pending transfers, at their exact instants.
+fn check(answered: &[(Batch, Vec<EventResult>)], events: &[ChangeEvent]) -> Model {
+    let mut model = Model::default();
+    let oks: Vec<(Batch, usize, u64)> = answered
+        .iter()
+        .flat_map(|(batch, results)| {
+            results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.code == ResultCode::Ok)
+                .map(|(i, r)| (batch.clone(), i, r.timestamp))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut next_ok = 0;
+    for (at, event) in events.iter().enumerate() {
+        if at > 0 {
+            assert!(
+                event.timestamp > events[at - 1].timestamp,
+                "event {at}: timestamps increase"
+            );
+        }
+        if event.kind == ChangeKind::TwoPhaseExpired {
+            let p = model
+                .pending
+                .get_mut(&event.transfer.id)
+                .expect("an expired transfer was pending");
+            assert!(p.waiting, "event {at}: expires once, while waiting");
+            assert_eq!(
+                p.expires_at,
+                Some(event.timestamp),
+                "event {at}: stamped at its instant"
+            );
+            p.waiting = false;
+            let p = p.transfer;
+            assert_eq!(event.transfer, p);
+            model.release(&p, 0);
+            model.check_accounts(event, p.debit_account_id, p.credit_account_id, at);
+            continue;
+        }
+        let (batch, index, timestamp) = oks
+            .get(next_ok)
+            .unwrap_or_else(|| panic!("event {at}: more events than ok results"));
+        next_ok += 1;
+        assert_eq!(
+            event.timestamp, *timestamp,
+            "event {at}: the result's timestamp"
+        );
+        match batch {
+            Batch::CreateAccounts(accounts) => {
+                let a = accounts[*index];
+                assert_eq!(event.kind, ChangeKind::AccountCreated, "event {at}");
+                assert_eq!(event.debit_account.id, a.id);
+                assert_eq!(event.debit_account.timestamp, *timestamp);
+                model.balances.insert(a.id, Balances::default());
+            }
+            Batch::CreateTransfers(transfers) => {
+                let t = transfers[*index];
+                assert_eq!(event.transfer.id, t.id, "event {at}: transfer id");
+                let (kind, debit, credit) = model.transfer_ok(&t, *timestamp);
+                assert_eq!(event.kind, kind, "event {at}: kind");
+                model.check_accounts(event, debit, credit, at);
+            }
+        }
+    }
+    assert_eq!(next_ok, oks.len(), "every ok result has its event");
+    let last = events.last().map_or(0, |e| e.timestamp);
+    for p in model.pending.values().filter(|p| p.waiting) {
+        assert!(
+            p.expires_at.is_none_or(|at| at > last),
+            "an expiry due before the last event was missed"
+        );
+    }
+    model
+}
+
+fn read_all(ledger: &Ledger) -> Vec<ChangeEvent> {
+    let mut all = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = ledger.get_change_events(from, 100).unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.timestamp + 1;
+        all.extend(page);
+    }
+    all
+}
+
+fn run(seed: u64, shards: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.manual_clock = true;
+    config.shards = shards;
+    config.snapshot_events_interval = 500;
+    let mut workload = Workload::new(seed, Accounts::Hot);
+    let mut rng = SeededRng::new(seed ^ 0xe7e7);
+    let mut now = 1_000 * NS_PER_S;
+    let mut answered = Vec::new();
+    let mut ledger = Ledger::open(config.clone()).unwrap();
+    for round in 0..300 {
+        let batch = workload.batch();
+        let results = ledger.submit_at(batch.clone(), Some(now)).unwrap();
+        answered.push((batch, results));
+        now += if rng.chance(8) {
+            NS_PER_S * rng.below(4)
+        } else {
+            1_000
+        };
+        if round % 100 == 99 {
+            // Reopen: events are derived again from the log where the journal stops.
+            ledger.shutdown().unwrap();
+            ledger = Ledger::open(config.clone()).unwrap();
+        }
+    }
+    let events = read_all(&ledger);
+    let model = check(&answered, &events);
+    for (id, balances) in &model.balances {
+        let account = ledger.lookup_accounts(&[*id])[0];
+        assert_eq!(Balances::of(&account), *balances, "account {id} at the end");
+    }
+    assert!(
+        events.iter().any(|e| e.kind == ChangeKind::TwoPhaseExpired),
+        "seed {seed}: expiries happen"
+    );
+    ledger.shutdown().unwrap();
+}
+
+#[test]
+fn events_equal_the_model_of_results_on_any_shard_count() {
+    for (seed, shards) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 1)] {
+        run(seed, shards);
+    }
+}
+
+#[test]
+fn a_lost_journal_tail_is_derived_again_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.manual_clock = true;
+    let mut workload = Workload::new(9, Accounts::Uniform);
+    let ledger = Ledger::open(config.clone()).unwrap();
+    let mut now = 1_000 * NS_PER_S;
+    for _ in 0..200 {
+        ledger.submit_at(workload.batch(), Some(now)).unwrap();
+        now += NS_PER_S / 3;
+    }
+    let before = read_all(&ledger);
+    ledger.shutdown().unwrap();
+    // Cut the newest journal file, as a crash of the machine would its unsynced tail.
+    let events_dir = tally_engine::events_dir(dir.path());
+    let mut files: Vec<_> = std::fs::read_dir(&events_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let newest = files.last().unwrap();
+    let length = std::fs::metadata(newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(newest)
+        .unwrap()
+        .set_len(length / 3)
+        .unwrap();
+    config.shards = 2;
+    let ledger = Ledger::open(config).unwrap();
+    assert_eq!(read_all(&ledger), before);
+    ledger.shutdown().unwrap();
+}
+
+#[test]
+fn an_idle_ledger_expires_a_pending_transfer_at_its_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let account = |id| Account {
+        id,
+        ledger: 1,
+        code: 1,
+        ..Account::default()
+    };
+    ledger
+        .create_accounts(vec![account(1), account(2)])
+        .unwrap();
+    let hold = Transfer {
+        id: 10,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 50,
+        ledger: 1,
+        code: 1,
+        timeout: 1,
+        flags: TransferFlags::PENDING,
+        ..Transfer::default()
+    };
+    let created = ledger.create_transfers(vec![hold]).unwrap()[0];
+    assert_eq!(created.code, ResultCode::Ok);
+    let instant = created.timestamp + NS_PER_S;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let expired = runtime.block_on(async {
+        let stream = ledger.subscribe(created.timestamp).unwrap();
+        let mut stream = std::pin::pin!(stream);
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await
+    });
+    let expired = expired
+        .expect("the expiry came without any other traffic")
+        .unwrap()
+        .unwrap();
+    assert_eq!(expired.kind, ChangeKind::TwoPhaseExpired);
+    assert_eq!(expired.timestamp, instant);
+    assert_eq!(expired.transfer.id, 10);
+    assert_eq!(expired.debit_account.debits_pending, 0);
+    assert_eq!(ledger.lookup_accounts(&[1])[0].debits_pending, 0);
+    ledger.shutdown().unwrap();
+}
+
+#[test]
+fn change_events_can_be_turned_off_and_limits_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.change_events = false;
+    let ledger = Ledger::open(config).unwrap();
+    assert!(ledger.get_change_events(0, 10).is_err());
+    assert!(ledger.events_dir().is_none());
+    ledger.shutdown().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    assert!(ledger.get_change_events(0, 0).is_err());
+    assert!(ledger.get_change_events(0, 8_191).is_err());
+    assert_eq!(ledger.get_change_events(0, 8_190).unwrap(), vec![]);
+    ledger.shutdown().unwrap();
+}
