@@ -1,6 +1,8 @@
 //! Batch stamping: the wall clock (or a requested manual time), forced monotonic.
 
+use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tally_types::{Batch, NS_PER_S, TransferFlags};
 
 /// Nanoseconds since the Unix epoch; 0 if the system clock is before 1970.
 pub fn wall_clock_ns() -> u64 {
@@ -20,6 +22,105 @@ pub fn batch_stamp(requested: u64, last_timestamp: u64, events: usize) -> Option
     Some(stamp)
 }
 
+/// A ledger's batch stamping: [`batch_stamp`], kept clear of expiry instants.
+///
+/// Expiries run before the first batch stamped at or after their instant. So that each
+/// expiry can be stamped at its exact instant — after every earlier event, before
+/// every later one, shared with none — a batch is moved later (by as little as needed)
+/// when an expiry instant falls on or inside its stamps, or when one of its pending
+/// transfers would expire at an instant another already has. The instants kept are
+/// those of every pending transfer stamped so far that may still expire: a superset
+/// is harmless (a failed pending transfer never expires).
+#[derive(Debug, Clone, Default)]
+pub struct Stamper {
+    timestamp_last: u64,
+    expiry_instants: BTreeSet<u64>,
+}
+
+/// Stamping gives up keeping a batch clear of expiry instants after this many tries
+/// (never met in practice: each try moves past one collision).
+const STAMP_TRIES_MAX: usize = 65_536;
+
+impl Stamper {
+    /// A stamper after `timestamp_last`, with the expiry instants of the pending
+    /// transfers that still wait (a recovered state's).
+    pub fn new(timestamp_last: u64, expiry_instants: impl IntoIterator<Item = u64>) -> Stamper {
+        Stamper {
+            timestamp_last,
+            expiry_instants: expiry_instants
+                .into_iter()
+                .filter(|&at| at > timestamp_last)
+                .collect(),
+        }
+    }
+
+    /// The last timestamp handed out.
+    pub fn timestamp_last(&self) -> u64 {
+        self.timestamp_last
+    }
+
+    /// The earliest instant a stamped pending transfer may expire at, if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry_instants.first().copied()
+    }
+
+    /// Stamps `batch`, requested at `requested`, and moves past it. `None` (nothing
+    /// changed) if its last event would not fit in u64.
+    pub fn stamp(&mut self, requested: u64, batch: &Batch) -> Option<u64> {
+        let stamp = self.clear_stamp(requested, batch)?;
+        self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
+        for (index, timeout_ns) in pending_timeouts(batch) {
+            if let Some(at) = (stamp + index as u64).checked_add(timeout_ns) {
+                self.expiry_instants.insert(at);
+            }
+        }
+        let passed = self.timestamp_last.saturating_add(1);
+        self.expiry_instants = self.expiry_instants.split_off(&passed);
+        Some(stamp)
+    }
+
+    fn clear_stamp(&self, requested: u64, batch: &Batch) -> Option<u64> {
+        let mut stamp = batch_stamp(requested, self.timestamp_last, batch.len())?;
+        let pending = pending_timeouts(batch);
+        let mut instants: Vec<u64> = Vec::with_capacity(pending.len());
+        for _ in 0..STAMP_TRIES_MAX {
+            let last = stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
+            if let Some(&inside) = self.expiry_instants.range(stamp..=last).next_back() {
+                stamp = inside.checked_add(1)?;
+                continue;
+            }
+            instants.clear();
+            instants.extend(
+                pending.iter().filter_map(|&(index, timeout_ns)| {
+                    (stamp + index as u64).checked_add(timeout_ns)
+                }),
+            );
+            instants.sort_unstable();
+            let shared = instants.windows(2).any(|pair| pair[0] == pair[1])
+                || instants.iter().any(|at| self.expiry_instants.contains(at));
+            if !shared {
+                return Some(stamp);
+            }
+            stamp = stamp.checked_add(1)?;
+            stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
+        }
+        Some(stamp)
+    }
+}
+
+/// Per pending transfer of `batch` with a timeout: its index and its timeout in ns.
+fn pending_timeouts(batch: &Batch) -> Vec<(usize, u64)> {
+    let Batch::CreateTransfers(transfers) = batch else {
+        return Vec::new();
+    };
+    transfers
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.flags.contains(TransferFlags::PENDING) && t.timeout != 0)
+        .map(|(index, t)| (index, u64::from(t.timeout) * NS_PER_S))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +132,33 @@ mod tests {
         assert_eq!(batch_stamp(u64::MAX, 0, 1), Some(u64::MAX));
         assert_eq!(batch_stamp(u64::MAX, 0, 2), None);
         assert_eq!(batch_stamp(0, u64::MAX, 1), None);
+    }
+
+    #[test]
+    fn batches_are_stamped_clear_of_expiry_instants() {
+        use tally_types::Transfer;
+        let pending = |timeout| Transfer {
+            flags: TransferFlags::PENDING,
+            timeout,
+            ..Transfer::default()
+        };
+        let mut stamper = Stamper::new(0, []);
+        let first = Batch::CreateTransfers(vec![pending(1), Transfer::default()]);
+        assert_eq!(stamper.stamp(100, &first), Some(100));
+        assert_eq!(stamper.next_expiry(), Some(100 + NS_PER_S));
+        // Spanning the instant: moved just after it.
+        let three = Batch::CreateTransfers(vec![Transfer::default(); 3]);
+        assert_eq!(stamper.stamp(99 + NS_PER_S, &three), Some(101 + NS_PER_S));
+        assert_eq!(stamper.next_expiry(), None);
+        // A pending transfer that would expire at an instant another has: moved by 1.
+        let mut stamper = Stamper::new(0, [1_000 + NS_PER_S]);
+        let one = Batch::CreateTransfers(vec![pending(1)]);
+        assert_eq!(stamper.stamp(1_000, &one), Some(1_001));
+        // Two in one batch that would share one: same.
+        let mut stamper = Stamper::new(0, []);
+        let two = Batch::CreateTransfers(vec![pending(2), Transfer::default(), pending(1)]);
+        let shared_at = 2 * NS_PER_S - 2;
+        let stamp = stamper.stamp(shared_at - NS_PER_S, &two).unwrap();
+        assert_ne!(stamp + 2 * NS_PER_S, stamp + 2 + NS_PER_S - 2 + 2);
     }
 }

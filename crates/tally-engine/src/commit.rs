@@ -10,14 +10,13 @@
 //! Invariant: a group reaches the applier only after its sync succeeded, so the state
 //! (and every read of it) holds only durable batches.
 
-use crate::clock::batch_stamp;
+use crate::clock::Stamper;
 use crate::error::{EngineError, SubmitError};
 use crate::request::EventResult;
 use crate::shards::ShardPool;
-use std::collections::BTreeSet;
 use tally_log::{LogRecord, Wal};
 use tally_state::StateMachine;
-use tally_types::{Batch, NS_PER_S, ResultCode, StateImage, TransferFlags};
+use tally_types::{Batch, ResultCode, StateImage};
 
 /// One batch to commit, with its requested stamp (manual clock only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +47,9 @@ pub(crate) struct LoggedGroup {
 pub(crate) struct Logger {
     wal: Wal,
     sequence_last: u64,
-    timestamp_last: u64,
-    /// Instants after `timestamp_last` at which a pending transfer logged so far may
-    /// expire. Batches are stamped clear of them ([`Logger::stamp_clear_of_expiries`]),
-    /// so an expiry's change event can carry its exact instant as a timestamp no other
-    /// event has. A superset is harmless (a failed pending transfer never expires).
-    expiry_instants: BTreeSet<u64>,
+    stamper: Stamper,
     failure: Option<String>,
 }
-
-/// Stamping gives up keeping a batch clear of expiry instants after this many tries
-/// (never met in practice: each try moves past one collision).
-const STAMP_TRIES_MAX: usize = 65_536;
 
 impl Logger {
     /// A logger appending to `wal`, after the recovered `sequence_last` and
@@ -74,65 +64,14 @@ impl Logger {
         Logger {
             wal,
             sequence_last,
-            timestamp_last,
-            expiry_instants: expiry_instants
-                .into_iter()
-                .filter(|&at| at > timestamp_last)
-                .collect(),
+            stamper: Stamper::new(timestamp_last, expiry_instants),
             failure: None,
         }
     }
 
     /// The earliest instant a logged pending transfer may expire at, if any.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiry_instants.first().copied()
-    }
-
-    /// The stamp of `batch` requested at `requested`: as [`batch_stamp`], moved later
-    /// (by as little as needed) so that no expiry instant falls on or inside the
-    /// batch's stamps, and no pending transfer of the batch expires at an instant
-    /// another one already has. Expiries run before the first batch stamped at or after
-    /// their instant, so with this each expiry is stamped at its exact instant, after
-    /// every earlier event and before every later one.
-    fn stamp_clear_of_expiries(&self, requested: u64, batch: &Batch) -> Option<u64> {
-        let mut stamp = batch_stamp(requested, self.timestamp_last, batch.len())?;
-        let pending = pending_timeouts(batch);
-        let mut instants: Vec<u64> = Vec::with_capacity(pending.len());
-        for _ in 0..STAMP_TRIES_MAX {
-            let last = stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
-            if let Some(&inside) = self.expiry_instants.range(stamp..=last).next_back() {
-                stamp = inside.checked_add(1)?;
-                continue;
-            }
-            instants.clear();
-            instants.extend(pending.iter().filter_map(|&(index, timeout_ns)| {
-                stamp.checked_add(index as u64)?.checked_add(timeout_ns)
-            }));
-            instants.sort_unstable();
-            let shared = instants.windows(2).any(|pair| pair[0] == pair[1])
-                || instants.iter().any(|at| self.expiry_instants.contains(at));
-            if !shared {
-                return Some(stamp);
-            }
-            stamp = stamp.checked_add(1)?;
-            batch_stamp(stamp, self.timestamp_last, batch.len())?;
-        }
-        Some(stamp)
-    }
-
-    /// Records the expiry instants of a batch logged at `stamp`, and forgets those its
-    /// stamps have passed.
-    fn note_expiries(&mut self, stamp: u64, batch: &Batch) {
-        for (index, timeout_ns) in pending_timeouts(batch) {
-            if let Some(at) = stamp
-                .checked_add(index as u64)
-                .and_then(|created| created.checked_add(timeout_ns))
-            {
-                self.expiry_instants.insert(at);
-            }
-        }
-        let passed = self.timestamp_last.saturating_add(1);
-        self.expiry_instants = self.expiry_instants.split_off(&passed);
+        self.stamper.next_expiry()
     }
 
     /// Closes the log cleanly at shutdown ([`Wal::close`]), unless it failed.
@@ -159,7 +98,7 @@ impl Logger {
                 .map(|_| Some(SubmitError::Failed(message.clone())));
             return (LoggedGroup { records }, failed.collect());
         }
-        let (sequence_before, timestamp_before) = (self.sequence_last, self.timestamp_last);
+        let sequence_before = self.sequence_last;
         for Submission { batch, now } in submissions {
             let requested = match clock {
                 Clock::Wall(now_ns) => now_ns,
@@ -167,15 +106,13 @@ impl Logger {
             };
             let stamp = match requested {
                 requested if requested > tally_types::NOW_NS_MAX => None,
-                requested => self.stamp_clear_of_expiries(requested, &batch),
+                requested => self.stamper.stamp(requested, &batch),
             };
             let Some(stamp) = stamp else {
                 outcomes.push(Some(SubmitError::TimeOutOfRange { now: requested }));
                 continue;
             };
             self.sequence_last += 1;
-            self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
-            self.note_expiries(stamp, &batch);
             records.push(LogRecord {
                 sequence: self.sequence_last,
                 timestamp: stamp,
@@ -190,8 +127,8 @@ impl Logger {
             // The page cache may have dropped the data: never retry, never answer ok.
             let message = error.to_string();
             self.failure = Some(message.clone());
+            // No later batch is stamped: the log refuses everything from now on.
             self.sequence_last = sequence_before;
-            self.timestamp_last = timestamp_before;
             for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
                 *outcome = Some(SubmitError::Failed(message.clone()));
             }
@@ -264,19 +201,6 @@ impl Logger {
         }
         written.map_err(EngineError::Log)
     }
-}
-
-/// Per pending transfer of `batch` with a timeout: its index and its timeout in ns.
-fn pending_timeouts(batch: &Batch) -> Vec<(usize, u64)> {
-    let Batch::CreateTransfers(transfers) = batch else {
-        return Vec::new();
-    };
-    transfers
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.flags.contains(TransferFlags::PENDING) && t.timeout != 0)
-        .map(|(index, t)| (index, u64::from(t.timeout) * NS_PER_S))
-        .collect()
 }
 
 /// Phase 2: owns the shard threads (none with one shard) and the knowledge of where the

@@ -73,6 +73,11 @@ pub struct Config {
     /// deleted (a reader asking for events older than those kept gets an error naming
     /// the oldest kept). Independent of the log, which snapshots retire.
     pub events_retention_bytes: u64,
+    /// On the wall clock, when a pending transfer's expiry instant passes while no
+    /// batch arrives, log an empty batch then, so the expiry (and its change event)
+    /// happens at its instant instead of with the next batch. Either way the log fixes
+    /// when it happened, so replay reproduces it.
+    pub expire_when_idle: bool,
 }
 
 impl Config {
@@ -106,6 +111,7 @@ impl Config {
             transfers_capacity: 0,
             change_events: true,
             events_retention_bytes: 4 * 1024 * 1024 * 1024,
+            expire_when_idle: true,
         }
     }
 

@@ -207,7 +207,9 @@ impl LogThread {
     /// no batch has come to release it: an idle ledger logs an empty batch (a pulse)
     /// then, so expiries happen, and their change events appear, at their instant.
     fn expiry_due(&self) -> bool {
-        !self.shared.config.manual_clock
+        let config = &self.shared.config;
+        config.expire_when_idle
+            && !config.manual_clock
             && self.logger.failure().is_none()
             && self
                 .logger

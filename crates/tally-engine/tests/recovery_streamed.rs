@@ -18,6 +18,8 @@ fn config(dir: &Path, shards: usize) -> Config {
         shards,
         preallocate_segments: false,
         snapshot_events_interval: 0,
+        // One record per submitted batch: expiries wait for the next batch.
+        expire_when_idle: false,
         ..Config::new(dir)
     }
 }

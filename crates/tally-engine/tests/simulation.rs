@@ -11,6 +11,7 @@
 //! One seed: `TALLY_SIM_SEED=1234 cargo test -p tally-engine --test simulation -- --nocapture`.
 #![allow(clippy::unwrap_used)]
 
+use tally_engine::clock::Stamper;
 use tally_engine::simulation::{Clock, Committer, Submission};
 use tally_engine::{EventResult, SubmitError};
 use tally_log::faulty::{Fault, FaultyStorage};
@@ -87,8 +88,8 @@ struct Sim {
     /// Batches of the group whose log write failed: not acknowledged, but a crash may
     /// leave (a prefix of) them in the log.
     unacknowledged: Vec<Batch>,
-    /// Last timestamp handed out, as the engine's logger tracks it.
-    timestamp_last: u64,
+    /// The engine's stamping, tracked as its logger tracks it.
+    stamper: Stamper,
     /// The manual clock (ns).
     clock: u64,
     /// An armed fault that may not have fired yet: (appends, syncs) counts at arming.
@@ -121,7 +122,7 @@ impl Sim {
             history: Vec::new(),
             reference: StateMachine::new(),
             unacknowledged: Vec::new(),
-            timestamp_last: 0,
+            stamper: Stamper::default(),
             clock: 1_000_000_000_000,
             fault_pending: false,
             ok_transfers: Vec::new(),
@@ -220,8 +221,7 @@ impl Sim {
     fn acknowledge(&mut self, step: u64, submission: Submission, results: &[EventResult]) {
         let seed = self.seed;
         let Submission { batch, now } = submission;
-        let stamp = now.unwrap_or(0).max(self.timestamp_last + 1);
-        self.timestamp_last = stamp + (batch.len() as u64).saturating_sub(1);
+        let stamp = self.stamper.stamp(now.unwrap_or(0), &batch).unwrap();
         let record = LogRecord {
             sequence: self.history.len() as u64 + 1,
             timestamp: stamp,
@@ -326,9 +326,10 @@ impl Sim {
             self.snapshot_events_interval,
         )
         .unwrap_or_else(|e| panic!("seed {seed} step {step}: restart failed: {e}"));
-        self.timestamp_last = self.committer.state().last_timestamp();
+        let state = self.committer.state();
+        self.stamper = Stamper::new(state.last_timestamp(), state.expiry_instants());
         assert_eq!(
-            self.timestamp_last,
+            self.stamper.timestamp_last(),
             self.reference.last_timestamp(),
             "seed {seed} step {step}: recovered clock"
         );
@@ -432,13 +433,15 @@ impl Sim {
                 }
             })
             .collect();
-        let stamp = self.timestamp_last + 1;
+        let requested = self.stamper.timestamp_last() + 1;
+        let batch = Batch::CreateTransfers(picked);
+        let stamp = self.stamper.clone().stamp(requested, &batch).unwrap();
         // An empty batch at the same instant releases the same expired reservations.
         let mut expected = self.reference.clone();
         expected.apply(stamp, &Batch::CreateTransfers(Vec::new()));
         let submission = Submission {
-            batch: Batch::CreateTransfers(picked),
-            now: Some(stamp),
+            batch,
+            now: Some(requested),
         };
         let results = self
             .committer
