@@ -84,6 +84,44 @@ fn flip_bit(path: &Path, offset: u64) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// FNV-1a 64 of `bytes`: a pin that, unlike a CRC over bytes ending in their own CRC,
+/// changes with them.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn journal_format_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(1200, u64::MAX)).unwrap();
+    journal.append(&events(5, 2)).unwrap();
+    journal.append(&events(70, 3)).unwrap();
+    let first = std::fs::read(dir.path().join(journal_segment_name(5))).unwrap();
+    let second = std::fs::read(dir.path().join(journal_segment_name(70))).unwrap();
+    assert_eq!(
+        first.len() as u64,
+        SEGMENT_HEADER_SIZE as u64 + frame_bytes(2)
+    );
+    assert_eq!(&first[..8], b"TALLYEVJ");
+    assert_eq!(
+        &second[24..32],
+        &15u64.to_le_bytes(),
+        "previous segment's last"
+    );
+    let frame = &second[SEGMENT_HEADER_SIZE..];
+    assert_eq!(&frame[..4], b"TEVF");
+    assert_eq!(&frame[8..16], &70u64.to_le_bytes());
+    assert_eq!(&frame[16..24], &90u64.to_le_bytes());
+    assert_eq!(&frame[24..28], &3u32.to_le_bytes());
+    // Changing these bytes needs a new JOURNAL_FORMAT_VERSION.
+    assert_eq!(
+        (fnv1a(&first), fnv1a(&second)),
+        (12514241733399218635, 3790409698971837276)
+    );
+}
+
 #[test]
 fn events_round_trip_through_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
