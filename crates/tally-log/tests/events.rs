@@ -396,6 +396,57 @@ fn a_reader_next_to_a_writer_sees_every_event_once_in_order() {
     assert_eq!(read, expected);
 }
 
+#[test]
+fn a_reader_behind_a_writer_that_deletes_segments_never_skips_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let groups: u64 = 3000;
+    let segment_bytes_max = 8 * 1024;
+    let writer = std::thread::spawn(move || {
+        let mut journal =
+            EventJournal::open(&path, options(segment_bytes_max, 3 * segment_bytes_max)).unwrap();
+        for group in 0..groups {
+            journal
+                .append(&events(1 + 100 * group, 1 + group % 5))
+                .unwrap();
+        }
+    });
+    let expected: Vec<ChangeEvent> = (0..groups)
+        .flat_map(|group| events(1 + 100 * group, 1 + group % 5))
+        .collect();
+    let last = expected.last().unwrap().timestamp;
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    let mut read = Vec::new();
+    let mut gaps = Vec::new();
+    let mut next = 1;
+    while next <= last {
+        match reader.read(next, 7) {
+            Ok(got) => {
+                if let Some(event) = got.last() {
+                    next = event.timestamp + 1;
+                }
+                read.extend(got);
+            }
+            Err(LogError::EventsRetired {
+                first_timestamp_retained,
+                ..
+            }) => {
+                assert!(first_timestamp_retained >= next);
+                gaps.push(next..first_timestamp_retained);
+                next = first_timestamp_retained;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    writer.join().unwrap();
+    // Every event is read once, in order, unless it lies in a gap that was reported.
+    let kept: Vec<ChangeEvent> = expected
+        .into_iter()
+        .filter(|event| !gaps.iter().any(|gap| gap.contains(&event.timestamp)))
+        .collect();
+    assert_eq!(read, kept);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
