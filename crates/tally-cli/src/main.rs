@@ -199,6 +199,15 @@ fn answer_line(
                 currencies,
             );
         }
+        Request::GetChangeEvents {
+            timestamp_min,
+            limit,
+        } => {
+            return match ledger.get_change_events(timestamp_min, limit as usize) {
+                Ok(events) => tally_json::change_events_answer(&events, currencies),
+                Err(error) => tally_json::error_answer(&error.to_string()),
+            };
+        }
     };
     match ledger.submit_at(batch, now) {
         Ok(results) => {

@@ -281,6 +281,15 @@ pub fn change_event_json(event: &ChangeEvent, currencies: &CurrencyTable) -> ser
     value(&ChangeEventJson::new(event, currencies))
 }
 
+/// `{"change_events": [...]}`: the answer to `get_change_events`, in commit order.
+pub fn change_events_answer(events: &[ChangeEvent], currencies: &CurrencyTable) -> String {
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|event| change_event_json(event, currencies))
+        .collect();
+    serde_json::json!({ "change_events": events }).to_string()
+}
+
 /// One change event on one line, fields in the order of docs/spec.md §4: a line of
 /// `tally events`. A transfer kind:
 /// `{"timestamp": "…", "type": "single_phase", "transfer": {…}, "debit_account": {…},

@@ -1,0 +1,184 @@
+//! Change events across crashes (docs/spec.md §2, "Change events"): a `tally apply`
+//! child commits payments and pending transfers and is SIGKILLed at random moments;
+//! between crashes a consumer (`tally events --after TS`, a separate process that takes
+//! no lock) resumes from the last timestamp it handled. In the end the consumer has
+//! every event exactly once, in order, equal to a full read, and every acknowledged
+//! transfer has its event.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tally_testkit::SeededRng as Rng;
+
+const KILLS: u64 = 12;
+const ACCOUNTS: u64 = 6;
+
+/// Every event `tally events --data DIR --after AFTER` prints now, as (timestamp, line).
+fn events_after(dir: &Path, after: u64) -> Vec<(u64, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["events", "--after", &after.to_string(), "--data"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            let timestamp = value["timestamp"].as_str().unwrap().parse().unwrap();
+            (timestamp, line.to_string())
+        })
+        .collect()
+}
+
+fn batch_line(first_id: u64, size: u64, rng: &mut Rng) -> String {
+    let events: Vec<String> = (0..size)
+        .map(|offset| {
+            let debit = 1 + rng.below(ACCOUNTS);
+            let credit = 1 + (debit + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+            let pending = if rng.chance(4) {
+                r#", "flags": ["pending"], "timeout": 1"#
+            } else {
+                ""
+            };
+            format!(
+                r#"{{"id": "{}", "debit_account_id": "{debit}", "credit_account_id": "{credit}", "amount": "{}", "ledger": 7, "code": 1{pending}}}"#,
+                first_id + offset,
+                1 + rng.below(100)
+            )
+        })
+        .collect();
+    format!(r#"{{"create_transfers": [{}]}}"#, events.join(", "))
+}
+
+#[test]
+fn a_consumer_resuming_across_sigkills_gets_every_event_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(0xe7e7_0001);
+    let accounts: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
+        .collect();
+    let setup = format!(r#"{{"create_accounts": [{}]}}"#, accounts.join(", "));
+    let mut consumed: Vec<(u64, String)> = Vec::new();
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    let mut next_id = 1_000u64;
+    for kill in 0..=KILLS {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["apply", "--data"])
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = vec![setup.clone()];
+        for _ in 0..(5 + rng.below(30)) {
+            let size = 1 + rng.below(20);
+            lines.push(batch_line(next_id, size, &mut rng));
+            next_id += size;
+        }
+        let sent = lines.clone();
+        let writer = std::thread::spawn(move || {
+            for line in sent {
+                if writeln!(stdin, "{line}").is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let wait_ms = rng.below(300);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(wait_ms));
+            if kill < KILLS {
+                let _ = child.kill();
+            }
+            child
+        });
+        // Every acknowledged ok transfer, by its timestamp.
+        for (line, request) in stdout.lines().map_while(Result::ok).zip(&lines) {
+            let answer: Value = serde_json::from_str(&line).unwrap();
+            if request.contains("create_transfers") {
+                for result in answer["results"].as_array().unwrap() {
+                    if result["result"] == "ok" {
+                        acknowledged.insert(result["timestamp"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }
+        let _ = writer.join();
+        let mut child = killer.join().unwrap();
+        let _ = child.wait();
+        // The consumer resumes after the last event it handled.
+        let after = consumed.last().map_or(0, |(timestamp, _)| *timestamp);
+        consumed.extend(events_after(dir.path(), after));
+    }
+    // A last clean start derives whatever the last crash left out, then a last read.
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let after = consumed.last().map_or(0, |(timestamp, _)| *timestamp);
+    consumed.extend(events_after(dir.path(), after));
+    assert!(
+        consumed.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "in order, no duplicate"
+    );
+    assert_eq!(consumed, events_after(dir.path(), 0), "no gap");
+    let timestamps: HashSet<String> = consumed.iter().map(|(t, _)| t.to_string()).collect();
+    let missing = acknowledged.difference(&timestamps).count();
+    assert_eq!(missing, 0, "every acknowledged transfer has its event");
+    assert!(
+        acknowledged.len() > 100,
+        "enough traffic: {}",
+        acknowledged.len()
+    );
+}
+
+#[test]
+fn get_change_events_answers_through_tally_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = [
+        r#"{"create_accounts": [{"id": "1", "ledger": 7, "code": 1}, {"id": "2", "ledger": 7, "code": 1}]}"#,
+        r#"{"create_transfers": [{"id": "9", "debit_account_id": "1", "credit_account_id": "2", "amount": "5", "ledger": 7, "code": 1}]}"#,
+        r#"{"get_change_events": {"timestamp_min": "0", "limit": 2}}"#,
+        r#"{"get_change_events": {}}"#,
+        r#"{"get_change_events": {"limit": 0}}"#,
+    ]
+    .join("\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let answers: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let first_two = answers[2]["change_events"].as_array().unwrap();
+    assert_eq!(first_two.len(), 2);
+    assert_eq!(first_two[0]["type"], "account_created");
+    let all = answers[3]["change_events"].as_array().unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2]["type"], "single_phase");
+    assert_eq!(all[2]["debit_account"]["debits_posted"], "5");
+    assert_eq!(all[2]["credit_account"]["credits_posted"], "5");
+    assert!(answers[4]["error"].as_str().unwrap().contains("limit"));
+}
