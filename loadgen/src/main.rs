@@ -215,6 +215,9 @@ struct Cli {
     /// into zero-filled segments prepared ahead (for comparisons).
     #[arg(long)]
     no_preallocate: bool,
+    /// Have the engine keep no change events (docs/spec.md §2), for comparisons.
+    #[arg(long)]
+    no_change_events: bool,
 }
 
 /// The run's parameters, recorded in traces (JSON inside the wincode meta frame).
@@ -556,6 +559,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
         unsafe_no_sync: cli.unsafe_no_sync,
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),
         preallocate_segments: !cli.no_preallocate,
+        change_events: !cli.no_change_events,
         accounts_capacity: capacity(cli.accounts + merchants(cli) + FOREIGN_ACCOUNTS_RESERVE),
         // Funding transfers, plus the run at a generous rate: festival at its peak
         // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger

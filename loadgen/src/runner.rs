@@ -659,6 +659,7 @@ mod tests {
             unsafe_no_sync: false,
             commit_interval: None,
             preallocate_segments: true,
+            change_events: true,
             accounts_capacity: 0,
             transfers_capacity: 0,
         };

@@ -25,6 +25,8 @@ pub struct EngineOptions {
     pub commit_interval: Option<std::time::Duration>,
     /// Write frames into preallocated segments (the engine's default).
     pub preallocate_segments: bool,
+    /// Keep change events in the event journal (the engine's default).
+    pub change_events: bool,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
     /// Transfers reserved at start-up.
@@ -50,6 +52,7 @@ impl EngineTarget {
             config.commit_interval_min = interval;
         }
         config.preallocate_segments = options.preallocate_segments;
+        config.change_events = options.change_events;
         let ledger = Ledger::open(config)
             .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
         Ok(EngineTarget { ledger })
