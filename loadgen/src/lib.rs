@@ -4,19 +4,21 @@
 //! second workload, `transfers`, has the shape of TigerBeetle's own `benchmark`.
 //!
 //! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats`, `population` and
-//! `target` (the [`target::Target`] trait with its engine, server, cluster and in-memory
-//! adapters, and the cluster's processes and chaos) use no other module:
+//! `events_check` (the change-event stream read back and checked) use no other module:
 //!
 //! ```text
+//! target → events_check (the [`target::Target`] trait with its engine, server, cluster
+//!   and in-memory adapters, and the cluster's processes and chaos)
 //! mix → population · transfers → mix, population · trace → mix
 //! model → population, target
 //! runner → mix, model, population, stats, target, trace
-//! report → model, runner, stats, target · the binary (main.rs) → all of them
+//! report → events_check, model, runner, stats, target · the binary (main.rs) → all of them
 //! ```
 
 #![deny(missing_docs)]
 
 pub mod curve;
+pub mod events_check;
 pub mod mix;
 pub mod model;
 pub mod population;

@@ -769,6 +769,7 @@ fn finish<T: Target>(
         Workload::Transfers => (0, 0),
     };
     let verification = model.verify(target, expired, pending_left);
+    let events = target.check_events();
     let engine = target.shard_stats();
     let cluster = target.cluster_stats();
     target.shutdown()?;
@@ -795,9 +796,12 @@ fn finish<T: Target>(
     report.measure(&result);
     report.conservation_ok = verification.conservation_ok;
     let converged = report.cluster.as_ref().and_then(|c| c.converged);
-    report.verified_ok =
-        verification.verified_ok && result.unfinished == 0 && converged != Some(false);
+    report.verified_ok = verification.verified_ok
+        && result.unfinished == 0
+        && converged != Some(false)
+        && events.as_ref().is_none_or(|check| check.ok);
     report.verification = verification;
+    report.events = events;
     print!("{}", report.text());
     if let Some(path) = &cli.report {
         report.write_json(path)?;

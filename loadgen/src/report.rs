@@ -170,6 +170,8 @@ pub struct Report {
     pub verified_ok: bool,
     /// The verification's details.
     pub verification: Verification,
+    /// The change-event stream read back and checked (`None`: the target keeps none).
+    pub events: Option<crate::events_check::EventsCheck>,
     /// How expiring authorisations were judged.
     pub expiry_policy: String,
     /// The machine the run ran on.
@@ -382,6 +384,26 @@ impl Report {
             "  expiry            {} expired, {} still pending; {}",
             v.expired, v.pending_left, self.expiry_policy
         )?;
+        if let Some(events) = &self.events {
+            let kinds: Vec<String> = events
+                .by_kind
+                .iter()
+                .map(|(kind, count)| format!("{kind} {count}"))
+                .collect();
+            writeln!(
+                out,
+                "  change events     {}: {} read back in {:.1} s, in order, one per change ({}); balances of {} accounts ({} differ)",
+                if events.ok { "ok" } else { "FAILED" },
+                events.events,
+                events.seconds,
+                kinds.join(", "),
+                events.accounts_checked,
+                events.accounts_mismatched
+            )?;
+            if let Some(problem) = &events.problem {
+                writeln!(out, "    ! change events: {problem}")?;
+            }
+        }
         for anomaly in &v.anomalies {
             writeln!(out, "    ! {anomaly}")?;
         }

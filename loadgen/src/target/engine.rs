@@ -113,6 +113,23 @@ impl Target for EngineTarget {
         self.ledger.shards()
     }
 
+    fn check_events(&self) -> Option<crate::events_check::EventsCheck> {
+        let dir = self.ledger.events_dir()?.to_path_buf();
+        // Waits until the journal holds every change committed so far.
+        if let Err(error) = self.ledger.get_change_events(u64::MAX, 1) {
+            return Some(crate::events_check::EventsCheck {
+                problem: Some(error.to_string()),
+                ..Default::default()
+            });
+        }
+        let counts = self
+            .ledger
+            .with_state(|state| (state.account_count() as u64, state.transfer_count() as u64));
+        Some(crate::events_check::check(&dir, counts, |ids| {
+            self.ledger.lookup_accounts(ids)
+        }))
+    }
+
     fn shard_stats(&self) -> Option<ShardStats> {
         let metrics = self.ledger.metrics();
         Some(ShardStats {

@@ -75,6 +75,12 @@ pub trait Target: Send + Sync + 'static {
         None
     }
 
+    /// Reads the ledger's change events back from disk and checks them against the
+    /// ledger (`None`: the target keeps none, or they are off).
+    fn check_events(&self) -> Option<crate::events_check::EventsCheck> {
+        None
+    }
+
     /// The run's load starts now (setup is done).
     fn run_started(&self) {}
 
