@@ -395,3 +395,40 @@ fn change_events_can_be_turned_off_and_limits_are_checked() {
     assert_eq!(ledger.get_change_events(0, 8_190).unwrap(), vec![]);
     ledger.shutdown().unwrap();
 }
+
+#[test]
+fn events_outlive_the_log_that_snapshots_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.manual_clock = true;
+    config.segment_bytes_max = 64 * 1024;
+    config.snapshot_events_interval = 200;
+    config.preallocate_segments = false;
+    let mut workload = Workload::new(11, Accounts::Uniform);
+    let mut answered = Vec::new();
+    let mut now = 1_000 * NS_PER_S;
+    for reopen in 0..3 {
+        let ledger = Ledger::open(config.clone()).unwrap();
+        for _ in 0..150 {
+            let batch = workload.batch();
+            answered.push((batch.clone(), ledger.submit_at(batch, Some(now)).unwrap()));
+            now += NS_PER_S / 4;
+        }
+        ledger.shutdown().unwrap();
+        let first_segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+            .filter(|name| name.starts_with("wal-"))
+            .min()
+            .unwrap();
+        assert!(
+            reopen == 0 || !first_segment.ends_with("0001.log"),
+            "{first_segment}"
+        );
+    }
+    // The log's first segments are gone; every event since the first is still there.
+    let ledger = Ledger::open(config).unwrap();
+    let events = read_all(&ledger);
+    check(&answered, &events);
+    ledger.shutdown().unwrap();
+}
