@@ -16,6 +16,7 @@
 mod cluster;
 mod events;
 mod lines;
+mod profile;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,8 @@ enum Command {
     },
     /// Print change events as JSON Lines, without the directory's lock; --follow waits for more.
     Events(events::EventsArgs),
+    /// Print the log's parallelism profile: how far N shards could speed it up.
+    Profile(profile::ProfileArgs),
     /// Check the log's checksums, replay it and check every guarantee.
     Verify {
         #[arg(long)]
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Accounts { data } => dump(data, Dump::Accounts),
         Command::Transfers { data } => dump(data, Dump::Transfers),
         Command::Events(args) => events::events(args),
+        Command::Profile(args) => profile::profile(args),
         Command::Verify { data } => verify(data),
         Command::Serve(args) => serve::serve(*args),
         Command::Token(args) => serve::token(args),

@@ -182,3 +182,65 @@ fn get_change_events_answers_through_tally_apply() {
     assert_eq!(all[2]["credit_account"]["credits_posted"], "5");
     assert!(answers[4]["error"].as_str().unwrap().contains("limit"));
 }
+
+#[test]
+fn tally_profile_prints_the_parallelism_of_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(5);
+    let accounts: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
+        .collect();
+    let mut input = vec![format!(
+        r#"{{"create_accounts": [{}]}}"#,
+        accounts.join(", ")
+    )];
+    for n in 0..20 {
+        input.push(batch_line(1_000 + n * 50, 40, &mut rng));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", input.join("\n")).unwrap();
+    assert!(child.wait().unwrap().success());
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "profile",
+            "--shards",
+            "1,4",
+            "--group-events",
+            "100",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(2)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows[0][0], "1");
+    assert_eq!(
+        rows[0][2], rows[0][3],
+        "one shard: work is the critical path\n{text}"
+    );
+    let parallelism: f64 = rows[1][4].parse().unwrap();
+    assert!(parallelism > 1.0 && parallelism <= 4.0, "{text}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["profile", "--shards", "65", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

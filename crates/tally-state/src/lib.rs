@@ -31,7 +31,7 @@ mod store;
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use part::{PARTS_MAX, Part, part_of};
-pub use plan::{Plan, Serial, Unit, Work, plan, run_unit};
+pub use plan::{Plan, PlanCost, Serial, Unit, Work, plan, run_unit};
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
 
 #[cfg(test)]

@@ -74,6 +74,39 @@ pub struct Plan {
     pub last_timestamp: u64,
 }
 
+/// What a plan costs on an ideal machine with one core per part, where a unit costs one
+/// step per event and starts once every part it touches has finished its units before
+/// it (no hand-off or planning cost). `work / critical_path` is the most a plan can gain
+/// from its parts: the parallelism profile of docs/sharding.md.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanCost {
+    /// Steps of all units: the time on one core.
+    pub work: u64,
+    /// The longest chain of units that must run one after another.
+    pub critical_path: u64,
+}
+
+impl Plan {
+    /// The plan's [`PlanCost`].
+    pub fn cost(&self) -> PlanCost {
+        let mut free_at = [0u64; 64];
+        let mut cost = PlanCost::default();
+        for unit in &self.units {
+            let steps = match unit.work {
+                Work::Expire { .. } => 1,
+                Work::Events { start, end } => u64::from(end - start),
+            };
+            let parts = || (0..64).filter(|part| unit.mask & (1 << part) != 0);
+            let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
+            let end = start + steps;
+            parts().for_each(|part| free_at[part] = end);
+            cost.work += steps;
+            cost.critical_path = cost.critical_path.max(end);
+        }
+        cost
+    }
+}
+
 /// Why a group runs serially instead of by plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serial {

@@ -159,3 +159,38 @@ fn an_image_loads_into_any_number_of_parts_and_reads_the_same() {
         }
     }
 }
+
+#[test]
+fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
+    use tally_state::{Plan, PlanCost, Unit, Work};
+    let unit = |mask, events| Unit {
+        batch: 0,
+        work: Work::Events {
+            start: 0,
+            end: events,
+        },
+        mask,
+    };
+    // Parts 0 and 1 run side by side; a unit spanning both waits for both.
+    let plan = Plan {
+        units: vec![unit(0b01, 3), unit(0b10, 5), unit(0b11, 2), unit(0b01, 1)],
+        last_timestamp: 0,
+    };
+    assert_eq!(
+        plan.cost(),
+        PlanCost {
+            work: 11,
+            critical_path: 8
+        }
+    );
+    let expire = Unit {
+        batch: 0,
+        work: Work::Expire { at: 1, id: 7 },
+        mask: 0b100,
+    };
+    let plan = Plan {
+        units: vec![expire, unit(0b100, 4)],
+        last_timestamp: 0,
+    };
+    assert_eq!(plan.cost().critical_path, 5);
+}

@@ -1,0 +1,159 @@
+//! `tally profile`: the parallelism profile of a ledger's log (docs/sharding.md). For
+//! each shard count, the log is replayed in groups, each group planned as the sharded
+//! engine plans it, and the plans' total work is set against their critical paths on an
+//! ideal machine with one core per shard: how much faster N shards could be, at most,
+//! with this log, whatever the machine the profile is computed on.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tally_log::{LogRecord, RecoverySink};
+use tally_state::{PARTS_MAX, PlanCost, Serial, StateMachine, plan};
+use tally_types::LoadedImage;
+
+/// The arguments of `tally profile`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProfileArgs {
+    /// The data directory (read only; its lock is taken while reading).
+    #[arg(long)]
+    data: PathBuf,
+    /// Shard counts to profile, comma-separated (1 to 64 each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16, 32, 64])]
+    shards: Vec<usize>,
+    /// Events per planned group, as the engine's group commit would take them.
+    #[arg(long, default_value_t = 8_190)]
+    group_events: usize,
+}
+
+/// One shard count's profile.
+#[derive(Debug, Default)]
+struct Profile {
+    cost: PlanCost,
+    groups: u64,
+    groups_serial: u64,
+    units: u64,
+    units_spanning: u64,
+}
+
+/// Replays a log in groups on `parts` parts, planning each group first.
+struct Profiler {
+    parts: usize,
+    group_events: usize,
+    state: Option<StateMachine>,
+    group: Vec<LogRecord>,
+    events: usize,
+    profile: Profile,
+    failure: Option<String>,
+}
+
+impl Profiler {
+    fn flush(&mut self) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if self.group.is_empty() {
+            return;
+        }
+        let batches: Vec<_> = self
+            .group
+            .iter()
+            .map(|record| (record.timestamp, &record.batch))
+            .collect();
+        let events = self.events as u64;
+        let profile = &mut self.profile;
+        profile.groups += 1;
+        match plan(state, &batches) {
+            Ok(plan) => {
+                let cost = plan.cost();
+                profile.cost.work += cost.work;
+                profile.cost.critical_path += cost.critical_path;
+                profile.units += plan.units.len() as u64;
+                profile.units_spanning +=
+                    plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
+            }
+            Err(Serial::OnePart | Serial::ExpiryInsideGroup) => {
+                // Run on one thread: its whole work is its critical path.
+                if self.parts > 1 {
+                    profile.groups_serial += 1;
+                }
+                profile.cost.work += events;
+                profile.cost.critical_path += events;
+            }
+        }
+        state.replay(&batches);
+        self.group.clear();
+        self.events = 0;
+    }
+}
+
+impl RecoverySink for Profiler {
+    fn start(&mut self, snapshot: Option<(u64, LoadedImage)>) {
+        self.state = match snapshot {
+            None => Some(StateMachine::with_parts(self.parts)),
+            Some((sequence, image)) => {
+                match StateMachine::from_loaded_image_in_parts(image, self.parts) {
+                    Ok(state) => Some(state),
+                    Err(error) => {
+                        self.failure = Some(format!("snapshot {sequence} does not load: {error}"));
+                        None
+                    }
+                }
+            }
+        };
+    }
+
+    fn record(&mut self, record: LogRecord) {
+        self.events += record.batch.len().max(1);
+        self.group.push(record);
+        if self.events >= self.group_events {
+            self.flush();
+        }
+    }
+}
+
+pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
+    if let Some(&bad) = args.shards.iter().find(|&&n| n == 0 || n > PARTS_MAX) {
+        return Err(format!(
+            "--shards {bad}: give numbers from 1 to {PARTS_MAX}"
+        ));
+    }
+    if args.group_events == 0 {
+        return Err("--group-events: give a number above 0".to_string());
+    }
+    println!(
+        "parallelism profile of {} (groups of {} events; an ideal machine, one core per shard)",
+        args.data.display(),
+        args.group_events
+    );
+    println!("shards  groups  work (events)  critical path  parallelism  units spanning shards");
+    for &parts in &args.shards {
+        let mut profiler = Profiler {
+            parts,
+            group_events: args.group_events,
+            state: None,
+            group: Vec::new(),
+            events: 0,
+            profile: Profile::default(),
+            failure: None,
+        };
+        let _lock = tally_log::DirLock::acquire(&args.data).map_err(|e| e.to_string())?;
+        tally_log::read_log_into(&args.data, &mut profiler).map_err(|e| e.to_string())?;
+        profiler.flush();
+        if let Some(failure) = profiler.failure {
+            return Err(failure);
+        }
+        let p = &profiler.profile;
+        let parallelism = p.cost.work as f64 / p.cost.critical_path.max(1) as f64;
+        let spanning = 100.0 * p.units_spanning as f64 / p.units.max(1) as f64;
+        println!(
+            "{parts:>6}  {:>6}  {:>13}  {:>13}  {parallelism:>11.2}  {spanning:>5.1} %{}",
+            p.groups,
+            p.cost.work,
+            p.cost.critical_path,
+            match p.groups_serial {
+                0 => String::new(),
+                serial => format!(" ({serial} groups serial)"),
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
