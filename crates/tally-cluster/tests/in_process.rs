@@ -199,7 +199,11 @@ async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
     let removed = replicas[0].remove_replica(3).await.expect("removes");
     assert!(!removed.voters.contains_key(&3), "{removed:?}");
     let results = submit(&fourth, Batch::CreateTransfers(vec![transfer(9, 1, 2, 1)])).await;
-    assert_eq!(results[0].code, ResultCode::Ok);
+    // A retry after a commit that answered too late finds the transfer in: `exists`.
+    assert!(
+        matches!(results[0].code, ResultCode::Ok | ResultCode::Exists),
+        "{results:?}"
+    );
     let kept = [&replicas[0], &replicas[1], &fourth];
     wait_converged(&kept).await;
     assert_eq!(
