@@ -4,12 +4,12 @@ use crate::coalesce::{self, COALESCED_CALL_EVENTS_MAX, Pending};
 use crate::config::{ClientConfig, prepare};
 use crate::error::ClientError;
 use crate::rpc::{Counters, Rpc};
+use crate::subscribe::Subscription;
+use futures_util::Stream;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_proto::{LedgerClient, v1};
-use crate::subscribe::Subscription;
-use futures_util::Stream;
 use tally_types::{
     Account, AccountFilter, AccountFlags, CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, ResultCode,
     Transfer, TransferFlags,

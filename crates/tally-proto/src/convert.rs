@@ -337,11 +337,9 @@ pub fn change_event_from_proto(
         reason: format!("unknown change event type {}", event.r#type),
     })?;
     let account = |account: &Option<v1::Account>| {
-        account
-            .as_ref()
-            .map_or(Ok(Account::default()), |account| {
-                account_from_proto(index, account)
-            })
+        account.as_ref().map_or(Ok(Account::default()), |account| {
+            account_from_proto(index, account)
+        })
     };
     if kind == ChangeKind::AccountCreated {
         return Ok(ChangeEvent {

@@ -13,8 +13,8 @@
 
 use crate::auth::{Operation, Rights};
 use crate::stats::ServerStats;
-use std::sync::Arc;
 use std::pin::pin;
+use std::sync::Arc;
 use tally_engine::{EngineError, Ledger};
 use tally_proto::v1;
 use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
@@ -78,7 +78,10 @@ pub(crate) fn read_page(
         let Some(last) = events.last() else {
             break;
         };
-        assert!(last.timestamp >= answer.timestamp_last, "events out of order");
+        assert!(
+            last.timestamp >= answer.timestamp_last,
+            "events out of order"
+        );
         answer.timestamp_last = last.timestamp;
         let kept = events.iter().filter(|event| allowed(rights, event));
         answer
