@@ -4,13 +4,13 @@
 A small client to copy from. It compiles the service's stubs from proto/tally/v1/tally.proto
 with grpcio-tools (into a temporary directory, or --stubs DIR to keep them), connects to
 `tally serve` over TLS, creates two accounts and one transfer between them, looks all three
-up and prints them.
+up, reads the change events they made, and prints them.
 
 Setup (once):
 
     bash scripts/python-env.sh            # a virtual environment at target/python
     tally token --name example --ledgers 840 \\
-        --operations create_accounts,create_transfers,lookup_accounts,lookup_transfers \\
+        --operations create_accounts,create_transfers,lookup_accounts,lookup_transfers,get_change_events \\
         --file tokens.jsonl               # prints the token
 
 Run, against `tally serve --tls-cert server.pem --tls-key server.key --tokens tokens.jsonl`:
@@ -95,6 +95,30 @@ def connect(args) -> grpc.Channel:
     return channel
 
 
+def change_type_name(pb, event_type: int) -> str:
+    """CHANGE_EVENT_TYPE_SINGLE_PHASE -> single_phase."""
+    return pb.ChangeEventType.Name(event_type).removeprefix("CHANGE_EVENT_TYPE_").lower()
+
+
+def print_change_events(pb, ledger_client, timestamp_min: int):
+    """Prints the change events from timestamp_min on (one page): what each changed."""
+    reply = ledger_client.GetChangeEvents(
+        pb.ChangeEventsFilter(timestamp_min=timestamp_min, limit=100), timeout=CALL_TIMEOUT_S
+    )
+    for event in reply.events:
+        kind = change_type_name(pb, event.type)
+        if event.type == pb.CHANGE_EVENT_TYPE_ACCOUNT_CREATED:
+            print(f"change {event.timestamp}: {kind} {from_u128(event.account.id)}")
+        else:
+            print(
+                f"change {event.timestamp}: {kind} {from_u128(event.transfer.id)}"
+                f" debit {from_u128(event.debit_account.id)}"
+                f" debits_posted {from_u128(event.debit_account.debits_posted)}"
+                f" credit {from_u128(event.credit_account.id)}"
+                f" credits_posted {from_u128(event.credit_account.credits_posted)}"
+            )
+
+
 def check_results(pb, what: str, ids, reply) -> bool:
     """Prints one line per event; True when every event was applied."""
     all_ok = True
@@ -119,6 +143,9 @@ def run(args, pb, rpc) -> bool:
             pb.CreateAccountsRequest(accounts=accounts), timeout=CALL_TIMEOUT_S
         )
         accounts_ok = check_results(pb, "account", (debit_id, credit_id), reply)
+        # The first change of this run: later ones come after it.
+        created = [r.timestamp for r in reply.results if r.code == pb.RESULT_CODE_OK]
+        first_timestamp = min(created, default=0)
 
         transfer = pb.Transfer(
             id=to_u128(pb, transfer_id),
@@ -151,6 +178,7 @@ def run(args, pb, rpc) -> bool:
                 f" {from_u128(transfer.credit_account_id)}"
                 f" amount {from_u128(transfer.amount)} timestamp {transfer.timestamp}"
             )
+        print_change_events(pb, ledger_client, first_timestamp)
     return accounts_ok and transfer_ok
 
 

@@ -1,6 +1,7 @@
 //! The Python example client (clients/python/tally_example.py), with stubs compiled
 //! from proto/, creates accounts and a transfer on a real `tally serve` over mutual TLS
-//! with a token; Rust then finds them with the balances Python printed.
+//! with a token; Rust then finds them with the balances Python printed, and reads the
+//! change events Python printed.
 //!
 //! Needs python3 with venv; `scripts/python-env.sh` installs the pinned packages into
 //! target/python on the first run (the package index must be reachable then).
@@ -43,7 +44,8 @@ async fn the_python_example_creates_what_rust_then_finds() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let tokens = dir.path().join("tokens.jsonl");
-    let operations = "create_accounts,create_transfers,lookup_accounts,lookup_transfers";
+    let operations =
+        "create_accounts,create_transfers,lookup_accounts,lookup_transfers,get_change_events";
     let token = make_token(&tokens, "python", operations, "840");
     let args = [
         "--tls-cert",
@@ -124,5 +126,49 @@ async fn the_python_example_creates_what_rust_then_finds() {
         .into_inner();
     assert_eq!(found.transfers.len(), 1);
     assert_eq!(u128_from_proto(found.transfers[0].amount), 1250);
+
+    let filter = v1::ChangeEventsFilter {
+        timestamp_min: 0,
+        limit: 0,
+    };
+    let changes = rust.get_change_events(filter).await.unwrap().into_inner();
+    assert_eq!(changes.events.len(), 3, "{changes:?}");
+    for event in &changes.events {
+        let line = change_line(event);
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{stdout}"
+        );
+    }
+    let transfer_line = changes.events.last().map(change_line).unwrap();
+    let expected = format!(
+        "single_phase {transfer} debit {debit} debits_posted 1250 credit {credit} credits_posted 1250"
+    );
+    assert!(transfer_line.ends_with(&expected), "{transfer_line}");
     served.stop();
+}
+
+/// A change event as the Python example prints it.
+fn change_line(event: &v1::ChangeEvent) -> String {
+    let kind = v1::ChangeEventType::try_from(event.r#type).unwrap();
+    let kind = kind
+        .as_str_name()
+        .trim_start_matches("CHANGE_EVENT_TYPE_")
+        .to_lowercase();
+    let default = v1::Account::default();
+    if let Some(account) = &event.account {
+        let id = u128_from_proto(account.id);
+        return format!("change {}: {kind} {id}", event.timestamp);
+    }
+    let transfer = event.transfer.as_ref().map_or(0, |t| u128_from_proto(t.id));
+    let debit = event.debit_account.as_ref().unwrap_or(&default);
+    let credit = event.credit_account.as_ref().unwrap_or(&default);
+    format!(
+        "change {}: {kind} {transfer} debit {} debits_posted {} credit {} credits_posted {}",
+        event.timestamp,
+        u128_from_proto(debit.id),
+        u128_from_proto(debit.debits_posted),
+        u128_from_proto(credit.id),
+        u128_from_proto(credit.credits_posted),
+    )
 }

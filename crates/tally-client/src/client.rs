@@ -4,11 +4,16 @@ use crate::coalesce::{self, COALESCED_CALL_EVENTS_MAX, Pending};
 use crate::config::{ClientConfig, prepare};
 use crate::error::ClientError;
 use crate::rpc::{Counters, Rpc};
+use crate::subscribe::Subscription;
+use futures_util::Stream;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_proto::{LedgerClient, v1};
-use tally_types::{Account, AccountFilter, AccountFlags, ResultCode, Transfer, TransferFlags};
+use tally_types::{
+    Account, AccountFilter, AccountFlags, CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, ResultCode,
+    Transfer, TransferFlags,
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
@@ -19,6 +24,17 @@ pub struct CreateResult {
     pub code: ResultCode,
     /// The event's timestamp (ns since the Unix epoch) when `code` is `Ok`, else 0.
     pub timestamp: u64,
+}
+
+/// A page of change events: [`Client::get_change_events`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEventsPage {
+    /// The events, in commit order.
+    pub events: Vec<ChangeEvent>,
+    /// The timestamp of the last event the server read for this page, the events left
+    /// out for the token's ledgers included (0 when it read none): the next page starts
+    /// at `timestamp_last + 1`. Without a ledger limit, the last event's timestamp.
+    pub timestamp_last: u64,
 }
 
 /// Counters of one client (and its clones) since [`Client::connect`].
@@ -327,6 +343,72 @@ impl Client {
         let request = tally_proto::filter_to_proto(&filter);
         let answer = self.inner.rpc.get_account_transfers(request).await?;
         transfers_from_proto(answer)
+    }
+
+    /// Up to `limit` (1 to 8,190) change events with a timestamp at or after
+    /// `timestamp_min`, in commit order (docs/spec.md §2, "Change events"): every change
+    /// committed before the call is there. Events of ledgers outside the token's rights
+    /// are left out; page on from [`ChangeEventsPage::timestamp_last`] + 1.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a `limit` out of range; the call's failure
+    /// otherwise (`PERMISSION_DENIED` without the `get_change_events` right; a cluster
+    /// replica answers [`ClientError::Other`] with `UNIMPLEMENTED`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn get_change_events(
+        &self,
+        timestamp_min: u64,
+        limit: usize,
+    ) -> Result<ChangeEventsPage, ClientError> {
+        if !(1..=CHANGE_EVENTS_LIMIT_MAX).contains(&limit) {
+            return Err(ClientError::InvalidArgument(format!(
+                "limit {limit} is not within 1..={CHANGE_EVENTS_LIMIT_MAX}"
+            )));
+        }
+        let filter = v1::ChangeEventsFilter {
+            timestamp_min,
+            limit: limit as u32,
+        };
+        let answer = self.inner.rpc.get_change_events(filter).await?;
+        let events = answer
+            .events
+            .iter()
+            .enumerate()
+            .map(|(index, event)| tally_proto::change_event_from_proto(index, event))
+            .collect::<Result<_, _>>()
+            .map_err(|error| ClientError::Protocol(format!("change {error}")))?;
+        Ok(ChangeEventsPage {
+            events,
+            timestamp_last: answer.timestamp_last,
+        })
+    }
+
+    /// Follows the change events: every event with a timestamp after `after` (0 = from
+    /// the first kept), in commit order, then each new one as it is committed. Events of
+    /// ledgers outside the token's rights are left out.
+    ///
+    /// The stream outlives its connection: when the server stops or the connection
+    /// breaks, it subscribes again (per the [`RetryPolicy`](crate::RetryPolicy), the
+    /// attempts counted from the last event or stream) after the last event it yielded,
+    /// so across a server restart every event comes exactly once. Nothing is sent
+    /// until it is first polled. It ends after yielding an error: a final one
+    /// (`PERMISSION_DENIED`, ...) or the attempts spent; subscribe again after the last
+    /// event handled to go on.
+    ///
+    /// # Cancel safety
+    /// Dropping the stream ends the subscription; an event not yet yielded is not
+    /// lost, since the next subscription starts after the last one yielded.
+    pub fn subscribe_change_events(
+        &self,
+        after: u64,
+    ) -> impl Stream<Item = Result<ChangeEvent, ClientError>> + Send + 'static {
+        let subscription = Subscription::new(self.inner.rpc.clone(), after);
+        futures_util::stream::unfold(subscription, |mut subscription| async move {
+            let item = subscription.next().await?;
+            Some((item, subscription))
+        })
     }
 
     /// The client's counters, summed over its clones.

@@ -13,6 +13,9 @@
 //!   would chain other callers' events.
 //! * **Reads**: [`Client::lookup_accounts`], [`Client::lookup_transfers`],
 //!   [`Client::get_account_transfers`].
+//! * **Change events**: [`Client::get_change_events`] reads a page;
+//!   [`Client::subscribe_change_events`] follows them live and, when its connection
+//!   breaks, resumes after the last event it yielded: each event once, in order.
 //! * **Safe retries**: `UNAVAILABLE`, a broken connection and `RESOURCE_EXHAUSTED` (the
 //!   server is busy; its `retry-after-ms` hint is honoured) are retried per
 //!   [`RetryPolicy`] with the very same events. Ids are idempotency keys, so **a retried
@@ -74,7 +77,8 @@ mod coalesce;
 mod config;
 mod error;
 mod rpc;
+mod subscribe;
 
-pub use client::{Client, ClientStats, CreateResult};
+pub use client::{ChangeEventsPage, Client, ClientStats, CreateResult};
 pub use config::{ClientConfig, ClientIdentity, RETRY_AFTER_HINT_MAX, RetryPolicy, TlsConfig};
 pub use error::ClientError;

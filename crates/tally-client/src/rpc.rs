@@ -11,7 +11,7 @@ use tally_proto::{LedgerClient, v1};
 use tally_types::{Account, Transfer};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Counters of a client, shared by its clones and its coalescers. Relaxed: each is a
 /// statistic read on its own, never used to order other memory.
@@ -46,8 +46,14 @@ pub(crate) struct Rpc {
 
 impl Rpc {
     fn request<M>(&self, message: M) -> Request<M> {
-        let mut request = Request::new(message);
+        let mut request = self.request_without_deadline(message);
         request.set_timeout(self.request_timeout);
+        request
+    }
+
+    /// A request with the token but no deadline: for a stream that lasts.
+    fn request_without_deadline<M>(&self, message: M) -> Request<M> {
+        let mut request = Request::new(message);
         if let Some(authorization) = &self.authorization {
             request
                 .metadata_mut()
@@ -57,7 +63,7 @@ impl Rpc {
     }
 
     /// Moves the calls to the endpoint after `index` (once, whoever sees it first).
-    fn move_on_from(&self, index: usize) {
+    pub(crate) fn move_on_from(&self, index: usize) {
         let next = (index + 1) % self.ledgers.len();
         let _ = self
             .current
@@ -183,8 +189,46 @@ impl Rpc {
     }
 }
 
+impl Rpc {
+    /// A page of change events.
+    pub(crate) async fn get_change_events(
+        &self,
+        filter: v1::ChangeEventsFilter,
+    ) -> Result<v1::ChangeEvents, ClientError> {
+        self.call(&filter, |mut ledger, request| async move {
+            ledger.get_change_events(request).await
+        })
+        .await
+    }
+
+    /// Opens one change-event subscription (one attempt, not retried: the caller
+    /// resumes). The answer's headers must come within the request timeout; the
+    /// stream itself has no deadline.
+    pub(crate) async fn subscribe_change_events(
+        &self,
+        after: u64,
+    ) -> Result<Streaming<v1::ChangeEvent>, Status> {
+        let request = self.request_without_deadline(v1::SubscribeChangeEventsRequest { after });
+        let index = self.current.load(Ordering::Relaxed) % self.ledgers.len();
+        let mut ledger = self.ledgers[index].clone();
+        let opened = ledger.subscribe_change_events(request);
+        let status = match tokio::time::timeout(self.request_timeout, opened).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => status,
+            Err(_elapsed) => Status::unavailable(format!(
+                "no answer within {} ms",
+                self.request_timeout.as_millis()
+            )),
+        };
+        if classify(&status) == Failure::Unavailable {
+            self.move_on_from(index);
+        }
+        Err(status)
+    }
+}
+
 /// The error after the last attempt of a retried failure.
-fn gave_up(attempts: u32, status: Status) -> ClientError {
+pub(crate) fn gave_up(attempts: u32, status: Status) -> ClientError {
     match status.code() {
         Code::ResourceExhausted => ClientError::Busy { attempts },
         _ => ClientError::Unavailable { attempts, status },

@@ -65,6 +65,10 @@ fn render(line: &RequestLine) -> String {
         Request::GetAccountTransfers(filter) => {
             format!("get_account_transfers {}", render_filter(filter))
         }
+        Request::GetChangeEvents {
+            timestamp_min,
+            limit,
+        } => format!("get_change_events timestamp_min={timestamp_min} limit={limit}"),
     };
     match line.now {
         Some(now) => format!("{body} now={now}"),

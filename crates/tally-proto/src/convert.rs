@@ -6,7 +6,8 @@ use crate::v1;
 use std::fmt;
 use tally_types::codec::{self, RECORD_SIZE};
 use tally_types::{
-    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, ResultCode, Transfer, TransferFlags,
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, ChangeEvent, ChangeKind, ResultCode,
+    Transfer, TransferFlags,
 };
 
 /// A wire message that does not fit the ledger's records.
@@ -290,6 +291,88 @@ pub fn filter_from_proto(filter: &v1::AccountFilter) -> AccountFilter {
     }
 }
 
+/// A change event's kind for the wire: the same number the event journal stores.
+pub fn change_kind_to_proto(kind: ChangeKind) -> v1::ChangeEventType {
+    // Every kind has a wire value: `tests::change_kinds_match_the_proto` pins it.
+    v1::ChangeEventType::try_from(i32::from(kind.code()))
+        .unwrap_or(v1::ChangeEventType::Unspecified)
+}
+
+/// A change event's kind from the wire; `None` for 0 (unspecified) or a number this
+/// build does not know.
+pub fn change_kind_from_proto(kind: i32) -> Option<ChangeKind> {
+    u8::try_from(kind).ok().and_then(ChangeKind::from_code)
+}
+
+/// A change event for the wire: `account` for `account_created`, else the transfer and
+/// both accounts.
+pub fn change_event_to_proto(event: &ChangeEvent) -> v1::ChangeEvent {
+    let kind = change_kind_to_proto(event.kind) as i32;
+    if event.kind == ChangeKind::AccountCreated {
+        return v1::ChangeEvent {
+            timestamp: event.timestamp,
+            r#type: kind,
+            account: Some(account_to_proto(&event.debit_account)),
+            ..v1::ChangeEvent::default()
+        };
+    }
+    v1::ChangeEvent {
+        timestamp: event.timestamp,
+        r#type: kind,
+        transfer: Some(transfer_to_proto(&event.transfer)),
+        debit_account: Some(account_to_proto(&event.debit_account)),
+        credit_account: Some(account_to_proto(&event.credit_account)),
+        account: None,
+    }
+}
+
+/// A change event from the wire (`index`: its position in the answer, for the error).
+/// An absent record reads as all zero.
+pub fn change_event_from_proto(
+    index: usize,
+    event: &v1::ChangeEvent,
+) -> Result<ChangeEvent, ConvertError> {
+    let kind = change_kind_from_proto(event.r#type).ok_or_else(|| ConvertError {
+        index: Some(index),
+        reason: format!("unknown change event type {}", event.r#type),
+    })?;
+    let account = |account: &Option<v1::Account>| {
+        account.as_ref().map_or(Ok(Account::default()), |account| {
+            account_from_proto(index, account)
+        })
+    };
+    if kind == ChangeKind::AccountCreated {
+        return Ok(ChangeEvent {
+            timestamp: event.timestamp,
+            kind,
+            transfer: Transfer::default(),
+            debit_account: account(&event.account)?,
+            credit_account: Account::default(),
+        });
+    }
+    let transfer = event
+        .transfer
+        .as_ref()
+        .map_or(Ok(Transfer::default()), |transfer| {
+            transfer_from_proto(index, transfer)
+        })?;
+    Ok(ChangeEvent {
+        timestamp: event.timestamp,
+        kind,
+        transfer,
+        debit_account: account(&event.debit_account)?,
+        credit_account: account(&event.credit_account)?,
+    })
+}
+
+/// The ledger a change event belongs to: the transfer's, or the created account's.
+pub fn change_event_ledger(event: &ChangeEvent) -> u32 {
+    match event.kind {
+        ChangeKind::AccountCreated => event.debit_account.ledger,
+        _ => event.transfer.ledger,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +389,62 @@ mod tests {
         }
         assert_eq!(result_code_from_proto(-1), None);
         assert_eq!(result_code_from_proto(250), None);
+    }
+
+    #[test]
+    fn change_kinds_match_the_proto() {
+        for kind in ChangeKind::ALL {
+            let wire = change_kind_to_proto(kind);
+            let expected = format!("CHANGE_EVENT_TYPE_{}", kind.name().to_uppercase());
+            assert_eq!(wire.as_str_name(), expected);
+            assert_eq!(change_kind_from_proto(wire as i32), Some(kind));
+        }
+        assert_eq!(change_kind_from_proto(0), None, "unspecified");
+        assert_eq!(change_kind_from_proto(8), None);
+        assert_eq!(change_kind_from_proto(-1), None);
+    }
+
+    #[test]
+    fn change_events_round_trip_with_their_records_where_the_proto_says() {
+        let account = |id, debits_posted| Account {
+            id,
+            debits_posted,
+            ledger: 978,
+            code: 1,
+            timestamp: 5,
+            ..Account::default()
+        };
+        let created = ChangeEvent::account_created(account(1, 0));
+        let wire = change_event_to_proto(&created);
+        assert!(wire.account.is_some());
+        assert!(wire.transfer.is_none() && wire.debit_account.is_none());
+        assert_eq!(change_event_from_proto(0, &wire), Ok(created));
+        assert_eq!(change_event_ledger(&created), 978);
+        let moved = ChangeEvent {
+            timestamp: 9,
+            kind: ChangeKind::TwoPhaseExpired,
+            transfer: Transfer {
+                id: 7,
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: 3,
+                ledger: 840,
+                code: 1,
+                flags: TransferFlags::PENDING,
+                timestamp: 6,
+                ..Transfer::default()
+            },
+            debit_account: account(1, 3),
+            credit_account: account(2, 0),
+        };
+        let wire = change_event_to_proto(&moved);
+        assert!(wire.account.is_none());
+        assert_eq!(wire.r#type, v1::ChangeEventType::TwoPhaseExpired as i32);
+        assert_eq!(change_event_from_proto(0, &wire), Ok(moved));
+        assert_eq!(change_event_ledger(&moved), 840);
+        let unknown = v1::ChangeEvent::default();
+        let error = change_event_from_proto(4, &unknown).expect_err("unspecified type");
+        assert_eq!(error.index, Some(4));
     }
 
     #[test]

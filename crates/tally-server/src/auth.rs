@@ -37,16 +37,19 @@ pub enum Operation {
     LookupTransfers,
     /// `GetAccountTransfers`.
     GetAccountTransfers,
+    /// `GetChangeEvents` and `SubscribeChangeEvents`.
+    GetChangeEvents,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 6] = [
         Operation::CreateAccounts,
         Operation::CreateTransfers,
         Operation::LookupAccounts,
         Operation::LookupTransfers,
         Operation::GetAccountTransfers,
+        Operation::GetChangeEvents,
     ];
 
     /// The snake_case name used in the token file.
@@ -57,6 +60,7 @@ impl Operation {
             Operation::LookupAccounts => "lookup_accounts",
             Operation::LookupTransfers => "lookup_transfers",
             Operation::GetAccountTransfers => "get_account_transfers",
+            Operation::GetChangeEvents => "get_change_events",
         }
     }
 

@@ -97,6 +97,7 @@ fn operation_of(path: &str) -> Option<Operation> {
         "LookupAccounts" => Operation::LookupAccounts,
         "LookupTransfers" => Operation::LookupTransfers,
         "GetAccountTransfers" => Operation::GetAccountTransfers,
+        "GetChangeEvents" | "SubscribeChangeEvents" => Operation::GetChangeEvents,
         _ => return None,
     };
     Some(operation)
@@ -117,6 +118,8 @@ mod tests {
             let path = format!("/tally.v1.Ledger/{method}");
             assert_eq!(operation_of(&path), Some(operation), "{path}");
         }
+        let subscribe = operation_of("/tally.v1.Ledger/SubscribeChangeEvents");
+        assert_eq!(subscribe, Some(Operation::GetChangeEvents));
         assert_eq!(operation_of("/tally.v1.Ledger/Teleport"), None);
         assert_eq!(operation_of("/grpc.health.v1.Health/Check"), None);
     }

@@ -23,6 +23,7 @@ pub mod auth;
 mod authenticate;
 mod backend;
 mod config;
+mod events;
 mod incoming;
 mod metrics_http;
 mod server;

@@ -50,6 +50,8 @@ pub struct RunningServer {
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     /// Set to `true` to make every connection's reads fail (see `incoming`).
     close_connections: watch::Sender<bool>,
+    /// Set to `true` when stopping: every change-event subscription ends.
+    stopping: watch::Sender<bool>,
     drain_timeout: Duration,
 }
 
@@ -95,10 +97,12 @@ impl Server {
             source,
         })?;
         let stats = Arc::new(ServerStats::default());
+        let (stopping, stopping_seen) = watch::channel(false);
         let service = LedgerService {
             backend: backend.clone(),
             stats: Arc::clone(&stats),
             busy_retry_after_ms: config.busy_retry_after.as_millis() as u64,
+            stopping: stopping_seen,
         };
         let limits = &config.limits;
         let grpc = Authenticated {
@@ -152,6 +156,7 @@ impl Server {
             metrics_stop,
             serving,
             close_connections,
+            stopping,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -178,8 +183,10 @@ impl RunningServer {
         &self.backend
     }
 
-    /// Stops accepting, answers every call in flight, then shuts the ledger down:
-    /// every acknowledged batch is durable, and the data directory is released.
+    /// Stops accepting, answers every call in flight, ends every change-event
+    /// subscription (with `UNAVAILABLE`: its client subscribes again elsewhere or
+    /// later), then shuts the ledger down: every acknowledged batch is durable, and
+    /// the data directory is released.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.health
             .set_not_serving::<LedgerServer<LedgerService>>()
@@ -188,6 +195,8 @@ impl RunningServer {
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        // No receiver left means no subscription left.
+        self.stopping.send_replace(true);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -233,6 +242,7 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        self.stopping.send_replace(true);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -5,12 +5,15 @@
 
 use crate::auth::{Operation, Rights};
 use crate::backend::{Backend, BackendError};
+use crate::events;
 use crate::stats::ServerStats;
 use std::sync::Arc;
 use tally_cluster::ClusterError;
-use tally_engine::{EventResult, SubmitError};
+use tally_engine::{EventResult, Ledger, SubmitError};
 use tally_proto::v1;
 use tally_types::{BATCH_EVENTS_MAX, Batch};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
@@ -21,6 +24,9 @@ pub(crate) struct LedgerService {
     pub(crate) stats: Arc<ServerStats>,
     /// The hint sent with `RESOURCE_EXHAUSTED` (metadata `retry-after-ms`).
     pub(crate) busy_retry_after_ms: u64,
+    /// Turns `true` when the server stops: subscriptions end then, so that the drain
+    /// does not wait for streams that never end by themselves.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 impl LedgerService {
@@ -98,6 +104,17 @@ impl LedgerService {
         self.stats.refused(operation, status.code());
         status
     }
+
+    /// The ledger whose change events a call reads: replicas keep none yet.
+    fn events_ledger(&self, operation: Operation) -> Result<Ledger, Status> {
+        match &self.backend {
+            Backend::Ledger(ledger) => Ok(ledger.clone()),
+            Backend::Replica(_) => Err(self.refuse(
+                operation,
+                Status::unimplemented(events::REPLICA_EVENTS_UNIMPLEMENTED),
+            )),
+        }
+    }
 }
 
 fn create_results(results: &[EventResult]) -> v1::CreateResults {
@@ -124,6 +141,8 @@ fn invalid(error: tally_proto::ConvertError) -> Status {
 
 #[tonic::async_trait]
 impl tally_proto::LedgerService for LedgerService {
+    type SubscribeChangeEventsStream = ReceiverStream<Result<v1::ChangeEvent, Status>>;
+
     async fn create_accounts(
         &self,
         request: Request<v1::CreateAccountsRequest>,
@@ -225,6 +244,51 @@ impl tally_proto::LedgerService for LedgerService {
             .collect();
         self.stats.answered(operation, 1);
         Ok(Response::new(v1::Transfers { transfers }))
+    }
+
+    async fn get_change_events(
+        &self,
+        request: Request<v1::ChangeEventsFilter>,
+    ) -> Result<Response<v1::ChangeEvents>, Status> {
+        let operation = Operation::GetChangeEvents;
+        let rights = Arc::new(self.admit(&request, operation)?.clone());
+        let ledger = self.events_ledger(operation)?;
+        let filter = request.get_ref();
+        let limit = events::events_limit(filter.limit).map_err(|s| self.refuse(operation, s))?;
+        let timestamp_min = filter.timestamp_min;
+        // Reading waits for the journal to catch up and reads files: off the runtime.
+        let read = tokio::task::spawn_blocking(move || {
+            events::read_page(&ledger, &rights, timestamp_min, limit)
+        })
+        .await
+        .map_err(|_| Status::internal("the change-event reader panicked"))
+        .and_then(|read| read.map_err(|error| events::events_status(&error)));
+        let answer = read.map_err(|status| self.refuse(operation, status))?;
+        self.stats.answered(operation, answer.events.len());
+        Ok(Response::new(answer))
+    }
+
+    async fn subscribe_change_events(
+        &self,
+        request: Request<v1::SubscribeChangeEventsRequest>,
+    ) -> Result<Response<Self::SubscribeChangeEventsStream>, Status> {
+        let operation = Operation::GetChangeEvents;
+        let rights = Arc::new(self.admit(&request, operation)?.clone());
+        let ledger = self.events_ledger(operation)?;
+        let followed = ledger
+            .subscribe(request.get_ref().after)
+            .map_err(|error| self.refuse(operation, events::events_status(&error)))?;
+        let (sender, receiver) = mpsc::channel(events::SUBSCRIPTION_EVENTS_BUFFERED_MAX);
+        tokio::spawn(events::forward(
+            followed,
+            rights,
+            sender,
+            self.stopping.clone(),
+            Arc::clone(&self.stats),
+        ));
+        // Counted when the stream starts: it is one call, however long it lasts.
+        self.stats.answered(operation, 0);
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 

@@ -23,6 +23,11 @@ impl ServerStats {
         self.events[operation as usize].fetch_add(events as u64, Ordering::Relaxed);
     }
 
+    /// Events sent on a stream already counted as answered.
+    pub(crate) fn streamed(&self, operation: Operation, events: usize) {
+        self.events[operation as usize].fetch_add(events as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn refused(&self, operation: Operation, code: tonic::Code) {
         let code = (code as usize).min(CODES - 1);
         self.calls[operation as usize][code].fetch_add(1, Ordering::Relaxed);

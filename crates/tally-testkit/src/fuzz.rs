@@ -634,6 +634,13 @@ pub fn json_line(data: &[u8]) {
                 "page over the limit"
             );
         }
+        Request::GetChangeEvents { limit, .. } => {
+            let limit = limit as usize;
+            assert!(
+                (1..=tally_types::CHANGE_EVENTS_LIMIT_MAX).contains(&limit),
+                "change events page out of range"
+            );
+        }
     }
 }
 

@@ -1,0 +1,156 @@
+//! Change events over the wire (docs/spec.md §2, "Change events"): `GetChangeEvents`
+//! reads a page of the ledger's event journal, `SubscribeChangeEvents` follows it.
+//! Both leave out the events of ledgers outside the token's rights, as lookups do.
+//!
+//! A subscription is one task per call that pulls from the ledger's follower (which
+//! reads the journal's files) and pushes into a channel of
+//! [`SUBSCRIPTION_EVENTS_BUFFERED_MAX`] events that tonic drains as HTTP/2 flow control
+//! lets it: a slow reader makes the task wait, so it holds at most that many events,
+//! and the ledger's commits never wait for it. The task ends when the client goes
+//! away, when the ledger's follower ends, or when the server stops: then the stream
+//! ends with `UNAVAILABLE`, and the client subscribes again after the last event it
+//! handled.
+
+use crate::auth::{Operation, Rights};
+use crate::stats::ServerStats;
+use std::pin::pin;
+use std::sync::Arc;
+use tally_engine::{EngineError, Ledger};
+use tally_proto::v1;
+use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+/// Events a subscription holds for a client that reads slower than the ledger commits:
+/// about 64 × 700 bytes encoded.
+pub(crate) const SUBSCRIPTION_EVENTS_BUFFERED_MAX: usize = 64;
+
+/// Pages of the journal one `GetChangeEvents` call reads when the token's ledgers
+/// leave events out: bounds one call's work at 16 × 8,190 events read. The answer's
+/// `timestamp_last` tells the client where to go on.
+const CHANGE_EVENTS_PAGES_MAX: usize = 16;
+
+/// The answer of a replica, which keeps no change events.
+pub(crate) const REPLICA_EVENTS_UNIMPLEMENTED: &str =
+    "change events are kept by single-node ledgers; cluster replicas do not keep them yet";
+
+/// The number of events asked for: 0 means the most, above the most is refused.
+pub(crate) fn events_limit(limit: u32) -> Result<usize, Status> {
+    match usize::try_from(limit) {
+        Ok(0) => Ok(CHANGE_EVENTS_LIMIT_MAX),
+        Ok(limit) if limit <= CHANGE_EVENTS_LIMIT_MAX => Ok(limit),
+        _ => Err(Status::invalid_argument(format!(
+            "limit {limit} is more than the maximum {CHANGE_EVENTS_LIMIT_MAX}"
+        ))),
+    }
+}
+
+/// The status of a change-event read that failed.
+pub(crate) fn events_status(error: &EngineError) -> Status {
+    match error {
+        // Off, past retention, or the journal failed: asking again does not help.
+        EngineError::ChangeEvents { .. } => Status::failed_precondition(error.to_string()),
+        _ => Status::unavailable(error.to_string()),
+    }
+}
+
+/// True when the token may see `event`.
+fn allowed(rights: &Rights, event: &ChangeEvent) -> bool {
+    rights.ledger_allowed(tally_proto::change_event_ledger(event))
+}
+
+/// Up to `limit` events of the token's ledgers from `timestamp_min` on. Blocking: it
+/// waits for the journal to hold every change committed before the call, then reads
+/// files.
+pub(crate) fn read_page(
+    ledger: &Ledger,
+    rights: &Rights,
+    timestamp_min: u64,
+    limit: usize,
+) -> Result<v1::ChangeEvents, EngineError> {
+    assert!((1..=CHANGE_EVENTS_LIMIT_MAX).contains(&limit));
+    let mut answer = v1::ChangeEvents::default();
+    let mut from = timestamp_min;
+    for _ in 0..CHANGE_EVENTS_PAGES_MAX {
+        let wanted = limit - answer.events.len();
+        let events = ledger.get_change_events(from, wanted)?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        assert!(
+            last.timestamp >= answer.timestamp_last,
+            "events out of order"
+        );
+        answer.timestamp_last = last.timestamp;
+        let kept = events.iter().filter(|event| allowed(rights, event));
+        answer
+            .events
+            .extend(kept.map(tally_proto::change_event_to_proto));
+        let journal_end = events.len() < wanted;
+        if journal_end || answer.events.len() == limit || last.timestamp == u64::MAX {
+            break;
+        }
+        from = last.timestamp + 1;
+    }
+    assert!(answer.events.len() <= limit);
+    Ok(answer)
+}
+
+/// Forwards `events` that the token may see into `sender` until the client goes away,
+/// the ledger's follower ends, or `stopping` turns `true`.
+pub(crate) async fn forward(
+    events: impl Stream<Item = Result<ChangeEvent, EngineError>> + Send,
+    rights: Arc<Rights>,
+    sender: mpsc::Sender<Result<v1::ChangeEvent, Status>>,
+    mut stopping: watch::Receiver<bool>,
+    stats: Arc<ServerStats>,
+) {
+    let mut events = pin!(events);
+    let follow = async {
+        while let Some(item) = events.next().await {
+            let event = match item {
+                Ok(event) => event,
+                Err(error) => return Some(events_status(&error)),
+            };
+            if !allowed(&rights, &event) {
+                continue;
+            }
+            let wire = tally_proto::change_event_to_proto(&event);
+            if sender.send(Ok(wire)).await.is_err() {
+                return None;
+            }
+            stats.streamed(Operation::GetChangeEvents, 1);
+        }
+        Some(Status::unavailable(
+            "the ledger has shut down; subscribe again after the last event handled",
+        ))
+    };
+    let last = tokio::select! {
+        end = follow => end,
+        // A dropped sender (no stop ever sent) keeps the stream going.
+        Ok(_) = stopping.wait_for(|stopping| *stopping) => Some(Status::unavailable(
+            "the server is stopping; subscribe again after the last event handled",
+        )),
+        () = sender.closed() => None,
+    };
+    if let Some(status) = last {
+        // Ends the stream with this status once the client has read what came before
+        // (a client that stops reading is dropped by the drain timeout at a stop).
+        let _ = sender.send(Err(status)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_of_zero_is_the_most_and_above_it_is_refused() {
+        assert_eq!(events_limit(0).ok(), Some(CHANGE_EVENTS_LIMIT_MAX));
+        assert_eq!(events_limit(1).ok(), Some(1));
+        assert_eq!(events_limit(8_190).ok(), Some(8_190));
+        let status = events_limit(8_191).expect_err("above the most");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+}
