@@ -699,6 +699,7 @@ mod tests {
             },
             conservation_ok: true,
             verified_ok: false,
+            events: None,
             verification: Verification {
                 accounts_checked: 2_100,
                 accounts_missing: 1,

@@ -346,10 +346,18 @@ fn verify_fails_on_a_flipped_bit_inside_the_committed_log() {
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|entry| {
+        .flat_map(|entry| {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            (name, std::fs::read(&path).unwrap())
+            if path.is_dir() {
+                // The event journal: its files, named under it.
+                files(&path)
+                    .into_iter()
+                    .map(|(inner, bytes)| (format!("{name}/{inner}"), bytes))
+                    .collect()
+            } else {
+                vec![(name, std::fs::read(&path).unwrap())]
+            }
         })
         .collect();
     files.sort();

@@ -60,16 +60,13 @@ impl Model {
 
     fn movement(&mut self, debit: u128, credit: u128, amount: u128, pending: bool) {
         let dr = self.balances.get_mut(&debit).unwrap();
-        let cr_pending;
         if pending {
             dr.debits_pending += amount;
-            cr_pending = true;
         } else {
             dr.debits_posted += amount;
-            cr_pending = false;
         }
         let cr = self.balances.get_mut(&credit).unwrap();
-        if cr_pending {
+        if pending {
             cr.credits_pending += amount;
         } else {
             cr.credits_posted += amount;
