@@ -67,7 +67,7 @@ pub struct Config {
     pub transfers_capacity: usize,
     /// Keep change events (docs/spec.md §2) in the event journal, `data_dir/events`,
     /// for [`crate::Ledger::get_change_events`], [`crate::Ledger::subscribe`] and
-    /// `tally events`. Costs one 400-byte write (not synced) per committed change.
+    /// `tally events`. Costs about 90 bytes of writing (not synced) per committed change.
     pub change_events: bool,
     /// Bytes of change events kept on disk: past it, the oldest journal segments are
     /// deleted (a reader asking for events older than those kept gets an error naming

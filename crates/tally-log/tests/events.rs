@@ -9,33 +9,37 @@ use tally_log::events::{
     EventJournal, EventReader, FRAME_HEADER_SIZE, JournalOptions, SEGMENT_HEADER_SIZE,
     journal_segment_name,
 };
-use tally_types::{Account, CHANGE_EVENT_SIZE, ChangeEvent, ChangeKind, Transfer};
+use tally_types::{Account, ChangeEvent, ChangeKind, Transfer};
 
-/// A deterministic event at `timestamp`: an account creation every seventh, a
-/// single-phase transfer otherwise, every field derived from the timestamp.
+/// A deterministic event at `timestamp`: an account creation at every timestamp ending
+/// in 5, a single-phase transfer otherwise, every field derived from the timestamp and,
+/// for timestamps below 4,096, encoded in the same number of bytes.
 fn event(timestamp: u64) -> ChangeEvent {
     let account = |id: u128| Account {
         id,
         ledger: 840,
         code: 1,
-        credits_posted: u128::from(timestamp) * 3,
-        timestamp: timestamp - 1,
+        credits_posted: u128::from(timestamp) * 3 + 100_000,
+        timestamp: timestamp + 100_000,
         ..Account::default()
     };
-    if timestamp.is_multiple_of(7) {
+    if timestamp % 10 == 5 {
         return ChangeEvent::account_created(Account {
+            id: u128::from(timestamp),
+            ledger: 840,
+            code: 1,
             timestamp,
-            ..account(u128::from(timestamp))
+            ..Account::default()
         });
     }
     ChangeEvent {
         timestamp,
         kind: ChangeKind::SinglePhase,
         transfer: Transfer {
-            id: u128::from(timestamp) << 64,
+            id: (u128::from(timestamp) | 1 << 12) << 64,
             debit_account_id: 1,
             credit_account_id: 2,
-            amount: u128::from(timestamp),
+            amount: u128::from(timestamp) + 100_000,
             ledger: 840,
             code: 1,
             timestamp,
@@ -51,8 +55,15 @@ fn events(first: u64, count: u64) -> Vec<ChangeEvent> {
     (0..count).map(|i| event(first + 10 * i)).collect()
 }
 
-fn frame_bytes(count: usize) -> u64 {
-    (FRAME_HEADER_SIZE + count * CHANGE_EVENT_SIZE) as u64
+/// The bytes of one frame holding `events`.
+fn frame_bytes(events: &[ChangeEvent]) -> u64 {
+    let mut body = Vec::new();
+    let mut previous = events[0].timestamp;
+    for event in events {
+        tally_types::encode_change(event, previous, &mut body);
+        previous = event.timestamp;
+    }
+    (FRAME_HEADER_SIZE + body.len()) as u64
 }
 
 fn options(segment_bytes_max: u64, retention_bytes: u64) -> JournalOptions {
@@ -95,14 +106,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[test]
 fn journal_format_is_pinned() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = EventJournal::open(dir.path(), options(1200, u64::MAX)).unwrap();
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + frame_bytes(&events(5, 2));
+    let mut journal = EventJournal::open(dir.path(), options(segment_bytes_max, u64::MAX)).unwrap();
     journal.append(&events(5, 2)).unwrap();
     journal.append(&events(70, 3)).unwrap();
     let first = std::fs::read(dir.path().join(journal_segment_name(5))).unwrap();
     let second = std::fs::read(dir.path().join(journal_segment_name(70))).unwrap();
     assert_eq!(
         first.len() as u64,
-        SEGMENT_HEADER_SIZE as u64 + frame_bytes(2)
+        SEGMENT_HEADER_SIZE as u64 + frame_bytes(&events(5, 2))
     );
     assert_eq!(&first[..8], b"TALLYEVJ");
     assert_eq!(
@@ -118,7 +130,7 @@ fn journal_format_is_pinned() {
     // Changing these bytes needs a new JOURNAL_FORMAT_VERSION.
     assert_eq!(
         (fnv1a(&first), fnv1a(&second)),
-        (12514241733399218635, 3790409698971837276)
+        (809238519812282477, 10991357154238464223)
     );
 }
 
@@ -170,8 +182,11 @@ fn a_torn_or_damaged_last_frame_is_cut_at_every_byte() {
     }
     let segment = source.path().join(journal_segment_name(10));
     let whole = std::fs::read(&segment).unwrap();
-    let last_frame_start = SEGMENT_HEADER_SIZE as u64 + frame_bytes(2);
-    assert_eq!(whole.len() as u64, last_frame_start + frame_bytes(1));
+    let last_frame_start = SEGMENT_HEADER_SIZE as u64 + frame_bytes(&events(10, 2));
+    assert_eq!(
+        whole.len() as u64,
+        last_frame_start + frame_bytes(&events(1000, 1))
+    );
     for end in last_frame_start..whole.len() as u64 {
         for damage in [Damage::Torn, Damage::Flipped] {
             let dir = tempfile::tempdir().unwrap();
@@ -266,7 +281,8 @@ fn damage_in_an_older_segment_is_an_error_naming_file_and_offset() {
 #[test]
 fn segments_roll_and_retention_deletes_the_oldest_whole_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 3 * frame_bytes(1);
+    // Every one-event frame here has the same size (see `event`).
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 3 * frame_bytes(&events(100, 1));
     let retention_bytes = 3 * segment_bytes_max;
     let mut journal =
         EventJournal::open(dir.path(), options(segment_bytes_max, retention_bytes)).unwrap();
@@ -303,7 +319,8 @@ fn segments_roll_and_retention_deletes_the_oldest_whole_segments() {
 #[test]
 fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = EventJournal::open(dir.path(), options(1000, u64::MAX)).unwrap();
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + frame_bytes(&events(10, 1)) + 10;
+    let mut journal = EventJournal::open(dir.path(), options(segment_bytes_max, u64::MAX)).unwrap();
     journal.append(&events(10, 1)).unwrap();
     journal.append(&events(20, 5)).unwrap();
     journal.append(&events(100, 1)).unwrap();
@@ -339,7 +356,7 @@ fn a_reader_resumes_where_it_stopped() {
 #[test]
 fn a_reader_left_behind_by_retention_gets_its_events_then_the_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 2 * frame_bytes(1);
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 2 * frame_bytes(&events(10, 1));
     let mut journal = EventJournal::open(
         dir.path(),
         options(segment_bytes_max, 2 * segment_bytes_max),

@@ -22,7 +22,7 @@ mod records;
 mod result;
 
 pub use change::{
-    CHANGE_EVENT_SIZE, CHANGE_EVENTS_LIMIT_MAX, ChangeDecodeError, ChangeEvent, ChangeKind,
+    CHANGE_EVENT_BYTES_MAX, CHANGE_EVENTS_LIMIT_MAX, ChangeDecodeError, ChangeEvent, ChangeKind,
     decode_change, encode_change,
 };
 pub use flags::{AccountFlags, FlagsError, TransferFlags};

@@ -53,6 +53,8 @@ impl EngineTarget {
         }
         config.preallocate_segments = options.preallocate_segments;
         config.change_events = options.change_events;
+        // Room for every event of a long max-mode run, which the run reads back.
+        config.events_retention_bytes = 16 * 1024 * 1024 * 1024;
         let ledger = Ledger::open(config)
             .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
         Ok(EngineTarget { ledger })

@@ -13,11 +13,13 @@
 //! | 32 | 28 | reserved, zero |
 //! | 60 | 4 | CRC32C of bytes 0..60 |
 //!
-//! Frame header (48 bytes), followed by `event_count` 400-byte events:
+//! Frame header (48 bytes), followed by `event_count` events, each encoded compactly by
+//! `tally_types::encode_change` (varints; its timestamp as the difference from the
+//! event before it in the frame, the first one's from the header's first timestamp):
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `TEVF` |
-//! | 4 | 4 | frame bytes, header included (48 + 400 × event_count) |
+//! | 4 | 4 | frame bytes, header included |
 //! | 8 | 8 | timestamp of the first event |
 //! | 16 | 8 | timestamp of the last event |
 //! | 24 | 4 | event count (1 ..= [`FRAME_EVENTS_MAX`]) |
@@ -27,7 +29,7 @@
 
 use crate::format::{le_u16, le_u32, le_u64};
 use tally_types::codec::RECORD_LAYOUT_VERSION;
-use tally_types::{CHANGE_EVENT_SIZE, ChangeEvent, decode_change, encode_change};
+use tally_types::{CHANGE_EVENT_BYTES_MAX, ChangeEvent, decode_change, encode_change};
 
 /// Version of the journal's segment and frame layouts; bump on any change.
 pub const JOURNAL_FORMAT_VERSION: u16 = 1;
@@ -41,14 +43,17 @@ pub(crate) const FRAME_MAGIC: [u8; 4] = *b"TEVF";
 pub const FRAME_HEADER_SIZE: usize = 48;
 
 /// Most events in one frame: a longer append is split into frames of at most this many.
-/// Bounds every frame buffer to 48 + 400 × 16,384 bytes (6.6 MB).
+/// Bounds every frame buffer to 48 + 320 × 16,384 bytes (5.2 MB).
 pub const FRAME_EVENTS_MAX: usize = 16_384;
 
 /// Largest frame in bytes.
-pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_SIZE + FRAME_EVENTS_MAX * CHANGE_EVENT_SIZE;
+pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_SIZE + FRAME_EVENTS_MAX * CHANGE_EVENT_BYTES_MAX;
+
+/// The fewest bytes one encoded event takes (a timestamp difference and a kind).
+const CHANGE_EVENT_BYTES_MIN: usize = 2;
 
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
-const _: () = assert!(CHANGE_EVENT_SIZE.is_multiple_of(16) && FRAME_HEADER_SIZE == 48);
+const _: () = assert!(FRAME_HEADER_SIZE == 48);
 
 /// `events-<first timestamp, 20 digits>.log`: names sort in timestamp order.
 pub fn journal_segment_name(first_timestamp: u64) -> String {
@@ -133,10 +138,11 @@ pub(crate) fn encode_frame(events: &[ChangeEvent], out: &mut Vec<u8>) {
     assert!(!events.is_empty() && events.len() <= FRAME_EVENTS_MAX);
     let start = out.len();
     out.resize(start + FRAME_HEADER_SIZE, 0);
-    let mut event_bytes = [0u8; CHANGE_EVENT_SIZE];
+    // The first event's timestamp is the header's: its difference is 0.
+    let mut previous = events[0].timestamp;
     for event in events {
-        encode_change(event, &mut event_bytes);
-        out.extend_from_slice(&event_bytes);
+        encode_change(event, previous, out);
+        previous = event.timestamp;
     }
     let body_crc = crc32c::crc32c(&out[start + FRAME_HEADER_SIZE..]);
     let frame_bytes = (out.len() - start) as u32;
@@ -167,7 +173,10 @@ pub(crate) fn decode_frame_header(bytes: &[u8]) -> Result<FrameHeader, String> {
     if event_count == 0 || event_count > FRAME_EVENTS_MAX {
         return Err(format!("frame event count {event_count} is out of range"));
     }
-    if frame_bytes != (FRAME_HEADER_SIZE + event_count * CHANGE_EVENT_SIZE) as u64 {
+    let body_bytes = frame_bytes.saturating_sub(FRAME_HEADER_SIZE as u64);
+    let body_range = (event_count * CHANGE_EVENT_BYTES_MIN) as u64
+        ..=(event_count * CHANGE_EVENT_BYTES_MAX) as u64;
+    if frame_bytes < FRAME_HEADER_SIZE as u64 || !body_range.contains(&body_bytes) {
         return Err(format!(
             "frame bytes {frame_bytes} do not match its event count"
         ));
@@ -190,7 +199,10 @@ pub(crate) fn decode_frame_header(bytes: &[u8]) -> Result<FrameHeader, String> {
 
 /// Checks a frame body's CRC32C against its header.
 pub(crate) fn check_frame_body(header: &FrameHeader, body: &[u8]) -> Result<(), String> {
-    assert_eq!(body.len(), header.event_count * CHANGE_EVENT_SIZE);
+    assert_eq!(
+        body.len() as u64 + FRAME_HEADER_SIZE as u64,
+        header.frame_bytes
+    );
     if crc32c::crc32c(body) != header.body_crc {
         return Err("frame body CRC32C does not match".into());
     }
@@ -218,10 +230,11 @@ fn decode_events(
     out: &mut Vec<ChangeEvent>,
 ) -> Result<(), String> {
     let mut previous: Option<u64> = None;
-    for chunk in body.chunks_exact(CHANGE_EVENT_SIZE) {
-        let bytes: &[u8; CHANGE_EVENT_SIZE] =
-            chunk.try_into().expect("chunks_exact yields whole events");
-        let event = decode_change(bytes).map_err(|error| format!("frame event: {error}"))?;
+    let mut at = 0;
+    for _ in 0..header.event_count {
+        let (event, used) = decode_change(&body[at..], previous.unwrap_or(header.first_timestamp))
+            .map_err(|error| format!("frame event: {error}"))?;
+        at += used;
         let in_order = match previous {
             None => event.timestamp == header.first_timestamp,
             Some(previous) => event.timestamp > previous,
@@ -231,6 +244,9 @@ fn decode_events(
         }
         previous = Some(event.timestamp);
         out.push(event);
+    }
+    if at != body.len() {
+        return Err("frame body is longer than its events".into());
     }
     if previous != Some(header.last_timestamp) {
         return Err("frame's last event timestamp does not match its header".into());
