@@ -50,6 +50,19 @@ pub enum LogError {
         /// Why no snapshot could be used.
         reason: String,
     },
+    /// Change events at or after `timestamp_min` may have been deleted from the event
+    /// journal by its retention.
+    EventsRetired {
+        /// The event journal's directory.
+        dir: PathBuf,
+        /// The first timestamp asked for.
+        timestamp_min: u64,
+        /// The oldest event the journal still holds.
+        first_timestamp_retained: u64,
+    },
+    /// An earlier event-journal write hit an I/O error; the journal refuses writes until
+    /// it is reopened.
+    JournalPoisoned,
 }
 
 impl LogError {
@@ -101,6 +114,20 @@ impl fmt::Display for LogError {
             LogError::Snapshot { file, reason } => {
                 write!(f, "no usable snapshot ({}): {reason}", file.display())
             }
+            LogError::EventsRetired {
+                dir,
+                timestamp_min,
+                first_timestamp_retained,
+            } => write!(
+                f,
+                "change events from timestamp {timestamp_min} on may have been deleted by the \
+                 retention of the event journal in {}; the oldest event retained has timestamp \
+                 {first_timestamp_retained}",
+                dir.display()
+            ),
+            LogError::JournalPoisoned => f.write_str(
+                "the event journal refused the write: an earlier I/O error left its contents unknown; reopen it",
+            ),
         }
     }
 }

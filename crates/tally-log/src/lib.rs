@@ -9,6 +9,8 @@
 //!   after it, cuts a torn tail off the last segment, and refuses to start on damage
 //!   inside the committed log (docs/spec.md §3.5).
 //! * [`DirLock`] keeps a second process out of a data directory (docs/spec.md §3.7).
+//! * [`events`] is the change-event journal: [`events::EventJournal`] appends, any
+//!   number of [`events::EventReader`]s read, with no lock.
 //! * [`verify`] checks every checksum of a directory without changing it.
 //! * [`Storage`] is the small file layer under all of it: [`FsStorage`] for real files,
 //!   `faulty::FaultyStorage` for crash and fault-injection tests.
@@ -33,6 +35,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod events;
 #[cfg(feature = "fault-injection")]
 pub mod faulty;
 mod format;

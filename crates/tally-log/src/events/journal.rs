@@ -1,0 +1,388 @@
+//! The journal's single writer: appends frames, rolls segments, applies retention and
+//! cuts a torn tail at open.
+
+use super::format::{
+    FRAME_EVENTS_MAX, FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader, check_frame_body,
+    encode_frame, encode_segment_header, journal_segment_name,
+};
+use super::segments::{
+    SegmentFile, list_segments, read_at_most, read_frame_header, read_segment_header,
+};
+use crate::LogError;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use tally_types::ChangeEvent;
+
+/// Tuning of an [`EventJournal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// A new segment starts when the next frame would take the current one past this.
+    /// A frame larger than this gets a segment of its own.
+    pub segment_bytes_max: u64,
+    /// Once the segments together take more than this, the oldest whole segments are
+    /// deleted, never the newest.
+    pub retention_bytes: u64,
+}
+
+/// Default segment size: 256 MiB.
+pub const JOURNAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Default retention: 4 GiB (about ten million events).
+pub const JOURNAL_RETENTION_BYTES_DEFAULT: u64 = 4 * 1024 * 1024 * 1024;
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            segment_bytes_max: JOURNAL_SEGMENT_BYTES_MAX_DEFAULT,
+            retention_bytes: JOURNAL_RETENTION_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// A segment the journal holds.
+#[derive(Debug)]
+struct Retained {
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// The segment appends go to.
+#[derive(Debug)]
+struct Current {
+    file: File,
+    path: PathBuf,
+    /// Bytes written, header included: where the next frame goes.
+    bytes: u64,
+    frame_count: u64,
+}
+
+/// The event journal's single writer (docs/log-format.md §6).
+///
+/// Appends are not synced: the write-ahead log is the source of truth, and the engine
+/// re-derives a lost tail from it. [`EventJournal::sync`] makes everything appended so
+/// far durable.
+///
+/// Invariant: event timestamps strictly increase across frames and segments.
+/// Invariant: after an I/O error on the write path the journal refuses every later
+/// append and sync ([`LogError::JournalPoisoned`]).
+#[derive(Debug)]
+pub struct EventJournal {
+    dir: PathBuf,
+    options: JournalOptions,
+    /// Oldest first; the last one is `current`'s.
+    segments: VecDeque<Retained>,
+    segments_bytes: u64,
+    current: Option<Current>,
+    /// Segments rolled away from since the last sync, not yet synced.
+    unsynced_previous: Vec<File>,
+    dir_sync_pending: bool,
+    first_timestamp: Option<u64>,
+    last_timestamp: Option<u64>,
+    /// One frame being encoded; at most `FRAME_BYTES_MAX`.
+    buffer: Vec<u8>,
+    poisoned: bool,
+}
+
+/// What recovering the newest segment found.
+struct RecoveredNewest {
+    current: Current,
+    first_timestamp: Option<u64>,
+    last_timestamp: Option<u64>,
+}
+
+impl EventJournal {
+    /// Opens or creates the journal in `dir` (created if missing); cuts a torn or corrupt
+    /// tail off the last segment only. A damaged header of an older segment, or of the
+    /// first frame of the oldest, is an error naming file and offset; older segments'
+    /// frames are checked by [`EventReader`](super::EventReader) as it reads them.
+    pub fn open(dir: &Path, options: JournalOptions) -> Result<EventJournal, LogError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|error| LogError::io(dir.to_path_buf(), "create_dir_all", error))?;
+        let mut listed = list_segments(dir)?;
+        let mut newest = None;
+        while let Some(segment) = listed.last() {
+            if let Some(recovered) = recover_newest(segment)? {
+                newest = Some(recovered);
+                break;
+            }
+            // A header torn by a crash right after the file was created: no frame
+            // follows it, so the file holds nothing.
+            std::fs::remove_file(&segment.path)
+                .map_err(|error| LogError::io(segment.path.clone(), "remove_file", error))?;
+            sync_dir(dir)?;
+            listed.pop();
+        }
+        let mut journal = EventJournal {
+            dir: dir.to_path_buf(),
+            options,
+            segments: VecDeque::new(),
+            segments_bytes: 0,
+            current: None,
+            unsynced_previous: Vec::new(),
+            dir_sync_pending: false,
+            first_timestamp: None,
+            last_timestamp: None,
+            buffer: Vec::new(),
+            poisoned: false,
+        };
+        let Some(newest) = newest else {
+            return Ok(journal);
+        };
+        let older = &listed[..listed.len() - 1];
+        for segment in older {
+            let file = File::open(&segment.path)
+                .map_err(|error| LogError::io(segment.path.clone(), "open", error))?;
+            if let Err(reason) = read_segment_header(&file, segment)? {
+                return Err(LogError::corrupt(segment.path.clone(), 0, reason));
+            }
+            let bytes = file
+                .metadata()
+                .map_err(|error| LogError::io(segment.path.clone(), "metadata", error))?
+                .len();
+            journal.push_segment(segment.path.clone(), bytes);
+        }
+        journal.first_timestamp = match older.first() {
+            Some(oldest) => Some(first_frame_timestamp(&oldest.path)?),
+            None => newest.first_timestamp,
+        };
+        journal.last_timestamp = newest.last_timestamp;
+        journal.push_segment(newest.current.path.clone(), newest.current.bytes);
+        journal.current = Some(newest.current);
+        Ok(journal)
+    }
+
+    /// Timestamp of the last event kept.
+    pub fn last_timestamp(&self) -> Option<u64> {
+        self.last_timestamp
+    }
+
+    /// Timestamp of the oldest event retained.
+    pub fn first_timestamp(&self) -> Option<u64> {
+        self.first_timestamp
+    }
+
+    /// Appends `events` as one checksummed frame (split into frames of at most
+    /// [`FRAME_EVENTS_MAX`](super::FRAME_EVENTS_MAX) events); an empty slice is a no-op.
+    /// Starts a new segment when the current one would pass `segment_bytes_max`, then
+    /// applies retention. Not synced.
+    ///
+    /// # Panics
+    ///
+    /// Unless timestamps strictly increase and the first is greater than
+    /// [`EventJournal::last_timestamp`] (and than 0).
+    pub fn append(&mut self, events: &[ChangeEvent]) -> Result<(), LogError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        assert!(first.timestamp > self.last_timestamp.unwrap_or(0));
+        assert!(
+            events
+                .windows(2)
+                .all(|pair| pair[0].timestamp < pair[1].timestamp)
+        );
+        if self.poisoned {
+            return Err(LogError::JournalPoisoned);
+        }
+        for chunk in events.chunks(FRAME_EVENTS_MAX) {
+            self.buffer.clear();
+            encode_frame(chunk, &mut self.buffer);
+            if let Err(error) = self.write_frame(chunk[0].timestamp) {
+                self.poisoned = true;
+                return Err(error);
+            }
+            self.first_timestamp.get_or_insert(chunk[0].timestamp);
+            self.last_timestamp = Some(chunk[chunk.len() - 1].timestamp);
+        }
+        self.apply_retention()
+    }
+
+    /// Makes everything appended so far durable: `fdatasync` of the segments written
+    /// since the last sync, and of the directory after a new segment.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::JournalPoisoned);
+        }
+        let synced = self.sync_all_pending();
+        if synced.is_err() {
+            self.poisoned = true;
+        }
+        synced
+    }
+
+    fn sync_all_pending(&mut self) -> Result<(), LogError> {
+        for file in self.unsynced_previous.drain(..) {
+            file.sync_data()
+                .map_err(|error| LogError::io(self.dir.clone(), "fdatasync", error))?;
+        }
+        if let Some(current) = &self.current {
+            current
+                .file
+                .sync_data()
+                .map_err(|error| LogError::io(current.path.clone(), "fdatasync", error))?;
+        }
+        if self.dir_sync_pending {
+            sync_dir(&self.dir)?;
+            self.dir_sync_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Writes the encoded frame in `buffer`, first rolling to a new segment if needed.
+    fn write_frame(&mut self, first_timestamp: u64) -> Result<(), LogError> {
+        let frame_bytes = self.buffer.len() as u64;
+        let roll = match &self.current {
+            None => true,
+            Some(current) => {
+                current.frame_count > 0
+                    && current.bytes + frame_bytes > self.options.segment_bytes_max
+            }
+        };
+        if roll {
+            self.roll(first_timestamp)?;
+        }
+        let current = self.current.as_mut().expect("a segment after rolling");
+        current
+            .file
+            .write_all_at(&self.buffer, current.bytes)
+            .map_err(|error| LogError::io(current.path.clone(), "append", error))?;
+        current.bytes += frame_bytes;
+        current.frame_count += 1;
+        self.segments_bytes += frame_bytes;
+        let newest = self.segments.back_mut().expect("current is retained");
+        newest.bytes = current.bytes;
+        Ok(())
+    }
+
+    /// Starts the segment whose first event is `first_timestamp`.
+    fn roll(&mut self, first_timestamp: u64) -> Result<(), LogError> {
+        let path = self.dir.join(journal_segment_name(first_timestamp));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|error| LogError::io(path.clone(), "create", error))?;
+        let header = encode_segment_header(SegmentHeader {
+            first_timestamp,
+            previous_last_timestamp: self.last_timestamp.unwrap_or(0),
+        });
+        file.write_all_at(&header, 0)
+            .map_err(|error| LogError::io(path.clone(), "write header", error))?;
+        if let Some(previous) = self.current.take() {
+            self.unsynced_previous.push(previous.file);
+        }
+        self.dir_sync_pending = true;
+        self.push_segment(path.clone(), SEGMENT_HEADER_SIZE as u64);
+        self.current = Some(Current {
+            file,
+            path,
+            bytes: SEGMENT_HEADER_SIZE as u64,
+            frame_count: 0,
+        });
+        Ok(())
+    }
+
+    fn push_segment(&mut self, path: PathBuf, bytes: u64) {
+        self.segments_bytes += bytes;
+        self.segments.push_back(Retained { path, bytes });
+    }
+
+    /// Deletes the oldest segments while the journal holds more than `retention_bytes`,
+    /// never the newest.
+    fn apply_retention(&mut self) -> Result<(), LogError> {
+        let mut deleted = false;
+        while self.segments.len() > 1 && self.segments_bytes > self.options.retention_bytes {
+            let oldest = self.segments.pop_front().expect("more than one segment");
+            match std::fs::remove_file(&oldest.path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(LogError::io(oldest.path, "remove_file", error)),
+            }
+            self.segments_bytes -= oldest.bytes;
+            deleted = true;
+        }
+        if deleted {
+            let oldest = self.segments.front().expect("the newest is never deleted");
+            self.first_timestamp = Some(first_frame_timestamp(&oldest.path)?);
+        }
+        Ok(())
+    }
+}
+
+/// Checks the newest segment and cuts whatever follows its last whole, valid frame.
+/// `None` when its header is torn and nothing follows it (the file can go).
+fn recover_newest(segment: &SegmentFile) -> Result<Option<RecoveredNewest>, LogError> {
+    let path = &segment.path;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|error| LogError::io(path.clone(), "open", error))?;
+    let file_bytes = file
+        .metadata()
+        .map_err(|error| LogError::io(path.clone(), "metadata", error))?
+        .len();
+    let header = match read_segment_header(&file, segment)? {
+        Ok(header) => header,
+        Err(_) if file_bytes <= SEGMENT_HEADER_SIZE as u64 => return Ok(None),
+        Err(reason) => return Err(LogError::corrupt(path.clone(), 0, reason)),
+    };
+    let mut offset = SEGMENT_HEADER_SIZE as u64;
+    let mut first_timestamp = None;
+    let mut last_timestamp = header.previous_last_timestamp;
+    let mut frame_count = 0;
+    let mut body = Vec::new();
+    while let Some(Ok(frame)) = read_frame_header(&file, path, offset)? {
+        if frame.first_timestamp <= last_timestamp {
+            break;
+        }
+        body.resize(frame.frame_bytes as usize - FRAME_HEADER_SIZE, 0);
+        let read = read_at_most(&file, path, offset + FRAME_HEADER_SIZE as u64, &mut body)?;
+        if read < body.len() || check_frame_body(&frame, &body).is_err() {
+            break;
+        }
+        first_timestamp.get_or_insert(frame.first_timestamp);
+        last_timestamp = frame.last_timestamp;
+        offset += frame.frame_bytes;
+        frame_count += 1;
+    }
+    if offset < file_bytes {
+        file.set_len(offset)
+            .map_err(|error| LogError::io(path.clone(), "truncate", error))?;
+        file.sync_data()
+            .map_err(|error| LogError::io(path.clone(), "fdatasync", error))?;
+    }
+    Ok(Some(RecoveredNewest {
+        current: Current {
+            file,
+            path: path.clone(),
+            bytes: offset,
+            frame_count,
+        },
+        first_timestamp,
+        last_timestamp: (last_timestamp > 0).then_some(last_timestamp),
+    }))
+}
+
+/// The first event's timestamp in an older segment, which always holds a frame.
+fn first_frame_timestamp(path: &Path) -> Result<u64, LogError> {
+    let file = File::open(path).map_err(|error| LogError::io(path.to_path_buf(), "open", error))?;
+    let offset = SEGMENT_HEADER_SIZE as u64;
+    match read_frame_header(&file, path, offset)? {
+        Some(Ok(frame)) => Ok(frame.first_timestamp),
+        Some(Err(reason)) => Err(LogError::corrupt(path.to_path_buf(), offset, reason)),
+        None => Err(LogError::corrupt(
+            path.to_path_buf(),
+            offset,
+            "an older segment holds no frame",
+        )),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| LogError::io(dir.to_path_buf(), "fsync directory", error))
+}
