@@ -8,10 +8,13 @@
 //!   the ledger as a gRPC server until SIGINT or SIGTERM; `tally token` makes a token;
 //!   with `--cluster 1=PEER,2=PEER,3=PEER --replica ID`, one replica of a cluster.
 //! * `tally cluster status|add|remove --peer ADDR`: a cluster's replicas and membership.
+//! * `tally events --data DIR [--after TS] [--follow] [--limit N]`: the change events as
+//!   JSON Lines, read from the event journal without the directory's lock.
 //! * `tally verify --data DIR`: checks every checksum, replays the log, checks every
 //!   guarantee that can be checked from disk; exits non-zero on any violation.
 
 mod cluster;
+mod events;
 mod lines;
 mod serve;
 
@@ -60,6 +63,8 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Print change events as JSON Lines, without the directory's lock; --follow waits for more.
+    Events(events::EventsArgs),
     /// Check the log's checksums, replay it and check every guarantee.
     Verify {
         #[arg(long)]
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         } => apply(data, shards, manual_clock),
         Command::Accounts { data } => dump(data, Dump::Accounts),
         Command::Transfers { data } => dump(data, Dump::Transfers),
+        Command::Events(args) => events::events(args),
         Command::Verify { data } => verify(data),
         Command::Serve(args) => serve::serve(*args),
         Command::Token(args) => serve::token(args),
@@ -263,7 +269,7 @@ fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn require_dir(data: &std::path::Path) -> Result<(), String> {
+pub(crate) fn require_dir(data: &std::path::Path) -> Result<(), String> {
     if data.is_dir() {
         Ok(())
     } else {

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use tally_types::currency::{CurrencyTable, format_amount};
-use tally_types::{Account, ResultCode, Transfer, TransferFlags};
+use tally_types::{Account, ChangeEvent, ChangeKind, ResultCode, Transfer, TransferFlags};
 
 /// The result of one event, as the engine returned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +142,45 @@ impl TransferJson {
     }
 }
 
+/// A change event as it appears in `tally events` and event streams: `timestamp` and
+/// `type`, then `transfer`, `debit_account` and `credit_account` for a transfer kind, or
+/// `account` alone for `account_created`.
+#[derive(Serialize)]
+struct ChangeEventJson {
+    timestamp: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer: Option<TransferJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debit_account: Option<AccountJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credit_account: Option<AccountJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<AccountJson>,
+}
+
+impl ChangeEventJson {
+    fn new(event: &ChangeEvent, currencies: &CurrencyTable) -> Self {
+        let mut json = ChangeEventJson {
+            timestamp: event.timestamp.to_string(),
+            kind: event.kind.name(),
+            transfer: None,
+            debit_account: None,
+            credit_account: None,
+            account: None,
+        };
+        if event.kind == ChangeKind::AccountCreated {
+            json.account = Some(AccountJson::new(&event.debit_account, currencies));
+        } else {
+            json.transfer = Some(TransferJson::new(&event.transfer, currencies));
+            json.debit_account = Some(AccountJson::new(&event.debit_account, currencies));
+            json.credit_account = Some(AccountJson::new(&event.credit_account, currencies));
+        }
+        json
+    }
+}
+
 #[derive(Serialize)]
 struct ResultJson {
     index: usize,
@@ -235,6 +274,20 @@ pub fn account_line(account: &Account, currencies: &CurrencyTable) -> String {
 /// One transfer on one line, fields in the order of docs/spec.md §4: a line of `tally transfers`.
 pub fn transfer_line(transfer: &Transfer, currencies: &CurrencyTable) -> String {
     line(&TransferJson::new(transfer, currencies))
+}
+
+/// One change event as a JSON value (keys sorted; see [`change_event_line`]).
+pub fn change_event_json(event: &ChangeEvent, currencies: &CurrencyTable) -> serde_json::Value {
+    value(&ChangeEventJson::new(event, currencies))
+}
+
+/// One change event on one line, fields in the order of docs/spec.md §4: a line of
+/// `tally events`. A transfer kind:
+/// `{"timestamp": "…", "type": "single_phase", "transfer": {…}, "debit_account": {…},
+/// "credit_account": {…}}`, the accounts as they stood right after the change;
+/// `account_created`: `{"timestamp": "…", "type": "account_created", "account": {…}}`.
+pub fn change_event_line(event: &ChangeEvent, currencies: &CurrencyTable) -> String {
+    line(&ChangeEventJson::new(event, currencies))
 }
 
 fn value<T: Serialize>(record: &T) -> serde_json::Value {

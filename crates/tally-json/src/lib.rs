@@ -29,7 +29,8 @@ use tally_types::{Account, AccountFilter, Transfer};
 
 pub use answer::{
     AccountJson, EventOutcome, TransferJson, account_json, account_line, accounts_answer,
-    error_answer, results_answer, transfer_json, transfer_line, transfers_answer,
+    change_event_json, change_event_line, error_answer, results_answer, transfer_json,
+    transfer_line, transfers_answer,
 };
 pub use request::parse_line;
 

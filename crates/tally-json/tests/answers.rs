@@ -7,11 +7,13 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tally_json::{
     AccountJson, EventOutcome, NoLedgers, Request, TransferJson, account_json, account_line,
-    accounts_answer, error_answer, parse_line, results_answer, transfer_json, transfer_line,
-    transfers_answer,
+    accounts_answer, change_event_json, change_event_line, error_answer, parse_line,
+    results_answer, transfer_json, transfer_line, transfers_answer,
 };
 use tally_types::currency::{CurrencyTable, parse_amount};
-use tally_types::{Account, AccountFlags, ResultCode, Transfer, TransferFlags};
+use tally_types::{
+    Account, AccountFlags, ChangeEvent, ChangeKind, ResultCode, Transfer, TransferFlags,
+};
 
 /// `actual` must be exactly `expected` (one line, field order of docs/spec.md §4, no spaces).
 fn check(actual: &str, expected: &str) {
@@ -54,6 +56,61 @@ fn results_match_the_spec_example() {
     .unwrap();
     assert_eq!(serde_json::from_str::<Value>(&answer).unwrap(), spec);
     check(&results_answer(&[]), r#"{"results":[]}"#);
+}
+
+#[test]
+fn change_events_carry_the_transfer_and_both_accounts_or_the_account() {
+    let mut currencies = CurrencyTable::default();
+    currencies.register(156, 2).unwrap();
+    let transfer = Transfer {
+        id: 9,
+        debit_account_id: 2,
+        credit_account_id: 1,
+        amount: 250,
+        ledger: 156,
+        code: 7,
+        timestamp: 1_732_800_000_000_000_005,
+        ..Transfer::default()
+    };
+    let debit = Account {
+        id: 2,
+        debits_posted: 250,
+        ..cny_wallet()
+    };
+    let credit = Account {
+        credits_posted: 1500,
+        ..cny_wallet()
+    };
+    let event = ChangeEvent {
+        timestamp: transfer.timestamp,
+        kind: ChangeKind::SinglePhase,
+        transfer,
+        debit_account: debit,
+        credit_account: credit,
+    };
+    let expected = format!(
+        r#"{{"timestamp":"1732800000000000005","type":"single_phase","transfer":{},"debit_account":{},"credit_account":{}}}"#,
+        transfer_line(&transfer, &currencies),
+        account_line(&debit, &currencies),
+        account_line(&credit, &currencies),
+    );
+    check(&change_event_line(&event, &currencies), &expected);
+    let value = change_event_json(&event, &currencies);
+    assert_eq!(value["transfer"], transfer_json(&transfer, &currencies));
+    assert_eq!(value["credit_account"]["credits_posted"], "15.00");
+    assert_eq!(serde_json::from_str::<Value>(&expected).unwrap(), value);
+
+    let created = ChangeEvent::account_created(cny_wallet());
+    check(
+        &change_event_line(&created, &currencies),
+        &format!(
+            r#"{{"timestamp":"1732800000000000001","type":"account_created","account":{}}}"#,
+            account_line(&cny_wallet(), &currencies)
+        ),
+    );
+    let value = change_event_json(&created, &currencies);
+    assert_eq!(value["account"], account_json(&cny_wallet(), &currencies));
+    assert!(value.get("transfer").is_none() && value.get("debit_account").is_none());
 }
 
 #[test]

@@ -121,9 +121,12 @@ impl EventReader {
                 }
                 Stop::End(None) => {}
             }
-            match self.enter(next, newest, timestamp_min)? {
-                Entered::Yes | Entered::Gone => {}
-                Entered::NotReady => break,
+            match self.enter(next, newest, timestamp_min) {
+                Ok(Entered::Yes | Entered::Gone) => {}
+                Ok(Entered::NotReady) => break,
+                // Hand out what was read first; the next call reports the gap.
+                Err(LogError::EventsRetired { .. }) if !events.is_empty() => break,
+                Err(error) => return Err(error),
             }
         }
         Ok(events)
@@ -241,7 +244,8 @@ impl EventReader {
                 Err(_) if start + 1 == listed.len() => return Ok(None),
                 Err(reason) => return Err(LogError::corrupt(segment.path.clone(), 0, reason)),
             };
-            if start == 0 && timestamp_min <= header.previous_last_timestamp {
+            let previous_last = header.previous_last_timestamp;
+            if start == 0 && previous_last > 0 && timestamp_min <= previous_last {
                 return Err(self.retired(timestamp_min, oldest.first_timestamp));
             }
             return Ok(Some(Cursor {

@@ -1,0 +1,84 @@
+//! `tally events`: the change events of a data directory as JSON Lines, read from its
+//! event journal without the directory's lock (docs/spec.md §2 "Change events", §4).
+
+use clap::Args;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tally_log::LogError;
+use tally_log::events::EventReader;
+use tally_types::CHANGE_EVENTS_LIMIT_MAX;
+use tally_types::currency::CurrencyTable;
+
+/// How long `--follow` waits before looking for new events again.
+const FOLLOW_POLL_INTERVAL_MS: u64 = 20;
+
+/// The journal's directory inside a data directory.
+pub(crate) const EVENTS_DIR_NAME: &str = "events";
+
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    #[arg(long)]
+    data: PathBuf,
+    /// Print only events with a timestamp greater than TS (default: every event kept).
+    #[arg(long, value_name = "TS")]
+    after: Option<u64>,
+    /// After the last event, keep waiting for new ones and print them as they come.
+    #[arg(long)]
+    follow: bool,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+/// Prints the events, one line each, flushed per line. A closed stdout ends it quietly.
+pub(crate) fn events(args: EventsArgs) -> Result<ExitCode, String> {
+    crate::require_dir(&args.data)?;
+    let dir = args.data.join(EVENTS_DIR_NAME);
+    let mut reader = EventReader::open(&dir).map_err(|error| error.to_string())?;
+    let currencies = CurrencyTable::default();
+    let Some(mut timestamp_min) = args.after.map_or(Some(0), |after| after.checked_add(1)) else {
+        return Ok(ExitCode::SUCCESS); // Nothing comes after the last timestamp.
+    };
+    let mut remaining = args.limit.unwrap_or(u64::MAX);
+    let mut out = io::stdout().lock();
+    while remaining > 0 {
+        let limit = usize::try_from(remaining).map_or(CHANGE_EVENTS_LIMIT_MAX, |remaining| {
+            remaining.min(CHANGE_EVENTS_LIMIT_MAX)
+        });
+        let events = match reader.read(timestamp_min, limit) {
+            Ok(events) => events,
+            // Without --after, "every event" means every event still kept.
+            Err(LogError::EventsRetired {
+                first_timestamp_retained,
+                ..
+            }) if args.after.is_none() && timestamp_min < first_timestamp_retained => {
+                timestamp_min = first_timestamp_retained;
+                continue;
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        if events.is_empty() {
+            if !args.follow {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(FOLLOW_POLL_INTERVAL_MS));
+            continue;
+        }
+        for event in &events {
+            let line = tally_json::change_event_line(event, &currencies);
+            let written = writeln!(out, "{line}").and_then(|()| out.flush());
+            match written {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(error) => return Err(format!("writing stdout: {error}")),
+            }
+            timestamp_min = event.timestamp + 1;
+            remaining -= 1;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,211 @@
+//! `tally events` on a journal written directly: the lines, `--after`, `--limit`,
+//! `--follow` next to a writer, a closed stdout, and no lock taken.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tally_log::DirLock;
+use tally_log::events::{EventJournal, JournalOptions};
+use tally_types::currency::CurrencyTable;
+use tally_types::{Account, ChangeEvent, ChangeKind, Transfer};
+
+fn tally() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+}
+
+/// A transfer event at `timestamp`, or an account creation when `timestamp` is odd.
+fn event(timestamp: u64) -> ChangeEvent {
+    let account = |id: u128| Account {
+        id,
+        ledger: 840,
+        code: 1,
+        debits_posted: u128::from(timestamp),
+        timestamp: 1,
+        ..Account::default()
+    };
+    if timestamp % 2 == 1 {
+        return ChangeEvent::account_created(Account {
+            timestamp,
+            ..account(u128::from(timestamp))
+        });
+    }
+    ChangeEvent {
+        timestamp,
+        kind: ChangeKind::SinglePhase,
+        transfer: Transfer {
+            id: u128::from(timestamp),
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 5,
+            ledger: 840,
+            code: 1,
+            timestamp,
+            ..Transfer::default()
+        },
+        debit_account: account(1),
+        credit_account: account(2),
+    }
+}
+
+fn lines(timestamps: impl IntoIterator<Item = u64>) -> Vec<String> {
+    let currencies = CurrencyTable::default();
+    timestamps
+        .into_iter()
+        .map(|timestamp| tally_json::change_event_line(&event(timestamp), &currencies))
+        .collect()
+}
+
+fn journal(data: &Path) -> EventJournal {
+    EventJournal::open(&data.join("events"), JournalOptions::default()).unwrap()
+}
+
+fn append(journal: &mut EventJournal, timestamps: impl IntoIterator<Item = u64>) {
+    let events: Vec<ChangeEvent> = timestamps.into_iter().map(event).collect();
+    journal.append(&events).unwrap();
+}
+
+/// Runs `tally events --data DIR ARGS` to completion; returns its stdout lines.
+fn events(data: &Path, args: &[&str]) -> Vec<String> {
+    let output = tally()
+        .args(["events", "--data"])
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn follow(data: &Path, args: &[&str]) -> Child {
+    tally()
+        .args(["events", "--follow", "--data"])
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "tally events did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn events_print_as_json_lines_after_a_timestamp_and_up_to_a_limit() {
+    let data = tempfile::tempdir().unwrap();
+    assert_eq!(
+        events(data.path(), &[]),
+        Vec::<String>::new(),
+        "no journal yet"
+    );
+    let mut journal = journal(data.path());
+    append(&mut journal, 10..15);
+    append(&mut journal, [20]);
+    assert_eq!(events(data.path(), &[]), lines([10, 11, 12, 13, 14, 20]));
+    assert_eq!(events(data.path(), &["--after", "12"]), lines([13, 14, 20]));
+    assert_eq!(
+        events(data.path(), &["--after", "20"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        events(data.path(), &["--after", &u64::MAX.to_string()]),
+        Vec::<String>::new()
+    );
+    assert_eq!(events(data.path(), &["--limit", "2"]), lines([10, 11]));
+    let first: serde_json::Value = serde_json::from_str(&events(data.path(), &[])[0]).unwrap();
+    assert_eq!(first["timestamp"], "10");
+    assert_eq!(first["type"], "single_phase");
+}
+
+#[test]
+fn a_bad_timestamp_is_a_usage_error_and_a_missing_directory_an_error() {
+    let data = tempfile::tempdir().unwrap();
+    let output = tally()
+        .args(["events", "--after", "soon", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--after"));
+    let output = tally()
+        .args(["events", "--data"])
+        .arg(data.path().join("missing"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("tally: "));
+}
+
+#[test]
+fn events_read_while_another_holder_has_the_directory_locked() {
+    let data = tempfile::tempdir().unwrap();
+    let _lock = DirLock::acquire(data.path()).unwrap();
+    let mut journal = journal(data.path());
+    append(&mut journal, [5, 6]);
+    assert_eq!(events(data.path(), &[]), lines([5, 6]));
+}
+
+#[test]
+fn follow_prints_new_events_as_the_writer_appends_them() {
+    let data = tempfile::tempdir().unwrap();
+    let mut journal = journal(data.path());
+    append(&mut journal, [1, 2]);
+    let mut child = follow(data.path(), &["--after", "1"]);
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = vec![out.next().unwrap().unwrap()];
+    for group in 1..20u64 {
+        append(&mut journal, (0..group).map(|i| 100 * group + i));
+        for _ in 0..group {
+            seen.push(out.next().unwrap().unwrap());
+        }
+    }
+    let expected =
+        lines(std::iter::once(2).chain((1..20).flat_map(|g| (0..g).map(move |i| 100 * g + i))));
+    assert_eq!(seen, expected);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn follow_ends_quietly_when_stdout_is_closed() {
+    let data = tempfile::tempdir().unwrap();
+    let mut journal = journal(data.path());
+    append(&mut journal, [1]);
+    let mut child = follow(data.path(), &[]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), lines([1])[0]);
+    drop(out);
+    append(&mut journal, [2]);
+    append(&mut journal, [3]);
+    let status = wait_for_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn follow_stops_after_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let mut journal = journal(data.path());
+    append(&mut journal, [1]);
+    let mut child = follow(data.path(), &["--limit", "3"]);
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), lines([1])[0]);
+    append(&mut journal, [2, 3, 4]);
+    let rest: Vec<String> = out.map(Result::unwrap).collect();
+    assert_eq!(rest, lines([2, 3]));
+    assert!(wait_for_exit(&mut child, Duration::from_secs(20)).success());
+}

@@ -1,0 +1,488 @@
+//! The change-event journal: round trips, torn tails, damage, rolls, retention, and
+//! readers running next to a writer.
+#![allow(clippy::unwrap_used)]
+
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use tally_log::LogError;
+use tally_log::events::{
+    EventJournal, EventReader, FRAME_HEADER_SIZE, JournalOptions, SEGMENT_HEADER_SIZE,
+    journal_segment_name,
+};
+use tally_types::{Account, CHANGE_EVENT_SIZE, ChangeEvent, ChangeKind, Transfer};
+
+/// A deterministic event at `timestamp`: an account creation every seventh, a
+/// single-phase transfer otherwise, every field derived from the timestamp.
+fn event(timestamp: u64) -> ChangeEvent {
+    let account = |id: u128| Account {
+        id,
+        ledger: 840,
+        code: 1,
+        credits_posted: u128::from(timestamp) * 3,
+        timestamp: timestamp - 1,
+        ..Account::default()
+    };
+    if timestamp.is_multiple_of(7) {
+        return ChangeEvent::account_created(Account {
+            timestamp,
+            ..account(u128::from(timestamp))
+        });
+    }
+    ChangeEvent {
+        timestamp,
+        kind: ChangeKind::SinglePhase,
+        transfer: Transfer {
+            id: u128::from(timestamp) << 64,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: u128::from(timestamp),
+            ledger: 840,
+            code: 1,
+            timestamp,
+            ..Transfer::default()
+        },
+        debit_account: account(1),
+        credit_account: account(2),
+    }
+}
+
+/// Events `first..first + count`, timestamps 10 apart (gaps like expiries leave).
+fn events(first: u64, count: u64) -> Vec<ChangeEvent> {
+    (0..count).map(|i| event(first + 10 * i)).collect()
+}
+
+fn frame_bytes(count: usize) -> u64 {
+    (FRAME_HEADER_SIZE + count * CHANGE_EVENT_SIZE) as u64
+}
+
+fn options(segment_bytes_max: u64, retention_bytes: u64) -> JournalOptions {
+    JournalOptions {
+        segment_bytes_max,
+        retention_bytes,
+    }
+}
+
+fn read_all(dir: &Path, timestamp_min: u64) -> Vec<ChangeEvent> {
+    EventReader::open(dir)
+        .unwrap()
+        .read(timestamp_min, usize::MAX)
+        .unwrap()
+}
+
+fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn flip_bit(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// FNV-1a 64 of `bytes`: a pin that, unlike a CRC over bytes ending in their own CRC,
+/// changes with them.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn journal_format_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(1200, u64::MAX)).unwrap();
+    journal.append(&events(5, 2)).unwrap();
+    journal.append(&events(70, 3)).unwrap();
+    let first = std::fs::read(dir.path().join(journal_segment_name(5))).unwrap();
+    let second = std::fs::read(dir.path().join(journal_segment_name(70))).unwrap();
+    assert_eq!(
+        first.len() as u64,
+        SEGMENT_HEADER_SIZE as u64 + frame_bytes(2)
+    );
+    assert_eq!(&first[..8], b"TALLYEVJ");
+    assert_eq!(
+        &second[24..32],
+        &15u64.to_le_bytes(),
+        "previous segment's last"
+    );
+    let frame = &second[SEGMENT_HEADER_SIZE..];
+    assert_eq!(&frame[..4], b"TEVF");
+    assert_eq!(&frame[8..16], &70u64.to_le_bytes());
+    assert_eq!(&frame[16..24], &90u64.to_le_bytes());
+    assert_eq!(&frame[24..28], &3u32.to_le_bytes());
+    // Changing these bytes needs a new JOURNAL_FORMAT_VERSION.
+    assert_eq!(
+        (fnv1a(&first), fnv1a(&second)),
+        (12514241733399218635, 3790409698971837276)
+    );
+}
+
+#[test]
+fn events_round_trip_through_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events");
+    let written: Vec<ChangeEvent> = [events(10, 3), events(100, 1), events(200, 50)].concat();
+    {
+        let mut journal = EventJournal::open(&path, JournalOptions::default()).unwrap();
+        assert_eq!(journal.last_timestamp(), None);
+        journal.append(&written[..3]).unwrap();
+        journal.append(&[]).unwrap();
+        journal.append(&written[3..4]).unwrap();
+        journal.append(&written[4..]).unwrap();
+        journal.sync().unwrap();
+    }
+    let journal = EventJournal::open(&path, JournalOptions::default()).unwrap();
+    assert_eq!(journal.first_timestamp(), Some(10));
+    assert_eq!(
+        journal.last_timestamp(),
+        Some(written.last().unwrap().timestamp)
+    );
+    assert_eq!(read_all(&path, 0), written);
+    assert_eq!(read_all(&path, 101), written[4..]);
+    assert_eq!(
+        read_all(&path, written.last().unwrap().timestamp + 1),
+        vec![]
+    );
+    assert_eq!(read_all(&dir.path().join("missing"), 0), vec![]);
+}
+
+#[test]
+#[should_panic]
+fn an_append_that_goes_back_in_time_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), JournalOptions::default()).unwrap();
+    journal.append(&events(100, 2)).unwrap();
+    journal.append(&events(110, 1)).unwrap();
+}
+
+#[test]
+fn a_torn_or_damaged_last_frame_is_cut_at_every_byte() {
+    let source = tempfile::tempdir().unwrap();
+    {
+        let mut journal = EventJournal::open(source.path(), JournalOptions::default()).unwrap();
+        journal.append(&events(10, 2)).unwrap();
+        journal.append(&events(1000, 1)).unwrap();
+    }
+    let segment = source.path().join(journal_segment_name(10));
+    let whole = std::fs::read(&segment).unwrap();
+    let last_frame_start = SEGMENT_HEADER_SIZE as u64 + frame_bytes(2);
+    assert_eq!(whole.len() as u64, last_frame_start + frame_bytes(1));
+    for end in last_frame_start..whole.len() as u64 {
+        for damage in [Damage::Torn, Damage::Flipped] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(journal_segment_name(10));
+            match damage {
+                Damage::Torn => std::fs::write(&path, &whole[..end as usize]).unwrap(),
+                Damage::Flipped => {
+                    std::fs::write(&path, &whole).unwrap();
+                    flip_bit(&path, end);
+                }
+            }
+            let mut journal = EventJournal::open(dir.path(), JournalOptions::default()).unwrap();
+            assert_eq!(journal.last_timestamp(), Some(20), "{damage:?} at {end}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), last_frame_start);
+            journal.append(&events(1000, 1)).unwrap();
+            assert_eq!(
+                read_all(dir.path(), 0),
+                [events(10, 2), events(1000, 1)].concat()
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Torn,
+    Flipped,
+}
+
+#[test]
+fn a_newest_segment_with_a_torn_header_and_nothing_else_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut journal = EventJournal::open(dir.path(), options(1, u64::MAX)).unwrap();
+        journal.append(&events(10, 1)).unwrap();
+        journal.append(&events(20, 1)).unwrap();
+    }
+    let newest = dir.path().join(journal_segment_name(20));
+    let header = std::fs::read(&newest).unwrap()[..SEGMENT_HEADER_SIZE - 5].to_vec();
+    std::fs::write(&newest, header).unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(1, u64::MAX)).unwrap();
+    assert!(!newest.exists());
+    assert_eq!(journal.last_timestamp(), Some(10));
+    journal.append(&events(30, 1)).unwrap();
+    assert_eq!(
+        read_all(dir.path(), 0),
+        [events(10, 1), events(30, 1)].concat()
+    );
+}
+
+#[test]
+fn damage_in_an_older_segment_is_an_error_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut journal = EventJournal::open(dir.path(), options(1, u64::MAX)).unwrap();
+        for first in [10, 100, 200] {
+            journal.append(&events(first, 2)).unwrap();
+        }
+    }
+    let older = dir.path().join(journal_segment_name(100));
+    // A flipped bit in the body of an older frame: the reader refuses it.
+    let body_offset = SEGMENT_HEADER_SIZE as u64 + FRAME_HEADER_SIZE as u64 + 3;
+    flip_bit(&older, body_offset);
+    let error = EventReader::open(dir.path())
+        .unwrap()
+        .read(0, usize::MAX)
+        .unwrap_err();
+    let LogError::Corrupt { file, offset, .. } = &error else {
+        panic!("{error}");
+    };
+    assert_eq!((file, *offset), (&older, SEGMENT_HEADER_SIZE as u64));
+    assert_eq!(
+        read_all(dir.path(), 200),
+        events(200, 2),
+        "later segments still read"
+    );
+    // A flipped bit in an older segment's header: opening the journal refuses it.
+    flip_bit(&older, body_offset);
+    flip_bit(&older, 20);
+    let error = EventJournal::open(dir.path(), options(1, u64::MAX)).unwrap_err();
+    let LogError::Corrupt { file, offset, .. } = &error else {
+        panic!("{error}");
+    };
+    assert_eq!((file, *offset), (&older, 0));
+    assert!(
+        error
+            .to_string()
+            .contains("events-00000000000000000100.log")
+    );
+}
+
+#[test]
+fn segments_roll_and_retention_deletes_the_oldest_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 3 * frame_bytes(1);
+    let retention_bytes = 3 * segment_bytes_max;
+    let mut journal =
+        EventJournal::open(dir.path(), options(segment_bytes_max, retention_bytes)).unwrap();
+    for i in 0..30 {
+        journal.append(&events(100 + 10 * i, 1)).unwrap();
+        let segments = segment_paths(dir.path());
+        let bytes: u64 = segments
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum();
+        assert!(bytes <= retention_bytes, "after {i}: {bytes}");
+        assert!(segments.len() <= 3);
+    }
+    journal.sync().unwrap();
+    // 30 events, 3 a segment, 3 segments kept: events 21..30 are left.
+    let first = journal.first_timestamp().unwrap();
+    assert_eq!(first, 100 + 10 * 21);
+    assert_eq!(read_all(dir.path(), first), events(first, 9));
+    // The last deleted event is `first - 10`: from there on, events may be gone.
+    assert_eq!(read_all(dir.path(), first - 9), events(first, 9));
+    let error = EventReader::open(dir.path())
+        .unwrap()
+        .read(first - 10, 10)
+        .unwrap_err();
+    assert!(
+        matches!(error, LogError::EventsRetired { timestamp_min, first_timestamp_retained, .. }
+            if timestamp_min == first - 10 && first_timestamp_retained == first),
+        "{error}"
+    );
+    let reopened = EventJournal::open(dir.path(), options(segment_bytes_max, retention_bytes));
+    assert_eq!(reopened.unwrap().first_timestamp(), Some(first));
+}
+
+#[test]
+fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(1000, u64::MAX)).unwrap();
+    journal.append(&events(10, 1)).unwrap();
+    journal.append(&events(20, 5)).unwrap();
+    journal.append(&events(100, 1)).unwrap();
+    assert_eq!(segment_paths(dir.path()).len(), 3);
+    assert_eq!(
+        read_all(dir.path(), 0),
+        [events(10, 6), events(100, 1)].concat()
+    );
+}
+
+#[test]
+fn a_reader_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(2000, u64::MAX)).unwrap();
+    let mut written = Vec::new();
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    let mut read = Vec::new();
+    let mut next = 0;
+    for round in 0..20u64 {
+        let group = events(10 + 1000 * round, 1 + round % 4);
+        journal.append(&group).unwrap();
+        written.extend(group);
+        loop {
+            let got = reader.read(next, 3).unwrap();
+            let Some(last) = got.last() else { break };
+            next = last.timestamp + 1;
+            read.extend(got);
+        }
+        assert_eq!(read, written);
+    }
+}
+
+#[test]
+fn a_reader_left_behind_by_retention_gets_its_events_then_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 2 * frame_bytes(1);
+    let mut journal = EventJournal::open(
+        dir.path(),
+        options(segment_bytes_max, 2 * segment_bytes_max),
+    )
+    .unwrap();
+    journal.append(&events(10, 1)).unwrap();
+    journal.append(&events(20, 1)).unwrap();
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    assert_eq!(reader.read(0, 1).unwrap(), events(10, 1));
+    for i in 0..10 {
+        journal.append(&events(100 + 10 * i, 1)).unwrap();
+    }
+    assert!(!dir.path().join(journal_segment_name(10)).exists());
+    // The open segment still reads; what was deleted after it is a gap.
+    assert_eq!(reader.read(11, 10).unwrap(), events(20, 1));
+    let error = reader.read(21, 10).unwrap_err();
+    assert!(matches!(error, LogError::EventsRetired { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("oldest event retained has timestamp 160"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_reader_next_to_a_writer_sees_every_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let groups: u64 = 1500;
+    let writer = std::thread::spawn(move || {
+        let mut journal = EventJournal::open(&path, options(16 * 1024, u64::MAX)).unwrap();
+        for group in 0..groups {
+            journal
+                .append(&events(1 + 100 * group, 1 + group % 9))
+                .unwrap();
+        }
+    });
+    let expected: Vec<ChangeEvent> = (0..groups)
+        .flat_map(|group| events(1 + 100 * group, 1 + group % 9))
+        .collect();
+    let last = expected.last().unwrap().timestamp;
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    let mut read = Vec::new();
+    let mut next = 0;
+    while next <= last {
+        let got = reader.read(next, 50).unwrap();
+        if let Some(event) = got.last() {
+            next = event.timestamp + 1;
+        }
+        read.extend(got);
+    }
+    writer.join().unwrap();
+    assert_eq!(read, expected);
+}
+
+#[test]
+fn a_reader_behind_a_writer_that_deletes_segments_never_skips_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let groups: u64 = 3000;
+    let segment_bytes_max = 8 * 1024;
+    let writer = std::thread::spawn(move || {
+        let mut journal =
+            EventJournal::open(&path, options(segment_bytes_max, 3 * segment_bytes_max)).unwrap();
+        for group in 0..groups {
+            journal
+                .append(&events(1 + 100 * group, 1 + group % 5))
+                .unwrap();
+        }
+    });
+    let expected: Vec<ChangeEvent> = (0..groups)
+        .flat_map(|group| events(1 + 100 * group, 1 + group % 5))
+        .collect();
+    let last = expected.last().unwrap().timestamp;
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    let mut read = Vec::new();
+    let mut gaps = Vec::new();
+    let mut next = 1;
+    while next <= last {
+        match reader.read(next, 7) {
+            Ok(got) => {
+                if let Some(event) = got.last() {
+                    next = event.timestamp + 1;
+                }
+                read.extend(got);
+            }
+            Err(LogError::EventsRetired {
+                first_timestamp_retained,
+                ..
+            }) => {
+                assert!(first_timestamp_retained >= next);
+                gaps.push(next..first_timestamp_retained);
+                next = first_timestamp_retained;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    writer.join().unwrap();
+    // Every event is read once, in order, unless it lies in a gap that was reported.
+    let kept: Vec<ChangeEvent> = expected
+        .into_iter()
+        .filter(|event| !gaps.iter().any(|gap| gap.contains(&event.timestamp)))
+        .collect();
+    assert_eq!(read, kept);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Any frame sizes and segment size: reopened and read in any pieces, the journal
+    /// gives back exactly what was appended.
+    #[test]
+    fn any_frames_read_back_in_any_pieces(
+        group_sizes in proptest::collection::vec(1u64..40, 1..30),
+        segment_bytes_max in 500u64..40_000,
+        limit in 1usize..60,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = Vec::new();
+        {
+            let mut journal =
+                EventJournal::open(dir.path(), options(segment_bytes_max, u64::MAX)).unwrap();
+            let mut timestamp = 1;
+            for size in group_sizes {
+                let group = events(timestamp, size);
+                timestamp = group.last().unwrap().timestamp + 3;
+                journal.append(&group).unwrap();
+                written.extend(group);
+            }
+        }
+        let journal = EventJournal::open(dir.path(), options(segment_bytes_max, u64::MAX)).unwrap();
+        prop_assert_eq!(journal.last_timestamp(), Some(written.last().unwrap().timestamp));
+        let mut reader = EventReader::open(dir.path()).unwrap();
+        let mut read = Vec::new();
+        let mut next = 0;
+        loop {
+            let got = reader.read(next, limit).unwrap();
+            prop_assert!(got.len() <= limit);
+            let Some(last) = got.last() else { break };
+            next = last.timestamp + 1;
+            read.extend(got);
+        }
+        prop_assert_eq!(read, written);
+    }
+}
