@@ -42,11 +42,7 @@ impl Journal {
     }
 }
 
-/// The JSON line of one event (no line break).
+/// The JSON line of one event (no line break): `tally events`' line.
 pub fn event_line(event: &ChangeEvent, currencies: &CurrencyTable) -> String {
-    let _ = currencies;
-    format!(
-        "{{\"timestamp\":{},\"kind\":\"{}\"}}",
-        event.timestamp, event.kind
-    )
+    tally_json::change_event_line(event, currencies)
 }

@@ -71,6 +71,8 @@ async fn connect(config: &Config) -> Result<async_nats::Client, ConnectError> {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                // One per failed reconnection attempt while the broker is down.
+                async_nats::Event::ClientError(error) => tracing::debug!(%error, "NATS"),
                 other => tracing::warn!(event = %other, "NATS"),
             }
         })

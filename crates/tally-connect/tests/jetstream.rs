@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tally_log::events::{EventJournal, JournalOptions};
+use tally_types::currency::CurrencyTable;
 use tally_types::{Account, ChangeEvent, ChangeKind, Transfer};
 
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -222,8 +223,8 @@ async fn wait_for_messages(stream: &Stream, count: u64) -> u64 {
 }
 
 /// Every message of the stream, through a JetStream consumer: (timestamp of the
-/// `Nats-Msg-Id` header, subject, payload timestamp).
-async fn consume_all(stream: &Stream) -> Vec<(u64, String, u64)> {
+/// `Nats-Msg-Id` header, subject, payload).
+async fn consume_all(stream: &Stream) -> Vec<(u64, String, String)> {
     let count = stream.get_info().await.expect("info").state.messages as usize;
     let consumer = stream
         .create_consumer(pull::Config {
@@ -249,8 +250,7 @@ async fn consume_all(stream: &Stream) -> Vec<(u64, String, u64)> {
             .as_str()
             .parse::<u64>()
             .expect("a decimal message id");
-        let payload = tally_connect::resume::payload_timestamp(&message.payload)
-            .expect("a JSON payload with a timestamp");
+        let payload = String::from_utf8(message.payload.to_vec()).expect("a UTF-8 payload");
         consumed.push((id, message.subject.to_string(), payload));
     }
     consumed
@@ -266,12 +266,13 @@ async fn check_exactly_once(stream: &Stream, subject: &str, last: u64) {
         timestamps == expected,
         "not every event exactly once, in order"
     );
-    for (id, message_subject, payload_timestamp) in consumed {
-        assert_eq!(payload_timestamp, id);
-        assert_eq!(
-            message_subject,
-            format!("{subject}.{}", event(id).kind.name())
-        );
+    let currencies = CurrencyTable::default();
+    for (id, message_subject, payload) in consumed {
+        let event = event(id);
+        assert_eq!(message_subject, format!("{subject}.{}", event.kind.name()));
+        assert_eq!(payload, tally_json::change_event_line(&event, &currencies));
+        let payload_timestamp = tally_connect::resume::payload_timestamp(payload.as_bytes());
+        assert_eq!(payload_timestamp, Some(id));
     }
 }
 
