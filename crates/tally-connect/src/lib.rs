@@ -37,6 +37,16 @@ use std::time::Duration;
 /// Connects to NATS, makes sure the stream exists, finds where to resume and publishes
 /// the journal forever. Returns only on an error that retrying cannot mend.
 pub async fn run(config: Config) -> Result<Infallible, ConnectError> {
+    if !config.data.is_dir() {
+        // A journal not written yet reads as empty; a mistyped directory must not.
+        return Err(ConnectError::Journal {
+            dir: config.journal_dir(),
+            message: format!(
+                "the data directory {} does not exist",
+                config.data.display()
+            ),
+        });
+    }
     let journal = Journal::open(&config.journal_dir())?;
     let client = connect(&config).await?;
     let jetstream = async_nats::jetstream::new(client);

@@ -366,3 +366,21 @@ async fn after_skips_the_events_up_to_its_timestamp() {
     let timestamps: Vec<u64> = consume_all(&stream).await.iter().map(|m| m.0).collect();
     assert_eq!(timestamps, (601..=1_000).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_missing_data_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-data");
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-connect"))
+        .arg("--data")
+        .arg(&missing)
+        .args(["--nats", "nats://127.0.0.1:1"])
+        .output()
+        .expect("run tally-connect");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("no-such-data"),
+        "{stderr}"
+    );
+}
