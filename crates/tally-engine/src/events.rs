@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 /// Groups of events waiting for the journal thread, at most: past it the apply thread
 /// waits (memory stays bounded; the journal writes far faster than commits arrive).
-pub(crate) const JOURNAL_GROUPS_IN_FLIGHT_MAX: usize = 16;
+pub(crate) const JOURNAL_GROUPS_IN_FLIGHT_MAX: usize = 4;
 
 /// How long a read waits for the journal to catch up with the commits before it.
 const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -140,6 +140,8 @@ pub(crate) struct JournalThread {
     pub journal: EventJournal,
     pub from_apply: Receiver<ToJournal>,
     pub progress: Arc<Progress>,
+    /// Written buffers, handed back to the apply thread for its next captures.
+    pub spares: crossbeam_channel::Sender<Vec<ChangeEvent>>,
 }
 
 impl JournalThread {
@@ -160,6 +162,8 @@ impl JournalThread {
                             self.progress.fail(error.to_string());
                         }
                     }
+                    // Full when the apply thread has spares enough: then it is dropped.
+                    let _ = self.spares.try_send(events);
                 }
                 ToJournal::Sync(reply) => {
                     let synced = match failed {
@@ -181,9 +185,19 @@ impl JournalThread {
 #[derive(Debug)]
 pub(crate) struct Journal {
     pub to_journal: SyncSender<ToJournal>,
+    /// Buffers the journal thread has written, to capture the next groups into.
+    pub spares: crossbeam_channel::Receiver<Vec<ChangeEvent>>,
 }
 
+/// Written event buffers waiting for reuse, at most.
+pub(crate) const SPARE_BUFFERS_MAX: usize = 2;
+
 impl Journal {
+    /// A buffer to capture the next group's events into: a written one if any is back.
+    pub fn spare(&self) -> Vec<ChangeEvent> {
+        self.spares.try_recv().unwrap_or_default()
+    }
+
     /// Hands a group's events over (waits while the journal thread is far behind).
     pub fn send(&self, events: Vec<ChangeEvent>, through: u64) {
         let _ = self.to_journal.send(ToJournal::Events { events, through });

@@ -4,7 +4,7 @@ use crate::admission::Room;
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 use crate::error::{EngineError, SubmitError};
 use crate::events::{
-    JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress, check_limit, follow,
+    JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress, SPARE_BUFFERS_MAX, check_limit, follow,
     read as read_events,
 };
 use crate::gate::Gate;
@@ -195,12 +195,14 @@ impl Ledger {
             (Some(journal), Some(progress)) => {
                 let (to_journal, from_apply) =
                     std::sync::mpsc::sync_channel(JOURNAL_GROUPS_IN_FLIGHT_MAX);
+                let (spares_back, spares) = crossbeam_channel::bounded(SPARE_BUFFERS_MAX);
                 let thread = JournalThread {
                     journal,
                     from_apply,
                     progress,
+                    spares: spares_back,
                 };
-                (Some(thread), Some(Journal { to_journal }))
+                (Some(thread), Some(Journal { to_journal, spares }))
             }
             _ => (None, None),
         };

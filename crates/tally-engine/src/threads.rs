@@ -354,10 +354,10 @@ impl ApplyThread {
             let (answers, changes) = {
                 let mut state = self.shared.state.write();
                 let answers = self.applier.apply(&mut state, group);
-                let changes = self
-                    .journal
-                    .as_ref()
-                    .map(|_| (state.take_changes(), state.last_timestamp()));
+                let changes = self.journal.as_ref().map(|journal| {
+                    let events = state.take_changes_into(journal.spare());
+                    (events, state.last_timestamp())
+                });
                 (answers, changes)
             };
             self.record_metrics(batches, events, &answers, started);

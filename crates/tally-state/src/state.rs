@@ -139,12 +139,18 @@ impl StateMachine {
     /// timestamp). Each part holds its own in the order it applied them; with several
     /// parts they are merged.
     pub fn take_changes(&mut self) -> Vec<ChangeEvent> {
+        self.take_changes_into(Vec::new())
+    }
+
+    /// [`StateMachine::take_changes`] into `spare` (cleared first), whose room the
+    /// next captures reuse: a busy ledger then captures into memory it already has.
+    pub fn take_changes_into(&mut self, mut spare: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
         assert!(!self.parts.is_empty(), "the parts are out on shard threads");
+        spare.clear();
         if let [only] = self.parts.as_mut_slice() {
-            return std::mem::take(&mut only.changes);
+            return std::mem::replace(&mut only.changes, spare);
         }
-        let mut changes: Vec<ChangeEvent> =
-            Vec::with_capacity(self.parts.iter().map(|part| part.changes.len()).sum());
+        let mut changes = spare;
         for part in &mut self.parts {
             changes.append(&mut part.changes);
         }
