@@ -4,8 +4,8 @@ use crate::admission::Room;
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 use crate::error::{EngineError, SubmitError};
 use crate::events::{
-    JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress, SPARE_BUFFERS_MAX, check_limit, follow,
-    read as read_events,
+    JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress, SPARE_BUFFERS_MAX, check_limit,
+    follow, read as read_events,
 };
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};

@@ -432,9 +432,9 @@ mod tests {
             bytes.len()
         );
         assert!(bytes.len() <= 2 * CHANGE_EVENT_BYTES_MAX);
-        let (decoded, used) = decode_change(&bytes, 0).unwrap();
+        let (decoded, used) = decode_change(&bytes, 0).expect("decodes");
         assert_eq!((decoded, used), (pending, first));
-        let (decoded, used) = decode_change(&bytes[first..], pending.timestamp).unwrap();
+        let (decoded, used) = decode_change(&bytes[first..], pending.timestamp).expect("decodes");
         assert_eq!((decoded, first + used), (created, bytes.len()));
         for cut in 0..first {
             assert!(decode_change(&bytes[..cut], 0).is_err(), "cut at {cut}");
