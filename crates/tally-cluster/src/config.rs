@@ -22,13 +22,14 @@ pub struct ClusterConfig {
     pub join: bool,
     /// The election timeout range. A follower that has heard nothing from its leader
     /// for the longest timeout (the leader's lease) plus a random time in this range
-    /// starts an election: with the default 450–900 ms, a leader lost is replaced
-    /// 1.35–1.8 s after its last heartbeat.
+    /// starts an election: with the default 300–600 ms, a leader lost is replaced
+    /// 0.9–1.2 s after its last heartbeat, or one election timeout later (1.8 s at the
+    /// most) when both followers stand at once and split the vote.
     pub election_timeout: (Duration, Duration),
-    /// How often the leader sends heartbeats. Default 300 ms. It is also the time
+    /// How often the leader sends heartbeats. Default 200 ms. It is also the time
     /// openraft gives one AppendEntries message (up to 2 groups) to be delivered and
     /// synced by a follower, so it is as long as failover allows: a follower elects only
-    /// after the lease and an election timeout, 1.35 s at the least by default.
+    /// after the lease and an election timeout, 0.9 s at the least by default.
     pub heartbeat_interval: Duration,
     /// A snapshot is taken once the log holds this many bytes of entries (replica `id`
     /// waits `(id mod 4) / 4` longer, so that replicas do not all write theirs at once);
@@ -55,8 +56,8 @@ impl ClusterConfig {
             data_dir: data_dir.into(),
             peer_listen: None,
             join: false,
-            election_timeout: (Duration::from_millis(450), Duration::from_millis(900)),
-            heartbeat_interval: Duration::from_millis(300),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            heartbeat_interval: Duration::from_millis(200),
             snapshot_log_bytes: 1 << 30,
             proposals_in_flight: 8,
             proposal_queue: 4_096,
