@@ -26,8 +26,10 @@ fn event(timestamp: u64) -> ChangeEvent {
         ..Account::default()
     };
     if timestamp % 2 == 1 {
+        // A created account has no balances yet.
         return ChangeEvent::account_created(Account {
             timestamp,
+            debits_posted: 0,
             ..account(u128::from(timestamp))
         });
     }
@@ -82,14 +84,40 @@ fn events(data: &Path, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn follow(data: &Path, args: &[&str]) -> Child {
-    tally()
-        .args(["events", "--follow", "--data"])
-        .arg(data)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A `tally events --follow` process, killed when dropped: a failing test must not
+/// leave it following (it holds the test run's stderr open).
+struct Follower(Child);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Follower {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Follower {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn follow(data: &Path, args: &[&str]) -> Follower {
+    Follower(
+        tally()
+            .args(["events", "--follow", "--data"])
+            .arg(data)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -175,8 +203,6 @@ fn follow_prints_new_events_as_the_writer_appends_them() {
     let expected =
         lines(std::iter::once(2).chain((1..20).flat_map(|g| (0..g).map(move |i| 100 * g + i))));
     assert_eq!(seen, expected);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
