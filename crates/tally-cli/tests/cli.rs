@@ -93,6 +93,38 @@ fn the_spec_examples_answer_as_specified() {
 }
 
 #[test]
+fn a_balancing_sweep_moves_what_is_there_and_a_retry_is_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = r#"{"create_transfers": [{"id": "20", "debit_account_id": "1", "credit_account_id": "2", "amount": "1000000.00", "ledger": 156, "code": 9, "flags": ["balancing_debit"]}]}"#;
+    let answers = apply(
+        dir.path(),
+        &[
+            ACCOUNTS,
+            r#"{"create_transfers": [{"id": "9", "debit_account_id": "2", "credit_account_id": "1", "amount": "12.50", "ledger": 156, "code": 1}]}"#,
+            sweep,
+            r#"{"lookup_transfers": ["20"]}"#,
+            r#"{"lookup_accounts": ["1"]}"#,
+            sweep,
+            r#"{"create_transfers": [{"id": "20", "debit_account_id": "1", "credit_account_id": "2", "amount": "12.49", "ledger": 156, "code": 9, "flags": ["balancing_debit"]}]}"#,
+            r#"{"create_transfers": [{"id": "21", "pending_id": "9", "ledger": 156, "code": 1, "flags": ["post_pending_transfer", "balancing_credit"]}]}"#,
+        ],
+        false,
+    );
+    assert_eq!(results(&answers[2]), vec!["ok"]);
+    let swept = &answers[3]["transfers"][0];
+    assert_eq!(
+        swept["amount"],
+        json!("12.50"),
+        "the amount moved is stored"
+    );
+    assert_eq!(swept["flags"], json!(["balancing_debit"]));
+    assert_eq!(answers[4]["accounts"][0]["debits_posted"], json!("12.50"));
+    assert_eq!(results(&answers[5]), vec!["exists"]);
+    assert_eq!(results(&answers[6]), vec!["exists_with_different_amount"]);
+    assert_eq!(results(&answers[7]), vec!["flags_are_mutually_exclusive"]);
+}
+
+#[test]
 fn malformed_lines_are_rejected_whole_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let bad = [

@@ -73,13 +73,43 @@ impl Model {
         }
     }
 
+    /// The amount a single-phase or pending transfer moves: a balancing one at most
+    /// what keeps its debit account's debits within its posted credits, and its credit
+    /// account's credits within its posted debits (docs/spec.md §2).
+    fn moved(&self, t: &Transfer) -> u128 {
+        let mut amount = t.amount;
+        if t.flags.contains(TransferFlags::BALANCING_DEBIT) {
+            let dr = &self.balances[&t.debit_account_id];
+            let debits = dr.debits_pending + dr.debits_posted;
+            amount = amount.min(dr.credits_posted.saturating_sub(debits));
+        }
+        if t.flags.contains(TransferFlags::BALANCING_CREDIT) {
+            let cr = &self.balances[&t.credit_account_id];
+            let credits = cr.credits_pending + cr.credits_posted;
+            amount = amount.min(cr.debits_posted.saturating_sub(credits));
+        }
+        amount
+    }
+
     /// The event an `ok` transfer must produce: its kind, with the model moved on.
     fn transfer_ok(&mut self, t: &Transfer, timestamp: u64) -> (ChangeKind, u128, u128) {
         let kind = t.kind().unwrap();
-        let stored = Transfer { timestamp, ..*t };
+        let stored = Transfer {
+            amount: match kind {
+                TransferKind::SinglePhase | TransferKind::Pending => self.moved(t),
+                _ => t.amount,
+            },
+            timestamp,
+            ..*t
+        };
         match kind {
             TransferKind::SinglePhase => {
-                self.movement(t.debit_account_id, t.credit_account_id, t.amount, false);
+                self.movement(
+                    t.debit_account_id,
+                    t.credit_account_id,
+                    stored.amount,
+                    false,
+                );
                 self.transfers.insert(t.id, stored);
                 (
                     ChangeKind::SinglePhase,
@@ -88,7 +118,7 @@ impl Model {
                 )
             }
             TransferKind::Pending => {
-                self.movement(t.debit_account_id, t.credit_account_id, t.amount, true);
+                self.movement(t.debit_account_id, t.credit_account_id, stored.amount, true);
                 let expires_at =
                     (t.timeout != 0).then(|| timestamp + u64::from(t.timeout) * NS_PER_S);
                 let pending = Pending {

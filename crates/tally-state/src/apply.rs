@@ -569,7 +569,8 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     if t.ledger != dr.ledger {
         return R::TransferMustHaveTheSameLedgerAsAccounts;
     }
-    let (dr_after, cr_after) = match movement_checks(&dr, &cr, t.amount, pending) {
+    let amount = balancing_clamp(t, &dr, &cr);
+    let (dr_after, cr_after) = match movement_checks(&dr, &cr, amount, pending) {
         Ok(after) => after,
         Err(code) => return code,
     };
@@ -581,12 +582,16 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     {
         return R::OverflowsTimeout;
     }
-    if let Err(code) = limit_checks(&dr, &cr, t.amount) {
+    if let Err(code) = limit_checks(&dr, &cr, amount) {
         return code;
     }
     set_balances(parts, dr_slot, dr_after);
     set_balances(parts, cr_slot, cr_after);
-    let stored = Transfer { timestamp, ..*t };
+    let stored = Transfer {
+        amount,
+        timestamp,
+        ..*t
+    };
     insert_transfer(parts, stored, dr_slot, cr_slot);
     if pending {
         let home = home_mut(parts, t.id);
@@ -695,6 +700,24 @@ fn post_or_void<P: Parts + ?Sized>(
         cr_slot,
     );
     R::Ok
+}
+
+/// The amount a single-phase or pending transfer moves: `t.amount`, or for a balancing
+/// transfer at most what keeps the debit account's debits (pending and posted) within
+/// its posted credits (`balancing_debit`) and the credit account's credits within its
+/// posted debits (`balancing_credit`), whatever their limit flags; possibly 0.
+fn balancing_clamp(t: &Transfer, dr: &Account, cr: &Account) -> u128 {
+    let mut amount = t.amount;
+    if t.flags.contains(TransferFlags::BALANCING_DEBIT) {
+        // `overflows_debits` keeps the sum within u128; saturating all the same.
+        let debits = dr.debits_pending.saturating_add(dr.debits_posted);
+        amount = amount.min(dr.credits_posted.saturating_sub(debits));
+    }
+    if t.flags.contains(TransferFlags::BALANCING_CREDIT) {
+        let credits = cr.credits_pending.saturating_add(cr.credits_posted);
+        amount = amount.min(cr.debits_posted.saturating_sub(credits));
+    }
+    amount
 }
 
 /// Takes pending transfer `p`'s whole reservation out of the pending balances and posts
@@ -886,6 +909,12 @@ fn transfer_exists_result(t: &Transfer, kind: TransferKind, e: &Transfer) -> Res
     let fills_amount = matches!(kind, TransferKind::PostPending | TransferKind::VoidPending);
     let differs =
         |given: u128, stored: u128, filled: bool| !(filled && given == 0) && given != stored;
+    // A balancing transfer stored what it moved; a bound at least that is the same request.
+    let amount_differs = if t.flags.is_balancing() {
+        t.amount < e.amount
+    } else {
+        differs(t.amount, e.amount, fills_amount)
+    };
     if t.flags.without(TransferFlags::LINKED) != e.flags.without(TransferFlags::LINKED) {
         R::ExistsWithDifferentFlags
     } else if differs(
@@ -900,7 +929,7 @@ fn transfer_exists_result(t: &Transfer, kind: TransferKind, e: &Transfer) -> Res
         fills_accounts_ledger_code,
     ) {
         R::ExistsWithDifferentCreditAccountId
-    } else if differs(t.amount, e.amount, fills_amount) {
+    } else if amount_differs {
         R::ExistsWithDifferentAmount
     } else if t.pending_id != e.pending_id {
         if kind == TransferKind::Refund {

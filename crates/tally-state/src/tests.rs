@@ -418,6 +418,151 @@ fn every_post_void_and_refund_result_code() {
     check(refund(200, 108, 1), R::Ok);
 }
 
+fn balancing(id: u128, debit: u128, credit: u128, amount: u128, flags: TF) -> Transfer {
+    Transfer {
+        flags,
+        ..transfer(id, debit, credit, amount)
+    }
+}
+
+/// Applies one event to a fresh fixture; returns its result, the stored transfer and
+/// the two accounts' balances after it.
+fn apply_one(event: Transfer) -> (R, Option<Transfer>, Account, Account) {
+    let (mut sm, now) = fixture();
+    let result = transfers(&mut sm, now, vec![event])[0];
+    let stored = sm.lookup_transfer(event.id);
+    let dr = *sm.lookup_account(event.debit_account_id).unwrap();
+    let cr = *sm.lookup_account(event.credit_account_id).unwrap();
+    (result, stored, dr, cr)
+}
+
+#[test]
+fn balancing_moves_at_most_the_amount_and_records_what_it_moved() {
+    // Account 2 (no overdraft): credits posted 1000, debits posted 10: 990 available.
+    let (result, stored, dr, _) = apply_one(balancing(20, 2, 5, 5_000, TF::BALANCING_DEBIT));
+    assert_eq!(result, R::Ok);
+    assert_eq!(stored.unwrap().amount, 990);
+    assert_eq!(dr.debits_posted, dr.credits_posted);
+    // Under the bound, the whole amount moves.
+    let (result, stored, ..) = apply_one(balancing(20, 2, 5, 300, TF::BALANCING_DEBIT));
+    assert_eq!((result, stored.unwrap().amount), (R::Ok, 300));
+    // Account 1 has no limit flag and is overdrawn: the clamp still applies, to 0, and
+    // a transfer of 0 succeeds.
+    let (result, stored, dr, _) = apply_one(balancing(20, 1, 5, 7, TF::BALANCING_DEBIT));
+    assert_eq!((result, stored.unwrap().amount), (R::Ok, 0));
+    assert_eq!(dr.debits_posted, 1_060);
+    // balancing_credit: account 5 has debits posted 0, so nothing may be credited.
+    let (result, stored, ..) = apply_one(balancing(20, 2, 5, 7, TF::BALANCING_CREDIT));
+    assert_eq!((result, stored.unwrap().amount), (R::Ok, 0));
+    // Account 1 as the credit side: debits posted 1060, credits 10: room for 1050.
+    let (result, stored, ..) = apply_one(balancing(20, 5, 1, 5_000, TF::BALANCING_CREDIT));
+    assert_eq!((result, stored.unwrap().amount), (R::Ok, 1_050));
+    // Both flags: the smaller room (990 on the wallet, 1050 on account 1).
+    let both = TF::BALANCING_MASK;
+    let (result, stored, ..) = apply_one(balancing(20, 2, 1, 5_000, both));
+    assert_eq!((result, stored.unwrap().amount), (R::Ok, 990));
+    // balancing_credit alone leaves the wallet's own limit in force.
+    let (result, stored, ..) = apply_one(balancing(20, 2, 1, 5_000, TF::BALANCING_CREDIT));
+    assert_eq!((result, stored), (R::ExceedsCredits, None));
+}
+
+#[test]
+fn balancing_pending_reserves_the_clamped_amount_and_posts_it() {
+    let (mut sm, now) = fixture();
+    let mut hold = balancing(20, 2, 5, 5_000, TF::BALANCING_DEBIT.with(TF::PENDING));
+    hold.timeout = 0;
+    let post = second_phase(21, 20, 0, TF::POST_PENDING_TRANSFER);
+    assert_eq!(
+        transfers(&mut sm, now, vec![hold, post]),
+        vec![R::Ok, R::Ok]
+    );
+    assert_eq!(sm.lookup_transfer(20).unwrap().amount, 990);
+    assert_eq!(sm.lookup_transfer(21).unwrap().amount, 990);
+    let wallet = sm.lookup_account(2).unwrap();
+    assert_eq!(
+        (
+            wallet.debits_pending,
+            wallet.debits_posted,
+            wallet.credits_posted
+        ),
+        (0, 1_000, 1_000)
+    );
+}
+
+#[test]
+fn balancing_checks_keep_their_places_in_the_order() {
+    let b = |amount, flags| balancing(20, 2, 5, amount, flags);
+    // A bound of 0 is refused at step 9, before any account is read.
+    check(b(0, TF::BALANCING_DEBIT), R::AmountMustNotBeZero);
+    check(
+        balancing(20, 2, 77, 0, TF::BALANCING_DEBIT),
+        R::AmountMustNotBeZero,
+    );
+    check(
+        balancing(20, 2, 77, 5, TF::BALANCING_DEBIT),
+        R::CreditAccountNotFound,
+    );
+    check(
+        balancing(20, 2, 4, 5, TF::BALANCING_DEBIT),
+        R::AccountsMustHaveTheSameLedger,
+    );
+    // With the post, void and refund flags: mutually exclusive (step 2).
+    for other in [
+        TF::POST_PENDING_TRANSFER,
+        TF::VOID_PENDING_TRANSFER,
+        TF::REFUND,
+    ] {
+        check(
+            b(5, TF::BALANCING_CREDIT.with(other)),
+            R::FlagsAreMutuallyExclusive,
+        );
+    }
+    // The clamp comes before steps 12-14: balancing_debit alone leaves the credit
+    // account's limit in force (account 3 has credits_must_not_exceed_debits and no
+    // debits), and the clamped amount is what the limit sees.
+    check(
+        balancing(20, 2, 3, 5, TF::BALANCING_DEBIT),
+        R::ExceedsDebits,
+    );
+    check(balancing(20, 2, 3, 5, TF::BALANCING_MASK), R::Ok);
+    check(balancing(20, 1, 3, 5, TF::BALANCING_DEBIT), R::Ok);
+    // The overflow checks see the clamped amount: u128::MAX posted on 7 would overflow,
+    // but a clamp to 0 (account 1 is overdrawn) moves nothing.
+    check(balancing(20, 1, 7, u128::MAX, TF::BALANCING_DEBIT), R::Ok);
+    check(
+        balancing(20, 2, 7, 5, TF::BALANCING_DEBIT),
+        R::OverflowsCreditsPosted,
+    );
+}
+
+#[test]
+fn a_balancing_resubmission_exists_when_its_bound_covers_what_moved() {
+    let (mut sm, now) = fixture();
+    let first = balancing(20, 2, 5, 5_000, TF::BALANCING_DEBIT);
+    assert_eq!(transfers(&mut sm, now, vec![first]), vec![R::Ok]);
+    let again = |amount| balancing(20, 2, 5, amount, TF::BALANCING_DEBIT);
+    let results = transfers(
+        &mut sm,
+        now + SECOND,
+        vec![again(5_000), again(990), again(1_000_000), again(989)],
+    );
+    assert_eq!(
+        results,
+        vec![
+            R::Exists,
+            R::Exists,
+            R::Exists,
+            R::ExistsWithDifferentAmount
+        ]
+    );
+    // Without the flag, the stored amount must match exactly.
+    let plain = transfer(20, 2, 5, 5_000);
+    assert_eq!(
+        transfers(&mut sm, now + 2 * SECOND, vec![plain]),
+        vec![R::ExistsWithDifferentFlags]
+    );
+}
+
 #[test]
 fn transient_failure_burns_the_id_and_a_retry_gets_id_already_failed() {
     let (mut sm, now) = fixture();
@@ -827,9 +972,10 @@ fn any_transfer() -> impl Strategy<Value = Transfer> {
         prop_oneof![Just(0u32), Just(1u32), Just(3u32)],
         any::<bool>(),
         prop_oneof![Just(156u32), Just(840), Just(0)],
+        0u8..8,
     )
         .prop_map(
-            |(id, debit, credit, amount, kind, target, timeout, linked, ledger)| {
+            |(id, debit, credit, amount, kind, target, timeout, linked, ledger, bound)| {
                 let mut t = transfer(id, debit, credit, amount);
                 t.ledger = ledger;
                 match kind {
@@ -841,6 +987,16 @@ fn any_transfer() -> impl Strategy<Value = Transfer> {
                     4 => t = second_phase(id, target, amount % 3, TF::POST_PENDING_TRANSFER),
                     5 => t = second_phase(id, target, 0, TF::VOID_PENDING_TRANSFER),
                     _ => t = refund(id, target, amount),
+                }
+                // A balancing bound, on any kind (on a post, void or refund it is
+                // refused as mutually exclusive).
+                let balancing = [
+                    TF::BALANCING_DEBIT,
+                    TF::BALANCING_CREDIT,
+                    TF::BALANCING_MASK,
+                ];
+                if let Some(flags) = balancing.get(usize::from(bound)) {
+                    t.flags = t.flags.with(*flags);
                 }
                 if linked {
                     t.flags = t.flags.with(TF::LINKED);

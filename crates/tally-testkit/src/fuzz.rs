@@ -119,8 +119,8 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
         .map(|_| {
             let flags = match input.below(4) {
                 // Mostly one kind flag (plus maybe linked), sometimes any combination.
-                0 => u16::from(input.byte() & 0b1_1111),
-                _ => (1u16 << input.below(5)) | u16::from(input.below(2)),
+                0 => u16::from(input.byte() & 0b111_1111),
+                _ => (1u16 << input.below(7)) | u16::from(input.below(2)),
             };
             Transfer {
                 id: input.id(40),
@@ -134,7 +134,7 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
                 },
                 ledger: u32::from(input.below(3)),
                 code: u16::from(input.below(3)),
-                flags: TransferFlags::from_bits(flags).expect("five defined transfer flag bits"),
+                flags: TransferFlags::from_bits(flags).expect("seven defined transfer flag bits"),
                 user_data_64: u64::from(input.below(2)),
                 ..Transfer::default()
             }

@@ -120,6 +120,16 @@ impl Workload {
         ids[ids.len() - 1 - self.rng.below(recent) as usize]
     }
 
+    /// Now and then a balancing bound (a sweep), else no flag.
+    fn balancing(&mut self) -> TransferFlags {
+        match self.rng.below(20) {
+            0 => TransferFlags::BALANCING_DEBIT,
+            1 => TransferFlags::BALANCING_CREDIT,
+            2 => TransferFlags::BALANCING_MASK,
+            _ => TransferFlags::empty(),
+        }
+    }
+
     fn transfer(&mut self) -> Transfer {
         self.next_transfer += 1;
         let id = self.next_transfer;
@@ -131,13 +141,16 @@ impl Workload {
         let t = match self.rng.below(100) {
             0..=44 => {
                 let (dr, cr) = (self.any_account(), self.credit_account());
-                transfer(id, dr, cr, amount)
+                Transfer {
+                    flags: self.balancing(),
+                    ..transfer(id, dr, cr, amount)
+                }
             }
             45..=59 => {
                 let (dr, cr) = (self.any_account(), self.credit_account());
                 self.pendings.push(id);
                 Transfer {
-                    flags: TransferFlags::PENDING,
+                    flags: TransferFlags::PENDING.with(self.balancing()),
                     timeout: [0, 0, 1, 2][self.rng.below(4) as usize],
                     ..transfer(id, dr, cr, amount)
                 }

@@ -184,11 +184,19 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
         // A created account's balances are zero and its stamp is the event's: neither
         // is stored.
         debug_assert_eq!(
-            (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted),
+            (
+                a.debits_pending,
+                a.debits_posted,
+                a.credits_pending,
+                a.credits_posted
+            ),
             (0, 0, 0, 0),
             "a created account has no balances"
         );
-        debug_assert_eq!(a.timestamp, event.timestamp, "an account is created at its event");
+        debug_assert_eq!(
+            a.timestamp, event.timestamp,
+            "an account is created at its event"
+        );
         for value in [a.id, a.user_data_128, u128::from(a.user_data_64)] {
             put(out, value);
         }

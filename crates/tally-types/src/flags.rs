@@ -125,6 +125,12 @@ flag_set! {
         VOID_PENDING_TRANSFER = 3, "void_pending_transfer";
         /// Sends money back along an earlier transfer.
         REFUND = 4, "refund";
+        /// Moves at most `amount`: no more than keeps the debit account's debits
+        /// (pending and posted) within its posted credits.
+        BALANCING_DEBIT = 5, "balancing_debit";
+        /// Moves at most `amount`: no more than keeps the credit account's credits
+        /// (pending and posted) within its posted debits.
+        BALANCING_CREDIT = 6, "balancing_credit";
     }
 }
 
@@ -134,6 +140,15 @@ impl TransferFlags {
         .with(TransferFlags::POST_PENDING_TRANSFER)
         .with(TransferFlags::VOID_PENDING_TRANSFER)
         .with(TransferFlags::REFUND);
+
+    /// The flags that make the amount an upper bound.
+    pub const BALANCING_MASK: TransferFlags =
+        TransferFlags::BALANCING_DEBIT.with(TransferFlags::BALANCING_CREDIT);
+
+    /// True when the amount is an upper bound (either balancing flag is set).
+    pub const fn is_balancing(self) -> bool {
+        self.0 & Self::BALANCING_MASK.0 != 0
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +168,7 @@ mod tests {
     #[test]
     fn unknown_bits_are_rejected_not_dropped() {
         assert!(AccountFlags::from_bits(1 << 3).is_err());
-        assert!(TransferFlags::from_bits(1 << 5).is_err());
+        assert!(TransferFlags::from_bits(1 << 15).is_err());
         assert_eq!(
             TransferFlags::from_bits(0b1_0011),
             Ok(TransferFlags::LINKED

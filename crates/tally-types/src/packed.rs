@@ -738,12 +738,14 @@ mod tests {
             },
             DecodeError::FieldTooWide { field: "code" },
         );
-        // An unknown flag bit.
+        // An unknown flag bit (bit 7: a two-byte varint).
         check(
-            &|b| b[10] = 0x7f,
+            &|b| {
+                b.splice(10..11, [0x80, 0x01]);
+            },
             DecodeError::UnknownFlags {
                 field: "transfer.flags",
-                bits: 0x7f,
+                bits: 0x80,
             },
         );
         // A varint that never ends.

@@ -94,10 +94,17 @@ impl Transfer {
         self.pending_id
     }
 
-    /// The kind picked by the flags, or `None` when more than one kind flag is set.
+    /// The kind picked by the flags, or `None` when the flags are mutually exclusive:
+    /// more than one kind flag, or a balancing flag on a post, a void or a refund.
     pub fn kind(&self) -> Option<TransferKind> {
         let kind_flags = self.flags.bits() & TransferFlags::KIND_MASK.bits();
         if kind_flags.count_ones() > 1 {
+            return None;
+        }
+        let second_phase_or_refund = TransferFlags::POST_PENDING_TRANSFER
+            .with(TransferFlags::VOID_PENDING_TRANSFER)
+            .with(TransferFlags::REFUND);
+        if self.flags.is_balancing() && kind_flags & second_phase_or_refund.bits() != 0 {
             return None;
         }
         Some(if self.flags.contains(TransferFlags::PENDING) {
@@ -225,6 +232,29 @@ mod tests {
         assert_eq!(t.kind(), Some(TransferKind::Refund));
         t.flags = TransferFlags::PENDING.with(TransferFlags::VOID_PENDING_TRANSFER);
         assert_eq!(t.kind(), None);
+    }
+
+    #[test]
+    fn balancing_goes_with_single_phase_and_pending_only() {
+        let mut t = Transfer::default();
+        for balancing in [
+            TransferFlags::BALANCING_DEBIT,
+            TransferFlags::BALANCING_CREDIT,
+            TransferFlags::BALANCING_MASK,
+        ] {
+            t.flags = balancing;
+            assert_eq!(t.kind(), Some(TransferKind::SinglePhase));
+            t.flags = balancing.with(TransferFlags::PENDING);
+            assert_eq!(t.kind(), Some(TransferKind::Pending));
+            for other in [
+                TransferFlags::POST_PENDING_TRANSFER,
+                TransferFlags::VOID_PENDING_TRANSFER,
+                TransferFlags::REFUND,
+            ] {
+                t.flags = balancing.with(other);
+                assert_eq!(t.kind(), None, "{:?}", t.flags);
+            }
+        }
     }
 
     #[test]
