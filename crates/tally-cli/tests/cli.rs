@@ -125,6 +125,41 @@ fn a_balancing_sweep_moves_what_is_there_and_a_retry_is_exists() {
 }
 
 #[test]
+fn closing_an_account_as_tigerbeetle_documents_it_and_reopening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sweep account 1 into 2, then close account 1 with a pending transfer of 0.
+    let close = r#"{"create_transfers": [{"id": "30", "debit_account_id": "1", "credit_account_id": "2", "amount": "1000000.00", "ledger": 156, "code": 9, "flags": ["linked", "balancing_debit"]}, {"id": "31", "debit_account_id": "1", "credit_account_id": "2", "amount": "0", "ledger": 156, "code": 9, "flags": ["pending", "closing_debit"]}]}"#;
+    let answers = apply(
+        dir.path(),
+        &[
+            ACCOUNTS,
+            r#"{"create_transfers": [{"id": "9", "debit_account_id": "2", "credit_account_id": "1", "amount": "12.50", "ledger": 156, "code": 1}]}"#,
+            close,
+            r#"{"lookup_accounts": ["1"]}"#,
+            r#"{"create_transfers": [{"id": "32", "debit_account_id": "2", "credit_account_id": "1", "amount": "1.00", "ledger": 156, "code": 1}]}"#,
+            r#"{"create_transfers": [{"id": "33", "pending_id": "31", "flags": ["void_pending_transfer"]}]}"#,
+            r#"{"create_transfers": [{"id": "34", "debit_account_id": "2", "credit_account_id": "1", "amount": "1.00", "ledger": 156, "code": 1}]}"#,
+            r#"{"lookup_accounts": ["1"]}"#,
+        ],
+        false,
+    );
+    assert_eq!(results(&answers[2]), vec!["ok", "ok"]);
+    let account = &answers[3]["accounts"][0];
+    assert_eq!(
+        account["flags"],
+        json!(["debits_must_not_exceed_credits", "closed"])
+    );
+    assert_eq!(account["debits_posted"], account["credits_posted"]);
+    assert_eq!(results(&answers[4]), vec!["credit_account_already_closed"]);
+    assert_eq!(results(&answers[5]), vec!["ok"]);
+    assert_eq!(results(&answers[6]), vec!["ok"]);
+    assert_eq!(
+        answers[7]["accounts"][0]["flags"],
+        json!(["debits_must_not_exceed_credits"])
+    );
+}
+
+#[test]
 fn malformed_lines_are_rejected_whole_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let bad = [

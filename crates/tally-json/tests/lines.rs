@@ -403,7 +403,7 @@ fn unknown_repeated_and_engine_owned_fields() {
 fn flags_errors() {
     check(
         r#"{"create_accounts": [{"id": "1", "flags": ["linked", "pending"]}]}"#,
-        r#"error: create_accounts[0].flags[1]: unknown flag "pending"; the flags here are linked, debits_must_not_exceed_credits, credits_must_not_exceed_debits"#,
+        r#"error: create_accounts[0].flags[1]: unknown flag "pending"; the flags here are linked, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed"#,
     );
     check(
         r#"{"create_transfers": [{"flags": ["Linked"]}]}"#,

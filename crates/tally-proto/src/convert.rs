@@ -542,7 +542,7 @@ mod tests {
         torn.transfer_records.pop();
         assert!(transfers_from_request(&torn).is_err(), "not whole records");
         let mut flagged = one;
-        flagged.transfer_records[118] = 0xff;
+        flagged.transfer_records[119] = 0xff;
         let error = transfers_from_request(&flagged).expect_err("unknown flag bits");
         assert_eq!(error.index, Some(0));
         let too_many = transfers_to_records(&vec![Transfer::default(); BATCH_EVENTS_MAX + 1]);

@@ -295,6 +295,8 @@ pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> 
     home.pending_status.insert(id, PendingStatus::Expired);
     let dr_slot = account_slot(parts, pending.debit_account_id).expect("debit account");
     let cr_slot = account_slot(parts, pending.credit_account_id).expect("credit account");
+    // An expired closing transfer reopens what it closed.
+    set_closed_by(parts, &pending, dr_slot, cr_slot, false);
     release_pending(parts, &pending, 0, dr_slot, cr_slot);
     // Stamped at its instant, which the engine's batch stamping keeps free of events.
     let (instant, _) = key;
@@ -546,13 +548,17 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     if t.timeout != 0 && !pending {
         return R::TimeoutReservedForPendingTransfer;
     }
+    if t.flags.is_closing() && !pending {
+        return R::ClosingTransferMustBePending;
+    }
     if t.ledger == 0 {
         return R::LedgerMustNotBeZero;
     }
     if t.code == 0 {
         return R::CodeMustNotBeZero;
     }
-    if t.amount == 0 {
+    // TigerBeetle's recipe closes an account with a pending transfer of 0.
+    if t.amount == 0 && !t.flags.is_closing() {
         return R::AmountMustNotBeZero;
     }
     let Some(dr_slot) = account_slot(parts, t.debit_account_id) else {
@@ -568,6 +574,9 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     }
     if t.ledger != dr.ledger {
         return R::TransferMustHaveTheSameLedgerAsAccounts;
+    }
+    if let Err(code) = closed_checks(&dr, &cr) {
+        return code;
     }
     let amount = balancing_clamp(t, &dr, &cr);
     let (dr_after, cr_after) = match movement_checks(&dr, &cr, amount, pending) {
@@ -587,6 +596,7 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     }
     set_balances(parts, dr_slot, dr_after);
     set_balances(parts, cr_slot, cr_after);
+    set_closed_by(parts, t, dr_slot, cr_slot, true);
     let stored = Transfer {
         amount,
         timestamp,
@@ -664,13 +674,19 @@ fn post_or_void<P: Parts + ?Sized>(
     let cr_slot = account_slot(parts, p.credit_account_id).expect("pending's credit account");
     if post {
         let dr = account_at(parts, dr_slot);
+        let cr = account_at(parts, cr_slot);
+        if let Err(code) = closed_checks(&dr, &cr) {
+            return code;
+        }
         if dr.debits_posted.checked_add(amount_posted).is_none() {
             return R::OverflowsDebitsPosted;
         }
-        let cr = account_at(parts, cr_slot);
         if cr.credits_posted.checked_add(amount_posted).is_none() {
             return R::OverflowsCreditsPosted;
         }
+    } else {
+        // A void of a closing transfer reopens what it closed.
+        set_closed_by(parts, &p, dr_slot, cr_slot, false);
     }
     release_pending(parts, &p, amount_posted, dr_slot, cr_slot);
     let home = home_mut(parts, p.id);
@@ -700,6 +716,36 @@ fn post_or_void<P: Parts + ?Sized>(
         cr_slot,
     );
     R::Ok
+}
+
+/// `debit_account_already_closed`, `credit_account_already_closed`.
+fn closed_checks(dr: &Account, cr: &Account) -> Result<(), ResultCode> {
+    if dr.flags.contains(AccountFlags::CLOSED) {
+        return Err(R::DebitAccountAlreadyClosed);
+    }
+    if cr.flags.contains(AccountFlags::CLOSED) {
+        return Err(R::CreditAccountAlreadyClosed);
+    }
+    Ok(())
+}
+
+/// Closes (`closed`) or reopens the accounts that closing transfer `t` names with its
+/// `closing_debit` and `closing_credit` flags; nothing for any other transfer.
+fn set_closed_by<P: Parts + ?Sized>(
+    parts: &mut P,
+    t: &Transfer,
+    dr_slot: Slot,
+    cr_slot: Slot,
+    closed: bool,
+) {
+    for (flag, slot) in [
+        (TransferFlags::CLOSING_DEBIT, dr_slot),
+        (TransferFlags::CLOSING_CREDIT, cr_slot),
+    ] {
+        if t.flags.contains(flag) {
+            parts.get_mut(slot.part).set_closed(slot.index, closed);
+        }
+    }
 }
 
 /// The amount a single-phase or pending transfer moves: `t.amount`, or for a balancing
@@ -795,6 +841,9 @@ fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, timestamp: u64) -> Res
     let cr_slot = account_slot(parts, o.debit_account_id).expect("original's debit");
     let dr = account_at(parts, dr_slot);
     let cr = account_at(parts, cr_slot);
+    if let Err(code) = closed_checks(&dr, &cr) {
+        return code;
+    }
     let (dr_after, cr_after) = match movement_checks(&dr, &cr, t.amount, false) {
         Ok(after) => after,
         Err(code) => return code,

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 /// chosen ids impractical.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
 use crate::store::{AccountStore, TransferStore};
-use tally_types::{Account, ChangeEvent, PendingStatus, Transfer};
+use tally_types::{Account, AccountFlags, ChangeEvent, PendingStatus, Transfer};
 
 /// One mutation, remembered so that a failing chain can undo it.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +29,10 @@ pub(crate) enum Undo {
     Balances {
         account_index: u32,
         before: Balances,
+    },
+    AccountFlags {
+        account_index: u32,
+        before: AccountFlags,
     },
     PendingStatus {
         id: u128,
@@ -434,6 +438,21 @@ impl Part {
         balances.store(self.accounts.get_mut(account_index as usize));
     }
 
+    /// Sets or clears an account's `closed` flag (the only flag that changes).
+    pub(crate) fn set_closed(&mut self, account_index: u32, closed: bool) {
+        let account = self.accounts.get_mut(account_index as usize);
+        let before = account.flags;
+        account.flags = if closed {
+            before.with(AccountFlags::CLOSED)
+        } else {
+            before.without(AccountFlags::CLOSED)
+        };
+        self.record(Undo::AccountFlags {
+            account_index,
+            before,
+        });
+    }
+
     pub(crate) fn set_pending_status(&mut self, id: u128, status: PendingStatus) {
         let before = self.pending_status.insert(id, status);
         self.record(Undo::PendingStatus { id, before });
@@ -491,6 +510,12 @@ impl Part {
                     before,
                 } => {
                     before.store(self.accounts.get_mut(account_index as usize));
+                }
+                Undo::AccountFlags {
+                    account_index,
+                    before,
+                } => {
+                    self.accounts.get_mut(account_index as usize).flags = before;
                 }
                 Undo::PendingStatus { id, before } => match before {
                     Some(status) => {

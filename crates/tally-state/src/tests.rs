@@ -563,6 +563,160 @@ fn a_balancing_resubmission_exists_when_its_bound_covers_what_moved() {
     );
 }
 
+/// A pending transfer of `amount` from `debit` to `credit` that closes the accounts
+/// `closing` names.
+fn closing(id: u128, debit: u128, credit: u128, amount: u128, closing: TF) -> Transfer {
+    Transfer {
+        flags: TF::PENDING.with(closing),
+        ..transfer(id, debit, credit, amount)
+    }
+}
+
+fn closed(sm: &StateMachine, id: u128) -> bool {
+    sm.lookup_account(id).unwrap().flags.contains(AF::CLOSED)
+}
+
+#[test]
+fn a_closing_transfer_closes_and_its_void_reopens() {
+    let (mut sm, now) = fixture();
+    // TigerBeetle's recipe: a pending transfer of 0 that closes both accounts.
+    let close = closing(20, 1, 5, 0, TF::CLOSING_MASK);
+    assert_eq!(transfers(&mut sm, now, vec![close]), vec![R::Ok]);
+    assert!(closed(&sm, 1) && closed(&sm, 5));
+    // Every transfer touching a closed account is refused, and the refusal burns its id.
+    let results = transfers(
+        &mut sm,
+        now + SECOND,
+        vec![
+            transfer(21, 1, 2, 5),
+            transfer(22, 2, 5, 5),
+            pending(23, 2, 1, 5, 0),
+            refund(24, 100, 1),
+            second_phase(25, 101, 0, TF::POST_PENDING_TRANSFER),
+            second_phase(26, 20, 0, TF::POST_PENDING_TRANSFER),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            R::DebitAccountAlreadyClosed,
+            R::CreditAccountAlreadyClosed,
+            R::CreditAccountAlreadyClosed,
+            R::CreditAccountAlreadyClosed,
+            R::DebitAccountAlreadyClosed,
+            R::DebitAccountAlreadyClosed,
+        ]
+    );
+    for id in 21..=26 {
+        assert!(sm.id_failed(id), "transfer {id} burned");
+    }
+    // A void of another pending transfer is still allowed on a closed account.
+    let void_other = second_phase(27, 101, 0, TF::VOID_PENDING_TRANSFER);
+    assert_eq!(
+        transfers(&mut sm, now + 2 * SECOND, vec![void_other]),
+        vec![R::Ok]
+    );
+    assert!(closed(&sm, 1), "voiding another transfer reopens nothing");
+    // The void of the closing transfer reopens both accounts.
+    let void_close = second_phase(28, 20, 0, TF::VOID_PENDING_TRANSFER);
+    assert_eq!(
+        transfers(&mut sm, now + 3 * SECOND, vec![void_close]),
+        vec![R::Ok]
+    );
+    assert!(!closed(&sm, 1) && !closed(&sm, 5));
+    assert_eq!(
+        transfers(&mut sm, now + 4 * SECOND, vec![transfer(29, 1, 5, 5)]),
+        vec![R::Ok]
+    );
+}
+
+#[test]
+fn an_expired_closing_transfer_reopens_and_a_chain_rolls_a_close_back() {
+    let (mut sm, now) = fixture();
+    let mut close = closing(20, 5, 1, 0, TF::CLOSING_DEBIT);
+    close.timeout = 1;
+    assert_eq!(transfers(&mut sm, now, vec![close]), vec![R::Ok]);
+    assert!(closed(&sm, 5) && !closed(&sm, 1));
+    transfers(&mut sm, now + 2 * SECOND, vec![]);
+    assert_eq!(sm.pending_status(20), Some(PendingStatus::Expired));
+    assert!(!closed(&sm, 5), "the expiry reopened the account");
+    // A close inside a chain that fails leaves the account open.
+    let chain = vec![
+        Transfer {
+            flags: TF::PENDING.with(TF::CLOSING_CREDIT).with(TF::LINKED),
+            ..transfer(30, 1, 5, 0)
+        },
+        transfer(31, 2, 3, 5), // exceeds_debits: account 3 has no debits
+    ];
+    assert_eq!(
+        transfers(&mut sm, now + 3 * SECOND, chain),
+        vec![R::LinkedEventFailed, R::ExceedsDebits]
+    );
+    assert!(!closed(&sm, 5));
+}
+
+#[test]
+fn closing_checks_keep_their_places_in_the_order() {
+    // closing_* without pending follows step 8 and comes before step 9.
+    let mut not_pending = transfer(20, 1, 5, 0);
+    not_pending.flags = TF::CLOSING_DEBIT;
+    check(not_pending, R::ClosingTransferMustBePending);
+    not_pending.timeout = 5;
+    check(not_pending, R::TimeoutReservedForPendingTransfer);
+    not_pending.timeout = 0;
+    not_pending.ledger = 0;
+    check(not_pending, R::ClosingTransferMustBePending);
+    // Amount 0 is refused but on a closing transfer.
+    check(pending(20, 1, 5, 0, 0), R::AmountMustNotBeZero);
+    check(closing(20, 1, 5, 0, TF::CLOSING_CREDIT), R::Ok);
+    // With a post, a void or a refund: mutually exclusive.
+    check(
+        second_phase(
+            20,
+            101,
+            0,
+            TF::POST_PENDING_TRANSFER.with(TF::CLOSING_DEBIT),
+        ),
+        R::FlagsAreMutuallyExclusive,
+    );
+    check(
+        Transfer {
+            flags: TF::REFUND.with(TF::CLOSING_CREDIT),
+            ..refund(20, 100, 1)
+        },
+        R::FlagsAreMutuallyExclusive,
+    );
+    // The closed checks come after step 11 and before the overflow checks (12).
+    let (mut sm, now) = fixture();
+    let close = closing(20, 9, 1, 0, TF::CLOSING_DEBIT);
+    assert_eq!(transfers(&mut sm, now, vec![close]), vec![R::Ok]);
+    let results = transfers(
+        &mut sm,
+        now + SECOND,
+        vec![
+            pending(21, 9, 4, 5, 0),         // different ledgers: step 11 first
+            pending(22, 9, 8, u128::MAX, 0), // would overflow: closed first
+            transfer(23, 8, 9, 5),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            R::AccountsMustHaveTheSameLedger,
+            R::DebitAccountAlreadyClosed,
+            R::CreditAccountAlreadyClosed,
+        ]
+    );
+    // An account may be created closed.
+    let created = sm.apply(
+        now + 2 * SECOND,
+        &Batch::CreateAccounts(vec![account(40, 156, AF::CLOSED)]),
+    );
+    assert_eq!(created, vec![R::Ok]);
+    let into_closed = transfers(&mut sm, now + 3 * SECOND, vec![transfer(41, 1, 40, 5)]);
+    assert_eq!(into_closed, vec![R::CreditAccountAlreadyClosed]);
+}
+
 #[test]
 fn transient_failure_burns_the_id_and_a_retry_gets_id_already_failed() {
     let (mut sm, now) = fixture();
@@ -972,7 +1126,7 @@ fn any_transfer() -> impl Strategy<Value = Transfer> {
         prop_oneof![Just(0u32), Just(1u32), Just(3u32)],
         any::<bool>(),
         prop_oneof![Just(156u32), Just(840), Just(0)],
-        0u8..8,
+        0u8..12,
     )
         .prop_map(
             |(id, debit, credit, amount, kind, target, timeout, linked, ledger, bound)| {
@@ -988,14 +1142,17 @@ fn any_transfer() -> impl Strategy<Value = Transfer> {
                     5 => t = second_phase(id, target, 0, TF::VOID_PENDING_TRANSFER),
                     _ => t = refund(id, target, amount),
                 }
-                // A balancing bound, on any kind (on a post, void or refund it is
-                // refused as mutually exclusive).
-                let balancing = [
+                // A balancing bound or a closing flag, on any kind (on a post, void or
+                // refund it is refused as mutually exclusive).
+                let extra = [
                     TF::BALANCING_DEBIT,
                     TF::BALANCING_CREDIT,
                     TF::BALANCING_MASK,
+                    TF::CLOSING_DEBIT,
+                    TF::CLOSING_CREDIT,
+                    TF::CLOSING_MASK.with(TF::BALANCING_DEBIT),
                 ];
-                if let Some(flags) = balancing.get(usize::from(bound)) {
+                if let Some(flags) = extra.get(usize::from(bound)) {
                     t.flags = t.flags.with(*flags);
                 }
                 if linked {

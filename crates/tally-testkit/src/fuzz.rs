@@ -106,8 +106,8 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
                 id: input.id(10),
                 ledger: u32::from(input.below(3)),
                 code: u16::from(input.below(3)),
-                flags: AccountFlags::from_bits(u16::from(input.byte() & 0b111))
-                    .expect("three defined account flag bits"),
+                flags: AccountFlags::from_bits(u16::from(input.byte() & 0b10_0111))
+                    .expect("four defined account flag bits"),
                 user_data_32: u32::from(input.below(2)),
                 ..Account::default()
             })
@@ -119,8 +119,8 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
         .map(|_| {
             let flags = match input.below(4) {
                 // Mostly one kind flag (plus maybe linked), sometimes any combination.
-                0 => u16::from(input.byte() & 0b111_1111),
-                _ => (1u16 << input.below(7)) | u16::from(input.below(2)),
+                0 => u16::from_le_bytes([input.byte(), input.byte() & 1]),
+                _ => (1u16 << input.below(9)) | u16::from(input.below(2)),
             };
             Transfer {
                 id: input.id(40),
@@ -134,7 +134,7 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
                 },
                 ledger: u32::from(input.below(3)),
                 code: u16::from(input.below(3)),
-                flags: TransferFlags::from_bits(flags).expect("seven defined transfer flag bits"),
+                flags: TransferFlags::from_bits(flags).expect("nine defined transfer flag bits"),
                 user_data_64: u64::from(input.below(2)),
                 ..Transfer::default()
             }

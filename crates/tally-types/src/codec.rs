@@ -384,6 +384,7 @@ mod tests {
     fn strict_decoding_rejects_unknown_bits_and_reserved_bytes() {
         let mut bytes = [0u8; RECORD_SIZE];
         bytes[118] = 0x80;
+        bytes[119] = 0x80;
         assert!(matches!(
             decode_account(&bytes),
             Err(DecodeError::UnknownFlags { .. })

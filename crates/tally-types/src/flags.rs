@@ -109,6 +109,10 @@ flag_set! {
         DEBITS_MUST_NOT_EXCEED_CREDITS = 1, "debits_must_not_exceed_credits";
         /// Mirror image: credits (pending and posted) never exceed posted debits.
         CREDITS_MUST_NOT_EXCEED_DEBITS = 2, "credits_must_not_exceed_debits";
+        /// The account refuses every transfer but the void of a pending one. Set at
+        /// creation, or by a closing transfer (which a void or an expiry undoes). Bits 3
+        /// and 4 are kept for `history` and `imported`, as TigerBeetle numbers them.
+        CLOSED = 5, "closed";
     }
 }
 
@@ -131,6 +135,10 @@ flag_set! {
         /// Moves at most `amount`: no more than keeps the credit account's credits
         /// (pending and posted) within its posted debits.
         BALANCING_CREDIT = 6, "balancing_credit";
+        /// Closes the debit account when the (pending) transfer succeeds.
+        CLOSING_DEBIT = 7, "closing_debit";
+        /// Closes the credit account when the (pending) transfer succeeds.
+        CLOSING_CREDIT = 8, "closing_credit";
     }
 }
 
@@ -148,6 +156,15 @@ impl TransferFlags {
     /// True when the amount is an upper bound (either balancing flag is set).
     pub const fn is_balancing(self) -> bool {
         self.0 & Self::BALANCING_MASK.0 != 0
+    }
+
+    /// The flags that close an account.
+    pub const CLOSING_MASK: TransferFlags =
+        TransferFlags::CLOSING_DEBIT.with(TransferFlags::CLOSING_CREDIT);
+
+    /// True when the transfer closes an account (either closing flag is set).
+    pub const fn is_closing(self) -> bool {
+        self.0 & Self::CLOSING_MASK.0 != 0
     }
 }
 
@@ -168,6 +185,7 @@ mod tests {
     #[test]
     fn unknown_bits_are_rejected_not_dropped() {
         assert!(AccountFlags::from_bits(1 << 3).is_err());
+        assert!(AccountFlags::from_bits(1 << 6).is_err());
         assert!(TransferFlags::from_bits(1 << 15).is_err());
         assert_eq!(
             TransferFlags::from_bits(0b1_0011),

@@ -699,7 +699,8 @@ mod tests {
         let length = encode_transfer(&widest, &mut bytes);
         // Only the six 128-bit fields take 19 bytes; the bound counts nine, loose but safe.
         assert!(length <= PACKED_TRANSFER_BYTES_MAX);
-        assert_eq!(length, 1 + 6 * 19 + 10 + 5 + 5 + 5 + 3 + 1 + 8);
+        // Flags take two bytes: bits 7 and 8 are defined.
+        assert_eq!(length, 1 + 6 * 19 + 10 + 5 + 5 + 5 + 3 + 2 + 8);
         assert_eq!(decode_transfer(&bytes).unwrap(), (widest, length));
     }
 
@@ -738,14 +739,14 @@ mod tests {
             },
             DecodeError::FieldTooWide { field: "code" },
         );
-        // An unknown flag bit (bit 7: a two-byte varint).
+        // An unknown flag bit (bit 9: a two-byte varint).
         check(
             &|b| {
-                b.splice(10..11, [0x80, 0x01]);
+                b.splice(10..11, [0x80, 0x04]);
             },
             DecodeError::UnknownFlags {
                 field: "transfer.flags",
-                bits: 0x80,
+                bits: 0x200,
             },
         );
         // A varint that never ends.

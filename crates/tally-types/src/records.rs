@@ -95,7 +95,8 @@ impl Transfer {
     }
 
     /// The kind picked by the flags, or `None` when the flags are mutually exclusive:
-    /// more than one kind flag, or a balancing flag on a post, a void or a refund.
+    /// more than one kind flag, or a balancing or closing flag on a post, a void or a
+    /// refund.
     pub fn kind(&self) -> Option<TransferKind> {
         let kind_flags = self.flags.bits() & TransferFlags::KIND_MASK.bits();
         if kind_flags.count_ones() > 1 {
@@ -104,7 +105,8 @@ impl Transfer {
         let second_phase_or_refund = TransferFlags::POST_PENDING_TRANSFER
             .with(TransferFlags::VOID_PENDING_TRANSFER)
             .with(TransferFlags::REFUND);
-        if self.flags.is_balancing() && kind_flags & second_phase_or_refund.bits() != 0 {
+        let bound_or_closing = self.flags.is_balancing() || self.flags.is_closing();
+        if bound_or_closing && kind_flags & second_phase_or_refund.bits() != 0 {
             return None;
         }
         Some(if self.flags.contains(TransferFlags::PENDING) {
@@ -235,12 +237,14 @@ mod tests {
     }
 
     #[test]
-    fn balancing_goes_with_single_phase_and_pending_only() {
+    fn balancing_and_closing_go_with_single_phase_and_pending_only() {
         let mut t = Transfer::default();
         for balancing in [
             TransferFlags::BALANCING_DEBIT,
             TransferFlags::BALANCING_CREDIT,
             TransferFlags::BALANCING_MASK,
+            TransferFlags::CLOSING_DEBIT,
+            TransferFlags::CLOSING_MASK,
         ] {
             t.flags = balancing;
             assert_eq!(t.kind(), Some(TransferKind::SinglePhase));

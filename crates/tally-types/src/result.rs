@@ -113,6 +113,9 @@ result_codes! {
     RefundHasDifferentCreditAccountId = 62, "refund_has_different_credit_account_id";
     RefundHasDifferentLedger = 63, "refund_has_different_ledger";
     ExceedsRefundableAmount = 64, "exceeds_refundable_amount";
+    ClosingTransferMustBePending = 65, "closing_transfer_must_be_pending";
+    DebitAccountAlreadyClosed = 66, "debit_account_already_closed";
+    CreditAccountAlreadyClosed = 67, "credit_account_already_closed";
 }
 
 impl ResultCode {
@@ -132,6 +135,8 @@ impl ResultCode {
                 | ResultCode::OriginalTransferNotFound
                 | ResultCode::ExceedsCredits
                 | ResultCode::ExceedsDebits
+                | ResultCode::DebitAccountAlreadyClosed
+                | ResultCode::CreditAccountAlreadyClosed
         )
     }
 }
@@ -172,11 +177,11 @@ mod tests {
     }
 
     #[test]
-    fn exactly_six_codes_are_transient() {
+    fn exactly_eight_codes_are_transient() {
         let transient: Vec<_> = ResultCode::ALL
             .iter()
             .filter(|c| c.is_transient())
             .collect();
-        assert_eq!(transient.len(), 6);
+        assert_eq!(transient.len(), 8);
     }
 }
