@@ -21,6 +21,15 @@ struct Balances {
     credits_posted: u128,
 }
 
+/// A post's or void's user data: as given, or the pending transfer's where given 0.
+fn or_pending<T: Default + PartialEq>(given: T, pending: T) -> T {
+    if given == T::default() {
+        pending
+    } else {
+        given
+    }
+}
+
 impl Balances {
     fn of(account: &Account) -> Balances {
         Balances {
@@ -150,6 +159,9 @@ impl Model {
                     debit_account_id: p.debit_account_id,
                     credit_account_id: p.credit_account_id,
                     amount: posted,
+                    user_data_128: or_pending(t.user_data_128, p.user_data_128),
+                    user_data_64: or_pending(t.user_data_64, p.user_data_64),
+                    user_data_32: or_pending(t.user_data_32, p.user_data_32),
                     ..stored
                 };
                 self.transfers.insert(t.id, stored);

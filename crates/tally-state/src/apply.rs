@@ -709,6 +709,11 @@ fn post_or_void<P: Parts + ?Sized>(
             ledger: p.ledger,
             code: p.code,
             amount: if post { amount_posted } else { p.amount },
+            // As TigerBeetle: the pending transfer's user data where the event gives 0,
+            // so a lookup by an order id finds the authorisation and its capture.
+            user_data_128: or_else(t.user_data_128, p.user_data_128),
+            user_data_64: or_else(t.user_data_64, p.user_data_64),
+            user_data_32: or_else(t.user_data_32, p.user_data_32),
             timestamp,
             ..*t
         },
@@ -716,6 +721,11 @@ fn post_or_void<P: Parts + ?Sized>(
         cr_slot,
     );
     R::Ok
+}
+
+/// `given`, or `filled` when `given` is 0.
+fn or_else<T: Default + PartialEq>(given: T, filled: T) -> T {
+    if given == T::default() { filled } else { given }
 }
 
 /// `debit_account_already_closed`, `credit_account_already_closed`.
@@ -956,6 +966,8 @@ fn transfer_exists_result(t: &Transfer, kind: TransferKind, e: &Transfer) -> Res
         TransferKind::PostPending | TransferKind::VoidPending | TransferKind::Refund
     );
     let fills_amount = matches!(kind, TransferKind::PostPending | TransferKind::VoidPending);
+    // A post or void takes the pending transfer's user data where it gives 0.
+    let fills_user_data = fills_amount;
     let differs =
         |given: u128, stored: u128, filled: bool| !(filled && given == 0) && given != stored;
     // A balancing transfer stored what it moved; a bound at least that is the same request.
@@ -992,11 +1004,19 @@ fn transfer_exists_result(t: &Transfer, kind: TransferKind, e: &Transfer) -> Res
         R::ExistsWithDifferentCode
     } else if t.timeout != e.timeout {
         R::ExistsWithDifferentTimeout
-    } else if t.user_data_128 != e.user_data_128 {
+    } else if differs(t.user_data_128, e.user_data_128, fills_user_data) {
         R::ExistsWithDifferentUserData128
-    } else if t.user_data_64 != e.user_data_64 {
+    } else if differs(
+        t.user_data_64.into(),
+        e.user_data_64.into(),
+        fills_user_data,
+    ) {
         R::ExistsWithDifferentUserData64
-    } else if t.user_data_32 != e.user_data_32 {
+    } else if differs(
+        t.user_data_32.into(),
+        e.user_data_32.into(),
+        fills_user_data,
+    ) {
         R::ExistsWithDifferentUserData32
     } else {
         R::Exists

@@ -718,6 +718,63 @@ fn closing_checks_keep_their_places_in_the_order() {
 }
 
 #[test]
+fn a_post_or_void_takes_the_pending_transfers_user_data_where_it_gives_0() {
+    let (mut sm, now) = fixture();
+    let order = Transfer {
+        user_data_128: 0xabc,
+        user_data_64: 64,
+        user_data_32: 32,
+        ..pending(20, 1, 5, 40, 0)
+    };
+    let capture = second_phase(21, 20, 0, TF::POST_PENDING_TRANSFER);
+    let other = Transfer {
+        user_data_64: 7,
+        ..pending(22, 1, 5, 40, 0)
+    };
+    let release = Transfer {
+        user_data_32: 9,
+        ..second_phase(23, 22, 0, TF::VOID_PENDING_TRANSFER)
+    };
+    let results = transfers(&mut sm, now, vec![order, capture, other, release]);
+    assert_eq!(results, vec![R::Ok; 4]);
+    let stored = sm.lookup_transfer(21).unwrap();
+    assert_eq!(
+        (
+            stored.user_data_128,
+            stored.user_data_64,
+            stored.user_data_32
+        ),
+        (0xabc, 64, 32)
+    );
+    let stored = sm.lookup_transfer(23).unwrap();
+    assert_eq!(
+        (
+            stored.user_data_128,
+            stored.user_data_64,
+            stored.user_data_32
+        ),
+        (0, 7, 9),
+        "given fields are kept"
+    );
+    // A resubmission giving 0 is not compared on the user data; a different value is.
+    let again = vec![
+        capture,
+        Transfer {
+            user_data_128: 0xabc,
+            ..capture
+        },
+        Transfer {
+            user_data_64: 65,
+            ..capture
+        },
+    ];
+    assert_eq!(
+        transfers(&mut sm, now + SECOND, again),
+        vec![R::Exists, R::Exists, R::ExistsWithDifferentUserData64]
+    );
+}
+
+#[test]
 fn transient_failure_burns_the_id_and_a_retry_gets_id_already_failed() {
     let (mut sm, now) = fixture();
     assert_eq!(
@@ -1223,12 +1280,40 @@ proptest! {
         }
     }
 
+    /// A balancing transfer that succeeds moves at most its bound, and leaves an account
+    /// it balances within its limit when the account was within it before.
+    #[test]
+    fn a_balancing_transfer_never_moves_past_its_bounds(batch in proptest::collection::vec(any_transfer(), 1..12)) {
+        let mut sm = property_ledger();
+        for (offset, t) in batch.into_iter().enumerate() {
+            let at = T0 + SECOND * (1 + offset as u64);
+            let dr_before = sm.lookup_account(t.debit_account_id).copied();
+            let cr_before = sm.lookup_account(t.credit_account_id).copied();
+            let t = Transfer { flags: t.flags.without(TF::LINKED), ..t };
+            if transfers(&mut sm, at, vec![t]) != vec![R::Ok] || !t.flags.is_balancing() {
+                continue;
+            }
+            let stored = sm.lookup_transfer(t.id).unwrap();
+            prop_assert!(stored.amount <= t.amount);
+            let (dr, cr) = (dr_before.unwrap(), cr_before.unwrap());
+            let dr_after = sm.lookup_account(t.debit_account_id).unwrap();
+            let cr_after = sm.lookup_account(t.credit_account_id).unwrap();
+            if t.flags.contains(TF::BALANCING_DEBIT) && dr.debits_pending + dr.debits_posted <= dr.credits_posted {
+                prop_assert!(dr_after.debits_pending + dr_after.debits_posted <= dr_after.credits_posted);
+            }
+            if t.flags.contains(TF::BALANCING_CREDIT) && cr.credits_pending + cr.credits_posted <= cr.debits_posted {
+                prop_assert!(cr_after.credits_pending + cr_after.credits_posted <= cr_after.debits_posted);
+            }
+        }
+    }
+
     /// A batch with a failing chain leaves exactly the state of the same batch with the
     /// chain removed (burned ids aside).
     #[test]
     fn a_failed_chain_leaves_no_trace(prefix in proptest::collection::vec(any_transfer(), 0..6)) {
-        // Small amounts, so the chain itself cannot overflow the accounts.
-        let mut prefix: Vec<Transfer> = prefix.into_iter().map(|t| Transfer { flags: t.flags.without(TF::LINKED), amount: t.amount % 1_000, ..t }).collect();
+        // Small amounts, so the chain itself cannot overflow the accounts, and no
+        // closing, so that its accounts stay open.
+        let mut prefix: Vec<Transfer> = prefix.into_iter().map(|t| Transfer { flags: t.flags.without(TF::LINKED).without(TF::CLOSING_MASK), amount: t.amount % 1_000, ..t }).collect();
         for (offset, t) in prefix.iter_mut().enumerate() { t.id = 1_000 + offset as u128; }
         let chain = vec![
             Transfer { flags: TF::LINKED, ..transfer(500, 1, 6, 7) },
