@@ -729,6 +729,7 @@ fn or_else<T: Default + PartialEq>(given: T, filled: T) -> T {
 }
 
 /// `debit_account_already_closed`, `credit_account_already_closed`.
+#[inline]
 fn closed_checks(dr: &Account, cr: &Account) -> Result<(), ResultCode> {
     if dr.flags.contains(AccountFlags::CLOSED) {
         return Err(R::DebitAccountAlreadyClosed);
@@ -741,7 +742,23 @@ fn closed_checks(dr: &Account, cr: &Account) -> Result<(), ResultCode> {
 
 /// Closes (`closed`) or reopens the accounts that closing transfer `t` names with its
 /// `closing_debit` and `closing_credit` flags; nothing for any other transfer.
+#[inline]
 fn set_closed_by<P: Parts + ?Sized>(
+    parts: &mut P,
+    t: &Transfer,
+    dr_slot: Slot,
+    cr_slot: Slot,
+    closed: bool,
+) {
+    // Out of the payment path: a closing transfer is rare.
+    if t.flags.is_closing() {
+        close_or_reopen(parts, t, dr_slot, cr_slot, closed);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn close_or_reopen<P: Parts + ?Sized>(
     parts: &mut P,
     t: &Transfer,
     dr_slot: Slot,
@@ -762,8 +779,12 @@ fn set_closed_by<P: Parts + ?Sized>(
 /// transfer at most what keeps the debit account's debits (pending and posted) within
 /// its posted credits (`balancing_debit`) and the credit account's credits within its
 /// posted debits (`balancing_credit`), whatever their limit flags; possibly 0.
+#[inline]
 fn balancing_clamp(t: &Transfer, dr: &Account, cr: &Account) -> u128 {
     let mut amount = t.amount;
+    if !t.flags.is_balancing() {
+        return amount;
+    }
     if t.flags.contains(TransferFlags::BALANCING_DEBIT) {
         // `overflows_debits` keeps the sum within u128; saturating all the same.
         let debits = dr.debits_pending.saturating_add(dr.debits_posted);

@@ -111,6 +111,7 @@ impl IdIndex {
 
     /// Adds `id` at `position`, in one probe sequence; false (and nothing changed) when
     /// `id` is already indexed. The record at `position` must already carry `id`.
+    #[inline]
     pub fn insert(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
         debug_assert_eq!(id_at(position), id);
         if self.len >= self.len_max {
