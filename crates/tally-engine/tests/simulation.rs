@@ -541,6 +541,18 @@ impl Sim {
         Batch::CreateAccounts(accounts)
     }
 
+    /// Now and then a balancing bound or a closing flag (refused without `pending`;
+    /// a pending one closes an account until its void or expiry).
+    fn sweep_or_close(&mut self) -> TransferFlags {
+        match self.rng.below(40) {
+            0 => TransferFlags::BALANCING_DEBIT,
+            1 => TransferFlags::BALANCING_CREDIT,
+            2 => TransferFlags::CLOSING_DEBIT,
+            3 => TransferFlags::CLOSING_CREDIT.with(TransferFlags::BALANCING_CREDIT),
+            _ => TransferFlags::empty(),
+        }
+    }
+
     fn random_transfer(&mut self) -> Transfer {
         let id = 1 + u128::from(self.rng.below(TRANSFER_IDS));
         let target = match self.ok_transfers.len() {
@@ -560,13 +572,14 @@ impl Sim {
                 debit_account_id: account(&mut self.rng),
                 credit_account_id: account(&mut self.rng),
                 amount: u128::from(self.rng.below(500)),
+                flags: self.sweep_or_close(),
                 ..base
             },
             4 | 5 => Transfer {
                 debit_account_id: account(&mut self.rng),
                 credit_account_id: account(&mut self.rng),
                 amount: u128::from(self.rng.below(500)),
-                flags: TransferFlags::PENDING,
+                flags: TransferFlags::PENDING.with(self.sweep_or_close()),
                 timeout: self.rng.below(3) as u32,
                 ..base
             },
