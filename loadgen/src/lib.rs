@@ -4,7 +4,7 @@
 //! second workload, `transfers`, has the shape of TigerBeetle's own `benchmark`.
 //!
 //! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats`, `population` and
-//! `events_check` (the change-event stream read back and checked) use no other module:
+//! `events_check` (the change-event stream followed live, then checked) use no other module:
 //!
 //! ```text
 //! target → events_check (the [`target::Target`] trait with its engine, server, cluster

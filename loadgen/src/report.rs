@@ -170,7 +170,7 @@ pub struct Report {
     pub verified_ok: bool,
     /// The verification's details.
     pub verification: Verification,
-    /// The change-event stream read back and checked (`None`: the target keeps none).
+    /// The change-event stream followed live and checked (`None`: the target keeps none).
     pub events: Option<crate::events_check::EventsCheck>,
     /// How expiring authorisations were judged.
     pub expiry_policy: String,
@@ -390,9 +390,16 @@ impl Report {
                 .iter()
                 .map(|(kind, count)| format!("{kind} {count}"))
                 .collect();
+            let followed = match events.lag_ms {
+                Some([p50, p99, max]) => format!(
+                    "{} followed live (lag p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms), the rest",
+                    events.followed_live
+                ),
+                None => "all".to_string(),
+            };
             writeln!(
                 out,
-                "  change events     {}: {} read back in {:.1} s, in order, one per change ({}); balances of {} accounts ({} differ)",
+                "  change events     {}: {} events, {followed} read back in {:.1} s; in order, one per change ({}); balances of {} accounts ({} differ)",
                 if events.ok { "ok" } else { "FAILED" },
                 events.events,
                 events.seconds,

@@ -1,6 +1,7 @@
 //! The real target: Tally's engine, embedded.
 
 use super::{Outcome, ShardStats, SubmitFailure, Target};
+use crate::events_check::{EventsCheck, LiveFollower};
 use std::path::Path;
 use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
 use tally_types::{Account, Batch, Transfer};
@@ -9,6 +10,8 @@ use tally_types::{Account, Batch, Transfer};
 #[derive(Debug)]
 pub struct EngineTarget {
     ledger: Ledger,
+    /// The change-event consumer following the run live.
+    follower: parking_lot::Mutex<Option<LiveFollower>>,
 }
 
 /// How the engine is opened.
@@ -57,7 +60,10 @@ impl EngineTarget {
         config.events_retention_bytes = 16 * 1024 * 1024 * 1024;
         let ledger = Ledger::open(config)
             .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
-        Ok(EngineTarget { ledger })
+        Ok(EngineTarget {
+            ledger,
+            follower: parking_lot::Mutex::new(None),
+        })
     }
 
     /// The ledger, to serve it over the network instead of driving it directly.
@@ -115,19 +121,30 @@ impl Target for EngineTarget {
         self.ledger.shards()
     }
 
-    fn check_events(&self) -> Option<crate::events_check::EventsCheck> {
+    fn run_started(&self) {
+        if self.ledger.events_dir().is_none() {
+            return;
+        }
+        // Without a follower the run still reads the stream back from disk at the end.
+        let after = self.ledger.with_state(|state| state.last_timestamp());
+        let follower = self.ledger.subscribe(after).map_err(|e| e.to_string());
+        match follower.and_then(|stream| LiveFollower::start(stream, after)) {
+            Ok(follower) => *self.follower.lock() = Some(follower),
+            Err(error) => eprintln!("loadgen: no live change-event follower: {error}"),
+        }
+    }
+
+    fn check_events(&self) -> Option<EventsCheck> {
         let dir = self.ledger.events_dir()?.to_path_buf();
         // Waits until the journal holds every change committed so far.
         if let Err(error) = self.ledger.get_change_events(u64::MAX, 1) {
-            return Some(crate::events_check::EventsCheck {
-                problem: Some(error.to_string()),
-                ..Default::default()
-            });
+            return Some(EventsCheck::failed(error.to_string()));
         }
+        let followed = self.follower.lock().take().map(LiveFollower::finish);
         let counts = self
             .ledger
             .with_state(|state| (state.account_count() as u64, state.transfer_count() as u64));
-        Some(crate::events_check::check(&dir, counts, |ids| {
+        Some(crate::events_check::check(&dir, followed, counts, |ids| {
             self.ledger.lookup_accounts(ids)
         }))
     }
