@@ -70,6 +70,10 @@ impl EventsCheck {
 
 type Balances = [u128; 4];
 
+/// Each account's last balances in the stream. Its ids come from the ledger, not from
+/// an adversary: foldhash (fast, seeded per map) instead of SipHash.
+type LastBalances = HashMap<u128, Balances, foldhash::fast::RandomState>;
+
 fn balances(account: &Account) -> Balances {
     [
         account.debits_pending,
@@ -83,7 +87,7 @@ fn balances(account: &Account) -> Balances {
 #[derive(Debug)]
 pub struct Followed {
     check: EventsCheck,
-    last_balances: HashMap<u128, Balances>,
+    last_balances: LastBalances,
     last_timestamp: Option<u64>,
     lag_us: Option<Histogram<u64>>,
     /// The stream was followed after this timestamp; those up to it are read first.
@@ -103,7 +107,7 @@ impl Followed {
                 order_ok: true,
                 ..EventsCheck::default()
             },
-            last_balances: HashMap::new(),
+            last_balances: LastBalances::default(),
             last_timestamp: None,
             lag_us: Histogram::new_with_bounds(1, LAG_US_MAX, 3).ok(),
             after: 0,
@@ -320,7 +324,7 @@ impl Followed {
     }
 }
 
-fn note(event: &ChangeEvent, check: &mut EventsCheck, last_balances: &mut HashMap<u128, Balances>) {
+fn note(event: &ChangeEvent, check: &mut EventsCheck, last_balances: &mut LastBalances) {
     check.events += 1;
     *check
         .by_kind

@@ -21,6 +21,7 @@
 //! A typical payment takes about 90 bytes instead of the 400 of three raw records.
 
 use crate::flags::{AccountFlags, TransferFlags};
+use crate::packed::{Packed, gather_groups};
 use crate::records::{Account, Transfer};
 use std::fmt;
 
@@ -165,20 +166,14 @@ impl fmt::Display for ChangeDecodeError {
 
 impl std::error::Error for ChangeDecodeError {}
 
-fn put(out: &mut Vec<u8>, mut value: u128) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
 /// Appends the encoding of `event` to `out`; `previous` is a timestamp at most
 /// `event.timestamp` that the decoder will be given too (the event before it).
 pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
     assert!(previous <= event.timestamp, "events are encoded in order");
-    put(out, u128::from(event.timestamp - previous));
-    out.push(event.kind.code());
+    let mut packed = Packed::<CHANGE_EVENT_BYTES_MAX>::new();
+    let put = |packed: &mut Packed<CHANGE_EVENT_BYTES_MAX>, value| packed.put(value);
+    put(&mut packed, u128::from(event.timestamp - previous));
+    packed.push(event.kind.code());
     if event.kind == ChangeKind::AccountCreated {
         let a = &event.debit_account;
         // A created account's balances are zero and its stamp is the event's: neither
@@ -198,7 +193,7 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             "an account is created at its event"
         );
         for value in [a.id, a.user_data_128, u128::from(a.user_data_64)] {
-            put(out, value);
+            put(&mut packed, value);
         }
         for value in [
             a.user_data_32,
@@ -206,8 +201,9 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             u32::from(a.code),
             u32::from(a.flags.bits()),
         ] {
-            put(out, u128::from(value));
+            put(&mut packed, u128::from(value));
         }
+        out.extend_from_slice(packed.as_bytes());
         return;
     }
     let t = &event.transfer;
@@ -219,9 +215,9 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
         t.pending_id,
         t.user_data_128,
     ] {
-        put(out, value);
+        put(&mut packed, value);
     }
-    put(out, u128::from(t.user_data_64));
+    put(&mut packed, u128::from(t.user_data_64));
     for value in [
         t.user_data_32,
         t.timeout,
@@ -229,13 +225,13 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
         u32::from(t.code),
         u32::from(t.flags.bits()),
     ] {
-        put(out, u128::from(value));
+        put(&mut packed, u128::from(value));
     }
     assert!(
         t.timestamp <= event.timestamp,
         "a change comes after its transfer"
     );
-    put(out, u128::from(event.timestamp - t.timestamp));
+    put(&mut packed, u128::from(event.timestamp - t.timestamp));
     for a in [&event.debit_account, &event.credit_account] {
         let balances = [
             a.debits_pending,
@@ -247,57 +243,122 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             .into_iter()
             .chain([a.user_data_128, u128::from(a.user_data_64)])
         {
-            put(out, value);
+            put(&mut packed, value);
         }
         for value in [a.user_data_32, u32::from(a.code), u32::from(a.flags.bits())] {
-            put(out, u128::from(value));
+            put(&mut packed, u128::from(value));
         }
-        put(out, u128::from(a.timestamp));
+        put(&mut packed, u128::from(a.timestamp));
     }
+    out.extend_from_slice(packed.as_bytes());
 }
 
 /// Reads varints off the front of a byte slice.
+/// `value` when it fits in `BITS` bits.
+#[inline]
+fn fits<const BITS: u32>(value: u128) -> Result<u128, ChangeDecodeError> {
+    if BITS < 128 && value >> BITS != 0 {
+        return Err(ChangeDecodeError::BadNumber);
+    }
+    Ok(value)
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl Cursor<'_> {
-    fn number(&mut self, bits: u32) -> Result<u128, ChangeDecodeError> {
+    /// A LEB128 number of at most `BITS` bits (so of at most `BITS / 7` bytes,
+    /// rounded up).
+    #[inline]
+    fn number<const BITS: u32>(&mut self) -> Result<u128, ChangeDecodeError> {
+        match self.bytes.get(self.at) {
+            Some(&byte) if byte < 0x80 => {
+                self.at += 1;
+                Ok(u128::from(byte))
+            }
+            Some(_) => self.number_wide::<BITS>(),
+            None => Err(ChangeDecodeError::Truncated),
+        }
+    }
+
+    /// Eight bytes a step (56 bits) while eight are left, then a byte at a time.
+    #[inline(never)]
+    fn number_wide<const BITS: u32>(&mut self) -> Result<u128, ChangeDecodeError> {
         let mut value: u128 = 0;
-        let mut shift = 0;
-        while shift < bits {
-            let byte = *self
-                .bytes
-                .get(self.at)
-                .ok_or(ChangeDecodeError::Truncated)?;
-            self.at += 1;
+        for shift in [0, 56, 112] {
+            let Some(chunk) = self.bytes.get(self.at..self.at + 8) else {
+                return self.number_bytes::<BITS>(value, shift);
+            };
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let ends = !word & 0x8080_8080_8080_8080;
+            let len = if ends == 0 {
+                8
+            } else {
+                ends.trailing_zeros() / 8 + 1
+            };
+            if shift + 7 * (len - 1) >= BITS {
+                return Err(ChangeDecodeError::BadNumber);
+            }
+            let groups = gather_groups(if len == 8 {
+                word
+            } else {
+                word & ((1 << (8 * len)) - 1)
+            });
+            // Only 16 bits fit above the first 112.
+            if shift == 112 && groups >> 16 != 0 {
+                return Err(ChangeDecodeError::BadNumber);
+            }
+            value |= u128::from(groups) << shift;
+            self.at += len as usize;
+            if ends != 0 {
+                return fits::<BITS>(value);
+            }
+        }
+        Err(ChangeDecodeError::BadNumber)
+    }
+
+    /// The rest of a number, a byte at a time, from bit `shift` on.
+    fn number_bytes<const BITS: u32>(
+        &mut self,
+        mut value: u128,
+        mut shift: u32,
+    ) -> Result<u128, ChangeDecodeError> {
+        while shift < BITS {
+            let byte = self.byte()?;
             let part = u128::from(byte & 0x7f);
             if (part << shift) >> shift != part {
                 return Err(ChangeDecodeError::BadNumber);
             }
             value |= part << shift;
             if byte & 0x80 == 0 {
-                if bits < 128 && value >> bits != 0 {
-                    return Err(ChangeDecodeError::BadNumber);
-                }
-                return Ok(value);
+                return fits::<BITS>(value);
             }
             shift += 7;
         }
         Err(ChangeDecodeError::BadNumber)
     }
+
+    fn byte(&mut self) -> Result<u8, ChangeDecodeError> {
+        let byte = *self
+            .bytes
+            .get(self.at)
+            .ok_or(ChangeDecodeError::Truncated)?;
+        self.at += 1;
+        Ok(byte)
+    }
     fn u128(&mut self) -> Result<u128, ChangeDecodeError> {
-        self.number(128)
+        self.number::<128>()
     }
     fn u64(&mut self) -> Result<u64, ChangeDecodeError> {
-        Ok(self.number(64)? as u64)
+        Ok(self.number::<64>()? as u64)
     }
     fn u32(&mut self) -> Result<u32, ChangeDecodeError> {
-        Ok(self.number(32)? as u32)
+        Ok(self.number::<32>()? as u32)
     }
     fn u16(&mut self) -> Result<u16, ChangeDecodeError> {
-        Ok(self.number(16)? as u16)
+        Ok(self.number::<16>()? as u16)
     }
     fn account_flags(&mut self) -> Result<AccountFlags, ChangeDecodeError> {
         let bits = self.u16()?;
@@ -465,5 +526,82 @@ mod tests {
             decode_change(&long, 0).map(|_| ()),
             Err(ChangeDecodeError::BadNumber)
         );
+    }
+
+    /// The codec's plain definition: LEB128 a byte at a time, at most `bits` bits.
+    fn reference_put(out: &mut Vec<u8>, mut value: u128) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    fn reference_number(bytes: &[u8], bits: u32) -> Result<(u128, usize), ChangeDecodeError> {
+        let (mut value, mut shift) = (0u128, 0);
+        for (at, &byte) in bytes.iter().enumerate() {
+            if shift >= bits {
+                return Err(ChangeDecodeError::BadNumber);
+            }
+            let part = u128::from(byte & 0x7f);
+            if (part << shift) >> shift != part {
+                return Err(ChangeDecodeError::BadNumber);
+            }
+            value |= part << shift;
+            if byte & 0x80 == 0 {
+                if bits < 128 && value >> bits != 0 {
+                    return Err(ChangeDecodeError::BadNumber);
+                }
+                return Ok((value, at + 1));
+            }
+            shift += 7;
+        }
+        if shift >= bits {
+            return Err(ChangeDecodeError::BadNumber);
+        }
+        Err(ChangeDecodeError::Truncated)
+    }
+
+    fn any_width() -> impl proptest::strategy::Strategy<Value = u128> {
+        use proptest::prelude::*;
+        (any::<u128>(), 0u32..=128).prop_map(|(value, width)| match width {
+            0 => 0,
+            128 => value,
+            _ => value & ((1u128 << width) - 1),
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn numbers_encode_as_plain_leb128(value in any_width()) {
+            let mut packed = crate::packed::Packed::<19>::new();
+            packed.put(value);
+            let fast = packed.as_bytes();
+            let mut plain = Vec::new();
+            reference_put(&mut plain, value);
+            proptest::prop_assert_eq!(fast, &plain[..]);
+            let mut cursor = Cursor { bytes: fast, at: 0 };
+            proptest::prop_assert_eq!(cursor.number::<128>(), Ok(value));
+            proptest::prop_assert_eq!(cursor.at, fast.len());
+        }
+
+        #[test]
+        fn numbers_decode_as_plain_leb128(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![1 => proptest::num::u8::ANY, 7 => 0x80u8..=0xff], 0..40),
+            bits in proptest::prop_oneof![proptest::strategy::Just(16u32),
+                proptest::strategy::Just(32), proptest::strategy::Just(64),
+                proptest::strategy::Just(128)],
+        ) {
+            let mut cursor = Cursor { bytes: &bytes, at: 0 };
+            let fast = match bits {
+                16 => cursor.number::<16>(),
+                32 => cursor.number::<32>(),
+                64 => cursor.number::<64>(),
+                _ => cursor.number::<128>(),
+            };
+            let fast = fast.map(|value| (value, cursor.at));
+            proptest::prop_assert_eq!(fast, reference_number(&bytes, bits));
+        }
     }
 }

@@ -45,10 +45,10 @@ pub const PACKED_TRANSFER_BYTES_MAX: usize = 1 + 9 * VARINT_BYTES_MAX + 8;
 /// chunks as they are.
 pub const PACKED_RUN_RECORDS: usize = 1 << 16;
 
-/// One record packed on the stack, then appended in one copy: pushing byte by byte
-/// onto a vector paid a capacity check per byte.
-struct Packed {
-    bytes: [u8; PACKED_TRANSFER_BYTES_MAX],
+/// One record of at most `N` bytes packed on the stack, then appended in one copy:
+/// pushing byte by byte onto a vector paid a capacity check per byte.
+pub(crate) struct Packed<const N: usize> {
+    bytes: [u8; N],
     len: usize,
 }
 
@@ -63,12 +63,34 @@ fn spread_groups(value: u64) -> u64 {
     ((x & 0x3f80_3f80_3f80_3f80) << 1) | (x & 0x007f_007f_007f_007f)
 }
 
-impl Packed {
+/// The inverse of [`spread_groups`]: the 7-bit groups in the eight bytes of `word`
+/// (top bits ignored), least significant first, as one 56-bit number.
+#[inline]
+pub(crate) fn gather_groups(word: u64) -> u64 {
+    let x = word & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+    let x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+    ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0fff_ffff)
+}
+
+impl<const N: usize> Packed<N> {
+    pub(crate) fn new() -> Self {
+        Packed {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    /// The bytes packed so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
     /// Appends `value` as a varint: a byte at a time in 64-bit arithmetic, cheapest for
     /// the small values that most fields hold; wider values (ids carrying a tag in their
     /// high half) first take whole words of eight groups.
     #[inline(always)]
-    fn put(&mut self, value: u128) {
+    pub(crate) fn put(&mut self, value: u128) {
         match u64::try_from(value) {
             Ok(small) => self.put_u64(small),
             Err(_) => self.put_wide(value),
@@ -108,7 +130,7 @@ impl Packed {
     }
 
     #[inline]
-    fn push(&mut self, byte: u8) {
+    pub(crate) fn push(&mut self, byte: u8) {
         self.bytes[self.len] = byte;
         self.len += 1;
     }
@@ -128,10 +150,7 @@ pub fn encode_transfer(t: &Transfer, out: &mut Vec<u8>) -> usize {
             present |= bit;
         }
     }
-    let mut packed = Packed {
-        bytes: [0; PACKED_TRANSFER_BYTES_MAX],
-        len: 0,
-    };
+    let mut packed = Packed::<PACKED_TRANSFER_BYTES_MAX>::new();
     packed.push(present);
     packed.put(t.id);
     packed.put(t.debit_account_id);
@@ -156,8 +175,7 @@ pub fn encode_transfer(t: &Transfer, out: &mut Vec<u8>) -> usize {
     packed.put(t.code.into());
     packed.put(t.flags.bits().into());
     packed.put_word(t.timestamp);
-    debug_assert!(packed.len <= PACKED_TRANSFER_BYTES_MAX);
-    out.extend_from_slice(&packed.bytes[..packed.len]);
+    out.extend_from_slice(packed.as_bytes());
     packed.len
 }
 

@@ -53,6 +53,10 @@ pub struct EventReader {
     cursor: Option<Cursor>,
     /// The events of one frame; at most `FRAME_EVENTS_MAX`.
     decoded: Vec<ChangeEvent>,
+    /// Which frame `decoded` holds: its segment's first timestamp and its offset. A
+    /// call that stops inside a frame leaves it here, so the next goes on without
+    /// reading and decoding the frame again.
+    decoded_frame: Option<(u64, u64)>,
     /// One frame body; at most `FRAME_BYTES_MAX`.
     body: Vec<u8>,
 }
@@ -65,6 +69,7 @@ impl EventReader {
             dir: dir.to_path_buf(),
             cursor: None,
             decoded: Vec::new(),
+            decoded_frame: None,
             body: Vec::new(),
         })
     }
@@ -155,28 +160,35 @@ impl EventReader {
                 return Ok(Stop::End(Some("frame timestamps go back".into())));
             }
             if frame.last_timestamp >= timestamp_min {
-                self.body
-                    .resize(frame.frame_bytes as usize - FRAME_HEADER_SIZE, 0);
-                let body_offset = cursor.offset + FRAME_HEADER_SIZE as u64;
-                if read_at_most(&cursor.file, path, body_offset, &mut self.body)? < self.body.len()
-                {
-                    return Ok(Stop::End(Some("frame is incomplete".into())));
+                let here = (cursor.segment.first_timestamp, cursor.offset);
+                if self.decoded_frame != Some(here) {
+                    self.decoded_frame = None;
+                    self.body
+                        .resize(frame.frame_bytes as usize - FRAME_HEADER_SIZE, 0);
+                    let body_offset = cursor.offset + FRAME_HEADER_SIZE as u64;
+                    if read_at_most(&cursor.file, path, body_offset, &mut self.body)?
+                        < self.body.len()
+                    {
+                        return Ok(Stop::End(Some("frame is incomplete".into())));
+                    }
+                    self.decoded.clear();
+                    if let Err(reason) = decode_frame_body(&frame, &self.body, &mut self.decoded) {
+                        return Ok(Stop::End(Some(reason)));
+                    }
+                    self.decoded_frame = Some(here);
                 }
-                self.decoded.clear();
-                if let Err(reason) = decode_frame_body(&frame, &self.body, &mut self.decoded) {
-                    return Ok(Stop::End(Some(reason)));
-                }
-                let wanted = self
+                // A frame's events are in timestamp order.
+                let first = self
                     .decoded
-                    .iter()
-                    .filter(|event| event.timestamp >= timestamp_min);
+                    .partition_point(|event| event.timestamp < timestamp_min);
+                let wanted = &self.decoded[first..];
                 let room = limit - events.len();
-                if wanted.clone().count() > room {
-                    // The cursor stays before this frame: the next call reads it again.
-                    events.extend(wanted.take(room));
+                if wanted.len() > room {
+                    // The cursor stays before this frame: the next call goes on in it.
+                    events.extend_from_slice(&wanted[..room]);
                     return Ok(Stop::Full);
                 }
-                events.extend(wanted);
+                events.extend_from_slice(wanted);
             }
             cursor.offset += frame.frame_bytes;
             cursor.last_timestamp = frame.last_timestamp;
