@@ -68,19 +68,23 @@ impl EventsCheck {
     }
 }
 
-type Balances = [u128; 4];
+/// An account's four balances folded into 64 bits: the follower keeps only this much
+/// per account, so its map stays small enough to keep up (other balances escape the
+/// comparison with odds of 2^-64).
+type Balances = u64;
 
 /// Each account's last balances in the stream. Its ids come from the ledger, not from
 /// an adversary: foldhash (fast, seeded per map) instead of SipHash.
 type LastBalances = HashMap<u128, Balances, foldhash::fast::RandomState>;
 
 fn balances(account: &Account) -> Balances {
-    [
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x7a11_ba1a).hash_one([
         account.debits_pending,
         account.debits_posted,
         account.credits_pending,
         account.credits_posted,
-    ]
+    ])
 }
 
 /// The stream as consumed so far, in order.
@@ -151,8 +155,9 @@ pub struct LiveFollower {
 
 impl LiveFollower {
     /// Starts consuming `stream`: the ledger's events after timestamp `after`, the last
-    /// committed before the run (the setup's are read from disk at the end).
-    pub fn start<S, E>(stream: S, after: u64) -> Result<LiveFollower, String>
+    /// committed before the run (the setup's are read from disk at the end), room made
+    /// for the balances of `accounts` accounts.
+    pub fn start<S, E>(stream: S, after: u64, accounts: usize) -> Result<LiveFollower, String>
     where
         S: Stream<Item = Result<ChangeEvent, E>> + Send + 'static,
         E: Display,
@@ -161,7 +166,7 @@ impl LiveFollower {
         let stop_seen = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("loadgen-events".into())
-            .spawn(move || follow(stream, after, &stop_seen))
+            .spawn(move || follow(stream, after, accounts, &stop_seen))
             .map_err(|error| format!("starting the change-event follower: {error}"))?;
         Ok(LiveFollower { stop, thread })
     }
@@ -178,13 +183,14 @@ impl LiveFollower {
     }
 }
 
-fn follow<S, E>(stream: S, after: u64, stop: &AtomicBool) -> Followed
+fn follow<S, E>(stream: S, after: u64, accounts: usize, stop: &AtomicBool) -> Followed
 where
     S: Stream<Item = Result<ChangeEvent, E>>,
     E: Display,
 {
     let mut followed = Followed::new();
     followed.after = after;
+    followed.last_balances.reserve(accounts);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -369,7 +375,7 @@ mod tests {
             .unwrap();
         ledger.create_transfers(vec![transfer(100)]).unwrap();
         let after = ledger.with_state(|state| state.last_timestamp());
-        let follower = LiveFollower::start(ledger.subscribe(after).unwrap(), after).unwrap();
+        let follower = LiveFollower::start(ledger.subscribe(after).unwrap(), after, 2).unwrap();
         for id in 101..=300 {
             ledger.create_transfers(vec![transfer(id)]).unwrap();
         }

@@ -218,6 +218,10 @@ struct Cli {
     /// Have the engine keep no change events (docs/spec.md §2), for comparisons.
     #[arg(long)]
     no_change_events: bool,
+    /// Keep change events but follow none live during the run (they are still read
+    /// back and checked at the end), to tell the engine's cost from a consumer's.
+    #[arg(long)]
+    no_event_follower: bool,
 }
 
 /// The run's parameters, recorded in traces (JSON inside the wincode meta frame).
@@ -560,6 +564,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),
         preallocate_segments: !cli.no_preallocate,
         change_events: !cli.no_change_events,
+        follow_events: !cli.no_event_follower,
         accounts_capacity: capacity(cli.accounts + merchants(cli) + FOREIGN_ACCOUNTS_RESERVE),
         // Funding transfers, plus the run at a generous rate: festival at its peak
         // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger

@@ -660,14 +660,22 @@ mod tests {
             commit_interval: None,
             preallocate_segments: true,
             change_events: true,
+            follow_events: true,
             accounts_capacity: 0,
             transfers_capacity: 0,
         };
         let engine = crate::target::engine::EngineTarget::open(dir.path(), options).expect("open");
         let engine = Arc::new(engine);
+        engine.run_started();
         let (run, verification) = festival(engine.clone(), 2_000.0, 1.5);
         assert!(verification.verified_ok, "{verification:?}");
         assert_eq!(run.unfinished, 0);
+        let events = engine.check_events().expect("change events are on");
+        assert!(events.ok, "{events:?}");
+        assert!(
+            events.followed_live > 0 && events.lag_ms.is_some(),
+            "{events:?}"
+        );
         engine.shutdown().expect("shutdown");
     }
 

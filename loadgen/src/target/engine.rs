@@ -10,6 +10,7 @@ use tally_types::{Account, Batch, Transfer};
 #[derive(Debug)]
 pub struct EngineTarget {
     ledger: Ledger,
+    follow_events: bool,
     /// The change-event consumer following the run live.
     follower: parking_lot::Mutex<Option<LiveFollower>>,
 }
@@ -30,6 +31,8 @@ pub struct EngineOptions {
     pub preallocate_segments: bool,
     /// Keep change events in the event journal (the engine's default).
     pub change_events: bool,
+    /// Follow the change events live during the run, one consumer on its own thread.
+    pub follow_events: bool,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
     /// Transfers reserved at start-up.
@@ -62,6 +65,7 @@ impl EngineTarget {
             .map_err(|error| format!("opening the ledger in {}: {error}", data_dir.display()))?;
         Ok(EngineTarget {
             ledger,
+            follow_events: options.follow_events,
             follower: parking_lot::Mutex::new(None),
         })
     }
@@ -122,13 +126,15 @@ impl Target for EngineTarget {
     }
 
     fn run_started(&self) {
-        if self.ledger.events_dir().is_none() {
+        if !self.follow_events || self.ledger.events_dir().is_none() {
             return;
         }
         // Without a follower the run still reads the stream back from disk at the end.
-        let after = self.ledger.with_state(|state| state.last_timestamp());
+        let (after, accounts) = self
+            .ledger
+            .with_state(|state| (state.last_timestamp(), state.account_count()));
         let follower = self.ledger.subscribe(after).map_err(|e| e.to_string());
-        match follower.and_then(|stream| LiveFollower::start(stream, after)) {
+        match follower.and_then(|stream| LiveFollower::start(stream, after, accounts)) {
             Ok(follower) => *self.follower.lock() = Some(follower),
             Err(error) => eprintln!("loadgen: no live change-event follower: {error}"),
         }
