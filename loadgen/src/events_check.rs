@@ -1,10 +1,11 @@
 //! The run checks its own change-event stream (docs/spec.md §2, "Change events"). One
 //! follower consumes the stream live during the run, as a payment service's consumer
-//! would, and measures its lag (from an event's commit timestamp to its arrival); after
-//! the run, whatever it had not yet received is read from the journal on disk, and the
-//! whole stream is checked: timestamps strictly increase; there is one
-//! `account_created` per account and one transfer event per stored transfer; and the
-//! balances each account last had in the stream are the ones the ledger holds.
+//! would: it checks the order, fingerprints each event and measures its lag (from the
+//! event's commit timestamp to its arrival). After the run the whole journal is read
+//! from disk and checked: timestamps strictly increase; there is one `account_created`
+//! per account and one transfer event per stored transfer; the balances each account
+//! last had in the stream are the ones the ledger holds; and over the timestamps the
+//! follower covered, the journal holds exactly the events it received.
 
 use futures_util::{Stream, StreamExt};
 use hdrhistogram::Histogram;
@@ -32,9 +33,7 @@ const LAG_US_MAX: u64 = 3_600_000_000;
 pub struct EventsCheck {
     /// Events read.
     pub events: u64,
-    /// Of them, events the live follower received as they were committed during the
-    /// run (the setup's before it, and any it had not reached at the end, were read
-    /// from disk afterwards).
+    /// Events the live follower received during the run (it starts after the setup).
     pub followed_live: u64,
     /// The live follower's lag, from an event's commit timestamp to its arrival:
     /// p50, p99 and max in milliseconds (`None` when nothing was followed live).
@@ -87,15 +86,16 @@ fn balances(account: &Account) -> Balances {
     ])
 }
 
-/// The stream as consumed so far, in order.
+/// What the live follower received: how many events after `after`, in order, a
+/// fingerprint of them (to compare with the journal at the end), and their lag.
 #[derive(Debug)]
 pub struct Followed {
-    check: EventsCheck,
-    last_balances: LastBalances,
-    last_timestamp: Option<u64>,
-    lag_us: Option<Histogram<u64>>,
-    /// The stream was followed after this timestamp; those up to it are read first.
     after: u64,
+    events: u64,
+    last_timestamp: Option<u64>,
+    fingerprint: u64,
+    lag_us: Option<Histogram<u64>>,
+    problem: Option<String>,
 }
 
 fn unix_ns() -> u64 {
@@ -104,45 +104,51 @@ fn unix_ns() -> u64 {
         .map_or(0, |since| since.as_nanos() as u64)
 }
 
+/// One event folded into 64 bits: its timestamp, kind, transfer (or account) id and
+/// both accounts' balances. Summed over a range, it tells whether two readers saw the
+/// same events, each once.
+fn fingerprint(event: &ChangeEvent) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x0f01_10e5).hash_one((
+        event.timestamp,
+        event.kind.code(),
+        event.transfer.id,
+        event.debit_account.id,
+        balances(&event.debit_account),
+        balances(&event.credit_account),
+    ))
+}
+
 impl Followed {
-    fn new() -> Followed {
+    fn new(after: u64) -> Followed {
         Followed {
-            check: EventsCheck {
-                order_ok: true,
-                ..EventsCheck::default()
-            },
-            last_balances: LastBalances::default(),
+            after,
+            events: 0,
             last_timestamp: None,
+            fingerprint: 0,
             lag_us: Histogram::new_with_bounds(1, LAG_US_MAX, 3).ok(),
-            after: 0,
+            problem: None,
         }
     }
 
     /// Takes the next event of the stream; an error when it does not move forward.
     fn take(&mut self, event: &ChangeEvent) -> Result<(), String> {
-        if self
-            .last_timestamp
-            .is_some_and(|before| event.timestamp <= before)
-        {
-            self.check.order_ok = false;
+        let before = self.last_timestamp.unwrap_or(self.after);
+        if event.timestamp <= before {
             return Err(format!(
-                "timestamp {} does not move forward",
+                "the live stream went back: timestamp {} after {before}",
                 event.timestamp
             ));
         }
         self.last_timestamp = Some(event.timestamp);
-        note(event, &mut self.check, &mut self.last_balances);
-        Ok(())
-    }
-
-    fn take_live(&mut self, event: &ChangeEvent) -> Result<(), String> {
+        self.events += 1;
+        self.fingerprint = self.fingerprint.wrapping_add(fingerprint(event));
         if let Some(histogram) = &mut self.lag_us {
             // Timestamps run ahead of the clock by one nanosecond an event in a burst.
             let lag_us = unix_ns().saturating_sub(event.timestamp) / 1_000;
             histogram.saturating_record(lag_us.max(1));
         }
-        self.check.followed_live += 1;
-        self.take(event)
+        Ok(())
     }
 }
 
@@ -155,9 +161,8 @@ pub struct LiveFollower {
 
 impl LiveFollower {
     /// Starts consuming `stream`: the ledger's events after timestamp `after`, the last
-    /// committed before the run (the setup's are read from disk at the end), room made
-    /// for the balances of `accounts` accounts.
-    pub fn start<S, E>(stream: S, after: u64, accounts: usize) -> Result<LiveFollower, String>
+    /// committed before the run.
+    pub fn start<S, E>(stream: S, after: u64) -> Result<LiveFollower, String>
     where
         S: Stream<Item = Result<ChangeEvent, E>> + Send + 'static,
         E: Display,
@@ -166,7 +171,7 @@ impl LiveFollower {
         let stop_seen = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("loadgen-events".into())
-            .spawn(move || follow(stream, after, accounts, &stop_seen))
+            .spawn(move || follow(stream, after, &stop_seen))
             .map_err(|error| format!("starting the change-event follower: {error}"))?;
         Ok(LiveFollower { stop, thread })
     }
@@ -176,28 +181,26 @@ impl LiveFollower {
     pub fn finish(self) -> Followed {
         self.stop.store(true, Ordering::Release);
         self.thread.join().unwrap_or_else(|_| {
-            let mut followed = Followed::new();
-            followed.check.problem = Some("the change-event follower panicked".into());
+            let mut followed = Followed::new(0);
+            followed.problem = Some("the change-event follower panicked".into());
             followed
         })
     }
 }
 
-fn follow<S, E>(stream: S, after: u64, accounts: usize, stop: &AtomicBool) -> Followed
+fn follow<S, E>(stream: S, after: u64, stop: &AtomicBool) -> Followed
 where
     S: Stream<Item = Result<ChangeEvent, E>>,
     E: Display,
 {
-    let mut followed = Followed::new();
-    followed.after = after;
-    followed.last_balances.reserve(accounts);
+    let mut followed = Followed::new(after);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            followed.check.problem = Some(format!("starting the follower's runtime: {error}"));
+            followed.problem = Some(format!("starting the follower's runtime: {error}"));
             return followed;
         }
     };
@@ -209,12 +212,12 @@ where
                 Err(_quiet) => {}
                 Ok(None) => return,
                 Ok(Some(Err(error))) => {
-                    followed.check.problem = Some(format!("following the stream: {error}"));
+                    followed.problem = Some(format!("following the stream: {error}"));
                     return;
                 }
                 Ok(Some(Ok(event))) => {
-                    if let Err(problem) = followed.take_live(&event) {
-                        followed.check.problem = Some(problem);
+                    if let Err(problem) = followed.take(&event) {
+                        followed.problem = Some(problem);
                         return;
                     }
                 }
@@ -224,9 +227,9 @@ where
     followed
 }
 
-/// Reads the rest of the journal in `events_dir` after what `followed` consumed (all of
-/// it for `None`) and checks the whole stream against the ledger: `counts` are its
-/// (accounts, transfers), `lookup` its accounts by id.
+/// Reads the whole journal in `events_dir` and checks it against the ledger (`counts`
+/// are its (accounts, transfers), `lookup` its accounts by id) and against what the
+/// live follower received, if one ran: the same events, each once, in order.
 pub fn check(
     events_dir: &Path,
     followed: Option<Followed>,
@@ -234,29 +237,30 @@ pub fn check(
     lookup: impl Fn(&[u128]) -> Vec<Account>,
 ) -> EventsCheck {
     let started = Instant::now();
-    let mut whole = Followed::new();
-    let mut outcome = read(events_dir, &mut whole, followed.as_ref().map(|f| f.after));
-    if let Some(followed) = followed
-        && outcome.is_ok()
-    {
-        outcome = whole.append(followed);
+    let mut check = EventsCheck {
+        order_ok: true,
+        ..EventsCheck::default()
+    };
+    let mut last_balances = LastBalances::default();
+    let live = followed
+        .as_ref()
+        .map(|f| (f.after, f.last_timestamp.unwrap_or(f.after)));
+    let mut journal_live = (0, 0);
+    let read = read_all(events_dir, &mut check, |event| {
+        last_balances.insert(event.debit_account.id, balances(&event.debit_account));
+        if event.kind != ChangeKind::AccountCreated {
+            last_balances.insert(event.credit_account.id, balances(&event.credit_account));
+        }
+        if live.is_some_and(|(after, last)| after < event.timestamp && event.timestamp <= last) {
+            journal_live.0 += 1;
+            journal_live.1 = u64::wrapping_add(journal_live.1, fingerprint(event));
+        }
+    });
+    if let Err(problem) = read {
+        check.problem = Some(problem);
     }
-    if let Err(problem) = outcome.and_then(|()| read(events_dir, &mut whole, None)) {
-        whole.check.problem.get_or_insert(problem);
-    }
-    let Followed {
-        mut check,
-        last_balances,
-        lag_us,
-        ..
-    } = whole;
-    if let Some(lag) = lag_us.filter(|lag| !lag.is_empty()) {
-        let ms = |us: u64| us as f64 / 1_000.0;
-        check.lag_ms = Some([
-            ms(lag.value_at_quantile(0.5)),
-            ms(lag.value_at_quantile(0.99)),
-            ms(lag.max()),
-        ]);
+    if let Some(followed) = followed {
+        check_followed(&mut check, followed, journal_live);
     }
     let accounts = check.by_kind.get("account_created").copied().unwrap_or(0);
     let expired = check.by_kind.get("two_phase_expired").copied().unwrap_or(0);
@@ -290,55 +294,66 @@ pub fn check(
     check
 }
 
-/// Reads the journal from after what `followed` holds, through timestamp `through`
-/// (`None`: to its end).
-fn read(events_dir: &Path, followed: &mut Followed, through: Option<u64>) -> Result<(), String> {
+/// The live follower's events must be the journal's over the same range: as many, and
+/// the same (their fingerprints' sum).
+fn check_followed(check: &mut EventsCheck, followed: Followed, journal: (u64, u64)) {
+    check.followed_live = followed.events;
+    if let Some(lag) = followed.lag_us.filter(|lag| !lag.is_empty()) {
+        let ms = |us: u64| us as f64 / 1_000.0;
+        check.lag_ms = Some([
+            ms(lag.value_at_quantile(0.5)),
+            ms(lag.value_at_quantile(0.99)),
+            ms(lag.max()),
+        ]);
+    }
+    let problem = followed.problem.or_else(|| {
+        (journal != (followed.events, followed.fingerprint)).then(|| {
+            format!(
+                "the live follower received {} events (fingerprint {:x}), the journal holds {} \
+                 (fingerprint {:x}) over the same timestamps",
+                followed.events, followed.fingerprint, journal.0, journal.1
+            )
+        })
+    });
+    if let Some(problem) = problem {
+        check.problem.get_or_insert(problem);
+    }
+}
+
+/// Reads every event in the journal, checking their order, counting them by kind and
+/// handing each to `visit`.
+fn read_all(
+    events_dir: &Path,
+    check: &mut EventsCheck,
+    mut visit: impl FnMut(&ChangeEvent),
+) -> Result<(), String> {
     let mut reader = EventReader::open(events_dir).map_err(|e| e.to_string())?;
-    let mut next_min = followed.last_timestamp.map_or(0, |last| last + 1);
-    let through = through.unwrap_or(u64::MAX);
-    while next_min <= through {
+    let mut next_min = 0;
+    let mut last_timestamp = None;
+    loop {
         let events = reader
             .read(next_min, READ_EVENTS)
             .map_err(|e| e.to_string())?;
         let Some(last) = events.last() else {
             return Ok(());
         };
-        next_min = last.timestamp.saturating_add(1);
-        for event in events.iter().take_while(|event| event.timestamp <= through) {
-            followed.take(event)?;
+        next_min = last.timestamp + 1;
+        for event in &events {
+            if last_timestamp.is_some_and(|before| event.timestamp <= before) {
+                check.order_ok = false;
+                return Err(format!(
+                    "timestamp {} does not move forward",
+                    event.timestamp
+                ));
+            }
+            last_timestamp = Some(event.timestamp);
+            check.events += 1;
+            *check
+                .by_kind
+                .entry(event.kind.name().to_string())
+                .or_default() += 1;
+            visit(event);
         }
-    }
-    Ok(())
-}
-
-impl Followed {
-    /// Appends what a follower consumed after the events this holds.
-    fn append(&mut self, later: Followed) -> Result<(), String> {
-        if let Some(problem) = later.check.problem {
-            return Err(problem);
-        }
-        self.check.order_ok &= later.check.order_ok;
-        self.check.events += later.check.events;
-        self.check.followed_live = later.check.followed_live;
-        for (kind, count) in later.check.by_kind {
-            *self.check.by_kind.entry(kind).or_default() += count;
-        }
-        self.last_balances.extend(later.last_balances);
-        self.last_timestamp = later.last_timestamp.or(self.last_timestamp);
-        self.lag_us = later.lag_us;
-        Ok(())
-    }
-}
-
-fn note(event: &ChangeEvent, check: &mut EventsCheck, last_balances: &mut LastBalances) {
-    check.events += 1;
-    *check
-        .by_kind
-        .entry(event.kind.name().to_string())
-        .or_default() += 1;
-    last_balances.insert(event.debit_account.id, balances(&event.debit_account));
-    if event.kind != ChangeKind::AccountCreated {
-        last_balances.insert(event.credit_account.id, balances(&event.credit_account));
     }
 }
 
@@ -361,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn the_live_follower_and_the_journal_together_give_the_whole_stream() {
+    fn the_live_follower_must_have_received_what_the_journal_holds() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(Config::new(dir.path())).unwrap();
         let account = |id| Account {
@@ -375,13 +390,25 @@ mod tests {
             .unwrap();
         ledger.create_transfers(vec![transfer(100)]).unwrap();
         let after = ledger.with_state(|state| state.last_timestamp());
-        let follower = LiveFollower::start(ledger.subscribe(after).unwrap(), after, 2).unwrap();
+        let follower = LiveFollower::start(ledger.subscribe(after).unwrap(), after).unwrap();
         for id in 101..=300 {
             ledger.create_transfers(vec![transfer(id)]).unwrap();
         }
         ledger.get_change_events(u64::MAX, 1).unwrap();
         let followed = follower.finish();
-        // Events after the follower stopped are read from the journal.
+        // A follower that missed one event, or saw one twice, is caught.
+        let mut missed = Followed::new(after);
+        let mut doubled = Followed::new(after);
+        let live = ledger.get_change_events(after + 1, 200).unwrap();
+        for (n, event) in live.iter().enumerate() {
+            if n != 50 {
+                missed.take(event).unwrap();
+            }
+            doubled.take(event).unwrap();
+        }
+        doubled.events += 1;
+        doubled.fingerprint = doubled.fingerprint.wrapping_add(fingerprint(&live[7]));
+        // Events after the follower stopped are in the journal only.
         ledger.create_transfers(vec![transfer(301)]).unwrap();
         ledger.get_change_events(u64::MAX, 1).unwrap();
         let dir = ledger.events_dir().unwrap().to_path_buf();
@@ -395,6 +422,13 @@ mod tests {
         assert_eq!(check.accounts_checked, 2);
         let [p50, p99, max] = check.lag_ms.unwrap();
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p50} {p99} {max}");
+        for wrong in [missed, doubled] {
+            let check = super::check(&dir, Some(wrong), (2, 202), lookup);
+            assert!(!check.ok, "{check:?}");
+            assert!(check.problem.unwrap().contains("live follower"));
+        }
+        let mut backwards = Followed::new(after);
+        assert!(backwards.take(&live[1]).is_ok() && backwards.take(&live[0]).is_err());
 
         // A ledger holding other counts, or other balances, than the stream fails it.
         let wrong = super::check(&dir, None, (2, 203), lookup);

@@ -392,7 +392,7 @@ impl Report {
                 .collect();
             let followed = match events.lag_ms {
                 Some([p50, p99, max]) => format!(
-                    "{} followed live (lag p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms), the rest",
+                    "{} followed live (lag p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms); all",
                     events.followed_live
                 ),
                 None => "all".to_string(),

@@ -130,11 +130,9 @@ impl Target for EngineTarget {
             return;
         }
         // Without a follower the run still reads the stream back from disk at the end.
-        let (after, accounts) = self
-            .ledger
-            .with_state(|state| (state.last_timestamp(), state.account_count()));
+        let after = self.ledger.with_state(|state| state.last_timestamp());
         let follower = self.ledger.subscribe(after).map_err(|e| e.to_string());
-        match follower.and_then(|stream| LiveFollower::start(stream, after, accounts)) {
+        match follower.and_then(|stream| LiveFollower::start(stream, after)) {
             Ok(follower) => *self.follower.lock() = Some(follower),
             Err(error) => eprintln!("loadgen: no live change-event follower: {error}"),
         }
