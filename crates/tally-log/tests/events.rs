@@ -503,3 +503,57 @@ proptest! {
         prop_assert_eq!(read, written);
     }
 }
+
+#[test]
+fn events_with_every_field_at_its_widest_round_trip() {
+    let widest = |timestamp: u64| {
+        let account = |id| Account {
+            id,
+            debits_pending: u128::MAX,
+            debits_posted: u128::MAX,
+            credits_pending: u128::MAX,
+            credits_posted: u128::MAX,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            timestamp: 1,
+            ..Account::default()
+        };
+        ChangeEvent {
+            timestamp,
+            kind: ChangeKind::SinglePhase,
+            transfer: Transfer {
+                id: u128::MAX - u128::from(timestamp),
+                debit_account_id: u128::MAX - 1,
+                credit_account_id: u128::MAX - 2,
+                amount: u128::MAX,
+                pending_id: u128::MAX,
+                user_data_128: u128::MAX,
+                user_data_64: u64::MAX,
+                user_data_32: u32::MAX,
+                timeout: u32::MAX,
+                ledger: u32::MAX,
+                code: u16::MAX,
+                timestamp: 1,
+                ..Transfer::default()
+            },
+            debit_account: account(u128::MAX - 1),
+            credit_account: account(u128::MAX - 2),
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // One event alone in a frame, then a frame of several.
+    let written = vec![
+        widest(u64::MAX - 100),
+        widest(u64::MAX - 50),
+        widest(u64::MAX - 49),
+    ];
+    {
+        let mut journal = EventJournal::open(dir.path(), options(1 << 20, u64::MAX)).unwrap();
+        journal.append(&written[..1]).unwrap();
+        journal.append(&written[1..]).unwrap();
+    }
+    assert_eq!(read_all(dir.path(), 0), written);
+}

@@ -25,8 +25,9 @@ use crate::packed::{Packed, gather_groups};
 use crate::records::{Account, Transfer};
 use std::fmt;
 
-/// The most bytes one encoded change event takes.
-pub const CHANGE_EVENT_BYTES_MAX: usize = 1 + 10 + 3 * 19 + 10 * 10 + 8 * 19;
+/// The most bytes one encoded change event takes: the kind's byte, then at their widest
+/// 7 fields of 64 bits (10 bytes each), 16 of 128 (19), 5 of 32 (5) and 6 of 16 (3).
+pub const CHANGE_EVENT_BYTES_MAX: usize = 1 + 7 * 10 + 16 * 19 + 5 * 5 + 6 * 3;
 
 /// Largest number of events one `get_change_events` call answers.
 pub const CHANGE_EVENTS_LIMIT_MAX: usize = 8_190;
@@ -603,5 +604,53 @@ mod tests {
             let fast = fast.map(|value| (value, cursor.at));
             proptest::prop_assert_eq!(fast, reference_number(&bytes, bits));
         }
+    }
+
+    #[test]
+    fn the_widest_event_fits_the_bound() {
+        let account = |id| Account {
+            id,
+            debits_pending: u128::MAX,
+            debits_posted: u128::MAX,
+            credits_pending: u128::MAX,
+            credits_posted: u128::MAX,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags: AccountFlags::CLOSED,
+            timestamp: u64::MAX,
+        };
+        let widest = ChangeEvent {
+            timestamp: u64::MAX,
+            kind: ChangeKind::TwoPhasePending,
+            transfer: Transfer {
+                id: u128::MAX,
+                debit_account_id: u128::MAX - 1,
+                credit_account_id: u128::MAX - 2,
+                amount: u128::MAX,
+                pending_id: u128::MAX,
+                user_data_128: u128::MAX,
+                user_data_64: u64::MAX,
+                user_data_32: u32::MAX,
+                timeout: u32::MAX,
+                ledger: u32::MAX,
+                code: u16::MAX,
+                flags: TransferFlags::CLOSING_CREDIT,
+                timestamp: 0,
+            },
+            debit_account: account(u128::MAX - 1),
+            credit_account: account(u128::MAX - 2),
+        };
+        let mut bytes = Vec::new();
+        encode_change(&widest, 0, &mut bytes);
+        // Valid flags take fewer bytes than any 16-bit value could.
+        assert!(
+            (CHANGE_EVENT_BYTES_MAX - 8..=CHANGE_EVENT_BYTES_MAX).contains(&bytes.len()),
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(decode_change(&bytes, 0), Ok((widest, bytes.len())));
     }
 }
