@@ -7,6 +7,7 @@
 //! last had in the stream are the ones the ledger holds; and over the timestamps the
 //! follower covered, the journal holds exactly the events it received.
 
+use crate::stats::wall_ns;
 use futures_util::{Stream, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -15,7 +16,7 @@ use std::fmt::Display;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tally_engine::{Account, ChangeEvent, ChangeKind};
 use tally_log::events::EventReader;
 
@@ -98,12 +99,6 @@ pub struct Followed {
     problem: Option<String>,
 }
 
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64)
-}
-
 /// One event folded into 64 bits: its timestamp, kind, transfer (or account) id and
 /// both accounts' balances. Summed over a range, it tells whether two readers saw the
 /// same events, each once.
@@ -145,7 +140,7 @@ impl Followed {
         self.fingerprint = self.fingerprint.wrapping_add(fingerprint(event));
         if let Some(histogram) = &mut self.lag_us {
             // Timestamps run ahead of the clock by one nanosecond an event in a burst.
-            let lag_us = unix_ns().saturating_sub(event.timestamp) / 1_000;
+            let lag_us = wall_ns().saturating_sub(event.timestamp) / 1_000;
             histogram.saturating_record(lag_us.max(1));
         }
         Ok(())

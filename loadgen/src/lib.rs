@@ -3,11 +3,12 @@
 //! post-run verification of the ledger against the generator's own balance model. A
 //! second workload, `transfers`, has the shape of TigerBeetle's own `benchmark`.
 //!
-//! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats`, `population` and
-//! `events_check` (the change-event stream followed live, then checked) use no other module:
+//! Modules point one way (`a → b`: `a` uses `b`); `curve`, `stats` and `population` use
+//! no other module:
 //!
 //! ```text
-//! target → events_check (the [`target::Target`] trait with its engine, server, cluster
+//! events_check → stats (the change-event stream followed live, then checked)
+//! target → events_check, stats (the [`target::Target`] trait with its engine, server, cluster
 //!   and in-memory adapters, and the cluster's processes and chaos)
 //! mix → population · transfers → mix, population · trace → mix
 //! model → population, target

@@ -14,6 +14,7 @@
 use crate::mix::{Request, RequestStream};
 use crate::model::Model;
 use crate::population::{LEDGER_CNY, Population, System, TRANSFER_TAG_SWEEP, transfer_code};
+use crate::stats::wall_ns;
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
 use crate::target::{Outcome, SubmitFailure, Target};
 use crate::trace::{TraceError, TraceWriter};
@@ -21,7 +22,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tally_types::{BATCH_EVENTS_MAX, Batch, ResultCode, Transfer};
 
 /// Threads submitting setup batches concurrently (lets the engine group-commit them).
@@ -51,12 +52,6 @@ pub struct SetupReport {
     pub funding_transfers: u64,
     /// Wall-clock time of setup.
     pub seconds: f64,
-}
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Submits batches from a few threads; returns every (batch, outcomes) in order of

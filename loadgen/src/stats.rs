@@ -183,3 +183,11 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 }
+
+/// Nanoseconds since the Unix epoch on the wall clock, the scale of the ledger's
+/// timestamps (0 for a clock set before 1970).
+pub fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}

@@ -172,8 +172,7 @@ impl std::error::Error for ChangeDecodeError {}
 pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
     assert!(previous <= event.timestamp, "events are encoded in order");
     let mut packed = Packed::<CHANGE_EVENT_BYTES_MAX>::new();
-    let put = |packed: &mut Packed<CHANGE_EVENT_BYTES_MAX>, value| packed.put(value);
-    put(&mut packed, u128::from(event.timestamp - previous));
+    packed.put(u128::from(event.timestamp - previous));
     packed.push(event.kind.code());
     if event.kind == ChangeKind::AccountCreated {
         let a = &event.debit_account;
@@ -194,7 +193,7 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             "an account is created at its event"
         );
         for value in [a.id, a.user_data_128, u128::from(a.user_data_64)] {
-            put(&mut packed, value);
+            packed.put(value);
         }
         for value in [
             a.user_data_32,
@@ -202,7 +201,7 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             u32::from(a.code),
             u32::from(a.flags.bits()),
         ] {
-            put(&mut packed, u128::from(value));
+            packed.put(u128::from(value));
         }
         out.extend_from_slice(packed.as_bytes());
         return;
@@ -216,9 +215,9 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
         t.pending_id,
         t.user_data_128,
     ] {
-        put(&mut packed, value);
+        packed.put(value);
     }
-    put(&mut packed, u128::from(t.user_data_64));
+    packed.put(u128::from(t.user_data_64));
     for value in [
         t.user_data_32,
         t.timeout,
@@ -226,13 +225,13 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
         u32::from(t.code),
         u32::from(t.flags.bits()),
     ] {
-        put(&mut packed, u128::from(value));
+        packed.put(u128::from(value));
     }
     assert!(
         t.timestamp <= event.timestamp,
         "a change comes after its transfer"
     );
-    put(&mut packed, u128::from(event.timestamp - t.timestamp));
+    packed.put(u128::from(event.timestamp - t.timestamp));
     for a in [&event.debit_account, &event.credit_account] {
         let balances = [
             a.debits_pending,
@@ -244,12 +243,12 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             .into_iter()
             .chain([a.user_data_128, u128::from(a.user_data_64)])
         {
-            put(&mut packed, value);
+            packed.put(value);
         }
         for value in [a.user_data_32, u32::from(a.code), u32::from(a.flags.bits())] {
-            put(&mut packed, u128::from(value));
+            packed.put(u128::from(value));
         }
-        put(&mut packed, u128::from(a.timestamp));
+        packed.put(u128::from(a.timestamp));
     }
     out.extend_from_slice(packed.as_bytes());
 }

@@ -8,8 +8,9 @@
 //! so it never answers `busy`.
 
 use super::{Outcome, SubmitFailure, Target};
+use crate::stats::wall_ns;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tally_state::StateMachine;
 use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
 
@@ -17,12 +18,6 @@ use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
 #[derive(Debug, Default)]
 pub struct MemoryTarget {
     state: Mutex<StateMachine>,
-}
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl MemoryTarget {
