@@ -203,6 +203,12 @@ fn answer_line(
                 currencies,
             );
         }
+        Request::QueryAccounts(filter) => {
+            return tally_json::accounts_answer(&ledger.query_accounts(&filter), currencies);
+        }
+        Request::QueryTransfers(filter) => {
+            return tally_json::transfers_answer(&ledger.query_transfers(&filter), currencies);
+        }
         Request::GetChangeEvents {
             timestamp_min,
             limit,

@@ -25,8 +25,10 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 use tally_log::events::{EventJournal, EventReader, JournalOptions};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
-use tally_state::{InvariantViolation, LedgerTotals, StateMachine};
-use tally_types::{Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, Transfer};
+use tally_state::{InvariantViolation, LedgerTotals, Query, QueryTarget, StateMachine};
+use tally_types::{
+    Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, QueryFilter, Transfer,
+};
 use tokio::sync::oneshot;
 
 type CommitThreads = (JoinHandle<()>, JoinHandle<()>, Option<JoinHandle<()>>);
@@ -498,6 +500,36 @@ impl Ledger {
     /// `get_account_transfers`: an account's history, filtered and bounded.
     pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
         self.shared().state.read().account_transfers(filter)
+    }
+
+    /// `query_accounts`: the accounts matching every field the filter gives, in
+    /// timestamp order (newest first when reversed), at most the limit (docs/spec.md
+    /// §2, "Queries"). Answered from the user-data indexes, or a walk in timestamp order
+    /// when only ledger, code and time are given, a bounded step at a time: the read
+    /// lock is taken per step, so a query never holds up commits for longer than one
+    /// step. The answer is the state as it stood when the query began (accounts with
+    /// their balances as of the last step, read under one lock).
+    pub fn query_accounts(&self, filter: &QueryFilter) -> Vec<Account> {
+        let state_lock = &self.shared().state;
+        let mut query = Query::new(&state_lock.read(), QueryTarget::Accounts, filter);
+        loop {
+            let state = state_lock.read();
+            if query.step(&state) {
+                return query.accounts(&state);
+            }
+        }
+    }
+
+    /// `query_transfers`: as [`Ledger::query_accounts`], for transfers.
+    pub fn query_transfers(&self, filter: &QueryFilter) -> Vec<Transfer> {
+        let state_lock = &self.shared().state;
+        let mut query = Query::new(&state_lock.read(), QueryTarget::Transfers, filter);
+        loop {
+            let state = state_lock.read();
+            if query.step(&state) {
+                return query.transfers(&state);
+            }
+        }
     }
 
     /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at

@@ -105,7 +105,7 @@ pub use tally_log::SyncMode;
 pub use tally_state::{InvariantViolation, LedgerTotals};
 pub use tally_types::{
     Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, CHANGE_EVENTS_LIMIT_MAX,
-    ChangeEvent, ChangeKind, ResultCode, Transfer, TransferFlags,
+    ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer, TransferFlags,
 };
 
 /// What an embedding service usually needs, in one import:
@@ -113,7 +113,8 @@ pub use tally_types::{
 pub mod prelude {
     pub use crate::{
         Account, AccountFilter, AccountFlags, Backpressure, Batch, ChangeEvent, ChangeKind, Config,
-        EngineError, EventResult, Ledger, ResultCode, SubmitError, Transfer, TransferFlags,
+        EngineError, EventResult, Ledger, QueryFilter, ResultCode, SubmitError, Transfer,
+        TransferFlags,
     };
 }
 

@@ -25,7 +25,7 @@ mod request;
 mod tree;
 
 use std::fmt;
-use tally_types::{Account, AccountFilter, Transfer};
+use tally_types::{Account, AccountFilter, QueryFilter, Transfer};
 
 pub use answer::{
     AccountJson, EventOutcome, TransferJson, account_json, account_line, accounts_answer,
@@ -78,6 +78,10 @@ pub enum Request {
         /// The most events answered.
         limit: u32,
     },
+    /// `query_accounts`: the filter.
+    QueryAccounts(QueryFilter),
+    /// `query_transfers`: the filter.
+    QueryTransfers(QueryFilter),
 }
 
 /// A parsed line: the request and its optional `"now"` (nanoseconds). The parser only

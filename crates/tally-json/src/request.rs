@@ -6,8 +6,8 @@ use crate::{LedgerLookup, LineError, Request, RequestLine};
 use std::collections::HashMap;
 use tally_types::currency::{CurrencyTable, parse_amount};
 use tally_types::{
-    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, CHANGE_EVENTS_LIMIT_MAX, Transfer,
-    TransferFlags,
+    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, CHANGE_EVENTS_LIMIT_MAX, QueryFilter,
+    Transfer, TransferFlags,
 };
 
 /// The request keys, one of which a line carries.
@@ -18,6 +18,8 @@ const REQUEST_KEYS: &[&str] = &[
     "lookup_transfers",
     "get_account_transfers",
     "get_change_events",
+    "query_accounts",
+    "query_transfers",
 ];
 
 const NOW_KEY: &str = "now";
@@ -66,7 +68,27 @@ const FILTER_FIELDS: &[&str] = &[
     "timestamp_min",
     "timestamp_max",
     "flags",
+    "user_data_128",
+    "user_data_64",
+    "user_data_32",
+    "code",
 ];
+
+const QUERY_FIELDS: &[&str] = &[
+    "user_data_128",
+    "user_data_64",
+    "user_data_32",
+    "ledger",
+    "code",
+    "timestamp_min",
+    "timestamp_max",
+    "limit",
+    "reversed",
+    "flags",
+];
+
+/// A query filter's one flag, as TigerBeetle's query filter spells it.
+const QUERY_FLAGS: &[(u8, &str)] = &[(FILTER_REVERSED, "reversed")];
 
 /// A filter's flags, as TigerBeetle's account filter spells them: the same choices as
 /// the `debits`, `credits` and `reversed` fields, which a filter gives one way or the
@@ -149,6 +171,8 @@ pub fn parse_line(
         "lookup_accounts" => Request::LookupAccounts(ids(value, loc)?),
         "lookup_transfers" => Request::LookupTransfers(ids(value, loc)?),
         "get_change_events" => change_events_filter(value, loc)?,
+        "query_accounts" => Request::QueryAccounts(query_filter(value, loc)?),
+        "query_transfers" => Request::QueryTransfers(query_filter(value, loc)?),
         _ => Request::GetAccountTransfers(filter(value, loc)?),
     };
     Ok(RequestLine { request, now })
@@ -508,6 +532,10 @@ fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {
             "flags" => {
                 flag_set = Some(fields::flags(value, at, FILTER_FLAGS, 0, |a, b| a | b)?);
             }
+            "user_data_128" => filter.user_data_128 = unsigned(value, at, "u128", Width::Wide)?,
+            "user_data_64" => filter.user_data_64 = unsigned(value, at, "u64", Width::Wide)?,
+            "user_data_32" => filter.user_data_32 = unsigned(value, at, "u32", Width::Narrow)?,
+            "code" => filter.code = unsigned(value, at, "u16", Width::Narrow)?,
             _ => unreachable_field(field, at)?,
         }
     }
@@ -533,5 +561,46 @@ fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {
         (None, Some(c)) => (!c, c),
         (Some(d), Some(c)) => (d, c),
     };
+    Ok(filter)
+}
+
+/// `query_accounts` / `query_transfers`: every field optional (0 = any).
+fn query_filter(value: &Json, loc: Loc<'_>) -> Result<QueryFilter, LineError> {
+    let unknown = |_key: &str| {
+        format!(
+            "unknown field; query filter fields are {}",
+            QUERY_FIELDS.join(", ")
+        )
+    };
+    let mut filter = QueryFilter::default();
+    let mut reversed = None;
+    let mut flag_set = None;
+    for (field, value) in event_members(value, loc, "query filter", QUERY_FIELDS, unknown)? {
+        let at = loc.field(field);
+        match field {
+            "user_data_128" => filter.user_data_128 = unsigned(value, at, "u128", Width::Wide)?,
+            "user_data_64" => filter.user_data_64 = unsigned(value, at, "u64", Width::Wide)?,
+            "user_data_32" => filter.user_data_32 = unsigned(value, at, "u32", Width::Narrow)?,
+            "ledger" => filter.ledger = unsigned(value, at, "u32", Width::Narrow)?,
+            "code" => filter.code = unsigned(value, at, "u16", Width::Narrow)?,
+            "timestamp_min" => filter.timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
+            "timestamp_max" => filter.timestamp_max = unsigned(value, at, "u64", Width::Wide)?,
+            "limit" => filter.limit = unsigned(value, at, "u32", Width::Narrow)?,
+            "reversed" => reversed = Some(boolean(value, at)?),
+            "flags" => {
+                flag_set = Some(fields::flags(value, at, QUERY_FLAGS, 0, |a, b| a | b)?);
+            }
+            _ => unreachable_field(field, at)?,
+        }
+    }
+    if let Some(set) = flag_set {
+        if reversed.is_some() {
+            return Err(loc
+                .field("flags")
+                .error("give reversed as a flag or as a field, not both".to_string()));
+        }
+        reversed = Some(set & FILTER_REVERSED != 0);
+    }
+    filter.reversed = reversed.unwrap_or(false);
     Ok(filter)
 }

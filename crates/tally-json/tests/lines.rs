@@ -69,6 +69,8 @@ fn render(line: &RequestLine) -> String {
             timestamp_min,
             limit,
         } => format!("get_change_events timestamp_min={timestamp_min} limit={limit}"),
+        Request::QueryAccounts(filter) => format!("query_accounts {}", render_query(filter)),
+        Request::QueryTransfers(filter) => format!("query_transfers {}", render_query(filter)),
     };
     match line.now {
         Some(now) => format!("{body} now={now}"),
@@ -146,7 +148,69 @@ fn render_filter(f: &AccountFilter) -> String {
         }
     }
     parts.push(format!("time={}..{}", f.timestamp_min, f.timestamp_max));
+    let given = fields(&[
+        ("ud128", f.user_data_128.to_string()),
+        ("ud64", f.user_data_64.to_string()),
+        ("ud32", f.user_data_32.to_string()),
+        ("code", f.code.to_string()),
+    ]);
+    if given != "{}" {
+        parts.push(given);
+    }
     parts.join(" ")
+}
+
+fn render_query(f: &tally_types::QueryFilter) -> String {
+    let reversed = if f.reversed { " reversed" } else { "" };
+    let given = fields(&[
+        ("ud128", f.user_data_128.to_string()),
+        ("ud64", f.user_data_64.to_string()),
+        ("ud32", f.user_data_32.to_string()),
+        ("ledger", f.ledger.to_string()),
+        ("code", f.code.to_string()),
+        ("limit", f.limit.to_string()),
+    ]);
+    format!(
+        "{given} time={}..{}{reversed}",
+        f.timestamp_min, f.timestamp_max
+    )
+}
+
+#[test]
+fn query_filters_and_the_account_filter_fields() {
+    check(
+        r#"{"query_transfers": {"user_data_128": "340282366920938463463374607431768211454", "ledger": 156, "code": 7, "limit": 5}}"#,
+        "query_transfers {ud128=340282366920938463463374607431768211454 ledger=156 code=7 limit=5} time=0..0",
+    );
+    check(
+        r#"{"query_accounts": {"user_data_64": "9", "user_data_32": 3, "timestamp_min": "5", "timestamp_max": "9", "flags": ["reversed"]}}"#,
+        "query_accounts {ud64=9 ud32=3} time=5..9 reversed",
+    );
+    check(r#"{"query_accounts": {}}"#, "query_accounts {} time=0..0");
+    check(
+        r#"{"query_transfers": {"reversed": true}}"#,
+        "query_transfers {} time=0..0 reversed",
+    );
+    check(
+        r#"{"query_transfers": {"account_id": "1"}}"#,
+        "error: query_transfers.account_id: unknown field; query filter fields are user_data_128,",
+    );
+    check(
+        r#"{"query_transfers": {"flags": ["debits"]}}"#,
+        "error: query_transfers.flags[0]: unknown flag \"debits\"; the flags here are reversed",
+    );
+    check(
+        r#"{"query_transfers": {"flags": ["reversed"], "reversed": true}}"#,
+        "error: query_transfers.flags: give reversed as a flag or as a field, not both",
+    );
+    check(
+        r#"{"query_accounts": {"code": 70000}}"#,
+        "error: query_accounts.code:",
+    );
+    check(
+        r#"{"get_account_transfers": {"account_id": "1", "user_data_128": "12", "user_data_64": "5", "user_data_32": 4, "code": 2}}"#,
+        "get_account_transfers account=1 limit=0 debits credits time=0..0 {ud128=12 ud64=5 ud32=4 code=2}",
+    );
 }
 
 #[test]

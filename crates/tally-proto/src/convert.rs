@@ -275,12 +275,18 @@ pub fn filter_to_proto(filter: &AccountFilter) -> v1::AccountFilter {
         debits: filter.debits,
         credits: filter.credits,
         reversed: filter.reversed,
+        user_data_128: u128_to_proto(filter.user_data_128),
+        user_data_64: filter.user_data_64,
+        user_data_32: filter.user_data_32,
+        code: u32::from(filter.code),
     }
 }
 
-/// A `get_account_transfers` filter from the wire.
-pub fn filter_from_proto(filter: &v1::AccountFilter) -> AccountFilter {
-    AccountFilter {
+/// A `get_account_transfers` filter from the wire; a `code` past u16 is an error.
+pub fn filter_from_proto(filter: &v1::AccountFilter) -> Result<AccountFilter, String> {
+    let code = u16::try_from(filter.code)
+        .map_err(|_| format!("code: {} is past the u16 range", filter.code))?;
+    Ok(AccountFilter {
         account_id: u128_from_proto(filter.account_id),
         timestamp_min: filter.timestamp_min,
         timestamp_max: filter.timestamp_max,
@@ -288,7 +294,11 @@ pub fn filter_from_proto(filter: &v1::AccountFilter) -> AccountFilter {
         debits: filter.debits,
         credits: filter.credits,
         reversed: filter.reversed,
-    }
+        user_data_128: u128_from_proto(filter.user_data_128),
+        user_data_64: filter.user_data_64,
+        user_data_32: filter.user_data_32,
+        code,
+    })
 }
 
 /// A change event's kind for the wire: the same number the event journal stores.

@@ -232,7 +232,8 @@ impl tally_proto::LedgerService for LedgerService {
     ) -> Result<Response<v1::Transfers>, Status> {
         let operation = Operation::GetAccountTransfers;
         let rights = self.admit(&request, operation)?;
-        let filter = tally_proto::filter_from_proto(request.get_ref());
+        let filter = tally_proto::filter_from_proto(request.get_ref())
+            .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
         let transfers = self
             .backend
             .get_account_transfers(&filter)

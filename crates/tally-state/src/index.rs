@@ -135,6 +135,24 @@ impl IdIndex {
         }
     }
 
+    /// Points `id`'s entry at `position`, a record with the same id (a value index's
+    /// newest record of a value); false when `id` has no entry.
+    pub fn replace(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
+        let bits = self.bits(id);
+        match self.find(id, bits, id_at) {
+            Some(at) => {
+                self.slots[at] = pack(bits, position);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes of memory held.
+    pub fn bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<u64>()
+    }
+
     /// Removes `id` (its record must still be readable through `id_at`). The entries
     /// after it in its run move back to close the gap, so that every entry stays
     /// reachable from its home slot without tombstones.

@@ -25,12 +25,15 @@ mod index;
 mod part;
 mod plan;
 mod prefetch;
+mod query;
 mod state;
 mod store;
+mod value_index;
 
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use part::{PARTS_MAX, Part, part_of};
+pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use plan::{Plan, PlanCost, Serial, Unit, Work, plan, run_unit};
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
 

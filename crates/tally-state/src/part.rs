@@ -8,6 +8,7 @@ use crate::cow_map::CowIdMap;
 use crate::hints::prefetch;
 use crate::history::Histories;
 use crate::index::IdIndex;
+use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
 use std::collections::BTreeSet;
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
@@ -95,6 +96,9 @@ pub struct Part {
     /// Per account (same position as in `accounts`), the transfers touching it, oldest
     /// first. By reference, not id: no hash lookup.
     pub(crate) account_history: Histories,
+    /// Accounts and transfers by user data, for queries.
+    pub(crate) account_values: UserDataIndexes,
+    pub(crate) transfer_values: UserDataIndexes,
     pub(crate) pending_status: CowIdMap<PendingStatus>,
     /// Pending transfers with a timeout, by (expiry instant in ns, id).
     pub(crate) expiries: BTreeSet<(u64, u128)>,
@@ -175,6 +179,8 @@ impl Part {
             transfers: TransferStore::default(),
             transfer_index: IdIndex::default(),
             account_history: Histories::default(),
+            account_values: UserDataIndexes::default(),
+            transfer_values: UserDataIndexes::default(),
             pending_status: CowIdMap::default(),
             expiries: BTreeSet::new(),
             refunded: CowIdMap::default(),
@@ -370,6 +376,11 @@ impl Part {
             return false;
         }
         self.account_history.push_account();
+        let accounts = &self.accounts;
+        self.account_values
+            .add(account_user_data(&account), index, |p| {
+                account_user_data(&accounts[p as usize])
+            });
         self.record(Undo::AccountCreated);
         true
     }
@@ -409,6 +420,11 @@ impl Part {
             self.transfers.pop();
             return None;
         }
+        let transfers = &self.transfers;
+        self.transfer_values
+            .add(transfer_user_data(&transfer), position as u32, |p| {
+                transfer_user_data(&transfers.get(p as usize))
+            });
         self.record(Undo::TransferStored);
         Some(transfer_ref)
     }
@@ -483,8 +499,14 @@ impl Part {
             };
             match undo {
                 Undo::AccountCreated => {
-                    let id = self.accounts.last().expect("undo of a created account").id;
+                    let last = *self.accounts.last().expect("undo of a created account");
+                    let position = (self.accounts.len() - 1) as u32;
                     let accounts = &self.accounts;
+                    self.account_values
+                        .remove_newest(account_user_data(&last), position, |p| {
+                            account_user_data(&accounts[p as usize])
+                        });
+                    let id = last.id;
                     self.account_index.remove(id, |p| accounts[p as usize].id);
                     self.accounts.pop();
                     self.account_history.pop_account();
@@ -493,6 +515,12 @@ impl Part {
                     let last = self.transfers.len().checked_sub(1);
                     let last = last.expect("undo of a stored transfer");
                     let id = self.transfers.id_at(last);
+                    let transfers = &self.transfers;
+                    self.transfer_values.remove_newest(
+                        transfer_user_data(&transfers.get(last)),
+                        last as u32,
+                        |p| transfer_user_data(&transfers.get(p as usize)),
+                    );
                     let (transfers, burned) = (&self.transfers, &self.failed_ids);
                     self.transfer_index
                         .remove(id, |p| indexed_id(transfers, burned, p));

@@ -111,6 +111,12 @@ impl StateMachine {
         self.last_timestamp = last_timestamp;
     }
 
+    /// The parts, in order (all held: not out on shard threads).
+    pub(crate) fn parts(&self) -> &[Box<Part>] {
+        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
+        &self.parts
+    }
+
     fn part(&self, id: u128) -> &Part {
         &self.parts[part_of(id, self.parts.len())]
     }

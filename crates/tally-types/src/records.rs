@@ -186,6 +186,14 @@ pub struct AccountFilter {
     pub credits: bool,
     /// Newest first.
     pub reversed: bool,
+    /// Only transfers with this `user_data_128`; 0 = any.
+    pub user_data_128: u128,
+    /// Only transfers with this `user_data_64`; 0 = any.
+    pub user_data_64: u64,
+    /// Only transfers with this `user_data_32`; 0 = any.
+    pub user_data_32: u32,
+    /// Only transfers with this `code`; 0 = any.
+    pub code: u16,
 }
 
 impl AccountFilter {
@@ -199,6 +207,10 @@ impl AccountFilter {
             debits: true,
             credits: true,
             reversed: false,
+            user_data_128: 0,
+            user_data_64: 0,
+            user_data_32: 0,
+            code: 0,
         }
     }
 
@@ -212,13 +224,103 @@ impl AccountFilter {
     }
 
     /// True when `transfer` (which touches this account) passes the filter's
-    /// direction and time range.
+    /// direction, time range, user data and code.
     pub fn matches(&self, transfer: &Transfer) -> bool {
         let direction = (self.debits && transfer.debit_account_id == self.account_id)
             || (self.credits && transfer.credit_account_id == self.account_id);
-        let after_min = transfer.timestamp >= self.timestamp_min;
-        let before_max = self.timestamp_max == 0 || transfer.timestamp <= self.timestamp_max;
-        direction && after_min && before_max
+        direction && self.in_time_range(transfer.timestamp) && self.fields_match(transfer)
+    }
+
+    /// True when `timestamp` is within the filter's inclusive range.
+    pub fn in_time_range(&self, timestamp: u64) -> bool {
+        timestamp >= self.timestamp_min
+            && (self.timestamp_max == 0 || timestamp <= self.timestamp_max)
+    }
+
+    /// True when the transfer's user data and code match those the filter gives.
+    fn fields_match(&self, transfer: &Transfer) -> bool {
+        (self.user_data_128 == 0 || transfer.user_data_128 == self.user_data_128)
+            && (self.user_data_64 == 0 || transfer.user_data_64 == self.user_data_64)
+            && (self.user_data_32 == 0 || transfer.user_data_32 == self.user_data_32)
+            && (self.code == 0 || transfer.code == self.code)
+    }
+}
+
+/// Filter of `query_accounts` and `query_transfers` (TigerBeetle's `QueryFilter`): the
+/// intersection of the fields given (0 = any), in timestamp order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueryFilter {
+    /// Only records with this `user_data_128`; 0 = any.
+    pub user_data_128: u128,
+    /// Only records with this `user_data_64`; 0 = any.
+    pub user_data_64: u64,
+    /// Only records with this `user_data_32`; 0 = any.
+    pub user_data_32: u32,
+    /// Only records of this ledger; 0 = any.
+    pub ledger: u32,
+    /// Only records with this code; 0 = any.
+    pub code: u16,
+    /// Inclusive lower bound on the timestamp; 0 = unbounded.
+    pub timestamp_min: u64,
+    /// Inclusive upper bound on the timestamp; 0 = unbounded.
+    pub timestamp_max: u64,
+    /// Most records to return; 0 means [`ACCOUNT_FILTER_LIMIT_MAX`], larger values are
+    /// capped to it.
+    pub limit: u32,
+    /// Newest first.
+    pub reversed: bool,
+}
+
+impl QueryFilter {
+    /// The page size this filter asks for, within bounds.
+    pub fn limit_effective(&self) -> usize {
+        if self.limit == 0 {
+            ACCOUNT_FILTER_LIMIT_MAX as usize
+        } else {
+            self.limit.min(ACCOUNT_FILTER_LIMIT_MAX) as usize
+        }
+    }
+
+    /// True when `timestamp` is within the filter's inclusive range.
+    pub fn in_time_range(&self, timestamp: u64) -> bool {
+        timestamp >= self.timestamp_min
+            && (self.timestamp_max == 0 || timestamp <= self.timestamp_max)
+    }
+
+    /// True when the fields given (and the time range) match these.
+    pub fn matches_fields(
+        &self,
+        user_data: (u128, u64, u32),
+        ledger: u32,
+        code: u16,
+        timestamp: u64,
+    ) -> bool {
+        (self.user_data_128 == 0 || user_data.0 == self.user_data_128)
+            && (self.user_data_64 == 0 || user_data.1 == self.user_data_64)
+            && (self.user_data_32 == 0 || user_data.2 == self.user_data_32)
+            && (self.ledger == 0 || ledger == self.ledger)
+            && (self.code == 0 || code == self.code)
+            && self.in_time_range(timestamp)
+    }
+
+    /// True when `account` passes the filter.
+    pub fn matches_account(&self, account: &Account) -> bool {
+        self.matches_fields(
+            (account.user_data_128, account.user_data_64, account.user_data_32),
+            account.ledger,
+            account.code,
+            account.timestamp,
+        )
+    }
+
+    /// True when `transfer` passes the filter.
+    pub fn matches_transfer(&self, transfer: &Transfer) -> bool {
+        self.matches_fields(
+            (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32),
+            transfer.ledger,
+            transfer.code,
+            transfer.timestamp,
+        )
     }
 }
 

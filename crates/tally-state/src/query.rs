@@ -1,0 +1,308 @@
+//! `query_accounts` and `query_transfers` (docs/spec.md §2, "Queries"), answered a
+//! bounded step at a time so that a caller holding the state's read lock for one step
+//! never holds up commits for longer than that step.
+//!
+//! Each part is walked on its own, in one of two ways:
+//! * a user-data field is given: its chain in the part's [`crate::value_index`], newest
+//!   first, the other fields checked on each record;
+//! * only `ledger`, `code` and the time range: the part's store in timestamp order from
+//!   the first record in range (found by binary search), each record checked.
+//!
+//! A part is done once it has `limit` matches in the order asked (no later record of
+//! that part can come before them), or it is out of records in range. The answer merges
+//! the parts' matches by timestamp. `timestamp_max` is fixed at the state's last
+//! timestamp when the query starts: records committed between steps are not answered,
+//! so the answer is the state as it stood at the start (records are never changed or
+//! removed once committed; account balances are read at the last step).
+
+use crate::part::Part;
+use crate::state::StateMachine;
+use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
+use std::collections::VecDeque;
+use tally_types::{Account, QueryFilter, Transfer};
+
+/// Records a step examines at most (all parts together): about 0.2 ms of decoding.
+pub const QUERY_STEP_RECORDS: usize = 4_096;
+
+/// Which records a query lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryTarget {
+    /// `query_accounts`.
+    Accounts,
+    /// `query_transfers`.
+    Transfers,
+}
+
+/// Where one part's walk stands.
+#[derive(Debug, Clone)]
+enum Walk {
+    /// Along the chain of user-data field `field`; `next` is the next record to look at.
+    Chain { field: usize, next: Option<u32> },
+    /// The store in timestamp order: positions `next..end`.
+    Forward { next: u32, end: u32 },
+    /// The store newest first: positions `start..next`, `next - 1` first.
+    Backward { start: u32, next: u32 },
+    /// Nothing more to look at.
+    Done,
+}
+
+/// A query in progress: [`Query::step`] until it returns true, then [`Query::accounts`]
+/// or [`Query::transfers`].
+#[derive(Debug, Clone)]
+pub struct Query {
+    target: QueryTarget,
+    filter: QueryFilter,
+    limit: usize,
+    walks: Vec<Walk>,
+    /// Per part: (timestamp, position) of the matches, in the walk's order.
+    found: Vec<VecDeque<(u64, u32)>>,
+}
+
+impl Query {
+    /// Starts a query over `state` as it stands now.
+    pub fn new(state: &StateMachine, target: QueryTarget, filter: &QueryFilter) -> Query {
+        let mut filter = *filter;
+        let last = state.last_timestamp();
+        if filter.timestamp_max == 0 || filter.timestamp_max > last {
+            filter.timestamp_max = last;
+        }
+        let mut query = Query {
+            target,
+            filter,
+            limit: filter.limit_effective(),
+            walks: Vec::new(),
+            found: Vec::new(),
+        };
+        let empty = last == 0 || filter.timestamp_min > filter.timestamp_max;
+        for part in state.parts() {
+            let walk = if empty { Walk::Done } else { query.start(part) };
+            query.walks.push(walk);
+            query.found.push(VecDeque::new());
+        }
+        query
+    }
+
+    fn start(&self, part: &Part) -> Walk {
+        let given = [
+            self.filter.user_data_128,
+            u128::from(self.filter.user_data_64),
+            u128::from(self.filter.user_data_32),
+        ];
+        if let Some(field) = given.iter().position(|&value| value != 0) {
+            let value = given[field];
+            let next = match self.target {
+                QueryTarget::Accounts => {
+                    indexes(part, self.target).by_field[field].newest(value, |p| {
+                        account_user_data(&part.accounts[p as usize])[field]
+                    })
+                }
+                QueryTarget::Transfers => {
+                    indexes(part, self.target).by_field[field].newest(value, |p| {
+                        transfer_user_data(&part.transfers.get(p as usize))[field]
+                    })
+                }
+            };
+            return Walk::Chain { field, next };
+        }
+        let len = record_count(part, self.target);
+        let start = first_at_or_after(part, self.target, len, self.filter.timestamp_min);
+        let end = first_at_or_after(part, self.target, len, self.filter.timestamp_max + 1);
+        if self.filter.reversed {
+            Walk::Backward { start, next: end }
+        } else {
+            Walk::Forward { next: start, end }
+        }
+    }
+
+    /// Examines at most [`QUERY_STEP_RECORDS`] records; true once the answer is whole.
+    pub fn step(&mut self, state: &StateMachine) -> bool {
+        let parts = state.parts();
+        assert_eq!(parts.len(), self.walks.len(), "a query keeps to its state");
+        let mut budget = QUERY_STEP_RECORDS;
+        for (index, part) in parts.iter().enumerate() {
+            while budget > 0 && !matches!(self.walks[index], Walk::Done) {
+                budget -= 1;
+                self.advance(index, part);
+            }
+        }
+        self.walks.iter().all(|walk| matches!(walk, Walk::Done))
+    }
+
+    /// One record of part `index`'s walk.
+    fn advance(&mut self, index: usize, part: &Part) {
+        let (position, chained) = match &mut self.walks[index] {
+            Walk::Done => return,
+            Walk::Chain { next: None, .. } => {
+                self.walks[index] = Walk::Done;
+                return;
+            }
+            Walk::Chain {
+                field,
+                next: Some(position),
+            } => {
+                let at = *position;
+                let field = *field;
+                let older = indexes(part, self.target).by_field[field].older(at);
+                self.walks[index] = Walk::Chain { field, next: older };
+                (at, true)
+            }
+            Walk::Forward { next, end } => {
+                if next >= end {
+                    self.walks[index] = Walk::Done;
+                    return;
+                }
+                *next += 1;
+                (*next - 1, false)
+            }
+            Walk::Backward { start, next } => {
+                if next <= start {
+                    self.walks[index] = Walk::Done;
+                    return;
+                }
+                *next -= 1;
+                (*next, false)
+            }
+        };
+        let timestamp = self.matching(part, position);
+        let found = &mut self.found[index];
+        match timestamp {
+            Some(timestamp) => {
+                found.push_back((timestamp, position));
+                if chained && !self.filter.reversed {
+                    // A chain runs newest first: keep its oldest `limit`.
+                    if found.len() > self.limit {
+                        found.pop_front();
+                    }
+                } else if found.len() == self.limit {
+                    self.walks[index] = Walk::Done;
+                }
+            }
+            None => {
+                // A chain runs newest first: past the range's start, nothing older counts.
+                if chained && self.timestamp_of(part, position) < self.filter.timestamp_min {
+                    self.walks[index] = Walk::Done;
+                }
+            }
+        }
+    }
+
+    /// The record's timestamp when it passes the filter.
+    fn matching(&self, part: &Part, position: u32) -> Option<u64> {
+        match self.target {
+            QueryTarget::Accounts => {
+                let account = &part.accounts[position as usize];
+                self.filter
+                    .matches_account(account)
+                    .then_some(account.timestamp)
+            }
+            QueryTarget::Transfers => {
+                let transfer = part.transfers.get(position as usize);
+                self.filter
+                    .matches_transfer(&transfer)
+                    .then_some(transfer.timestamp)
+            }
+        }
+    }
+
+    fn timestamp_of(&self, part: &Part, position: u32) -> u64 {
+        record_timestamp(part, self.target, position)
+    }
+
+    /// The matches of every part, merged by timestamp in the order asked, at most the
+    /// limit: (part, position).
+    fn merged(&self) -> Vec<(usize, u32)> {
+        let mut all: Vec<(u64, usize, u32)> = self
+            .found
+            .iter()
+            .enumerate()
+            .flat_map(|(part, found)| found.iter().map(move |&(t, p)| (t, part, p)))
+            .collect();
+        all.sort_unstable_by_key(|&(timestamp, _, _)| timestamp);
+        if self.filter.reversed {
+            all.reverse();
+        }
+        all.truncate(self.limit);
+        all.into_iter().map(|(_, part, p)| (part, p)).collect()
+    }
+
+    /// The accounts found, as they stand in `state` now (a finished accounts query).
+    pub fn accounts(&self, state: &StateMachine) -> Vec<Account> {
+        assert_eq!(self.target, QueryTarget::Accounts);
+        let parts = state.parts();
+        self.merged()
+            .into_iter()
+            .map(|(part, position)| parts[part].accounts[position as usize])
+            .collect()
+    }
+
+    /// The transfers found (a finished transfers query).
+    pub fn transfers(&self, state: &StateMachine) -> Vec<Transfer> {
+        assert_eq!(self.target, QueryTarget::Transfers);
+        let parts = state.parts();
+        self.merged()
+            .into_iter()
+            .map(|(part, position)| parts[part].transfers.get(position as usize))
+            .collect()
+    }
+}
+
+fn indexes(part: &Part, target: QueryTarget) -> &UserDataIndexes {
+    match target {
+        QueryTarget::Accounts => &part.account_values,
+        QueryTarget::Transfers => &part.transfer_values,
+    }
+}
+
+fn record_count(part: &Part, target: QueryTarget) -> u32 {
+    let len = match target {
+        QueryTarget::Accounts => part.accounts.len(),
+        QueryTarget::Transfers => part.transfers.len(),
+    };
+    u32::try_from(len).expect("fewer than 2^32 records in a part")
+}
+
+fn record_timestamp(part: &Part, target: QueryTarget, position: u32) -> u64 {
+    match target {
+        QueryTarget::Accounts => part.accounts[position as usize].timestamp,
+        QueryTarget::Transfers => part.transfers.get(position as usize).timestamp,
+    }
+}
+
+/// The first position of the first `len` records whose timestamp is ≥ `timestamp`
+/// (records are in timestamp order in their part).
+fn first_at_or_after(part: &Part, target: QueryTarget, len: u32, timestamp: u64) -> u32 {
+    let (mut low, mut high) = (0u32, len);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if record_timestamp(part, target, middle) < timestamp {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low
+}
+
+impl StateMachine {
+    /// Bytes held by the user-data indexes of accounts and transfers, all parts.
+    pub fn query_index_bytes(&self) -> usize {
+        self.parts()
+            .iter()
+            .map(|part| part.account_values.bytes() + part.transfer_values.bytes())
+            .sum()
+    }
+
+    /// `query_accounts`, all steps at once (the reference; an engine steps a [`Query`]).
+    pub fn query_accounts(&self, filter: &QueryFilter) -> Vec<Account> {
+        let mut query = Query::new(self, QueryTarget::Accounts, filter);
+        while !query.step(self) {}
+        query.accounts(self)
+    }
+
+    /// `query_transfers`, all steps at once (the reference; an engine steps a [`Query`]).
+    pub fn query_transfers(&self, filter: &QueryFilter) -> Vec<Transfer> {
+        let mut query = Query::new(self, QueryTarget::Transfers, filter);
+        while !query.step(self) {}
+        query.transfers(self)
+    }
+}

@@ -1,0 +1,206 @@
+//! Indexes by user data, for `query_accounts`, `query_transfers` and the filters of
+//! `get_account_transfers` (docs/spec.md §2, "Queries").
+//!
+//! One [`ValueIndex`] per field and record kind, in each part: every record with that
+//! field non-zero is on a chain of the records sharing its value, newest first. The head
+//! of each chain sits in an [`IdIndex`] keyed by the value (8 bytes a slot, the value
+//! read back from the record only when 32 hash bits match); each record's link to the
+//! previous one of its value is 4 bytes in a dense array by position.
+//!
+//! Cost is paid only for fields in use: the link array starts at the first record with a
+//! non-zero value, so a ledger that never sets `user_data_64` pays nothing for it but a
+//! test of the field per record. Records are only ever added at the end and removed from
+//! the end (a chain's rollback), so a chain never has a hole: the newest record of a
+//! value is its head, and undoing it restores the head before it.
+//!
+//! `ledger` and `code` are not indexed: a ledger has a handful of each, so an index on
+//! them would be a second copy of the store in timestamp order. A query on them alone
+//! walks the store in timestamp order, a bounded step at a time.
+
+use crate::index::IdIndex;
+use tally_types::{Account, Transfer};
+
+/// Records with the same non-zero value of one field, newest first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ValueIndex {
+    /// Value → the newest record's position.
+    heads: IdIndex,
+    /// The position `links[0]` describes: the first record indexed.
+    base: u32,
+    /// Per position from `base`: the previous record of the same value, as
+    /// `position + 1`; 0 at the oldest of its value, and for records with value 0.
+    links: Vec<u32>,
+}
+
+impl ValueIndex {
+    /// Adds the newest record, at `position`, with `value` (0: not indexed).
+    #[inline]
+    pub fn add(&mut self, value: u128, position: u32, value_at: impl Fn(u32) -> u128) {
+        if value == 0 {
+            return;
+        }
+        if self.links.is_empty() {
+            self.base = position;
+        }
+        let slot = (position - self.base) as usize;
+        // Entries past the newest indexed record are zeros of records since removed
+        // (a rollback): cut them, then fill the records of value 0 up to this one.
+        self.links.truncate(slot);
+        self.links.resize(slot + 1, 0);
+        let link = match self.heads.get(value, &value_at) {
+            Some(previous) => {
+                let replaced = self.heads.replace(value, position, &value_at);
+                debug_assert!(replaced);
+                previous + 1
+            }
+            None => {
+                let inserted = self.heads.insert(value, position, &value_at);
+                debug_assert!(inserted);
+                0
+            }
+        };
+        self.links[slot] = link;
+    }
+
+    /// Removes the newest record, at `position`, with `value`; `value_at` must still
+    /// read it.
+    pub fn remove_newest(&mut self, value: u128, position: u32, value_at: impl Fn(u32) -> u128) {
+        if value == 0 {
+            return;
+        }
+        let slot = (position - self.base) as usize;
+        // Entries past it can only be zeros of records of value 0 removed before it.
+        assert!(slot < self.links.len(), "only the newest record is removed");
+        match self.links[slot] {
+            0 => self.heads.remove(value, &value_at),
+            previous => {
+                let replaced = self.heads.replace(value, previous - 1, &value_at);
+                assert!(replaced, "a chain's head is indexed");
+            }
+        }
+        self.links.truncate(slot);
+    }
+
+    /// The newest record with `value`.
+    pub fn newest(&self, value: u128, value_at: impl Fn(u32) -> u128) -> Option<u32> {
+        if value == 0 || self.links.is_empty() {
+            return None;
+        }
+        self.heads.get(value, value_at)
+    }
+
+    /// The record before `position` with the same value (`position` must be indexed).
+    pub fn older(&self, position: u32) -> Option<u32> {
+        let link = self.links[(position - self.base) as usize];
+        link.checked_sub(1)
+    }
+
+    /// Bytes of memory held.
+    pub fn bytes(&self) -> usize {
+        self.heads.bytes() + self.links.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// The three user-data indexes of one record kind in one part: `user_data_128`,
+/// `user_data_64`, `user_data_32`, in that order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UserDataIndexes {
+    pub by_field: [ValueIndex; 3],
+}
+
+/// A record's user data as the three indexed values.
+pub(crate) type UserData = [u128; 3];
+
+/// The user data of an account, as [`UserDataIndexes`] orders it.
+pub(crate) fn account_user_data(account: &Account) -> UserData {
+    [
+        account.user_data_128,
+        u128::from(account.user_data_64),
+        u128::from(account.user_data_32),
+    ]
+}
+
+/// The user data of a transfer, as [`UserDataIndexes`] orders it.
+pub(crate) fn transfer_user_data(transfer: &Transfer) -> UserData {
+    [
+        transfer.user_data_128,
+        u128::from(transfer.user_data_64),
+        u128::from(transfer.user_data_32),
+    ]
+}
+
+impl UserDataIndexes {
+    /// Adds the newest record (see [`ValueIndex::add`]).
+    #[inline]
+    pub fn add(&mut self, values: UserData, position: u32, values_at: impl Fn(u32) -> UserData) {
+        for (field, index) in self.by_field.iter_mut().enumerate() {
+            if values[field] != 0 {
+                index.add(values[field], position, |p| values_at(p)[field]);
+            }
+        }
+    }
+
+    /// Removes the newest record (see [`ValueIndex::remove_newest`]).
+    pub fn remove_newest(
+        &mut self,
+        values: UserData,
+        position: u32,
+        values_at: impl Fn(u32) -> UserData,
+    ) {
+        for (field, index) in self.by_field.iter_mut().enumerate() {
+            index.remove_newest(values[field], position, |p| values_at(p)[field]);
+        }
+    }
+
+    /// Bytes of memory held.
+    pub fn bytes(&self) -> usize {
+        self.by_field.iter().map(ValueIndex::bytes).sum()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::test_support::SeededRng;
+
+    /// The chain of `value`, newest first.
+    fn chain(index: &ValueIndex, value: u128, values: &[u128]) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut at = index.newest(value, |p| values[p as usize]);
+        while let Some(position) = at {
+            out.push(position);
+            at = index.older(position);
+        }
+        out
+    }
+
+    #[test]
+    fn chains_match_a_scan_through_adds_and_removals() {
+        let mut rng = SeededRng::new(11);
+        let mut values: Vec<u128> = Vec::new();
+        let mut index = ValueIndex::default();
+        for _ in 0..5_000 {
+            if !values.is_empty() && rng.below(4) == 0 {
+                let position = (values.len() - 1) as u32;
+                let value = *values.last().unwrap();
+                index.remove_newest(value, position, |p| values[p as usize]);
+                values.pop();
+            } else {
+                // Mostly zero at first, so the link array starts late; few values.
+                let value = if rng.below(3) == 0 { 0 } else { u128::from(rng.below(20)) << 70 };
+                values.push(value);
+                let position = (values.len() - 1) as u32;
+                index.add(value, position, |p| values[p as usize]);
+            }
+            for value in (1..20u128).map(|v| v << 70) {
+                let scanned: Vec<u32> = (0..values.len() as u32)
+                    .rev()
+                    .filter(|&p| values[p as usize] == value)
+                    .collect();
+                assert_eq!(chain(&index, value, &values), scanned);
+            }
+        }
+        assert_eq!(index.newest(0, |p| values[p as usize]), None);
+    }
+}
