@@ -180,8 +180,11 @@ fn answer_line(
     currencies: &CurrencyTable,
     manual_clock: bool,
 ) -> String {
-    let RequestLine { request, now } =
-        match tally_json::parse_line(line, &LedgerLedgers(ledger), currencies) {
+    let RequestLine {
+        request,
+        now,
+        balances,
+    } = match tally_json::parse_line(line, &LedgerLedgers(ledger), currencies) {
             Ok(parsed) => parsed,
             Err(error) => return tally_json::error_answer(&error.0),
         };
@@ -190,6 +193,9 @@ fn answer_line(
     }
     let batch = match request {
         Request::CreateAccounts(accounts) => Batch::CreateAccounts(accounts),
+        Request::CreateTransfers(transfers) if balances => {
+            return transfers_with_balances(ledger, transfers, now, currencies);
+        }
         Request::CreateTransfers(transfers) => Batch::CreateTransfers(transfers),
         Request::LookupAccounts(ids) => {
             return tally_json::accounts_answer(&ledger.lookup_accounts(&ids), currencies);
@@ -229,6 +235,39 @@ fn answer_line(
                 })
                 .collect();
             tally_json::results_answer(&outcomes)
+        }
+        Err(error) => tally_json::error_answer(&error.to_string()),
+    }
+}
+
+/// A `create_transfers` line with `"balances": true`: each applied transfer's answer
+/// carries both accounts' balances, in the scale of the ledger it took.
+fn transfers_with_balances(
+    ledger: &Ledger,
+    transfers: Vec<tally_types::Transfer>,
+    now: Option<u64>,
+    currencies: &CurrencyTable,
+) -> String {
+    let ids: Vec<u128> = transfers.iter().map(|t| t.id).collect();
+    match ledger.create_transfers_with_balances(transfers, now) {
+        Ok(results) => {
+            let outcomes: Vec<tally_json::BalancedOutcome> = results
+                .iter()
+                .zip(&ids)
+                .map(|(r, id)| tally_json::BalancedOutcome {
+                    outcome: tally_json::EventOutcome {
+                        code: r.code,
+                        timestamp: r.timestamp,
+                    },
+                    // The stored transfer has its ledger filled in (a post, void or
+                    // refund may give 0).
+                    balances: r.balances.map(|balances| {
+                        let stored = ledger.lookup_transfers(&[*id]);
+                        (balances, stored.first().map_or(0, |t| t.ledger))
+                    }),
+                })
+                .collect();
+            tally_json::results_with_balances_answer(&outcomes, currencies)
         }
         Err(error) => tally_json::error_answer(&error.to_string()),
     }

@@ -6,7 +6,10 @@
 use super::Ledger;
 use crate::config::{Backpressure, Config};
 use crate::error::SubmitError;
-use crate::request::Answer;
+use crate::request::EventResult;
+
+/// What a submitter gets: one result per event, or why the batch got none.
+type Answer = Result<Vec<EventResult>, crate::SubmitError>;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};

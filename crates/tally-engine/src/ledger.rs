@@ -10,7 +10,7 @@ use crate::events::{
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::recovery::{Capacity, Recovery, recover};
-use crate::request::{Answer, EventResult, Request};
+use crate::request::{Answered, EventResult, Request, TransferResult};
 use crate::shards::{ShardCounters, ShardPool};
 use crate::shared::Shared;
 use crate::sync::{AtomicBool, Ordering};
@@ -282,7 +282,65 @@ impl Ledger {
         batch: Batch,
         now: Option<u64>,
     ) -> Result<Vec<EventResult>, SubmitError> {
-        let receiver = match self.enqueue(batch, now)? {
+        self.submit_blocking(batch, now, false)
+            .map(|answered| answered.results)
+    }
+
+    /// Creates transfers and answers each applied one with both accounts' balances
+    /// right after it (docs/spec.md §2, "Balances with results"): no second read to
+    /// show a customer's new balance. `now` as in [`Ledger::submit_at`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tally_engine::{Account, Config, Ledger, ResultCode, Transfer};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    /// let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    /// let account = |id| Account { id, ledger: 978, code: 1, ..Account::default() };
+    /// ledger.create_accounts(vec![account(1), account(2)]).expect("durable");
+    /// let pay = Transfer {
+    ///     id: 10,
+    ///     debit_account_id: 1,
+    ///     credit_account_id: 2,
+    ///     amount: 500,
+    ///     ledger: 978,
+    ///     code: 1,
+    ///     ..Transfer::default()
+    /// };
+    /// let results = ledger.create_transfers_with_balances(vec![pay], None).expect("durable");
+    /// assert_eq!(results[0].code, ResultCode::Ok);
+    /// let balances = results[0].balances.expect("an applied transfer has balances");
+    /// assert_eq!(balances.debit_account.debits_posted, 500);
+    /// assert_eq!(balances.credit_account.credits_posted, 500);
+    /// ```
+    pub fn create_transfers_with_balances(
+        &self,
+        transfers: Vec<Transfer>,
+        now: Option<u64>,
+    ) -> Result<Vec<TransferResult>, SubmitError> {
+        self.submit_blocking(Batch::CreateTransfers(transfers), now, true)
+            .map(with_balances)
+    }
+
+    /// [`Ledger::create_transfers_with_balances`] from async code, as
+    /// [`Ledger::submit_async`].
+    pub async fn create_transfers_with_balances_async(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<TransferResult>, SubmitError> {
+        self.submit_async_with(Batch::CreateTransfers(transfers), true)
+            .await
+            .map(with_balances)
+    }
+
+    fn submit_blocking(
+        &self,
+        batch: Batch,
+        now: Option<u64>,
+        balances: bool,
+    ) -> Result<Answered, SubmitError> {
+        let receiver = match self.enqueue(batch, now, balances)? {
             Enqueued::Queued(receiver) => receiver,
             Enqueued::Full(request, receiver, deadline) => {
                 let mut request = Some(request);
@@ -331,7 +389,13 @@ impl Ledger {
     /// assert_eq!(results[0].code, ResultCode::Ok);
     /// ```
     pub async fn submit_async(&self, batch: Batch) -> Result<Vec<EventResult>, SubmitError> {
-        let receiver = match self.enqueue(batch, None)? {
+        self.submit_async_with(batch, false)
+            .await
+            .map(|answered| answered.results)
+    }
+
+    async fn submit_async_with(&self, batch: Batch, balances: bool) -> Result<Answered, SubmitError> {
+        let receiver = match self.enqueue(batch, None, balances)? {
             Enqueued::Queued(receiver) => receiver,
             Enqueued::Full(request, receiver, deadline) => {
                 let mut request = Some(request);
@@ -404,7 +468,12 @@ impl Ledger {
 
     /// Validates a batch and tries once to put it on the queue. A full queue under
     /// [`Backpressure::Wait`] hands the request back with the deadline of its wait.
-    fn enqueue(&self, batch: Batch, now: Option<u64>) -> Result<Enqueued, SubmitError> {
+    fn enqueue(
+        &self,
+        batch: Batch,
+        now: Option<u64>,
+        balances: bool,
+    ) -> Result<Enqueued, SubmitError> {
         validate(&batch)?;
         let shared = self.shared();
         if now.is_some() && !shared.config.manual_clock {
@@ -426,6 +495,7 @@ impl Ledger {
             batch,
             now,
             reply,
+            balances,
             enqueued: Instant::now(),
         });
         match self.try_push(&mut request) {
@@ -670,8 +740,27 @@ impl Ledger {
 /// What one try to enqueue left: the answer's receiver, or (the queue full, under
 /// `Backpressure::Wait`) the request, its receiver and the end of its wait.
 enum Enqueued {
-    Queued(oneshot::Receiver<Answer>),
-    Full(Request, oneshot::Receiver<Answer>, Instant),
+    Queued(oneshot::Receiver<Result<Answered, SubmitError>>),
+    Full(
+        Request,
+        oneshot::Receiver<Result<Answered, SubmitError>>,
+        Instant,
+    ),
+}
+
+/// Results with the balances the apply thread sent beside them.
+fn with_balances(answered: Answered) -> Vec<TransferResult> {
+    let Answered { results, balances } = answered;
+    assert_eq!(results.len(), balances.len(), "one balance entry per event");
+    results
+        .into_iter()
+        .zip(balances)
+        .map(|(result, balances)| TransferResult {
+            code: result.code,
+            timestamp: result.timestamp,
+            balances,
+        })
+        .collect()
 }
 
 /// The answer of a submission whose commit threads stopped without answering.

@@ -100,12 +100,13 @@ pub use error::{EngineError, RecoveryError, SubmitError};
 pub use ledger::{Ledger, events_dir, validate as validate_batch};
 pub use metrics::MetricsSnapshot;
 pub use recovery::Recovery;
-pub use request::EventResult;
+pub use request::{EventResult, TransferResult};
 pub use tally_log::SyncMode;
 pub use tally_state::{InvariantViolation, LedgerTotals};
 pub use tally_types::{
     Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, CHANGE_EVENTS_LIMIT_MAX,
-    ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer, TransferFlags,
+    AccountBalances, ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer, TransferBalances,
+    TransferFlags,
 };
 
 /// What an embedding service usually needs, in one import:

@@ -3,7 +3,7 @@
 
 use crate::error::SubmitError;
 use std::time::Instant;
-use tally_types::{Batch, ResultCode};
+use tally_types::{Batch, ResultCode, TransferBalances};
 use tokio::sync::oneshot;
 
 /// The result of one event: its code, and its timestamp when it was applied (`Ok`).
@@ -34,11 +34,29 @@ impl EventResult {
     }
 }
 
-/// What a submitter waits for: one result per event, or why the batch got none.
-pub(crate) type Answer = Result<Vec<EventResult>, SubmitError>;
+/// The result of one transfer of a batch submitted with balances asked for
+/// ([`crate::Ledger::create_transfers_with_balances`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferResult {
+    /// What happened to the transfer.
+    pub code: ResultCode,
+    /// The transfer's engine timestamp; 0 unless `code` is `Ok`.
+    pub timestamp: u64,
+    /// Both accounts' balances right after the transfer; `Some` exactly when `code`
+    /// is `Ok`.
+    pub balances: Option<TransferBalances>,
+}
+
+/// What the apply thread sends back: the results, and when the submission asked for
+/// them, each event's balances (one entry per event, `Some` for applied transfers).
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    pub results: Vec<EventResult>,
+    pub balances: Vec<Option<TransferBalances>>,
+}
 
 /// The answer channel of one submission.
-pub(crate) type Reply = oneshot::Sender<Answer>;
+pub(crate) type Reply = oneshot::Sender<Result<Answered, SubmitError>>;
 
 /// One submission waiting in the queue.
 #[derive(Debug)]
@@ -47,6 +65,8 @@ pub(crate) struct Request {
     /// Requested stamp (manual clock only).
     pub now: Option<u64>,
     pub reply: Reply,
+    /// Whether the answer carries each applied transfer's balances.
+    pub balances: bool,
     /// When the submitter enqueued it, for the commit-latency histogram.
     pub enqueued: Instant,
 }

@@ -12,7 +12,8 @@
 use crate::clock::wall_clock_ns;
 use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::events::Journal;
-use crate::request::{EventResult, Reply, Request};
+use crate::request::{Answered, EventResult, Reply, Request};
+use tally_types::{AccountBalances, ChangeEvent, ChangeKind, TransferBalances};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
 use std::sync::Arc;
@@ -29,7 +30,8 @@ pub(crate) const GROUPS_IN_FLIGHT_MAX: usize = 2;
 /// A synced group on its way to the apply thread, with the replies of its batches.
 pub(crate) struct SyncedGroup {
     group: LoggedGroup,
-    replies: Vec<Reply>,
+    /// Per logged batch: its reply, and whether it asked for balances.
+    replies: Vec<(Reply, bool)>,
     started: Instant,
 }
 
@@ -280,7 +282,7 @@ impl LogThread {
         let submissions = requests
             .drain(..)
             .map(|request| {
-                replies.push(request.reply);
+                replies.push((request.reply, request.balances));
                 Submission {
                     batch: request.batch,
                     now: request.now,
@@ -290,9 +292,9 @@ impl LogThread {
         let (group, outcomes) = self.logger.log(submissions, clock);
         self.publish_failure();
         let mut logged_replies = Vec::with_capacity(group.records.len());
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        for ((reply, balances), outcome) in replies.into_iter().zip(outcomes) {
             match outcome {
-                None => logged_replies.push(reply),
+                None => logged_replies.push((reply, balances)),
                 Some(error) => {
                     let _ = reply.send(Err(error));
                 }
@@ -320,6 +322,32 @@ impl LogThread {
     }
 }
 
+/// The balances after an applied transfer, from its change event among `events` (the
+/// group's, in timestamp order); `None` for an event that was not applied.
+fn transfer_balances(events: &[ChangeEvent], result: &EventResult) -> Option<TransferBalances> {
+    if !result.code.is_ok() {
+        return None;
+    }
+    let first = events.partition_point(|event| event.timestamp < result.timestamp);
+    // An expiry may share the instant; the transfer's own event is the one stamped with
+    // the transfer's timestamp.
+    let found = events[first..]
+        .iter()
+        .take_while(|event| event.timestamp == result.timestamp)
+        .find(|event| {
+            event.transfer.timestamp == result.timestamp
+                && !matches!(
+                    event.kind,
+                    ChangeKind::TwoPhaseExpired | ChangeKind::AccountCreated
+                )
+        });
+    debug_assert!(found.is_some(), "an applied transfer has its change event");
+    found.map(|event| TransferBalances {
+        debit_account: AccountBalances::of(&event.debit_account),
+        credit_account: AccountBalances::of(&event.credit_account),
+    })
+}
+
 /// An empty batch that only moves time forward; nobody waits for its answer.
 fn pulse() -> Request {
     let (reply, _) = tokio::sync::oneshot::channel();
@@ -327,6 +355,7 @@ fn pulse() -> Request {
         batch: tally_types::Batch::CreateTransfers(Vec::new()),
         now: None,
         reply,
+        balances: false,
         enqueued: Instant::now(),
     }
 }
@@ -351,20 +380,44 @@ impl ApplyThread {
         {
             let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
             let batches = group.records.len();
-            let (answers, changes) = {
+            let wants_balances = replies.iter().any(|(_, balances)| *balances);
+            // Balances come from the change events: captured for this group alone when
+            // the ledger keeps no journal.
+            let capture_for_balances = wants_balances && self.journal.is_none();
+            let (answers, changes, captured) = {
                 let mut state = self.shared.state.write();
+                if capture_for_balances {
+                    state.set_change_capture(true);
+                }
                 let answers = self.applier.apply(&mut state, group);
                 let changes = self.journal.as_ref().map(|journal| {
                     let events = state.take_changes_into(journal.spare());
                     (events, state.last_timestamp())
                 });
-                (answers, changes)
+                let captured = capture_for_balances.then(|| {
+                    let events = state.take_changes();
+                    state.set_change_capture(false);
+                    events
+                });
+                (answers, changes, captured)
             };
             self.record_metrics(batches, events, &answers, started);
             assert_eq!(answers.len(), replies.len(), "one answer per logged batch");
-            for (reply, answer) in replies.into_iter().zip(answers) {
+            let group_events: &[ChangeEvent] = match (&captured, &changes) {
+                (Some(events), _) | (None, Some((events, _))) => events,
+                (None, None) => &[],
+            };
+            for ((reply, balances), results) in replies.into_iter().zip(answers) {
+                let balances = if balances {
+                    results
+                        .iter()
+                        .map(|result| transfer_balances(group_events, result))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 // A submitter that gave up waiting dropped its receiver; its batch is in.
-                let _ = reply.send(Ok(answer));
+                let _ = reply.send(Ok(Answered { results, balances }));
             }
             if let (Some(journal), Some((events, through))) = (&self.journal, changes) {
                 journal.send(events, through);

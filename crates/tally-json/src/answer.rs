@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 use tally_types::currency::{CurrencyTable, format_amount};
-use tally_types::{Account, ChangeEvent, ChangeKind, ResultCode, Transfer, TransferFlags};
+use tally_types::{
+    Account, AccountBalances, ChangeEvent, ChangeKind, ResultCode, Transfer, TransferBalances,
+    TransferFlags,
+};
 
 /// The result of one event, as the engine returned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +190,53 @@ struct ResultJson {
     result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debit_account: Option<BalancesJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credit_account: Option<BalancesJson>,
+}
+
+/// An account's four balances, amounts with its ledger's scale digits.
+#[derive(Serialize)]
+struct BalancesJson {
+    debits_pending: String,
+    debits_posted: String,
+    credits_pending: String,
+    credits_posted: String,
+}
+
+impl BalancesJson {
+    fn new(balances: &AccountBalances, scale: u32) -> BalancesJson {
+        BalancesJson {
+            debits_pending: format_amount(balances.debits_pending, scale),
+            debits_posted: format_amount(balances.debits_posted, scale),
+            credits_pending: format_amount(balances.credits_pending, scale),
+            credits_posted: format_amount(balances.credits_posted, scale),
+        }
+    }
+}
+
+/// One row of an account's balance history.
+#[derive(Serialize)]
+struct AccountBalanceJson {
+    timestamp: String,
+    #[serde(flatten)]
+    balances: BalancesJson,
+}
+
+#[derive(Serialize)]
+struct AccountBalancesAnswer {
+    account_balances: Vec<AccountBalanceJson>,
+}
+
+/// The result of one transfer submitted with `"balances": true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalancedOutcome {
+    /// The code and timestamp.
+    pub outcome: EventOutcome,
+    /// For an applied transfer: both accounts' balances right after it, and the
+    /// transfer's ledger (whose scale the amounts are written in).
+    pub balances: Option<(TransferBalances, u32)>,
 }
 
 #[derive(Serialize)]
@@ -227,9 +277,63 @@ pub fn results_answer(outcomes: &[EventOutcome]) -> String {
             index,
             result: outcome.code.name(),
             timestamp: outcome.code.is_ok().then(|| outcome.timestamp.to_string()),
+            debit_account: None,
+            credit_account: None,
         })
         .collect();
     line(&ResultsAnswer { results })
+}
+
+/// [`results_answer`] for a `create_transfers` line with `"balances": true`: each
+/// applied transfer's entry also carries `"debit_account"` and `"credit_account"`, the
+/// four balances of each right after it.
+pub fn results_with_balances_answer(
+    outcomes: &[BalancedOutcome],
+    currencies: &CurrencyTable,
+) -> String {
+    let results = outcomes
+        .iter()
+        .enumerate()
+        .map(|(index, balanced)| {
+            let outcome = balanced.outcome;
+            let (debit_account, credit_account) = match &balanced.balances {
+                Some((balances, ledger)) => {
+                    let scale = currencies.scale(*ledger);
+                    (
+                        Some(BalancesJson::new(&balances.debit_account, scale)),
+                        Some(BalancesJson::new(&balances.credit_account, scale)),
+                    )
+                }
+                None => (None, None),
+            };
+            ResultJson {
+                index,
+                result: outcome.code.name(),
+                timestamp: outcome.code.is_ok().then(|| outcome.timestamp.to_string()),
+                debit_account,
+                credit_account,
+            }
+        })
+        .collect();
+    line(&ResultsAnswer { results })
+}
+
+/// `{"account_balances": [{"timestamp": "…", "debits_pending": "…", …}]}`: an account's
+/// balance history rows, amounts in the scale of `ledger` (the account's).
+pub fn account_balances_answer(
+    rows: &[(u64, AccountBalances)],
+    ledger: u32,
+    currencies: &CurrencyTable,
+) -> String {
+    let scale = currencies.scale(ledger);
+    let account_balances = rows
+        .iter()
+        .map(|(timestamp, balances)| AccountBalanceJson {
+            timestamp: timestamp.to_string(),
+            balances: BalancesJson::new(balances, scale),
+        })
+        .collect();
+    line(&AccountBalancesAnswer { account_balances })
 }
 
 /// `{"accounts": [...]}`.

@@ -28,8 +28,9 @@ use std::fmt;
 use tally_types::{Account, AccountFilter, QueryFilter, Transfer};
 
 pub use answer::{
-    AccountJson, EventOutcome, TransferJson, account_json, account_line, accounts_answer,
-    change_event_json, change_event_line, change_events_answer, error_answer, results_answer,
+    AccountJson, BalancedOutcome, EventOutcome, TransferJson, account_balances_answer,
+    account_json, account_line, accounts_answer, change_event_json, change_event_line,
+    change_events_answer, error_answer, results_answer, results_with_balances_answer,
     transfer_json, transfer_line, transfers_answer,
 };
 pub use request::parse_line;
@@ -92,6 +93,9 @@ pub struct RequestLine {
     pub request: Request,
     /// The line's `"now"` in nanoseconds, if it gives one.
     pub now: Option<u64>,
+    /// `"balances": true` (a `create_transfers` line only): answer each applied
+    /// transfer with both accounts' balances.
+    pub balances: bool,
 }
 
 /// Why a line was rejected whole. Display is the message for `{"error": …}`.

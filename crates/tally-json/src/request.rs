@@ -23,6 +23,7 @@ const REQUEST_KEYS: &[&str] = &[
 ];
 
 const NOW_KEY: &str = "now";
+const BALANCES_KEY: &str = "balances";
 
 const ACCOUNT_FIELDS: &[&str] = &[
     "id",
@@ -125,7 +126,15 @@ pub fn parse_line(
     let mut request: Option<(&'static str, &Json)> = None;
     let mut now = None;
     let mut now_seen = false;
+    let mut balances = None;
     for (key, value) in members {
+        if key == BALANCES_KEY {
+            if balances.is_some() {
+                return Err(LineError("balances: given twice".to_string()));
+            }
+            balances = Some(boolean(value, Loc::top(BALANCES_KEY))?);
+            continue;
+        }
         if key == NOW_KEY {
             if now_seen {
                 return Err(LineError("now: given twice".to_string()));
@@ -143,7 +152,7 @@ pub fn parse_line(
         }
         let Some(known) = REQUEST_KEYS.iter().copied().find(|k| k == key) else {
             return Err(LineError(format!(
-                "unknown request key {}; a line carries one of {} (and optionally \"now\")",
+                "unknown request key {}; a line carries one of {} (and optionally \"now\", \"balances\")",
                 echo(key),
                 REQUEST_KEYS.join(", ")
             )));
@@ -164,6 +173,11 @@ pub fn parse_line(
         )));
     };
 
+    if balances.is_some() && key != "create_transfers" {
+        return Err(LineError(format!(
+            "balances: only a create_transfers line may ask for balances, not {key}"
+        )));
+    }
     let loc = Loc::top(key);
     let request = match key {
         "create_accounts" => Request::CreateAccounts(accounts(value, loc)?),
@@ -175,7 +189,11 @@ pub fn parse_line(
         "query_transfers" => Request::QueryTransfers(query_filter(value, loc)?),
         _ => Request::GetAccountTransfers(filter(value, loc)?),
     };
-    Ok(RequestLine { request, now })
+    Ok(RequestLine {
+        request,
+        now,
+        balances: balances.unwrap_or(false),
+    })
 }
 
 /// The events of a batch request: an array of at most [`BATCH_EVENTS_MAX`] items.

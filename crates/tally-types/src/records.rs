@@ -165,6 +165,41 @@ impl Batch {
     }
 }
 
+/// The four balances of an account at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountBalances {
+    /// Reserved by pending debits.
+    pub debits_pending: u128,
+    /// Posted debits.
+    pub debits_posted: u128,
+    /// Reserved by pending credits.
+    pub credits_pending: u128,
+    /// Posted credits.
+    pub credits_posted: u128,
+}
+
+impl AccountBalances {
+    /// The balances `account` holds.
+    pub fn of(account: &Account) -> AccountBalances {
+        AccountBalances {
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+        }
+    }
+}
+
+/// The balances of a transfer's two accounts right after it applied (docs/spec.md §2,
+/// "Balances with results").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferBalances {
+    /// The debit account's.
+    pub debit_account: AccountBalances,
+    /// The credit account's.
+    pub credit_account: AccountBalances,
+}
+
 /// Most transfers one `get_account_transfers` call returns.
 pub const ACCOUNT_FILTER_LIMIT_MAX: u32 = crate::BATCH_EVENTS_MAX as u32;
 
