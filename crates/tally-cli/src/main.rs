@@ -185,9 +185,9 @@ fn answer_line(
         now,
         balances,
     } = match tally_json::parse_line(line, &LedgerLedgers(ledger), currencies) {
-            Ok(parsed) => parsed,
-            Err(error) => return tally_json::error_answer(&error.0),
-        };
+        Ok(parsed) => parsed,
+        Err(error) => return tally_json::error_answer(&error.0),
+    };
     if now.is_some() && !manual_clock {
         return tally_json::error_answer("now: requires --manual-clock");
     }
@@ -208,6 +208,18 @@ fn answer_line(
                 &ledger.get_account_transfers(&filter),
                 currencies,
             );
+        }
+        Request::GetAccountBalances(filter) => {
+            let rows: Vec<(u64, tally_types::AccountBalances)> = ledger
+                .get_account_balances(&filter)
+                .iter()
+                .map(|row| (row.timestamp, row.balances))
+                .collect();
+            let account_ledger = ledger
+                .lookup_accounts(&[filter.account_id])
+                .first()
+                .map_or(0, |account| account.ledger);
+            return tally_json::account_balances_answer(&rows, account_ledger, currencies);
         }
         Request::QueryAccounts(filter) => {
             return tally_json::accounts_answer(&ledger.query_accounts(&filter), currencies);

@@ -125,6 +125,79 @@ fn a_balancing_sweep_moves_what_is_there_and_a_retry_is_exists() {
 }
 
 #[test]
+fn balances_with_results_queries_and_balance_history_through_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let answers = apply(
+        dir.path(),
+        &[
+            r#"{"create_accounts": [{"id": "1", "ledger": 156, "code": 1, "flags": ["history"], "user_data_128": "500"}, {"id": "2", "ledger": 156, "code": 2, "user_data_128": "500"}, {"id": "3", "ledger": 392, "code": 1}]}"#,
+            r#"{"create_transfers": [{"id": "9", "debit_account_id": "2", "credit_account_id": "1", "amount": "12.50", "ledger": 156, "code": 1, "user_data_128": "7001"}, {"id": "10", "debit_account_id": "1", "credit_account_id": "3", "amount": "1", "ledger": 156, "code": 1}, {"id": "11", "debit_account_id": "1", "credit_account_id": "2", "amount": "2.25", "ledger": 156, "code": 4, "flags": ["pending"], "user_data_128": "7002"}], "balances": true}"#,
+            r#"{"create_transfers": [{"id": "12", "pending_id": "11", "flags": ["post_pending_transfer"]}], "balances": true}"#,
+            r#"{"query_transfers": {"user_data_128": "7002"}}"#,
+            r#"{"query_transfers": {"ledger": 156, "code": 1, "flags": ["reversed"]}}"#,
+            r#"{"query_accounts": {"user_data_128": "500", "code": 2}}"#,
+            r#"{"get_account_balances": {"account_id": "1"}}"#,
+            r#"{"get_account_balances": {"account_id": "2"}}"#,
+            r#"{"get_account_transfers": {"account_id": "1", "code": 4}}"#,
+            r#"{"lookup_accounts": ["1"], "balances": true}"#,
+        ],
+        false,
+    );
+    assert_eq!(results(&answers[0]), vec!["ok"; 3]);
+    assert_eq!(
+        results(&answers[1]),
+        vec!["ok", "accounts_must_have_the_same_ledger", "ok"]
+    );
+    let paid = &answers[1]["results"][0];
+    assert_eq!(paid["debit_account"]["debits_posted"], json!("12.50"));
+    assert_eq!(paid["credit_account"]["credits_posted"], json!("12.50"));
+    assert!(
+        answers[1]["results"][1].get("debit_account").is_none(),
+        "no balances on a failure"
+    );
+    let held = &answers[1]["results"][2];
+    assert_eq!(held["debit_account"]["debits_pending"], json!("2.25"));
+    assert_eq!(held["credit_account"]["credits_posted"], json!("0.00"));
+    // A post gives no ledger: its balances are in the pending transfer's scale.
+    let posted = &answers[2]["results"][0];
+    assert_eq!(posted["debit_account"]["debits_pending"], json!("0.00"));
+    assert_eq!(posted["debit_account"]["debits_posted"], json!("2.25"));
+    assert_eq!(posted["credit_account"]["credits_posted"], json!("2.25"));
+    assert_eq!(posted["credit_account"]["debits_posted"], json!("12.50"));
+    // The post took the pending transfer's order id: both are found by it.
+    let by_order: Vec<&Value> = answers[3]["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(by_order, vec![&json!("11"), &json!("12")]);
+    let code_1: Vec<&Value> = answers[4]["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(code_1, vec![&json!("9")]);
+    let accounts = answers[5]["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0]["id"], json!("2"));
+    let history = answers[6]["account_balances"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "one row per transfer: {history:?}");
+    assert_eq!(history[0]["credits_posted"], json!("12.50"));
+    assert_eq!(history[1]["debits_pending"], json!("2.25"));
+    assert_eq!(history[2]["debits_posted"], json!("2.25"));
+    assert_eq!(history[2]["timestamp"], posted["timestamp"]);
+    assert_eq!(
+        answers[7]["account_balances"],
+        json!([]),
+        "account 2 keeps no history"
+    );
+    assert_eq!(answers[8]["transfers"].as_array().unwrap().len(), 2);
+    assert!(answers[9]["error"].as_str().unwrap().contains("balances"));
+}
+
+#[test]
 fn closing_an_account_as_tigerbeetle_documents_it_and_reopening_it() {
     let dir = tempfile::tempdir().unwrap();
     // Sweep account 1 into 2, then close account 1 with a pending transfer of 0.

@@ -27,7 +27,8 @@ use tally_log::events::{EventJournal, EventReader, JournalOptions};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
 use tally_state::{InvariantViolation, LedgerTotals, Query, QueryTarget, StateMachine};
 use tally_types::{
-    Account, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, QueryFilter, Transfer,
+    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, QueryFilter,
+    Transfer,
 };
 use tokio::sync::oneshot;
 
@@ -394,7 +395,11 @@ impl Ledger {
             .map(|answered| answered.results)
     }
 
-    async fn submit_async_with(&self, batch: Batch, balances: bool) -> Result<Answered, SubmitError> {
+    async fn submit_async_with(
+        &self,
+        batch: Batch,
+        balances: bool,
+    ) -> Result<Answered, SubmitError> {
         let receiver = match self.enqueue(batch, None, balances)? {
             Enqueued::Queued(receiver) => receiver,
             Enqueued::Full(request, receiver, deadline) => {
@@ -570,6 +575,14 @@ impl Ledger {
     /// `get_account_transfers`: an account's history, filtered and bounded.
     pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
         self.shared().state.read().account_transfers(filter)
+    }
+
+    /// `get_account_balances`: the balances of an account created with the `history`
+    /// flag after each transfer and expiry that changed it, filtered as
+    /// [`Ledger::get_account_transfers`] filters (docs/spec.md §2, "History and
+    /// point-in-time balances"). Empty for an account without `history`.
+    pub fn get_account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
+        self.shared().state.read().account_balances(filter)
     }
 
     /// `query_accounts`: the accounts matching every field the filter gives, in

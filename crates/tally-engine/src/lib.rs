@@ -104,9 +104,9 @@ pub use request::{EventResult, TransferResult};
 pub use tally_log::SyncMode;
 pub use tally_state::{InvariantViolation, LedgerTotals};
 pub use tally_types::{
-    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch, CHANGE_EVENTS_LIMIT_MAX,
-    AccountBalances, ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer, TransferBalances,
-    TransferFlags,
+    Account, AccountBalance, AccountBalances, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch,
+    CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer,
+    TransferBalances, TransferFlags,
 };
 
 /// What an embedding service usually needs, in one import:

@@ -13,7 +13,6 @@ use crate::clock::wall_clock_ns;
 use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::events::Journal;
 use crate::request::{Answered, EventResult, Reply, Request};
-use tally_types::{AccountBalances, ChangeEvent, ChangeKind, TransferBalances};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tally_log::SyncMode;
 use tally_state::FrozenState;
+use tally_types::{AccountBalances, ChangeEvent, ChangeKind, TransferBalances};
 
 /// Synced groups waiting for the apply thread.
 pub(crate) const GROUPS_IN_FLIGHT_MAX: usize = 2;

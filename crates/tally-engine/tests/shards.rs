@@ -325,3 +325,84 @@ fn a_batch_spanning_an_expiry_instant_is_stamped_after_it_on_any_shard_count() {
     }
     assert!(images.windows(2).all(|pair| pair[0] == pair[1]));
 }
+
+/// Balances with results (docs/spec.md §2): on 1, 3 and 8 shards, with change events on
+/// and off, each applied transfer's answer carries its accounts' balances exactly as the
+/// reference has them right after that event, with expiries between batches.
+#[test]
+fn balances_with_results_are_the_reference_balances_right_after_each_event() {
+    for (shards, change_events) in [(1, true), (3, false), (8, true), (1, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.shards = shards;
+        config.manual_clock = true;
+        config.change_events = change_events;
+        let ledger = Ledger::open(config).unwrap();
+        let mut workload = Workload::new(40 + shards as u64, Accounts::Hot);
+        let mut rng = tally_testkit::SeededRng::new(9);
+        let mut now = 1_000 * NS_PER_S;
+        let mut answered = Vec::new();
+        for n in 0..200u64 {
+            now += if rng.chance(20) { NS_PER_S } else { 100_000 };
+            let batch = tagged(workload.batch(), n);
+            let results = match batch.clone() {
+                Batch::CreateTransfers(transfers) => ledger
+                    .create_transfers_with_balances(transfers, Some(now))
+                    .unwrap(),
+                accounts => {
+                    let results = ledger.submit_at(accounts, Some(now)).unwrap();
+                    results
+                        .iter()
+                        .map(|r| tally_engine::TransferResult {
+                            code: r.code,
+                            timestamp: r.timestamp,
+                            balances: None,
+                        })
+                        .collect()
+                }
+            };
+            now = now.max(results.iter().map(|r| r.timestamp).max().unwrap_or(0));
+            answered.push((batch, results));
+        }
+        ledger.shutdown().unwrap();
+        // The reference, replaying the log, captures each change with its balances.
+        let (_wal, recovered) = Wal::open(dir.path(), LogOptions::default()).unwrap();
+        let mut reference = StateMachine::new();
+        reference.set_change_capture(true);
+        let mut after: HashMap<u64, tally_types::TransferBalances> = HashMap::new();
+        for record in recovered.records {
+            reference.apply(record.timestamp, &record.batch);
+            for event in reference.take_changes() {
+                if event.kind != tally_types::ChangeKind::TwoPhaseExpired {
+                    after.insert(
+                        event.timestamp,
+                        tally_types::TransferBalances {
+                            debit_account: tally_types::AccountBalances::of(&event.debit_account),
+                            credit_account: tally_types::AccountBalances::of(&event.credit_account),
+                        },
+                    );
+                }
+            }
+        }
+        let mut checked = 0;
+        for (batch, results) in &answered {
+            let transfers = matches!(batch, Batch::CreateTransfers(_));
+            for result in results {
+                if transfers && result.code.is_ok() {
+                    assert_eq!(
+                        result.balances.as_ref(),
+                        after.get(&result.timestamp),
+                        "{shards} shards"
+                    );
+                    checked += 1;
+                } else {
+                    assert_eq!(result.balances, None);
+                }
+            }
+        }
+        assert!(
+            checked > 300,
+            "{shards} shards: only {checked} transfers applied"
+        );
+    }
+}

@@ -79,6 +79,8 @@ pub enum Request {
         /// The most events answered.
         limit: u32,
     },
+    /// `get_account_balances`: the filter (as `get_account_transfers`').
+    GetAccountBalances(AccountFilter),
     /// `query_accounts`: the filter.
     QueryAccounts(QueryFilter),
     /// `query_transfers`: the filter.

@@ -69,6 +69,9 @@ fn render(line: &RequestLine) -> String {
             timestamp_min,
             limit,
         } => format!("get_change_events timestamp_min={timestamp_min} limit={limit}"),
+        Request::GetAccountBalances(filter) => {
+            format!("get_account_balances {}", render_filter(filter))
+        }
         Request::QueryAccounts(filter) => format!("query_accounts {}", render_query(filter)),
         Request::QueryTransfers(filter) => format!("query_transfers {}", render_query(filter)),
     };
@@ -206,6 +209,10 @@ fn query_filters_and_the_account_filter_fields() {
     check(
         r#"{"query_accounts": {"code": 70000}}"#,
         "error: query_accounts.code:",
+    );
+    check(
+        r#"{"get_account_balances": {"account_id": "1", "flags": ["credits", "reversed"], "limit": 3}}"#,
+        "get_account_balances account=1 limit=3 credits reversed time=0..0",
     );
     check(
         r#"{"get_account_transfers": {"account_id": "1", "user_data_128": "12", "user_data_64": "5", "user_data_32": 4, "code": 2}}"#,

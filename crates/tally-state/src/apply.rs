@@ -5,7 +5,8 @@
 //! (`crate::plan`). Every access routes by id with [`part_of`]; a unit that touches a
 //! part it was not planned to hold panics instead of reading the wrong data.
 
-use crate::part::{Balances, Part, TransferEntry, expires_at, part_of};
+use crate::balance_history::BalanceRow;
+use crate::part::{Balances, Part, TransferEntry, TransferRef, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::state::StateMachine;
 use tally_types::{
@@ -300,14 +301,12 @@ pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> 
     release_pending(parts, &pending, 0, dr_slot, cr_slot);
     // Stamped at its instant, which the engine's batch stamping keeps free of events.
     let (instant, _) = key;
-    record_transfer_change(
-        parts,
-        instant,
-        ChangeKind::TwoPhaseExpired,
-        pending,
-        dr_slot,
-        cr_slot,
-    );
+    let change = Change {
+        timestamp: instant,
+        kind: ChangeKind::TwoPhaseExpired,
+        transfer_ref: stored_ref(parts, id),
+    };
+    record_transfer_change(parts, change, pending, dr_slot, cr_slot);
     true
 }
 
@@ -374,6 +373,19 @@ fn set_balances<P: Parts + ?Sized>(parts: &mut P, slot: Slot, balances: Balances
     parts.get_mut(slot.part).set_balances(slot.index, balances);
 }
 
+/// The reference of stored transfer `id`.
+fn stored_ref<P: Parts + ?Sized>(parts: &P, id: u128) -> TransferRef {
+    let count = parts.count();
+    let part = part_of(id, count);
+    match parts.get(part).transfer_entry(id) {
+        Some(TransferEntry::Stored(position)) => {
+            let transfer_ref = position as usize * count + part;
+            u32::try_from(transfer_ref).expect("references fit in u32")
+        }
+        _ => unreachable!("transfer {id} is stored"),
+    }
+}
+
 fn lookup_transfer<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Transfer> {
     parts.get(part_of(id, parts.count())).lookup_transfer(id)
 }
@@ -406,19 +418,49 @@ fn insert_transfer<P: Parts + ?Sized>(
         Some(TransferKind::Refund) => ChangeKind::Refund,
         None => unreachable!("a stored transfer has a kind"),
     };
-    record_transfer_change(parts, transfer.timestamp, kind, transfer, debit, credit);
+    let change = Change {
+        timestamp: transfer.timestamp,
+        kind,
+        transfer_ref,
+    };
+    record_transfer_change(parts, change, transfer, debit, credit);
 }
 
-/// Captures a transfer's change event (when capture is on) in its id's part, with both
-/// accounts as they are now, right after the change.
-fn record_transfer_change<P: Parts + ?Sized>(
-    parts: &mut P,
+/// A change to two accounts' balances: when, what, and by which stored transfer.
+#[derive(Clone, Copy)]
+struct Change {
     timestamp: u64,
     kind: ChangeKind,
+    transfer_ref: TransferRef,
+}
+
+/// Records a transfer's change, with both accounts as they are now, right after it: a
+/// balance row for each account with `history`, and the change event in its id's
+/// part (when capture is on).
+fn record_transfer_change<P: Parts + ?Sized>(
+    parts: &mut P,
+    change: Change,
     transfer: Transfer,
     debit: Slot,
     credit: Slot,
 ) {
+    let Change {
+        timestamp,
+        kind,
+        transfer_ref,
+    } = change;
+    for slot in [debit, credit] {
+        let part = parts.get_mut(slot.part);
+        let account = &part.accounts[slot.index as usize];
+        if account.flags.contains(AccountFlags::HISTORY) {
+            let row = BalanceRow {
+                timestamp,
+                transfer_ref,
+                balances: Balances::of(account),
+            };
+            part.append_balance_row(slot.index, row);
+        }
+    }
     let home = part_of(transfer.id, parts.count());
     if !parts.get(home).capturing {
         return;

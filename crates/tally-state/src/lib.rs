@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod apply;
+mod balance_history;
 mod burned;
 mod check;
 mod cow_map;
@@ -33,8 +34,8 @@ mod value_index;
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use part::{PARTS_MAX, Part, part_of};
-pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use plan::{Plan, PlanCost, Serial, Unit, Work, plan, run_unit};
+pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! back exactly. A [`crate::StateMachine`] is one or more parts; each id lives in the part
 //! [`part_of`] names.
 
+use crate::balance_history::{BalanceHistories, BalanceRow};
 use crate::burned::BurnedIds;
 use crate::cow_map::CowIdMap;
 use crate::hints::prefetch;
@@ -50,6 +51,9 @@ pub(crate) enum Undo {
         before: Option<u128>,
     },
     ChangeRecorded,
+    BalanceRowAppended {
+        account_index: u32,
+    },
 }
 
 /// The four balances of an account.
@@ -68,6 +72,16 @@ impl Balances {
             debits_posted: account.debits_posted,
             credits_pending: account.credits_pending,
             credits_posted: account.credits_posted,
+        }
+    }
+
+    /// As the API spells them.
+    pub(crate) fn public(self) -> tally_types::AccountBalances {
+        tally_types::AccountBalances {
+            debits_pending: self.debits_pending,
+            debits_posted: self.debits_posted,
+            credits_pending: self.credits_pending,
+            credits_posted: self.credits_posted,
         }
     }
 
@@ -96,6 +110,8 @@ pub struct Part {
     /// Per account (same position as in `accounts`), the transfers touching it, oldest
     /// first. By reference, not id: no hash lookup.
     pub(crate) account_history: Histories,
+    /// Balances after each change, of the accounts with the `history` flag.
+    pub(crate) balance_history: BalanceHistories,
     /// Accounts and transfers by user data, for queries.
     pub(crate) account_values: UserDataIndexes,
     pub(crate) transfer_values: UserDataIndexes,
@@ -179,6 +195,7 @@ impl Part {
             transfers: TransferStore::default(),
             transfer_index: IdIndex::default(),
             account_history: Histories::default(),
+            balance_history: BalanceHistories::default(),
             account_values: UserDataIndexes::default(),
             transfer_values: UserDataIndexes::default(),
             pending_status: CowIdMap::default(),
@@ -438,6 +455,12 @@ impl Part {
         });
     }
 
+    /// Adds a row to the balance history of account `account_index`.
+    pub(crate) fn append_balance_row(&mut self, account_index: u32, row: BalanceRow) {
+        self.balance_history.append(account_index, row);
+        self.record(Undo::BalanceRowAppended { account_index });
+    }
+
     pub(crate) fn account_position(&self, id: u128) -> Option<u32> {
         let accounts = &self.accounts;
         self.account_index.get(id, |p| accounts[p as usize].id)
@@ -558,6 +581,9 @@ impl Part {
                 }
                 Undo::ExpiryRemoved { key } => {
                     self.expiries.insert(key);
+                }
+                Undo::BalanceRowAppended { account_index } => {
+                    self.balance_history.pop(account_index);
                 }
                 Undo::ChangeRecorded => {
                     let popped = self.changes.pop();

@@ -91,16 +91,14 @@ impl Query {
         if let Some(field) = given.iter().position(|&value| value != 0) {
             let value = given[field];
             let next = match self.target {
-                QueryTarget::Accounts => {
-                    indexes(part, self.target).by_field[field].newest(value, |p| {
+                QueryTarget::Accounts => indexes(part, self.target).by_field[field]
+                    .newest(value, |p| {
                         account_user_data(&part.accounts[p as usize])[field]
-                    })
-                }
-                QueryTarget::Transfers => {
-                    indexes(part, self.target).by_field[field].newest(value, |p| {
+                    }),
+                QueryTarget::Transfers => indexes(part, self.target).by_field[field]
+                    .newest(value, |p| {
                         transfer_user_data(&part.transfers.get(p as usize))[field]
-                    })
-                }
+                    }),
             };
             return Walk::Chain { field, next };
         }
@@ -289,6 +287,14 @@ impl StateMachine {
         self.parts()
             .iter()
             .map(|part| part.account_values.bytes() + part.transfer_values.bytes())
+            .sum()
+    }
+
+    /// Bytes held by the balance histories of accounts with `history`, all parts.
+    pub fn balance_history_bytes(&self) -> usize {
+        self.parts()
+            .iter()
+            .map(|part| part.balance_history.bytes())
             .sum()
     }
 

@@ -3,17 +3,18 @@
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
 use crate::apply::account_slot;
+use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
-use crate::part::{PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
+use crate::part::{Balances, PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
 use tally_types::packed::PackedRun;
 use tally_types::{
-    Account, AccountFilter, ChangeEvent, LoadedImage, PendingStatus, StateImage, Transfer,
-    TransferFlags, TransferKind,
+    Account, AccountBalance, AccountFilter, AccountFlags, ChangeEvent, LoadedImage, PendingStatus,
+    StateImage, Transfer, TransferFlags, TransferKind,
 };
 
 /// The ledger state: accounts, transfers and the side tables the rules need, split into
@@ -269,6 +270,30 @@ impl StateMachine {
         }
     }
 
+    /// `get_account_balances`: the balance history of an account created with
+    /// `history`, in timestamp order (or newest first when `reversed`): one row per
+    /// transfer and expiry that changed it, filtered as `get_account_transfers` filters
+    /// (an expiry row by its pending transfer's fields and its own instant), at most the
+    /// limit. Empty for an account without `history`.
+    pub fn account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
+        let part = self.part(filter.account_id);
+        let Some(account_index) = part.account_position(filter.account_id) else {
+            return Vec::new();
+        };
+        let mut rows = part.balance_history.rows(account_index);
+        if filter.reversed {
+            rows.reverse();
+        }
+        rows.into_iter()
+            .filter(|row| filter.matches_at(&self.transfer_by_ref(row.transfer_ref), row.timestamp))
+            .take(filter.limit_effective())
+            .map(|row| AccountBalance {
+                timestamp: row.timestamp,
+                balances: row.balances.public(),
+            })
+            .collect()
+    }
+
     // ---- whole-state images, for snapshots ----
 
     /// A full copy of the state as plain data (what a snapshot stores). The same for
@@ -335,6 +360,7 @@ impl StateMachine {
         }
         machine.load_refunded(image.refunded)?;
         machine.load_failed_ids(image.failed_ids)?;
+        machine.derive_balance_histories()?;
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
     }
@@ -404,6 +430,102 @@ impl StateMachine {
             part.account_history = history;
         }
         Ok(loading.pending_count)
+    }
+
+    /// Derives the balance rows of every account with `history` from its transfers and
+    /// the expiries of its pending transfers, as apply recorded them; the last row must
+    /// equal the account's balances.
+    fn derive_balance_histories(&mut self) -> Result<(), ImageError> {
+        for part_index in 0..self.parts.len() {
+            let part = &self.parts[part_index];
+            let accounts: Vec<(u32, Account)> = part
+                .accounts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.flags.contains(AccountFlags::HISTORY))
+                .map(|(position, a)| (position as u32, *a))
+                .collect();
+            for (position, account) in accounts {
+                let rows = self.derive_rows(part_index, position, &account)?;
+                let histories = &mut self.parts[part_index].balance_history;
+                for row in rows {
+                    histories.append(position, row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The balance rows of one history account.
+    fn derive_rows(
+        &self,
+        part: usize,
+        position: u32,
+        account: &Account,
+    ) -> Result<Vec<BalanceRow>, ImageError> {
+        // (timestamp, reference, expiry?) of every change, in timestamp order.
+        let mut changes: Vec<(u64, TransferRef, bool)> = Vec::new();
+        for transfer_ref in self.parts[part].account_history.oldest_first(position) {
+            let transfer = self.transfer_by_ref(transfer_ref);
+            changes.push((transfer.timestamp, transfer_ref, false));
+            if transfer.flags.contains(TransferFlags::PENDING)
+                && self.pending_status(transfer.id) == Some(PendingStatus::Expired)
+            {
+                changes.push((expires_at(&transfer), transfer_ref, true));
+            }
+        }
+        // At one instant an expiry comes first: it runs before the batch stamped then.
+        changes.sort_unstable_by_key(|&(timestamp, _, expiry)| (timestamp, !expiry));
+        let mut balances = Balances::of(&Account::default());
+        let mut rows = Vec::with_capacity(changes.len());
+        let broken = || {
+            ImageError(format!(
+                "the history of account {} does not add up",
+                account.id
+            ))
+        };
+        for (timestamp, transfer_ref, expiry) in changes {
+            let transfer = self.transfer_by_ref(transfer_ref);
+            let debit = transfer.debit_account_id == account.id;
+            let (pending, posted) = if debit {
+                (&mut balances.debits_pending, &mut balances.debits_posted)
+            } else {
+                (&mut balances.credits_pending, &mut balances.credits_posted)
+            };
+            let reserved = |id: u128| {
+                self.lookup_transfer(id)
+                    .map(|p| p.amount)
+                    .ok_or_else(broken)
+            };
+            match (expiry, transfer.kind()) {
+                (true, _) => *pending = pending.checked_sub(transfer.amount).ok_or_else(broken)?,
+                (false, Some(TransferKind::Pending)) => {
+                    *pending = pending.checked_add(transfer.amount).ok_or_else(broken)?;
+                }
+                (false, Some(TransferKind::PostPending)) => {
+                    let held = reserved(transfer.pending_id)?;
+                    *pending = pending.checked_sub(held).ok_or_else(broken)?;
+                    *posted = posted.checked_add(transfer.amount).ok_or_else(broken)?;
+                }
+                (false, Some(TransferKind::VoidPending)) => {
+                    let held = reserved(transfer.pending_id)?;
+                    *pending = pending.checked_sub(held).ok_or_else(broken)?;
+                }
+                (false, Some(TransferKind::SinglePhase | TransferKind::Refund)) => {
+                    *posted = posted.checked_add(transfer.amount).ok_or_else(broken)?;
+                }
+                (false, None) => return Err(broken()),
+            }
+            rows.push(BalanceRow {
+                timestamp,
+                transfer_ref,
+                balances,
+            });
+        }
+        if balances != Balances::of(account) {
+            return Err(broken());
+        }
+        Ok(rows)
     }
 
     /// Loads the statuses of pending transfers (each of a stored pending transfer) and

@@ -188,7 +188,11 @@ mod tests {
                 values.pop();
             } else {
                 // Mostly zero at first, so the link array starts late; few values.
-                let value = if rng.below(3) == 0 { 0 } else { u128::from(rng.below(20)) << 70 };
+                let value = if rng.below(3) == 0 {
+                    0
+                } else {
+                    u128::from(rng.below(20)) << 70
+                };
                 values.push(value);
                 let position = (values.len() - 1) as u32;
                 index.add(value, position, |p| values[p as usize]);

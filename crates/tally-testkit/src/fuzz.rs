@@ -628,7 +628,7 @@ pub fn json_line(data: &[u8]) {
         Request::LookupAccounts(ids) | Request::LookupTransfers(ids) => {
             assert!(ids.len() <= BATCH_EVENTS_MAX, "lookup over the limit");
         }
-        Request::GetAccountTransfers(filter) => {
+        Request::GetAccountTransfers(filter) | Request::GetAccountBalances(filter) => {
             assert!(
                 filter.limit_effective() <= BATCH_EVENTS_MAX,
                 "page over the limit"

@@ -109,9 +109,12 @@ flag_set! {
         DEBITS_MUST_NOT_EXCEED_CREDITS = 1, "debits_must_not_exceed_credits";
         /// Mirror image: credits (pending and posted) never exceed posted debits.
         CREDITS_MUST_NOT_EXCEED_DEBITS = 2, "credits_must_not_exceed_debits";
+        /// The account keeps its balances after every transfer and expiry that changes
+        /// it, for `get_account_balances` (bit 3, as TigerBeetle numbers it).
+        HISTORY = 3, "history";
         /// The account refuses every transfer but the void of a pending one. Set at
-        /// creation, or by a closing transfer (which a void or an expiry undoes). Bits 3
-        /// and 4 are kept for `history` and `imported`, as TigerBeetle numbers them.
+        /// creation, or by a closing transfer (which a void or an expiry undoes). Bit 4
+        /// is kept for `imported`, as TigerBeetle numbers it.
         CLOSED = 5, "closed";
     }
 }
@@ -184,7 +187,7 @@ mod tests {
 
     #[test]
     fn unknown_bits_are_rejected_not_dropped() {
-        assert!(AccountFlags::from_bits(1 << 3).is_err());
+        assert!(AccountFlags::from_bits(1 << 4).is_err());
         assert!(AccountFlags::from_bits(1 << 6).is_err());
         assert!(TransferFlags::from_bits(1 << 15).is_err());
         assert_eq!(

@@ -28,8 +28,8 @@ pub use change::{
 pub use flags::{AccountFlags, FlagsError, TransferFlags};
 pub use image::{LoadedImage, PendingStatus, StateImage};
 pub use records::{
-    ACCOUNT_FILTER_LIMIT_MAX, Account, AccountBalances, AccountFilter, Batch, BatchKind,
-    QueryFilter, Transfer, TransferBalances, TransferKind,
+    ACCOUNT_FILTER_LIMIT_MAX, Account, AccountBalance, AccountBalances, AccountFilter, Batch,
+    BatchKind, QueryFilter, Transfer, TransferBalances, TransferKind,
 };
 pub use result::{ResultCode, UnknownResultCode};
 

@@ -190,6 +190,15 @@ impl AccountBalances {
     }
 }
 
+/// An account's balances right after a change (`get_account_balances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountBalance {
+    /// The transfer's timestamp, or the instant an expiry released a reservation.
+    pub timestamp: u64,
+    /// The four balances right after it.
+    pub balances: AccountBalances,
+}
+
 /// The balances of a transfer's two accounts right after it applied (docs/spec.md §2,
 /// "Balances with results").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -261,9 +270,15 @@ impl AccountFilter {
     /// True when `transfer` (which touches this account) passes the filter's
     /// direction, time range, user data and code.
     pub fn matches(&self, transfer: &Transfer) -> bool {
+        self.matches_at(transfer, transfer.timestamp)
+    }
+
+    /// [`AccountFilter::matches`] with the time range applied to `timestamp` (a balance
+    /// row's: the instant an expiry of `transfer` released it).
+    pub fn matches_at(&self, transfer: &Transfer, timestamp: u64) -> bool {
         let direction = (self.debits && transfer.debit_account_id == self.account_id)
             || (self.credits && transfer.credit_account_id == self.account_id);
-        direction && self.in_time_range(transfer.timestamp) && self.fields_match(transfer)
+        direction && self.in_time_range(timestamp) && self.fields_match(transfer)
     }
 
     /// True when `timestamp` is within the filter's inclusive range.
@@ -341,7 +356,11 @@ impl QueryFilter {
     /// True when `account` passes the filter.
     pub fn matches_account(&self, account: &Account) -> bool {
         self.matches_fields(
-            (account.user_data_128, account.user_data_64, account.user_data_32),
+            (
+                account.user_data_128,
+                account.user_data_64,
+                account.user_data_32,
+            ),
             account.ledger,
             account.code,
             account.timestamp,
@@ -351,7 +370,11 @@ impl QueryFilter {
     /// True when `transfer` passes the filter.
     pub fn matches_transfer(&self, transfer: &Transfer) -> bool {
         self.matches_fields(
-            (transfer.user_data_128, transfer.user_data_64, transfer.user_data_32),
+            (
+                transfer.user_data_128,
+                transfer.user_data_64,
+                transfer.user_data_32,
+            ),
             transfer.ledger,
             transfer.code,
             transfer.timestamp,

@@ -1,0 +1,217 @@
+//! Balance history of the accounts created with the `history` flag (docs/spec.md §2,
+//! "History and point-in-time balances"): for every transfer that changes such an
+//! account, and every expiry, its four balances right after, with the transfer's
+//! reference (whose fields `get_account_balances` filters on).
+//!
+//! Only accounts that ask pay: a map from account position to its rows, nothing for
+//! the others. Rows are 48 bytes while every balance fits in 64 bits (real money
+//! always does: 2^64 cents is 1.8 × 10^17 dollars); an account whose balance passes
+//! that moves to 80-byte rows, once.
+//!
+//! Like the transfer lists of [`crate::history`], rows are not part of snapshots:
+//! loading an image derives them from the stored transfers and pending statuses
+//! ([`crate::StateMachine`] replays each history account's transfers and expiries), so
+//! a snapshot needs no new section.
+
+use crate::part::{Balances, IdHasher, TransferRef};
+use std::collections::HashMap;
+
+/// One row, narrow: every balance below 2^64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NarrowRow {
+    timestamp: u64,
+    transfer_ref: TransferRef,
+    balances: [u64; 4],
+}
+
+/// One row, wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WideRow {
+    timestamp: u64,
+    transfer_ref: TransferRef,
+    balances: Balances,
+}
+
+/// A row as read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BalanceRow {
+    /// The transfer's timestamp, or the expiry's instant.
+    pub timestamp: u64,
+    /// The transfer that changed the balances (for an expiry, the pending transfer).
+    pub transfer_ref: TransferRef,
+    pub balances: Balances,
+}
+
+#[derive(Debug, Clone)]
+enum Rows {
+    Narrow(Vec<NarrowRow>),
+    Wide(Vec<WideRow>),
+}
+
+fn narrow(balances: &Balances) -> Option<[u64; 4]> {
+    Some([
+        u64::try_from(balances.debits_pending).ok()?,
+        u64::try_from(balances.debits_posted).ok()?,
+        u64::try_from(balances.credits_pending).ok()?,
+        u64::try_from(balances.credits_posted).ok()?,
+    ])
+}
+
+fn widen(row: &NarrowRow) -> WideRow {
+    let [
+        debits_pending,
+        debits_posted,
+        credits_pending,
+        credits_posted,
+    ] = row.balances;
+    WideRow {
+        timestamp: row.timestamp,
+        transfer_ref: row.transfer_ref,
+        balances: Balances {
+            debits_pending: u128::from(debits_pending),
+            debits_posted: u128::from(debits_posted),
+            credits_pending: u128::from(credits_pending),
+            credits_posted: u128::from(credits_posted),
+        },
+    }
+}
+
+/// The rows of one part's history accounts, by account position.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BalanceHistories {
+    rows: HashMap<u32, Rows, IdHasher>,
+}
+
+impl BalanceHistories {
+    /// Adds a row to the end of account `account`'s history (rows come in timestamp
+    /// order).
+    pub fn append(&mut self, account: u32, row: BalanceRow) {
+        let rows = self
+            .rows
+            .entry(account)
+            .or_insert_with(|| Rows::Narrow(Vec::new()));
+        if let Rows::Narrow(list) = rows {
+            debug_assert!(
+                list.last()
+                    .is_none_or(|last| last.timestamp <= row.timestamp)
+            );
+            match narrow(&row.balances) {
+                Some(balances) => {
+                    list.push(NarrowRow {
+                        timestamp: row.timestamp,
+                        transfer_ref: row.transfer_ref,
+                        balances,
+                    });
+                    return;
+                }
+                None => *rows = Rows::Wide(list.iter().map(widen).collect()),
+            }
+        }
+        if let Rows::Wide(list) = rows {
+            debug_assert!(
+                list.last()
+                    .is_none_or(|last| last.timestamp <= row.timestamp)
+            );
+            list.push(WideRow {
+                timestamp: row.timestamp,
+                transfer_ref: row.transfer_ref,
+                balances: row.balances,
+            });
+        }
+    }
+
+    /// Removes the newest row of `account` (a chain's rollback).
+    pub fn pop(&mut self, account: u32) {
+        let popped = match self.rows.get_mut(&account) {
+            Some(Rows::Narrow(list)) => list.pop().is_some(),
+            Some(Rows::Wide(list)) => list.pop().is_some(),
+            None => false,
+        };
+        assert!(popped, "a balance row undone twice");
+    }
+
+    /// Account `account`'s rows, oldest first.
+    pub fn rows(&self, account: u32) -> Vec<BalanceRow> {
+        match self.rows.get(&account) {
+            None => Vec::new(),
+            Some(Rows::Narrow(list)) => list
+                .iter()
+                .map(|row| {
+                    let wide = widen(row);
+                    BalanceRow {
+                        timestamp: wide.timestamp,
+                        transfer_ref: wide.transfer_ref,
+                        balances: wide.balances,
+                    }
+                })
+                .collect(),
+            Some(Rows::Wide(list)) => list
+                .iter()
+                .map(|row| BalanceRow {
+                    timestamp: row.timestamp,
+                    transfer_ref: row.transfer_ref,
+                    balances: row.balances,
+                })
+                .collect(),
+        }
+    }
+
+    /// Bytes of memory held (rows and the map's slots).
+    pub fn bytes(&self) -> usize {
+        let slots = self.rows.capacity() * (std::mem::size_of::<(u32, Rows)>() + 1);
+        let rows: usize = self
+            .rows
+            .values()
+            .map(|rows| match rows {
+                Rows::Narrow(list) => list.capacity() * std::mem::size_of::<NarrowRow>(),
+                Rows::Wide(list) => list.capacity() * std::mem::size_of::<WideRow>(),
+            })
+            .sum();
+        slots + rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(timestamp: u64, posted: u128) -> BalanceRow {
+        BalanceRow {
+            timestamp,
+            transfer_ref: timestamp as u32,
+            balances: Balances {
+                debits_pending: 0,
+                debits_posted: posted,
+                credits_pending: 1,
+                credits_posted: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn rows_widen_once_a_balance_passes_64_bits_and_pop_in_order() {
+        assert_eq!(std::mem::size_of::<NarrowRow>(), 48);
+        let mut histories = BalanceHistories::default();
+        histories.append(7, row(1, 5));
+        histories.append(7, row(2, u128::from(u64::MAX)));
+        assert!(matches!(histories.rows.get(&7), Some(Rows::Narrow(_))));
+        histories.append(7, row(3, u128::from(u64::MAX) + 1));
+        assert!(matches!(histories.rows.get(&7), Some(Rows::Wide(_))));
+        assert_eq!(
+            histories.rows(7),
+            vec![
+                row(1, 5),
+                row(2, u128::from(u64::MAX)),
+                row(3, u128::from(u64::MAX) + 1)
+            ]
+        );
+        histories.pop(7);
+        assert_eq!(
+            histories.rows(7),
+            vec![row(1, 5), row(2, u128::from(u64::MAX))]
+        );
+        assert!(histories.rows(8).is_empty());
+        histories.append(8, row(4, 1));
+        assert_eq!(histories.rows(8), vec![row(4, 1)]);
+    }
+}
