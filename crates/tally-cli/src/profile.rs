@@ -70,7 +70,7 @@ impl Profiler {
                 profile.units_spanning +=
                     plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
             }
-            Err(Serial::OnePart | Serial::ExpiryInsideGroup) => {
+            Err(Serial::OnePart | Serial::ExpiryInsideGroup | Serial::Imported) => {
                 // Run on one thread: its whole work is its critical path.
                 if self.parts > 1 {
                     profile.groups_serial += 1;

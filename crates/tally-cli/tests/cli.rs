@@ -198,6 +198,60 @@ fn balances_with_results_queries_and_balance_history_through_apply() {
 }
 
 #[test]
+fn a_ledger_is_migrated_in_with_imported_events_and_keeps_their_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let answers = apply(
+        dir.path(),
+        &[
+            r#"{"create_accounts": [{"id": "1", "ledger": 840, "code": 1, "flags": ["imported", "history"], "timestamp": "1000"}, {"id": "2", "ledger": 840, "code": 1, "flags": ["imported"], "timestamp": "2000"}]}"#,
+            r#"{"create_transfers": [{"id": "9", "debit_account_id": "1", "credit_account_id": "2", "amount": "3.00", "ledger": 840, "code": 1, "flags": ["imported"], "timestamp": "3000"}, {"id": "10", "debit_account_id": "1", "credit_account_id": "2", "amount": "1.00", "ledger": 840, "code": 1, "timestamp": "4000"}, {"id": "11", "debit_account_id": "1", "credit_account_id": "2", "amount": "1.00", "ledger": 840, "code": 1, "flags": ["imported"], "timestamp": "2500"}]}"#,
+            r#"{"create_transfers": [{"id": "12", "debit_account_id": "1", "credit_account_id": "2", "amount": "1.00", "ledger": 840, "code": 1, "timestamp": "5000"}]}"#,
+            r#"{"lookup_transfers": ["9"]}"#,
+        ],
+        false,
+    );
+    assert_eq!(results(&answers[0]), vec!["ok", "ok"]);
+    assert_eq!(answers[0]["results"][1]["timestamp"], json!("2000"));
+    assert_eq!(
+        results(&answers[1]),
+        vec!["ok", "imported_event_expected", "imported_event_timestamp_must_not_regress"]
+    );
+    assert_eq!(answers[1]["results"][0]["timestamp"], json!("3000"));
+    assert_eq!(results(&answers[2]), vec!["timestamp_must_be_zero"]);
+    assert_eq!(answers[3]["transfers"][0]["timestamp"], json!("3000"));
+    // After a restart (replay of the log) the own timestamps and the history stand.
+    let answers = apply(
+        dir.path(),
+        &[
+            r#"{"lookup_accounts": ["1", "2"]}"#,
+            r#"{"get_account_balances": {"account_id": "1"}}"#,
+            r#"{"create_transfers": [{"id": "13", "debit_account_id": "1", "credit_account_id": "2", "amount": "1.00", "ledger": 840, "code": 1}]}"#,
+        ],
+        false,
+    );
+    assert_eq!(answers[0]["accounts"][0]["timestamp"], json!("1000"));
+    assert_eq!(answers[0]["accounts"][1]["credits_posted"], json!("3.00"));
+    let rows = answers[1]["account_balances"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["timestamp"], json!("3000"));
+    assert_eq!(results(&answers[2]), vec!["ok"]);
+    let verify = tally_on("verify", dir.path());
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    // Change events stay in commit order; the records inside keep their own stamps.
+    let events = tally().args(["events", "--data"]).arg(dir.path()).output().unwrap();
+    let events: Vec<Value> = String::from_utf8(events.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4);
+    let stamps: Vec<u64> = events.iter().map(|e| e["timestamp"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+    assert_eq!(events[0]["account"]["timestamp"], json!("1000"));
+    assert_eq!(events[2]["transfer"]["timestamp"], json!("3000"));
+}
+
+#[test]
 fn closing_an_account_as_tigerbeetle_documents_it_and_reopening_it() {
     let dir = tempfile::tempdir().unwrap();
     // Sweep account 1 into 2, then close account 1 with a pending transfer of 0.

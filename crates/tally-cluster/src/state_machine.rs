@@ -79,7 +79,8 @@ impl Applied {
             };
             digest = digest_batch(digest, *stamp, batch, &codes);
             self.events_applied += batch.len() as u64;
-            batches.push(Ok(EventResult::for_batch(*stamp, &codes)));
+            let imported = batch.is_imported().then_some(*batch);
+            batches.push(Ok(EventResult::for_batch(*stamp, &codes, imported)));
         }
         self.digest = digest;
         GroupResults { batches }

@@ -245,14 +245,19 @@ impl Applier {
             self.sequence_applied = record.sequence;
             self.events_since_snapshot += record.batch.len() as u64;
         }
-        let stamps: Vec<u64> = group.records.iter().map(|r| r.timestamp).collect();
+        let records = group.records;
+        // Imported batches answer with their events' own timestamps: kept aside (they
+        // are rare; the records move to the shard threads).
+        let stamps: Vec<(u64, Option<Batch>)> = records
+            .iter()
+            .map(|r| (r.timestamp, r.batch.is_imported().then(|| r.batch.clone())))
+            .collect();
         let codes: Vec<Vec<ResultCode>> = match &self.shards {
-            Some(pool) => pool.apply(state, group.records),
+            Some(pool) => pool.apply(state, records),
             None => {
                 // One run for the whole group: its prefetching spans the records, which
                 // matters when each is a single payment.
-                let batches: Vec<_> = group
-                    .records
+                let batches: Vec<_> = records
                     .iter()
                     .map(|record| (record.timestamp, &record.batch))
                     .collect();
@@ -260,9 +265,11 @@ impl Applier {
             }
         };
         stamps
-            .into_iter()
+            .iter()
             .zip(codes)
-            .map(|(timestamp, codes)| EventResult::for_batch(timestamp, &codes))
+            .map(|((stamp, imported), codes)| {
+                EventResult::for_batch(*stamp, &codes, imported.as_ref())
+            })
             .collect()
     }
 

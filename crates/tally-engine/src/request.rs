@@ -3,7 +3,7 @@
 
 use crate::error::SubmitError;
 use std::time::Instant;
-use tally_types::{Batch, ResultCode, TransferBalances};
+use tally_types::{AccountFlags, Batch, ResultCode, TransferBalances, TransferFlags};
 use tokio::sync::oneshot;
 
 /// The result of one event: its code, and its timestamp when it was applied (`Ok`).
@@ -17,20 +17,37 @@ pub struct EventResult {
 
 impl EventResult {
     /// The results of a batch stamped from `stamp`, given its codes in order: event `i`
-    /// applied at `stamp + i`, a refused event with timestamp 0.
-    pub fn for_batch(stamp: u64, codes: &[ResultCode]) -> Vec<EventResult> {
+    /// applied at `stamp + i`, a refused event with timestamp 0. An imported batch
+    /// (`imported`, given only for one) answers with its events' own timestamps.
+    pub fn for_batch(stamp: u64, codes: &[ResultCode], imported: Option<&Batch>) -> Vec<EventResult> {
         codes
             .iter()
             .enumerate()
             .map(|(index, &code)| EventResult {
                 code,
-                timestamp: if code.is_ok() {
-                    stamp + index as u64
-                } else {
+                timestamp: if !code.is_ok() {
                     0
+                } else {
+                    imported
+                        .and_then(|batch| imported_timestamp(batch, index))
+                        .unwrap_or(stamp + index as u64)
                 },
             })
             .collect()
+    }
+}
+
+/// The own timestamp of event `index` when it is imported.
+fn imported_timestamp(batch: &Batch, index: usize) -> Option<u64> {
+    match batch {
+        Batch::CreateAccounts(accounts) => accounts
+            .get(index)
+            .filter(|a| a.flags.contains(AccountFlags::IMPORTED))
+            .map(|a| a.timestamp),
+        Batch::CreateTransfers(transfers) => transfers
+            .get(index)
+            .filter(|t| t.flags.contains(TransferFlags::IMPORTED))
+            .map(|t| t.timestamp),
     }
 }
 

@@ -328,19 +328,23 @@ fn transfer_balances(events: &[ChangeEvent], result: &EventResult) -> Option<Tra
     if !result.code.is_ok() {
         return None;
     }
+    let of_the_transfer = |event: &&ChangeEvent| {
+        event.transfer.timestamp == result.timestamp
+            && !matches!(
+                event.kind,
+                ChangeKind::TwoPhaseExpired | ChangeKind::AccountCreated
+            )
+    };
     let first = events.partition_point(|event| event.timestamp < result.timestamp);
     // An expiry may share the instant; the transfer's own event is the one stamped with
     // the transfer's timestamp.
     let found = events[first..]
         .iter()
         .take_while(|event| event.timestamp == result.timestamp)
-        .find(|event| {
-            event.transfer.timestamp == result.timestamp
-                && !matches!(
-                    event.kind,
-                    ChangeKind::TwoPhaseExpired | ChangeKind::AccountCreated
-                )
-        });
+        .find(of_the_transfer)
+        // An imported transfer's event is stamped when it committed, after its own
+        // timestamp (which no other transfer has).
+        .or_else(|| events.iter().find(of_the_transfer));
     debug_assert!(found.is_some(), "an applied transfer has its change event");
     found.map(|event| TransferBalances {
         debit_account: AccountBalances::of(&event.debit_account),

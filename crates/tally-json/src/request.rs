@@ -34,6 +34,7 @@ const ACCOUNT_FIELDS: &[&str] = &[
     "user_data_128",
     "user_data_64",
     "user_data_32",
+    "timestamp",
 ];
 
 /// Account fields the engine owns; named apart so the message can say why.
@@ -58,6 +59,7 @@ const TRANSFER_FIELDS: &[&str] = &[
     "user_data_128",
     "user_data_64",
     "user_data_32",
+    "timestamp",
 ];
 
 const FILTER_FIELDS: &[&str] = &[
@@ -263,8 +265,6 @@ fn account(value: &Json, loc: Loc<'_>) -> Result<Account, LineError> {
             "balances are not accepted in create_accounts; an account starts at 0 and only \
              transfers change it"
                 .to_string()
-        } else if key == "timestamp" {
-            "not accepted in create_accounts; the engine assigns it".to_string()
         } else {
             format!(
                 "unknown field; account fields are {}",
@@ -291,6 +291,9 @@ fn account(value: &Json, loc: Loc<'_>) -> Result<Account, LineError> {
             "user_data_128" => account.user_data_128 = unsigned(value, at, "u128", Width::Wide)?,
             "user_data_64" => account.user_data_64 = unsigned(value, at, "u64", Width::Wide)?,
             "user_data_32" => account.user_data_32 = unsigned(value, at, "u32", Width::Narrow)?,
+            // An imported account's own; on any other the ledger answers
+            // timestamp_must_be_zero.
+            "timestamp" => account.timestamp = unsigned(value, at, "u64", Width::Wide)?,
             _ => unreachable_field(field, at)?,
         }
     }
@@ -336,15 +339,11 @@ fn transfers(
 /// A transfer with every field but the amount, and the amount text to read once the
 /// ledger (hence the scale) is known.
 fn transfer_fields(value: &Json, loc: Loc<'_>) -> Result<(Transfer, Option<String>), LineError> {
-    let unknown = |key: &str| {
-        if key == "timestamp" {
-            "not accepted in create_transfers; the engine assigns it".to_string()
-        } else {
-            format!(
-                "unknown field; transfer fields are {}",
-                TRANSFER_FIELDS.join(", ")
-            )
-        }
+    let unknown = |_key: &str| {
+        format!(
+            "unknown field; transfer fields are {}",
+            TRANSFER_FIELDS.join(", ")
+        )
     };
     let mut transfer = Transfer::default();
     let mut amount = None;
@@ -378,6 +377,7 @@ fn transfer_fields(value: &Json, loc: Loc<'_>) -> Result<(Transfer, Option<Strin
             "user_data_128" => transfer.user_data_128 = unsigned(value, at, "u128", Width::Wide)?,
             "user_data_64" => transfer.user_data_64 = unsigned(value, at, "u64", Width::Wide)?,
             "user_data_32" => transfer.user_data_32 = unsigned(value, at, "u32", Width::Narrow)?,
+            "timestamp" => transfer.timestamp = unsigned(value, at, "u64", Width::Wide)?,
             _ => unreachable_field(field, at)?,
         }
     }

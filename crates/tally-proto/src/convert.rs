@@ -572,7 +572,7 @@ mod tests {
         assert_eq!(error.index, Some(3));
         assert!(error.to_string().contains("70000"), "{error}");
         let unknown_flag = v1::Transfer {
-            flags: 1 << 9,
+            flags: 1 << 10,
             ..v1::Transfer::default()
         };
         assert!(transfer_from_proto(0, &unknown_flag).is_err());

@@ -113,20 +113,78 @@ impl Parts for Held {
     }
 }
 
-/// Something with a `linked` flag, so chains work the same for both batch kinds.
+/// Something with `linked` and `imported` flags and a timestamp, so chains and imports
+/// work the same for both batch kinds.
 pub(crate) trait Event {
     fn linked(&self) -> bool;
+    fn imported(&self) -> bool;
+    /// The timestamp the event carries (an imported event's own; 0 otherwise).
+    fn given_timestamp(&self) -> u64;
 }
 
 impl Event for Account {
     fn linked(&self) -> bool {
         self.flags.contains(AccountFlags::LINKED)
     }
+
+    fn imported(&self) -> bool {
+        self.flags.contains(AccountFlags::IMPORTED)
+    }
+
+    fn given_timestamp(&self) -> u64 {
+        self.timestamp
+    }
 }
 
 impl Event for Transfer {
     fn linked(&self) -> bool {
         self.flags.contains(TransferFlags::LINKED)
+    }
+
+    fn imported(&self) -> bool {
+        self.flags.contains(TransferFlags::IMPORTED)
+    }
+
+    fn given_timestamp(&self) -> u64 {
+        self.timestamp
+    }
+}
+
+/// Imported timestamps are below 2^63, as TigerBeetle bounds them.
+const IMPORTED_TIMESTAMP_MAX: u64 = (1 << 63) - 1;
+
+/// The batch-level checks of imported events, before every other check (docs/spec.md
+/// §2): the batch's first event decides whether the batch is imported; an imported
+/// event's own timestamp must be in range and before the batch's stamp; any other event
+/// must carry none.
+#[inline]
+fn import_check<E: Event>(batch_imported: bool, event: &E, batch_stamp: u64) -> Option<ResultCode> {
+    let given = event.given_timestamp();
+    match (batch_imported, event.imported()) {
+        (false, false) => (given != 0).then_some(R::TimestampMustBeZero),
+        (false, true) => Some(R::ImportedEventNotExpected),
+        (true, false) => Some(R::ImportedEventExpected),
+        (true, true) if given == 0 || given > IMPORTED_TIMESTAMP_MAX => {
+            Some(R::ImportedEventTimestampOutOfRange)
+        }
+        (true, true) if given >= batch_stamp => Some(R::ImportedEventTimestampMustNotAdvance),
+        (true, true) => None,
+    }
+}
+
+/// Runs event `index` of a batch stamped `stamp`: the import checks, then `execute`.
+#[inline]
+fn run_event<P: Parts + ?Sized, E: Event>(
+    parts: &mut P,
+    events: &[E],
+    index: usize,
+    stamp: u64,
+    execute: fn(&mut P, &E, u64) -> ResultCode,
+) -> ResultCode {
+    let event = &events[index];
+    match import_check(events[0].imported(), event, stamp) {
+        Some(code) => code,
+        None => execute(parts, event, stamp + index as u64),
     }
 }
 
@@ -326,7 +384,7 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
     let last_index = events.len() - 1;
     if !events[start].linked() {
         debug_assert_eq!(end, start + 1);
-        results[0] = execute(parts, &events[start], timestamp + start as u64);
+        results[0] = run_event(parts, events, start, timestamp, execute);
         return;
     }
     parts.each_held(Part::begin_chain);
@@ -338,7 +396,7 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
         } else if broken {
             R::LinkedEventFailed
         } else {
-            execute(parts, event, timestamp + index as u64)
+            run_event(parts, events, index, timestamp, execute)
         };
         results[index - start] = result;
         if result != R::Ok && !broken {
@@ -401,6 +459,7 @@ fn insert_transfer<P: Parts + ?Sized>(
     transfer: Transfer,
     debit: Slot,
     credit: Slot,
+    committed: u64,
 ) {
     debug_assert_eq!(account_at(parts, debit).id, transfer.debit_account_id);
     debug_assert_eq!(account_at(parts, credit).id, transfer.credit_account_id);
@@ -419,14 +478,15 @@ fn insert_transfer<P: Parts + ?Sized>(
         None => unreachable!("a stored transfer has a kind"),
     };
     let change = Change {
-        timestamp: transfer.timestamp,
+        timestamp: committed,
         kind,
         transfer_ref,
     };
     record_transfer_change(parts, change, transfer, debit, credit);
 }
 
-/// A change to two accounts' balances: when, what, and by which stored transfer.
+/// A change to two accounts' balances: when it committed (an expiry's instant), what,
+/// and by which stored transfer.
 #[derive(Clone, Copy)]
 struct Change {
     timestamp: u64,
@@ -454,7 +514,12 @@ fn record_transfer_change<P: Parts + ?Sized>(
         let account = &part.accounts[slot.index as usize];
         if account.flags.contains(AccountFlags::HISTORY) {
             let row = BalanceRow {
-                timestamp,
+                // The transfer's own timestamp (an imported one's is in the past).
+                timestamp: if kind == ChangeKind::TwoPhaseExpired {
+                    timestamp
+                } else {
+                    transfer.timestamp
+                },
                 transfer_ref,
                 balances: Balances::of(account),
             };
@@ -500,22 +565,120 @@ pub(crate) fn create_account<P: Parts + ?Sized>(
     if a.code == 0 {
         return R::CodeMustNotBeZero;
     }
-    let home = home_mut(parts, a.id);
-    if let Some(existing) = home.lookup_account(a.id) {
+    if let Some(existing) = home_mut(parts, a.id).lookup_account(a.id) {
         return account_exists_result(a, existing);
     }
-    // The engine owns balances and timestamps; whatever the input carried is ignored.
+    let imported = a.flags.contains(AccountFlags::IMPORTED);
+    if imported
+        && (a.timestamp <= accounts_timestamp_max(parts) || transfer_stamped(parts, a.timestamp))
+    {
+        return R::ImportedEventTimestampMustNotRegress;
+    }
+    // The engine owns balances and timestamps (but an imported account's own).
     let account = Account {
         debits_pending: 0,
         debits_posted: 0,
         credits_pending: 0,
         credits_posted: 0,
-        timestamp,
+        timestamp: if imported { a.timestamp } else { timestamp },
         ..*a
     };
+    let home = home_mut(parts, a.id);
     home.insert_account(account);
-    home.record_change(|| ChangeEvent::account_created(account));
+    // The event is stamped when it committed, which keeps events in commit order.
+    home.record_change(|| ChangeEvent {
+        timestamp,
+        ..ChangeEvent::account_created(account)
+    });
     R::Ok
+}
+
+/// The latest timestamp of any account (0 without accounts). Reads every part: imported
+/// batches run serially, never by plan.
+fn accounts_timestamp_max<P: Parts + ?Sized>(parts: &P) -> u64 {
+    (0..parts.count())
+        .filter_map(|part| parts.get(part).accounts.last().map(|a| a.timestamp))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The latest timestamp of any stored transfer (0 without transfers).
+fn transfers_timestamp_max<P: Parts + ?Sized>(parts: &P) -> u64 {
+    (0..parts.count())
+        .map(|part| &parts.get(part).transfers)
+        .filter(|transfers| transfers.len() > 0)
+        .map(|transfers| transfers.last_timestamp())
+        .max()
+        .unwrap_or(0)
+}
+
+/// True when a stored transfer has timestamp `timestamp` (each part's transfers are in
+/// timestamp order).
+fn transfer_stamped<P: Parts + ?Sized>(parts: &P, timestamp: u64) -> bool {
+    (0..parts.count()).any(|part| {
+        let transfers = &parts.get(part).transfers;
+        let (mut low, mut high) = (0, transfers.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match transfers.get(middle).timestamp.cmp(&timestamp) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    })
+}
+
+/// True when an account has timestamp `timestamp` (each part's accounts are in
+/// timestamp order).
+fn account_stamped<P: Parts + ?Sized>(parts: &P, timestamp: u64) -> bool {
+    (0..parts.count()).any(|part| {
+        let accounts = &parts.get(part).accounts;
+        let (mut low, mut high) = (0, accounts.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match accounts[middle].timestamp.cmp(&timestamp) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    })
+}
+
+/// The checks of an imported transfer's own timestamp against the ledger (docs/spec.md
+/// §2): after every transfer's and equal to no account's, then (with its accounts) after
+/// both accounts', then no timeout. `accounts` is `None` for a post or void.
+fn imported_checks<P: Parts + ?Sized>(
+    parts: &P,
+    t: &Transfer,
+    accounts: Option<(&Account, &Account)>,
+) -> Result<(), ResultCode> {
+    if t.timestamp <= transfers_timestamp_max(parts) || account_stamped(parts, t.timestamp) {
+        return Err(R::ImportedEventTimestampMustNotRegress);
+    }
+    if let Some((dr, cr)) = accounts {
+        if t.timestamp <= dr.timestamp {
+            return Err(R::ImportedEventTimestampMustPostdateDebitAccount);
+        }
+        if t.timestamp <= cr.timestamp {
+            return Err(R::ImportedEventTimestampMustPostdateCreditAccount);
+        }
+        if t.timeout != 0 {
+            return Err(R::ImportedEventTimeoutMustBeZero);
+        }
+    }
+    Ok(())
+}
+
+/// When a transfer is stamped: `at` is what it stores (an imported transfer's own
+/// timestamp), `committed` the stamp of its place in the log (its change event's).
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    at: u64,
+    committed: u64,
 }
 
 pub(crate) fn create_transfer<P: Parts + ?Sized>(
@@ -541,14 +704,22 @@ pub(crate) fn create_transfer<P: Parts + ?Sized>(
         Some(TransferEntry::Burned) => return R::IdAlreadyFailed,
         None => {}
     }
+    let stamp = Stamp {
+        at: if t.flags.contains(TransferFlags::IMPORTED) {
+            t.timestamp
+        } else {
+            timestamp
+        },
+        committed: timestamp,
+    };
     let result = match kind {
         TransferKind::SinglePhase | TransferKind::Pending => {
-            create_single_or_pending(parts, t, kind, timestamp)
+            create_single_or_pending(parts, t, kind, stamp)
         }
         TransferKind::PostPending | TransferKind::VoidPending => {
-            post_or_void(parts, t, kind, timestamp)
+            post_or_void(parts, t, kind, stamp)
         }
-        TransferKind::Refund => refund(parts, t, timestamp),
+        TransferKind::Refund => refund(parts, t, stamp),
     };
     if result.is_transient() {
         // Burned for good, even inside a chain that rolls back: a retry must always
@@ -566,8 +737,9 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     parts: &mut P,
     t: &Transfer,
     kind: TransferKind,
-    timestamp: u64,
+    stamp: Stamp,
 ) -> ResultCode {
+    let timestamp = stamp.at;
     if t.debit_account_id == 0 {
         return R::DebitAccountIdMustNotBeZero;
     }
@@ -617,6 +789,11 @@ fn create_single_or_pending<P: Parts + ?Sized>(
     if t.ledger != dr.ledger {
         return R::TransferMustHaveTheSameLedgerAsAccounts;
     }
+    if t.flags.contains(TransferFlags::IMPORTED)
+        && let Err(code) = imported_checks(parts, t, Some((&dr, &cr)))
+    {
+        return code;
+    }
     if let Err(code) = closed_checks(&dr, &cr) {
         return code;
     }
@@ -644,7 +821,7 @@ fn create_single_or_pending<P: Parts + ?Sized>(
         timestamp,
         ..*t
     };
-    insert_transfer(parts, stored, dr_slot, cr_slot);
+    insert_transfer(parts, stored, dr_slot, cr_slot, stamp.committed);
     if pending {
         let home = home_mut(parts, t.id);
         home.set_pending_status(t.id, PendingStatus::Pending);
@@ -659,8 +836,9 @@ fn post_or_void<P: Parts + ?Sized>(
     parts: &mut P,
     t: &Transfer,
     kind: TransferKind,
-    timestamp: u64,
+    stamp: Stamp,
 ) -> ResultCode {
+    let timestamp = stamp.at;
     let post = kind == TransferKind::PostPending;
     if t.pending_id == 0 {
         return R::PendingIdMustNotBeZero;
@@ -704,6 +882,11 @@ fn post_or_void<P: Parts + ?Sized>(
         Some(PendingStatus::Voided) => return R::PendingTransferAlreadyVoided,
         Some(PendingStatus::Expired) => return R::PendingTransferExpired,
         None => unreachable!("every pending transfer has a status"),
+    }
+    if t.flags.contains(TransferFlags::IMPORTED)
+        && let Err(code) = imported_checks(parts, t, None)
+    {
+        return code;
     }
     let amount_posted = if !post {
         0
@@ -761,6 +944,7 @@ fn post_or_void<P: Parts + ?Sized>(
         },
         dr_slot,
         cr_slot,
+        stamp.committed,
     );
     R::Ok
 }
@@ -868,7 +1052,8 @@ fn release_pending<P: Parts + ?Sized>(
     set_balances(parts, cr_slot, cr);
 }
 
-fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, timestamp: u64) -> ResultCode {
+fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, stamp: Stamp) -> ResultCode {
+    let timestamp = stamp.at;
     let refund_of = t.refund_of();
     if refund_of == 0 {
         return R::RefundOfMustNotBeZero;
@@ -914,6 +1099,11 @@ fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, timestamp: u64) -> Res
     let cr_slot = account_slot(parts, o.debit_account_id).expect("original's debit");
     let dr = account_at(parts, dr_slot);
     let cr = account_at(parts, cr_slot);
+    if t.flags.contains(TransferFlags::IMPORTED)
+        && let Err(code) = imported_checks(parts, t, Some((&dr, &cr)))
+    {
+        return code;
+    }
     if let Err(code) = closed_checks(&dr, &cr) {
         return code;
     }
@@ -939,6 +1129,7 @@ fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, timestamp: u64) -> Res
         },
         dr_slot,
         cr_slot,
+        stamp.committed,
     );
     R::Ok
 }

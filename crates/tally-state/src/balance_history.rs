@@ -83,51 +83,60 @@ pub(crate) struct BalanceHistories {
 }
 
 impl BalanceHistories {
-    /// Adds a row to the end of account `account`'s history (rows come in timestamp
-    /// order).
+    /// Adds a row to account `account`'s history, in timestamp order: at the end, but
+    /// for an imported transfer older than an expiry already recorded.
     pub fn append(&mut self, account: u32, row: BalanceRow) {
         let rows = self
             .rows
             .entry(account)
             .or_insert_with(|| Rows::Narrow(Vec::new()));
         if let Rows::Narrow(list) = rows {
-            debug_assert!(
-                list.last()
-                    .is_none_or(|last| last.timestamp <= row.timestamp)
-            );
             match narrow(&row.balances) {
                 Some(balances) => {
-                    list.push(NarrowRow {
+                    let at = list.partition_point(|r| r.timestamp <= row.timestamp);
+                    let narrow = NarrowRow {
                         timestamp: row.timestamp,
                         transfer_ref: row.transfer_ref,
                         balances,
-                    });
+                    };
+                    list.insert(at, narrow);
                     return;
                 }
                 None => *rows = Rows::Wide(list.iter().map(widen).collect()),
             }
         }
         if let Rows::Wide(list) = rows {
-            debug_assert!(
-                list.last()
-                    .is_none_or(|last| last.timestamp <= row.timestamp)
-            );
-            list.push(WideRow {
+            let at = list.partition_point(|r| r.timestamp <= row.timestamp);
+            let wide = WideRow {
                 timestamp: row.timestamp,
                 transfer_ref: row.transfer_ref,
                 balances: row.balances,
-            });
+            };
+            list.insert(at, wide);
         }
     }
 
-    /// Removes the newest row of `account` (a chain's rollback).
-    pub fn pop(&mut self, account: u32) {
-        let popped = match self.rows.get_mut(&account) {
-            Some(Rows::Narrow(list)) => list.pop().is_some(),
-            Some(Rows::Wide(list)) => list.pop().is_some(),
+    /// Removes the row `append` added last for `account` at `timestamp` (a chain's
+    /// rollback, newest first).
+    pub fn pop(&mut self, account: u32, timestamp: u64) {
+        let removed = match self.rows.get_mut(&account) {
+            Some(Rows::Narrow(list)) => {
+                let at = list.partition_point(|r| r.timestamp <= timestamp);
+                at.checked_sub(1)
+                    .filter(|&i| list[i].timestamp == timestamp)
+                    .map(|i| list.remove(i))
+                    .is_some()
+            }
+            Some(Rows::Wide(list)) => {
+                let at = list.partition_point(|r| r.timestamp <= timestamp);
+                at.checked_sub(1)
+                    .filter(|&i| list[i].timestamp == timestamp)
+                    .map(|i| list.remove(i))
+                    .is_some()
+            }
             None => false,
         };
-        assert!(popped, "a balance row undone twice");
+        assert!(removed, "a balance row undone twice");
     }
 
     /// Account `account`'s rows, oldest first.
@@ -205,13 +214,18 @@ mod tests {
                 row(3, u128::from(u64::MAX) + 1)
             ]
         );
-        histories.pop(7);
+        histories.pop(7, 3);
         assert_eq!(
             histories.rows(7),
             vec![row(1, 5), row(2, u128::from(u64::MAX))]
         );
         assert!(histories.rows(8).is_empty());
         histories.append(8, row(4, 1));
+        assert_eq!(histories.rows(8), vec![row(4, 1)]);
+        // An older row (an imported transfer) goes in timestamp order, and back out.
+        histories.append(8, row(2, 3));
+        assert_eq!(histories.rows(8), vec![row(2, 3), row(4, 1)]);
+        histories.pop(8, 2);
         assert_eq!(histories.rows(8), vec![row(4, 1)]);
     }
 }

@@ -53,6 +53,7 @@ pub(crate) enum Undo {
     ChangeRecorded,
     BalanceRowAppended {
         account_index: u32,
+        timestamp: u64,
     },
 }
 
@@ -458,7 +459,10 @@ impl Part {
     /// Adds a row to the balance history of account `account_index`.
     pub(crate) fn append_balance_row(&mut self, account_index: u32, row: BalanceRow) {
         self.balance_history.append(account_index, row);
-        self.record(Undo::BalanceRowAppended { account_index });
+        self.record(Undo::BalanceRowAppended {
+            account_index,
+            timestamp: row.timestamp,
+        });
     }
 
     pub(crate) fn account_position(&self, id: u128) -> Option<u32> {
@@ -582,8 +586,11 @@ impl Part {
                 Undo::ExpiryRemoved { key } => {
                     self.expiries.insert(key);
                 }
-                Undo::BalanceRowAppended { account_index } => {
-                    self.balance_history.pop(account_index);
+                Undo::BalanceRowAppended {
+                    account_index,
+                    timestamp,
+                } => {
+                    self.balance_history.pop(account_index, timestamp);
                 }
                 Undo::ChangeRecorded => {
                     let popped = self.changes.pop();

@@ -116,6 +116,9 @@ pub enum Serial {
     /// same group; whether it exists is only known by applying. Only a manual clock
     /// makes groups span seconds, so this is rare and the serial path is exact.
     ExpiryInsideGroup,
+    /// A batch of the group is imported: its checks compare its timestamps with every
+    /// part's records.
+    Imported,
 }
 
 /// Plans `batches` (each with its stamp, in log order) against the committed `state`.
@@ -133,6 +136,9 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
     let last_timestamp = last_stamp + last_batch.len().saturating_sub(1) as u64;
     if expires_inside(batches, last_timestamp) {
         return Err(Serial::ExpiryInsideGroup);
+    }
+    if batches.iter().any(|(_, batch)| batch.is_imported()) {
+        return Err(Serial::Imported);
     }
     let bit = |id: u128| 1u64 << part_of(id, count);
     // Expiries are released before a batch, up to its first stamp (as `apply` does): an

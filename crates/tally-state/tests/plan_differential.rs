@@ -72,7 +72,7 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
                 seen.spanning_units += plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
                 sharded.apply_planned(&stamped, &plan, |ready| rng.below(ready as u64) as usize)
             }
-            Err(Serial::ExpiryInsideGroup) => {
+            Err(Serial::ExpiryInsideGroup | Serial::Imported) => {
                 seen.serial_groups += 1;
                 stamped
                     .iter()

@@ -10,7 +10,7 @@
 //! 2. the kind code (1 byte);
 //! 3. for `account_created`: the account's id, user_data_128, user_data_64,
 //!    user_data_32, ledger, code, flags (its balances are zero and its timestamp is the
-//!    event's);
+//!    event's), and for an imported account the event's timestamp minus its own;
 //! 4. for a transfer kind: the transfer's id, debit_account_id, credit_account_id,
 //!    amount, pending_id, user_data_128, user_data_64, user_data_32, timeout, ledger,
 //!    code, flags, and the event's timestamp minus the transfer's; then for the debit
@@ -188,9 +188,10 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             (0, 0, 0, 0),
             "a created account has no balances"
         );
-        debug_assert_eq!(
-            a.timestamp, event.timestamp,
-            "an account is created at its event"
+        debug_assert!(
+            a.timestamp == event.timestamp
+                || (a.flags.contains(AccountFlags::IMPORTED) && a.timestamp < event.timestamp),
+            "an account is created at its event, or imported before it"
         );
         for value in [a.id, a.user_data_128, u128::from(a.user_data_64)] {
             packed.put(value);
@@ -202,6 +203,9 @@ pub fn encode_change(event: &ChangeEvent, previous: u64, out: &mut Vec<u8>) {
             u32::from(a.flags.bits()),
         ] {
             packed.put(u128::from(value));
+        }
+        if a.flags.contains(AccountFlags::IMPORTED) {
+            packed.put(u128::from(event.timestamp - a.timestamp));
         }
         out.extend_from_slice(packed.as_bytes());
         return;
@@ -380,7 +384,7 @@ pub fn decode_change(
     c.at += 1;
     let kind = ChangeKind::from_code(code).ok_or(ChangeDecodeError::UnknownKind(code))?;
     if kind == ChangeKind::AccountCreated {
-        let account = Account {
+        let mut account = Account {
             id: c.u128()?,
             user_data_128: c.u128()?,
             user_data_64: c.u64()?,
@@ -391,7 +395,18 @@ pub fn decode_change(
             timestamp,
             ..Account::default()
         };
-        return Ok((ChangeEvent::account_created(account), c.at));
+        if account.flags.contains(AccountFlags::IMPORTED) {
+            account.timestamp = timestamp
+                .checked_sub(c.u64()?)
+                .ok_or(ChangeDecodeError::BadTimestamp)?;
+        }
+        return Ok((
+            ChangeEvent {
+                timestamp,
+                ..ChangeEvent::account_created(account)
+            },
+            c.at,
+        ));
     }
     let mut transfer = Transfer {
         id: c.u128()?,
@@ -454,6 +469,47 @@ mod tests {
         }
         assert_eq!(ChangeKind::from_code(0), None);
         assert_eq!(ChangeKind::from_name("expired"), None);
+    }
+
+    #[test]
+    fn imported_records_keep_their_own_timestamps_in_events() {
+        let account = Account {
+            id: 4,
+            ledger: 840,
+            code: 1,
+            flags: AccountFlags::IMPORTED,
+            timestamp: 1_000,
+            ..Account::default()
+        };
+        let created = ChangeEvent {
+            timestamp: 1_796_000_000_000_000_000,
+            ..ChangeEvent::account_created(account)
+        };
+        let single = ChangeEvent {
+            timestamp: 1_796_000_000_000_000_001,
+            kind: ChangeKind::SinglePhase,
+            transfer: Transfer {
+                id: 9,
+                debit_account_id: 4,
+                credit_account_id: 5,
+                amount: 1,
+                ledger: 840,
+                code: 1,
+                flags: TransferFlags::IMPORTED,
+                timestamp: 2_000,
+                ..Transfer::default()
+            },
+            debit_account: account,
+            credit_account: Account { id: 5, ..account },
+        };
+        let mut bytes = Vec::new();
+        encode_change(&created, 0, &mut bytes);
+        let first = bytes.len();
+        encode_change(&single, created.timestamp, &mut bytes);
+        let (decoded, used) = decode_change(&bytes, 0).expect("decodes");
+        assert_eq!((decoded, used), (created, first));
+        let (decoded, _) = decode_change(&bytes[first..], created.timestamp).expect("decodes");
+        assert_eq!(decoded, single);
     }
 
     #[test]

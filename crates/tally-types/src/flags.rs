@@ -112,9 +112,11 @@ flag_set! {
         /// The account keeps its balances after every transfer and expiry that changes
         /// it, for `get_account_balances` (bit 3, as TigerBeetle numbers it).
         HISTORY = 3, "history";
+        /// The account carries its own past timestamp (a migration): the batch is all
+        /// imported or none.
+        IMPORTED = 4, "imported";
         /// The account refuses every transfer but the void of a pending one. Set at
-        /// creation, or by a closing transfer (which a void or an expiry undoes). Bit 4
-        /// is kept for `imported`, as TigerBeetle numbers it.
+        /// creation, or by a closing transfer (which a void or an expiry undoes).
         CLOSED = 5, "closed";
     }
 }
@@ -142,6 +144,9 @@ flag_set! {
         CLOSING_DEBIT = 7, "closing_debit";
         /// Closes the credit account when the (pending) transfer succeeds.
         CLOSING_CREDIT = 8, "closing_credit";
+        /// The transfer carries its own past timestamp (a migration): the batch is all
+        /// imported or none.
+        IMPORTED = 9, "imported";
     }
 }
 
@@ -187,8 +192,8 @@ mod tests {
 
     #[test]
     fn unknown_bits_are_rejected_not_dropped() {
-        assert!(AccountFlags::from_bits(1 << 4).is_err());
         assert!(AccountFlags::from_bits(1 << 6).is_err());
+        assert!(AccountFlags::from_bits(1 << 7).is_err());
         assert!(TransferFlags::from_bits(1 << 15).is_err());
         assert_eq!(
             TransferFlags::from_bits(0b1_0011),

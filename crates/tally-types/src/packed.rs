@@ -757,14 +757,14 @@ mod tests {
             },
             DecodeError::FieldTooWide { field: "code" },
         );
-        // An unknown flag bit (bit 9: a two-byte varint).
+        // An unknown flag bit (bit 10: a two-byte varint).
         check(
             &|b| {
-                b.splice(10..11, [0x80, 0x04]);
+                b.splice(10..11, [0x80, 0x08]);
             },
             DecodeError::UnknownFlags {
                 field: "transfer.flags",
-                bits: 0x200,
+                bits: 0x400,
             },
         );
         // A varint that never ends.

@@ -163,6 +163,19 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// True when the batch is imported: its first event carries the `imported` flag
+    /// (docs/spec.md §2, imported events).
+    pub fn is_imported(&self) -> bool {
+        match self {
+            Batch::CreateAccounts(events) => events
+                .first()
+                .is_some_and(|a| a.flags.contains(AccountFlags::IMPORTED)),
+            Batch::CreateTransfers(events) => events
+                .first()
+                .is_some_and(|t| t.flags.contains(TransferFlags::IMPORTED)),
+        }
+    }
 }
 
 /// The four balances of an account at one instant.

@@ -116,6 +116,15 @@ result_codes! {
     ClosingTransferMustBePending = 65, "closing_transfer_must_be_pending";
     DebitAccountAlreadyClosed = 66, "debit_account_already_closed";
     CreditAccountAlreadyClosed = 67, "credit_account_already_closed";
+    ImportedEventExpected = 68, "imported_event_expected";
+    ImportedEventNotExpected = 69, "imported_event_not_expected";
+    TimestampMustBeZero = 70, "timestamp_must_be_zero";
+    ImportedEventTimestampOutOfRange = 71, "imported_event_timestamp_out_of_range";
+    ImportedEventTimestampMustNotAdvance = 72, "imported_event_timestamp_must_not_advance";
+    ImportedEventTimestampMustNotRegress = 73, "imported_event_timestamp_must_not_regress";
+    ImportedEventTimestampMustPostdateDebitAccount = 74, "imported_event_timestamp_must_postdate_debit_account";
+    ImportedEventTimestampMustPostdateCreditAccount = 75, "imported_event_timestamp_must_postdate_credit_account";
+    ImportedEventTimeoutMustBeZero = 76, "imported_event_timeout_must_be_zero";
 }
 
 impl ResultCode {
