@@ -214,7 +214,11 @@ fn a_ledger_is_migrated_in_with_imported_events_and_keeps_their_times() {
     assert_eq!(answers[0]["results"][1]["timestamp"], json!("2000"));
     assert_eq!(
         results(&answers[1]),
-        vec!["ok", "imported_event_expected", "imported_event_timestamp_must_not_regress"]
+        vec![
+            "ok",
+            "imported_event_expected",
+            "imported_event_timestamp_must_not_regress"
+        ]
     );
     assert_eq!(answers[1]["results"][0]["timestamp"], json!("3000"));
     assert_eq!(results(&answers[2]), vec!["timestamp_must_be_zero"]);
@@ -236,16 +240,27 @@ fn a_ledger_is_migrated_in_with_imported_events_and_keeps_their_times() {
     assert_eq!(rows[0]["timestamp"], json!("3000"));
     assert_eq!(results(&answers[2]), vec!["ok"]);
     let verify = tally_on("verify", dir.path());
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     // Change events stay in commit order; the records inside keep their own stamps.
-    let events = tally().args(["events", "--data"]).arg(dir.path()).output().unwrap();
+    let events = tally()
+        .args(["events", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let events: Vec<Value> = String::from_utf8(events.stdout)
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     assert_eq!(events.len(), 4);
-    let stamps: Vec<u64> = events.iter().map(|e| e["timestamp"].as_str().unwrap().parse().unwrap()).collect();
+    let stamps: Vec<u64> = events
+        .iter()
+        .map(|e| e["timestamp"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
     assert_eq!(events[0]["account"]["timestamp"], json!("1000"));
     assert_eq!(events[2]["transfer"]["timestamp"], json!("3000"));

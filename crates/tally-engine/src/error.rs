@@ -86,7 +86,7 @@ pub enum RecoveryError {
     ChangeEventsBehind {
         /// The timestamp of the journal's last event.
         journal_last: u64,
-        /// The last timestamp the snapshot includes.
+        /// The timestamp of the snapshot's last account or transfer.
         snapshot_last: u64,
     },
 }
@@ -162,7 +162,7 @@ impl fmt::Display for RecoveryError {
             } => write!(
                 f,
                 "the change-event journal ends at timestamp {journal_last}, before the \
-                 snapshot's {snapshot_last}: the events between are lost"
+                 snapshot's last record at {snapshot_last}: the events between are lost"
             ),
             RecoveryError::LogNotRead => f.write_str("the log was not read"),
         }

@@ -241,13 +241,15 @@ fn replay(
     if let Some(journal) = journal.as_deref() {
         state.set_change_capture(true);
         // The journal is synced before a snapshot retires the log it came from, so it
-        // reaches at least the snapshot: anything less was damaged on disk.
+        // holds the event of every record in the snapshot: anything less was damaged on
+        // disk. (Refused batches and expiries leave the snapshot's own stamp ahead.)
+        let record_last = state.last_record_timestamp();
         if let Some(journal_last) = journal.last_timestamp()
-            && journal_last < timestamp_last
+            && journal_last < record_last
         {
             return Err(RecoveryError::ChangeEventsBehind {
                 journal_last,
-                snapshot_last: timestamp_last,
+                snapshot_last: record_last,
             }
             .into());
         }

@@ -19,7 +19,11 @@ impl EventResult {
     /// The results of a batch stamped from `stamp`, given its codes in order: event `i`
     /// applied at `stamp + i`, a refused event with timestamp 0. An imported batch
     /// (`imported`, given only for one) answers with its events' own timestamps.
-    pub fn for_batch(stamp: u64, codes: &[ResultCode], imported: Option<&Batch>) -> Vec<EventResult> {
+    pub fn for_batch(
+        stamp: u64,
+        codes: &[ResultCode],
+        imported: Option<&Batch>,
+    ) -> Vec<EventResult> {
         codes
             .iter()
             .enumerate()

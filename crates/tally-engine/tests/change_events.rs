@@ -471,3 +471,82 @@ fn events_outlive_the_log_that_snapshots_retire() {
     check(&answered, &events);
     ledger.shutdown().unwrap();
 }
+
+/// A snapshot taken after batches that changed nothing (every event refused) is ahead
+/// of the journal's last event: the ledger reopens all the same, and nothing is lost.
+#[test]
+fn a_snapshot_after_refused_batches_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.snapshot_events_interval = 10;
+    let ledger = Ledger::open(config.clone()).unwrap();
+    let accounts = (1..=2)
+        .map(|id| {
+            tally_testkit::account(
+                id,
+                tally_testkit::TEST_LEDGER,
+                tally_types::AccountFlags::empty(),
+            )
+        })
+        .collect();
+    ledger.create_accounts(accounts).unwrap();
+    // Twenty refused events: two snapshots' worth, no change event.
+    for id in 0..20u128 {
+        let refused = tally_testkit::transfer(100 + id, 1, 1, 5);
+        assert!(
+            !ledger.create_transfers(vec![refused]).unwrap()[0]
+                .code
+                .is_ok()
+        );
+    }
+    let metrics = ledger.metrics();
+    ledger.shutdown().unwrap();
+    assert!(metrics.snapshots_written > 0, "{metrics:?}");
+    let ledger = Ledger::open(config).unwrap();
+    assert_eq!(read_all(&ledger).len(), 2);
+    ledger.shutdown().unwrap();
+}
+
+/// A journal cut back behind the snapshot's records (damage on disk) is refused at
+/// open: the events it lost can no longer be derived from the retired log.
+#[test]
+fn a_journal_behind_the_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.snapshot_events_interval = 10;
+    let ledger = Ledger::open(config.clone()).unwrap();
+    let accounts = (1..=2)
+        .map(|id| {
+            tally_testkit::account(
+                id,
+                tally_testkit::TEST_LEDGER,
+                tally_types::AccountFlags::empty(),
+            )
+        })
+        .collect();
+    ledger.create_accounts(accounts).unwrap();
+    for id in 0..40u128 {
+        let paid = tally_testkit::transfer(100 + id, 1, 2, 5);
+        assert!(ledger.create_transfers(vec![paid]).unwrap()[0].code.is_ok());
+    }
+    ledger.shutdown().unwrap();
+    let events_dir = tally_engine::events_dir(dir.path());
+    let mut segments: Vec<_> = std::fs::read_dir(&events_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    let newest = segments.last().unwrap();
+    let length = std::fs::metadata(newest).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(newest)
+        .unwrap();
+    file.set_len(length / 2).unwrap();
+    drop(file);
+    let error = Ledger::open(config).expect_err("a journal behind its snapshot");
+    assert!(
+        error.to_string().contains("events between are lost"),
+        "{error}"
+    );
+}

@@ -76,6 +76,74 @@ fn check_against_log(
     ok
 }
 
+/// What the engine answers to reads beyond the image: the balance history of accounts
+/// 1 to 40 and queries by order id, account reference and ledger.
+#[derive(Debug, PartialEq)]
+struct Reads {
+    histories: Vec<Vec<tally_types::AccountBalance>>,
+    transfers: Vec<Vec<tally_types::Transfer>>,
+    accounts: Vec<Vec<tally_types::Account>>,
+}
+
+fn query_filters() -> Vec<tally_types::QueryFilter> {
+    let mut filters: Vec<_> = (1..=12u128)
+        .map(|order| tally_types::QueryFilter {
+            user_data_128: order,
+            limit: 20,
+            reversed: order % 2 == 0,
+            ..Default::default()
+        })
+        .collect();
+    filters.push(tally_types::QueryFilter {
+        ledger: 840,
+        limit: 50,
+        ..Default::default()
+    });
+    filters
+}
+
+fn engine_reads(ledger: &Ledger) -> Reads {
+    Reads {
+        histories: (1..=40)
+            .map(|id| ledger.get_account_balances(&tally_types::AccountFilter::new(id)))
+            .collect(),
+        transfers: query_filters()
+            .iter()
+            .map(|f| ledger.query_transfers(f))
+            .collect(),
+        accounts: (1..=3u32)
+            .map(|reference| {
+                ledger.query_accounts(&tally_types::QueryFilter {
+                    user_data_32: reference,
+                    limit: 30,
+                    ..Default::default()
+                })
+            })
+            .collect(),
+    }
+}
+
+fn reference_reads(reference: &StateMachine) -> Reads {
+    Reads {
+        histories: (1..=40)
+            .map(|id| reference.account_balances(&tally_types::AccountFilter::new(id)))
+            .collect(),
+        transfers: query_filters()
+            .iter()
+            .map(|f| reference.query_transfers(f))
+            .collect(),
+        accounts: (1..=3u32)
+            .map(|reference_value| {
+                reference.query_accounts(&tally_types::QueryFilter {
+                    user_data_32: reference_value,
+                    limit: 30,
+                    ..Default::default()
+                })
+            })
+            .collect(),
+    }
+}
+
 fn concurrent_run(shards: usize, skew: Accounts) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
@@ -152,9 +220,18 @@ fn concurrent_run(shards: usize, skew: Accounts) {
     done.store(true, Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     let image = ledger.with_state(StateMachine::image);
+    let reads = engine_reads(&ledger);
     let metrics = ledger.metrics();
     ledger.shutdown().unwrap();
     let ok = check_against_log(dir.path(), &answered, &image);
+    let (_, reference) = replay(dir.path());
+    let expected = reference_reads(&reference);
+    assert_eq!(
+        reads, expected,
+        "{shards} shards: history or queries differ"
+    );
+    assert!(expected.histories.iter().any(|rows| rows.len() > 5));
+    assert!(expected.transfers.iter().any(|found| found.len() > 2));
     assert!(ok > 500, "{shards} shards: only {ok} events applied");
     if shards > 1 {
         assert!(metrics.shard_units > 1_000, "{metrics:?}");

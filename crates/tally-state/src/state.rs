@@ -171,6 +171,21 @@ impl StateMachine {
         self.last_timestamp
     }
 
+    /// The latest timestamp of any account or stored transfer (0 for an empty ledger):
+    /// every change event up to it must exist. Batches that changed nothing since, and
+    /// expiries, leave `last_timestamp` ahead of it.
+    pub fn last_record_timestamp(&self) -> u64 {
+        self.parts
+            .iter()
+            .flat_map(|part| {
+                let account = part.accounts.last().map(|a| a.timestamp);
+                let transfer = (part.transfers.len() > 0).then(|| part.transfers.last_timestamp());
+                account.into_iter().chain(transfer)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many accounts exist.
     pub fn account_count(&self) -> usize {
         self.parts.iter().map(|part| part.accounts.len()).sum()

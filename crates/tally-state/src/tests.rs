@@ -1825,69 +1825,131 @@ fn imported_batch_checks_come_first_and_the_first_event_decides() {
     let now = T0;
     let accounts = |sm: &mut StateMachine, at, events| sm.apply(at, &Batch::CreateAccounts(events));
     // The first event is imported: every event must be; each checks its own stamp.
-    let results = accounts(&mut sm, now, vec![
-        imported_account(1, 100),
-        account(2, 156, AF::empty()),
-        Account { id: 0, ..imported_account(0, 0) },
-        imported_account(3, 1 << 63),
-        imported_account(4, now),
-        imported_account(5, 200),
-    ]);
-    assert_eq!(results, vec![
-        R::Ok,
-        R::ImportedEventExpected,
-        R::ImportedEventTimestampOutOfRange,
-        R::ImportedEventTimestampOutOfRange,
-        R::ImportedEventTimestampMustNotAdvance,
-        R::Ok,
-    ]);
+    let results = accounts(
+        &mut sm,
+        now,
+        vec![
+            imported_account(1, 100),
+            account(2, 156, AF::empty()),
+            Account {
+                id: 0,
+                ..imported_account(0, 0)
+            },
+            imported_account(3, 1 << 63),
+            imported_account(4, now),
+            imported_account(5, 200),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            R::Ok,
+            R::ImportedEventExpected,
+            R::ImportedEventTimestampOutOfRange,
+            R::ImportedEventTimestampOutOfRange,
+            R::ImportedEventTimestampMustNotAdvance,
+            R::Ok,
+        ]
+    );
     assert_eq!(sm.lookup_account(1).unwrap().timestamp, 100);
     assert_eq!(sm.lookup_account(5).unwrap().timestamp, 200);
     // The first is not imported: an imported one is not expected, a timestamp not allowed.
-    let results = accounts(&mut sm, now + SECOND, vec![
-        account(6, 156, AF::empty()),
-        imported_account(7, 300),
-        Account { timestamp: 9, ..account(0, 156, AF::empty()) },
-    ]);
-    assert_eq!(results, vec![R::Ok, R::ImportedEventNotExpected, R::TimestampMustBeZero]);
+    let results = accounts(
+        &mut sm,
+        now + SECOND,
+        vec![
+            account(6, 156, AF::empty()),
+            imported_account(7, 300),
+            Account {
+                timestamp: 9,
+                ..account(0, 156, AF::empty())
+            },
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![R::Ok, R::ImportedEventNotExpected, R::TimestampMustBeZero]
+    );
     assert_eq!(sm.lookup_account(6).unwrap().timestamp, now + SECOND);
 }
 
 #[test]
 fn imported_accounts_and_transfers_keep_time_in_order() {
     let mut sm = StateMachine::new();
-    let accounts = vec![imported_account(1, 100), imported_account(2, 200), imported_account(3, 300)];
-    assert_eq!(sm.apply(T0, &Batch::CreateAccounts(accounts)), vec![R::Ok; 3]);
-    // Exists is answered before the time checks, so a retried import learns it is in.
-    assert_eq!(sm.apply(T0 + 1 * SECOND, &Batch::CreateAccounts(vec![imported_account(1, 100)])), vec![R::Exists]);
+    let accounts = vec![
+        imported_account(1, 100),
+        imported_account(2, 200),
+        imported_account(3, 300),
+    ];
     assert_eq!(
-        sm.apply(T0 + 2 * SECOND, &Batch::CreateAccounts(vec![imported_account(4, 250)])),
+        sm.apply(T0, &Batch::CreateAccounts(accounts)),
+        vec![R::Ok; 3]
+    );
+    // Exists is answered before the time checks, so a retried import learns it is in.
+    assert_eq!(
+        sm.apply(
+            T0 + SECOND,
+            &Batch::CreateAccounts(vec![imported_account(1, 100)])
+        ),
+        vec![R::Exists]
+    );
+    assert_eq!(
+        sm.apply(
+            T0 + 2 * SECOND,
+            &Batch::CreateAccounts(vec![imported_account(4, 250)])
+        ),
         vec![R::ImportedEventTimestampMustNotRegress]
     );
     let t = |sm: &mut StateMachine, at, events| transfers(sm, at, events);
     assert_eq!(
-        t(&mut sm, T0 + 3 * SECOND, vec![
-            imported_transfer(10, 1, 2, 400),
-            // Not after the last transfer; then equal to an account's stamp.
-            imported_transfer(11, 1, 2, 400),
-            imported_transfer(12, 1, 2, 300),
-            // Not after its accounts'.
-            imported_transfer(13, 3, 1, 300 + 0),
-        ]),
-        vec![R::Ok, R::ImportedEventTimestampMustNotRegress, R::ImportedEventTimestampMustNotRegress, R::ImportedEventTimestampMustNotRegress]
+        t(
+            &mut sm,
+            T0 + 3 * SECOND,
+            vec![
+                imported_transfer(10, 1, 2, 400),
+                // Not after the last transfer; then equal to an account's stamp.
+                imported_transfer(11, 1, 2, 400),
+                imported_transfer(12, 1, 2, 300),
+                // Not after its accounts'.
+                imported_transfer(13, 3, 1, 300),
+            ]
+        ),
+        vec![
+            R::Ok,
+            R::ImportedEventTimestampMustNotRegress,
+            R::ImportedEventTimestampMustNotRegress,
+            R::ImportedEventTimestampMustNotRegress
+        ]
     );
     // A transfer's own stamp must not equal an account's either: account 5 at 500.
-    assert_eq!(sm.apply(T0 + 4 * SECOND, &Batch::CreateAccounts(vec![imported_account(5, 500)])), vec![R::Ok]);
     assert_eq!(
-        t(&mut sm, T0 + 5 * SECOND, vec![
-            imported_transfer(14, 1, 2, 500),
-            imported_transfer(15, 5, 1, 450),
-            imported_transfer(16, 1, 5, 450),
-            Transfer { flags: TF::IMPORTED.with(TF::PENDING), timeout: 1, ..imported_transfer(17, 1, 2, 600) },
-            // Step 11 comes before the import checks: the ledger first.
-            Transfer { ledger: 840, ..imported_transfer(18, 1, 2, 100) },
-            imported_transfer(19, 1, 2, 600),
-        ]),
+        sm.apply(
+            T0 + 4 * SECOND,
+            &Batch::CreateAccounts(vec![imported_account(5, 500)])
+        ),
+        vec![R::Ok]
+    );
+    assert_eq!(
+        t(
+            &mut sm,
+            T0 + 5 * SECOND,
+            vec![
+                imported_transfer(14, 1, 2, 500),
+                imported_transfer(15, 5, 1, 450),
+                imported_transfer(16, 1, 5, 450),
+                Transfer {
+                    flags: TF::IMPORTED.with(TF::PENDING),
+                    timeout: 1,
+                    ..imported_transfer(17, 1, 2, 600)
+                },
+                // Step 11 comes before the import checks: the ledger first.
+                Transfer {
+                    ledger: 840,
+                    ..imported_transfer(18, 1, 2, 100)
+                },
+                imported_transfer(19, 1, 2, 600),
+            ]
+        ),
         vec![
             R::ImportedEventTimestampMustNotRegress,
             R::ImportedEventTimestampMustPostdateDebitAccount,
@@ -1900,14 +1962,33 @@ fn imported_accounts_and_transfers_keep_time_in_order() {
     assert_eq!(sm.lookup_transfer(19).unwrap().timestamp, 600);
     // An imported account may not take a stamp a transfer holds.
     assert_eq!(
-        sm.apply(T0 + 6 * SECOND, &Batch::CreateAccounts(vec![imported_account(6, 600)])),
+        sm.apply(
+            T0 + 6 * SECOND,
+            &Batch::CreateAccounts(vec![imported_account(6, 600)])
+        ),
         vec![R::ImportedEventTimestampMustNotRegress]
     );
     // Imported two-phase: the pending, then its post checked after step 10.
-    let held = Transfer { flags: TF::IMPORTED.with(TF::PENDING), ..imported_transfer(20, 1, 2, 700) };
-    let post = |id, at| Transfer { timestamp: at, ..second_phase(id, 20, 0, TF::POST_PENDING_TRANSFER.with(TF::IMPORTED)) };
-    assert_eq!(t(&mut sm, T0 + 7 * SECOND, vec![held, post(21, 650), post(22, 800)]), vec![R::Ok, R::ImportedEventTimestampMustNotRegress, R::Ok]);
-    assert_eq!(t(&mut sm, T0 + 8 * SECOND, vec![post(23, 900)]), vec![R::PendingTransferAlreadyPosted]);
+    let held = Transfer {
+        flags: TF::IMPORTED.with(TF::PENDING),
+        ..imported_transfer(20, 1, 2, 700)
+    };
+    let post = |id, at| Transfer {
+        timestamp: at,
+        ..second_phase(id, 20, 0, TF::POST_PENDING_TRANSFER.with(TF::IMPORTED))
+    };
+    assert_eq!(
+        t(
+            &mut sm,
+            T0 + 7 * SECOND,
+            vec![held, post(21, 650), post(22, 800)]
+        ),
+        vec![R::Ok, R::ImportedEventTimestampMustNotRegress, R::Ok]
+    );
+    assert_eq!(
+        t(&mut sm, T0 + 8 * SECOND, vec![post(23, 900)]),
+        vec![R::PendingTransferAlreadyPosted]
+    );
     assert!(sm.check_invariants().is_empty());
     // Balances moved as usual; the account history and an image keep the own stamps.
     assert_eq!(sm.lookup_account(2).unwrap().credits_posted, 15);
@@ -1920,12 +2001,20 @@ fn imported_accounts_and_transfers_keep_time_in_order() {
 fn an_imported_change_is_stamped_when_it_committed() {
     let mut sm = StateMachine::new();
     sm.set_change_capture(true);
-    sm.apply(T0, &Batch::CreateAccounts(vec![imported_account(1, 100), imported_account(2, 200)]));
+    sm.apply(
+        T0,
+        &Batch::CreateAccounts(vec![imported_account(1, 100), imported_account(2, 200)]),
+    );
     transfers(&mut sm, T0 + SECOND, vec![imported_transfer(10, 1, 2, 300)]);
     let events = sm.take_changes();
     let stamps: Vec<(u64, u64)> = events
         .iter()
-        .map(|e| (e.timestamp, e.transfer.timestamp.max(e.debit_account.timestamp)))
+        .map(|e| {
+            (
+                e.timestamp,
+                e.transfer.timestamp.max(e.debit_account.timestamp),
+            )
+        })
         .collect();
     // Events in commit order; the records keep their own stamps.
     assert_eq!(stamps, vec![(T0, 100), (T0 + 1, 200), (T0 + SECOND, 300)]);

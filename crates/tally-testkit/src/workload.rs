@@ -67,6 +67,16 @@ impl Workload {
                 events.push(self.transfer());
             }
         }
+        // Now and then an import: every event with a timestamp of its own, most of them
+        // too early for the ledger (refused in order), a few mixed in without the flag.
+        if self.rng.chance(2) {
+            for t in &mut events {
+                if !self.rng.chance(10) {
+                    t.flags = t.flags.with(TransferFlags::IMPORTED);
+                }
+                t.timestamp = 1 + self.rng.below(1 << 61);
+            }
+        }
         Batch::CreateTransfers(events)
     }
 
@@ -91,6 +101,11 @@ impl Workload {
             if self.rng.chance(10) {
                 a.flags = a.flags.with(AccountFlags::LINKED);
             }
+            // Some accounts keep a balance history; some carry a customer reference.
+            if self.rng.chance(20) {
+                a.flags = a.flags.with(AccountFlags::HISTORY);
+            }
+            a.user_data_32 = self.rng.below(4) as u32;
             events.push(a);
         }
         if let Some(last) = events.last_mut() {
@@ -138,7 +153,7 @@ impl Workload {
             1 => 0,
             _ => 1 + u128::from(self.rng.below(500)),
         };
-        let t = match self.rng.below(100) {
+        let mut t = match self.rng.below(100) {
             0..=44 => {
                 let (dr, cr) = (self.any_account(), self.credit_account());
                 Transfer {
@@ -199,6 +214,10 @@ impl Workload {
                 }
             }
         };
+        // An order id shared by a few transfers now and then, for queries.
+        if self.rng.chance(30) {
+            t.user_data_128 = 1 + u128::from(self.rng.below(50));
+        }
         self.transfers.push(id);
         t
     }
