@@ -271,7 +271,11 @@ mod tests {
     use tally_types::ResultCode;
 
     fn wire(code: i32, timestamp: u64) -> v1::CreateResult {
-        v1::CreateResult { code, timestamp }
+        v1::CreateResult {
+            code,
+            timestamp,
+            ..v1::CreateResult::default()
+        }
     }
 
     #[test]

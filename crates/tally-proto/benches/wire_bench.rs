@@ -72,6 +72,7 @@ fn main() {
                 .map(|t| v1::CreateResult {
                     code: tally_proto::result_code_to_proto(ResultCode::Ok) as i32,
                     timestamp: t.user_data_64 + 1_795_000_000_000_000_000,
+                    ..v1::CreateResult::default()
                 })
                 .collect(),
         };

@@ -6,8 +6,8 @@ use crate::v1;
 use std::fmt;
 use tally_types::codec::{self, RECORD_SIZE};
 use tally_types::{
-    Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, ChangeEvent, ChangeKind, ResultCode,
-    Transfer, TransferFlags,
+    Account, AccountBalance, AccountBalances, AccountFilter, AccountFlags, BATCH_EVENTS_MAX,
+    ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer, TransferFlags,
 };
 
 /// A wire message that does not fit the ledger's records.
@@ -249,6 +249,7 @@ pub fn transfers_to_records(transfers: &[Transfer]) -> v1::CreateTransfersReques
     v1::CreateTransfersRequest {
         transfers: Vec::new(),
         transfer_records: encode_records(transfers, codec::encode_transfer),
+        balances: false,
     }
 }
 
@@ -298,6 +299,69 @@ pub fn filter_from_proto(filter: &v1::AccountFilter) -> Result<AccountFilter, St
         user_data_64: filter.user_data_64,
         user_data_32: filter.user_data_32,
         code,
+    })
+}
+
+/// An account's four balances for the wire.
+pub fn balances_to_proto(balances: &AccountBalances) -> v1::Balances {
+    v1::Balances {
+        debits_pending: u128_to_proto(balances.debits_pending),
+        debits_posted: u128_to_proto(balances.debits_posted),
+        credits_pending: u128_to_proto(balances.credits_pending),
+        credits_posted: u128_to_proto(balances.credits_posted),
+    }
+}
+
+/// An account's four balances from the wire (absent: zero).
+pub fn balances_from_proto(balances: Option<&v1::Balances>) -> AccountBalances {
+    let Some(b) = balances else {
+        return AccountBalances::default();
+    };
+    AccountBalances {
+        debits_pending: u128_from_proto(b.debits_pending),
+        debits_posted: u128_from_proto(b.debits_posted),
+        credits_pending: u128_from_proto(b.credits_pending),
+        credits_posted: u128_from_proto(b.credits_posted),
+    }
+}
+
+/// A balance history row for the wire.
+pub fn account_balance_to_proto(row: &AccountBalance) -> v1::AccountBalance {
+    v1::AccountBalance {
+        timestamp: row.timestamp,
+        balances: Some(balances_to_proto(&row.balances)),
+    }
+}
+
+/// A `query_accounts` / `query_transfers` filter for the wire.
+pub fn query_filter_to_proto(filter: &QueryFilter) -> v1::QueryFilter {
+    v1::QueryFilter {
+        user_data_128: u128_to_proto(filter.user_data_128),
+        user_data_64: filter.user_data_64,
+        user_data_32: filter.user_data_32,
+        ledger: filter.ledger,
+        code: u32::from(filter.code),
+        timestamp_min: filter.timestamp_min,
+        timestamp_max: filter.timestamp_max,
+        limit: filter.limit,
+        reversed: filter.reversed,
+    }
+}
+
+/// A query filter from the wire; a `code` past u16 is an error.
+pub fn query_filter_from_proto(filter: &v1::QueryFilter) -> Result<QueryFilter, String> {
+    let code = u16::try_from(filter.code)
+        .map_err(|_| format!("code: {} is past the u16 range", filter.code))?;
+    Ok(QueryFilter {
+        user_data_128: u128_from_proto(filter.user_data_128),
+        user_data_64: filter.user_data_64,
+        user_data_32: filter.user_data_32,
+        ledger: filter.ledger,
+        code,
+        timestamp_min: filter.timestamp_min,
+        timestamp_max: filter.timestamp_max,
+        limit: filter.limit,
+        reversed: filter.reversed,
     })
 }
 
@@ -526,6 +590,7 @@ mod tests {
         let messages = v1::CreateTransfersRequest {
             transfers: transfers.iter().map(transfer_to_proto).collect(),
             transfer_records: Vec::new(),
+            balances: false,
         };
         assert_eq!(transfers_from_request(&messages), Ok(transfers));
         let accounts = vec![Account {

@@ -39,17 +39,26 @@ pub enum Operation {
     GetAccountTransfers,
     /// `GetChangeEvents` and `SubscribeChangeEvents`.
     GetChangeEvents,
+    /// `GetAccountBalances`.
+    GetAccountBalances,
+    /// `QueryAccounts`.
+    QueryAccounts,
+    /// `QueryTransfers`.
+    QueryTransfers,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 6] = [
+    pub const ALL: [Operation; 9] = [
         Operation::CreateAccounts,
         Operation::CreateTransfers,
         Operation::LookupAccounts,
         Operation::LookupTransfers,
         Operation::GetAccountTransfers,
         Operation::GetChangeEvents,
+        Operation::GetAccountBalances,
+        Operation::QueryAccounts,
+        Operation::QueryTransfers,
     ];
 
     /// The snake_case name used in the token file.
@@ -61,6 +70,9 @@ impl Operation {
             Operation::LookupTransfers => "lookup_transfers",
             Operation::GetAccountTransfers => "get_account_transfers",
             Operation::GetChangeEvents => "get_change_events",
+            Operation::GetAccountBalances => "get_account_balances",
+            Operation::QueryAccounts => "query_accounts",
+            Operation::QueryTransfers => "query_transfers",
         }
     }
 

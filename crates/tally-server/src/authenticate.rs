@@ -98,6 +98,9 @@ fn operation_of(path: &str) -> Option<Operation> {
         "LookupTransfers" => Operation::LookupTransfers,
         "GetAccountTransfers" => Operation::GetAccountTransfers,
         "GetChangeEvents" | "SubscribeChangeEvents" => Operation::GetChangeEvents,
+        "GetAccountBalances" => Operation::GetAccountBalances,
+        "QueryAccounts" => Operation::QueryAccounts,
+        "QueryTransfers" => Operation::QueryTransfers,
         _ => return None,
     };
     Some(operation)

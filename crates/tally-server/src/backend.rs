@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 use tally_cluster::{ClusterError, Replica};
-use tally_engine::{EventResult, Ledger, SubmitError};
-use tally_types::{Account, AccountFilter, Batch, Transfer};
+use tally_engine::{EventResult, Ledger, SubmitError, TransferResult};
+use tally_types::{Account, AccountBalance, AccountFilter, Batch, QueryFilter, Transfer};
 
 /// The ledger behind a server.
 #[derive(Debug, Clone)]
@@ -76,6 +76,60 @@ impl Backend {
             Backend::Ledger(ledger) => Ok(ledger.get_account_transfers(filter)),
             Backend::Replica(replica) => replica
                 .read(|state| state.account_transfers(filter))
+                .await
+                .map_err(BackendError::Cluster),
+        }
+    }
+
+    /// Transfers with both accounts' balances after each (a single-node ledger only).
+    pub(crate) async fn submit_with_balances(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Option<Vec<TransferResult>>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => ledger
+                .create_transfers_with_balances_async(transfers)
+                .await
+                .map(Some)
+                .map_err(BackendError::Submit),
+            Backend::Replica(_) => Ok(None),
+        }
+    }
+
+    pub(crate) async fn get_account_balances(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<AccountBalance>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => Ok(ledger.get_account_balances(filter)),
+            Backend::Replica(replica) => replica
+                .read(|state| state.account_balances(filter))
+                .await
+                .map_err(BackendError::Cluster),
+        }
+    }
+
+    pub(crate) async fn query_accounts(
+        &self,
+        filter: &QueryFilter,
+    ) -> Result<Vec<Account>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => Ok(ledger.query_accounts(filter)),
+            Backend::Replica(replica) => replica
+                .read(|state| state.query_accounts(filter))
+                .await
+                .map_err(BackendError::Cluster),
+        }
+    }
+
+    pub(crate) async fn query_transfers(
+        &self,
+        filter: &QueryFilter,
+    ) -> Result<Vec<Transfer>, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => Ok(ledger.query_transfers(filter)),
+            Backend::Replica(replica) => replica
+                .read(|state| state.query_transfers(filter))
                 .await
                 .map_err(BackendError::Cluster),
         }

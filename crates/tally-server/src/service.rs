@@ -9,9 +9,9 @@ use crate::events;
 use crate::stats::ServerStats;
 use std::sync::Arc;
 use tally_cluster::ClusterError;
-use tally_engine::{EventResult, Ledger, SubmitError};
+use tally_engine::{EventResult, Ledger, SubmitError, TransferResult};
 use tally_proto::v1;
-use tally_types::{BATCH_EVENTS_MAX, Batch};
+use tally_types::{BATCH_EVENTS_MAX, Batch, Transfer};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -61,6 +61,30 @@ impl LedgerService {
                 self.stats.answered(operation, events);
                 Ok(create_results(&results))
             }
+            Err(error) => {
+                let status = self.submit_status(&error);
+                self.stats.refused(operation, status.code());
+                Err(status)
+            }
+        }
+    }
+
+    /// A create_transfers call that asked for balances.
+    async fn submit_with_balances(
+        &self,
+        operation: Operation,
+        transfers: Vec<Transfer>,
+    ) -> Result<Response<v1::CreateResults>, Status> {
+        let events = transfers.len();
+        match self.backend.submit_with_balances(transfers).await {
+            Ok(Some(results)) => {
+                self.stats.answered(operation, events);
+                Ok(Response::new(create_results_with_balances(&results)))
+            }
+            Ok(None) => Err(self.refuse(
+                operation,
+                Status::unimplemented(REPLICA_BALANCES_UNIMPLEMENTED),
+            )),
             Err(error) => {
                 let status = self.submit_status(&error);
                 self.stats.refused(operation, status.code());
@@ -124,10 +148,34 @@ fn create_results(results: &[EventResult]) -> v1::CreateResults {
             .map(|result| v1::CreateResult {
                 code: tally_proto::result_code_to_proto(result.code) as i32,
                 timestamp: result.timestamp,
+                debit_account: None,
+                credit_account: None,
             })
             .collect(),
     }
 }
+
+fn create_results_with_balances(results: &[TransferResult]) -> v1::CreateResults {
+    v1::CreateResults {
+        results: results
+            .iter()
+            .map(|result| v1::CreateResult {
+                code: tally_proto::result_code_to_proto(result.code) as i32,
+                timestamp: result.timestamp,
+                debit_account: result
+                    .balances
+                    .map(|b| tally_proto::balances_to_proto(&b.debit_account)),
+                credit_account: result
+                    .balances
+                    .map(|b| tally_proto::balances_to_proto(&b.credit_account)),
+            })
+            .collect(),
+    }
+}
+
+/// The message of a `balances` request on a replica.
+const REPLICA_BALANCES_UNIMPLEMENTED: &str = "balances with results are answered by a single-node server; a cluster replica does not \
+     capture them yet";
 
 fn too_many(count: usize) -> Status {
     Status::invalid_argument(format!(
@@ -179,10 +227,88 @@ impl tally_proto::LedgerService for LedgerService {
         rights
             .check_ledgers(transfers.iter().map(|transfer| transfer.ledger))
             .map_err(|status| self.refuse(operation, status))?;
+        if request.get_ref().balances {
+            return self.submit_with_balances(operation, transfers).await;
+        }
         let results = self
             .submit(operation, Batch::CreateTransfers(transfers))
             .await?;
         Ok(Response::new(results))
+    }
+
+    async fn get_account_balances(
+        &self,
+        request: Request<v1::AccountFilter>,
+    ) -> Result<Response<v1::AccountBalances>, Status> {
+        let operation = Operation::GetAccountBalances;
+        let rights = self.admit(&request, operation)?;
+        let filter = tally_proto::filter_from_proto(request.get_ref())
+            .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
+        // The rows of an account outside the token's ledgers are answered as none.
+        let account = self
+            .backend
+            .lookup_accounts(&[filter.account_id])
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
+        let allowed = account
+            .first()
+            .is_some_and(|a| rights.ledger_allowed(a.ledger));
+        let rows = if allowed {
+            self.backend
+                .get_account_balances(&filter)
+                .await
+                .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
+        } else {
+            Vec::new()
+        };
+        self.stats.answered(operation, 1);
+        let balances = rows
+            .iter()
+            .map(tally_proto::account_balance_to_proto)
+            .collect();
+        Ok(Response::new(v1::AccountBalances { balances }))
+    }
+
+    async fn query_accounts(
+        &self,
+        request: Request<v1::QueryFilter>,
+    ) -> Result<Response<v1::Accounts>, Status> {
+        let operation = Operation::QueryAccounts;
+        let rights = self.admit(&request, operation)?;
+        let filter = tally_proto::query_filter_from_proto(request.get_ref())
+            .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
+        let accounts = self
+            .backend
+            .query_accounts(&filter)
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
+            .iter()
+            .filter(|account| rights.ledger_allowed(account.ledger))
+            .map(tally_proto::account_to_proto)
+            .collect();
+        self.stats.answered(operation, 1);
+        Ok(Response::new(v1::Accounts { accounts }))
+    }
+
+    async fn query_transfers(
+        &self,
+        request: Request<v1::QueryFilter>,
+    ) -> Result<Response<v1::Transfers>, Status> {
+        let operation = Operation::QueryTransfers;
+        let rights = self.admit(&request, operation)?;
+        let filter = tally_proto::query_filter_from_proto(request.get_ref())
+            .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
+        let transfers = self
+            .backend
+            .query_transfers(&filter)
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
+            .iter()
+            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
+            .map(tally_proto::transfer_to_proto)
+            .collect();
+        self.stats.answered(operation, 1);
+        Ok(Response::new(v1::Transfers { transfers }))
     }
 
     async fn lookup_accounts(

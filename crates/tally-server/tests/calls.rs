@@ -141,6 +141,112 @@ async fn every_operation_answers_as_embedded() {
     );
 }
 
+/// Balances with results, the balance history and queries through a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_history_and_queries_answer_as_embedded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Ledger::open(Config::new(dir.path())).expect("open");
+    let server = Server::start(
+        ledger,
+        ServerConfig::new("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await
+    .expect("start");
+    let url = format!("http://{}", server.local_addr());
+    let mut client = LedgerClient::connect(url).await.expect("connect");
+    let kept = Account {
+        flags: AccountFlags::HISTORY,
+        user_data_32: 7,
+        ..account(1)
+    };
+    let accounts = [kept, account(2)].iter().map(account_to_proto).collect();
+    client
+        .create_accounts(v1::CreateAccountsRequest {
+            accounts,
+            ..Default::default()
+        })
+        .await
+        .expect("create accounts");
+    let order = |id, amount| Transfer {
+        user_data_128: 5_000 + id,
+        ..pay(id, 2, 1, amount)
+    };
+    let transfers = [order(10, 300), order(11, 200), pay(12, 2, 2, 1)]
+        .iter()
+        .map(transfer_to_proto)
+        .collect();
+    let applied = client
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            balances: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create transfers")
+        .into_inner();
+    assert_eq!(
+        codes(&applied),
+        vec![
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::AccountsMustBeDifferent
+        ]
+    );
+    let credited: Vec<u128> = applied
+        .results
+        .iter()
+        .map(|r| tally_proto::balances_from_proto(r.credit_account.as_ref()).credits_posted)
+        .collect();
+    assert_eq!(credited, vec![300, 500, 0]);
+    assert!(applied.results[2].debit_account.is_none());
+
+    let rows = client
+        .get_account_balances(tally_proto::filter_to_proto(
+            &tally_types::AccountFilter::new(1),
+        ))
+        .await
+        .expect("balances")
+        .into_inner();
+    let posted: Vec<u128> = rows
+        .balances
+        .iter()
+        .map(|row| tally_proto::balances_from_proto(row.balances.as_ref()).credits_posted)
+        .collect();
+    assert_eq!(posted, vec![300, 500]);
+
+    let by_order = tally_types::QueryFilter {
+        user_data_128: 5_011,
+        ..Default::default()
+    };
+    let found = client
+        .query_transfers(tally_proto::query_filter_to_proto(&by_order))
+        .await
+        .expect("query transfers")
+        .into_inner();
+    assert_eq!(found.transfers.len(), 1);
+    assert_eq!(tally_proto::u128_from_proto(found.transfers[0].id), 11);
+    let by_reference = tally_types::QueryFilter {
+        user_data_32: 7,
+        ..Default::default()
+    };
+    let found = client
+        .query_accounts(tally_proto::query_filter_to_proto(&by_reference))
+        .await
+        .expect("query accounts")
+        .into_inner();
+    assert_eq!(found.accounts.len(), 1);
+    let wide_code = v1::QueryFilter {
+        code: 70_000,
+        ..Default::default()
+    };
+    let refused = client
+        .query_accounts(wide_code)
+        .await
+        .expect_err("code past u16");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_request_is_refused_whole() {
     let dir = tempfile::tempdir().expect("temp dir");
