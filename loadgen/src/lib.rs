@@ -8,12 +8,13 @@
 //!
 //! ```text
 //! events_check → stats (the change-event stream followed live, then checked)
-//! target → events_check, stats (the [`target::Target`] trait with its engine, server, cluster
+//! order_lookups (queries by order id while the load runs; no other module)
+//! target → events_check, order_lookups, stats (the [`target::Target`] trait with its engine, server, cluster
 //!   and in-memory adapters, and the cluster's processes and chaos)
 //! mix → population · transfers → mix, population · trace → mix
 //! model → population, target
 //! runner → mix, model, population, stats, target, trace
-//! report → events_check, model, runner, stats, target · the binary (main.rs) → all of them
+//! report → events_check, model, order_lookups, runner, stats, target · the binary (main.rs) → all of them
 //! ```
 
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@ pub mod curve;
 pub mod events_check;
 pub mod mix;
 pub mod model;
+pub mod order_lookups;
 pub mod population;
 pub mod report;
 pub mod runner;

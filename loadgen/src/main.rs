@@ -222,6 +222,10 @@ struct Cli {
     /// back and checked at the end), to tell the engine's cost from a consumer's.
     #[arg(long)]
     no_event_follower: bool,
+    /// Look transfers up by order id (`user_data_128`, set by `--workload transfers`)
+    /// this many times a second while the load runs, timing each query (engine only).
+    #[arg(long, default_value_t = 0)]
+    order_lookups: u32,
 }
 
 /// The run's parameters, recorded in traces (JSON inside the wincode meta frame).
@@ -565,6 +569,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
         preallocate_segments: !cli.no_preallocate,
         change_events: !cli.no_change_events,
         follow_events: !cli.no_event_follower,
+        order_lookups_per_s: cli.order_lookups,
         accounts_capacity: capacity(cli.accounts + merchants(cli) + FOREIGN_ACCOUNTS_RESERVE),
         // Funding transfers, plus the run at a generous rate: festival at its peak
         // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger
@@ -775,6 +780,7 @@ fn finish<T: Target>(
     };
     let verification = model.verify(target, expired, pending_left);
     let events = target.check_events();
+    let order_lookups = target.order_lookups();
     let engine = target.shard_stats();
     let cluster = target.cluster_stats();
     target.shutdown()?;
@@ -801,12 +807,15 @@ fn finish<T: Target>(
     report.measure(&result);
     report.conservation_ok = verification.conservation_ok;
     let converged = report.cluster.as_ref().and_then(|c| c.converged);
+    let order_lookups = order_lookups.transpose()?;
     report.verified_ok = verification.verified_ok
         && result.unfinished == 0
         && converged != Some(false)
-        && events.as_ref().is_none_or(|check| check.ok);
+        && events.as_ref().is_none_or(|check| check.ok)
+        && order_lookups.as_ref().is_none_or(|lookups| lookups.ok());
     report.verification = verification;
     report.events = events;
+    report.order_lookups = order_lookups;
     print!("{}", report.text());
     if let Some(path) = &cli.report {
         report.write_json(path)?;

@@ -172,6 +172,8 @@ pub struct Report {
     pub verification: Verification,
     /// The change-event stream followed live and checked (`None`: the target keeps none).
     pub events: Option<crate::events_check::EventsCheck>,
+    /// Lookups by order id during the run (`None`: none asked for).
+    pub order_lookups: Option<crate::order_lookups::OrderLookupStats>,
     /// How expiring authorisations were judged.
     pub expiry_policy: String,
     /// The machine the run ran on.
@@ -384,6 +386,20 @@ impl Report {
             "  expiry            {} expired, {} still pending; {}",
             v.expired, v.pending_left, self.expiry_policy
         )?;
+        if let Some(lookups) = &self.order_lookups {
+            writeln!(
+                out,
+                "  order lookups     {}: {} queries by user_data_128 over up to {} transfers, {} found; latency p50 {} us p99 {} us max {} us ({} picked without an order id)",
+                if lookups.ok() { "ok" } else { "FAILED" },
+                lookups.queries,
+                lookups.transfers,
+                lookups.found,
+                lookups.p50_us,
+                lookups.p99_us,
+                lookups.max_us,
+                lookups.without_order_id
+            )?;
+        }
         if let Some(events) = &self.events {
             let kinds: Vec<String> = events
                 .by_kind
@@ -707,6 +723,7 @@ mod tests {
             conservation_ok: true,
             verified_ok: false,
             events: None,
+            order_lookups: None,
             verification: Verification {
                 accounts_checked: 2_100,
                 accounts_missing: 1,

@@ -656,6 +656,7 @@ mod tests {
             preallocate_segments: true,
             change_events: true,
             follow_events: true,
+            order_lookups_per_s: 200,
             accounts_capacity: 0,
             transfers_capacity: 0,
         };
@@ -670,6 +671,13 @@ mod tests {
         assert!(
             events.followed_live > 0 && events.lag_ms.is_some(),
             "{events:?}"
+        );
+        // The festival mix sets no order ids: the prober picks transfers, queries none.
+        engine.run_finished();
+        let lookups = engine.order_lookups().expect("asked for").expect("ran");
+        assert!(
+            lookups.without_order_id > 0 && lookups.queries == 0,
+            "{lookups:?}"
         );
         engine.shutdown().expect("shutdown");
     }

@@ -2,6 +2,7 @@
 
 use super::{Outcome, ShardStats, SubmitFailure, Target};
 use crate::events_check::{EventsCheck, LiveFollower};
+use crate::order_lookups::{OrderLookupStats, OrderLookups};
 use std::path::Path;
 use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
 use tally_types::{Account, Batch, Transfer};
@@ -13,6 +14,10 @@ pub struct EngineTarget {
     follow_events: bool,
     /// The change-event consumer following the run live.
     follower: parking_lot::Mutex<Option<LiveFollower>>,
+    /// Lookups by order id a second during the run (0: none).
+    order_lookups_per_s: u32,
+    lookups: parking_lot::Mutex<Option<OrderLookups>>,
+    lookup_stats: parking_lot::Mutex<Option<Result<OrderLookupStats, String>>>,
 }
 
 /// How the engine is opened.
@@ -33,6 +38,8 @@ pub struct EngineOptions {
     pub change_events: bool,
     /// Follow the change events live during the run, one consumer on its own thread.
     pub follow_events: bool,
+    /// Lookups by order id a second while the load runs (0: none).
+    pub order_lookups_per_s: u32,
     /// Room reserved at start-up, so the run never pauses to grow the ledger's indexes.
     pub accounts_capacity: usize,
     /// Transfers reserved at start-up.
@@ -67,6 +74,9 @@ impl EngineTarget {
             ledger,
             follow_events: options.follow_events,
             follower: parking_lot::Mutex::new(None),
+            order_lookups_per_s: options.order_lookups_per_s,
+            lookups: parking_lot::Mutex::new(None),
+            lookup_stats: parking_lot::Mutex::new(None),
         })
     }
 
@@ -126,6 +136,13 @@ impl Target for EngineTarget {
     }
 
     fn run_started(&self) {
+        if self.order_lookups_per_s > 0 {
+            let after = self.ledger.with_state(|state| state.last_timestamp());
+            match OrderLookups::start(self.ledger.clone(), self.order_lookups_per_s, after) {
+                Ok(lookups) => *self.lookups.lock() = Some(lookups),
+                Err(error) => *self.lookup_stats.lock() = Some(Err(error)),
+            }
+        }
         if !self.follow_events || self.ledger.events_dir().is_none() {
             return;
         }
@@ -136,6 +153,16 @@ impl Target for EngineTarget {
             Ok(follower) => *self.follower.lock() = Some(follower),
             Err(error) => eprintln!("loadgen: no live change-event follower: {error}"),
         }
+    }
+
+    fn run_finished(&self) {
+        if let Some(lookups) = self.lookups.lock().take() {
+            *self.lookup_stats.lock() = Some(lookups.finish());
+        }
+    }
+
+    fn order_lookups(&self) -> Option<Result<OrderLookupStats, String>> {
+        self.lookup_stats.lock().take()
     }
 
     fn check_events(&self) -> Option<EventsCheck> {

@@ -81,6 +81,12 @@ pub trait Target: Send + Sync + 'static {
         None
     }
 
+    /// What the lookups by order id measured during the run (`None`: none were asked
+    /// for, or the target cannot query).
+    fn order_lookups(&self) -> Option<Result<crate::order_lookups::OrderLookupStats, String>> {
+        None
+    }
+
     /// The run's load starts now (setup is done).
     fn run_started(&self) {}
 
