@@ -1,12 +1,15 @@
 //! Times `StateMachine::apply` on full batches of single-phase transfers, and reports
 //! resident memory per account and per stored transfer (from /proc/self/statm).
 //!
-//! `cargo bench -p tally-state --bench apply_bench -- [ACCOUNTS] [TRANSFERS]`
-//! (`-- --test`: a smoke run of a thousand accounts and ten thousand transfers)
+//! `cargo bench -p tally-state --bench apply_bench -- [ACCOUNTS] [TRANSFERS] [history|orders]`
+//! (`-- --test`: a smoke run of a thousand accounts and ten thousand transfers).
+//! With `history`, every 100th account keeps a balance history; with `orders`, also
+//! every transfer carries an order id (`user_data_128`, indexed for queries), and the
+//! bench then times 10,000 `query_transfers` by order id on the full state.
 
 use std::time::Instant;
 use tally_state::StateMachine;
-use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
+use tally_types::{Account, AccountFlags, BATCH_EVENTS_MAX, Batch, QueryFilter, Transfer};
 
 fn main() {
     let (arguments, smoke) = tally_testkit::bench_arguments();
@@ -23,6 +26,9 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(transfers_default);
+    let option = args.next();
+    let orders = option.as_deref() == Some("orders") || smoke;
+    let history = orders || option.as_deref() == Some("history");
     let resident_start = resident_bytes();
     let mut state = StateMachine::new();
     let mut now = 1u64;
@@ -34,6 +40,11 @@ fn main() {
                 id,
                 ledger: 1,
                 code: 1,
+                flags: if history && id % 100 == 0 {
+                    AccountFlags::HISTORY
+                } else {
+                    AccountFlags::empty()
+                },
                 ..Account::default()
             })
             .collect();
@@ -60,6 +71,7 @@ fn main() {
                         amount: 1,
                         ledger: 1,
                         code: 1,
+                        user_data_128: if orders { order_id(id) } else { 0 },
                         ..Transfer::default()
                     }
                 })
@@ -96,6 +108,49 @@ fn main() {
     println!(
         "resident in all: {:.2} GiB for {accounts} accounts and {ok} stored transfers",
         resident_end as f64 / f64::from(1u32 << 30)
+    );
+    if history {
+        println!(
+            "query indexes {:.2} GiB, balance histories {:.2} GiB",
+            state.query_index_bytes() as f64 / f64::from(1u32 << 30),
+            state.balance_history_bytes() as f64 / f64::from(1u32 << 30)
+        );
+    }
+    if orders {
+        time_queries(&state, transfers);
+    }
+}
+
+/// The order id of transfer `id`: spread over 128 bits, never 0.
+fn order_id(id: u128) -> u128 {
+    let x = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (u128::from(x) << 64) | id
+}
+
+/// Times 10,000 queries by the order id of a random transfer; each must find it.
+fn time_queries(state: &StateMachine, transfers: u64) {
+    let mut rng = tally_testkit::SeededRng::new(0x9e77);
+    let mut took_ns: Vec<u64> = (0..10_000)
+        .map(|_| {
+            let id = 1 + u128::from(rng.next_u64() % transfers);
+            let filter = QueryFilter {
+                user_data_128: order_id(id),
+                ..QueryFilter::default()
+            };
+            let started = Instant::now();
+            let found = state.query_transfers(&filter);
+            let took = started.elapsed().as_nanos() as u64;
+            assert_eq!(found.len(), 1, "order {id} found once");
+            took
+        })
+        .collect();
+    took_ns.sort_unstable();
+    let at = |q: f64| took_ns[((took_ns.len() - 1) as f64 * q) as usize];
+    println!(
+        "query_transfers by order id over {transfers} transfers: p50 {} ns, p99 {} ns, max {} ns",
+        at(0.5),
+        at(0.99),
+        took_ns[took_ns.len() - 1]
     );
 }
 
