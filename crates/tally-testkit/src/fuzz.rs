@@ -83,6 +83,17 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// An event's own timestamp: mostly 0; now and then a small one (the fuzz clock
+    /// starts at 1, so an import may be accepted, or refused as regressing or
+    /// advancing) or one past the range of imported timestamps.
+    fn timestamp(&mut self) -> u64 {
+        match self.below(8) {
+            0 => u64::from(self.u16()),
+            1 => u64::MAX - u64::from(self.byte()),
+            _ => 0,
+        }
+    }
+
     /// An amount: mostly small, sometimes near u128::MAX to reach the overflow checks.
     fn amount(&mut self) -> u128 {
         match self.below(8) {
@@ -96,8 +107,9 @@ impl<'a> Input<'a> {
 }
 
 /// One batch of events derived from the input: small id spaces so that collisions,
-/// chains, second phases, refunds and failures are common. Engine-owned fields
-/// (balances, timestamps) stay zero, as `Ledger::submit` admits only such batches.
+/// chains, second phases, refunds and failures are common. Balances stay zero, as
+/// `Ledger::submit` admits only such batches; a timestamp is given now and then (an
+/// imported event's, or one refused as `timestamp_must_be_zero`).
 fn derive_batch(input: &mut Input<'_>) -> Batch {
     if input.below(4) == 0 {
         let count = 1 + usize::from(input.below(4));
@@ -106,9 +118,10 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
                 id: input.id(10),
                 ledger: u32::from(input.below(3)),
                 code: u16::from(input.below(3)),
-                flags: AccountFlags::from_bits(u16::from(input.byte() & 0b10_0111))
-                    .expect("four defined account flag bits"),
+                flags: AccountFlags::from_bits(u16::from(input.byte() & 0b11_1111))
+                    .expect("six defined account flag bits"),
                 user_data_32: u32::from(input.below(2)),
+                timestamp: input.timestamp(),
                 ..Account::default()
             })
             .collect();
@@ -119,8 +132,8 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
         .map(|_| {
             let flags = match input.below(4) {
                 // Mostly one kind flag (plus maybe linked), sometimes any combination.
-                0 => u16::from_le_bytes([input.byte(), input.byte() & 1]),
-                _ => (1u16 << input.below(9)) | u16::from(input.below(2)),
+                0 => u16::from_le_bytes([input.byte(), input.byte() & 0b11]),
+                _ => (1u16 << input.below(10)) | u16::from(input.below(2)),
             };
             Transfer {
                 id: input.id(40),
@@ -134,8 +147,10 @@ fn derive_batch(input: &mut Input<'_>) -> Batch {
                 },
                 ledger: u32::from(input.below(3)),
                 code: u16::from(input.below(3)),
-                flags: TransferFlags::from_bits(flags).expect("nine defined transfer flag bits"),
+                flags: TransferFlags::from_bits(flags).expect("ten defined transfer flag bits"),
                 user_data_64: u64::from(input.below(2)),
+                user_data_128: u128::from(input.below(3)),
+                timestamp: input.timestamp(),
                 ..Transfer::default()
             }
         })
