@@ -219,6 +219,9 @@ impl Part {
         self.account_history.reserve_accounts(accounts);
         self.account_index.reserve(accounts);
         self.transfer_index.reserve(transfers);
+        // The user-data indexes take this room when a record first sets their field.
+        self.account_values.reserve_on_first_use(accounts);
+        self.transfer_values.reserve_on_first_use(transfers);
     }
 
     pub(crate) fn lookup_account(&self, id: u128) -> Option<&Account> {
@@ -276,6 +279,13 @@ impl Part {
     #[inline]
     pub(crate) fn prefetch_transfer_slot(&self, id: u128) {
         self.transfer_index.prefetch_home(id);
+    }
+
+    /// Prefetch, slots step: the user-data index slots that storing `t` (whose id is
+    /// homed here) will probe.
+    #[inline]
+    pub(crate) fn prefetch_value_slots(&self, t: &Transfer) {
+        self.transfer_values.prefetch_homes(transfer_user_data(t));
     }
 
     /// Prefetch, slots step: the index slot that looking up account `id` reads first.

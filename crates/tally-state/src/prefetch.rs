@@ -77,7 +77,9 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
     fn advance_slots(&mut self, parts: &[Box<Part>], transfers: usize) {
         let count = parts.len();
         for t in self.slots.by_ref().take(transfers) {
-            parts[part_of(t.id, count)].prefetch_transfer_slot(t.id);
+            let home = &parts[part_of(t.id, count)];
+            home.prefetch_transfer_slot(t.id);
+            home.prefetch_value_slots(t);
             // The pending transfer a post or void settles, or the one a refund returns.
             if t.pending_id != 0 {
                 parts[part_of(t.pending_id, count)].prefetch_transfer_slot(t.pending_id);

@@ -30,6 +30,9 @@ pub(crate) struct ValueIndex {
     /// Per position from `base`: the previous record of the same value, as
     /// `position + 1`; 0 at the oldest of its value, and for records with value 0.
     links: Vec<u32>,
+    /// Records to make room for when the first record sets this field (the part's
+    /// reserved capacity), so a run never stops to grow a large index.
+    reserved: usize,
 }
 
 impl ValueIndex {
@@ -41,6 +44,12 @@ impl ValueIndex {
         }
         if self.links.is_empty() {
             self.base = position;
+            if self.reserved > 0 {
+                self.heads.reserve(self.reserved);
+                self.links.reserve(self.reserved);
+                // Once: a field cleared by rollbacks keeps what it took.
+                self.reserved = 0;
+            }
         }
         let slot = (position - self.base) as usize;
         // Entries past the newest indexed record are zeros of records since removed
@@ -79,6 +88,14 @@ impl ValueIndex {
             }
         }
         self.links.truncate(slot);
+    }
+
+    /// Prefetches the slot looking `value` up probes first.
+    #[inline]
+    pub fn prefetch_home(&self, value: u128) {
+        if value != 0 && !self.links.is_empty() {
+            self.heads.prefetch_home(value);
+        }
     }
 
     /// The newest record with `value`.
@@ -130,6 +147,21 @@ pub(crate) fn transfer_user_data(transfer: &Transfer) -> UserData {
 }
 
 impl UserDataIndexes {
+    /// Room for `records` in each index, taken when a record first sets its field.
+    pub fn reserve_on_first_use(&mut self, records: usize) {
+        for index in &mut self.by_field {
+            index.reserved = records;
+        }
+    }
+
+    /// Prefetches the slots adding a record with `values` probes first.
+    #[inline]
+    pub fn prefetch_homes(&self, values: UserData) {
+        for (index, value) in self.by_field.iter().zip(values) {
+            index.prefetch_home(value);
+        }
+    }
+
     /// Adds the newest record (see [`ValueIndex::add`]).
     #[inline]
     pub fn add(&mut self, values: UserData, position: u32, values_at: impl Fn(u32) -> UserData) {
