@@ -9,12 +9,14 @@
 //! ```text
 //! events_check → stats (the change-event stream followed live, then checked)
 //! order_lookups (queries by order id while the load runs; no other module)
-//! target → events_check, order_lookups, stats (the [`target::Target`] trait with its engine, server, cluster
-//!   and in-memory adapters, and the cluster's processes and chaos)
+//! target → events_check, order_lookups, stats (the [`target::Target`] trait with its
+//!   engine, server, cluster and in-memory adapters, and the cluster's processes and
+//!   chaos)
 //! mix → population · transfers → mix, population · trace → mix
 //! model → population, target
 //! runner → mix, model, population, stats, target, trace
-//! report → events_check, model, order_lookups, runner, stats, target · the binary (main.rs) → all of them
+//! report → events_check, model, order_lookups, runner, stats, target
+//! the binary (main.rs) → all of them
 //! ```
 
 #![deny(missing_docs)]
