@@ -858,23 +858,8 @@ fn post_or_void<P: Parts + ?Sized>(
     if !p.flags.contains(TransferFlags::PENDING) {
         return R::PendingTransferNotPending;
     }
-    if t.debit_account_id != 0 && t.debit_account_id != p.debit_account_id {
-        return R::PendingTransferHasDifferentDebitAccountId;
-    }
-    if t.credit_account_id != 0 && t.credit_account_id != p.credit_account_id {
-        return R::PendingTransferHasDifferentCreditAccountId;
-    }
-    if t.ledger != 0 && t.ledger != p.ledger {
-        return R::PendingTransferHasDifferentLedger;
-    }
-    if t.code != 0 && t.code != p.code {
-        return R::PendingTransferHasDifferentCode;
-    }
-    if post && t.amount > p.amount {
-        return R::ExceedsPendingTransferAmount;
-    }
-    if !post && t.amount != 0 && t.amount != p.amount {
-        return R::PendingTransferHasDifferentAmount;
+    if let Err(code) = pending_match_checks(t, &p, post) {
+        return code;
     }
     match home_mut(parts, p.id).pending_status.get(&p.id) {
         Some(PendingStatus::Pending) => {}
@@ -947,6 +932,29 @@ fn post_or_void<P: Parts + ?Sized>(
         stamp.committed,
     );
     R::Ok
+}
+
+/// Steps 8 and 9 of a post or void: the fields it gives must match pending transfer `p`.
+fn pending_match_checks(t: &Transfer, p: &Transfer, post: bool) -> Result<(), ResultCode> {
+    if t.debit_account_id != 0 && t.debit_account_id != p.debit_account_id {
+        return Err(R::PendingTransferHasDifferentDebitAccountId);
+    }
+    if t.credit_account_id != 0 && t.credit_account_id != p.credit_account_id {
+        return Err(R::PendingTransferHasDifferentCreditAccountId);
+    }
+    if t.ledger != 0 && t.ledger != p.ledger {
+        return Err(R::PendingTransferHasDifferentLedger);
+    }
+    if t.code != 0 && t.code != p.code {
+        return Err(R::PendingTransferHasDifferentCode);
+    }
+    if post && t.amount > p.amount {
+        return Err(R::ExceedsPendingTransferAmount);
+    }
+    if !post && t.amount != 0 && t.amount != p.amount {
+        return Err(R::PendingTransferHasDifferentAmount);
+    }
+    Ok(())
 }
 
 /// `given`, or `filled` when `given` is 0.
