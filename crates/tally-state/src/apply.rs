@@ -597,7 +597,7 @@ pub(crate) fn create_account<P: Parts + ?Sized>(
 /// batches run serially, never by plan.
 fn accounts_timestamp_max<P: Parts + ?Sized>(parts: &P) -> u64 {
     (0..parts.count())
-        .filter_map(|part| parts.get(part).accounts.last().map(|a| a.timestamp))
+        .filter_map(|part| parts.get(part).last_account_timestamp())
         .max()
         .unwrap_or(0)
 }
@@ -605,47 +605,19 @@ fn accounts_timestamp_max<P: Parts + ?Sized>(parts: &P) -> u64 {
 /// The latest timestamp of any stored transfer (0 without transfers).
 fn transfers_timestamp_max<P: Parts + ?Sized>(parts: &P) -> u64 {
     (0..parts.count())
-        .map(|part| &parts.get(part).transfers)
-        .filter(|transfers| transfers.len() > 0)
-        .map(|transfers| transfers.last_timestamp())
+        .filter_map(|part| parts.get(part).last_transfer_timestamp())
         .max()
         .unwrap_or(0)
 }
 
-/// True when a stored transfer has timestamp `timestamp` (each part's transfers are in
-/// timestamp order).
+/// True when a stored transfer has timestamp `timestamp`.
 fn transfer_stamped<P: Parts + ?Sized>(parts: &P, timestamp: u64) -> bool {
-    (0..parts.count()).any(|part| {
-        let transfers = &parts.get(part).transfers;
-        let (mut low, mut high) = (0, transfers.len());
-        while low < high {
-            let middle = low + (high - low) / 2;
-            match transfers.get(middle).timestamp.cmp(&timestamp) {
-                std::cmp::Ordering::Less => low = middle + 1,
-                std::cmp::Ordering::Greater => high = middle,
-                std::cmp::Ordering::Equal => return true,
-            }
-        }
-        false
-    })
+    (0..parts.count()).any(|part| parts.get(part).transfer_stamped(timestamp))
 }
 
-/// True when an account has timestamp `timestamp` (each part's accounts are in
-/// timestamp order).
+/// True when an account has timestamp `timestamp`.
 fn account_stamped<P: Parts + ?Sized>(parts: &P, timestamp: u64) -> bool {
-    (0..parts.count()).any(|part| {
-        let accounts = &parts.get(part).accounts;
-        let (mut low, mut high) = (0, accounts.len());
-        while low < high {
-            let middle = low + (high - low) / 2;
-            match accounts[middle].timestamp.cmp(&timestamp) {
-                std::cmp::Ordering::Less => low = middle + 1,
-                std::cmp::Ordering::Greater => high = middle,
-                std::cmp::Ordering::Equal => return true,
-            }
-        }
-        false
-    })
+    (0..parts.count()).any(|part| parts.get(part).account_stamped(timestamp))
 }
 
 /// The checks of an imported transfer's own timestamp against the ledger (docs/spec.md

@@ -224,6 +224,42 @@ impl Part {
         self.transfer_values.reserve_on_first_use(transfers);
     }
 
+    /// The latest account's timestamp, if any (accounts are in timestamp order).
+    pub(crate) fn last_account_timestamp(&self) -> Option<u64> {
+        self.accounts.last().map(|account| account.timestamp)
+    }
+
+    /// The latest stored transfer's timestamp, if any.
+    pub(crate) fn last_transfer_timestamp(&self) -> Option<u64> {
+        (self.transfers.len() > 0).then(|| self.transfers.last_timestamp())
+    }
+
+    /// The position of the first account stamped at or after `timestamp`.
+    pub(crate) fn first_account_at_or_after(&self, timestamp: u64) -> usize {
+        first_at_or_after(self.accounts.len(), timestamp, |p| {
+            self.accounts[p].timestamp
+        })
+    }
+
+    /// The position of the first stored transfer stamped at or after `timestamp`.
+    pub(crate) fn first_transfer_at_or_after(&self, timestamp: u64) -> usize {
+        first_at_or_after(self.transfers.len(), timestamp, |p| {
+            self.transfers.get(p).timestamp
+        })
+    }
+
+    /// True when an account is stamped `timestamp`.
+    pub(crate) fn account_stamped(&self, timestamp: u64) -> bool {
+        let at = self.first_account_at_or_after(timestamp);
+        at < self.accounts.len() && self.accounts[at].timestamp == timestamp
+    }
+
+    /// True when a stored transfer is stamped `timestamp`.
+    pub(crate) fn transfer_stamped(&self, timestamp: u64) -> bool {
+        let at = self.first_transfer_at_or_after(timestamp);
+        at < self.transfers.len() && self.transfers.get(at).timestamp == timestamp
+    }
+
     pub(crate) fn lookup_account(&self, id: u128) -> Option<&Account> {
         let index = self.account_position(id)?;
         Some(&self.accounts[index as usize])
@@ -617,6 +653,21 @@ impl Part {
             }
         }
     }
+}
+
+/// The first of `len` positions whose timestamp (`timestamp_at`, increasing with the
+/// position) is at or after `timestamp`; `len` when none is.
+fn first_at_or_after(len: usize, timestamp: u64, timestamp_at: impl Fn(usize) -> u64) -> usize {
+    let (mut low, mut high) = (0, len);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if timestamp_at(middle) < timestamp {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low
 }
 
 /// Instant (ns) at which a pending transfer with a timeout expires. Creation checked

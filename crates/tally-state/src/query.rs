@@ -102,9 +102,8 @@ impl Query {
             };
             return Walk::Chain { field, next };
         }
-        let len = record_count(part, self.target);
-        let start = first_at_or_after(part, self.target, len, self.filter.timestamp_min);
-        let end = first_at_or_after(part, self.target, len, self.filter.timestamp_max + 1);
+        let start = first_at_or_after(part, self.target, self.filter.timestamp_min);
+        let end = first_at_or_after(part, self.target, self.filter.timestamp_max + 1);
         if self.filter.reversed {
             Walk::Backward { start, next: end }
         } else {
@@ -251,14 +250,6 @@ fn indexes(part: &Part, target: QueryTarget) -> &UserDataIndexes {
     }
 }
 
-fn record_count(part: &Part, target: QueryTarget) -> u32 {
-    let len = match target {
-        QueryTarget::Accounts => part.accounts.len(),
-        QueryTarget::Transfers => part.transfers.len(),
-    };
-    u32::try_from(len).expect("fewer than 2^32 records in a part")
-}
-
 fn record_timestamp(part: &Part, target: QueryTarget, position: u32) -> u64 {
     match target {
         QueryTarget::Accounts => part.accounts[position as usize].timestamp,
@@ -266,19 +257,13 @@ fn record_timestamp(part: &Part, target: QueryTarget, position: u32) -> u64 {
     }
 }
 
-/// The first position of the first `len` records whose timestamp is ≥ `timestamp`
-/// (records are in timestamp order in their part).
-fn first_at_or_after(part: &Part, target: QueryTarget, len: u32, timestamp: u64) -> u32 {
-    let (mut low, mut high) = (0u32, len);
-    while low < high {
-        let middle = low + (high - low) / 2;
-        if record_timestamp(part, target, middle) < timestamp {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    low
+/// The first position of a part's records stamped at or after `timestamp`.
+fn first_at_or_after(part: &Part, target: QueryTarget, timestamp: u64) -> u32 {
+    let at = match target {
+        QueryTarget::Accounts => part.first_account_at_or_after(timestamp),
+        QueryTarget::Transfers => part.first_transfer_at_or_after(timestamp),
+    };
+    u32::try_from(at).expect("fewer than 2^32 records in a part")
 }
 
 impl StateMachine {

@@ -178,10 +178,12 @@ impl StateMachine {
         self.parts
             .iter()
             .flat_map(|part| {
-                let account = part.accounts.last().map(|a| a.timestamp);
-                let transfer = (part.transfers.len() > 0).then(|| part.transfers.last_timestamp());
-                account.into_iter().chain(transfer)
+                [
+                    part.last_account_timestamp(),
+                    part.last_transfer_timestamp(),
+                ]
             })
+            .flatten()
             .max()
             .unwrap_or(0)
     }
