@@ -285,8 +285,7 @@ pub fn filter_to_proto(filter: &AccountFilter) -> v1::AccountFilter {
 
 /// A `get_account_transfers` filter from the wire; a `code` past u16 is an error.
 pub fn filter_from_proto(filter: &v1::AccountFilter) -> Result<AccountFilter, String> {
-    let code = u16::try_from(filter.code)
-        .map_err(|_| format!("code: {} is past the u16 range", filter.code))?;
+    let code = filter_code(filter.code)?;
     Ok(AccountFilter {
         account_id: u128_from_proto(filter.account_id),
         timestamp_min: filter.timestamp_min,
@@ -333,6 +332,11 @@ pub fn account_balance_to_proto(row: &AccountBalance) -> v1::AccountBalance {
     }
 }
 
+/// A filter's `code` from the wire: past u16 is an error.
+fn filter_code(code: u32) -> Result<u16, String> {
+    u16::try_from(code).map_err(|_| format!("code: {code} is past the u16 range"))
+}
+
 /// A `query_accounts` / `query_transfers` filter for the wire.
 pub fn query_filter_to_proto(filter: &QueryFilter) -> v1::QueryFilter {
     v1::QueryFilter {
@@ -350,8 +354,7 @@ pub fn query_filter_to_proto(filter: &QueryFilter) -> v1::QueryFilter {
 
 /// A query filter from the wire; a `code` past u16 is an error.
 pub fn query_filter_from_proto(filter: &v1::QueryFilter) -> Result<QueryFilter, String> {
-    let code = u16::try_from(filter.code)
-        .map_err(|_| format!("code: {} is past the u16 range", filter.code))?;
+    let code = filter_code(filter.code)?;
     Ok(QueryFilter {
         user_data_128: u128_from_proto(filter.user_data_128),
         user_data_64: filter.user_data_64,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tally_cluster::ClusterError;
 use tally_engine::{EventResult, Ledger, SubmitError, TransferResult};
 use tally_proto::v1;
-use tally_types::{BATCH_EVENTS_MAX, Batch, Transfer};
+use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -91,6 +91,43 @@ impl LedgerService {
                 Err(status)
             }
         }
+    }
+
+    /// The answer of a read of accounts: records in ledgers outside the token's rights
+    /// are answered as not found; `items` is what the call counts as answered.
+    fn accounts_answer(
+        &self,
+        operation: Operation,
+        rights: &Rights,
+        found: Result<Vec<Account>, BackendError>,
+        items: usize,
+    ) -> Result<Response<v1::Accounts>, Status> {
+        let accounts = found
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
+            .iter()
+            .filter(|account| rights.ledger_allowed(account.ledger))
+            .map(tally_proto::account_to_proto)
+            .collect();
+        self.stats.answered(operation, items);
+        Ok(Response::new(v1::Accounts { accounts }))
+    }
+
+    /// [`LedgerService::accounts_answer`] for transfers.
+    fn transfers_answer(
+        &self,
+        operation: Operation,
+        rights: &Rights,
+        found: Result<Vec<Transfer>, BackendError>,
+        items: usize,
+    ) -> Result<Response<v1::Transfers>, Status> {
+        let transfers = found
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
+            .iter()
+            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
+            .map(tally_proto::transfer_to_proto)
+            .collect();
+        self.stats.answered(operation, items);
+        Ok(Response::new(v1::Transfers { transfers }))
     }
 
     fn submit_status(&self, error: &BackendError) -> Status {
@@ -277,17 +314,8 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::query_filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        let accounts = self
-            .backend
-            .query_accounts(&filter)
-            .await
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|account| rights.ledger_allowed(account.ledger))
-            .map(tally_proto::account_to_proto)
-            .collect();
-        self.stats.answered(operation, 1);
-        Ok(Response::new(v1::Accounts { accounts }))
+        let found = self.backend.query_accounts(&filter).await;
+        self.accounts_answer(operation, rights, found, 1)
     }
 
     async fn query_transfers(
@@ -298,17 +326,8 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::query_filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        let transfers = self
-            .backend
-            .query_transfers(&filter)
-            .await
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
-            .map(tally_proto::transfer_to_proto)
-            .collect();
-        self.stats.answered(operation, 1);
-        Ok(Response::new(v1::Transfers { transfers }))
+        let found = self.backend.query_transfers(&filter).await;
+        self.transfers_answer(operation, rights, found, 1)
     }
 
     async fn lookup_accounts(
@@ -318,18 +337,8 @@ impl tally_proto::LedgerService for LedgerService {
         let operation = Operation::LookupAccounts;
         let rights = self.admit(&request, operation)?;
         let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
-        // Records in ledgers outside the token's rights are answered as not found.
-        let accounts = self
-            .backend
-            .lookup_accounts(&ids)
-            .await
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|account| rights.ledger_allowed(account.ledger))
-            .map(tally_proto::account_to_proto)
-            .collect();
-        self.stats.answered(operation, ids.len());
-        Ok(Response::new(v1::Accounts { accounts }))
+        let found = self.backend.lookup_accounts(&ids).await;
+        self.accounts_answer(operation, rights, found, ids.len())
     }
 
     async fn lookup_transfers(
@@ -339,17 +348,8 @@ impl tally_proto::LedgerService for LedgerService {
         let operation = Operation::LookupTransfers;
         let rights = self.admit(&request, operation)?;
         let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
-        let transfers = self
-            .backend
-            .lookup_transfers(&ids)
-            .await
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
-            .map(tally_proto::transfer_to_proto)
-            .collect();
-        self.stats.answered(operation, ids.len());
-        Ok(Response::new(v1::Transfers { transfers }))
+        let found = self.backend.lookup_transfers(&ids).await;
+        self.transfers_answer(operation, rights, found, ids.len())
     }
 
     async fn get_account_transfers(
@@ -360,17 +360,8 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        let transfers = self
-            .backend
-            .get_account_transfers(&filter)
-            .await
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
-            .map(tally_proto::transfer_to_proto)
-            .collect();
-        self.stats.answered(operation, 1);
-        Ok(Response::new(v1::Transfers { transfers }))
+        let found = self.backend.get_account_transfers(&filter).await;
+        self.transfers_answer(operation, rights, found, 1)
     }
 
     async fn get_change_events(
