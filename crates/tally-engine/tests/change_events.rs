@@ -472,24 +472,28 @@ fn events_outlive_the_log_that_snapshots_retire() {
     ledger.shutdown().unwrap();
 }
 
+/// A ledger in `dir` that snapshots every 10 events, with accounts 1 and 2, and its
+/// config to reopen it.
+fn snapshotting_ledger_with_two_accounts(dir: &std::path::Path) -> (Config, Ledger) {
+    let mut config = Config::new(dir);
+    config.snapshot_events_interval = 10;
+    let ledger = Ledger::open(config.clone()).unwrap();
+    let accounts = (1..=2)
+        .map(|id| {
+            let flags = tally_types::AccountFlags::empty();
+            tally_testkit::account(id, tally_testkit::TEST_LEDGER, flags)
+        })
+        .collect();
+    ledger.create_accounts(accounts).unwrap();
+    (config, ledger)
+}
+
 /// A snapshot taken after batches that changed nothing (every event refused) is ahead
 /// of the journal's last event: the ledger reopens all the same, and nothing is lost.
 #[test]
 fn a_snapshot_after_refused_batches_reopens() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
-    config.snapshot_events_interval = 10;
-    let ledger = Ledger::open(config.clone()).unwrap();
-    let accounts = (1..=2)
-        .map(|id| {
-            tally_testkit::account(
-                id,
-                tally_testkit::TEST_LEDGER,
-                tally_types::AccountFlags::empty(),
-            )
-        })
-        .collect();
-    ledger.create_accounts(accounts).unwrap();
+    let (config, ledger) = snapshotting_ledger_with_two_accounts(dir.path());
     // Twenty refused events: two snapshots' worth, no change event.
     for id in 0..20u128 {
         let refused = tally_testkit::transfer(100 + id, 1, 1, 5);
@@ -512,19 +516,7 @@ fn a_snapshot_after_refused_batches_reopens() {
 #[test]
 fn a_journal_behind_the_snapshot_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
-    config.snapshot_events_interval = 10;
-    let ledger = Ledger::open(config.clone()).unwrap();
-    let accounts = (1..=2)
-        .map(|id| {
-            tally_testkit::account(
-                id,
-                tally_testkit::TEST_LEDGER,
-                tally_types::AccountFlags::empty(),
-            )
-        })
-        .collect();
-    ledger.create_accounts(accounts).unwrap();
+    let (config, ledger) = snapshotting_ledger_with_two_accounts(dir.path());
     for id in 0..40u128 {
         let paid = tally_testkit::transfer(100 + id, 1, 2, 5);
         assert!(ledger.create_transfers(vec![paid]).unwrap()[0].code.is_ok());
