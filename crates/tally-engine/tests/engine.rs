@@ -620,3 +620,50 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
     );
     ledger.shutdown().unwrap();
 }
+
+#[test]
+fn readers_get_in_between_the_steps_of_a_long_group() {
+    const EVENTS: u128 = tally_types::BATCH_EVENTS_MAX as u128;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(quiet(dir.path())).unwrap();
+    ledger.submit(accounts()).unwrap();
+    // A reader looping on a batch's first and last transfer finds the first alone only
+    // if it got in while the batch was being applied. Holding the state for whole
+    // groups, it never would; letting readers in, it does within a few batches.
+    let mut seen_between = false;
+    for round in 0..20u128 {
+        let first = 1_000_000 * (round + 1);
+        let last = first + EVENTS - 1;
+        let payments = (first..=last)
+            .map(|id| Transfer {
+                id,
+                debit_account_id: 1,
+                credit_account_id: 4,
+                amount: 1,
+                ledger: 156,
+                code: 1,
+                ..Transfer::default()
+            })
+            .collect();
+        let applied = AtomicBool::new(false);
+        seen_between = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                while !applied.load(Ordering::Acquire) {
+                    if ledger.lookup_transfers(&[first, last]).len() == 1 {
+                        return true;
+                    }
+                }
+                false
+            });
+            let results = ledger.create_transfers(payments).unwrap();
+            assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+            applied.store(true, Ordering::Release);
+            reader.join().unwrap()
+        });
+        if seen_between {
+            break;
+        }
+    }
+    assert!(seen_between, "no read got in while a batch was applied");
+    ledger.shutdown().unwrap();
+}

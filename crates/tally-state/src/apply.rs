@@ -7,11 +7,10 @@
 
 use crate::balance_history::BalanceRow;
 use crate::part::{Balances, Part, TransferEntry, TransferRef, expires_at, part_of};
-use crate::prefetch::Prefetcher;
 use crate::state::StateMachine;
 use tally_types::{
-    Account, AccountFlags, BATCH_EVENTS_MAX, Batch, ChangeEvent, ChangeKind, NS_PER_S,
-    PendingStatus, ResultCode, Transfer, TransferFlags, TransferKind,
+    Account, AccountFlags, Batch, ChangeEvent, ChangeKind, NS_PER_S, PendingStatus, ResultCode,
+    Transfer, TransferFlags, TransferKind,
 };
 
 use ResultCode as R;
@@ -188,11 +187,14 @@ fn run_event<P: Parts + ?Sized, E: Event>(
     }
 }
 
-/// The units of a batch, as event ranges: an event that is not linked alone, or a whole
-/// linked chain (its linked events and the first unlinked one that closes it; an open
-/// chain runs to the end of the batch). Units are what runs all or nothing.
-pub(crate) fn unit_ranges<E: Event>(events: &[E]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut start = 0;
+/// The units of a batch from event `from` (the first of a unit), as event ranges: an
+/// event that is not linked alone, or a whole linked chain (its linked events and the
+/// first unlinked one that closes it; an open chain runs to the end of the batch). Units are what runs all or nothing.
+pub(crate) fn unit_ranges<E: Event>(
+    events: &[E],
+    from: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut start = from;
     std::iter::from_fn(move || {
         if start >= events.len() {
             return None;
@@ -215,13 +217,11 @@ impl StateMachine {
     /// last event's stamp (`timestamp` itself for an empty batch).
     ///
     /// Panics if `timestamp` does not move time forward or the batch is larger than
-    /// [`BATCH_EVENTS_MAX`]: the engine rejects those before they reach the log.
+    /// [`tally_types::BATCH_EVENTS_MAX`]: the engine rejects those before they reach
+    /// the log.
     pub fn apply(&mut self, timestamp: u64, batch: &Batch) -> Vec<ResultCode> {
-        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
-        let mut results = vec![R::Ok; batch.len()];
-        let mut prefetcher = Prefetcher::new(&self.parts, transfers_of(batch).iter());
-        self.apply_batch(timestamp, batch, &mut results, &mut prefetcher);
-        results
+        let mut results = self.apply_run(&[(timestamp, batch)]);
+        results.pop().expect("one result list per batch")
     }
 
     /// Applies `batches` in order, each stamped with its timestamp, exactly as
@@ -229,99 +229,23 @@ impl StateMachine {
     /// The prefetching runs across batch boundaries, so a group of one-payment
     /// submissions applies with as many cache misses in flight as one full batch.
     pub fn apply_run(&mut self, batches: &[(u64, &Batch)]) -> Vec<Vec<ResultCode>> {
-        let mut all = Vec::with_capacity(batches.len());
-        self.apply_run_with(batches, |results| all.push(results.to_vec()));
-        all
+        let mut run = self.start_run(batches, true);
+        self.run_step(&mut run, usize::MAX);
+        run.into_results()
     }
 
     /// [`StateMachine::apply_run`] without the results: replay of a log, whose results
     /// were answered when it was written.
     pub fn replay(&mut self, batches: &[(u64, &Batch)]) {
-        self.apply_run_with(batches, |_| {});
-    }
-
-    /// Applies `batches` in order with one prefetcher over all their transfers, handing
-    /// each batch's results to `done` as soon as the batch is applied.
-    fn apply_run_with(&mut self, batches: &[(u64, &Batch)], mut done: impl FnMut(&[ResultCode])) {
-        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
-        let transfers = batches.iter().flat_map(|(_, batch)| transfers_of(batch));
-        let mut prefetcher = Prefetcher::new(&self.parts, transfers);
-        let mut results = Vec::new();
-        for &(timestamp, batch) in batches {
-            results.clear();
-            results.resize(batch.len(), R::Ok);
-            self.apply_batch(timestamp, batch, &mut results, &mut prefetcher);
-            done(&results);
-        }
-    }
-
-    /// [`StateMachine::apply`] into `results` (one per event, each `Ok` on entry), with
-    /// `prefetcher` positioned at the batch's first transfer.
-    fn apply_batch<'a>(
-        &mut self,
-        timestamp: u64,
-        batch: &Batch,
-        results: &mut [ResultCode],
-        prefetcher: &mut Prefetcher<impl Iterator<Item = &'a Transfer> + Clone>,
-    ) {
-        assert!(
-            batch.len() <= BATCH_EVENTS_MAX,
-            "batch larger than the maximum"
-        );
-        assert_eq!(results.len(), batch.len(), "one result per event");
-        assert!(!self.parts.is_empty(), "the parts are out on shard threads");
-        assert!(timestamp > self.last_timestamp, "time must move forward");
-        let last = timestamp
-            .checked_add(batch.len().saturating_sub(1) as u64)
-            .expect("timestamps fit in u64");
-        let parts = self.parts.as_mut_slice();
-        expire_due(parts, timestamp);
-        match batch {
-            Batch::CreateAccounts(events) => {
-                for (start, end) in unit_ranges(events) {
-                    apply_unit(
-                        parts,
-                        timestamp,
-                        events,
-                        start,
-                        end,
-                        create_account,
-                        &mut results[start..end],
-                    );
-                }
-            }
-            Batch::CreateTransfers(events) => {
-                for (start, end) in unit_ranges(events) {
-                    prefetcher.advance(parts, end - start);
-                    apply_unit(
-                        parts,
-                        timestamp,
-                        events,
-                        start,
-                        end,
-                        create_transfer,
-                        &mut results[start..end],
-                    );
-                }
-            }
-        }
-        // An empty batch still takes its stamp: every batch moves time forward.
-        self.last_timestamp = last;
-    }
-}
-
-/// The transfers of `batch`; none for a batch of accounts.
-fn transfers_of(batch: &Batch) -> &[Transfer] {
-    match batch {
-        Batch::CreateTransfers(transfers) => transfers,
-        Batch::CreateAccounts(_) => &[],
+        let mut run = self.start_run(batches, false);
+        self.run_step(&mut run, usize::MAX);
     }
 }
 
 /// Releases, in (instant, id) order, every pending transfer of any part whose expiry
 /// instant is at or before `now`. The reference runs this before each batch; a plan
 /// turns each such expiry into a unit of its own ([`expire_one`]).
-fn expire_due<P: Parts + ?Sized>(parts: &mut P, now: u64) {
+pub(crate) fn expire_due<P: Parts + ?Sized>(parts: &mut P, now: u64) {
     loop {
         let mut next: Option<(u64, u128)> = None;
         for index in 0..parts.count() {

@@ -27,6 +27,7 @@ mod part;
 mod plan;
 mod prefetch;
 mod query;
+mod run;
 mod state;
 mod store;
 mod value_index;
@@ -36,6 +37,7 @@ pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use part::{PARTS_MAX, Part, part_of};
 pub use plan::{Plan, PlanCost, Serial, Unit, Work, plan, run_unit};
 pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
+pub use run::Run;
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
 
 #[cfg(test)]

@@ -176,13 +176,13 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
         };
         match batch {
             Batch::CreateAccounts(events) => {
-                for (start, end) in unit_ranges(events) {
+                for (start, end) in unit_ranges(events, 0) {
                     let mask = events[start..end].iter().fold(0, |m, a| m | bit(a.id));
                     push(start, end, mask);
                 }
             }
             Batch::CreateTransfers(events) => {
-                for (start, end) in unit_ranges(events) {
+                for (start, end) in unit_ranges(events, 0) {
                     let mut mask = 0;
                     for t in &events[start..end] {
                         let accounts = match t.kind() {

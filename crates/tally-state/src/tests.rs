@@ -1341,11 +1341,13 @@ proptest! {
     /// results `apply` gave it: prefetching across batches changes nothing.
     #[test]
     fn replay_of_a_run_equals_applying_each_batch(
-        batches in proptest::collection::vec((proptest::collection::vec(any_transfer(), 0..12), 0u64..3, 0u8..6), 1..10)
+        batches in proptest::collection::vec((proptest::collection::vec(any_transfer(), 0..12), 0u64..3, 0u8..6), 1..10),
+        step in 1usize..8,
     ) {
         let mut applied = property_ledger();
         let mut replayed = property_ledger();
         let mut run_applied = property_ledger();
+        let mut stepped = property_ledger();
         let mut results = Vec::new();
         let mut now = T0 + SECOND;
         let mut run = Vec::new();
@@ -1366,10 +1368,19 @@ proptest! {
         replayed.replay(&borrowed);
         prop_assert_eq!(replayed.image(), applied.image());
         // The same run applied with its results: each batch's, as `apply` gave them.
-        prop_assert_eq!(run_applied.apply_run(&borrowed), results);
+        prop_assert_eq!(&run_applied.apply_run(&borrowed), &results);
         prop_assert_eq!(run_applied.image(), applied.image());
         prop_assert_eq!(run_applied.last_timestamp(), applied.last_timestamp());
         prop_assert_eq!(replayed.last_timestamp(), applied.last_timestamp());
+        // In steps of a few events, every invariant holding between two steps.
+        let mut in_steps = stepped.start_run(&borrowed, true);
+        while !stepped.run_step(&mut in_steps, step) {
+            prop_assert!(stepped.check_invariants().is_empty());
+            prop_assert!(stepped.last_timestamp() <= applied.last_timestamp());
+        }
+        prop_assert_eq!(in_steps.into_results(), results);
+        prop_assert_eq!(stepped.image(), applied.image());
+        prop_assert_eq!(stepped.last_timestamp(), applied.last_timestamp());
         for id in 1u128..20 {
             let filter = AccountFilter { limit: 1_000, ..AccountFilter::new(id) };
             prop_assert_eq!(replayed.account_transfers(&filter), applied.account_transfers(&filter));
@@ -2018,4 +2029,53 @@ fn an_imported_change_is_stamped_when_it_committed() {
         .collect();
     // Events in commit order; the records keep their own stamps.
     assert_eq!(stamps, vec![(T0, 100), (T0 + 1, 200), (T0 + SECOND, 300)]);
+}
+
+// ---- runs in steps ----
+
+/// The number of transfers stored after each step of one event over `batches`.
+fn transfers_after_each_step(sm: &mut StateMachine, batches: &[(u64, &Batch)]) -> Vec<usize> {
+    let mut run = sm.start_run(batches, true);
+    let mut counts = Vec::new();
+    while !sm.run_step(&mut run, 1) {
+        counts.push(sm.transfer_count());
+    }
+    counts.push(sm.transfer_count());
+    assert!(
+        run.into_results()
+            .iter()
+            .flatten()
+            .all(|&code| code == R::Ok)
+    );
+    counts
+}
+
+#[test]
+fn a_step_stops_between_units_only() {
+    let mut sm = property_ledger();
+    let linked = |id| Transfer {
+        flags: TF::LINKED,
+        ..transfer(id, 1, 6, 1)
+    };
+    // A chain of three longer than the step runs whole; so does a failing one.
+    let batch = Batch::CreateTransfers(vec![
+        transfer(10, 1, 6, 1),
+        linked(11),
+        linked(12),
+        transfer(13, 1, 6, 1),
+        transfer(14, 1, 6, 1),
+    ]);
+    let empty = Batch::CreateTransfers(Vec::new());
+    let batches = [(T0 + SECOND, &batch), (T0 + 2 * SECOND, &empty)];
+    assert_eq!(transfers_after_each_step(&mut sm, &batches), [1, 4, 5, 5]);
+    assert_eq!(sm.last_timestamp(), T0 + 2 * SECOND);
+    // An imported batch runs in one step: its events keep their own, older stamps.
+    let imported = Batch::CreateTransfers(vec![
+        imported_transfer(20, 1, 6, T0 + 100),
+        imported_transfer(21, 1, 6, T0 + 101),
+        imported_transfer(22, 1, 6, T0 + 102),
+    ]);
+    let batches = [(T0 + 3 * SECOND, &imported), (T0 + 4 * SECOND, &batch)];
+    let mut sm = property_ledger();
+    assert_eq!(transfers_after_each_step(&mut sm, &batches), [3, 4, 7, 8]);
 }
