@@ -13,15 +13,16 @@
 //!   engine, server, cluster and in-memory adapters, and the cluster's processes and
 //!   chaos)
 //! mix → population · transfers → mix, population · trace → mix
-//! model → population, target
+//! model → population, target · end_of_day → model, population, target
 //! runner → mix, model, population, stats, target, trace
-//! report → events_check, model, order_lookups, runner, stats, target
+//! report → end_of_day, events_check, model, order_lookups, runner, stats, target
 //! the binary (main.rs) → all of them
 //! ```
 
 #![deny(missing_docs)]
 
 pub mod curve;
+pub mod end_of_day;
 pub mod events_check;
 pub mod mix;
 pub mod model;

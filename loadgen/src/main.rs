@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally_loadgen::curve::Curve;
+use tally_loadgen::end_of_day;
 use tally_loadgen::mix::{Generator, MixSpec, Request, RequestStream};
 use tally_loadgen::model::Model;
 use tally_loadgen::population::{Population, PopulationSpec, Shape};
@@ -756,7 +757,7 @@ fn finish<T: Target>(
     eprintln!(
         "loadgen: run done; {}verifying the ledger",
         match config.workload {
-            Workload::Festival => "sweeping expiries and ",
+            Workload::Festival => "sweeping expiries, closing the day and ",
             Workload::Transfers => "",
         }
     );
@@ -777,6 +778,11 @@ fn finish<T: Target>(
         )?,
         // Nothing is ever pending, so nothing can expire.
         Workload::Transfers => (0, 0),
+    };
+    let end_of_day = match config.workload {
+        Workload::Festival => Some(end_of_day::close_the_day(target, &mut model, nonce)?),
+        // TigerBeetle's benchmark shape: transfers and nothing else.
+        Workload::Transfers => None,
     };
     let verification = model.verify(target, expired, pending_left);
     let events = target.check_events();
@@ -814,6 +820,7 @@ fn finish<T: Target>(
         && events.as_ref().is_none_or(|check| check.ok)
         && order_lookups.as_ref().is_none_or(|lookups| lookups.ok());
     report.verification = verification;
+    report.end_of_day = end_of_day;
     report.events = events;
     report.order_lookups = order_lookups;
     print!("{}", report.text());
@@ -905,6 +912,28 @@ mod tests {
             report.workload.contains("uniform picks"),
             "{}",
             report.workload
+        );
+    }
+
+    #[test]
+    fn a_festival_closes_its_day_and_verifies() {
+        let arguments = ["--accounts", "2000", "--merchants", "300"];
+        let more = ["--duration", "1", "--peak", "2000"];
+        let report = run_memory(&[&arguments[..], &more[..]].concat());
+        assert!(report.verified_ok, "{}", report.text());
+        let day = report
+            .end_of_day
+            .as_ref()
+            .expect("a festival closes its day");
+        assert_eq!(day.mispredicted, 0);
+        assert_eq!(day.merchants_closed, end_of_day::CLOSED_MERCHANTS);
+        assert_eq!(day.merchants_settled, 300);
+        assert!(day.settled_fen > 0);
+        assert_eq!(day.histories_checked, Some(3));
+        assert!(
+            report.text().contains("end of day        ok"),
+            "{}",
+            report.text()
         );
     }
 

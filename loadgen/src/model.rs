@@ -214,6 +214,22 @@ impl Model {
         self.balances[slot] = balances;
     }
 
+    /// The balances the model expects of account `id` (debits pending, debits posted,
+    /// credits pending, credits posted); `None` for an account outside the population.
+    pub fn balances_of(&self, id: u128) -> Option<[u128; 4]> {
+        self.population.slot(id).map(|slot| self.balances[slot])
+    }
+
+    /// The population the model follows.
+    pub fn population(&self) -> &Population {
+        &self.population
+    }
+
+    /// Records an inconsistency found outside the model (kept with its own).
+    pub fn report_anomaly(&mut self, text: String) {
+        self.anomaly(text);
+    }
+
     fn anomaly(&mut self, text: String) {
         if self.anomalies.len() < ANOMALIES_KEPT {
             self.anomalies.push(text);

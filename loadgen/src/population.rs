@@ -80,6 +80,12 @@ pub const TRANSFER_TAG_FUNDING: u128 = 1;
 pub const TRANSFER_TAG_RUN: u128 = 2;
 /// Tag of the sweep transfer submitted after the run.
 pub const TRANSFER_TAG_SWEEP: u128 = 3;
+/// Tag of the end-of-day transfers: closures, their voids, settlement sweeps.
+pub const TRANSFER_TAG_END_OF_DAY: u128 = 4;
+
+/// One domestic merchant in this many keeps a balance history (account flag
+/// `history`): the ones whose statements are asked for.
+pub const HISTORY_MERCHANT_EVERY: u64 = 100;
 
 /// Transfer codes (the transfer's reason).
 pub mod transfer_code {
@@ -107,6 +113,10 @@ pub mod transfer_code {
     pub const FUND_FLOAT: u16 = 11;
     /// The sweep transfer after the run.
     pub const SWEEP: u16 = 12;
+    /// A merchant's end-of-day settlement to the banks (`balancing_debit`).
+    pub const SETTLEMENT: u16 = 13;
+    /// A pending transfer of 0 that closes a merchant's account (`closing_credit`).
+    pub const CLOSURE: u16 = 14;
 }
 
 /// Which accounts a population holds.
@@ -267,11 +277,17 @@ impl Population {
                 no_overdraft,
             )
         } else if slot < users + merchants {
+            let index = slot - users;
+            let history = if index.is_multiple_of(HISTORY_MERCHANT_EVERY) {
+                AccountFlags::HISTORY
+            } else {
+                AccountFlags::empty()
+            };
             (
-                self.merchant(slot - users),
+                self.merchant(index),
                 LEDGER_CNY,
                 account_code::MERCHANT,
-                AccountFlags::empty(),
+                history,
             )
         } else if slot < foreign_base {
             let index = slot - users - merchants;

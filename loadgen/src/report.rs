@@ -174,6 +174,9 @@ pub struct Report {
     pub events: Option<crate::events_check::EventsCheck>,
     /// Lookups by order id during the run (`None`: none asked for).
     pub order_lookups: Option<crate::order_lookups::OrderLookupStats>,
+    /// The end of the festival's day: closures, settlement sweeps, histories (`None`:
+    /// the transfers workload has none).
+    pub end_of_day: Option<crate::end_of_day::EndOfDay>,
     /// How expiring authorisations were judged.
     pub expiry_policy: String,
     /// The machine the run ran on.
@@ -386,6 +389,27 @@ impl Report {
             "  expiry            {} expired, {} still pending; {}",
             v.expired, v.pending_left, self.expiry_policy
         )?;
+        if let Some(day) = &self.end_of_day {
+            let histories = match day.histories_checked {
+                Some(count) => format!("{count} balance histories checked"),
+                None => "balance histories not readable through this target".into(),
+            };
+            writeln!(
+                out,
+                "  end of day        {}: {} merchants closed, refused and reopened; {} settled by balancing_debit ({} below the cap, CNY {}.{:02} moved); {}",
+                if day.mispredicted == 0 {
+                    "ok"
+                } else {
+                    "FAILED"
+                },
+                day.merchants_closed,
+                day.merchants_settled,
+                day.settlements_clamped,
+                day.settled_fen / 100,
+                day.settled_fen % 100,
+                histories
+            )?;
+        }
         if let Some(lookups) = &self.order_lookups {
             writeln!(
                 out,
@@ -724,6 +748,7 @@ mod tests {
             verified_ok: false,
             events: None,
             order_lookups: None,
+            end_of_day: None,
             verification: Verification {
                 accounts_checked: 2_100,
                 accounts_missing: 1,

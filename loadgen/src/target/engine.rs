@@ -5,7 +5,7 @@ use crate::events_check::{EventsCheck, LiveFollower};
 use crate::order_lookups::{OrderLookupStats, OrderLookups};
 use std::path::Path;
 use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
-use tally_types::{Account, Batch, Transfer};
+use tally_types::{Account, AccountBalance, AccountFilter, Batch, Transfer};
 
 /// A [`Ledger`] opened on the load generator's data directory.
 #[derive(Debug)]
@@ -129,6 +129,10 @@ impl Target for EngineTarget {
 
     fn shutdown(&self) -> Result<(), String> {
         self.ledger.shutdown().map_err(|error| error.to_string())
+    }
+
+    fn account_balances(&self, filter: &AccountFilter) -> Option<Vec<AccountBalance>> {
+        Some(self.ledger.get_account_balances(filter))
     }
 
     fn shards(&self) -> usize {

@@ -12,7 +12,7 @@ use crate::stats::wall_ns;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tally_state::StateMachine;
-use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
+use tally_types::{Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, Batch, Transfer};
 
 /// The reference state machine behind one mutex, stamped by the wall clock.
 #[derive(Debug, Default)]
@@ -76,6 +76,11 @@ impl Target for MemoryTarget {
         state.lookup_transfers(ids)
     }
 
+    fn account_balances(&self, filter: &AccountFilter) -> Option<Vec<AccountBalance>> {
+        let state = self.state.lock().ok()?;
+        Some(state.account_balances(filter))
+    }
+
     fn shutdown(&self) -> Result<(), String> {
         Ok(())
     }
@@ -125,6 +130,10 @@ impl<T: Target> Target for StallingTarget<T> {
 
     fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
         self.inner.lookup_transfers(ids)
+    }
+
+    fn account_balances(&self, filter: &AccountFilter) -> Option<Vec<AccountBalance>> {
+        self.inner.account_balances(filter)
     }
 
     fn shutdown(&self) -> Result<(), String> {

@@ -14,7 +14,7 @@ pub mod replicas;
 pub mod server;
 
 use std::future::Future;
-use tally_types::{Account, Batch, ResultCode, Transfer};
+use tally_types::{Account, AccountBalance, AccountFilter, Batch, ResultCode, Transfer};
 
 /// One event's answer, as the load generator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,12 @@ pub trait Target: Send + Sync + 'static {
 
     /// Drains and syncs.
     fn shutdown(&self) -> Result<(), String>;
+
+    /// The balance history `filter` selects (`None`: the target cannot read it).
+    fn account_balances(&self, filter: &AccountFilter) -> Option<Vec<AccountBalance>> {
+        let _ = filter;
+        None
+    }
 
     /// Shards in use, for the report (0 when not applicable).
     fn shards(&self) -> usize {
