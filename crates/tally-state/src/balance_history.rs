@@ -82,6 +82,46 @@ pub(crate) struct BalanceHistories {
     rows: HashMap<u32, Rows, IdHasher>,
 }
 
+/// Inserts `row` in timestamp order (after any row of the same instant): a push at
+/// the end but for an imported transfer older than a recorded expiry, so appends to
+/// a long history never search it.
+fn insert_in_order<T>(list: &mut Vec<T>, row: T, timestamp: u64, timestamp_of: fn(&T) -> u64) {
+    if list
+        .last()
+        .is_none_or(|last| timestamp_of(last) <= timestamp)
+    {
+        list.push(row);
+    } else {
+        let at = list.partition_point(|r| timestamp_of(r) <= timestamp);
+        list.insert(at, row);
+    }
+}
+
+/// Removes the newest row at `timestamp`, if there is one: the last row but for an
+/// imported transfer's rollback.
+fn remove_newest_at<T>(list: &mut Vec<T>, timestamp: u64, timestamp_of: fn(&T) -> u64) -> bool {
+    let at = match list.last() {
+        Some(last) if timestamp_of(last) == timestamp => list.len() - 1,
+        _ => match list
+            .partition_point(|r| timestamp_of(r) <= timestamp)
+            .checked_sub(1)
+            .filter(|&i| timestamp_of(&list[i]) == timestamp)
+        {
+            Some(i) => i,
+            None => return false,
+        },
+    };
+    list.remove(at);
+    true
+}
+
+/// The rows of `list` whose timestamps lie in `min..=max`, found by two searches.
+fn in_range<T>(list: &[T], min: u64, max: u64, timestamp_of: fn(&T) -> u64) -> &[T] {
+    let from = list.partition_point(|r| timestamp_of(r) < min);
+    let to = list.partition_point(|r| timestamp_of(r) <= max).max(from);
+    &list[from..to]
+}
+
 impl BalanceHistories {
     /// Adds a row to account `account`'s history, in timestamp order: at the end, but
     /// for an imported transfer older than an expiry already recorded.
@@ -93,26 +133,24 @@ impl BalanceHistories {
         if let Rows::Narrow(list) = rows {
             match narrow(&row.balances) {
                 Some(balances) => {
-                    let at = list.partition_point(|r| r.timestamp <= row.timestamp);
                     let narrow = NarrowRow {
                         timestamp: row.timestamp,
                         transfer_ref: row.transfer_ref,
                         balances,
                     };
-                    list.insert(at, narrow);
+                    insert_in_order(list, narrow, row.timestamp, |r| r.timestamp);
                     return;
                 }
                 None => *rows = Rows::Wide(list.iter().map(widen).collect()),
             }
         }
         if let Rows::Wide(list) = rows {
-            let at = list.partition_point(|r| r.timestamp <= row.timestamp);
             let wide = WideRow {
                 timestamp: row.timestamp,
                 transfer_ref: row.transfer_ref,
                 balances: row.balances,
             };
-            list.insert(at, wide);
+            insert_in_order(list, wide, row.timestamp, |r| r.timestamp);
         }
     }
 
@@ -120,49 +158,52 @@ impl BalanceHistories {
     /// rollback, newest first).
     pub fn pop(&mut self, account: u32, timestamp: u64) {
         let removed = match self.rows.get_mut(&account) {
-            Some(Rows::Narrow(list)) => {
-                let at = list.partition_point(|r| r.timestamp <= timestamp);
-                at.checked_sub(1)
-                    .filter(|&i| list[i].timestamp == timestamp)
-                    .map(|i| list.remove(i))
-                    .is_some()
-            }
-            Some(Rows::Wide(list)) => {
-                let at = list.partition_point(|r| r.timestamp <= timestamp);
-                at.checked_sub(1)
-                    .filter(|&i| list[i].timestamp == timestamp)
-                    .map(|i| list.remove(i))
-                    .is_some()
-            }
+            Some(Rows::Narrow(list)) => remove_newest_at(list, timestamp, |r| r.timestamp),
+            Some(Rows::Wide(list)) => remove_newest_at(list, timestamp, |r| r.timestamp),
             None => false,
         };
         assert!(removed, "a balance row undone twice");
     }
 
+    /// Account `account`'s rows with timestamps in `min..=max`, oldest first (newest
+    /// first when `reversed`), read lazily: a page of a long history costs the page.
+    pub fn rows_between(
+        &self,
+        account: u32,
+        min: u64,
+        max: u64,
+        reversed: bool,
+    ) -> Box<dyn Iterator<Item = BalanceRow> + '_> {
+        let rows: Box<dyn DoubleEndedIterator<Item = BalanceRow> + '_> =
+            match self.rows.get(&account) {
+                None => Box::new(std::iter::empty()),
+                Some(Rows::Narrow(list)) => {
+                    Box::new(in_range(list, min, max, |r| r.timestamp).iter().map(|row| {
+                        let wide = widen(row);
+                        BalanceRow {
+                            timestamp: wide.timestamp,
+                            transfer_ref: wide.transfer_ref,
+                            balances: wide.balances,
+                        }
+                    }))
+                }
+                Some(Rows::Wide(list)) => {
+                    Box::new(in_range(list, min, max, |r| r.timestamp).iter().map(|row| {
+                        BalanceRow {
+                            timestamp: row.timestamp,
+                            transfer_ref: row.transfer_ref,
+                            balances: row.balances,
+                        }
+                    }))
+                }
+            };
+        if reversed { Box::new(rows.rev()) } else { rows }
+    }
+
     /// Account `account`'s rows, oldest first.
-    pub fn rows(&self, account: u32) -> Vec<BalanceRow> {
-        match self.rows.get(&account) {
-            None => Vec::new(),
-            Some(Rows::Narrow(list)) => list
-                .iter()
-                .map(|row| {
-                    let wide = widen(row);
-                    BalanceRow {
-                        timestamp: wide.timestamp,
-                        transfer_ref: wide.transfer_ref,
-                        balances: wide.balances,
-                    }
-                })
-                .collect(),
-            Some(Rows::Wide(list)) => list
-                .iter()
-                .map(|row| BalanceRow {
-                    timestamp: row.timestamp,
-                    transfer_ref: row.transfer_ref,
-                    balances: row.balances,
-                })
-                .collect(),
-        }
+    #[cfg(test)]
+    fn rows(&self, account: u32) -> Vec<BalanceRow> {
+        self.rows_between(account, 0, u64::MAX, false).collect()
     }
 
     /// Bytes of memory held (rows and the map's slots).
@@ -227,5 +268,25 @@ mod tests {
         assert_eq!(histories.rows(8), vec![row(2, 3), row(4, 1)]);
         histories.pop(8, 2);
         assert_eq!(histories.rows(8), vec![row(4, 1)]);
+    }
+
+    #[test]
+    fn a_page_reads_only_the_rows_in_its_time_range() {
+        let mut histories = BalanceHistories::default();
+        for timestamp in [10, 20, 20, 30, 40] {
+            histories.append(1, row(timestamp, u128::from(timestamp)));
+        }
+        let page = |min, max, reversed| -> Vec<u64> {
+            histories
+                .rows_between(1, min, max, reversed)
+                .map(|row| row.timestamp)
+                .collect()
+        };
+        assert_eq!(page(20, 30, false), vec![20, 20, 30]);
+        assert_eq!(page(20, 30, true), vec![30, 20, 20]);
+        assert_eq!(page(0, u64::MAX, true), vec![40, 30, 20, 20, 10]);
+        assert_eq!(page(11, 19, false), Vec::<u64>::new());
+        assert_eq!(page(30, 20, false), Vec::<u64>::new());
+        assert_eq!(histories.rows_between(2, 0, u64::MAX, false).count(), 0);
     }
 }

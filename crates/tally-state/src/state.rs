@@ -297,11 +297,12 @@ impl StateMachine {
         let Some(account_index) = part.account_position(filter.account_id) else {
             return Vec::new();
         };
-        let mut rows = part.balance_history.rows(account_index);
-        if filter.reversed {
-            rows.reverse();
-        }
-        rows.into_iter()
+        let max = match filter.timestamp_max {
+            0 => u64::MAX,
+            max => max,
+        };
+        part.balance_history
+            .rows_between(account_index, filter.timestamp_min, max, filter.reversed)
             .filter(|row| filter.matches_at(&self.transfer_by_ref(row.transfer_ref), row.timestamp))
             .take(filter.limit_effective())
             .map(|row| AccountBalance {
