@@ -268,6 +268,15 @@ pub struct Generator {
     follow_up_order: u64,
 }
 
+/// The merchant's order number a payment or authorisation carries in `user_data_128`,
+/// what support looks it up by: a bijection of the transfer id (an xor-shift, then a
+/// multiplication by an odd constant), so no two transfers share one and no random
+/// draw is spent on it.
+pub fn order_id(transfer_id: u128) -> u128 {
+    const ODD: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
+    (transfer_id ^ (transfer_id >> 64)).wrapping_mul(ODD)
+}
+
 /// Everyday price points (yuan); a share of payments hit them exactly.
 const PRICE_POINTS_FEN: &[i64] = &[
     990, 1_990, 2_990, 4_900, 5_900, 9_900, 12_900, 19_900, 29_900, 49_900,
@@ -423,6 +432,7 @@ impl Generator {
         let amount = self.shopping_amount();
         let amount = self.cny(amount);
         let mut payment = self.transfer(user, merchant, amount, transfer_code::PAYMENT);
+        payment.user_data_128 = order_id(payment.id);
         let insured = self.rng.random_bool(self.mix.insured_share.clamp(0.0, 1.0));
         if self.rng.random_bool(self.mix.refund_share.clamp(0.0, 1.0)) {
             let amount = if self
@@ -483,6 +493,7 @@ impl Generator {
         let amount = self.cny(amount);
         let mut pending = self.transfer(user, merchant, amount, transfer_code::AUTHORISATION);
         pending.flags = TransferFlags::PENDING;
+        pending.user_data_128 = order_id(pending.id);
         let fate: f64 = self.rng.random();
         let delay = self.delay_ns(self.mix.settle_delay_ms);
         if fate < self.mix.post_share {
@@ -693,6 +704,22 @@ mod tests {
         new_submissions_match_the_weights(&requests, &mix);
         follow_ups_match_their_shares(&requests, &mix);
         insured_and_cross_border_requests_are_linked_pairs(&requests);
+    }
+
+    #[test]
+    fn payments_and_authorisations_carry_distinct_order_ids() {
+        let mut seen = HashSet::new();
+        for request in draw(5) {
+            let first = &request.transfers[0];
+            match request.kind {
+                Kind::Payment | Kind::InsuredPayment | Kind::Authorisation => {
+                    assert_eq!(first.user_data_128, order_id(first.id));
+                    assert!(seen.insert(first.user_data_128), "order id used twice");
+                }
+                _ => assert_eq!(first.user_data_128, 0, "{:?}", request.kind),
+            }
+        }
+        assert!(seen.len() > 100_000);
     }
 
     /// Asserts that `actual` is within 0.01 of `expected`.

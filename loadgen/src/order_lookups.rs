@@ -4,8 +4,10 @@
 //! One thread, at a steady rate: it picks a transfer committed since the run began (a
 //! time-range query for the first transfer at or after a random instant, one record),
 //! then asks `query_transfers` for its `user_data_128`, the timed query, and checks the
-//! answer holds that transfer. A transfer without an order id (the festival mix sets
-//! none) is skipped: the prober then measures nothing, and says so.
+//! answer holds that transfer. The festival's payments and authorisations (and the
+//! posts that take an authorisation's) carry an order id, the transfers workload's
+//! transfers all do; a transfer without one (a refund, a fund subscription) is skipped
+//! and counted.
 
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -37,6 +39,11 @@ pub struct OrderLookupStats {
     pub max_us: u64,
     /// Transfers stored when the run ended, what each query searched.
     pub transfers: u64,
+    /// How late the prober's thread woke from each sleep, microseconds, 99th
+    /// percentile: what the host's scheduler adds to any thread, queries included.
+    pub wake_late_p99_us: u64,
+    /// The latest it woke.
+    pub wake_late_max_us: u64,
 }
 
 impl OrderLookupStats {
@@ -50,7 +57,7 @@ impl OrderLookupStats {
 #[derive(Debug)]
 pub struct OrderLookups {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(Histogram<u64>, u64, u64)>,
+    thread: JoinHandle<Probed>,
     ledger: Ledger,
 }
 
@@ -79,7 +86,12 @@ impl OrderLookups {
     /// Stops the prober and reports.
     pub fn finish(self) -> Result<OrderLookupStats, String> {
         self.stop.store(true, Ordering::Relaxed);
-        let (latency, found, without) = self
+        let Probed {
+            latency,
+            late,
+            found,
+            without,
+        } = self
             .thread
             .join()
             .map_err(|_| "the order-lookup thread panicked".to_string())?;
@@ -94,8 +106,19 @@ impl OrderLookups {
             p99_us: latency.value_at_quantile(0.99),
             max_us: latency.max(),
             transfers,
+            wake_late_p99_us: late.value_at_quantile(0.99),
+            wake_late_max_us: late.max(),
         })
     }
+}
+
+/// What the prober's thread measured: query latency, its own lateness waking, queries
+/// that found their transfer, transfers picked without an order id.
+struct Probed {
+    latency: Histogram<u64>,
+    late: Histogram<u64>,
+    found: u64,
+    without: u64,
 }
 
 struct Prober {
@@ -106,11 +129,12 @@ struct Prober {
 }
 
 impl Prober {
-    fn run(self) -> (Histogram<u64>, u64, u64) {
-        let mut latency = match Histogram::new_with_bounds(1, LATENCY_US_MAX, 3) {
+    fn run(self) -> Probed {
+        let histogram = || match Histogram::new_with_bounds(1, LATENCY_US_MAX, 3) {
             Ok(histogram) => histogram,
             Err(error) => unreachable!("fixed histogram bounds are valid: {error}"),
         };
+        let (mut latency, mut late) = (histogram(), histogram());
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.after);
         let (mut found, mut without) = (0, 0);
         let mut next = Instant::now();
@@ -118,6 +142,8 @@ impl Prober {
             next += self.interval;
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
+                let late_us = u64::try_from(next.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let _ = late.record(late_us.clamp(1, LATENCY_US_MAX));
             }
             let Some(picked) = self.pick(&mut rng) else {
                 continue;
@@ -138,7 +164,12 @@ impl Prober {
                 found += 1;
             }
         }
-        (latency, found, without)
+        Probed {
+            latency,
+            late,
+            found,
+            without,
+        }
     }
 
     /// The first transfer at or after a random instant since the run began.

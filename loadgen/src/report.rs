@@ -413,7 +413,7 @@ impl Report {
         if let Some(lookups) = &self.order_lookups {
             writeln!(
                 out,
-                "  order lookups     {}: {} queries by user_data_128 over up to {} transfers, {} found; latency p50 {} us p99 {} us max {} us ({} picked without an order id)",
+                "  order lookups     {}: {} queries by user_data_128 over up to {} transfers, {} found; latency p50 {} us p99 {} us max {} us ({} picked without an order id; the prober's own wake-up lateness p99 {} us max {} us)",
                 if lookups.ok() { "ok" } else { "FAILED" },
                 lookups.queries,
                 lookups.transfers,
@@ -421,7 +421,9 @@ impl Report {
                 lookups.p50_us,
                 lookups.p99_us,
                 lookups.max_us,
-                lookups.without_order_id
+                lookups.without_order_id,
+                lookups.wake_late_p99_us,
+                lookups.wake_late_max_us
             )?;
         }
         if let Some(events) = &self.events {

@@ -20,10 +20,9 @@ use tally_types::{Batch, ResultCode, StateImage};
 
 /// How many events the applier runs between two chances for readers to take the
 /// state (whole units: a chain runs in one step however long it is). At about a
-/// microsecond an event, a query waits a quarter of a millisecond for a turn instead
-/// of a whole group's tens of milliseconds; with no reader waiting a step costs one
-/// atomic load.
-pub const APPLY_STEP_EVENTS: usize = 256;
+/// microsecond an event, a query waits some 60 µs for a turn instead of a whole
+/// group's tens of milliseconds; with no reader waiting a step costs one atomic load.
+pub const APPLY_STEP_EVENTS: usize = 64;
 
 /// The state as the applier holds it: under the engine's write lock, which readers
 /// may take between two steps of a group; or outright (the simulation, tools).

@@ -594,24 +594,30 @@ impl Ledger {
     /// their balances as of the last step, read under one lock).
     pub fn query_accounts(&self, filter: &QueryFilter) -> Vec<Account> {
         let state_lock = &self.shared().state;
-        let mut query = Query::new(&state_lock.read(), QueryTarget::Accounts, filter);
+        // The first step under the lock the query starts under: one turn fewer.
+        let mut state = state_lock.read();
+        let mut query = Query::new(&state, QueryTarget::Accounts, filter);
         loop {
-            let state = state_lock.read();
             if query.step(&state) {
                 return query.accounts(&state);
             }
+            drop(state);
+            state = state_lock.read();
         }
     }
 
     /// `query_transfers`: as [`Ledger::query_accounts`], for transfers.
     pub fn query_transfers(&self, filter: &QueryFilter) -> Vec<Transfer> {
         let state_lock = &self.shared().state;
-        let mut query = Query::new(&state_lock.read(), QueryTarget::Transfers, filter);
+        // The first step under the lock the query starts under: one turn fewer.
+        let mut state = state_lock.read();
+        let mut query = Query::new(&state, QueryTarget::Transfers, filter);
         loop {
-            let state = state_lock.read();
             if query.step(&state) {
                 return query.transfers(&state);
             }
+            drop(state);
+            state = state_lock.read();
         }
     }
 
