@@ -189,7 +189,8 @@ fn run_event<P: Parts + ?Sized, E: Event>(
 
 /// The units of a batch from event `from` (the first of a unit), as event ranges: an
 /// event that is not linked alone, or a whole linked chain (its linked events and the
-/// first unlinked one that closes it; an open chain runs to the end of the batch). Units are what runs all or nothing.
+/// first unlinked one that closes it; an open chain runs to the end of the batch).
+/// Units are what runs all or nothing.
 pub(crate) fn unit_ranges<E: Event>(
     events: &[E],
     from: usize,
