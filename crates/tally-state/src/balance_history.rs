@@ -82,39 +82,6 @@ pub(crate) struct BalanceHistories {
     rows: HashMap<u32, Rows, IdHasher>,
 }
 
-/// Inserts `row` in timestamp order (after any row of the same instant): a push at
-/// the end but for an imported transfer older than a recorded expiry, so appends to
-/// a long history never search it.
-fn insert_in_order<T>(list: &mut Vec<T>, row: T, timestamp: u64, timestamp_of: fn(&T) -> u64) {
-    if list
-        .last()
-        .is_none_or(|last| timestamp_of(last) <= timestamp)
-    {
-        list.push(row);
-    } else {
-        let at = list.partition_point(|r| timestamp_of(r) <= timestamp);
-        list.insert(at, row);
-    }
-}
-
-/// Removes the newest row at `timestamp`, if there is one: the last row but for an
-/// imported transfer's rollback.
-fn remove_newest_at<T>(list: &mut Vec<T>, timestamp: u64, timestamp_of: fn(&T) -> u64) -> bool {
-    let at = match list.last() {
-        Some(last) if timestamp_of(last) == timestamp => list.len() - 1,
-        _ => match list
-            .partition_point(|r| timestamp_of(r) <= timestamp)
-            .checked_sub(1)
-            .filter(|&i| timestamp_of(&list[i]) == timestamp)
-        {
-            Some(i) => i,
-            None => return false,
-        },
-    };
-    list.remove(at);
-    true
-}
-
 /// The rows of `list` whose timestamps lie in `min..=max`, found by two searches.
 fn in_range<T>(list: &[T], min: u64, max: u64, timestamp_of: fn(&T) -> u64) -> &[T] {
     let from = list.partition_point(|r| timestamp_of(r) < min);
@@ -122,47 +89,177 @@ fn in_range<T>(list: &[T], min: u64, max: u64, timestamp_of: fn(&T) -> u64) -> &
     &list[from..to]
 }
 
+/// `balances` moved by the change that took `from` to `to`, field by field. Wrapping:
+/// a field may fall (a pending amount released), and every sum is a balance the
+/// account held, so none overflows in truth.
+fn shifted(balances: &Balances, from: &Balances, to: &Balances) -> Balances {
+    let moved = |value: u128, from: u128, to: u128| value.wrapping_add(to.wrapping_sub(from));
+    Balances {
+        debits_pending: moved(
+            balances.debits_pending,
+            from.debits_pending,
+            to.debits_pending,
+        ),
+        debits_posted: moved(balances.debits_posted, from.debits_posted, to.debits_posted),
+        credits_pending: moved(
+            balances.credits_pending,
+            from.credits_pending,
+            to.credits_pending,
+        ),
+        credits_posted: moved(
+            balances.credits_posted,
+            from.credits_posted,
+            to.credits_posted,
+        ),
+    }
+}
+
+/// The balances before an account's first change.
+const ZERO: Balances = Balances {
+    debits_pending: 0,
+    debits_posted: 0,
+    credits_pending: 0,
+    credits_posted: 0,
+};
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Narrow(list) => list.len(),
+            Rows::Wide(list) => list.len(),
+        }
+    }
+
+    fn timestamp(&self, index: usize) -> u64 {
+        match self {
+            Rows::Narrow(list) => list[index].timestamp,
+            Rows::Wide(list) => list[index].timestamp,
+        }
+    }
+
+    fn row(&self, index: usize) -> BalanceRow {
+        let wide = match self {
+            Rows::Narrow(list) => widen(&list[index]),
+            Rows::Wide(list) => list[index],
+        };
+        BalanceRow {
+            timestamp: wide.timestamp,
+            transfer_ref: wide.transfer_ref,
+            balances: wide.balances,
+        }
+    }
+
+    /// The index after the last row at or before `timestamp`.
+    fn after(&self, timestamp: u64) -> usize {
+        match self {
+            Rows::Narrow(list) => list.partition_point(|r| r.timestamp <= timestamp),
+            Rows::Wide(list) => list.partition_point(|r| r.timestamp <= timestamp),
+        }
+    }
+
+    /// Replaces the rows from `from` on with `tail`, widening every row first if one of
+    /// the tail's balances passes 64 bits.
+    fn replace_tail(&mut self, from: usize, tail: &[BalanceRow]) {
+        if let Rows::Narrow(list) = self {
+            let narrow_tail: Option<Vec<NarrowRow>> = tail
+                .iter()
+                .map(|row| {
+                    Some(NarrowRow {
+                        timestamp: row.timestamp,
+                        transfer_ref: row.transfer_ref,
+                        balances: narrow(&row.balances)?,
+                    })
+                })
+                .collect();
+            match narrow_tail {
+                Some(narrow_tail) => {
+                    list.truncate(from);
+                    list.extend(narrow_tail);
+                    return;
+                }
+                None => *self = Rows::Wide(list.iter().map(widen).collect()),
+            }
+        }
+        if let Rows::Wide(list) = self {
+            list.truncate(from);
+            list.extend(tail.iter().map(|row| WideRow {
+                timestamp: row.timestamp,
+                transfer_ref: row.transfer_ref,
+                balances: row.balances,
+            }));
+        }
+    }
+}
+
 impl BalanceHistories {
-    /// Adds a row to account `account`'s history, in timestamp order: at the end, but
-    /// for an imported transfer older than an expiry already recorded.
+    /// Adds a row to account `account`'s history, `row.balances` being the account's
+    /// balances right after the change. Rows stay in timestamp order, each the balances
+    /// at its instant: a row older than the newest (an imported transfer stamped before
+    /// an expiry already recorded) takes its change onto the row before it, and every
+    /// later row gains the change too, as replaying the changes in timestamp order
+    /// would give (what a snapshot's load derives).
     pub fn append(&mut self, account: u32, row: BalanceRow) {
         let rows = self
             .rows
             .entry(account)
             .or_insert_with(|| Rows::Narrow(Vec::new()));
-        if let Rows::Narrow(list) = rows {
-            match narrow(&row.balances) {
-                Some(balances) => {
-                    let narrow = NarrowRow {
-                        timestamp: row.timestamp,
-                        transfer_ref: row.transfer_ref,
-                        balances,
-                    };
-                    insert_in_order(list, narrow, row.timestamp, |r| r.timestamp);
-                    return;
-                }
-                None => *rows = Rows::Wide(list.iter().map(widen).collect()),
+        let count = rows.len();
+        if count == 0 || rows.timestamp(count - 1) <= row.timestamp {
+            if let (Rows::Narrow(list), Some(balances)) = (&mut *rows, narrow(&row.balances)) {
+                list.push(NarrowRow {
+                    timestamp: row.timestamp,
+                    transfer_ref: row.transfer_ref,
+                    balances,
+                });
+            } else {
+                rows.replace_tail(count, &[row]);
             }
+            return;
         }
-        if let Rows::Wide(list) = rows {
-            let wide = WideRow {
-                timestamp: row.timestamp,
-                transfer_ref: row.transfer_ref,
-                balances: row.balances,
-            };
-            insert_in_order(list, wide, row.timestamp, |r| r.timestamp);
-        }
+        let at = rows.after(row.timestamp);
+        let newest = rows.row(count - 1).balances;
+        let before = at.checked_sub(1).map_or(ZERO, |i| rows.row(i).balances);
+        let mut tail = vec![BalanceRow {
+            balances: shifted(&before, &newest, &row.balances),
+            ..row
+        }];
+        tail.extend((at..count).map(|i| {
+            let later = rows.row(i);
+            BalanceRow {
+                balances: shifted(&later.balances, &newest, &row.balances),
+                ..later
+            }
+        }));
+        rows.replace_tail(at, &tail);
     }
 
     /// Removes the row `append` added last for `account` at `timestamp` (a chain's
-    /// rollback, newest first).
+    /// rollback, newest first), taking its change back out of the rows after it.
     pub fn pop(&mut self, account: u32, timestamp: u64) {
-        let removed = match self.rows.get_mut(&account) {
-            Some(Rows::Narrow(list)) => remove_newest_at(list, timestamp, |r| r.timestamp),
-            Some(Rows::Wide(list)) => remove_newest_at(list, timestamp, |r| r.timestamp),
-            None => false,
+        let at = self.rows.get(&account).and_then(|rows| {
+            let last = rows.len().checked_sub(1)?;
+            if rows.timestamp(last) == timestamp {
+                return Some(last);
+            }
+            rows.after(timestamp)
+                .checked_sub(1)
+                .filter(|&i| rows.timestamp(i) == timestamp)
+        });
+        let (Some(at), Some(rows)) = (at, self.rows.get_mut(&account)) else {
+            panic!("a balance row undone twice");
         };
-        assert!(removed, "a balance row undone twice");
+        let removed = rows.row(at).balances;
+        let before = at.checked_sub(1).map_or(ZERO, |i| rows.row(i).balances);
+        let tail: Vec<BalanceRow> = (at + 1..rows.len())
+            .map(|i| {
+                let later = rows.row(i);
+                BalanceRow {
+                    balances: shifted(&later.balances, &removed, &before),
+                    ..later
+                }
+            })
+            .collect();
+        rows.replace_tail(at, &tail);
     }
 
     /// Account `account`'s rows with timestamps in `min..=max`, oldest first (newest
@@ -263,9 +360,21 @@ mod tests {
         assert!(histories.rows(8).is_empty());
         histories.append(8, row(4, 1));
         assert_eq!(histories.rows(8), vec![row(4, 1)]);
-        // An older row (an imported transfer) goes in timestamp order, and back out.
+        // An older row (an imported transfer) goes in timestamp order, its change
+        // (2 more posted) onto the balances before it and onto the rows after it; and
+        // back out.
         histories.append(8, row(2, 3));
-        assert_eq!(histories.rows(8), vec![row(2, 3), row(4, 1)]);
+        let moved = |timestamp, debits_posted, credits| BalanceRow {
+            timestamp,
+            transfer_ref: timestamp as u32,
+            balances: Balances {
+                debits_pending: 0,
+                debits_posted,
+                credits_pending: credits,
+                credits_posted: 2 * credits,
+            },
+        };
+        assert_eq!(histories.rows(8), vec![moved(2, 2, 0), moved(4, 3, 1)]);
         histories.pop(8, 2);
         assert_eq!(histories.rows(8), vec![row(4, 1)]);
     }

@@ -1763,6 +1763,72 @@ fn history_keeps_a_row_per_change_expiries_included_and_filters_them() {
     }
 }
 
+#[test]
+fn an_imported_row_before_a_recorded_expiry_holds_the_balances_at_its_instant() {
+    let mut sm = StateMachine::new();
+    let with_history = |id| account(id, 156, AF::HISTORY);
+    sm.apply(
+        T0,
+        &Batch::CreateAccounts(vec![with_history(1), with_history(2)]),
+    );
+    let t1 = T0 + SECOND;
+    assert_eq!(
+        transfers(&mut sm, t1, vec![pending(11, 1, 2, 40, 1)]),
+        vec![R::Ok]
+    );
+    // Only an account after the expiry instant: the expiry is recorded while no
+    // transfer is newer than #11, so an import may be stamped before the expiry.
+    let t2 = t1 + 3 * SECOND;
+    sm.apply(
+        t2,
+        &Batch::CreateAccounts(vec![account(3, 156, AF::empty())]),
+    );
+    assert_eq!(sm.pending_status(11), Some(PendingStatus::Expired));
+    let expiry = sm.lookup_transfer(11).unwrap().timestamp + SECOND;
+    let imported_at = t1 + SECOND / 2;
+    assert!(imported_at < expiry);
+    assert_eq!(
+        transfers(
+            &mut sm,
+            t2 + SECOND,
+            vec![imported_transfer(20, 1, 2, imported_at)]
+        ),
+        vec![R::Ok]
+    );
+    // Each row is the balance at its instant: the import while #11 still held 40,
+    // the expiry after the import.
+    let rows_1 = vec![
+        (t1, 40, 0, 0, 0),
+        (imported_at, 40, 5, 0, 0),
+        (expiry, 0, 5, 0, 0),
+    ];
+    let rows_2 = vec![
+        (t1, 0, 0, 40, 0),
+        (imported_at, 0, 0, 40, 5),
+        (expiry, 0, 0, 0, 5),
+    ];
+    assert_eq!(balance_rows(&sm, &AccountFilter::new(1)), rows_1);
+    assert_eq!(balance_rows(&sm, &AccountFilter::new(2)), rows_2);
+    // A chain failing after another such import takes its change back out.
+    let chain = vec![
+        Transfer {
+            flags: TF::IMPORTED.with(TF::LINKED),
+            ..imported_transfer(21, 2, 1, imported_at + 1)
+        },
+        imported_transfer(22, 1, 1, imported_at + 2),
+    ];
+    assert_eq!(
+        transfers(&mut sm, t2 + 2 * SECOND, chain),
+        vec![R::LinkedEventFailed, R::AccountsMustBeDifferent]
+    );
+    assert_eq!(balance_rows(&sm, &AccountFilter::new(1)), rows_1);
+    assert_eq!(balance_rows(&sm, &AccountFilter::new(2)), rows_2);
+    // What a snapshot's load derives, in timestamp order, is the same.
+    let loaded = StateMachine::from_image(sm.image()).unwrap();
+    assert_eq!(balance_rows(&loaded, &AccountFilter::new(1)), rows_1);
+    assert_eq!(balance_rows(&loaded, &AccountFilter::new(2)), rows_2);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
