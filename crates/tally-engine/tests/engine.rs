@@ -226,15 +226,7 @@ fn async_submitters_far_past_capacity_get_busy_and_lose_nothing_acknowledged() {
             .map(|n| {
                 let ledger = ledger.clone();
                 tokio::spawn(async move {
-                    let t = Transfer {
-                        id: 50_000 + n,
-                        debit_account_id: 1,
-                        credit_account_id: 4,
-                        amount: 1,
-                        ledger: 156,
-                        code: 1,
-                        ..Transfer::default()
-                    };
+                    let t = tally_testkit::transfer(50_000 + n, 1, 4, 1);
                     (
                         t.id,
                         ledger.submit_async(Batch::CreateTransfers(vec![t])).await,
@@ -449,17 +441,7 @@ fn a_failed_sync_stops_writes_with_a_clear_error_and_loses_nothing_acknowledged(
     let config = Config::new("unused-with-injected-storage");
     let ledger = Ledger::open_with_storage(config.clone(), Box::new(disk.clone())).unwrap();
     ledger.submit(accounts()).unwrap();
-    let pay = |id: u128| {
-        Batch::CreateTransfers(vec![Transfer {
-            id,
-            debit_account_id: 1,
-            credit_account_id: 4,
-            amount: 1,
-            ledger: 156,
-            code: 1,
-            ..Transfer::default()
-        }])
-    };
+    let pay = |id: u128| Batch::CreateTransfers(vec![tally_testkit::transfer(id, 1, 4, 1)]);
     assert_eq!(ledger.submit(pay(1)).unwrap()[0].code, ResultCode::Ok);
     disk.fail_sync(1, Fault::Eio);
     assert!(
@@ -635,15 +617,7 @@ fn readers_get_in_between_the_steps_of_a_long_group() {
         let first = 1_000_000 * (round + 1);
         let last = first + EVENTS - 1;
         let payments = (first..=last)
-            .map(|id| Transfer {
-                id,
-                debit_account_id: 1,
-                credit_account_id: 4,
-                amount: 1,
-                ledger: 156,
-                code: 1,
-                ..Transfer::default()
-            })
+            .map(|id| tally_testkit::transfer(id, 1, 4, 1))
             .collect();
         let applied = AtomicBool::new(false);
         seen_between = std::thread::scope(|scope| {
