@@ -11,7 +11,8 @@
 
 use crate::model::Model;
 use crate::population::{
-    HISTORY_MERCHANT_EVERY, LEDGER_CNY, System, TRANSFER_TAG_END_OF_DAY, minor, transfer_code,
+    HISTORY_MERCHANT_EVERY, LEDGER_CNY, System, TRANSFER_TAG_END_OF_DAY, cny_transfer, minor,
+    transfer_code,
 };
 use crate::target::{Outcome, Target};
 use tally_types::currency::CurrencyTable;
@@ -75,17 +76,10 @@ impl<T: Target> Day<'_, T> {
     /// A fresh end-of-day transfer on the CNY ledger.
     fn transfer(&mut self, debit: u128, credit: u128, amount: u128, code: u16) -> Transfer {
         self.sequence += 1;
-        Transfer {
-            id: (TRANSFER_TAG_END_OF_DAY << 64)
-                | (u128::from(self.nonce as u32) << 32)
-                | u128::from(self.sequence),
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            ledger: LEDGER_CNY,
-            code,
-            ..Transfer::default()
-        }
+        let id = (TRANSFER_TAG_END_OF_DAY << 64)
+            | (u128::from(self.nonce as u32) << 32)
+            | u128::from(self.sequence);
+        cny_transfer(id, debit, credit, amount, code)
     }
 
     /// Submits `submitted` in batches, expects `expected[i]` of each, and applies each
@@ -290,14 +284,14 @@ mod tests {
         setup(&target, &population, &mut model, false).expect("setup");
         let bank = population.system(System::Bank);
         let mut paid: Vec<Transfer> = (0..5u64)
-            .map(|index| Transfer {
-                id: 900 + u128::from(index),
-                debit_account_id: bank,
-                credit_account_id: population.merchant(index),
-                amount: 1_000 * u128::from(index + 1),
-                ledger: LEDGER_CNY,
-                code: transfer_code::PAYMENT,
-                ..Transfer::default()
+            .map(|index| {
+                cny_transfer(
+                    900 + u128::from(index),
+                    bank,
+                    population.merchant(index),
+                    1_000 * u128::from(index + 1),
+                    transfer_code::PAYMENT,
+                )
             })
             .collect();
         paid.push(Transfer {

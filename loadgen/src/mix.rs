@@ -19,7 +19,7 @@
 //! both generators are a [`RequestStream`].
 
 use crate::population::{
-    FOREIGN, LEDGER_CNY, Population, System, TRANSFER_TAG_RUN, minor, transfer_code,
+    FOREIGN, LEDGER_CNY, Population, System, TRANSFER_TAG_RUN, cny_transfer, minor, transfer_code,
 };
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Zipf};
@@ -416,15 +416,7 @@ impl Generator {
     }
 
     fn transfer(&mut self, debit: u128, credit: u128, amount: u128, code: u16) -> Transfer {
-        Transfer {
-            id: self.next_id(),
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            ledger: LEDGER_CNY,
-            code,
-            ..Transfer::default()
-        }
+        cny_transfer(self.next_id(), debit, credit, amount, code)
     }
 
     fn payment(&mut self, offset_ns: u64) -> Request {

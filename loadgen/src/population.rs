@@ -17,6 +17,19 @@ use tally_types::{Account, AccountFlags, BATCH_EVENTS_MAX, Batch, Transfer};
 /// The CNY ledger (ISO 4217 156): users, merchants and the domestic system accounts.
 pub const LEDGER_CNY: u32 = 156;
 
+/// A single-phase transfer on the CNY ledger.
+pub fn cny_transfer(id: u128, debit: u128, credit: u128, amount: u128, code: u16) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: LEDGER_CNY,
+        code,
+        ..Transfer::default()
+    }
+}
+
 /// The ledger of the transfers workload's accounts: 2, as in TigerBeetle's `benchmark`
 /// (not a currency, so scale 0).
 pub const LEDGER_PLAIN: u32 = 2;
@@ -372,26 +385,22 @@ impl Population {
                 rng.random_range(30_000..=600_000)
             };
             let amount = Decimal::new(fen, 2);
-            transfers.push(Transfer {
-                id: (TRANSFER_TAG_FUNDING << 64) | u128::from(index + 1),
-                debit_account_id: bank,
-                credit_account_id: self.user(index),
-                amount: minor(amount, scale),
-                ledger: LEDGER_CNY,
-                code: transfer_code::TOP_UP,
-                ..Transfer::default()
-            });
+            transfers.push(cny_transfer(
+                (TRANSFER_TAG_FUNDING << 64) | u128::from(index + 1),
+                bank,
+                self.user(index),
+                minor(amount, scale),
+                transfer_code::TOP_UP,
+            ));
         }
         // The fund's float, so redemptions never exceed what it holds.
-        transfers.push(Transfer {
-            id: (TRANSFER_TAG_FUNDING << 64) | u128::from(self.spec.users + 1),
-            debit_account_id: bank,
-            credit_account_id: self.system(System::MoneyMarketFund),
-            amount: minor(Decimal::new(10_000_000_000, 0), scale),
-            ledger: LEDGER_CNY,
-            code: transfer_code::FUND_FLOAT,
-            ..Transfer::default()
-        });
+        transfers.push(cny_transfer(
+            (TRANSFER_TAG_FUNDING << 64) | u128::from(self.spec.users + 1),
+            bank,
+            self.system(System::MoneyMarketFund),
+            minor(Decimal::new(10_000_000_000, 0), scale),
+            transfer_code::FUND_FLOAT,
+        ));
         transfers
     }
 }

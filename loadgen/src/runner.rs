@@ -13,7 +13,7 @@
 
 use crate::mix::{Request, RequestStream};
 use crate::model::Model;
-use crate::population::{LEDGER_CNY, Population, System, TRANSFER_TAG_SWEEP, transfer_code};
+use crate::population::{Population, System, TRANSFER_TAG_SWEEP, cny_transfer, transfer_code};
 use crate::stats::wall_ns;
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
 use crate::target::{Outcome, SubmitFailure, Target};
@@ -530,15 +530,13 @@ pub fn sweep<T: Target>(
             std::thread::sleep(Duration::from_nanos(wait_until_ns - now).min(EXPIRY_WAIT_MAX));
         }
     }
-    let sweep = Transfer {
-        id: (TRANSFER_TAG_SWEEP << 64) | u128::from(nonce),
-        debit_account_id: population.system(System::Bank),
-        credit_account_id: population.system(System::LoanBook),
-        amount: 1,
-        ledger: LEDGER_CNY,
-        code: transfer_code::SWEEP,
-        ..Transfer::default()
-    };
+    let sweep = cny_transfer(
+        (TRANSFER_TAG_SWEEP << 64) | u128::from(nonce),
+        population.system(System::Bank),
+        population.system(System::LoanBook),
+        1,
+        transfer_code::SWEEP,
+    );
     let outcomes = target
         .submit_blocking(Batch::CreateTransfers(vec![sweep]))
         .map_err(|error| format!("sweep transfer: {error:?}"))?;
