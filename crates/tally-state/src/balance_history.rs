@@ -42,6 +42,16 @@ pub(crate) struct BalanceRow {
     pub balances: Balances,
 }
 
+impl From<WideRow> for BalanceRow {
+    fn from(row: WideRow) -> Self {
+        BalanceRow {
+            timestamp: row.timestamp,
+            transfer_ref: row.transfer_ref,
+            balances: row.balances,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Rows {
     Narrow(Vec<NarrowRow>),
@@ -138,15 +148,10 @@ impl Rows {
     }
 
     fn row(&self, index: usize) -> BalanceRow {
-        let wide = match self {
+        BalanceRow::from(match self {
             Rows::Narrow(list) => widen(&list[index]),
             Rows::Wide(list) => list[index],
-        };
-        BalanceRow {
-            timestamp: wide.timestamp,
-            transfer_ref: wide.transfer_ref,
-            balances: wide.balances,
-        }
+        })
     }
 
     /// The index after the last row at or before `timestamp`.
@@ -274,25 +279,16 @@ impl BalanceHistories {
         let rows: Box<dyn DoubleEndedIterator<Item = BalanceRow> + '_> =
             match self.rows.get(&account) {
                 None => Box::new(std::iter::empty()),
-                Some(Rows::Narrow(list)) => {
-                    Box::new(in_range(list, min, max, |r| r.timestamp).iter().map(|row| {
-                        let wide = widen(row);
-                        BalanceRow {
-                            timestamp: wide.timestamp,
-                            transfer_ref: wide.transfer_ref,
-                            balances: wide.balances,
-                        }
-                    }))
-                }
-                Some(Rows::Wide(list)) => {
-                    Box::new(in_range(list, min, max, |r| r.timestamp).iter().map(|row| {
-                        BalanceRow {
-                            timestamp: row.timestamp,
-                            transfer_ref: row.transfer_ref,
-                            balances: row.balances,
-                        }
-                    }))
-                }
+                Some(Rows::Narrow(list)) => Box::new(
+                    in_range(list, min, max, |r| r.timestamp)
+                        .iter()
+                        .map(|row| BalanceRow::from(widen(row))),
+                ),
+                Some(Rows::Wide(list)) => Box::new(
+                    in_range(list, min, max, |r| r.timestamp)
+                        .iter()
+                        .map(|row| BalanceRow::from(*row)),
+                ),
             };
         if reversed { Box::new(rows.rev()) } else { rows }
     }
