@@ -207,9 +207,10 @@ struct Cli {
     /// durable). The report says so.
     #[arg(long)]
     unsafe_no_sync: bool,
-    /// The engine's group commit pacing: after a commit several payments shared, the
-    /// least microseconds before the next one starts (0 = commit as soon as anything
-    /// waits; default: the engine's own, 1,000).
+    /// Fixed group commit pacing in the engine: after a commit several payments shared,
+    /// the microseconds before the next one starts (0 = commit as soon as anything
+    /// waits). Default: the engine's own adaptive pacing, from 0 up to 1,000 while the
+    /// machine stands still.
     #[arg(long)]
     commit_interval_us: Option<u64>,
     /// Have the engine extend its log files as it writes, instead of writing its frames
@@ -429,9 +430,18 @@ fn run(cli: &Cli) -> Result<Report, String> {
             let durability = if cli.unsafe_no_sync {
                 "UNSAFE no-sync, NOT durable".to_string()
             } else {
+                let (floor, ceiling) = target.commit_interval();
+                let pacing = if floor == ceiling {
+                    format!("paced {} us apart", floor.as_micros())
+                } else {
+                    format!(
+                        "paced {}-{} us apart as the host allows",
+                        floor.as_micros(),
+                        ceiling.as_micros()
+                    )
+                };
                 format!(
-                    "fdatasync, concurrent commits paced {} us apart, segments {}",
-                    target.commit_interval().as_micros(),
+                    "fdatasync, concurrent commits {pacing}, segments {}",
                     if target.preallocates() {
                         "preallocated"
                     } else {

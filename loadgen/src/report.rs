@@ -632,7 +632,7 @@ fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
     let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
     writeln!(
         out,
-        "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+        "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us, {} stalls seen); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
         e.groups,
         e.group_events_mean,
         ms(e.group_latency_us_p50),
@@ -640,6 +640,7 @@ fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
         ms(e.group_latency_us_max),
         e.commit_pauses,
         e.commit_pause_us_mean,
+        e.commit_stalls,
         e.spare_steps,
         e.spare_step_us_mean,
         e.spare_bytes / 1_000_000,
@@ -687,6 +688,7 @@ mod tests {
                 group_latency_us_max: 9_001,
                 commit_pauses: 7,
                 commit_pause_us_mean: 812.4,
+                commit_stalls: 2,
                 spare_steps: 5,
                 spare_step_us_mean: 95.6,
                 spare_bytes: 67_108_864,
@@ -791,7 +793,7 @@ mod tests {
         "  achieved          1000 transfers/s mean, 1490 peak second (930 acknowledged, 900 ok)\n",
         "  outcome           successful 73 transfers/s, failed 8 transfers/s\n",
         "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
-        "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
+        "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us, 2 stalls seen); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
         "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
         "  cluster           3 replicas; chaos kill-leader; 2 leader kills; failovers 2; longest gap between acknowledgements 1750.000 ms\n",
         "  lost answers      12 submissions sent again; 3 events found applied by a lost attempt\n",

@@ -14,7 +14,7 @@ pub enum Backpressure {
     Wait(Duration),
 }
 
-/// The largest [`Config::commit_interval_min`]: a pacing longer than this would only
+/// The largest [`Config::commit_interval_max`]: a pacing longer than this would only
 /// add latency.
 pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_millis(100);
 
@@ -33,15 +33,21 @@ pub struct Config {
     pub queue_batches_max: usize,
     /// Most events the log thread takes into one group commit.
     pub group_events_max: usize,
-    /// The least time between the starts of two group commits when submitters are
-    /// concurrent (at most [`COMMIT_INTERVAL_MAX`]; zero = commit as soon as anything
-    /// waits). After a commit that several submissions shared, the next waits out the
-    /// interval, so the batches arriving meanwhile share its sync; after a commit that
-    /// carried one submission alone (a lone caller, nothing to share) or a quiet spell,
-    /// the next starts at once. Each `fdatasync` also costs host CPU; pacing shares
-    /// syncs between concurrent submitters (measured effect in docs/performance.md).
+    /// The floor of group commit pacing: the least time between the starts of two group
+    /// commits while submitters are concurrent (zero, the default: commit as soon as
+    /// anything waits, so a group is whatever arrived during the sync before it). After
+    /// a commit that several submissions shared, the next waits out the pacing interval,
+    /// which starts here, doubles each time the log thread sees the machine stand still
+    /// (a commit or a pause overrunning by milliseconds: a host capping the machine's
+    /// CPU time, which each `fdatasync` also spends) and shrinks back in calm spells
+    /// (`crate::pacing`; measured in docs/performance.md). After a commit that carried
+    /// one submission alone (nothing would share its sync) the next starts at once.
     /// Ignored in the unsafe no-sync mode.
     pub commit_interval_min: Duration,
+    /// The ceiling of group commit pacing (at least [`Config::commit_interval_min`], at
+    /// most [`COMMIT_INTERVAL_MAX`]): how long the interval may grow while the machine
+    /// keeps standing still. Equal bounds pace at a fixed interval.
+    pub commit_interval_max: Duration,
     /// What a submitter gets when the queue is full.
     pub backpressure: Backpressure,
     /// Stamp batches from the time each request gives (tests and replay tools) instead
@@ -82,7 +88,7 @@ pub struct Config {
 
 impl Config {
     /// Production defaults for a ledger in `data_dir`: shards fitted to the machine,
-    /// `fdatasync`, 1 ms commit pacing, a 100 ms wait for room in a full queue.
+    /// `fdatasync`, commit pacing from 0 up to 1 ms, a 100 ms wait for room in a full queue.
     ///
     /// # Examples
     ///
@@ -101,7 +107,8 @@ impl Config {
             sync: SyncMode::Fdatasync,
             queue_batches_max: 65_536,
             group_events_max: 65_536,
-            commit_interval_min: Duration::from_millis(1),
+            commit_interval_min: Duration::ZERO,
+            commit_interval_max: Duration::from_millis(1),
             backpressure: Backpressure::Wait(Duration::from_millis(100)),
             manual_clock: false,
             snapshot_events_interval: 20_000_000,

@@ -9,6 +9,7 @@ use crate::events::{
 };
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::pacing::CommitPacer;
 use crate::recovery::{Capacity, Recovery, recover};
 use crate::request::{Answered, EventResult, Request, TransferResult};
 use crate::shards::{ShardCounters, ShardPool};
@@ -226,6 +227,11 @@ impl Ledger {
             snapshot_in_flight: None,
             retirement_in_flight: None,
             spare_step_bytes_per_us: SPARE_STEP_BYTES_PER_US_INITIAL,
+            pacer: CommitPacer::new(
+                shared.config.commit_interval_min,
+                shared.config.commit_interval_max,
+                Instant::now(),
+            ),
         };
         let spawn = |name: &'static str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -843,12 +849,21 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
             ),
         );
     }
-    if config.commit_interval_min > COMMIT_INTERVAL_MAX {
+    if config.commit_interval_max > COMMIT_INTERVAL_MAX {
+        return invalid(
+            "commit_interval_max",
+            format!(
+                "must be at most {COMMIT_INTERVAL_MAX:?}, not {:?}",
+                config.commit_interval_max
+            ),
+        );
+    }
+    if config.commit_interval_min > config.commit_interval_max {
         return invalid(
             "commit_interval_min",
             format!(
-                "must be at most {COMMIT_INTERVAL_MAX:?}, not {:?}",
-                config.commit_interval_min
+                "must be at most commit_interval_max ({:?}), not {:?}",
+                config.commit_interval_max, config.commit_interval_min
             ),
         );
     }

@@ -86,6 +86,7 @@ pub mod gate;
 pub mod inspect;
 mod ledger;
 mod metrics;
+mod pacing;
 mod recovery;
 mod request;
 mod shards;

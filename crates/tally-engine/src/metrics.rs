@@ -15,10 +15,14 @@ pub(crate) struct Metrics {
     pub groups_committed: AtomicU64,
     pub busy_rejections: AtomicU64,
     /// Pauses the log thread made to pace syncs (each after a commit that several
-    /// submissions shared; `Config::commit_interval_min`), and the microseconds they
+    /// submissions shared; `crate::pacing`), and the microseconds they
     /// lasted in all. Written by the log thread.
     pub commit_pauses: AtomicU64,
     pub commit_pause_us: AtomicU64,
+    /// The pacing interval in force (µs), and the stops of the machine the log thread
+    /// has seen (commits or pauses that overran by milliseconds; `crate::pacing`).
+    pub commit_interval_us: AtomicU64,
+    pub commit_stalls: AtomicU64,
     /// Steps the log thread took to write spare segments (zeros, for frames to be
     /// written in place; `Config::preallocate_segments`), their bytes and microseconds.
     pub spare_steps: AtomicU64,
@@ -52,6 +56,8 @@ impl Metrics {
             busy_rejections: AtomicU64::new(0),
             commit_pauses: AtomicU64::new(0),
             commit_pause_us: AtomicU64::new(0),
+            commit_interval_us: AtomicU64::new(0),
+            commit_stalls: AtomicU64::new(0),
             spare_steps: AtomicU64::new(0),
             spare_step_bytes: AtomicU64::new(0),
             spare_step_us: AtomicU64::new(0),
@@ -95,6 +101,12 @@ pub struct MetricsSnapshot {
     pub commit_pauses: u64,
     /// Their total microseconds.
     pub commit_pause_us: u64,
+    /// The group commit pacing interval in force (µs): zero unless the machine has been
+    /// standing still ([`crate::Config::commit_interval_min`]).
+    pub commit_interval_us: u64,
+    /// Stops of the machine the log thread has seen since open: commits or pauses that
+    /// overran by milliseconds; each doubles the pacing interval.
+    pub commit_stalls: u64,
     /// Steps written of spare segments.
     pub spare_steps: u64,
     /// Their bytes.
@@ -134,7 +146,7 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [(&str, u64); 18] = [
+        let gauges: [(&str, u64); 20] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
@@ -142,6 +154,8 @@ impl MetricsSnapshot {
             ("busy_rejections_total", self.busy_rejections),
             ("commit_pauses_total", self.commit_pauses),
             ("commit_pause_us_total", self.commit_pause_us),
+            ("commit_interval_us", self.commit_interval_us),
+            ("commit_stalls_total", self.commit_stalls),
             ("spare_steps_total", self.spare_steps),
             ("spare_step_bytes_total", self.spare_step_bytes),
             ("spare_step_us_total", self.spare_step_us),
@@ -182,6 +196,8 @@ impl Metrics {
             busy_rejections: self.busy_rejections.load(Ordering::Relaxed),
             commit_pauses: self.commit_pauses.load(Ordering::Relaxed),
             commit_pause_us: self.commit_pause_us.load(Ordering::Relaxed),
+            commit_interval_us: self.commit_interval_us.load(Ordering::Relaxed),
+            commit_stalls: self.commit_stalls.load(Ordering::Relaxed),
             spare_steps: self.spare_steps.load(Ordering::Relaxed),
             spare_step_bytes: self.spare_step_bytes.load(Ordering::Relaxed),
             spare_step_us: self.spare_step_us.load(Ordering::Relaxed),

@@ -12,6 +12,7 @@
 use crate::clock::wall_clock_ns;
 use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::events::Journal;
+use crate::pacing::CommitPacer;
 use crate::request::{Answered, EventResult, Reply, Request};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
@@ -66,6 +67,8 @@ pub(crate) struct LogThread {
     /// Zeros a spare step wrote per microsecond, measured (moving average): sizes the
     /// next step to the pause it must fit in.
     pub spare_step_bytes_per_us: f64,
+    /// The group commit pacing interval, following what the commits show of the host.
+    pub pacer: CommitPacer,
 }
 
 impl LogThread {
@@ -178,30 +181,39 @@ impl LogThread {
     }
 
     /// Group commit pacing: after a commit that several submissions shared, waits until
-    /// [`crate::Config::commit_interval_min`] has passed since it started, so that syncs
-    /// come at most once per interval while submitters are concurrent and the batches
-    /// arriving meanwhile share the next one. After a commit that carried one submission
-    /// alone (a lone caller waiting for each answer before the next request: nothing
-    /// would share its sync) or after a quiet spell, the next commit starts at once.
+    /// the pacer's interval has passed since it started (zero unless the machine has
+    /// been standing still: `crate::pacing`), so that syncs come at most once per
+    /// interval while submitters are concurrent and the batches arriving meanwhile share
+    /// the next one. After a commit that carried one submission alone (a lone caller
+    /// waiting for each answer before the next request: nothing would share its sync)
+    /// or after a quiet spell, the next commit starts at once.
     fn pace(&mut self, last_commit: Option<(Instant, bool)>) {
-        let config = &self.shared.config;
-        if config.sync == SyncMode::UnsafeNoSync {
+        if self.shared.config.sync == SyncMode::UnsafeNoSync {
             return;
         }
-        let shared_sync = last_commit.filter(|&(_, shared)| shared);
-        if let Some(next) = shared_sync.map(|(at, _)| at + config.commit_interval_min) {
-            let now = Instant::now();
-            if next > now {
-                self.spare_step_within(next - now);
-                let left = next.saturating_duration_since(Instant::now());
-                std::thread::sleep(left);
-                let metrics = &self.shared.metrics;
-                metrics.commit_pauses.fetch_add(1, Ordering::Relaxed);
-                let waited_us = u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX);
-                metrics
-                    .commit_pause_us
-                    .fetch_add(waited_us, Ordering::Relaxed);
-            }
+        let Some((at, true)) = last_commit else {
+            return;
+        };
+        let now = Instant::now();
+        let interval = self.pacer.interval(now);
+        let metrics = &self.shared.metrics;
+        let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        metrics
+            .commit_interval_us
+            .store(interval_us, Ordering::Relaxed);
+        let next = at + interval;
+        if next > now {
+            self.spare_step_within(next - now);
+            let left = next.saturating_duration_since(Instant::now());
+            std::thread::sleep(left);
+            let woke = Instant::now();
+            self.pacer.paused_until(next, woke);
+            let metrics = &self.shared.metrics;
+            metrics.commit_pauses.fetch_add(1, Ordering::Relaxed);
+            let waited_us = u64::try_from((woke - now).as_micros()).unwrap_or(u64::MAX);
+            metrics
+                .commit_pause_us
+                .fetch_add(waited_us, Ordering::Relaxed);
         }
     }
 
@@ -289,7 +301,17 @@ impl LogThread {
                 }
             })
             .collect();
+        let logging = Instant::now();
         let (group, outcomes) = self.logger.log(submissions, clock);
+        if !group.records.is_empty() {
+            let logged = Instant::now();
+            self.pacer.commit_took(logged - logging, logged);
+            let stalls = self.pacer.stalls();
+            self.shared
+                .metrics
+                .commit_stalls
+                .store(stalls, Ordering::Relaxed);
+        }
         self.publish_failure();
         let mut logged_replies = Vec::with_capacity(group.records.len());
         for ((reply, balances), outcome) in replies.into_iter().zip(outcomes) {

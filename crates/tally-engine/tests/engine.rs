@@ -493,6 +493,7 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
     config.commit_interval_min = std::time::Duration::from_millis(INTERVAL_MS as u64);
+    config.commit_interval_max = config.commit_interval_min;
     let ledger = Ledger::open(config).unwrap();
     ledger.submit(accounts()).unwrap();
     let before = ledger.metrics().groups_committed;
@@ -539,9 +540,58 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
 fn a_commit_interval_past_the_maximum_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
-    config.commit_interval_min = tally_engine::COMMIT_INTERVAL_MAX * 2;
+    config.commit_interval_max = tally_engine::COMMIT_INTERVAL_MAX * 2;
+    let error = Ledger::open(config).unwrap_err();
+    assert!(error.to_string().contains("commit_interval_max"), "{error}");
+    // A floor above the ceiling is refused too, and nothing is created.
+    let mut config = Config::new(dir.path().join("floor"));
+    config.commit_interval_min = config.commit_interval_max * 2;
     let error = Ledger::open(config).unwrap_err();
     assert!(error.to_string().contains("commit_interval_min"), "{error}");
+    assert!(!dir.path().join("floor").exists());
+}
+
+#[test]
+fn concurrent_commits_are_not_paced_while_the_machine_runs_freely() {
+    const THREADS: u64 = 8;
+    const ROUNDS: u64 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    assert_eq!(
+        ledger.config().commit_interval_min,
+        std::time::Duration::ZERO
+    );
+    ledger.submit(accounts()).unwrap();
+    let before = ledger.metrics().groups_committed;
+    let start_together = std::sync::Barrier::new(THREADS as usize);
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (ledger, start_together) = (&ledger, &start_together);
+            scope.spawn(move || {
+                start_together.wait();
+                for round in 0..ROUNDS {
+                    pay_one(ledger, u128::from(3_000 + thread * ROUNDS + round));
+                }
+            });
+        }
+    });
+    // Commits several submissions shared came back to back (a group is whatever arrived
+    // during the sync before it): no pause, unless the machine stood still meanwhile.
+    let metrics = ledger.metrics();
+    assert!(metrics.groups_committed - before <= THREADS * ROUNDS);
+    assert!(
+        metrics.commit_stalls > 0
+            || (metrics.commit_pauses == 0 && metrics.commit_interval_us == 0),
+        "{} pauses, {} stalls",
+        metrics.commit_pauses,
+        metrics.commit_stalls
+    );
+    let prometheus = metrics.to_prometheus();
+    assert!(prometheus.contains(&format!(
+        "tally_commit_stalls_total {}",
+        metrics.commit_stalls
+    )));
+    ledger.shutdown().unwrap();
 }
 
 #[test]
@@ -577,6 +627,7 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
     config.commit_interval_min = tally_engine::COMMIT_INTERVAL_MAX;
+    config.commit_interval_max = tally_engine::COMMIT_INTERVAL_MAX;
     let ledger = Ledger::open(config).unwrap();
     ledger.submit(accounts()).unwrap();
     let started = std::time::Instant::now();

@@ -62,7 +62,9 @@ impl EngineTarget {
             config.sync = SyncMode::UnsafeNoSync;
         }
         if let Some(interval) = options.commit_interval {
+            // Fixed pacing, for comparisons with the engine's adaptive pacing.
             config.commit_interval_min = interval;
+            config.commit_interval_max = interval;
         }
         config.preallocate_segments = options.preallocate_segments;
         config.change_events = options.change_events;
@@ -85,9 +87,10 @@ impl EngineTarget {
         self.ledger
     }
 
-    /// The group commit pacing in force.
-    pub fn commit_interval(&self) -> std::time::Duration {
-        self.ledger.config().commit_interval_min
+    /// The group commit pacing's bounds (floor, ceiling).
+    pub fn commit_interval(&self) -> (std::time::Duration, std::time::Duration) {
+        let config = self.ledger.config();
+        (config.commit_interval_min, config.commit_interval_max)
     }
 
     /// Whether the log writes into preallocated segments.
@@ -199,6 +202,7 @@ impl Target for EngineTarget {
             commit_pauses: metrics.commit_pauses,
             commit_pause_us_mean: metrics.commit_pause_us as f64
                 / metrics.commit_pauses.max(1) as f64,
+            commit_stalls: metrics.commit_stalls,
             spare_steps: metrics.spare_steps,
             spare_step_us_mean: metrics.spare_step_us as f64 / metrics.spare_steps.max(1) as f64,
             spare_bytes: metrics.spare_step_bytes,

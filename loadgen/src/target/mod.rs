@@ -172,6 +172,8 @@ pub struct ShardStats {
     pub commit_pauses: u64,
     /// Mean length of a pacing pause, microseconds.
     pub commit_pause_us_mean: f64,
+    /// Stops of the machine the log thread saw (each doubles the pacing interval).
+    pub commit_stalls: u64,
     /// Steps the log thread took to write spare (preallocated) segments.
     pub spare_steps: u64,
     /// Mean length of a spare-segment step, microseconds.
