@@ -85,9 +85,11 @@ impl CommitPacer {
         let typical = Duration::from_secs_f64(self.commit_us_typical / 1e6);
         if took >= STALL_MIN && took >= typical * STALL_TIMES_TYPICAL {
             self.stalled(now);
-        } else {
-            self.commit_us_typical = 0.9 * self.commit_us_typical + 0.1 * took_us;
         }
+        // Every commit moves the typical, a stop by at most its threshold: commits that
+        // grew for good (larger groups) stop counting as stops after a few of them.
+        let bounded_us = took_us.min(self.commit_us_typical * f64::from(STALL_TIMES_TYPICAL));
+        self.commit_us_typical = 0.9 * self.commit_us_typical + 0.1 * bounded_us;
     }
 
     /// A pause meant to last until `deadline` ended at `now`.
@@ -175,6 +177,20 @@ mod tests {
         assert_eq!(intervals[0], 750 * US);
         assert!(intervals.windows(2).all(|pair| pair[1] <= pair[0]));
         assert_eq!(intervals.last(), Some(&Duration::ZERO));
+    }
+
+    #[test]
+    fn commits_that_grew_for_good_soon_stop_counting_as_stops() {
+        let mut at = Instant::now();
+        let mut pacer = CommitPacer::new(Duration::ZERO, MS, at);
+        calm_commits(&mut pacer, &mut at, 100);
+        // From one-payment groups to full batches: 125 times longer, from then on.
+        for _ in 0..100 {
+            at += 25 * MS;
+            pacer.commit_took(25 * MS, at);
+        }
+        assert!(pacer.stalls() <= 10, "{} stops", pacer.stalls());
+        assert_eq!(pacer.interval(at + 20 * CALM_SPELL), Duration::ZERO);
     }
 
     #[test]
