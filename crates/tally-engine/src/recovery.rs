@@ -239,7 +239,6 @@ fn replay(
     };
     let mut timestamp_last = state.last_timestamp();
     if let Some(journal) = journal.as_deref() {
-        state.set_change_capture(true);
         // The journal is synced before a snapshot retires the log it came from, so it
         // holds the event of every record in the snapshot: anything less was damaged on
         // disk. (Refused batches and expiries leave the snapshot's own stamp ahead.)
@@ -254,6 +253,7 @@ fn replay(
             .into());
         }
     }
+    let mut capturing = false;
     for message in receiver {
         let Replayed::Records(group) = message else {
             unreachable!("the snapshot comes once, first");
@@ -275,10 +275,25 @@ fn replay(
             recovery.batches += 1;
             recovery.events += record.batch.len() as u64;
         }
+        // Every change of the group is stamped at or before its last event: a group the
+        // journal already holds to its end is replayed without capturing changes (which
+        // would cost about a third of the replay only to be dropped).
+        let capture = journal
+            .as_deref()
+            .is_some_and(|journal| journal.last_timestamp() < Some(timestamp_last));
+        if capture != capturing {
+            state.set_change_capture(capture);
+            capturing = capture;
+        }
         replay_group(&mut state, group, shards);
-        if let Some(journal) = journal.as_deref_mut() {
+        if let Some(journal) = journal.as_deref_mut().filter(|_| capturing) {
             journal_missing_changes(journal, state.take_changes())?;
         }
+    }
+    if journal.is_some() && !capturing {
+        // The state leaves recovery capturing: the apply thread journals every change
+        // from here on.
+        state.set_change_capture(true);
     }
     assert_eq!(
         state.last_timestamp(),
