@@ -145,10 +145,17 @@ fn events_round_trip_through_a_reopen() {
         journal.append(&written[..3]).unwrap();
         journal.append(&[]).unwrap();
         journal.append(&written[3..4]).unwrap();
+        let unsynced = journal.unsynced_bytes();
         journal.append(&written[4..]).unwrap();
+        assert_eq!(
+            journal.unsynced_bytes(),
+            unsynced + frame_bytes(&written[4..])
+        );
         journal.sync().unwrap();
+        assert_eq!(journal.unsynced_bytes(), 0);
     }
     let journal = EventJournal::open(&path, JournalOptions::default()).unwrap();
+    assert_eq!(journal.unsynced_bytes(), 0);
     assert_eq!(journal.first_timestamp(), Some(10));
     assert_eq!(
         journal.last_timestamp(),

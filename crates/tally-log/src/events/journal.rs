@@ -77,6 +77,8 @@ pub struct EventJournal {
     current: Option<Current>,
     /// Segments rolled away from since the last sync, not yet synced.
     unsynced_previous: Vec<File>,
+    /// Bytes written since the last sync.
+    unsynced_bytes: u64,
     dir_sync_pending: bool,
     first_timestamp: Option<u64>,
     last_timestamp: Option<u64>,
@@ -121,6 +123,7 @@ impl EventJournal {
             segments_bytes: 0,
             current: None,
             unsynced_previous: Vec::new(),
+            unsynced_bytes: 0,
             dir_sync_pending: false,
             first_timestamp: None,
             last_timestamp: None,
@@ -211,7 +214,14 @@ impl EventJournal {
         synced
     }
 
+    /// Bytes appended since the last [`EventJournal::sync`]: the page cache holds them
+    /// until the kernel writes them back (in bulk, once they are 30 s old by default).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_bytes
+    }
+
     fn sync_all_pending(&mut self) -> Result<(), LogError> {
+        self.unsynced_bytes = 0;
         for file in self.unsynced_previous.drain(..) {
             file.sync_data()
                 .map_err(|error| LogError::io(self.dir.clone(), "fdatasync", error))?;
@@ -249,6 +259,7 @@ impl EventJournal {
             .map_err(|error| LogError::io(current.path.clone(), "append", error))?;
         current.bytes += frame_bytes;
         current.frame_count += 1;
+        self.unsynced_bytes += frame_bytes;
         self.segments_bytes += frame_bytes;
         let newest = self.segments.back_mut().expect("current is retained");
         newest.bytes = current.bytes;
