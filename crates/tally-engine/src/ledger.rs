@@ -757,6 +757,9 @@ impl Ledger {
 
     /// Stops admitting, drains the queue (every admitted batch is logged, synced and
     /// answered), and stops the log and apply threads. Later submissions get `Stopped`.
+    /// A snapshot being written is waited for, and one is written from the newest image
+    /// still waiting (a large state takes seconds): once this returns, no thread of the
+    /// ledger writes into its directory.
     pub fn shutdown(&self) -> Result<(), EngineError> {
         self.handle.stop()
     }

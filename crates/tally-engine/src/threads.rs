@@ -83,7 +83,7 @@ impl LogThread {
             self.take_group(&mut requests);
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
-                    self.tend_snapshots(true);
+                    self.finish_snapshots();
                     if let Some(retirement) = self.retirement_in_flight.take() {
                         let _ = retirement.join();
                     }
@@ -120,6 +120,19 @@ impl LogThread {
                 // or not, so the spare is ready before the segment is.
                 self.write_spare_step(tally_log::SPARE_STEP_BYTES_MAX);
             }
+        }
+    }
+
+    /// At shutdown: waits for the snapshot in flight, then writes one from the newest
+    /// image still waiting and waits for it too, so that no snapshot thread writes into
+    /// the directory after the ledger has let it go (and a reopen finds the newest).
+    /// An image the apply thread sends later still (from the last groups it applies) is
+    /// dropped: the log holds those groups. The loop ends: nothing more is logged, so
+    /// the apply thread has at most [`GROUPS_IN_FLIGHT_MAX`] groups left to apply.
+    fn finish_snapshots(&mut self) {
+        self.tend_snapshots(true);
+        while self.snapshot_in_flight.is_some() {
+            self.tend_snapshots(true);
         }
     }
 

@@ -396,6 +396,72 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     assert_eq!(recovery.torn_tail_bytes_cut, 0);
 }
 
+/// Shutdown waits for the snapshot being written and writes the newest image still
+/// waiting, on their threads: once it returns, nothing writes into the directory.
+#[test]
+fn no_snapshot_is_written_after_shutdown_returns() {
+    const THREADS: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quiet(dir.path());
+    // An image after every group, of a state large enough that writing one takes a
+    // while: at shutdown one is being written, and often another waits.
+    config.snapshot_events_interval = 1;
+    let ledger = Ledger::open(config.clone()).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let filler = (1..=8_000u128)
+        .map(|id| tally_testkit::account(1_000 + id, 156, AccountFlags::empty()))
+        .collect();
+    ledger.submit(Batch::CreateAccounts(filler)).unwrap();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let ledger = &ledger;
+            scope.spawn(move || {
+                // Pays until the ledger refuses for shutting down.
+                for round in 0.. {
+                    let id = u128::from(100_000 + thread * 1_000_000 + round);
+                    let payment = Transfer {
+                        amount: 1,
+                        debit_account_id: 2,
+                        credit_account_id: 4,
+                        ledger: 156,
+                        code: 1,
+                        ..blank(id, 0)
+                    };
+                    if ledger
+                        .submit(Batch::CreateTransfers(vec![payment]))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        ledger.shutdown().unwrap();
+    });
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let at_shutdown = listing();
+    assert!(at_shutdown.iter().any(|name| name.contains("snap")));
+    assert!(
+        at_shutdown.iter().all(|name| !name.ends_with(".tmp")),
+        "{at_shutdown:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(listing(), at_shutdown);
+    assert_eq!(ledger.metrics().snapshots_failed, 0);
+    drop(ledger);
+    let reopened = Ledger::open(config).unwrap();
+    assert!(reopened.recovery().snapshot_sequence.is_some());
+    reopened.shutdown().unwrap();
+}
+
 /// A log several times longer than one replay group (recovery reads it on one thread
 /// and replays it on another, a group at a time) comes back whole, and the counts say so.
 #[test]
