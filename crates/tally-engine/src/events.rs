@@ -22,8 +22,11 @@ use tokio::sync::watch;
 /// waits (memory stays bounded; the journal writes far faster than commits arrive).
 pub(crate) const JOURNAL_GROUPS_IN_FLIGHT_MAX: usize = 4;
 
-/// Unsynced journal bytes past which the journal thread syncs them (a few milliseconds
-/// of the disk's time at most, on a thread of its own).
+/// Journal bytes appended past which the journal thread starts writing them out to the
+/// disk, without waiting (`EventJournal::start_writeback`). Left to the kernel, the
+/// events of a busy minute reach the disk in one burst once 30 s old, and every
+/// commit's `fdatasync` queues behind it (syncs of 9–48 ms measured 30 s into the
+/// festival).
 const JOURNAL_WRITEBACK_BYTES: u64 = 1024 * 1024;
 
 /// How long a read waits for the journal to catch up with the commits before it.
@@ -158,12 +161,13 @@ impl JournalThread {
                         continue;
                     }
                     let events = strictly_increasing_after(events, self.journal.last_timestamp());
-                    match self
-                        .journal
-                        .append(&events)
-                        .and_then(|()| write_back(&mut self.journal))
-                    {
-                        Ok(()) => self.progress.advance(through),
+                    match self.journal.append(&events) {
+                        Ok(()) => {
+                            if self.journal.unsynced_bytes() >= JOURNAL_WRITEBACK_BYTES {
+                                self.journal.start_writeback();
+                            }
+                            self.progress.advance(through);
+                        }
                         Err(error) => {
                             // Commits go on (the log has everything); readers get this.
                             failed = true;
@@ -187,17 +191,6 @@ impl JournalThread {
         }
         self.progress.close();
     }
-}
-
-/// Syncs the journal once [`JOURNAL_WRITEBACK_BYTES`] are unsynced. Left to the kernel,
-/// the events of a busy minute reach the disk in one burst once 30 s old, and every
-/// commit's `fdatasync` queues behind it (commits of 30–90 ms measured in the
-/// festival); synced a little at a time, they never fill the disk's queue.
-fn write_back(journal: &mut EventJournal) -> Result<(), tally_log::LogError> {
-    if journal.unsynced_bytes() < JOURNAL_WRITEBACK_BYTES {
-        return Ok(());
-    }
-    journal.sync()
 }
 
 /// The apply thread's side of the journal.

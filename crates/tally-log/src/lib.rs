@@ -47,6 +47,7 @@ mod snapshot;
 mod storage;
 mod verify;
 mod wal;
+mod writeback;
 
 pub use error::LogError;
 pub use format::{APPEND_BYTES_MAX, SEGMENT_FILE_BYTES_MAX, segment_name, snapshot_name};

@@ -145,12 +145,12 @@ fn events_round_trip_through_a_reopen() {
         journal.append(&written[..3]).unwrap();
         journal.append(&[]).unwrap();
         journal.append(&written[3..4]).unwrap();
-        let unsynced = journal.unsynced_bytes();
+        assert!(journal.unsynced_bytes() > 0);
+        // Starting the write-back makes nothing durable, but the bytes are on their way.
+        journal.start_writeback();
+        assert_eq!(journal.unsynced_bytes(), 0);
         journal.append(&written[4..]).unwrap();
-        assert_eq!(
-            journal.unsynced_bytes(),
-            unsynced + frame_bytes(&written[4..])
-        );
+        assert_eq!(journal.unsynced_bytes(), frame_bytes(&written[4..]));
         journal.sync().unwrap();
         assert_eq!(journal.unsynced_bytes(), 0);
     }

@@ -1,7 +1,7 @@
 //! Hints to the CPU and the kernel about memory: prefetching a cache line, backing a
 //! large table with huge pages. Neither changes what any memory holds; both only
-//! change how fast it is reached. The one module of the project that needs `unsafe`
-//! (each use has its `SAFETY:` comment and a test).
+//! change how fast it is reached. With `tally_log::writeback`, one of the two modules
+//! of the project that need `unsafe` (each use has its `SAFETY:` comment and a test).
 
 /// Starts loading the cache line holding `at` into every cache level. A hint only:
 /// any address is allowed (null, dangling, past the end), nothing is read

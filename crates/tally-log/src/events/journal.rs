@@ -77,8 +77,10 @@ pub struct EventJournal {
     current: Option<Current>,
     /// Segments rolled away from since the last sync, not yet synced.
     unsynced_previous: Vec<File>,
-    /// Bytes written since the last sync.
+    /// Bytes appended since the last sync or write-back started.
     unsynced_bytes: u64,
+    /// Where in the current segment the next write-back starts.
+    writeback_from: u64,
     dir_sync_pending: bool,
     first_timestamp: Option<u64>,
     last_timestamp: Option<u64>,
@@ -124,6 +126,7 @@ impl EventJournal {
             current: None,
             unsynced_previous: Vec::new(),
             unsynced_bytes: 0,
+            writeback_from: 0,
             dir_sync_pending: false,
             first_timestamp: None,
             last_timestamp: None,
@@ -214,10 +217,25 @@ impl EventJournal {
         synced
     }
 
-    /// Bytes appended since the last [`EventJournal::sync`]: the page cache holds them
-    /// until the kernel writes them back (in bulk, once they are 30 s old by default).
+    /// Bytes appended since the last [`EventJournal::sync`] or
+    /// [`EventJournal::start_writeback`]: the page cache holds them until the kernel
+    /// writes them back (in bulk, once they are 30 s old by default).
     pub fn unsynced_bytes(&self) -> u64 {
         self.unsynced_bytes
+    }
+
+    /// Starts writing what the current segment gained since the last call out to the
+    /// disk, without waiting for it and without making anything durable (see
+    /// [`EventJournal::sync`] for that): called every MiB or so, it keeps the kernel
+    /// from writing a busy minute's events back in one burst that the write-ahead
+    /// log's syncs would queue behind.
+    pub fn start_writeback(&mut self) {
+        if let Some(current) = &self.current {
+            let from = self.writeback_from.min(current.bytes);
+            crate::writeback::start(&current.file, from, current.bytes - from);
+            self.writeback_from = current.bytes;
+        }
+        self.unsynced_bytes = 0;
     }
 
     fn sync_all_pending(&mut self) -> Result<(), LogError> {
@@ -285,6 +303,7 @@ impl EventJournal {
             self.unsynced_previous.push(previous.file);
         }
         self.dir_sync_pending = true;
+        self.writeback_from = 0;
         self.push_segment(path.clone(), SEGMENT_HEADER_SIZE as u64);
         self.current = Some(Current {
             file,
