@@ -163,7 +163,7 @@ impl JournalThread {
                     let events = strictly_increasing_after(events, self.journal.last_timestamp());
                     match self.journal.append(&events) {
                         Ok(()) => {
-                            if self.journal.unsynced_bytes() >= JOURNAL_WRITEBACK_BYTES {
+                            if self.journal.bytes_not_written_back() >= JOURNAL_WRITEBACK_BYTES {
                                 self.journal.start_writeback();
                             }
                             self.progress.advance(through);

@@ -145,17 +145,17 @@ fn events_round_trip_through_a_reopen() {
         journal.append(&written[..3]).unwrap();
         journal.append(&[]).unwrap();
         journal.append(&written[3..4]).unwrap();
-        assert!(journal.unsynced_bytes() > 0);
+        assert!(journal.bytes_not_written_back() > 0);
         // Starting the write-back makes nothing durable, but the bytes are on their way.
         journal.start_writeback();
-        assert_eq!(journal.unsynced_bytes(), 0);
+        assert_eq!(journal.bytes_not_written_back(), 0);
         journal.append(&written[4..]).unwrap();
-        assert_eq!(journal.unsynced_bytes(), frame_bytes(&written[4..]));
+        assert_eq!(journal.bytes_not_written_back(), frame_bytes(&written[4..]));
         journal.sync().unwrap();
-        assert_eq!(journal.unsynced_bytes(), 0);
+        assert_eq!(journal.bytes_not_written_back(), 0);
     }
     let journal = EventJournal::open(&path, JournalOptions::default()).unwrap();
-    assert_eq!(journal.unsynced_bytes(), 0);
+    assert_eq!(journal.bytes_not_written_back(), 0);
     assert_eq!(journal.first_timestamp(), Some(10));
     assert_eq!(
         journal.last_timestamp(),

@@ -78,7 +78,7 @@ pub struct EventJournal {
     /// Segments rolled away from since the last sync, not yet synced.
     unsynced_previous: Vec<File>,
     /// Bytes appended since the last sync or write-back started.
-    unsynced_bytes: u64,
+    bytes_not_written_back: u64,
     /// Where in the current segment the next write-back starts.
     writeback_from: u64,
     dir_sync_pending: bool,
@@ -125,7 +125,7 @@ impl EventJournal {
             segments_bytes: 0,
             current: None,
             unsynced_previous: Vec::new(),
-            unsynced_bytes: 0,
+            bytes_not_written_back: 0,
             writeback_from: 0,
             dir_sync_pending: false,
             first_timestamp: None,
@@ -220,8 +220,8 @@ impl EventJournal {
     /// Bytes appended since the last [`EventJournal::sync`] or
     /// [`EventJournal::start_writeback`]: the page cache holds them until the kernel
     /// writes them back (in bulk, once they are 30 s old by default).
-    pub fn unsynced_bytes(&self) -> u64 {
-        self.unsynced_bytes
+    pub fn bytes_not_written_back(&self) -> u64 {
+        self.bytes_not_written_back
     }
 
     /// Starts writing what the current segment gained since the last call out to the
@@ -235,11 +235,11 @@ impl EventJournal {
             crate::writeback::start(&current.file, from, current.bytes - from);
             self.writeback_from = current.bytes;
         }
-        self.unsynced_bytes = 0;
+        self.bytes_not_written_back = 0;
     }
 
     fn sync_all_pending(&mut self) -> Result<(), LogError> {
-        self.unsynced_bytes = 0;
+        self.bytes_not_written_back = 0;
         for file in self.unsynced_previous.drain(..) {
             file.sync_data()
                 .map_err(|error| LogError::io(self.dir.clone(), "fdatasync", error))?;
@@ -277,7 +277,7 @@ impl EventJournal {
             .map_err(|error| LogError::io(current.path.clone(), "append", error))?;
         current.bytes += frame_bytes;
         current.frame_count += 1;
-        self.unsynced_bytes += frame_bytes;
+        self.bytes_not_written_back += frame_bytes;
         self.segments_bytes += frame_bytes;
         let newest = self.segments.back_mut().expect("current is retained");
         newest.bytes = current.bytes;
