@@ -120,11 +120,16 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
     const US: Duration = Duration::from_micros(1);
 
-    fn calm_commits(pacer: &mut CommitPacer, at: &mut Instant, count: u32) {
+    /// `count` commits back to back, each taking `took`.
+    fn commits(pacer: &mut CommitPacer, at: &mut Instant, took: Duration, count: u32) {
         for _ in 0..count {
-            *at += 200 * US;
-            pacer.commit_took(200 * US, *at);
+            *at += took;
+            pacer.commit_took(took, *at);
         }
+    }
+
+    fn calm_commits(pacer: &mut CommitPacer, at: &mut Instant, count: u32) {
+        commits(pacer, at, 200 * US, count);
     }
 
     #[test]
@@ -162,10 +167,7 @@ mod tests {
         let mut at = Instant::now();
         let mut pacer = CommitPacer::new(Duration::ZERO, MS, at);
         calm_commits(&mut pacer, &mut at, 10);
-        for _ in 0..4 {
-            at += 20 * MS;
-            pacer.commit_took(20 * MS, at);
-        }
+        commits(&mut pacer, &mut at, 20 * MS, 4);
         assert_eq!(pacer.interval(at), MS);
         // Not within a spell: the interval holds.
         assert_eq!(pacer.interval(at + CALM_SPELL - US), MS);
@@ -185,10 +187,7 @@ mod tests {
         let mut pacer = CommitPacer::new(Duration::ZERO, MS, at);
         calm_commits(&mut pacer, &mut at, 100);
         // From one-payment groups to full batches: 125 times longer, from then on.
-        for _ in 0..100 {
-            at += 25 * MS;
-            pacer.commit_took(25 * MS, at);
-        }
+        commits(&mut pacer, &mut at, 25 * MS, 100);
         assert!(pacer.stalls() <= 10, "{} stops", pacer.stalls());
         assert_eq!(pacer.interval(at + 20 * CALM_SPELL), Duration::ZERO);
     }
@@ -198,15 +197,9 @@ mod tests {
         // Large groups that each take 10 ms: long, but typical.
         let mut at = Instant::now();
         let mut pacer = CommitPacer::new(Duration::ZERO, MS, at);
-        at += 10 * MS;
-        pacer.commit_took(10 * MS, at);
-        for _ in 0..1_000 {
-            at += 10 * MS;
-            pacer.commit_took(10 * MS, at);
-        }
+        commits(&mut pacer, &mut at, 10 * MS, 1_001);
         assert_eq!(pacer.stalls(), 0);
-        at += 200 * MS;
-        pacer.commit_took(200 * MS, at);
+        commits(&mut pacer, &mut at, 200 * MS, 1);
         assert_eq!(pacer.stalls(), 1);
     }
 

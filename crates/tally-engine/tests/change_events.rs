@@ -340,6 +340,16 @@ fn events_equal_the_model_of_results_on_any_shard_count() {
     }
 }
 
+/// The event journal's files in the ledger at `data_dir`, oldest first.
+fn journal_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(tally_engine::events_dir(data_dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn a_lost_journal_tail_is_derived_again_identically() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,12 +365,7 @@ fn a_lost_journal_tail_is_derived_again_identically() {
     let before = read_all(&ledger);
     ledger.shutdown().unwrap();
     // Cut the newest journal file, as a crash of the machine would its unsynced tail.
-    let events_dir = tally_engine::events_dir(dir.path());
-    let mut files: Vec<_> = std::fs::read_dir(&events_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = journal_files(dir.path());
     let newest = files.last().unwrap();
     let length = std::fs::metadata(newest).unwrap().len();
     std::fs::OpenOptions::new()
@@ -427,12 +432,7 @@ fn a_journal_cut_back_several_replay_groups_in_is_derived_again_identically() {
         ledger.shutdown().unwrap();
         // Cut the journal back to two fifths: the newest files go, the one at the cut
         // loses its tail.
-        let events_dir = tally_engine::events_dir(dir.path());
-        let mut files: Vec<_> = std::fs::read_dir(&events_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
+        let files = journal_files(dir.path());
         let sizes: Vec<u64> = files
             .iter()
             .map(|f| std::fs::metadata(f).unwrap().len())

@@ -537,6 +537,23 @@ fn a_failed_sync_stops_writes_with_a_clear_error_and_loses_nothing_acknowledged(
 }
 
 /// Submits one payment of 1 from account 2 to account 4 alone, and checks it is `ok`.
+/// `threads` submitters, started together, each paying `rounds` payments one at a
+/// time, waiting for each answer (ids from `first_id` on).
+fn pay_together(ledger: &Ledger, threads: u64, rounds: u64, first_id: u64) {
+    let start_together = std::sync::Barrier::new(threads as usize);
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let start_together = &start_together;
+            scope.spawn(move || {
+                start_together.wait();
+                for round in 0..rounds {
+                    pay_one(ledger, u128::from(first_id + thread * rounds + round));
+                }
+            });
+        }
+    });
+}
+
 fn pay_one(ledger: &Ledger, id: u128) {
     let answer = ledger
         .submit(Batch::CreateTransfers(vec![Transfer {
@@ -564,18 +581,7 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
     ledger.submit(accounts()).unwrap();
     let before = ledger.metrics().groups_committed;
     let started = std::time::Instant::now();
-    let start_together = std::sync::Barrier::new(THREADS as usize);
-    std::thread::scope(|scope| {
-        for thread in 0..THREADS {
-            let (ledger, start_together) = (&ledger, &start_together);
-            scope.spawn(move || {
-                start_together.wait();
-                for round in 0..ROUNDS {
-                    pay_one(ledger, u128::from(1_000 + thread * ROUNDS + round));
-                }
-            });
-        }
-    });
+    pay_together(&ledger, THREADS, ROUNDS, 1_000);
     let elapsed_ms = started.elapsed().as_millis();
     let groups = u128::from(ledger.metrics().groups_committed - before);
     // A commit that several submissions shared is followed by one at least INTERVAL
@@ -629,18 +635,7 @@ fn concurrent_commits_are_not_paced_while_the_machine_runs_freely() {
     );
     ledger.submit(accounts()).unwrap();
     let before = ledger.metrics().groups_committed;
-    let start_together = std::sync::Barrier::new(THREADS as usize);
-    std::thread::scope(|scope| {
-        for thread in 0..THREADS {
-            let (ledger, start_together) = (&ledger, &start_together);
-            scope.spawn(move || {
-                start_together.wait();
-                for round in 0..ROUNDS {
-                    pay_one(ledger, u128::from(3_000 + thread * ROUNDS + round));
-                }
-            });
-        }
-    });
+    pay_together(&ledger, THREADS, ROUNDS, 3_000);
     // Commits several submissions shared came back to back (a group is whatever arrived
     // during the sync before it): no pause, unless the machine stood still meanwhile.
     let metrics = ledger.metrics();
