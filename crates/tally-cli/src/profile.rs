@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tally_log::{LogRecord, RecoverySink};
-use tally_state::{PARTS_MAX, PlanCost, Serial, StateMachine, plan};
+use tally_state::{PARTS_MAX, PlanCost, STEPS_PER_EVENT, Serial, StateMachine, plan};
 use tally_types::LoadedImage;
 
 /// The arguments of `tally profile`.
@@ -28,6 +28,8 @@ pub(crate) struct ProfileArgs {
 #[derive(Debug, Default)]
 struct Profile {
     cost: PlanCost,
+    /// The cost with escrow ([`tally_state::Plan::cost_with_deltas`]).
+    cost_with_deltas: PlanCost,
     groups: u64,
     groups_serial: u64,
     units: u64,
@@ -63,9 +65,13 @@ impl Profiler {
         profile.groups += 1;
         match plan(state, &batches) {
             Ok(plan) => {
-                let cost = plan.cost();
-                profile.cost.work += cost.work;
-                profile.cost.critical_path += cost.critical_path;
+                for (total, cost) in [
+                    (&mut profile.cost, plan.cost()),
+                    (&mut profile.cost_with_deltas, plan.cost_with_deltas()),
+                ] {
+                    total.work += cost.work;
+                    total.critical_path += cost.critical_path;
+                }
                 profile.units += plan.units.len() as u64;
                 profile.units_spanning +=
                     plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
@@ -75,8 +81,10 @@ impl Profiler {
                 if self.parts > 1 {
                     profile.groups_serial += 1;
                 }
-                profile.cost.work += events;
-                profile.cost.critical_path += events;
+                for total in [&mut profile.cost, &mut profile.cost_with_deltas] {
+                    total.work += events * STEPS_PER_EVENT;
+                    total.critical_path += events * STEPS_PER_EVENT;
+                }
             }
         }
         state.replay(&batches);
@@ -124,7 +132,9 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
         args.data.display(),
         args.group_events
     );
-    println!("shards  groups  work (events)  critical path  parallelism  units spanning shards");
+    println!(
+        "shards  groups  work (events)  critical path  parallelism  with escrow  units spanning shards"
+    );
     for &parts in &args.shards {
         let mut profiler = Profiler {
             parts,
@@ -142,13 +152,15 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
             return Err(failure);
         }
         let p = &profiler.profile;
-        let parallelism = p.cost.work as f64 / p.cost.critical_path.max(1) as f64;
+        let parallelism = |cost: PlanCost| cost.work as f64 / cost.critical_path.max(1) as f64;
         let spanning = 100.0 * p.units_spanning as f64 / p.units.max(1) as f64;
         println!(
-            "{parts:>6}  {:>6}  {:>13}  {:>13}  {parallelism:>11.2}  {spanning:>5.1} %{}",
+            "{parts:>6}  {:>6}  {:>13}  {:>13}  {:>11.2}  {:>11.2}  {spanning:>5.1} %{}",
             p.groups,
-            p.cost.work,
-            p.cost.critical_path,
+            p.cost.work / STEPS_PER_EVENT,
+            p.cost.critical_path / STEPS_PER_EVENT,
+            parallelism(p.cost),
+            parallelism(p.cost_with_deltas),
             match p.groups_serial {
                 0 => String::new(),
                 serial => format!(" ({serial} groups serial)"),

@@ -237,6 +237,9 @@ fn tally_profile_prints_the_parallelism_of_a_log() {
     );
     let parallelism: f64 = rows[1][4].parse().unwrap();
     assert!(parallelism > 1.0 && parallelism <= 4.0, "{text}");
+    // Accounts without limits: with escrow most units need only their own id's part.
+    let with_escrow: f64 = rows[1][5].parse().unwrap();
+    assert!(with_escrow > parallelism && with_escrow <= 4.0, "{text}");
     let bad = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["profile", "--shards", "65", "--data"])
         .arg(dir.path())

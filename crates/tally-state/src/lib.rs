@@ -35,7 +35,9 @@ mod value_index;
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use part::{PARTS_MAX, Part, part_of};
-pub use plan::{Plan, PlanCost, Serial, Unit, Work, plan, run_unit};
+pub use plan::{
+    Plan, PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT, Serial, Unit, Work, plan, run_unit,
+};
 pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use run::Run;
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};

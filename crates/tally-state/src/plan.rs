@@ -21,7 +21,9 @@ use crate::state::StateMachine;
 use std::collections::{HashMap, HashSet};
 
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use tally_types::{Batch, NS_PER_S, ResultCode, TransferKind};
+use tally_types::{
+    AccountFlags, Batch, NS_PER_S, ResultCode, Transfer, TransferFlags, TransferKind,
+};
 
 /// What a unit does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,12 @@ pub struct Unit {
     pub work: Work,
     /// Bit `p` set: the unit may touch part `p`.
     pub mask: u64,
+    /// The parts of `mask` the unit touches only to apply balance changes that cannot
+    /// fail for that account's own state (see [`Plan::cost_with_deltas`]): an executor
+    /// with escrow could decide the unit without them. Executors today hold all of `mask`.
+    pub deltas: u64,
+    /// The parts of `mask` whose accounts' balances the unit's outcome may depend on.
+    pub reads: u64,
 }
 
 impl Unit {
@@ -77,7 +85,8 @@ pub struct Plan {
 /// What a plan costs on an ideal machine with one core per part, where a unit costs one
 /// step per event and starts once every part it touches has finished its units before
 /// it (no hand-off or planning cost). `work / critical_path` is the most a plan can gain
-/// from its parts: the parallelism profile of docs/sharding.md.
+/// from its parts: the parallelism profile of docs/sharding.md. Figures are in steps of
+/// [`STEPS_PER_EVENT`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanCost {
     /// Steps of all units: the time on one core.
@@ -86,16 +95,22 @@ pub struct PlanCost {
     pub critical_path: u64,
 }
 
+/// Steps of the cost model per event (and per expiry) decided.
+pub const STEPS_PER_EVENT: u64 = 8;
+
+/// Steps of the cost model per delta applied to an account's part: a balance addition
+/// and an append to the account's transfer list, about an eighth of deciding an event
+/// (its checks, two account lookups, the transfer's store and index).
+pub const STEPS_PER_DELTA: u64 = 1;
+
 impl Plan {
-    /// The plan's [`PlanCost`].
+    /// The plan's [`PlanCost`] as the executor runs it: every unit waits for every part
+    /// of its mask.
     pub fn cost(&self) -> PlanCost {
         let mut free_at = [0u64; 64];
         let mut cost = PlanCost::default();
         for unit in &self.units {
-            let steps = match unit.work {
-                Work::Expire { .. } => 1,
-                Work::Events { start, end } => u64::from(end - start),
-            };
+            let steps = unit.events() * STEPS_PER_EVENT;
             let parts = || (0..64).filter(|part| unit.mask & (1 << part) != 0);
             let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
             let end = start + steps;
@@ -104,6 +119,52 @@ impl Plan {
             cost.critical_path = cost.critical_path.max(end);
         }
         cost
+    }
+
+    /// The plan's [`PlanCost`] with escrow. A unit holds only the parts it needs to
+    /// decide (`mask` without `deltas`), and also waits for every delta sent before it to
+    /// a part it `reads`; each part of `deltas` then applies the unit's changes to its
+    /// accounts, [`STEPS_PER_DELTA`] per event, once the unit is decided. A delta takes
+    /// its part's time but holds up none of its other units: deltas to one account
+    /// commute and cannot fail, so only a read of that account must wait for them. The
+    /// work is the same, moved from the decision to the deltas; so are the results.
+    pub fn cost_with_deltas(&self) -> PlanCost {
+        let mut free_at = [0u64; 64];
+        // When every delta sent to the part so far has been applied.
+        let mut deltas_done_at = [0u64; 64];
+        let mut cost = PlanCost::default();
+        let bits = |mask: u64| (0..64).filter(move |part| mask & (1 << part) != 0);
+        for unit in &self.units {
+            let events = unit.events();
+            let decide = unit.mask & !unit.deltas;
+            let delta_steps = events * STEPS_PER_DELTA;
+            let decide_steps =
+                events * STEPS_PER_EVENT - u64::from(unit.deltas.count_ones()) * delta_steps;
+            let start = bits(decide)
+                .map(|part| free_at[part])
+                .chain(bits(unit.reads).map(|part| deltas_done_at[part]))
+                .max()
+                .unwrap_or(0);
+            let decided = start + decide_steps;
+            bits(decide).for_each(|part| free_at[part] = decided);
+            for part in bits(unit.deltas) {
+                free_at[part] += delta_steps;
+                deltas_done_at[part] = deltas_done_at[part].max(decided) + delta_steps;
+            }
+            cost.work += events * STEPS_PER_EVENT;
+        }
+        cost.critical_path = free_at.into_iter().chain(deltas_done_at).max().unwrap_or(0);
+        cost
+    }
+}
+
+impl Unit {
+    /// Events the unit decides (an expiry counts as one).
+    fn events(&self) -> u64 {
+        match self.work {
+            Work::Expire { .. } => 1,
+            Work::Events { start, end } => u64::from(end - start),
+        }
     }
 }
 
@@ -143,7 +204,9 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
     let bit = |id: u128| 1u64 << part_of(id, count);
     // Expiries are released before a batch, up to its first stamp (as `apply` does): an
     // instant inside the last batch's span waits for the next group, as it would serially.
-    let mut due = due_expiries(state, last_stamp).into_iter().peekable();
+    let due = due_expiries(state, last_stamp);
+    let escrow = Escrow::new(state, batches, &due);
+    let mut due = due.into_iter().peekable();
     // Ids created in this group that a later event of it may reference: the parts of
     // their accounts. Only referenced ids are recorded (most groups reference few).
     let referenced = referenced_ids(batches);
@@ -158,13 +221,17 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
         while let Some(&(at, id)) = due.peek().filter(|(at, _)| *at <= stamp) {
             due.next();
             let pending = state.lookup_transfer(id).expect("a listed expiry exists");
+            let mask = bit(id) | bit(pending.debit_account_id) | bit(pending.credit_account_id);
+            let reads = escrow.reads(&pending, Movement::Release, bit);
             units.push(Unit {
                 batch: batch_index,
                 work: Work::Expire { at, id },
-                mask: bit(id) | bit(pending.debit_account_id) | bit(pending.credit_account_id),
+                mask,
+                deltas: mask & !(bit(id) | reads),
+                reads,
             });
         }
-        let mut push = |start: usize, end: usize, mask: u64| {
+        let mut push = |start: usize, end: usize, mask: u64, needed: u64, reads: u64| {
             units.push(Unit {
                 batch: batch_index,
                 work: Work::Events {
@@ -172,39 +239,63 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
                     end: end as u32,
                 },
                 mask,
+                deltas: mask & !needed,
+                reads,
             });
         };
         match batch {
             Batch::CreateAccounts(events) => {
                 for (start, end) in unit_ranges(events, 0) {
                     let mask = events[start..end].iter().fold(0, |m, a| m | bit(a.id));
-                    push(start, end, mask);
+                    push(start, end, mask, mask, 0);
                 }
             }
             Batch::CreateTransfers(events) => {
                 for (start, end) in unit_ranges(events, 0) {
-                    let mut mask = 0;
+                    // `needed`: the parts the unit's outcome depends on; `reads`: those
+                    // of accounts it reads.
+                    let (mut mask, mut needed, mut reads) = (0, 0, 0);
                     for t in &events[start..end] {
                         let accounts = match t.kind() {
                             None => 0,
                             Some(TransferKind::SinglePhase | TransferKind::Pending) => {
+                                reads |= escrow.reads(t, Movement::Transfer, bit);
                                 bit(t.debit_account_id) | bit(t.credit_account_id)
                             }
-                            Some(TransferKind::PostPending | TransferKind::VoidPending) => {
-                                bit(t.pending_id) | accounts_of(t.pending_id, &created)
-                            }
-                            Some(TransferKind::Refund) => {
-                                bit(t.refund_of()) | accounts_of(t.refund_of(), &created)
+                            Some(kind) => {
+                                // The referenced transfer's own part decides (its status,
+                                // its refunded total); its accounts move as the kind says.
+                                let referenced = t.pending_id;
+                                let accounts = bit(referenced) | accounts_of(referenced, &created);
+                                reads |= match state.lookup_transfer(referenced) {
+                                    None => accounts,
+                                    Some(o) if kind == TransferKind::Refund => {
+                                        let back = Transfer {
+                                            debit_account_id: o.credit_account_id,
+                                            credit_account_id: o.debit_account_id,
+                                            flags: TransferFlags::empty(),
+                                            ..o
+                                        };
+                                        escrow.reads(&back, Movement::Transfer, bit)
+                                    }
+                                    Some(p) if kind == TransferKind::PostPending => {
+                                        escrow.reads(&p, Movement::Post, bit)
+                                    }
+                                    Some(p) => escrow.reads(&p, Movement::Release, bit),
+                                };
+                                needed |= bit(referenced);
+                                accounts
                             }
                         };
                         mask |= bit(t.id) | accounts;
+                        needed |= bit(t.id) | reads;
                         if referenced.contains(&t.id) {
                             // For a post, void or refund this includes the referenced id's
                             // part too: a superset, which is allowed.
                             *created.entry(t.id).or_default() |= accounts;
                         }
                     }
-                    push(start, end, mask);
+                    push(start, end, mask, needed, reads);
                 }
             }
         }
@@ -214,6 +305,128 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
         units,
         last_timestamp,
     })
+}
+
+/// Which sides of a group's transfers cannot fail for their account's own state, so that
+/// an executor with escrow could apply them as deltas (O'Neil's escrow method). A side
+/// qualifies when its account exists before the group (its ledger is then fixed), is
+/// open and no closing transfer of the group, or one it settles or expires, touches it
+/// (its `closed` flag is then fixed), has no balance limit on that side, and cannot
+/// overflow that side even if every amount of the group went to it.
+struct Escrow<'a> {
+    state: &'a StateMachine,
+    /// Every amount of the group, added (saturating).
+    amounts: u128,
+    /// The accounts a closing transfer of the group may close or reopen.
+    closing: HashSet<u128, foldhash::fast::RandomState>,
+}
+
+impl<'a> Escrow<'a> {
+    fn new(state: &'a StateMachine, batches: &[(u64, &Batch)], due: &[(u64, u128)]) -> Self {
+        let mut amounts = 0u128;
+        let mut closing = HashSet::default();
+        let mut closes = |t: &Transfer| {
+            if t.flags.contains(TransferFlags::CLOSING_DEBIT) {
+                closing.insert(t.debit_account_id);
+            }
+            if t.flags.contains(TransferFlags::CLOSING_CREDIT) {
+                closing.insert(t.credit_account_id);
+            }
+        };
+        for (_, batch) in batches {
+            let Batch::CreateTransfers(events) = batch else {
+                continue;
+            };
+            for t in events {
+                let referenced = match t.pending_id {
+                    0 => None,
+                    id => state.lookup_transfer(id),
+                };
+                // A post moves at most what its pending transfer reserved; a void, nothing.
+                let moved = match (t.kind(), referenced) {
+                    (Some(TransferKind::VoidPending), _) => 0,
+                    (Some(TransferKind::PostPending), Some(p)) => t.amount.min(p.amount),
+                    _ => t.amount,
+                };
+                amounts = amounts.saturating_add(moved);
+                closes(t);
+                if let Some(referenced) = referenced {
+                    closes(&referenced);
+                }
+            }
+        }
+        for &(_, id) in due {
+            if let Some(pending) = state.lookup_transfer(id) {
+                closes(&pending);
+            }
+        }
+        Escrow {
+            state,
+            amounts,
+            closing,
+        }
+    }
+
+    /// The parts of `t`'s accounts whose side of `movement` can fail, or change what it
+    /// does, for that account's state. For a refund `t` is the original turned around;
+    /// for a post, void or expiry, the pending transfer.
+    fn reads(&self, t: &Transfer, movement: Movement, bit: impl Fn(u128) -> u64) -> u64 {
+        let both = bit(t.debit_account_id) | bit(t.credit_account_id);
+        if movement == Movement::Transfer && (t.flags.is_balancing() || t.flags.is_closing()) {
+            return both;
+        }
+        let sides = [
+            (
+                t.debit_account_id,
+                AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+            ),
+            (
+                t.credit_account_id,
+                AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+            ),
+        ];
+        let mut reads = 0;
+        for (side, (id, limit)) in sides.into_iter().enumerate() {
+            if self.closing.contains(&id) {
+                // Settling or expiring a closing transfer may reopen its account.
+                reads |= bit(id);
+                continue;
+            }
+            if movement == Movement::Release {
+                // Releasing a reservation checks nothing of the accounts.
+                continue;
+            }
+            let fixed = self.state.lookup_account(id).is_some_and(|account| {
+                let total = if side == 0 {
+                    account.debits_posted.checked_add(account.debits_pending)
+                } else {
+                    account.credits_posted.checked_add(account.credits_pending)
+                };
+                // A post checks no limit: the pending transfer reserved the amount.
+                let limited = movement == Movement::Transfer && account.flags.contains(limit);
+                !account.flags.contains(AccountFlags::CLOSED)
+                    && !limited
+                    && total
+                        .and_then(|total| total.checked_add(self.amounts))
+                        .is_some()
+            });
+            if !fixed {
+                reads |= bit(id);
+            }
+        }
+        reads
+    }
+}
+
+/// How a unit moves an account's balances, for [`Escrow::reads`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Movement {
+    /// A single-phase or pending transfer, or a refund: checks closing, overflow, limits.
+    Transfer,
+    /// Posting a pending transfer: checks closing and overflow.
+    Post,
+    /// Voiding or expiring a pending transfer: checks nothing of the accounts.
+    Release,
 }
 
 /// Ids that a post, void or refund of the group references.
@@ -300,6 +513,29 @@ impl StateMachine {
         &mut self,
         batches: &[(u64, &Batch)],
         plan: &Plan,
+        pick: impl FnMut(usize) -> usize,
+    ) -> Vec<Vec<ResultCode>> {
+        self.apply_planned_in(batches, plan, false, pick)
+    }
+
+    /// As [`StateMachine::apply_planned`], but a unit may also overtake the units before
+    /// it on a part where both only take deltas ([`Unit::deltas`]), as deltas would
+    /// arrive with escrow. Results and balances must be those of the log order; the
+    /// order of an account's transfer list and its change events' balances may differ.
+    pub fn apply_planned_overtaking_deltas(
+        &mut self,
+        batches: &[(u64, &Batch)],
+        plan: &Plan,
+        pick: impl FnMut(usize) -> usize,
+    ) -> Vec<Vec<ResultCode>> {
+        self.apply_planned_in(batches, plan, true, pick)
+    }
+
+    fn apply_planned_in(
+        &mut self,
+        batches: &[(u64, &Batch)],
+        plan: &Plan,
+        overtake: bool,
         mut pick: impl FnMut(usize) -> usize,
     ) -> Vec<Vec<ResultCode>> {
         if let Some(&(first, _)) = batches.first() {
@@ -310,7 +546,7 @@ impl StateMachine {
             .iter()
             .map(|(_, b)| vec![ResultCode::Ok; b.len()])
             .collect();
-        // Per part, its units in log order, and how many of them are done.
+        // Per part, its units in log order.
         let mut queues: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (u, unit) in plan.units.iter().enumerate() {
             for (part, queue) in queues.iter_mut().enumerate() {
@@ -319,22 +555,46 @@ impl StateMachine {
                 }
             }
         }
-        let mut done = vec![0usize; count];
+        // Per part, which of its queue's units have run, and the first that has not.
+        let mut done: Vec<Vec<bool>> = queues.iter().map(|q| vec![false; q.len()]).collect();
+        let mut first = vec![0usize; count];
+        // The units that may run next on `part`: its first not run and, when overtaking
+        // and that one only takes deltas there, the next ones that only take deltas too.
+        let ready_on = |part: usize, done: &[Vec<bool>], first: &[usize]| {
+            let delta_only = |u: usize| plan.units[u].deltas & (1 << part) != 0;
+            let mut ready = Vec::new();
+            for (&u, &ran) in queues[part].iter().zip(&done[part]).skip(first[part]) {
+                if ran {
+                    continue;
+                }
+                if ready.is_empty() || (overtake && delta_only(u)) {
+                    ready.push(u);
+                }
+                if !(overtake && delta_only(u)) {
+                    break;
+                }
+            }
+            ready
+        };
         // Every part waits here; a unit holds only the parts of its mask, as on a shard
         // thread, so a plan that misses a part panics here too.
+        let mut ran = vec![false; plan.units.len()];
         let mut idle = Held::new(count);
         for part in self.take_parts() {
             idle.insert(part);
         }
         loop {
-            let ready: Vec<usize> = (0..count)
-                .filter_map(|part| queues[part].get(done[part]).copied())
+            let next: Vec<Vec<usize>> = (0..count).map(|p| ready_on(p, &done, &first)).collect();
+            let mut ready: Vec<usize> = next
+                .iter()
+                .flatten()
+                .copied()
                 .filter(|&u| {
-                    (0..count).all(|p| {
-                        plan.units[u].mask & (1 << p) == 0 || queues[p].get(done[p]) == Some(&u)
-                    })
+                    (0..count).all(|p| plan.units[u].mask & (1 << p) == 0 || next[p].contains(&u))
                 })
                 .collect();
+            ready.sort_unstable();
+            ready.dedup();
             if ready.is_empty() {
                 break;
             }
@@ -355,16 +615,20 @@ impl StateMachine {
             for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
                 idle.insert(held.take(part));
             }
-            for (part, done) in done.iter_mut().enumerate() {
-                if unit.mask & (1 << part) != 0 {
-                    *done += 1;
+            ran[u] = true;
+            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
+                let at = first[part]
+                    + queues[part][first[part]..]
+                        .iter()
+                        .position(|&v| v == u)
+                        .expect("a unit is queued on every part of its mask");
+                done[part][at] = true;
+                while done[part].get(first[part]) == Some(&true) {
+                    first[part] += 1;
                 }
             }
         }
-        assert!(
-            (0..count).all(|part| done[part] == queues[part].len()),
-            "every unit ran"
-        );
+        assert!(ran.iter().all(|&ran| ran), "every unit ran");
         let parts = (0..count).map(|part| idle.take(part)).collect();
         self.restore_parts(parts, plan.last_timestamp);
         results
@@ -374,7 +638,6 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_types::Transfer;
 
     #[test]
     fn parts_spread_ids_evenly() {
@@ -415,5 +678,153 @@ mod tests {
         assert_eq!(plan(&state, &groups), Err(Serial::ExpiryInsideGroup));
         let groups = [(10, &first), (9 + NS_PER_S, &later)];
         assert!(plan(&state, &groups).is_ok());
+    }
+
+    /// An id on `part` of `parts`, the `n`th found from 1.
+    fn id_on(part: usize, parts: usize, n: usize) -> u128 {
+        (1..)
+            .filter(|&id| part_of(id, parts) == part)
+            .nth(n)
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn only_sides_that_cannot_fail_for_their_account_become_deltas() {
+        use tally_types::{Account, AccountFlags as A, TransferFlags as T};
+        const PARTS: usize = 8;
+        let [
+            free,
+            credit_limit,
+            no_overdraft,
+            closing,
+            full,
+            source,
+            fresh,
+        ] = [1, 2, 3, 4, 5, 6, 7].map(|part| id_on(part, PARTS, 0));
+        let account = |id, flags| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Account::default()
+        };
+        let mut state = StateMachine::with_parts(PARTS);
+        let accounts = [
+            account(free, A::empty()),
+            account(credit_limit, A::CREDITS_MUST_NOT_EXCEED_DEBITS),
+            account(no_overdraft, A::DEBITS_MUST_NOT_EXCEED_CREDITS),
+            account(closing, A::empty()),
+            account(full, A::empty()),
+            account(source, A::empty()),
+        ];
+        let setup = Batch::CreateAccounts(accounts.to_vec());
+        assert!(state.apply(1, &setup).iter().all(|r| *r == ResultCode::Ok));
+        let n = std::cell::Cell::new(0);
+        let transfer = |debit, credit, amount, flags| {
+            n.set(n.get() + 1);
+            Transfer {
+                id: id_on(0, PARTS, n.get()),
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
+                ledger: 1,
+                code: 1,
+                flags,
+                ..Transfer::default()
+            }
+        };
+        let fill = transfer(source, full, u128::MAX - 10, T::empty());
+        let reserved = transfer(free, source, 5, T::PENDING);
+        let reserved_to_closing = transfer(free, closing, 5, T::PENDING);
+        let paid = transfer(free, no_overdraft, 5, T::empty());
+        let committed = vec![fill, reserved, reserved_to_closing, paid];
+        let committed = Batch::CreateTransfers(committed);
+        assert!(
+            state
+                .apply(10, &committed)
+                .iter()
+                .all(|r| *r == ResultCode::Ok)
+        );
+        let settle = |flags, of: &Transfer| Transfer {
+            pending_id: of.id,
+            amount: 5,
+            ..transfer(0, 0, 0, flags)
+        };
+        let create_fresh = Batch::CreateAccounts(vec![account(fresh, A::empty())]);
+        let payments = Batch::CreateTransfers(vec![
+            transfer(no_overdraft, free, 5, T::empty()),
+            transfer(free, credit_limit, 5, T::empty()),
+            transfer(free, closing, 5, T::empty()),
+            transfer(source, closing, 0, T::PENDING.with(T::CLOSING_CREDIT)),
+            transfer(free, full, 100, T::empty()),
+            transfer(free, fresh, 5, T::empty()),
+            transfer(free, no_overdraft, 5, T::BALANCING_DEBIT),
+            transfer(free, source, 5, T::PENDING),
+            settle(T::POST_PENDING_TRANSFER, &reserved),
+            settle(T::VOID_PENDING_TRANSFER, &reserved_to_closing),
+            settle(T::REFUND, &paid),
+        ]);
+        let planned = plan(&state, &[(100, &create_fresh), (200, &payments)]).expect("planned");
+        let bit = |id| 1u64 << part_of(id, PARTS);
+        let sides: Vec<(u64, u64)> = planned.units[1..]
+            .iter()
+            .map(|unit| (unit.deltas, unit.reads))
+            .collect();
+        let expected = vec![
+            (bit(free), bit(no_overdraft)),
+            (bit(free), bit(credit_limit)),
+            (bit(free), bit(closing)),
+            (0, bit(source) | bit(closing)),
+            // `full` could overflow its credits.
+            (bit(free), bit(full)),
+            (bit(free), bit(fresh)),
+            (0, bit(free) | bit(no_overdraft)),
+            (bit(free) | bit(source), 0),
+            // A post checks no limit; a void of a transfer to an account being closed
+            // waits for it; a refund's payer is the original's payee, whose limit counts.
+            (bit(free) | bit(source), 0),
+            (bit(free), bit(closing)),
+            (bit(free), bit(no_overdraft)),
+        ];
+        assert_eq!(sides, expected);
+        for unit in &planned.units {
+            let transfer_part = 1;
+            assert_eq!(unit.deltas & !unit.mask, 0);
+            assert_eq!(unit.deltas & (unit.reads | transfer_part), 0);
+        }
+    }
+
+    #[test]
+    fn escrow_lets_payments_to_one_hot_part_be_decided_side_by_side() {
+        let unit = |mask, deltas, reads| Unit {
+            batch: 0,
+            work: Work::Events { start: 0, end: 1 },
+            mask,
+            deltas,
+            reads,
+        };
+        // Two payments to an account on part 1, recorded on parts 0 and 2, then a unit
+        // that reads the account.
+        let plan = Plan {
+            units: vec![
+                unit(0b011, 0b010, 0),
+                unit(0b110, 0b010, 0),
+                unit(0b010, 0, 0b010),
+            ],
+            last_timestamp: 0,
+        };
+        let event = STEPS_PER_EVENT;
+        let decided = event - STEPS_PER_DELTA;
+        let handed_off = PlanCost {
+            work: 3 * event,
+            critical_path: 3 * event,
+        };
+        assert_eq!(plan.cost(), handed_off);
+        // Both decided at once; the read waits for both deltas, applied one by one.
+        let with_deltas = PlanCost {
+            work: 3 * event,
+            critical_path: decided + 2 * STEPS_PER_DELTA + event,
+        };
+        assert_eq!(plan.cost_with_deltas(), with_deltas);
     }
 }

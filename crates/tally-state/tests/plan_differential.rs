@@ -14,6 +14,8 @@ struct Seen {
     serial_groups: u64,
     units: u64,
     spanning_units: u64,
+    delta_units: u64,
+    overtaking_groups: u64,
 }
 
 fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
@@ -21,6 +23,10 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
     let mut rng = SeededRng::new(seed ^ 0x5eed);
     let mut reference = StateMachine::new();
     let mut sharded = StateMachine::with_parts(parts);
+    // Applies the same plans letting units overtake where both only take deltas, as
+    // they would arrive with escrow.
+    let mut overtaking = StateMachine::with_parts(parts);
+    overtaking.set_change_capture(true);
     reference.set_change_capture(true);
     sharded.set_change_capture(true);
     let mut now = 1_000 * NS_PER_S;
@@ -70,10 +76,22 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
                 seen.planned_groups += 1;
                 seen.units += plan.units.len() as u64;
                 seen.spanning_units += plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
+                seen.delta_units += plan.units.iter().filter(|u| u.deltas != 0).count() as u64;
+                let overtaken =
+                    overtaking.apply_planned_overtaking_deltas(&stamped, &plan, |ready| {
+                        rng.below(ready as u64) as usize
+                    });
+                assert_eq!(
+                    overtaken, expected,
+                    "seed {seed}, {parts} parts, group {group_index}: deltas overtaking"
+                );
                 sharded.apply_planned(&stamped, &plan, |ready| rng.below(ready as u64) as usize)
             }
             Err(Serial::ExpiryInsideGroup | Serial::Imported) => {
                 seen.serial_groups += 1;
+                for (stamp, batch) in &stamped {
+                    overtaking.apply(*stamp, batch);
+                }
                 stamped
                     .iter()
                     .map(|(stamp, batch)| sharded.apply(*stamp, batch))
@@ -90,6 +108,11 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
             reference.image(),
             "seed {seed}, {parts} parts, group {group_index}: state differs"
         );
+        assert_eq!(
+            overtaking.image(),
+            reference.image(),
+            "seed {seed}, {parts} parts, group {group_index}: state differs, deltas overtaking"
+        );
         // This test aims batches so that expiry instants fall inside other batches'
         // stamps (the engine's stamping never does), so compare in a total order.
         let sorted = |mut changes: Vec<ChangeEvent>| {
@@ -103,14 +126,21 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
             });
             changes
         };
+        let changes = sorted(reference.take_changes());
         assert_eq!(
             sorted(sharded.take_changes()),
-            sorted(reference.take_changes()),
+            changes,
             "seed {seed}, {parts} parts, group {group_index}: change events differ"
         );
+        // The balances in change events follow the order deltas were applied in: when
+        // they differ, a unit overtook another.
+        if sorted(overtaking.take_changes()) != changes {
+            seen.overtaking_groups += 1;
+        }
     }
     assert!(reference.check_invariants().is_empty());
     assert!(sharded.check_invariants().is_empty());
+    assert!(overtaking.check_invariants().is_empty());
     assert_eq!(sharded.ledger_totals(), reference.ledger_totals());
 }
 
@@ -124,11 +154,13 @@ fn planned_groups_equal_the_reference_on_any_number_of_parts() {
             }
         }
     }
-    // The test must exercise what it claims: plans, serial fallbacks, and units that
-    // span parts.
+    // The test must exercise what it claims: plans, serial fallbacks, units that span
+    // parts, and units that take deltas and overtake one another.
     assert!(seen.planned_groups > 1_000, "{seen:?}");
     assert!(seen.serial_groups > 10, "{seen:?}");
     assert!(seen.spanning_units > seen.units / 4, "{seen:?}");
+    assert!(seen.delta_units > seen.units / 10, "{seen:?}");
+    assert!(seen.overtaking_groups > 50, "{seen:?}");
 }
 
 #[test]
@@ -162,7 +194,7 @@ fn an_image_loads_into_any_number_of_parts_and_reads_the_same() {
 
 #[test]
 fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
-    use tally_state::{Plan, PlanCost, Unit, Work};
+    use tally_state::{Plan, PlanCost, STEPS_PER_EVENT, Unit, Work};
     let unit = |mask, events| Unit {
         batch: 0,
         work: Work::Events {
@@ -170,6 +202,8 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
             end: events,
         },
         mask,
+        deltas: 0,
+        reads: mask,
     };
     // Parts 0 and 1 run side by side; a unit spanning both waits for both.
     let plan = Plan {
@@ -179,18 +213,25 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
     assert_eq!(
         plan.cost(),
         PlanCost {
-            work: 11,
-            critical_path: 8
+            work: 11 * STEPS_PER_EVENT,
+            critical_path: 8 * STEPS_PER_EVENT
         }
     );
     let expire = Unit {
         batch: 0,
         work: Work::Expire { at: 1, id: 7 },
         mask: 0b100,
+        deltas: 0,
+        reads: 0b100,
     };
     let plan = Plan {
         units: vec![expire, unit(0b100, 4)],
         last_timestamp: 0,
     };
-    assert_eq!(plan.cost().critical_path, 5);
+    assert_eq!(plan.cost().critical_path, 5 * STEPS_PER_EVENT);
+    assert_eq!(
+        plan.cost_with_deltas(),
+        plan.cost(),
+        "no deltas, no difference"
+    );
 }
