@@ -34,6 +34,8 @@ struct Profile {
     groups_serial: u64,
     units: u64,
     units_spanning: u64,
+    /// Units that span shards but, with escrow, are decided on one.
+    units_spanning_decided_on_one: u64,
 }
 
 /// Replays a log in groups on `parts` parts, planning each group first.
@@ -67,14 +69,24 @@ impl Profiler {
             Ok(plan) => {
                 for (total, cost) in [
                     (&mut profile.cost, plan.cost()),
-                    (&mut profile.cost_with_deltas, plan.cost_with_deltas()),
+                    (
+                        &mut profile.cost_with_deltas,
+                        plan.cost_with_deltas(self.parts),
+                    ),
                 ] {
                     total.work += cost.work;
                     total.critical_path += cost.critical_path;
                 }
                 profile.units += plan.units.len() as u64;
-                profile.units_spanning +=
-                    plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
+                let spanning = plan.units.iter().filter(|u| u.spans_parts());
+                let (all, decided_on_one) = spanning.fold((0, 0), |(all, one), u| {
+                    (
+                        all + 1,
+                        one + u64::from((u.mask & !u.deltas).count_ones() == 1),
+                    )
+                });
+                profile.units_spanning += all;
+                profile.units_spanning_decided_on_one += decided_on_one;
             }
             Err(Serial::OnePart | Serial::ExpiryInsideGroup | Serial::Imported) => {
                 // Run on one thread: its whole work is its critical path.
@@ -133,7 +145,7 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
         args.group_events
     );
     println!(
-        "shards  groups  work (events)  critical path  parallelism  with escrow  units spanning shards"
+        "shards  groups  work (events)  critical path  parallelism  with escrow  units spanning shards (decided on one with escrow)"
     );
     for &parts in &args.shards {
         let mut profiler = Profiler {
@@ -154,8 +166,10 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
         let p = &profiler.profile;
         let parallelism = |cost: PlanCost| cost.work as f64 / cost.critical_path.max(1) as f64;
         let spanning = 100.0 * p.units_spanning as f64 / p.units.max(1) as f64;
+        let decided_on_one =
+            100.0 * p.units_spanning_decided_on_one as f64 / p.units_spanning.max(1) as f64;
         println!(
-            "{parts:>6}  {:>6}  {:>13}  {:>13}  {:>11.2}  {:>11.2}  {spanning:>5.1} %{}",
+            "{parts:>6}  {:>6}  {:>13}  {:>13}  {:>11.2}  {:>11.2}  {spanning:>5.1} % ({decided_on_one:.1} %){}",
             p.groups,
             p.cost.work / STEPS_PER_EVENT,
             p.cost.critical_path / STEPS_PER_EVENT,

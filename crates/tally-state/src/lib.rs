@@ -19,7 +19,9 @@ mod apply;
 mod balance_history;
 mod burned;
 mod check;
+mod cost;
 mod cow_map;
+mod escrow;
 mod hints;
 mod history;
 mod index;
@@ -34,10 +36,9 @@ mod value_index;
 
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
+pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};
 pub use part::{PARTS_MAX, Part, part_of};
-pub use plan::{
-    Plan, PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT, Serial, Unit, Work, plan, run_unit,
-};
+pub use plan::{Plan, Serial, Touch, Unit, Work, plan, run_unit};
 pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use run::Run;
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};

@@ -16,14 +16,13 @@
 //! that id (transfers never change once created, so either answer is exact).
 
 use crate::apply::{Held, apply_unit, create_account, create_transfer, expire_one, unit_ranges};
+use crate::escrow::{Escrow, Movement};
 use crate::part::part_of;
 use crate::state::StateMachine;
 use std::collections::{HashMap, HashSet};
 
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use tally_types::{
-    AccountFlags, Batch, NS_PER_S, ResultCode, Transfer, TransferFlags, TransferKind,
-};
+use tally_types::{Batch, NS_PER_S, ResultCode, Transfer, TransferFlags, TransferKind};
 
 /// What a unit does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +58,17 @@ pub struct Unit {
     pub deltas: u64,
     /// The parts of `mask` whose accounts' balances the unit's outcome may depend on.
     pub reads: u64,
+    /// The unit's entries in [`Plan::touches`] (a range).
+    pub touches: (u32, u32),
+}
+
+/// An account a unit moves, once per event that moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touch {
+    /// The account.
+    pub account: u128,
+    /// True when its part is in the unit's [`Unit::deltas`]: the unit only adds to it.
+    pub delta: bool,
 }
 
 impl Unit {
@@ -78,94 +88,10 @@ impl Unit {
 pub struct Plan {
     /// The units, in log order.
     pub units: Vec<Unit>,
+    /// The accounts each unit moves ([`Unit::touches`]).
+    pub touches: Vec<Touch>,
     /// The stamp of the group's last event: the state's `last_timestamp` afterwards.
     pub last_timestamp: u64,
-}
-
-/// What a plan costs on an ideal machine with one core per part, where a unit costs one
-/// step per event and starts once every part it touches has finished its units before
-/// it (no hand-off or planning cost). `work / critical_path` is the most a plan can gain
-/// from its parts: the parallelism profile of docs/sharding.md. Figures are in steps of
-/// [`STEPS_PER_EVENT`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PlanCost {
-    /// Steps of all units: the time on one core.
-    pub work: u64,
-    /// The longest chain of units that must run one after another.
-    pub critical_path: u64,
-}
-
-/// Steps of the cost model per event (and per expiry) decided.
-pub const STEPS_PER_EVENT: u64 = 8;
-
-/// Steps of the cost model per delta applied to an account's part: a balance addition
-/// and an append to the account's transfer list, about an eighth of deciding an event
-/// (its checks, two account lookups, the transfer's store and index).
-pub const STEPS_PER_DELTA: u64 = 1;
-
-impl Plan {
-    /// The plan's [`PlanCost`] as the executor runs it: every unit waits for every part
-    /// of its mask.
-    pub fn cost(&self) -> PlanCost {
-        let mut free_at = [0u64; 64];
-        let mut cost = PlanCost::default();
-        for unit in &self.units {
-            let steps = unit.events() * STEPS_PER_EVENT;
-            let parts = || (0..64).filter(|part| unit.mask & (1 << part) != 0);
-            let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
-            let end = start + steps;
-            parts().for_each(|part| free_at[part] = end);
-            cost.work += steps;
-            cost.critical_path = cost.critical_path.max(end);
-        }
-        cost
-    }
-
-    /// The plan's [`PlanCost`] with escrow. A unit holds only the parts it needs to
-    /// decide (`mask` without `deltas`), and also waits for every delta sent before it to
-    /// a part it `reads`; each part of `deltas` then applies the unit's changes to its
-    /// accounts, [`STEPS_PER_DELTA`] per event, once the unit is decided. A delta takes
-    /// its part's time but holds up none of its other units: deltas to one account
-    /// commute and cannot fail, so only a read of that account must wait for them. The
-    /// work is the same, moved from the decision to the deltas; so are the results.
-    pub fn cost_with_deltas(&self) -> PlanCost {
-        let mut free_at = [0u64; 64];
-        // When every delta sent to the part so far has been applied.
-        let mut deltas_done_at = [0u64; 64];
-        let mut cost = PlanCost::default();
-        let bits = |mask: u64| (0..64).filter(move |part| mask & (1 << part) != 0);
-        for unit in &self.units {
-            let events = unit.events();
-            let decide = unit.mask & !unit.deltas;
-            let delta_steps = events * STEPS_PER_DELTA;
-            let decide_steps =
-                events * STEPS_PER_EVENT - u64::from(unit.deltas.count_ones()) * delta_steps;
-            let start = bits(decide)
-                .map(|part| free_at[part])
-                .chain(bits(unit.reads).map(|part| deltas_done_at[part]))
-                .max()
-                .unwrap_or(0);
-            let decided = start + decide_steps;
-            bits(decide).for_each(|part| free_at[part] = decided);
-            for part in bits(unit.deltas) {
-                free_at[part] += delta_steps;
-                deltas_done_at[part] = deltas_done_at[part].max(decided) + delta_steps;
-            }
-            cost.work += events * STEPS_PER_EVENT;
-        }
-        cost.critical_path = free_at.into_iter().chain(deltas_done_at).max().unwrap_or(0);
-        cost
-    }
-}
-
-impl Unit {
-    /// Events the unit decides (an expiry counts as one).
-    fn events(&self) -> u64 {
-        match self.work {
-            Work::Expire { .. } => 1,
-            Work::Events { start, end } => u64::from(end - start),
-        }
-    }
 }
 
 /// Why a group runs serially instead of by plan.
@@ -190,8 +116,8 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
     }
     let Some(&(last_stamp, last_batch)) = batches.last() else {
         return Ok(Plan {
-            units: Vec::new(),
             last_timestamp: state.last_timestamp(),
+            ..Plan::default()
         });
     };
     let last_timestamp = last_stamp + last_batch.len().saturating_sub(1) as u64;
@@ -201,232 +127,186 @@ pub fn plan(state: &StateMachine, batches: &[(u64, &Batch)]) -> Result<Plan, Ser
     if batches.iter().any(|(_, batch)| batch.is_imported()) {
         return Err(Serial::Imported);
     }
-    let bit = |id: u128| 1u64 << part_of(id, count);
     // Expiries are released before a batch, up to its first stamp (as `apply` does): an
     // instant inside the last batch's span waits for the next group, as it would serially.
     let due = due_expiries(state, last_stamp);
-    let escrow = Escrow::new(state, batches, &due);
-    let mut due = due.into_iter().peekable();
-    // Ids created in this group that a later event of it may reference: the parts of
-    // their accounts. Only referenced ids are recorded (most groups reference few).
-    let referenced = referenced_ids(batches);
-    let mut created: IdMap<u128, u64> = IdMap::default();
-    let accounts_of = |id: u128, created: &IdMap<u128, u64>| match state.lookup_transfer(id) {
-        Some(t) => bit(t.debit_account_id) | bit(t.credit_account_id),
-        None => created.get(&id).copied().unwrap_or(0),
+    let mut planner = Planner {
+        state,
+        count,
+        escrow: Escrow::new(state, batches, &due),
+        referenced: referenced_ids(batches),
+        created: IdMap::default(),
+        plan: Plan {
+            last_timestamp,
+            ..Plan::default()
+        },
     };
-    let mut units = Vec::new();
+    let mut due = due.into_iter().peekable();
     for (batch_index, &(stamp, batch)) in batches.iter().enumerate() {
         let batch_index = u32::try_from(batch_index).expect("fewer than 2^32 batches");
         while let Some(&(at, id)) = due.peek().filter(|(at, _)| *at <= stamp) {
             due.next();
-            let pending = state.lookup_transfer(id).expect("a listed expiry exists");
-            let mask = bit(id) | bit(pending.debit_account_id) | bit(pending.credit_account_id);
-            let reads = escrow.reads(&pending, Movement::Release, bit);
-            units.push(Unit {
-                batch: batch_index,
-                work: Work::Expire { at, id },
-                mask,
-                deltas: mask & !(bit(id) | reads),
-                reads,
-            });
+            planner.plan_expiry(batch_index, at, id);
         }
-        let mut push = |start: usize, end: usize, mask: u64, needed: u64, reads: u64| {
-            units.push(Unit {
-                batch: batch_index,
-                work: Work::Events {
-                    start: start as u32,
-                    end: end as u32,
-                },
-                mask,
-                deltas: mask & !needed,
-                reads,
-            });
-        };
         match batch {
             Batch::CreateAccounts(events) => {
                 for (start, end) in unit_ranges(events, 0) {
-                    let mask = events[start..end].iter().fold(0, |m, a| m | bit(a.id));
-                    push(start, end, mask, mask, 0);
+                    let mask = events[start..end]
+                        .iter()
+                        .fold(0, |m, a| m | planner.bit(a.id));
+                    let work = Work::Events {
+                        start: start as u32,
+                        end: end as u32,
+                    };
+                    planner.push_unit(batch_index, work, (mask, mask, 0), &[]);
                 }
             }
             Batch::CreateTransfers(events) => {
                 for (start, end) in unit_ranges(events, 0) {
-                    // `needed`: the parts the unit's outcome depends on; `reads`: those
-                    // of accounts it reads.
-                    let (mut mask, mut needed, mut reads) = (0, 0, 0);
-                    for t in &events[start..end] {
-                        let accounts = match t.kind() {
-                            None => 0,
-                            Some(TransferKind::SinglePhase | TransferKind::Pending) => {
-                                reads |= escrow.reads(t, Movement::Transfer, bit);
-                                bit(t.debit_account_id) | bit(t.credit_account_id)
-                            }
-                            Some(kind) => {
-                                // The referenced transfer's own part decides (its status,
-                                // its refunded total); its accounts move as the kind says.
-                                let referenced = t.pending_id;
-                                let accounts = bit(referenced) | accounts_of(referenced, &created);
-                                reads |= match state.lookup_transfer(referenced) {
-                                    None => accounts,
-                                    Some(o) if kind == TransferKind::Refund => {
-                                        let back = Transfer {
-                                            debit_account_id: o.credit_account_id,
-                                            credit_account_id: o.debit_account_id,
-                                            flags: TransferFlags::empty(),
-                                            ..o
-                                        };
-                                        escrow.reads(&back, Movement::Transfer, bit)
-                                    }
-                                    Some(p) if kind == TransferKind::PostPending => {
-                                        escrow.reads(&p, Movement::Post, bit)
-                                    }
-                                    Some(p) => escrow.reads(&p, Movement::Release, bit),
-                                };
-                                needed |= bit(referenced);
-                                accounts
-                            }
-                        };
-                        mask |= bit(t.id) | accounts;
-                        needed |= bit(t.id) | reads;
-                        if referenced.contains(&t.id) {
-                            // For a post, void or refund this includes the referenced id's
-                            // part too: a superset, which is allowed.
-                            *created.entry(t.id).or_default() |= accounts;
-                        }
-                    }
-                    push(start, end, mask, needed, reads);
+                    planner.plan_transfers(batch_index, events, (start, end));
                 }
             }
         }
     }
     assert!(due.next().is_none(), "every due expiry planned");
-    Ok(Plan {
-        units,
-        last_timestamp,
-    })
+    Ok(planner.plan)
 }
 
-/// Which sides of a group's transfers cannot fail for their account's own state, so that
-/// an executor with escrow could apply them as deltas (O'Neil's escrow method). A side
-/// qualifies when its account exists before the group (its ledger is then fixed), is
-/// open and no closing transfer of the group, or one it settles or expires, touches it
-/// (its `closed` flag is then fixed), has no balance limit on that side, and cannot
-/// overflow that side even if every amount of the group went to it.
-struct Escrow<'a> {
+/// The accounts a transfer moves: debit, then credit.
+type Moved = [u128; 2];
+
+/// Builds one group's plan, unit by unit.
+struct Planner<'a> {
     state: &'a StateMachine,
-    /// Every amount of the group, added (saturating).
-    amounts: u128,
-    /// The accounts a closing transfer of the group may close or reopen.
-    closing: HashSet<u128, foldhash::fast::RandomState>,
+    count: usize,
+    escrow: Escrow<'a>,
+    /// Ids that a later event of the group references.
+    referenced: HashSet<u128, foldhash::fast::RandomState>,
+    /// Referenced ids created in this group: the parts of their accounts (and of the
+    /// transfer each one references), and the accounts they move.
+    created: IdMap<u128, (u64, Moved)>,
+    plan: Plan,
 }
 
-impl<'a> Escrow<'a> {
-    fn new(state: &'a StateMachine, batches: &[(u64, &Batch)], due: &[(u64, u128)]) -> Self {
-        let mut amounts = 0u128;
-        let mut closing = HashSet::default();
-        let mut closes = |t: &Transfer| {
-            if t.flags.contains(TransferFlags::CLOSING_DEBIT) {
-                closing.insert(t.debit_account_id);
-            }
-            if t.flags.contains(TransferFlags::CLOSING_CREDIT) {
-                closing.insert(t.credit_account_id);
-            }
-        };
-        for (_, batch) in batches {
-            let Batch::CreateTransfers(events) = batch else {
-                continue;
-            };
-            for t in events {
-                let referenced = match t.pending_id {
-                    0 => None,
-                    id => state.lookup_transfer(id),
-                };
-                // A post moves at most what its pending transfer reserved; a void, nothing.
-                let moved = match (t.kind(), referenced) {
-                    (Some(TransferKind::VoidPending), _) => 0,
-                    (Some(TransferKind::PostPending), Some(p)) => t.amount.min(p.amount),
-                    _ => t.amount,
-                };
-                amounts = amounts.saturating_add(moved);
-                closes(t);
-                if let Some(referenced) = referenced {
-                    closes(&referenced);
+impl Planner<'_> {
+    fn bit(&self, id: u128) -> u64 {
+        1u64 << part_of(id, self.count)
+    }
+
+    /// The parts of transfer `id`'s accounts, and the accounts, from the committed
+    /// state or from the group's earlier events (transfers never change once created).
+    fn accounts_of(&self, id: u128) -> (u64, Moved) {
+        match self.state.lookup_transfer(id) {
+            Some(t) => (
+                self.bit(t.debit_account_id) | self.bit(t.credit_account_id),
+                [t.debit_account_id, t.credit_account_id],
+            ),
+            None => self.created.get(&id).copied().unwrap_or_default(),
+        }
+    }
+
+    fn plan_expiry(&mut self, batch: u32, at: u64, id: u128) {
+        let pending = self
+            .state
+            .lookup_transfer(id)
+            .expect("a listed expiry exists");
+        let moved = [pending.debit_account_id, pending.credit_account_id];
+        let mask = self.bit(id) | self.bit(moved[0]) | self.bit(moved[1]);
+        let reads = self
+            .escrow
+            .reads(&pending, Movement::Release, |id| self.bit(id));
+        let needed = self.bit(id) | reads;
+        self.push_unit(
+            batch,
+            Work::Expire { at, id },
+            (mask, needed, reads),
+            &moved,
+        );
+    }
+
+    /// Plans one unlinked transfer or one whole chain, `events[start..end]`.
+    fn plan_transfers(&mut self, batch: u32, events: &[Transfer], (start, end): (usize, usize)) {
+        // `needed`: the parts the unit's outcome depends on; `reads`: those of accounts
+        // whose balances it reads.
+        let (mut mask, mut needed, mut reads) = (0, 0, 0);
+        let mut moved = Vec::with_capacity(2 * (end - start));
+        for t in &events[start..end] {
+            let bit = |id| self.bit(id);
+            let (accounts, accounts_moved) = match t.kind() {
+                None => (0, [0, 0]),
+                Some(TransferKind::SinglePhase | TransferKind::Pending) => {
+                    reads |= self.escrow.reads(t, Movement::Transfer, bit);
+                    let ids = [t.debit_account_id, t.credit_account_id];
+                    (bit(ids[0]) | bit(ids[1]), ids)
                 }
+                Some(kind) => {
+                    // The referenced transfer's own part decides (its status, its
+                    // refunded total); its accounts move as the kind says.
+                    let referenced = t.pending_id;
+                    let (parts, [debit, credit]) = self.accounts_of(referenced);
+                    let parts = bit(referenced) | parts;
+                    let original = self.state.lookup_transfer(referenced);
+                    reads |= match (original, kind) {
+                        (None, _) => parts,
+                        (Some(o), TransferKind::Refund) => {
+                            let back = Transfer {
+                                debit_account_id: o.credit_account_id,
+                                credit_account_id: o.debit_account_id,
+                                flags: TransferFlags::empty(),
+                                ..o
+                            };
+                            self.escrow.reads(&back, Movement::Transfer, bit)
+                        }
+                        (Some(p), TransferKind::PostPending) => {
+                            self.escrow.reads(&p, Movement::Post, bit)
+                        }
+                        (Some(p), _) => self.escrow.reads(&p, Movement::Release, bit),
+                    };
+                    needed |= bit(referenced);
+                    let ids = match kind {
+                        TransferKind::Refund => [credit, debit],
+                        _ => [debit, credit],
+                    };
+                    (parts, ids)
+                }
+            };
+            mask |= self.bit(t.id) | accounts;
+            needed |= self.bit(t.id) | reads;
+            moved.extend(accounts_moved.into_iter().filter(|&id| id != 0));
+            if self.referenced.contains(&t.id) {
+                // For a post, void or refund this includes the referenced id's part
+                // too: a superset, which is allowed.
+                let entry = self.created.entry(t.id).or_default();
+                *entry = (entry.0 | accounts, accounts_moved);
             }
         }
-        for &(_, id) in due {
-            if let Some(pending) = state.lookup_transfer(id) {
-                closes(&pending);
-            }
-        }
-        Escrow {
-            state,
-            amounts,
-            closing,
-        }
+        let work = Work::Events {
+            start: start as u32,
+            end: end as u32,
+        };
+        self.push_unit(batch, work, (mask, needed, reads), &moved);
     }
 
-    /// The parts of `t`'s accounts whose side of `movement` can fail, or change what it
-    /// does, for that account's state. For a refund `t` is the original turned around;
-    /// for a post, void or expiry, the pending transfer.
-    fn reads(&self, t: &Transfer, movement: Movement, bit: impl Fn(u128) -> u64) -> u64 {
-        let both = bit(t.debit_account_id) | bit(t.credit_account_id);
-        if movement == Movement::Transfer && (t.flags.is_balancing() || t.flags.is_closing()) {
-            return both;
+    /// Adds a unit with its `(mask, needed, reads)` parts and the accounts it moves.
+    fn push_unit(&mut self, batch: u32, work: Work, masks: (u64, u64, u64), moved: &[u128]) {
+        let (mask, needed, reads) = masks;
+        let deltas = mask & !needed;
+        let first = self.plan.touches.len();
+        for &account in moved {
+            let part = part_of(account, self.count);
+            let delta = deltas & (1 << part) != 0;
+            self.plan.touches.push(Touch { account, delta });
         }
-        let sides = [
-            (
-                t.debit_account_id,
-                AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
-            ),
-            (
-                t.credit_account_id,
-                AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
-            ),
-        ];
-        let mut reads = 0;
-        for (side, (id, limit)) in sides.into_iter().enumerate() {
-            if self.closing.contains(&id) {
-                // Settling or expiring a closing transfer may reopen its account.
-                reads |= bit(id);
-                continue;
-            }
-            if movement == Movement::Release {
-                // Releasing a reservation checks nothing of the accounts.
-                continue;
-            }
-            let fixed = self.state.lookup_account(id).is_some_and(|account| {
-                let total = if side == 0 {
-                    account.debits_posted.checked_add(account.debits_pending)
-                } else {
-                    account.credits_posted.checked_add(account.credits_pending)
-                };
-                // A post checks no limit: the pending transfer reserved the amount.
-                let limited = movement == Movement::Transfer && account.flags.contains(limit);
-                !account.flags.contains(AccountFlags::CLOSED)
-                    && !limited
-                    && total
-                        .and_then(|total| total.checked_add(self.amounts))
-                        .is_some()
-            });
-            if !fixed {
-                reads |= bit(id);
-            }
-        }
-        reads
+        let touches = first as u32..self.plan.touches.len() as u32;
+        self.plan.units.push(Unit {
+            batch,
+            work,
+            mask,
+            deltas,
+            reads,
+            touches: (touches.start, touches.end),
+        });
     }
-}
-
-/// How a unit moves an account's balances, for [`Escrow::reads`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Movement {
-    /// A single-phase or pending transfer, or a refund: checks closing, overflow, limits.
-    Transfer,
-    /// Posting a pending transfer: checks closing and overflow.
-    Post,
-    /// Voiding or expiring a pending transfer: checks nothing of the accounts.
-    Release,
 }
 
 /// Ids that a post, void or refund of the group references.
@@ -701,6 +581,7 @@ mod tests {
             source,
             fresh,
         ] = [1, 2, 3, 4, 5, 6, 7].map(|part| id_on(part, PARTS, 0));
+        let funded = id_on(3, PARTS, 1);
         let account = |id, flags| Account {
             id,
             ledger: 1,
@@ -716,6 +597,7 @@ mod tests {
             account(closing, A::empty()),
             account(full, A::empty()),
             account(source, A::empty()),
+            account(funded, A::DEBITS_MUST_NOT_EXCEED_CREDITS),
         ];
         let setup = Batch::CreateAccounts(accounts.to_vec());
         assert!(state.apply(1, &setup).iter().all(|r| *r == ResultCode::Ok));
@@ -737,7 +619,8 @@ mod tests {
         let reserved = transfer(free, source, 5, T::PENDING);
         let reserved_to_closing = transfer(free, closing, 5, T::PENDING);
         let paid = transfer(free, no_overdraft, 5, T::empty());
-        let committed = vec![fill, reserved, reserved_to_closing, paid];
+        let funding = transfer(free, funded, 1_000, T::empty());
+        let committed = vec![fill, reserved, reserved_to_closing, paid, funding];
         let committed = Batch::CreateTransfers(committed);
         assert!(
             state
@@ -763,6 +646,8 @@ mod tests {
             settle(T::POST_PENDING_TRANSFER, &reserved),
             settle(T::VOID_PENDING_TRANSFER, &reserved_to_closing),
             settle(T::REFUND, &paid),
+            transfer(funded, free, 600, T::empty()),
+            transfer(funded, free, 400, T::empty()),
         ]);
         let planned = plan(&state, &[(100, &create_fresh), (200, &payments)]).expect("planned");
         let bit = |id| 1u64 << part_of(id, PARTS);
@@ -785,6 +670,9 @@ mod tests {
             (bit(free) | bit(source), 0),
             (bit(free), bit(closing)),
             (bit(free), bit(no_overdraft)),
+            // Whatever their order and outcomes, `funded`'s debits stay within its credits.
+            (bit(free) | bit(funded), 0),
+            (bit(free) | bit(funded), 0),
         ];
         assert_eq!(sides, expected);
         for unit in &planned.units {
@@ -792,39 +680,5 @@ mod tests {
             assert_eq!(unit.deltas & !unit.mask, 0);
             assert_eq!(unit.deltas & (unit.reads | transfer_part), 0);
         }
-    }
-
-    #[test]
-    fn escrow_lets_payments_to_one_hot_part_be_decided_side_by_side() {
-        let unit = |mask, deltas, reads| Unit {
-            batch: 0,
-            work: Work::Events { start: 0, end: 1 },
-            mask,
-            deltas,
-            reads,
-        };
-        // Two payments to an account on part 1, recorded on parts 0 and 2, then a unit
-        // that reads the account.
-        let plan = Plan {
-            units: vec![
-                unit(0b011, 0b010, 0),
-                unit(0b110, 0b010, 0),
-                unit(0b010, 0, 0b010),
-            ],
-            last_timestamp: 0,
-        };
-        let event = STEPS_PER_EVENT;
-        let decided = event - STEPS_PER_DELTA;
-        let handed_off = PlanCost {
-            work: 3 * event,
-            critical_path: 3 * event,
-        };
-        assert_eq!(plan.cost(), handed_off);
-        // Both decided at once; the read waits for both deltas, applied one by one.
-        let with_deltas = PlanCost {
-            work: 3 * event,
-            critical_path: decided + 2 * STEPS_PER_DELTA + event,
-        };
-        assert_eq!(plan.cost_with_deltas(), with_deltas);
     }
 }

@@ -3,7 +3,7 @@
 //! the reference's results and state, batch for batch.
 #![allow(clippy::unwrap_used)]
 
-use tally_state::{Serial, StateMachine, plan};
+use tally_state::{Serial, StateMachine, part_of, plan};
 use tally_testkit::SeededRng;
 use tally_testkit::workload::{Accounts, Workload};
 use tally_types::{Batch, ChangeEvent, NS_PER_S, TransferFlags};
@@ -77,6 +77,17 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
                 seen.units += plan.units.len() as u64;
                 seen.spanning_units += plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
                 seen.delta_units += plan.units.iter().filter(|u| u.deltas != 0).count() as u64;
+                for unit in &plan.units {
+                    // Every part that takes deltas is the part of an account that does.
+                    let touches = &plan.touches[unit.touches.0 as usize..unit.touches.1 as usize];
+                    let delta_parts = touches
+                        .iter()
+                        .filter(|t| t.delta)
+                        .fold(0, |mask, t| mask | 1 << part_of(t.account, parts));
+                    assert_eq!(delta_parts, unit.deltas, "{unit:?} {touches:?}");
+                    assert_eq!(unit.deltas & !unit.mask, 0);
+                    assert_eq!(unit.deltas & unit.reads, 0);
+                }
                 let overtaken =
                     overtaking.apply_planned_overtaking_deltas(&stamped, &plan, |ready| {
                         rng.below(ready as u64) as usize
@@ -204,11 +215,12 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
         mask,
         deltas: 0,
         reads: mask,
+        touches: (0, 0),
     };
     // Parts 0 and 1 run side by side; a unit spanning both waits for both.
     let plan = Plan {
         units: vec![unit(0b01, 3), unit(0b10, 5), unit(0b11, 2), unit(0b01, 1)],
-        last_timestamp: 0,
+        ..Plan::default()
     };
     assert_eq!(
         plan.cost(),
@@ -223,14 +235,15 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
         mask: 0b100,
         deltas: 0,
         reads: 0b100,
+        touches: (0, 0),
     };
     let plan = Plan {
         units: vec![expire, unit(0b100, 4)],
-        last_timestamp: 0,
+        ..Plan::default()
     };
     assert_eq!(plan.cost().critical_path, 5 * STEPS_PER_EVENT);
     assert_eq!(
-        plan.cost_with_deltas(),
+        plan.cost_with_deltas(4),
         plan.cost(),
         "no deltas, no difference"
     );
