@@ -4,10 +4,6 @@
 //! read back from the record the position names, only when the stored hash bits match;
 //! a resize re-places entries from the stored bits without touching any record.
 //!
-//! Growing is incremental: the full table stays readable as `old` while each insert moves
-//! a few of its slots into the table twice its size, so no insert pays for re-placing
-//! every entry (at 50 M transfers that was a 2.4 s stop of the apply thread).
-//!
 //! One array and no separate control bytes: a lookup's first probe and its neighbours
 //! share one cache line, so at a million accounts a lookup costs one index miss where
 //! hashbrown's split control bytes and slots cost two (apply is memory-bound).
@@ -26,27 +22,12 @@ const LOAD_DEN: usize = 4;
 /// Slots in the first table allocated.
 const SLOTS_MIN: usize = 16;
 
-/// Slots of the old table moved per insert while growing. The new table holds twice the
-/// slots, so it takes a quarter of the old one's slot count in inserts to fill to three
-/// quarters: four per insert drains the old table within that many.
-const MOVES_PER_INSERT: usize = 4;
-
-/// A removed entry in the old table while it drains: its probe runs stay whole (entries
-/// there never move), and no occupied slot packs to it (its low half is 0).
-const TOMBSTONE: u64 = 1 << 32;
-
 /// Seeded per index at random (foldhash), which keeps hash flooding by chosen ids
 /// impractical.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IdIndex {
     /// `bits << 32 | (position + 1)`, or [`EMPTY`]; the length is 0 or a power of two.
     slots: Vec<u64>,
-    /// The table before the last growth, while its entries move into `slots`; read only
-    /// but for [`TOMBSTONE`]s; empty when none is draining.
-    old: Vec<u64>,
-    /// Slots of `old` already moved, in slot order.
-    moved: usize,
-    /// Ids indexed (in `slots`, in `old` or in both).
     len: usize,
     /// Entries the table holds before it must grow (LOAD_NUM / LOAD_DEN of the slots):
     /// one compare per insert instead of the load arithmetic.
@@ -81,38 +62,40 @@ impl IdIndex {
         self.slots.len() - 1
     }
 
-    /// The slot of `slots` holding `id`, if any.
+    /// The slot holding `id`, if any.
     #[inline]
     fn find(&self, id: u128, bits: u32, id_at: impl Fn(u32) -> u128) -> Option<usize> {
-        find_in(&self.slots, id, bits, id_at)
-    }
-
-    /// The slot of `old` holding `id`, if any.
-    #[inline]
-    fn find_old(&self, id: u128, bits: u32, id_at: impl Fn(u32) -> u128) -> Option<usize> {
-        find_in(&self.old, id, bits, id_at)
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut at = bits as usize & mask;
+        loop {
+            let slot = self.slots[at];
+            if slot == EMPTY {
+                return None;
+            }
+            if bits_of(slot) == bits && id_at(position_of(slot)) == id {
+                return Some(at);
+            }
+            at = (at + 1) & mask;
+        }
     }
 
     /// The position of `id`; `id_at` reads the id of the record at a position.
     #[inline]
     pub fn get(&self, id: u128, id_at: impl Fn(u32) -> u128) -> Option<u32> {
         let bits = self.bits(id);
-        match self.find(id, bits, &id_at) {
-            Some(at) => Some(position_of(self.slots[at])),
-            None => self
-                .find_old(id, bits, id_at)
-                .map(|at| position_of(self.old[at])),
-        }
+        self.find(id, bits, id_at)
+            .map(|at| position_of(self.slots[at]))
     }
 
     /// Starts loading the cache line of `id`'s home slot (see [`crate::prefetch`]).
     #[inline]
     pub fn prefetch_home(&self, id: u128) {
-        let bits = self.bits(id) as usize;
-        for table in [&self.slots, &self.old] {
-            if !table.is_empty() {
-                prefetch(table.as_ptr().wrapping_add(bits & (table.len() - 1)));
-            }
+        if !self.slots.is_empty() {
+            let at = self.bits(id) as usize & self.mask();
+            prefetch(self.slots.as_ptr().wrapping_add(at));
         }
     }
 
@@ -122,13 +105,8 @@ impl IdIndex {
     /// id's position (or `None`) when `id` is not indexed.
     #[inline]
     pub fn candidate(&self, id: u128) -> Option<u32> {
-        let bits = self.bits(id);
-        match self.find(id, bits, |_| id) {
-            Some(at) => Some(position_of(self.slots[at])),
-            None => self
-                .find_old(id, bits, |_| id)
-                .map(|at| position_of(self.old[at])),
-        }
+        self.find(id, self.bits(id), |_| id)
+            .map(|at| position_of(self.slots[at]))
     }
 
     /// Adds `id` at `position`, in one probe sequence; false (and nothing changed) when
@@ -137,19 +115,15 @@ impl IdIndex {
     pub fn insert(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
         debug_assert_eq!(id_at(position), id);
         if self.len >= self.len_max {
-            self.grow();
+            self.reserve(1);
         }
         debug_assert!(self.len < self.len_max);
-        self.move_some(MOVES_PER_INSERT);
         let bits = self.bits(id);
         let mask = self.mask();
         let mut at = bits as usize & mask;
         loop {
             let slot = self.slots[at];
             if slot == EMPTY {
-                if self.find_old(id, bits, id_at).is_some() {
-                    return false;
-                }
                 self.slots[at] = pack(bits, position);
                 self.len += 1;
                 return true;
@@ -161,66 +135,22 @@ impl IdIndex {
         }
     }
 
-    /// Starts draining the full table into one twice its size (after finishing a drain
-    /// still under way, which the insert rate rules out: see [`MOVES_PER_INSERT`]).
-    fn grow(&mut self) {
-        debug_assert!(
-            self.old.is_empty(),
-            "the last growth drained before the next"
-        );
-        self.move_some(usize::MAX);
-        let slots = (self.slots.len() * 2).max(SLOTS_MIN);
-        self.len_max = slots * LOAD_NUM / LOAD_DEN;
-        self.old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
-        self.moved = 0;
-        // Before the first write faults the pages in: lookups land at random.
-        advise_huge_pages(&self.slots);
-    }
-
-    /// Moves up to `count` slots of the draining table into `slots`, and drops it once
-    /// every slot has moved.
-    fn move_some(&mut self, count: usize) {
-        if self.old.is_empty() {
-            return;
-        }
-        let end = self.old.len().min(self.moved.saturating_add(count));
-        let mask = self.mask();
-        for &slot in &self.old[self.moved..end] {
-            if slot == EMPTY || slot == TOMBSTONE {
-                continue;
-            }
-            let mut at = bits_of(slot) as usize & mask;
-            while self.slots[at] != EMPTY {
-                at = (at + 1) & mask;
-            }
-            self.slots[at] = slot;
-        }
-        self.moved = end;
-        if self.moved == self.old.len() {
-            self.old = Vec::new();
-            self.moved = 0;
-        }
-    }
-
     /// Points `id`'s entry at `position`, a record with the same id (a value index's
     /// newest record of a value); false when `id` has no entry.
     pub fn replace(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
         let bits = self.bits(id);
-        // An entry already moved is in both tables: both must follow.
-        let new = self.find(id, bits, &id_at);
-        let old = self.find_old(id, bits, id_at);
-        if let Some(at) = new {
-            self.slots[at] = pack(bits, position);
+        match self.find(id, bits, id_at) {
+            Some(at) => {
+                self.slots[at] = pack(bits, position);
+                true
+            }
+            None => false,
         }
-        if let Some(at) = old {
-            self.old[at] = pack(bits, position);
-        }
-        new.is_some() || old.is_some()
     }
 
     /// Bytes of memory held.
     pub fn bytes(&self) -> usize {
-        (self.slots.capacity() + self.old.capacity()) * std::mem::size_of::<u64>()
+        self.slots.capacity() * std::mem::size_of::<u64>()
     }
 
     /// Removes `id` (its record must still be readable through `id_at`). The entries
@@ -228,14 +158,7 @@ impl IdIndex {
     /// reachable from its home slot without tombstones.
     pub fn remove(&mut self, id: u128, id_at: impl Fn(u32) -> u128) {
         let bits = self.bits(id);
-        let old = self.find_old(id, bits, &id_at);
-        if let Some(at) = old {
-            self.old[at] = TOMBSTONE;
-        }
         let Some(mut hole) = self.find(id, bits, id_at) else {
-            if old.is_some() {
-                self.len -= 1;
-            }
             return;
         };
         let mask = self.mask();
@@ -262,7 +185,6 @@ impl IdIndex {
 
     /// Room for `additional` more ids without a resize.
     pub fn reserve(&mut self, additional: usize) {
-        self.move_some(usize::MAX);
         let wanted = self
             .len
             .checked_add(additional)
@@ -279,7 +201,6 @@ impl IdIndex {
     /// Re-places every entry into a table of `slots` slots, from the stored bits.
     fn resize(&mut self, slots: usize) {
         debug_assert!(slots.is_power_of_two() && slots * LOAD_NUM >= self.len * LOAD_DEN);
-        debug_assert!(self.old.is_empty(), "no table is draining");
         self.len_max = slots * LOAD_NUM / LOAD_DEN;
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
         // Before the first write faults the pages in: lookups land at random.
@@ -298,26 +219,6 @@ impl IdIndex {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.len
-    }
-}
-
-/// The slot of `table` (linear probing, a power-of-two length or empty) holding `id`.
-#[inline]
-fn find_in(table: &[u64], id: u128, bits: u32, id_at: impl Fn(u32) -> u128) -> Option<usize> {
-    if table.is_empty() {
-        return None;
-    }
-    let mask = table.len() - 1;
-    let mut at = bits as usize & mask;
-    loop {
-        let slot = table[at];
-        if slot == EMPTY {
-            return None;
-        }
-        if slot != TOMBSTONE && bits_of(slot) == bits && id_at(position_of(slot)) == id {
-            return Some(at);
-        }
-        at = (at + 1) & mask;
     }
 }
 
@@ -390,69 +291,5 @@ mod tests {
         }
         // Load stays at or under three quarters.
         assert!(index.len() * LOAD_DEN <= index.slots.len() * LOAD_NUM);
-    }
-
-    /// Growth moves a bounded number of slots per insert while lookups, replacements
-    /// and removals stay exact across both tables.
-    #[test]
-    fn grows_a_few_slots_per_insert_and_stays_exact_while_draining() {
-        let mut rng = crate::test_support::SeededRng::new(11);
-        const IDS: u32 = 20_000;
-        let ids: Vec<u128> = (0..u128::from(IDS))
-            .map(|n| (n << 80) ^ (n * 0x9e37))
-            .collect();
-        // Every id has two records, at `n` and `n + IDS`, so a replacement can move it.
-        let records: Vec<u128> = ids.iter().chain(&ids).copied().collect();
-        let id_at = |p: u32| records[p as usize];
-        let mut index = IdIndex::default();
-        let mut model: HashMap<u128, u32> = HashMap::new();
-        let (mut drains_seen, mut largest_old) = (0, 0);
-        for step in 0..200_000u32 {
-            let position = rng.below(records.len() as u64) as u32;
-            let id = records[position as usize];
-            let old_before = (index.old.len(), index.moved);
-            match rng.below(8) {
-                0 => {
-                    index.remove(id, id_at);
-                    model.remove(&id);
-                }
-                1 => {
-                    let replaced = index.replace(id, position, id_at);
-                    assert_eq!(replaced, model.contains_key(&id), "step {step}");
-                    if replaced {
-                        model.insert(id, position);
-                    }
-                }
-                _ => {
-                    let inserted = index.insert(id, position, id_at);
-                    let absent = !model.contains_key(&id);
-                    assert_eq!(inserted, absent, "step {step}");
-                    if absent {
-                        model.insert(id, position);
-                    }
-                    if old_before.0 > 0 && index.old.len() == old_before.0 {
-                        assert!(index.moved - old_before.1 <= MOVES_PER_INSERT);
-                    }
-                }
-            }
-            if !index.old.is_empty() {
-                drains_seen += 1;
-                largest_old = largest_old.max(index.old.len());
-            }
-            assert_eq!(index.len(), model.len(), "step {step}");
-            let probe = ids[rng.below(ids.len() as u64) as usize];
-            assert_eq!(
-                index.get(probe, id_at),
-                model.get(&probe).copied(),
-                "step {step}"
-            );
-        }
-        assert!(
-            drains_seen > 1_000 && largest_old >= 8_192,
-            "{drains_seen} {largest_old}"
-        );
-        for &probe in &ids {
-            assert_eq!(index.get(probe, id_at), model.get(&probe).copied());
-        }
     }
 }
