@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tally_log::{LogRecord, RecoverySink};
-use tally_state::{PARTS_MAX, PlanCost, STEPS_PER_EVENT, Serial, StateMachine, plan};
+use tally_state::{PARTS_MAX, PlanCost, STEPS_PER_EVENT, Serial, StateMachine, plan_with_escrow};
 use tally_types::LoadedImage;
 
 /// The arguments of `tally profile`.
@@ -65,7 +65,7 @@ impl Profiler {
         let events = self.events as u64;
         let profile = &mut self.profile;
         profile.groups += 1;
-        match plan(state, &batches) {
+        match plan_with_escrow(state, &batches) {
             Ok(plan) => {
                 for (total, cost) in [
                     (&mut profile.cost, plan.cost()),

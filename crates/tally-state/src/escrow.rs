@@ -25,6 +25,8 @@ pub(crate) struct Escrow<'a> {
     unattributed: u128,
     /// The accounts a closing transfer of the group may close or reopen.
     closing: HashSet<u128, foldhash::fast::RandomState>,
+    /// False: every side counts as read (the analysis is off).
+    on: bool,
 }
 
 impl<'a> Escrow<'a> {
@@ -98,7 +100,25 @@ impl<'a> Escrow<'a> {
             adds,
             unattributed,
             closing,
+            on: true,
         }
+    }
+
+    /// No analysis: every side of every event counts as read.
+    pub(crate) fn off(state: &'a StateMachine) -> Self {
+        Escrow {
+            state,
+            amounts: 0,
+            adds: Default::default(),
+            unattributed: 0,
+            closing: HashSet::default(),
+            on: false,
+        }
+    }
+
+    /// True when the analysis is on.
+    pub(crate) fn is_on(&self) -> bool {
+        self.on
     }
 
     /// The parts of `t`'s accounts whose side of `movement` can fail, or change what it
@@ -106,7 +126,9 @@ impl<'a> Escrow<'a> {
     /// for a post, void or expiry, the pending transfer.
     pub(crate) fn reads(&self, t: &Transfer, movement: Movement, bit: impl Fn(u128) -> u64) -> u64 {
         let both = bit(t.debit_account_id) | bit(t.credit_account_id);
-        if movement == Movement::Transfer && (t.flags.is_balancing() || t.flags.is_closing()) {
+        if !self.on
+            || movement == Movement::Transfer && (t.flags.is_balancing() || t.flags.is_closing())
+        {
             return both;
         }
         let sides = [

@@ -38,7 +38,7 @@ pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};
 pub use part::{PARTS_MAX, Part, part_of};
-pub use plan::{Plan, Serial, Touch, Unit, Work, plan, run_unit};
+pub use plan::{Plan, Serial, Touch, Unit, Work, plan, plan_with_escrow, run_unit};
 pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use run::Run;
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};

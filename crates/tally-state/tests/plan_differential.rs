@@ -3,7 +3,7 @@
 //! the reference's results and state, batch for batch.
 #![allow(clippy::unwrap_used)]
 
-use tally_state::{Serial, StateMachine, part_of, plan};
+use tally_state::{Serial, StateMachine, part_of, plan, plan_with_escrow};
 use tally_testkit::SeededRng;
 use tally_testkit::workload::{Accounts, Workload};
 use tally_types::{Batch, ChangeEvent, NS_PER_S, TransferFlags};
@@ -73,13 +73,24 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
         }
         let got = match plan(&sharded, &stamped) {
             Ok(plan) => {
+                // The executor's plan and the escrow analysis cut the same units with
+                // the same masks; only the analysis marks deltas.
+                let escrow = plan_with_escrow(&sharded, &stamped).expect("planned alike");
+                let masks = |plan: &tally_state::Plan| -> Vec<_> {
+                    plan.units
+                        .iter()
+                        .map(|u| (u.batch, u.work, u.mask))
+                        .collect()
+                };
+                assert_eq!(masks(&plan), masks(&escrow));
+                assert!(plan.units.iter().all(|u| u.deltas == 0) && plan.touches.is_empty());
                 seen.planned_groups += 1;
                 seen.units += plan.units.len() as u64;
                 seen.spanning_units += plan.units.iter().filter(|u| u.spans_parts()).count() as u64;
-                seen.delta_units += plan.units.iter().filter(|u| u.deltas != 0).count() as u64;
-                for unit in &plan.units {
+                seen.delta_units += escrow.units.iter().filter(|u| u.deltas != 0).count() as u64;
+                for unit in &escrow.units {
                     // Every part that takes deltas is the part of an account that does.
-                    let touches = &plan.touches[unit.touches.0 as usize..unit.touches.1 as usize];
+                    let touches = &escrow.touches[unit.touches.0 as usize..unit.touches.1 as usize];
                     let delta_parts = touches
                         .iter()
                         .filter(|t| t.delta)
@@ -89,7 +100,7 @@ fn run(seed: u64, parts: usize, skew: Accounts, seen: &mut Seen) {
                     assert_eq!(unit.deltas & unit.reads, 0);
                 }
                 let overtaken =
-                    overtaking.apply_planned_overtaking_deltas(&stamped, &plan, |ready| {
+                    overtaking.apply_planned_overtaking_deltas(&stamped, &escrow, |ready| {
                         rng.below(ready as u64) as usize
                     });
                 assert_eq!(
