@@ -419,16 +419,8 @@ fn no_snapshot_is_written_after_shutdown_returns() {
                 // Pays until the ledger refuses for shutting down.
                 for round in 0.. {
                     let id = u128::from(100_000 + thread * 1_000_000 + round);
-                    let payment = Transfer {
-                        amount: 1,
-                        debit_account_id: 2,
-                        credit_account_id: 4,
-                        ledger: 156,
-                        code: 1,
-                        ..blank(id, 0)
-                    };
                     if ledger
-                        .submit(Batch::CreateTransfers(vec![payment]))
+                        .submit(Batch::CreateTransfers(vec![payment(id)]))
                         .is_err()
                     {
                         break;
@@ -554,16 +546,21 @@ fn pay_together(ledger: &Ledger, threads: u64, rounds: u64, first_id: u64) {
     });
 }
 
+/// A payment of 1 from account 2 to account 4 (both created by `accounts`).
+fn payment(id: u128) -> Transfer {
+    Transfer {
+        amount: 1,
+        debit_account_id: 2,
+        credit_account_id: 4,
+        ledger: 156,
+        code: 1,
+        ..blank(id, 0)
+    }
+}
+
 fn pay_one(ledger: &Ledger, id: u128) {
     let answer = ledger
-        .submit(Batch::CreateTransfers(vec![Transfer {
-            amount: 1,
-            debit_account_id: 2,
-            credit_account_id: 4,
-            ledger: 156,
-            code: 1,
-            ..blank(id, 0)
-        }]))
+        .submit(Batch::CreateTransfers(vec![payment(id)]))
         .unwrap();
     assert_eq!(answer[0].code, ResultCode::Ok);
 }
