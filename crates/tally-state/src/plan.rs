@@ -211,10 +211,11 @@ impl Planner<'_> {
         1u64 << part_of(id, self.count)
     }
 
-    /// The parts of transfer `id`'s accounts, and the accounts, from the committed
-    /// state or from the group's earlier events (transfers never change once created).
-    fn accounts_of(&self, id: u128) -> (u64, Moved) {
-        match self.state.lookup_transfer(id) {
+    /// The parts of transfer `id`'s accounts, and the accounts: from `stored`, its
+    /// record in the committed state, or from the group's earlier events (transfers
+    /// never change once created).
+    fn accounts_of(&self, id: u128, stored: Option<&Transfer>) -> (u64, Moved) {
+        match stored {
             Some(t) => (
                 self.bit(t.debit_account_id) | self.bit(t.credit_account_id),
                 [t.debit_account_id, t.credit_account_id],
@@ -261,9 +262,9 @@ impl Planner<'_> {
                     // The referenced transfer's own part decides (its status, its
                     // refunded total); its accounts move as the kind says.
                     let referenced = t.pending_id;
-                    let (parts, [debit, credit]) = self.accounts_of(referenced);
-                    let parts = bit(referenced) | parts;
                     let original = self.state.lookup_transfer(referenced);
+                    let (parts, [debit, credit]) = self.accounts_of(referenced, original.as_ref());
+                    let parts = bit(referenced) | parts;
                     reads |= match (original, kind) {
                         (None, _) => parts,
                         (Some(o), TransferKind::Refund) => {
