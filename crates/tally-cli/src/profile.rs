@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tally_log::{LogRecord, RecoverySink};
-use tally_state::{PARTS_MAX, PlanCost, STEPS_PER_EVENT, Serial, StateMachine, plan_with_escrow};
+use tally_state::{
+    Layout, PARTS_MAX, Placement, PlanCost, STEPS_PER_EVENT, Serial, StateMachine, plan_with_escrow,
+};
 use tally_types::LoadedImage;
 
 /// The arguments of `tally profile`.
@@ -22,6 +24,10 @@ pub(crate) struct ProfileArgs {
     /// Events per planned group, as the engine's group commit would take them.
     #[arg(long, default_value_t = 8_190)]
     group_events: usize,
+    /// Place ids by their lowest N bits (1 to 128; 128, the default, is the whole id):
+    /// ids that share them share a shard (docs/sharding.md, "Placement").
+    #[arg(long, default_value_t = Placement::WHOLE_ID)]
+    placement_bits: Placement,
 }
 
 /// One shard count's profile.
@@ -38,9 +44,9 @@ struct Profile {
     units_spanning_decided_on_one: u64,
 }
 
-/// Replays a log in groups on `parts` parts, planning each group first.
+/// Replays a log in groups cut as `layout` says, planning each group first.
 struct Profiler {
-    parts: usize,
+    layout: Layout,
     group_events: usize,
     state: Option<StateMachine>,
     group: Vec<LogRecord>,
@@ -69,10 +75,7 @@ impl Profiler {
             Ok(plan) => {
                 for (total, cost) in [
                     (&mut profile.cost, plan.cost()),
-                    (
-                        &mut profile.cost_with_deltas,
-                        plan.cost_with_deltas(self.parts),
-                    ),
+                    (&mut profile.cost_with_deltas, plan.cost_with_deltas()),
                 ] {
                     total.work += cost.work;
                     total.critical_path += cost.critical_path;
@@ -90,7 +93,7 @@ impl Profiler {
             }
             Err(Serial::OnePart | Serial::ExpiryInsideGroup | Serial::Imported) => {
                 // Run on one thread: its whole work is its critical path.
-                if self.parts > 1 {
+                if self.layout.count() > 1 {
                     profile.groups_serial += 1;
                 }
                 for total in [&mut profile.cost, &mut profile.cost_with_deltas] {
@@ -108,9 +111,9 @@ impl Profiler {
 impl RecoverySink for Profiler {
     fn start(&mut self, snapshot: Option<(u64, LoadedImage)>) {
         self.state = match snapshot {
-            None => Some(StateMachine::with_parts(self.parts)),
+            None => Some(StateMachine::with_parts(self.layout)),
             Some((sequence, image)) => {
-                match StateMachine::from_loaded_image_in_parts(image, self.parts) {
+                match StateMachine::from_loaded_image_in_parts(image, self.layout) {
                     Ok(state) => Some(state),
                     Err(error) => {
                         self.failure = Some(format!("snapshot {sequence} does not load: {error}"));
@@ -140,16 +143,18 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
         return Err("--group-events: give a number above 0".to_string());
     }
     println!(
-        "parallelism profile of {} (groups of {} events; an ideal machine, one core per shard)",
+        "parallelism profile of {} (groups of {} events, ids placed by their low {} bits; \
+         an ideal machine, one core per shard)",
         args.data.display(),
-        args.group_events
+        args.group_events,
+        args.placement_bits
     );
     println!(
         "shards  groups  work (events)  critical path  parallelism  with escrow  units spanning shards (decided on one with escrow)"
     );
     for &parts in &args.shards {
         let mut profiler = Profiler {
-            parts,
+            layout: Layout::new(parts, args.placement_bits),
             group_events: args.group_events,
             state: None,
             group: Vec::new(),

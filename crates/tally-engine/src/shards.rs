@@ -329,7 +329,7 @@ impl Shard {
 
     /// Runs this shard's units of the group. False when the apply thread is gone.
     fn apply_group(&self, group: &Group) -> bool {
-        let mut held = Held::new(self.peers.len());
+        let mut held = Held::new(group.plan.layout);
         let mut results = Vec::new();
         let mut scratch = Vec::new();
         let (mut units, mut spanning, mut waited) = (0, 0, 0);

@@ -2,11 +2,12 @@
 //!
 //! The checks are written once, over [`Parts`]: the whole state on one thread (the
 //! reference, and replay), or only the parts a shard thread holds for one unit of a plan
-//! (`crate::plan`). Every access routes by id with [`part_of`]; a unit that touches a
+//! (`crate::plan`). Every access routes by id with [`Layout::part_of`]; a unit that touches a
 //! part it was not planned to hold panics instead of reading the wrong data.
 
 use crate::balance_history::BalanceRow;
-use crate::part::{Balances, Part, TransferEntry, TransferRef, expires_at, part_of};
+use crate::layout::Layout;
+use crate::part::{Balances, Part, TransferEntry, TransferRef, expires_at};
 use crate::state::StateMachine;
 use tally_types::{
     Account, AccountFlags, Batch, ChangeEvent, ChangeKind, NS_PER_S, PendingStatus, ResultCode,
@@ -17,8 +18,13 @@ use ResultCode as R;
 
 /// The parts an apply step can reach.
 pub trait Parts {
+    /// How the state is cut into parts (held or not).
+    fn layout(&self) -> Layout;
     /// The number of parts the state has (held or not).
-    fn count(&self) -> usize;
+    #[inline]
+    fn count(&self) -> usize {
+        self.layout().count()
+    }
     /// Part `part`, which must be held.
     fn get(&self, part: usize) -> &Part;
     /// Part `part`, which must be held, for writing.
@@ -28,8 +34,9 @@ pub trait Parts {
 }
 
 impl Parts for [Box<Part>] {
-    fn count(&self) -> usize {
-        self.len()
+    #[inline]
+    fn layout(&self) -> Layout {
+        self[0].layout
     }
 
     #[inline]
@@ -51,19 +58,22 @@ impl Parts for [Box<Part>] {
 /// shards lent it for a unit that spans several parts.
 #[derive(Debug)]
 pub struct Held {
+    layout: Layout,
     slots: Vec<Option<Box<Part>>>,
 }
 
 impl Held {
-    /// Holding nothing yet, of a state with `count` parts.
-    pub fn new(count: usize) -> Held {
+    /// Holding nothing yet, of a state cut as `layout` says.
+    pub fn new(layout: Layout) -> Held {
         Held {
-            slots: (0..count).map(|_| None).collect(),
+            layout,
+            slots: (0..layout.count()).map(|_| None).collect(),
         }
     }
 
-    /// Takes `part` in; its slot must be free.
+    /// Takes `part` in; its slot must be free and it must be of this layout.
     pub fn insert(&mut self, part: Box<Part>) {
+        assert_eq!(part.layout, self.layout, "a part of another layout");
         let slot = &mut self.slots[part.index()];
         assert!(slot.is_none(), "part {} held twice", part.index());
         *slot = Some(part);
@@ -83,8 +93,9 @@ impl Held {
 }
 
 impl Parts for Held {
-    fn count(&self) -> usize {
-        self.slots.len()
+    #[inline]
+    fn layout(&self) -> Layout {
+        self.layout
     }
 
     #[inline]
@@ -268,9 +279,8 @@ pub(crate) fn expire_due<P: Parts + ?Sized>(parts: &mut P, now: u64) {
 /// Expires pending transfer `key.1` if it is still waiting on expiry instant `key.0`
 /// (a post or void earlier in the group may have settled it). Returns whether it did.
 pub(crate) fn expire_one<P: Parts + ?Sized>(parts: &mut P, key: (u64, u128)) -> bool {
-    let count = parts.count();
     let (_, id) = key;
-    let home = parts.get_mut(part_of(id, count));
+    let home = parts.get_mut(parts.layout().part_of(id));
     if !home.expiries.remove(&key) {
         return false;
     }
@@ -343,7 +353,7 @@ pub(crate) struct Slot {
 }
 
 pub(crate) fn account_slot<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Slot> {
-    let part = part_of(id, parts.count());
+    let part = parts.layout().part_of(id);
     let index = parts.get(part).account_position(id)?;
     Some(Slot { part, index })
 }
@@ -359,7 +369,7 @@ fn set_balances<P: Parts + ?Sized>(parts: &mut P, slot: Slot, balances: Balances
 /// The reference of stored transfer `id`.
 fn stored_ref<P: Parts + ?Sized>(parts: &P, id: u128) -> TransferRef {
     let count = parts.count();
-    let part = part_of(id, count);
+    let part = parts.layout().part_of(id);
     match parts.get(part).transfer_entry(id) {
         Some(TransferEntry::Stored(position)) => {
             let transfer_ref = position as usize * count + part;
@@ -370,11 +380,11 @@ fn stored_ref<P: Parts + ?Sized>(parts: &P, id: u128) -> TransferRef {
 }
 
 fn lookup_transfer<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Transfer> {
-    parts.get(part_of(id, parts.count())).lookup_transfer(id)
+    parts.get(parts.layout().part_of(id)).lookup_transfer(id)
 }
 
 fn home_mut<P: Parts + ?Sized>(parts: &mut P, id: u128) -> &mut Part {
-    let part = part_of(id, parts.count());
+    let part = parts.layout().part_of(id);
     parts.get_mut(part)
 }
 
@@ -451,7 +461,7 @@ fn record_transfer_change<P: Parts + ?Sized>(
             part.append_balance_row(slot.index, row);
         }
     }
-    let home = part_of(transfer.id, parts.count());
+    let home = parts.layout().part_of(transfer.id);
     if !parts.get(home).capturing {
         return;
     }

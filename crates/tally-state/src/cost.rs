@@ -1,7 +1,6 @@
 //! What a plan costs on an ideal machine with one core per part: the parallelism
 //! profile of docs/sharding.md, for the executor as built and with escrow.
 
-use crate::part::part_of;
 use crate::plan::{Plan, Unit, Work};
 use std::collections::HashMap;
 
@@ -44,7 +43,7 @@ impl Plan {
         cost
     }
 
-    /// The plan's [`PlanCost`] with escrow, for a state of `parts` parts. A unit holds
+    /// The plan's [`PlanCost`] with escrow. A unit holds
     /// only the parts it needs to decide (`mask` without `deltas`), and waits for every
     /// delta sent before it to an account it reads or changes in place; each account
     /// it only adds to ([`crate::Touch::delta`]) then takes the change as a delta on
@@ -52,7 +51,7 @@ impl Plan {
     /// takes its part's time but holds up none of the part's other units: deltas to
     /// one account commute and cannot fail, so only a unit that reads that account
     /// waits for them. The work is the same, moved from the decisions to the deltas.
-    pub fn cost_with_deltas(&self, parts: usize) -> PlanCost {
+    pub fn cost_with_deltas(&self) -> PlanCost {
         let mut free_at = [0u64; 64];
         // Per account, when every delta sent to it so far has been applied.
         let mut account_at: HashMap<u128, u64, foldhash::fast::RandomState> = HashMap::default();
@@ -80,7 +79,7 @@ impl Plan {
                 *at = (*at).max(decided);
                 if touch.delta {
                     *at += STEPS_PER_DELTA;
-                    free_at[part_of(touch.account, parts)] += STEPS_PER_DELTA;
+                    free_at[self.layout.part_of(touch.account)] += STEPS_PER_DELTA;
                 }
             }
             cost.work += unit.events() * STEPS_PER_EVENT;
@@ -104,6 +103,7 @@ impl Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::{Layout, part_of};
     use crate::plan::Touch;
 
     #[test]
@@ -116,7 +116,10 @@ mod tests {
                 .unwrap_or(0)
         };
         let (hot, other) = (on_part_1(0), on_part_1(1));
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            layout: Layout::from(PARTS),
+            ..Plan::default()
+        };
         let mut unit = |mask, deltas, touch: Touch| {
             let at = plan.touches.len() as u32;
             plan.touches.push(touch);
@@ -159,6 +162,6 @@ mod tests {
             work: 4 * event,
             critical_path: other_read + event,
         };
-        assert_eq!(plan.cost_with_deltas(PARTS), with_deltas);
+        assert_eq!(plan.cost_with_deltas(), with_deltas);
     }
 }

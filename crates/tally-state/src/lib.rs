@@ -6,7 +6,7 @@
 //! reference: the yardstick the sharded engine is tested against (sequential
 //! equivalence) and what replays the write-ahead log.
 //!
-//! The state is split into parts by id ([`part_of`]); one part is the plain reference.
+//! The state is split into parts by id ([`Layout`]); one part is the plain reference.
 //! A [`Plan`] cuts a group of batches into units with the parts each may touch, so that
 //! shard threads, each holding some parts ([`Held`]), can apply the group in parallel
 //! with the serial results ([`run_unit`]).
@@ -25,6 +25,7 @@ mod escrow;
 mod hints;
 mod history;
 mod index;
+mod layout;
 mod part;
 mod plan;
 mod prefetch;
@@ -37,7 +38,8 @@ mod value_index;
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};
-pub use part::{PARTS_MAX, Part, part_of};
+pub use layout::{Layout, PARTS_MAX, Placement, part_of};
+pub use part::Part;
 pub use plan::{Plan, Serial, Touch, Unit, Work, plan, plan_with_escrow, run_unit};
 pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use run::Run;

@@ -9,6 +9,7 @@ use crate::cow_map::CowIdMap;
 use crate::hints::prefetch;
 use crate::history::Histories;
 use crate::index::IdIndex;
+use crate::layout::Layout;
 use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
 use std::collections::BTreeSet;
 
@@ -94,14 +95,15 @@ impl Balances {
     }
 }
 
-/// One partition: the accounts and transfers whose ids [`part_of`] maps here, with the
+/// One partition: the accounts and transfers whose ids [`Layout::part_of`] maps here, with the
 /// side tables of those ids. Account history lists transfers of any part by reference
 /// (`position × parts + part`).
 #[derive(Debug, Clone)]
 pub struct Part {
-    /// This part's number and the number of parts, for [`TransferRef`]s.
+    /// This part's number, and the layout of the parts (for [`TransferRef`]s and
+    /// routing by id).
     pub(crate) index: u32,
-    pub(crate) count: u32,
+    pub(crate) layout: Layout,
     /// Accounts in creation order; `account_index` maps an id to its position.
     pub(crate) accounts: AccountStore,
     pub(crate) account_index: IdIndex,
@@ -164,33 +166,12 @@ fn indexed_id(transfers: &TransferStore, burned: &BurnedIds, entry: u32) -> u128
 /// costs 4 bytes per entry whatever the number of parts.
 pub(crate) type TransferRef = u32;
 
-/// The most parts a state can have (plan masks are one u64).
-pub const PARTS_MAX: usize = 64;
-
-/// The part that holds id `id` (an account's or a transfer's) among `count` parts. A
-/// fixed function of the id, so that a plan made on one thread routes like the state.
-#[inline]
-pub fn part_of(id: u128, count: usize) -> usize {
-    if count == 1 {
-        return 0;
-    }
-    // splitmix64's finaliser over both halves, then a multiply-shift into [0, count).
-    let mut x = (id as u64) ^ ((id >> 64) as u64).rotate_left(32);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    (((x >> 32) * count as u64) >> 32) as usize
-}
-
 impl Part {
-    pub(crate) fn new(index: usize, count: usize) -> Part {
-        assert!(
-            index < count && count <= PARTS_MAX,
-            "part {index} of {count}"
-        );
+    pub(crate) fn new(index: usize, layout: Layout) -> Part {
+        assert!(index < layout.count(), "part {index} of {}", layout.count());
         Part {
             index: index as u32,
-            count: count as u32,
+            layout,
             accounts: AccountStore::default(),
             account_index: IdIndex::default(),
             transfers: TransferStore::default(),
@@ -465,7 +446,7 @@ impl Part {
         );
         let position = self.transfers.len();
         let transfer_ref = position
-            .checked_mul(self.count as usize)
+            .checked_mul(self.layout.count())
             .and_then(|scaled| scaled.checked_add(self.index as usize))
             .and_then(|r| u32::try_from(r).ok())
             .expect("fewer than 2^32 transfers over all parts");

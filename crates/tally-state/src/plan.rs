@@ -17,7 +17,7 @@
 
 use crate::apply::{Held, apply_unit, create_account, create_transfer, expire_one, unit_ranges};
 use crate::escrow::{Escrow, Movement};
-use crate::part::part_of;
+use crate::layout::Layout;
 use crate::state::StateMachine;
 use std::collections::{HashMap, HashSet};
 
@@ -93,6 +93,8 @@ pub struct Plan {
     pub touches: Vec<Touch>,
     /// The stamp of the group's last event: the state's `last_timestamp` afterwards.
     pub last_timestamp: u64,
+    /// The layout the plan routes by: the state's.
+    pub layout: Layout,
 }
 
 /// Why a group runs serially instead of by plan.
@@ -124,13 +126,14 @@ pub fn plan_with_escrow(state: &StateMachine, batches: &[(u64, &Batch)]) -> Resu
 }
 
 fn plan_in(state: &StateMachine, batches: &[(u64, &Batch)], escrow: bool) -> Result<Plan, Serial> {
-    let count = state.part_count();
-    if count == 1 {
+    let layout = state.layout();
+    if layout.count() == 1 {
         return Err(Serial::OnePart);
     }
     let Some(&(last_stamp, last_batch)) = batches.last() else {
         return Ok(Plan {
             last_timestamp: state.last_timestamp(),
+            layout,
             ..Plan::default()
         });
     };
@@ -146,7 +149,7 @@ fn plan_in(state: &StateMachine, batches: &[(u64, &Batch)], escrow: bool) -> Res
     let due = due_expiries(state, last_stamp);
     let mut planner = Planner {
         state,
-        count,
+        layout,
         escrow: if escrow {
             Escrow::new(state, batches, &due)
         } else {
@@ -156,6 +159,7 @@ fn plan_in(state: &StateMachine, batches: &[(u64, &Batch)], escrow: bool) -> Res
         created: IdMap::default(),
         plan: Plan {
             last_timestamp,
+            layout,
             ..Plan::default()
         },
     };
@@ -196,7 +200,7 @@ type Moved = [u128; 2];
 /// Builds one group's plan, unit by unit.
 struct Planner<'a> {
     state: &'a StateMachine,
-    count: usize,
+    layout: Layout,
     escrow: Escrow<'a>,
     /// Ids that a later event of the group references.
     referenced: HashSet<u128, foldhash::fast::RandomState>,
@@ -208,7 +212,7 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn bit(&self, id: u128) -> u64 {
-        1u64 << part_of(id, self.count)
+        1u64 << self.layout.part_of(id)
     }
 
     /// The parts of transfer `id`'s accounts, and the accounts: from `stored`, its
@@ -312,7 +316,7 @@ impl Planner<'_> {
         let deltas = mask & !needed;
         let first = self.plan.touches.len();
         for &account in moved.iter().filter(|_| self.escrow.is_on()) {
-            let part = part_of(account, self.count);
+            let part = self.layout.part_of(account);
             let delta = deltas & (1 << part) != 0;
             self.plan.touches.push(Touch { account, delta });
         }
@@ -478,7 +482,7 @@ impl StateMachine {
         // Every part waits here; a unit holds only the parts of its mask, as on a shard
         // thread, so a plan that misses a part panics here too.
         let mut ran = vec![false; plan.units.len()];
-        let mut idle = Held::new(count);
+        let mut idle = Held::new(self.layout);
         for part in self.take_parts() {
             idle.insert(part);
         }
@@ -506,7 +510,7 @@ impl StateMachine {
                 }
                 Work::Expire { .. } => &mut [][..],
             };
-            let mut held = Held::new(count);
+            let mut held = Held::new(self.layout);
             for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
                 held.insert(idle.take(part));
             }
@@ -537,6 +541,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::part_of;
 
     #[test]
     fn parts_spread_ids_evenly() {

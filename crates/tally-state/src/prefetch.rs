@@ -10,7 +10,7 @@
 //! of this one.
 
 use crate::hints::prefetch;
-use crate::part::{Part, part_of};
+use crate::part::Part;
 use tally_types::Transfer;
 
 /// How many transfers ahead of the one being applied each prefetch step runs: the
@@ -75,17 +75,19 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
 
     #[inline]
     fn advance_slots(&mut self, parts: &[Box<Part>], transfers: usize) {
-        let count = parts.len();
+        let Some(layout) = parts.first().map(|part| part.layout) else {
+            return;
+        };
         for t in self.slots.by_ref().take(transfers) {
-            let home = &parts[part_of(t.id, count)];
+            let home = &parts[layout.part_of(t.id)];
             home.prefetch_transfer_slot(t.id);
             home.prefetch_value_slots(t);
             // The pending transfer a post or void settles, or the one a refund returns.
             if t.pending_id != 0 {
-                parts[part_of(t.pending_id, count)].prefetch_transfer_slot(t.pending_id);
+                parts[layout.part_of(t.pending_id)].prefetch_transfer_slot(t.pending_id);
             }
             for account in [t.debit_account_id, t.credit_account_id] {
-                parts[part_of(account, count)].prefetch_account_slot(account);
+                parts[layout.part_of(account)].prefetch_account_slot(account);
             }
         }
     }
@@ -124,13 +126,15 @@ fn step<'a>(
     named: impl Fn(&Part, u128),
     account: impl Fn(&Part, u128),
 ) {
-    let count = parts.len();
+    let Some(layout) = parts.first().map(|part| part.layout) else {
+        return;
+    };
     for t in cursor.take(transfers) {
         if t.pending_id != 0 {
-            named(&parts[part_of(t.pending_id, count)], t.pending_id);
+            named(&parts[layout.part_of(t.pending_id)], t.pending_id);
         }
         for id in [t.debit_account_id, t.credit_account_id] {
-            account(&parts[part_of(id, count)], id);
+            account(&parts[layout.part_of(id)], id);
         }
     }
 }

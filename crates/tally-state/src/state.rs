@@ -7,7 +7,8 @@ use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
-use crate::part::{Balances, PARTS_MAX, Part, TransferEntry, TransferRef, expires_at, part_of};
+use crate::layout::Layout;
+use crate::part::{Balances, Part, TransferEntry, TransferRef, expires_at};
 use crate::prefetch::Prefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
@@ -24,6 +25,8 @@ pub struct StateMachine {
     /// Boxed: parts travel to shard threads and back by pointer, once per group.
     #[allow(clippy::vec_box)]
     pub(crate) parts: Vec<Box<Part>>,
+    /// How ids map to parts (kept here too: the parts may be out on shard threads).
+    pub(crate) layout: Layout,
     pub(crate) last_timestamp: u64,
 }
 
@@ -51,14 +54,15 @@ impl StateMachine {
         Self::default()
     }
 
-    /// An empty ledger split into `parts` parts (1 to [`PARTS_MAX`]).
-    pub fn with_parts(parts: usize) -> Self {
-        assert!(
-            (1..=PARTS_MAX).contains(&parts),
-            "between 1 and {PARTS_MAX} parts, not {parts}"
-        );
+    /// An empty ledger cut as `layout` says: a number of parts (1 to
+    /// [`crate::PARTS_MAX`], placed by the whole id) or a [`Layout`].
+    pub fn with_parts(layout: impl Into<Layout>) -> Self {
+        let layout = layout.into();
         StateMachine {
-            parts: (0..parts).map(|i| Box::new(Part::new(i, parts))).collect(),
+            parts: (0..layout.count())
+                .map(|i| Box::new(Part::new(i, layout)))
+                .collect(),
+            layout,
             last_timestamp: 0,
         }
     }
@@ -71,9 +75,14 @@ impl StateMachine {
         Self::with_capacity_in_parts(accounts, transfers, 1)
     }
 
-    /// [`StateMachine::with_capacity`] split into `parts` parts.
-    pub fn with_capacity_in_parts(accounts: usize, transfers: usize, parts: usize) -> Self {
-        let mut machine = Self::with_parts(parts);
+    /// [`StateMachine::with_capacity`] cut as `layout` says.
+    pub fn with_capacity_in_parts(
+        accounts: usize,
+        transfers: usize,
+        layout: impl Into<Layout>,
+    ) -> Self {
+        let mut machine = Self::with_parts(layout);
+        let parts = machine.layout.count();
         for part in &mut machine.parts {
             // Ids spread evenly over parts; a little slack absorbs the unevenness.
             part.reserve(
@@ -86,7 +95,12 @@ impl StateMachine {
 
     /// The number of parts.
     pub fn part_count(&self) -> usize {
-        self.parts.len()
+        self.layout.count()
+    }
+
+    /// How ids map to parts.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Takes every part out, for shard threads to own while they apply one group. The
@@ -102,7 +116,8 @@ impl StateMachine {
         parts.sort_unstable_by_key(|part| part.index());
         assert!(
             parts.iter().enumerate().all(|(i, part)| part.index() == i
-                && part.count as usize == parts.len()
+                && part.layout == self.layout
+                && parts.len() == self.layout.count()
                 && part.undo_log.is_empty()
                 && !part.recording),
             "every part back exactly once, with no pending undo"
@@ -119,7 +134,7 @@ impl StateMachine {
     }
 
     fn part(&self, id: u128) -> &Part {
-        &self.parts[part_of(id, self.parts.len())]
+        &self.parts[self.layout.part_of(id)]
     }
 
     /// The instants at which the pending transfers still waiting will expire.
@@ -348,18 +363,21 @@ impl StateMachine {
         Self::from_image_in_parts(image, 1)
     }
 
-    /// [`StateMachine::from_image`] into `parts` parts.
-    pub fn from_image_in_parts(image: StateImage, parts: usize) -> Result<Self, ImageError> {
+    /// [`StateMachine::from_image`] cut as `parts` says (a number or a [`Layout`]).
+    pub fn from_image_in_parts(
+        image: StateImage,
+        parts: impl Into<Layout>,
+    ) -> Result<Self, ImageError> {
         Self::from_loaded_image_in_parts(LoadedImage::from(image), parts)
     }
 
     /// Rebuilds the state from a snapshot as read ([`LoadedImage`]: its transfers may
-    /// still be packed) into `parts` parts, checking that it is self-consistent. Packed
+    /// still be packed) cut as `parts` says, checking that it is self-consistent. Packed
     /// transfers are unpacked one run at a time, so loading never holds them all
     /// unpacked: a hundred million would be 12.8 GB.
     pub fn from_loaded_image_in_parts(
         loaded: LoadedImage,
-        parts: usize,
+        parts: impl Into<Layout>,
     ) -> Result<Self, ImageError> {
         let transfers_len = loaded.transfers_len();
         let LoadedImage {
@@ -386,7 +404,6 @@ impl StateMachine {
     /// Loads an image's accounts, which must come in creation order, none after the
     /// image's last timestamp, each id once.
     fn load_accounts(&mut self, accounts: Vec<Account>) -> Result<(), ImageError> {
-        let count = self.parts.len();
         let mut last_account = 0;
         for account in accounts {
             if account.timestamp > self.last_timestamp || account.timestamp <= last_account {
@@ -396,7 +413,7 @@ impl StateMachine {
                 )));
             }
             last_account = account.timestamp;
-            let part = &mut self.parts[part_of(account.id, count)];
+            let part = &mut self.parts[self.layout.part_of(account.id)];
             if !part.try_insert_account(account) {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
@@ -563,7 +580,7 @@ impl StateMachine {
                 .lookup_transfer(id)
                 .filter(|transfer| transfer.flags.contains(TransferFlags::PENDING))
                 .ok_or_else(|| ImageError(format!("status for {id}, not a pending transfer")))?;
-            let part = &mut self.parts[part_of(id, count)];
+            let part = &mut self.parts[self.layout.part_of(id)];
             part.pending_status.insert(id, status);
             if status == PendingStatus::Pending && pending.timeout > 0 {
                 part.expiries.insert((expires_at(&pending), id));
@@ -574,14 +591,15 @@ impl StateMachine {
 
     /// Loads the refund totals, each of a stored transfer.
     fn load_refunded(&mut self, refunded: Vec<(u128, u128)>) -> Result<(), ImageError> {
-        let count = self.parts.len();
         for (id, total) in refunded {
             if self.lookup_transfer(id).is_none() {
                 return Err(ImageError(format!(
                     "refund total for unknown transfer {id}"
                 )));
             }
-            self.parts[part_of(id, count)].refunded.insert(id, total);
+            self.parts[self.layout.part_of(id)]
+                .refunded
+                .insert(id, total);
         }
         Ok(())
     }
@@ -593,7 +611,7 @@ impl StateMachine {
             part.transfer_index.reserve(failed_ids.len() / count + 1);
         }
         for id in failed_ids {
-            if !self.parts[part_of(id, count)].burn(id) {
+            if !self.parts[self.layout.part_of(id)].burn(id) {
                 return Err(ImageError(format!(
                     "burned id {id} appears twice, or is a stored transfer's"
                 )));
@@ -684,7 +702,6 @@ impl TransferLoad {
         transfers: &[Transfer],
         appends: &mut Vec<HistoryAppend>,
     ) -> Result<(), ImageError> {
-        let count = machine.parts.len();
         // Loading looks up both accounts of every transfer: prefetched ahead, as apply
         // does, so that the misses overlap.
         let mut prefetcher = Prefetcher::new(&machine.parts, transfers.iter());
@@ -710,7 +727,8 @@ impl TransferLoad {
                 )));
             };
             let id = transfer.id;
-            let Some(transfer_ref) = machine.parts[part_of(id, count)].try_store_transfer(transfer)
+            let Some(transfer_ref) =
+                machine.parts[machine.layout.part_of(id)].try_store_transfer(transfer)
             else {
                 return Err(ImageError(format!("transfer {id} appears twice")));
             };
