@@ -12,7 +12,7 @@
 use crate::model::Model;
 use crate::population::{
     HISTORY_MERCHANT_EVERY, LEDGER_CNY, System, TRANSFER_TAG_END_OF_DAY, cny_transfer, minor,
-    transfer_code,
+    transfer_code, transfer_id,
 };
 use crate::target::{Outcome, Target};
 use tally_types::currency::CurrencyTable;
@@ -76,9 +76,8 @@ impl<T: Target> Day<'_, T> {
     /// A fresh end-of-day transfer on the CNY ledger.
     fn transfer(&mut self, debit: u128, credit: u128, amount: u128, code: u16) -> Transfer {
         self.sequence += 1;
-        let id = (TRANSFER_TAG_END_OF_DAY << 64)
-            | (u128::from(self.nonce as u32) << 32)
-            | u128::from(self.sequence);
+        let sequence = (u64::from(self.nonce as u32) << 32) | u64::from(self.sequence);
+        let id = transfer_id(TRANSFER_TAG_END_OF_DAY, sequence, debit);
         cny_transfer(id, debit, credit, amount, code)
     }
 

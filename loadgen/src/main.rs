@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tally_engine::Placement;
 use tally_loadgen::curve::Curve;
 use tally_loadgen::end_of_day;
 use tally_loadgen::mix::{Generator, MixSpec, Request, RequestStream};
@@ -173,6 +174,11 @@ struct Cli {
     /// Engine shards (0 = fitted to the machine).
     #[arg(long, default_value_t = 0)]
     shards: usize,
+    /// Place ids on shards by their lowest N bits (1 to 128; default 128, the whole
+    /// id). The load generator's ids carry their customer's key in their low 32 bits
+    /// (a transfer its payer's), so 32 keeps each customer's records on one shard.
+    #[arg(long, default_value_t = Placement::WHOLE_ID)]
+    placement_bits: Placement,
     /// Data directory (wiped at start unless --keep).
     #[arg(long, default_value = "tally-data/loadgen")]
     data: PathBuf,
@@ -574,6 +580,7 @@ fn capacity(wanted: u64) -> usize {
 fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
     let options = EngineOptions {
         shards: cli.shards,
+        placement: cli.placement_bits,
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),

@@ -20,6 +20,7 @@
 
 use crate::population::{
     FOREIGN, LEDGER_CNY, Population, System, TRANSFER_TAG_RUN, cny_transfer, minor, transfer_code,
+    transfer_id,
 };
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Zipf};
@@ -361,12 +362,13 @@ impl Generator {
         self.follow_ups.len()
     }
 
-    fn next_id(&mut self) -> u128 {
+    /// The next transfer id, placed with `owner` (an account, or a transfer whose
+    /// customer it follows).
+    fn next_id(&mut self, owner: u128) -> u128 {
         self.transfer_sequence += 1;
         debug_assert!(self.transfer_sequence < 1 << 32);
-        (TRANSFER_TAG_RUN << 64)
-            | (u128::from(self.id_seed) << 32)
-            | u128::from(self.transfer_sequence)
+        let sequence = (u64::from(self.id_seed) << 32) | self.transfer_sequence;
+        transfer_id(TRANSFER_TAG_RUN, sequence, owner)
     }
 
     fn user(&mut self) -> u128 {
@@ -415,15 +417,23 @@ impl Generator {
         minor(amount, self.scale_cny)
     }
 
-    fn transfer(&mut self, debit: u128, credit: u128, amount: u128, code: u16) -> Transfer {
-        cny_transfer(self.next_id(), debit, credit, amount, code)
+    /// A transfer placed with `owner`.
+    fn transfer(
+        &mut self,
+        owner: u128,
+        debit: u128,
+        credit: u128,
+        amount: u128,
+        code: u16,
+    ) -> Transfer {
+        cny_transfer(self.next_id(owner), debit, credit, amount, code)
     }
 
     fn payment(&mut self, offset_ns: u64) -> Request {
         let (user, merchant) = (self.user(), self.merchant());
         let amount = self.shopping_amount();
         let amount = self.cny(amount);
-        let mut payment = self.transfer(user, merchant, amount, transfer_code::PAYMENT);
+        let mut payment = self.transfer(user, user, merchant, amount, transfer_code::PAYMENT);
         payment.user_data_128 = order_id(payment.id);
         let insured = self.rng.random_bool(self.mix.insured_share.clamp(0.0, 1.0));
         if self.rng.random_bool(self.mix.refund_share.clamp(0.0, 1.0)) {
@@ -461,7 +471,7 @@ impl Generator {
         let premium_amount = Decimal::new(self.rng.random_range(5..=30), 1);
         let premium_amount = self.cny(premium_amount);
         let insurer = self.population.system(System::Insurer);
-        let premium = self.transfer(user, insurer, premium_amount, transfer_code::PREMIUM);
+        let premium = self.transfer(user, user, insurer, premium_amount, transfer_code::PREMIUM);
         payment.flags = TransferFlags::LINKED;
         Request {
             offset_ns,
@@ -483,7 +493,7 @@ impl Generator {
         let (user, merchant) = (self.user(), self.merchant());
         let amount = self.shopping_amount();
         let amount = self.cny(amount);
-        let mut pending = self.transfer(user, merchant, amount, transfer_code::AUTHORISATION);
+        let mut pending = self.transfer(user, user, merchant, amount, transfer_code::AUTHORISATION);
         pending.flags = TransferFlags::PENDING;
         pending.user_data_128 = order_id(pending.id);
         let fate: f64 = self.rng.random();
@@ -513,7 +523,11 @@ impl Generator {
     }
 
     fn follow_up(&mut self, offset_ns: u64, action: Action) -> Request {
-        let id = self.next_id();
+        // Placed with the transfer it settles or refunds (and so with its customer).
+        let id = match &action {
+            Action::Post { pending, .. } | Action::Void { pending } => self.next_id(pending.id),
+            Action::Refund { original, .. } => self.next_id(original.id),
+        };
         match action {
             // Accounts, ledger and code left 0: the engine takes them from the pending.
             Action::Post { pending, amount } => {
@@ -592,12 +606,12 @@ impl Generator {
         let amount = self.cny(amount);
         let (transfer, kind) = if subscribe {
             (
-                self.transfer(user, fund, amount, transfer_code::MMF_SUBSCRIBE),
+                self.transfer(user, user, fund, amount, transfer_code::MMF_SUBSCRIBE),
                 Kind::MmfSubscribe,
             )
         } else {
             (
-                self.transfer(fund, user, amount, transfer_code::MMF_REDEEM),
+                self.transfer(user, fund, user, amount, transfer_code::MMF_REDEEM),
                 Kind::MmfRedeem,
             )
         };
@@ -614,7 +628,7 @@ impl Generator {
         let book = self.population.system(System::LoanBook);
         let amount = Decimal::new(self.rng.random_range(1_000..=50_000), 0);
         let amount = self.cny(amount);
-        let loan = self.transfer(book, merchant, amount, transfer_code::LOAN);
+        let loan = self.transfer(merchant, book, merchant, amount, transfer_code::LOAN);
         Request {
             offset_ns,
             kind: Kind::Loan,
@@ -638,13 +652,20 @@ impl Generator {
         let user = self.user();
         let desk_cny = self.population.system(System::FxDesk);
         let amount_cny = self.cny(yuan);
-        let mut pay = self.transfer(user, desk_cny, amount_cny, transfer_code::CROSS_BORDER_CNY);
+        let mut pay = self.transfer(
+            user,
+            user,
+            desk_cny,
+            amount_cny,
+            transfer_code::CROSS_BORDER_CNY,
+        );
         pay.flags = TransferFlags::LINKED;
         let rank = self.foreign_merchants.sample(&mut self.rng) as u64;
         let index = rank.clamp(1, self.population.spec.foreign_merchants) - 1;
         let merchant = self.population.foreign_merchant(ledger, index);
         let desk = self.population.foreign_desk(ledger);
         let mut payout = self.transfer(
+            user,
             desk,
             merchant,
             minor(price, scale),

@@ -87,7 +87,16 @@ const KIND_FOREIGN_DESK: u128 = 4;
 const KIND_FOREIGN_MERCHANT: u128 = 5;
 const KIND_PLAIN: u128 = 6;
 
-/// Transfer ids: `(tag << 64) | sequence`.
+/// A transfer id: `(tag << 96) | (sequence << 32) | key`, where `key` is the low 32
+/// bits of the account the transfer belongs to (its payer's, mostly: see each caller).
+/// With `--placement-bits 32` a transfer then shares its shard with that account, as a
+/// payment service placing a customer's records together would issue them.
+pub fn transfer_id(tag: u128, sequence: u64, owner: u128) -> u128 {
+    debug_assert!(tag < 1 << 32);
+    (tag << 96) | (u128::from(sequence) << 32) | (owner & 0xffff_ffff)
+}
+
+/// Tag of the funding transfers before the run.
 pub const TRANSFER_TAG_FUNDING: u128 = 1;
 /// Tag of the transfers of the run itself.
 pub const TRANSFER_TAG_RUN: u128 = 2;
@@ -386,7 +395,7 @@ impl Population {
             };
             let amount = Decimal::new(fen, 2);
             transfers.push(cny_transfer(
-                (TRANSFER_TAG_FUNDING << 64) | u128::from(index + 1),
+                transfer_id(TRANSFER_TAG_FUNDING, index + 1, self.user(index)),
                 bank,
                 self.user(index),
                 minor(amount, scale),
@@ -395,7 +404,11 @@ impl Population {
         }
         // The fund's float, so redemptions never exceed what it holds.
         transfers.push(cny_transfer(
-            (TRANSFER_TAG_FUNDING << 64) | u128::from(self.spec.users + 1),
+            transfer_id(
+                TRANSFER_TAG_FUNDING,
+                self.spec.users + 1,
+                self.system(System::MoneyMarketFund),
+            ),
             bank,
             self.system(System::MoneyMarketFund),
             minor(Decimal::new(10_000_000_000, 0), scale),

@@ -13,7 +13,9 @@
 
 use crate::mix::{Request, RequestStream};
 use crate::model::Model;
-use crate::population::{Population, System, TRANSFER_TAG_SWEEP, cny_transfer, transfer_code};
+use crate::population::{
+    Population, System, TRANSFER_TAG_SWEEP, cny_transfer, transfer_code, transfer_id,
+};
 use crate::stats::wall_ns;
 use crate::stats::{RESULT_BUSY, RESULT_SUBMIT_FAILED, Stats};
 use crate::target::{Outcome, SubmitFailure, Target};
@@ -531,7 +533,7 @@ pub fn sweep<T: Target>(
         }
     }
     let sweep = cny_transfer(
-        (TRANSFER_TAG_SWEEP << 64) | u128::from(nonce),
+        transfer_id(TRANSFER_TAG_SWEEP, nonce, population.system(System::Bank)),
         population.system(System::Bank),
         population.system(System::LoanBook),
         1,
@@ -648,6 +650,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = crate::target::engine::EngineOptions {
             shards: 2,
+            // Each payer's transfers on its shard, as the festival's ids are issued.
+            placement: tally_engine::Placement::low_bits(32).expect("in range"),
             busy_immediately: true,
             unsafe_no_sync: false,
             commit_interval: None,

@@ -15,7 +15,7 @@
 //! and draws the rest uniformly; this keeps the power law over every rank).
 
 use crate::mix::{Kind, Request, RequestStream};
-use crate::population::{LEDGER_PLAIN, Population, Shape, TRANSFER_TAG_RUN};
+use crate::population::{LEDGER_PLAIN, Population, Shape, TRANSFER_TAG_RUN, transfer_id};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution as _, Exp, Zipf};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -146,12 +146,12 @@ impl TransfersGenerator {
         index
     }
 
-    fn next_id(&mut self) -> u128 {
+    /// The next transfer id, placed with its debit account `owner`.
+    fn next_id(&mut self, owner: u128) -> u128 {
         self.transfer_sequence += 1;
         debug_assert!(self.transfer_sequence < 1 << 32);
-        (TRANSFER_TAG_RUN << 64)
-            | (u128::from(self.id_seed) << 32)
-            | u128::from(self.transfer_sequence)
+        let sequence = (u64::from(self.id_seed) << 32) | self.transfer_sequence;
+        transfer_id(TRANSFER_TAG_RUN, sequence, owner)
     }
 
     /// The submission at `offset_ns`: one transfer between two distinct accounts.
@@ -164,9 +164,10 @@ impl TransfersGenerator {
         assert_ne!(debit, credit);
         // The draw is a sample, not money arithmetic: it picks an integer amount.
         let amount = self.amount.sample(&mut self.rng) as u128 + 1;
+        let debit = self.population.plain(debit);
         let transfer = Transfer {
-            id: self.next_id(),
-            debit_account_id: self.population.plain(debit),
+            id: self.next_id(debit),
+            debit_account_id: debit,
             credit_account_id: self.population.plain(credit),
             amount,
             user_data_128: self.rng.random(),

@@ -24,7 +24,7 @@ use lines::{Line, read_line_bounded};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tally_engine::{Config, EngineError, Ledger};
+use tally_engine::{Config, EngineError, Ledger, Placement};
 use tally_json::{LedgerLookup, Request, RequestLine};
 use tally_state::StateMachine;
 use tally_types::currency::CurrencyTable;
@@ -50,6 +50,10 @@ enum Command {
         /// Number of shards (default: fitted to the machine). Results never depend on it.
         #[arg(long)]
         shards: Option<usize>,
+        /// Place ids on shards by their lowest N bits (1 to 128; default 128, the whole
+        /// id): ids that share them share a shard. Results never depend on it.
+        #[arg(long, default_value_t = Placement::WHOLE_ID)]
+        placement_bits: Placement,
         /// Stamp batches from each request's "now" instead of the wall clock.
         #[arg(long)]
         manual_clock: bool,
@@ -87,8 +91,9 @@ fn main() -> ExitCode {
         Command::Apply {
             data,
             shards,
+            placement_bits,
             manual_clock,
-        } => apply(data, shards, manual_clock),
+        } => apply(data, (shards, placement_bits), manual_clock),
         Command::Accounts { data } => dump(data, Dump::Accounts),
         Command::Transfers { data } => dump(data, Dump::Transfers),
         Command::Events(args) => events::events(args),
@@ -107,12 +112,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Shards asked for on the command line (none: fitted to the machine), and how ids are
+/// placed on them.
+pub(crate) type Sharding = (Option<usize>, Placement);
+
 pub(crate) fn open(
     data: PathBuf,
-    shards: Option<usize>,
+    (shards, placement): Sharding,
     manual_clock: bool,
 ) -> Result<Ledger, String> {
     let mut config = Config::new(data);
+    config.placement = placement;
     if let Some(shards) = shards {
         if shards == 0 || shards > tally_engine::SHARDS_MAX {
             return Err(format!(
@@ -145,8 +155,8 @@ impl LedgerLookup for LedgerLedgers<'_> {
     }
 }
 
-fn apply(data: PathBuf, shards: Option<usize>, manual_clock: bool) -> Result<ExitCode, String> {
-    let ledger = open(data, shards, manual_clock)?;
+fn apply(data: PathBuf, sharding: Sharding, manual_clock: bool) -> Result<ExitCode, String> {
+    let ledger = open(data, sharding, manual_clock)?;
     let currencies = CurrencyTable::default();
     let stdin = std::io::stdin();
     let mut out = BufWriter::new(std::io::stdout().lock());

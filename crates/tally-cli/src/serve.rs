@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tally_engine::Placement;
 use tally_server::{Backend, Limits, Operation, Rights, Server, ServerConfig, TlsFiles};
 
 /// The flags of `tally serve`.
@@ -22,6 +23,9 @@ pub struct ServeArgs {
     /// Number of shards (default: fitted to the machine).
     #[arg(long)]
     shards: Option<usize>,
+    /// Place ids on shards by their lowest N bits (1 to 128; default 128, the whole id).
+    #[arg(long, default_value_t = Placement::WHOLE_ID)]
+    placement_bits: Placement,
     /// The server's certificate chain (PEM); with --tls-key, serves TLS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -141,7 +145,7 @@ async fn open_backend(args: &ServeArgs) -> Result<Backend, String> {
         }
         None => Ok(Backend::Ledger(crate::open(
             args.data.clone(),
-            args.shards,
+            (args.shards, args.placement_bits),
             false,
         )?)),
     }

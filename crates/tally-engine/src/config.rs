@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tally_log::SyncMode;
+use tally_state::Placement;
 
 /// What a submitter gets when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,13 @@ pub struct Config {
     /// 0 = fitted to the machine ([`Config::shards_effective`]). Results and state
     /// never depend on it; a ledger may reopen with another count.
     pub shards: usize,
+    /// Which bits of an id place it on a shard: by default the whole id (hashed).
+    /// `Placement::low_bits(n)` puts ids that share their lowest `n` bits on one shard,
+    /// so a service that issues a customer's ids (wallets, payments, authorisations and
+    /// their posts) with the customer's key in those bits keeps the customer's events
+    /// on one shard. Like the shard count, results and state never depend on it, and a
+    /// ledger may reopen with another placement (docs/sharding.md, "Placement").
+    pub placement: Placement,
     /// `Fdatasync` (the default) or the unsafe no-sync mode for benchmarks only.
     pub sync: SyncMode,
     /// Most batches waiting in the submission queue.
@@ -104,6 +112,7 @@ impl Config {
         Config {
             data_dir: data_dir.as_ref().to_path_buf(),
             shards: 0,
+            placement: Placement::WHOLE_ID,
             sync: SyncMode::Fdatasync,
             queue_batches_max: 65_536,
             group_events_max: 65_536,

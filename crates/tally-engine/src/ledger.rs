@@ -159,6 +159,7 @@ impl Ledger {
             accounts: config.accounts_capacity,
             transfers: config.transfers_capacity,
             parts: shards,
+            placement: config.placement,
         };
         let shard_counters = Arc::new(ShardCounters::default());
         let pool = match shards {

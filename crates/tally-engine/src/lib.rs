@@ -103,7 +103,7 @@ pub use metrics::MetricsSnapshot;
 pub use recovery::Recovery;
 pub use request::{EventResult, TransferResult};
 pub use tally_log::SyncMode;
-pub use tally_state::{InvariantViolation, LedgerTotals};
+pub use tally_state::{InvariantViolation, LedgerTotals, Placement};
 pub use tally_types::{
     Account, AccountBalance, AccountBalances, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch,
     CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer,

@@ -8,7 +8,7 @@ use crate::error::{EngineError, RecoveryError};
 use crate::shards::ShardPool;
 use tally_log::events::EventJournal;
 use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal, read_log_into};
-use tally_state::StateMachine;
+use tally_state::{Layout, Placement, StateMachine};
 use tally_types::{ChangeEvent, LoadedImage};
 
 /// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
@@ -145,6 +145,15 @@ pub(crate) struct Capacity {
     pub transfers: usize,
     /// Parts to split the state into, one per shard (0 counts as 1).
     pub parts: usize,
+    /// Which bits of an id place it on a part.
+    pub placement: Placement,
+}
+
+impl Capacity {
+    /// How the state is cut.
+    fn layout(&self) -> Layout {
+        Layout::new(self.parts.max(1), self.placement)
+    }
 }
 
 /// Events replayed per group: large enough that the prefetching across batches and (on
@@ -220,7 +229,7 @@ fn replay(
     let snapshot_sequence = snapshot.as_ref().map(|(sequence, _)| *sequence);
     let (mut state, mut sequence_last) = match snapshot {
         Some((sequence, image)) => {
-            let state = StateMachine::from_loaded_image_in_parts(image, capacity.parts.max(1))
+            let state = StateMachine::from_loaded_image_in_parts(image, capacity.layout())
                 .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
             (state, sequence)
         }
@@ -228,7 +237,7 @@ fn replay(
             StateMachine::with_capacity_in_parts(
                 capacity.accounts,
                 capacity.transfers,
-                capacity.parts.max(1),
+                capacity.layout(),
             ),
             0,
         ),

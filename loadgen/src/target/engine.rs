@@ -4,7 +4,7 @@ use super::{Outcome, ShardStats, SubmitFailure, Target};
 use crate::events_check::{EventsCheck, LiveFollower};
 use crate::order_lookups::{OrderLookupStats, OrderLookups};
 use std::path::Path;
-use tally_engine::{Backpressure, Config, EventResult, Ledger, SubmitError, SyncMode};
+use tally_engine::{Backpressure, Config, EventResult, Ledger, Placement, SubmitError, SyncMode};
 use tally_types::{Account, AccountBalance, AccountFilter, Batch, Transfer};
 
 /// A [`Ledger`] opened on the load generator's data directory.
@@ -25,6 +25,8 @@ pub struct EngineTarget {
 pub struct EngineOptions {
     /// Engine shards (0 = fitted to the machine).
     pub shards: usize,
+    /// Which bits of an id place it on a shard.
+    pub placement: Placement,
     /// Festival callers must never block a tokio worker: `busy` at once on a full queue.
     /// Max mode's plain caller threads may wait briefly.
     pub busy_immediately: bool,
@@ -51,6 +53,7 @@ impl EngineTarget {
     pub fn open(data_dir: &Path, options: EngineOptions) -> Result<EngineTarget, String> {
         let mut config = Config::new(data_dir);
         config.shards = options.shards;
+        config.placement = options.placement;
         config.accounts_capacity = options.accounts_capacity;
         config.transfers_capacity = options.transfers_capacity;
         config.backpressure = if options.busy_immediately {
