@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::EventResult;
-use tally_engine::{Config, Ledger};
+use tally_engine::{Config, Ledger, Placement};
 use tally_log::{LogOptions, Wal};
 use tally_state::StateMachine;
 use tally_testkit::workload::{Accounts, Workload};
@@ -144,10 +144,11 @@ fn reference_reads(reference: &StateMachine) -> Reads {
     }
 }
 
-fn concurrent_run(shards: usize, skew: Accounts) {
+fn concurrent_run(shards: usize, placement: Placement, skew: Accounts) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
     config.shards = shards;
+    config.placement = placement;
     // No idle expiry pulse: one between the image and the shutdown would be logged
     // after the state compared.
     config.expire_when_idle = false;
@@ -244,8 +245,19 @@ fn concurrent_run(shards: usize, skew: Accounts) {
 #[test]
 fn concurrent_traffic_matches_the_reference_on_1_2_3_4_and_8_shards() {
     for shards in [1, 2, 3, 4, 8] {
-        concurrent_run(shards, Accounts::Uniform);
-        concurrent_run(shards, Accounts::Hot);
+        concurrent_run(shards, Placement::WHOLE_ID, Accounts::Uniform);
+        concurrent_run(shards, Placement::WHOLE_ID, Accounts::Hot);
+    }
+}
+
+/// Ids placed by their two lowest bits: the workload's small ids crowd onto few shards,
+/// and the results must not notice.
+#[test]
+fn concurrent_traffic_placed_by_key_bits_matches_the_reference() {
+    let placement = Placement::low_bits(2).unwrap();
+    for shards in [2, 3] {
+        concurrent_run(shards, placement, Accounts::Uniform);
+        concurrent_run(shards, placement, Accounts::Hot);
     }
 }
 
@@ -282,16 +294,25 @@ fn expiry_across_shards_matches_the_reference() {
     }
 }
 
-/// A ledger written with one shard count reopens with another: the log and snapshots
-/// do not depend on it, and neither does anything read back.
+/// A ledger written with one shard count and placement reopens with others: the log
+/// and snapshots do not depend on them, and neither does anything read back.
 #[test]
 fn a_ledger_reopens_with_a_different_shard_count() {
     let dir = tempfile::tempdir().unwrap();
     let mut workload = Workload::new(3, Accounts::Uniform);
     let mut image = None;
-    for shards in [1, 4, 2, 8, 1] {
+    let key = |bits| Placement::low_bits(bits).unwrap();
+    for (shards, placement) in [
+        (1, Placement::WHOLE_ID),
+        (4, key(2)),
+        (2, Placement::WHOLE_ID),
+        (8, key(3)),
+        (3, Placement::WHOLE_ID),
+        (1, key(1)),
+    ] {
         let mut config = Config::new(dir.path());
         config.shards = shards;
+        config.placement = placement;
         // A small interval, so that some reopenings start from a snapshot.
         config.snapshot_events_interval = 300;
         // Nothing may happen between the image and the shutdown.
@@ -299,7 +320,10 @@ fn a_ledger_reopens_with_a_different_shard_count() {
         let ledger = Ledger::open(config).unwrap();
         let reopened = ledger.with_state(StateMachine::image);
         if let Some(before) = &image {
-            assert_eq!(&reopened, before, "reopened on {shards} shards");
+            assert_eq!(
+                &reopened, before,
+                "reopened on {shards} shards, {placement:?}"
+            );
         }
         for _ in 0..50 {
             ledger.submit(workload.batch()).unwrap();
