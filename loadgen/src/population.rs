@@ -3,9 +3,11 @@
 //! transfers workload ([`Shape::Plain`]), only accounts without balance limits on one
 //! ledger, never funded.
 //!
-//! Ids are dense per kind so that an account's slot in the load generator's own
-//! balance model is computed from its id, not looked up:
-//! `id = (kind << 64) | (ledger << 32) | (index + 1)`.
+//! An account's slot in the load generator's own balance model is computed from its
+//! id, not looked up: `id = (kind << 64) | (ledger << 32) | (slot + 1)`. The low 32
+//! bits are unique over the whole population, so they serve as each account's
+//! placement key (`--placement-bits 32`), and transfers carry their customer's
+//! ([`transfer_id`]).
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -192,19 +194,22 @@ pub struct Population {
     pub spec: PopulationSpec,
 }
 
-fn id(kind: u128, ledger: u32, index: u64) -> u128 {
-    (kind << 64) | (u128::from(ledger) << 32) | u128::from(index + 1)
+fn id(kind: u128, ledger: u32, slot: u64) -> u128 {
+    (kind << 64) | (u128::from(ledger) << 32) | u128::from(slot + 1)
 }
 
 impl Population {
     /// The population of `spec`.
     ///
     /// # Panics
-    /// If a count is zero or users or merchants reach 2^32.
+    /// If a count is zero or the population reaches 2^31 accounts.
     pub fn new(spec: PopulationSpec) -> Population {
         assert!(spec.users >= 1 && spec.merchants >= 1 && spec.foreign_merchants >= 1);
-        assert!(spec.users < 1 << 32 && spec.merchants < 1 << 32);
-        Population { spec }
+        assert!(spec.users < 1 << 31 && spec.merchants < 1 << 31);
+        assert!(spec.foreign_merchants < 1 << 24);
+        let population = Population { spec };
+        assert!(population.account_count() < 1 << 31);
+        population
     }
 
     /// Id of user `index` (0-based).
@@ -222,23 +227,40 @@ impl Population {
     /// Id of merchant `index` (0-based).
     pub fn merchant(&self, index: u64) -> u128 {
         debug_assert!(index < self.spec.merchants);
-        id(KIND_MERCHANT, 0, index)
+        id(KIND_MERCHANT, 0, self.spec.users + index)
     }
 
     /// Id of a system account.
     pub fn system(&self, which: System) -> u128 {
-        id(KIND_SYSTEM, 0, which as u64)
+        id(KIND_SYSTEM, 0, self.system_base() + which as u64)
     }
 
-    /// Id of the FX desk on foreign `ledger`.
+    /// Id of the FX desk on foreign `ledger` (one of [`FOREIGN`]).
     pub fn foreign_desk(&self, ledger: u32) -> u128 {
-        id(KIND_FOREIGN_DESK, ledger, 0)
+        id(KIND_FOREIGN_DESK, ledger, self.foreign_slot(ledger))
     }
 
-    /// Id of merchant `index` (0-based) on foreign `ledger`.
+    /// Id of merchant `index` (0-based) on foreign `ledger` (one of [`FOREIGN`]).
     pub fn foreign_merchant(&self, ledger: u32, index: u64) -> u128 {
         debug_assert!(index < self.spec.foreign_merchants);
-        id(KIND_FOREIGN_MERCHANT, ledger, index)
+        id(
+            KIND_FOREIGN_MERCHANT,
+            ledger,
+            self.foreign_slot(ledger) + 1 + index,
+        )
+    }
+
+    /// The first system account's slot.
+    fn system_base(&self) -> u64 {
+        self.spec.users + self.spec.merchants
+    }
+
+    /// The slot of foreign `ledger`'s desk; its merchants follow it.
+    fn foreign_slot(&self, ledger: u32) -> u64 {
+        let position = FOREIGN.iter().position(|f| f.0 == ledger);
+        debug_assert!(position.is_some(), "ledger {ledger} is not foreign");
+        let per_foreign = 1 + self.spec.foreign_merchants;
+        self.system_base() + SYSTEM_COUNT + position.unwrap_or(0) as u64 * per_foreign
     }
 
     /// Every account, in a fixed order: users, merchants, system, then per foreign ledger
@@ -253,32 +275,38 @@ impl Population {
 
     /// The slot of an account id, or `None` for an id outside the population.
     pub fn slot(&self, account_id: u128) -> Option<usize> {
-        let kind = account_id >> 64;
-        let ledger = ((account_id >> 32) & 0xffff_ffff) as u32;
-        let index = (account_id & 0xffff_ffff) as u64;
-        let index = index.checked_sub(1)?;
-        let users = self.spec.users;
+        let slot = ((account_id & 0xffff_ffff) as u64).checked_sub(1)?;
+        let slot = usize::try_from(slot).ok()?;
+        (slot < self.account_count() && self.id_at(slot) == account_id).then_some(slot)
+    }
+
+    /// The id of the account at `slot` (below [`Population::account_count`]).
+    fn id_at(&self, slot: usize) -> u128 {
+        let slot = slot as u64;
+        let (users, merchants) = (self.spec.users, self.spec.merchants);
         if self.spec.shape == Shape::Plain {
-            let plain = kind == KIND_PLAIN && ledger == 0 && index < users;
-            return plain.then_some(index as usize);
+            return self.plain(slot);
         }
-        let merchants = self.spec.merchants;
+        if slot < users {
+            return self.user(slot);
+        }
+        if slot < users + merchants {
+            return self.merchant(slot - users);
+        }
+        let foreign_base = self.system_base() + SYSTEM_COUNT;
+        if slot < foreign_base {
+            return id(KIND_SYSTEM, 0, slot);
+        }
         let per_foreign = 1 + self.spec.foreign_merchants;
-        let foreign_base = users + merchants + SYSTEM_COUNT;
-        let foreign_position = |ledger: u32| FOREIGN.iter().position(|f| f.0 == ledger);
-        let slot = match kind {
-            KIND_USER if ledger == 0 && index < users => index,
-            KIND_MERCHANT if ledger == 0 && index < merchants => users + index,
-            KIND_SYSTEM if ledger == 0 && index < SYSTEM_COUNT => users + merchants + index,
-            KIND_FOREIGN_DESK if index == 0 => {
-                foreign_base + foreign_position(ledger)? as u64 * per_foreign
-            }
-            KIND_FOREIGN_MERCHANT if index < self.spec.foreign_merchants => {
-                foreign_base + foreign_position(ledger)? as u64 * per_foreign + 1 + index
-            }
-            _ => return None,
-        };
-        Some(slot as usize)
+        let (position, offset) = (
+            (slot - foreign_base) / per_foreign,
+            (slot - foreign_base) % per_foreign,
+        );
+        let ledger = FOREIGN[position as usize].0;
+        match offset {
+            0 => self.foreign_desk(ledger),
+            _ => self.foreign_merchant(ledger, offset - 1),
+        }
     }
 
     /// The account at `slot` (inverse of [`Population::slot`]), as created at setup.
@@ -320,7 +348,7 @@ impl Population {
                 3 => (account_code::LOAN_BOOK, AccountFlags::empty()),
                 _ => (account_code::FX_DESK, AccountFlags::empty()),
             };
-            (id(KIND_SYSTEM, 0, index), LEDGER_CNY, code, flags)
+            (id(KIND_SYSTEM, 0, slot), LEDGER_CNY, code, flags)
         } else {
             let rest = slot - foreign_base;
             let per_foreign = 1 + self.spec.foreign_merchants;
@@ -455,16 +483,35 @@ mod tests {
         let population = small();
         let count = population.account_count();
         assert_eq!(count, 100 + 10 + 5 + 4 * 4);
-        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
         for slot in 0..count {
             let account = population.account_at(slot);
             assert_eq!(population.slot(account.id), Some(slot), "slot {slot}");
             assert!(tally_types::id_is_valid(account.id));
-            assert!(ids.insert(account.id));
+            // Every account has a placement key of its own.
+            assert!(keys.insert(account.id & 0xffff_ffff));
         }
         assert_eq!(population.slot(0), None);
-        assert_eq!(population.slot(id(KIND_USER, 0, 100)), None);
+        assert_eq!(population.slot(id(KIND_USER, 0, 200)), None);
         assert_eq!(population.slot(id(KIND_FOREIGN_DESK, 999, 0)), None);
+        // A slot's key under another kind or ledger is no account.
+        assert_eq!(population.slot(id(KIND_MERCHANT, 0, 5)), None);
+        assert_eq!(population.slot(id(KIND_USER, 840, 5)), None);
+    }
+
+    #[test]
+    fn a_transfer_id_carries_its_owners_key() {
+        let population = small();
+        let user = population.user(42);
+        let ids: Vec<u128> = (1..=3)
+            .map(|sequence| transfer_id(TRANSFER_TAG_RUN, sequence, user))
+            .collect();
+        assert!(ids.iter().all(|&t| t & 0xffff_ffff == user & 0xffff_ffff));
+        assert!(ids[0] != ids[1] && ids[1] != ids[2]);
+        assert_ne!(
+            transfer_id(TRANSFER_TAG_RUN, 1, user),
+            transfer_id(TRANSFER_TAG_FUNDING, 1, user)
+        );
     }
 
     #[test]
