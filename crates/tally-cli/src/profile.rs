@@ -28,6 +28,9 @@ pub(crate) struct ProfileArgs {
     /// ids that share them share a shard (docs/sharding.md, "Placement").
     #[arg(long, default_value_t = Placement::WHOLE_ID)]
     placement_bits: Placement,
+    /// Replay the log's first N events without profiling them (a run's set-up, say).
+    #[arg(long, default_value_t = 0)]
+    skip_events: u64,
 }
 
 /// One shard count's profile.
@@ -48,6 +51,9 @@ struct Profile {
 struct Profiler {
     layout: Layout,
     group_events: usize,
+    /// Events to replay before profiling, and events replayed so far.
+    skip_events: u64,
+    replayed: u64,
     state: Option<StateMachine>,
     group: Vec<LogRecord>,
     events: usize,
@@ -69,6 +75,13 @@ impl Profiler {
             .map(|record| (record.timestamp, &record.batch))
             .collect();
         let events = self.events as u64;
+        self.replayed += events;
+        if self.replayed <= self.skip_events {
+            state.replay(&batches);
+            self.group.clear();
+            self.events = 0;
+            return;
+        }
         let profile = &mut self.profile;
         profile.groups += 1;
         match plan_with_escrow(state, &batches) {
@@ -79,6 +92,7 @@ impl Profiler {
                 ] {
                     total.work += cost.work;
                     total.critical_path += cost.critical_path;
+                    total.busiest_part += cost.busiest_part;
                 }
                 profile.units += plan.units.len() as u64;
                 let spanning = plan.units.iter().filter(|u| u.spans_parts());
@@ -99,6 +113,7 @@ impl Profiler {
                 for total in [&mut profile.cost, &mut profile.cost_with_deltas] {
                     total.work += events * STEPS_PER_EVENT;
                     total.critical_path += events * STEPS_PER_EVENT;
+                    total.busiest_part += events * STEPS_PER_EVENT;
                 }
             }
         }
@@ -150,12 +165,14 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
         args.placement_bits
     );
     println!(
-        "shards  groups  work (events)  critical path  parallelism  with escrow  units spanning shards (decided on one with escrow)"
+        "shards  groups  work (events)  critical path  parallelism  with escrow  busiest shard  units spanning shards (decided on one with escrow)"
     );
     for &parts in &args.shards {
         let mut profiler = Profiler {
             layout: Layout::new(parts, args.placement_bits),
             group_events: args.group_events,
+            skip_events: args.skip_events,
+            replayed: 0,
             state: None,
             group: Vec::new(),
             events: 0,
@@ -171,10 +188,13 @@ pub(crate) fn profile(args: ProfileArgs) -> Result<ExitCode, String> {
         let p = &profiler.profile;
         let parallelism = |cost: PlanCost| cost.work as f64 / cost.critical_path.max(1) as f64;
         let spanning = 100.0 * p.units_spanning as f64 / p.units.max(1) as f64;
+        // With escrow: the busiest shard's load over the mean shard's.
+        let mean = p.cost_with_deltas.work as f64 / parts as f64;
+        let busiest = p.cost_with_deltas.busiest_part as f64 / mean.max(1.0);
         let decided_on_one =
             100.0 * p.units_spanning_decided_on_one as f64 / p.units_spanning.max(1) as f64;
         println!(
-            "{parts:>6}  {:>6}  {:>13}  {:>13}  {:>11.2}  {:>11.2}  {spanning:>5.1} % ({decided_on_one:.1} %){}",
+            "{parts:>6}  {:>6}  {:>13}  {:>13}  {:>11.2}  {:>11.2}  {busiest:>11.2} x  {spanning:>5.1} % ({decided_on_one:.1} %){}",
             p.groups,
             p.cost.work / STEPS_PER_EVENT,
             p.cost.critical_path / STEPS_PER_EVENT,

@@ -1,7 +1,8 @@
 //! Crash tests with real processes (docs/spec.md §3.3): a `tally apply` child applies
 //! batches and acknowledges each one on its stdout; the parent SIGKILLs it at random
 //! moments, restarts it, and checks that every acknowledged result is there, exactly,
-//! and that no unacknowledged batch is half-applied. Each restart runs on 1 to 4 shards.
+//! and that no unacknowledged batch is half-applied. Each restart runs on 1 to 4 shards,
+//! with ids placed by the whole id or by their lowest bits.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
@@ -18,11 +19,13 @@ const KILLS: u64 = 60;
 type Sent = BTreeMap<u64, (u64, Option<Vec<(String, Option<String>)>>)>;
 const ACCOUNTS: u64 = 8;
 
-/// A `tally apply` child on `shards` shards. The shard count changes from one restart
-/// to the next: recovery and results must not depend on it.
-fn apply_child(dir: &Path, shards: u64) -> std::process::Child {
+/// A `tally apply` child on `shards` shards, ids placed by their lowest `placement_bits`.
+/// Both change from one restart to the next: recovery and results must not depend on
+/// them.
+fn apply_child(dir: &Path, shards: u64, placement_bits: u32) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["apply", "--shards", &shards.to_string(), "--data"])
+        .args(["apply", "--shards", &shards.to_string()])
+        .args(["--placement-bits", &placement_bits.to_string(), "--data"])
         .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -64,7 +67,8 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
     let mut next_id = 1_000u64;
     let mut acknowledged_batches = 0;
     for kill in 0..KILLS {
-        let mut child = apply_child(dir.path(), 1 + kill % 4);
+        let placement_bits = [128, 2, 64, 1, 3][(kill % 5) as usize];
+        let mut child = apply_child(dir.path(), 1 + kill % 4, placement_bits);
         let mut stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let batches = 5 + rng.below(40);

@@ -240,10 +240,52 @@ fn tally_profile_prints_the_parallelism_of_a_log() {
     // Accounts without limits: with escrow most units need only their own id's part.
     let with_escrow: f64 = rows[1][5].parse().unwrap();
     assert!(with_escrow > parallelism && with_escrow <= 4.0, "{text}");
-    let bad = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["profile", "--shards", "65", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
+    assert_eq!(rows[0][6], "1.00", "one shard is all the load\n{text}");
+    let busiest: f64 = rows[1][6].parse().unwrap();
+    assert!((1.0..2.0).contains(&busiest), "{text}");
+    // Placed by their lowest bit, ids land on two of the four shards only.
+    let profile = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["profile", "--shards", "4", "--group-events", "100"])
+            .args(extra)
+            .arg("--data")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let row: Vec<String> = text
+            .lines()
+            .nth(2)
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        (text, row)
+    };
+    let (text, row) = profile(&["--placement-bits", "1"]);
+    assert!(text.contains("low 1 bits"), "{text}");
+    let with_escrow: f64 = row[5].parse().unwrap();
+    let busiest: f64 = row[6].parse().unwrap();
+    assert!(with_escrow <= 2.0 && busiest >= 2.0, "{text}");
+    // The set-up and the first batches replayed, not profiled.
+    let (text, row) = profile(&["--skip-events", "500"]);
+    let work: u64 = row[2].parse().unwrap();
+    // All but the skipped groups (each of at least 100 events, ending past the 500th).
+    let total = 20 * 40 + ACCOUNTS;
+    assert!(work > 0 && work <= total - 500 + 100, "{text}");
+    for bad in [
+        &["--shards", "65"][..],
+        &["--placement-bits", "0"],
+        &["--placement-bits", "129"],
+    ] {
+        let bad = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .arg("profile")
+            .args(bad)
+            .arg("--data")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!bad.status.success());
+    }
 }

@@ -15,6 +15,10 @@ pub struct PlanCost {
     pub work: u64,
     /// The longest chain of units that must run one after another.
     pub critical_path: u64,
+    /// Steps run on the busiest part, waits left out: however the units are ordered,
+    /// the plan takes at least this long, so `work / busiest_part` bounds the gain
+    /// by load balance alone.
+    pub busiest_part: u64,
 }
 
 /// Steps of the cost model per event (and per expiry) decided.
@@ -30,16 +34,21 @@ impl Plan {
     /// of its mask.
     pub fn cost(&self) -> PlanCost {
         let mut free_at = [0u64; 64];
+        let mut load = [0u64; 64];
         let mut cost = PlanCost::default();
         for unit in &self.units {
             let steps = unit.events() * STEPS_PER_EVENT;
             let parts = || (0..64).filter(|part| unit.mask & (1 << part) != 0);
             let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
             let end = start + steps;
-            parts().for_each(|part| free_at[part] = end);
+            parts().for_each(|part| {
+                free_at[part] = end;
+                load[part] += steps;
+            });
             cost.work += steps;
             cost.critical_path = cost.critical_path.max(end);
         }
+        cost.busiest_part = load.into_iter().max().unwrap_or(0);
         cost
     }
 
@@ -53,6 +62,7 @@ impl Plan {
     /// waits for them. The work is the same, moved from the decisions to the deltas.
     pub fn cost_with_deltas(&self) -> PlanCost {
         let mut free_at = [0u64; 64];
+        let mut load = [0u64; 64];
         // Per account, when every delta sent to it so far has been applied.
         let mut account_at: HashMap<u128, u64, foldhash::fast::RandomState> = HashMap::default();
         let bits = |mask: u64| (0..64).filter(move |part| mask & (1 << part) != 0);
@@ -73,19 +83,25 @@ impl Plan {
                 .max()
                 .unwrap_or(0);
             let decided = start + decide_steps;
-            bits(decide).for_each(|part| free_at[part] = decided);
+            bits(decide).for_each(|part| {
+                free_at[part] = decided;
+                load[part] += decide_steps;
+            });
             for touch in touches {
                 let at = account_at.entry(touch.account).or_default();
                 *at = (*at).max(decided);
                 if touch.delta {
                     *at += STEPS_PER_DELTA;
-                    free_at[self.layout.part_of(touch.account)] += STEPS_PER_DELTA;
+                    let part = self.layout.part_of(touch.account);
+                    free_at[part] += STEPS_PER_DELTA;
+                    load[part] += STEPS_PER_DELTA;
                 }
             }
             cost.work += unit.events() * STEPS_PER_EVENT;
         }
         let applied = account_at.into_values().max().unwrap_or(0);
         cost.critical_path = free_at.into_iter().max().unwrap_or(0).max(applied);
+        cost.busiest_part = load.into_iter().max().unwrap_or(0);
         cost
     }
 }
@@ -150,6 +166,7 @@ mod tests {
         let handed_off = PlanCost {
             work: 4 * event,
             critical_path: 4 * event,
+            busiest_part: 4 * event,
         };
         assert_eq!(plan.cost(), handed_off);
         // Both payments decided at once; `other` does not wait for `hot`'s deltas, the
@@ -161,6 +178,8 @@ mod tests {
         let with_deltas = PlanCost {
             work: 4 * event,
             critical_path: other_read + event,
+            // `hot`'s part: both deltas and the two units that read there.
+            busiest_part: 2 * event + 2 * STEPS_PER_DELTA,
         };
         assert_eq!(plan.cost_with_deltas(), with_deltas);
     }

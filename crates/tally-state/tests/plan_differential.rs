@@ -255,6 +255,7 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
     };
     // Parts 0 and 1 run side by side; a unit spanning both waits for both.
     let plan = Plan {
+        layout: tally_state::Layout::from(3),
         units: vec![unit(0b01, 3), unit(0b10, 5), unit(0b11, 2), unit(0b01, 1)],
         ..Plan::default()
     };
@@ -262,7 +263,9 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
         plan.cost(),
         PlanCost {
             work: 11 * STEPS_PER_EVENT,
-            critical_path: 8 * STEPS_PER_EVENT
+            critical_path: 8 * STEPS_PER_EVENT,
+            // Part 1 runs 5 + 2 events, part 0 3 + 2 + 1.
+            busiest_part: 7 * STEPS_PER_EVENT,
         }
     );
     let expire = Unit {
@@ -274,6 +277,7 @@ fn a_plans_cost_counts_its_critical_path_on_one_core_per_part() {
         touches: (0, 0),
     };
     let plan = Plan {
+        layout: tally_state::Layout::from(3),
         units: vec![expire, unit(0b100, 4)],
         ..Plan::default()
     };
