@@ -33,17 +33,20 @@ mod query;
 mod run;
 mod state;
 mod store;
+mod tables;
 mod value_index;
 
 pub use apply::{Held, Parts};
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};
+pub use index::IndexTable;
 pub use layout::{Layout, PARTS_MAX, Placement, part_of};
 pub use part::Part;
 pub use plan::{Plan, Serial, Touch, Unit, Work, plan, plan_with_escrow, run_unit};
 pub use query::{QUERY_STEP_RECORDS, Query, QueryTarget};
 pub use run::Run;
 pub use state::{FrozenState, ImageError, SideTables, StateMachine};
+pub use tables::TableRequest;
 
 #[cfg(test)]
 mod test_support;

@@ -17,7 +17,7 @@
 //! them would be a second copy of the store in timestamp order. A query on them alone
 //! walks the store in timestamp order, a bounded step at a time.
 
-use crate::index::IdIndex;
+use crate::index::{IdIndex, IndexTable, slots_for};
 use tally_types::{Account, Transfer};
 
 /// Records with the same non-zero value of one field, newest first.
@@ -33,7 +33,16 @@ pub(crate) struct ValueIndex {
     /// Records to make room for when the first record sets this field (the part's
     /// reserved capacity), so a run never stops to grow a large index.
     reserved: usize,
+    /// Take that room from a table prepared elsewhere instead ([`ValueIndex::take_wanted`]):
+    /// start small, and ask for it.
+    prepared_elsewhere: bool,
+    /// Slots of the table asked for and not yet taken by [`ValueIndex::take_wanted`].
+    wanted_slots: usize,
 }
+
+/// Records a value index starts with when its room is prepared elsewhere: a table of
+/// 1 MiB, which faults in page by page as it fills.
+const FIRST_USE_RECORDS: usize = 1 << 16;
 
 impl ValueIndex {
     /// Adds the newest record, at `position`, with `value` (0: not indexed).
@@ -45,7 +54,12 @@ impl ValueIndex {
         if self.links.is_empty() {
             self.base = position;
             if self.reserved > 0 {
-                self.heads.reserve(self.reserved);
+                if self.prepared_elsewhere && self.reserved > FIRST_USE_RECORDS {
+                    self.heads.reserve(FIRST_USE_RECORDS);
+                    self.wanted_slots = slots_for(self.reserved);
+                } else {
+                    self.heads.reserve(self.reserved);
+                }
                 self.links.reserve(self.reserved);
                 // Once: a field cleared by rollbacks keeps what it took.
                 self.reserved = 0;
@@ -116,6 +130,20 @@ impl ValueIndex {
     pub fn bytes(&self) -> usize {
         self.heads.bytes() + self.links.capacity() * std::mem::size_of::<u32>()
     }
+
+    /// The slots of a table to prepare for this index, once: asked for at its first
+    /// record when its room is prepared elsewhere, while it is still larger than the
+    /// table in use.
+    pub fn take_wanted(&mut self) -> Option<usize> {
+        let wanted = std::mem::take(&mut self.wanted_slots);
+        (wanted > self.heads.slots()).then_some(wanted)
+    }
+
+    /// Grows into `table`, prepared as [`ValueIndex::take_wanted`] asked; false (and
+    /// the table dropped) when the index has outgrown it meanwhile.
+    pub fn adopt(&mut self, table: IndexTable) -> bool {
+        self.heads.adopt(table)
+    }
 }
 
 /// The three user-data indexes of one record kind in one part: `user_data_128`,
@@ -151,6 +179,14 @@ impl UserDataIndexes {
     pub fn reserve_on_first_use(&mut self, records: usize) {
         for index in &mut self.by_field {
             index.reserved = records;
+        }
+    }
+
+    /// Whether a field's first record takes its reserved room at once (false, the
+    /// default) or starts small and asks for a table prepared elsewhere (true).
+    pub fn prepare_elsewhere(&mut self, on: bool) {
+        for index in &mut self.by_field {
+            index.prepared_elsewhere = on;
         }
     }
 
