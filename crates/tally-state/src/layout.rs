@@ -145,6 +145,7 @@ pub fn part_of(id: u128, count: usize) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
