@@ -15,6 +15,7 @@ use crate::request::{Answered, EventResult, Request, TransferResult};
 use crate::shards::{ShardCounters, ShardPool};
 use crate::shared::Shared;
 use crate::sync::{AtomicBool, Ordering};
+use crate::tables::TableMaker;
 use crate::threads::{
     ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, SPARE_STEP_BYTES_PER_US_INITIAL,
 };
@@ -174,8 +175,15 @@ impl Ledger {
             ),
         };
         // Recovery replays on the shard threads too.
-        let (logger, mut applier, state, recovery) =
+        let (logger, mut applier, mut state, recovery) =
             recover(storage, options, capacity, pool.as_ref(), journal.as_mut())?;
+        // Live, a user-data index that starts mid-run grows into a table made on the
+        // table maker's thread (a replay took its room at once: nobody waits on it).
+        let tables = TableMaker::start().map_err(|source| EngineError::Thread {
+            name: "tally-tables",
+            source,
+        })?;
+        state.prepare_tables_elsewhere(true);
         let events = journal.as_ref().map(|_| {
             Arc::new(Progress::new(
                 events_dir(&config.data_dir),
@@ -219,6 +227,7 @@ impl Ledger {
             from_log,
             snapshots: snapshots_to_log,
             journal,
+            tables,
         };
         let log = LogThread {
             shared: Arc::clone(&shared),

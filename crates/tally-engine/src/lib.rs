@@ -94,6 +94,7 @@ mod shared;
 pub mod simulation;
 mod snapshot_source;
 mod sync;
+mod tables;
 mod threads;
 
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};

@@ -16,6 +16,7 @@ use crate::pacing::CommitPacer;
 use crate::request::{Answered, EventResult, Reply, Request};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
+use crate::tables::TableMaker;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -407,6 +408,8 @@ pub(crate) struct ApplyThread {
     pub snapshots: std::sync::mpsc::Sender<SnapshotImage>,
     /// The journal thread, when change events are on.
     pub journal: Option<Journal>,
+    /// Prepares the tables user-data indexes grow into.
+    pub tables: TableMaker,
 }
 
 impl ApplyThread {
@@ -429,6 +432,7 @@ impl ApplyThread {
                     state.set_change_capture(true);
                 }
                 let answers = self.applier.apply(&mut state, group);
+                self.tables.tend(&mut state);
                 let changes = self.journal.as_ref().map(|journal| {
                     let events = state.take_changes_into(journal.spare());
                     (events, state.last_timestamp())
