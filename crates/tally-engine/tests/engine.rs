@@ -750,3 +750,72 @@ fn readers_get_in_between_the_steps_of_a_long_group() {
     assert!(seen_between, "no read got in while a batch was applied");
     ledger.shutdown().unwrap();
 }
+
+/// A user-data index that starts mid-run (here at the first transfer with an order id)
+/// begins small; the table its reserved room calls for is made on the table maker's
+/// thread and adopted between groups, and every record stays found.
+#[test]
+fn a_user_data_index_started_mid_run_grows_into_a_prepared_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.shards = 1;
+    config.accounts_capacity = 100;
+    config.transfers_capacity = 400_000;
+    let ledger = Ledger::open(config).unwrap();
+    let unlimited = (1..=ACCOUNTS)
+        .map(|id| Account {
+            id,
+            ledger: 156,
+            code: 1,
+            ..Account::default()
+        })
+        .collect();
+    ledger.submit(Batch::CreateAccounts(unlimited)).unwrap();
+    let order = |id: u128| id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = 1u128;
+    let mut batch = || {
+        let transfers = (0..500)
+            .map(|_| {
+                next += 1;
+                Transfer {
+                    id: next,
+                    debit_account_id: 1 + next % ACCOUNTS,
+                    credit_account_id: 1 + (next + 1) % ACCOUNTS,
+                    amount: 1,
+                    ledger: 156,
+                    code: 1,
+                    user_data_128: order(next),
+                    ..Transfer::default()
+                }
+            })
+            .collect();
+        Batch::CreateTransfers(transfers)
+    };
+    let index_bytes = || ledger.with_state(StateMachine::query_index_bytes);
+    ledger.submit(batch()).unwrap();
+    // Started with room for 65,536 records (a 1 MiB table); the prepared one holds
+    // 400,000 (4 MiB), and only adoption brings it this early.
+    let started = index_bytes();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while index_bytes() < started + (3 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no table adopted: {} bytes",
+            index_bytes()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let results = ledger.submit(batch()).unwrap();
+        assert!(results.iter().all(|r| r.code == ResultCode::Ok));
+    }
+    assert!(next < 60_000, "adopted before the first table filled");
+    for id in (2..=next).step_by(97) {
+        let filter = tally_types::QueryFilter {
+            user_data_128: order(id),
+            ..tally_types::QueryFilter::default()
+        };
+        let found = ledger.query_transfers(&filter);
+        assert_eq!(found.len(), 1, "transfer {id}");
+        assert_eq!(found[0].id, id);
+    }
+    ledger.shutdown().unwrap();
+}
