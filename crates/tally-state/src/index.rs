@@ -42,11 +42,11 @@ pub(crate) fn slots_for(entries: usize) -> usize {
         .max(SLOTS_MIN)
 }
 
-/// An empty table for an [`IdIndex`] whose memory is already faulted in: made on
-/// another thread ([`IndexTable::prefaulted`]), then adopted between groups, so that
-/// the apply thread never stops to clear fresh pages. On a virtual machine clearing a
-/// fresh 2 MiB page took about 4 ms, and the first few hundred random inserts into a
-/// fresh table reach all its pages: 0.3 s for a table with room for 6.5 M entries.
+/// An empty table for a user-data index, its memory already faulted in: made on another
+/// thread ([`IndexTable::prefaulted`]), then adopted between groups, so that the apply
+/// thread never stops to clear fresh pages. On a virtual machine clearing a fresh 2 MiB
+/// page took about 4 ms, and the first few hundred random inserts into a fresh table
+/// reach all its pages: 0.3 s for a table with room for 6.5 M entries.
 #[derive(Debug)]
 pub struct IndexTable {
     slots: Vec<u64>,
