@@ -30,8 +30,10 @@ use wincode::{SchemaRead, SchemaWrite};
 
 /// The first eight bytes of every trace file.
 pub const TRACE_MAGIC: [u8; 8] = *b"TALLYTRC";
-/// The trace format version this load generator writes and reads.
-pub const TRACE_VERSION: u16 = 1;
+/// The trace format version this load generator writes and reads. 2: account ids end
+/// in their population slot, transfer ids in their customer's key (version 1's ids
+/// would not match the accounts this version's setup creates).
+pub const TRACE_VERSION: u16 = 2;
 const HEADER_SIZE: usize = 16;
 const FRAME_HEADER_SIZE: usize = 12;
 /// Requests per chunk frame; keeps every frame well under wincode's 4 MiB
