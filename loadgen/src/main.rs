@@ -455,7 +455,14 @@ fn run(cli: &Cli) -> Result<Report, String> {
                     }
                 )
             };
-            let name = format!("tally-engine ({durability}) in {}", ledger_dir.display());
+            let placement = match cli.placement_bits {
+                Placement::WHOLE_ID => String::new(),
+                bits => format!(", ids placed on shards by their low {bits} bits"),
+            };
+            let name = format!(
+                "tally-engine ({durability}{placement}) in {}",
+                ledger_dir.display()
+            );
             drive(cli, config, replay, Arc::new(target), &name, command)
         }
         TargetKind::Server => {
