@@ -10,7 +10,7 @@ use tally_log::{LogRecord, RecoverySink};
 use tally_state::{
     Layout, PARTS_MAX, Placement, PlanCost, STEPS_PER_EVENT, Serial, StateMachine, plan_with_escrow,
 };
-use tally_types::LoadedImage;
+use tally_types::{Batch, LoadedImage};
 
 /// The arguments of `tally profile`.
 #[derive(Debug, clap::Args)]
@@ -76,50 +76,53 @@ impl Profiler {
             .collect();
         let events = self.events as u64;
         self.replayed += events;
-        if self.replayed <= self.skip_events {
-            state.replay(&batches);
-            self.group.clear();
-            self.events = 0;
-            return;
-        }
-        let profile = &mut self.profile;
-        profile.groups += 1;
-        match plan_with_escrow(state, &batches) {
-            Ok(plan) => {
-                for (total, cost) in [
-                    (&mut profile.cost, plan.cost()),
-                    (&mut profile.cost_with_deltas, plan.cost_with_deltas()),
-                ] {
-                    total.work += cost.work;
-                    total.critical_path += cost.critical_path;
-                    total.busiest_part += cost.busiest_part;
-                }
-                profile.units += plan.units.len() as u64;
-                let spanning = plan.units.iter().filter(|u| u.spans_parts());
-                let (all, decided_on_one) = spanning.fold((0, 0), |(all, one), u| {
-                    (
-                        all + 1,
-                        one + u64::from((u.mask & !u.deltas).count_ones() == 1),
-                    )
-                });
-                profile.units_spanning += all;
-                profile.units_spanning_decided_on_one += decided_on_one;
-            }
-            Err(Serial::OnePart | Serial::ExpiryInsideGroup | Serial::Imported) => {
-                // Run on one thread: its whole work is its critical path.
-                if self.layout.count() > 1 {
-                    profile.groups_serial += 1;
-                }
-                for total in [&mut profile.cost, &mut profile.cost_with_deltas] {
-                    total.work += events * STEPS_PER_EVENT;
-                    total.critical_path += events * STEPS_PER_EVENT;
-                    total.busiest_part += events * STEPS_PER_EVENT;
-                }
-            }
+        if self.replayed > self.skip_events {
+            profile_group(&mut self.profile, self.layout, state, &batches, events);
         }
         state.replay(&batches);
         self.group.clear();
         self.events = 0;
+    }
+}
+
+/// Adds one group's plan (or, when it runs serially, its whole work) to `profile`.
+fn profile_group(
+    profile: &mut Profile,
+    layout: Layout,
+    state: &StateMachine,
+    batches: &[(u64, &Batch)],
+    events: u64,
+) {
+    profile.groups += 1;
+    match plan_with_escrow(state, batches) {
+        Ok(plan) => {
+            profile.cost += plan.cost();
+            profile.cost_with_deltas += plan.cost_with_deltas();
+            profile.units += plan.units.len() as u64;
+            let spanning = plan.units.iter().filter(|u| u.spans_parts());
+            let (all, decided_on_one) = spanning.fold((0, 0), |(all, one), u| {
+                (
+                    all + 1,
+                    one + u64::from((u.mask & !u.deltas).count_ones() == 1),
+                )
+            });
+            profile.units_spanning += all;
+            profile.units_spanning_decided_on_one += decided_on_one;
+        }
+        Err(Serial::OnePart | Serial::ExpiryInsideGroup | Serial::Imported) => {
+            if layout.count() > 1 {
+                profile.groups_serial += 1;
+            }
+            // Run on one thread: its whole work is its critical path and one part's load.
+            let steps = events * STEPS_PER_EVENT;
+            let serial = PlanCost {
+                work: steps,
+                critical_path: steps,
+                busiest_part: steps,
+            };
+            profile.cost += serial;
+            profile.cost_with_deltas += serial;
+        }
     }
 }
 

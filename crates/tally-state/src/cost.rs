@@ -21,6 +21,15 @@ pub struct PlanCost {
     pub busiest_part: u64,
 }
 
+/// Sums costs, as a profile adds up the plans of a log's groups.
+impl std::ops::AddAssign for PlanCost {
+    fn add_assign(&mut self, other: PlanCost) {
+        self.work += other.work;
+        self.critical_path += other.critical_path;
+        self.busiest_part += other.busiest_part;
+    }
+}
+
 /// Steps of the cost model per event (and per expiry) decided.
 pub const STEPS_PER_EVENT: u64 = 8;
 
