@@ -368,8 +368,8 @@ fn set_balances<P: Parts + ?Sized>(parts: &mut P, slot: Slot, balances: Balances
 
 /// The reference of stored transfer `id`.
 fn stored_ref<P: Parts + ?Sized>(parts: &P, id: u128) -> TransferRef {
-    let count = parts.count();
-    let part = parts.layout().part_of(id);
+    let layout = parts.layout();
+    let (count, part) = (layout.count(), layout.part_of(id));
     match parts.get(part).transfer_entry(id) {
         Some(TransferEntry::Stored(position)) => {
             let transfer_ref = position as usize * count + part;

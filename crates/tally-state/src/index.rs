@@ -42,6 +42,14 @@ pub(crate) fn slots_for(entries: usize) -> usize {
         .max(SLOTS_MIN)
 }
 
+/// `slots` empty slots, advised into huge pages before the first write faults them in:
+/// lookups land at random.
+fn fresh_table(slots: usize) -> Vec<u64> {
+    let table = vec![EMPTY; slots];
+    advise_huge_pages(&table);
+    table
+}
+
 /// An empty table for a user-data index, its memory already faulted in: made on another
 /// thread ([`IndexTable::prefaulted`]), then adopted between groups, so that the apply
 /// thread never stops to clear fresh pages. On a virtual machine clearing a fresh 2 MiB
@@ -57,8 +65,7 @@ impl IndexTable {
     /// gives them, with every page written once.
     pub fn prefaulted(slots: usize) -> IndexTable {
         assert!(slots.is_power_of_two(), "a power of two, not {slots}");
-        let mut table = vec![EMPTY; slots];
-        advise_huge_pages(&table);
+        let mut table = fresh_table(slots);
         const SLOTS_PER_PAGE: usize = 4096 / std::mem::size_of::<u64>();
         for at in (0..slots).step_by(SLOTS_PER_PAGE) {
             // An opaque zero: the store must happen, for its page fault.
@@ -230,10 +237,7 @@ impl IdIndex {
         if wanted * LOAD_DEN <= self.slots.len() * LOAD_NUM {
             return;
         }
-        let table = vec![EMPTY; slots_for(wanted)];
-        // Before the first write faults the pages in: lookups land at random.
-        advise_huge_pages(&table);
-        self.rehash_into(table);
+        self.rehash_into(fresh_table(slots_for(wanted)));
     }
 
     /// Slots in the table now.
