@@ -19,8 +19,7 @@
 //! both generators are a [`RequestStream`].
 
 use crate::population::{
-    FOREIGN, LEDGER_CNY, Population, System, TRANSFER_TAG_RUN, cny_transfer, minor, transfer_code,
-    transfer_id,
+    FOREIGN, LEDGER_CNY, Population, RunIds, System, cny_transfer, minor, transfer_code,
 };
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Zipf};
@@ -261,10 +260,7 @@ pub struct Generator {
     scale_cny: u32,
     scales_foreign: Vec<u32>,
     rates_foreign: Vec<Decimal>,
-    /// Low 32 bits of the seed, in every transfer id, so runs with different seeds on a
-    /// kept data directory never collide.
-    id_seed: u32,
-    transfer_sequence: u64,
+    ids: RunIds,
     follow_ups: BinaryHeap<Reverse<FollowUp>>,
     follow_up_order: u64,
 }
@@ -324,8 +320,7 @@ impl Generator {
             foreign_merchants,
             payment_yuan,
             cumulative,
-            id_seed: seed as u32,
-            transfer_sequence: 0,
+            ids: RunIds::new(seed),
             follow_ups: BinaryHeap::new(),
             follow_up_order: 0,
         }
@@ -365,10 +360,7 @@ impl Generator {
     /// The next transfer id, placed with `owner` (an account, or a transfer whose
     /// customer it follows).
     fn next_id(&mut self, owner: u128) -> u128 {
-        self.transfer_sequence += 1;
-        debug_assert!(self.transfer_sequence < 1 << 32);
-        let sequence = (u64::from(self.id_seed) << 32) | self.transfer_sequence;
-        transfer_id(TRANSFER_TAG_RUN, sequence, owner)
+        self.ids.next(owner)
     }
 
     fn user(&mut self) -> u128 {

@@ -98,6 +98,33 @@ pub fn transfer_id(tag: u128, sequence: u64, owner: u128) -> u128 {
     (tag << 96) | (u128::from(sequence) << 32) | (owner & 0xffff_ffff)
 }
 
+/// The ids of a run's transfers: [`TRANSFER_TAG_RUN`], the run's seed (its low 32
+/// bits, so runs with different seeds on a kept data directory never collide) and a
+/// sequence, each placed with its owner ([`transfer_id`]).
+#[derive(Debug, Clone)]
+pub struct RunIds {
+    seed: u32,
+    sequence: u64,
+}
+
+impl RunIds {
+    /// Ids of the run seeded with `seed`.
+    pub fn new(seed: u64) -> RunIds {
+        RunIds {
+            seed: seed as u32,
+            sequence: 0,
+        }
+    }
+
+    /// The next transfer id, placed with `owner`.
+    pub fn next(&mut self, owner: u128) -> u128 {
+        self.sequence += 1;
+        debug_assert!(self.sequence < 1 << 32);
+        let sequence = (u64::from(self.seed) << 32) | self.sequence;
+        transfer_id(TRANSFER_TAG_RUN, sequence, owner)
+    }
+}
+
 /// Tag of the funding transfers before the run.
 pub const TRANSFER_TAG_FUNDING: u128 = 1;
 /// Tag of the transfers of the run itself.

@@ -15,7 +15,7 @@
 //! and draws the rest uniformly; this keeps the power law over every rank).
 
 use crate::mix::{Kind, Request, RequestStream};
-use crate::population::{LEDGER_PLAIN, Population, Shape, TRANSFER_TAG_RUN, transfer_id};
+use crate::population::{LEDGER_PLAIN, Population, RunIds, Shape};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution as _, Exp, Zipf};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -87,9 +87,7 @@ pub struct TransfersGenerator {
     picker: Picker,
     rng: Xoshiro256PlusPlus,
     amount: Exp<f64>,
-    /// Low 32 bits of the seed, in every transfer id, as in the festival's generator.
-    id_seed: u32,
-    transfer_sequence: u64,
+    ids: RunIds,
 }
 
 impl TransfersGenerator {
@@ -122,8 +120,7 @@ impl TransfersGenerator {
             picker,
             rng,
             amount,
-            id_seed: seed as u32,
-            transfer_sequence: 0,
+            ids: RunIds::new(seed),
         }
     }
 
@@ -146,14 +143,6 @@ impl TransfersGenerator {
         index
     }
 
-    /// The next transfer id, placed with its debit account `owner`.
-    fn next_id(&mut self, owner: u128) -> u128 {
-        self.transfer_sequence += 1;
-        debug_assert!(self.transfer_sequence < 1 << 32);
-        let sequence = (u64::from(self.id_seed) << 32) | self.transfer_sequence;
-        transfer_id(TRANSFER_TAG_RUN, sequence, owner)
-    }
-
     /// The submission at `offset_ns`: one transfer between two distinct accounts.
     pub fn next_at(&mut self, offset_ns: u64) -> Request {
         let debit = self.pick();
@@ -166,7 +155,7 @@ impl TransfersGenerator {
         let amount = self.amount.sample(&mut self.rng) as u128 + 1;
         let debit = self.population.plain(debit);
         let transfer = Transfer {
-            id: self.next_id(debit),
+            id: self.ids.next(debit),
             debit_account_id: debit,
             credit_account_id: self.population.plain(credit),
             amount,
