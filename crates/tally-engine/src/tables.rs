@@ -60,9 +60,9 @@ impl TableMaker {
 
 impl Drop for TableMaker {
     fn drop(&mut self) {
-        // Closing the requests ends the helper once its table in hand is done.
+        // Closing the requests ends the helper once its table in hand is done; its send
+        // never blocks (the channel holds every table that can ever be asked for).
         self.requests = None;
-        while self.tables.try_recv().is_ok() {}
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
