@@ -8,7 +8,7 @@ use tally_engine::{Backpressure, EventResult};
 use tally_engine::{Config, Ledger, SubmitError};
 use tally_log::{LogOptions, Wal};
 use tally_state::StateMachine;
-use tally_testkit::SeededRng as Rng;
+use tally_testkit::{SeededRng as Rng, TEST_LEDGER};
 use tally_types::{Account, AccountFlags, Batch, ResultCode, Transfer, TransferFlags};
 
 const ACCOUNTS: u128 = 12;
@@ -763,12 +763,7 @@ fn a_user_data_index_started_mid_run_grows_into_a_prepared_table() {
     config.transfers_capacity = 400_000;
     let ledger = Ledger::open(config).unwrap();
     let unlimited = (1..=ACCOUNTS)
-        .map(|id| Account {
-            id,
-            ledger: 156,
-            code: 1,
-            ..Account::default()
-        })
+        .map(|id| tally_testkit::account(id, TEST_LEDGER, AccountFlags::empty()))
         .collect();
     ledger.submit(Batch::CreateAccounts(unlimited)).unwrap();
     let order = |id: u128| id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -777,15 +772,10 @@ fn a_user_data_index_started_mid_run_grows_into_a_prepared_table() {
         let transfers = (0..500)
             .map(|_| {
                 next += 1;
+                let (debit, credit) = (1 + next % ACCOUNTS, 1 + (next + 1) % ACCOUNTS);
                 Transfer {
-                    id: next,
-                    debit_account_id: 1 + next % ACCOUNTS,
-                    credit_account_id: 1 + (next + 1) % ACCOUNTS,
-                    amount: 1,
-                    ledger: 156,
-                    code: 1,
                     user_data_128: order(next),
-                    ..Transfer::default()
+                    ..tally_testkit::transfer(next, debit, credit, 1)
                 }
             })
             .collect();

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use tally_state::{IndexTable, StateMachine};
-use tally_types::{Account, Batch, QueryFilter, Transfer};
+use tally_testkit::{TEST_LEDGER, account, transfer};
+use tally_types::{Account, AccountFlags, Batch, QueryFilter, Transfer};
 
 const ACCOUNTS: u128 = 100;
 const BATCH: u128 = 1_000;
@@ -13,11 +14,8 @@ fn accounts() -> Batch {
     Batch::CreateAccounts(
         (1..=ACCOUNTS)
             .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
                 user_data_64: (id % 5) as u64,
-                ..Account::default()
+                ..account(id, TEST_LEDGER, AccountFlags::empty())
             })
             .collect(),
     )
@@ -30,16 +28,11 @@ fn transfers(n: u128) -> Batch {
         (0..BATCH)
             .map(|i| {
                 let id = 1 + n * BATCH + i;
+                let (debit, credit) = (1 + id % ACCOUNTS, 1 + (id + 1 + id % 7) % ACCOUNTS);
                 Transfer {
-                    id,
-                    debit_account_id: 1 + id % ACCOUNTS,
-                    credit_account_id: 1 + (id + 1 + id % 7) % ACCOUNTS,
-                    amount: 1,
-                    ledger: 1,
-                    code: 1,
                     user_data_128: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
                     user_data_32: (id % 3) as u32,
-                    ..Transfer::default()
+                    ..transfer(id, debit, credit, 1)
                 }
             })
             .collect(),
