@@ -4,13 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tally_cluster::{ClusterConfig, ClusterError, Replica};
-use tally_testkit::{TEST_LEDGER, account, transfer};
+use tally_testkit::{TEST_LEDGER, account, free_port, transfer};
 use tally_types::{AccountFlags, Batch, ResultCode};
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
 
 fn members(n: u64) -> BTreeMap<u64, String> {
     (1..=n)

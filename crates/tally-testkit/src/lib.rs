@@ -3,6 +3,7 @@
 //! * [`SeededRng`]: a tiny portable RNG, so a failing seed replays anywhere.
 //! * [`account`] and [`transfer`]: record builders with test defaults.
 //! * [`workload`]: seeded random ledger traffic for differential tests.
+//! * [`free_port`]: a loopback port for a test's server or replica.
 //! * `fuzz` (feature `fuzz`): the fuzz targets, shared by the cargo-fuzz project in
 //!   `fuzz/` and this crate's corpus replay test.
 #![deny(missing_docs)]
@@ -12,6 +13,33 @@ use tally_types::{Account, AccountFlags, Transfer};
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod workload;
+
+/// A loopback port nobody listens on now and that this process has not handed out
+/// before: the listener is dropped, so the kernel may offer the same port again, and
+/// two replicas of one test cluster were once given one port (one as its client port,
+/// one as its peer port). The race with another process taking it in between is
+/// accepted in tests.
+///
+/// # Panics
+/// If no port can be bound, or a thousand tries all return ports handed out already.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1_000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a loopback port")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no loopback port left that was not handed out already");
+}
 
 /// The ledger the builders use unless told otherwise: CNY, 2 decimals.
 pub const TEST_LEDGER: u32 = 156;
@@ -95,6 +123,14 @@ impl SeededRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            assert!(seen.insert(free_port()));
+        }
+    }
 
     #[test]
     fn sequences_are_fixed_by_the_seed() {

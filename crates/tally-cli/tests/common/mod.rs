@@ -9,27 +9,17 @@ pub mod proxy;
 use proxy::Net;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_client::{Client, ClientConfig, RetryPolicy};
 use tally_cluster::ReplicaStatus;
+pub use tally_testkit::free_port;
 
 /// How long a replica may take to print `listening on` (a debug build on a loaded
 /// machine).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A port nobody listens on now (the listener is dropped; the race with another
-/// process taking it in between is accepted in tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One replica: where it lives and, while it runs, its process.
 #[derive(Debug)]
