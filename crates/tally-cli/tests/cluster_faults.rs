@@ -17,15 +17,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tally_testkit::SeededRng;
 
-/// The longest failover accepted: from the leader's death (or isolation) to a new
-/// leader reported and a write acknowledged again. With the default 300–600 ms election
-/// timeouts, openraft elects once the leader's lease (600 ms) and an election timeout
-/// have passed since the last heartbeat: 1.2 s at the most, or 1.8 s when the follower
-/// with the shorter log stands first and splits the vote (openraft then makes it wait,
-/// and the other stands again after one more election timeout). That is the 2 s of
-/// docs/spec.md §7; the margin of 1 s is for a debug build sharing two cores with the
-/// load's client tasks and the proxies.
-const FAILOVER_MAX: Duration = Duration::from_millis(2_000 + 1_000);
+/// The longest failover accepted (docs/spec.md §7): from the leader's death (or
+/// isolation) to a new leader reported and a write acknowledged again. With the default
+/// 300–600 ms election timeouts a follower stands once the leader's lease (600 ms) and
+/// an election timeout have passed since the last heartbeat, 0.9–1.2 s, and only the
+/// follower with the longer log stands (the pre-vote): about 1.3 s with the client's
+/// retry, in a debug build sharing two cores with the load and the proxies.
+const FAILOVER_MAX: Duration = Duration::from_secs(2);
 
 /// How long replicas may take to agree once the faults are over.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(30);
@@ -146,10 +144,12 @@ fn sigkill_of_a_follower_then_of_the_leader_loses_nothing_acknowledged() {
     run(async {
         let started = Instant::now();
         let mut cluster = Cluster::start(3, false).await;
-        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xf011).await;
         load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
             .await;
+        // Asked again under load: at start-up two replicas may both have led term 1.
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let follower = others(&ALL, leader)[0];
         cluster.kill(follower);
         // One replica down of three: writes go on without a pause.
@@ -177,10 +177,12 @@ fn an_isolated_leader_acknowledges_nothing_and_converges_after_healing() {
         let started = Instant::now();
         let cluster = Cluster::start(3, true).await;
         let net = cluster.net.clone().unwrap();
-        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0x150).await;
         load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
             .await;
+        // Asked again under load: at start-up two replicas may both have led term 1.
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let cut_at = Instant::now();
         net.isolate(leader);
         let majority = others(&ALL, leader);
@@ -218,10 +220,13 @@ fn an_isolated_follower_catches_up_after_healing() {
         let started = Instant::now();
         let cluster = Cluster::start(3, true).await;
         let net = cluster.net.clone().unwrap();
-        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let load = Load::start(&cluster, 4, 0xf0).await;
         load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
             .await;
+        // Asked again under load: at start-up two replicas may both have led term 1.
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        let term = cluster.status(leader).await.unwrap().term;
         let follower = others(&ALL, leader)[0];
         net.isolate(follower);
         // The majority goes on acknowledging; the isolated follower cannot reach the
@@ -235,11 +240,26 @@ fn an_isolated_follower_catches_up_after_healing() {
             !load::send(&client, batch, &load.record()).await,
             "a write to the isolated follower was acknowledged"
         );
+        // Long enough for the follower's election timer to run out twice: no majority
+        // answers its pre-vote, so it never raises the term...
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let cut_off = cluster.status(follower).await.unwrap();
+        assert_eq!(
+            cut_off.term, term,
+            "the isolated follower stood: {cut_off:?}"
+        );
         load.until_more_acks(ACKS_STEP, Duration::from_secs(10))
             .await;
         net.heal();
         load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
             .await;
+        // ... and its return does not depose the leader.
+        let after = cluster.status(leader).await.unwrap();
+        assert_eq!(
+            (after.role.as_str(), after.term),
+            ("leader", term),
+            "the follower's return changed the leadership"
+        );
         finish(&cluster, &ALL, load, started).await;
     });
 }

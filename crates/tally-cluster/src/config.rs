@@ -22,9 +22,10 @@ pub struct ClusterConfig {
     pub join: bool,
     /// The election timeout range. A follower that has heard nothing from its leader
     /// for the longest timeout (the leader's lease) plus a random time in this range
-    /// starts an election: with the default 300–600 ms, a leader lost is replaced
-    /// 0.9–1.2 s after its last heartbeat, or one election timeout later (1.8 s at the
-    /// most) when both followers stand at once and split the vote.
+    /// asks the voters whether they would vote for it (a pre-vote) and stands if a
+    /// majority would: with the default 300–600 ms, a leader lost is replaced 0.9–1.2 s
+    /// after its last heartbeat, or one election timeout later (1.8 s at the most) in
+    /// the rare case that both followers, their logs equal, stand at once.
     pub election_timeout: (Duration, Duration),
     /// How often the leader sends heartbeats. Default 200 ms. It is also the time
     /// openraft gives one AppendEntries message (up to 2 groups) to be delivered and

@@ -26,6 +26,7 @@
 
 pub mod admin;
 mod config;
+mod election;
 mod group;
 mod image_codec;
 mod log_store;

@@ -226,10 +226,13 @@ impl Cluster {
                     statuses.push(status);
                 }
             }
-            let term_max = statuses.iter().map(|s| s.term).max().unwrap_or(0);
+            // openraft orders leaders by (term, id): of two that led the same term (at
+            // start-up every replica stands at once), the greater id is the leader.
             let leader = statuses
                 .iter()
-                .find(|s| s.role == "leader" && s.term == term_max && Some(s.replica_id) != not);
+                .filter(|s| s.role == "leader")
+                .max_by_key(|s| (s.term, s.replica_id))
+                .filter(|s| Some(s.replica_id) != not && s.term >= term_max(&statuses));
             if let Some(leader) = leader {
                 return leader.replica_id;
             }
@@ -282,10 +285,12 @@ impl Cluster {
             replicas: urls[1..].to_vec(),
             request_timeout,
             connect_timeout: Duration::from_secs(1),
+            // Short back-offs, so that a failover's measured end is the cluster's and
+            // not a client asleep between two tries; as many tries as before in time.
             retry: RetryPolicy {
-                attempts_max: 8,
+                attempts_max: 24,
                 backoff_initial: Duration::from_millis(20),
-                backoff_max: Duration::from_millis(500),
+                backoff_max: Duration::from_millis(100),
             },
             ..ClientConfig::new(urls[0].clone())
         };
@@ -410,4 +415,8 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
     }
+}
+
+fn term_max(statuses: &[ReplicaStatus]) -> u64 {
+    statuses.iter().map(|s| s.term).max().unwrap_or(0)
 }

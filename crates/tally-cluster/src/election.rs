@@ -1,0 +1,289 @@
+//! When a replica stands for leader: the election timer and the pre-vote, in place of
+//! openraft's own timer (switched off with `enable_elect: false`).
+//!
+//! openraft 0.9 checks its timer once every 1.5 heartbeats (300 ms by default), and once
+//! a replica has stood and met a longer log it adds twice the longest election timeout
+//! to every later wait until it stands again: a follower that lost the cluster's first
+//! election waited 2.1 s, not 0.9–1.2 s, when its leader was lost. Here the timer is
+//! checked every [`TICK`], each wait is drawn afresh, and a replica asks before it
+//! stands (a pre-vote, as in Ongaro's thesis §9.6): it raises its term only when a
+//! majority would vote for it, each of them having heard no leader for a lease and
+//! holding no longer log. So the replica with the longer log stands first, a replica
+//! cut off from the majority never raises the term, and when it comes back it does not
+//! depose a working leader. Safety stays openraft's: the real vote decides.
+
+use openraft::{LogId, ServerState};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// How often a replica looks at its timer.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// A replica's question to a voter before it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PreVote {
+    /// Who asks.
+    pub candidate: u64,
+    /// The last entry of its log.
+    pub last_log_id: Option<LogId<u64>>,
+}
+
+/// What the replica's Raft reports that the timer needs.
+#[derive(Debug, Clone)]
+pub(crate) struct RaftView {
+    pub state: ServerState,
+    /// Whether its vote is for a leader that was elected (not one still standing).
+    pub vote_committed: bool,
+    pub last_log_id: Option<LogId<u64>>,
+    /// The voter sets: one, or two during a joint membership change.
+    pub voter_sets: Vec<BTreeSet<u64>>,
+}
+
+impl RaftView {
+    fn is_voter(&self, id: u64) -> bool {
+        self.voter_sets.iter().any(|set| set.contains(&id))
+    }
+}
+
+/// A replica's election timer, fed by what its peer service sees.
+#[derive(Debug)]
+pub(crate) struct ElectionTimer {
+    id: u64,
+    /// How long a voter that heard a leader refuses others: the longest election
+    /// timeout, as openraft's own lease.
+    lease: Duration,
+    /// The election timeout range a wait is drawn from.
+    range: (Duration, Duration),
+    clock: Mutex<Clock>,
+}
+
+#[derive(Debug)]
+struct Clock {
+    /// When a leader was last heard (an AppendEntries it accepted).
+    leader_heard: Option<Instant>,
+    /// When the current wait started: a leader heard, a vote granted, or a try.
+    since: Instant,
+    /// This wait's election timeout.
+    wait: Duration,
+    /// State of the generator that draws the waits (splitmix64).
+    seed: u64,
+}
+
+impl Clock {
+    fn draw(&mut self, range: (Duration, Duration)) -> Duration {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let span = range.1.saturating_sub(range.0).as_micros().max(1) as u64;
+        range.0 + Duration::from_micros(z % span)
+    }
+}
+
+impl ElectionTimer {
+    /// The timer of replica `id`, its first wait starting `now`.
+    pub(crate) fn new(id: u64, range: (Duration, Duration), now: Instant) -> ElectionTimer {
+        assert!(
+            range.0 > Duration::ZERO && range.0 <= range.1,
+            "election timeout range"
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        let mut clock = Clock {
+            leader_heard: None,
+            since: now,
+            wait: range.0,
+            seed: nanos ^ id.wrapping_mul(0x2545_f491_4f6c_dd1d),
+        };
+        clock.wait = clock.draw(range);
+        ElectionTimer {
+            id,
+            lease: range.1,
+            range,
+            clock: Mutex::new(clock),
+        }
+    }
+
+    /// A leader was heard: an AppendEntries was accepted.
+    pub(crate) fn leader_heard(&self, now: Instant) {
+        let mut clock = self.clock.lock();
+        clock.leader_heard = Some(now);
+        clock.since = clock.since.max(now);
+    }
+
+    /// This replica granted its vote: the candidate gets a full wait to win.
+    pub(crate) fn vote_granted(&self, now: Instant) {
+        let mut clock = self.clock.lock();
+        clock.since = clock.since.max(now);
+    }
+
+    /// Starts a fresh wait after a try (a pre-vote, won or lost), or while leading.
+    pub(crate) fn restart(&self, now: Instant) {
+        let mut clock = self.clock.lock();
+        clock.since = now;
+        clock.wait = clock.draw(self.range);
+    }
+
+    /// Whether this replica should try to stand `now`. A follower of an elected leader
+    /// waits out the leader's lease first (the others refuse it until then); a
+    /// candidate, or a replica that voted for one, waits one election timeout. The only
+    /// voter of a cluster never waits.
+    pub(crate) fn due(&self, now: Instant, raft: &RaftView) -> bool {
+        if raft.state == ServerState::Leader || !raft.is_voter(self.id) {
+            return false;
+        }
+        if raft.voter_sets.iter().all(|set| set.len() == 1) {
+            return true;
+        }
+        let clock = self.clock.lock();
+        let lease = if raft.vote_committed {
+            self.lease
+        } else {
+            Duration::ZERO
+        };
+        now.saturating_duration_since(clock.since) >= lease + clock.wait
+    }
+
+    /// This voter's answer to `request`: yes when it would grant the candidate its real
+    /// vote as far as the log and the lease go. It refuses while it leads, while it heard
+    /// a leader less than a lease ago (and still follows it), and when its own log is
+    /// longer. Terms are left to the real vote.
+    pub(crate) fn answer(&self, now: Instant, request: &PreVote, raft: &RaftView) -> bool {
+        if raft.state == ServerState::Leader {
+            return false;
+        }
+        let heard = self.clock.lock().leader_heard;
+        let lease_runs =
+            heard.is_some_and(|heard| now.saturating_duration_since(heard) < self.lease);
+        if raft.vote_committed && lease_runs {
+            return false;
+        }
+        request.last_log_id >= raft.last_log_id
+    }
+}
+
+/// Whether the `granted` replicas are a majority of every voter set.
+pub(crate) fn is_quorum(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bool {
+    !voter_sets.is_empty()
+        && voter_sets.iter().all(|set| {
+            let yes = set.iter().filter(|id| granted.contains(id)).count();
+            yes * 2 > set.len()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    const RANGE: (Duration, Duration) = (Duration::from_millis(300), Duration::from_millis(600));
+
+    fn view(state: ServerState, committed: bool, last: Option<(u64, u64)>) -> RaftView {
+        RaftView {
+            state,
+            vote_committed: committed,
+            last_log_id: last.map(|(term, index)| log_id(term, index)),
+            voter_sets: vec![BTreeSet::from([1, 2, 3])],
+        }
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    #[test]
+    fn a_follower_waits_the_lease_and_an_election_timeout() {
+        let start = Instant::now();
+        let timer = ElectionTimer::new(1, RANGE, start);
+        let follower = view(ServerState::Follower, true, Some((1, 10)));
+        timer.leader_heard(start);
+        assert!(!timer.due(start + Duration::from_millis(899), &follower));
+        assert!(timer.due(start + Duration::from_millis(1_200), &follower));
+        // A candidate (its vote not committed) waits one election timeout only.
+        let candidate = view(ServerState::Candidate, false, Some((1, 10)));
+        assert!(!timer.due(start + Duration::from_millis(299), &candidate));
+        assert!(timer.due(start + Duration::from_millis(600), &candidate));
+    }
+
+    #[test]
+    fn leaders_and_learners_never_stand_and_a_lone_voter_always_does() {
+        let start = Instant::now();
+        let timer = ElectionTimer::new(4, RANGE, start);
+        let late = start + Duration::from_secs(10);
+        let mut learner = view(ServerState::Learner, true, None);
+        assert!(!timer.due(late, &learner));
+        learner.voter_sets = vec![BTreeSet::from([4])];
+        learner.state = ServerState::Follower;
+        assert!(timer.due(start, &learner));
+        learner.state = ServerState::Leader;
+        assert!(!timer.due(late, &learner));
+    }
+
+    #[test]
+    fn each_wait_is_drawn_afresh_within_the_range() {
+        let start = Instant::now();
+        let timer = ElectionTimer::new(2, RANGE, start);
+        let mut waits = BTreeSet::new();
+        for _ in 0..64 {
+            timer.restart(start);
+            let wait = timer.clock.lock().wait;
+            assert!(wait >= RANGE.0 && wait < RANGE.1, "{wait:?}");
+            waits.insert(wait);
+        }
+        assert!(waits.len() > 32, "the waits repeat: {waits:?}");
+    }
+
+    #[test]
+    fn a_voter_refuses_a_shorter_log_and_while_its_lease_runs() {
+        let start = Instant::now();
+        let timer = ElectionTimer::new(2, RANGE, start);
+        let follower = view(ServerState::Follower, true, Some((3, 68)));
+        let longer = PreVote {
+            candidate: 1,
+            last_log_id: Some(log_id(3, 70)),
+        };
+        let shorter = PreVote {
+            candidate: 1,
+            last_log_id: Some(log_id(3, 65)),
+        };
+        timer.leader_heard(start);
+        let within = start + Duration::from_millis(599);
+        let after = start + Duration::from_millis(600);
+        assert!(!timer.answer(within, &longer, &follower));
+        assert!(timer.answer(after, &longer, &follower));
+        assert!(!timer.answer(after, &shorter, &follower));
+        // An equal log is enough; a later term beats a longer log of an older term.
+        let equal = PreVote {
+            candidate: 1,
+            last_log_id: Some(log_id(3, 68)),
+        };
+        assert!(timer.answer(after, &equal, &follower));
+        let newer = PreVote {
+            candidate: 1,
+            last_log_id: Some(log_id(4, 2)),
+        };
+        assert!(timer.answer(after, &newer, &follower));
+        // A voter that already voted for a candidate has no lease to keep.
+        let voted = view(ServerState::Follower, false, Some((3, 68)));
+        assert!(timer.answer(within, &longer, &voted));
+        // A leader refuses everyone.
+        let leader = view(ServerState::Leader, true, Some((3, 68)));
+        assert!(!timer.answer(after, &longer, &leader));
+    }
+
+    #[test]
+    fn a_quorum_is_a_majority_of_every_voter_set() {
+        let three = [BTreeSet::from([1, 2, 3])];
+        assert!(is_quorum(&three, &BTreeSet::from([1, 2])));
+        assert!(!is_quorum(&three, &BTreeSet::from([1])));
+        assert!(!is_quorum(&three, &BTreeSet::from([1, 4, 5])));
+        let joint = [BTreeSet::from([1, 2, 3]), BTreeSet::from([3, 4, 5, 6])];
+        assert!(!is_quorum(&joint, &BTreeSet::from([1, 2, 3])));
+        assert!(is_quorum(&joint, &BTreeSet::from([1, 3, 4, 5])));
+        assert!(!is_quorum(&[], &BTreeSet::from([1])));
+    }
+}
