@@ -12,18 +12,25 @@
 //! cut off from the majority never raises the term, and when it comes back it does not
 //! depose a working leader. Safety stays openraft's: the real vote decides.
 
+use crate::types::Raft;
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesResponse, VoteResponse};
 use openraft::{LogId, ServerState};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Weak;
+use std::time::Duration;
+// tokio's clock, so that the simulation's paused time drives the timer too.
+use tokio::time::Instant;
 
 /// How often a replica looks at its timer.
-pub(crate) const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(10);
 
 /// A replica's question to a voter before it stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PreVote {
+pub struct PreVote {
     /// Who asks.
     pub candidate: u64,
     /// The last entry of its log.
@@ -32,16 +39,33 @@ pub(crate) struct PreVote {
 
 /// What the replica's Raft reports that the timer needs.
 #[derive(Debug, Clone)]
-pub(crate) struct RaftView {
-    pub state: ServerState,
+struct RaftView {
+    state: ServerState,
     /// Whether its vote is for a leader that was elected (not one still standing).
-    pub vote_committed: bool,
-    pub last_log_id: Option<LogId<u64>>,
+    vote_committed: bool,
+    last_log_id: Option<LogId<u64>>,
     /// The voter sets: one, or two during a joint membership change.
-    pub voter_sets: Vec<BTreeSet<u64>>,
+    voter_sets: Vec<BTreeSet<u64>>,
 }
 
 impl RaftView {
+    /// What `raft` reports now.
+    fn of(raft: &Raft) -> RaftView {
+        let last_log_id = raft.data_metrics().borrow().last_log;
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        RaftView {
+            state: metrics.state,
+            vote_committed: metrics.vote.is_committed(),
+            last_log_id,
+            voter_sets: metrics
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .clone(),
+        }
+    }
+
     fn is_voter(&self, id: u64) -> bool {
         self.voter_sets.iter().any(|set| set.contains(&id))
     }
@@ -49,7 +73,7 @@ impl RaftView {
 
 /// A replica's election timer, fed by what its peer service sees.
 #[derive(Debug)]
-pub(crate) struct ElectionTimer {
+struct ElectionTimer {
     id: u64,
     /// How long a voter that heard a leader refuses others: the longest election
     /// timeout, as openraft's own lease.
@@ -84,20 +108,18 @@ impl Clock {
 }
 
 impl ElectionTimer {
-    /// The timer of replica `id`, its first wait starting `now`.
-    pub(crate) fn new(id: u64, range: (Duration, Duration), now: Instant) -> ElectionTimer {
+    /// The timer of replica `id`, its first wait starting `now`, its waits drawn from
+    /// `seed`.
+    fn new(id: u64, range: (Duration, Duration), now: Instant, seed: u64) -> ElectionTimer {
         assert!(
             range.0 > Duration::ZERO && range.0 <= range.1,
             "election timeout range"
         );
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos() as u64);
         let mut clock = Clock {
             leader_heard: None,
             since: now,
             wait: range.0,
-            seed: nanos ^ id.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            seed: seed ^ id.wrapping_mul(0x2545_f491_4f6c_dd1d),
         };
         clock.wait = clock.draw(range);
         ElectionTimer {
@@ -109,20 +131,20 @@ impl ElectionTimer {
     }
 
     /// A leader was heard: an AppendEntries was accepted.
-    pub(crate) fn leader_heard(&self, now: Instant) {
+    fn leader_heard(&self, now: Instant) {
         let mut clock = self.clock.lock();
         clock.leader_heard = Some(now);
         clock.since = clock.since.max(now);
     }
 
     /// This replica granted its vote: the candidate gets a full wait to win.
-    pub(crate) fn vote_granted(&self, now: Instant) {
+    fn vote_granted(&self, now: Instant) {
         let mut clock = self.clock.lock();
         clock.since = clock.since.max(now);
     }
 
     /// Starts a fresh wait after a try (a pre-vote, won or lost), or while leading.
-    pub(crate) fn restart(&self, now: Instant) {
+    fn restart(&self, now: Instant) {
         let mut clock = self.clock.lock();
         clock.since = now;
         clock.wait = clock.draw(self.range);
@@ -132,7 +154,7 @@ impl ElectionTimer {
     /// waits out the leader's lease first (the others refuse it until then); a
     /// candidate, or a replica that voted for one, waits one election timeout. The only
     /// voter of a cluster never waits.
-    pub(crate) fn due(&self, now: Instant, raft: &RaftView) -> bool {
+    fn due(&self, now: Instant, raft: &RaftView) -> bool {
         if raft.state == ServerState::Leader || !raft.is_voter(self.id) {
             return false;
         }
@@ -152,7 +174,7 @@ impl ElectionTimer {
     /// vote as far as the log and the lease go. It refuses while it leads, while it heard
     /// a leader less than a lease ago (and still follows it), and when its own log is
     /// longer. Terms are left to the real vote.
-    pub(crate) fn answer(&self, now: Instant, request: &PreVote, raft: &RaftView) -> bool {
+    fn answer(&self, now: Instant, request: &PreVote, raft: &RaftView) -> bool {
         if raft.state == ServerState::Leader {
             return false;
         }
@@ -167,12 +189,148 @@ impl ElectionTimer {
 }
 
 /// Whether the `granted` replicas are a majority of every voter set.
-pub(crate) fn is_quorum(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bool {
+fn is_quorum(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bool {
     !voter_sets.is_empty()
         && voter_sets.iter().all(|set| {
             let yes = set.iter().filter(|id| granted.contains(id)).count();
             yes * 2 > set.len()
         })
+}
+
+/// A replica's elections: its timer, fed by the messages its Raft answers, and the
+/// loop that stands for it. `tally serve --cluster` and the cluster's simulation both
+/// run it; only how a pre-vote reaches a voter differs.
+pub struct Elections {
+    id: u64,
+    raft: Raft,
+    timer: ElectionTimer,
+    /// How long a pre-vote waits for the voters' answers: the shortest election timeout.
+    pre_vote_wait: Duration,
+}
+
+impl std::fmt::Debug for Elections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elections").field("id", &self.id).finish()
+    }
+}
+
+impl Elections {
+    /// The elections of replica `id`, whose Raft runs with `enable_elect: false`;
+    /// `range` is its election timeout range, `seed` draws its waits.
+    pub fn new(id: u64, raft: Raft, range: (Duration, Duration), seed: u64) -> Elections {
+        Elections {
+            id,
+            raft,
+            timer: ElectionTimer::new(id, range, Instant::now(), seed),
+            pre_vote_wait: range.0,
+        }
+    }
+
+    /// Call with what this replica's Raft answered an AppendEntries: one it accepted
+    /// came from a leader whose term is at least this replica's.
+    pub fn append_entries_answered(
+        &self,
+        answer: &Result<AppendEntriesResponse<u64>, RaftError<u64>>,
+    ) {
+        let accepted = answer
+            .as_ref()
+            .is_ok_and(|answer| !matches!(answer, AppendEntriesResponse::HigherVote(_)));
+        if accepted {
+            self.timer.leader_heard(Instant::now());
+        }
+    }
+
+    /// Call with what this replica's Raft answered a vote request: a vote granted gives
+    /// the candidate a full wait to win.
+    pub fn vote_answered(&self, answer: &Result<VoteResponse<u64>, RaftError<u64>>) {
+        if answer.as_ref().is_ok_and(|answer| answer.vote_granted) {
+            self.timer.vote_granted(Instant::now());
+        }
+    }
+
+    /// This replica's answer to a pre-vote: yes when it would grant the candidate its
+    /// real vote as far as the log and the lease go.
+    pub fn answer(&self, question: &PreVote) -> bool {
+        self.timer
+            .answer(Instant::now(), question, &RaftView::of(&self.raft))
+    }
+
+    /// Stands for leader whenever the timer runs out and a pre-vote wins, until the
+    /// Raft shuts down or the elections are dropped. `ask(voter, address, question)`
+    /// carries a pre-vote to a voter and answers its yes; no answer is a no.
+    pub async fn run<Ask, Answer>(elections: Weak<Elections>, ask: Ask)
+    where
+        Ask: Fn(u64, String, PreVote) -> Answer,
+        Answer: Future<Output = bool> + Send + 'static,
+    {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(elections) = elections.upgrade() else {
+                return;
+            };
+            let view = RaftView::of(&elections.raft);
+            let now = Instant::now();
+            match view.state {
+                ServerState::Shutdown => return,
+                ServerState::Leader => {
+                    elections.timer.restart(now);
+                    continue;
+                }
+                _ => {}
+            }
+            if !elections.timer.due(now, &view) {
+                continue;
+            }
+            elections.timer.restart(now);
+            if !elections.pre_vote(&view, &ask).await {
+                tracing::debug!("no leader heard, but no majority would vote for this replica");
+                continue;
+            }
+            tracing::info!("no leader heard and a majority would vote: standing for leader");
+            if elections.raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Asks the other voters; true once a majority of every voter set (this replica
+    /// included) says yes.
+    async fn pre_vote<Ask, Answer>(&self, view: &RaftView, ask: &Ask) -> bool
+    where
+        Ask: Fn(u64, String, PreVote) -> Answer,
+        Answer: Future<Output = bool> + Send + 'static,
+    {
+        let mut granted = BTreeSet::from([self.id]);
+        if is_quorum(&view.voter_sets, &granted) {
+            return true;
+        }
+        let question = PreVote {
+            candidate: self.id,
+            last_log_id: view.last_log_id,
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<u64> = view.voter_sets.iter().flatten().copied().collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for id in voters.into_iter().filter(|id| *id != self.id) {
+            let Some(node) = membership.membership().get_node(&id) else {
+                continue;
+            };
+            let answer = ask(id, node.addr.clone(), question.clone());
+            asks.spawn(async move { answer.await.then_some(id) });
+        }
+        let deadline = Instant::now() + self.pre_vote_wait;
+        while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, asks.join_next()).await {
+            if let Ok(Some(id)) = answer {
+                granted.insert(id);
+                if is_quorum(&view.voter_sets, &granted) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -198,7 +356,7 @@ mod tests {
     #[test]
     fn a_follower_waits_the_lease_and_an_election_timeout() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(1, RANGE, start);
+        let timer = ElectionTimer::new(1, RANGE, start, 7);
         let follower = view(ServerState::Follower, true, Some((1, 10)));
         timer.leader_heard(start);
         assert!(!timer.due(start + Duration::from_millis(899), &follower));
@@ -212,7 +370,7 @@ mod tests {
     #[test]
     fn leaders_and_learners_never_stand_and_a_lone_voter_always_does() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(4, RANGE, start);
+        let timer = ElectionTimer::new(4, RANGE, start, 7);
         let late = start + Duration::from_secs(10);
         let mut learner = view(ServerState::Learner, true, None);
         assert!(!timer.due(late, &learner));
@@ -226,7 +384,7 @@ mod tests {
     #[test]
     fn each_wait_is_drawn_afresh_within_the_range() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(2, RANGE, start);
+        let timer = ElectionTimer::new(2, RANGE, start, 7);
         let mut waits = BTreeSet::new();
         for _ in 0..64 {
             timer.restart(start);
@@ -240,7 +398,7 @@ mod tests {
     #[test]
     fn a_voter_refuses_a_shorter_log_and_while_its_lease_runs() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(2, RANGE, start);
+        let timer = ElectionTimer::new(2, RANGE, start, 7);
         let follower = view(ServerState::Follower, true, Some((3, 68)));
         let longer = PreVote {
             candidate: 1,

@@ -39,6 +39,7 @@ mod state_machine;
 mod types;
 
 pub use config::ClusterConfig;
+pub use election::{Elections, PreVote};
 pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 pub use log_store::LogStore;
 pub use network::{PeerConnection, PeerNetwork};

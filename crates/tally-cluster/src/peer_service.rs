@@ -5,11 +5,8 @@ use crate::election::PreVote;
 use crate::group::Group;
 use crate::network::{from_frame, to_frame};
 use crate::replica::{AdminRequest, Core, forward_answer, peer_message_bytes_max};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
-};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use std::sync::Arc;
-use std::time::Instant;
 use tally_proto::peer::Frame;
 use tally_proto::peer::peer_server::{Peer, PeerServer};
 use tokio::sync::oneshot;
@@ -32,30 +29,20 @@ impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let rpc: AppendEntriesRequest<crate::TallyRaft> = decode(&request)?;
         let answer = self.core.raft.append_entries(rpc).await;
-        if answer
-            .as_ref()
-            .is_ok_and(|answer| !matches!(answer, AppendEntriesResponse::HigherVote(_)))
-        {
-            // Accepted from a leader whose term is at least this replica's.
-            self.core.elections.leader_heard(Instant::now());
-        }
+        self.core.elections.append_entries_answered(&answer);
         encode(&answer)
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let rpc: VoteRequest<u64> = decode(&request)?;
         let answer = self.core.raft.vote(rpc).await;
-        if answer.as_ref().is_ok_and(|answer| answer.vote_granted) {
-            self.core.elections.vote_granted(Instant::now());
-        }
+        self.core.elections.vote_answered(&answer);
         encode(&answer)
     }
 
     async fn pre_vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let question: PreVote = decode(&request)?;
-        let view = self.core.raft_view();
-        let yes = self.core.elections.answer(Instant::now(), &question, &view);
-        encode(&yes)
+        encode(&self.core.elections.answer(&question))
     }
 
     async fn install_snapshot(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {

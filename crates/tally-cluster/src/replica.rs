@@ -7,7 +7,7 @@
 //! outcome is unknown (`Unavailable`) or that the batch never entered the log.
 
 use crate::config::ClusterConfig;
-use crate::election::{ElectionTimer, PreVote, RaftView, TICK, is_quorum};
+use crate::election::{Elections, PreVote};
 use crate::group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 use crate::log_store::LogStore;
 use crate::network::{PEER_MESSAGE_BYTES_MAX, PeerNetwork, from_frame, peer_client, to_frame};
@@ -129,9 +129,7 @@ pub(crate) struct Core {
     pub(crate) applied: Arc<RwLock<Applied>>,
     peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
     /// When this replica stands for leader (openraft's own timer is off).
-    pub(crate) elections: ElectionTimer,
-    /// How long a pre-vote waits for the voters' answers: the shortest election timeout.
-    pre_vote_wait: Duration,
+    pub(crate) elections: Arc<Elections>,
 }
 
 impl std::fmt::Debug for Core {
@@ -327,67 +325,6 @@ impl Core {
             .map_err(|e| ClusterError::Unavailable(e.to_string()))
     }
 
-    /// What the election timer needs to know of this replica's Raft.
-    pub(crate) fn raft_view(&self) -> RaftView {
-        let last_log_id = self.raft.data_metrics().borrow().last_log;
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        RaftView {
-            state: metrics.state,
-            vote_committed: metrics.vote.is_committed(),
-            last_log_id,
-            voter_sets: metrics
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .clone(),
-        }
-    }
-
-    /// Asks the other voters whether they would vote for this replica; true once a
-    /// majority of every voter set (this replica included) says yes.
-    async fn pre_vote(&self, view: &RaftView) -> bool {
-        let mut granted = BTreeSet::from([self.id]);
-        if is_quorum(&view.voter_sets, &granted) {
-            return true;
-        }
-        let question = PreVote {
-            candidate: self.id,
-            last_log_id: view.last_log_id,
-        };
-        let Ok(frame) = to_frame(&question) else {
-            return false;
-        };
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        let voters: BTreeSet<u64> = view.voter_sets.iter().flatten().copied().collect();
-        let mut asks = tokio::task::JoinSet::new();
-        for id in voters.into_iter().filter(|id| *id != self.id) {
-            let Some(node) = membership.membership().get_node(&id) else {
-                continue;
-            };
-            let Ok(mut client) = self.peer(&node.addr) else {
-                continue;
-            };
-            let mut request = tonic::Request::new(frame.clone());
-            request.set_timeout(self.pre_vote_wait);
-            asks.spawn(async move {
-                let answer = client.pre_vote(request).await.ok()?;
-                let yes: bool = from_frame(answer.get_ref()).ok()?;
-                yes.then_some(id)
-            });
-        }
-        let deadline = tokio::time::Instant::now() + self.pre_vote_wait;
-        while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, asks.join_next()).await {
-            if let Ok(Some(id)) = answer {
-                granted.insert(id);
-                if is_quorum(&view.voter_sets, &granted) {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
     /// This replica's status.
     pub(crate) fn status(&self) -> ReplicaStatus {
         let metrics = self.raft.metrics().borrow().clone();
@@ -550,12 +487,12 @@ impl Replica {
             quorum_silence_max: config.election_timeout.1,
             applied,
             peers: Mutex::new(BTreeMap::new()),
-            elections: ElectionTimer::new(
+            elections: Arc::new(Elections::new(
                 config.replica_id,
+                raft.clone(),
                 config.election_timeout,
-                Instant::now(),
-            ),
-            pre_vote_wait: config.election_timeout.0,
+                clock_seed(),
+            )),
         });
         let own = match &config.peer_listen {
             Some(listen) => listen.clone(),
@@ -586,7 +523,10 @@ impl Replica {
             queue,
             config.proposals_in_flight,
         ));
-        tokio::spawn(stand_when_due(Arc::downgrade(&core)));
+        tokio::spawn(Elections::run(
+            Arc::downgrade(&core.elections),
+            pre_vote_asker(Arc::downgrade(&core), config.election_timeout.0),
+        ));
         let stagger = config.snapshot_log_bytes / 4 * (config.replica_id % 4);
         tokio::spawn(snapshot_when_large(
             Arc::downgrade(&core),
@@ -689,39 +629,34 @@ async fn snapshot_when_large(core: std::sync::Weak<Core>, log: LogStore, bytes_m
     }
 }
 
-/// Stands for leader whenever the election timer says so and a pre-vote wins; stops
-/// with the replica.
-async fn stand_when_due(core: std::sync::Weak<Core>) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(core) = core.upgrade() else {
-            return;
-        };
-        let view = core.raft_view();
-        let now = Instant::now();
-        match view.state {
-            ServerState::Shutdown => return,
-            ServerState::Leader => {
-                core.elections.restart(now);
-                continue;
+/// How a replica's pre-vote reaches a voter: the peer call `PreVote`, answered within
+/// `wait`; a voter that cannot be reached says no.
+fn pre_vote_asker(
+    core: std::sync::Weak<Core>,
+    wait: Duration,
+) -> impl Fn(u64, String, PreVote) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> {
+    move |_voter, addr, question| {
+        let client = core.upgrade().and_then(|core| core.peer(&addr).ok());
+        Box::pin(async move {
+            let (Some(mut client), Ok(frame)) = (client, to_frame(&question)) else {
+                return false;
+            };
+            let mut request = tonic::Request::new(frame);
+            request.set_timeout(wait);
+            match tokio::time::timeout(wait, client.pre_vote(request)).await {
+                Ok(Ok(answer)) => from_frame::<bool>(answer.get_ref()).unwrap_or(false),
+                _ => false,
             }
-            _ => {}
-        }
-        if !core.elections.due(now, &view) {
-            continue;
-        }
-        core.elections.restart(now);
-        if !core.pre_vote(&view).await {
-            tracing::debug!("no leader heard, but no majority would vote for this replica");
-            continue;
-        }
-        tracing::info!("no leader heard and a majority would vote: standing for leader");
-        if core.raft.trigger().elect().await.is_err() {
-            return;
-        }
+        })
     }
+}
+
+/// A seed for a replica's election waits: the clock, so replicas started together
+/// draw apart.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 /// Takes waiting batches into groups and proposes them, a bounded number at a time.

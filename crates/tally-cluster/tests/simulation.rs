@@ -6,10 +6,15 @@
 //! partitions (the leader isolated, a minority isolated, flapping), crashes that keep
 //! only synced bytes (and a torn part of the rest), failed writes and syncs.
 //!
-//! After each seed the faults heal and the cluster settles; then every acknowledged
-//! write must carry the results a single reference `StateMachine` gives when it applies
-//! the committed groups in log order (docs/spec.md §3, guarantee 1), every replica must
-//! have applied the same entries to the same digest, and conservation must hold.
+//! Elections are Tally's own (`tally_cluster::Elections`: the timer and the pre-vote,
+//! carried by the same faulty network), as in a real replica.
+//!
+//! After each seed the faults heal and the cluster settles; then its leader crashes and
+//! the others must commit a write within `FAILOVER_MS` of virtual time, and the cluster
+//! settles again. Then every acknowledged write must carry the results a single
+//! reference `StateMachine` gives when it applies the committed groups in log order
+//! (docs/spec.md §3, guarantee 1), every replica must have applied the same entries to
+//! the same digest, and conservation must hold.
 //!
 //! `TALLY_SIM_SEEDS=N` runs N seeds; `TALLY_SIM_SEED=S` runs seed S alone. A failure
 //! names its seed. The seed fixes the workload and the fault schedule; tokio's `select!`
@@ -30,7 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_cluster::sim_disk::SimDisk;
 use tally_cluster::{
-    Applied, BatchRefusal, Group, GroupResults, LogStore, Raft, StateStore, TallyRaft,
+    Applied, BatchRefusal, Elections, Group, GroupResults, LogStore, PreVote, Raft, StateStore,
+    TallyRaft,
 };
 use tally_engine::EventResult;
 use tally_engine::clock::batch_stamp;
@@ -47,6 +53,10 @@ const SEEDS_DEFAULT: u64 = 1_000;
 const RUN_MS: u64 = 500;
 /// Virtual time the cluster has to settle once the faults healed.
 const SETTLE_MS: u64 = 60_000;
+/// The longest a seed's cluster may take, in virtual time, to commit a write again
+/// once its leader crashed: a follower stands after the lease and an election timeout
+/// (at most 2 × 401 ms with these settings); the rest is room for a split vote.
+const FAILOVER_MS: u64 = 2_000;
 /// Events a batch carries at most.
 const EVENTS_MAX: usize = 6;
 /// The clock reading of the first group (ns since the Unix epoch).
@@ -58,8 +68,8 @@ const EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 /// The simulated network: who is reachable, and the faults, all from one seeded RNG.
 struct NetState {
     rng: SeededRng,
-    /// The replicas running now.
-    rafts: BTreeMap<u64, Raft>,
+    /// The replicas running now: their Raft and their elections.
+    rafts: BTreeMap<u64, (Raft, Arc<Elections>)>,
     /// Each replica's side of the partition; replicas on different sides cannot talk.
     side: BTreeMap<u64, u8>,
     drop_percent: u64,
@@ -98,31 +108,46 @@ fn unreachable<E: std::error::Error>(why: &str) -> RPCError<u64, BasicNode, Raft
     RPCError::Unreachable(Unreachable::new(&AnyError::error(why)))
 }
 
+/// What the network does to one message from `from` to `target`: the target's Raft and
+/// elections if the message arrives, its delay, and whether its answer is lost.
+type Fate = (Option<(Raft, Arc<Elections>)>, u64, bool);
+
+fn fate(net: &Net, from: u64, target: u64) -> Fate {
+    let mut net = net.lock();
+    let connected = net.side.get(&from) == net.side.get(&target);
+    let drop_percent = net.drop_percent;
+    let lost = net.rng.chance(drop_percent);
+    let delay_ms_max = net.delay_ms_max;
+    let delay_ms = net.rng.below(delay_ms_max + 1);
+    let answer_lost = net.rng.chance(drop_percent / 2);
+    let target = net.rafts.get(&target).cloned();
+    (target.filter(|_| connected && !lost), delay_ms, answer_lost)
+}
+
+/// Carries a pre-vote from `from` to `target` through the network; a lost message or
+/// answer is a no.
+async fn ask_pre_vote(net: Net, from: u64, target: u64, question: PreVote) -> bool {
+    let (target, delay_ms, answer_lost) = fate(&net, from, target);
+    sleep(Duration::from_millis(delay_ms)).await;
+    target.is_some_and(|(_, elections)| elections.answer(&question)) && !answer_lost
+}
+
 impl SimConnection {
-    /// Delivers one message to the target's Raft, unless the network loses it or its
-    /// answer; either way after a seeded delay.
+    /// Delivers one message to the target's Raft (and what it answered to the target's
+    /// elections), unless the network loses it or its answer; either way after a
+    /// seeded delay.
     async fn deliver<T, E, F, Fut>(&self, option: &RPCOption, call: F) -> RpcResult<T, E>
     where
         E: std::error::Error,
-        F: FnOnce(Raft) -> Fut,
+        F: FnOnce(Raft, Arc<Elections>) -> Fut,
         Fut: Future<Output = Result<T, RaftError<u64, E>>>,
     {
-        let (raft, delay_ms, answer_lost) = {
-            let mut net = self.net.lock();
-            let connected = net.side.get(&self.from) == net.side.get(&self.target);
-            let drop_percent = net.drop_percent;
-            let lost = net.rng.chance(drop_percent);
-            let delay_ms_max = net.delay_ms_max;
-            let delay_ms = net.rng.below(delay_ms_max + 1);
-            let answer_lost = net.rng.chance(drop_percent / 2);
-            let raft = net.rafts.get(&self.target).cloned();
-            (raft.filter(|_| connected && !lost), delay_ms, answer_lost)
-        };
+        let (target, delay_ms, answer_lost) = fate(&self.net, self.from, self.target);
         sleep(Duration::from_millis(delay_ms)).await;
-        let Some(raft) = raft else {
+        let Some((raft, elections)) = target else {
             return Err(unreachable("lost, cut off or down"));
         };
-        let answer = tokio::time::timeout(option.hard_ttl(), call(raft))
+        let answer = tokio::time::timeout(option.hard_ttl(), call(raft, elections))
             .await
             .map_err(|_| unreachable("timed out"))?;
         if answer_lost {
@@ -138,10 +163,11 @@ impl RaftNetwork<TallyRaft> for SimConnection {
         rpc: AppendEntriesRequest<TallyRaft>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.deliver(
-            &option,
-            |raft| async move { raft.append_entries(rpc).await },
-        )
+        self.deliver(&option, |raft, elections| async move {
+            let answer = raft.append_entries(rpc).await;
+            elections.append_entries_answered(&answer);
+            answer
+        })
         .await
     }
 
@@ -150,10 +176,9 @@ impl RaftNetwork<TallyRaft> for SimConnection {
         rpc: InstallSnapshotRequest<TallyRaft>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.deliver(
-            &option,
-            |raft| async move { raft.install_snapshot(rpc).await },
-        )
+        self.deliver(&option, |raft, _| async move {
+            raft.install_snapshot(rpc).await
+        })
         .await
     }
 
@@ -162,8 +187,12 @@ impl RaftNetwork<TallyRaft> for SimConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.deliver(&option, |raft| async move { raft.vote(rpc).await })
-            .await
+        self.deliver(&option, |raft, elections| async move {
+            let answer = raft.vote(rpc).await;
+            elections.vote_answered(&answer);
+            answer
+        })
+        .await
     }
 }
 
@@ -197,6 +226,8 @@ fn raft_config(rng: &mut SeededRng, id: u64) -> Arc<openraft::Config> {
         max_in_snapshot_log_to_keep: rng.below(20),
         purge_batch_size: 1,
         install_snapshot_timeout: 1_000,
+        // Elections are Tally's (`tally_cluster::Elections`), as in a real replica.
+        enable_elect: false,
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("a valid Raft configuration"))
@@ -216,7 +247,24 @@ impl Node {
         let raft = Raft::new(self.id, Arc::clone(&self.config), network, log, state)
             .await
             .map_err(|e| format!("replica {}: starting Raft: {e}", self.id))?;
-        net.lock().rafts.insert(self.id, raft.clone());
+        let range = (
+            Duration::from_millis(self.config.election_timeout_min),
+            Duration::from_millis(self.config.election_timeout_max),
+        );
+        let elections = Arc::new(Elections::new(
+            self.id,
+            raft.clone(),
+            range,
+            self.config.election_timeout_min,
+        ));
+        let (from, ask_net) = (self.id, Arc::clone(net));
+        tokio::spawn(Elections::run(
+            Arc::downgrade(&elections),
+            move |target, _addr, question| {
+                ask_pre_vote(Arc::clone(&ask_net), from, target, question)
+            },
+        ));
+        net.lock().rafts.insert(self.id, (raft.clone(), elections));
         self.raft = Some(raft);
         self.restart_at = None;
         self.crash_at = None;
@@ -467,7 +515,7 @@ impl Sim {
 }
 
 // ---------------------------------------------------------------------------------------
-// A seed: the run, the settling, the checks.
+// A seed: the run, the settling, a failover, the checks.
 
 impl Sim {
     /// The workload and the faults, for [`RUN_MS`] of virtual time.
@@ -547,6 +595,40 @@ impl Sim {
             .map(|raft| format!("{:?}", raft.metrics().borrow()))
             .collect();
         Err(format!("the cluster did not settle: {statuses:#?}"))
+    }
+
+    /// Crashes the leader of the settled cluster and waits, at most [`FAILOVER_MS`],
+    /// until the others have elected a leader and committed a write. The crashed
+    /// replica stays down until the next [`Sim::settle`].
+    async fn failover(&mut self) -> Result<(), String> {
+        let old = self.leader().ok_or("no leader to crash")?;
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.id == old)
+            .ok_or("the leader is not a replica")?;
+        let later = Instant::now() + Duration::from_secs(3_600);
+        {
+            let Sim {
+                nodes, net, rng, ..
+            } = self;
+            nodes[index].crash(net, rng, later).await;
+        }
+        let crashed = Instant::now();
+        let before = self.acks.lock().len();
+        let mut workload = Workload::new(2, Accounts::Uniform);
+        while self.acks.lock().len() == before {
+            if crashed.elapsed() > Duration::from_millis(FAILOVER_MS) {
+                return Err(format!(
+                    "no write committed {FAILOVER_MS} ms after leader {old} crashed"
+                ));
+            }
+            sleep(Duration::from_millis(10)).await;
+            if self.leader().is_some() {
+                self.propose(&mut workload);
+            }
+        }
+        Ok(())
     }
 
     /// The committed log, from the replicas' disks (entries a snapshot purged included):
@@ -686,10 +768,13 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let mut sim = Sim::new(seed).await?;
-        let result = match sim.run(seed).await {
-            Ok(()) => sim.settle().await,
-            Err(error) => Err(error),
-        };
+        let result = async {
+            sim.run(seed).await?;
+            sim.settle().await?;
+            sim.failover().await?;
+            sim.settle().await
+        }
+        .await;
         let outcome = result.and_then(|()| sim.check());
         sim.stop().await;
         outcome
