@@ -153,13 +153,14 @@ impl ElectionTimer {
     /// Whether this replica should try to stand `now`. A follower of an elected leader
     /// waits out the leader's lease first (the others refuse it until then); a
     /// candidate, or a replica that voted for one, waits one election timeout. The only
-    /// voter of a cluster never waits.
+    /// voter of a cluster never waits, but does not stand again while it stands.
     fn due(&self, now: Instant, raft: &RaftView) -> bool {
         if raft.state == ServerState::Leader || !raft.is_voter(self.id) {
             return false;
         }
         if raft.voter_sets.iter().all(|set| set.len() == 1) {
-            return true;
+            // Alone, it wins as soon as its vote is saved: never stand over itself.
+            return raft.state != ServerState::Candidate;
         }
         let clock = self.clock.lock();
         let lease = if raft.vote_committed {
@@ -377,6 +378,8 @@ mod tests {
         learner.voter_sets = vec![BTreeSet::from([4])];
         learner.state = ServerState::Follower;
         assert!(timer.due(start, &learner));
+        learner.state = ServerState::Candidate;
+        assert!(!timer.due(late, &learner));
         learner.state = ServerState::Leader;
         assert!(!timer.due(late, &learner));
     }
