@@ -18,7 +18,7 @@ use openraft::raft::{AppendEntriesResponse, VoteResponse};
 use openraft::{LogId, ServerState};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Weak;
 use std::time::Duration;
@@ -46,6 +46,8 @@ struct RaftView {
     last_log_id: Option<LogId<u64>>,
     /// The voter sets: one, or two during a joint membership change.
     voter_sets: Vec<BTreeSet<u64>>,
+    /// Where each voter is reached, from the same membership.
+    voter_addrs: BTreeMap<u64, String>,
 }
 
 impl RaftView {
@@ -54,15 +56,16 @@ impl RaftView {
         let last_log_id = raft.data_metrics().borrow().last_log;
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
         RaftView {
             state: metrics.state,
             vote_committed: metrics.vote.is_committed(),
             last_log_id,
-            voter_sets: metrics
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .clone(),
+            voter_sets: membership.get_joint_config().clone(),
+            voter_addrs: membership
+                .voter_ids()
+                .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+                .collect(),
         }
     }
 
@@ -311,14 +314,9 @@ impl Elections {
             candidate: self.id,
             last_log_id: view.last_log_id,
         };
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        let voters: BTreeSet<u64> = view.voter_sets.iter().flatten().copied().collect();
         let mut asks = tokio::task::JoinSet::new();
-        for id in voters.into_iter().filter(|id| *id != self.id) {
-            let Some(node) = membership.membership().get_node(&id) else {
-                continue;
-            };
-            let answer = ask(id, node.addr.clone(), question.clone());
+        for (&id, addr) in view.voter_addrs.iter().filter(|(id, _)| **id != self.id) {
+            let answer = ask(id, addr.clone(), question.clone());
             asks.spawn(async move { answer.await.then_some(id) });
         }
         let deadline = Instant::now() + self.pre_vote_wait;
@@ -347,6 +345,7 @@ mod tests {
             vote_committed: committed,
             last_log_id: last.map(|(term, index)| log_id(term, index)),
             voter_sets: vec![BTreeSet::from([1, 2, 3])],
+            voter_addrs: BTreeMap::new(),
         }
     }
 

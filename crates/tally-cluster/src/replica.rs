@@ -466,7 +466,7 @@ impl Replica {
             // A follower further behind than this gets the snapshot instead.
             max_in_snapshot_log_to_keep: 64,
             install_snapshot_timeout: 10_000,
-            // Elections are started by `stand_when_due` (see `election`).
+            // Elections are started by `Elections::run` (see `election`).
             enable_elect: false,
             ..openraft::Config::default()
         }
@@ -491,7 +491,8 @@ impl Replica {
                 config.replica_id,
                 raft.clone(),
                 config.election_timeout,
-                clock_seed(),
+                // The clock, so that replicas started together draw apart.
+                tally_engine::clock::wall_clock_ns(),
             )),
         });
         let own = match &config.peer_listen {
@@ -629,8 +630,8 @@ async fn snapshot_when_large(core: std::sync::Weak<Core>, log: LogStore, bytes_m
     }
 }
 
-/// How a replica's pre-vote reaches a voter: the peer call `PreVote`, answered within
-/// `wait`; a voter that cannot be reached says no.
+/// How a replica's pre-vote reaches a voter: the peer call `PreVote`, its deadline
+/// `wait` (`Elections` stops waiting then); a voter that cannot be reached says no.
 fn pre_vote_asker(
     core: std::sync::Weak<Core>,
     wait: Duration,
@@ -643,20 +644,12 @@ fn pre_vote_asker(
             };
             let mut request = tonic::Request::new(frame);
             request.set_timeout(wait);
-            match tokio::time::timeout(wait, client.pre_vote(request)).await {
-                Ok(Ok(answer)) => from_frame::<bool>(answer.get_ref()).unwrap_or(false),
-                _ => false,
+            match client.pre_vote(request).await {
+                Ok(answer) => from_frame::<bool>(answer.get_ref()).unwrap_or(false),
+                Err(_) => false,
             }
         })
     }
-}
-
-/// A seed for a replica's election waits: the clock, so replicas started together
-/// draw apart.
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 /// Takes waiting batches into groups and proposes them, a bounded number at a time.
