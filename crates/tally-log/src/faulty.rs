@@ -94,6 +94,8 @@ struct State {
     append_unsynced_last: Option<(u64, usize, usize)>,
     /// Renames reach the disk at once, before any `sync_dir` (ext4 may do this).
     renames_durable_at_once: bool,
+    /// Every range let go from the page cache: (name, offset, length), oldest first.
+    cache_drops: Vec<(String, u64, u64)>,
 }
 
 impl State {
@@ -129,6 +131,12 @@ impl FaultyStorage {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every range the callers let go from the page cache ([`Storage::drop_cached`]):
+    /// (name, offset, length), oldest first.
+    pub fn cache_drops(&self) -> Vec<(String, u64, u64)> {
+        self.lock().cache_drops.clone()
     }
 
     /// Power loss: everything not synced is gone, and the fault plan is cleared.
@@ -401,6 +409,21 @@ impl Storage for FaultyStorage {
     }
 
     fn close(&mut self, _name: &str) {}
+
+    /// Records the range after checking it holds only durable bytes: the callers let go
+    /// of pages they synced, never of pages still on their way to the disk.
+    fn drop_cached(&mut self, name: &str, offset: u64, len: u64) {
+        let mut state = self.lock();
+        if let Ok(images) = state.images(name) {
+            let (start, end) = (offset as usize, (offset + len) as usize);
+            assert!(
+                end <= images.durable.len()
+                    && images.written.get(start..end) == images.durable.get(start..end),
+                "{name}: bytes {start}..{end} let go of before they were synced"
+            );
+        }
+        state.cache_drops.push((name.to_string(), offset, len));
+    }
 
     fn another_handle(&self) -> io::Result<Box<dyn Storage>> {
         // Clones share the same files and fault plan: one disk, two handles.

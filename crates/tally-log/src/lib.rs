@@ -42,12 +42,12 @@ mod format;
 #[cfg(feature = "fault-injection")]
 pub mod layout;
 mod lock;
+mod page_cache;
 mod scan;
 mod snapshot;
 mod storage;
 mod verify;
 mod wal;
-mod writeback;
 
 pub use error::LogError;
 pub use format::{APPEND_BYTES_MAX, SEGMENT_FILE_BYTES_MAX, segment_name, snapshot_name};
@@ -58,8 +58,8 @@ pub use verify::{
     ReadLog, VerifyReport, read_log, read_log_into, read_log_storage, verify, verify_storage,
 };
 pub use wal::{
-    Recovered, RecoverySink, Repairs, Retirement, SPARE_STEP_BYTES_MAX, SPARE_TRIGGER_BYTES,
-    SnapshotJob, Wal,
+    DROP_CACHED_BYTES, Recovered, RecoverySink, Repairs, Retirement, SPARE_STEP_BYTES_MAX,
+    SPARE_TRIGGER_BYTES, SnapshotJob, Wal,
 };
 
 use tally_types::Batch;

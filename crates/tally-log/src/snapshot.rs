@@ -293,6 +293,7 @@ pub(crate) fn write(
 ) -> io::Result<u64> {
     let mut written = 0u64;
     let mut unsynced = 0u64;
+    let mut cached_from = 0u64;
     let mut put = |storage: &mut dyn Storage, bytes: &[u8]| -> io::Result<()> {
         storage.append(name, bytes)?;
         written += bytes.len() as u64;
@@ -300,6 +301,12 @@ pub(crate) fn write(
         if unsynced >= SNAPSHOT_SYNC_BYTES {
             storage.sync_data(name)?;
             unsynced = 0;
+            // Nothing reads a snapshot back but recovery: its synced pages are let go,
+            // so the next ones reuse them instead of taking fresh memory (as the log
+            // does, `Wal::drop_synced_pages`). The page being appended to stays.
+            let page_end = crate::page_cache::page_start(written);
+            storage.drop_cached(name, cached_from, page_end - cached_from);
+            cached_from = page_end;
         }
         Ok(())
     };

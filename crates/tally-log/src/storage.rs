@@ -43,6 +43,12 @@ pub trait Storage: Send + fmt::Debug {
     fn sync_dir(&mut self) -> io::Result<()>;
     /// Releases any handle kept open on `name`; a hint, never an error.
     fn close(&mut self, name: &str);
+    /// Lets the page cache free `len` bytes of `name` from `offset`, already written and
+    /// synced and not to be read again soon; a hint, never an error (nothing by
+    /// default).
+    fn drop_cached(&mut self, name: &str, offset: u64, len: u64) {
+        let _ = (name, offset, len);
+    }
     /// A second, independent handle on the same directory, so a snapshot can be written
     /// on another thread while the log keeps appending through this one.
     fn another_handle(&self) -> io::Result<Box<dyn Storage>>;
@@ -189,6 +195,12 @@ impl Storage for FsStorage {
 
     fn close(&mut self, name: &str) {
         self.open.remove(name);
+    }
+
+    fn drop_cached(&mut self, name: &str, offset: u64, len: u64) {
+        if let Ok(file) = self.handle(name) {
+            crate::page_cache::drop_cached(file, offset, len);
+        }
     }
 
     fn another_handle(&self) -> io::Result<Box<dyn Storage>> {

@@ -34,6 +34,10 @@ pub const SPARE_TRIGGER_BYTES: u64 = 8 * 1024 * 1024;
 /// docs/performance.md).
 pub const SPARE_STEP_BYTES_MAX: u64 = 256 * 1024;
 
+/// Synced log bytes let go from the page cache at a time: large enough that the hint
+/// costs nothing per group, small enough that the pages freed are taken again at once.
+pub const DROP_CACHED_BYTES: u64 = 1024 * 1024;
+
 /// Where [`Wal::open_with_sink`] hands what it recovers, as it reads it: a caller can
 /// rebuild its state on another thread while the rest of the log is still being read,
 /// and never holds the whole log in memory.
@@ -110,6 +114,9 @@ pub struct Wal {
     /// The current segment's file length: below it lie zeros, written in place.
     segment_current_capacity: u64,
     segment_current_frames: u64,
+    /// Where the current segment's pages still in the page cache begin: those before it
+    /// were written, synced and let go ([`DROP_CACHED_BYTES`]).
+    segment_current_cached_from: u64,
     sequence_next: u64,
     /// Bytes logged since open (decides when a spare is worth writing).
     bytes_logged: u64,
@@ -220,6 +227,7 @@ impl Wal {
             segment_current_bytes: current.bytes,
             segment_current_capacity: current.capacity,
             segment_current_frames: current.frames,
+            segment_current_cached_from: 0,
             sequence_next: log.next_sequence,
             bytes_logged: 0,
             spare_ready,
@@ -354,8 +362,23 @@ impl Wal {
             storage
                 .sync_data(name)
                 .map_err(|e| LogError::io(storage.path(name), "fdatasync", e))?;
+            self.drop_synced_pages(self.segment_current_bytes + group_bytes);
         }
         Ok(())
+    }
+
+    /// Lets the page cache free the current segment's whole pages before `synced_end`
+    /// once they add up to [`DROP_CACHED_BYTES`]. The page holding `synced_end` stays
+    /// cached: the next group writes into it, and a partial write into a page the cache
+    /// no longer holds would first read it from the disk.
+    fn drop_synced_pages(&mut self, synced_end: u64) {
+        let page_end = crate::page_cache::page_start(synced_end);
+        let from = self.segment_current_cached_from;
+        if page_end >= from + DROP_CACHED_BYTES {
+            let name = &self.segments.last().expect("a current segment").name;
+            self.storage.drop_cached(name, from, page_end - from);
+            self.segment_current_cached_from = page_end;
+        }
     }
 
     fn rotate(&mut self) -> Result<(), LogError> {
@@ -375,11 +398,18 @@ impl Wal {
                 .map_err(|e| LogError::io(self.storage.path(&previous), "fdatasync", e))?;
         }
         let (segment, capacity) = start_segment(&mut *self.storage, self.sequence_next, spare)?;
+        if self.options.sync == SyncMode::Fdatasync {
+            // Every frame of the previous segment is synced: none of it is read again.
+            let from = self.segment_current_cached_from;
+            let len = self.segment_current_bytes.saturating_sub(from);
+            self.storage.drop_cached(&previous, from, len);
+        }
         self.storage.close(&previous);
         self.segments.push(segment);
         self.segment_current_bytes = SEGMENT_HEADER_SIZE as u64;
         self.segment_current_capacity = capacity;
         self.segment_current_frames = 0;
+        self.segment_current_cached_from = 0;
         Ok(())
     }
 

@@ -464,3 +464,25 @@ fn a_retirement_left_undone_loses_nothing_and_a_later_one_cleans_up() {
     assert_eq!(recovered.snapshot, Some((30, image(26, 2))));
     assert!(recovered.records.is_empty());
 }
+
+#[test]
+fn a_snapshot_lets_go_of_its_synced_pages_as_it_writes() {
+    // 300,000 accounts of 128 bytes: past the 32 MiB written between two syncs.
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(1 << 20)).unwrap();
+    wal.append(&records(1, 1)).unwrap();
+    let state = image(300_000, 0);
+    wal.write_snapshot(1, &state).unwrap();
+    let drops: Vec<(u64, u64)> = storage
+        .cache_drops()
+        .into_iter()
+        .filter(|(name, _, _)| tally_log::layout::parse_segment_name(name).is_none())
+        .map(|(_, offset, len)| (offset, len))
+        .collect();
+    assert_eq!(drops.len(), 1, "one sync before the last: {drops:?}");
+    assert_eq!(drops[0].0, 0);
+    assert!(drops[0].1 >= 32 << 20 && drops[0].1.is_multiple_of(4096));
+    drop(wal);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.snapshot, Some((1, state)));
+}

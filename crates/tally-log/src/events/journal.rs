@@ -232,7 +232,7 @@ impl EventJournal {
     pub fn start_writeback(&mut self) {
         if let Some(current) = &self.current {
             let from = self.writeback_from.min(current.bytes);
-            crate::writeback::start(&current.file, from, current.bytes - from);
+            crate::page_cache::start_writeback(&current.file, from, current.bytes - from);
             self.writeback_from = current.bytes;
         }
         self.bytes_not_written_back = 0;
