@@ -32,6 +32,11 @@ pub const JOURNAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Default retention: 4 GiB (about ten million events).
 pub const JOURNAL_RETENTION_BYTES_DEFAULT: u64 = 4 * 1024 * 1024 * 1024;
 
+/// The end of the current journal segment kept in the page cache for subscribers
+/// reading live ([`EventJournal::start_writeback`]): at a million events a second,
+/// about the last half second.
+pub const JOURNAL_CACHED_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
@@ -81,6 +86,8 @@ pub struct EventJournal {
     bytes_not_written_back: u64,
     /// Where in the current segment the next write-back starts.
     writeback_from: u64,
+    /// Where the current segment's pages still in the page cache begin.
+    cached_from: u64,
     dir_sync_pending: bool,
     first_timestamp: Option<u64>,
     last_timestamp: Option<u64>,
@@ -127,6 +134,7 @@ impl EventJournal {
             unsynced_previous: Vec::new(),
             bytes_not_written_back: 0,
             writeback_from: 0,
+            cached_from: 0,
             dir_sync_pending: false,
             first_timestamp: None,
             last_timestamp: None,
@@ -229,11 +237,25 @@ impl EventJournal {
     /// [`EventJournal::sync`] for that): called every MiB or so, it keeps the kernel
     /// from writing a busy minute's events back in one burst that the write-ahead
     /// log's syncs would queue behind.
+    ///
+    /// It also lets the page cache go of the pages more than [`JOURNAL_CACHED_BYTES`]
+    /// behind, whose write-back started long ago (any still dirty stay): subscribers
+    /// reading near the end find theirs cached, and the journal's new pages reuse freed
+    /// memory (see `Wal::drop_synced_pages`).
     pub fn start_writeback(&mut self) {
         if let Some(current) = &self.current {
             let from = self.writeback_from.min(current.bytes);
             crate::page_cache::start_writeback(&current.file, from, current.bytes - from);
             self.writeback_from = current.bytes;
+            let behind = crate::page_cache::page_start(from.saturating_sub(JOURNAL_CACHED_BYTES));
+            if behind > self.cached_from {
+                crate::page_cache::drop_cached(
+                    &current.file,
+                    self.cached_from,
+                    behind - self.cached_from,
+                );
+                self.cached_from = behind;
+            }
         }
         self.bytes_not_written_back = 0;
     }
@@ -304,6 +326,7 @@ impl EventJournal {
         }
         self.dir_sync_pending = true;
         self.writeback_from = 0;
+        self.cached_from = 0;
         self.push_segment(path.clone(), SEGMENT_HEADER_SIZE as u64);
         self.current = Some(Current {
             file,
