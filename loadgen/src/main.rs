@@ -45,6 +45,7 @@ enum Mode {
     /// Open loop: the curve schedules each payment; one submission per payment.
     Festival,
     /// Closed loop: pre-built batches back to back, to find the maximum throughput.
+    /// Users are funded for the run's length, not for 45 s of festival.
     Max,
 }
 
@@ -355,6 +356,12 @@ fn config_from_cli(cli: &Cli) -> Result<RunConfig, String> {
         users: cli.accounts,
         merchants: merchants(cli),
         seed: cli.seed,
+        funding_scale: match cli.mode {
+            Mode::Festival => 1,
+            Mode::Max => {
+                tally_loadgen::population::max_mode_funding_scale(cli.duration, cli.accounts)
+            }
+        },
         ..PopulationSpec::default()
     };
     let mix = MixSpec {
@@ -626,9 +633,10 @@ fn drive<T: Target>(
     }
     match config.workload {
         Workload::Festival => eprintln!(
-            "loadgen: setup: {} accounts, {} users funded before midnight",
+            "loadgen: setup: {} accounts, {} users funded before midnight ({} x the festival's funding)",
             population.account_count(),
-            population.spec.users
+            population.spec.users,
+            population.spec.funding_scale
         ),
         Workload::Transfers => eprintln!(
             "loadgen: setup: {} accounts without limits, none funded",
@@ -860,7 +868,12 @@ fn finish<T: Target>(
 /// The report's workload line.
 fn workload_text(config: &RunConfig) -> String {
     match config.workload {
-        Workload::Festival => "festival: the Singles' Day mix".into(),
+        Workload::Festival => match config.population.funding_scale {
+            1 => "festival: the Singles' Day mix".into(),
+            scale => format!(
+                "festival: the Singles' Day mix, users funded {scale} x the festival's funding for the run's length"
+            ),
+        },
         Workload::Transfers => {
             let spec = &config.transfers;
             let picks = match spec.distribution {

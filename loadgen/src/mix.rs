@@ -689,6 +689,7 @@ mod tests {
             merchants: 1_000,
             foreign_merchants: 50,
             poor_users_bp: 500,
+            funding_scale: 1,
             seed,
         };
         Generator::new(Population::new(spec), MixSpec::default(), seed)

@@ -197,6 +197,12 @@ pub struct PopulationSpec {
     pub foreign_merchants: u64,
     /// Share of users funded only a little (they fail with exceeds_credits), in 1/10000.
     pub poor_users_bp: u32,
+    /// Each user's pre-midnight funding is this many times the festival's: max mode
+    /// submits many times the festival's payments per user, and users funded for 45 s
+    /// of festival would run dry ([`max_mode_funding_scale`]). Traces written before
+    /// it existed are 1.
+    #[serde(default = "funding_scale_festival")]
+    pub funding_scale: u64,
     /// Seed of the funding amounts.
     pub seed: u64,
 }
@@ -209,9 +215,28 @@ impl Default for PopulationSpec {
             merchants: 10_000,
             foreign_merchants: 200,
             poor_users_bp: 500,
+            funding_scale: funding_scale_festival(),
             seed: 20_161_111,
         }
     }
+}
+
+fn funding_scale_festival() -> u64 {
+    1
+}
+
+/// Transfers a user makes in the festival, about (2.8 M over 1 M users in 45 s).
+const FESTIVAL_TRANSFERS_PER_USER: f64 = 3.0;
+
+/// The rate max mode funds its users for, in transfers a second: above what one shard
+/// sustains on a 2-core machine, so that users run dry only as often as in the festival.
+const MAX_MODE_FUNDED_TPS: f64 = 2_000_000.0;
+
+/// The funding scale for a max-mode run of `duration_s` over `users` users: as many
+/// festivals' worth as the run may submit per user, at least 1.
+pub fn max_mode_funding_scale(duration_s: f64, users: u64) -> u64 {
+    let per_user = duration_s.max(0.0) * MAX_MODE_FUNDED_TPS / users.max(1) as f64;
+    (per_user / FESTIVAL_TRANSFERS_PER_USER).ceil().max(1.0) as u64
 }
 
 /// Ids and slots of the population.
@@ -448,6 +473,8 @@ impl Population {
             } else {
                 rng.random_range(30_000..=600_000)
             };
+            let fen =
+                fen.saturating_mul(i64::try_from(self.spec.funding_scale).unwrap_or(i64::MAX));
             let amount = Decimal::new(fen, 2);
             transfers.push(cny_transfer(
                 transfer_id(TRANSFER_TAG_FUNDING, index + 1, self.user(index)),
@@ -501,8 +528,34 @@ mod tests {
             merchants: 10,
             foreign_merchants: 3,
             poor_users_bp: 1_000,
+            funding_scale: 1,
             seed: 1,
         })
+    }
+
+    #[test]
+    fn max_mode_funds_users_for_the_run_s_length() {
+        // 60 s at 2 M transfers/s over 1 M users: 120 transfers each, 40 festivals.
+        assert_eq!(max_mode_funding_scale(60.0, 1_000_000), 40);
+        assert_eq!(max_mode_funding_scale(0.1, 1_000_000), 1, "never below 1");
+        assert_eq!(max_mode_funding_scale(-1.0, 10), 1);
+        let scaled = Population::new(PopulationSpec {
+            funding_scale: 40,
+            ..small().spec
+        });
+        for (one, forty) in small()
+            .funding_transfers()
+            .iter()
+            .zip(scaled.funding_transfers())
+            .take(100)
+        {
+            assert_eq!(
+                forty.amount,
+                one.amount * 40,
+                "user {}",
+                one.credit_account_id
+            );
+        }
     }
 
     #[test]
