@@ -22,7 +22,7 @@ pub use format::{
     SEGMENT_HEADER_SIZE, journal_segment_name,
 };
 pub use journal::{
-    EventJournal, JOURNAL_RETENTION_BYTES_DEFAULT, JOURNAL_SEGMENT_BYTES_MAX_DEFAULT,
-    JournalOptions,
+    EventJournal, JOURNAL_CACHED_BYTES, JOURNAL_RETENTION_BYTES_DEFAULT,
+    JOURNAL_SEGMENT_BYTES_MAX_DEFAULT, JournalOptions,
 };
 pub use reader::EventReader;
