@@ -399,10 +399,14 @@ impl Wal {
         }
         let (segment, capacity) = start_segment(&mut *self.storage, self.sequence_next, spare)?;
         if self.options.sync == SyncMode::Fdatasync {
-            // Every frame of the previous segment is synced: none of it is read again.
+            // Every frame of the previous segment is synced, and so are the zeros left of
+            // a spare it started from: none of it is read again.
             let from = self.segment_current_cached_from;
-            let len = self.segment_current_bytes.saturating_sub(from);
-            self.storage.drop_cached(&previous, from, len);
+            let end = self
+                .segment_current_capacity
+                .max(self.segment_current_bytes);
+            self.storage
+                .drop_cached(&previous, from, end.saturating_sub(from));
         }
         self.storage.close(&previous);
         self.segments.push(segment);

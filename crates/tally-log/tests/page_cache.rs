@@ -88,3 +88,33 @@ fn an_unsynced_log_keeps_its_pages() {
     assert!(segment_names(&storage).len() > 2, "rotated");
     assert_eq!(storage.cache_drops(), Vec::new());
 }
+
+#[test]
+fn a_segment_started_from_a_spare_is_let_go_to_its_end() {
+    let storage = FaultyStorage::new();
+    let (mut wal, _) = open(&storage, options(SEGMENT)).unwrap();
+    let mut sequence = 1;
+    let mut spares = 0;
+    while segment_names(&storage).len() < 4 {
+        wal.append(&[record(sequence, 40)]).unwrap();
+        sequence += 1;
+        while wal.spare_wanted() {
+            wal.write_spare_step(tally_log::SPARE_STEP_BYTES_MAX)
+                .unwrap();
+        }
+        spares += usize::from(wal.spare_ready().is_some());
+    }
+    assert!(spares > 0, "no spare was written");
+    let mut names = segment_names(&storage);
+    names.sort();
+    // Every segment rotated away from is let go to the end of its file, the zeros of a
+    // spare it started from included.
+    for name in &names[..names.len() - 1] {
+        let len = storage.read_file(name).unwrap().len() as u64;
+        assert_eq!(
+            consecutive_pages_from_zero(&drops_of(&storage, name)),
+            len,
+            "{name}"
+        );
+    }
+}
