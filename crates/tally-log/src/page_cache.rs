@@ -13,6 +13,13 @@ pub(crate) fn page_start(offset: u64) -> u64 {
     offset / PAGE_BYTES * PAGE_BYTES
 }
 
+/// `offset` and `len` as the kernel's file offsets; `None` past what they can hold (a
+/// hint on such a range is skipped).
+#[cfg(target_os = "linux")]
+fn file_range(offset: u64, len: u64) -> Option<(libc::off64_t, libc::off64_t)> {
+    Some((offset.try_into().ok()?, len.try_into().ok()?))
+}
+
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` out to the disk
 /// and returns at once (`sync_file_range` with `SYNC_FILE_RANGE_WRITE` on Linux; nothing
 /// elsewhere). A hint: nothing becomes durable by it, and a failure only leaves the
@@ -23,10 +30,7 @@ pub(crate) fn page_start(offset: u64) -> u64 {
 #[allow(unsafe_code)] // see SAFETY below
 pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
+    let Some((offset, len)) = file_range(offset, len) else {
         return;
     };
     // SAFETY: the descriptor belongs to `file`, borrowed for the call, so it stays open;
@@ -57,10 +61,7 @@ pub(crate) fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 #[allow(unsafe_code)] // see SAFETY below
 pub(crate) fn drop_cached(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
+    let Some((offset, len)) = file_range(offset, len) else {
         return;
     };
     // SAFETY: the descriptor belongs to `file`, borrowed for the call, so it stays open;
