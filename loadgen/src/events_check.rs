@@ -156,10 +156,10 @@ pub struct LiveFollower {
 
 impl LiveFollower {
     /// Starts consuming `stream`: the ledger's events after timestamp `after`, the last
-    /// committed before the run.
+    /// committed before the run, in batches (`Ledger::subscribe_batches`).
     pub fn start<S, E>(stream: S, after: u64) -> Result<LiveFollower, String>
     where
-        S: Stream<Item = Result<ChangeEvent, E>> + Send + 'static,
+        S: Stream<Item = Result<Vec<ChangeEvent>, E>> + Send + 'static,
         E: Display,
     {
         let stop = Arc::new(AtomicBool::new(false));
@@ -185,7 +185,7 @@ impl LiveFollower {
 
 fn follow<S, E>(stream: S, after: u64, stop: &AtomicBool) -> Followed
 where
-    S: Stream<Item = Result<ChangeEvent, E>>,
+    S: Stream<Item = Result<Vec<ChangeEvent>, E>>,
     E: Display,
 {
     let mut followed = Followed::new(after);
@@ -210,10 +210,12 @@ where
                     followed.problem = Some(format!("following the stream: {error}"));
                     return;
                 }
-                Ok(Some(Ok(event))) => {
-                    if let Err(problem) = followed.take(&event) {
-                        followed.problem = Some(problem);
-                        return;
+                Ok(Some(Ok(events))) => {
+                    for event in &events {
+                        if let Err(problem) = followed.take(event) {
+                            followed.problem = Some(problem);
+                            return;
+                        }
                     }
                 }
             }
@@ -385,7 +387,8 @@ mod tests {
             .unwrap();
         ledger.create_transfers(vec![transfer(100)]).unwrap();
         let after = ledger.with_state(|state| state.last_timestamp());
-        let follower = LiveFollower::start(ledger.subscribe(after).unwrap(), after).unwrap();
+        let follower =
+            LiveFollower::start(ledger.subscribe_batches(after).unwrap(), after).unwrap();
         for id in 101..=300 {
             ledger.create_transfers(vec![transfer(id)]).unwrap();
         }

@@ -275,8 +275,9 @@ pub(crate) fn read(
         })
 }
 
-/// The events a subscription reads from disk per step: bounds its memory.
-const SUBSCRIPTION_READ_EVENTS: usize = 1_024;
+/// Most events in one item of [`crate::Ledger::subscribe_batches`]: what a
+/// subscription reads from the journal's files at a time, which bounds its memory.
+pub const SUBSCRIPTION_BATCH_EVENTS_MAX: usize = 1_024;
 
 /// A live follower of the journal: every event after `after`, in order, then each new
 /// one as it is written. Reads the journal's files, so it holds no engine memory and
@@ -288,6 +289,27 @@ pub(crate) fn follow(
     impl futures_util::Stream<Item = Result<ChangeEvent, EngineError>> + Send + 'static,
     EngineError,
 > {
+    use futures_util::StreamExt;
+    // Each event moves once out of the batch read for it, not through a queue.
+    let events = follow_batches(progress, after)?.flat_map(|batch| {
+        let items: Box<dyn Iterator<Item = Result<ChangeEvent, EngineError>> + Send> = match batch {
+            Ok(events) => Box::new(events.into_iter().map(Ok)),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        };
+        futures_util::stream::iter(items)
+    });
+    Ok(events)
+}
+
+/// [`follow`], the events of each read of the journal together: 1 to
+/// [`SUBSCRIPTION_BATCH_EVENTS_MAX`] a batch, in order.
+pub(crate) fn follow_batches(
+    progress: Arc<Progress>,
+    after: u64,
+) -> Result<
+    impl futures_util::Stream<Item = Result<Vec<ChangeEvent>, EngineError>> + Send + 'static,
+    EngineError,
+> {
     let reader = EventReader::open(progress.dir()).map_err(|error| EngineError::ChangeEvents {
         message: error.to_string(),
     })?;
@@ -295,14 +317,13 @@ pub(crate) fn follow(
         changed: progress.subscribe(),
         progress,
         reader,
-        buffer: std::collections::VecDeque::new(),
         next_min: after.saturating_add(1),
         done: false,
     };
     Ok(futures_util::stream::unfold(
         state,
         |mut state| async move {
-            let item = state.next().await?;
+            let item = state.next_batch().await?;
             Some((item, state))
         },
     ))
@@ -312,17 +333,14 @@ struct Follower {
     progress: Arc<Progress>,
     changed: watch::Receiver<u64>,
     reader: EventReader,
-    buffer: std::collections::VecDeque<ChangeEvent>,
     next_min: u64,
     done: bool,
 }
 
 impl Follower {
-    async fn next(&mut self) -> Option<Result<ChangeEvent, EngineError>> {
+    /// The next events, never none: waits for them to be written.
+    async fn next_batch(&mut self) -> Option<Result<Vec<ChangeEvent>, EngineError>> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Some(Ok(event));
-            }
             if self.done {
                 return None;
             }
@@ -330,7 +348,11 @@ impl Follower {
             // after the read still wakes the wait below.
             self.changed.borrow_and_update();
             let closed = self.progress.is_closed();
-            match read(&mut self.reader, self.next_min, SUBSCRIPTION_READ_EVENTS) {
+            match read(
+                &mut self.reader,
+                self.next_min,
+                SUBSCRIPTION_BATCH_EVENTS_MAX,
+            ) {
                 Err(error) => {
                     self.done = true;
                     return Some(Err(error));
@@ -339,8 +361,7 @@ impl Follower {
                     if let Some(last) = events.last() {
                         self.next_min = last.timestamp.saturating_add(1);
                     }
-                    self.buffer.extend(events);
-                    continue;
+                    return Some(Ok(events));
                 }
                 Ok(_) => {}
             }

@@ -631,3 +631,61 @@ fn a_journal_behind_the_snapshot_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn a_subscription_in_batches_gets_what_one_event_at_a_time_gets_then_follows_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let workload = std::sync::Mutex::new(Workload::new(29, Accounts::Uniform));
+    let submit_some = || {
+        for _ in 0..400 {
+            let batch = workload.lock().unwrap().batch();
+            ledger.submit(batch).unwrap();
+        }
+    };
+    submit_some();
+    let first = read_all(&ledger).len();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut batched = Box::pin(ledger.subscribe_batches(0).unwrap());
+    let mut single = Box::pin(ledger.subscribe(0).unwrap());
+    let mut batches: Vec<Vec<ChangeEvent>> = Vec::new();
+    let mut singles = Vec::new();
+    let wait = std::time::Duration::from_secs(10);
+    let mut take = |through: usize| {
+        runtime.block_on(async {
+            while batches.iter().map(Vec::len).sum::<usize>() < through {
+                let batch = tokio::time::timeout(wait, batched.next()).await;
+                batches.push(batch.unwrap().unwrap().unwrap());
+            }
+            while singles.len() < through {
+                let event = tokio::time::timeout(wait, single.next()).await;
+                singles.push(event.unwrap().unwrap().unwrap());
+            }
+        })
+    };
+    take(first);
+    // Then what is committed while both streams wait at the journal's end.
+    let second = std::thread::scope(|scope| {
+        let submitter = scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            submit_some();
+            read_all(&ledger).len()
+        });
+        take(first + 1);
+        submitter.join().unwrap()
+    });
+    take(second);
+    let all = read_all(&ledger);
+    assert!(all.len() > 2 * tally_engine::SUBSCRIPTION_BATCH_EVENTS_MAX);
+    let most = tally_engine::SUBSCRIPTION_BATCH_EVENTS_MAX;
+    assert!(
+        batches.iter().all(|b| (1..=most).contains(&b.len())),
+        "every batch holds 1 to the most events"
+    );
+    assert_eq!(batches.concat(), all, "every event once, in order");
+    assert_eq!(singles, all);
+    ledger.shutdown().unwrap();
+}

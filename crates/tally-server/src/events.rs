@@ -97,10 +97,11 @@ pub(crate) fn read_page(
     Ok(answer)
 }
 
-/// Forwards `events` that the token may see into `sender` until the client goes away,
-/// the ledger's follower ends, or `stopping` turns `true`.
+/// Forwards `events` (batches, `Ledger::subscribe_batches`) that the token may see
+/// into `sender` until the client goes away, the ledger's follower ends, or `stopping`
+/// turns `true`.
 pub(crate) async fn forward(
-    events: impl Stream<Item = Result<ChangeEvent, EngineError>> + Send,
+    events: impl Stream<Item = Result<Vec<ChangeEvent>, EngineError>> + Send,
     rights: Arc<Rights>,
     sender: mpsc::Sender<Result<v1::ChangeEvent, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -109,18 +110,17 @@ pub(crate) async fn forward(
     let mut events = pin!(events);
     let follow = async {
         while let Some(item) = events.next().await {
-            let event = match item {
-                Ok(event) => event,
+            let batch = match item {
+                Ok(batch) => batch,
                 Err(error) => return Some(events_status(&error)),
             };
-            if !allowed(&rights, &event) {
-                continue;
+            for event in batch.iter().filter(|event| allowed(&rights, event)) {
+                let wire = tally_proto::change_event_to_proto(event);
+                if sender.send(Ok(wire)).await.is_err() {
+                    return None;
+                }
+                stats.streamed(Operation::GetChangeEvents, 1);
             }
-            let wire = tally_proto::change_event_to_proto(&event);
-            if sender.send(Ok(wire)).await.is_err() {
-                return None;
-            }
-            stats.streamed(Operation::GetChangeEvents, 1);
         }
         Some(Status::unavailable(
             "the ledger has shut down; subscribe again after the last event handled",

@@ -394,7 +394,7 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = Arc::new(self.admit(&request, operation)?.clone());
         let ledger = self.events_ledger(operation)?;
         let followed = ledger
-            .subscribe(request.get_ref().after)
+            .subscribe_batches(request.get_ref().after)
             .map_err(|error| self.refuse(operation, events::events_status(&error)))?;
         let (sender, receiver) = mpsc::channel(events::SUBSCRIPTION_EVENTS_BUFFERED_MAX);
         tokio::spawn(events::forward(

@@ -158,7 +158,10 @@ impl Target for EngineTarget {
         }
         // Without a follower the run still reads the stream back from disk at the end.
         let after = self.ledger.with_state(|state| state.last_timestamp());
-        let follower = self.ledger.subscribe(after).map_err(|e| e.to_string());
+        let follower = self
+            .ledger
+            .subscribe_batches(after)
+            .map_err(|e| e.to_string());
         match follower.and_then(|stream| LiveFollower::start(stream, after)) {
             Ok(follower) => *self.follower.lock() = Some(follower),
             Err(error) => eprintln!("loadgen: no live change-event follower: {error}"),
