@@ -338,7 +338,7 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next events, never none: waits for them to be written.
+    /// The next events, never an empty batch: waits for them to be written.
     async fn next_batch(&mut self) -> Option<Result<Vec<ChangeEvent>, EngineError>> {
         loop {
             if self.done {
