@@ -76,8 +76,9 @@ pub struct Config {
     /// the reservation works, but pauses to rehash the id index.
     pub accounts_capacity: usize,
     /// Transfers to reserve room for at start-up (0 = grow as needed). At tens of
-    /// millions, growing pauses the apply thread for seconds (the id index rehashes; the
-    /// transfer store itself grows by chunks and never copies).
+    /// millions, growing pauses the apply thread while the id index re-places every
+    /// entry, into a table a helper thread prepared ahead (the transfer store itself
+    /// grows by chunks and never copies).
     pub transfers_capacity: usize,
     /// Keep change events (docs/spec.md §2) in the event journal, `data_dir/events`,
     /// for [`crate::Ledger::get_change_events`], [`crate::Ledger::subscribe`] and

@@ -22,6 +22,17 @@ const LOAD_DEN: usize = 4;
 /// Slots in the first table allocated.
 const SLOTS_MIN: usize = 16;
 
+/// From this many slots (8 MiB) on, an index that grows into tables prepared elsewhere
+/// ([`IdIndex::grow_elsewhere`]) asks for its next one; a smaller table grows in a blink.
+pub(crate) const GROW_ELSEWHERE_SLOTS_MIN: usize = 1 << 20;
+
+/// An index asks for its next table once this share of its slots is used (it grows at
+/// [`LOAD_NUM`] / [`LOAD_DEN`]): an eighth of the table's inserts later, time enough for
+/// the table to be prepared (at a million inserts a second, 8 s for a table of 64 M
+/// slots, which takes 1–3 s to fault in on a virtual machine).
+const ASK_NUM: usize = 5;
+const ASK_DEN: usize = 8;
+
 /// Seeded per index at random (foldhash), which keeps hash flooding by chosen ids
 /// impractical.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +44,11 @@ pub(crate) struct IdIndex {
     /// one compare per insert instead of the load arithmetic.
     len_max: usize,
     hasher: foldhash::fast::RandomState,
+    /// From how many slots on the next table is asked for ([`IdIndex::growth_wanted`]);
+    /// 0: never, the index grows by itself.
+    grow_elsewhere_from: usize,
+    /// The largest table asked for so far: each is asked for once.
+    asked_slots: usize,
 }
 
 /// Slots of a table with room for `entries` (a power of two; see [`LOAD_NUM`]).
@@ -245,6 +261,27 @@ impl IdIndex {
         self.slots.len()
     }
 
+    /// Whether a large index asks for its next table to be prepared elsewhere
+    /// ([`IdIndex::growth_wanted`]) before it must grow; either way it grows by itself
+    /// when full.
+    pub fn grow_elsewhere(&mut self, on: bool) {
+        self.grow_elsewhere_from = if on { GROW_ELSEWHERE_SLOTS_MIN } else { 0 };
+    }
+
+    /// The slots of the table this index will grow into, once per size: asked for when
+    /// it grows elsewhere, has at least [`GROW_ELSEWHERE_SLOTS_MIN`] slots and is
+    /// [`ASK_NUM`] / [`ASK_DEN`] full. The table goes to [`IdIndex::adopt`].
+    pub fn growth_wanted(&mut self) -> Option<usize> {
+        let slots = self.slots.len();
+        let next = slots * 2;
+        let asks = self.grow_elsewhere_from > 0 && slots >= self.grow_elsewhere_from;
+        if !asks || self.asked_slots >= next || self.len * ASK_DEN < slots * ASK_NUM {
+            return None;
+        }
+        self.asked_slots = next;
+        Some(next)
+    }
+
     /// Moves every entry into `table` and keeps it, when it is larger than the table
     /// in use (else drops it and returns false): growth into memory prepared elsewhere.
     pub fn adopt(&mut self, table: IndexTable) -> bool {
@@ -283,6 +320,41 @@ impl IdIndex {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_large_index_asks_once_for_its_next_table_and_grows_into_it() {
+        let ids: Vec<u128> = (0..200u128).map(|i| i * 7 + 1).collect();
+        let id_at = |position: u32| ids[position as usize];
+        let mut index = IdIndex::default();
+        index.grow_elsewhere(true);
+        index.grow_elsewhere_from = 64;
+        let mut asked = Vec::new();
+        for (position, &id) in ids.iter().enumerate().take(90) {
+            assert!(index.insert(id, position as u32, id_at));
+            asked.extend(index.growth_wanted());
+        }
+        // 64 slots from the 41st id on (5/8 of 64 is 40), then asks for 128, once.
+        assert_eq!(index.slots(), 128, "grew by itself at 48 ids");
+        assert_eq!(
+            asked,
+            [128, 256],
+            "each size asked for once, the first at 5/8"
+        );
+        assert!(
+            !index.adopt(IndexTable::prefaulted(128)),
+            "a table it outgrew"
+        );
+        assert!(index.adopt(IndexTable::prefaulted(256)));
+        assert_eq!(index.slots(), 256);
+        for (position, &id) in ids.iter().enumerate().take(90) {
+            assert_eq!(index.get(id, id_at), Some(position as u32));
+        }
+        index.grow_elsewhere(false);
+        for (position, &id) in ids.iter().enumerate().skip(90) {
+            assert!(index.insert(id, position as u32, id_at));
+            assert_eq!(index.growth_wanted(), None, "off: it only grows by itself");
+        }
+    }
 
     #[test]
     fn finds_inserts_and_removes_through_the_records() {

@@ -131,12 +131,16 @@ impl ValueIndex {
         self.heads.bytes() + self.links.capacity() * std::mem::size_of::<u32>()
     }
 
-    /// The slots of a table to prepare for this index, once: asked for at its first
-    /// record when its room is prepared elsewhere, while it is still larger than the
-    /// table in use.
+    /// The slots of a table to prepare for this index, once per size: asked for at its
+    /// first record when its room is prepared elsewhere, while it is still larger than
+    /// the table in use; later, the table a large index grows into
+    /// ([`IdIndex::growth_wanted`]).
     pub fn take_wanted(&mut self) -> Option<usize> {
         let wanted = std::mem::take(&mut self.wanted_slots);
-        (wanted > self.heads.slots()).then_some(wanted)
+        if wanted > self.heads.slots() {
+            return Some(wanted);
+        }
+        self.heads.growth_wanted()
     }
 
     /// Grows into `table`, prepared as [`ValueIndex::take_wanted`] asked; false (and
@@ -187,6 +191,7 @@ impl UserDataIndexes {
     pub fn prepare_elsewhere(&mut self, on: bool) {
         for index in &mut self.by_field {
             index.prepared_elsewhere = on;
+            index.heads.grow_elsewhere(on);
         }
     }
 

@@ -1,4 +1,5 @@
-//! User-data indexes that start small and grow into tables prepared elsewhere answer
+//! Indexes that start small or grow into tables prepared elsewhere (user-data indexes
+//! at their first record, large id and user-data indexes before they fill) answer
 //! exactly as indexes that took their room at once, whenever the table arrives: at
 //! once, late (after the index grew by itself past it), or never.
 #![allow(clippy::unwrap_used)]
@@ -122,4 +123,12 @@ fn a_table_that_arrives_after_the_index_outgrew_it_is_dropped() {
 #[test]
 fn an_index_whose_table_never_comes_grows_by_itself() {
     assert_eq!(run(400_000, 150, None), (0, 0));
+}
+
+#[test]
+fn large_indexes_grow_into_tables_prepared_elsewhere() {
+    // Room for 700,000: the transfers' id index and user_data_128 index start at 2^20
+    // slots and ask for 2^21 once 5/8 full (655,360 records), before they must grow
+    // (786,432). With the two first-use tables, four are adopted.
+    assert_eq!(run(700_000, 700, Some(0)), (4, 0));
 }
