@@ -333,7 +333,8 @@ mod tests {
             assert!(index.insert(id, position as u32, id_at));
             asked.extend(index.growth_wanted());
         }
-        // 64 slots from the 41st id on (5/8 of 64 is 40), then asks for 128, once.
+        // Asks for 128 at 40 ids (5/8 of 64), grows by itself to 128 at 48, asks for
+        // 256 at 80 (5/8 of 128).
         assert_eq!(index.slots(), 128, "grew by itself at 48 ids");
         assert_eq!(
             asked,
