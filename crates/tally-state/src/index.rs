@@ -22,6 +22,11 @@ const LOAD_DEN: usize = 4;
 /// Slots in the first table allocated.
 const SLOTS_MIN: usize = 16;
 
+/// [`IdIndex::insert_gathered`] sorts entries by home slot into buckets of 2^this
+/// slots, and at most 2^`GATHER_BUCKETS_BITS_MAX` buckets.
+const GATHER_BUCKET_SLOTS_BITS: u32 = 13;
+const GATHER_BUCKETS_BITS_MAX: u32 = 16;
+
 /// From this many slots (8 MiB) on, an index that grows into tables prepared elsewhere
 /// ([`IdIndex::grow_elsewhere`]) asks for its next one; a smaller table grows in a blink.
 pub(crate) const GROW_ELSEWHERE_SLOTS_MIN: usize = 1 << 20;
@@ -309,6 +314,82 @@ impl IdIndex {
         }
     }
 
+    /// The entry that [`IdIndex::insert_gathered`] inserts for `id` at `position`:
+    /// the hash is taken now, so that the entries can be put in table order.
+    #[inline]
+    pub fn gather(&self, id: u128, position: u32) -> u64 {
+        pack(self.bits(id), position)
+    }
+
+    /// The position an entry made by [`IdIndex::gather`] names.
+    #[inline]
+    pub fn gathered_position(entry: u64) -> u32 {
+        position_of(entry)
+    }
+
+    /// Inserts many entries made by [`IdIndex::gather`] at once, in the order of their
+    /// home slots, so that the inserts walk the table front to back; one at a time,
+    /// each would land at random in a table far larger than the cache (loading a
+    /// snapshot of 20 M transfers spent most of its time there). Entries of one id
+    /// keep their order. When an entry's id is already indexed, at `old`, `found(old,
+    /// new)` decides: `Ok` points the id at the new position, `Err` stops (the index
+    /// then holds an unspecified part of the rest). `scratch` is working room, kept for
+    /// the next call.
+    pub fn insert_gathered<E>(
+        &mut self,
+        entries: &[u64],
+        scratch: &mut Vec<u64>,
+        id_at: impl Fn(u32) -> u128,
+        mut found: impl FnMut(u32, u32) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.reserve(entries.len());
+        let mask = self.mask();
+        // A counting sort by the top bits of the home slot, into buckets of 8,192
+        // slots (64 KiB) or, past 2^29 slots, up to 2^16 buckets; each bucket is
+        // filled before the next.
+        let table_bits = self.slots.len().trailing_zeros();
+        let bucket_bits = table_bits
+            .saturating_sub(GATHER_BUCKET_SLOTS_BITS)
+            .min(GATHER_BUCKETS_BITS_MAX);
+        let shift = table_bits - bucket_bits;
+        let bucket = |entry: u64| (bits_of(entry) as usize & mask) >> shift;
+        let mut starts = vec![0usize; (1 << bucket_bits) + 1];
+        for &entry in entries {
+            starts[bucket(entry) + 1] += 1;
+        }
+        for at in 1..starts.len() {
+            starts[at] += starts[at - 1];
+        }
+        scratch.clear();
+        scratch.resize(entries.len(), EMPTY);
+        for &entry in entries {
+            let to = &mut starts[bucket(entry)];
+            scratch[*to] = entry;
+            *to += 1;
+        }
+        for &entry in scratch.iter() {
+            let bits = bits_of(entry);
+            let mut at = bits as usize & mask;
+            loop {
+                let slot = self.slots[at];
+                if slot == EMPTY {
+                    self.slots[at] = entry;
+                    self.len += 1;
+                    break;
+                }
+                // Ids are read only when the hash bits match: the records lie at random.
+                if bits_of(slot) == bits && id_at(position_of(slot)) == id_at(position_of(entry)) {
+                    found(position_of(slot), position_of(entry))?;
+                    self.slots[at] = entry;
+                    break;
+                }
+                at = (at + 1) & mask;
+            }
+        }
+        debug_assert!(self.len <= self.len_max);
+        Ok(())
+    }
+
     /// Ids indexed.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -317,9 +398,47 @@ impl IdIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn ids_inserted_gathered_are_found_and_a_second_of_one_id_is_refused() {
+        let ids: Vec<u128> = (0..50_000u128).map(|i| i * 0x9e37_79b9 + 3).collect();
+        let id_at = |position: u32| ids[position as usize];
+        let mut index = IdIndex::default();
+        let mut scratch = Vec::new();
+        // Flushes of every size into a table that grows between them.
+        for range in [0..1, 1..1, 1..100, 100..30_000, 30_000..50_000] {
+            let entries: Vec<u64> = range.map(|p| index.gather(ids[p], p as u32)).collect();
+            index
+                .insert_gathered(&entries, &mut scratch, id_at, |_, twice| Err(twice))
+                .unwrap();
+        }
+        assert_eq!(index.len(), ids.len());
+        for (position, &id) in ids.iter().enumerate() {
+            assert_eq!(index.get(id, id_at), Some(position as u32));
+        }
+        assert_eq!(index.get(7, id_at), None);
+        // An id already indexed, and one twice in the same flush: the later refused.
+        let mut twice = ids.clone();
+        twice.extend([ids[10], 99, 99]);
+        let twice_at = |position: u32| twice[position as usize];
+        let entries = vec![index.gather(ids[10], 50_000)];
+        let refused = index.insert_gathered(&entries, &mut scratch, twice_at, |_, at| Err(at));
+        assert_eq!(refused, Err(50_000));
+        let entries = vec![index.gather(99, 50_001), index.gather(99, 50_002)];
+        let refused =
+            index.insert_gathered(&entries, &mut scratch, twice_at, |old, at| Err((old, at)));
+        assert_eq!(refused, Err((50_001, 50_002)));
+        // Or points the id at the later position.
+        let entries = vec![index.gather(ids[10], 50_000)];
+        index
+            .insert_gathered(&entries, &mut scratch, twice_at, |_, _| Ok::<(), ()>(()))
+            .unwrap();
+        assert_eq!(index.get(ids[10], twice_at), Some(50_000));
+    }
 
     #[test]
     fn a_large_index_asks_once_for_its_next_table_and_grows_into_it() {

@@ -152,6 +152,21 @@ pub(crate) enum TransferEntry {
     Burned,
 }
 
+/// Index entries of transfers stored while loading a snapshot, not yet inserted
+/// ([`Part::store_loaded_transfer`]): ids, and each user-data field's values.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GatheredEntries {
+    ids: Vec<u64>,
+    values: [Vec<u64>; 3],
+}
+
+impl GatheredEntries {
+    /// Transfers gathered.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
 /// The id a transfer index entry names: a stored transfer's, or a burned id.
 #[inline]
 fn indexed_id(transfers: &TransferStore, burned: &BurnedIds, entry: u32) -> u128 {
@@ -336,6 +351,17 @@ impl Part {
         }
     }
 
+    /// Prefetch, records step of loading (once its index slot has arrived): the first
+    /// line of account `id`'s record, which holds the id a lookup checks.
+    #[inline]
+    pub(crate) fn prefetch_account_id(&self, id: u128) {
+        if let Some(position) = self.account_index.candidate(id)
+            && (position as usize) < self.accounts.len()
+        {
+            prefetch(&raw const self.accounts[position as usize].id);
+        }
+    }
+
     /// Prefetch, records step (once its index slot has arrived): account `id`'s record
     /// and the head of its history list.
     #[inline]
@@ -440,6 +466,63 @@ impl Part {
     /// [`Part::store_transfer`] unless the id exists (then `None`, nothing changed):
     /// one index probe, for loading images.
     pub(crate) fn try_store_transfer(&mut self, transfer: Transfer) -> Option<TransferRef> {
+        let (position, transfer_ref) = self.push_transfer(&transfer);
+        let (transfers, burned) = (&self.transfers, &self.failed_ids);
+        if !self
+            .transfer_index
+            .insert(transfer.id, position, |p| indexed_id(transfers, burned, p))
+        {
+            self.transfers.pop();
+            return None;
+        }
+        self.index_transfer_values(&transfer, position);
+        self.record(Undo::TransferStored);
+        Some(transfer_ref)
+    }
+
+    /// Stores a transfer read from a snapshot without indexing it: its index entries
+    /// go to `gathered`, for [`Part::index_loaded_transfers`] to insert with many
+    /// others in table order. Returns its reference.
+    pub(crate) fn store_loaded_transfer(
+        &mut self,
+        transfer: &Transfer,
+        gathered: &mut GatheredEntries,
+    ) -> TransferRef {
+        assert!(!self.recording, "a snapshot loads outside chains");
+        let (position, transfer_ref) = self.push_transfer(transfer);
+        gathered
+            .ids
+            .push(self.transfer_index.gather(transfer.id, position));
+        self.transfer_values
+            .gather(transfer_user_data(transfer), position, &mut gathered.values);
+        transfer_ref
+    }
+
+    /// Indexes the transfers stored by [`Part::store_loaded_transfer`] since the last
+    /// call, then empties `gathered`; `Err` with an id found twice.
+    pub(crate) fn index_loaded_transfers(
+        &mut self,
+        gathered: &mut GatheredEntries,
+        scratch: &mut Vec<u64>,
+    ) -> Result<(), u128> {
+        let (transfers, burned) = (&self.transfers, &self.failed_ids);
+        self.transfer_index.insert_gathered(
+            &gathered.ids,
+            scratch,
+            |p| indexed_id(transfers, burned, p),
+            |_, twice| Err(transfers.id_at(twice as usize)),
+        )?;
+        self.transfer_values
+            .add_gathered(&gathered.values, scratch, |p| {
+                transfer_user_data(&transfers.get(p as usize))
+            });
+        gathered.ids.clear();
+        gathered.values.iter_mut().for_each(Vec::clear);
+        Ok(())
+    }
+
+    /// Appends a transfer to the store; its position and reference.
+    fn push_transfer(&mut self, transfer: &Transfer) -> (u32, TransferRef) {
         assert!(
             self.transfers.len() == 0 || self.transfers.last_timestamp() < transfer.timestamp,
             "transfers are stored in timestamp order"
@@ -454,24 +537,16 @@ impl Part {
             position < BURNED as usize,
             "fewer than 2^31 stored transfers per part"
         );
-        self.transfers.push(&transfer);
-        let (transfers, burned) = (&self.transfers, &self.failed_ids);
-        if !self
-            .transfer_index
-            .insert(transfer.id, position as u32, |p| {
-                indexed_id(transfers, burned, p)
-            })
-        {
-            self.transfers.pop();
-            return None;
-        }
+        self.transfers.push(transfer);
+        (position as u32, transfer_ref)
+    }
+
+    fn index_transfer_values(&mut self, transfer: &Transfer, position: u32) {
         let transfers = &self.transfers;
         self.transfer_values
-            .add(transfer_user_data(&transfer), position as u32, |p| {
+            .add(transfer_user_data(transfer), position, |p| {
                 transfer_user_data(&transfers.get(p as usize))
             });
-        self.record(Undo::TransferStored);
-        Some(transfer_ref)
     }
 
     /// Adds a transfer to the end of an account's history.

@@ -115,6 +115,74 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
     }
 }
 
+/// The pipeline for loading a snapshot's transfers, which reads less than applying
+/// them: it stores each transfer, indexes its user data, and finds its two accounts'
+/// positions (an index slot, then the record's first line, where the id is checked).
+/// Ids are indexed later, many at once, and the histories are built on another thread
+/// that prefetches its own lines.
+#[derive(Debug)]
+pub(crate) struct LoadPrefetcher<I> {
+    events: I,
+    slots: I,
+    records: I,
+}
+
+impl<'a, I: Iterator<Item = &'a Transfer> + Clone> LoadPrefetcher<I> {
+    /// Over `transfers`, in the order they will be loaded; primes each step.
+    pub(crate) fn new(parts: &[Box<Part>], transfers: I) -> LoadPrefetcher<I> {
+        let mut prefetcher = LoadPrefetcher {
+            events: transfers.clone(),
+            slots: transfers.clone(),
+            records: transfers,
+        };
+        prefetcher.advance_events(EVENTS_AHEAD);
+        prefetcher.advance_slots(parts, SLOTS_AHEAD);
+        prefetcher.advance_records(parts, RECORDS_AHEAD);
+        prefetcher
+    }
+
+    /// Moves every step on by `transfers`, as loading is about to store that many.
+    #[inline]
+    pub(crate) fn advance(&mut self, parts: &[Box<Part>], transfers: usize) {
+        self.advance_events(transfers);
+        self.advance_slots(parts, transfers);
+        self.advance_records(parts, transfers);
+    }
+
+    #[inline]
+    fn advance_events(&mut self, transfers: usize) {
+        for t in self.events.by_ref().take(transfers) {
+            prefetch(&raw const t.id);
+            prefetch(&raw const t.debit_account_id);
+            prefetch(&raw const t.credit_account_id);
+        }
+    }
+
+    #[inline]
+    fn advance_slots(&mut self, parts: &[Box<Part>], transfers: usize) {
+        let Some(layout) = parts.first().map(|part| part.layout) else {
+            return;
+        };
+        for t in self.slots.by_ref().take(transfers) {
+            parts[layout.part_of(t.id)].prefetch_value_slots(t);
+            for account in [t.debit_account_id, t.credit_account_id] {
+                parts[layout.part_of(account)].prefetch_account_slot(account);
+            }
+        }
+    }
+
+    #[inline]
+    fn advance_records(&mut self, parts: &[Box<Part>], transfers: usize) {
+        step(
+            &mut self.records,
+            parts,
+            transfers,
+            |_, _| {},
+            Part::prefetch_account_id,
+        );
+    }
+}
+
 /// One prefetch step over the next `transfers` of `cursor`: `named` for the transfer a
 /// post, void or refund names, `account` for both accounts, each on the part its id
 /// belongs to.

@@ -8,8 +8,8 @@ use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
 use crate::layout::Layout;
-use crate::part::{Balances, Part, TransferEntry, TransferRef, expires_at};
-use crate::prefetch::Prefetcher;
+use crate::part::{Balances, GatheredEntries, Part, TransferEntry, TransferRef, expires_at};
+use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
 use tally_types::packed::PackedRun;
@@ -433,6 +433,8 @@ impl StateMachine {
             last_timestamp: self.last_timestamp,
             last_transfer: 0,
             pending_count: 0,
+            gathered: vec![GatheredEntries::default(); self.parts.len()],
+            scratch: Vec::new(),
         };
         let histories = self
             .parts
@@ -458,7 +460,7 @@ impl StateMachine {
                 loading.load(self, &unpacked, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
             }
-            Ok::<(), ImageError>(())
+            loading.index(self, 0)
         });
         loaded?;
         for (part, history) in self.parts.iter_mut().zip(histories) {
@@ -691,20 +693,29 @@ struct TransferLoad {
     last_transfer: u64,
     /// Counted as they go by: every one must get a status.
     pending_count: usize,
+    /// Per part, the index entries of transfers stored but not yet indexed: they are
+    /// indexed many at a time, in table order ([`Part::index_loaded_transfers`]).
+    gathered: Vec<GatheredEntries>,
+    /// Working room for indexing them.
+    scratch: Vec<u64>,
 }
 
+/// Transfers gathered over all parts before they are indexed: 32 MiB of entries for
+/// each index in use, and as much again to sort one.
+const GATHERED_MAX: usize = 1 << 22;
+
 impl TransferLoad {
-    /// Stores `transfers` and indexes their ids; their history entries go to
-    /// `appends`, for [`with_history_builder`].
+    /// Stores `transfers`, their index entries gathered and inserted many at a time;
+    /// their history entries go to `appends`, for [`with_history_builder`].
     fn load(
         &mut self,
         machine: &mut StateMachine,
         transfers: &[Transfer],
         appends: &mut Vec<HistoryAppend>,
     ) -> Result<(), ImageError> {
-        // Loading looks up both accounts of every transfer: prefetched ahead, as apply
-        // does, so that the misses overlap.
-        let mut prefetcher = Prefetcher::new(&machine.parts, transfers.iter());
+        // Loading looks up both accounts of every transfer: prefetched ahead, so that
+        // the misses overlap.
+        let mut prefetcher = LoadPrefetcher::new(&machine.parts, transfers.iter());
         for &transfer in transfers {
             prefetcher.advance(&machine.parts, 1);
             if transfer.timestamp <= self.last_transfer || transfer.timestamp > self.last_timestamp
@@ -726,14 +737,23 @@ impl TransferLoad {
                     transfer.id
                 )));
             };
-            let id = transfer.id;
-            let Some(transfer_ref) =
-                machine.parts[machine.layout.part_of(id)].try_store_transfer(transfer)
-            else {
-                return Err(ImageError(format!("transfer {id} appears twice")));
-            };
+            let part = machine.layout.part_of(transfer.id);
+            let transfer_ref =
+                machine.parts[part].store_loaded_transfer(&transfer, &mut self.gathered[part]);
             for slot in [debit, credit] {
                 appends.push((slot.part as u32, slot.index, transfer_ref));
+            }
+        }
+        self.index(machine, GATHERED_MAX / machine.parts.len())
+    }
+
+    /// Indexes the transfers stored in each part that has more than `more_than` of
+    /// them gathered (0 at the end: every one).
+    fn index(&mut self, machine: &mut StateMachine, more_than: usize) -> Result<(), ImageError> {
+        for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
+            if gathered.len() > more_than {
+                part.index_loaded_transfers(gathered, &mut self.scratch)
+                    .map_err(|id| ImageError(format!("transfer {id} appears twice")))?;
             }
         }
         Ok(())

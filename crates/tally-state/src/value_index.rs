@@ -52,18 +52,7 @@ impl ValueIndex {
             return;
         }
         if self.links.is_empty() {
-            self.base = position;
-            if self.reserved > 0 {
-                if self.prepared_elsewhere && self.reserved > FIRST_USE_RECORDS {
-                    self.heads.reserve(FIRST_USE_RECORDS);
-                    self.wanted_slots = slots_for(self.reserved);
-                } else {
-                    self.heads.reserve(self.reserved);
-                }
-                self.links.reserve(self.reserved);
-                // Once: a field cleared by rollbacks keeps what it took.
-                self.reserved = 0;
-            }
+            self.start(position);
         }
         let slot = (position - self.base) as usize;
         // Entries past the newest indexed record are zeros of records since removed
@@ -83,6 +72,66 @@ impl ValueIndex {
             }
         };
         self.links[slot] = link;
+    }
+
+    /// The first record indexed, at `position`: takes the reserved room.
+    fn start(&mut self, position: u32) {
+        self.base = position;
+        if self.reserved > 0 {
+            if self.prepared_elsewhere && self.reserved > FIRST_USE_RECORDS {
+                self.heads.reserve(FIRST_USE_RECORDS);
+                self.wanted_slots = slots_for(self.reserved);
+            } else {
+                self.heads.reserve(self.reserved);
+            }
+            self.links.reserve(self.reserved);
+            // Once: a field cleared by rollbacks keeps what it took.
+            self.reserved = 0;
+        }
+    }
+
+    /// The entry that [`ValueIndex::add_gathered`] adds for a record with `value`
+    /// (not 0) at `position`.
+    #[inline]
+    pub fn gather(&self, value: u128, position: u32) -> u64 {
+        debug_assert_ne!(value, 0);
+        self.heads.gather(value, position)
+    }
+
+    /// Adds many records at once, newer than every record indexed, as
+    /// [`ValueIndex::add`] would one at a time: `entries` from
+    /// [`ValueIndex::gather`], in the order of their positions. The heads are
+    /// inserted in table order ([`IdIndex::insert_gathered`]).
+    pub fn add_gathered(
+        &mut self,
+        entries: &[u64],
+        scratch: &mut Vec<u64>,
+        value_at: impl Fn(u32) -> u128,
+    ) {
+        let (Some(&first), Some(&last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let (first, last) = (
+            IdIndex::gathered_position(first),
+            IdIndex::gathered_position(last),
+        );
+        if self.links.is_empty() {
+            self.start(first);
+        }
+        assert!(
+            first >= self.base + self.links.len() as u32 && last >= first,
+            "records are added newest last"
+        );
+        // Records of value 0 between the newest indexed and these have links of 0.
+        self.links.resize((last - self.base) as usize + 1, 0);
+        let (links, base) = (&mut self.links, self.base);
+        let added = self
+            .heads
+            .insert_gathered(entries, scratch, value_at, |older, newer| {
+                links[(newer - base) as usize] = older + 1;
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let Ok(()) = added;
     }
 
     /// Removes the newest record, at `position`, with `value`; `value_at` must still
@@ -213,6 +262,30 @@ impl UserDataIndexes {
         }
     }
 
+    /// Gathers the entries of a record with `values` at `position` into `out`, one
+    /// list per field, for [`UserDataIndexes::add_gathered`].
+    #[inline]
+    pub fn gather(&self, values: UserData, position: u32, out: &mut [Vec<u64>; 3]) {
+        for ((index, value), out) in self.by_field.iter().zip(values).zip(out) {
+            if value != 0 {
+                out.push(index.gather(value, position));
+            }
+        }
+    }
+
+    /// Adds the records gathered by [`UserDataIndexes::gather`], newer than every
+    /// record indexed (see [`ValueIndex::add_gathered`]).
+    pub fn add_gathered(
+        &mut self,
+        gathered: &[Vec<u64>; 3],
+        scratch: &mut Vec<u64>,
+        values_at: impl Fn(u32) -> UserData,
+    ) {
+        for (field, (index, entries)) in self.by_field.iter_mut().zip(gathered).enumerate() {
+            index.add_gathered(entries, scratch, |p| values_at(p)[field]);
+        }
+    }
+
     /// Removes the newest record (see [`ValueIndex::remove_newest`]).
     pub fn remove_newest(
         &mut self,
@@ -279,5 +352,60 @@ mod tests {
             }
         }
         assert_eq!(index.newest(0, |p| values[p as usize]), None);
+    }
+
+    #[test]
+    fn records_added_gathered_chain_as_added_one_at_a_time() {
+        let mut rng = SeededRng::new(12);
+        // Zeros first (the links start late), then few values and many: long chains
+        // and chains of one; gathered in flushes of every size, one added alone.
+        let values: Vec<u128> = (0..40_000u32)
+            .map(|p| match (p < 300, rng.below(3)) {
+                (true, _) | (false, 0) => 0,
+                (false, 1) => u128::from(rng.below(30)) << 70,
+                _ => u128::from(rng.below(1 << 30)) + 1,
+            })
+            .collect();
+        let value_at = |p: u32| values[p as usize];
+        let mut one_at_a_time = ValueIndex::default();
+        for (position, &value) in values.iter().enumerate() {
+            one_at_a_time.add(value, position as u32, value_at);
+        }
+        let mut gathered = ValueIndex {
+            reserved: 1_000,
+            ..ValueIndex::default()
+        };
+        let (mut scratch, mut entries, mut position) = (Vec::new(), Vec::new(), 0usize);
+        let mut added_alone = false;
+        for flush in [1usize, 0, 7, 492, 5_000, 1, 20_000, usize::MAX] {
+            let end = position.saturating_add(flush).min(values.len());
+            for (at, &value) in values.iter().enumerate().take(end).skip(position) {
+                if value != 0 {
+                    entries.push(gathered.gather(value, at as u32));
+                }
+            }
+            gathered.add_gathered(&entries, &mut scratch, value_at);
+            entries.clear();
+            position = end;
+            if position == 500 {
+                gathered.add(values[500], 500, value_at);
+                position += 1;
+                added_alone = true;
+            }
+        }
+        assert!(added_alone);
+        assert_eq!(position, values.len());
+        assert_eq!(gathered.links, one_at_a_time.links);
+        assert_eq!(gathered.base, one_at_a_time.base);
+        let mut distinct = values.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for &value in &distinct {
+            assert_eq!(
+                chain(&gathered, value, &values),
+                chain(&one_at_a_time, value, &values),
+                "{value}"
+            );
+        }
     }
 }
