@@ -288,9 +288,12 @@ impl IdIndex {
     }
 
     /// Moves every entry into `table` and keeps it, when it is larger than the table
-    /// in use (else drops it and returns false): growth into memory prepared elsewhere.
+    /// in use, or as large and this index empty (else drops it and returns false):
+    /// growth into memory prepared elsewhere.
     pub fn adopt(&mut self, table: IndexTable) -> bool {
-        if table.slots.len() <= self.slots.len() {
+        // An empty index also swaps a table as large, for one faulted in.
+        let larger = table.slots.len() > self.slots.len();
+        if !(larger || (self.len == 0 && table.slots.len() == self.slots.len())) {
             return false;
         }
         self.rehash_into(table.slots);

@@ -7,10 +7,12 @@ use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
+use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
 use crate::part::{Balances, GatheredEntries, Part, TransferEntry, TransferRef, expires_at};
 use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
+use crate::value_index::transfer_user_data;
 use std::fmt;
 use tally_types::packed::PackedRun;
 use tally_types::{
@@ -429,19 +431,49 @@ impl StateMachine {
         image_transfers: Vec<Transfer>,
         packed_transfers: Vec<PackedRun>,
     ) -> Result<usize, ImageError> {
+        // The first transfers show which user-data fields are in use.
+        let sample: Vec<Transfer> = match packed_transfers.first() {
+            Some(run) if image_transfers.is_empty() => run.iter().take(SAMPLE_RECORDS).collect(),
+            _ => image_transfers
+                .iter()
+                .take(SAMPLE_RECORDS)
+                .copied()
+                .collect(),
+        };
+        let requests = LoadTable::wanted(self, &sample);
         let mut loading = TransferLoad {
             last_timestamp: self.last_timestamp,
             last_transfer: 0,
             pending_count: 0,
             gathered: vec![GatheredEntries::default(); self.parts.len()],
             scratch: Vec::new(),
+            prepared: None,
         };
         let histories = self
             .parts
             .iter_mut()
             .map(|part| std::mem::take(&mut part.account_history))
             .collect();
-        let (loaded, histories) = with_history_builder(histories, |histories_out| {
+        let (loaded, histories) = std::thread::scope(|scope| {
+            loading.prepared = prepare_tables(scope, requests);
+            self.load_with_histories(histories, &mut loading, image_transfers, packed_transfers)
+        });
+        loaded?;
+        for (part, history) in self.parts.iter_mut().zip(histories) {
+            part.account_history = history;
+        }
+        Ok(loading.pending_count)
+    }
+
+    /// The body of [`StateMachine::load_transfers`], the histories built beside it.
+    fn load_with_histories(
+        &mut self,
+        histories: Vec<Histories>,
+        loading: &mut TransferLoad,
+        image_transfers: Vec<Transfer>,
+        packed_transfers: Vec<PackedRun>,
+    ) -> (Result<(), ImageError>, Vec<Histories>) {
+        with_history_builder(histories, |histories_out| {
             let mut appends = Vec::new();
             // In slices the size of a packed run, so the history thread starts on the
             // first while this thread goes on with the next.
@@ -461,12 +493,7 @@ impl StateMachine {
                 histories_out(std::mem::take(&mut appends));
             }
             loading.index(self, 0)
-        });
-        loaded?;
-        for (part, history) in self.parts.iter_mut().zip(histories) {
-            part.account_history = history;
-        }
-        Ok(loading.pending_count)
+        })
     }
 
     /// Derives the balance rows of every account with `history` from its transfers and
@@ -698,6 +725,94 @@ struct TransferLoad {
     gathered: Vec<GatheredEntries>,
     /// Working room for indexing them.
     scratch: Vec<u64>,
+    /// The tables being prepared for the indexes loading fills first
+    /// ([`StateMachine::tables_for_load`]), adopted before the first entries go in.
+    prepared: Option<std::sync::mpsc::Receiver<(LoadTable, IndexTable)>>,
+}
+
+/// Transfers whose user data shows which fields a snapshot's transfers set.
+const SAMPLE_RECORDS: usize = 1_024;
+
+/// A table that loading a snapshot's transfers fills first, prepared on another thread
+/// ([`IndexTable::prefaulted`]) while the transfers are read and stored: a part's
+/// transfer id index, reserved for them and not yet faulted in, or its user-data index
+/// of a field in use.
+#[derive(Debug, Clone, Copy)]
+enum LoadTable {
+    Ids {
+        part: usize,
+        slots: usize,
+    },
+    Values {
+        part: usize,
+        field: usize,
+        slots: usize,
+    },
+}
+
+impl LoadTable {
+    /// The tables for loading into `machine` transfers of which `sample` are the first.
+    fn wanted(machine: &StateMachine, sample: &[Transfer]) -> Vec<LoadTable> {
+        let mut wanted = Vec::new();
+        for (part, state) in machine.parts.iter().enumerate() {
+            let slots = state.transfer_index.slots();
+            if slots >= GROW_ELSEWHERE_SLOTS_MIN {
+                wanted.push(LoadTable::Ids { part, slots });
+            }
+            for (field, index) in state.transfer_values.by_field.iter().enumerate() {
+                let set = sample.iter().any(|t| transfer_user_data(t)[field] != 0);
+                if let Some(slots) = index.room_at_first_use().filter(|_| set) {
+                    wanted.push(LoadTable::Values { part, field, slots });
+                }
+            }
+        }
+        wanted
+    }
+
+    fn slots(self) -> usize {
+        match self {
+            LoadTable::Ids { slots, .. } | LoadTable::Values { slots, .. } => slots,
+        }
+    }
+
+    /// Gives the index its table (dropped if the index has outgrown it: no effect on
+    /// what it holds).
+    fn adopt(self, machine: &mut StateMachine, table: IndexTable) {
+        match self {
+            LoadTable::Ids { part, .. } => machine.parts[part].transfer_index.adopt(table),
+            LoadTable::Values { part, field, .. } => {
+                machine.parts[part].transfer_values.by_field[field].adopt(table)
+            }
+        };
+    }
+}
+
+/// Prepares the tables `requests` asks for on a thread of `scope`; `None` when there
+/// are none or no thread can be started (the indexes then fault theirs in as they
+/// fill).
+fn prepare_tables<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    requests: Vec<LoadTable>,
+) -> Option<std::sync::mpsc::Receiver<(LoadTable, IndexTable)>> {
+    if requests.is_empty() {
+        return None;
+    }
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("tally-tables".into())
+        .spawn_scoped(scope, move || {
+            for request in requests {
+                // The loading thread stops listening only when it fails.
+                if sender
+                    .send((request, IndexTable::prefaulted(request.slots())))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .ok()?;
+    Some(receiver)
 }
 
 /// Transfers gathered over all parts before they are indexed: 32 MiB of entries for
@@ -750,6 +865,18 @@ impl TransferLoad {
     /// Indexes the transfers stored in each part that has more than `more_than` of
     /// them gathered (0 at the end: every one).
     fn index(&mut self, machine: &mut StateMachine, more_than: usize) -> Result<(), ImageError> {
+        if !self
+            .gathered
+            .iter()
+            .any(|gathered| gathered.len() > more_than)
+        {
+            return Ok(());
+        }
+        // Waits for the tables still being prepared: inserting into the ones reserved
+        // would fault them in here.
+        for (request, table) in self.prepared.take().into_iter().flatten() {
+            request.adopt(machine, table);
+        }
         for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
             if gathered.len() > more_than {
                 part.index_loaded_transfers(gathered, &mut self.scratch)

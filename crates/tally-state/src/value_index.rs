@@ -192,6 +192,14 @@ impl ValueIndex {
         self.heads.growth_wanted()
     }
 
+    /// The slots its first record will reserve, before it has one: what loading a
+    /// snapshot prepares on another thread for a field in use. `None` for a small
+    /// room.
+    pub fn room_at_first_use(&self) -> Option<usize> {
+        let unused = self.links.is_empty() && self.heads.slots() == 0;
+        (unused && self.reserved > FIRST_USE_RECORDS).then(|| slots_for(self.reserved))
+    }
+
     /// Grows into `table`, prepared as [`ValueIndex::take_wanted`] asked; false (and
     /// the table dropped) when the index has outgrown it meanwhile.
     pub fn adopt(&mut self, table: IndexTable) -> bool {
