@@ -726,7 +726,7 @@ struct TransferLoad {
     /// Working room for indexing them.
     scratch: Vec<u64>,
     /// The tables being prepared for the indexes loading fills first
-    /// ([`StateMachine::tables_for_load`]), adopted before the first entries go in.
+    /// ([`LoadTable::wanted`]), adopted before the first entries go in.
     prepared: Option<std::sync::mpsc::Receiver<(LoadTable, IndexTable)>>,
 }
 
