@@ -29,17 +29,27 @@ const TAILS_AHEAD: usize = 3;
 /// Walks a run of transfers ahead of the apply loop, prefetching in four steps what
 /// applying each will read (see the constants above). Only hints: whatever it
 /// prefetches, or fails to, the results are the same.
+///
+/// With `LOAD` ([`LoadPrefetcher`]) it serves loading a snapshot's transfers, which
+/// reads less: loading stores each transfer, indexes its user data, and finds its two
+/// accounts' positions (an index slot, then the record's first line, where the id is
+/// checked). Ids are indexed later, many at once, no transfer is named, and the
+/// histories are built on another thread that prefetches its own lines; so the id and
+/// named slots, the balances and the tails step are left out.
 #[derive(Debug)]
-pub(crate) struct Prefetcher<I> {
+pub(crate) struct Prefetcher<I, const LOAD: bool = false> {
     events: I,
     slots: I,
     records: I,
     tails: I,
 }
 
-impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
+/// The prefetcher for loading a snapshot's transfers (see [`Prefetcher`]).
+pub(crate) type LoadPrefetcher<I> = Prefetcher<I, true>;
+
+impl<'a, I: Iterator<Item = &'a Transfer> + Clone, const LOAD: bool> Prefetcher<I, LOAD> {
     /// Over `transfers`, in the order they will be applied; primes each step.
-    pub(crate) fn new(parts: &[Box<Part>], transfers: I) -> Prefetcher<I> {
+    pub(crate) fn new(parts: &[Box<Part>], transfers: I) -> Prefetcher<I, LOAD> {
         let mut prefetcher = Prefetcher {
             events: transfers.clone(),
             slots: transfers.clone(),
@@ -69,7 +79,9 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
             prefetch(&raw const t.id);
             prefetch(&raw const t.debit_account_id);
             prefetch(&raw const t.credit_account_id);
-            prefetch(&raw const t.pending_id);
+            if !LOAD {
+                prefetch(&raw const t.pending_id);
+            }
         }
     }
 
@@ -80,11 +92,16 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
         };
         for t in self.slots.by_ref().take(transfers) {
             let home = &parts[layout.part_of(t.id)];
-            home.prefetch_transfer_slot(t.id);
+            if !LOAD {
+                home.prefetch_transfer_slot(t.id);
+            }
             home.prefetch_value_slots(t);
-            // The pending transfer a post or void settles, or the one a refund returns.
-            if t.pending_id != 0 {
-                parts[layout.part_of(t.pending_id)].prefetch_transfer_slot(t.pending_id);
+            if !LOAD {
+                // The pending transfer a post or void settles, or the one a refund
+                // returns.
+                if t.pending_id != 0 {
+                    parts[layout.part_of(t.pending_id)].prefetch_transfer_slot(t.pending_id);
+                }
             }
             for account in [t.debit_account_id, t.credit_account_id] {
                 parts[layout.part_of(account)].prefetch_account_slot(account);
@@ -94,92 +111,36 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone> Prefetcher<I> {
 
     #[inline]
     fn advance_records(&mut self, parts: &[Box<Part>], transfers: usize) {
-        step(
-            &mut self.records,
-            parts,
-            transfers,
-            Part::prefetch_transfer_start,
-            Part::prefetch_account,
-        );
+        if LOAD {
+            step(
+                &mut self.records,
+                parts,
+                transfers,
+                |_, _| {},
+                Part::prefetch_account_id,
+            );
+        } else {
+            step(
+                &mut self.records,
+                parts,
+                transfers,
+                Part::prefetch_transfer_start,
+                Part::prefetch_account,
+            );
+        }
     }
 
     #[inline]
     fn advance_tails(&mut self, parts: &[Box<Part>], transfers: usize) {
-        step(
-            &mut self.tails,
-            parts,
-            transfers,
-            Part::prefetch_transfer_record,
-            Part::prefetch_history_tail,
-        );
-    }
-}
-
-/// The pipeline for loading a snapshot's transfers, which reads less than applying
-/// them: it stores each transfer, indexes its user data, and finds its two accounts'
-/// positions (an index slot, then the record's first line, where the id is checked).
-/// Ids are indexed later, many at once, and the histories are built on another thread
-/// that prefetches its own lines.
-#[derive(Debug)]
-pub(crate) struct LoadPrefetcher<I> {
-    events: I,
-    slots: I,
-    records: I,
-}
-
-impl<'a, I: Iterator<Item = &'a Transfer> + Clone> LoadPrefetcher<I> {
-    /// Over `transfers`, in the order they will be loaded; primes each step.
-    pub(crate) fn new(parts: &[Box<Part>], transfers: I) -> LoadPrefetcher<I> {
-        let mut prefetcher = LoadPrefetcher {
-            events: transfers.clone(),
-            slots: transfers.clone(),
-            records: transfers,
-        };
-        prefetcher.advance_events(EVENTS_AHEAD);
-        prefetcher.advance_slots(parts, SLOTS_AHEAD);
-        prefetcher.advance_records(parts, RECORDS_AHEAD);
-        prefetcher
-    }
-
-    /// Moves every step on by `transfers`, as loading is about to store that many.
-    #[inline]
-    pub(crate) fn advance(&mut self, parts: &[Box<Part>], transfers: usize) {
-        self.advance_events(transfers);
-        self.advance_slots(parts, transfers);
-        self.advance_records(parts, transfers);
-    }
-
-    #[inline]
-    fn advance_events(&mut self, transfers: usize) {
-        for t in self.events.by_ref().take(transfers) {
-            prefetch(&raw const t.id);
-            prefetch(&raw const t.debit_account_id);
-            prefetch(&raw const t.credit_account_id);
+        if !LOAD {
+            step(
+                &mut self.tails,
+                parts,
+                transfers,
+                Part::prefetch_transfer_record,
+                Part::prefetch_history_tail,
+            );
         }
-    }
-
-    #[inline]
-    fn advance_slots(&mut self, parts: &[Box<Part>], transfers: usize) {
-        let Some(layout) = parts.first().map(|part| part.layout) else {
-            return;
-        };
-        for t in self.slots.by_ref().take(transfers) {
-            parts[layout.part_of(t.id)].prefetch_value_slots(t);
-            for account in [t.debit_account_id, t.credit_account_id] {
-                parts[layout.part_of(account)].prefetch_account_slot(account);
-            }
-        }
-    }
-
-    #[inline]
-    fn advance_records(&mut self, parts: &[Box<Part>], transfers: usize) {
-        step(
-            &mut self.records,
-            parts,
-            transfers,
-            |_, _| {},
-            Part::prefetch_account_id,
-        );
     }
 }
 
