@@ -16,8 +16,10 @@ use tally_types::{
 
 use ResultCode as R;
 
-/// The parts an apply step can reach.
-pub trait Parts {
+/// The parts an apply step can reach. Accounts are reached through the methods below,
+/// so that a step deciding a unit without some of its parts (`crate::decide`) can
+/// answer for their accounts and turn what it does to them into deltas.
+pub(crate) trait Parts {
     /// How the state is cut into parts (held or not).
     fn layout(&self) -> Layout;
     /// The number of parts the state has (held or not).
@@ -31,6 +33,73 @@ pub trait Parts {
     fn get_mut(&mut self, part: usize) -> &mut Part;
     /// Runs `visit` on every part held.
     fn each_held(&mut self, visit: impl FnMut(&mut Part));
+
+    /// Where account `id` is, if it exists.
+    #[inline]
+    fn find_account(&self, id: u128) -> Option<Slot> {
+        let part = self.layout().part_of(id);
+        let index = self.get(part).account_position(id)?;
+        Some(Slot { part, index })
+    }
+    /// The account at `slot`.
+    #[inline]
+    fn account(&self, slot: Slot) -> Account {
+        self.get(slot.part).accounts[slot.index as usize]
+    }
+    /// Sets the balances of the account at `slot`.
+    #[inline]
+    fn set_balances(&mut self, slot: Slot, balances: Balances) {
+        self.get_mut(slot.part).set_balances(slot.index, balances);
+    }
+    /// Appends stored transfer `transfer_ref` to the account's transfer list.
+    #[inline]
+    fn append_history(&mut self, slot: Slot, transfer_ref: TransferRef) {
+        self.get_mut(slot.part)
+            .append_history(slot.index, transfer_ref);
+    }
+    /// Appends the account's balances as they are now to its balance history, when it
+    /// keeps one (`history` flag).
+    #[inline]
+    fn record_balances(&mut self, slot: Slot, timestamp: u64, transfer_ref: TransferRef) {
+        record_balances_in(self.get_mut(slot.part), slot.index, timestamp, transfer_ref);
+    }
+    /// The change event recorded as `key` (its timestamp and transfer id) names the
+    /// account at `slot` on its credit side (`credit`) or debit side: the account as it
+    /// was recorded, unless the step does not hold its part.
+    #[inline]
+    fn complete_change(&mut self, _slot: Slot, _key: (u64, u128), _credit: bool) {}
+    /// Starts a chain: every held part records how to undo what follows.
+    fn begin_chain(&mut self) {
+        self.each_held(Part::begin_chain);
+    }
+    /// Undoes everything since the chain began.
+    fn roll_back_chain(&mut self) {
+        self.each_held(|part| part.rollback_to(0));
+    }
+    /// Ends a chain: what it did stands.
+    fn end_chain(&mut self) {
+        self.each_held(Part::end_chain);
+    }
+}
+
+/// Appends account `index`'s balances as they are now to its balance history, when it
+/// keeps one.
+#[inline]
+pub(crate) fn record_balances_in(
+    part: &mut Part,
+    index: u32,
+    timestamp: u64,
+    transfer_ref: TransferRef,
+) {
+    let account = &part.accounts[index as usize];
+    if account.flags.contains(AccountFlags::HISTORY) {
+        let row = BalanceRow {
+            timestamp,
+            transfer_ref,
+            balances: Balances::of(account),
+        };
+        part.append_balance_row(index, row);
+    }
 }
 
 impl Parts for [Box<Part>] {
@@ -322,7 +391,7 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
         results[0] = run_event(parts, events, start, timestamp, execute);
         return;
     }
-    parts.each_held(Part::begin_chain);
+    parts.begin_chain();
     let mut broken = false;
     for index in start..end {
         let event = &events[index];
@@ -336,34 +405,35 @@ pub(crate) fn apply_unit<P: Parts + ?Sized, E: Event>(
         results[index - start] = result;
         if result != R::Ok && !broken {
             broken = true;
-            parts.each_held(|part| part.rollback_to(0));
+            parts.roll_back_chain();
             for earlier in &mut results[..index - start] {
                 *earlier = R::LinkedEventFailed;
             }
         }
     }
-    parts.each_held(Part::end_chain);
+    parts.end_chain();
 }
 
 /// An account's part and position.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Slot {
     pub part: usize,
     pub index: u32,
 }
 
+#[inline]
 pub(crate) fn account_slot<P: Parts + ?Sized>(parts: &P, id: u128) -> Option<Slot> {
-    let part = parts.layout().part_of(id);
-    let index = parts.get(part).account_position(id)?;
-    Some(Slot { part, index })
+    parts.find_account(id)
 }
 
+#[inline]
 fn account_at<P: Parts + ?Sized>(parts: &P, slot: Slot) -> Account {
-    parts.get(slot.part).accounts[slot.index as usize]
+    parts.account(slot)
 }
 
+#[inline]
 fn set_balances<P: Parts + ?Sized>(parts: &mut P, slot: Slot, balances: Balances) {
-    parts.get_mut(slot.part).set_balances(slot.index, balances);
+    parts.set_balances(slot, balances);
 }
 
 /// The reference of stored transfer `id`.
@@ -400,9 +470,7 @@ fn insert_transfer<P: Parts + ?Sized>(
     debug_assert_eq!(account_at(parts, credit).id, transfer.credit_account_id);
     let transfer_ref = home_mut(parts, transfer.id).store_transfer(transfer);
     for slot in [debit, credit] {
-        parts
-            .get_mut(slot.part)
-            .append_history(slot.index, transfer_ref);
+        parts.append_history(slot, transfer_ref);
     }
     let kind = match transfer.kind() {
         Some(TransferKind::SinglePhase) => ChangeKind::SinglePhase,
@@ -444,22 +512,14 @@ fn record_transfer_change<P: Parts + ?Sized>(
         kind,
         transfer_ref,
     } = change;
+    // The transfer's own timestamp (an imported one's is in the past).
+    let row_timestamp = if kind == ChangeKind::TwoPhaseExpired {
+        timestamp
+    } else {
+        transfer.timestamp
+    };
     for slot in [debit, credit] {
-        let part = parts.get_mut(slot.part);
-        let account = &part.accounts[slot.index as usize];
-        if account.flags.contains(AccountFlags::HISTORY) {
-            let row = BalanceRow {
-                // The transfer's own timestamp (an imported one's is in the past).
-                timestamp: if kind == ChangeKind::TwoPhaseExpired {
-                    timestamp
-                } else {
-                    transfer.timestamp
-                },
-                transfer_ref,
-                balances: Balances::of(account),
-            };
-            part.append_balance_row(slot.index, row);
-        }
+        parts.record_balances(slot, row_timestamp, transfer_ref);
     }
     let home = parts.layout().part_of(transfer.id);
     if !parts.get(home).capturing {
@@ -474,6 +534,8 @@ fn record_transfer_change<P: Parts + ?Sized>(
         debit_account,
         credit_account,
     });
+    parts.complete_change(debit, (timestamp, transfer.id), false);
+    parts.complete_change(credit, (timestamp, transfer.id), true);
 }
 
 pub(crate) fn create_account<P: Parts + ?Sized>(

@@ -87,6 +87,28 @@ impl Balances {
         }
     }
 
+    /// Field by field `self - before`, wrapping: added back to `before` with
+    /// [`Balances::wrapping_add`] it gives `self`, in any order with other such
+    /// differences of the same account.
+    pub(crate) fn wrapping_sub(self, before: Balances) -> Balances {
+        Balances {
+            debits_pending: self.debits_pending.wrapping_sub(before.debits_pending),
+            debits_posted: self.debits_posted.wrapping_sub(before.debits_posted),
+            credits_pending: self.credits_pending.wrapping_sub(before.credits_pending),
+            credits_posted: self.credits_posted.wrapping_sub(before.credits_posted),
+        }
+    }
+
+    /// Field by field `self + delta`, wrapping.
+    pub(crate) fn wrapping_add(self, delta: Balances) -> Balances {
+        Balances {
+            debits_pending: self.debits_pending.wrapping_add(delta.debits_pending),
+            debits_posted: self.debits_posted.wrapping_add(delta.debits_posted),
+            credits_pending: self.credits_pending.wrapping_add(delta.credits_pending),
+            credits_posted: self.credits_posted.wrapping_add(delta.credits_posted),
+        }
+    }
+
     pub(crate) fn store(self, account: &mut Account) {
         account.debits_pending = self.debits_pending;
         account.debits_posted = self.debits_posted;
@@ -137,6 +159,18 @@ pub struct Part {
     /// Change events of the ids homed here, in the order this part applied them, until
     /// the state hands them out ([`crate::StateMachine::take_changes`]).
     pub(crate) changes: Vec<ChangeEvent>,
+    /// Accounts of this part as change events recorded in other parts must name them:
+    /// deltas applied here after the event was decided elsewhere (`crate::decide`).
+    pub(crate) change_fills: Vec<ChangeFill>,
+}
+
+/// A side of a change event recorded in another part, filled in where its account is:
+/// the event's timestamp and transfer id, which side, and the account right after.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChangeFill {
+    pub key: (u64, u128),
+    pub credit: bool,
+    pub account: Account,
 }
 
 /// A transfer index entry with this bit set names a burned id (its index in the part's
@@ -203,6 +237,7 @@ impl Part {
             recording: false,
             capturing: false,
             changes: Vec::new(),
+            change_fills: Vec::new(),
         }
     }
 

@@ -15,14 +15,15 @@
 //! read from the committed state, or from the earlier events of the group that create
 //! that id (transfers never change once created, so either answer is exact).
 
-use crate::apply::{Held, apply_unit, create_account, create_transfer, expire_one, unit_ranges};
+use crate::apply::{Slot, unit_ranges};
+use crate::decide::DeltaAccounts;
 use crate::escrow::{Escrow, Movement};
 use crate::layout::Layout;
 use crate::state::StateMachine;
 use std::collections::{HashMap, HashSet};
 
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use tally_types::{Batch, NS_PER_S, ResultCode, Transfer, TransferFlags, TransferKind};
+use tally_types::{Batch, NS_PER_S, Transfer, TransferFlags, TransferKind};
 
 /// What a unit does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,9 @@ pub struct Plan {
     pub last_timestamp: u64,
     /// The layout the plan routes by: the state's.
     pub layout: Layout,
+    /// The accounts that units only add to ([`Touch::delta`]), as the committed state
+    /// holds them: what [`crate::decide_unit`] reads instead of their parts.
+    pub delta_accounts: DeltaAccounts,
 }
 
 /// Why a group runs serially instead of by plan.
@@ -310,15 +314,32 @@ impl Planner<'_> {
         self.push_unit(batch, work, (mask, needed, reads), &moved);
     }
 
+    /// Keeps the committed record of `account` (of `part`), which a unit only adds to:
+    /// escrow marks only accounts that exist before the group.
+    fn keep_delta_account(&mut self, part: usize, account: u128) {
+        let home = &self.state.parts[part];
+        let index = home
+            .account_position(account)
+            .expect("an account that takes deltas exists before the group");
+        let slot = Slot { part, index };
+        self.plan
+            .delta_accounts
+            .insert(slot, home.accounts[index as usize]);
+    }
+
     /// Adds a unit with its `(mask, needed, reads)` parts and the accounts it moves.
     fn push_unit(&mut self, batch: u32, work: Work, masks: (u64, u64, u64), moved: &[u128]) {
         let (mask, needed, reads) = masks;
         let deltas = mask & !needed;
         let first = self.plan.touches.len();
-        for &account in moved.iter().filter(|_| self.escrow.is_on()) {
+        let escrow = self.escrow.is_on();
+        for &account in moved.iter().filter(|_| escrow) {
             let part = self.layout.part_of(account);
             let delta = deltas & (1 << part) != 0;
             self.plan.touches.push(Touch { account, delta });
+            if delta {
+                self.keep_delta_account(part, account);
+            }
         }
         let touches = first as u32..self.plan.touches.len() as u32;
         self.plan.units.push(Unit {
@@ -373,175 +394,11 @@ fn due_expiries(state: &StateMachine, until: u64) -> Vec<(u64, u128)> {
     due
 }
 
-/// Runs one unit on the parts `held` (every part in its mask), writing the results of
-/// an events unit to `results` (one per event of the unit).
-pub fn run_unit(
-    held: &mut Held,
-    unit: &Unit,
-    timestamp: u64,
-    batch: &Batch,
-    results: &mut [ResultCode],
-) {
-    match unit.work {
-        Work::Expire { at, id } => {
-            expire_one(held, (at, id));
-        }
-        Work::Events { start, end } => {
-            let (start, end) = (start as usize, end as usize);
-            match batch {
-                Batch::CreateAccounts(events) => {
-                    apply_unit(held, timestamp, events, start, end, create_account, results)
-                }
-                Batch::CreateTransfers(events) => apply_unit(
-                    held,
-                    timestamp,
-                    events,
-                    start,
-                    end,
-                    create_transfer,
-                    results,
-                ),
-            }
-        }
-    }
-}
-
-impl StateMachine {
-    /// Applies a group by its plan on this thread, running the units in the order
-    /// `pick` chooses among those ready (a unit is ready when it is the next one of
-    /// every part it touches). This is what shard threads do, without threads: tests
-    /// drive it with random picks to try many legal interleavings. Returns one result
-    /// list per batch.
-    pub fn apply_planned(
-        &mut self,
-        batches: &[(u64, &Batch)],
-        plan: &Plan,
-        pick: impl FnMut(usize) -> usize,
-    ) -> Vec<Vec<ResultCode>> {
-        self.apply_planned_in(batches, plan, false, pick)
-    }
-
-    /// As [`StateMachine::apply_planned`], but a unit may also overtake the units before
-    /// it on a part where both only take deltas ([`Unit::deltas`]), as deltas would
-    /// arrive with escrow. Results and balances must be those of the log order; the
-    /// order of an account's transfer list and its change events' balances may differ.
-    pub fn apply_planned_overtaking_deltas(
-        &mut self,
-        batches: &[(u64, &Batch)],
-        plan: &Plan,
-        pick: impl FnMut(usize) -> usize,
-    ) -> Vec<Vec<ResultCode>> {
-        self.apply_planned_in(batches, plan, true, pick)
-    }
-
-    fn apply_planned_in(
-        &mut self,
-        batches: &[(u64, &Batch)],
-        plan: &Plan,
-        overtake: bool,
-        mut pick: impl FnMut(usize) -> usize,
-    ) -> Vec<Vec<ResultCode>> {
-        if let Some(&(first, _)) = batches.first() {
-            assert!(first > self.last_timestamp, "time must move forward");
-        }
-        let count = self.part_count();
-        let mut results: Vec<Vec<ResultCode>> = batches
-            .iter()
-            .map(|(_, b)| vec![ResultCode::Ok; b.len()])
-            .collect();
-        // Per part, its units in log order.
-        let mut queues: Vec<Vec<usize>> = vec![Vec::new(); count];
-        for (u, unit) in plan.units.iter().enumerate() {
-            for (part, queue) in queues.iter_mut().enumerate() {
-                if unit.mask & (1 << part) != 0 {
-                    queue.push(u);
-                }
-            }
-        }
-        // Per part, which of its queue's units have run, and the first that has not.
-        let mut done: Vec<Vec<bool>> = queues.iter().map(|q| vec![false; q.len()]).collect();
-        let mut first = vec![0usize; count];
-        // The units that may run next on `part`: its first not run and, when overtaking
-        // and that one only takes deltas there, the next ones that only take deltas too.
-        let ready_on = |part: usize, done: &[Vec<bool>], first: &[usize]| {
-            let delta_only = |u: usize| plan.units[u].deltas & (1 << part) != 0;
-            let mut ready = Vec::new();
-            for (&u, &ran) in queues[part].iter().zip(&done[part]).skip(first[part]) {
-                if ran {
-                    continue;
-                }
-                if ready.is_empty() || (overtake && delta_only(u)) {
-                    ready.push(u);
-                }
-                if !(overtake && delta_only(u)) {
-                    break;
-                }
-            }
-            ready
-        };
-        // Every part waits here; a unit holds only the parts of its mask, as on a shard
-        // thread, so a plan that misses a part panics here too.
-        let mut ran = vec![false; plan.units.len()];
-        let mut idle = Held::new(self.layout);
-        for part in self.take_parts() {
-            idle.insert(part);
-        }
-        loop {
-            let next: Vec<Vec<usize>> = (0..count).map(|p| ready_on(p, &done, &first)).collect();
-            let mut ready: Vec<usize> = next
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|&u| {
-                    (0..count).all(|p| plan.units[u].mask & (1 << p) == 0 || next[p].contains(&u))
-                })
-                .collect();
-            ready.sort_unstable();
-            ready.dedup();
-            if ready.is_empty() {
-                break;
-            }
-            let u = ready[pick(ready.len()) % ready.len()];
-            let unit = &plan.units[u];
-            let (stamp, batch) = batches[unit.batch as usize];
-            let slice = match unit.work {
-                Work::Events { start, end } => {
-                    &mut results[unit.batch as usize][start as usize..end as usize]
-                }
-                Work::Expire { .. } => &mut [][..],
-            };
-            let mut held = Held::new(self.layout);
-            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
-                held.insert(idle.take(part));
-            }
-            run_unit(&mut held, unit, stamp, batch, slice);
-            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
-                idle.insert(held.take(part));
-            }
-            ran[u] = true;
-            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
-                let at = first[part]
-                    + queues[part][first[part]..]
-                        .iter()
-                        .position(|&v| v == u)
-                        .expect("a unit is queued on every part of its mask");
-                done[part][at] = true;
-                while done[part].get(first[part]) == Some(&true) {
-                    first[part] += 1;
-                }
-            }
-        }
-        assert!(ran.iter().all(|&ran| ran), "every unit ran");
-        let parts = (0..count).map(|part| idle.take(part)).collect();
-        self.restore_parts(parts, plan.last_timestamp);
-        results
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::layout::part_of;
+    use tally_types::ResultCode;
 
     #[test]
     fn parts_spread_ids_evenly() {

@@ -9,7 +9,9 @@ use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
 use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
-use crate::part::{Balances, GatheredEntries, Part, TransferEntry, TransferRef, expires_at};
+use crate::part::{
+    Balances, ChangeFill, GatheredEntries, Part, TransferEntry, TransferRef, expires_at,
+};
 use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use crate::value_index::transfer_user_data;
@@ -155,6 +157,7 @@ impl StateMachine {
             part.capturing = on;
             if !on {
                 part.changes = Vec::new();
+                part.change_fills = Vec::new();
             }
         }
     }
@@ -172,6 +175,7 @@ impl StateMachine {
         assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         spare.clear();
         if let [only] = self.parts.as_mut_slice() {
+            debug_assert!(only.change_fills.is_empty(), "one part holds every account");
             return std::mem::replace(&mut only.changes, spare);
         }
         let mut changes = spare;
@@ -180,6 +184,11 @@ impl StateMachine {
         }
         // Stable: events of one part keep the order that part applied them in.
         changes.sort_by_key(|event| event.timestamp);
+        for part in &mut self.parts {
+            for fill in part.change_fills.drain(..) {
+                fill_change(&mut changes, fill);
+            }
+        }
         changes
     }
 
@@ -1055,5 +1064,23 @@ impl<I: Iterator, K: Fn(&I::Item) -> u64> Iterator for MergeByTimestamp<I, K> {
         }
         let (index, _) = best?;
         self.heads[index].next()
+    }
+}
+
+/// Names `fill`'s account on its side of the change event it belongs to, among
+/// `changes` (sorted by timestamp): an account of one part, in an event recorded in
+/// another after the event was decided there ([`crate::Deltas`]).
+fn fill_change(changes: &mut [ChangeEvent], fill: ChangeFill) {
+    let (timestamp, transfer_id) = fill.key;
+    let from = changes.partition_point(|event| event.timestamp < timestamp);
+    let event = changes[from..]
+        .iter_mut()
+        .take_while(|event| event.timestamp == timestamp)
+        .find(|event| event.transfer.id == transfer_id)
+        .expect("a change event filled in elsewhere was recorded");
+    if fill.credit {
+        event.credit_account = fill.account;
+    } else {
+        event.debit_account = fill.account;
     }
 }

@@ -6,7 +6,9 @@
 use tally_state::{Layout, Placement, Serial, StateMachine, plan, plan_with_escrow};
 use tally_testkit::SeededRng;
 use tally_testkit::workload::{Accounts, Workload};
-use tally_types::{Batch, ChangeEvent, NS_PER_S, TransferFlags};
+use tally_types::{
+    AccountBalance, AccountFilter, Batch, ChangeEvent, NS_PER_S, Transfer, TransferFlags,
+};
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -16,6 +18,7 @@ struct Seen {
     spanning_units: u64,
     delta_units: u64,
     overtaking_groups: u64,
+    delta_accounts: u64,
 }
 
 fn run(seed: u64, layout: Layout, skew: Accounts, seen: &mut Seen) {
@@ -27,6 +30,13 @@ fn run(seed: u64, layout: Layout, skew: Accounts, seen: &mut Seen) {
     // they would arrive with escrow.
     let mut overtaking = StateMachine::with_parts(layout);
     overtaking.set_change_capture(true);
+    // Decides each unit without the parts it only adds to, and applies what it decided
+    // there as deltas, each part in its log order (escrow).
+    let mut decided = StateMachine::with_parts(layout);
+    decided.set_change_capture(true);
+    // Its own picks: how many steps it takes depends on the layout, and the groups
+    // drawn from `rng` must not.
+    let mut decided_rng = SeededRng::new(seed ^ 0xde17a);
     reference.set_change_capture(true);
     sharded.set_change_capture(true);
     let mut now = 1_000 * NS_PER_S;
@@ -107,12 +117,21 @@ fn run(seed: u64, layout: Layout, skew: Accounts, seen: &mut Seen) {
                     overtaken, expected,
                     "seed {seed}, {layout:?}, group {group_index}: deltas overtaking"
                 );
+                let with_deltas = decided.apply_planned_with_deltas(&stamped, &escrow, |ready| {
+                    decided_rng.below(ready as u64) as usize
+                });
+                assert_eq!(
+                    with_deltas, expected,
+                    "seed {seed}, {layout:?}, group {group_index}: decided with deltas"
+                );
+                seen.delta_accounts += escrow.delta_accounts.len() as u64;
                 sharded.apply_planned(&stamped, &plan, |ready| rng.below(ready as u64) as usize)
             }
             Err(Serial::ExpiryInsideGroup | Serial::Imported) => {
                 seen.serial_groups += 1;
                 for (stamp, batch) in &stamped {
                     overtaking.apply(*stamp, batch);
+                    decided.apply(*stamp, batch);
                 }
                 stamped
                     .iter()
@@ -135,6 +154,11 @@ fn run(seed: u64, layout: Layout, skew: Accounts, seen: &mut Seen) {
             reference.image(),
             "seed {seed}, {layout:?}, group {group_index}: state differs, deltas overtaking"
         );
+        assert_eq!(
+            decided.image(),
+            reference.image(),
+            "seed {seed}, {layout:?}, group {group_index}: state differs, decided with deltas"
+        );
         // This test aims batches so that expiry instants fall inside other batches'
         // stamps (the engine's stamping never does), so compare in a total order.
         let sorted = |mut changes: Vec<ChangeEvent>| {
@@ -154,6 +178,11 @@ fn run(seed: u64, layout: Layout, skew: Accounts, seen: &mut Seen) {
             changes,
             "seed {seed}, {layout:?}, group {group_index}: change events differ"
         );
+        assert_eq!(
+            sorted(decided.take_changes()),
+            changes,
+            "seed {seed}, {layout:?}, group {group_index}: change events differ, decided with deltas"
+        );
         // The balances in change events follow the order deltas were applied in: when
         // they differ, a unit overtook another.
         if sorted(overtaking.take_changes()) != changes {
@@ -163,7 +192,44 @@ fn run(seed: u64, layout: Layout, skew: Accounts, seen: &mut Seen) {
     assert!(reference.check_invariants().is_empty());
     assert!(sharded.check_invariants().is_empty());
     assert!(overtaking.check_invariants().is_empty());
+    assert!(decided.check_invariants().is_empty());
+    assert_eq!(decided.ledger_totals(), reference.ledger_totals());
+    // Images leave out what loading rebuilds: each account's transfer list and
+    // balance history, which deltas append to.
     assert_eq!(sharded.ledger_totals(), reference.ledger_totals());
+    let expected = histories(&reference);
+    for (name, state) in [("planned", &sharded), ("decided with deltas", &decided)] {
+        let got = histories(state);
+        assert_eq!(got.len(), expected.len());
+        for (got, expected) in got.iter().zip(&expected) {
+            assert_eq!(
+                got, expected,
+                "seed {seed}, {layout:?}, {name}: account {}",
+                expected.0
+            );
+        }
+    }
+}
+
+/// An account's id, its transfers and its balance rows, oldest and newest first.
+type History = (u128, [Vec<Transfer>; 2], [Vec<AccountBalance>; 2]);
+
+/// Per account (by id), its [`History`].
+fn histories(state: &StateMachine) -> Vec<History> {
+    let mut ids: Vec<u128> = state.accounts().map(|a| a.id).collect();
+    ids.sort_unstable();
+    ids.into_iter()
+        .map(|id| {
+            let filter = |reversed| AccountFilter {
+                limit: u32::MAX,
+                reversed,
+                ..AccountFilter::new(id)
+            };
+            let transfers = [false, true].map(|r| state.account_transfers(&filter(r)));
+            let balances = [false, true].map(|r| state.account_balances(&filter(r)));
+            (id, transfers, balances)
+        })
+        .collect()
 }
 
 #[test]
@@ -183,6 +249,7 @@ fn planned_groups_equal_the_reference_on_any_number_of_parts() {
     assert!(seen.spanning_units > seen.units / 4, "{seen:?}");
     assert!(seen.delta_units > seen.units / 10, "{seen:?}");
     assert!(seen.overtaking_groups > 50, "{seen:?}");
+    assert!(seen.delta_accounts > seen.units / 10, "{seen:?}");
 }
 
 #[test]
