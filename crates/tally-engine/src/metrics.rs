@@ -137,6 +137,9 @@ pub struct MetricsSnapshot {
     pub shard_units_spanning: u64,
     /// Of those, units whose owning shard had to wait for a lent part.
     pub shard_units_waited: u64,
+    /// Of those, units decided without a part they only add to, whose shard applied
+    /// their deltas (escrow).
+    pub shard_units_with_deltas: u64,
     /// Groups applied on the apply thread alone although shards exist (an expiry
     /// inside the group; see `tally_state::Serial`).
     pub groups_serial: u64,
@@ -146,7 +149,7 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [(&str, u64); 20] = [
+        let gauges: [(&str, u64); 21] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
@@ -167,6 +170,10 @@ impl MetricsSnapshot {
             ("shard_units_total", self.shard_units),
             ("shard_units_spanning_total", self.shard_units_spanning),
             ("shard_units_waited_total", self.shard_units_waited),
+            (
+                "shard_units_with_deltas_total",
+                self.shard_units_with_deltas,
+            ),
         ];
         for (name, value) in gauges {
             out.push_str(&format!(
@@ -222,6 +229,7 @@ impl Metrics {
             shard_units: self.shards.units.load(Ordering::Relaxed),
             shard_units_spanning: self.shards.units_spanning.load(Ordering::Relaxed),
             shard_units_waited: self.shards.units_waited.load(Ordering::Relaxed),
+            shard_units_with_deltas: self.shards.units_with_deltas.load(Ordering::Relaxed),
             groups_serial: self.shards.groups_serial.load(Ordering::Relaxed),
         }
     }

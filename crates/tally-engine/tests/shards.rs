@@ -237,6 +237,7 @@ fn concurrent_run(shards: usize, placement: Placement, skew: Accounts) {
     if shards > 1 {
         assert!(metrics.shard_units > 1_000, "{metrics:?}");
         assert!(metrics.shard_units_spanning > 0, "{metrics:?}");
+        assert!(metrics.shard_units_with_deltas > 0, "{metrics:?}");
     } else {
         assert_eq!(metrics.shard_units, 0);
     }
