@@ -26,7 +26,9 @@
 
 use crate::sync::channel::{Receiver, Sender, bounded};
 use crate::sync::{AtomicU64, JoinHandle, Ordering, ThreadBuilder};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use tally_log::LogRecord;
 use tally_state::{Deltas, Held, Part, Plan, StateMachine, Unit, Work, decide_unit, run_unit};
@@ -143,11 +145,19 @@ fn within_delta_bound(mut plan: Plan, shards: usize) -> Plan {
     plan
 }
 
-/// What a shard has received ahead of the step that needs it.
+/// The deltas this shard's own part must apply, in log order, that it has not applied
+/// yet. A part applies its deltas in log order, but decides its own units without
+/// waiting for them unless a unit moves an account a delta still due adds to: deltas
+/// add amounts that cannot fail, so only each account's order matters (its balances
+/// as later units read them, its transfer list, its balance rows).
 #[derive(Default)]
-struct Waiting {
-    /// Deltas by unit, for this shard's part.
-    deltas: HashMap<u32, Arc<Deltas>>,
+struct Backlog {
+    /// Deltas received, by unit, until applied.
+    arrived: FastMap<u32, Arc<Deltas>>,
+    /// The units whose deltas are due here, in log order.
+    due: VecDeque<u32>,
+    /// Per account of this part, how many of `due` add to it.
+    accounts: FastMap<u128, u32>,
 }
 
 /// One event's result: (batch in the group, event in the batch, code).
@@ -390,12 +400,11 @@ impl Shard {
 
     /// Runs this shard's steps of the group in log order: it decides each unit whose
     /// lowest deciding part (of its mask less its deltas) is this shard's, once it holds
-    /// all of them, and applies to its own part the deltas of each unit that only adds to
-    /// it, once it holds the part and the unit has been decided. False when the apply
-    /// thread is gone.
+    /// all of them, and applies to its own part, in log order, the deltas of each unit
+    /// that only adds to it (see [`Backlog`]). False when the apply thread is gone.
     fn apply_group(&self, group: &Group) -> bool {
         let mut held = Held::new(group.plan.layout);
-        let mut waiting = Waiting::default();
+        let mut backlog = Backlog::default();
         let mut results = Vec::new();
         let mut scratch = Vec::new();
         let (mut units, mut spanning, mut waited, mut with_deltas) = (0, 0, 0, 0);
@@ -406,26 +415,29 @@ impl Shard {
                 units += 1;
                 spanning += u64::from(deciding.count_ones() > 1);
                 with_deltas += u64::from(unit.deltas != 0);
-                waited += u64::from(self.wait(deciding, None, &mut held, &mut waiting));
+                self.settle_before(group, unit, &mut held, &mut backlog);
+                waited += u64::from(self.wait_for_parts(deciding, &mut held, &mut backlog));
                 self.decide(group, u, unit, &mut held, &mut results, &mut scratch);
-                self.forward(group, u, deciding, &mut held);
+                self.forward(group, u, deciding, &mut held, &mut backlog);
             } else if unit.deltas & own != 0 {
-                self.wait(own, Some(u as u32), &mut held, &mut waiting);
-                let deltas = waiting
-                    .deltas
-                    .remove(&(u as u32))
-                    .expect("waited for the unit's deltas");
-                let mut part = held.take(self.index);
-                deltas.apply_to(&mut part);
-                held.insert(part);
-                self.forward(group, u, own, &mut held);
+                self.wait_for_parts(own, &mut held, &mut backlog);
+                backlog.due.push_back(u as u32);
+                for account in self.delta_accounts(group, unit) {
+                    *backlog.accounts.entry(account).or_default() += 1;
+                }
+                self.receive_ready(&mut held, &mut backlog);
+                self.apply_ready(group, &mut held, &mut backlog);
+                self.forward(group, u, own, &mut held, &mut backlog);
             }
         }
         assert!(
             (0..self.peers.len()).all(|part| !held.holds(part)),
             "every part moved on after its last unit here"
         );
-        assert!(waiting.deltas.is_empty(), "every delta applied");
+        assert!(
+            backlog.due.is_empty() && backlog.arrived.is_empty(),
+            "every delta applied"
+        );
         self.back
             .send(Back::Done {
                 results,
@@ -437,42 +449,106 @@ impl Shard {
             .is_ok()
     }
 
-    /// Receives until this shard holds every part of `parts` and, when `deltas` names a
-    /// unit, that unit's deltas. True when it had to wait.
-    fn wait(
-        &self,
-        parts: u64,
-        deltas: Option<u32>,
-        held: &mut Held,
-        waiting: &mut Waiting,
-    ) -> bool {
-        let mut had_to_wait = false;
-        loop {
-            let missing_part =
-                (0..self.peers.len()).find(|&p| parts & (1 << p) != 0 && !held.holds(p));
-            let missing_deltas = deltas.filter(|u| !waiting.deltas.contains_key(u));
-            if missing_part.is_none() && missing_deltas.is_none() {
-                return had_to_wait;
-            }
-            had_to_wait = true;
-            match self.inbox.recv().expect("the pool outlives a group") {
-                Message::Part(part) => held.insert(part),
-                Message::Deltas(u, arrived) => {
-                    let before = waiting.deltas.insert(u, arrived);
-                    assert!(before.is_none(), "one delta message per unit and part");
+    /// The accounts of this shard's part that `unit` only adds to.
+    fn delta_accounts<'g>(&self, group: &'g Group, unit: &Unit) -> impl Iterator<Item = u128> + 'g {
+        let (layout, index) = (group.plan.layout, self.index);
+        group.plan.touches[unit.touches.0 as usize..unit.touches.1 as usize]
+            .iter()
+            .filter(move |t| t.delta && layout.part_of(t.account) == index)
+            .map(|t| t.account)
+    }
+
+    /// Before this shard decides `unit`: applies every due delta to an account of its
+    /// part that the unit moves (and those before it), waiting for them as needed. A
+    /// unit that names no accounts (accounts created, a reference not found) waits for
+    /// all of them.
+    fn settle_before(&self, group: &Group, unit: &Unit, held: &mut Held, backlog: &mut Backlog) {
+        self.receive_ready(held, backlog);
+        self.apply_ready(group, held, backlog);
+        let layout = group.plan.layout;
+        let touches = &group.plan.touches[unit.touches.0 as usize..unit.touches.1 as usize];
+        let settled = |backlog: &Backlog| {
+            backlog.due.is_empty()
+                || !touches.is_empty()
+                    && touches.iter().all(|t| {
+                        layout.part_of(t.account) != self.index
+                            || !backlog.accounts.contains_key(&t.account)
+                    })
+        };
+        while !settled(backlog) {
+            self.receive(held, backlog);
+            self.apply_ready(group, held, backlog);
+        }
+    }
+
+    /// Applies every due delta that has arrived, in log order, while this shard holds
+    /// its part.
+    fn apply_ready(&self, group: &Group, held: &mut Held, backlog: &mut Backlog) {
+        if !held.holds(self.index) {
+            return;
+        }
+        while let Some(&u) = backlog.due.front() {
+            let Some(deltas) = backlog.arrived.remove(&u) else {
+                return;
+            };
+            let mut part = held.take(self.index);
+            deltas.apply_to(&mut part);
+            held.insert(part);
+            backlog.due.pop_front();
+            for account in self.delta_accounts(group, &group.plan.units[u as usize]) {
+                let left = backlog
+                    .accounts
+                    .get_mut(&account)
+                    .expect("counted when due");
+                *left -= 1;
+                if *left == 0 {
+                    backlog.accounts.remove(&account);
                 }
-                Message::Group(..) | Message::Stop => panic!(
-                    "shard {}: waiting for part {missing_part:?} or the deltas of unit \
-                     {missing_deltas:?}, got a new group or stop",
-                    self.index
-                ),
             }
+        }
+    }
+
+    /// Receives until this shard holds every part of `parts`. True when it had to wait.
+    fn wait_for_parts(&self, parts: u64, held: &mut Held, backlog: &mut Backlog) -> bool {
+        let mut had_to_wait = false;
+        while (0..self.peers.len()).any(|p| parts & (1 << p) != 0 && !held.holds(p)) {
+            had_to_wait = true;
+            self.receive(held, backlog);
+        }
+        had_to_wait
+    }
+
+    /// Takes in every message already queued, without waiting.
+    fn receive_ready(&self, held: &mut Held, backlog: &mut Backlog) {
+        while let Ok(message) = self.inbox.try_recv() {
+            self.take_in(message, held, backlog);
+        }
+    }
+
+    /// Waits for one message and takes it in.
+    fn receive(&self, held: &mut Held, backlog: &mut Backlog) {
+        let message = self.inbox.recv().expect("the pool outlives a group");
+        self.take_in(message, held, backlog);
+    }
+
+    fn take_in(&self, message: Message, held: &mut Held, backlog: &mut Backlog) {
+        match message {
+            Message::Part(part) => held.insert(part),
+            Message::Deltas(u, arrived) => {
+                let before = backlog.arrived.insert(u, arrived);
+                assert!(before.is_none(), "one delta message per unit and part");
+            }
+            Message::Group(..) | Message::Stop => panic!(
+                "shard {}: a new group or stop arrived inside a group",
+                self.index
+            ),
         }
     }
 
     /// Sends each part of `parts` (of unit `u`'s mask) to the executor of that part's
     /// next step, keeps it when that is this shard, or returns it after its last step.
-    fn forward(&self, group: &Group, u: usize, parts: u64, held: &mut Held) {
+    /// This shard's own part leaves only once its due deltas are applied.
+    fn forward(&self, group: &Group, u: usize, parts: u64, held: &mut Held, backlog: &mut Backlog) {
         let unit = &group.plan.units[u];
         let mut slot = group.offsets[u] as usize;
         for part in 0..self.peers.len() {
@@ -484,15 +560,27 @@ impl Shard {
             if parts & (1 << part) == 0 {
                 continue;
             }
-            if next == NONE {
-                let _ = self.back.send(Back::Part(held.take(part)));
+            let executor = match next {
+                NONE => None,
+                next => Some(group.executor(next, part)),
+            };
+            if executor == Some(self.index) {
                 continue;
             }
-            let executor = group.executor(next, part);
-            if executor != self.index {
-                self.peers[executor]
+            if part == self.index {
+                self.apply_ready(group, held, backlog);
+                while !backlog.due.is_empty() {
+                    self.receive(held, backlog);
+                    self.apply_ready(group, held, backlog);
+                }
+            }
+            match executor {
+                None => {
+                    let _ = self.back.send(Back::Part(held.take(part)));
+                }
+                Some(executor) => self.peers[executor]
                     .send(Message::Part(held.take(part)))
-                    .expect("shard threads live as long as the pool");
+                    .expect("shard threads live as long as the pool"),
             }
         }
         debug_assert_eq!(slot, group.offsets[u + 1] as usize);

@@ -34,6 +34,11 @@ impl DeltaAccounts {
         }
     }
 
+    /// True when `id` is kept.
+    pub(crate) fn contains(&self, id: u128) -> bool {
+        self.slots.contains_key(&id)
+    }
+
     /// The number of accounts kept.
     pub fn len(&self) -> usize {
         self.slots.len()

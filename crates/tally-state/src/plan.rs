@@ -317,6 +317,9 @@ impl Planner<'_> {
     /// Keeps the committed record of `account` (of `part`), which a unit only adds to:
     /// escrow marks only accounts that exist before the group.
     fn keep_delta_account(&mut self, part: usize, account: u128) {
+        if self.plan.delta_accounts.contains(account) {
+            return;
+        }
         let home = &self.state.parts[part];
         let index = home
             .account_position(account)
