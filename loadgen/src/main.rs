@@ -180,6 +180,11 @@ struct Cli {
     /// (a transfer its payer's), so 32 keeps each customer's records on one shard.
     #[arg(long, default_value_t = Placement::WHOLE_ID)]
     placement_bits: Placement,
+    /// With several shards, decide the units of groups of at least N events without the
+    /// parts they only add to, sending those parts deltas (escrow; 0: every group).
+    /// Default: the engine's, off.
+    #[arg(long)]
+    shard_deltas_from: Option<usize>,
     /// Data directory (wiped at start unless --keep).
     #[arg(long, default_value = "tally-data/loadgen")]
     data: PathBuf,
@@ -595,6 +600,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
     let options = EngineOptions {
         shards: cli.shards,
         placement: cli.placement_bits,
+        shard_deltas_from: cli.shard_deltas_from,
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),

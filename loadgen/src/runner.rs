@@ -652,6 +652,8 @@ mod tests {
             shards: 2,
             // Each payer's transfers on its shard, as the festival's ids are issued.
             placement: tally_engine::Placement::low_bits(32).expect("in range"),
+            // Every group decided with deltas where its units only add to a part.
+            shard_deltas_from: Some(0),
             busy_immediately: true,
             unsafe_no_sync: false,
             commit_interval: None,

@@ -35,6 +35,13 @@ pub struct Config {
     /// on one shard. Like the shard count, results and state never depend on it, and a
     /// ledger may reopen with another placement (docs/sharding.md, "Placement").
     pub placement: Placement,
+    /// With several shards, the fewest events a group must hold for its units to be
+    /// decided without the parts they only add to, which then take deltas instead of
+    /// being lent (escrow, docs/sharding.md). 0: every group; `usize::MAX` (the
+    /// default): none, every unit holds all its parts. On two cores escrow gained up
+    /// to 1.3 × in max mode but lost in the festival (docs/performance.md, "Shards"),
+    /// so it is off until it wins both. Results and state never depend on it.
+    pub shard_deltas_from: usize,
     /// `Fdatasync` (the default) or the unsafe no-sync mode for benchmarks only.
     pub sync: SyncMode,
     /// Most batches waiting in the submission queue.
@@ -114,6 +121,7 @@ impl Config {
             data_dir: data_dir.as_ref().to_path_buf(),
             shards: 0,
             placement: Placement::WHOLE_ID,
+            shard_deltas_from: usize::MAX,
             sync: SyncMode::Fdatasync,
             queue_batches_max: 65_536,
             group_events_max: 65_536,

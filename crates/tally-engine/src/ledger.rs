@@ -166,11 +166,14 @@ impl Ledger {
         let pool = match shards {
             1 => None,
             _ => Some(
-                ShardPool::start(shards, Arc::clone(&shard_counters)).map_err(|source| {
-                    EngineError::Thread {
-                        name: "tally-shard",
-                        source,
-                    }
+                ShardPool::start(
+                    shards,
+                    config.shard_deltas_from,
+                    Arc::clone(&shard_counters),
+                )
+                .map_err(|source| EngineError::Thread {
+                    name: "tally-shard",
+                    source,
                 })?,
             ),
         };

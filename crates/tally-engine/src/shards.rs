@@ -200,12 +200,18 @@ pub(crate) struct ShardPool {
     inboxes: Vec<Sender<Message>>,
     back: Receiver<Back>,
     threads: Vec<JoinHandle<()>>,
+    /// The fewest events of a group planned with escrow ([`crate::Config::shard_deltas_from`]).
+    deltas_from: usize,
     pub counters: Arc<ShardCounters>,
 }
 
 impl ShardPool {
     /// Starts `shards` threads (2 to [`tally_state::PARTS_MAX`]).
-    pub fn start(shards: usize, counters: Arc<ShardCounters>) -> std::io::Result<ShardPool> {
+    pub fn start(
+        shards: usize,
+        deltas_from: usize,
+        counters: Arc<ShardCounters>,
+    ) -> std::io::Result<ShardPool> {
         assert!((2..=tally_state::PARTS_MAX).contains(&shards));
         // Per group: every part once and one `Done` per shard.
         let (back_tx, back) = bounded(2 * shards);
@@ -230,6 +236,7 @@ impl ShardPool {
             inboxes,
             back,
             threads,
+            deltas_from,
             counters,
         })
     }
@@ -241,8 +248,15 @@ impl ShardPool {
         let shards = self.inboxes.len();
         assert_eq!(state.part_count(), shards, "one part per shard");
         let stamped: Vec<_> = records.iter().map(|r| (r.timestamp, &r.batch)).collect();
-        let plan = match tally_state::plan_with_escrow(state, &stamped) {
-            Ok(plan) => within_delta_bound(plan, shards),
+        let events: usize = records.iter().map(|r| r.batch.len()).sum();
+        let planned = if events >= self.deltas_from {
+            tally_state::plan_with_escrow(state, &stamped)
+                .map(|plan| within_delta_bound(plan, shards))
+        } else {
+            tally_state::plan(state, &stamped)
+        };
+        let plan = match planned {
+            Ok(plan) => plan,
             Err(_) => {
                 self.counters.groups_serial.fetch_add(1, Ordering::Relaxed);
                 return records
@@ -686,7 +700,7 @@ mod tests {
         let mut plan = tally_state::plan(&state, &stamped).expect("a plan");
         assert_eq!(plan.units[0].mask, 0b11, "the payment spans both parts");
         plan.units[0].mask = 0b01; // broken: part 1 (the credit account) left out
-        let pool = ShardPool::start(parts, Arc::new(ShardCounters::default())).expect("start");
+        let pool = ShardPool::start(parts, 0, Arc::new(ShardCounters::default())).expect("start");
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pool.run_plan(&mut state, records, plan)
         }));
@@ -794,7 +808,7 @@ mod loom_tests {
                 .iter()
                 .map(|r| reference.apply(r.timestamp, &r.batch))
                 .collect();
-            let pool = ShardPool::start(parts, Arc::new(ShardCounters::default()))
+            let pool = ShardPool::start(parts, 0, Arc::new(ShardCounters::default()))
                 .expect("start shard threads");
             let got = pool.apply(&mut state, records);
             drop(pool);

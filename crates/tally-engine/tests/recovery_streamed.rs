@@ -16,6 +16,8 @@ const BATCHES: u64 = 30;
 fn config(dir: &Path, shards: usize) -> Config {
     Config {
         shards,
+        // Replayed groups decide with deltas wherever a unit only adds to a part.
+        shard_deltas_from: 0,
         preallocate_segments: false,
         snapshot_events_interval: 0,
         // One record per submitted batch: expiries wait for the next batch.

@@ -144,11 +144,14 @@ fn reference_reads(reference: &StateMachine) -> Reads {
     }
 }
 
-fn concurrent_run(shards: usize, placement: Placement, skew: Accounts) {
+/// Concurrent traffic on `shards` shards; groups of `deltas_from` events or more decide
+/// their units with deltas (`Config::shard_deltas_from`).
+fn concurrent_run(shards: usize, placement: Placement, skew: Accounts, deltas_from: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
     config.shards = shards;
     config.placement = placement;
+    config.shard_deltas_from = deltas_from;
     // No idle expiry pulse: one between the image and the shutdown would be logged
     // after the state compared.
     config.expire_when_idle = false;
@@ -237,7 +240,11 @@ fn concurrent_run(shards: usize, placement: Placement, skew: Accounts) {
     if shards > 1 {
         assert!(metrics.shard_units > 1_000, "{metrics:?}");
         assert!(metrics.shard_units_spanning > 0, "{metrics:?}");
-        assert!(metrics.shard_units_with_deltas > 0, "{metrics:?}");
+        match deltas_from {
+            0 => assert!(metrics.shard_units_with_deltas > 0, "{metrics:?}"),
+            usize::MAX => assert_eq!(metrics.shard_units_with_deltas, 0, "{metrics:?}"),
+            _ => {}
+        }
     } else {
         assert_eq!(metrics.shard_units, 0);
     }
@@ -246,9 +253,12 @@ fn concurrent_run(shards: usize, placement: Placement, skew: Accounts) {
 #[test]
 fn concurrent_traffic_matches_the_reference_on_1_2_3_4_and_8_shards() {
     for shards in [1, 2, 3, 4, 8] {
-        concurrent_run(shards, Placement::WHOLE_ID, Accounts::Uniform);
-        concurrent_run(shards, Placement::WHOLE_ID, Accounts::Hot);
+        concurrent_run(shards, Placement::WHOLE_ID, Accounts::Uniform, 0);
+        concurrent_run(shards, Placement::WHOLE_ID, Accounts::Hot, 0);
     }
+    // Parts lent whole for every group (the default), and deltas for large groups only.
+    concurrent_run(2, Placement::WHOLE_ID, Accounts::Hot, usize::MAX);
+    concurrent_run(3, Placement::WHOLE_ID, Accounts::Hot, 1_024);
 }
 
 /// Ids placed by their two lowest bits: the workload's small ids crowd onto few shards,
@@ -257,8 +267,8 @@ fn concurrent_traffic_matches_the_reference_on_1_2_3_4_and_8_shards() {
 fn concurrent_traffic_placed_by_key_bits_matches_the_reference() {
     let placement = Placement::low_bits(2).unwrap();
     for shards in [2, 3] {
-        concurrent_run(shards, placement, Accounts::Uniform);
-        concurrent_run(shards, placement, Accounts::Hot);
+        concurrent_run(shards, placement, Accounts::Uniform, 0);
+        concurrent_run(shards, placement, Accounts::Hot, 0);
     }
 }
 
@@ -271,6 +281,7 @@ fn expiry_across_shards_matches_the_reference() {
         let mut config = Config::new(dir.path());
         config.shards = shards;
         config.manual_clock = true;
+        config.shard_deltas_from = 0;
         let ledger = Ledger::open(config).unwrap();
         let mut workload = Workload::new(7 + shards as u64, Accounts::Hot);
         let mut rng = tally_testkit::SeededRng::new(shards as u64);
@@ -439,6 +450,7 @@ fn balances_with_results_are_the_reference_balances_right_after_each_event() {
         config.shards = shards;
         config.manual_clock = true;
         config.change_events = change_events;
+        config.shard_deltas_from = 0;
         let ledger = Ledger::open(config).unwrap();
         let mut workload = Workload::new(40 + shards as u64, Accounts::Hot);
         let mut rng = tally_testkit::SeededRng::new(9);

@@ -27,6 +27,9 @@ pub struct EngineOptions {
     pub shards: usize,
     /// Which bits of an id place it on a shard.
     pub placement: Placement,
+    /// The fewest events of a group whose units the shards decide with deltas
+    /// (`Config::shard_deltas_from`); `None` keeps the engine's default.
+    pub shard_deltas_from: Option<usize>,
     /// Festival callers must never block a tokio worker: `busy` at once on a full queue.
     /// Max mode's plain caller threads may wait briefly.
     pub busy_immediately: bool,
@@ -54,6 +57,9 @@ impl EngineTarget {
         let mut config = Config::new(data_dir);
         config.shards = options.shards;
         config.placement = options.placement;
+        if let Some(events) = options.shard_deltas_from {
+            config.shard_deltas_from = events;
+        }
         config.accounts_capacity = options.accounts_capacity;
         config.transfers_capacity = options.transfers_capacity;
         config.backpressure = if options.busy_immediately {
