@@ -477,8 +477,10 @@ impl Shard {
     /// unit that names no accounts (accounts created, a reference not found) waits for
     /// all of them.
     fn settle_before(&self, group: &Group, unit: &Unit, held: &mut Held, backlog: &mut Backlog) {
+        if backlog.due.is_empty() {
+            return;
+        }
         self.receive_ready(held, backlog);
-        self.apply_ready(group, held, backlog);
         let layout = group.plan.layout;
         let touches = &group.plan.touches[unit.touches.0 as usize..unit.touches.1 as usize];
         let settled = |backlog: &Backlog| {
@@ -489,7 +491,19 @@ impl Shard {
                             || !backlog.accounts.contains_key(&t.account)
                     })
         };
-        while !settled(backlog) {
+        self.apply_until(group, held, backlog, settled);
+    }
+
+    /// Applies due deltas as they arrive, receiving, until `done`.
+    fn apply_until(
+        &self,
+        group: &Group,
+        held: &mut Held,
+        backlog: &mut Backlog,
+        done: impl Fn(&Backlog) -> bool,
+    ) {
+        self.apply_ready(group, held, backlog);
+        while !done(backlog) {
             self.receive(held, backlog);
             self.apply_ready(group, held, backlog);
         }
@@ -582,11 +596,7 @@ impl Shard {
                 continue;
             }
             if part == self.index {
-                self.apply_ready(group, held, backlog);
-                while !backlog.due.is_empty() {
-                    self.receive(held, backlog);
-                    self.apply_ready(group, held, backlog);
-                }
+                self.apply_until(group, held, backlog, |backlog| backlog.due.is_empty());
             }
             match executor {
                 None => {

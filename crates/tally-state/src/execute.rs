@@ -106,14 +106,8 @@ impl StateMachine {
         overtake: bool,
         mut pick: impl FnMut(usize) -> usize,
     ) -> Vec<Vec<ResultCode>> {
-        if let Some(&(first, _)) = batches.first() {
-            assert!(first > self.last_timestamp, "time must move forward");
-        }
         let count = self.part_count();
-        let mut results: Vec<Vec<ResultCode>> = batches
-            .iter()
-            .map(|(_, b)| vec![ResultCode::Ok; b.len()])
-            .collect();
+        let (mut results, mut idle) = self.start_planned(batches);
         // Per part, its units in log order.
         let mut queues: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (u, unit) in plan.units.iter().enumerate() {
@@ -147,10 +141,6 @@ impl StateMachine {
         // Every part waits here; a unit holds only the parts of its mask, as on a shard
         // thread, so a plan that misses a part panics here too.
         let mut ran = vec![false; plan.units.len()];
-        let mut idle = Held::new(self.layout);
-        for part in self.take_parts() {
-            idle.insert(part);
-        }
         loop {
             let next: Vec<Vec<usize>> = (0..count).map(|p| ready_on(p, &done, &first)).collect();
             let mut ready: Vec<usize> = next
@@ -169,20 +159,10 @@ impl StateMachine {
             let u = ready[pick(ready.len()) % ready.len()];
             let unit = &plan.units[u];
             let (stamp, batch) = batches[unit.batch as usize];
-            let slice = match unit.work {
-                Work::Events { start, end } => {
-                    &mut results[unit.batch as usize][start as usize..end as usize]
-                }
-                Work::Expire { .. } => &mut [][..],
-            };
-            let mut held = Held::new(self.layout);
-            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
-                held.insert(idle.take(part));
-            }
+            let slice = unit_results(&mut results, unit);
+            let mut held = lend(&mut idle, unit.mask);
             run_unit(&mut held, unit, stamp, batch, slice);
-            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
-                idle.insert(held.take(part));
-            }
+            take_back(&mut idle, held, unit.mask);
             ran[u] = true;
             for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
                 let at = first[part]
@@ -197,8 +177,7 @@ impl StateMachine {
             }
         }
         assert!(ran.iter().all(|&ran| ran), "every unit ran");
-        let parts = (0..count).map(|part| idle.take(part)).collect();
-        self.restore_parts(parts, plan.last_timestamp);
+        self.finish_planned(idle, plan.last_timestamp);
         results
     }
 
@@ -215,14 +194,8 @@ impl StateMachine {
         plan: &Plan,
         mut pick: impl FnMut(usize) -> usize,
     ) -> Vec<Vec<ResultCode>> {
-        if let Some(&(first, _)) = batches.first() {
-            assert!(first > self.last_timestamp, "time must move forward");
-        }
         let count = self.part_count();
-        let mut results: Vec<Vec<ResultCode>> = batches
-            .iter()
-            .map(|(_, b)| vec![ResultCode::Ok; b.len()])
-            .collect();
+        let (mut results, mut idle) = self.start_planned(batches);
         // Per part, its units in log order, each with whether the unit is decided with
         // this part held (or only takes deltas here).
         let mut queues: Vec<VecDeque<(usize, bool)>> = vec![VecDeque::new(); count];
@@ -235,10 +208,6 @@ impl StateMachine {
             }
         }
         let mut decided: Vec<Option<Deltas>> = vec![None; plan.units.len()];
-        let mut idle = Held::new(self.layout);
-        for part in self.take_parts() {
-            idle.insert(part);
-        }
         loop {
             // (unit, None): decide it; (unit, Some(part)): apply its deltas to `part`.
             let mut ready: Vec<(usize, Option<usize>)> = Vec::new();
@@ -273,29 +242,71 @@ impl StateMachine {
                 continue;
             }
             let (stamp, batch) = batches[unit.batch as usize];
-            let slice = match unit.work {
-                Work::Events { start, end } => {
-                    &mut results[unit.batch as usize][start as usize..end as usize]
-                }
-                Work::Expire { .. } => &mut [][..],
-            };
+            let slice = unit_results(&mut results, unit);
             let deciding = unit.mask & !unit.deltas;
-            let mut held = Held::new(self.layout);
-            for part in (0..count).filter(|p| deciding & (1 << p) != 0) {
-                held.insert(idle.take(part));
-            }
+            let mut held = lend(&mut idle, deciding);
             let mut deltas = Deltas::default();
             decide_unit(&mut held, plan, unit, stamp, batch, slice, &mut deltas);
             assert_eq!(deltas.parts() & !unit.deltas, 0, "deltas go to delta parts");
+            take_back(&mut idle, held, deciding);
             for part in (0..count).filter(|p| deciding & (1 << p) != 0) {
-                idle.insert(held.take(part));
                 queues[part].pop_front();
             }
             decided[u] = Some(deltas);
         }
         assert!(queues.iter().all(VecDeque::is_empty), "every unit ran");
-        let parts = (0..count).map(|part| idle.take(part)).collect();
-        self.restore_parts(parts, plan.last_timestamp);
+        self.finish_planned(idle, plan.last_timestamp);
         results
+    }
+
+    /// The start of a group applied by plan on this thread: time must move forward; one
+    /// result per event, `Ok` until its unit runs; every part idle, to be lent.
+    fn start_planned(&mut self, batches: &[(u64, &Batch)]) -> (Vec<Vec<ResultCode>>, Held) {
+        if let Some(&(first, _)) = batches.first() {
+            assert!(first > self.last_timestamp, "time must move forward");
+        }
+        let results = batches
+            .iter()
+            .map(|(_, b)| vec![ResultCode::Ok; b.len()])
+            .collect();
+        let mut idle = Held::new(self.layout);
+        for part in self.take_parts() {
+            idle.insert(part);
+        }
+        (results, idle)
+    }
+
+    /// The end of a group applied by plan: every part back in the state.
+    fn finish_planned(&mut self, mut idle: Held, last_timestamp: u64) {
+        let parts = (0..self.layout.count())
+            .map(|part| idle.take(part))
+            .collect();
+        self.restore_parts(parts, last_timestamp);
+    }
+}
+
+/// The results of `unit`'s events (none for an expiry).
+fn unit_results<'r>(results: &'r mut [Vec<ResultCode>], unit: &Unit) -> &'r mut [ResultCode] {
+    match unit.work {
+        Work::Events { start, end } => {
+            &mut results[unit.batch as usize][start as usize..end as usize]
+        }
+        Work::Expire { .. } => &mut [][..],
+    }
+}
+
+/// The parts of `mask`, taken from `idle` for one unit.
+fn lend(idle: &mut Held, mask: u64) -> Held {
+    let mut held = Held::new(idle.layout());
+    for part in (0..held.count()).filter(|p| mask & (1 << p) != 0) {
+        held.insert(idle.take(part));
+    }
+    held
+}
+
+/// The parts of `mask` back from `held` to `idle`.
+fn take_back(idle: &mut Held, mut held: Held, mask: u64) {
+    for part in (0..held.count()).filter(|p| mask & (1 << p) != 0) {
+        idle.insert(held.take(part));
     }
 }
