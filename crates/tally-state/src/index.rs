@@ -7,6 +7,10 @@
 //! One array and no separate control bytes: a lookup's first probe and its neighbours
 //! share one cache line, so at a million accounts a lookup costs one index miss where
 //! hashbrown's split control bytes and slots cost two (apply is memory-bound).
+//!
+//! A large index grows a step at a time ([`Move`]): the entries of the table it
+//! outgrew move into the new one a few slots per insert, so that no insert waits for
+//! all of them (re-placing 46 M entries takes 0.36 s on a quiet 2-core machine).
 
 use crate::hints::{advise_huge_pages, prefetch};
 use std::hash::BuildHasher;
@@ -38,12 +42,22 @@ pub(crate) const GROW_ELSEWHERE_SLOTS_MIN: usize = 1 << 20;
 const ASK_NUM: usize = 5;
 const ASK_DEN: usize = 8;
 
+/// From this many slots (1 MiB) on, a table that is outgrown moves into the next one a
+/// step at a time ([`Move`]); a smaller one moves at once, in well under a millisecond.
+const MOVE_FROM_SLOTS: usize = 1 << 17;
+
+/// Slots of the outgrown table moved per entry inserted, at least: with a table twice
+/// the size, the move ends after an eighth of the old table's slots in inserts (2 M at
+/// 67 M slots), long before the new table fills (a quarter of the new table's slots).
+const MOVE_SLOTS_PER_INSERT: usize = 32;
+
 /// Seeded per index at random (foldhash), which keeps hash flooding by chosen ids
 /// impractical.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct IdIndex {
     /// `bits << 32 | (position + 1)`, or [`EMPTY`]; the length is 0 or a power of two.
     slots: Vec<u64>,
+    /// Ids indexed, in `slots` and in the table still moving into it.
     len: usize,
     /// Entries the table holds before it must grow (LOAD_NUM / LOAD_DEN of the slots):
     /// one compare per insert instead of the load arithmetic.
@@ -54,6 +68,58 @@ pub(crate) struct IdIndex {
     grow_elsewhere_from: usize,
     /// The largest table asked for so far: each is asked for once.
     asked_slots: usize,
+    /// The outgrown table whose entries are moving into `slots`.
+    moving: Move,
+    /// Tables from this many slots on move a step at a time ([`MOVE_FROM_SLOTS`]).
+    move_from_slots: usize,
+    /// Slots moved per entry inserted ([`MOVE_SLOTS_PER_INSERT`]).
+    move_slots_per_insert: usize,
+}
+
+impl Default for IdIndex {
+    fn default() -> IdIndex {
+        IdIndex {
+            slots: Vec::new(),
+            len: 0,
+            len_max: 0,
+            hasher: foldhash::fast::RandomState::default(),
+            grow_elsewhere_from: 0,
+            asked_slots: 0,
+            moving: Move::default(),
+            move_from_slots: MOVE_FROM_SLOTS,
+            move_slots_per_insert: MOVE_SLOTS_PER_INSERT,
+        }
+    }
+}
+
+/// An outgrown table moving into the next one a step at a time, from an empty slot
+/// (`start`) onwards, whole runs of occupied slots per step. Since both ends of the
+/// moved stretch are empty slots, an entry whose home slot lies in the moved stretch
+/// lies in it too (linear probing fills every slot from its home to it), and an entry
+/// homed outside it lies outside it. So an id homed in the moved stretch is looked up
+/// in the new table only; one homed outside it may be in either: in the old table if
+/// it was there before the move, in the new one if inserted since (an insert checks
+/// the old table first, so never both). The old table is only read from, except
+/// that removals and replacements of entries not yet moved happen in it; its moved
+/// stretch keeps stale copies that nothing reads.
+#[derive(Debug, Clone, Default)]
+struct Move {
+    /// The outgrown table, or empty when no move is under way.
+    slots: Vec<u64>,
+    /// An empty slot of `slots`, where the move began.
+    start: usize,
+    /// Slots moved from `start` onwards (cyclically); the next one is empty.
+    moved: usize,
+}
+
+impl Move {
+    /// Whether an entry with hash `bits` lies in the moved stretch (true when no move
+    /// is under way: every entry is in the new table).
+    #[inline]
+    fn has_moved(&self, bits: u32) -> bool {
+        let slots = self.slots.len();
+        slots == 0 || ((bits as usize).wrapping_sub(self.start) & (slots - 1)) < self.moved
+    }
 }
 
 /// Slots of a table with room for `entries` (a power of two; see [`LOAD_NUM`]).
@@ -117,51 +183,131 @@ fn position_of(slot: u64) -> u32 {
     (slot as u32) - 1
 }
 
+/// The slot of `slots` (a power of two long, not empty) holding the id whose hash is
+/// `bits`, if any; `matches(slot)` checks an occupied slot whose hash bits match.
+#[inline]
+fn find_in(slots: &[u64], bits: u32, matches: impl Fn(u64) -> bool) -> Option<usize> {
+    let mask = slots.len() - 1;
+    let mut at = bits as usize & mask;
+    loop {
+        let slot = slots[at];
+        if slot == EMPTY {
+            return None;
+        }
+        if bits_of(slot) == bits && matches(slot) {
+            return Some(at);
+        }
+        at = (at + 1) & mask;
+    }
+}
+
+/// Puts `entry`, whose id is in no slot, into the first empty slot from its home.
+#[inline]
+fn place(slots: &mut [u64], entry: u64) {
+    let mask = slots.len() - 1;
+    let mut at = bits_of(entry) as usize & mask;
+    while slots[at] != EMPTY {
+        at = (at + 1) & mask;
+    }
+    slots[at] = entry;
+}
+
+/// Empties slot `hole`. The entries after it in its run move back to close the gap,
+/// so that every entry stays reachable from its home slot without tombstones (and the
+/// run's empty ends stay where they were, or nearer).
+fn remove_at(slots: &mut [u64], mut hole: usize) {
+    let mask = slots.len() - 1;
+    let mut next = (hole + 1) & mask;
+    loop {
+        let slot = slots[next];
+        if slot == EMPTY {
+            break;
+        }
+        let home = bits_of(slot) as usize & mask;
+        // The entry at `next` may fill the hole unless its home lies cyclically
+        // after the hole, up to `next` (then the hole is not on its probe path).
+        let home_after_hole = (next.wrapping_sub(home) & mask) < (next.wrapping_sub(hole) & mask);
+        if !home_after_hole {
+            slots[hole] = slot;
+            hole = next;
+        }
+        next = (next + 1) & mask;
+    }
+    slots[hole] = EMPTY;
+}
+
+/// Where an id's entry is: which table, and the slot.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    New(usize),
+    Old(usize),
+}
+
 impl IdIndex {
     #[inline]
     fn bits(&self, id: u128) -> u32 {
         (self.hasher.hash_one(id) >> 32) as u32
     }
 
+    /// The entry of the id whose hash is `bits`, if any: in the table in use, or in the
+    /// one moving into it when the id is homed where the move has not reached.
     #[inline]
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    /// The slot holding `id`, if any.
-    #[inline]
-    fn find(&self, id: u128, bits: u32, id_at: impl Fn(u32) -> u128) -> Option<usize> {
+    fn find(&self, bits: u32, matches: impl Fn(u64) -> bool) -> Option<Found> {
         if self.slots.is_empty() {
             return None;
         }
-        let mask = self.mask();
-        let mut at = bits as usize & mask;
-        loop {
-            let slot = self.slots[at];
-            if slot == EMPTY {
-                return None;
-            }
-            if bits_of(slot) == bits && id_at(position_of(slot)) == id {
-                return Some(at);
-            }
-            at = (at + 1) & mask;
+        if let Some(at) = find_in(&self.slots, bits, &matches) {
+            return Some(Found::New(at));
         }
+        if self.moving.has_moved(bits) {
+            return None;
+        }
+        find_in(&self.moving.slots, bits, matches).map(Found::Old)
+    }
+
+    /// The slot value of a [`Found`] entry.
+    #[inline]
+    fn slot(&self, found: Found) -> u64 {
+        match found {
+            Found::New(at) => self.slots[at],
+            Found::Old(at) => self.moving.slots[at],
+        }
+    }
+
+    /// Overwrites a [`Found`] entry with `entry`, an entry of the same id.
+    fn set(&mut self, found: Found, entry: u64) {
+        match found {
+            Found::New(at) => self.slots[at] = entry,
+            Found::Old(at) => self.moving.slots[at] = entry,
+        }
+    }
+
+    /// The entry of `id`; `id_at` reads the id of the record at a position.
+    #[inline]
+    fn find_id(&self, id: u128, bits: u32, id_at: impl Fn(u32) -> u128) -> Option<Found> {
+        self.find(bits, |slot| id_at(position_of(slot)) == id)
     }
 
     /// The position of `id`; `id_at` reads the id of the record at a position.
     #[inline]
     pub fn get(&self, id: u128, id_at: impl Fn(u32) -> u128) -> Option<u32> {
         let bits = self.bits(id);
-        self.find(id, bits, id_at)
-            .map(|at| position_of(self.slots[at]))
+        self.find_id(id, bits, id_at)
+            .map(|found| position_of(self.slot(found)))
     }
 
-    /// Starts loading the cache line of `id`'s home slot (see [`crate::prefetch`]).
+    /// Starts loading the cache line of `id`'s home slot (see [`crate::prefetch`]), and
+    /// of its home in a table still moving, where the move has not reached it.
     #[inline]
     pub fn prefetch_home(&self, id: u128) {
         if !self.slots.is_empty() {
-            let at = self.bits(id) as usize & self.mask();
+            let bits = self.bits(id);
+            let at = bits as usize & (self.slots.len() - 1);
             prefetch(self.slots.as_ptr().wrapping_add(at));
+            if !self.moving.has_moved(bits) {
+                let old = &self.moving.slots;
+                prefetch(old.as_ptr().wrapping_add(bits as usize & (old.len() - 1)));
+            }
         }
     }
 
@@ -171,8 +317,8 @@ impl IdIndex {
     /// id's position (or `None`) when `id` is not indexed.
     #[inline]
     pub fn candidate(&self, id: u128) -> Option<u32> {
-        self.find(id, self.bits(id), |_| id)
-            .map(|at| position_of(self.slots[at]))
+        self.find(self.bits(id), |_| true)
+            .map(|found| position_of(self.slot(found)))
     }
 
     /// Adds `id` at `position`, in one probe sequence; false (and nothing changed) when
@@ -185,7 +331,18 @@ impl IdIndex {
         }
         debug_assert!(self.len < self.len_max);
         let bits = self.bits(id);
-        let mask = self.mask();
+        if !self.moving.slots.is_empty() {
+            self.move_step(self.move_slots_per_insert);
+            if !self.moving.has_moved(bits)
+                && find_in(&self.moving.slots, bits, |slot| {
+                    id_at(position_of(slot)) == id
+                })
+                .is_some()
+            {
+                return false;
+            }
+        }
+        let mask = self.slots.len() - 1;
         let mut at = bits as usize & mask;
         loop {
             let slot = self.slots[at];
@@ -205,9 +362,9 @@ impl IdIndex {
     /// newest record of a value); false when `id` has no entry.
     pub fn replace(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
         let bits = self.bits(id);
-        match self.find(id, bits, id_at) {
-            Some(at) => {
-                self.slots[at] = pack(bits, position);
+        match self.find_id(id, bits, id_at) {
+            Some(found) => {
+                self.set(found, pack(bits, position));
                 true
             }
             None => false,
@@ -216,36 +373,18 @@ impl IdIndex {
 
     /// Bytes of memory held.
     pub fn bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<u64>()
+        (self.slots.capacity() + self.moving.slots.capacity()) * std::mem::size_of::<u64>()
     }
 
-    /// Removes `id` (its record must still be readable through `id_at`). The entries
-    /// after it in its run move back to close the gap, so that every entry stays
-    /// reachable from its home slot without tombstones.
+    /// Removes `id` (its record must still be readable through `id_at`).
     pub fn remove(&mut self, id: u128, id_at: impl Fn(u32) -> u128) {
         let bits = self.bits(id);
-        let Some(mut hole) = self.find(id, bits, id_at) else {
-            return;
-        };
-        let mask = self.mask();
-        let mut next = (hole + 1) & mask;
-        loop {
-            let slot = self.slots[next];
-            if slot == EMPTY {
-                break;
-            }
-            let home = bits_of(slot) as usize & mask;
-            // The entry at `next` may fill the hole unless its home lies cyclically
-            // after the hole, up to `next` (then the hole is not on its probe path).
-            let home_after_hole =
-                (next.wrapping_sub(home) & mask) < (next.wrapping_sub(hole) & mask);
-            if !home_after_hole {
-                self.slots[hole] = slot;
-                hole = next;
-            }
-            next = (next + 1) & mask;
+        match self.find_id(id, bits, id_at) {
+            None => return,
+            Some(Found::New(at)) => remove_at(&mut self.slots, at),
+            // Within a run the move has not reached: its empty ends stay empty.
+            Some(Found::Old(at)) => remove_at(&mut self.moving.slots, at),
         }
-        self.slots[hole] = EMPTY;
         self.len -= 1;
     }
 
@@ -258,7 +397,7 @@ impl IdIndex {
         if wanted * LOAD_DEN <= self.slots.len() * LOAD_NUM {
             return;
         }
-        self.rehash_into(fresh_table(slots_for(wanted)));
+        self.grow_into(fresh_table(slots_for(wanted)));
     }
 
     /// Slots in the table now.
@@ -287,34 +426,73 @@ impl IdIndex {
         Some(next)
     }
 
-    /// Moves every entry into `table` and keeps it, when it is larger than the table
-    /// in use, or as large and this index empty (else drops it and returns false):
-    /// growth into memory prepared elsewhere.
+    /// Grows into `table` when it is larger than the table in use, or as large and
+    /// this index empty (else drops it and returns false): growth into memory prepared
+    /// elsewhere.
     pub fn adopt(&mut self, table: IndexTable) -> bool {
         // An empty index also swaps a table as large, for one faulted in.
         let larger = table.slots.len() > self.slots.len();
         if !(larger || (self.len == 0 && table.slots.len() == self.slots.len())) {
             return false;
         }
-        self.rehash_into(table.slots);
+        self.grow_into(table.slots);
         true
     }
 
-    /// Re-places every entry into `table` (empty, a power of two large enough), from the
-    /// stored bits, and keeps it.
-    fn rehash_into(&mut self, table: Vec<u64>) {
+    /// Makes `table` (empty, a power of two large enough for every entry) the table in
+    /// use, and moves the entries into it: all at once from a small table, else a step
+    /// at a time ([`Move`]). A move still under way ends first.
+    fn grow_into(&mut self, table: Vec<u64>) {
         let slots = table.len();
-        debug_assert!(slots.is_power_of_two() && slots * LOAD_NUM >= self.len * LOAD_DEN);
+        assert!(slots.is_power_of_two() && slots * LOAD_NUM >= self.len * LOAD_DEN);
+        self.finish_move();
         self.len_max = slots * LOAD_NUM / LOAD_DEN;
         let old = std::mem::replace(&mut self.slots, table);
-        let mask = slots - 1;
-        for slot in old.into_iter().filter(|&slot| slot != EMPTY) {
-            let mut at = bits_of(slot) as usize & mask;
-            while self.slots[at] != EMPTY {
-                at = (at + 1) & mask;
-            }
-            self.slots[at] = slot;
+        if self.len == 0 {
+            return;
         }
+        if old.len() < self.move_from_slots {
+            for slot in old.into_iter().filter(|&slot| slot != EMPTY) {
+                place(&mut self.slots, slot);
+            }
+            return;
+        }
+        // Not full (it grows at three quarters), so an empty slot to start from.
+        let start = old.iter().position(|&slot| slot == EMPTY);
+        let start = start.expect("an outgrown table has empty slots");
+        self.moving = Move {
+            slots: old,
+            start,
+            moved: 0,
+        };
+    }
+
+    /// Moves at least `budget` slots of the outgrown table (fewer at its end), up to
+    /// the next empty slot; drops the table once every slot has moved.
+    fn move_step(&mut self, budget: usize) {
+        let old = &self.moving.slots;
+        let (slots, mask) = (old.len(), old.len().wrapping_sub(1));
+        let mut moved = self.moving.moved;
+        let end = (moved + budget).min(slots);
+        while moved < slots && (moved < end || old[(self.moving.start + moved) & mask] != EMPTY) {
+            let slot = old[(self.moving.start + moved) & mask];
+            if slot != EMPTY {
+                place(&mut self.slots, slot);
+            }
+            moved += 1;
+        }
+        self.moving.moved = moved;
+        if moved == slots {
+            self.moving = Move::default();
+        }
+    }
+
+    /// Ends a move under way at once.
+    fn finish_move(&mut self) {
+        if !self.moving.slots.is_empty() {
+            self.move_step(self.moving.slots.len());
+        }
+        debug_assert!(self.moving.slots.is_empty());
     }
 
     /// The entry that [`IdIndex::insert_gathered`] inserts for `id` at `position`:
@@ -345,11 +523,59 @@ impl IdIndex {
         id_at: impl Fn(u32) -> u128,
         mut found: impl FnMut(u32, u32) -> Result<(), E>,
     ) -> Result<(), E> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         self.reserve(entries.len());
-        let mask = self.mask();
-        // A counting sort by the top bits of the home slot, into buckets of 8,192
-        // slots (64 KiB) or, past 2^29 slots, up to 2^16 buckets; each bucket is
-        // filled before the next.
+        if !self.moving.slots.is_empty() {
+            self.move_step(entries.len().saturating_mul(self.move_slots_per_insert));
+        }
+        self.sort_gathered(entries, scratch);
+        let mask = self.slots.len() - 1;
+        for &entry in scratch.iter() {
+            let bits = bits_of(entry);
+            let id = || id_at(position_of(entry));
+            // Ids are read only when the hash bits match: the records lie at random.
+            if let Some(old) = self.find_not_moved(bits, |slot| id_at(position_of(slot)) == id()) {
+                found(position_of(self.moving.slots[old]), position_of(entry))?;
+                self.moving.slots[old] = entry;
+                continue;
+            }
+            let mut at = bits as usize & mask;
+            loop {
+                let slot = self.slots[at];
+                if slot == EMPTY {
+                    self.slots[at] = entry;
+                    self.len += 1;
+                    break;
+                }
+                if bits_of(slot) == bits && id_at(position_of(slot)) == id() {
+                    found(position_of(slot), position_of(entry))?;
+                    self.slots[at] = entry;
+                    break;
+                }
+                at = (at + 1) & mask;
+            }
+        }
+        debug_assert!(self.len <= self.len_max);
+        Ok(())
+    }
+
+    /// The slot of the outgrown table holding the id whose hash is `bits`, when a move
+    /// is under way and has not reached it.
+    #[inline]
+    fn find_not_moved(&self, bits: u32, matches: impl Fn(u64) -> bool) -> Option<usize> {
+        if self.moving.has_moved(bits) {
+            return None;
+        }
+        find_in(&self.moving.slots, bits, matches)
+    }
+
+    /// Puts `entries` into `scratch` in the order of their home slots: a counting sort
+    /// by the top bits of the home slot, into buckets of 8,192 slots (64 KiB) or, past
+    /// 2^29 slots, up to 2^16 buckets.
+    fn sort_gathered(&self, entries: &[u64], scratch: &mut Vec<u64>) {
+        let mask = self.slots.len() - 1;
         let table_bits = self.slots.len().trailing_zeros();
         let bucket_bits = table_bits
             .saturating_sub(GATHER_BUCKET_SLOTS_BITS)
@@ -370,33 +596,25 @@ impl IdIndex {
             scratch[*to] = entry;
             *to += 1;
         }
-        for &entry in scratch.iter() {
-            let bits = bits_of(entry);
-            let mut at = bits as usize & mask;
-            loop {
-                let slot = self.slots[at];
-                if slot == EMPTY {
-                    self.slots[at] = entry;
-                    self.len += 1;
-                    break;
-                }
-                // Ids are read only when the hash bits match: the records lie at random.
-                if bits_of(slot) == bits && id_at(position_of(slot)) == id_at(position_of(entry)) {
-                    found(position_of(slot), position_of(entry))?;
-                    self.slots[at] = entry;
-                    break;
-                }
-                at = (at + 1) & mask;
-            }
-        }
-        debug_assert!(self.len <= self.len_max);
-        Ok(())
     }
 
     /// Ids indexed.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Moves tables from `from_slots` slots on, `per_insert` slots per insert.
+    #[cfg(test)]
+    fn move_in_steps(&mut self, from_slots: usize, per_insert: usize) {
+        self.move_from_slots = from_slots;
+        self.move_slots_per_insert = per_insert;
+    }
+
+    /// Whether a move is under way.
+    #[cfg(test)]
+    fn is_moving(&self) -> bool {
+        !self.moving.slots.is_empty()
     }
 }
 
@@ -543,5 +761,123 @@ mod tests {
         }
         // Load stays at or under three quarters.
         assert!(index.len() * LOAD_DEN <= index.slots.len() * LOAD_NUM);
+    }
+
+    /// Random inserts, removes, replacements and gathered inserts on an index whose
+    /// tables move a slot per insert, grown both by itself and into larger tables
+    /// adopted mid-move, compared with a `HashMap` after every step: whatever the
+    /// move has reached, every id is found once, where it was last put.
+    #[test]
+    fn matches_a_hash_map_while_tables_move_a_step_at_a_time() {
+        let mut rng = crate::test_support::SeededRng::new(11);
+        // Positions name ids: position p is id `ids[p % ids.len()]`, so the records
+        // of one id are many (a replacement points it at another of them).
+        let ids: Vec<u128> = (0..3_000u128).map(|n| (n << 80) | (n * 97 + 5)).collect();
+        let id_at = |position: u32| ids[position as usize % ids.len()];
+        let mut index = IdIndex::default();
+        index.move_in_steps(16, 1);
+        let mut model: HashMap<u128, u32> = HashMap::new();
+        let (mut moves_seen, mut scratch) = (0, Vec::new());
+        for step in 0..120_000u32 {
+            let position = rng.below(ids.len() as u64 * 4) as u32;
+            let id = id_at(position);
+            match rng.below(10) {
+                0..=1 => {
+                    index.remove(id, id_at);
+                    model.remove(&id);
+                }
+                2 => {
+                    let replaced = index.replace(id, position, id_at);
+                    assert_eq!(replaced, model.contains_key(&id), "step {step}");
+                    if replaced {
+                        model.insert(id, position);
+                    }
+                }
+                3 if step % 7 == 0 => {
+                    // A gathered flush of a few entries, later ones of an id winning.
+                    let positions: Vec<u32> = (0..rng.below(40))
+                        .map(|_| rng.below(ids.len() as u64 * 4) as u32)
+                        .collect();
+                    let entries: Vec<u64> = positions
+                        .iter()
+                        .map(|&p| index.gather(id_at(p), p))
+                        .collect();
+                    index
+                        .insert_gathered(&entries, &mut scratch, id_at, |old, new| {
+                            assert_eq!(id_at(old), id_at(new));
+                            Ok::<(), ()>(())
+                        })
+                        .unwrap();
+                    for p in positions {
+                        model.insert(id_at(p), p);
+                    }
+                }
+                4 if step % 1_001 == 0 && index.slots() > 0 => {
+                    // A prepared table, twice or four times larger, adopted mid-move.
+                    let slots = index.slots() << (1 + rng.below(2));
+                    assert!(index.adopt(IndexTable::prefaulted(slots)));
+                }
+                _ => {
+                    let inserted = index.insert(id, position, id_at);
+                    assert_eq!(inserted, !model.contains_key(&id), "step {step}");
+                    if inserted {
+                        model.insert(id, position);
+                    }
+                }
+            }
+            moves_seen += usize::from(index.is_moving());
+            assert_eq!(index.len(), model.len(), "step {step}");
+            if step % 113 == 0 {
+                for &probe in &ids {
+                    let want = model.get(&probe).copied();
+                    assert_eq!(index.get(probe, id_at), want, "step {step}");
+                    if let Some(position) = want {
+                        assert_eq!(index.candidate(probe), Some(position), "step {step}");
+                    }
+                }
+            }
+        }
+        assert!(
+            moves_seen > 10_000,
+            "moves were under way: {moves_seen} steps"
+        );
+        index.finish_move();
+        for &probe in &ids {
+            assert_eq!(index.get(probe, id_at), model.get(&probe).copied());
+        }
+    }
+
+    /// A large table moves a step at a time: the move is under way after growth, ends
+    /// after an eighth of its slots in inserts, and the outgrown table is freed then.
+    #[test]
+    fn a_large_table_moves_in_steps_and_is_freed_when_moved() {
+        let ids: Vec<u128> = (0..400_000u128).map(|n| n * 0x9e37_79b9 + 1).collect();
+        let id_at = |position: u32| ids[position as usize];
+        let mut index = IdIndex::default();
+        let mut grew_at = None;
+        for (position, &id) in ids.iter().enumerate() {
+            let slots = index.slots();
+            assert!(index.insert(id, position as u32, id_at));
+            if index.slots() > slots && slots >= MOVE_FROM_SLOTS {
+                assert!(index.is_moving(), "{slots} slots move in steps");
+                assert_eq!(index.bytes(), (slots + index.slots()) * 8);
+                grew_at = Some(position);
+            }
+            if let Some(grew) = grew_at
+                && !index.is_moving()
+            {
+                let inserts = position - grew;
+                assert!(inserts <= slots / MOVE_SLOTS_PER_INSERT + 1, "{inserts}");
+                assert_eq!(index.bytes(), index.slots() * 8, "the old table freed");
+                grew_at = None;
+            }
+        }
+        assert!(
+            index.slots() >= 2 * MOVE_FROM_SLOTS,
+            "grew past the threshold"
+        );
+        for (position, &id) in ids.iter().enumerate() {
+            assert_eq!(index.get(id, id_at), Some(position as u32));
+        }
     }
 }
