@@ -5,14 +5,18 @@ use clap::Args;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tally_log::LogError;
-use tally_log::events::EventReader;
+use tally_log::events::{EventReader, UnreadableTail};
 use tally_types::CHANGE_EVENTS_LIMIT_MAX;
 use tally_types::currency::CurrencyTable;
 
 /// How long `--follow` waits before looking for new events again.
 const FOLLOW_POLL_INTERVAL_MS: u64 = 20;
+
+/// How long a frame that does not check may stay at the end of the journal before it
+/// is reported: a frame being written reads so only for an instant.
+const UNREADABLE_TAIL_SETTLE_MS: u64 = 500;
 
 /// The journal's directory inside a data directory.
 pub(crate) const EVENTS_DIR_NAME: &str = "events";
@@ -43,6 +47,7 @@ pub(crate) fn events(args: EventsArgs) -> Result<ExitCode, String> {
     };
     let mut remaining = args.limit.unwrap_or(u64::MAX);
     let mut out = io::stdout().lock();
+    let mut tail_watch = TailWatch::default();
     while remaining > 0 {
         let limit = usize::try_from(remaining).map_or(CHANGE_EVENTS_LIMIT_MAX, |remaining| {
             remaining.min(CHANGE_EVENTS_LIMIT_MAX)
@@ -60,7 +65,11 @@ pub(crate) fn events(args: EventsArgs) -> Result<ExitCode, String> {
             Err(error) => return Err(error.to_string()),
         };
         if events.is_empty() {
-            if !args.follow {
+            if let Some(tail) = reader.unreadable_tail() {
+                if tail_watch.settled(tail) {
+                    report_unreadable_tail(tail, args.follow)?;
+                }
+            } else if !args.follow {
                 break;
             }
             std::thread::sleep(Duration::from_millis(FOLLOW_POLL_INTERVAL_MS));
@@ -81,4 +90,64 @@ pub(crate) fn events(args: EventsArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long the reader has been stopped at one frame that does not check.
+#[derive(Default)]
+struct TailWatch {
+    at: Option<(std::path::PathBuf, u64, Instant)>,
+    reported: bool,
+}
+
+impl TailWatch {
+    /// Whether `tail` has stayed long enough to be reported, once.
+    fn settled(&mut self, tail: &UnreadableTail) -> bool {
+        match &self.at {
+            Some((path, offset, _)) if *path == tail.path && *offset == tail.offset => {}
+            _ => {
+                self.at = Some((tail.path.clone(), tail.offset, Instant::now()));
+                self.reported = false;
+            }
+        }
+        let since = self
+            .at
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, _, since)| since.elapsed());
+        let settled = !self.reported && since >= Duration::from_millis(UNREADABLE_TAIL_SETTLE_MS);
+        self.reported |= settled;
+        settled
+    }
+}
+
+/// A frame that does not check where the journal ends: damage when a valid frame
+/// follows it (an error), else a write cut short by a crash (a warning on stderr; an
+/// error without `--follow`, since events are missing from what was printed).
+fn report_unreadable_tail(tail: &UnreadableTail, follow: bool) -> Result<(), String> {
+    let at = format!(
+        "{} offset {}: {}",
+        tail.path.display(),
+        tail.offset,
+        tail.reason
+    );
+    let after = tail
+        .valid_frame_after()
+        .map_err(|error| error.to_string())?;
+    if let Some(valid) = after {
+        return Err(format!(
+            "change-event journal damaged at {at}; a valid frame follows at byte {valid} \
+             (the ledger cuts the journal there and writes its events again from the log \
+             when it next opens)"
+        ));
+    }
+    let message = format!(
+        "the change-event journal ends in a frame that does not check at {at} (a write \
+         cut short by a crash, or damage); the events after it are in the log, and the \
+         ledger writes them again when it next opens"
+    );
+    if follow {
+        eprintln!("tally events: warning: {message}");
+        Ok(())
+    } else {
+        Err(message)
+    }
 }

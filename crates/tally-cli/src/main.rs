@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tally_engine::{Config, EngineError, Ledger, Placement};
 use tally_json::{LedgerLookup, Request, RequestLine};
+use tally_log::LogError;
 use tally_state::StateMachine;
 use tally_types::currency::CurrencyTable;
 use tally_types::{BATCH_EVENTS_MAX, Batch};
@@ -386,14 +387,20 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
             "warning: the last segment's header never reached the disk (a crash during rotation); the next `tally apply` removes it"
         );
     }
-    let mut violations: Vec<String> = state.check_invariants().into_iter().map(|v| v.0).collect();
+    let journal = check_journal(&data.join(events::EVENTS_DIR_NAME));
+    println!("{}", journal.summary);
+    for warning in &journal.warnings {
+        println!("warning: {warning}");
+    }
+    let mut violations = journal.violations;
+    violations.extend(state.check_invariants().into_iter().map(|v| v.0));
     violations.extend(check_references(&state));
     let (accounts, transfers) = (state.account_count(), state.transfer_count());
     violations.truncate(100);
     println!("state: {accounts} account(s), {transfers} transfer(s) replayed");
     if violations.is_empty() {
         println!(
-            "verify: ok (checksums, replay, conservation per ledger, balance limits, pending reservations, refund bounds, references)"
+            "verify: ok (checksums, replay, change-event journal, conservation per ledger, balance limits, pending reservations, refund bounds, references)"
         );
         Ok(ExitCode::SUCCESS)
     } else {
@@ -403,6 +410,78 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
         println!("verify: FAILED ({} violation(s) shown)", violations.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// What reading the whole change-event journal found.
+struct JournalCheck {
+    summary: String,
+    warnings: Vec<String>,
+    violations: Vec<String>,
+}
+
+/// Reads the change-event journal in `dir` from end to end, checking every frame's
+/// checksums and the order of timestamps (the directory's lock is held, so no writer
+/// is appending). Events that retention deleted are not missing.
+fn check_journal(dir: &Path) -> JournalCheck {
+    let mut check = JournalCheck {
+        summary: String::new(),
+        warnings: Vec::new(),
+        violations: Vec::new(),
+    };
+    let (mut count, mut first, mut last) = (0u64, None, 0u64);
+    let read = (|| -> Result<Option<tally_log::events::UnreadableTail>, LogError> {
+        let mut reader = tally_log::events::EventReader::open(dir)?;
+        let mut timestamp_min = 0;
+        loop {
+            let events = match reader.read(timestamp_min, tally_types::CHANGE_EVENTS_LIMIT_MAX) {
+                Err(LogError::EventsRetired {
+                    first_timestamp_retained,
+                    ..
+                }) if count == 0 && timestamp_min < first_timestamp_retained => {
+                    timestamp_min = first_timestamp_retained;
+                    continue;
+                }
+                read => read?,
+            };
+            let Some(newest) = events.last() else {
+                return Ok(reader.unreadable_tail().cloned());
+            };
+            count += events.len() as u64;
+            first.get_or_insert(events[0].timestamp);
+            last = newest.timestamp;
+            timestamp_min = last + 1;
+        }
+    })();
+    check.summary = match first {
+        Some(first) => {
+            format!("events: {count} event(s) in the journal, timestamps {first}..={last}")
+        }
+        None => "events: none in the journal".to_string(),
+    };
+    match read {
+        Err(error) => check
+            .violations
+            .push(format!("change-event journal: {error}")),
+        Ok(None) => {}
+        Ok(Some(tail)) => {
+            let at = format!(
+                "{} offset {}: {}",
+                tail.path.display(),
+                tail.offset,
+                tail.reason
+            );
+            match tail.valid_frame_after() {
+                Ok(Some(valid)) => check.violations.push(format!(
+                    "change-event journal damaged at {at}; a valid frame follows at byte {valid} (the next open cuts the journal there and writes its events again from the log)"
+                )),
+                Ok(None) => check.warnings.push(format!(
+                    "the change-event journal ends in a frame that does not check at {at} (a write cut short by a crash, or damage); the next open cuts it and writes the events after it again from the log"
+                )),
+                Err(error) => check.violations.push(format!("change-event journal: {error}")),
+            }
+        }
+    }
+    check
 }
 
 /// Every transfer names existing accounts of its own ledger and a unique id, and the

@@ -235,3 +235,89 @@ fn follow_stops_after_the_limit() {
     assert_eq!(rest, lines([2, 3]));
     assert!(wait_for_exit(&mut child, Duration::from_secs(20)).success());
 }
+
+/// Three frames of one event each, written and closed; the journal's one segment.
+fn three_frames(data: &Path) -> std::path::PathBuf {
+    let mut writer = journal(data);
+    for timestamp in [10, 12, 14] {
+        append(&mut writer, [timestamp]);
+    }
+    writer.sync().unwrap();
+    drop(writer);
+    let segments: Vec<_> = std::fs::read_dir(data.join("events"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments[0].clone()
+}
+
+/// Where the `nth` frame (from 0) of a segment starts, by its magic.
+fn frame_offset(segment: &Path, nth: usize) -> usize {
+    let bytes = std::fs::read(segment).unwrap();
+    let starts: Vec<usize> = (0..bytes.len() - 3)
+        .filter(|&at| &bytes[at..at + 4] == b"TEVF")
+        .collect();
+    starts[nth]
+}
+
+fn run(args: &[&str], data: &Path) -> std::process::Output {
+    tally().args(args).arg("--data").arg(data).output().unwrap()
+}
+
+#[test]
+fn damage_inside_the_journal_is_reported_by_events_and_verify() {
+    let data = tempfile::tempdir().unwrap();
+    let segment = three_frames(data.path());
+    let second = frame_offset(&segment, 1);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[second + 60] ^= 0xff; // inside the second frame's body
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let output = run(&["events"], data.path());
+    assert!(!output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        lines([10]),
+        "the events before it"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("damaged"), "{stderr}");
+    assert!(stderr.contains(&format!("offset {second}")), "{stderr}");
+
+    let output = run(&["verify"], data.path());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!output.status.success(), "{stdout}");
+    assert!(stdout.contains("change-event journal damaged"), "{stdout}");
+    assert!(stdout.contains(&segment.display().to_string()), "{stdout}");
+}
+
+#[test]
+fn a_journal_cut_short_is_a_warning_for_verify_and_an_error_for_events() {
+    let data = tempfile::tempdir().unwrap();
+    let segment = three_frames(data.path());
+    let third = frame_offset(&segment, 2);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(third as u64 + 20).unwrap();
+    drop(file);
+
+    let output = run(&["events"], data.path());
+    assert!(!output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), lines([10, 12]));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("does not check"), "{stderr}");
+
+    let output = run(&["verify"], data.path());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("events: 2 event(s)"), "{stdout}");
+    assert!(
+        stdout.contains("warning: the change-event journal ends"),
+        "{stdout}"
+    );
+}

@@ -25,4 +25,4 @@ pub use journal::{
     EventJournal, JOURNAL_CACHED_BYTES, JOURNAL_RETENTION_BYTES_DEFAULT,
     JOURNAL_SEGMENT_BYTES_MAX_DEFAULT, JournalOptions,
 };
-pub use reader::EventReader;
+pub use reader::{EventReader, UnreadableTail};

@@ -1,7 +1,9 @@
 //! Readers of the journal: no lock, in this process or another, while the writer
 //! appends, rolls and deletes segments.
 
-use super::format::{FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_frame_body};
+use super::format::{
+    FRAME_HEADER_SIZE, FRAME_MAGIC, SEGMENT_HEADER_SIZE, decode_frame_body, decode_frame_header,
+};
 use super::segments::{
     SegmentFile, list_segments, open_segment, read_at_most, read_frame_header, read_segment_header,
 };
@@ -45,6 +47,47 @@ enum Entered {
     Gone,
 }
 
+/// A frame at the end of what the newest segment holds that does not check
+/// ([`EventReader::unreadable_tail`]): one the writer is writing at this moment (it
+/// finishes it at once), a write cut short by a crash, or damage. Opening the ledger
+/// cuts it, and everything after it, and writes the events again from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the frame starts.
+    pub offset: u64,
+    /// Why it does not check.
+    pub reason: String,
+}
+
+impl UnreadableTail {
+    /// Where a frame with a valid header starts after this one, if any: then the bad
+    /// frame is damage inside the journal, not a write cut short at its end.
+    pub fn valid_frame_after(&self) -> Result<Option<u64>, LogError> {
+        let file = File::open(&self.path)
+            .map_err(|error| LogError::io(self.path.clone(), "open", error))?;
+        // A window of 1 MiB at a time, overlapping by a header less one byte.
+        let mut window = vec![0u8; 1 << 20];
+        let mut from = self.offset + 1;
+        loop {
+            let read = read_at_most(&file, &self.path, from, &mut window)?;
+            let bytes = &window[..read];
+            let found = (0..read.saturating_sub(FRAME_HEADER_SIZE - 1)).find(|&at| {
+                bytes[at..].starts_with(&FRAME_MAGIC)
+                    && decode_frame_header(&bytes[at..at + FRAME_HEADER_SIZE]).is_ok()
+            });
+            if let Some(at) = found {
+                return Ok(Some(from + at as u64));
+            }
+            if read < window.len() {
+                return Ok(None);
+            }
+            from += (read - (FRAME_HEADER_SIZE - 1)) as u64;
+        }
+    }
+}
+
 /// A reader of the event journal (docs/log-format.md §6). Takes no lock: it works while
 /// the writer, even in another process, appends, rolls segments and deletes old ones.
 #[derive(Debug)]
@@ -59,6 +102,8 @@ pub struct EventReader {
     decoded_frame: Option<(u64, u64)>,
     /// One frame body; at most `FRAME_BYTES_MAX`.
     body: Vec<u8>,
+    /// Where the last [`EventReader::read`] stopped at a frame that does not check.
+    unreadable_tail: Option<UnreadableTail>,
 }
 
 impl EventReader {
@@ -71,7 +116,16 @@ impl EventReader {
             decoded: Vec::new(),
             decoded_frame: None,
             body: Vec::new(),
+            unreadable_tail: None,
         })
+    }
+
+    /// The frame that the last [`EventReader::read`] stopped at because it does not
+    /// check, at the end of the newest segment; `None` when it read up to the end of
+    /// what is written. A frame being written reads so for an instant; one that stays
+    /// is a write cut short by a crash or damage ([`UnreadableTail`]).
+    pub fn unreadable_tail(&self) -> Option<&UnreadableTail> {
+        self.unreadable_tail.as_ref()
     }
 
     /// Timestamp of the oldest event the journal holds now, if any.
@@ -89,6 +143,7 @@ impl EventReader {
     /// not at the tail of the newest segment.
     pub fn read(&mut self, timestamp_min: u64, limit: usize) -> Result<Vec<ChangeEvent>, LogError> {
         let mut events = Vec::new();
+        self.unreadable_tail = None;
         if limit == 0 {
             return Ok(events);
         }
@@ -100,7 +155,8 @@ impl EventReader {
             self.cursor = self.seek(timestamp_min)?;
         }
         while self.cursor.is_some() {
-            if let Stop::Full = self.read_frames(timestamp_min, limit, &mut events)? {
+            let stop = self.read_frames(timestamp_min, limit, &mut events)?;
+            if let Stop::Full = stop {
                 break;
             }
             let listed = list_segments(&self.dir)?;
@@ -109,7 +165,15 @@ impl EventReader {
                 .iter()
                 .find(|segment| segment.first_timestamp > cursor.segment.first_timestamp)
             else {
-                break; // The newest segment: the rest is not written yet.
+                // The newest segment: the rest is not written yet, or does not check.
+                if let Stop::End(Some(reason)) = stop {
+                    self.unreadable_tail = Some(UnreadableTail {
+                        path: cursor.segment.path.clone(),
+                        offset: cursor.offset,
+                        reason,
+                    });
+                }
+                break;
             };
             let newest = listed.last() == Some(next);
             // The writer finished this segment before it started `next`: read to its
