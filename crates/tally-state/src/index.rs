@@ -265,15 +265,6 @@ impl IdIndex {
         find_in(&self.moving.slots, bits, matches).map(Found::Old)
     }
 
-    /// The slot value of a [`Found`] entry.
-    #[inline]
-    fn slot(&self, found: Found) -> u64 {
-        match found {
-            Found::New(at) => self.slots[at],
-            Found::Old(at) => self.moving.slots[at],
-        }
-    }
-
     /// Overwrites a [`Found`] entry with `entry`, an entry of the same id.
     fn set(&mut self, found: Found, entry: u64) {
         match found {
@@ -291,9 +282,25 @@ impl IdIndex {
     /// The position of `id`; `id_at` reads the id of the record at a position.
     #[inline]
     pub fn get(&self, id: u128, id_at: impl Fn(u32) -> u128) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
         let bits = self.bits(id);
-        self.find_id(id, bits, id_at)
-            .map(|found| position_of(self.slot(found)))
+        let matches = |slot: u64| id_at(position_of(slot)) == id;
+        match find_in(&self.slots, bits, &matches) {
+            Some(at) => Some(position_of(self.slots[at])),
+            None if self.moving.slots.is_empty() => None,
+            None => self.not_moved(bits, matches),
+        }
+    }
+
+    /// The position in the table still moving of the entry with hash `bits` that
+    /// `matches`, where the move has not reached it.
+    #[cold]
+    #[inline(never)]
+    fn not_moved(&self, bits: u32, matches: impl Fn(u64) -> bool) -> Option<u32> {
+        self.find_not_moved(bits, matches)
+            .map(|at| position_of(self.moving.slots[at]))
     }
 
     /// Starts loading the cache line of `id`'s home slot (see [`crate::prefetch`]), and
@@ -304,7 +311,7 @@ impl IdIndex {
             let bits = self.bits(id);
             let at = bits as usize & (self.slots.len() - 1);
             prefetch(self.slots.as_ptr().wrapping_add(at));
-            if !self.moving.has_moved(bits) {
+            if !self.moving.slots.is_empty() && !self.moving.has_moved(bits) {
                 let old = &self.moving.slots;
                 prefetch(old.as_ptr().wrapping_add(bits as usize & (old.len() - 1)));
             }
@@ -317,8 +324,15 @@ impl IdIndex {
     /// id's position (or `None`) when `id` is not indexed.
     #[inline]
     pub fn candidate(&self, id: u128) -> Option<u32> {
-        self.find(self.bits(id), |_| true)
-            .map(|found| position_of(self.slot(found)))
+        if self.slots.is_empty() {
+            return None;
+        }
+        let bits = self.bits(id);
+        match find_in(&self.slots, bits, |_| true) {
+            Some(at) => Some(position_of(self.slots[at])),
+            None if self.moving.slots.is_empty() => None,
+            None => self.not_moved(bits, |_| true),
+        }
     }
 
     /// Adds `id` at `position`, in one probe sequence; false (and nothing changed) when
@@ -330,18 +344,10 @@ impl IdIndex {
             self.reserve(1);
         }
         debug_assert!(self.len < self.len_max);
-        let bits = self.bits(id);
         if !self.moving.slots.is_empty() {
-            self.move_step(self.move_slots_per_insert);
-            if !self.moving.has_moved(bits)
-                && find_in(&self.moving.slots, bits, |slot| {
-                    id_at(position_of(slot)) == id
-                })
-                .is_some()
-            {
-                return false;
-            }
+            return self.insert_moving(id, position, id_at);
         }
+        let bits = self.bits(id);
         let mask = self.slots.len() - 1;
         let mut at = bits as usize & mask;
         loop {
@@ -356,6 +362,24 @@ impl IdIndex {
             }
             at = (at + 1) & mask;
         }
+    }
+
+    /// [`IdIndex::insert`] while a table moves: the id must be in neither table, and
+    /// the move takes its step.
+    #[cold]
+    #[inline(never)]
+    fn insert_moving(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
+        let bits = self.bits(id);
+        let matches = |slot: u64| id_at(position_of(slot)) == id;
+        if find_in(&self.slots, bits, &matches).is_some()
+            || self.not_moved(bits, &matches).is_some()
+        {
+            return false;
+        }
+        place(&mut self.slots, pack(bits, position));
+        self.len += 1;
+        self.move_step(self.move_slots_per_insert);
+        true
     }
 
     /// Points `id`'s entry at `position`, a record with the same id (a value index's
@@ -389,6 +413,7 @@ impl IdIndex {
     }
 
     /// Room for `additional` more ids without a resize.
+    #[inline(never)]
     pub fn reserve(&mut self, additional: usize) {
         let wanted = self
             .len
@@ -468,7 +493,10 @@ impl IdIndex {
     }
 
     /// Moves at least `budget` slots of the outgrown table (fewer at its end), up to
-    /// the next empty slot; drops the table once every slot has moved.
+    /// the next empty slot; drops the table once every slot has moved. Out of line:
+    /// the inserts that call it stay small.
+    #[cold]
+    #[inline(never)]
     fn move_step(&mut self, budget: usize) {
         let old = &self.moving.slots;
         let (slots, mask) = (old.len(), old.len().wrapping_sub(1));
