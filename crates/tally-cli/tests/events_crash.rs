@@ -167,11 +167,25 @@ fn get_change_events_answers_through_tally_apply() {
         .unwrap();
     writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
     let output = child.wait_with_output().unwrap();
-    let answers: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let answers: Vec<Value> = stdout
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
+    // Each event in the form `tally events` prints it, field order included.
+    let printed = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["events", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let printed: Vec<&str> = std::str::from_utf8(&printed.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(
+        stdout.lines().nth(3).unwrap(),
+        format!(r#"{{"change_events":[{}]}}"#, printed.join(","))
+    );
     let first_two = answers[2]["change_events"].as_array().unwrap();
     assert_eq!(first_two.len(), 2);
     assert_eq!(first_two[0]["type"], "account_created");

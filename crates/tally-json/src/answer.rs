@@ -250,6 +250,11 @@ struct AccountsAnswer {
 }
 
 #[derive(Serialize)]
+struct ChangeEventsAnswer {
+    change_events: Vec<ChangeEventJson>,
+}
+
+#[derive(Serialize)]
 struct TransfersAnswer {
     transfers: Vec<TransferJson>,
 }
@@ -385,13 +390,14 @@ pub fn change_event_json(event: &ChangeEvent, currencies: &CurrencyTable) -> ser
     value(&ChangeEventJson::new(event, currencies))
 }
 
-/// `{"change_events": [...]}`: the answer to `get_change_events`, in commit order.
+/// `{"change_events": [...]}`: the answer to `get_change_events`, in commit order, each
+/// event's fields in the order of a `tally events` line.
 pub fn change_events_answer(events: &[ChangeEvent], currencies: &CurrencyTable) -> String {
-    let events: Vec<serde_json::Value> = events
+    let change_events = events
         .iter()
-        .map(|event| change_event_json(event, currencies))
+        .map(|event| ChangeEventJson::new(event, currencies))
         .collect();
-    serde_json::json!({ "change_events": events }).to_string()
+    line(&ChangeEventsAnswer { change_events })
 }
 
 /// One change event on one line, fields in the order of docs/spec.md §4: a line of
