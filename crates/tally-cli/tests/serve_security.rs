@@ -301,20 +301,37 @@ async fn a_token_may_call_only_its_operations_on_its_ledgers() {
     let call = payer.create_transfers(create_transfers(vec![transfer(12, 3, 4, 1, EUR)]));
     denied("payer moves EUR", call.await);
 
-    // Ledger 0 (taken from the pending transfer) cannot be checked: refused.
+    // Ledger 0 on a post or void is the pending transfer's: checked against the stored
+    // one, refused when it is not stored.
     let mut pending = transfer(13, 1, 2, 100, USD);
     pending.flags = TransferFlags::PENDING.bits().into();
     let applied = payer
         .create_transfers(create_transfers(vec![pending]))
         .await;
     all_ok(&applied.unwrap().into_inner(), 1);
-    let mut post = transfer(14, 1, 2, 100, 0);
-    post.flags = TransferFlags::POST_PENDING_TRANSFER.bits().into();
-    post.pending_id = u128_to_proto(13);
-    let call = payer.create_transfers(create_transfers(vec![post]));
-    denied("payer posts with ledger 0", call.await);
     let mut admin = fixture.client(Auth::bearer(&fixture.admin)).await;
-    assert_eq!(found_transfers(&mut admin, &[12, 13, 14]).await, vec![13]);
+    let mut eur_pending = transfer(15, 3, 4, 100, EUR);
+    eur_pending.flags = TransferFlags::PENDING.bits().into();
+    let applied = admin
+        .create_transfers(create_transfers(vec![eur_pending]))
+        .await;
+    all_ok(&applied.unwrap().into_inner(), 1);
+    let settle = |id: u128, pending_id: u128, flag: TransferFlags| {
+        let mut settle = transfer(id, 0, 0, 0, 0);
+        settle.flags = flag.bits().into();
+        settle.pending_id = u128_to_proto(pending_id);
+        settle
+    };
+    let unknown = settle(14, 99, TransferFlags::POST_PENDING_TRANSFER);
+    let call = payer.create_transfers(create_transfers(vec![unknown]));
+    denied("payer posts an unknown pending with ledger 0", call.await);
+    let eur_void = settle(16, 15, TransferFlags::VOID_PENDING_TRANSFER);
+    let call = payer.create_transfers(create_transfers(vec![eur_void]));
+    denied("payer voids a EUR pending with ledger 0", call.await);
+    assert_eq!(
+        found_transfers(&mut admin, &[12, 13, 14, 15, 16]).await,
+        vec![13, 15]
+    );
     assert_eq!(
         found_accounts(&mut admin, &[5, 6]).await,
         Vec::<u128>::new()
@@ -333,11 +350,15 @@ async fn a_token_may_call_only_its_operations_on_its_ledgers() {
     let history = payer.get_account_transfers(filter).await.unwrap();
     assert_eq!(history.into_inner().transfers.len(), 2, "USD history shown");
 
-    // Voiding the pending transfer (ledger named) puts the balances back as seeded.
-    let mut void = transfer(14, 1, 2, 100, USD);
-    void.flags = TransferFlags::VOID_PENDING_TRANSFER.bits().into();
-    void.pending_id = u128_to_proto(13);
+    // Voiding the USD pending transfer with ledger 0 is allowed: it is the stored
+    // pending transfer's ledger. With the EUR one voided too, the balances are back.
+    let void = settle(14, 13, TransferFlags::VOID_PENDING_TRANSFER);
     let applied = payer.create_transfers(create_transfers(vec![void])).await;
+    all_ok(&applied.unwrap().into_inner(), 1);
+    let eur_void = settle(16, 15, TransferFlags::VOID_PENDING_TRANSFER);
+    let applied = admin
+        .create_transfers(create_transfers(vec![eur_void]))
+        .await;
     all_ok(&applied.unwrap().into_inner(), 1);
     assert_eq!(fixture.stop_and_dump(), seeded(), "only what was allowed");
 }

@@ -128,10 +128,15 @@ impl Rights {
             .is_none_or(|set| set.contains(&ledger))
     }
 
-    /// `PERMISSION_DENIED` unless every event's ledger is allowed. A token limited to
-    /// some ledgers must name the ledger of every event: ledger 0 (taken from the
-    /// pending or refunded transfer) is refused, since the server cannot know it
-    /// before the event is applied.
+    /// True when the token may touch every ledger.
+    pub fn ledgers_all(&self) -> bool {
+        self.ledgers.is_none()
+    }
+
+    /// `PERMISSION_DENIED` unless every event's ledger is allowed: the ledger each will
+    /// take (a post, void or refund that gives 0 takes its transfer's, resolved by the
+    /// caller). Ledger 0 left unresolved (the transfer named is not stored) is refused
+    /// to a token limited to some ledgers.
     pub fn check_ledgers(&self, ledgers: impl IntoIterator<Item = u32>) -> Result<(), Status> {
         let Some(allowed) = &self.ledgers else {
             return Ok(());
@@ -142,7 +147,7 @@ impl Rights {
                     "event {index}: token {:?} may not touch ledger {ledger}{}",
                     self.name,
                     if ledger == 0 {
-                        " (a token limited to some ledgers must name the ledger)"
+                        " (the transfer it names is not stored: name the ledger)"
                     } else {
                         ""
                     }

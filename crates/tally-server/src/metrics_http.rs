@@ -1,6 +1,8 @@
 //! Prometheus metrics over HTTP/1.1 (`--metrics ADDR`): `GET /metrics` answers the
-//! engine's figures and the server's counters as Prometheus text; every other path is
-//! 404. A deliberately small responder: one request per connection, the request
+//! engine's figures and the server's counters as Prometheus text; `GET /health` (the
+//! process answers: 200) and `GET /ready` (200 while it serves, 503 once it is
+//! stopping) give the gRPC health protocol's answer to probes that speak HTTP; every
+//! other path is 404. A deliberately small responder: one request per connection, the request
 //! bounded in size and in time, a bounded number of scrapes at once.
 
 use crate::backend::Backend;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 /// The largest request head read; a scrape's is a few hundred bytes.
 const REQUEST_BYTES_MAX: usize = 8 << 10;
@@ -23,6 +25,8 @@ const SCRAPES_CONCURRENT_MAX: usize = 8;
 pub(crate) struct Sources {
     pub(crate) backend: Backend,
     pub(crate) stats: Arc<ServerStats>,
+    /// True once the server is shutting down: no longer ready.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 impl Sources {
@@ -120,7 +124,16 @@ fn route(head: &[u8], sources: &Sources) -> Vec<u8> {
             response.extend_from_slice(body.as_bytes());
             response
         }
-        (Some(b"GET"), Some(_)) => respond(404, "Not Found", "not found: try /metrics\n"),
+        (Some(b"GET"), Some(b"/health")) => respond(200, "OK", "ok\n"),
+        (Some(b"GET"), Some(b"/ready")) => match *sources.stopping.borrow() {
+            false => respond(200, "OK", "ready\n"),
+            true => respond(503, "Service Unavailable", "stopping\n"),
+        },
+        (Some(b"GET"), Some(_)) => respond(
+            404,
+            "Not Found",
+            "not found: try /metrics, /health or /ready\n",
+        ),
         (Some(_), Some(_)) => respond(405, "Method Not Allowed", "only GET\n"),
         _ => respond(400, "Bad Request", "malformed request line\n"),
     }

@@ -132,6 +132,7 @@ impl Server {
                 let sources = metrics_http::Sources {
                     backend: backend.clone(),
                     stats: Arc::clone(&stats),
+                    stopping: stopping.subscribe(),
                 };
                 let (addr, stop) = start_metrics(addr, sources).await?;
                 (Some(addr), Some(stop))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tally_cluster::ClusterError;
 use tally_engine::{EventResult, Ledger, SubmitError, TransferResult};
 use tally_proto::v1;
-use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer};
+use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer, TransferFlags};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -224,6 +224,54 @@ fn invalid(error: tally_proto::ConvertError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
+impl LedgerService {
+    /// The ledger each transfer will take, for a token limited to some ledgers: its
+    /// own, or for a post, void or refund that gives ledger 0, that of the transfer it
+    /// names as stored now (a stored transfer's ledger never changes); 0 where that
+    /// transfer is not stored, which such a token may not touch.
+    async fn ledgers_taken(
+        &self,
+        rights: &Rights,
+        transfers: &[Transfer],
+    ) -> Result<Vec<u32>, Status> {
+        let mut ledgers: Vec<u32> = transfers.iter().map(|transfer| transfer.ledger).collect();
+        let takes_ledger = |transfer: &Transfer| {
+            transfer.ledger == 0
+                && transfer.pending_id != 0
+                && [
+                    TransferFlags::POST_PENDING_TRANSFER,
+                    TransferFlags::VOID_PENDING_TRANSFER,
+                    TransferFlags::REFUND,
+                ]
+                .into_iter()
+                .any(|flag| transfer.flags.contains(flag))
+        };
+        if rights.ledgers_all() || !transfers.iter().any(takes_ledger) {
+            return Ok(ledgers);
+        }
+        let named: Vec<u128> = transfers
+            .iter()
+            .filter(|transfer| takes_ledger(transfer))
+            .map(|transfer| transfer.pending_id)
+            .collect();
+        let stored = self
+            .backend
+            .lookup_transfers(&named)
+            .await
+            .map_err(|error| self.submit_status(&error))?;
+        let stored: std::collections::HashMap<u128, u32> = stored
+            .iter()
+            .map(|transfer| (transfer.id, transfer.ledger))
+            .collect();
+        for (ledger, transfer) in ledgers.iter_mut().zip(transfers) {
+            if takes_ledger(transfer) {
+                *ledger = stored.get(&transfer.pending_id).copied().unwrap_or(0);
+            }
+        }
+        Ok(ledgers)
+    }
+}
+
 #[tonic::async_trait]
 impl tally_proto::LedgerService for LedgerService {
     type SubscribeChangeEventsStream = ReceiverStream<Result<v1::ChangeEvent, Status>>;
@@ -261,8 +309,12 @@ impl tally_proto::LedgerService for LedgerService {
         }
         let transfers = tally_proto::transfers_from_request(request.get_ref())
             .map_err(|error| self.refuse(operation, invalid(error)))?;
+        let ledgers = self
+            .ledgers_taken(&rights, &transfers)
+            .await
+            .map_err(|status| self.refuse(operation, status))?;
         rights
-            .check_ledgers(transfers.iter().map(|transfer| transfer.ledger))
+            .check_ledgers(ledgers)
             .map_err(|status| self.refuse(operation, status))?;
         if request.get_ref().balances {
             return self.submit_with_balances(operation, transfers).await;

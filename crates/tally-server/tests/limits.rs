@@ -489,6 +489,17 @@ async fn metrics_are_served_as_prometheus_text() {
     }
     let missing = http_get(metrics, "/other").await;
     assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    // Health and readiness for probes that speak HTTP.
+    let health = http_get(metrics, "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.1 200 ") && health.ends_with("ok\n"),
+        "{health}"
+    );
+    let ready = http_get(metrics, "/ready?probe=1").await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200 ") && ready.ends_with("ready\n"),
+        "{ready}"
+    );
     // A request head that never ends is cut off, not buffered without bound.
     let mut endless = TcpStream::connect(metrics).await.unwrap();
     let chunk = vec![b'a'; 4096];
