@@ -310,7 +310,7 @@ impl tally_proto::LedgerService for LedgerService {
         let transfers = tally_proto::transfers_from_request(request.get_ref())
             .map_err(|error| self.refuse(operation, invalid(error)))?;
         let ledgers = self
-            .ledgers_taken(&rights, &transfers)
+            .ledgers_taken(rights, &transfers)
             .await
             .map_err(|status| self.refuse(operation, status))?;
         rights

@@ -287,7 +287,7 @@ impl IdIndex {
         }
         let bits = self.bits(id);
         let matches = |slot: u64| id_at(position_of(slot)) == id;
-        match find_in(&self.slots, bits, &matches) {
+        match find_in(&self.slots, bits, matches) {
             Some(at) => Some(position_of(self.slots[at])),
             None if self.moving.slots.is_empty() => None,
             None => self.not_moved(bits, matches),
@@ -371,8 +371,7 @@ impl IdIndex {
     fn insert_moving(&mut self, id: u128, position: u32, id_at: impl Fn(u32) -> u128) -> bool {
         let bits = self.bits(id);
         let matches = |slot: u64| id_at(position_of(slot)) == id;
-        if find_in(&self.slots, bits, &matches).is_some()
-            || self.not_moved(bits, &matches).is_some()
+        if find_in(&self.slots, bits, matches).is_some() || self.not_moved(bits, matches).is_some()
         {
             return false;
         }
