@@ -134,7 +134,18 @@ pub(crate) fn open(
         config.shards = shards;
     }
     config.manual_clock = manual_clock;
-    Ledger::open(config).map_err(|error| error.to_string())
+    let ledger = Ledger::open(config).map_err(|error| error.to_string())?;
+    let recovery = ledger.recovery();
+    if let Some(kept) = &recovery.torn_tail_kept {
+        // Never in silence: a crash leaves such bytes, but so does damage to the last
+        // frame, which may have been acknowledged.
+        eprintln!(
+            "tally: warning: the log ended in {} byte(s) that do not check (a write cut short by a crash, never acknowledged, or damage to the last frame); cut from the log and kept in {}",
+            recovery.torn_tail_bytes_cut,
+            kept.display()
+        );
+    }
+    Ok(ledger)
 }
 
 /// Ledger lookups for the amount-scale rule of `tally apply`.

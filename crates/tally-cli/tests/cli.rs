@@ -651,3 +651,59 @@ fn after_a_clean_exit_a_flipped_bit_in_the_newest_batch_is_reported() {
         "{message}"
     );
 }
+
+/// After a crash (no close marker) a flipped bit in the newest batch's frame cannot be
+/// told from a write cut short, so `tally apply` cuts the frame, but never in silence:
+/// it says so on stderr, naming where it kept the frame's bytes.
+#[test]
+fn after_a_crash_a_damaged_newest_frame_is_cut_with_a_warning_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let pay = r#"{"create_transfers": [{"id": "100", "debit_account_id": "3", "credit_account_id": "4", "amount": "5", "ledger": 392, "code": 1}]}"#;
+    apply(dir.path(), &[ACCOUNTS, pay], false);
+    std::fs::remove_file(dir.path().join(tally_log::layout::CLOSE_MARKER_NAME)).unwrap();
+    let name = tally_log::layout::segment_name(1);
+    let segment = dir.path().join(&name);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut offset = tally_log::layout::SEGMENT_HEADER_SIZE;
+    let mut last = offset;
+    while let Ok(header) = tally_log::layout::decode_frame_header(&bytes[offset..]) {
+        last = offset;
+        offset += header.frame_bytes as usize;
+    }
+    bytes[last + 60] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let mut child = tally()
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(
+        child.stdin.take().unwrap(),
+        r#"{{"lookup_transfers": ["100"]}}"#
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        r#"{"transfers":[]}"#
+    );
+    let kept = dir
+        .path()
+        .join(tally_log::torn_tail_name(&name, last as u64));
+    let warning = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warning.contains("warning: the log ended in")
+            && warning.contains(&kept.display().to_string()),
+        "{warning}"
+    );
+    let copy = std::fs::read(&kept).unwrap();
+    assert!(
+        !copy.is_empty() && bytes[last..].starts_with(&copy),
+        "the frame's bytes"
+    );
+}

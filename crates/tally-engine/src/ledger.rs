@@ -760,7 +760,7 @@ impl Ledger {
     /// What opening this ledger recovered (snapshot, batches and events replayed, torn
     /// tail cut) and how long it took.
     pub fn recovery(&self) -> Recovery {
-        self.shared().recovery
+        self.shared().recovery.clone()
     }
 
     /// A point-in-time copy of the ledger's counters and latency figures

@@ -35,6 +35,7 @@ pub(crate) fn recover(
     let sequence_last = recovery.sequence_last;
     recovery.torn_tail_bytes_cut = repairs.torn_tail_bytes_cut;
     recovery.torn_segment_removed = repairs.torn_segment_removed;
+    recovery.torn_tail_kept = repairs.torn_tail_kept;
     assert_eq!(
         repairs.records, recovery.batches,
         "every record read was replayed"
@@ -119,7 +120,7 @@ pub(crate) fn replay_read_only(
 }
 
 /// What opening a ledger recovered, and how long it took.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// The snapshot loaded (the last sequence it includes), if any.
     pub snapshot_sequence: Option<u64>,
@@ -133,6 +134,10 @@ pub struct Recovery {
     pub torn_tail_bytes_cut: u64,
     /// Whether the last segment was removed because its header never reached the disk.
     pub torn_segment_removed: bool,
+    /// The file the cut bytes were kept in (see `tally_log::Repairs::torn_tail_kept`):
+    /// a write cut short by a crash was never acknowledged, but damage to the last
+    /// frame looks the same.
+    pub torn_tail_kept: Option<std::path::PathBuf>,
     /// From the start of open to the state rebuilt: reading, checking, loading the
     /// snapshot and replaying, the last two overlapping the first.
     pub elapsed: std::time::Duration,

@@ -59,7 +59,7 @@ pub use verify::{
 };
 pub use wal::{
     DROP_CACHED_BYTES, Recovered, RecoverySink, Repairs, Retirement, SPARE_STEP_BYTES_MAX,
-    SPARE_TRIGGER_BYTES, SnapshotJob, Wal,
+    SPARE_TRIGGER_BYTES, SnapshotJob, Wal, torn_tail_name,
 };
 
 use tally_types::Batch;

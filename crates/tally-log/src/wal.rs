@@ -55,7 +55,7 @@ pub trait RecoverySink {
 
 /// What [`Wal::open_with_sink`] did besides handing records over: the torn tail left by
 /// a crash that it cut, if any, and how many records it handed over.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repairs {
     /// Bytes of a torn write discarded from the end of the log, up to its last
     /// non-zero byte (0 after a clean shutdown). Zeros after them are preallocated
@@ -64,6 +64,10 @@ pub struct Repairs {
     /// Whether the last segment was removed because its header never reached the disk
     /// (a crash during rotation); its bytes, if any were written, count as cut.
     pub torn_segment_removed: bool,
+    /// The file the cut bytes were kept in, next to the segments ([`torn_tail_name`]):
+    /// a crash leaves an unacknowledged write there, but damage to an acknowledged last
+    /// frame looks the same, so its bytes are kept for an operator, never dropped.
+    pub torn_tail_kept: Option<PathBuf>,
     /// Records handed to the sink.
     pub records: u64,
 }
@@ -100,6 +104,8 @@ pub struct Recovered {
     /// Whether the last segment was removed because its header never reached the disk
     /// (a crash during rotation); its bytes, if any were written, count as cut.
     pub torn_segment_removed: bool,
+    /// Where the cut bytes were kept (see [`Repairs::torn_tail_kept`]).
+    pub torn_tail_kept: Option<PathBuf>,
 }
 
 /// The write-ahead log of one data directory. See the crate docs for its invariants.
@@ -161,6 +167,7 @@ impl Wal {
             records: collected.records,
             torn_tail_bytes_cut: repairs.torn_tail_bytes_cut,
             torn_segment_removed: repairs.torn_segment_removed,
+            torn_tail_kept: repairs.torn_tail_kept,
         };
         Ok((wal, recovered))
     }
@@ -860,11 +867,7 @@ fn repair_tail(
     last_scan: Option<scan::SegmentScan>,
 ) -> Result<(CurrentSegment, Repairs), LogError> {
     let mut current = CurrentSegment::default();
-    let mut repairs = Repairs {
-        torn_tail_bytes_cut: 0,
-        torn_segment_removed: false,
-        records: 0,
-    };
+    let mut repairs = Repairs::default();
     let (Some(last), Some(scan)) = (segments.last(), last_scan) else {
         return Ok((current, repairs));
     };
@@ -876,11 +879,13 @@ fn repair_tail(
             torn_bytes,
             zero_bytes,
         } => {
+            repairs.torn_tail_kept = keep_torn_bytes(storage, &last.name, valid_bytes, torn_bytes)?;
             current.capacity =
                 clear_torn_tail(storage, &last.name, valid_bytes, torn_bytes, zero_bytes)?;
             repairs.torn_tail_bytes_cut = torn_bytes;
         }
         Tail::TornHeader { torn_bytes } => {
+            repairs.torn_tail_kept = keep_torn_bytes(storage, &last.name, 0, torn_bytes)?;
             storage
                 .remove(&last.name)
                 .map_err(|e| LogError::io(path.clone(), "remove torn segment", e))?;
@@ -897,6 +902,53 @@ fn repair_tail(
         current.frames = scan.frames;
     }
     Ok((current, repairs))
+}
+
+/// The name of the file that keeps the bytes of a torn tail cut from segment `segment`
+/// at `offset`: `torn-<segment>-at-<offset>.bin`, which no part of the log reads.
+pub fn torn_tail_name(segment: &str, offset: u64) -> String {
+    format!("torn-{}-at-{offset}.bin", segment.trim_end_matches(".log"))
+}
+
+/// Copies `bytes` bytes of `segment` from `offset` into their own durable file
+/// ([`torn_tail_name`]) before the tail is cleared, and returns its path; `None` when
+/// there is nothing to keep. A crash before the clear keeps them again at the next open.
+fn keep_torn_bytes(
+    storage: &mut dyn Storage,
+    segment: &str,
+    offset: u64,
+    bytes: u64,
+) -> Result<Option<PathBuf>, LogError> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let kept = torn_tail_name(segment, offset);
+    let error = |storage: &dyn Storage, what, e| LogError::io(storage.path(&kept), what, e);
+    storage
+        .create(&kept)
+        .map_err(|e| error(storage, "create torn-tail copy", e))?;
+    // One chunk at a time: a torn tail is at most a segment.
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = offset;
+    while at < offset + bytes {
+        let take = usize::try_from((offset + bytes - at).min(chunk.len() as u64))
+            .expect("a chunk fits in memory");
+        storage
+            .read_at(segment, at, &mut chunk[..take])
+            .map_err(|e| LogError::io(storage.path(segment), "read torn tail", e))?;
+        storage
+            .append(&kept, &chunk[..take])
+            .map_err(|e| error(storage, "write torn-tail copy", e))?;
+        at += take as u64;
+    }
+    storage
+        .sync_data(&kept)
+        .map_err(|e| error(storage, "fdatasync", e))?;
+    storage.close(&kept);
+    storage
+        .sync_dir()
+        .map_err(|e| LogError::io(storage.path(""), "fsync directory", e))?;
+    Ok(Some(storage.path(&kept)))
 }
 
 /// What was read back may come from the page cache, not the disk: after a restart

@@ -384,7 +384,8 @@ fn a_crash_while_zeroing_a_torn_tail_is_recovered_at_the_next_open() {
         assert!(frame_next.len() > 150);
         bytes[frames_end..frames_end + 150].copy_from_slice(&frame_next[..150]);
         storage.write_file_durable(&segment, &bytes);
-        storage.fail_append_torn(1, Fault::Eio, zeroed);
+        // The first write keeps the torn bytes in their own file; the second zeroes them.
+        storage.fail_append_torn(2, Fault::Eio, zeroed);
         assert!(open(&storage, options(SEGMENT)).is_err(), "zeroed {zeroed}");
         storage.crash_keeping_unsynced_bytes(zeroed);
         let report = verify_storage(&mut storage.clone()).unwrap();

@@ -160,10 +160,20 @@ fn torn_tail_at_every_byte_on_real_files() {
         drop(file);
         let (mut wal, recovered) = Wal::open(dir.path(), options(1 << 20)).unwrap();
         assert_eq!(recovered.records, written[..20], "kept {kept}");
-        assert_eq!(
-            recovered.torn_tail_bytes_cut,
-            torn_extent(&full[frame_start..frame_start + kept as usize])
-        );
+        let extent = torn_extent(&full[frame_start..frame_start + kept as usize]);
+        assert_eq!(recovered.torn_tail_bytes_cut, extent);
+        // The cut bytes are kept in their own file, never dropped.
+        let copy = dir.path().join(tally_log::torn_tail_name(
+            &layout::segment_name(1),
+            frame_start as u64,
+        ));
+        if extent > 0 {
+            assert_eq!(recovered.torn_tail_kept.as_deref(), Some(copy.as_path()));
+            let end = frame_start + extent as usize;
+            assert_eq!(std::fs::read(&copy).unwrap(), full[frame_start..end]);
+        } else {
+            assert_eq!(recovered.torn_tail_kept, None, "kept {kept}");
+        }
         wal.append(&written[20..]).unwrap();
         drop(wal);
         assert_eq!(std::fs::read(&segment).unwrap(), full, "kept {kept}");
@@ -186,7 +196,30 @@ fn garbage_tail_is_cut() {
         let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
         assert_eq!(recovered.records, written);
         assert_eq!(recovered.torn_tail_bytes_cut, tail.len() as u64);
+        let copy = tally_log::torn_tail_name(&name, (bytes.len() - tail.len()) as u64);
+        assert_eq!(storage.read_file(&copy).unwrap(), tail, "kept, not dropped");
     }
+}
+
+/// A flipped bit in the last frame after a crash reads as a torn write: the frame is
+/// cut, but its bytes are kept, next to the segments.
+#[test]
+fn a_damaged_last_frame_is_cut_but_its_bytes_are_kept() {
+    let (written, frame_len) = log_with_known_last_frame();
+    let storage = build_log(&written, 1, 1 << 20);
+    let name = layout::segment_name(1);
+    let mut bytes = storage.read_file(&name).unwrap();
+    let end = bytes.len();
+    let frame_start = end - frame_len;
+    bytes[frame_start + 100] ^= 0x10;
+    storage.write_file_durable(&name, &bytes);
+    let (_, recovered) = open(&storage, options(1 << 20)).unwrap();
+    assert_eq!(recovered.records, written[..20]);
+    // Up to its last non-zero byte: zeros after it read as space never written.
+    let kept = frame_start + torn_extent(&bytes[frame_start..end]) as usize;
+    let copy = tally_log::torn_tail_name(&name, frame_start as u64);
+    assert_eq!(storage.read_file(&copy).unwrap(), bytes[frame_start..kept]);
+    assert!(recovered.torn_tail_kept.is_some());
 }
 
 #[test]

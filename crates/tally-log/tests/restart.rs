@@ -138,7 +138,9 @@ fn a_torn_tail_cleared_but_not_synced_is_synced_by_the_next_open() {
         storage.crash_keeping_unsynced_bytes(1000);
         // The first frame of the group (688 bytes) is whole; the rest is torn.
         let acked = s; // 1..s-1 acknowledged, s recovered whole from the tear
-        storage.fail_sync(1, Fault::Eio);
+        // The first sync keeps the torn bytes in their own file; the second is the
+        // clear's.
+        storage.fail_sync(2, Fault::Eio);
         let first = open(&storage, options(segment));
         assert!(first.is_err(), "the clear's fdatasync failed");
         // Restart without a machine crash.
