@@ -42,6 +42,10 @@ pub struct ClusterConfig {
     pub proposals_in_flight: usize,
     /// Batches waiting to be proposed; past it, submitters wait. Default 4,096.
     pub proposal_queue: usize,
+    /// How long a submitter waits for room in a full proposal queue before its batch
+    /// is refused as busy (changing nothing), as the engine's bounded wait
+    /// (`tally_engine::Backpressure::Wait`). Default 100 ms.
+    pub submit_wait_max: Duration,
 }
 
 impl ClusterConfig {
@@ -62,6 +66,7 @@ impl ClusterConfig {
             snapshot_log_bytes: 1 << 30,
             proposals_in_flight: 8,
             proposal_queue: 4_096,
+            submit_wait_max: Duration::from_millis(100),
         }
     }
 

@@ -50,6 +50,9 @@ pub enum ClusterError {
     /// flight: a write may or may not have been applied. Retry: ids are idempotency
     /// keys, so a retried event answers `exists` if it was applied.
     Unavailable(String),
+    /// The proposal queue stayed full for `ClusterConfig::submit_wait_max`: the batch
+    /// was not proposed and changed nothing; retry later.
+    Busy,
     /// The replica is shut down.
     Stopped,
 }
@@ -65,6 +68,9 @@ impl std::fmt::Display for ClusterError {
                 )
             }
             ClusterError::Unavailable(why) => write!(f, "the cluster is unavailable: {why}"),
+            ClusterError::Busy => f.write_str(
+                "the replica is busy: its proposal queue stayed full; the batch changed nothing",
+            ),
             ClusterError::Stopped => f.write_str("the replica is shut down"),
         }
     }
@@ -437,6 +443,8 @@ fn to_answer((outcome, results): WireOutcomeWith) -> Result<Vec<EventResult>, Cl
 pub struct Replica {
     core: Arc<Core>,
     proposals: mpsc::Sender<Proposal>,
+    /// [`ClusterConfig::submit_wait_max`].
+    submit_wait_max: std::time::Duration,
     server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     peer_addr: std::net::SocketAddr,
     _lock: tally_log::DirLock,
@@ -537,6 +545,7 @@ impl Replica {
         Ok(Replica {
             core,
             proposals,
+            submit_wait_max: config.submit_wait_max,
             server: Mutex::new(Some(server)),
             peer_addr,
             _lock: lock,
@@ -558,10 +567,12 @@ impl Replica {
     pub async fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, ClusterError> {
         validate_batch(&batch).map_err(ClusterError::Invalid)?;
         let (reply, answer) = oneshot::channel();
-        self.proposals
-            .send(Proposal { batch, reply })
-            .await
-            .map_err(|_| ClusterError::Stopped)?;
+        let proposal = Proposal { batch, reply };
+        // A bounded wait for room, as the engine's backpressure: past it, busy.
+        match tokio::time::timeout(self.submit_wait_max, self.proposals.send(proposal)).await {
+            Err(_) => return Err(ClusterError::Busy),
+            Ok(sent) => sent.map_err(|_| ClusterError::Stopped)?,
+        }
         answer.await.map_err(|_| ClusterError::Stopped)?
     }
 
@@ -656,7 +667,7 @@ fn pre_vote_asker(
 async fn propose_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Proposal>, in_flight: usize) {
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     while let Some(first) = queue.recv().await {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        let Ok(mut slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
         let mut events = first.batch.len();
@@ -668,10 +679,18 @@ async fn propose_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Proposal>, in_f
                     proposals.push(next);
                 }
                 Ok(next) => {
-                    // Too large for this group: it starts the next one.
-                    let core = Arc::clone(&core);
+                    // Too large for this group: the group goes with its slot, and
+                    // `next` starts the next one once a slot is free.
+                    let core_for_group = Arc::clone(&core);
                     let rest = std::mem::take(&mut proposals);
-                    tokio::spawn(async move { answer_all(&core, rest).await });
+                    tokio::spawn(async move {
+                        answer_all(&core_for_group, rest).await;
+                        drop(slot);
+                    });
+                    let Ok(free) = Arc::clone(&slots).acquire_owned().await else {
+                        return;
+                    };
+                    slot = free;
                     events = next.batch.len();
                     proposals.push(next);
                 }

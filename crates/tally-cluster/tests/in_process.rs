@@ -233,3 +233,55 @@ async fn a_cluster_of_one_leads_at_once_and_again_after_a_restart() {
     assert!(replica.status().term <= term + 1, "{:?}", replica.status());
     replica.shutdown().await;
 }
+
+/// Past a full proposal queue a submitter waits a bounded time, then gets `Busy`, and
+/// its batch changed nothing; the batches that were answered are all applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_proposal_queue_answers_busy_after_a_bounded_wait() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(1);
+    let mut config = ClusterConfig::new(1, members.clone(), root.path().join("r1"));
+    config.proposal_queue = 1;
+    config.proposals_in_flight = 1;
+    config.submit_wait_max = Duration::from_millis(1);
+    let replica = std::sync::Arc::new(Replica::open(config).await.expect("opens"));
+    assert_eq!(wait_for_leader(&[&replica]).await, 1);
+    let accounts = Batch::CreateAccounts(vec![
+        account(1, TEST_LEDGER, AccountFlags::empty()),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+    ]);
+    submit(&replica, accounts).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for id in 100..400u128 {
+        let replica = std::sync::Arc::clone(&replica);
+        calls.spawn(async move {
+            let batch = Batch::CreateTransfers(vec![transfer(id, 1, 2, 1)]);
+            (id, replica.submit(batch).await)
+        });
+    }
+    let (mut applied, mut busy) = (Vec::new(), Vec::new());
+    while let Some(call) = calls.join_next().await {
+        match call.expect("joins") {
+            (id, Ok(results)) => {
+                assert_eq!(results[0].code, ResultCode::Ok);
+                applied.push(id);
+            }
+            (id, Err(ClusterError::Busy)) => busy.push(id),
+            (id, Err(error)) => panic!("transfer {id}: {error}"),
+        }
+    }
+    assert!(!busy.is_empty(), "300 at once through a queue of one");
+    assert!(!applied.is_empty());
+    let stored = |ids: Vec<u128>| {
+        let replica = std::sync::Arc::clone(&replica);
+        async move {
+            replica
+                .read(move |state| state.lookup_transfers(&ids).len())
+                .await
+                .expect("reads")
+        }
+    };
+    assert_eq!(stored(applied.clone()).await, applied.len());
+    assert_eq!(stored(busy).await, 0, "a busy batch changed nothing");
+    replica.shutdown().await;
+}

@@ -134,6 +134,7 @@ impl LedgerService {
         match error {
             BackendError::Submit(error) => self.engine_status(error),
             BackendError::Cluster(ClusterError::Invalid(error)) => self.engine_status(error),
+            BackendError::Cluster(ClusterError::Busy) => self.busy_status(error.to_string()),
             BackendError::Cluster(ClusterError::TimeOutOfRange { .. }) => {
                 Status::invalid_argument(error.to_string())
             }
@@ -143,19 +144,22 @@ impl LedgerService {
         }
     }
 
+    /// `RESOURCE_EXHAUSTED` with a retry hint: nothing of the call was applied.
+    fn busy_status(&self, message: String) -> Status {
+        let mut status = Status::resource_exhausted(format!(
+            "{message}; retry after {} ms",
+            self.busy_retry_after_ms
+        ));
+        status.metadata_mut().insert(
+            "retry-after-ms",
+            MetadataValue::from(self.busy_retry_after_ms),
+        );
+        status
+    }
+
     fn engine_status(&self, error: &SubmitError) -> Status {
         match error {
-            SubmitError::Busy(_) => {
-                let mut status = Status::resource_exhausted(format!(
-                    "{error}; retry after {} ms",
-                    self.busy_retry_after_ms
-                ));
-                status.metadata_mut().insert(
-                    "retry-after-ms",
-                    MetadataValue::from(self.busy_retry_after_ms),
-                );
-                status
-            }
+            SubmitError::Busy(_) => self.busy_status(error.to_string()),
             SubmitError::Stopped | SubmitError::Failed(_) => Status::unavailable(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         }
