@@ -115,11 +115,19 @@ impl LogStore {
     pub fn open(dir: &Path) -> Result<LogStore, String> {
         let path = dir.join(LOG_FILE);
         let (contents, valid_len) = read_log(&path)?;
+        let created = !path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        if created {
+            // The new file's name must be durable before any entry in it is: a synced
+            // entry in a file whose directory entry was lost is lost with it.
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| format!("{}: fsync directory: {e}", dir.display()))?;
+        }
         if file.metadata().map(|m| m.len()).unwrap_or(0) > valid_len {
             file.set_len(valid_len)
                 .and_then(|()| file.sync_all())
