@@ -13,11 +13,12 @@ use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
 };
 use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tally_engine::EventResult;
-use tally_engine::clock::batch_stamp;
+use tally_engine::clock::{add_expiry_instants, clear_stamp};
 use tally_state::StateMachine;
 use tally_types::Batch;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -52,10 +53,21 @@ impl Applied {
         let mut stamped: Vec<(u64, &Batch)> = Vec::with_capacity(group.batches.len());
         let mut refused = Vec::with_capacity(group.batches.len());
         let mut last = self.state.last_timestamp();
+        // Stamped clear of expiry instants as a single node stamps (`tally_engine::
+        // clock::Stamper`): those of the state's waiting pending transfers and of the
+        // group's batches stamped so far. Both follow from the log alone, so every
+        // replica stamps alike.
+        let mut group_instants = BTreeSet::new();
         for batch in group.batches.iter() {
-            match batch_stamp(group.proposed_ns, last, batch.len()) {
+            let state = &self.state;
+            let latest_in = |from: u64, to: u64| {
+                let in_group = group_instants.range(from..=to).next_back().copied();
+                state.expiry_instant_in(from, to).max(in_group)
+            };
+            match clear_stamp(group.proposed_ns, last, batch, latest_in) {
                 Some(stamp) if group.proposed_ns <= tally_types::NOW_NS_MAX => {
                     last = stamp + batch.len().saturating_sub(1) as u64;
+                    add_expiry_instants(&mut group_instants, stamp, batch);
                     stamped.push((stamp, batch));
                     refused.push(false);
                 }
@@ -338,5 +350,61 @@ impl RaftStateMachine<TallyRaft> for StateStore {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tally_testkit::{TEST_LEDGER, account, transfer};
+    use tally_types::{AccountFlags, ResultCode, TransferFlags};
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A batch whose stamps would cover a pending transfer's expiry instant is stamped
+    /// just after it, as a single node stamps it: the expiry runs first, at its exact
+    /// instant, and a post in that batch finds the transfer expired.
+    #[test]
+    fn batches_are_stamped_clear_of_expiry_instants() {
+        let mut applied = Applied::default();
+        let start = 1_000_000_000_000;
+        let mut pending = transfer(10, 1, 2, 5);
+        pending.flags = TransferFlags::PENDING;
+        pending.timeout = 1;
+        let setup = Group::new(
+            start,
+            vec![
+                Batch::CreateAccounts(vec![
+                    account(1, TEST_LEDGER, AccountFlags::empty()),
+                    account(2, TEST_LEDGER, AccountFlags::empty()),
+                ]),
+                Batch::CreateTransfers(vec![pending]),
+            ],
+        );
+        let results = applied.apply_group(log_id(1), &setup);
+        let pending_at = results.batches[1].as_ref().unwrap()[0].timestamp;
+        assert_eq!(pending_at, start + 2);
+        let expiry = pending_at + 1_000_000_000;
+
+        let mut post = transfer(11, 0, 0, 0);
+        post.flags = TransferFlags::POST_PENDING_TRANSFER;
+        post.pending_id = 10;
+        post.ledger = 0;
+        post.code = 0;
+        let pay = transfer(12, 1, 2, 1);
+        // Requested one nanosecond before the instant: its two stamps would cover it.
+        let straddling = Group::new(expiry - 1, vec![Batch::CreateTransfers(vec![post, pay])]);
+        let results = applied.apply_group(log_id(2), &straddling);
+        let results = results.batches[0].as_ref().unwrap();
+        assert_eq!(results[0].code, ResultCode::PendingTransferExpired);
+        assert_eq!(results[1].code, ResultCode::Ok);
+        assert_eq!(
+            results[1].timestamp,
+            expiry + 2,
+            "moved just past the instant"
+        );
     }
 }

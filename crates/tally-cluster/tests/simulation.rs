@@ -39,7 +39,7 @@ use tally_cluster::{
     TallyRaft,
 };
 use tally_engine::EventResult;
-use tally_engine::clock::batch_stamp;
+use tally_engine::clock::{add_expiry_instants, clear_stamp};
 use tally_state::StateMachine;
 use tally_testkit::SeededRng;
 use tally_testkit::workload::{Accounts, Workload};
@@ -659,31 +659,46 @@ impl Sim {
 }
 
 /// Applies a group as the reference: a plain state machine, each batch stamped from the
-/// group's clock reading.
+/// group's clock reading as a single node stamps it when it logs the group: clear of
+/// the instants at which pending transfers expire (the state's waiting ones before the
+/// group, and the group's own so far); then the batches are applied in order.
 fn reference_apply(state: &mut StateMachine, group: &Group) -> GroupResults {
     let mut last = state.last_timestamp();
+    let mut group_instants = std::collections::BTreeSet::new();
+    let mut stamps = Vec::with_capacity(group.batches.len());
+    for batch in group.batches.iter() {
+        let latest_in = |from: u64, to: u64| {
+            let in_group = group_instants.range(from..=to).next_back().copied();
+            state.expiry_instant_in(from, to).max(in_group)
+        };
+        let stamp = clear_stamp(group.proposed_ns, last, batch, latest_in)
+            .filter(|_| group.proposed_ns <= tally_types::NOW_NS_MAX);
+        if let Some(stamp) = stamp {
+            last = stamp + batch.len().saturating_sub(1) as u64;
+            add_expiry_instants(&mut group_instants, stamp, batch);
+        }
+        stamps.push(stamp);
+    }
     let batches = group
         .batches
         .iter()
-        .map(
-            |batch| match batch_stamp(group.proposed_ns, last, batch.len()) {
-                Some(stamp) if group.proposed_ns <= tally_types::NOW_NS_MAX => {
-                    last = stamp + batch.len().saturating_sub(1) as u64;
-                    let codes = state.apply(stamp, batch);
-                    Ok(codes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &code)| EventResult {
-                            code,
-                            timestamp: if code.is_ok() { stamp + i as u64 } else { 0 },
-                        })
-                        .collect())
-                }
-                _ => Err(BatchRefusal::TimeOutOfRange {
-                    now: group.proposed_ns,
-                }),
-            },
-        )
+        .zip(stamps)
+        .map(|(batch, stamp)| match stamp {
+            Some(stamp) => {
+                let codes = state.apply(stamp, batch);
+                Ok(codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &code)| EventResult {
+                        code,
+                        timestamp: if code.is_ok() { stamp + i as u64 } else { 0 },
+                    })
+                    .collect())
+            }
+            None => Err(BatchRefusal::TimeOutOfRange {
+                now: group.proposed_ns,
+            }),
+        })
         .collect();
     GroupResults { batches }
 }

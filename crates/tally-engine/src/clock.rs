@@ -67,42 +67,59 @@ impl Stamper {
     /// Stamps `batch`, requested at `requested`, and moves past it. `None` (nothing
     /// changed) if its last event would not fit in u64.
     pub fn stamp(&mut self, requested: u64, batch: &Batch) -> Option<u64> {
-        let stamp = self.clear_stamp(requested, batch)?;
+        let instants = &self.expiry_instants;
+        let latest_in = |from: u64, to: u64| instants.range(from..=to).next_back().copied();
+        let stamp = clear_stamp(requested, self.timestamp_last, batch, latest_in)?;
         self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
-        for (index, timeout_ns) in pending_timeouts(batch) {
-            if let Some(at) = (stamp + index as u64).checked_add(timeout_ns) {
-                self.expiry_instants.insert(at);
-            }
-        }
+        add_expiry_instants(&mut self.expiry_instants, stamp, batch);
         let passed = self.timestamp_last.saturating_add(1);
         self.expiry_instants = self.expiry_instants.split_off(&passed);
         Some(stamp)
     }
+}
 
-    fn clear_stamp(&self, requested: u64, batch: &Batch) -> Option<u64> {
-        let mut stamp = batch_stamp(requested, self.timestamp_last, batch.len())?;
-        let pending = pending_timeouts(batch);
-        for _ in 0..STAMP_TRIES_MAX {
-            let last = stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
-            if let Some(&inside) = self.expiry_instants.range(stamp..=last).next_back() {
-                stamp = inside.checked_add(1)?;
-                continue;
-            }
-            // Two of the batch's own never share an instant: their stamps differ by
-            // less than a batch (8,190 ns), their timeouts by whole seconds.
-            let shared = pending.iter().any(|&(index, timeout_ns)| {
-                (stamp + index as u64)
-                    .checked_add(timeout_ns)
-                    .is_some_and(|at| self.expiry_instants.contains(&at))
-            });
-            if !shared {
-                return Some(stamp);
-            }
-            stamp = stamp.checked_add(1)?;
-            stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
+/// The instants at which `batch`'s pending transfers with a timeout would expire, were
+/// it stamped from `stamp`, added to `instants`.
+pub fn add_expiry_instants(instants: &mut BTreeSet<u64>, stamp: u64, batch: &Batch) {
+    for (index, timeout_ns) in pending_timeouts(batch) {
+        if let Some(at) = (stamp + index as u64).checked_add(timeout_ns) {
+            instants.insert(at);
         }
-        Some(stamp)
     }
+}
+
+/// [`batch_stamp`], moved later until no expiry instant falls on or inside the batch's
+/// stamps and none of its pending transfers would expire at an instant already taken.
+/// `latest_in(from, to)` is the latest known expiry instant in `from..=to`, if any.
+/// `None` if the batch's last event would not fit in u64.
+pub fn clear_stamp(
+    requested: u64,
+    timestamp_last: u64,
+    batch: &Batch,
+    latest_in: impl Fn(u64, u64) -> Option<u64>,
+) -> Option<u64> {
+    let mut stamp = batch_stamp(requested, timestamp_last, batch.len())?;
+    let pending = pending_timeouts(batch);
+    for _ in 0..STAMP_TRIES_MAX {
+        let last = stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
+        if let Some(inside) = latest_in(stamp, last) {
+            stamp = inside.checked_add(1)?;
+            continue;
+        }
+        // Two of the batch's own never share an instant: their stamps differ by
+        // less than a batch (8,190 ns), their timeouts by whole seconds.
+        let shared = pending.iter().any(|&(index, timeout_ns)| {
+            (stamp + index as u64)
+                .checked_add(timeout_ns)
+                .is_some_and(|at| latest_in(at, at).is_some())
+        });
+        if !shared {
+            return Some(stamp);
+        }
+        stamp = stamp.checked_add(1)?;
+        stamp.checked_add(batch.len().saturating_sub(1) as u64)?;
+    }
+    Some(stamp)
 }
 
 /// Per pending transfer of `batch` with a timeout: its index and its timeout in ns.

@@ -141,6 +141,21 @@ impl StateMachine {
         &self.parts[self.layout.part_of(id)]
     }
 
+    /// The latest instant in `from..=to` at which a pending transfer still waiting will
+    /// expire, if any.
+    pub fn expiry_instant_in(&self, from: u64, to: u64) -> Option<u64> {
+        if from > to {
+            return None;
+        }
+        self.parts
+            .iter()
+            .filter_map(|part| {
+                let mut keys = part.expiries.range((from, 0)..=(to, u128::MAX));
+                keys.next_back().map(|&(at, _)| at)
+            })
+            .max()
+    }
+
     /// The instants at which the pending transfers still waiting will expire.
     pub fn expiry_instants(&self) -> Vec<u64> {
         self.parts
