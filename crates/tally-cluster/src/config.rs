@@ -46,6 +46,10 @@ pub struct ClusterConfig {
     /// is refused as busy (changing nothing), as the engine's bounded wait
     /// (`tally_engine::Backpressure::Wait`). Default 100 ms.
     pub submit_wait_max: Duration,
+    /// Whether the leader proposes an empty group when a pending transfer's expiry
+    /// instant passes with no traffic, so the expiry runs then (as a single node logs
+    /// an empty batch), not with the next write. Default on.
+    pub expire_when_idle: bool,
 }
 
 impl ClusterConfig {
@@ -67,6 +71,7 @@ impl ClusterConfig {
             proposals_in_flight: 8,
             proposal_queue: 4_096,
             submit_wait_max: Duration::from_millis(100),
+            expire_when_idle: true,
         }
     }
 

@@ -542,6 +542,9 @@ impl Replica {
             log_size,
             config.snapshot_log_bytes.saturating_add(stagger),
         ));
+        if config.expire_when_idle {
+            tokio::spawn(expire_when_due(Arc::downgrade(&core)));
+        }
         Ok(Replica {
             core,
             proposals,
@@ -637,6 +640,30 @@ async fn snapshot_when_large(core: std::sync::Weak<Core>, log: LogStore, bytes_m
             }
             // Give the snapshot time to be built and the log purged before asking again.
             tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// How often the leader looks for an expiry instant that passed with no traffic.
+const EXPIRY_POLL: Duration = Duration::from_millis(10);
+
+/// On the leader: once the earliest expiry instant of a waiting pending transfer has
+/// passed on the wall clock, proposes a group of one empty batch, stamped then, so the
+/// expiry runs at its instant on every replica rather than with the next write (a
+/// single node logs an empty batch the same way). One such group at a time.
+async fn expire_when_due(core: std::sync::Weak<Core>) {
+    let mut tick = tokio::time::interval(EXPIRY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        let next = core.applied.read().state.next_expiry_instant();
+        let due = next.is_some_and(|at| at <= tally_engine::clock::wall_clock_ns());
+        if due && matches!(core.leader(), Leader::Me) {
+            let pulse = Batch::CreateTransfers(Vec::new());
+            let _ = core.propose_here(vec![pulse]).await;
         }
     }
 }

@@ -285,3 +285,34 @@ async fn a_full_proposal_queue_answers_busy_after_a_bounded_wait() {
     assert_eq!(stored(busy).await, 0, "a busy batch changed nothing");
     replica.shutdown().await;
 }
+
+/// A pending transfer's reservation is released at its expiry instant on a cluster
+/// with no traffic: the leader proposes an empty group then, as a single node logs an
+/// empty batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_runs_at_its_instant_without_traffic() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(1);
+    let replica = open(1, &members, root.path()).await;
+    assert_eq!(wait_for_leader(&[&replica]).await, 1);
+    let accounts = Batch::CreateAccounts(vec![
+        account(1, TEST_LEDGER, AccountFlags::empty()),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+    ]);
+    submit(&replica, accounts).await;
+    let mut pending = transfer(10, 1, 2, 5);
+    pending.flags = tally_types::TransferFlags::PENDING;
+    pending.timeout = 1;
+    let results = submit(&replica, Batch::CreateTransfers(vec![pending])).await;
+    assert_eq!(results[0].code, ResultCode::Ok);
+    let reserved = || replica.read_local(|state| state.lookup_accounts(&[1])[0].debits_pending);
+    assert_eq!(reserved(), 5);
+    // Released at its instant (1 s after it was stamped), give or take the leader's
+    // poll and a commit: well within 3 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while reserved() != 0 {
+        assert!(Instant::now() < deadline, "still reserved with no traffic");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replica.shutdown().await;
+}

@@ -156,6 +156,14 @@ impl StateMachine {
             .max()
     }
 
+    /// The earliest instant at which a pending transfer still waiting will expire.
+    pub fn next_expiry_instant(&self) -> Option<u64> {
+        self.parts
+            .iter()
+            .filter_map(|part| part.expiries.first().map(|&(at, _)| at))
+            .min()
+    }
+
     /// The instants at which the pending transfers still waiting will expire.
     pub fn expiry_instants(&self) -> Vec<u64> {
         self.parts
