@@ -106,6 +106,10 @@ pub use recovery::Recovery;
 pub use request::{EventResult, TransferResult};
 pub use tally_log::SyncMode;
 pub use tally_state::{InvariantViolation, LedgerTotals, Placement};
+/// Currencies and amounts at the API edge: ISO 4217 scales, scales an application
+/// registers (`CurrencyTable::register`), and exact conversion between decimals
+/// (`Decimal`, `"12.50"`) and minor units.
+pub use tally_types::currency;
 pub use tally_types::{
     Account, AccountBalance, AccountBalances, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, Batch,
     CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, ChangeKind, QueryFilter, ResultCode, Transfer,
@@ -115,6 +119,7 @@ pub use tally_types::{
 /// What an embedding service usually needs, in one import:
 /// `use tally_engine::prelude::*;`.
 pub mod prelude {
+    pub use crate::currency::{CurrencyTable, Decimal};
     pub use crate::{
         Account, AccountFilter, AccountFlags, Backpressure, Batch, ChangeEvent, ChangeKind, Config,
         EngineError, EventResult, Ledger, QueryFilter, ResultCode, SubmitError, Transfer,

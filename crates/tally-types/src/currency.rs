@@ -5,7 +5,7 @@
 //! that needs more fraction digits than the scale, a negative value or a value past
 //! `u128` is an error.
 
-use rust_decimal::Decimal;
+pub use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -157,6 +157,29 @@ impl CurrencyTable {
     pub fn scale(&self, ledger: u32) -> u32 {
         self.scales.get(&ledger).copied().unwrap_or(0)
     }
+
+    /// `value` in `ledger`'s minor units, exactly ([`decimal_to_minor`] at its scale):
+    /// the amount to put in a transfer given in currency units at the API edge.
+    pub fn to_minor(&self, ledger: u32, value: Decimal) -> Result<u128, AmountError> {
+        decimal_to_minor(value, self.scale(ledger))
+    }
+
+    /// `minor` units of `ledger` as a `Decimal` with exactly its scale's digits
+    /// ([`minor_to_decimal`]); `None` past `Decimal`'s range.
+    pub fn to_decimal(&self, ledger: u32, minor: u128) -> Option<Decimal> {
+        minor_to_decimal(minor, self.scale(ledger))
+    }
+
+    /// A decimal string (`"12.50"`) in `ledger`'s minor units, exactly ([`parse_amount`]).
+    pub fn parse(&self, ledger: u32, text: &str) -> Result<u128, AmountError> {
+        parse_amount(text, self.scale(ledger))
+    }
+
+    /// `minor` units of `ledger` as a decimal string with its scale's digits
+    /// ([`format_amount`]).
+    pub fn format(&self, ledger: u32, minor: u128) -> String {
+        format_amount(minor, self.scale(ledger))
+    }
 }
 
 /// Parses a decimal string (`"12.50"`, `"7"`) into minor units at `scale`, exactly.
@@ -266,6 +289,26 @@ pub fn minor_to_decimal(minor: u128, scale: u32) -> Option<Decimal> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A registered ledger converts at its scale; an unregistered one at 0; ISO ledgers
+    /// at theirs, through the table's own conversions.
+    #[test]
+    fn a_registered_currency_converts_at_its_scale() {
+        let mut table = CurrencyTable::default();
+        let value = Decimal::new(12345, 3); // 12.345
+        assert!(matches!(
+            table.to_minor(999, value),
+            Err(AmountError::TooManyDecimals { scale: 0, .. })
+        ));
+        assert_eq!(table.register(999, 3), Ok(()));
+        assert_eq!(table.to_minor(999, value), Ok(12_345));
+        assert_eq!(table.to_decimal(999, 12_345), Some(value));
+        assert_eq!(table.parse(999, "1.5"), Ok(1_500));
+        assert_eq!(table.format(999, 1_500), "1.500");
+        assert_eq!(table.to_minor(156, Decimal::new(1250, 2)), Ok(1_250));
+        assert!(table.parse(156, "1.005").is_err());
+        assert_eq!(table.format(392, 500), "500");
+    }
 
     #[test]
     fn exact_conversion_on_the_spec_examples() {
