@@ -119,35 +119,48 @@ impl TailWatch {
     }
 }
 
-/// A frame that does not check where the journal ends: damage when a valid frame
-/// follows it (an error), else a write cut short by a crash (a warning on stderr; an
-/// error without `--follow`, since events are missing from what was printed).
-fn report_unreadable_tail(tail: &UnreadableTail, follow: bool) -> Result<(), String> {
+/// What a frame that does not check where the journal ends is, in words.
+pub(crate) enum UnreadableTailFinding {
+    /// A valid frame follows it: damage inside the journal.
+    Damaged(String),
+    /// Nothing valid follows it: a write cut short by a crash, or damage to the end.
+    CutShort(String),
+}
+
+/// Tells `tail` apart, for `tally events` and `tally verify` alike.
+pub(crate) fn unreadable_tail_finding(
+    tail: &UnreadableTail,
+) -> Result<UnreadableTailFinding, LogError> {
     let at = format!(
         "{} offset {}: {}",
         tail.path.display(),
         tail.offset,
         tail.reason
     );
-    let after = tail
-        .valid_frame_after()
-        .map_err(|error| error.to_string())?;
-    if let Some(valid) = after {
-        return Err(format!(
+    Ok(match tail.valid_frame_after()? {
+        Some(valid) => UnreadableTailFinding::Damaged(format!(
             "change-event journal damaged at {at}; a valid frame follows at byte {valid} \
              (the ledger cuts the journal there and writes its events again from the log \
              when it next opens)"
-        ));
-    }
-    let message = format!(
-        "the change-event journal ends in a frame that does not check at {at} (a write \
-         cut short by a crash, or damage); the events after it are in the log, and the \
-         ledger writes them again when it next opens"
-    );
-    if follow {
-        eprintln!("tally events: warning: {message}");
-        Ok(())
-    } else {
-        Err(message)
+        )),
+        None => UnreadableTailFinding::CutShort(format!(
+            "the change-event journal ends in a frame that does not check at {at} (a \
+             write cut short by a crash, or damage); the events after it are in the log, \
+             and the ledger writes them again when it next opens"
+        )),
+    })
+}
+
+/// A frame that does not check where the journal ends: damage when a valid frame
+/// follows it (an error), else a write cut short by a crash (a warning on stderr; an
+/// error without `--follow`, since events are missing from what was printed).
+fn report_unreadable_tail(tail: &UnreadableTail, follow: bool) -> Result<(), String> {
+    match unreadable_tail_finding(tail).map_err(|error| error.to_string())? {
+        UnreadableTailFinding::Damaged(message) => Err(message),
+        UnreadableTailFinding::CutShort(message) if follow => {
+            eprintln!("tally events: warning: {message}");
+            Ok(())
+        }
+        UnreadableTailFinding::CutShort(message) => Err(message),
     }
 }

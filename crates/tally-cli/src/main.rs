@@ -469,27 +469,20 @@ fn check_journal(dir: &Path) -> JournalCheck {
         }
         None => "events: none in the journal".to_string(),
     };
-    match read {
+    let finding = read.and_then(|tail| {
+        tail.map(|tail| events::unreadable_tail_finding(&tail))
+            .transpose()
+    });
+    match finding {
         Err(error) => check
             .violations
             .push(format!("change-event journal: {error}")),
         Ok(None) => {}
-        Ok(Some(tail)) => {
-            let at = format!(
-                "{} offset {}: {}",
-                tail.path.display(),
-                tail.offset,
-                tail.reason
-            );
-            match tail.valid_frame_after() {
-                Ok(Some(valid)) => check.violations.push(format!(
-                    "change-event journal damaged at {at}; a valid frame follows at byte {valid} (the next open cuts the journal there and writes its events again from the log)"
-                )),
-                Ok(None) => check.warnings.push(format!(
-                    "the change-event journal ends in a frame that does not check at {at} (a write cut short by a crash, or damage); the next open cuts it and writes the events after it again from the log"
-                )),
-                Err(error) => check.violations.push(format!("change-event journal: {error}")),
-            }
+        Ok(Some(events::UnreadableTailFinding::Damaged(message))) => {
+            check.violations.push(message);
+        }
+        Ok(Some(events::UnreadableTailFinding::CutShort(message))) => {
+            check.warnings.push(message);
         }
     }
     check
