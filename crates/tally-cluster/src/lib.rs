@@ -44,5 +44,5 @@ pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 pub use log_store::LogStore;
 pub use network::{PeerConnection, PeerNetwork};
 pub use replica::{ClusterError, Replica, ReplicaStatus};
-pub use state_machine::{Applied, StateStore};
+pub use state_machine::{Applied, StateStore, group_stamps};
 pub use types::{Raft, ReplicaId, TallyRaft};

@@ -50,30 +50,13 @@ impl Applied {
 
     /// Applies one committed group at `log_id`; answers each batch.
     fn apply_group(&mut self, log_id: LogId<u64>, group: &Group) -> GroupResults {
-        let mut stamped: Vec<(u64, &Batch)> = Vec::with_capacity(group.batches.len());
-        let mut refused = Vec::with_capacity(group.batches.len());
-        let mut last = self.state.last_timestamp();
-        // Stamped clear of expiry instants as a single node stamps (`tally_engine::
-        // clock::Stamper`): those of the state's waiting pending transfers and of the
-        // group's batches stamped so far. Both follow from the log alone, so every
-        // replica stamps alike.
-        let mut group_instants = BTreeSet::new();
-        for batch in group.batches.iter() {
-            let state = &self.state;
-            let latest_in = |from: u64, to: u64| {
-                let in_group = group_instants.range(from..=to).next_back().copied();
-                state.expiry_instant_in(from, to).max(in_group)
-            };
-            match clear_stamp(group.proposed_ns, last, batch, latest_in) {
-                Some(stamp) if group.proposed_ns <= tally_types::NOW_NS_MAX => {
-                    last = stamp + batch.len().saturating_sub(1) as u64;
-                    add_expiry_instants(&mut group_instants, stamp, batch);
-                    stamped.push((stamp, batch));
-                    refused.push(false);
-                }
-                _ => refused.push(true),
-            }
-        }
+        let stamps = group_stamps(&self.state, group);
+        let refused: Vec<bool> = stamps.iter().map(Option::is_none).collect();
+        let stamped: Vec<(u64, &Batch)> = stamps
+            .into_iter()
+            .zip(group.batches.iter())
+            .filter_map(|(stamp, batch)| Some((stamp?, batch)))
+            .collect();
         let codes = self.state.apply_run(&stamped);
         let mut digest = xxh3_64_with_seed(&log_id.index.to_le_bytes(), self.digest);
         let mut applied = stamped.iter().zip(codes);
@@ -97,6 +80,32 @@ impl Applied {
         self.digest = digest;
         GroupResults { batches }
     }
+}
+
+/// The stamp of each batch of `group` applied after `state` (`None`: refused, its
+/// stamps past u64 or the leader's reading past `NOW_NS_MAX`). Each is stamped from
+/// the group's reading as a single node stamps (`tally_engine::clock::Stamper`): clear
+/// of the instants at which the state's waiting pending transfers, and those of the
+/// group's batches stamped before it, expire. Both follow from the log alone, so every
+/// replica stamps alike.
+pub fn group_stamps(state: &StateMachine, group: &Group) -> Vec<Option<u64>> {
+    let mut last = state.last_timestamp();
+    let mut group_instants = BTreeSet::new();
+    let mut stamps = Vec::with_capacity(group.batches.len());
+    for batch in group.batches.iter() {
+        let latest_in = |from: u64, to: u64| {
+            let in_group = group_instants.range(from..=to).next_back().copied();
+            state.expiry_instant_in(from, to).max(in_group)
+        };
+        let stamp = clear_stamp(group.proposed_ns, last, batch, latest_in)
+            .filter(|_| group.proposed_ns <= tally_types::NOW_NS_MAX);
+        if let Some(stamp) = stamp {
+            last = stamp + batch.len().saturating_sub(1) as u64;
+            add_expiry_instants(&mut group_instants, stamp, batch);
+        }
+        stamps.push(stamp);
+    }
+    stamps
 }
 
 /// Chains a batch into the digest: its stamp, then each event's id and result code.

@@ -36,10 +36,9 @@ use std::time::Duration;
 use tally_cluster::sim_disk::SimDisk;
 use tally_cluster::{
     Applied, BatchRefusal, Elections, Group, GroupResults, LogStore, PreVote, Raft, StateStore,
-    TallyRaft,
+    TallyRaft, group_stamps,
 };
 use tally_engine::EventResult;
-use tally_engine::clock::{add_expiry_instants, clear_stamp};
 use tally_state::StateMachine;
 use tally_testkit::SeededRng;
 use tally_testkit::workload::{Accounts, Workload};
@@ -658,27 +657,10 @@ impl Sim {
     }
 }
 
-/// Applies a group as the reference: a plain state machine, each batch stamped from the
-/// group's clock reading as a single node stamps it when it logs the group: clear of
-/// the instants at which pending transfers expire (the state's waiting ones before the
-/// group, and the group's own so far); then the batches are applied in order.
+/// Applies a group as the reference: a plain state machine, each batch stamped as a
+/// single node stamps it when it logs the group (`group_stamps`), then applied in order.
 fn reference_apply(state: &mut StateMachine, group: &Group) -> GroupResults {
-    let mut last = state.last_timestamp();
-    let mut group_instants = std::collections::BTreeSet::new();
-    let mut stamps = Vec::with_capacity(group.batches.len());
-    for batch in group.batches.iter() {
-        let latest_in = |from: u64, to: u64| {
-            let in_group = group_instants.range(from..=to).next_back().copied();
-            state.expiry_instant_in(from, to).max(in_group)
-        };
-        let stamp = clear_stamp(group.proposed_ns, last, batch, latest_in)
-            .filter(|_| group.proposed_ns <= tally_types::NOW_NS_MAX);
-        if let Some(stamp) = stamp {
-            last = stamp + batch.len().saturating_sub(1) as u64;
-            add_expiry_instants(&mut group_instants, stamp, batch);
-        }
-        stamps.push(stamp);
-    }
+    let stamps = group_stamps(state, group);
     let batches = group
         .batches
         .iter()
