@@ -623,6 +623,21 @@ fn reading_commands_change_nothing_and_verify_reports_a_torn_tail() {
     );
 }
 
+/// Flips one bit in the body of the last frame of `segment` (a log of whole frames),
+/// on disk; returns where that frame starts and the segment's bytes as now written.
+fn flip_a_bit_in_the_newest_frame(segment: &Path) -> (usize, Vec<u8>) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let mut offset = tally_log::layout::SEGMENT_HEADER_SIZE;
+    let mut last = offset;
+    while let Ok(header) = tally_log::layout::decode_frame_header(&bytes[offset..]) {
+        last = offset;
+        offset += header.frame_bytes as usize;
+    }
+    bytes[last + 60] ^= 0x04;
+    std::fs::write(segment, &bytes).unwrap();
+    (last, bytes)
+}
+
 /// `tally apply` closes the log cleanly when its input ends: a bit flipped afterwards in
 /// the newest batch's frame is then damage (verify fails, naming the file and offset),
 /// never a torn tail to cut silently.
@@ -632,15 +647,7 @@ fn after_a_clean_exit_a_flipped_bit_in_the_newest_batch_is_reported() {
     let pay = r#"{"create_transfers": [{"id": "100", "debit_account_id": "3", "credit_account_id": "4", "amount": "5", "ledger": 392, "code": 1}]}"#;
     apply(dir.path(), &[ACCOUNTS, pay], false);
     let segment = dir.path().join(tally_log::layout::segment_name(1));
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let mut offset = tally_log::layout::SEGMENT_HEADER_SIZE;
-    let mut last = offset;
-    while let Ok(header) = tally_log::layout::decode_frame_header(&bytes[offset..]) {
-        last = offset;
-        offset += header.frame_bytes as usize;
-    }
-    bytes[last + 60] ^= 0x04;
-    std::fs::write(&segment, bytes).unwrap();
+    let (last, _) = flip_a_bit_in_the_newest_frame(&segment);
     let verify = tally_on("verify", dir.path());
     assert!(!verify.status.success());
     let message = String::from_utf8_lossy(&verify.stderr);
@@ -663,15 +670,7 @@ fn after_a_crash_a_damaged_newest_frame_is_cut_with_a_warning_and_kept() {
     std::fs::remove_file(dir.path().join(tally_log::layout::CLOSE_MARKER_NAME)).unwrap();
     let name = tally_log::layout::segment_name(1);
     let segment = dir.path().join(&name);
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let mut offset = tally_log::layout::SEGMENT_HEADER_SIZE;
-    let mut last = offset;
-    while let Ok(header) = tally_log::layout::decode_frame_header(&bytes[offset..]) {
-        last = offset;
-        offset += header.frame_bytes as usize;
-    }
-    bytes[last + 60] ^= 0x04;
-    std::fs::write(&segment, &bytes).unwrap();
+    let (last, bytes) = flip_a_bit_in_the_newest_frame(&segment);
 
     let mut child = tally()
         .args(["apply", "--data"])

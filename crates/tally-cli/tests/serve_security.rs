@@ -303,18 +303,15 @@ async fn a_token_may_call_only_its_operations_on_its_ledgers() {
 
     // Ledger 0 on a post or void is the pending transfer's: checked against the stored
     // one, refused when it is not stored.
-    let mut pending = transfer(13, 1, 2, 100, USD);
-    pending.flags = TransferFlags::PENDING.bits().into();
-    let applied = payer
-        .create_transfers(create_transfers(vec![pending]))
-        .await;
+    let pending = |id: u128, from: u128, to: u128, ledger: u32| {
+        let mut pending = transfer(id, from, to, 100, ledger);
+        pending.flags = TransferFlags::PENDING.bits().into();
+        create_transfers(vec![pending])
+    };
+    let applied = payer.create_transfers(pending(13, 1, 2, USD)).await;
     all_ok(&applied.unwrap().into_inner(), 1);
     let mut admin = fixture.client(Auth::bearer(&fixture.admin)).await;
-    let mut eur_pending = transfer(15, 3, 4, 100, EUR);
-    eur_pending.flags = TransferFlags::PENDING.bits().into();
-    let applied = admin
-        .create_transfers(create_transfers(vec![eur_pending]))
-        .await;
+    let applied = admin.create_transfers(pending(15, 3, 4, EUR)).await;
     all_ok(&applied.unwrap().into_inner(), 1);
     let settle = |id: u128, pending_id: u128, flag: TransferFlags| {
         let mut settle = transfer(id, 0, 0, 0, 0);

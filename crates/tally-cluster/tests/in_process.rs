@@ -18,6 +18,14 @@ async fn open(id: u64, members: &BTreeMap<u64, String>, root: &std::path::Path) 
     Replica::open(config).await.expect("opens")
 }
 
+/// Accounts 1 and 2 of the test ledger, without limits.
+fn two_accounts() -> Batch {
+    Batch::CreateAccounts(vec![
+        account(1, TEST_LEDGER, AccountFlags::empty()),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+    ])
+}
+
 /// Submits until the cluster answers: `Unavailable` (leadership moving) is retried with
 /// the same events, as a client does.
 async fn submit(replica: &Replica, batch: Batch) -> Vec<tally_engine::EventResult> {
@@ -81,10 +89,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     let leader = wait_for_leader(&all).await;
     let follower = all.iter().find(|r| r.id() != leader).expect("a follower");
 
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::empty()),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let accounts = two_accounts();
     let results = submit(follower, accounts).await;
     assert!(
         results.iter().all(|r| r.code == ResultCode::Ok),
@@ -161,10 +166,7 @@ async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
     }
     let all: Vec<&Replica> = replicas.iter().collect();
     wait_for_leader(&all).await;
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::empty()),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let accounts = two_accounts();
     submit(&replicas[0], accounts).await;
     for round in 0..40u128 {
         let batch = (0..50)
@@ -216,10 +218,7 @@ async fn a_cluster_of_one_leads_at_once_and_again_after_a_restart() {
     let members = members(1);
     let replica = open(1, &members, root.path()).await;
     assert_eq!(wait_for_leader(&[&replica]).await, 1);
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::empty()),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let accounts = two_accounts();
     submit(&replica, accounts).await;
     let term = replica.status().term;
     replica.shutdown().await;
@@ -246,10 +245,7 @@ async fn a_full_proposal_queue_answers_busy_after_a_bounded_wait() {
     config.submit_wait_max = Duration::from_millis(1);
     let replica = std::sync::Arc::new(Replica::open(config).await.expect("opens"));
     assert_eq!(wait_for_leader(&[&replica]).await, 1);
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::empty()),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let accounts = two_accounts();
     submit(&replica, accounts).await;
     let mut calls = tokio::task::JoinSet::new();
     for id in 100..400u128 {
@@ -295,10 +291,7 @@ async fn an_expiry_runs_at_its_instant_without_traffic() {
     let members = members(1);
     let replica = open(1, &members, root.path()).await;
     assert_eq!(wait_for_leader(&[&replica]).await, 1);
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::empty()),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let accounts = two_accounts();
     submit(&replica, accounts).await;
     let mut pending = transfer(10, 1, 2, 5);
     pending.flags = tally_types::TransferFlags::PENDING;

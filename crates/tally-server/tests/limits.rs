@@ -292,11 +292,8 @@ async fn connections_over_the_per_address_limit_are_closed_at_once() {
     assert_eq!(stats.connections_open(), 2);
     // A closed connection gives its slot back.
     drop(second);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats.connections_open() > 1 {
-        assert!(Instant::now() < deadline, "slot not given back");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let given_back = settles(Duration::from_secs(5), || stats.connections_open() <= 1).await;
+    assert!(given_back, "slot not given back");
     served(&mut fixture.client().await, 13).await;
 }
 
@@ -362,10 +359,10 @@ async fn a_flood_of_connections_does_not_starve_a_good_client() {
     // The kernel completes a handshake before the server accepts the connection and
     // counts its refusal: wait for the accept loop to catch up with the backlog.
     let stats = fixture.server.stats();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.connections_refused() < 250 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    settles(Duration::from_secs(10), || {
+        stats.connections_refused() >= 250
+    })
+    .await;
     assert!(
         stats.connections_refused() >= 250,
         "{}",
@@ -467,6 +464,19 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+/// Polls `done` every 10 ms for up to `within`: whether it came true. For counters the
+/// server updates a moment after the client sees the effect.
+async fn settles(within: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
