@@ -1,14 +1,15 @@
 //! What the replicated log carries: a group of batches with the leader's clock reading,
 //! and what applying it answers. Both travel as bytes: batches as the 128-byte records
-//! of the log format, results as (code, timestamp) pairs.
+//! of the log format, results as (code, timestamp) pairs, with both accounts' balances
+//! after each applied transfer of a batch that asked for them.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::{Arc, OnceLock};
-use tally_engine::EventResult;
+use tally_engine::{EventResult, TransferResult, transfer_balances};
 use tally_types::codec::{
     RECORD_SIZE, decode_account, decode_transfer, encode_account, encode_transfer, record_at,
 };
-use tally_types::{Batch, ResultCode};
+use tally_types::{AccountBalances, Batch, ChangeEvent, ResultCode, TransferBalances};
 
 /// Most events one group carries (one full batch, about 1 MB); larger bursts are split
 /// over several groups. Bounded because openraft gives a whole AppendEntries message
@@ -27,12 +28,16 @@ pub struct Group {
     pub proposed_ns: u64,
     /// The batches, in the order they apply.
     pub batches: Arc<Vec<Batch>>,
+    /// Per batch, whether its results carry balances (empty: none does).
+    balances: Arc<Vec<bool>>,
     encoded: Arc<OnceLock<Vec<u8>>>,
 }
 
 impl PartialEq for Group {
     fn eq(&self, other: &Group) -> bool {
-        self.proposed_ns == other.proposed_ns && self.batches == other.batches
+        self.proposed_ns == other.proposed_ns
+            && self.batches == other.batches
+            && (0..self.batches.len()).all(|i| self.wants_balances(i) == other.wants_balances(i))
     }
 }
 
@@ -44,6 +49,42 @@ impl Eq for Group {}
 pub struct GroupResults {
     /// Per batch of the group, in order.
     pub batches: Vec<Result<Vec<EventResult>, BatchRefusal>>,
+    /// Per batch, for a batch that asked for balances: one entry per event, both
+    /// accounts' balances right after it when it was applied. Empty where no batch of
+    /// the group asked, and for a batch that did not ask or was refused.
+    pub balances: Vec<Vec<Option<TransferBalances>>>,
+}
+
+impl GroupResults {
+    /// Batch `index`'s results with their balances (`None` in each where it did not
+    /// ask, or for an event not applied).
+    pub fn with_balances(&self, index: usize) -> Option<Vec<TransferResult>> {
+        let results = self.batches.get(index)?.as_ref().ok()?;
+        let balances = self.balances.get(index);
+        Some(
+            results
+                .iter()
+                .enumerate()
+                .map(|(event, result)| TransferResult {
+                    code: result.code,
+                    timestamp: result.timestamp,
+                    balances: balances.and_then(|list| list.get(event).copied().flatten()),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Each event's balances after it, for one batch's `results`, from the change events
+/// its group captured (`changes`, in timestamp order).
+pub(crate) fn batch_balances(
+    changes: &[ChangeEvent],
+    results: &[EventResult],
+) -> Vec<Option<TransferBalances>> {
+    results
+        .iter()
+        .map(|result| transfer_balances(changes, result))
+        .collect()
 }
 
 /// Why a batch of a committed group was not applied.
@@ -58,9 +99,12 @@ pub enum BatchRefusal {
 
 const KIND_ACCOUNTS: u8 = 1;
 const KIND_TRANSFERS: u8 = 2;
+/// Transfers whose results carry balances.
+const KIND_TRANSFERS_WITH_BALANCES: u8 = 3;
 
-/// Appends `batch` as kind, count and records.
-pub(crate) fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
+/// Appends `batch` as kind, count and records; `balances`: its results carry balances
+/// (transfers only).
+pub(crate) fn encode_batch(batch: &Batch, balances: bool, out: &mut Vec<u8>) {
     let mut record = [0u8; RECORD_SIZE];
     match batch {
         Batch::CreateAccounts(accounts) => {
@@ -72,7 +116,11 @@ pub(crate) fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
             }
         }
         Batch::CreateTransfers(transfers) => {
-            out.push(KIND_TRANSFERS);
+            out.push(if balances {
+                KIND_TRANSFERS_WITH_BALANCES
+            } else {
+                KIND_TRANSFERS
+            });
             out.extend_from_slice(&(transfers.len() as u32).to_le_bytes());
             for transfer in transfers {
                 encode_transfer(transfer, &mut record);
@@ -82,9 +130,9 @@ pub(crate) fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
     }
 }
 
-/// Reads one batch written by [`encode_batch`] at the start of `bytes`; returns it and
-/// the bytes it took.
-pub(crate) fn decode_batch(bytes: &[u8]) -> Result<(Batch, usize), String> {
+/// Reads one batch written by [`encode_batch`] at the start of `bytes`; returns it,
+/// whether it asked for balances, and the bytes it took.
+pub(crate) fn decode_batch(bytes: &[u8]) -> Result<(Batch, bool, usize), String> {
     let (&kind, rest) = bytes.split_first().ok_or("a batch is cut short")?;
     let count = read_u32(rest)? as usize;
     let records = rest
@@ -101,7 +149,7 @@ pub(crate) fn decode_batch(bytes: &[u8]) -> Result<(Batch, usize), String> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("an account record: {e}"))?,
         ),
-        KIND_TRANSFERS => Batch::CreateTransfers(
+        KIND_TRANSFERS | KIND_TRANSFERS_WITH_BALANCES => Batch::CreateTransfers(
             (0..count)
                 .map(|i| record_at(records, i).and_then(decode_transfer))
                 .collect::<Result<_, _>>()
@@ -109,7 +157,11 @@ pub(crate) fn decode_batch(bytes: &[u8]) -> Result<(Batch, usize), String> {
         ),
         other => return Err(format!("unknown batch kind {other}")),
     };
-    Ok((batch, 1 + 4 + records.len()))
+    Ok((
+        batch,
+        kind == KIND_TRANSFERS_WITH_BALANCES,
+        1 + 4 + records.len(),
+    ))
 }
 
 fn read_u32(bytes: &[u8]) -> Result<u32, String> {
@@ -128,43 +180,81 @@ fn read_u64(bytes: &[u8]) -> Result<u64, String> {
     Ok(u64::from_le_bytes(head))
 }
 
-/// Encodes a list of batches: count, then each batch.
-pub(crate) fn encode_batches(batches: &[Batch], out: &mut Vec<u8>) {
+/// Encodes a list of batches: count, then each batch (`balances[i]`: batch `i` asks
+/// for balances; missing entries do not).
+pub(crate) fn encode_batches(batches: &[Batch], balances: &[bool], out: &mut Vec<u8>) {
     out.extend_from_slice(&(batches.len() as u32).to_le_bytes());
-    for batch in batches {
-        encode_batch(batch, out);
+    for (index, batch) in batches.iter().enumerate() {
+        encode_batch(batch, balances.get(index).copied().unwrap_or(false), out);
     }
 }
 
-/// Decodes what [`encode_batches`] wrote, refusing trailing bytes.
-pub(crate) fn decode_batches(bytes: &[u8]) -> Result<Vec<Batch>, String> {
+/// Decodes what [`encode_batches`] wrote, refusing trailing bytes: the batches, and
+/// which ask for balances (empty when none does).
+pub(crate) fn decode_batches(bytes: &[u8]) -> Result<(Vec<Batch>, Vec<bool>), String> {
     let count = read_u32(bytes)? as usize;
     let mut at = 4;
     let mut batches = Vec::with_capacity(count.min(1024));
+    let mut balances = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        let (batch, used) = decode_batch(&bytes[at..])?;
+        let (batch, asks, used) = decode_batch(&bytes[at..])?;
         batches.push(batch);
+        balances.push(asks);
         at += used;
     }
     if at != bytes.len() {
         return Err("trailing bytes after the batches".into());
     }
-    Ok(batches)
+    if !balances.contains(&true) {
+        balances.clear();
+    }
+    Ok((batches, balances))
 }
 
 impl Group {
     /// A group of `batches` formed at `proposed_ns`.
     pub fn new(proposed_ns: u64, batches: Vec<Batch>) -> Group {
+        Group::with_balances(proposed_ns, batches, Vec::new())
+    }
+
+    /// A group of `batches` formed at `proposed_ns`, where batch `i`'s results carry
+    /// balances when `balances[i]` (missing entries: they do not). Only transfer
+    /// batches carry them.
+    pub fn with_balances(proposed_ns: u64, batches: Vec<Batch>, balances: Vec<bool>) -> Group {
+        let mut balances: Vec<bool> = balances
+            .into_iter()
+            .zip(batches.iter())
+            .map(|(asks, batch)| asks && matches!(batch, Batch::CreateTransfers(_)))
+            .collect();
+        if !balances.contains(&true) {
+            balances.clear();
+        }
         Group {
             proposed_ns,
             batches: Arc::new(batches),
+            balances: Arc::new(balances),
             encoded: Arc::default(),
         }
     }
 
-    /// The batches, taken out of the group (copied only if a clone still shares them).
-    pub fn into_batches(self) -> Vec<Batch> {
-        Arc::try_unwrap(self.batches).unwrap_or_else(|shared| shared.as_ref().clone())
+    /// Whether batch `index`'s results carry balances.
+    pub fn wants_balances(&self, index: usize) -> bool {
+        self.balances.get(index).copied().unwrap_or(false)
+    }
+
+    /// Whether any batch's results carry balances (applying the group then captures
+    /// its changes).
+    pub fn wants_any_balances(&self) -> bool {
+        !self.balances.is_empty()
+    }
+
+    /// The batches and which ask for balances, taken out of the group (copied only if
+    /// a clone still shares them).
+    pub fn into_parts(self) -> (Vec<Batch>, Vec<bool>) {
+        let balances = Arc::try_unwrap(self.balances).unwrap_or_else(|shared| (*shared).clone());
+        let batches =
+            Arc::try_unwrap(self.batches).unwrap_or_else(|shared| shared.as_ref().clone());
+        (batches, balances)
     }
 
     /// The group's bytes: encoded on first use, then shared.
@@ -180,16 +270,17 @@ impl Group {
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(12 + self.events() * RECORD_SIZE + 5 * self.batches.len());
         out.extend_from_slice(&self.proposed_ns.to_le_bytes());
-        encode_batches(&self.batches, &mut out);
+        encode_batches(&self.batches, &self.balances, &mut out);
         out
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Result<Group, String> {
         let proposed_ns = read_u64(&bytes)?;
-        let batches = decode_batches(&bytes[8..])?;
+        let (batches, balances) = decode_batches(&bytes[8..])?;
         Ok(Group {
             proposed_ns,
             batches: Arc::new(batches),
+            balances: Arc::new(balances),
             // Kept: the follower appends the very bytes it received to its log.
             encoded: Arc::new(OnceLock::from(bytes)),
         })
@@ -240,6 +331,77 @@ pub(crate) fn encode_results(results: &GroupResults, out: &mut Vec<u8>) {
             }
         }
     }
+    encode_balances(&results.balances, out);
+}
+
+/// Encodes balance lists: their count, then per list its length and per event a
+/// presence byte and, when present, the eight balances (u128 each).
+fn encode_balances(lists: &[Vec<Option<TransferBalances>>], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(lists.len() as u32).to_le_bytes());
+    for list in lists {
+        out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for balances in list {
+            let Some(balances) = balances else {
+                out.push(0);
+                continue;
+            };
+            out.push(1);
+            for account in [balances.debit_account, balances.credit_account] {
+                for value in [
+                    account.debits_pending,
+                    account.debits_posted,
+                    account.credits_pending,
+                    account.credits_posted,
+                ] {
+                    out.extend_from_slice(&value.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// Decodes what [`encode_balances`] wrote at `bytes[*at..]`, moving `at` past it.
+fn decode_balances(
+    bytes: &[u8],
+    at: &mut usize,
+) -> Result<Vec<Vec<Option<TransferBalances>>>, String> {
+    let lists = read_u32(bytes.get(*at..).unwrap_or_default())? as usize;
+    *at += 4;
+    let mut out = Vec::with_capacity(lists.min(1024));
+    for _ in 0..lists {
+        let events = read_u32(bytes.get(*at..).unwrap_or_default())? as usize;
+        *at += 4;
+        let mut list = Vec::with_capacity(events.min(tally_types::BATCH_EVENTS_MAX));
+        for _ in 0..events {
+            let present = *bytes.get(*at).ok_or("balances are cut short")?;
+            *at += 1;
+            if present == 0 {
+                list.push(None);
+                continue;
+            }
+            let mut values = [0u128; 8];
+            for value in &mut values {
+                let raw: [u8; 16] = bytes
+                    .get(*at..*at + 16)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("a balance is cut short")?;
+                *value = u128::from_le_bytes(raw);
+                *at += 16;
+            }
+            let account = |v: &[u128]| AccountBalances {
+                debits_pending: v[0],
+                debits_posted: v[1],
+                credits_pending: v[2],
+                credits_posted: v[3],
+            };
+            list.push(Some(TransferBalances {
+                debit_account: account(&values[..4]),
+                credit_account: account(&values[4..]),
+            }));
+        }
+        out.push(list);
+    }
+    Ok(out)
 }
 
 /// Decodes what [`encode_results`] wrote.
@@ -272,10 +434,11 @@ pub(crate) fn decode_results(bytes: &[u8]) -> Result<GroupResults, String> {
             other => return Err(format!("unknown result tag {other}")),
         }
     }
+    let balances = decode_balances(bytes, &mut at)?;
     if at != bytes.len() {
         return Err("trailing bytes after the results".into());
     }
-    Ok(GroupResults { batches })
+    Ok(GroupResults { batches, balances })
 }
 
 impl Serialize for GroupResults {
@@ -339,19 +502,58 @@ mod tests {
         let bytes = postcard::to_allocvec(&group).expect("encodes");
         let back: Group = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(back, group);
+        assert!(!back.wants_any_balances());
 
-        let results = GroupResults {
-            batches: vec![
-                Ok(vec![EventResult {
-                    code: ResultCode::Exists,
-                    timestamp: 0,
-                }]),
-                Err(BatchRefusal::TimeOutOfRange { now: 3 }),
-            ],
+        // Balances asked of the transfers only: an account batch never carries them.
+        let (batches, _) = group.into_parts();
+        let asking = Group::with_balances(42, batches, vec![true, true]);
+        assert!(!asking.wants_balances(0) && asking.wants_balances(1));
+        let bytes = postcard::to_allocvec(&asking).expect("encodes");
+        let back: Group = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(back, asking);
+        assert!(back.wants_balances(1));
+        assert_ne!(back, Group::new(42, back.batches.as_ref().clone()));
+
+        let balances = TransferBalances {
+            debit_account: AccountBalances {
+                debits_pending: 1,
+                debits_posted: u128::MAX,
+                credits_pending: 3,
+                credits_posted: 4,
+            },
+            credit_account: AccountBalances {
+                debits_pending: 5,
+                debits_posted: 6,
+                credits_pending: 7,
+                credits_posted: 8,
+            },
         };
-        let bytes = postcard::to_allocvec(&results).expect("encodes");
-        let back: GroupResults = postcard::from_bytes(&bytes).expect("decodes");
-        assert_eq!(back, results);
+        for balances in [Vec::new(), vec![vec![Some(balances), None], Vec::new()]] {
+            let results = GroupResults {
+                batches: vec![
+                    Ok(vec![
+                        EventResult {
+                            code: ResultCode::Ok,
+                            timestamp: 9,
+                        },
+                        EventResult {
+                            code: ResultCode::Exists,
+                            timestamp: 0,
+                        },
+                    ]),
+                    Err(BatchRefusal::TimeOutOfRange { now: 3 }),
+                ],
+                balances,
+            };
+            let bytes = postcard::to_allocvec(&results).expect("encodes");
+            let back: GroupResults = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(back, results);
+            let mut raw = Vec::new();
+            encode_results(&results, &mut raw);
+            for cut in 0..raw.len() {
+                assert!(decode_results(&raw[..cut]).is_err(), "cut at {cut}");
+            }
+        }
     }
 
     #[test]

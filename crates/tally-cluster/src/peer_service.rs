@@ -56,7 +56,7 @@ impl Peer for PeerService {
             tally_engine::validate_batch(batch)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        let outcomes = self.core.propose_forwarded(group.into_batches()).await;
+        let outcomes = self.core.propose_forwarded(group).await;
         forward_answer(outcomes)
             .map(Response::new)
             .map_err(Status::internal)

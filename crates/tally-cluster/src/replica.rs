@@ -19,11 +19,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tally_engine::{EventResult, SubmitError, validate_batch};
+use tally_engine::{EventResult, SubmitError, TransferResult, validate_batch};
 use tally_proto::peer::Frame;
 use tally_proto::peer::peer_client::PeerClient;
 use tally_state::StateMachine;
 use tally_types::Batch;
+use tally_types::Transfer;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
@@ -122,7 +123,9 @@ pub(crate) enum WireOutcome {
 
 struct Proposal {
     batch: Batch,
-    reply: oneshot::Sender<Result<Vec<EventResult>, ClusterError>>,
+    /// Whether the results carry balances.
+    balances: bool,
+    reply: oneshot::Sender<Result<Vec<TransferResult>, ClusterError>>,
 }
 
 /// What the proposer, the peer service and the handle share.
@@ -199,38 +202,44 @@ impl Core {
         Ok(client)
     }
 
-    /// Proposes `batches` passed on by a follower: only while this replica leads.
-    pub(crate) async fn propose_forwarded(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+    /// Proposes the batches of `group` passed on by a follower: only while this
+    /// replica leads.
+    pub(crate) async fn propose_forwarded(&self, group: Group) -> Vec<WireOutcomeWith> {
+        let (batches, balances) = group.into_parts();
         let refuse =
             |why: &str| vec![(WireOutcome::Unavailable(why.into()), Vec::new()); batches.len()];
         match self.leader() {
-            Leader::Me => self.propose_here(batches).await,
+            Leader::Me => self.propose_here(batches, balances).await,
             Leader::CutOff => refuse(CUT_OFF),
             Leader::Peer(_) | Leader::Unknown => refuse("this replica does not lead"),
         }
     }
 
-    /// Proposes `batches` as one group, this replica being the leader.
-    async fn propose_here(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+    /// Proposes `batches` as one group, this replica being the leader (`balances[i]`:
+    /// batch `i`'s results carry balances).
+    async fn propose_here(&self, batches: Vec<Batch>, balances: Vec<bool>) -> Vec<WireOutcomeWith> {
         let count = batches.len();
-        let group = Group::new(tally_engine::clock::wall_clock_ns(), batches);
+        let group = Group::with_balances(tally_engine::clock::wall_clock_ns(), batches, balances);
         let written = tokio::time::timeout(COMMIT_WAIT, self.raft.client_write(group)).await;
         let Ok(written) = written else {
             let why = "the write was not committed in time; it may still be";
             return vec![(WireOutcome::Unavailable(why.into()), Vec::new()); count];
         };
         match written {
-            Ok(response) => response
-                .data
-                .batches
-                .into_iter()
-                .map(|answer| match answer {
-                    Ok(results) => (WireOutcome::Applied, results),
-                    Err(BatchRefusal::TimeOutOfRange { now }) => {
-                        (WireOutcome::TimeOutOfRange(now), Vec::new())
-                    }
-                })
-                .collect(),
+            Ok(response) => {
+                let answers = &response.data;
+                (0..answers.batches.len())
+                    .map(|index| match &answers.batches[index] {
+                        Ok(_) => (
+                            WireOutcome::Applied,
+                            answers.with_balances(index).unwrap_or_default(),
+                        ),
+                        Err(BatchRefusal::TimeOutOfRange { now }) => {
+                            (WireOutcome::TimeOutOfRange(*now), Vec::new())
+                        }
+                    })
+                    .collect()
+            }
             Err(error) => {
                 let outcome = match error {
                     openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped) => {
@@ -248,8 +257,9 @@ impl Core {
         }
     }
 
-    /// Proposes `batches` wherever the leader is.
-    async fn propose(&self, batches: Vec<Batch>) -> Vec<WireOutcomeWith> {
+    /// Proposes `batches` wherever the leader is (`balances[i]`: batch `i`'s results
+    /// carry balances).
+    async fn propose(&self, batches: Vec<Batch>, balances: Vec<bool>) -> Vec<WireOutcomeWith> {
         let count = batches.len();
         let fail = |outcome: WireOutcome| vec![(outcome, Vec::new()); count];
         let leader = match self.find_leader().await {
@@ -257,10 +267,10 @@ impl Core {
             Err(error) => return fail(WireOutcome::Unavailable(error.to_string())),
         };
         match leader {
-            Leader::Me => self.propose_here(batches).await,
+            Leader::Me => self.propose_here(batches, balances).await,
             Leader::CutOff => fail(WireOutcome::Unavailable(CUT_OFF.into())),
             Leader::Unknown => fail(WireOutcome::Unavailable("no leader elected".into())),
-            Leader::Peer(addr) => match self.forward(&addr, batches).await {
+            Leader::Peer(addr) => match self.forward(&addr, batches, balances).await {
                 Ok(outcomes) if outcomes.len() == count => outcomes,
                 Ok(_) => fail(WireOutcome::Unavailable(
                     "the leader answered the wrong count".into(),
@@ -274,9 +284,10 @@ impl Core {
         &self,
         addr: &str,
         batches: Vec<Batch>,
+        balances: Vec<bool>,
     ) -> Result<Vec<WireOutcomeWith>, ClusterError> {
         let mut client = self.peer(addr)?;
-        let group = Group::new(0, batches);
+        let group = Group::with_balances(0, batches, balances);
         let frame = to_frame(&group).map_err(ClusterError::Unavailable)?;
         let mut request = tonic::Request::new(frame);
         request.set_timeout(LEADER_WAIT * 2);
@@ -285,11 +296,11 @@ impl Core {
         })?;
         let (outcomes, results): (Vec<WireOutcome>, GroupResults) =
             from_frame(answer.get_ref()).map_err(ClusterError::Unavailable)?;
-        let mut results = results.batches.into_iter();
         Ok(outcomes
             .into_iter()
-            .map(|outcome| {
-                let events = results.next().and_then(Result::ok).unwrap_or_default();
+            .enumerate()
+            .map(|(index, outcome)| {
+                let events = results.with_balances(index).unwrap_or_default();
                 (outcome, events)
             })
             .collect())
@@ -426,10 +437,11 @@ impl Core {
     }
 }
 
-/// A forwarded batch's outcome and, when applied, its results.
-pub(crate) type WireOutcomeWith = (WireOutcome, Vec<EventResult>);
+/// A forwarded batch's outcome and, when applied, its results (with balances where
+/// the batch asked for them).
+pub(crate) type WireOutcomeWith = (WireOutcome, Vec<TransferResult>);
 
-fn to_answer((outcome, results): WireOutcomeWith) -> Result<Vec<EventResult>, ClusterError> {
+fn to_answer((outcome, results): WireOutcomeWith) -> Result<Vec<TransferResult>, ClusterError> {
     match outcome {
         WireOutcome::Applied => Ok(results),
         WireOutcome::TimeOutOfRange(now) => Err(ClusterError::TimeOutOfRange { now }),
@@ -568,9 +580,39 @@ impl Replica {
     /// Submits a batch; answers once its group is committed on a majority and applied
     /// here or on the leader.
     pub async fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, ClusterError> {
+        let results = self.propose_batch(batch, false).await?;
+        Ok(results
+            .into_iter()
+            .map(|result| EventResult {
+                code: result.code,
+                timestamp: result.timestamp,
+            })
+            .collect())
+    }
+
+    /// Submits transfers as [`Replica::submit`] does, each applied one answered with
+    /// both accounts' balances right after it, as the leader applied it (the same on
+    /// every replica).
+    pub async fn submit_with_balances(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<TransferResult>, ClusterError> {
+        self.propose_batch(Batch::CreateTransfers(transfers), true)
+            .await
+    }
+
+    async fn propose_batch(
+        &self,
+        batch: Batch,
+        balances: bool,
+    ) -> Result<Vec<TransferResult>, ClusterError> {
         validate_batch(&batch).map_err(ClusterError::Invalid)?;
         let (reply, answer) = oneshot::channel();
-        let proposal = Proposal { batch, reply };
+        let proposal = Proposal {
+            batch,
+            balances,
+            reply,
+        };
         // A bounded wait for room, as the engine's backpressure: past it, busy.
         match tokio::time::timeout(self.submit_wait_max, self.proposals.send(proposal)).await {
             Err(_) => return Err(ClusterError::Busy),
@@ -663,7 +705,7 @@ async fn expire_when_due(core: std::sync::Weak<Core>) {
         let due = next.is_some_and(|at| at <= tally_engine::clock::wall_clock_ns());
         if due && matches!(core.leader(), Leader::Me) {
             let pulse = Batch::CreateTransfers(Vec::new());
-            let _ = core.propose_here(vec![pulse]).await;
+            let _ = core.propose_here(vec![pulse], Vec::new()).await;
         }
     }
 }
@@ -736,9 +778,15 @@ async fn answer_all(core: &Core, proposals: Vec<Proposal>) {
     if proposals.is_empty() {
         return;
     }
-    let (batches, replies): (Vec<Batch>, Vec<_>) =
-        proposals.into_iter().map(|p| (p.batch, p.reply)).unzip();
-    let outcomes = core.propose(batches).await;
+    let mut batches = Vec::with_capacity(proposals.len());
+    let mut balances = Vec::with_capacity(proposals.len());
+    let mut replies = Vec::with_capacity(proposals.len());
+    for proposal in proposals {
+        batches.push(proposal.batch);
+        balances.push(proposal.balances);
+        replies.push(proposal.reply);
+    }
+    let outcomes = core.propose(batches, balances).await;
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         let _ = reply.send(to_answer(outcome));
     }
@@ -751,9 +799,27 @@ pub(crate) fn peer_message_bytes_max() -> usize {
 
 /// Wraps a forwarded write's outcomes for the wire.
 pub(crate) fn forward_answer(outcomes: Vec<WireOutcomeWith>) -> Result<Frame, String> {
-    let (outcomes, results): (Vec<WireOutcome>, Vec<_>) = outcomes.into_iter().unzip();
-    let results = GroupResults {
-        batches: results.into_iter().map(Ok).collect(),
-    };
+    let (outcomes, results): (Vec<WireOutcome>, Vec<Vec<TransferResult>>) =
+        outcomes.into_iter().unzip();
+    let mut balances: Vec<Vec<_>> = results
+        .iter()
+        .map(|list| list.iter().map(|result| result.balances).collect())
+        .collect();
+    if balances.iter().flatten().all(Option::is_none) {
+        balances.clear();
+    }
+    let batches = results
+        .iter()
+        .map(|list| {
+            Ok(list
+                .iter()
+                .map(|result| EventResult {
+                    code: result.code,
+                    timestamp: result.timestamp,
+                })
+                .collect())
+        })
+        .collect();
+    let results = GroupResults { batches, balances };
     to_frame(&(outcomes, results))
 }

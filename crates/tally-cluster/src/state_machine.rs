@@ -5,7 +5,7 @@
 //! Invariant: `applied.last_applied` is the position of the last entry whose events are
 //! in `applied.state`, and `applied.digest` is the digest at that position.
 
-use crate::group::{BatchRefusal, Group, GroupResults};
+use crate::group::{BatchRefusal, Group, GroupResults, batch_balances};
 use crate::image_codec::{self, SnapshotHead};
 use crate::types::{TallyRaft, storage_error};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -48,7 +48,8 @@ impl Applied {
         self.last_applied.map_or(0, |id| id.index)
     }
 
-    /// Applies one committed group at `log_id`; answers each batch.
+    /// Applies one committed group at `log_id`; answers each batch, with balances for
+    /// the batches that asked (from the group's change events, captured for it alone).
     fn apply_group(&mut self, log_id: LogId<u64>, group: &Group) -> GroupResults {
         let stamps = group_stamps(&self.state, group);
         let refused: Vec<bool> = stamps.iter().map(Option::is_none).collect();
@@ -57,11 +58,26 @@ impl Applied {
             .zip(group.batches.iter())
             .filter_map(|(stamp, batch)| Some((stamp?, batch)))
             .collect();
+        let capture = group.wants_any_balances();
+        if capture {
+            self.state.set_change_capture(true);
+        }
         let codes = self.state.apply_run(&stamped);
+        let changes = if capture {
+            let changes = self.state.take_changes();
+            self.state.set_change_capture(false);
+            changes
+        } else {
+            Vec::new()
+        };
         let mut digest = xxh3_64_with_seed(&log_id.index.to_le_bytes(), self.digest);
         let mut applied = stamped.iter().zip(codes);
         let mut batches = Vec::with_capacity(group.batches.len());
-        for was_refused in refused {
+        let mut balances = Vec::new();
+        for (index, was_refused) in refused.into_iter().enumerate() {
+            if capture {
+                balances.push(Vec::new());
+            }
             if was_refused {
                 digest = xxh3_64_with_seed(b"refused", digest);
                 batches.push(Err(BatchRefusal::TimeOutOfRange {
@@ -75,10 +91,14 @@ impl Applied {
             digest = digest_batch(digest, *stamp, batch, &codes);
             self.events_applied += batch.len() as u64;
             let imported = batch.is_imported().then_some(*batch);
-            batches.push(Ok(EventResult::for_batch(*stamp, &codes, imported)));
+            let results = EventResult::for_batch(*stamp, &codes, imported);
+            if group.wants_balances(index) {
+                balances[index] = batch_balances(&changes, &results);
+            }
+            batches.push(Ok(results));
         }
         self.digest = digest;
-        GroupResults { batches }
+        GroupResults { batches, balances }
     }
 }
 

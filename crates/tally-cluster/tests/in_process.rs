@@ -309,3 +309,111 @@ async fn an_expiry_runs_at_its_instant_without_traffic() {
     }
     replica.shutdown().await;
 }
+
+/// Submits transfers asking for balances until the cluster answers, as [`submit`].
+async fn submit_with_balances(
+    replica: &Replica,
+    transfers: Vec<tally_types::Transfer>,
+) -> Vec<tally_engine::TransferResult> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match replica.submit_with_balances(transfers.clone()).await {
+            Ok(results) => return results,
+            Err(ClusterError::Unavailable(why)) if Instant::now() < deadline => {
+                eprintln!("retrying: {why}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("submit failed: {error}"),
+        }
+    }
+}
+
+/// Transfers that succeed, fail on a limit, reserve, fail in a chain and post, on
+/// accounts 1 (its debits bounded by its credits) to 3.
+fn transfers_with_every_outcome() -> Vec<Vec<tally_types::Transfer>> {
+    use tally_types::TransferFlags;
+    let mut pending = transfer(13, 1, 3, 20);
+    pending.flags = TransferFlags::PENDING;
+    let mut linked = transfer(14, 1, 3, 10);
+    linked.flags = TransferFlags::LINKED;
+    let mut post = transfer(16, 1, 3, 0);
+    post.flags = TransferFlags::POST_PENDING_TRANSFER;
+    post.pending_id = 13;
+    post.amount = 15;
+    vec![
+        vec![transfer(10, 2, 1, 100), transfer(11, 1, 3, 30)],
+        vec![transfer(12, 1, 3, 500), pending],
+        vec![linked, transfer(15, 1, 3, 1000), post],
+    ]
+}
+
+/// Balances with results: a replica answers them as a single node does, through the
+/// leader and through a follower (the forward path), beside batches that did not ask
+/// for them in the same groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_with_results_answer_as_a_single_node_does() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(open(id, &members, root.path()).await);
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader_id = wait_for_leader(&all).await;
+    let leader = all.iter().find(|r| r.id() == leader_id).expect("leader");
+    let follower = all.iter().find(|r| r.id() != leader_id).expect("follower");
+    let single = tally_engine::Ledger::open(tally_engine::Config::new(root.path().join("single")))
+        .expect("opens");
+
+    let accounts = Batch::CreateAccounts(vec![
+        account(1, TEST_LEDGER, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+        account(3, TEST_LEDGER, AccountFlags::empty()),
+        account(4, TEST_LEDGER, AccountFlags::empty()),
+        account(5, TEST_LEDGER, AccountFlags::empty()),
+    ]);
+    submit(leader, accounts.clone()).await;
+    single.submit_async(accounts).await.expect("single node");
+
+    let mut seen = Vec::new();
+    for (round, transfers) in transfers_with_every_outcome().into_iter().enumerate() {
+        let through = if round % 2 == 0 { follower } else { leader };
+        // Another batch, on other accounts, proposed at the same time without balances.
+        let beside = Batch::CreateTransfers(vec![transfer(100 + round as u128, 4, 5, 7)]);
+        let (cluster, other) = tokio::join!(
+            submit_with_balances(through, transfers.clone()),
+            submit(leader, beside.clone()),
+        );
+        assert_eq!(other[0].code, ResultCode::Ok);
+        let expected = single
+            .create_transfers_with_balances_async(transfers)
+            .await
+            .expect("single node");
+        single.submit_async(beside).await.expect("single node");
+        let strip = |results: &[tally_engine::TransferResult]| {
+            results
+                .iter()
+                .map(|r| (r.code, r.balances))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&cluster), strip(&expected), "round {round}");
+        seen.extend(cluster.iter().map(|r| r.code));
+        assert!(
+            cluster
+                .iter()
+                .all(|r| r.balances.is_some() == (r.code == ResultCode::Ok)),
+            "balances exactly for the applied transfers: {cluster:?}"
+        );
+    }
+    for code in [
+        ResultCode::Ok,
+        ResultCode::ExceedsCredits,
+        ResultCode::LinkedEventFailed,
+    ] {
+        assert!(seen.contains(&code), "the rounds meet {code:?}: {seen:?}");
+    }
+    single.shutdown().expect("shuts down");
+    for replica in all {
+        replica.shutdown().await;
+    }
+}

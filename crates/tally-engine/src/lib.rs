@@ -103,7 +103,7 @@ pub use events::SUBSCRIPTION_BATCH_EVENTS_MAX;
 pub use ledger::{Ledger, events_dir, validate as validate_batch};
 pub use metrics::MetricsSnapshot;
 pub use recovery::Recovery;
-pub use request::{EventResult, TransferResult};
+pub use request::{EventResult, TransferResult, transfer_balances};
 pub use tally_log::SyncMode;
 pub use tally_state::{InvariantViolation, LedgerTotals, Placement};
 /// Currencies and amounts at the API edge: ISO 4217 scales, scales an application

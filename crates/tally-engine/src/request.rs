@@ -3,7 +3,10 @@
 
 use crate::error::SubmitError;
 use std::time::Instant;
-use tally_types::{AccountFlags, Batch, ResultCode, TransferBalances, TransferFlags};
+use tally_types::{
+    AccountBalances, AccountFlags, Batch, ChangeEvent, ChangeKind, ResultCode, TransferBalances,
+    TransferFlags,
+};
 use tokio::sync::oneshot;
 
 /// The result of one event: its code, and its timestamp when it was applied (`Ok`).
@@ -66,6 +69,37 @@ pub struct TransferResult {
     /// Both accounts' balances right after the transfer; `Some` exactly when `code`
     /// is `Ok`.
     pub balances: Option<TransferBalances>,
+}
+
+/// The balances after an applied transfer, from its change event among `events` (the
+/// group's, in timestamp order); `None` for an event that was not applied. A cluster
+/// replica answers balances with results the same way.
+pub fn transfer_balances(events: &[ChangeEvent], result: &EventResult) -> Option<TransferBalances> {
+    if !result.code.is_ok() {
+        return None;
+    }
+    let of_the_transfer = |event: &&ChangeEvent| {
+        event.transfer.timestamp == result.timestamp
+            && !matches!(
+                event.kind,
+                ChangeKind::TwoPhaseExpired | ChangeKind::AccountCreated
+            )
+    };
+    let first = events.partition_point(|event| event.timestamp < result.timestamp);
+    // An expiry may share the instant; the transfer's own event is the one stamped with
+    // the transfer's timestamp.
+    let found = events[first..]
+        .iter()
+        .take_while(|event| event.timestamp == result.timestamp)
+        .find(of_the_transfer)
+        // An imported transfer's event is stamped when it committed, after its own
+        // timestamp (which no other transfer has).
+        .or_else(|| events.iter().find(of_the_transfer));
+    debug_assert!(found.is_some(), "an applied transfer has its change event");
+    found.map(|event| TransferBalances {
+        debit_account: AccountBalances::of(&event.debit_account),
+        credit_account: AccountBalances::of(&event.credit_account),
+    })
 }
 
 /// What the apply thread sends back: the results, and when the submission asked for

@@ -13,7 +13,7 @@ use crate::clock::wall_clock_ns;
 use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
 use crate::events::Journal;
 use crate::pacing::CommitPacer;
-use crate::request::{Answered, EventResult, Reply, Request};
+use crate::request::{Answered, EventResult, Reply, Request, transfer_balances};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
 use crate::tables::TableMaker;
@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tally_log::SyncMode;
 use tally_state::FrozenState;
-use tally_types::{AccountBalances, ChangeEvent, ChangeKind, TransferBalances};
+use tally_types::ChangeEvent;
 
 /// Synced groups waiting for the apply thread.
 pub(crate) const GROUPS_IN_FLIGHT_MAX: usize = 2;
@@ -356,36 +356,6 @@ impl LogThread {
             }
         }
     }
-}
-
-/// The balances after an applied transfer, from its change event among `events` (the
-/// group's, in timestamp order); `None` for an event that was not applied.
-fn transfer_balances(events: &[ChangeEvent], result: &EventResult) -> Option<TransferBalances> {
-    if !result.code.is_ok() {
-        return None;
-    }
-    let of_the_transfer = |event: &&ChangeEvent| {
-        event.transfer.timestamp == result.timestamp
-            && !matches!(
-                event.kind,
-                ChangeKind::TwoPhaseExpired | ChangeKind::AccountCreated
-            )
-    };
-    let first = events.partition_point(|event| event.timestamp < result.timestamp);
-    // An expiry may share the instant; the transfer's own event is the one stamped with
-    // the transfer's timestamp.
-    let found = events[first..]
-        .iter()
-        .take_while(|event| event.timestamp == result.timestamp)
-        .find(of_the_transfer)
-        // An imported transfer's event is stamped when it committed, after its own
-        // timestamp (which no other transfer has).
-        .or_else(|| events.iter().find(of_the_transfer));
-    debug_assert!(found.is_some(), "an applied transfer has its change event");
-    found.map(|event| TransferBalances {
-        debit_account: AccountBalances::of(&event.debit_account),
-        credit_account: AccountBalances::of(&event.credit_account),
-    })
 }
 
 /// An empty batch that only moves time forward; nobody waits for its answer.

@@ -81,18 +81,20 @@ impl Backend {
         }
     }
 
-    /// Transfers with both accounts' balances after each (a single-node ledger only).
+    /// Transfers with both accounts' balances after each.
     pub(crate) async fn submit_with_balances(
         &self,
         transfers: Vec<Transfer>,
-    ) -> Result<Option<Vec<TransferResult>>, BackendError> {
+    ) -> Result<Vec<TransferResult>, BackendError> {
         match self {
             Backend::Ledger(ledger) => ledger
                 .create_transfers_with_balances_async(transfers)
                 .await
-                .map(Some)
                 .map_err(BackendError::Submit),
-            Backend::Replica(_) => Ok(None),
+            Backend::Replica(replica) => replica
+                .submit_with_balances(transfers)
+                .await
+                .map_err(BackendError::Cluster),
         }
     }
 

@@ -77,14 +77,10 @@ impl LedgerService {
     ) -> Result<Response<v1::CreateResults>, Status> {
         let events = transfers.len();
         match self.backend.submit_with_balances(transfers).await {
-            Ok(Some(results)) => {
+            Ok(results) => {
                 self.stats.answered(operation, events);
                 Ok(Response::new(create_results_with_balances(&results)))
             }
-            Ok(None) => Err(self.refuse(
-                operation,
-                Status::unimplemented(REPLICA_BALANCES_UNIMPLEMENTED),
-            )),
             Err(error) => {
                 let status = self.submit_status(&error);
                 self.stats.refused(operation, status.code());
@@ -213,10 +209,6 @@ fn create_results_with_balances(results: &[TransferResult]) -> v1::CreateResults
             .collect(),
     }
 }
-
-/// The message of a `balances` request on a replica.
-const REPLICA_BALANCES_UNIMPLEMENTED: &str = "balances with results are answered by a single-node server; a cluster replica does not \
-     capture them yet";
 
 fn too_many(count: usize) -> Status {
     Status::invalid_argument(format!(

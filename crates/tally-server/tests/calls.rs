@@ -311,3 +311,70 @@ fn ledger_of(server: &tally_server::RunningServer) -> &tally_engine::Ledger {
         other => panic!("a single-node server was expected, not {other:?}"),
     }
 }
+
+/// A replica answers balances with results as a single node does (a cluster of one:
+/// the replica path of the server; `tally-cluster`'s tests cover the forward path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_with_results_answer_through_a_replica() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let members = [(1, format!("127.0.0.1:{}", tally_testkit::free_port()))].into();
+    let config = tally_cluster::ClusterConfig::new(1, members, dir.path().join("r1"));
+    let replica = tally_cluster::Replica::open(config).await.expect("opens");
+    let replica = std::sync::Arc::new(replica);
+    let server = Server::start_backend(
+        tally_server::Backend::Replica(replica.clone()),
+        ServerConfig::new("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await
+    .expect("start");
+    let url = format!("http://{}", server.local_addr());
+    let mut client = LedgerClient::connect(url).await.expect("connect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The lone replica elects itself first: until then calls answer UNAVAILABLE.
+    while let Err(status) = client
+        .create_accounts(v1::CreateAccountsRequest {
+            accounts: [account(1), account(2)]
+                .iter()
+                .map(account_to_proto)
+                .collect(),
+            ..Default::default()
+        })
+        .await
+    {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert!(std::time::Instant::now() < deadline, "no leader: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let transfers = [pay(10, 2, 1, 300), pay(11, 2, 1, 200), pay(12, 2, 2, 1)]
+        .iter()
+        .map(transfer_to_proto)
+        .collect();
+    let applied = client
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers,
+            balances: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create transfers")
+        .into_inner();
+    assert_eq!(
+        codes(&applied),
+        vec![
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::AccountsMustBeDifferent
+        ]
+    );
+    let balances = |r: &v1::CreateResult| {
+        (
+            tally_proto::balances_from_proto(r.debit_account.as_ref()).debits_posted,
+            tally_proto::balances_from_proto(r.credit_account.as_ref()).credits_posted,
+        )
+    };
+    let seen: Vec<(u128, u128)> = applied.results.iter().map(balances).collect();
+    assert_eq!(seen, vec![(300, 300), (500, 500), (0, 0)]);
+    assert!(applied.results[2].credit_account.is_none());
+    server.shutdown().await.expect("shuts down");
+    replica.shutdown().await;
+}
