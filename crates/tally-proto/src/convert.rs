@@ -273,8 +273,9 @@ pub fn filter_to_proto(filter: &AccountFilter) -> v1::AccountFilter {
         timestamp_min: filter.timestamp_min,
         timestamp_max: filter.timestamp_max,
         limit: filter.limit,
-        debits: filter.debits,
-        credits: filter.credits,
+        // Neither direction set: both (proto3 leaves an unset bool false).
+        debits: filter.debits || !filter.credits,
+        credits: filter.credits || !filter.debits,
         reversed: filter.reversed,
         user_data_128: u128_to_proto(filter.user_data_128),
         user_data_64: filter.user_data_64,
@@ -291,8 +292,9 @@ pub fn filter_from_proto(filter: &v1::AccountFilter) -> Result<AccountFilter, St
         timestamp_min: filter.timestamp_min,
         timestamp_max: filter.timestamp_max,
         limit: filter.limit,
-        debits: filter.debits,
-        credits: filter.credits,
+        // Neither direction set: both (proto3 leaves an unset bool false).
+        debits: filter.debits || !filter.credits,
+        credits: filter.credits || !filter.debits,
         reversed: filter.reversed,
         user_data_128: u128_from_proto(filter.user_data_128),
         user_data_64: filter.user_data_64,
@@ -453,6 +455,23 @@ pub fn change_event_ledger(event: &ChangeEvent) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_without_a_direction_lists_both() {
+        let directions = |debits, credits| {
+            let wire = v1::AccountFilter {
+                debits,
+                credits,
+                ..v1::AccountFilter::default()
+            };
+            let filter = filter_from_proto(&wire).expect("valid");
+            (filter.debits, filter.credits)
+        };
+        assert_eq!(directions(false, false), (true, true));
+        assert_eq!(directions(true, false), (true, false));
+        assert_eq!(directions(false, true), (false, true));
+        assert_eq!(directions(true, true), (true, true));
+    }
 
     #[test]
     fn result_codes_match_the_proto() {
