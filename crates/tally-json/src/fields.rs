@@ -246,6 +246,11 @@ pub(crate) fn amount_text(value: &Json, loc: Loc<'_>) -> Result<String, LineErro
         Json::Float(number) if number.is_sign_negative() => {
             Err(loc.error(format!("{number:?} is negative")))
         }
+        // An integer past u64 arrives as a float: say what is wrong with it.
+        Json::Float(number) if *number >= JSON_INT_EXACT_LIMIT as f64 => Err(loc.error(format!(
+            "JSON number {number:?} is at or past 2^53, which JSON tools do not keep exact; \
+             give amounts as a decimal string"
+        ))),
         Json::Float(number) => Err(loc.error(format!(
             "JSON number {number:?} is a float; give amounts as a decimal string such as \
              \"12.50\" (floating point never touches money)"

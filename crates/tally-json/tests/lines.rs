@@ -629,6 +629,18 @@ fn amount_errors() {
         "error: create_transfers[0].amount: JSON number 12.0 is a float",
     );
     check(
+        &transfer("18446744073709551616", 156),
+        "error: create_transfers[0].amount: JSON number 1.8446744073709552e19 is at or past 2^53",
+    );
+    let long = format!("\"{}\"", "9".repeat(10_000));
+    check(
+        &transfer(&long, 156),
+        &format!(
+            "error: create_transfers[0].amount: \"{}…\" is too large",
+            "9".repeat(64)
+        ),
+    );
+    check(
         &transfer("-1", 156),
         "error: create_transfers[0].amount: -1 is negative",
     );

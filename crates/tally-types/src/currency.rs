@@ -67,7 +67,20 @@ pub const ISO_4217_DEFAULTS: &[Currency] = &[
     },
 ];
 
-/// Why an amount could not be converted exactly.
+/// Characters of the client's text an [`AmountError`] keeps: a hostile amount of
+/// megabytes is named by its start, never echoed whole.
+pub const AMOUNT_ECHO_CHARS_MAX: usize = 64;
+
+/// `text` cut to [`AMOUNT_ECHO_CHARS_MAX`] characters, with `…` when it was longer.
+fn echoed(text: &str) -> String {
+    match text.char_indices().nth(AMOUNT_ECHO_CHARS_MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Why an amount could not be converted exactly. Each carries the amount as given, cut
+/// to [`AMOUNT_ECHO_CHARS_MAX`] characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AmountError {
     /// Not a plain decimal number (`"12.50"`).
@@ -187,12 +200,12 @@ impl CurrencyTable {
 /// digit past the scale is an error, never a rounding.
 pub fn parse_amount(text: &str, scale: u32) -> Result<u128, AmountError> {
     debug_assert!(scale <= SCALE_MAX);
-    let malformed = || AmountError::Malformed(text.to_string());
+    let malformed = || AmountError::Malformed(echoed(text));
     if let Some(rest) = text.strip_prefix('-') {
         let is_number = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         return Err(
             if is_number && rest.bytes().any(|b| b != b'0' && b != b'.') {
-                AmountError::Negative(text.to_string())
+                AmountError::Negative(echoed(text))
             } else {
                 malformed()
             },
@@ -217,11 +230,11 @@ pub fn parse_amount(text: &str, scale: u32) -> Result<u128, AmountError> {
     };
     if dropped.bytes().any(|b| b != b'0') {
         return Err(AmountError::TooManyDecimals {
-            text: text.to_string(),
+            text: echoed(text),
             scale,
         });
     }
-    let too_large = || AmountError::TooLarge(text.to_string());
+    let too_large = || AmountError::TooLarge(echoed(text));
     let mut minor: u128 = 0;
     for digit in whole.bytes().chain(kept.bytes()) {
         minor = minor
@@ -308,6 +321,33 @@ mod tests {
         assert_eq!(table.to_minor(156, Decimal::new(1250, 2)), Ok(1_250));
         assert!(table.parse(156, "1.005").is_err());
         assert_eq!(table.format(392, 500), "500");
+    }
+
+    #[test]
+    fn a_refused_amount_is_named_by_its_start() {
+        let long = format!("{}.{}", "1".repeat(5_000), "5".repeat(5_000));
+        for (text, scale) in [
+            (long.clone(), 2),
+            (format!("-{long}"), 2),
+            (format!("{long}x"), 2),
+        ] {
+            let message = parse_amount(&text, scale).expect_err("refused").to_string();
+            assert!(message.len() < 200, "{message}");
+            assert!(
+                message.contains(&format!("{}…", "1".repeat(63))),
+                "{message}"
+            );
+        }
+        let large = "9".repeat(100);
+        let message = parse_amount(&large, 0).expect_err("too large").to_string();
+        assert!(
+            message.contains("too large") && message.len() < 200,
+            "{message}"
+        );
+        assert_eq!(
+            parse_amount("1.234", 2).expect_err("refused").to_string(),
+            "\"1.234\" has more than 2 decimal place(s) for this ledger; amounts are never rounded"
+        );
     }
 
     #[test]
