@@ -174,6 +174,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         // Installed before the server starts, so a signal sent as soon as the address
         // is printed is never lost (the default action would kill the process).
         let stop = StopSignals::install()?;
+        // Refused before the data directory is touched.
+        config.check().map_err(|error| error.to_string())?;
         let backend = open_backend(&args).await?;
         let server = match Server::start_backend(backend.clone(), config).await {
             Ok(server) => server,

@@ -458,6 +458,25 @@ async fn plain_text_on_a_public_address_needs_insecure() {
     assert!(!output.status.success(), "served plain text on 0.0.0.0");
     assert!(stderr.contains("--insecure"), "{stderr}");
     assert!(output.stdout.is_empty(), "no listening line");
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before the data directory is made"
+    );
+    let missing = dir.path().join("no-such-tokens.jsonl");
+    let output = tally()
+        .args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&missing)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "served without its token file");
+    assert!(
+        stderr.contains("no-such-tokens.jsonl"),
+        "names the file: {stderr}"
+    );
+    assert!(!dir.path().join("data").exists());
 
     let served = Served::start(
         &dir.path().join("data"),

@@ -168,7 +168,7 @@ pub struct Tokens {
 #[derive(Debug)]
 pub enum TokenFileError {
     /// The file could not be read.
-    Read(std::io::Error),
+    Read(std::path::PathBuf, std::io::Error),
     /// A line is not a valid token entry.
     Line {
         /// 1-based line number.
@@ -183,7 +183,9 @@ pub enum TokenFileError {
 impl fmt::Display for TokenFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TokenFileError::Read(error) => write!(f, "cannot read the token file: {error}"),
+            TokenFileError::Read(path, error) => {
+                write!(f, "cannot read the token file {}: {error}", path.display())
+            }
             TokenFileError::Line { line, reason } => {
                 write!(f, "token file line {line}: {reason}")
             }
@@ -195,7 +197,7 @@ impl fmt::Display for TokenFileError {
 impl std::error::Error for TokenFileError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            TokenFileError::Read(error) => Some(error),
+            TokenFileError::Read(_, error) => Some(error),
             _ => None,
         }
     }
@@ -213,7 +215,8 @@ struct TokenLine {
 impl Tokens {
     /// Loads a token file (see the module docs).
     pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(TokenFileError::Read)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| TokenFileError::Read(path.to_path_buf(), error))?;
         Tokens::parse(&text)
     }
 

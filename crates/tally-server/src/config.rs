@@ -91,6 +91,19 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(10),
         }
     }
+
+    /// Refuses what would stop the server from starting, before anything is opened: a
+    /// plain-text listener on a non-loopback address without `insecure`, a token file
+    /// that does not read or parse.
+    pub fn check(&self) -> Result<(), ServerError> {
+        if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return Err(ServerError::InsecureListen(self.listen));
+        }
+        if let Some(path) = &self.tokens {
+            crate::auth::Tokens::load(path).map_err(ServerError::Tokens)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a server did not start.

@@ -67,9 +67,7 @@ impl Server {
         backend: Backend,
         config: ServerConfig,
     ) -> Result<RunningServer, ServerError> {
-        if config.tls.is_none() && !config.insecure && !config.listen.ip().is_loopback() {
-            return Err(ServerError::InsecureListen(config.listen));
-        }
+        config.check()?;
         let access = match &config.tokens {
             Some(path) => {
                 Access::Tokens(Arc::new(Tokens::load(path).map_err(ServerError::Tokens)?))
