@@ -23,8 +23,7 @@ use tally_engine::{EventResult, SubmitError, TransferResult, validate_batch};
 use tally_proto::peer::Frame;
 use tally_proto::peer::peer_client::PeerClient;
 use tally_state::StateMachine;
-use tally_types::Batch;
-use tally_types::Transfer;
+use tally_types::{Batch, Transfer};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
@@ -441,6 +440,14 @@ impl Core {
 /// the batch asked for them).
 pub(crate) type WireOutcomeWith = (WireOutcome, Vec<TransferResult>);
 
+/// A result's code and timestamp.
+fn without_balances(result: &TransferResult) -> EventResult {
+    EventResult {
+        code: result.code,
+        timestamp: result.timestamp,
+    }
+}
+
 fn to_answer((outcome, results): WireOutcomeWith) -> Result<Vec<TransferResult>, ClusterError> {
     match outcome {
         WireOutcome::Applied => Ok(results),
@@ -581,13 +588,7 @@ impl Replica {
     /// here or on the leader.
     pub async fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, ClusterError> {
         let results = self.propose_batch(batch, false).await?;
-        Ok(results
-            .into_iter()
-            .map(|result| EventResult {
-                code: result.code,
-                timestamp: result.timestamp,
-            })
-            .collect())
+        Ok(results.iter().map(without_balances).collect())
     }
 
     /// Submits transfers as [`Replica::submit`] does, each applied one answered with
@@ -810,15 +811,7 @@ pub(crate) fn forward_answer(outcomes: Vec<WireOutcomeWith>) -> Result<Frame, St
     }
     let batches = results
         .iter()
-        .map(|list| {
-            Ok(list
-                .iter()
-                .map(|result| EventResult {
-                    code: result.code,
-                    timestamp: result.timestamp,
-                })
-                .collect())
-        })
+        .map(|list| Ok(list.iter().map(without_balances).collect()))
         .collect();
     let results = GroupResults { batches, balances };
     to_frame(&(outcomes, results))
