@@ -91,6 +91,7 @@ impl ClusterConfig {
                 self.replica_id
             ));
         }
+        duplicate_address(&self.members)?;
         let (low, high) = self.election_timeout;
         if low.is_zero() || high <= low {
             return Err("the election timeout range must be non-empty and above zero".into());
@@ -126,8 +127,22 @@ impl ClusterConfig {
         if members.is_empty() {
             return Err("the cluster lists no replica".into());
         }
+        duplicate_address(&members)?;
         Ok(members)
     }
+}
+
+/// Refuses two replicas at one peer address: each would take the other's messages.
+fn duplicate_address(members: &BTreeMap<u64, String>) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    for (id, addr) in members {
+        if let Some(first) = seen.insert(addr.as_str(), *id) {
+            return Err(format!(
+                "replicas {first} and {id} are both at {addr}: each needs its own peer address"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -139,10 +154,23 @@ mod tests {
         let members =
             ClusterConfig::parse_members("1=127.0.0.1:7001, 2=127.0.0.1:7002").expect("parses");
         assert_eq!(members.len(), 2);
-        for bad in ["", "1", "0=a:1", "x=a:1", "1=a:1,1=b:2", "1=nohost"] {
+        for bad in [
+            "",
+            "1",
+            "0=a:1",
+            "x=a:1",
+            "1=a:1,1=b:2",
+            "1=nohost",
+            "1=a:1,2=a:1",
+        ] {
             assert!(ClusterConfig::parse_members(bad).is_err(), "{bad}");
         }
         let config = ClusterConfig::new(3, members, "/tmp/x");
         assert!(config.validate().is_err());
+        let shared: BTreeMap<u64, String> = [(1, "a:1".to_string()), (2, "a:1".to_string())].into();
+        let error = ClusterConfig::new(1, shared, "/tmp/x")
+            .validate()
+            .expect_err("one address for two replicas");
+        assert!(error.contains("both at a:1"), "{error}");
     }
 }

@@ -417,3 +417,64 @@ async fn balances_with_results_answer_as_a_single_node_does() {
         replica.shutdown().await;
     }
 }
+
+/// A follower that lost its disk comes back empty under its own id: it catches up from
+/// the leader, which neither stops nor loses a write (openraft's check that a
+/// follower's log never goes back is loosened for exactly this: without it the leader's
+/// Raft core panics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lost_its_disk_catches_up_empty() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(Some(open(id, &members, root.path()).await));
+    }
+    let all: Vec<&Replica> = replicas.iter().flatten().collect();
+    let leader = wait_for_leader(&all).await;
+    submit(all[0], two_accounts()).await;
+    for id in 0..50u128 {
+        let batch = Batch::CreateTransfers(vec![transfer(100 + id, 1, 2, 1)]);
+        submit(all[(id % 3) as usize], batch).await;
+    }
+    wait_converged(&all).await;
+
+    let index = replicas
+        .iter()
+        .position(|r| r.as_ref().is_some_and(|r| r.id() != leader))
+        .expect("a follower");
+    let lost = replicas[index].take().expect("follower");
+    let lost_id = lost.id();
+    lost.shutdown().await;
+    drop(lost);
+    std::fs::remove_dir_all(root.path().join(format!("r{lost_id}"))).expect("wiped");
+    let survivors: Vec<&Replica> = replicas.iter().flatten().collect();
+    submit(
+        survivors[0],
+        Batch::CreateTransfers(vec![transfer(500, 1, 2, 1)]),
+    )
+    .await;
+
+    replicas[index] = Some(open(lost_id, &members, root.path()).await);
+    let all: Vec<&Replica> = replicas.iter().flatten().collect();
+    submit(
+        all[index],
+        Batch::CreateTransfers(vec![transfer(501, 1, 2, 1)]),
+    )
+    .await;
+    wait_converged(&all).await;
+    for replica in &all {
+        let debits = replica.read_local(|s| s.lookup_account(1).map(|a| a.debits_posted));
+        assert_eq!(debits, Some(52), "replica {}", replica.id());
+    }
+    let leaders = all.iter().filter(|r| r.status().role == "leader").count();
+    assert_eq!(
+        leaders,
+        1,
+        "{:?}",
+        all.iter().map(|r| r.status()).collect::<Vec<_>>()
+    );
+    for replica in all {
+        replica.shutdown().await;
+    }
+}
