@@ -50,6 +50,11 @@ pub struct ClusterConfig {
     /// instant passes with no traffic, so the expiry runs then (as a single node logs
     /// an empty batch), not with the next write. Default on.
     pub expire_when_idle: bool,
+    /// How long the leader waits, when a replica is added, for it to catch up as a
+    /// learner before making it a voter. Past it the replica stays a learner (it never
+    /// counts toward a majority it cannot yet serve) and the add answers an error.
+    /// Default 60 s.
+    pub learner_catch_up_max: Duration,
 }
 
 impl ClusterConfig {
@@ -72,6 +77,7 @@ impl ClusterConfig {
             proposal_queue: 4_096,
             submit_wait_max: Duration::from_millis(100),
             expire_when_idle: true,
+            learner_catch_up_max: Duration::from_secs(60),
         }
     }
 

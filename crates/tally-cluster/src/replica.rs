@@ -138,6 +138,8 @@ pub(crate) struct Core {
     peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
     /// When this replica stands for leader (openraft's own timer is off).
     pub(crate) elections: Arc<Elections>,
+    /// [`ClusterConfig::learner_catch_up_max`].
+    learner_catch_up_max: Duration,
 }
 
 impl std::fmt::Debug for Core {
@@ -407,10 +409,16 @@ impl Core {
         match request {
             AdminRequest::Status => {}
             AdminRequest::Add { replica_id, addr } => {
-                self.raft
-                    .add_learner(replica_id, BasicNode::new(addr), true)
+                if voters.contains(&replica_id) {
+                    return Err(format!("replica {replica_id} is already a voter"));
+                }
+                let added = self
+                    .raft
+                    .add_learner(replica_id, BasicNode::new(addr), false)
                     .await
                     .map_err(|e| format!("adding replica {replica_id} as a learner: {e}"))?;
+                self.learner_caught_up(replica_id, added.log_id.index)
+                    .await?;
                 let mut next = voters;
                 next.insert(replica_id);
                 self.raft
@@ -421,7 +429,7 @@ impl Core {
             AdminRequest::Remove { replica_id } => {
                 let mut next = voters;
                 if !next.remove(&replica_id) {
-                    return Err(format!("replica {replica_id} is not a voter"));
+                    return self.remove_learner(replica_id).await;
                 }
                 if next.is_empty() {
                     return Err("the last replica cannot be removed".into());
@@ -433,6 +441,57 @@ impl Core {
             }
         }
         Ok(self.status())
+    }
+}
+
+impl Core {
+    /// Removes learner `replica_id` (one that never caught up), on the leader.
+    async fn remove_learner(&self, replica_id: u64) -> Result<ReplicaStatus, String> {
+        let is_learner = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == replica_id);
+        if !is_learner {
+            return Err(format!("replica {replica_id} is not a member"));
+        }
+        let removal = openraft::ChangeMembers::RemoveNodes([replica_id].into());
+        self.raft
+            .change_membership(removal, false)
+            .await
+            .map_err(|e| format!("removing learner {replica_id}: {e}"))?;
+        Ok(self.status())
+    }
+
+    /// Waits, on the leader, until learner `replica_id` holds the log up to `index`
+    /// (the entry that added it), up to [`ClusterConfig::learner_catch_up_max`].
+    async fn learner_caught_up(&self, replica_id: u64, index: u64) -> Result<(), String> {
+        let caught_up = self
+            .raft
+            .wait(Some(self.learner_catch_up_max))
+            .metrics(
+                |metrics| {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&replica_id).cloned())
+                        .flatten()
+                        .is_some_and(|matched| matched.index >= index)
+                },
+                "learner caught up",
+            )
+            .await;
+        caught_up.map(|_| ()).map_err(|_| {
+            format!(
+                "replica {replica_id} did not catch up within {} s (is it running, at the \
+                 address given?): it stays a learner, without a vote; add it again once \
+                 it is reachable, or remove it",
+                self.learner_catch_up_max.as_secs()
+            )
+        })
     }
 }
 
@@ -521,6 +580,7 @@ impl Replica {
                 // The clock, so that replicas started together draw apart.
                 tally_engine::clock::wall_clock_ns(),
             )),
+            learner_catch_up_max: config.learner_catch_up_max,
         });
         let own = match &config.peer_listen {
             Some(listen) => listen.clone(),

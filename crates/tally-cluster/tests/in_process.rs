@@ -478,3 +478,45 @@ async fn a_follower_that_lost_its_disk_catches_up_empty() {
         replica.shutdown().await;
     }
 }
+
+/// A replica added at an address where nothing answers never becomes a voter: it
+/// stays a learner (no vote, so no majority waits on it), the add answers an error,
+/// and the learner can be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_catch_up_is_not_made_a_voter() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let mut config =
+            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
+        config.learner_catch_up_max = Duration::from_secs(1);
+        replicas.push(Replica::open(config).await.expect("opens"));
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    wait_for_leader(&all).await;
+    submit(all[0], two_accounts()).await;
+
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let error = all[1]
+        .add_replica(5, nowhere)
+        .await
+        .expect_err("nothing answers there");
+    assert!(error.contains("did not catch up"), "{error}");
+    let status = all[0].status();
+    assert_eq!(status.voters.len(), 3, "{status:?}");
+    let again = all[2].add_replica(1, members[&1].clone()).await;
+    assert!(again.is_err_and(|e| e.contains("already a voter")));
+
+    let removed = all[0].remove_replica(5).await.expect("removes the learner");
+    assert!(!removed.learners.contains_key(&5), "{removed:?}");
+    assert!(
+        all[0].remove_replica(5).await.is_err(),
+        "no longer a member"
+    );
+    let results = submit(all[1], Batch::CreateTransfers(vec![transfer(7, 1, 2, 1)])).await;
+    assert_eq!(results[0].code, ResultCode::Ok);
+    for replica in all {
+        replica.shutdown().await;
+    }
+}
