@@ -361,12 +361,12 @@ fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A single node's data directory that exists.
 pub(crate) fn require_dir(data: &std::path::Path) -> Result<(), String> {
-    if data.is_dir() {
-        Ok(())
-    } else {
-        Err(format!("{}: no such data directory", data.display()))
+    if !data.is_dir() {
+        return Err(format!("{}: no such data directory", data.display()));
     }
+    tally_engine::refuse_replica_dir(data).map_err(|error| error.to_string())
 }
 
 fn verify(data: PathBuf) -> Result<ExitCode, String> {

@@ -706,3 +706,23 @@ fn after_a_crash_a_damaged_newest_frame_is_cut_with_a_warning_and_kept() {
         "the frame's bytes"
     );
 }
+
+/// The readers of a single node's files refuse a cluster replica's directory by name,
+/// instead of finding an empty ledger there.
+#[test]
+fn a_replica_directory_is_refused_by_the_single_node_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("replica.log"), b"").unwrap();
+    for command in ["verify", "accounts", "transfers", "events"] {
+        let output = tally_on(command, dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{command} read a replica's directory"
+        );
+        assert!(
+            stderr.contains("holds a cluster replica"),
+            "{command}: {stderr}"
+        );
+    }
+}

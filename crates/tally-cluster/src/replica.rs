@@ -534,6 +534,7 @@ impl Replica {
     /// cluster's first membership if its log is empty. Call inside a tokio runtime.
     pub async fn open(config: ClusterConfig) -> Result<Replica, String> {
         config.validate()?;
+        refuse_single_node_dir(&config.data_dir)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
@@ -725,6 +726,26 @@ impl Replica {
             let _ = task.await;
         }
         let _ = self.core.raft.shutdown().await;
+    }
+}
+
+/// Refuses a directory that holds a single-node ledger (its write-ahead log segments,
+/// `wal-*`): a replica opened there would start empty beside them.
+fn refuse_single_node_dir(dir: &std::path::Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // Missing: created next. Unreadable: the lock says why.
+    };
+    let single_node = entries
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().starts_with("wal-"));
+    match single_node {
+        Some(entry) => Err(format!(
+            "{} holds a single-node ledger ({}), not a cluster replica: a replica needs a \
+             directory of its own",
+            dir.display(),
+            entry.file_name().to_string_lossy()
+        )),
+        None => Ok(()),
     }
 }
 

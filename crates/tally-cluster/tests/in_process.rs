@@ -520,3 +520,27 @@ async fn a_replica_that_cannot_catch_up_is_not_made_a_voter() {
         replica.shutdown().await;
     }
 }
+
+/// A replica is not opened over a single-node ledger's directory, nor a single-node
+/// ledger over a replica's: each would start empty beside the other's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_and_a_single_node_never_share_a_directory() {
+    let root = tempfile::tempdir().expect("dir");
+    let single = root.path().join("single");
+    let ledger = tally_engine::Ledger::open(tally_engine::Config::new(&single)).expect("opens");
+    ledger.shutdown().expect("shuts down");
+    let members = members(1);
+    let error = Replica::open(ClusterConfig::new(1, members.clone(), &single))
+        .await
+        .expect_err("a single node's directory");
+    assert!(error.contains("holds a single-node ledger"), "{error}");
+
+    let replica = open(1, &members, root.path()).await;
+    wait_for_leader(&[&replica]).await;
+    replica.shutdown().await;
+    drop(replica);
+    let error = tally_engine::Ledger::open(tally_engine::Config::new(root.path().join("r1")))
+        .expect_err("a replica's directory")
+        .to_string();
+    assert!(error.contains("holds a cluster replica"), "{error}");
+}

@@ -115,6 +115,7 @@ impl Ledger {
     /// refusals.
     pub fn open(config: Config) -> Result<Ledger, EngineError> {
         validate_config(&config)?;
+        refuse_replica_dir(&config.data_dir)?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let storage =
             FsStorage::create_dir(&config.data_dir).map_err(|source| EngineError::DataDir {
@@ -867,6 +868,26 @@ pub fn validate(batch: &Batch) -> Result<(), SubmitError> {
 /// Where a ledger in `data_dir` keeps its change-event journal.
 pub fn events_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("events")
+}
+
+/// The files of a cluster replica's directory (`tally-cluster`): a single-node ledger
+/// opened there would start empty beside them.
+const REPLICA_FILES: [&str; 2] = ["replica.log", "replica.snapshot"];
+
+/// Refuses a directory that holds a cluster replica, which `Ledger::open` and the
+/// command line's readers of a single node's files do not read.
+pub fn refuse_replica_dir(dir: &std::path::Path) -> Result<(), EngineError> {
+    match REPLICA_FILES.iter().find(|name| dir.join(name).exists()) {
+        Some(name) => Err(EngineError::Config {
+            field: "data_dir",
+            reason: format!(
+                "{} holds a cluster replica ({name}), not a single-node ledger: serve it \
+                 with `tally serve --cluster`",
+                dir.display()
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn validate_config(config: &Config) -> Result<(), EngineError> {
