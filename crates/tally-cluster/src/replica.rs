@@ -78,6 +78,17 @@ impl std::fmt::Display for ClusterError {
 
 impl std::error::Error for ClusterError {}
 
+impl ClusterError {
+    /// Why, without the words its `Display` puts before it: for an error carried on
+    /// inside another `Unavailable`.
+    fn reason(&self) -> String {
+        match self {
+            ClusterError::Unavailable(why) => why.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Where a replica stands, as `tally cluster status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
@@ -265,7 +276,7 @@ impl Core {
         let fail = |outcome: WireOutcome| vec![(outcome, Vec::new()); count];
         let leader = match self.find_leader().await {
             Ok(leader) => leader,
-            Err(error) => return fail(WireOutcome::Unavailable(error.to_string())),
+            Err(error) => return fail(WireOutcome::Unavailable(error.reason())),
         };
         match leader {
             Leader::Me => self.propose_here(batches, balances).await,
@@ -276,7 +287,7 @@ impl Core {
                 Ok(_) => fail(WireOutcome::Unavailable(
                     "the leader answered the wrong count".into(),
                 )),
-                Err(error) => fail(WireOutcome::Unavailable(error.to_string())),
+                Err(error) => fail(WireOutcome::Unavailable(error.reason())),
             },
         }
     }
@@ -340,7 +351,12 @@ impl Core {
             .applied_index_at_least(Some(index), "read barrier")
             .await
             .map(|_| ())
-            .map_err(|e| ClusterError::Unavailable(e.to_string()))
+            .map_err(|_| {
+                ClusterError::Unavailable(format!(
+                    "this replica did not apply the leader's read index {index} within {} s",
+                    LEADER_WAIT.as_secs()
+                ))
+            })
     }
 
     /// This replica's status.
@@ -896,4 +912,21 @@ pub(crate) fn forward_answer(outcomes: Vec<WireOutcomeWith>) -> Result<Frame, St
         .collect();
     let results = GroupResults { batches, balances };
     to_frame(&(outcomes, results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unavailable leader's reason, carried on by a follower, is said once.
+    #[test]
+    fn a_reason_carried_on_is_not_prefixed_twice() {
+        let from_leader = ClusterError::Unavailable("the leader at a:1: refused".into());
+        let carried = ClusterError::Unavailable(from_leader.reason());
+        assert_eq!(
+            carried.to_string(),
+            "the cluster is unavailable: the leader at a:1: refused"
+        );
+        assert_eq!(ClusterError::Busy.reason(), ClusterError::Busy.to_string());
+    }
 }
