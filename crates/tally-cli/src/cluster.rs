@@ -69,16 +69,26 @@ pub fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
                 addr,
             } => {
                 let status = tally_cluster::admin::add(&peer, replica, &addr).await?;
-                print_status(&peer, &status)?;
+                print_status(leader_address(&status, &peer), &status)?;
                 Ok(ExitCode::SUCCESS)
             }
             ClusterCommand::Remove { peer, replica } => {
                 let status = tally_cluster::admin::remove(&peer, replica).await?;
-                print_status(&peer, &status)?;
+                print_status(leader_address(&status, &peer), &status)?;
                 Ok(ExitCode::SUCCESS)
             }
         }
     })
+}
+
+/// The peer address of the replica that answered a membership change (the leader,
+/// which may not be the one asked), as its membership lists it.
+fn leader_address<'a>(status: &'a tally_cluster::ReplicaStatus, asked: &'a str) -> &'a str {
+    status
+        .voters
+        .get(&status.replica_id)
+        .or_else(|| status.learners.get(&status.replica_id))
+        .map_or(asked, String::as_str)
 }
 
 fn print_status(peer: &str, status: &tally_cluster::ReplicaStatus) -> Result<(), String> {

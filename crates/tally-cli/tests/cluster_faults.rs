@@ -401,6 +401,9 @@ fn a_replica_added_then_an_old_one_removed_under_load() {
         .await;
         let status: serde_json::Value = serde_json::from_str(added.trim()).unwrap();
         assert!(status["voters"].get("4").is_some(), "{status}");
+        // The answer is the leader's, labelled with the leader's own address.
+        let leader = status["replica"].to_string();
+        assert_eq!(status["peer"], status["voters"][&leader], "{status}");
         load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
             .await;
         // Caught up: the same digest at the same applied index (the load paused to let
