@@ -151,6 +151,14 @@ async fn open_backend(args: &ServeArgs) -> Result<Backend, String> {
     }
 }
 
+/// Resolves when a replica's Raft core stops (never for a single-node ledger).
+async fn replica_stopped(backend: &Backend) {
+    match backend {
+        Backend::Replica(replica) => replica.stopped().await,
+        Backend::Ledger(_) => std::future::pending().await,
+    }
+}
+
 /// Closes a backend the server never took.
 async fn close_backend(backend: Backend) {
     match backend {
@@ -188,13 +196,22 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         // From here every way out goes through `shutdown`: the ledger's last group is
         // synced and the data directory released.
         let printed = print_addresses(&server);
+        let mut failed = false;
         if printed.is_ok() {
-            stop.wait().await;
-            tracing::info!("stopping: draining calls in flight");
+            tokio::select! {
+                () = stop.wait() => tracing::info!("stopping: draining calls in flight"),
+                () = replica_stopped(&backend) => {
+                    tracing::error!("the replica's Raft core stopped: exiting to be restarted");
+                    failed = true;
+                }
+            }
         }
         let stopped = server.shutdown().await.map_err(|error| error.to_string());
         printed?;
         stopped?;
+        if failed {
+            return Err("the replica's Raft core stopped; restart the replica".into());
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -168,7 +168,16 @@ enum Leader {
 }
 
 impl Core {
+    /// True once the Raft core has stopped (shut down, or failed): its metrics are
+    /// then the last it published, no longer the truth.
+    fn core_stopped(&self) -> bool {
+        self.raft.metrics().has_changed().is_err()
+    }
+
     fn leader(&self) -> Leader {
+        if self.core_stopped() {
+            return Leader::Unknown;
+        }
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         match metrics.current_leader {
@@ -192,6 +201,9 @@ impl Core {
     async fn find_leader(&self) -> Result<Leader, ClusterError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
+            if self.core_stopped() {
+                return Err(ClusterError::Stopped);
+            }
             match self.leader() {
                 Leader::Unknown if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -276,6 +288,7 @@ impl Core {
         let fail = |outcome: WireOutcome| vec![(outcome, Vec::new()); count];
         let leader = match self.find_leader().await {
             Ok(leader) => leader,
+            Err(ClusterError::Stopped) => return fail(WireOutcome::Stopped),
             Err(error) => return fail(WireOutcome::Unavailable(error.reason())),
         };
         match leader {
@@ -377,6 +390,7 @@ impl Core {
         ReplicaStatus {
             replica_id: self.id,
             role: match metrics.state {
+                _ if self.core_stopped() => "shutdown",
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
                 ServerState::Candidate => "candidate",
@@ -715,6 +729,14 @@ impl Replica {
     /// Where this replica stands.
     pub fn status(&self) -> ReplicaStatus {
         self.core.status()
+    }
+
+    /// Resolves once the replica's Raft core has stopped: after [`Replica::shutdown`],
+    /// or when it failed (then every call answers `Unavailable` or `Stopped`, and a
+    /// process serving the replica should exit, so that it is restarted).
+    pub async fn stopped(&self) {
+        let mut metrics = self.core.raft.metrics();
+        while metrics.changed().await.is_ok() {}
     }
 
     /// Adds replica `replica_id` at peer address `addr`: it joins as a learner, catches

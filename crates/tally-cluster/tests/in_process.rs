@@ -544,3 +544,24 @@ async fn a_replica_and_a_single_node_never_share_a_directory() {
         .to_string();
     assert!(error.contains("holds a cluster replica"), "{error}");
 }
+
+/// Once the Raft core stops, `stopped` resolves and the status says so, instead of
+/// the last role the core published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_core_is_seen_as_stopped() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(1);
+    let replica = open(1, &members, root.path()).await;
+    wait_for_leader(&[&replica]).await;
+    let pending = tokio::time::timeout(Duration::from_millis(200), replica.stopped()).await;
+    assert!(pending.is_err(), "not stopped while it runs");
+    replica.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), replica.stopped())
+        .await
+        .expect("resolves once stopped");
+    assert_eq!(replica.status().role, "shutdown");
+    let refused = replica
+        .submit(Batch::CreateTransfers(vec![transfer(1, 1, 2, 1)]))
+        .await;
+    assert_eq!(refused, Err(ClusterError::Stopped));
+}
