@@ -182,8 +182,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         // Installed before the server starts, so a signal sent as soon as the address
         // is printed is never lost (the default action would kill the process).
         let stop = StopSignals::install()?;
-        // Refused before the data directory is touched.
+        // Refused before the data directory is touched: a bad configuration, and a
+        // listening address already taken (bound here once, then let go for the server).
         config.check().map_err(|error| error.to_string())?;
+        drop(
+            std::net::TcpListener::bind(config.listen)
+                .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?,
+        );
         let backend = open_backend(&args).await?;
         let server = match Server::start_backend(backend.clone(), config).await {
             Ok(server) => server,

@@ -477,6 +477,18 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         "names the file: {stderr}"
     );
     assert!(!dir.path().join("data").exists());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = tally()
+        .args(["serve", "--listen"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "served on a taken address");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing opened");
 
     let served = Served::start(
         &dir.path().join("data"),
