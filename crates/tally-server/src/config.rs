@@ -94,15 +94,16 @@ impl ServerConfig {
 
     /// Refuses what would stop the server from starting, before anything is opened: a
     /// plain-text listener on a non-loopback address without `insecure`, a token file
-    /// that does not read or parse.
-    pub fn check(&self) -> Result<(), ServerError> {
+    /// that does not read or parse. Answers the tokens read, when there is a file.
+    pub fn check(&self) -> Result<Option<crate::auth::Tokens>, ServerError> {
         if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
             return Err(ServerError::InsecureListen(self.listen));
         }
-        if let Some(path) = &self.tokens {
-            crate::auth::Tokens::load(path).map_err(ServerError::Tokens)?;
-        }
-        Ok(())
+        self.tokens
+            .as_deref()
+            .map(crate::auth::Tokens::load)
+            .transpose()
+            .map_err(ServerError::Tokens)
     }
 }
 

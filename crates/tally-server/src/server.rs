@@ -2,7 +2,6 @@
 //! stop; stopping drains the calls in flight, then shuts the ledger down (its last
 //! group synced).
 
-use crate::auth::Tokens;
 use crate::authenticate::{Access, Authenticated};
 use crate::backend::Backend;
 use crate::config::{ServerConfig, ServerError, TlsFiles};
@@ -67,11 +66,8 @@ impl Server {
         backend: Backend,
         config: ServerConfig,
     ) -> Result<RunningServer, ServerError> {
-        config.check()?;
-        let access = match &config.tokens {
-            Some(path) => {
-                Access::Tokens(Arc::new(Tokens::load(path).map_err(ServerError::Tokens)?))
-            }
+        let access = match config.check()? {
+            Some(tokens) => Access::Tokens(Arc::new(tokens)),
             None => {
                 if !config.listen.ip().is_loopback() {
                     tracing::warn!(
