@@ -446,49 +446,40 @@ fn a_tls_handshake_that_stalls_is_dropped_after_the_header_timeout() {
     served.stop();
 }
 
+/// Runs `tally serve ARGS --data DATA`, which must refuse to start before it makes
+/// `data` and before it prints a listening line; returns its stderr.
+fn serve_refused(args: &[&str], data: &Path) -> String {
+    let output = tally()
+        .arg("serve")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "served with {args:?}: {stderr}");
+    assert!(output.stdout.is_empty(), "no listening line");
+    assert!(!data.exists(), "refused before the data directory is made");
+    stderr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_text_on_a_public_address_needs_insecure() {
     let dir = tempfile::tempdir().unwrap();
-    let output = tally()
-        .args(["serve", "--shards", "1", "--listen", "0.0.0.0:0", "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "served plain text on 0.0.0.0");
+    let data = dir.path().join("data");
+    let stderr = serve_refused(&["--shards", "1", "--listen", "0.0.0.0:0"], &data);
     assert!(stderr.contains("--insecure"), "{stderr}");
-    assert!(output.stdout.is_empty(), "no listening line");
-    assert!(
-        !dir.path().join("data").exists(),
-        "refused before the data directory is made"
-    );
     let missing = dir.path().join("no-such-tokens.jsonl");
-    let output = tally()
-        .args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
-        .arg(&missing)
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "served without its token file");
+    let tokens = missing.to_str().unwrap();
+    let stderr = serve_refused(&["--listen", "127.0.0.1:0", "--tokens", tokens], &data);
     assert!(
         stderr.contains("no-such-tokens.jsonl"),
         "names the file: {stderr}"
     );
-    assert!(!dir.path().join("data").exists());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let output = tally()
-        .args(["serve", "--listen"])
-        .arg(taken.local_addr().unwrap().to_string())
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "served on a taken address");
+    let taken = taken.local_addr().unwrap().to_string();
+    let stderr = serve_refused(&["--listen", &taken], &data);
     assert!(stderr.contains("cannot listen on"), "{stderr}");
-    assert!(!dir.path().join("data").exists(), "nothing opened");
 
     let served = Served::start(
         &dir.path().join("data"),

@@ -26,12 +26,15 @@ fn two_accounts() -> Batch {
     ])
 }
 
-/// Submits until the cluster answers: `Unavailable` (leadership moving) is retried with
-/// the same events, as a client does.
-async fn submit(replica: &Replica, batch: Batch) -> Vec<tally_engine::EventResult> {
+/// Calls `call` until the cluster answers: `Unavailable` (leadership moving) is retried
+/// with the same events, as a client does.
+async fn until_answered<T, Call>(mut call: impl FnMut() -> Call) -> T
+where
+    Call: Future<Output = Result<T, ClusterError>>,
+{
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match replica.submit(batch.clone()).await {
+        match call().await {
             Ok(results) => return results,
             Err(ClusterError::Unavailable(why)) if Instant::now() < deadline => {
                 eprintln!("retrying: {why}");
@@ -40,6 +43,20 @@ async fn submit(replica: &Replica, batch: Batch) -> Vec<tally_engine::EventResul
             Err(error) => panic!("submit failed: {error}"),
         }
     }
+}
+
+/// Submits `batch` until the cluster answers ([`until_answered`]).
+async fn submit(replica: &Replica, batch: Batch) -> Vec<tally_engine::EventResult> {
+    until_answered(|| replica.submit(batch.clone())).await
+}
+
+/// Replicas 1 to 3 of `members`, each in its directory under `root`.
+async fn open_three(members: &BTreeMap<u64, String>, root: &std::path::Path) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(open(id, members, root).await);
+    }
+    replicas
 }
 
 async fn wait_for_leader(replicas: &[&Replica]) -> u64 {
@@ -81,10 +98,11 @@ async fn wait_converged(replicas: &[&Replica]) {
 async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     let root = tempfile::tempdir().expect("dir");
     let members = members(3);
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        replicas.push(Some(open(id, &members, root.path()).await));
-    }
+    let mut replicas: Vec<Option<Replica>> = open_three(&members, root.path())
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
     let all: Vec<&Replica> = replicas.iter().flatten().collect();
     let leader = wait_for_leader(&all).await;
     let follower = all.iter().find(|r| r.id() != leader).expect("a follower");
@@ -310,22 +328,12 @@ async fn an_expiry_runs_at_its_instant_without_traffic() {
     replica.shutdown().await;
 }
 
-/// Submits transfers asking for balances until the cluster answers, as [`submit`].
+/// Submits transfers asking for balances until the cluster answers ([`until_answered`]).
 async fn submit_with_balances(
     replica: &Replica,
     transfers: Vec<tally_types::Transfer>,
 ) -> Vec<tally_engine::TransferResult> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match replica.submit_with_balances(transfers.clone()).await {
-            Ok(results) => return results,
-            Err(ClusterError::Unavailable(why)) if Instant::now() < deadline => {
-                eprintln!("retrying: {why}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("submit failed: {error}"),
-        }
-    }
+    until_answered(|| replica.submit_with_balances(transfers.clone())).await
 }
 
 /// Transfers that succeed, fail on a limit, reserve, fail in a chain and post, on
@@ -354,10 +362,7 @@ fn transfers_with_every_outcome() -> Vec<Vec<tally_types::Transfer>> {
 async fn balances_with_results_answer_as_a_single_node_does() {
     let root = tempfile::tempdir().expect("dir");
     let members = members(3);
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        replicas.push(open(id, &members, root.path()).await);
-    }
+    let replicas = open_three(&members, root.path()).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     let leader_id = wait_for_leader(&all).await;
     let leader = all.iter().find(|r| r.id() == leader_id).expect("leader");
@@ -426,10 +431,11 @@ async fn balances_with_results_answer_as_a_single_node_does() {
 async fn a_follower_that_lost_its_disk_catches_up_empty() {
     let root = tempfile::tempdir().expect("dir");
     let members = members(3);
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        replicas.push(Some(open(id, &members, root.path()).await));
-    }
+    let mut replicas: Vec<Option<Replica>> = open_three(&members, root.path())
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
     let all: Vec<&Replica> = replicas.iter().flatten().collect();
     let leader = wait_for_leader(&all).await;
     submit(all[0], two_accounts()).await;

@@ -141,6 +141,32 @@ async fn every_operation_answers_as_embedded() {
     );
 }
 
+/// Creates `transfers` asking for balances: the first two pay account 1 from account
+/// 2, the third is refused (`accounts_must_be_different`).
+async fn two_paid_one_refused(
+    client: &mut LedgerClient<tonic::transport::Channel>,
+    transfers: [Transfer; 3],
+) -> v1::CreateResults {
+    let applied = client
+        .create_transfers(v1::CreateTransfersRequest {
+            transfers: transfers.iter().map(transfer_to_proto).collect(),
+            balances: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create transfers")
+        .into_inner();
+    assert_eq!(
+        codes(&applied),
+        vec![
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::AccountsMustBeDifferent
+        ]
+    );
+    applied
+}
+
 /// Balances with results, the balance history and queries through a real server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balances_history_and_queries_answer_as_embedded() {
@@ -171,27 +197,11 @@ async fn balances_history_and_queries_answer_as_embedded() {
         user_data_128: 5_000 + id,
         ..pay(id, 2, 1, amount)
     };
-    let transfers = [order(10, 300), order(11, 200), pay(12, 2, 2, 1)]
-        .iter()
-        .map(transfer_to_proto)
-        .collect();
-    let applied = client
-        .create_transfers(v1::CreateTransfersRequest {
-            transfers,
-            balances: true,
-            ..Default::default()
-        })
-        .await
-        .expect("create transfers")
-        .into_inner();
-    assert_eq!(
-        codes(&applied),
-        vec![
-            ResultCode::Ok,
-            ResultCode::Ok,
-            ResultCode::AccountsMustBeDifferent
-        ]
-    );
+    let applied = two_paid_one_refused(
+        &mut client,
+        [order(10, 300), order(11, 200), pay(12, 2, 2, 1)],
+    )
+    .await;
     let credited: Vec<u128> = applied
         .results
         .iter()
@@ -345,27 +355,11 @@ async fn balances_with_results_answer_through_a_replica() {
         assert!(std::time::Instant::now() < deadline, "no leader: {status}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let transfers = [pay(10, 2, 1, 300), pay(11, 2, 1, 200), pay(12, 2, 2, 1)]
-        .iter()
-        .map(transfer_to_proto)
-        .collect();
-    let applied = client
-        .create_transfers(v1::CreateTransfersRequest {
-            transfers,
-            balances: true,
-            ..Default::default()
-        })
-        .await
-        .expect("create transfers")
-        .into_inner();
-    assert_eq!(
-        codes(&applied),
-        vec![
-            ResultCode::Ok,
-            ResultCode::Ok,
-            ResultCode::AccountsMustBeDifferent
-        ]
-    );
+    let applied = two_paid_one_refused(
+        &mut client,
+        [pay(10, 2, 1, 300), pay(11, 2, 1, 200), pay(12, 2, 2, 1)],
+    )
+    .await;
     let balances = |r: &v1::CreateResult| {
         (
             tally_proto::balances_from_proto(r.debit_account.as_ref()).debits_posted,
