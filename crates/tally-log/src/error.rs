@@ -50,15 +50,16 @@ pub enum LogError {
         /// Why no snapshot could be used.
         reason: String,
     },
-    /// Change events at or after `timestamp_min` may have been deleted from the event
-    /// journal by its retention.
+    /// Change events at or after `timestamp_min` are missing from the event journal: its
+    /// retention deleted them, or it never held them (`EventJournal::skip_to`).
     EventsRetired {
         /// The event journal's directory.
         dir: PathBuf,
         /// The first timestamp asked for.
         timestamp_min: u64,
-        /// The oldest event the journal still holds.
-        first_timestamp_retained: u64,
+        /// The first event the journal holds after the gap (for a read before every
+        /// segment, the oldest event retained).
+        next_timestamp_kept: u64,
     },
     /// An earlier event-journal write hit an I/O error; the journal refuses writes until
     /// it is reopened.
@@ -117,12 +118,13 @@ impl fmt::Display for LogError {
             LogError::EventsRetired {
                 dir,
                 timestamp_min,
-                first_timestamp_retained,
+                next_timestamp_kept,
             } => write!(
                 f,
-                "change events from timestamp {timestamp_min} on may have been deleted by the \
-                 retention of the event journal in {}; the oldest event retained has timestamp \
-                 {first_timestamp_retained}",
+                "change events from timestamp {timestamp_min} on are not all in the event \
+                 journal in {}: deleted by its retention, or never held (a cluster replica that \
+                 took its state from another's snapshot); the next event it holds has timestamp \
+                 {next_timestamp_kept}",
                 dir.display()
             ),
             LogError::JournalPoisoned => f.write_str(

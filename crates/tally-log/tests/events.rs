@@ -315,8 +315,8 @@ fn segments_roll_and_retention_deletes_the_oldest_whole_segments() {
         .read(first - 10, 10)
         .unwrap_err();
     assert!(
-        matches!(error, LogError::EventsRetired { timestamp_min, first_timestamp_retained, .. }
-            if timestamp_min == first - 10 && first_timestamp_retained == first),
+        matches!(error, LogError::EventsRetired { timestamp_min, next_timestamp_kept, .. }
+            if timestamp_min == first - 10 && next_timestamp_kept == first),
         "{error}"
     );
     let reopened = EventJournal::open(dir.path(), options(segment_bytes_max, retention_bytes));
@@ -384,9 +384,79 @@ fn a_reader_left_behind_by_retention_gets_its_events_then_the_gap() {
     assert!(
         error
             .to_string()
-            .contains("oldest event retained has timestamp 160"),
+            .contains("the next event it holds has timestamp 160"),
         "{error}"
     );
+}
+
+/// The gap a reader finds at `timestamp_min`: where the journal goes on.
+fn gap_at(reader: &mut EventReader, timestamp_min: u64) -> u64 {
+    match reader.read(timestamp_min, usize::MAX) {
+        Err(LogError::EventsRetired {
+            next_timestamp_kept,
+            ..
+        }) => next_timestamp_kept,
+        other => panic!("no gap at {timestamp_min}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_skip_is_a_gap_readers_find_mid_journal_and_at_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), JournalOptions::default()).unwrap();
+    journal.append(&events(10, 2)).unwrap();
+    journal.skip_to(15); // Before the last event: nothing.
+    journal.skip_to(50);
+    assert_eq!(journal.last_timestamp(), Some(50));
+    journal.append(&events(60, 2)).unwrap();
+    journal.sync().unwrap();
+    drop(journal);
+
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    assert_eq!(reader.read(0, usize::MAX).unwrap(), events(10, 2));
+    assert_eq!(gap_at(&mut reader, 21), 60);
+    assert_eq!(gap_at(&mut reader, 50), 60);
+    assert_eq!(read_all(dir.path(), 51), events(60, 2));
+    let journal = EventJournal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(journal.last_timestamp(), Some(70));
+
+    // A journal that starts with a skip has a gap before its first event.
+    let fresh = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(fresh.path(), JournalOptions::default()).unwrap();
+    journal.skip_to(50);
+    journal.append(&events(60, 1)).unwrap();
+    let mut reader = EventReader::open(fresh.path()).unwrap();
+    assert_eq!(gap_at(&mut reader, 0), 60);
+    assert_eq!(read_all(fresh.path(), 51), events(60, 1));
+}
+
+#[test]
+fn a_skip_after_a_cut_tail_leaves_no_empty_segment_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_frame = SEGMENT_HEADER_SIZE as u64 + frame_bytes(&events(10, 1));
+    {
+        let mut journal = EventJournal::open(dir.path(), options(one_frame, u64::MAX)).unwrap();
+        journal.append(&events(10, 1)).unwrap();
+        journal.append(&events(20, 1)).unwrap();
+        journal.sync().unwrap();
+    }
+    // The second segment's only frame is torn: opening cuts it, leaving a header alone.
+    let newest = segment_paths(dir.path()).pop().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    file.set_len(SEGMENT_HEADER_SIZE as u64 + 3).unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(one_frame, u64::MAX)).unwrap();
+    assert_eq!(journal.last_timestamp(), Some(10));
+    journal.skip_to(40);
+    journal.append(&events(50, 1)).unwrap();
+    journal.sync().unwrap();
+    assert_eq!(segment_paths(dir.path()).len(), 2, "the empty segment went");
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    assert_eq!(reader.read(0, usize::MAX).unwrap(), events(10, 1));
+    assert_eq!(gap_at(&mut reader, 11), 50);
+    assert_eq!(read_all(dir.path(), 41), events(50, 1));
 }
 
 #[test]
@@ -452,12 +522,12 @@ fn a_reader_behind_a_writer_that_deletes_segments_never_skips_silently() {
                 read.extend(got);
             }
             Err(LogError::EventsRetired {
-                first_timestamp_retained,
+                next_timestamp_kept,
                 ..
             }) => {
-                assert!(first_timestamp_retained >= next);
-                gaps.push(next..first_timestamp_retained);
-                next = first_timestamp_retained;
+                assert!(next_timestamp_kept >= next);
+                gaps.push(next..next_timestamp_kept);
+                next = next_timestamp_kept;
             }
             Err(error) => panic!("{error}"),
         }

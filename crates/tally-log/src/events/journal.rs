@@ -94,6 +94,9 @@ pub struct EventJournal {
     /// One frame being encoded; at most `FRAME_BYTES_MAX`.
     buffer: Vec<u8>,
     poisoned: bool,
+    /// Set by [`EventJournal::skip_to`]: the next frame starts a segment, whose header
+    /// records the skipped-to timestamp.
+    roll_pending: bool,
 }
 
 /// What recovering the newest segment found.
@@ -140,6 +143,7 @@ impl EventJournal {
             last_timestamp: None,
             buffer: Vec::new(),
             poisoned: false,
+            roll_pending: false,
         };
         let Some(newest) = newest else {
             return Ok(journal);
@@ -210,6 +214,21 @@ impl EventJournal {
             self.last_timestamp = Some(chunk[chunk.len() - 1].timestamp);
         }
         self.apply_retention()
+    }
+
+    /// Records that the events up to `timestamp` that this journal does not hold will
+    /// never be written to it (a cluster replica that took its state from another's
+    /// snapshot has no events for the stretch the snapshot covers): the next frame
+    /// starts a new segment whose header records `timestamp` as the last before it, so
+    /// a reader asking for an event in the gap gets [`LogError::EventsRetired`], never
+    /// a silent skip. A `timestamp` at or before [`EventJournal::last_timestamp`] does
+    /// nothing. Not durable until the next frame is synced: whoever skips must find the
+    /// gap again at the next open.
+    pub fn skip_to(&mut self, timestamp: u64) {
+        if timestamp > self.last_timestamp.unwrap_or(0) {
+            self.last_timestamp = Some(timestamp);
+            self.roll_pending = true;
+        }
     }
 
     /// Makes everything appended so far durable: `fdatasync` of the segments written
@@ -284,6 +303,7 @@ impl EventJournal {
         let frame_bytes = self.buffer.len() as u64;
         let roll = match &self.current {
             None => true,
+            Some(_) if self.roll_pending => true,
             Some(current) => {
                 current.frame_count > 0
                     && current.bytes + frame_bytes > self.options.segment_bytes_max
@@ -308,6 +328,16 @@ impl EventJournal {
 
     /// Starts the segment whose first event is `first_timestamp`.
     fn roll(&mut self, first_timestamp: u64) -> Result<(), LogError> {
+        self.roll_pending = false;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.frame_count == 0)
+        {
+            // A segment with no frame (its frames cut at open) must not stay behind a
+            // newer one: readers take an older segment without frames for damage.
+            self.remove_empty_current()?;
+        }
         let path = self.dir.join(journal_segment_name(first_timestamp));
         let file = OpenOptions::new()
             .read(true)
@@ -334,6 +364,20 @@ impl EventJournal {
             bytes: SEGMENT_HEADER_SIZE as u64,
             frame_count: 0,
         });
+        Ok(())
+    }
+
+    fn remove_empty_current(&mut self) -> Result<(), LogError> {
+        let Some(empty) = self.current.take() else {
+            return Ok(());
+        };
+        assert_eq!(empty.frame_count, 0);
+        let retained = self.segments.pop_back().expect("current is retained");
+        assert_eq!(retained.path, empty.path);
+        self.segments_bytes -= retained.bytes;
+        std::fs::remove_file(&empty.path)
+            .map_err(|error| LogError::io(empty.path.clone(), "remove_file", error))?;
+        self.dir_sync_pending = true;
         Ok(())
     }
 

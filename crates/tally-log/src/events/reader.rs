@@ -288,7 +288,13 @@ impl EventReader {
             ));
         }
         if previous_last > cursor.last_timestamp && timestamp_min <= previous_last {
-            return Err(self.retired(timestamp_min, next.first_timestamp));
+            // Retention deleted the segments between, or the writer skipped: either way
+            // the journal goes on at `next`.
+            return Err(LogError::EventsRetired {
+                dir: self.dir.clone(),
+                timestamp_min,
+                next_timestamp_kept: next.first_timestamp,
+            });
         }
         self.cursor = Some(Cursor {
             segment: next.clone(),
@@ -341,15 +347,16 @@ impl EventReader {
         ))
     }
 
+    /// The gap before the oldest segment.
     fn retired(&self, timestamp_min: u64, first_timestamp_fallback: u64) -> LogError {
-        let first_timestamp_retained = oldest_retained(&self.dir)
+        let next_timestamp_kept = oldest_retained(&self.dir)
             .ok()
             .flatten()
             .unwrap_or(first_timestamp_fallback);
         LogError::EventsRetired {
             dir: self.dir.clone(),
             timestamp_min,
-            first_timestamp_retained,
+            next_timestamp_kept,
         }
     }
 }
