@@ -1,5 +1,6 @@
-//! `tally events`: the change events of a data directory as JSON Lines, read from its
-//! event journal without the directory's lock (docs/spec.md §2 "Change events", §4).
+//! `tally events`: the change events of a data directory (a single node's or a cluster
+//! replica's) as JSON Lines, read from its event journal without the directory's lock
+//! (docs/spec.md §2 "Change events", §4).
 
 use clap::Args;
 use std::io::{self, Write};
@@ -38,7 +39,8 @@ pub(crate) struct EventsArgs {
 
 /// Prints the events, one line each, flushed per line. A closed stdout ends it quietly.
 pub(crate) fn events(args: EventsArgs) -> Result<ExitCode, String> {
-    crate::require_dir(&args.data)?;
+    // A single node and a cluster replica both keep their journal in DATA/events.
+    crate::require_any_dir(&args.data)?;
     let dir = args.data.join(EVENTS_DIR_NAME);
     let mut reader = EventReader::open(&dir).map_err(|error| error.to_string())?;
     let currencies = CurrencyTable::default();
@@ -56,10 +58,10 @@ pub(crate) fn events(args: EventsArgs) -> Result<ExitCode, String> {
             Ok(events) => events,
             // Without --after, "every event" means every event still kept.
             Err(LogError::EventsRetired {
-                first_timestamp_retained,
+                next_timestamp_kept,
                 ..
-            }) if args.after.is_none() && timestamp_min < first_timestamp_retained => {
-                timestamp_min = first_timestamp_retained;
+            }) if args.after.is_none() && timestamp_min < next_timestamp_kept => {
+                timestamp_min = next_timestamp_kept;
                 continue;
             }
             Err(error) => return Err(error.to_string()),

@@ -363,10 +363,16 @@ fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
 
 /// A single node's data directory that exists.
 pub(crate) fn require_dir(data: &std::path::Path) -> Result<(), String> {
-    if !data.is_dir() {
-        return Err(format!("{}: no such data directory", data.display()));
-    }
+    require_any_dir(data)?;
     tally_engine::refuse_replica_dir(data).map_err(|error| error.to_string())
+}
+
+/// A data directory that exists: a single node's or a cluster replica's.
+pub(crate) fn require_any_dir(data: &std::path::Path) -> Result<(), String> {
+    match data.is_dir() {
+        true => Ok(()),
+        false => Err(format!("{}: no such data directory", data.display())),
+    }
 }
 
 fn verify(data: PathBuf) -> Result<ExitCode, String> {
@@ -446,10 +452,10 @@ fn check_journal(dir: &Path) -> JournalCheck {
         loop {
             let events = match reader.read(timestamp_min, tally_types::CHANGE_EVENTS_LIMIT_MAX) {
                 Err(LogError::EventsRetired {
-                    first_timestamp_retained,
+                    next_timestamp_kept,
                     ..
-                }) if count == 0 && timestamp_min < first_timestamp_retained => {
-                    timestamp_min = first_timestamp_retained;
+                }) if count == 0 && timestamp_min < next_timestamp_kept => {
+                    timestamp_min = next_timestamp_kept;
                     continue;
                 }
                 read => read?,

@@ -13,6 +13,7 @@ mod common;
 
 use common::load::{self, Load, Record};
 use common::{Cluster, SmallDisk, leader_by_cli, run, tally};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tally_testkit::SeededRng;
@@ -86,6 +87,7 @@ async fn finish(cluster: &Cluster, ids: &[u64], load: Load, started: Instant) {
     let record = load.stop().await;
     let statuses = cluster.wait_converged(ids, CONVERGE_LIMIT).await;
     let existing = load::check(cluster, ids, &record).await;
+    check_change_events(cluster, ids, &record).await;
     eprintln!(
         "{} acknowledged, {} unknown ({existing} transfers exist); replicas {ids:?} at \
          applied index {} with digest {:#x}; {:?} in all",
@@ -95,6 +97,86 @@ async fn finish(cluster: &Cluster, ids: &[u64], load: Load, started: Instant) {
         statuses[0].digest,
         started.elapsed()
     );
+}
+
+/// The change events in replica `id`'s journal (`tally events`, which reads its files
+/// while it runs): each event's timestamp and line.
+async fn journal_of(cluster: &Cluster, id: u64) -> BTreeMap<u64, serde_json::Value> {
+    let dir = cluster.nodes[&id].dir.display().to_string();
+    let lines = tally(vec!["events".into(), "--data".into(), dir]).await;
+    let mut events = BTreeMap::new();
+    let mut last = 0;
+    for line in lines.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let timestamp: u64 = event["timestamp"].as_str().unwrap().parse().unwrap();
+        assert!(
+            timestamp > last,
+            "replica {id}: timestamps go back at {line}"
+        );
+        last = timestamp;
+        events.insert(timestamp, event);
+    }
+    events
+}
+
+/// Every replica of `ids` keeps the change events of what it applied, across its
+/// crashes and restarts: each transfer once, each event the same on every replica that
+/// keeps it, and every acknowledged transfer in each journal that goes back to the
+/// start (one that installed another's snapshot keeps nothing before it).
+async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
+    let deadline = Instant::now() + CONVERGE_LIMIT;
+    let mut journals = BTreeMap::new();
+    for &id in ids {
+        // The journal is written just after the state: wait for its last acknowledgements.
+        let events = loop {
+            let events = journal_of(cluster, id).await;
+            let ids: BTreeSet<u128> = events.values().filter_map(transfer_id).collect();
+            let from_start = events
+                .values()
+                .next()
+                .is_some_and(|e| e["type"] == "account_created");
+            let complete = record.acknowledged.keys().all(|id| ids.contains(id));
+            if !from_start || complete {
+                break events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {id}: acknowledged transfers have no event"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut seen = BTreeSet::new();
+        for transfer in events.values().filter_map(transfer_id) {
+            assert!(
+                seen.insert(transfer),
+                "replica {id}: transfer {transfer} twice"
+            );
+        }
+        journals.insert(id, events);
+    }
+    let mut others = journals.iter();
+    let (first_id, first) = others.next().expect("a replica");
+    for (id, events) in others {
+        for (timestamp, event) in events {
+            if let Some(same) = first.get(timestamp) {
+                assert_eq!(same, event, "replicas {first_id} and {id} at {timestamp}");
+            }
+        }
+    }
+    eprintln!(
+        "change events: {:?} kept",
+        journals
+            .iter()
+            .map(|(id, events)| (*id, events.len()))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The transfer id of an event, unless it is an account's.
+fn transfer_id(event: &serde_json::Value) -> Option<u128> {
+    event["transfer"]["id"]
+        .as_str()
+        .map(|id| id.parse().unwrap())
 }
 
 /// Waits until replica `id` has applied at least what the leader had applied when

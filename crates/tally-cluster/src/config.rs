@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     /// counts toward a majority it cannot yet serve) and the add answers an error.
     /// Default 60 s.
     pub learner_catch_up_max: Duration,
+    /// Whether the replica keeps the change events of what it applies, in its own
+    /// journal in `DATA/events` (docs/spec.md §2, "Change events"). Default on.
+    pub change_events: bool,
 }
 
 impl ClusterConfig {
@@ -78,6 +81,7 @@ impl ClusterConfig {
             submit_wait_max: Duration::from_millis(100),
             expire_when_idle: true,
             learner_catch_up_max: Duration::from_secs(60),
+            change_events: true,
         }
     }
 

@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tally_engine::{EventResult, SubmitError, TransferResult, validate_batch};
+use tally_engine::{ChangeEventReader, EventResult, SubmitError, TransferResult, validate_batch};
 use tally_proto::peer::Frame;
 use tally_proto::peer::peer_client::PeerClient;
 use tally_state::StateMachine;
-use tally_types::{Batch, Transfer};
+use tally_types::{Batch, ChangeEvent, Transfer};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
@@ -33,6 +33,9 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long a proposed group may wait to be committed before its writes answer
 /// `Unavailable` (outcome unknown): a leader cut off from its majority never commits.
 const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a shutdown waits for the change-event journal's writer to finish.
+const JOURNAL_CLOSE_WAIT_MAX: Duration = Duration::from_secs(10);
 
 const CUT_OFF: &str = "this replica leads but has not heard from a majority lately";
 
@@ -55,6 +58,9 @@ pub enum ClusterError {
     Busy,
     /// The replica is shut down.
     Stopped,
+    /// Change events could not be read: they are off, writing them failed, or the
+    /// events asked for are not kept here.
+    ChangeEvents(String),
 }
 
 impl std::fmt::Display for ClusterError {
@@ -72,6 +78,7 @@ impl std::fmt::Display for ClusterError {
                 "the replica is busy: its proposal queue stayed full; the batch changed nothing",
             ),
             ClusterError::Stopped => f.write_str("the replica is shut down"),
+            ClusterError::ChangeEvents(why) => write!(f, "change events: {why}"),
         }
     }
 }
@@ -555,6 +562,8 @@ pub struct Replica {
     submit_wait_max: std::time::Duration,
     server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     peer_addr: std::net::SocketAddr,
+    /// The change-event journal's readers, when change events are on.
+    change_events: Option<ChangeEventReader>,
     _lock: tally_log::DirLock,
 }
 
@@ -570,8 +579,9 @@ impl Replica {
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
         let log = LogStore::open(&config.data_dir)?;
         let log_size = log.clone();
-        let state = StateStore::open(&config.data_dir)?;
+        let state = StateStore::open(&config.data_dir, config.change_events)?;
         let applied = state.applied();
+        let change_events = state.change_event_reader();
         let raft_config = openraft::Config {
             cluster_name: "tally".into(),
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
@@ -661,6 +671,7 @@ impl Replica {
             submit_wait_max: config.submit_wait_max,
             server: Mutex::new(Some(server)),
             peer_addr,
+            change_events,
             _lock: lock,
         })
     }
@@ -726,6 +737,35 @@ impl Replica {
         read(&self.core.applied.read().state)
     }
 
+    /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
+    /// or after `timestamp_min`, in commit order, from this replica's own journal.
+    /// Every change acknowledged before the call is there (a read index from the
+    /// leader, then a wait for this replica's journal to hold it), as on a single node.
+    /// Events before a snapshot this replica installed from another are not kept here:
+    /// asking for them is an error that names the next event it holds.
+    pub async fn get_change_events(
+        &self,
+        timestamp_min: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEvent>, ClusterError> {
+        let reader = self.change_event_reader()?;
+        let committed = self.read(StateMachine::last_timestamp).await?;
+        // Waiting for the journal and reading files: off the async threads.
+        tokio::task::spawn_blocking(move || reader.get(timestamp_min, limit, committed))
+            .await
+            .map_err(|_| ClusterError::Stopped)?
+            .map_err(|error| ClusterError::ChangeEvents(error.to_string()))
+    }
+
+    /// The reading side of this replica's change-event journal: pages at a given
+    /// commit point, and followers (`ChangeEventReader::subscribe`) that read every
+    /// event after a timestamp, then each new one as this replica applies it.
+    pub fn change_event_reader(&self) -> Result<ChangeEventReader, ClusterError> {
+        self.change_events.clone().ok_or_else(|| {
+            ClusterError::ChangeEvents("change events are off for this replica".into())
+        })
+    }
+
     /// Where this replica stands.
     pub fn status(&self) -> ReplicaStatus {
         self.core.status()
@@ -756,7 +796,9 @@ impl Replica {
         self.core.admin(AdminRequest::Remove { replica_id }).await
     }
 
-    /// Stops the peer service and Raft; pending calls answer `Stopped`.
+    /// Stops the peer service and Raft; pending calls answer `Stopped`. Returns once
+    /// the change-event journal has written what was applied (bounded: its writer ends
+    /// when Raft's state-machine task lets the state go).
     pub async fn shutdown(&self) {
         let server = self.server.lock().take();
         if let Some((stop, task)) = server {
@@ -764,6 +806,9 @@ impl Replica {
             let _ = task.await;
         }
         let _ = self.core.raft.shutdown().await;
+        if let Some(reader) = &self.change_events {
+            let _ = tokio::time::timeout(JOURNAL_CLOSE_WAIT_MAX, reader.closed()).await;
+        }
     }
 }
 

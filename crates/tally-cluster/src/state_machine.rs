@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tally_engine::EventResult;
 use tally_engine::clock::{add_expiry_instants, clear_stamp};
+use tally_engine::{ChangeEventReader, ChangeJournal, EventResult};
 use tally_state::StateMachine;
 use tally_types::Batch;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -49,8 +49,15 @@ impl Applied {
     }
 
     /// Applies one committed group at `log_id`; answers each batch, with balances for
-    /// the batches that asked (from the group's change events, captured for it alone).
-    fn apply_group(&mut self, log_id: LogId<u64>, group: &Group) -> GroupResults {
+    /// the batches that asked (from the group's change events). The group's change
+    /// events go to `journal` when there is one; without one they are captured only
+    /// for a group that asks for balances.
+    fn apply_group(
+        &mut self,
+        log_id: LogId<u64>,
+        group: &Group,
+        journal: Option<&ChangeJournal>,
+    ) -> GroupResults {
         let stamps = group_stamps(&self.state, group);
         let refused: Vec<bool> = stamps.iter().map(Option::is_none).collect();
         let stamped: Vec<(u64, &Batch)> = stamps
@@ -58,17 +65,13 @@ impl Applied {
             .zip(group.batches.iter())
             .filter_map(|(stamp, batch)| Some((stamp?, batch)))
             .collect();
-        let capture = group.wants_any_balances();
-        if capture {
-            self.state.set_change_capture(true);
-        }
+        let capture = journal.is_some() || group.wants_any_balances();
+        self.state.set_change_capture(capture);
         let codes = self.state.apply_run(&stamped);
-        let changes = if capture {
-            let changes = self.state.take_changes();
-            self.state.set_change_capture(false);
-            changes
-        } else {
-            Vec::new()
+        let changes = match (capture, journal) {
+            (false, _) => Vec::new(),
+            (true, Some(journal)) => self.state.take_changes_into(journal.spare()),
+            (true, None) => self.state.take_changes(),
         };
         let mut digest = xxh3_64_with_seed(&log_id.index.to_le_bytes(), self.digest);
         let mut applied = stamped.iter().zip(codes);
@@ -98,6 +101,9 @@ impl Applied {
             batches.push(Ok(results));
         }
         self.digest = digest;
+        if let Some(journal) = journal {
+            journal.send(changes, self.state.last_timestamp());
+        }
         GroupResults { batches, balances }
     }
 }
@@ -182,16 +188,20 @@ pub struct StateStore {
     /// The newest snapshot, shared with the snapshot builder (a clone): the one it
     /// builds is the one the leader sends.
     current: Arc<Mutex<Option<SnapshotBytes>>>,
+    /// The change-event journal (`DIR/events`), when change events are on.
+    events: Option<Arc<ChangeJournal>>,
 }
 
 impl StateStore {
-    /// Opens the state of the replica in `dir`: its newest snapshot, or empty.
-    pub fn open(dir: &Path) -> Result<StateStore, String> {
+    /// Opens the state of the replica in `dir`: its newest snapshot, or empty; and,
+    /// with `change_events`, its change-event journal in `DIR/events`.
+    pub fn open(dir: &Path, change_events: bool) -> Result<StateStore, String> {
         let path = dir.join(SNAPSHOT_FILE);
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Dir(dir.to_path_buf()),
             current: Arc::default(),
+            events: None,
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -203,7 +213,18 @@ impl StateStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(format!("{}: {error}", path.display())),
         }
+        if change_events {
+            let events_dir = tally_engine::events_dir(dir);
+            let journal = ChangeJournal::open(&events_dir, &store.applied.read().state)
+                .map_err(|e| format!("the change-event journal: {e}"))?;
+            store.events = Some(Arc::new(journal));
+        }
         Ok(store)
+    }
+
+    /// The reading side of the change-event journal, when change events are on.
+    pub fn change_event_reader(&self) -> Option<ChangeEventReader> {
+        self.events.as_ref().map(|journal| journal.reader())
     }
 
     /// Opens the state kept on a simulated disk (feature `simulation`): its snapshot,
@@ -214,6 +235,7 @@ impl StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Simulated(disk.clone()),
             current: Arc::default(),
+            events: None,
         };
         if let Some(bytes) = disk.snapshot() {
             let meta = store
@@ -287,10 +309,19 @@ impl RaftSnapshotBuilder<TallyRaft> for StateStore {
             };
             (meta, head, applied.state.freeze())
         };
-        let bytes =
-            tokio::task::spawn_blocking(move || image_codec::encode(&head, &frozen.image()))
-                .await
-                .map_err(|e| storage_error(format!("building the snapshot: {e}")))?;
+        let journal = self.events.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            // The events of every record in the frozen state were sent before it was
+            // taken: on disk before the snapshot, they are never needed from the log
+            // it retires. A journal that failed has told its readers; a later open
+            // finds the events missing and says so to whoever asks for them.
+            if let Some(journal) = journal {
+                let _ = journal.sync();
+            }
+            image_codec::encode(&head, &frozen.image())
+        })
+        .await
+        .map_err(|e| storage_error(format!("building the snapshot: {e}")))?;
         let bytes = Arc::new(bytes);
         self.save(Arc::clone(&bytes)).await?;
         *self.current.lock() = Some((meta.clone(), Arc::clone(&bytes)));
@@ -329,7 +360,8 @@ impl RaftStateMachine<TallyRaft> for StateStore {
             match entry.payload {
                 EntryPayload::Blank => answers.push(GroupResults::default()),
                 EntryPayload::Normal(group) => {
-                    answers.push(applied.apply_group(entry.log_id, &group));
+                    let journal = self.events.as_deref();
+                    answers.push(applied.apply_group(entry.log_id, &group, journal));
                 }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -365,6 +397,10 @@ impl RaftStateMachine<TallyRaft> for StateStore {
             return Err(storage_error(
                 "the snapshot's contents do not match its metadata".into(),
             ));
+        }
+        if let Some(journal) = &self.events {
+            // The state jumps ahead without the events between: the journal says so.
+            journal.jumped_to(&applied.state);
         }
         *self.applied.write() = applied;
         self.save(Arc::clone(&bytes)).await?;
@@ -413,7 +449,7 @@ mod tests {
                 Batch::CreateTransfers(vec![pending]),
             ],
         );
-        let results = applied.apply_group(log_id(1), &setup);
+        let results = applied.apply_group(log_id(1), &setup, None);
         let pending_at = results.batches[1].as_ref().unwrap()[0].timestamp;
         assert_eq!(pending_at, start + 2);
         let expiry = pending_at + 1_000_000_000;
@@ -426,7 +462,7 @@ mod tests {
         let pay = transfer(12, 1, 2, 1);
         // Requested one nanosecond before the instant: its two stamps would cover it.
         let straddling = Group::new(expiry - 1, vec![Batch::CreateTransfers(vec![post, pay])]);
-        let results = applied.apply_group(log_id(2), &straddling);
+        let results = applied.apply_group(log_id(2), &straddling, None);
         let results = results.batches[0].as_ref().unwrap();
         assert_eq!(results[0].code, ResultCode::PendingTransferExpired);
         assert_eq!(results[1].code, ResultCode::Ok);

@@ -186,19 +186,38 @@ async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
     wait_for_leader(&all).await;
     let accounts = two_accounts();
     submit(&replicas[0], accounts).await;
-    for round in 0..40u128 {
-        let batch = (0..50)
-            .map(|i| transfer(1_000 + round * 50 + i, 1, 2, 1))
+    // Snapshots are taken once the log passes 16 KiB, at most one every 5 s per
+    // replica, and a purge keeps the 64 entries before a snapshot: write until every
+    // replica has taken a second snapshot more than 64 entries after its first.
+    let started = std::time::SystemTime::now();
+    let snapshot_at = |id: u64| {
+        let path = root.path().join(format!("r{id}")).join("replica.snapshot");
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    };
+    let mut second_after = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut round = 0u128;
+    loop {
+        let batch = (0..20)
+            .map(|i| transfer(1_000 + round * 20 + i, 1, 2, 1))
             .collect();
         let results = submit(&replicas[1], Batch::CreateTransfers(batch)).await;
         assert!(results.iter().all(|r| r.code == ResultCode::Ok));
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        round += 1;
+        let taken: Vec<_> = (1..=3).map(snapshot_at).collect();
+        if second_after.is_none() && taken.iter().all(|at| at.is_some_and(|at| at > started)) {
+            second_after = Some((round + 70, std::time::SystemTime::now()));
+        }
+        if let Some((rounds, since)) = second_after
+            && round >= rounds
+            && taken.iter().all(|at| at.is_some_and(|at| at > since))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !root.path().join("r1").join("replica.snapshot").exists() {
-        assert!(Instant::now() < deadline, "no snapshot was taken");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let transfers = round as u64 * 20;
 
     // Replica 4 starts empty and joins: the log it needs is purged, so it installs a
     // snapshot, then votes.
@@ -223,8 +242,24 @@ async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
     wait_converged(&kept).await;
     assert_eq!(
         fourth.read_local(|s| s.lookup_account(2).map(|a| a.credits_posted)),
-        Some(2_001)
+        Some(u128::from(transfers) + 1)
     );
+    // The replicas that took snapshots of their own kept every event; the one that
+    // installed another's has none from before it, and says so.
+    let every = change_events(&replicas[0], 0).await;
+    assert_eq!(every.len() as u64, 2 + transfers + 1);
+    assert_eq!(change_events(&replicas[1], 0).await, every);
+    let error = fourth.get_change_events(0, 100).await.expect_err("a gap");
+    let message = error.to_string();
+    assert!(message.contains("never held"), "{message}");
+    let next: u64 = message
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("names the next event it holds");
+    let kept = change_events(&fourth, next - 1).await;
+    assert_eq!(kept[0].timestamp, next);
+    assert!(every.ends_with(&kept), "{kept:?}");
     for replica in replicas.iter().chain([&fourth]) {
         replica.shutdown().await;
     }
@@ -417,6 +452,138 @@ async fn balances_with_results_answer_as_a_single_node_does() {
     ] {
         assert!(seen.contains(&code), "the rounds meet {code:?}: {seen:?}");
     }
+    single.shutdown().expect("shuts down");
+    for replica in all {
+        replica.shutdown().await;
+    }
+}
+
+/// Every change event `replica` keeps, read at a read index, in pages.
+async fn change_events(replica: &Replica, after: u64) -> Vec<tally_types::ChangeEvent> {
+    let mut events = Vec::new();
+    let mut from = after + 1;
+    loop {
+        let page = until_answered(|| replica.get_change_events(from, 100)).await;
+        let Some(last) = page.last() else {
+            return events;
+        };
+        from = last.timestamp + 1;
+        events.extend(page);
+    }
+}
+
+/// What a change event says, without the instants: the kind, the transfer or account,
+/// and the balances after it.
+fn without_instants(events: &[tally_types::ChangeEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| {
+            let balances = |a: &tally_types::Account| {
+                (
+                    a.id,
+                    a.debits_pending,
+                    a.debits_posted,
+                    a.credits_pending,
+                    a.credits_posted,
+                )
+            };
+            format!(
+                "{:?} {} {} {:?} {:?}",
+                event.kind,
+                event.transfer.id,
+                event.transfer.amount,
+                balances(&event.debit_account),
+                balances(&event.credit_account)
+            )
+        })
+        .collect()
+}
+
+/// Each replica keeps the change events of what it applies: the same on every replica,
+/// the same as a single node's for the same batches, read through the leader and a
+/// follower, followed live, and each exactly once across a follower's restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_keeps_the_change_events_a_single_node_would() {
+    use futures_util::StreamExt;
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let mut replicas = open_three(&members, root.path()).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader_id = wait_for_leader(&all).await;
+    let follower_index = all.iter().position(|r| r.id() != leader_id).expect("one");
+    let follower_id = all[follower_index].id();
+    let followed = all[follower_index]
+        .change_event_reader()
+        .expect("events are on")
+        .subscribe(0)
+        .expect("follows");
+    let single = tally_engine::Ledger::open(tally_engine::Config::new(root.path().join("single")))
+        .expect("opens");
+    let accounts = Batch::CreateAccounts(vec![
+        account(1, TEST_LEDGER, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+        account(3, TEST_LEDGER, AccountFlags::empty()),
+    ]);
+    submit(all[0], accounts.clone()).await;
+    single.submit_async(accounts).await.expect("single node");
+    let rounds = transfers_with_every_outcome();
+    for transfers in &rounds[..2] {
+        let batch = Batch::CreateTransfers(transfers.clone());
+        submit(all[follower_index], batch.clone()).await;
+        single.submit_async(batch).await.expect("single node");
+    }
+
+    // The follower restarts: what it replays is not written twice.
+    let restarted = replicas.remove(follower_index);
+    restarted.shutdown().await;
+    drop(restarted);
+    replicas.insert(
+        follower_index,
+        open(follower_id, &members, root.path()).await,
+    );
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let batch = Batch::CreateTransfers(rounds[2].clone());
+    submit(all[follower_index], batch.clone()).await;
+    single.submit_async(batch).await.expect("single node");
+    wait_converged(&all).await;
+
+    let expected = single.get_change_events(0, 8_190).expect("single node");
+    assert!(expected.len() >= 7, "{expected:?}");
+    let leader_events =
+        change_events(all.iter().find(|r| r.id() == leader_id).expect("leader"), 0).await;
+    assert_eq!(
+        without_instants(&leader_events),
+        without_instants(&expected)
+    );
+    for replica in &all {
+        assert_eq!(
+            change_events(replica, 0).await,
+            leader_events,
+            "replica {}",
+            replica.id()
+        );
+    }
+    // From the middle on, as a consumer resuming after the last event it handled.
+    let middle = leader_events[3].timestamp;
+    assert_eq!(
+        change_events(all[follower_index], middle).await,
+        leader_events[4..]
+    );
+    // What the follower's subscriber saw before the restart ended it: a prefix.
+    let live: Vec<_> = followed
+        .map(|event| event.expect("an event"))
+        .collect::<Vec<_>>()
+        .await;
+    assert!(
+        !live.is_empty() && leader_events.starts_with(&live),
+        "{live:?}"
+    );
+    let error = all[0]
+        .get_change_events(0, 0)
+        .await
+        .expect_err("a limit of 0");
+    assert!(error.to_string().contains("limit"), "{error}");
+
     single.shutdown().expect("shuts down");
     for replica in all {
         replica.shutdown().await;

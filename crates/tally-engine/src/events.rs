@@ -42,6 +42,9 @@ pub(crate) enum ToJournal {
     },
     /// Sync everything sent so far to disk, then answer.
     Sync(SyncSender<Result<(), String>>),
+    /// The state jumped to `through` (its records to `records_through`) without its
+    /// events: unless the journal holds them, they never come (`EventJournal::skip_to`).
+    JumpedTo { records_through: u64, through: u64 },
 }
 
 /// Where the journal stands, shared by the journal thread and the readers.
@@ -177,6 +180,15 @@ impl JournalThread {
                     // Full when the apply thread has spares enough: then it is dropped.
                     let _ = self.spares.try_send(events);
                 }
+                ToJournal::JumpedTo {
+                    records_through,
+                    through,
+                } => {
+                    if !failed {
+                        skip_missing(&mut self.journal, records_through, through);
+                        self.progress.advance(through);
+                    }
+                }
                 ToJournal::Sync(reply) => {
                     let synced = match failed {
                         true => Err("the event journal failed".to_string()),
@@ -225,6 +237,195 @@ impl Journal {
         answer
             .recv()
             .map_err(|_| "the journal thread is gone".to_string())?
+    }
+}
+
+/// A change-event journal kept beside a ledger state that something other than a
+/// [`crate::Ledger`] applies: a cluster replica's (`tally-cluster`). Its thread appends
+/// each group's events as [`ChangeJournal::send`] hands them over, leaving out those at
+/// or before the journal's last event, so a replay after a restart may hand them
+/// again. Once it is dropped, its thread writes what was sent, syncs, and ends the
+/// followers ([`ChangeEventReader::closed`] resolves then).
+#[derive(Debug)]
+pub struct ChangeJournal {
+    journal: Journal,
+    progress: Arc<Progress>,
+}
+
+impl ChangeJournal {
+    /// Opens (or creates) the journal in `dir` for a ledger whose state stands at
+    /// `state`. When the journal lacks events of records the state holds (its files
+    /// were lost, or the state came from another replica's snapshot), those events are
+    /// never written: readers asking for them get an error saying so.
+    ///
+    /// # Errors
+    ///
+    /// The journal's files cannot be opened or a damaged one is not at its tail, or
+    /// the journal thread cannot start.
+    pub fn open(
+        dir: &Path,
+        state: &tally_state::StateMachine,
+    ) -> Result<ChangeJournal, EngineError> {
+        let mut journal = EventJournal::open(dir, tally_log::events::JournalOptions::default())?;
+        skip_missing(
+            &mut journal,
+            state.last_record_timestamp(),
+            state.last_timestamp(),
+        );
+        let through = state
+            .last_timestamp()
+            .max(journal.last_timestamp().unwrap_or(0));
+        let progress = Arc::new(Progress::new(dir.to_path_buf(), through));
+        let (to_journal, from_apply) = std::sync::mpsc::sync_channel(JOURNAL_GROUPS_IN_FLIGHT_MAX);
+        let (spares_back, spares) = crossbeam_channel::bounded(SPARE_BUFFERS_MAX);
+        let thread = JournalThread {
+            journal,
+            from_apply,
+            progress: Arc::clone(&progress),
+            spares: spares_back,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tally-events".into())
+            .spawn(move || thread.run())
+            .map_err(|source| EngineError::Thread {
+                name: "tally-events",
+                source,
+            })?;
+        // Detached: dropping the journal must not block the async thread it drops on.
+        drop(thread);
+        Ok(ChangeJournal {
+            journal: Journal { to_journal, spares },
+            progress,
+        })
+    }
+
+    /// A buffer to capture the next group's events into
+    /// (`StateMachine::take_changes_into`).
+    pub fn spare(&self) -> Vec<ChangeEvent> {
+        self.journal.spare()
+    }
+
+    /// Hands over a group's events; `through` is the state's last timestamp after the
+    /// group (readers waiting for it are then answered). Waits while the journal
+    /// thread is far behind.
+    pub fn send(&self, events: Vec<ChangeEvent>, through: u64) {
+        self.journal.send(events, through);
+    }
+
+    /// Records that the state jumped ahead to `state` without its events (a snapshot
+    /// installed from another replica): readers asking for the missing stretch get
+    /// an error saying so.
+    pub fn jumped_to(&self, state: &tally_state::StateMachine) {
+        let jumped = ToJournal::JumpedTo {
+            records_through: state.last_record_timestamp(),
+            through: state.last_timestamp(),
+        };
+        let _ = self.journal.to_journal.send(jumped);
+    }
+
+    /// Syncs every event sent so far. Call it before saving a snapshot of the state,
+    /// so that the journal holds on disk every event the snapshot's records made.
+    ///
+    /// # Errors
+    ///
+    /// Writing the journal failed: it cannot be trusted to hold them.
+    pub fn sync(&self) -> Result<(), String> {
+        self.journal.sync()
+    }
+
+    /// The reading side, for as many readers as wanted.
+    pub fn reader(&self) -> ChangeEventReader {
+        ChangeEventReader {
+            progress: Arc::clone(&self.progress),
+        }
+    }
+}
+
+/// Marks the events of a state's records up to `records_through` that `journal` lacks
+/// as never coming, up to the state's last timestamp `through`.
+fn skip_missing(journal: &mut EventJournal, records_through: u64, through: u64) {
+    if journal.last_timestamp().unwrap_or(0) < records_through {
+        journal.skip_to(through);
+    }
+}
+
+/// The reading side of a change-event journal: reads of a page, and followers. It
+/// reads the journal's files, never the engine's memory.
+#[derive(Debug, Clone)]
+pub struct ChangeEventReader {
+    progress: Arc<Progress>,
+}
+
+impl ChangeEventReader {
+    pub(crate) fn new(progress: Arc<Progress>) -> ChangeEventReader {
+        ChangeEventReader { progress }
+    }
+
+    /// Up to `limit` (1 to 8,190) events with timestamp at or after `timestamp_min`, in
+    /// order, once the journal holds every event up to `committed` (waits up to 5 s).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::ChangeEvents`]: `limit` out of range, the journal did not catch
+    /// up, writing it failed, or the events asked for are not kept.
+    pub fn get(
+        &self,
+        timestamp_min: u64,
+        limit: usize,
+        committed: u64,
+    ) -> Result<Vec<ChangeEvent>, EngineError> {
+        check_limit(limit)?;
+        self.progress.wait_through(committed)?;
+        let mut reader = EventReader::open(self.progress.dir())?;
+        read(&mut reader, timestamp_min, limit)
+    }
+
+    /// Every event after `after`, then each new one as it is written, until the
+    /// journal's writer closes (see `Ledger::subscribe`).
+    ///
+    /// # Errors
+    ///
+    /// The journal's directory cannot be read.
+    pub fn subscribe(
+        &self,
+        after: u64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<ChangeEvent, EngineError>> + Send + 'static + use<>,
+        EngineError,
+    > {
+        follow(Arc::clone(&self.progress), after)
+    }
+
+    /// [`ChangeEventReader::subscribe`], 1 to [`SUBSCRIPTION_BATCH_EVENTS_MAX`] events
+    /// an item.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChangeEventReader::subscribe`].
+    pub fn subscribe_batches(
+        &self,
+        after: u64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<ChangeEvent>, EngineError>> + Send + 'static + use<>,
+        EngineError,
+    > {
+        follow_batches(Arc::clone(&self.progress), after)
+    }
+
+    /// The journal's directory, where other processes read it (`tally events`).
+    pub fn dir(&self) -> &Path {
+        self.progress.dir()
+    }
+
+    /// Resolves once the journal's writer has written its last event and synced
+    /// (after its [`ChangeJournal`] or [`crate::Ledger`] is gone).
+    pub async fn closed(&self) {
+        let mut changed = self.progress.subscribe();
+        while !self.progress.is_closed() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -4,8 +4,8 @@ use crate::admission::Room;
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 use crate::error::{EngineError, SubmitError};
 use crate::events::{
-    JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress, SPARE_BUFFERS_MAX, check_limit,
-    follow, follow_batches, read as read_events,
+    ChangeEventReader, JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress,
+    SPARE_BUFFERS_MAX,
 };
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
-use tally_log::events::{EventJournal, EventReader, JournalOptions};
+use tally_log::events::{EventJournal, JournalOptions};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
 use tally_state::{InvariantViolation, LedgerTotals, Query, QueryTarget, StateMachine};
 use tally_types::{
@@ -670,12 +670,9 @@ impl Ledger {
         timestamp_min: u64,
         limit: usize,
     ) -> Result<Vec<ChangeEvent>, EngineError> {
-        check_limit(limit)?;
-        let progress = self.events_progress()?;
         let committed = self.shared().state.read().last_timestamp();
-        progress.wait_through(committed)?;
-        let mut reader = EventReader::open(progress.dir())?;
-        read_events(&mut reader, timestamp_min, limit)
+        self.change_event_reader()?
+            .get(timestamp_min, limit, committed)
     }
 
     /// Follows the change events: every event with a timestamp after `after` (0 = from
@@ -697,7 +694,7 @@ impl Ledger {
         impl futures_util::Stream<Item = Result<ChangeEvent, EngineError>> + Send + 'static,
         EngineError,
     > {
-        follow(Arc::clone(self.events_progress()?), after)
+        self.change_event_reader()?.subscribe(after)
     }
 
     /// [`Ledger::subscribe`], the events a batch at a time: each item holds 1 to
@@ -715,7 +712,7 @@ impl Ledger {
         impl futures_util::Stream<Item = Result<Vec<ChangeEvent>, EngineError>> + Send + 'static,
         EngineError,
     > {
-        follow_batches(Arc::clone(self.events_progress()?), after)
+        self.change_event_reader()?.subscribe_batches(after)
     }
 
     /// The change-event journal's directory (`data_dir/events`), where other processes
@@ -724,10 +721,17 @@ impl Ledger {
         self.shared().events.as_deref().map(Progress::dir)
     }
 
-    fn events_progress(&self) -> Result<&Arc<Progress>, EngineError> {
+    /// The reading side of the change-event journal, for a reader that outlives this
+    /// handle or reads as a cluster replica's readers do.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::ChangeEvents`] when change events are off.
+    pub fn change_event_reader(&self) -> Result<ChangeEventReader, EngineError> {
         self.shared()
             .events
             .as_ref()
+            .map(|progress| ChangeEventReader::new(Arc::clone(progress)))
             .ok_or_else(|| EngineError::ChangeEvents {
                 message: "change events are off for this ledger".to_string(),
             })

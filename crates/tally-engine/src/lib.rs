@@ -99,7 +99,7 @@ mod threads;
 
 pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 pub use error::{EngineError, RecoveryError, SubmitError};
-pub use events::SUBSCRIPTION_BATCH_EVENTS_MAX;
+pub use events::{ChangeEventReader, ChangeJournal, SUBSCRIPTION_BATCH_EVENTS_MAX};
 pub use ledger::{Ledger, events_dir, refuse_replica_dir, validate as validate_batch};
 pub use metrics::MetricsSnapshot;
 pub use recovery::Recovery;

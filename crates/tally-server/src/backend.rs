@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 use tally_cluster::{ClusterError, Replica};
-use tally_engine::{EventResult, Ledger, SubmitError, TransferResult};
+use tally_engine::{
+    ChangeEventReader, EngineError, EventResult, Ledger, SubmitError, TransferResult,
+};
 use tally_types::{Account, AccountBalance, AccountFilter, Batch, QueryFilter, Transfer};
 
 /// The ledger behind a server.
@@ -23,6 +25,8 @@ pub(crate) enum BackendError {
     Submit(SubmitError),
     /// The cluster refused the batch, or could not answer in time.
     Cluster(ClusterError),
+    /// The single node's change events could not be read.
+    Events(EngineError),
 }
 
 impl std::fmt::Display for BackendError {
@@ -30,6 +34,7 @@ impl std::fmt::Display for BackendError {
         match self {
             BackendError::Submit(error) => write!(f, "{error}"),
             BackendError::Cluster(error) => write!(f, "{error}"),
+            BackendError::Events(error) => write!(f, "{error}"),
         }
     }
 }
@@ -134,6 +139,33 @@ impl Backend {
                 .read(|state| state.query_transfers(filter))
                 .await
                 .map_err(BackendError::Cluster),
+        }
+    }
+
+    /// The reading side of the change-event journal, and the last timestamp committed
+    /// before the call (for a replica, at a read index from the leader): a read that
+    /// waits for the journal to hold it sees every change acknowledged before.
+    pub(crate) async fn change_events_at_commit(
+        &self,
+    ) -> Result<(ChangeEventReader, u64), BackendError> {
+        let reader = self.change_event_reader()?;
+        let committed = match self {
+            Backend::Ledger(ledger) => ledger.with_state(|state| state.last_timestamp()),
+            Backend::Replica(replica) => replica
+                .read(|state| state.last_timestamp())
+                .await
+                .map_err(BackendError::Cluster)?,
+        };
+        Ok((reader, committed))
+    }
+
+    /// The reading side of the change-event journal.
+    pub(crate) fn change_event_reader(&self) -> Result<ChangeEventReader, BackendError> {
+        match self {
+            Backend::Ledger(ledger) => ledger.change_event_reader().map_err(BackendError::Events),
+            Backend::Replica(replica) => {
+                replica.change_event_reader().map_err(BackendError::Cluster)
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use crate::auth::{Operation, Rights};
 use crate::stats::ServerStats;
 use std::pin::pin;
 use std::sync::Arc;
-use tally_engine::{EngineError, Ledger};
+use tally_engine::{ChangeEventReader, EngineError};
 use tally_proto::v1;
 use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
 use tokio::sync::{mpsc, watch};
@@ -30,10 +30,6 @@ pub(crate) const SUBSCRIPTION_EVENTS_BUFFERED_MAX: usize = 64;
 /// leave events out: bounds one call's work at 16 × 8,190 events read. The answer's
 /// `timestamp_last` tells the client where to go on.
 const CHANGE_EVENTS_PAGES_MAX: usize = 16;
-
-/// The answer of a replica, which keeps no change events.
-pub(crate) const REPLICA_EVENTS_UNIMPLEMENTED: &str =
-    "change events are kept by single-node ledgers; cluster replicas do not keep them yet";
 
 /// The number of events asked for: 0 means the most, above the most is refused.
 pub(crate) fn events_limit(limit: u32) -> Result<usize, Status> {
@@ -61,10 +57,11 @@ fn allowed(rights: &Rights, event: &ChangeEvent) -> bool {
 }
 
 /// Up to `limit` events of the token's ledgers from `timestamp_min` on. Blocking: it
-/// waits for the journal to hold every change committed before the call, then reads
-/// files.
+/// waits for the journal to hold every change up to `committed` (the last committed
+/// before the call), then reads files.
 pub(crate) fn read_page(
-    ledger: &Ledger,
+    reader: &ChangeEventReader,
+    committed: u64,
     rights: &Rights,
     timestamp_min: u64,
     limit: usize,
@@ -74,7 +71,7 @@ pub(crate) fn read_page(
     let mut from = timestamp_min;
     for _ in 0..CHANGE_EVENTS_PAGES_MAX {
         let wanted = limit - answer.events.len();
-        let events = ledger.get_change_events(from, wanted)?;
+        let events = reader.get(from, wanted, committed)?;
         let Some(last) = events.last() else {
             break;
         };

@@ -9,7 +9,7 @@ use crate::events;
 use crate::stats::ServerStats;
 use std::sync::Arc;
 use tally_cluster::ClusterError;
-use tally_engine::{EventResult, Ledger, SubmitError, TransferResult};
+use tally_engine::{EventResult, SubmitError, TransferResult};
 use tally_proto::v1;
 use tally_types::{Account, BATCH_EVENTS_MAX, Batch, Transfer, TransferFlags};
 use tokio::sync::{mpsc, watch};
@@ -137,6 +137,11 @@ impl LedgerService {
             BackendError::Cluster(
                 error @ (ClusterError::Unavailable(_) | ClusterError::Stopped),
             ) => Status::unavailable(error.to_string()),
+            // Off, not kept, or the journal failed: asking again does not help.
+            BackendError::Cluster(ClusterError::ChangeEvents(_)) => {
+                Status::failed_precondition(error.to_string())
+            }
+            BackendError::Events(error) => events::events_status(error),
         }
     }
 
@@ -164,17 +169,6 @@ impl LedgerService {
     fn refuse(&self, operation: Operation, status: Status) -> Status {
         self.stats.refused(operation, status.code());
         status
-    }
-
-    /// The ledger whose change events a call reads: replicas keep none yet.
-    fn events_ledger(&self, operation: Operation) -> Result<Ledger, Status> {
-        match &self.backend {
-            Backend::Ledger(ledger) => Ok(ledger.clone()),
-            Backend::Replica(_) => Err(self.refuse(
-                operation,
-                Status::unimplemented(events::REPLICA_EVENTS_UNIMPLEMENTED),
-            )),
-        }
     }
 }
 
@@ -418,13 +412,17 @@ impl tally_proto::LedgerService for LedgerService {
     ) -> Result<Response<v1::ChangeEvents>, Status> {
         let operation = Operation::GetChangeEvents;
         let rights = Arc::new(self.admit(&request, operation)?.clone());
-        let ledger = self.events_ledger(operation)?;
         let filter = request.get_ref();
         let limit = events::events_limit(filter.limit).map_err(|s| self.refuse(operation, s))?;
         let timestamp_min = filter.timestamp_min;
+        let (reader, committed) = self
+            .backend
+            .change_events_at_commit()
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
         // Reading waits for the journal to catch up and reads files: off the runtime.
         let read = tokio::task::spawn_blocking(move || {
-            events::read_page(&ledger, &rights, timestamp_min, limit)
+            events::read_page(&reader, committed, &rights, timestamp_min, limit)
         })
         .await
         .map_err(|_| Status::internal("the change-event reader panicked"))
@@ -440,8 +438,11 @@ impl tally_proto::LedgerService for LedgerService {
     ) -> Result<Response<Self::SubscribeChangeEventsStream>, Status> {
         let operation = Operation::GetChangeEvents;
         let rights = Arc::new(self.admit(&request, operation)?.clone());
-        let ledger = self.events_ledger(operation)?;
-        let followed = ledger
+        let reader = self
+            .backend
+            .change_event_reader()
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
+        let followed = reader
             .subscribe_batches(request.get_ref().after)
             .map_err(|error| self.refuse(operation, events::events_status(&error)))?;
         let (sender, receiver) = mpsc::channel(events::SUBSCRIPTION_EVENTS_BUFFERED_MAX);

@@ -322,8 +322,9 @@ fn ledger_of(server: &tally_server::RunningServer) -> &tally_engine::Ledger {
     }
 }
 
-/// A replica answers balances with results as a single node does (a cluster of one:
-/// the replica path of the server; `tally-cluster`'s tests cover the forward path).
+/// A replica answers balances with results and change events as a single node does (a
+/// cluster of one: the replica path of the server; `tally-cluster`'s tests cover the
+/// forward path and three replicas).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balances_with_results_answer_through_a_replica() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -369,6 +370,40 @@ async fn balances_with_results_answer_through_a_replica() {
     let seen: Vec<(u128, u128)> = applied.results.iter().map(balances).collect();
     assert_eq!(seen, vec![(300, 300), (500, 500), (0, 0)]);
     assert!(applied.results[2].credit_account.is_none());
+
+    // The replica keeps change events: a page, and a subscription, as a single node.
+    let page = client
+        .get_change_events(v1::ChangeEventsFilter {
+            timestamp_min: 0,
+            limit: 0,
+        })
+        .await
+        .expect("change events")
+        .into_inner();
+    let kinds: Vec<i32> = page.events.iter().map(|e| e.r#type).collect();
+    let created = v1::ChangeEventType::AccountCreated as i32;
+    let paid = v1::ChangeEventType::SinglePhase as i32;
+    assert_eq!(kinds, vec![created, created, paid, paid]);
+    let amounts: Vec<u128> = page.events[2..]
+        .iter()
+        .map(|e| tally_proto::u128_from_proto(e.transfer.as_ref().and_then(|t| t.amount)))
+        .collect();
+    assert_eq!(amounts, vec![300, 200]);
+    let mut followed = client
+        .subscribe_change_events(v1::SubscribeChangeEventsRequest {
+            after: page.events[0].timestamp,
+        })
+        .await
+        .expect("subscribes")
+        .into_inner();
+    for expected in &page.events[1..] {
+        let event = followed
+            .message()
+            .await
+            .expect("streams")
+            .expect("an event");
+        assert_eq!(&event, expected);
+    }
     server.shutdown().await.expect("shuts down");
     replica.shutdown().await;
 }
