@@ -435,19 +435,30 @@ impl Core {
             }
             Leader::Unknown => return Err("no leader elected".into()),
         }
-        let voters: BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let (voters, addresses): (BTreeSet<u64>, BTreeMap<u64, String>) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let addresses = membership
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()));
+            (membership.voter_ids().collect(), addresses.collect())
+        };
         match request {
             AdminRequest::Status => {}
             AdminRequest::Add { replica_id, addr } => {
                 if voters.contains(&replica_id) {
                     return Err(format!("replica {replica_id} is already a voter"));
+                }
+                // Peer messages name no replica: whoever answers at an address answers
+                // for every id there, so one replica would count as two votes.
+                if let Some((other, _)) = addresses
+                    .iter()
+                    .find(|(id, at)| **id != replica_id && **at == addr)
+                {
+                    return Err(format!(
+                        "replica {other} is already at {addr}: one replica per peer address"
+                    ));
                 }
                 let added = self
                     .raft

@@ -654,7 +654,7 @@ async fn a_follower_that_lost_its_disk_catches_up_empty() {
 
 /// A replica added at an address where nothing answers never becomes a voter: it
 /// stays a learner (no vote, so no majority waits on it), the add answers an error,
-/// and the learner can be removed.
+/// and the learner can be removed. A replica added at a member's address is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_cannot_catch_up_is_not_made_a_voter() {
     let root = tempfile::tempdir().expect("dir");
@@ -680,6 +680,15 @@ async fn a_replica_that_cannot_catch_up_is_not_made_a_voter() {
     assert_eq!(status.voters.len(), 3, "{status:?}");
     let again = all[2].add_replica(1, members[&1].clone()).await;
     assert!(again.is_err_and(|e| e.contains("already a voter")));
+    // A second id at a member's address would let that member vote twice.
+    let twice = all[2].add_replica(6, members[&2].clone()).await;
+    assert!(
+        twice
+            .as_ref()
+            .is_err_and(|e| e.contains("replica 2 is already at")),
+        "{twice:?}"
+    );
+    assert_eq!(all[0].status().voters.len(), 3);
 
     let removed = all[0].remove_replica(5).await.expect("removes the learner");
     assert!(!removed.learners.contains_key(&5), "{removed:?}");
