@@ -112,7 +112,9 @@ impl fmt::Display for ChangeKind {
 pub struct ChangeEvent {
     /// When it was committed: unique, and increasing in commit order. For a transfer
     /// event, the transfer's timestamp, except for `two_phase_expired`: the instant the
-    /// pending transfer expired. For `account_created`, the account's timestamp.
+    /// pending transfer expired. For `account_created`, the account's timestamp. An
+    /// imported record keeps its own timestamp; its event has the stamp of its place
+    /// in the log.
     pub timestamp: u64,
     /// What happened.
     pub kind: ChangeKind,
