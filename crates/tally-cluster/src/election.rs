@@ -14,7 +14,7 @@
 
 use crate::types::Raft;
 use openraft::error::RaftError;
-use openraft::raft::{AppendEntriesResponse, VoteResponse};
+use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{LogId, ServerState};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,11 @@ use tokio::time::Instant;
 
 /// How often a replica looks at its timer.
 const TICK: Duration = Duration::from_millis(10);
+
+/// How many of the longest election timeouts a replica that started without a saved
+/// vote withholds its vote, unless it hears a leader first: an election's candidates
+/// give up their term within one, so three leave room for messages still in flight.
+const VOTE_AMNESIA_ELECTION_TIMEOUTS: u32 = 3;
 
 /// A replica's question to a voter before it stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +95,9 @@ struct ElectionTimer {
 struct Clock {
     /// When a leader was last heard (an AppendEntries it accepted).
     leader_heard: Option<Instant>,
+    /// Until when a replica that started without a saved vote grants none, unless it
+    /// hears a leader first ([`ElectionTimer::withholds_votes`]).
+    votes_withheld_until: Option<Instant>,
     /// When the current wait started: a leader heard, a vote granted, or a try.
     since: Instant,
     /// This wait's election timeout.
@@ -112,14 +120,22 @@ impl Clock {
 
 impl ElectionTimer {
     /// The timer of replica `id`, its first wait starting `now`, its waits drawn from
-    /// `seed`.
-    fn new(id: u64, range: (Duration, Duration), now: Instant, seed: u64) -> ElectionTimer {
+    /// `seed`; `remembers_vote` is false when its log held no saved vote.
+    fn new(
+        id: u64,
+        range: (Duration, Duration),
+        now: Instant,
+        seed: u64,
+        remembers_vote: bool,
+    ) -> ElectionTimer {
         assert!(
             range.0 > Duration::ZERO && range.0 <= range.1,
             "election timeout range"
         );
+        let withheld_for = VOTE_AMNESIA_ELECTION_TIMEOUTS * range.1;
         let mut clock = Clock {
             leader_heard: None,
+            votes_withheld_until: (!remembers_vote).then(|| now + withheld_for),
             since: now,
             wait: range.0,
             seed: seed ^ id.wrapping_mul(0x2545_f491_4f6c_dd1d),
@@ -174,12 +190,23 @@ impl ElectionTimer {
         now.saturating_duration_since(clock.since) >= lease + clock.wait
     }
 
+    /// Whether this replica grants no vote `now`: it started without a saved vote (a
+    /// new replica, or one whose disk was lost) and has heard no leader yet, within
+    /// [`VOTE_AMNESIA_ELECTION_TIMEOUTS`] election timeouts of its start. A replica that
+    /// lost its disk may have voted in the election still under way; granting a second
+    /// vote in that term could elect two leaders. Once a leader is heard, Raft has saved
+    /// that leader's term and vote; once the window passes, that election has ended.
+    fn withholds_votes(&self, now: Instant) -> bool {
+        let clock = self.clock.lock();
+        clock.leader_heard.is_none() && clock.votes_withheld_until.is_some_and(|until| now < until)
+    }
+
     /// This voter's answer to `request`: yes when it would grant the candidate its real
     /// vote as far as the log and the lease go. It refuses while it leads, while it heard
-    /// a leader less than a lease ago (and still follows it), and when its own log is
-    /// longer. Terms are left to the real vote.
+    /// a leader less than a lease ago (and still follows it), while it withholds votes,
+    /// and when its own log is longer. Terms are left to the real vote.
     fn answer(&self, now: Instant, request: &PreVote, raft: &RaftView) -> bool {
-        if raft.state == ServerState::Leader {
+        if raft.state == ServerState::Leader || self.withholds_votes(now) {
             return false;
         }
         let heard = self.clock.lock().leader_heard;
@@ -220,14 +247,40 @@ impl std::fmt::Debug for Elections {
 
 impl Elections {
     /// The elections of replica `id`, whose Raft runs with `enable_elect: false`;
-    /// `range` is its election timeout range, `seed` draws its waits.
-    pub fn new(id: u64, raft: Raft, range: (Duration, Duration), seed: u64) -> Elections {
+    /// `range` is its election timeout range, `seed` draws its waits; `remembers_vote`
+    /// is false when the replica's log held no saved vote at its start.
+    pub fn new(
+        id: u64,
+        raft: Raft,
+        range: (Duration, Duration),
+        seed: u64,
+        remembers_vote: bool,
+    ) -> Elections {
         Elections {
             id,
             raft,
-            timer: ElectionTimer::new(id, range, Instant::now(), seed),
+            timer: ElectionTimer::new(id, range, Instant::now(), seed, remembers_vote),
             pre_vote_wait: range.0,
         }
+    }
+
+    /// Answers a candidate's vote request: Raft's answer, or a refusal that changes
+    /// nothing while this replica withholds votes (it started without a saved vote and
+    /// has heard no leader yet).
+    pub async fn vote(
+        &self,
+        request: VoteRequest<u64>,
+    ) -> Result<VoteResponse<u64>, RaftError<u64>> {
+        if self.timer.withholds_votes(Instant::now()) {
+            let vote = self.raft.metrics().borrow().vote;
+            let last_log_id = self.raft.data_metrics().borrow().last_log;
+            return Ok(VoteResponse::new(vote, last_log_id, false));
+        }
+        let answer = self.raft.vote(request).await;
+        if answer.as_ref().is_ok_and(|answer| answer.vote_granted) {
+            self.timer.vote_granted(Instant::now());
+        }
+        answer
     }
 
     /// Call with what this replica's Raft answered an AppendEntries: one it accepted
@@ -241,14 +294,6 @@ impl Elections {
             .is_ok_and(|answer| !matches!(answer, AppendEntriesResponse::HigherVote(_)));
         if accepted {
             self.timer.leader_heard(Instant::now());
-        }
-    }
-
-    /// Call with what this replica's Raft answered a vote request: a vote granted gives
-    /// the candidate a full wait to win.
-    pub fn vote_answered(&self, answer: &Result<VoteResponse<u64>, RaftError<u64>>) {
-        if answer.as_ref().is_ok_and(|answer| answer.vote_granted) {
-            self.timer.vote_granted(Instant::now());
         }
     }
 
@@ -356,7 +401,7 @@ mod tests {
     #[test]
     fn a_follower_waits_the_lease_and_an_election_timeout() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(1, RANGE, start, 7);
+        let timer = ElectionTimer::new(1, RANGE, start, 7, true);
         let follower = view(ServerState::Follower, true, Some((1, 10)));
         timer.leader_heard(start);
         assert!(!timer.due(start + Duration::from_millis(899), &follower));
@@ -370,7 +415,7 @@ mod tests {
     #[test]
     fn leaders_and_learners_never_stand_and_a_lone_voter_always_does() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(4, RANGE, start, 7);
+        let timer = ElectionTimer::new(4, RANGE, start, 7, true);
         let late = start + Duration::from_secs(10);
         let mut learner = view(ServerState::Learner, true, None);
         assert!(!timer.due(late, &learner));
@@ -386,7 +431,7 @@ mod tests {
     #[test]
     fn each_wait_is_drawn_afresh_within_the_range() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(2, RANGE, start, 7);
+        let timer = ElectionTimer::new(2, RANGE, start, 7, true);
         let mut waits = BTreeSet::new();
         for _ in 0..64 {
             timer.restart(start);
@@ -397,10 +442,38 @@ mod tests {
         assert!(waits.len() > 32, "the waits repeat: {waits:?}");
     }
 
+    /// A replica that started without a saved vote (its disk lost) grants none, nor a
+    /// pre-vote, until it hears a leader or three election timeouts pass; one that
+    /// remembers its vote is not held back.
+    #[test]
+    fn a_replica_without_its_vote_withholds_votes_until_a_leader_or_the_window() {
+        let start = Instant::now();
+        let follower = view(ServerState::Follower, false, None);
+        let question = PreVote {
+            candidate: 1,
+            last_log_id: Some(log_id(3, 70)),
+        };
+        let window = start + 3 * RANGE.1;
+        let amnesiac = ElectionTimer::new(2, RANGE, start, 7, false);
+        assert!(amnesiac.withholds_votes(start));
+        assert!(amnesiac.withholds_votes(window - Duration::from_millis(1)));
+        assert!(!amnesiac.answer(window - Duration::from_millis(1), &question, &follower));
+        assert!(!amnesiac.withholds_votes(window));
+        assert!(amnesiac.answer(window, &question, &follower));
+
+        let heard = ElectionTimer::new(2, RANGE, start, 7, false);
+        heard.leader_heard(start + Duration::from_millis(100));
+        assert!(!heard.withholds_votes(start + Duration::from_millis(100)));
+
+        let remembers = ElectionTimer::new(2, RANGE, start, 7, true);
+        assert!(!remembers.withholds_votes(start));
+        assert!(remembers.answer(start, &question, &follower));
+    }
+
     #[test]
     fn a_voter_refuses_a_shorter_log_and_while_its_lease_runs() {
         let start = Instant::now();
-        let timer = ElectionTimer::new(2, RANGE, start, 7);
+        let timer = ElectionTimer::new(2, RANGE, start, 7, true);
         let follower = view(ServerState::Follower, true, Some((3, 68)));
         let longer = PreVote {
             candidate: 1,

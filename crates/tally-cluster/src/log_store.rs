@@ -162,6 +162,12 @@ impl LogStore {
         })
     }
 
+    /// Whether the log holds a saved vote: false for a replica that never voted, and
+    /// for one whose disk was lost (`Elections` then withholds its vote for a while).
+    pub fn remembers_vote(&self) -> bool {
+        self.contents.lock().vote.is_some()
+    }
+
     /// Bytes of the log's frames that a purge has not yet made obsolete: what the log
     /// holds in memory, about.
     pub fn live_bytes(&self) -> u64 {

@@ -35,9 +35,7 @@ impl Peer for PeerService {
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let rpc: VoteRequest<u64> = decode(&request)?;
-        let answer = self.core.raft.vote(rpc).await;
-        self.core.elections.vote_answered(&answer);
-        encode(&answer)
+        encode(&self.core.elections.vote(rpc).await)
     }
 
     async fn pre_vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {

@@ -590,6 +590,7 @@ impl Replica {
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
         let log = LogStore::open(&config.data_dir)?;
         let log_size = log.clone();
+        let remembers_vote = log.remembers_vote();
         let state = StateStore::open(&config.data_dir, config.change_events)?;
         let applied = state.applied();
         let change_events = state.change_event_reader();
@@ -631,6 +632,7 @@ impl Replica {
                 config.election_timeout,
                 // The clock, so that replicas started together draw apart.
                 tally_engine::clock::wall_clock_ns(),
+                remembers_vote,
             )),
             learner_catch_up_max: config.learner_catch_up_max,
         });

@@ -186,11 +186,10 @@ impl RaftNetwork<TallyRaft> for SimConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.deliver(&option, |raft, elections| async move {
-            let answer = raft.vote(rpc).await;
-            elections.vote_answered(&answer);
-            answer
-        })
+        self.deliver(
+            &option,
+            |_, elections| async move { elections.vote(rpc).await },
+        )
         .await
     }
 }
@@ -236,6 +235,7 @@ impl Node {
     async fn start(&mut self, net: &Net) -> Result<(), String> {
         let log = LogStore::open_simulated(self.disk.clone())
             .map_err(|e| format!("replica {}: {e}", self.id))?;
+        let remembers_vote = log.remembers_vote();
         let state = StateStore::open_simulated(&self.disk)
             .map_err(|e| format!("replica {}: {e}", self.id))?;
         self.applied = state.applied();
@@ -255,6 +255,7 @@ impl Node {
             raft.clone(),
             range,
             self.config.election_timeout_min,
+            remembers_vote,
         ));
         let (from, ask_net) = (self.id, Arc::clone(net));
         tokio::spawn(Elections::run(
