@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 /// Groups of events waiting for the journal thread, at most: past it the apply thread
 /// waits (memory stays bounded; the journal writes far faster than commits arrive).
-pub(crate) const JOURNAL_GROUPS_IN_FLIGHT_MAX: usize = 4;
+const JOURNAL_GROUPS_IN_FLIGHT_MAX: usize = 4;
 
 /// Journal bytes appended past which the journal thread starts writing them out to the
 /// disk, without waiting (`EventJournal::start_writeback`). Left to the kernel, the
@@ -146,16 +146,16 @@ fn stopped(message: &str) -> EngineError {
 }
 
 /// The journal thread's side: appends what the apply thread sends, in order.
-pub(crate) struct JournalThread {
-    pub journal: EventJournal,
-    pub from_apply: Receiver<ToJournal>,
-    pub progress: Arc<Progress>,
+struct JournalThread {
+    journal: EventJournal,
+    from_apply: Receiver<ToJournal>,
+    progress: Arc<Progress>,
     /// Written buffers, handed back to the apply thread for its next captures.
-    pub spares: crossbeam_channel::Sender<Vec<ChangeEvent>>,
+    spares: crossbeam_channel::Sender<Vec<ChangeEvent>>,
 }
 
 impl JournalThread {
-    pub fn run(mut self) {
+    fn run(mut self) {
         let mut failed = false;
         for message in &self.from_apply {
             match message {
@@ -205,6 +205,30 @@ impl JournalThread {
     }
 }
 
+/// Starts the journal thread writing `journal`: the apply side's handle, and the
+/// thread, which ends once every handle is dropped and what they sent is written.
+pub(crate) fn start_journal_thread(
+    journal: EventJournal,
+    progress: Arc<Progress>,
+) -> Result<(Journal, std::thread::JoinHandle<()>), EngineError> {
+    let (to_journal, from_apply) = std::sync::mpsc::sync_channel(JOURNAL_GROUPS_IN_FLIGHT_MAX);
+    let (spares_back, spares) = crossbeam_channel::bounded(SPARE_BUFFERS_MAX);
+    let thread = JournalThread {
+        journal,
+        from_apply,
+        progress,
+        spares: spares_back,
+    };
+    let thread = std::thread::Builder::new()
+        .name("tally-events".into())
+        .spawn(move || thread.run())
+        .map_err(|source| EngineError::Thread {
+            name: "tally-events",
+            source,
+        })?;
+    Ok((Journal { to_journal, spares }, thread))
+}
+
 /// The apply thread's side of the journal.
 #[derive(Debug)]
 pub(crate) struct Journal {
@@ -214,7 +238,7 @@ pub(crate) struct Journal {
 }
 
 /// Written event buffers waiting for reuse, at most.
-pub(crate) const SPARE_BUFFERS_MAX: usize = 2;
+const SPARE_BUFFERS_MAX: usize = 2;
 
 impl Journal {
     /// A buffer to capture the next group's events into: a written one if any is back.
@@ -276,27 +300,10 @@ impl ChangeJournal {
             .last_timestamp()
             .max(journal.last_timestamp().unwrap_or(0));
         let progress = Arc::new(Progress::new(dir.to_path_buf(), through));
-        let (to_journal, from_apply) = std::sync::mpsc::sync_channel(JOURNAL_GROUPS_IN_FLIGHT_MAX);
-        let (spares_back, spares) = crossbeam_channel::bounded(SPARE_BUFFERS_MAX);
-        let thread = JournalThread {
-            journal,
-            from_apply,
-            progress: Arc::clone(&progress),
-            spares: spares_back,
-        };
-        let thread = std::thread::Builder::new()
-            .name("tally-events".into())
-            .spawn(move || thread.run())
-            .map_err(|source| EngineError::Thread {
-                name: "tally-events",
-                source,
-            })?;
+        let (journal, thread) = start_journal_thread(journal, Arc::clone(&progress))?;
         // Detached: dropping the journal must not block the async thread it drops on.
         drop(thread);
-        Ok(ChangeJournal {
-            journal: Journal { to_journal, spares },
-            progress,
-        })
+        Ok(ChangeJournal { journal, progress })
     }
 
     /// A buffer to capture the next group's events into

@@ -3,10 +3,7 @@
 use crate::admission::Room;
 use crate::config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
 use crate::error::{EngineError, SubmitError};
-use crate::events::{
-    ChangeEventReader, JOURNAL_GROUPS_IN_FLIGHT_MAX, Journal, JournalThread, Progress,
-    SPARE_BUFFERS_MAX,
-};
+use crate::events::{ChangeEventReader, Progress, start_journal_thread};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pacing::CommitPacer;
@@ -208,18 +205,10 @@ impl Ledger {
             recovery,
             events: events.clone(),
         });
-        let (journal_thread, journal) = match (journal, events) {
+        let (journal, journal_join) = match (journal, events) {
             (Some(journal), Some(progress)) => {
-                let (to_journal, from_apply) =
-                    std::sync::mpsc::sync_channel(JOURNAL_GROUPS_IN_FLIGHT_MAX);
-                let (spares_back, spares) = crossbeam_channel::bounded(SPARE_BUFFERS_MAX);
-                let thread = JournalThread {
-                    journal,
-                    from_apply,
-                    progress,
-                    spares: spares_back,
-                };
-                (Some(thread), Some(Journal { to_journal, spares }))
+                let (journal, thread) = start_journal_thread(journal, progress)?;
+                (Some(journal), Some(thread))
             }
             _ => (None, None),
         };
@@ -252,10 +241,6 @@ impl Ledger {
                 .name(name.into())
                 .spawn(run)
                 .map_err(|source| EngineError::Thread { name, source })
-        };
-        let journal_join = match journal_thread {
-            Some(thread) => Some(spawn("tally-events", Box::new(move || thread.run()))?),
-            None => None,
         };
         let apply_join = spawn("tally-apply", Box::new(move || apply.run()))?;
         let log_join = spawn("tally-log", Box::new(move || log.run()))?;
