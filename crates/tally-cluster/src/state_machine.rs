@@ -1,6 +1,7 @@
 //! The replica's state machine: committed log entries applied to Tally's ledger state,
 //! in log order, each batch stamped from the leader's clock reading the same way on
-//! every replica; the state digest; snapshots to and from disk.
+//! every replica; each group's change events handed to the replica's journal; the state
+//! digest; snapshots to and from disk.
 //!
 //! Invariant: `applied.last_applied` is the position of the last entry whose events are
 //! in `applied.state`, and `applied.digest` is the digest at that position.
