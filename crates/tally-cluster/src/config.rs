@@ -58,6 +58,10 @@ pub struct ClusterConfig {
     /// Whether the replica keeps the change events of what it applies, in its own
     /// journal in `DATA/events` (docs/spec.md §2, "Change events"). Default on.
     pub change_events: bool,
+    /// Bytes of change events the replica keeps: past it, the oldest journal segments
+    /// are deleted, as on a single node (`tally_engine::Config::events_retention_bytes`).
+    /// Default 4 GiB.
+    pub events_retention_bytes: u64,
 }
 
 impl ClusterConfig {
@@ -82,6 +86,7 @@ impl ClusterConfig {
             expire_when_idle: true,
             learner_catch_up_max: Duration::from_secs(60),
             change_events: true,
+            events_retention_bytes: tally_log::events::JOURNAL_RETENTION_BYTES_DEFAULT,
         }
     }
 

@@ -591,7 +591,10 @@ impl Replica {
         let log = LogStore::open(&config.data_dir)?;
         let log_size = log.clone();
         let remembers_vote = log.remembers_vote();
-        let state = StateStore::open(&config.data_dir, config.change_events)?;
+        let events = config
+            .change_events
+            .then_some(config.events_retention_bytes);
+        let state = StateStore::open(&config.data_dir, events)?;
         let applied = state.applied();
         let change_events = state.change_event_reader();
         let raft_config = openraft::Config {

@@ -195,8 +195,9 @@ pub struct StateStore {
 
 impl StateStore {
     /// Opens the state of the replica in `dir`: its newest snapshot, or empty; and,
-    /// with `change_events`, its change-event journal in `DIR/events`.
-    pub fn open(dir: &Path, change_events: bool) -> Result<StateStore, String> {
+    /// with `events_retention_bytes`, its change-event journal in `DIR/events`, keeping
+    /// that many bytes of events.
+    pub fn open(dir: &Path, events_retention_bytes: Option<u64>) -> Result<StateStore, String> {
         let path = dir.join(SNAPSHOT_FILE);
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
@@ -214,9 +215,10 @@ impl StateStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(format!("{}: {error}", path.display())),
         }
-        if change_events {
+        if let Some(retention_bytes) = events_retention_bytes {
             let events_dir = tally_engine::events_dir(dir);
-            let journal = ChangeJournal::open(&events_dir, &store.applied.read().state)
+            let state = &store.applied.read().state;
+            let journal = ChangeJournal::open(&events_dir, state, retention_bytes)
                 .map_err(|e| format!("the change-event journal: {e}"))?;
             store.events = Some(Arc::new(journal));
         }

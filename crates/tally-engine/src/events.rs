@@ -278,7 +278,8 @@ pub struct ChangeJournal {
 
 impl ChangeJournal {
     /// Opens (or creates) the journal in `dir` for a ledger whose state stands at
-    /// `state`. When the journal lacks events of records the state holds (its files
+    /// `state`, keeping `retention_bytes` of events (past it the oldest segments are
+    /// deleted). When the journal lacks events of records the state holds (its files
     /// were lost, or the state came from another replica's snapshot), those events are
     /// never written: readers asking for them get an error saying so.
     ///
@@ -289,8 +290,13 @@ impl ChangeJournal {
     pub fn open(
         dir: &Path,
         state: &tally_state::StateMachine,
+        retention_bytes: u64,
     ) -> Result<ChangeJournal, EngineError> {
-        let mut journal = EventJournal::open(dir, tally_log::events::JournalOptions::default())?;
+        let options = tally_log::events::JournalOptions {
+            retention_bytes,
+            ..tally_log::events::JournalOptions::default()
+        };
+        let mut journal = EventJournal::open(dir, options)?;
         skip_missing(
             &mut journal,
             state.last_record_timestamp(),
