@@ -764,13 +764,23 @@ impl Replica {
         timestamp_min: u64,
         limit: usize,
     ) -> Result<Vec<ChangeEvent>, ClusterError> {
-        let reader = self.change_event_reader()?;
-        let committed = self.read(StateMachine::last_timestamp).await?;
+        let (reader, committed) = self.change_events_at_read_index().await?;
         // Waiting for the journal and reading files: off the async threads.
         tokio::task::spawn_blocking(move || reader.get(timestamp_min, limit, committed))
             .await
             .map_err(|_| ClusterError::Stopped)?
             .map_err(|error| ClusterError::ChangeEvents(error.to_string()))
+    }
+
+    /// The reading side of this replica's change-event journal and the last timestamp
+    /// applied at the leader's read index: a read that waits for the journal to hold
+    /// it (`ChangeEventReader::get`) sees every change acknowledged before the call.
+    pub async fn change_events_at_read_index(
+        &self,
+    ) -> Result<(ChangeEventReader, u64), ClusterError> {
+        let reader = self.change_event_reader()?;
+        let committed = self.read(StateMachine::last_timestamp).await?;
+        Ok((reader, committed))
     }
 
     /// The reading side of this replica's change-event journal: pages at a given

@@ -148,15 +148,16 @@ impl Backend {
     pub(crate) async fn change_events_at_commit(
         &self,
     ) -> Result<(ChangeEventReader, u64), BackendError> {
-        let reader = self.change_event_reader()?;
-        let committed = match self {
-            Backend::Ledger(ledger) => ledger.with_state(|state| state.last_timestamp()),
+        match self {
+            Backend::Ledger(ledger) => {
+                let reader = ledger.change_event_reader().map_err(BackendError::Events)?;
+                Ok((reader, ledger.with_state(|state| state.last_timestamp())))
+            }
             Backend::Replica(replica) => replica
-                .read(|state| state.last_timestamp())
+                .change_events_at_read_index()
                 .await
-                .map_err(BackendError::Cluster)?,
-        };
-        Ok((reader, committed))
+                .map_err(BackendError::Cluster),
+        }
     }
 
     /// The reading side of the change-event journal.
