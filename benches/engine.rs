@@ -20,8 +20,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tally::Config;
+use tally::engine::Ledger;
 use tally::types::{BATCH_EVENTS_MAX, ResultCode};
-use tally::{Config, Ledger};
 
 const TRANSFERS_RESET: u64 = 1_000_000;
 

@@ -11,8 +11,10 @@
 //!
 //! This umbrella crate re-exports the layers so an application can depend on one crate:
 //! [`types`] (records and result codes) → [`state`] (the reference state machine) →
-//! [`log`] (write-ahead log and snapshots) → [`engine`] (the embeddable [`Ledger`]).
-//! See ARCHITECTURE.md for the life of a transfer.
+//! [`log`] (write-ahead log and snapshots) → [`engine`] (the single node) → [`cluster`]
+//! (replication on Raft). [`Ledger::open`] embeds either: a single node from a
+//! [`Config`], or one replica of a cluster from a [`ClusterConfig`], answering the same
+//! calls. See ARCHITECTURE.md for the life of a transfer.
 //!
 //! ```
 //! use tally::{Account, Batch, Config, Ledger, ResultCode, Transfer};
@@ -31,12 +33,14 @@
 //! ```
 #![deny(missing_docs)]
 
+pub use tally_cluster as cluster;
 pub use tally_engine as engine;
 pub use tally_log as log;
 pub use tally_state as state;
 pub use tally_types as types;
 
-pub use tally_engine::{Config, EngineError, EventResult, Ledger, SubmitError};
+pub use tally_cluster::{ClusterConfig, Ledger, LedgerConfig, LedgerError};
+pub use tally_engine::{Config, EngineError, EventResult, SubmitError};
 pub use tally_types::{
     Account, AccountFilter, AccountFlags, Batch, ResultCode, Transfer, TransferFlags,
 };

@@ -141,9 +141,11 @@ async fn open_backend(args: &ServeArgs) -> Result<Backend, String> {
     match args.cluster_config()? {
         Some(config) => {
             let replica = tally_cluster::Replica::open(config).await?;
-            Ok(Backend::Replica(Arc::new(replica)))
+            let hosted = tally_cluster::HostedReplica::on_current_runtime(Arc::new(replica))
+                .map_err(|error| error.to_string())?;
+            Ok(Backend::Replica(hosted))
         }
-        None => Ok(Backend::Ledger(crate::open(
+        None => Ok(Backend::Node(crate::open(
             args.data.clone(),
             (args.shards, args.placement_bits),
             false,
@@ -154,18 +156,18 @@ async fn open_backend(args: &ServeArgs) -> Result<Backend, String> {
 /// Resolves when a replica's Raft core stops (never for a single-node ledger).
 async fn replica_stopped(backend: &Backend) {
     match backend {
-        Backend::Replica(replica) => replica.stopped().await,
-        Backend::Ledger(_) => std::future::pending().await,
+        Backend::Replica(hosted) => hosted.replica().stopped().await,
+        Backend::Node(_) => std::future::pending().await,
     }
 }
 
 /// Closes a backend the server never took.
 async fn close_backend(backend: Backend) {
     match backend {
-        Backend::Ledger(ledger) => {
+        Backend::Node(ledger) => {
             let _ = tokio::task::spawn_blocking(move || ledger.shutdown()).await;
         }
-        Backend::Replica(replica) => replica.shutdown().await,
+        Backend::Replica(hosted) => hosted.replica().shutdown().await,
     }
 }
 

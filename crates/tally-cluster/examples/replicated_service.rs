@@ -8,6 +8,10 @@
 //! answer was lost is retried with the same transfer id, answered `exists`, never applied
 //! twice. Every replica ends with the same state digest.
 //!
+//! Each instance embeds its replica as it would a single node: `Ledger::open` (here
+//! `Ledger::open_async`, on the service's runtime) with a `ClusterConfig` instead of a
+//! single node's `Config`, and the same calls.
+//!
 //! `cargo run -p tally-cluster --example replicated_service [-- DATA_DIR]` (a temporary
 //! directory when none is given).
 
@@ -15,7 +19,7 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tally_cluster::{ClusterConfig, Replica};
+use tally_cluster::{ClusterConfig, Ledger};
 use tally_types::{Account, AccountFlags, Batch, ResultCode, Transfer};
 
 const EUR: u32 = 978;
@@ -39,14 +43,14 @@ async fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
     let mut instances = Vec::new();
     for id in 1..=3 {
         let config = ClusterConfig::new(id, members.clone(), dir.join(format!("replica-{id}")));
-        instances.push(Some(Replica::open(config).await?));
+        instances.push(Some(Ledger::open_async(config).await?));
     }
     let leader = wait_for_leader(&instances).await?;
     println!("replica {leader} leads");
 
     let any = instances.iter().flatten().next().ok_or("no instance")?;
     let opened = any
-        .submit(Batch::CreateAccounts(vec![
+        .submit_async(Batch::CreateAccounts(vec![
             account(BANK),
             account(MERCHANT),
         ]))
@@ -57,7 +61,7 @@ async fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
     for n in 0..30u128 {
         let instance = instances[(n % 3) as usize].as_ref().ok_or("gone")?;
         let paid = instance
-            .submit(Batch::CreateTransfers(vec![pay(100 + n)]))
+            .submit_async(Batch::CreateTransfers(vec![pay(100 + n)]))
             .await?;
         assert_eq!(paid[0].code, ResultCode::Ok);
     }
@@ -66,10 +70,10 @@ async fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
     // The leader's host crashes; the survivors elect a new leader.
     let index = instances
         .iter()
-        .position(|r| r.as_ref().is_some_and(|r| r.id() == leader))
+        .position(|r| r.as_ref().and_then(Ledger::as_replica).map(|r| r.id()) == Some(leader))
         .ok_or("no leader")?;
     if let Some(crashed) = instances[index].take() {
-        crashed.shutdown().await;
+        crashed.shutdown_async().await?;
     }
     let started = Instant::now();
     let new_leader = wait_for_leader(&instances).await?;
@@ -81,35 +85,35 @@ async fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
     // A payment whose first answer was lost is sent again, same id: `exists`.
     let survivor = instances.iter().flatten().next().ok_or("no survivor")?;
     let again = survivor
-        .submit(Batch::CreateTransfers(vec![pay(129), pay(200)]))
+        .submit_async(Batch::CreateTransfers(vec![pay(129), pay(200)]))
         .await?;
     assert_eq!(again[0].code, ResultCode::Exists);
     assert_eq!(again[1].code, ResultCode::Ok);
-    let merchant = survivor
-        .read(|state| state.lookup_account(MERCHANT).map(|a| a.credits_posted))
-        .await?;
-    assert_eq!(merchant, Some(31 * PRICE));
+    let merchant = survivor.lookup_accounts_async(&[MERCHANT]).await?;
+    assert_eq!(merchant[0].credits_posted, 31 * PRICE);
     println!("the retried payment answered exists; the merchant holds 31 payments");
 
     let digests: Vec<_> = instances
         .iter()
         .flatten()
+        .filter_map(Ledger::as_replica)
         .map(|r| (r.id(), r.status().applied_index, r.status().digest))
         .collect();
     println!("replicas' (id, applied index, digest): {digests:x?}");
     for instance in instances.iter().flatten() {
-        instance.shutdown().await;
+        instance.shutdown_async().await?;
     }
     Ok(())
 }
 
-async fn wait_for_leader(instances: &[Option<Replica>]) -> Result<u64, Box<dyn Error>> {
+async fn wait_for_leader(instances: &[Option<Ledger>]) -> Result<u64, Box<dyn Error>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let leading = instances
             .iter()
             .flatten()
-            .map(Replica::status)
+            .filter_map(Ledger::as_replica)
+            .map(|replica| replica.status())
             .find(|status| status.role == "leader");
         if let Some(status) = leading {
             return Ok(status.replica_id);

@@ -6,6 +6,8 @@
 //! has it synced to disk; every replica applies committed groups in log order to its
 //! in-memory ledger, and chains a state digest over them that replicas compare.
 //!
+//! - [`Ledger`]: the ledger a service embeds, opened from a single node's config or a
+//!   [`ClusterConfig`]: the same calls reach a single node or a replica.
 //! - [`Replica`]: the handle: open, submit, linearizable reads, status, membership.
 //! - [`ClusterConfig`]: who this replica is, its peers, its data directory.
 //! - The replicas talk over the gRPC service `tally.cluster.v1.Peer`
@@ -29,6 +31,7 @@ mod config;
 mod election;
 mod group;
 mod image_codec;
+mod ledger;
 mod log_store;
 mod network;
 mod peer_service;
@@ -41,6 +44,7 @@ mod types;
 pub use config::ClusterConfig;
 pub use election::{Elections, PreVote};
 pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
+pub use ledger::{HostedReplica, Ledger, LedgerConfig, LedgerError};
 pub use log_store::LogStore;
 pub use network::{PeerConnection, PeerNetwork};
 pub use replica::{ClusterError, Replica, ReplicaStatus};

@@ -5,7 +5,7 @@
 //! other path is 404. A deliberately small responder: one request per connection, the request
 //! bounded in size and in time, a bounded number of scrapes at once.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, metrics_text};
 use crate::stats::ServerStats;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ pub(crate) struct Sources {
 
 impl Sources {
     fn render(&self) -> String {
-        let mut text = self.backend.metrics_text();
+        let mut text = metrics_text(&self.backend);
         text.push_str(&self.stats.to_prometheus());
         text
     }

@@ -57,7 +57,7 @@ pub struct RunningServer {
 impl Server {
     /// Binds `config.listen` and serves `ledger` on the current tokio runtime.
     pub async fn start(ledger: Ledger, config: ServerConfig) -> Result<RunningServer, ServerError> {
-        Server::start_backend(Backend::Ledger(ledger), config).await
+        Server::start_backend(Backend::Node(ledger), config).await
     }
 
     /// Binds `config.listen` and serves `backend` (a ledger, or a cluster replica) on
@@ -217,9 +217,9 @@ impl RunningServer {
             }
         }
         let ledger = match &self.backend {
-            Backend::Ledger(ledger) => ledger.clone(),
-            Backend::Replica(replica) => {
-                replica.shutdown().await;
+            Backend::Node(ledger) => ledger.clone(),
+            Backend::Replica(hosted) => {
+                hosted.replica().shutdown().await;
                 return Ok(());
             }
         };

@@ -56,7 +56,7 @@ impl LedgerService {
         batch: Batch,
     ) -> Result<v1::CreateResults, Status> {
         let events = batch.len();
-        match self.backend.submit(batch).await {
+        match self.backend.submit_async(batch).await {
             Ok(results) => {
                 self.stats.answered(operation, events);
                 Ok(create_results(&results))
@@ -76,7 +76,11 @@ impl LedgerService {
         transfers: Vec<Transfer>,
     ) -> Result<Response<v1::CreateResults>, Status> {
         let events = transfers.len();
-        match self.backend.submit_with_balances(transfers).await {
+        match self
+            .backend
+            .create_transfers_with_balances_async(transfers)
+            .await
+        {
             Ok(results) => {
                 self.stats.answered(operation, events);
                 Ok(Response::new(create_results_with_balances(&results)))
@@ -141,7 +145,9 @@ impl LedgerService {
             BackendError::Cluster(ClusterError::ChangeEvents(_)) => {
                 Status::failed_precondition(error.to_string())
             }
-            BackendError::Events(error) => events::events_status(error),
+            BackendError::Engine(error) => events::events_status(error),
+            // Only opening answers this; a served backend is open.
+            BackendError::Open(_) => Status::unavailable(error.to_string()),
         }
     }
 
@@ -246,7 +252,7 @@ impl LedgerService {
             .collect();
         let stored = self
             .backend
-            .lookup_transfers(&named)
+            .lookup_transfers_async(&named)
             .await
             .map_err(|error| self.submit_status(&error))?;
         let stored: std::collections::HashMap<u128, u32> = stored
@@ -326,7 +332,7 @@ impl tally_proto::LedgerService for LedgerService {
         // The rows of an account outside the token's ledgers are answered as none.
         let account = self
             .backend
-            .lookup_accounts(&[filter.account_id])
+            .lookup_accounts_async(&[filter.account_id])
             .await
             .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
         let allowed = account
@@ -334,7 +340,7 @@ impl tally_proto::LedgerService for LedgerService {
             .is_some_and(|a| rights.ledger_allowed(a.ledger));
         let rows = if allowed {
             self.backend
-                .get_account_balances(&filter)
+                .get_account_balances_async(&filter)
                 .await
                 .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
         } else {
@@ -356,7 +362,7 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::query_filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        let found = self.backend.query_accounts(&filter).await;
+        let found = self.backend.query_accounts_async(&filter).await;
         self.accounts_answer(operation, rights, found, 1)
     }
 
@@ -368,7 +374,7 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::query_filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        let found = self.backend.query_transfers(&filter).await;
+        let found = self.backend.query_transfers_async(&filter).await;
         self.transfers_answer(operation, rights, found, 1)
     }
 
@@ -379,7 +385,7 @@ impl tally_proto::LedgerService for LedgerService {
         let operation = Operation::LookupAccounts;
         let rights = self.admit(&request, operation)?;
         let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
-        let found = self.backend.lookup_accounts(&ids).await;
+        let found = self.backend.lookup_accounts_async(&ids).await;
         self.accounts_answer(operation, rights, found, ids.len())
     }
 
@@ -390,7 +396,7 @@ impl tally_proto::LedgerService for LedgerService {
         let operation = Operation::LookupTransfers;
         let rights = self.admit(&request, operation)?;
         let ids = lookup_ids(&request.get_ref().ids).map_err(|s| self.refuse(operation, s))?;
-        let found = self.backend.lookup_transfers(&ids).await;
+        let found = self.backend.lookup_transfers_async(&ids).await;
         self.transfers_answer(operation, rights, found, ids.len())
     }
 
@@ -402,7 +408,7 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        let found = self.backend.get_account_transfers(&filter).await;
+        let found = self.backend.get_account_transfers_async(&filter).await;
         self.transfers_answer(operation, rights, found, 1)
     }
 
@@ -417,7 +423,7 @@ impl tally_proto::LedgerService for LedgerService {
         let timestamp_min = filter.timestamp_min;
         let (reader, committed) = self
             .backend
-            .change_events_at_commit()
+            .change_events_at_commit_async()
             .await
             .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
         // Reading waits for the journal to catch up and reads files: off the runtime.

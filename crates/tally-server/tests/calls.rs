@@ -317,7 +317,7 @@ async fn plain_text_on_a_public_address_needs_insecure() {
 
 fn ledger_of(server: &tally_server::RunningServer) -> &tally_engine::Ledger {
     match server.backend() {
-        tally_server::Backend::Ledger(ledger) => ledger,
+        tally_server::Backend::Node(ledger) => ledger,
         other => panic!("a single-node server was expected, not {other:?}"),
     }
 }
@@ -333,7 +333,9 @@ async fn balances_with_results_answer_through_a_replica() {
     let replica = tally_cluster::Replica::open(config).await.expect("opens");
     let replica = std::sync::Arc::new(replica);
     let server = Server::start_backend(
-        tally_server::Backend::Replica(replica.clone()),
+        tally_server::Backend::Replica(
+            tally_cluster::HostedReplica::on_current_runtime(replica.clone()).expect("a runtime"),
+        ),
         ServerConfig::new("127.0.0.1:0".parse().expect("addr")),
     )
     .await

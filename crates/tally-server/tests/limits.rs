@@ -571,7 +571,7 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
 
 fn ledger_of(server: &tally_server::RunningServer) -> &tally_engine::Ledger {
     match server.backend() {
-        tally_server::Backend::Ledger(ledger) => ledger,
+        tally_server::Backend::Node(ledger) => ledger,
         other => panic!("a single-node server was expected, not {other:?}"),
     }
 }

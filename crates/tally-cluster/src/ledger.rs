@@ -1,0 +1,558 @@
+//! One handle for the ledger a payment service embeds, a single node or one replica of
+//! a cluster: [`Ledger::open`] takes either a single node's [`Config`] or a
+//! [`ClusterConfig`], and the same calls reach both. A replica passes writes on to its
+//! leader and reads at the leader's read index (docs/spec.md §7); a single node answers
+//! from its own engine.
+//!
+//! Each call comes blocking (`submit`, `lookup_accounts`, ...) for threads, and as
+//! `*_async` for tokio tasks. A replica opened with [`Ledger::open`] runs on a runtime
+//! of its own, so its blocking calls work from any thread. One opened with
+//! [`Ledger::open_async`] runs on the caller's runtime: there, call the async forms (a
+//! blocking call made on one of that runtime's threads would hold a thread the replica
+//! needs).
+
+use crate::{ClusterConfig, ClusterError, Replica};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+use tally_engine::{
+    ChangeEventReader, Config, EngineError, EventResult, SubmitError, TransferResult,
+};
+use tally_state::StateMachine;
+use tally_types::{
+    Account, AccountBalance, AccountFilter, Batch, ChangeEvent, QueryFilter, Transfer,
+};
+
+/// Worker threads of the runtime [`Ledger::open`] starts for a replica: its Raft core,
+/// peer service and calls are light; the heavy work runs on the engine's own threads.
+const REPLICA_RUNTIME_THREADS: usize = 2;
+
+/// What [`Ledger::open`] opens: a single node, or one replica of a cluster.
+#[derive(Debug, Clone)]
+pub enum LedgerConfig {
+    /// A single-node ledger: its own log on its own disk.
+    Node(Config),
+    /// One replica of a cluster.
+    Replica(ClusterConfig),
+}
+
+impl From<Config> for LedgerConfig {
+    fn from(config: Config) -> LedgerConfig {
+        LedgerConfig::Node(config)
+    }
+}
+
+impl From<ClusterConfig> for LedgerConfig {
+    fn from(config: ClusterConfig) -> LedgerConfig {
+        LedgerConfig::Replica(config)
+    }
+}
+
+/// A ledger embedded in this process: a single node, or one replica of a cluster.
+/// Cheap to clone; every clone is the same ledger.
+#[derive(Debug, Clone)]
+pub enum Ledger {
+    /// A single-node ledger.
+    Node(tally_engine::Ledger),
+    /// One replica of a cluster, with the runtime it runs on.
+    Replica(HostedReplica),
+}
+
+/// A replica and the tokio runtime it runs on.
+#[derive(Debug, Clone)]
+pub struct HostedReplica {
+    replica: Arc<Replica>,
+    runtime: tokio::runtime::Handle,
+    /// The runtime [`Ledger::open`] started for the replica; `None` when it runs on the
+    /// caller's.
+    owned: Option<Arc<OwnedRuntime>>,
+}
+
+/// A runtime that ends with the last handle of the replica it was started for.
+#[derive(Debug)]
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        // Not a blocking shutdown: the last handle may be dropped inside async code.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Why a call on a [`Ledger`] got no answer.
+#[derive(Debug)]
+pub enum LedgerError {
+    /// The single node refused the batch (it changed nothing) or failed it.
+    Submit(SubmitError),
+    /// The single node could not be opened, read its change events, or shut down.
+    Engine(EngineError),
+    /// The replica refused the call or could not answer ([`ClusterError`] says whether
+    /// a write may have been applied).
+    Cluster(ClusterError),
+    /// The replica could not be opened.
+    Open(String),
+}
+
+impl std::fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerError::Submit(error) => write!(f, "{error}"),
+            LedgerError::Engine(error) => write!(f, "{error}"),
+            LedgerError::Cluster(error) => write!(f, "{error}"),
+            LedgerError::Open(why) => write!(f, "opening the replica: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl HostedReplica {
+    /// A replica that runs on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError::Open`] when called outside a tokio runtime.
+    pub fn on_current_runtime(replica: Arc<Replica>) -> Result<HostedReplica, LedgerError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|error| {
+            LedgerError::Open(format!("a replica runs inside a tokio runtime: {error}"))
+        })?;
+        Ok(HostedReplica {
+            replica,
+            runtime,
+            owned: None,
+        })
+    }
+
+    /// The replica: status, membership changes, reads at its own state.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// Runs `call` on the replica's runtime; waits for it from this thread.
+    fn wait<T, F>(&self, call: impl FnOnce(Arc<Replica>) -> F) -> Result<T, LedgerError>
+    where
+        F: Future<Output = Result<T, ClusterError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (answer, answered) = sync_channel(1);
+        let call = call(Arc::clone(&self.replica));
+        self.runtime.spawn(async move {
+            let _ = answer.send(call.await);
+        });
+        // No answer: the runtime stopped and dropped the call.
+        let answer = answered.recv().unwrap_or(Err(ClusterError::Stopped));
+        answer.map_err(LedgerError::Cluster)
+    }
+
+    /// Runs `call` from a tokio task: here when the replica runs on the caller's
+    /// runtime, on its own runtime otherwise (its timers and tasks live there).
+    async fn run<T, F>(&self, call: impl FnOnce(Arc<Replica>) -> F) -> Result<T, LedgerError>
+    where
+        F: Future<Output = Result<T, ClusterError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let call = call(Arc::clone(&self.replica));
+        if self.owned.is_none() {
+            return call.await.map_err(LedgerError::Cluster);
+        }
+        let task = self.runtime.spawn(call);
+        // A task that did not finish: the runtime stopped.
+        let answer = task.await.unwrap_or(Err(ClusterError::Stopped));
+        answer.map_err(LedgerError::Cluster)
+    }
+}
+
+/// Reads that a single node answers from its state and a replica at the leader's read
+/// index, each in a blocking and an async form.
+macro_rules! reads {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident, $name_async:ident ($arg:ident: &$arg_type:ty) -> $answer:ty
+            = node $node_read:ident, state $state_read:ident;
+    )*) => {$(
+        $(#[$doc])*
+        ///
+        /// # Errors
+        ///
+        /// A replica: [`LedgerError::Cluster`] when no leader confirms a read index in
+        /// time. A single node always answers.
+        pub fn $name(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
+            match self {
+                Ledger::Node(node) => Ok(node.$node_read($arg)),
+                Ledger::Replica(hosted) => {
+                    let $arg = $arg.to_owned();
+                    hosted.wait(move |replica| async move {
+                        replica.read(move |state| state.$state_read(&$arg)).await
+                    })
+                }
+            }
+        }
+
+        #[doc = concat!("[`Ledger::", stringify!($name), "`] from a tokio task.")]
+        ///
+        /// # Errors
+        ///
+        #[doc = concat!("As [`Ledger::", stringify!($name), "`].")]
+        pub async fn $name_async(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
+            match self {
+                Ledger::Node(node) => Ok(node.$node_read($arg)),
+                Ledger::Replica(hosted) => {
+                    let $arg = $arg.to_owned();
+                    hosted
+                        .run(move |replica| async move {
+                            replica.read(move |state| state.$state_read(&$arg)).await
+                        })
+                        .await
+                }
+            }
+        }
+    )*};
+}
+
+impl Ledger {
+    /// Opens a single node (`Config`) or one replica of a cluster (`ClusterConfig`).
+    /// A replica gets a tokio runtime of its own (two threads), which ends with the last
+    /// clone of the handle; inside async code, [`Ledger::open_async`] runs it on the
+    /// caller's runtime instead.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError::Engine`] when the single node cannot open (recovery, the lock,
+    /// the directory); [`LedgerError::Open`] when the replica cannot.
+    pub fn open(config: impl Into<LedgerConfig>) -> Result<Ledger, LedgerError> {
+        let config = match config.into() {
+            LedgerConfig::Node(config) => {
+                let node = tally_engine::Ledger::open(config).map_err(LedgerError::Engine)?;
+                return Ok(Ledger::Node(node));
+            }
+            LedgerConfig::Replica(config) => config,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(REPLICA_RUNTIME_THREADS)
+            .thread_name("tally-replica")
+            .enable_all()
+            .build()
+            .map_err(|error| LedgerError::Open(format!("starting its runtime: {error}")))?;
+        let handle = runtime.handle().clone();
+        let owned = Arc::new(OwnedRuntime(Some(runtime)));
+        let (answer, answered) = sync_channel(1);
+        handle.spawn(async move {
+            let _ = answer.send(Replica::open(config).await);
+        });
+        let replica = answered
+            .recv()
+            .map_err(|_| LedgerError::Open("its runtime stopped while it opened".into()))?
+            .map_err(LedgerError::Open)?;
+        Ok(Ledger::Replica(HostedReplica {
+            replica: Arc::new(replica),
+            runtime: handle,
+            owned: Some(owned),
+        }))
+    }
+
+    /// [`Ledger::open`] from a tokio task: a replica runs on the current runtime; a
+    /// single node opens (and recovers) on a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::open`].
+    pub async fn open_async(config: impl Into<LedgerConfig>) -> Result<Ledger, LedgerError> {
+        match config.into() {
+            LedgerConfig::Node(config) => {
+                let opened =
+                    tokio::task::spawn_blocking(move || tally_engine::Ledger::open(config))
+                        .await
+                        .map_err(|error| LedgerError::Open(format!("opening the node: {error}")))?;
+                opened.map(Ledger::Node).map_err(LedgerError::Engine)
+            }
+            LedgerConfig::Replica(config) => {
+                let replica = Replica::open(config).await.map_err(LedgerError::Open)?;
+                HostedReplica::on_current_runtime(Arc::new(replica)).map(Ledger::Replica)
+            }
+        }
+    }
+
+    /// The single node, for what only it has (metrics, `with_state`, its config).
+    pub fn as_node(&self) -> Option<&tally_engine::Ledger> {
+        match self {
+            Ledger::Node(node) => Some(node),
+            Ledger::Replica(_) => None,
+        }
+    }
+
+    /// The replica, for what only it has (status, membership changes, local reads).
+    pub fn as_replica(&self) -> Option<&Replica> {
+        match self {
+            Ledger::Node(_) => None,
+            Ledger::Replica(hosted) => Some(&hosted.replica),
+        }
+    }
+
+    /// Submits one batch and waits until it is durable (a single node: synced to its
+    /// log; a replica: committed on a majority and applied), then answers one result
+    /// per event. Retrying a batch is safe: ids are idempotency keys.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError::Submit`] (single node) or [`LedgerError::Cluster`] (replica): the
+    /// batch was refused whole (busy, too large, invalid), or the replica could not
+    /// learn its outcome (`ClusterError::Unavailable`: send it again).
+    pub fn submit(&self, batch: Batch) -> Result<Vec<EventResult>, LedgerError> {
+        match self {
+            Ledger::Node(node) => node.submit(batch).map_err(LedgerError::Submit),
+            Ledger::Replica(hosted) => {
+                hosted.wait(move |replica| async move { replica.submit(batch).await })
+            }
+        }
+    }
+
+    /// [`Ledger::submit`] from a tokio task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub async fn submit_async(&self, batch: Batch) -> Result<Vec<EventResult>, LedgerError> {
+        match self {
+            Ledger::Node(node) => node.submit_async(batch).await.map_err(LedgerError::Submit),
+            Ledger::Replica(hosted) => {
+                hosted
+                    .run(move |replica| async move { replica.submit(batch).await })
+                    .await
+            }
+        }
+    }
+
+    /// `create_accounts`: [`Ledger::submit`] of one batch of accounts.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub fn create_accounts(&self, accounts: Vec<Account>) -> Result<Vec<EventResult>, LedgerError> {
+        self.submit(Batch::CreateAccounts(accounts))
+    }
+
+    /// `create_transfers`: [`Ledger::submit`] of one batch of transfers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub fn create_transfers(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<EventResult>, LedgerError> {
+        self.submit(Batch::CreateTransfers(transfers))
+    }
+
+    /// Transfers answered with both accounts' balances right after each applied one
+    /// (docs/spec.md §2, "Balances with results").
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub fn create_transfers_with_balances(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<TransferResult>, LedgerError> {
+        match self {
+            Ledger::Node(node) => node
+                .create_transfers_with_balances(transfers, None)
+                .map_err(LedgerError::Submit),
+            Ledger::Replica(hosted) => hosted
+                .wait(move |replica| async move { replica.submit_with_balances(transfers).await }),
+        }
+    }
+
+    /// [`Ledger::create_transfers_with_balances`] from a tokio task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub async fn create_transfers_with_balances_async(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<TransferResult>, LedgerError> {
+        match self {
+            Ledger::Node(node) => node
+                .create_transfers_with_balances_async(transfers)
+                .await
+                .map_err(LedgerError::Submit),
+            Ledger::Replica(hosted) => {
+                hosted
+                    .run(
+                        move |replica| async move { replica.submit_with_balances(transfers).await },
+                    )
+                    .await
+            }
+        }
+    }
+
+    reads! {
+        /// `lookup_accounts`: the accounts that exist, in request order.
+        lookup_accounts, lookup_accounts_async(ids: &[u128]) -> Vec<Account>
+            = node lookup_accounts, state lookup_accounts;
+        /// `lookup_transfers`: the transfers that exist, in request order.
+        lookup_transfers, lookup_transfers_async(ids: &[u128]) -> Vec<Transfer>
+            = node lookup_transfers, state lookup_transfers;
+        /// `get_account_transfers`: an account's transfers, filtered and bounded.
+        get_account_transfers, get_account_transfers_async(filter: &AccountFilter)
+            -> Vec<Transfer> = node get_account_transfers, state account_transfers;
+        /// `get_account_balances`: an account's balances after each change (accounts
+        /// with the `history` flag), filtered as `get_account_transfers`.
+        get_account_balances, get_account_balances_async(filter: &AccountFilter)
+            -> Vec<AccountBalance> = node get_account_balances, state account_balances;
+        /// `query_accounts`: the accounts matching every field the filter gives.
+        query_accounts, query_accounts_async(filter: &QueryFilter) -> Vec<Account>
+            = node query_accounts, state query_accounts;
+        /// `query_transfers`: the transfers matching every field the filter gives.
+        query_transfers, query_transfers_async(filter: &QueryFilter) -> Vec<Transfer>
+            = node query_transfers, state query_transfers;
+    }
+
+    /// Runs `read` on the state once every write acknowledged before the call is
+    /// applied here (a replica: at the leader's read index).
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::lookup_accounts`].
+    pub fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&StateMachine) -> T + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        match self {
+            Ledger::Node(node) => Ok(node.with_state(read)),
+            Ledger::Replica(hosted) => {
+                hosted.wait(move |replica| async move { replica.read(read).await })
+            }
+        }
+    }
+
+    /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
+    /// or after `timestamp_min`, in commit order; every change acknowledged before the
+    /// call is there (docs/spec.md §2, "Change events").
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError::Engine`] or [`LedgerError::Cluster`]: change events are off, the
+    /// limit is out of range, the events asked for are not kept, or (a replica) no read
+    /// index in time.
+    pub fn get_change_events(
+        &self,
+        timestamp_min: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEvent>, LedgerError> {
+        match self {
+            Ledger::Node(node) => node
+                .get_change_events(timestamp_min, limit)
+                .map_err(LedgerError::Engine),
+            Ledger::Replica(hosted) => hosted.wait(move |replica| async move {
+                replica.get_change_events(timestamp_min, limit).await
+            }),
+        }
+    }
+
+    /// [`Ledger::get_change_events`] from a tokio task (a single node reads its journal
+    /// on a blocking thread).
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::get_change_events`].
+    pub async fn get_change_events_async(
+        &self,
+        timestamp_min: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEvent>, LedgerError> {
+        let (reader, committed) = self.change_events_at_commit_async().await?;
+        tokio::task::spawn_blocking(move || reader.get(timestamp_min, limit, committed))
+            .await
+            .map_err(|_| LedgerError::Cluster(ClusterError::Stopped))?
+            .map_err(LedgerError::Engine)
+    }
+
+    /// The reading side of the change-event journal and the last timestamp committed
+    /// before the call (a replica: at the leader's read index): a read that waits for
+    /// the journal to hold it (`ChangeEventReader::get`) sees every change
+    /// acknowledged before the call.
+    ///
+    /// # Errors
+    ///
+    /// Change events are off, or (a replica) no read index in time.
+    pub async fn change_events_at_commit_async(
+        &self,
+    ) -> Result<(ChangeEventReader, u64), LedgerError> {
+        match self {
+            Ledger::Node(node) => {
+                let reader = node.change_event_reader().map_err(LedgerError::Engine)?;
+                Ok((reader, node.with_state(StateMachine::last_timestamp)))
+            }
+            Ledger::Replica(hosted) => {
+                hosted
+                    .run(|replica| async move { replica.change_events_at_read_index().await })
+                    .await
+            }
+        }
+    }
+
+    /// The reading side of the change-event journal: pages at a commit point, and
+    /// followers (`ChangeEventReader::subscribe`) of every event after a timestamp.
+    ///
+    /// # Errors
+    ///
+    /// Change events are off.
+    pub fn change_event_reader(&self) -> Result<ChangeEventReader, LedgerError> {
+        match self {
+            Ledger::Node(node) => node.change_event_reader().map_err(LedgerError::Engine),
+            Ledger::Replica(hosted) => hosted
+                .replica
+                .change_event_reader()
+                .map_err(LedgerError::Cluster),
+        }
+    }
+
+    /// Shuts down: a single node drains its queue, syncs and releases its directory; a
+    /// replica stops its peer service and Raft (pending calls answer `Stopped`) and
+    /// writes out its change events. Other clones answer errors afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError::Engine`] when the single node's last sync or a thread failed.
+    pub fn shutdown(&self) -> Result<(), LedgerError> {
+        match self {
+            Ledger::Node(node) => node.shutdown().map_err(LedgerError::Engine),
+            Ledger::Replica(hosted) => hosted.wait(|replica| async move {
+                replica.shutdown().await;
+                Ok(())
+            }),
+        }
+    }
+
+    /// [`Ledger::shutdown`] from a tokio task (a single node on a blocking thread).
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::shutdown`].
+    pub async fn shutdown_async(&self) -> Result<(), LedgerError> {
+        match self {
+            Ledger::Node(node) => {
+                let node = node.clone();
+                tokio::task::spawn_blocking(move || node.shutdown())
+                    .await
+                    .map_err(|_| {
+                        LedgerError::Engine(EngineError::ThreadPanicked {
+                            name: "tally-shutdown",
+                        })
+                    })?
+                    .map_err(LedgerError::Engine)
+            }
+            Ledger::Replica(hosted) => {
+                hosted
+                    .run(|replica| async move {
+                        replica.shutdown().await;
+                        Ok(())
+                    })
+                    .await
+            }
+        }
+    }
+}
