@@ -8,6 +8,10 @@ use std::process::ExitCode;
 pub struct ClusterArgs {
     #[command(subcommand)]
     command: ClusterCommand,
+    /// The cluster's peer secret (a file holding it), when its replicas were started
+    /// with one.
+    #[arg(long, global = true)]
+    peer_secret_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,12 +52,19 @@ pub fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    let secret = args
+        .peer_secret_file
+        .as_deref()
+        .map(tally_cluster::PeerSecret::read)
+        .transpose()
+        .map_err(|error| format!("--peer-secret-file {error}"))?;
+    let secret = secret.as_ref();
     runtime.block_on(async move {
         match args.command {
             ClusterCommand::Status { peer } => {
                 let mut code = ExitCode::SUCCESS;
                 for address in peer {
-                    match tally_cluster::admin::status(&address).await {
+                    match tally_cluster::admin::status(&address, secret).await {
                         Ok(status) => print_status(&address, &status)?,
                         Err(error) => {
                             eprintln!("tally: {address}: {error}");
@@ -68,12 +79,12 @@ pub fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
                 replica,
                 addr,
             } => {
-                let status = tally_cluster::admin::add(&peer, replica, &addr).await?;
+                let status = tally_cluster::admin::add(&peer, secret, replica, &addr).await?;
                 print_status(leader_address(&status, &peer), &status)?;
                 Ok(ExitCode::SUCCESS)
             }
             ClusterCommand::Remove { peer, replica } => {
-                let status = tally_cluster::admin::remove(&peer, replica).await?;
+                let status = tally_cluster::admin::remove(&peer, secret, replica).await?;
                 print_status(leader_address(&status, &peer), &status)?;
                 Ok(ExitCode::SUCCESS)
             }

@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// do everything.
     #[arg(long)]
     tokens: Option<PathBuf>,
-    /// Allow plain text on a non-loopback address.
+    /// Allow plain text on a non-loopback address (the client address, and a
+    /// replica's peer address: peer traffic is always plain text).
     #[arg(long)]
     insecure: bool,
     /// Serve Prometheus metrics over HTTP at this address.
@@ -89,6 +90,10 @@ pub struct ServeArgs {
     /// times it, 6 times when two followers stand for election at once.
     #[arg(long, default_value_t = 300, requires = "cluster")]
     election_timeout_ms: u64,
+    /// A file holding the cluster's peer secret (16 to 256 printable characters, the
+    /// same on every replica): peer calls carry it, and calls without it are refused.
+    #[arg(long, requires = "cluster")]
+    peer_secret_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -128,11 +133,45 @@ impl ServeArgs {
         let mut config = tally_cluster::ClusterConfig::new(replica, members, self.data.clone());
         config.join = self.join;
         config.peer_listen = self.peer_listen.clone();
+        config.peer_secret = self
+            .peer_secret_file
+            .as_deref()
+            .map(tally_cluster::PeerSecret::read)
+            .transpose()
+            .map_err(|e| format!("--peer-secret-file {e}"))?;
+        let peer_bind = config.peer_listen.as_deref().or(config.own_address());
+        if !self.insecure && !peer_bind.is_some_and(is_loopback) {
+            return Err(format!(
+                "the peer address {} is not a loopback address, and peer traffic is plain \
+                 text: pass --insecure to accept that (with --peer-secret-file, so that only \
+                 replicas holding the secret are answered), or bind it on loopback",
+                peer_bind.unwrap_or("(none)")
+            ));
+        }
+        if config.peer_secret.is_none() && !peer_bind.is_some_and(is_loopback) {
+            tracing::warn!(
+                "no peer secret on a non-loopback peer address: anyone who can reach it may \
+                 forward writes and change the membership"
+            );
+        }
         let low = Duration::from_millis(self.election_timeout_ms);
         config.election_timeout = (low, low * 2);
         config.heartbeat_interval = (low * 2 / 3).max(Duration::from_millis(10));
         config.validate()?;
         Ok(Some(config))
+    }
+}
+
+/// Whether `address` (`host:port`) names loopback only; an address that does not
+/// resolve is not.
+fn is_loopback(address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match address.to_socket_addrs() {
+        Ok(resolved) => {
+            let resolved: Vec<_> = resolved.collect();
+            !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
     }
 }
 

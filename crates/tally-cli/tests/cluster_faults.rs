@@ -206,7 +206,10 @@ fn sigkill_of_the_leader_under_load_loses_nothing_acknowledged() {
         let load = Load::start(&cluster, 4, 0x1ead).await;
         load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
             .await;
-        let leader = leader_by_cli(&cluster.peers(&ALL)).await.expect("a leader");
+        let secret_file = cluster.secret_file();
+        let leader = leader_by_cli(&cluster.peers(&ALL), &secret_file)
+            .await
+            .expect("a leader");
         let killed_at = Instant::now();
         cluster.kill(leader);
         let survivors = others(&ALL, leader);
@@ -476,6 +479,8 @@ fn a_replica_added_then_an_old_one_removed_under_load() {
                 "4",
                 "--addr",
                 &addr,
+                "--peer-secret-file",
+                &cluster.secret_file(),
             ]
             .map(String::from)
             .to_vec(),
@@ -497,9 +502,18 @@ fn a_replica_added_then_an_old_one_removed_under_load() {
             .await;
         // Remove replica 1, leader or not, through another replica.
         let removed = tally(
-            ["cluster", "remove", "--peer", &peer, "--replica", "1"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "cluster",
+                "remove",
+                "--peer",
+                &peer,
+                "--replica",
+                "1",
+                "--peer-secret-file",
+                &cluster.secret_file(),
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .await;
         let status: serde_json::Value = serde_json::from_str(removed.trim()).unwrap();

@@ -476,6 +476,34 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         stderr.contains("no-such-tokens.jsonl"),
         "names the file: {stderr}"
     );
+    // A replica's peer service speaks plain text: a public peer address needs it too.
+    let public_peer = [
+        "--listen",
+        "127.0.0.1:0",
+        "--cluster",
+        "1=0.0.0.0:7999",
+        "--replica",
+        "1",
+    ];
+    let stderr = serve_refused(&public_peer, &data);
+    assert!(
+        stderr.contains("peer address") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    let short = dir.path().join("short-secret");
+    std::fs::write(&short, "too short\n").unwrap();
+    let mut with_secret = vec!["--listen", "127.0.0.1:0", "--cluster", "1=127.0.0.1:7999"];
+    with_secret.extend([
+        "--replica",
+        "1",
+        "--peer-secret-file",
+        short.to_str().unwrap(),
+    ]);
+    let stderr = serve_refused(&with_secret, &data);
+    assert!(
+        stderr.contains("short-secret") && stderr.contains("peer secret"),
+        "{stderr}"
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let stderr = serve_refused(&["--listen", &taken], &data);

@@ -2,7 +2,7 @@
 //! membership (`tally cluster status|add|remove`). Any replica will do: a membership
 //! change is passed on to the leader.
 
-use crate::network::{from_frame, peer_client, to_frame};
+use crate::network::{PeerSecret, from_frame, peer_client, to_frame};
 use crate::replica::{AdminRequest, ReplicaStatus};
 use std::time::Duration;
 
@@ -13,10 +13,11 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn call(
     peer: &str,
+    secret: Option<&PeerSecret>,
     request: AdminRequest,
     timeout: Duration,
 ) -> Result<ReplicaStatus, String> {
-    let mut client = peer_client(peer)?;
+    let mut client = peer_client(peer, secret)?;
     let mut message = tonic::Request::new(to_frame(&request)?);
     message.set_timeout(timeout);
     let answer = client
@@ -27,22 +28,33 @@ async fn call(
     answer
 }
 
-/// The status of the replica whose peer address is `peer`.
-pub async fn status(peer: &str) -> Result<ReplicaStatus, String> {
-    call(peer, AdminRequest::Status, STATUS_TIMEOUT).await
+/// The status of the replica whose peer address is `peer`; `secret`: the cluster's
+/// peer secret, if it has one.
+pub async fn status(peer: &str, secret: Option<&PeerSecret>) -> Result<ReplicaStatus, String> {
+    call(peer, secret, AdminRequest::Status, STATUS_TIMEOUT).await
 }
 
 /// Adds replica `replica_id` (peer address `addr`, already running with `--join`):
 /// it catches up as a learner, then votes. Answers the leader's status after.
-pub async fn add(peer: &str, replica_id: u64, addr: &str) -> Result<ReplicaStatus, String> {
+pub async fn add(
+    peer: &str,
+    secret: Option<&PeerSecret>,
+    replica_id: u64,
+    addr: &str,
+) -> Result<ReplicaStatus, String> {
     let request = AdminRequest::Add {
         replica_id,
         addr: addr.to_string(),
     };
-    call(peer, request, CHANGE_TIMEOUT).await
+    call(peer, secret, request, CHANGE_TIMEOUT).await
 }
 
 /// Removes replica `replica_id` from the voters. Answers the leader's status after.
-pub async fn remove(peer: &str, replica_id: u64) -> Result<ReplicaStatus, String> {
-    call(peer, AdminRequest::Remove { replica_id }, CHANGE_TIMEOUT).await
+pub async fn remove(
+    peer: &str,
+    secret: Option<&PeerSecret>,
+    replica_id: u64,
+) -> Result<ReplicaStatus, String> {
+    let request = AdminRequest::Remove { replica_id };
+    call(peer, secret, request, CHANGE_TIMEOUT).await
 }

@@ -62,6 +62,12 @@ pub struct ClusterConfig {
     /// are deleted, as on a single node (`tally_engine::Config::events_retention_bytes`).
     /// Default 4 GiB.
     pub events_retention_bytes: u64,
+    /// The secret every replica of the cluster holds: this replica's peer calls carry
+    /// it, and calls to its peer service without it are refused (`UNAUTHENTICATED`).
+    /// Without one, anyone who reaches the peer address may forward writes and change
+    /// the membership: keep such a cluster on loopback or a private network. Default:
+    /// none.
+    pub peer_secret: Option<crate::PeerSecret>,
 }
 
 impl ClusterConfig {
@@ -87,6 +93,7 @@ impl ClusterConfig {
             learner_catch_up_max: Duration::from_secs(60),
             change_events: true,
             events_retention_bytes: tally_log::events::JOURNAL_RETENTION_BYTES_DEFAULT,
+            peer_secret: None,
         }
     }
 

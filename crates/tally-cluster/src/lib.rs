@@ -46,7 +46,7 @@ pub use election::{Elections, PreVote};
 pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 pub use ledger::{HostedReplica, Ledger, LedgerConfig, LedgerError};
 pub use log_store::LogStore;
-pub use network::{PeerConnection, PeerNetwork};
+pub use network::{PeerConnection, PeerNetwork, PeerSecret};
 pub use replica::{ClusterError, Replica, ReplicaStatus};
 pub use state_machine::{Applied, StateStore, group_stamps};
 pub use types::{Raft, ReplicaId, TallyRaft};

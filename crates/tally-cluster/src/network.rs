@@ -16,6 +16,9 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tally_proto::peer::Frame;
 use tally_proto::peer::peer_client::PeerClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// The largest peer message: a full AppendEntries of large groups, or a snapshot chunk.
@@ -33,8 +36,103 @@ pub(crate) fn from_frame<T: DeserializeOwned>(frame: &Frame) -> Result<T, String
     postcard::from_bytes(&frame.data).map_err(|e| format!("decoding a peer message: {e}"))
 }
 
-/// A lazily connected client of the replica at `addr`.
-pub(crate) fn peer_client(addr: &str) -> Result<PeerClient<Channel>, String> {
+/// The metadata key of the cluster's peer secret, carried by every peer call.
+const PEER_SECRET_KEY: &str = "x-tally-peer-secret";
+
+/// Fewest and most characters of a peer secret.
+const PEER_SECRET_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
+
+/// The secret the replicas of a cluster share: each peer call carries it, and a replica
+/// that has one answers `UNAUTHENTICATED` to any call without it (docs/cluster.md,
+/// "Security"). Printable ASCII, 16 to 256 characters (`openssl rand -hex 32` makes
+/// one). Never printed.
+#[derive(Clone)]
+pub struct PeerSecret(MetadataValue<Ascii>);
+
+impl std::fmt::Debug for PeerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerSecret(..)")
+    }
+}
+
+impl PeerSecret {
+    /// A secret from its text (surrounding white space ignored).
+    ///
+    /// # Errors
+    ///
+    /// Not 16 to 256 printable ASCII characters.
+    pub fn new(text: &str) -> Result<PeerSecret, String> {
+        let text = text.trim();
+        if !PEER_SECRET_CHARS.contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "a peer secret is {} to {} printable ASCII characters without spaces",
+                PEER_SECRET_CHARS.start(),
+                PEER_SECRET_CHARS.end()
+            ));
+        }
+        MetadataValue::try_from(text)
+            .map(PeerSecret)
+            .map_err(|e| format!("a peer secret: {e}"))
+    }
+
+    /// The secret in the file at `path` (its whole text).
+    ///
+    /// # Errors
+    ///
+    /// The file does not read, or does not hold a secret ([`PeerSecret::new`]).
+    pub fn read(path: &std::path::Path) -> Result<PeerSecret, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        PeerSecret::new(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Compares in time that does not depend on where `given` first differs.
+    fn matches(&self, given: &[u8]) -> bool {
+        let own = self.0.as_bytes();
+        own.len() == given.len() && own.iter().zip(given).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+}
+
+/// Adds the secret, if any, to each outgoing peer call.
+#[derive(Debug, Clone)]
+pub(crate) struct SendSecret(Option<PeerSecret>);
+
+impl Interceptor for SendSecret {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(secret) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(PEER_SECRET_KEY, secret.0.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Refuses incoming peer calls without the secret, when the replica has one.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckSecret(pub(crate) Option<PeerSecret>);
+
+impl Interceptor for CheckSecret {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(secret) = &self.0 else {
+            return Ok(request);
+        };
+        match request.metadata().get(PEER_SECRET_KEY) {
+            Some(given) if secret.matches(given.as_bytes()) => Ok(request),
+            _ => Err(tonic::Status::unauthenticated(
+                "a peer call without this cluster's peer secret",
+            )),
+        }
+    }
+}
+
+/// A client of a replica's peer service.
+pub(crate) type PeerRpc = PeerClient<InterceptedService<Channel, SendSecret>>;
+
+/// A lazily connected client of the replica at `addr`, each call carrying `secret`.
+pub(crate) fn peer_client(addr: &str, secret: Option<&PeerSecret>) -> Result<PeerRpc, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("peer address {addr}: {e}"))?
         .tcp_nodelay(true)
@@ -43,14 +141,19 @@ pub(crate) fn peer_client(addr: &str) -> Result<PeerClient<Channel>, String> {
         .keep_alive_timeout(Duration::from_secs(5))
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20));
-    Ok(PeerClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    Ok(
+        PeerClient::with_interceptor(endpoint.connect_lazy(), SendSecret(secret.cloned()))
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+    )
 }
 
 /// Makes one connection per peer for openraft.
 #[derive(Debug, Clone, Default)]
-pub struct PeerNetwork;
+pub struct PeerNetwork {
+    /// The cluster's peer secret, carried by every call.
+    pub(crate) secret: Option<PeerSecret>,
+}
 
 impl RaftNetworkFactory<TallyRaft> for PeerNetwork {
     type Network = PeerConnection;
@@ -58,7 +161,7 @@ impl RaftNetworkFactory<TallyRaft> for PeerNetwork {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: peer_client(&node.addr),
+            client: peer_client(&node.addr, self.secret.as_ref()),
         }
     }
 }
@@ -67,7 +170,7 @@ impl RaftNetworkFactory<TallyRaft> for PeerNetwork {
 #[derive(Debug)]
 pub struct PeerConnection {
     target: u64,
-    client: Result<PeerClient<Channel>, String>,
+    client: Result<PeerRpc, String>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;

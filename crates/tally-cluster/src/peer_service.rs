@@ -80,9 +80,11 @@ pub(crate) fn serve(
     listener: tokio::net::TcpListener,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
+    let check = crate::network::CheckSecret(core.peer_secret.clone());
     let service = PeerServer::new(PeerService { core })
         .max_decoding_message_size(peer_message_bytes_max())
         .max_encoding_message_size(peer_message_bytes_max());
+    let service = tonic::service::interceptor::InterceptedService::new(service, check);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()

@@ -10,7 +10,9 @@ use crate::config::ClusterConfig;
 use crate::election::{Elections, PreVote};
 use crate::group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 use crate::log_store::LogStore;
-use crate::network::{PEER_MESSAGE_BYTES_MAX, PeerNetwork, from_frame, peer_client, to_frame};
+use crate::network::{
+    PEER_MESSAGE_BYTES_MAX, PeerNetwork, PeerRpc, PeerSecret, from_frame, peer_client, to_frame,
+};
 use crate::state_machine::{Applied, StateStore};
 use crate::types::Raft;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -21,11 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_engine::{ChangeEventReader, EventResult, SubmitError, TransferResult, validate_batch};
 use tally_proto::peer::Frame;
-use tally_proto::peer::peer_client::PeerClient;
 use tally_state::StateMachine;
 use tally_types::{Batch, ChangeEvent, Transfer};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 /// How long a call waits for a leader before it answers `Unavailable`.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -153,7 +153,9 @@ pub(crate) struct Core {
     /// probably cut off, and a new leader is being elected on the other side.
     quorum_silence_max: Duration,
     pub(crate) applied: Arc<RwLock<Applied>>,
-    peers: Mutex<BTreeMap<String, PeerClient<Channel>>>,
+    peers: Mutex<BTreeMap<String, PeerRpc>>,
+    /// [`ClusterConfig::peer_secret`]: carried by this replica's calls, asked of others'.
+    pub(crate) peer_secret: Option<PeerSecret>,
     /// When this replica stands for leader (openraft's own timer is off).
     pub(crate) elections: Arc<Elections>,
     /// [`ClusterConfig::learner_catch_up_max`].
@@ -223,12 +225,13 @@ impl Core {
         }
     }
 
-    fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, ClusterError> {
+    fn peer(&self, addr: &str) -> Result<PeerRpc, ClusterError> {
         let mut peers = self.peers.lock();
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let client = peer_client(addr).map_err(ClusterError::Unavailable)?;
+        let client =
+            peer_client(addr, self.peer_secret.as_ref()).map_err(ClusterError::Unavailable)?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -617,7 +620,9 @@ impl Replica {
         let raft = Raft::new(
             config.replica_id,
             Arc::new(raft_config),
-            PeerNetwork,
+            PeerNetwork {
+                secret: config.peer_secret.clone(),
+            },
             log,
             state,
         )
@@ -629,6 +634,7 @@ impl Replica {
             quorum_silence_max: config.election_timeout.1,
             applied,
             peers: Mutex::new(BTreeMap::new()),
+            peer_secret: config.peer_secret.clone(),
             elections: Arc::new(Elections::new(
                 config.replica_id,
                 raft.clone(),

@@ -747,3 +747,41 @@ async fn a_stopped_core_is_seen_as_stopped() {
         .await;
     assert_eq!(refused, Err(ClusterError::Stopped));
 }
+
+/// With a peer secret, replicas that share it form a cluster, and a peer call without
+/// it, or with another, is refused: no write or membership change from outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_calls_without_the_clusters_secret_are_refused() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let secret = tally_cluster::PeerSecret::new("0123456789abcdef0123").expect("a secret");
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let mut config =
+            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
+        config.peer_secret = Some(secret.clone());
+        replicas.push(Replica::open(config).await.expect("opens"));
+    }
+    submit(&replicas[1], two_accounts()).await;
+    wait_converged(&replicas.iter().collect::<Vec<_>>()).await;
+
+    let peer = &members[&1];
+    let refused = tally_cluster::admin::status(peer, None)
+        .await
+        .expect_err("refused");
+    assert!(refused.contains("peer secret"), "{refused}");
+    let other = tally_cluster::PeerSecret::new("another-secret-of-20c").expect("a secret");
+    let refused = tally_cluster::admin::remove(peer, Some(&other), 3)
+        .await
+        .expect_err("refused");
+    assert!(refused.contains("peer secret"), "{refused}");
+    let status = tally_cluster::admin::status(peer, Some(&secret))
+        .await
+        .expect("answers");
+    assert_eq!(status.voters.len(), 3, "nothing changed: {status:?}");
+    assert!(tally_cluster::PeerSecret::new("short").is_err());
+    assert!(tally_cluster::PeerSecret::new("twenty characters \u{e9}\u{e9}").is_err());
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}

@@ -55,7 +55,7 @@ pub(super) struct ChaosLog {
 async fn statuses(peers: &[(u64, String)]) -> Vec<Option<ReplicaStatus>> {
     let asks = peers
         .iter()
-        .map(|(_, peer)| async move { tally_cluster::admin::status(peer).await.ok() });
+        .map(|(_, peer)| async move { tally_cluster::admin::status(peer, None).await.ok() });
     let mut answers = Vec::with_capacity(peers.len());
     // Asked one after the other: a handful of loopback calls, a few ms in all.
     for ask in asks {

@@ -45,8 +45,12 @@ impl Node {
     }
 }
 
+/// The peer secret every test cluster's replicas share (`Cluster::secret_file`).
+pub const PEER_SECRET: &str = "test-cluster-peer-secret-0123456789";
+
 /// Replicas as child processes; every child is killed when the cluster is dropped,
-/// a failed assertion included.
+/// a failed assertion included. They share a peer secret, so every fault test runs
+/// with the peer calls authenticated.
 #[derive(Debug)]
 pub struct Cluster {
     pub root: tempfile::TempDir,
@@ -59,6 +63,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The file holding the replicas' peer secret, for `tally cluster`.
+    pub fn secret_file(&self) -> String {
+        self.root.path().join("peer-secret").display().to_string()
+    }
+
     /// `count` replicas forming a cluster; with `proxied`, each one's peer traffic goes
     /// through a proxy of `Net`. Returns once every replica serves.
     pub async fn start(count: u64, proxied: bool) -> Cluster {
@@ -71,6 +80,7 @@ impl Cluster {
     /// The cluster of [`Cluster::start`], its processes not started yet.
     pub async fn prepare(count: u64, proxied: bool) -> Cluster {
         let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("peer-secret"), format!("{PEER_SECRET}\n")).unwrap();
         let mut nodes = BTreeMap::new();
         let mut real = BTreeMap::new();
         for id in 1..=count {
@@ -133,7 +143,9 @@ impl Cluster {
                 .arg(&node.dir)
                 .args(["--cluster", &node.members])
                 .args(["--replica", &id.to_string()])
-                .args(["--peer-listen", &node.peer_listen]);
+                .args(["--peer-listen", &node.peer_listen])
+                .arg("--peer-secret-file")
+                .arg(self.root.path().join("peer-secret"));
             if node.join {
                 command.arg("--join");
             }
@@ -212,7 +224,8 @@ impl Cluster {
     /// The status of replica `id`, asked at its real peer address (never through its
     /// proxy, so a cut does not hide it).
     pub async fn status(&self, id: u64) -> Result<ReplicaStatus, String> {
-        tally_cluster::admin::status(&self.nodes[&id].peer_listen).await
+        let secret = tally_cluster::PeerSecret::new(PEER_SECRET)?;
+        tally_cluster::admin::status(&self.nodes[&id].peer_listen, Some(&secret)).await
     }
 
     /// Polls `among` until one of them, not `not`, leads in the highest term any of
@@ -357,12 +370,14 @@ pub async fn tally(args: Vec<String>) -> String {
 
 /// The leader `tally cluster status` names: the replica reporting role `leader` with
 /// the highest term.
-pub async fn leader_by_cli(peers: &str) -> Option<u64> {
+pub async fn leader_by_cli(peers: &str, secret_file: &str) -> Option<u64> {
     let out = tally(vec![
         "cluster".into(),
         "status".into(),
         "--peer".into(),
         peers.into(),
+        "--peer-secret-file".into(),
+        secret_file.into(),
     ])
     .await;
     out.lines()
