@@ -476,6 +476,16 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         stderr.contains("no-such-tokens.jsonl"),
         "names the file: {stderr}"
     );
+    // TLS alone on a public address lets anyone do everything: a token file, client
+    // certificates or --insecure must say so.
+    let pki = Pki::new(dir.path());
+    let (cert, key) = (path(&pki.server.cert), path(&pki.server.key));
+    let tls = ["--tls-cert", &cert, "--tls-key", &key];
+    let stderr = serve_refused(&[&tls[..], &["--listen", "0.0.0.0:0"]].concat(), &data);
+    assert!(
+        stderr.contains("--tokens") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
     // A replica's peer service speaks plain text: a public peer address needs it too.
     let public_peer = [
         "--listen",

@@ -93,11 +93,18 @@ impl ServerConfig {
     }
 
     /// Refuses what would stop the server from starting, before anything is opened: a
-    /// plain-text listener on a non-loopback address without `insecure`, a token file
-    /// that does not read or parse. Answers the tokens read, when there is a file.
+    /// plain-text listener on a non-loopback address without `insecure`, one that lets
+    /// in any caller (no token file, no client certificates) there without `insecure`,
+    /// a token file that does not read or parse. Answers the tokens read, when there is
+    /// a file.
     pub fn check(&self) -> Result<Option<crate::auth::Tokens>, ServerError> {
-        if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+        let public = !self.listen.ip().is_loopback();
+        if self.tls.is_none() && !self.insecure && public {
             return Err(ServerError::InsecureListen(self.listen));
+        }
+        let client_certificates = self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+        if self.tokens.is_none() && !client_certificates && !self.insecure && public {
+            return Err(ServerError::OpenListen(self.listen));
         }
         self.tokens
             .as_deref()
@@ -113,6 +120,9 @@ impl ServerConfig {
 pub enum ServerError {
     /// A plain-text listener on a non-loopback address without `insecure`.
     InsecureListen(SocketAddr),
+    /// A non-loopback address with neither a token file nor client certificates, so
+    /// that anyone who reaches it may do everything, without `insecure`.
+    OpenListen(SocketAddr),
     /// A TLS file could not be read.
     TlsFile {
         /// The file.
@@ -143,6 +153,12 @@ impl fmt::Display for ServerError {
                 "refusing to serve plain text on non-loopback {addr}: give TLS files, \
                  or --insecure to accept the risk"
             ),
+            ServerError::OpenListen(addr) => write!(
+                f,
+                "refusing to let any caller do everything on non-loopback {addr}: give a \
+                 token file (--tokens) or client certificates (--tls-client-ca), or \
+                 --insecure to accept the risk"
+            ),
             ServerError::TlsFile { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
@@ -161,7 +177,7 @@ impl std::error::Error for ServerError {
             ServerError::Tls(error) => Some(error),
             ServerError::Tokens(error) => Some(error),
             ServerError::Engine(error) => Some(error),
-            ServerError::InsecureListen(_) => None,
+            ServerError::InsecureListen(_) | ServerError::OpenListen(_) => None,
         }
     }
 }
