@@ -48,8 +48,9 @@ pub(crate) fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Tells the kernel that `len` bytes of `file` from `offset`, written and synced, will
 /// not be read again soon, so their page-cache pages can be freed now
-/// (`posix_fadvise` with `POSIX_FADV_DONTNEED` on Linux; nothing elsewhere). A hint:
-/// a failure leaves the pages cached, nothing else.
+/// (`posix_fadvise` with `POSIX_FADV_DONTNEED` on Linux; nothing elsewhere); `len` 0
+/// reaches to the end of the file. A hint: a failure leaves the pages cached, nothing
+/// else.
 ///
 /// Why: the log writes a stream no one reads back while the engine runs. Left cached,
 /// every write lands in a page the cache has just taken from free memory, and on a

@@ -88,6 +88,10 @@ pub struct EventJournal {
     writeback_from: u64,
     /// Where the current segment's pages still in the page cache begin.
     cached_from: u64,
+    /// The segment rolled away from and where its pages still cached begin: let go once
+    /// the current segment holds [`JOURNAL_CACHED_BYTES`] (its end stays cached for
+    /// subscribers until then).
+    previous_cached: Option<(File, u64)>,
     dir_sync_pending: bool,
     first_timestamp: Option<u64>,
     last_timestamp: Option<u64>,
@@ -138,6 +142,7 @@ impl EventJournal {
             bytes_not_written_back: 0,
             writeback_from: 0,
             cached_from: 0,
+            previous_cached: None,
             dir_sync_pending: false,
             first_timestamp: None,
             last_timestamp: None,
@@ -275,6 +280,12 @@ impl EventJournal {
                 );
                 self.cached_from = behind;
             }
+            if current.bytes >= JOURNAL_CACHED_BYTES
+                && let Some((previous, cached_from)) = self.previous_cached.take()
+            {
+                // Length 0: to the end of the file.
+                crate::page_cache::drop_cached(&previous, cached_from, 0);
+            }
         }
         self.bytes_not_written_back = 0;
     }
@@ -352,6 +363,14 @@ impl EventJournal {
         file.write_all_at(&header, 0)
             .map_err(|error| LogError::io(path.clone(), "write header", error))?;
         if let Some(previous) = self.current.take() {
+            let from = self.writeback_from.min(previous.bytes);
+            crate::page_cache::start_writeback(&previous.file, from, previous.bytes - from);
+            // A hint: without a second descriptor the pages are left to the kernel.
+            self.previous_cached = previous
+                .file
+                .try_clone()
+                .ok()
+                .map(|f| (f, self.cached_from));
             self.unsynced_previous.push(previous.file);
         }
         self.dir_sync_pending = true;
