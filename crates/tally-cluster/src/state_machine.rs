@@ -37,7 +37,8 @@ pub struct Applied {
     /// The membership as of the last membership entry applied.
     pub membership: StoredMembership<u64, openraft::BasicNode>,
     /// The state digest at `last_applied`: a hash chained over every applied entry's
-    /// position, every batch's stamp, and every event's id and result.
+    /// position, every batch's stamp, every event's id and result, and every change's
+    /// balances (`digest_changes`).
     pub digest: u64,
     /// Events applied since the log began.
     pub events_applied: u64,
@@ -51,8 +52,8 @@ impl Applied {
 
     /// Applies one committed group at `log_id`; answers each batch, with balances for
     /// the batches that asked (from the group's change events). The group's change
-    /// events go to `journal` when there is one; without one they are captured only
-    /// for a group that asks for balances.
+    /// events are always captured (the digest chains them) and go to `journal` when
+    /// there is one.
     fn apply_group(
         &mut self,
         log_id: LogId<u64>,
@@ -66,20 +67,20 @@ impl Applied {
             .zip(group.batches.iter())
             .filter_map(|(stamp, batch)| Some((stamp?, batch)))
             .collect();
-        let capture = journal.is_some() || group.wants_any_balances();
-        self.state.set_change_capture(capture);
+        // Always: the digest chains every change, whether or not events are kept.
+        self.state.set_change_capture(true);
         let codes = self.state.apply_run(&stamped);
-        let changes = match (capture, journal) {
-            (false, _) => Vec::new(),
-            (true, Some(journal)) => self.state.take_changes_into(journal.spare()),
-            (true, None) => self.state.take_changes(),
+        let changes = match journal {
+            Some(journal) => self.state.take_changes_into(journal.spare()),
+            None => self.state.take_changes(),
         };
+        let any_balances = group.wants_any_balances();
         let mut digest = xxh3_64_with_seed(&log_id.index.to_le_bytes(), self.digest);
         let mut applied = stamped.iter().zip(codes);
         let mut batches = Vec::with_capacity(group.batches.len());
         let mut balances = Vec::new();
         for (index, was_refused) in refused.into_iter().enumerate() {
-            if capture {
+            if any_balances {
                 balances.push(Vec::new());
             }
             if was_refused {
@@ -101,7 +102,7 @@ impl Applied {
             }
             batches.push(Ok(results));
         }
-        self.digest = digest;
+        self.digest = digest_changes(digest, &changes);
         if let Some(journal) = journal {
             journal.send(changes, self.state.last_timestamp());
         }
@@ -146,6 +147,33 @@ fn digest_batch(seed: u64, stamp: u64, batch: &Batch, codes: &[tally_types::Resu
     for (id, code) in ids.zip(codes) {
         bytes.extend_from_slice(&id.to_le_bytes());
         bytes.push(*code as u8);
+    }
+    xxh3_64_with_seed(&bytes, seed)
+}
+
+/// Chains a group's changes into the digest: each one's timestamp, kind, transfer id
+/// and amount, and both accounts' ids and balances right after it. With the batches'
+/// ids and result codes before it, equal digests at an equal log position mean equal
+/// results and equal balances, every change of them, not only an equal log.
+fn digest_changes(seed: u64, changes: &[tally_types::ChangeEvent]) -> u64 {
+    const CHANGE_BYTES: usize = 8 + 1 + 32 + 2 * (16 + 64);
+    let mut bytes = Vec::with_capacity(changes.len() * CHANGE_BYTES);
+    for change in changes {
+        bytes.extend_from_slice(&change.timestamp.to_le_bytes());
+        bytes.push(change.kind.code());
+        bytes.extend_from_slice(&change.transfer.id.to_le_bytes());
+        bytes.extend_from_slice(&change.transfer.amount.to_le_bytes());
+        for account in [&change.debit_account, &change.credit_account] {
+            for value in [
+                account.id,
+                account.debits_pending,
+                account.debits_posted,
+                account.credits_pending,
+                account.credits_posted,
+            ] {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+        }
     }
     xxh3_64_with_seed(&bytes, seed)
 }
@@ -474,5 +502,41 @@ mod tests {
             expiry + 2,
             "moved just past the instant"
         );
+    }
+
+    /// Two replicas at the same log position and digest whose balances differ (here
+    /// forced) part digests at the next write, though its ids, stamps and result codes
+    /// are equal: the digest covers the state, not only the log.
+    #[test]
+    fn the_digest_tells_apart_equal_results_over_different_balances() {
+        let start = 1_000_000_000_000;
+        let accounts = Group::new(
+            start,
+            vec![Batch::CreateAccounts(vec![
+                account(1, TEST_LEDGER, AccountFlags::empty()),
+                account(2, TEST_LEDGER, AccountFlags::empty()),
+            ])],
+        );
+        let paid = |amount| {
+            let batch = Batch::CreateTransfers(vec![transfer(10, 1, 2, amount)]);
+            Group::new(start + 10, vec![batch])
+        };
+        let (mut one, mut other) = (Applied::default(), Applied::default());
+        one.apply_group(log_id(1), &accounts, None);
+        other.apply_group(log_id(1), &accounts, None);
+        one.apply_group(log_id(2), &paid(5), None);
+        other.apply_group(log_id(2), &paid(7), None);
+        other.digest = one.digest;
+
+        let next = Group::new(
+            start + 20,
+            vec![Batch::CreateTransfers(vec![transfer(11, 1, 2, 1)])],
+        );
+        let answered = one.apply_group(log_id(3), &next, None);
+        assert_eq!(
+            answered.batches,
+            other.apply_group(log_id(3), &next, None).batches
+        );
+        assert_ne!(one.digest, other.digest);
     }
 }
