@@ -6,10 +6,11 @@
 //!
 //! Each call comes blocking (`submit`, `lookup_accounts`, ...) for threads, and as
 //! `*_async` for tokio tasks. A replica opened with [`Ledger::open`] runs on a runtime
-//! of its own, so its blocking calls work from any thread. One opened with
-//! [`Ledger::open_async`] runs on the caller's runtime: there, call the async forms (a
-//! blocking call made on one of that runtime's threads would hold a thread the replica
-//! needs).
+//! of its own, so its blocking calls work from any thread; dropping its last handle
+//! shuts it down (bounded) before its directory is let go. One opened with
+//! [`Ledger::open_async`] runs on the caller's runtime: a blocking call from that
+//! runtime is refused ([`LedgerError::BlockingOnItsRuntime`]: it would wait for work
+//! its own thread has to run), and [`Ledger::shutdown_async`] stops it.
 
 use crate::{ClusterConfig, ClusterError, Replica};
 use std::future::Future;
@@ -26,6 +27,10 @@ use tally_types::{
 /// Worker threads of the runtime [`Ledger::open`] starts for a replica: its Raft core,
 /// peer service and calls are light; the heavy work runs on the engine's own threads.
 const REPLICA_RUNTIME_THREADS: usize = 2;
+
+/// How long dropping the last handle of a replica on its own runtime waits for the
+/// replica to stop before the runtime is let go.
+const DROP_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What [`Ledger::open`] opens: a single node, or one replica of a cluster.
 #[derive(Debug, Clone)]
@@ -58,26 +63,37 @@ pub enum Ledger {
     Replica(HostedReplica),
 }
 
-/// A replica and the tokio runtime it runs on.
+/// A replica and the tokio runtime it runs on. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HostedReplica {
+    hosted: Arc<Hosted>,
+}
+
+#[derive(Debug)]
+struct Hosted {
     replica: Arc<Replica>,
     runtime: tokio::runtime::Handle,
     /// The runtime [`Ledger::open`] started for the replica; `None` when it runs on the
     /// caller's.
-    owned: Option<Arc<OwnedRuntime>>,
+    owned: Option<tokio::runtime::Runtime>,
 }
 
-/// A runtime that ends with the last handle of the replica it was started for.
-#[derive(Debug)]
-struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for OwnedRuntime {
+impl Drop for Hosted {
+    /// On its own runtime, the replica is shut down first (bounded): its Raft tasks and
+    /// log writer end before the directory lock goes with the last `Arc<Replica>`.
     fn drop(&mut self) {
+        let Some(runtime) = self.owned.take() else {
+            return;
+        };
+        let replica = Arc::clone(&self.replica);
+        let (stopped, waited) = sync_channel(1);
+        runtime.spawn(async move {
+            replica.shutdown().await;
+            let _ = stopped.send(());
+        });
+        let _ = waited.recv_timeout(DROP_SHUTDOWN_WAIT);
         // Not a blocking shutdown: the last handle may be dropped inside async code.
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
+        runtime.shutdown_background();
     }
 }
 
@@ -93,6 +109,10 @@ pub enum LedgerError {
     Cluster(ClusterError),
     /// The replica could not be opened.
     Open(String),
+    /// A blocking call on a replica, made from the tokio runtime the replica runs on
+    /// ([`Ledger::open_async`]): it would wait for work its own thread has to run.
+    /// Nothing was done; call the `*_async` form.
+    BlockingOnItsRuntime,
 }
 
 impl std::fmt::Display for LedgerError {
@@ -101,7 +121,11 @@ impl std::fmt::Display for LedgerError {
             LedgerError::Submit(error) => write!(f, "{error}"),
             LedgerError::Engine(error) => write!(f, "{error}"),
             LedgerError::Cluster(error) => write!(f, "{error}"),
-            LedgerError::Open(why) => write!(f, "opening the replica: {why}"),
+            LedgerError::Open(why) => write!(f, "opening the ledger: {why}"),
+            LedgerError::BlockingOnItsRuntime => f.write_str(
+                "a blocking call on a replica from the runtime it runs on would never \
+                 return; nothing was done: call the *_async form",
+            ),
         }
     }
 }
@@ -118,16 +142,19 @@ impl HostedReplica {
         let runtime = tokio::runtime::Handle::try_current().map_err(|error| {
             LedgerError::Open(format!("a replica runs inside a tokio runtime: {error}"))
         })?;
-        Ok(HostedReplica {
+        let hosted = Hosted {
             replica,
             runtime,
             owned: None,
+        };
+        Ok(HostedReplica {
+            hosted: Arc::new(hosted),
         })
     }
 
     /// The replica: status, membership changes, reads at its own state.
     pub fn replica(&self) -> &Arc<Replica> {
-        &self.replica
+        &self.hosted.replica
     }
 
     /// Runs `call` on the replica's runtime; waits for it from this thread.
@@ -136,9 +163,14 @@ impl HostedReplica {
         F: Future<Output = Result<T, ClusterError>> + Send + 'static,
         T: Send + 'static,
     {
+        let hosted = &self.hosted;
+        let current = tokio::runtime::Handle::try_current().ok();
+        if hosted.owned.is_none() && current.is_some_and(|h| h.id() == hosted.runtime.id()) {
+            return Err(LedgerError::BlockingOnItsRuntime);
+        }
         let (answer, answered) = sync_channel(1);
-        let call = call(Arc::clone(&self.replica));
-        self.runtime.spawn(async move {
+        let call = call(Arc::clone(&hosted.replica));
+        hosted.runtime.spawn(async move {
             let _ = answer.send(call.await);
         });
         // No answer: the runtime stopped and dropped the call.
@@ -153,11 +185,12 @@ impl HostedReplica {
         F: Future<Output = Result<T, ClusterError>> + Send + 'static,
         T: Send + 'static,
     {
-        let call = call(Arc::clone(&self.replica));
-        if self.owned.is_none() {
+        let hosted = &self.hosted;
+        let call = call(Arc::clone(&hosted.replica));
+        if hosted.owned.is_none() {
             return call.await.map_err(LedgerError::Cluster);
         }
-        let task = self.runtime.spawn(call);
+        let task = hosted.runtime.spawn(call);
         // A task that did not finish: the runtime stopped.
         let answer = task.await.unwrap_or(Err(ClusterError::Stopped));
         answer.map_err(LedgerError::Cluster)
@@ -235,20 +268,27 @@ impl Ledger {
             .enable_all()
             .build()
             .map_err(|error| LedgerError::Open(format!("starting its runtime: {error}")))?;
-        let handle = runtime.handle().clone();
-        let owned = Arc::new(OwnedRuntime(Some(runtime)));
         let (answer, answered) = sync_channel(1);
-        handle.spawn(async move {
+        runtime.spawn(async move {
             let _ = answer.send(Replica::open(config).await);
         });
-        let replica = answered
+        let opened = answered
             .recv()
-            .map_err(|_| LedgerError::Open("its runtime stopped while it opened".into()))?
-            .map_err(LedgerError::Open)?;
-        Ok(Ledger::Replica(HostedReplica {
+            .map_err(|_| LedgerError::Open("its runtime stopped while it opened".into()));
+        let replica = match opened.and_then(|opened| opened.map_err(LedgerError::Open)) {
+            Ok(replica) => replica,
+            Err(error) => {
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
+        let hosted = Hosted {
             replica: Arc::new(replica),
-            runtime: handle,
-            owned: Some(owned),
+            runtime: runtime.handle().clone(),
+            owned: Some(runtime),
+        };
+        Ok(Ledger::Replica(HostedReplica {
+            hosted: Arc::new(hosted),
         }))
     }
 
@@ -264,7 +304,9 @@ impl Ledger {
                 let opened =
                     tokio::task::spawn_blocking(move || tally_engine::Ledger::open(config))
                         .await
-                        .map_err(|error| LedgerError::Open(format!("opening the node: {error}")))?;
+                        .map_err(|error| {
+                            LedgerError::Open(format!("its opening thread: {error}"))
+                        })?;
                 opened.map(Ledger::Node).map_err(LedgerError::Engine)
             }
             LedgerConfig::Replica(config) => {
@@ -286,7 +328,7 @@ impl Ledger {
     pub fn as_replica(&self) -> Option<&Replica> {
         match self {
             Ledger::Node(_) => None,
-            Ledger::Replica(hosted) => Some(&hosted.replica),
+            Ledger::Replica(hosted) => Some(hosted.replica()),
         }
     }
 
@@ -322,6 +364,30 @@ impl Ledger {
                     .await
             }
         }
+    }
+
+    /// [`Ledger::create_accounts`] from a tokio task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub async fn create_accounts_async(
+        &self,
+        accounts: Vec<Account>,
+    ) -> Result<Vec<EventResult>, LedgerError> {
+        self.submit_async(Batch::CreateAccounts(accounts)).await
+    }
+
+    /// [`Ledger::create_transfers`] from a tokio task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::submit`].
+    pub async fn create_transfers_async(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<EventResult>, LedgerError> {
+        self.submit_async(Batch::CreateTransfers(transfers)).await
     }
 
     /// `create_accounts`: [`Ledger::submit`] of one batch of accounts.
@@ -428,6 +494,25 @@ impl Ledger {
         }
     }
 
+    /// [`Ledger::read`] from a tokio task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::lookup_accounts`].
+    pub async fn read_async<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&StateMachine) -> T + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        match self {
+            Ledger::Node(node) => Ok(node.with_state(read)),
+            Ledger::Replica(hosted) => {
+                hosted
+                    .run(move |replica| async move { replica.read(read).await })
+                    .await
+            }
+        }
+    }
+
     /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
     /// or after `timestamp_min`, in commit order; every change acknowledged before the
     /// call is there (docs/spec.md §2, "Change events").
@@ -463,10 +548,21 @@ impl Ledger {
         timestamp_min: u64,
         limit: usize,
     ) -> Result<Vec<ChangeEvent>, LedgerError> {
+        if let Ledger::Replica(hosted) = self {
+            return hosted
+                .run(move |replica| async move {
+                    replica.get_change_events(timestamp_min, limit).await
+                })
+                .await;
+        }
         let (reader, committed) = self.change_events_at_commit_async().await?;
         tokio::task::spawn_blocking(move || reader.get(timestamp_min, limit, committed))
             .await
-            .map_err(|_| LedgerError::Cluster(ClusterError::Stopped))?
+            .map_err(|_| {
+                LedgerError::Engine(EngineError::ThreadPanicked {
+                    name: "tally-change-events",
+                })
+            })?
             .map_err(LedgerError::Engine)
     }
 
@@ -504,7 +600,7 @@ impl Ledger {
         match self {
             Ledger::Node(node) => node.change_event_reader().map_err(LedgerError::Engine),
             Ledger::Replica(hosted) => hosted
-                .replica
+                .replica()
                 .change_event_reader()
                 .map_err(LedgerError::Cluster),
         }
@@ -512,7 +608,7 @@ impl Ledger {
 
     /// Shuts down: a single node drains its queue, syncs and releases its directory; a
     /// replica stops its peer service and Raft (pending calls answer `Stopped`) and
-    /// writes out its change events. Other clones answer errors afterwards.
+    /// writes out its change events. Writes through any clone answer errors afterwards.
     ///
     /// # Errors
     ///

@@ -179,6 +179,21 @@ fn ledger_open_embeds_a_replica_that_answers_as_a_single_node() {
         "a stopped replica answers an error, not {after:?}"
     );
     node.shutdown().expect("shuts down");
+
+    // The last handle of a replica on its own runtime stops it before its directory
+    // goes: opened again at once, it finds its lock free and its accounts.
+    let alone: BTreeMap<u64, String> = [(1, format!("127.0.0.1:{}", free_port()))].into();
+    let dir = root.path().join("alone");
+    let replica = Ledger::open(ClusterConfig::new(1, alone.clone(), &dir)).expect("opens");
+    until_answered(|| replica.create_accounts(accounts()));
+    drop(replica);
+    let replica = Ledger::open(ClusterConfig::new(1, alone, &dir)).expect("reopens");
+    assert_eq!(
+        until_answered(|| replica.lookup_accounts(&[1, 2, 3])).len(),
+        3
+    );
+    drop(replica);
+
     let reopened = Ledger::open(Config::new(root.path().join("node"))).expect("reopens");
     assert_eq!(
         reopened.lookup_accounts(&[1, 2, 3]).expect("reads").len(),
@@ -208,6 +223,11 @@ async fn open_async_runs_a_replica_on_the_callers_runtime() {
         }
     };
     assert!(created.iter().all(|r| r.code == ResultCode::Ok));
+    // A blocking call from the replica's own runtime would never return: refused.
+    match replica.lookup_accounts(&[1]) {
+        Err(LedgerError::BlockingOnItsRuntime) => {}
+        other => panic!("a blocking call on its runtime is refused, not {other:?}"),
+    }
     let paid = replica
         .create_transfers_with_balances_async(vec![transfer(10, 2, 1, 100)])
         .await

@@ -148,6 +148,8 @@ impl LedgerService {
             BackendError::Engine(error) => events::events_status(error),
             // Only opening answers this; a served backend is open.
             BackendError::Open(_) => Status::unavailable(error.to_string()),
+            // The service makes only async calls.
+            BackendError::BlockingOnItsRuntime => Status::internal(error.to_string()),
         }
     }
 
