@@ -118,6 +118,10 @@ struct Cli {
     /// replicas converge.
     #[arg(long)]
     peers: Option<String>,
+    /// --target cluster --addr --peers: a file holding the cluster's peer secret, when
+    /// its replicas were started with one.
+    #[arg(long, requires = "peers")]
+    peer_secret_file: Option<PathBuf>,
     /// --target cluster without --addr: the `tally` binary [default: the one next to
     /// this executable].
     #[arg(long, env = "TALLY_BIN")]
@@ -554,6 +558,11 @@ fn cluster_target(cli: &Cli, duration_s: f64) -> Result<(ClusterTarget, String),
                 .collect(),
             None => Vec::new(),
         };
+        if let Some(path) = &cli.peer_secret_file {
+            let secret = tally_cluster::PeerSecret::read(path)
+                .map_err(|e| format!("--peer-secret-file {e}"))?;
+            tally_loadgen::target::chaos::use_peer_secret(secret);
+        }
         let target = ClusterTarget::connect(addrs, peers)?;
         let name = format!(
             "tally cluster at {}, through tally-client over TCP",

@@ -39,8 +39,8 @@ pub struct ServeArgs {
     /// do everything.
     #[arg(long)]
     tokens: Option<PathBuf>,
-    /// Allow plain text on a non-loopback address (the client address, and a
-    /// replica's peer address: peer traffic is always plain text).
+    /// Allow plain text, or a door open to any caller (no tokens, no client
+    /// certificates), on a non-loopback client address.
     #[arg(long)]
     insecure: bool,
     /// Serve Prometheus metrics over HTTP at this address.
@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// same on every replica): peer calls carry it, and calls without it are refused.
     #[arg(long, requires = "cluster")]
     peer_secret_file: Option<PathBuf>,
+    /// Allow a non-loopback peer address: peer traffic is plain text (keep it on a
+    /// network only the replicas reach, and give a peer secret).
+    #[arg(long, requires = "cluster")]
+    insecure_peer: bool,
 }
 
 impl ServeArgs {
@@ -139,13 +143,17 @@ impl ServeArgs {
             .map(tally_cluster::PeerSecret::read)
             .transpose()
             .map_err(|e| format!("--peer-secret-file {e}"))?;
+        let low = Duration::from_millis(self.election_timeout_ms);
+        config.election_timeout = (low, low * 2);
+        config.heartbeat_interval = (low * 2 / 3).max(Duration::from_millis(10));
+        config.validate()?;
         let peer_bind = config.peer_listen.as_deref().or(config.own_address());
-        if !self.insecure && !peer_bind.is_some_and(is_loopback) {
+        if !self.insecure_peer && !peer_bind.is_some_and(is_loopback) {
             return Err(format!(
                 "the peer address {} is not a loopback address, and peer traffic is plain \
-                 text: pass --insecure to accept that (with --peer-secret-file, so that only \
-                 replicas holding the secret are answered), or bind it on loopback",
-                peer_bind.unwrap_or("(none)")
+                 text: pass --insecure-peer to accept that (with --peer-secret-file, so that \
+                 only replicas holding the secret are answered), or bind it on loopback",
+                peer_bind.unwrap_or_default()
             ));
         }
         if config.peer_secret.is_none() && !peer_bind.is_some_and(is_loopback) {
@@ -154,10 +162,6 @@ impl ServeArgs {
                  forward writes and change the membership"
             );
         }
-        let low = Duration::from_millis(self.election_timeout_ms);
-        config.election_timeout = (low, low * 2);
-        config.heartbeat_interval = (low * 2 / 3).max(Duration::from_millis(10));
-        config.validate()?;
         Ok(Some(config))
     }
 }

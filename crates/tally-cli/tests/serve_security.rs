@@ -497,9 +497,20 @@ async fn plain_text_on_a_public_address_needs_insecure() {
     ];
     let stderr = serve_refused(&public_peer, &data);
     assert!(
-        stderr.contains("peer address") && stderr.contains("--insecure"),
+        stderr.contains("peer address") && stderr.contains("--insecure-peer"),
         "{stderr}"
     );
+    // --insecure-peer opens only the peer address, not the client one.
+    let both = [
+        "--listen",
+        "0.0.0.0:0",
+        "--cluster",
+        "1=0.0.0.0:7999",
+        "--replica",
+        "1",
+    ];
+    let stderr = serve_refused(&[&both[..], &["--insecure-peer"]].concat(), &data);
+    assert!(stderr.contains("plain text on non-loopback"), "{stderr}");
     let short = dir.path().join("short-secret");
     std::fs::write(&short, "too short\n").unwrap();
     let mut with_secret = vec!["--listen", "127.0.0.1:0", "--cluster", "1=127.0.0.1:7999"];

@@ -47,7 +47,12 @@ const PEER_SECRET_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
 /// "Security"). Printable ASCII, 16 to 256 characters (`openssl rand -hex 32` makes
 /// one). Never printed.
 #[derive(Clone)]
-pub struct PeerSecret(MetadataValue<Ascii>);
+pub struct PeerSecret {
+    /// As sent: marked sensitive, so HTTP/2 header compression never indexes it.
+    value: MetadataValue<Ascii>,
+    /// Its SHA-256 digest, which a call's secret is compared against.
+    digest: [u8; 32],
+}
 
 impl std::fmt::Debug for PeerSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,9 +75,12 @@ impl PeerSecret {
                 PEER_SECRET_CHARS.end()
             ));
         }
-        MetadataValue::try_from(text)
-            .map(PeerSecret)
-            .map_err(|e| format!("a peer secret: {e}"))
+        let mut value = MetadataValue::try_from(text).map_err(|e| format!("a peer secret: {e}"))?;
+        value.set_sensitive(true);
+        Ok(PeerSecret {
+            value,
+            digest: sha256(text.as_bytes()),
+        })
     }
 
     /// The secret in the file at `path` (its whole text).
@@ -85,11 +93,22 @@ impl PeerSecret {
         PeerSecret::new(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Compares in time that does not depend on where `given` first differs.
+    /// Compares digests, so the time taken says nothing of where, or whether in length,
+    /// `given` differs.
     fn matches(&self, given: &[u8]) -> bool {
-        let own = self.0.as_bytes();
-        own.len() == given.len() && own.iter().zip(given).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        let given = sha256(given);
+        let differing = self
+            .digest
+            .iter()
+            .zip(given)
+            .fold(0u8, |d, (a, b)| d | (a ^ b));
+        std::hint::black_box(differing) == 0
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// Adds the secret, if any, to each outgoing peer call.
@@ -104,7 +123,7 @@ impl Interceptor for SendSecret {
         if let Some(secret) = &self.0 {
             request
                 .metadata_mut()
-                .insert(PEER_SECRET_KEY, secret.0.clone());
+                .insert(PEER_SECRET_KEY, secret.value.clone());
         }
         Ok(request)
     }

@@ -62,7 +62,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// The token file; `None` lets every caller do everything.
     pub tokens: Option<PathBuf>,
-    /// Allows a non-loopback `listen` without TLS.
+    /// Allows a non-loopback `listen` without TLS, or with neither tokens nor client
+    /// certificates.
     pub insecure: bool,
     /// Prometheus metrics over HTTP at this address.
     pub metrics: Option<SocketAddr>,

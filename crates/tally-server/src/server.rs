@@ -69,7 +69,8 @@ impl Server {
         let access = match config.check()? {
             Some(tokens) => Access::Tokens(Arc::new(tokens)),
             None => {
-                if !config.listen.ip().is_loopback() {
+                let certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+                if !config.listen.ip().is_loopback() && !certificates {
                     tracing::warn!(
                         listen = %config.listen,
                         "no token file on a non-loopback address: anyone who can reach it \

@@ -51,15 +51,29 @@ pub(super) struct ChaosLog {
     pub(super) errors: Vec<String>,
 }
 
-/// Every replica's status, `None` where one did not answer.
+/// The cluster's peer secret, for a cluster at --addr started with one (set once, at
+/// start, from --peer-secret-file).
+static PEER_SECRET: std::sync::OnceLock<tally_cluster::PeerSecret> = std::sync::OnceLock::new();
+
+/// Sends `secret` with every status call (a cluster at --addr with a peer secret).
+pub fn use_peer_secret(secret: tally_cluster::PeerSecret) {
+    let _ = PEER_SECRET.set(secret);
+}
+
+/// Every replica's status, `None` where one did not answer. A refusal for a missing or
+/// wrong peer secret stops the run with that message instead of a silent wait.
 async fn statuses(peers: &[(u64, String)]) -> Vec<Option<ReplicaStatus>> {
-    let asks = peers
-        .iter()
-        .map(|(_, peer)| async move { tally_cluster::admin::status(peer, None).await.ok() });
+    let secret = PEER_SECRET.get();
     let mut answers = Vec::with_capacity(peers.len());
     // Asked one after the other: a handful of loopback calls, a few ms in all.
-    for ask in asks {
-        answers.push(ask.await);
+    for (_, peer) in peers {
+        let answer = tally_cluster::admin::status(peer, secret).await;
+        if let Err(error) = &answer
+            && error.contains("peer secret")
+        {
+            eprintln!("loadgen: {error} (--peer-secret-file)");
+        }
+        answers.push(answer.ok());
     }
     answers
 }
