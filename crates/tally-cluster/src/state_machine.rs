@@ -156,13 +156,12 @@ fn digest_batch(seed: u64, stamp: u64, batch: &Batch, codes: &[tally_types::Resu
 /// ids and result codes before it, equal digests at an equal log position mean equal
 /// results and equal balances, every change of them, not only an equal log.
 fn digest_changes(seed: u64, changes: &[tally_types::ChangeEvent]) -> u64 {
-    const CHANGE_BYTES: usize = 8 + 1 + 32 + 2 * (16 + 64);
-    let mut bytes = Vec::with_capacity(changes.len() * CHANGE_BYTES);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(seed);
     for change in changes {
-        bytes.extend_from_slice(&change.timestamp.to_le_bytes());
-        bytes.push(change.kind.code());
-        bytes.extend_from_slice(&change.transfer.id.to_le_bytes());
-        bytes.extend_from_slice(&change.transfer.amount.to_le_bytes());
+        hasher.update(&change.timestamp.to_le_bytes());
+        hasher.update(&[change.kind.code()]);
+        hasher.update(&change.transfer.id.to_le_bytes());
+        hasher.update(&change.transfer.amount.to_le_bytes());
         for account in [&change.debit_account, &change.credit_account] {
             for value in [
                 account.id,
@@ -171,11 +170,11 @@ fn digest_changes(seed: u64, changes: &[tally_types::ChangeEvent]) -> u64 {
                 account.credits_pending,
                 account.credits_posted,
             ] {
-                bytes.extend_from_slice(&value.to_le_bytes());
+                hasher.update(&value.to_le_bytes());
             }
         }
     }
-    xxh3_64_with_seed(&bytes, seed)
+    hasher.digest()
 }
 
 type Meta = SnapshotMeta<u64, openraft::BasicNode>;

@@ -365,6 +365,10 @@ impl EventJournal {
         if let Some(previous) = self.current.take() {
             let from = self.writeback_from.min(previous.bytes);
             crate::page_cache::start_writeback(&previous.file, from, previous.bytes - from);
+            // Rolled twice within 64 MiB: the older one's tail goes now.
+            if let Some((older, cached_from)) = self.previous_cached.take() {
+                crate::page_cache::drop_cached(&older, cached_from, 0);
+            }
             // A hint: without a second descriptor the pages are left to the kernel.
             self.previous_cached = previous
                 .file
