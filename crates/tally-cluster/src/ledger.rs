@@ -301,13 +301,10 @@ impl Ledger {
     pub async fn open_async(config: impl Into<LedgerConfig>) -> Result<Ledger, LedgerError> {
         match config.into() {
             LedgerConfig::Node(config) => {
-                let opened =
-                    tokio::task::spawn_blocking(move || tally_engine::Ledger::open(config))
-                        .await
-                        .map_err(|error| {
-                            LedgerError::Open(format!("its opening thread: {error}"))
-                        })?;
-                opened.map(Ledger::Node).map_err(LedgerError::Engine)
+                let open = move || tally_engine::Ledger::open(config);
+                on_a_blocking_thread("tally-open", open)
+                    .await
+                    .map(Ledger::Node)
             }
             LedgerConfig::Replica(config) => {
                 let replica = Replica::open(config).await.map_err(LedgerError::Open)?;
@@ -556,14 +553,8 @@ impl Ledger {
                 .await;
         }
         let (reader, committed) = self.change_events_at_commit_async().await?;
-        tokio::task::spawn_blocking(move || reader.get(timestamp_min, limit, committed))
-            .await
-            .map_err(|_| {
-                LedgerError::Engine(EngineError::ThreadPanicked {
-                    name: "tally-change-events",
-                })
-            })?
-            .map_err(LedgerError::Engine)
+        let read = move || reader.get(timestamp_min, limit, committed);
+        on_a_blocking_thread("tally-change-events", read).await
     }
 
     /// The reading side of the change-event journal and the last timestamp committed
@@ -632,14 +623,7 @@ impl Ledger {
         match self {
             Ledger::Node(node) => {
                 let node = node.clone();
-                tokio::task::spawn_blocking(move || node.shutdown())
-                    .await
-                    .map_err(|_| {
-                        LedgerError::Engine(EngineError::ThreadPanicked {
-                            name: "tally-shutdown",
-                        })
-                    })?
-                    .map_err(LedgerError::Engine)
+                on_a_blocking_thread("tally-shutdown", move || node.shutdown()).await
             }
             Ledger::Replica(hosted) => {
                 hosted
@@ -651,4 +635,15 @@ impl Ledger {
             }
         }
     }
+}
+
+/// Runs a single node's blocking `work` off the async threads.
+async fn on_a_blocking_thread<T: Send + 'static>(
+    name: &'static str,
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| LedgerError::Engine(EngineError::ThreadPanicked { name }))?
+        .map_err(LedgerError::Engine)
 }

@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tally_cluster::{ClusterConfig, ClusterError, Ledger, LedgerError};
 use tally_engine::Config;
-use tally_testkit::{TEST_LEDGER, account, free_port, transfer};
-use tally_types::{
-    Account, AccountFilter, AccountFlags, Batch, QueryFilter, ResultCode, Transfer, TransferFlags,
-};
+use tally_testkit::{TEST_LEDGER, account, free_port, transfer, transfers_with_every_outcome};
+use tally_types::{Account, AccountFilter, AccountFlags, Batch, QueryFilter, ResultCode, Transfer};
 
 fn members(n: u64) -> BTreeMap<u64, String> {
     (1..=n)
@@ -29,20 +27,9 @@ fn accounts() -> Vec<Account> {
 /// Batches with every kind of outcome: applied, over the limit, pending and posted, a
 /// failed chain, a repeated id.
 fn batches() -> Vec<Vec<Transfer>> {
-    let mut pending = transfer(13, 1, 3, 20);
-    pending.flags = TransferFlags::PENDING;
-    let mut linked = transfer(14, 1, 3, 10);
-    linked.flags = TransferFlags::LINKED;
-    let mut post = transfer(16, 1, 3, 0);
-    post.flags = TransferFlags::POST_PENDING_TRANSFER;
-    post.pending_id = 13;
-    post.amount = 15;
-    vec![
-        vec![transfer(10, 2, 1, 100), transfer(11, 1, 3, 30)],
-        vec![transfer(12, 1, 3, 500), pending],
-        vec![linked, transfer(15, 1, 3, 1000), post],
-        vec![transfer(10, 2, 1, 100)],
-    ]
+    let mut batches = transfers_with_every_outcome();
+    batches.push(vec![transfer(10, 2, 1, 100)]);
+    batches
 }
 
 /// Calls `call` until it answers: `Unavailable` (no leader yet, or leadership moving)

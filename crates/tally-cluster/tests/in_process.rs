@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tally_cluster::{ClusterConfig, ClusterError, Replica};
-use tally_testkit::{TEST_LEDGER, account, free_port, transfer};
+use tally_testkit::{TEST_LEDGER, account, free_port, transfer, transfers_with_every_outcome};
 use tally_types::{AccountFlags, Batch, ResultCode};
 
 fn members(n: u64) -> BTreeMap<u64, String> {
@@ -369,25 +369,6 @@ async fn submit_with_balances(
     transfers: Vec<tally_types::Transfer>,
 ) -> Vec<tally_engine::TransferResult> {
     until_answered(|| replica.submit_with_balances(transfers.clone())).await
-}
-
-/// Transfers that succeed, fail on a limit, reserve, fail in a chain and post, on
-/// accounts 1 (its debits bounded by its credits) to 3.
-fn transfers_with_every_outcome() -> Vec<Vec<tally_types::Transfer>> {
-    use tally_types::TransferFlags;
-    let mut pending = transfer(13, 1, 3, 20);
-    pending.flags = TransferFlags::PENDING;
-    let mut linked = transfer(14, 1, 3, 10);
-    linked.flags = TransferFlags::LINKED;
-    let mut post = transfer(16, 1, 3, 0);
-    post.flags = TransferFlags::POST_PENDING_TRANSFER;
-    post.pending_id = 13;
-    post.amount = 15;
-    vec![
-        vec![transfer(10, 2, 1, 100), transfer(11, 1, 3, 30)],
-        vec![transfer(12, 1, 3, 500), pending],
-        vec![linked, transfer(15, 1, 3, 1000), post],
-    ]
 }
 
 /// Balances with results: a replica answers them as a single node does, through the

@@ -8,7 +8,7 @@
 //!   `fuzz/` and this crate's corpus replay test.
 #![deny(missing_docs)]
 
-use tally_types::{Account, AccountFlags, Transfer};
+use tally_types::{Account, AccountFlags, Transfer, TransferFlags};
 
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
@@ -66,6 +66,25 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
         code: 1,
         ..Transfer::default()
     }
+}
+
+/// Three batches of transfers on [`TEST_LEDGER`] between accounts 1 (whose debits
+/// may not exceed its credits), 2 and 3, with every kind of outcome: applied, over the
+/// limit, a pending transfer then its partial post, a chain failed by its second event.
+pub fn transfers_with_every_outcome() -> Vec<Vec<Transfer>> {
+    let mut pending = transfer(13, 1, 3, 20);
+    pending.flags = TransferFlags::PENDING;
+    let mut linked = transfer(14, 1, 3, 10);
+    linked.flags = TransferFlags::LINKED;
+    let mut post = transfer(16, 1, 3, 0);
+    post.flags = TransferFlags::POST_PENDING_TRANSFER;
+    post.pending_id = 13;
+    post.amount = 15;
+    vec![
+        vec![transfer(10, 2, 1, 100), transfer(11, 1, 3, 30)],
+        vec![transfer(12, 1, 3, 500), pending],
+        vec![linked, transfer(15, 1, 3, 1000), post],
+    ]
 }
 
 /// The arguments of a benchmark program (`[[bench]] harness = false`), without the
