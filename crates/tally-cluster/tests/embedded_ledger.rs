@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tally_cluster::{ClusterConfig, ClusterError, Ledger, LedgerError};
 use tally_engine::Config;
-use tally_testkit::{TEST_LEDGER, account, free_port, transfer, transfers_with_every_outcome};
+use tally_testkit::{
+    TEST_LEDGER, account, accounts_for_every_outcome, free_port, transfer,
+    transfers_with_every_outcome,
+};
 use tally_types::{Account, AccountFilter, AccountFlags, Batch, QueryFilter, ResultCode, Transfer};
 
 fn members(n: u64) -> BTreeMap<u64, String> {
@@ -17,11 +20,9 @@ fn members(n: u64) -> BTreeMap<u64, String> {
 
 /// Accounts 1 to 3; 1 may not go into debit, 3 keeps its balance history.
 fn accounts() -> Vec<Account> {
-    vec![
-        account(1, TEST_LEDGER, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-        account(3, TEST_LEDGER, AccountFlags::HISTORY),
-    ]
+    let mut accounts = accounts_for_every_outcome();
+    accounts[2].flags = AccountFlags::HISTORY;
+    accounts
 }
 
 /// Batches with every kind of outcome: applied, over the limit, pending and posted, a

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tally_cluster::{ClusterConfig, ClusterError, Replica};
-use tally_testkit::{TEST_LEDGER, account, free_port, transfer, transfers_with_every_outcome};
+use tally_testkit::{
+    TEST_LEDGER, account, accounts_for_every_outcome, free_port, transfer,
+    transfers_with_every_outcome,
+};
 use tally_types::{AccountFlags, Batch, ResultCode};
 
 fn members(n: u64) -> BTreeMap<u64, String> {
@@ -386,13 +389,9 @@ async fn balances_with_results_answer_as_a_single_node_does() {
     let single = tally_engine::Ledger::open(tally_engine::Config::new(root.path().join("single")))
         .expect("opens");
 
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-        account(3, TEST_LEDGER, AccountFlags::empty()),
-        account(4, TEST_LEDGER, AccountFlags::empty()),
-        account(5, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let mut accounts = accounts_for_every_outcome();
+    accounts.extend([4, 5].map(|id| account(id, TEST_LEDGER, AccountFlags::empty())));
+    let accounts = Batch::CreateAccounts(accounts);
     submit(leader, accounts.clone()).await;
     single.submit_async(accounts).await.expect("single node");
 
@@ -500,11 +499,7 @@ async fn every_replica_keeps_the_change_events_a_single_node_would() {
         .expect("follows");
     let single = tally_engine::Ledger::open(tally_engine::Config::new(root.path().join("single")))
         .expect("opens");
-    let accounts = Batch::CreateAccounts(vec![
-        account(1, TEST_LEDGER, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
-        account(2, TEST_LEDGER, AccountFlags::empty()),
-        account(3, TEST_LEDGER, AccountFlags::empty()),
-    ]);
+    let accounts = Batch::CreateAccounts(accounts_for_every_outcome());
     submit(all[0], accounts.clone()).await;
     single.submit_async(accounts).await.expect("single node");
     let rounds = transfers_with_every_outcome();

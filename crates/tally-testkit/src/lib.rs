@@ -68,8 +68,19 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     }
 }
 
+/// Accounts 1 (whose debits may not exceed its credits), 2 and 3 on [`TEST_LEDGER`]:
+/// those of [`transfers_with_every_outcome`].
+pub fn accounts_for_every_outcome() -> Vec<Account> {
+    vec![
+        account(1, TEST_LEDGER, AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(2, TEST_LEDGER, AccountFlags::empty()),
+        account(3, TEST_LEDGER, AccountFlags::empty()),
+    ]
+}
+
 /// Three batches of transfers on [`TEST_LEDGER`] between accounts 1 (whose debits
-/// may not exceed its credits), 2 and 3, with every kind of outcome: applied, over the
+/// may not exceed its credits), 2 and 3 ([`accounts_for_every_outcome`]), with every
+/// kind of outcome: applied, over the
 /// limit, a pending transfer then its partial post, a chain failed by its second event.
 pub fn transfers_with_every_outcome() -> Vec<Vec<Transfer>> {
     let mut pending = transfer(13, 1, 3, 20);
