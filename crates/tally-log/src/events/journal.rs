@@ -280,14 +280,19 @@ impl EventJournal {
                 );
                 self.cached_from = behind;
             }
-            if current.bytes >= JOURNAL_CACHED_BYTES
-                && let Some((previous, cached_from)) = self.previous_cached.take()
-            {
-                // Length 0: to the end of the file.
-                crate::page_cache::drop_cached(&previous, cached_from, 0);
+            if current.bytes >= JOURNAL_CACHED_BYTES {
+                self.drop_previous_cached();
             }
         }
         self.bytes_not_written_back = 0;
+    }
+
+    /// Lets the page cache go of the rolled segment's tail, if one is still held.
+    fn drop_previous_cached(&mut self) {
+        if let Some((previous, cached_from)) = self.previous_cached.take() {
+            // Length 0: to the end of the file.
+            crate::page_cache::drop_cached(&previous, cached_from, 0);
+        }
     }
 
     fn sync_all_pending(&mut self) -> Result<(), LogError> {
@@ -366,9 +371,7 @@ impl EventJournal {
             let from = self.writeback_from.min(previous.bytes);
             crate::page_cache::start_writeback(&previous.file, from, previous.bytes - from);
             // Rolled twice within 64 MiB: the older one's tail goes now.
-            if let Some((older, cached_from)) = self.previous_cached.take() {
-                crate::page_cache::drop_cached(&older, cached_from, 0);
-            }
+            self.drop_previous_cached();
             // A hint: without a second descriptor the pages are left to the kernel.
             self.previous_cached = previous
                 .file
