@@ -5,7 +5,9 @@
 //! (`-- --test`: a smoke run of a thousand accounts and ten thousand transfers).
 //! With `history`, every 100th account keeps a balance history; with `orders`, also
 //! every transfer carries an order id (`user_data_128`, indexed for queries), and the
-//! bench then times 10,000 `query_transfers` by order id on the full state.
+//! bench then times 10,000 `query_transfers` by order id on the full state. One
+//! transfer in 100 has code 7 and one in 1,000,000 code 9; the bench always times
+//! queries by code (`time_code_queries`).
 
 use std::time::Instant;
 use tally_state::StateMachine;
@@ -70,7 +72,7 @@ fn main() {
                         credit_account_id: u128::from(credit),
                         amount: 1,
                         ledger: 1,
-                        code: 1,
+                        code: code_of(id),
                         user_data_128: if orders { order_id(id) } else { 0 },
                         ..Transfer::default()
                     }
@@ -118,6 +120,67 @@ fn main() {
     }
     if orders {
         time_queries(&state, transfers);
+    }
+    time_code_queries(&state, transfers);
+}
+
+/// The code of transfer `id`: 7 for one in 100, 9 for one in 1,000,000, else 1.
+fn code_of(id: u128) -> u16 {
+    match id {
+        _ if id.is_multiple_of(1_000_000) => 9,
+        _ if id.is_multiple_of(100) => 7,
+        _ => 1,
+    }
+}
+
+/// Times 1,000 queries of each kind by code through the ledger and code indexes:
+/// the newest 10 of the rarest code with no time range; the oldest 100 of code 7 (and
+/// ledger 1) from a random instant on.
+fn time_code_queries(state: &StateMachine, transfers: u64) {
+    let first = state.lookup_transfer(1).map_or(0, |t| t.timestamp);
+    let span = state.last_timestamp().saturating_sub(first).max(1);
+    let mut rng = tally_testkit::SeededRng::new(0xc0de);
+    let kinds: [(&str, u16, u32, bool, u32); 3] = [
+        ("the newest 10 of code 9", 9, 0, true, 10),
+        (
+            "the oldest 100 of code 7 from a random instant",
+            7,
+            0,
+            false,
+            100,
+        ),
+        ("the same with ledger 1", 7, 1, false, 100),
+    ];
+    for (what, code, ledger, reversed, limit) in kinds {
+        let mut took_ns: Vec<u64> = (0..1_000)
+            .map(|_| {
+                let timestamp_min = if reversed {
+                    0
+                } else {
+                    first + rng.next_u64() % span
+                };
+                let filter = QueryFilter {
+                    code,
+                    ledger,
+                    timestamp_min,
+                    limit,
+                    reversed,
+                    ..QueryFilter::default()
+                };
+                let started = Instant::now();
+                let found = state.query_transfers(&filter);
+                let took = started.elapsed().as_nanos() as u64;
+                assert!(found.iter().all(|t| t.code == code), "{what}");
+                took
+            })
+            .collect();
+        took_ns.sort_unstable();
+        let at = |q: f64| took_ns[((took_ns.len() - 1) as f64 * q) as usize];
+        println!(
+            "query_transfers, {what}, over {transfers} transfers: p50 {} ns, p99 {} ns",
+            at(0.5),
+            at(0.99)
+        );
     }
 }
 

@@ -28,6 +28,7 @@ mod hints;
 mod history;
 mod index;
 mod layout;
+mod ledger_code_index;
 mod part;
 mod plan;
 mod prefetch;

@@ -10,6 +10,7 @@ use crate::hints::prefetch;
 use crate::history::Histories;
 use crate::index::IdIndex;
 use crate::layout::Layout;
+use crate::ledger_code_index::LedgerCodeIndex;
 use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
 use std::collections::BTreeSet;
 
@@ -140,6 +141,9 @@ pub struct Part {
     /// Accounts and transfers by user data, for queries.
     pub(crate) account_values: UserDataIndexes,
     pub(crate) transfer_values: UserDataIndexes,
+    /// Accounts and transfers by ledger and by code, for queries on those alone.
+    pub(crate) account_ledger_codes: LedgerCodeIndex,
+    pub(crate) transfer_ledger_codes: LedgerCodeIndex,
     pub(crate) pending_status: CowIdMap<PendingStatus>,
     /// Pending transfers with a timeout, by (expiry instant in ns, id).
     pub(crate) expiries: BTreeSet<(u64, u128)>,
@@ -229,6 +233,8 @@ impl Part {
             balance_history: BalanceHistories::default(),
             account_values: UserDataIndexes::default(),
             transfer_values: UserDataIndexes::default(),
+            account_ledger_codes: LedgerCodeIndex::default(),
+            transfer_ledger_codes: LedgerCodeIndex::default(),
             pending_status: CowIdMap::default(),
             expiries: BTreeSet::new(),
             refunded: CowIdMap::default(),
@@ -348,11 +354,12 @@ impl Part {
         self.transfer_index.prefetch_home(id);
     }
 
-    /// Prefetch, slots step: the user-data index slots that storing `t` (whose id is
-    /// homed here) will probe.
+    /// Prefetch, slots step: the user-data, ledger and code index slots that storing
+    /// `t` (whose id is homed here) will probe.
     #[inline]
     pub(crate) fn prefetch_value_slots(&self, t: &Transfer) {
         self.transfer_values.prefetch_homes(transfer_user_data(t));
+        self.transfer_ledger_codes.prefetch_homes(t.ledger, t.code);
     }
 
     /// Prefetch, slots step: the index slot that looking up account `id` reads first.
@@ -487,6 +494,8 @@ impl Part {
             .add(account_user_data(&account), index, |p| {
                 account_user_data(&accounts[p as usize])
             });
+        self.account_ledger_codes
+            .add(account.ledger, account.code, index);
         self.record(Undo::AccountCreated);
         true
     }
@@ -530,6 +539,8 @@ impl Part {
             .push(self.transfer_index.gather(transfer.id, position));
         self.transfer_values
             .gather(transfer_user_data(transfer), position, &mut gathered.values);
+        self.transfer_ledger_codes
+            .add(transfer.ledger, transfer.code, position);
         transfer_ref
     }
 
@@ -582,6 +593,8 @@ impl Part {
             .add(transfer_user_data(transfer), position, |p| {
                 transfer_user_data(&transfers.get(p as usize))
             });
+        self.transfer_ledger_codes
+            .add(transfer.ledger, transfer.code, position);
     }
 
     /// Adds a transfer to the end of an account's history.
@@ -670,6 +683,8 @@ impl Part {
                         .remove_newest(account_user_data(&last), position, |p| {
                             account_user_data(&accounts[p as usize])
                         });
+                    self.account_ledger_codes
+                        .remove_newest(last.ledger, last.code, position);
                     let id = last.id;
                     self.account_index.remove(id, |p| accounts[p as usize].id);
                     self.accounts.pop();
@@ -680,10 +695,16 @@ impl Part {
                     let last = last.expect("undo of a stored transfer");
                     let id = self.transfers.id_at(last);
                     let transfers = &self.transfers;
+                    let stored = transfers.get(last);
                     self.transfer_values.remove_newest(
-                        transfer_user_data(&transfers.get(last)),
+                        transfer_user_data(&stored),
                         last as u32,
                         |p| transfer_user_data(&transfers.get(p as usize)),
+                    );
+                    self.transfer_ledger_codes.remove_newest(
+                        stored.ledger,
+                        stored.code,
+                        last as u32,
                     );
                     let (transfers, burned) = (&self.transfers, &self.failed_ids);
                     self.transfer_index

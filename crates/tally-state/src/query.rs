@@ -2,11 +2,16 @@
 //! bounded step at a time so that a caller holding the state's read lock for one step
 //! never holds up commits for longer than that step.
 //!
-//! Each part is walked on its own, in one of two ways:
+//! Each part is walked on its own, in one of three ways:
 //! * a user-data field is given: its chain in the part's [`crate::value_index`], newest
 //!   first, the other fields checked on each record;
-//! * only `ledger`, `code` and the time range: the part's store in timestamp order from
-//!   the first record in range (found by binary search), each record checked.
+//! * else `ledger` or `code` is given: the part's chain of the records with that value
+//!   ([`crate::ledger_code_index`]), entered near the time range through its marks
+//!   (found by binary search), newest first, or oldest first a stretch between marks
+//!   at a time; with both, the chain with fewer marks in the range, the other field
+//!   checked on each record;
+//! * only a time range: the part's store in timestamp order from the first record in
+//!   range (found by binary search), every record an answer.
 //!
 //! A part is done once it has `limit` matches in the order asked (no later record of
 //! that part can come before them), or it is out of records in range. The answer merges
@@ -15,6 +20,7 @@
 //! so the answer is the state as it stood at the start (records are never changed or
 //! removed once committed; account balances are read at the last step).
 
+use crate::ledger_code_index::{FieldChains, LedgerCodeIndex};
 use crate::part::Part;
 use crate::state::StateMachine;
 use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
@@ -42,6 +48,26 @@ enum Walk {
     Forward { next: u32, end: u32 },
     /// The store newest first: positions `start..next`, `next - 1` first.
     Backward { start: u32, next: u32 },
+    /// Down the chain of a ledger (`codes` false) or a code, newest first, `next`
+    /// first: store positions from `end` on are passed over, and the walk ends below
+    /// `start`.
+    Down {
+        codes: bool,
+        next: Option<u32>,
+        start: u32,
+        end: u32,
+    },
+    /// Up the chain of `value`, oldest first, one stretch between two of its marks at
+    /// a time: `pending` holds the stretch being answered, oldest last; `stretch` is the
+    /// next, the one up to the mark of that index (past the last mark, up to the head).
+    Up {
+        codes: bool,
+        value: u32,
+        stretch: usize,
+        pending: Vec<u32>,
+        start: u32,
+        end: u32,
+    },
     /// Nothing more to look at.
     Done,
 }
@@ -56,6 +82,10 @@ pub struct Query {
     walks: Vec<Walk>,
     /// Per part: (timestamp, position) of the matches, in the walk's order.
     found: Vec<VecDeque<(u64, u32)>>,
+    /// Records whose fields were checked so far, all parts.
+    examined: u64,
+    /// Records reached along a chain and passed over unread (past the range), so far.
+    passed_over: u64,
 }
 
 impl Query {
@@ -72,6 +102,8 @@ impl Query {
             limit: filter.limit_effective(),
             walks: Vec::new(),
             found: Vec::new(),
+            examined: 0,
+            passed_over: 0,
         };
         let empty = last == 0 || filter.timestamp_min > filter.timestamp_max;
         for part in state.parts() {
@@ -104,11 +136,77 @@ impl Query {
         }
         let start = first_at_or_after(part, self.target, self.filter.timestamp_min);
         let end = first_at_or_after(part, self.target, self.filter.timestamp_max + 1);
+        if self.filter.ledger != 0 || self.filter.code != 0 {
+            return self.start_listed(ledger_codes(part, self.target), start, end);
+        }
         if self.filter.reversed {
             Walk::Backward { start, next: end }
         } else {
             Walk::Forward { next: start, end }
         }
+    }
+
+    /// The walk along the chain of the ledger or the code (those given) with fewer
+    /// marks in store positions `start..end`, entered near them.
+    fn start_listed(&self, lists: &LedgerCodeIndex, start: u32, end: u32) -> Walk {
+        // The code first: a tie goes to it, usually the rarer of the two.
+        let given = [
+            (true, u32::from(self.filter.code)),
+            (false, self.filter.ledger),
+        ];
+        let mut fewest: Option<(usize, bool, u32)> = None;
+        for (codes, value) in given.into_iter().filter(|&(_, value)| value != 0) {
+            let chains = lists.field(codes);
+            // No record has the value: nothing matches.
+            if chains.newest(value).is_none() {
+                return Walk::Done;
+            }
+            let marks = chains.marks(value);
+            let in_range =
+                marks.partition_point(|&m| m < end) - marks.partition_point(|&m| m < start);
+            if fewest.is_none_or(|(fewest, ..)| in_range < fewest) {
+                fewest = Some((in_range, codes, value));
+            }
+        }
+        let Some((_, codes, value)) = fewest else {
+            return Walk::Done;
+        };
+        let chains = lists.field(codes);
+        let marks = chains.marks(value);
+        if self.filter.reversed {
+            // From the first mark at or past the range's end, else from the head.
+            let past = marks.get(marks.partition_point(|&m| m < end)).copied();
+            let next = past.or(chains.newest(value));
+            Walk::Down {
+                codes,
+                next,
+                start,
+                end,
+            }
+        } else {
+            let stretch = marks.partition_point(|&m| m < start);
+            let pending = Vec::new();
+            Walk::Up {
+                codes,
+                value,
+                stretch,
+                pending,
+                start,
+                end,
+            }
+        }
+    }
+
+    /// Records whose fields were checked so far: what the indexes saved is the
+    /// records not looked at.
+    pub fn examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// Records reached along a ledger's or a code's chain and passed over unread, out
+    /// of the range, so far: what the chain's marks bound.
+    pub fn passed_over(&self) -> u64 {
+        self.passed_over
     }
 
     /// Examines at most [`QUERY_STEP_RECORDS`] records; true once the answer is whole.
@@ -118,20 +216,22 @@ impl Query {
         let mut budget = QUERY_STEP_RECORDS;
         for (index, part) in parts.iter().enumerate() {
             while budget > 0 && !matches!(self.walks[index], Walk::Done) {
-                budget -= 1;
-                self.advance(index, part);
+                budget = budget.saturating_sub(self.advance(index, part));
             }
         }
         self.walks.iter().all(|walk| matches!(walk, Walk::Done))
     }
 
-    /// One record of part `index`'s walk.
-    fn advance(&mut self, index: usize, part: &Part) {
+    /// One record of part `index`'s walk; what it cost, in records looked at (a
+    /// stretch of a chain walked up counts each of its links).
+    fn advance(&mut self, index: usize, part: &Part) -> usize {
+        let target = self.target;
+        let mut cost = 1;
         let (position, chained) = match &mut self.walks[index] {
-            Walk::Done => return,
+            Walk::Done => return cost,
             Walk::Chain { next: None, .. } => {
                 self.walks[index] = Walk::Done;
-                return;
+                return cost;
             }
             Walk::Chain {
                 field,
@@ -146,7 +246,7 @@ impl Query {
             Walk::Forward { next, end } => {
                 if next >= end {
                     self.walks[index] = Walk::Done;
-                    return;
+                    return cost;
                 }
                 *next += 1;
                 (*next - 1, false)
@@ -154,12 +254,60 @@ impl Query {
             Walk::Backward { start, next } => {
                 if next <= start {
                     self.walks[index] = Walk::Done;
-                    return;
+                    return cost;
                 }
                 *next -= 1;
                 (*next, false)
             }
+            Walk::Down {
+                codes,
+                next,
+                start,
+                end,
+            } => {
+                let Some(position) = next.filter(|&position| position >= *start) else {
+                    self.walks[index] = Walk::Done;
+                    return cost;
+                };
+                *next = ledger_codes(part, target).field(*codes).older(position);
+                if position >= *end {
+                    self.passed_over += 1;
+                    return cost;
+                }
+                (position, false)
+            }
+            Walk::Up {
+                codes,
+                value,
+                stretch,
+                pending,
+                start,
+                end,
+            } => {
+                if pending.is_empty() {
+                    let chains = ledger_codes(part, target).field(*codes);
+                    let Some(walked) = walk_stretch(chains, *value, *stretch, *start, pending)
+                    else {
+                        self.walks[index] = Walk::Done;
+                        return cost;
+                    };
+                    *stretch += 1;
+                    cost += walked;
+                }
+                // An empty stretch (the head's, when the head is a mark): the next call
+                // finds no more.
+                let Some(position) = pending.pop() else {
+                    return cost;
+                };
+                if position >= *end {
+                    self.passed_over += 1 + pending.len() as u64;
+                    self.walks[index] = Walk::Done;
+                    return cost;
+                }
+                (position, false)
+            }
         };
+        self.examined += 1;
         let timestamp = self.matching(part, position);
         let found = &mut self.found[index];
         match timestamp {
@@ -181,6 +329,7 @@ impl Query {
                 }
             }
         }
+        cost
     }
 
     /// The record's timestamp when it passes the filter.
@@ -250,6 +399,41 @@ fn indexes(part: &Part, target: QueryTarget) -> &UserDataIndexes {
     }
 }
 
+fn ledger_codes(part: &Part, target: QueryTarget) -> &LedgerCodeIndex {
+    match target {
+        QueryTarget::Accounts => &part.account_ledger_codes,
+        QueryTarget::Transfers => &part.transfer_ledger_codes,
+    }
+}
+
+/// Collects into `pending` the records of `value` in stretch `stretch` of its chain
+/// (after the mark before it, up to its mark or the head) from store position `start`
+/// on, newest first; the links walked, or `None` past the last stretch.
+fn walk_stretch(
+    chains: &FieldChains,
+    value: u32,
+    stretch: usize,
+    start: u32,
+    pending: &mut Vec<u32>,
+) -> Option<usize> {
+    let marks = chains.marks(value);
+    let top = match stretch.cmp(&marks.len()) {
+        std::cmp::Ordering::Less => Some(marks[stretch]),
+        std::cmp::Ordering::Equal => chains.newest(value),
+        std::cmp::Ordering::Greater => return None,
+    };
+    let floor = stretch.checked_sub(1).map(|before| marks[before]);
+    let mut next = top;
+    while let Some(position) = next {
+        if position < start || floor.is_some_and(|floor| position <= floor) {
+            break;
+        }
+        pending.push(position);
+        next = chains.older(position);
+    }
+    Some(pending.len())
+}
+
 fn record_timestamp(part: &Part, target: QueryTarget, position: u32) -> u64 {
     match target {
         QueryTarget::Accounts => part.accounts[position as usize].timestamp,
@@ -267,11 +451,17 @@ fn first_at_or_after(part: &Part, target: QueryTarget, timestamp: u64) -> u32 {
 }
 
 impl StateMachine {
-    /// Bytes held by the user-data indexes of accounts and transfers, all parts.
+    /// Bytes held by the query indexes (user data, ledger and code) of accounts and
+    /// transfers, all parts.
     pub fn query_index_bytes(&self) -> usize {
         self.parts()
             .iter()
-            .map(|part| part.account_values.bytes() + part.transfer_values.bytes())
+            .map(|part| {
+                part.account_values.bytes()
+                    + part.transfer_values.bytes()
+                    + part.account_ledger_codes.bytes()
+                    + part.transfer_ledger_codes.bytes()
+            })
             .sum()
     }
 

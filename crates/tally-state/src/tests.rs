@@ -2,6 +2,7 @@
 
 use crate::StateMachine;
 use crate::test_support::{account, transfer};
+use crate::{Query, QueryTarget};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use tally_types::{
@@ -1585,6 +1586,7 @@ proptest! {
         filters in proptest::collection::vec(any_query(), 8),
     ) {
         let mut sm = property_ledger_in_parts(parts);
+        sm.apply(T0 + SECOND / 2, &Batch::CreateAccounts(vec![account(7, 840, AF::empty())]));
         let mut next_id = 100u128;
         for (index, (events, accounts)) in batches.into_iter().enumerate() {
             let now = T0 + (index as u64 + 1) * SECOND;
@@ -1603,9 +1605,13 @@ proptest! {
                 Batch::CreateTransfers(events.iter().map(|&((a, b, c), code, pick, linked)| {
                     next_id += 1;
                     // pick 0 is refused (same accounts): a linked chain around it rolls back.
-                    let (debit, credit) = if pick == 0 { (1, 1) } else if pick == 1 { (4, 4) } else { (1, 6) };
+                    let (debit, credit, ledger) = match pick {
+                        0 => (1, 1, 156),
+                        1 => (4, 7, 840),
+                        _ => (1, 6, 156),
+                    };
                     let mut t = transfer(next_id, debit, credit, 1);
-                    t.ledger = 0;
+                    t.ledger = ledger;
                     (t.user_data_128, t.user_data_64, t.user_data_32) = (a, b, c);
                     t.code = code.max(1);
                     if linked { t.flags = TF::LINKED; }
@@ -1626,6 +1632,89 @@ proptest! {
             prop_assert_eq!(loaded.query_accounts(filter), sm.query_accounts(filter));
             prop_assert_eq!(loaded.query_transfers(filter), sm.query_transfers(filter));
         }
+    }
+}
+
+/// A query by ledger or code looks only at the records with that value in the time
+/// range (the shorter list when both are given), not at the store: 2,000 transfers of
+/// code 1 and 20 of code 2, on two ledgers, in one part and in three.
+#[test]
+fn queries_by_ledger_or_code_look_only_at_their_records() {
+    for parts in [1, 3] {
+        let mut sm = property_ledger_in_parts(parts);
+        sm.apply(
+            T0 + SECOND / 2,
+            &Batch::CreateAccounts(vec![account(7, 840, AF::empty())]),
+        );
+        for n in 0..101u64 {
+            let transfers = (0..20u128)
+                .map(|i| {
+                    let id = 1_000 + u128::from(n) * 20 + i;
+                    let mut t = match id % 2 {
+                        0 => transfer(id, 1, 6, 1),
+                        _ => Transfer {
+                            ledger: 840,
+                            ..transfer(id, 4, 7, 1)
+                        },
+                    };
+                    t.code = if n % 50 == 49 { 2 } else { 1 };
+                    t
+                })
+                .collect();
+            sm.apply(T0 + (n + 1) * SECOND, &Batch::CreateTransfers(transfers));
+        }
+        let examined = |filter: &tally_types::QueryFilter| {
+            let mut query = Query::new(&sm, QueryTarget::Transfers, filter);
+            while !query.step(&sm) {}
+            let found = query.transfers(&sm);
+            let all = scanned(sm.transfers().collect(), filter, |t| {
+                filter.matches_transfer(t)
+            });
+            assert_eq!(found, all, "{filter:?}");
+            (found.len(), query.examined())
+        };
+        let by = |ledger, code| tally_types::QueryFilter {
+            ledger,
+            code,
+            ..Default::default()
+        };
+        assert_eq!(examined(&by(0, 2)), (40, 40), "{parts} parts");
+        assert_eq!(
+            examined(&by(840, 2)),
+            (20, 40),
+            "the code's list is shorter"
+        );
+        assert_eq!(examined(&by(840, 0)), (1_010, 1_010));
+        assert_eq!(examined(&by(978, 0)), (0, 0), "no record has the ledger");
+        // A time range holding one batch, early on: the marks lead the walk there, both
+        // ways, past about one stretch of newer records a part, not the 900 newer ones.
+        for reversed in [false, true] {
+            let range = tally_types::QueryFilter {
+                timestamp_min: T0 + 10 * SECOND + SECOND / 2,
+                timestamp_max: T0 + 11 * SECOND + SECOND / 2,
+                reversed,
+                ..by(156, 1)
+            };
+            let mut query = Query::new(&sm, QueryTarget::Transfers, &range);
+            while !query.step(&sm) {}
+            assert_eq!(query.transfers(&sm).len(), 10);
+            assert!(query.examined() <= 20, "{}", query.examined());
+            assert!(query.passed_over() <= 200, "{}", query.passed_over());
+        }
+        // With a limit, a walk stops once it has enough.
+        assert_eq!(
+            examined(&tally_types::QueryFilter {
+                limit: 5,
+                ..by(0, 1)
+            })
+            .0,
+            5
+        );
+        let limited = tally_types::QueryFilter {
+            limit: 5,
+            ..by(0, 1)
+        };
+        assert!(examined(&limited).1 <= 5 * parts as u64);
     }
 }
 

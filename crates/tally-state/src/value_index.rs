@@ -13,9 +13,8 @@
 //! the end (a chain's rollback), so a chain never has a hole: the newest record of a
 //! value is its head, and undoing it restores the head before it.
 //!
-//! `ledger` and `code` are not indexed: a ledger has a handful of each, so an index on
-//! them would be a second copy of the store in timestamp order. A query on them alone
-//! walks the store in timestamp order, a bounded step at a time.
+//! `ledger` and `code` have few values, each shared by many records: they are indexed
+//! by position lists instead ([`crate::ledger_code_index`]).
 
 use crate::index::{IdIndex, IndexTable, slots_for};
 use tally_types::{Account, Transfer};
