@@ -592,8 +592,9 @@ impl Ledger {
 
     /// `query_accounts`: the accounts matching every field the filter gives, in
     /// timestamp order (newest first when reversed), at most the limit (docs/spec.md
-    /// §2, "Queries"). Answered from the user-data indexes, or a walk in timestamp order
-    /// when only ledger, code and time are given, a bounded step at a time: the read
+    /// §2, "Queries"). Answered from the user-data indexes, the ledger and code indexes,
+    /// or a walk in timestamp order when only a time range is given, a bounded step at
+    /// a time: the read
     /// lock is taken per step, so a query never holds up commits for longer than one
     /// step. The answer is the state as it stood when the query began (accounts with
     /// their balances as of the last step, read under one lock).

@@ -20,14 +20,15 @@
 //! so the answer is the state as it stood at the start (records are never changed or
 //! removed once committed; account balances are read at the last step).
 
-use crate::ledger_code_index::{FieldChains, LedgerCodeIndex};
+use crate::ledger_code_index::{Field, FieldChains, LedgerCodeIndex};
 use crate::part::Part;
 use crate::state::StateMachine;
 use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
 use std::collections::VecDeque;
 use tally_types::{Account, QueryFilter, Transfer};
 
-/// Records a step examines at most (all parts together): about 0.2 ms of decoding.
+/// Records a step looks at (all parts together): about 0.2 ms of decoding. A step may
+/// go over by one stretch of a ledger's or a code's chain (64 links, unread).
 pub const QUERY_STEP_RECORDS: usize = 4_096;
 
 /// Which records a query lists.
@@ -48,11 +49,10 @@ enum Walk {
     Forward { next: u32, end: u32 },
     /// The store newest first: positions `start..next`, `next - 1` first.
     Backward { start: u32, next: u32 },
-    /// Down the chain of a ledger (`codes` false) or a code, newest first, `next`
-    /// first: store positions from `end` on are passed over, and the walk ends below
-    /// `start`.
+    /// Down the chain of a ledger or a code, newest first, `next` first: store
+    /// positions from `end` on are passed over, and the walk ends below `start`.
     Down {
-        codes: bool,
+        field: Field,
         next: Option<u32>,
         start: u32,
         end: u32,
@@ -61,7 +61,7 @@ enum Walk {
     /// a time: `pending` holds the stretch being answered, oldest last; `stretch` is the
     /// next, the one up to the mark of that index (past the last mark, up to the head).
     Up {
-        codes: bool,
+        field: Field,
         value: u32,
         stretch: usize,
         pending: Vec<u32>,
@@ -137,7 +137,7 @@ impl Query {
         let start = first_at_or_after(part, self.target, self.filter.timestamp_min);
         let end = first_at_or_after(part, self.target, self.filter.timestamp_max + 1);
         if self.filter.ledger != 0 || self.filter.code != 0 {
-            return self.start_listed(ledger_codes(part, self.target), start, end);
+            return self.start_chained(ledger_codes(part, self.target), start, end);
         }
         if self.filter.reversed {
             Walk::Backward { start, next: end }
@@ -148,37 +148,38 @@ impl Query {
 
     /// The walk along the chain of the ledger or the code (those given) with fewer
     /// marks in store positions `start..end`, entered near them.
-    fn start_listed(&self, lists: &LedgerCodeIndex, start: u32, end: u32) -> Walk {
+    fn start_chained(&self, index: &LedgerCodeIndex, start: u32, end: u32) -> Walk {
         // The code first: a tie goes to it, usually the rarer of the two.
         let given = [
-            (true, u32::from(self.filter.code)),
-            (false, self.filter.ledger),
+            (Field::Code, u32::from(self.filter.code)),
+            (Field::Ledger, self.filter.ledger),
         ];
-        let mut fewest: Option<(usize, bool, u32)> = None;
-        for (codes, value) in given.into_iter().filter(|&(_, value)| value != 0) {
-            let chains = lists.field(codes);
+        let mut fewest: Option<(usize, Field, u32)> = None;
+        for (field, value) in given.into_iter().filter(|&(_, value)| value != 0) {
+            let chains = index.field(field);
             // No record has the value: nothing matches.
             if chains.newest(value).is_none() {
                 return Walk::Done;
             }
             let marks = chains.marks(value);
-            let in_range =
-                marks.partition_point(|&m| m < end) - marks.partition_point(|&m| m < start);
+            let in_range = marks
+                .partition_point(|&m| m < end)
+                .saturating_sub(marks.partition_point(|&m| m < start));
             if fewest.is_none_or(|(fewest, ..)| in_range < fewest) {
-                fewest = Some((in_range, codes, value));
+                fewest = Some((in_range, field, value));
             }
         }
-        let Some((_, codes, value)) = fewest else {
+        let Some((_, field, value)) = fewest else {
             return Walk::Done;
         };
-        let chains = lists.field(codes);
+        let chains = index.field(field);
         let marks = chains.marks(value);
         if self.filter.reversed {
             // From the first mark at or past the range's end, else from the head.
             let past = marks.get(marks.partition_point(|&m| m < end)).copied();
             let next = past.or(chains.newest(value));
             Walk::Down {
-                codes,
+                field,
                 next,
                 start,
                 end,
@@ -187,7 +188,7 @@ impl Query {
             let stretch = marks.partition_point(|&m| m < start);
             let pending = Vec::new();
             Walk::Up {
-                codes,
+                field,
                 value,
                 stretch,
                 pending,
@@ -209,7 +210,7 @@ impl Query {
         self.passed_over
     }
 
-    /// Examines at most [`QUERY_STEP_RECORDS`] records; true once the answer is whole.
+    /// Looks at about [`QUERY_STEP_RECORDS`] records; true once the answer is whole.
     pub fn step(&mut self, state: &StateMachine) -> bool {
         let parts = state.parts();
         assert_eq!(parts.len(), self.walks.len(), "a query keeps to its state");
@@ -225,8 +226,7 @@ impl Query {
     /// One record of part `index`'s walk; what it cost, in records looked at (a
     /// stretch of a chain walked up counts each of its links).
     fn advance(&mut self, index: usize, part: &Part) -> usize {
-        let target = self.target;
-        let mut cost = 1;
+        let cost = 1;
         let (position, chained) = match &mut self.walks[index] {
             Walk::Done => return cost,
             Walk::Chain { next: None, .. } => {
@@ -259,53 +259,10 @@ impl Query {
                 *next -= 1;
                 (*next, false)
             }
-            Walk::Down {
-                codes,
-                next,
-                start,
-                end,
-            } => {
-                let Some(position) = next.filter(|&position| position >= *start) else {
-                    self.walks[index] = Walk::Done;
-                    return cost;
-                };
-                *next = ledger_codes(part, target).field(*codes).older(position);
-                if position >= *end {
-                    self.passed_over += 1;
-                    return cost;
-                }
-                (position, false)
-            }
-            Walk::Up {
-                codes,
-                value,
-                stretch,
-                pending,
-                start,
-                end,
-            } => {
-                if pending.is_empty() {
-                    let chains = ledger_codes(part, target).field(*codes);
-                    let Some(walked) = walk_stretch(chains, *value, *stretch, *start, pending)
-                    else {
-                        self.walks[index] = Walk::Done;
-                        return cost;
-                    };
-                    *stretch += 1;
-                    cost += walked;
-                }
-                // An empty stretch (the head's, when the head is a mark): the next call
-                // finds no more.
-                let Some(position) = pending.pop() else {
-                    return cost;
-                };
-                if position >= *end {
-                    self.passed_over += 1 + pending.len() as u64;
-                    self.walks[index] = Walk::Done;
-                    return cost;
-                }
-                (position, false)
-            }
+            Walk::Down { .. } | Walk::Up { .. } => match self.along_chain(index, part) {
+                Along::Record(position) => (position, false),
+                Along::PassedOver(cost) => return cost,
+            },
         };
         self.examined += 1;
         let timestamp = self.matching(part, position);
@@ -330,6 +287,62 @@ impl Query {
             }
         }
         cost
+    }
+
+    /// The next record of part `index`'s walk along a ledger's or a code's chain.
+    fn along_chain(&mut self, index: usize, part: &Part) -> Along {
+        let chained = ledger_codes(part, self.target);
+        match &mut self.walks[index] {
+            Walk::Down {
+                field,
+                next,
+                start,
+                end,
+            } => {
+                let Some(position) = next.filter(|&position| position >= *start) else {
+                    self.walks[index] = Walk::Done;
+                    return Along::PassedOver(1);
+                };
+                *next = chained.field(*field).older(position);
+                if position >= *end {
+                    self.passed_over += 1;
+                    return Along::PassedOver(1);
+                }
+                Along::Record(position)
+            }
+            Walk::Up {
+                field,
+                value,
+                stretch,
+                pending,
+                start,
+                end,
+            } => {
+                let mut cost = 1;
+                if pending.is_empty() {
+                    let chains = chained.field(*field);
+                    let Some(walked) = walk_stretch(chains, *value, *stretch, *start, pending)
+                    else {
+                        self.walks[index] = Walk::Done;
+                        return Along::PassedOver(cost);
+                    };
+                    *stretch += 1;
+                    cost += walked;
+                }
+                // An empty stretch (the head's, when the head is a mark or below the
+                // range): the next call finds no more.
+                let Some(position) = pending.pop() else {
+                    return Along::PassedOver(cost);
+                };
+                if position >= *end {
+                    self.passed_over += 1 + pending.len() as u64;
+                    self.walks[index] = Walk::Done;
+                    return Along::PassedOver(cost);
+                }
+                Along::Record(position)
+            }
+            _ => unreachable!("a walk along a ledger's or a code's chain"),
+        }
     }
 
     /// The record's timestamp when it passes the filter.
@@ -406,9 +419,18 @@ fn ledger_codes(part: &Part, target: QueryTarget) -> &LedgerCodeIndex {
     }
 }
 
-/// Collects into `pending` the records of `value` in stretch `stretch` of its chain
-/// (after the mark before it, up to its mark or the head) from store position `start`
-/// on, newest first; the links walked, or `None` past the last stretch.
+/// What one call of [`Query::along_chain`] came to.
+enum Along {
+    /// A record to check against the filter (its cost is 1).
+    Record(u32),
+    /// None: what the call cost, in records looked at.
+    PassedOver(usize),
+}
+
+/// Collects into `pending` (empty) the records of `value` in stretch `stretch` of its
+/// chain (after the mark before it, up to its mark or the head: at most
+/// [`crate::ledger_code_index::MARK_EVERY`]) from store position `start` on, newest
+/// first; the links walked, or `None` past the last stretch.
 fn walk_stretch(
     chains: &FieldChains,
     value: u32,
@@ -423,15 +445,18 @@ fn walk_stretch(
         std::cmp::Ordering::Greater => return None,
     };
     let floor = stretch.checked_sub(1).map(|before| marks[before]);
+    debug_assert!(pending.is_empty());
     let mut next = top;
+    let mut walked = 0;
     while let Some(position) = next {
+        walked += 1;
         if position < start || floor.is_some_and(|floor| position <= floor) {
             break;
         }
         pending.push(position);
         next = chains.older(position);
     }
-    Some(pending.len())
+    Some(walked)
 }
 
 fn record_timestamp(part: &Part, target: QueryTarget, position: u32) -> u64 {

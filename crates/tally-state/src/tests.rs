@@ -1718,6 +1718,78 @@ fn queries_by_ledger_or_code_look_only_at_their_records() {
     }
 }
 
+/// Records committed (and chains rolled back) between a query's steps are not in its
+/// answer, and do not disturb its walk along a ledger's or a code's chain: forward,
+/// reversed, by code, by ledger and code, with and without a time range.
+#[test]
+fn chained_queries_answer_the_state_they_began_on() {
+    let mut sm = property_ledger_in_parts(2);
+    let mut next_id = 1_000u128;
+    let mut now = T0;
+    let mut apply = |sm: &mut StateMachine, linked_failure: bool| {
+        now += SECOND;
+        let mut transfers: Vec<Transfer> = (0..1_000)
+            .map(|i| {
+                next_id += 1;
+                let mut t = transfer(next_id, 1, 6, 1);
+                t.code = 1 + (i % 3) as u16;
+                t
+            })
+            .collect();
+        if linked_failure {
+            // A chain of three whose last is refused: the first two roll back.
+            transfers[0].flags = TF::LINKED;
+            transfers[1].flags = TF::LINKED;
+            transfers[2].debit_account_id = transfers[2].credit_account_id;
+        }
+        sm.apply(now, &Batch::CreateTransfers(transfers));
+    };
+    for _ in 0..30 {
+        apply(&mut sm, false);
+    }
+    let middle = T0 + 10 * SECOND;
+    let filters = [
+        tally_types::QueryFilter {
+            code: 2,
+            ..Default::default()
+        },
+        tally_types::QueryFilter {
+            code: 2,
+            reversed: true,
+            ..Default::default()
+        },
+        tally_types::QueryFilter {
+            ledger: 156,
+            code: 3,
+            ..Default::default()
+        },
+        tally_types::QueryFilter {
+            code: 1,
+            timestamp_min: middle,
+            ..Default::default()
+        },
+        tally_types::QueryFilter {
+            code: 1,
+            timestamp_max: middle + 18 * SECOND,
+            reversed: true,
+            ..Default::default()
+        },
+    ];
+    for (n, filter) in filters.iter().enumerate() {
+        let expected = scanned(sm.transfers().collect(), filter, |t| {
+            filter.matches_transfer(t)
+        });
+        let mut query = Query::new(&sm, QueryTarget::Transfers, filter);
+        let mut steps = 0;
+        while !query.step(&sm) {
+            steps += 1;
+            apply(&mut sm, n % 2 == 0);
+        }
+        assert!(steps > 0, "{filter:?} took one step");
+        assert_eq!(query.transfers(&sm), expected, "{filter:?}");
+    }
+}
+
 // ---- balance history ----
 
 /// (timestamp, debits_pending, debits_posted, credits_pending, credits_posted) rows.

@@ -13,8 +13,8 @@
 //! the end (a chain's rollback), so a chain never has a hole: the newest record of a
 //! value is its head, and undoing it restores the head before it.
 //!
-//! `ledger` and `code` have few values, each shared by many records: they are indexed
-//! by position lists instead ([`crate::ledger_code_index`]).
+//! `ledger` and `code` have few values, each shared by many records: their chains also
+//! keep marks to enter them by time ([`crate::ledger_code_index`]).
 
 use crate::index::{IdIndex, IndexTable, slots_for};
 use tally_types::{Account, Transfer};
