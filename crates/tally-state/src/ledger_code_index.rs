@@ -31,6 +31,10 @@ const LINK_CHUNK: usize = 1 << 16;
 /// that their small ledgers have many stretches.
 pub(crate) const MARK_EVERY: u32 = if cfg!(test) { 4 } else { 64 };
 
+/// From this many slots (64 KiB) on, adding a record prefetches its value's slot:
+/// a smaller table stays in the nearest caches.
+const PREFETCH_FROM_SLOTS: usize = 1 << 12;
+
 /// Which field a chain is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Field {
@@ -103,6 +107,9 @@ pub(crate) struct FieldChains {
     /// removed (a rolled-back value keeps its slot, with no head).
     slots: Vec<Slot>,
     used: usize,
+    /// The slot of the value added last: most records repeat their predecessor's
+    /// ledger, so most adds skip the hash (checked against the slot, so never stale).
+    last_at: usize,
     hasher: foldhash::fast::RandomState,
     links: Links,
     /// Per value: its marks' positions, ascending.
@@ -139,7 +146,21 @@ impl FieldChains {
     }
 
     /// The slot of `value` (not 0), taken if it has none.
+    #[inline]
     fn slot_taken(&mut self, value: u32) -> usize {
+        if self
+            .slots
+            .get(self.last_at)
+            .is_some_and(|slot| slot.value == value)
+        {
+            return self.last_at;
+        }
+        let at = self.slot_taken_by_hash(value);
+        self.last_at = at;
+        at
+    }
+
+    fn slot_taken_by_hash(&mut self, value: u32) -> usize {
         if let Some(at) = (!self.slots.is_empty()).then(|| self.find(value))
             && self.slots[at].value == value
         {
@@ -164,7 +185,7 @@ impl FieldChains {
     /// codes, the table is larger than the nearest caches.
     #[inline]
     pub fn prefetch_home(&self, value: u32) {
-        if !self.slots.is_empty() {
+        if self.slots.len() >= PREFETCH_FROM_SLOTS {
             prefetch(self.slots.as_ptr().wrapping_add(self.home(value)));
         }
     }
