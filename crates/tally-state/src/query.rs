@@ -423,7 +423,7 @@ fn ledger_codes(part: &Part, target: QueryTarget) -> &LedgerCodeIndex {
 enum Along {
     /// A record to check against the filter (its cost is 1).
     Record(u32),
-    /// None: what the call cost, in records looked at.
+    /// No record to check: what the call cost, in records looked at.
     PassedOver(usize),
 }
 
