@@ -580,14 +580,17 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
     let started = std::time::Instant::now();
     pay_together(&ledger, THREADS, ROUNDS, 1_000);
     let elapsed_ms = started.elapsed().as_millis();
-    let groups = u128::from(ledger.metrics().groups_committed - before);
-    // A commit that several submissions shared is followed by one at least INTERVAL
-    // later. A commit that carries one alone lets the next come at once; that happens
-    // while the threads start up (at most once per thread), not once all 8 wait on the
-    // same paced commits.
+    let metrics = ledger.metrics();
+    let groups = u128::from(metrics.groups_committed - before);
+    // A commit that several submissions shared is followed by a pause until INTERVAL
+    // after it began, so paced commits come at most once per INTERVAL. (A commit that
+    // carries one submission alone lets the next come at once: that happens while the
+    // threads start up, and again whenever the host stops a thread for a while, so
+    // their number is not bounded here.)
+    let pauses = u128::from(metrics.commit_pauses);
     assert!(
-        groups <= u128::from(THREADS) + elapsed_ms / INTERVAL_MS,
-        "{groups} group commits in {elapsed_ms} ms"
+        pauses <= elapsed_ms / INTERVAL_MS + 1,
+        "{pauses} paced commits in {elapsed_ms} ms"
     );
     // So submitters waiting together shared syncs.
     assert!(
@@ -595,7 +598,6 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
         "{groups} group commits"
     );
     // Each pause follows a commit that several submissions shared.
-    let metrics = ledger.metrics();
     assert!(metrics.commit_pauses > 0 && metrics.commit_pauses <= metrics.groups_committed);
     assert!(metrics.commit_pause_us > 0);
     assert!(metrics.to_prometheus().contains(&format!(
