@@ -214,11 +214,9 @@ macro_rules! reads {
         pub fn $name(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
             match self {
                 Ledger::Node(node) => Ok(node.$node_read($arg)),
-                Ledger::Replica(hosted) => {
+                Ledger::Replica(_) => {
                     let $arg = $arg.to_owned();
-                    hosted.wait(move |replica| async move {
-                        replica.read(move |state| state.$state_read(&$arg)).await
-                    })
+                    self.read(move |state| state.$state_read(&$arg))
                 }
             }
         }
@@ -231,13 +229,9 @@ macro_rules! reads {
         pub async fn $name_async(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
             match self {
                 Ledger::Node(node) => Ok(node.$node_read($arg)),
-                Ledger::Replica(hosted) => {
+                Ledger::Replica(_) => {
                     let $arg = $arg.to_owned();
-                    hosted
-                        .run(move |replica| async move {
-                            replica.read(move |state| state.$state_read(&$arg)).await
-                        })
-                        .await
+                    self.read_async(move |state| state.$state_read(&$arg)).await
                 }
             }
         }
