@@ -138,28 +138,24 @@ impl Client {
             counters: Arc::new(Counters::default()),
         };
         let batch_events_max = config.batch_events_max;
+        let limits = coalesce::Limits {
+            batch_events_max,
+            batches_in_flight: config.batches_in_flight,
+        };
         let (accounts, accounts_queue) = mpsc::channel(batch_events_max);
         let (transfers, transfers_queue) = mpsc::channel(batch_events_max);
         let sender = rpc.clone();
-        tokio::spawn(coalesce::run(
-            accounts_queue,
-            batch_events_max,
-            move |events| {
-                let rpc = sender.clone();
-                Counters::add(&rpc.counters.coalesced_batches, 1);
-                async move { rpc.create_accounts(events).await }
-            },
-        ));
+        tokio::spawn(coalesce::run(accounts_queue, limits, move |events| {
+            let rpc = sender.clone();
+            Counters::add(&rpc.counters.coalesced_batches, 1);
+            async move { rpc.create_accounts(events).await }
+        }));
         let sender = rpc.clone();
-        tokio::spawn(coalesce::run(
-            transfers_queue,
-            batch_events_max,
-            move |events| {
-                let rpc = sender.clone();
-                Counters::add(&rpc.counters.coalesced_batches, 1);
-                async move { rpc.create_transfers(events).await }
-            },
-        ));
+        tokio::spawn(coalesce::run(transfers_queue, limits, move |events| {
+            let rpc = sender.clone();
+            Counters::add(&rpc.counters.coalesced_batches, 1);
+            async move { rpc.create_transfers(events).await }
+        }));
         let inner = Inner {
             endpoint: config.endpoint,
             batch_events_max,

@@ -3,17 +3,20 @@
 //!
 //! One background task per operation (accounts, transfers) owns the receiving end of a
 //! bounded queue of calls, each a single event or a small batch whose last event closes
-//! its linked chain. It keeps at most one batch in flight; while that batch is out, the
-//! calls that arrive fill the next one, which leaves the moment the answer of the first
-//! comes back. There is no timer: a lone call leaves at once. A call's events stay
-//! contiguous and in order inside the batch, and since its last event is not linked, no
-//! chain runs from one caller's events into another's: each caller gets the results it
-//! would have got alone.
+//! its linked chain. It keeps at most `batches_in_flight` batches out at once. A call
+//! that finds a flight free leaves at once (there is no timer); while every flight is
+//! out, the calls that arrive fill the next batch, which leaves the moment an answer
+//! comes back. So a fast server gets small batches soon and a slow one, such as a
+//! cluster waiting for a Raft round, gets full batches several at a time. A call's
+//! events stay contiguous and in order inside the batch, and since its last event is
+//! not linked, no chain runs from one caller's events into another's: each caller gets
+//! the results it would have got alone. Calls made concurrently may commit in any
+//! order; a call made after another was answered commits after it.
 //!
 //! Bounds, per operation: the queue holds at most `batch_events_max` calls of at most
-//! [`COALESCED_CALL_EVENTS_MAX`] events, the filling batch and the batch in flight at
-//! most `batch_events_max` events each. A caller that finds the queue full waits for
-//! room (backpressure).
+//! [`COALESCED_CALL_EVENTS_MAX`] events, the filling batch and each batch in flight at
+//! most `batch_events_max` events. A caller that finds the queue full waits for room
+//! (backpressure).
 //!
 //! A batch refused as a whole for what one call carried (`INVALID_ARGUMENT`,
 //! `PERMISSION_DENIED`: nothing of it was applied) is sent again call by call, so only
@@ -25,6 +28,8 @@
 
 use crate::CreateResult;
 use crate::error::ClientError;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,65 +89,78 @@ impl<E> Filling<E> {
     }
 }
 
+/// How large a coalescer's batches grow and how many it keeps out at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) batch_events_max: usize,
+    pub(crate) batches_in_flight: usize,
+}
+
 /// Runs the coalescer until every sender of `queue` is gone and every queued call is
 /// answered. `send` sends one batch (retries included) and answers its results in order.
-pub(crate) async fn run<E, S, F>(
-    mut queue: mpsc::Receiver<Pending<E>>,
-    batch_events_max: usize,
-    send: S,
-) where
+pub(crate) async fn run<E, S, F>(mut queue: mpsc::Receiver<Pending<E>>, limits: Limits, send: S)
+where
     E: Clone,
     S: Fn(Vec<E>) -> F,
     F: Future<Output = Result<Vec<CreateResult>, ClientError>>,
 {
-    assert!(batch_events_max > 0);
+    assert!(limits.batch_events_max > 0 && limits.batches_in_flight > 0);
     let mut filling = Filling {
         calls: Vec::new(),
         events: 0,
         carry: None,
-        events_max: batch_events_max,
+        events_max: limits.batch_events_max,
     };
+    let mut flights = FuturesUnordered::new();
     let mut queue_open = true;
     loop {
-        if filling.calls.is_empty() {
+        while flights.len() < limits.batches_in_flight && !filling.calls.is_empty() {
+            while filling.has_room() {
+                match queue.try_recv() {
+                    Ok(pending) => filling.add(pending),
+                    Err(_) => break,
+                }
+            }
+            let (events, replies) = filling.take();
+            assert!(!events.is_empty() && events.len() <= limits.batch_events_max);
+            flights.push(fly(&send, events, replies));
+        }
+        if flights.is_empty() {
+            assert!(filling.calls.is_empty());
             match queue.recv().await {
                 Some(pending) => filling.add(pending),
                 None => return,
             }
+            continue;
         }
-        while filling.has_room() {
-            match queue.try_recv() {
-                Ok(pending) => filling.add(pending),
-                Err(_) => break,
-            }
-        }
-        let (events, replies) = filling.take();
-        assert!(!events.is_empty() && events.len() <= batch_events_max);
-        // Kept to send the calls one by one should the batch be refused for one of them.
-        let kept = (replies.len() > 1).then(|| events.clone());
-        let in_flight = send(events);
-        tokio::pin!(in_flight);
-        let answer = loop {
-            tokio::select! {
-                biased;
-                answer = &mut in_flight => break answer,
-                pending = queue.recv(), if queue_open && filling.has_room() => {
-                    match pending {
-                        Some(pending) => filling.add(pending),
-                        None => queue_open = false,
-                    }
+        tokio::select! {
+            biased;
+            _ = flights.next() => {}
+            pending = queue.recv(), if queue_open && filling.has_room() => {
+                match pending {
+                    Some(pending) => filling.add(pending),
+                    None => queue_open = false,
                 }
             }
-        };
-        match (answer, kept) {
-            (Err(error), Some(events)) if error.is_per_call() => {
-                send_one_by_one(&send, replies, events).await;
-            }
-            (answer, _) => answer_callers(replies, answer),
         }
-        if !queue_open && filling.calls.is_empty() {
-            return;
+    }
+}
+
+/// Sends one batch and answers its callers; should it be refused for what one call
+/// carried, sends each call again on its own.
+async fn fly<E, S, F>(send: &S, events: Vec<E>, replies: Vec<(Reply, usize)>)
+where
+    E: Clone,
+    S: Fn(Vec<E>) -> F,
+    F: Future<Output = Result<Vec<CreateResult>, ClientError>>,
+{
+    // Kept to send the calls one by one should the batch be refused for one of them.
+    let kept = (replies.len() > 1).then(|| events.clone());
+    match (send(events).await, kept) {
+        (Err(error), Some(events)) if error.is_per_call() => {
+            send_one_by_one(send, replies, events).await;
         }
+        (answer, _) => answer_callers(replies, answer),
     }
 }
 
@@ -217,7 +235,19 @@ mod tests {
         task: tokio::task::JoinHandle<()>,
     }
 
+    /// Batches of up to `batch_events_max` events, `batches_in_flight` out at once.
+    fn limits(batch_events_max: usize, batches_in_flight: usize) -> Limits {
+        Limits {
+            batch_events_max,
+            batches_in_flight,
+        }
+    }
+
     fn start(batch_events_max: usize, queue_capacity: usize) -> Harness {
+        start_flying(limits(batch_events_max, 1), queue_capacity)
+    }
+
+    fn start_flying(limits: Limits, queue_capacity: usize) -> Harness {
         let (queue, receiver) = mpsc::channel(queue_capacity);
         let batches = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
@@ -230,7 +260,7 @@ mod tests {
                 Ok(answer(&events))
             }
         };
-        let task = tokio::spawn(run(receiver, batch_events_max, send));
+        let task = tokio::spawn(run(receiver, limits, send));
         Harness {
             queue,
             batches,
@@ -346,29 +376,71 @@ mod tests {
 
     #[tokio::test]
     async fn batches_never_exceed_the_limit() {
-        let harness = start(3, 16);
-        harness.gate.add_permits(100);
-        let mut callers = JoinSet::new();
-        for event in 0..10 {
+        for batches_in_flight in [1, 2, 5] {
+            let harness = start_flying(limits(3, batches_in_flight), 16);
+            harness.gate.add_permits(100);
+            let mut callers = JoinSet::new();
+            for event in 0..10 {
+                let queue = harness.queue.clone();
+                callers.spawn(async move { (event, call(&queue, event).await) });
+            }
+            while let Some(joined) = callers.join_next().await {
+                let (event, result) = joined.expect("joined");
+                assert_eq!(result.expect("ok").timestamp, event);
+            }
+            let batches = harness.batches.lock().expect("lock").clone();
+            assert!(batches.iter().all(|batch| batch.len() <= 3), "{batches:?}");
+            let mut events: Vec<u64> = batches.concat();
+            events.sort_unstable();
+            assert_eq!(events, (0..10).collect::<Vec<_>>(), "each event sent once");
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_leave_at_once_while_a_flight_is_free() {
+        let harness = start_flying(limits(100, 3), 100);
+        let mut callers = Vec::new();
+        for event in 0..3 {
             let queue = harness.queue.clone();
-            callers.spawn(async move { (event, call(&queue, event).await) });
+            callers.push(tokio::spawn(async move { call(&queue, event).await }));
+            batches_sent(&harness, event as usize + 1).await;
         }
-        while let Some(joined) = callers.join_next().await {
-            let (event, result) = joined.expect("joined");
-            assert_eq!(result.expect("ok").timestamp, event);
+        // Every flight is out: these fill one batch, which leaves when an answer comes.
+        let mut answers = Vec::new();
+        for event in 3..6 {
+            let (reply, answer) = oneshot::channel();
+            let pending = Pending {
+                events: vec![event],
+                reply,
+            };
+            harness.queue.send(pending).await.expect("running");
+            answers.push((event, answer));
         }
-        let batches = harness.batches.lock().expect("lock").clone();
-        assert!(batches.iter().all(|batch| batch.len() <= 3), "{batches:?}");
-        let mut events: Vec<u64> = batches.concat();
-        events.sort_unstable();
-        assert_eq!(events, (0..10).collect::<Vec<_>>(), "each event sent once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            harness.batches.lock().expect("lock").len(),
+            3,
+            "all flights out"
+        );
+        harness.gate.add_permits(1);
+        let batches = batches_sent(&harness, 4).await;
+        assert_eq!(batches, vec![vec![0], vec![1], vec![2], vec![3, 4, 5]]);
+        harness.gate.add_permits(3);
+        for (event, caller) in callers.into_iter().enumerate() {
+            let result = caller.await.expect("joined").expect("ok");
+            assert_eq!(result.timestamp, event as u64, "own result");
+        }
+        for (event, answer) in answers {
+            let results = answer.await.expect("answered").expect("ok");
+            assert_eq!(results[0].timestamp, event, "own result");
+        }
     }
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_callers() {
         let (queue, receiver) = mpsc::channel(8);
         let send = |_events: Vec<u64>| async { Err(ClientError::Busy { attempts: 3 }) };
-        tokio::spawn(run(receiver, 8, send));
+        tokio::spawn(run(receiver, limits(8, 1), send));
         let error = call(&queue, 1).await.expect_err("batch failed");
         assert!(
             matches!(error, ClientError::Busy { attempts: 3 }),
@@ -396,7 +468,7 @@ mod tests {
                 }
             }
         };
-        tokio::spawn(run(receiver, 8, send));
+        tokio::spawn(run(receiver, limits(8, 1), send));
         let first = queue.clone();
         let first = tokio::spawn(async move { call(&first, 1).await });
         while sent.lock().expect("lock").is_empty() {
@@ -444,7 +516,7 @@ mod tests {
             results.push(results[0]);
             Ok(results)
         };
-        tokio::spawn(run(receiver, 8, send));
+        tokio::spawn(run(receiver, limits(8, 1), send));
         let error = call(&queue, 1)
             .await
             .expect_err("two results for one event");

@@ -46,11 +46,20 @@ pub struct ClientConfig {
     /// Most events in one batch sent by the coalescer, and most events (or ids) a batch
     /// call accepts: 1 to 8,190 ([`BATCH_EVENTS_MAX`]), default 8,190.
     pub batch_events_max: usize,
+    /// Most batches of coalesced single calls out at once, per operation (accounts,
+    /// transfers): 1 to [`BATCHES_IN_FLIGHT_MAX`], default 4. One keeps a single batch
+    /// out, TigerBeetle's clients' way; more let the batches of a slow round, such as a
+    /// cluster's, overlap. Batch calls are not limited by it.
+    pub batches_in_flight: usize,
 }
+
+/// The most batches of coalesced calls a client keeps out at once, per operation.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
 impl ClientConfig {
     /// The defaults for `endpoint`: no TLS, no token, 10 s requests, 5 s connects, the
-    /// default [`RetryPolicy`], batches of up to 8,190 events.
+    /// default [`RetryPolicy`], batches of up to 8,190 events, four coalesced batches in
+    /// flight.
     pub fn new(endpoint: impl Into<String>) -> ClientConfig {
         ClientConfig {
             endpoint: endpoint.into(),
@@ -61,6 +70,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             batch_events_max: BATCH_EVENTS_MAX,
+            batches_in_flight: 4,
         }
     }
 }
@@ -77,6 +87,7 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("retry", &self.retry)
             .field("batch_events_max", &self.batch_events_max)
+            .field("batches_in_flight", &self.batches_in_flight)
             .finish()
     }
 }
@@ -188,6 +199,12 @@ pub(crate) fn prepare(config: &ClientConfig) -> Result<Prepared, ClientError> {
             config.batch_events_max
         )));
     }
+    if !(1..=BATCHES_IN_FLIGHT_MAX).contains(&config.batches_in_flight) {
+        return Err(ClientError::Config(format!(
+            "batches_in_flight {} is not within 1..={BATCHES_IN_FLIGHT_MAX}",
+            config.batches_in_flight
+        )));
+    }
     if config.retry.attempts_max == 0 {
         return Err(ClientError::Config("retry.attempts_max is 0".to_string()));
     }
@@ -292,6 +309,20 @@ mod tests {
                 ..base()
             },
             "batch_events_max 0",
+        );
+        check(
+            ClientConfig {
+                batches_in_flight: 0,
+                ..base()
+            },
+            "batches_in_flight 0",
+        );
+        check(
+            ClientConfig {
+                batches_in_flight: BATCHES_IN_FLIGHT_MAX + 1,
+                ..base()
+            },
+            "batches_in_flight 65",
         );
         check(
             ClientConfig {

@@ -5,9 +5,10 @@
 //!   the events are durable. Linked chains go this way.
 //! * **Coalesced single calls**: [`Client::create_account`] and [`Client::create_transfer`]
 //!   from many tasks are gathered into batches the way TigerBeetle's clients do it: per
-//!   operation at most one batch is in flight while the next one fills, and the filled
-//!   batch leaves the moment the answer comes back; a lone call leaves at once (no timer).
-//!   Each caller gets its own result. Small batches (at most 64 events) whose last
+//!   operation at most [`ClientConfig::batches_in_flight`] batches (default 4) are out
+//!   while the next one fills, and the filled batch leaves the moment an answer comes
+//!   back; a call that finds a flight free leaves at once (no timer). Each caller gets
+//!   its own result; calls made concurrently may commit in any order. Small batches (at most 64 events) whose last
 //!   event closes its linked chain are coalesced the same way, kept whole and in order.
 //!   A single call with the `linked` flag is refused ([`ClientError::LinkedSingle`]): it
 //!   would chain other callers' events.
@@ -26,8 +27,8 @@
 //! * **Typed errors**: [`ClientError`].
 //!
 //! Bounds: per operation, the coalescer holds at most `batch_events_max` queued calls,
-//! `batch_events_max` in the batch that fills and `batch_events_max` in flight; a caller
-//! that finds the queue full waits.
+//! `batch_events_max` in the batch that fills and `batch_events_max` in each batch in
+//! flight; a caller that finds the queue full waits.
 //!
 //! Invariant: the client depends on the wire interface (`tally-proto`) and the records
 //! (`tally-types`) only, never on the engine.
@@ -80,5 +81,8 @@ mod rpc;
 mod subscribe;
 
 pub use client::{ChangeEventsPage, Client, ClientStats, CreateResult};
-pub use config::{ClientConfig, ClientIdentity, RETRY_AFTER_HINT_MAX, RetryPolicy, TlsConfig};
+pub use config::{
+    BATCHES_IN_FLIGHT_MAX, ClientConfig, ClientIdentity, RETRY_AFTER_HINT_MAX, RetryPolicy,
+    TlsConfig,
+};
 pub use error::ClientError;
