@@ -31,10 +31,12 @@ struct Fixture {
     served: Served,
     /// Every operation, every ledger.
     admin: String,
-    /// create_accounts, lookup_accounts and lookup_transfers, ledger 840 only.
+    /// create_accounts, lookups and query_transfers, ledger 840 only.
     clerk: String,
     /// create_transfers and get_account_transfers, ledger 840 only.
     payer: String,
+    /// query_transfers, ledgers 840 and 978.
+    auditor: String,
 }
 
 impl Fixture {
@@ -46,7 +48,7 @@ impl Fixture {
         let clerk = make_token(
             &tokens,
             "clerk",
-            "create_accounts,lookup_accounts,lookup_transfers",
+            "create_accounts,lookup_accounts,lookup_transfers,query_transfers",
             "840",
         );
         let payer = make_token(
@@ -55,6 +57,7 @@ impl Fixture {
             "create_transfers,get_account_transfers",
             "840",
         );
+        let auditor = make_token(&tokens, "auditor", "query_transfers", "840,978");
         let mut args = vec![
             "--tls-cert".to_string(),
             path(&pki.server.cert),
@@ -75,6 +78,7 @@ impl Fixture {
             admin,
             clerk,
             payer,
+            auditor,
         }
     }
 
@@ -334,18 +338,7 @@ async fn a_token_may_call_only_its_operations_on_its_ledgers() {
         Vec::<u128>::new()
     );
 
-    // Records of other ledgers are answered as not found.
-    assert_eq!(found_accounts(&mut clerk, &[3, 1, 4, 2]).await, vec![1, 2]);
-    assert_eq!(found_transfers(&mut clerk, &[11, 10]).await, vec![10]);
-    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(3));
-    let history = payer.get_account_transfers(filter).await.unwrap();
-    assert!(
-        history.into_inner().transfers.is_empty(),
-        "EUR history hidden"
-    );
-    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(1));
-    let history = payer.get_account_transfers(filter).await.unwrap();
-    assert_eq!(history.into_inner().transfers.len(), 2, "USD history shown");
+    reads_stay_within_the_ledgers(&fixture).await;
 
     // Voiding the USD pending transfer with ledger 0 is allowed: it is the stored
     // pending transfer's ledger. With the EUR one voided too, the balances are back.
@@ -358,6 +351,61 @@ async fn a_token_may_call_only_its_operations_on_its_ledgers() {
         .await;
     all_ok(&applied.unwrap().into_inner(), 1);
     assert_eq!(fixture.stop_and_dump(), seeded(), "only what was allowed");
+}
+
+/// Reads that would show records of other ledgers are refused; reads within the token's
+/// ledgers are served, and a query naming no ledger sees the token's only one.
+async fn reads_stay_within_the_ledgers(fixture: &Fixture) {
+    let mut clerk = fixture.client(Auth::bearer(&fixture.clerk)).await;
+    let mut payer = fixture.client(Auth::bearer(&fixture.payer)).await;
+    let mut auditor = fixture.client(Auth::bearer(&fixture.auditor)).await;
+    let denied = |case: &str, status: tonic::Status| {
+        assert_eq!(status.code(), Code::PermissionDenied, "{case}: {status:?}");
+    };
+    let status = clerk.lookup_accounts(ids(&[3, 1])).await.expect_err("EUR");
+    denied("clerk looks up a EUR account", status);
+    let status = clerk
+        .lookup_transfers(ids(&[10, 11]))
+        .await
+        .expect_err("EUR");
+    denied("clerk looks up a EUR transfer", status);
+    assert_eq!(found_accounts(&mut clerk, &[1, 9, 2]).await, vec![1, 2]);
+    assert_eq!(found_transfers(&mut clerk, &[10, 99]).await, vec![10]);
+    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(3));
+    let status = payer.get_account_transfers(filter).await.expect_err("EUR");
+    denied("payer reads a EUR account's transfers", status);
+    let filter = tally_proto::filter_to_proto(&tally_types::AccountFilter::new(1));
+    let history = payer.get_account_transfers(filter).await.unwrap();
+    assert_eq!(history.into_inner().transfers.len(), 2, "USD history shown");
+
+    let query = |ledger: u32| {
+        tally_proto::query_filter_to_proto(&tally_types::QueryFilter {
+            ledger,
+            ..tally_types::QueryFilter::default()
+        })
+    };
+    let ids_of = |transfers: Vec<v1::Transfer>| -> Vec<u128> {
+        transfers.iter().map(|t| u128_from_proto(t.id)).collect()
+    };
+    let usd = clerk.query_transfers(query(0)).await.unwrap().into_inner();
+    assert_eq!(
+        ids_of(usd.transfers),
+        vec![10, 13],
+        "narrowed to the clerk's ledger"
+    );
+    let status = clerk.query_transfers(query(EUR)).await.expect_err("EUR");
+    denied("clerk queries EUR", status);
+    let status = auditor
+        .query_transfers(query(0))
+        .await
+        .expect_err("no ledger");
+    denied("a token of two ledgers queries without naming one", status);
+    let eur = auditor
+        .query_transfers(query(EUR))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids_of(eur.transfers), vec![11, 15]);
 }
 
 /// Connects and makes one lookup; the error, if any, as text.

@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use tally_types::QueryFilter;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -131,6 +132,60 @@ impl Rights {
     /// True when the token may touch every ledger.
     pub fn ledgers_all(&self) -> bool {
         self.ledgers.is_none()
+    }
+
+    /// `PERMISSION_DENIED` when a read found a record (`what` and its id) in a ledger
+    /// outside the token's ledgers.
+    pub fn check_read(
+        &self,
+        what: &str,
+        found: impl IntoIterator<Item = (u128, u32)>,
+    ) -> Result<(), Status> {
+        match found
+            .into_iter()
+            .find(|&(_, ledger)| !self.ledger_allowed(ledger))
+        {
+            None => Ok(()),
+            Some((id, _)) => Err(Status::permission_denied(format!(
+                "token {:?} may not read {what} {id}: its ledger is not one of the token's",
+                self.name
+            ))),
+        }
+    }
+
+    /// The query a token may run: one naming a ledger outside the token's ledgers is
+    /// refused (`PERMISSION_DENIED`); one naming none is narrowed to the token's ledger
+    /// when it has one, and refused when it has several, since a page drawn from every
+    /// ledger and then filtered could come back short while more records match.
+    pub fn scope_query(&self, filter: &mut QueryFilter) -> Result<(), Status> {
+        let Some(allowed) = &self.ledgers else {
+            return Ok(());
+        };
+        if filter.ledger != 0 {
+            return if allowed.contains(&filter.ledger) {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(format!(
+                    "token {:?} may not query ledger {}",
+                    self.name, filter.ledger
+                )))
+            };
+        }
+        let mut ledgers = allowed.iter();
+        match (ledgers.next(), ledgers.next()) {
+            (Some(&only), None) => {
+                filter.ledger = only;
+                Ok(())
+            }
+            (None, _) => Err(Status::permission_denied(format!(
+                "token {:?} may read no ledger",
+                self.name
+            ))),
+            (Some(_), Some(_)) => Err(Status::permission_denied(format!(
+                "token {:?} may read several ledgers: the query must name one",
+                self.name
+            ))),
+        }
     }
 
     /// `PERMISSION_DENIED` unless every event's ledger is allowed: the ledger each will
@@ -436,6 +491,37 @@ mod tests {
         );
         assert!(rights.check_ledgers([0]).is_err(), "ledger 0 must be named");
         assert!(Rights::all().check_ledgers([0, 5]).is_ok());
+    }
+
+    #[test]
+    fn reads_and_queries_stay_within_the_ledgers() {
+        let rights = checkout();
+        assert!(rights.check_read("account", [(1, 840), (2, 840)]).is_ok());
+        let other = rights
+            .check_read("account", [(1, 840), (7, 978)])
+            .expect_err("978");
+        assert_eq!(other.code(), tonic::Code::PermissionDenied);
+        assert!(other.message().contains("account 7"), "{}", other.message());
+
+        let mut any = QueryFilter::default();
+        rights.scope_query(&mut any).expect("narrowed");
+        assert_eq!(any.ledger, 840, "the token's only ledger");
+        let mut named = QueryFilter {
+            ledger: 978,
+            ..QueryFilter::default()
+        };
+        let refused = rights.scope_query(&mut named).expect_err("978");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let two = Rights {
+            ledgers: Some([840, 978].into_iter().collect()),
+            ..checkout()
+        };
+        let mut any = QueryFilter::default();
+        let refused = two.scope_query(&mut any).expect_err("must name one");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let mut all = QueryFilter::default();
+        Rights::all().scope_query(&mut all).expect("every ledger");
+        assert_eq!(all.ledger, 0, "left as asked");
     }
 
     #[test]

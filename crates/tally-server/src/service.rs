@@ -93,8 +93,9 @@ impl LedgerService {
         }
     }
 
-    /// The answer of a read of accounts: records in ledgers outside the token's rights
-    /// are answered as not found; `items` is what the call counts as answered.
+    /// The answer of a read of accounts, refused (`PERMISSION_DENIED`) when it found one
+    /// in a ledger outside the token's ledgers; `items` is what the call counts as
+    /// answered.
     fn accounts_answer(
         &self,
         operation: Operation,
@@ -102,12 +103,12 @@ impl LedgerService {
         found: Result<Vec<Account>, BackendError>,
         items: usize,
     ) -> Result<Response<v1::Accounts>, Status> {
-        let accounts = found
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|account| rights.ledger_allowed(account.ledger))
-            .map(tally_proto::account_to_proto)
-            .collect();
+        let found = found.map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
+        let ledgers = found.iter().map(|account| (account.id, account.ledger));
+        rights
+            .check_read("account", ledgers)
+            .map_err(|status| self.refuse(operation, status))?;
+        let accounts = found.iter().map(tally_proto::account_to_proto).collect();
         self.stats.answered(operation, items);
         Ok(Response::new(v1::Accounts { accounts }))
     }
@@ -120,14 +121,36 @@ impl LedgerService {
         found: Result<Vec<Transfer>, BackendError>,
         items: usize,
     ) -> Result<Response<v1::Transfers>, Status> {
-        let transfers = found
-            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-            .iter()
-            .filter(|transfer| rights.ledger_allowed(transfer.ledger))
-            .map(tally_proto::transfer_to_proto)
-            .collect();
+        let found = found.map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
+        let ledgers = found.iter().map(|transfer| (transfer.id, transfer.ledger));
+        rights
+            .check_read("transfer", ledgers)
+            .map_err(|status| self.refuse(operation, status))?;
+        let transfers = found.iter().map(tally_proto::transfer_to_proto).collect();
         self.stats.answered(operation, items);
         Ok(Response::new(v1::Transfers { transfers }))
+    }
+
+    /// `PERMISSION_DENIED` when the account a history or balance read names is stored
+    /// in a ledger outside the token's ledgers; an account not stored reads as empty.
+    async fn check_account_read(
+        &self,
+        operation: Operation,
+        rights: &Rights,
+        account_id: u128,
+    ) -> Result<(), Status> {
+        if rights.ledgers_all() {
+            return Ok(());
+        }
+        let found = self
+            .backend
+            .lookup_accounts_async(&[account_id])
+            .await
+            .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
+        let ledgers = found.iter().map(|account| (account.id, account.ledger));
+        rights
+            .check_read("account", ledgers)
+            .map_err(|status| self.refuse(operation, status))
     }
 
     fn submit_status(&self, error: &BackendError) -> Status {
@@ -331,23 +354,13 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
-        // The rows of an account outside the token's ledgers are answered as none.
-        let account = self
+        self.check_account_read(operation, rights, filter.account_id)
+            .await?;
+        let rows = self
             .backend
-            .lookup_accounts_async(&[filter.account_id])
+            .get_account_balances_async(&filter)
             .await
             .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
-        let allowed = account
-            .first()
-            .is_some_and(|a| rights.ledger_allowed(a.ledger));
-        let rows = if allowed {
-            self.backend
-                .get_account_balances_async(&filter)
-                .await
-                .map_err(|e| self.refuse(operation, self.submit_status(&e)))?
-        } else {
-            Vec::new()
-        };
         self.stats.answered(operation, 1);
         let balances = rows
             .iter()
@@ -362,8 +375,11 @@ impl tally_proto::LedgerService for LedgerService {
     ) -> Result<Response<v1::Accounts>, Status> {
         let operation = Operation::QueryAccounts;
         let rights = self.admit(&request, operation)?;
-        let filter = tally_proto::query_filter_from_proto(request.get_ref())
+        let mut filter = tally_proto::query_filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
+        rights
+            .scope_query(&mut filter)
+            .map_err(|status| self.refuse(operation, status))?;
         let found = self.backend.query_accounts_async(&filter).await;
         self.accounts_answer(operation, rights, found, 1)
     }
@@ -374,8 +390,11 @@ impl tally_proto::LedgerService for LedgerService {
     ) -> Result<Response<v1::Transfers>, Status> {
         let operation = Operation::QueryTransfers;
         let rights = self.admit(&request, operation)?;
-        let filter = tally_proto::query_filter_from_proto(request.get_ref())
+        let mut filter = tally_proto::query_filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
+        rights
+            .scope_query(&mut filter)
+            .map_err(|status| self.refuse(operation, status))?;
         let found = self.backend.query_transfers_async(&filter).await;
         self.transfers_answer(operation, rights, found, 1)
     }
@@ -410,6 +429,8 @@ impl tally_proto::LedgerService for LedgerService {
         let rights = self.admit(&request, operation)?;
         let filter = tally_proto::filter_from_proto(request.get_ref())
             .map_err(|message| self.refuse(operation, Status::invalid_argument(message)))?;
+        self.check_account_read(operation, rights, filter.account_id)
+            .await?;
         let found = self.backend.get_account_transfers_async(&filter).await;
         self.transfers_answer(operation, rights, found, 1)
     }
