@@ -24,7 +24,9 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 use tally_log::events::{EventJournal, JournalOptions};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
-use tally_state::{InvariantViolation, LedgerTotals, Query, QueryTarget, StateMachine};
+use tally_state::{
+    AccountTransfersRead, InvariantViolation, LedgerTotals, Query, QueryTarget, StateMachine,
+};
 use tally_types::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, QueryFilter,
     Transfer,
@@ -577,9 +579,18 @@ impl Ledger {
         self.shared().state.read().lookup_transfers(ids)
     }
 
-    /// `get_account_transfers`: an account's history, filtered and bounded.
+    /// `get_account_transfers`: an account's history, filtered and bounded, as it stood
+    /// when the call began. Read a bounded step at a time, as queries are: the read
+    /// lock is taken per step, so a long history never holds up commits.
     pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        self.shared().state.read().account_transfers(filter)
+        let state_lock = &self.shared().state;
+        let mut state = state_lock.read();
+        let mut read = AccountTransfersRead::new(&state, filter);
+        while !read.step(&state) {
+            drop(state);
+            state = state_lock.read();
+        }
+        read.transfers()
     }
 
     /// `get_account_balances`: the balances of an account created with the `history`
@@ -662,8 +673,8 @@ impl Ledger {
     }
 
     /// Follows the change events: every event with a timestamp after `after` (0 = from
-    /// the first kept), in commit order, then each new one as it is committed, until
-    /// the ledger shuts down. The stream reads the event journal's files: a slow
+    /// the first; an error once retention deleted events it would yield), in commit
+    /// order, then each new one as it is committed, until the ledger shuts down. The stream reads the event journal's files: a slow
     /// consumer holds no memory of the engine's and never slows commits. A consumer
     /// that stores the timestamp of the last event it handled and subscribes after it
     /// again receives every later event exactly once, across restarts and crashes of

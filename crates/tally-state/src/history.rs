@@ -184,6 +184,7 @@ impl Histories {
     }
 
     /// `account`'s entries, newest first.
+    #[cfg(test)]
     pub fn newest_first(&self, account: u32) -> impl Iterator<Item = TransferRef> + '_ {
         let Head { block, len } = self.heads[account as usize];
         let mut block = block;
@@ -223,6 +224,110 @@ impl Histories {
             .rev()
             .flat_map(move |block| self.block(block).refs)
             .take(len)
+    }
+
+    /// A walk over `account`'s entries as they stand now, newest or oldest first.
+    pub fn walk(&self, account: u32, newest_first: bool) -> HistoryWalk {
+        let Head { block, len } = self.heads[account as usize];
+        let len = len as usize;
+        HistoryWalk {
+            newest_first,
+            left: len,
+            block,
+            in_block: match (newest_first, len) {
+                (false, _) | (true, 0) => 0,
+                (true, len) => (len - 1) % REFS_PER_BLOCK + 1,
+            },
+            blocks: Vec::new(),
+            blocks_wanted: if newest_first {
+                0
+            } else {
+                len.div_ceil(REFS_PER_BLOCK)
+            },
+        }
+    }
+}
+
+/// A read of one account's history taken in bounded steps ([`HistoryWalk::step`]),
+/// over the entries it held when the walk began. Those never move or change between
+/// steps: blocks never move, a full block never changes, and a rollback pops only
+/// entries appended after them.
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryWalk {
+    newest_first: bool,
+    /// Entries still to read.
+    left: usize,
+    /// The block being read: newest first, its unread entries are `..in_block`;
+    /// oldest first, the next block whose link is to be followed.
+    block: u32,
+    in_block: usize,
+    /// Oldest first: the blocks gathered so far, newest first; read from the back,
+    /// once all `blocks_wanted` are there (then 0), from entry `in_block` of the last.
+    blocks: Vec<u32>,
+    blocks_wanted: usize,
+}
+
+impl HistoryWalk {
+    /// Reads up to about `budget` entries (oldest first, following a block's link
+    /// counts as one), handing each to `visit` in order until it returns false; true
+    /// once the walk is over.
+    pub fn step(
+        &mut self,
+        histories: &Histories,
+        budget: usize,
+        mut visit: impl FnMut(TransferRef) -> bool,
+    ) -> bool {
+        let mut budget = budget;
+        if !self.newest_first {
+            while self.blocks.len() < self.blocks_wanted {
+                if budget == 0 {
+                    return false;
+                }
+                self.blocks.push(self.block);
+                self.block = histories.block(self.block).previous;
+                budget -= 1;
+            }
+            if self.blocks_wanted > 0 {
+                assert_eq!(
+                    self.block, NO_BLOCK,
+                    "a history's oldest block links nowhere"
+                );
+                self.blocks_wanted = 0;
+            }
+        }
+        while budget > 0 {
+            let Some(entry) = self.next(histories) else {
+                return true;
+            };
+            budget -= 1;
+            if !visit(entry) {
+                return true;
+            }
+        }
+        self.left == 0
+    }
+
+    fn next(&mut self, histories: &Histories) -> Option<TransferRef> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        if self.newest_first {
+            if self.in_block == 0 {
+                self.block = histories.block(self.block).previous;
+                self.in_block = REFS_PER_BLOCK;
+            }
+            self.in_block -= 1;
+            return Some(histories.block(self.block).refs[self.in_block]);
+        }
+        let block = *self.blocks.last().expect("entries left, so blocks left");
+        let entry = histories.block(block).refs[self.in_block];
+        self.in_block += 1;
+        if self.in_block == REFS_PER_BLOCK {
+            self.blocks.pop();
+            self.in_block = 0;
+        }
+        Some(entry)
     }
 }
 
@@ -281,6 +386,18 @@ mod tests {
                     .newest_first(account)
                     .eq(expected.iter().rev().copied())
             );
+            for (newest_first, budget) in [(true, 1), (true, 7), (false, 1), (false, 40)] {
+                let mut walk = histories.walk(account, newest_first);
+                let mut walked = Vec::new();
+                while !walk.step(&histories, budget, |entry| {
+                    walked.push(entry);
+                    true
+                }) {}
+                if newest_first {
+                    walked.reverse();
+                }
+                assert_eq!(&walked, expected, "account {account}, budget {budget}");
+            }
         }
         // Every block opened is either in a history or free: none leaked.
         let in_use: usize = model.iter().map(|h| h.len().div_ceil(REFS_PER_BLOCK)).sum();

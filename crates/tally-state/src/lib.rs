@@ -15,6 +15,7 @@
 //! same batches with the same timestamps always give the same results and state.
 #![deny(missing_docs)]
 
+mod account_read;
 mod apply;
 mod balance_history;
 mod burned;
@@ -39,6 +40,7 @@ mod store;
 mod tables;
 mod value_index;
 
+pub use account_read::AccountTransfersRead;
 pub use apply::Held;
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};

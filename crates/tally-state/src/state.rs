@@ -2,6 +2,7 @@
 //! parts back into one view. With one part this is the plain reference state machine;
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
+use crate::account_read::AccountTransfersRead;
 use crate::apply::account_slot;
 use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
@@ -303,37 +304,18 @@ impl StateMachine {
         )
     }
 
-    fn transfer_by_ref(&self, transfer_ref: TransferRef) -> Transfer {
+    pub(crate) fn transfer_by_ref(&self, transfer_ref: TransferRef) -> Transfer {
         let (part, position) = Part::decode_ref(transfer_ref, self.parts.len());
         self.parts[part].transfers.get(position)
     }
 
     /// `get_account_transfers`: the account's transfers in timestamp order (or newest
-    /// first when `reversed`), filtered by direction and time range, at most the limit.
+    /// first when `reversed`), filtered by direction, time range, user data and code,
+    /// at most the limit; in one go ([`AccountTransfersRead`] reads it step by step).
     pub fn account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        let part = self.part(filter.account_id);
-        let Some(account_index) = part.account_position(filter.account_id) else {
-            return Vec::new();
-        };
-        let history = &part.account_history;
-        let limit = filter.limit_effective();
-        let matching = |transfer_ref: TransferRef| {
-            let transfer = self.transfer_by_ref(transfer_ref);
-            filter.matches(&transfer).then_some(transfer)
-        };
-        if filter.reversed {
-            history
-                .newest_first(account_index)
-                .filter_map(matching)
-                .take(limit)
-                .collect()
-        } else {
-            history
-                .oldest_first(account_index)
-                .filter_map(matching)
-                .take(limit)
-                .collect()
-        }
+        let mut read = AccountTransfersRead::new(self, filter);
+        while !read.step(self) {}
+        read.transfers()
     }
 
     /// `get_account_balances`: the balance history of an account created with

@@ -2,7 +2,7 @@
 
 use crate::StateMachine;
 use crate::test_support::{account, transfer};
-use crate::{Query, QueryTarget};
+use crate::{AccountTransfersRead, Query, QueryTarget};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use tally_types::{
@@ -1787,6 +1787,97 @@ fn chained_queries_answer_the_state_they_began_on() {
         }
         assert!(steps > 0, "{filter:?} took one step");
         assert_eq!(query.transfers(&sm), expected, "{filter:?}");
+    }
+}
+
+/// `get_account_transfers` read step by step, with batches (and chains that roll back)
+/// committed between its steps, answers the account's history as it stood when the
+/// read began, for every direction, time range, field and limit, on 1 and 3 parts.
+#[test]
+fn stepped_account_reads_answer_the_history_they_began_on() {
+    for parts in [1, 3] {
+        let mut sm = property_ledger_in_parts(parts);
+        let mut next_id = 1_000u128;
+        let mut now = T0;
+        let mut apply = |sm: &mut StateMachine, linked_failure: bool| {
+            now += SECOND;
+            let mut transfers: Vec<Transfer> = (0..1_000u128)
+                .map(|i| {
+                    next_id += 1;
+                    let (debit, credit) = if i % 4 == 0 { (6, 1) } else { (1, 6) };
+                    let mut t = transfer(next_id, debit, credit, 1);
+                    t.code = 1 + (i % 3) as u16;
+                    t.user_data_64 = (i % 5) as u64;
+                    t
+                })
+                .collect();
+            if linked_failure {
+                transfers[0].flags = TF::LINKED;
+                transfers[1].flags = TF::LINKED;
+                transfers[2].debit_account_id = transfers[2].credit_account_id;
+            }
+            sm.apply(now, &Batch::CreateTransfers(transfers));
+        };
+        for _ in 0..12 {
+            apply(&mut sm, false);
+        }
+        let middle = T0 + 5 * SECOND;
+        let base = AccountFilter::new(1);
+        let filters = [
+            base,
+            AccountFilter {
+                reversed: true,
+                ..base
+            },
+            AccountFilter {
+                credits: false,
+                limit: 5_000,
+                ..base
+            },
+            AccountFilter {
+                debits: false,
+                reversed: true,
+                ..base
+            },
+            AccountFilter {
+                code: 2,
+                user_data_64: 3,
+                ..base
+            },
+            AccountFilter {
+                timestamp_min: middle,
+                timestamp_max: middle + 2 * SECOND,
+                ..base
+            },
+            AccountFilter {
+                timestamp_max: middle,
+                reversed: true,
+                limit: 10,
+                ..base
+            },
+            AccountFilter {
+                timestamp_min: middle + 4 * SECOND,
+                reversed: true,
+                ..base
+            },
+            AccountFilter::new(999),
+        ];
+        for (n, filter) in filters.iter().enumerate() {
+            let mut expected: Vec<Transfer> =
+                sm.transfers().filter(|t| filter.matches(t)).collect();
+            if filter.reversed {
+                expected.reverse();
+            }
+            expected.truncate(filter.limit_effective());
+            let mut read = AccountTransfersRead::new(&sm, filter);
+            let mut steps = 0;
+            while !read.step(&sm) {
+                steps += 1;
+                apply(&mut sm, n % 2 == 0);
+            }
+            assert!(steps > 0 || filter.account_id == 999 || filter.limit == 10);
+            assert_eq!(read.transfers(), expected, "{parts} parts, {filter:?}");
+        }
     }
 }
 
