@@ -382,8 +382,9 @@ impl Client {
     }
 
     /// Follows the change events: every event with a timestamp after `after` (0 = from
-    /// the first kept), in commit order, then each new one as it is committed. Events of
-    /// ledgers outside the token's rights are left out.
+    /// the first; an error once retention deleted events it would yield), in commit
+    /// order, then each new one as it is committed. Events of ledgers outside the
+    /// token's rights are left out.
     ///
     /// The stream outlives its connection: when the server stops or the connection
     /// breaks, it subscribes again (per the [`RetryPolicy`](crate::RetryPolicy), the

@@ -74,7 +74,8 @@ pub enum Request {
     /// `get_change_events`: events with timestamp at or after `timestamp_min`, at most
     /// `limit` (1 to 8,190).
     GetChangeEvents {
-        /// The first timestamp wanted (0 = from the first kept).
+        /// The first timestamp wanted (0 = from the first; an error once retention
+        /// deleted events it would answer).
         timestamp_min: u64,
         /// The most events answered.
         limit: u32,
