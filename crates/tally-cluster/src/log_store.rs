@@ -128,7 +128,18 @@ impl LogStore {
                 .and_then(|dir| dir.sync_all())
                 .map_err(|e| format!("{}: fsync directory: {e}", dir.display()))?;
         }
-        if file.metadata().map(|m| m.len()).unwrap_or(0) > valid_len {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > valid_len {
+            // Never in silence: a crash leaves such bytes, but so does damage to the
+            // last frame, which may have been acknowledged.
+            let kept = keep_torn_tail(dir, &path, valid_len)?;
+            tracing::warn!(
+                bytes = len - valid_len,
+                kept = %kept.display(),
+                "the replica log ended in bytes that do not check (a write cut short by a \
+                 crash, never acknowledged, or damage to the last frame); cut from the log \
+                 and kept"
+            );
             file.set_len(valid_len)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| format!("{}: cutting the torn tail: {e}", path.display()))?;
@@ -258,6 +269,25 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
     let actual = crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload);
     (actual == crc).then_some((kind, payload, FRAME_HEADER + len))
+}
+
+/// Copies the log's bytes from `offset` on into `torn-replica-at-<offset>.bin` in
+/// `dir`, durably, before they are cut; returns its path. A crash before the cut
+/// keeps them again at the next start.
+fn keep_torn_tail(dir: &Path, path: &Path, offset: u64) -> Result<PathBuf, String> {
+    use std::io::{Seek, SeekFrom};
+    let kept = dir.join(format!("torn-replica-at-{offset}.bin"));
+    let failed = |what: &str, e: io::Error| format!("{}: {what}: {e}", kept.display());
+    let mut log = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    log.seek(SeekFrom::Start(offset))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut copy = File::create(&kept).map_err(|e| failed("create", e))?;
+    io::copy(&mut log, &mut copy).map_err(|e| failed("copy the torn tail", e))?;
+    copy.sync_all().map_err(|e| failed("fsync", e))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| format!("{}: fsync directory: {e}", dir.display()))?;
+    Ok(kept)
 }
 
 /// Reads the log file: its contents and how many of its bytes are valid.
@@ -572,6 +602,18 @@ mod tests {
         let (contents, valid) = read_log(&path).expect("a torn tail is cut");
         assert_eq!(valid, first as u64);
         assert_eq!(contents.vote, Some(vote));
+
+        // Opening the log cuts the tail and keeps its bytes.
+        let store = LogStore::open(dir.path()).expect("opens");
+        drop(store);
+        assert_eq!(
+            std::fs::metadata(&path).expect("log").len(),
+            first as u64,
+            "cut"
+        );
+        let kept = dir.path().join(format!("torn-replica-at-{first}.bin"));
+        let kept = std::fs::read(kept).expect("the cut bytes are kept");
+        assert_eq!(kept, &bytes[first..bytes.len() - 2]);
 
         let mut damaged = bytes.clone();
         damaged[FRAME_HEADER + 1] ^= 0x40;
