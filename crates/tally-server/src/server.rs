@@ -26,9 +26,10 @@ use tonic_health::server::HealthReporter;
 const WINDOW_STREAM_BYTES: u32 = 2 << 20;
 
 /// HTTP/2 flow-control window of a connection: two full batches in flight. It bounds
-/// the bytes a connection can make the server hold before a call reads them, so the
-/// worst case in all is `connections_max` × 4 MiB: 4 GiB with the default 1,024
-/// connections. (A message being decoded is bounded by `message_bytes_max`.)
+/// the bytes a connection has sent that no call has read yet; each call reads its
+/// message as it arrives, up to `message_bytes_max`, so a connection can make the
+/// server hold at most `streams_per_connection_max` × `message_bytes_max` (see
+/// docs/server.md, "Limits").
 const WINDOW_CONNECTION_BYTES: u32 = 4 << 20;
 
 /// The gRPC server of one ledger.
