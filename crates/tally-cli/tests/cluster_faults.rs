@@ -292,11 +292,43 @@ fn an_isolated_leader_acknowledges_nothing_and_converges_after_healing() {
         );
         load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
             .await;
+        reads_at_the_isolated_leader_are_never_stale(&cluster, &client, &majority, &record).await;
         net.heal();
         load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
             .await;
         finish(&cluster, &ALL, load, started).await;
     });
+}
+
+/// Linearizable reads (docs/spec.md §3): transfers the majority acknowledged after the
+/// leader was cut off are never answered as missing by the old leader, which cannot
+/// confirm that it still leads: its read fails instead.
+async fn reads_at_the_isolated_leader_are_never_stale(
+    cluster: &Cluster,
+    isolated: &tally_client::Client,
+    majority: &[u64],
+    record: &Mutex<Record>,
+) {
+    let client = cluster.client(majority, Duration::from_secs(5)).await;
+    let mut rng = SeededRng::new(11);
+    let batch: Vec<_> = (0..3)
+        .map(|i| load::transfer(900_000_000_000 + i, &mut rng))
+        .collect();
+    let ids: Vec<u128> = batch.iter().map(|(transfer, _)| transfer.id).collect();
+    assert!(
+        load::send(&client, batch, record).await,
+        "the majority acknowledged nothing"
+    );
+    let found = client.lookup_transfers(&ids).await.unwrap();
+    assert_eq!(found.len(), ids.len(), "the majority reads its own writes");
+    match isolated.lookup_transfers(&ids).await {
+        Err(_) => {}
+        Ok(stale) => assert_eq!(
+            stale.len(),
+            ids.len(),
+            "the isolated leader answered a read without the majority's writes"
+        ),
+    }
 }
 
 #[test]
