@@ -332,6 +332,35 @@ async fn reads_at_the_isolated_leader_are_never_stale(
 }
 
 #[test]
+fn a_client_given_a_follower_first_finds_the_leader() {
+    run(async {
+        let cluster = Cluster::start(3, false).await;
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        let follower = others(&ALL, leader)[0];
+        let client = cluster
+            .client(&[follower, leader], Duration::from_secs(5))
+            .await;
+        load::create_accounts(&client).await;
+        // The follower passed the write on and said so: the client moved to the leader.
+        assert_eq!(client.stats().forwarded, 1, "{:?}", client.stats());
+        let record = Mutex::new(Record::default());
+        let mut rng = SeededRng::new(5);
+        for id in 1..=10 {
+            let batch = vec![load::transfer(700_000_000_000 + id, &mut rng)];
+            assert!(load::send(&client, batch, &record).await, "write {id}");
+        }
+        let leader_now = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        if leader_now == leader {
+            assert_eq!(
+                client.stats().forwarded,
+                1,
+                "writes still went through the follower"
+            );
+        }
+    });
+}
+
+#[test]
 fn an_isolated_follower_catches_up_after_healing() {
     run(async {
         let started = Instant::now();

@@ -53,6 +53,9 @@ pub struct ClientStats {
     pub coalesced_batches: u64,
     /// Attempts retried after `UNAVAILABLE`, a broken connection or `RESOURCE_EXHAUSTED`.
     pub retries: u64,
+    /// Create calls answered by a cluster replica that passed them on to its leader;
+    /// after each, the client's calls move on to the next replica it knows.
+    pub forwarded: u64,
 }
 
 /// An async client of Tally's gRPC server: one HTTP/2 connection, reconnected as needed.
@@ -418,6 +421,7 @@ impl Client {
             single_calls: read(&counters.single_calls),
             coalesced_batches: read(&counters.coalesced_batches),
             retries: read(&counters.retries),
+            forwarded: read(&counters.forwarded),
         }
     }
 

@@ -27,7 +27,8 @@ pub struct ClientConfig {
     /// The server's URL: `http://host:port`, or `https://host:port` with [`Self::tls`].
     pub endpoint: String,
     /// More URLs of the same ledger: the other replicas of a cluster (any replica takes
-    /// any call; a follower passes writes on to the leader). Calls go to one endpoint
+    /// any call; a follower passes writes on to the leader, and marks its answer so that
+    /// the client moves on towards the leader). Calls go to one endpoint
     /// at a time; when it cannot be reached or answers `UNAVAILABLE`, the retry goes to
     /// the next, and after a call times out the next call does. Same scheme and TLS
     /// settings as `endpoint`. Default: none.

@@ -22,6 +22,7 @@ pub(crate) struct Counters {
     pub(crate) single_calls: AtomicU64,
     pub(crate) coalesced_batches: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
 }
 
 impl Counters {
@@ -86,7 +87,18 @@ impl Rpc {
             let ledger = self.ledgers[index].clone();
             let answer = tokio::time::timeout(self.request_timeout, call(ledger, request));
             let status = match answer.await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => {
+                    // A replica that passed a write on to the leader: later calls try
+                    // the next replica, until one leads (and answers without the mark).
+                    if response
+                        .metadata()
+                        .contains_key(tally_proto::FORWARDED_HEADER)
+                    {
+                        Counters::add(&self.counters.forwarded, 1);
+                        self.move_on_from(index);
+                    }
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) => status,
                 Err(_elapsed) => {
                     // The replica may be cut off from the others: the next call tries

@@ -239,6 +239,16 @@ macro_rules! reads {
 }
 
 impl Ledger {
+    /// True when writes sent here go on to another process: a replica that does not
+    /// lead. A server tells its clients so (`tally-forwarded`), and they move to the
+    /// next replica they know, until they reach the leader.
+    pub fn forwards_writes(&self) -> bool {
+        match self {
+            Ledger::Node(_) => false,
+            Ledger::Replica(hosted) => !hosted.replica().leads(),
+        }
+    }
+
     /// Opens a single node (`Config`) or one replica of a cluster (`ClusterConfig`).
     /// A replica gets a tokio runtime of its own (two threads), which ends with the last
     /// clone of the handle; inside async code, [`Ledger::open_async`] runs it on the

@@ -798,6 +798,12 @@ impl Replica {
         })
     }
 
+    /// True while this replica leads and hears from a majority: its writes go to no
+    /// other replica.
+    pub fn leads(&self) -> bool {
+        matches!(self.core.leader(), Leader::Me)
+    }
+
     /// Where this replica stands.
     pub fn status(&self) -> ReplicaStatus {
         self.core.status()

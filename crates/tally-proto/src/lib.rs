@@ -36,4 +36,9 @@ pub use convert::{
     u128_to_proto,
 };
 pub use v1::ledger_client::LedgerClient;
+
+/// The metadata key a cluster replica that does not lead sets (to `1`) on its answer
+/// to a create call it passed on to the leader: the client may move its writes on to
+/// another replica it knows, towards the leader, and save the hop.
+pub const FORWARDED_HEADER: &str = "tally-forwarded";
 pub use v1::ledger_server::{Ledger as LedgerService, LedgerServer};

@@ -83,7 +83,7 @@ impl LedgerService {
         {
             Ok(results) => {
                 self.stats.answered(operation, events);
-                Ok(Response::new(create_results_with_balances(&results)))
+                Ok(self.answered_create(create_results_with_balances(&results)))
             }
             Err(error) => {
                 let status = self.submit_status(&error);
@@ -91,6 +91,20 @@ impl LedgerService {
                 Err(status)
             }
         }
+    }
+
+    /// A create call's answer; from a replica that does not lead, marked
+    /// `tally-forwarded: 1`, so that the client moves its writes on towards the leader
+    /// and saves the hop.
+    fn answered_create<T>(&self, results: T) -> Response<T> {
+        let mut response = Response::new(results);
+        if self.backend.forwards_writes() {
+            response.metadata_mut().insert(
+                tally_proto::FORWARDED_HEADER,
+                MetadataValue::from_static("1"),
+            );
+        }
+        response
     }
 
     /// The answer of a read of accounts, refused (`PERMISSION_DENIED`) when it found one
@@ -315,7 +329,7 @@ impl tally_proto::LedgerService for LedgerService {
         let results = self
             .submit(operation, Batch::CreateAccounts(accounts))
             .await?;
-        Ok(Response::new(results))
+        Ok(self.answered_create(results))
     }
 
     async fn create_transfers(
@@ -343,7 +357,7 @@ impl tally_proto::LedgerService for LedgerService {
         let results = self
             .submit(operation, Batch::CreateTransfers(transfers))
             .await?;
-        Ok(Response::new(results))
+        Ok(self.answered_create(results))
     }
 
     async fn get_account_balances(
