@@ -8,8 +8,9 @@
 //!   operation at most [`ClientConfig::batches_in_flight`] batches (default 4) are out
 //!   while the next one fills, and the filled batch leaves the moment an answer comes
 //!   back; a call that finds a flight free leaves at once (no timer). Each caller gets
-//!   its own result; calls made concurrently may commit in any order. Small batches (at most 64 events) whose last
-//!   event closes its linked chain are coalesced the same way, kept whole and in order.
+//!   its own result; calls made concurrently may commit in any order. Small batches
+//!   (at most 64 events) whose last event closes its linked chain are coalesced the
+//!   same way, kept whole and in order.
 //!   A single call with the `linked` flag is refused ([`ClientError::LinkedSingle`]): it
 //!   would chain other callers' events.
 //! * **Reads**: [`Client::lookup_accounts`], [`Client::lookup_transfers`],

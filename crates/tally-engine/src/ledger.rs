@@ -674,8 +674,9 @@ impl Ledger {
 
     /// Follows the change events: every event with a timestamp after `after` (0 = from
     /// the first; an error once retention deleted events it would yield), in commit
-    /// order, then each new one as it is committed, until the ledger shuts down. The stream reads the event journal's files: a slow
-    /// consumer holds no memory of the engine's and never slows commits. A consumer
+    /// order, then each new one as it is committed, until the ledger shuts down. The
+    /// stream reads the event journal's files: a slow consumer holds no memory of the
+    /// engine's and never slows commits. A consumer
     /// that stores the timestamp of the last event it handled and subscribes after it
     /// again receives every later event exactly once, across restarts and crashes of
     /// either side.
