@@ -1718,34 +1718,53 @@ fn queries_by_ledger_or_code_look_only_at_their_records() {
     }
 }
 
+/// Batches of 1,000 transfers between accounts 1 and 6 (three in four from 1 to 6), a
+/// second apart, with codes 1 to 3 and `user_data_64` 0 to 4 in turn.
+struct Commits {
+    next_id: u128,
+    now: u64,
+}
+
+impl Commits {
+    fn new() -> Commits {
+        Commits {
+            next_id: 1_000,
+            now: T0,
+        }
+    }
+
+    /// Commits the next batch; with `linked_failure` it opens with a chain of three
+    /// whose last is refused, so the first two roll back.
+    fn commit(&mut self, sm: &mut StateMachine, linked_failure: bool) {
+        self.now += SECOND;
+        let mut transfers: Vec<Transfer> = (0..1_000u128)
+            .map(|i| {
+                self.next_id += 1;
+                let (debit, credit) = if i % 4 == 0 { (6, 1) } else { (1, 6) };
+                let mut t = transfer(self.next_id, debit, credit, 1);
+                t.code = 1 + (i % 3) as u16;
+                t.user_data_64 = (i % 5) as u64;
+                t
+            })
+            .collect();
+        if linked_failure {
+            transfers[0].flags = TF::LINKED;
+            transfers[1].flags = TF::LINKED;
+            transfers[2].debit_account_id = transfers[2].credit_account_id;
+        }
+        sm.apply(self.now, &Batch::CreateTransfers(transfers));
+    }
+}
+
 /// Records committed (and chains rolled back) between a query's steps are not in its
 /// answer, and do not disturb its walk along a ledger's or a code's chain: forward,
 /// reversed, by code, by ledger and code, with and without a time range.
 #[test]
 fn chained_queries_answer_the_state_they_began_on() {
     let mut sm = property_ledger_in_parts(2);
-    let mut next_id = 1_000u128;
-    let mut now = T0;
-    let mut apply = |sm: &mut StateMachine, linked_failure: bool| {
-        now += SECOND;
-        let mut transfers: Vec<Transfer> = (0..1_000)
-            .map(|i| {
-                next_id += 1;
-                let mut t = transfer(next_id, 1, 6, 1);
-                t.code = 1 + (i % 3) as u16;
-                t
-            })
-            .collect();
-        if linked_failure {
-            // A chain of three whose last is refused: the first two roll back.
-            transfers[0].flags = TF::LINKED;
-            transfers[1].flags = TF::LINKED;
-            transfers[2].debit_account_id = transfers[2].credit_account_id;
-        }
-        sm.apply(now, &Batch::CreateTransfers(transfers));
-    };
+    let mut commits = Commits::new();
     for _ in 0..30 {
-        apply(&mut sm, false);
+        commits.commit(&mut sm, false);
     }
     let middle = T0 + 10 * SECOND;
     let filters = [
@@ -1783,7 +1802,7 @@ fn chained_queries_answer_the_state_they_began_on() {
         let mut steps = 0;
         while !query.step(&sm) {
             steps += 1;
-            apply(&mut sm, n % 2 == 0);
+            commits.commit(&mut sm, n % 2 == 0);
         }
         assert!(steps > 0, "{filter:?} took one step");
         assert_eq!(query.transfers(&sm), expected, "{filter:?}");
@@ -1797,29 +1816,9 @@ fn chained_queries_answer_the_state_they_began_on() {
 fn stepped_account_reads_answer_the_history_they_began_on() {
     for parts in [1, 3] {
         let mut sm = property_ledger_in_parts(parts);
-        let mut next_id = 1_000u128;
-        let mut now = T0;
-        let mut apply = |sm: &mut StateMachine, linked_failure: bool| {
-            now += SECOND;
-            let mut transfers: Vec<Transfer> = (0..1_000u128)
-                .map(|i| {
-                    next_id += 1;
-                    let (debit, credit) = if i % 4 == 0 { (6, 1) } else { (1, 6) };
-                    let mut t = transfer(next_id, debit, credit, 1);
-                    t.code = 1 + (i % 3) as u16;
-                    t.user_data_64 = (i % 5) as u64;
-                    t
-                })
-                .collect();
-            if linked_failure {
-                transfers[0].flags = TF::LINKED;
-                transfers[1].flags = TF::LINKED;
-                transfers[2].debit_account_id = transfers[2].credit_account_id;
-            }
-            sm.apply(now, &Batch::CreateTransfers(transfers));
-        };
+        let mut commits = Commits::new();
         for _ in 0..12 {
-            apply(&mut sm, false);
+            commits.commit(&mut sm, false);
         }
         let middle = T0 + 5 * SECOND;
         let base = AccountFilter::new(1);
@@ -1873,7 +1872,7 @@ fn stepped_account_reads_answer_the_history_they_began_on() {
             let mut steps = 0;
             while !read.step(&sm) {
                 steps += 1;
-                apply(&mut sm, n % 2 == 0);
+                commits.commit(&mut sm, n % 2 == 0);
             }
             assert!(steps > 0 || filter.account_id == 999 || filter.limit == 10);
             assert_eq!(read.transfers(), expected, "{parts} parts, {filter:?}");

@@ -223,6 +223,19 @@ fn in_order<E: Event>(l: &mut Ledger, base: E, changes: &[Fault<E>]) {
     }
 }
 
+/// `faults` of a resubmission of `stored`, in the order its fields are compared with
+/// the stored event's: each adjacent pair answers the earlier, all of them together
+/// the first, and none `exists`.
+fn compared_in_order<E: Event>(l: &mut Ledger, stored: E, faults: &[Fault<E>]) {
+    in_order(l, stored, faults);
+    let mut all = stored;
+    for (fault, _) in faults {
+        fault(&mut all);
+    }
+    assert_eq!(l.one(all), faults[0].1);
+    assert_eq!(l.one(stored), R::Exists);
+}
+
 #[test]
 fn imported_batch_checks_come_before_every_other_check() {
     let mut l = Ledger::new();
@@ -369,13 +382,7 @@ fn account_exists_fields_are_compared_in_the_specified_order() {
         (|a| a.user_data_64 = 2, R::ExistsWithDifferentUserData64),
         (|a| a.user_data_32 = 2, R::ExistsWithDifferentUserData32),
     ];
-    in_order(&mut l, stored, &faults);
-    let mut all = stored;
-    for (fault, _) in faults {
-        fault(&mut all);
-    }
-    assert_eq!(l.one(all), R::ExistsWithDifferentFlags);
-    assert_eq!(l.one(stored), R::Exists);
+    compared_in_order(&mut l, stored, &faults);
 }
 
 #[test]
@@ -503,13 +510,7 @@ fn transfer_exists_fields_are_compared_in_the_specified_order() {
         (|t| t.user_data_64 = 2, R::ExistsWithDifferentUserData64),
         (|t| t.user_data_32 = 2, R::ExistsWithDifferentUserData32),
     ];
-    in_order(&mut l, stored, &faults);
-    let mut all = stored;
-    for (fault, _) in faults {
-        fault(&mut all);
-    }
-    assert_eq!(l.one(all), R::ExistsWithDifferentFlags);
-    assert_eq!(l.one(stored), R::Exists);
+    compared_in_order(&mut l, stored, &faults);
 
     // A refund: `refund_of` takes `pending_id`'s place; the accounts, ledger and code it
     // gave as 0 (filled in from the original) are not compared.
