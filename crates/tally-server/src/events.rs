@@ -56,18 +56,27 @@ fn allowed(rights: &Rights, event: &ChangeEvent) -> bool {
     rights.ledger_allowed(tally_proto::change_event_ledger(event))
 }
 
-/// Up to `limit` events of the token's ledgers from `timestamp_min` on. Blocking: it
-/// waits for the journal to hold every change up to `committed` (the last committed
-/// before the call), then reads files.
+/// Room kept in a page's message for its `timestamp_last` field and framing.
+const PAGE_FRAMING_BYTES: usize = 64;
+
+/// The framing of one event in a page: its field tag and length (at most 4 bytes).
+const EVENT_FRAMING_BYTES: usize = 8;
+
+/// Up to `limit` events of the token's ledgers from `timestamp_min` on, in a message of
+/// at most `bytes_max` bytes: a page that would grow past it ends early, and its
+/// `timestamp_last` says where the next starts. Blocking: it waits for the journal to
+/// hold every change up to `committed` (the last committed before the call), then
+/// reads files.
 pub(crate) fn read_page(
     reader: &ChangeEventReader,
     committed: u64,
     rights: &Rights,
-    timestamp_min: u64,
-    limit: usize,
+    (timestamp_min, limit): (u64, usize),
+    bytes_max: usize,
 ) -> Result<v1::ChangeEvents, EngineError> {
     assert!((1..=CHANGE_EVENTS_LIMIT_MAX).contains(&limit));
     let mut answer = v1::ChangeEvents::default();
+    let mut bytes = PAGE_FRAMING_BYTES;
     let mut from = timestamp_min;
     for _ in 0..CHANGE_EVENTS_PAGES_MAX {
         let wanted = limit - answer.events.len();
@@ -79,11 +88,18 @@ pub(crate) fn read_page(
             last.timestamp >= answer.timestamp_last,
             "events out of order"
         );
-        answer.timestamp_last = last.timestamp;
-        let kept = events.iter().filter(|event| allowed(rights, event));
-        answer
-            .events
-            .extend(kept.map(tally_proto::change_event_to_proto));
+        for event in &events {
+            if allowed(rights, event) {
+                let wire = tally_proto::change_event_to_proto(event);
+                let size = prost::Message::encoded_len(&wire) + EVENT_FRAMING_BYTES;
+                if bytes + size > bytes_max && !answer.events.is_empty() {
+                    return Ok(answer);
+                }
+                bytes += size;
+                answer.events.push(wire);
+            }
+            answer.timestamp_last = event.timestamp;
+        }
         let journal_end = events.len() < wanted;
         if journal_end || answer.events.len() == limit || last.timestamp == u64::MAX {
             break;

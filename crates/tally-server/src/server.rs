@@ -98,6 +98,7 @@ impl Server {
             backend: backend.clone(),
             stats: Arc::clone(&stats),
             busy_retry_after_ms: config.busy_retry_after.as_millis() as u64,
+            message_bytes_max: config.limits.message_bytes_max,
             stopping: stopping_seen,
         };
         let limits = &config.limits;

@@ -24,6 +24,8 @@ pub(crate) struct LedgerService {
     pub(crate) stats: Arc<ServerStats>,
     /// The hint sent with `RESOURCE_EXHAUSTED` (metadata `retry-after-ms`).
     pub(crate) busy_retry_after_ms: u64,
+    /// The largest message the server sends: a page of change events ends before it.
+    pub(crate) message_bytes_max: usize,
     /// Turns `true` when the server stops: subscriptions end then, so that the drain
     /// does not wait for streams that never end by themselves.
     pub(crate) stopping: watch::Receiver<bool>,
@@ -458,6 +460,7 @@ impl tally_proto::LedgerService for LedgerService {
         let filter = request.get_ref();
         let limit = events::events_limit(filter.limit).map_err(|s| self.refuse(operation, s))?;
         let timestamp_min = filter.timestamp_min;
+        let bytes_max = self.message_bytes_max;
         let (reader, committed) = self
             .backend
             .change_events_at_commit_async()
@@ -465,7 +468,13 @@ impl tally_proto::LedgerService for LedgerService {
             .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
         // Reading waits for the journal to catch up and reads files: off the runtime.
         let read = tokio::task::spawn_blocking(move || {
-            events::read_page(&reader, committed, &rights, timestamp_min, limit)
+            events::read_page(
+                &reader,
+                committed,
+                &rights,
+                (timestamp_min, limit),
+                bytes_max,
+            )
         })
         .await
         .map_err(|_| Status::internal("the change-event reader panicked"))

@@ -206,6 +206,56 @@ async fn an_oversize_message_is_refused_and_others_are_served() {
     served(&mut client, 11).await;
 }
 
+/// A page of change events ends before the server's message limit, and `timestamp_last`
+/// takes the client on: every event comes back once, in order, whatever the page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_event_pages_fit_the_message_limit() {
+    let bytes_max = 16 << 10;
+    let limits = Limits {
+        message_bytes_max: bytes_max,
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut client = fixture.client().await.max_decoding_message_size(usize::MAX);
+    served(&mut client, 10).await;
+    let big = |id: u128| Transfer {
+        user_data_128: u128::MAX - id,
+        user_data_64: u64::MAX,
+        ..pay(id)
+    };
+    for first in (100..400).step_by(50) {
+        let transfers = (first..first + 50)
+            .map(|id| transfer_to_proto(&big(id)))
+            .collect();
+        let request = v1::CreateTransfersRequest {
+            transfers,
+            ..Default::default()
+        };
+        client.create_transfers(request).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut timestamp_min = 0;
+    loop {
+        let filter = v1::ChangeEventsFilter {
+            timestamp_min,
+            limit: 0,
+        };
+        let page = client.get_change_events(filter).await.unwrap().into_inner();
+        assert!(prost::Message::encoded_len(&page) <= bytes_max);
+        if page.events.is_empty() {
+            break;
+        }
+        seen.extend(page.events.iter().map(|event| event.timestamp));
+        timestamp_min = page.timestamp_last + 1;
+    }
+    // Two accounts, one payment, then 300 transfers of about 250 bytes on the wire.
+    assert_eq!(seen.len(), 303);
+    assert!(
+        seen.windows(2).all(|pair| pair[0] < pair[1]),
+        "each once, in order"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_a_known_token_is_refused_before_its_message_is_decoded() {
     let dir = tempfile::tempdir().unwrap();
