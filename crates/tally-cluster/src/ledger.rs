@@ -19,7 +19,7 @@ use std::sync::mpsc::sync_channel;
 use tally_engine::{
     ChangeEventReader, Config, EngineError, EventResult, SubmitError, TransferResult,
 };
-use tally_state::StateMachine;
+use tally_state::{AccountTransfersRead, Query, QueryTarget, StateMachine};
 use tally_types::{
     Account, AccountBalance, AccountFilter, Batch, ChangeEvent, QueryFilter, Transfer,
 };
@@ -232,6 +232,54 @@ macro_rules! reads {
                 Ledger::Replica(_) => {
                     let $arg = $arg.to_owned();
                     self.read_async(move |state| state.$state_read(&$arg)).await
+                }
+            }
+        }
+    )*};
+}
+
+/// Reads a replica takes in bounded steps ([`Replica::read_in_steps`]), so that a long
+/// one never holds up its applying for longer than a step; a single node steps them
+/// itself.
+macro_rules! stepped_reads {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident, $name_async:ident ($arg:ident: &$arg_type:ty) -> $answer:ty
+            = node $node_read:ident, steps $start:expr, $step:expr;
+    )*) => {$(
+        $(#[$doc])*
+        ///
+        /// # Errors
+        ///
+        /// A replica: [`LedgerError::Cluster`] when no leader confirms a read index in
+        /// time. A single node always answers.
+        pub fn $name(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
+            match self {
+                Ledger::Node(node) => Ok(node.$node_read($arg)),
+                Ledger::Replica(hosted) => {
+                    let $arg = $arg.to_owned();
+                    hosted.wait(move |replica| async move {
+                        replica.read_in_steps(move |state| ($start)(state, &$arg), $step).await
+                    })
+                }
+            }
+        }
+
+        #[doc = concat!("[`Ledger::", stringify!($name), "`] from a tokio task.")]
+        ///
+        /// # Errors
+        ///
+        #[doc = concat!("As [`Ledger::", stringify!($name), "`].")]
+        pub async fn $name_async(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
+            match self {
+                Ledger::Node(node) => Ok(node.$node_read($arg)),
+                Ledger::Replica(hosted) => {
+                    let $arg = $arg.to_owned();
+                    hosted
+                        .run(move |replica| async move {
+                            replica.read_in_steps(move |state| ($start)(state, &$arg), $step).await
+                        })
+                        .await
                 }
             }
         }
@@ -462,19 +510,40 @@ impl Ledger {
         /// `lookup_transfers`: the transfers that exist, in request order.
         lookup_transfers, lookup_transfers_async(ids: &[u128]) -> Vec<Transfer>
             = node lookup_transfers, state lookup_transfers;
-        /// `get_account_transfers`: an account's transfers, filtered and bounded.
-        get_account_transfers, get_account_transfers_async(filter: &AccountFilter)
-            -> Vec<Transfer> = node get_account_transfers, state account_transfers;
         /// `get_account_balances`: an account's balances after each change (accounts
         /// with the `history` flag), filtered as `get_account_transfers`.
         get_account_balances, get_account_balances_async(filter: &AccountFilter)
             -> Vec<AccountBalance> = node get_account_balances, state account_balances;
+    }
+
+    stepped_reads! {
+        /// `get_account_transfers`: an account's transfers, filtered and bounded.
+        get_account_transfers, get_account_transfers_async(filter: &AccountFilter)
+            -> Vec<Transfer> = node get_account_transfers,
+            steps |state: &StateMachine, filter: &AccountFilter| {
+                AccountTransfersRead::new(state, filter)
+            },
+            |read: &mut AccountTransfersRead, state: &StateMachine| {
+                read.step(state).then(|| read.transfers())
+            };
         /// `query_accounts`: the accounts matching every field the filter gives.
         query_accounts, query_accounts_async(filter: &QueryFilter) -> Vec<Account>
-            = node query_accounts, state query_accounts;
+            = node query_accounts,
+            steps |state: &StateMachine, filter: &QueryFilter| {
+                Query::new(state, QueryTarget::Accounts, filter)
+            },
+            |query: &mut Query, state: &StateMachine| {
+                query.step(state).then(|| query.accounts(state))
+            };
         /// `query_transfers`: the transfers matching every field the filter gives.
         query_transfers, query_transfers_async(filter: &QueryFilter) -> Vec<Transfer>
-            = node query_transfers, state query_transfers;
+            = node query_transfers,
+            steps |state: &StateMachine, filter: &QueryFilter| {
+                Query::new(state, QueryTarget::Transfers, filter)
+            },
+            |query: &mut Query, state: &StateMachine| {
+                query.step(state).then(|| query.transfers(state))
+            };
     }
 
     /// Runs `read` on the state once every write acknowledged before the call is

@@ -753,6 +753,25 @@ impl Replica {
         Ok(read(&self.core.applied.read().state))
     }
 
+    /// A read taken in bounded steps (a query, an account's history), once every write
+    /// acknowledged before the call is applied here: `start` begins it over the state
+    /// as it stands, and `step` takes one step, giving the answer once the read is
+    /// over. The state's read lock is taken per step, so applying goes on between them.
+    pub async fn read_in_steps<R, T>(
+        &self,
+        start: impl FnOnce(&StateMachine) -> R,
+        mut step: impl FnMut(&mut R, &StateMachine) -> Option<T>,
+    ) -> Result<T, ClusterError> {
+        self.core.read_barrier().await?;
+        let mut read = start(&self.core.applied.read().state);
+        loop {
+            if let Some(answer) = step(&mut read, &self.core.applied.read().state) {
+                return Ok(answer);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Runs `read` on this replica's state as it is now, without asking the leader
     /// (may lag behind acknowledged writes).
     pub fn read_local<T>(&self, read: impl FnOnce(&StateMachine) -> T) -> T {

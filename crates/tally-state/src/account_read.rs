@@ -72,9 +72,10 @@ impl AccountTransfersRead {
         done
     }
 
-    /// The transfers found, in the order asked (a finished read).
-    pub fn transfers(self) -> Vec<Transfer> {
+    /// The transfers found, in the order asked (a finished read); taken out, so a
+    /// second call answers none.
+    pub fn transfers(&mut self) -> Vec<Transfer> {
         assert!(self.walk.is_none(), "the read is not finished");
-        self.found
+        std::mem::take(&mut self.found)
     }
 }
