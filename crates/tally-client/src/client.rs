@@ -84,6 +84,14 @@ impl fmt::Debug for Client {
     }
 }
 
+/// The largest answer a client decodes: a server may be set to send pages of change
+/// events larger than tonic's default 4 MiB (`tally serve --message-bytes-max`).
+const ANSWER_BYTES_MAX: usize = 64 << 20;
+
+fn ledger_client(channel: Channel) -> LedgerClient<Channel> {
+    LedgerClient::new(channel).max_decoding_message_size(ANSWER_BYTES_MAX)
+}
+
 /// Connects to the first endpoint that answers (the others connect when first used);
 /// returns a client per endpoint and the index of the connected one.
 async fn connect_first(
@@ -94,17 +102,17 @@ async fn connect_first(
     let mut ledgers = Vec::with_capacity(endpoints.len());
     for (index, endpoint) in endpoints.into_iter().enumerate() {
         if connected.is_some() {
-            ledgers.push(LedgerClient::new(endpoint.connect_lazy()));
+            ledgers.push(ledger_client(endpoint.connect_lazy()));
             continue;
         }
         match endpoint.connect().await {
             Ok(channel) => {
                 connected = Some(index);
-                ledgers.push(LedgerClient::new(channel));
+                ledgers.push(ledger_client(channel));
             }
             Err(error) => {
                 last_error = Some(error);
-                ledgers.push(LedgerClient::new(endpoint.connect_lazy()));
+                ledgers.push(ledger_client(endpoint.connect_lazy()));
             }
         }
     }
@@ -246,8 +254,9 @@ impl Client {
     }
 
     /// Creates one account, coalesced with the single calls of other tasks into one
-    /// batch: at most one such batch is in flight while the next one fills, and a lone
-    /// call leaves at once. Retried like [`Client::create_accounts`], so a retried
+    /// batch: up to `batches_in_flight` such batches are out while the next one fills, and
+    /// a call that finds a flight free leaves at once; calls made concurrently may
+    /// commit in any order. Retried like [`Client::create_accounts`], so a retried
     /// account may answer `exists`.
     ///
     /// # Errors
@@ -266,8 +275,9 @@ impl Client {
     }
 
     /// Applies one transfer, coalesced with the single calls of other tasks into one
-    /// batch: at most one such batch is in flight while the next one fills, and a lone
-    /// call leaves at once. Retried like [`Client::create_transfers`], so a retried
+    /// batch: up to `batches_in_flight` such batches are out while the next one fills, and
+    /// a call that finds a flight free leaves at once; calls made concurrently may
+    /// commit in any order. Retried like [`Client::create_transfers`], so a retried
     /// transfer may answer `exists`; it is never applied twice.
     ///
     /// # Errors
