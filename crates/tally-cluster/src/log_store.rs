@@ -272,16 +272,28 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
 }
 
 /// Copies the log's bytes from `offset` on into `torn-replica-at-<offset>.bin` in
-/// `dir`, durably, before they are cut; returns its path. A crash before the cut
-/// keeps them again at the next start.
+/// `dir` (`-2`, `-3`… after it when an earlier cut at the same offset kept its own),
+/// durably, before they are cut; returns its path. A crash before the cut keeps them
+/// again at the next start.
 fn keep_torn_tail(dir: &Path, path: &Path, offset: u64) -> Result<PathBuf, String> {
     use std::io::{Seek, SeekFrom};
-    let kept = dir.join(format!("torn-replica-at-{offset}.bin"));
+    let name = |n: u32| match n {
+        1 => format!("torn-replica-at-{offset}.bin"),
+        n => format!("torn-replica-at-{offset}-{n}.bin"),
+    };
+    let kept = (1..=u32::MAX)
+        .map(|n| dir.join(name(n)))
+        .find(|candidate| !candidate.exists())
+        .ok_or_else(|| format!("{}: no free name for a torn tail", dir.display()))?;
     let failed = |what: &str, e: io::Error| format!("{}: {what}: {e}", kept.display());
     let mut log = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     log.seek(SeekFrom::Start(offset))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut copy = File::create(&kept).map_err(|e| failed("create", e))?;
+    let mut copy = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&kept)
+        .map_err(|e| failed("create", e))?;
     io::copy(&mut log, &mut copy).map_err(|e| failed("copy the torn tail", e))?;
     copy.sync_all().map_err(|e| failed("fsync", e))?;
     File::open(dir)
