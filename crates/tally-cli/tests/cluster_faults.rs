@@ -337,6 +337,16 @@ fn a_client_given_a_follower_first_finds_the_leader() {
         let cluster = Cluster::start(3, false).await;
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
         let follower = others(&ALL, leader)[0];
+        // Until the follower has heard from the leader it answers UNAVAILABLE, and the
+        // client would move on for that reason instead.
+        let deadline = Instant::now() + CONVERGE_LIMIT;
+        while cluster.status(follower).await.ok().and_then(|s| s.leader) != Some(leader) {
+            assert!(
+                Instant::now() < deadline,
+                "the follower never heard of the leader"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let client = cluster
             .client(&[follower, leader], Duration::from_secs(5))
             .await;

@@ -1,6 +1,7 @@
 //! Change events over the wire (docs/spec.md §2, "Change events"): `GetChangeEvents`
 //! reads a page of the ledger's event journal, `SubscribeChangeEvents` follows it.
-//! Both leave out the events of ledgers outside the token's rights, as lookups do.
+//! Both leave out the events of ledgers outside the token's rights (lookups refuse
+//! such records instead: an event page is a range of the log, not a list of ids).
 //!
 //! A subscription is one task per call that pulls from the ledger's follower (which
 //! reads the journal's files) and pushes into a channel of
