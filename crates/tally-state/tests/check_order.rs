@@ -1,8 +1,8 @@
 //! The order of the checks of `create_accounts` and `create_transfers` (docs/spec.md
-//! §2, and "Where these checks go in the orders above"): an event that fails two checks answers the
-//! earlier one. Each case builds an event failing both, then shows that the event
-//! with only the later fault answers the later code (so the first really failed both).
-//! Pairs that no event can fail together are named in comments.
+//! §2, and "Where these checks go in the orders above"): an event that fails two
+//! checks answers the earlier one. Each case builds an event failing both, then shows
+//! that the event with only the later fault answers the later code (so the first
+//! really failed both). Pairs that no event can fail together are named in comments.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
