@@ -186,50 +186,28 @@ impl Histories {
     /// `account`'s entries, newest first.
     #[cfg(test)]
     pub fn newest_first(&self, account: u32) -> impl Iterator<Item = TransferRef> + '_ {
-        let Head { block, len } = self.heads[account as usize];
-        let mut block = block;
-        // Entries in the newest block; the older blocks are full.
-        let mut in_block = match len as usize {
-            0 => 0,
-            len => (len - 1) % REFS_PER_BLOCK + 1,
-        };
-        let mut left = len as usize;
-        std::iter::from_fn(move || {
-            if left == 0 {
-                return None;
-            }
-            if in_block == 0 {
-                block = self.block(block).previous;
-                in_block = REFS_PER_BLOCK;
-            }
-            in_block -= 1;
-            left -= 1;
-            Some(self.block(block).refs[in_block])
-        })
+        let mut walk = self.walk(account, true);
+        std::iter::from_fn(move || walk.next(self))
     }
 
-    /// `account`'s entries, oldest first.
+    /// `account`'s entries, oldest first (its blocks gathered at once).
     pub fn oldest_first(&self, account: u32) -> impl Iterator<Item = TransferRef> + '_ {
-        let Head { block, len } = self.heads[account as usize];
-        let len = len as usize;
-        let mut blocks = Vec::with_capacity(len.div_ceil(REFS_PER_BLOCK));
-        let mut at = block;
-        while blocks.len() < len.div_ceil(REFS_PER_BLOCK) {
-            blocks.push(at);
-            at = self.block(at).previous;
-        }
-        assert_eq!(at, NO_BLOCK, "a history's oldest block links nowhere");
-        blocks
-            .into_iter()
-            .rev()
-            .flat_map(move |block| self.block(block).refs)
-            .take(len)
+        let mut walk = self.walk(account, false);
+        let mut unbounded = usize::MAX;
+        let gathered = walk.gather(self, &mut unbounded);
+        assert!(gathered, "an unbounded budget gathers every block");
+        std::iter::from_fn(move || walk.next(self))
     }
 
     /// A walk over `account`'s entries as they stand now, newest or oldest first.
     pub fn walk(&self, account: u32, newest_first: bool) -> HistoryWalk {
         let Head { block, len } = self.heads[account as usize];
         let len = len as usize;
+        let blocks_wanted = if newest_first {
+            0
+        } else {
+            len.div_ceil(REFS_PER_BLOCK)
+        };
         HistoryWalk {
             newest_first,
             left: len,
@@ -238,12 +216,8 @@ impl Histories {
                 (false, _) | (true, 0) => 0,
                 (true, len) => (len - 1) % REFS_PER_BLOCK + 1,
             },
-            blocks: Vec::new(),
-            blocks_wanted: if newest_first {
-                0
-            } else {
-                len.div_ceil(REFS_PER_BLOCK)
-            },
+            blocks: Vec::with_capacity(blocks_wanted),
+            blocks_wanted,
         }
     }
 }
@@ -278,22 +252,8 @@ impl HistoryWalk {
         mut visit: impl FnMut(TransferRef) -> bool,
     ) -> bool {
         let mut budget = budget;
-        if !self.newest_first {
-            while self.blocks.len() < self.blocks_wanted {
-                if budget == 0 {
-                    return false;
-                }
-                self.blocks.push(self.block);
-                self.block = histories.block(self.block).previous;
-                budget -= 1;
-            }
-            if self.blocks_wanted > 0 {
-                assert_eq!(
-                    self.block, NO_BLOCK,
-                    "a history's oldest block links nowhere"
-                );
-                self.blocks_wanted = 0;
-            }
+        if !self.gather(histories, &mut budget) {
+            return false;
         }
         while budget > 0 {
             let Some(entry) = self.next(histories) else {
@@ -307,6 +267,28 @@ impl HistoryWalk {
         self.left == 0
     }
 
+    /// Oldest first, follows the links of up to `budget` blocks (taking them off it)
+    /// towards the oldest; true once every block is gathered (always, newest first).
+    fn gather(&mut self, histories: &Histories, budget: &mut usize) -> bool {
+        while self.blocks.len() < self.blocks_wanted {
+            if *budget == 0 {
+                return false;
+            }
+            self.blocks.push(self.block);
+            self.block = histories.block(self.block).previous;
+            *budget -= 1;
+        }
+        if self.blocks_wanted > 0 {
+            assert_eq!(
+                self.block, NO_BLOCK,
+                "a history's oldest block links nowhere"
+            );
+            self.blocks_wanted = 0;
+        }
+        true
+    }
+
+    /// The next entry in the walk's order; oldest first, once every block is gathered.
     fn next(&mut self, histories: &Histories) -> Option<TransferRef> {
         if self.left == 0 {
             return None;
