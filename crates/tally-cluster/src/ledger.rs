@@ -198,12 +198,14 @@ impl HostedReplica {
 }
 
 /// Reads that a single node answers from its state and a replica at the leader's read
-/// index, each in a blocking and an async form.
+/// index, each in a blocking and an async form. `replica` names the [`Ledger`] read the
+/// replica takes and its argument(s), which may use the call's own argument (owned):
+/// [`Ledger::read`] in one go, or [`Ledger::read_in_steps`] for a long read.
 macro_rules! reads {
     ($(
         $(#[$doc:meta])*
         $name:ident, $name_async:ident ($arg:ident: &$arg_type:ty) -> $answer:ty
-            = node $node_read:ident, state $state_read:ident;
+            = node $node_read:ident, replica $read:ident, $read_async:ident ($($reader:expr),+);
     )*) => {$(
         $(#[$doc])*
         ///
@@ -216,7 +218,7 @@ macro_rules! reads {
                 Ledger::Node(node) => Ok(node.$node_read($arg)),
                 Ledger::Replica(_) => {
                     let $arg = $arg.to_owned();
-                    self.read(move |state| state.$state_read(&$arg))
+                    self.$read($($reader),+)
                 }
             }
         }
@@ -231,55 +233,7 @@ macro_rules! reads {
                 Ledger::Node(node) => Ok(node.$node_read($arg)),
                 Ledger::Replica(_) => {
                     let $arg = $arg.to_owned();
-                    self.read_async(move |state| state.$state_read(&$arg)).await
-                }
-            }
-        }
-    )*};
-}
-
-/// Reads a replica takes in bounded steps ([`Replica::read_in_steps`]), so that a long
-/// one never holds up its applying for longer than a step; a single node steps them
-/// itself.
-macro_rules! stepped_reads {
-    ($(
-        $(#[$doc:meta])*
-        $name:ident, $name_async:ident ($arg:ident: &$arg_type:ty) -> $answer:ty
-            = node $node_read:ident, steps $start:expr, $step:expr;
-    )*) => {$(
-        $(#[$doc])*
-        ///
-        /// # Errors
-        ///
-        /// A replica: [`LedgerError::Cluster`] when no leader confirms a read index in
-        /// time. A single node always answers.
-        pub fn $name(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
-            match self {
-                Ledger::Node(node) => Ok(node.$node_read($arg)),
-                Ledger::Replica(hosted) => {
-                    let $arg = $arg.to_owned();
-                    hosted.wait(move |replica| async move {
-                        replica.read_in_steps(move |state| ($start)(state, &$arg), $step).await
-                    })
-                }
-            }
-        }
-
-        #[doc = concat!("[`Ledger::", stringify!($name), "`] from a tokio task.")]
-        ///
-        /// # Errors
-        ///
-        #[doc = concat!("As [`Ledger::", stringify!($name), "`].")]
-        pub async fn $name_async(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
-            match self {
-                Ledger::Node(node) => Ok(node.$node_read($arg)),
-                Ledger::Replica(hosted) => {
-                    let $arg = $arg.to_owned();
-                    hosted
-                        .run(move |replica| async move {
-                            replica.read_in_steps(move |state| ($start)(state, &$arg), $step).await
-                        })
-                        .await
+                    self.$read_async($($reader),+).await
                 }
             }
         }
@@ -506,44 +460,45 @@ impl Ledger {
     reads! {
         /// `lookup_accounts`: the accounts that exist, in request order.
         lookup_accounts, lookup_accounts_async(ids: &[u128]) -> Vec<Account>
-            = node lookup_accounts, state lookup_accounts;
+            = node lookup_accounts, replica read, read_async(
+                move |state: &StateMachine| state.lookup_accounts(&ids)
+            );
         /// `lookup_transfers`: the transfers that exist, in request order.
         lookup_transfers, lookup_transfers_async(ids: &[u128]) -> Vec<Transfer>
-            = node lookup_transfers, state lookup_transfers;
+            = node lookup_transfers, replica read, read_async(
+                move |state: &StateMachine| state.lookup_transfers(&ids)
+            );
         /// `get_account_balances`: an account's balances after each change (accounts
         /// with the `history` flag), filtered as `get_account_transfers`.
         get_account_balances, get_account_balances_async(filter: &AccountFilter)
-            -> Vec<AccountBalance> = node get_account_balances, state account_balances;
-    }
-
-    stepped_reads! {
+            -> Vec<AccountBalance> = node get_account_balances, replica read, read_async(
+                move |state: &StateMachine| state.account_balances(&filter)
+            );
         /// `get_account_transfers`: an account's transfers, filtered and bounded.
         get_account_transfers, get_account_transfers_async(filter: &AccountFilter)
             -> Vec<Transfer> = node get_account_transfers,
-            steps |state: &StateMachine, filter: &AccountFilter| {
-                AccountTransfersRead::new(state, filter)
-            },
-            |read: &mut AccountTransfersRead, state: &StateMachine| {
-                read.step(state).then(|| read.transfers())
-            };
+            replica read_in_steps, read_in_steps_async(
+                move |state: &StateMachine| AccountTransfersRead::new(state, &filter),
+                |read: &mut AccountTransfersRead, state: &StateMachine| {
+                    read.step(state).then(|| read.transfers())
+                }
+            );
         /// `query_accounts`: the accounts matching every field the filter gives.
         query_accounts, query_accounts_async(filter: &QueryFilter) -> Vec<Account>
-            = node query_accounts,
-            steps |state: &StateMachine, filter: &QueryFilter| {
-                Query::new(state, QueryTarget::Accounts, filter)
-            },
-            |query: &mut Query, state: &StateMachine| {
-                query.step(state).then(|| query.accounts(state))
-            };
+            = node query_accounts, replica read_in_steps, read_in_steps_async(
+                move |state: &StateMachine| Query::new(state, QueryTarget::Accounts, &filter),
+                |query: &mut Query, state: &StateMachine| {
+                    query.step(state).then(|| query.accounts(state))
+                }
+            );
         /// `query_transfers`: the transfers matching every field the filter gives.
         query_transfers, query_transfers_async(filter: &QueryFilter) -> Vec<Transfer>
-            = node query_transfers,
-            steps |state: &StateMachine, filter: &QueryFilter| {
-                Query::new(state, QueryTarget::Transfers, filter)
-            },
-            |query: &mut Query, state: &StateMachine| {
-                query.step(state).then(|| query.transfers(state))
-            };
+            = node query_transfers, replica read_in_steps, read_in_steps_async(
+                move |state: &StateMachine| Query::new(state, QueryTarget::Transfers, &filter),
+                |query: &mut Query, state: &StateMachine| {
+                    query.step(state).then(|| query.transfers(state))
+                }
+            );
     }
 
     /// Runs `read` on the state once every write acknowledged before the call is
@@ -578,6 +533,55 @@ impl Ledger {
             Ledger::Replica(hosted) => {
                 hosted
                     .run(move |replica| async move { replica.read(read).await })
+                    .await
+            }
+        }
+    }
+
+    /// A read taken in bounded steps (a query, an account's history) once every write
+    /// acknowledged before the call is applied here: `start` begins it over the state
+    /// as it stands, and `step` takes one step, giving the answer once the read is
+    /// over. The state's read lock is taken per step, so commits (a replica: applying)
+    /// go on between them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::lookup_accounts`].
+    pub fn read_in_steps<R: Send + 'static, T: Send + 'static>(
+        &self,
+        start: impl FnOnce(&StateMachine) -> R + Send + 'static,
+        mut step: impl FnMut(&mut R, &StateMachine) -> Option<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        match self {
+            Ledger::Node(node) => {
+                let mut read = node.with_state(start);
+                loop {
+                    if let Some(answer) = node.with_state(|state| step(&mut read, state)) {
+                        return Ok(answer);
+                    }
+                }
+            }
+            Ledger::Replica(hosted) => {
+                hosted.wait(move |replica| async move { replica.read_in_steps(start, step).await })
+            }
+        }
+    }
+
+    /// [`Ledger::read_in_steps`] from a tokio task.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::lookup_accounts`].
+    pub async fn read_in_steps_async<R: Send + 'static, T: Send + 'static>(
+        &self,
+        start: impl FnOnce(&StateMachine) -> R + Send + 'static,
+        step: impl FnMut(&mut R, &StateMachine) -> Option<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        match self {
+            Ledger::Node(_) => self.read_in_steps(start, step),
+            Ledger::Replica(hosted) => {
+                hosted
+                    .run(move |replica| async move { replica.read_in_steps(start, step).await })
                     .await
             }
         }
