@@ -72,7 +72,8 @@ pub(crate) fn read_page(
     reader: &ChangeEventReader,
     committed: u64,
     rights: &Rights,
-    (timestamp_min, limit): (u64, usize),
+    timestamp_min: u64,
+    limit: usize,
     bytes_max: usize,
 ) -> Result<v1::ChangeEvents, EngineError> {
     assert!((1..=CHANGE_EVENTS_LIMIT_MAX).contains(&limit));

@@ -468,13 +468,7 @@ impl tally_proto::LedgerService for LedgerService {
             .map_err(|e| self.refuse(operation, self.submit_status(&e)))?;
         // Reading waits for the journal to catch up and reads files: off the runtime.
         let read = tokio::task::spawn_blocking(move || {
-            events::read_page(
-                &reader,
-                committed,
-                &rights,
-                (timestamp_min, limit),
-                bytes_max,
-            )
+            events::read_page(&reader, committed, &rights, timestamp_min, limit, bytes_max)
         })
         .await
         .map_err(|_| Status::internal("the change-event reader panicked"))
