@@ -59,6 +59,10 @@ pub(crate) struct Progress {
     through_watch: watch::Sender<u64>,
     /// Set once the journal thread has written its last event (shutdown).
     closed: std::sync::atomic::AtomicBool,
+    /// The journal's newest segment (`EventJournal::newest_segment`; 0 before the
+    /// journal thread reports one), set before each advance of `through` that may
+    /// cover its events, so that readers here need not list the directory.
+    newest_segment: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
@@ -69,7 +73,25 @@ impl Progress {
             advanced: Condvar::new(),
             through_watch: watch::Sender::new(through),
             closed: std::sync::atomic::AtomicBool::new(false),
+            newest_segment: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Records the journal's newest segment; call it before advancing past events in
+    /// that segment.
+    fn set_newest_segment(&self, newest: Option<u64>) {
+        // Timestamps are above 0, so 0 stands for none.
+        let newest = newest.unwrap_or(0);
+        self.newest_segment
+            .store(newest, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The journal's newest segment as last reported; `None` before a report.
+    fn newest_segment(&self) -> Option<u64> {
+        let newest = self
+            .newest_segment
+            .load(std::sync::atomic::Ordering::Acquire);
+        (newest > 0).then_some(newest)
     }
 
     /// Marks the journal finished: followers end once they have read it all.
@@ -155,8 +177,18 @@ struct JournalThread {
 }
 
 impl JournalThread {
+    /// Lets readers read up to `through`, telling them the newest segment first: a
+    /// reader woken by the advance then finds a segment the journal just started.
+    fn advance(&self, through: u64) {
+        self.progress
+            .set_newest_segment(self.journal.newest_segment());
+        self.progress.advance(through);
+    }
+
     fn run(mut self) {
         let mut failed = false;
+        self.progress
+            .set_newest_segment(self.journal.newest_segment());
         for message in &self.from_apply {
             match message {
                 ToJournal::Events { events, through } => {
@@ -169,7 +201,7 @@ impl JournalThread {
                             if self.journal.bytes_not_written_back() >= JOURNAL_WRITEBACK_BYTES {
                                 self.journal.start_writeback();
                             }
-                            self.progress.advance(through);
+                            self.advance(through);
                         }
                         Err(error) => {
                             // Commits go on (the log has everything); readers get this.
@@ -186,7 +218,7 @@ impl JournalThread {
                 } => {
                     if !failed {
                         skip_missing(&mut self.journal, records_through, through);
-                        self.progress.advance(through);
+                        self.advance(through);
                     }
                 }
                 ToJournal::Sync(reply) => {
@@ -389,8 +421,9 @@ impl ChangeEventReader {
     ) -> Result<Vec<ChangeEvent>, EngineError> {
         check_limit(limit)?;
         self.progress.wait_through(committed)?;
+        let newest_segment = self.progress.newest_segment();
         let mut reader = EventReader::open(self.progress.dir())?;
-        read(&mut reader, timestamp_min, limit)
+        read(&mut reader, timestamp_min, limit, newest_segment)
     }
 
     /// Every event after `after`, then each new one as it is written, until the
@@ -481,9 +514,10 @@ pub(crate) fn read(
     reader: &mut EventReader,
     timestamp_min: u64,
     limit: usize,
+    newest_segment: Option<u64>,
 ) -> Result<Vec<ChangeEvent>, EngineError> {
     reader
-        .read(timestamp_min, limit)
+        .read_beside_writer(timestamp_min, limit, newest_segment)
         .map_err(|error| EngineError::ChangeEvents {
             message: error.to_string(),
         })
@@ -562,10 +596,12 @@ impl Follower {
             // after the read still wakes the wait below.
             self.changed.borrow_and_update();
             let closed = self.progress.is_closed();
+            let newest_segment = self.progress.newest_segment();
             match read(
                 &mut self.reader,
                 self.next_min,
                 SUBSCRIPTION_BATCH_EVENTS_MAX,
+                newest_segment,
             ) {
                 Err(error) => {
                     self.done = true;

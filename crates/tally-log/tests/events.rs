@@ -461,15 +461,31 @@ fn a_skip_after_a_cut_tail_leaves_no_empty_segment_behind() {
 
 #[test]
 fn a_reader_next_to_a_writer_sees_every_event_once_in_order() {
+    reader_next_to_a_writer(false);
+}
+
+#[test]
+fn a_reader_told_the_newest_segment_sees_every_event_once_in_order() {
+    reader_next_to_a_writer(true);
+}
+
+/// A writer appending 1,500 groups over small segments and a reader reading beside it
+/// until it has them all; `told`: the reader is given the newest segment as the writer
+/// publishes it after each append (`EventReader::read_beside_writer`).
+fn reader_next_to_a_writer(told: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let groups: u64 = 1500;
+    let newest = std::sync::Arc::new(AtomicU64::new(0));
+    let published = std::sync::Arc::clone(&newest);
     let writer = std::thread::spawn(move || {
         let mut journal = EventJournal::open(&path, options(16 * 1024, u64::MAX)).unwrap();
         for group in 0..groups {
             journal
                 .append(&events(1 + 100 * group, 1 + group % 9))
                 .unwrap();
+            published.store(journal.newest_segment().unwrap(), Ordering::Release);
         }
     });
     let expected: Vec<ChangeEvent> = (0..groups)
@@ -480,7 +496,13 @@ fn a_reader_next_to_a_writer_sees_every_event_once_in_order() {
     let mut read = Vec::new();
     let mut next = 0;
     while next <= last {
-        let got = reader.read(next, 50).unwrap();
+        let got = match told {
+            true => {
+                let newest = Some(newest.load(Ordering::Acquire)).filter(|&first| first > 0);
+                reader.read_beside_writer(next, 50, newest).unwrap()
+            }
+            false => reader.read(next, 50).unwrap(),
+        };
         if let Some(event) = got.last() {
             next = event.timestamp + 1;
         }
@@ -488,6 +510,44 @@ fn a_reader_next_to_a_writer_sees_every_event_once_in_order() {
     }
     writer.join().unwrap();
     assert_eq!(read, expected);
+}
+
+#[test]
+fn a_reader_told_the_newest_segment_looks_past_it_only_when_told_of_a_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = EventJournal::open(dir.path(), options(2000, u64::MAX)).unwrap();
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    assert_eq!(journal.newest_segment(), None);
+    let first = events(10, 3);
+    journal.append(&first).unwrap();
+    let told = journal.newest_segment();
+    assert_eq!(told, Some(10));
+    assert_eq!(reader.read_beside_writer(0, 100, told).unwrap(), first);
+    // Appends until the journal starts a second segment.
+    let mut later = Vec::new();
+    let mut timestamp = 1000;
+    while journal.newest_segment() == told {
+        let group = events(timestamp, 4);
+        journal.append(&group).unwrap();
+        later.extend(group);
+        timestamp += 1000;
+    }
+    let next = first.last().unwrap().timestamp + 1;
+    // Told of the old segment only, the reader reads it to its end and stops there.
+    let in_first: Vec<ChangeEvent> = later
+        .iter()
+        .filter(|event| event.timestamp < journal.newest_segment().unwrap())
+        .cloned()
+        .collect();
+    assert!(in_first.len() < later.len());
+    assert_eq!(reader.read_beside_writer(next, 1000, told).unwrap(), in_first);
+    let after = in_first.last().map_or(next, |event| event.timestamp + 1);
+    assert_eq!(reader.read_beside_writer(after, 1000, told).unwrap(), []);
+    // Told of the new one, it finds the rest.
+    let rest = reader
+        .read_beside_writer(after, 1000, journal.newest_segment())
+        .unwrap();
+    assert_eq!(rest, later[in_first.len()..]);
 }
 
 #[test]

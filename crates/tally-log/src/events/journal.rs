@@ -58,6 +58,8 @@ struct Retained {
 struct Current {
     file: File,
     path: PathBuf,
+    /// The timestamp in its name and header.
+    first_timestamp: u64,
     /// Bytes written, header included: where the next frame goes.
     bytes: u64,
     frame_count: u64,
@@ -184,6 +186,13 @@ impl EventJournal {
     /// Timestamp of the oldest event retained.
     pub fn first_timestamp(&self) -> Option<u64> {
         self.first_timestamp
+    }
+
+    /// The segment appends go to, by the timestamp in its name; `None` before the
+    /// first. A reader told this by the writer need not list the directory while it
+    /// reads that segment ([`EventReader::read_beside_writer`](super::EventReader)).
+    pub fn newest_segment(&self) -> Option<u64> {
+        self.current.as_ref().map(|current| current.first_timestamp)
     }
 
     /// Appends `events` as one checksummed frame (split into frames of at most
@@ -387,6 +396,7 @@ impl EventJournal {
         self.current = Some(Current {
             file,
             path,
+            first_timestamp,
             bytes: SEGMENT_HEADER_SIZE as u64,
             frame_count: 0,
         });
@@ -481,6 +491,7 @@ fn recover_newest(segment: &SegmentFile) -> Result<Option<RecoveredNewest>, LogE
         current: Current {
             file,
             path: path.clone(),
+            first_timestamp: segment.first_timestamp,
             bytes: offset,
             frame_count,
         },

@@ -142,6 +142,24 @@ impl EventReader {
     /// have been deleted by retention; [`LogError::Corrupt`] for a damaged frame that is
     /// not at the tail of the newest segment.
     pub fn read(&mut self, timestamp_min: u64, limit: usize) -> Result<Vec<ChangeEvent>, LogError> {
+        self.read_beside_writer(timestamp_min, limit, None)
+    }
+
+    /// [`EventReader::read`] for a reader in the writer's process, given the newest
+    /// segment as the writer last reported it ([`EventJournal::newest_segment`], taken
+    /// before this call): at the end of what that segment holds the read stops without
+    /// listing the directory, which [`EventReader::read`] does at every end it reaches.
+    /// A follower woken at each append would otherwise list it thousands of times a
+    /// second. A segment started after `newest_segment` was taken is found by a later
+    /// call, given the writer's next report.
+    ///
+    /// [`EventJournal::newest_segment`]: super::EventJournal::newest_segment
+    pub fn read_beside_writer(
+        &mut self,
+        timestamp_min: u64,
+        limit: usize,
+        newest_segment: Option<u64>,
+    ) -> Result<Vec<ChangeEvent>, LogError> {
         let mut events = Vec::new();
         self.unreadable_tail = None;
         if limit == 0 {
@@ -159,8 +177,11 @@ impl EventReader {
             if let Stop::Full = stop {
                 break;
             }
-            let listed = list_segments(&self.dir)?;
             let cursor = self.cursor.as_ref().expect("checked by the loop");
+            let listed = match newest_segment == Some(cursor.segment.first_timestamp) {
+                true => Vec::new(),
+                false => list_segments(&self.dir)?,
+            };
             let Some(next) = listed
                 .iter()
                 .find(|segment| segment.first_timestamp > cursor.segment.first_timestamp)
