@@ -540,7 +540,10 @@ fn a_reader_told_the_newest_segment_looks_past_it_only_when_told_of_a_newer() {
         .cloned()
         .collect();
     assert!(in_first.len() < later.len());
-    assert_eq!(reader.read_beside_writer(next, 1000, told).unwrap(), in_first);
+    assert_eq!(
+        reader.read_beside_writer(next, 1000, told).unwrap(),
+        in_first
+    );
     let after = in_first.last().map_or(next, |event| event.timestamp + 1);
     assert_eq!(reader.read_beside_writer(after, 1000, told).unwrap(), []);
     // Told of the new one, it finds the rest.
