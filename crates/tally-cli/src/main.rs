@@ -312,34 +312,50 @@ enum Dump {
     Transfers,
 }
 
-/// A ledger read without changing its directory: what recovery would recover, replayed
-/// onto the newest snapshot, with the checks of the log. The directory lock is held
-/// while reading (one process at a time, docs/spec.md §3.7; `LOCK` is created if missing); no
-/// torn tail is cut and no log file is made, so `verify`, `accounts` and `transfers`
-/// leave the log as they found it. The log is read on one thread and replayed on
-/// another as it is read, as at start-up, and is never whole in memory.
+/// A data directory read without changing it, the directory lock held while reading
+/// (one process at a time, docs/spec.md §3.7; `LOCK` is created if missing). A single
+/// node's ledger: what recovery would recover, replayed onto the newest snapshot, with
+/// the checks of the log; no torn tail is cut and no log file is made. The log is read
+/// on one thread and replayed on another as it is read, as at start-up, and is never
+/// whole in memory. A cluster replica's: its snapshot and the committed entries of its
+/// log after it (`tally_cluster::offline`).
 struct ReadOnly {
-    report: tally_log::VerifyReport,
+    source: Source,
     state: StateMachine,
     _lock: tally_log::DirLock,
 }
 
+/// Whose directory was read, and what its log held.
+enum Source {
+    Node(tally_log::VerifyReport),
+    Replica(tally_cluster::offline::ReplicaDir),
+}
+
 fn read_only(data: &Path) -> Result<ReadOnly, String> {
-    require_dir(data)?;
+    require_any_dir(data)?;
     let lock = tally_log::DirLock::acquire(data).map_err(|error| error.to_string())?;
+    if tally_cluster::offline::is_replica_dir(data) {
+        let mut replica = tally_cluster::offline::read_replica_dir(data)
+            .map_err(|error| format!("replica check failed: {error}"))?;
+        return Ok(ReadOnly {
+            state: std::mem::take(&mut replica.applied.state),
+            source: Source::Replica(replica),
+            _lock: lock,
+        });
+    }
     let (report, state) = tally_engine::inspect::read_only(data).map_err(|error| match error {
         EngineError::Log(error) => format!("log check failed: {error}"),
         other => other.to_string(),
     })?;
     Ok(ReadOnly {
-        report,
+        source: Source::Node(report),
         state,
         _lock: lock,
     })
 }
 
 fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
-    let ReadOnly { state, .. } = read_only(&data)?;
+    let ReadOnly { state, _lock, .. } = read_only(&data)?;
     let currencies = CurrencyTable::default();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
@@ -361,12 +377,6 @@ fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A single node's data directory that exists.
-pub(crate) fn require_dir(data: &std::path::Path) -> Result<(), String> {
-    require_any_dir(data)?;
-    tally_engine::refuse_replica_dir(data).map_err(|error| error.to_string())
-}
-
 /// A data directory that exists: a single node's or a cluster replica's.
 pub(crate) fn require_any_dir(data: &std::path::Path) -> Result<(), String> {
     match data.is_dir() {
@@ -376,7 +386,42 @@ pub(crate) fn require_any_dir(data: &std::path::Path) -> Result<(), String> {
 }
 
 fn verify(data: PathBuf) -> Result<ExitCode, String> {
-    let ReadOnly { report, state, .. } = read_only(&data)?;
+    let ReadOnly {
+        source,
+        state,
+        _lock,
+    } = read_only(&data)?;
+    match &source {
+        Source::Node(report) => print_node_log(report),
+        Source::Replica(replica) => print_replica_log(replica),
+    }
+    let journal = check_journal(&data.join(events::EVENTS_DIR_NAME));
+    println!("{}", journal.summary);
+    for warning in &journal.warnings {
+        println!("warning: {warning}");
+    }
+    let mut violations = journal.violations;
+    violations.extend(state.check_invariants().into_iter().map(|v| v.0));
+    violations.extend(check_references(&state));
+    let (accounts, transfers) = (state.account_count(), state.transfer_count());
+    violations.truncate(100);
+    println!("state: {accounts} account(s), {transfers} transfer(s) replayed");
+    if violations.is_empty() {
+        println!(
+            "verify: ok (checksums, replay, change-event journal, conservation per ledger, balance limits, pending reservations, refund bounds, references)"
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for violation in &violations {
+            println!("violation: {violation}");
+        }
+        println!("verify: FAILED ({} violation(s) shown)", violations.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// What `verify` found in a single node's log.
+fn print_node_log(report: &tally_log::VerifyReport) {
     println!(
         "log: {} segment(s), {} batch(es), {} event(s), {} byte(s) ({} preallocated), sequences {}..={}, snapshot {}",
         report.segments,
@@ -404,29 +449,38 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
             "warning: the last segment's header never reached the disk (a crash during rotation); the next `tally apply` removes it"
         );
     }
-    let journal = check_journal(&data.join(events::EVENTS_DIR_NAME));
-    println!("{}", journal.summary);
-    for warning in &journal.warnings {
-        println!("warning: {warning}");
-    }
-    let mut violations = journal.violations;
-    violations.extend(state.check_invariants().into_iter().map(|v| v.0));
-    violations.extend(check_references(&state));
-    let (accounts, transfers) = (state.account_count(), state.transfer_count());
-    violations.truncate(100);
-    println!("state: {accounts} account(s), {transfers} transfer(s) replayed");
-    if violations.is_empty() {
+}
+
+/// What `verify` found in a cluster replica's log, and where its state stands: the
+/// digest `tally cluster status` reports, to compare replicas stopped alike.
+fn print_replica_log(replica: &tally_cluster::offline::ReplicaDir) {
+    let position = |at: Option<tally_cluster::offline::Position>| {
+        at.map_or("none".to_string(), |at| at.to_string())
+    };
+    println!(
+        "replica log: entries {}, commit {}, snapshot {}; {} entry(ies) after the commit not replayed (a new leader may replace them)",
+        replica
+            .entries
+            .map_or("none".to_string(), |(first, last)| format!(
+                "{first}..={last}"
+            )),
+        position(replica.committed),
+        position(replica.snapshot),
+        replica.entries_past_commit,
+    );
+    if replica.torn_tail_bytes > 0 {
         println!(
-            "verify: ok (checksums, replay, change-event journal, conservation per ledger, balance limits, pending reservations, refund bounds, references)"
+            "warning: the replica log ends in {} byte(s) that do not check (a write cut short by a crash, or damage to the last frame); not replayed; the replica cuts them at its next start and keeps a copy",
+            replica.torn_tail_bytes
         );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for violation in &violations {
-            println!("violation: {violation}");
-        }
-        println!("verify: FAILED ({} violation(s) shown)", violations.len());
-        Ok(ExitCode::FAILURE)
     }
+    let applied = &replica.applied;
+    println!(
+        "replica state: applied {}, digest {:016x}, {} event(s) applied since the log began",
+        position(replica.applied_at),
+        applied.digest,
+        applied.events_applied
+    );
 }
 
 /// What reading the whole change-event journal found.

@@ -707,26 +707,32 @@ fn after_a_crash_a_damaged_newest_frame_is_cut_with_a_warning_and_kept() {
     );
 }
 
-/// The readers of a single node's files refuse a cluster replica's directory by name,
-/// instead of finding an empty ledger there; `tally events` reads a replica's journal
-/// as a single node's.
+/// `tally apply` refuses a cluster replica's directory by name instead of starting a
+/// single-node ledger in it; the reading commands read a replica's directory as its
+/// own (an empty log here: no state), and `tally events` its journal.
 #[test]
-fn a_replica_directory_is_refused_by_the_single_node_commands() {
+fn a_replica_directory_is_read_but_never_applied_to() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("replica.log"), b"").unwrap();
-    let events = tally_on("events", dir.path());
-    assert!(events.status.success(), "{events:?}");
-    assert!(events.stdout.is_empty(), "{events:?}");
-    for command in ["verify", "accounts", "transfers"] {
+    let applied = tally_on("apply", dir.path());
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(
+        !applied.status.success(),
+        "apply wrote to a replica's directory"
+    );
+    assert!(
+        stderr.contains("holds a cluster replica"),
+        "apply: {stderr}"
+    );
+    for command in ["events", "accounts", "transfers"] {
         let output = tally_on(command, dir.path());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success(),
-            "{command} read a replica's directory"
-        );
-        assert!(
-            stderr.contains("holds a cluster replica"),
-            "{command}: {stderr}"
-        );
+        assert!(output.status.success(), "{command}: {output:?}");
+        assert!(output.stdout.is_empty(), "{command}: {output:?}");
     }
+    let verified = tally_on("verify", dir.path());
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(stdout.contains("replica log: entries none"), "{stdout}");
+    assert!(stdout.contains("verify: ok"), "{stdout}");
+    assert_eq!(std::fs::read(dir.path().join("replica.log")).unwrap(), b"");
 }

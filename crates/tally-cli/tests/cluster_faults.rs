@@ -609,3 +609,61 @@ fn a_replica_added_then_an_old_one_removed_under_load() {
         );
     });
 }
+
+/// Runs `tally ARGS` that must fail; answers its stderr.
+fn tally_failing(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "tally {args:?} succeeded");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn verify_reads_each_stopped_replica_and_their_digests_agree() {
+    run(async {
+        let mut cluster = Cluster::start(3, false).await;
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        let client = cluster.client(&[leader], Duration::from_secs(5)).await;
+        load::create_accounts(&client).await;
+        let record = Mutex::new(Record::default());
+        let mut rng = SeededRng::new(11);
+        for round in 0..20 {
+            let batch = (0..10)
+                .map(|i| load::transfer(800_000_000_000 + round * 10 + i, &mut rng))
+                .collect();
+            assert!(load::send(&client, batch, &record).await, "round {round}");
+        }
+        let statuses = cluster.wait_converged(&ALL, CONVERGE_LIMIT).await;
+        let dirs: BTreeMap<u64, String> = ALL
+            .iter()
+            .map(|id| (*id, cluster.nodes[id].dir.to_string_lossy().into_owned()))
+            .collect();
+        // A running replica holds its directory.
+        let refused = tally_failing(&["verify", "--data", &dirs[&1]]);
+        assert!(refused.contains("lock"), "{refused}");
+        drop(client);
+        for id in ALL {
+            cluster.terminate(id);
+        }
+        let acknowledged = record.lock().unwrap().acknowledged.len();
+        for status in statuses {
+            let data = dirs[&status.replica_id].clone();
+            let out = tally(vec!["verify".into(), "--data".into(), data.clone()]).await;
+            assert!(out.contains("verify: ok"), "{out}");
+            let digest = format!("digest {:016x}", status.digest);
+            assert!(
+                out.contains(&digest),
+                "replica {}: {out}",
+                status.replica_id
+            );
+            assert!(
+                out.contains(&format!("applied {} (term", status.applied_index)),
+                "{out}"
+            );
+            let transfers = tally(vec!["transfers".into(), "--data".into(), data]).await;
+            assert_eq!(transfers.lines().count(), acknowledged, "{transfers}");
+        }
+    });
+}

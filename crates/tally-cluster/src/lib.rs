@@ -34,6 +34,7 @@ mod image_codec;
 mod ledger;
 mod log_store;
 mod network;
+pub mod offline;
 mod peer_service;
 mod replica;
 #[cfg(feature = "simulation")]

@@ -48,7 +48,7 @@ pub(crate) struct Contents {
     pub(crate) entries: BTreeMap<u64, (Entry<TallyRaft>, u64)>,
     last_purged: Option<LogId<u64>>,
     vote: Option<Vote<u64>>,
-    committed: Option<LogId<u64>>,
+    pub(crate) committed: Option<LogId<u64>>,
     /// Bytes of the file, and of the live entries' frames in it.
     file_bytes: u64,
     live_bytes: u64,
@@ -303,7 +303,7 @@ fn keep_torn_tail(dir: &Path, path: &Path, offset: u64) -> Result<PathBuf, Strin
 }
 
 /// Reads the log file: its contents and how many of its bytes are valid.
-fn read_log(path: &Path) -> Result<(Contents, u64), String> {
+pub(crate) fn read_log(path: &Path) -> Result<(Contents, u64), String> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut file) => {

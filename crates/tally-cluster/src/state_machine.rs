@@ -50,6 +50,23 @@ impl Applied {
         self.last_applied.map_or(0, |id| id.index)
     }
 
+    /// Applies one committed entry: a group's batches, a membership, or nothing.
+    pub(crate) fn apply_entry(
+        &mut self,
+        entry: Entry<TallyRaft>,
+        journal: Option<&ChangeJournal>,
+    ) -> GroupResults {
+        self.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => GroupResults::default(),
+            EntryPayload::Normal(group) => self.apply_group(entry.log_id, &group, journal),
+            EntryPayload::Membership(membership) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                GroupResults::default()
+            }
+        }
+    }
+
     /// Applies one committed group at `log_id`; answers each batch, with balances for
     /// the batches that asked (from the group's change events). The group's change
     /// events are always captured (the digest chains them) and go to `journal` when
@@ -383,22 +400,12 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         I: IntoIterator<Item = Entry<TallyRaft>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut answers = Vec::new();
         let mut applied = self.applied.write();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => answers.push(GroupResults::default()),
-                EntryPayload::Normal(group) => {
-                    let journal = self.events.as_deref();
-                    answers.push(applied.apply_group(entry.log_id, &group, journal));
-                }
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    answers.push(GroupResults::default());
-                }
-            }
-        }
+        let journal = self.events.as_deref();
+        let answers = entries
+            .into_iter()
+            .map(|entry| applied.apply_entry(entry, journal))
+            .collect();
         Ok(answers)
     }
 

@@ -761,3 +761,86 @@ async fn peer_calls_without_the_clusters_secret_are_refused() {
         replica.shutdown().await;
     }
 }
+
+/// The state a replica holds, as the test compares it: every account and the number
+/// of transfers.
+fn held(state: &tally_state::StateMachine) -> (Vec<tally_types::Account>, usize) {
+    (state.accounts().cloned().collect(), state.transfer_count())
+}
+
+/// Read offline once stopped, each replica's directory gives back the state, position
+/// and digest it held: its snapshot, then the committed entries after it replayed.
+/// Damage inside its log is an error naming the offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replicas_directory_reads_back_the_state_it_held() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let mut config =
+            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
+        // Tiny, so that each replica snapshots while the test writes.
+        config.snapshot_log_bytes = 16 << 10;
+        replicas.push(Replica::open(config).await.expect("opens"));
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    wait_for_leader(&all).await;
+    let accounts = Batch::CreateAccounts(accounts_for_every_outcome());
+    submit(&replicas[0], accounts).await;
+    for transfers in transfers_with_every_outcome() {
+        submit(&replicas[1], Batch::CreateTransfers(transfers)).await;
+    }
+    let snapshot = |id: u64| root.path().join(format!("r{id}/replica.snapshot"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut round = 0u128;
+    // Until every replica has a snapshot, then 20 rounds more for the log after it.
+    let mut rounds_after = None;
+    while rounds_after.is_none_or(|last| round < last) {
+        let batch = (0..20)
+            .map(|i| transfer(10_000 + round * 20 + i, 2, 3, 1))
+            .collect();
+        submit(&replicas[2], Batch::CreateTransfers(batch)).await;
+        round += 1;
+        if rounds_after.is_none() && (1..=3).all(|id| snapshot(id).exists()) {
+            rounds_after = Some(round + 20);
+        }
+        assert!(Instant::now() < deadline, "no replica snapshotted");
+    }
+    wait_converged(&all).await;
+    let live: Vec<_> = replicas
+        .iter()
+        .map(|replica| (replica.status(), replica.read_local(held)))
+        .collect();
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+    drop(replicas);
+    for (id, (status, state)) in (1..=3).zip(live) {
+        let dir = root.path().join(format!("r{id}"));
+        let read = tally_cluster::offline::read_replica_dir(&dir).expect("reads back");
+        let applied_at = read.applied_at.expect("entries applied");
+        assert_eq!(applied_at.index, status.applied_index, "replica {id}");
+        assert_eq!(read.applied.digest, status.digest, "replica {id}");
+        assert_eq!(held(&read.applied.state), state, "replica {id}");
+        let snapshot = read.snapshot.expect("a snapshot");
+        assert!(
+            snapshot.index < applied_at.index,
+            "entries after the snapshot"
+        );
+        assert_eq!(read.torn_tail_bytes, 0);
+    }
+
+    // A flipped byte in the middle of a log, where frames follow it, is damage.
+    let log = root.path().join("r1/replica.log");
+    let mut bytes = std::fs::read(&log).expect("reads");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&log, bytes).expect("writes");
+    let error = tally_cluster::offline::read_replica_dir(&root.path().join("r1"))
+        .expect_err("damage inside the log");
+    assert!(error.contains("damaged frame at offset"), "{error}");
+    assert!(
+        tally_cluster::offline::read_replica_dir(root.path()).is_err(),
+        "no replica in the parent directory"
+    );
+}

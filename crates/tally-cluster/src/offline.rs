@@ -1,0 +1,143 @@
+//! A replica's directory read back without running the replica, for `tally verify`,
+//! `tally accounts` and `tally transfers`: its snapshot, then the committed entries of
+//! its log after it, applied as the replica applies them, with the state digest
+//! chained over them, so that replicas stopped at the same position can be compared.
+//! Nothing in the directory is changed.
+
+use crate::log_store::{LOG_FILE, read_log};
+use crate::state_machine::{Applied, SNAPSHOT_FILE, StateStore};
+use openraft::LogId;
+use std::path::Path;
+
+/// A position in the replicated log: an entry's index and its leader's term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The entry's index.
+    pub index: u64,
+    /// The term of the leader that wrote it.
+    pub term: u64,
+}
+
+impl Position {
+    fn of(id: Option<LogId<u64>>) -> Option<Position> {
+        id.map(|id| Position {
+            index: id.index,
+            term: id.leader_id.term,
+        })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (term {})", self.index, self.term)
+    }
+}
+
+/// What a replica's directory holds, read back.
+#[derive(Debug)]
+pub struct ReplicaDir {
+    /// The state at its last applied entry, with its digest and membership.
+    pub applied: Applied,
+    /// Where the state stands: its last applied entry.
+    pub applied_at: Option<Position>,
+    /// Where the snapshot stands, if the directory holds one.
+    pub snapshot: Option<Position>,
+    /// The last commit the log records. After a crash it may be older than the
+    /// cluster's: the record is not synced on its own, so entries after it may be
+    /// committed too.
+    pub committed: Option<Position>,
+    /// The first and last index of the entries the log holds after its purged prefix.
+    pub entries: Option<(u64, u64)>,
+    /// Entries after the recorded commit: not applied, since a new leader may still
+    /// replace them.
+    pub entries_past_commit: u64,
+    /// Bytes at the end of the log that do not check: a write cut short by a crash,
+    /// never acknowledged, or damage to the last frame. The replica cuts them at its
+    /// next start and keeps a copy.
+    pub torn_tail_bytes: u64,
+}
+
+/// Whether `dir` holds a cluster replica (its log or its snapshot).
+pub fn is_replica_dir(dir: &Path) -> bool {
+    dir.join(LOG_FILE).exists() || dir.join(SNAPSHOT_FILE).exists()
+}
+
+/// Reads the replica's directory `dir` (which the caller has locked): its snapshot,
+/// then its log's entries after it up to the recorded commit, applied in order.
+///
+/// # Errors
+///
+/// `dir` holds no replica; the snapshot does not decode; the log is damaged before its
+/// last frame; or the log lacks an entry between the snapshot and the commit, or
+/// holds another term at the commit's index.
+pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
+    let log_path = dir.join(LOG_FILE);
+    if !is_replica_dir(dir) {
+        return Err(format!("{}: no replica here", dir.display()));
+    }
+    let store = StateStore::open(dir, None)?;
+    let mut applied = std::mem::take(&mut *store.applied().write());
+    let snapshot = applied.last_applied;
+    let (contents, valid_bytes) = read_log(&log_path)?;
+    let file_bytes = std::fs::metadata(&log_path).map_or(0, |metadata| metadata.len());
+    let committed = contents.committed;
+    let commit_index = committed.map(|id| id.index);
+    let entries = contents
+        .entries
+        .first_key_value()
+        .zip(contents.entries.last_key_value())
+        .map(|((&first, _), (&last, _))| (first, last));
+    if let Some(committed) = committed
+        && let Some((entry, _)) = contents.entries.get(&committed.index)
+        && entry.log_id != committed
+    {
+        return Err(format!(
+            "{}: the entry at the recorded commit (index {}) is of term {}, the commit's \
+             is {}",
+            log_path.display(),
+            committed.index,
+            entry.log_id.leader_id.term,
+            committed.leader_id.term
+        ));
+    }
+    let mut entries_past_commit = 0;
+    for (index, (entry, _)) in contents.entries {
+        if Some(index) > commit_index {
+            entries_past_commit += 1;
+            continue;
+        }
+        if Some(entry.log_id) <= applied.last_applied {
+            continue;
+        }
+        let expected = applied.last_applied.map_or(0, |id| id.index + 1);
+        if index != expected {
+            return Err(format!(
+                "{}: the log holds no entry {expected}, the next after {}",
+                log_path.display(),
+                match applied.last_applied {
+                    Some(id) => format!("entry {}", id.index),
+                    None => "the start".to_string(),
+                }
+            ));
+        }
+        applied.apply_entry(entry, None);
+    }
+    if let Some(commit) = commit_index
+        && applied.last_applied.map(|id| id.index) < Some(commit)
+    {
+        return Err(format!(
+            "{}: the log ends at entry {}, before the recorded commit {commit}",
+            log_path.display(),
+            applied.applied_index()
+        ));
+    }
+    Ok(ReplicaDir {
+        applied_at: Position::of(applied.last_applied),
+        applied,
+        snapshot: Position::of(snapshot),
+        committed: Position::of(committed),
+        entries,
+        entries_past_commit,
+        torn_tail_bytes: file_bytes.saturating_sub(valid_bytes),
+    })
+}
