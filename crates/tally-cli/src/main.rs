@@ -395,7 +395,8 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
         Source::Node(report) => print_node_log(report),
         Source::Replica(replica) => print_replica_log(replica),
     }
-    let journal = check_journal(&data.join(events::EVENTS_DIR_NAME));
+    let replica = matches!(source, Source::Replica(_));
+    let journal = check_journal(&data.join(events::EVENTS_DIR_NAME), replica);
     println!("{}", journal.summary);
     for warning in &journal.warnings {
         println!("warning: {warning}");
@@ -492,14 +493,18 @@ struct JournalCheck {
 
 /// Reads the change-event journal in `dir` from end to end, checking every frame's
 /// checksums and the order of timestamps (the directory's lock is held, so no writer
-/// is appending). Events that retention deleted are not missing.
-fn check_journal(dir: &Path) -> JournalCheck {
+/// is appending). Events that retention deleted are not missing. With `skips_allowed`
+/// (a cluster replica's journal), a gap further on is a warning: the replica took its
+/// state from another's snapshot there, and the journal says so. A single node's
+/// journal never skips.
+fn check_journal(dir: &Path, skips_allowed: bool) -> JournalCheck {
     let mut check = JournalCheck {
         summary: String::new(),
         warnings: Vec::new(),
         violations: Vec::new(),
     };
     let (mut count, mut first, mut last) = (0u64, None, 0u64);
+    let mut skips = Vec::new();
     let read = (|| -> Result<Option<tally_log::events::UnreadableTail>, LogError> {
         let mut reader = tally_log::events::EventReader::open(dir)?;
         let mut timestamp_min = 0;
@@ -508,7 +513,10 @@ fn check_journal(dir: &Path) -> JournalCheck {
                 Err(LogError::EventsRetired {
                     next_timestamp_kept,
                     ..
-                }) if count == 0 && timestamp_min < next_timestamp_kept => {
+                }) if (count == 0 || skips_allowed) && timestamp_min < next_timestamp_kept => {
+                    if count > 0 {
+                        skips.push((timestamp_min, next_timestamp_kept));
+                    }
                     timestamp_min = next_timestamp_kept;
                     continue;
                 }
@@ -529,6 +537,12 @@ fn check_journal(dir: &Path) -> JournalCheck {
         }
         None => "events: none in the journal".to_string(),
     };
+    for (from, to) in skips {
+        check.warnings.push(format!(
+            "the change-event journal holds no events from timestamp {from} up to {to}: \
+             the replica took its state from another's snapshot there"
+        ));
+    }
     let finding = read.and_then(|tail| {
         tail.map(|tail| events::unreadable_tail_finding(&tail))
             .transpose()
@@ -573,4 +587,46 @@ fn check_references(state: &tally_state::StateMachine) -> Vec<String> {
         last_timestamp = transfer.timestamp;
     }
     violations
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::check_journal;
+    use tally_log::events::{EventJournal, JournalOptions};
+    use tally_types::{Account, ChangeEvent};
+
+    fn created(timestamp: u64) -> ChangeEvent {
+        ChangeEvent::account_created(Account {
+            id: u128::from(timestamp),
+            ledger: 1,
+            code: 1,
+            timestamp,
+            ..Account::default()
+        })
+    }
+
+    /// A journal that skips (a replica that installed another's snapshot) warns on a
+    /// replica's directory and is a violation on a single node's.
+    #[test]
+    fn a_skip_in_the_journal_is_a_warning_only_for_a_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = EventJournal::open(dir.path(), JournalOptions::default()).unwrap();
+        journal.append(&[created(10), created(11)]).unwrap();
+        journal.skip_to(100);
+        journal.append(&[created(101)]).unwrap();
+        journal.sync().unwrap();
+        drop(journal);
+        let replica = check_journal(dir.path(), true);
+        assert!(replica.violations.is_empty(), "{:?}", replica.violations);
+        assert_eq!(replica.warnings.len(), 1, "{:?}", replica.warnings);
+        assert!(replica.warnings[0].contains("from timestamp 12 up to 101"));
+        assert!(
+            replica.summary.contains("3 event(s)"),
+            "{}",
+            replica.summary
+        );
+        let node = check_journal(dir.path(), false);
+        assert_eq!(node.violations.len(), 1, "{:?}", node.violations);
+    }
 }

@@ -106,29 +106,28 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
             entries_past_commit += 1;
             continue;
         }
-        if Some(entry.log_id) <= applied.last_applied {
-            continue;
+        let last = applied.last_applied.map(|id| id.index);
+        if Some(index) <= last {
+            continue; // In the snapshot.
         }
-        let expected = applied.last_applied.map_or(0, |id| id.index + 1);
+        let expected = last.map_or(0, |last| last + 1);
         if index != expected {
             return Err(format!(
-                "{}: the log holds no entry {expected}, the next after {}",
+                "{}: entry {expected} is missing after {}, before the recorded commit",
                 log_path.display(),
-                match applied.last_applied {
-                    Some(id) => format!("entry {}", id.index),
-                    None => "the start".to_string(),
-                }
+                reached(last)
             ));
         }
         applied.apply_entry(entry, None);
     }
+    let last = applied.last_applied.map(|id| id.index);
     if let Some(commit) = commit_index
-        && applied.last_applied.map(|id| id.index) < Some(commit)
+        && last < Some(commit)
     {
         return Err(format!(
-            "{}: the log ends at entry {}, before the recorded commit {commit}",
+            "{}: the entries end at {}, before the recorded commit {commit}",
             log_path.display(),
-            applied.applied_index()
+            reached(last)
         ));
     }
     Ok(ReplicaDir {
@@ -140,4 +139,9 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
         entries_past_commit,
         torn_tail_bytes: file_bytes.saturating_sub(valid_bytes),
     })
+}
+
+/// Where applying has got to, in words: an entry's index, or the start.
+fn reached(last: Option<u64>) -> String {
+    last.map_or("the start".to_string(), |index| format!("entry {index}"))
 }
