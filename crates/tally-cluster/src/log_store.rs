@@ -35,11 +35,11 @@ const FRAME_BYTES_MAX: usize = 64 << 20;
 /// purged.
 const REWRITE_BYTES_MIN: u64 = 256 << 20;
 
-const KIND_ENTRY: u8 = 1;
+pub(crate) const KIND_ENTRY: u8 = 1;
 const KIND_VOTE: u8 = 2;
 const KIND_TRUNCATE: u8 = 3;
 const KIND_PURGE: u8 = 4;
-const KIND_COMMITTED: u8 = 5;
+pub(crate) const KIND_COMMITTED: u8 = 5;
 
 /// What the log holds in memory.
 #[derive(Debug, Default)]
@@ -248,7 +248,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError<u64>> 
     postcard::to_allocvec(value).map_err(|e| storage_error(format!("encoding a log frame: {e}")))
 }
 
-fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+pub(crate) fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     let mut crc = crc32c::crc32c(&[kind]);
     crc = crc32c::crc32c_append(crc, payload);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());

@@ -145,3 +145,70 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
 fn reached(last: Option<u64>) -> String {
     last.map_or("the start".to_string(), |index| format!("entry {index}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_store::{KIND_COMMITTED, KIND_ENTRY, push_frame};
+    use crate::types::TallyRaft;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    /// A replica's directory whose log holds blank entries at `indexes` (term 1) and
+    /// records `committed` as its commit.
+    fn replica_with(indexes: &[u64], committed: LogId<u64>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut bytes = Vec::new();
+        for &index in indexes {
+            let entry = Entry::<TallyRaft> {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Blank,
+            };
+            push_frame(
+                &mut bytes,
+                KIND_ENTRY,
+                &postcard::to_allocvec(&entry).expect("entry"),
+            );
+        }
+        let commit = postcard::to_allocvec(&committed).expect("commit");
+        push_frame(&mut bytes, KIND_COMMITTED, &commit);
+        std::fs::write(dir.path().join(LOG_FILE), bytes).expect("write");
+        dir
+    }
+
+    #[test]
+    fn every_entry_up_to_the_recorded_commit_is_applied_and_none_after() {
+        let dir = replica_with(&[0, 1, 2, 3, 4], log_id(1, 3));
+        let read = read_replica_dir(dir.path()).expect("reads");
+        assert_eq!(read.applied_at, Some(Position { index: 3, term: 1 }));
+        assert_eq!(read.entries, Some((0, 4)));
+        assert_eq!(read.entries_past_commit, 1);
+        assert_eq!(read.snapshot, None);
+        assert_eq!(read.torn_tail_bytes, 0);
+    }
+
+    #[test]
+    fn a_log_that_cannot_reach_its_recorded_commit_is_refused() {
+        let gap = replica_with(&[0, 1, 3, 4], log_id(1, 4));
+        let error = read_replica_dir(gap.path()).expect_err("a gap");
+        assert!(
+            error.contains("entry 2 is missing after entry 1"),
+            "{error}"
+        );
+        let short = replica_with(&[0, 1, 2], log_id(1, 4));
+        let error = read_replica_dir(short.path()).expect_err("ends early");
+        assert!(
+            error.contains("end at entry 2, before the recorded commit 4"),
+            "{error}"
+        );
+        let other_term = replica_with(&[0, 1, 2], log_id(2, 2));
+        let error = read_replica_dir(other_term.path()).expect_err("another term");
+        assert!(error.contains("is of term 1, the commit's is 2"), "{error}");
+        let empty = tempfile::tempdir().expect("dir");
+        let error = read_replica_dir(empty.path()).expect_err("no replica");
+        assert!(error.contains("no replica here"), "{error}");
+    }
+}
