@@ -62,6 +62,21 @@ async fn open_three(members: &BTreeMap<u64, String>, root: &std::path::Path) -> 
     replicas
 }
 
+/// Replicas 1 to 3 as [`open_three`] opens them, but snapshotting once their log
+/// passes 16 KiB, so that they snapshot and purge while a test writes.
+async fn open_three_snapshotting(
+    members: &BTreeMap<u64, String>,
+    root: &std::path::Path,
+) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let mut config = ClusterConfig::new(id, members.clone(), root.join(format!("r{id}")));
+        config.snapshot_log_bytes = 16 << 10;
+        replicas.push(Replica::open(config).await.expect("opens"));
+    }
+    replicas
+}
+
 async fn wait_for_leader(replicas: &[&Replica]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -177,14 +192,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
 async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
     let root = tempfile::tempdir().expect("dir");
     let mut members = members(3);
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        let mut config =
-            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
-        // Tiny, so that the log is snapshotted and purged while the test writes.
-        config.snapshot_log_bytes = 16 << 10;
-        replicas.push(Replica::open(config).await.expect("opens"));
-    }
+    let replicas = open_three_snapshotting(&members, root.path()).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     wait_for_leader(&all).await;
     let accounts = two_accounts();
@@ -775,14 +783,7 @@ fn held(state: &tally_state::StateMachine) -> (Vec<tally_types::Account>, usize)
 async fn a_stopped_replicas_directory_reads_back_the_state_it_held() {
     let root = tempfile::tempdir().expect("dir");
     let members = members(3);
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        let mut config =
-            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
-        // Tiny, so that each replica snapshots while the test writes.
-        config.snapshot_log_bytes = 16 << 10;
-        replicas.push(Replica::open(config).await.expect("opens"));
-    }
+    let replicas = open_three_snapshotting(&members, root.path()).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     wait_for_leader(&all).await;
     let accounts = Batch::CreateAccounts(accounts_for_every_outcome());
