@@ -198,6 +198,12 @@ impl LogStore {
         }
     }
 
+    /// Waits until every write handed to the log before this call is on disk, synced:
+    /// the recorded commit, which is not synced on its own, included.
+    pub(crate) async fn flush(&self) -> Result<(), StorageError<u64>> {
+        self.write_durably(Vec::new()).await
+    }
+
     /// Writes `bytes` and waits until they are durable.
     async fn write_durably(&self, bytes: Vec<u8>) -> Result<(), StorageError<u64>> {
         let (reply, answer) = mpsc::sync_channel(1);

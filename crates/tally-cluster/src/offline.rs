@@ -48,8 +48,8 @@ pub struct ReplicaDir {
     pub committed: Option<Position>,
     /// The first and last index of the entries the log holds after its purged prefix.
     pub entries: Option<(u64, u64)>,
-    /// Entries after the recorded commit: not applied, since a new leader may still
-    /// replace them.
+    /// Entries after the recorded commit and the snapshot: not applied, since a new
+    /// leader may still replace them.
     pub entries_past_commit: u64,
     /// Bytes at the end of the log that do not check: a write cut short by a crash,
     /// never acknowledged, or damage to the last frame. The replica cuts them at its
@@ -75,11 +75,17 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
     if !is_replica_dir(dir) {
         return Err(format!("{}: no replica here", dir.display()));
     }
-    let store = StateStore::open(dir, None)?;
-    let mut applied = std::mem::take(&mut *store.applied().write());
+    let mut applied = {
+        let store = StateStore::open(dir, None)?;
+        std::mem::take(&mut *store.applied().write())
+    };
     let snapshot = applied.last_applied;
     let (contents, valid_bytes) = read_log(&log_path)?;
-    let file_bytes = std::fs::metadata(&log_path).map_or(0, |metadata| metadata.len());
+    let file_bytes = match std::fs::metadata(&log_path) {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(error) => return Err(format!("{}: {error}", log_path.display())),
+    };
     let committed = contents.committed;
     let commit_index = committed.map(|id| id.index);
     let entries = contents
@@ -102,13 +108,13 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
     }
     let mut entries_past_commit = 0;
     for (index, (entry, _)) in contents.entries {
-        if Some(index) > commit_index {
-            entries_past_commit += 1;
-            continue;
-        }
         let last = applied.last_applied.map(|id| id.index);
         if Some(index) <= last {
             continue; // In the snapshot.
+        }
+        if Some(index) > commit_index {
+            entries_past_commit += 1;
+            continue;
         }
         let expected = last.map_or(0, |last| last + 1);
         if index != expected {

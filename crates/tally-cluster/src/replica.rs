@@ -578,6 +578,8 @@ pub struct Replica {
     peer_addr: std::net::SocketAddr,
     /// The change-event journal's readers, when change events are on.
     change_events: Option<ChangeEventReader>,
+    /// The replicated log, flushed at shutdown.
+    log: LogStore,
     _lock: tally_log::DirLock,
 }
 
@@ -593,6 +595,7 @@ impl Replica {
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
         let log = LogStore::open(&config.data_dir)?;
         let log_size = log.clone();
+        let log_at_shutdown = log.clone();
         let remembers_vote = log.remembers_vote();
         let events = config
             .change_events
@@ -694,6 +697,7 @@ impl Replica {
             server: Mutex::new(Some(server)),
             peer_addr,
             change_events,
+            log: log_at_shutdown,
             _lock: lock,
         })
     }
@@ -863,6 +867,9 @@ impl Replica {
             let _ = task.await;
         }
         let _ = self.core.raft.shutdown().await;
+        // The last commit recorded reaches the disk before the directory is let go, so
+        // that a restart, or `tally verify`, finds everything this replica applied.
+        let _ = self.log.flush().await;
         if let Some(reader) = &self.change_events {
             let _ = tokio::time::timeout(JOURNAL_CLOSE_WAIT_MAX, reader.closed()).await;
         }
