@@ -627,3 +627,53 @@ impl Follower {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tally_log::events::JournalOptions;
+    use tally_types::Account;
+
+    fn created(timestamp: u64) -> ChangeEvent {
+        ChangeEvent::account_created(Account {
+            id: u128::from(timestamp),
+            ledger: 1,
+            code: 1,
+            timestamp,
+            ..Account::default()
+        })
+    }
+
+    /// A follower beside the journal thread, over segments of 1 KiB, gets each group
+    /// before the next is sent: a segment the journal starts is found at once, never
+    /// left unread until a later append wakes the follower again.
+    #[tokio::test]
+    async fn a_follower_finds_each_new_segment_at_the_append_that_starts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            segment_bytes_max: 1024,
+            ..JournalOptions::default()
+        };
+        let journal = EventJournal::open(dir.path(), options).unwrap();
+        let progress = Arc::new(Progress::new(dir.path().to_path_buf(), 0));
+        let (journal, _thread) = start_journal_thread(journal, Arc::clone(&progress)).unwrap();
+        let mut follower = std::pin::pin!(follow_batches(Arc::clone(&progress), 0).unwrap());
+        for group in 0..200u64 {
+            let events: Vec<ChangeEvent> = (1..=5).map(|i| created(group * 10 + i)).collect();
+            let through = events[4].timestamp;
+            journal.send(events.clone(), through);
+            let mut got = Vec::new();
+            while got.len() < events.len() {
+                let batch = tokio::time::timeout(Duration::from_secs(5), follower.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("group {group} never reached the follower"));
+                got.extend(batch.unwrap().unwrap());
+            }
+            assert_eq!(got, events, "group {group}");
+        }
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(segments > 10, "{segments} segments");
+    }
+}

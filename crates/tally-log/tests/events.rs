@@ -495,7 +495,12 @@ fn reader_next_to_a_writer(told: bool) {
     let mut reader = EventReader::open(dir.path()).unwrap();
     let mut read = Vec::new();
     let mut next = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while next <= last {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader stalled at {next}"
+        );
         let got = match told {
             true => {
                 let newest = Some(newest.load(Ordering::Acquire)).filter(|&first| first > 0);
