@@ -495,8 +495,9 @@ struct JournalCheck {
 /// checksums and the order of timestamps (the directory's lock is held, so no writer
 /// is appending). Events that retention deleted are not missing. With `skips_allowed`
 /// (a cluster replica's journal), a gap further on is a warning: the replica took its
-/// state from another's snapshot there, and the journal says so. A single node's
-/// journal never skips.
+/// state from another's snapshot there, or lost its journal's files, and the journal
+/// records the gap. A single node's journal never skips: it is derived again from the
+/// log instead.
 fn check_journal(dir: &Path, skips_allowed: bool) -> JournalCheck {
     let mut check = JournalCheck {
         summary: String::new(),
@@ -515,7 +516,7 @@ fn check_journal(dir: &Path, skips_allowed: bool) -> JournalCheck {
                     ..
                 }) if (count == 0 || skips_allowed) && timestamp_min < next_timestamp_kept => {
                     if count > 0 {
-                        skips.push((timestamp_min, next_timestamp_kept));
+                        skips.push((last, next_timestamp_kept));
                     }
                     timestamp_min = next_timestamp_kept;
                     continue;
@@ -537,10 +538,11 @@ fn check_journal(dir: &Path, skips_allowed: bool) -> JournalCheck {
         }
         None => "events: none in the journal".to_string(),
     };
-    for (from, to) in skips {
+    for (before, after) in skips {
         check.warnings.push(format!(
-            "the change-event journal holds no events from timestamp {from} up to {to}: \
-             the replica took its state from another's snapshot there"
+            "the change-event journal goes on at timestamp {after} after {before}, without the \
+             events between: the replica never received them (it took its state from \
+             another's snapshot, or its journal's files were lost)"
         ));
     }
     let finding = read.and_then(|tail| {
@@ -620,7 +622,7 @@ mod tests {
         let replica = check_journal(dir.path(), true);
         assert!(replica.violations.is_empty(), "{:?}", replica.violations);
         assert_eq!(replica.warnings.len(), 1, "{:?}", replica.warnings);
-        assert!(replica.warnings[0].contains("from timestamp 12 up to 101"));
+        assert!(replica.warnings[0].contains("goes on at timestamp 101 after 11"));
         assert!(
             replica.summary.contains("3 event(s)"),
             "{}",

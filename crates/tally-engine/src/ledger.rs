@@ -876,8 +876,8 @@ pub fn events_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
 /// opened there would start empty beside them.
 const REPLICA_FILES: [&str; 2] = ["replica.log", "replica.snapshot"];
 
-/// Refuses a directory that holds a cluster replica, which `Ledger::open` and the
-/// command line's readers of a single node's files do not read.
+/// Refuses a directory that holds a cluster replica, which `Ledger::open` must not
+/// open (`tally verify` and the dumps read one through `tally_cluster::offline`).
 pub fn refuse_replica_dir(dir: &std::path::Path) -> Result<(), EngineError> {
     match REPLICA_FILES.iter().find(|name| dir.join(name).exists()) {
         Some(name) => Err(EngineError::Config {
