@@ -196,6 +196,22 @@ mod tests {
         assert_eq!(read.torn_tail_bytes, 0);
     }
 
+    /// After a crash the recorded commit may trail the snapshot: the entries the
+    /// snapshot holds are neither applied again nor counted as past the commit.
+    #[tokio::test]
+    async fn entries_in_the_snapshot_are_not_counted_past_an_older_commit() {
+        use openraft::RaftSnapshotBuilder;
+        let dir = replica_with(&[0, 1, 2, 3, 4, 5], log_id(1, 2));
+        let mut store = StateStore::open(dir.path(), None).expect("opens");
+        store.applied().write().last_applied = Some(log_id(1, 3));
+        store.build_snapshot().await.expect("a snapshot at entry 3");
+        let read = read_replica_dir(dir.path()).expect("reads");
+        assert_eq!(read.snapshot, Some(Position { index: 3, term: 1 }));
+        assert_eq!(read.applied_at, read.snapshot);
+        assert_eq!(read.committed, Some(Position { index: 2, term: 1 }));
+        assert_eq!(read.entries_past_commit, 2, "entries 4 and 5");
+    }
+
     #[test]
     fn a_log_that_cannot_reach_its_recorded_commit_is_refused() {
         let gap = replica_with(&[0, 1, 3, 4], log_id(1, 4));
