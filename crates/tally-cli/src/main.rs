@@ -596,17 +596,7 @@ fn check_references(state: &tally_state::StateMachine) -> Vec<String> {
 mod tests {
     use super::check_journal;
     use tally_log::events::{EventJournal, JournalOptions};
-    use tally_types::{Account, ChangeEvent};
-
-    fn created(timestamp: u64) -> ChangeEvent {
-        ChangeEvent::account_created(Account {
-            id: u128::from(timestamp),
-            ledger: 1,
-            code: 1,
-            timestamp,
-            ..Account::default()
-        })
-    }
+    use tally_testkit::account_created_event as created;
 
     /// A journal that skips (a replica that installed another's snapshot) warns on a
     /// replica's directory and is a violation on a single node's.

@@ -634,17 +634,7 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
     use tally_log::events::JournalOptions;
-    use tally_types::Account;
-
-    fn created(timestamp: u64) -> ChangeEvent {
-        ChangeEvent::account_created(Account {
-            id: u128::from(timestamp),
-            ledger: 1,
-            code: 1,
-            timestamp,
-            ..Account::default()
-        })
-    }
+    use tally_testkit::account_created_event as created;
 
     /// A follower beside the journal thread, over segments of 1 KiB, gets each group
     /// before the next is sent: a segment the journal starts is found at once, never

@@ -8,7 +8,7 @@
 //!   `fuzz/` and this crate's corpus replay test.
 #![deny(missing_docs)]
 
-use tally_types::{Account, AccountFlags, Transfer, TransferFlags};
+use tally_types::{Account, AccountFlags, ChangeEvent, Transfer, TransferFlags};
 
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
@@ -53,6 +53,18 @@ pub fn account(id: u128, ledger: u32, flags: AccountFlags) -> Account {
         flags,
         ..Account::default()
     }
+}
+
+/// The change event of account `timestamp` created at `timestamp`, on ledger 1: a
+/// journal's simplest event, for tests of its files.
+pub fn account_created_event(timestamp: u64) -> ChangeEvent {
+    ChangeEvent::account_created(Account {
+        id: u128::from(timestamp),
+        ledger: 1,
+        code: 1,
+        timestamp,
+        ..Account::default()
+    })
 }
 
 /// A single-phase transfer on [`TEST_LEDGER`] with code 1.
