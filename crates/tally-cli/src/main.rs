@@ -478,7 +478,7 @@ fn print_replica_log(replica: &tally_cluster::offline::ReplicaDir) {
     let applied = &replica.applied;
     println!(
         "replica state: applied {}, digest {:016x}, {} event(s) applied since the log began",
-        position(replica.applied_at),
+        position(replica.applied_at()),
         applied.digest,
         applied.events_applied
     );

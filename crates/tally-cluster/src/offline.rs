@@ -38,8 +38,6 @@ impl std::fmt::Display for Position {
 pub struct ReplicaDir {
     /// The state at its last applied entry, with its digest and membership.
     pub applied: Applied,
-    /// Where the state stands: its last applied entry.
-    pub applied_at: Option<Position>,
     /// Where the snapshot stands, if the directory holds one.
     pub snapshot: Option<Position>,
     /// The last commit the log records. After a crash it may be older than the
@@ -55,6 +53,13 @@ pub struct ReplicaDir {
     /// never acknowledged, or damage to the last frame. The replica cuts them at its
     /// next start and keeps a copy.
     pub torn_tail_bytes: u64,
+}
+
+impl ReplicaDir {
+    /// Where the state stands: its last applied entry.
+    pub fn applied_at(&self) -> Option<Position> {
+        Position::of(self.applied.last_applied)
+    }
 }
 
 /// Whether `dir` holds a cluster replica (its log or its snapshot).
@@ -137,7 +142,6 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
         ));
     }
     Ok(ReplicaDir {
-        applied_at: Position::of(applied.last_applied),
         applied,
         snapshot: Position::of(snapshot),
         committed: Position::of(committed),
@@ -189,7 +193,7 @@ mod tests {
     fn every_entry_up_to_the_recorded_commit_is_applied_and_none_after() {
         let dir = replica_with(&[0, 1, 2, 3, 4], log_id(1, 3));
         let read = read_replica_dir(dir.path()).expect("reads");
-        assert_eq!(read.applied_at, Some(Position { index: 3, term: 1 }));
+        assert_eq!(read.applied_at(), Some(Position { index: 3, term: 1 }));
         assert_eq!(read.entries, Some((0, 4)));
         assert_eq!(read.entries_past_commit, 1);
         assert_eq!(read.snapshot, None);
@@ -207,7 +211,7 @@ mod tests {
         store.build_snapshot().await.expect("a snapshot at entry 3");
         let read = read_replica_dir(dir.path()).expect("reads");
         assert_eq!(read.snapshot, Some(Position { index: 3, term: 1 }));
-        assert_eq!(read.applied_at, read.snapshot);
+        assert_eq!(read.applied_at(), read.snapshot);
         assert_eq!(read.committed, Some(Position { index: 2, term: 1 }));
         assert_eq!(read.entries_past_commit, 2, "entries 4 and 5");
     }

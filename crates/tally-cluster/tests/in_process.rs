@@ -825,7 +825,7 @@ async fn a_stopped_replicas_directory_reads_back_the_state_it_held() {
     for (id, (status, state)) in (1..=3).zip(live) {
         let dir = root.path().join(format!("r{id}"));
         let read = tally_cluster::offline::read_replica_dir(&dir).expect("reads back");
-        let applied_at = read.applied_at.expect("entries applied");
+        let applied_at = read.applied_at().expect("entries applied");
         assert_eq!(applied_at.index, status.applied_index, "replica {id}");
         assert_eq!(read.applied.digest, status.digest, "replica {id}");
         assert_eq!(held(&read.applied.state), state, "replica {id}");
