@@ -459,6 +459,32 @@ fn a_skip_after_a_cut_tail_leaves_no_empty_segment_behind() {
     assert_eq!(read_all(dir.path(), 41), events(50, 1));
 }
 
+/// A reader at the end of the newest segment when another file takes that segment's
+/// name (the directory restored from a copy, say) reads the events of the new file.
+#[test]
+fn a_reader_whose_segment_is_replaced_under_its_name_reads_the_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut journal = EventJournal::open(dir.path(), JournalOptions::default()).unwrap();
+        journal.append(&events(10, 2)).unwrap();
+    }
+    let mut reader = EventReader::open(dir.path()).unwrap();
+    assert_eq!(reader.read(0, usize::MAX).unwrap(), events(10, 2));
+    // The same segment with two more events, built elsewhere and renamed over it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    {
+        let mut journal = EventJournal::open(elsewhere.path(), JournalOptions::default()).unwrap();
+        journal.append(&events(10, 2)).unwrap();
+        journal.append(&events(100, 2)).unwrap();
+    }
+    let name = journal_segment_name(10);
+    let staged = dir.path().join("staged");
+    std::fs::copy(elsewhere.path().join(&name), &staged).unwrap();
+    std::fs::rename(&staged, dir.path().join(&name)).unwrap();
+    assert_eq!(reader.read(21, usize::MAX).unwrap(), events(100, 2));
+    assert_eq!(reader.read(111, usize::MAX).unwrap(), []);
+}
+
 #[test]
 fn a_reader_next_to_a_writer_sees_every_event_once_in_order() {
     reader_next_to_a_writer(false);

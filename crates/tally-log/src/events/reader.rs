@@ -10,6 +10,7 @@ use super::segments::{
 use crate::LogError;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tally_types::ChangeEvent;
 
@@ -172,6 +173,7 @@ impl EventReader {
         if !resumable {
             self.cursor = self.seek(timestamp_min)?;
         }
+        let mut sought_again = false;
         while self.cursor.is_some() {
             let stop = self.read_frames(timestamp_min, limit, &mut events)?;
             if let Stop::Full = stop {
@@ -186,6 +188,14 @@ impl EventReader {
                 .iter()
                 .find(|segment| segment.first_timestamp > cursor.segment.first_timestamp)
             else {
+                if !listed.is_empty() && !sought_again && replaced(&cursor.segment, &cursor.file)? {
+                    // The writer cut this segment's frames at open and started again
+                    // in a new file: find the events in the files there now.
+                    sought_again = true;
+                    self.decoded_frame = None;
+                    self.cursor = self.seek(timestamp_min)?;
+                    continue;
+                }
                 // The newest segment: the rest is not written yet, or does not check.
                 if let Stop::End(Some(reason)) = stop {
                     self.unreadable_tail = Some(UnreadableTail {
@@ -379,6 +389,19 @@ impl EventReader {
             timestamp_min,
             next_timestamp_kept,
         }
+    }
+}
+
+/// Whether `segment`'s name no longer leads to `file`, the one a reader holds open: the
+/// file was removed, or another took its name.
+fn replaced(segment: &SegmentFile, file: &File) -> Result<bool, LogError> {
+    let held = file
+        .metadata()
+        .map_err(|error| LogError::io(segment.path.clone(), "metadata", error))?;
+    match std::fs::metadata(&segment.path) {
+        Ok(named) => Ok((named.dev(), named.ino()) != (held.dev(), held.ino())),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(error) => Err(LogError::io(segment.path.clone(), "metadata", error)),
     }
 }
 
