@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Log lines as JSON instead of text.
     #[arg(long)]
     log_json: bool,
-    /// Largest message in bytes.
+    /// Largest request message in bytes (answers are bounded by the batch and page limits).
     #[arg(long, default_value_t = Limits::default().message_bytes_max)]
     message_bytes_max: usize,
     /// Concurrent calls on one connection.

@@ -64,7 +64,12 @@ where
         match self.access.rights(request.headers()) {
             Ok(rights) => {
                 request.extensions_mut().insert(rights);
-                Box::pin(self.inner.call(request))
+                let answer = self.inner.call(request);
+                Box::pin(async move {
+                    let mut response = answer.await?;
+                    refuse_undecodable(&mut response);
+                    Ok(response)
+                })
             }
             Err(status) => {
                 // An unknown method is refused too, but counted under no operation.
@@ -81,6 +86,30 @@ where
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
+    }
+}
+
+/// Turns tonic's `INTERNAL` for a request it could not decode (not protobuf, or a
+/// gRPC frame cut short) into `INVALID_ARGUMENT`: the call never reached the ledger,
+/// and `INVALID_ARGUMENT` tells the caller that nothing was applied, where `INTERNAL`
+/// leaves the outcome unknown. Such a refusal is a trailers-only answer, its status in
+/// the headers; an answer whose body has begun is left as it is.
+fn refuse_undecodable(response: &mut http::Response<Body>) {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return;
+    };
+    let undecodable = status.code() == tonic::Code::Internal
+        && (status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+            || status
+                .message()
+                .starts_with("Unexpected EOF decoding stream"));
+    if undecodable {
+        let refused =
+            Status::invalid_argument(format!("undecodable request: {}", status.message()));
+        // A status message is percent-encoded into the header: it always fits.
+        let _ = refused.add_header(response.headers_mut());
     }
 }
 

@@ -20,8 +20,8 @@ pub struct TlsFiles {
 /// Bounds on what one client may hold or send.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest request or response message (bytes). A full batch of 8,190 transfers
-    /// is at most about 1.4 MB.
+    /// Largest request message (bytes). A full batch of 8,190 transfers is at most
+    /// about 1.4 MB. Answers are bounded by the batch and page limits instead.
     pub message_bytes_max: usize,
     /// Concurrent calls (HTTP/2 streams) on one connection.
     pub streams_per_connection_max: u32,

@@ -103,9 +103,10 @@ impl Server {
         };
         let limits = &config.limits;
         let grpc = Authenticated {
-            inner: LedgerServer::new(service)
-                .max_decoding_message_size(limits.message_bytes_max)
-                .max_encoding_message_size(limits.message_bytes_max),
+            // Requests only: an answer is bounded by the batch and page limits instead
+            // (a few MB), and a write's answer refused after its batch was applied
+            // would tell the caller nothing was.
+            inner: LedgerServer::new(service).max_decoding_message_size(limits.message_bytes_max),
             access,
             stats: Arc::clone(&stats),
         };

@@ -10,7 +10,7 @@ use tally_engine::{Backpressure, Config, Ledger};
 use tally_proto::{LedgerClient, account_to_proto, transfer_to_proto, v1};
 use tally_server::auth::token_line;
 use tally_server::{Limits, Operation, Rights, RunningServer, Server, ServerConfig};
-use tally_types::{Account, Transfer};
+use tally_types::{Account, Transfer, TransferFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::Code;
@@ -172,11 +172,38 @@ async fn malformed_protobuf_is_refused_and_the_server_goes_on() {
         garbage,
     )
     .await;
-    assert!(
-        matches!(status.code(), Code::InvalidArgument | Code::Internal),
-        "{status:?}"
-    );
+    // INVALID_ARGUMENT: nothing was applied (INTERNAL would leave the outcome unknown).
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("decode"), "{}", status.message());
+    served(&mut fixture.client().await, 10).await;
+}
+
+/// A gRPC frame that declares more bytes than the call carries is refused as
+/// undecodable, not as an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_cut_short_is_refused_as_invalid() {
+    use tonic::codegen::{Service, http};
+    let fixture = Fixture::start(Limits::default()).await;
+    let mut channel = fixture.channel().await;
+    // Not compressed, 16 bytes long, and then only 3 of them.
+    let body = String::from_utf8(vec![0, 0, 0, 0, 16, 1, 2, 3]).unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/tally.v1.Ledger/LookupAccounts",
+            fixture.addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(body))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let response = channel.call(request).await.unwrap();
+    let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("EOF"), "{}", status.message());
     served(&mut fixture.client().await, 10).await;
 }
 
@@ -204,6 +231,50 @@ async fn an_oversize_message_is_refused_and_others_are_served() {
     );
     served(&mut fixture.client().await, 10).await;
     served(&mut client, 11).await;
+}
+
+/// The message limit bounds requests, not answers: a batch under it whose answer
+/// (each transfer with both accounts' balances) is larger is applied and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_message_limit_is_still_sent() {
+    let bytes_max = 100_000;
+    let limits = Limits {
+        message_bytes_max: bytes_max,
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut client = fixture.client().await.max_decoding_message_size(usize::MAX);
+    served(&mut client, 10).await;
+    // Amounts past 2^64, and every balance of both accounts set: each balance takes
+    // both halves of its U128 in the answer.
+    let large = |id: u128, from: u128, flags: TransferFlags| Transfer {
+        amount: 1 << 65,
+        debit_account_id: from,
+        credit_account_id: 3 - from,
+        flags,
+        ..pay(id)
+    };
+    let set_up = [
+        large(20, 1, TransferFlags::PENDING),
+        large(21, 2, TransferFlags::PENDING),
+        large(22, 2, TransferFlags::empty()),
+    ];
+    let request = v1::CreateTransfersRequest {
+        transfers: set_up.iter().map(transfer_to_proto).collect(),
+        ..Default::default()
+    };
+    client.create_transfers(request).await.unwrap();
+    let request = v1::CreateTransfersRequest {
+        transfers: (100..1_100)
+            .map(|id| transfer_to_proto(&large(id, 1, TransferFlags::empty())))
+            .collect(),
+        balances: true,
+        ..Default::default()
+    };
+    assert!(prost::Message::encoded_len(&request) < bytes_max);
+    let answer = client.create_transfers(request).await.unwrap().into_inner();
+    assert!(prost::Message::encoded_len(&answer) > bytes_max);
+    assert_eq!(answer.results.len(), 1_000);
 }
 
 /// A page of change events ends before the server's message limit, and `timestamp_last`
