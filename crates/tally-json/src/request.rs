@@ -75,6 +75,7 @@ const FILTER_FIELDS: &[&str] = &[
     "user_data_128",
     "user_data_64",
     "user_data_32",
+    "ledger",
     "code",
 ];
 
@@ -555,6 +556,7 @@ fn filter(value: &Json, loc: Loc<'_>) -> Result<AccountFilter, LineError> {
             "user_data_128" => filter.user_data_128 = unsigned(value, at, "u128", Width::Wide)?,
             "user_data_64" => filter.user_data_64 = unsigned(value, at, "u64", Width::Wide)?,
             "user_data_32" => filter.user_data_32 = unsigned(value, at, "u32", Width::Narrow)?,
+            "ledger" => filter.ledger = unsigned(value, at, "u32", Width::Narrow)?,
             "code" => filter.code = unsigned(value, at, "u16", Width::Narrow)?,
             _ => unreachable_field(field, at)?,
         }

@@ -155,6 +155,7 @@ fn render_filter(f: &AccountFilter) -> String {
         ("ud128", f.user_data_128.to_string()),
         ("ud64", f.user_data_64.to_string()),
         ("ud32", f.user_data_32.to_string()),
+        ("ledger", f.ledger.to_string()),
         ("code", f.code.to_string()),
     ]);
     if given != "{}" {
@@ -215,8 +216,8 @@ fn query_filters_and_the_account_filter_fields() {
         "get_account_balances account=1 limit=3 credits reversed time=0..0",
     );
     check(
-        r#"{"get_account_transfers": {"account_id": "1", "user_data_128": "12", "user_data_64": "5", "user_data_32": 4, "code": 2}}"#,
-        "get_account_transfers account=1 limit=0 debits credits time=0..0 {ud128=12 ud64=5 ud32=4 code=2}",
+        r#"{"get_account_transfers": {"account_id": "1", "user_data_128": "12", "user_data_64": "5", "user_data_32": 4, "ledger": 156, "code": 2}}"#,
+        "get_account_transfers account=1 limit=0 debits credits time=0..0 {ud128=12 ud64=5 ud32=4 ledger=156 code=2}",
     );
 }
 

@@ -280,6 +280,7 @@ pub fn filter_to_proto(filter: &AccountFilter) -> v1::AccountFilter {
         user_data_128: u128_to_proto(filter.user_data_128),
         user_data_64: filter.user_data_64,
         user_data_32: filter.user_data_32,
+        ledger: filter.ledger,
         code: u32::from(filter.code),
     }
 }
@@ -299,6 +300,7 @@ pub fn filter_from_proto(filter: &v1::AccountFilter) -> Result<AccountFilter, St
         user_data_128: u128_from_proto(filter.user_data_128),
         user_data_64: filter.user_data_64,
         user_data_32: filter.user_data_32,
+        ledger: filter.ledger,
         code,
     })
 }
@@ -455,6 +457,25 @@ pub fn change_event_ledger(event: &ChangeEvent) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_filter_crosses_the_wire_whole() {
+        let filter = AccountFilter {
+            timestamp_min: 3,
+            timestamp_max: 9,
+            limit: 7,
+            debits: false,
+            reversed: true,
+            user_data_128: u128::MAX,
+            user_data_64: 5,
+            user_data_32: 6,
+            ledger: 978,
+            code: 65_535,
+            ..AccountFilter::new(u128::MAX - 1)
+        };
+        let wire = filter_to_proto(&filter);
+        assert_eq!(filter_from_proto(&wire), Ok(filter));
+    }
 
     #[test]
     fn a_filter_without_a_direction_lists_both() {

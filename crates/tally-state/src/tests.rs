@@ -2000,6 +2000,14 @@ fn history_keeps_a_row_per_change_expiries_included_and_filters_them() {
         ..all
     };
     assert_eq!(balance_rows(&sm, &order), vec![(t1, 0, 100, 0, 0)]);
+    // The account's own ledger keeps every row and transfer; another keeps none.
+    let own = AccountFilter { ledger: 156, ..all };
+    assert_eq!(balance_rows(&sm, &own), balance_rows(&sm, &all));
+    assert_eq!(sm.account_transfers(&own), sm.account_transfers(&all));
+    let other = AccountFilter { ledger: 840, ..all };
+    assert!(sm.account_balances(&other).is_empty());
+    assert!(sm.account_transfers(&other).is_empty());
+    assert!(!sm.account_transfers(&all).is_empty());
     // No history flag, no rows; an unknown account, none.
     assert!(sm.account_balances(&AccountFilter::new(3)).is_empty());
     assert!(sm.account_balances(&AccountFilter::new(99)).is_empty());

@@ -249,6 +249,9 @@ pub struct AccountFilter {
     pub user_data_64: u64,
     /// Only transfers with this `user_data_32`; 0 = any.
     pub user_data_32: u32,
+    /// Only transfers of this ledger; 0 = any. An account's transfers are all of its
+    /// own ledger, so any other gives none.
+    pub ledger: u32,
     /// Only transfers with this `code`; 0 = any.
     pub code: u16,
 }
@@ -267,6 +270,7 @@ impl AccountFilter {
             user_data_128: 0,
             user_data_64: 0,
             user_data_32: 0,
+            ledger: 0,
             code: 0,
         }
     }
@@ -281,7 +285,7 @@ impl AccountFilter {
     }
 
     /// True when `transfer` (which touches this account) passes the filter's
-    /// direction, time range, user data and code.
+    /// direction, time range, user data, ledger and code.
     pub fn matches(&self, transfer: &Transfer) -> bool {
         self.matches_at(transfer, transfer.timestamp)
     }
@@ -300,11 +304,13 @@ impl AccountFilter {
             && (self.timestamp_max == 0 || timestamp <= self.timestamp_max)
     }
 
-    /// True when the transfer's user data and code match those the filter gives.
+    /// True when the transfer's user data, ledger and code match those the filter
+    /// gives.
     fn fields_match(&self, transfer: &Transfer) -> bool {
         (self.user_data_128 == 0 || transfer.user_data_128 == self.user_data_128)
             && (self.user_data_64 == 0 || transfer.user_data_64 == self.user_data_64)
             && (self.user_data_32 == 0 || transfer.user_data_32 == self.user_data_32)
+            && (self.ledger == 0 || transfer.ledger == self.ledger)
             && (self.code == 0 || transfer.code == self.code)
     }
 }
