@@ -72,7 +72,7 @@ pub struct ServeArgs {
     header_timeout_s: u64,
     /// Run as one replica of a cluster: the peer address of every replica,
     /// `1=HOST:PORT,2=HOST:PORT,...` (the replicas' own traffic goes there).
-    #[arg(long, requires = "replica", conflicts_with = "shards")]
+    #[arg(long, requires = "replica", conflicts_with_all = ["shards", "placement_bits"])]
     cluster: Option<String>,
     /// This replica's id in --cluster.
     #[arg(long, requires = "cluster")]

@@ -511,6 +511,45 @@ fn serve_refused(args: &[&str], data: &Path) -> String {
     stderr
 }
 
+/// TLS files that do not read, are not PEM, or hold a key that is not the
+/// certificate's are refused before the data directory is made, naming the files and
+/// the cause.
+#[test]
+fn bad_tls_files_are_refused_naming_them_before_the_ledger_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pki = Pki::new(dir.path());
+    let serve = |cert: &Path, key: &Path| {
+        let (cert, key) = (path(cert), path(key));
+        serve_refused(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ],
+            &data,
+        )
+    };
+    let stderr = serve(&pki.server.cert, &pki.client.key);
+    assert!(
+        stderr.contains("TLS configuration refused") && stderr.contains(&path(&pki.client.key)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.trim_end().len() > stderr.find("transport error").map_or(0, |at| at + 16),
+        "a cause after tonic's own words: {stderr}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let stderr = serve(&garbage, &pki.server.key);
+    assert!(stderr.contains("garbage.pem"), "{stderr}");
+    let stderr = serve(&dir.path().join("missing.pem"), &pki.server.key);
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_text_on_a_public_address_needs_insecure() {
     let dir = tempfile::tempdir().unwrap();
@@ -573,6 +612,14 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         stderr.contains("short-secret") && stderr.contains("peer secret"),
         "{stderr}"
     );
+    // A replica places nothing on shards: placement is refused, not ignored.
+    let placed = [
+        &with_secret[..4],
+        &["--replica", "1", "--placement-bits", "8"],
+    ]
+    .concat();
+    let stderr = serve_refused(&placed, &data);
+    assert!(stderr.contains("--placement-bits"), "{stderr}");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let stderr = serve_refused(&["--listen", &taken], &data);

@@ -96,8 +96,9 @@ impl ServerConfig {
     /// Refuses what would stop the server from starting, before anything is opened: a
     /// plain-text listener on a non-loopback address without `insecure`, one that lets
     /// in any caller (no token file, no client certificates) there without `insecure`,
-    /// a token file that does not read or parse. Answers the tokens read, when there is
-    /// a file.
+    /// a token file that does not read or parse, TLS files that do not read or that
+    /// rustls refuses (not PEM, a key that is not the certificate's). Answers the tokens
+    /// read, when there is a file.
     pub fn check(&self) -> Result<Option<crate::auth::Tokens>, ServerError> {
         let public = !self.listen.ip().is_loopback();
         if self.tls.is_none() && !self.insecure && public {
@@ -106,6 +107,9 @@ impl ServerConfig {
         let client_certificates = self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
         if self.tokens.is_none() && !client_certificates && !self.insecure && public {
             return Err(ServerError::OpenListen(self.listen));
+        }
+        if let Some(files) = &self.tls {
+            crate::server::server_tls_checked(files, self.limits.header_timeout)?;
         }
         self.tokens
             .as_deref()
@@ -131,8 +135,22 @@ pub enum ServerError {
         /// What the file system said.
         source: std::io::Error,
     },
+    /// A TLS file holds no PEM block of the kind it must.
+    TlsPem {
+        /// The file.
+        path: PathBuf,
+        /// The block's label: `CERTIFICATE` or `PRIVATE KEY`.
+        label: &'static str,
+    },
     /// The TLS configuration was refused.
-    Tls(tonic::transport::Error),
+    Tls {
+        /// The server's certificate file.
+        cert: PathBuf,
+        /// Its private key's file.
+        key: PathBuf,
+        /// Why.
+        error: tonic::transport::Error,
+    },
     /// The token file did not load.
     Tokens(crate::auth::TokenFileError),
     /// The address could not be bound.
@@ -163,7 +181,26 @@ impl fmt::Display for ServerError {
             ServerError::TlsFile { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
-            ServerError::Tls(error) => write!(f, "TLS configuration refused: {error}"),
+            ServerError::TlsPem { path, label } => write!(
+                f,
+                "{} holds no PEM {label} (a \"-----BEGIN ...{label}-----\" block)",
+                path.display()
+            ),
+            ServerError::Tls { cert, key, error } => {
+                write!(
+                    f,
+                    "TLS configuration refused (certificate {}, key {}): {error}",
+                    cert.display(),
+                    key.display()
+                )?;
+                // tonic's own message is only "transport error": the cause is below it.
+                let mut cause = std::error::Error::source(error);
+                while let Some(error) = cause {
+                    write!(f, ": {error}")?;
+                    cause = error.source();
+                }
+                Ok(())
+            }
             ServerError::Tokens(error) => write!(f, "{error}"),
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServerError::Engine(error) => write!(f, "ledger shutdown: {error}"),
@@ -175,10 +212,12 @@ impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServerError::TlsFile { source, .. } | ServerError::Bind { source, .. } => Some(source),
-            ServerError::Tls(error) => Some(error),
+            ServerError::Tls { error, .. } => Some(error),
             ServerError::Tokens(error) => Some(error),
             ServerError::Engine(error) => Some(error),
-            ServerError::InsecureListen(_) | ServerError::OpenListen(_) => None,
+            ServerError::InsecureListen(_)
+            | ServerError::OpenListen(_)
+            | ServerError::TlsPem { .. } => None,
         }
     }
 }

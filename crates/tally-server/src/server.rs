@@ -123,7 +123,7 @@ impl Server {
         if let Some(tls) = &config.tls {
             builder = builder
                 .tls_config(server_tls(tls, limits.header_timeout)?)
-                .map_err(ServerError::Tls)?;
+                .map_err(|error| tls_refused(tls, error))?;
         }
         let (metrics_addr, metrics_stop) = match config.metrics {
             Some(addr) => {
@@ -264,11 +264,48 @@ async fn start_metrics(
     Ok((local_addr, stop))
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|source| ServerError::TlsFile {
+/// The file at `path`, which must hold a PEM block whose label ends in `label`
+/// (`CERTIFICATE`, `PRIVATE KEY`): rustls's own word for a file without one, "peer
+/// sent no certificates", does not say which file is wrong.
+fn read_pem(path: &Path, label: &'static str) -> Result<Vec<u8>, ServerError> {
+    let bytes = std::fs::read(path).map_err(|source| ServerError::TlsFile {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let has_block = text.lines().any(|line| {
+        line.trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+            .is_some_and(|found| found.ends_with(label))
+    });
+    if !has_block {
+        return Err(ServerError::TlsPem {
+            path: path.to_path_buf(),
+            label,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads the TLS files and has tonic (rustls) check them, as the server will.
+pub(crate) fn server_tls_checked(
+    files: &TlsFiles,
+    handshake_timeout: Duration,
+) -> Result<(), ServerError> {
+    let tls = server_tls(files, handshake_timeout)?;
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|error| tls_refused(files, error))?;
+    Ok(())
+}
+
+fn tls_refused(files: &TlsFiles, error: tonic::transport::Error) -> ServerError {
+    ServerError::Tls {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        error,
+    }
 }
 
 /// The TLS settings; a handshake not done within `handshake_timeout` is dropped, so a
@@ -277,12 +314,15 @@ fn server_tls(
     files: &TlsFiles,
     handshake_timeout: Duration,
 ) -> Result<ServerTlsConfig, ServerError> {
-    let identity = Identity::from_pem(read_pem(&files.cert)?, read_pem(&files.key)?);
+    let identity = Identity::from_pem(
+        read_pem(&files.cert, "CERTIFICATE")?,
+        read_pem(&files.key, "PRIVATE KEY")?,
+    );
     let mut tls = ServerTlsConfig::new()
         .identity(identity)
         .timeout(handshake_timeout);
     if let Some(ca) = &files.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca, "CERTIFICATE")?));
     }
     Ok(tls)
 }
