@@ -199,9 +199,6 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(stop) = self.metrics_stop.take() {
-            let _ = stop.send(());
-        }
         match tokio::time::timeout(self.drain_timeout, &mut self.serving).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
@@ -219,6 +216,10 @@ impl RunningServer {
                 let _ = self.close_connections.send(true);
                 self.serving.abort();
             }
+        }
+        // Probes got 503 from `/ready` while the calls drained.
+        if let Some(stop) = self.metrics_stop.take() {
+            let _ = stop.send(());
         }
         let ledger = match &self.backend {
             Backend::Node(ledger) => ledger.clone(),

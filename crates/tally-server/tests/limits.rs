@@ -517,11 +517,16 @@ async fn health_answers_serving_then_not_serving_on_shutdown() {
         .into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.status(), ServingStatus::Serving);
+    let metrics = fixture.server.metrics_addr().unwrap();
+    assert!(http_get(metrics, "/ready").await.contains(" 200 "));
     let Fixture { _dir, server } = fixture;
     let stopping = tokio::spawn(server.shutdown());
     let next = watch.message().await.unwrap().unwrap();
     assert_eq!(next.status(), ServingStatus::NotServing);
-    // The watch is a call in flight: shutdown drains it once the client lets go.
+    // The watch is a call in flight, so the server is draining: not ready.
+    let ready = http_get(metrics, "/ready").await;
+    assert!(ready.contains(" 503 "), "{ready}");
+    // Shutdown drains the watch once the client lets go.
     drop(watch);
     drop(health);
     tokio::time::timeout(Duration::from_secs(10), stopping)
