@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// Open connections in all.
     #[arg(long, default_value_t = Limits::default().connections_max)]
     connections_max: usize,
-    /// Seconds a connection may stay silent before it is closed.
+    /// Seconds a connection may go without a call in flight before it is closed.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
     /// Seconds a graceful stop waits for calls in flight before dropping connections.

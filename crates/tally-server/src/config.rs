@@ -29,7 +29,8 @@ pub struct Limits {
     pub connections_per_ip_max: usize,
     /// Open connections in all.
     pub connections_max: usize,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection with no call in flight for this long is closed (a stream held open
+    /// is a call; answers to keepalive pings are not).
     pub idle_timeout: Duration,
     /// A new connection must send its first bytes (TLS hello or HTTP/2 preface)
     /// within this time; with TLS, its handshake must also be done within it.

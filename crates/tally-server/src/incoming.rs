@@ -6,7 +6,7 @@
 //! at once (the peer sees the close before any byte), counted and logged; the clients
 //! already connected are untouched. An admitted connection is wrapped in a
 //! [`LimitedStream`], which must see its first bytes within `header_timeout` and is
-//! closed after `idle_timeout` without a byte read; its slot is released when it is
+//! closed after `idle_timeout` without a call in flight ([`crate::calls`]); its slot is released when it is
 //! dropped, whatever closed it. Every connection also watches one shared close signal:
 //! once it is set (a stop past its drain timeout), its reads fail, so the task serving
 //! it ends and drops it.
@@ -14,6 +14,7 @@
 //! Invariant: the slot counts equal the number of live `LimitedStream`s (each holds one
 //! [`Slot`], whose drop gives it back).
 
+use crate::calls::{ConnectionCalls, ConnectionInfo};
 use crate::config::Limits;
 use crate::stats::ServerStats;
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// Open connections, in all and per peer address.
 #[derive(Debug, Default)]
@@ -225,8 +226,8 @@ impl fmt::Debug for CloseSignal {
     }
 }
 
-/// A TCP connection that must speak first within `header_timeout` and keep speaking
-/// at least every `idle_timeout`; reads fail with `TimedOut` past either, and with
+/// A TCP connection that must speak first within `header_timeout` and then go no
+/// longer than `idle_timeout` without a call in flight; reads fail with `TimedOut` past either, and with
 /// `ConnectionAborted` once the server closes every connection.
 #[derive(Debug)]
 pub(crate) struct LimitedStream {
@@ -240,6 +241,8 @@ pub(crate) struct LimitedStream {
     /// fires after `deadline`.
     timer: Pin<Box<Sleep>>,
     spoken: bool,
+    /// The calls on this connection: it is idle only while none is in flight.
+    calls: Arc<ConnectionCalls>,
     close: CloseSignal,
 }
 
@@ -259,20 +262,36 @@ impl LimitedStream {
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             spoken: false,
+            calls: ConnectionCalls::new(),
             close,
         }
     }
 
-    /// Ready with an error once the peer has been silent past its deadline.
+    /// Ready with an error once the peer has sent nothing past the header timeout, or
+    /// has had no call in flight for the idle timeout.
     fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            if Instant::now() >= self.deadline {
-                let which = if self.spoken { "idle" } else { "header" };
-                return Poll::Ready(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{which} timeout: the peer sent nothing in time"),
-                ));
+            let now = Instant::now();
+            if now >= self.deadline {
+                if !self.spoken {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "header timeout: the peer sent nothing in time",
+                    ));
+                }
+                match self.calls.idle_since() {
+                    None => self.deadline = now + self.idle_timeout,
+                    Some(since) if since + self.idle_timeout > now => {
+                        self.deadline = since + self.idle_timeout;
+                    }
+                    Some(_) => {
+                        return Poll::Ready(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "idle timeout: no call in time",
+                        ));
+                    }
+                }
             }
             let deadline = self.deadline;
             self.timer.as_mut().reset(deadline);
@@ -294,11 +313,13 @@ impl AsyncRead for LimitedStream {
         let filled_before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if result.is_ok() && buf.filled().len() > filled_before {
+                if result.is_ok() && buf.filled().len() > filled_before && !this.spoken {
+                    // From the header timeout to the idle timeout, which counts calls,
+                    // not bytes: answers to the server's keepalive pings are bytes.
                     this.spoken = true;
                     this.deadline = Instant::now() + this.idle_timeout;
-                    // Deadlines only move later, except the first move from the
-                    // header timeout to a shorter idle timeout: re-arm for that one.
+                    // Deadlines only move later, except this move to a shorter idle
+                    // timeout: re-arm for that one.
                     if this.deadline < this.timer.deadline() {
                         let deadline = this.deadline;
                         this.timer.as_mut().reset(deadline);
@@ -349,10 +370,12 @@ impl AsyncWrite for LimitedStream {
 }
 
 impl Connected for LimitedStream {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+    fn connect_info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            calls: Arc::clone(&self.calls),
+        }
     }
 }
 

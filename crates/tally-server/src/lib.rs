@@ -22,6 +22,7 @@
 pub mod auth;
 mod authenticate;
 mod backend;
+mod calls;
 mod config;
 mod events;
 mod incoming;

@@ -4,6 +4,7 @@
 
 use crate::authenticate::{Access, Authenticated};
 use crate::backend::Backend;
+use crate::calls::Counted;
 use crate::config::{ServerConfig, ServerError, TlsFiles};
 use crate::incoming::Incoming;
 use crate::metrics_http;
@@ -140,7 +141,11 @@ impl Server {
         let (close_connections, close) = watch::channel(false);
         let incoming = Incoming::new(listener, limits, Arc::clone(&stats), close);
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = builder.add_service(health_service).add_service(grpc);
+        let router = builder
+            .add_service(Counted {
+                inner: health_service,
+            })
+            .add_service(Counted { inner: grpc });
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));

@@ -449,6 +449,46 @@ async fn a_connection_gone_quiet_is_closed_after_the_idle_timeout() {
     assert_eq!(fixture.server.stats().connections_timed_out(), 1);
 }
 
+/// Idle time counts calls, not bytes: a live client that answers the server's
+/// keepalive pings but makes no call is closed after the idle timeout, while a call in
+/// flight (a stream held open) keeps its connection however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_time_counts_calls_not_the_answers_to_keepalive_pings() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(600),
+        keepalive_interval: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let stats = fixture.server.stats();
+    let mut health = HealthClient::new(fixture.channel().await);
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut watch = health.watch(request).await.unwrap().into_inner();
+    watch.message().await.unwrap().unwrap();
+    // One call, then none, on a connection of its own.
+    let mut client = fixture.client().await;
+    served(&mut client, 10).await;
+    let started = Instant::now();
+    assert!(
+        settles(Duration::from_secs(5), || stats.connections_timed_out()
+            == 1)
+        .await,
+        "a connection without calls stayed open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed early"
+    );
+    // Twice the idle timeout more: the watch's connection is still open.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(stats.connections_timed_out(), 1);
+    drop(watch);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_does_not_starve_a_good_client() {
     let limits = Limits {
