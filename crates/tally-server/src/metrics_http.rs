@@ -3,11 +3,14 @@
 //! process answers: 200) and `GET /ready` (200 while it serves, 503 once it is
 //! stopping) give the gRPC health protocol's answer to probes that speak HTTP; every
 //! other path is 404. A deliberately small responder: one request per connection, the request
-//! bounded in size and in time, a bounded number of scrapes at once.
+//! bounded in size and in time, a bounded number of scrapes at once, in all and per
+//! peer address.
 
 use crate::backend::{Backend, metrics_text};
 use crate::stats::ServerStats;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,10 +18,13 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 /// The largest request head read; a scrape's is a few hundred bytes.
 const REQUEST_BYTES_MAX: usize = 8 << 10;
-/// A scraper must send its whole request head within this time.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A scraper must send its whole request head within this time (it sends it at once).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scrapes answered at once; more wait in the listen backlog.
 const SCRAPES_CONCURRENT_MAX: usize = 8;
+/// Scrapes answered at once for one peer address; more are closed at once, so that
+/// one peer holding connections open cannot keep probes from others waiting.
+const SCRAPES_PER_IP_MAX: usize = 2;
 
 /// What a scrape reads.
 #[derive(Debug, Clone)]
@@ -40,6 +46,7 @@ impl Sources {
 /// Answers scrapes on `listener` until `stop` fires.
 pub(crate) async fn serve(listener: TcpListener, sources: Sources, stop: oneshot::Receiver<()>) {
     let permits = Arc::new(Semaphore::new(SCRAPES_CONCURRENT_MAX));
+    let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
     let accepting = async {
         loop {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -54,18 +61,55 @@ pub(crate) async fn serve(listener: TcpListener, sources: Sources, stop: oneshot
                     continue;
                 }
             };
+            let Some(share) = PeerShare::take(&per_ip, peer.ip()) else {
+                tracing::debug!(%peer, "metrics: over the per-address limit, closed");
+                continue; // Dropping the stream and the permit.
+            };
             let sources = sources.clone();
             tokio::spawn(async move {
                 if let Err(error) = answer(stream, &sources).await {
                     tracing::debug!(%peer, %error, "metrics: scrape failed");
                 }
-                drop(permit);
+                drop((share, permit));
             });
         }
     };
     tokio::select! {
         () = accepting => {}
         _ = stop => {}
+    }
+}
+
+/// One scrape's place in its peer address's share; given back on drop.
+struct PeerShare {
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerShare {
+    fn take(per_ip: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PeerShare> {
+        let mut open = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= SCRAPES_PER_IP_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(PeerShare {
+            per_ip: Arc::clone(per_ip),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerShare {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -645,6 +645,26 @@ async fn settles(within: Duration, done: impl Fn() -> bool) -> bool {
     true
 }
 
+/// One peer holding idle connections to the metrics port cannot keep another's
+/// readiness probe waiting: past its share, its connections are closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_do_not_hold_up_probes() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let metrics = fixture.server.metrics_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        held.push(socket.connect(metrics).await.unwrap());
+    }
+    // Well within the 2 s a silent scraper keeps its place.
+    let ready = tokio::time::timeout(Duration::from_secs(1), http_get(metrics, "/ready"))
+        .await
+        .expect("answered while the others are held");
+    assert!(ready.contains(" 200 "), "{ready}");
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_as_prometheus_text() {
     let fixture = Fixture::start(Limits::default()).await;
