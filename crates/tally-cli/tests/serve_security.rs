@@ -646,6 +646,41 @@ async fn plain_text_on_a_public_address_needs_insecure() {
     served.stop();
 }
 
+/// Over TLS too, a subscription is a call in flight: its connection outlives the idle
+/// timeout however quiet it is, and the next event still arrives on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_subscription_over_tls_outlives_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (cert, key) = (path(&pki.server.cert), path(&pki.server.key));
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--idle-timeout-s",
+        "1",
+    ];
+    let served = Served::start(&dir.path().join("data"), &args);
+    let dial = Dial::tls(&pki.ca);
+    let mut follower = dial.connect(served.addr, Auth::none()).await.unwrap();
+    let request = v1::SubscribeChangeEventsRequest { after: 0 };
+    let mut stream = follower
+        .subscribe_change_events(request)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let mut clerk = dial.connect(served.addr, Auth::none()).await.unwrap();
+    let created = clerk.create_accounts(create_accounts(vec![account(1, USD)]));
+    all_ok(&created.await.unwrap().into_inner(), 1);
+    let event = stream.message().await.expect("the stream is still open");
+    assert!(event.is_some(), "an event, not the end of the stream");
+    served.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_a_token_create_accounts_and_transfers() {
     let fixture = Fixture::start(Mutual::Required);

@@ -12,7 +12,6 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Bytes, Service, http};
 use tonic::server::NamedService;
-use tonic::transport::server::TlsConnectInfo;
 
 /// One connection's calls: how many are in flight, and when the last one ended.
 #[derive(Debug)]
@@ -97,12 +96,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let extensions = request.extensions();
-        let info = extensions.get::<ConnectionInfo>().or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<ConnectionInfo>>()
-                .map(TlsConnectInfo::get_ref)
-        });
+        // tonic puts the connection's own info in every request's extensions, for a
+        // TLS connection beside the TLS details.
+        let info = request.extensions().get::<ConnectionInfo>();
         let guard = info.map(|info| info.calls.start());
         let answer = self.inner.call(request);
         Box::pin(async move {

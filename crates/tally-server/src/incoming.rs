@@ -6,8 +6,8 @@
 //! at once (the peer sees the close before any byte), counted and logged; the clients
 //! already connected are untouched. An admitted connection is wrapped in a
 //! [`LimitedStream`], which must see its first bytes within `header_timeout` and is
-//! closed after `idle_timeout` without a call in flight ([`crate::calls`]); its slot is released when it is
-//! dropped, whatever closed it. Every connection also watches one shared close signal:
+//! closed after `idle_timeout` without a call in flight ([`crate::calls`]); its slot is
+//! released when it is dropped, whatever closed it. Every connection also watches one shared close signal:
 //! once it is set (a stop past its drain timeout), its reads fail, so the task serving
 //! it ends and drops it.
 //!

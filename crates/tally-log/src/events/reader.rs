@@ -189,8 +189,8 @@ impl EventReader {
                 .find(|segment| segment.first_timestamp > cursor.segment.first_timestamp)
             else {
                 if !listed.is_empty() && !sought_again && replaced(&cursor.segment, &cursor.file)? {
-                    // The writer cut this segment's frames at open and started again
-                    // in a new file: find the events in the files there now.
+                    // The file was removed, or another took its name (a journal
+                    // restored from a copy): find the events in the files there now.
                     sought_again = true;
                     self.decoded_frame = None;
                     self.cursor = self.seek(timestamp_min)?;
