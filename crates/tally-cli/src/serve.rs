@@ -61,6 +61,13 @@ pub struct ServeArgs {
     /// Open connections in all.
     #[arg(long, default_value_t = Limits::default().connections_max)]
     connections_max: usize,
+    /// Request bytes the calls from one address may hold while they are read; a call
+    /// past it gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = Limits::default().request_bytes_per_ip_max)]
+    request_bytes_per_ip_max: usize,
+    /// Request bytes all calls may hold while they are read.
+    #[arg(long, default_value_t = Limits::default().request_bytes_max)]
+    request_bytes_max: usize,
     /// Seconds a connection may go without a call in flight before it is closed.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
@@ -122,6 +129,8 @@ impl ServeArgs {
             connections_max: self.connections_max,
             idle_timeout: Duration::from_secs(self.idle_timeout_s),
             header_timeout: Duration::from_secs(self.header_timeout_s),
+            request_bytes_per_ip_max: self.request_bytes_per_ip_max,
+            request_bytes_max: self.request_bytes_max,
             ..Limits::default()
         };
         config

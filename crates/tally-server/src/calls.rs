@@ -1,12 +1,14 @@
-//! The calls in flight on each connection, so that a connection's idle time counts
-//! from its last call rather than its last byte: every live client answers the
-//! server's keepalive pings, which would otherwise keep a connection that makes no
-//! calls open for ever.
+//! The calls on each connection: counted while in flight, so that a connection's idle
+//! time counts from its last call rather than its last byte (every live client answers
+//! the server's keepalive pings, which would otherwise keep a connection that makes no
+//! calls open for ever); and their requests' bytes, bounded for each peer address and
+//! in all while tonic reads them.
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
@@ -70,10 +72,12 @@ impl Drop for CallGuard {
 }
 
 /// What each request learns of its connection (tonic puts it in the request's
-/// extensions): the calls on it.
+/// extensions): the calls on it, and the request bytes its peer address and the whole
+/// server may be reading.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionInfo {
     pub(crate) calls: Arc<ConnectionCalls>,
+    pub(crate) request_bytes: [Arc<RequestBytes>; 2],
 }
 
 /// `inner` with each call counted on its connection.
@@ -98,8 +102,18 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // tonic puts the connection's own info in every request's extensions, for a
         // TLS connection beside the TLS details.
-        let info = request.extensions().get::<ConnectionInfo>();
-        let guard = info.map(|info| info.calls.start());
+        let info = request.extensions().get::<ConnectionInfo>().cloned();
+        let guard = info.as_ref().map(|info| info.calls.start());
+        let request = match info {
+            Some(info) => request.map(|body| {
+                Body::new(BudgetedBody {
+                    body,
+                    budgets: info.request_bytes,
+                    held: 0,
+                })
+            }),
+            None => request,
+        };
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
@@ -139,5 +153,128 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Bytes of requests being read, within a bound: one budget for each peer address,
+/// one for the whole server. tonic reads a call's whole message before its handler
+/// runs, so without it a peer could make the server hold up to its connections ×
+/// streams × `message_bytes_max`.
+#[derive(Debug)]
+pub(crate) struct RequestBytes {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl RequestBytes {
+    pub(crate) fn new(max: usize) -> Arc<RequestBytes> {
+        Arc::new(RequestBytes {
+            held: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes `bytes` if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&after| after <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let before = self.held.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(before >= bytes, "request bytes given back twice");
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// A request's body that takes each frame's bytes from its peer's budget and the
+/// server's as it arrives, and gives them back when the body is dropped (its message
+/// decoded, or the call ended). A frame over either bound fails the call with
+/// `RESOURCE_EXHAUSTED`, before its handler runs: nothing of it is applied.
+struct BudgetedBody {
+    body: Body,
+    budgets: [Arc<RequestBytes>; 2],
+    held: usize,
+}
+
+impl BudgetedBody {
+    fn take(&mut self, bytes: usize) -> Result<(), Status> {
+        let [peer, all] = &self.budgets;
+        if !peer.take(bytes) {
+            return Err(Status::resource_exhausted(format!(
+                "calls from this address are reading more than {} request bytes: \
+                 retry once earlier calls are answered",
+                peer.max
+            )));
+        }
+        if !all.take(bytes) {
+            peer.give_back(bytes);
+            return Err(Status::resource_exhausted(format!(
+                "the server is reading more than {} request bytes: retry later",
+                all.max
+            )));
+        }
+        self.held += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BudgetedBody {
+    fn drop(&mut self) {
+        for budget in &self.budgets {
+            budget.give_back(self.held);
+        }
+    }
+}
+
+impl http_body::Body for BudgetedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let bytes = match &frame {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, Bytes::len),
+            _ => 0,
+        };
+        if let Err(refused) = self.take(bytes) {
+            return Poll::Ready(Some(Err(refused)));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bytes_are_taken_within_the_bound_and_given_back() {
+        let budget = RequestBytes::new(100);
+        assert!(budget.take(60));
+        assert!(!budget.take(41), "over the bound");
+        assert!(budget.take(40));
+        assert!(!budget.take(1));
+        budget.give_back(100);
+        assert_eq!(budget.held(), 0);
+        assert!(!budget.take(101), "one frame over the whole bound");
     }
 }

@@ -38,6 +38,12 @@ pub struct Limits {
     /// Keepalive pings find half-open connections: one is sent after this much
     /// silence, and the connection is closed when its answer does not come within it.
     pub keepalive_interval: Duration,
+    /// Request bytes the calls from one peer address may hold while they are read
+    /// (tonic reads a call's whole message before its handler runs); a call past it
+    /// is refused with `RESOURCE_EXHAUSTED`.
+    pub request_bytes_per_ip_max: usize,
+    /// Request bytes all calls may hold while they are read.
+    pub request_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +56,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             header_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
+            request_bytes_per_ip_max: 256 << 20,
+            request_bytes_max: 1 << 30,
         }
     }
 }

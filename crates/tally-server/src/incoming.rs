@@ -7,14 +7,14 @@
 //! already connected are untouched. An admitted connection is wrapped in a
 //! [`LimitedStream`], which must see its first bytes within `header_timeout` and is
 //! closed after `idle_timeout` without a call in flight ([`crate::calls`]); its slot is
-//! released when it is dropped, whatever closed it. Every connection also watches one shared close signal:
-//! once it is set (a stop past its drain timeout), its reads fail, so the task serving
-//! it ends and drops it.
+//! released when it is dropped, whatever closed it. Every connection also watches one
+//! shared close signal: once it is set (a stop past its drain timeout), its reads fail,
+//! so the task serving it ends and drops it.
 //!
 //! Invariant: the slot counts equal the number of live `LimitedStream`s (each holds one
 //! [`Slot`], whose drop gives it back).
 
-use crate::calls::{ConnectionCalls, ConnectionInfo};
+use crate::calls::{ConnectionCalls, ConnectionInfo, RequestBytes};
 use crate::config::Limits;
 use crate::stats::ServerStats;
 use std::collections::HashMap;
@@ -36,7 +36,14 @@ use tonic::transport::server::Connected;
 #[derive(Debug, Default)]
 struct Open {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<IpAddr, FromIp>,
+}
+
+/// What one peer address holds: its connections, and the request bytes they share.
+#[derive(Debug)]
+struct FromIp {
+    connections: usize,
+    request_bytes: Arc<RequestBytes>,
 }
 
 /// Hands out connection slots within the limits.
@@ -44,6 +51,9 @@ struct Open {
 pub(crate) struct Admission {
     connections_max: usize,
     connections_per_ip_max: usize,
+    request_bytes_per_ip_max: usize,
+    /// The request bytes every connection shares.
+    request_bytes: Arc<RequestBytes>,
     open: Mutex<Open>,
     stats: Arc<ServerStats>,
 }
@@ -53,6 +63,8 @@ impl Admission {
         Arc::new(Admission {
             connections_max: limits.connections_max,
             connections_per_ip_max: limits.connections_per_ip_max,
+            request_bytes_per_ip_max: limits.request_bytes_per_ip_max,
+            request_bytes: RequestBytes::new(limits.request_bytes_max),
             open: Mutex::new(Open::default()),
             stats,
         })
@@ -70,7 +82,7 @@ impl Admission {
     fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
         let ip = peer.ip();
         let mut open = self.open();
-        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        let from_ip = open.per_ip.get(&ip).map_or(0, |from| from.connections);
         if open.total >= self.connections_max || from_ip >= self.connections_per_ip_max {
             let (total, connections_max) = (open.total, self.connections_max);
             drop(open);
@@ -86,13 +98,22 @@ impl Admission {
             return None;
         }
         open.total += 1;
-        open.per_ip.insert(ip, from_ip + 1);
+        let from = open.per_ip.entry(ip).or_insert_with(|| FromIp {
+            connections: 0,
+            request_bytes: RequestBytes::new(self.request_bytes_per_ip_max),
+        });
+        from.connections += 1;
+        let request_bytes = [
+            Arc::clone(&from.request_bytes),
+            Arc::clone(&self.request_bytes),
+        ];
         assert!(open.total <= self.connections_max);
         drop(open);
         self.stats.connection_opened();
         Some(Slot {
             admission: Arc::clone(self),
             ip,
+            request_bytes,
         })
     }
 
@@ -101,7 +122,7 @@ impl Admission {
         assert!(open.total > 0, "a slot released twice");
         open.total -= 1;
         match open.per_ip.get_mut(&ip) {
-            Some(count) if *count > 1 => *count -= 1,
+            Some(from) if from.connections > 1 => from.connections -= 1,
             Some(_) => {
                 open.per_ip.remove(&ip);
             }
@@ -123,6 +144,8 @@ impl Admission {
 struct Slot {
     admission: Arc<Admission>,
     ip: IpAddr,
+    /// Its peer address's request bytes, then the server's.
+    request_bytes: [Arc<RequestBytes>; 2],
 }
 
 impl Drop for Slot {
@@ -227,8 +250,8 @@ impl fmt::Debug for CloseSignal {
 }
 
 /// A TCP connection that must speak first within `header_timeout` and then go no
-/// longer than `idle_timeout` without a call in flight; reads fail with `TimedOut` past either, and with
-/// `ConnectionAborted` once the server closes every connection.
+/// longer than `idle_timeout` without a call in flight; reads fail with `TimedOut` past
+/// either, and with `ConnectionAborted` once the server closes every connection.
 #[derive(Debug)]
 pub(crate) struct LimitedStream {
     inner: TcpStream,
@@ -375,6 +398,7 @@ impl Connected for LimitedStream {
     fn connect_info(&self) -> ConnectionInfo {
         ConnectionInfo {
             calls: Arc::clone(&self.calls),
+            request_bytes: self.slot.request_bytes.clone(),
         }
     }
 }

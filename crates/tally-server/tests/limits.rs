@@ -233,6 +233,44 @@ async fn an_oversize_message_is_refused_and_others_are_served() {
     served(&mut client, 11).await;
 }
 
+/// The request bytes one address's calls may hold while they are read are bounded: a
+/// call past the bound is refused with RESOURCE_EXHAUSTED (nothing applied), and the
+/// bytes come back once a call is read, so the next calls are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_from_one_address_are_bounded() {
+    let limits = Limits {
+        request_bytes_per_ip_max: 64 << 10,
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut client = fixture.client().await;
+    served(&mut client, 10).await;
+    let request = v1::CreateTransfersRequest {
+        transfers: (100..2_100).map(|id| transfer_to_proto(&pay(id))).collect(),
+        ..Default::default()
+    };
+    assert!(prost::Message::encoded_len(&request) > 64 << 10);
+    let status = client
+        .create_transfers(request)
+        .await
+        .expect_err("over the bound");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("request bytes"),
+        "{}",
+        status.message()
+    );
+    let lookup = v1::LookupRequest {
+        ids: tally_proto::u128_to_proto(100).into_iter().collect(),
+    };
+    let found = client.lookup_transfers(lookup).await.unwrap().into_inner();
+    assert!(found.transfers.is_empty(), "nothing of it was applied");
+    // Many calls under the bound, one after another: each gives its bytes back.
+    for id in 11..40 {
+        served(&mut client, id).await;
+    }
+}
+
 /// The message limit bounds requests, not answers: a batch under it whose answer
 /// (each transfer with both accounts' balances) is larger is applied and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
