@@ -157,7 +157,7 @@ impl EventReader {
     /// [`EventJournal::newest_segment`]: super::EventJournal::newest_segment
     pub fn read_beside_writer(
         &mut self,
-        timestamp_min: u64,
+        mut timestamp_min: u64,
         limit: usize,
         newest_segment: Option<u64>,
     ) -> Result<Vec<ChangeEvent>, LogError> {
@@ -191,8 +191,12 @@ impl EventReader {
                 if !listed.is_empty() && !sought_again && replaced(&cursor.segment, &cursor.file)? {
                     // The file was removed, or another took its name (a journal
                     // restored from a copy): find the events in the files there now.
+                    // What this call read from the old file is not read again.
                     sought_again = true;
                     self.decoded_frame = None;
+                    if let Some(last) = events.last() {
+                        timestamp_min = last.timestamp + 1;
+                    }
                     self.cursor = self.seek(timestamp_min)?;
                     continue;
                 }
