@@ -74,7 +74,7 @@ pub struct ServeArgs {
     /// Seconds a graceful stop waits for calls in flight before dropping connections.
     #[arg(long, default_value_t = 10)]
     drain_timeout_s: u64,
-    /// Seconds a new connection has to send its first bytes.
+    /// Seconds a new connection has to send its first bytes, and a call its whole request.
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
     header_timeout_s: u64,
     /// Run as one replica of a cluster: the peer address of every replica,

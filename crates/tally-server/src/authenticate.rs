@@ -64,7 +64,7 @@ where
         match self.access.rights(request.headers()) {
             Ok(rights) => {
                 request.extensions_mut().insert(rights);
-                let answer = self.inner.call(request);
+                let answer = self.inner.call(crate::calls::budgeted(request));
                 Box::pin(async move {
                     let mut response = answer.await?;
                     refuse_undecodable(&mut response);
@@ -104,7 +104,8 @@ fn refuse_undecodable(response: &mut http::Response<Body>) {
             .starts_with("failed to decode Protobuf message")
             || status
                 .message()
-                .starts_with("Unexpected EOF decoding stream"));
+                .starts_with("Unexpected EOF decoding stream")
+            || status.message().starts_with("Missing request message"));
     if undecodable {
         let refused =
             Status::invalid_argument(format!("undecodable request: {}", status.message()));

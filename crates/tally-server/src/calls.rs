@@ -9,7 +9,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use tokio::time::Instant;
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Bytes, Service, http};
@@ -78,6 +79,26 @@ impl Drop for CallGuard {
 pub(crate) struct ConnectionInfo {
     pub(crate) calls: Arc<ConnectionCalls>,
     pub(crate) request_bytes: [Arc<RequestBytes>; 2],
+    /// How long a request's body may take to arrive whole (the header timeout).
+    pub(crate) body_timeout: Duration,
+}
+
+/// `request` with its body's bytes taken from its connection's budgets as they
+/// arrive, and the whole body due within the connection's body timeout. Called for
+/// admitted calls only, so a caller without a token draws on no budget.
+pub(crate) fn budgeted(request: http::Request<Body>) -> http::Request<Body> {
+    let Some(info) = request.extensions().get::<ConnectionInfo>().cloned() else {
+        return request;
+    };
+    request.map(|body| {
+        Body::new(BudgetedBody {
+            body,
+            budgets: info.request_bytes,
+            held: 0,
+            deadline: Box::pin(tokio::time::sleep(info.body_timeout)),
+            body_timeout: info.body_timeout,
+        })
+    })
 }
 
 /// `inner` with each call counted on its connection.
@@ -102,18 +123,8 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // tonic puts the connection's own info in every request's extensions, for a
         // TLS connection beside the TLS details.
-        let info = request.extensions().get::<ConnectionInfo>().cloned();
-        let guard = info.as_ref().map(|info| info.calls.start());
-        let request = match info {
-            Some(info) => request.map(|body| {
-                Body::new(BudgetedBody {
-                    body,
-                    budgets: info.request_bytes,
-                    held: 0,
-                })
-            }),
-            None => request,
-        };
+        let info = request.extensions().get::<ConnectionInfo>();
+        let guard = info.map(|info| info.calls.start());
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
@@ -197,11 +208,15 @@ impl RequestBytes {
 /// A request's body that takes each frame's bytes from its peer's budget and the
 /// server's as it arrives, and gives them back when the body is dropped (its message
 /// decoded, or the call ended). A frame over either bound fails the call with
-/// `RESOURCE_EXHAUSTED`, before its handler runs: nothing of it is applied.
+/// `RESOURCE_EXHAUSTED`, and a body not whole by its deadline with `INVALID_ARGUMENT`,
+/// before its handler runs: nothing of it is applied.
 struct BudgetedBody {
     body: Body,
     budgets: [Arc<RequestBytes>; 2],
     held: usize,
+    /// When the whole body must have arrived: a stalled upload gives its bytes back.
+    deadline: Pin<Box<Sleep>>,
+    body_timeout: Duration,
 }
 
 impl BudgetedBody {
@@ -242,7 +257,16 @@ impl http_body::Body for BudgetedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                ready!(self.deadline.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(Status::invalid_argument(format!(
+                    "the request did not arrive whole within {} s",
+                    self.body_timeout.as_secs_f64()
+                )))));
+            }
+        };
         let bytes = match &frame {
             Some(Ok(frame)) => frame.data_ref().map_or(0, Bytes::len),
             _ => 0,

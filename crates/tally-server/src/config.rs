@@ -33,7 +33,8 @@ pub struct Limits {
     /// is a call; answers to keepalive pings are not).
     pub idle_timeout: Duration,
     /// A new connection must send its first bytes (TLS hello or HTTP/2 preface)
-    /// within this time; with TLS, its handshake must also be done within it.
+    /// within this time; with TLS, its handshake must also be done within it. A call's
+    /// whole request must arrive within it too.
     pub header_timeout: Duration,
     /// Keepalive pings find half-open connections: one is sent after this much
     /// silence, and the connection is closed when its answer does not come within it.

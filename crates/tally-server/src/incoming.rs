@@ -32,6 +32,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
+/// How much later an idle deadline is looked at again when bytes arrived with it:
+/// far longer than counting a call takes, far shorter than the keepalive interval.
+const IDLE_GRACE: Duration = Duration::from_millis(20);
+
 /// Open connections, in all and per peer address.
 #[derive(Debug, Default)]
 struct Open {
@@ -256,6 +260,7 @@ impl fmt::Debug for CloseSignal {
 pub(crate) struct LimitedStream {
     inner: TcpStream,
     slot: Slot,
+    header_timeout: Duration,
     idle_timeout: Duration,
     /// When the current allowance of silence ends.
     deadline: Instant,
@@ -264,6 +269,9 @@ pub(crate) struct LimitedStream {
     /// fires after `deadline`.
     timer: Pin<Box<Sleep>>,
     spoken: bool,
+    /// Bytes arrived since the idle deadline was last looked at: perhaps a call that
+    /// is not counted yet.
+    heard: bool,
     /// The calls on this connection: it is idle only while none is in flight.
     calls: Arc<ConnectionCalls>,
     close: CloseSignal,
@@ -281,10 +289,12 @@ impl LimitedStream {
         LimitedStream {
             inner,
             slot,
+            header_timeout,
             idle_timeout,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             spoken: false,
+            heard: false,
             calls: ConnectionCalls::new(),
             close,
         }
@@ -303,11 +313,15 @@ impl LimitedStream {
                         "header timeout: the peer sent nothing in time",
                     ));
                 }
+                let heard = std::mem::take(&mut self.heard);
                 match self.calls.idle_since() {
                     None => self.deadline = now + self.idle_timeout,
                     Some(since) if since + self.idle_timeout > now => {
                         self.deadline = since + self.idle_timeout;
                     }
+                    // Bytes came with the deadline: a call may be on its way to being
+                    // counted. Look again a moment later.
+                    Some(_) if heard => self.deadline = now + IDLE_GRACE,
                     Some(_) => {
                         return Poll::Ready(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -336,7 +350,9 @@ impl AsyncRead for LimitedStream {
         let filled_before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if result.is_ok() && buf.filled().len() > filled_before && !this.spoken {
+                let read = result.is_ok() && buf.filled().len() > filled_before;
+                this.heard |= read && this.spoken;
+                if read && !this.spoken {
                     // From the header timeout to the idle timeout, which counts calls,
                     // not bytes: answers to the server's keepalive pings are bytes.
                     this.spoken = true;
@@ -399,6 +415,7 @@ impl Connected for LimitedStream {
         ConnectionInfo {
             calls: Arc::clone(&self.calls),
             request_bytes: self.slot.request_bytes.clone(),
+            body_timeout: self.header_timeout,
         }
     }
 }

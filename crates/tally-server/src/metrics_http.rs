@@ -21,10 +21,13 @@ const REQUEST_BYTES_MAX: usize = 8 << 10;
 /// A scraper must send its whole request head within this time (it sends it at once).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scrapes answered at once; more wait in the listen backlog.
-const SCRAPES_CONCURRENT_MAX: usize = 8;
+const SCRAPES_CONCURRENT_MAX: usize = 16;
 /// Scrapes answered at once for one peer address; more are closed at once, so that
 /// one peer holding connections open cannot keep probes from others waiting.
-const SCRAPES_PER_IP_MAX: usize = 2;
+const SCRAPES_PER_IP_MAX: usize = 4;
+/// A whole exchange (request, then answer) must be done within this time, so a peer
+/// that never reads its answer does not keep its place.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a scrape reads.
 #[derive(Debug, Clone)]
@@ -67,8 +70,10 @@ pub(crate) async fn serve(listener: TcpListener, sources: Sources, stop: oneshot
             };
             let sources = sources.clone();
             tokio::spawn(async move {
-                if let Err(error) = answer(stream, &sources).await {
-                    tracing::debug!(%peer, %error, "metrics: scrape failed");
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &sources)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "metrics: scrape failed"),
+                    Err(_) => tracing::debug!(%peer, "metrics: scrape not done in time"),
                 }
                 drop((share, permit));
             });

@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
+/// Largest health check request: a service's name.
+const HEALTH_REQUEST_BYTES_MAX: usize = 1 << 10;
+
 /// HTTP/2 flow-control window of one call: room for a full batch (about 1.4 MB) in
 /// one go.
 const WINDOW_STREAM_BYTES: u32 = 2 << 20;
@@ -112,6 +115,9 @@ impl Server {
             stats: Arc::clone(&stats),
         };
         let (health, health_service) = tonic_health::server::health_reporter();
+        // A health check names a service: it needs no room. The health service takes
+        // no token, so it stays out of the request budgets by being this small.
+        let health_service = health_service.max_decoding_message_size(HEALTH_REQUEST_BYTES_MAX);
         health.set_serving::<LedgerServer<LedgerService>>().await;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.streams_per_connection_max))

@@ -265,10 +265,83 @@ async fn request_bytes_from_one_address_are_bounded() {
     };
     let found = client.lookup_transfers(lookup).await.unwrap().into_inner();
     assert!(found.transfers.is_empty(), "nothing of it was applied");
-    // Many calls under the bound, one after another: each gives its bytes back.
-    for id in 11..40 {
-        served(&mut client, id).await;
+    // Calls of over half the bound, one after another: each gives its bytes back, or
+    // the second would be refused.
+    for first in (3_000..8_000).step_by(1_000) {
+        let request = v1::CreateTransfersRequest {
+            transfers: (first..first + 700)
+                .map(|id| transfer_to_proto(&pay(id)))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(prost::Message::encoded_len(&request) > 32 << 10);
+        let answer = client.create_transfers(request).await.unwrap().into_inner();
+        assert_eq!(answer.results.len(), 700);
     }
+}
+
+/// A request that stops arriving is refused at the header timeout and gives back the
+/// bytes it took: the next call of the same size fits the address's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_stalls_is_refused_and_gives_its_bytes_back() {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tonic::codegen::{Service, http};
+    /// A message prefix declaring 60 KiB, then 40 KiB of it, then nothing.
+    struct Stalled(bool);
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = tonic::Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+            if self.0 {
+                return Poll::Pending;
+            }
+            self.0 = true;
+            let mut bytes = vec![0, 0, 0, 0xf0, 0];
+            bytes.resize(5 + (40 << 10), 0);
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(bytes)))))
+        }
+    }
+    let limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        request_bytes_per_ip_max: 64 << 10,
+        ..Limits::default()
+    };
+    let fixture = Fixture::start(limits).await;
+    let mut channel = fixture.channel().await;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/tally.v1.Ledger/CreateTransfers",
+            fixture.addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Stalled(false)))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), channel.call(request))
+        .await
+        .expect("refused, not left waiting")
+        .unwrap();
+    let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let mut client = fixture.client().await;
+    served(&mut client, 10).await;
+    let request = v1::CreateTransfersRequest {
+        transfers: (100..800).map(|id| transfer_to_proto(&pay(id))).collect(),
+        ..Default::default()
+    };
+    assert!(prost::Message::encoded_len(&request) > 32 << 10);
+    let answer = client.create_transfers(request).await.unwrap().into_inner();
+    assert_eq!(answer.results.len(), 700);
 }
 
 /// The message limit bounds requests, not answers: a batch under it whose answer
