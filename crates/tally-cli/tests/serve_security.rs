@@ -612,6 +612,14 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         stderr.contains("short-secret") && stderr.contains("peer secret"),
         "{stderr}"
     );
+    let small = [
+        "--listen",
+        "127.0.0.1:0",
+        "--request-bytes-per-ip-max",
+        "1000",
+    ];
+    let stderr = serve_refused(&small, &data);
+    assert!(stderr.contains("--request-bytes-per-ip-max"), "{stderr}");
     // A replica places nothing on shards: placement is refused, not ignored.
     let placed = [
         &with_secret[..4],

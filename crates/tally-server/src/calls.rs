@@ -301,4 +301,36 @@ mod tests {
         assert_eq!(budget.held(), 0);
         assert!(!budget.take(101), "one frame over the whole bound");
     }
+
+    #[tokio::test]
+    async fn a_body_past_its_peers_budget_is_refused_and_gives_back_what_it_took() {
+        let (peer, all) = (RequestBytes::new(100), RequestBytes::new(1_000));
+        let budgeted = |budgets: [Arc<RequestBytes>; 2]| BudgetedBody {
+            body: Body::empty(),
+            budgets,
+            held: 0,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+            body_timeout: Duration::from_secs(60),
+        };
+        let mut first = budgeted([Arc::clone(&peer), Arc::clone(&all)]);
+        first.take(60).expect("within both budgets");
+        let mut second = budgeted([Arc::clone(&peer), Arc::clone(&all)]);
+        let refused = second.take(50).expect_err("past the peer's budget");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("request bytes"));
+        assert_eq!(
+            (peer.held(), all.held()),
+            (60, 60),
+            "the refused take holds nothing"
+        );
+        drop(first);
+        assert_eq!((peer.held(), all.held()), (0, 0));
+        second.take(50).expect("room once the first is read");
+        // Past the server's budget: the peer's share is given back too.
+        let small_all = RequestBytes::new(40);
+        let mut third = budgeted([Arc::clone(&peer), Arc::clone(&small_all)]);
+        let refused = third.take(45).expect_err("past the server's budget");
+        assert!(refused.message().contains("the server"));
+        assert_eq!(peer.held(), 50);
+    }
 }

@@ -63,6 +63,29 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses request budgets that would refuse a message the size limit allows:
+    /// every large batch would get `RESOURCE_EXHAUSTED`, which clients retry as busy.
+    fn check(&self) -> Result<(), ServerError> {
+        // A message travels with a 5-byte gRPC prefix.
+        let message_whole = self.message_bytes_max.saturating_add(5);
+        if self.request_bytes_per_ip_max < message_whole {
+            return Err(ServerError::Limits(format!(
+                "--request-bytes-per-ip-max ({}) must hold one message of \
+                 --message-bytes-max ({}) and its 5-byte prefix",
+                self.request_bytes_per_ip_max, self.message_bytes_max
+            )));
+        }
+        if self.request_bytes_max < self.request_bytes_per_ip_max {
+            return Err(ServerError::Limits(format!(
+                "--request-bytes-max ({}) must be at least --request-bytes-per-ip-max ({})",
+                self.request_bytes_max, self.request_bytes_per_ip_max
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// How to run a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -118,6 +141,7 @@ impl ServerConfig {
         if self.tokens.is_none() && !client_certificates && !self.insecure && public {
             return Err(ServerError::OpenListen(self.listen));
         }
+        self.limits.check()?;
         if let Some(files) = &self.tls {
             crate::server::server_tls_checked(files, self.limits.header_timeout)?;
         }
@@ -145,6 +169,8 @@ pub enum ServerError {
         /// What the file system said.
         source: std::io::Error,
     },
+    /// Limits that contradict each other.
+    Limits(String),
     /// A TLS file holds no PEM block of the kind it must.
     TlsPem {
         /// The file.
@@ -191,6 +217,7 @@ impl fmt::Display for ServerError {
             ServerError::TlsFile { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
+            ServerError::Limits(reason) => write!(f, "{reason}"),
             ServerError::TlsPem { path, label } => write!(
                 f,
                 "{} holds no PEM {label} (a \"-----BEGIN ...{label}-----\" block)",
@@ -227,6 +254,7 @@ impl std::error::Error for ServerError {
             ServerError::Engine(error) => Some(error),
             ServerError::InsecureListen(_)
             | ServerError::OpenListen(_)
+            | ServerError::Limits(_)
             | ServerError::TlsPem { .. } => None,
         }
     }
