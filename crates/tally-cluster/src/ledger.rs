@@ -32,6 +32,10 @@ const REPLICA_RUNTIME_THREADS: usize = 2;
 /// replica to stop before the runtime is let go.
 const DROP_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long that drop then waits for calls that just answered to let go of the replica
+/// (a handle kept from [`HostedReplica::replica`] holds it longer).
+const DROP_HOLDERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What [`Ledger::open`] opens: a single node, or one replica of a cluster.
 #[derive(Debug, Clone)]
 pub enum LedgerConfig {
@@ -89,11 +93,19 @@ impl Drop for Hosted {
         let (stopped, waited) = sync_channel(1);
         runtime.spawn(async move {
             replica.shutdown().await;
+            // Let go of this handle before saying so, or it may outlive the wait below.
+            drop(replica);
             let _ = stopped.send(());
         });
         let _ = waited.recv_timeout(DROP_SHUTDOWN_WAIT);
         // Not a blocking shutdown: the last handle may be dropped inside async code.
         runtime.shutdown_background();
+        // A call that just answered may still hold the replica on a worker thread, which
+        // `shutdown_background` does not wait for: the lock goes with the last holder.
+        let deadline = std::time::Instant::now() + DROP_HOLDERS_WAIT;
+        while Arc::strong_count(&self.replica) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
