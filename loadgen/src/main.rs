@@ -189,6 +189,10 @@ struct Cli {
     /// Default: the engine's, off.
     #[arg(long)]
     shard_deltas_from: Option<usize>,
+    /// With several shards, run every group by plan on the shard threads (to measure
+    /// the executor), not only those whose plan is estimated faster than serial.
+    #[arg(long)]
+    shards_always_by_plan: bool,
     /// Data directory (wiped at start unless --keep).
     #[arg(long, default_value = "tally-data/loadgen")]
     data: PathBuf,
@@ -610,6 +614,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
         shards: cli.shards,
         placement: cli.placement_bits,
         shard_deltas_from: cli.shard_deltas_from,
+        shards_always_by_plan: cli.shards_always_by_plan,
         busy_immediately: cli.mode == Mode::Festival,
         unsafe_no_sync: cli.unsafe_no_sync,
         commit_interval: cli.commit_interval_us.map(std::time::Duration::from_micros),

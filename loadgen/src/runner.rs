@@ -654,6 +654,7 @@ mod tests {
             placement: tally_engine::Placement::low_bits(32).expect("in range"),
             // Every group decided with deltas where its units only add to a part.
             shard_deltas_from: Some(0),
+            shards_always_by_plan: true,
             busy_immediately: true,
             unsafe_no_sync: false,
             commit_interval: None,

@@ -15,6 +15,18 @@ pub enum Backpressure {
     Wait(Duration),
 }
 
+/// When a group runs on the shard threads instead of on the apply thread alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardExecution {
+    /// By plan when the plan's estimated time, the hand-offs of parts and deltas between
+    /// threads counted, beats applying the group serially; serially otherwise (the
+    /// default). A group whose units nearly all span shards then costs what it costs
+    /// on one shard, plus its planning.
+    WhenFaster,
+    /// Always by plan: for tests and measurements of the executor itself.
+    Always,
+}
+
 /// The largest [`Config::commit_interval_max`]: a pacing longer than this would only
 /// add latency.
 pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_millis(100);
@@ -42,6 +54,9 @@ pub struct Config {
     /// to 1.3 × in max mode but lost in the festival (docs/performance.md, "Shards"),
     /// so it is off until it wins both. Results and state never depend on it.
     pub shard_deltas_from: usize,
+    /// With several shards, when a group runs by plan on the shard threads
+    /// ([`ShardExecution::WhenFaster`] by default). Results and state never depend on it.
+    pub shard_execution: ShardExecution,
     /// `Fdatasync` (the default) or the unsafe no-sync mode for benchmarks only.
     pub sync: SyncMode,
     /// Most batches waiting in the submission queue.
@@ -122,6 +137,7 @@ impl Config {
             shards: 0,
             placement: Placement::WHOLE_ID,
             shard_deltas_from: usize::MAX,
+            shard_execution: ShardExecution::WhenFaster,
             sync: SyncMode::Fdatasync,
             queue_batches_max: 65_536,
             group_events_max: 65_536,

@@ -169,6 +169,7 @@ impl Ledger {
                 ShardPool::start(
                     shards,
                     config.shard_deltas_from,
+                    config.shard_execution,
                     Arc::clone(&shard_counters),
                 )
                 .map_err(|source| EngineError::Thread {

@@ -97,7 +97,7 @@ mod sync;
 mod tables;
 mod threads;
 
-pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config};
+pub use config::{Backpressure, COMMIT_INTERVAL_MAX, Config, ShardExecution};
 pub use error::{EngineError, RecoveryError, SubmitError};
 pub use events::{ChangeEventReader, ChangeJournal, SUBSCRIPTION_BATCH_EVENTS_MAX};
 pub use ledger::{Ledger, events_dir, refuse_replica_dir, validate as validate_batch};

@@ -140,8 +140,9 @@ pub struct MetricsSnapshot {
     /// Of those, units decided without a part they only add to, whose shard applied
     /// their deltas (escrow).
     pub shard_units_with_deltas: u64,
-    /// Groups applied on the apply thread alone although shards exist (an expiry
-    /// inside the group; see `tally_state::Serial`).
+    /// Groups applied on the apply thread alone although shards exist: one the planner
+    /// refuses (see `tally_state::Serial`), or one whose plan would run slower than the
+    /// group serially (`Config::shard_execution`).
     pub groups_serial: u64,
 }
 

@@ -24,6 +24,7 @@
 //! Bounded: a shard's queue holds at most the group start, the N parts (each part is in
 //! one place), and the stop message, so a queue of `shards + 2` never fills.
 
+use crate::config::ShardExecution;
 use crate::sync::channel::{Receiver, Sender, bounded};
 use crate::sync::{AtomicU64, JoinHandle, Ordering, ThreadBuilder};
 use std::collections::{HashMap, VecDeque};
@@ -32,7 +33,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use tally_log::LogRecord;
 use tally_state::{Deltas, Held, Part, Plan, StateMachine, Unit, Work, decide_unit, run_unit};
-use tally_types::ResultCode;
+use tally_types::{Batch, ResultCode};
 
 /// What a shard thread receives.
 enum Message {
@@ -85,12 +86,7 @@ impl Group {
     /// only adds to it there (it applies the unit's deltas), otherwise the shard of the
     /// unit's lowest deciding part.
     fn executor(&self, v: u32, part: usize) -> usize {
-        let unit = &self.plan.units[v as usize];
-        if unit.deltas & (1 << part) != 0 {
-            part
-        } else {
-            (unit.mask & !unit.deltas).trailing_zeros() as usize
-        }
+        executor(&self.plan.units[v as usize], part)
     }
 
     fn new(records: Vec<LogRecord>, plan: Plan, parts: usize) -> Group {
@@ -122,6 +118,81 @@ impl Group {
         }
     }
 }
+
+/// The shard that runs `unit`'s step on `part` (see [`Group::executor`]).
+fn executor(unit: &Unit, part: usize) -> usize {
+    if unit.deltas & (1 << part) != 0 {
+        part
+    } else {
+        (unit.mask & !unit.deltas).trailing_zeros() as usize
+    }
+}
+
+/// Steps of the plans' cost model ([`tally_state::STEPS_PER_EVENT`] an event) that one
+/// hand-off of a part costs the unit waiting for it: a queue push and, as often as not,
+/// a futex wake-up of a parked thread. On 2 cores a group of units that nearly all
+/// span shards ran at about 8 µs a unit by plan against 0.67 µs an event serially
+/// (docs/performance.md, "Shards"): a few µs a hand-off, some 50 events' steps.
+const HANDOFF_STEPS: u64 = 64;
+
+/// Steps one message of deltas costs: its push, its receipt and its bookkeeping, about
+/// an event's. It holds up no unit of its sender.
+const DELTA_MESSAGE_STEPS: u64 = 8;
+
+/// What a plan is estimated to take on the shard threads, and serially, in steps of
+/// the cost model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Estimate {
+    by_plan: u64,
+    serial: u64,
+}
+
+impl Estimate {
+    /// The plan's critical path (or its busiest part, if longer) plus every hand-off of
+    /// a part between threads and every message of deltas; against the plan's work.
+    fn of(plan: &Plan, shards: usize) -> Estimate {
+        let escrow = plan.units.iter().any(|unit| unit.deltas != 0);
+        let cost = match escrow {
+            true => plan.cost_with_deltas(),
+            false => plan.cost(),
+        };
+        // Where each part is: the apply thread (`shards`) or a shard.
+        let mut at = vec![shards; shards];
+        let mut handoffs = 0u64;
+        let mut delta_messages = 0u64;
+        for unit in &plan.units {
+            delta_messages += u64::from(unit.deltas.count_ones());
+            for (part, at) in at.iter_mut().enumerate() {
+                if unit.mask & !unit.deltas & (1 << part) != 0 {
+                    let runs_on = executor(unit, part);
+                    handoffs += u64::from(*at != runs_on);
+                    *at = runs_on;
+                }
+            }
+        }
+        // Each part that left goes back to the apply thread.
+        handoffs += at.iter().filter(|&&at| at != shards).count() as u64;
+        Estimate {
+            by_plan: cost.critical_path.max(cost.busiest_part)
+                + handoffs * HANDOFF_STEPS
+                + delta_messages * DELTA_MESSAGE_STEPS,
+            serial: cost.work,
+        }
+    }
+
+    /// True when the plan is worth its threads: estimated at most three quarters of
+    /// the serial time (the margin covers what the model leaves out: the threads'
+    /// competition for cores with the log thread and the callers).
+    fn by_plan_wins(&self) -> bool {
+        self.by_plan.saturating_mul(4) <= self.serial.saturating_mul(3)
+    }
+}
+
+/// After a plan estimated slower than applying its group serially, how many groups
+/// run serially without being planned before the next is planned again: planning costs
+/// about a fifth of applying, and traffic that spans shards in one group mostly does
+/// in the next.
+const SERIAL_GROUPS_UNPLANNED: u64 = 15;
 
 /// The most units of one group that may send deltas to one shard: each is one message
 /// in that shard's queue, which is sized for them. A group with more runs with every
@@ -176,7 +247,8 @@ pub(crate) struct ShardCounters {
     /// Units decided without a part they only add to: their deltas went to that part's
     /// shard instead of the part coming to them.
     pub units_with_deltas: AtomicU64,
-    /// Groups that ran on the apply thread alone (see [`tally_state::Serial`]).
+    /// Groups that ran on the apply thread alone: refused by the planner (see
+    /// [`tally_state::Serial`]) or estimated slower by plan ([`ShardExecution`]).
     pub groups_serial: AtomicU64,
 }
 
@@ -202,6 +274,10 @@ pub(crate) struct ShardPool {
     threads: Vec<JoinHandle<()>>,
     /// The fewest events of a group planned with escrow ([`crate::Config::shard_deltas_from`]).
     deltas_from: usize,
+    /// [`crate::Config::shard_execution`].
+    execution: ShardExecution,
+    /// Groups still to run serially without a plan (see [`SERIAL_GROUPS_UNPLANNED`]).
+    unplanned: AtomicU64,
     pub counters: Arc<ShardCounters>,
 }
 
@@ -210,6 +286,7 @@ impl ShardPool {
     pub fn start(
         shards: usize,
         deltas_from: usize,
+        execution: ShardExecution,
         counters: Arc<ShardCounters>,
     ) -> std::io::Result<ShardPool> {
         assert!((2..=tally_state::PARTS_MAX).contains(&shards));
@@ -237,17 +314,25 @@ impl ShardPool {
             back,
             threads,
             deltas_from,
+            execution,
+            unplanned: AtomicU64::new(0),
             counters,
         })
     }
 
     /// Applies a durable group to `state` (split into as many parts as there are
-    /// shards): by plan on the shard threads, or serially when the plan says so.
+    /// shards): by plan on the shard threads, or serially on this thread when the plan
+    /// says so or, with [`ShardExecution::WhenFaster`], when it would be slower.
     /// Returns one result list per record.
     pub fn apply(&self, state: &mut StateMachine, records: Vec<LogRecord>) -> Vec<Vec<ResultCode>> {
         let shards = self.inboxes.len();
         assert_eq!(state.part_count(), shards, "one part per shard");
         let stamped: Vec<_> = records.iter().map(|r| (r.timestamp, &r.batch)).collect();
+        let when_faster = self.execution == ShardExecution::WhenFaster;
+        if when_faster && self.unplanned.load(Ordering::Relaxed) > 0 {
+            self.unplanned.fetch_sub(1, Ordering::Relaxed);
+            return self.apply_serially(state, &stamped);
+        }
         let events: usize = records.iter().map(|r| r.batch.len()).sum();
         let planned = if events >= self.deltas_from {
             tally_state::plan_with_escrow(state, &stamped)
@@ -257,15 +342,25 @@ impl ShardPool {
         };
         let plan = match planned {
             Ok(plan) => plan,
-            Err(_) => {
-                self.counters.groups_serial.fetch_add(1, Ordering::Relaxed);
-                return records
-                    .iter()
-                    .map(|r| state.apply(r.timestamp, &r.batch))
-                    .collect();
-            }
+            Err(_) => return self.apply_serially(state, &stamped),
         };
+        if when_faster && !Estimate::of(&plan, shards).by_plan_wins() {
+            self.unplanned
+                .store(SERIAL_GROUPS_UNPLANNED, Ordering::Relaxed);
+            return self.apply_serially(state, &stamped);
+        }
+        drop(stamped);
         self.run_plan(state, records, plan)
+    }
+
+    /// Applies a group on this thread alone, prefetching across its records.
+    fn apply_serially(
+        &self,
+        state: &mut StateMachine,
+        stamped: &[(u64, &Batch)],
+    ) -> Vec<Vec<ResultCode>> {
+        self.counters.groups_serial.fetch_add(1, Ordering::Relaxed);
+        state.apply_run(stamped)
     }
 
     /// Runs `plan` (made for `records` against `state`) on the shard threads.
@@ -673,6 +768,48 @@ mod tests {
     use super::*;
     use tally_types::{Account, Batch, Transfer};
 
+    /// A plan of `units` (mask, events) on two parts, every unit holding its parts.
+    fn plan_of(units: &[(u64, u32)]) -> Plan {
+        let units = units
+            .iter()
+            .map(|&(mask, events)| Unit {
+                batch: 0,
+                work: Work::Events {
+                    start: 0,
+                    end: events,
+                },
+                mask,
+                deltas: 0,
+                reads: mask,
+                touches: (0, 0),
+            })
+            .collect();
+        Plan {
+            units,
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_runs_on_the_shards_only_where_it_beats_the_serial_apply() {
+        // Every unit spans both parts: a chain as long as the work, plus hand-offs.
+        let spanning = Estimate::of(&plan_of(&[(0b11, 1); 100]), 2);
+        assert_eq!(spanning.serial, 100 * tally_state::STEPS_PER_EVENT);
+        assert!(spanning.by_plan > spanning.serial, "{spanning:?}");
+        assert!(!spanning.by_plan_wins());
+        // Long units on one part each, alternating: half the time, four hand-offs.
+        let alternating: Vec<_> = (0..10).map(|i| (1 << (i % 2), 100)).collect();
+        let halves = Estimate::of(&plan_of(&alternating), 2);
+        let half = halves.serial / 2;
+        assert_eq!(halves.by_plan, half + 4 * HANDOFF_STEPS, "{halves:?}");
+        assert!(halves.by_plan_wins());
+        // Short units where part 1 goes back and forth between the shards: it moves
+        // before nearly every unit, each move dearer than the unit.
+        let ping_pong: Vec<_> = (0..20).map(|i| ([0b11, 0b10][i % 2], 1)).collect();
+        let moved = Estimate::of(&plan_of(&ping_pong), 2);
+        assert!(!moved.by_plan_wins(), "{moved:?}");
+    }
+
     /// A plan that misses a part the unit touches makes a shard thread panic; the apply
     /// thread must then fail too (the engine fails closed), not wait forever.
     #[test]
@@ -710,7 +847,13 @@ mod tests {
         let mut plan = tally_state::plan(&state, &stamped).expect("a plan");
         assert_eq!(plan.units[0].mask, 0b11, "the payment spans both parts");
         plan.units[0].mask = 0b01; // broken: part 1 (the credit account) left out
-        let pool = ShardPool::start(parts, 0, Arc::new(ShardCounters::default())).expect("start");
+        let pool = ShardPool::start(
+            parts,
+            0,
+            ShardExecution::Always,
+            Arc::new(ShardCounters::default()),
+        )
+        .expect("start");
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pool.run_plan(&mut state, records, plan)
         }));
@@ -818,8 +961,13 @@ mod loom_tests {
                 .iter()
                 .map(|r| reference.apply(r.timestamp, &r.batch))
                 .collect();
-            let pool = ShardPool::start(parts, 0, Arc::new(ShardCounters::default()))
-                .expect("start shard threads");
+            let pool = ShardPool::start(
+                parts,
+                0,
+                ShardExecution::Always,
+                Arc::new(ShardCounters::default()),
+            )
+            .expect("start shard threads");
             let got = pool.apply(&mut state, records);
             drop(pool);
             assert_eq!(got, expected);

@@ -299,6 +299,7 @@ fn run(seed: u64, shards: usize) {
     let mut config = Config::new(dir.path());
     config.manual_clock = true;
     config.shards = shards;
+    config.shard_execution = tally_engine::ShardExecution::Always;
     config.snapshot_events_interval = 500;
     let mut workload = Workload::new(seed, Accounts::Hot);
     let mut rng = SeededRng::new(seed ^ 0xe7e7);
@@ -375,6 +376,7 @@ fn a_lost_journal_tail_is_derived_again_identically() {
         .set_len(length / 3)
         .unwrap();
     config.shards = 2;
+    config.shard_execution = tally_engine::ShardExecution::Always;
     let ledger = Ledger::open(config).unwrap();
     assert_eq!(read_all(&ledger), before);
     ledger.shutdown().unwrap();
@@ -394,6 +396,8 @@ fn a_journal_cut_back_several_replay_groups_in_is_derived_again_identically() {
         let mut config = Config::new(dir.path());
         config.manual_clock = true;
         config.shards = shards;
+        config.shard_execution = tally_engine::ShardExecution::Always;
+        config.shard_execution = tally_engine::ShardExecution::Always;
         let ledger = Ledger::open(config.clone()).unwrap();
         let mut now = 1_000 * NS_PER_S;
         let accounts = (1..=64)

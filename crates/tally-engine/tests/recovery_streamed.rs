@@ -18,6 +18,7 @@ fn config(dir: &Path, shards: usize) -> Config {
         shards,
         // Replayed groups decide with deltas wherever a unit only adds to a part.
         shard_deltas_from: 0,
+        shard_execution: tally_engine::ShardExecution::Always,
         preallocate_segments: false,
         snapshot_events_interval: 0,
         // One record per submitted batch: expiries wait for the next batch.

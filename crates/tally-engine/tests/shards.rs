@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::EventResult;
-use tally_engine::{Config, Ledger, Placement};
+use tally_engine::{Config, Ledger, Placement, ShardExecution};
 use tally_log::{LogOptions, Wal};
 use tally_state::StateMachine;
 use tally_testkit::workload::{Accounts, Workload};
@@ -144,14 +144,28 @@ fn reference_reads(reference: &StateMachine) -> Reads {
     }
 }
 
-/// Concurrent traffic on `shards` shards; groups of `deltas_from` events or more decide
-/// their units with deltas (`Config::shard_deltas_from`).
+/// Concurrent traffic on `shards` shards, every group by plan on the shard threads;
+/// groups of `deltas_from` events or more decide their units with deltas
+/// (`Config::shard_deltas_from`).
 fn concurrent_run(shards: usize, placement: Placement, skew: Accounts, deltas_from: usize) {
+    let execution = ShardExecution::Always;
+    concurrent_run_as(shards, placement, skew, deltas_from, execution);
+}
+
+/// [`concurrent_run`], each group run by plan as `execution` says.
+fn concurrent_run_as(
+    shards: usize,
+    placement: Placement,
+    skew: Accounts,
+    deltas_from: usize,
+    execution: ShardExecution,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());
     config.shards = shards;
     config.placement = placement;
     config.shard_deltas_from = deltas_from;
+    config.shard_execution = execution;
     // No idle expiry pulse: one between the image and the shutdown would be logged
     // after the state compared.
     config.expire_when_idle = false;
@@ -237,7 +251,12 @@ fn concurrent_run(shards: usize, placement: Placement, skew: Accounts, deltas_fr
     assert!(expected.histories.iter().any(|rows| rows.len() > 5));
     assert!(expected.transfers.iter().any(|found| found.len() > 2));
     assert!(ok > 500, "{shards} shards: only {ok} events applied");
-    if shards > 1 {
+    if execution == ShardExecution::WhenFaster {
+        // Whole ids on two shards: most units span both, so their plans lose.
+        if shards == 2 && placement == Placement::WHOLE_ID {
+            assert!(metrics.groups_serial > 0, "{metrics:?}");
+        }
+    } else if shards > 1 {
         assert!(metrics.shard_units > 1_000, "{metrics:?}");
         assert!(metrics.shard_units_spanning > 0, "{metrics:?}");
         match deltas_from {
@@ -259,6 +278,10 @@ fn concurrent_traffic_matches_the_reference_on_1_2_3_4_and_8_shards() {
     // Parts lent whole for every group (the default), and deltas for large groups only.
     concurrent_run(2, Placement::WHOLE_ID, Accounts::Hot, usize::MAX);
     concurrent_run(3, Placement::WHOLE_ID, Accounts::Hot, 1_024);
+    // The default: groups whose plans would be slower run serially.
+    let faster = ShardExecution::WhenFaster;
+    concurrent_run_as(2, Placement::WHOLE_ID, Accounts::Hot, usize::MAX, faster);
+    concurrent_run_as(4, Placement::WHOLE_ID, Accounts::Uniform, 0, faster);
 }
 
 /// Ids placed by their two lowest bits: the workload's small ids crowd onto few shards,
@@ -280,6 +303,7 @@ fn expiry_across_shards_matches_the_reference() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path());
         config.shards = shards;
+        config.shard_execution = ShardExecution::Always;
         config.manual_clock = true;
         config.shard_deltas_from = 0;
         let ledger = Ledger::open(config).unwrap();
@@ -324,6 +348,7 @@ fn a_ledger_reopens_with_a_different_shard_count() {
     ] {
         let mut config = Config::new(dir.path());
         config.shards = shards;
+        config.shard_execution = ShardExecution::Always;
         config.placement = placement;
         // A small interval, so that some reopenings start from a snapshot.
         config.snapshot_events_interval = 300;
@@ -371,6 +396,7 @@ fn a_batch_spanning_an_expiry_instant_is_stamped_after_it_on_any_shard_count() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path());
         config.shards = shards;
+        config.shard_execution = ShardExecution::Always;
         config.manual_clock = true;
         let mut ledger = Ledger::open(config.clone()).unwrap();
         let accounts = (1..=2)
@@ -430,6 +456,7 @@ fn a_batch_spanning_an_expiry_instant_is_stamped_after_it_on_any_shard_count() {
         // Replayed as one group on reopening, with every shard count.
         for reopen_shards in [1, 2, 4] {
             config.shards = reopen_shards;
+            config.shard_execution = ShardExecution::Always;
             let ledger = Ledger::open(config.clone()).unwrap();
             assert_eq!(ledger.with_state(StateMachine::image), image);
             ledger.shutdown().unwrap();
@@ -448,6 +475,7 @@ fn balances_with_results_are_the_reference_balances_right_after_each_event() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path());
         config.shards = shards;
+        config.shard_execution = ShardExecution::Always;
         config.manual_clock = true;
         config.change_events = change_events;
         config.shard_deltas_from = 0;

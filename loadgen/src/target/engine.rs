@@ -4,7 +4,9 @@ use super::{Outcome, ShardStats, SubmitFailure, Target};
 use crate::events_check::{EventsCheck, LiveFollower};
 use crate::order_lookups::{OrderLookupStats, OrderLookups};
 use std::path::Path;
-use tally_engine::{Backpressure, Config, EventResult, Ledger, Placement, SubmitError, SyncMode};
+use tally_engine::{
+    Backpressure, Config, EventResult, Ledger, Placement, ShardExecution, SubmitError, SyncMode,
+};
 use tally_types::{Account, AccountBalance, AccountFilter, Batch, Transfer};
 
 /// A [`Ledger`] opened on the load generator's data directory.
@@ -30,6 +32,9 @@ pub struct EngineOptions {
     /// The fewest events of a group whose units the shards decide with deltas
     /// (`Config::shard_deltas_from`); `None` keeps the engine's default.
     pub shard_deltas_from: Option<usize>,
+    /// Every group by plan on the shard threads, not only where the plan is estimated
+    /// faster (`Config::shard_execution`).
+    pub shards_always_by_plan: bool,
     /// Festival callers must never block a tokio worker: `busy` at once on a full queue.
     /// Max mode's plain caller threads may wait briefly.
     pub busy_immediately: bool,
@@ -59,6 +64,9 @@ impl EngineTarget {
         config.placement = options.placement;
         if let Some(events) = options.shard_deltas_from {
             config.shard_deltas_from = events;
+        }
+        if options.shards_always_by_plan {
+            config.shard_execution = ShardExecution::Always;
         }
         config.accounts_capacity = options.accounts_capacity;
         config.transfers_capacity = options.transfers_capacity;
