@@ -47,7 +47,7 @@ impl Plan {
         let mut cost = PlanCost::default();
         for unit in &self.units {
             let steps = unit.events() * STEPS_PER_EVENT;
-            let parts = || (0..64).filter(|part| unit.mask & (1 << part) != 0);
+            let parts = || bits(unit.mask);
             let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
             let end = start + steps;
             parts().for_each(|part| {
@@ -74,7 +74,6 @@ impl Plan {
         let mut load = [0u64; 64];
         // Per account, when every delta sent to it so far has been applied.
         let mut account_at: HashMap<u128, u64, foldhash::fast::RandomState> = HashMap::default();
-        let bits = |mask: u64| (0..64).filter(move |part| mask & (1 << part) != 0);
         let mut cost = PlanCost::default();
         for unit in &self.units {
             let touches = &self.touches[unit.touches.0 as usize..unit.touches.1 as usize];
@@ -113,6 +112,16 @@ impl Plan {
         cost.busiest_part = load.into_iter().max().unwrap_or(0);
         cost
     }
+}
+
+/// The set bits of `mask`, lowest first: the parts of a unit's mask.
+fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    let mut rest = mask;
+    std::iter::from_fn(move || {
+        let part = rest.trailing_zeros() as usize;
+        rest &= rest.wrapping_sub(1);
+        (part < 64).then_some(part)
+    })
 }
 
 impl Unit {
