@@ -203,16 +203,11 @@ impl StateMachine {
             return std::mem::replace(&mut only.changes, spare);
         }
         let mut changes = spare;
-        let in_order = |part: &Part| part.changes.is_sorted_by_key(|e| e.timestamp);
-        if self.parts.len() <= MERGED_PARTS_MAX && self.parts.iter().all(|p| in_order(p)) {
-            merge_changes(&mut self.parts, &mut changes);
-        } else {
-            for part in &mut self.parts {
-                changes.append(&mut part.changes);
-            }
-            // Stable: events of one part keep the order that part applied them in.
-            changes.sort_by_key(|event| event.timestamp);
+        for part in &mut self.parts {
+            changes.append(&mut part.changes);
         }
+        // Stable: events of one part keep the order that part applied them in.
+        changes.sort_by_key(|event| event.timestamp);
         for part in &mut self.parts {
             for fill in part.change_fills.drain(..) {
                 fill_change(&mut changes, fill);
@@ -1092,84 +1087,5 @@ fn fill_change(changes: &mut [ChangeEvent], fill: ChangeFill) {
         event.credit_account = fill.account;
     } else {
         event.debit_account = fill.account;
-    }
-}
-
-/// Up to this many parts, their change events are merged in one pass, each part's next
-/// event compared with the others'; past it, appended and sorted. A part's own are
-/// out of order where it applied deltas after deciding later units (escrow): those
-/// are sorted too.
-const MERGED_PARTS_MAX: usize = 8;
-
-/// Moves every part's change events, each part's in timestamp order, into `changes` in
-/// timestamp order, copying each run of one part's events that comes before every other
-/// part's next event at once; on equal stamps the lower part's come first, as the stable
-/// sort of the parts appended in order puts them.
-fn merge_changes(parts: &mut [Box<Part>], changes: &mut Vec<ChangeEvent>) {
-    changes.reserve(parts.iter().map(|part| part.changes.len()).sum());
-    let mut taken = vec![0usize; parts.len()];
-    loop {
-        // Each part's next event, as (stamp, part): the earliest runs first.
-        let mut heads = parts
-            .iter()
-            .zip(&taken)
-            .enumerate()
-            .filter_map(|(index, (part, &at))| {
-                part.changes.get(at).map(|event| (event.timestamp, index))
-            });
-        let Some(mut first) = heads.next() else {
-            break;
-        };
-        let mut bound = (u64::MAX, usize::MAX);
-        for head in heads {
-            if head < first {
-                bound = first;
-                first = head;
-            } else {
-                bound = bound.min(head);
-            }
-        }
-        let index = first.1;
-        let rest = &parts[index].changes[taken[index]..];
-        let run = rest.partition_point(|event| (event.timestamp, index) < bound);
-        changes.extend_from_slice(&rest[..run]);
-        taken[index] += run;
-    }
-    for part in parts.iter_mut() {
-        part.changes.clear();
-    }
-}
-
-#[cfg(test)]
-mod merge_tests {
-    use super::*;
-
-    #[test]
-    fn merged_change_events_equal_the_stable_sort_of_the_parts() {
-        let stamps = [
-            vec![1, 4, 5, 9, 10, 11],
-            vec![2, 3, 6],
-            vec![],
-            vec![7, 8, 12],
-        ];
-        let mut state = StateMachine::with_parts(stamps.len());
-        for (part, stamps) in state.parts.iter_mut().zip(&stamps) {
-            part.changes = stamps
-                .iter()
-                .map(|&timestamp| {
-                    ChangeEvent::account_created(tally_types::Account {
-                        id: u128::from(timestamp),
-                        timestamp,
-                        ..tally_types::Account::default()
-                    })
-                })
-                .collect();
-        }
-        let mut expected: Vec<_> = state.parts.iter().flat_map(|p| p.changes.clone()).collect();
-        expected.sort_by_key(|event| event.timestamp);
-        let mut merged = Vec::new();
-        merge_changes(&mut state.parts, &mut merged);
-        assert_eq!(merged, expected);
-        assert!(state.parts.iter().all(|part| part.changes.is_empty()));
     }
 }
