@@ -162,8 +162,9 @@ impl Estimate {
         let mut delta_messages = 0u64;
         for unit in &plan.units {
             delta_messages += u64::from(unit.deltas.count_ones());
+            // A part the unit only adds to is needed at its own shard (its deltas).
             for (part, at) in at.iter_mut().enumerate() {
-                if unit.mask & !unit.deltas & (1 << part) != 0 {
+                if unit.mask & (1 << part) != 0 {
                     let runs_on = executor(unit, part);
                     handoffs += u64::from(*at != runs_on);
                     *at = runs_on;
