@@ -55,7 +55,7 @@ pub struct ServeArgs {
     /// Concurrent calls on one connection.
     #[arg(long, default_value_t = Limits::default().streams_per_connection_max)]
     streams_per_connection_max: u32,
-    /// Open connections from one IP address.
+    /// Open connections from one IP address (an IPv6 one: its /64 network).
     #[arg(long, default_value_t = Limits::default().connections_per_ip_max)]
     connections_per_ip_max: usize,
     /// Open connections in all.

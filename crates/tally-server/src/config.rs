@@ -25,7 +25,7 @@ pub struct Limits {
     pub message_bytes_max: usize,
     /// Concurrent calls (HTTP/2 streams) on one connection.
     pub streams_per_connection_max: u32,
-    /// Open connections from one IP address.
+    /// Open connections from one IP address (an IPv6 one: its /64 network).
     pub connections_per_ip_max: usize,
     /// Open connections in all.
     pub connections_max: usize,

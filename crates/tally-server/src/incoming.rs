@@ -2,7 +2,8 @@
 //! HTTP/2.
 //!
 //! Every accepted TCP connection takes a slot: at most `connections_max` in all and
-//! `connections_per_ip_max` per peer address. A connection over either limit is closed
+//! `connections_per_ip_max` per peer address ([`peer_key`]: an IPv6 peer by its /64
+//! network). A connection over either limit is closed
 //! at once (the peer sees the close before any byte), counted and logged; the clients
 //! already connected are untouched. An admitted connection is wrapped in a
 //! [`LimitedStream`], which must see its first bytes within `header_timeout` and is
@@ -84,7 +85,7 @@ impl Admission {
 
     /// A slot for a connection from `peer`, or `None` when a limit is reached.
     fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
-        let ip = peer.ip();
+        let ip = peer_key(peer.ip());
         let mut open = self.open();
         let from_ip = open.per_ip.get(&ip).map_or(0, |from| from.connections);
         if open.total >= self.connections_max || from_ip >= self.connections_per_ip_max {
@@ -140,6 +141,19 @@ impl Admission {
     #[cfg(test)]
     fn open_total(&self) -> usize {
         self.open().total
+    }
+}
+
+/// The address whose limits a peer shares: an IPv4 address as it is (also when it
+/// arrives mapped into IPv6), an IPv6 address by its /64 network, which is what one
+/// host or site is given: it could otherwise take new limits with every address.
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -453,5 +467,41 @@ mod tests {
         assert_eq!(admission.open_total(), 0);
         assert_eq!(stats.connections_refused(), 2);
         assert_eq!(stats.connections_open(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_network_of_64_bits_shares_one_peer_address_limit() {
+        let stats = Arc::new(ServerStats::default());
+        let admission = Admission::new(&limits(10, 2), Arc::clone(&stats));
+        let addr = |text: &str| text.parse::<SocketAddr>().expect("addr");
+        let one = admission
+            .admit(addr("[2001:db8:1:2::1]:1000"))
+            .expect("first");
+        let two = admission
+            .admit(addr("[2001:db8:1:2:ffff::9]:1000"))
+            .expect("second");
+        assert!(
+            admission
+                .admit(addr("[2001:db8:1:2:abcd::7]:1000"))
+                .is_none(),
+            "a third address of the same /64"
+        );
+        let other = admission.admit(addr("[2001:db8:1:3::1]:1000"));
+        assert!(other.is_some(), "the next /64 has limits of its own");
+        // An IPv4 peer mapped into IPv6 counts as that IPv4 address.
+        let v4 = admission.admit(addr("10.0.0.1:1000")).expect("v4");
+        let mapped = admission
+            .admit(addr("[::ffff:10.0.0.1]:1000"))
+            .expect("mapped");
+        assert!(
+            admission.admit(addr("10.0.0.1:1001")).is_none(),
+            "third from 10.0.0.1"
+        );
+        assert_eq!(
+            peer_key("2001:db8::1:2:3:4".parse().expect("ip")),
+            "2001:db8::".parse::<IpAddr>().expect("ip")
+        );
+        drop((one, two, other, v4, mapped));
+        assert_eq!(admission.open_total(), 0);
     }
 }

@@ -64,7 +64,7 @@ pub(crate) async fn serve(listener: TcpListener, sources: Sources, stop: oneshot
                     continue;
                 }
             };
-            let Some(share) = PeerShare::take(&per_ip, peer.ip()) else {
+            let Some(share) = PeerShare::take(&per_ip, crate::incoming::peer_key(peer.ip())) else {
                 tracing::debug!(%peer, "metrics: over the per-address limit, closed");
                 continue; // Dropping the stream and the permit.
             };
