@@ -24,7 +24,7 @@ use lines::{Line, read_line_bounded};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tally_engine::{Config, EngineError, Ledger, Placement};
+use tally_engine::{Config, EngineError, Ledger, Placement, ShardExecution};
 use tally_json::{LedgerLookup, Request, RequestLine};
 use tally_log::LogError;
 use tally_state::StateMachine;
@@ -55,6 +55,10 @@ enum Command {
         /// id): ids that share them share a shard. Results never depend on it.
         #[arg(long, default_value_t = Placement::WHOLE_ID)]
         placement_bits: Placement,
+        /// Run every group by plan on the shard threads, not only where that is estimated
+        /// faster than serially (to exercise or measure them). Results never depend on it.
+        #[arg(long)]
+        shards_always_by_plan: bool,
         /// Stamp batches from each request's "now" instead of the wall clock.
         #[arg(long)]
         manual_clock: bool,
@@ -93,8 +97,15 @@ fn main() -> ExitCode {
             data,
             shards,
             placement_bits,
+            shards_always_by_plan,
             manual_clock,
-        } => apply(data, (shards, placement_bits), manual_clock),
+        } => {
+            let execution = match shards_always_by_plan {
+                true => ShardExecution::Always,
+                false => ShardExecution::WhenFaster,
+            };
+            apply(data, (shards, placement_bits, execution), manual_clock)
+        }
         Command::Accounts { data } => dump(data, Dump::Accounts),
         Command::Transfers { data } => dump(data, Dump::Transfers),
         Command::Events(args) => events::events(args),
@@ -115,15 +126,16 @@ fn main() -> ExitCode {
 
 /// Shards asked for on the command line (none: fitted to the machine), and how ids are
 /// placed on them.
-pub(crate) type Sharding = (Option<usize>, Placement);
+pub(crate) type Sharding = (Option<usize>, Placement, ShardExecution);
 
 pub(crate) fn open(
     data: PathBuf,
-    (shards, placement): Sharding,
+    (shards, placement, execution): Sharding,
     manual_clock: bool,
 ) -> Result<Ledger, String> {
     let mut config = Config::new(data);
     config.placement = placement;
+    config.shard_execution = execution;
     if let Some(shards) = shards {
         if shards == 0 || shards > tally_engine::SHARDS_MAX {
             return Err(format!(

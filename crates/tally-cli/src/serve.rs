@@ -199,7 +199,11 @@ async fn open_backend(args: &ServeArgs) -> Result<Backend, String> {
         }
         None => Ok(Backend::Node(crate::open(
             args.data.clone(),
-            (args.shards, args.placement_bits),
+            (
+                args.shards,
+                args.placement_bits,
+                tally_engine::ShardExecution::WhenFaster,
+            ),
             false,
         )?)),
     }

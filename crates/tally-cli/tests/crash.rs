@@ -19,12 +19,14 @@ const KILLS: u64 = 60;
 type Sent = BTreeMap<u64, (u64, Option<Vec<(String, Option<String>)>>)>;
 const ACCOUNTS: u64 = 8;
 
-/// A `tally apply` child on `shards` shards, ids placed by their lowest `placement_bits`.
-/// Both change from one restart to the next: recovery and results must not depend on
-/// them.
-fn apply_child(dir: &Path, shards: u64, placement_bits: u32) -> std::process::Child {
+/// A `tally apply` child on `shards` shards, ids placed by their lowest `placement_bits`,
+/// every group by plan on the shard threads when `by_plan` (else where that pays). All
+/// change from one restart to the next: recovery and results must not depend on them.
+fn apply_child(dir: &Path, shards: u64, placement_bits: u32, by_plan: bool) -> std::process::Child {
+    let always = by_plan.then_some("--shards-always-by-plan");
     Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["apply", "--shards", &shards.to_string()])
+        .args(always)
         .args(["--placement-bits", &placement_bits.to_string(), "--data"])
         .arg(dir)
         .stdin(Stdio::piped())
@@ -68,7 +70,8 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
     let mut acknowledged_batches = 0;
     for kill in 0..KILLS {
         let placement_bits = [128, 2, 64, 1, 3][(kill % 5) as usize];
-        let mut child = apply_child(dir.path(), 1 + kill % 4, placement_bits);
+        let by_plan = kill % 3 != 2;
+        let mut child = apply_child(dir.path(), 1 + kill % 4, placement_bits, by_plan);
         let mut stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let batches = 5 + rng.below(40);

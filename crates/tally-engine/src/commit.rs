@@ -271,7 +271,8 @@ impl Applier {
     /// Applies a logged group, with results as if in log order; one result list per
     /// record.
     /// On one part the group runs in steps of [`APPLY_STEP_EVENTS`], letting readers in
-    /// between; on shard threads the parts are out of the state for the whole group.
+    /// between; with shards the apply thread holds the state for the whole group, the
+    /// parts out on the shard threads or applied here serially.
     pub fn apply(
         &mut self,
         held: &mut impl HeldState,

@@ -19,9 +19,9 @@ pub enum Backpressure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardExecution {
     /// By plan when the plan's estimated time, the hand-offs of parts and deltas between
-    /// threads counted, beats applying the group serially; serially otherwise (the
-    /// default). A group whose units nearly all span shards then costs what it costs
-    /// on one shard, plus its planning.
+    /// threads counted, is at most three quarters of applying the group serially;
+    /// serially otherwise, and the next 15 groups unplanned (the default). Groups whose
+    /// units nearly all span shards then cost about what they cost on one shard.
     WhenFaster,
     /// Always by plan: for tests and measurements of the executor itself.
     Always,

@@ -141,8 +141,9 @@ pub struct MetricsSnapshot {
     /// their deltas (escrow).
     pub shard_units_with_deltas: u64,
     /// Groups applied on the apply thread alone although shards exist: one the planner
-    /// refuses (see `tally_state::Serial`), or one whose plan would run slower than the
-    /// group serially (`Config::shard_execution`).
+    /// refuses (see `tally_state::Serial`), one whose plan was estimated slower than
+    /// the group serially, or one of the groups after it, not planned
+    /// (`Config::shard_execution`).
     pub groups_serial: u64,
 }
 

@@ -130,9 +130,10 @@ fn executor(unit: &Unit, part: usize) -> usize {
 
 /// Steps of the plans' cost model ([`tally_state::STEPS_PER_EVENT`] an event) that one
 /// hand-off of a part costs the unit waiting for it: a queue push and, as often as not,
-/// a futex wake-up of a parked thread. On 2 cores a group of units that nearly all
-/// span shards ran at about 8 µs a unit by plan against 0.67 µs an event serially
-/// (docs/performance.md, "Shards"): a few µs a hand-off, some 50 events' steps.
+/// a futex wake-up of a parked thread. On 2 cores the engine alone ran payments that
+/// nearly all span shards at about 8 µs each by plan (125,087 a second), against under
+/// 1 µs serially (docs/performance.md, "Shards"): a few µs a hand-off, which 64 steps
+/// (eight events' worth) puts on the safe side of serial.
 const HANDOFF_STEPS: u64 = 64;
 
 /// Steps one message of deltas costs: its push, its receipt and its bookkeeping, about
@@ -249,7 +250,8 @@ pub(crate) struct ShardCounters {
     /// shard instead of the part coming to them.
     pub units_with_deltas: AtomicU64,
     /// Groups that ran on the apply thread alone: refused by the planner (see
-    /// [`tally_state::Serial`]) or estimated slower by plan ([`ShardExecution`]).
+    /// [`tally_state::Serial`]), estimated slower by plan, or following such a group
+    /// unplanned ([`ShardExecution`]).
     pub groups_serial: AtomicU64,
 }
 
@@ -330,8 +332,11 @@ impl ShardPool {
         assert_eq!(state.part_count(), shards, "one part per shard");
         let stamped: Vec<_> = records.iter().map(|r| (r.timestamp, &r.batch)).collect();
         let when_faster = self.execution == ShardExecution::WhenFaster;
-        if when_faster && self.unplanned.load(Ordering::Relaxed) > 0 {
-            self.unplanned.fetch_sub(1, Ordering::Relaxed);
+        let skip = |left: u64| left.checked_sub(1);
+        let unplanned = self
+            .unplanned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, skip);
+        if when_faster && unplanned.is_ok() {
             return self.apply_serially(state, &stamped);
         }
         let events: usize = records.iter().map(|r| r.batch.len()).sum();
