@@ -68,6 +68,11 @@ pub(crate) trait Parts {
     /// was recorded, unless the step does not hold its part.
     #[inline]
     fn complete_change(&mut self, _slot: Slot, _key: (u64, u128), _credit: bool) {}
+    /// The part whose list keeps a change event of an id whose part is `home`.
+    #[inline]
+    fn change_list(&self, home: usize) -> usize {
+        home
+    }
     /// Starts a chain: every held part records how to undo what follows.
     fn begin_chain(&mut self) {
         self.each_held(Part::begin_chain);
@@ -120,6 +125,13 @@ impl Parts for [Box<Part>] {
 
     fn each_held(&mut self, visit: impl FnMut(&mut Part)) {
         self.iter_mut().map(|part| &mut **part).for_each(visit);
+    }
+
+    /// Every part is at hand, so one list keeps every event in commit order and
+    /// taking them needs no merge.
+    #[inline]
+    fn change_list(&self, _home: usize) -> usize {
+        0
     }
 }
 
@@ -521,13 +533,13 @@ fn record_transfer_change<P: Parts + ?Sized>(
     for slot in [debit, credit] {
         parts.record_balances(slot, row_timestamp, transfer_ref);
     }
-    let home = parts.layout().part_of(transfer.id);
-    if !parts.get(home).capturing {
+    let list = parts.change_list(parts.layout().part_of(transfer.id));
+    if !parts.get(list).capturing {
         return;
     }
     let debit_account = account_at(parts, debit);
     let credit_account = account_at(parts, credit);
-    parts.get_mut(home).record_change(|| ChangeEvent {
+    parts.get_mut(list).record_change(|| ChangeEvent {
         timestamp,
         kind,
         transfer,
@@ -580,10 +592,10 @@ pub(crate) fn create_account<P: Parts + ?Sized>(
         timestamp: if imported { a.timestamp } else { timestamp },
         ..*a
     };
-    let home = home_mut(parts, a.id);
-    home.insert_account(account);
+    home_mut(parts, a.id).insert_account(account);
     // The event is stamped when it committed, which keeps events in commit order.
-    home.record_change(|| ChangeEvent {
+    let list = parts.change_list(parts.layout().part_of(a.id));
+    parts.get_mut(list).record_change(|| ChangeEvent {
         timestamp,
         ..ChangeEvent::account_created(account)
     });

@@ -198,9 +198,13 @@ impl StateMachine {
     pub fn take_changes_into(&mut self, mut spare: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
         assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         spare.clear();
-        if let [only] = self.parts.as_mut_slice() {
-            debug_assert!(only.change_fills.is_empty(), "one part holds every account");
-            return std::mem::replace(&mut only.changes, spare);
+        let mut holding = self.parts.iter().filter(|part| !part.changes.is_empty());
+        let fills = self.parts.iter().any(|part| !part.change_fills.is_empty());
+        if holding.nth(1).is_none() && !fills {
+            // One part, or a group applied serially: one list holds every event, in
+            // commit order (the spare goes to the list the next serial group fills).
+            let list = self.parts.iter().position(|part| !part.changes.is_empty());
+            return std::mem::replace(&mut self.parts[list.unwrap_or(0)].changes, spare);
         }
         let mut changes = spare;
         for part in &mut self.parts {
