@@ -89,11 +89,12 @@ const QUERY_FIELDS: &[&str] = &[
     "timestamp_max",
     "limit",
     "reversed",
+    "reverse",
     "flags",
 ];
 
 /// A query filter's one flag, as TigerBeetle's query filter spells it.
-const QUERY_FLAGS: &[(u8, &str)] = &[(FILTER_REVERSED, "reversed")];
+const QUERY_FLAGS: &[(u8, &str)] = &[(FILTER_REVERSED, "reversed"), (FILTER_REVERSED, "reverse")];
 
 /// A filter's flags, as TigerBeetle's account filter spells them: the same choices as
 /// the `debits`, `credits` and `reversed` fields, which a filter gives one way or the
@@ -608,7 +609,12 @@ fn query_filter(value: &Json, loc: Loc<'_>) -> Result<QueryFilter, LineError> {
             "timestamp_min" => filter.timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
             "timestamp_max" => filter.timestamp_max = unsigned(value, at, "u64", Width::Wide)?,
             "limit" => filter.limit = unsigned(value, at, "u32", Width::Narrow)?,
-            "reversed" => reversed = Some(boolean(value, at)?),
+            "reversed" | "reverse" => {
+                if reversed.is_some() {
+                    return Err(at.error("give reversed or reverse, not both".to_string()));
+                }
+                reversed = Some(boolean(value, at)?);
+            }
             "flags" => {
                 flag_set = Some(fields::flags(value, at, QUERY_FLAGS, 0, |a, b| a | b)?);
             }

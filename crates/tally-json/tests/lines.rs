@@ -196,6 +196,18 @@ fn query_filters_and_the_account_filter_fields() {
         "query_transfers {} time=0..0 reversed",
     );
     check(
+        r#"{"query_transfers": {"reverse": true}}"#,
+        "query_transfers {} time=0..0 reversed",
+    );
+    check(
+        r#"{"query_accounts": {"flags": ["reverse"]}}"#,
+        "query_accounts {} time=0..0 reversed",
+    );
+    check(
+        r#"{"query_accounts": {"reverse": true, "reversed": false}}"#,
+        "error: query_accounts.reversed: give reversed or reverse, not both",
+    );
+    check(
         r#"{"query_transfers": {"account_id": "1"}}"#,
         "error: query_transfers.account_id: unknown field; query filter fields are user_data_128,",
     );
