@@ -11,14 +11,28 @@ use std::time::Duration;
 use tally_engine::Placement;
 use tally_server::{Backend, Limits, Operation, Rights, Server, ServerConfig, TlsFiles};
 
+/// A listening address given as `IP:PORT` or `HOST:PORT`: a host name is resolved
+/// once, at start, to its first address.
+fn socket_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let mut resolved = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|error| format!("not an IP:PORT or HOST:PORT address: {error}"))?;
+    resolved
+        .next()
+        .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
 /// The flags of `tally serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The data directory (created if missing).
     #[arg(long)]
     data: PathBuf,
-    /// The gRPC address; port 0 picks a free one (printed on stdout).
-    #[arg(long, default_value = "127.0.0.1:7100")]
+    /// The gRPC address (IP or host name, and port); port 0 picks a free one (printed
+    /// on stdout).
+    #[arg(long, default_value = "127.0.0.1:7100", value_parser = socket_address)]
     listen: SocketAddr,
     /// Number of shards (default: fitted to the machine).
     #[arg(long)]
@@ -43,8 +57,8 @@ pub struct ServeArgs {
     /// certificates), on a non-loopback client address.
     #[arg(long)]
     insecure: bool,
-    /// Serve Prometheus metrics over HTTP at this address.
-    #[arg(long)]
+    /// Serve Prometheus metrics over HTTP at this address (IP or host name, and port).
+    #[arg(long, value_parser = socket_address)]
     metrics: Option<SocketAddr>,
     /// Log lines as JSON instead of text.
     #[arg(long)]

@@ -20,8 +20,13 @@ const CALLERS: u64 = 32;
 
 /// A `tally serve` child on a free port, and the address it printed.
 fn serve(dir: &Path) -> (Child, SocketAddr) {
+    serve_on(dir, "127.0.0.1:0")
+}
+
+/// A `tally serve` child listening on `listen`, and the address it printed.
+fn serve_on(dir: &Path, listen: &str) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--listen", listen, "--data"])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -203,6 +208,17 @@ fn sigterm_at_once_after_the_listening_line_exits_cleanly() {
             .shutdown()
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_listens_on_the_address_it_resolves_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve_on(dir.path(), "localhost:0");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    // It answers there: the client creates its accounts.
+    client(addr).await;
+    terminate(&child);
+    assert!(child.wait().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
