@@ -19,7 +19,7 @@ use std::sync::mpsc::sync_channel;
 use tally_engine::{
     ChangeEventReader, Config, EngineError, EventResult, SubmitError, TransferResult,
 };
-use tally_state::{AccountTransfersRead, Query, QueryTarget, StateMachine};
+use tally_state::{AccountBalancesRead, AccountTransfersRead, Query, QueryTarget, StateMachine};
 use tally_types::{
     Account, AccountBalance, AccountFilter, Batch, ChangeEvent, QueryFilter, Transfer,
 };
@@ -483,8 +483,12 @@ impl Ledger {
         /// `get_account_balances`: an account's balances after each change (accounts
         /// with the `history` flag), filtered as `get_account_transfers`.
         get_account_balances, get_account_balances_async(filter: &AccountFilter)
-            -> Vec<AccountBalance> = node get_account_balances, replica read, read_async(
-                move |state: &StateMachine| state.account_balances(&filter)
+            -> Vec<AccountBalance> = node get_account_balances,
+            replica read_in_steps, read_in_steps_async(
+                move |state: &StateMachine| AccountBalancesRead::new(state, &filter),
+                |read: &mut AccountBalancesRead, state: &StateMachine| {
+                    read.step(state).then(|| read.balances())
+                }
             );
         /// `get_account_transfers`: an account's transfers, filtered and bounded.
         get_account_transfers, get_account_transfers_async(filter: &AccountFilter)

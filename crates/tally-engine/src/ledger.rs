@@ -25,7 +25,8 @@ use std::time::Instant;
 use tally_log::events::{EventJournal, JournalOptions};
 use tally_log::{DirLock, FsStorage, LogOptions, Storage};
 use tally_state::{
-    AccountTransfersRead, InvariantViolation, LedgerTotals, Query, QueryTarget, StateMachine,
+    AccountBalancesRead, AccountTransfersRead, InvariantViolation, LedgerTotals, Query,
+    QueryTarget, StateMachine,
 };
 use tally_types::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, Batch, ChangeEvent, QueryFilter,
@@ -597,9 +598,18 @@ impl Ledger {
     /// `get_account_balances`: the balances of an account created with the `history`
     /// flag after each transfer and expiry that changed it, filtered as
     /// [`Ledger::get_account_transfers`] filters (docs/spec.md §2, "History and
-    /// point-in-time balances"). Empty for an account without `history`.
+    /// point-in-time balances"). Empty for an account without `history`. Read a bounded
+    /// step at a time, as [`Ledger::get_account_transfers`] is: the rows as they stood
+    /// when the read began.
     pub fn get_account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
-        self.shared().state.read().account_balances(filter)
+        let state_lock = &self.shared().state;
+        let mut state = state_lock.read();
+        let mut read = AccountBalancesRead::new(&state, filter);
+        while !read.step(&state) {
+            drop(state);
+            state = state_lock.read();
+        }
+        read.balances()
     }
 
     /// `query_accounts`: the accounts matching every field the filter gives, in

@@ -40,7 +40,7 @@ mod store;
 mod tables;
 mod value_index;
 
-pub use account_read::AccountTransfersRead;
+pub use account_read::{AccountBalancesRead, AccountTransfersRead};
 pub use apply::Held;
 pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};

@@ -2,7 +2,7 @@
 //! parts back into one view. With one part this is the plain reference state machine;
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
-use crate::account_read::AccountTransfersRead;
+use crate::account_read::{AccountBalancesRead, AccountTransfersRead};
 use crate::apply::account_slot;
 use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
@@ -138,7 +138,8 @@ impl StateMachine {
         &self.parts
     }
 
-    fn part(&self, id: u128) -> &Part {
+    /// The part that holds id `id`.
+    pub(crate) fn part(&self, id: u128) -> &Part {
         &self.parts[self.layout.part_of(id)]
     }
 
@@ -326,25 +327,12 @@ impl StateMachine {
     /// `history`, in timestamp order (or newest first when `reversed`): one row per
     /// transfer and expiry that changed it, filtered as `get_account_transfers` filters
     /// (an expiry row by its pending transfer's fields and its own instant), at most the
-    /// limit. Empty for an account without `history`.
+    /// limit; in one go ([`AccountBalancesRead`] reads it step by step). Empty for an
+    /// account without `history`.
     pub fn account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
-        let part = self.part(filter.account_id);
-        let Some(account_index) = part.account_position(filter.account_id) else {
-            return Vec::new();
-        };
-        let max = match filter.timestamp_max {
-            0 => u64::MAX,
-            max => max,
-        };
-        part.balance_history
-            .rows_between(account_index, filter.timestamp_min, max, filter.reversed)
-            .filter(|row| filter.matches_at(&self.transfer_by_ref(row.transfer_ref), row.timestamp))
-            .take(filter.limit_effective())
-            .map(|row| AccountBalance {
-                timestamp: row.timestamp,
-                balances: row.balances.public(),
-            })
-            .collect()
+        let mut read = AccountBalancesRead::new(self, filter);
+        while !read.step(self) {}
+        read.balances()
     }
 
     // ---- whole-state images, for snapshots ----

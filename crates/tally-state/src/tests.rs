@@ -2,12 +2,12 @@
 
 use crate::StateMachine;
 use crate::test_support::{account, transfer};
-use crate::{AccountTransfersRead, Query, QueryTarget};
+use crate::{AccountBalancesRead, AccountTransfersRead, Query, QueryTarget};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use tally_types::{
-    Account, AccountFilter, AccountFlags as AF, Batch, LoadedImage, PendingStatus, ResultCode as R,
-    StateImage, Transfer, TransferFlags as TF,
+    Account, AccountBalance, AccountFilter, AccountFlags as AF, Batch, LoadedImage, PendingStatus,
+    ResultCode as R, StateImage, Transfer, TransferFlags as TF,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -1878,6 +1878,97 @@ fn stepped_account_reads_answer_the_history_they_began_on() {
             assert_eq!(read.transfers(), expected, "{parts} parts, {filter:?}");
         }
     }
+}
+
+/// `get_account_balances` read step by step, with batches (and chains that roll back)
+/// committed between its steps, answers the rows as they stood when the read began,
+/// as one pass over them does, for every direction, time range, field and limit, on 1
+/// and 3 parts.
+#[test]
+fn stepped_balance_reads_answer_the_rows_they_began_on() {
+    for parts in [1, 3] {
+        let mut sm = StateMachine::with_capacity_in_parts(0, 0, parts);
+        let accounts = vec![account(1, 156, AF::HISTORY), account(6, 156, AF::empty())];
+        sm.apply(T0, &Batch::CreateAccounts(accounts));
+        let mut commits = Commits::new();
+        for _ in 0..12 {
+            commits.commit(&mut sm, false);
+        }
+        let middle = T0 + 5 * SECOND;
+        let base = AccountFilter::new(1);
+        let filters = [
+            base,
+            AccountFilter {
+                reversed: true,
+                ..base
+            },
+            AccountFilter {
+                credits: false,
+                limit: 5_000,
+                ..base
+            },
+            AccountFilter {
+                code: 2,
+                user_data_64: 3,
+                reversed: true,
+                ..base
+            },
+            // Fewer than a page: read to the end, past the rows committed meanwhile.
+            AccountFilter { code: 3, ..base },
+            AccountFilter {
+                timestamp_min: middle,
+                timestamp_max: middle + 6 * SECOND,
+                ..base
+            },
+            AccountFilter {
+                timestamp_max: middle,
+                reversed: true,
+                limit: 10,
+                ..base
+            },
+            AccountFilter::new(6),
+            AccountFilter::new(999),
+        ];
+        for (n, filter) in filters.iter().enumerate() {
+            let expected = balances_in_one_pass(&sm, filter);
+            let mut read = AccountBalancesRead::new(&sm, filter);
+            let mut steps = 0;
+            while !read.step(&sm) {
+                steps += 1;
+                commits.commit(&mut sm, n % 2 == 0);
+            }
+            let long = filter.account_id == 1 && filter.limit != 10;
+            assert_eq!(
+                steps > 0,
+                long,
+                "{parts} parts, {filter:?} took {steps} steps"
+            );
+            assert_eq!(read.balances(), expected, "{parts} parts, {filter:?}");
+            assert_eq!(expected.is_empty(), filter.account_id != 1, "{filter:?}");
+        }
+    }
+}
+
+/// The rows `get_account_balances` answers, read in one pass with nothing committed
+/// meanwhile: what a stepped read must match.
+fn balances_in_one_pass(sm: &StateMachine, filter: &AccountFilter) -> Vec<AccountBalance> {
+    let part = sm.part(filter.account_id);
+    let Some(account) = part.account_position(filter.account_id) else {
+        return Vec::new();
+    };
+    let max = match filter.timestamp_max {
+        0 => u64::MAX,
+        max => max,
+    };
+    part.balance_history
+        .rows_between(account, filter.timestamp_min, max, filter.reversed)
+        .filter(|row| filter.matches_at(&sm.transfer_by_ref(row.transfer_ref), row.timestamp))
+        .take(filter.limit_effective())
+        .map(|row| AccountBalance {
+            timestamp: row.timestamp,
+            balances: row.balances.public(),
+        })
+        .collect()
 }
 
 // ---- balance history ----
