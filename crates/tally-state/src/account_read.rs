@@ -8,7 +8,11 @@
 //! committed between steps are not answered, so the answer is the account's history as
 //! it stood at the start. A walk stops early once it is past the time range, since a
 //! history is in timestamp order. A balances read walks the account's balance rows
-//! the same way, up to the last timestamp the state had applied when it began.
+//! the same way, up to the newest row the account had when it began: a later row,
+//! even an imported transfer's stamped in the past, lies beyond it. (An imported
+//! transfer stamped before an expiry row already recorded is the exception: its row
+//! goes in before the expiry's and changes the rows after it, which a read not yet
+//! past them answers as changed.)
 
 use crate::history::HistoryWalk;
 use crate::query::QUERY_STEP_RECORDS;
@@ -104,21 +108,23 @@ struct RowsLeft {
 }
 
 impl AccountBalancesRead {
-    /// Starts the read over `state` as it stands now: rows recorded later have later
-    /// timestamps, past the range it reads.
+    /// Starts the read over `state` as it stands now, up to the account's newest row.
     pub fn new(state: &StateMachine, filter: &AccountFilter) -> AccountBalancesRead {
         let part = state.layout.part_of(filter.account_id);
         let max = match filter.timestamp_max {
             0 => u64::MAX,
             max => max,
         };
+        let history = &state.parts[part].balance_history;
         let rows = state.parts[part]
             .account_position(filter.account_id)
-            .map(|account| RowsLeft {
-                part,
-                account,
-                min: filter.timestamp_min,
-                max: max.min(state.last_timestamp()),
+            .and_then(|account| {
+                Some(RowsLeft {
+                    part,
+                    account,
+                    min: filter.timestamp_min,
+                    max: max.min(history.newest(account)?),
+                })
             })
             .filter(|rows| rows.min <= rows.max);
         AccountBalancesRead {

@@ -267,6 +267,13 @@ impl BalanceHistories {
         rows.replace_tail(at, &tail);
     }
 
+    /// The timestamp of account `account`'s newest row; `None` without rows.
+    pub fn newest(&self, account: u32) -> Option<u64> {
+        let rows = self.rows.get(&account)?;
+        let count = rows.len();
+        (count > 0).then(|| rows.timestamp(count - 1))
+    }
+
     /// Account `account`'s rows with timestamps in `min..=max`, oldest first (newest
     /// first when `reversed`), read lazily: a page of a long history costs the page.
     pub fn rows_between(
