@@ -93,7 +93,8 @@ const QUERY_FIELDS: &[&str] = &[
     "flags",
 ];
 
-/// A query filter's one flag, as TigerBeetle's query filter spells it.
+/// A query filter's one flag, as TigerBeetle's query filter spells it, and `reverse`
+/// for it, as account filters accept.
 const QUERY_FLAGS: &[(u8, &str)] = &[(FILTER_REVERSED, "reversed"), (FILTER_REVERSED, "reverse")];
 
 /// A filter's flags, as TigerBeetle's account filter spells them: the same choices as

@@ -511,7 +511,7 @@ struct Change {
 
 /// Records a transfer's change, with both accounts as they are now, right after it: a
 /// balance row for each account with `history`, and the change event in its id's
-/// part (when capture is on).
+/// part's list, or the one list of a serial group (when capture is on).
 fn record_transfer_change<P: Parts + ?Sized>(
     parts: &mut P,
     change: Change,

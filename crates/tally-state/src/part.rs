@@ -160,8 +160,9 @@ pub struct Part {
     pub(crate) recording: bool,
     /// Whether committed changes are captured into `changes` (change events).
     pub(crate) capturing: bool,
-    /// Change events of the ids homed here, in the order this part applied them, until
-    /// the state hands them out ([`crate::StateMachine::take_changes`]).
+    /// Change events of the ids homed here (of every id, in the first part, for a
+    /// group applied serially: `Parts::change_list`), in the order this part applied
+    /// them, until the state hands them out ([`crate::StateMachine::take_changes`]).
     pub(crate) changes: Vec<ChangeEvent>,
     /// Accounts of this part as change events recorded in other parts must name them:
     /// deltas applied here after the event was decided elsewhere (`crate::decide`).

@@ -188,8 +188,9 @@ impl StateMachine {
     }
 
     /// The change events captured since the last call, in commit order (by
-    /// timestamp). Each part holds its own in the order it applied them; with several
-    /// parts they are merged.
+    /// timestamp). Each part holds its own in the order it applied them (a group
+    /// applied serially leaves them all in the first part); where several parts hold
+    /// some, or escrow left accounts to fill in, they are merged.
     pub fn take_changes(&mut self) -> Vec<ChangeEvent> {
         self.take_changes_into(Vec::new())
     }
@@ -199,13 +200,13 @@ impl StateMachine {
     pub fn take_changes_into(&mut self, mut spare: Vec<ChangeEvent>) -> Vec<ChangeEvent> {
         assert!(!self.parts.is_empty(), "the parts are out on shard threads");
         spare.clear();
-        let mut holding = self.parts.iter().filter(|part| !part.changes.is_empty());
+        let mut holding = (0..self.parts.len()).filter(|&i| !self.parts[i].changes.is_empty());
+        let first = holding.next();
         let fills = self.parts.iter().any(|part| !part.change_fills.is_empty());
-        if holding.nth(1).is_none() && !fills {
+        if holding.next().is_none() && !fills {
             // One part, or a group applied serially: one list holds every event, in
-            // commit order (the spare goes to the list the next serial group fills).
-            let list = self.parts.iter().position(|part| !part.changes.is_empty());
-            return std::mem::replace(&mut self.parts[list.unwrap_or(0)].changes, spare);
+            // commit order, and the spare takes its place.
+            return std::mem::replace(&mut self.parts[first.unwrap_or(0)].changes, spare);
         }
         let mut changes = spare;
         for part in &mut self.parts {
