@@ -585,14 +585,10 @@ impl Ledger {
     /// when the call began. Read a bounded step at a time, as queries are: the read
     /// lock is taken per step, so a long history never holds up commits.
     pub fn get_account_transfers(&self, filter: &AccountFilter) -> Vec<Transfer> {
-        let state_lock = &self.shared().state;
-        let mut state = state_lock.read();
-        let mut read = AccountTransfersRead::new(&state, filter);
-        while !read.step(&state) {
-            drop(state);
-            state = state_lock.read();
-        }
-        read.transfers()
+        self.read_in_steps(
+            |state| AccountTransfersRead::new(state, filter),
+            |read, state| read.step(state).then(|| read.transfers()),
+        )
     }
 
     /// `get_account_balances`: the balances of an account created with the `history`
@@ -602,14 +598,10 @@ impl Ledger {
     /// step at a time, as [`Ledger::get_account_transfers`] is: the rows as they stood
     /// when the read began.
     pub fn get_account_balances(&self, filter: &AccountFilter) -> Vec<AccountBalance> {
-        let state_lock = &self.shared().state;
-        let mut state = state_lock.read();
-        let mut read = AccountBalancesRead::new(&state, filter);
-        while !read.step(&state) {
-            drop(state);
-            state = state_lock.read();
-        }
-        read.balances()
+        self.read_in_steps(
+            |state| AccountBalancesRead::new(state, filter),
+            |read, state| read.step(state).then(|| read.balances()),
+        )
     }
 
     /// `query_accounts`: the accounts matching every field the filter gives, in
@@ -621,28 +613,35 @@ impl Ledger {
     /// step. The answer is the state as it stood when the query began (accounts with
     /// their balances as of the last step, read under one lock).
     pub fn query_accounts(&self, filter: &QueryFilter) -> Vec<Account> {
-        let state_lock = &self.shared().state;
-        // The first step under the lock the query starts under: one turn fewer.
-        let mut state = state_lock.read();
-        let mut query = Query::new(&state, QueryTarget::Accounts, filter);
-        loop {
-            if query.step(&state) {
-                return query.accounts(&state);
-            }
-            drop(state);
-            state = state_lock.read();
-        }
+        self.read_in_steps(
+            |state| Query::new(state, QueryTarget::Accounts, filter),
+            |query, state| query.step(state).then(|| query.accounts(state)),
+        )
     }
 
     /// `query_transfers`: as [`Ledger::query_accounts`], for transfers.
     pub fn query_transfers(&self, filter: &QueryFilter) -> Vec<Transfer> {
+        self.read_in_steps(
+            |state| Query::new(state, QueryTarget::Transfers, filter),
+            |query, state| query.step(state).then(|| query.transfers(state)),
+        )
+    }
+
+    /// A read a bounded step at a time: `begin` starts it and its first step runs
+    /// under the same read lock (one turn fewer); the lock is let go between steps, so
+    /// a long read never holds up commits for longer than one step. `step` answers
+    /// once the read is over, under the lock of its last step.
+    fn read_in_steps<R, T>(
+        &self,
+        begin: impl FnOnce(&StateMachine) -> R,
+        mut step: impl FnMut(&mut R, &StateMachine) -> Option<T>,
+    ) -> T {
         let state_lock = &self.shared().state;
-        // The first step under the lock the query starts under: one turn fewer.
         let mut state = state_lock.read();
-        let mut query = Query::new(&state, QueryTarget::Transfers, filter);
+        let mut read = begin(&state);
         loop {
-            if query.step(&state) {
-                return query.transfers(&state);
+            if let Some(answer) = step(&mut read, &state) {
+                return answer;
             }
             drop(state);
             state = state_lock.read();
