@@ -593,15 +593,16 @@ fn overflow_near_u128_max_is_refused_and_changes_nothing() {
         transfer(52, BANK, sink, 2),
         R::OverflowsCreditsPosted,
     );
+    // A pending transfer must fit the posted balances too: its post would add it there.
     f.check_one(
-        "debits (pending + posted) overflow",
+        "a pending transfer past debits_posted",
         pending(53, FRESH, BANK, 2),
-        R::OverflowsDebits,
+        R::OverflowsDebitsPosted,
     );
     f.check_one(
-        "credits (pending + posted) overflow",
+        "a pending transfer past credits_posted",
         pending(54, BANK, sink, 2),
-        R::OverflowsCredits,
+        R::OverflowsCreditsPosted,
     );
     f.check_one(
         "exactly u128::MAX is fine",

@@ -1124,8 +1124,8 @@ fn refund<P: Parts + ?Sized>(parts: &mut P, t: &Transfer, stamp: Stamp) -> Resul
 }
 
 /// The overflow checks of a money movement, in the order of docs/spec.md §2; on success, the
-/// balances
-/// after the movement (pending or posted).
+/// balances after the movement (pending or posted). A pending movement must also fit the
+/// posted balances, which its post would add it to.
 fn movement_checks(
     dr: &Account,
     cr: &Account,
@@ -1143,15 +1143,18 @@ fn movement_checks(
             .credits_pending
             .checked_add(amount)
             .ok_or(R::OverflowsCreditsPending)?;
-    } else {
-        dr_after.debits_posted = dr
-            .debits_posted
-            .checked_add(amount)
-            .ok_or(R::OverflowsDebitsPosted)?;
-        cr_after.credits_posted = cr
-            .credits_posted
-            .checked_add(amount)
-            .ok_or(R::OverflowsCreditsPosted)?;
+    }
+    let debits_posted = dr
+        .debits_posted
+        .checked_add(amount)
+        .ok_or(R::OverflowsDebitsPosted)?;
+    let credits_posted = cr
+        .credits_posted
+        .checked_add(amount)
+        .ok_or(R::OverflowsCreditsPosted)?;
+    if !pending {
+        dr_after.debits_posted = debits_posted;
+        cr_after.credits_posted = credits_posted;
     }
     dr_after
         .debits_pending

@@ -312,6 +312,9 @@ fn single_phase_account_and_balance_codes() {
     check(pending(200, 5, 9, 1, 0), R::OverflowsCreditsPending);
     check(transfer(200, 6, 5, 1), R::OverflowsDebitsPosted);
     check(transfer(200, 5, 7, 1), R::OverflowsCreditsPosted);
+    // A pending transfer must fit the posted balances its post would add it to.
+    check(pending(200, 6, 5, 1, 0), R::OverflowsDebitsPosted);
+    check(pending(200, 5, 7, 1, 0), R::OverflowsCreditsPosted);
     check(transfer(200, 8, 5, 1), R::OverflowsDebits);
     check(transfer(200, 5, 9, 1), R::OverflowsCredits);
     check_at(

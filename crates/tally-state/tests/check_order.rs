@@ -825,15 +825,43 @@ fn single_phase_checks_10_to_14_with_imported_and_closed_run_in_the_specified_or
 #[test]
 fn overflow_checks_run_in_the_specified_order() {
     let mut l = Ledger::with_accounts();
-    // p_dr/p_cr: debits/credits pending at the maximum; s_dr/s_cr: posted.
+    // p_dr/p_cr: debits/credits pending at the maximum; s_dr/s_cr: posted; h_dr/h_cr:
+    // half the maximum each, pending and posted.
     let (p_dr, p_cr, s_dr, s_cr) = (id(), id(), id(), id());
+    let (h_dr, h_cr) = (id(), id());
     l.ok(&[plain(p_dr), plain(p_cr), plain(s_dr), plain(s_cr)]);
+    l.ok(&[plain(h_dr), plain(h_cr)]);
     l.ok(&[pending(p_dr, p_cr, M), t(s_dr, s_cr, M)]);
+    l.ok(&[pending(h_dr, h_cr, M / 2 + 1), t(h_dr, h_cr, M / 2)]);
     let dr_a = |t: &mut Transfer| t.debit_account_id = A;
     let cr_b = |t: &mut Transfer| t.credit_account_id = B;
-    // (A pending overflow and a posted one cannot fail together: one event is either.)
     let (earlier, later) = (R::OverflowsDebitsPending, R::OverflowsCreditsPending);
     l.first(pending(p_dr, p_cr, 1), dr_a, earlier, later);
+    // A pending transfer must fit the posted balances too: its post adds it there.
+    l.first(
+        pending(p_dr, s_cr, 1),
+        dr_a,
+        R::OverflowsDebitsPending,
+        R::OverflowsCreditsPosted,
+    );
+    l.first(
+        pending(s_dr, s_cr, 1),
+        dr_a,
+        R::OverflowsDebitsPosted,
+        R::OverflowsCreditsPosted,
+    );
+    l.first(
+        pending(s_dr, h_cr, 1),
+        dr_a,
+        R::OverflowsDebitsPosted,
+        R::OverflowsCredits,
+    );
+    l.first(
+        pending(h_dr, h_cr, 1),
+        dr_a,
+        R::OverflowsDebits,
+        R::OverflowsCredits,
+    );
     let (earlier, later) = (R::OverflowsDebitsPosted, R::OverflowsCreditsPosted);
     l.first(t(s_dr, s_cr, 1), dr_a, earlier, later);
     l.first(
@@ -843,19 +871,7 @@ fn overflow_checks_run_in_the_specified_order() {
         R::OverflowsDebits,
     );
     l.first(
-        pending(p_dr, s_cr, 1),
-        dr_a,
-        R::OverflowsDebitsPending,
-        R::OverflowsCredits,
-    );
-    l.first(
         t(p_dr, p_cr, 1),
-        dr_a,
-        R::OverflowsDebits,
-        R::OverflowsCredits,
-    );
-    l.first(
-        pending(s_dr, s_cr, 1),
         dr_a,
         R::OverflowsDebits,
         R::OverflowsCredits,
@@ -882,9 +898,10 @@ fn overflows_timeout_is_the_last_overflow_check() {
     // Near the end of u64: the longest timeout no longer fits after now.
     let mut l = Ledger::starting_at(u64::MAX - 3_000_000_000_000_000_000);
     l.create_accounts();
+    // `full`: half the maximum credited pending, half posted; only their sum is full.
     let (dr, full) = (id(), id());
     l.ok(&[plain(dr), plain(full)]);
-    l.ok(&[t(dr, full, M)]);
+    l.ok(&[pending(dr, full, M / 2 + 1), t(dr, full, M / 2)]);
     let e = Transfer {
         timeout: u32::MAX,
         ..pending(A, full, 1)
