@@ -53,8 +53,8 @@ pub struct ServeArgs {
     /// do everything.
     #[arg(long)]
     tokens: Option<PathBuf>,
-    /// Allow plain text, or a door open to any caller (no tokens, no client
-    /// certificates), on a non-loopback client address.
+    /// Allow plain text on a non-loopback address: the client address and, for a
+    /// replica, the peer address too.
     #[arg(long)]
     insecure: bool,
     /// Serve Prometheus metrics over HTTP at this address (IP or host name, and port).
@@ -115,8 +115,13 @@ pub struct ServeArgs {
     /// same on every replica): peer calls carry it, and calls without it are refused.
     #[arg(long, requires = "cluster")]
     peer_secret_file: Option<PathBuf>,
-    /// Allow a non-loopback peer address: peer traffic is plain text (keep it on a
-    /// network only the replicas reach, and give a peer secret).
+    /// Bytes of log entries after which the replica takes a snapshot and purges the
+    /// log before it (at least 4,096): a replica further behind catches up from it.
+    #[arg(long, default_value_t = 1 << 30, requires = "cluster")]
+    snapshot_log_bytes: u64,
+    /// Allow a non-loopback peer address only (the client address keeps TLS): peer
+    /// traffic is plain text (keep it on a network only the replicas reach, and give
+    /// a peer secret).
     #[arg(long, requires = "cluster")]
     insecure_peer: bool,
 }
@@ -169,13 +174,16 @@ impl ServeArgs {
         let low = Duration::from_millis(self.election_timeout_ms);
         config.election_timeout = (low, low * 2);
         config.heartbeat_interval = (low * 2 / 3).max(Duration::from_millis(10));
+        config.snapshot_log_bytes = self.snapshot_log_bytes;
         config.validate()?;
         let peer_bind = config.peer_listen.as_deref().or(config.own_address());
-        if !self.insecure_peer && !peer_bind.is_some_and(is_loopback) {
+        let plain_peers_allowed = self.insecure_peer || self.insecure;
+        if !plain_peers_allowed && !peer_bind.is_some_and(is_loopback) {
             return Err(format!(
                 "the peer address {} is not a loopback address, and peer traffic is plain \
-                 text: pass --insecure-peer to accept that (with --peer-secret-file, so that \
-                 only replicas holding the secret are answered), or bind it on loopback",
+                 text: pass --insecure-peer (or --insecure) to accept that (with \
+                 --peer-secret-file, so that only replicas holding the secret are answered), \
+                 or bind it on loopback",
                 peer_bind.unwrap_or_default()
             ));
         }

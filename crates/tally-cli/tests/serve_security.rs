@@ -563,16 +563,6 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         stderr.contains("no-such-tokens.jsonl"),
         "names the file: {stderr}"
     );
-    // TLS alone on a public address lets anyone do everything: a token file, client
-    // certificates or --insecure must say so.
-    let pki = Pki::new(dir.path());
-    let (cert, key) = (path(&pki.server.cert), path(&pki.server.key));
-    let tls = ["--tls-cert", &cert, "--tls-key", &key];
-    let stderr = serve_refused(&[&tls[..], &["--listen", "0.0.0.0:0"]].concat(), &data);
-    assert!(
-        stderr.contains("--tokens") && stderr.contains("--insecure"),
-        "{stderr}"
-    );
     // A replica's peer service speaks plain text: a public peer address needs it too.
     let public_peer = [
         "--listen",
@@ -652,6 +642,63 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         .await;
     all_ok(&created.unwrap().into_inner(), 1);
     served.stop();
+
+    // TLS is what a public address needs: without a token file it starts, and warns
+    // that any caller may do everything.
+    let pki = Pki::new(dir.path());
+    let (cert, key) = (path(&pki.server.cert), path(&pki.server.key));
+    let tls = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--listen",
+        "0.0.0.0:0",
+    ];
+    let served = Served::start(&dir.path().join("tls-data"), &tls);
+    assert!(
+        served
+            .log()
+            .contains("no token file on a non-loopback address"),
+        "{}",
+        served.log()
+    );
+    let mut client = Dial::tls(&pki.ca)
+        .connect(served.addr, Auth::none())
+        .await
+        .unwrap();
+    let created = client
+        .create_accounts(create_accounts(vec![account(2, USD)]))
+        .await;
+    all_ok(&created.unwrap().into_inner(), 1);
+    served.stop();
+
+    // --insecure accepts plain text on every address it serves, a replica's peer
+    // address included.
+    let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let peer = format!("1=0.0.0.0:{}", free.local_addr().unwrap().port());
+    drop(free);
+    let mut replica = tally()
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure",
+            "--cluster",
+            &peer,
+        ])
+        .args(["--replica", "1", "--data"])
+        .arg(dir.path().join("replica-data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = replica.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    replica.kill().unwrap();
+    replica.wait().unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
 }
 
 /// Over TLS too, a subscription is a call in flight: its connection outlives the idle

@@ -354,8 +354,8 @@ impl Client {
         transfers_from_proto(answer)
     }
 
-    /// Up to `limit` (1 to 8,190) change events with a timestamp at or after
-    /// `timestamp_min`, in commit order (docs/spec.md §2, "Change events"): every change
+    /// Up to `limit` (at most 8,190; 0 asks for 8,190) change events with a timestamp at
+    /// or after `timestamp_min`, in commit order (docs/spec.md §2, "Change events"): every change
     /// committed before the call is there. Events of ledgers outside the token's rights
     /// are left out; page on from [`ChangeEventsPage::timestamp_last`] + 1.
     ///
@@ -371,9 +371,9 @@ impl Client {
         timestamp_min: u64,
         limit: usize,
     ) -> Result<ChangeEventsPage, ClientError> {
-        if !(1..=CHANGE_EVENTS_LIMIT_MAX).contains(&limit) {
+        if limit > CHANGE_EVENTS_LIMIT_MAX {
             return Err(ClientError::InvalidArgument(format!(
-                "limit {limit} is not within 1..={CHANGE_EVENTS_LIMIT_MAX}"
+                "limit {limit} is more than the maximum {CHANGE_EVENTS_LIMIT_MAX} (0 asks for it)"
             )));
         }
         let filter = v1::ChangeEventsFilter {

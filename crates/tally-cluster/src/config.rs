@@ -36,7 +36,8 @@ pub struct ClusterConfig {
     /// waits `(id mod 4) / 4` longer, so that replicas do not all write theirs at once);
     /// the log before it is then purged, which bounds the memory the log holds. A
     /// snapshot is the whole ledger: at a million accounts and a few million transfers
-    /// it takes seconds of a core and half a gigabyte of writes. Default 1 GiB.
+    /// it takes seconds of a core and half a gigabyte of writes. Default 1 GiB, at least
+    /// [`SNAPSHOT_LOG_BYTES_MIN`].
     pub snapshot_log_bytes: u64,
     /// Groups proposed and not yet committed at once. Default 8.
     pub proposals_in_flight: usize,
@@ -69,6 +70,10 @@ pub struct ClusterConfig {
     /// none.
     pub peer_secret: Option<crate::PeerSecret>,
 }
+
+/// The least [`ClusterConfig::snapshot_log_bytes`]: below it a busy replica would
+/// spend its time writing snapshots.
+pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 4 << 10;
 
 impl ClusterConfig {
     /// A replica `replica_id` of `members`, with the defaults.
@@ -123,6 +128,13 @@ impl ClusterConfig {
         }
         if self.proposals_in_flight == 0 || self.proposal_queue == 0 {
             return Err("proposals in flight and the proposal queue must be at least 1".into());
+        }
+        if self.snapshot_log_bytes < SNAPSHOT_LOG_BYTES_MIN {
+            return Err(format!(
+                "the log must hold at least {SNAPSHOT_LOG_BYTES_MIN} bytes before a snapshot, \
+                 not {}",
+                self.snapshot_log_bytes
+            ));
         }
         Ok(())
     }

@@ -603,9 +603,9 @@ impl Ledger {
         }
     }
 
-    /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
-    /// or after `timestamp_min`, in commit order; every change acknowledged before the
-    /// call is there (docs/spec.md §2, "Change events").
+    /// `get_change_events`: up to `limit` (at most 8,190; 0 asks for the most) change
+    /// events with timestamp at or after `timestamp_min`, in commit order; every change
+    /// acknowledged before the call is there (docs/spec.md §2, "Change events").
     ///
     /// # Errors
     ///
@@ -688,6 +688,52 @@ impl Ledger {
                 .change_event_reader()
                 .map_err(LedgerError::Cluster),
         }
+    }
+
+    /// Every change event after timestamp `after`, then each new one as it is
+    /// committed, as an async stream (see `tally_engine::Ledger::subscribe`): a consumer
+    /// that stores the timestamp of the last event it handled and subscribes after it
+    /// again receives every later event exactly once. A replica's stream follows what
+    /// it applies.
+    ///
+    /// # Errors
+    ///
+    /// Change events are off; an item is an error when reading fails (then the stream
+    /// ends).
+    pub fn subscribe(
+        &self,
+        after: u64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<ChangeEvent, LedgerError>> + Send + 'static + use<>,
+        LedgerError,
+    > {
+        use futures_util::StreamExt;
+        let events = self
+            .change_event_reader()?
+            .subscribe(after)
+            .map_err(LedgerError::Engine)?;
+        Ok(events.map(|item| item.map_err(LedgerError::Engine)))
+    }
+
+    /// [`Ledger::subscribe`], the events a batch at a time (1 to
+    /// [`tally_engine::SUBSCRIPTION_BATCH_EVENTS_MAX`] an item, in commit order).
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::subscribe`].
+    pub fn subscribe_batches(
+        &self,
+        after: u64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<ChangeEvent>, LedgerError>> + Send + 'static + use<>,
+        LedgerError,
+    > {
+        use futures_util::StreamExt;
+        let batches = self
+            .change_event_reader()?
+            .subscribe_batches(after)
+            .map_err(LedgerError::Engine)?;
+        Ok(batches.map(|item| item.map_err(LedgerError::Engine)))
     }
 
     /// Shuts down: a single node drains its queue, syncs and releases its directory; a

@@ -42,7 +42,7 @@ pub mod sim_disk;
 mod state_machine;
 mod types;
 
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, SNAPSHOT_LOG_BYTES_MIN};
 pub use election::{Elections, PreVote};
 pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 pub use ledger::{HostedReplica, Ledger, LedgerConfig, LedgerError};

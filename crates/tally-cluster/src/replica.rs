@@ -782,10 +782,11 @@ impl Replica {
         read(&self.core.applied.read().state)
     }
 
-    /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
-    /// or after `timestamp_min`, in commit order, from this replica's own journal.
-    /// Every change acknowledged before the call is there (a read index from the
-    /// leader, then a wait for this replica's journal to hold it), as on a single node.
+    /// `get_change_events`: up to `limit` (at most 8,190; 0 asks for the most) change
+    /// events with timestamp at or after `timestamp_min`, in commit order, from this
+    /// replica's own journal. Every change acknowledged before the call is there (a
+    /// read index from the leader, then a wait for this replica's journal to hold it),
+    /// as on a single node.
     /// Events before a snapshot this replica installed from another are not kept here:
     /// asking for them is an error that names the next event it holds.
     pub async fn get_change_events(

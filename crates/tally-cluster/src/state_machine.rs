@@ -442,6 +442,7 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         *self.applied.write() = applied;
         self.save(Arc::clone(&bytes)).await?;
         *self.current.lock() = Some((meta.clone(), bytes));
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed the leader's snapshot");
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! cluster's. The same calls on three embedded replicas and on a single node answer the
 //! same; blocking calls from plain threads, async ones on the caller's runtime.
 
+use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tally_cluster::{ClusterConfig, ClusterError, Ledger, LedgerError};
@@ -229,6 +230,24 @@ async fn open_async_runs_a_replica_on_the_callers_runtime() {
         .await
         .expect("events");
     assert_eq!(events.len(), 4);
+    // A subscription follows the same events, then the next one as it is applied.
+    let followed = replica.subscribe(0).expect("events are on");
+    let mut followed = std::pin::pin!(followed);
+    let mut seen = Vec::new();
+    for _ in 0..events.len() {
+        seen.push(followed.next().await.expect("an event").expect("reads"));
+    }
+    assert_eq!(seen, events);
+    let batches = replica.subscribe_batches(events[1].timestamp).expect("on");
+    let mut batches = std::pin::pin!(batches);
+    let batch = batches.next().await.expect("a batch").expect("reads");
+    assert_eq!(batch[0], events[2], "resumes after the timestamp given");
+    replica
+        .create_transfers_async(vec![transfer(11, 1, 2, 5)])
+        .await
+        .expect("durable");
+    let next = followed.next().await.expect("an event").expect("reads");
+    assert_eq!((next.transfer.id, next.transfer.amount), (11, 5));
     replica.shutdown_async().await.expect("shuts down");
     assert!(
         replica
@@ -252,5 +271,13 @@ async fn open_async_runs_a_replica_on_the_callers_runtime() {
             .len(),
         3
     );
+    let followed = node.subscribe(0).expect("events are on");
+    let first = std::pin::pin!(followed)
+        .next()
+        .await
+        .expect("one")
+        .expect("reads");
+    let read = node.get_change_events_async(0, 1).await.expect("events");
+    assert_eq!(vec![first], read);
     node.shutdown_async().await.expect("shuts down");
 }

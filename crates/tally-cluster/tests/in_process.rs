@@ -563,10 +563,18 @@ async fn every_replica_keeps_the_change_events_a_single_node_would() {
         "{live:?}"
     );
     let error = all[0]
+        .get_change_events(0, 8_191)
+        .await
+        .expect_err("a limit above the most");
+    assert!(error.to_string().contains("limit"), "{error}");
+    let most = all[0]
         .get_change_events(0, 0)
         .await
-        .expect_err("a limit of 0");
-    assert!(error.to_string().contains("limit"), "{error}");
+        .expect("0 asks for the most");
+    assert_eq!(
+        most,
+        all[0].get_change_events(0, 8_190).await.expect("reads")
+    );
 
     single.shutdown().expect("shuts down");
     for replica in all {

@@ -406,8 +406,9 @@ impl ChangeEventReader {
         ChangeEventReader { progress }
     }
 
-    /// Up to `limit` (1 to 8,190) events with timestamp at or after `timestamp_min`, in
-    /// order, once the journal holds every event up to `committed` (waits up to 5 s).
+    /// Up to `limit` (at most 8,190; 0 asks for 8,190) events with timestamp at or after
+    /// `timestamp_min`, in order, once the journal holds every event up to `committed`
+    /// (waits up to 5 s).
     ///
     /// # Errors
     ///
@@ -419,7 +420,7 @@ impl ChangeEventReader {
         limit: usize,
         committed: u64,
     ) -> Result<Vec<ChangeEvent>, EngineError> {
-        check_limit(limit)?;
+        let limit = checked_limit(limit)?;
         self.progress.wait_through(committed)?;
         let newest_segment = self.progress.newest_segment();
         let mut reader = EventReader::open(self.progress.dir())?;
@@ -499,14 +500,16 @@ pub(crate) fn strictly_increasing(events: Vec<ChangeEvent>) -> Vec<ChangeEvent> 
     strictly_increasing_after(events, None)
 }
 
-/// Checks a read's limit: 1 to [`CHANGE_EVENTS_LIMIT_MAX`].
-pub(crate) fn check_limit(limit: usize) -> Result<(), EngineError> {
-    if limit == 0 || limit > CHANGE_EVENTS_LIMIT_MAX {
-        return Err(EngineError::ChangeEvents {
-            message: format!("limit must be 1 to {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"),
-        });
+/// A read's limit: 0 asks for the most ([`CHANGE_EVENTS_LIMIT_MAX`]), as a filter's
+/// limit does; above the most is refused.
+pub(crate) fn checked_limit(limit: usize) -> Result<usize, EngineError> {
+    match limit {
+        0 => Ok(CHANGE_EVENTS_LIMIT_MAX),
+        1..=CHANGE_EVENTS_LIMIT_MAX => Ok(limit),
+        _ => Err(EngineError::ChangeEvents {
+            message: format!("limit must be at most {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"),
+        }),
     }
-    Ok(())
 }
 
 /// Reads up to `limit` events with timestamp ≥ `timestamp_min` from the journal files.

@@ -648,11 +648,11 @@ impl Ledger {
         }
     }
 
-    /// `get_change_events`: up to `limit` (1 to 8,190) change events with timestamp at
-    /// or after `timestamp_min`, in commit order (docs/spec.md §2, "Change events").
-    /// Every change committed before the call is there. Read from the event journal's
-    /// files, so reading never holds up commits. To resume after the last event
-    /// handled, pass its timestamp + 1.
+    /// `get_change_events`: up to `limit` (at most 8,190; 0 asks for 8,190) change
+    /// events with timestamp at or after `timestamp_min`, in commit order (docs/spec.md
+    /// §2, "Change events"). Every change committed before the call is there. Read from
+    /// the event journal's files, so reading never holds up commits. To resume after
+    /// the last event handled, pass its timestamp + 1.
     ///
     /// # Errors
     ///

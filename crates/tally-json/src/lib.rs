@@ -72,7 +72,7 @@ pub enum Request {
     /// `get_account_transfers`: the filter.
     GetAccountTransfers(AccountFilter),
     /// `get_change_events`: events with timestamp at or after `timestamp_min`, at most
-    /// `limit` (1 to 8,190).
+    /// `limit` (at most 8,190; 0 asks for the most).
     GetChangeEvents {
         /// The first timestamp wanted (0 = from the first; an error once retention
         /// deleted events it would answer).

@@ -510,10 +510,14 @@ fn change_events_filter(value: &Json, loc: Loc<'_>) -> Result<Request, LineError
             "timestamp_min" => timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
             "limit" => {
                 limit = unsigned(value, at, "u32", Width::Narrow)?;
-                if limit == 0 || limit as usize > CHANGE_EVENTS_LIMIT_MAX {
+                if limit as usize > CHANGE_EVENTS_LIMIT_MAX {
                     return Err(at.error(format!(
-                        "must be 1 to {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"
+                        "must be at most {CHANGE_EVENTS_LIMIT_MAX} (0 asks for the most), \
+                         not {limit}"
                     )));
+                }
+                if limit == 0 {
+                    limit = CHANGE_EVENTS_LIMIT_MAX as u32;
                 }
             }
             _ => unreachable_field(field, at)?,

@@ -127,19 +127,15 @@ impl ServerConfig {
     }
 
     /// Refuses what would stop the server from starting, before anything is opened: a
-    /// plain-text listener on a non-loopback address without `insecure`, one that lets
-    /// in any caller (no token file, no client certificates) there without `insecure`,
-    /// a token file that does not read or parse, TLS files that do not read or that
-    /// rustls refuses (not PEM, a key that is not the certificate's). Answers the tokens
-    /// read, when there is a file.
+    /// plain-text listener on a non-loopback address without `insecure` (TLS there
+    /// without a token file or client certificates starts, with a warning), a token file
+    /// that does not read or parse, TLS files that do not read or that rustls refuses
+    /// (not PEM, a key that is not the certificate's). Answers the tokens read, when
+    /// there is a file.
     pub fn check(&self) -> Result<Option<crate::auth::Tokens>, ServerError> {
         let public = !self.listen.ip().is_loopback();
         if self.tls.is_none() && !self.insecure && public {
             return Err(ServerError::InsecureListen(self.listen));
-        }
-        let client_certificates = self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
-        if self.tokens.is_none() && !client_certificates && !self.insecure && public {
-            return Err(ServerError::OpenListen(self.listen));
         }
         self.limits.check()?;
         if let Some(files) = &self.tls {
@@ -159,9 +155,6 @@ impl ServerConfig {
 pub enum ServerError {
     /// A plain-text listener on a non-loopback address without `insecure`.
     InsecureListen(SocketAddr),
-    /// A non-loopback address with neither a token file nor client certificates, so
-    /// that anyone who reaches it may do everything, without `insecure`.
-    OpenListen(SocketAddr),
     /// A TLS file could not be read.
     TlsFile {
         /// The file.
@@ -208,12 +201,6 @@ impl fmt::Display for ServerError {
                 "refusing to serve plain text on non-loopback {addr}: give TLS files, \
                  or --insecure to accept the risk"
             ),
-            ServerError::OpenListen(addr) => write!(
-                f,
-                "refusing to let any caller do everything on non-loopback {addr}: give a \
-                 token file (--tokens) or client certificates (--tls-client-ca), or \
-                 --insecure to accept the risk"
-            ),
             ServerError::TlsFile { path, source } => {
                 write!(f, "cannot read {}: {source}", path.display())
             }
@@ -253,7 +240,6 @@ impl std::error::Error for ServerError {
             ServerError::Tokens(error) => Some(error),
             ServerError::Engine(error) => Some(error),
             ServerError::InsecureListen(_)
-            | ServerError::OpenListen(_)
             | ServerError::Limits(_)
             | ServerError::TlsPem { .. } => None,
         }
