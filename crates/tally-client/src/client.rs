@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_proto::{LedgerClient, v1};
 use tally_types::{
-    Account, AccountFilter, AccountFlags, CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, ResultCode,
-    Transfer, TransferFlags,
+    Account, AccountBalance, AccountFilter, AccountFlags, CHANGE_EVENTS_LIMIT_MAX, ChangeEvent,
+    QueryFilter, ResultCode, Transfer, TransferFlags,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -351,6 +351,61 @@ impl Client {
     ) -> Result<Vec<Transfer>, ClientError> {
         let request = tally_proto::filter_to_proto(&filter);
         let answer = self.inner.rpc.get_account_transfers(request).await?;
+        transfers_from_proto(answer)
+    }
+
+    /// One account's balances after each of its transfers (`history` accounts only), in
+    /// timestamp order (newest first when `reversed`), filtered and paged by `filter`.
+    ///
+    /// # Errors
+    /// The call's failure (see [`ClientError`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn get_account_balances(
+        &self,
+        filter: AccountFilter,
+    ) -> Result<Vec<AccountBalance>, ClientError> {
+        let request = tally_proto::filter_to_proto(&filter);
+        let answer = self.inner.rpc.get_account_balances(request).await?;
+        Ok(answer
+            .balances
+            .iter()
+            .map(tally_proto::account_balance_from_proto)
+            .collect())
+    }
+
+    /// The accounts whose fields match every non-zero field of `filter`, in timestamp
+    /// order (newest first when `reversed`), at most its limit.
+    ///
+    /// # Errors
+    /// The call's failure (see [`ClientError`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn query_accounts(&self, filter: QueryFilter) -> Result<Vec<Account>, ClientError> {
+        let request = tally_proto::query_filter_to_proto(&filter);
+        let answer = self.inner.rpc.query_accounts(request).await?;
+        answer
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(index, account)| tally_proto::account_from_proto(index, account))
+            .collect::<Result<_, _>>()
+            .map_err(|error| ClientError::Protocol(format!("account {error}")))
+    }
+
+    /// The transfers whose fields match every non-zero field of `filter`, in timestamp
+    /// order (newest first when `reversed`), at most its limit.
+    ///
+    /// # Errors
+    /// The call's failure (see [`ClientError`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    pub async fn query_transfers(&self, filter: QueryFilter) -> Result<Vec<Transfer>, ClientError> {
+        let request = tally_proto::query_filter_to_proto(&filter);
+        let answer = self.inner.rpc.query_transfers(request).await?;
         transfers_from_proto(answer)
     }
 

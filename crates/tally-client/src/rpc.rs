@@ -199,6 +199,39 @@ impl Rpc {
         })
         .await
     }
+
+    /// One account's balances after each of its transfers.
+    pub(crate) async fn get_account_balances(
+        &self,
+        filter: v1::AccountFilter,
+    ) -> Result<v1::AccountBalances, ClientError> {
+        self.call(&filter, |mut ledger, request| async move {
+            ledger.get_account_balances(request).await
+        })
+        .await
+    }
+
+    /// Accounts matching a query filter.
+    pub(crate) async fn query_accounts(
+        &self,
+        filter: v1::QueryFilter,
+    ) -> Result<v1::Accounts, ClientError> {
+        self.call(&filter, |mut ledger, request| async move {
+            ledger.query_accounts(request).await
+        })
+        .await
+    }
+
+    /// Transfers matching a query filter.
+    pub(crate) async fn query_transfers(
+        &self,
+        filter: v1::QueryFilter,
+    ) -> Result<v1::Transfers, ClientError> {
+        self.call(&filter, |mut ledger, request| async move {
+            ledger.query_transfers(request).await
+        })
+        .await
+    }
 }
 
 impl Rpc {

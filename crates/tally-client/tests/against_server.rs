@@ -7,7 +7,9 @@ use std::time::Duration;
 use tally_client::{Client, ClientConfig, ClientError, RetryPolicy};
 use tally_engine::{Config, Ledger};
 use tally_server::{Operation, RunningServer, Server, ServerConfig};
-use tally_types::{Account, AccountFilter, ResultCode, Transfer, TransferFlags};
+use tally_types::{
+    Account, AccountFilter, AccountFlags, QueryFilter, ResultCode, Transfer, TransferFlags,
+};
 
 const LEDGER: u32 = 978;
 
@@ -167,6 +169,68 @@ async fn a_retried_transfer_answers_exists_and_applies_once() {
         .expect("history");
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0].timestamp, first[0].timestamp);
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Balance history and the two queries answer through the client what the ledger
+/// holds: rows after each transfer, and the records whose fields match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_history_and_queries_answer_through_the_client() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), loopback(), |_| {}).await;
+    let client = connect(&server).await;
+    let history = Account {
+        user_data_32: 7,
+        flags: AccountFlags::HISTORY,
+        ..account(1)
+    };
+    let created = client
+        .create_accounts([history, account(2)])
+        .await
+        .expect("accounts");
+    assert!(created.iter().all(|r| r.code == ResultCode::Ok));
+    let transfers: Vec<Transfer> = (10..13)
+        .map(|id| Transfer {
+            user_data_128: if id == 11 { 4242 } else { 0 },
+            ..pay(id, 1, 2, id * 100)
+        })
+        .collect();
+    let applied = client.create_transfers(transfers).await.expect("transfers");
+    assert!(applied.iter().all(|r| r.code == ResultCode::Ok));
+
+    let rows = client
+        .get_account_balances(AccountFilter::new(1))
+        .await
+        .expect("balances");
+    let debits: Vec<u128> = rows.iter().map(|r| r.balances.debits_posted).collect();
+    assert_eq!(debits, vec![1_000, 2_100, 3_300]);
+    assert_eq!(rows[2].timestamp, applied[2].timestamp);
+    let newest_first = AccountFilter {
+        debits: true,
+        reversed: true,
+        limit: 1,
+        ..AccountFilter::new(1)
+    };
+    let newest = client
+        .get_account_balances(newest_first)
+        .await
+        .expect("one");
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].balances.debits_posted, 3_300);
+
+    let by_data = QueryFilter {
+        user_data_32: 7,
+        ..QueryFilter::default()
+    };
+    let found = client.query_accounts(by_data).await.expect("accounts");
+    assert_eq!(found.iter().map(|a| a.id).collect::<Vec<_>>(), vec![1]);
+    let by_order = QueryFilter {
+        user_data_128: 4242,
+        ledger: LEDGER,
+        ..QueryFilter::default()
+    };
+    let found = client.query_transfers(by_order).await.expect("transfers");
+    assert_eq!(found.iter().map(|t| t.id).collect::<Vec<_>>(), vec![11]);
     server.shutdown().await.expect("shutdown");
 }
 

@@ -336,6 +336,14 @@ pub fn account_balance_to_proto(row: &AccountBalance) -> v1::AccountBalance {
     }
 }
 
+/// A balance history row from the wire (absent balances: zero).
+pub fn account_balance_from_proto(row: &v1::AccountBalance) -> AccountBalance {
+    AccountBalance {
+        timestamp: row.timestamp,
+        balances: balances_from_proto(row.balances.as_ref()),
+    }
+}
+
 /// A filter's `code` from the wire: past u16 is an error.
 fn filter_code(code: u32) -> Result<u16, String> {
     u16::try_from(code).map_err(|_| format!("code: {code} is past the u16 range"))

@@ -27,13 +27,13 @@ pub mod peer {
 mod convert;
 
 pub use convert::{
-    ConvertError, account_balance_to_proto, account_from_proto, account_to_proto,
-    accounts_from_request, accounts_to_records, balances_from_proto, balances_to_proto,
-    change_event_from_proto, change_event_ledger, change_event_to_proto, change_kind_from_proto,
-    change_kind_to_proto, filter_from_proto, filter_to_proto, query_filter_from_proto,
-    query_filter_to_proto, result_code_from_proto, result_code_to_proto, transfer_from_proto,
-    transfer_to_proto, transfers_from_request, transfers_to_records, u128_from_proto,
-    u128_to_proto,
+    ConvertError, account_balance_from_proto, account_balance_to_proto, account_from_proto,
+    account_to_proto, accounts_from_request, accounts_to_records, balances_from_proto,
+    balances_to_proto, change_event_from_proto, change_event_ledger, change_event_to_proto,
+    change_kind_from_proto, change_kind_to_proto, filter_from_proto, filter_to_proto,
+    query_filter_from_proto, query_filter_to_proto, result_code_from_proto, result_code_to_proto,
+    transfer_from_proto, transfer_to_proto, transfers_from_request, transfers_to_records,
+    u128_from_proto, u128_to_proto,
 };
 pub use v1::ledger_client::LedgerClient;
 
