@@ -680,7 +680,14 @@ pub(crate) fn create_transfer<P: Parts + ?Sized>(
     match home.transfer_entry(t.id) {
         Some(TransferEntry::Stored(position)) => {
             let existing = home.transfers.get(position as usize);
-            return transfer_exists_result(t, kind, &existing);
+            // A post or void giving user data 0 took the pending transfer's. (Looked up
+            // only when named alike: a plan holds the part of the id the event names.)
+            let settles = matches!(kind, TransferKind::PostPending | TransferKind::VoidPending);
+            let pending = match settles && t.pending_id == existing.pending_id {
+                true => lookup_transfer(parts, t.pending_id),
+                false => None,
+            };
+            return transfer_exists_result(t, kind, &existing, pending.as_ref());
         }
         Some(TransferEntry::Burned) => return R::IdAlreadyFailed,
         None => {}
@@ -1205,17 +1212,29 @@ fn account_exists_result(a: &Account, e: &Account) -> ResultCode {
     }
 }
 
-fn transfer_exists_result(t: &Transfer, kind: TransferKind, e: &Transfer) -> ResultCode {
+/// The answer to a transfer whose id is stored as `e`; `pending`, for a post or void,
+/// is the pending transfer it settled.
+fn transfer_exists_result(
+    t: &Transfer,
+    kind: TransferKind,
+    e: &Transfer,
+    pending: Option<&Transfer>,
+) -> ResultCode {
     // Fields the engine fills in when given as 0 are not compared in that case.
     let fills_accounts_ledger_code = matches!(
         kind,
         TransferKind::PostPending | TransferKind::VoidPending | TransferKind::Refund
     );
     let fills_amount = matches!(kind, TransferKind::PostPending | TransferKind::VoidPending);
-    // A post or void takes the pending transfer's user data where it gives 0.
-    let fills_user_data = fills_amount;
     let differs =
         |given: u128, stored: u128, filled: bool| !(filled && given == 0) && given != stored;
+    // A post or void takes the pending transfer's user data where it gives 0: given as
+    // 0 again, the stored value must be the pending transfer's (as TigerBeetle checks).
+    let user_data_differs =
+        |given: u128, stored: u128, of_pending: fn(&Transfer) -> u128| match pending {
+            Some(p) if given == 0 => stored != of_pending(p),
+            _ => given != stored,
+        };
     // A balancing transfer stored what it moved; a bound at least that is the same request.
     let amount_differs = if t.flags.is_balancing() {
         t.amount < e.amount
@@ -1250,19 +1269,15 @@ fn transfer_exists_result(t: &Transfer, kind: TransferKind, e: &Transfer) -> Res
         R::ExistsWithDifferentCode
     } else if t.timeout != e.timeout {
         R::ExistsWithDifferentTimeout
-    } else if differs(t.user_data_128, e.user_data_128, fills_user_data) {
+    } else if user_data_differs(t.user_data_128, e.user_data_128, |p| p.user_data_128) {
         R::ExistsWithDifferentUserData128
-    } else if differs(
-        t.user_data_64.into(),
-        e.user_data_64.into(),
-        fills_user_data,
-    ) {
+    } else if user_data_differs(t.user_data_64.into(), e.user_data_64.into(), |p| {
+        p.user_data_64.into()
+    }) {
         R::ExistsWithDifferentUserData64
-    } else if differs(
-        t.user_data_32.into(),
-        e.user_data_32.into(),
-        fills_user_data,
-    ) {
+    } else if user_data_differs(t.user_data_32.into(), e.user_data_32.into(), |p| {
+        p.user_data_32.into()
+    }) {
         R::ExistsWithDifferentUserData32
     } else {
         R::Exists

@@ -760,7 +760,8 @@ fn a_post_or_void_takes_the_pending_transfers_user_data_where_it_gives_0() {
         (0, 7, 9),
         "given fields are kept"
     );
-    // A resubmission giving 0 is not compared on the user data; a different value is.
+    // A resubmission giving 0 matches when the stored value is the pending transfer's
+    // (it was filled in); a value given is compared as it is.
     let again = vec![
         capture,
         Transfer {
@@ -771,10 +772,21 @@ fn a_post_or_void_takes_the_pending_transfers_user_data_where_it_gives_0() {
             user_data_64: 65,
             ..capture
         },
+        release,
+        Transfer {
+            user_data_32: 0,
+            ..release
+        },
     ];
     assert_eq!(
         transfers(&mut sm, now + SECOND, again),
-        vec![R::Exists, R::Exists, R::ExistsWithDifferentUserData64]
+        vec![
+            R::Exists,
+            R::Exists,
+            R::ExistsWithDifferentUserData64,
+            R::Exists,
+            R::ExistsWithDifferentUserData32
+        ]
     );
 }
 
