@@ -310,13 +310,7 @@ impl Client {
     ) -> Result<Vec<Account>, ClientError> {
         let request = self.lookup_request(ids.as_ref())?;
         let answer = self.inner.rpc.lookup_accounts(request).await?;
-        answer
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(index, account)| tally_proto::account_from_proto(index, account))
-            .collect::<Result<_, _>>()
-            .map_err(|error| ClientError::Protocol(format!("account {error}")))
+        accounts_from_proto(answer)
     }
 
     /// The transfers with these ids that exist, in the order asked; missing ids are
@@ -386,13 +380,7 @@ impl Client {
     pub async fn query_accounts(&self, filter: QueryFilter) -> Result<Vec<Account>, ClientError> {
         let request = tally_proto::query_filter_to_proto(&filter);
         let answer = self.inner.rpc.query_accounts(request).await?;
-        answer
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(index, account)| tally_proto::account_from_proto(index, account))
-            .collect::<Result<_, _>>()
-            .map_err(|error| ClientError::Protocol(format!("account {error}")))
+        accounts_from_proto(answer)
     }
 
     /// The transfers whose fields match every non-zero field of `filter`, in timestamp
@@ -551,6 +539,16 @@ fn coalescer_stopped() -> ClientError {
     ClientError::Other(tonic::Status::cancelled(
         "the client's coalescer has stopped",
     ))
+}
+
+fn accounts_from_proto(answer: v1::Accounts) -> Result<Vec<Account>, ClientError> {
+    answer
+        .accounts
+        .iter()
+        .enumerate()
+        .map(|(index, account)| tally_proto::account_from_proto(index, account))
+        .collect::<Result<_, _>>()
+        .map_err(|error| ClientError::Protocol(format!("account {error}")))
 }
 
 fn transfers_from_proto(answer: v1::Transfers) -> Result<Vec<Transfer>, ClientError> {

@@ -71,8 +71,8 @@ pub struct ClusterConfig {
     pub peer_secret: Option<crate::PeerSecret>,
 }
 
-/// The least [`ClusterConfig::snapshot_log_bytes`]: below it a busy replica would
-/// spend its time writing snapshots.
+/// The least [`ClusterConfig::snapshot_log_bytes`], a few entries' worth: with 0 a
+/// replica would ask for a snapshot at every look at its log (twice a second).
 pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 4 << 10;
 
 impl ClusterConfig {
