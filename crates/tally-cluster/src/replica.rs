@@ -206,7 +206,21 @@ impl Core {
         }
     }
 
-    /// Waits until some replica is known to lead, up to [`LEADER_WAIT`].
+    /// True while this replica's membership names it: false once a change removed it
+    /// (a removed leader steps down knowing that), and before a joining one is added.
+    fn is_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some()
+    }
+
+    /// Waits until some replica is known to lead, up to [`LEADER_WAIT`]. A replica
+    /// outside the membership answers at once: it hears no leader again, and a client
+    /// that waited on it would wait for nothing.
     async fn find_leader(&self) -> Result<Leader, ClusterError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
@@ -214,6 +228,13 @@ impl Core {
                 return Err(ClusterError::Stopped);
             }
             match self.leader() {
+                Leader::Unknown if !self.is_member() => {
+                    return Err(ClusterError::Unavailable(format!(
+                        "replica {} is not a member of the cluster (removed, or not yet \
+                         added): ask another replica",
+                        self.id
+                    )));
+                }
                 Leader::Unknown if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

@@ -695,6 +695,47 @@ async fn a_replica_that_cannot_catch_up_is_not_made_a_voter() {
     }
 }
 
+/// The leader removed from the membership steps down; from then on it answers every
+/// call at once that it is no longer a member (a client moves on to another replica),
+/// rather than waiting for a leader it will never hear. The other two elect one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_leader_steps_down_and_turns_calls_away_at_once() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(3);
+    let replicas = open_three(&members, root.path()).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = wait_for_leader(&all).await;
+    submit(all[0], two_accounts()).await;
+    let removed = all[leader as usize - 1];
+    let status = removed.remove_replica(leader).await.expect("removes");
+    assert!(!status.voters.contains_key(&leader), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while removed.leads() {
+        assert!(Instant::now() < deadline, "the removed leader still leads");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let write = removed
+        .submit(Batch::CreateTransfers(vec![transfer(3, 1, 2, 1)]))
+        .await;
+    let read = removed.read(|state| state.lookup_account(1).copied()).await;
+    for error in [write.map(|_| ()), read.map(|_| ())] {
+        match error {
+            Err(ClusterError::Unavailable(why)) => {
+                assert!(why.contains("not a member"), "{why}");
+            }
+            other => panic!("the removed replica answered {other:?}"),
+        }
+    }
+    let rest: Vec<&Replica> = all.iter().copied().filter(|r| r.id() != leader).collect();
+    let next = wait_for_leader(&rest).await;
+    assert_ne!(next, leader);
+    let results = submit(rest[0], Batch::CreateTransfers(vec![transfer(4, 1, 2, 1)])).await;
+    assert_eq!(results[0].code, ResultCode::Ok);
+    for replica in all {
+        replica.shutdown().await;
+    }
+}
+
 /// A replica is not opened over a single-node ledger's directory, nor a single-node
 /// ledger over a replica's: each would start empty beside the other's files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
