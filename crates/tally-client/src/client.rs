@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_proto::{LedgerClient, v1};
 use tally_types::{
     Account, AccountBalance, AccountFilter, AccountFlags, CHANGE_EVENTS_LIMIT_MAX, ChangeEvent,
-    QueryFilter, ResultCode, Transfer, TransferFlags,
+    QueryFilter, ResultCode, Transfer, TransferFlags, change_events_limit,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -414,7 +414,7 @@ impl Client {
         timestamp_min: u64,
         limit: usize,
     ) -> Result<ChangeEventsPage, ClientError> {
-        if limit > CHANGE_EVENTS_LIMIT_MAX {
+        if change_events_limit(limit).is_none() {
             return Err(ClientError::InvalidArgument(format!(
                 "limit {limit} is more than the maximum {CHANGE_EVENTS_LIMIT_MAX} (0 asks for it)"
             )));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Duration;
 use tally_log::events::{EventJournal, EventReader};
-use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
+use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, change_events_limit};
 use tokio::sync::watch;
 
 /// Groups of events waiting for the journal thread, at most: past it the apply thread
@@ -500,16 +500,11 @@ pub(crate) fn strictly_increasing(events: Vec<ChangeEvent>) -> Vec<ChangeEvent> 
     strictly_increasing_after(events, None)
 }
 
-/// A read's limit: 0 asks for the most ([`CHANGE_EVENTS_LIMIT_MAX`]), as a filter's
-/// limit does; above the most is refused.
+/// A read's limit ([`change_events_limit`]); above the most is refused.
 pub(crate) fn checked_limit(limit: usize) -> Result<usize, EngineError> {
-    match limit {
-        0 => Ok(CHANGE_EVENTS_LIMIT_MAX),
-        1..=CHANGE_EVENTS_LIMIT_MAX => Ok(limit),
-        _ => Err(EngineError::ChangeEvents {
-            message: format!("limit must be at most {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"),
-        }),
-    }
+    change_events_limit(limit).ok_or_else(|| EngineError::ChangeEvents {
+        message: format!("limit must be at most {CHANGE_EVENTS_LIMIT_MAX}, not {limit}"),
+    })
 }
 
 /// Reads up to `limit` events with timestamp ≥ `timestamp_min` from the journal files.

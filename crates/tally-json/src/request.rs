@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tally_types::currency::{CurrencyTable, parse_amount};
 use tally_types::{
     Account, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, CHANGE_EVENTS_LIMIT_MAX, QueryFilter,
-    Transfer, TransferFlags,
+    Transfer, TransferFlags, change_events_limit,
 };
 
 /// The request keys, one of which a line carries.
@@ -510,14 +510,11 @@ fn change_events_filter(value: &Json, loc: Loc<'_>) -> Result<Request, LineError
             "timestamp_min" => timestamp_min = unsigned(value, at, "u64", Width::Wide)?,
             "limit" => {
                 limit = unsigned(value, at, "u32", Width::Narrow)?;
-                if limit as usize > CHANGE_EVENTS_LIMIT_MAX {
+                if change_events_limit(limit as usize).is_none() {
                     return Err(at.error(format!(
                         "must be at most {CHANGE_EVENTS_LIMIT_MAX} (0 asks for the most), \
                          not {limit}"
                     )));
-                }
-                if limit == 0 {
-                    limit = CHANGE_EVENTS_LIMIT_MAX as u32;
                 }
             }
             _ => unreachable_field(field, at)?,

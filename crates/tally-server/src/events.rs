@@ -18,7 +18,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use tally_engine::{ChangeEventReader, EngineError};
 use tally_proto::v1;
-use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
+use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent, change_events_limit};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -34,13 +34,14 @@ const CHANGE_EVENTS_PAGES_MAX: usize = 16;
 
 /// The number of events asked for: 0 means the most, above the most is refused.
 pub(crate) fn events_limit(limit: u32) -> Result<usize, Status> {
-    match usize::try_from(limit) {
-        Ok(0) => Ok(CHANGE_EVENTS_LIMIT_MAX),
-        Ok(limit) if limit <= CHANGE_EVENTS_LIMIT_MAX => Ok(limit),
-        _ => Err(Status::invalid_argument(format!(
-            "limit {limit} is more than the maximum {CHANGE_EVENTS_LIMIT_MAX}"
-        ))),
-    }
+    usize::try_from(limit)
+        .ok()
+        .and_then(change_events_limit)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "limit {limit} is more than the maximum {CHANGE_EVENTS_LIMIT_MAX}"
+            ))
+        })
 }
 
 /// The status of a change-event read that failed.

@@ -654,9 +654,8 @@ pub fn json_line(data: &[u8]) {
             );
         }
         Request::GetChangeEvents { limit, .. } => {
-            let limit = limit as usize;
             assert!(
-                (1..=tally_types::CHANGE_EVENTS_LIMIT_MAX).contains(&limit),
+                tally_types::change_events_limit(limit as usize).is_some(),
                 "change events page out of range"
             );
         }

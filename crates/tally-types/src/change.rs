@@ -32,6 +32,16 @@ pub const CHANGE_EVENT_BYTES_MAX: usize = 1 + 7 * 10 + 16 * 19 + 5 * 5 + 6 * 3;
 /// Largest number of events one `get_change_events` call answers.
 pub const CHANGE_EVENTS_LIMIT_MAX: usize = 8_190;
 
+/// How many events a `get_change_events` call asking for `limit` reads: 0 asks for
+/// the most ([`CHANGE_EVENTS_LIMIT_MAX`]), as a filter's limit does; `None` above it.
+pub fn change_events_limit(limit: usize) -> Option<usize> {
+    match limit {
+        0 => Some(CHANGE_EVENTS_LIMIT_MAX),
+        1..=CHANGE_EVENTS_LIMIT_MAX => Some(limit),
+        _ => None,
+    }
+}
+
 /// What a change event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChangeKind {

@@ -23,7 +23,7 @@ mod result;
 
 pub use change::{
     CHANGE_EVENT_BYTES_MAX, CHANGE_EVENTS_LIMIT_MAX, ChangeDecodeError, ChangeEvent, ChangeKind,
-    decode_change, encode_change,
+    change_events_limit, decode_change, encode_change,
 };
 pub use flags::{AccountFlags, FlagsError, TransferFlags};
 pub use image::{LoadedImage, PendingStatus, StateImage};
