@@ -2,7 +2,8 @@
 //! time counts from its last call rather than its last byte (every live client answers
 //! the server's keepalive pings, which would otherwise keep a connection that makes no
 //! calls open for ever); and their requests' bytes, bounded for each peer address and
-//! in all while tonic reads them.
+//! in all while tonic reads them. Only calls past the token check count (and health
+//! checks, which take no token): refused calls do not keep a connection open.
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -106,11 +106,16 @@ impl Server {
             stopping: stopping_seen,
         };
         let limits = &config.limits;
+        // Counted behind the token check: a call refused for its token is no activity,
+        // so a connection that makes only such calls is closed once idle.
         let grpc = Authenticated {
             // Requests only: an answer is bounded by the batch and page limits instead
             // (a few MB), and a write's answer refused after its batch was applied
             // would tell the caller nothing was.
-            inner: LedgerServer::new(service).max_decoding_message_size(limits.message_bytes_max),
+            inner: Counted {
+                inner: LedgerServer::new(service)
+                    .max_decoding_message_size(limits.message_bytes_max),
+            },
             access,
             stats: Arc::clone(&stats),
         };
@@ -151,7 +156,7 @@ impl Server {
             .add_service(Counted {
                 inner: health_service,
             })
-            .add_service(Counted { inner: grpc });
+            .add_service(grpc);
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));

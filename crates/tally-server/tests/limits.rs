@@ -574,6 +574,44 @@ async fn idle_time_counts_calls_not_the_answers_to_keepalive_pings() {
     drop(watch);
 }
 
+/// Calls refused for their token are no activity: a connection that makes nothing
+/// else is closed after the idle timeout, however often it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_known_token_do_not_keep_a_connection_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let tokens = files.path().join("tokens.jsonl");
+    std::fs::write(&tokens, token_line("tly_good", &Rights::all())).unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    config.tokens = Some(tokens);
+    config.limits.idle_timeout = Duration::from_millis(600);
+    let server = Server::start(ledger, config).await.unwrap();
+    let stats = server.stats();
+    let mut client = LedgerClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut refused = 0;
+    while stats.connections_timed_out() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{refused} refused calls kept the connection open"
+        );
+        let answer = client.lookup_accounts(v1::LookupRequest::default()).await;
+        if answer.is_err_and(|status| status.code() == Code::Unauthenticated) {
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused >= 3, "{refused}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed early"
+    );
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_does_not_starve_a_good_client() {
     let limits = Limits {
