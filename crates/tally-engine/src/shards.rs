@@ -100,13 +100,9 @@ impl Group {
         let mut forward = vec![NONE; offsets.last().copied().unwrap_or(0) as usize];
         let mut next = vec![NONE; parts];
         for (u, unit) in units.iter().enumerate().rev() {
-            let mut slot = offsets[u] as usize;
-            for (part, next) in next.iter_mut().enumerate() {
-                if unit.mask & (1 << part) != 0 {
-                    forward[slot] = *next;
-                    *next = u as u32;
-                    slot += 1;
-                }
+            for (slot, part) in (offsets[u] as usize..).zip(unit.parts()) {
+                forward[slot] = next[part];
+                next[part] = u as u32;
             }
         }
         Group {
@@ -164,12 +160,10 @@ impl Estimate {
         for unit in &plan.units {
             delta_messages += u64::from(unit.deltas.count_ones());
             // A part the unit only adds to is needed at its own shard (its deltas).
-            for (part, at) in at.iter_mut().enumerate() {
-                if unit.mask & (1 << part) != 0 {
-                    let runs_on = executor(unit, part);
-                    handoffs += u64::from(*at != runs_on);
-                    *at = runs_on;
-                }
+            for part in unit.parts() {
+                let runs_on = executor(unit, part);
+                handoffs += u64::from(at[part] != runs_on);
+                at[part] = runs_on;
             }
         }
         // Each part that left goes back to the apply thread.
@@ -680,10 +674,7 @@ impl Shard {
     fn forward(&self, group: &Group, u: usize, parts: u64, held: &mut Held, backlog: &mut Backlog) {
         let unit = &group.plan.units[u];
         let mut slot = group.offsets[u] as usize;
-        for part in 0..self.peers.len() {
-            if unit.mask & (1 << part) == 0 {
-                continue;
-            }
+        for part in unit.parts() {
             let next = group.forward[slot];
             slot += 1;
             if parts & (1 << part) == 0 {

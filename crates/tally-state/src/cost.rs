@@ -115,7 +115,7 @@ impl Plan {
 }
 
 /// The set bits of `mask`, lowest first: the parts of a unit's mask.
-fn bits(mask: u64) -> impl Iterator<Item = usize> {
+pub(crate) fn bits(mask: u64) -> impl Iterator<Item = usize> {
     let mut rest = mask;
     std::iter::from_fn(move || {
         let part = rest.trailing_zeros() as usize;

@@ -111,10 +111,8 @@ impl StateMachine {
         // Per part, its units in log order.
         let mut queues: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (u, unit) in plan.units.iter().enumerate() {
-            for (part, queue) in queues.iter_mut().enumerate() {
-                if unit.mask & (1 << part) != 0 {
-                    queue.push(u);
-                }
+            for part in unit.parts() {
+                queues[part].push(u);
             }
         }
         // Per part, which of its queue's units have run, and the first that has not.
@@ -164,7 +162,7 @@ impl StateMachine {
             run_unit(&mut held, unit, stamp, batch, slice);
             take_back(&mut idle, held, unit.mask);
             ran[u] = true;
-            for part in (0..count).filter(|p| unit.mask & (1 << p) != 0) {
+            for part in unit.parts() {
                 let at = first[part]
                     + queues[part][first[part]..]
                         .iter()

@@ -83,6 +83,11 @@ impl Unit {
     pub fn spans_parts(&self) -> bool {
         self.mask.count_ones() > 1
     }
+
+    /// The parts of [`Unit::mask`], lowest first.
+    pub fn parts(&self) -> impl Iterator<Item = usize> + use<> {
+        crate::cost::bits(self.mask)
+    }
 }
 
 /// The units of one group, in log order.
