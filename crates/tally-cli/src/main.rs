@@ -339,11 +339,16 @@ struct ReadOnly {
 
 /// Whose directory was read, and what its log held.
 enum Source {
-    Node(tally_log::VerifyReport),
+    /// A single node's log, and its change-event journal compared with the log's
+    /// events when asked for.
+    Node(
+        tally_log::VerifyReport,
+        Option<tally_engine::inspect::EventsComparison>,
+    ),
     Replica(tally_cluster::offline::ReplicaDir),
 }
 
-fn read_only(data: &Path) -> Result<ReadOnly, String> {
+fn read_only(data: &Path, compare_events: bool) -> Result<ReadOnly, String> {
     require_any_dir(data)?;
     let lock = tally_log::DirLock::acquire(data).map_err(|error| error.to_string())?;
     if tally_cluster::offline::is_replica_dir(data) {
@@ -355,19 +360,26 @@ fn read_only(data: &Path) -> Result<ReadOnly, String> {
             _lock: lock,
         });
     }
-    let (report, state) = tally_engine::inspect::read_only(data).map_err(|error| match error {
+    let read = match compare_events {
+        true => tally_engine::inspect::read_only_comparing_events(data)
+            .map(|(report, state, events)| (report, state, Some(events))),
+        false => {
+            tally_engine::inspect::read_only(data).map(|(report, state)| (report, state, None))
+        }
+    };
+    let (report, state, events) = read.map_err(|error| match error {
         EngineError::Log(error) => format!("log check failed: {error}"),
         other => other.to_string(),
     })?;
     Ok(ReadOnly {
-        source: Source::Node(report),
+        source: Source::Node(report, events),
         state,
         _lock: lock,
     })
 }
 
 fn dump(data: PathBuf, what: Dump) -> Result<ExitCode, String> {
-    let ReadOnly { state, _lock, .. } = read_only(&data)?;
+    let ReadOnly { state, _lock, .. } = read_only(&data, false)?;
     let currencies = CurrencyTable::default();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
@@ -402,9 +414,9 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
         source,
         state,
         _lock,
-    } = read_only(&data)?;
+    } = read_only(&data, true)?;
     match &source {
-        Source::Node(report) => print_node_log(report),
+        Source::Node(report, _) => print_node_log(report),
         Source::Replica(replica) => print_replica_log(replica),
     }
     let replica = matches!(source, Source::Replica(_));
@@ -414,6 +426,11 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
         println!("warning: {warning}");
     }
     let mut violations = journal.violations;
+    if let Source::Node(_, Some(comparison)) = &source
+        && journal.count > 0
+    {
+        violations.extend(print_events_comparison(comparison));
+    }
     violations.extend(state.check_invariants().into_iter().map(|v| v.0));
     violations.extend(check_references(&state));
     let (accounts, transfers) = (state.account_count(), state.transfer_count());
@@ -431,6 +448,33 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
         println!("verify: FAILED ({} violation(s) shown)", violations.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// What comparing a single node's journal with its log's events found; answers the
+/// differences, as violations.
+fn print_events_comparison(found: &tally_engine::inspect::EventsComparison) -> Vec<String> {
+    println!(
+        "events compared with the log's: {} equal, {} past the journal's end (a crash lost \
+         them from its tail: the next open writes them again), {} before its oldest, {} \
+         differing",
+        found.equal, found.past_journal_end, found.before_journal, found.differing
+    );
+    if let Some(why) = &found.unread {
+        println!("warning: the comparison stopped where the journal stopped reading: {why}");
+    }
+    let mut violations: Vec<String> = found
+        .differences
+        .iter()
+        .map(|difference| format!("change-event journal: {difference}"))
+        .collect();
+    let described = violations.len() as u64;
+    if found.differing > described {
+        violations.push(format!(
+            "change-event journal: {} more event(s) differ from the log's",
+            found.differing - described
+        ));
+    }
+    violations
 }
 
 /// What `verify` found in a single node's log.
@@ -498,6 +542,8 @@ fn print_replica_log(replica: &tally_cluster::offline::ReplicaDir) {
 
 /// What reading the whole change-event journal found.
 struct JournalCheck {
+    /// Events read.
+    count: u64,
     summary: String,
     warnings: Vec<String>,
     violations: Vec<String>,
@@ -512,6 +558,7 @@ struct JournalCheck {
 /// log instead.
 fn check_journal(dir: &Path, skips_allowed: bool) -> JournalCheck {
     let mut check = JournalCheck {
+        count: 0,
         summary: String::new(),
         warnings: Vec::new(),
         violations: Vec::new(),
@@ -544,6 +591,7 @@ fn check_journal(dir: &Path, skips_allowed: bool) -> JournalCheck {
             timestamp_min = last + 1;
         }
     })();
+    check.count = count;
     check.summary = match first {
         Some(first) => {
             format!("events: {count} event(s) in the journal, timestamps {first}..={last}")

@@ -145,6 +145,92 @@ fn a_consumer_resuming_across_sigkills_gets_every_event_exactly_once() {
         "enough traffic: {}",
         acknowledged.len()
     );
+    // The journal the crashes left is, event for event, what the log makes.
+    let (passed, summary) = verify(dir.path());
+    assert!(passed, "{summary}");
+    let compared = format!(
+        "events compared with the log's: {} equal, 0 past the journal's end",
+        consumed.len()
+    );
+    assert!(summary.contains(&compared), "{summary}");
+}
+
+/// `tally verify --data DIR`: whether it passed, and what it printed.
+fn verify(dir: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["verify", "--data"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    (output.status.success(), printed)
+}
+
+/// Writes `events` as the whole journal of the ledger in `dir`, in place of its own.
+fn rewrite_journal(dir: &Path, events: &[tally_types::ChangeEvent]) {
+    use tally_log::events::{EventJournal, JournalOptions};
+    let journal_dir = dir.join("events");
+    std::fs::remove_dir_all(&journal_dir).unwrap();
+    let mut journal = EventJournal::open(&journal_dir, JournalOptions::default()).unwrap();
+    journal.append(events).unwrap();
+    journal.sync().unwrap();
+}
+
+/// `tally verify` compares the journal with the events the log makes: an event
+/// altered, or one the log never made, is a violation; a journal that lost its tail
+/// (as a crash leaves it) is not.
+#[test]
+fn verify_finds_a_journal_that_departs_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(0xe7e7_0002);
+    let accounts: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
+        .collect();
+    let mut input = vec![format!(
+        r#"{{"create_accounts": [{}]}}"#,
+        accounts.join(", ")
+    )];
+    input.push(batch_line(1_000, 20, &mut rng));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apply", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", input.join("\n")).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut reader = tally_log::events::EventReader::open(&dir.path().join("events")).unwrap();
+    let events = reader.read(0, 8_190).unwrap();
+    assert_eq!(events.len(), 26);
+    let (passed, summary) = verify(dir.path());
+    assert!(passed, "{summary}");
+    assert!(summary.contains("26 equal, 0 past"), "{summary}");
+
+    let mut altered = events.clone();
+    altered[10].transfer.amount += 1;
+    rewrite_journal(dir.path(), &altered);
+    let (passed, summary) = verify(dir.path());
+    assert!(!passed, "{summary}");
+    let at = altered[10].timestamp;
+    assert!(
+        summary.contains(&format!("event at {at} differs")),
+        "{summary}"
+    );
+
+    let mut extra = events.clone();
+    let mut invented = *extra.last().unwrap();
+    invented.timestamp += 1_000;
+    extra.push(invented);
+    rewrite_journal(dir.path(), &extra);
+    let (passed, summary) = verify(dir.path());
+    assert!(!passed, "{summary}");
+    assert!(summary.contains("past the log's end"), "{summary}");
+
+    rewrite_journal(dir.path(), &events[..20]);
+    let (passed, summary) = verify(dir.path());
+    assert!(passed, "{summary}");
+    assert!(summary.contains("20 equal, 6 past"), "{summary}");
 }
 
 #[test]

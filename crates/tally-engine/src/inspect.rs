@@ -2,9 +2,16 @@
 //! (`accounts`, `transfers`, `verify`) show.
 
 use crate::error::EngineError;
+use crate::recovery::Changes;
+use std::collections::VecDeque;
 use std::path::Path;
-use tally_log::VerifyReport;
+use tally_log::events::EventReader;
+use tally_log::{LogError, VerifyReport};
 use tally_state::StateMachine;
+use tally_types::{CHANGE_EVENTS_LIMIT_MAX, ChangeEvent};
+
+/// Differences [`EventsComparison`] describes one by one; past them it only counts.
+const DIFFERENCES_DESCRIBED_MAX: usize = 20;
 
 /// Reads the ledger in `dir` without changing it and rebuilds its state as
 /// [`Ledger::open`] would.
@@ -38,5 +45,181 @@ use tally_state::StateMachine;
 ///
 /// [`Ledger::open`]: crate::Ledger::open
 pub fn read_only(dir: &Path) -> Result<(VerifyReport, StateMachine), EngineError> {
-    crate::recovery::replay_read_only(dir)
+    crate::recovery::replay_read_only(dir, Changes::Dropped)
+}
+
+/// [`read_only`], comparing the change-event journal with the events the log makes:
+/// replayed again with every change captured, the log must give, event for event, what
+/// the journal holds from the first replayed event on (earlier ones are the snapshot's,
+/// or retention deleted them). The journal may end before the log (a crash lost its
+/// unsynced tail, which the next open writes again), never after it: a group reaches
+/// the journal only once its log write is synced.
+///
+/// # Errors
+///
+/// As [`read_only`]. A journal that does not read stops the comparison
+/// ([`EventsComparison::unread`]), not the replay.
+pub fn read_only_comparing_events(
+    dir: &Path,
+) -> Result<(VerifyReport, StateMachine, EventsComparison), EngineError> {
+    let reader = EventReader::open(&crate::events_dir(dir))?;
+    if reader.first_timestamp()?.is_none() {
+        // No journal (change events off): nothing to compare, nor to capture.
+        let (report, state) = read_only(dir)?;
+        return Ok((report, state, EventsComparison::default()));
+    }
+    let mut comparison = JournalComparer::new(reader);
+    let mut each = |events: Vec<ChangeEvent>| comparison.compare(events);
+    let (report, state) = crate::recovery::replay_read_only(dir, Changes::Each(&mut each))?;
+    Ok((report, state, comparison.finish()))
+}
+
+/// What comparing the change-event journal with the log's events found
+/// ([`read_only_comparing_events`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsComparison {
+    /// Events the log makes that the journal holds, equal.
+    pub equal: u64,
+    /// Events the log makes before the journal's oldest: retention deleted them, or
+    /// the journal began later (change events were off).
+    pub before_journal: u64,
+    /// Events the log makes past the journal's last: a crash lost them from its tail.
+    pub past_journal_end: u64,
+    /// Events that differ, that the journal lacks within its span, or that the log
+    /// does not make (the journal's events past the log's end among them).
+    pub differing: u64,
+    /// The first 20 of those, described.
+    pub differences: Vec<String>,
+    /// Why the journal stopped being read, if it did (its checks report the damage).
+    pub unread: Option<String>,
+}
+
+/// Walks the journal beside the replayed events, both in timestamp order.
+struct JournalComparer {
+    reader: EventReader,
+    /// Journal events read and not yet matched.
+    pending: VecDeque<ChangeEvent>,
+    /// Where the next journal read starts; `None` before the first.
+    next_read: Option<u64>,
+    /// No journal event is left past `pending`.
+    journal_done: bool,
+    /// The oldest journal event read.
+    journal_first: Option<u64>,
+    /// The last replayed event's timestamp: a repeated one is dropped, as recovery
+    /// drops it (only a log from before change events can hold one).
+    replayed_last: Option<u64>,
+    found: EventsComparison,
+}
+
+impl JournalComparer {
+    fn new(reader: EventReader) -> JournalComparer {
+        JournalComparer {
+            reader,
+            pending: VecDeque::new(),
+            next_read: None,
+            journal_done: false,
+            journal_first: None,
+            replayed_last: None,
+            found: EventsComparison::default(),
+        }
+    }
+
+    fn differs(&mut self, difference: String) {
+        self.found.differing += 1;
+        if self.found.differences.len() < DIFFERENCES_DESCRIBED_MAX {
+            self.found.differences.push(difference);
+        }
+    }
+
+    /// The next journal event, read a page at a time; `None` past the end.
+    fn journal_front(&mut self, from: u64) -> Option<&ChangeEvent> {
+        while self.pending.is_empty() && !self.journal_done {
+            let timestamp_min = *self.next_read.get_or_insert(from);
+            match self.reader.read(timestamp_min, CHANGE_EVENTS_LIMIT_MAX) {
+                Ok(page) if page.is_empty() => self.journal_done = true,
+                Ok(page) => {
+                    self.journal_first.get_or_insert(page[0].timestamp);
+                    self.next_read = page.last().map(|event| event.timestamp + 1);
+                    self.pending.extend(page);
+                }
+                // Retention deleted the start: go on from the oldest event kept.
+                Err(LogError::EventsRetired {
+                    next_timestamp_kept,
+                    ..
+                }) if next_timestamp_kept > timestamp_min => {
+                    self.next_read = Some(next_timestamp_kept);
+                }
+                Err(error) => {
+                    self.found.unread = Some(error.to_string());
+                    self.journal_done = true;
+                }
+            }
+        }
+        self.pending.front()
+    }
+
+    fn compare(&mut self, replayed: Vec<ChangeEvent>) {
+        for event in replayed {
+            if self
+                .replayed_last
+                .is_some_and(|last| event.timestamp <= last)
+            {
+                continue;
+            }
+            self.replayed_last = Some(event.timestamp);
+            self.compare_one(event);
+        }
+    }
+
+    fn compare_one(&mut self, event: ChangeEvent) {
+        let at = event.timestamp;
+        // The first read starts at the first replayed event: the journal's earlier
+        // events are the snapshot's (or retention deleted them). Those from there on
+        // before this one are events no replayed one matched.
+        while let Some(front) = self.journal_front(at).map(|front| front.timestamp) {
+            if front >= at {
+                break;
+            }
+            self.pending.pop_front();
+            self.differs(format!(
+                "the journal holds an event at {front} the log does not make"
+            ));
+        }
+        let front = self
+            .journal_front(at)
+            .map(|front| (front.timestamp, *front == event));
+        match front {
+            Some((front, equal)) if front == at => {
+                self.pending.pop_front();
+                match equal {
+                    true => self.found.equal += 1,
+                    false => self.differs(format!(
+                        "the journal's event at {at} differs from the log's"
+                    )),
+                }
+            }
+            Some(_) if self.journal_first.is_some_and(|first| at < first) => {
+                self.found.before_journal += 1;
+            }
+            Some(_) => self.differs(format!("the journal lacks the log's event at {at}")),
+            None if self.found.unread.is_some() => {}
+            None => self.found.past_journal_end += 1,
+        }
+    }
+
+    /// The journal's events past the last replayed one, which no log event matched.
+    /// With none replayed (the snapshot holds every record) there is nothing to
+    /// compare: the journal's events are the snapshot's.
+    fn finish(mut self) -> EventsComparison {
+        let Some(last) = self.replayed_last else {
+            return self.found;
+        };
+        while let Some(front) = self.journal_front(last + 1).map(|front| front.timestamp) {
+            self.pending.pop_front();
+            self.differs(format!(
+                "the journal holds an event at {front}, past the log's end"
+            ));
+        }
+        self.found
+    }
 }

@@ -23,11 +23,12 @@ pub(crate) fn recover(
     journal: Option<&mut EventJournal>,
 ) -> Result<(Logger, Applier, StateMachine, Recovery), EngineError> {
     let started = std::time::Instant::now();
+    let changes = journal.map_or(Changes::Dropped, Changes::Journal);
     let (opened, replayed) = read_and_replay(
         |sink| Wal::open_with_sink(storage, options, sink),
         capacity,
         shards,
-        journal,
+        changes,
     )?;
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
@@ -59,6 +60,17 @@ pub(crate) fn recover(
 /// What the replay built: the state and what it replayed, or why it stopped.
 type ReplayOutcome = Result<(StateMachine, Recovery), EngineError>;
 
+/// Where the replay's change events go.
+pub(crate) enum Changes<'a> {
+    /// Nowhere: none are captured.
+    Dropped,
+    /// Into the journal: those past its last event (a crash lost its unsynced tail).
+    Journal(&'a mut EventJournal),
+    /// Every one, group by group, in order (`tally verify` compares them with the
+    /// journal: [`crate::inspect::read_only_comparing_events`]).
+    Each(&'a mut dyn FnMut(Vec<ChangeEvent>)),
+}
+
 /// Runs `read`, which reads a log and hands what it reads to a sink, on a second
 /// thread, and replays what it hands over on the calling thread as it comes (groups of
 /// about [`REPLAY_GROUP_EVENTS`] events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting).
@@ -69,7 +81,7 @@ fn read_and_replay<T: Send, E: Send>(
     read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E> + Send,
     capacity: Capacity,
     shards: Option<&ShardPool>,
-    journal: Option<&mut EventJournal>,
+    changes: Changes<'_>,
 ) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
     let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
     std::thread::scope(|scope| {
@@ -95,7 +107,7 @@ fn read_and_replay<T: Send, E: Send>(
             })?;
         // Returning drops the receiver: a reader still sending then stops handing
         // groups over and only finishes its checks.
-        let replayed = replay(receiver, capacity, shards, journal);
+        let replayed = replay(receiver, capacity, shards, changes);
         let read = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -104,15 +116,17 @@ fn read_and_replay<T: Send, E: Send>(
 }
 
 /// Reads the ledger in `dir` without changing it (`tally_log::read_log_into`) and
-/// replays it, reading and replaying on two threads; see `crate::inspect::read_only`.
+/// replays it, reading and replaying on two threads, its change events to `changes`;
+/// see `crate::inspect::read_only`.
 pub(crate) fn replay_read_only(
     dir: &std::path::Path,
+    changes: Changes<'_>,
 ) -> Result<(VerifyReport, StateMachine), EngineError> {
     let (read, replayed) = read_and_replay(
         |sink| read_log_into(dir, sink),
         Capacity::default(),
         None,
-        None,
+        changes,
     )?;
     let report = read?;
     let (state, _) = replayed?;
@@ -225,7 +239,7 @@ fn replay(
     receiver: crossbeam_channel::Receiver<Replayed>,
     capacity: Capacity,
     shards: Option<&ShardPool>,
-    mut journal: Option<&mut EventJournal>,
+    mut changes: Changes<'_>,
 ) -> Result<(StateMachine, Recovery), EngineError> {
     let Ok(Replayed::Start(snapshot)) = receiver.recv() else {
         // The log could not be read; its error is the one reported.
@@ -252,7 +266,7 @@ fn replay(
         ..Recovery::default()
     };
     let mut timestamp_last = state.last_timestamp();
-    if let Some(journal) = journal.as_deref() {
+    if let Changes::Journal(journal) = &changes {
         // The journal is synced before a snapshot retires the log it came from, so it
         // holds the event of every record in the snapshot: anything less was damaged on
         // disk. (Refused batches and expiries leave the snapshot's own stamp ahead.)
@@ -292,19 +306,25 @@ fn replay(
         // Every change of the group is stamped at or before its last event: a group the
         // journal already holds to its end is replayed without capturing changes (which
         // would cost about a third of the replay only to be dropped).
-        let capture = journal
-            .as_deref()
-            .is_some_and(|journal| journal.last_timestamp() < Some(timestamp_last));
+        let capture = match &changes {
+            Changes::Dropped => false,
+            Changes::Journal(journal) => journal.last_timestamp() < Some(timestamp_last),
+            Changes::Each(_) => true,
+        };
         if capture != capturing {
             state.set_change_capture(capture);
             capturing = capture;
         }
         replay_group(&mut state, group, shards);
-        if let Some(journal) = journal.as_deref_mut().filter(|_| capturing) {
-            journal_missing_changes(journal, state.take_changes())?;
+        match &mut changes {
+            Changes::Journal(journal) if capturing => {
+                journal_missing_changes(journal, state.take_changes())?;
+            }
+            Changes::Each(each) => each(state.take_changes()),
+            Changes::Dropped | Changes::Journal(_) => {}
         }
     }
-    if journal.is_some() && !capturing {
+    if matches!(changes, Changes::Journal(_)) && !capturing {
         // The state leaves recovery capturing: the apply thread journals every change
         // from here on.
         state.set_change_capture(true);
