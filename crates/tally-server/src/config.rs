@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tonic::transport::ServerTlsConfig;
 
 /// The server's certificate and, for mutual TLS, the CA its clients' certificates
 /// must chain to. All PEM files.
@@ -133,19 +134,31 @@ impl ServerConfig {
     /// (not PEM, a key that is not the certificate's). Answers the tokens read, when
     /// there is a file.
     pub fn check(&self) -> Result<Option<crate::auth::Tokens>, ServerError> {
+        self.checked().map(|(tokens, _)| tokens)
+    }
+
+    /// [`ServerConfig::check`], answering the TLS settings read too, so that the
+    /// server starts with the very files it checked.
+    pub(crate) fn checked(
+        &self,
+    ) -> Result<(Option<crate::auth::Tokens>, Option<ServerTlsConfig>), ServerError> {
         let public = !self.listen.ip().is_loopback();
         if self.tls.is_none() && !self.insecure && public {
             return Err(ServerError::InsecureListen(self.listen));
         }
         self.limits.check()?;
-        if let Some(files) = &self.tls {
-            crate::server::server_tls_checked(files, self.limits.header_timeout)?;
-        }
-        self.tokens
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|files| crate::server::server_tls_checked(files, self.limits.header_timeout))
+            .transpose()?;
+        let tokens = self
+            .tokens
             .as_deref()
             .map(crate::auth::Tokens::load)
             .transpose()
-            .map_err(ServerError::Tokens)
+            .map_err(ServerError::Tokens)?;
+        Ok((tokens, tls))
     }
 }
 

@@ -71,7 +71,8 @@ impl Server {
         backend: Backend,
         config: ServerConfig,
     ) -> Result<RunningServer, ServerError> {
-        let access = match config.check()? {
+        let (tokens, tls) = config.checked()?;
+        let access = match tokens {
             Some(tokens) => Access::Tokens(Arc::new(tokens)),
             None => {
                 let certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -132,10 +133,10 @@ impl Server {
             // would wait for a window update round trip every 64 KiB.
             .initial_stream_window_size(Some(WINDOW_STREAM_BYTES))
             .initial_connection_window_size(Some(WINDOW_CONNECTION_BYTES));
-        if let Some(tls) = &config.tls {
+        if let (Some(files), Some(tls)) = (&config.tls, tls) {
             builder = builder
-                .tls_config(server_tls(tls, limits.header_timeout)?)
-                .map_err(|error| tls_refused(tls, error))?;
+                .tls_config(tls)
+                .map_err(|error| tls_refused(files, error))?;
         }
         let (metrics_addr, metrics_stop) = match config.metrics {
             Some(addr) => {
@@ -305,16 +306,17 @@ fn read_pem(path: &Path, label: &'static str) -> Result<Vec<u8>, ServerError> {
     Ok(bytes)
 }
 
-/// Reads the TLS files and has tonic (rustls) check them, as the server will.
+/// Reads the TLS files and has tonic (rustls) check them, as the server will; answers
+/// the settings read.
 pub(crate) fn server_tls_checked(
     files: &TlsFiles,
     handshake_timeout: Duration,
-) -> Result<(), ServerError> {
+) -> Result<ServerTlsConfig, ServerError> {
     let tls = server_tls(files, handshake_timeout)?;
     tonic::transport::Server::builder()
-        .tls_config(tls)
+        .tls_config(tls.clone())
         .map_err(|error| tls_refused(files, error))?;
-    Ok(())
+    Ok(tls)
 }
 
 fn tls_refused(files: &TlsFiles, error: tonic::transport::Error) -> ServerError {
