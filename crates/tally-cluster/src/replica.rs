@@ -206,21 +206,19 @@ impl Core {
         }
     }
 
-    /// True while this replica's membership names it: false once a change removed it
-    /// (a removed leader steps down knowing that), and before a joining one is added.
-    fn is_member(&self) -> bool {
+    /// True when this replica knows it was removed: its membership names voters, not
+    /// it (a removed leader steps down knowing that). A replica whose membership is
+    /// still empty (joining, or just started) waits for one like any other.
+    fn knows_it_was_removed(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&self.id)
-            .is_some()
+        let membership = metrics.membership_config.membership();
+        membership.voter_ids().next().is_some() && membership.get_node(&self.id).is_none()
     }
 
     /// Waits until some replica is known to lead, up to [`LEADER_WAIT`]. A replica
-    /// outside the membership answers at once: it hears no leader again, and a client
-    /// that waited on it would wait for nothing.
+    /// that knows it was removed answers at once: it hears no leader again, and a
+    /// client that waited on it would wait for nothing.
     async fn find_leader(&self) -> Result<Leader, ClusterError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
@@ -228,10 +226,10 @@ impl Core {
                 return Err(ClusterError::Stopped);
             }
             match self.leader() {
-                Leader::Unknown if !self.is_member() => {
+                Leader::Unknown if self.knows_it_was_removed() => {
                     return Err(ClusterError::Unavailable(format!(
-                        "replica {} is not a member of the cluster (removed, or not yet \
-                         added): ask another replica",
+                        "replica {} is not a member of the cluster (it was removed): ask \
+                         another replica",
                         self.id
                     )));
                 }
