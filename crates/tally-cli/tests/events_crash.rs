@@ -177,7 +177,7 @@ fn rewrite_journal(dir: &Path, events: &[tally_types::ChangeEvent]) {
 }
 
 /// `tally verify` compares the journal with the events the log makes: an event
-/// altered, or one the log never made, is a violation; a journal that lost its tail
+/// altered, one missing, or one the log never made, is a violation; a journal that lost its tail
 /// (as a crash leaves it) is not.
 #[test]
 fn verify_finds_a_journal_that_departs_from_the_log() {
@@ -226,6 +226,16 @@ fn verify_finds_a_journal_that_departs_from_the_log() {
     let (passed, summary) = verify(dir.path());
     assert!(!passed, "{summary}");
     assert!(summary.contains("past the log's end"), "{summary}");
+
+    let mut gap = events.clone();
+    let lacked = gap.remove(12).timestamp;
+    rewrite_journal(dir.path(), &gap);
+    let (passed, summary) = verify(dir.path());
+    assert!(!passed, "{summary}");
+    assert!(
+        summary.contains(&format!("lacks the log's event at {lacked}")),
+        "{summary}"
+    );
 
     rewrite_journal(dir.path(), &events[..20]);
     let (passed, summary) = verify(dir.path());

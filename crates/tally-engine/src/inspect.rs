@@ -63,12 +63,28 @@ pub fn read_only_comparing_events(
     dir: &Path,
 ) -> Result<(VerifyReport, StateMachine, EventsComparison), EngineError> {
     let reader = EventReader::open(&crate::events_dir(dir))?;
-    if reader.first_timestamp()?.is_none() {
+    let journal_first = match reader.first_timestamp() {
+        Ok(Some(first)) => first,
         // No journal (change events off): nothing to compare, nor to capture.
-        let (report, state) = read_only(dir)?;
-        return Ok((report, state, EventsComparison::default()));
-    }
-    let mut comparison = JournalComparer::new(reader);
+        Ok(None) => {
+            let (report, state) = read_only(dir)?;
+            return Ok((report, state, EventsComparison::default()));
+        }
+        // The journal's own checks report why it does not read.
+        Err(error) => {
+            let (report, state) = read_only(dir)?;
+            let unread = Some(error.to_string());
+            return Ok((
+                report,
+                state,
+                EventsComparison {
+                    unread,
+                    ..EventsComparison::default()
+                },
+            ));
+        }
+    };
+    let mut comparison = JournalComparer::new(reader, journal_first);
     let mut each = |events: Vec<ChangeEvent>| comparison.compare(events);
     let (report, state) = crate::recovery::replay_read_only(dir, Changes::Each(&mut each))?;
     Ok((report, state, comparison.finish()))
@@ -103,8 +119,8 @@ struct JournalComparer {
     next_read: Option<u64>,
     /// No journal event is left past `pending`.
     journal_done: bool,
-    /// The oldest journal event read.
-    journal_first: Option<u64>,
+    /// The oldest event the journal holds.
+    journal_first: u64,
     /// The last replayed event's timestamp: a repeated one is dropped, as recovery
     /// drops it (only a log from before change events can hold one).
     replayed_last: Option<u64>,
@@ -112,13 +128,13 @@ struct JournalComparer {
 }
 
 impl JournalComparer {
-    fn new(reader: EventReader) -> JournalComparer {
+    fn new(reader: EventReader, journal_first: u64) -> JournalComparer {
         JournalComparer {
             reader,
             pending: VecDeque::new(),
             next_read: None,
             journal_done: false,
-            journal_first: None,
+            journal_first,
             replayed_last: None,
             found: EventsComparison::default(),
         }
@@ -138,7 +154,6 @@ impl JournalComparer {
             match self.reader.read(timestamp_min, CHANGE_EVENTS_LIMIT_MAX) {
                 Ok(page) if page.is_empty() => self.journal_done = true,
                 Ok(page) => {
-                    self.journal_first.get_or_insert(page[0].timestamp);
                     self.next_read = page.last().map(|event| event.timestamp + 1);
                     self.pending.extend(page);
                 }
@@ -159,7 +174,14 @@ impl JournalComparer {
     }
 
     fn compare(&mut self, replayed: Vec<ChangeEvent>) {
-        for event in replayed {
+        let mut replayed = replayed.into_iter().peekable();
+        while let Some(event) = replayed.next() {
+            // Events sharing its timestamp: recovery keeps one, in the order the shard
+            // threads gave them, which a serial replay need not give.
+            let mut alike = Vec::new();
+            while let Some(next) = replayed.next_if(|next| next.timestamp == event.timestamp) {
+                alike.push(next);
+            }
             if self
                 .replayed_last
                 .is_some_and(|last| event.timestamp <= last)
@@ -167,12 +189,15 @@ impl JournalComparer {
                 continue;
             }
             self.replayed_last = Some(event.timestamp);
-            self.compare_one(event);
+            alike.push(event);
+            self.compare_one(&alike);
         }
     }
 
-    fn compare_one(&mut self, event: ChangeEvent) {
-        let at = event.timestamp;
+    /// Compares the journal's event at the timestamp of `alike` (the replayed events
+    /// of that timestamp: one, but for a log from before change events) with them.
+    fn compare_one(&mut self, alike: &[ChangeEvent]) {
+        let at = alike[0].timestamp;
         // The first read starts at the first replayed event: the journal's earlier
         // events are the snapshot's (or retention deleted them). Those from there on
         // before this one are events no replayed one matched.
@@ -187,7 +212,7 @@ impl JournalComparer {
         }
         let front = self
             .journal_front(at)
-            .map(|front| (front.timestamp, *front == event));
+            .map(|front| (front.timestamp, alike.contains(front)));
         match front {
             Some((front, equal)) if front == at => {
                 self.pending.pop_front();
@@ -198,7 +223,7 @@ impl JournalComparer {
                     )),
                 }
             }
-            Some(_) if self.journal_first.is_some_and(|first| at < first) => {
+            Some(_) if at < self.journal_first => {
                 self.found.before_journal += 1;
             }
             Some(_) => self.differs(format!("the journal lacks the log's event at {at}")),
