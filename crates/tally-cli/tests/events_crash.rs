@@ -40,6 +40,27 @@ fn events_after(dir: &Path, after: u64) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The line that creates accounts 1 to `ACCOUNTS` of ledger 7.
+fn accounts_line() -> String {
+    let accounts: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
+        .collect();
+    format!(r#"{{"create_accounts": [{}]}}"#, accounts.join(", "))
+}
+
+/// Runs `tally apply --data DIR` over `lines` to a clean exit.
+fn apply_all(dir: &Path, lines: &[String]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apply", "--data"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", lines.join("\n")).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 fn batch_line(first_id: u64, size: u64, rng: &mut Rng) -> String {
     let events: Vec<String> = (0..size)
         .map(|offset| {
@@ -64,10 +85,7 @@ fn batch_line(first_id: u64, size: u64, rng: &mut Rng) -> String {
 fn a_consumer_resuming_across_sigkills_gets_every_event_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(0xe7e7_0001);
-    let accounts: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
-        .collect();
-    let setup = format!(r#"{{"create_accounts": [{}]}}"#, accounts.join(", "));
+    let setup = accounts_line();
     let mut consumed: Vec<(u64, String)> = Vec::new();
     let mut acknowledged: HashSet<String> = HashSet::new();
     let mut next_id = 1_000u64;
@@ -177,29 +195,16 @@ fn rewrite_journal(dir: &Path, events: &[tally_types::ChangeEvent]) {
 }
 
 /// `tally verify` compares the journal with the events the log makes: an event
-/// altered, one missing, or one the log never made, is a violation; a journal that lost its tail
-/// (as a crash leaves it) is not.
+/// altered, one missing, or one the log never made, is a violation; a journal that
+/// lost its tail (as a crash leaves it) is not.
 #[test]
 fn verify_finds_a_journal_that_departs_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(0xe7e7_0002);
-    let accounts: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
-        .collect();
-    let mut input = vec![format!(
-        r#"{{"create_accounts": [{}]}}"#,
-        accounts.join(", ")
-    )];
-    input.push(batch_line(1_000, 20, &mut rng));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["apply", "--data"])
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{}", input.join("\n")).unwrap();
-    assert!(child.wait().unwrap().success());
+    apply_all(
+        dir.path(),
+        &[accounts_line(), batch_line(1_000, 20, &mut rng)],
+    );
     let mut reader = tally_log::events::EventReader::open(&dir.path().join("events")).unwrap();
     let events = reader.read(0, 8_190).unwrap();
     assert_eq!(events.len(), 26);
@@ -300,25 +305,11 @@ fn get_change_events_answers_through_tally_apply() {
 fn tally_profile_prints_the_parallelism_of_a_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(5);
-    let accounts: Vec<String> = (1..=ACCOUNTS)
-        .map(|id| format!(r#"{{"id": "{id}", "ledger": 7, "code": 1}}"#))
-        .collect();
-    let mut input = vec![format!(
-        r#"{{"create_accounts": [{}]}}"#,
-        accounts.join(", ")
-    )];
+    let mut input = vec![accounts_line()];
     for n in 0..20 {
         input.push(batch_line(1_000 + n * 50, 40, &mut rng));
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["apply", "--data"])
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{}", input.join("\n")).unwrap();
-    assert!(child.wait().unwrap().success());
+    apply_all(dir.path(), &input);
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args([
             "profile",

@@ -412,8 +412,9 @@ async fn change_event_pages_fit_the_message_limit() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_without_a_known_token_is_refused_before_its_message_is_decoded() {
+/// A server over a fresh ledger that knows one token (`tly_good`, every right), with
+/// `limits`; the directories live as long as the server is used.
+async fn server_with_a_token(limits: Limits) -> (RunningServer, [tempfile::TempDir; 2]) {
     let dir = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let tokens = files.path().join("tokens.jsonl");
@@ -421,8 +422,18 @@ async fn a_call_without_a_known_token_is_refused_before_its_message_is_decoded()
     let ledger = Ledger::open(Config::new(dir.path())).unwrap();
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
     config.tokens = Some(tokens);
-    config.limits.message_bytes_max = 16 << 10;
+    config.limits = limits;
     let server = Server::start(ledger, config).await.unwrap();
+    (server, [dir, files])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_a_known_token_is_refused_before_its_message_is_decoded() {
+    let (server, _dirs) = server_with_a_token(Limits {
+        message_bytes_max: 16 << 10,
+        ..Limits::default()
+    })
+    .await;
     let mut client = LedgerClient::connect(format!("http://{}", server.local_addr()))
         .await
         .unwrap()
@@ -578,15 +589,11 @@ async fn idle_time_counts_calls_not_the_answers_to_keepalive_pings() {
 /// else is closed after the idle timeout, however often it calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_known_token_do_not_keep_a_connection_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let tokens = files.path().join("tokens.jsonl");
-    std::fs::write(&tokens, token_line("tly_good", &Rights::all())).unwrap();
-    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
-    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
-    config.tokens = Some(tokens);
-    config.limits.idle_timeout = Duration::from_millis(600);
-    let server = Server::start(ledger, config).await.unwrap();
+    let (server, _dirs) = server_with_a_token(Limits {
+        idle_timeout: Duration::from_millis(600),
+        ..Limits::default()
+    })
+    .await;
     let stats = server.stats();
     let mut client = LedgerClient::connect(format!("http://{}", server.local_addr()))
         .await
