@@ -91,12 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn create_accounts(ledger: &Ledger) -> Result<(), SubmitError> {
     let accounts: Vec<Account> = (1..=ACCOUNTS)
-        .map(|id| Account {
-            id,
-            ledger: 1,
-            code: 1,
-            ..Account::default()
-        })
+        .map(|id| tally_testkit::account(id, 1, tally_types::AccountFlags::empty()))
         .collect();
     for chunk in accounts.chunks(8_000) {
         ledger.submit(Batch::CreateAccounts(chunk.to_vec()))?;

@@ -525,12 +525,7 @@ fn change_events_can_be_turned_off_and_limits_are_checked() {
     assert!(ledger.get_change_events(0, 8_191).is_err());
     assert_eq!(ledger.get_change_events(0, 8_190).unwrap(), vec![]);
     let accounts: Vec<Account> = (1..=8_191)
-        .map(|id| Account {
-            id,
-            ledger: 1,
-            code: 1,
-            ..Account::default()
-        })
+        .map(|id| tally_testkit::account(id, 1, tally_types::AccountFlags::empty()))
         .collect();
     ledger.create_accounts(accounts[..8_190].to_vec()).unwrap();
     ledger.create_accounts(accounts[8_190..].to_vec()).unwrap();

@@ -378,7 +378,7 @@ fn a_ledger_reopens_with_a_different_shard_count() {
 /// logs from before this rule hold, is covered by tally-state's plan tests.)
 #[test]
 fn a_batch_spanning_an_expiry_instant_is_stamped_after_it_on_any_shard_count() {
-    use tally_types::{Account, PendingStatus, Transfer, TransferFlags};
+    use tally_types::{AccountFlags, PendingStatus, Transfer, TransferFlags};
     let transfer = |id: u128, flags: TransferFlags, timeout: u32| Transfer {
         id,
         debit_account_id: 1,
@@ -400,12 +400,7 @@ fn a_batch_spanning_an_expiry_instant_is_stamped_after_it_on_any_shard_count() {
         config.manual_clock = true;
         let mut ledger = Ledger::open(config.clone()).unwrap();
         let accounts = (1..=2)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Account::default()
-            })
+            .map(|id| tally_testkit::account(id, 1, AccountFlags::empty()))
             .collect();
         let submit = |ledger: &Ledger, batch: Batch, now: u64| {
             let results = ledger.submit_at(batch, Some(now)).unwrap();
