@@ -47,7 +47,7 @@ impl Plan {
         let mut cost = PlanCost::default();
         for unit in &self.units {
             let steps = unit.events() * STEPS_PER_EVENT;
-            let parts = || bits(unit.mask);
+            let parts = || unit.parts();
             let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
             let end = start + steps;
             parts().for_each(|part| {

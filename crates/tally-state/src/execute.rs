@@ -145,9 +145,7 @@ impl StateMachine {
                 .iter()
                 .flatten()
                 .copied()
-                .filter(|&u| {
-                    (0..count).all(|p| plan.units[u].mask & (1 << p) == 0 || next[p].contains(&u))
-                })
+                .filter(|&u| plan.units[u].parts().all(|p| next[p].contains(&u)))
                 .collect();
             ready.sort_unstable();
             ready.dedup();
@@ -199,10 +197,8 @@ impl StateMachine {
         let mut queues: Vec<VecDeque<(usize, bool)>> = vec![VecDeque::new(); count];
         for (u, unit) in plan.units.iter().enumerate() {
             assert_ne!(unit.mask & !unit.deltas, 0, "a unit decides somewhere");
-            for (part, queue) in queues.iter_mut().enumerate() {
-                if unit.mask & (1 << part) != 0 {
-                    queue.push_back((u, unit.deltas & (1 << part) == 0));
-                }
+            for part in unit.parts() {
+                queues[part].push_back((u, unit.deltas & (1 << part) == 0));
             }
         }
         let mut decided: Vec<Option<Deltas>> = vec![None; plan.units.len()];
@@ -296,7 +292,7 @@ fn unit_results<'r>(results: &'r mut [Vec<ResultCode>], unit: &Unit) -> &'r mut 
 /// The parts of `mask`, taken from `idle` for one unit.
 fn lend(idle: &mut Held, mask: u64) -> Held {
     let mut held = Held::new(idle.layout());
-    for part in (0..held.count()).filter(|p| mask & (1 << p) != 0) {
+    for part in crate::cost::bits(mask) {
         held.insert(idle.take(part));
     }
     held
@@ -304,7 +300,7 @@ fn lend(idle: &mut Held, mask: u64) -> Held {
 
 /// The parts of `mask` back from `held` to `idle`.
 fn take_back(idle: &mut Held, mut held: Held, mask: u64) {
-    for part in (0..held.count()).filter(|p| mask & (1 << p) != 0) {
+    for part in crate::cost::bits(mask) {
         idle.insert(held.take(part));
     }
 }
