@@ -7,8 +7,9 @@
 //!    replayed on another as it is read (this may cut a torn tail, as any open does).
 //!
 //! `cargo bench -p tally-engine --bench recovery_bench -- DIR`, DIR absolute (cargo runs
-//! benches from the crate's directory); `-- --test`: a small ledger written to a
-//! temporary directory first, as a smoke test.
+//! benches from the crate's directory); `-- DIR --open-only`: the second way alone (for
+//! a profile of a restart); `-- --test`: a small ledger written to a temporary directory
+//! first, as a smoke test.
 
 mod common;
 
@@ -17,7 +18,9 @@ use tally_engine::{Config, Ledger};
 use tally_state::StateMachine;
 
 fn main() -> Result<(), String> {
-    let (args, smoke) = tally_testkit::bench_arguments();
+    let (mut args, smoke) = tally_testkit::bench_arguments();
+    let open_only = args.iter().any(|argument| argument == "--open-only");
+    args.retain(|argument| argument != "--open-only");
     let (dir, _temp) = match smoke {
         true => {
             let (dir, temp) =
@@ -43,7 +46,9 @@ fn main() -> Result<(), String> {
             (dir, None)
         }
     };
-    read_only_in_two_phases(&dir)?;
+    if !open_only {
+        read_only_in_two_phases(&dir)?;
+    }
     open_as_a_restart(&dir)
 }
 

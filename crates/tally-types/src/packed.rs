@@ -295,13 +295,42 @@ impl PackedRun {
 }
 
 /// Reads one varint written by [`Packed::put`], trusting it; returns it and its bytes.
+/// Eight bytes a step while eight are left (a record's varints always have its 8-byte
+/// stamp after them), so a 128-bit id costs three steps, not nineteen.
 #[inline]
 fn take_trusted(bytes: &[u8]) -> (u128, usize) {
     let mut value: u128 = 0;
-    for (index, byte) in bytes.iter().enumerate() {
-        value |= u128::from(byte & 0x7f) << (7 * index);
+    let mut at = 0;
+    for shift in [0, 56, 112] {
+        let Some(chunk) = bytes.get(at..at + 8) else {
+            return take_trusted_bytes(bytes, value, at, shift);
+        };
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends == 0 {
+            value |= u128::from(gather_groups(word)) << shift;
+            at += 8;
+            continue;
+        }
+        let len = ends.trailing_zeros() / 8 + 1;
+        let mine = if len == 8 {
+            word
+        } else {
+            word & ((1 << (8 * len)) - 1)
+        };
+        value |= u128::from(gather_groups(mine)) << shift;
+        return (value, at + len as usize);
+    }
+    unreachable!("a trusted varint ends within 19 bytes")
+}
+
+/// The rest of a trusted varint a byte at a time, from byte `at` and bit `shift`.
+#[cold]
+fn take_trusted_bytes(bytes: &[u8], mut value: u128, at: usize, shift: u32) -> (u128, usize) {
+    for (index, byte) in bytes[at..].iter().enumerate() {
+        value |= u128::from(byte & 0x7f) << (shift + 7 * index as u32);
         if byte & 0x80 == 0 {
-            return (value, index + 1);
+            return (value, at + index + 1);
         }
     }
     unreachable!("a trusted record ends within its buffer")
@@ -561,6 +590,22 @@ mod tests {
             let length = encode_transfer(t, &mut bytes);
             prop_assert_eq!(length, expected.len());
             prop_assert_eq!(&bytes[1..], expected.as_slice());
+        }
+
+        /// A varint reads the same whether it ends its buffer (read a byte at a time) or
+        /// has a record's stamp after it (read a word at a time).
+        #[test]
+        fn trusted_varints_read_alike_at_the_end_and_inside(
+            value in (0u32..=128, any::<u128>())
+                .prop_map(|(bits, v)| if bits == 0 { 0 } else { v >> (128 - bits) }),
+        ) {
+            let mut packed = Packed::<VARINT_BYTES_MAX>::new();
+            packed.put(value);
+            let alone = packed.as_bytes().to_vec();
+            let mut followed = alone.clone();
+            followed.extend_from_slice(&[0xff; 8]);
+            prop_assert_eq!(take_trusted(&alone), (value, alone.len()));
+            prop_assert_eq!(take_trusted(&followed), (value, alone.len()));
         }
 
         #[test]
