@@ -3,6 +3,8 @@
 //! * [`SeededRng`]: a tiny portable RNG, so a failing seed replays anywhere.
 //! * [`account`] and [`transfer`]: record builders with test defaults.
 //! * [`workload`]: seeded random ledger traffic for differential tests.
+//! * [`reference`](mod@reference): an independent model of the operations, written from the
+//!   specification, for differential tests of the state machine.
 //! * [`free_port`]: a loopback port for a test's server or replica.
 //! * `fuzz` (feature `fuzz`): the fuzz targets, shared by the cargo-fuzz project in
 //!   `fuzz/` and this crate's corpus replay test.
@@ -12,6 +14,7 @@ use tally_types::{Account, AccountFlags, ChangeEvent, Transfer, TransferFlags};
 
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
+pub mod reference;
 pub mod workload;
 
 /// A loopback port nobody listens on now and that this process has not handed out
