@@ -2,10 +2,11 @@
 //! (`tally_testkit::reference`): random batches over a few accounts, mostly fresh
 //! transfer ids with resubmissions of earlier ones, so that chains, duplicates, burned
 //! ids, posts and voids of the same pending transfer, refunds, balance limits,
-//! balancing and closing transfers, closed accounts, overflows and expiries (at their
-//! very instants too) all meet. Every result, account, transfer, burned id, pending
-//! state and refund total, every account's transfers and balance rows, and a random
-//! filter of each must match, batch for batch, on one part and on three.
+//! balancing and closing transfers, closed accounts, overflows, expiries (at their
+//! very instants too) and imported batches (in range and not) all meet. Every result,
+//! account, transfer, burned id, pending state and refund total, every account's
+//! transfers and balance rows, and a random filter of each must match, batch for batch,
+//! on one part and on three.
 //!
 //! `TALLY_REFERENCE_SEEDS=N` runs N seeds (default 300).
 #![allow(clippy::unwrap_used)]
@@ -18,8 +19,11 @@ use tally_types::{
     Transfer, TransferFlags as TF,
 };
 
-/// Account ids 1..=ACCOUNTS are created (some more than once); ACCOUNTS + 1 never is.
+/// Account ids 1..=ACCOUNTS are created first (some again later); the next two only by
+/// later batches (imported ones among them); the one after never.
 const ACCOUNTS: u64 = 12;
+/// Every account id the traffic names.
+const ACCOUNT_IDS: u64 = ACCOUNTS + 3;
 /// Batches in one seed's run.
 const BATCHES: usize = 120;
 
@@ -83,7 +87,7 @@ impl Traffic {
             }
         };
         AccountFilter {
-            account_id: 1 + u128::from(self.rng.below(ACCOUNTS + 1)),
+            account_id: 1 + u128::from(self.rng.below(ACCOUNT_IDS)),
             timestamp_min: stamp(self),
             timestamp_max: stamp(self),
             limit: [0, 1, 2, 5, 1_000_000][self.rng.below(5) as usize],
@@ -111,7 +115,8 @@ impl Traffic {
         Batch::CreateAccounts(accounts)
     }
 
-    fn batch(&mut self) -> Batch {
+    /// The next batch, to be stamped `now` on a ledger the model holds.
+    fn batch(&mut self, now: u64, model: &Reference) -> Batch {
         if self.last_id == 0 {
             return self.setup();
         }
@@ -130,6 +135,14 @@ impl Traffic {
                     a.flags.without(AF::LINKED)
                 }
             });
+            self.stamp(&mut accounts, now, model, |a, imported, timestamp| {
+                a.flags = if imported {
+                    a.flags.with(AF::IMPORTED)
+                } else {
+                    a.flags.without(AF::IMPORTED)
+                };
+                a.timestamp = timestamp;
+            });
             return Batch::CreateAccounts(accounts);
         }
         let mut transfers: Vec<Transfer> = (0..len).map(|_| self.transfer()).collect();
@@ -140,7 +153,82 @@ impl Traffic {
                 t.flags.without(TF::LINKED)
             }
         });
+        self.stamp(&mut transfers, now, model, |t, imported, timestamp| {
+            t.flags = if imported {
+                t.flags.with(TF::IMPORTED)
+            } else {
+                t.flags.without(TF::IMPORTED)
+            };
+            t.timestamp = timestamp;
+        });
+        self.before_newest_account(&mut transfers, model);
         Batch::CreateTransfers(transfers)
+    }
+
+    /// Now and then an imported batch right after accounts were created pays from the
+    /// newest one at a stamp after every transfer's but not after that account's.
+    fn before_newest_account(&mut self, transfers: &mut [Transfer], model: &Reference) {
+        let transfers_last = model.transfers().map(|t| t.timestamp).max().unwrap_or(0);
+        let Some(newest) = model.accounts().max_by_key(|a| a.timestamp) else {
+            return;
+        };
+        let imported = transfers
+            .first()
+            .is_some_and(|t| t.flags.contains(TF::IMPORTED));
+        if !imported || newest.timestamp <= transfers_last + 1 || !self.rng.chance(30) {
+            return;
+        }
+        for t in transfers.iter_mut() {
+            if self.rng.chance(50) {
+                t.debit_account_id = newest.id;
+                t.timestamp =
+                    transfers_last + 1 + self.rng.below(newest.timestamp - transfers_last);
+            }
+        }
+    }
+
+    /// Now and then an imported batch: its events stamped one after another from just
+    /// after the ledger's last stamp (so some run into the batch's own `now`), a few
+    /// stamped too early, at 0 or at 2^63, a few not flagged. In other batches, now and
+    /// then an event carrying a timestamp it may not give.
+    fn stamp<E>(
+        &mut self,
+        events: &mut [E],
+        now: u64,
+        model: &Reference,
+        set: fn(&mut E, bool, u64),
+    ) {
+        if !self.rng.chance(8) {
+            for event in events.iter_mut() {
+                if self.rng.chance(1) {
+                    set(event, self.rng.chance(50), 1 + self.rng.below(now));
+                }
+            }
+            return;
+        }
+        let mut next = model.last_timestamp() + 1;
+        // Exactly the newest account's or transfer's stamp: equal to a record's.
+        let newest = [
+            model.accounts().map(|a| a.timestamp).max(),
+            model.transfers().map(|t| t.timestamp).max(),
+        ];
+        for event in events.iter_mut() {
+            let timestamp = match self.rng.below(40) {
+                0 => 0,
+                1 => 1 << 63,
+                2 => now,
+                3 => next.saturating_sub(1 + self.rng.below(NS_PER_S)),
+                6 | 7 => newest[self.rng.below(2) as usize].unwrap_or(next),
+                // Just before the newest records: after the transfers, before an
+                // account imported by the batch before.
+                4 | 5 => next.saturating_sub(self.rng.below(2_000)),
+                _ => {
+                    next += 1 + self.rng.below(3);
+                    next
+                }
+            };
+            set(event, !self.rng.chance(5), timestamp);
+        }
     }
 
     /// Chains now and then, usually closed by the batch's last event.
@@ -168,7 +256,7 @@ impl Traffic {
         match self.rng.below(60) {
             0 => 0,
             1 => u128::MAX,
-            _ => 1 + u128::from(self.rng.below(ACCOUNTS + 1)),
+            _ => 1 + u128::from(self.rng.below(ACCOUNT_IDS)),
         }
     }
 
@@ -188,7 +276,7 @@ impl Traffic {
             id: match self.rng.below(30) {
                 0 => 0,
                 1 => u128::MAX,
-                _ => 1 + u128::from(self.rng.below(ACCOUNTS)),
+                _ => 1 + u128::from(self.rng.below(ACCOUNT_IDS - 1)),
             },
             ledger: if self.rng.chance(3) {
                 0
@@ -386,7 +474,7 @@ fn assert_same_state(
     model: &Reference,
 ) {
     let at = format!("seed {seed}, after batch {batch}");
-    for id in 0..=ACCOUNTS as u128 + 1 {
+    for id in 0..=u128::from(ACCOUNT_IDS) {
         assert_eq!(
             state.lookup_account(id),
             model.account(id),
@@ -413,7 +501,7 @@ fn assert_same_state(
         );
     }
     assert_eq!(state.transfer_count(), model.transfers().count(), "{at}");
-    for id in 1..=ACCOUNTS as u128 {
+    for id in 1..=u128::from(ACCOUNT_IDS) {
         assert_same_reads(state, model, &AccountFilter::new(id), &at);
     }
     assert_eq!(state.last_timestamp(), model.last_timestamp(), "{at}");
@@ -439,7 +527,7 @@ fn run(seed: u64) {
     let mut model = Reference::new();
     let mut now = first_stamp(seed);
     for index in 0..BATCHES {
-        let batch = traffic.batch();
+        let batch = traffic.batch(now, &model);
         let expected = model.apply(now, &batch);
         for state in &mut states {
             let results = state.apply(now, &batch);
@@ -491,7 +579,8 @@ fn the_traffic_meets_every_kind_of_outcome() {
         let mut traffic = Traffic::new(seed);
         let mut now = first_stamp(seed);
         for _ in 0..BATCHES {
-            for result in model.apply(now, &traffic.batch()) {
+            let batch = traffic.batch(now, &model);
+            for result in model.apply(now, &batch) {
                 *seen.entry(result).or_insert(0u32) += 1;
             }
             now = traffic.next_stamp(&model);
@@ -519,6 +608,14 @@ fn the_traffic_meets_every_kind_of_outcome() {
         ResultCode::FlagsAreMutuallyExclusive,
         ResultCode::PendingIdMustNotBeIntMax,
         ResultCode::RefundOfMustNotBeIntMax,
+        ResultCode::TimestampMustBeZero,
+        ResultCode::ImportedEventExpected,
+        ResultCode::ImportedEventNotExpected,
+        ResultCode::ImportedEventTimestampOutOfRange,
+        ResultCode::ImportedEventTimestampMustNotAdvance,
+        ResultCode::ImportedEventTimestampMustNotRegress,
+        ResultCode::ImportedEventTimestampMustPostdateDebitAccount,
+        ResultCode::ImportedEventTimeoutMustBeZero,
     ] {
         assert!(seen.contains_key(&code), "{code:?} never came up");
     }

@@ -4,8 +4,6 @@
 //! parts, a whole copy of the state taken at the start of each chain instead of an undo
 //! log, and the checks one after another in the specification's order. It is slow and
 //! meant to be obviously right.
-//!
-//! Imported events are left out: a batch holding one panics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use tally_types::{
@@ -43,20 +41,56 @@ pub struct Reference {
     last_timestamp: u64,
 }
 
-/// What the model needs of an event: whether it chains to the next.
+/// What the model needs of an event: whether it chains to the next, whether it is
+/// imported, and the timestamp it carries (0: none).
 trait Event {
     fn linked(&self) -> bool;
+    fn imported(&self) -> bool;
+    fn given_timestamp(&self) -> u64;
 }
 
 impl Event for Account {
     fn linked(&self) -> bool {
         self.flags.contains(AF::LINKED)
     }
+    fn imported(&self) -> bool {
+        self.flags.contains(AF::IMPORTED)
+    }
+    fn given_timestamp(&self) -> u64 {
+        self.timestamp
+    }
 }
 
 impl Event for Transfer {
     fn linked(&self) -> bool {
         self.flags.contains(TF::LINKED)
+    }
+    fn imported(&self) -> bool {
+        self.flags.contains(TF::IMPORTED)
+    }
+    fn given_timestamp(&self) -> u64 {
+        self.timestamp
+    }
+}
+
+/// Imported timestamps lie below 2^63.
+const IMPORTED_TIMESTAMP_LIMIT: u64 = 1 << 63;
+
+/// The batch-level checks of imports, before every other: the batch's first event
+/// decides whether it is imported; an imported event's own timestamp is non-zero,
+/// below 2^63 and before the batch's stamp; any other event carries none.
+fn import_failure<E: Event>(first: &E, event: &E, batch_stamp: u64) -> Option<R> {
+    let given = event.given_timestamp();
+    match (first.imported(), event.imported()) {
+        (false, false) if given != 0 => Some(R::TimestampMustBeZero),
+        (false, false) => None,
+        (false, true) => Some(R::ImportedEventNotExpected),
+        (true, false) => Some(R::ImportedEventExpected),
+        _ if given == 0 || given >= IMPORTED_TIMESTAMP_LIMIT => {
+            Some(R::ImportedEventTimestampOutOfRange)
+        }
+        _ if given >= batch_stamp => Some(R::ImportedEventTimestampMustNotAdvance),
+        _ => None,
     }
 }
 
@@ -166,17 +200,13 @@ impl Reference {
     /// releasing every pending transfer due by `timestamp`; one result per event.
     ///
     /// # Panics
-    /// If `timestamp` does not move time forward, or an event is imported.
+    /// If `timestamp` does not move time forward.
     pub fn apply(&mut self, timestamp: u64, batch: &Batch) -> Vec<R> {
         assert!(timestamp > self.last_timestamp, "time moves forward");
         self.expire(timestamp);
         let results = match batch {
-            Batch::CreateAccounts(events) => {
-                assert!(events.iter().all(|a| !a.flags.contains(AF::IMPORTED)));
-                self.run(events, timestamp, Reference::create_account)
-            }
+            Batch::CreateAccounts(events) => self.run(events, timestamp, Reference::create_account),
             Batch::CreateTransfers(events) => {
-                assert!(events.iter().all(|t| !t.flags.contains(TF::IMPORTED)));
                 self.run(events, timestamp, Reference::create_transfer)
             }
         };
@@ -200,13 +230,28 @@ impl Reference {
             }
             let end = (end + 1).min(events.len());
             if !events[start].linked() {
-                results[start] = execute(self, &events[start], timestamp + start as u64);
+                results[start] = self.event(events, start, timestamp, execute);
             } else {
                 self.run_chain(events, start, end, timestamp, execute, &mut results);
             }
             start = end;
         }
         results
+    }
+
+    /// Event `index` of a batch stamped `timestamp`: the batch-level import checks, then
+    /// `execute` at the event's own stamp.
+    fn event<E: Event>(
+        &mut self,
+        events: &[E],
+        index: usize,
+        timestamp: u64,
+        execute: fn(&mut Reference, &E, u64) -> R,
+    ) -> R {
+        match import_failure(&events[0], &events[index], timestamp) {
+            Some(code) => code,
+            None => execute(self, &events[index], timestamp + index as u64),
+        }
     }
 
     /// Runs the chain `events[start..end]`: all of it, or nothing but its burned ids.
@@ -228,7 +273,7 @@ impl Reference {
             } else if failed {
                 R::LinkedEventFailed
             } else {
-                let result = execute(self, &events[index], timestamp + index as u64);
+                let result = self.event(events, index, timestamp, execute);
                 failed = result != R::Ok;
                 result
             };
@@ -336,12 +381,19 @@ impl Reference {
                 ),
             ]);
         }
+        let imported = a.flags.contains(AF::IMPORTED);
+        if imported
+            && (self.accounts.values().any(|e| e.timestamp >= a.timestamp)
+                || self.transfers.values().any(|t| t.timestamp == a.timestamp))
+        {
+            return R::ImportedEventTimestampMustNotRegress;
+        }
         let stored = Account {
             debits_pending: 0,
             debits_posted: 0,
             credits_pending: 0,
             credits_posted: 0,
-            timestamp,
+            timestamp: if imported { a.timestamp } else { timestamp },
             ..*a
         };
         self.accounts.insert(a.id, stored);
@@ -373,12 +425,17 @@ impl Reference {
         if self.burned.contains(&t.id) {
             return R::IdAlreadyFailed;
         }
+        // An imported transfer is stored at its own timestamp.
+        let at = match t.flags.contains(TF::IMPORTED) {
+            true => t.timestamp,
+            false => timestamp,
+        };
         let result = if second_phase {
-            self.post_or_void(t, timestamp)
+            self.post_or_void(t, at)
         } else if is_refund(t) {
-            self.refund(t, timestamp)
+            self.refund(t, at)
         } else {
-            self.single_or_pending(t, timestamp)
+            self.single_or_pending(t, at)
         };
         if TRANSIENT.contains(&result) {
             self.burned.insert(t.id);
@@ -502,10 +559,12 @@ impl Reference {
                 t.ledger != dr.ledger,
                 R::TransferMustHaveTheSameLedgerAsAccounts,
             ),
-            (dr.flags.contains(AF::CLOSED), R::DebitAccountAlreadyClosed),
-            (cr.flags.contains(AF::CLOSED), R::CreditAccountAlreadyClosed),
         ];
-        if let Some(result) = first_failure(checks) {
+        let closed = closed_failure(&dr, &cr);
+        if let Some(result) = first_failure(checks)
+            .or_else(|| self.imported_failure(t, Some((&dr, &cr))))
+            .or(closed)
+        {
             return result;
         }
         let mut amount = t.amount;
@@ -525,7 +584,7 @@ impl Reference {
             && timestamp
                 .checked_add(u64::from(t.timeout) * NS_PER_S)
                 .is_none();
-        let overflows = [
+        let overflow_checks = [
             (
                 pending && overflows(dr.debits_pending, amount),
                 R::OverflowsDebitsPending,
@@ -552,7 +611,7 @@ impl Reference {
             ),
             (timeout_overflows, R::OverflowsTimeout),
         ];
-        if let Some(result) = first_failure(overflows) {
+        if let Some(result) = first_failure(overflow_checks) {
             return result;
         }
         if let Some(result) = limit_failure(&dr, &cr, amount) {
@@ -626,16 +685,12 @@ impl Reference {
                 R::PendingTransferAlreadyVoided,
             ),
             (state == PendingState::Expired, R::PendingTransferExpired),
-            (
-                post && dr.flags.contains(AF::CLOSED),
-                R::DebitAccountAlreadyClosed,
-            ),
-            (
-                post && cr.flags.contains(AF::CLOSED),
-                R::CreditAccountAlreadyClosed,
-            ),
         ];
-        if let Some(result) = first_failure(checks) {
+        let closed = closed_failure(&dr, &cr).filter(|_| post);
+        if let Some(result) = first_failure(checks)
+            .or_else(|| self.imported_failure(t, None))
+            .or(closed)
+        {
             return result;
         }
         let amount = if post && t.amount != 0 {
@@ -726,8 +781,8 @@ impl Reference {
                     .is_none_or(|total| total > o.amount),
                 R::ExceedsRefundableAmount,
             ),
-            (dr.flags.contains(AF::CLOSED), R::DebitAccountAlreadyClosed),
-            (cr.flags.contains(AF::CLOSED), R::CreditAccountAlreadyClosed),
+        ];
+        let overflow_checks = [
             (
                 overflows(dr.debits_posted, t.amount),
                 R::OverflowsDebitsPosted,
@@ -745,10 +800,13 @@ impl Reference {
                 R::OverflowsCredits,
             ),
         ];
-        if let Some(result) = first_failure(checks) {
-            return result;
-        }
-        if let Some(result) = limit_failure(&dr, &cr, t.amount) {
+        let closed = closed_failure(&dr, &cr);
+        if let Some(result) = first_failure(checks)
+            .or_else(|| self.imported_failure(t, Some((&dr, &cr))))
+            .or(closed)
+            .or_else(|| first_failure(overflow_checks))
+            .or_else(|| limit_failure(&dr, &cr, t.amount))
+        {
             return result;
         }
         let stored = Transfer {
@@ -764,6 +822,32 @@ impl Reference {
         self.refunded.insert(o.id, refunded + t.amount);
         self.transfers.insert(t.id, stored);
         R::Ok
+    }
+
+    /// The checks of an imported transfer's own timestamp: after every transfer's and
+    /// equal to no account's, then (with its accounts: not for a post or void) after
+    /// both accounts', then no timeout. `None` for a transfer that is not imported.
+    fn imported_failure(&self, t: &Transfer, accounts: Option<(&Account, &Account)>) -> Option<R> {
+        if !t.flags.contains(TF::IMPORTED) {
+            return None;
+        }
+        let regresses = self.transfers.values().any(|e| e.timestamp >= t.timestamp)
+            || self.accounts.values().any(|a| a.timestamp == t.timestamp);
+        if regresses {
+            return Some(R::ImportedEventTimestampMustNotRegress);
+        }
+        let (dr, cr) = accounts?;
+        first_failure([
+            (
+                t.timestamp <= dr.timestamp,
+                R::ImportedEventTimestampMustPostdateDebitAccount,
+            ),
+            (
+                t.timestamp <= cr.timestamp,
+                R::ImportedEventTimestampMustPostdateCreditAccount,
+            ),
+            (t.timeout != 0, R::ImportedEventTimeoutMustBeZero),
+        ])
     }
 
     /// Adds `t.amount` to its accounts' pending or posted balances.
@@ -892,6 +976,14 @@ fn page<T>(mut found: Vec<T>, filter: &AccountFilter) -> Vec<T> {
     };
     found.truncate(limit as usize);
     found
+}
+
+/// The closed checks: a closed debit account, then a closed credit account.
+fn closed_failure(dr: &Account, cr: &Account) -> Option<R> {
+    first_failure([
+        (dr.flags.contains(AF::CLOSED), R::DebitAccountAlreadyClosed),
+        (cr.flags.contains(AF::CLOSED), R::CreditAccountAlreadyClosed),
+    ])
 }
 
 /// Steps 13 and 14: the accounts' balance limits.
