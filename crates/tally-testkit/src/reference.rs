@@ -567,54 +567,15 @@ impl Reference {
         {
             return result;
         }
-        let mut amount = t.amount;
-        if t.flags.contains(TF::BALANCING_DEBIT) {
-            let room = dr
-                .credits_posted
-                .saturating_sub(dr.debits_pending + dr.debits_posted);
-            amount = amount.min(room);
-        }
-        if t.flags.contains(TF::BALANCING_CREDIT) {
-            let room = cr
-                .debits_posted
-                .saturating_sub(cr.credits_pending + cr.credits_posted);
-            amount = amount.min(room);
-        }
+        let amount = balancing_clamp(t, &dr, &cr);
         let timeout_overflows = pending
             && timestamp
                 .checked_add(u64::from(t.timeout) * NS_PER_S)
                 .is_none();
-        let overflow_checks = [
-            (
-                pending && overflows(dr.debits_pending, amount),
-                R::OverflowsDebitsPending,
-            ),
-            (
-                pending && overflows(cr.credits_pending, amount),
-                R::OverflowsCreditsPending,
-            ),
-            (
-                overflows(dr.debits_posted, amount),
-                R::OverflowsDebitsPosted,
-            ),
-            (
-                overflows(cr.credits_posted, amount),
-                R::OverflowsCreditsPosted,
-            ),
-            (
-                overflows3(dr.debits_pending, dr.debits_posted, amount),
-                R::OverflowsDebits,
-            ),
-            (
-                overflows3(cr.credits_pending, cr.credits_posted, amount),
-                R::OverflowsCredits,
-            ),
-            (timeout_overflows, R::OverflowsTimeout),
-        ];
-        if let Some(result) = first_failure(overflow_checks) {
-            return result;
-        }
-        if let Some(result) = limit_failure(&dr, &cr, amount) {
+        if let Some(result) = overflow_failure(&dr, &cr, amount, pending)
+            .or((timeout_overflows).then_some(R::OverflowsTimeout))
+            .or_else(|| limit_failure(&dr, &cr, amount))
+        {
             return result;
         }
         let stored = Transfer {
@@ -712,29 +673,13 @@ impl Reference {
             return result;
         }
         self.release(&p);
-        let taken = |given: u128, pending: u128| if given == 0 { pending } else { given };
-        let stored = Transfer {
-            debit_account_id: p.debit_account_id,
-            credit_account_id: p.credit_account_id,
-            amount,
-            ledger: p.ledger,
-            code: p.code,
-            user_data_128: taken(t.user_data_128, p.user_data_128),
-            user_data_64: taken(t.user_data_64.into(), p.user_data_64.into()) as u64,
-            user_data_32: taken(t.user_data_32.into(), p.user_data_32.into()) as u32,
-            timestamp,
-            ..*t
-        };
+        let stored = settlement(t, &p, amount, timestamp);
         if post {
             self.move_money(&stored, false);
         }
         self.record_history(&stored, timestamp);
-        let state = if post {
-            PendingState::Posted
-        } else {
-            PendingState::Voided
-        };
-        self.pending.insert(p.id, state);
+        let settled = [PendingState::Voided, PendingState::Posted][usize::from(post)];
+        self.pending.insert(p.id, settled);
         self.transfers.insert(t.id, stored);
         R::Ok
     }
@@ -782,29 +727,11 @@ impl Reference {
                 R::ExceedsRefundableAmount,
             ),
         ];
-        let overflow_checks = [
-            (
-                overflows(dr.debits_posted, t.amount),
-                R::OverflowsDebitsPosted,
-            ),
-            (
-                overflows(cr.credits_posted, t.amount),
-                R::OverflowsCreditsPosted,
-            ),
-            (
-                overflows3(dr.debits_pending, dr.debits_posted, t.amount),
-                R::OverflowsDebits,
-            ),
-            (
-                overflows3(cr.credits_pending, cr.credits_posted, t.amount),
-                R::OverflowsCredits,
-            ),
-        ];
         let closed = closed_failure(&dr, &cr);
         if let Some(result) = first_failure(checks)
             .or_else(|| self.imported_failure(t, Some((&dr, &cr))))
             .or(closed)
-            .or_else(|| first_failure(overflow_checks))
+            .or_else(|| overflow_failure(&dr, &cr, t.amount, false))
             .or_else(|| limit_failure(&dr, &cr, t.amount))
         {
             return result;
@@ -978,11 +905,76 @@ fn page<T>(mut found: Vec<T>, filter: &AccountFilter) -> Vec<T> {
     found
 }
 
+/// What a post or void of `p` stores: its accounts, ledger and code, its user data
+/// where `t` gives 0, the amount posted (or `p`'s, for a void).
+fn settlement(t: &Transfer, p: &Transfer, amount: u128, timestamp: u64) -> Transfer {
+    let taken = |given: u128, pending: u128| if given == 0 { pending } else { given };
+    Transfer {
+        debit_account_id: p.debit_account_id,
+        credit_account_id: p.credit_account_id,
+        amount,
+        ledger: p.ledger,
+        code: p.code,
+        user_data_128: taken(t.user_data_128, p.user_data_128),
+        user_data_64: taken(t.user_data_64.into(), p.user_data_64.into()) as u64,
+        user_data_32: taken(t.user_data_32.into(), p.user_data_32.into()) as u32,
+        timestamp,
+        ..*t
+    }
+}
+
 /// The closed checks: a closed debit account, then a closed credit account.
 fn closed_failure(dr: &Account, cr: &Account) -> Option<R> {
     first_failure([
         (dr.flags.contains(AF::CLOSED), R::DebitAccountAlreadyClosed),
         (cr.flags.contains(AF::CLOSED), R::CreditAccountAlreadyClosed),
+    ])
+}
+
+/// The amount a transfer moves: at most its own, and for a balancing one no more than
+/// keeps the debit account's debits within its posted credits (`balancing_debit`)
+/// and the credit account's credits within its posted debits (`balancing_credit`).
+fn balancing_clamp(t: &Transfer, dr: &Account, cr: &Account) -> u128 {
+    let mut amount = t.amount;
+    if t.flags.contains(TF::BALANCING_DEBIT) {
+        let debits = dr.debits_pending + dr.debits_posted;
+        amount = amount.min(dr.credits_posted.saturating_sub(debits));
+    }
+    if t.flags.contains(TF::BALANCING_CREDIT) {
+        let credits = cr.credits_pending + cr.credits_posted;
+        amount = amount.min(cr.debits_posted.saturating_sub(credits));
+    }
+    amount
+}
+
+/// Step 12 but the timeout: the balances `amount` would overflow, the pending ones
+/// only for a pending transfer.
+fn overflow_failure(dr: &Account, cr: &Account, amount: u128, pending: bool) -> Option<R> {
+    first_failure([
+        (
+            pending && overflows(dr.debits_pending, amount),
+            R::OverflowsDebitsPending,
+        ),
+        (
+            pending && overflows(cr.credits_pending, amount),
+            R::OverflowsCreditsPending,
+        ),
+        (
+            overflows(dr.debits_posted, amount),
+            R::OverflowsDebitsPosted,
+        ),
+        (
+            overflows(cr.credits_posted, amount),
+            R::OverflowsCreditsPosted,
+        ),
+        (
+            overflows3(dr.debits_pending, dr.debits_posted, amount),
+            R::OverflowsDebits,
+        ),
+        (
+            overflows3(cr.credits_pending, cr.credits_posted, amount),
+            R::OverflowsCredits,
+        ),
     ])
 }
 
