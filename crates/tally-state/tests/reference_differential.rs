@@ -5,13 +5,14 @@
 //! balancing and closing transfers, closed accounts, overflows, expiries (at their
 //! very instants too) and imported batches (in range and not) all meet. Every result,
 //! account, transfer, burned id, pending state and refund total, every account's
-//! transfers and balance rows, and a random filter of each must match, batch for batch,
-//! on one part and on three.
+//! transfers and balance rows, and a random filter of each must match: batch for batch
+//! on one part and on three, and group for group (one to four batches) on four parts
+//! by plan, the ready units in a random order.
 //!
 //! `TALLY_REFERENCE_SEEDS=N` runs N seeds (default 300).
 #![allow(clippy::unwrap_used)]
 
-use tally_state::StateMachine;
+use tally_state::{StateMachine, plan};
 use tally_testkit::SeededRng;
 use tally_testkit::reference::{PendingState, Reference};
 use tally_types::{
@@ -69,8 +70,9 @@ impl Traffic {
             }
     }
 
-    /// A random filter of an account's transfers: a direction or both, a time range
-    /// around the ledger's life so far, a small page, now and then a field to match.
+    /// A random filter of an account's transfers: one direction, both or neither, a
+    /// time range around the ledger's life so far, a small page, now and then a field
+    /// to match.
     fn filter(&mut self, model: &Reference) -> AccountFilter {
         // Neither direction: nothing, in the Rust API.
         let (debits, credits) = [(true, true), (true, false), (false, true), (false, false)]
@@ -524,24 +526,53 @@ fn assert_same_reads(state: &StateMachine, model: &Reference, filter: &AccountFi
 fn run(seed: u64) {
     let mut traffic = Traffic::new(seed);
     let mut states = [StateMachine::new(), StateMachine::with_parts(3)];
+    // Takes each group of batches by plan on four parts, ready units in a random order.
+    let mut planned = StateMachine::with_parts(4);
+    let mut order = SeededRng::new(seed ^ 0x91a2);
     let mut model = Reference::new();
     let mut now = first_stamp(seed);
-    for index in 0..BATCHES {
-        let batch = traffic.batch(now, &model);
-        let expected = model.apply(now, &batch);
-        for state in &mut states {
-            let results = state.apply(now, &batch);
-            assert_eq!(
-                results,
-                expected,
-                "seed {seed}, batch {index} on {} parts: {batch:?}",
-                state.part_count()
-            );
-            assert_same_state(seed, index, traffic.last_id, state, &model);
-            let at = format!("seed {seed}, after batch {index}");
+    let mut first = 0;
+    while first < BATCHES {
+        let mut group: Vec<(u64, Batch)> = Vec::new();
+        let mut expected = Vec::new();
+        for _ in 0..1 + traffic.rng.below(4) {
+            let batch = traffic.batch(now, &model);
+            expected.push(model.apply(now, &batch));
+            group.push((now, batch));
+            now = traffic.next_stamp(&model);
+        }
+        for (offset, ((stamp, batch), expected)) in group.iter().zip(&expected).enumerate() {
+            for state in &mut states {
+                assert_eq!(
+                    &state.apply(*stamp, batch),
+                    expected,
+                    "seed {seed}, batch {} on {} parts: {batch:?}",
+                    first + offset,
+                    state.part_count()
+                );
+            }
+        }
+        let stamped: Vec<(u64, &Batch)> =
+            group.iter().map(|(stamp, batch)| (*stamp, batch)).collect();
+        let got = match plan(&planned, &stamped) {
+            Ok(plan) => {
+                planned.apply_planned(&stamped, &plan, |ready| order.below(ready as u64) as usize)
+            }
+            Err(_) => stamped
+                .iter()
+                .map(|(stamp, batch)| planned.apply(*stamp, batch))
+                .collect(),
+        };
+        assert_eq!(
+            got, expected,
+            "seed {seed}, batches from {first} by plan: {group:?}"
+        );
+        first += group.len();
+        for state in states.iter().chain([&planned]) {
+            assert_same_state(seed, first - 1, traffic.last_id, state, &model);
+            let at = format!("seed {seed}, after batch {}", first - 1);
             assert_same_reads(state, &model, &traffic.filter(&model), &at);
         }
-        now = traffic.next_stamp(&model);
     }
 }
 
