@@ -47,10 +47,9 @@ impl Plan {
         let mut cost = PlanCost::default();
         for unit in &self.units {
             let steps = unit.events() * STEPS_PER_EVENT;
-            let parts = || unit.parts();
-            let start = parts().map(|part| free_at[part]).max().unwrap_or(0);
+            let start = unit.parts().map(|part| free_at[part]).max().unwrap_or(0);
             let end = start + steps;
-            parts().for_each(|part| {
+            unit.parts().for_each(|part| {
                 free_at[part] = end;
                 load[part] += steps;
             });
