@@ -1,6 +1,6 @@
 //! The client: batch calls straight through, single create calls through the coalescers.
 
-use crate::coalesce::{self, COALESCED_CALL_EVENTS_MAX, Pending};
+use crate::coalesce::{self, COALESCED_CALL_EVENTS_MAX, CoalescedEvent, Pending};
 use crate::config::{ClientConfig, prepare};
 use crate::error::ClientError;
 use crate::rpc::{Counters, Rpc};
@@ -503,7 +503,7 @@ impl Client {
     }
 
     /// Queues one event for its coalescer and waits for its own result.
-    async fn single<E>(
+    async fn single<E: CoalescedEvent>(
         &self,
         queue: &mpsc::Sender<Pending<E>>,
         event: E,
@@ -520,14 +520,14 @@ impl Client {
     }
 
     /// Queues a call's events, kept together, for its coalescer; waits for their results.
-    async fn coalesced<E>(
+    async fn coalesced<E: CoalescedEvent>(
         &self,
         queue: &mpsc::Sender<Pending<E>>,
         events: Vec<E>,
     ) -> Result<Vec<CreateResult>, ClientError> {
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Pending { events, reply })
+            .send(Pending::new(events, reply))
             .await
             .map_err(|_| coalescer_stopped())?;
         answer.await.map_err(|_| coalescer_stopped())?

@@ -9,9 +9,11 @@
 //! comes back. So a fast server gets small batches soon and a slow one, such as a
 //! cluster waiting for a Raft round, gets full batches several at a time. A call's
 //! events stay contiguous and in order inside the batch, and since its last event is
-//! not linked, no chain runs from one caller's events into another's: each caller gets
-//! the results it would have got alone. Calls made concurrently may commit in any
-//! order; a call made after another was answered commits after it.
+//! not linked, no chain runs from one caller's events into another's. A batch is all
+//! imported events or none, as its first event decides, so a call whose first event is
+//! imported never shares a batch with one whose first is not. So each caller gets the
+//! results it would have got alone. Calls made concurrently may commit in any order; a
+//! call made after another was answered commits after it.
 //!
 //! Bounds, per operation: the queue holds at most `batch_events_max` calls of at most
 //! [`COALESCED_CALL_EVENTS_MAX`] events, the filling batch and each batch in flight at
@@ -40,26 +42,64 @@ pub(crate) const COALESCED_CALL_EVENTS_MAX: usize = 64;
 /// The answer a caller waits for: one result per event of its call.
 pub(crate) type Reply = oneshot::Sender<Result<Vec<CreateResult>, ClientError>>;
 
-/// One call waiting in the queue: its events and where their results go.
+/// What the coalescer needs to know of an event.
+pub(crate) trait CoalescedEvent {
+    /// Whether it carries the `imported` flag.
+    fn imported(&self) -> bool;
+}
+
+impl CoalescedEvent for tally_types::Account {
+    fn imported(&self) -> bool {
+        self.flags.contains(tally_types::AccountFlags::IMPORTED)
+    }
+}
+
+impl CoalescedEvent for tally_types::Transfer {
+    fn imported(&self) -> bool {
+        self.flags.contains(tally_types::TransferFlags::IMPORTED)
+    }
+}
+
+/// One call waiting in the queue: its events, where their results go, and whether its
+/// first event is imported (which batches it may join).
 #[derive(Debug)]
 pub(crate) struct Pending<E> {
-    pub(crate) events: Vec<E>,
-    pub(crate) reply: Reply,
+    events: Vec<E>,
+    reply: Reply,
+    imported: bool,
+}
+
+impl<E: CoalescedEvent> Pending<E> {
+    pub(crate) fn new(events: Vec<E>, reply: Reply) -> Self {
+        let imported = events.first().is_some_and(E::imported);
+        Pending {
+            events,
+            reply,
+            imported,
+        }
+    }
 }
 
 /// The batch being filled, and the call that did not fit in it.
 struct Filling<E> {
     calls: Vec<Pending<E>>,
     events: usize,
+    /// Whether the batch's first call is imported: every call in it is alike.
+    imported: bool,
     carry: Option<Pending<E>>,
     events_max: usize,
 }
 
 impl<E> Filling<E> {
-    /// Adds a call, or holds it over for the next batch when it does not fit.
+    /// Adds a call, or holds it over for the next batch when it does not fit or is of
+    /// the other kind (imported or not).
     fn add(&mut self, pending: Pending<E>) {
         assert!(self.carry.is_none());
-        if self.events + pending.events.len() <= self.events_max {
+        if self.calls.is_empty() {
+            self.imported = pending.imported;
+        }
+        let fits = self.events + pending.events.len() <= self.events_max;
+        if fits && pending.imported == self.imported {
             self.events += pending.events.len();
             self.calls.push(pending);
         } else {
@@ -108,6 +148,7 @@ where
     let mut filling = Filling {
         calls: Vec::new(),
         events: 0,
+        imported: false,
         carry: None,
         events_max: limits.batch_events_max,
     };
@@ -215,6 +256,15 @@ mod tests {
     use tokio::sync::Semaphore;
     use tokio::task::JoinSet;
 
+    /// Events of the tests: from [`IMPORTED_FROM`] on they count as imported.
+    const IMPORTED_FROM: u64 = 1_000;
+
+    impl CoalescedEvent for u64 {
+        fn imported(&self) -> bool {
+            *self >= IMPORTED_FROM
+        }
+    }
+
     /// A stand-in for the server's answer: event `n` gets timestamp `n`.
     fn answer(events: &[u64]) -> Vec<CreateResult> {
         events
@@ -284,7 +334,7 @@ mod tests {
     ) -> Result<Vec<CreateResult>, ClientError> {
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Pending { events, reply })
+            .send(Pending::new(events, reply))
             .await
             .expect("coalescer running");
         answer.await.expect("coalescer answers")
@@ -320,10 +370,7 @@ mod tests {
         let mut answers = Vec::new();
         for event in 1..=20 {
             let (reply, answer) = oneshot::channel();
-            let pending = Pending {
-                events: vec![event],
-                reply,
-            };
+            let pending = Pending::new(vec![event], reply);
             harness
                 .queue
                 .send(pending)
@@ -353,10 +400,7 @@ mod tests {
         let mut callers = Vec::new();
         for events in [vec![10, 11], vec![20, 21], vec![30, 31, 32]] {
             let (reply, answer) = oneshot::channel();
-            let pending = Pending {
-                events: events.clone(),
-                reply,
-            };
+            let pending = Pending::new(events.clone(), reply);
             harness.queue.send(pending).await.expect("running");
             callers.push((events, answer));
         }
@@ -371,6 +415,50 @@ mod tests {
         assert_eq!(
             batches,
             vec![vec![0], vec![10, 11, 20, 21], vec![30, 31, 32]]
+        );
+    }
+
+    #[tokio::test]
+    async fn imported_calls_never_share_a_batch_with_others() {
+        let harness = start(100, 16);
+        let queue = harness.queue.clone();
+        let first = tokio::spawn(async move { call(&queue, 0).await });
+        batches_sent(&harness, 1).await;
+        // While the first flies: plain, imported, imported, plain. A call's own events
+        // stay whole: the last is plain first, imported after (the server decides by
+        // its first event).
+        let calls = [
+            vec![10],
+            vec![IMPORTED_FROM + 1],
+            vec![IMPORTED_FROM + 2, IMPORTED_FROM + 3],
+            vec![20, IMPORTED_FROM + 4],
+        ];
+        let mut callers = Vec::new();
+        for events in calls {
+            let (reply, answer) = oneshot::channel();
+            harness
+                .queue
+                .send(Pending::new(events.clone(), reply))
+                .await
+                .expect("running");
+            callers.push((events, answer));
+        }
+        harness.gate.add_permits(4);
+        first.await.expect("joined").expect("ok");
+        for (events, answer) in callers {
+            let results = answer.await.expect("answered").expect("ok");
+            let stamps: Vec<u64> = results.iter().map(|r| r.timestamp).collect();
+            assert_eq!(stamps, events, "each caller gets its own results");
+        }
+        let imported = IMPORTED_FROM;
+        assert_eq!(
+            batches_sent(&harness, 4).await,
+            vec![
+                vec![0],
+                vec![10],
+                vec![imported + 1, imported + 2, imported + 3],
+                vec![20, imported + 4],
+            ]
         );
     }
 
@@ -409,10 +497,7 @@ mod tests {
         let mut answers = Vec::new();
         for event in 3..6 {
             let (reply, answer) = oneshot::channel();
-            let pending = Pending {
-                events: vec![event],
-                reply,
-            };
+            let pending = Pending::new(vec![event], reply);
             harness.queue.send(pending).await.expect("running");
             answers.push((event, answer));
         }
@@ -478,7 +563,7 @@ mod tests {
         for events in [vec![20, 21], vec![13]] {
             let (reply, answer) = oneshot::channel();
             queue
-                .send(Pending { events, reply })
+                .send(Pending::new(events, reply))
                 .await
                 .expect("running");
             answers.push(answer);
