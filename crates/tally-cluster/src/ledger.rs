@@ -235,14 +235,18 @@ macro_rules! reads {
             }
         }
 
-        #[doc = concat!("[`Ledger::", stringify!($name), "`] from a tokio task.")]
+        #[doc = concat!("[`Ledger::", stringify!($name), "`] from a tokio task (a single node \
+            reads on a blocking thread).")]
         ///
         /// # Errors
         ///
         #[doc = concat!("As [`Ledger::", stringify!($name), "`].")]
         pub async fn $name_async(&self, $arg: &$arg_type) -> Result<$answer, LedgerError> {
             match self {
-                Ledger::Node(node) => Ok(node.$node_read($arg)),
+                Ledger::Node(node) => {
+                    let (node, $arg) = (node.clone(), $arg.to_owned());
+                    off_the_runtime(move || node.$node_read(&$arg)).await
+                }
                 Ledger::Replica(_) => {
                     let $arg = $arg.to_owned();
                     self.$read_async($($reader),+).await
@@ -535,7 +539,7 @@ impl Ledger {
         }
     }
 
-    /// [`Ledger::read`] from a tokio task.
+    /// [`Ledger::read`] from a tokio task (a single node reads on a blocking thread).
     ///
     /// # Errors
     ///
@@ -545,7 +549,10 @@ impl Ledger {
         read: impl FnOnce(&StateMachine) -> T + Send + 'static,
     ) -> Result<T, LedgerError> {
         match self {
-            Ledger::Node(node) => Ok(node.with_state(read)),
+            Ledger::Node(node) => {
+                let node = node.clone();
+                off_the_runtime(move || node.with_state(read)).await
+            }
             Ledger::Replica(hosted) => {
                 hosted
                     .run(move |replica| async move { replica.read(read).await })
@@ -583,7 +590,8 @@ impl Ledger {
         }
     }
 
-    /// [`Ledger::read_in_steps`] from a tokio task.
+    /// [`Ledger::read_in_steps`] from a tokio task (a single node reads on a blocking
+    /// thread).
     ///
     /// # Errors
     ///
@@ -594,7 +602,10 @@ impl Ledger {
         step: impl FnMut(&mut R, &StateMachine) -> Option<T> + Send + 'static,
     ) -> Result<T, LedgerError> {
         match self {
-            Ledger::Node(_) => self.read_in_steps(start, step),
+            Ledger::Node(_) => {
+                let ledger = self.clone();
+                off_the_runtime(move || ledger.read_in_steps(start, step)).await?
+            }
             Ledger::Replica(hosted) => {
                 hosted
                     .run(move |replica| async move { replica.read_in_steps(start, step).await })
@@ -777,6 +788,17 @@ impl Ledger {
 }
 
 /// Runs a single node's blocking `work` off the async threads.
+/// Runs a single node's read on a blocking thread: a long one (a query walking a long
+/// chain) would otherwise hold a runtime thread, and the calls of every other
+/// connection waiting for one. A replica's reads yield between steps instead.
+async fn off_the_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|_| LedgerError::Engine(EngineError::ThreadPanicked { name: "tally-read" }))
+}
+
 async fn on_a_blocking_thread<T: Send + 'static>(
     name: &'static str,
     work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,

@@ -281,3 +281,49 @@ async fn open_async_runs_a_replica_on_the_callers_runtime() {
     assert_eq!(vec![first], read);
     node.shutdown_async().await.expect("shuts down");
 }
+
+/// A single node's long read holds no runtime thread: on a runtime of one thread, a
+/// lookup is answered while another read waits.
+#[test]
+fn a_long_read_on_a_node_leaves_the_runtime_free() {
+    let root = tempfile::tempdir().expect("dir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let node = runtime
+        .block_on(Ledger::open_async(Config::new(root.path().join("node"))))
+        .expect("opens");
+    runtime
+        .block_on(node.create_accounts_async(accounts()))
+        .expect("created");
+    let (started, has_started) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let long = runtime.spawn({
+        let node = node.clone();
+        async move {
+            let wait = move |_: &tally_state::StateMachine| {
+                started.send(()).expect("test waits");
+                released.recv_timeout(Duration::from_secs(60)).is_ok()
+            };
+            node.read_async(wait).await
+        }
+    });
+    has_started
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the long read started");
+    let (answer, answered) = std::sync::mpsc::channel();
+    runtime.spawn({
+        let node = node.clone();
+        async move {
+            let _ = answer.send(node.lookup_accounts_async(&[1]).await);
+        }
+    });
+    let lookup = answered.recv_timeout(Duration::from_secs(10));
+    release.send(()).expect("the long read waits");
+    let found = lookup.expect("answered while the long read waited");
+    assert_eq!(found.expect("a node answers").len(), 1);
+    assert!(runtime.block_on(long).expect("joined").expect("read"));
+    runtime.block_on(node.shutdown_async()).expect("shuts down");
+}
