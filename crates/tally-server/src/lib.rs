@@ -25,6 +25,7 @@ mod backend;
 mod calls;
 mod config;
 mod events;
+mod health;
 mod incoming;
 mod metrics_http;
 mod server;

@@ -6,6 +6,7 @@ use crate::authenticate::{Access, Authenticated};
 use crate::backend::Backend;
 use crate::calls::Counted;
 use crate::config::{ServerConfig, ServerError, TlsFiles};
+use crate::health::ServerHealth;
 use crate::incoming::Incoming;
 use crate::metrics_http;
 use crate::service::LedgerService;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthReporter;
 
 /// Largest health check request: a service's name.
@@ -120,10 +122,12 @@ impl Server {
             access,
             stats: Arc::clone(&stats),
         };
-        let (health, health_service) = tonic_health::server::health_reporter();
-        // A health check names a service: it needs no room. The health service takes
-        // no token, so it stays out of the request budgets by being this small.
-        let health_service = health_service.max_decoding_message_size(HEALTH_REQUEST_BYTES_MAX);
+        let health = HealthReporter::new();
+        let health_service =
+            HealthServer::new(ServerHealth::new(health.clone(), stopping.subscribe()))
+                // A health check names a service: it needs no room. The health service takes
+                // no token, so it stays out of the request budgets by being this small.
+                .max_decoding_message_size(HEALTH_REQUEST_BYTES_MAX);
         health.set_serving::<LedgerServer<LedgerService>>().await;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.streams_per_connection_max))
@@ -201,7 +205,7 @@ impl RunningServer {
 
     /// Stops accepting, answers every call in flight, ends every change-event
     /// subscription (with `UNAVAILABLE`: its client subscribes again elsewhere or
-    /// later), then shuts the ledger down: every acknowledged batch is durable, and
+    /// later) and every health watch (after NOT_SERVING), then shuts the ledger down: every acknowledged batch is durable, and
     /// the data directory is released.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.health

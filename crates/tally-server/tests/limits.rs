@@ -5,6 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_engine::{Backpressure, Config, Ledger};
 use tally_proto::{LedgerClient, account_to_proto, transfer_to_proto, v1};
@@ -693,58 +694,89 @@ async fn health_answers_serving_then_not_serving_on_shutdown() {
     let stopping = tokio::spawn(server.shutdown());
     let next = watch.message().await.unwrap().unwrap();
     assert_eq!(next.status(), ServingStatus::NotServing);
-    // The watch is a call in flight, so the server is draining: not ready.
-    let ready = http_get(metrics, "/ready").await;
-    assert!(ready.contains(" 503 "), "{ready}");
-    // Shutdown drains the watch once the client lets go.
-    drop(watch);
-    drop(health);
-    tokio::time::timeout(Duration::from_secs(10), stopping)
+    // A watch is a call in flight: it ends with the stop, so that the drain does not
+    // wait for its client to let go (the client here never does).
+    assert!(watch.message().await.unwrap().is_none(), "the watch ended");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
         .await
-        .expect("shutdown drained")
+        .expect("shutdown drained before its timeout")
         .unwrap()
         .unwrap();
+    drop(health);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_held_open_does_not_stop_shutdown() {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
-    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
-    config.drain_timeout = Duration::from_millis(300);
-    let server = Server::start(ledger, config).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", server.local_addr()))
+/// Sends a `CreateTransfers` call whose request never ends, on a connection of its own;
+/// its answer, when one comes.
+async fn held_call(
+    addr: SocketAddr,
+) -> Result<tonic::codegen::http::Response<tonic::body::Body>, tonic::transport::Error> {
+    use tonic::codegen::{Service, http};
+    let mut channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel);
-    let request = HealthCheckRequest {
-        service: String::new(),
-    };
-    let mut watch = health.watch(request).await.unwrap().into_inner();
-    watch.message().await.unwrap().unwrap();
-    // The client never lets go of its watch: the drain timeout ends the wait.
-    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/tally.v1.Ledger/CreateTransfers"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Stalled(0)))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    channel.call(request).await
+}
+
+/// A call whose client never lets go (its request never ends, and the header timeout
+/// is far off) does not stop shutdown: `/ready` says 503 while the calls drain, and
+/// the drain timeout ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_held_open_does_not_stop_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path())).unwrap();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    let drain_timeout = Duration::from_millis(1_000);
+    config.drain_timeout = drain_timeout;
+    config.limits.header_timeout = Duration::from_secs(60);
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::start(ledger, config).await.unwrap();
+    let metrics = server.metrics_addr().unwrap();
+    let stats = Arc::clone(server.stats());
+    let held = tokio::spawn(held_call(server.local_addr()));
+    assert!(settles(Duration::from_secs(5), || stats.connections_open() == 1).await);
+    // Time for the call's first frames to reach the server.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    let mut ready = String::new();
+    for _ in 0..100 {
+        ready = http_get(metrics, "/ready").await;
+        if ready.contains(" 503 ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(ready.contains(" 503 "), "draining, not ready: {ready}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("shutdown ends after the drain timeout")
+        .unwrap()
         .unwrap();
-    // Its connection was closed: the watch ends with an error (after the NOT_SERVING
-    // update sent when the stop began), not with a clean end of stream.
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => {}
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the held watch still open after shutdown");
-    assert!(ended.is_err(), "{ended:?}");
-    drop(watch);
+    assert!(
+        started.elapsed() >= drain_timeout,
+        "the held call was waited for"
+    );
+    // Its connection was closed under it.
+    let ended = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held call ended with the server")
+        .unwrap();
+    let refused = ended.map_or(true, |answer| {
+        tonic::Status::from_header_map(answer.headers()).is_some()
+    });
+    assert!(refused, "the held call got no answer of its own");
     // The ledger was shut down: its directory opens again.
     Ledger::open(Config::new(dir.path()))
         .unwrap()

@@ -1,0 +1,86 @@
+//! The gRPC health protocol, with watches that end when the server stops.
+//!
+//! `tonic_health` keeps a `Watch` open for as long as its status can change. A watch
+//! is a call in flight, so a shutdown would wait the whole drain timeout for every
+//! watcher to leave (and a watch takes no token). Here a watch ends once the server
+//! stops, NOT_SERVING being the last status it sends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::Health;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
+
+/// The health service: `tonic_health`'s, with watches that end on stopping.
+pub(crate) struct ServerHealth {
+    inner: HealthService,
+    /// True once the server stops (set after the statuses say NOT_SERVING).
+    stopping: watch::Receiver<bool>,
+}
+
+impl ServerHealth {
+    pub(crate) fn new(reporter: HealthReporter, stopping: watch::Receiver<bool>) -> Self {
+        ServerHealth {
+            inner: HealthService::from_health_reporter(reporter),
+            stopping,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for ServerHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = UntilStopping;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let statuses = self.inner.watch(request).await?.into_inner();
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            // An error means the server is gone: stopped all the same.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        Ok(Response::new(UntilStopping {
+            statuses: Box::pin(statuses),
+            stopped: Some(Box::pin(stopped)),
+        }))
+    }
+}
+
+type Statuses = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+/// A watch's statuses until the server stops, then NOT_SERVING and the end.
+pub(crate) struct UntilStopping {
+    statuses: Statuses,
+    /// `None` once stopped and NOT_SERVING sent.
+    stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Stream for UntilStopping {
+    type Item = Result<HealthCheckResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(stopped) = self.stopped.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if stopped.as_mut().poll(cx).is_ready() {
+            self.stopped = None;
+            let status = ServingStatus::NotServing as i32;
+            return Poll::Ready(Some(Ok(HealthCheckResponse { status })));
+        }
+        self.statuses.as_mut().poll_next(cx)
+    }
+}
