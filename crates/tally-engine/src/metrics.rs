@@ -151,7 +151,7 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [(&str, u64); 21] = [
+        let figures: [(&str, u64); 21] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
@@ -177,10 +177,18 @@ impl MetricsSnapshot {
                 self.shard_units_with_deltas,
             ),
         ];
-        for (name, value) in gauges {
+        for (name, value) in figures {
+            // Prometheus's naming: a `_total` only grows, the rest go up and down.
+            let kind = match name.ends_with("_total") {
+                true => "counter",
+                false => "gauge",
+            };
             out.push_str(&format!(
-                "# TYPE tally_{name} gauge\ntally_{name} {value}\n"
+                "# TYPE tally_{name} {kind}\ntally_{name} {value}\n"
             ));
+        }
+        if !self.result_counts.is_empty() {
+            out.push_str("# TYPE tally_results_total counter\n");
         }
         for (code, count) in &self.result_counts {
             out.push_str(&format!(

@@ -651,7 +651,35 @@ fn concurrent_commits_are_not_paced_while_the_machine_runs_freely() {
         "tally_commit_stalls_total {}",
         metrics.commit_stalls
     )));
+    assert_prometheus_types(&prometheus);
     ledger.shutdown().unwrap();
+}
+
+/// Every sample of `text` belongs to a family whose `# TYPE` line comes first, and a
+/// family named `..._total` is a counter.
+fn assert_prometheus_types(text: &str) {
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = declared.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                types.insert(family, kind).is_none(),
+                "{family} declared twice"
+            );
+            continue;
+        }
+        let family = line
+            .split(['{', ' '])
+            .next()
+            .expect("a sample names its family");
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} has no # TYPE"));
+        if family.ends_with("_total") {
+            assert_eq!(*kind, "counter", "{family}");
+        }
+    }
+    assert!(types.contains_key("tally_results_total"), "{text}");
 }
 
 #[test]
