@@ -87,7 +87,8 @@ pub fn read_only_comparing_events(
     let mut comparison = JournalComparer::new(reader, journal_first);
     let mut each = |events: Vec<ChangeEvent>| comparison.compare(events);
     let (report, state) = crate::recovery::replay_read_only(dir, Changes::Each(&mut each))?;
-    Ok((report, state, comparison.finish()))
+    let comparison = comparison.finish(report.snapshot_sequence.is_some(), state.last_timestamp());
+    Ok((report, state, comparison))
 }
 
 /// What comparing the change-event journal with the log's events found
@@ -121,6 +122,8 @@ struct JournalComparer {
     journal_done: bool,
     /// The oldest event the journal holds.
     journal_first: u64,
+    /// The first replayed event's timestamp.
+    replayed_first: Option<u64>,
     /// The last replayed event's timestamp: a repeated one is dropped, as recovery
     /// drops it (only a log from before change events can hold one).
     replayed_last: Option<u64>,
@@ -135,6 +138,7 @@ impl JournalComparer {
             next_read: None,
             journal_done: false,
             journal_first,
+            replayed_first: None,
             replayed_last: None,
             found: EventsComparison::default(),
         }
@@ -189,6 +193,7 @@ impl JournalComparer {
                 continue;
             }
             self.replayed_last = Some(event.timestamp);
+            self.replayed_first.get_or_insert(event.timestamp);
             alike.push(event);
             self.compare_one(&alike);
         }
@@ -232,13 +237,16 @@ impl JournalComparer {
         }
     }
 
-    /// The journal's events past the last replayed one, which no log event matched.
-    /// With none replayed (the snapshot holds every record) there is nothing to
-    /// compare: the journal's events are the snapshot's.
-    fn finish(mut self) -> EventsComparison {
-        let Some(last) = self.replayed_last else {
-            return self.found;
-        };
+    /// Counts the journal's events that no log event matched and the comparison did
+    /// not reach: those past the last replayed one (or, with none replayed, past
+    /// `state_last`, the snapshot's last stamp or 0), and without a `snapshot` those
+    /// before the first replayed one (the log then holds every record from the first).
+    fn finish(mut self, snapshot: bool, state_last: u64) -> EventsComparison {
+        if !snapshot {
+            let end = self.replayed_first.unwrap_or(state_last + 1);
+            self.count_unmatched_before(end);
+        }
+        let last = self.replayed_last.unwrap_or(state_last);
         while let Some(front) = self.journal_front(last + 1).map(|front| front.timestamp) {
             self.pending.pop_front();
             self.differs(format!(
@@ -246,5 +254,36 @@ impl JournalComparer {
             ));
         }
         self.found
+    }
+
+    /// Counts the journal's events stamped before `end` as made by no log event.
+    fn count_unmatched_before(&mut self, end: u64) {
+        let mut from = 0;
+        while from < end {
+            let page = match self.reader.read(from, CHANGE_EVENTS_LIMIT_MAX) {
+                Ok(page) => page,
+                Err(LogError::EventsRetired {
+                    next_timestamp_kept,
+                    ..
+                }) if next_timestamp_kept > from => {
+                    from = next_timestamp_kept;
+                    continue;
+                }
+                Err(error) => {
+                    self.found.unread = Some(error.to_string());
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(|event| event.timestamp) else {
+                return;
+            };
+            for event in page.iter().take_while(|event| event.timestamp < end) {
+                let at = event.timestamp;
+                self.differs(format!(
+                    "the journal holds an event at {at}, before the log's first"
+                ));
+            }
+            from = last + 1;
+        }
     }
 }
