@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_proto::{LedgerClient, v1};
 use tally_types::{
     Account, AccountBalance, AccountFilter, AccountFlags, CHANGE_EVENTS_LIMIT_MAX, ChangeEvent,
-    QueryFilter, ResultCode, Transfer, TransferFlags, change_events_limit,
+    QueryFilter, ResultCode, Transfer, TransferBalances, TransferFlags, change_events_limit,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -24,6 +24,18 @@ pub struct CreateResult {
     pub code: ResultCode,
     /// The event's timestamp (ns since the Unix epoch) when `code` is `Ok`, else 0.
     pub timestamp: u64,
+}
+
+/// The result of one transfer of [`Client::create_transfers_with_balances`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferResult {
+    /// `Ok`, or why the transfer was refused (docs/spec.md §2).
+    pub code: ResultCode,
+    /// The transfer's timestamp when `code` is `Ok`, else 0.
+    pub timestamp: u64,
+    /// Both accounts' balances right after the transfer: `Some` exactly when `code` is
+    /// `Ok`.
+    pub balances: Option<TransferBalances>,
 }
 
 /// A page of change events: [`Client::get_change_events`]'s answer.
@@ -251,6 +263,32 @@ impl Client {
             return self.coalesced(&self.inner.transfers, wire).await;
         }
         self.inner.rpc.create_transfers(wire).await
+    }
+
+    /// [`Client::create_transfers`] asking for balances with the results: each applied
+    /// transfer's result carries its debit and credit accounts' four balances right
+    /// after it, in the same round trip (docs/spec.md §2, "Balances with results"). The
+    /// batch goes as one request, never coalesced with other calls; retried as
+    /// [`Client::create_transfers`] (a transfer a lost attempt applied answers `exists`,
+    /// without balances).
+    ///
+    /// # Errors
+    /// As [`Client::create_transfers`]; [`ClientError::Protocol`] when an applied
+    /// transfer comes back without its balances.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, as [`Client::create_transfers`].
+    pub async fn create_transfers_with_balances(
+        &self,
+        transfers: impl AsRef<[Transfer]>,
+    ) -> Result<Vec<TransferResult>, ClientError> {
+        let transfers = transfers.as_ref();
+        self.check_batch(transfers.len())?;
+        if transfers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wire = transfers.to_vec();
+        self.inner.rpc.create_transfers_with_balances(wire).await
     }
 
     /// Creates one account, coalesced with the single calls of other tasks into one

@@ -81,7 +81,7 @@ mod error;
 mod rpc;
 mod subscribe;
 
-pub use client::{ChangeEventsPage, Client, ClientStats, CreateResult};
+pub use client::{ChangeEventsPage, Client, ClientStats, CreateResult, TransferResult};
 pub use config::{
     BATCHES_IN_FLIGHT_MAX, ClientConfig, ClientIdentity, RETRY_AFTER_HINT_MAX, RetryPolicy,
     TlsConfig,

@@ -1,14 +1,14 @@
 //! One gRPC call with its metadata, deadline and retries; the wire results decoded.
 
-use crate::CreateResult;
 use crate::config::RetryPolicy;
 use crate::error::{ClientError, Failure, classify, from_status};
+use crate::{CreateResult, TransferResult};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tally_proto::{LedgerClient, v1};
-use tally_types::{Account, Transfer};
+use tally_types::{Account, Transfer, TransferBalances};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -142,7 +142,7 @@ impl Rpc {
             })
             .await;
         self.count_create(events);
-        decode_results(events, answer?)
+        decode_results(events, &answer?)
     }
 
     /// Creates transfers, one batch sent as records (a tenth of the cost of messages to
@@ -152,14 +152,62 @@ impl Rpc {
         transfers: Vec<Transfer>,
     ) -> Result<Vec<CreateResult>, ClientError> {
         let events = transfers.len();
-        let message = tally_proto::transfers_to_records(&transfers);
+        let answer = self.send_transfers(&transfers, false).await?;
+        decode_results(events, &answer)
+    }
+
+    /// Applies a batch of transfers, answering each applied one with both accounts'
+    /// balances right after it.
+    pub(crate) async fn create_transfers_with_balances(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<TransferResult>, ClientError> {
+        let events = transfers.len();
+        let answer = self.send_transfers(&transfers, true).await?;
+        let results = decode_results(events, &answer)?;
+        results
+            .into_iter()
+            .zip(&answer.results)
+            .enumerate()
+            .map(|(index, (result, wire))| {
+                let balances = match (
+                    result.code.is_ok(),
+                    &wire.debit_account,
+                    &wire.credit_account,
+                ) {
+                    (false, _, _) => None,
+                    (true, Some(debit), Some(credit)) => Some(TransferBalances {
+                        debit_account: tally_proto::balances_from_proto(Some(debit)),
+                        credit_account: tally_proto::balances_from_proto(Some(credit)),
+                    }),
+                    (true, _, _) => {
+                        return Err(ClientError::Protocol(format!(
+                            "event {index}: applied, but answered without its balances"
+                        )));
+                    }
+                };
+                Ok(TransferResult {
+                    code: result.code,
+                    timestamp: result.timestamp,
+                    balances,
+                })
+            })
+            .collect()
+    }
+
+    async fn send_transfers(
+        &self,
+        transfers: &[Transfer],
+        balances: bool,
+    ) -> Result<v1::CreateResults, ClientError> {
+        let message = tally_proto::transfers_to_records(transfers, balances);
         let answer = self
             .call(&message, |mut ledger, request| async move {
                 ledger.create_transfers(request).await
             })
             .await;
-        self.count_create(events);
-        decode_results(events, answer?)
+        self.count_create(transfers.len());
+        answer
     }
 
     fn count_create(&self, events: usize) {
@@ -283,7 +331,7 @@ pub(crate) fn gave_up(attempts: u32, status: Status) -> ClientError {
 /// The results of a create call, checked: one per event, every code known.
 fn decode_results(
     events: usize,
-    results: v1::CreateResults,
+    results: &v1::CreateResults,
 ) -> Result<Vec<CreateResult>, ClientError> {
     if results.results.len() != events {
         return Err(ClientError::Protocol(format!(
@@ -328,16 +376,16 @@ mod tests {
         let results = v1::CreateResults {
             results: vec![wire(0, 5), wire(ResultCode::Exists as i32, 0)],
         };
-        let decoded = decode_results(2, results.clone()).expect("two known codes");
+        let decoded = decode_results(2, &results).expect("two known codes");
         assert_eq!(decoded[0].code, ResultCode::Ok);
         assert_eq!(decoded[0].timestamp, 5);
         assert_eq!(decoded[1].code, ResultCode::Exists);
-        let short = decode_results(3, results);
+        let short = decode_results(3, &results);
         assert!(matches!(short, Err(ClientError::Protocol(_))), "{short:?}");
         let unknown = v1::CreateResults {
             results: vec![wire(250, 0)],
         };
-        let error = decode_results(1, unknown).expect_err("code 250 is unknown");
+        let error = decode_results(1, &unknown).expect_err("code 250 is unknown");
         assert!(
             error.to_string().contains("unknown result code 250"),
             "{error}"

@@ -172,6 +172,65 @@ async fn a_retried_transfer_answers_exists_and_applies_once() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// Balances with results: each applied transfer answers both accounts' balances right
+/// after it, chained transfers included; a refused one and a repeated one answer none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_answer_their_balances_when_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), loopback(), |_| {}).await;
+    let client = connect(&server).await;
+    open_accounts(&client, &[1, 2, 3]).await;
+    let mut pending = pay(12, 3, 2, 5);
+    pending.flags = TransferFlags::PENDING;
+    let batch = [
+        pay(10, 1, 2, 100),
+        pay(11, 2, 3, 30),
+        pending,
+        pay(13, 1, 99, 1),
+        pay(10, 1, 2, 100),
+    ];
+    let results = client
+        .create_transfers_with_balances(batch)
+        .await
+        .expect("answered");
+    let codes: Vec<ResultCode> = results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::CreditAccountNotFound,
+            ResultCode::Exists
+        ]
+    );
+    let after = |n: usize| {
+        results[n]
+            .balances
+            .expect("an applied transfer has balances")
+    };
+    // Account 2 after the first: credited 100; after the second: debited 30.
+    assert_eq!(after(0).debit_account.debits_posted, 100);
+    assert_eq!(after(0).credit_account.credits_posted, 100);
+    assert_eq!(after(1).debit_account.credits_posted, 100);
+    assert_eq!(after(1).debit_account.debits_posted, 30);
+    assert_eq!(after(1).credit_account.credits_posted, 30);
+    // The pending transfer reserves: account 3 has 5 debits pending, 2 has 5 credits.
+    assert_eq!(after(2).debit_account.debits_pending, 5);
+    assert_eq!(after(2).debit_account.credits_posted, 30);
+    assert_eq!(after(2).credit_account.credits_pending, 5);
+    assert!(results[0].timestamp > 0 && results[3].timestamp == 0);
+    assert!(results[3].balances.is_none() && results[4].balances.is_none());
+    assert!(
+        client
+            .create_transfers_with_balances([])
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Balance history and the two queries answer through the client what the ledger
 /// holds: rows after each transfer, and the records whose fields match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,7 @@ fn main() {
         assert_eq!(black_box(&back), &transfers);
 
         let start = Instant::now();
-        let records = tally_proto::transfers_to_records(&transfers).encode_to_vec();
+        let records = tally_proto::transfers_to_records(&transfers, false).encode_to_vec();
         phases[4] += start.elapsed();
 
         let start = Instant::now();

@@ -244,12 +244,13 @@ pub fn accounts_to_records(accounts: &[Account]) -> v1::CreateAccountsRequest {
     }
 }
 
-/// A create request carrying `transfers` as records.
-pub fn transfers_to_records(transfers: &[Transfer]) -> v1::CreateTransfersRequest {
+/// A create request carrying `transfers` as records; with `balances`, asking for each
+/// applied transfer's balances with its result.
+pub fn transfers_to_records(transfers: &[Transfer], balances: bool) -> v1::CreateTransfersRequest {
     v1::CreateTransfersRequest {
         transfers: Vec::new(),
         transfer_records: encode_records(transfers, codec::encode_transfer),
-        balances: false,
+        balances,
     }
 }
 
@@ -636,7 +637,7 @@ mod tests {
                 ..Transfer::default()
             })
             .collect();
-        let request = transfers_to_records(&transfers);
+        let request = transfers_to_records(&transfers, false);
         assert_eq!(transfers_from_request(&request), Ok(transfers.clone()));
         let messages = v1::CreateTransfersRequest {
             transfers: transfers.iter().map(transfer_to_proto).collect(),
@@ -658,7 +659,7 @@ mod tests {
 
     #[test]
     fn bad_records_are_refused() {
-        let one = transfers_to_records(&[Transfer::default()]);
+        let one = transfers_to_records(&[Transfer::default()], false);
         let both = v1::CreateTransfersRequest {
             transfers: vec![v1::Transfer::default()],
             ..one.clone()
@@ -671,7 +672,8 @@ mod tests {
         flagged.transfer_records[119] = 0xff;
         let error = transfers_from_request(&flagged).expect_err("unknown flag bits");
         assert_eq!(error.index, Some(0));
-        let too_many = transfers_to_records(&vec![Transfer::default(); BATCH_EVENTS_MAX + 1]);
+        let too_many =
+            transfers_to_records(&vec![Transfer::default(); BATCH_EVENTS_MAX + 1], false);
         assert!(transfers_from_request(&too_many).is_err(), "over the limit");
         let mut reserved = accounts_to_records(&[Account::default()]);
         reserved.account_records[108] = 1;

@@ -695,7 +695,7 @@ pub fn grpc_request(data: &[u8]) {
         }
         // What the server runs: messages or records, whole or refused.
         if let Ok(transfers) = tally_proto::transfers_from_request(&request) {
-            let records = tally_proto::transfers_to_records(&transfers);
+            let records = tally_proto::transfers_to_records(&transfers, false);
             let back = tally_proto::transfers_from_request(&records)
                 .expect("transfers read from a request are refused as records");
             assert_eq!(back, transfers, "transfer records do not round-trip");
