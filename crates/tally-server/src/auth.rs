@@ -202,7 +202,8 @@ impl Rights {
                     "event {index}: token {:?} may not touch ledger {ledger}{}",
                     self.name,
                     if ledger == 0 {
-                        " (the transfer it names is not stored: name the ledger)"
+                        " (0 names no ledger; a post, void or refund giving 0 takes that \
+                         of the transfer it names, when that one is stored)"
                     } else {
                         ""
                     }
