@@ -61,6 +61,10 @@ pub struct Config {
     pub sync: SyncMode,
     /// Most batches waiting in the submission queue.
     pub queue_batches_max: usize,
+    /// Most events waiting in the submission queue, all batches together (at least
+    /// [`tally_types::BATCH_EVENTS_MAX`], so that any batch fits an empty queue): with
+    /// `queue_batches_max` alone, full batches could queue gigabytes and minutes of work.
+    pub queue_events_max: usize,
     /// Most events the log thread takes into one group commit.
     pub group_events_max: usize,
     /// The floor of group commit pacing: the least time between the starts of two group
@@ -140,6 +144,7 @@ impl Config {
             shard_execution: ShardExecution::WhenFaster,
             sync: SyncMode::Fdatasync,
             queue_batches_max: 65_536,
+            queue_events_max: 1 << 20,
             group_events_max: 65_536,
             commit_interval_min: Duration::ZERO,
             commit_interval_max: Duration::from_millis(1),

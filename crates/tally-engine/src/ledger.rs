@@ -11,7 +11,7 @@ use crate::recovery::{Capacity, Recovery, recover};
 use crate::request::{Answered, EventResult, Request, TransferResult};
 use crate::shards::{ShardCounters, ShardPool};
 use crate::shared::Shared;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crate::tables::TableMaker;
 use crate::threads::{
     ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, SPARE_STEP_BYTES_PER_US_INITIAL,
@@ -199,6 +199,7 @@ impl Ledger {
         shard_counters.reset();
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_batches_max),
+            queued_events: AtomicUsize::new(0),
             room: Room::default(),
             config,
             state: RwLock::new(state),
@@ -535,6 +536,13 @@ impl Ledger {
         let Some(pass) = shared.gate.enter() else {
             return Some(Err(SubmitError::Stopped));
         };
+        let events = request.as_ref().map_or(0, |request| request.batch.len());
+        let queued = shared.queued_events.fetch_add(events, Ordering::AcqRel);
+        if queued + events > shared.config.queue_events_max {
+            shared.queued_events.fetch_sub(events, Ordering::AcqRel);
+            drop(pass);
+            return None;
+        }
         let pushed = shared
             .queue
             .push(request.take().expect("a request to push"));
@@ -543,6 +551,7 @@ impl Ledger {
         match pushed {
             Ok(()) => Some(Ok(())),
             Err(back) => {
+                shared.queued_events.fetch_sub(events, Ordering::AcqRel);
                 *request = Some(back);
                 None
             }
@@ -906,6 +915,15 @@ fn validate_config(config: &Config) -> Result<(), EngineError> {
     let invalid = |field, reason| Err(EngineError::Config { field, reason });
     if config.queue_batches_max == 0 {
         return invalid("queue_batches_max", "must be > 0".to_string());
+    }
+    if config.queue_events_max < BATCH_EVENTS_MAX {
+        return invalid(
+            "queue_events_max",
+            format!(
+                "must be at least {BATCH_EVENTS_MAX}, not {}",
+                config.queue_events_max
+            ),
+        );
     }
     if config.group_events_max < BATCH_EVENTS_MAX {
         return invalid(

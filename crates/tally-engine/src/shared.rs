@@ -7,7 +7,7 @@ use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::recovery::Recovery;
 use crate::request::Request;
-use crate::sync::AtomicBool;
+use crate::sync::{AtomicBool, AtomicUsize};
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock};
 use tally_state::StateMachine;
@@ -17,6 +17,9 @@ use tally_state::StateMachine;
 pub(crate) struct Shared {
     pub config: Config,
     pub queue: ArrayQueue<Request>,
+    /// Events of the batches in `queue`, or being pushed: at most
+    /// `config.queue_events_max`.
+    pub queued_events: AtomicUsize,
     /// Submitters waiting for room in `queue`.
     pub room: Room,
     pub state: RwLock<StateMachine>,

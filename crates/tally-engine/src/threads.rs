@@ -285,6 +285,11 @@ impl LogThread {
             let Some(request) = self.shared.queue.pop() else {
                 break;
             };
+            let queued = self
+                .shared
+                .queued_events
+                .fetch_sub(request.batch.len(), Ordering::AcqRel);
+            debug_assert!(queued >= request.batch.len(), "every queued event counted");
             events += request.batch.len();
             requests.push(request);
         }

@@ -607,6 +607,66 @@ fn group_commits_start_at_most_once_per_commit_interval_and_share_the_sync() {
     ledger.shutdown().unwrap();
 }
 
+/// The queue is bounded in events as well as batches: large batches past the events'
+/// bound get `Busy` although few batches wait, and only the acknowledged are applied.
+#[test]
+fn the_queue_is_bounded_in_events() {
+    const BATCH: u128 = 4_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.queue_events_max = tally_types::BATCH_EVENTS_MAX;
+    config.backpressure = Backpressure::Busy;
+    let ledger = Ledger::open(config).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let outcomes: Vec<(u128, bool)> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..64u128)
+            .map(|n| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let first = 1_000_000 + n * BATCH;
+                    let batch = (first..first + BATCH)
+                        .map(|id| tally_testkit::transfer(id, 1, 4, 1))
+                        .collect();
+                    let outcome = ledger.submit_async(Batch::CreateTransfers(batch)).await;
+                    assert!(
+                        matches!(outcome, Ok(_) | Err(SubmitError::Busy(_))),
+                        "only busy or durable answers"
+                    );
+                    (first, outcome.is_ok())
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    });
+    let busy = outcomes.iter().filter(|(_, ok)| !ok).count();
+    assert!(
+        busy > 0,
+        "64 batches of 4,000 at once must pass 8,190 queued events"
+    );
+    assert!(busy < outcomes.len());
+    for (first, acknowledged) in outcomes {
+        let stored = ledger.lookup_transfers(&[first, first + BATCH - 1]).len();
+        assert_eq!(
+            stored,
+            if acknowledged { 2 } else { 0 },
+            "batch from {first}"
+        );
+    }
+    ledger.shutdown().unwrap();
+    let mut config = Config::new(dir.path().join("small"));
+    config.queue_events_max = tally_types::BATCH_EVENTS_MAX - 1;
+    let error = Ledger::open(config).unwrap_err();
+    assert!(error.to_string().contains("queue_events_max"), "{error}");
+}
+
 #[test]
 fn a_commit_interval_past_the_maximum_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
