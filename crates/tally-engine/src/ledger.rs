@@ -7,7 +7,7 @@ use crate::events::{ChangeEventReader, Progress, start_journal_thread};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pacing::CommitPacer;
-use crate::recovery::{Capacity, Recovery, recover};
+use crate::recovery::{Capacity, OpenJournal, Recovery, recover};
 use crate::request::{Answered, EventResult, Request, TransferResult};
 use crate::shards::{ShardCounters, ShardPool};
 use crate::shared::Shared;
@@ -122,17 +122,17 @@ impl Ledger {
                 path: config.data_dir.clone(),
                 source,
             })?;
-        let journal = match config.change_events {
-            true => {
-                let options = JournalOptions {
-                    retention_bytes: config.events_retention_bytes,
-                    ..JournalOptions::default()
-                };
-                Some(EventJournal::open(&events_dir(&config.data_dir), options)?)
-            }
-            false => None,
-        };
-        Self::start(config, Box::new(storage), Some(lock), journal)
+        let open_journal = config.change_events.then(|| {
+            let options = JournalOptions {
+                retention_bytes: config.events_retention_bytes,
+                ..JournalOptions::default()
+            };
+            let dir = events_dir(&config.data_dir);
+            let open: OpenJournal =
+                Box::new(move || EventJournal::open(&dir, options).map_err(EngineError::Log));
+            open
+        });
+        Self::start(config, Box::new(storage), Some(lock), open_journal)
     }
 
     /// Opens a ledger over any storage (tests inject faults with
@@ -150,7 +150,7 @@ impl Ledger {
         config: Config,
         storage: Box<dyn Storage>,
         lock: Option<DirLock>,
-        mut journal: Option<EventJournal>,
+        open_journal: Option<OpenJournal>,
     ) -> Result<Ledger, EngineError> {
         let options = LogOptions {
             segment_bytes_max: config.segment_bytes_max,
@@ -180,8 +180,8 @@ impl Ledger {
             ),
         };
         // Recovery replays on the shard threads too.
-        let (logger, mut applier, mut state, recovery) =
-            recover(storage, options, capacity, pool.as_ref(), journal.as_mut())?;
+        let (logger, mut applier, mut state, recovery, journal) =
+            recover(storage, options, capacity, pool.as_ref(), open_journal)?;
         // Live, a user-data index that starts mid-run grows into a table made on the
         // table maker's thread (a replay took its room at once: nobody waits on it).
         let tables = TableMaker::start().map_err(|source| EngineError::Thread {

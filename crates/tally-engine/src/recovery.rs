@@ -11,24 +11,41 @@ use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal,
 use tally_state::{Layout, Placement, StateMachine};
 use tally_types::{ChangeEvent, LoadedImage};
 
+/// Opens the change-event journal, checking its newest segment (recovery brings the
+/// journal up to date with the log).
+pub(crate) type OpenJournal = Box<dyn FnOnce() -> Result<EventJournal, EngineError>>;
+
+/// What [`recover`] rebuilt: the log to append to and the applier after it, the state,
+/// what it took, and the journal when there is one.
+pub(crate) type Recovered = (
+    Logger,
+    Applier,
+    StateMachine,
+    Recovery,
+    Option<EventJournal>,
+);
+
 /// Opens the log over `storage` and rebuilds the state: the newest valid snapshot, then
 /// every logged batch after it, in order. The log is read on a second thread and
 /// replayed on the calling one as it is read ([`read_and_replay`]), so reading and
-/// checksumming overlap with the replay, and the log is never whole in memory.
+/// checksumming overlap with the replay, and the log is never whole in memory. The
+/// journal, if any, opens on the calling thread while the first of the log is read.
 pub(crate) fn recover(
     storage: Box<dyn Storage>,
     options: LogOptions,
     capacity: Capacity,
     shards: Option<&ShardPool>,
-    journal: Option<&mut EventJournal>,
-) -> Result<(Logger, Applier, StateMachine, Recovery), EngineError> {
+    open_journal: Option<OpenJournal>,
+) -> Result<Recovered, EngineError> {
     let started = std::time::Instant::now();
-    let changes = journal.map_or(Changes::Dropped, Changes::Journal);
+    let mut journal = None;
     let (opened, replayed) = read_and_replay(
         |sink| Wal::open_with_sink(storage, options, sink),
-        capacity,
-        shards,
-        changes,
+        |receiver| {
+            journal = open_journal.map(|open| open()).transpose()?;
+            let changes = journal.as_mut().map_or(Changes::Dropped, Changes::Journal);
+            replay(receiver, capacity, shards, changes)
+        },
     )?;
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
@@ -54,7 +71,7 @@ pub(crate) fn recover(
         state.expiry_instants(),
     );
     let applier = Applier::new(sequence_last);
-    Ok((logger, applier, state, recovery))
+    Ok((logger, applier, state, recovery, journal))
 }
 
 /// What the replay built: the state and what it replayed, or why it stopped.
@@ -72,16 +89,14 @@ pub(crate) enum Changes<'a> {
 }
 
 /// Runs `read`, which reads a log and hands what it reads to a sink, on a second
-/// thread, and replays what it hands over on the calling thread as it comes (groups of
-/// about [`REPLAY_GROUP_EVENTS`] events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting).
-/// The replay stays on the calling thread because it may drive the shard pool, which
-/// is not shared between threads. Returns what `read` returned and what the replay
-/// built; when `read` failed, the caller must drop the latter.
+/// thread, and `replay` ([`replay`] of what it hands over, as it comes: groups of about
+/// [`REPLAY_GROUP_EVENTS`] events, at most [`REPLAY_GROUPS_IN_FLIGHT`] waiting) on the
+/// calling thread. The replay stays on the calling thread because it may drive the
+/// shard pool, which is not shared between threads. Returns what `read` returned and
+/// what the replay built; when `read` failed, the caller must drop the latter.
 fn read_and_replay<T: Send, E: Send>(
     read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E> + Send,
-    capacity: Capacity,
-    shards: Option<&ShardPool>,
-    changes: Changes<'_>,
+    replay: impl FnOnce(crossbeam_channel::Receiver<Replayed>) -> ReplayOutcome,
 ) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
     let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
     std::thread::scope(|scope| {
@@ -107,7 +122,7 @@ fn read_and_replay<T: Send, E: Send>(
             })?;
         // Returning drops the receiver: a reader still sending then stops handing
         // groups over and only finishes its checks.
-        let replayed = replay(receiver, capacity, shards, changes);
+        let replayed = replay(receiver);
         let read = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -124,9 +139,7 @@ pub(crate) fn replay_read_only(
 ) -> Result<(VerifyReport, StateMachine), EngineError> {
     let (read, replayed) = read_and_replay(
         |sink| read_log_into(dir, sink),
-        Capacity::default(),
-        None,
-        changes,
+        |receiver| replay(receiver, Capacity::default(), None, changes),
     )?;
     let report = read?;
     let (state, _) = replayed?;
@@ -152,8 +165,9 @@ pub struct Recovery {
     /// a write cut short by a crash was never acknowledged, but damage to the last
     /// frame looks the same.
     pub torn_tail_kept: Option<std::path::PathBuf>,
-    /// From the start of open to the state rebuilt: reading, checking, loading the
-    /// snapshot and replaying, the last two overlapping the first.
+    /// From the start of recovery to the state rebuilt: reading and checking the log,
+    /// opening the change-event journal, loading the snapshot and replaying, all but the
+    /// first overlapping it.
     pub elapsed: std::time::Duration,
 }
 

@@ -30,7 +30,7 @@ impl Committer {
         options: LogOptions,
         snapshot_events_interval: u64,
     ) -> Result<Committer, EngineError> {
-        let (logger, applier, state, _) =
+        let (logger, applier, state, ..) =
             recover(storage, options, Capacity::default(), None, None)?;
         Ok(Committer {
             logger,
