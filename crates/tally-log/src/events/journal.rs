@@ -3,10 +3,10 @@
 
 use super::format::{
     FRAME_EVENTS_MAX, FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, SegmentHeader, check_frame_body,
-    encode_frame, encode_segment_header, journal_segment_name,
+    decode_frame_header, encode_frame, encode_segment_header, journal_segment_name,
 };
 use super::segments::{
-    SegmentFile, list_segments, read_at_most, read_frame_header, read_segment_header,
+    ReadAhead, SegmentFile, list_segments, read_frame_header, read_segment_header,
 };
 use crate::LogError;
 use std::collections::VecDeque;
@@ -466,14 +466,14 @@ fn recover_newest(segment: &SegmentFile) -> Result<Option<RecoveredNewest>, LogE
     let mut first_timestamp = None;
     let mut last_timestamp = header.previous_last_timestamp;
     let mut frame_count = 0;
-    let mut body = Vec::new();
-    while let Some(Ok(frame)) = read_frame_header(&file, path, offset)? {
+    let mut reader = ReadAhead::new(&file, path);
+    while let Ok(frame) = decode_frame_header(reader.read(offset, FRAME_HEADER_SIZE)?) {
         if frame.first_timestamp <= last_timestamp {
             break;
         }
-        body.resize(frame.frame_bytes as usize - FRAME_HEADER_SIZE, 0);
-        let read = read_at_most(&file, path, offset + FRAME_HEADER_SIZE as u64, &mut body)?;
-        if read < body.len() || check_frame_body(&frame, &body).is_err() {
+        let body_bytes = frame.frame_bytes as usize - FRAME_HEADER_SIZE;
+        let body = reader.read(offset + FRAME_HEADER_SIZE as u64, body_bytes)?;
+        if body.len() < body_bytes || check_frame_body(&frame, body).is_err() {
             break;
         }
         first_timestamp.get_or_insert(frame.first_timestamp);

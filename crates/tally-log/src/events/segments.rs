@@ -42,6 +42,44 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
     Ok(segments)
 }
 
+/// Reads a file front to back through a buffer of [`ReadAhead::CHUNK`] bytes or more:
+/// checking a segment with two small reads a frame made two system calls for every
+/// few hundred bytes.
+pub(crate) struct ReadAhead<'f> {
+    file: &'f File,
+    path: &'f Path,
+    buffer: Vec<u8>,
+    /// The file offset of `buffer[0]`.
+    start: u64,
+}
+
+impl<'f> ReadAhead<'f> {
+    const CHUNK: usize = 1 << 20;
+
+    pub(crate) fn new(file: &'f File, path: &'f Path) -> Self {
+        ReadAhead {
+            file,
+            path,
+            buffer: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// Up to `len` bytes at `offset`, fewer only at the end of the file.
+    pub(crate) fn read(&mut self, offset: u64, len: usize) -> Result<&[u8], LogError> {
+        let buffered = self.start..=self.start + self.buffer.len() as u64;
+        if !buffered.contains(&offset) || !buffered.contains(&(offset + len as u64)) {
+            self.buffer.resize(len.max(Self::CHUNK), 0);
+            let read = read_at_most(self.file, self.path, offset, &mut self.buffer)?;
+            self.buffer.truncate(read);
+            self.start = offset;
+        }
+        let from = usize::try_from(offset - self.start).expect("within the buffer");
+        let to = (from + len).min(self.buffer.len());
+        Ok(&self.buffer[from..to])
+    }
+}
+
 /// Reads up to `buffer.len()` bytes at `offset`; fewer only at the end of the file.
 pub(crate) fn read_at_most(
     file: &File,
