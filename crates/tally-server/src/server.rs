@@ -205,8 +205,8 @@ impl RunningServer {
 
     /// Stops accepting, answers every call in flight, ends every change-event
     /// subscription (with `UNAVAILABLE`: its client subscribes again elsewhere or
-    /// later) and every health watch (after NOT_SERVING), then shuts the ledger down: every acknowledged batch is durable, and
-    /// the data directory is released.
+    /// later) and every health watch (after NOT_SERVING), then shuts the ledger down:
+    /// every acknowledged batch is durable, and the data directory is released.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.health
             .set_not_serving::<LedgerServer<LedgerService>>()
