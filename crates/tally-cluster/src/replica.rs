@@ -15,7 +15,7 @@ use crate::network::{
 };
 use crate::state_machine::{Applied, StateStore};
 use crate::types::Raft;
-use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -489,23 +489,24 @@ impl Core {
                     .map_err(|e| format!("adding replica {replica_id} as a learner: {e}"))?;
                 self.learner_caught_up(replica_id, added.log_id.index)
                     .await?;
-                let mut next = voters;
-                next.insert(replica_id);
+                // This replica alone, not the voters read above plus it: a change made
+                // meanwhile (another add) would be undone by a whole new set.
+                let add = ChangeMembers::AddVoterIds(BTreeSet::from([replica_id]));
                 self.raft
-                    .change_membership(next, false)
+                    .change_membership(add, false)
                     .await
                     .map_err(|e| format!("making replica {replica_id} a voter: {e}"))?;
             }
             AdminRequest::Remove { replica_id } => {
-                let mut next = voters;
-                if !next.remove(&replica_id) {
+                if !voters.contains(&replica_id) {
                     return self.remove_learner(replica_id).await;
                 }
-                if next.is_empty() {
+                if voters.len() == 1 {
                     return Err("the last replica cannot be removed".into());
                 }
+                let remove = ChangeMembers::RemoveVoters(BTreeSet::from([replica_id]));
                 self.raft
-                    .change_membership(next, false)
+                    .change_membership(remove, false)
                     .await
                     .map_err(|e| format!("removing replica {replica_id}: {e}"))?;
             }

@@ -276,6 +276,59 @@ async fn a_new_replica_catches_up_from_a_snapshot_and_an_old_one_leaves() {
     }
 }
 
+/// Two replicas added at once: each add that answers success leaves its replica a
+/// voter (an add must not replace the voters with a set read before the other's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_added_at_once_both_stay_voters() {
+    let root = tempfile::tempdir().expect("dir");
+    let mut members = members(1);
+    let first = open(1, &members, root.path()).await;
+    assert_eq!(wait_for_leader(&[&first]).await, 1);
+    submit(&first, two_accounts()).await;
+    let mut joining = Vec::new();
+    for id in [2, 3] {
+        members.insert(id, format!("127.0.0.1:{}", free_port()));
+        let mut config =
+            ClusterConfig::new(id, members.clone(), root.path().join(format!("r{id}")));
+        config.join = true;
+        joining.push(Replica::open(config).await.expect("opens"));
+    }
+    let (two, three) = tokio::join!(
+        first.add_replica(2, members[&2].clone()),
+        first.add_replica(3, members[&3].clone())
+    );
+    let added: Vec<u64> = [(2, &two), (3, &three)]
+        .into_iter()
+        .filter_map(|(id, answer)| answer.is_ok().then_some(id))
+        .collect();
+    assert!(!added.is_empty(), "{two:?} {three:?}");
+    // Whatever answered success is a voter now, on the leader's latest membership.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let voters = first.status().voters;
+        if added.iter().all(|id| voters.contains_key(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "added {added:?}, voters {voters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One that did not answer success was refused, not half done: adding it again works.
+    for id in [2, 3].into_iter().filter(|id| !added.contains(id)) {
+        let status = first
+            .add_replica(id, members[&id].clone())
+            .await
+            .expect("adds");
+        assert!(status.voters.contains_key(&id), "{status:?}");
+    }
+    assert_eq!(first.status().voters.len(), 3);
+    for replica in joining.iter().chain([&first]) {
+        replica.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_one_leads_at_once_and_again_after_a_restart() {
     let root = tempfile::tempdir().expect("dir");
