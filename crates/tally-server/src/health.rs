@@ -56,17 +56,21 @@ impl Health for ServerHealth {
         Ok(Response::new(UntilStopping {
             statuses: Box::pin(statuses),
             stopped: Some(Box::pin(stopped)),
+            last_sent: None,
         }))
     }
 }
 
 type Statuses = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
-/// A watch's statuses until the server stops, then NOT_SERVING and the end.
+/// A watch's statuses until the server stops, then NOT_SERVING (unless it was the last
+/// sent) and the end.
 pub(crate) struct UntilStopping {
     statuses: Statuses,
     /// `None` once stopped and NOT_SERVING sent.
     stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The status last sent.
+    last_sent: Option<i32>,
 }
 
 impl Stream for UntilStopping {
@@ -79,8 +83,65 @@ impl Stream for UntilStopping {
         if stopped.as_mut().poll(cx).is_ready() {
             self.stopped = None;
             let status = ServingStatus::NotServing as i32;
+            if self.last_sent == Some(status) {
+                return Poll::Ready(None);
+            }
             return Poll::Ready(Some(Ok(HealthCheckResponse { status })));
         }
-        self.statuses.as_mut().poll_next(cx)
+        let next = self.statuses.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(answer))) = &next {
+            self.last_sent = Some(answer.status);
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn answer(status: ServingStatus) -> Result<HealthCheckResponse, Status> {
+        Ok(HealthCheckResponse {
+            status: status as i32,
+        })
+    }
+
+    /// A watch over `statuses` (then nothing more, never ending) and the stop's sender.
+    fn watch(statuses: Vec<ServingStatus>) -> (UntilStopping, watch::Sender<bool>) {
+        let (stop, mut stopping) = watch::channel(false);
+        let statuses =
+            tokio_stream::iter(statuses.into_iter().map(answer)).chain(tokio_stream::pending());
+        let stopped = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        let watch = UntilStopping {
+            statuses: Box::pin(statuses),
+            stopped: Some(Box::pin(stopped)),
+            last_sent: None,
+        };
+        (watch, stop)
+    }
+
+    async fn sent(watch: &mut UntilStopping) -> Option<ServingStatus> {
+        let next = watch.next().await?;
+        Some(next.expect("a status").status())
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_with_one_not_serving_whichever_comes_first() {
+        use ServingStatus::{NotServing, Serving};
+        // The status reached the watch before the stop did: not sent twice.
+        let (mut late, stop) = watch(vec![Serving, NotServing]);
+        assert_eq!(sent(&mut late).await, Some(Serving));
+        assert_eq!(sent(&mut late).await, Some(NotServing));
+        stop.send_replace(true);
+        assert_eq!(sent(&mut late).await, None);
+        // The stop came first: NOT_SERVING is sent all the same, once.
+        let (mut early, stop) = watch(vec![Serving]);
+        assert_eq!(sent(&mut early).await, Some(Serving));
+        stop.send_replace(true);
+        assert_eq!(sent(&mut early).await, Some(NotServing));
+        assert_eq!(sent(&mut early).await, None);
     }
 }
