@@ -88,7 +88,8 @@ impl fmt::Display for LogError {
             }
             LogError::Locked { dir } => write!(
                 f,
-                "data directory {} is locked by another writer (only one process may open it)",
+                "data directory {} is locked by another process (one at a time may open it: \
+                 a ledger, or a reader such as `tally verify`)",
                 dir.display()
             ),
             LogError::Corrupt {
