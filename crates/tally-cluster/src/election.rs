@@ -33,6 +33,19 @@ const TICK: Duration = Duration::from_millis(10);
 /// give up their term within one, so three leave room for messages still in flight.
 const VOTE_AMNESIA_ELECTION_TIMEOUTS: u32 = 3;
 
+/// Where a replica that started without a saved vote (a new one, or one whose disk was
+/// lost) stands before it may vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Amnesia {
+    /// No leader heard yet: it votes once `until` passes (the election it may have
+    /// voted in is over, and a cluster started afresh can elect).
+    Unheard { until: Instant },
+    /// A leader heard, whose commit index was `to`: it votes once its own log reaches
+    /// it. Had it voted before, a candidate lacking entries committed with this
+    /// replica's lost copy could win on its vote, and those entries would be lost.
+    CatchingUp { to: u64 },
+}
+
 /// A replica's question to a voter before it stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreVote {
@@ -95,9 +108,9 @@ struct ElectionTimer {
 struct Clock {
     /// When a leader was last heard (an AppendEntries it accepted).
     leader_heard: Option<Instant>,
-    /// Until when a replica that started without a saved vote grants none, unless it
-    /// hears a leader first ([`ElectionTimer::withholds_votes`]).
-    votes_withheld_until: Option<Instant>,
+    /// What keeps a replica that started without a saved vote from voting, if anything
+    /// still does ([`ElectionTimer::withholds_votes`]).
+    amnesia: Option<Amnesia>,
     /// When the current wait started: a leader heard, a vote granted, or a try.
     since: Instant,
     /// This wait's election timeout.
@@ -135,7 +148,9 @@ impl ElectionTimer {
         let withheld_for = VOTE_AMNESIA_ELECTION_TIMEOUTS * range.1;
         let mut clock = Clock {
             leader_heard: None,
-            votes_withheld_until: (!remembers_vote).then(|| now + withheld_for),
+            amnesia: (!remembers_vote).then(|| Amnesia::Unheard {
+                until: now + withheld_for,
+            }),
             since: now,
             wait: range.0,
             seed: seed ^ id.wrapping_mul(0x2545_f491_4f6c_dd1d),
@@ -149,11 +164,16 @@ impl ElectionTimer {
         }
     }
 
-    /// A leader was heard: an AppendEntries was accepted.
-    fn leader_heard(&self, now: Instant) {
+    /// A leader was heard: an AppendEntries was accepted, from a leader whose commit
+    /// index was `leader_commit`.
+    fn leader_heard(&self, now: Instant, leader_commit: Option<u64>) {
         let mut clock = self.clock.lock();
         clock.leader_heard = Some(now);
         clock.since = clock.since.max(now);
+        if let Some(Amnesia::Unheard { .. }) = clock.amnesia {
+            let to = leader_commit.unwrap_or(0);
+            clock.amnesia = Some(Amnesia::CatchingUp { to });
+        }
     }
 
     /// This replica granted its vote: the candidate gets a full wait to win.
@@ -190,15 +210,25 @@ impl ElectionTimer {
         now.saturating_duration_since(clock.since) >= lease + clock.wait
     }
 
-    /// Whether this replica grants no vote `now`: it started without a saved vote (a
-    /// new replica, or one whose disk was lost) and has heard no leader yet, within
-    /// [`VOTE_AMNESIA_ELECTION_TIMEOUTS`] election timeouts of its start. A replica that
-    /// lost its disk may have voted in the election still under way; granting a second
-    /// vote in that term could elect two leaders. Once a leader is heard, Raft has saved
-    /// that leader's term and vote; once the window passes, that election has ended.
-    fn withholds_votes(&self, now: Instant) -> bool {
-        let clock = self.clock.lock();
-        clock.leader_heard.is_none() && clock.votes_withheld_until.is_some_and(|until| now < until)
+    /// Whether this replica grants no vote `now`, its log ending at `last_index`. It
+    /// started without a saved vote (a new replica, or one whose disk was lost), and:
+    /// - it has heard no leader yet, within [`VOTE_AMNESIA_ELECTION_TIMEOUTS`] election
+    ///   timeouts of its start: it may have voted in the election still under way, and
+    ///   a second vote in that term could elect two leaders (once the window passes,
+    ///   that election has ended);
+    /// - or it heard one, and its log has not yet reached that leader's commit index:
+    ///   entries committed with its lost copy may be missing from a candidate's log.
+    fn withholds_votes(&self, now: Instant, last_index: Option<u64>) -> bool {
+        let mut clock = self.clock.lock();
+        let withholds = match clock.amnesia {
+            None => false,
+            Some(Amnesia::Unheard { until }) => now < until,
+            Some(Amnesia::CatchingUp { to }) => last_index.unwrap_or(0) < to,
+        };
+        if !withholds {
+            clock.amnesia = None;
+        }
+        withholds
     }
 
     /// This voter's answer to `request`: yes when it would grant the candidate its real
@@ -206,7 +236,8 @@ impl ElectionTimer {
     /// a leader less than a lease ago (and still follows it), while it withholds votes,
     /// and when its own log is longer. Terms are left to the real vote.
     fn answer(&self, now: Instant, request: &PreVote, raft: &RaftView) -> bool {
-        if raft.state == ServerState::Leader || self.withholds_votes(now) {
+        let last_index = raft.last_log_id.map(|id| id.index);
+        if raft.state == ServerState::Leader || self.withholds_votes(now, last_index) {
             return false;
         }
         let heard = self.clock.lock().leader_heard;
@@ -271,9 +302,12 @@ impl Elections {
         &self,
         request: VoteRequest<u64>,
     ) -> Result<VoteResponse<u64>, RaftError<u64>> {
-        if self.timer.withholds_votes(Instant::now()) {
+        let last_log_id = self.raft.data_metrics().borrow().last_log;
+        if self
+            .timer
+            .withholds_votes(Instant::now(), last_log_id.map(|id| id.index))
+        {
             let vote = self.raft.metrics().borrow().vote;
-            let last_log_id = self.raft.data_metrics().borrow().last_log;
             return Ok(VoteResponse::new(vote, last_log_id, false));
         }
         let answer = self.raft.vote(request).await;
@@ -283,17 +317,19 @@ impl Elections {
         answer
     }
 
-    /// Call with what this replica's Raft answered an AppendEntries: one it accepted
-    /// came from a leader whose term is at least this replica's.
+    /// Call with what this replica's Raft answered an AppendEntries whose leader's
+    /// commit index was `leader_commit`: one it accepted came from a leader whose term
+    /// is at least this replica's.
     pub fn append_entries_answered(
         &self,
+        leader_commit: Option<u64>,
         answer: &Result<AppendEntriesResponse<u64>, RaftError<u64>>,
     ) {
         let accepted = answer
             .as_ref()
             .is_ok_and(|answer| !matches!(answer, AppendEntriesResponse::HigherVote(_)));
         if accepted {
-            self.timer.leader_heard(Instant::now());
+            self.timer.leader_heard(Instant::now(), leader_commit);
         }
     }
 
@@ -403,7 +439,7 @@ mod tests {
         let start = Instant::now();
         let timer = ElectionTimer::new(1, RANGE, start, 7, true);
         let follower = view(ServerState::Follower, true, Some((1, 10)));
-        timer.leader_heard(start);
+        timer.leader_heard(start, None);
         assert!(!timer.due(start + Duration::from_millis(899), &follower));
         assert!(timer.due(start + Duration::from_millis(1_200), &follower));
         // A candidate (its vote not committed) waits one election timeout only.
@@ -443,10 +479,10 @@ mod tests {
     }
 
     /// A replica that started without a saved vote (its disk lost) grants none, nor a
-    /// pre-vote, until it hears a leader or three election timeouts pass; one that
-    /// remembers its vote is not held back.
+    /// pre-vote, until three election timeouts pass or it hears a leader and its log
+    /// reaches that leader's commit index; one that remembers its vote is not held back.
     #[test]
-    fn a_replica_without_its_vote_withholds_votes_until_a_leader_or_the_window() {
+    fn a_replica_without_its_vote_withholds_votes_until_caught_up_or_the_window() {
         let start = Instant::now();
         let follower = view(ServerState::Follower, false, None);
         let question = PreVote {
@@ -455,18 +491,33 @@ mod tests {
         };
         let window = start + 3 * RANGE.1;
         let amnesiac = ElectionTimer::new(2, RANGE, start, 7, false);
-        assert!(amnesiac.withholds_votes(start));
-        assert!(amnesiac.withholds_votes(window - Duration::from_millis(1)));
+        assert!(amnesiac.withholds_votes(start, None));
+        assert!(amnesiac.withholds_votes(window - Duration::from_millis(1), None));
         assert!(!amnesiac.answer(window - Duration::from_millis(1), &question, &follower));
-        assert!(!amnesiac.withholds_votes(window));
+        assert!(!amnesiac.withholds_votes(window, None));
         assert!(amnesiac.answer(window, &question, &follower));
 
+        // A leader heard whose commit index is 60: no vote until the log reaches 60,
+        // even past the window; then votes as any replica, however far behind later.
         let heard = ElectionTimer::new(2, RANGE, start, 7, false);
-        heard.leader_heard(start + Duration::from_millis(100));
-        assert!(!heard.withholds_votes(start + Duration::from_millis(100)));
+        let then = start + Duration::from_millis(100);
+        heard.leader_heard(then, Some(60));
+        assert!(heard.withholds_votes(then, None));
+        assert!(heard.withholds_votes(window, Some(59)));
+        let behind = view(ServerState::Follower, false, Some((3, 59)));
+        assert!(!heard.answer(window, &question, &behind));
+        let caught_up = view(ServerState::Follower, false, Some((3, 60)));
+        assert!(heard.answer(window, &question, &caught_up));
+        assert!(!heard.withholds_votes(window, Some(10)));
+        // A leader with nothing committed: caught up at once.
+        let fresh = ElectionTimer::new(2, RANGE, start, 7, false);
+        fresh.leader_heard(then, None);
+        assert!(!fresh.withholds_votes(then, None));
 
         let remembers = ElectionTimer::new(2, RANGE, start, 7, true);
-        assert!(!remembers.withholds_votes(start));
+        assert!(!remembers.withholds_votes(start, None));
+        remembers.leader_heard(then, Some(60));
+        assert!(!remembers.withholds_votes(then, None));
         assert!(remembers.answer(start, &question, &follower));
     }
 
@@ -483,7 +534,7 @@ mod tests {
             candidate: 1,
             last_log_id: Some(log_id(3, 65)),
         };
-        timer.leader_heard(start);
+        timer.leader_heard(start, None);
         let within = start + Duration::from_millis(599);
         let after = start + Duration::from_millis(600);
         assert!(!timer.answer(within, &longer, &follower));

@@ -28,8 +28,11 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Response<Frame>, Status> {
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let rpc: AppendEntriesRequest<crate::TallyRaft> = decode(&request)?;
+        let leader_commit = rpc.leader_commit.map(|id| id.index);
         let answer = self.core.raft.append_entries(rpc).await;
-        self.core.elections.append_entries_answered(&answer);
+        self.core
+            .elections
+            .append_entries_answered(leader_commit, &answer);
         encode(&answer)
     }
 

@@ -163,8 +163,9 @@ impl RaftNetwork<TallyRaft> for SimConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
         self.deliver(&option, |raft, elections| async move {
+            let leader_commit = rpc.leader_commit.map(|id| id.index);
             let answer = raft.append_entries(rpc).await;
-            elections.append_entries_answered(&answer);
+            elections.append_entries_answered(leader_commit, &answer);
             answer
         })
         .await
