@@ -53,6 +53,14 @@ pub enum EngineError {
         /// Why.
         message: String,
     },
+    /// The change-event journal had not caught up with the last commit within the
+    /// bounded wait of a read (a busy journal thread): asking again may succeed.
+    ChangeEventsLate {
+        /// The timestamp the journal had not reached.
+        timestamp: u64,
+        /// How long the read waited.
+        waited: std::time::Duration,
+    },
 }
 
 /// Why the state recovered from the log and snapshots does not load.
@@ -108,6 +116,12 @@ impl fmt::Display for EngineError {
             EngineError::ThreadPanicked { name } => write!(f, "thread {name} panicked"),
             EngineError::LogFailed { message } => write!(f, "log failed: {message}"),
             EngineError::ChangeEvents { message } => write!(f, "change events: {message}"),
+            EngineError::ChangeEventsLate { timestamp, waited } => write!(
+                f,
+                "change events: the event journal did not reach timestamp {timestamp} \
+                 within {} s: ask again",
+                waited.as_secs()
+            ),
         }
     }
 }
@@ -123,7 +137,8 @@ impl std::error::Error for EngineError {
             EngineError::Config { .. }
             | EngineError::ThreadPanicked { .. }
             | EngineError::LogFailed { .. }
-            | EngineError::ChangeEvents { .. } => None,
+            | EngineError::ChangeEvents { .. }
+            | EngineError::ChangeEventsLate { .. } => None,
         }
     }
 }

@@ -146,11 +146,9 @@ impl Progress {
                 Ok(_) => {}
             }
             if self.advanced.wait_until(&mut state, deadline).timed_out() {
-                return Err(EngineError::ChangeEvents {
-                    message: format!(
-                        "the event journal did not reach timestamp {timestamp} within {} s",
-                        CATCH_UP_WAIT_MAX.as_secs()
-                    ),
+                return Err(EngineError::ChangeEventsLate {
+                    timestamp,
+                    waited: CATCH_UP_WAIT_MAX,
                 });
             }
         }

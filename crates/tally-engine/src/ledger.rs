@@ -667,7 +667,8 @@ impl Ledger {
     ///
     /// [`EngineError::ChangeEvents`] when change events are off, writing them failed,
     /// `limit` is out of range, or the events asked for were deleted by retention
-    /// ([`Config::events_retention_bytes`]).
+    /// ([`Config::events_retention_bytes`]); [`EngineError::ChangeEventsLate`] when the
+    /// journal had not caught up with the last commit within 5 s (ask again).
     ///
     /// # Examples
     ///

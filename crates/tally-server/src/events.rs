@@ -49,6 +49,7 @@ pub(crate) fn events_status(error: &EngineError) -> Status {
     match error {
         // Off, past retention, or the journal failed: asking again does not help.
         EngineError::ChangeEvents { .. } => Status::failed_precondition(error.to_string()),
+        // The journal was late (`ChangeEventsLate`), or the ledger stopped: it may help.
         _ => Status::unavailable(error.to_string()),
     }
 }
@@ -160,6 +161,21 @@ pub(crate) async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal that was late may catch up: `UNAVAILABLE`, which clients retry; one
+    /// that is off or failed will not: `FAILED_PRECONDITION`.
+    #[test]
+    fn a_late_journal_is_unavailable_and_a_failed_one_a_precondition() {
+        let late = EngineError::ChangeEventsLate {
+            timestamp: 7,
+            waited: std::time::Duration::from_secs(5),
+        };
+        assert_eq!(events_status(&late).code(), tonic::Code::Unavailable);
+        let off = EngineError::ChangeEvents {
+            message: "off".into(),
+        };
+        assert_eq!(events_status(&off).code(), tonic::Code::FailedPrecondition);
+    }
 
     #[test]
     fn a_limit_of_zero_is_the_most_and_above_it_is_refused() {
