@@ -482,9 +482,20 @@ impl Core {
                         "replica {other} is already at {addr}: one replica per peer address"
                     ));
                 }
+                let node = BasicNode::new(addr.clone());
+                if addresses.get(&replica_id).is_some_and(|at| *at != addr) {
+                    // A learner left by an add that failed, at an address now corrected:
+                    // adding keeps a node's address, so set it (safe for a learner, which
+                    // votes for no one).
+                    let nodes = BTreeMap::from([(replica_id, node.clone())]);
+                    self.raft
+                        .change_membership(ChangeMembers::SetNodes(nodes), false)
+                        .await
+                        .map_err(|e| format!("moving learner {replica_id} to {addr}: {e}"))?;
+                }
                 let added = self
                     .raft
-                    .add_learner(replica_id, BasicNode::new(addr), false)
+                    .add_learner(replica_id, node, false)
                     .await
                     .map_err(|e| format!("adding replica {replica_id} as a learner: {e}"))?;
                 self.learner_caught_up(replica_id, added.log_id.index)

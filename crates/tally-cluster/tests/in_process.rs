@@ -329,6 +329,38 @@ async fn replicas_added_at_once_both_stay_voters() {
     }
 }
 
+/// An add at a wrong address fails once the learner has not caught up in time; added
+/// again at the right one, the replica joins there (the learner's address is moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_at_a_wrong_address_joins_when_added_again() {
+    let root = tempfile::tempdir().expect("dir");
+    let mut members = members(1);
+    let mut config = ClusterConfig::new(1, members.clone(), root.path().join("r1"));
+    config.learner_catch_up_max = Duration::from_secs(1);
+    let first = Replica::open(config).await.expect("opens");
+    assert_eq!(wait_for_leader(&[&first]).await, 1);
+    submit(&first, two_accounts()).await;
+    members.insert(2, format!("127.0.0.1:{}", free_port()));
+    let mut config = ClusterConfig::new(2, members.clone(), root.path().join("r2"));
+    config.join = true;
+    let second = Replica::open(config).await.expect("opens");
+    let wrong = format!("127.0.0.1:{}", free_port());
+    let refused = first.add_replica(2, wrong).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let status = first
+        .add_replica(2, members[&2].clone())
+        .await
+        .expect("adds at the right address");
+    assert_eq!(status.voters.get(&2), Some(&members[&2]), "{status:?}");
+    let results = submit(&second, Batch::CreateTransfers(vec![transfer(5, 1, 2, 1)])).await;
+    assert!(matches!(
+        results[0].code,
+        ResultCode::Ok | ResultCode::Exists
+    ));
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_one_leads_at_once_and_again_after_a_restart() {
     let root = tempfile::tempdir().expect("dir");
