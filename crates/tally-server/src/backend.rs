@@ -9,6 +9,27 @@ pub type Backend = tally_cluster::Ledger;
 /// Why a call got no answer from the backend.
 pub(crate) type BackendError = tally_cluster::LedgerError;
 
+/// Why the backend cannot serve now, if it cannot: a replica that knows no leader (an
+/// election under way, or cut off from the majority), that is not a member of its
+/// cluster (removed, or not yet added), or whose Raft stopped. Its calls would answer
+/// `UNAVAILABLE`. A single node can always serve.
+pub(crate) fn not_ready(backend: &Backend) -> Option<&'static str> {
+    let Backend::Replica(hosted) = backend else {
+        return None;
+    };
+    let status = hosted.replica().status();
+    let id = status.replica_id;
+    if status.role == "shutdown" {
+        Some("its Raft stopped")
+    } else if !status.voters.contains_key(&id) && !status.learners.contains_key(&id) {
+        Some("not a member of its cluster")
+    } else if status.leader.is_none() {
+        Some("no leader known")
+    } else {
+        None
+    }
+}
+
 /// The Prometheus text of the backend's own figures.
 pub(crate) fn metrics_text(backend: &Backend) -> String {
     match backend {

@@ -5,9 +5,12 @@
 //! watcher to leave (and a watch takes no token). Here a watch ends once the server
 //! stops, NOT_SERVING being the last status it sends.
 
+use crate::backend::{Backend, not_ready};
+use crate::service::LedgerService;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tally_proto::LedgerServer;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -15,6 +18,55 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
+
+/// How often a replica's readiness is looked at ([`follow_readiness`]).
+const READINESS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The service names whose status a server reports: `""` (the whole server, in the
+/// health protocol) and the ledger service's.
+const SERVICES: [&str; 2] = [
+    "",
+    <LedgerServer<LedgerService> as tonic::server::NamedService>::NAME,
+];
+
+/// Sets the status of both services of [`SERVICES`].
+pub(crate) async fn set_all(health: &HealthReporter, status: tonic_health::ServingStatus) {
+    for service in SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Keeps a replica's statuses to whether it can serve (`crate::backend::not_ready`:
+/// a leader known, a member of its cluster), looking every [`READINESS_CHECK_EVERY`],
+/// until the server stops; its calls answer `UNAVAILABLE` meanwhile, and a balancer
+/// should send them elsewhere. A status set just as the stop began is set again.
+pub(crate) async fn follow_readiness(
+    health: HealthReporter,
+    backend: Backend,
+    mut stopping: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus as Serving;
+    let mut ready = true;
+    while !*stopping.borrow() {
+        let now_ready = not_ready(&backend).is_none();
+        if now_ready != ready {
+            ready = now_ready;
+            let status = if ready {
+                Serving::Serving
+            } else {
+                Serving::NotServing
+            };
+            set_all(&health, status).await;
+            if *stopping.borrow() {
+                set_all(&health, Serving::NotServing).await;
+            }
+        }
+        tokio::select! {
+            _ = stopping.wait_for(|stopping| *stopping) => {}
+            () = tokio::time::sleep(READINESS_CHECK_EVERY) => {}
+        }
+    }
+}
 
 /// The health service: `tonic_health`'s, with watches that end on stopping.
 pub(crate) struct ServerHealth {

@@ -1,12 +1,13 @@
 //! Prometheus metrics over HTTP/1.1 (`--metrics ADDR`): `GET /metrics` answers the
 //! engine's figures and the server's counters as Prometheus text; `GET /health` (the
 //! process answers: 200) and `GET /ready` (200 while it serves, 503 once it is
-//! stopping) give the gRPC health protocol's answer to probes that speak HTTP; every
+//! stopping or while a replica cannot serve) give the gRPC health protocol's answer to
+//! probes that speak HTTP; every
 //! other path is 404. A deliberately small responder: one request per connection, the request
 //! bounded in size and in time, a bounded number of scrapes at once, in all and per
 //! peer address.
 
-use crate::backend::{Backend, metrics_text};
+use crate::backend::{Backend, metrics_text, not_ready};
 use crate::stats::ServerStats;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -174,10 +175,16 @@ fn route(head: &[u8], sources: &Sources) -> Vec<u8> {
             response
         }
         (Some(b"GET"), Some(b"/health")) => respond(200, "OK", "ok\n"),
-        (Some(b"GET"), Some(b"/ready")) => match *sources.stopping.borrow() {
-            false => respond(200, "OK", "ready\n"),
-            true => respond(503, "Service Unavailable", "stopping\n"),
-        },
+        (Some(b"GET"), Some(b"/ready")) => {
+            let stopping = *sources.stopping.borrow();
+            match (stopping, not_ready(&sources.backend)) {
+                (true, _) => respond(503, "Service Unavailable", "stopping\n"),
+                (false, Some(why)) => {
+                    respond(503, "Service Unavailable", &format!("not ready: {why}\n"))
+                }
+                (false, None) => respond(200, "OK", "ready\n"),
+            }
+        }
         (Some(b"GET"), Some(_)) => respond(
             404,
             "Not Found",

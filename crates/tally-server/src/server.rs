@@ -6,7 +6,7 @@ use crate::authenticate::{Access, Authenticated};
 use crate::backend::Backend;
 use crate::calls::Counted;
 use crate::config::{ServerConfig, ServerError, TlsFiles};
-use crate::health::ServerHealth;
+use crate::health::{ServerHealth, follow_readiness};
 use crate::incoming::Incoming;
 use crate::metrics_http;
 use crate::service::LedgerService;
@@ -129,6 +129,10 @@ impl Server {
                 // no token, so it stays out of the request budgets by being this small.
                 .max_decoding_message_size(HEALTH_REQUEST_BYTES_MAX);
         health.set_serving::<LedgerServer<LedgerService>>().await;
+        if matches!(backend, Backend::Replica(_)) {
+            let follow = follow_readiness(health.clone(), backend.clone(), stopping.subscribe());
+            tokio::spawn(follow);
+        }
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.streams_per_connection_max))
             .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -208,15 +212,10 @@ impl RunningServer {
     /// later) and every health watch (after NOT_SERVING), then shuts the ledger down:
     /// every acknowledged batch is durable, and the data directory is released.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        self.health
-            .set_not_serving::<LedgerServer<LedgerService>>()
-            .await;
-        // "" is the whole server in the health protocol.
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        // No receiver left means no subscription left.
+        // First, so that the readiness follower sets no status after the one below. No
+        // receiver left means no subscription left.
         self.stopping.send_replace(true);
+        crate::health::set_all(&self.health, tonic_health::ServingStatus::NotServing).await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

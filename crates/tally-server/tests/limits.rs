@@ -923,3 +923,70 @@ fn ledger_of(server: &tally_server::RunningServer) -> &tally_engine::Ledger {
         other => panic!("a single-node server was expected, not {other:?}"),
     }
 }
+
+/// A replica that knows no leader answers every call `UNAVAILABLE`, so it says it is
+/// not ready (`/ready` 503, health `NOT_SERVING`) until one is elected; then it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_only_while_it_knows_a_leader() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let members: std::collections::BTreeMap<u64, String> = (1..=2)
+        .map(|id| (id, format!("127.0.0.1:{}", tally_testkit::free_port())))
+        .collect();
+    let open = |id: u64| {
+        let config = tally_cluster::ClusterConfig::new(
+            id,
+            members.clone(),
+            dir.path().join(format!("r{id}")),
+        );
+        tally_cluster::Replica::open(config)
+    };
+    // One of two: no majority, no leader.
+    let first = Arc::new(open(1).await.unwrap());
+    let backend = tally_server::Backend::Replica(
+        tally_cluster::HostedReplica::on_current_runtime(Arc::clone(&first)).unwrap(),
+    );
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::start_backend(backend, config).await.unwrap();
+    let metrics = server.metrics_addr().unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let whole = || HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut status = ServingStatus::Serving;
+    for _ in 0..250 {
+        status = health.check(whole()).await.unwrap().into_inner().status();
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing);
+    let ready = http_get(metrics, "/ready").await;
+    assert!(
+        ready.contains(" 503 ") && ready.contains("no leader"),
+        "{ready}"
+    );
+    // The second replica starts: a leader is elected, and the replica is ready.
+    let second = open(2).await.unwrap();
+    for _ in 0..750 {
+        status = health.check(whole()).await.unwrap().into_inner().status();
+        if status == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, ServingStatus::Serving);
+    let ready = http_get(metrics, "/ready").await;
+    assert!(ready.contains(" 200 "), "{ready}");
+    server.shutdown().await.unwrap();
+    first.shutdown().await;
+    second.shutdown().await;
+}
