@@ -244,6 +244,11 @@ fn three_frames(data: &Path) -> std::path::PathBuf {
     }
     writer.sync().unwrap();
     drop(writer);
+    only_segment(data)
+}
+
+/// The journal's one segment.
+fn only_segment(data: &Path) -> std::path::PathBuf {
     let segments: Vec<_> = std::fs::read_dir(data.join("events"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -311,12 +316,7 @@ fn three_applied(data: &Path) -> std::path::PathBuf {
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());
-    let segments: Vec<_> = std::fs::read_dir(data.join("events"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    assert_eq!(segments.len(), 1, "{segments:?}");
-    segments[0].clone()
+    only_segment(data)
 }
 
 #[test]

@@ -258,23 +258,7 @@ impl http_body::Body for Stalled {
 
 /// Sends a `CreateTransfers` call whose request stalls; answers its status.
 async fn stalled_call(addr: SocketAddr) -> tonic::Status {
-    use tonic::codegen::{Service, http};
-    let mut channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/tally.v1.Ledger/CreateTransfers"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(Stalled(0)))
-        .unwrap();
-    std::future::poll_fn(|cx| channel.poll_ready(cx))
-        .await
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), channel.call(request))
+    let response = tokio::time::timeout(Duration::from_secs(10), held_call(addr))
         .await
         .expect("refused, not left waiting")
         .unwrap();
@@ -960,14 +944,17 @@ async fn a_replica_is_ready_only_while_it_knows_a_leader() {
     let whole = || HealthCheckRequest {
         service: String::new(),
     };
-    let mut status = ServingStatus::Serving;
-    for _ in 0..250 {
-        status = health.check(whole()).await.unwrap().into_inner().status();
-        if status == ServingStatus::NotServing {
-            break;
+    let mut status_becomes = async |want: ServingStatus, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = health.check(whole()).await.unwrap().into_inner().status();
+            if status == want || Instant::now() >= deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    let status = status_becomes(ServingStatus::NotServing, Duration::from_secs(5)).await;
     assert_eq!(status, ServingStatus::NotServing);
     let ready = http_get(metrics, "/ready").await;
     assert!(
@@ -976,13 +963,7 @@ async fn a_replica_is_ready_only_while_it_knows_a_leader() {
     );
     // The second replica starts: a leader is elected, and the replica is ready.
     let second = open(2).await.unwrap();
-    for _ in 0..750 {
-        status = health.check(whole()).await.unwrap().into_inner().status();
-        if status == ServingStatus::Serving {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = status_becomes(ServingStatus::Serving, Duration::from_secs(15)).await;
     assert_eq!(status, ServingStatus::Serving);
     let ready = http_get(metrics, "/ready").await;
     assert!(ready.contains(" 200 "), "{ready}");
