@@ -1,8 +1,11 @@
 //! A load of transfers from concurrent client tasks. Every transfer answered `ok` or
-//! `exists` is recorded as acknowledged, with its timestamp when `ok`; a transfer whose
-//! call failed is recorded as unknown (it may or may not have been applied). After the
-//! faults, [`check`] finds every acknowledged transfer as written and the balances
-//! equal to the sum of the transfers that exist.
+//! `exists` is recorded as acknowledged, with its timestamp when `ok`; one refused for
+//! its debit account's limit (`exceeds_credits`, or `id_already_failed` on a retry) as
+//! refused; a transfer whose call failed as unknown (it may or may not have been
+//! applied). After the faults, [`check`] finds every acknowledged transfer as written,
+//! no refused one, and the balances equal to the sum of the transfers that exist. Half
+//! the accounts may not go into debit, so what is refused depends on the order the
+//! leader gave: the replicas must decide alike.
 
 use super::Cluster;
 use std::collections::BTreeMap;
@@ -11,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tally_client::Client;
 use tally_testkit::SeededRng;
-use tally_types::{Account, ResultCode, Transfer};
+use tally_types::{Account, AccountFlags, ResultCode, Transfer};
 
-/// The accounts transfers move money between (no balance limits: every transfer
-/// succeeds).
+/// The accounts transfers move money between; those up to [`LIMITED_ACCOUNTS`] may
+/// not go into debit (`debits_must_not_exceed_credits`).
 pub const ACCOUNTS: u128 = 8;
+const LIMITED_ACCOUNTS: u128 = 4;
 const LEDGER: u32 = 7;
 
 /// What was sent, and what the answer said.
@@ -33,7 +37,10 @@ pub struct Sent {
 pub struct Record {
     pub acknowledged: BTreeMap<u128, Sent>,
     pub unknown: BTreeMap<u128, Sent>,
-    /// Answers that are neither `ok` nor `exists`: always a failure.
+    /// Refused for a limit: must not exist.
+    pub refused: Vec<u128>,
+    /// Answers that are neither `ok`, `exists` nor a refusal for a limit: always a
+    /// failure.
     pub wrong: Vec<(u128, ResultCode)>,
 }
 
@@ -78,6 +85,10 @@ pub async fn create_accounts(client: &Client) {
             id,
             ledger: LEDGER,
             code: 1,
+            flags: match id <= LIMITED_ACCOUNTS {
+                true => AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                false => AccountFlags::empty(),
+            },
             ..Account::default()
         })
         .collect();
@@ -110,6 +121,11 @@ pub async fn send(client: &Client, batch: Vec<(Transfer, Sent)>, record: &Mutex<
                 match result.code {
                     ResultCode::Ok => sent.timestamp = Some(result.timestamp),
                     ResultCode::Exists => {}
+                    ResultCode::ExceedsCredits | ResultCode::IdAlreadyFailed => {
+                        record.unknown.remove(&transfer.id);
+                        record.refused.push(transfer.id);
+                        continue;
+                    }
                     code => {
                         record.wrong.push((transfer.id, code));
                         continue;
@@ -236,13 +252,26 @@ async fn run_task(
 }
 
 /// Checks, through the replicas `ids`: every acknowledged transfer exists as sent (and
-/// with the timestamp its `ok` answer gave); the unknown ones that exist are as sent;
-/// each account's posted debits and credits are the sums of the transfers that exist.
-/// Answers how many transfers exist.
+/// with the timestamp its `ok` answer gave); no refused one exists; the unknown ones
+/// that exist are as sent; each account's posted debits and credits are the sums of
+/// the transfers that exist, and a limited account is not in debit. Answers how many
+/// transfers exist.
 pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
     assert!(record.wrong.is_empty(), "wrong answers: {:?}", record.wrong);
     assert!(!record.acknowledged.is_empty(), "nothing was acknowledged");
     let client = cluster.client(ids, Duration::from_secs(10)).await;
+    let refused = lookup(&client, record.refused.clone()).await;
+    assert!(
+        refused.is_empty(),
+        "refused transfers exist: {:?}",
+        refused.keys()
+    );
+    eprintln!(
+        "{} acknowledged, {} refused for a limit, {} unknown",
+        record.acknowledged.len(),
+        record.refused.len(),
+        record.unknown.len()
+    );
     let stored = lookup(&client, record.acknowledged.keys().copied().collect()).await;
     let mut lost = Vec::new();
     for (id, sent) in &record.acknowledged {
@@ -274,6 +303,12 @@ pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
         .unwrap();
     assert_eq!(accounts.len(), ACCOUNTS as usize);
     for account in accounts {
+        if account.id <= LIMITED_ACCOUNTS {
+            assert!(
+                account.debits_posted <= account.credits_posted,
+                "{account:?}"
+            );
+        }
         assert_eq!(
             account.debits_posted,
             debits.get(&account.id).copied().unwrap_or(0),
