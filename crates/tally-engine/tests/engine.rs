@@ -209,6 +209,32 @@ fn concurrent_submitters_get_exactly_the_reference_results_in_log_order() {
     assert!(reference.check_invariants().is_empty());
 }
 
+/// Submits `batches` all at once, each from a tokio task of its own on a runtime of two
+/// threads; answers each batch's outcome, in order.
+fn submit_all_at_once(
+    ledger: &Ledger,
+    batches: Vec<Batch>,
+) -> Vec<Result<Vec<EventResult>, SubmitError>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tasks: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move { ledger.submit_async(batch).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    })
+}
+
 #[test]
 fn async_submitters_far_past_capacity_get_busy_and_lose_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -217,29 +243,15 @@ fn async_submitters_far_past_capacity_get_busy_and_lose_nothing_acknowledged() {
     config.backpressure = Backpressure::Busy;
     let ledger = Ledger::open(config).unwrap();
     ledger.submit(accounts()).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let outcomes: Vec<(u128, Result<Vec<EventResult>, SubmitError>)> = runtime.block_on(async {
-        let tasks: Vec<_> = (0..2_000u128)
-            .map(|n| {
-                let ledger = ledger.clone();
-                tokio::spawn(async move {
-                    let t = tally_testkit::transfer(50_000 + n, 1, 4, 1);
-                    (
-                        t.id,
-                        ledger.submit_async(Batch::CreateTransfers(vec![t])).await,
-                    )
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.unwrap());
-        }
-        outcomes
-    });
+    let ids: Vec<u128> = (50_000..52_000).collect();
+    let batches = ids
+        .iter()
+        .map(|&id| Batch::CreateTransfers(vec![tally_testkit::transfer(id, 1, 4, 1)]))
+        .collect();
+    let outcomes: Vec<(u128, Result<Vec<EventResult>, SubmitError>)> = ids
+        .into_iter()
+        .zip(submit_all_at_once(&ledger, batches))
+        .collect();
     let busy = outcomes
         .iter()
         .filter(|(_, r)| matches!(r, Err(SubmitError::Busy(_))))
@@ -618,34 +630,27 @@ fn the_queue_is_bounded_in_events() {
     config.backpressure = Backpressure::Busy;
     let ledger = Ledger::open(config).unwrap();
     ledger.submit(accounts()).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let outcomes: Vec<(u128, bool)> = runtime.block_on(async {
-        let tasks: Vec<_> = (0..64u128)
-            .map(|n| {
-                let ledger = ledger.clone();
-                tokio::spawn(async move {
-                    let first = 1_000_000 + n * BATCH;
-                    let batch = (first..first + BATCH)
-                        .map(|id| tally_testkit::transfer(id, 1, 4, 1))
-                        .collect();
-                    let outcome = ledger.submit_async(Batch::CreateTransfers(batch)).await;
-                    assert!(
-                        matches!(outcome, Ok(_) | Err(SubmitError::Busy(_))),
-                        "only busy or durable answers"
-                    );
-                    (first, outcome.is_ok())
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.unwrap());
-        }
-        outcomes
-    });
+    let firsts: Vec<u128> = (0..64u128).map(|n| 1_000_000 + n * BATCH).collect();
+    let batches = firsts
+        .iter()
+        .map(|&first| {
+            let batch = (first..first + BATCH)
+                .map(|id| tally_testkit::transfer(id, 1, 4, 1))
+                .collect();
+            Batch::CreateTransfers(batch)
+        })
+        .collect();
+    let outcomes: Vec<(u128, bool)> = firsts
+        .into_iter()
+        .zip(submit_all_at_once(&ledger, batches))
+        .map(|(first, outcome)| {
+            assert!(
+                matches!(outcome, Ok(_) | Err(SubmitError::Busy(_))),
+                "only busy or durable answers"
+            );
+            (first, outcome.is_ok())
+        })
+        .collect();
     let busy = outcomes.iter().filter(|(_, ok)| !ok).count();
     assert!(
         busy > 0,
