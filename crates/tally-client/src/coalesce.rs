@@ -340,6 +340,34 @@ mod tests {
         answer.await.expect("coalescer answers")
     }
 
+    /// With a call of event 0 flying, queues `calls` behind it, lets the batches go and
+    /// checks that each caller gets its own results, in order; answers the batches sent,
+    /// once there are `batches`.
+    async fn behind_a_flight(
+        harness: &Harness,
+        calls: Vec<Vec<u64>>,
+        batches: usize,
+    ) -> Vec<Vec<u64>> {
+        let queue = harness.queue.clone();
+        let first = tokio::spawn(async move { call(&queue, 0).await });
+        batches_sent(harness, 1).await;
+        let mut callers = Vec::new();
+        for events in calls {
+            let (reply, answer) = oneshot::channel();
+            let pending = Pending::new(events.clone(), reply);
+            harness.queue.send(pending).await.expect("running");
+            callers.push((events, answer));
+        }
+        harness.gate.add_permits(batches);
+        first.await.expect("joined").expect("ok");
+        for (events, answer) in callers {
+            let results = answer.await.expect("answered").expect("ok");
+            let stamps: Vec<u64> = results.iter().map(|r| r.timestamp).collect();
+            assert_eq!(stamps, events, "each caller gets its own results, in order");
+        }
+        batches_sent(harness, batches).await
+    }
+
     /// Waits until the coalescer has sent `count` batches.
     async fn batches_sent(harness: &Harness, count: usize) -> Vec<Vec<u64>> {
         for _ in 0..1_000 {
@@ -392,26 +420,10 @@ mod tests {
     #[tokio::test]
     async fn small_batches_stay_whole_and_in_order() {
         let harness = start(5, 16);
-        let queue = harness.queue.clone();
-        let first = tokio::spawn(async move { call(&queue, 0).await });
-        batches_sent(&harness, 1).await;
         // While the first flies: calls of 2, 2 and 3 events; the third does not fit
         // beside the first two (limit 5), so it leaves whole in the batch after.
-        let mut callers = Vec::new();
-        for events in [vec![10, 11], vec![20, 21], vec![30, 31, 32]] {
-            let (reply, answer) = oneshot::channel();
-            let pending = Pending::new(events.clone(), reply);
-            harness.queue.send(pending).await.expect("running");
-            callers.push((events, answer));
-        }
-        harness.gate.add_permits(3);
-        first.await.expect("joined").expect("ok");
-        for (events, answer) in callers {
-            let results = answer.await.expect("answered").expect("ok");
-            let stamps: Vec<u64> = results.iter().map(|r| r.timestamp).collect();
-            assert_eq!(stamps, events, "each caller gets its own results, in order");
-        }
-        let batches = batches_sent(&harness, 3).await;
+        let calls = vec![vec![10, 11], vec![20, 21], vec![30, 31, 32]];
+        let batches = behind_a_flight(&harness, calls, 3).await;
         assert_eq!(
             batches,
             vec![vec![0], vec![10, 11, 20, 21], vec![30, 31, 32]]
@@ -421,38 +433,18 @@ mod tests {
     #[tokio::test]
     async fn imported_calls_never_share_a_batch_with_others() {
         let harness = start(100, 16);
-        let queue = harness.queue.clone();
-        let first = tokio::spawn(async move { call(&queue, 0).await });
-        batches_sent(&harness, 1).await;
         // While the first flies: plain, imported, imported, plain. A call's own events
         // stay whole: the last is plain first, imported after (the server decides by
         // its first event).
-        let calls = [
+        let calls = vec![
             vec![10],
             vec![IMPORTED_FROM + 1],
             vec![IMPORTED_FROM + 2, IMPORTED_FROM + 3],
             vec![20, IMPORTED_FROM + 4],
         ];
-        let mut callers = Vec::new();
-        for events in calls {
-            let (reply, answer) = oneshot::channel();
-            harness
-                .queue
-                .send(Pending::new(events.clone(), reply))
-                .await
-                .expect("running");
-            callers.push((events, answer));
-        }
-        harness.gate.add_permits(4);
-        first.await.expect("joined").expect("ok");
-        for (events, answer) in callers {
-            let results = answer.await.expect("answered").expect("ok");
-            let stamps: Vec<u64> = results.iter().map(|r| r.timestamp).collect();
-            assert_eq!(stamps, events, "each caller gets its own results");
-        }
         let imported = IMPORTED_FROM;
         assert_eq!(
-            batches_sent(&harness, 4).await,
+            behind_a_flight(&harness, calls, 4).await,
             vec![
                 vec![0],
                 vec![10],
