@@ -91,6 +91,20 @@ pub fn read_only_comparing_events(
     Ok((report, state, comparison))
 }
 
+/// A page of the journal's events from `from` on; where retention deleted the start,
+/// from the oldest event kept.
+fn read_kept(reader: &mut EventReader, mut from: u64) -> Result<Vec<ChangeEvent>, LogError> {
+    loop {
+        match reader.read(from, CHANGE_EVENTS_LIMIT_MAX) {
+            Err(LogError::EventsRetired {
+                next_timestamp_kept,
+                ..
+            }) if next_timestamp_kept > from => from = next_timestamp_kept,
+            answer => return answer,
+        }
+    }
+}
+
 /// What comparing the change-event journal with the log's events found
 /// ([`read_only_comparing_events`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,18 +169,11 @@ impl JournalComparer {
     fn journal_front(&mut self, from: u64) -> Option<&ChangeEvent> {
         while self.pending.is_empty() && !self.journal_done {
             let timestamp_min = *self.next_read.get_or_insert(from);
-            match self.reader.read(timestamp_min, CHANGE_EVENTS_LIMIT_MAX) {
+            match read_kept(&mut self.reader, timestamp_min) {
                 Ok(page) if page.is_empty() => self.journal_done = true,
                 Ok(page) => {
                     self.next_read = page.last().map(|event| event.timestamp + 1);
                     self.pending.extend(page);
-                }
-                // Retention deleted the start: go on from the oldest event kept.
-                Err(LogError::EventsRetired {
-                    next_timestamp_kept,
-                    ..
-                }) if next_timestamp_kept > timestamp_min => {
-                    self.next_read = Some(next_timestamp_kept);
                 }
                 Err(error) => {
                     self.found.unread = Some(error.to_string());
@@ -260,15 +267,8 @@ impl JournalComparer {
     fn count_unmatched_before(&mut self, end: u64) {
         let mut from = 0;
         while from < end {
-            let page = match self.reader.read(from, CHANGE_EVENTS_LIMIT_MAX) {
+            let page = match read_kept(&mut self.reader, from) {
                 Ok(page) => page,
-                Err(LogError::EventsRetired {
-                    next_timestamp_kept,
-                    ..
-                }) if next_timestamp_kept > from => {
-                    from = next_timestamp_kept;
-                    continue;
-                }
                 Err(error) => {
                     self.found.unread = Some(error.to_string());
                     return;
