@@ -119,10 +119,18 @@ impl TransferStore {
 
     pub fn push(&mut self, transfer: &Transfer) {
         if self.tail.starts.is_empty() {
-            // Room for a chunk of typical records up front, so that the tail does not
-            // copy itself as it doubles; it is shrunk to fit when frozen.
+            // Room up front for as many bytes as the chunk before took and an eighth
+            // more (typical records for the first), so that the tail neither copies
+            // itself as it doubles nor faults in pages it will not use; it is shrunk
+            // to fit when frozen.
+            let bytes = self
+                .frozen
+                .last()
+                .map_or(CHUNK * TYPICAL_RECORD_BYTES, |last| {
+                    last.bytes.len() + last.bytes.len() / 8
+                });
             self.tail.starts.reserve_exact(CHUNK);
-            self.tail.bytes.reserve(CHUNK * TYPICAL_RECORD_BYTES);
+            self.tail.bytes.reserve_exact(bytes);
         }
         let start = u32::try_from(self.tail.bytes.len()).expect("a chunk stays under 4 GiB");
         self.tail.starts.push(start);
