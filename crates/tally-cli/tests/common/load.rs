@@ -1,11 +1,12 @@
 //! A load of transfers from concurrent client tasks. Every transfer answered `ok` or
 //! `exists` is recorded as acknowledged, with its timestamp when `ok`; one refused for
-//! its debit account's limit (`exceeds_credits`, or `id_already_failed` on a retry) as
-//! refused; a transfer whose call failed as unknown (it may or may not have been
-//! applied). After the faults, [`check`] finds every acknowledged transfer as written,
-//! no refused one, and the balances equal to the sum of the transfers that exist. Half
-//! the accounts may not go into debit, so what is refused depends on the order the
-//! leader gave: the replicas must decide alike.
+//! its debit account's limit (`exceeds_credits`, or `id_already_failed` on a retry), or
+//! failed with the linked chain it belongs to, as refused; a transfer whose call failed
+//! as unknown (it may or may not have been applied). A third of the batches are one
+//! linked chain. After the faults, [`check`] finds every acknowledged transfer as
+//! written, no refused one, each chain whole or absent, and the balances equal to the
+//! sum of the transfers that exist. Half the accounts may not go into debit, so what is
+//! refused depends on the order the leader gave: the replicas must decide alike.
 
 use super::Cluster;
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tally_client::Client;
 use tally_testkit::SeededRng;
-use tally_types::{Account, AccountFlags, ResultCode, Transfer};
+use tally_types::{Account, AccountFlags, ResultCode, Transfer, TransferFlags};
 
 /// The accounts transfers move money between; those up to [`LIMITED_ACCOUNTS`] may
 /// not go into debit (`debits_must_not_exceed_credits`).
@@ -39,6 +40,8 @@ pub struct Record {
     pub unknown: BTreeMap<u128, Sent>,
     /// Refused for a limit: must not exist.
     pub refused: Vec<u128>,
+    /// The ids of each linked chain sent: all of a chain exist, or none.
+    pub chains: Vec<Vec<u128>>,
     /// Answers that are neither `ok`, `exists` nor a refusal for a limit: always a
     /// failure.
     pub wrong: Vec<(u128, ResultCode)>,
@@ -76,6 +79,14 @@ pub fn transfer(id: u128, rng: &mut SeededRng) -> (Transfer, Sent) {
         timestamp: None,
     };
     (transfer, sent)
+}
+
+/// Makes `batch` one linked chain: every transfer but the last is `linked`.
+fn link(batch: &mut [(Transfer, Sent)]) {
+    let last = batch.len() - 1;
+    for (transfer, _) in &mut batch[..last] {
+        transfer.flags = transfer.flags.with(TransferFlags::LINKED);
+    }
 }
 
 /// Creates the accounts (retried until acknowledged).
@@ -117,11 +128,21 @@ pub async fn send(client: &Client, batch: Vec<(Transfer, Sent)>, record: &Mutex<
     let mut record = record.lock().unwrap();
     match answer {
         Ok(results) => {
+            // A chain sent again after its first answer was lost fails on its first
+            // transfer with `exists`, and the rest with it: all of it is in.
+            let chain_exists = transfers[0].flags.contains(TransferFlags::LINKED)
+                && results.iter().any(|r| r.code == ResultCode::Exists);
             for ((transfer, mut sent), result) in batch.into_iter().zip(results) {
-                match result.code {
+                let code = match result.code {
+                    ResultCode::LinkedEventFailed if chain_exists => ResultCode::Exists,
+                    code => code,
+                };
+                match code {
                     ResultCode::Ok => sent.timestamp = Some(result.timestamp),
                     ResultCode::Exists => {}
-                    ResultCode::ExceedsCredits | ResultCode::IdAlreadyFailed => {
+                    ResultCode::ExceedsCredits
+                    | ResultCode::IdAlreadyFailed
+                    | ResultCode::LinkedEventFailed => {
                         record.unknown.remove(&transfer.id);
                         record.refused.push(transfer.id);
                         continue;
@@ -238,10 +259,15 @@ async fn run_task(
             continue;
         }
         let size = 1 + rng.below(4) as u128;
-        let batch: Vec<(Transfer, Sent)> = (next_id..next_id + size)
+        let mut batch: Vec<(Transfer, Sent)> = (next_id..next_id + size)
             .map(|id| transfer(id, &mut rng))
             .collect();
         next_id += size;
+        if size > 1 && rng.below(3) == 0 {
+            link(&mut batch);
+            let ids = batch.iter().map(|(t, _)| t.id).collect();
+            record.lock().unwrap().chains.push(ids);
+        }
         if send(&clients[current], batch, &record).await {
             acks.fetch_add(size as u64, Ordering::Relaxed);
         } else {
@@ -267,10 +293,11 @@ pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
         refused.keys()
     );
     eprintln!(
-        "{} acknowledged, {} refused for a limit, {} unknown",
+        "{} acknowledged, {} refused for a limit or with their chain, {} unknown, {} chains",
         record.acknowledged.len(),
         record.refused.len(),
-        record.unknown.len()
+        record.unknown.len(),
+        record.chains.len()
     );
     let stored = lookup(&client, record.acknowledged.keys().copied().collect()).await;
     let mut lost = Vec::new();
@@ -290,6 +317,16 @@ pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
     let unknown = lookup(&client, record.unknown.keys().copied().collect()).await;
     for (id, found) in &unknown {
         assert_as_sent(*id, &record.unknown[id], found, false);
+    }
+    for chain in &record.chains {
+        let exist = chain
+            .iter()
+            .filter(|id| stored.contains_key(id) || unknown.contains_key(id))
+            .count();
+        assert!(
+            exist == 0 || exist == chain.len(),
+            "{exist} of the linked chain {chain:?} exist"
+        );
     }
     let mut debits = BTreeMap::new();
     let mut credits = BTreeMap::new();
