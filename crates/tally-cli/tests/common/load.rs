@@ -3,9 +3,10 @@
 //! its debit account's limit (`exceeds_credits`, or `id_already_failed` on a retry), or
 //! failed with the linked chain it belongs to, as refused; a transfer whose call failed
 //! as unknown (it may or may not have been applied). A third of the batches are one
-//! linked chain. After the faults, [`check`] finds every acknowledged transfer as
-//! written, no refused one, each chain whole or absent, and the balances equal to the
-//! sum of the transfers that exist. Half the accounts may not go into debit, so what is
+//! linked chain; a tenth of the transfers are pending, and each task posts or voids
+//! those of its own acknowledged. After the faults, [`check`] finds every acknowledged
+//! transfer as written, no refused one, each chain whole or absent, and the posted
+//! and pending balances equal to the sums of the transfers that exist. Half the accounts may not go into debit, so what is
 //! refused depends on the order the leader gave: the replicas must decide alike.
 
 use super::Cluster;
@@ -29,6 +30,9 @@ pub struct Sent {
     pub debit: u128,
     pub credit: u128,
     pub amount: u128,
+    /// `pending`, `post_pending_transfer` or `void_pending_transfer`, or none.
+    pub flags: TransferFlags,
+    pub pending_id: u128,
     /// The timestamp of an `ok` answer (an `exists` answer carries none).
     pub timestamp: Option<u64>,
 }
@@ -76,7 +80,37 @@ pub fn transfer(id: u128, rng: &mut SeededRng) -> (Transfer, Sent) {
         debit,
         credit,
         amount,
+        flags: TransferFlags::empty(),
+        pending_id: 0,
         timestamp: None,
+    };
+    (transfer, sent)
+}
+
+/// Pending transfer `id` of `amount` between two accounts picked by `rng` (no timeout).
+fn pending(id: u128, rng: &mut SeededRng) -> (Transfer, Sent) {
+    let (mut transfer, mut sent) = transfer(id, rng);
+    transfer.flags = TransferFlags::PENDING;
+    sent.flags = TransferFlags::PENDING;
+    (transfer, sent)
+}
+
+/// Transfer `id` posting (or voiding) the whole of `pending`, every field given.
+fn settle(id: u128, pending: &(Transfer, Sent), post: bool) -> (Transfer, Sent) {
+    let flags = match post {
+        true => TransferFlags::POST_PENDING_TRANSFER,
+        false => TransferFlags::VOID_PENDING_TRANSFER,
+    };
+    let transfer = Transfer {
+        id,
+        pending_id: pending.0.id,
+        flags,
+        ..pending.0
+    };
+    let sent = Sent {
+        flags,
+        pending_id: pending.0.id,
+        ..pending.1
     };
     (transfer, sent)
 }
@@ -121,8 +155,18 @@ pub async fn create_accounts(client: &Client) {
     }
 }
 
-/// Sends one batch and records what its answer says.
+/// Sends one batch and records what its answer says: true when it was answered.
 pub async fn send(client: &Client, batch: Vec<(Transfer, Sent)>, record: &Mutex<Record>) -> bool {
+    answer(client, batch, record).await.is_some()
+}
+
+/// Sends one batch, records what its answer says, and answers each transfer's result
+/// as recorded (`exists` for the rest of a chain that is in), `None` if unanswered.
+async fn answer(
+    client: &Client,
+    batch: Vec<(Transfer, Sent)>,
+    record: &Mutex<Record>,
+) -> Option<Vec<ResultCode>> {
     let transfers: Vec<Transfer> = batch.iter().map(|(t, _)| *t).collect();
     let answer = client.create_transfers(&transfers).await;
     let mut record = record.lock().unwrap();
@@ -132,11 +176,13 @@ pub async fn send(client: &Client, batch: Vec<(Transfer, Sent)>, record: &Mutex<
             // transfer with `exists`, and the rest with it: all of it is in.
             let chain_exists = transfers[0].flags.contains(TransferFlags::LINKED)
                 && results.iter().any(|r| r.code == ResultCode::Exists);
+            let mut codes = Vec::with_capacity(results.len());
             for ((transfer, mut sent), result) in batch.into_iter().zip(results) {
                 let code = match result.code {
                     ResultCode::LinkedEventFailed if chain_exists => ResultCode::Exists,
                     code => code,
                 };
+                codes.push(code);
                 match code {
                     ResultCode::Ok => sent.timestamp = Some(result.timestamp),
                     ResultCode::Exists => {}
@@ -155,13 +201,13 @@ pub async fn send(client: &Client, batch: Vec<(Transfer, Sent)>, record: &Mutex<
                 record.unknown.remove(&transfer.id);
                 record.acknowledged.insert(transfer.id, sent);
             }
-            true
+            Some(codes)
         }
         Err(_) => {
             for (transfer, sent) in batch {
                 record.unknown.insert(transfer.id, sent);
             }
-            false
+            None
         }
     }
 }
@@ -253,26 +299,65 @@ async fn run_task(
 ) {
     let mut next_id = first_id;
     let mut current = 0;
+    // This task's pending transfers answered `ok` or `exists`, not yet settled.
+    let mut open: Vec<(Transfer, Sent)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if pause.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
         let size = 1 + rng.below(4) as u128;
-        let mut batch: Vec<(Transfer, Sent)> = (next_id..next_id + size)
-            .map(|id| transfer(id, &mut rng))
-            .collect();
+        let mut batch: Vec<(Transfer, Sent)> = Vec::new();
+        for id in next_id..next_id + size {
+            let settles = !open.is_empty() && rng.below(2) == 0;
+            batch.push(match (settles, rng.below(10)) {
+                (true, _) => settle(id, &open.remove(0), rng.below(2) == 0),
+                (false, 0) => pending(id, &mut rng),
+                (false, _) => transfer(id, &mut rng),
+            });
+        }
         next_id += size;
         if size > 1 && rng.below(3) == 0 {
             link(&mut batch);
             let ids = batch.iter().map(|(t, _)| t.id).collect();
             record.lock().unwrap().chains.push(ids);
         }
-        if send(&clients[current], batch, &record).await {
-            acks.fetch_add(size as u64, Ordering::Relaxed);
-        } else {
-            current = (current + 1) % clients.len();
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = batch.clone();
+        match answer(&clients[current], batch, &record).await {
+            Some(codes) => {
+                acks.fetch_add(size as u64, Ordering::Relaxed);
+                follow_up(sent, &codes, &mut open);
+            }
+            None => {
+                // Whether its settlements are in is unknown: they are not sent again.
+                current = (current + 1) % clients.len();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// After an answered batch: its pending transfers that are in wait to be settled, and
+/// the pending transfer of a settlement refused with its chain waits again.
+fn follow_up(sent: Vec<(Transfer, Sent)>, codes: &[ResultCode], open: &mut Vec<(Transfer, Sent)>) {
+    for ((transfer, sent), code) in sent.into_iter().zip(codes) {
+        let is_in = matches!(code, ResultCode::Ok | ResultCode::Exists);
+        if transfer.flags.contains(TransferFlags::PENDING) && is_in {
+            open.push((transfer, sent));
+        } else if transfer.pending_id != 0 && !is_in {
+            let pending = Transfer {
+                id: transfer.pending_id,
+                pending_id: 0,
+                flags: TransferFlags::PENDING,
+                ..transfer
+            };
+            let sent = Sent {
+                flags: TransferFlags::PENDING,
+                pending_id: 0,
+                timestamp: None,
+                ..sent
+            };
+            open.push((pending, sent));
         }
     }
 }
@@ -328,12 +413,14 @@ pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
             "{exist} of the linked chain {chain:?} exist"
         );
     }
-    let mut debits = BTreeMap::new();
-    let mut credits = BTreeMap::new();
-    for transfer in stored.values().chain(unknown.values()) {
-        *debits.entry(transfer.debit_account_id).or_insert(0u128) += transfer.amount;
-        *credits.entry(transfer.credit_account_id).or_insert(0u128) += transfer.amount;
-    }
+    let existing: BTreeMap<u128, Transfer> = stored.into_iter().chain(unknown).collect();
+    let balances = balances_of(&existing);
+    let settled = existing.values().filter(|t| t.pending_id != 0).count();
+    let pending = existing
+        .values()
+        .filter(|t| t.flags.contains(TransferFlags::PENDING))
+        .count();
+    eprintln!("{pending} pending transfers exist, {settled} posted or voided");
     let accounts = client
         .lookup_accounts((1..=ACCOUNTS).collect::<Vec<_>>())
         .await
@@ -342,24 +429,59 @@ pub async fn check(cluster: &Cluster, ids: &[u64], record: &Record) -> usize {
     for account in accounts {
         if account.id <= LIMITED_ACCOUNTS {
             assert!(
-                account.debits_posted <= account.credits_posted,
+                account.debits_pending + account.debits_posted <= account.credits_posted,
                 "{account:?}"
             );
         }
-        assert_eq!(
+        let found = [
+            account.debits_pending,
             account.debits_posted,
-            debits.get(&account.id).copied().unwrap_or(0),
-            "account {} debits",
-            account.id
-        );
-        assert_eq!(
+            account.credits_pending,
             account.credits_posted,
-            credits.get(&account.id).copied().unwrap_or(0),
-            "account {} credits",
+        ];
+        let expected = balances.get(&account.id).copied().unwrap_or_default();
+        assert_eq!(
+            found, expected,
+            "account {}: debits and credits, pending and posted",
             account.id
         );
     }
-    stored.len() + unknown.len()
+    existing.len()
+}
+
+/// Each account's debits pending and posted, credits pending and posted, as the
+/// `existing` transfers make them. A settlement's pending transfer must exist.
+fn balances_of(existing: &BTreeMap<u128, Transfer>) -> BTreeMap<u128, [u128; 4]> {
+    let mut sums: BTreeMap<u128, [i128; 4]> = BTreeMap::new();
+    let post = TransferFlags::POST_PENDING_TRANSFER;
+    let void = TransferFlags::VOID_PENDING_TRANSFER;
+    for t in existing.values() {
+        let amount = i128::try_from(t.amount).expect("a small amount");
+        // (pending, posted) change of both accounts.
+        let change = if t.flags.contains(post) || t.flags.contains(void) {
+            assert!(
+                existing.contains_key(&t.pending_id),
+                "transfer {} settles {}, which does not exist",
+                t.id,
+                t.pending_id
+            );
+            // The whole pending amount leaves the pending balances.
+            (-amount, if t.flags.contains(post) { amount } else { 0 })
+        } else if t.flags.contains(TransferFlags::PENDING) {
+            (amount, 0)
+        } else {
+            (0, amount)
+        };
+        let debit = sums.entry(t.debit_account_id).or_default();
+        debit[0] += change.0;
+        debit[1] += change.1;
+        let credit = sums.entry(t.credit_account_id).or_default();
+        credit[2] += change.0;
+        credit[3] += change.1;
+    }
+    sums.into_iter()
+        .map(|(id, sum)| (id, sum.map(|s| u128::try_from(s).expect("no negative sum"))))
+        .collect()
 }
 
 fn assert_as_sent(id: u128, sent: &Sent, found: &Transfer, acknowledged: bool) {
@@ -367,9 +489,17 @@ fn assert_as_sent(id: u128, sent: &Sent, found: &Transfer, acknowledged: bool) {
         (
             found.debit_account_id,
             found.credit_account_id,
-            found.amount
+            found.amount,
+            found.flags.without(TransferFlags::LINKED),
+            found.pending_id
         ),
-        (sent.debit, sent.credit, sent.amount),
+        (
+            sent.debit,
+            sent.credit,
+            sent.amount,
+            sent.flags,
+            sent.pending_id
+        ),
         "transfer {id} changed (acknowledged: {acknowledged})"
     );
     assert_eq!((found.ledger, found.code), (LEDGER, 1), "transfer {id}");
