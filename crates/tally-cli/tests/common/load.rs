@@ -6,8 +6,9 @@
 //! linked chain; a tenth of the transfers are pending, and each task posts or voids
 //! those of its own acknowledged. After the faults, [`check`] finds every acknowledged
 //! transfer as written, no refused one, each chain whole or absent, and the posted
-//! and pending balances equal to the sums of the transfers that exist. Half the accounts may not go into debit, so what is
-//! refused depends on the order the leader gave: the replicas must decide alike.
+//! and pending balances equal to the sums of the transfers that exist. Half the
+//! accounts may not go into debit, so what is refused depends on the order the leader
+//! gave: the replicas must decide alike.
 
 use super::Cluster;
 use std::collections::BTreeMap;
