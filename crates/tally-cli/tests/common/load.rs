@@ -43,12 +43,12 @@ pub struct Sent {
 pub struct Record {
     pub acknowledged: BTreeMap<u128, Sent>,
     pub unknown: BTreeMap<u128, Sent>,
-    /// Refused for a limit: must not exist.
+    /// Refused for a limit or with their chain: must not exist.
     pub refused: Vec<u128>,
     /// The ids of each linked chain sent: all of a chain exist, or none.
     pub chains: Vec<Vec<u128>>,
-    /// Answers that are neither `ok`, `exists` nor a refusal for a limit: always a
-    /// failure.
+    /// Answers that are neither `ok`, `exists` nor a refusal for a limit or with a
+    /// chain: always a failure.
     pub wrong: Vec<(u128, ResultCode)>,
 }
 
