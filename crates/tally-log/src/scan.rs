@@ -37,6 +37,15 @@ pub(crate) fn list(storage: &mut dyn Storage) -> Result<Listing, LogError> {
     let mut listing = Listing::default();
     for name in names {
         if let Some(first_sequence) = format::parse_segment_name(&name) {
+            if first_sequence == 0 {
+                // Sequences start at 1: the scan's arithmetic relies on it.
+                return Err(LogError::corrupt(
+                    storage.path(&name),
+                    0,
+                    "the segment's name says it starts at sequence 0; sequences start at 1"
+                        .to_string(),
+                ));
+            }
             listing.segments.push(SegmentFile {
                 first_sequence,
                 name,

@@ -416,6 +416,24 @@ fn overlapping_segments_stop_open() {
 }
 
 #[test]
+fn a_segment_named_for_sequence_0_stops_open_naming_it() {
+    for bytes in [Vec::new(), layout::encode_segment_header(0).to_vec()] {
+        let storage = build_log(&records(1, 3), 3, 1 << 20);
+        storage.write_file_durable(&layout::segment_name(0), &bytes);
+        let message = expect_corrupt(
+            open(&storage, options(1 << 20)),
+            &layout::segment_name(0),
+            0,
+        );
+        assert!(message.contains("sequences start at 1"), "{message}");
+        assert!(matches!(
+            verify_storage(&mut storage.clone()),
+            Err(LogError::Corrupt { .. })
+        ));
+    }
+}
+
+#[test]
 fn files_that_are_not_ours_are_left_alone() {
     let storage = build_log(&records(1, 3), 3, 1 << 20);
     storage.write_file_durable("LOCK", b"");
