@@ -632,8 +632,9 @@ fn write_engine(out: &mut String, e: &ShardStats) -> fmt::Result {
     let share = |n: u64| 100.0 * n as f64 / e.units.max(1) as f64;
     writeln!(
         out,
-        "  engine            {} group commits, mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us, {} stalls seen); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
+        "  engine            {} group commits ({} applied by the log thread), mean {:.0} events, group latency p50 {} p99 {} max {}; {} pacing pauses (mean {:.0} us, {} stalls seen); {} spare-segment steps (mean {:.0} us, {} MB); shard units {}, {:.1}% spanned shards, {:.1}% waited for a part; {} groups serial",
         e.groups,
+        e.groups_applied_by_log_thread,
         e.group_events_mean,
         ms(e.group_latency_us_p50),
         ms(e.group_latency_us_p99),
@@ -682,6 +683,7 @@ mod tests {
                 units_waited: 10,
                 groups_serial: 3,
                 groups: 40,
+                groups_applied_by_log_thread: 31,
                 group_events_mean: 24.5,
                 group_latency_us_p50: 1_200,
                 group_latency_us_p99: 4_500,
@@ -793,7 +795,7 @@ mod tests {
         "  achieved          1000 transfers/s mean, 1490 peak second (930 acknowledged, 900 ok)\n",
         "  outcome           successful 73 transfers/s, failed 8 transfers/s\n",
         "  latency           p50 0.800 ms  p90 1.500 ms  p99 3.000 ms  p99.9 7.000 ms  p99.99 12.000 ms  max 20.000 ms\n",
-        "  engine            40 group commits, mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us, 2 stalls seen); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
+        "  engine            40 group commits (31 applied by the log thread), mean 24 events, group latency p50 1.200 ms p99 4.500 ms max 9.001 ms; 7 pacing pauses (mean 812 us, 2 stalls seen); 5 spare-segment steps (mean 96 us, 67 MB); shard units 1000, 25.0% spanned shards, 1.0% waited for a part; 3 groups serial\n",
         "  snapshots         2 written, 1 failed; longest freeze 15.000 ms (apply thread), longest write 2.3 s\n",
         "  cluster           3 replicas; chaos kill-leader; 2 leader kills; failovers 2; longest gap between acknowledgements 1750.000 ms\n",
         "  lost answers      12 submissions sent again; 3 events found applied by a lost attempt\n",

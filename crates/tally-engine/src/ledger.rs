@@ -14,7 +14,7 @@ use crate::shared::Shared;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crate::tables::TableMaker;
 use crate::threads::{
-    ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, SPARE_STEP_BYTES_PER_US_INITIAL,
+    ApplyStage, ApplyThread, GROUPS_IN_FLIGHT_MAX, LogThread, SPARE_STEP_BYTES_PER_US_INITIAL,
 };
 use crossbeam_queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock};
@@ -219,18 +219,22 @@ impl Ledger {
         };
         let (to_apply, from_log) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT_MAX);
         let (snapshots_to_log, snapshots) = std::sync::mpsc::channel();
-        let apply = ApplyThread {
+        let stage = Arc::new(Mutex::new(ApplyStage {
             shared: Arc::clone(&shared),
             applier,
-            from_log,
             snapshots: snapshots_to_log,
             journal,
             tables,
+        }));
+        let apply = ApplyThread {
+            stage: Arc::clone(&stage),
+            from_log,
         };
         let log = LogThread {
             shared: Arc::clone(&shared),
             logger,
             to_apply,
+            stage,
             snapshots,
             snapshot_in_flight: None,
             retirement_in_flight: None,

@@ -1,5 +1,6 @@
 //! Counters a service can read or scrape. Hot counters are relaxed atomics written by
-//! the apply thread; histograms are updated once per group under a cold-path lock.
+//! the thread that applies a group; histograms are updated once per group under a
+//! cold-path lock.
 
 use crate::shards::ShardCounters;
 use hdrhistogram::Histogram;
@@ -13,6 +14,8 @@ pub(crate) struct Metrics {
     pub batches_committed: AtomicU64,
     pub events_committed: AtomicU64,
     pub groups_committed: AtomicU64,
+    /// Of those, groups the log thread applied itself (`crate::threads`).
+    pub groups_applied_by_log_thread: AtomicU64,
     pub busy_rejections: AtomicU64,
     /// Pauses the log thread made to pace syncs (each after a commit that several
     /// submissions shared; `crate::pacing`), and the microseconds they
@@ -53,6 +56,7 @@ impl Metrics {
             batches_committed: AtomicU64::new(0),
             events_committed: AtomicU64::new(0),
             groups_committed: AtomicU64::new(0),
+            groups_applied_by_log_thread: AtomicU64::new(0),
             busy_rejections: AtomicU64::new(0),
             commit_pauses: AtomicU64::new(0),
             commit_pause_us: AtomicU64::new(0),
@@ -95,6 +99,9 @@ pub struct MetricsSnapshot {
     pub events_committed: u64,
     /// Group commits (one sync each) since open.
     pub groups_committed: u64,
+    /// Of those, small groups the log thread applied itself, right after their sync,
+    /// because the apply thread was idle; the others went to the apply thread.
+    pub groups_applied_by_log_thread: u64,
     /// Submissions refused with [`crate::SubmitError::Busy`].
     pub busy_rejections: u64,
     /// Pauses the log thread made to pace syncs.
@@ -151,11 +158,15 @@ impl MetricsSnapshot {
     /// Prometheus text exposition of these figures.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let figures: [(&str, u64); 21] = [
+        let figures: [(&str, u64); 22] = [
             ("queue_depth", self.queue_depth as u64),
             ("batches_committed_total", self.batches_committed),
             ("events_committed_total", self.events_committed),
             ("groups_committed_total", self.groups_committed),
+            (
+                "groups_applied_by_log_thread_total",
+                self.groups_applied_by_log_thread,
+            ),
             ("busy_rejections_total", self.busy_rejections),
             ("commit_pauses_total", self.commit_pauses),
             ("commit_pause_us_total", self.commit_pause_us),
@@ -210,6 +221,7 @@ impl Metrics {
             batches_committed: self.batches_committed.load(Ordering::Relaxed),
             events_committed: self.events_committed.load(Ordering::Relaxed),
             groups_committed: self.groups_committed.load(Ordering::Relaxed),
+            groups_applied_by_log_thread: self.groups_applied_by_log_thread.load(Ordering::Relaxed),
             busy_rejections: self.busy_rejections.load(Ordering::Relaxed),
             commit_pauses: self.commit_pauses.load(Ordering::Relaxed),
             commit_pause_us: self.commit_pause_us.load(Ordering::Relaxed),

@@ -7,7 +7,10 @@
 //!
 //! While group n is applied, group n+1 is being synced. The hand-off is a bounded
 //! channel of [`GROUPS_IN_FLIGHT_MAX`] groups, so a slow applier pushes back on the log
-//! thread, which pushes back on submitters through the bounded queue.
+//! thread, which pushes back on submitters through the bounded queue. A small group
+//! that finds the apply thread idle is applied by the log thread itself, right after
+//! its sync ([`LogThread::apply_here`]): the work of applying a group ([`ApplyStage`])
+//! is held by one thread at a time, and the applier's sequence keeps the log order.
 
 use crate::clock::wall_clock_ns;
 use crate::commit::{Applier, Clock, LoggedGroup, Logger, Submission};
@@ -17,6 +20,7 @@ use crate::request::{Answered, EventResult, Reply, Request, transfer_balances};
 use crate::shared::Shared;
 use crate::snapshot_source::FrozenSource;
 use crate::tables::TableMaker;
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -42,6 +46,13 @@ pub(crate) struct SyncedGroup {
 /// the snapshot thread.
 pub(crate) type SnapshotImage = (u64, FrozenState);
 
+/// The largest group the log thread applies itself when the apply thread is idle: its
+/// apply (tens of microseconds) costs the next sync less than the hand-off would cost
+/// the group. A larger one is worth overlapping with the next sync: with a limit of 128
+/// events, 256 closed-loop callers (groups of about 130) committed less than with none
+/// (docs/performance.md, "Group commit pacing").
+const APPLY_HERE_EVENTS_MAX: usize = 32;
+
 /// How long an idle log thread sleeps before re-checking the queue. Submitters unpark
 /// it, so this bounds only a missed wake-up, never normal latency.
 const IDLE_PARK: Duration = Duration::from_millis(5);
@@ -59,6 +70,9 @@ pub(crate) struct LogThread {
     pub shared: Arc<Shared>,
     pub logger: Logger,
     pub to_apply: SyncSender<SyncedGroup>,
+    /// The apply stage, which this thread takes for a small group when it is free
+    /// ([`LogThread::apply_here`]).
+    pub stage: Arc<Mutex<ApplyStage>>,
     pub snapshots: Receiver<SnapshotImage>,
     /// The snapshot being written on its own thread, if any: at most one at a time.
     pub snapshot_in_flight: Option<JoinHandle<Result<u64, tally_log::LogError>>>,
@@ -344,13 +358,49 @@ impl LogThread {
         if group.records.is_empty() {
             return Ok(());
         }
-        self.to_apply
-            .send(SyncedGroup {
-                group,
-                replies: logged_replies,
-                started,
-            })
-            .map_err(|_| ())
+        let synced = SyncedGroup {
+            group,
+            replies: logged_replies,
+            started,
+        };
+        match self.apply_here(synced) {
+            Ok(()) => Ok(()),
+            Err(synced) => self.to_apply.send(synced).map_err(|_| ()),
+        }
+    }
+
+    /// Applies a small group on this thread when the apply thread is idle with every
+    /// earlier group applied; otherwise gives it back to be sent. The log thread has
+    /// just come back from the sync and holds a core, while waking the apply thread
+    /// would wait for one: on a busy machine that hand-off was a large part of a
+    /// payment's latency. A large group goes to the apply thread, so that its apply
+    /// overlaps the next sync. If the apply panics (a broken invariant), nothing more is
+    /// logged, as when the apply thread dies.
+    fn apply_here(&mut self, synced: SyncedGroup) -> Result<(), SyncedGroup> {
+        let events: usize = synced.group.records.iter().map(|r| r.batch.len()).sum();
+        if events > APPLY_HERE_EVENTS_MAX {
+            return Err(synced);
+        }
+        let Some(mut stage) = self.stage.try_lock() else {
+            return Err(synced);
+        };
+        let first = synced.group.records.first().map(|r| r.sequence);
+        if !first.is_some_and(|sequence| stage.may_apply_here(sequence, events)) {
+            return Err(synced);
+        }
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stage.apply_group(synced);
+        }));
+        drop(stage);
+        self.shared
+            .metrics
+            .groups_applied_by_log_thread
+            .fetch_add(1, Ordering::Relaxed);
+        if applied.is_err() {
+            self.logger.stop("the apply stage panicked");
+            self.publish_failure();
+        }
+        Ok(())
     }
 
     fn publish_failure(&self) {
@@ -375,11 +425,14 @@ fn pulse() -> Request {
     }
 }
 
-/// The apply thread: applies synced groups and answers (phase 2).
-pub(crate) struct ApplyThread {
+/// What applying a group needs: the applier, where its change events and snapshots
+/// go, and the table maker. Held by one thread at a time, behind a mutex: the apply
+/// thread's, or the log thread's for a small group that it applies itself
+/// ([`LogThread::apply_here`]). The log order is kept by the applier's sequence: a
+/// group is applied only right after the one before it.
+pub(crate) struct ApplyStage {
     pub shared: Arc<Shared>,
     pub applier: Applier,
-    pub from_log: Receiver<SyncedGroup>,
     pub snapshots: std::sync::mpsc::Sender<SnapshotImage>,
     /// The journal thread, when change events are on.
     pub journal: Option<Journal>,
@@ -387,83 +440,113 @@ pub(crate) struct ApplyThread {
     pub tables: TableMaker,
 }
 
+/// The apply thread: applies synced groups and answers (phase 2).
+pub(crate) struct ApplyThread {
+    pub stage: Arc<Mutex<ApplyStage>>,
+    pub from_log: Receiver<SyncedGroup>,
+}
+
 impl ApplyThread {
-    pub fn run(mut self) {
-        while let Ok(SyncedGroup {
+    pub fn run(self) {
+        while let Ok(group) = self.from_log.recv() {
+            self.stage.lock().apply_group(group);
+        }
+    }
+}
+
+impl ApplyStage {
+    /// Whether the log thread may apply a group of `events` whose first record is
+    /// `sequence`: it comes next in the log, and no snapshot falls due with it (the
+    /// freeze and the journal's sync stay off the log thread).
+    fn may_apply_here(&self, sequence: u64, events: usize) -> bool {
+        let interval = self.shared.config.snapshot_events_interval;
+        let snapshot_due =
+            interval != 0 && self.applier.events_since_snapshot + events as u64 >= interval;
+        self.applier.sequence_applied + 1 == sequence && !snapshot_due
+    }
+
+    /// Applies one synced group under the state write lock, answers its submitters,
+    /// hands its change events to the journal and, when one is due, a frozen state to
+    /// the log thread for a snapshot.
+    fn apply_group(&mut self, synced: SyncedGroup) {
+        let SyncedGroup {
             group,
             replies,
             started,
-        }) = self.from_log.recv()
+        } = synced;
+        let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
+        let batches = group.records.len();
+        let wants_balances = replies.iter().any(|(_, balances)| *balances);
+        // Balances come from the change events: captured for this group alone when
+        // the ledger keeps no journal.
+        let capture_for_balances = wants_balances && self.journal.is_none();
+        let (answers, changes, captured) = {
+            let mut state = self.shared.state.write();
+            if capture_for_balances {
+                state.set_change_capture(true);
+            }
+            let answers = self.applier.apply(&mut state, group);
+            self.tables.tend(&mut state);
+            let changes = self.journal.as_ref().map(|journal| {
+                let events = state.take_changes_into(journal.spare());
+                (events, state.last_timestamp())
+            });
+            let captured = capture_for_balances.then(|| {
+                let events = state.take_changes();
+                state.set_change_capture(false);
+                events
+            });
+            (answers, changes, captured)
+        };
+        self.record_metrics(batches, events, &answers, started);
+        assert_eq!(answers.len(), replies.len(), "one answer per logged batch");
+        let group_events: &[ChangeEvent] = match (&captured, &changes) {
+            (Some(events), _) | (None, Some((events, _))) => events,
+            (None, None) => &[],
+        };
+        for ((reply, balances), results) in replies.into_iter().zip(answers) {
+            let balances = if balances {
+                results
+                    .iter()
+                    .map(|result| transfer_balances(group_events, result))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // A submitter that gave up waiting dropped its receiver; its batch is in.
+            let _ = reply.send(Ok(Answered { results, balances }));
+        }
+        if let (Some(journal), Some((events, through))) = (&self.journal, changes) {
+            journal.send(events, through);
+        }
+        if self
+            .applier
+            .snapshot_due(self.shared.config.snapshot_events_interval)
         {
-            let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
-            let batches = group.records.len();
-            let wants_balances = replies.iter().any(|(_, balances)| *balances);
-            // Balances come from the change events: captured for this group alone when
-            // the ledger keeps no journal.
-            let capture_for_balances = wants_balances && self.journal.is_none();
-            let (answers, changes, captured) = {
-                let mut state = self.shared.state.write();
-                if capture_for_balances {
-                    state.set_change_capture(true);
-                }
-                let answers = self.applier.apply(&mut state, group);
-                self.tables.tend(&mut state);
-                let changes = self.journal.as_ref().map(|journal| {
-                    let events = state.take_changes_into(journal.spare());
-                    (events, state.last_timestamp())
-                });
-                let captured = capture_for_balances.then(|| {
-                    let events = state.take_changes();
-                    state.set_change_capture(false);
-                    events
-                });
-                (answers, changes, captured)
-            };
-            self.record_metrics(batches, events, &answers, started);
-            assert_eq!(answers.len(), replies.len(), "one answer per logged batch");
-            let group_events: &[ChangeEvent] = match (&captured, &changes) {
-                (Some(events), _) | (None, Some((events, _))) => events,
-                (None, None) => &[],
-            };
-            for ((reply, balances), results) in replies.into_iter().zip(answers) {
-                let balances = if balances {
-                    results
-                        .iter()
-                        .map(|result| transfer_balances(group_events, result))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                // A submitter that gave up waiting dropped its receiver; its batch is in.
-                let _ = reply.send(Ok(Answered { results, balances }));
-            }
-            if let (Some(journal), Some((events, through))) = (&self.journal, changes) {
-                journal.send(events, through);
-            }
-            if self
-                .applier
-                .snapshot_due(self.shared.config.snapshot_events_interval)
-            {
-                let state = self.shared.state.read();
-                // Timed once the lock is held: the freeze alone, not a reader's turn.
-                let freezing = Instant::now();
-                let frozen = state.freeze();
-                drop(state);
-                let freeze_us = u64::try_from(freezing.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.shared
-                    .metrics
-                    .snapshot_freeze_us_max
-                    .fetch_max(freeze_us, Ordering::Relaxed);
-                // The log up to this snapshot may be retired once it is written: the
-                // journal must hold its events on disk first. If it cannot, no snapshot.
-                if self
-                    .journal
-                    .as_ref()
-                    .is_none_or(|journal| journal.sync().is_ok())
-                {
-                    let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
-                }
-            }
+            self.freeze_for_snapshot();
+        }
+    }
+
+    /// Freezes the state and sends it to the log thread, which has it written.
+    fn freeze_for_snapshot(&mut self) {
+        let state = self.shared.state.read();
+        // Timed once the lock is held: the freeze alone, not a reader's turn.
+        let freezing = Instant::now();
+        let frozen = state.freeze();
+        drop(state);
+        let freeze_us = u64::try_from(freezing.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared
+            .metrics
+            .snapshot_freeze_us_max
+            .fetch_max(freeze_us, Ordering::Relaxed);
+        // The log up to this snapshot may be retired once it is written: the
+        // journal must hold its events on disk first. If it cannot, no snapshot.
+        if self
+            .journal
+            .as_ref()
+            .is_none_or(|journal| journal.sync().is_ok())
+        {
+            let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
         }
     }
 

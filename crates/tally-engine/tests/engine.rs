@@ -32,9 +32,15 @@ fn accounts() -> Batch {
 }
 
 /// A random batch over a small id space: collisions, chains, second phases, refunds and
-/// failures are common. `tag` makes every batch's content unique.
+/// failures are common. `tag` makes every batch's content unique. One batch in ten is
+/// long, so that groups too large for the log thread to apply itself go to the apply
+/// thread between small ones that it does apply.
 fn random_batch(rng: &mut Rng, tag: u64) -> Batch {
-    let len = 1 + rng.below(12) as usize;
+    let len = if rng.below(10) == 0 {
+        129 + rng.below(200) as usize
+    } else {
+        1 + rng.below(12) as usize
+    };
     let events = (0..len)
         .map(|_| {
             let id = 1 + u128::from(rng.below(400));
@@ -804,6 +810,37 @@ fn a_lone_sequential_caller_is_not_held_back_by_commit_pacing() {
         metrics.commit_pauses, 0,
         "a lone caller's commits never pause"
     );
+    ledger.shutdown().unwrap();
+}
+
+#[test]
+fn small_groups_are_applied_by_the_log_thread_and_large_ones_are_not() {
+    const SUBMITS: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(quiet(dir.path())).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let before = ledger.metrics();
+    for round in 0..SUBMITS {
+        pay_one(&ledger, u128::from(7_000 + round));
+    }
+    let small = ledger.metrics();
+    // Each lone payment is its own group, found with the apply thread idle (its answer
+    // came before the next was sent); only a thread preempted just then could miss it.
+    let here = small.groups_applied_by_log_thread - before.groups_applied_by_log_thread;
+    assert!(
+        here > SUBMITS / 2,
+        "{here} of {SUBMITS} lone payments applied by the log thread"
+    );
+    let long: Vec<Transfer> = (0..500u128).map(|n| payment(8_000 + n)).collect();
+    let answer = ledger.submit(Batch::CreateTransfers(long)).unwrap();
+    assert!(answer.iter().all(|r| r.code == ResultCode::Ok));
+    let large = ledger.metrics();
+    assert_eq!(large.groups_committed, small.groups_committed + 1);
+    assert_eq!(
+        large.groups_applied_by_log_thread, small.groups_applied_by_log_thread,
+        "a group of 500 events goes to the apply thread"
+    );
+    assert_eq!(large.events_committed, small.events_committed + 500);
     ledger.shutdown().unwrap();
 }
 

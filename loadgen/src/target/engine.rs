@@ -215,6 +215,7 @@ impl Target for EngineTarget {
             units_waited: metrics.shard_units_waited,
             groups_serial: metrics.groups_serial,
             groups: metrics.groups_committed,
+            groups_applied_by_log_thread: metrics.groups_applied_by_log_thread,
             group_events_mean: metrics.group_events_mean,
             group_latency_us_p50: metrics.commit_latency_us_p50,
             group_latency_us_p99: metrics.commit_latency_us_p99,

@@ -159,6 +159,8 @@ pub struct ShardStats {
     pub groups_serial: u64,
     /// Group commits.
     pub groups: u64,
+    /// Of those, groups the log thread applied itself (small ones, the apply thread idle).
+    pub groups_applied_by_log_thread: u64,
     /// Mean events per group commit.
     pub group_events_mean: f64,
     /// Median of the engine's own commit latency per group (oldest submission enqueued
