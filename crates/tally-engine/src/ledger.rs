@@ -225,6 +225,7 @@ impl Ledger {
             snapshots: snapshots_to_log,
             journal,
             tables,
+            unfinished: false,
         }));
         let apply = ApplyThread {
             stage: Arc::clone(&stage),

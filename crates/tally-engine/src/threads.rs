@@ -438,6 +438,10 @@ pub(crate) struct ApplyStage {
     pub journal: Option<Journal>,
     /// Prepares the tables user-data indexes grow into.
     pub tables: TableMaker,
+    /// True while a group is being applied; left true by a panic, so that the log
+    /// thread never applies another group over a state a broken invariant left half
+    /// changed (the group goes to the channel, which the dead apply thread closed).
+    pub unfinished: bool,
 }
 
 /// The apply thread: applies synced groups and answers (phase 2).
@@ -462,13 +466,14 @@ impl ApplyStage {
         let interval = self.shared.config.snapshot_events_interval;
         let snapshot_due =
             interval != 0 && self.applier.events_since_snapshot + events as u64 >= interval;
-        self.applier.sequence_applied + 1 == sequence && !snapshot_due
+        self.applier.sequence_applied + 1 == sequence && !snapshot_due && !self.unfinished
     }
 
     /// Applies one synced group under the state write lock, answers its submitters,
     /// hands its change events to the journal and, when one is due, a frozen state to
     /// the log thread for a snapshot.
     fn apply_group(&mut self, synced: SyncedGroup) {
+        self.unfinished = true;
         let SyncedGroup {
             group,
             replies,
@@ -525,6 +530,7 @@ impl ApplyStage {
         {
             self.freeze_for_snapshot();
         }
+        self.unfinished = false;
     }
 
     /// Freezes the state and sends it to the log thread, which has it written.
