@@ -36,6 +36,10 @@ const COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a shutdown waits for the change-event journal's writer to finish.
 const JOURNAL_CLOSE_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long an add whose change of voters failed waits for the membership to settle
+/// before it answers ([`Core::voter_after_failed_add`]): a concurrent change commits in
+/// a round or two.
+const MEMBERSHIP_SETTLE_MAX: Duration = Duration::from_secs(5);
 
 const CUT_OFF: &str = "this replica leads but has not heard from a majority lately";
 
@@ -503,10 +507,11 @@ impl Core {
                 // This replica alone, not the voters read above plus it: a change made
                 // meanwhile (another add) would be undone by a whole new set.
                 let add = ChangeMembers::AddVoterIds(BTreeSet::from([replica_id]));
-                self.raft
-                    .change_membership(add, false)
-                    .await
-                    .map_err(|e| format!("making replica {replica_id} a voter: {e}"))?;
+                if let Err(error) = self.raft.change_membership(add, false).await {
+                    return self
+                        .voter_after_failed_add(replica_id, error.to_string())
+                        .await;
+                }
             }
             AdminRequest::Remove { replica_id } => {
                 if !voters.contains(&replica_id) {
@@ -527,6 +532,42 @@ impl Core {
 }
 
 impl Core {
+    /// Answers an add whose change of voters failed: Raft changes them in two steps (a
+    /// joint configuration, then the new one), and another add running at once can
+    /// carry this replica's first step into its own configuration while refusing this
+    /// one's second, so the replica may be a voter all the same. Once the membership
+    /// has settled (one configuration, applied), the add answers success if the replica
+    /// is a voter, else the error: it was refused and stays a learner, to be added again.
+    async fn voter_after_failed_add(
+        &self,
+        replica_id: u64,
+        error: String,
+    ) -> Result<ReplicaStatus, String> {
+        let settled = self
+            .raft
+            .wait(Some(MEMBERSHIP_SETTLE_MAX))
+            .metrics(
+                |metrics| {
+                    let stored = &metrics.membership_config;
+                    stored.membership().get_joint_config().len() == 1
+                        && stored.log_id() <= &metrics.last_applied
+                },
+                "membership settled",
+            )
+            .await;
+        let is_voter = settled.is_ok_and(|metrics| {
+            metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == replica_id)
+        });
+        match is_voter {
+            true => Ok(self.status()),
+            false => Err(format!("making replica {replica_id} a voter: {error}")),
+        }
+    }
+
     /// Removes learner `replica_id` (one that never caught up), on the leader.
     async fn remove_learner(&self, replica_id: u64) -> Result<ReplicaStatus, String> {
         let is_learner = self
