@@ -388,14 +388,16 @@ impl LogThread {
         if !first.is_some_and(|sequence| stage.may_apply_here(sequence, events)) {
             return Err(synced);
         }
-        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            stage.apply_group(synced);
-        }));
-        drop(stage);
+        // Counted before the apply answers, so that a submitter holding its answer
+        // reads a count that includes its group.
         self.shared
             .metrics
             .groups_applied_by_log_thread
             .fetch_add(1, Ordering::Relaxed);
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stage.apply_group(synced);
+        }));
+        drop(stage);
         if applied.is_err() {
             self.logger.stop("the apply stage panicked");
             self.publish_failure();
