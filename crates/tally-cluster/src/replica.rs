@@ -15,7 +15,7 @@ use crate::network::{
 };
 use crate::state_machine::{Applied, StateStore};
 use crate::types::Raft;
-use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Membership, ServerState, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,8 +36,8 @@ const COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a shutdown waits for the change-event journal's writer to finish.
 const JOURNAL_CLOSE_WAIT_MAX: Duration = Duration::from_secs(10);
-/// How long an add whose change of voters failed waits for the membership to settle
-/// before it answers ([`Core::voter_after_failed_add`]): a concurrent change commits in
+/// How long a membership change that failed waits for the membership to settle
+/// before it answers ([`Core::settled_outcome`]): a concurrent change commits in
 /// a round or two.
 const MEMBERSHIP_SETTLE_MAX: Duration = Duration::from_secs(5);
 
@@ -508,8 +508,11 @@ impl Core {
                 // meanwhile (another add) would be undone by a whole new set.
                 let add = ChangeMembers::AddVoterIds(BTreeSet::from([replica_id]));
                 if let Err(error) = self.raft.change_membership(add, false).await {
+                    let refused = format!("making replica {replica_id} a voter: {error}");
                     return self
-                        .voter_after_failed_add(replica_id, error.to_string())
+                        .settled_outcome(refused, |membership| {
+                            membership.voter_ids().any(|id| id == replica_id)
+                        })
                         .await;
                 }
             }
@@ -521,10 +524,14 @@ impl Core {
                     return Err("the last replica cannot be removed".into());
                 }
                 let remove = ChangeMembers::RemoveVoters(BTreeSet::from([replica_id]));
-                self.raft
-                    .change_membership(remove, false)
-                    .await
-                    .map_err(|e| format!("removing replica {replica_id}: {e}"))?;
+                if let Err(error) = self.raft.change_membership(remove, false).await {
+                    let refused = format!("removing replica {replica_id}: {error}");
+                    return self
+                        .settled_outcome(refused, |membership| {
+                            !membership.voter_ids().any(|id| id == replica_id)
+                        })
+                        .await;
+                }
             }
         }
         Ok(self.status())
@@ -532,16 +539,16 @@ impl Core {
 }
 
 impl Core {
-    /// Answers an add whose change of voters failed: Raft changes them in two steps (a
-    /// joint configuration, then the new one), and another add running at once can
-    /// carry this replica's first step into its own configuration while refusing this
-    /// one's second, so the replica may be a voter all the same. Once the membership
-    /// has settled (one configuration, applied), the add answers success if the replica
-    /// is a voter, else the error: it was refused and stays a learner, to be added again.
-    async fn voter_after_failed_add(
+    /// Answers a membership change that failed. Raft changes voters in two steps (a
+    /// joint configuration, then the new one), and another change running at once can
+    /// carry this one's first step into its own configuration while refusing this one's
+    /// second, so what was asked may be done all the same. Once the membership has
+    /// settled (one configuration, applied), the change answers success if `done` holds
+    /// for it, else `refused`: nothing of it stands, and it can be asked again.
+    async fn settled_outcome(
         &self,
-        replica_id: u64,
-        error: String,
+        refused: String,
+        done: impl Fn(&Membership<u64, BasicNode>) -> bool,
     ) -> Result<ReplicaStatus, String> {
         let settled = self
             .raft
@@ -555,16 +562,9 @@ impl Core {
                 "membership settled",
             )
             .await;
-        let is_voter = settled.is_ok_and(|metrics| {
-            metrics
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|id| id == replica_id)
-        });
-        match is_voter {
+        match settled.is_ok_and(|metrics| done(metrics.membership_config.membership())) {
             true => Ok(self.status()),
-            false => Err(format!("making replica {replica_id} a voter: {error}")),
+            false => Err(refused),
         }
     }
 
@@ -582,10 +582,14 @@ impl Core {
             return Err(format!("replica {replica_id} is not a member"));
         }
         let removal = openraft::ChangeMembers::RemoveNodes([replica_id].into());
-        self.raft
-            .change_membership(removal, false)
-            .await
-            .map_err(|e| format!("removing learner {replica_id}: {e}"))?;
+        if let Err(error) = self.raft.change_membership(removal, false).await {
+            let refused = format!("removing learner {replica_id}: {error}");
+            return self
+                .settled_outcome(refused, |membership| {
+                    !membership.nodes().any(|(id, _)| *id == replica_id)
+                })
+                .await;
+        }
         Ok(self.status())
     }
 

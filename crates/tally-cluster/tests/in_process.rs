@@ -329,6 +329,46 @@ async fn replicas_added_at_once_both_stay_voters() {
     }
 }
 
+/// Two voters removed at once: each remove that answers success leaves its replica no
+/// longer a voter; one refused leaves it a voter, and removing it again works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_removed_at_once_answer_by_what_stands() {
+    let root = tempfile::tempdir().expect("dir");
+    let members = members(5);
+    let mut replicas = Vec::new();
+    for id in 1..=5 {
+        replicas.push(open(id, &members, root.path()).await);
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = wait_for_leader(&all).await;
+    submit(&replicas[leader as usize - 1], two_accounts()).await;
+    let leading = &replicas[leader as usize - 1];
+    let [a, b] = [1u64, 2, 3, 4, 5]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .take(2)
+        .collect::<Vec<_>>()[..]
+    else {
+        unreachable!("four replicas other than the leader")
+    };
+    let (first, second) = tokio::join!(leading.remove_replica(a), leading.remove_replica(b));
+    let voters = leading.status().voters;
+    for (id, answer) in [(a, &first), (b, &second)] {
+        match answer {
+            Ok(_) => assert!(!voters.contains_key(&id), "{id} removed: {voters:?}"),
+            Err(refused) => {
+                assert!(voters.contains_key(&id), "{id}: {refused}, {voters:?}");
+                let status = leading.remove_replica(id).await.expect("removes");
+                assert!(!status.voters.contains_key(&id), "{status:?}");
+            }
+        }
+    }
+    assert_eq!(leading.status().voters.len(), 3);
+    for replica in &replicas {
+        replica.shutdown().await;
+    }
+}
+
 /// An add at a wrong address fails once the learner has not caught up in time; added
 /// again at the right one, the replica joins there (the learner's address is moved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
