@@ -190,20 +190,26 @@ impl Rights {
 
     /// `PERMISSION_DENIED` unless every event's ledger is allowed: the ledger each will
     /// take (a post, void or refund that gives 0 takes its transfer's, resolved by the
-    /// caller). Ledger 0 left unresolved (the transfer named is not stored) is refused
-    /// to a token limited to some ledgers.
-    pub fn check_ledgers(&self, ledgers: impl IntoIterator<Item = u32>) -> Result<(), Status> {
+    /// caller), or `None` for an event that names no ledger and takes none (it fails
+    /// with `ledger_must_not_be_zero`, touching nothing). A reference left unresolved
+    /// (`Some(0)`: the transfer named is neither stored nor earlier in the batch) is
+    /// refused to a token limited to some ledgers.
+    pub fn check_ledgers(
+        &self,
+        ledgers: impl IntoIterator<Item = Option<u32>>,
+    ) -> Result<(), Status> {
         let Some(allowed) = &self.ledgers else {
             return Ok(());
         };
-        for (index, ledger) in ledgers.into_iter().enumerate() {
+        let taken = ledgers.into_iter().enumerate();
+        for (index, ledger) in taken.filter_map(|(index, ledger)| Some((index, ledger?))) {
             if !allowed.contains(&ledger) {
                 return Err(Status::permission_denied(format!(
                     "event {index}: token {:?} may not touch ledger {ledger}{}",
                     self.name,
                     if ledger == 0 {
-                        " (0 names no ledger; a post, void or refund giving 0 takes that \
-                         of the transfer it names, when that one is stored)"
+                        " (a post, void or refund giving 0 takes that of the transfer it \
+                         names, when that one is stored or earlier in the batch)"
                     } else {
                         ""
                     }
@@ -482,16 +488,23 @@ mod tests {
             .check_operation(Operation::CreateAccounts)
             .expect_err("op");
         assert_eq!(op.code(), tonic::Code::PermissionDenied);
-        assert!(rights.check_ledgers([840, 840]).is_ok());
-        let other = rights.check_ledgers([840, 978]).expect_err("978");
+        assert!(rights.check_ledgers([Some(840), Some(840)]).is_ok());
+        let other = rights
+            .check_ledgers([Some(840), Some(978)])
+            .expect_err("978");
         assert_eq!(other.code(), tonic::Code::PermissionDenied);
         assert!(
             other.message().starts_with("event 1"),
             "{}",
             other.message()
         );
-        assert!(rights.check_ledgers([0]).is_err(), "ledger 0 must be named");
-        assert!(Rights::all().check_ledgers([0, 5]).is_ok());
+        let unresolved = rights.check_ledgers([Some(0)]);
+        assert!(unresolved.is_err(), "a reference must resolve");
+        assert!(
+            rights.check_ledgers([None, Some(840)]).is_ok(),
+            "none taken"
+        );
+        assert!(Rights::all().check_ledgers([Some(0), Some(5)]).is_ok());
     }
 
     #[test]

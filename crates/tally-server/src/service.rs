@@ -7,6 +7,7 @@ use crate::auth::{Operation, Rights};
 use crate::backend::{Backend, BackendError};
 use crate::events;
 use crate::stats::ServerStats;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tally_cluster::ClusterError;
 use tally_engine::{EventResult, SubmitError, TransferResult};
@@ -263,15 +264,15 @@ fn invalid(error: tally_proto::ConvertError) -> Status {
 
 impl LedgerService {
     /// The ledger each transfer will take, for a token limited to some ledgers: its
-    /// own, or for a post, void or refund that gives ledger 0, that of the transfer it
-    /// names as stored now (a stored transfer's ledger never changes); 0 where that
-    /// transfer is not stored, which such a token may not touch.
+    /// own; for a post, void or refund that gives ledger 0, that of the transfer it
+    /// names, as stored now (a stored transfer's ledger never changes) or else as an
+    /// earlier event of this batch gives it, `Some(0)` when neither; `None` for any
+    /// other event giving 0, which fails by itself and touches no ledger.
     async fn ledgers_taken(
         &self,
         rights: &Rights,
         transfers: &[Transfer],
-    ) -> Result<Vec<u32>, Status> {
-        let mut ledgers: Vec<u32> = transfers.iter().map(|transfer| transfer.ledger).collect();
+    ) -> Result<Vec<Option<u32>>, Status> {
         let takes_ledger = |transfer: &Transfer| {
             transfer.ledger == 0
                 && transfer.pending_id != 0
@@ -283,8 +284,9 @@ impl LedgerService {
                 .into_iter()
                 .any(|flag| transfer.flags.contains(flag))
         };
+        let own = |transfer: &Transfer| (transfer.ledger != 0).then_some(transfer.ledger);
         if rights.ledgers_all() || !transfers.iter().any(takes_ledger) {
-            return Ok(ledgers);
+            return Ok(transfers.iter().map(own).collect());
         }
         let named: Vec<u128> = transfers
             .iter()
@@ -296,14 +298,27 @@ impl LedgerService {
             .lookup_transfers_async(&named)
             .await
             .map_err(|error| self.submit_status(&error))?;
-        let stored: std::collections::HashMap<u128, u32> = stored
+        let stored: HashMap<u128, u32> = stored
             .iter()
             .map(|transfer| (transfer.id, transfer.ledger))
             .collect();
-        for (ledger, transfer) in ledgers.iter_mut().zip(transfers) {
-            if takes_ledger(transfer) {
-                *ledger = stored.get(&transfer.pending_id).copied().unwrap_or(0);
-            }
+        // What each earlier event of the batch would store under its id, if it succeeds
+        // (one whose id is stored already fails with `exists`: the stored one counts).
+        let mut earlier: HashMap<u128, Option<u32>> = HashMap::new();
+        let mut ledgers = Vec::with_capacity(transfers.len());
+        for transfer in transfers {
+            let ledger = match takes_ledger(transfer) {
+                true => match stored.get(&transfer.pending_id) {
+                    Some(&ledger) => Some(ledger),
+                    None => earlier
+                        .get(&transfer.pending_id)
+                        .copied()
+                        .unwrap_or(Some(0)),
+                },
+                false => own(transfer),
+            };
+            earlier.entry(transfer.id).or_insert(ledger);
+            ledgers.push(ledger);
         }
         Ok(ledgers)
     }
@@ -326,7 +341,11 @@ impl tally_proto::LedgerService for LedgerService {
         let accounts = tally_proto::accounts_from_request(request.get_ref())
             .map_err(|error| self.refuse(operation, invalid(error)))?;
         rights
-            .check_ledgers(accounts.iter().map(|account| account.ledger))
+            .check_ledgers(
+                accounts
+                    .iter()
+                    .map(|account| (account.ledger != 0).then_some(account.ledger)),
+            )
             .map_err(|status| self.refuse(operation, status))?;
         let results = self
             .submit(operation, Batch::CreateAccounts(accounts))
