@@ -146,6 +146,12 @@ impl ServerConfig {
         if self.tls.is_none() && !self.insecure && public {
             return Err(ServerError::InsecureListen(self.listen));
         }
+        // The metrics port is always plain HTTP.
+        if let Some(metrics) = self.metrics.filter(|at| !at.ip().is_loopback())
+            && !self.insecure
+        {
+            return Err(ServerError::InsecureMetrics(metrics));
+        }
         self.limits.check()?;
         let tls = self
             .tls
@@ -168,6 +174,8 @@ impl ServerConfig {
 pub enum ServerError {
     /// A plain-text listener on a non-loopback address without `insecure`.
     InsecureListen(SocketAddr),
+    /// The metrics port (plain HTTP) on a non-loopback address without `insecure`.
+    InsecureMetrics(SocketAddr),
     /// A TLS file could not be read.
     TlsFile {
         /// The file.
@@ -209,6 +217,11 @@ pub enum ServerError {
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ServerError::InsecureMetrics(addr) => write!(
+                f,
+                "refusing to serve metrics (plain HTTP) on non-loopback {addr}: serve them \
+                 on loopback, or pass --insecure to accept the risk"
+            ),
             ServerError::InsecureListen(addr) => write!(
                 f,
                 "refusing to serve plain text on non-loopback {addr}: give TLS files, \
@@ -253,6 +266,7 @@ impl std::error::Error for ServerError {
             ServerError::Tokens(error) => Some(error),
             ServerError::Engine(error) => Some(error),
             ServerError::InsecureListen(_)
+            | ServerError::InsecureMetrics(_)
             | ServerError::Limits(_)
             | ServerError::TlsPem { .. } => None,
         }

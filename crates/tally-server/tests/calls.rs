@@ -312,6 +312,20 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         .await
         .expect_err("refused");
     assert!(refused.to_string().contains("--insecure"), "{refused}");
+    // The metrics port is plain HTTP wherever it listens: off loopback it needs it too.
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.metrics = Some("0.0.0.0:0".parse().expect("addr"));
+    let refused = Server::start(ledger.clone(), config.clone())
+        .await
+        .expect_err("refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("metrics") && message.contains("--insecure"),
+        "{message}"
+    );
+    config.insecure = true;
+    let server = Server::start(ledger.clone(), config).await.expect("starts");
+    server.shutdown().await.expect("clean shutdown");
     ledger.shutdown().expect("shutdown");
 }
 
