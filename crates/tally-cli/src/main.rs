@@ -192,6 +192,8 @@ fn apply(data: PathBuf, sharding: Sharding, manual_clock: bool) -> Result<ExitCo
         .map_err(|error| format!("reading stdin: {error}"))?
     {
         let answer = match line {
+            // A blank line holds no request, so it gets no answer.
+            Line::Text(line) if line.trim().is_empty() => continue,
             Line::Text(line) => answer_line(&ledger, &line, &currencies, manual_clock),
             Line::TooLong(bytes) => tally_json::error_answer(&format!(
                 "line of {bytes} bytes is longer than the maximum {line_bytes_max}"

@@ -339,12 +339,14 @@ fn malformed_lines_are_rejected_whole_and_change_nothing() {
 }
 
 /// A line that is not UTF-8, and one past the length bound, each get an error answer
-/// and change nothing; the lines after them are still read and answered.
+/// and change nothing; the lines after them are still read and answered. Blank lines
+/// hold no request and get no answer.
 #[test]
 fn a_line_of_bad_bytes_or_too_long_is_answered_and_the_stream_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut input = Vec::new();
     writeln!(input, "{ACCOUNTS}").unwrap();
+    input.extend_from_slice(b"\n  \t\r\n");
     input.extend_from_slice(
         b"{\"create_accounts\": [{\"id\": \"7\", \"ledger\": 1, \"code\": 1, \"x\xff\": 1}]}\n",
     );
@@ -353,7 +355,7 @@ fn a_line_of_bad_bytes_or_too_long_is_answered_and_the_stream_goes_on() {
         "1".repeat(17_000_000)
     );
     writeln!(input, "{long}").unwrap();
-    input.extend_from_slice(b"{\"lookup_accounts\": [\"1\", \"7\", \"8\"]}\r\n");
+    input.extend_from_slice(b"{\"lookup_accounts\": [\"1\", \"7\", \"8\"]}\r\n\n");
     let mut child = tally()
         .args(["apply", "--data"])
         .arg(dir.path())
