@@ -77,8 +77,12 @@ impl Operation {
         }
     }
 
-    /// The operation with this name.
+    /// The operation with this name; `subscribe_change_events` names the right of
+    /// both change-event calls too, as `get_change_events` does.
     pub fn from_name(name: &str) -> Option<Operation> {
+        if name == "subscribe_change_events" {
+            return Some(Operation::GetChangeEvents);
+        }
         Operation::ALL.into_iter().find(|op| op.name() == name)
     }
 }
@@ -478,6 +482,16 @@ mod tests {
             tokens.authenticate(&lower).is_ok(),
             "the scheme is case-insensitive"
         );
+    }
+
+    #[test]
+    fn operation_names_read_back_and_the_subscription_names_its_right() {
+        for operation in Operation::ALL {
+            assert_eq!(Operation::from_name(operation.name()), Some(operation));
+        }
+        let subscribe = Operation::from_name("subscribe_change_events");
+        assert_eq!(subscribe, Some(Operation::GetChangeEvents));
+        assert_eq!(Operation::from_name("subscribe"), None);
     }
 
     #[test]
