@@ -196,8 +196,8 @@ impl Rights {
     /// take (a post, void or refund that gives 0 takes its transfer's, resolved by the
     /// caller), or `None` for an event that names no ledger and takes none (it fails
     /// with `ledger_must_not_be_zero`, touching nothing). A reference left unresolved
-    /// (`Some(0)`: the transfer named is neither stored nor earlier in the batch) is
-    /// refused to a token limited to some ledgers.
+    /// (`Some(0)`: the transfer named is not stored) is refused to a token limited to
+    /// some ledgers.
     pub fn check_ledgers(
         &self,
         ledgers: impl IntoIterator<Item = Option<u32>>,
@@ -213,7 +213,7 @@ impl Rights {
                     self.name,
                     if ledger == 0 {
                         " (a post, void or refund giving 0 takes that of the transfer it \
-                         names, when that one is stored or earlier in the batch)"
+                         names when that one is stored; else give its ledger)"
                     } else {
                         ""
                     }

@@ -265,9 +265,11 @@ fn invalid(error: tally_proto::ConvertError) -> Status {
 impl LedgerService {
     /// The ledger each transfer will take, for a token limited to some ledgers: its
     /// own; for a post, void or refund that gives ledger 0, that of the transfer it
-    /// names, as stored now (a stored transfer's ledger never changes) or else as an
-    /// earlier event of this batch gives it, `Some(0)` when neither; `None` for any
-    /// other event giving 0, which fails by itself and touches no ledger.
+    /// names as stored now (a stored transfer's ledger never changes), `Some(0)` where
+    /// none is stored; `None` for any other event giving 0, which fails by itself and
+    /// touches no ledger. A transfer named that is not stored yet (one earlier in the
+    /// same batch) is not taken on trust: another caller could store that id first in
+    /// another ledger, so the event must give its ledger, which the engine checks.
     async fn ledgers_taken(
         &self,
         rights: &Rights,
@@ -302,25 +304,11 @@ impl LedgerService {
             .iter()
             .map(|transfer| (transfer.id, transfer.ledger))
             .collect();
-        // What each earlier event of the batch would store under its id, if it succeeds
-        // (one whose id is stored already fails with `exists`: the stored one counts).
-        let mut earlier: HashMap<u128, Option<u32>> = HashMap::new();
-        let mut ledgers = Vec::with_capacity(transfers.len());
-        for transfer in transfers {
-            let ledger = match takes_ledger(transfer) {
-                true => match stored.get(&transfer.pending_id) {
-                    Some(&ledger) => Some(ledger),
-                    None => earlier
-                        .get(&transfer.pending_id)
-                        .copied()
-                        .unwrap_or(Some(0)),
-                },
-                false => own(transfer),
-            };
-            earlier.entry(transfer.id).or_insert(ledger);
-            ledgers.push(ledger);
-        }
-        Ok(ledgers)
+        let ledger = |transfer: &Transfer| match takes_ledger(transfer) {
+            true => Some(stored.get(&transfer.pending_id).copied().unwrap_or(0)),
+            false => own(transfer),
+        };
+        Ok(transfers.iter().map(ledger).collect())
     }
 }
 
