@@ -7,10 +7,12 @@
 //!
 //! One writer writes a group in place over a preallocated, synced segment and calls
 //! `fdatasync`, back to back, as the busy log thread does, and records when each
-//! sync ended. A payment that arrives while sync k is in flight joins group k + 1,
-//! written as sync k ends, and is durable when sync k + 1 ends. Arrivals are taken at
-//! every microsecond of the run (a uniform load), so the latencies printed are what
-//! any load that keeps the log busy would see at best. Files go to
+//! write began and each sync ended. A payment that arrives while sync k is in flight
+//! joins group k + 1, written as sync k ends, and is durable when sync k + 1 ends: in
+//! general, when the first sync begun after it ends. Arrivals are taken at every
+//! microsecond of the run (a uniform load), so the latencies printed are what any load
+//! that keeps the log busy would see at best. A second case runs two writers over
+//! halves of the segment (two syncs in flight). Files go to
 //! `<workspace>/target/sync-floor` (not /tmp, which may be tmpfs).
 
 use std::io;
