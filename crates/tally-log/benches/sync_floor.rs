@@ -15,6 +15,9 @@
 //! halves of the segment (two syncs in flight). Files go to
 //! `<workspace>/target/sync-floor` (not /tmp, which may be tmpfs).
 
+mod common;
+
+use common::percentile_us;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,7 +43,7 @@ fn preallocated(dir: &Path) -> io::Result<FsStorage> {
 /// One sync: when its group's write began and when its `fdatasync` returned, in
 /// nanoseconds from the run's start.
 #[derive(Clone, Copy)]
-struct Sync {
+struct SyncSpan {
     began: u64,
     ended: u64,
 }
@@ -52,14 +55,14 @@ fn syncs(
     writers: usize,
     group_bytes: usize,
     duration: Duration,
-) -> io::Result<Vec<Sync>> {
+) -> io::Result<Vec<SyncSpan>> {
     let region = SEGMENT_BYTES / writers as u64;
     let start = Instant::now();
     let mut all = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..writers as u64)
             .map(|writer| {
                 let mut storage = storage.another_handle()?;
-                Ok(scope.spawn(move || -> io::Result<Vec<Sync>> {
+                Ok(scope.spawn(move || -> io::Result<Vec<SyncSpan>> {
                     let group = vec![0xA5u8; group_bytes];
                     let mut mine = Vec::new();
                     let mut offset = 0u64;
@@ -72,7 +75,7 @@ fn syncs(
                         storage.sync_data(SEGMENT)?;
                         offset += group_bytes as u64;
                         let ended = start.elapsed().as_nanos() as u64;
-                        mine.push(Sync { began, ended });
+                        mine.push(SyncSpan { began, ended });
                     }
                     Ok(mine)
                 }))
@@ -91,11 +94,11 @@ fn syncs(
     Ok(all)
 }
 
-/// Latency, in microseconds, of an arrival at every microsecond of the run: it is
+/// Latency, in nanoseconds, of an arrival at every microsecond of the run: it is
 /// durable when the first sync that began after it ends (with one writer: the rest of
 /// the sync in flight, then the next one). Arrivals after the last sync began are left
 /// out.
-fn arrival_latencies_us(syncs: &[Sync]) -> Vec<u32> {
+fn arrival_latencies_ns(syncs: &[SyncSpan]) -> Vec<u64> {
     // The earliest end among the syncs from each one on.
     let mut earliest_end = vec![u64::MAX; syncs.len() + 1];
     for (i, sync) in syncs.iter().enumerate().rev() {
@@ -111,17 +114,23 @@ fn arrival_latencies_us(syncs: &[Sync]) -> Vec<u32> {
         while syncs[next].began < at {
             next += 1;
         }
-        latencies.push(((earliest_end[next] - at) / 1_000) as u32);
+        latencies.push(earliest_end[next] - at);
         at += 1_000;
     }
     latencies
 }
 
-fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].into()
+/// The tail of `sorted_ns` (ascending), in microseconds.
+fn tail_us(sorted_ns: &[u64]) -> String {
+    let at = |p| percentile_us(sorted_ns, p);
+    format!(
+        "p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  p99.99 {:.0} us  max {:.0} us",
+        at(0.50),
+        at(0.99),
+        at(0.999),
+        at(0.9999),
+        at(1.0),
+    )
 }
 
 fn main() -> io::Result<()> {
@@ -158,32 +167,19 @@ fn main() -> io::Result<()> {
     std::fs::remove_dir_all(&dir)
 }
 
-fn report(writers: usize, syncs: &[Sync]) {
-    let mut syncs_us: Vec<f64> = syncs
-        .iter()
-        .map(|sync| (sync.ended - sync.began) as f64 / 1_000.0)
-        .collect();
-    syncs_us.sort_unstable_by(f64::total_cmp);
-    let mut latencies = arrival_latencies_us(syncs);
+fn report(writers: usize, syncs: &[SyncSpan]) {
+    let mut syncs_ns: Vec<u64> = syncs.iter().map(|sync| sync.ended - sync.began).collect();
+    syncs_ns.sort_unstable();
+    let mut latencies = arrival_latencies_ns(syncs);
     latencies.sort_unstable();
     println!(
-        "  {writers} in flight: write + fdatasync, {} syncs: p50 {:.0} us  p99 {:.0} us  \
-         p99.9 {:.0} us  p99.99 {:.0} us  max {:.0} us",
-        syncs_us.len(),
-        percentile(&syncs_us, 0.50),
-        percentile(&syncs_us, 0.99),
-        percentile(&syncs_us, 0.999),
-        percentile(&syncs_us, 0.9999),
-        percentile(&syncs_us, 1.0),
+        "  {writers} in flight: write + fdatasync, {} syncs: {}",
+        syncs_ns.len(),
+        tail_us(&syncs_ns)
     );
     println!(
-        "  {writers} in flight: a payment's floor, {} arrivals: p50 {:.0} us  p99 {:.0} us  \
-         p99.9 {:.0} us  p99.99 {:.0} us  max {:.0} us",
+        "  {writers} in flight: a payment's floor, {} arrivals: {}",
         latencies.len(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 0.999),
-        percentile(&latencies, 0.9999),
-        percentile(&latencies, 1.0),
+        tail_us(&latencies)
     );
 }

@@ -9,6 +9,9 @@
 //! make fdatasync free). Closed loop, one writer: each append waits for its own sync,
 //! which is what one log-writer thread does.
 
+mod common;
+
+use common::percentile_us;
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -93,14 +96,6 @@ fn batch(events: usize) -> Batch {
     )
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index] as f64 / 1_000.0
-}
-
 fn run(
     dir: &PathBuf,
     batches_per_group: usize,
@@ -149,11 +144,11 @@ fn run(
         groups,
         events_total / elapsed,
         bytes_total / elapsed / 1e6,
-        percentile(&append_ns, 0.50),
-        percentile(&append_ns, 0.99),
-        percentile(&append_ns, 1.0),
-        percentile(&sync_ns, 0.50),
-        percentile(&sync_ns, 0.99),
+        percentile_us(&append_ns, 0.50),
+        percentile_us(&append_ns, 0.99),
+        percentile_us(&append_ns, 1.0),
+        percentile_us(&sync_ns, 0.50),
+        percentile_us(&sync_ns, 0.99),
     );
     std::fs::remove_dir_all(dir)
 }
