@@ -46,6 +46,13 @@ pub(crate) struct SyncedGroup {
 /// the snapshot thread.
 pub(crate) type SnapshotImage = (u64, FrozenState);
 
+impl SyncedGroup {
+    /// Events in the group, over all its batches.
+    fn events(&self) -> usize {
+        self.group.records.iter().map(|r| r.batch.len()).sum()
+    }
+}
+
 /// The largest group the log thread applies itself when the apply thread is idle: its
 /// apply (tens of microseconds) costs the next sync less than the hand-off would cost
 /// the group. A larger one is worth overlapping with the next sync: with a limit of 128
@@ -377,7 +384,7 @@ impl LogThread {
     /// overlaps the next sync. If the apply panics (a broken invariant), nothing more is
     /// logged, as when the apply thread dies.
     fn apply_here(&mut self, synced: SyncedGroup) -> Result<(), SyncedGroup> {
-        let events: usize = synced.group.records.iter().map(|r| r.batch.len()).sum();
+        let events = synced.events();
         if events > APPLY_HERE_EVENTS_MAX {
             return Err(synced);
         }
@@ -395,7 +402,7 @@ impl LogThread {
             .groups_applied_by_log_thread
             .fetch_add(1, Ordering::Relaxed);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            stage.apply_group(synced);
+            stage.apply_group(synced, events);
         }));
         drop(stage);
         if applied.is_err() {
@@ -455,7 +462,8 @@ pub(crate) struct ApplyThread {
 impl ApplyThread {
     pub fn run(self) {
         while let Ok(group) = self.from_log.recv() {
-            self.stage.lock().apply_group(group);
+            let events = group.events();
+            self.stage.lock().apply_group(group, events);
         }
     }
 }
@@ -471,17 +479,17 @@ impl ApplyStage {
         self.applier.sequence_applied + 1 == sequence && !snapshot_due && !self.unfinished
     }
 
-    /// Applies one synced group under the state write lock, answers its submitters,
-    /// hands its change events to the journal and, when one is due, a frozen state to
-    /// the log thread for a snapshot.
-    fn apply_group(&mut self, synced: SyncedGroup) {
+    /// Applies one synced group of `events` events under the state write lock, answers
+    /// its submitters, hands its change events to the journal and, when one is due, a
+    /// frozen state to the log thread for a snapshot.
+    fn apply_group(&mut self, synced: SyncedGroup, events: usize) {
+        debug_assert_eq!(events, synced.events());
         self.unfinished = true;
         let SyncedGroup {
             group,
             replies,
             started,
         } = synced;
-        let events: usize = group.records.iter().map(|r| r.batch.len()).sum();
         let batches = group.records.len();
         let wants_balances = replies.iter().any(|(_, balances)| *balances);
         // Balances come from the change events: captured for this group alone when
