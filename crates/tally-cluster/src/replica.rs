@@ -221,22 +221,23 @@ impl Core {
     }
 
     /// Waits until some replica is known to lead, up to [`LEADER_WAIT`]. A replica
-    /// that knows it was removed answers at once: it hears no leader again, and a
-    /// client that waited on it would wait for nothing.
+    /// that knows it was removed answers at once, even while it still hears of a
+    /// leader (the new one's first messages can reach it before that one's membership
+    /// drops it): it is no longer a member, and a client should ask another replica.
     async fn find_leader(&self) -> Result<Leader, ClusterError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             if self.core_stopped() {
                 return Err(ClusterError::Stopped);
             }
+            if self.knows_it_was_removed() {
+                return Err(ClusterError::Unavailable(format!(
+                    "replica {} is not a member of the cluster (it was removed): ask \
+                     another replica",
+                    self.id
+                )));
+            }
             match self.leader() {
-                Leader::Unknown if self.knows_it_was_removed() => {
-                    return Err(ClusterError::Unavailable(format!(
-                        "replica {} is not a member of the cluster (it was removed): ask \
-                         another replica",
-                        self.id
-                    )));
-                }
                 Leader::Unknown if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
