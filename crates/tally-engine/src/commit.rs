@@ -268,6 +268,22 @@ impl Applier {
         }
     }
 
+    /// Whether a group of `events` events whose first record is `sequence` may be
+    /// applied by a thread other than the apply thread: it comes right after the last
+    /// group applied (a group ahead of one still in the channel would break the log
+    /// order), and no snapshot falls due with it (every `snapshot_interval` events; 0:
+    /// never), so that the freeze stays off the log thread.
+    pub fn takes_next_without_snapshot(
+        &self,
+        sequence: u64,
+        events: usize,
+        snapshot_interval: u64,
+    ) -> bool {
+        let snapshot_due = snapshot_interval != 0
+            && self.events_since_snapshot + events as u64 >= snapshot_interval;
+        self.sequence_applied + 1 == sequence && !snapshot_due
+    }
+
     /// Applies a logged group, with results as if in log order; one result list per
     /// record.
     /// On one part the group runs in steps of [`APPLY_STEP_EVENTS`], letting readers in
@@ -326,5 +342,29 @@ impl Applier {
         }
         self.events_since_snapshot = 0;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Applier;
+
+    #[test]
+    fn only_the_next_group_may_be_applied_off_the_apply_thread() {
+        let applier = Applier::new(41);
+        assert!(applier.takes_next_without_snapshot(42, 10, 0));
+        // One still in the channel, or one applied already: the apply thread's.
+        assert!(!applier.takes_next_without_snapshot(43, 10, 0));
+        assert!(!applier.takes_next_without_snapshot(41, 10, 0));
+        assert!(!applier.takes_next_without_snapshot(0, 10, 0));
+    }
+
+    #[test]
+    fn a_group_that_brings_a_snapshot_due_stays_with_the_apply_thread() {
+        let mut applier = Applier::new(7);
+        applier.events_since_snapshot = 90;
+        assert!(applier.takes_next_without_snapshot(8, 9, 100));
+        assert!(!applier.takes_next_without_snapshot(8, 10, 100));
+        assert!(applier.takes_next_without_snapshot(8, 1_000, 0));
     }
 }

@@ -474,9 +474,10 @@ impl ApplyStage {
     /// freeze and the journal's sync stay off the log thread).
     fn may_apply_here(&self, sequence: u64, events: usize) -> bool {
         let interval = self.shared.config.snapshot_events_interval;
-        let snapshot_due =
-            interval != 0 && self.applier.events_since_snapshot + events as u64 >= interval;
-        self.applier.sequence_applied + 1 == sequence && !snapshot_due && !self.unfinished
+        !self.unfinished
+            && self
+                .applier
+                .takes_next_without_snapshot(sequence, events, interval)
     }
 
     /// Applies one synced group of `events` events under the state write lock, answers
