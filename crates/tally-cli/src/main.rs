@@ -163,6 +163,15 @@ pub(crate) fn open(
             kept.display()
         );
     }
+    if let Some(cut) = &recovery.change_events_cut {
+        // The journal held events of log frames that are gone: it follows the log.
+        eprintln!(
+            "tally: warning: the change-event journal held {} event(s) past the log's end, made by log frames that are gone; cut from the journal and kept in {}; new events are stamped after {}",
+            cut.events,
+            cut.kept.display(),
+            cut.last_before
+        );
+    }
     Ok(ledger)
 }
 
@@ -434,10 +443,11 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
         println!("warning: {warning}");
     }
     let mut violations = journal.violations;
-    if let Source::Node(_, Some(comparison)) = &source
+    if let Source::Node(report, Some(comparison)) = &source
         && journal.count > 0
     {
-        violations.extend(print_events_comparison(comparison));
+        let torn = report.torn_tail_bytes > 0 || report.torn_segment;
+        violations.extend(print_events_comparison(comparison, torn));
     }
     violations.extend(state.check_invariants().into_iter().map(|v| v.0));
     violations.extend(check_references(&state));
@@ -459,14 +469,31 @@ fn verify(data: PathBuf) -> Result<ExitCode, String> {
 }
 
 /// What comparing a single node's journal with its log's events found; answers the
-/// differences, as violations.
-fn print_events_comparison(found: &tally_engine::inspect::EventsComparison) -> Vec<String> {
+/// differences, as violations. Journal events past the log's end were made by log
+/// frames that are gone: with a `torn` tail in the log, those frames' (a warning, as
+/// the tail is); with none, frames lost without a trace (a violation).
+fn print_events_comparison(
+    found: &tally_engine::inspect::EventsComparison,
+    torn: bool,
+) -> Vec<String> {
     println!(
         "events compared with the log's: {} equal, {} past the journal's end (a crash lost \
          them from its tail: the next open writes them again), {} before its oldest, {} \
-         differing",
-        found.equal, found.past_journal_end, found.before_journal, found.differing
+         differing, {} past the log's end",
+        found.equal,
+        found.past_journal_end,
+        found.before_journal,
+        found.differing,
+        found.past_log_end
     );
+    let past_log_end = (found.past_log_end > 0).then(|| {
+        format!(
+            "the journal holds {} event(s) past the log's end, made by log frames that are \
+             gone; the next `tally apply` cuts them from the journal and keeps them in a \
+             torn-events-after-<timestamp>.bin file",
+            found.past_log_end
+        )
+    });
     if let Some(why) = &found.unread {
         println!("warning: the comparison stopped where the journal stopped reading: {why}");
     }
@@ -481,6 +508,11 @@ fn print_events_comparison(found: &tally_engine::inspect::EventsComparison) -> V
             "change-event journal: {} more event(s) differ from the log's",
             found.differing - described
         ));
+    }
+    match past_log_end {
+        Some(past) if torn => println!("warning: {past} (the torn tail's)"),
+        Some(past) => violations.push(format!("change-event journal: {past}")),
+        None => {}
     }
     violations
 }

@@ -50,6 +50,13 @@ pub(crate) fn recover(
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
     let (state, mut recovery) = replayed?;
+    let (journal, timestamp_floor) = match journal {
+        Some(journal) => {
+            let (journal, floor) = cut_journal_to_log(journal, &state, &mut recovery)?;
+            (Some(journal), floor)
+        }
+        None => (None, state.last_timestamp()),
+    };
     let sequence_last = recovery.sequence_last;
     recovery.torn_tail_bytes_cut = repairs.torn_tail_bytes_cut;
     recovery.torn_segment_removed = repairs.torn_segment_removed;
@@ -64,14 +71,35 @@ pub(crate) fn recover(
         sequence_last + 1,
         "log and replay agree"
     );
-    let logger = Logger::new(
-        wal,
-        sequence_last,
-        state.last_timestamp(),
-        state.expiry_instants(),
-    );
+    let logger = Logger::new(wal, sequence_last, timestamp_floor, state.expiry_instants());
     let applier = Applier::new(sequence_last);
     Ok((logger, applier, state, recovery, journal))
+}
+
+/// Cuts from the journal the events past the replayed log's end, which only log frames
+/// now gone made (a tail cut at open, or frames lost from the disk: the journal gets a
+/// group's events only once its log write is synced). Returns the journal and the
+/// timestamp the next batch must come after: the state's last, or the cut journal's
+/// last, which readers may have seen.
+fn cut_journal_to_log(
+    journal: EventJournal,
+    state: &StateMachine,
+    recovery: &mut Recovery,
+) -> Result<(EventJournal, u64), EngineError> {
+    let keep_dir = journal
+        .dir()
+        .parent()
+        .unwrap_or_else(|| journal.dir())
+        .to_path_buf();
+    let (journal, cut) = journal
+        .cut_after(state.last_timestamp(), &keep_dir)
+        .map_err(EngineError::Log)?;
+    let floor = cut
+        .as_ref()
+        .map_or(0, |cut| cut.last_before)
+        .max(state.last_timestamp());
+    recovery.change_events_cut = cut;
+    Ok((journal, floor))
 }
 
 /// What the replay built: the state and what it replayed, or why it stopped.
@@ -165,6 +193,11 @@ pub struct Recovery {
     /// a write cut short by a crash was never acknowledged, but damage to the last
     /// frame looks the same.
     pub torn_tail_kept: Option<std::path::PathBuf>,
+    /// Change events cut from the journal because the log no longer makes them (see
+    /// `tally_log::events::EventJournal::cut_after`): the journal held events of log
+    /// frames that are gone, which were synced. New events are stamped after the last
+    /// of them.
+    pub change_events_cut: Option<tally_log::events::JournalCut>,
     /// From the start of recovery to the state rebuilt: reading and checking the log,
     /// opening the change-event journal, loading the snapshot and replaying, all but the
     /// first overlapping it.

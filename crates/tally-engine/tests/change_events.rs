@@ -464,6 +464,75 @@ fn a_journal_cut_back_several_replay_groups_in_is_derived_again_identically() {
     }
 }
 
+/// A log whose tail is gone (here torn after a crash, as a test or a failing disk
+/// may leave it) while the journal already held that tail's events: the open cuts them
+/// from the journal, keeps their bytes, and stamps new events after them, so the
+/// journal matches the log again and no timestamp a reader saw is reused.
+#[test]
+fn journal_events_past_a_cut_log_are_cut_and_never_stamped_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.manual_clock = true;
+    let ledger = Ledger::open(config.clone()).unwrap();
+    let accounts = (1..=2)
+        .map(|id| tally_testkit::account(id, tally_testkit::TEST_LEDGER, Default::default()))
+        .collect();
+    let now = 1_000 * NS_PER_S;
+    ledger
+        .submit_at(Batch::CreateAccounts(accounts), Some(now))
+        .unwrap();
+    for id in 10..15 {
+        let transfer = tally_testkit::transfer(id, 1, 2, 1);
+        let results = ledger
+            .submit_at(Batch::CreateTransfers(vec![transfer]), Some(now))
+            .unwrap();
+        assert_eq!(results[0].code, ResultCode::Ok);
+    }
+    let before = read_all(&ledger);
+    ledger.shutdown().unwrap();
+    // A crash (no close marker), and the last frame torn.
+    std::fs::remove_file(dir.path().join("wal-closed")).unwrap();
+    let log = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let length = std::fs::metadata(&log).unwrap().len();
+    let handle = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    handle.set_len(length - 5).unwrap();
+    drop(handle);
+
+    let ledger = Ledger::open(config).unwrap();
+    let recovery = ledger.recovery();
+    assert!(recovery.torn_tail_bytes_cut > 0, "{recovery:?}");
+    let cut = recovery.change_events_cut.clone().expect("events cut");
+    let lost = before.last().unwrap();
+    assert_eq!((cut.events, cut.last_before), (1, lost.timestamp));
+    assert!(std::fs::metadata(&cut.kept).unwrap().len() > 0);
+    assert_eq!(read_all(&ledger), before[..before.len() - 1]);
+    assert!(ledger.lookup_transfers(&[14]).is_empty());
+    // Asked for the same instant as the lost transfer, a new one comes after it.
+    let transfer = tally_testkit::transfer(20, 1, 2, 1);
+    let results = ledger
+        .submit_at(Batch::CreateTransfers(vec![transfer]), Some(now))
+        .unwrap();
+    assert_eq!(results[0].code, ResultCode::Ok);
+    assert!(results[0].timestamp > lost.timestamp);
+    let after = read_all(&ledger);
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.last().unwrap().transfer.id, 20);
+    ledger.shutdown().unwrap();
+
+    let _lock = tally_log::DirLock::acquire(dir.path()).unwrap();
+    let (_, _, compared) = tally_engine::inspect::read_only_comparing_events(dir.path()).unwrap();
+    assert_eq!(
+        (compared.differing, compared.past_log_end),
+        (0, 0),
+        "{compared:?}"
+    );
+    assert_eq!(compared.equal, after.len() as u64);
+}
+
 #[test]
 fn an_idle_ledger_expires_a_pending_transfer_at_its_instant() {
     let dir = tempfile::tempdir().unwrap();

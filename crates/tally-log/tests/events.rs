@@ -323,6 +323,66 @@ fn segments_roll_and_retention_deletes_the_oldest_whole_segments() {
     assert_eq!(reopened.unwrap().first_timestamp(), Some(first));
 }
 
+/// A journal of frames of 1 to 4 events (timestamps 100, 110, ...), over segments of
+/// about three frames, cut at every timestamp in and around it: every event after the
+/// cut is gone (its frames' bytes kept aside), every one at or before it is still read
+/// in order, and the journal appends after the cut.
+#[test]
+fn a_journal_cut_after_a_timestamp_keeps_exactly_the_events_before() {
+    let frames: Vec<Vec<ChangeEvent>> = [3, 1, 4, 2, 1, 3, 2, 4]
+        .iter()
+        .scan(100, |next, &count| {
+            let frame = events(*next, count);
+            *next += 10 * count;
+            Some(frame)
+        })
+        .collect();
+    let all: Vec<ChangeEvent> = frames.concat();
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 3 * frame_bytes(&events(100, 3));
+    let last = all.last().unwrap().timestamp;
+    for cut_at in (90..=last + 10).step_by(5) {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("events");
+        let mut journal = EventJournal::open(&dir, options(segment_bytes_max, u64::MAX)).unwrap();
+        for frame in &frames {
+            journal.append(frame).unwrap();
+        }
+        journal.sync().unwrap();
+        let (mut journal, cut) = journal.cut_after(cut_at, data.path()).unwrap();
+        let before: Vec<ChangeEvent> = all
+            .iter()
+            .filter(|e| e.timestamp <= cut_at)
+            .cloned()
+            .collect();
+        let after = (all.len() - before.len()) as u64;
+        assert_eq!(journal.last_timestamp(), before.last().map(|e| e.timestamp));
+        assert_eq!(read_all(&dir, 0), before, "cut at {cut_at}");
+        match cut {
+            None => assert_eq!(after, 0, "cut at {cut_at}"),
+            Some(cut) => {
+                assert_eq!(
+                    (cut.events, cut.last_before),
+                    (after, last),
+                    "cut at {cut_at}"
+                );
+                assert!(
+                    std::fs::metadata(&cut.kept).unwrap().len()
+                        >= frame_bytes(&all[all.len() - 1..])
+                );
+            }
+        }
+        // Reopened, the journal holds the same and appends after the cut.
+        drop(journal);
+        journal = EventJournal::open(&dir, options(segment_bytes_max, u64::MAX)).unwrap();
+        assert_eq!(journal.last_timestamp(), before.last().map(|e| e.timestamp));
+        journal.append(&events(last + 20, 2)).unwrap();
+        journal.sync().unwrap();
+        let mut expected = before.clone();
+        expected.extend(events(last + 20, 2));
+        assert_eq!(read_all(&dir, 0), expected, "cut at {cut_at}");
+    }
+}
+
 #[test]
 fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
     let dir = tempfile::tempdir().unwrap();

@@ -178,6 +178,16 @@ impl EventJournal {
         Ok(journal)
     }
 
+    /// The directory of its segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its tuning.
+    pub fn options(&self) -> JournalOptions {
+        self.options
+    }
+
     /// Timestamp of the last event kept.
     pub fn last_timestamp(&self) -> Option<u64> {
         self.last_timestamp
@@ -515,7 +525,7 @@ fn first_frame_timestamp(path: &Path) -> Result<u64, LogError> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|handle| handle.sync_all())
         .map_err(|error| LogError::io(dir.to_path_buf(), "fsync directory", error))

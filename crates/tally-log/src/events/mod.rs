@@ -12,11 +12,13 @@
 //! Invariant: each segment header records the previous segment's last timestamp, so a
 //! reader can tell that retention deleted events it still wanted.
 
+mod cut;
 mod format;
 mod journal;
 mod reader;
 mod segments;
 
+pub use cut::{JournalCut, torn_events_name};
 pub use format::{
     FRAME_BYTES_MAX, FRAME_EVENTS_MAX, FRAME_HEADER_SIZE, JOURNAL_FORMAT_VERSION,
     SEGMENT_HEADER_SIZE, journal_segment_name,
