@@ -1,6 +1,7 @@
 //! Batch stamping: the wall clock (or a requested manual time), forced monotonic.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tally_types::{Batch, NS_PER_S, TransferFlags};
 
@@ -28,14 +29,27 @@ pub fn batch_stamp(requested: u64, last_timestamp: u64, events: usize) -> Option
 /// expiry can be stamped at its exact instant — after every earlier event, before
 /// every later one, shared with none — a batch is moved later (by as little as needed)
 /// when an expiry instant falls on or inside its stamps, or when one of its pending
-/// transfers would expire at an instant another already has. The instants kept are
-/// those of every pending transfer stamped so far that may still expire: a superset
-/// is harmless (a failed pending transfer never expires).
+/// transfers would expire at an instant another already has.
+///
+/// The instants kept are those of every pending transfer stamped so far that may still
+/// expire, each with the last stamp of the batch that asked for it last. Batches are
+/// stamped before they are applied, so this is a superset: an instant whose pending
+/// transfer was posted, voided or refused is dropped when a batch would collide with
+/// it and the applied state, past that batch, shows no transfer waiting on it
+/// ([`Settled`]). Stamps then never depend on when the process last started (a restart
+/// keeps only the instants that still wait).
 #[derive(Debug, Clone, Default)]
 pub struct Stamper {
     timestamp_last: u64,
-    expiry_instants: BTreeSet<u64>,
+    /// Instant, and the last stamp of the batch that added it (0: a recovered state's).
+    expiry_instants: BTreeMap<u64, u64>,
 }
+
+/// Whether no pending transfer waits on an expiry instant any more, as far as the
+/// applied state knows: called with the instant and the last stamp of the batch that
+/// added it, it must answer `false` unless that batch has been applied and the state
+/// holds no pending transfer expiring at that instant.
+pub type Settled<'a> = &'a dyn Fn(u64, u64) -> bool;
 
 /// Stamping gives up keeping a batch clear of expiry instants after this many tries
 /// (never met in practice: each try moves past one collision).
@@ -50,6 +64,7 @@ impl Stamper {
             expiry_instants: expiry_instants
                 .into_iter()
                 .filter(|&at| at > timestamp_last)
+                .map(|at| (at, 0))
                 .collect(),
         }
     }
@@ -61,17 +76,31 @@ impl Stamper {
 
     /// The earliest instant a stamped pending transfer may expire at, if any.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiry_instants.first().copied()
+        self.expiry_instants.keys().next().copied()
     }
 
-    /// Stamps `batch`, requested at `requested`, and moves past it. `None` (nothing
-    /// changed) if its last event would not fit in u64.
-    pub fn stamp(&mut self, requested: u64, batch: &Batch) -> Option<u64> {
-        let instants = &self.expiry_instants;
-        let latest_in = |from: u64, to: u64| instants.range(from..=to).next_back().copied();
+    /// Stamps `batch`, requested at `requested`, and moves past it. An instant it would
+    /// collide with that is `settled` is dropped first. `None` (nothing changed) if its
+    /// last event would not fit in u64.
+    pub fn stamp(&mut self, requested: u64, batch: &Batch, settled: Settled<'_>) -> Option<u64> {
+        let instants = RefCell::new(&mut self.expiry_instants);
+        let latest_in = |from: u64, to: u64| {
+            let mut instants = instants.borrow_mut();
+            loop {
+                let (&at, &added) = instants.range(from..=to).next_back()?;
+                if !settled(at, added) {
+                    return Some(at);
+                }
+                instants.remove(&at);
+            }
+        };
         let stamp = clear_stamp(requested, self.timestamp_last, batch, latest_in)?;
         self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
-        add_expiry_instants(&mut self.expiry_instants, stamp, batch);
+        let mut added = BTreeSet::new();
+        add_expiry_instants(&mut added, stamp, batch);
+        let last = self.timestamp_last;
+        self.expiry_instants
+            .extend(added.into_iter().map(|at| (at, last)));
         let passed = self.timestamp_last.saturating_add(1);
         self.expiry_instants = self.expiry_instants.split_off(&passed);
         Some(stamp)
@@ -138,6 +167,7 @@ fn pending_timeouts(batch: &Batch) -> Vec<(usize, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_types::Transfer;
 
     #[test]
     fn stamps_never_go_backwards_and_never_overflow() {
@@ -150,23 +180,53 @@ mod tests {
 
     #[test]
     fn batches_are_stamped_clear_of_expiry_instants() {
-        use tally_types::Transfer;
         let pending = |timeout| Transfer {
             flags: TransferFlags::PENDING,
             timeout,
             ..Transfer::default()
         };
+        let never = |_, _| false;
         let mut stamper = Stamper::new(0, []);
         let first = Batch::CreateTransfers(vec![pending(1), Transfer::default()]);
-        assert_eq!(stamper.stamp(100, &first), Some(100));
+        assert_eq!(stamper.stamp(100, &first, &never), Some(100));
         assert_eq!(stamper.next_expiry(), Some(100 + NS_PER_S));
         // Spanning the instant: moved just after it.
         let three = Batch::CreateTransfers(vec![Transfer::default(); 3]);
-        assert_eq!(stamper.stamp(99 + NS_PER_S, &three), Some(101 + NS_PER_S));
+        assert_eq!(
+            stamper.stamp(99 + NS_PER_S, &three, &never),
+            Some(101 + NS_PER_S)
+        );
         assert_eq!(stamper.next_expiry(), None);
         // A pending transfer that would expire at an instant another has: moved by 1.
         let mut stamper = Stamper::new(0, [1_000 + NS_PER_S]);
         let one = Batch::CreateTransfers(vec![pending(1)]);
-        assert_eq!(stamper.stamp(1_000, &one), Some(1_001));
+        assert_eq!(stamper.stamp(1_000, &one, &never), Some(1_001));
+    }
+
+    #[test]
+    fn an_instant_nobody_waits_on_any_more_no_longer_moves_a_batch() {
+        let pending = |timeout| Transfer {
+            flags: TransferFlags::PENDING,
+            timeout,
+            ..Transfer::default()
+        };
+        let never = |_, _| false;
+        let mut stamper = Stamper::new(0, []);
+        let two = Batch::CreateTransfers(vec![pending(1), pending(1)]);
+        assert_eq!(stamper.stamp(2_000, &two, &never), Some(2_000));
+        // The first was voided, and the state has applied through the batch that
+        // asked for its instant (last stamp 2,001).
+        let voided = |at, added| added <= 2_001 && at == 2_000 + NS_PER_S;
+        let one = Batch::CreateTransfers(vec![Transfer::default()]);
+        assert_eq!(
+            stamper.clone().stamp(2_000 + NS_PER_S, &one, &never),
+            Some(2_002 + NS_PER_S),
+            "past both instants while they may still be due"
+        );
+        assert_eq!(
+            stamper.stamp(2_000 + NS_PER_S, &one, &voided),
+            Some(2_000 + NS_PER_S)
+        );
+        assert_eq!(stamper.next_expiry(), Some(2_001 + NS_PER_S));
     }
 }

@@ -10,7 +10,7 @@
 //! Invariant: a group reaches the applier only after its sync succeeded, so the state
 //! (and every read of it) holds only durable batches.
 
-use crate::clock::Stamper;
+use crate::clock::{Settled, Stamper};
 use crate::error::{EngineError, SubmitError};
 use crate::request::EventResult;
 use crate::shards::ShardPool;
@@ -120,10 +120,12 @@ impl Logger {
 
     /// Stamps every submission and appends the group with one sync. Returns the logged
     /// group and, per submission, `None` if it was logged or the error it got.
+    /// `settled` answers for the applied state (see [`Stamper`]).
     pub fn log(
         &mut self,
         submissions: Vec<Submission>,
         clock: Clock,
+        settled: Settled<'_>,
     ) -> (LoggedGroup, Vec<Option<SubmitError>>) {
         let mut outcomes = Vec::with_capacity(submissions.len());
         let mut records = Vec::with_capacity(submissions.len());
@@ -141,7 +143,7 @@ impl Logger {
             };
             let stamp = match requested {
                 requested if requested > tally_types::NOW_NS_MAX => None,
-                requested => self.stamper.stamp(requested, &batch),
+                requested => self.stamper.stamp(requested, &batch, settled),
             };
             let Some(stamp) = stamp else {
                 outcomes.push(Some(SubmitError::TimeOutOfRange { now: requested }));

@@ -46,7 +46,9 @@ impl Committer {
         submissions: Vec<Submission>,
         clock: Clock,
     ) -> Vec<Result<Vec<EventResult>, SubmitError>> {
-        let (group, outcomes) = self.logger.log(submissions, clock);
+        let state = &self.state;
+        let settled = |at, added| state.last_timestamp() >= added && !state.expires_at(at);
+        let (group, outcomes) = self.logger.log(submissions, clock, &settled);
         let mut applied = self.applier.apply(&mut self.state, group).into_iter();
         let results = outcomes
             .into_iter()

@@ -342,7 +342,14 @@ impl LogThread {
             })
             .collect();
         let logging = Instant::now();
-        let (group, outcomes) = self.logger.log(submissions, clock);
+        // Asked only when a batch would collide with an expiry instant: rare but for
+        // a manual clock, so the read lock is rarely taken.
+        let state = &self.shared.state;
+        let settled = |at, added| {
+            let state = state.read();
+            state.last_timestamp() >= added && !state.expires_at(at)
+        };
+        let (group, outcomes) = self.logger.log(submissions, clock, &settled);
         if !group.records.is_empty() {
             let logged = Instant::now();
             self.pacer.commit_took(logged - logging, logged);

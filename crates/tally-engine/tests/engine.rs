@@ -941,3 +941,75 @@ fn a_user_data_index_started_mid_run_grows_into_a_prepared_table() {
     }
     ledger.shutdown().unwrap();
 }
+
+/// With the manual clock, a batch at `T + t·10⁹ − 1` finds a pending transfer stamped
+/// at `T` with timeout `t` still pending, even when another pending transfer that
+/// would have expired at that instant was voided; and the answer is the same whether
+/// the ledger restarted in between or not (a restart keeps only the instants that
+/// still wait).
+#[test]
+fn a_voided_transfer_no_longer_moves_a_batch_restarted_or_not() {
+    const NS: u64 = tally_types::NS_PER_S;
+    let pending = |id| Transfer {
+        id,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 5,
+        ledger: 156,
+        code: 1,
+        flags: TransferFlags::PENDING,
+        timeout: 1,
+        ..Transfer::default()
+    };
+    let settle = |id, pending_id, flags| Transfer {
+        id,
+        pending_id,
+        flags,
+        ..Transfer::default()
+    };
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.manual_clock = true;
+        let mut ledger = Ledger::open(config.clone()).unwrap();
+        let two = (1..=2)
+            .map(|id| Account {
+                id,
+                ledger: 156,
+                code: 1,
+                ..Account::default()
+            })
+            .collect();
+        ledger
+            .submit_at(Batch::CreateAccounts(two), Some(1_000))
+            .unwrap();
+        let both = Batch::CreateTransfers(vec![pending(10), pending(11)]);
+        let stamps: Vec<u64> = ledger
+            .submit_at(both, Some(2_000))
+            .unwrap()
+            .iter()
+            .map(|result| result.timestamp)
+            .collect();
+        assert_eq!(stamps, [2_000, 2_001]);
+        let void = settle(12, 10, TransferFlags::VOID_PENDING_TRANSFER);
+        let voided = ledger
+            .submit_at(Batch::CreateTransfers(vec![void]), Some(3_000))
+            .unwrap();
+        assert_eq!(voided[0].code, ResultCode::Ok);
+        if restart {
+            ledger.shutdown().unwrap();
+            ledger = Ledger::open(config).unwrap();
+        }
+        // One nanosecond before transfer 11 expires, where transfer 10 would have.
+        let post = settle(13, 11, TransferFlags::POST_PENDING_TRANSFER);
+        let posted = ledger
+            .submit_at(Batch::CreateTransfers(vec![post]), Some(2_000 + NS))
+            .unwrap();
+        assert_eq!(
+            (posted[0].code, posted[0].timestamp),
+            (ResultCode::Ok, 2_000 + NS),
+            "restarted: {restart}"
+        );
+        ledger.shutdown().unwrap();
+    }
+}

@@ -212,16 +212,37 @@ impl Sim {
             }
             return;
         }
-        for (submission, result) in submissions.into_iter().zip(results) {
+        // Stamped as the committer stamps a group: every batch before any is applied.
+        let stamps: Vec<u64> = submissions
+            .iter()
+            .map(|submission| self.stamp(submission))
+            .collect();
+        for ((submission, result), stamp) in submissions.into_iter().zip(results).zip(stamps) {
             let acknowledged = result.unwrap();
-            self.acknowledge(step, submission, &acknowledged);
+            self.acknowledge(step, submission, stamp, &acknowledged);
         }
     }
 
-    fn acknowledge(&mut self, step: u64, submission: Submission, results: &[EventResult]) {
+    /// The stamp the committer gives `submission` after the batches acknowledged so far
+    /// (an expiry instant nobody waits on in the reference no longer moves it).
+    fn stamp(&mut self, submission: &Submission) -> u64 {
+        let reference = &self.reference;
+        let settled = |at, added| reference.last_timestamp() >= added && !reference.expires_at(at);
+        let requested = submission.now.unwrap_or(0);
+        self.stamper
+            .stamp(requested, &submission.batch, &settled)
+            .unwrap()
+    }
+
+    fn acknowledge(
+        &mut self,
+        step: u64,
+        submission: Submission,
+        stamp: u64,
+        results: &[EventResult],
+    ) {
         let seed = self.seed;
-        let Submission { batch, now } = submission;
-        let stamp = self.stamper.stamp(now.unwrap_or(0), &batch).unwrap();
+        let Submission { batch, .. } = submission;
         let record = LogRecord {
             sequence: self.history.len() as u64 + 1,
             timestamp: stamp,
@@ -435,14 +456,14 @@ impl Sim {
             .collect();
         let requested = self.stamper.timestamp_last() + 1;
         let batch = Batch::CreateTransfers(picked);
-        let stamp = self.stamper.clone().stamp(requested, &batch).unwrap();
-        // An empty batch at the same instant releases the same expired reservations.
-        let mut expected = self.reference.clone();
-        expected.apply(stamp, &Batch::CreateTransfers(Vec::new()));
         let submission = Submission {
             batch,
             now: Some(requested),
         };
+        let stamp = self.stamp(&submission);
+        // An empty batch at the same instant releases the same expired reservations.
+        let mut expected = self.reference.clone();
+        expected.apply(stamp, &Batch::CreateTransfers(Vec::new()));
         let results = self
             .committer
             .commit(vec![submission.clone()], Clock::Manual);
@@ -453,7 +474,7 @@ impl Sim {
             answers.iter().all(|a| a.code == ResultCode::Exists),
             "seed {seed} step {step}: resubmitted ok transfers answered {answers:?}"
         );
-        self.acknowledge(step, submission, &answers);
+        self.acknowledge(step, submission, stamp, &answers);
         let (mut before, mut after) = (expected.image(), self.reference.image());
         before.last_timestamp = 0;
         after.last_timestamp = 0;

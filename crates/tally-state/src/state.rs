@@ -166,6 +166,16 @@ impl StateMachine {
             .min()
     }
 
+    /// Whether a pending transfer still waiting will expire at `instant`.
+    pub fn expires_at(&self, instant: u64) -> bool {
+        self.parts.iter().any(|part| {
+            part.expiries
+                .range((instant, 0)..=(instant, u128::MAX))
+                .next()
+                .is_some()
+        })
+    }
+
     /// The instants at which the pending transfers still waiting will expire.
     pub fn expiry_instants(&self) -> Vec<u64> {
         self.parts
