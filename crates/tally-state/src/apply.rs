@@ -790,11 +790,12 @@ fn create_single_or_pending<P: Parts + ?Sized>(
         Ok(after) => after,
         Err(code) => return code,
     };
+    // Instants are TigerBeetle's u63 nanoseconds: an expiry past i64::MAX overflows.
     if pending
         && t.timeout != 0
         && timestamp
             .checked_add(u64::from(t.timeout) * NS_PER_S)
-            .is_none()
+            .is_none_or(|at| at > tally_types::NOW_NS_MAX)
     {
         return R::OverflowsTimeout;
     }

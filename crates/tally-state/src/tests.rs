@@ -322,6 +322,14 @@ fn single_phase_account_and_balance_codes() {
         R::OverflowsTimeout,
         Some(u64::MAX - 10 * SECOND),
     );
+    // Past i64::MAX (TigerBeetle's u63 instants), not only past u64::MAX.
+    let latest = tally_types::NOW_NS_MAX;
+    check_at(
+        pending(200, 1, 5, 1, 11),
+        R::OverflowsTimeout,
+        Some(latest - 10 * SECOND),
+    );
+    check_at(pending(200, 1, 5, 1, 10), R::Ok, Some(latest - 10 * SECOND));
     check(transfer(200, 2, 5, 991), R::ExceedsCredits);
     check(transfer(200, 2, 5, 990), R::Ok);
     check(transfer(200, 5, 3, 1), R::ExceedsDebits);

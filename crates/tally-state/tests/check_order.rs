@@ -895,8 +895,8 @@ fn overflow_checks_run_in_the_specified_order() {
 
 #[test]
 fn overflows_timeout_is_the_last_overflow_check() {
-    // Near the end of u64: the longest timeout no longer fits after now.
-    let mut l = Ledger::starting_at(u64::MAX - 3_000_000_000_000_000_000);
+    // Near the end of u63 time: the longest timeout no longer fits after now.
+    let mut l = Ledger::starting_at(tally_types::NOW_NS_MAX - 3_000_000_000_000_000_000);
     l.create_accounts();
     // `full`: half the maximum credited pending, half posted; only their sum is full.
     let (dr, full) = (id(), id());

@@ -577,10 +577,10 @@ fn run(seed: u64) {
 }
 
 /// Where a seed's stamps start: one seed in four so late that the longest timeouts
-/// overflow the clock.
+/// overflow the clock (TigerBeetle's u63 nanoseconds).
 fn first_stamp(seed: u64) -> u64 {
     if seed % 4 == 3 {
-        u64::MAX - u64::from(u32::MAX) * NS_PER_S + NS_PER_S
+        tally_types::NOW_NS_MAX - u64::from(u32::MAX) * NS_PER_S + NS_PER_S
     } else {
         1_000 * NS_PER_S
     }

@@ -569,9 +569,10 @@ impl Reference {
         }
         let amount = balancing_clamp(t, &dr, &cr);
         let timeout_overflows = pending
+            && t.timeout != 0
             && timestamp
                 .checked_add(u64::from(t.timeout) * NS_PER_S)
-                .is_none();
+                .is_none_or(|expires| expires > i64::MAX as u64);
         if let Some(result) = overflow_failure(&dr, &cr, amount, pending)
             .or((timeout_overflows).then_some(R::OverflowsTimeout))
             .or_else(|| limit_failure(&dr, &cr, amount))
