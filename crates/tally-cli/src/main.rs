@@ -486,13 +486,18 @@ fn print_events_comparison(
         found.differing,
         found.past_log_end
     );
-    let past_log_end = (found.past_log_end > 0).then(|| {
-        format!(
-            "the journal holds {} event(s) past the log's end, made by log frames that are \
-             gone; the next `tally apply` cuts them from the journal and keeps them in a \
-             torn-events-after-<timestamp>.bin file",
-            found.past_log_end
-        )
+    let past = found.past_log_end;
+    let past_log_end = (past > 0).then(|| match torn {
+        true => format!(
+            "the journal holds {past} event(s) past the log's end, the torn tail's; the \
+             next `tally apply` cuts them from the journal and keeps them in a \
+             torn-events-after-<timestamp>.bin file"
+        ),
+        false => format!(
+            "the journal holds {past} event(s) past the log's end, and the log has no torn \
+             tail: log frames that were synced are missing; `tally apply` refuses the \
+             directory until they are restored or the journal (events/) is moved aside"
+        ),
     });
     if let Some(why) = &found.unread {
         println!("warning: the comparison stopped where the journal stopped reading: {why}");
@@ -510,7 +515,7 @@ fn print_events_comparison(
         ));
     }
     match past_log_end {
-        Some(past) if torn => println!("warning: {past} (the torn tail's)"),
+        Some(past) if torn => println!("warning: {past}"),
         Some(past) => violations.push(format!("change-event journal: {past}")),
         None => {}
     }

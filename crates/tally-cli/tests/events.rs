@@ -372,6 +372,20 @@ fn journal_events_without_the_log_fail_verify() {
         stdout.contains("violation: change-event journal: the journal holds 3 event(s)"),
         "{stdout}"
     );
+    let output = run(&["accounts"], data.path());
+    assert!(output.status.success(), "{output:?}");
+    let mut child = tally()
+        .args(["apply", "--data"])
+        .arg(data.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(std::mem::take(&mut child.stderr)).unwrap();
+    assert!(!child.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("log frames that were synced are missing"),
+        "{stderr}"
+    );
 }
 
 /// A torn log tail whose events the journal already holds (the log lost a synced
@@ -393,7 +407,11 @@ fn journal_events_of_a_torn_log_tail_are_a_warning_then_cut_by_the_next_apply() 
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("1 past the log's end"), "{stdout}");
-    assert!(stdout.contains("(the torn tail's)"), "{stdout}");
+    assert!(
+        stdout
+            .contains("warning: the journal holds 1 event(s) past the log's end, the torn tail's"),
+        "{stdout}"
+    );
 
     let mut child = tally()
         .args(["apply", "--data"])

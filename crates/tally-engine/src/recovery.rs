@@ -50,9 +50,10 @@ pub(crate) fn recover(
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
     let (state, mut recovery) = replayed?;
+    let torn = repairs.torn_tail_bytes_cut > 0 || repairs.torn_segment_removed;
     let (journal, timestamp_floor) = match journal {
         Some(journal) => {
-            let (journal, floor) = cut_journal_to_log(journal, &state, &mut recovery)?;
+            let (journal, floor) = cut_journal_to_log(journal, &state, torn, &mut recovery)?;
             (Some(journal), floor)
         }
         None => (None, state.last_timestamp()),
@@ -77,15 +78,27 @@ pub(crate) fn recover(
 }
 
 /// Cuts from the journal the events past the replayed log's end, which only log frames
-/// now gone made (a tail cut at open, or frames lost from the disk: the journal gets a
-/// group's events only once its log write is synced). Returns the journal and the
-/// timestamp the next batch must come after: the state's last, or the cut journal's
-/// last, which readers may have seen.
+/// now gone made: the journal gets a group's events only once its log write is synced.
+/// That is done where the open cut a `torn` tail (a crash, or damage to the last
+/// frame, which look alike); with none, synced frames went missing without a trace and
+/// the open stops. Returns the journal and the timestamp the next batch must come
+/// after: the state's last, or the cut journal's last, which readers may have seen.
 fn cut_journal_to_log(
     journal: EventJournal,
     state: &StateMachine,
+    torn: bool,
     recovery: &mut Recovery,
 ) -> Result<(EventJournal, u64), EngineError> {
+    if let Some(journal_last) = journal.last_timestamp()
+        && journal_last > state.last_timestamp()
+        && !torn
+    {
+        return Err(RecoveryError::ChangeEventsAheadOfLog {
+            journal_last,
+            log_last: state.last_timestamp(),
+        }
+        .into());
+    }
     let keep_dir = journal
         .dir()
         .parent()
