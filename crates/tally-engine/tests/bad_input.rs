@@ -632,10 +632,9 @@ fn overflow_near_u128_max_is_refused_and_changes_nothing() {
 }
 
 #[test]
-fn a_now_past_the_latest_time_is_refused_and_the_longest_timeout_fits() {
-    // The state machine answers `overflows_timeout` for an expiry past u64 (its own
-    // tests); through the engine no batch can be stamped late enough for that: a `now`
-    // past NOW_NS_MAX is refused, and at NOW_NS_MAX the longest timeout still fits.
+fn a_now_past_the_latest_time_is_refused_and_an_expiry_past_it_overflows() {
+    // Instants are TigerBeetle's u63 nanoseconds: a `now` past NOW_NS_MAX (i64::MAX) is
+    // refused, and a pending transfer whose expiry would pass it overflows.
     let mut f = Fixture::new();
     f.now = tally_types::NOW_NS_MAX;
     let refused = f.commit(Batch::CreateTransfers(vec![pending(61, BANK, SPARE, 1)]));
@@ -643,12 +642,23 @@ fn a_now_past_the_latest_time_is_refused_and_the_longest_timeout_fits() {
         matches!(refused, Err(SubmitError::TimeOutOfRange { .. })),
         "{refused:?}"
     );
-    f.now = tally_types::NOW_NS_MAX - 1_000_000;
-    let t = Transfer {
-        timeout: u32::MAX,
-        ..pending(60, BANK, SPARE, 1)
+    let with_timeout = |id, timeout| Transfer {
+        timeout,
+        ..pending(id, BANK, SPARE, 1)
     };
-    assert_eq!(f.codes(Batch::CreateTransfers(vec![t])), vec![R::Ok]);
+    // Each commit asks for 1,000 ns after the one before: this one for 10 s before the
+    // latest instant, so a timeout of 10 s expires exactly at it.
+    f.now = tally_types::NOW_NS_MAX - 10 * tally_types::NS_PER_S - 1_000;
+    let at_the_latest = with_timeout(60, 10);
+    assert_eq!(
+        f.codes(Batch::CreateTransfers(vec![at_the_latest])),
+        vec![R::Ok]
+    );
+    let past_it = with_timeout(62, 10);
+    assert_eq!(
+        f.codes(Batch::CreateTransfers(vec![past_it])),
+        vec![R::OverflowsTimeout]
+    );
 }
 
 #[test]
