@@ -204,7 +204,7 @@ fn is_loopback(address: &str) -> bool {
     match address.to_socket_addrs() {
         Ok(resolved) => {
             let resolved: Vec<_> = resolved.collect();
-            !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback())
+            !resolved.is_empty() && resolved.iter().all(|a| a.ip().to_canonical().is_loopback())
         }
         Err(_) => false,
     }

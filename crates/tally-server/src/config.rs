@@ -142,12 +142,14 @@ impl ServerConfig {
     pub(crate) fn checked(
         &self,
     ) -> Result<(Option<crate::auth::Tokens>, Option<ServerTlsConfig>), ServerError> {
-        let public = !self.listen.ip().is_loopback();
+        let public = !self.listen.ip().to_canonical().is_loopback();
         if self.tls.is_none() && !self.insecure && public {
             return Err(ServerError::InsecureListen(self.listen));
         }
         // The metrics port is always plain HTTP.
-        if let Some(metrics) = self.metrics.filter(|at| !at.ip().is_loopback())
+        if let Some(metrics) = self
+            .metrics
+            .filter(|at| !at.ip().to_canonical().is_loopback())
             && !self.insecure
         {
             return Err(ServerError::InsecureMetrics(metrics));

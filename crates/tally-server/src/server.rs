@@ -78,7 +78,7 @@ impl Server {
             Some(tokens) => Access::Tokens(Arc::new(tokens)),
             None => {
                 let certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-                if !config.listen.ip().is_loopback() && !certificates {
+                if !config.listen.ip().to_canonical().is_loopback() && !certificates {
                     tracing::warn!(
                         listen = %config.listen,
                         "no token file on a non-loopback address: anyone who can reach it \

@@ -312,6 +312,9 @@ async fn plain_text_on_a_public_address_needs_insecure() {
         .await
         .expect_err("refused");
     assert!(refused.to_string().contains("--insecure"), "{refused}");
+    // Loopback written as an IPv4-mapped IPv6 address is loopback.
+    let mapped = ServerConfig::new("[::ffff:127.0.0.1]:0".parse().expect("addr"));
+    assert!(mapped.check().is_ok());
     // The metrics port is plain HTTP wherever it listens: off loopback it needs it too.
     let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
     config.metrics = Some("0.0.0.0:0".parse().expect("addr"));
