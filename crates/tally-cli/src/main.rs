@@ -491,12 +491,13 @@ fn print_events_comparison(
         true => format!(
             "the journal holds {past} event(s) past the log's end, the torn tail's; the \
              next `tally apply` cuts them from the journal and keeps them in a \
-             torn-events-after-<timestamp>.bin file"
+             torn-events-after-<timestamp>-to-<timestamp>.bin file"
         ),
         false => format!(
             "the journal holds {past} event(s) past the log's end, and the log has no torn \
-             tail: log frames that were synced are missing; `tally apply` refuses the \
-             directory until they are restored or the journal (events/) is moved aside"
+             tail: log frames that were synced are missing; the next `tally apply` cuts \
+             the events from the journal and keeps them in a \
+             torn-events-after-<timestamp>-to-<timestamp>.bin file"
         ),
     });
     if let Some(why) = &found.unread {

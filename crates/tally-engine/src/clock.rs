@@ -57,15 +57,13 @@ const STAMP_TRIES_MAX: usize = 65_536;
 
 impl Stamper {
     /// A stamper after `timestamp_last`, with the expiry instants of the pending
-    /// transfers that still wait (a recovered state's).
+    /// transfers that still wait (a recovered state's). An instant at or before
+    /// `timestamp_last` (which may lie past the state's last stamp) is kept until the
+    /// first batch: it is due at once ([`Stamper::next_expiry`]).
     pub fn new(timestamp_last: u64, expiry_instants: impl IntoIterator<Item = u64>) -> Stamper {
         Stamper {
             timestamp_last,
-            expiry_instants: expiry_instants
-                .into_iter()
-                .filter(|&at| at > timestamp_last)
-                .map(|at| (at, 0))
-                .collect(),
+            expiry_instants: expiry_instants.into_iter().map(|at| (at, 0)).collect(),
         }
     }
 

@@ -97,15 +97,6 @@ pub enum RecoveryError {
         /// The timestamp of the snapshot's last account or transfer.
         snapshot_last: u64,
     },
-    /// The change-event journal holds events past the log's end while the log shows no
-    /// torn tail: log frames that were synced (the journal gets a group's events only
-    /// then) are missing without a trace, a segment deleted or cut short.
-    ChangeEventsAheadOfLog {
-        /// The timestamp of the journal's last event.
-        journal_last: u64,
-        /// The timestamp of the log's last event (0 for an empty log).
-        log_last: u64,
-    },
 }
 
 impl fmt::Display for EngineError {
@@ -188,16 +179,6 @@ impl fmt::Display for RecoveryError {
                 "the change-event journal ends at timestamp {journal_last}, before the \
                  snapshot's last record at {snapshot_last}: the events between are lost"
             ),
-            RecoveryError::ChangeEventsAheadOfLog {
-                journal_last,
-                log_last,
-            } => write!(
-                f,
-                "the change-event journal holds events up to timestamp {journal_last}, past \
-                 the log's end at {log_last}, and the log has no torn tail: log frames that \
-                 were synced are missing; restore them, or move the journal (events/) aside \
-                 to open the log as it is"
-            ),
             RecoveryError::LogNotRead => f.write_str("the log was not read"),
         }
     }
@@ -209,8 +190,7 @@ impl std::error::Error for RecoveryError {
             RecoveryError::Snapshot { source, .. } => Some(source),
             RecoveryError::RecordOutOfOrder { .. }
             | RecoveryError::LogNotRead
-            | RecoveryError::ChangeEventsBehind { .. }
-            | RecoveryError::ChangeEventsAheadOfLog { .. } => None,
+            | RecoveryError::ChangeEventsBehind { .. } => None,
         }
     }
 }

@@ -50,10 +50,9 @@ pub(crate) fn recover(
     // An error reading the log comes first: what was replayed before it is dropped.
     let (wal, repairs) = opened?;
     let (state, mut recovery) = replayed?;
-    let torn = repairs.torn_tail_bytes_cut > 0 || repairs.torn_segment_removed;
     let (journal, timestamp_floor) = match journal {
         Some(journal) => {
-            let (journal, floor) = cut_journal_to_log(journal, &state, torn, &mut recovery)?;
+            let (journal, floor) = cut_journal_to_log(journal, &state, &mut recovery)?;
             (Some(journal), floor)
         }
         None => (None, state.last_timestamp()),
@@ -78,27 +77,17 @@ pub(crate) fn recover(
 }
 
 /// Cuts from the journal the events past the replayed log's end, which only log frames
-/// now gone made: the journal gets a group's events only once its log write is synced.
-/// That is done where the open cut a `torn` tail (a crash, or damage to the last
-/// frame, which look alike); with none, synced frames went missing without a trace and
-/// the open stops. Returns the journal and the timestamp the next batch must come
-/// after: the state's last, or the cut journal's last, which readers may have seen.
+/// now gone made (a torn tail cut at open, frames lost from the disk, or unsynced ones
+/// a power loss took under `SyncMode::UnsafeNoSync`): the journal follows the log.
+/// Returns the journal and the timestamp the next batch must come after: the state's
+/// last, or the last event ever cut from this ledger's journal, which readers may have
+/// seen (recorded in the name of the file that keeps the cut frames, so that it holds
+/// across a reopen before any new batch).
 fn cut_journal_to_log(
     journal: EventJournal,
     state: &StateMachine,
-    torn: bool,
     recovery: &mut Recovery,
 ) -> Result<(EventJournal, u64), EngineError> {
-    if let Some(journal_last) = journal.last_timestamp()
-        && journal_last > state.last_timestamp()
-        && !torn
-    {
-        return Err(RecoveryError::ChangeEventsAheadOfLog {
-            journal_last,
-            log_last: state.last_timestamp(),
-        }
-        .into());
-    }
     let keep_dir = journal
         .dir()
         .parent()
@@ -107,12 +96,9 @@ fn cut_journal_to_log(
     let (journal, cut) = journal
         .cut_after(state.last_timestamp(), &keep_dir)
         .map_err(EngineError::Log)?;
-    let floor = cut
-        .as_ref()
-        .map_or(0, |cut| cut.last_before)
-        .max(state.last_timestamp());
+    let floor = tally_log::events::torn_events_floor(&keep_dir).map_err(EngineError::Log)?;
     recovery.change_events_cut = cut;
-    Ok((journal, floor))
+    Ok((journal, floor.max(state.last_timestamp())))
 }
 
 /// What the replay built: the state and what it replayed, or why it stopped.

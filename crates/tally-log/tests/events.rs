@@ -383,6 +383,54 @@ fn a_journal_cut_after_a_timestamp_keeps_exactly_the_events_before() {
     }
 }
 
+/// A newest segment left without a frame (its only frame cut at open) does not stop the
+/// cut short: the older segment's events past the timestamp go too, and the kept
+/// file's name records the journal's last event, for the next open's stamps.
+#[test]
+fn a_cut_passes_a_newest_segment_without_frames() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("events");
+    let segment_bytes_max = SEGMENT_HEADER_SIZE as u64 + 2 * frame_bytes(&events(100, 2));
+    let opts = options(segment_bytes_max, u64::MAX);
+    let mut journal = EventJournal::open(&dir, opts).unwrap();
+    for first in [100, 120, 140] {
+        journal.append(&events(first, 2)).unwrap();
+    }
+    journal.sync().unwrap();
+    drop(journal);
+    let segments = segment_paths(&dir);
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    // Damage the newest segment's only frame: the open cuts it.
+    flip_bit(
+        &segments[1],
+        SEGMENT_HEADER_SIZE as u64 + FRAME_HEADER_SIZE as u64 + 3,
+    );
+    let journal = EventJournal::open(&dir, opts).unwrap();
+    assert_eq!(journal.last_timestamp(), Some(130));
+    assert_eq!(
+        tally_log::events::torn_events_floor(data.path()).unwrap(),
+        0
+    );
+    let (mut journal, cut) = journal.cut_after(115, data.path()).unwrap();
+    let cut = cut.expect("a cut");
+    assert_eq!((cut.events, cut.last_before), (2, 130));
+    assert_eq!(read_all(&dir, 0), events(100, 2));
+    assert_eq!(
+        tally_log::events::torn_events_floor(data.path()).unwrap(),
+        130
+    );
+    journal.append(&events(140, 1)).unwrap();
+    journal.sync().unwrap();
+    drop(journal);
+    let mut expected = events(100, 2);
+    expected.extend(events(140, 1));
+    assert_eq!(read_all(&dir, 0), expected);
+    assert_eq!(
+        EventJournal::open(&dir, opts).unwrap().last_timestamp(),
+        Some(140)
+    );
+}
+
 #[test]
 fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,9 +3,13 @@
 //!
 //! The log is the source of truth: an event the log no longer makes must not stay
 //! readable, and its timestamp must not be taken by a new event. The cut events'
-//! frames are kept in a file of their own, never deleted in silence.
+//! frames are kept in a file of their own, never deleted in silence; its name records
+//! the last timestamp cut, so that the next open still knows it
+//! ([`torn_events_floor`]).
 
-use super::format::{FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_frame_body};
+use super::format::{
+    FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_frame_body, decode_frame_header,
+};
 use super::journal::{EventJournal, sync_dir};
 use super::segments::{ReadAhead, SegmentFile, list_segments};
 use crate::LogError;
@@ -21,35 +25,73 @@ pub struct JournalCut {
     /// The journal's last event before the cut: no later event may take a timestamp
     /// at or before it, which readers may have seen.
     pub last_before: u64,
-    /// The file that keeps the removed frames' bytes, as they were.
+    /// The file that keeps the removed frames' bytes, oldest first, as they were.
     pub kept: PathBuf,
 }
 
-/// The name of the file [`EventJournal::cut_after`] keeps the frames it cuts in:
-/// `torn-events-after-<timestamp>.bin`, which no part of the journal reads.
-pub fn torn_events_name(timestamp: u64) -> String {
-    format!("torn-events-after-{timestamp}.bin")
+const TORN_EVENTS_PREFIX: &str = "torn-events-after-";
+
+/// The name of the file [`EventJournal::cut_after`] keeps the frames it cuts in, when
+/// it cuts after `timestamp` a journal whose last event was at `last_before`:
+/// `torn-events-after-<timestamp>-to-<last_before>.bin`, which no part of the journal
+/// reads.
+pub fn torn_events_name(timestamp: u64, last_before: u64) -> String {
+    format!("{TORN_EVENTS_PREFIX}{timestamp}-to-{last_before}.bin")
 }
 
-/// Where one segment is cut: the offset of its first frame with an event after the
-/// timestamp, and those of that frame's events stamped at or before it.
-struct SegmentCut {
-    offset: u64,
-    events_cut: u64,
-    events_kept: Vec<ChangeEvent>,
+/// The latest `last_before` that the files of cut events in `dir` record (0 when there
+/// are none): a ledger stamps new events after it, even when it reopens before any new
+/// event reached the journal.
+///
+/// # Errors
+///
+/// The directory cannot be listed.
+pub fn torn_events_floor(dir: &Path) -> Result<u64, LogError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| LogError::io(dir.to_path_buf(), "read_dir", e))?;
+    let mut floor = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io(dir.to_path_buf(), "read_dir", e))?;
+        let name = entry.file_name();
+        let last_before = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(TORN_EVENTS_PREFIX))
+            .and_then(|rest| rest.strip_suffix(".bin"))
+            .and_then(|rest| rest.split_once("-to-"))
+            .and_then(|(_, last)| last.parse::<u64>().ok());
+        floor = floor.max(last_before.unwrap_or(0));
+    }
+    Ok(floor)
+}
+
+/// What one segment holds against the timestamp cut at.
+enum SegmentCut {
+    /// No frame at all (a roll just before a crash, or its frames cut at open).
+    NoFrames,
+    /// Every event at or before the timestamp.
+    Before,
+    /// From the frame at `offset` on, events after the timestamp: `events_cut` of them;
+    /// `events_kept` are that first frame's events at or before it.
+    At {
+        offset: u64,
+        events_cut: u64,
+        events_kept: Vec<ChangeEvent>,
+    },
 }
 
 impl EventJournal {
     /// Removes every event stamped after `timestamp`; a journal whose last event is at
-    /// or before it comes back as it was, with `None`. The frames from the first one
-    /// holding such an event on are copied into `keep_dir`/[`torn_events_name`] and
-    /// synced, then cut (a segment left with no event is deleted); the events of that
-    /// first frame stamped at or before `timestamp` are appended again. The journal is
-    /// synced and reopened.
+    /// or before it comes back as it was, with `None`.
     ///
-    /// A crash part way leaves the journal still ahead, or lacking some events at or
-    /// before `timestamp`; the next recovery cuts again, or writes those again from
-    /// the log.
+    /// The frames from the first one holding such an event on, over every segment
+    /// concerned, are appended oldest first to `keep_dir`/[`torn_events_name`] and made
+    /// durable (file and directory) before any is cut. Then they are cut (a segment
+    /// left without a frame is deleted), the events of that first frame stamped at or
+    /// before `timestamp` are appended again, and the journal is synced and reopened.
+    ///
+    /// A crash part way leaves the journal still ahead, which the next recovery cuts
+    /// again (appending to the same kept file if the name is the same), or lacking some
+    /// events at or before `timestamp`, which recovery writes again from the log.
     ///
     /// # Errors
     ///
@@ -66,24 +108,33 @@ impl EventJournal {
         self.sync()?;
         let (dir, options) = (self.dir().to_path_buf(), self.options());
         drop(self);
-        let kept = keep_dir.join(torn_events_name(timestamp));
-        let mut keep = File::create(&kept).map_err(|e| LogError::io(kept.clone(), "create", e))?;
+        // Newest first, back to the segment the cut falls in.
+        let mut plan: Vec<(SegmentFile, u64)> = Vec::new();
         let mut events = 0;
         let mut events_kept = Vec::new();
-        for segment in list_segments(&dir)?.iter().rev() {
-            let Some(cut) = find_cut(segment, timestamp)? else {
-                break;
-            };
-            events += cut.events_cut;
-            copy_and_cut(segment, cut.offset, &mut keep, &kept)?;
-            if cut.offset > SEGMENT_HEADER_SIZE as u64 || !cut.events_kept.is_empty() {
-                events_kept = cut.events_kept;
-                break;
+        for segment in list_segments(&dir)?.into_iter().rev() {
+            match find_cut(&segment, timestamp)? {
+                SegmentCut::Before => break,
+                SegmentCut::NoFrames => plan.push((segment, SEGMENT_HEADER_SIZE as u64)),
+                SegmentCut::At {
+                    offset,
+                    events_cut,
+                    events_kept: kept,
+                } => {
+                    events += events_cut;
+                    plan.push((segment, offset));
+                    if offset > SEGMENT_HEADER_SIZE as u64 || !kept.is_empty() {
+                        events_kept = kept;
+                        break;
+                    }
+                }
             }
         }
-        keep.sync_data()
-            .map_err(|e| LogError::io(kept.clone(), "fdatasync", e))?;
-        sync_dir(keep_dir)?;
+        let kept = keep_dir.join(torn_events_name(timestamp, last_before));
+        keep_frames(&plan, &kept, keep_dir)?;
+        for (segment, offset) in &plan {
+            cut_segment(segment, *offset)?;
+        }
         sync_dir(&dir)?;
         let mut journal = EventJournal::open(&dir, options)?;
         journal.append(&events_kept)?;
@@ -97,72 +148,80 @@ impl EventJournal {
     }
 }
 
-/// Finds where `segment` is to be cut: at its first frame with an event stamped after
-/// `timestamp`; `None` when it has none.
-fn find_cut(segment: &SegmentFile, timestamp: u64) -> Result<Option<SegmentCut>, LogError> {
+/// Where `segment` is to be cut against `timestamp`.
+fn find_cut(segment: &SegmentFile, timestamp: u64) -> Result<SegmentCut, LogError> {
     let path = &segment.path;
     let file = File::open(path).map_err(|e| LogError::io(path.clone(), "open", e))?;
     let mut reader = ReadAhead::new(&file, path);
     let mut offset = SEGMENT_HEADER_SIZE as u64;
-    let mut cut: Option<SegmentCut> = None;
+    let mut found = SegmentCut::NoFrames;
     loop {
         let bytes = reader.read(offset, FRAME_HEADER_SIZE)?;
         if bytes.is_empty() {
-            return Ok(cut);
+            return Ok(found);
         }
-        let frame = super::format::decode_frame_header(bytes)
+        let frame = decode_frame_header(bytes)
             .map_err(|reason| LogError::corrupt(path.clone(), offset, reason))?;
-        if let Some(cut) = &mut cut {
-            cut.events_cut += frame.event_count as u64;
-        } else if frame.last_timestamp > timestamp {
-            let body_bytes = frame.frame_bytes as usize - FRAME_HEADER_SIZE;
-            let body = reader.read(offset + FRAME_HEADER_SIZE as u64, body_bytes)?;
-            let mut events = Vec::with_capacity(frame.event_count);
-            if body.len() < body_bytes {
-                return Err(LogError::corrupt(
-                    path.clone(),
+        match &mut found {
+            SegmentCut::At { events_cut, .. } => *events_cut += frame.event_count as u64,
+            _ if frame.last_timestamp <= timestamp => found = SegmentCut::Before,
+            _ => {
+                let body_bytes = frame.frame_bytes as usize - FRAME_HEADER_SIZE;
+                let body = reader.read(offset + FRAME_HEADER_SIZE as u64, body_bytes)?;
+                if body.len() < body_bytes {
+                    return Err(LogError::corrupt(
+                        path.clone(),
+                        offset,
+                        "frame is incomplete",
+                    ));
+                }
+                let mut events = Vec::with_capacity(frame.event_count);
+                decode_frame_body(&frame, body, &mut events)
+                    .map_err(|reason| LogError::corrupt(path.clone(), offset, reason))?;
+                events.retain(|event| event.timestamp <= timestamp);
+                found = SegmentCut::At {
                     offset,
-                    "frame is incomplete",
-                ));
+                    events_cut: (frame.event_count - events.len()) as u64,
+                    events_kept: events,
+                };
             }
-            decode_frame_body(&frame, body, &mut events)
-                .map_err(|reason| LogError::corrupt(path.clone(), offset, reason))?;
-            events.retain(|event| event.timestamp <= timestamp);
-            cut = Some(SegmentCut {
-                offset,
-                events_cut: (frame.event_count - events.len()) as u64,
-                events_kept: events,
-            });
         }
         offset += frame.frame_bytes;
     }
 }
 
-/// Appends `segment`'s bytes from `offset` on to `keep` and syncs it, then cuts them
-/// from the segment, or deletes the segment when no frame is left in it.
-fn copy_and_cut(
-    segment: &SegmentFile,
-    offset: u64,
-    keep: &mut File,
-    kept: &Path,
-) -> Result<(), LogError> {
+/// Appends the bytes each planned segment loses (`plan` is newest first) to `kept`,
+/// oldest first, and makes the file and its directory entry durable.
+fn keep_frames(plan: &[(SegmentFile, u64)], kept: &Path, keep_dir: &Path) -> Result<(), LogError> {
+    let error = |op, e| LogError::io(kept.to_path_buf(), op, e);
+    let mut keep = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(kept)
+        .map_err(|e| error("create", e))?;
+    for (segment, offset) in plan.iter().rev() {
+        let path = &segment.path;
+        let mut file = File::open(path).map_err(|e| LogError::io(path.clone(), "open", e))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*offset))
+            .map_err(|e| LogError::io(path.clone(), "seek", e))?;
+        // Streamed: a segment may be large.
+        std::io::copy(&mut file, &mut keep).map_err(|e| error("copy the cut frames", e))?;
+    }
+    keep.sync_data().map_err(|e| error("fdatasync", e))?;
+    sync_dir(keep_dir)
+}
+
+/// Cuts `segment` at `offset`, or deletes it when no frame is left in it.
+fn cut_segment(segment: &SegmentFile, offset: u64) -> Result<(), LogError> {
     let path = &segment.path;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| LogError::io(path.clone(), "open", e))?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
-        .map_err(|e| LogError::io(path.clone(), "seek", e))?;
-    // Streamed: a segment may be large.
-    std::io::copy(&mut file, keep)
-        .and_then(|_| keep.sync_data())
-        .map_err(|e| LogError::io(kept.to_path_buf(), "copy the cut frames", e))?;
     if offset <= SEGMENT_HEADER_SIZE as u64 {
-        drop(file);
         return std::fs::remove_file(path)
             .map_err(|e| LogError::io(path.clone(), "remove_file", e));
     }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path.clone(), "open", e))?;
     file.set_len(offset)
         .and_then(|()| file.sync_data())
         .map_err(|e| LogError::io(path.clone(), "truncate", e))

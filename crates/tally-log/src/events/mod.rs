@@ -18,7 +18,7 @@ mod journal;
 mod reader;
 mod segments;
 
-pub use cut::{JournalCut, torn_events_name};
+pub use cut::{JournalCut, torn_events_floor, torn_events_name};
 pub use format::{
     FRAME_BYTES_MAX, FRAME_EVENTS_MAX, FRAME_HEADER_SIZE, JOURNAL_FORMAT_VERSION,
     SEGMENT_HEADER_SIZE, journal_segment_name,
