@@ -249,19 +249,27 @@ impl JournalComparer {
     }
 
     /// Counts the journal's events that no log event matched and the comparison did
-    /// not reach: those past the last replayed one (or, with none replayed, past
-    /// `state_last`, the snapshot's last stamp or 0) apart, and without a `snapshot`
-    /// those before the first replayed one (the log then holds every record from the
-    /// first).
+    /// not reach: those past the last replayed one (or, with none replayed, past the
+    /// snapshot's last stamp or 0), those past `state_last` (the log's last stamp)
+    /// apart, and without a `snapshot` those before the first replayed one (the log then
+    /// holds every record from the first).
     fn finish(mut self, snapshot: bool, state_last: u64) -> EventsComparison {
         if !snapshot {
             let end = self.replayed_first.unwrap_or(state_last + 1);
             self.count_unmatched_before(end);
         }
         let last = self.replayed_last.unwrap_or(state_last);
-        while self.journal_front(last + 1).is_some() {
+        while let Some(front) = self.journal_front(last + 1).map(|front| front.timestamp) {
             self.pending.pop_front();
-            self.found.past_log_end += 1;
+            // Up to the state's last stamp (a last batch refused or empty), the log
+            // reaches: the event is one it does not make.
+            if front <= state_last {
+                self.differs(format!(
+                    "the journal holds an event at {front} the log does not make"
+                ));
+            } else {
+                self.found.past_log_end += 1;
+            }
         }
         self.found
     }

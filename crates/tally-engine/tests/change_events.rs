@@ -571,6 +571,49 @@ fn a_journal_ahead_of_a_log_without_a_torn_tail_is_cut_back_too() {
     ledger.shutdown().unwrap();
 }
 
+/// `verify`'s comparison: a journal event after the log's last event but not after
+/// its last stamp (here an empty batch's) is one the log does not make; only one past
+/// the last stamp is past the log's end.
+#[test]
+fn journal_events_up_to_the_logs_last_stamp_differ_and_past_it_are_past_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.manual_clock = true;
+    let ledger = Ledger::open(config).unwrap();
+    let accounts = (1..=2)
+        .map(|id| tally_testkit::account(id, tally_testkit::TEST_LEDGER, Default::default()))
+        .collect();
+    ledger
+        .submit_at(Batch::CreateAccounts(accounts), Some(1_000))
+        .unwrap();
+    ledger
+        .submit_at(Batch::CreateTransfers(Vec::new()), Some(5_000))
+        .unwrap();
+    let made = read_all(&ledger);
+    ledger.shutdown().unwrap();
+    let mut journal = tally_log::events::EventJournal::open(
+        &tally_engine::events_dir(dir.path()),
+        tally_log::events::JournalOptions::default(),
+    )
+    .unwrap();
+    let at = |timestamp| {
+        let mut event = made[0];
+        event.timestamp = timestamp;
+        event.debit_account.timestamp = timestamp;
+        event
+    };
+    journal.append(&[at(3_000), at(6_000)]).unwrap();
+    journal.sync().unwrap();
+    drop(journal);
+    let _lock = tally_log::DirLock::acquire(dir.path()).unwrap();
+    let (_, _, compared) = tally_engine::inspect::read_only_comparing_events(dir.path()).unwrap();
+    assert_eq!(
+        (compared.equal, compared.differing, compared.past_log_end),
+        (2, 1, 1),
+        "{compared:?}"
+    );
+}
+
 #[test]
 fn an_idle_ledger_expires_a_pending_transfer_at_its_instant() {
     let dir = tempfile::tempdir().unwrap();
