@@ -167,6 +167,19 @@ mod tests {
     use super::*;
     use tally_types::Transfer;
 
+    fn pending(timeout: u32) -> Transfer {
+        Transfer {
+            flags: TransferFlags::PENDING,
+            timeout,
+            ..Transfer::default()
+        }
+    }
+
+    /// No instant is known to be settled.
+    fn never(_: u64, _: u64) -> bool {
+        false
+    }
+
     #[test]
     fn stamps_never_go_backwards_and_never_overflow() {
         assert_eq!(batch_stamp(100, 0, 5), Some(100));
@@ -178,12 +191,6 @@ mod tests {
 
     #[test]
     fn batches_are_stamped_clear_of_expiry_instants() {
-        let pending = |timeout| Transfer {
-            flags: TransferFlags::PENDING,
-            timeout,
-            ..Transfer::default()
-        };
-        let never = |_, _| false;
         let mut stamper = Stamper::new(0, []);
         let first = Batch::CreateTransfers(vec![pending(1), Transfer::default()]);
         assert_eq!(stamper.stamp(100, &first, &never), Some(100));
@@ -203,12 +210,6 @@ mod tests {
 
     #[test]
     fn an_instant_nobody_waits_on_any_more_no_longer_moves_a_batch() {
-        let pending = |timeout| Transfer {
-            flags: TransferFlags::PENDING,
-            timeout,
-            ..Transfer::default()
-        };
-        let never = |_, _| false;
         let mut stamper = Stamper::new(0, []);
         let two = Batch::CreateTransfers(vec![pending(1), pending(1)]);
         assert_eq!(stamper.stamp(2_000, &two, &never), Some(2_000));

@@ -464,6 +464,12 @@ fn a_journal_cut_back_several_replay_groups_in_is_derived_again_identically() {
     }
 }
 
+/// Accounts 1 and 2, on the test ledger.
+fn two_accounts() -> Batch {
+    let account = |id| tally_testkit::account(id, tally_testkit::TEST_LEDGER, Default::default());
+    Batch::CreateAccounts(vec![account(1), account(2)])
+}
+
 /// A log whose tail is gone (here torn after a crash, as a test or a failing disk
 /// may leave it) while the journal already held that tail's events: the open cuts them
 /// from the journal, keeps their bytes, and stamps new events after them, so the
@@ -474,13 +480,8 @@ fn journal_events_past_a_cut_log_are_cut_and_never_stamped_again() {
     let mut config = Config::new(dir.path());
     config.manual_clock = true;
     let ledger = Ledger::open(config.clone()).unwrap();
-    let accounts = (1..=2)
-        .map(|id| tally_testkit::account(id, tally_testkit::TEST_LEDGER, Default::default()))
-        .collect();
     let now = 1_000 * NS_PER_S;
-    ledger
-        .submit_at(Batch::CreateAccounts(accounts), Some(now))
-        .unwrap();
+    ledger.submit_at(two_accounts(), Some(now)).unwrap();
     for id in 10..15 {
         let transfer = tally_testkit::transfer(id, 1, 2, 1);
         let results = ledger
@@ -545,10 +546,7 @@ fn journal_events_past_a_cut_log_are_cut_and_never_stamped_again() {
 fn a_journal_ahead_of_a_log_without_a_torn_tail_is_cut_back_too() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(Config::new(dir.path())).unwrap();
-    let accounts = (1..=2)
-        .map(|id| tally_testkit::account(id, tally_testkit::TEST_LEDGER, Default::default()))
-        .collect();
-    ledger.submit(Batch::CreateAccounts(accounts)).unwrap();
+    ledger.submit(two_accounts()).unwrap();
     let before = read_all(&ledger);
     ledger.shutdown().unwrap();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -580,12 +578,7 @@ fn journal_events_up_to_the_logs_last_stamp_differ_and_past_it_are_past_its_end(
     let mut config = Config::new(dir.path());
     config.manual_clock = true;
     let ledger = Ledger::open(config).unwrap();
-    let accounts = (1..=2)
-        .map(|id| tally_testkit::account(id, tally_testkit::TEST_LEDGER, Default::default()))
-        .collect();
-    ledger
-        .submit_at(Batch::CreateAccounts(accounts), Some(1_000))
-        .unwrap();
+    ledger.submit_at(two_accounts(), Some(1_000)).unwrap();
     ledger
         .submit_at(Batch::CreateTransfers(Vec::new()), Some(5_000))
         .unwrap();
