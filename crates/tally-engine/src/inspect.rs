@@ -116,7 +116,7 @@ pub struct EventsComparison {
     pub before_journal: u64,
     /// Events the log makes past the journal's last: a crash lost them from its tail.
     pub past_journal_end: u64,
-    /// Events the journal holds past the log's last event: only log frames that are
+    /// Events the journal holds past the log's last stamp: only log frames that are
     /// gone made them (a torn tail, or frames lost from the disk); the next open cuts
     /// them from the journal.
     pub past_log_end: u64,
