@@ -139,10 +139,12 @@ pub(crate) fn unsigned<T: TryFrom<u128>>(
                 Width::Narrow => "an integer",
             };
             // serde_json reads integers past u64 as floats: say what went wrong for them.
-            let problem = if number.fract() == 0.0 && *number >= JSON_INT_EXACT_LIMIT as f64 {
+            let problem = if number.fract() != 0.0 {
+                "is not an integer"
+            } else if *number >= JSON_INT_EXACT_LIMIT as f64 {
                 "is past 2^53, where JSON numbers are not exact"
             } else {
-                "is not an exact integer"
+                "is written with a fraction or an exponent (as 1.0 or 1e3)"
             };
             return Err(loc.error(format!(
                 "JSON number {number:?} {problem}; give {type_name} values as {hint}"

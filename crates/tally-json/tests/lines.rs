@@ -535,7 +535,7 @@ fn id_and_integer_errors() {
     );
     check(
         r#"{"lookup_accounts": ["1", 1.5]}"#,
-        "error: lookup_accounts[1]: JSON number 1.5 is not an exact integer; give u128 values as a string",
+        "error: lookup_accounts[1]: JSON number 1.5 is not an integer; give u128 values as a string",
     );
     check(
         r#"{"lookup_accounts": [1.0]}"#,
@@ -593,7 +593,7 @@ fn id_and_integer_errors() {
     );
     check(
         r#"{"create_accounts": [{"ledger": 156.0}]}"#,
-        "error: create_accounts[0].ledger: JSON number 156.0 is not an exact integer; give u32 values as an integer",
+        "error: create_accounts[0].ledger: JSON number 156.0 is written with a fraction or an exponent (as 1.0 or 1e3); give u32 values as an integer",
     );
     check(
         r#"{"create_transfers": [{"timeout": -5}]}"#,
