@@ -951,15 +951,9 @@ fn a_user_data_index_started_mid_run_grows_into_a_prepared_table() {
 fn a_voided_transfer_no_longer_moves_a_batch_restarted_or_not() {
     const NS: u64 = tally_types::NS_PER_S;
     let pending = |id| Transfer {
-        id,
-        debit_account_id: 1,
-        credit_account_id: 2,
-        amount: 5,
-        ledger: 156,
-        code: 1,
         flags: TransferFlags::PENDING,
         timeout: 1,
-        ..Transfer::default()
+        ..tally_testkit::transfer(id, 1, 2, 5)
     };
     let settle = |id, pending_id, flags| Transfer {
         id,
@@ -973,12 +967,7 @@ fn a_voided_transfer_no_longer_moves_a_batch_restarted_or_not() {
         config.manual_clock = true;
         let mut ledger = Ledger::open(config.clone()).unwrap();
         let two = (1..=2)
-            .map(|id| Account {
-                id,
-                ledger: 156,
-                code: 1,
-                ..Account::default()
-            })
+            .map(|id| tally_testkit::account(id, TEST_LEDGER, AccountFlags::empty()))
             .collect();
         ledger
             .submit_at(Batch::CreateAccounts(two), Some(1_000))
