@@ -94,11 +94,9 @@ impl Stamper {
         };
         let stamp = clear_stamp(requested, self.timestamp_last, batch, latest_in)?;
         self.timestamp_last = stamp + batch.len().saturating_sub(1) as u64;
-        let mut added = BTreeSet::new();
-        add_expiry_instants(&mut added, stamp, batch);
         let last = self.timestamp_last;
         self.expiry_instants
-            .extend(added.into_iter().map(|at| (at, last)));
+            .extend(expiry_instants_of(stamp, batch).map(|at| (at, last)));
         let passed = self.timestamp_last.saturating_add(1);
         self.expiry_instants = self.expiry_instants.split_off(&passed);
         Some(stamp)
@@ -108,11 +106,15 @@ impl Stamper {
 /// The instants at which `batch`'s pending transfers with a timeout would expire, were
 /// it stamped from `stamp`, added to `instants`.
 pub fn add_expiry_instants(instants: &mut BTreeSet<u64>, stamp: u64, batch: &Batch) {
-    for (index, timeout_ns) in pending_timeouts(batch) {
-        if let Some(at) = (stamp + index as u64).checked_add(timeout_ns) {
-            instants.insert(at);
-        }
-    }
+    instants.extend(expiry_instants_of(stamp, batch));
+}
+
+/// The instants at which `batch`'s pending transfers with a timeout would expire, were
+/// it stamped from `stamp`.
+fn expiry_instants_of(stamp: u64, batch: &Batch) -> impl Iterator<Item = u64> {
+    pending_timeouts(batch)
+        .into_iter()
+        .filter_map(move |(index, timeout_ns)| (stamp + index as u64).checked_add(timeout_ns))
 }
 
 /// [`batch_stamp`], moved later until no expiry instant falls on or inside the batch's
