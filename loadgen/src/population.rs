@@ -129,6 +129,9 @@ impl RunIds {
 pub const TRANSFER_TAG_FUNDING: u128 = 1;
 /// Tag of the transfers of the run itself.
 pub const TRANSFER_TAG_RUN: u128 = 2;
+
+/// What the plain accounts' user data is drawn from, the same for every run's seed.
+const PLAIN_USER_DATA_SEED: u64 = 20_161_111;
 /// Tag of the sweep transfer submitted after the run.
 pub const TRANSFER_TAG_SWEEP: u128 = 3;
 /// Tag of the end-of-day transfers: closures, their voids, settlement sweeps.
@@ -430,10 +433,11 @@ impl Population {
     }
 
     /// Account `slot` of a [`Shape::Plain`] population: no flags, and user data drawn
-    /// from the seed and the slot (TigerBeetle's `benchmark` fills it at random), so
-    /// that the same spec always gives the same accounts.
+    /// from the slot alone (TigerBeetle's `benchmark` fills it at random), so that every
+    /// seed gives the same accounts: a run with `--keep` and another seed (the same
+    /// seed would draw the same transfer ids) finds its accounts already there.
     fn plain_account_at(&self, slot: u64) -> Account {
-        let user_data = split_mix(self.spec.seed ^ split_mix(slot));
+        let user_data = split_mix(PLAIN_USER_DATA_SEED ^ split_mix(slot));
         Account {
             id: self.plain(slot),
             ledger: LEDGER_PLAIN,
@@ -615,6 +619,20 @@ mod tests {
         assert_eq!(population.slot(id(KIND_USER, 0, 0)), None);
         assert_eq!(population.slot(id(KIND_PLAIN, 0, 50)), None);
         assert!(population.funding_transfers().is_empty());
+        // A kept directory's accounts are those of a run with any other seed.
+        let reseeded = Population::new(PopulationSpec {
+            shape: Shape::Plain,
+            users: 50,
+            seed: 7,
+            ..PopulationSpec::default()
+        });
+        for slot in 0..50 {
+            assert_eq!(reseeded.account_at(slot), population.account_at(slot));
+        }
+        assert_ne!(
+            population.account_at(0).user_data_128,
+            population.account_at(1).user_data_128
+        );
     }
 
     #[test]
