@@ -2,10 +2,13 @@
 //! holds and the state digest there. Accounts and transfers are the 128-byte records of
 //! the log format; the whole is closed by a CRC-32C, so a damaged snapshot is refused.
 
+use std::io::{Read, Write};
+use tally_state::{FrozenState, SideTables};
 use tally_types::codec::{
     RECORD_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
-use tally_types::{PendingStatus, StateImage};
+use tally_types::packed::{self, PackedRun};
+use tally_types::{LoadedImage, PendingStatus, StateImage};
 
 const MAGIC: &[u8; 8] = b"TALLYRS1";
 
@@ -20,86 +23,135 @@ pub(crate) struct SnapshotHead {
     pub events_applied: u64,
 }
 
-/// Encodes a snapshot.
-pub(crate) fn encode(head: &SnapshotHead, image: &StateImage) -> Vec<u8> {
-    let records = image.accounts.len() + image.transfers.len();
-    let mut out = Vec::with_capacity(64 + head.meta.len() + records * RECORD_SIZE);
-    out.extend_from_slice(MAGIC);
-    put_u64(&mut out, head.meta.len() as u64);
-    out.extend_from_slice(&head.meta);
-    put_u64(&mut out, head.digest);
-    put_u64(&mut out, head.events_applied);
-    put_u64(&mut out, image.last_timestamp);
+/// Encodes a snapshot of `state` into `out` as it reads it (into a file: no image of
+/// the state and no copy of the whole in memory on the way), the checksum computed as
+/// it goes and written last. The records are those of `state.image()`, in its order.
+pub(crate) fn encode_to(
+    head: &SnapshotHead,
+    state: &FrozenState,
+    out: &mut (impl Write + ?Sized),
+) -> std::io::Result<()> {
+    let mut out = Checksummed { out, crc: 0 };
+    out.write_all(MAGIC)?;
+    out.put_u64(head.meta.len() as u64)?;
+    out.write_all(&head.meta)?;
+    out.put_u64(head.digest)?;
+    out.put_u64(head.events_applied)?;
+    out.put_u64(state.last_timestamp())?;
     let mut record = [0u8; RECORD_SIZE];
-    put_u64(&mut out, image.accounts.len() as u64);
-    for account in &image.accounts {
-        encode_account(account, &mut record);
-        out.extend_from_slice(&record);
+    out.put_u64(state.accounts_len() as u64)?;
+    for account in state.accounts() {
+        encode_account(&account, &mut record);
+        out.write_all(&record)?;
     }
-    put_u64(&mut out, image.transfers.len() as u64);
-    for transfer in &image.transfers {
-        encode_transfer(transfer, &mut record);
-        out.extend_from_slice(&record);
+    out.put_u64(state.transfers_len() as u64)?;
+    for transfer in state.transfers() {
+        encode_transfer(&transfer, &mut record);
+        out.write_all(&record)?;
     }
-    put_u64(&mut out, image.pending_statuses.len() as u64);
-    for (id, status) in &image.pending_statuses {
-        out.extend_from_slice(&id.to_le_bytes());
-        out.push(*status as u8);
+    let SideTables {
+        pending_statuses,
+        refunded,
+        failed_ids,
+    } = state.side_tables();
+    out.put_u64(pending_statuses.len() as u64)?;
+    for (id, status) in &pending_statuses {
+        out.write_all(&id.to_le_bytes())?;
+        out.write_all(&[*status as u8])?;
     }
-    put_u64(&mut out, image.refunded.len() as u64);
-    for (id, amount) in &image.refunded {
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&amount.to_le_bytes());
+    out.put_u64(refunded.len() as u64)?;
+    for (id, amount) in &refunded {
+        out.write_all(&id.to_le_bytes())?;
+        out.write_all(&amount.to_le_bytes())?;
     }
-    put_u64(&mut out, image.failed_ids.len() as u64);
-    for id in &image.failed_ids {
-        out.extend_from_slice(&id.to_le_bytes());
+    out.put_u64(failed_ids.len() as u64)?;
+    for id in &failed_ids {
+        out.write_all(&id.to_le_bytes())?;
     }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    let crc = out.crc;
+    out.out.write_all(&crc.to_le_bytes())
 }
 
-/// Decodes a snapshot, checking its checksum first.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(SnapshotHead, StateImage), String> {
-    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+/// A writer that keeps the CRC-32C of everything written through it.
+struct Checksummed<'a, W: Write + ?Sized> {
+    out: &'a mut W,
+    crc: u32,
+}
+
+impl<W: Write + ?Sized> Checksummed<'_, W> {
+    fn put_u64(&mut self, value: u64) -> std::io::Result<()> {
+        self.write_all(&value.to_le_bytes())
+    }
+}
+
+impl<W: Write + ?Sized> Write for Checksummed<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, &bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Decodes a snapshot of `len` bytes read from `input` as it goes: the transfers are
+/// kept packed (about a quarter of their 128-byte records), and no copy of the whole is
+/// made, so a replica opening or installing one holds little beside the state it
+/// rebuilds. The checksum is compared at the end: on a mismatch, all that was decoded
+/// is dropped.
+pub(crate) fn decode(input: impl Read, len: u64) -> Result<(SnapshotHead, LoadedImage), String> {
+    if len < (MAGIC.len() + 4) as u64 {
         return Err("not a Tally replica snapshot".into());
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32c::crc32c(body) != stored {
-        return Err("the snapshot's checksum does not match".into());
-    }
     let mut reader = Reader {
-        bytes: body,
-        at: MAGIC.len(),
+        input: std::io::BufReader::with_capacity(READ_BUFFER_BYTES, input),
+        crc: 0,
+        body_left: len - 4,
     };
+    if &reader.array::<8>()? != MAGIC {
+        return Err("not a Tally replica snapshot".into());
+    }
     let meta_len = reader.length(1)?;
-    let meta = reader.take(meta_len)?.to_vec();
+    let mut meta = vec![0; meta_len];
+    reader.fill(&mut meta)?;
     let head = SnapshotHead {
         meta,
         digest: reader.u64()?,
         events_applied: reader.u64()?,
     };
-    let mut image = StateImage {
-        last_timestamp: reader.u64()?,
-        ..StateImage::default()
+    let mut loaded = LoadedImage {
+        image: StateImage {
+            last_timestamp: reader.u64()?,
+            ..StateImage::default()
+        },
+        packed_transfers: Vec::new(),
     };
+    let image = &mut loaded.image;
     for _ in 0..reader.length(RECORD_SIZE)? {
-        let record = reader.record()?;
+        let record = reader.array::<RECORD_SIZE>()?;
         image
             .accounts
-            .push(decode_account(record).map_err(|e| e.to_string())?);
+            .push(decode_account(&record).map_err(|e| e.to_string())?);
     }
+    let mut run = (0, Vec::new());
     for _ in 0..reader.length(RECORD_SIZE)? {
-        let record = reader.record()?;
-        image
-            .transfers
-            .push(decode_transfer(record).map_err(|e| e.to_string())?);
+        let record = reader.array::<RECORD_SIZE>()?;
+        let transfer = decode_transfer(&record).map_err(|e| e.to_string())?;
+        packed::encode_transfer(&transfer, &mut run.1);
+        run.0 += 1;
+        if run.0 == packed::PACKED_RUN_RECORDS {
+            let full = std::mem::take(&mut run);
+            loaded.packed_transfers.push(packed_run(full)?);
+        }
+    }
+    if run.0 > 0 {
+        loaded.packed_transfers.push(packed_run(run)?);
     }
     for _ in 0..reader.length(17)? {
         let id = reader.u128()?;
-        let raw = reader.take(1)?[0];
+        let [raw] = reader.array::<1>()?;
         let status = PendingStatus::from_u8(raw).ok_or(format!("unknown pending status {raw}"))?;
         image.pending_statuses.push((id, status));
     }
@@ -109,73 +161,103 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(SnapshotHead, StateImage), String>
     for _ in 0..reader.length(16)? {
         image.failed_ids.push(reader.u128()?);
     }
-    if reader.at != body.len() {
-        return Err("trailing bytes in the snapshot".into());
+    reader.finish()?;
+    Ok((head, loaded))
+}
+
+/// The buffer a snapshot is read through.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+fn packed_run((records, bytes): (usize, Vec<u8>)) -> Result<PackedRun, String> {
+    PackedRun::new(records, bytes).map_err(|e| format!("packing transfers: {e:?}"))
+}
+
+/// Reads a snapshot's body, keeping its CRC-32C and how many bytes of it are left.
+struct Reader<R: Read> {
+    input: std::io::BufReader<R>,
+    crc: u32,
+    body_left: u64,
+}
+
+impl<R: Read> Reader<R> {
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), String> {
+        let n = out.len() as u64;
+        if n > self.body_left {
+            return Err("the snapshot is cut short".into());
+        }
+        self.input
+            .read_exact(out)
+            .map_err(|e| format!("reading the snapshot: {e}"))?;
+        self.body_left -= n;
+        self.crc = crc32c::crc32c_append(self.crc, out);
+        Ok(())
     }
-    Ok((head, image))
-}
 
-fn put_u64(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).ok_or("a length overflows")?;
-        let slice = self
-            .bytes
-            .get(self.at..end)
-            .ok_or("the snapshot is cut short")?;
-        self.at = end;
-        Ok(slice)
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut bytes = [0u8; N];
+        self.fill(&mut bytes)?;
+        Ok(bytes)
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(word))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn u128(&mut self) -> Result<u128, String> {
-        let mut word = [0u8; 16];
-        word.copy_from_slice(self.take(16)?);
-        Ok(u128::from_le_bytes(word))
+        Ok(u128::from_le_bytes(self.array()?))
     }
 
     /// A count of items of `item_bytes` each, refused when the rest cannot hold them.
     fn length(&mut self, item_bytes: usize) -> Result<usize, String> {
         let count = usize::try_from(self.u64()?).map_err(|_| "a count overflows")?;
         let needed = count.checked_mul(item_bytes).ok_or("a count overflows")?;
-        if needed > self.bytes.len() - self.at {
+        if needed as u64 > self.body_left {
             return Err("a count is larger than the snapshot".into());
         }
         Ok(count)
     }
 
-    fn record(&mut self) -> Result<&'a [u8; RECORD_SIZE], String> {
-        self.take(RECORD_SIZE)?
-            .try_into()
-            .map_err(|_| "a record is cut short".to_string())
+    /// Checks that the body is all read, and the checksum after it.
+    fn finish(mut self) -> Result<(), String> {
+        if self.body_left != 0 {
+            return Err("trailing bytes in the snapshot".into());
+        }
+        let mut stored = [0u8; 4];
+        self.input
+            .read_exact(&mut stored)
+            .map_err(|_| "the snapshot is cut short".to_string())?;
+        if u32::from_le_bytes(stored) != self.crc {
+            return Err("the snapshot's checksum does not match".into());
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_testkit::{TEST_LEDGER, account};
-    use tally_types::AccountFlags;
+    use tally_testkit::{TEST_LEDGER, account, transfer};
+    use tally_types::{Account, AccountFlags, Transfer, TransferFlags};
 
     #[test]
     fn snapshots_round_trip_and_damage_is_refused() {
+        let accounts = [1, 2].map(|id| Account {
+            timestamp: id as u64,
+            ..account(id, TEST_LEDGER, AccountFlags::empty())
+        });
+        let pending = Transfer {
+            flags: TransferFlags::PENDING,
+            timestamp: 3,
+            ..transfer(5, 1, 2, 10)
+        };
+        let refunded = Transfer {
+            timestamp: 4,
+            ..transfer(6, 1, 2, 20)
+        };
         let image = StateImage {
             last_timestamp: 99,
-            accounts: vec![account(1, TEST_LEDGER, AccountFlags::empty())],
-            transfers: vec![],
+            accounts: accounts.to_vec(),
+            transfers: vec![pending, refunded],
             pending_statuses: vec![(5, PendingStatus::Voided)],
             refunded: vec![(6, 10)],
             failed_ids: vec![7],
@@ -185,11 +267,20 @@ mod tests {
             digest: 17,
             events_applied: 4,
         };
-        let bytes = encode(&head, &image);
-        assert_eq!(decode(&bytes).expect("decodes"), (head, image));
-        let mut flipped = bytes.clone();
-        flipped[20] ^= 1;
-        assert!(decode(&flipped).is_err());
+        let state = tally_state::StateMachine::from_image(image.clone()).expect("an image");
+        let mut bytes = Vec::new();
+        encode_to(&head, &state.freeze(), &mut bytes).expect("encodes");
+        let decode = |bytes: &[u8]| decode(bytes, bytes.len() as u64);
+        let (decoded_head, loaded) = decode(&bytes).expect("decodes");
+        assert_eq!((decoded_head, loaded.unpack()), (head, image));
+        for at in [0, 20, bytes.len() - 130, bytes.len() - 1] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 1;
+            assert!(decode(&flipped).is_err(), "a flipped byte at {at}");
+        }
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
     }
 }

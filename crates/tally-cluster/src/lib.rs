@@ -15,7 +15,8 @@
 //!
 //! On disk (the replica's data directory): `replica.log`, the replicated log
 //! (checksummed frames, one `fdatasync` per group of writes), and `replica.snapshot`,
-//! the newest snapshot, after which the log is purged.
+//! the newest snapshot, after which the log is purged (sent to a lagging replica from
+//! the file, never held in memory beside the state).
 //!
 //! # Features
 //!
@@ -39,6 +40,7 @@ mod peer_service;
 mod replica;
 #[cfg(feature = "simulation")]
 pub mod sim_disk;
+mod snapshot_data;
 mod state_machine;
 mod types;
 
@@ -49,5 +51,6 @@ pub use ledger::{HostedReplica, Ledger, LedgerConfig, LedgerError};
 pub use log_store::LogStore;
 pub use network::{PeerConnection, PeerNetwork, PeerSecret};
 pub use replica::{ClusterError, Replica, ReplicaStatus};
+pub use snapshot_data::SnapshotData;
 pub use state_machine::{Applied, StateStore, group_stamps};
 pub use types::{Raft, ReplicaId, TallyRaft};

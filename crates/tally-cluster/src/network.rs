@@ -24,6 +24,27 @@ use tonic::transport::{Channel, Endpoint};
 /// The largest peer message: a full AppendEntries of large groups, or a snapshot chunk.
 pub(crate) const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
 
+/// How long a snapshot chunk may take to reach a replica and be stored there.
+const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(10);
+
+/// The rate a replica is at least expected to decode, rebuild and save a snapshot at
+/// (on 2 busy cores one of 2.2 GB took 21 s: about 100 MB/s).
+const SNAPSHOT_INSTALL_BYTES_PER_SECOND_MIN: u64 = 16 << 20;
+
+/// The longest wait for a replica to install a snapshot: openraft's deadline for each
+/// chunk (`install_snapshot_timeout`), within which [`snapshot_install_wait`] falls.
+pub(crate) const SNAPSHOT_INSTALL_WAIT_MAX: Duration = Duration::from_secs(3_600);
+
+/// How long the last chunk of a snapshot of `bytes` may take: its answer comes once the
+/// replica has decoded the whole snapshot, rebuilt its state and saved it, which takes
+/// seconds per GiB. Under a fixed deadline the leader gave up on a large one while the
+/// replica was still installing it, and sent the whole snapshot again (the replica then
+/// receiving a second copy beside the state it was rebuilding).
+pub(crate) fn snapshot_install_wait(bytes: u64) -> Duration {
+    let install = Duration::from_secs(bytes / SNAPSHOT_INSTALL_BYTES_PER_SECOND_MIN);
+    (SNAPSHOT_CHUNK_WAIT + install).min(SNAPSHOT_INSTALL_WAIT_MAX)
+}
+
 /// Encodes a message as a frame.
 pub(crate) fn to_frame<T: Serialize>(value: &T) -> Result<Frame, String> {
     postcard::to_allocvec(value)
@@ -200,7 +221,7 @@ impl PeerConnection {
         &mut self,
         method: Method,
         request: &Req,
-        option: &RPCOption,
+        wait: Duration,
     ) -> RpcResult<T, E>
     where
         Req: Serialize,
@@ -213,7 +234,7 @@ impl PeerConnection {
         };
         let frame = to_frame(request).map_err(|e| network_error(&e))?;
         let mut request = tonic::Request::new(frame);
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(wait);
         let mut client = client;
         let answer = match method {
             Method::Append => client.append_entries(request).await,
@@ -258,15 +279,22 @@ impl RaftNetwork<TallyRaft> for PeerConnection {
         rpc: AppendEntriesRequest<TallyRaft>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.call(Method::Append, &rpc, &option).await
+        self.call(Method::Append, &rpc, option.hard_ttl()).await
     }
 
+    /// openraft's own deadline for a chunk is `SNAPSHOT_INSTALL_WAIT_MAX`: each chunk
+    /// gets its own here, the last one time to install the whole snapshot.
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TallyRaft>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call(Method::Snapshot, &rpc, &option).await
+        let wait = if rpc.done {
+            snapshot_install_wait(rpc.offset + rpc.data.len() as u64)
+        } else {
+            SNAPSHOT_CHUNK_WAIT
+        };
+        self.call(Method::Snapshot, &rpc, wait).await
     }
 
     /// After an unreachable peer, wait 100 ms before trying it again (openraft's own
@@ -280,6 +308,20 @@ impl RaftNetwork<TallyRaft> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.call(Method::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_snapshot_chunk_waits_in_proportion_to_the_snapshot() {
+        assert_eq!(snapshot_install_wait(0), SNAPSHOT_CHUNK_WAIT);
+        let two_gib = snapshot_install_wait(2 << 30);
+        assert_eq!(two_gib, SNAPSHOT_CHUNK_WAIT + Duration::from_secs(128));
+        assert!(snapshot_install_wait(4 << 30) > two_gib);
+        assert_eq!(snapshot_install_wait(u64::MAX), SNAPSHOT_INSTALL_WAIT_MAX);
     }
 }

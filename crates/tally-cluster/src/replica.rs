@@ -690,7 +690,8 @@ impl Replica {
             snapshot_policy: SnapshotPolicy::Never,
             // A follower further behind than this gets the snapshot instead.
             max_in_snapshot_log_to_keep: 64,
-            install_snapshot_timeout: 10_000,
+            // Each chunk's own deadline is set where it is sent (`PeerConnection`).
+            install_snapshot_timeout: crate::network::SNAPSHOT_INSTALL_WAIT_MAX.as_millis() as u64,
             // Elections are started by `Elections::run` (see `election`).
             enable_elect: false,
             ..openraft::Config::default()

@@ -8,6 +8,7 @@
 
 use crate::group::{BatchRefusal, Group, GroupResults, batch_balances};
 use crate::image_codec::{self, SnapshotHead};
+use crate::snapshot_data::SnapshotData;
 use crate::types::{TallyRaft, storage_error};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -15,7 +16,6 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tally_engine::clock::{add_expiry_instants, clear_stamp};
@@ -198,10 +198,10 @@ type Meta = SnapshotMeta<u64, openraft::BasicNode>;
 
 /// A snapshot's metadata and the state it holds (seconds for a large ledger: run it off
 /// the async threads).
-fn decode_snapshot(bytes: &[u8]) -> Result<(Meta, Applied), String> {
-    let (head, image) = image_codec::decode(bytes)?;
+fn decode_snapshot(input: impl std::io::Read, len: u64) -> Result<(Meta, Applied), String> {
+    let (head, loaded) = image_codec::decode(input, len)?;
     let meta: Meta = postcard::from_bytes(&head.meta).map_err(|e| e.to_string())?;
-    let state = StateMachine::from_image(image).map_err(|e| e.to_string())?;
+    let state = StateMachine::from_loaded_image_in_parts(loaded, 1).map_err(|e| e.to_string())?;
     let applied = Applied {
         state,
         last_applied: meta.last_log_id,
@@ -211,9 +211,6 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(Meta, Applied), String> {
     };
     Ok((meta, applied))
 }
-
-/// A snapshot's metadata and bytes.
-type SnapshotBytes = (Meta, Arc<Vec<u8>>);
 
 /// Where the snapshot is kept.
 #[derive(Debug, Clone)]
@@ -230,9 +227,12 @@ enum SnapshotPlace {
 pub struct StateStore {
     applied: Arc<RwLock<Applied>>,
     place: SnapshotPlace,
-    /// The newest snapshot, shared with the snapshot builder (a clone): the one it
-    /// builds is the one the leader sends.
-    current: Arc<Mutex<Option<SnapshotBytes>>>,
+    /// The newest snapshot's metadata, shared with the snapshot builder (a clone): the
+    /// one it builds is the one the leader sends. Its bytes are in `place` only: a
+    /// snapshot is as large as the ledger, and is read from disk when it is sent.
+    current: Arc<Mutex<Option<Meta>>>,
+    /// Held while a snapshot is written (on blocking threads): one writer at a time.
+    writing: Arc<Mutex<()>>,
     /// The change-event journal (`DIR/events`), when change events are on.
     events: Option<Arc<ChangeJournal>>,
 }
@@ -247,14 +247,16 @@ impl StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Dir(dir.to_path_buf()),
             current: Arc::default(),
+            writing: Arc::default(),
             events: None,
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => {
+        // Read as it is decoded: the file is as large as the ledger.
+        match std::fs::File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file))) {
+            Ok((len, file)) => {
                 let meta = store
-                    .load(&bytes)
+                    .load(file, len)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                *store.current.lock() = Some((meta, Arc::new(bytes)));
+                *store.current.lock() = Some(meta);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(format!("{}: {error}", path.display())),
@@ -282,13 +284,14 @@ impl StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Simulated(disk.clone()),
             current: Arc::default(),
+            writing: Arc::default(),
             events: None,
         };
         if let Some(bytes) = disk.snapshot() {
             let meta = store
-                .load(&bytes)
+                .load(bytes.as_slice(), bytes.len() as u64)
                 .map_err(|e| format!("the simulated snapshot: {e}"))?;
-            *store.current.lock() = Some((meta, bytes));
+            *store.current.lock() = Some(meta);
         }
         Ok(store)
     }
@@ -299,38 +302,93 @@ impl StateStore {
     }
 
     /// Replaces the state with a snapshot's.
-    fn load(&mut self, bytes: &[u8]) -> Result<Meta, String> {
-        let (meta, applied) = decode_snapshot(bytes)?;
+    fn load(&mut self, input: impl std::io::Read, len: u64) -> Result<Meta, String> {
+        let (meta, applied) = decode_snapshot(input, len)?;
         *self.applied.write() = applied;
         Ok(meta)
     }
 
-    /// Saves `bytes` as the snapshot, durably, before it answers.
-    async fn save(&self, bytes: Arc<Vec<u8>>) -> Result<(), StorageError<u64>> {
-        let result = match &self.place {
+    /// Saves a snapshot durably, then makes it the current one unless the current one
+    /// is newer, and returns it to be read (to send it). `write` puts its bytes out:
+    /// into the snapshot file as it goes, so that no copy of the whole is made in
+    /// memory on the way.
+    fn save(
+        &self,
+        meta: Meta,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> std::io::Result<SnapshotData> {
+        let _writing = self.writing.lock();
+        let data = match &self.place {
             SnapshotPlace::Dir(dir) => {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || persist(&dir, &bytes))
-                    .await
-                    .map_err(|e| storage_error(e.to_string()))?
+                let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+                let mut out = std::io::BufWriter::with_capacity(
+                    SNAPSHOT_WRITE_BUFFER_BYTES,
+                    std::fs::File::create(&temporary)?,
+                );
+                write(&mut out)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                // Opened before the rename: it reads this snapshot even once a newer one
+                // replaces the file.
+                let sending = std::fs::File::open(&temporary)?;
+                let mut current = self.current.lock();
+                if supersedes(&meta, current.as_ref()) {
+                    std::fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
+                    std::fs::File::open(dir)?.sync_all()?;
+                    *current = Some(meta);
+                } else {
+                    std::fs::remove_file(&temporary)?;
+                }
+                SnapshotData::File(tokio::fs::File::from_std(sending))
             }
             #[cfg(feature = "simulation")]
-            SnapshotPlace::Simulated(disk) => disk.save_snapshot(bytes),
+            SnapshotPlace::Simulated(disk) => {
+                let mut bytes = Vec::new();
+                write(&mut bytes)?;
+                let mut current = self.current.lock();
+                if supersedes(&meta, current.as_ref()) {
+                    disk.save_snapshot(Arc::new(bytes.clone()))?;
+                    *current = Some(meta);
+                }
+                SnapshotData::Bytes(std::io::Cursor::new(bytes))
+            }
         };
-        result.map_err(|e| storage_error(format!("writing the snapshot: {e}")))
+        Ok(data)
+    }
+
+    /// The current snapshot, to send: read from its file (or the simulated disk).
+    fn current_snapshot(&self) -> std::io::Result<Option<Snapshot<TallyRaft>>> {
+        let current = self.current.lock();
+        let Some(meta) = current.clone() else {
+            return Ok(None);
+        };
+        let data = match &self.place {
+            // Opened under the lock, so the file is the one `meta` describes.
+            SnapshotPlace::Dir(dir) => SnapshotData::File(tokio::fs::File::from_std(
+                std::fs::File::open(dir.join(SNAPSHOT_FILE))?,
+            )),
+            #[cfg(feature = "simulation")]
+            SnapshotPlace::Simulated(disk) => SnapshotData::Bytes(std::io::Cursor::new(
+                disk.snapshot()
+                    .map(|bytes| bytes.as_ref().clone())
+                    .unwrap_or_default(),
+            )),
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        }))
     }
 }
 
-/// Writes `bytes` as the snapshot file in `dir`: a new file, synced, renamed over the old.
-fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+/// Whether a snapshot at `meta` replaces the `current` one: a snapshot built from the
+/// state before a newer one was installed must not put that one's place back behind
+/// the log it let go.
+fn supersedes(meta: &Meta, current: Option<&Meta>) -> bool {
+    current.is_none_or(|current| meta.last_log_id >= current.last_log_id)
 }
+
+/// The buffer a snapshot is written through.
+const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 impl RaftSnapshotBuilder<TallyRaft> for StateStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TallyRaft>, StorageError<u64>> {
@@ -356,25 +414,24 @@ impl RaftSnapshotBuilder<TallyRaft> for StateStore {
             };
             (meta, head, applied.state.freeze())
         };
-        let journal = self.events.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
+        let store = self.clone();
+        let saving = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
             // The events of every record in the frozen state were sent before it was
             // taken: on disk before the snapshot, they are never needed from the log
             // it retires. A journal that failed has told its readers; a later open
             // finds the events missing and says so to whoever asks for them.
-            if let Some(journal) = journal {
+            if let Some(journal) = &store.events {
                 let _ = journal.sync();
             }
-            image_codec::encode(&head, &frozen.image())
+            store.save(saving, |out| image_codec::encode_to(&head, &frozen, out))
         })
         .await
-        .map_err(|e| storage_error(format!("building the snapshot: {e}")))?;
-        let bytes = Arc::new(bytes);
-        self.save(Arc::clone(&bytes)).await?;
-        *self.current.lock() = Some((meta.clone(), Arc::clone(&bytes)));
+        .map_err(|e| storage_error(format!("building the snapshot: {e}")))?
+        .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+            snapshot: Box::new(data),
         })
     }
 }
@@ -413,23 +470,27 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        Ok(Box::new(SnapshotData::receiving()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = Arc::new(snapshot.into_inner());
-        let decoding = Arc::clone(&bytes);
-        let (loaded, applied) = tokio::task::spawn_blocking(move || decode_snapshot(&decoding))
+        let bytes = snapshot
+            .into_bytes()
             .await
-            .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
+            .map_err(|e| storage_error(format!("reading a received snapshot: {e}")))?;
+        let bytes = Arc::new(bytes);
+        let decoding = Arc::clone(&bytes);
+        let (loaded, applied) = tokio::task::spawn_blocking(move || {
+            decode_snapshot(decoding.as_slice(), decoding.len() as u64)
+        })
+        .await
+        .map_err(|e| storage_error(e.to_string()))?
+        .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
         if loaded.last_log_id != meta.last_log_id {
             return Err(storage_error(
                 "the snapshot's contents do not match its metadata".into(),
@@ -440,8 +501,12 @@ impl RaftStateMachine<TallyRaft> for StateStore {
             journal.jumped_to(&applied.state);
         }
         *self.applied.write() = applied;
-        self.save(Arc::clone(&bytes)).await?;
-        *self.current.lock() = Some((meta.clone(), bytes));
+        let store = self.clone();
+        let saving = meta.clone();
+        tokio::task::spawn_blocking(move || store.save(saving, |out| out.write_all(&bytes)))
+            .await
+            .map_err(|e| storage_error(e.to_string()))?
+            .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed the leader's snapshot");
         Ok(())
     }
@@ -449,10 +514,8 @@ impl RaftStateMachine<TallyRaft> for StateStore {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TallyRaft>>, StorageError<u64>> {
-        Ok(self.current.lock().as_ref().map(|(meta, bytes)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
-        }))
+        self.current_snapshot()
+            .map_err(|e| storage_error(format!("reading the snapshot: {e}")))
     }
 }
 
@@ -465,6 +528,23 @@ mod tests {
 
     fn log_id(index: u64) -> LogId<u64> {
         LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_current_one_does_not_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), None).unwrap();
+        let meta = |index| Meta {
+            last_log_id: Some(log_id(index)),
+            ..Meta::default()
+        };
+        store.save(meta(5), |out| out.write_all(b"newer")).unwrap();
+        store.save(meta(3), |out| out.write_all(b"older")).unwrap();
+        let file = dir.path().join(SNAPSHOT_FILE);
+        assert_eq!(std::fs::read(file).unwrap(), b"newer");
+        let current = store.current.lock().clone().unwrap();
+        assert_eq!(current.last_log_id, Some(log_id(5)));
+        assert!(!dir.path().join(format!("{SNAPSHOT_FILE}.tmp")).exists());
     }
 
     /// A batch whose stamps would cover a pending transfer's expiry instant is stamped

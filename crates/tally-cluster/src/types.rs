@@ -2,7 +2,6 @@
 
 use crate::group::{Group, GroupResults};
 use openraft::{AnyError, StorageError, StorageIOError};
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// Tally's Raft: entries carry [`Group`]s, applying one answers [`GroupResults`];
@@ -13,7 +12,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TallyRaft>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
