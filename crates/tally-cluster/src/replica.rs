@@ -670,6 +670,7 @@ impl Replica {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
+        crate::state_machine::remove_unfinished_snapshots(&config.data_dir)?;
         let log = LogStore::open(&config.data_dir)?;
         let log_size = log.clone();
         let log_at_shutdown = log.clone();

@@ -330,14 +330,7 @@ impl StateStore {
                 // Opened before the rename: it reads this snapshot even once a newer one
                 // replaces the file.
                 let sending = std::fs::File::open(&temporary)?;
-                let mut current = self.current.lock();
-                if supersedes(&meta, current.as_ref()) {
-                    std::fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
-                    std::fs::File::open(dir)?.sync_all()?;
-                    *current = Some(meta);
-                } else {
-                    std::fs::remove_file(&temporary)?;
-                }
+                self.make_current(dir, meta, &temporary)?;
                 SnapshotData::File(tokio::fs::File::from_std(sending))
             }
             #[cfg(feature = "simulation")]
@@ -353,6 +346,63 @@ impl StateStore {
             }
         };
         Ok(data)
+    }
+
+    /// Makes the synced snapshot file `from` (in `dir`) the current snapshot, at `meta`,
+    /// unless the current one is newer: then `from` is removed.
+    fn make_current(&self, dir: &Path, meta: Meta, from: &Path) -> std::io::Result<()> {
+        let mut current = self.current.lock();
+        if supersedes(&meta, current.as_ref()) {
+            std::fs::rename(from, dir.join(SNAPSHOT_FILE))?;
+            std::fs::File::open(dir)?.sync_all()?;
+            *current = Some(meta);
+            Ok(())
+        } else {
+            std::fs::remove_file(from)
+        }
+    }
+
+    /// A snapshot received whole, its file's writes done and synced.
+    async fn received(&self, snapshot: SnapshotData) -> std::io::Result<Received> {
+        match (snapshot, &self.place) {
+            (SnapshotData::File(mut file), SnapshotPlace::Dir(dir)) => {
+                use tokio::io::AsyncWriteExt;
+                file.flush().await?;
+                file.sync_all().await?;
+                Ok(Received::File(dir.clone()))
+            }
+            (snapshot, _) => Ok(Received::Bytes(snapshot.into_bytes().await?)),
+        }
+    }
+
+    /// Installs a received snapshot: decodes it as it is read (seconds per GiB: on a
+    /// blocking thread), checks it against `meta`, replaces the state, and keeps it as
+    /// the current snapshot.
+    fn install_received(&self, meta: &Meta, received: Received) -> Result<(), String> {
+        let (loaded, applied) = match &received {
+            Received::File(dir) => {
+                let file = std::fs::File::open(dir.join(RECEIVING_FILE))
+                    .map_err(|e| format!("opening the received snapshot: {e}"))?;
+                let len = file.metadata().map_err(|e| e.to_string())?.len();
+                decode_snapshot(file, len)?
+            }
+            Received::Bytes(bytes) => decode_snapshot(bytes.as_slice(), bytes.len() as u64)?,
+        };
+        if loaded.last_log_id != meta.last_log_id {
+            return Err("the snapshot's contents do not match its metadata".into());
+        }
+        if let Some(journal) = &self.events {
+            // The state jumps ahead without the events between: the journal says so.
+            journal.jumped_to(&applied.state);
+        }
+        *self.applied.write() = applied;
+        let kept = match received {
+            Received::File(dir) => self.make_current(&dir, meta.clone(), &dir.join(RECEIVING_FILE)),
+            Received::Bytes(bytes) => self
+                .save(meta.clone(), |out| out.write_all(&bytes))
+                .map(drop),
+        };
+        kept.map_err(|e| format!("writing the snapshot: {e}"))
     }
 
     /// The current snapshot, to send: read from its file (or the simulated disk).
@@ -386,6 +436,32 @@ impl StateStore {
 fn supersedes(meta: &Meta, current: Option<&Meta>) -> bool {
     current.is_none_or(|current| meta.last_log_id >= current.last_log_id)
 }
+
+/// Removes what a snapshot being written or received when the process stopped left in
+/// `dir`: neither is a snapshot until renamed to [`SNAPSHOT_FILE`].
+pub(crate) fn remove_unfinished_snapshots(dir: &Path) -> Result<(), String> {
+    for name in [format!("{SNAPSHOT_FILE}.tmp"), RECEIVING_FILE.to_string()] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed an unfinished snapshot"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("{}: {error}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot received from the leader, before it is installed.
+enum Received {
+    /// In [`RECEIVING_FILE`] of this directory.
+    File(PathBuf),
+    /// In memory (a simulated disk).
+    Bytes(Vec<u8>),
+}
+
+/// The file a snapshot from the leader is received into, renamed to [`SNAPSHOT_FILE`]
+/// once installed.
+const RECEIVING_FILE: &str = "replica.snapshot.receiving";
 
 /// The buffer a snapshot is written through.
 const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -470,8 +546,18 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         self.clone()
     }
 
+    /// A snapshot from the leader is received into [`RECEIVING_FILE`], not memory.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
-        Ok(Box::new(SnapshotData::receiving()))
+        let data = match &self.place {
+            SnapshotPlace::Dir(dir) => SnapshotData::File(
+                tokio::fs::File::create(dir.join(RECEIVING_FILE))
+                    .await
+                    .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?,
+            ),
+            #[cfg(feature = "simulation")]
+            SnapshotPlace::Simulated(_) => SnapshotData::receiving(),
+        };
+        Ok(Box::new(data))
     }
 
     async fn install_snapshot(
@@ -479,34 +565,16 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = snapshot
-            .into_bytes()
+        let received = self
+            .received(*snapshot)
             .await
-            .map_err(|e| storage_error(format!("reading a received snapshot: {e}")))?;
-        let bytes = Arc::new(bytes);
-        let decoding = Arc::clone(&bytes);
-        let (loaded, applied) = tokio::task::spawn_blocking(move || {
-            decode_snapshot(decoding.as_slice(), decoding.len() as u64)
-        })
-        .await
-        .map_err(|e| storage_error(e.to_string()))?
-        .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
-        if loaded.last_log_id != meta.last_log_id {
-            return Err(storage_error(
-                "the snapshot's contents do not match its metadata".into(),
-            ));
-        }
-        if let Some(journal) = &self.events {
-            // The state jumps ahead without the events between: the journal says so.
-            journal.jumped_to(&applied.state);
-        }
-        *self.applied.write() = applied;
+            .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?;
         let store = self.clone();
-        let saving = meta.clone();
-        tokio::task::spawn_blocking(move || store.save(saving, |out| out.write_all(&bytes)))
+        let installing = meta.clone();
+        tokio::task::spawn_blocking(move || store.install_received(&installing, received))
             .await
             .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(format!("writing the snapshot: {e}")))?;
+            .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed the leader's snapshot");
         Ok(())
     }
@@ -545,6 +613,19 @@ mod tests {
         let current = store.current.lock().clone().unwrap();
         assert_eq!(current.last_log_id, Some(log_id(5)));
         assert!(!dir.path().join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn unfinished_snapshots_are_removed_and_the_snapshot_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [SNAPSHOT_FILE, "replica.snapshot.tmp", RECEIVING_FILE];
+        for name in files {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        remove_unfinished_snapshots(dir.path()).unwrap();
+        remove_unfinished_snapshots(dir.path()).unwrap();
+        let kept = |name: &str| dir.path().join(name).exists();
+        assert_eq!(files.map(kept), [true, false, false]);
     }
 
     /// A batch whose stamps would cover a pending transfer's expiry instant is stamped
