@@ -549,11 +549,22 @@ impl RaftStateMachine<TallyRaft> for StateStore {
     /// A snapshot from the leader is received into [`RECEIVING_FILE`], not memory.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
         let data = match &self.place {
-            SnapshotPlace::Dir(dir) => SnapshotData::File(
-                tokio::fs::File::create(dir.join(RECEIVING_FILE))
-                    .await
-                    .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?,
-            ),
+            SnapshotPlace::Dir(dir) => {
+                let path = dir.join(RECEIVING_FILE);
+                // A new file, not the old one truncated: a write still queued by an
+                // abandoned earlier stream lands in the old one, not in this one.
+                match tokio::fs::remove_file(&path).await {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(storage_error(format!("receiving a snapshot: {error}")));
+                    }
+                    _ => {}
+                }
+                SnapshotData::File(
+                    tokio::fs::File::create(&path)
+                        .await
+                        .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?,
+                )
+            }
             #[cfg(feature = "simulation")]
             SnapshotPlace::Simulated(_) => SnapshotData::receiving(),
         };
