@@ -130,8 +130,6 @@ pub const TRANSFER_TAG_FUNDING: u128 = 1;
 /// Tag of the transfers of the run itself.
 pub const TRANSFER_TAG_RUN: u128 = 2;
 
-/// What the plain accounts' user data is drawn from, the same for every run's seed.
-const PLAIN_USER_DATA_SEED: u64 = 20_161_111;
 /// Tag of the sweep transfer submitted after the run.
 pub const TRANSFER_TAG_SWEEP: u128 = 3;
 /// Tag of the end-of-day transfers: closures, their voids, settlement sweeps.
@@ -437,6 +435,8 @@ impl Population {
     /// seed gives the same accounts: a run with `--keep` and another seed (the same
     /// seed would draw the same transfer ids) finds its accounts already there.
     fn plain_account_at(&self, slot: u64) -> Account {
+        // The default seed, which drew them before they stopped following the seed.
+        const PLAIN_USER_DATA_SEED: u64 = 20_161_111;
         let user_data = split_mix(PLAIN_USER_DATA_SEED ^ split_mix(slot));
         Account {
             id: self.plain(slot),
