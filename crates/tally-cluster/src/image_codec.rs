@@ -114,6 +114,9 @@ pub(crate) fn decode(input: impl Read, len: u64) -> Result<(SnapshotHead, Loaded
         return Err("not a Tally replica snapshot".into());
     }
     let meta_len = reader.length(1)?;
+    if meta_len > META_BYTES_MAX {
+        return Err(format!("its metadata takes {meta_len} bytes"));
+    }
     let mut meta = vec![0; meta_len];
     reader.fill(&mut meta)?;
     let head = SnapshotHead {
@@ -164,6 +167,10 @@ pub(crate) fn decode(input: impl Read, len: u64) -> Result<(SnapshotHead, Loaded
     reader.finish()?;
     Ok((head, loaded))
 }
+
+/// The most bytes a snapshot's Raft metadata takes (the membership of a few replicas
+/// takes hundreds): more is damage, found before the checksum is.
+const META_BYTES_MAX: usize = 1 << 20;
 
 /// The buffer a snapshot is read through.
 const READ_BUFFER_BYTES: usize = 1 << 20;

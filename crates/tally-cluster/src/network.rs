@@ -24,6 +24,9 @@ use tonic::transport::{Channel, Endpoint};
 /// The largest peer message: a full AppendEntries of large groups, or a snapshot chunk.
 pub(crate) const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
 
+/// The size of a snapshot chunk (openraft's `snapshot_max_chunk_size`).
+pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 3 << 20;
+
 /// How long a snapshot chunk may take to reach a replica and be stored there.
 const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(10);
 

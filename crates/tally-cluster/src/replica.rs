@@ -693,6 +693,7 @@ impl Replica {
             max_in_snapshot_log_to_keep: 64,
             // Each chunk's own deadline is set where it is sent (`PeerConnection`).
             install_snapshot_timeout: crate::network::SNAPSHOT_INSTALL_WAIT_MAX.as_millis() as u64,
+            snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK_BYTES as u64,
             // Elections are started by `Elections::run` (see `election`).
             enable_elect: false,
             ..openraft::Config::default()

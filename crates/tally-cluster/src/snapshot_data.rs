@@ -1,9 +1,8 @@
-//! What openraft moves a snapshot through: the snapshot file itself when one is sent
-//! from disk, or bytes in memory while one is received (or kept on a simulated disk).
+//! What openraft moves a snapshot through: a file (the snapshot sent, or the one being
+//! received from the leader), or bytes in memory on a simulated disk.
 //!
-//! A snapshot is the whole ledger (about 128 bytes a transfer): the sending side reads
-//! it from the file rather than keeping a copy in memory, so a replica holds its state
-//! and no second image of it between snapshots.
+//! A snapshot is the whole ledger (about 128 bytes a transfer): it goes from file to
+//! file, so a replica holds its state and no second image of it.
 
 use std::io::{Cursor, SeekFrom};
 use std::pin::Pin;
@@ -13,14 +12,22 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 /// A snapshot's bytes, read or written by openraft's chunked transport.
 #[derive(Debug)]
 pub enum SnapshotData {
-    /// Bytes in memory: a snapshot being received, or one on a simulated disk.
+    /// Bytes in memory: a snapshot on a simulated disk, sent or received.
     Bytes(Cursor<Vec<u8>>),
-    /// The snapshot file, opened for sending.
+    /// A snapshot file: opened to send it, or being received.
     File(tokio::fs::File),
 }
 
 impl SnapshotData {
-    /// Empty bytes, to receive a snapshot into.
+    /// A new file to receive a snapshot into, each chunk taken whole by one write: a
+    /// call dropped mid-chunk (a deadline, a lost connection) then leaves none of it,
+    /// and the chunk sent again lands at its offset, not after a part of itself.
+    pub fn receiving_into(mut file: tokio::fs::File) -> SnapshotData {
+        file.set_max_buf_size(crate::network::SNAPSHOT_CHUNK_BYTES);
+        SnapshotData::File(file)
+    }
+
+    /// Empty bytes, to receive a snapshot into (a simulated disk).
     pub fn receiving() -> SnapshotData {
         SnapshotData::Bytes(Cursor::new(Vec::new()))
     }
@@ -101,6 +108,20 @@ impl AsyncSeek for SnapshotData {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_receiving_file_takes_a_whole_chunk_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tokio::fs::File::create(dir.path().join("r")).await.unwrap();
+        let mut receiving = SnapshotData::receiving_into(file);
+        let chunk = vec![7u8; crate::network::SNAPSHOT_CHUNK_BYTES];
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let taken = Pin::new(&mut receiving).poll_write(&mut cx, &chunk);
+        assert!(matches!(taken, Poll::Ready(Ok(n)) if n == chunk.len()));
+        receiving.flush().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("r")).unwrap(), chunk);
+    }
 
     #[tokio::test]
     async fn a_file_reads_as_the_bytes_written_to_it_from_any_offset() {

@@ -417,11 +417,12 @@ impl StateStore {
                 std::fs::File::open(dir.join(SNAPSHOT_FILE))?,
             )),
             #[cfg(feature = "simulation")]
-            SnapshotPlace::Simulated(disk) => SnapshotData::Bytes(std::io::Cursor::new(
-                disk.snapshot()
-                    .map(|bytes| bytes.as_ref().clone())
-                    .unwrap_or_default(),
-            )),
+            SnapshotPlace::Simulated(disk) => {
+                let bytes = disk
+                    .snapshot()
+                    .ok_or_else(|| std::io::Error::other("the simulated snapshot is gone"))?;
+                SnapshotData::Bytes(std::io::Cursor::new(bytes.as_ref().clone()))
+            }
         };
         Ok(Some(Snapshot {
             meta,
@@ -559,11 +560,10 @@ impl RaftStateMachine<TallyRaft> for StateStore {
                     }
                     _ => {}
                 }
-                SnapshotData::File(
-                    tokio::fs::File::create(&path)
-                        .await
-                        .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?,
-                )
+                let file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?;
+                SnapshotData::receiving_into(file)
             }
             #[cfg(feature = "simulation")]
             SnapshotPlace::Simulated(_) => SnapshotData::receiving(),
