@@ -547,7 +547,8 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         self.clone()
     }
 
-    /// A snapshot from the leader is received into [`RECEIVING_FILE`], not memory.
+    /// A snapshot from the leader is received into a file (`replica.snapshot.receiving`),
+    /// not memory.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
         let data = match &self.place {
             SnapshotPlace::Dir(dir) => {
