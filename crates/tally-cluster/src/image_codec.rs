@@ -138,19 +138,21 @@ pub(crate) fn decode(input: impl Read, len: u64) -> Result<(SnapshotHead, Loaded
             .accounts
             .push(decode_account(&record).map_err(|e| e.to_string())?);
     }
-    let mut run = (0, Vec::new());
-    for _ in 0..reader.length(RECORD_SIZE)? {
-        let record = reader.array::<RECORD_SIZE>()?;
-        let transfer = decode_transfer(&record).map_err(|e| e.to_string())?;
-        packed::encode_transfer(&transfer, &mut run.1);
-        run.0 += 1;
-        if run.0 == packed::PACKED_RUN_RECORDS {
-            let full = std::mem::take(&mut run);
-            loaded.packed_transfers.push(packed_run(full)?);
-        }
-    }
-    if run.0 > 0 {
-        loaded.packed_transfers.push(packed_run(run)?);
+    // Packed as they are read, in the runs the single node's snapshots keep.
+    let mut failure = None;
+    let transfers = (0..reader.length(RECORD_SIZE)?).map_while(|_| {
+        let record = reader.array::<RECORD_SIZE>();
+        let transfer = record.and_then(|r| decode_transfer(&r).map_err(|e| e.to_string()));
+        transfer.map_err(|error| failure = Some(error)).ok()
+    });
+    packed::pack_in_runs(transfers, |records, bytes| {
+        let run = PackedRun::new(records, bytes.to_vec());
+        let run = run.map_err(|e| format!("packing transfers: {e:?}"))?;
+        loaded.packed_transfers.push(run);
+        Ok::<(), String>(())
+    })?;
+    if let Some(error) = failure {
+        return Err(error);
     }
     for _ in 0..reader.length(17)? {
         let id = reader.u128()?;
@@ -174,10 +176,6 @@ const META_BYTES_MAX: usize = 1 << 20;
 
 /// The buffer a snapshot is read through.
 const READ_BUFFER_BYTES: usize = 1 << 20;
-
-fn packed_run((records, bytes): (usize, Vec<u8>)) -> Result<PackedRun, String> {
-    PackedRun::new(records, bytes).map_err(|e| format!("packing transfers: {e:?}"))
-}
 
 /// Reads a snapshot's body, keeping its CRC-32C and how many bytes of it are left.
 struct Reader<R: Read> {
@@ -289,5 +287,40 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
+    }
+
+    /// Transfers are packed in runs as they are read: past one run, each comes back,
+    /// in order, and damage to a record in a later run is refused.
+    #[test]
+    fn transfers_past_one_packed_run_round_trip() {
+        let count = packed::PACKED_RUN_RECORDS as u64 + 2;
+        let accounts = [1, 2].map(|id| Account {
+            timestamp: id as u64,
+            ..account(id, TEST_LEDGER, AccountFlags::empty())
+        });
+        let transfers = (0..count).map(|n| Transfer {
+            timestamp: 3 + n,
+            ..transfer(u128::from(n) + 10, 1, 2, 1)
+        });
+        let image = StateImage {
+            last_timestamp: 3 + count,
+            accounts: accounts.to_vec(),
+            transfers: transfers.collect(),
+            ..StateImage::default()
+        };
+        let head = SnapshotHead {
+            meta: Vec::new(),
+            digest: 1,
+            events_applied: count + 2,
+        };
+        let state = tally_state::StateMachine::from_image(image.clone()).expect("an image");
+        let mut bytes = Vec::new();
+        encode_to(&head, &state.freeze(), &mut bytes).expect("encodes");
+        let (_, loaded) = decode(bytes.as_slice(), bytes.len() as u64).expect("decodes");
+        assert_eq!(loaded.packed_transfers.len(), 2);
+        assert_eq!(loaded.unpack(), image);
+        let last_record = bytes.len() - 4 - 3 * 8 - RECORD_SIZE;
+        bytes[last_record] ^= 0xff;
+        assert!(decode(bytes.as_slice(), bytes.len() as u64).is_err());
     }
 }
