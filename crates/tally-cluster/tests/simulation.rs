@@ -50,12 +50,17 @@ use tokio::time::{Instant, sleep};
 const SEEDS_DEFAULT: u64 = 1_000;
 /// Virtual time a seed runs its workload and faults for.
 const RUN_MS: u64 = 500;
+/// Virtual time a new cluster has to elect its first leader (its replicas grant no
+/// vote for three of the longest election timeouts).
+const FIRST_LEADER_MS: u64 = 5_000;
 /// Virtual time the cluster has to settle once the faults healed.
 const SETTLE_MS: u64 = 60_000;
 /// The longest a seed's cluster may take, in virtual time, to commit a write again
 /// once its leader crashed: a follower stands after the lease and an election timeout
 /// (at most 2 × 401 ms with these settings); the rest is room for a split vote.
 const FAILOVER_MS: u64 = 2_000;
+/// Groups a seed acknowledges at least, on average over the seeds run.
+const ACKNOWLEDGED_PER_SEED_MIN: usize = 15;
 /// Events a batch carries at most.
 const EVENTS_MAX: usize = 6;
 /// The clock reading of the first group (ns since the Unix epoch).
@@ -333,13 +338,24 @@ impl Sim {
             .initialize(members)
             .await
             .map_err(|e| format!("forming the cluster: {e}"))?;
-        Ok(Sim {
+        let mut sim = Sim {
             rng,
             net,
             nodes,
             acks: Acks::default(),
             start: Instant::now(),
-        })
+        };
+        // New replicas hold no vote, so they grant none for a while: the faults start
+        // once the first leader is elected, not on a cluster that cannot yet commit.
+        let formed = Instant::now();
+        while sim.leader().is_none() {
+            if formed.elapsed() > Duration::from_millis(FIRST_LEADER_MS) {
+                return Err(format!("no leader {FIRST_LEADER_MS} ms after forming"));
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        sim.start = Instant::now();
+        Ok(sim)
     }
 
     fn down_count(&self) -> usize {
@@ -800,7 +816,7 @@ fn seeds_of_faults_lose_no_acknowledged_write() {
         None => (0..env_u64("TALLY_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect(),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
-    let failures: Vec<(u64, String)> = std::thread::scope(|scope| {
+    let outcomes: Vec<(u64, Result<Outcome, String>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|worker| {
                 let seeds = &seeds;
@@ -809,7 +825,7 @@ fn seeds_of_faults_lose_no_acknowledged_write() {
                         .iter()
                         .skip(worker as usize)
                         .step_by(threads as usize)
-                        .filter_map(|&seed| run_seed(seed).err().map(|error| (seed, error)))
+                        .map(|&seed| (seed, run_seed(seed)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -819,6 +835,10 @@ fn seeds_of_faults_lose_no_acknowledged_write() {
             .flat_map(|worker| worker.join().expect("a simulation thread"))
             .collect()
     });
+    let failures: Vec<(u64, &String)> = outcomes
+        .iter()
+        .filter_map(|(seed, outcome)| outcome.as_ref().err().map(|error| (*seed, error)))
+        .collect();
     if let Some((seed, error)) = failures.first() {
         panic!(
             "{} of {} seeds failed; seed {seed}: {error}\nreplay: TALLY_SIM_SEED={seed} cargo test -p tally-cluster --test simulation",
@@ -826,6 +846,23 @@ fn seeds_of_faults_lose_no_acknowledged_write() {
             seeds.len()
         );
     }
+    // Faults on a cluster that commits nothing prove nothing: the seeds must have
+    // written through them (about 32 acknowledged groups a seed; one seed may write
+    // little).
+    if seeds.len() < 100 {
+        return;
+    }
+    let acknowledged: usize = outcomes
+        .iter()
+        .filter_map(|(_, outcome)| outcome.as_ref().ok())
+        .map(|outcome| outcome.acknowledged)
+        .sum();
+    assert!(
+        acknowledged >= ACKNOWLEDGED_PER_SEED_MIN * seeds.len(),
+        "{} seeds acknowledged {acknowledged} groups in all, fewer than \
+         {ACKNOWLEDGED_PER_SEED_MIN} a seed",
+        seeds.len()
+    );
 }
 
 #[test]
