@@ -41,6 +41,7 @@ mod replica;
 #[cfg(feature = "simulation")]
 pub mod sim_disk;
 mod snapshot_data;
+mod snapshot_floor;
 mod state_machine;
 mod types;
 
@@ -50,7 +51,8 @@ pub use group::{BatchRefusal, GROUP_EVENTS_MAX, Group, GroupResults};
 pub use ledger::{HostedReplica, Ledger, LedgerConfig, LedgerError};
 pub use log_store::LogStore;
 pub use network::{PeerConnection, PeerNetwork, PeerSecret};
-pub use replica::{ClusterError, Replica, ReplicaStatus};
+pub use replica::{ClusterError, Replica, ReplicaStatus, check_snapshot_reaches_purge};
 pub use snapshot_data::SnapshotData;
+pub use snapshot_floor::SnapshotFloor;
 pub use state_machine::{Applied, StateStore, group_stamps};
 pub use types::{Raft, ReplicaId, TallyRaft};

@@ -8,16 +8,19 @@
 //! it (a torn tail: the write was never acknowledged) and stops start-up otherwise.
 //!
 //! Invariant: openraft is told an append is flushed only after the `fdatasync` that
-//! covers it returned; a vote is saved durably before `save_vote` returns.
+//! covers it returned; a vote is saved durably before `save_vote` returns; a purge
+//! reaches the file only once a durable snapshot holds what it lets go, and every write
+//! after it waits with it (see `snapshot_floor`).
 
 // openraft's own error type is large; its trait methods return it, so these do too.
 #![allow(clippy::result_large_err)]
 
+use crate::snapshot_floor::SnapshotFloor;
 use crate::types::{TallyRaft, storage_error};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, Vote};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -73,7 +76,7 @@ enum LogWrite {
 
 enum Done {
     Flushed(LogFlushed<TallyRaft>),
-    Reply(std::sync::mpsc::SyncSender<io::Result<()>>),
+    Reply(tokio::sync::oneshot::Sender<io::Result<()>>),
     Nothing,
 }
 
@@ -93,11 +96,30 @@ impl Done {
     }
 }
 
+/// Writes held back until a durable snapshot covers a purge among them, in order.
+/// Few in practice: while a replica installs a snapshot its leader sends it nothing
+/// more (it waits for the install's answer), and each append or vote waits for its
+/// write.
+#[derive(Default)]
+struct Held {
+    queue: VecDeque<HeldWrite>,
+    /// The floor was abandoned while writes waited: the log writes nothing more.
+    refused: bool,
+}
+
+enum HeldWrite {
+    /// The writes after this wait until a durable snapshot holds the log up to it.
+    UntilSnapshot(u64),
+    Write(LogWrite),
+}
+
 /// The replicated log: cheap to clone (the reader openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     contents: Arc<Mutex<Contents>>,
     disk: Disk,
+    held: Arc<Mutex<Held>>,
+    floor: SnapshotFloor,
 }
 
 impl Debug for LogStore {
@@ -111,8 +133,9 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir` and starts its writer thread.
-    pub fn open(dir: &Path) -> Result<LogStore, String> {
+    /// Opens (or creates) the log in `dir` and starts its writer thread. Its purges wait
+    /// for `floor`, which the replica's state store raises.
+    pub fn open(dir: &Path, floor: SnapshotFloor) -> Result<LogStore, String> {
         let path = dir.join(LOG_FILE);
         let (contents, valid_len) = read_log(&path)?;
         let created = !path.exists();
@@ -153,6 +176,8 @@ impl LogStore {
         Ok(LogStore {
             contents: Arc::new(Mutex::new(contents)),
             disk: Disk::File(sender),
+            held: Arc::default(),
+            floor,
         })
     }
 
@@ -160,7 +185,10 @@ impl LogStore {
     /// there after a crash, its torn tail cut. Writes complete inline, without the
     /// writer thread, each durable write with one sync.
     #[cfg(feature = "simulation")]
-    pub fn open_simulated(disk: crate::sim_disk::SimDisk) -> Result<LogStore, String> {
+    pub fn open_simulated(
+        disk: crate::sim_disk::SimDisk,
+        floor: SnapshotFloor,
+    ) -> Result<LogStore, String> {
         let bytes = disk.log_bytes();
         let (contents, valid_len) = parse_log(&bytes, "the simulated log", true)?;
         if bytes.len() as u64 > valid_len {
@@ -170,6 +198,8 @@ impl LogStore {
         Ok(LogStore {
             contents: Arc::new(Mutex::new(contents)),
             disk: Disk::Simulated(disk),
+            held: Arc::default(),
+            floor,
         })
     }
 
@@ -179,13 +209,54 @@ impl LogStore {
         self.contents.lock().vote.is_some()
     }
 
+    /// The index of the last entry purged from the log, if any was.
+    pub(crate) fn last_purged_index(&self) -> Option<u64> {
+        self.contents.lock().last_purged.map(|id| id.index)
+    }
+
     /// Bytes of the log's frames that a purge has not yet made obsolete: what the log
     /// holds in memory, about.
     pub fn live_bytes(&self) -> u64 {
         self.contents.lock().live_bytes
     }
 
+    /// Hands `write` to the disk, after the writes held back if there are any.
     fn send(&self, write: LogWrite) -> Result<(), StorageError<u64>> {
+        let mut held = self.held.lock();
+        if held.refused {
+            write.refuse();
+            return Ok(());
+        }
+        if held.queue.is_empty() {
+            return self.to_disk(write);
+        }
+        held.queue.push_back(HeldWrite::Write(write));
+        Ok(())
+    }
+
+    /// Hands `write` (a purge up to `index`) to the disk once a durable snapshot holds
+    /// the log up to `index`; the writes after it wait with it.
+    fn send_after_snapshot(&self, index: u64, write: LogWrite) -> Result<(), StorageError<u64>> {
+        let mut held = self.held.lock();
+        if held.queue.is_empty() && !held.refused && self.floor.covers(index) {
+            return self.to_disk(write);
+        }
+        let idle = held.queue.is_empty();
+        held.queue.push_back(HeldWrite::UntilSnapshot(index));
+        held.queue.push_back(HeldWrite::Write(write));
+        if idle {
+            tokio::spawn(release_held(self.clone()));
+        }
+        Ok(())
+    }
+
+    /// Tells the log that no snapshot will be installed any more (the replica stops):
+    /// writes waiting for one are never written.
+    pub(crate) fn abandon_held(&self) {
+        self.floor.abandon();
+    }
+
+    fn to_disk(&self, write: LogWrite) -> Result<(), StorageError<u64>> {
         match &self.disk {
             Disk::File(writer) => writer
                 .send(write)
@@ -206,19 +277,13 @@ impl LogStore {
 
     /// Writes `bytes` and waits until they are durable.
     async fn write_durably(&self, bytes: Vec<u8>) -> Result<(), StorageError<u64>> {
-        let (reply, answer) = mpsc::sync_channel(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(LogWrite::Frames {
             bytes,
             done: Done::Reply(reply),
         })?;
-        let answer = match &self.disk {
-            Disk::File(_) => tokio::task::spawn_blocking(move || answer.recv())
-                .await
-                .map_err(|e| storage_error(e.to_string()))?,
-            #[cfg(feature = "simulation")]
-            Disk::Simulated(_) => answer.try_recv().map_err(|_| mpsc::RecvError),
-        };
         answer
+            .await
             .map_err(|_| storage_error("the log writer stopped".into()))?
             .map_err(|e| storage_error(format!("the replica log: {e}")))
     }
@@ -390,6 +455,50 @@ fn purge_upto(contents: &mut Contents, upto: LogId<u64>) {
     }
     contents.entries = kept;
     contents.last_purged = Some(upto);
+}
+
+/// Hands the held writes to the disk in order, waiting for each snapshot they wait
+/// for; ends once none is left (a later wait starts a new one).
+async fn release_held(log: LogStore) {
+    loop {
+        let waiting_for = {
+            let mut held = log.held.lock();
+            loop {
+                match held.queue.pop_front() {
+                    None => return,
+                    Some(HeldWrite::Write(write)) => {
+                        // Errors reach the writes' waiters through their `done`.
+                        let _ = log.to_disk(write);
+                    }
+                    Some(HeldWrite::UntilSnapshot(index)) if log.floor.covers(index) => {}
+                    Some(HeldWrite::UntilSnapshot(index)) => {
+                        held.queue.push_front(HeldWrite::UntilSnapshot(index));
+                        break index;
+                    }
+                }
+            }
+        };
+        if !log.floor.reached(waiting_for).await {
+            let mut held = log.held.lock();
+            held.refused = true;
+            for write in std::mem::take(&mut held.queue) {
+                if let HeldWrite::Write(write) = write {
+                    write.refuse();
+                }
+            }
+            return;
+        }
+    }
+}
+
+impl LogWrite {
+    /// Drops the write unwritten, telling whoever waits for it.
+    fn refuse(self) {
+        let (LogWrite::Frames { done, .. } | LogWrite::Rewrite { done, .. }) = self;
+        done.complete(&Err(io::Error::other(
+            "the replica stopped before the snapshot this write waited for was installed",
+        )));
+    }
 }
 
 /// The writer thread: takes every waiting write, one `write`, one `fdatasync`.
@@ -587,10 +696,13 @@ impl RaftLogStorage<TallyRaft> for LogStore {
         let mut contents = self.contents.lock();
         purge_upto(&mut contents, log_id);
         contents.file_bytes += bytes.len() as u64;
-        self.send(LogWrite::Frames {
-            bytes,
-            done: Done::Nothing,
-        })?;
+        self.send_after_snapshot(
+            log_id.index,
+            LogWrite::Frames {
+                bytes,
+                done: Done::Nothing,
+            },
+        )?;
         self.rewrite_if_mostly_purged(&mut contents)
     }
 }
@@ -622,7 +734,7 @@ mod tests {
         assert_eq!(contents.vote, Some(vote));
 
         // Opening the log cuts the tail and keeps its bytes.
-        let store = LogStore::open(dir.path()).expect("opens");
+        let store = LogStore::open(dir.path(), SnapshotFloor::new()).expect("opens");
         drop(store);
         assert_eq!(
             std::fs::metadata(&path).expect("log").len(),
@@ -638,5 +750,64 @@ mod tests {
         std::fs::write(&path, &damaged).expect("write");
         let error = read_log(&path).expect_err("damage inside is refused");
         assert!(error.contains("offset 0"), "{error}");
+    }
+
+    /// A purge past the durable snapshot, and what is written after it, reach the file
+    /// only once the snapshot is in place; if none comes, never.
+    #[tokio::test]
+    async fn a_purge_waits_for_the_snapshot_that_holds_what_it_lets_go() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join(LOG_FILE);
+        let floor = SnapshotFloor::new();
+        floor.raise(5);
+        let mut log = LogStore::open(dir.path(), floor.clone()).expect("opens");
+        let id = |index| LogId::new(openraft::CommittedLeaderId::new(1, 1), index);
+        log.purge(id(5)).await.expect("purge");
+        log.flush().await.expect("flush");
+        let purged = |path: &Path| read_log(path).expect("reads").0.last_purged;
+        assert_eq!(
+            purged(&path),
+            Some(id(5)),
+            "a covered purge is written at once"
+        );
+
+        log.purge(id(9)).await.expect("purge");
+        let vote = Vote::<u64>::new(2, 1);
+        let mut saving = log.clone();
+        let saved = tokio::spawn(async move { saving.save_vote(&vote).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !saved.is_finished(),
+            "the vote after the purge waits with it"
+        );
+        let (on_disk, _) = read_log(&path).expect("reads");
+        assert_eq!((on_disk.last_purged, on_disk.vote), (Some(id(5)), None));
+        assert_eq!(log.last_purged_index(), Some(9), "purged in memory at once");
+
+        floor.raise(9);
+        saved
+            .await
+            .expect("joins")
+            .expect("saved once the snapshot is in place");
+        let (on_disk, _) = read_log(&path).expect("reads");
+        assert_eq!(
+            (on_disk.last_purged, on_disk.vote),
+            (Some(id(9)), Some(vote))
+        );
+
+        log.purge(id(12)).await.expect("purge");
+        let mut saving = log.clone();
+        let saved = tokio::spawn(async move { saving.save_vote(&Vote::new(3, 1)).await });
+        log.abandon_held();
+        saved
+            .await
+            .expect("joins")
+            .expect_err("refused: no snapshot will come");
+        log.flush().await.expect_err("the log writes nothing more");
+        let (on_disk, _) = read_log(&path).expect("reads");
+        assert_eq!(
+            (on_disk.last_purged, on_disk.vote),
+            (Some(id(9)), Some(vote))
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! Nothing in the directory is changed.
 
 use crate::log_store::{LOG_FILE, read_log};
+use crate::snapshot_floor::SnapshotFloor;
 use crate::state_machine::{Applied, SNAPSHOT_FILE, StateStore};
 use openraft::LogId;
 use std::path::Path;
@@ -81,7 +82,7 @@ pub fn read_replica_dir(dir: &Path) -> Result<ReplicaDir, String> {
         return Err(format!("{}: no replica here", dir.display()));
     }
     let mut applied = {
-        let store = StateStore::open(dir, None)?;
+        let store = StateStore::open(dir, None, SnapshotFloor::new())?;
         std::mem::take(&mut *store.applied().write())
     };
     let snapshot = applied.last_applied;
@@ -206,7 +207,7 @@ mod tests {
     async fn entries_in_the_snapshot_are_not_counted_past_an_older_commit() {
         use openraft::RaftSnapshotBuilder;
         let dir = replica_with(&[0, 1, 2, 3, 4, 5], log_id(1, 2));
-        let mut store = StateStore::open(dir.path(), None).expect("opens");
+        let mut store = StateStore::open(dir.path(), None, SnapshotFloor::new()).expect("opens");
         store.applied().write().last_applied = Some(log_id(1, 3));
         store.build_snapshot().await.expect("a snapshot at entry 3");
         let read = read_replica_dir(dir.path()).expect("reads");

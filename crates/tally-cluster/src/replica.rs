@@ -13,6 +13,7 @@ use crate::log_store::LogStore;
 use crate::network::{
     PEER_MESSAGE_BYTES_MAX, PeerNetwork, PeerRpc, PeerSecret, from_frame, peer_client, to_frame,
 };
+use crate::snapshot_floor::SnapshotFloor;
 use crate::state_machine::{Applied, StateStore};
 use crate::types::Raft;
 use openraft::{BasicNode, ChangeMembers, Membership, ServerState, SnapshotPolicy};
@@ -671,14 +672,16 @@ impl Replica {
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
         let lock = tally_log::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
         crate::state_machine::remove_unfinished_snapshots(&config.data_dir)?;
-        let log = LogStore::open(&config.data_dir)?;
+        let floor = SnapshotFloor::new();
+        let log = LogStore::open(&config.data_dir, floor.clone())?;
         let log_size = log.clone();
         let log_at_shutdown = log.clone();
         let remembers_vote = log.remembers_vote();
         let events = config
             .change_events
             .then_some(config.events_retention_bytes);
-        let state = StateStore::open(&config.data_dir, events)?;
+        let state = StateStore::open(&config.data_dir, events, floor)?;
+        check_snapshot_reaches_purge(&log, &state)?;
         let applied = state.applied();
         let change_events = state.change_event_reader();
         let raft_config = openraft::Config {
@@ -948,6 +951,8 @@ impl Replica {
             let _ = task.await;
         }
         let _ = self.core.raft.shutdown().await;
+        // Writes waiting for a snapshot being installed are dropped: none was answered.
+        self.log.abandon_held();
         // The last commit recorded reaches the disk before the directory is let go, so
         // that a restart, or `tally verify`, finds everything this replica applied.
         let _ = self.log.flush().await;
@@ -955,6 +960,27 @@ impl Replica {
             let _ = tokio::time::timeout(JOURNAL_CLOSE_WAIT_MAX, reader.closed()).await;
         }
     }
+}
+
+/// Refuses a replica whose log was purged past its snapshot: the entries between are
+/// gone, so its state cannot be rebuilt. (A crash while a replica of an earlier version
+/// installed a snapshot from the leader could leave this; the log now waits for the
+/// snapshot.)
+pub fn check_snapshot_reaches_purge(log: &LogStore, state: &StateStore) -> Result<(), String> {
+    let Some(purged) = log.last_purged_index() else {
+        return Ok(());
+    };
+    let held = state.last_applied_index();
+    if held.is_some_and(|held| held >= purged) {
+        return Ok(());
+    }
+    let held = held.map_or("none".to_string(), |held| format!("up to entry {held}"));
+    Err(format!(
+        "the replica's log was purged up to entry {purged}, but its snapshot holds {held}: \
+         the entries between are gone and its state cannot be rebuilt. Empty its data \
+         directory and start it again: it catches up from the leader, as a replica whose \
+         disk was lost does"
+    ))
 }
 
 /// Refuses a directory that holds a single-node ledger (its write-ahead log segments,
@@ -1129,6 +1155,37 @@ pub(crate) fn forward_answer(outcomes: Vec<WireOutcomeWith>) -> Result<Frame, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log purged past the snapshot (as an earlier version could leave it after a
+    /// crash) is refused at open with the remedy, not left to fail inside Raft.
+    #[tokio::test]
+    async fn a_log_purged_past_its_snapshot_is_refused() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().expect("dir");
+        let floor = SnapshotFloor::new();
+        floor.raise(9);
+        let mut log = LogStore::open(dir.path(), floor).expect("opens");
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        log.purge(openraft::LogId::new(leader, 9))
+            .await
+            .expect("purge");
+        log.flush().await.expect("flush");
+        drop(log);
+        let floor = SnapshotFloor::new();
+        let log = LogStore::open(dir.path(), floor.clone()).expect("opens");
+        let state = StateStore::open(dir.path(), None, floor).expect("opens");
+        let error = check_snapshot_reaches_purge(&log, &state).expect_err("refused");
+        assert!(
+            error.contains("purged up to entry 9, but its snapshot holds none"),
+            "{error}"
+        );
+        assert!(error.contains("Empty its data directory"), "{error}");
+        let empty = tempfile::tempdir().expect("dir");
+        let floor = SnapshotFloor::new();
+        let log = LogStore::open(empty.path(), floor.clone()).expect("opens");
+        let state = StateStore::open(empty.path(), None, floor).expect("opens");
+        check_snapshot_reaches_purge(&log, &state).expect("an empty replica opens");
+    }
 
     /// An unavailable leader's reason, carried on by a follower, is said once.
     #[test]

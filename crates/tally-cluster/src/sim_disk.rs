@@ -34,6 +34,10 @@ struct DiskState {
     /// How many of them a sync made durable.
     synced_len: usize,
     snapshot: Option<Arc<Vec<u8>>>,
+    /// How long the next snapshot received from the leader takes to install.
+    next_install_delay: Option<std::time::Duration>,
+    /// Until when the snapshot being installed is still being installed.
+    installing_until: Option<tokio::time::Instant>,
     fail_next_write: bool,
     fail_next_sync: bool,
     /// Set by a crash: this incarnation of the disk is gone.
@@ -56,6 +60,27 @@ impl SimDisk {
     /// Makes the next sync of the log fail (its bytes stay written but not durable).
     pub fn fail_next_sync(&self) {
         self.inner.lock().fail_next_sync = true;
+    }
+
+    /// Makes the next snapshot received from the leader take `delay` to install (as a
+    /// large one does), so that a crash can land while it is installed.
+    pub fn slow_next_install(&self, delay: std::time::Duration) {
+        self.inner.lock().next_install_delay = Some(delay);
+    }
+
+    /// How long the snapshot being installed takes, once.
+    pub(crate) fn take_install_delay(&self) -> Option<std::time::Duration> {
+        let mut state = self.inner.lock();
+        let delay = state.next_install_delay.take()?;
+        state.installing_until = Some(tokio::time::Instant::now() + delay);
+        Some(delay)
+    }
+
+    /// Whether a snapshot made slow by [`SimDisk::slow_next_install`] is being
+    /// installed now.
+    pub fn is_installing(&self) -> bool {
+        let until = self.inner.lock().installing_until;
+        until.is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     /// Crashes the machine: this disk fails every later call, and the disk the replica

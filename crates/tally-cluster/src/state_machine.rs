@@ -9,6 +9,7 @@
 use crate::group::{BatchRefusal, Group, GroupResults, batch_balances};
 use crate::image_codec::{self, SnapshotHead};
 use crate::snapshot_data::SnapshotData;
+use crate::snapshot_floor::SnapshotFloor;
 use crate::types::{TallyRaft, storage_error};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -235,13 +236,19 @@ pub struct StateStore {
     writing: Arc<Mutex<()>>,
     /// The change-event journal (`DIR/events`), when change events are on.
     events: Option<Arc<ChangeJournal>>,
+    /// Raised to each snapshot made current: the log's purges wait for it.
+    floor: SnapshotFloor,
 }
 
 impl StateStore {
     /// Opens the state of the replica in `dir`: its newest snapshot, or empty; and,
     /// with `events_retention_bytes`, its change-event journal in `DIR/events`, keeping
-    /// that many bytes of events.
-    pub fn open(dir: &Path, events_retention_bytes: Option<u64>) -> Result<StateStore, String> {
+    /// that many bytes of events. Raises `floor` to each snapshot it makes current.
+    pub fn open(
+        dir: &Path,
+        events_retention_bytes: Option<u64>,
+        floor: SnapshotFloor,
+    ) -> Result<StateStore, String> {
         let path = dir.join(SNAPSHOT_FILE);
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
@@ -249,14 +256,15 @@ impl StateStore {
             current: Arc::default(),
             writing: Arc::default(),
             events: None,
+            floor,
         };
         // Read as it is decoded: the file is as large as the ledger.
-        match std::fs::File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file))) {
-            Ok((len, file)) => {
+        match open_with_len(&path) {
+            Ok((file, len)) => {
                 let meta = store
                     .load(file, len)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                *store.current.lock() = Some(meta);
+                store.make_loaded_current(meta);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(format!("{}: {error}", path.display())),
@@ -279,19 +287,23 @@ impl StateStore {
     /// Opens the state kept on a simulated disk (feature `simulation`): its snapshot,
     /// or empty.
     #[cfg(feature = "simulation")]
-    pub fn open_simulated(disk: &crate::sim_disk::SimDisk) -> Result<StateStore, String> {
+    pub fn open_simulated(
+        disk: &crate::sim_disk::SimDisk,
+        floor: SnapshotFloor,
+    ) -> Result<StateStore, String> {
         let mut store = StateStore {
             applied: Arc::new(RwLock::new(Applied::default())),
             place: SnapshotPlace::Simulated(disk.clone()),
             current: Arc::default(),
             writing: Arc::default(),
             events: None,
+            floor,
         };
         if let Some(bytes) = disk.snapshot() {
             let meta = store
                 .load(bytes.as_slice(), bytes.len() as u64)
                 .map_err(|e| format!("the simulated snapshot: {e}"))?;
-            *store.current.lock() = Some(meta);
+            store.make_loaded_current(meta);
         }
         Ok(store)
     }
@@ -299,6 +311,25 @@ impl StateStore {
     /// The state, shared with the readers.
     pub fn applied(&self) -> Arc<RwLock<Applied>> {
         Arc::clone(&self.applied)
+    }
+
+    /// Makes the snapshot just loaded from disk the current one.
+    fn make_loaded_current(&self, meta: Meta) {
+        self.raise_floor(&meta);
+        *self.current.lock() = Some(meta);
+    }
+
+    /// Tells the log that the snapshot at `meta` is durably in place.
+    fn raise_floor(&self, meta: &Meta) {
+        if let Some(last) = meta.last_log_id {
+            self.floor.raise(last.index);
+        }
+    }
+
+    /// The last log index the state holds and the log's purged point must not pass:
+    /// the snapshot's it was loaded from (none for an empty state).
+    pub(crate) fn last_applied_index(&self) -> Option<u64> {
+        self.applied.read().last_applied.map(|id| id.index)
     }
 
     /// Replaces the state with a snapshot's.
@@ -340,6 +371,7 @@ impl StateStore {
                 let mut current = self.current.lock();
                 if supersedes(&meta, current.as_ref()) {
                     disk.save_snapshot(Arc::new(bytes.clone()))?;
+                    self.raise_floor(&meta);
                     *current = Some(meta);
                 }
                 SnapshotData::Bytes(std::io::Cursor::new(bytes))
@@ -355,6 +387,7 @@ impl StateStore {
         if supersedes(&meta, current.as_ref()) {
             std::fs::rename(from, dir.join(SNAPSHOT_FILE))?;
             std::fs::File::open(dir)?.sync_all()?;
+            self.raise_floor(&meta);
             *current = Some(meta);
             Ok(())
         } else {
@@ -381,9 +414,8 @@ impl StateStore {
     fn install_received(&self, meta: &Meta, received: Received) -> Result<(), String> {
         let (loaded, applied) = match &received {
             Received::File(dir) => {
-                let file = std::fs::File::open(dir.join(RECEIVING_FILE))
+                let (file, len) = open_with_len(&dir.join(RECEIVING_FILE))
                     .map_err(|e| format!("opening the received snapshot: {e}"))?;
-                let len = file.metadata().map_err(|e| e.to_string())?.len();
                 decode_snapshot(file, len)?
             }
             Received::Bytes(bytes) => decode_snapshot(bytes.as_slice(), bytes.len() as u64)?,
@@ -403,6 +435,25 @@ impl StateStore {
                 .map(drop),
         };
         kept.map_err(|e| format!("writing the snapshot: {e}"))
+    }
+
+    /// Installs a snapshot received from the leader (see `install_received`).
+    async fn install(&self, meta: &Meta, snapshot: SnapshotData) -> Result<(), String> {
+        let received = self
+            .received(snapshot)
+            .await
+            .map_err(|e| format!("receiving it: {e}"))?;
+        #[cfg(feature = "simulation")]
+        if let SnapshotPlace::Simulated(disk) = &self.place
+            && let Some(delay) = disk.take_install_delay()
+        {
+            tokio::time::sleep(delay).await;
+        }
+        let store = self.clone();
+        let installing = meta.clone();
+        tokio::task::spawn_blocking(move || store.install_received(&installing, received))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// The current snapshot, to send: read from its file (or the simulated disk).
@@ -436,6 +487,13 @@ impl StateStore {
 /// the log it let go.
 fn supersedes(meta: &Meta, current: Option<&Meta>) -> bool {
     current.is_none_or(|current| meta.last_log_id >= current.last_log_id)
+}
+
+/// A snapshot file opened to be decoded, with its length (what the decoder expects).
+fn open_with_len(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
 }
 
 /// Removes what a snapshot being written or received when the process stopped left in
@@ -577,16 +635,11 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let received = self
-            .received(*snapshot)
-            .await
-            .map_err(|e| storage_error(format!("receiving a snapshot: {e}")))?;
-        let store = self.clone();
-        let installing = meta.clone();
-        tokio::task::spawn_blocking(move || store.install_received(&installing, received))
-            .await
-            .map_err(|e| storage_error(e.to_string()))?
-            .map_err(|e| storage_error(format!("installing a snapshot: {e}")))?;
+        if let Err(error) = self.install(meta, *snapshot).await {
+            // The log's purge of what the snapshot covers waits for it: never written.
+            self.floor.abandon();
+            return Err(storage_error(format!("installing a snapshot: {error}")));
+        }
         tracing::info!(last_log_id = ?meta.last_log_id, "installed the leader's snapshot");
         Ok(())
     }
@@ -613,7 +666,7 @@ mod tests {
     #[test]
     fn a_snapshot_older_than_the_current_one_does_not_replace_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path(), None).unwrap();
+        let store = StateStore::open(dir.path(), None, SnapshotFloor::new()).unwrap();
         let meta = |index| Meta {
             last_log_id: Some(log_id(index)),
             ..Meta::default()

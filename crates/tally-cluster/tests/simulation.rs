@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_cluster::sim_disk::SimDisk;
 use tally_cluster::{
-    Applied, BatchRefusal, Elections, Group, GroupResults, LogStore, PreVote, Raft, StateStore,
-    TallyRaft, group_stamps,
+    Applied, BatchRefusal, Elections, Group, GroupResults, LogStore, PreVote, Raft, SnapshotFloor,
+    StateStore, TallyRaft, check_snapshot_reaches_purge, group_stamps,
 };
 use tally_engine::EventResult;
 use tally_state::StateMachine;
@@ -214,6 +214,8 @@ struct Node {
     restart_at: Option<Instant>,
     /// When a replica whose disk was told to fail crashes.
     crash_at: Option<Instant>,
+    /// Crash the replica once it is installing a snapshot made slow.
+    crash_while_installing: bool,
 }
 
 /// Raft settings for one replica of a seed. openraft draws election timeouts from a
@@ -239,10 +241,13 @@ fn raft_config(rng: &mut SeededRng, id: u64) -> Arc<openraft::Config> {
 
 impl Node {
     async fn start(&mut self, net: &Net) -> Result<(), String> {
-        let log = LogStore::open_simulated(self.disk.clone())
+        let floor = SnapshotFloor::new();
+        let log = LogStore::open_simulated(self.disk.clone(), floor.clone())
             .map_err(|e| format!("replica {}: {e}", self.id))?;
         let remembers_vote = log.remembers_vote();
-        let state = StateStore::open_simulated(&self.disk)
+        let state = StateStore::open_simulated(&self.disk, floor)
+            .map_err(|e| format!("replica {}: {e}", self.id))?;
+        check_snapshot_reaches_purge(&log, &state)
             .map_err(|e| format!("replica {}: {e}", self.id))?;
         self.applied = state.applied();
         let network = SimNetwork {
@@ -326,6 +331,7 @@ impl Sim {
                 config: raft_config(&mut rng, id),
                 restart_at: None,
                 crash_at: None,
+                crash_while_installing: false,
             };
             node.start(&net).await?;
             nodes.push(node);
@@ -450,7 +456,7 @@ impl Sim {
     /// One fault, chosen by the seed.
     async fn fault(&mut self, flapping: &mut bool) {
         let minority_max = (self.nodes.len() - 1) / 2;
-        match self.rng.below(9) {
+        match self.rng.below(10) {
             0 => {
                 if let Some(leader) = self.leader() {
                     self.isolate(&[leader]);
@@ -485,6 +491,14 @@ impl Sim {
                 let after = Duration::from_millis(50 + self.rng.below(400));
                 node.crash_at.get_or_insert(Instant::now() + after);
             }
+            7 => {
+                // The next snapshot a replica installs takes a while, as a large one
+                // does; a crash may land while its log has already let go of entries.
+                let index = self.rng.below(self.nodes.len() as u64) as usize;
+                let delay = Duration::from_millis(50 + self.rng.below(400));
+                self.nodes[index].disk.slow_next_install(delay);
+                self.nodes[index].crash_while_installing = self.rng.chance(50);
+            }
             _ => {
                 let mut net = self.net.lock();
                 net.drop_percent = [0, 0, 5, 10, 30][self.rng.below(5) as usize];
@@ -504,6 +518,10 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|raft| raft.metrics().borrow().running_state.is_err());
             if stopped {
+                node.crash_at.get_or_insert(now);
+            }
+            if node.crash_while_installing && node.disk.is_installing() {
+                node.crash_while_installing = false;
                 node.crash_at.get_or_insert(now);
             }
         }
@@ -582,6 +600,8 @@ impl Sim {
         let before = self.acks.lock().len();
         while Instant::now() < deadline {
             sleep(Duration::from_millis(50)).await;
+            // A replica that stopped, or crashes while it installs a snapshot, restarts.
+            self.crash_and_restart_due(false).await?;
             if self.acks.lock().len() == before {
                 self.propose(&mut workload);
                 continue;
@@ -598,7 +618,8 @@ impl Sim {
                     )
                 })
                 .collect();
-            let settled = positions.len() == 1
+            let settled = self.down_count() == 0
+                && positions.len() == 1
                 && positions.iter().all(|(last, applied)| last == applied)
                 && self.leader().is_some();
             if settled {
