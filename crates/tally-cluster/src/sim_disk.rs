@@ -38,6 +38,8 @@ struct DiskState {
     next_install_delay: Option<std::time::Duration>,
     /// Until when the snapshot being installed is still being installed.
     installing_until: Option<tokio::time::Instant>,
+    /// Snapshots from the leader this replica began to install, over its crashes.
+    installs: u64,
     fail_next_write: bool,
     fail_next_sync: bool,
     /// Set by a crash: this incarnation of the disk is gone.
@@ -68,12 +70,20 @@ impl SimDisk {
         self.inner.lock().next_install_delay = Some(delay);
     }
 
-    /// How long the snapshot being installed takes, once.
-    pub(crate) fn take_install_delay(&self) -> Option<std::time::Duration> {
+    /// Counts a snapshot from the leader being installed, and returns how long it
+    /// takes (see [`SimDisk::slow_next_install`]).
+    pub(crate) fn begin_install(&self) -> Option<std::time::Duration> {
         let mut state = self.inner.lock();
+        state.installs += 1;
         let delay = state.next_install_delay.take()?;
         state.installing_until = Some(tokio::time::Instant::now() + delay);
         Some(delay)
+    }
+
+    /// How many snapshots from the leader this replica began to install, over its
+    /// crashes.
+    pub fn installs(&self) -> u64 {
+        self.inner.lock().installs
     }
 
     /// Whether a snapshot made slow by [`SimDisk::slow_next_install`] is being
@@ -95,6 +105,7 @@ impl SimDisk {
                 log: state.log[..kept].to_vec(),
                 synced_len: kept,
                 snapshot: state.snapshot.clone(),
+                installs: state.installs,
                 ..DiskState::default()
             })),
         }

@@ -445,7 +445,7 @@ impl StateStore {
             .map_err(|e| format!("receiving it: {e}"))?;
         #[cfg(feature = "simulation")]
         if let SnapshotPlace::Simulated(disk) = &self.place
-            && let Some(delay) = disk.take_install_delay()
+            && let Some(delay) = disk.begin_install()
         {
             tokio::time::sleep(delay).await;
         }

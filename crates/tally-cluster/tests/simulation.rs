@@ -307,6 +307,8 @@ struct Sim {
     net: Net,
     nodes: Vec<Node>,
     acks: Acks,
+    /// Replicas crashed while they installed a snapshot.
+    crashes_while_installing: u64,
     start: Instant,
 }
 
@@ -349,6 +351,7 @@ impl Sim {
             net,
             nodes,
             acks: Acks::default(),
+            crashes_while_installing: 0,
             start: Instant::now(),
         };
         // New replicas hold no vote, so they grant none for a while: the faults start
@@ -523,6 +526,7 @@ impl Sim {
             if node.crash_while_installing && node.disk.is_installing() {
                 node.crash_while_installing = false;
                 node.crash_at.get_or_insert(now);
+                self.crashes_while_installing += 1;
             }
         }
         for index in 0..self.nodes.len() {
@@ -734,6 +738,9 @@ struct Outcome {
     applied_index: u64,
     digest: u64,
     acknowledged: usize,
+    /// Snapshots from the leader the replicas began to install.
+    installs: u64,
+    crashes_while_installing: u64,
 }
 
 impl Sim {
@@ -786,6 +793,8 @@ impl Sim {
             applied_index,
             digest,
             acknowledged: acks.len(),
+            installs: self.nodes.iter().map(|node| node.disk.installs()).sum(),
+            crashes_while_installing: self.crashes_while_installing,
         })
     }
 
@@ -873,15 +882,32 @@ fn seeds_of_faults_lose_no_acknowledged_write() {
     if seeds.len() < 100 {
         return;
     }
-    let acknowledged: usize = outcomes
+    let outcomes: Vec<&Outcome> = outcomes
         .iter()
         .filter_map(|(_, outcome)| outcome.as_ref().ok())
-        .map(|outcome| outcome.acknowledged)
-        .sum();
+        .collect();
+    let acknowledged: usize = outcomes.iter().map(|outcome| outcome.acknowledged).sum();
     assert!(
         acknowledged >= ACKNOWLEDGED_PER_SEED_MIN * seeds.len(),
         "{} seeds acknowledged {acknowledged} groups in all, fewer than \
          {ACKNOWLEDGED_PER_SEED_MIN} a seed",
+        seeds.len()
+    );
+    // Nor do they prove catching up from a snapshot, or crashing in the middle of it,
+    // unless some seeds did.
+    let installs: u64 = outcomes.iter().map(|outcome| outcome.installs).sum();
+    let crashed: u64 = outcomes
+        .iter()
+        .map(|outcome| outcome.crashes_while_installing)
+        .sum();
+    println!(
+        "{} seeds: {acknowledged} groups acknowledged, {installs} snapshots installed, \
+         {crashed} crashes while installing",
+        seeds.len()
+    );
+    assert!(
+        installs > 0 && crashed > 0,
+        "{} seeds: {installs} snapshots installed, {crashed} crashes while installing",
         seeds.len()
     );
 }
