@@ -690,6 +690,29 @@ fn simulation_keeps_every_guarantee_under_faults_and_crashes() {
     );
     assert_eq!(totals.seeds, count);
     assert!(totals.crashes > 0 && totals.faults_armed > 0, "{totals:?}");
+    if count >= 20 {
+        // Armed faults must have fired, and each recovery path been taken: else the
+        // seeds passed without testing what they are for.
+        let taken = [
+            ("batches acknowledged", totals.batches_acknowledged),
+            ("torn crashes", totals.torn_crashes),
+            ("clean restarts", totals.clean_restarts),
+            (
+                "restarts after a log failure",
+                totals.process_restarts_after_failure,
+            ),
+            ("log failures seen", totals.log_failures_seen),
+            (
+                "unacknowledged batches recovered",
+                totals.unacknowledged_batches_recovered,
+            ),
+            ("snapshots recovered", totals.snapshots_recovered),
+            ("resubmissions checked", totals.resubmissions_checked),
+        ];
+        for (what, count) in taken {
+            assert!(count > 0, "no {what} in {totals:?}");
+        }
+    }
 }
 
 #[test]
