@@ -39,21 +39,28 @@ fn others(ids: &[u64], not: u64) -> Vec<u64> {
     ids.iter().copied().filter(|id| *id != not).collect()
 }
 
-/// From a fault at `since`: the time until one of `survivors` (not `old`) is reported
-/// leader, and the time until a write sent to the survivors is acknowledged. The
-/// probe's transfers join `record`.
+/// From a fault at `since` to `old`, leader in `old_term`: the time until one of
+/// `survivors` is reported leader in a later term, and the time until a write sent to
+/// the survivors is acknowledged. The probe's transfers join `record`.
 async fn measure_failover(
     cluster: &Cluster,
     survivors: &[u64],
-    old: u64,
+    (old, old_term): (u64, u64),
     since: Instant,
     record: &Mutex<Record>,
 ) -> (Duration, Duration) {
     let leader = async {
-        cluster
+        let new = cluster
             .wait_leader(survivors, Some(old), Duration::from_secs(20))
             .await;
-        since.elapsed()
+        let elapsed = since.elapsed();
+        let term = cluster.status(new).await.map_or(0, |status| status.term);
+        assert!(
+            term > old_term,
+            "replica {new} leads in term {term}: no election after replica {old} led term \
+             {old_term}"
+        );
+        elapsed
     };
     let write = async {
         let client = cluster.client(survivors, Duration::from_millis(800)).await;
@@ -80,6 +87,13 @@ async fn measure_failover(
         leader.max(write)
     );
     (leader, write)
+}
+
+/// The term `leader` leads in, asked just before a fault to it.
+async fn leader_term(cluster: &Cluster, leader: u64) -> u64 {
+    let status = cluster.status(leader).await.expect("the leader's status");
+    assert_eq!(status.role, "leader", "replica {leader} no longer leads");
+    status.term
 }
 
 /// Stops the load, waits until `ids` agree, and checks the record through them.
@@ -120,9 +134,10 @@ async fn journal_of(cluster: &Cluster, id: u64) -> BTreeMap<u64, serde_json::Val
 }
 
 /// Every replica of `ids` keeps the change events of what it applied, across its
-/// crashes and restarts: each transfer once, each event the same on every replica that
-/// keeps it, and every acknowledged transfer in each journal that goes back to the
-/// start (one that installed another's snapshot keeps nothing before it).
+/// crashes and restarts: each transfer once, each event the same on every replica, and
+/// every acknowledged transfer in each journal. (These clusters take no snapshot, so
+/// every journal goes back to the start: one that installed another's snapshot would
+/// keep nothing before it.)
 async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
     let deadline = Instant::now() + CONVERGE_LIMIT;
     let mut journals = BTreeMap::new();
@@ -135,8 +150,11 @@ async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
                 .values()
                 .next()
                 .is_some_and(|e| e["type"] == "account_created");
-            let complete = record.acknowledged.keys().all(|id| ids.contains(id));
-            if !from_start || complete {
+            assert!(
+                from_start,
+                "replica {id}: the journal does not start with the first account"
+            );
+            if record.acknowledged.keys().all(|id| ids.contains(id)) {
                 break events;
             }
             assert!(
@@ -157,11 +175,18 @@ async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
     let mut others = journals.iter();
     let (first_id, first) = others.next().expect("a replica");
     for (id, events) in others {
+        let mut shared = 0;
         for (timestamp, event) in events {
             if let Some(same) = first.get(timestamp) {
                 assert_eq!(same, event, "replicas {first_id} and {id} at {timestamp}");
+                shared += 1;
             }
         }
+        assert_eq!(
+            shared,
+            events.len().min(first.len()),
+            "replicas {first_id} and {id}: one journal is not a prefix of the other"
+        );
     }
     eprintln!(
         "change events: {:?} kept",
@@ -210,11 +235,12 @@ fn sigkill_of_the_leader_under_load_loses_nothing_acknowledged() {
         let leader = leader_by_cli(&cluster.peers(&ALL), &secret_file)
             .await
             .expect("a leader");
+        let term = leader_term(&cluster, leader).await;
         let killed_at = Instant::now();
         cluster.kill(leader);
         let survivors = others(&ALL, leader);
         let record = load.record();
-        measure_failover(&cluster, &survivors, leader, killed_at, &record).await;
+        measure_failover(&cluster, &survivors, (leader, term), killed_at, &record).await;
         load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
             .await;
         cluster.spawn_all(&[leader]).await;
@@ -243,10 +269,12 @@ fn sigkill_of_a_follower_then_of_the_leader_loses_nothing_acknowledged() {
         cluster.spawn_all(&[follower]).await;
         wait_caught_up(&cluster, follower, leader).await;
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        let term = leader_term(&cluster, leader).await;
         let killed_at = Instant::now();
         cluster.kill(leader);
         let record = load.record();
-        measure_failover(&cluster, &others(&ALL, leader), leader, killed_at, &record).await;
+        let survivors = others(&ALL, leader);
+        measure_failover(&cluster, &survivors, (leader, term), killed_at, &record).await;
         load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
             .await;
         cluster.spawn_all(&[leader]).await;
@@ -268,11 +296,12 @@ fn an_isolated_leader_acknowledges_nothing_and_converges_after_healing() {
             .await;
         // Asked again under load: at start-up two replicas may both have led term 1.
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        let term = leader_term(&cluster, leader).await;
         let cut_at = Instant::now();
         net.isolate(leader);
         let majority = others(&ALL, leader);
         let record = load.record();
-        measure_failover(&cluster, &majority, leader, cut_at, &record).await;
+        measure_failover(&cluster, &majority, (leader, term), cut_at, &record).await;
         // The old leader may still believe it leads, but cannot commit: a write sent to
         // it is not acknowledged, and its applied index stays where it was.
         let before = cluster.status(leader).await.unwrap();
@@ -441,9 +470,11 @@ fn a_flapping_lossy_network_loses_nothing_acknowledged() {
             net.heal();
             tokio::time::sleep(Duration::from_millis(200 + rng.below(300))).await;
         }
-        eprintln!(
-            "{} transfers acknowledged while the network flapped",
-            load.acks() - acks_before
+        let flapping = load.acks() - acks_before;
+        eprintln!("{flapping} transfers acknowledged while the network flapped");
+        assert!(
+            flapping > 0,
+            "nothing acknowledged while the network flapped"
         );
         net.set_delay(Duration::ZERO);
         net.set_drops(0);
