@@ -9,6 +9,7 @@
 use serde_json::Value;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -89,6 +90,8 @@ fn a_consumer_resuming_across_sigkills_gets_every_event_exactly_once() {
     let mut consumed: Vec<(u64, String)> = Vec::new();
     let mut acknowledged: HashSet<String> = HashSet::new();
     let mut next_id = 1_000u64;
+    // Kills that landed while the child worked: after its first answer, before its last.
+    let mut cut_short = 0;
     for kill in 0..=KILLS {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(["apply", "--data"])
@@ -114,16 +117,25 @@ fn a_consumer_resuming_across_sigkills_gets_every_event_exactly_once() {
             }
         });
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let wait_ms = rng.below(300);
+        // The kill comes a random while after the first answer (the setup's), while
+        // the batches are being answered: not before any work, nor after a clean exit.
+        let wait_us = rng.below(20_000);
+        let (started, first_answer) = std::sync::mpsc::channel();
         let killer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(wait_ms));
+            let _ = first_answer.recv_timeout(Duration::from_secs(30));
+            std::thread::sleep(Duration::from_micros(wait_us));
             if kill < KILLS {
                 let _ = child.kill();
             }
             child
         });
         // Every acknowledged ok transfer, by its timestamp.
+        let mut answered = 0;
         for (line, request) in stdout.lines().map_while(Result::ok).zip(&lines) {
+            answered += 1;
+            if answered == 1 {
+                let _ = started.send(());
+            }
             let answer: Value = serde_json::from_str(&line).unwrap();
             if request.contains("create_transfers") {
                 for result in answer["results"].as_array().unwrap() {
@@ -135,11 +147,19 @@ fn a_consumer_resuming_across_sigkills_gets_every_event_exactly_once() {
         }
         let _ = writer.join();
         let mut child = killer.join().unwrap();
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        if status.signal() == Some(9) && 0 < answered && answered < lines.len() {
+            cut_short += 1;
+        }
         // The consumer resumes after the last event it handled.
         let after = consumed.last().map_or(0, |(timestamp, _)| *timestamp);
         consumed.extend(events_after(dir.path(), after));
     }
+    eprintln!("{cut_short} of {KILLS} kills landed while the child worked");
+    assert!(
+        cut_short >= KILLS / 4,
+        "only {cut_short} of {KILLS} kills landed while the child worked"
+    );
     // A last clean start derives whatever the last crash left out, then a last read.
     let output = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["apply", "--data"])
