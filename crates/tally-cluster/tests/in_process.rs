@@ -77,13 +77,18 @@ async fn open_three_snapshotting(
     replicas
 }
 
+/// The leader in the highest term any replica reports. (At start-up two replicas may
+/// both have led term 1: openraft orders them by id, the greater one leads.)
 async fn wait_for_leader(replicas: &[&Replica]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(leader) = replicas
+        let statuses: Vec<_> = replicas.iter().map(|r| r.status()).collect();
+        let term_max = statuses.iter().map(|s| s.term).max().unwrap_or(0);
+        if let Some(leader) = statuses
             .iter()
-            .map(|r| r.status())
-            .find(|s| s.role == "leader")
+            .filter(|s| s.role == "leader")
+            .max_by_key(|s| (s.term, s.replica_id))
+            .filter(|s| s.term >= term_max)
         {
             return leader.replica_id;
         }

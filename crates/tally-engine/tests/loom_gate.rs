@@ -7,6 +7,11 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::thread;
 use tally_engine::gate::Gate;
 
+/// Interleavings in which a submitter got in, and in which one was refused: the model
+/// must explore both, or its assertions prove nothing.
+static ADMITTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// No submitter is ever inside the gate once `close` has returned, and a submitter that
 /// got in is always waited for: so a drain that starts after `close` sees every push.
 #[test]
@@ -30,6 +35,9 @@ fn close_waits_for_every_admitted_submitter_and_admits_none_after() {
                         );
                         pushes.fetch_add(1, Ordering::SeqCst);
                         drop(pass);
+                        ADMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 })
             })
@@ -47,4 +55,10 @@ fn close_waits_for_every_admitted_submitter_and_admits_none_after() {
         );
         assert!(gate.enter().is_none());
     });
+    let admitted = ADMITTED.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        admitted > 0 && refused > 0,
+        "submitters admitted {admitted} times, refused {refused} times"
+    );
 }
