@@ -89,11 +89,20 @@ async fn measure_failover(
     (leader, write)
 }
 
-/// The term `leader` leads in, asked just before a fault to it.
-async fn leader_term(cluster: &Cluster, leader: u64) -> u64 {
-    let status = cluster.status(leader).await.expect("the leader's status");
-    assert_eq!(status.role, "leader", "replica {leader} no longer leads");
-    status.term
+/// `candidate` and the term it leads in if it still leads, else the leader found
+/// again, with its term: asked just before a fault to the leader, so that the failover
+/// measured is from the replica that led.
+async fn confirmed_leader(cluster: &Cluster, mut candidate: u64) -> (u64, u64) {
+    let deadline = Instant::now() + CONVERGE_LIMIT;
+    loop {
+        if let Ok(status) = cluster.status(candidate).await
+            && status.role == "leader"
+        {
+            return (candidate, status.term);
+        }
+        assert!(Instant::now() < deadline, "no leader confirmed");
+        candidate = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+    }
 }
 
 /// Stops the load, waits until `ids` agree, and checks the record through them.
@@ -235,7 +244,7 @@ fn sigkill_of_the_leader_under_load_loses_nothing_acknowledged() {
         let leader = leader_by_cli(&cluster.peers(&ALL), &secret_file)
             .await
             .expect("a leader");
-        let term = leader_term(&cluster, leader).await;
+        let (leader, term) = confirmed_leader(&cluster, leader).await;
         let killed_at = Instant::now();
         cluster.kill(leader);
         let survivors = others(&ALL, leader);
@@ -269,7 +278,7 @@ fn sigkill_of_a_follower_then_of_the_leader_loses_nothing_acknowledged() {
         cluster.spawn_all(&[follower]).await;
         wait_caught_up(&cluster, follower, leader).await;
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
-        let term = leader_term(&cluster, leader).await;
+        let (leader, term) = confirmed_leader(&cluster, leader).await;
         let killed_at = Instant::now();
         cluster.kill(leader);
         let record = load.record();
@@ -296,7 +305,7 @@ fn an_isolated_leader_acknowledges_nothing_and_converges_after_healing() {
             .await;
         // Asked again under load: at start-up two replicas may both have led term 1.
         let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
-        let term = leader_term(&cluster, leader).await;
+        let (leader, term) = confirmed_leader(&cluster, leader).await;
         let cut_at = Instant::now();
         net.isolate(leader);
         let majority = others(&ALL, leader);

@@ -8,7 +8,8 @@
 //! atomically and durably, as the real file is (a new file, synced, renamed).
 //! [`SimDisk::fail_next_write`] and [`SimDisk::fail_next_sync`] make the next write or
 //! sync of the log fail with an I/O error; the log then never writes again, as on a
-//! real disk.
+//! real disk. [`SimDisk::slow_next_install`] makes the next snapshot from the leader
+//! take a while to install, as a large one does, so that a crash can land in it.
 //!
 //! Writes complete inline, in the task that makes them: no thread, so a simulation on
 //! a single-threaded runtime with paused time is not perturbed by the disk.

@@ -4,7 +4,10 @@
 //! advance at once and a seed runs in milliseconds. One seeded RNG drives a workload of
 //! account and transfer groups and the faults: dropped, delayed and unanswered messages,
 //! partitions (the leader isolated, a minority isolated, flapping), crashes that keep
-//! only synced bytes (and a torn part of the rest), failed writes and syncs.
+//! only synced bytes (and a torn part of the rest), failed writes and syncs, and
+//! snapshot installs slowed so that a crash lands in some. The faults start once the
+//! first leader is elected; over 100 seeds or more, the seeds must have acknowledged 15
+//! groups a seed on average, installed snapshots, and crashed a replica installing one.
 //!
 //! Elections are Tally's own (`tally_cluster::Elections`: the timer and the pre-vote,
 //! carried by the same faulty network), as in a real replica.
