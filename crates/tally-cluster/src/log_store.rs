@@ -238,7 +238,11 @@ impl LogStore {
     /// the log up to `index`; the writes after it wait with it.
     fn send_after_snapshot(&self, index: u64, write: LogWrite) -> Result<(), StorageError<u64>> {
         let mut held = self.held.lock();
-        if held.queue.is_empty() && !held.refused && self.floor.covers(index) {
+        if held.refused {
+            write.refuse();
+            return Ok(());
+        }
+        if held.queue.is_empty() && self.floor.covers(index) {
             return self.to_disk(write);
         }
         let idle = held.queue.is_empty();
@@ -804,10 +808,14 @@ mod tests {
             .expect("joins")
             .expect_err("refused: no snapshot will come");
         log.flush().await.expect_err("the log writes nothing more");
+        floor.raise(12);
+        log.purge(id(12)).await.expect("purge");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let (on_disk, _) = read_log(&path).expect("reads");
         assert_eq!(
             (on_disk.last_purged, on_disk.vote),
-            (Some(id(9)), Some(vote))
+            (Some(id(9)), Some(vote)),
+            "nothing is written after an abandoned wait, a covered purge neither"
         );
     }
 }
