@@ -1,7 +1,8 @@
 //! Faults of a real cluster (docs/spec.md §7): three `tally serve --cluster` processes
 //! on loopback under a load of transfers, then SIGKILL of the leader or a follower, a
 //! network partition (through a proxy in front of each replica's peer service), a full
-//! disk, a membership change. After each: every acknowledged transfer is there as
+//! disk, a membership change, a follower so far behind that it catches up from the
+//! leader's snapshot. After each: every acknowledged transfer is there as
 //! written, the balances are the sums of the transfers that exist, and every replica
 //! reports the same state digest at the same applied index.
 //!
@@ -110,7 +111,7 @@ async fn finish(cluster: &Cluster, ids: &[u64], load: Load, started: Instant) {
     let record = load.stop().await;
     let statuses = cluster.wait_converged(ids, CONVERGE_LIMIT).await;
     let existing = load::check(cluster, ids, &record).await;
-    check_change_events(cluster, ids, &record).await;
+    check_change_events(cluster, ids, &record, &[]).await;
     eprintln!(
         "{} acknowledged, {} unknown ({existing} transfers exist); replicas {ids:?} at \
          applied index {} with digest {:#x}; {:?} in all",
@@ -144,10 +145,15 @@ async fn journal_of(cluster: &Cluster, id: u64) -> BTreeMap<u64, serde_json::Val
 
 /// Every replica of `ids` keeps the change events of what it applied, across its
 /// crashes and restarts: each transfer once, each event the same on every replica, and
-/// every acknowledged transfer in each journal. (These clusters take no snapshot, so
-/// every journal goes back to the start: one that installed another's snapshot would
-/// keep nothing before it.)
-async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
+/// every acknowledged transfer in each journal. Every journal goes back to the start
+/// but those of `from_snapshot`, which installed another's snapshot and keep nothing
+/// before it.
+async fn check_change_events(
+    cluster: &Cluster,
+    ids: &[u64],
+    record: &Record,
+    from_snapshot: &[u64],
+) {
     let deadline = Instant::now() + CONVERGE_LIMIT;
     let mut journals = BTreeMap::new();
     for &id in ids {
@@ -155,6 +161,13 @@ async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
         let events = loop {
             let events = journal_of(cluster, id).await;
             let ids: BTreeSet<u128> = events.values().filter_map(transfer_id).collect();
+            if from_snapshot.contains(&id) {
+                assert!(
+                    !events.is_empty(),
+                    "replica {id}: no change event after its snapshot"
+                );
+                break events;
+            }
             let from_start = events
                 .values()
                 .next()
@@ -181,9 +194,14 @@ async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
         }
         journals.insert(id, events);
     }
-    let mut others = journals.iter();
-    let (first_id, first) = others.next().expect("a replica");
-    for (id, events) in others {
+    let whole: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !from_snapshot.contains(id))
+        .collect();
+    let first_id = *whole.first().expect("a replica with its whole journal");
+    let first = &journals[&first_id];
+    for (id, events) in &journals {
         let mut shared = 0;
         for (timestamp, event) in events {
             if let Some(same) = first.get(timestamp) {
@@ -191,11 +209,18 @@ async fn check_change_events(cluster: &Cluster, ids: &[u64], record: &Record) {
                 shared += 1;
             }
         }
-        assert_eq!(
-            shared,
-            events.len().min(first.len()),
-            "replicas {first_id} and {id}: one journal is not a prefix of the other"
-        );
+        if from_snapshot.contains(id) {
+            assert!(
+                shared > 0,
+                "replica {id} shares no event with replica {first_id}"
+            );
+        } else {
+            assert_eq!(
+                shared,
+                events.len().min(first.len()),
+                "replicas {first_id} and {id}: one journal is not a prefix of the other"
+            );
+        }
     }
     eprintln!(
         "change events: {:?} kept",
@@ -229,6 +254,60 @@ async fn wait_caught_up(cluster: &Cluster, id: u64, leader: u64) {
         assert!(Instant::now() < deadline, "replica {id} did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A follower stopped while the others write on, snapshot and purge their logs past
+/// it comes back through the leader's snapshot (another process's file, streamed over
+/// the peer service), then the log; its journal starts at the snapshot.
+#[test]
+fn a_follower_behind_the_purged_log_catches_up_from_the_snapshot() {
+    run(async {
+        let started = Instant::now();
+        let mut cluster = Cluster::prepare(3, false).await;
+        cluster.serve_args = vec!["--snapshot-log-bytes".into(), "65536".into()];
+        cluster.spawn_all(&ALL).await;
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        let load = Load::start(&cluster, 4, 0x5a4b).await;
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(30))
+            .await;
+        let (leader, _) = confirmed_leader(&cluster, leader).await;
+        let follower = others(&ALL, leader)[0];
+        let stopped_at = cluster.status(follower).await.unwrap().applied_index;
+        cluster.kill(follower);
+        // Far past what a snapshot leaves in the log (64 entries): the leader must send
+        // its snapshot.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (leader, _) = confirmed_leader(&cluster, leader).await;
+            let ahead = cluster.status(leader).await.map_or(0, |s| s.applied_index);
+            if ahead > stopped_at + 300 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the others wrote too little");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.spawn_all(&[follower]).await;
+        let leader = cluster.wait_leader(&ALL, None, CONVERGE_LIMIT).await;
+        wait_caught_up(&cluster, follower, leader).await;
+        let log = std::fs::read_to_string(&cluster.nodes[&follower].log).unwrap_or_default();
+        assert!(
+            log.contains("installed the leader's snapshot"),
+            "replica {follower} caught up without a snapshot:\n{}",
+            cluster.log_tail(follower)
+        );
+        load.until_more_acks(ACKS_STEP, Duration::from_secs(20))
+            .await;
+        let record = load.stop().await;
+        let statuses = cluster.wait_converged(&ALL, CONVERGE_LIMIT).await;
+        load::check(&cluster, &ALL, &record).await;
+        check_change_events(&cluster, &ALL, &record, &[follower]).await;
+        eprintln!(
+            "replica {follower} stopped at applied index {stopped_at}, caught up through a \
+             snapshot; all at {} after {:?}",
+            statuses[0].applied_index,
+            started.elapsed()
+        );
+    });
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub struct Cluster {
     /// Small file systems mounted on data directories: unmounted once the children
     /// are dead.
     pub mounts: Vec<SmallDisk>,
+    /// More arguments for every replica's `tally serve`.
+    pub serve_args: Vec<String>,
 }
 
 impl Cluster {
@@ -119,6 +121,7 @@ impl Cluster {
             nodes,
             net,
             mounts: Vec::new(),
+            serve_args: Vec::new(),
         }
     }
 
@@ -145,7 +148,8 @@ impl Cluster {
                 .args(["--replica", &id.to_string()])
                 .args(["--peer-listen", &node.peer_listen])
                 .arg("--peer-secret-file")
-                .arg(self.root.path().join("peer-secret"));
+                .arg(self.root.path().join("peer-secret"))
+                .args(&self.serve_args);
             if node.join {
                 command.arg("--join");
             }
