@@ -222,31 +222,30 @@ impl LogStore {
 
     /// Hands `write` to the disk, after the writes held back if there are any.
     fn send(&self, write: LogWrite) -> Result<(), StorageError<u64>> {
-        let mut held = self.held.lock();
-        if held.refused {
-            write.refuse();
-            return Ok(());
-        }
-        if held.queue.is_empty() {
-            return self.to_disk(write);
-        }
-        held.queue.push_back(HeldWrite::Write(write));
-        Ok(())
+        self.send_after_snapshot(None, write)
     }
 
-    /// Hands `write` (a purge up to `index`) to the disk once a durable snapshot holds
-    /// the log up to `index`; the writes after it wait with it.
-    fn send_after_snapshot(&self, index: u64, write: LogWrite) -> Result<(), StorageError<u64>> {
+    /// Hands `write` to the disk after the writes held back, and (a purge up to
+    /// `index`) once a durable snapshot holds the log up to `index`: the writes after
+    /// it wait with it.
+    fn send_after_snapshot(
+        &self,
+        index: Option<u64>,
+        write: LogWrite,
+    ) -> Result<(), StorageError<u64>> {
         let mut held = self.held.lock();
         if held.refused {
             write.refuse();
             return Ok(());
         }
-        if held.queue.is_empty() && self.floor.covers(index) {
+        let wait = index.filter(|&index| !self.floor.covers(index));
+        let idle = held.queue.is_empty();
+        if idle && wait.is_none() {
             return self.to_disk(write);
         }
-        let idle = held.queue.is_empty();
-        held.queue.push_back(HeldWrite::UntilSnapshot(index));
+        if let Some(index) = wait {
+            held.queue.push_back(HeldWrite::UntilSnapshot(index));
+        }
         held.queue.push_back(HeldWrite::Write(write));
         if idle {
             tokio::spawn(release_held(self.clone()));
@@ -701,7 +700,7 @@ impl RaftLogStorage<TallyRaft> for LogStore {
         purge_upto(&mut contents, log_id);
         contents.file_bytes += bytes.len() as u64;
         self.send_after_snapshot(
-            log_id.index,
+            Some(log_id.index),
             LogWrite::Frames {
                 bytes,
                 done: Done::Nothing,
