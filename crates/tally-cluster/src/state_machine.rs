@@ -482,6 +482,39 @@ impl StateStore {
     }
 }
 
+/// How many times [`retry_passing`] tries, the waits between doubling from 10 ms
+/// (2.5 s in all).
+const PASSING_ERROR_TRIES: u32 = 9;
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed
+/// [`PASSING_ERROR_TRIES`] times for a reason that passes: the process or the system
+/// out of file descriptors, memory short, a call interrupted.
+async fn retry_passing<T>(mut attempt: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut wait = std::time::Duration::from_millis(10);
+    let mut tried = 1;
+    loop {
+        match attempt() {
+            Err(error) if tried < PASSING_ERROR_TRIES && passes(&error) => {
+                tracing::warn!(%error, tried, "opening the snapshot to send it; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tried += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `error` may not recur if the call is made again a little later.
+fn passes(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        || matches!(
+            error.kind(),
+            ErrorKind::Interrupted | ErrorKind::OutOfMemory | ErrorKind::WouldBlock
+        )
+}
+
 /// Whether a snapshot at `meta` replaces the `current` one: a snapshot built from the
 /// state before a newer one was installed must not put that one's place back behind
 /// the log it let go.
@@ -644,10 +677,13 @@ impl RaftStateMachine<TallyRaft> for StateStore {
         Ok(())
     }
 
+    /// An error here stops the replica's Raft: a file that could not be opened for a
+    /// passing reason (no file descriptor left) is tried again for a while first.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TallyRaft>>, StorageError<u64>> {
-        self.current_snapshot()
+        retry_passing(|| self.current_snapshot())
+            .await
             .map_err(|e| storage_error(format!("reading the snapshot: {e}")))
     }
 }
@@ -771,5 +807,42 @@ mod tests {
             other.apply_group(log_id(3), &next, None).batches
         );
         assert_ne!(one.digest, other.digest);
+    }
+
+    /// Opening the snapshot to send it is tried again while descriptors are short, and
+    /// no longer than that; other errors are not tried again.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_open_is_tried_again_only_for_passing_errors() {
+        let out_of_descriptors = || std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut tries = 0;
+        let opened = retry_passing(|| {
+            tries += 1;
+            if tries < 3 {
+                Err(out_of_descriptors())
+            } else {
+                Ok(tries)
+            }
+        })
+        .await;
+        assert_eq!(opened.unwrap(), 3);
+
+        let mut tries = 0;
+        let gone = retry_passing(|| -> std::io::Result<()> {
+            tries += 1;
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        })
+        .await;
+        assert_eq!((gone.is_err(), tries), (true, 1));
+
+        let mut tries = 0;
+        let started = tokio::time::Instant::now();
+        let never = retry_passing(|| -> std::io::Result<()> {
+            tries += 1;
+            Err(out_of_descriptors())
+        })
+        .await;
+        assert_eq!(never.unwrap_err().raw_os_error(), Some(libc::EMFILE));
+        assert_eq!(tries, PASSING_ERROR_TRIES);
+        assert_eq!(started.elapsed(), std::time::Duration::from_millis(2_550));
     }
 }
