@@ -427,11 +427,16 @@ impl Sim {
 // Faults.
 
 impl Sim {
+    /// The replica that leads: of those that believe they lead, the one of the highest
+    /// term (a leader cut off may not yet know that a later one was elected).
     fn leader(&self) -> Option<u64> {
-        self.nodes.iter().find_map(|n| {
-            let raft = n.raft.as_ref()?;
-            (raft.metrics().borrow().state == ServerState::Leader).then_some(n.id)
-        })
+        (self.nodes.iter())
+            .filter_map(|n| {
+                let metrics = n.raft.as_ref()?.metrics().borrow().clone();
+                (metrics.state == ServerState::Leader).then_some((metrics.current_term, n.id))
+            })
+            .max()
+            .map(|(_, id)| id)
     }
 
     /// Cuts `ids` off from the rest.
