@@ -285,12 +285,24 @@ impl PackedRun {
 
     /// The records, unpacked, in order.
     pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
-        let mut rest = self.bytes.as_slice();
+        self.iter_with_starts().map(|(transfer, _)| transfer)
+    }
+
+    /// The records, unpacked, in order, each with the byte of the run it starts at.
+    pub fn iter_with_starts(&self) -> impl Iterator<Item = (Transfer, usize)> + '_ {
+        let mut start = 0;
         (0..self.records).map(move |_| {
-            let (transfer, used) = decode_transfer_trusted(rest);
-            rest = &rest[used..];
-            transfer
+            let (transfer, used) = decode_transfer_trusted(&self.bytes[start..]);
+            let this = start;
+            start += used;
+            (transfer, this)
         })
+    }
+
+    /// The packed bytes, given up: a store whose chunks are runs adopts them as they
+    /// are.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 }
 
@@ -336,8 +348,58 @@ fn take_trusted_bytes(bytes: &[u8], mut value: u128, at: usize, shift: u32) -> (
     unreachable!("a trusted record ends within its buffer")
 }
 
-/// Reads one varint, checking its length and that it fits in `bits` bits.
+/// Reads one varint, checking its length and that it fits in `bits` bits: eight bytes
+/// a step while eight are there, as [`take_trusted`] does, the checks on whole words;
+/// [`take_checked_bytes`] near the end of `bytes`, with the same answers.
+#[inline]
 fn take_checked(
+    bytes: &[u8],
+    bits: u32,
+    field: &'static str,
+) -> Result<(u128, usize), DecodeError> {
+    /// The shift of the third word: 16 bits of 128 are left, in the two groups and
+    /// the two bits that a varint's 17th to 19th bytes hold.
+    const LAST_WORD_SHIFT: u32 = 112;
+    let mut value: u128 = 0;
+    let mut at = 0;
+    for shift in [0, 56, LAST_WORD_SHIFT] {
+        let Some(chunk) = bytes.get(at..at + 8) else {
+            return take_checked_bytes(bytes, bits, field);
+        };
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends == 0 {
+            if shift == LAST_WORD_SHIFT {
+                // Still going past its 19th byte.
+                return Err(DecodeError::FieldTooWide { field });
+            }
+            value |= u128::from(gather_groups(word)) << shift;
+            at += 8;
+            continue;
+        }
+        let len = ends.trailing_zeros() / 8 + 1;
+        let mine = if len == 8 {
+            word
+        } else {
+            word & ((1 << (8 * len)) - 1)
+        };
+        let groups = u128::from(gather_groups(mine));
+        if shift == LAST_WORD_SHIFT && (len > 3 || groups >> 16 != 0) {
+            return Err(DecodeError::FieldTooWide { field });
+        }
+        value |= groups << shift;
+        if bits < 128 && value >> bits != 0 {
+            return Err(DecodeError::FieldTooWide { field });
+        }
+        return Ok((value, at + len as usize));
+    }
+    unreachable!("the third word ends the varint or fails it")
+}
+
+/// [`take_checked`] a byte at a time: for a varint whose bytes may end before eight
+/// more are there.
+#[cold]
+fn take_checked_bytes(
     bytes: &[u8],
     bits: u32,
     field: &'static str,
@@ -608,6 +670,35 @@ mod tests {
             prop_assert_eq!(take_trusted(&followed), (value, alone.len()));
         }
 
+        /// The checked reader a word at a time gives the byte-at-a-time one's answer
+        /// (value and length, or the error) for any field width and varints of every
+        /// length up to past the longest, with groups at the edges of what fits,
+        /// ending their buffer or not, followed by anything.
+        #[test]
+        fn checked_varints_read_alike_by_words_and_by_bytes(
+            groups in prop_oneof![1usize..24, 16usize..21].prop_flat_map(|len| {
+                proptest::collection::vec(
+                    prop_oneof![Just(0u8), Just(1), Just(3), Just(4), Just(0x7f), 0u8..0x80],
+                    len,
+                )
+            }),
+            ends in any::<bool>(),
+            after in proptest::collection::vec(any::<u8>(), 0..10),
+            bits in prop_oneof![Just(16u32), Just(32), Just(64), Just(128)],
+        ) {
+            let last = groups.len() - 1;
+            let mut bytes: Vec<u8> = groups
+                .iter()
+                .enumerate()
+                .map(|(index, &group)| if index == last && ends { group } else { group | 0x80 })
+                .collect();
+            bytes.extend_from_slice(&after);
+            prop_assert_eq!(
+                take_checked(&bytes, bits, "field"),
+                take_checked_bytes(&bytes, bits, "field")
+            );
+        }
+
         #[test]
         fn every_cut_record_is_an_error(transfer in any_transfer()) {
             let mut bytes = Vec::new();
@@ -616,6 +707,45 @@ mod tests {
                 prop_assert!(decode_transfer(&bytes[..cut]).is_err(), "cut at {}", cut);
             }
         }
+    }
+
+    /// Every varint about the longest, its last group at the edges of what fits and the
+    /// groups before it empty or full, ending or not, with room after it or none: the
+    /// word-at-a-time checked reader answers as the byte-at-a-time one.
+    #[test]
+    fn checked_varints_about_the_longest_read_alike() {
+        for len in 1..=26 {
+            for (last, middle, ends, after) in varint_edges() {
+                let mut bytes: Vec<u8> = (0..len)
+                    .map(|index| match index + 1 == len {
+                        true if ends => last,
+                        true => last | 0x80,
+                        false => middle | 0x80,
+                    })
+                    .collect();
+                bytes.extend(std::iter::repeat_n(0x55, after));
+                for bits in [16, 32, 64, 128] {
+                    assert_eq!(
+                        take_checked(&bytes, bits, "field"),
+                        take_checked_bytes(&bytes, bits, "field"),
+                        "{bytes:02x?} in {bits} bits"
+                    );
+                }
+            }
+        }
+    }
+
+    /// (last group, the groups before it, whether the varint ends, bytes after it).
+    fn varint_edges() -> impl Iterator<Item = (u8, u8, bool, usize)> {
+        [0u8, 1, 3, 4, 0x7f].into_iter().flat_map(|last| {
+            [0u8, 0x7f].into_iter().flat_map(move |middle| {
+                [true, false].into_iter().flat_map(move |ends| {
+                    [0usize, 3, 8]
+                        .into_iter()
+                        .map(move |after| (last, middle, ends, after))
+                })
+            })
+        })
     }
 
     #[test]
