@@ -535,6 +535,25 @@ impl Part {
     ) -> TransferRef {
         assert!(!self.recording, "a snapshot loads outside chains");
         let (position, transfer_ref) = self.push_transfer(transfer);
+        self.gather_loaded_transfer(transfer, position, gathered);
+        transfer_ref
+    }
+
+    /// Whether a full run of a snapshot's transfers would be this part's next chunk
+    /// as it is ([`Part::adopt_loaded_chunk`]).
+    pub(crate) fn takes_loaded_chunk(&self) -> bool {
+        self.transfers.at_chunk_start()
+    }
+
+    /// Records the index entries of `transfer`, read from a snapshot, to be stored at
+    /// `position` (by [`Part::adopt_loaded_chunk`] when not yet stored); returns its
+    /// reference.
+    pub(crate) fn gather_loaded_transfer(
+        &mut self,
+        transfer: &Transfer,
+        position: u32,
+        gathered: &mut GatheredEntries,
+    ) -> TransferRef {
         gathered
             .ids
             .push(self.transfer_index.gather(transfer.id, position));
@@ -542,7 +561,22 @@ impl Part {
             .gather(transfer_user_data(transfer), position, &mut gathered.values);
         self.transfer_ledger_codes
             .add(transfer.ledger, transfer.code, position);
-        transfer_ref
+        self.transfer_ref_at(position as usize)
+    }
+
+    /// Stores a full chunk of a snapshot's packed transfers as it is, each record
+    /// starting at its byte in `starts`, the newest stamped `last_timestamp`; their
+    /// index entries were gathered ([`Part::gather_loaded_transfer`]).
+    pub(crate) fn adopt_loaded_chunk(
+        &mut self,
+        bytes: Vec<u8>,
+        starts: Vec<u32>,
+        last_timestamp: u64,
+    ) {
+        assert!(!self.recording, "a snapshot loads outside chains");
+        // The newest record's reference must fit, as each pushed one's does.
+        let _ = self.transfer_ref_at(self.transfers.len() + starts.len() - 1);
+        self.transfers.adopt_chunk(bytes, starts, last_timestamp);
     }
 
     /// Indexes the transfers stored by [`Part::store_loaded_transfer`] since the last
@@ -575,17 +609,22 @@ impl Part {
             "transfers are stored in timestamp order"
         );
         let position = self.transfers.len();
-        let transfer_ref = position
-            .checked_mul(self.layout.count())
-            .and_then(|scaled| scaled.checked_add(self.index as usize))
-            .and_then(|r| u32::try_from(r).ok())
-            .expect("fewer than 2^32 transfers over all parts");
+        let transfer_ref = self.transfer_ref_at(position);
+        self.transfers.push(transfer);
+        (position as u32, transfer_ref)
+    }
+
+    /// The reference of the transfer stored (or to be stored) at `position`.
+    fn transfer_ref_at(&self, position: usize) -> TransferRef {
         assert!(
             position < BURNED as usize,
             "fewer than 2^31 stored transfers per part"
         );
-        self.transfers.push(transfer);
-        (position as u32, transfer_ref)
+        position
+            .checked_mul(self.layout.count())
+            .and_then(|scaled| scaled.checked_add(self.index as usize))
+            .and_then(|r| u32::try_from(r).ok())
+            .expect("fewer than 2^32 transfers over all parts")
     }
 
     fn index_transfer_values(&mut self, transfer: &Transfer, position: u32) {

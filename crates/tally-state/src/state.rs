@@ -495,7 +495,7 @@ impl StateMachine {
             // In slices the size of a packed run, so the history thread starts on the
             // first while this thread goes on with the next.
             for slice in image_transfers.chunks(tally_types::packed::PACKED_RUN_RECORDS) {
-                loading.load(self, slice, &mut appends)?;
+                loading.load(self, slice, None, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
             }
             drop(image_transfers);
@@ -504,13 +504,31 @@ impl StateMachine {
             for run in packed_transfers {
                 unpacked.clear();
                 unpacked.reserve(run.records());
-                unpacked.extend(run.iter());
-                drop(run);
-                loading.load(self, &unpacked, &mut appends)?;
+                let chunk = if self.adopts_run(&run) {
+                    let mut starts = Vec::with_capacity(run.records());
+                    for (transfer, start) in run.iter_with_starts() {
+                        unpacked.push(transfer);
+                        starts.push(u32::try_from(start).expect("a run stays under 4 GiB"));
+                    }
+                    Some((run.into_bytes(), starts))
+                } else {
+                    unpacked.extend(run.iter());
+                    None
+                };
+                loading.load(self, &unpacked, chunk, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
             }
             loading.index(self, 0)
         })
+    }
+
+    /// Whether loading keeps `run`'s bytes as the next chunk of the store: on one part
+    /// (on several, a run's records go to the parts of their ids), a full run, landing
+    /// on a chunk boundary (a snapshot of one part's store is its chunks as they were).
+    fn adopts_run(&self, run: &PackedRun) -> bool {
+        self.parts.len() == 1
+            && run.records() == crate::store::CHUNK
+            && self.parts[0].takes_loaded_chunk()
     }
 
     /// Derives the balance rows of every account with `history` from its transfers and
@@ -838,17 +856,25 @@ const GATHERED_MAX: usize = 1 << 22;
 
 impl TransferLoad {
     /// Stores `transfers`, their index entries gathered and inserted many at a time;
-    /// their history entries go to `appends`, for [`with_history_builder`].
+    /// their history entries go to `appends`, for [`with_history_builder`]. With
+    /// `chunk`, the transfers packed (the bytes, where each record starts), the one
+    /// part keeps those bytes as its next chunk instead of packing them again
+    /// ([`StateMachine::adopts_run`]).
     fn load(
         &mut self,
         machine: &mut StateMachine,
         transfers: &[Transfer],
+        chunk: Option<(Vec<u8>, Vec<u32>)>,
         appends: &mut Vec<HistoryAppend>,
     ) -> Result<(), ImageError> {
+        let adopting_from = chunk.as_ref().map(|(_, starts)| {
+            debug_assert_eq!(starts.len(), transfers.len());
+            machine.parts[0].transfers.len()
+        });
         // Loading looks up both accounts of every transfer: prefetched ahead, so that
         // the misses overlap.
         let mut prefetcher = LoadPrefetcher::new(&machine.parts, transfers.iter());
-        for &transfer in transfers {
+        for (offset, &transfer) in transfers.iter().enumerate() {
             prefetcher.advance(&machine.parts, 1);
             if transfer.timestamp <= self.last_transfer || transfer.timestamp > self.last_timestamp
             {
@@ -870,11 +896,26 @@ impl TransferLoad {
                 )));
             };
             let part = machine.layout.part_of(transfer.id);
-            let transfer_ref =
-                machine.parts[part].store_loaded_transfer(&transfer, &mut self.gathered[part]);
+            let transfer_ref = match adopting_from {
+                Some(first) => {
+                    let position =
+                        u32::try_from(first + offset).expect("fewer than 2^32 transfers per part");
+                    machine.parts[part].gather_loaded_transfer(
+                        &transfer,
+                        position,
+                        &mut self.gathered[part],
+                    )
+                }
+                None => {
+                    machine.parts[part].store_loaded_transfer(&transfer, &mut self.gathered[part])
+                }
+            };
             for slot in [debit, credit] {
                 appends.push((slot.part as u32, slot.index, transfer_ref));
             }
+        }
+        if let Some((bytes, starts)) = chunk {
+            machine.parts[0].adopt_loaded_chunk(bytes, starts, self.last_transfer);
         }
         self.index(machine, GATHERED_MAX / machine.parts.len())
     }

@@ -4,7 +4,8 @@
 //! * **Packed.** A transfer is 128 bytes in the log, but most of it is zeros or small
 //!   numbers. In memory each record is in the packed layout of [`tally_types::packed`]
 //!   (a presence byte, varints, the 8-byte timestamp): about 30–40 bytes for a payment.
-//!   Snapshots store the same layout, so a chunk's bytes are written out as they are.
+//!   Snapshots store the same layout, so a chunk's bytes are written out as they are,
+//!   and a full run read back on one part becomes a chunk as it is.
 //! * **Chunked.** Full chunks are frozen (immutable, shared by `Arc`), so a snapshot
 //!   keeps them without copying, and growing never copies the store.
 
@@ -115,6 +116,36 @@ impl TransferStore {
     /// Timestamp of the newest record, 0 when empty.
     pub fn last_timestamp(&self) -> u64 {
         self.last_timestamp
+    }
+
+    /// Whether the next record starts a chunk, so that a full run can be adopted.
+    pub fn at_chunk_start(&self) -> bool {
+        self.tail.starts.is_empty()
+    }
+
+    /// Appends a whole chunk of packed records as they are: `bytes` holds exactly
+    /// [`CHUNK`] valid records starting at `starts`, stamped after every record stored,
+    /// the newest stamped `last_timestamp` (a snapshot's run, checked when read).
+    /// Loading a snapshot this way neither packs its records again nor faults in the
+    /// pages of a second copy.
+    pub fn adopt_chunk(&mut self, bytes: Vec<u8>, starts: Vec<u32>, last_timestamp: u64) {
+        assert!(
+            self.at_chunk_start(),
+            "a chunk is adopted at a chunk boundary"
+        );
+        assert_eq!(starts.len(), CHUNK, "an adopted chunk is full");
+        assert!(
+            self.len() == 0 || self.last_timestamp < last_timestamp,
+            "transfers are stored in timestamp order"
+        );
+        debug_assert!(starts.windows(2).all(|pair| pair[0] < pair[1]));
+        debug_assert!(
+            starts
+                .last()
+                .is_none_or(|&last| (last as usize) < bytes.len())
+        );
+        self.frozen.push(Arc::new(Chunk { bytes, starts }));
+        self.last_timestamp = last_timestamp;
     }
 
     pub fn push(&mut self, transfer: &Transfer) {

@@ -1167,6 +1167,82 @@ fn a_packed_image_loads_as_its_unpacked_self() {
     }
 }
 
+/// Full runs of a snapshot's transfers become the store's chunks as they are (one
+/// part, at a chunk boundary): the state loads as it does on several parts, where
+/// each record is stored anew, reads the same, and goes on the same, whether the
+/// last run is full or not.
+#[test]
+fn full_runs_load_as_store_chunks() {
+    const RUN: usize = tally_types::packed::PACKED_RUN_RECORDS;
+    fn numbered(id: u128) -> Transfer {
+        Transfer {
+            user_data_128: id % 7,
+            ..transfer(id, 1, 2, 1 + id % 5)
+        }
+    }
+    let mut sm = StateMachine::new();
+    let accounts = vec![account(1, 156, AF::empty()), account(2, 156, AF::HISTORY)];
+    assert!(
+        sm.apply(1, &Batch::CreateAccounts(accounts))
+            .iter()
+            .all(|&r| r == R::Ok)
+    );
+    let mut now = 10;
+    let mut next_id = 1u128;
+    let mut add = |sm: &mut StateMachine, count: usize| {
+        let mut left = count;
+        while left > 0 {
+            let size = left.min(8_190);
+            left -= size;
+            let batch: Vec<Transfer> = (next_id..next_id + size as u128).map(numbered).collect();
+            next_id += size as u128;
+            now += 10_000;
+            assert!(transfers(sm, now, batch).iter().all(|&r| r == R::Ok));
+        }
+    };
+    add(&mut sm, 2 * RUN);
+    let exactly_full = sm.image();
+    assert_eq!(exactly_full.transfers.len(), 2 * RUN);
+    add(&mut sm, 5);
+    let with_a_tail = sm.image();
+    assert_eq!(with_a_tail.transfers.len(), 2 * RUN + 5);
+    for image in [exactly_full, with_a_tail] {
+        let on_parts = StateMachine::from_image_in_parts(image.clone(), 2).unwrap();
+        let mut adopted =
+            StateMachine::from_loaded_image_in_parts(packed_in_runs(image.clone(), RUN), 1)
+                .unwrap();
+        assert_eq!(adopted.image(), image);
+        assert!(adopted.check_invariants().is_empty());
+        for stored in &image.transfers {
+            assert_eq!(adopted.lookup_transfer(stored.id), Some(*stored));
+        }
+        for reversed in [false, true] {
+            let filter = AccountFilter {
+                limit: 8_190,
+                reversed,
+                ..AccountFilter::new(2)
+            };
+            let read = adopted.account_transfers(&filter);
+            assert_eq!(read, on_parts.account_transfers(&filter));
+            assert_eq!(read.len(), 8_190);
+            let balances = adopted.account_balances(&filter);
+            assert_eq!(balances, on_parts.account_balances(&filter));
+        }
+        // Ids at each run's edges exist; then new ones go in after them.
+        let last = image.transfers.len() as u128;
+        let mut next: Vec<Transfer> = [1, RUN as u128, RUN as u128 + 1, last]
+            .into_iter()
+            .map(numbered)
+            .collect();
+        next.extend((1..=3).map(|i| transfer(last + i, 2, 1, i)));
+        let mut reference = on_parts.clone();
+        let results = transfers(&mut adopted, now + 1_000, next.clone());
+        assert_eq!(results, transfers(&mut reference, now + 1_000, next));
+        assert_eq!(results[..4], [R::Exists; 4]);
+        assert_eq!(adopted.image(), reference.image());
+    }
+}
+
 #[test]
 fn image_round_trip_reproduces_the_state_and_its_behaviour() {
     let (mut sm, now) = fixture();
