@@ -98,13 +98,16 @@ pub struct Config {
     /// (measured in docs/performance.md). Costs one extra segment of disk (a spare
     /// waiting for the next rotation) and writing each segment twice.
     pub preallocate_segments: bool,
-    /// Accounts to reserve room for at start-up (0 = grow as needed). Growing past
+    /// Accounts to reserve room for at start-up (0 = grow as needed), a restart from a
+    /// snapshot included (the snapshot loads into at least this room). Growing past
     /// the reservation works, but pauses to rehash the id index.
     pub accounts_capacity: usize,
-    /// Transfers to reserve room for at start-up (0 = grow as needed). At tens of
-    /// millions, growing pauses the apply thread while the id index re-places every
-    /// entry, into a table a helper thread prepared ahead (the transfer store itself
-    /// grows by chunks and never copies).
+    /// Transfers to reserve room for at start-up (0 = grow as needed), a restart from
+    /// a snapshot included: the snapshot loads into at least this room, its index
+    /// tables prepared on a helper thread while it loads, so that replaying the log
+    /// after it grows none. At tens of millions, growing pauses the apply thread while
+    /// the id index re-places every entry, into a table a helper thread prepared ahead
+    /// (the transfer store itself grows by chunks and never copies).
     pub transfers_capacity: usize,
     /// Keep change events (docs/spec.md §2) in the event journal, `data_dir/events`,
     /// for [`crate::Ledger::get_change_events`], [`crate::Ledger::subscribe`] and

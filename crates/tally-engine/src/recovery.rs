@@ -294,8 +294,13 @@ fn replay(
     let snapshot_sequence = snapshot.as_ref().map(|(sequence, _)| *sequence);
     let (mut state, mut sequence_last) = match snapshot {
         Some((sequence, image)) => {
-            let state = StateMachine::from_loaded_image_in_parts(image, capacity.layout())
-                .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
+            let state = StateMachine::from_loaded_image_with_room(
+                image,
+                capacity.layout(),
+                capacity.accounts,
+                capacity.transfers,
+            )
+            .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
             (state, sequence)
         }
         None => (

@@ -398,13 +398,30 @@ impl StateMachine {
         loaded: LoadedImage,
         parts: impl Into<Layout>,
     ) -> Result<Self, ImageError> {
+        Self::from_loaded_image_with_room(loaded, parts, 0, 0)
+    }
+
+    /// [`StateMachine::from_loaded_image_in_parts`] with room for at least `accounts`
+    /// accounts and `transfers` transfers (as [`StateMachine::with_capacity_in_parts`]):
+    /// a ledger reopened from a snapshot keeps the capacity it was configured with,
+    /// and its indexes' tables are prepared once, while the snapshot loads, instead of
+    /// grown as the log after it replays.
+    pub fn from_loaded_image_with_room(
+        loaded: LoadedImage,
+        parts: impl Into<Layout>,
+        accounts: usize,
+        transfers: usize,
+    ) -> Result<Self, ImageError> {
         let transfers_len = loaded.transfers_len();
         let LoadedImage {
             image,
             packed_transfers,
         } = loaded;
-        let mut machine =
-            StateMachine::with_capacity_in_parts(image.accounts.len(), transfers_len, parts);
+        let mut machine = StateMachine::with_capacity_in_parts(
+            image.accounts.len().max(accounts),
+            transfers_len.max(transfers),
+            parts,
+        );
         machine.last_timestamp = image.last_timestamp;
         machine.load_accounts(image.accounts)?;
         let pending_count = machine.load_transfers(image.transfers, packed_transfers)?;

@@ -1243,6 +1243,39 @@ fn full_runs_load_as_store_chunks() {
     }
 }
 
+/// A snapshot loaded with room asked for (a ledger's configured capacity) holds the
+/// same state, in indexes sized for that room up front; without, sized for itself.
+#[test]
+fn a_snapshot_loads_into_the_room_asked_for() {
+    let (sm, now) = fixture();
+    let image = sm.image();
+    let plain =
+        StateMachine::from_loaded_image_in_parts(packed_in_runs(image.clone(), 3), 1).unwrap();
+    let mut roomy = StateMachine::from_loaded_image_with_room(
+        packed_in_runs(image.clone(), 3),
+        1,
+        5_000,
+        50_000,
+    )
+    .unwrap();
+    assert_eq!(roomy.image(), image);
+    let slots = |machine: &StateMachine| {
+        let part = &machine.parts[0];
+        (part.account_index.slots(), part.transfer_index.slots())
+    };
+    let (account_slots, transfer_slots) = slots(&roomy);
+    assert!(account_slots >= 5_000 && transfer_slots >= 50_000);
+    let (account_slots, transfer_slots) = slots(&plain);
+    assert!(account_slots < 5_000 && transfer_slots < 50_000);
+    let mut reference = plain.clone();
+    let next = vec![transfer(900, 2, 5, 5000), transfer(901, 1, 5, 1)];
+    assert_eq!(
+        transfers(&mut roomy, now + 1_000, next.clone()),
+        transfers(&mut reference, now + 1_000, next)
+    );
+    assert_eq!(roomy.image(), reference.image());
+}
+
 #[test]
 fn image_round_trip_reproduces_the_state_and_its_behaviour() {
     let (mut sm, now) = fixture();
