@@ -11,7 +11,8 @@
 //! a profile of a restart); `-- DIR --snapshot`: first open DIR, commit one account and
 //! write a snapshot of the whole state, so that both ways then time a snapshot's load
 //! (DIR is changed: run it on a copy); `-- --test`: a small ledger written to a temporary
-//! directory first, as a smoke test.
+//! directory first, as a smoke test; `--transfers-capacity N`: the restart opens with
+//! that `Config::transfers_capacity`, as a service configured for N transfers does.
 
 mod common;
 
@@ -24,6 +25,17 @@ fn main() -> Result<(), String> {
     let open_only = args.iter().any(|argument| argument == "--open-only");
     let snapshot_first = args.iter().any(|argument| argument == "--snapshot");
     args.retain(|argument| argument != "--open-only" && argument != "--snapshot");
+    let transfers_capacity = match args.iter().position(|a| a == "--transfers-capacity") {
+        Some(at) => {
+            let value = args
+                .get(at + 1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or("--transfers-capacity takes a number")?;
+            args.drain(at..at + 2);
+            value
+        }
+        None => 0,
+    };
     let (dir, _temp) = match smoke {
         true => {
             let (dir, temp) =
@@ -55,7 +67,7 @@ fn main() -> Result<(), String> {
     if !open_only {
         read_only_in_two_phases(&dir)?;
     }
-    open_as_a_restart(&dir)
+    open_as_a_restart(&dir, transfers_capacity)
 }
 
 /// A ledger of a few batches, for the smoke run.
@@ -155,10 +167,11 @@ fn read_only_in_two_phases(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `Ledger::open` on one shard, as a restart does.
-fn open_as_a_restart(dir: &std::path::Path) -> Result<(), String> {
+/// `Ledger::open` on one shard, as a restart does, with room for `transfers_capacity`.
+fn open_as_a_restart(dir: &std::path::Path, transfers_capacity: usize) -> Result<(), String> {
     let ledger = Ledger::open(Config {
         shards: 1,
+        transfers_capacity,
         ..Config::new(dir)
     })
     .map_err(|error| error.to_string())?;
