@@ -397,7 +397,7 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
         })
         .count();
     assert!(snapshots >= 1, "a snapshot was written");
-    let reopened = Ledger::open(config).unwrap();
+    let reopened = Ledger::open(config.clone()).unwrap();
     assert_eq!(reopened.with_state(StateMachine::image), image);
     // Recovery loaded a snapshot and replayed only the batches after it.
     let recovery = reopened.recovery();
@@ -412,6 +412,22 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
         events_per_batch[base as usize..].iter().sum::<u64>()
     );
     assert_eq!(recovery.torn_tail_bytes_cut, 0);
+    let room = |state: &StateMachine| (state.account_room(), state.transfer_room());
+    let (accounts_fit, transfers_fit) = reopened.with_state(room);
+    assert!(accounts_fit < 5_000 && transfers_fit < 50_000);
+    reopened.shutdown().unwrap();
+    drop(reopened);
+    // Reopened with a capacity, the snapshot loads into that room.
+    let roomy = Ledger::open(Config {
+        accounts_capacity: 5_000,
+        transfers_capacity: 50_000,
+        ..config
+    })
+    .unwrap();
+    assert_eq!(roomy.with_state(StateMachine::image), image);
+    assert!(roomy.recovery().snapshot_sequence.is_some());
+    let (accounts_fit, transfers_fit) = roomy.with_state(room);
+    assert!(accounts_fit >= 5_000 && transfers_fit >= 50_000);
 }
 
 /// Shutdown waits for the snapshot being written and writes the newest image still

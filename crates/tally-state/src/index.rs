@@ -431,6 +431,11 @@ impl IdIndex {
         self.slots.len()
     }
 
+    /// Entries the table now takes before the index must grow.
+    pub fn room(&self) -> usize {
+        self.slots.len() * LOAD_NUM / LOAD_DEN
+    }
+
     /// Whether a large index asks for its next table to be prepared elsewhere
     /// ([`IdIndex::growth_wanted`]) before it must grow; either way it grows by itself
     /// when full.

@@ -264,6 +264,24 @@ impl StateMachine {
         self.parts.iter().map(|part| part.transfers.len()).sum()
     }
 
+    /// Accounts the state takes before its id index must grow: the room reserved
+    /// ([`StateMachine::with_capacity`]; a ledger's configured capacity) or grown into.
+    pub fn account_room(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| part.account_index.room())
+            .sum()
+    }
+
+    /// Transfers the state takes before its id index must grow (as
+    /// [`StateMachine::account_room`]).
+    pub fn transfer_room(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| part.transfer_index.room())
+            .sum()
+    }
+
     /// The account with this id, if it exists.
     pub fn lookup_account(&self, id: u128) -> Option<&Account> {
         self.part(id).lookup_account(id)

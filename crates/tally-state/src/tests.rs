@@ -1259,14 +1259,8 @@ fn a_snapshot_loads_into_the_room_asked_for() {
     )
     .unwrap();
     assert_eq!(roomy.image(), image);
-    let slots = |machine: &StateMachine| {
-        let part = &machine.parts[0];
-        (part.account_index.slots(), part.transfer_index.slots())
-    };
-    let (account_slots, transfer_slots) = slots(&roomy);
-    assert!(account_slots >= 5_000 && transfer_slots >= 50_000);
-    let (account_slots, transfer_slots) = slots(&plain);
-    assert!(account_slots < 5_000 && transfer_slots < 50_000);
+    assert!(roomy.account_room() >= 5_000 && roomy.transfer_room() >= 50_000);
+    assert!(plain.account_room() < 5_000 && plain.transfer_room() < 50_000);
     let mut reference = plain.clone();
     let next = vec![transfer(900, 2, 5, 5000), transfer(901, 1, 5, 1)];
     assert_eq!(
