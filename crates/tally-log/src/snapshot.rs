@@ -394,8 +394,17 @@ impl Reader<'_> {
         LogError::corrupt(self.path.clone(), offset, reason)
     }
 
+    /// Reads the next `n` bytes into `buf`; returns where they start.
     fn take(&mut self, n: usize, buf: &mut Vec<u8>) -> Result<u64, LogError> {
+        buf.clear();
+        buf.resize(n, 0);
+        self.take_into(buf)
+    }
+
+    /// Reads the next `into.len()` bytes into `into`; returns where they start.
+    fn take_into(&mut self, into: &mut [u8]) -> Result<u64, LogError> {
         let at = self.offset;
+        let n = into.len();
         if self.len - self.offset < n as u64 {
             return Err(self.corrupt(
                 at,
@@ -405,10 +414,8 @@ impl Reader<'_> {
                 ),
             ));
         }
-        buf.clear();
-        buf.resize(n, 0);
         self.storage
-            .read_at(self.name, at, buf)
+            .read_at(self.name, at, into)
             .map_err(|e| LogError::io(self.path.clone(), "read snapshot", e))?;
         self.offset += n as u64;
         Ok(at)
@@ -579,17 +586,25 @@ fn read_packed_transfers(
                 ),
             ));
         }
-        let items_at = reader.take(bytes + 4, buf)?;
-        let (records, crc) = buf.split_at(bytes);
-        if packed_chunk_crc(chunk_index, length, records) != le_u32(crc, 0) {
+        // A chunk kept is read straight into the run's own buffer (fresh zeroed pages,
+        // written once), not into `buf` and copied.
+        let mut kept = runs.as_ref().map(|_| vec![0; bytes]);
+        let items_at = match kept.as_mut() {
+            Some(records) => reader.take_into(records)?,
+            None => reader.take(bytes, buf)?,
+        };
+        let records = kept.as_deref().unwrap_or(&buf[..]);
+        let mut crc = [0; 4];
+        reader.take_into(&mut crc)?;
+        if packed_chunk_crc(chunk_index, length, records) != u32::from_le_bytes(crc) {
             return Err(reader.corrupt(
                 chunk_at,
                 format!("{section} chunk {chunk_index} CRC32C does not match"),
             ));
         }
-        let checked = match runs.as_deref_mut() {
-            Some(runs) => PackedRun::new(items, records.to_vec()).map(|run| runs.push(run)),
-            None => packed::check_run(items, records, |_| {}),
+        let checked = match (runs.as_deref_mut(), kept) {
+            (Some(runs), Some(records)) => PackedRun::new(items, records).map(|run| runs.push(run)),
+            _ => packed::check_run(items, &buf[..], |_| {}),
         };
         checked.map_err(|error| match error {
             RunError::Record {
