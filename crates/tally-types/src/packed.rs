@@ -318,22 +318,32 @@ fn take_trusted(bytes: &[u8]) -> (u128, usize) {
             return take_trusted_bytes(bytes, value, at, shift);
         };
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let ends = !word & 0x8080_8080_8080_8080;
-        if ends == 0 {
-            value |= u128::from(gather_groups(word)) << shift;
-            at += 8;
-            continue;
+        let (groups, len, ended) = word_step(word);
+        value |= u128::from(groups) << shift;
+        at += len as usize;
+        if ended {
+            return (value, at);
         }
-        let len = ends.trailing_zeros() / 8 + 1;
-        let mine = if len == 8 {
-            word
-        } else {
-            word & ((1 << (8 * len)) - 1)
-        };
-        value |= u128::from(gather_groups(mine)) << shift;
-        return (value, at + len as usize);
     }
     unreachable!("a trusted varint ends within 19 bytes")
+}
+
+/// One 8-byte step of reading a varint: the groups of `word`'s bytes up to and
+/// including the first without the continuation bit (all eight if none), how many
+/// bytes that is, and whether the varint ends there.
+#[inline(always)]
+fn word_step(word: u64) -> (u64, u32, bool) {
+    let ends = !word & 0x8080_8080_8080_8080;
+    if ends == 0 {
+        return (gather_groups(word), 8, false);
+    }
+    let len = ends.trailing_zeros() / 8 + 1;
+    let mine = if len == 8 {
+        word
+    } else {
+        word & ((1 << (8 * len)) - 1)
+    };
+    (gather_groups(mine), len, true)
 }
 
 /// The rest of a trusted varint a byte at a time, from byte `at` and bit `shift`.
@@ -367,31 +377,21 @@ fn take_checked(
             return take_checked_bytes(bytes, bits, field);
         };
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let ends = !word & 0x8080_8080_8080_8080;
-        if ends == 0 {
-            if shift == LAST_WORD_SHIFT {
-                // Still going past its 19th byte.
-                return Err(DecodeError::FieldTooWide { field });
-            }
-            value |= u128::from(gather_groups(word)) << shift;
-            at += 8;
-            continue;
-        }
-        let len = ends.trailing_zeros() / 8 + 1;
-        let mine = if len == 8 {
-            word
-        } else {
-            word & ((1 << (8 * len)) - 1)
-        };
-        let groups = u128::from(gather_groups(mine));
-        if shift == LAST_WORD_SHIFT && (len > 3 || groups >> 16 != 0) {
+        let (groups, len, ended) = word_step(word);
+        // The third word may hold 3 bytes, 16 bits: more goes past the 19th byte or
+        // past 128 bits.
+        if shift == LAST_WORD_SHIFT && (!ended || len > 3 || groups >> 16 != 0) {
             return Err(DecodeError::FieldTooWide { field });
         }
-        value |= groups << shift;
+        value |= u128::from(groups) << shift;
+        at += len as usize;
+        if !ended {
+            continue;
+        }
         if bits < 128 && value >> bits != 0 {
             return Err(DecodeError::FieldTooWide { field });
         }
-        return Ok((value, at + len as usize));
+        return Ok((value, at));
     }
     unreachable!("the third word ends the varint or fails it")
 }
