@@ -74,17 +74,23 @@ fn main() -> Result<(), String> {
 fn write_small_ledger(dir: &std::path::Path) -> Result<(), String> {
     let ledger = Ledger::open(Config::new(dir)).map_err(|error| error.to_string())?;
     for id in 1..=100u128 {
-        let account = tally_engine::Account {
-            id,
-            ledger: 1,
-            code: 1,
-            ..tally_engine::Account::default()
-        };
-        ledger
-            .create_accounts(vec![account])
-            .map_err(|error| error.to_string())?;
+        create_account(&ledger, id)?;
     }
     ledger.shutdown().map_err(|error| error.to_string())
+}
+
+/// Commits account `id` on ledger 1.
+fn create_account(ledger: &Ledger, id: u128) -> Result<(), String> {
+    let account = tally_engine::Account {
+        id,
+        ledger: 1,
+        code: 1,
+        ..tally_engine::Account::default()
+    };
+    ledger
+        .create_accounts(vec![account])
+        .map(drop)
+        .map_err(|error| error.to_string())
 }
 
 /// Opens the ledger in `dir`, commits one account (a new id) and writes a snapshot
@@ -95,16 +101,7 @@ fn write_snapshot(dir: &std::path::Path) -> Result<(), String> {
         ..Config::new(dir)
     })
     .map_err(|error| error.to_string())?;
-    let id = u128::MAX - u128::from(std::process::id());
-    let account = tally_engine::Account {
-        id,
-        ledger: 1,
-        code: 1,
-        ..tally_engine::Account::default()
-    };
-    ledger
-        .create_accounts(vec![account])
-        .map_err(|error| error.to_string())?;
+    create_account(&ledger, u128::MAX - u128::from(std::process::id()))?;
     // The apply thread freezes the state after answering; the log thread writes it
     // from its loop. Shutdown would drop an image not yet handed over.
     let deadline = Instant::now() + std::time::Duration::from_secs(600);

@@ -1156,13 +1156,7 @@ fn a_packed_image_loads_as_its_unpacked_self() {
                     );
                 }
             }
-            let mut reference = unpacked.clone();
-            let next = vec![transfer(900, 2, 5, 5000), transfer(901, 1, 5, 1)];
-            assert_eq!(
-                transfers(&mut packed, now + 1_000, next.clone()),
-                transfers(&mut reference, now + 1_000, next)
-            );
-            assert_eq!(packed.image(), reference.image());
+            goes_on_as(&mut packed, &unpacked, now);
         }
     }
 }
@@ -1261,13 +1255,19 @@ fn a_snapshot_loads_into_the_room_asked_for() {
     assert_eq!(roomy.image(), image);
     assert!(roomy.account_room() >= 5_000 && roomy.transfer_room() >= 50_000);
     assert!(plain.account_room() < 5_000 && plain.transfer_room() < 50_000);
-    let mut reference = plain.clone();
+    goes_on_as(&mut roomy, &plain, now);
+}
+
+/// `loaded`, a state loaded from an image of the fixture (taken at `now`), answers the
+/// next transfers as `reference` does and ends in the same state.
+fn goes_on_as(loaded: &mut StateMachine, reference: &StateMachine, now: u64) {
+    let mut reference = reference.clone();
     let next = vec![transfer(900, 2, 5, 5000), transfer(901, 1, 5, 1)];
     assert_eq!(
-        transfers(&mut roomy, now + 1_000, next.clone()),
+        transfers(loaded, now + 1_000, next.clone()),
         transfers(&mut reference, now + 1_000, next)
     );
-    assert_eq!(roomy.image(), reference.image());
+    assert_eq!(loaded.image(), reference.image());
 }
 
 #[test]
