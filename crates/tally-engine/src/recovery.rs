@@ -7,9 +7,12 @@ use crate::commit::{Applier, Logger};
 use crate::error::{EngineError, RecoveryError};
 use crate::shards::ShardPool;
 use tally_log::events::EventJournal;
-use tally_log::{LogOptions, LogRecord, RecoverySink, Storage, VerifyReport, Wal, read_log_into};
-use tally_state::{Layout, Placement, StateMachine};
-use tally_types::{ChangeEvent, LoadedImage};
+use tally_log::{
+    LogOptions, LogRecord, RecoverySink, SnapshotStream, Storage, VerifyReport, Wal, read_log_into,
+};
+use tally_state::{ImageError, ImageSource, Layout, Placement, StateMachine};
+use tally_types::packed::UnpackedRun;
+use tally_types::{ChangeEvent, LoadedImage, StateImage};
 
 /// Opens the change-event journal, checking its newest segment (recovery brings the
 /// journal up to date with the log).
@@ -41,10 +44,10 @@ pub(crate) fn recover(
     let mut journal = None;
     let (opened, replayed) = read_and_replay(
         |sink| Wal::open_with_sink(storage, options, sink),
-        |receiver| {
+        |handed| {
             journal = open_journal.map(|open| open()).transpose()?;
             let changes = journal.as_mut().map_or(Changes::Dropped, Changes::Journal);
-            replay(receiver, capacity, shards, changes)
+            replay(handed, capacity, shards, changes)
         },
     )?;
     // An error reading the log comes first: what was replayed before it is dropped.
@@ -123,15 +126,19 @@ pub(crate) enum Changes<'a> {
 /// what the replay built; when `read` failed, the caller must drop the latter.
 fn read_and_replay<T: Send, E: Send>(
     read: impl FnOnce(&mut dyn RecoverySink) -> Result<T, E> + Send,
-    replay: impl FnOnce(crossbeam_channel::Receiver<Replayed>) -> ReplayOutcome,
+    replay: impl FnOnce(Handed) -> ReplayOutcome,
 ) -> Result<(Result<T, E>, ReplayOutcome), EngineError> {
     let (sender, receiver) = crossbeam_channel::bounded(REPLAY_GROUPS_IN_FLIGHT);
+    // Room for every run there is, so handing one back never waits.
+    let (spent_sender, spent) = crossbeam_channel::bounded(SNAPSHOT_RUNS_MADE_MAX);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("tally-read-log".into())
             .spawn_scoped(scope, move || {
                 let mut sink = GroupSender {
                     sender: Some(sender),
+                    spent,
+                    runs_made: 0,
                     group: Vec::new(),
                     group_events: 0,
                 };
@@ -149,7 +156,10 @@ fn read_and_replay<T: Send, E: Send>(
             })?;
         // Returning drops the receiver: a reader still sending then stops handing
         // groups over and only finishes its checks.
-        let replayed = replay(receiver);
+        let replayed = replay(Handed {
+            receiver,
+            spent: spent_sender,
+        });
         let read = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -166,7 +176,7 @@ pub(crate) fn replay_read_only(
 ) -> Result<(VerifyReport, StateMachine), EngineError> {
     let (read, replayed) = read_and_replay(
         |sink| read_log_into(dir, sink),
-        |receiver| replay(receiver, Capacity::default(), None, changes),
+        |handed| replay(handed, Capacity::default(), None, changes),
     )?;
     let report = read?;
     let (state, _) = replayed?;
@@ -229,18 +239,50 @@ const REPLAY_GROUP_EVENTS: usize = 65_536;
 /// checks the next, and a bound on the memory a fast reader can fill.
 const REPLAY_GROUPS_IN_FLIGHT: usize = 2;
 
-/// What the reader thread hands the replaying thread.
+/// Unpacked runs of a streamed snapshot that exist at once, at most: the groups in
+/// flight, the one loading and one being read, so that their room is reused instead of
+/// allocated and freed run by run (8 MiB each).
+const SNAPSHOT_RUNS_MADE_MAX: usize = REPLAY_GROUPS_IN_FLIGHT + 2;
+
+/// What the reader thread hands the replaying thread: first the snapshot, whole
+/// (`Start`) or as it is read (a head, runs, then its end, or abandoned and the next
+/// try: see [`SnapshotStream`]), then the records.
 enum Replayed {
-    /// The snapshot to start from, first and once.
+    /// The snapshot to start from, once, unless one was streamed whole.
     Start(Option<(u64, LoadedImage)>),
+    /// A snapshot streamed: its sequence, head and stored transfers.
+    SnapshotHead {
+        sequence: u64,
+        head: StateImage,
+        transfers: u64,
+    },
+    /// Its next run of transfers.
+    SnapshotRun(UnpackedRun),
+    /// Its rest: it is whole.
+    SnapshotEnd(StateImage),
+    /// It is damaged: an older one, or `Start(None)`, follows.
+    SnapshotAbandoned,
     /// The next records, consecutive.
     Records(Vec<LogRecord>),
 }
 
-/// Cuts the records recovery reads into groups for the replaying thread.
+/// The replaying thread's ends of the channels: what is handed over, and the spent
+/// runs handed back so that their room serves the next ones.
+struct Handed {
+    receiver: crossbeam_channel::Receiver<Replayed>,
+    spent: crossbeam_channel::Sender<UnpackedRun>,
+}
+
+/// Cuts the records recovery reads into groups for the replaying thread, and streams
+/// the snapshot to it.
 struct GroupSender {
     /// `None` once the replay has stopped (on an error it reports itself).
     sender: Option<crossbeam_channel::Sender<Replayed>>,
+    /// Runs the replay is done with.
+    spent: crossbeam_channel::Receiver<UnpackedRun>,
+    /// Runs made for the snapshot being streamed: at most
+    /// [`SNAPSHOT_RUNS_MADE_MAX`], then the next one waits for a spent one.
+    runs_made: usize,
     group: Vec<LogRecord>,
     group_events: usize,
 }
@@ -276,42 +318,61 @@ impl RecoverySink for GroupSender {
             self.flush();
         }
     }
+
+    fn snapshot_stream(&mut self) -> Option<&mut dyn SnapshotStream> {
+        Some(self)
+    }
+}
+
+impl SnapshotStream for GroupSender {
+    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64) {
+        self.send(Replayed::SnapshotHead {
+            sequence,
+            head,
+            transfers,
+        });
+    }
+
+    fn run(&mut self, run: UnpackedRun) {
+        self.send(Replayed::SnapshotRun(run));
+    }
+
+    fn spare_run(&mut self) -> UnpackedRun {
+        if let Ok(run) = self.spent.try_recv() {
+            return run;
+        }
+        if self.runs_made < SNAPSHOT_RUNS_MADE_MAX {
+            self.runs_made += 1;
+            return UnpackedRun::default();
+        }
+        // Every run made is in flight: the replay hands one back once it has loaded
+        // it (or has stopped, closing the channel).
+        self.spent.recv().unwrap_or_default()
+    }
+
+    fn end(&mut self, rest: StateImage) {
+        self.send(Replayed::SnapshotEnd(rest));
+    }
+
+    fn abandoned(&mut self) {
+        // The replay drops the runs it holds of this snapshot.
+        self.runs_made = 0;
+        self.send(Replayed::SnapshotAbandoned);
+    }
 }
 
 /// The replay: builds the state from the snapshot, then applies each group as it
 /// arrives, as the engine applied them live: on the shard threads when there are some
 /// (results do not depend on how the log is cut into groups).
 fn replay(
-    receiver: crossbeam_channel::Receiver<Replayed>,
+    handed: Handed,
     capacity: Capacity,
     shards: Option<&ShardPool>,
     mut changes: Changes<'_>,
 ) -> Result<(StateMachine, Recovery), EngineError> {
-    let Ok(Replayed::Start(snapshot)) = receiver.recv() else {
-        // The log could not be read; its error is the one reported.
-        return Err(RecoveryError::LogNotRead.into());
-    };
-    let snapshot_sequence = snapshot.as_ref().map(|(sequence, _)| *sequence);
-    let (mut state, mut sequence_last) = match snapshot {
-        Some((sequence, image)) => {
-            let state = StateMachine::from_loaded_image_with_room(
-                image,
-                capacity.layout(),
-                capacity.accounts,
-                capacity.transfers,
-            )
-            .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
-            (state, sequence)
-        }
-        None => (
-            StateMachine::with_capacity_in_parts(
-                capacity.accounts,
-                capacity.transfers,
-                capacity.layout(),
-            ),
-            0,
-        ),
-    };
+    let (snapshot_sequence, mut state) = load_snapshot(&handed, capacity)?;
+    let mut sequence_last = snapshot_sequence.unwrap_or(0);
+    let receiver = handed.receiver;
     let mut recovery = Recovery {
         snapshot_sequence,
         ..Recovery::default()
@@ -387,6 +448,133 @@ fn replay(
     );
     recovery.sequence_last = sequence_last;
     Ok((state, recovery))
+}
+
+/// Builds the state recovery starts from: the snapshot handed over whole, or the one
+/// streamed whole (each streamed one abandoned as damaged is dropped and the next try
+/// awaited), or an empty state. Returns the snapshot's sequence, if any, and the state.
+fn load_snapshot(
+    handed: &Handed,
+    capacity: Capacity,
+) -> Result<(Option<u64>, StateMachine), EngineError> {
+    loop {
+        let (sequence, head, transfers) = match handed.receiver.recv() {
+            Ok(Replayed::Start(None)) => {
+                let state = StateMachine::with_capacity_in_parts(
+                    capacity.accounts,
+                    capacity.transfers,
+                    capacity.layout(),
+                );
+                return Ok((None, state));
+            }
+            Ok(Replayed::Start(Some((sequence, image)))) => {
+                let state = StateMachine::from_loaded_image_with_room(
+                    image,
+                    capacity.layout(),
+                    capacity.accounts,
+                    capacity.transfers,
+                )
+                .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
+                return Ok((Some(sequence), state));
+            }
+            Ok(Replayed::SnapshotHead {
+                sequence,
+                head,
+                transfers,
+            }) => (sequence, head, transfers),
+            // The log could not be read; its error is the one reported.
+            _ => return Err(RecoveryError::LogNotRead.into()),
+        };
+        let mut source = StreamedImage {
+            handed,
+            rest: None,
+            ended: None,
+        };
+        let room = (
+            capacity.accounts,
+            capacity
+                .transfers
+                .max(usize::try_from(transfers).unwrap_or(usize::MAX)),
+        );
+        let loaded = StateMachine::from_image_source(head, &mut source, capacity.layout(), room);
+        match (loaded, source.finish()) {
+            (Ok(state), _) => return Ok((Some(sequence), state)),
+            (Err(_), StreamEnd::Abandoned) => continue,
+            (Err(_), StreamEnd::Cut) => return Err(RecoveryError::LogNotRead.into()),
+            (Err(source), StreamEnd::Whole) => {
+                return Err(RecoveryError::Snapshot { sequence, source }.into());
+            }
+        }
+    }
+}
+
+/// How a streamed snapshot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// Read and checked to its footer.
+    Whole,
+    /// Found damaged (or unreadable) part way: an older one or none follows.
+    Abandoned,
+    /// The reader stopped: the log's error is the one reported.
+    Cut,
+}
+
+/// A snapshot as the reader thread streams it, for [`StateMachine::from_image_source`].
+struct StreamedImage<'a> {
+    handed: &'a Handed,
+    /// Its rest, once its end has come.
+    rest: Option<StateImage>,
+    /// How it ended, once it has.
+    ended: Option<StreamEnd>,
+}
+
+impl StreamedImage<'_> {
+    /// Reads on to the snapshot's end (after a load stopped early by its own check,
+    /// the file may still turn out damaged, which moves on to an older one as a
+    /// snapshot read whole would) and tells how it ended.
+    fn finish(&mut self) -> StreamEnd {
+        while self.ended.is_none() {
+            let _ = self.next_run();
+        }
+        self.ended.unwrap_or(StreamEnd::Cut)
+    }
+}
+
+impl ImageSource for StreamedImage<'_> {
+    fn next_run(&mut self) -> Result<Option<UnpackedRun>, ImageError> {
+        if self.ended.is_some() {
+            return Ok(None);
+        }
+        match self.handed.receiver.recv() {
+            Ok(Replayed::SnapshotRun(run)) => return Ok(Some(run)),
+            Ok(Replayed::SnapshotEnd(rest)) => {
+                self.rest = Some(rest);
+                self.ended = Some(StreamEnd::Whole);
+                return Ok(None);
+            }
+            Ok(Replayed::SnapshotAbandoned) => self.ended = Some(StreamEnd::Abandoned),
+            Ok(_) | Err(_) => self.ended = Some(StreamEnd::Cut),
+        }
+        Err(ImageError("the snapshot was not read whole".into()))
+    }
+
+    fn spent(&mut self, mut run: UnpackedRun) {
+        // The packed bytes are read fresh for each run: only the unpacked room is kept.
+        run.bytes = Vec::new();
+        // Never waits (room for every run); fails only once the reader has finished.
+        let _ = self.handed.spent.send(run);
+    }
+
+    fn rest(&mut self) -> Result<StateImage, ImageError> {
+        while self.ended.is_none() {
+            if self.next_run()?.is_some() {
+                return Err(ImageError("transfers after the last run".into()));
+            }
+        }
+        self.rest
+            .take()
+            .ok_or_else(|| ImageError("the snapshot was not read whole".into()))
+    }
 }
 
 /// Appends to the journal the replayed changes it does not have yet (those after its

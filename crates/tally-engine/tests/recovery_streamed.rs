@@ -2,7 +2,9 @@
 //! 65,536 events at a time. A log of several groups (transfers, pendings, posts,
 //! chains), opened on one and two shards: damage anywhere stops open with an error
 //! naming the segment, whatever was replayed before it; a torn tail is cut and the rest
-//! comes back exactly; a clean log reopens to the same state.
+//! comes back exactly; a clean log reopens to the same state. A snapshot streams into
+//! the load as it is read: one found damaged after some of its runs were loaded is
+//! dropped for the older one.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -180,6 +182,90 @@ fn a_clean_log_of_many_groups_reopens_identically_on_one_and_two_shards() {
             *images.last().unwrap()
         );
         assert_eq!(ledger.recovery().batches, BATCHES + 1);
+        ledger.shutdown().unwrap();
+    }
+}
+
+/// Snapshot files in `dir`, oldest first.
+fn snapshots(dir: &Path) -> Vec<PathBuf> {
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    snapshots.sort();
+    snapshots
+}
+
+/// The log of [`build`] with a snapshot after about 100,000 events and one after about
+/// 200,000 (each of more than one run of transfers); returns the final state.
+fn build_with_snapshots(dir: &Path, shards: usize) -> StateImage {
+    let config = Config {
+        snapshot_events_interval: 100_000,
+        ..config(dir, shards)
+    };
+    let ledger = Ledger::open(config).unwrap();
+    let accounts = (1..=ACCOUNTS)
+        .map(|id| Account {
+            id,
+            ledger: 156,
+            code: 1,
+            ..Account::default()
+        })
+        .collect();
+    ledger.submit(Batch::CreateAccounts(accounts)).unwrap();
+    for n in 0..BATCHES {
+        ledger.submit(batch(n)).unwrap();
+        // Each snapshot written before the next one is due, so that both stay.
+        let due = match n {
+            15 => 1,
+            29 => 2,
+            _ => continue,
+        };
+        let started = std::time::Instant::now();
+        while ledger.metrics().snapshots_written < due {
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "snapshot {due} is written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let image = ledger.with_state(StateMachine::image);
+    ledger.shutdown().unwrap();
+    image
+}
+
+#[test]
+fn a_snapshot_damaged_after_its_first_run_falls_back_to_the_older_one() {
+    for shards in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let image = build_with_snapshots(dir.path(), shards);
+        let files = snapshots(dir.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        let sequence = |path: &Path| -> u64 {
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            name.trim_start_matches("snapshot-").parse().unwrap()
+        };
+        // Header, the accounts' section (one chunk), the transfers' section header,
+        // then the first packed chunk: its length, records and CRC.
+        let mut bytes = std::fs::read(&files[1]).unwrap();
+        let first_chunk = 64 + 32 + ACCOUNTS as usize * 128 + 4 + 32;
+        let length = u32::from_le_bytes(bytes[first_chunk..first_chunk + 4].try_into().unwrap());
+        let second_chunk = first_chunk + 4 + length as usize + 4;
+        assert!(second_chunk + 1_000 < bytes.len());
+        bytes[second_chunk + 1_000] ^= 0x04;
+        std::fs::write(&files[1], &bytes).unwrap();
+        let ledger = Ledger::open(config(dir.path(), shards)).unwrap();
+        assert_eq!(
+            ledger.recovery().snapshot_sequence,
+            Some(sequence(&files[0])),
+            "shards {shards}"
+        );
+        assert!(
+            ledger.with_state(StateMachine::image) == image,
+            "shards {shards}"
+        );
         ledger.shutdown().unwrap();
     }
 }

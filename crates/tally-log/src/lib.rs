@@ -52,7 +52,7 @@ mod wal;
 pub use error::LogError;
 pub use format::{APPEND_BYTES_MAX, SEGMENT_FILE_BYTES_MAX, segment_name, snapshot_name};
 pub use lock::{DirLock, LOCK_FILE_NAME};
-pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotSource};
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotSource, SnapshotStream};
 pub use storage::{FsStorage, Storage};
 pub use verify::{
     ReadLog, VerifyReport, read_log, read_log_into, read_log_storage, verify, verify_storage,

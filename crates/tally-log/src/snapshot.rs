@@ -16,7 +16,7 @@ use tally_types::codec::{
     RECORD_LAYOUT_VERSION, RECORD_SIZE, decode_account, decode_transfer, encode_account,
 };
 use tally_types::packed::{
-    self, PACKED_RUN_RECORDS, PACKED_TRANSFER_BYTES_MAX, PackedRun, RunError,
+    self, PACKED_RUN_RECORDS, PACKED_TRANSFER_BYTES_MAX, PackedRun, RunError, UnpackedRun,
 };
 use tally_types::{Account, LoadedImage, PendingStatus, StateImage};
 
@@ -430,8 +430,99 @@ pub(crate) struct Loaded {
     pub image: Option<LoadedImage>,
 }
 
+/// Takes a snapshot as it is read, so that loading it overlaps reading it (see
+/// `RecoverySink::snapshot_stream`). After [`SnapshotStream::head`] come the runs of
+/// transfers, each checked, then [`SnapshotStream::end`] once the whole file has been
+/// checked, or [`SnapshotStream::abandoned`] when damage (or an I/O error) was found
+/// first: what was built from this snapshot must then be dropped.
+pub trait SnapshotStream {
+    /// A snapshot begins: its sequence, its head (the last timestamp, the accounts and,
+    /// before format 3, the transfers unpacked) and how many transfers it stores.
+    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64);
+    /// The next run of packed transfers, checked and unpacked.
+    fn run(&mut self, run: UnpackedRun);
+    /// Room for the next run (a spent one), if the stream has one to give back.
+    fn spare_run(&mut self) -> UnpackedRun;
+    /// The rest (pending statuses, refunds, failed ids): the snapshot is whole.
+    fn end(&mut self, rest: StateImage);
+    /// The snapshot since the last head is not usable: drop what was built from it.
+    fn abandoned(&mut self);
+}
+
+/// Where a read snapshot's state goes.
+enum Keep<'a> {
+    /// Nowhere: the file is only checked.
+    Nothing,
+    /// Into one image, the transfers' runs kept packed.
+    Image,
+    /// To a stream, as it is read.
+    Stream(&'a mut dyn SnapshotStream),
+}
+
+/// [`read`] handing the snapshot to `stream` as it is read (see [`SnapshotStream`]);
+/// returns its sequence. On an error after the head, the stream is told it was
+/// abandoned.
+pub(crate) fn read_streamed(
+    storage: &mut dyn Storage,
+    name: &str,
+    stream: &mut dyn SnapshotStream,
+) -> Result<u64, LogError> {
+    let mut headed = false;
+    let mut tracked = HeadTracker {
+        stream,
+        headed: &mut headed,
+    };
+    let read = read_keeping(storage, name, Keep::Stream(&mut tracked));
+    if read.is_err() && headed {
+        stream.abandoned();
+    }
+    read.map(|loaded| loaded.sequence)
+}
+
+/// Notes whether a head went to the stream, passing everything on.
+struct HeadTracker<'a> {
+    stream: &'a mut dyn SnapshotStream,
+    headed: &'a mut bool,
+}
+
+impl SnapshotStream for HeadTracker<'_> {
+    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64) {
+        *self.headed = true;
+        self.stream.head(sequence, head, transfers);
+    }
+
+    fn run(&mut self, run: UnpackedRun) {
+        self.stream.run(run);
+    }
+
+    fn spare_run(&mut self) -> UnpackedRun {
+        self.stream.spare_run()
+    }
+
+    fn end(&mut self, rest: StateImage) {
+        self.stream.end(rest);
+    }
+
+    fn abandoned(&mut self) {
+        self.stream.abandoned();
+    }
+}
+
 /// Reads and checks every checksum of snapshot `name`; builds the image when `keep`.
 pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<Loaded, LogError> {
+    read_keeping(
+        storage,
+        name,
+        if keep { Keep::Image } else { Keep::Nothing },
+    )
+}
+
+/// [`read`], the state going where `keep` says.
+fn read_keeping(
+    storage: &mut dyn Storage,
+    name: &str,
+    mut keep: Keep<'_>,
+) -> Result<Loaded, LogError> {
     let path = storage.path(name);
     let len = storage
         .len(name)
@@ -453,7 +544,7 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
             format!("header says sequence {sequence}, name disagrees"),
         ));
     }
-    let mut image = keep.then(|| LoadedImage {
+    let mut image = (!matches!(keep, Keep::Nothing)).then(|| LoadedImage {
         image: StateImage {
             last_timestamp,
             ..StateImage::default()
@@ -462,7 +553,15 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
     });
     for (id, item_bytes, section) in SECTIONS {
         if id == 2 && version >= PACKED_TRANSFERS_SINCE {
-            let runs = image.as_mut().map(|image| &mut image.packed_transfers);
+            let runs = match (&mut keep, image.as_mut()) {
+                (Keep::Stream(stream), Some(image)) => KeptRuns::Stream {
+                    stream: &mut **stream,
+                    sequence,
+                    head: &mut image.image,
+                },
+                (_, Some(image)) => KeptRuns::Packed(&mut image.packed_transfers),
+                (_, None) => KeptRuns::Nothing,
+            };
             read_packed_transfers(&mut reader, &mut buf, runs)?;
             continue;
         }
@@ -486,6 +585,24 @@ pub(crate) fn read(storage: &mut dyn Storage, name: &str, keep: bool) -> Result<
     }
     if reader.offset != reader.len {
         return Err(reader.corrupt(reader.offset, "bytes after the snapshot footer"));
+    }
+    if let Keep::Stream(stream) = keep {
+        let mut rest = image
+            .take()
+            .expect("a streamed snapshot builds its image")
+            .image;
+        if version < PACKED_TRANSFERS_SINCE {
+            // The transfers came unpacked, with everything else: all go at the end.
+            let head = StateImage {
+                last_timestamp: rest.last_timestamp,
+                accounts: std::mem::take(&mut rest.accounts),
+                transfers: std::mem::take(&mut rest.transfers),
+                ..StateImage::default()
+            };
+            let transfers = head.transfers.len() as u64;
+            stream.head(sequence, head, transfers);
+        }
+        stream.end(rest);
     }
     Ok(Loaded { sequence, image })
 }
@@ -558,18 +675,46 @@ fn read_section_header(
     Ok((count, chunk_items))
 }
 
+/// Where the runs of a packed transfers section go.
+enum KeptRuns<'a> {
+    /// Nowhere: they are only checked.
+    Nothing,
+    /// Into the image, packed.
+    Packed(&'a mut Vec<PackedRun>),
+    /// To a stream, unpacked, after the head (taken from `head`: the last timestamp and
+    /// the accounts, read before).
+    Stream {
+        stream: &'a mut dyn SnapshotStream,
+        sequence: u64,
+        head: &'a mut StateImage,
+    },
+}
+
 /// Reads and checks the packed transfers section (format 3): every chunk's length
 /// against its item count and the file, its CRC, and every record, which must fill the
-/// chunk exactly. Keeps each chunk as a [`PackedRun`] in `runs` when given.
+/// chunk exactly. Keeps each chunk where `runs` says.
 fn read_packed_transfers(
     reader: &mut Reader<'_>,
     buf: &mut Vec<u8>,
-    mut runs: Option<&mut Vec<PackedRun>>,
+    mut runs: KeptRuns<'_>,
 ) -> Result<(), LogError> {
     let section = "transfers";
     // Item bytes 0 in the header: variable; each takes at least the shortest record.
     let (count, chunk_items) =
         read_section_header(reader, buf, 2, 0, PACKED_TRANSFER_BYTES_MIN, section)?;
+    if let KeptRuns::Stream {
+        stream,
+        sequence,
+        head,
+    } = &mut runs
+    {
+        let head = StateImage {
+            last_timestamp: head.last_timestamp,
+            accounts: std::mem::take(&mut head.accounts),
+            ..StateImage::default()
+        };
+        stream.head(*sequence, head, count);
+    }
     let mut done = 0u64;
     let mut chunk_index = 0u64;
     while done < count {
@@ -588,7 +733,7 @@ fn read_packed_transfers(
         }
         // A chunk kept is read straight into the run's own buffer (fresh zeroed pages,
         // written once), not into `buf` and copied.
-        let mut kept = runs.as_ref().map(|_| vec![0; bytes]);
+        let mut kept = (!matches!(runs, KeptRuns::Nothing)).then(|| vec![0; bytes]);
         let items_at = match kept.as_mut() {
             Some(records) => reader.take_into(records)?,
             None => reader.take(bytes, buf)?,
@@ -602,9 +747,14 @@ fn read_packed_transfers(
                 format!("{section} chunk {chunk_index} CRC32C does not match"),
             ));
         }
-        let checked = match (runs.as_deref_mut(), kept) {
-            (Some(runs), Some(records)) => PackedRun::new(items, records).map(|run| runs.push(run)),
-            _ => packed::check_run(items, &buf[..], |_| {}),
+        let checked = match (&mut runs, kept) {
+            (KeptRuns::Packed(runs), Some(records)) => {
+                PackedRun::new(items, records).map(|run| runs.push(run))
+            }
+            (KeptRuns::Stream { stream, .. }, Some(records)) => {
+                UnpackedRun::check(items, records, stream.spare_run()).map(|run| stream.run(run))
+            }
+            _ => packed::check_run(items, &buf[..], |_, _| {}),
         };
         checked.map_err(|error| match error {
             RunError::Record {

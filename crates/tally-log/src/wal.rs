@@ -17,7 +17,7 @@
 use crate::error::LogError;
 use crate::format::{self, APPEND_BYTES_MAX, SEGMENT_HEADER_SIZE};
 use crate::scan::{self, Collect, SegmentFile, Tail};
-use crate::snapshot::{self, SnapshotSource};
+use crate::snapshot::{self, SnapshotSource, SnapshotStream};
 use crate::storage::{FsStorage, Storage};
 use crate::{LogOptions, LogRecord, SyncMode};
 use std::path::{Path, PathBuf};
@@ -43,7 +43,8 @@ pub const DROP_CACHED_BYTES: u64 = 1024 * 1024;
 /// and never holds the whole log in memory.
 pub trait RecoverySink {
     /// The newest readable snapshot, (last sequence included, state), or `None` to start
-    /// from an empty state. Called exactly once, before any record. The state's stored
+    /// from an empty state. Called once, before any record, unless a snapshot was
+    /// streamed whole ([`RecoverySink::snapshot_stream`]). The state's stored
     /// transfers come packed, as the file holds them (format 3), so that loading never
     /// holds them all unpacked; [`LoadedImage::unpack`] gives the plain image.
     fn start(&mut self, snapshot: Option<(u64, LoadedImage)>);
@@ -51,6 +52,13 @@ pub trait RecoverySink {
     /// right after the snapshot's. Records already handed over stay valid only if open
     /// then succeeds: on an error the caller must drop what it built from them.
     fn record(&mut self, record: LogRecord);
+    /// Where to hand the newest snapshot as it is read, if this sink takes it that way
+    /// (so that loading overlaps reading): [`Wal::open_with_sink`] then streams each
+    /// snapshot it tries there, newest first, and calls [`RecoverySink::start`] only
+    /// with `None`, when none was whole. [`crate::read_log_into`] never streams.
+    fn snapshot_stream(&mut self) -> Option<&mut dyn SnapshotStream> {
+        None
+    }
 }
 
 /// What [`Wal::open_with_sink`] did besides handing records over: the torn tail left by
@@ -193,11 +201,15 @@ impl Wal {
             loaded,
             damaged: snapshots_damaged,
             first_damage,
-        } = newest_snapshot(&mut *storage, &listing.snapshots)?;
+        } = newest_snapshot(&mut *storage, &listing.snapshots, sink.snapshot_stream())?;
         let base = loaded.as_ref().map_or(0, |snapshot| snapshot.sequence);
         let snapshots_good: Vec<u64> = loaded.as_ref().map(|s| s.sequence).into_iter().collect();
         let snapshots_exist = !snapshots_good.is_empty() || first_damage.is_some();
-        sink.start(loaded.map(|s| (s.sequence, s.image.expect("snapshot read with keep"))));
+        match loaded {
+            // Streamed whole: the sink has it.
+            Some(snapshot::Loaded { image: None, .. }) => {}
+            loaded => sink.start(loaded.map(|s| (s.sequence, s.image.expect("snapshot kept")))),
+        }
         let mut segments = listing.segments;
         let (log, records) =
             match replay_after(&mut *storage, &segments, base, snapshots_exist, sink) {
@@ -749,11 +761,13 @@ struct SnapshotChoice {
     first_damage: Option<LogError>,
 }
 
-/// Reads the snapshots newest first until one reads back whole. Damage moves on to the
-/// next older one; any other error stops recovery.
+/// Reads the snapshots newest first until one reads back whole, each into `stream` as it
+/// is read when there is one (the one chosen is then returned without its image).
+/// Damage moves on to the next older one; any other error stops recovery.
 fn newest_snapshot(
     storage: &mut dyn Storage,
     snapshots: &[(u64, String)],
+    mut stream: Option<&mut dyn SnapshotStream>,
 ) -> Result<SnapshotChoice, LogError> {
     let mut choice = SnapshotChoice {
         loaded: None,
@@ -761,7 +775,16 @@ fn newest_snapshot(
         first_damage: None,
     };
     for (_, name) in snapshots.iter().rev() {
-        match snapshot::read(storage, name, true) {
+        let read = match stream.as_deref_mut() {
+            Some(stream) => {
+                snapshot::read_streamed(storage, name, stream).map(|sequence| snapshot::Loaded {
+                    sequence,
+                    image: None,
+                })
+            }
+            None => snapshot::read(storage, name, true),
+        };
+        match read {
             Ok(snapshot) => {
                 choice.loaded = Some(snapshot);
                 break;

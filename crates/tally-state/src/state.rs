@@ -8,6 +8,7 @@ use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
+use crate::image_source::{ImageSource, LoadedSource};
 use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
 use crate::part::{
@@ -17,7 +18,7 @@ use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use crate::value_index::transfer_user_data;
 use std::fmt;
-use tally_types::packed::PackedRun;
+use tally_types::packed::UnpackedRun;
 use tally_types::{
     Account, AccountBalance, AccountFilter, AccountFlags, ChangeEvent, LoadedImage, PendingStatus,
     StateImage, Transfer, TransferFlags, TransferKind,
@@ -430,26 +431,45 @@ impl StateMachine {
         accounts: usize,
         transfers: usize,
     ) -> Result<Self, ImageError> {
-        let transfers_len = loaded.transfers_len();
-        let LoadedImage {
-            image,
-            packed_transfers,
-        } = loaded;
+        let (head, transfers_len, mut source) = LoadedSource::split(loaded);
+        let room = (accounts, transfers.max(transfers_len));
+        Self::from_image_source(head, &mut source, parts, room)
+    }
+
+    /// Rebuilds the state from a snapshot handed over as it is read: `head` holds the
+    /// last timestamp, the accounts and any plain (older format) transfers; `source`
+    /// the packed runs of transfers after them, then the rest. `room` is (accounts,
+    /// transfers) to reserve, as in [`StateMachine::from_loaded_image_with_room`]
+    /// (the snapshot's own counts, at least). Checks that the state is
+    /// self-consistent; an error of the source's is returned as it is.
+    pub fn from_image_source(
+        head: StateImage,
+        source: &mut dyn ImageSource,
+        parts: impl Into<Layout>,
+        room: (usize, usize),
+    ) -> Result<Self, ImageError> {
+        let StateImage {
+            last_timestamp,
+            accounts,
+            transfers,
+            ..
+        } = head;
         let mut machine = StateMachine::with_capacity_in_parts(
-            image.accounts.len().max(accounts),
-            transfers_len.max(transfers),
+            accounts.len().max(room.0),
+            transfers.len().max(room.1),
             parts,
         );
-        machine.last_timestamp = image.last_timestamp;
-        machine.load_accounts(image.accounts)?;
-        let pending_count = machine.load_transfers(image.transfers, packed_transfers)?;
-        machine.load_pending_statuses(image.pending_statuses)?;
+        machine.last_timestamp = last_timestamp;
+        machine.load_accounts(accounts)?;
+        let pending_count = machine.load_transfers(transfers, source)?;
+        let rest = source.rest()?;
+        machine.load_pending_statuses(rest.pending_statuses)?;
         let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
         if pending_count != status_count {
             return Err(ImageError("a pending transfer has no status".to_string()));
         }
-        machine.load_refunded(image.refunded)?;
-        machine.load_failed_ids(image.failed_ids)?;
+        machine.load_refunded(rest.refunded)?;
+        machine.load_failed_ids(rest.failed_ids)?;
         machine.derive_balance_histories()?;
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
@@ -475,18 +495,22 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Loads an image's transfers (the plain ones, then the packed runs, all in
+    /// Loads an image's transfers (the plain ones, then the source's runs, all in
     /// timestamp order) while a second thread builds the account histories. Returns how
     /// many are pending: each must get a status.
     fn load_transfers(
         &mut self,
         image_transfers: Vec<Transfer>,
-        packed_transfers: Vec<PackedRun>,
+        source: &mut dyn ImageSource,
     ) -> Result<usize, ImageError> {
         // The first transfers show which user-data fields are in use.
-        let sample: Vec<Transfer> = match packed_transfers.first() {
-            Some(run) if image_transfers.is_empty() => run.iter().take(SAMPLE_RECORDS).collect(),
-            _ => image_transfers
+        let first_run = match image_transfers.is_empty() {
+            true => source.next_run()?,
+            false => None,
+        };
+        let sample: Vec<Transfer> = match &first_run {
+            Some(run) => run.transfers.iter().take(SAMPLE_RECORDS).copied().collect(),
+            None => image_transfers
                 .iter()
                 .take(SAMPLE_RECORDS)
                 .copied()
@@ -506,9 +530,10 @@ impl StateMachine {
             .iter_mut()
             .map(|part| std::mem::take(&mut part.account_history))
             .collect();
+        let runs = LoadRuns { first_run, source };
         let (loaded, histories) = std::thread::scope(|scope| {
             loading.prepared = prepare_tables(scope, requests);
-            self.load_with_histories(histories, &mut loading, image_transfers, packed_transfers)
+            self.load_with_histories(histories, &mut loading, image_transfers, runs)
         });
         loaded?;
         for (part, history) in self.parts.iter_mut().zip(histories) {
@@ -523,7 +548,7 @@ impl StateMachine {
         histories: Vec<Histories>,
         loading: &mut TransferLoad,
         image_transfers: Vec<Transfer>,
-        packed_transfers: Vec<PackedRun>,
+        mut runs: LoadRuns<'_>,
     ) -> (Result<(), ImageError>, Vec<Histories>) {
         with_history_builder(histories, |histories_out| {
             let mut appends = Vec::new();
@@ -534,24 +559,16 @@ impl StateMachine {
                 histories_out(std::mem::take(&mut appends));
             }
             drop(image_transfers);
-            // One run unpacked at a time, in a buffer sized by the largest run so far.
-            let mut unpacked = Vec::new();
-            for run in packed_transfers {
-                unpacked.clear();
-                unpacked.reserve(run.records());
-                let chunk = if self.adopts_run(&run) {
-                    let mut starts = Vec::with_capacity(run.records());
-                    for (transfer, start) in run.iter_with_starts() {
-                        unpacked.push(transfer);
-                        starts.push(u32::try_from(start).expect("a run stays under 4 GiB"));
-                    }
-                    Some((run.into_bytes(), starts))
-                } else {
-                    unpacked.extend(run.iter());
-                    None
-                };
-                loading.load(self, &unpacked, chunk, &mut appends)?;
+            while let Some(mut run) = runs.next()? {
+                let chunk = self.adopts_run(run.records()).then(|| {
+                    (
+                        std::mem::take(&mut run.bytes),
+                        std::mem::take(&mut run.starts),
+                    )
+                });
+                loading.load(self, &run.transfers, chunk, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
+                runs.source.spent(run);
             }
             loading.index(self, 0)
         })
@@ -560,9 +577,9 @@ impl StateMachine {
     /// Whether loading keeps `run`'s bytes as the next chunk of the store: on one part
     /// (on several, a run's records go to the parts of their ids), a full run, landing
     /// on a chunk boundary (a snapshot of one part's store is its chunks as they were).
-    fn adopts_run(&self, run: &PackedRun) -> bool {
+    fn adopts_run(&self, records: usize) -> bool {
         self.parts.len() == 1
-            && run.records() == crate::store::CHUNK
+            && records == crate::store::CHUNK
             && self.parts[0].takes_loaded_chunk()
     }
 
@@ -798,6 +815,21 @@ struct TransferLoad {
     /// The tables being prepared for the indexes loading fills first
     /// ([`LoadTable::wanted`]), adopted before the first entries go in.
     prepared: Option<std::sync::mpsc::Receiver<(LoadTable, IndexTable)>>,
+}
+
+/// The runs loading takes from a source, the first taken early for its sample.
+struct LoadRuns<'a> {
+    first_run: Option<UnpackedRun>,
+    source: &'a mut dyn ImageSource,
+}
+
+impl LoadRuns<'_> {
+    fn next(&mut self) -> Result<Option<UnpackedRun>, ImageError> {
+        match self.first_run.take() {
+            Some(run) => Ok(Some(run)),
+            None => self.source.next_run(),
+        }
+    }
 }
 
 /// Transfers whose user data shows which fields a snapshot's transfers set.

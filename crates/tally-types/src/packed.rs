@@ -243,11 +243,11 @@ impl std::fmt::Display for RunError {
 impl std::error::Error for RunError {}
 
 /// Checks that `bytes` hold exactly `records` valid packed transfers, decoding each
-/// strictly and handing it to `each`.
+/// strictly and handing it to `each` with the bytes it takes.
 pub fn check_run(
     records: usize,
     bytes: &[u8],
-    mut each: impl FnMut(Transfer),
+    mut each: impl FnMut(Transfer, usize),
 ) -> Result<(), RunError> {
     let mut offset = 0;
     for index in 0..records {
@@ -257,7 +257,7 @@ pub fn check_run(
                 offset,
                 error,
             })?;
-        each(transfer);
+        each(transfer, used);
         offset += used;
     }
     if offset != bytes.len() {
@@ -269,7 +269,7 @@ pub fn check_run(
 impl PackedRun {
     /// A run of `records` records in `bytes`, checked strictly ([`check_run`]).
     pub fn new(records: usize, bytes: Vec<u8>) -> Result<PackedRun, RunError> {
-        check_run(records, &bytes, |_| {})?;
+        check_run(records, &bytes, |_, _| {})?;
         Ok(PackedRun { records, bytes })
     }
 
@@ -303,6 +303,83 @@ impl PackedRun {
     /// are.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
+    }
+}
+
+/// A run of packed transfers unpacked: the records, the byte each starts at, and the
+/// packed bytes (which a store whose chunks are runs adopts as they are). Loading a
+/// snapshot as it is read takes runs in this form, unpacked by the reading thread as
+/// it checks them, so the loading thread decodes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnpackedRun {
+    /// The records, in order.
+    pub transfers: Vec<Transfer>,
+    /// Where each record starts in `bytes`.
+    pub starts: Vec<u32>,
+    /// The packed records.
+    pub bytes: Vec<u8>,
+}
+
+impl UnpackedRun {
+    /// Checks that `bytes` hold exactly `records` valid packed transfers, as
+    /// [`check_run`] does, keeping each unpacked with its start; `reuse` lends its
+    /// vectors' room (a spent run's).
+    pub fn check(
+        records: usize,
+        bytes: Vec<u8>,
+        reuse: UnpackedRun,
+    ) -> Result<UnpackedRun, RunError> {
+        assert!(
+            u32::try_from(bytes.len()).is_ok(),
+            "a run's bytes fit a chunk length"
+        );
+        let UnpackedRun {
+            mut transfers,
+            mut starts,
+            ..
+        } = reuse;
+        transfers.clear();
+        starts.clear();
+        transfers.reserve(records);
+        starts.reserve(records);
+        let mut start = 0;
+        check_run(records, &bytes, |transfer, used| {
+            transfers.push(transfer);
+            starts.push(start as u32);
+            start += used;
+        })?;
+        Ok(UnpackedRun {
+            transfers,
+            starts,
+            bytes,
+        })
+    }
+
+    /// A checked run unpacked (trusting it); `reuse` lends its vectors' room.
+    pub fn of(run: PackedRun, reuse: UnpackedRun) -> UnpackedRun {
+        let UnpackedRun {
+            mut transfers,
+            mut starts,
+            ..
+        } = reuse;
+        transfers.clear();
+        starts.clear();
+        transfers.reserve(run.records());
+        starts.reserve(run.records());
+        for (transfer, start) in run.iter_with_starts() {
+            transfers.push(transfer);
+            starts.push(u32::try_from(start).expect("a run stays under 4 GiB"));
+        }
+        UnpackedRun {
+            transfers,
+            starts,
+            bytes: run.into_bytes(),
+        }
+    }
+
+    /// How many records the run holds.
+    pub fn records(&self) -> usize {
+        self.transfers.len()
     }
 }
 
@@ -790,13 +867,32 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[lengths[0]] |= 0x80;
         assert_eq!(
-            PackedRun::new(3, damaged),
+            PackedRun::new(3, damaged.clone()),
             Err(RunError::Record {
                 index: 1,
                 offset: lengths[0],
                 error: DecodeError::ReservedNotZero
             })
         );
+        // Checked and unpacked at once, the same verdicts, the same records, each with
+        // where it starts; a spent run's room is reused whatever it held.
+        let spent = UnpackedRun {
+            transfers: vec![Transfer::default(); 7],
+            starts: vec![9; 7],
+            bytes: vec![1; 5],
+        };
+        let unpacked = UnpackedRun::check(3, bytes.clone(), spent).unwrap();
+        let starts = [0, lengths[0] as u32, (lengths[0] + lengths[1]) as u32];
+        assert_eq!(unpacked.transfers, transfers);
+        assert_eq!(unpacked.starts, starts);
+        assert_eq!(unpacked.bytes, bytes);
+        assert_eq!(UnpackedRun::of(run, UnpackedRun::default()), unpacked);
+        for (records, bytes) in [(2, &bytes), (4, &bytes), (3, &damaged)] {
+            assert_eq!(
+                UnpackedRun::check(records, bytes.clone(), UnpackedRun::default()),
+                Err(PackedRun::new(records, bytes.clone()).unwrap_err())
+            );
+        }
     }
 
     #[test]
