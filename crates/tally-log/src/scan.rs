@@ -129,15 +129,15 @@ fn scan_segment(
     collect: &mut Collect<'_>,
 ) -> Result<SegmentScan, LogError> {
     let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
-    source.load_to(format::SEGMENT_HEADER_SIZE)?;
+    source.load_from(0, format::SEGMENT_HEADER_SIZE)?;
     let header_matches = matches!(
-        format::decode_segment_header(source.bytes()),
+        format::decode_segment_header(source.from(0)),
         Ok(first) if first == name_sequence
     );
     if !header_matches {
-        source.load_all()?;
+        source.load_from(0, source.len())?;
     }
-    if let Some(torn_header) = check_segment_header(path, source.bytes(), name_sequence, is_last)? {
+    if let Some(torn_header) = check_segment_header(path, source.from(0), name_sequence, is_last)? {
         return Ok(torn_header);
     }
     let mut scan = SegmentScan {
@@ -151,26 +151,25 @@ fn scan_segment(
     let mut offset = format::SEGMENT_HEADER_SIZE;
     while offset < source.len() {
         // A whole frame, unless the file ends first: one that does not check is judged
-        // on the whole file.
-        source.load_to(offset + format::FRAME_BYTES_MAX)?;
-        let mut checked = check_frame(source.bytes(), offset);
-        if checked.is_err() && !source.is_whole() {
-            source.load_all()?;
-            checked = check_frame(source.bytes(), offset);
-        }
-        let bytes = source.bytes();
-        let rest = &bytes[offset..];
-        let (header, body) = match checked {
-            Ok((header, body)) => (header, &bytes[body]),
+        // on the rest of the file.
+        source.load_from(offset, format::FRAME_BYTES_MAX)?;
+        let mut checked = check_frame(source.from(offset));
+        if checked.is_err() {
             // No frame starts with a zero byte (the magic), so zeros to the end of the
             // file are preallocated space, not a torn write.
-            Err(_) if format::is_zero(rest) => {
-                scan.zero_tail_bytes = rest.len() as u64;
+            if source.zeros_to_end(offset)? {
+                scan.zero_tail_bytes = (source.len() - offset) as u64;
                 return Ok(scan);
             }
+            source.load_from(offset, source.len() - offset)?;
+            checked = check_frame(source.from(offset));
+        }
+        let rest = source.from(offset);
+        let (header, body) = match checked {
+            Ok((header, body)) => (header, &rest[body]),
             Err(error) => {
-                let cut = torn_tail(bytes, offset, is_last, &error)
-                    .map_err(|why| corrupt(offset, why))?;
+                let cut =
+                    torn_tail(rest, offset, is_last, &error).map_err(|why| corrupt(offset, why))?;
                 scan.tail = cut;
                 return Ok(scan);
             }
@@ -200,12 +199,12 @@ fn scan_segment(
     Ok(scan)
 }
 
-/// The frame at `offset` of `bytes`, checked: its header and where its body is.
-fn check_frame(bytes: &[u8], offset: usize) -> Result<(FrameHeader, Range<usize>), FrameError> {
-    let rest = &bytes[offset..];
+/// The frame at the start of `rest`, checked: its header and where its body is in
+/// `rest`.
+fn check_frame(rest: &[u8]) -> Result<(FrameHeader, Range<usize>), FrameError> {
     let header = format::decode_frame_header(rest)?;
     let body = format::check_frame_body(&header, rest)?;
-    let start = offset + format::FRAME_HEADER_SIZE;
+    let start = format::FRAME_HEADER_SIZE;
     Ok((header, start..start + body.len()))
 }
 
@@ -214,14 +213,17 @@ fn check_frame(bytes: &[u8], offset: usize) -> Result<(FrameHeader, Range<usize>
 /// replay of a restart by about 0.2 s).
 const READ_STEP_BYTES: usize = 4 << 20;
 
-/// A segment's bytes from its start, read as far as the scan has asked
-/// ([`SegmentBytes::load_to`]), into a buffer reused across segments and bounded by
-/// [`format::SEGMENT_FILE_BYTES_MAX`].
+/// A window on a segment's bytes, read as the scan asks ([`SegmentBytes::load_from`])
+/// into a buffer reused across segments: what the scan has passed is let go, so the
+/// buffer holds about [`READ_STEP_BYTES`] and a frame, not the segment (only damage
+/// or a torn tail, judged on the rest of the file, reads that rest whole).
 struct SegmentBytes<'s> {
     storage: &'s mut dyn Storage,
     name: &'s str,
     len: usize,
+    /// The file's bytes from `start` on, as far as read.
     buffer: &'s mut Vec<u8>,
+    start: usize,
 }
 
 impl<'s> SegmentBytes<'s> {
@@ -250,6 +252,7 @@ impl<'s> SegmentBytes<'s> {
             name,
             len: usize::try_from(len).expect("a segment's length fits in memory"),
             buffer,
+            start: 0,
         })
     }
 
@@ -258,31 +261,64 @@ impl<'s> SegmentBytes<'s> {
         self.len
     }
 
-    /// The bytes read so far, from the file's start.
-    fn bytes(&self) -> &[u8] {
-        self.buffer
+    /// The bytes read from `offset` on (which must not be before the window).
+    fn from(&self, offset: usize) -> &[u8] {
+        assert!(offset >= self.start, "the scan never goes back");
+        &self.buffer[offset - self.start..]
     }
 
-    fn is_whole(&self) -> bool {
-        self.buffer.len() == self.len
+    /// Where the bytes read end in the file.
+    fn end(&self) -> usize {
+        self.start + self.buffer.len()
     }
 
-    /// Reads on until the first `end` bytes (at most the whole file) are in, in steps
-    /// of at least [`READ_STEP_BYTES`].
-    fn load_to(&mut self, end: usize) -> Result<(), LogError> {
-        let loaded = self.buffer.len();
-        if end.min(self.len) <= loaded {
+    /// Reads on until the `bytes` bytes from `offset` (at most to the file's end) are
+    /// in, in steps of at least [`READ_STEP_BYTES`]; the bytes before `offset` are let
+    /// go first (the scan never goes back), so what stays to be moved is at most the
+    /// frame that did not fit.
+    fn load_from(&mut self, offset: usize, bytes: usize) -> Result<(), LogError> {
+        let end = offset.saturating_add(bytes).min(self.len);
+        if end <= self.end() {
             return Ok(());
         }
+        assert!(offset >= self.start, "the scan never goes back");
+        self.buffer.drain(..offset - self.start);
+        self.start = offset;
+        let loaded = self.end();
         let end = end.max(loaded + READ_STEP_BYTES).min(self.len);
-        self.buffer.resize(end, 0);
-        self.storage
-            .read_at(self.name, loaded as u64, &mut self.buffer[loaded..])
-            .map_err(|e| LogError::io(self.storage.path(self.name), "read segment", e))
+        self.read(loaded, end)
     }
 
-    fn load_all(&mut self) -> Result<(), LogError> {
-        self.load_to(self.len)
+    /// Whether the file holds only zeros from `offset` to its end: read on step by step,
+    /// each step let go once checked.
+    fn zeros_to_end(&mut self, offset: usize) -> Result<bool, LogError> {
+        if !format::is_zero(self.from(offset)) {
+            return Ok(false);
+        }
+        while self.end() < self.len {
+            // The window so far is zeros: only the file's position is kept.
+            self.start = self.end();
+            self.buffer.clear();
+            let end = (self.start + READ_STEP_BYTES).min(self.len);
+            self.read(self.start, end)?;
+            if !format::is_zero(self.buffer) {
+                // Back to an empty window at `offset`, for the rest to be read whole.
+                self.start = offset;
+                self.buffer.clear();
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Appends the file's bytes `from..end`, `from` being where the window ends.
+    fn read(&mut self, from: usize, end: usize) -> Result<(), LogError> {
+        debug_assert_eq!(from, self.end());
+        let at = self.buffer.len();
+        self.buffer.resize(at + (end - from), 0);
+        self.storage
+            .read_at(self.name, from as u64, &mut self.buffer[at..])
+            .map_err(|e| LogError::io(self.storage.path(self.name), "read segment", e))
     }
 }
 
@@ -365,7 +401,7 @@ fn collect_frame(
 /// Decides whether a bad frame at `offset` is a torn tail (returns the cut) or damage
 /// inside the committed log (returns why).
 fn torn_tail(
-    bytes: &[u8],
+    rest: &[u8],
     offset: usize,
     is_last: bool,
     error: &FrameError,
@@ -376,15 +412,16 @@ fn torn_tail(
     if !is_last {
         return Err(format!("{error}, in a segment that is not the last"));
     }
-    if let Some(valid) = format::find_valid_frame_header(bytes, offset + 1) {
+    if let Some(valid) = format::find_valid_frame_header(rest, 1) {
+        let valid = offset + valid;
         return Err(format!(
             "{error}, but a valid frame follows at byte {valid}: damage inside the committed log"
         ));
     }
-    let zero_bytes = format::zero_suffix_len(&bytes[offset..]);
+    let zero_bytes = format::zero_suffix_len(rest);
     Ok(Tail::Torn {
         valid_bytes: offset as u64,
-        torn_bytes: (bytes.len() - offset - zero_bytes) as u64,
+        torn_bytes: (rest.len() - zero_bytes) as u64,
         zero_bytes: zero_bytes as u64,
     })
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use tally_log::faulty::FaultyStorage;
 use tally_log::layout::{self, FRAME_HEADER_SIZE};
 use tally_log::{LogError, Wal, verify_storage};
 use tally_types::codec::RECORD_SIZE;
@@ -599,5 +600,60 @@ fn close_markers_stay_true_and_are_checked() {
         !storage
             .file_names()
             .contains(&layout::CLOSE_MARKER_TEMP_NAME.to_string())
+    );
+}
+
+/// Fourteen frames of about 1 MiB in one segment: recovery reads a segment a few MiB at
+/// a time, letting go of what it has checked, so these cross several of its steps.
+fn log_of_large_frames() -> (Vec<tally_log::LogRecord>, FaultyStorage, String) {
+    let written: Vec<_> = (1..=14).map(|sequence| record(sequence, 8_000)).collect();
+    let storage = build_log(&written, 1, 64 << 20);
+    (written, storage, layout::segment_name(1))
+}
+
+#[test]
+fn a_long_zero_tail_after_large_frames_is_preallocated_space() {
+    let (written, storage, name) = log_of_large_frames();
+    let mut bytes = storage.read_file(&name).unwrap();
+    assert!(bytes.len() > 12 << 20);
+    bytes.resize(bytes.len() + (9 << 20) + 5, 0);
+    storage.write_file_durable(&name, &bytes);
+    let (wal, recovered) = open(&storage, options(64 << 20)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(recovered.torn_tail_bytes_cut, 0);
+    assert_eq!(wal.preallocated_bytes_left(), (9 << 20) + 5);
+    let report = verify_storage(&mut storage.clone()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
+fn a_byte_far_into_a_zero_tail_is_a_torn_tail_judged_on_the_rest() {
+    let (written, storage, name) = log_of_large_frames();
+    let mut bytes = storage.read_file(&name).unwrap();
+    let frames_end = bytes.len();
+    // Zeros for more than one read step, a stray byte, zeros again.
+    bytes.resize(frames_end + (6 << 20), 0);
+    bytes.push(0x5A);
+    bytes.resize(bytes.len() + (1 << 20), 0);
+    storage.write_file_durable(&name, &bytes);
+    let (_, recovered) = open(&storage, options(64 << 20)).unwrap();
+    assert_eq!(recovered.records, written);
+    assert_eq!(recovered.torn_tail_bytes_cut, (6 << 20) + 1);
+    let copy = tally_log::torn_tail_name(&name, frames_end as u64);
+    let kept = storage.read_file(&copy).unwrap();
+    assert_eq!(kept.len(), (6 << 20) + 1);
+    assert_eq!(kept.last(), Some(&0x5A));
+}
+
+#[test]
+fn damage_past_the_first_read_steps_names_the_frame_and_a_later_one() {
+    let (_, storage, name) = log_of_large_frames();
+    let offsets = frame_offsets(&storage.read_file(&name).unwrap());
+    assert!(offsets[10] > 8 << 20);
+    storage.flip_bit(&name, offsets[10] + FRAME_HEADER_SIZE + 50_000, 1);
+    let message = expect_corrupt(open(&storage, options(64 << 20)), &name, offsets[10] as u64);
+    assert!(
+        message.contains(&format!("valid frame follows at byte {}", offsets[11])),
+        "{message}"
     );
 }
