@@ -479,7 +479,12 @@ impl StateMachine {
     /// image's last timestamp, each id once.
     fn load_accounts(&mut self, accounts: Vec<Account>) -> Result<(), ImageError> {
         let mut last_account = 0;
-        for account in accounts {
+        for (at, &account) in accounts.iter().enumerate() {
+            // The id index's home slots lie at random: fetched a few accounts ahead, so
+            // that the misses overlap.
+            if let Some(ahead) = accounts.get(at + ACCOUNTS_PREFETCHED_AHEAD) {
+                self.parts[self.layout.part_of(ahead.id)].prefetch_account_slot(ahead.id);
+            }
             if account.timestamp > self.last_timestamp || account.timestamp <= last_account {
                 return Err(ImageError(format!(
                     "account {} is out of order",
@@ -816,6 +821,9 @@ struct TransferLoad {
     /// ([`LoadTable::wanted`]), adopted before the first entries go in.
     prepared: Option<std::sync::mpsc::Receiver<(LoadTable, IndexTable)>>,
 }
+
+/// How far ahead of the account being loaded its id index slot is prefetched.
+const ACCOUNTS_PREFETCHED_AHEAD: usize = 16;
 
 /// The runs loading takes from a source, the first taken early for its sample.
 struct LoadRuns<'a> {
