@@ -696,7 +696,8 @@ impl StateMachine {
             // statuses does not rehash as it goes.
             part.pending_status.reserve(statuses.len() / count + 1);
         }
-        for (id, status) in statuses {
+        for (at, &(id, status)) in statuses.iter().enumerate() {
+            self.prefetch_lookups_ahead(at, |ahead| statuses.get(ahead).map(|&(id, _)| id));
             let pending = self
                 .lookup_transfer(id)
                 .filter(|transfer| transfer.flags.contains(TransferFlags::PENDING))
@@ -710,9 +711,27 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Prefetches for lookups of transfers by id, in order, what the lookup `at` will
+    /// need a few lookups ahead (`id_at` gives the id of a later one): the index slot,
+    /// then the record's start, then the record, each step once the one before has
+    /// arrived, so that a lookup's two dependent misses overlap with the others'.
+    fn prefetch_lookups_ahead(&self, at: usize, id_at: impl Fn(usize) -> Option<u128>) {
+        let part = |id: u128| &self.parts[self.layout.part_of(id)];
+        if let Some(id) = id_at(at + LOOKUPS_AHEAD_SLOT) {
+            part(id).prefetch_transfer_slot(id);
+        }
+        if let Some(id) = id_at(at + LOOKUPS_AHEAD_START) {
+            part(id).prefetch_transfer_start(id);
+        }
+        if let Some(id) = id_at(at + LOOKUPS_AHEAD_RECORD) {
+            part(id).prefetch_transfer_record(id);
+        }
+    }
+
     /// Loads the refund totals, each of a stored transfer.
     fn load_refunded(&mut self, refunded: Vec<(u128, u128)>) -> Result<(), ImageError> {
-        for (id, total) in refunded {
+        for (at, &(id, total)) in refunded.iter().enumerate() {
+            self.prefetch_lookups_ahead(at, |ahead| refunded.get(ahead).map(|&(id, _)| id));
             if self.lookup_transfer(id).is_none() {
                 return Err(ImageError(format!(
                     "refund total for unknown transfer {id}"
@@ -821,6 +840,12 @@ struct TransferLoad {
     /// ([`LoadTable::wanted`]), adopted before the first entries go in.
     prepared: Option<std::sync::mpsc::Receiver<(LoadTable, IndexTable)>>,
 }
+
+/// How far ahead of a lookup by id its index slot, record start and record are
+/// prefetched ([`StateMachine::prefetch_lookups_ahead`]).
+const LOOKUPS_AHEAD_SLOT: usize = 24;
+const LOOKUPS_AHEAD_START: usize = 12;
+const LOOKUPS_AHEAD_RECORD: usize = 6;
 
 /// How far ahead of the account being loaded its id index slot is prefetched.
 const ACCOUNTS_PREFETCHED_AHEAD: usize = 16;
