@@ -494,7 +494,7 @@ fn load_snapshot(
             capacity.accounts,
             capacity
                 .transfers
-                .max(usize::try_from(transfers).unwrap_or(usize::MAX)),
+                .max(usize::try_from(transfers).unwrap_or(0)),
         );
         let loaded = StateMachine::from_image_source(head, &mut source, capacity.layout(), room);
         match (loaded, source.finish()) {
@@ -534,7 +534,10 @@ impl StreamedImage<'_> {
     /// snapshot read whole would) and tells how it ended.
     fn finish(&mut self) -> StreamEnd {
         while self.ended.is_none() {
-            let _ = self.next_run();
+            // Each handed back: the reader may be waiting for room to read into.
+            if let Ok(Some(run)) = self.next_run() {
+                self.spent(run);
+            }
         }
         self.ended.unwrap_or(StreamEnd::Cut)
     }

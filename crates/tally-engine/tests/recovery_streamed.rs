@@ -269,3 +269,63 @@ fn a_snapshot_damaged_after_its_first_run_falls_back_to_the_older_one() {
         ledger.shutdown().unwrap();
     }
 }
+
+/// A snapshot whose checksums hold but whose state does not (its second run of
+/// transfers names an account it lacks) stops open with an error naming the snapshot:
+/// the load stops at once, and the runs the reader still streams are handed back as
+/// they are drained, so that the reader, short of room, never waits for ever.
+#[test]
+fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = tally_log::LogOptions {
+        segment_bytes_max: 64 << 20,
+        sync: tally_log::SyncMode::Fdatasync,
+    };
+    let account = |id| Account {
+        id,
+        ledger: 156,
+        code: 1,
+        timestamp: id as u64,
+        ..Account::default()
+    };
+    let (mut wal, _) = tally_log::Wal::open(dir.path(), options).unwrap();
+    let record = tally_log::LogRecord {
+        sequence: 1,
+        timestamp: 1,
+        batch: Batch::CreateAccounts(vec![account(1), account(2)]),
+    };
+    wal.append(&[record]).unwrap();
+    let run = tally_types::packed::PACKED_RUN_RECORDS;
+    let transfers = (0..run * 8)
+        .map(|i| Transfer {
+            id: 1_000 + i as u128,
+            debit_account_id: 1,
+            credit_account_id: if i == run + 5 { 99 } else { 2 },
+            amount: 1,
+            ledger: 156,
+            code: 1,
+            timestamp: 10 + i as u64,
+            ..Transfer::default()
+        })
+        .collect();
+    let image = StateImage {
+        last_timestamp: 10 + run as u64 * 8,
+        accounts: vec![account(1), account(2)],
+        transfers,
+        ..StateImage::default()
+    };
+    wal.write_snapshot(1, &image).unwrap();
+    drop(wal);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let opened = Ledger::open(config(&path, 1)).map(drop);
+        sender.send(opened.map_err(|e| e.to_string())).unwrap();
+    });
+    let opened = receiver
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("open returns");
+    let error = opened.expect_err("the snapshot does not load");
+    assert!(error.contains("snapshot 1 does not load"), "{error}");
+    assert!(error.contains("unknown account"), "{error}");
+}
