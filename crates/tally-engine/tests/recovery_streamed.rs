@@ -68,19 +68,25 @@ fn batch(n: u64) -> Batch {
     )
 }
 
+/// The `ACCOUNTS` accounts, one batch.
+fn accounts() -> Batch {
+    Batch::CreateAccounts(
+        (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 156,
+                code: 1,
+                ..Account::default()
+            })
+            .collect(),
+    )
+}
+
 /// Writes the log (accounts, then `BATCHES` full batches) and returns the state after
 /// each batch.
 fn build(dir: &Path, shards: usize) -> Vec<StateImage> {
     let ledger = Ledger::open(config(dir, shards)).unwrap();
-    let accounts = (1..=ACCOUNTS)
-        .map(|id| Account {
-            id,
-            ledger: 156,
-            code: 1,
-            ..Account::default()
-        })
-        .collect();
-    let results = ledger.submit(Batch::CreateAccounts(accounts)).unwrap();
+    let results = ledger.submit(accounts()).unwrap();
     assert!(results.iter().all(|r| r.code == ResultCode::Ok));
     let mut images = vec![ledger.with_state(StateMachine::image)];
     for n in 0..BATCHES {
@@ -205,15 +211,7 @@ fn build_with_snapshots(dir: &Path, shards: usize) -> StateImage {
         ..config(dir, shards)
     };
     let ledger = Ledger::open(config).unwrap();
-    let accounts = (1..=ACCOUNTS)
-        .map(|id| Account {
-            id,
-            ledger: 156,
-            code: 1,
-            ..Account::default()
-        })
-        .collect();
-    ledger.submit(Batch::CreateAccounts(accounts)).unwrap();
+    ledger.submit(accounts()).unwrap();
     for n in 0..BATCHES {
         ledger.submit(batch(n)).unwrap();
         // Each snapshot written before the next one is due, so that both stay.

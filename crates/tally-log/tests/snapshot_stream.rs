@@ -22,6 +22,14 @@ enum Call {
     Abandoned,
 }
 
+/// The head call of snapshot `sequence` storing `transfers` transfers.
+fn head(sequence: u64, transfers: usize) -> Call {
+    Call::Head {
+        sequence,
+        transfers: transfers as u64,
+    }
+}
+
 /// Records the calls and rebuilds the image the stream hands over.
 #[derive(Default)]
 struct Recorder {
@@ -165,10 +173,7 @@ fn a_whole_snapshot_streams_head_runs_then_end_and_matches_a_whole_read() {
     assert_eq!(
         recorder.calls,
         vec![
-            Call::Head {
-                sequence: 20,
-                transfers: newer.transfers.len() as u64
-            },
+            head(20, newer.transfers.len()),
             Call::Run(PACKED_RUN_RECORDS),
             Call::Run(PACKED_RUN_RECORDS),
             Call::Run(5),
@@ -191,10 +196,6 @@ fn damage_after_the_first_run_abandons_it_for_the_older_snapshot() {
     let at = second_chunk(&storage, &snapshot_name(20), 3);
     storage.flip_bit(&snapshot_name(20), at + 100, 2);
     let recorder = streamed(&storage);
-    let head = |sequence, transfers: usize| Call::Head {
-        sequence,
-        transfers: transfers as u64,
-    };
     assert_eq!(
         recorder.calls,
         vec![
@@ -224,14 +225,7 @@ fn damage_after_every_run_abandons_it_too() {
     let recorder = streamed(&storage);
     assert_eq!(
         recorder.calls[..3],
-        [
-            Call::Head {
-                sequence: 20,
-                transfers: 10
-            },
-            Call::Run(10),
-            Call::Abandoned,
-        ]
+        [head(20, 10), Call::Run(10), Call::Abandoned]
     );
     assert_eq!(recorder.image, Some((10, image(2, 4))));
 }
@@ -250,10 +244,7 @@ fn the_only_snapshot_abandoned_starts_from_nothing_and_replays_the_log() {
     assert_eq!(
         recorder.calls,
         vec![
-            Call::Head {
-                sequence: 20,
-                transfers: PACKED_RUN_RECORDS as u64 + 3
-            },
+            head(20, PACKED_RUN_RECORDS + 3),
             Call::Run(PACKED_RUN_RECORDS),
             Call::Abandoned,
             Call::Start(None),
@@ -268,13 +259,7 @@ fn damage_before_the_head_moves_on_without_a_call() {
     // Inside the accounts' chunk.
     storage.flip_bit(&snapshot_name(20), 64 + 32 + 10, 1);
     let recorder = streamed(&storage);
-    assert_eq!(
-        recorder.calls[0],
-        Call::Head {
-            sequence: 10,
-            transfers: 4
-        }
-    );
+    assert_eq!(recorder.calls[0], head(10, 4));
     assert_eq!(recorder.calls.last(), Some(&Call::End));
 }
 
@@ -287,16 +272,7 @@ fn a_format_2_snapshot_streams_its_transfers_in_the_head() {
     drop(wal);
     storage.write_file_durable(&snapshot_name(1), fixture);
     let recorder = streamed(&storage);
-    assert_eq!(
-        recorder.calls,
-        vec![
-            Call::Head {
-                sequence: 1,
-                transfers: 4
-            },
-            Call::End
-        ]
-    );
+    assert_eq!(recorder.calls, vec![head(1, 4), Call::End]);
     let (_, whole) = open(&storage, options(1 << 20)).unwrap();
     assert_eq!(recorder.image, whole.snapshot);
 }

@@ -333,15 +333,7 @@ impl UnpackedRun {
             u32::try_from(bytes.len()).is_ok(),
             "a run's bytes fit a chunk length"
         );
-        let UnpackedRun {
-            mut transfers,
-            mut starts,
-            ..
-        } = reuse;
-        transfers.clear();
-        starts.clear();
-        transfers.reserve(records);
-        starts.reserve(records);
+        let (mut transfers, mut starts) = reuse.emptied(records);
         let mut start = 0;
         check_run(records, &bytes, |transfer, used| {
             transfers.push(transfer);
@@ -357,15 +349,7 @@ impl UnpackedRun {
 
     /// A checked run unpacked (trusting it); `reuse` lends its vectors' room.
     pub fn of(run: PackedRun, reuse: UnpackedRun) -> UnpackedRun {
-        let UnpackedRun {
-            mut transfers,
-            mut starts,
-            ..
-        } = reuse;
-        transfers.clear();
-        starts.clear();
-        transfers.reserve(run.records());
-        starts.reserve(run.records());
+        let (mut transfers, mut starts) = reuse.emptied(run.records());
         for (transfer, start) in run.iter_with_starts() {
             transfers.push(transfer);
             starts.push(u32::try_from(start).expect("a run stays under 4 GiB"));
@@ -380,6 +364,20 @@ impl UnpackedRun {
     /// How many records the run holds.
     pub fn records(&self) -> usize {
         self.transfers.len()
+    }
+
+    /// The run's vectors emptied, with room for `records` (its bytes are let go).
+    fn emptied(self, records: usize) -> (Vec<Transfer>, Vec<u32>) {
+        let UnpackedRun {
+            mut transfers,
+            mut starts,
+            ..
+        } = self;
+        transfers.clear();
+        starts.clear();
+        transfers.reserve(records);
+        starts.reserve(records);
+        (transfers, starts)
     }
 }
 
