@@ -16,7 +16,7 @@ use tally_types::{ChangeEvent, LoadedImage, StateImage};
 
 /// Opens the change-event journal, checking its newest segment (recovery brings the
 /// journal up to date with the log).
-pub(crate) type OpenJournal = Box<dyn FnOnce() -> Result<EventJournal, EngineError>>;
+pub(crate) type OpenJournal = Box<dyn FnOnce() -> Result<EventJournal, EngineError> + Send>;
 
 /// What [`recover`] rebuilt: the log to append to and the applier after it, the state,
 /// what it took, and the journal when there is one.
@@ -32,7 +32,8 @@ pub(crate) type Recovered = (
 /// every logged batch after it, in order. The log is read on a second thread and
 /// replayed on the calling one as it is read ([`read_and_replay`]), so reading and
 /// checksumming overlap with the replay, and the log is never whole in memory. The
-/// journal, if any, opens on the calling thread while the first of the log is read.
+/// journal, if any, opens on a thread of its own while the snapshot loads
+/// ([`load_beside_journal`]); the log's replay waits for it.
 pub(crate) fn recover(
     storage: Box<dyn Storage>,
     options: LogOptions,
@@ -45,9 +46,12 @@ pub(crate) fn recover(
     let (opened, replayed) = read_and_replay(
         |sink| Wal::open_with_sink(storage, options, sink),
         |handed| {
-            journal = open_journal.map(|open| open()).transpose()?;
+            let (loaded, opened) = load_beside_journal(&handed, capacity, open_journal);
+            // The journal's error first, as when it opened before the load.
+            journal = opened?;
+            let (snapshot_sequence, state) = loaded?;
             let changes = journal.as_mut().map_or(Changes::Dropped, Changes::Journal);
-            replay(handed, capacity, shards, changes)
+            replay_log(handed, snapshot_sequence, state, shards, changes)
         },
     )?;
     // An error reading the log comes first: what was replayed before it is dropped.
@@ -361,16 +365,68 @@ impl SnapshotStream for GroupSender {
     }
 }
 
-/// The replay: builds the state from the snapshot, then applies each group as it
-/// arrives, as the engine applied them live: on the shard threads when there are some
-/// (results do not depend on how the log is cut into groups).
+/// The replay: builds the state from the snapshot, then replays the log after it
+/// ([`replay_log`]).
 fn replay(
     handed: Handed,
     capacity: Capacity,
     shards: Option<&ShardPool>,
+    changes: Changes<'_>,
+) -> Result<(StateMachine, Recovery), EngineError> {
+    let (snapshot_sequence, state) = load_snapshot(&handed, capacity)?;
+    replay_log(handed, snapshot_sequence, state, shards, changes)
+}
+
+/// What [`load_snapshot`] returned and what opening the journal did (`None` without
+/// one).
+type LoadedBesideJournal = (
+    Result<(Option<u64>, StateMachine), EngineError>,
+    Result<Option<EventJournal>, EngineError>,
+);
+
+/// [`load_snapshot`] while `open_journal` runs on a `tally-journal` thread: opening
+/// checks the journal's newest segment, reading it whole, about a tenth of a restart
+/// from a snapshot, and the load does not need the journal.
+fn load_beside_journal(
+    handed: &Handed,
+    capacity: Capacity,
+    open_journal: Option<OpenJournal>,
+) -> LoadedBesideJournal {
+    let Some(open) = open_journal else {
+        return (load_snapshot(handed, capacity), Ok(None));
+    };
+    std::thread::scope(|scope| {
+        let opening = std::thread::Builder::new()
+            .name("tally-journal".into())
+            .spawn_scoped(scope, open);
+        let opening = match opening {
+            Ok(opening) => opening,
+            Err(source) => {
+                let error = EngineError::Thread {
+                    name: "tally-journal",
+                    source,
+                };
+                return (load_snapshot(handed, capacity), Err(error));
+            }
+        };
+        let loaded = load_snapshot(handed, capacity);
+        let opened = opening
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (loaded, opened.map(Some))
+    })
+}
+
+/// Applies each group of the log after the snapshot as it arrives, as the engine
+/// applied them live: on the shard threads when there are some (results do not
+/// depend on how the log is cut into groups).
+fn replay_log(
+    handed: Handed,
+    snapshot_sequence: Option<u64>,
+    mut state: StateMachine,
+    shards: Option<&ShardPool>,
     mut changes: Changes<'_>,
 ) -> Result<(StateMachine, Recovery), EngineError> {
-    let (snapshot_sequence, mut state) = load_snapshot(&handed, capacity)?;
     let mut sequence_last = snapshot_sequence.unwrap_or(0);
     let receiver = handed.receiver;
     let mut recovery = Recovery {
