@@ -204,6 +204,12 @@ impl GatheredEntries {
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
+
+    /// Whether any transfer gathered sets user-data field `field` (0: `user_data_128`,
+    /// 1: `user_data_64`, 2: `user_data_32`).
+    pub(crate) fn has_values(&self, field: usize) -> bool {
+        !self.values[field].is_empty()
+    }
 }
 
 /// The id a transfer index entry names: a stored transfer's, or a burned id.
