@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 /// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
 /// chosen ids impractical.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
-use crate::store::{AccountStore, TransferStore};
+use crate::store::{AccountStore, FrozenTransfers, TransferStore};
 use tally_types::{Account, AccountFlags, ChangeEvent, PendingStatus, Transfer};
 
 /// One mutation, remembered so that a failing chain can undo it.
@@ -209,6 +209,28 @@ impl GatheredEntries {
     /// 1: `user_data_64`, 2: `user_data_32`).
     pub(crate) fn has_values(&self, field: usize) -> bool {
         !self.values[field].is_empty()
+    }
+}
+
+/// A part's user-data indexes of transfers, taken out of it with the entries loading
+/// gathered last for them ([`Part::detach_values`]), to be filled on another thread
+/// while the part loads what never reads them.
+#[derive(Debug)]
+pub(crate) struct DetachedValues {
+    indexes: UserDataIndexes,
+    /// The part's transfers as they were when detached: the entries' records.
+    transfers: FrozenTransfers,
+    entries: [Vec<u64>; 3],
+}
+
+impl DetachedValues {
+    /// Inserts the entries, as [`Part::index_loaded_transfers`] would have.
+    pub(crate) fn fill(&mut self, scratch: &mut Vec<u64>) {
+        let transfers = &self.transfers;
+        self.indexes.add_gathered(&self.entries, scratch, |p| {
+            transfer_user_data(&transfers.get(p as usize))
+        });
+        self.entries.iter_mut().for_each(Vec::clear);
     }
 }
 
@@ -592,6 +614,23 @@ impl Part {
         gathered: &mut GatheredEntries,
         scratch: &mut Vec<u64>,
     ) -> Result<(), u128> {
+        self.index_loaded_ids(gathered, scratch)?;
+        let transfers = &self.transfers;
+        self.transfer_values
+            .add_gathered(&gathered.values, scratch, |p| {
+                transfer_user_data(&transfers.get(p as usize))
+            });
+        gathered.values.iter_mut().for_each(Vec::clear);
+        Ok(())
+    }
+
+    /// The ids' part of [`Part::index_loaded_transfers`]: `gathered`'s user-data
+    /// entries are left for [`Part::detach_values`].
+    pub(crate) fn index_loaded_ids(
+        &mut self,
+        gathered: &mut GatheredEntries,
+        scratch: &mut Vec<u64>,
+    ) -> Result<(), u128> {
         let (transfers, burned) = (&self.transfers, &self.failed_ids);
         self.transfer_index.insert_gathered(
             &gathered.ids,
@@ -599,13 +638,29 @@ impl Part {
             |p| indexed_id(transfers, burned, p),
             |_, twice| Err(transfers.id_at(twice as usize)),
         )?;
-        self.transfer_values
-            .add_gathered(&gathered.values, scratch, |p| {
-                transfer_user_data(&transfers.get(p as usize))
-            });
         gathered.ids.clear();
-        gathered.values.iter_mut().for_each(Vec::clear);
         Ok(())
+    }
+
+    /// Takes the transfers' user-data indexes out, with `gathered`'s entries for them,
+    /// to be filled elsewhere ([`DetachedValues::fill`]) and put back
+    /// ([`Part::attach_values`]); the part has none meanwhile.
+    pub(crate) fn detach_values(&mut self, gathered: GatheredEntries) -> DetachedValues {
+        debug_assert!(gathered.ids.is_empty(), "the ids are indexed first");
+        DetachedValues {
+            indexes: std::mem::take(&mut self.transfer_values),
+            transfers: self.transfers.freeze(),
+            entries: gathered.values,
+        }
+    }
+
+    /// Puts back the indexes [`Part::detach_values`] took, filled.
+    pub(crate) fn attach_values(&mut self, detached: DetachedValues) {
+        assert!(
+            detached.entries.iter().all(Vec::is_empty),
+            "detached indexes are filled before they come back"
+        );
+        self.transfer_values = detached.indexes;
     }
 
     /// Appends a transfer to the store; its position and reference.

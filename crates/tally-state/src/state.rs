@@ -12,7 +12,8 @@ use crate::image_source::{ImageSource, LoadedSource};
 use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
 use crate::part::{
-    Balances, ChangeFill, GatheredEntries, Part, TransferEntry, TransferRef, expires_at,
+    Balances, ChangeFill, DetachedValues, GatheredEntries, Part, TransferEntry, TransferRef,
+    expires_at,
 };
 use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
@@ -459,16 +460,18 @@ impl StateMachine {
         );
         machine.last_timestamp = last_timestamp;
         machine.load_accounts(accounts)?;
-        let pending_count = machine.load_transfers(transfers, source)?;
-        let rest = source.rest()?;
-        machine.load_pending_statuses(rest.pending_statuses)?;
-        let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
-        if pending_count != status_count {
-            return Err(ImageError("a pending transfer has no status".to_string()));
-        }
-        machine.load_refunded(rest.refunded)?;
-        machine.load_failed_ids(rest.failed_ids)?;
-        machine.derive_balance_histories()?;
+        let (pending_count, gathered) = machine.load_transfers(transfers, source)?;
+        machine.with_values_filled_beside(gathered, |machine| {
+            let rest = source.rest()?;
+            machine.load_pending_statuses(rest.pending_statuses)?;
+            let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
+            if pending_count != status_count {
+                return Err(ImageError("a pending transfer has no status".to_string()));
+            }
+            machine.load_refunded(rest.refunded)?;
+            machine.load_failed_ids(rest.failed_ids)?;
+            machine.derive_balance_histories()
+        })?;
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
     }
@@ -500,19 +503,20 @@ impl StateMachine {
 
     /// Loads an image's transfers (the plain ones, then the source's runs, all in
     /// timestamp order) while a second thread builds the account histories. Returns how
-    /// many are pending: each must get a status.
+    /// many are pending (each must get a status) and, per part, the user-data entries
+    /// gathered last, not yet indexed ([`StateMachine::with_values_filled_beside`]).
     fn load_transfers(
         &mut self,
         image_transfers: Vec<Transfer>,
         source: &mut dyn ImageSource,
-    ) -> Result<usize, ImageError> {
+    ) -> Result<(usize, Vec<GatheredEntries>), ImageError> {
         let histories = self
             .parts
             .iter_mut()
             .map(|part| std::mem::take(&mut part.account_history))
             .collect();
         let ids_tables = LoadTable::ids_wanted(self);
-        let (loaded, histories, pending_count) = std::thread::scope(|scope| {
+        let (loaded, histories, (pending_count, gathered)) = std::thread::scope(|scope| {
             // Made here, so that its end of the tables thread's channel closes before
             // the scope waits for that thread, even when loading panics.
             let mut loading = TransferLoad {
@@ -525,13 +529,61 @@ impl StateMachine {
             };
             let (loaded, histories) =
                 self.load_with_histories(histories, &mut loading, image_transfers, source);
-            (loaded, histories, loading.pending_count)
+            let counted = (loading.pending_count, loading.gathered);
+            (loaded, histories, counted)
         });
         loaded?;
         for (part, history) in self.parts.iter_mut().zip(histories) {
             part.account_history = history;
         }
-        Ok(pending_count)
+        Ok((pending_count, gathered))
+    }
+
+    /// Runs `work` while a `tally-values` thread fills the transfers' user-data
+    /// indexes with the entries loading gathered last (`gathered`, per part): on
+    /// the festival ledger about a sixth of a load, which the side tables and the
+    /// balance histories need not wait for. `work` must not read those indexes: the
+    /// parts are without them until both are done. Where no thread can be started,
+    /// they are filled here first.
+    fn with_values_filled_beside<T>(
+        &mut self,
+        gathered: Vec<GatheredEntries>,
+        work: impl FnOnce(&mut Self) -> T,
+    ) -> T {
+        let mut detached: Vec<DetachedValues> = self
+            .parts
+            .iter_mut()
+            .zip(gathered)
+            .map(|(part, gathered)| part.detach_values(gathered))
+            .collect();
+        let fill_all = |detached: &mut Vec<DetachedValues>| {
+            let mut scratch = Vec::new();
+            detached.iter_mut().for_each(|part| part.fill(&mut scratch));
+        };
+        let mut work = Some(work);
+        let beside = std::thread::scope(|scope| {
+            let filling = std::thread::Builder::new()
+                .name("tally-values".into())
+                .spawn_scoped(scope, || fill_all(&mut detached))
+                .ok()?;
+            let done = work.take().map(|work| work(self));
+            filling
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            done
+        });
+        let done = match beside {
+            Some(done) => done,
+            None => {
+                fill_all(&mut detached);
+                let work = work.expect("work runs once, here when no thread could");
+                work(self)
+            }
+        };
+        for (part, detached) in self.parts.iter_mut().zip(detached) {
+            part.attach_values(detached);
+        }
+        done
     }
 
     /// The body of [`StateMachine::load_transfers`], the histories built beside it.
@@ -562,7 +614,7 @@ impl StateMachine {
                 histories_out(std::mem::take(&mut appends));
                 source.spent(run);
             }
-            loading.index(self, 0)
+            loading.index_ids_last(self)
         })
     }
 
@@ -1061,11 +1113,29 @@ impl TransferLoad {
         for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
             if gathered.len() > more_than {
                 part.index_loaded_transfers(gathered, &mut self.scratch)
-                    .map_err(|id| ImageError(format!("transfer {id} appears twice")))?;
+                    .map_err(appears_twice)?;
             }
         }
         Ok(())
     }
+
+    /// The last [`TransferLoad::index`], of the ids only: the user-data entries stay
+    /// gathered, to be filled beside the rest of the load
+    /// ([`StateMachine::with_values_filled_beside`]).
+    fn index_ids_last(&mut self, machine: &mut StateMachine) -> Result<(), ImageError> {
+        if let Some(tables) = &mut self.tables {
+            tables.adopt_all(machine);
+        }
+        for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
+            part.index_loaded_ids(gathered, &mut self.scratch)
+                .map_err(appears_twice)?;
+        }
+        Ok(())
+    }
+}
+
+fn appears_twice(id: u128) -> ImageError {
+    ImageError(format!("transfer {id} appears twice"))
 }
 
 /// A point-in-time copy of a [`StateMachine`] ([`StateMachine::freeze`]).

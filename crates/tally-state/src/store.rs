@@ -219,6 +219,14 @@ impl FrozenTransfers {
         records(&self.chunks, &self.tail)
     }
 
+    /// The transfer at `position`, as [`TransferStore::get`] read it when frozen.
+    pub fn get(&self, position: usize) -> Transfer {
+        match self.chunks.get(position / CHUNK) {
+            Some(chunk) => chunk.get(position % CHUNK),
+            None => self.tail.get(position - self.chunks.len() * CHUNK),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.chunks.len() * CHUNK + self.tail.starts.len()
     }
