@@ -10,9 +10,9 @@ use tally_log::events::EventJournal;
 use tally_log::{
     LogOptions, LogRecord, RecoverySink, SnapshotStream, Storage, VerifyReport, Wal, read_log_into,
 };
-use tally_state::{ImageError, ImageSource, Layout, Placement, StateMachine};
+use tally_state::{ImageError, ImageSource, ImageStart, Layout, Placement, StateMachine};
 use tally_types::packed::UnpackedRun;
-use tally_types::{ChangeEvent, LoadedImage, StateImage};
+use tally_types::{Account, ChangeEvent, LoadedImage, StateImage, Transfer};
 
 /// Opens the change-event journal, checking its newest segment (recovery brings the
 /// journal up to date with the log).
@@ -254,11 +254,19 @@ const SNAPSHOT_RUNS_MADE_MAX: usize = REPLAY_GROUPS_IN_FLIGHT + 2;
 enum Replayed {
     /// The snapshot to start from, once, unless one was streamed whole.
     Start(Option<(u64, LoadedImage)>),
-    /// A snapshot streamed: its sequence, head and stored transfers.
-    SnapshotHead {
+    /// A snapshot streamed: its sequence, last timestamp and accounts.
+    SnapshotBegin {
         sequence: u64,
-        head: StateImage,
-        transfers: u64,
+        last_timestamp: u64,
+        accounts: u64,
+    },
+    /// Its next accounts.
+    SnapshotAccounts(Vec<Account>),
+    /// After its accounts: its transfers unpacked (older formats), and how many it
+    /// stores.
+    SnapshotHead {
+        transfers: Vec<Transfer>,
+        stored: u64,
     },
     /// Its next run of transfers.
     SnapshotRun(UnpackedRun),
@@ -329,12 +337,20 @@ impl RecoverySink for GroupSender {
 }
 
 impl SnapshotStream for GroupSender {
-    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64) {
-        self.send(Replayed::SnapshotHead {
+    fn begin(&mut self, sequence: u64, last_timestamp: u64, accounts: u64) {
+        self.send(Replayed::SnapshotBegin {
             sequence,
-            head,
-            transfers,
+            last_timestamp,
+            accounts,
         });
+    }
+
+    fn accounts(&mut self, accounts: Vec<Account>) {
+        self.send(Replayed::SnapshotAccounts(accounts));
+    }
+
+    fn head(&mut self, transfers: Vec<Transfer>, stored: u64) {
+        self.send(Replayed::SnapshotHead { transfers, stored });
     }
 
     fn run(&mut self, run: UnpackedRun) {
@@ -514,7 +530,7 @@ fn load_snapshot(
     capacity: Capacity,
 ) -> Result<(Option<u64>, StateMachine), EngineError> {
     loop {
-        let (sequence, head, transfers) = match handed.receiver.recv() {
+        let begun = match handed.receiver.recv() {
             Ok(Replayed::Start(None)) => {
                 let state = StateMachine::with_capacity_in_parts(
                     capacity.accounts,
@@ -533,26 +549,29 @@ fn load_snapshot(
                 .map_err(|source| RecoveryError::Snapshot { sequence, source })?;
                 return Ok((Some(sequence), state));
             }
-            Ok(Replayed::SnapshotHead {
+            Ok(Replayed::SnapshotBegin {
                 sequence,
-                head,
-                transfers,
-            }) => (sequence, head, transfers),
+                last_timestamp,
+                accounts,
+            }) => (sequence, last_timestamp, accounts),
             // The log could not be read; its error is the one reported.
             _ => return Err(RecoveryError::LogNotRead.into()),
         };
+        let (sequence, last_timestamp, accounts) = begun;
         let mut source = StreamedImage {
             handed,
+            head: None,
             rest: None,
             ended: None,
         };
-        let room = (
-            capacity.accounts,
-            capacity
-                .transfers
-                .max(usize::try_from(transfers).unwrap_or(0)),
-        );
-        let loaded = StateMachine::from_image_source(head, &mut source, capacity.layout(), room);
+        let start = ImageStart {
+            last_timestamp,
+            // Bounded by the file's size; a count past this machine's word matches no
+            // accounts that come.
+            accounts: usize::try_from(accounts).unwrap_or(0),
+        };
+        let room = (capacity.accounts, capacity.transfers);
+        let loaded = StateMachine::from_image_source(start, &mut source, capacity.layout(), room);
         match (loaded, source.finish()) {
             (Ok(state), _) => return Ok((Some(sequence), state)),
             (Err(_), StreamEnd::Abandoned) => continue,
@@ -578,10 +597,21 @@ enum StreamEnd {
 /// A snapshot as the reader thread streams it, for [`StateMachine::from_image_source`].
 struct StreamedImage<'a> {
     handed: &'a Handed,
+    /// Its head, once it has come after the accounts.
+    head: Option<(Vec<Transfer>, u64)>,
     /// Its rest, once its end has come.
     rest: Option<StateImage>,
     /// How it ended, once it has.
     ended: Option<StreamEnd>,
+}
+
+/// What a streamed snapshot hands over next.
+enum Piece {
+    Accounts(Vec<Account>),
+    Head(Vec<Transfer>, u64),
+    Run(UnpackedRun),
+    /// Its end: it is whole, its rest kept.
+    End,
 }
 
 impl StreamedImage<'_> {
@@ -591,30 +621,70 @@ impl StreamedImage<'_> {
     fn finish(&mut self) -> StreamEnd {
         while self.ended.is_none() {
             // Each handed back: the reader may be waiting for room to read into.
-            if let Ok(Some(run)) = self.next_run() {
+            if let Ok(Piece::Run(run)) = self.next_piece() {
                 self.spent(run);
             }
         }
         self.ended.unwrap_or(StreamEnd::Cut)
     }
+
+    /// The next piece; `Err` when the snapshot was abandoned or the reader stopped.
+    fn next_piece(&mut self) -> Result<Piece, ImageError> {
+        if self.ended == Some(StreamEnd::Whole) {
+            return Ok(Piece::End);
+        }
+        if self.ended.is_none() {
+            match self.handed.receiver.recv() {
+                Ok(Replayed::SnapshotAccounts(accounts)) => return Ok(Piece::Accounts(accounts)),
+                Ok(Replayed::SnapshotHead { transfers, stored }) => {
+                    return Ok(Piece::Head(transfers, stored));
+                }
+                Ok(Replayed::SnapshotRun(run)) => return Ok(Piece::Run(run)),
+                Ok(Replayed::SnapshotEnd(rest)) => {
+                    self.rest = Some(rest);
+                    self.ended = Some(StreamEnd::Whole);
+                    return Ok(Piece::End);
+                }
+                Ok(Replayed::SnapshotAbandoned) => self.ended = Some(StreamEnd::Abandoned),
+                Ok(_) | Err(_) => self.ended = Some(StreamEnd::Cut),
+            }
+        }
+        Err(ImageError("the snapshot was not read whole".into()))
+    }
+}
+
+/// A piece the reader never hands over at that point.
+fn out_of_order() -> ImageError {
+    ImageError("the snapshot's parts came out of order".into())
 }
 
 impl ImageSource for StreamedImage<'_> {
-    fn next_run(&mut self) -> Result<Option<UnpackedRun>, ImageError> {
-        if self.ended.is_some() {
+    fn next_accounts(&mut self) -> Result<Option<Vec<Account>>, ImageError> {
+        if self.head.is_some() {
             return Ok(None);
         }
-        match self.handed.receiver.recv() {
-            Ok(Replayed::SnapshotRun(run)) => return Ok(Some(run)),
-            Ok(Replayed::SnapshotEnd(rest)) => {
-                self.rest = Some(rest);
-                self.ended = Some(StreamEnd::Whole);
-                return Ok(None);
+        match self.next_piece()? {
+            Piece::Accounts(accounts) => Ok(Some(accounts)),
+            Piece::Head(transfers, stored) => {
+                self.head = Some((transfers, stored));
+                Ok(None)
             }
-            Ok(Replayed::SnapshotAbandoned) => self.ended = Some(StreamEnd::Abandoned),
-            Ok(_) | Err(_) => self.ended = Some(StreamEnd::Cut),
+            Piece::Run(_) | Piece::End => Err(out_of_order()),
         }
-        Err(ImageError("the snapshot was not read whole".into()))
+    }
+
+    fn transfers_head(&mut self) -> Result<(Vec<Transfer>, usize), ImageError> {
+        let (transfers, stored) = self.head.take().ok_or_else(out_of_order)?;
+        let stored = usize::try_from(stored).unwrap_or(0);
+        Ok((transfers, stored))
+    }
+
+    fn next_run(&mut self) -> Result<Option<UnpackedRun>, ImageError> {
+        match self.next_piece()? {
+            Piece::Run(run) => Ok(Some(run)),
+            Piece::End => Ok(None),
+            Piece::Accounts(_) | Piece::Head(..) => Err(out_of_order()),
+        }
     }
 
     fn spent(&mut self, mut run: UnpackedRun) {

@@ -235,8 +235,8 @@ fn build_with_snapshots(dir: &Path, shards: usize) -> StateImage {
 }
 
 #[test]
-fn a_snapshot_damaged_after_its_first_run_falls_back_to_the_older_one() {
-    for shards in [1, 2] {
+fn a_snapshot_damaged_in_its_accounts_or_after_its_first_run_falls_back_to_the_older_one() {
+    for (shards, in_accounts) in [(1, false), (2, false), (1, true)] {
         let dir = tempfile::tempdir().unwrap();
         let image = build_with_snapshots(dir.path(), shards);
         let files = snapshots(dir.path());
@@ -252,7 +252,13 @@ fn a_snapshot_damaged_after_its_first_run_falls_back_to_the_older_one() {
         let length = u32::from_le_bytes(bytes[first_chunk..first_chunk + 4].try_into().unwrap());
         let second_chunk = first_chunk + 4 + length as usize + 4;
         assert!(second_chunk + 1_000 < bytes.len());
-        bytes[second_chunk + 1_000] ^= 0x04;
+        // In the accounts, the load has begun when the damage is found.
+        let at = if in_accounts {
+            64 + 32 + 1_000
+        } else {
+            second_chunk + 1_000
+        };
+        bytes[at] ^= 0x04;
         std::fs::write(&files[1], &bytes).unwrap();
         let ledger = Ledger::open(config(dir.path(), shards)).unwrap();
         assert_eq!(
@@ -268,51 +274,32 @@ fn a_snapshot_damaged_after_its_first_run_falls_back_to_the_older_one() {
     }
 }
 
-/// A snapshot whose checksums hold but whose state does not (its second run of
-/// transfers names an account it lacks) stops open with an error naming the snapshot:
-/// the load stops at once, and the runs the reader still streams are handed back as
-/// they are drained, so that the reader, short of room, never waits for ever.
-#[test]
-fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = tally_log::LogOptions {
-        segment_bytes_max: 64 << 20,
-        sync: tally_log::SyncMode::Fdatasync,
-    };
-    let account = |id| Account {
+fn loaded_account(id: u128) -> Account {
+    Account {
         id,
         ledger: 156,
         code: 1,
         timestamp: id as u64,
         ..Account::default()
+    }
+}
+
+/// The error opening a ledger whose only snapshot (at sequence 1) holds `image`
+/// returns: it must return, whatever the reader was doing when the load stopped.
+fn open_error_with_snapshot(image: &StateImage) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let options = tally_log::LogOptions {
+        segment_bytes_max: 64 << 20,
+        sync: tally_log::SyncMode::Fdatasync,
     };
     let (mut wal, _) = tally_log::Wal::open(dir.path(), options).unwrap();
     let record = tally_log::LogRecord {
         sequence: 1,
         timestamp: 1,
-        batch: Batch::CreateAccounts(vec![account(1), account(2)]),
+        batch: Batch::CreateAccounts(vec![loaded_account(1), loaded_account(2)]),
     };
     wal.append(&[record]).unwrap();
-    let run = tally_types::packed::PACKED_RUN_RECORDS;
-    let transfers = (0..run * 8)
-        .map(|i| Transfer {
-            id: 1_000 + i as u128,
-            debit_account_id: 1,
-            credit_account_id: if i == run + 5 { 99 } else { 2 },
-            amount: 1,
-            ledger: 156,
-            code: 1,
-            timestamp: 10 + i as u64,
-            ..Transfer::default()
-        })
-        .collect();
-    let image = StateImage {
-        last_timestamp: 10 + run as u64 * 8,
-        accounts: vec![account(1), account(2)],
-        transfers,
-        ..StateImage::default()
-    };
-    wal.write_snapshot(1, &image).unwrap();
+    wal.write_snapshot(1, image).unwrap();
     drop(wal);
     let (sender, receiver) = std::sync::mpsc::channel();
     let path = dir.path().to_path_buf();
@@ -323,7 +310,65 @@ fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
     let opened = receiver
         .recv_timeout(std::time::Duration::from_secs(300))
         .expect("open returns");
-    let error = opened.expect_err("the snapshot does not load");
+    opened.expect_err("the snapshot does not load")
+}
+
+/// A snapshot whose checksums hold but whose state does not (its second run of
+/// transfers names an account it lacks) stops open with an error naming the snapshot:
+/// the load stops at once, and the runs the reader still streams are handed back as
+/// they are drained, so that the reader, short of room, never waits for ever.
+#[test]
+fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
+    let run = tally_types::packed::PACKED_RUN_RECORDS;
+    let transfers = (0..run * 8)
+        .map(|i| Transfer {
+            id: 1_000 + i as u128,
+            debit_account_id: 1,
+            credit_account_id: if i == run + 5 { 99 } else { 2 },
+            amount: 1,
+            ledger: 156,
+            code: 1,
+            timestamp: 100_000 + i as u64,
+            ..Transfer::default()
+        })
+        .collect();
+    let image = StateImage {
+        last_timestamp: 100_000 + run as u64 * 8,
+        accounts: vec![loaded_account(1), loaded_account(2)],
+        transfers,
+        ..StateImage::default()
+    };
+    let error = open_error_with_snapshot(&image);
     assert!(error.contains("snapshot 1 does not load"), "{error}");
     assert!(error.contains("unknown account"), "{error}");
+}
+
+/// The accounts stream a chunk (8,192) at a time: a duplicate in the first chunk
+/// stops the load while the reader still has chunks, runs and the rest to send.
+#[test]
+fn accounts_that_do_not_load_stop_open_after_the_reader_drains() {
+    let mut accounts: Vec<Account> = (1..=40_000).map(loaded_account).collect();
+    accounts[5_000].id = 7;
+    let run = tally_types::packed::PACKED_RUN_RECORDS;
+    let transfers = (0..run * 3)
+        .map(|i| Transfer {
+            id: 100_000 + i as u128,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 1,
+            ledger: 156,
+            code: 1,
+            timestamp: 100_000 + i as u64,
+            ..Transfer::default()
+        })
+        .collect();
+    let image = StateImage {
+        last_timestamp: 100_000 + run as u64 * 3,
+        accounts,
+        transfers,
+        ..StateImage::default()
+    };
+    let error = open_error_with_snapshot(&image);
+    assert!(error.contains("snapshot 1 does not load"), "{error}");
+    assert!(error.contains("account 7 appears twice"), "{error}");
 }

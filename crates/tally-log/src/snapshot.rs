@@ -18,7 +18,7 @@ use tally_types::codec::{
 use tally_types::packed::{
     self, PACKED_RUN_RECORDS, PACKED_TRANSFER_BYTES_MAX, PackedRun, RunError, UnpackedRun,
 };
-use tally_types::{Account, LoadedImage, PendingStatus, StateImage};
+use tally_types::{Account, LoadedImage, PendingStatus, StateImage, Transfer};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYSNP";
 /// Version of the snapshot layout written. Version 3 stores transfers packed; versions
@@ -431,21 +431,28 @@ pub(crate) struct Loaded {
 }
 
 /// Takes a snapshot as it is read, so that loading it overlaps reading it (see
-/// `RecoverySink::snapshot_stream`). After [`SnapshotStream::head`] come the runs of
+/// `RecoverySink::snapshot_stream`). [`SnapshotStream::begin`] comes first, then the
+/// accounts a checked chunk at a time, then [`SnapshotStream::head`], the runs of
 /// transfers, each checked, then [`SnapshotStream::end`] once the whole file has been
 /// checked, or [`SnapshotStream::abandoned`] when damage (or an I/O error) was found
 /// first: what was built from this snapshot must then be dropped.
 pub trait SnapshotStream {
-    /// A snapshot begins: its sequence, its head (the last timestamp, the accounts and,
-    /// before format 3, the transfers unpacked) and how many transfers it stores.
-    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64);
+    /// A snapshot begins: its sequence, its last timestamp and how many accounts it
+    /// holds.
+    fn begin(&mut self, sequence: u64, last_timestamp: u64, accounts: u64);
+    /// The next accounts, in creation order, their chunk checked.
+    fn accounts(&mut self, accounts: Vec<Account>);
+    /// After the accounts: the transfers unpacked (before format 3 only; from
+    /// format 3 none, and the head comes before the runs) and how many transfers the
+    /// snapshot stores.
+    fn head(&mut self, transfers: Vec<Transfer>, stored: u64);
     /// The next run of packed transfers, checked and unpacked.
     fn run(&mut self, run: UnpackedRun);
     /// Room for the next run (a spent one), if the stream has one to give back.
     fn spare_run(&mut self) -> UnpackedRun;
     /// The rest (pending statuses, refunds, failed ids): the snapshot is whole.
     fn end(&mut self, rest: StateImage);
-    /// The snapshot since the last head is not usable: drop what was built from it.
+    /// The snapshot since the last begin is not usable: drop what was built from it.
     fn abandoned(&mut self);
 }
 
@@ -460,35 +467,43 @@ enum Keep<'a> {
 }
 
 /// [`read`] handing the snapshot to `stream` as it is read (see [`SnapshotStream`]);
-/// returns its sequence. On an error after the head, the stream is told it was
+/// returns its sequence. On an error after the begin, the stream is told it was
 /// abandoned.
 pub(crate) fn read_streamed(
     storage: &mut dyn Storage,
     name: &str,
     stream: &mut dyn SnapshotStream,
 ) -> Result<u64, LogError> {
-    let mut headed = false;
-    let mut tracked = HeadTracker {
+    let mut begun = false;
+    let mut tracked = BeginTracker {
         stream,
-        headed: &mut headed,
+        begun: &mut begun,
     };
     let read = read_keeping(storage, name, Keep::Stream(&mut tracked));
-    if read.is_err() && headed {
+    if read.is_err() && begun {
         stream.abandoned();
     }
     read.map(|loaded| loaded.sequence)
 }
 
-/// Notes whether a head went to the stream, passing everything on.
-struct HeadTracker<'a> {
+/// Notes whether a begin went to the stream, passing everything on.
+struct BeginTracker<'a> {
     stream: &'a mut dyn SnapshotStream,
-    headed: &'a mut bool,
+    begun: &'a mut bool,
 }
 
-impl SnapshotStream for HeadTracker<'_> {
-    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64) {
-        *self.headed = true;
-        self.stream.head(sequence, head, transfers);
+impl SnapshotStream for BeginTracker<'_> {
+    fn begin(&mut self, sequence: u64, last_timestamp: u64, accounts: u64) {
+        *self.begun = true;
+        self.stream.begin(sequence, last_timestamp, accounts);
+    }
+
+    fn accounts(&mut self, accounts: Vec<Account>) {
+        self.stream.accounts(accounts);
+    }
+
+    fn head(&mut self, transfers: Vec<Transfer>, stored: u64) {
+        self.stream.head(transfers, stored);
     }
 
     fn run(&mut self, run: UnpackedRun) {
@@ -554,11 +569,7 @@ fn read_keeping(
     for (id, item_bytes, section) in SECTIONS {
         if id == 2 && version >= PACKED_TRANSFERS_SINCE {
             let runs = match (&mut keep, image.as_mut()) {
-                (Keep::Stream(stream), Some(image)) => KeptRuns::Stream {
-                    stream: &mut **stream,
-                    sequence,
-                    head: &mut image.image,
-                },
+                (Keep::Stream(stream), Some(_)) => KeptRuns::Stream(&mut **stream),
                 (_, Some(image)) => KeptRuns::Packed(&mut image.packed_transfers),
                 (_, None) => KeptRuns::Nothing,
             };
@@ -567,13 +578,19 @@ fn read_keeping(
         }
         // Before format 3 the transfers section held fixed 128-byte records.
         let item_bytes = if id == 2 { RECORD_SIZE } else { item_bytes };
+        let streamed = match (&mut keep, id) {
+            (Keep::Stream(stream), 1) => Some(StreamedAccounts {
+                stream: &mut **stream,
+                sequence,
+            }),
+            _ => None,
+        };
         read_section(
             &mut reader,
             &mut buf,
-            id,
-            item_bytes,
-            section,
+            (id, item_bytes, section),
             image.as_mut().map(|image| &mut image.image),
+            streamed,
         )?;
     }
     let at = reader.take(FOOTER_SIZE, &mut buf)?;
@@ -593,14 +610,9 @@ fn read_keeping(
             .image;
         if version < PACKED_TRANSFERS_SINCE {
             // The transfers came unpacked, with everything else: all go at the end.
-            let head = StateImage {
-                last_timestamp: rest.last_timestamp,
-                accounts: std::mem::take(&mut rest.accounts),
-                transfers: std::mem::take(&mut rest.transfers),
-                ..StateImage::default()
-            };
-            let transfers = head.transfers.len() as u64;
-            stream.head(sequence, head, transfers);
+            let transfers = std::mem::take(&mut rest.transfers);
+            let stored = transfers.len() as u64;
+            stream.head(transfers, stored);
         }
         stream.end(rest);
     }
@@ -681,13 +693,8 @@ enum KeptRuns<'a> {
     Nothing,
     /// Into the image, packed.
     Packed(&'a mut Vec<PackedRun>),
-    /// To a stream, unpacked, after the head (taken from `head`: the last timestamp and
-    /// the accounts, read before).
-    Stream {
-        stream: &'a mut dyn SnapshotStream,
-        sequence: u64,
-        head: &'a mut StateImage,
-    },
+    /// To a stream, unpacked, after the head.
+    Stream(&'a mut dyn SnapshotStream),
 }
 
 /// Reads and checks the packed transfers section (format 3): every chunk's length
@@ -702,18 +709,8 @@ fn read_packed_transfers(
     // Item bytes 0 in the header: variable; each takes at least the shortest record.
     let (count, chunk_items) =
         read_section_header(reader, buf, 2, 0, PACKED_TRANSFER_BYTES_MIN, section)?;
-    if let KeptRuns::Stream {
-        stream,
-        sequence,
-        head,
-    } = &mut runs
-    {
-        let head = StateImage {
-            last_timestamp: head.last_timestamp,
-            accounts: std::mem::take(&mut head.accounts),
-            ..StateImage::default()
-        };
-        stream.head(*sequence, head, count);
+    if let KeptRuns::Stream(stream) = &mut runs {
+        stream.head(Vec::new(), count);
     }
     let mut done = 0u64;
     let mut chunk_index = 0u64;
@@ -751,7 +748,7 @@ fn read_packed_transfers(
             (KeptRuns::Packed(runs), Some(records)) => {
                 PackedRun::new(items, records).map(|run| runs.push(run))
             }
-            (KeptRuns::Stream { stream, .. }, Some(records)) => {
+            (KeptRuns::Stream(stream), Some(records)) => {
                 UnpackedRun::check(items, records, stream.spare_run()).map(|run| stream.run(run))
             }
             _ => packed::check_run(items, &buf[..], |_, _| {}),
@@ -776,18 +773,30 @@ fn read_packed_transfers(
     Ok(())
 }
 
+/// A stream the accounts section goes to a chunk at a time, after its begin.
+struct StreamedAccounts<'a> {
+    stream: &'a mut dyn SnapshotStream,
+    sequence: u64,
+}
+
+/// Reads and checks section `(id, item_bytes, name)`, decoding its items into `image`
+/// (or only checking them when `image` is `None`). With `streamed` (the accounts), each
+/// chunk's items go to the stream once the chunk is checked, after its begin.
 fn read_section(
     reader: &mut Reader<'_>,
     buf: &mut Vec<u8>,
-    id: u16,
-    item_bytes: usize,
-    section: &str,
+    (id, item_bytes, section): (u16, usize, &str),
     mut image: Option<&mut StateImage>,
+    mut streamed: Option<StreamedAccounts<'_>>,
 ) -> Result<(), LogError> {
     let (count, chunk_items) =
         read_section_header(reader, buf, id, item_bytes, item_bytes, section)?;
     if let Some(image) = image.as_deref_mut() {
-        let count = count as usize; // bounded by the file size just above
+        // Bounded by the file size just above; a stream takes one chunk at a time.
+        let count = match streamed {
+            Some(_) => (chunk_items as usize).min(count as usize),
+            None => count as usize,
+        };
         match id {
             1 => image.accounts.reserve_exact(count),
             2 => image.transfers.reserve_exact(count),
@@ -795,6 +804,12 @@ fn read_section(
             4 => image.refunded.reserve_exact(count),
             _ => image.failed_ids.reserve_exact(count),
         }
+    }
+    if let (Some(streamed), Some(image)) = (streamed.as_mut(), image.as_deref()) {
+        debug_assert_eq!(id, 1, "only the accounts stream");
+        streamed
+            .stream
+            .begin(streamed.sequence, image.last_timestamp, count);
     }
     let mut done = 0u64;
     let mut chunk_index = 0u64;
@@ -815,6 +830,12 @@ fn read_section(
                     format!("{section} item {}: {why}", done + index as u64),
                 )
             })?;
+        }
+        if let (Some(streamed), Some(image)) = (streamed.as_mut(), image.as_deref_mut()) {
+            let next = Vec::with_capacity(chunk_items as usize);
+            streamed
+                .stream
+                .accounts(std::mem::replace(&mut image.accounts, next));
         }
         done += items as u64;
         chunk_index += 1;

@@ -16,18 +16,32 @@ use tally_types::{Account, LoadedImage, PendingStatus, StateImage, Transfer, Tra
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     Start(Option<u64>),
-    Head { sequence: u64, transfers: u64 },
+    Begin { sequence: u64, accounts: u64 },
+    Accounts(usize),
+    Head { stored: u64 },
     Run(usize),
     End,
     Abandoned,
 }
 
-/// The head call of snapshot `sequence` storing `transfers` transfers.
-fn head(sequence: u64, transfers: usize) -> Call {
-    Call::Head {
-        sequence,
-        transfers: transfers as u64,
-    }
+/// The calls that open snapshot `sequence` of `accounts` accounts (one chunk) storing
+/// `transfers` transfers in runs.
+fn opening(sequence: u64, accounts: usize, transfers: usize) -> Vec<Call> {
+    vec![
+        Call::Begin {
+            sequence,
+            accounts: accounts as u64,
+        },
+        Call::Accounts(accounts),
+        Call::Head {
+            stored: transfers as u64,
+        },
+    ]
+}
+
+/// `opening`, then `rest`.
+fn calls(opening: Vec<Call>, rest: &[Call]) -> Vec<Call> {
+    opening.into_iter().chain(rest.iter().cloned()).collect()
 }
 
 /// Records the calls and rebuilds the image the stream hands over.
@@ -59,13 +73,25 @@ impl RecoverySink for Recorder {
 }
 
 impl SnapshotStream for Recorder {
-    fn head(&mut self, sequence: u64, head: StateImage, transfers: u64) {
-        assert!(head.pending_statuses.is_empty() && head.failed_ids.is_empty());
-        self.calls.push(Call::Head {
-            sequence,
-            transfers,
-        });
-        self.image = Some((sequence, head));
+    fn begin(&mut self, sequence: u64, last_timestamp: u64, accounts: u64) {
+        self.calls.push(Call::Begin { sequence, accounts });
+        let image = StateImage {
+            last_timestamp,
+            ..StateImage::default()
+        };
+        self.image = Some((sequence, image));
+    }
+
+    fn accounts(&mut self, accounts: Vec<Account>) {
+        self.calls.push(Call::Accounts(accounts.len()));
+        let (_, image) = self.image.as_mut().unwrap();
+        image.accounts.extend(accounts);
+    }
+
+    fn head(&mut self, transfers: Vec<Transfer>, stored: u64) {
+        self.calls.push(Call::Head { stored });
+        let (_, image) = self.image.as_mut().unwrap();
+        image.transfers.extend(transfers);
     }
 
     fn run(&mut self, run: UnpackedRun) {
@@ -166,19 +192,21 @@ fn second_chunk(storage: &FaultyStorage, name: &str, accounts: usize) -> usize {
 }
 
 #[test]
-fn a_whole_snapshot_streams_head_runs_then_end_and_matches_a_whole_read() {
+fn a_whole_snapshot_streams_accounts_head_runs_then_end_as_read_whole() {
     let newer = image(3, PACKED_RUN_RECORDS * 2 + 5);
     let storage = two_snapshots(&image(2, 4), &newer);
     let recorder = streamed(&storage);
     assert_eq!(
         recorder.calls,
-        vec![
-            head(20, newer.transfers.len()),
-            Call::Run(PACKED_RUN_RECORDS),
-            Call::Run(PACKED_RUN_RECORDS),
-            Call::Run(5),
-            Call::End,
-        ]
+        calls(
+            opening(20, 3, newer.transfers.len()),
+            &[
+                Call::Run(PACKED_RUN_RECORDS),
+                Call::Run(PACKED_RUN_RECORDS),
+                Call::Run(5),
+                Call::End,
+            ]
+        )
     );
     assert_eq!(recorder.spares_asked, 3);
     assert_eq!(recorder.image, Some((20, newer)));
@@ -196,17 +224,20 @@ fn damage_after_the_first_run_abandons_it_for_the_older_snapshot() {
     let at = second_chunk(&storage, &snapshot_name(20), 3);
     storage.flip_bit(&snapshot_name(20), at + 100, 2);
     let recorder = streamed(&storage);
+    let older_calls = calls(
+        opening(10, 2, older.transfers.len()),
+        &[Call::Run(PACKED_RUN_RECORDS), Call::Run(1), Call::End],
+    );
     assert_eq!(
         recorder.calls,
-        vec![
-            head(20, newer.transfers.len()),
-            Call::Run(PACKED_RUN_RECORDS),
-            Call::Abandoned,
-            head(10, older.transfers.len()),
-            Call::Run(PACKED_RUN_RECORDS),
-            Call::Run(1),
-            Call::End,
-        ]
+        calls(
+            opening(20, 3, newer.transfers.len()),
+            &[
+                &[Call::Run(PACKED_RUN_RECORDS), Call::Abandoned],
+                &older_calls[..]
+            ]
+            .concat()
+        )
     );
     assert_eq!(recorder.image, Some((10, older)));
     let (wal, whole) = open(&storage, options(1 << 20)).unwrap();
@@ -224,8 +255,8 @@ fn damage_after_every_run_abandons_it_too() {
     storage.flip_bit(&snapshot_name(20), len - 16 - 8, 0);
     let recorder = streamed(&storage);
     assert_eq!(
-        recorder.calls[..3],
-        [head(20, 10), Call::Run(10), Call::Abandoned]
+        recorder.calls[..5],
+        calls(opening(20, 3, 10), &[Call::Run(10), Call::Abandoned])[..]
     );
     assert_eq!(recorder.image, Some((10, image(2, 4))));
 }
@@ -243,24 +274,67 @@ fn the_only_snapshot_abandoned_starts_from_nothing_and_replays_the_log() {
     let recorder = streamed(&storage);
     assert_eq!(
         recorder.calls,
-        vec![
-            head(20, PACKED_RUN_RECORDS + 3),
-            Call::Run(PACKED_RUN_RECORDS),
-            Call::Abandoned,
-            Call::Start(None),
-        ]
+        calls(
+            opening(20, 3, PACKED_RUN_RECORDS + 3),
+            &[
+                Call::Run(PACKED_RUN_RECORDS),
+                Call::Abandoned,
+                Call::Start(None),
+            ]
+        )
     );
     assert_eq!(recorder.records, records(1, 20));
 }
 
 #[test]
-fn damage_before_the_head_moves_on_without_a_call() {
+fn damage_before_the_begin_moves_on_without_a_call() {
+    let storage = two_snapshots(&image(2, 4), &image(3, 4));
+    // Inside the file header.
+    storage.flip_bit(&snapshot_name(20), 20, 1);
+    let recorder = streamed(&storage);
+    assert_eq!(recorder.calls[..3], opening(10, 2, 4)[..]);
+    assert_eq!(recorder.calls.last(), Some(&Call::End));
+}
+
+#[test]
+fn damage_in_the_accounts_abandons_before_any_is_handed_over() {
     let storage = two_snapshots(&image(2, 4), &image(3, 4));
     // Inside the accounts' chunk.
     storage.flip_bit(&snapshot_name(20), 64 + 32 + 10, 1);
     let recorder = streamed(&storage);
-    assert_eq!(recorder.calls[0], head(10, 4));
-    assert_eq!(recorder.calls.last(), Some(&Call::End));
+    let begin = Call::Begin {
+        sequence: 20,
+        accounts: 3,
+    };
+    assert_eq!(recorder.calls[..2], [begin, Call::Abandoned]);
+    assert_eq!(recorder.calls[2..5], opening(10, 2, 4)[..]);
+    assert_eq!(recorder.image, Some((10, image(2, 4))));
+}
+
+#[test]
+fn accounts_stream_a_chunk_at_a_time() {
+    // The writer's chunk of fixed-size items.
+    let chunk = 8_192;
+    let accounts = chunk * 2 + 1;
+    let newer = image(accounts, 4);
+    let storage = two_snapshots(&image(2, 4), &newer);
+    let recorder = streamed(&storage);
+    assert_eq!(
+        recorder.calls,
+        vec![
+            Call::Begin {
+                sequence: 20,
+                accounts: accounts as u64,
+            },
+            Call::Accounts(chunk),
+            Call::Accounts(chunk),
+            Call::Accounts(1),
+            Call::Head { stored: 4 },
+            Call::Run(4),
+            Call::End,
+        ]
+    );
+    assert_eq!(recorder.image, Some((20, newer)));
 }
 
 #[test]
@@ -272,36 +346,56 @@ fn a_format_2_snapshot_streams_its_transfers_in_the_head() {
     drop(wal);
     storage.write_file_durable(&snapshot_name(1), fixture);
     let recorder = streamed(&storage);
-    assert_eq!(recorder.calls, vec![head(1, 4), Call::End]);
+    assert_eq!(
+        recorder.calls,
+        vec![
+            Call::Begin {
+                sequence: 1,
+                accounts: 3,
+            },
+            Call::Accounts(3),
+            Call::Head { stored: 4 },
+            Call::End,
+        ]
+    );
     let (_, whole) = open(&storage, options(1 << 20)).unwrap();
     assert_eq!(recorder.image, whole.snapshot);
 }
 
-/// Whether `calls` keep the contract: each head is followed by runs, then its end or
-/// its abandonment; at most one end, and then nothing; a start (from none) only when
-/// nothing streamed whole, and last.
+/// Whether `calls` keep the contract: each begin is followed by its accounts, its
+/// head, its runs, then its end (after the head) or its abandonment; at most one end,
+/// and then nothing; a start (from none) only when nothing streamed whole, and last.
 fn well_formed(calls: &[Call]) -> bool {
-    let mut open = false;
+    // Where the snapshot open now is: none, begun (its accounts coming), or headed.
+    #[derive(PartialEq)]
+    enum At {
+        None,
+        Begun,
+        Headed,
+    }
+    let mut at = At::None;
     let mut ended = false;
-    for (at, call) in calls.iter().enumerate() {
+    for (index, call) in calls.iter().enumerate() {
         let fits = match call {
-            Call::Head { .. } => !open && !ended,
-            Call::Run(_) => open,
-            Call::End | Call::Abandoned => open,
-            Call::Start(None) => !open && !ended && at + 1 == calls.len(),
+            Call::Begin { .. } => at == At::None && !ended,
+            Call::Accounts(_) | Call::Head { .. } => at == At::Begun,
+            Call::Run(_) | Call::End => at == At::Headed,
+            Call::Abandoned => at != At::None,
+            Call::Start(None) => at == At::None && !ended && index + 1 == calls.len(),
             Call::Start(Some(_)) => false,
         };
         if !fits {
             return false;
         }
         match call {
-            Call::Head { .. } => open = true,
-            Call::End => (open, ended) = (false, true),
-            Call::Abandoned => open = false,
+            Call::Begin { .. } => at = At::Begun,
+            Call::Head { .. } => at = At::Headed,
+            Call::End => (at, ended) = (At::None, true),
+            Call::Abandoned => at = At::None,
             _ => {}
         }
     }
-    !open && (ended || calls.last() == Some(&Call::Start(None)))
+    at == At::None && (ended || calls.last() == Some(&Call::Start(None)))
 }
 
 /// A bit flipped across the newer of two snapshots (of two runs): streamed or read

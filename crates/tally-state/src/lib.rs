@@ -47,7 +47,7 @@ pub use check::{InvariantViolation, LedgerTotals, Sum256};
 pub use cost::{PlanCost, STEPS_PER_DELTA, STEPS_PER_EVENT};
 pub use decide::{DeltaAccounts, Deltas};
 pub use execute::{decide_unit, run_unit};
-pub use image_source::ImageSource;
+pub use image_source::{ImageSource, ImageStart};
 pub use index::IndexTable;
 pub use layout::{Layout, PARTS_MAX, Placement, part_of};
 pub use part::Part;

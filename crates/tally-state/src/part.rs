@@ -284,9 +284,14 @@ impl Part {
     pub(crate) fn reserve(&mut self, accounts: usize, transfers: usize) {
         self.account_history.reserve_accounts(accounts);
         self.account_index.reserve(accounts);
-        self.transfer_index.reserve(transfers);
         // The user-data indexes take this room when a record first sets their field.
         self.account_values.reserve_on_first_use(accounts);
+        self.reserve_transfers(transfers);
+    }
+
+    /// Room for `transfers` more transfers, as [`Part::reserve`] makes it.
+    pub(crate) fn reserve_transfers(&mut self, transfers: usize) {
+        self.transfer_index.reserve(transfers);
         self.transfer_values.reserve_on_first_use(transfers);
     }
 

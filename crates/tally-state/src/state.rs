@@ -8,7 +8,7 @@ use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
-use crate::image_source::{ImageSource, LoadedSource};
+use crate::image_source::{ImageSource, ImageStart, LoadedSource};
 use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
 use crate::part::{
@@ -430,36 +430,38 @@ impl StateMachine {
         accounts: usize,
         transfers: usize,
     ) -> Result<Self, ImageError> {
-        let (head, transfers_len, mut source) = LoadedSource::split(loaded);
-        let room = (accounts, transfers.max(transfers_len));
-        Self::from_image_source(head, &mut source, parts, room)
+        let (start, mut source) = LoadedSource::split(loaded);
+        Self::from_image_source(start, &mut source, parts, (accounts, transfers))
     }
 
-    /// Rebuilds the state from a snapshot handed over as it is read: `head` holds the
-    /// last timestamp, the accounts and any plain (older format) transfers; `source`
+    /// Rebuilds the state from a snapshot handed over as it is read ([`ImageSource`]):
+    /// `start` says its last timestamp and how many accounts it holds, `source` hands
+    /// over the accounts a chunk at a time, then any plain (older format) transfers,
     /// the packed runs of transfers after them, then the rest. `room` is (accounts,
     /// transfers) to reserve, as in [`StateMachine::from_loaded_image_with_room`]
     /// (the snapshot's own counts, at least). Checks that the state is
     /// self-consistent; an error of the source's is returned as it is.
     pub fn from_image_source(
-        head: StateImage,
+        start: ImageStart,
         source: &mut dyn ImageSource,
         parts: impl Into<Layout>,
         room: (usize, usize),
     ) -> Result<Self, ImageError> {
-        let StateImage {
-            last_timestamp,
-            accounts,
-            transfers,
-            ..
-        } = head;
-        let mut machine = StateMachine::with_capacity_in_parts(
-            accounts.len().max(room.0),
-            transfers.len().max(room.1),
-            parts,
-        );
-        machine.last_timestamp = last_timestamp;
-        machine.load_accounts(accounts)?;
+        let mut machine =
+            StateMachine::with_capacity_in_parts(start.accounts.max(room.0), 0, parts);
+        machine.last_timestamp = start.last_timestamp;
+        let mut accounts = AccountLoad::default();
+        while let Some(chunk) = source.next_accounts()? {
+            machine.load_accounts(&chunk, &mut accounts)?;
+        }
+        if accounts.loaded != start.accounts {
+            return Err(ImageError(format!(
+                "{} accounts came where the snapshot holds {}",
+                accounts.loaded, start.accounts
+            )));
+        }
+        let (transfers, stored) = source.transfers_head()?;
+        machine.reserve_transfers(stored.max(room.1));
         let (pending_count, gathered) = machine.load_transfers(transfers, source)?;
         machine.with_values_filled_beside(gathered, |machine| {
             let rest = source.rest()?;
@@ -476,28 +478,41 @@ impl StateMachine {
         Ok(machine)
     }
 
-    /// Loads an image's accounts, which must come in creation order, none after the
-    /// image's last timestamp, each id once.
-    fn load_accounts(&mut self, accounts: Vec<Account>) -> Result<(), ImageError> {
-        let mut last_account = 0;
+    /// Room for `transfers` transfers over all parts, as
+    /// [`StateMachine::with_capacity_in_parts`] reserves it.
+    fn reserve_transfers(&mut self, transfers: usize) {
+        let parts = self.layout.count();
+        for part in &mut self.parts {
+            part.reserve_transfers(transfers / parts + transfers / 64);
+        }
+    }
+
+    /// Loads the next of an image's accounts, which must come in creation order, none
+    /// after the image's last timestamp, each id once.
+    fn load_accounts(
+        &mut self,
+        accounts: &[Account],
+        loading: &mut AccountLoad,
+    ) -> Result<(), ImageError> {
         for (at, &account) in accounts.iter().enumerate() {
             // The id index's home slots lie at random: fetched a few accounts ahead, so
             // that the misses overlap.
             if let Some(ahead) = accounts.get(at + ACCOUNTS_PREFETCHED_AHEAD) {
                 self.parts[self.layout.part_of(ahead.id)].prefetch_account_slot(ahead.id);
             }
-            if account.timestamp > self.last_timestamp || account.timestamp <= last_account {
+            if account.timestamp > self.last_timestamp || account.timestamp <= loading.last {
                 return Err(ImageError(format!(
                     "account {} is out of order",
                     account.id
                 )));
             }
-            last_account = account.timestamp;
+            loading.last = account.timestamp;
             let part = &mut self.parts[self.layout.part_of(account.id)];
             if !part.try_insert_account(account) {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
         }
+        loading.loaded += accounts.len();
         Ok(())
     }
 
@@ -885,6 +900,14 @@ struct TransferLoad {
 const LOOKUPS_AHEAD_SLOT: usize = 24;
 const LOOKUPS_AHEAD_START: usize = 12;
 const LOOKUPS_AHEAD_RECORD: usize = 6;
+
+/// Loading an image's accounts, chunk after chunk: the order check runs across chunks.
+#[derive(Debug, Default)]
+struct AccountLoad {
+    /// The timestamp of the last account loaded (0 before the first).
+    last: u64,
+    loaded: usize,
+}
 
 /// How far ahead of the account being loaded its id index slot is prefetched.
 const ACCOUNTS_PREFETCHED_AHEAD: usize = 16;
