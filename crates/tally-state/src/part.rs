@@ -210,6 +210,11 @@ impl GatheredEntries {
     pub(crate) fn has_values(&self, field: usize) -> bool {
         !self.values[field].is_empty()
     }
+
+    /// Whether any transfer gathered sets any user-data field.
+    pub(crate) fn has_any_values(&self) -> bool {
+        (0..3).any(|field| self.has_values(field))
+    }
 }
 
 /// A part's user-data indexes of transfers, taken out of it with the entries loading

@@ -565,6 +565,9 @@ impl StateMachine {
         gathered: Vec<GatheredEntries>,
         work: impl FnOnce(&mut Self) -> T,
     ) -> T {
+        if !gathered.iter().any(GatheredEntries::has_any_values) {
+            return work(self);
+        }
         let mut detached: Vec<DetachedValues> = self
             .parts
             .iter_mut()
