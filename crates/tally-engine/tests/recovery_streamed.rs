@@ -317,14 +317,19 @@ fn open_error_with_snapshot(image: &StateImage) -> String {
 /// transfers names an account it lacks) stops open with an error naming the snapshot:
 /// the load stops at once, and the runs the reader still streams are handed back as
 /// they are drained, so that the reader, short of room, never waits for ever.
-#[test]
-fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
-    let run = tally_types::packed::PACKED_RUN_RECORDS;
-    let transfers = (0..run * 8)
+/// A snapshot image of `accounts` and `runs` full runs of transfers from account 1 to
+/// the account `credit` names for each.
+fn image_of_runs(
+    accounts: Vec<Account>,
+    runs: usize,
+    credit: impl Fn(usize) -> u128,
+) -> StateImage {
+    let count = tally_types::packed::PACKED_RUN_RECORDS * runs;
+    let transfers = (0..count)
         .map(|i| Transfer {
-            id: 1_000 + i as u128,
+            id: 100_000 + i as u128,
             debit_account_id: 1,
-            credit_account_id: if i == run + 5 { 99 } else { 2 },
+            credit_account_id: credit(i),
             amount: 1,
             ledger: 156,
             code: 1,
@@ -332,12 +337,19 @@ fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
             ..Transfer::default()
         })
         .collect();
-    let image = StateImage {
-        last_timestamp: 100_000 + run as u64 * 8,
-        accounts: vec![loaded_account(1), loaded_account(2)],
+    StateImage {
+        last_timestamp: 100_000 + count as u64,
+        accounts,
         transfers,
         ..StateImage::default()
-    };
+    }
+}
+
+#[test]
+fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
+    let run = tally_types::packed::PACKED_RUN_RECORDS;
+    let accounts = vec![loaded_account(1), loaded_account(2)];
+    let image = image_of_runs(accounts, 8, |i| if i == run + 5 { 99 } else { 2 });
     let error = open_error_with_snapshot(&image);
     assert!(error.contains("snapshot 1 does not load"), "{error}");
     assert!(error.contains("unknown account"), "{error}");
@@ -349,26 +361,7 @@ fn a_snapshot_that_does_not_load_stops_open_after_the_reader_drains() {
 fn accounts_that_do_not_load_stop_open_after_the_reader_drains() {
     let mut accounts: Vec<Account> = (1..=40_000).map(loaded_account).collect();
     accounts[5_000].id = 7;
-    let run = tally_types::packed::PACKED_RUN_RECORDS;
-    let transfers = (0..run * 3)
-        .map(|i| Transfer {
-            id: 100_000 + i as u128,
-            debit_account_id: 1,
-            credit_account_id: 2,
-            amount: 1,
-            ledger: 156,
-            code: 1,
-            timestamp: 100_000 + i as u64,
-            ..Transfer::default()
-        })
-        .collect();
-    let image = StateImage {
-        last_timestamp: 100_000 + run as u64 * 3,
-        accounts,
-        transfers,
-        ..StateImage::default()
-    };
-    let error = open_error_with_snapshot(&image);
+    let error = open_error_with_snapshot(&image_of_runs(accounts, 3, |_| 2));
     assert!(error.contains("snapshot 1 does not load"), "{error}");
     assert!(error.contains("account 7 appears twice"), "{error}");
 }
