@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
-use crate::StateMachine;
 use crate::test_support::{account, transfer};
 use crate::{AccountBalancesRead, AccountTransfersRead, Query, QueryTarget};
+use crate::{ImageSource, StateMachine};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use tally_types::{
@@ -1101,6 +1101,87 @@ fn an_inconsistent_image_is_refused_with_a_reason() {
                     "{reason} on {parts} part(s): got {:?}",
                     error.0
                 );
+            }
+        }
+    }
+}
+
+/// A snapshot read whole, its accounts handed over `chunk` at a time, as a streaming
+/// reader hands over a file's chunks of accounts.
+struct ChunkedAccounts {
+    whole: crate::image_source::LoadedSource,
+    chunks: std::vec::IntoIter<Vec<Account>>,
+}
+
+impl ChunkedAccounts {
+    fn of(loaded: LoadedImage, chunk: usize) -> (crate::ImageStart, ChunkedAccounts) {
+        let (start, mut whole) = crate::image_source::LoadedSource::split(loaded);
+        let accounts = whole.next_accounts().unwrap().unwrap_or_default();
+        let chunks: Vec<Vec<Account>> = accounts.chunks(chunk).map(<[_]>::to_vec).collect();
+        let source = ChunkedAccounts {
+            whole,
+            chunks: chunks.into_iter(),
+        };
+        (start, source)
+    }
+}
+
+impl ImageSource for ChunkedAccounts {
+    fn next_accounts(&mut self) -> Result<Option<Vec<Account>>, crate::ImageError> {
+        Ok(self.chunks.next())
+    }
+
+    fn transfers_head(&mut self) -> Result<(Vec<Transfer>, usize), crate::ImageError> {
+        self.whole.transfers_head()
+    }
+
+    fn next_run(&mut self) -> Result<Option<tally_types::packed::UnpackedRun>, crate::ImageError> {
+        self.whole.next_run()
+    }
+
+    fn spent(&mut self, run: tally_types::packed::UnpackedRun) {
+        self.whole.spent(run);
+    }
+
+    fn rest(&mut self) -> Result<StateImage, crate::ImageError> {
+        self.whole.rest()
+    }
+}
+
+/// Accounts handed over a chunk at a time load as they do whole, and the checks on
+/// them hold across chunks: an account out of order, or twice, in a later chunk than
+/// the one it clashes with is refused; so is a count that does not match the start's.
+#[test]
+fn accounts_in_chunks_load_and_are_checked_across_chunks() {
+    let (sm, _) = fixture();
+    let good = sm.image();
+    assert!(good.accounts.len() >= 3);
+    let load = |image: &StateImage, chunk: usize, parts: usize, start_adds: usize| {
+        let (mut start, mut source) = ChunkedAccounts::of(packed_in_runs(image.clone(), 2), chunk);
+        start.accounts += start_adds;
+        StateMachine::from_image_source(start, &mut source, parts, (0, 0))
+    };
+    let swapped = {
+        let mut image = good.clone();
+        image.accounts.swap(0, 2);
+        image
+    };
+    let twice = {
+        let mut image = good.clone();
+        image.accounts[2].id = image.accounts[0].id;
+        image
+    };
+    for parts in [1, 3] {
+        for chunk in [1, 2] {
+            let loaded = load(&good, chunk, parts, 0).unwrap();
+            assert_eq!(loaded.image(), good, "chunks of {chunk} on {parts} part(s)");
+            for (image, adds, reason) in [
+                (&swapped, 0, "out of order"),
+                (&twice, 0, "appears twice"),
+                (&good, 1, "accounts came where the snapshot holds"),
+            ] {
+                let error = load(image, chunk, parts, adds).err().unwrap();
+                assert!(error.0.contains(reason), "{reason}: got {:?}", error.0);
             }
         }
     }
