@@ -832,7 +832,8 @@ fn read_section(
             })?;
         }
         if let (Some(streamed), Some(image)) = (streamed.as_mut(), image.as_deref_mut()) {
-            let next = Vec::with_capacity(chunk_items as usize);
+            let left = count - done - items as u64;
+            let next = Vec::with_capacity(left.min(u64::from(chunk_items)) as usize);
             streamed
                 .stream
                 .accounts(std::mem::replace(&mut image.accounts, next));
