@@ -191,6 +191,7 @@ impl Histories {
     }
 
     /// `account`'s entries, oldest first (its blocks gathered at once).
+    #[cfg(test)]
     pub fn oldest_first(&self, account: u32) -> impl Iterator<Item = TransferRef> + '_ {
         let mut walk = self.walk(account, false);
         let mut unbounded = usize::MAX;

@@ -27,6 +27,7 @@ mod escrow;
 mod execute;
 mod hints;
 mod history;
+mod history_watch;
 mod image_source;
 mod index;
 mod layout;

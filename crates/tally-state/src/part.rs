@@ -232,9 +232,8 @@ impl DetachedValues {
     /// Inserts the entries, as [`Part::index_loaded_transfers`] would have.
     pub(crate) fn fill(&mut self, scratch: &mut Vec<u64>) {
         let transfers = &self.transfers;
-        self.indexes.add_gathered(&self.entries, scratch, |p| {
-            transfer_user_data(&transfers.get(p as usize))
-        });
+        self.indexes
+            .add_gathered(&self.entries, scratch, |p| transfers.user_data(p as usize));
         self.entries.iter_mut().for_each(Vec::clear);
     }
 }
@@ -628,7 +627,7 @@ impl Part {
         let transfers = &self.transfers;
         self.transfer_values
             .add_gathered(&gathered.values, scratch, |p| {
-                transfer_user_data(&transfers.get(p as usize))
+                transfers.user_data(p as usize)
             });
         gathered.values.iter_mut().for_each(Vec::clear);
         Ok(())
@@ -702,7 +701,7 @@ impl Part {
         let transfers = &self.transfers;
         self.transfer_values
             .add(transfer_user_data(transfer), position, |p| {
-                transfer_user_data(&transfers.get(p as usize))
+                transfers.user_data(p as usize)
             });
         self.transfer_ledger_codes
             .add(transfer.ledger, transfer.code, position);
@@ -810,7 +809,7 @@ impl Part {
                     self.transfer_values.remove_newest(
                         transfer_user_data(&stored),
                         last as u32,
-                        |p| transfer_user_data(&transfers.get(p as usize)),
+                        |p| transfers.user_data(p as usize),
                     );
                     self.transfer_ledger_codes.remove_newest(
                         stored.ledger,
@@ -896,8 +895,11 @@ fn first_at_or_after(len: usize, timestamp: u64, timestamp_at: impl Fn(usize) ->
 /// Instant (ns) at which a pending transfer with a timeout expires. Creation checked
 /// that this does not overflow (`overflows_timeout`).
 pub(crate) fn expires_at(pending: &Transfer) -> u64 {
-    debug_assert!(pending.timeout > 0);
-    pending
-        .timestamp
-        .saturating_add(u64::from(pending.timeout) * tally_types::NS_PER_S)
+    expiry_instant(pending.timestamp, pending.timeout)
+}
+
+/// [`expires_at`] of a pending transfer stamped `timestamp` with `timeout` seconds.
+pub(crate) fn expiry_instant(timestamp: u64, timeout: u32) -> u64 {
+    debug_assert!(timeout > 0);
+    timestamp.saturating_add(u64::from(timeout) * tally_types::NS_PER_S)
 }

@@ -23,7 +23,7 @@
 use crate::ledger_code_index::{Field, FieldChains, LedgerCodeIndex};
 use crate::part::Part;
 use crate::state::StateMachine;
-use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
+use crate::value_index::{UserDataIndexes, account_user_data};
 use std::collections::VecDeque;
 use tally_types::{Account, QueryFilter, Transfer};
 
@@ -128,9 +128,7 @@ impl Query {
                         account_user_data(&part.accounts[p as usize])[field]
                     }),
                 QueryTarget::Transfers => indexes(part, self.target).by_field[field]
-                    .newest(value, |p| {
-                        transfer_user_data(&part.transfers.get(p as usize))[field]
-                    }),
+                    .newest(value, |p| part.transfers.user_data(p as usize)[field]),
             };
             return Walk::Chain { field, next };
         }

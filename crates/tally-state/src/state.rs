@@ -3,24 +3,25 @@
 //! with more, the engine's shard threads each take one part (see `crate::plan`).
 
 use crate::account_read::{AccountBalancesRead, AccountTransfersRead};
-use crate::apply::account_slot;
+use crate::apply::{Slot, account_slot};
 use crate::balance_history::BalanceRow;
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
+use crate::history_watch::{Change, HistoryWatch};
 use crate::image_source::{ImageSource, ImageStart, LoadedSource};
 use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
 use crate::part::{
     Balances, ChangeFill, DetachedValues, GatheredEntries, Part, TransferEntry, TransferRef,
-    expires_at,
+    expires_at, expiry_instant,
 };
 use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
 use std::fmt;
 use tally_types::{
-    Account, AccountBalance, AccountFilter, AccountFlags, ChangeEvent, LoadedImage, PendingStatus,
-    StateImage, Transfer, TransferFlags, TransferKind,
+    Account, AccountBalance, AccountFilter, ChangeEvent, LoadedImage, PendingStatus, StateImage,
+    Transfer, TransferFlags, TransferKind,
 };
 
 /// The ledger state: accounts, transfers and the side tables the rules need, split into
@@ -343,6 +344,12 @@ impl StateMachine {
         self.parts[part].transfers.get(position)
     }
 
+    /// The id of the stored transfer `transfer_ref`, without unpacking the rest.
+    fn transfer_id_by_ref(&self, transfer_ref: TransferRef) -> u128 {
+        let (part, position) = Part::decode_ref(transfer_ref, self.parts.len());
+        self.parts[part].transfers.id_at(position)
+    }
+
     /// `get_account_transfers`: the account's transfers in timestamp order (or newest
     /// first when `reversed`), filtered by direction, time range, user data and code,
     /// at most the limit; in one go ([`AccountTransfersRead`] reads it step by step).
@@ -462,7 +469,8 @@ impl StateMachine {
         }
         let (transfers, stored) = source.transfers_head()?;
         machine.reserve_transfers(stored.max(room.1));
-        let (pending_count, gathered) = machine.load_transfers(transfers, source)?;
+        let (pending_count, gathered, history) =
+            machine.load_transfers(transfers, source, accounts.history)?;
         machine.with_values_filled_beside(gathered, |machine| {
             let rest = source.rest()?;
             machine.load_pending_statuses(rest.pending_statuses)?;
@@ -472,7 +480,7 @@ impl StateMachine {
             }
             machine.load_refunded(rest.refunded)?;
             machine.load_failed_ids(rest.failed_ids)?;
-            machine.derive_balance_histories()
+            machine.derive_balance_histories(history)
         })?;
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
@@ -507,10 +515,17 @@ impl StateMachine {
                 )));
             }
             loading.last = account.timestamp;
-            let part = &mut self.parts[self.layout.part_of(account.id)];
+            let part_index = self.layout.part_of(account.id);
+            let part = &mut self.parts[part_index];
             if !part.try_insert_account(account) {
                 return Err(ImageError(format!("account {} appears twice", account.id)));
             }
+            let index = u32::try_from(part.accounts.len() - 1).expect("fewer than 2^32 accounts");
+            let slot = Slot {
+                part: part_index,
+                index,
+            };
+            loading.history.account_loaded(slot, &account);
         }
         loading.loaded += accounts.len();
         Ok(())
@@ -518,20 +533,22 @@ impl StateMachine {
 
     /// Loads an image's transfers (the plain ones, then the source's runs, all in
     /// timestamp order) while a second thread builds the account histories. Returns how
-    /// many are pending (each must get a status) and, per part, the user-data entries
-    /// gathered last, not yet indexed ([`StateMachine::with_values_filled_beside`]).
+    /// many are pending (each must get a status), per part, the user-data entries
+    /// gathered last, not yet indexed ([`StateMachine::with_values_filled_beside`]),
+    /// and `history` with the changes made to the accounts it watches.
     fn load_transfers(
         &mut self,
         image_transfers: Vec<Transfer>,
         source: &mut dyn ImageSource,
-    ) -> Result<(usize, Vec<GatheredEntries>), ImageError> {
+        history: HistoryWatch,
+    ) -> Result<(usize, Vec<GatheredEntries>, HistoryWatch), ImageError> {
         let histories = self
             .parts
             .iter_mut()
             .map(|part| std::mem::take(&mut part.account_history))
             .collect();
         let ids_tables = LoadTable::ids_wanted(self);
-        let (loaded, histories, (pending_count, gathered)) = std::thread::scope(|scope| {
+        let (loaded, histories, (pending_count, gathered, history)) = std::thread::scope(|scope| {
             // Made here, so that its end of the tables thread's channel closes before
             // the scope waits for that thread, even when loading panics.
             let mut loading = TransferLoad {
@@ -541,17 +558,18 @@ impl StateMachine {
                 gathered: vec![GatheredEntries::default(); self.parts.len()],
                 scratch: Vec::new(),
                 tables: LoadTables::start(scope, ids_tables, self.parts.len()),
+                history,
             };
             let (loaded, histories) =
                 self.load_with_histories(histories, &mut loading, image_transfers, source);
-            let counted = (loading.pending_count, loading.gathered);
+            let counted = (loading.pending_count, loading.gathered, loading.history);
             (loaded, histories, counted)
         });
         loaded?;
         for (part, history) in self.parts.iter_mut().zip(histories) {
             part.account_history = history;
         }
-        Ok((pending_count, gathered))
+        Ok((pending_count, gathered, history))
     }
 
     /// Runs `work` while a `tally-values` thread fills the transfers' user-data
@@ -645,100 +663,122 @@ impl StateMachine {
             && self.parts[0].takes_loaded_chunk()
     }
 
-    /// Derives the balance rows of every account with `history` from its transfers and
-    /// the expiries of its pending transfers, as apply recorded them; the last row must
-    /// equal the account's balances.
-    fn derive_balance_histories(&mut self) -> Result<(), ImageError> {
-        for part_index in 0..self.parts.len() {
-            let part = &self.parts[part_index];
-            let accounts: Vec<(u32, Account)> = part
-                .accounts
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.flags.contains(AccountFlags::HISTORY))
-                .map(|(position, a)| (position as u32, *a))
-                .collect();
-            for (position, account) in accounts {
-                let rows = self.derive_rows(part_index, position, &account)?;
-                let histories = &mut self.parts[part_index].balance_history;
-                for row in rows {
-                    histories.append(position, row);
-                }
+    /// Derives the balance rows of every account `history` watched from the changes
+    /// loading kept and the expiries of its pending transfers, as apply recorded
+    /// them; the last row must equal the account's balances.
+    fn derive_balance_histories(&mut self, history: HistoryWatch) -> Result<(), ImageError> {
+        for (slot, changes) in history.into_accounts() {
+            let account = self.parts[slot.part].accounts[slot.index as usize];
+            let rows = self.derive_rows(&account, &changes)?;
+            let histories = &mut self.parts[slot.part].balance_history;
+            for row in rows {
+                histories.append(slot.index, row);
             }
         }
         Ok(())
     }
 
-    /// The balance rows of one history account.
+    /// The balance rows of one history account, from its `changes` in timestamp order
+    /// and the expiries among them.
     fn derive_rows(
         &self,
-        part: usize,
-        position: u32,
         account: &Account,
+        changes: &[Change],
     ) -> Result<Vec<BalanceRow>, ImageError> {
-        // (timestamp, reference, expiry?) of every change, in timestamp order.
-        let mut changes: Vec<(u64, TransferRef, bool)> = Vec::new();
-        for transfer_ref in self.parts[part].account_history.oldest_first(position) {
-            let transfer = self.transfer_by_ref(transfer_ref);
-            changes.push((transfer.timestamp, transfer_ref, false));
-            if transfer.flags.contains(TransferFlags::PENDING)
-                && self.pending_status(transfer.id) == Some(PendingStatus::Expired)
-            {
-                changes.push((expires_at(&transfer), transfer_ref, true));
-            }
-        }
-        // At one instant an expiry comes first: it runs before the batch stamped then.
-        changes.sort_unstable_by_key(|&(timestamp, _, expiry)| (timestamp, !expiry));
-        let mut balances = Balances::of(&Account::default());
-        let mut rows = Vec::with_capacity(changes.len());
         let broken = || {
             ImageError(format!(
                 "the history of account {} does not add up",
                 account.id
             ))
         };
-        for (timestamp, transfer_ref, expiry) in changes {
-            let transfer = self.transfer_by_ref(transfer_ref);
-            let debit = transfer.debit_account_id == account.id;
-            let (pending, posted) = if debit {
-                (&mut balances.debits_pending, &mut balances.debits_posted)
-            } else {
-                (&mut balances.credits_pending, &mut balances.credits_posted)
-            };
-            let reserved = |id: u128| {
-                self.lookup_transfer(id)
-                    .map(|p| p.amount)
-                    .ok_or_else(broken)
-            };
-            match (expiry, transfer.kind()) {
-                (true, _) => *pending = pending.checked_sub(transfer.amount).ok_or_else(broken)?,
-                (false, Some(TransferKind::Pending)) => {
-                    *pending = pending.checked_add(transfer.amount).ok_or_else(broken)?;
-                }
-                (false, Some(TransferKind::PostPending)) => {
-                    let held = reserved(transfer.pending_id)?;
-                    *pending = pending.checked_sub(held).ok_or_else(broken)?;
-                    *posted = posted.checked_add(transfer.amount).ok_or_else(broken)?;
-                }
-                (false, Some(TransferKind::VoidPending)) => {
-                    let held = reserved(transfer.pending_id)?;
-                    *pending = pending.checked_sub(held).ok_or_else(broken)?;
-                }
-                (false, Some(TransferKind::SinglePhase | TransferKind::Refund)) => {
-                    *posted = posted.checked_add(transfer.amount).ok_or_else(broken)?;
-                }
-                (false, None) => return Err(broken()),
-            }
+        let expiries = self.expired_changes(changes).ok_or_else(broken)?;
+        let mut balances = Balances::of(&Account::default());
+        let mut rows = Vec::with_capacity(changes.len() + expiries.len());
+        let mut row = |timestamp: u64, change: &Change, expiry: bool| {
+            self.change_balances(&mut balances, change, expiry)
+                .ok_or_else(broken)?;
             rows.push(BalanceRow {
                 timestamp,
-                transfer_ref,
+                transfer_ref: change.transfer_ref,
                 balances,
             });
+            Ok::<(), ImageError>(())
+        };
+        // The changes are in timestamp order; an expiry goes before them from its
+        // instant on (at one instant it runs before the batch stamped then).
+        let mut expiries = expiries.into_iter().peekable();
+        for change in changes {
+            while let Some((instant, _, expired)) =
+                expiries.next_if(|&(instant, _, _)| instant <= change.timestamp)
+            {
+                row(instant, &changes[expired], true)?;
+            }
+            row(change.timestamp, change, false)?;
+        }
+        for (instant, _, expired) in expiries {
+            row(instant, &changes[expired], true)?;
         }
         if balances != Balances::of(account) {
             return Err(broken());
         }
         Ok(rows)
+    }
+
+    /// The expiries among an account's `changes`: (instant, the expired transfer's
+    /// id, the index of its change), in the order apply released them (by instant,
+    /// then id); `None` if an expired transfer has no timeout.
+    fn expired_changes(&self, changes: &[Change]) -> Option<Vec<(u64, u128, usize)>> {
+        let mut expiries = Vec::new();
+        for (at, change) in changes.iter().enumerate() {
+            if !change.pending {
+                continue;
+            }
+            let id = self.transfer_id_by_ref(change.transfer_ref);
+            if self.pending_status(id) == Some(PendingStatus::Expired) {
+                if change.timeout == 0 {
+                    return None;
+                }
+                expiries.push((expiry_instant(change.timestamp, change.timeout), id, at));
+            }
+        }
+        expiries.sort_unstable();
+        Some(expiries)
+    }
+
+    /// Applies one change (or, with `expiry`, the expiry of the pending transfer it
+    /// made) to an account's running balances; `None` if they do not add up.
+    fn change_balances(
+        &self,
+        balances: &mut Balances,
+        change: &Change,
+        expiry: bool,
+    ) -> Option<()> {
+        let (pending, posted) = if change.debit {
+            (&mut balances.debits_pending, &mut balances.debits_posted)
+        } else {
+            (&mut balances.credits_pending, &mut balances.credits_posted)
+        };
+        // What a post or void releases: the amount its pending transfer held.
+        let held = || {
+            let pending_id = self.transfer_by_ref(change.transfer_ref).pending_id;
+            self.lookup_transfer(pending_id).map(|p| p.amount)
+        };
+        match (expiry, change.kind) {
+            (true, _) => *pending = pending.checked_sub(change.amount)?,
+            (false, Some(TransferKind::Pending)) => {
+                *pending = pending.checked_add(change.amount)?;
+            }
+            (false, Some(TransferKind::PostPending)) => {
+                *pending = pending.checked_sub(held()?)?;
+                *posted = posted.checked_add(change.amount)?;
+            }
+            (false, Some(TransferKind::VoidPending)) => *pending = pending.checked_sub(held()?)?,
+            (false, Some(TransferKind::SinglePhase | TransferKind::Refund)) => {
+                *posted = posted.checked_add(change.amount)?;
+            }
+            (false, None) => return None,
+        }
+        Some(())
     }
 
     /// Loads the statuses of pending transfers (each of a stored pending transfer) and
@@ -896,6 +936,8 @@ struct TransferLoad {
     /// The tables of the indexes loading fills, prepared on another thread; `None`
     /// where none could be started.
     tables: Option<LoadTables>,
+    /// The changes to accounts with `history`, for their balance rows.
+    history: HistoryWatch,
 }
 
 /// How far ahead of a lookup by id its index slot, record start and record are
@@ -910,6 +952,8 @@ struct AccountLoad {
     /// The timestamp of the last account loaded (0 before the first).
     last: u64,
     loaded: usize,
+    /// The accounts with `history`, for the changes loading makes to them.
+    history: HistoryWatch,
 }
 
 /// How far ahead of the account being loaded its id index slot is prefetched.
@@ -1113,6 +1157,9 @@ impl TransferLoad {
             for slot in [debit, credit] {
                 appends.push((slot.part as u32, slot.index, transfer_ref));
             }
+            let history = &mut self.history;
+            history.transfer_loaded(debit, transfer.debit_account_id, &transfer, transfer_ref);
+            history.transfer_loaded(credit, transfer.credit_account_id, &transfer, transfer_ref);
         }
         if let Some((bytes, starts)) = chunk {
             machine.parts[0].adopt_loaded_chunk(bytes, starts, self.last_transfer);

@@ -9,9 +9,11 @@
 //! * **Chunked.** Full chunks are frozen (immutable, shared by `Arc`), so a snapshot
 //!   keeps them without copying, and growing never copies the store.
 
+use crate::value_index::UserData;
 use std::sync::Arc;
 use tally_types::packed::{
     decode_transfer_trusted as decode, encode_transfer, transfer_id_trusted,
+    transfer_user_data_trusted,
 };
 use tally_types::{Account, Transfer};
 
@@ -40,6 +42,12 @@ impl Chunk {
     fn id_at(&self, index: usize) -> u128 {
         let start = self.starts[index] as usize;
         transfer_id_trusted(&self.bytes[start..])
+    }
+
+    /// The user data of record `index`, without unpacking the rest.
+    fn user_data_at(&self, index: usize) -> UserData {
+        let start = self.starts[index] as usize;
+        transfer_user_data_trusted(&self.bytes[start..])
     }
 
     fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
@@ -94,6 +102,14 @@ impl TransferStore {
     pub fn id_at(&self, position: usize) -> u128 {
         let (chunk, index) = self.locate(position);
         chunk.id_at(index)
+    }
+
+    /// The user data of the transfer at `position` (as
+    /// [`crate::value_index::transfer_user_data`] gives it), without unpacking the rest.
+    #[inline]
+    pub fn user_data(&self, position: usize) -> UserData {
+        let (chunk, index) = self.locate(position);
+        chunk.user_data_at(index)
     }
 
     /// Where the start offset of the record at `position` is kept (for prefetching),
@@ -219,11 +235,11 @@ impl FrozenTransfers {
         records(&self.chunks, &self.tail)
     }
 
-    /// The transfer at `position`, as [`TransferStore::get`] read it when frozen.
-    pub fn get(&self, position: usize) -> Transfer {
+    /// The user data of the transfer at `position`, as [`TransferStore::user_data`].
+    pub fn user_data(&self, position: usize) -> UserData {
         match self.chunks.get(position / CHUNK) {
-            Some(chunk) => chunk.get(position % CHUNK),
-            None => self.tail.get(position - self.chunks.len() * CHUNK),
+            Some(chunk) => chunk.user_data_at(position % CHUNK),
+            None => self.tail.user_data_at(position - self.chunks.len() * CHUNK),
         }
     }
 

@@ -2356,6 +2356,55 @@ fn history_keeps_a_row_per_change_expiries_included_and_filters_them() {
 }
 
 #[test]
+fn expiries_at_one_instant_load_in_the_order_apply_made_their_rows() {
+    let mut sm = StateMachine::new();
+    let with_history = |id| account(id, 156, AF::HISTORY);
+    sm.apply(
+        T0,
+        &Batch::CreateAccounts(vec![with_history(1), with_history(2)]),
+    );
+    // #30 first with 2 s, #20 a second later with 1 s: both expire at t1 + 2 s,
+    // and apply releases them by id, #20 first.
+    let t1 = T0 + SECOND;
+    assert_eq!(
+        transfers(&mut sm, t1, vec![pending(30, 1, 2, 40, 2)]),
+        vec![R::Ok]
+    );
+    assert_eq!(
+        transfers(&mut sm, t1 + SECOND, vec![pending(20, 1, 2, 7, 1)]),
+        vec![R::Ok]
+    );
+    sm.apply(
+        t1 + 3 * SECOND,
+        &Batch::CreateAccounts(vec![account(3, 156, AF::empty())]),
+    );
+    assert_eq!(sm.pending_status(20), Some(PendingStatus::Expired));
+    assert_eq!(sm.pending_status(30), Some(PendingStatus::Expired));
+    let (at_30, at_20) = (
+        sm.lookup_transfer(30).unwrap().timestamp,
+        sm.lookup_transfer(20).unwrap().timestamp,
+    );
+    let expiry = at_30 + 2 * SECOND;
+    assert_eq!(at_20 + SECOND, expiry, "both expire at one instant");
+    let rows = vec![
+        (at_30, 40, 0, 0, 0),
+        (at_20, 47, 0, 0, 0),
+        (expiry, 40, 0, 0, 0),
+        (expiry, 0, 0, 0, 0),
+    ];
+    assert_eq!(balance_rows(&sm, &AccountFilter::new(1)), rows);
+    for parts in 1..=3 {
+        let loaded = StateMachine::from_image_in_parts(sm.image(), parts).unwrap();
+        assert_eq!(balance_rows(&loaded, &AccountFilter::new(1)), rows);
+        let filter = AccountFilter::new(2);
+        assert_eq!(
+            loaded.account_balances(&filter),
+            sm.account_balances(&filter)
+        );
+    }
+}
+
+#[test]
 fn an_imported_row_before_a_recorded_expiry_holds_the_balances_at_its_instant() {
     let mut sm = StateMachine::new();
     let with_history = |id| account(id, 156, AF::HISTORY);

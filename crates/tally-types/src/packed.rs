@@ -513,6 +513,48 @@ pub fn transfer_id_trusted(bytes: &[u8]) -> u128 {
     take_trusted(&bytes[1..]).0
 }
 
+/// The user data (128, 64 and 32 bits, widened) of the packed record at the start of
+/// `bytes`, trusting it: the varints before them are skipped, not unpacked, and those
+/// after them are not read (filling the user-data indexes reads only these).
+#[inline]
+pub fn transfer_user_data_trusted(bytes: &[u8]) -> [u128; 3] {
+    let present = bytes[0];
+    let mut at = 1;
+    // id, debit_account_id, credit_account_id, amount, then pending_id if present.
+    let before = 4 + usize::from(present & HAS_PENDING_ID != 0);
+    for _ in 0..before {
+        at += skip_trusted(&bytes[at..]);
+    }
+    let mut optional = |bit: u8| {
+        if present & bit == 0 {
+            return 0;
+        }
+        let (value, used) = take_trusted(&bytes[at..]);
+        at += used;
+        value
+    };
+    [
+        optional(HAS_USER_DATA_128),
+        optional(HAS_USER_DATA_64),
+        optional(HAS_USER_DATA_32),
+    ]
+}
+
+/// The bytes of one trusted varint, found eight bytes a step without gathering it.
+#[inline]
+fn skip_trusted(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends != 0 {
+            return at + (ends.trailing_zeros() / 8 + 1) as usize;
+        }
+        at += 8;
+    }
+    take_trusted_bytes(bytes, 0, at, 0).1
+}
+
 /// Decodes one record this process packed itself; returns it and the bytes used.
 #[inline]
 pub fn decode_transfer_trusted(bytes: &[u8]) -> (Transfer, usize) {
@@ -680,6 +722,12 @@ mod tests {
                 prop_assert_eq!((checked, used), (*transfer, length));
                 prop_assert_eq!((trusted, used_trusted), (*transfer, length));
                 prop_assert_eq!(transfer_id_trusted(rest), transfer.id);
+                let user_data = [
+                    transfer.user_data_128,
+                    u128::from(transfer.user_data_64),
+                    u128::from(transfer.user_data_32),
+                ];
+                prop_assert_eq!(transfer_user_data_trusted(rest), user_data);
                 rest = &rest[used..];
             }
             prop_assert!(rest.is_empty());
