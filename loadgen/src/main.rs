@@ -839,9 +839,10 @@ fn finish<T: Target>(
     let verification = model.verify(target, expired, pending_left);
     let events = target.check_events();
     let order_lookups = target.order_lookups();
-    let engine = target.shard_stats();
     let cluster = target.cluster_stats();
     target.shutdown()?;
+    // After the shutdown, whose snapshot of the final state (if one is due) counts.
+    let engine = target.shard_stats();
     let mut report = Report {
         mode: format!("{:?}", config.mode).to_lowercase(),
         submission: match config.mode {

@@ -219,6 +219,7 @@ impl Ledger {
         };
         let (to_apply, from_log) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT_MAX);
         let (snapshots_to_log, snapshots) = std::sync::mpsc::channel();
+        let (apply_exit, apply_exited) = std::sync::mpsc::sync_channel(1);
         let stage = Arc::new(Mutex::new(ApplyStage {
             shared: Arc::clone(&shared),
             applier,
@@ -230,13 +231,15 @@ impl Ledger {
         let apply = ApplyThread {
             stage: Arc::clone(&stage),
             from_log,
+            exit: apply_exit,
         };
         let log = LogThread {
             shared: Arc::clone(&shared),
             logger,
-            to_apply,
+            to_apply: Some(to_apply),
             stage,
             snapshots,
+            apply_exited,
             snapshot_in_flight: None,
             retirement_in_flight: None,
             spare_step_bytes_per_us: SPARE_STEP_BYTES_PER_US_INITIAL,

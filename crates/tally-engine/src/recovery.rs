@@ -79,7 +79,10 @@ pub(crate) fn recover(
         "log and replay agree"
     );
     let logger = Logger::new(wal, sequence_last, timestamp_floor, state.expiry_instants());
-    let applier = Applier::new(sequence_last);
+    let mut applier = Applier::new(sequence_last);
+    // The events replayed count toward the next snapshot: the next restart would
+    // replay them again.
+    applier.events_since_snapshot = recovery.events;
     Ok((logger, applier, state, recovery, journal))
 }
 

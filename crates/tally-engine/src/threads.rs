@@ -76,11 +76,15 @@ pub(crate) const SPARE_STEP_BYTES_PER_US_INITIAL: f64 = 100.0;
 pub(crate) struct LogThread {
     pub shared: Arc<Shared>,
     pub logger: Logger,
-    pub to_apply: SyncSender<SyncedGroup>,
+    /// Closed at shutdown ([`LogThread::snapshot_at_shutdown`]).
+    pub to_apply: Option<SyncSender<SyncedGroup>>,
     /// The apply stage, which this thread takes for a small group when it is free
     /// ([`LogThread::apply_here`]).
     pub stage: Arc<Mutex<ApplyStage>>,
     pub snapshots: Receiver<SnapshotImage>,
+    /// What the apply thread leaves as it exits: the final state frozen, when a
+    /// snapshot is due at shutdown ([`ApplyStage::image_at_shutdown`]).
+    pub apply_exited: Receiver<Option<SnapshotImage>>,
     /// The snapshot being written on its own thread, if any: at most one at a time.
     pub snapshot_in_flight: Option<JoinHandle<Result<u64, tally_log::LogError>>>,
     /// Old segments and snapshots being removed after a snapshot (on their own thread:
@@ -106,6 +110,7 @@ impl LogThread {
             if requests.is_empty() {
                 if self.shared.draining.load(Ordering::SeqCst) && self.shared.queue.is_empty() {
                     self.finish_snapshots();
+                    self.snapshot_at_shutdown();
                     if let Some(retirement) = self.retirement_in_flight.take() {
                         let _ = retirement.join();
                     }
@@ -113,7 +118,7 @@ impl LogThread {
                     // written, recovery just stays as after a crash (a damaged newest
                     // frame cut as torn): nothing acknowledged depends on it.
                     let _ = self.logger.close();
-                    return; // dropping `to_apply` lets the apply thread finish and exit
+                    return;
                 }
                 if self.expiry_due() {
                     requests.push(pulse());
@@ -148,13 +153,28 @@ impl LogThread {
     /// At shutdown: waits for the snapshot in flight, then writes one from the newest
     /// image still waiting and waits for it too, so that no snapshot thread writes into
     /// the directory after the ledger has let it go (and a reopen finds the newest).
-    /// An image the apply thread sends later still (from the last groups it applies) is
-    /// dropped: the log holds those groups. The loop ends: nothing more is logged, so
-    /// the apply thread has at most [`GROUPS_IN_FLIGHT_MAX`] groups left to apply.
+    /// The loop ends: nothing more is logged, so the apply thread has at most
+    /// [`GROUPS_IN_FLIGHT_MAX`] groups left to apply.
     fn finish_snapshots(&mut self) {
         self.tend_snapshots(true);
         while self.snapshot_in_flight.is_some() {
             self.tend_snapshots(true);
+        }
+    }
+
+    /// At shutdown, after [`LogThread::finish_snapshots`]: closes the apply channel, so
+    /// that the apply thread applies the groups left in it and exits, and writes the
+    /// image it leaves (the final state, when one is due at shutdown) or else the
+    /// newest one its last groups sent, and waits for it. Nothing is logged after
+    /// that image, so the next open replays nothing. The apply thread's exit comes
+    /// whatever happens to it: a panic drops its end of the channel.
+    fn snapshot_at_shutdown(&mut self) {
+        drop(self.to_apply.take());
+        let last = self.apply_exited.recv().ok().flatten();
+        let waiting = self.snapshots.try_iter().last();
+        if let Some((sequence, frozen)) = last.or(waiting) {
+            self.start_snapshot(sequence, frozen);
+            self.finish_snapshots();
         }
     }
 
@@ -195,9 +215,16 @@ impl LogThread {
             }
         }
         let newest = self.snapshots.try_iter().last();
-        if let Some((sequence, frozen)) = newest.filter(|_| self.snapshot_in_flight.is_none())
-            && let Some(job) = self.logger.snapshot_job(sequence)
-        {
+        if let Some((sequence, frozen)) = newest.filter(|_| self.snapshot_in_flight.is_none()) {
+            self.start_snapshot(sequence, frozen);
+        }
+    }
+
+    /// Starts writing `frozen`, the state as of `sequence`, on a snapshot thread (none
+    /// may be in flight).
+    fn start_snapshot(&mut self, sequence: u64, frozen: FrozenState) {
+        debug_assert!(self.snapshot_in_flight.is_none());
+        if let Some(job) = self.logger.snapshot_job(sequence) {
             let shared = Arc::clone(&self.shared);
             let spawned = std::thread::Builder::new()
                 .name("tally-snapshot".into())
@@ -379,7 +406,10 @@ impl LogThread {
         };
         match self.apply_here(synced) {
             Ok(()) => Ok(()),
-            Err(synced) => self.to_apply.send(synced).map_err(|_| ()),
+            Err(synced) => match &self.to_apply {
+                Some(to_apply) => to_apply.send(synced).map_err(|_| ()),
+                None => Err(()),
+            },
         }
     }
 
@@ -464,6 +494,9 @@ pub(crate) struct ApplyStage {
 pub(crate) struct ApplyThread {
     pub stage: Arc<Mutex<ApplyStage>>,
     pub from_log: Receiver<SyncedGroup>,
+    /// Where the apply thread leaves, as it exits, the final state frozen when a
+    /// snapshot is due at shutdown ([`LogThread::snapshot_at_shutdown`]).
+    pub exit: SyncSender<Option<SnapshotImage>>,
 }
 
 impl ApplyThread {
@@ -472,6 +505,9 @@ impl ApplyThread {
             let events = group.events();
             self.stage.lock().apply_group(group, events);
         }
+        // The log thread closed the channel: every logged group is applied.
+        let image = self.stage.lock().image_at_shutdown();
+        let _ = self.exit.send(image);
     }
 }
 
@@ -553,6 +589,27 @@ impl ApplyStage {
 
     /// Freezes the state and sends it to the log thread, which has it written.
     fn freeze_for_snapshot(&mut self) {
+        if let Some(image) = self.freeze() {
+            let _ = self.snapshots.send(image);
+        }
+    }
+
+    /// The final state frozen, once every logged group is applied, when at least
+    /// `Config::snapshot_at_shutdown_events` events were applied since the last
+    /// snapshot; `None` after a group left unfinished (a panic).
+    fn image_at_shutdown(&mut self) -> Option<SnapshotImage> {
+        let due_after = self.shared.config.snapshot_at_shutdown_events;
+        if self.unfinished || due_after == 0 || self.applier.events_since_snapshot < due_after {
+            return None;
+        }
+        self.applier.events_since_snapshot = 0;
+        self.freeze()
+    }
+
+    /// The state frozen as of the last group applied; `None` if the journal cannot
+    /// hold its events on disk first (the log up to a snapshot may be retired once it
+    /// is written).
+    fn freeze(&mut self) -> Option<SnapshotImage> {
         let state = self.shared.state.read();
         // Timed once the lock is held: the freeze alone, not a reader's turn.
         let freezing = Instant::now();
@@ -563,15 +620,10 @@ impl ApplyStage {
             .metrics
             .snapshot_freeze_us_max
             .fetch_max(freeze_us, Ordering::Relaxed);
-        // The log up to this snapshot may be retired once it is written: the
-        // journal must hold its events on disk first. If it cannot, no snapshot.
-        if self
-            .journal
+        self.journal
             .as_ref()
             .is_none_or(|journal| journal.sync().is_ok())
-        {
-            let _ = self.snapshots.send((self.applier.sequence_applied, frozen));
-        }
+            .then_some((self.applier.sequence_applied, frozen))
     }
 
     fn record_metrics(

@@ -430,6 +430,80 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     assert!(accounts_fit >= 5_000 && transfers_fit >= 50_000);
 }
 
+/// Shutdown writes the final state as a snapshot once enough events were applied since
+/// the last one, and the next open replays nothing; below that count, or with it at 0,
+/// it writes none and the log replays. A ledger reopened from it and shut down again
+/// with nothing new writes no other.
+#[test]
+fn shutdown_snapshots_the_final_state_once_enough_events_came() {
+    for (due_after, written) in [(0, false), (1_000_000, false), (10, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            snapshot_at_shutdown_events: due_after,
+            ..quiet(dir.path())
+        };
+        let ledger = Ledger::open(config.clone()).unwrap();
+        ledger.submit(accounts()).unwrap();
+        let mut rng = Rng::new(7);
+        for n in 0..20 {
+            ledger.submit(random_batch(&mut rng, n)).unwrap();
+        }
+        let image = ledger.with_state(StateMachine::image);
+        let events = ledger.get_change_events(0, 8_190).unwrap();
+        ledger.shutdown().unwrap();
+        assert_eq!(ledger.metrics().snapshots_written, u64::from(written));
+        drop(ledger);
+        let reopened = Ledger::open(config).unwrap();
+        assert_eq!(reopened.with_state(StateMachine::image), image);
+        assert_eq!(reopened.get_change_events(0, 8_190).unwrap(), events);
+        let recovery = reopened.recovery();
+        assert_eq!(recovery.sequence_last, 21);
+        let (snapshot, replayed) = if written { (Some(21), 0) } else { (None, 21) };
+        assert_eq!(
+            recovery.snapshot_sequence, snapshot,
+            "threshold {due_after}"
+        );
+        assert_eq!(recovery.batches, replayed);
+        reopened.shutdown().unwrap();
+        assert_eq!(reopened.metrics().snapshots_written, 0);
+    }
+}
+
+/// The events a restart replayed count toward the snapshot at shutdown: a ledger that
+/// replayed enough of them and then shuts down with nothing new writes one, and the
+/// open after that replays nothing.
+#[test]
+fn replayed_events_count_toward_the_snapshot_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = Config {
+        snapshot_at_shutdown_events: 0,
+        ..quiet(dir.path())
+    };
+    let ledger = Ledger::open(never.clone()).unwrap();
+    ledger.submit(accounts()).unwrap();
+    let mut rng = Rng::new(8);
+    for n in 0..20 {
+        ledger.submit(random_batch(&mut rng, n)).unwrap();
+    }
+    let image = ledger.with_state(StateMachine::image);
+    ledger.shutdown().unwrap();
+    drop(ledger);
+    let soon = Config {
+        snapshot_at_shutdown_events: 10,
+        ..never
+    };
+    let replaying = Ledger::open(soon.clone()).unwrap();
+    assert_eq!(replaying.recovery().batches, 21);
+    replaying.shutdown().unwrap();
+    assert_eq!(replaying.metrics().snapshots_written, 1);
+    drop(replaying);
+    let reopened = Ledger::open(soon).unwrap();
+    assert_eq!(reopened.recovery().snapshot_sequence, Some(21));
+    assert_eq!(reopened.recovery().batches, 0);
+    assert_eq!(reopened.with_state(StateMachine::image), image);
+    reopened.shutdown().unwrap();
+}
+
 /// Shutdown waits for the snapshot being written and writes the newest image still
 /// waiting, on their threads: once it returns, nothing writes into the directory.
 #[test]
