@@ -895,11 +895,8 @@ fn first_at_or_after(len: usize, timestamp: u64, timestamp_at: impl Fn(usize) ->
 /// Instant (ns) at which a pending transfer with a timeout expires. Creation checked
 /// that this does not overflow (`overflows_timeout`).
 pub(crate) fn expires_at(pending: &Transfer) -> u64 {
-    expiry_instant(pending.timestamp, pending.timeout)
-}
-
-/// [`expires_at`] of a pending transfer stamped `timestamp` with `timeout` seconds.
-pub(crate) fn expiry_instant(timestamp: u64, timeout: u32) -> u64 {
-    debug_assert!(timeout > 0);
-    timestamp.saturating_add(u64::from(timeout) * tally_types::NS_PER_S)
+    debug_assert!(pending.timeout > 0);
+    pending
+        .timestamp
+        .saturating_add(u64::from(pending.timeout) * tally_types::NS_PER_S)
 }

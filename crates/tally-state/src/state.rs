@@ -14,7 +14,7 @@ use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
 use crate::part::{
     Balances, ChangeFill, DetachedValues, GatheredEntries, Part, TransferEntry, TransferRef,
-    expires_at, expiry_instant,
+    expires_at,
 };
 use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
@@ -344,12 +344,6 @@ impl StateMachine {
         self.parts[part].transfers.get(position)
     }
 
-    /// The id of the stored transfer `transfer_ref`, without unpacking the rest.
-    fn transfer_id_by_ref(&self, transfer_ref: TransferRef) -> u128 {
-        let (part, position) = Part::decode_ref(transfer_ref, self.parts.len());
-        self.parts[part].transfers.id_at(position)
-    }
-
     /// `get_account_transfers`: the account's transfers in timestamp order (or newest
     /// first when `reversed`), filtered by direction, time range, user data and code,
     /// at most the limit; in one go ([`AccountTransfersRead`] reads it step by step).
@@ -669,22 +663,22 @@ impl StateMachine {
     fn derive_balance_histories(&mut self, history: HistoryWatch) -> Result<(), ImageError> {
         for (slot, changes) in history.into_accounts() {
             let account = self.parts[slot.part].accounts[slot.index as usize];
-            let rows = self.derive_rows(&account, &changes)?;
-            let histories = &mut self.parts[slot.part].balance_history;
-            for row in rows {
-                histories.append(slot.index, row);
-            }
+            let mut rows = std::mem::take(&mut self.parts[slot.part].balance_history);
+            let derived = self.derive_rows(&account, &changes, |row| rows.append(slot.index, row));
+            self.parts[slot.part].balance_history = rows;
+            derived?;
         }
         Ok(())
     }
 
-    /// The balance rows of one history account, from its `changes` in timestamp order
-    /// and the expiries among them.
+    /// Hands `row` the balance rows of one history account, from its `changes` in
+    /// timestamp order and the expiries among them.
     fn derive_rows(
         &self,
         account: &Account,
         changes: &[Change],
-    ) -> Result<Vec<BalanceRow>, ImageError> {
+        mut row: impl FnMut(BalanceRow),
+    ) -> Result<(), ImageError> {
         let broken = || {
             ImageError(format!(
                 "the history of account {} does not add up",
@@ -693,11 +687,10 @@ impl StateMachine {
         };
         let expiries = self.expired_changes(changes).ok_or_else(broken)?;
         let mut balances = Balances::of(&Account::default());
-        let mut rows = Vec::with_capacity(changes.len() + expiries.len());
-        let mut row = |timestamp: u64, change: &Change, expiry: bool| {
+        let mut next = |timestamp: u64, change: &Change, expiry: bool| {
             self.change_balances(&mut balances, change, expiry)
                 .ok_or_else(broken)?;
-            rows.push(BalanceRow {
+            row(BalanceRow {
                 timestamp,
                 transfer_ref: change.transfer_ref,
                 balances,
@@ -711,17 +704,17 @@ impl StateMachine {
             while let Some((instant, _, expired)) =
                 expiries.next_if(|&(instant, _, _)| instant <= change.timestamp)
             {
-                row(instant, &changes[expired], true)?;
+                next(instant, &changes[expired], true)?;
             }
-            row(change.timestamp, change, false)?;
+            next(change.timestamp, change, false)?;
         }
         for (instant, _, expired) in expiries {
-            row(instant, &changes[expired], true)?;
+            next(instant, &changes[expired], true)?;
         }
         if balances != Balances::of(account) {
             return Err(broken());
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// The expiries among an account's `changes`: (instant, the expired transfer's
@@ -733,12 +726,12 @@ impl StateMachine {
             if !change.pending {
                 continue;
             }
-            let id = self.transfer_id_by_ref(change.transfer_ref);
-            if self.pending_status(id) == Some(PendingStatus::Expired) {
-                if change.timeout == 0 {
+            let pending = self.transfer_by_ref(change.transfer_ref);
+            if self.pending_status(pending.id) == Some(PendingStatus::Expired) {
+                if pending.timeout == 0 {
                     return None;
                 }
-                expiries.push((expiry_instant(change.timestamp, change.timeout), id, at));
+                expiries.push((expires_at(&pending), pending.id, at));
             }
         }
         expiries.sort_unstable();
@@ -764,17 +757,17 @@ impl StateMachine {
             self.lookup_transfer(pending_id).map(|p| p.amount)
         };
         match (expiry, change.kind) {
-            (true, _) => *pending = pending.checked_sub(change.amount)?,
+            (true, _) => *pending = pending.checked_sub(change.amount())?,
             (false, Some(TransferKind::Pending)) => {
-                *pending = pending.checked_add(change.amount)?;
+                *pending = pending.checked_add(change.amount())?;
             }
             (false, Some(TransferKind::PostPending)) => {
                 *pending = pending.checked_sub(held()?)?;
-                *posted = posted.checked_add(change.amount)?;
+                *posted = posted.checked_add(change.amount())?;
             }
             (false, Some(TransferKind::VoidPending)) => *pending = pending.checked_sub(held()?)?,
             (false, Some(TransferKind::SinglePhase | TransferKind::Refund)) => {
-                *posted = posted.checked_add(change.amount)?;
+                *posted = posted.checked_add(change.amount())?;
             }
             (false, None) => return None,
         }
