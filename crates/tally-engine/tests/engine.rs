@@ -430,6 +430,17 @@ fn snapshots_bound_replay_and_reproduce_the_state() {
     assert!(accounts_fit >= 5_000 && transfers_fit >= 50_000);
 }
 
+/// Submits the accounts and 20 random batches (from `seed`); the state's image after
+/// them.
+fn twenty_one_batches(ledger: &Ledger, seed: u64) -> tally_types::StateImage {
+    ledger.submit(accounts()).unwrap();
+    let mut rng = Rng::new(seed);
+    for n in 0..20 {
+        ledger.submit(random_batch(&mut rng, n)).unwrap();
+    }
+    ledger.with_state(StateMachine::image)
+}
+
 /// Shutdown writes the final state as a snapshot once enough events were applied since
 /// the last one, and the next open replays nothing; below that count, or with it at 0,
 /// it writes none and the log replays. A ledger reopened from it and shut down again
@@ -443,12 +454,7 @@ fn shutdown_snapshots_the_final_state_once_enough_events_came() {
             ..quiet(dir.path())
         };
         let ledger = Ledger::open(config.clone()).unwrap();
-        ledger.submit(accounts()).unwrap();
-        let mut rng = Rng::new(7);
-        for n in 0..20 {
-            ledger.submit(random_batch(&mut rng, n)).unwrap();
-        }
-        let image = ledger.with_state(StateMachine::image);
+        let image = twenty_one_batches(&ledger, 7);
         let events = ledger.get_change_events(0, 8_190).unwrap();
         ledger.shutdown().unwrap();
         assert_eq!(ledger.metrics().snapshots_written, u64::from(written));
@@ -480,12 +486,7 @@ fn replayed_events_count_toward_the_snapshot_at_shutdown() {
         ..quiet(dir.path())
     };
     let ledger = Ledger::open(never.clone()).unwrap();
-    ledger.submit(accounts()).unwrap();
-    let mut rng = Rng::new(8);
-    for n in 0..20 {
-        ledger.submit(random_batch(&mut rng, n)).unwrap();
-    }
-    let image = ledger.with_state(StateMachine::image);
+    let image = twenty_one_batches(&ledger, 8);
     ledger.shutdown().unwrap();
     drop(ledger);
     let soon = Config {

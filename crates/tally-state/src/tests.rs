@@ -2355,14 +2355,20 @@ fn history_keeps_a_row_per_change_expiries_included_and_filters_them() {
     }
 }
 
-#[test]
-fn expiries_at_one_instant_load_in_the_order_apply_made_their_rows() {
+/// A state machine holding accounts 1 and 2, both with `history`, created at `T0`.
+fn two_history_accounts() -> StateMachine {
     let mut sm = StateMachine::new();
     let with_history = |id| account(id, 156, AF::HISTORY);
     sm.apply(
         T0,
         &Batch::CreateAccounts(vec![with_history(1), with_history(2)]),
     );
+    sm
+}
+
+#[test]
+fn expiries_at_one_instant_load_in_the_order_apply_made_their_rows() {
+    let mut sm = two_history_accounts();
     // #30 first with 2 s, #20 a second later with 1 s: both expire at t1 + 2 s,
     // and apply releases them by id, #20 first.
     let t1 = T0 + SECOND;
@@ -2406,12 +2412,7 @@ fn expiries_at_one_instant_load_in_the_order_apply_made_their_rows() {
 
 #[test]
 fn an_imported_row_before_a_recorded_expiry_holds_the_balances_at_its_instant() {
-    let mut sm = StateMachine::new();
-    let with_history = |id| account(id, 156, AF::HISTORY);
-    sm.apply(
-        T0,
-        &Batch::CreateAccounts(vec![with_history(1), with_history(2)]),
-    );
+    let mut sm = two_history_accounts();
     let t1 = T0 + SECOND;
     assert_eq!(
         transfers(&mut sm, t1, vec![pending(11, 1, 2, 40, 1)]),
