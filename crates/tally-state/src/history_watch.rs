@@ -37,8 +37,9 @@ const _: () = assert!(std::mem::size_of::<Change>() == 32);
 /// (timestamp) order.
 #[derive(Debug, Default)]
 pub(crate) struct HistoryWatch {
-    /// Per part, a bit per account position, set for an account with `history`: the
-    /// test every loaded transfer makes twice stays within a few cache lines.
+    /// Per part, a bit per account position up to the last watched one (128 KiB at a
+    /// million accounts), set for an account with `history`: the test each loaded
+    /// transfer makes for both its accounts reads one bit, not the account.
     watched: Vec<Vec<u64>>,
     /// Where each watched account's entry is in `accounts`.
     entry_of: HashMap<Slot, usize>,
