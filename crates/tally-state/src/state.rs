@@ -551,7 +551,7 @@ impl StateMachine {
                 pending_count: 0,
                 gathered: vec![GatheredEntries::default(); self.parts.len()],
                 scratch: Vec::new(),
-                tables: LoadTables::start(scope, ids_tables, self.parts.len()),
+                tables: LoadTables::new(scope, ids_tables, self.parts.len()),
                 history,
             };
             let (loaded, histories) =
@@ -620,7 +620,7 @@ impl StateMachine {
     fn load_with_histories(
         &mut self,
         histories: Vec<Histories>,
-        loading: &mut TransferLoad,
+        loading: &mut TransferLoad<'_, '_>,
         image_transfers: Vec<Transfer>,
         source: &mut dyn ImageSource,
     ) -> (Result<(), ImageError>, Vec<Histories>) {
@@ -916,7 +916,7 @@ fn append_all(histories: &mut [Histories], appends: &[HistoryAppend]) {
 
 /// Loading an image's stored transfers, slice after slice (the image's own, then each
 /// packed run unpacked): the order checks and the pending count run across slices.
-struct TransferLoad {
+struct TransferLoad<'scope, 'env> {
     last_timestamp: u64,
     last_transfer: u64,
     /// Counted as they go by: every one must get a status.
@@ -926,9 +926,8 @@ struct TransferLoad {
     gathered: Vec<GatheredEntries>,
     /// Working room for indexing them.
     scratch: Vec<u64>,
-    /// The tables of the indexes loading fills, prepared on another thread; `None`
-    /// where none could be started.
-    tables: Option<LoadTables>,
+    /// The tables of the indexes loading fills, prepared on another thread.
+    tables: LoadTables<'scope, 'env>,
     /// The changes to accounts with `history`, for their balance rows.
     history: HistoryWatch,
 }
@@ -1005,10 +1004,13 @@ impl LoadTable {
 /// for an index go into a table already touched (clearing fresh pages runs at
 /// 0.4–1.3 GB/s on a virtual machine). The id tables are asked for at the start;
 /// a user-data field's table once loading first gathers an entry for it, since a
-/// ledger's first transfers need not set every field its later ones do.
-struct LoadTables {
-    requests: std::sync::mpsc::Sender<LoadTable>,
-    made: std::sync::mpsc::Receiver<(LoadTable, IndexTable)>,
+/// ledger's first transfers need not set every field its later ones do. The thread
+/// starts with the first table asked for: a small load asks for none.
+struct LoadTables<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    /// The thread's ends once a table was asked for; `Some(None)` where it could not
+    /// be started (the indexes then fault theirs in as they fill).
+    thread: Option<Option<TablesThread>>,
     /// Asked for and not yet adopted.
     outstanding: usize,
     /// Per part, the user-data fields already seen (their table asked for, or too
@@ -1016,14 +1018,15 @@ struct LoadTables {
     fields_seen: Vec<[bool; 3]>,
 }
 
-impl LoadTables {
-    /// Starts the thread on `scope`, asking for `first`; `None` when no thread can
-    /// be started (the indexes then fault theirs in as they fill).
-    fn start<'scope>(
-        scope: &'scope std::thread::Scope<'scope, '_>,
-        first: Vec<LoadTable>,
-        parts: usize,
-    ) -> Option<LoadTables> {
+/// The loading thread's ends of the `tally-tables` thread's channels.
+struct TablesThread {
+    requests: std::sync::mpsc::Sender<LoadTable>,
+    made: std::sync::mpsc::Receiver<(LoadTable, IndexTable)>,
+}
+
+impl TablesThread {
+    /// Starts the thread on `scope`; `None` when it cannot be started.
+    fn start<'scope>(scope: &'scope std::thread::Scope<'scope, '_>) -> Option<TablesThread> {
         let (requests, asked) = std::sync::mpsc::channel::<LoadTable>();
         let (made_sender, made) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -1038,21 +1041,38 @@ impl LoadTables {
                 }
             })
             .ok()?;
+        Some(TablesThread { requests, made })
+    }
+}
+
+impl<'scope, 'env> LoadTables<'scope, 'env> {
+    /// Tables for a load on `scope` into `parts` parts, asking for `first`.
+    fn new(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        first: Vec<LoadTable>,
+        parts: usize,
+    ) -> LoadTables<'scope, 'env> {
         let mut tables = LoadTables {
-            requests,
-            made,
+            scope,
+            thread: None,
             outstanding: 0,
             fields_seen: vec![[false; 3]; parts],
         };
         for request in first {
             tables.ask(request);
         }
-        Some(tables)
+        tables
     }
 
     fn ask(&mut self, request: LoadTable) {
+        let scope = self.scope;
+        let thread = self
+            .thread
+            .get_or_insert_with(|| TablesThread::start(scope));
         // The thread listens until this end is dropped.
-        if self.requests.send(request).is_ok() {
+        if let Some(thread) = thread
+            && thread.requests.send(request).is_ok()
+        {
             self.outstanding += 1;
         }
     }
@@ -1077,8 +1097,11 @@ impl LoadTables {
     /// Gives each index the table asked for it, waiting for those still being made:
     /// inserting into the ones reserved would fault them in on the loading thread.
     fn adopt_all(&mut self, machine: &mut StateMachine) {
+        let Some(Some(thread)) = &self.thread else {
+            return;
+        };
         while self.outstanding > 0 {
-            let Ok((request, table)) = self.made.recv() else {
+            let Ok((request, table)) = thread.made.recv() else {
                 break;
             };
             request.adopt(machine, table);
@@ -1091,7 +1114,7 @@ impl LoadTables {
 /// each index in use, and as much again to sort one.
 const GATHERED_MAX: usize = 1 << 22;
 
-impl TransferLoad {
+impl TransferLoad<'_, '_> {
     /// Stores `transfers`, their index entries gathered and inserted many at a time;
     /// their history entries go to `appends`, for [`with_history_builder`]. With
     /// `chunk`, the transfers packed (the bytes, where each record starts), the one
@@ -1157,9 +1180,7 @@ impl TransferLoad {
         if let Some((bytes, starts)) = chunk {
             machine.parts[0].adopt_loaded_chunk(bytes, starts, self.last_transfer);
         }
-        if let Some(tables) = &mut self.tables {
-            tables.ask_for_new_fields(machine, &self.gathered);
-        }
+        self.tables.ask_for_new_fields(machine, &self.gathered);
         self.index(machine, GATHERED_MAX / machine.parts.len())
     }
 
@@ -1173,9 +1194,7 @@ impl TransferLoad {
         {
             return Ok(());
         }
-        if let Some(tables) = &mut self.tables {
-            tables.adopt_all(machine);
-        }
+        self.tables.adopt_all(machine);
         for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
             if gathered.len() > more_than {
                 part.index_loaded_transfers(gathered, &mut self.scratch)
@@ -1189,9 +1208,7 @@ impl TransferLoad {
     /// gathered, to be filled beside the rest of the load
     /// ([`StateMachine::with_values_filled_beside`]).
     fn index_ids_last(&mut self, machine: &mut StateMachine) -> Result<(), ImageError> {
-        if let Some(tables) = &mut self.tables {
-            tables.adopt_all(machine);
-        }
+        self.tables.adopt_all(machine);
         for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
             part.index_loaded_ids(gathered, &mut self.scratch)
                 .map_err(appears_twice)?;
