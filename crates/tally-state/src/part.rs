@@ -11,7 +11,7 @@ use crate::history::Histories;
 use crate::index::IdIndex;
 use crate::layout::Layout;
 use crate::ledger_code_index::LedgerCodeIndex;
-use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
+use crate::value_index::{UserData, UserDataIndexes, account_user_data, transfer_user_data};
 use std::collections::BTreeSet;
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
@@ -232,10 +232,22 @@ impl DetachedValues {
     /// Inserts the entries, as [`Part::index_loaded_transfers`] would have.
     pub(crate) fn fill(&mut self, scratch: &mut Vec<u64>) {
         let transfers = &self.transfers;
-        self.indexes
-            .add_gathered(&self.entries, scratch, |p| transfers.user_data(p as usize));
-        self.entries.iter_mut().for_each(Vec::clear);
+        add_values(&mut self.indexes, &mut self.entries, scratch, |p| {
+            transfers.user_data(p as usize)
+        });
     }
+}
+
+/// Inserts the user-data `entries` loading gathered into `indexes`, and empties them;
+/// `values_at` reads the user data of the stored transfer at a position.
+fn add_values(
+    indexes: &mut UserDataIndexes,
+    entries: &mut [Vec<u64>; 3],
+    scratch: &mut Vec<u64>,
+    values_at: impl Fn(u32) -> UserData,
+) {
+    indexes.add_gathered(entries, scratch, values_at);
+    entries.iter_mut().for_each(Vec::clear);
 }
 
 /// The id a transfer index entry names: a stored transfer's, or a burned id.
@@ -625,11 +637,12 @@ impl Part {
     ) -> Result<(), u128> {
         self.index_loaded_ids(gathered, scratch)?;
         let transfers = &self.transfers;
-        self.transfer_values
-            .add_gathered(&gathered.values, scratch, |p| {
-                transfers.user_data(p as usize)
-            });
-        gathered.values.iter_mut().for_each(Vec::clear);
+        add_values(
+            &mut self.transfer_values,
+            &mut gathered.values,
+            scratch,
+            |p| transfers.user_data(p as usize),
+        );
         Ok(())
     }
 
