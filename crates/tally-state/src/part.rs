@@ -409,6 +409,13 @@ impl Part {
     #[inline]
     pub(crate) fn prefetch_value_slots(&self, t: &Transfer) {
         self.transfer_values.prefetch_homes(transfer_user_data(t));
+        self.prefetch_ledger_code_slots(t);
+    }
+
+    /// Prefetch, slots step: the ledger and code index slots that storing `t` (whose id
+    /// is homed here) will probe.
+    #[inline]
+    pub(crate) fn prefetch_ledger_code_slots(&self, t: &Transfer) {
         self.transfer_ledger_codes.prefetch_homes(t.ledger, t.code);
     }
 

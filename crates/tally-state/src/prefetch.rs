@@ -31,11 +31,12 @@ const TAILS_AHEAD: usize = 3;
 /// prefetches, or fails to, the results are the same.
 ///
 /// With `LOAD` ([`LoadPrefetcher`]) it serves loading a snapshot's transfers, which
-/// reads less: loading stores each transfer, indexes its user data, and finds its two
-/// accounts' positions (an index slot, then the record's first line, where the id is
-/// checked). Ids are indexed later, many at once, no transfer is named, and the
-/// histories are built on another thread that prefetches its own lines; so the id and
-/// named slots, the balances and the tails step are left out.
+/// reads less: loading stores each transfer, adds it to the ledger and code indexes,
+/// and finds its two accounts' positions (an index slot, then the record's first line,
+/// where the id is checked). Ids and user data are indexed later, many at once, no
+/// transfer is named, and the histories are built on another thread that prefetches
+/// its own lines; so the id, user-data and named slots, the balances and the tails
+/// step are left out.
 #[derive(Debug)]
 pub(crate) struct Prefetcher<I, const LOAD: bool = false> {
     events: I,
@@ -92,10 +93,13 @@ impl<'a, I: Iterator<Item = &'a Transfer> + Clone, const LOAD: bool> Prefetcher<
         };
         for t in self.slots.by_ref().take(transfers) {
             let home = &parts[layout.part_of(t.id)];
-            if !LOAD {
+            if LOAD {
+                // Loading gathers the user-data entries, to index later in table order.
+                home.prefetch_ledger_code_slots(t);
+            } else {
                 home.prefetch_transfer_slot(t.id);
+                home.prefetch_value_slots(t);
             }
-            home.prefetch_value_slots(t);
             if !LOAD {
                 // The pending transfer a post or void settles, or the one a refund
                 // returns.
