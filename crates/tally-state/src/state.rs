@@ -780,23 +780,21 @@ impl StateMachine {
         &mut self,
         statuses: Vec<(u128, PendingStatus)>,
     ) -> Result<(), ImageError> {
-        let count = self.parts.len();
-        for part in &mut self.parts {
-            // Ids spread evenly over parts: room for a share each, so loading a million
-            // statuses does not rehash as it goes.
-            part.pending_status.reserve(statuses.len() / count + 1);
-        }
         for (at, &(id, status)) in statuses.iter().enumerate() {
             self.prefetch_lookups_ahead(at, |ahead| statuses.get(ahead).map(|&(id, _)| id));
             let pending = self
                 .lookup_transfer(id)
                 .filter(|transfer| transfer.flags.contains(TransferFlags::PENDING))
                 .ok_or_else(|| ImageError(format!("status for {id}, not a pending transfer")))?;
-            let part = &mut self.parts[self.layout.part_of(id)];
-            part.pending_status.insert(id, status);
             if status == PendingStatus::Pending && pending.timeout > 0 {
+                let part = &mut self.parts[self.layout.part_of(id)];
                 part.expiries.insert((expires_at(&pending), id));
             }
+        }
+        let layout = self.layout;
+        for (at, part) in self.parts.iter_mut().enumerate() {
+            part.pending_status
+                .insert_all(&statuses, |id| layout.part_of(id) == at);
         }
         Ok(())
     }
@@ -820,16 +818,21 @@ impl StateMachine {
 
     /// Loads the refund totals, each of a stored transfer.
     fn load_refunded(&mut self, refunded: Vec<(u128, u128)>) -> Result<(), ImageError> {
-        for (at, &(id, total)) in refunded.iter().enumerate() {
+        for (at, &(id, _)) in refunded.iter().enumerate() {
             self.prefetch_lookups_ahead(at, |ahead| refunded.get(ahead).map(|&(id, _)| id));
-            if self.lookup_transfer(id).is_none() {
+            if self.parts[self.layout.part_of(id)]
+                .transfer_position(id)
+                .is_none()
+            {
                 return Err(ImageError(format!(
                     "refund total for unknown transfer {id}"
                 )));
             }
-            self.parts[self.layout.part_of(id)]
-                .refunded
-                .insert(id, total);
+        }
+        let layout = self.layout;
+        for (at, part) in self.parts.iter_mut().enumerate() {
+            part.refunded
+                .insert_all(&refunded, |id| layout.part_of(id) == at);
         }
         Ok(())
     }
