@@ -32,6 +32,7 @@ mod image_source;
 mod index;
 mod layout;
 mod ledger_code_index;
+mod load_values;
 mod part;
 mod plan;
 mod prefetch;

@@ -11,14 +11,15 @@ use crate::history::Histories;
 use crate::index::IdIndex;
 use crate::layout::Layout;
 use crate::ledger_code_index::LedgerCodeIndex;
-use crate::value_index::{UserData, UserDataIndexes, account_user_data, transfer_user_data};
+use crate::load_values::ValuesBatch;
+use crate::value_index::{UserDataIndexes, account_user_data, transfer_user_data};
 use std::collections::BTreeSet;
 
 /// Hash maps keyed by client-chosen ids. foldhash is several times cheaper than std's
 /// SipHash on a u128 key and is seeded per map at random, which keeps hash flooding by
 /// chosen ids impractical.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
-use crate::store::{AccountStore, FrozenTransfers, TransferStore};
+use crate::store::{AccountStore, TransferStore};
 use tally_types::{Account, AccountFlags, ChangeEvent, PendingStatus, Transfer};
 
 /// One mutation, remembered so that a failing chain can undo it.
@@ -196,7 +197,6 @@ pub(crate) enum TransferEntry {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GatheredEntries {
     ids: Vec<u64>,
-    values: [Vec<u64>; 3],
 }
 
 impl GatheredEntries {
@@ -204,50 +204,6 @@ impl GatheredEntries {
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
-
-    /// Whether any transfer gathered sets user-data field `field` (0: `user_data_128`,
-    /// 1: `user_data_64`, 2: `user_data_32`).
-    pub(crate) fn has_values(&self, field: usize) -> bool {
-        !self.values[field].is_empty()
-    }
-
-    /// Whether any transfer gathered sets any user-data field.
-    pub(crate) fn has_any_values(&self) -> bool {
-        (0..3).any(|field| self.has_values(field))
-    }
-}
-
-/// A part's user-data indexes of transfers, taken out of it with the entries loading
-/// gathered last for them ([`Part::detach_values`]), to be filled on another thread
-/// while the part loads what never reads them.
-#[derive(Debug)]
-pub(crate) struct DetachedValues {
-    indexes: UserDataIndexes,
-    /// The part's transfers as they were when detached: the entries' records.
-    transfers: FrozenTransfers,
-    entries: [Vec<u64>; 3],
-}
-
-impl DetachedValues {
-    /// Inserts the entries, as [`Part::index_loaded_transfers`] would have.
-    pub(crate) fn fill(&mut self, scratch: &mut Vec<u64>) {
-        let transfers = &self.transfers;
-        add_values(&mut self.indexes, &mut self.entries, scratch, |p| {
-            transfers.user_data(p as usize)
-        });
-    }
-}
-
-/// Inserts the user-data `entries` loading gathered into `indexes`, and empties them;
-/// `values_at` reads the user data of the stored transfer at a position.
-fn add_values(
-    indexes: &mut UserDataIndexes,
-    entries: &mut [Vec<u64>; 3],
-    scratch: &mut Vec<u64>,
-    values_at: impl Fn(u32) -> UserData,
-) {
-    indexes.add_gathered(entries, scratch, values_at);
-    entries.iter_mut().for_each(Vec::clear);
 }
 
 /// The id a transfer index entry names: a stored transfer's, or a burned id.
@@ -581,9 +537,9 @@ impl Part {
         Some(transfer_ref)
     }
 
-    /// Stores a transfer read from a snapshot without indexing it: its index entries
-    /// go to `gathered`, for [`Part::index_loaded_transfers`] to insert with many
-    /// others in table order. Returns its reference.
+    /// Stores a transfer read from a snapshot without indexing its id: the entry goes
+    /// to `gathered`, for [`Part::index_loaded_ids`] to insert with many others in
+    /// table order. Returns its reference.
     pub(crate) fn store_loaded_transfer(
         &mut self,
         transfer: &Transfer,
@@ -601,9 +557,10 @@ impl Part {
         self.transfers.at_chunk_start()
     }
 
-    /// Records the index entries of `transfer`, read from a snapshot, to be stored at
-    /// `position` (by [`Part::adopt_loaded_chunk`] when not yet stored); returns its
-    /// reference.
+    /// Gathers the id index entry of `transfer`, read from a snapshot, to be stored at
+    /// `position` (by [`Part::adopt_loaded_chunk`] when not yet stored), and adds it to
+    /// the ledger and code indexes; returns its reference. Its user data is indexed
+    /// elsewhere ([`crate::load_values`]).
     pub(crate) fn gather_loaded_transfer(
         &mut self,
         transfer: &Transfer,
@@ -613,8 +570,6 @@ impl Part {
         gathered
             .ids
             .push(self.transfer_index.gather(transfer.id, position));
-        self.transfer_values
-            .gather(transfer_user_data(transfer), position, &mut gathered.values);
         self.transfer_ledger_codes
             .add(transfer.ledger, transfer.code, position);
         self.transfer_ref_at(position as usize)
@@ -635,26 +590,9 @@ impl Part {
         self.transfers.adopt_chunk(bytes, starts, last_timestamp);
     }
 
-    /// Indexes the transfers stored by [`Part::store_loaded_transfer`] since the last
-    /// call, then empties `gathered`; `Err` with an id found twice.
-    pub(crate) fn index_loaded_transfers(
-        &mut self,
-        gathered: &mut GatheredEntries,
-        scratch: &mut Vec<u64>,
-    ) -> Result<(), u128> {
-        self.index_loaded_ids(gathered, scratch)?;
-        let transfers = &self.transfers;
-        add_values(
-            &mut self.transfer_values,
-            &mut gathered.values,
-            scratch,
-            |p| transfers.user_data(p as usize),
-        );
-        Ok(())
-    }
-
-    /// The ids' part of [`Part::index_loaded_transfers`]: `gathered`'s user-data
-    /// entries are left for [`Part::detach_values`].
+    /// Indexes the ids of the transfers stored by [`Part::store_loaded_transfer`] since
+    /// the last call, then empties `gathered`; `Err` with an id found twice. Their user
+    /// data is indexed elsewhere ([`crate::load_values`]).
     pub(crate) fn index_loaded_ids(
         &mut self,
         gathered: &mut GatheredEntries,
@@ -671,25 +609,33 @@ impl Part {
         Ok(())
     }
 
-    /// Takes the transfers' user-data indexes out, with `gathered`'s entries for them,
-    /// to be filled elsewhere ([`DetachedValues::fill`]) and put back
-    /// ([`Part::attach_values`]); the part has none meanwhile.
-    pub(crate) fn detach_values(&mut self, gathered: GatheredEntries) -> DetachedValues {
-        debug_assert!(gathered.ids.is_empty(), "the ids are indexed first");
-        DetachedValues {
-            indexes: std::mem::take(&mut self.transfer_values),
-            transfers: self.transfers.freeze(),
-            entries: gathered.values,
-        }
-    }
-
-    /// Puts back the indexes [`Part::detach_values`] took, filled.
-    pub(crate) fn attach_values(&mut self, detached: DetachedValues) {
-        assert!(
-            detached.entries.iter().all(Vec::is_empty),
-            "detached indexes are filled before they come back"
-        );
-        self.transfer_values = detached.indexes;
+    /// The stored transfers from position `from` on whose user data is still to be
+    /// indexed while loading: with `all`, every one; without, those in full chunks
+    /// only, and only once there are `at_least` of them. `None` when there are none
+    /// to hand over yet.
+    pub(crate) fn values_batch(
+        &self,
+        part: usize,
+        from: u32,
+        all: bool,
+        at_least: usize,
+    ) -> Option<ValuesBatch> {
+        let (transfers, to) = if all {
+            (self.transfers.freeze(), self.transfers.len())
+        } else {
+            let to = self.transfers.full_len();
+            if to < from as usize + at_least {
+                return None;
+            }
+            (self.transfers.freeze_full_chunks(), to)
+        };
+        let to = u32::try_from(to).expect("fewer than 2^32 transfers per part");
+        (to > from).then_some(ValuesBatch {
+            part,
+            transfers,
+            from,
+            to,
+        })
     }
 
     /// Appends a transfer to the store; its position and reference.

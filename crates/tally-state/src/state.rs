@@ -12,9 +12,9 @@ use crate::history_watch::{Change, HistoryWatch};
 use crate::image_source::{ImageSource, ImageStart, LoadedSource};
 use crate::index::{GROW_ELSEWHERE_SLOTS_MIN, IndexTable};
 use crate::layout::Layout;
+use crate::load_values::ValuesFill;
 use crate::part::{
-    Balances, ChangeFill, DetachedValues, GatheredEntries, Part, TransferEntry, TransferRef,
-    expires_at,
+    Balances, ChangeFill, GatheredEntries, Part, TransferEntry, TransferRef, expires_at,
 };
 use crate::prefetch::LoadPrefetcher;
 use crate::store::{FrozenAccounts, FrozenTransfers};
@@ -463,9 +463,17 @@ impl StateMachine {
         }
         let (transfers, stored) = source.transfers_head()?;
         machine.reserve_transfers(stored.max(room.1));
-        let (pending_count, gathered, history) =
-            machine.load_transfers(transfers, source, accounts.history)?;
-        machine.with_values_filled_beside(gathered, |machine| {
+        // The transfers' user-data indexes fill on their own thread: nothing else
+        // loading does reads them.
+        let detached = machine
+            .parts
+            .iter_mut()
+            .map(|part| std::mem::take(&mut part.transfer_values))
+            .collect();
+        let filled = std::thread::scope(|scope| {
+            let mut values = ValuesFill::start(scope, detached);
+            let (pending_count, history) =
+                machine.load_transfers(transfers, source, accounts.history, &mut values)?;
             let rest = source.rest()?;
             machine.load_pending_statuses(rest.pending_statuses)?;
             let status_count: usize = machine.parts.iter().map(|p| p.pending_status.len()).sum();
@@ -474,8 +482,12 @@ impl StateMachine {
             }
             machine.load_refunded(rest.refunded)?;
             machine.load_failed_ids(rest.failed_ids)?;
-            machine.derive_balance_histories(history)
+            machine.derive_balance_histories(history)?;
+            Ok(values.finish())
         })?;
+        for (part, values) in machine.parts.iter_mut().zip(filled) {
+            part.transfer_values = values;
+        }
         debug_assert!(machine.parts.iter().all(|part| part.undo_log.is_empty()));
         Ok(machine)
     }
@@ -526,23 +538,24 @@ impl StateMachine {
     }
 
     /// Loads an image's transfers (the plain ones, then the source's runs, all in
-    /// timestamp order) while a second thread builds the account histories. Returns how
-    /// many are pending (each must get a status), per part, the user-data entries
-    /// gathered last, not yet indexed ([`StateMachine::with_values_filled_beside`]),
-    /// and `history` with the changes made to the accounts it watches.
+    /// timestamp order) while a second thread builds the account histories, and hands
+    /// them to `values` to index their user data. Returns how many are pending (each
+    /// must get a status) and `history` with the changes made to the accounts it
+    /// watches.
     fn load_transfers(
         &mut self,
         image_transfers: Vec<Transfer>,
         source: &mut dyn ImageSource,
         history: HistoryWatch,
-    ) -> Result<(usize, Vec<GatheredEntries>, HistoryWatch), ImageError> {
+        values: &mut ValuesFill<'_>,
+    ) -> Result<(usize, HistoryWatch), ImageError> {
         let histories = self
             .parts
             .iter_mut()
             .map(|part| std::mem::take(&mut part.account_history))
             .collect();
         let ids_tables = LoadTable::ids_wanted(self);
-        let (loaded, histories, (pending_count, gathered, history)) = std::thread::scope(|scope| {
+        let (loaded, histories, (pending_count, history)) = std::thread::scope(|scope| {
             // Made here, so that its end of the tables thread's channel closes before
             // the scope waits for that thread, even when loading panics.
             let mut loading = TransferLoad {
@@ -551,69 +564,26 @@ impl StateMachine {
                 pending_count: 0,
                 gathered: vec![GatheredEntries::default(); self.parts.len()],
                 scratch: Vec::new(),
-                tables: LoadTables::new(scope, ids_tables, self.parts.len()),
+                tables: LoadTables::new(scope, ids_tables),
+                values_from: vec![0; self.parts.len()],
+                fields_seen: vec![0; self.parts.len()],
+                fields_said: vec![0; self.parts.len()],
                 history,
             };
-            let (loaded, histories) =
-                self.load_with_histories(histories, &mut loading, image_transfers, source);
-            let counted = (loading.pending_count, loading.gathered, loading.history);
+            let (loaded, histories) = self.load_with_histories(
+                histories,
+                &mut loading,
+                (image_transfers, source),
+                values,
+            );
+            let counted = (loading.pending_count, loading.history);
             (loaded, histories, counted)
         });
         loaded?;
         for (part, history) in self.parts.iter_mut().zip(histories) {
             part.account_history = history;
         }
-        Ok((pending_count, gathered, history))
-    }
-
-    /// Runs `work` while a `tally-values` thread fills the transfers' user-data
-    /// indexes with the entries loading gathered last (`gathered`, per part): on
-    /// the festival ledger about a sixth of a load, which the side tables and the
-    /// balance histories need not wait for. `work` must not read those indexes: the
-    /// parts are without them until both are done. Where no thread can be started,
-    /// they are filled here first.
-    fn with_values_filled_beside<T>(
-        &mut self,
-        gathered: Vec<GatheredEntries>,
-        work: impl FnOnce(&mut Self) -> T,
-    ) -> T {
-        if !gathered.iter().any(GatheredEntries::has_any_values) {
-            return work(self);
-        }
-        let mut detached: Vec<DetachedValues> = self
-            .parts
-            .iter_mut()
-            .zip(gathered)
-            .map(|(part, gathered)| part.detach_values(gathered))
-            .collect();
-        let fill_all = |detached: &mut Vec<DetachedValues>| {
-            let mut scratch = Vec::new();
-            detached.iter_mut().for_each(|part| part.fill(&mut scratch));
-        };
-        let mut work = Some(work);
-        let beside = std::thread::scope(|scope| {
-            let filling = std::thread::Builder::new()
-                .name("tally-values".into())
-                .spawn_scoped(scope, || fill_all(&mut detached))
-                .ok()?;
-            let done = work.take().map(|work| work(self));
-            filling
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            done
-        });
-        let done = match beside {
-            Some(done) => done,
-            None => {
-                fill_all(&mut detached);
-                let work = work.expect("work runs once, here when no thread could");
-                work(self)
-            }
-        };
-        for (part, detached) in self.parts.iter_mut().zip(detached) {
-            part.attach_values(detached);
-        }
-        done
+        Ok((pending_count, history))
     }
 
     /// The body of [`StateMachine::load_transfers`], the histories built beside it.
@@ -621,8 +591,8 @@ impl StateMachine {
         &mut self,
         histories: Vec<Histories>,
         loading: &mut TransferLoad<'_, '_>,
-        image_transfers: Vec<Transfer>,
-        source: &mut dyn ImageSource,
+        (image_transfers, source): (Vec<Transfer>, &mut dyn ImageSource),
+        values: &mut ValuesFill<'_>,
     ) -> (Result<(), ImageError>, Vec<Histories>) {
         with_history_builder(histories, |histories_out| {
             let mut appends = Vec::new();
@@ -631,6 +601,7 @@ impl StateMachine {
             for slice in image_transfers.chunks(tally_types::packed::PACKED_RUN_RECORDS) {
                 loading.load(self, slice, None, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
+                loading.hand_values(self, values, false);
             }
             drop(image_transfers);
             while let Some(mut run) = source.next_run()? {
@@ -642,9 +613,11 @@ impl StateMachine {
                 });
                 loading.load(self, &run.transfers, chunk, &mut appends)?;
                 histories_out(std::mem::take(&mut appends));
+                loading.hand_values(self, values, false);
                 source.spent(run);
             }
-            loading.index_ids_last(self)
+            loading.hand_values(self, values, true);
+            loading.index(self, 0)
         })
     }
 
@@ -924,13 +897,19 @@ struct TransferLoad<'scope, 'env> {
     last_transfer: u64,
     /// Counted as they go by: every one must get a status.
     pending_count: usize,
-    /// Per part, the index entries of transfers stored but not yet indexed: they are
-    /// indexed many at a time, in table order ([`Part::index_loaded_transfers`]).
+    /// Per part, the id index entries of transfers stored but not yet indexed: they
+    /// are indexed many at a time, in table order ([`Part::index_loaded_ids`]).
     gathered: Vec<GatheredEntries>,
     /// Working room for indexing them.
     scratch: Vec<u64>,
-    /// The tables of the indexes loading fills, prepared on another thread.
+    /// The tables of the id indexes, prepared on another thread.
     tables: LoadTables<'scope, 'env>,
+    /// Per part, the first stored transfer not yet handed over to index its user data.
+    values_from: Vec<u32>,
+    /// Per part, the user-data fields seen in use (bit 0: `user_data_128`, 1: `_64`,
+    /// 2: `_32`), and those already said to be.
+    fields_seen: Vec<u8>,
+    fields_said: Vec<u8>,
     /// The changes to accounts with `history`, for their balance rows.
     history: HistoryWatch,
 }
@@ -956,19 +935,11 @@ const ACCOUNTS_PREFETCHED_AHEAD: usize = 16;
 
 /// A table that loading a snapshot's transfers fills first, prepared on another thread
 /// ([`IndexTable::prefaulted`]) while the transfers are read and stored: a part's
-/// transfer id index, reserved for them and not yet faulted in, or its user-data index
-/// of a field in use.
+/// transfer id index, reserved for them and not yet faulted in.
 #[derive(Debug, Clone, Copy)]
-enum LoadTable {
-    Ids {
-        part: usize,
-        slots: usize,
-    },
-    Values {
-        part: usize,
-        field: usize,
-        slots: usize,
-    },
+struct LoadTable {
+    part: usize,
+    slots: usize,
 }
 
 impl LoadTable {
@@ -978,37 +949,24 @@ impl LoadTable {
         for (part, state) in machine.parts.iter().enumerate() {
             let slots = state.transfer_index.slots();
             if slots >= GROW_ELSEWHERE_SLOTS_MIN {
-                wanted.push(LoadTable::Ids { part, slots });
+                wanted.push(LoadTable { part, slots });
             }
         }
         wanted
     }
 
-    fn slots(self) -> usize {
-        match self {
-            LoadTable::Ids { slots, .. } | LoadTable::Values { slots, .. } => slots,
-        }
-    }
-
     /// Gives the index its table (dropped if the index has outgrown it: no effect on
     /// what it holds).
     fn adopt(self, machine: &mut StateMachine, table: IndexTable) {
-        match self {
-            LoadTable::Ids { part, .. } => machine.parts[part].transfer_index.adopt(table),
-            LoadTable::Values { part, field, .. } => {
-                machine.parts[part].transfer_values.by_field[field].adopt(table)
-            }
-        };
+        machine.parts[self.part].transfer_index.adopt(table);
     }
 }
 
 /// The `tally-tables` thread of a load: it faults in each table asked for while the
 /// loading thread reads and stores transfers, so that the first entries gathered
 /// for an index go into a table already touched (clearing fresh pages runs at
-/// 0.4–1.3 GB/s on a virtual machine). The id tables are asked for at the start;
-/// a user-data field's table once loading first gathers an entry for it, since a
-/// ledger's first transfers need not set every field its later ones do. The thread
-/// starts with the first table asked for: a small load asks for none.
+/// 0.4–1.3 GB/s on a virtual machine). The thread starts with the first table asked
+/// for: a small load asks for none.
 struct LoadTables<'scope, 'env> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
     /// The thread's ends once a table was asked for; `Some(None)` where it could not
@@ -1016,9 +974,6 @@ struct LoadTables<'scope, 'env> {
     thread: Option<Option<TablesThread>>,
     /// Asked for and not yet adopted.
     outstanding: usize,
-    /// Per part, the user-data fields already seen (their table asked for, or too
-    /// small to ask for).
-    fields_seen: Vec<[bool; 3]>,
 }
 
 /// The loading thread's ends of the `tally-tables` thread's channels.
@@ -1037,7 +992,7 @@ impl TablesThread {
             .spawn_scoped(scope, move || {
                 // Ends when the load drops its end, or stops listening (it failed).
                 for request in asked {
-                    let table = IndexTable::prefaulted(request.slots());
+                    let table = IndexTable::prefaulted(request.slots);
                     if made_sender.send((request, table)).is_err() {
                         return;
                     }
@@ -1049,17 +1004,15 @@ impl TablesThread {
 }
 
 impl<'scope, 'env> LoadTables<'scope, 'env> {
-    /// Tables for a load on `scope` into `parts` parts, asking for `first`.
+    /// Tables for a load on `scope`, asking for `first`.
     fn new(
         scope: &'scope std::thread::Scope<'scope, 'env>,
         first: Vec<LoadTable>,
-        parts: usize,
     ) -> LoadTables<'scope, 'env> {
         let mut tables = LoadTables {
             scope,
             thread: None,
             outstanding: 0,
-            fields_seen: vec![[false; 3]; parts],
         };
         for request in first {
             tables.ask(request);
@@ -1080,23 +1033,6 @@ impl<'scope, 'env> LoadTables<'scope, 'env> {
         }
     }
 
-    /// Asks for the table of each user-data field that `gathered` holds entries of
-    /// for the first time, where its index has yet to take one.
-    fn ask_for_new_fields(&mut self, machine: &StateMachine, gathered: &[GatheredEntries]) {
-        for (part, entries) in gathered.iter().enumerate() {
-            for field in 0..3 {
-                if self.fields_seen[part][field] || !entries.has_values(field) {
-                    continue;
-                }
-                self.fields_seen[part][field] = true;
-                let index = &machine.parts[part].transfer_values.by_field[field];
-                if let Some(slots) = index.room_at_first_use() {
-                    self.ask(LoadTable::Values { part, field, slots });
-                }
-            }
-        }
-    }
-
     /// Gives each index the table asked for it, waiting for those still being made:
     /// inserting into the ones reserved would fault them in on the loading thread.
     fn adopt_all(&mut self, machine: &mut StateMachine) {
@@ -1113,12 +1049,21 @@ impl<'scope, 'env> LoadTables<'scope, 'env> {
     }
 }
 
-/// Transfers gathered over all parts before they are indexed: 32 MiB of entries for
-/// each index in use, and as much again to sort one.
+/// Transfers gathered over all parts before their ids are indexed: 32 MiB of entries,
+/// and as much again to sort them.
 const GATHERED_MAX: usize = 1 << 22;
 
+/// Stored transfers of a part handed over at once to index their user data: 64
+/// chunks, about 1.5 s of loading on the loading thread. One chunk in tests, so that
+/// a test's snapshot is handed over in several batches.
+const VALUES_BATCH: usize = if cfg!(test) {
+    crate::store::CHUNK
+} else {
+    1 << 22
+};
+
 impl TransferLoad<'_, '_> {
-    /// Stores `transfers`, their index entries gathered and inserted many at a time;
+    /// Stores `transfers`, their id index entries gathered and inserted many at a time;
     /// their history entries go to `appends`, for [`with_history_builder`]. With
     /// `chunk`, the transfers packed (the bytes, where each record starts), the one
     /// part keeps those bytes as its next chunk instead of packing them again
@@ -1159,6 +1104,7 @@ impl TransferLoad<'_, '_> {
                 )));
             };
             let part = machine.layout.part_of(transfer.id);
+            self.fields_seen[part] |= fields_in_use(&transfer);
             let transfer_ref = match adopting_from {
                 Some(first) => {
                     let position =
@@ -1183,12 +1129,11 @@ impl TransferLoad<'_, '_> {
         if let Some((bytes, starts)) = chunk {
             machine.parts[0].adopt_loaded_chunk(bytes, starts, self.last_transfer);
         }
-        self.tables.ask_for_new_fields(machine, &self.gathered);
         self.index(machine, GATHERED_MAX / machine.parts.len())
     }
 
-    /// Indexes the transfers stored in each part that has more than `more_than` of
-    /// them gathered (0 at the end: every one).
+    /// Indexes the ids of the transfers stored in each part that has more than
+    /// `more_than` of them gathered (0 at the end: every one).
     fn index(&mut self, machine: &mut StateMachine, more_than: usize) -> Result<(), ImageError> {
         if !self
             .gathered
@@ -1200,24 +1145,42 @@ impl TransferLoad<'_, '_> {
         self.tables.adopt_all(machine);
         for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
             if gathered.len() > more_than {
-                part.index_loaded_transfers(gathered, &mut self.scratch)
+                part.index_loaded_ids(gathered, &mut self.scratch)
                     .map_err(appears_twice)?;
             }
         }
         Ok(())
     }
 
-    /// The last [`TransferLoad::index`], of the ids only: the user-data entries stay
-    /// gathered, to be filled beside the rest of the load
-    /// ([`StateMachine::with_values_filled_beside`]).
-    fn index_ids_last(&mut self, machine: &mut StateMachine) -> Result<(), ImageError> {
-        self.tables.adopt_all(machine);
-        for (part, gathered) in machine.parts.iter_mut().zip(&mut self.gathered) {
-            part.index_loaded_ids(gathered, &mut self.scratch)
-                .map_err(appears_twice)?;
+    /// Hands `values` the transfers stored since the last call, to index their user
+    /// data: with `all`, every one; without, a part's full chunks, once there are
+    /// [`VALUES_BATCH`] of them.
+    fn hand_values(&mut self, machine: &StateMachine, values: &mut ValuesFill<'_>, all: bool) {
+        for (part, (seen, said)) in self
+            .fields_seen
+            .iter()
+            .zip(&mut self.fields_said)
+            .enumerate()
+        {
+            for field in (0..3).filter(|field| (seen & !*said) & (1 << field) != 0) {
+                values.field_in_use(part, field);
+            }
+            *said = *seen;
         }
-        Ok(())
+        for (part, from) in self.values_from.iter_mut().enumerate() {
+            if let Some(batch) = machine.parts[part].values_batch(part, *from, all, VALUES_BATCH) {
+                *from = batch.to;
+                values.add(batch);
+            }
+        }
     }
+}
+
+/// The user-data fields `transfer` sets, as bits: 0 `user_data_128`, 1 `_64`, 2 `_32`.
+fn fields_in_use(transfer: &Transfer) -> u8 {
+    u8::from(transfer.user_data_128 != 0)
+        | u8::from(transfer.user_data_64 != 0) << 1
+        | u8::from(transfer.user_data_32 != 0) << 2
 }
 
 fn appears_twice(id: u128) -> ImageError {

@@ -214,6 +214,20 @@ impl TransferStore {
         records(&self.frozen, &self.tail)
     }
 
+    /// Records in full chunks: every one before this position.
+    pub fn full_len(&self) -> usize {
+        self.frozen.len() * CHUNK
+    }
+
+    /// A copy of the records in full chunks ([`TransferStore::full_len`]) only, sharing
+    /// them: it copies no record.
+    pub fn freeze_full_chunks(&self) -> FrozenTransfers {
+        FrozenTransfers {
+            chunks: self.frozen.clone(),
+            tail: Chunk::default(),
+        }
+    }
+
     /// A copy that shares the full chunks and copies only the tail.
     pub fn freeze(&self) -> FrozenTransfers {
         FrozenTransfers {

@@ -1245,13 +1245,16 @@ fn a_packed_image_loads_as_its_unpacked_self() {
 /// Full runs of a snapshot's transfers become the store's chunks as they are (one
 /// part, at a chunk boundary): the state loads as it does on several parts, where
 /// each record is stored anew, reads the same, and goes on the same, whether the
-/// last run is full or not.
+/// last run is full or not. The user-data indexes, filled beside the load a chunk's
+/// worth at a time in tests, answer queries as a scan does.
 #[test]
 fn full_runs_load_as_store_chunks() {
     const RUN: usize = tally_types::packed::PACKED_RUN_RECORDS;
     fn numbered(id: u128) -> Transfer {
         Transfer {
             user_data_128: id % 7,
+            // Set from the second run on: a field first seen after a batch went.
+            user_data_64: u64::from(id > RUN as u128) * (id % 3) as u64,
             ..transfer(id, 1, 2, 1 + id % 5)
         }
     }
@@ -1290,6 +1293,24 @@ fn full_runs_load_as_store_chunks() {
         assert!(adopted.check_invariants().is_empty());
         for stored in &image.transfers {
             assert_eq!(adopted.lookup_transfer(stored.id), Some(*stored));
+        }
+        for ((user_data_128, user_data_64), reversed) in [(3, 0), (0, 2), (6, 1)]
+            .into_iter()
+            .zip([false, true, true])
+        {
+            let filter = tally_types::QueryFilter {
+                user_data_128,
+                user_data_64,
+                limit: 8_190,
+                reversed,
+                ..Default::default()
+            };
+            let expected = scanned(image.transfers.clone(), &filter, |t| {
+                filter.matches_transfer(t)
+            });
+            assert!(expected.len() > 3_000);
+            assert_eq!(adopted.query_transfers(&filter), expected);
+            assert_eq!(on_parts.query_transfers(&filter), expected);
         }
         for reversed in [false, true] {
             let filter = AccountFilter {

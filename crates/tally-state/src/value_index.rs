@@ -191,12 +191,16 @@ impl ValueIndex {
         self.heads.growth_wanted()
     }
 
-    /// The slots its first record will reserve, before it has one: what loading a
-    /// snapshot prepares on another thread for a field in use. `None` for a small
-    /// room.
-    pub fn room_at_first_use(&self) -> Option<usize> {
+    /// Faults in the table its first record will reserve, before that record comes:
+    /// loading a snapshot does it on the thread that fills the index, once the field
+    /// is seen in use, so that the first entries go into pages already touched. A
+    /// small room is left to the first record.
+    pub fn prepare_room(&mut self) {
         let unused = self.links.is_empty() && self.heads.slots() == 0;
-        (unused && self.reserved > FIRST_USE_RECORDS).then(|| slots_for(self.reserved))
+        if unused && self.reserved > FIRST_USE_RECORDS {
+            self.heads
+                .adopt(IndexTable::prefaulted(slots_for(self.reserved)));
+        }
     }
 
     /// Grows into `table`, prepared as [`ValueIndex::take_wanted`] asked; false (and
