@@ -197,6 +197,23 @@ impl Rows {
 }
 
 impl BalanceHistories {
+    /// Room for `additional` more rows of `account`: a snapshot's load knows how many
+    /// it derives, so a long history neither copies itself as it doubles nor faults in
+    /// room it will not use.
+    pub fn reserve(&mut self, account: u32, additional: usize) {
+        if additional == 0 {
+            return;
+        }
+        match self
+            .rows
+            .entry(account)
+            .or_insert_with(|| Rows::Narrow(Vec::new()))
+        {
+            Rows::Narrow(list) => list.reserve_exact(additional),
+            Rows::Wide(list) => list.reserve_exact(additional),
+        }
+    }
+
     /// Adds a row to account `account`'s history, `row.balances` being the account's
     /// balances right after the change. Rows stay in timestamp order, each the balances
     /// at its instant: a row older than the newest (an imported transfer stamped before

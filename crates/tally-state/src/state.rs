@@ -4,7 +4,7 @@
 
 use crate::account_read::{AccountBalancesRead, AccountTransfersRead};
 use crate::apply::{Slot, account_slot};
-use crate::balance_history::BalanceRow;
+use crate::balance_history::{BalanceHistories, BalanceRow};
 use crate::burned::FrozenBurnedIds;
 use crate::cow_map::FrozenIdMap;
 use crate::history::Histories;
@@ -637,20 +637,21 @@ impl StateMachine {
         for (slot, changes) in history.into_accounts() {
             let account = self.parts[slot.part].accounts[slot.index as usize];
             let mut rows = std::mem::take(&mut self.parts[slot.part].balance_history);
-            let derived = self.derive_rows(&account, &changes, |row| rows.append(slot.index, row));
+            let derived = self.derive_rows(&account, &changes, (&mut rows, slot.index));
             self.parts[slot.part].balance_history = rows;
             derived?;
         }
         Ok(())
     }
 
-    /// Hands `row` the balance rows of one history account, from its `changes` in
-    /// timestamp order and the expiries among them.
+    /// Appends to `rows` the balance rows of one history account (at position `index`
+    /// of its part), from its `changes` in timestamp order and the expiries among them,
+    /// room for all of them reserved first.
     fn derive_rows(
         &self,
         account: &Account,
         changes: &[Change],
-        mut row: impl FnMut(BalanceRow),
+        (rows, index): (&mut BalanceHistories, u32),
     ) -> Result<(), ImageError> {
         let broken = || {
             ImageError(format!(
@@ -659,15 +660,19 @@ impl StateMachine {
             ))
         };
         let expiries = self.expired_changes(changes).ok_or_else(broken)?;
+        rows.reserve(index, changes.len() + expiries.len());
         let mut balances = Balances::of(&Account::default());
         let mut next = |timestamp: u64, change: &Change, expiry: bool| {
             self.change_balances(&mut balances, change, expiry)
                 .ok_or_else(broken)?;
-            row(BalanceRow {
-                timestamp,
-                transfer_ref: change.transfer_ref,
-                balances,
-            });
+            rows.append(
+                index,
+                BalanceRow {
+                    timestamp,
+                    transfer_ref: change.transfer_ref,
+                    balances,
+                },
+            );
             Ok::<(), ImageError>(())
         };
         // The changes are in timestamp order; an expiry goes before them from its
