@@ -782,15 +782,14 @@ impl StateMachine {
     /// then the record's start, then the record, each step once the one before has
     /// arrived, so that a lookup's two dependent misses overlap with the others'.
     fn prefetch_lookups_ahead(&self, at: usize, id_at: impl Fn(usize) -> Option<u128>) {
-        let part = |id: u128| &self.parts[self.layout.part_of(id)];
         if let Some(id) = id_at(at + LOOKUPS_AHEAD_SLOT) {
-            part(id).prefetch_transfer_slot(id);
+            self.part(id).prefetch_transfer_slot(id);
         }
         if let Some(id) = id_at(at + LOOKUPS_AHEAD_START) {
-            part(id).prefetch_transfer_start(id);
+            self.part(id).prefetch_transfer_start(id);
         }
         if let Some(id) = id_at(at + LOOKUPS_AHEAD_RECORD) {
-            part(id).prefetch_transfer_record(id);
+            self.part(id).prefetch_transfer_record(id);
         }
     }
 
@@ -798,10 +797,7 @@ impl StateMachine {
     fn load_refunded(&mut self, refunded: Vec<(u128, u128)>) -> Result<(), ImageError> {
         for (at, &(id, _)) in refunded.iter().enumerate() {
             self.prefetch_lookups_ahead(at, |ahead| refunded.get(ahead).map(|&(id, _)| id));
-            if self.parts[self.layout.part_of(id)]
-                .transfer_position(id)
-                .is_none()
-            {
+            if self.part(id).transfer_position(id).is_none() {
                 return Err(ImageError(format!(
                     "refund total for unknown transfer {id}"
                 )));
