@@ -8,6 +8,7 @@
 //! copied; the last batch of each part, its tail too. Where no thread can be started,
 //! each batch is indexed here as it comes.
 
+use crate::index::KnownEntry;
 use crate::store::FrozenTransfers;
 use crate::value_index::UserDataIndexes;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -35,8 +36,8 @@ enum ToFill {
 /// Working room for indexing batches, kept from one to the next.
 #[derive(Debug, Default)]
 struct FillRoom {
-    entries: [Vec<u64>; 3],
-    scratch: Vec<u64>,
+    entries: [Vec<KnownEntry>; 3],
+    scratch: Vec<KnownEntry>,
 }
 
 impl FillRoom {

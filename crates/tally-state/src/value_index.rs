@@ -16,7 +16,7 @@
 //! `ledger` and `code` have few values, each shared by many records: their chains also
 //! keep marks to enter them by time ([`crate::ledger_code_index`]).
 
-use crate::index::{IdIndex, IndexTable, slots_for};
+use crate::index::{IdIndex, IndexTable, KnownEntry, slots_for};
 use tally_types::{Account, Transfer};
 
 /// Records with the same non-zero value of one field, newest first.
@@ -90,11 +90,11 @@ impl ValueIndex {
     }
 
     /// The entry that [`ValueIndex::add_gathered`] adds for a record with `value`
-    /// (not 0) at `position`.
+    /// (not 0) at `position`, the value beside it: adding it reads no record for it.
     #[inline]
-    pub fn gather(&self, value: u128, position: u32) -> u64 {
+    pub fn gather(&self, value: u128, position: u32) -> KnownEntry {
         debug_assert_ne!(value, 0);
-        self.heads.gather(value, position)
+        self.heads.gather_known(value, position)
     }
 
     /// Adds many records at once, newer than every record indexed, as
@@ -103,17 +103,14 @@ impl ValueIndex {
     /// inserted in table order ([`IdIndex::insert_gathered`]).
     pub fn add_gathered(
         &mut self,
-        entries: &[u64],
-        scratch: &mut Vec<u64>,
+        entries: &[KnownEntry],
+        scratch: &mut Vec<KnownEntry>,
         value_at: impl Fn(u32) -> u128,
     ) {
-        let (Some(&first), Some(&last)) = (entries.first(), entries.last()) else {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return;
         };
-        let (first, last) = (
-            IdIndex::gathered_position(first),
-            IdIndex::gathered_position(last),
-        );
+        let (first, last) = (first.position(), last.position());
         if self.links.is_empty() {
             self.start(first);
         }
@@ -276,7 +273,7 @@ impl UserDataIndexes {
     /// Gathers the entries of a record with `values` at `position` into `out`, one
     /// list per field, for [`UserDataIndexes::add_gathered`].
     #[inline]
-    pub fn gather(&self, values: UserData, position: u32, out: &mut [Vec<u64>; 3]) {
+    pub fn gather(&self, values: UserData, position: u32, out: &mut [Vec<KnownEntry>; 3]) {
         for ((index, value), out) in self.by_field.iter().zip(values).zip(out) {
             if value != 0 {
                 out.push(index.gather(value, position));
@@ -288,8 +285,8 @@ impl UserDataIndexes {
     /// record indexed (see [`ValueIndex::add_gathered`]).
     pub fn add_gathered(
         &mut self,
-        gathered: &[Vec<u64>; 3],
-        scratch: &mut Vec<u64>,
+        gathered: &[Vec<KnownEntry>; 3],
+        scratch: &mut Vec<KnownEntry>,
         values_at: impl Fn(u32) -> UserData,
     ) {
         for (field, (index, entries)) in self.by_field.iter_mut().zip(gathered).enumerate() {
