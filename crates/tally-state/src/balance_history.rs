@@ -204,14 +204,17 @@ impl BalanceHistories {
         if additional == 0 {
             return;
         }
-        match self
-            .rows
-            .entry(account)
-            .or_insert_with(|| Rows::Narrow(Vec::new()))
-        {
+        match self.rows_of(account) {
             Rows::Narrow(list) => list.reserve_exact(additional),
             Rows::Wide(list) => list.reserve_exact(additional),
         }
+    }
+
+    /// Account `account`'s rows, narrow and empty until its first row.
+    fn rows_of(&mut self, account: u32) -> &mut Rows {
+        self.rows
+            .entry(account)
+            .or_insert_with(|| Rows::Narrow(Vec::new()))
     }
 
     /// Adds a row to account `account`'s history, `row.balances` being the account's
@@ -221,10 +224,7 @@ impl BalanceHistories {
     /// later row gains the change too, as replaying the changes in timestamp order
     /// would give (what a snapshot's load derives).
     pub fn append(&mut self, account: u32, row: BalanceRow) {
-        let rows = self
-            .rows
-            .entry(account)
-            .or_insert_with(|| Rows::Narrow(Vec::new()));
+        let rows = self.rows_of(account);
         let count = rows.len();
         if count == 0 || rows.timestamp(count - 1) <= row.timestamp {
             if let (Rows::Narrow(list), Some(balances)) = (&mut *rows, narrow(&row.balances)) {
