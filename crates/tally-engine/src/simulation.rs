@@ -87,4 +87,22 @@ impl Committer {
     pub fn close(&mut self) -> Result<(), tally_log::LogError> {
         self.logger.close()
     }
+
+    /// Closes the log cleanly as the engine does at shutdown with
+    /// `Config::snapshot_at_shutdown_events` at 1: first a snapshot of the final state,
+    /// when an event was applied since the last one and the log has not failed, so
+    /// that the next open replays nothing. Returns whether that snapshot was written;
+    /// one that fails loses nothing (the log still holds every batch).
+    pub fn close_with_snapshot(&mut self) -> Result<bool, tally_log::LogError> {
+        let due = self.logger.failure().is_none() && self.applier.events_since_snapshot > 0;
+        let written = due
+            && self
+                .logger
+                .write_snapshot(self.applier.sequence_applied, &self.state.image())
+                .is_ok();
+        if written {
+            self.applier.events_since_snapshot = 0;
+        }
+        self.logger.close().map(|()| written)
+    }
 }

@@ -52,6 +52,7 @@ struct Totals {
     log_failures_seen: u64,
     unacknowledged_batches_recovered: u64,
     snapshots_recovered: u64,
+    snapshots_at_shutdown: u64,
     resubmissions_checked: u64,
 }
 
@@ -69,6 +70,7 @@ impl Totals {
         self.log_failures_seen += other.log_failures_seen;
         self.unacknowledged_batches_recovered += other.unacknowledged_batches_recovered;
         self.snapshots_recovered += other.snapshots_recovered;
+        self.snapshots_at_shutdown += other.snapshots_at_shutdown;
         self.resubmissions_checked += other.resubmissions_checked;
     }
 }
@@ -96,6 +98,9 @@ struct Sim {
     fault_pending: bool,
     /// Transfers acknowledged `ok`, as submitted (for resubmission).
     ok_transfers: Vec<Transfer>,
+    /// Set by a clean stop that wrote a snapshot of the final state: the log read back
+    /// after it holds no record past that snapshot.
+    replays_nothing: bool,
     totals: Totals,
 }
 
@@ -126,6 +131,7 @@ impl Sim {
             clock: 1_000_000_000_000,
             fault_pending: false,
             ok_transfers: Vec::new(),
+            replays_nothing: false,
             totals: Totals {
                 seeds: 1,
                 ..Totals::default()
@@ -333,7 +339,17 @@ impl Sim {
             // A clean stop closes the log, leaving a close marker that every later
             // recovery (after crashes too) must find true.
             self.totals.clean_restarts += 1;
-            let _ = self.committer.close();
+            if self.rng.chance(50) {
+                // Half the clean stops snapshot the final state first, as the engine's
+                // shutdown does: the open that follows must replay nothing.
+                let written = self.committer.close_with_snapshot();
+                if written.unwrap_or(false) {
+                    self.totals.snapshots_at_shutdown += 1;
+                    self.replays_nothing = true;
+                }
+            } else {
+                let _ = self.committer.close();
+            }
         }
         // The old engine is gone with the power; only the disk remains. Half the runs
         // that follow make renames durable at once, as ext4 may before the directory is
@@ -380,6 +396,13 @@ impl Sim {
             base <= acknowledged,
             "seed {seed} step {step}: snapshot at {base} covers unacknowledged records"
         );
+        if std::mem::take(&mut self.replays_nothing) {
+            assert_eq!(
+                (base, recovered.records.len()),
+                (acknowledged, 0),
+                "seed {seed} step {step}: the snapshot written at a clean stop is not the whole log"
+            );
+        }
         let mut from_disk = match &recovered.snapshot {
             Some((_, image)) => {
                 self.totals.snapshots_recovered += 1;
@@ -707,6 +730,10 @@ fn simulation_keeps_every_guarantee_under_faults_and_crashes() {
                 totals.unacknowledged_batches_recovered,
             ),
             ("snapshots recovered", totals.snapshots_recovered),
+            (
+                "snapshots written at shutdown",
+                totals.snapshots_at_shutdown,
+            ),
             ("resubmissions checked", totals.resubmissions_checked),
         ];
         for (what, count) in taken {
