@@ -93,23 +93,25 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
                 }
             }
         });
-        // Kill after a random delay, while answers are being read. The delay counts from
-        // the first answer (the setup's), so a slow start on a loaded machine does not
-        // turn every round into a kill before anything was acknowledged.
-        let (started, first_answer) = std::sync::mpsc::channel();
+        // Kill a random moment after a random answer in the first half, while answers
+        // are being read. Counting from an answer, not from the start, keeps a slow start
+        // on a loaded machine from turning every round into a kill before anything was
+        // acknowledged, and a fast disk from letting every child finish first.
+        let kill_after = 1 + rng.below(batches / 2 + 1) as usize;
+        let (reached, answers_reached) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut answers = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 answers.push(serde_json::from_str::<Value>(&line).unwrap());
-                if answers.len() == 1 {
-                    let _ = started.send(());
+                if answers.len() == kill_after {
+                    let _ = reached.send(());
                 }
             }
             answers
         });
-        let _ = first_answer.recv_timeout(Duration::from_secs(30));
-        let deadline = Instant::now() + Duration::from_micros(rng.below(60_000));
+        let _ = answers_reached.recv_timeout(Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_micros(rng.below(3_000));
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -143,9 +145,9 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_result() {
         "the kills came too early to test anything"
     );
     eprintln!("{cut_short} of {KILLS} kills cut the work short");
-    // About a third do on 2 cores; a faster machine answers sooner.
+    // 52-55 of 60 do on 2 cores.
     assert!(
-        cut_short >= KILLS / 10,
+        cut_short >= KILLS / 4,
         "only {cut_short} of {KILLS} kills came before the last answer"
     );
 }
