@@ -114,8 +114,11 @@ impl Layout {
             return 0;
         }
         let key = self.placement.key(id);
-        // splitmix64's finaliser over both halves, then a multiply-shift into [0, count).
-        let mut x = (key as u64) ^ ((key >> 64) as u64).rotate_left(32);
+        // Both halves folded into one word, then splitmix64's finaliser, then a
+        // multiply-shift into [0, count). The high half is multiplied before the fold,
+        // not rotated: ids built from a number repeated at two shifts (`n << 64 | n << 32`)
+        // folded to 0 and all landed on one part.
+        let mut x = (key as u64) ^ ((key >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         x ^= x >> 31;
@@ -167,6 +170,35 @@ mod tests {
                 hits.iter()
                     .all(|&h| h > even * 8 / 10 && h < even * 12 / 10)
             );
+        }
+    }
+
+    #[test]
+    fn ids_that_differ_in_a_few_bits_anywhere_spread_over_the_parts() {
+        /// A name, and the id of `n` at a shift.
+        type Family = (&'static str, fn(u128, u32) -> u128);
+        let families: [Family; 4] = [
+            ("n << s", |n, s| n << s),
+            ("n << 64 ^ n << s", |n, s| n << 64 ^ n << (s % 64)),
+            ("n << 96 ^ n << s", |n, s| n << 96 ^ n << (s % 96)),
+            ("n ^ n << s", |n, s| n ^ n << s.max(1)),
+        ];
+        for count in [2, 3, 8, 64] {
+            let layout = Layout::from(count);
+            for (name, id) in families {
+                for shift in (0..=112).step_by(8) {
+                    let mut hits = vec![0u32; count];
+                    for n in 1..=20_000u128 {
+                        hits[layout.part_of(id(n, shift))] += 1;
+                    }
+                    let even = 20_000 / count as u32;
+                    assert!(
+                        hits.iter()
+                            .all(|&h| h > even * 7 / 10 && h < even * 13 / 10),
+                        "{name}, shift {shift}, {count} parts: {hits:?}"
+                    );
+                }
+            }
         }
     }
 
