@@ -85,6 +85,9 @@ enum Fill<'scope> {
 impl<'scope> ValuesFill<'scope> {
     /// Starts filling `indexes` on a thread of `scope`, or here where none can start.
     pub fn start(scope: &'scope Scope<'scope, '_>, indexes: Vec<UserDataIndexes>) -> Self {
+        if !thread_wanted() {
+            return ValuesFill::here(indexes);
+        }
         // The indexes go to the thread only once it runs, so that they are still here
         // if it cannot be started.
         let (give, take) = channel::<Vec<UserDataIndexes>>();
@@ -98,11 +101,16 @@ impl<'scope> ValuesFill<'scope> {
                     .expect("the values thread waits for its indexes");
                 ValuesFill(Fill::Beside { work, thread })
             }
-            Err(_) => ValuesFill(Fill::Here {
-                indexes,
-                room: FillRoom::default(),
-            }),
+            Err(_) => ValuesFill::here(indexes),
         }
+    }
+
+    /// Fills `indexes` on the loading thread, batch by batch as they come.
+    fn here(indexes: Vec<UserDataIndexes>) -> Self {
+        ValuesFill(Fill::Here {
+            indexes,
+            room: FillRoom::default(),
+        })
     }
 
     /// Says that field `field` (0: `user_data_128`, 1: `_64`, 2: `_32`) of part `part`
@@ -141,6 +149,23 @@ impl<'scope> ValuesFill<'scope> {
             Fill::Here { indexes, .. } => indexes,
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests of the path a load takes where no values thread can start: loads on
+    /// this thread then fill here.
+    pub(crate) static FILL_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a load fills the user-data indexes on a thread of their own (always, but in
+/// tests of the path taken without one).
+fn thread_wanted() -> bool {
+    #[cfg(test)]
+    if FILL_HERE.with(std::cell::Cell::get) {
+        return false;
+    }
+    true
 }
 
 /// The body of the values thread: the indexes, then all it is handed until the load

@@ -1246,9 +1246,18 @@ fn a_packed_image_loads_as_its_unpacked_self() {
 /// part, at a chunk boundary): the state loads as it does on several parts, where
 /// each record is stored anew, reads the same, and goes on the same, whether the
 /// last run is full or not. The user-data indexes, filled beside the load a chunk's
-/// worth at a time in tests, answer queries as a scan does.
+/// worth at a time in tests (or by the loading thread itself, as where no thread can
+/// start), answer queries as a scan does.
 #[test]
 fn full_runs_load_as_store_chunks() {
+    for fill_here in [false, true] {
+        crate::load_values::FILL_HERE.with(|here| here.set(fill_here));
+        full_runs_load_as_store_chunks_filling(fill_here);
+    }
+    crate::load_values::FILL_HERE.with(|here| here.set(false));
+}
+
+fn full_runs_load_as_store_chunks_filling(fill_here: bool) {
     const RUN: usize = tally_types::packed::PACKED_RUN_RECORDS;
     fn numbered(id: u128) -> Transfer {
         Transfer {
@@ -1309,7 +1318,11 @@ fn full_runs_load_as_store_chunks() {
                 filter.matches_transfer(t)
             });
             assert!(expected.len() > 3_000);
-            assert_eq!(adopted.query_transfers(&filter), expected);
+            assert_eq!(
+                adopted.query_transfers(&filter),
+                expected,
+                "filled here: {fill_here}"
+            );
             assert_eq!(on_parts.query_transfers(&filter), expected);
         }
         for reversed in [false, true] {
