@@ -546,9 +546,8 @@ impl Part {
         gathered: &mut GatheredEntries,
     ) -> TransferRef {
         assert!(!self.recording, "a snapshot loads outside chains");
-        let (position, transfer_ref) = self.push_transfer(transfer);
-        self.gather_loaded_transfer(transfer, position, gathered);
-        transfer_ref
+        let (position, _) = self.push_transfer(transfer);
+        self.gather_loaded_transfer(transfer, position, gathered)
     }
 
     /// Whether a full run of a snapshot's transfers would be this part's next chunk
