@@ -46,10 +46,9 @@ pub(crate) fn recover(
     let (opened, replayed) = read_and_replay(
         |sink| Wal::open_with_sink(storage, options, sink),
         |handed| {
-            let (loaded, opened) = load_beside_journal(&handed, capacity, open_journal);
-            // The journal's error first, as when it opened before the load.
-            journal = opened?;
-            let (snapshot_sequence, state) = loaded?;
+            let (opened, snapshot_sequence, state) =
+                load_beside_journal(&handed, capacity, open_journal)?;
+            journal = opened;
             let changes = journal.as_mut().map_or(Changes::Dropped, Changes::Journal);
             replay_log(handed, snapshot_sequence, state, shards, changes)
         },
@@ -396,43 +395,39 @@ fn replay(
     replay_log(handed, snapshot_sequence, state, shards, changes)
 }
 
-/// What [`load_snapshot`] returned and what opening the journal did (`None` without
-/// one).
-type LoadedBesideJournal = (
-    Result<(Option<u64>, StateMachine), EngineError>,
-    Result<Option<EventJournal>, EngineError>,
-);
+/// What opening the journal gave (`None` without one), then what [`load_snapshot`]
+/// returned.
+type LoadedBesideJournal = (Option<EventJournal>, Option<u64>, StateMachine);
 
 /// [`load_snapshot`] while `open_journal` runs on a `tally-journal` thread: opening
 /// checks the journal's newest segment, reading it whole, about a tenth of a restart
-/// from a snapshot, and the load does not need the journal.
+/// from a snapshot, and the load does not need the journal. The journal's error comes
+/// first, as when it opened before the load; where its thread cannot start, nothing
+/// loads.
 fn load_beside_journal(
     handed: &Handed,
     capacity: Capacity,
     open_journal: Option<OpenJournal>,
-) -> LoadedBesideJournal {
+) -> Result<LoadedBesideJournal, EngineError> {
     let Some(open) = open_journal else {
-        return (load_snapshot(handed, capacity), Ok(None));
+        let (snapshot_sequence, state) = load_snapshot(handed, capacity)?;
+        return Ok((None, snapshot_sequence, state));
     };
     std::thread::scope(|scope| {
         let opening = std::thread::Builder::new()
             .name("tally-journal".into())
-            .spawn_scoped(scope, open);
-        let opening = match opening {
-            Ok(opening) => opening,
-            Err(source) => {
-                let error = EngineError::Thread {
-                    name: "tally-journal",
-                    source,
-                };
-                return (load_snapshot(handed, capacity), Err(error));
-            }
-        };
+            .spawn_scoped(scope, open)
+            .map_err(|source| EngineError::Thread {
+                name: "tally-journal",
+                source,
+            })?;
         let loaded = load_snapshot(handed, capacity);
         let opened = opening
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (loaded, opened.map(Some))
+        let journal = opened?;
+        let (snapshot_sequence, state) = loaded?;
+        Ok((Some(journal), snapshot_sequence, state))
     })
 }
 
