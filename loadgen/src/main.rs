@@ -248,6 +248,11 @@ struct Cli {
     /// this many times a second while the load runs, timing each query (engine only).
     #[arg(long, default_value_t = 0)]
     order_lookups: u32,
+    /// Have the engine write a snapshot every this many events (0: never), instead of
+    /// its default of 20 M (engine only): a restart after a crash replays the log since
+    /// the last one.
+    #[arg(long)]
+    snapshot_events: Option<u64>,
 }
 
 /// The run's parameters, recorded in traces (JSON inside the wincode meta frame).
@@ -622,6 +627,7 @@ fn engine_target(cli: &Cli, dir: &Path) -> Result<EngineTarget, String> {
         change_events: !cli.no_change_events,
         follow_events: !cli.no_event_follower,
         order_lookups_per_s: cli.order_lookups,
+        snapshot_events: cli.snapshot_events,
         accounts_capacity: capacity(cli.accounts + merchants(cli) + FOREIGN_ACCOUNTS_RESERVE),
         // Funding transfers, plus the run at a generous rate: festival at its peak
         // throughout, max mode at 800,000 transfers/s. Only a sizing hint: the ledger

@@ -664,6 +664,8 @@ mod tests {
             order_lookups_per_s: 200,
             accounts_capacity: 0,
             transfers_capacity: 0,
+            // Snapshots written while the festival runs.
+            snapshot_events: Some(2_000),
         };
         let engine = crate::target::engine::EngineTarget::open(dir.path(), options).expect("open");
         let engine = Arc::new(engine);

@@ -54,6 +54,9 @@ pub struct EngineOptions {
     pub accounts_capacity: usize,
     /// Transfers reserved at start-up.
     pub transfers_capacity: usize,
+    /// Events between periodic snapshots (`Config::snapshot_events_interval`); `None`:
+    /// the engine's default.
+    pub snapshot_events: Option<u64>,
 }
 
 impl EngineTarget {
@@ -82,6 +85,9 @@ impl EngineTarget {
             // Fixed pacing, for comparisons with the engine's adaptive pacing.
             config.commit_interval_min = interval;
             config.commit_interval_max = interval;
+        }
+        if let Some(events) = options.snapshot_events {
+            config.snapshot_events_interval = events;
         }
         config.preallocate_segments = options.preallocate_segments;
         config.change_events = options.change_events;
