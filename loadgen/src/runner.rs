@@ -686,6 +686,11 @@ mod tests {
             lookups.without_order_id > 0 && lookups.queries == 0,
             "{lookups:?}"
         );
+        let stats = engine.shard_stats().expect("the engine reports");
+        assert!(
+            stats.snapshots_written > 0 && stats.snapshots_failed == 0,
+            "{stats:?}"
+        );
         engine.shutdown().expect("shutdown");
     }
 
